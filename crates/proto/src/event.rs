@@ -1,0 +1,151 @@
+//! Events: what beacons, the link and the master's engines say happened.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::value::Value;
+
+/// A unique, time-sortable id (a ULID) for events and jobs. Ids made in one
+/// process are strictly increasing, so sorting by id is sorting by creation.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Id(pub u128);
+
+static GENERATOR: Mutex<Option<ulid::Generator>> = Mutex::new(None);
+
+impl Id {
+    pub fn new() -> Self {
+        let mut guard = GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let generator = guard.get_or_insert_with(ulid::Generator::new);
+        // The generator fails only when 2^80 ids are made in one millisecond.
+        let ulid = generator.generate().unwrap_or_else(|_| ulid::Ulid::new());
+        Id(ulid.0)
+    }
+
+    /// Milliseconds since the Unix epoch at which the id was made.
+    pub fn timestamp_ms(&self) -> u64 {
+        ulid::Ulid(self.0).timestamp_ms()
+    }
+}
+
+impl Default for Id {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", ulid::Ulid(self.0))
+    }
+}
+
+impl fmt::Debug for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Id({self})")
+    }
+}
+
+impl FromStr for Id {
+    type Err = ulid::DecodeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ulid::Ulid::from_string(s).map(|u| Id(u.0))
+    }
+}
+
+/// Something that happened, as it travels on the bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unique and sortable; the master drops a second event with the same id.
+    pub id: Id,
+    /// Slash-separated topic, e.g. `halite/beacon/web01/nginx-conf`.
+    pub tag: String,
+    /// The agent the event is about (the master's own events name the agent
+    /// concerned, or are empty).
+    pub agent: String,
+    /// Microseconds since the Unix epoch, taken where the event was raised.
+    pub time_us: i64,
+    /// What happened; its shape depends on the tag.
+    pub data: Value,
+    /// The job whose work raised this event, if any. A corrective write never
+    /// raises drift, so beacon events from a job's own changes do not exist;
+    /// this links the job lifecycle events (`halite/job/...`) to their job.
+    pub cause_job: Option<Id>,
+}
+
+impl Event {
+    pub fn new(tag: impl Into<String>, agent: impl Into<String>, data: Value) -> Self {
+        Event {
+            id: Id::new(),
+            tag: tag.into(),
+            agent: agent.into(),
+            time_us: now_us(),
+            data,
+            cause_job: None,
+        }
+    }
+
+    /// The event as JSON, the form outside subscribers and hooks see.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id.to_string(),
+            "tag": self.tag,
+            "agent": self.agent,
+            "time_us": self.time_us,
+            "data": self.data.to_json(),
+            "cause_job": self.cause_job.map(|j| j.to_string()),
+        })
+    }
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// The tags halite itself raises (SPEC §3), in one place.
+pub mod tag {
+    use crate::Id;
+
+    pub fn beacon(agent: &str, beacon: &str) -> String {
+        format!("halite/beacon/{agent}/{beacon}")
+    }
+    pub fn agent(agent: &str, what: &str) -> String {
+        format!("halite/agent/{agent}/{what}")
+    }
+    pub fn job_new(jid: Id) -> String {
+        format!("halite/job/{jid}/new")
+    }
+    pub fn job_ret(jid: Id, agent: &str) -> String {
+        format!("halite/job/{jid}/ret/{agent}")
+    }
+    pub fn reactor(reactor: &str, what: &str) -> String {
+        format!("halite/reactor/{reactor}/{what}")
+    }
+    pub fn master(what: &str) -> String {
+        format!("halite/master/{what}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_increasing() {
+        let ids: Vec<Id> = (0..10_000).map(|_| Id::new()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn id_text_round_trip() {
+        let id = Id::new();
+        assert_eq!(id.to_string().parse::<Id>().unwrap(), id);
+        assert_eq!(id.to_string().len(), 26);
+    }
+}

@@ -1,0 +1,136 @@
+//! The messages of the agent↔master link.
+//!
+//! # Compatibility
+//! Both message enums are **append-only**: postcard encodes a variant by its
+//! index, so a variant is never removed or reordered, and a new one goes at
+//! the end. A struct inside a variant is frozen once released; to extend one,
+//! add a new variant carrying the new struct. A change that cannot follow
+//! these rules bumps [`crate::PROTOCOL_VERSION`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Event, Id};
+use crate::value::Value;
+
+/// Agent → master. Append-only (see the module docs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentMessage {
+    /// Opens a session; the only message the master handles from a peer
+    /// without one.
+    Hello(Hello),
+    /// Something a beacon saw. The master answers with [`MasterMessage::Ack`].
+    Event(Event),
+    /// What a [`Job`] did.
+    JobResult(JobResult),
+    /// Liveness probe; the master answers [`MasterMessage::Pong`].
+    Ping,
+}
+
+/// Master → agent. Append-only (see the module docs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MasterMessage {
+    /// The session is open; carries the agent's beacon set.
+    Welcome(Welcome),
+    /// The master has handled the event with this id.
+    Ack { event: Id },
+    /// States to apply.
+    Job(Job),
+    /// A new beacon set, replacing the current one (the tree changed).
+    Beacons(Vec<BeaconSpec>),
+    /// Answer to [`AgentMessage::Ping`].
+    Pong,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The agent id (`id` in agent.yaml, default the host name).
+    pub agent: String,
+    /// The agent's version, for the operator's view of the fleet.
+    pub version: String,
+    /// Facts for targeting and templates (id, hostname, os, kernel, …).
+    pub facts: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The beacons this agent runs, from the master's beacons.yaml.
+    pub beacons: Vec<BeaconSpec>,
+}
+
+/// One beacon as the master authored it: the agent's beacon registry turns
+/// `kind` + `config` into a running beacon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BeaconSpec {
+    /// The beacon's name; events are tagged `halite/beacon/<agent>/<name>`.
+    pub name: String,
+    /// The beacon kind, e.g. `file`.
+    pub kind: String,
+    /// The kind's configuration, as authored.
+    pub config: Value,
+}
+
+/// States for one agent to apply, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: Id,
+    /// The event that made a reactor start this job, if one did.
+    pub cause_event: Option<Id>,
+    /// Plan only: report what would change and change nothing.
+    pub test: bool,
+    pub states: Vec<StateCall>,
+}
+
+/// One state, fully resolved by the master (sources read, templates
+/// rendered), so the agent needs nothing but the call to apply it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateCall {
+    /// The state's id in its state file, e.g. `nginx-conf`.
+    pub id: String,
+    /// The state kind, e.g. `file.managed`.
+    pub kind: String,
+    /// The kind's resolved arguments.
+    pub args: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    pub job: Id,
+    pub results: Vec<StateResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateResult {
+    pub id: String,
+    pub kind: String,
+    pub outcome: Outcome,
+    /// How long planning and applying took, in microseconds.
+    pub duration_us: u64,
+}
+
+/// What applying one state did. Append-only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Already as desired; nothing was done.
+    Unchanged,
+    /// Brought to the desired state; each line says what changed.
+    Changed { changes: Vec<String> },
+    /// Test mode: this is what applying would change.
+    WouldChange { changes: Vec<String> },
+    /// Could not be brought to the desired state.
+    Failed { error: String },
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Unchanged => "unchanged",
+            Outcome::Changed { .. } => "changed",
+            Outcome::WouldChange { .. } => "would change",
+            Outcome::Failed { .. } => "failed",
+        }
+    }
+
+    pub fn is_failed(&self) -> bool {
+        matches!(self, Outcome::Failed { .. })
+    }
+}

@@ -1,0 +1,206 @@
+//! [`Value`]: event data and state arguments in a form postcard can carry.
+//!
+//! postcard is not self-describing, so `serde_json::Value` (which needs
+//! `deserialize_any`) cannot cross the wire. `Value` is the same data model as
+//! an explicit enum, plus `Bytes` for file contents, with lossless conversion
+//! to and from JSON for the outside world (publisher, templates, `exec` stdin).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A dynamically typed value. Append-only: new variants go at the end, since
+/// postcard encodes the variant index.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub enum Value {
+    #[default]
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    String(String),
+    /// Raw bytes (file contents). JSON shows them as a UTF-8 string when they
+    /// are valid UTF-8, otherwise as an array of numbers.
+    Bytes(Vec<u8>),
+    List(Vec<Value>),
+    Map(BTreeMap<String, Value>),
+}
+
+/// How deep lists and maps may nest in a decoded value. Decoding is
+/// recursive, so without a bound a small hostile frame of nested lists would
+/// overflow the stack.
+pub const MAX_DEPTH: usize = 64;
+
+thread_local! {
+    static DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts nesting while a value decodes; dropping it steps back out.
+struct DepthGuard;
+
+impl DepthGuard {
+    fn enter() -> Option<Self> {
+        DEPTH.with(|depth| {
+            if depth.get() >= MAX_DEPTH {
+                return None;
+            }
+            depth.set(depth.get() + 1);
+            Some(DepthGuard)
+        })
+    }
+}
+
+impl Drop for DepthGuard {
+    fn drop(&mut self) {
+        DEPTH.with(|depth| depth.set(depth.get().saturating_sub(1)));
+    }
+}
+
+/// The derived decoding of [`Value`], wrapped by a depth check.
+#[derive(Deserialize)]
+#[serde(rename = "Value")]
+enum ValueRepr {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    String(String),
+    Bytes(Vec<u8>),
+    List(Vec<Value>),
+    Map(BTreeMap<String, Value>),
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let _guard = DepthGuard::enter()
+            .ok_or_else(|| serde::de::Error::custom("value nested deeper than MAX_DEPTH"))?;
+        Ok(match ValueRepr::deserialize(deserializer)? {
+            ValueRepr::Null => Value::Null,
+            ValueRepr::Bool(b) => Value::Bool(b),
+            ValueRepr::Int(i) => Value::Int(i),
+            ValueRepr::Float(f) => Value::Float(f),
+            ValueRepr::String(s) => Value::String(s),
+            ValueRepr::Bytes(b) => Value::Bytes(b),
+            ValueRepr::List(items) => Value::List(items),
+            ValueRepr::Map(map) => Value::Map(map),
+        })
+    }
+}
+
+impl Value {
+    /// An empty map, the usual start for event data.
+    pub fn map() -> Self {
+        Value::Map(BTreeMap::new())
+    }
+
+    /// Builder-style insert; does nothing unless `self` is a map.
+    #[must_use]
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        if let Value::Map(map) = &mut self {
+            map.insert(key.to_owned(), value.into());
+        }
+        self
+    }
+
+    /// Looks a key up in a map.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        match self {
+            Value::Map(map) => map.get(key),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self {
+            Value::Null => J::Null,
+            Value::Bool(b) => J::Bool(*b),
+            Value::Int(i) => J::from(*i),
+            Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+            Value::String(s) => J::String(s.clone()),
+            Value::Bytes(b) => match std::str::from_utf8(b) {
+                Ok(s) => J::String(s.to_owned()),
+                Err(_) => J::Array(b.iter().map(|x| J::from(*x)).collect()),
+            },
+            Value::List(items) => J::Array(items.iter().map(Value::to_json).collect()),
+            Value::Map(map) => J::Object(map.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
+        }
+    }
+
+    pub fn from_json(json: &serde_json::Value) -> Self {
+        use serde_json::Value as J;
+        match json {
+            J::Null => Value::Null,
+            J::Bool(b) => Value::Bool(*b),
+            J::Number(n) => match n.as_i64() {
+                Some(i) => Value::Int(i),
+                None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            J::String(s) => Value::String(s.clone()),
+            J::Array(items) => Value::List(items.iter().map(Value::from_json).collect()),
+            J::Object(map) => {
+                Value::Map(map.iter().map(|(k, v)| (k.clone(), Value::from_json(v))).collect())
+            }
+        }
+    }
+}
+
+impl From<&str> for Value {
+    fn from(s: &str) -> Self {
+        Value::String(s.to_owned())
+    }
+}
+impl From<String> for Value {
+    fn from(s: String) -> Self {
+        Value::String(s)
+    }
+}
+impl From<bool> for Value {
+    fn from(b: bool) -> Self {
+        Value::Bool(b)
+    }
+}
+impl From<i64> for Value {
+    fn from(i: i64) -> Self {
+        Value::Int(i)
+    }
+}
+impl From<u32> for Value {
+    fn from(i: u32) -> Self {
+        Value::Int(i64::from(i))
+    }
+}
+impl From<Vec<u8>> for Value {
+    fn from(b: Vec<u8>) -> Self {
+        Value::Bytes(b)
+    }
+}
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip_keeps_structure() {
+        let json = serde_json::json!({"kind": "modify", "n": 3, "ok": true, "xs": [1.5, null]});
+        assert_eq!(Value::from_json(&json).to_json(), json);
+    }
+
+    #[test]
+    fn bytes_show_as_text_when_utf8() {
+        assert_eq!(Value::Bytes(b"hi".to_vec()).to_json(), serde_json::json!("hi"));
+        assert_eq!(Value::Bytes(vec![0xff]).to_json(), serde_json::json!([255]));
+    }
+}

@@ -1,0 +1,419 @@
+//! `file.managed`: a file with given contents, mode and owner, replaced
+//! atomically (temporary file in the same directory, fsync, rename).
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use halite_proto::{Sha256, Value};
+use serde::Deserialize;
+
+use super::{Authored, Kind, Plan, Problem, args};
+use crate::apply::ManagedFile;
+
+pub static KIND: Kind = Kind {
+    name: "file.managed",
+    summary: "A file with the given contents, mode and owner, replaced atomically.",
+    example: "motd:\n  file.managed:\n    path: /etc/motd\n    contents: \"managed by halite\\n\"\n    mode: \"0644\"\n",
+    resolve,
+    plan,
+};
+
+/// Mode for a new file whose state does not say.
+const DEFAULT_MODE: u32 = 0o644;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    /// The file; Salt spells it `name`. Defaults to the state id.
+    #[serde(alias = "name")]
+    path: Option<String>,
+    /// A file in the state tree (`files/nginx.conf` or `salt://files/nginx.conf`).
+    source: Option<String>,
+    contents: Option<String>,
+    /// Octal, as a string (`"0644"`) or as digits (`644`).
+    mode: Option<serde_json::Value>,
+    user: Option<String>,
+    group: Option<String>,
+    /// Create missing parent directories.
+    #[serde(default = "default_true")]
+    makedirs: bool,
+    /// Keep the file enforced: drift is detected and restored.
+    #[serde(default)]
+    #[allow(dead_code)]
+    watch: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
+    let config: Config = state
+        .fields
+        .decode()
+        .map_err(|(at, message)| vec![Problem::new(at, format!("file.managed `{}`: {message}", state.id))])?;
+    let at = |key: &str| state.fields.key_location(key);
+    let mut problems = Vec::new();
+
+    let path = config.path.clone().unwrap_or_else(|| state.id.to_owned());
+    if !Path::new(&path).is_absolute() {
+        problems.push(
+            Problem::new(at("path").or(at("name")), format!("file.managed `{}`: path `{path}` is not absolute", state.id))
+                .help("give the full path of the file on the agent, e.g. /etc/motd"),
+        );
+    }
+
+    let contents = match (&config.source, &config.contents) {
+        (Some(_), Some(_)) => {
+            problems.push(
+                Problem::new(at("contents"), format!("file.managed `{}`: both `source` and `contents` given", state.id))
+                    .help("keep one of them"),
+            );
+            None
+        }
+        (None, None) => {
+            problems.push(
+                Problem::new(None, format!("file.managed `{}`: neither `source` nor `contents` given", state.id))
+                    .help("add `source: files/<name>` (a file in the state tree) or `contents: ...`"),
+            );
+            None
+        }
+        (None, Some(text)) => Some(text.clone().into_bytes()),
+        (Some(source), None) => match read_source(state.tree_root, source) {
+            Ok(bytes) => Some(bytes),
+            Err(problem) => {
+                problems.push(Problem::new(at("source"), format!("file.managed `{}`: {}", state.id, problem.0)).help(problem.1));
+                None
+            }
+        },
+    };
+
+    let mode = match config.mode.as_ref().map(parse_mode).transpose() {
+        Ok(mode) => mode,
+        Err(message) => {
+            problems.push(
+                Problem::new(at("mode"), format!("file.managed `{}`: {message}", state.id))
+                    .help("write the mode in octal as a quoted string, e.g. mode: \"0644\""),
+            );
+            None
+        }
+    };
+
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let mut resolved = Value::map()
+        .with("path", path)
+        .with("contents", contents.unwrap_or_default())
+        .with("makedirs", config.makedirs);
+    if let Some(mode) = mode {
+        resolved = resolved.with("mode", mode);
+    }
+    if let Some(user) = config.user {
+        resolved = resolved.with("user", user);
+    }
+    if let Some(group) = config.group {
+        resolved = resolved.with("group", group);
+    }
+    Ok(resolved)
+}
+
+/// Reads a source file, refusing anything outside the tree: absolute paths,
+/// `..`, and symlinks that lead out. Errors are (what, how to fix).
+fn read_source(root: &Path, source: &str) -> Result<Vec<u8>, (String, String)> {
+    let relative = source.strip_prefix("salt://").unwrap_or(source);
+    let relative_path = Path::new(relative);
+    if relative_path.is_absolute() || relative_path.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err((
+            format!("source `{source}` leaves the state tree"),
+            "name a file inside the state tree, relative to its root, e.g. files/nginx.conf".into(),
+        ));
+    }
+    let full = root.join(relative_path);
+    let (Ok(canonical_root), Ok(canonical)) = (root.canonicalize(), full.canonicalize()) else {
+        return Err((
+            format!("source `{source}` does not exist"),
+            format!("create {} or fix the name", full.display()),
+        ));
+    };
+    if !canonical.starts_with(&canonical_root) {
+        return Err((
+            format!("source `{source}` is a link that leads out of the state tree"),
+            "copy the file into the tree instead of linking to it".into(),
+        ));
+    }
+    fs::read(&canonical).map_err(|e| (format!("source `{source}` cannot be read: {e}"), "check that it is a readable file".into()))
+}
+
+fn parse_mode(value: &serde_json::Value) -> Result<u32, String> {
+    let digits = match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => match n.as_u64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as u64)) {
+            Some(n) => n.to_string(),
+            None => return Err(format!("mode `{n}` is not an octal number")),
+        },
+        other => return Err(format!("mode `{other}` is not an octal number")),
+    };
+    let mode = u32::from_str_radix(digits.trim_start_matches("0o"), 8)
+        .map_err(|_| format!("mode `{digits}` is not an octal number"))?;
+    if mode > 0o7777 {
+        return Err(format!("mode `{digits}` is larger than 7777"));
+    }
+    Ok(mode)
+}
+
+#[derive(Debug)]
+struct FilePlan {
+    path: PathBuf,
+    contents: Vec<u8>,
+    desired: Sha256,
+    mode: Option<u32>,
+    owner: Option<u32>,
+    group: Option<u32>,
+    makedirs: bool,
+    current: Option<Current>,
+}
+
+#[derive(Debug)]
+struct Current {
+    sha256: Sha256,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+fn plan(args: &Value) -> Result<Box<dyn Plan>, String> {
+    let path = PathBuf::from(args::string(args, "path")?);
+    let contents = args::bytes(args, "contents")?.to_vec();
+    let owner = args::opt_string(args, "user").map(lookup_user).transpose()?;
+    let group = args::opt_string(args, "group").map(lookup_group).transpose()?;
+    let current = match fs::symlink_metadata(&path) {
+        Ok(meta) if meta.is_dir() => return Err(format!("{} is a directory", path.display())),
+        Ok(meta) => {
+            let file = fs::File::open(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let sha256 = Sha256::of_reader(file).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            Some(Current { sha256, mode: meta.mode() & 0o7777, uid: meta.uid(), gid: meta.gid() })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("cannot inspect {}: {e}", path.display())),
+    };
+    Ok(Box::new(FilePlan {
+        desired: Sha256::of(&contents),
+        path,
+        contents,
+        mode: args::opt_u32(args, "mode"),
+        owner,
+        group,
+        makedirs: args::bool_or(args, "makedirs", true),
+        current,
+    }))
+}
+
+fn lookup_user(name: &str) -> Result<u32, String> {
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(user)) => Ok(user.uid.as_raw()),
+        Ok(None) => Err(format!("no user `{name}` on this host")),
+        Err(e) => Err(format!("cannot look up user `{name}`: {e}")),
+    }
+}
+
+fn lookup_group(name: &str) -> Result<u32, String> {
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        Ok(None) => Err(format!("no group `{name}` on this host")),
+        Err(e) => Err(format!("cannot look up group `{name}`: {e}")),
+    }
+}
+
+impl FilePlan {
+    fn content_differs(&self) -> bool {
+        self.current.as_ref().is_none_or(|c| c.sha256 != self.desired)
+    }
+
+    fn mode_differs(&self) -> Option<(u32, u32)> {
+        let (current, desired) = (self.current.as_ref()?, self.mode?);
+        (current.mode != desired).then_some((current.mode, desired))
+    }
+
+    fn owner_differs(&self) -> bool {
+        self.current.as_ref().is_some_and(|c| {
+            self.owner.is_some_and(|u| u != c.uid) || self.group.is_some_and(|g| g != c.gid)
+        })
+    }
+
+    fn write_atomically(&self) -> Result<(), String> {
+        let fail = |what: &str, e: std::io::Error| format!("{what} {}: {e}", self.path.display());
+        let parent = self.path.parent().ok_or_else(|| format!("{} has no parent directory", self.path.display()))?;
+        if self.makedirs {
+            fs::create_dir_all(parent).map_err(|e| fail("cannot create the directory of", e))?;
+        }
+        let mut temp = tempfile::Builder::new()
+            .prefix(".halite-")
+            .tempfile_in(parent)
+            .map_err(|e| fail("cannot create a temporary file beside", e))?;
+        temp.write_all(&self.contents).map_err(|e| fail("cannot write", e))?;
+        let mode = self.mode.or(self.current.as_ref().map(|c| c.mode)).unwrap_or(DEFAULT_MODE);
+        fs::set_permissions(temp.path(), fs::Permissions::from_mode(mode)).map_err(|e| fail("cannot set the mode of", e))?;
+        let (uid, gid) = match &self.current {
+            Some(c) => (self.owner.or(Some(c.uid)), self.group.or(Some(c.gid))),
+            None => (self.owner, self.group),
+        };
+        if uid.is_some() || gid.is_some() {
+            std::os::unix::fs::chown(temp.path(), uid, gid).map_err(|e| fail("cannot set the owner of", e))?;
+        }
+        temp.as_file().sync_all().map_err(|e| fail("cannot flush", e))?;
+        temp.persist(&self.path).map_err(|e| fail("cannot replace", e.error))?;
+        // The rename is durable only once the directory entry is on disk.
+        fs::File::open(parent).and_then(|dir| dir.sync_all()).map_err(|e| fail("cannot flush the directory of", e))
+    }
+}
+
+impl Plan for FilePlan {
+    fn changes(&self) -> Vec<String> {
+        let mut changes = Vec::new();
+        match &self.current {
+            None => changes.push(format!("created {} ({} bytes)", self.path.display(), self.contents.len())),
+            Some(current) if current.sha256 != self.desired => changes.push(format!(
+                "content of {}: sha256 {:.12} -> {:.12}",
+                self.path.display(),
+                current.sha256.to_hex(),
+                self.desired.to_hex()
+            )),
+            Some(_) => {}
+        }
+        if let Some((from, to)) = self.mode_differs() {
+            changes.push(format!("mode of {}: {from:04o} -> {to:04o}", self.path.display()));
+        }
+        if self.owner_differs() {
+            changes.push(format!("owner of {} changed", self.path.display()));
+        }
+        changes
+    }
+
+    fn managed_file(&self) -> Option<ManagedFile> {
+        Some(ManagedFile { path: self.path.clone(), sha256: self.desired, mode: self.mode })
+    }
+
+    fn apply(self: Box<Self>) -> Result<(), String> {
+        if self.content_differs() {
+            return self.write_atomically();
+        }
+        if let Some((_, mode)) = self.mode_differs() {
+            fs::set_permissions(&self.path, fs::Permissions::from_mode(mode))
+                .map_err(|e| format!("cannot set the mode of {}: {e}", self.path.display()))?;
+        }
+        if self.owner_differs() {
+            std::os::unix::fs::chown(&self.path, self.owner, self.group)
+                .map_err(|e| format!("cannot set the owner of {}: {e}", self.path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::apply_call;
+    use halite_proto::{Outcome, StateCall};
+
+    fn call(path: &Path, contents: &str, mode: Option<u32>) -> StateCall {
+        let mut args = Value::map().with("path", path.to_str().unwrap()).with("contents", contents.as_bytes().to_vec());
+        if let Some(mode) = mode {
+            args = args.with("mode", mode);
+        }
+        StateCall { id: "t".into(), kind: "file.managed".into(), args }
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn creates_then_reports_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/conf");
+        let result = apply_call(&call(&path, "x\n", Some(0o640)), false);
+        assert!(matches!(result.outcome, Outcome::Changed { .. }), "{result:?}");
+        assert_eq!(fs::read(&path).unwrap(), b"x\n");
+        assert_eq!(mode_of(&path), 0o640);
+        assert_eq!(apply_call(&call(&path, "x\n", Some(0o640)), false).outcome, Outcome::Unchanged);
+    }
+
+    #[test]
+    fn restores_content_and_mode_and_leaves_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("conf");
+        fs::write(&path, "drifted").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        let result = apply_call(&call(&path, "desired", Some(0o644)), false);
+        let Outcome::Changed { changes } = result.outcome else { panic!("{result:?}") };
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert_eq!(fs::read(&path).unwrap(), b"desired");
+        assert_eq!(mode_of(&path), 0o644);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn mode_only_drift_is_fixed_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("conf");
+        fs::write(&path, "same").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+        let result = apply_call(&call(&path, "same", Some(0o644)), false);
+        assert_eq!(result.outcome, Outcome::Changed { changes: vec![format!("mode of {}: 0666 -> 0644", path.display())] });
+        assert_eq!(mode_of(&path), 0o644);
+    }
+
+    #[test]
+    fn test_mode_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("conf");
+        fs::write(&path, "drifted").unwrap();
+        let result = apply_call(&call(&path, "desired", None), true);
+        assert!(matches!(result.outcome, Outcome::WouldChange { .. }));
+        assert_eq!(fs::read(&path).unwrap(), b"drifted");
+        let missing = dir.path().join("missing");
+        assert!(matches!(apply_call(&call(&missing, "x", None), true).outcome, Outcome::WouldChange { .. }));
+        assert!(!missing.exists());
+    }
+
+    #[test]
+    fn a_directory_in_the_way_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let result = apply_call(&call(dir.path(), "x", None), false);
+        assert!(result.outcome.is_failed());
+    }
+
+    #[test]
+    fn modes_parse_as_octal() {
+        let cases = [
+            (serde_json::json!("0644"), Ok(0o644)),
+            (serde_json::json!(644), Ok(0o644)),
+            (serde_json::json!(644.0), Ok(0o644)),
+            (serde_json::json!("0o755"), Ok(0o755)),
+            (serde_json::json!("0698"), Err(())),
+            (serde_json::json!(true), Err(())),
+            (serde_json::json!("17777"), Err(())),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(parse_mode(&input).map_err(|_| ()), expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn sources_cannot_leave_the_tree() {
+        let outer = tempfile::tempdir().unwrap();
+        let root = outer.path().join("tree");
+        fs::create_dir_all(root.join("files")).unwrap();
+        fs::write(root.join("files/ok"), "ok").unwrap();
+        fs::write(outer.path().join("secret"), "secret").unwrap();
+        std::os::unix::fs::symlink(outer.path().join("secret"), root.join("files/link")).unwrap();
+        assert_eq!(read_source(&root, "files/ok").unwrap(), b"ok");
+        assert_eq!(read_source(&root, "salt://files/ok").unwrap(), b"ok");
+        for bad in ["../secret", "/etc/passwd", "files/link", "files/missing"] {
+            assert!(read_source(&root, bad).is_err(), "{bad} should be refused");
+        }
+    }
+}

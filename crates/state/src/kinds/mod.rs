@@ -1,0 +1,159 @@
+//! The registry of state kinds.
+//!
+//! A kind is one file in this folder plus one line in [`KINDS`]. It declares
+//! its name, a summary and an example, resolves authored arguments on the
+//! master ([`Kind::resolve`]) and plans on the agent ([`Kind::plan`]).
+//! Planning has no side effects; applying executes the plan. Test mode stops
+//! after planning.
+
+use std::path::Path;
+
+use halite_proto::Value;
+
+use crate::apply::ManagedFile;
+use crate::diag::Location;
+use crate::yaml::Fields;
+
+pub mod file_managed;
+
+/// Every state kind halite knows. Keep sorted by name.
+pub static KINDS: &[&Kind] = &[&file_managed::KIND];
+
+pub fn find(name: &str) -> Option<&'static Kind> {
+    KINDS.iter().copied().find(|kind| kind.name == name)
+}
+
+pub fn names() -> Vec<&'static str> {
+    KINDS.iter().map(|kind| kind.name).collect()
+}
+
+#[derive(Debug)]
+pub struct Kind {
+    /// As written in state files, e.g. `file.managed`.
+    pub name: &'static str,
+    pub summary: &'static str,
+    /// A complete state file using this kind; the registry test loads it.
+    pub example: &'static str,
+    /// Master side: check the authored arguments and turn them into the
+    /// self-contained arguments the agent applies.
+    pub resolve: fn(&Authored<'_>) -> Result<Value, Vec<Problem>>,
+    /// Agent side: what applying would change, without side effects.
+    pub plan: fn(&Value) -> Result<Box<dyn Plan>, String>,
+}
+
+/// A state as the operator wrote it.
+#[derive(Debug)]
+pub struct Authored<'a> {
+    /// The state's id, e.g. `nginx-conf` (Salt: the `name` default).
+    pub id: &'a str,
+    pub fields: &'a Fields,
+    /// The state tree's root; sources are resolved inside it.
+    pub tree_root: &'a Path,
+}
+
+/// What is wrong with an authored state; the tree loader adds the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub at: Option<Location>,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+impl Problem {
+    pub fn new(at: Option<Location>, message: impl Into<String>) -> Self {
+        Problem { at, message: message.into(), help: None }
+    }
+
+    #[must_use]
+    pub fn help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+}
+
+/// The changes one state would make, ready to be applied.
+pub trait Plan: Send {
+    /// One line per change; empty when the state is already as desired.
+    fn changes(&self) -> Vec<String>;
+    /// The file this state keeps in shape, so the agent can tell drift from
+    /// its own writes.
+    fn managed_file(&self) -> Option<ManagedFile> {
+        None
+    }
+    /// Make the changes.
+    fn apply(self: Box<Self>) -> Result<(), String>;
+}
+
+/// Typed access to resolved arguments, for the agent-side `plan`s.
+pub(crate) mod args {
+    use halite_proto::Value;
+
+    pub fn string<'a>(args: &'a Value, key: &str) -> Result<&'a str, String> {
+        args.get(key).and_then(Value::as_str).ok_or_else(|| format!("argument `{key}` missing or not a string"))
+    }
+
+    pub fn opt_string<'a>(args: &'a Value, key: &str) -> Option<&'a str> {
+        args.get(key).and_then(Value::as_str)
+    }
+
+    pub fn bytes<'a>(args: &'a Value, key: &str) -> Result<&'a [u8], String> {
+        match args.get(key) {
+            Some(Value::Bytes(b)) => Ok(b),
+            _ => Err(format!("argument `{key}` missing or not bytes")),
+        }
+    }
+
+    pub fn opt_u32(args: &Value, key: &str) -> Option<u32> {
+        match args.get(key) {
+            Some(Value::Int(i)) => u32::try_from(*i).ok(),
+            _ => None,
+        }
+    }
+
+    pub fn bool_or(args: &Value, key: &str, default: bool) -> bool {
+        match args.get(key) {
+            Some(Value::Bool(b)) => *b,
+            _ => default,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_sorted() {
+        let names = names();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(names, sorted, "kind names must be unique and KINDS sorted");
+    }
+
+    /// A kind file that is not in KINDS is dead code nobody can use.
+    #[test]
+    fn every_kind_file_is_registered() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/kinds");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            let Some(stem) = name.strip_suffix(".rs") else { continue };
+            if stem == "mod" {
+                continue;
+            }
+            let kind = stem.replacen('_', ".", 1);
+            assert!(find(&kind).is_some(), "src/kinds/{name} is not registered as `{kind}` in KINDS");
+        }
+    }
+
+    #[test]
+    fn every_example_loads_cleanly() {
+        for kind in KINDS {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("example.yaml"), kind.example).unwrap();
+            let (tree, diagnostics) = crate::StateTree::load(dir.path());
+            assert!(diagnostics.is_empty(), "{}: {diagnostics:?}", kind.name);
+            assert!(!tree.files["example"].states.is_empty(), "{} example declares no state", kind.name);
+        }
+    }
+}
