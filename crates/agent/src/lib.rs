@@ -1,0 +1,46 @@
+//! The halite agent: runs beacons, sends their events to the master, and
+//! applies the states the master pushes back.
+//!
+//! # Layout
+//! - [`config`]: `agent.yaml`.
+//! - [`link`]: the DEALER side of the agent↔master link: reconnects,
+//!   heartbeats, acknowledgements.
+//! - [`beacons`]: the beacon registry; one file per kind (`beacons/file.rs`).
+//! - [`managed`]: what each managed file should be, so drift is told from
+//!   the agent's own writes.
+//! - [`jobs`]: applies jobs through the shared state engine.
+//! - [`daemon`]: `halite-agent run`, wiring the above together.
+//! - [`facts`]: what the agent tells the master about its host.
+
+#![forbid(unsafe_code)]
+
+use std::path::{Component, Path, PathBuf};
+
+pub mod beacons;
+pub mod config;
+pub mod daemon;
+pub mod facts;
+pub mod jobs;
+pub mod link;
+pub mod managed;
+
+/// `path` (absolute, as authored) under `root`.
+pub fn rooted(root: &Path, path: &Path) -> PathBuf {
+    if root == Path::new("/") {
+        return path.to_path_buf();
+    }
+    let relative: PathBuf = path.components().filter(|c| matches!(c, Component::Normal(_))).collect();
+    root.join(relative)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rooting_keeps_paths_inside_the_root() {
+        assert_eq!(rooted(Path::new("/"), Path::new("/etc/x")), PathBuf::from("/etc/x"));
+        assert_eq!(rooted(Path::new("/r"), Path::new("/etc/x")), PathBuf::from("/r/etc/x"));
+        assert_eq!(rooted(Path::new("/r"), Path::new("/../etc/x")), PathBuf::from("/r/etc/x"));
+    }
+}

@@ -1,0 +1,164 @@
+//! Beacons: watchers that turn something happening on this host into events.
+//!
+//! A beacon kind is one file in this folder plus one line in [`KINDS`]. It
+//! declares its name, a summary and an example configuration, validates a
+//! configuration (the master calls [`validate`] when it loads beacons.yaml, so
+//! a bad beacon is a `check` error, not a surprise on the agent) and starts.
+
+use std::path::{Path, PathBuf};
+
+use halite_proto::{BeaconSpec, Event, Value};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use crate::managed::ManagedFiles;
+
+pub mod file;
+
+/// Every beacon kind the agent can run. Keep sorted by name.
+pub static KINDS: &[&BeaconKind] = &[&file::KIND];
+
+#[derive(Debug)]
+pub struct BeaconKind {
+    pub name: &'static str,
+    pub summary: &'static str,
+    /// An example configuration in YAML; the registry test validates it.
+    pub example: &'static str,
+    pub validate: fn(&Value) -> Result<(), String>,
+    pub start: fn(Context, &Value) -> Result<Running, String>,
+}
+
+pub fn find(kind: &str) -> Option<&'static BeaconKind> {
+    KINDS.iter().copied().find(|k| k.name == kind)
+}
+
+pub fn names() -> Vec<&'static str> {
+    KINDS.iter().map(|k| k.name).collect()
+}
+
+/// Checks a beacon configuration the way the agent will read it.
+pub fn validate(kind: &str, config: &Value) -> Result<(), String> {
+    let beacon = find(kind).ok_or_else(|| format!("unknown beacon kind `{kind}`; known kinds: {}", names().join(", ")))?;
+    (beacon.validate)(config)
+}
+
+/// Decodes a configuration into a kind's typed, `deny_unknown_fields` form.
+pub fn decode<T: DeserializeOwned>(config: &Value) -> Result<T, String> {
+    serde_json::from_value(config.to_json()).map_err(|e| e.to_string())
+}
+
+/// What a running beacon is given.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The beacon's name, the last part of its events' tag.
+    pub name: String,
+    pub agent: String,
+    /// Where events go. Bounded: a beacon that outruns the link waits.
+    pub events: mpsc::Sender<Event>,
+    pub managed: ManagedFiles,
+    /// Prefix for every path a beacon or state names (`root` in agent.yaml).
+    pub root: PathBuf,
+}
+
+impl Context {
+    pub fn tag(&self) -> String {
+        halite_proto::event::tag::beacon(&self.agent, &self.name)
+    }
+
+    /// Where an authored absolute path really is on this host.
+    pub fn real_path(&self, path: &Path) -> PathBuf {
+        crate::rooted(&self.root, path)
+    }
+}
+
+/// A started beacon; dropping it stops it.
+pub struct Running {
+    _guard: Box<dyn Send>,
+}
+
+impl Running {
+    pub fn new(guard: impl Send + 'static) -> Self {
+        Running { _guard: Box::new(guard) }
+    }
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Running")
+    }
+}
+
+/// The beacons running now; replaced whole when the master sends a new set.
+#[derive(Debug)]
+pub struct Beacons {
+    template: Context,
+    running: Vec<(String, Running)>,
+}
+
+impl Beacons {
+    pub fn new(template: Context) -> Self {
+        Beacons { template, running: Vec::new() }
+    }
+
+    /// Stops every beacon and starts `specs`. A beacon that fails to start
+    /// is logged and skipped; the others run.
+    pub fn replace(&mut self, specs: &[BeaconSpec]) {
+        self.running.clear();
+        for spec in specs {
+            let Some(kind) = find(&spec.kind) else {
+                tracing::error!(beacon = %spec.name, kind = %spec.kind, "Unknown beacon kind; skipping this beacon.");
+                continue;
+            };
+            let context = Context { name: spec.name.clone(), ..self.template.clone() };
+            match (kind.start)(context, &spec.config) {
+                Ok(running) => {
+                    tracing::info!(beacon = %spec.name, kind = %spec.kind, "Beacon started.");
+                    self.running.push((spec.name.clone(), running));
+                }
+                Err(error) => tracing::error!(beacon = %spec.name, kind = %spec.kind, %error, "Beacon failed to start."),
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_sorted() {
+        let names = names();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(names, sorted);
+    }
+
+    #[test]
+    fn every_kind_file_is_registered() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/beacons");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            let Some(stem) = name.strip_suffix(".rs") else { continue };
+            if stem != "mod" {
+                assert!(find(stem).is_some(), "src/beacons/{name} is not registered in KINDS");
+            }
+        }
+    }
+
+    #[test]
+    fn every_example_validates() {
+        for kind in KINDS {
+            let json: serde_json::Value = serde_saphyr::from_str(kind.example).unwrap();
+            (kind.validate)(&Value::from_json(&json)).unwrap_or_else(|e| panic!("{}: {e}", kind.name));
+        }
+    }
+}

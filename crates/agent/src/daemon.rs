@@ -1,0 +1,79 @@
+//! `halite-agent run`: the link, the beacons and the job runner, wired.
+
+use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
+
+use anyhow::Context as _;
+use halite_proto::{AgentMessage, Event, Hello, MasterMessage};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::beacons::{self, Beacons};
+use crate::config::AgentConfig;
+use crate::link::{self, LinkEvent, LinkSettings};
+use crate::managed::ManagedFiles;
+use crate::{facts, jobs};
+
+/// Beacon events waiting for the link. When full, beacons wait.
+pub const EVENT_QUEUE: usize = 1024;
+
+pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Result<()> {
+    let id = config.agent_id();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data_dir)
+        .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+    if config.master_key.is_some() || config.tofu {
+        tracing::warn!("`master_key` and `tofu` are accepted but not enforced yet: this build's link is not encrypted.");
+    }
+    let managed = ManagedFiles::open(&config.data_dir.join("managed.json"));
+    let hello = Hello { agent: id.clone(), version: env!("CARGO_PKG_VERSION").into(), facts: facts::gather(&id) };
+    let (outbound, mut link_events, link_task) = link::spawn(LinkSettings::new(config.master.clone(), hello), cancel.clone());
+    let job_queue = jobs::spawn(managed.clone(), config.root.clone(), outbound.clone());
+    let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
+    let mut beacons = Beacons::new(beacons::Context {
+        name: String::new(),
+        agent: id.clone(),
+        events: events_tx,
+        managed,
+        root: config.root.clone(),
+    });
+    tracing::info!(agent = %id, master = %config.master, "Agent starting.");
+    let mut announced = false;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            event = link_events.recv() => match event {
+                None => break,
+                Some(LinkEvent::Up(welcome)) => {
+                    beacons.replace(&welcome.beacons);
+                    if !announced {
+                        announced = true;
+                        let mut stdout = std::io::stdout().lock();
+                        writeln!(stdout, "ready id={id}").and_then(|()| stdout.flush()).context("cannot write to stdout")?;
+                    }
+                }
+                Some(LinkEvent::Down(_)) => {}
+                Some(LinkEvent::Message(MasterMessage::Job(job))) => {
+                    tracing::info!(job = %job.id, states = job.states.len(), test = job.test, "Job received.");
+                    if job_queue.send(job).await.is_err() {
+                        break;
+                    }
+                }
+                Some(LinkEvent::Message(MasterMessage::Beacons(specs))) => beacons.replace(&specs),
+                Some(LinkEvent::Message(other)) => tracing::debug!(message = ?other, "Ignoring a message."),
+            },
+            Some(event) = events.recv() => {
+                if outbound.send(AgentMessage::Event(event)).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(beacons);
+    cancel.cancel();
+    let _ = link_task.await;
+    tracing::info!(agent = %id, "Agent stopped.");
+    Ok(())
+}

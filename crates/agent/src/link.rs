@@ -1,0 +1,261 @@
+//! The agent's end of the link: a ZeroMQ DEALER to the master's ROUTER.
+//!
+//! Layers, bottom up: the ZeroMQ socket (rebuilt on every reconnect, since
+//! the `zeromq` crate's DEALER does not reconnect by itself after the
+//! master restarts); frames ([`halite_proto::frame`]); the session (hello,
+//! then messages; the Noise session of the security work seals and opens
+//! frames at this layer, in [`Session`]); typed messages for the agent.
+//!
+//! The link owns delivery: events stay in an unacknowledged buffer until
+//! the master acks them and are sent again after a reconnect.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use halite_proto::{AgentMessage, Event, Hello, Id, MasterMessage, Welcome};
+use indexmap::IndexMap;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use zeromq::{DealerSocket, Socket, SocketEvent, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
+
+/// Messages the agent has queued for the master. When full, senders wait.
+pub const OUTBOUND_CAPACITY: usize = 1024;
+/// What the link hands up to the agent. When full, the link waits.
+pub const INBOUND_CAPACITY: usize = 256;
+/// Events sent but not yet acknowledged. When full, the oldest is dropped
+/// with a warning (the durable outbox will replace this buffer).
+pub const UNACKED_CAPACITY: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct LinkSettings {
+    pub endpoint: String,
+    pub hello: Hello,
+    /// How often the agent pings an idle link; three missed answers and the
+    /// link is rebuilt.
+    pub heartbeat: Duration,
+    /// First reconnect delay; doubles up to `max_backoff`, with jitter.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl LinkSettings {
+    pub fn new(endpoint: String, hello: Hello) -> Self {
+        LinkSettings {
+            endpoint,
+            hello,
+            heartbeat: Duration::from_secs(5),
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the link tells the agent.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// A session is open.
+    Up(Welcome),
+    /// The session ended; the link is reconnecting.
+    Down(String),
+    /// A message from the master (acks and pongs are handled by the link).
+    Message(MasterMessage),
+}
+
+/// Seals and opens frames for one session. Today frames travel in the
+/// clear; the Noise transport state replaces this (SPEC §5).
+#[derive(Debug, Default)]
+struct Session;
+
+impl Session {
+    fn seal(&mut self, message: &AgentMessage) -> ZmqMessage {
+        ZmqMessage::from(halite_proto::encode(message))
+    }
+
+    fn open(&mut self, message: &ZmqMessage) -> Result<MasterMessage, String> {
+        let frame = message.get(0).ok_or("empty message")?;
+        halite_proto::decode(frame).map_err(|e| e.to_string())
+    }
+}
+
+/// Starts the link task. It runs until `cancel` fires.
+pub fn spawn(
+    settings: LinkSettings,
+    cancel: CancellationToken,
+) -> (mpsc::Sender<AgentMessage>, mpsc::Receiver<LinkEvent>, tokio::task::JoinHandle<()>) {
+    let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    let (in_tx, in_rx) = mpsc::channel(INBOUND_CAPACITY);
+    let link = Link { settings, outbound: out_rx, inbound: in_tx, unacked: IndexMap::new(), cancel };
+    (out_tx, in_rx, tokio::spawn(link.run()))
+}
+
+struct Link {
+    settings: LinkSettings,
+    outbound: mpsc::Receiver<AgentMessage>,
+    inbound: mpsc::Sender<LinkEvent>,
+    unacked: IndexMap<Id, Event>,
+    cancel: CancellationToken,
+}
+
+enum End {
+    Cancelled,
+    Lost(String),
+}
+
+impl Link {
+    async fn run(mut self) {
+        let mut failures: u32 = 0;
+        loop {
+            let end = match self.connect().await {
+                Ok((socket, welcome)) => {
+                    failures = 0;
+                    tracing::info!(master = %self.settings.endpoint, "Session with the master is up.");
+                    if self.inbound.send(LinkEvent::Up(welcome)).await.is_err() {
+                        return;
+                    }
+                    let end = self.pump(socket).await;
+                    if let End::Lost(why) = &end {
+                        tracing::warn!(master = %self.settings.endpoint, reason = %why, "Session with the master lost; reconnecting.");
+                        let _ = self.inbound.send(LinkEvent::Down(why.clone())).await;
+                    }
+                    end
+                }
+                Err(End::Cancelled) => End::Cancelled,
+                Err(End::Lost(why)) => {
+                    failures = failures.saturating_add(1);
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(master = %self.settings.endpoint, reason = %why, attempts = failures, "Cannot reach the master; retrying.");
+                    }
+                    End::Lost(why)
+                }
+            };
+            if let End::Cancelled = end {
+                return;
+            }
+            let delay = backoff(&self.settings, failures);
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn connect(&mut self) -> Result<(DealerSocket, Welcome), End> {
+        let mut options = SocketOptions::default();
+        options.connect_timeout(Duration::from_secs(5));
+        let mut socket = DealerSocket::with_options(options);
+        let lost = |what: &str, e: &dyn std::fmt::Display| End::Lost(format!("{what}: {e}"));
+        tokio::select! {
+            () = self.cancel.cancelled() => return Err(End::Cancelled),
+            result = socket.connect(&self.settings.endpoint) => result.map_err(|e| lost("connect", &e))?,
+        }
+        let mut session = Session;
+        socket
+            .send(session.seal(&AgentMessage::Hello(self.settings.hello.clone())))
+            .await
+            .map_err(|e| lost("hello", &e))?;
+        let reply = tokio::select! {
+            () = self.cancel.cancelled() => return Err(End::Cancelled),
+            reply = tokio::time::timeout(self.settings.heartbeat * 3, socket.recv()) => reply,
+        };
+        let reply = reply.map_err(|_| End::Lost("no answer to hello".into()))?.map_err(|e| lost("hello", &e))?;
+        match session.open(&reply) {
+            Ok(MasterMessage::Welcome(welcome)) => Ok((socket, welcome)),
+            Ok(other) => Err(End::Lost(format!("expected a welcome, got {other:?}"))),
+            Err(e) => Err(lost("welcome", &e)),
+        }
+    }
+
+    async fn pump(&mut self, mut socket: DealerSocket) -> End {
+        let mut monitor = socket.monitor();
+        let (mut send, mut recv) = socket.split();
+        let mut session = Session;
+        // Events the master did not acknowledge before the last session ended.
+        let resend: Vec<Event> = self.unacked.values().cloned().collect();
+        for event in resend {
+            if let Err(e) = send.send(session.seal(&AgentMessage::Event(event))).await {
+                return End::Lost(format!("send: {e}"));
+            }
+        }
+        let mut heartbeat = tokio::time::interval(self.settings.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return End::Cancelled,
+                received = recv.recv() => {
+                    let message = match received {
+                        Ok(message) => message,
+                        Err(e) => return End::Lost(format!("receive: {e}")),
+                    };
+                    last_heard = Instant::now();
+                    match session.open(&message) {
+                        Ok(MasterMessage::Ack { event }) => { self.unacked.shift_remove(&event); }
+                        Ok(MasterMessage::Pong) => {}
+                        Ok(message) => {
+                            if self.inbound.send(LinkEvent::Message(message)).await.is_err() {
+                                return End::Cancelled;
+                            }
+                        }
+                        Err(error) => tracing::warn!(%error, "Dropping an unreadable message from the master."),
+                    }
+                }
+                event = monitor.next() => match event {
+                    Some(SocketEvent::Disconnected(_)) | None => return End::Lost("disconnected".into()),
+                    Some(_) => {}
+                },
+                message = self.outbound.recv() => {
+                    let Some(message) = message else { return End::Cancelled };
+                    if let AgentMessage::Event(event) = &message {
+                        self.remember(event.clone());
+                    }
+                    if let Err(e) = send.send(session.seal(&message)).await {
+                        return End::Lost(format!("send: {e}"));
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() > self.settings.heartbeat * 3 {
+                        return End::Lost("the master stopped answering".into());
+                    }
+                    if let Err(e) = send.send(session.seal(&AgentMessage::Ping)).await {
+                        return End::Lost(format!("send: {e}"));
+                    }
+                }
+            }
+        }
+    }
+
+    fn remember(&mut self, event: Event) {
+        if self.unacked.len() >= UNACKED_CAPACITY
+            && let Some((id, _)) = self.unacked.shift_remove_index(0)
+        {
+            tracing::warn!(event = %id, "Too many unacknowledged events; the oldest will not be sent again.");
+        }
+        self.unacked.insert(event.id, event);
+    }
+}
+
+/// Exponential backoff with ±50% jitter, so that a fleet does not reconnect
+/// in lockstep after a master restart.
+fn backoff(settings: &LinkSettings, failures: u32) -> Duration {
+    let base = settings.min_backoff.saturating_mul(1u32 << failures.min(16)).min(settings.max_backoff);
+    base.mul_f64(rand::rng().random_range(0.5..1.5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let settings = LinkSettings::new(String::new(), Hello { agent: "a".into(), version: "0".into(), facts: halite_proto::Value::Null });
+        for failures in 0..40 {
+            let delay = backoff(&settings, failures);
+            assert!(delay <= settings.max_backoff.mul_f64(1.5), "{failures}: {delay:?}");
+            assert!(delay >= settings.min_backoff / 2);
+        }
+        assert!(backoff(&settings, 0) < Duration::from_millis(151));
+    }
+}

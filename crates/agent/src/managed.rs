@@ -1,0 +1,130 @@
+//! The record of managed files: what each should contain, so that the file
+//! beacon can tell drift from the agent's own corrective writes.
+//!
+//! The job runner records a file's desired state *before* writing it, so the
+//! write's own inotify events compare equal and raise nothing; it marks the
+//! file *applied* afterwards, which closes any open drift on it. The record
+//! is persisted in the data dir so drift that happens while the agent is
+//! down is still recognised as drift at its next start.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use halite_proto::Sha256;
+use halite_state::ManagedFile;
+use serde::{Deserialize, Serialize};
+
+/// What a managed file should be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Desired {
+    pub sha256: [u8; 32],
+    pub mode: Option<u32>,
+}
+
+impl Desired {
+    pub fn sha256(&self) -> Sha256 {
+        Sha256(self.sha256)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    desired: HashMap<PathBuf, Desired>,
+    /// Bumped each time a job finishes writing the path.
+    applied: HashMap<PathBuf, u64>,
+}
+
+/// Shared between the job runner (writes) and the file beacon (reads).
+#[derive(Debug, Clone)]
+pub struct ManagedFiles {
+    inner: Arc<Mutex<Inner>>,
+    /// Where the record is persisted; `None` keeps it in memory only.
+    store: Option<PathBuf>,
+}
+
+impl ManagedFiles {
+    pub fn in_memory() -> Self {
+        ManagedFiles { inner: Arc::default(), store: None }
+    }
+
+    /// Loads the record from `path` (a missing or unreadable record starts
+    /// empty, with a warning: it only ever suppresses events).
+    pub fn open(path: &Path) -> Self {
+        let desired = match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice::<Vec<(PathBuf, Desired)>>(&bytes)
+                .map(|list| list.into_iter().collect())
+                .unwrap_or_else(|error| {
+                    tracing::warn!(path = %path.display(), %error, "Ignoring an unreadable record of managed files.");
+                    HashMap::new()
+                }),
+            Err(_) => HashMap::new(),
+        };
+        ManagedFiles {
+            inner: Arc::new(Mutex::new(Inner { desired, applied: HashMap::new() })),
+            store: Some(path.to_path_buf()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn desired(&self, path: &Path) -> Option<Desired> {
+        self.lock().desired.get(path).copied()
+    }
+
+    /// How many times a job has finished writing `path`.
+    pub fn applied_generation(&self, path: &Path) -> u64 {
+        self.lock().applied.get(path).copied().unwrap_or(0)
+    }
+
+    /// Records what `file` should be; persists the record when it changed.
+    pub fn record(&self, file: &ManagedFile) {
+        let desired = Desired { sha256: file.sha256.0, mode: file.mode };
+        let changed = self.lock().desired.insert(file.path.clone(), desired) != Some(desired);
+        if changed {
+            self.persist();
+        }
+    }
+
+    /// A job has finished with `path`: drift reported before now is closed.
+    pub fn mark_applied(&self, path: &Path) {
+        *self.lock().applied.entry(path.to_path_buf()).or_default() += 1;
+    }
+
+    fn persist(&self) {
+        let Some(store) = &self.store else { return };
+        let list: Vec<(PathBuf, Desired)> = self.lock().desired.iter().map(|(p, d)| (p.clone(), *d)).collect();
+        let result = (|| -> std::io::Result<()> {
+            let dir = store.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(dir)?;
+            let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+            serde_json::to_writer(&mut temp, &list)?;
+            temp.as_file().sync_all()?;
+            temp.persist(store).map_err(|e| e.error)?;
+            Ok(())
+        })();
+        if let Err(error) = result {
+            tracing::warn!(path = %store.display(), %error, "Cannot save the record of managed files.");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("managed.json");
+        let file = ManagedFile { path: "/etc/x".into(), sha256: Sha256::of(b"x"), mode: Some(0o644) };
+        ManagedFiles::open(&store).record(&file);
+        let reopened = ManagedFiles::open(&store);
+        assert_eq!(reopened.desired(Path::new("/etc/x")).unwrap().sha256(), Sha256::of(b"x"));
+        assert_eq!(reopened.applied_generation(Path::new("/etc/x")), 0);
+        reopened.mark_applied(Path::new("/etc/x"));
+        assert_eq!(reopened.applied_generation(Path::new("/etc/x")), 1);
+    }
+}
