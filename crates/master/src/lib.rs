@@ -1,0 +1,35 @@
+//! The halite master: loads the state tree, receives agents' events,
+//! runs reactors and pushes corrective state.
+//!
+//! # Layout
+//! - [`config`]: `master.yaml`.
+//! - [`tree`]: the whole authored tree: states (from `halite-state`),
+//!   [`beacons`] (beacons.yaml) and [`reactor`]s (reactors.yaml).
+//! - [`link`]: the ROUTER side of the agent link; [`sessions`]: which peer
+//!   is which agent.
+//! - [`reactor`]: compiling reactors, the per-agent [`reactor::engine`], and
+//!   one file per action in `reactor/actions/`.
+//! - [`jobs`]: sending states to agents and waiting for results.
+//! - [`bus`]: the event bus and the outside publisher.
+//! - [`daemon`]: `halite-master run`; [`check`]: `halite-master check`;
+//!   [`demo`]: `halite-master demo`; [`fleet`]: real processes on loopback
+//!   for the demo and tests; [`client`]: a subscriber for tools,
+//!   the demo and the tests.
+//! - [`example`]: the example state tree, built into the binary.
+
+#![forbid(unsafe_code)]
+
+pub mod beacons;
+pub mod bus;
+pub mod check;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod example;
+pub mod fleet;
+pub mod jobs;
+pub mod link;
+pub mod reactor;
+pub mod sessions;
+pub mod tree;

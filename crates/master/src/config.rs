@@ -1,0 +1,91 @@
+//! `master.yaml`: the master's configuration (SPEC §4).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG: &str = "/etc/halite/master.yaml";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterConfig {
+    /// The agent link (ZeroMQ ROUTER). Port 0 picks a free port.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// The outside event publisher (ZeroMQ PUB, `[tag, json]`). Port 0 likewise.
+    #[serde(default = "default_publish")]
+    pub publish: String,
+    /// The state tree.
+    #[serde(default = "default_states")]
+    pub states: PathBuf,
+    /// Keys, the control socket, the store, the `endpoints` file.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Agent-id globs accepted without an operator (enforced with agent keys).
+    #[serde(default)]
+    pub auto_accept: Vec<String>,
+}
+
+fn default_listen() -> String {
+    "tcp://0.0.0.0:4510".into()
+}
+fn default_publish() -> String {
+    "tcp://127.0.0.1:4511".into()
+}
+fn default_states() -> PathBuf {
+    "/srv/halite/states".into()
+}
+fn default_data_dir() -> PathBuf {
+    "/var/lib/halite/master".into()
+}
+
+impl Default for MasterConfig {
+    fn default() -> Self {
+        MasterConfig {
+            listen: default_listen(),
+            publish: default_publish(),
+            states: default_states(),
+            data_dir: default_data_dir(),
+            auto_accept: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(halite_state::Diagnostic),
+}
+
+impl MasterConfig {
+    /// Loads the configuration; relative paths in it are relative to the
+    /// file's directory.
+    pub fn load(path: &Path) -> Result<MasterConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let mut config: MasterConfig = halite_state::yaml::parse(path, &text).map_err(ConfigError::Invalid)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.states = base.join(&config.states);
+        config.data_dir = base.join(&config.data_dir);
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named_and_paths_are_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.yaml");
+        std::fs::write(&path, "states: tree\nlisten: tcp://127.0.0.1:0\n").unwrap();
+        let config = MasterConfig::load(&path).unwrap();
+        assert_eq!(config.states, dir.path().join("tree"));
+        assert_eq!(config.publish, "tcp://127.0.0.1:4511");
+        std::fs::write(&path, "stats: tree\n").unwrap();
+        let error = MasterConfig::load(&path).unwrap_err().to_string();
+        assert!(error.contains("stats") && error.contains("master.yaml:1:1"), "{error}");
+    }
+}

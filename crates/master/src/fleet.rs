@@ -1,0 +1,173 @@
+//! Starting real `halite-master` and `halite-agent` processes on loopback,
+//! each in its own directory: what the demo, the end-to-end tests and the
+//! benchmarks share.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// How long a process may take to print its ready line.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the two binaries are.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub master: PathBuf,
+    pub agent: PathBuf,
+}
+
+impl Binaries {
+    /// Both binaries in `dir` (e.g. `target/debug`).
+    pub fn in_dir(dir: &Path) -> Binaries {
+        Binaries { master: dir.join("halite-master"), agent: dir.join("halite-agent") }
+    }
+
+    /// The binaries beside the running executable (an installed halite, or
+    /// `target/<profile>` during development).
+    pub fn beside_current_exe() -> anyhow::Result<Binaries> {
+        let exe = std::env::current_exe().context("cannot find the running executable")?;
+        let binaries = Binaries::in_dir(exe.parent().unwrap_or(Path::new(".")));
+        if !binaries.agent.exists() {
+            bail!("halite-agent is not beside {} (build it with `cargo build --workspace`)", exe.display());
+        }
+        Ok(binaries)
+    }
+}
+
+/// A running `halite-master run`.
+#[derive(Debug)]
+pub struct MasterProcess {
+    child: Child,
+    /// The agent link, as printed on the ready line.
+    pub listen: String,
+    /// The outside event publisher, as printed on the ready line.
+    pub publish: String,
+    pub dir: PathBuf,
+    /// Its stderr (logs).
+    pub log: PathBuf,
+}
+
+/// A running `halite-agent run`.
+#[derive(Debug)]
+pub struct AgentProcess {
+    child: Child,
+    pub id: String,
+    /// The agent's `root`: `/etc/motd` in a state is `<root>/etc/motd`.
+    pub root: PathBuf,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+}
+
+/// Starts a master in `dir` (config, data, log) serving the tree `states`.
+/// `listen` is `tcp://127.0.0.1:0` the first time; pass the old endpoint to
+/// restart on the same port.
+pub async fn start_master(binaries: &Binaries, dir: &Path, states: &Path, listen: &str) -> anyhow::Result<MasterProcess> {
+    std::fs::create_dir_all(dir)?;
+    let config = dir.join("master.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: {listen}\npublish: tcp://127.0.0.1:0\nstates: {}\ndata_dir: {}\n",
+            states.display(),
+            dir.join("data").display()
+        ),
+    )?;
+    let log = dir.join("master.log");
+    let (child, line) = spawn_until_ready(&binaries.master, &["run", "--config"], &config, &log).await?;
+    let field = |key: &str| {
+        line.split_whitespace().find_map(|f| f.strip_prefix(key)).map(str::to_owned).with_context(|| format!("no {key} in `{line}`"))
+    };
+    Ok(MasterProcess { listen: field("listen=")?, publish: field("publish=")?, child, dir: dir.to_path_buf(), log })
+}
+
+/// Starts an agent `id` in `dir`, managing files under `dir/root`.
+pub async fn start_agent(binaries: &Binaries, dir: &Path, id: &str, master: &str) -> anyhow::Result<AgentProcess> {
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root)?;
+    let config = dir.join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!("id: {id}\nmaster: {master}\ndata_dir: {}\nroot: {}\n", dir.join("data").display(), root.display()),
+    )?;
+    let log = dir.join("agent.log");
+    let (child, _) = spawn_until_ready(&binaries.agent, &["run", "--config"], &config, &log).await?;
+    Ok(AgentProcess { child, id: id.to_owned(), root, dir: dir.to_path_buf(), log })
+}
+
+async fn spawn_until_ready(binary: &Path, args: &[&str], config: &Path, log: &Path) -> anyhow::Result<(Child, String)> {
+    let stderr = std::fs::File::create(log)?;
+    let mut child = Command::new(binary)
+        .args(args)
+        .arg(config)
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", binary.display()))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = tokio::time::timeout(READY_TIMEOUT, async {
+        while let Some(line) = lines.next_line().await? {
+            if line.starts_with("ready ") {
+                return Ok(line);
+            }
+        }
+        bail!("exited before it was ready")
+    })
+    .await;
+    match ready {
+        Ok(Ok(line)) => {
+            // Keep reading so the child never blocks on a full pipe.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            Ok((child, line))
+        }
+        Ok(Err(e)) => {
+            let logs = std::fs::read_to_string(log).unwrap_or_default();
+            bail!("{} {e}; its log:\n{logs}", binary.display())
+        }
+        Err(_) => bail!("{} printed no ready line within {READY_TIMEOUT:?}", binary.display()),
+    }
+}
+
+async fn terminate(child: &mut Child) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_ok() {
+            return;
+        }
+    }
+    let _ = child.kill().await;
+}
+
+impl MasterProcess {
+    /// SIGTERM, then SIGKILL after a grace period.
+    pub async fn stop(mut self) {
+        terminate(&mut self.child).await;
+    }
+
+    /// SIGKILL: a crash.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+impl AgentProcess {
+    pub async fn stop(mut self) {
+        terminate(&mut self.child).await;
+    }
+
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Where an authored absolute path is for this agent.
+    pub fn path(&self, authored: &str) -> PathBuf {
+        halite_agent::rooted(&self.root, Path::new(authored))
+    }
+}

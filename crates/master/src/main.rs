@@ -1,0 +1,120 @@
+//! `halite-master`: the command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use halite_master::config::{DEFAULT_CONFIG, MasterConfig};
+use tokio_util::sync::CancellationToken;
+
+/// The halite master: loads the state tree, receives agents' events, runs
+/// reactors and pushes corrective state back to the agents.
+///
+/// Exit codes: 0 success; 1 failure (the message says why; for `check`,
+/// the tree has errors); 2 bad command line.
+#[derive(Debug, Parser)]
+#[command(name = "halite-master", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the master in the foreground until SIGTERM or SIGINT.
+    ///
+    /// Prints `ready listen=<endpoint> publish=<endpoint>` on stdout (and in
+    /// <data_dir>/endpoints) once it serves, with real ports when port 0 was
+    /// asked for. Logs go to stderr; RUST_LOG=debug shows every event.
+    Run {
+        /// The master's configuration (YAML).
+        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Overrides `data_dir`.
+        #[arg(long, env = "HALITE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Overrides `states`.
+        #[arg(long, env = "HALITE_STATES")]
+        states: Option<PathBuf>,
+    },
+    /// Check the whole state tree and print every problem as
+    /// file:line:col: error: … with a hint; exit 1 if there is any.
+    Check {
+        /// The state tree to check.
+        #[arg(long, env = "HALITE_STATES", default_value = "states")]
+        states: PathBuf,
+    },
+    /// Start a master and two agents on loopback in a temporary directory,
+    /// drift managed files several ways and show each restore with its
+    /// latency. Needs nothing set up.
+    Demo {
+        /// Leave everything running afterwards, to edit files by hand.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<bool> {
+    match cli.command {
+        Command::Run { config, data_dir, states } => {
+            let mut master = if config.exists() || config.as_os_str() != DEFAULT_CONFIG {
+                MasterConfig::load(&config).context("cannot load the master configuration (see `halite-master run --help`)")?
+            } else {
+                MasterConfig::default()
+            };
+            if let Some(data_dir) = data_dir {
+                master.data_dir = data_dir;
+            }
+            if let Some(states) = states {
+                master.states = states;
+            }
+            runtime()?.block_on(async {
+                let cancel = CancellationToken::new();
+                tokio::spawn(stop_on_signal(cancel.clone()));
+                halite_master::daemon::run(master, cancel).await
+            })?;
+            Ok(true)
+        }
+        Command::Check { states } => Ok(halite_master::check::run(&states, &mut std::io::stdout().lock())?),
+        Command::Demo { keep } => {
+            runtime()?.block_on(halite_master::demo::run(keep))?;
+            Ok(true)
+        }
+    }
+}
+
+async fn stop_on_signal(cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("Cannot install signal handlers; stop the master with SIGKILL.");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("Signal received; stopping.");
+    cancel.cancel();
+}

@@ -1,0 +1,213 @@
+//! Running reactions: one worker per agent, so reactions for different
+//! agents run concurrently and reactions for one agent keep the order of
+//! its events.
+//!
+//! A reaction waiting in an agent's queue absorbs later events for the same
+//! reactor (the latest event wins): an editor's burst of modify, write and
+//! rename becomes one reaction. With `throttle`, a reactor runs at most once
+//! per window for an agent; what arrives inside the window waits for its end
+//! and, coalesced, runs once.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use halite_proto::event::tag;
+use halite_proto::{Event, Id, Job, Value};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::Reactor;
+use super::actions::Context;
+use crate::bus::Bus;
+use crate::jobs::Jobs;
+use crate::tree::Tree;
+
+/// Work waiting for one agent. When full, new work for that agent is
+/// dropped, logged and announced as `halite/reactor/<name>/throttled`.
+pub const AGENT_QUEUE: usize = 256;
+
+#[derive(Debug)]
+enum Work {
+    React { reactor: Arc<Reactor>, event: Arc<Event>, tree: Arc<Tree>, coalesced: u32 },
+    /// Apply the agent's top.yaml states (at session start).
+    Highstate { tree: Arc<Tree> },
+}
+
+#[derive(Debug, Clone)]
+pub struct Engine {
+    tree: Arc<RwLock<Arc<Tree>>>,
+    queues: Arc<Mutex<HashMap<String, mpsc::Sender<Work>>>>,
+    jobs: Jobs,
+    bus: Bus,
+}
+
+impl Engine {
+    pub fn new(tree: Arc<RwLock<Arc<Tree>>>, jobs: Jobs, bus: Bus) -> Self {
+        Engine { tree, queues: Arc::default(), jobs, bus }
+    }
+
+    fn current_tree(&self) -> Arc<Tree> {
+        self.tree.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Matches an agent's event against every reactor and queues reactions.
+    pub fn on_event(&self, event: &Arc<Event>) {
+        let tree = self.current_tree();
+        for reactor in &tree.reactors {
+            match reactor.matches(event) {
+                Ok(false) => {}
+                Ok(true) => self.enqueue(
+                    &event.agent,
+                    Work::React { reactor: reactor.clone(), event: event.clone(), tree: tree.clone(), coalesced: 0 },
+                ),
+                Err(error) => {
+                    tracing::warn!(reactor = %reactor.name, event = %event.id, %error, "Reactor condition failed.");
+                    self.bus.publish(Event::new(
+                        tag::reactor(&reactor.name, "failed"),
+                        event.agent.as_str(),
+                        Value::map().with("event", event.id.to_string()).with("error", error),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Queues the agent's top.yaml states, so a new or returning agent
+    /// converges at once.
+    pub fn highstate(&self, agent: &str) {
+        let tree = self.current_tree();
+        if !tree.states.states_for(agent).is_empty() {
+            self.enqueue(agent, Work::Highstate { tree });
+        }
+    }
+
+    fn enqueue(&self, agent: &str, work: Work) {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let sender = queues.entry(agent.to_owned()).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(AGENT_QUEUE);
+            tokio::spawn(Worker { agent: agent.to_owned(), engine: self.clone(), last_run: HashMap::new() }.run(rx));
+            tx
+        });
+        if let Err(mpsc::error::TrySendError::Full(work)) = sender.try_send(work) {
+            if let Work::React { reactor, event, .. } = work {
+                tracing::warn!(agent, reactor = %reactor.name, event = %event.id, "Reaction queue full; dropping the reaction.");
+                self.bus.publish(Event::new(
+                    tag::reactor(&reactor.name, "throttled"),
+                    agent,
+                    Value::map().with("event", event.id.to_string()).with("reason", "queue full"),
+                ));
+            }
+        }
+    }
+}
+
+struct Worker {
+    agent: String,
+    engine: Engine,
+    /// When each reactor last ran for this agent, for `throttle`.
+    last_run: HashMap<String, Instant>,
+}
+
+impl Worker {
+    async fn run(mut self, mut inbox: mpsc::Receiver<Work>) {
+        let mut pending: VecDeque<Work> = VecDeque::new();
+        loop {
+            if pending.is_empty() {
+                match inbox.recv().await {
+                    Some(work) => merge(&mut pending, work),
+                    None => return,
+                }
+            }
+            while let Ok(work) = inbox.try_recv() {
+                merge(&mut pending, work);
+            }
+            if let Some(until) = pending.front().and_then(|w| self.throttled_until(w)) {
+                tokio::select! {
+                    () = tokio::time::sleep_until(until) => {}
+                    Some(work) = inbox.recv() => merge(&mut pending, work),
+                }
+                continue;
+            }
+            if let Some(work) = pending.pop_front() {
+                self.execute(work).await;
+            }
+        }
+    }
+
+    fn throttled_until(&self, work: &Work) -> Option<Instant> {
+        let Work::React { reactor, .. } = work else { return None };
+        let until = *self.last_run.get(&reactor.name)? + reactor.throttle?;
+        (until > Instant::now()).then_some(until)
+    }
+
+    async fn execute(&mut self, work: Work) {
+        let jobs = self.engine.jobs.clone();
+        let bus = &self.engine.bus;
+        match work {
+            Work::Highstate { tree } => {
+                let states = tree.states.states_for(&self.agent);
+                let job = Job { id: Id::new(), cause_event: None, test: false, states: tree.states.calls(&states) };
+                if let Err(error) = jobs.run(&self.agent, job).await {
+                    tracing::warn!(agent = %self.agent, %error, "Start-up apply failed.");
+                }
+            }
+            Work::React { reactor, event, tree, coalesced } => {
+                self.last_run.insert(reactor.name.clone(), Instant::now());
+                let context = Context { tree, jobs };
+                let mut done = Vec::new();
+                let mut failure = None;
+                for action in &reactor.actions {
+                    match action.run(&context, &self.agent, &event).await {
+                        Ok(what) => done.push(Value::from(what)),
+                        Err(error) => {
+                            failure = Some(error);
+                            break;
+                        }
+                    }
+                }
+                let data = Value::map()
+                    .with("event", event.id.to_string())
+                    .with("coalesced", i64::from(coalesced))
+                    .with("actions", Value::List(done));
+                match failure {
+                    None => {
+                        tracing::info!(agent = %self.agent, reactor = %reactor.name, event = %event.id, coalesced, "Reactor fired.");
+                        bus.publish(Event::new(tag::reactor(&reactor.name, "fired"), self.agent.as_str(), data));
+                    }
+                    Some(error) => {
+                        tracing::warn!(agent = %self.agent, reactor = %reactor.name, event = %event.id, %error, "Reactor failed.");
+                        bus.publish(Event::new(tag::reactor(&reactor.name, "failed"), self.agent.as_str(), data.with("error", error)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds work to an agent's queue, folding it into waiting work of the same
+/// reactor (the newest event wins, the count says how many were folded).
+fn merge(pending: &mut VecDeque<Work>, work: Work) {
+    for waiting in pending.iter_mut() {
+        match (waiting, &work) {
+            (Work::React { reactor: r, event: e, tree: t, coalesced }, Work::React { reactor, event, tree, .. })
+                if r.name == reactor.name =>
+            {
+                *e = event.clone();
+                *t = tree.clone();
+                *r = reactor.clone();
+                *coalesced += 1;
+                return;
+            }
+            (Work::Highstate { tree: t }, Work::Highstate { tree }) => {
+                *t = tree.clone();
+                return;
+            }
+            _ => {}
+        }
+    }
+    pending.push_back(work);
+}
+
+/// How long the engine waits for an agent's job result by default.
+pub const JOB_TIMEOUT: Duration = Duration::from_secs(60);
