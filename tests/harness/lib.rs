@@ -1,0 +1,156 @@
+//! The end-to-end harness: a temporary directory with a state tree, a real
+//! `halite-master` and real `halite-agent`s on 127.0.0.1, and a subscriber
+//! on the master's event publisher that records every event in order.
+//!
+//! Tests await events, never sleep. When a test fails, the children's logs
+//! are printed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use halite_master::client::{BusEvent, Subscriber};
+use halite_master::fleet::{self, AgentProcess, Binaries, MasterProcess};
+
+/// How long any one expected event may take before the test fails. Generous:
+/// it bounds a hang, it is not a performance threshold.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// The binaries cargo built beside this test (`target/<profile>/`).
+pub fn binaries() -> Binaries {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let binaries = Binaries::in_dir(dir);
+    assert!(
+        binaries.master.exists() && binaries.agent.exists(),
+        "halite-master and halite-agent are not built in {}; run `cargo build --workspace` (the README's test command does)",
+        dir.display()
+    );
+    binaries
+}
+
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+    pub binaries: Binaries,
+    pub states: PathBuf,
+    pub master: Option<MasterProcess>,
+    pub agents: Vec<AgentProcess>,
+    pub bus: Subscriber,
+    /// Every event received so far, in order.
+    pub seen: Vec<BusEvent>,
+    /// Where the master's logs of earlier runs are (after restarts).
+    old_master_logs: Vec<PathBuf>,
+}
+
+impl Fleet {
+    /// A master serving the repository's example tree (written fresh) plus
+    /// the agents named, each converged (its start-up apply returned).
+    pub async fn start(agents: &[&str]) -> anyhow::Result<Fleet> {
+        let dir = tempfile::Builder::new().prefix("halite-e2e-").tempdir()?;
+        let states = dir.path().join("states");
+        halite_master::example::write(&states)?;
+        let binaries = binaries();
+        let master = fleet::start_master(&binaries, &dir.path().join("master"), &states, "tcp://127.0.0.1:0").await?;
+        let bus = Subscriber::connect(&master.publish, "halite/").await?;
+        let mut fleet = Fleet { dir, binaries, states, master: Some(master), agents: Vec::new(), bus, seen: Vec::new(), old_master_logs: Vec::new() };
+        for id in agents {
+            fleet.add_agent(id).await?;
+        }
+        Ok(fleet)
+    }
+
+    pub async fn add_agent(&mut self, id: &str) -> anyhow::Result<()> {
+        let listen = self.master().listen.clone();
+        let agent = fleet::start_agent(&self.binaries, &self.dir.path().join(id), id, &listen).await?;
+        self.agents.push(agent);
+        let suffix = format!("/ret/{id}");
+        self.wait_for("the start-up apply", |e| e.tag.starts_with("halite/job/") && e.tag.ends_with(&suffix)).await?;
+        Ok(())
+    }
+
+    pub fn master(&self) -> &MasterProcess {
+        self.master.as_ref().expect("master running")
+    }
+
+    pub fn agent(&self, id: &str) -> &AgentProcess {
+        self.agents.iter().find(|a| a.id == id).expect("agent started")
+    }
+
+    /// The next event satisfying `wanted`; every event is recorded.
+    pub async fn wait_for(&mut self, what: &str, mut wanted: impl FnMut(&BusEvent) -> bool) -> anyhow::Result<BusEvent> {
+        let seen = &mut self.seen;
+        self.bus
+            .wait_for(WAIT, what, |e| {
+                seen.push(e.clone());
+                wanted(e)
+            })
+            .await
+    }
+
+    /// Waits for the job a reactor started for `event` to return.
+    pub async fn wait_for_restore_of(&mut self, event: &BusEvent) -> anyhow::Result<BusEvent> {
+        let cause = event.id().to_owned();
+        let job = self.wait_for("the restore job", |e| e.tag.ends_with("/new") && e.data()["cause"] == cause.as_str()).await?;
+        let jid = job.job().context("job id")?.to_owned();
+        self.wait_for("the restore job's result", |e| e.job() == Some(jid.as_str()) && e.tag.contains("/ret/")).await
+    }
+
+    /// SIGKILL the master: a crash.
+    pub async fn kill_master(&mut self) {
+        if let Some(master) = self.master.take() {
+            let log = master.dir.join(format!("master.{}.log", self.old_master_logs.len()));
+            let _ = std::fs::copy(&master.log, &log);
+            self.old_master_logs.push(log);
+            master.kill().await;
+        }
+    }
+
+    /// Starts the master again on the same agent port, and listens to its
+    /// (new) publisher.
+    pub async fn restart_master(&mut self, listen: &str) -> anyhow::Result<()> {
+        let master = fleet::start_master(&self.binaries, &self.dir.path().join("master"), &self.states, listen).await?;
+        self.bus = Subscriber::connect(&master.publish, "halite/").await?;
+        self.master = Some(master);
+        Ok(())
+    }
+
+    /// Prints the children's logs and every event seen; then panics with
+    /// the error. For a test body's `Err`.
+    pub fn fail(&self, error: &anyhow::Error) -> ! {
+        self.dump_logs();
+        panic!("{error:#}");
+    }
+
+    fn dump_logs(&self) {
+        let mut logs: Vec<PathBuf> = self.old_master_logs.clone();
+        logs.extend(self.master.iter().map(|m| m.log.clone()));
+        logs.extend(self.agents.iter().map(|a| a.log.clone()));
+        for log in logs {
+            eprintln!("===== {} =====\n{}", log.display(), std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        eprintln!("===== events seen =====");
+        for event in &self.seen {
+            eprintln!("{} {}", event.tag, event.data());
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+    }
+}
+
+/// Mode bits of a file.
+pub fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0)
+}
+
+/// The desired contents of a file of the example tree.
+pub fn example_file(name: &str) -> &'static str {
+    halite_master::example::FILES.iter().find(|(n, _)| *n == name).map(|(_, t)| *t).expect("example file")
+}

@@ -57,11 +57,11 @@ fn run_state(call: &StateCall, job: &Job, managed: &ManagedFiles) -> StateResult
     };
     let file = plan.managed_file();
     if let (Some(file), false) = (&file, job.test) {
-        managed.record(file);
+        managed.begin(file);
     }
     let outcome = apply_plan(plan, job.test);
     if let (Some(file), false) = (&file, job.test) {
-        managed.mark_applied(&file.path);
+        managed.finish(&file.path);
     }
     let result = finish(call, outcome, started);
     log(job, &result);

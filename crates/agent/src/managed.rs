@@ -1,13 +1,16 @@
 //! The record of managed files: what each should contain, so that the file
 //! beacon can tell drift from the agent's own corrective writes.
 //!
-//! The job runner records a file's desired state *before* writing it, so the
-//! write's own inotify events compare equal and raise nothing; it marks the
-//! file *applied* afterwards, which closes any open drift on it. The record
+//! The job runner records a file's desired state and marks it *in flight*
+//! before writing it ([`ManagedFiles::begin`]); the file beacon ignores an
+//! in-flight file, so the write's own inotify events raise nothing. When the
+//! write is done ([`ManagedFiles::finish`]) the file's applied generation
+//! goes up, which closes drift reported before the restore, and listeners
+//! (the file beacons) are told, so they look at the file once more. The record
 //! is persisted in the data dir so drift that happens while the agent is
 //! down is still recognised as drift at its next start.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -28,11 +31,24 @@ impl Desired {
     }
 }
 
-#[derive(Debug, Default)]
+/// Told about every path a job has finished with; returns false once it no
+/// longer wants to hear (its beacon stopped).
+pub type Listener = Box<dyn Fn(&Path) -> bool + Send>;
+
+#[derive(Default)]
 struct Inner {
     desired: HashMap<PathBuf, Desired>,
     /// Bumped each time a job finishes writing the path.
     applied: HashMap<PathBuf, u64>,
+    /// Paths a job is writing now.
+    in_flight: HashSet<PathBuf>,
+    listeners: Vec<Listener>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner").field("desired", &self.desired.len()).field("in_flight", &self.in_flight).finish_non_exhaustive()
+    }
 }
 
 /// Shared between the job runner (writes) and the file beacon (reads).
@@ -61,7 +77,7 @@ impl ManagedFiles {
             Err(_) => HashMap::new(),
         };
         ManagedFiles {
-            inner: Arc::new(Mutex::new(Inner { desired, applied: HashMap::new() })),
+            inner: Arc::new(Mutex::new(Inner { desired, ..Inner::default() })),
             store: Some(path.to_path_buf()),
         }
     }
@@ -79,18 +95,35 @@ impl ManagedFiles {
         self.lock().applied.get(path).copied().unwrap_or(0)
     }
 
-    /// Records what `file` should be; persists the record when it changed.
-    pub fn record(&self, file: &ManagedFile) {
+    pub fn in_flight(&self, path: &Path) -> bool {
+        self.lock().in_flight.contains(path)
+    }
+
+    /// A job is about to write `file`: records what it should be (persisted
+    /// when it changed) and marks it in flight.
+    pub fn begin(&self, file: &ManagedFile) {
         let desired = Desired { sha256: file.sha256.0, mode: file.mode };
-        let changed = self.lock().desired.insert(file.path.clone(), desired) != Some(desired);
+        let changed = {
+            let mut inner = self.lock();
+            inner.in_flight.insert(file.path.clone());
+            inner.desired.insert(file.path.clone(), desired) != Some(desired)
+        };
         if changed {
             self.persist();
         }
     }
 
-    /// A job has finished with `path`: drift reported before now is closed.
-    pub fn mark_applied(&self, path: &Path) {
-        *self.lock().applied.entry(path.to_path_buf()).or_default() += 1;
+    /// A job has finished with `path`: drift reported before now is closed,
+    /// and listeners look at the file again.
+    pub fn finish(&self, path: &Path) {
+        let mut inner = self.lock();
+        inner.in_flight.remove(path);
+        *inner.applied.entry(path.to_path_buf()).or_default() += 1;
+        inner.listeners.retain(|listener| listener(path));
+    }
+
+    pub fn listen(&self, listener: Listener) {
+        self.lock().listeners.push(listener);
     }
 
     fn persist(&self) {
@@ -120,11 +153,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("managed.json");
         let file = ManagedFile { path: "/etc/x".into(), sha256: Sha256::of(b"x"), mode: Some(0o644) };
-        ManagedFiles::open(&store).record(&file);
+        ManagedFiles::open(&store).begin(&file);
         let reopened = ManagedFiles::open(&store);
         assert_eq!(reopened.desired(Path::new("/etc/x")).unwrap().sha256(), Sha256::of(b"x"));
         assert_eq!(reopened.applied_generation(Path::new("/etc/x")), 0);
-        reopened.mark_applied(Path::new("/etc/x"));
-        assert_eq!(reopened.applied_generation(Path::new("/etc/x")), 1);
+        assert!(!reopened.in_flight(Path::new("/etc/x")));
+    }
+
+    #[test]
+    fn finishing_bumps_the_generation_and_tells_listeners() {
+        let managed = ManagedFiles::in_memory();
+        let file = ManagedFile { path: "/etc/x".into(), sha256: Sha256::of(b"x"), mode: None };
+        let (tx, rx) = std::sync::mpsc::channel();
+        managed.listen(Box::new(move |p| tx.send(p.to_path_buf()).is_ok()));
+        managed.begin(&file);
+        assert!(managed.in_flight(&file.path));
+        managed.finish(&file.path);
+        assert!(!managed.in_flight(&file.path));
+        assert_eq!(managed.applied_generation(&file.path), 1);
+        assert_eq!(rx.recv().unwrap(), file.path);
     }
 }

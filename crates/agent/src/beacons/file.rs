@@ -13,6 +13,11 @@
 //!   the window ends, a path that is still drifted and differs from what was
 //!   reported is reported again. A corrective job closes the drift early.
 //!
+//! A write in progress is not looked at: after a data modification the
+//! beacon waits for the writer to close the file (`IN_CLOSE_WRITE`), or at
+//! most [`WRITE_SETTLE`], so that a truncate-then-write of the desired
+//! content is not mistaken for drift, and an editor's write is hashed once.
+//!
 //! A slow periodic scan re-looks at every path, as a safety net for events
 //! the kernel dropped (inotify queue overflow) and to arm watches on
 //! directories that did not exist yet.
@@ -40,6 +45,9 @@ pub static KIND: BeaconKind = BeaconKind {
 
 const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(500);
 const DEFAULT_SCAN: Duration = Duration::from_secs(60);
+/// How long a file being written may stay unlooked-at while its writer has
+/// not closed it (a long-lived appender, say).
+pub const WRITE_SETTLE: Duration = Duration::from_millis(50);
 /// Notifications waiting for the beacon thread. When full, further ones
 /// are dropped and the next scan (made at once) catches what they said.
 const NOTIFY_QUEUE: usize = 4096;
@@ -268,18 +276,45 @@ impl Tracker {
             .collect()
     }
 
-    /// The end of `path`'s debounce window: report it again if it is still
-    /// drifted and no longer what was reported.
-    pub fn window_ended(&mut self, path: &Path, now: Observation, desired: Option<Desired>, applied: u64, at: Instant) -> Option<Report> {
+    /// Marks `path`'s debounce window as checked without looking.
+    pub fn close_window(&mut self, path: &Path) {
         if let Some(open) = self.paths.get_mut(path).and_then(|s| s.open.as_mut()) {
             open.window_checked = true;
         }
+    }
+
+    /// The end of `path`'s debounce window: report it again if it is still
+    /// drifted and no longer what was reported.
+    pub fn window_ended(&mut self, path: &Path, now: Observation, desired: Option<Desired>, applied: u64, at: Instant) -> Option<Report> {
+        self.close_window(path);
         self.observe(path, now, desired, applied, at)
+    }
+}
+
+/// What a notification asks of the beacon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reaction {
+    /// Opens and reads, including the beacon's own hashing.
+    Ignore,
+    /// Data written, writer still busy: look when it closes.
+    Settle,
+    Look,
+}
+
+fn reaction(kind: &notify::EventKind) -> Reaction {
+    use notify::event::{AccessKind, AccessMode, DataChange, EventKind, ModifyKind};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Reaction::Look,
+        EventKind::Access(_) => Reaction::Ignore,
+        EventKind::Modify(ModifyKind::Data(DataChange::Any | DataChange::Content | DataChange::Size)) => Reaction::Settle,
+        _ => Reaction::Look,
     }
 }
 
 enum Wake {
     Notify(notify::Result<notify::Event>),
+    /// A job finished writing this path.
+    Applied(PathBuf),
     Stop,
 }
 
@@ -304,25 +339,22 @@ fn start(context: Context, config: &Value) -> Result<Running, String> {
         let _ = notify_tx.try_send(Wake::Notify(event));
     })
     .map_err(|e| format!("cannot start inotify: {e}"))?;
-    let mut beacon = FileBeacon {
+    let beacon = FileBeacon {
         tracker: Tracker::new(settings.debounce, settings.events),
         watched: settings.paths.iter().map(|p| (context.real_path(p), p.clone())).collect(),
+        settling: HashMap::new(),
         armed: Vec::new(),
         watcher,
         scan: settings.scan,
         context,
         wake: wake_rx,
     };
-    beacon.arm();
-    let started = Instant::now();
-    let paths: Vec<PathBuf> = beacon.watched.keys().cloned().collect();
-    for real in paths {
-        let desired = beacon.context.managed.desired(&real);
-        let applied = beacon.context.managed.applied_generation(&real);
-        if let Some(report) = beacon.tracker.track(&real, Observation::of(&real), desired, applied, started) {
-            beacon.emit(&real, &report);
-        }
-    }
+    let applied_tx = wake_tx.clone();
+    beacon.context.managed.listen(Box::new(move |path| match applied_tx.try_send(Wake::Applied(path.to_path_buf())) {
+        Err(std_mpsc::TrySendError::Disconnected(_)) => false,
+        // Full: the beacon is busy with notifications, which include this write.
+        Ok(()) | Err(std_mpsc::TrySendError::Full(_)) => true,
+    }));
     std::thread::Builder::new()
         .name(format!("beacon-{}", beacon.context.name))
         .spawn(move || beacon.run())
@@ -334,6 +366,8 @@ struct FileBeacon {
     tracker: Tracker,
     /// Real path → path as authored (what events report).
     watched: HashMap<PathBuf, PathBuf>,
+    /// Files being written, and when to look at them at the latest.
+    settling: HashMap<PathBuf, Instant>,
     /// Directories watched so far.
     armed: Vec<PathBuf>,
     watcher: notify::RecommendedWatcher,
@@ -392,10 +426,29 @@ impl FileBeacon {
         }
     }
 
+    /// Looks at every path once, reporting managed files that drifted
+    /// while nobody watched.
+    fn track_all(&mut self) {
+        let started = Instant::now();
+        let paths: Vec<PathBuf> = self.watched.keys().cloned().collect();
+        for real in paths {
+            let desired = self.context.managed.desired(&real);
+            let applied = self.context.managed.applied_generation(&real);
+            if let Some(report) = self.tracker.track(&real, Observation::of(&real), desired, applied, started) {
+                self.emit(&real, &report);
+            }
+        }
+    }
+
     fn run(mut self) {
+        self.arm();
+        self.track_all();
         let mut next_scan = Instant::now() + self.scan;
         loop {
-            let deadline = self.tracker.next_deadline().map_or(next_scan, |d| d.min(next_scan));
+            let deadline = [self.tracker.next_deadline(), self.settling.values().min().copied()]
+                .into_iter()
+                .flatten()
+                .fold(next_scan, Instant::min);
             match self.wake.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(Wake::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
                 Ok(Wake::Notify(Ok(event))) => {
@@ -406,10 +459,24 @@ impl FileBeacon {
                         // Files may have appeared before the new watch did.
                         self.scan_all();
                     }
-                    for path in &event.paths {
-                        if self.tracker.tracks(path) {
-                            self.look(path, false);
+                    let reaction = reaction(&event.kind);
+                    let tracked: Vec<&PathBuf> = event.paths.iter().filter(|p| self.tracker.tracks(p)).collect();
+                    for path in tracked {
+                        match reaction {
+                            Reaction::Ignore => {}
+                            Reaction::Settle => {
+                                self.settling.entry(path.clone()).or_insert_with(|| Instant::now() + WRITE_SETTLE);
+                            }
+                            Reaction::Look => {
+                                self.settling.remove(path);
+                                self.look(path, false);
+                            }
                         }
+                    }
+                }
+                Ok(Wake::Applied(path)) => {
+                    if self.tracker.tracks(&path) {
+                        self.look(&path, false);
                     }
                 }
                 Ok(Wake::Notify(Err(error))) => {
@@ -419,6 +486,11 @@ impl FileBeacon {
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {}
             }
             let now = Instant::now();
+            let settled: Vec<PathBuf> = self.settling.iter().filter(|(_, at)| **at <= now).map(|(p, _)| p.clone()).collect();
+            for path in settled {
+                self.settling.remove(&path);
+                self.look(&path, false);
+            }
             for path in self.tracker.due(now) {
                 self.look(&path, true);
             }
@@ -431,9 +503,19 @@ impl FileBeacon {
     }
 
     fn look(&mut self, real: &Path, window_ended: bool) {
+        // The generation is read before the file is: a restore that lands
+        // after this read is then either seen (the file complies) or not yet
+        // counted (the drift stays open), never half of each.
+        let applied = self.context.managed.applied_generation(real);
+        if self.context.managed.in_flight(real) {
+            // A job is writing it; the beacon looks again when it is done.
+            if window_ended {
+                self.tracker.close_window(real);
+            }
+            return;
+        }
         let observation = Observation::of(real);
         let desired = self.context.managed.desired(real);
-        let applied = self.context.managed.applied_generation(real);
         let at = Instant::now();
         let report = if window_ended {
             self.tracker.window_ended(real, observation, desired, applied, at)
