@@ -35,6 +35,14 @@ impl Desired {
 /// longer wants to hear (its beacon stopped).
 pub type Listener = Box<dyn Fn(&Path) -> bool + Send>;
 
+/// What the record says of one path at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    pub desired: Option<Desired>,
+    pub applied: u64,
+    pub in_flight: bool,
+}
+
 #[derive(Default)]
 struct Inner {
     desired: HashMap<PathBuf, Desired>,
@@ -93,6 +101,16 @@ impl ManagedFiles {
     /// How many times a job has finished writing `path`.
     pub fn applied_generation(&self, path: &Path) -> u64 {
         self.lock().applied.get(path).copied().unwrap_or(0)
+    }
+
+    /// Everything known about `path`, read at once.
+    pub fn snapshot(&self, path: &Path) -> Snapshot {
+        let inner = self.lock();
+        Snapshot {
+            desired: inner.desired.get(path).copied(),
+            applied: inner.applied.get(path).copied().unwrap_or(0),
+            in_flight: inner.in_flight.contains(path),
+        }
     }
 
     pub fn in_flight(&self, path: &Path) -> bool {

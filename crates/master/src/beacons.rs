@@ -60,7 +60,11 @@ impl BeaconTable {
                     Ok(()) => specs.push(BeaconSpec { name: name.value.clone(), kind: kind.value.clone(), config }),
                     Err(message) => {
                         let kind_at: Location = yaml::location(&kind);
-                        diagnostics.push(Diagnostic::error(path, kind_at, format!("beacon `{}`: {message}", name.value)));
+                        let diagnostic = Diagnostic::error(path, kind_at, format!("beacon `{}`: {message}", name.value));
+                        diagnostics.push(match halite_agent::beacons::find(&kind.value) {
+                            Some(known) => diagnostic.help(format!("a `{}` beacon looks like: {}", known.name, known.example.trim_end().replace('\n', "; "))),
+                            None => diagnostic.help(format!("known kinds: {}", halite_agent::beacons::names().join(", "))),
+                        });
                     }
                 }
             }

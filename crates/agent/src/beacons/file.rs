@@ -33,7 +33,7 @@ use notify::{RecursiveMode, Watcher};
 use serde::Deserialize;
 
 use super::{BeaconKind, Context, Running, decode};
-use crate::managed::Desired;
+use crate::managed::{Desired, Snapshot};
 
 pub static KIND: BeaconKind = BeaconKind {
     name: "file",
@@ -47,7 +47,7 @@ const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(500);
 const DEFAULT_SCAN: Duration = Duration::from_secs(60);
 /// How long a file being written may stay unlooked-at while its writer has
 /// not closed it (a long-lived appender, say).
-pub const WRITE_SETTLE: Duration = Duration::from_millis(50);
+pub const WRITE_SETTLE: Duration = Duration::from_secs(1);
 /// Notifications waiting for the beacon thread. When full, further ones
 /// are dropped and the next scan (made at once) catches what they said.
 const NOTIFY_QUEUE: usize = 4096;
@@ -429,15 +429,31 @@ impl FileBeacon {
     /// Looks at every path once, reporting managed files that drifted
     /// while nobody watched.
     fn track_all(&mut self) {
-        let started = Instant::now();
         let paths: Vec<PathBuf> = self.watched.keys().cloned().collect();
         for real in paths {
-            let desired = self.context.managed.desired(&real);
-            let applied = self.context.managed.applied_generation(&real);
-            if let Some(report) = self.tracker.track(&real, Observation::of(&real), desired, applied, started) {
+            let Some((observation, record)) = self.observe_steady(&real) else {
+                // A job is writing it: start from what is there, quietly;
+                // the job's end makes the beacon look again.
+                let record = self.context.managed.snapshot(&real);
+                self.tracker.track(&real, Observation::of(&real), None, record.applied, Instant::now());
+                continue;
+            };
+            if let Some(report) = self.tracker.track(&real, observation, record.desired, record.applied, Instant::now()) {
                 self.emit(&real, &report);
             }
         }
+    }
+
+    /// Looks at `real` while no job touches it: the record is read before
+    /// and after the file, and a change in between (a job began or ended)
+    /// voids the look. Every job's end wakes the beacon to look again.
+    fn observe_steady(&self, real: &Path) -> Option<(Observation, Snapshot)> {
+        let before = self.context.managed.snapshot(real);
+        if before.in_flight {
+            return None;
+        }
+        let observation = Observation::of(real);
+        (self.context.managed.snapshot(real) == before).then_some((observation, before))
     }
 
     fn run(mut self) {
@@ -503,24 +519,17 @@ impl FileBeacon {
     }
 
     fn look(&mut self, real: &Path, window_ended: bool) {
-        // The generation is read before the file is: a restore that lands
-        // after this read is then either seen (the file complies) or not yet
-        // counted (the drift stays open), never half of each.
-        let applied = self.context.managed.applied_generation(real);
-        if self.context.managed.in_flight(real) {
-            // A job is writing it; the beacon looks again when it is done.
+        let Some((observation, record)) = self.observe_steady(real) else {
             if window_ended {
                 self.tracker.close_window(real);
             }
             return;
-        }
-        let observation = Observation::of(real);
-        let desired = self.context.managed.desired(real);
+        };
         let at = Instant::now();
         let report = if window_ended {
-            self.tracker.window_ended(real, observation, desired, applied, at)
+            self.tracker.window_ended(real, observation, record.desired, record.applied, at)
         } else {
-            self.tracker.observe(real, observation, desired, applied, at)
+            self.tracker.observe(real, observation, record.desired, record.applied, at)
         };
         if let Some(report) = report {
             self.emit(real, &report);
