@@ -1,27 +1,7 @@
 //! The drift → restore loop.
 
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-
 use halite_e2e::{Fleet, example_file, mode_of};
-
-type Drift = (&'static str, fn(&Path));
-
-const DRIFTS: &[Drift] = &[
-    ("edit in place", |p| {
-        let mut file = std::fs::OpenOptions::new().append(true).open(p).unwrap();
-        file.write_all(b"# hand edit\n").unwrap();
-    }),
-    ("truncate and rewrite", |p| std::fs::write(p, "worker_processes 64;\n").unwrap()),
-    ("delete", |p| std::fs::remove_file(p).unwrap()),
-    ("replace by rename", |p| {
-        let temp = p.with_extension("swp");
-        std::fs::write(&temp, "replaced\n").unwrap();
-        std::fs::rename(&temp, p).unwrap();
-    }),
-    ("chmod", |p| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap()),
-];
+use halite_master::fleet::DRIFTS;
 
 /// Each drift is restored byte for byte with the right mode, by exactly one
 /// job, and the agent's own restore raises no further event.
@@ -39,8 +19,9 @@ async fn drifts(fleet: &mut Fleet) -> anyhow::Result<()> {
     assert_eq!(std::fs::read_to_string(&conf)?, desired, "the start-up apply wrote the file");
     let start = fleet.seen.len();
     let mut drift_events = Vec::new();
-    for (what, drift) in DRIFTS {
-        drift(&conf);
+    for drift in DRIFTS {
+        let what = drift.name;
+        (drift.act)(&conf)?;
         let event = fleet.wait_for(what, |e| e.tag == "halite/beacon/web01/nginx-conf").await?;
         let ret = fleet.wait_for_restore_of(&event).await?;
         assert_eq!(ret.data()["failed"], false, "{what}: {}", ret.data());
@@ -57,7 +38,8 @@ async fn drifts(fleet: &mut Fleet) -> anyhow::Result<()> {
     drift_events.push(sentinel.id().to_owned());
 
     let seen = &fleet.seen[start..];
-    let beacon_events: Vec<&str> = seen.iter().filter(|e| e.tag.starts_with("halite/beacon/")).map(|e| e.id()).collect();
+    let beacon_events: Vec<&str> =
+        seen.iter().filter(|e| e.tag.starts_with("halite/beacon/")).map(|e| e.id()).collect();
     assert_eq!(beacon_events, drift_events, "one event per drift, nothing from the restores");
     for cause in &drift_events {
         let jobs = seen.iter().filter(|e| e.tag.ends_with("/new") && e.data()["cause"] == cause.as_str()).count();

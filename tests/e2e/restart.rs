@@ -14,7 +14,11 @@ async fn agent_reconnects_after_the_master_is_killed() {
         // The drift is restored by its reaction or by the start-up apply of
         // the new session, whichever comes first; wait until it is.
         while std::fs::read_to_string(&conf).ok().as_deref() != Some(example_file("files/nginx.conf")) {
-            fleet.wait_for("a job result from web01", |e| e.tag.starts_with("halite/job/") && e.tag.ends_with("/ret/web01")).await?;
+            fleet
+                .wait_for("a job result from web01", |e| {
+                    e.tag.starts_with("halite/job/") && e.tag.ends_with("/ret/web01")
+                })
+                .await?;
         }
         anyhow::Ok(())
     }

@@ -53,7 +53,16 @@ impl Fleet {
         let binaries = binaries();
         let master = fleet::start_master(&binaries, &dir.path().join("master"), &states, "tcp://127.0.0.1:0").await?;
         let bus = Subscriber::connect(&master.publish, "halite/").await?;
-        let mut fleet = Fleet { dir, binaries, states, master: Some(master), agents: Vec::new(), bus, seen: Vec::new(), old_master_logs: Vec::new() };
+        let mut fleet = Fleet {
+            dir,
+            binaries,
+            states,
+            master: Some(master),
+            agents: Vec::new(),
+            bus,
+            seen: Vec::new(),
+            old_master_logs: Vec::new(),
+        };
         for id in agents {
             fleet.add_agent(id).await?;
         }
@@ -78,7 +87,11 @@ impl Fleet {
     }
 
     /// The next event satisfying `wanted`; every event is recorded.
-    pub async fn wait_for(&mut self, what: &str, mut wanted: impl FnMut(&BusEvent) -> bool) -> anyhow::Result<BusEvent> {
+    pub async fn wait_for(
+        &mut self,
+        what: &str,
+        mut wanted: impl FnMut(&BusEvent) -> bool,
+    ) -> anyhow::Result<BusEvent> {
         let seen = &mut self.seen;
         self.bus
             .wait_for(WAIT, what, |e| {
@@ -91,7 +104,9 @@ impl Fleet {
     /// Waits for the job a reactor started for `event` to return.
     pub async fn wait_for_restore_of(&mut self, event: &BusEvent) -> anyhow::Result<BusEvent> {
         let cause = event.id().to_owned();
-        let job = self.wait_for("the restore job", |e| e.tag.ends_with("/new") && e.data()["cause"] == cause.as_str()).await?;
+        let job = self
+            .wait_for("the restore job", |e| e.tag.ends_with("/new") && e.data()["cause"] == cause.as_str())
+            .await?;
         let jid = job.job().context("job id")?.to_owned();
         self.wait_for("the restore job's result", |e| e.job() == Some(jid.as_str()) && e.tag.contains("/ret/")).await
     }

@@ -59,8 +59,8 @@ pub enum ConfigError {
 
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let config: AgentConfig = halite_state::yaml::parse(path, &text).map_err(|d| ConfigError::Invalid {
             path: path.to_path_buf(),
             line: d.line,

@@ -25,11 +25,14 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
         .create(&config.data_dir)
         .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
     if config.master_key.is_some() || config.tofu {
-        tracing::warn!("`master_key` and `tofu` are accepted but not enforced yet: this build's link is not encrypted.");
+        tracing::warn!(
+            "`master_key` and `tofu` are accepted but not enforced yet: this build's link is not encrypted."
+        );
     }
     let managed = ManagedFiles::open(&config.data_dir.join("managed.json"));
     let hello = Hello { agent: id.clone(), version: env!("CARGO_PKG_VERSION").into(), facts: facts::gather(&id) };
-    let (outbound, mut link_events, link_task) = link::spawn(LinkSettings::new(config.master.clone(), hello), cancel.clone());
+    let (outbound, mut link_events, link_task) =
+        link::spawn(LinkSettings::new(config.master.clone(), hello), cancel.clone());
     let job_queue = jobs::spawn(managed.clone(), config.root.clone(), outbound.clone());
     let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
     let mut beacons = Beacons::new(beacons::Context {

@@ -2,15 +2,15 @@
 //! applies the states the master pushes back.
 //!
 //! # Layout
-//! - [`config`]: `agent.yaml`.
-//! - [`link`]: the DEALER side of the agent↔master link: reconnects,
+//! - [`config`] — `agent.yaml`.
+//! - [`link`] — the DEALER side of the agent↔master link: reconnects,
 //!   heartbeats, acknowledgements.
-//! - [`beacons`]: the beacon registry; one file per kind (`beacons/file.rs`).
-//! - [`managed`]: what each managed file should be, so drift is told from
+//! - [`beacons`] — the beacon registry; one file per kind (`beacons/file.rs`).
+//! - [`managed`] — what each managed file should be, so drift is told from
 //!   the agent's own writes.
-//! - [`jobs`]: applies jobs through the shared state engine.
-//! - [`daemon`]: `halite-agent run`, wiring the above together.
-//! - [`facts`]: what the agent tells the master about its host.
+//! - [`jobs`] — applies jobs through the shared state engine.
+//! - [`daemon`] — `halite-agent run`, wiring the above together.
+//! - [`facts`] — what the agent tells the master about its host.
 
 #![forbid(unsafe_code)]
 

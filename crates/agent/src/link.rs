@@ -250,7 +250,10 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        let settings = LinkSettings::new(String::new(), Hello { agent: "a".into(), version: "0".into(), facts: halite_proto::Value::Null });
+        let settings = LinkSettings::new(
+            String::new(),
+            Hello { agent: "a".into(), version: "0".into(), facts: halite_proto::Value::Null },
+        );
         for failures in 0..40 {
             let delay = backoff(&settings, failures);
             assert!(delay <= settings.max_backoff.mul_f64(1.5), "{failures}: {delay:?}");

@@ -55,7 +55,10 @@ struct Inner {
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inner").field("desired", &self.desired.len()).field("in_flight", &self.in_flight).finish_non_exhaustive()
+        f.debug_struct("Inner")
+            .field("desired", &self.desired.len())
+            .field("in_flight", &self.in_flight)
+            .finish_non_exhaustive()
     }
 }
 

@@ -22,7 +22,8 @@ pub struct BeaconTable {
     entries: Vec<(Target, Vec<BeaconSpec>)>,
 }
 
-type Authored = IndexMap<Spanned<String>, Option<IndexMap<Spanned<String>, IndexMap<Spanned<String>, Spanned<serde_json::Value>>>>>;
+type Authored =
+    IndexMap<Spanned<String>, Option<IndexMap<Spanned<String>, IndexMap<Spanned<String>, Spanned<serde_json::Value>>>>>;
 
 impl BeaconTable {
     pub fn load(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> BeaconTable {
@@ -39,7 +40,10 @@ impl BeaconTable {
             let target = match halite_state::Target::parse(&target_text.value) {
                 Ok(target) => target,
                 Err(message) => {
-                    diagnostics.push(Diagnostic::error(path, yaml::location(&target_text), message).help("a target is a glob on the agent id, e.g. 'web*' or '*'"));
+                    diagnostics.push(
+                        Diagnostic::error(path, yaml::location(&target_text), message)
+                            .help("a target is a glob on the agent id, e.g. 'web*' or '*'"),
+                    );
                     continue;
                 }
             };
@@ -47,11 +51,25 @@ impl BeaconTable {
             for (name, kinds) in beacons.unwrap_or_default() {
                 let at = yaml::location(&name);
                 if !halite_agent::config::valid_id(&name.value) {
-                    diagnostics.push(Diagnostic::error(path, at, format!("beacon name `{}` is not usable in an event tag", name.value)).help("use letters, digits, '.', '-' and '_'"));
+                    diagnostics.push(
+                        Diagnostic::error(
+                            path,
+                            at,
+                            format!("beacon name `{}` is not usable in an event tag", name.value),
+                        )
+                        .help("use letters, digits, '.', '-' and '_'"),
+                    );
                     continue;
                 }
                 if kinds.len() != 1 {
-                    diagnostics.push(Diagnostic::error(path, at, format!("beacon `{}` must name exactly one kind, it names {}", name.value, kinds.len())).help(format!("known kinds: {}", halite_agent::beacons::names().join(", "))));
+                    diagnostics.push(
+                        Diagnostic::error(
+                            path,
+                            at,
+                            format!("beacon `{}` must name exactly one kind, it names {}", name.value, kinds.len()),
+                        )
+                        .help(format!("known kinds: {}", halite_agent::beacons::names().join(", "))),
+                    );
                     continue;
                 }
                 let Some((kind, config)) = kinds.into_iter().next() else { continue };
@@ -60,10 +78,17 @@ impl BeaconTable {
                     Ok(()) => specs.push(BeaconSpec { name: name.value.clone(), kind: kind.value.clone(), config }),
                     Err(message) => {
                         let kind_at: Location = yaml::location(&kind);
-                        let diagnostic = Diagnostic::error(path, kind_at, format!("beacon `{}`: {message}", name.value));
+                        let diagnostic =
+                            Diagnostic::error(path, kind_at, format!("beacon `{}`: {message}", name.value));
                         diagnostics.push(match halite_agent::beacons::find(&kind.value) {
-                            Some(known) => diagnostic.help(format!("a `{}` beacon looks like: {}", known.name, known.example.trim_end().replace('\n', "; "))),
-                            None => diagnostic.help(format!("known kinds: {}", halite_agent::beacons::names().join(", "))),
+                            Some(known) => diagnostic.help(format!(
+                                "a `{}` beacon looks like: {}",
+                                known.name,
+                                known.example.trim_end().replace('\n', "; ")
+                            )),
+                            None => {
+                                diagnostic.help(format!("known kinds: {}", halite_agent::beacons::names().join(", ")))
+                            }
                         });
                     }
                 }

@@ -28,7 +28,10 @@ impl Bus {
     /// actually bound (port 0 resolved).
     pub async fn bind(endpoint: &str) -> anyhow::Result<(Bus, String)> {
         let mut socket = PubSocket::new();
-        let bound = socket.bind(endpoint).await.map_err(|e| anyhow::anyhow!("cannot bind the event publisher on {endpoint}: {e}"))?;
+        let bound = socket
+            .bind(endpoint)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot bind the event publisher on {endpoint}: {e}"))?;
         let (outside, mut queue) = mpsc::channel::<Arc<Event>>(PUBLISHER_QUEUE);
         tokio::spawn(async move {
             while let Some(event) = queue.recv().await {

@@ -43,7 +43,10 @@ impl std::fmt::Debug for Subscriber {
 impl Subscriber {
     pub async fn connect(endpoint: &str, prefix: &str) -> anyhow::Result<Subscriber> {
         let mut socket = SubSocket::new();
-        socket.connect(endpoint).await.with_context(|| format!("cannot connect to the event publisher at {endpoint}"))?;
+        socket
+            .connect(endpoint)
+            .await
+            .with_context(|| format!("cannot connect to the event publisher at {endpoint}"))?;
         socket.subscribe(prefix).await.context("cannot subscribe")?;
         Ok(Subscriber { socket })
     }
@@ -60,7 +63,12 @@ impl Subscriber {
 
     /// The next event that satisfies `wanted`, skipping others, or an error
     /// after `timeout`.
-    pub async fn wait_for(&mut self, timeout: Duration, what: &str, mut wanted: impl FnMut(&BusEvent) -> bool) -> anyhow::Result<BusEvent> {
+    pub async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut wanted: impl FnMut(&BusEvent) -> bool,
+    ) -> anyhow::Result<BusEvent> {
         tokio::time::timeout(timeout, async {
             loop {
                 let event = self.next().await?;

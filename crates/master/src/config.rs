@@ -63,7 +63,8 @@ impl MasterConfig {
     /// Loads the configuration; relative paths in it are relative to the
     /// file's directory.
     pub fn load(path: &Path) -> Result<MasterConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let mut config: MasterConfig = halite_state::yaml::parse(path, &text).map_err(ConfigError::Invalid)?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.states = base.join(&config.states);

@@ -2,9 +2,7 @@
 //! loopback in a temporary directory, a managed file drifted several ways,
 //! each restore shown with its latency.
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -15,31 +13,13 @@ use crate::fleet::{self, AgentProcess, Binaries};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// One way of drifting a file.
-struct Drift {
-    what: &'static str,
-    agent: usize,
-    file: &'static str,
-    beacon: &'static str,
-    act: fn(&Path) -> std::io::Result<()>,
+/// What the demo drifts: every kind of drift on web01's nginx.conf, then
+/// db01's motd.
+fn plan() -> Vec<(usize, &'static str, &'static str, fleet::Drift)> {
+    let mut plan: Vec<_> = fleet::DRIFTS.iter().map(|d| (0, "/etc/nginx/nginx.conf", "nginx-conf", *d)).collect();
+    plan.push((1, "/etc/motd", "motd", fleet::DRIFTS[1]));
+    plan
 }
-
-const DRIFTS: &[Drift] = &[
-    Drift { what: "edit in place (append a line)", agent: 0, file: "/etc/nginx/nginx.conf", beacon: "nginx-conf", act: |p| {
-        let mut file = std::fs::OpenOptions::new().append(true).open(p)?;
-        file.write_all(b"# a hand edit\n")
-    } },
-    Drift { what: "delete", agent: 0, file: "/etc/nginx/nginx.conf", beacon: "nginx-conf", act: |p| std::fs::remove_file(p) },
-    Drift { what: "replace by rename (as vim and sed -i do)", agent: 0, file: "/etc/nginx/nginx.conf", beacon: "nginx-conf", act: |p| {
-        let temp = p.with_extension("swp");
-        std::fs::write(&temp, "worker_processes 1;\n")?;
-        std::fs::rename(temp, p)
-    } },
-    Drift { what: "chmod 0600", agent: 0, file: "/etc/nginx/nginx.conf", beacon: "nginx-conf", act: |p| {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))
-    } },
-    Drift { what: "overwrite", agent: 1, file: "/etc/motd", beacon: "motd", act: |p| std::fs::write(p, "hacked\n") },
-];
 
 fn desired(authored: &str) -> &'static str {
     let name = if authored.ends_with("motd") { "motd.yaml" } else { "files/nginx.conf" };
@@ -49,7 +29,8 @@ fn desired(authored: &str) -> &'static str {
 
 pub async fn run(keep: bool) -> anyhow::Result<()> {
     let binaries = Binaries::beside_current_exe()?;
-    let temp = tempfile::Builder::new().prefix("halite-demo-").tempdir().context("cannot create a temporary directory")?;
+    let temp =
+        tempfile::Builder::new().prefix("halite-demo-").tempdir().context("cannot create a temporary directory")?;
     let dir = temp.path().to_path_buf();
     let states = dir.join("states");
     example::write(&states).context("cannot write the example state tree")?;
@@ -67,34 +48,41 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     }
     for agent in &agents {
         let id = agent.id.clone();
-        bus.wait_for(WAIT, "start-up apply", |e| e.tag.starts_with("halite/job/") && e.tag.ends_with(&format!("/ret/{id}"))).await?;
+        bus.wait_for(WAIT, "start-up apply", |e| {
+            e.tag.starts_with("halite/job/") && e.tag.ends_with(&format!("/ret/{id}"))
+        })
+        .await?;
     }
     println!("  both agents connected and converged (top.yaml applied at connect)\n");
 
     let mut latencies = Vec::new();
-    for (n, drift) in DRIFTS.iter().enumerate() {
-        let agent = &agents[drift.agent];
-        let path = agent.path(drift.file);
-        let tag = format!("halite/beacon/{}/{}", agent.id, drift.beacon);
+    let plan = plan();
+    for (n, (agent, file, beacon, drift)) in plan.iter().enumerate() {
+        let agent = &agents[*agent];
+        let path = agent.path(file);
+        let tag = format!("halite/beacon/{}/{beacon}", agent.id);
         let started = Instant::now();
         (drift.act)(&path).with_context(|| format!("cannot drift {}", path.display()))?;
         let event = bus.wait_for(WAIT, "drift event", |e| e.tag == tag).await?;
         let seen = started.elapsed();
         let event_id = event.id().to_owned();
-        let job = bus.wait_for(WAIT, "restore job", |e| e.tag.ends_with("/new") && e.data()["cause"] == event_id.as_str()).await?;
+        let job = bus
+            .wait_for(WAIT, "restore job", |e| e.tag.ends_with("/new") && e.data()["cause"] == event_id.as_str())
+            .await?;
         let jid = job.job().unwrap_or_default().to_owned();
-        let ret = bus.wait_for(WAIT, "job result", |e| e.job() == Some(jid.as_str()) && e.tag.contains("/ret/")).await?;
+        let ret =
+            bus.wait_for(WAIT, "job result", |e| e.job() == Some(jid.as_str()) && e.tag.contains("/ret/")).await?;
         let restored = started.elapsed();
         let bytes = std::fs::read(&path).with_context(|| format!("{} was not restored", path.display()))?;
         let mode = std::fs::metadata(&path)?.permissions().mode() & 0o7777;
-        if bytes != desired(drift.file).as_bytes() || mode != 0o644 || ret.data()["failed"] == true {
+        if bytes != desired(file).as_bytes() || mode != 0o644 || ret.data()["failed"] == true {
             bail!("{} was not restored as desired (mode {mode:o}); see {}", path.display(), agent.log.display());
         }
         println!(
             "  {}. {:<50} {} {:<7} event after {:>7.2} ms, restored after {:>7.2} ms (job {jid})",
             n + 1,
-            format!("{}: {}", agent.id, drift.what),
-            drift.file,
+            format!("{}: {}", agent.id, drift.name),
+            file,
             event.data()["kind"].as_str().unwrap_or("?"),
             seen.as_secs_f64() * 1e3,
             restored.as_secs_f64() * 1e3,
@@ -102,7 +90,12 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         latencies.push(restored);
     }
     let worst = latencies.iter().max().copied().unwrap_or_default();
-    println!("\n  {} drifts, {} restores, each byte for byte with mode 0644; slowest {:.2} ms.", DRIFTS.len(), latencies.len(), worst.as_secs_f64() * 1e3);
+    println!(
+        "\n  {} drifts, {} restores, each byte for byte with mode 0644; slowest {:.2} ms.",
+        plan.len(),
+        latencies.len(),
+        worst.as_secs_f64() * 1e3
+    );
     println!("  (Salt 3008.5 with an inotify beacon and a reactor, on the same machine: about 900 ms.)");
 
     if keep {

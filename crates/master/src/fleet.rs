@@ -65,7 +65,12 @@ pub struct AgentProcess {
 /// Starts a master in `dir` (config, data, log) serving the tree `states`.
 /// `listen` is `tcp://127.0.0.1:0` the first time; pass the old endpoint to
 /// restart on the same port.
-pub async fn start_master(binaries: &Binaries, dir: &Path, states: &Path, listen: &str) -> anyhow::Result<MasterProcess> {
+pub async fn start_master(
+    binaries: &Binaries,
+    dir: &Path,
+    states: &Path,
+    listen: &str,
+) -> anyhow::Result<MasterProcess> {
     std::fs::create_dir_all(dir)?;
     let config = dir.join("master.yaml");
     std::fs::write(
@@ -79,7 +84,10 @@ pub async fn start_master(binaries: &Binaries, dir: &Path, states: &Path, listen
     let log = dir.join("master.log");
     let (child, line) = spawn_until_ready(&binaries.master, &["run", "--config"], &config, &log).await?;
     let field = |key: &str| {
-        line.split_whitespace().find_map(|f| f.strip_prefix(key)).map(str::to_owned).with_context(|| format!("no {key} in `{line}`"))
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(key))
+            .map(str::to_owned)
+            .with_context(|| format!("no {key} in `{line}`"))
     };
     Ok(MasterProcess { listen: field("listen=")?, publish: field("publish=")?, child, dir: dir.to_path_buf(), log })
 }
@@ -171,3 +179,40 @@ impl AgentProcess {
         halite_agent::rooted(&self.root, Path::new(authored))
     }
 }
+
+/// One way an operator (or an intruder) changes a file by hand.
+#[derive(Debug, Clone, Copy)]
+pub struct Drift {
+    pub name: &'static str,
+    /// Changes the file at the path; it must exist unless the drift says so.
+    pub act: fn(&Path) -> std::io::Result<()>,
+}
+
+/// The ways of drifting a file that the demo, the tests and the benchmark
+/// go through: each reaches the beacon by a different inotify path.
+pub const DRIFTS: &[Drift] = &[
+    Drift {
+        name: "edit in place (append a line)",
+        act: |p| {
+            use std::io::Write;
+            std::fs::OpenOptions::new().append(true).open(p)?.write_all(b"# a hand edit\n")
+        },
+    },
+    Drift { name: "truncate and rewrite", act: |p| std::fs::write(p, "worker_processes 64;\n") },
+    Drift { name: "delete", act: |p| std::fs::remove_file(p) },
+    Drift {
+        name: "replace by rename (as vim and sed -i do)",
+        act: |p| {
+            let temp = p.with_extension("halite-drift");
+            std::fs::write(&temp, "replaced\n")?;
+            std::fs::rename(temp, p)
+        },
+    },
+    Drift {
+        name: "chmod 0600",
+        act: |p| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))
+        },
+    },
+];

@@ -11,11 +11,14 @@ use tokio::sync::oneshot;
 use crate::bus::Bus;
 use crate::sessions::Sessions;
 
+/// Jobs sent and not yet answered: the agent asked, and who waits.
+type Pending = HashMap<Id, (String, oneshot::Sender<JobResult>)>;
+
 #[derive(Debug, Clone)]
 pub struct Jobs {
     sessions: Sessions,
     bus: Bus,
-    pending: Arc<Mutex<HashMap<Id, (String, oneshot::Sender<JobResult>)>>>,
+    pending: Arc<Mutex<Pending>>,
     timeout: Duration,
 }
 
@@ -82,7 +85,11 @@ impl Jobs {
             .collect();
         let failed = result.results.iter().any(|r| r.outcome.is_failed());
         tracing::info!(agent, job = %result.job, states = result.results.len(), failed, "Job returned.");
-        let mut ret = Event::new(tag::job_ret(result.job, agent), agent, Value::map().with("results", Value::List(results)).with("failed", failed));
+        let mut ret = Event::new(
+            tag::job_ret(result.job, agent),
+            agent,
+            Value::map().with("results", Value::List(results)).with("failed", failed),
+        );
         ret.cause_job = Some(result.job);
         self.bus.publish(ret);
         let waiter = self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&result.job);

@@ -2,20 +2,20 @@
 //! runs reactors and pushes corrective state.
 //!
 //! # Layout
-//! - [`config`]: `master.yaml`.
-//! - [`tree`]: the whole authored tree: states (from `halite-state`),
+//! - [`config`] — `master.yaml`.
+//! - [`tree`] — the whole authored tree: states (from `halite-state`),
 //!   [`beacons`] (beacons.yaml) and [`reactor`]s (reactors.yaml).
-//! - [`link`]: the ROUTER side of the agent link; [`sessions`]: which peer
+//! - [`link`] — the ROUTER side of the agent link; [`sessions`]: which peer
 //!   is which agent.
-//! - [`reactor`]: compiling reactors, the per-agent [`reactor::engine`], and
+//! - [`reactor`] — compiling reactors, the per-agent [`reactor::engine`], and
 //!   one file per action in `reactor/actions/`.
-//! - [`jobs`]: sending states to agents and waiting for results.
-//! - [`bus`]: the event bus and the outside publisher.
-//! - [`daemon`]: `halite-master run`; [`check`]: `halite-master check`;
+//! - [`jobs`] — sending states to agents and waiting for results.
+//! - [`bus`] — the event bus and the outside publisher.
+//! - [`daemon`] — `halite-master run`; [`check`]: `halite-master check`;
 //!   [`demo`]: `halite-master demo`; [`fleet`]: real processes on loopback
 //!   for the demo and tests; [`client`]: a subscriber for tools,
 //!   the demo and the tests.
-//! - [`example`]: the example state tree, built into the binary.
+//! - [`example`] — the example state tree, built into the binary.
 
 #![forbid(unsafe_code)]
 

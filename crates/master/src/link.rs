@@ -35,7 +35,8 @@ pub async fn bind(endpoint: &str) -> anyhow::Result<(RouterSocket, String)> {
     socket.set_nonblocking(true)?;
     let listener: std::net::TcpListener = socket.into();
     let mut router = RouterSocket::new();
-    let bound = router.bind_listener(listener).await.map_err(|e| anyhow::anyhow!("cannot listen on {endpoint}: {e}"))?;
+    let bound =
+        router.bind_listener(listener).await.map_err(|e| anyhow::anyhow!("cannot listen on {endpoint}: {e}"))?;
     Ok((router, bound.to_string()))
 }
 

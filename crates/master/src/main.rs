@@ -80,7 +80,8 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
         Command::Run { config, data_dir, states } => {
             let mut master = if config.exists() || config.as_os_str() != DEFAULT_CONFIG {
-                MasterConfig::load(&config).context("cannot load the master configuration (see `halite-master run --help`)")?
+                MasterConfig::load(&config)
+                    .context("cannot load the master configuration (see `halite-master run --help`)")?
             } else {
                 MasterConfig::default()
             };

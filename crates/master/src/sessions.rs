@@ -72,7 +72,7 @@ impl Sessions {
     pub fn close_peer(&self, peer: &Bytes) -> Option<String> {
         let mut table = self.lock();
         let agent = table.by_peer.remove(peer)?;
-        if table.by_agent.get(&agent).is_some_and(|s| &s.peer == peer) {
+        if table.by_agent.get(&agent).is_some_and(|s| s.peer == *peer) {
             table.by_agent.remove(&agent);
         }
         Some(agent)
@@ -101,7 +101,12 @@ impl Sessions {
     }
 
     pub async fn send(&self, agent: &str, message: &MasterMessage) -> Result<(), String> {
-        let peer = self.lock().by_agent.get(agent).map(|s| s.peer.clone()).ok_or_else(|| format!("agent `{agent}` is not connected"))?;
+        let peer = self
+            .lock()
+            .by_agent
+            .get(agent)
+            .map(|s| s.peer.clone())
+            .ok_or_else(|| format!("agent `{agent}` is not connected"))?;
         self.send_to_peer(peer, message).await
     }
 

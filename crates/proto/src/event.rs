@@ -78,14 +78,7 @@ pub struct Event {
 
 impl Event {
     pub fn new(tag: impl Into<String>, agent: impl Into<String>, data: Value) -> Self {
-        Event {
-            id: Id::new(),
-            tag: tag.into(),
-            agent: agent.into(),
-            time_us: now_us(),
-            data,
-            cause_job: None,
-        }
+        Event { id: Id::new(), tag: tag.into(), agent: agent.into(), time_us: now_us(), data, cause_job: None }
     }
 
     /// The event as JSON, the form outside subscribers and hooks see.
@@ -103,9 +96,7 @@ impl Event {
 
 /// Microseconds since the Unix epoch.
 pub fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// The tags halite itself raises (SPEC §3), in one place.

@@ -46,8 +46,7 @@ pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, DecodeError> {
     if version != PROTOCOL_VERSION {
         return Err(DecodeError::Version { got: version });
     }
-    let (message, rest) =
-        postcard::take_from_bytes(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let (message, rest) = postcard::take_from_bytes(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(DecodeError::Trailing(rest.len()));
     }
@@ -73,11 +72,7 @@ mod tests {
     fn round_trip() {
         let message = sample();
         assert_eq!(decode::<AgentMessage>(&encode(&message)).unwrap(), message);
-        let hello = AgentMessage::Hello(Hello {
-            agent: "a".into(),
-            version: "0".into(),
-            facts: Value::map(),
-        });
+        let hello = AgentMessage::Hello(Hello { agent: "a".into(), version: "0".into(), facts: Value::map() });
         assert_eq!(decode::<AgentMessage>(&encode(&hello)).unwrap(), hello);
     }
 

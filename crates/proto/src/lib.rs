@@ -1,12 +1,12 @@
 //! halite's wire vocabulary, shared by the agent and the master.
 //!
 //! # Layout
-//! - [`value`]: [`Value`], the self-contained data model of event data and
+//! - [`value`] — [`Value`], the self-contained data model of event data and
 //!   state arguments (postcard cannot carry `serde_json::Value`).
-//! - [`event`]: [`Event`] and the sortable unique [`Id`] used for events and jobs.
-//! - [`message`]: the agent↔master messages. Both enums are append-only.
-//! - [`frame`]: a protocol-version byte, then postcard; decoding never panics.
-//! - [`hash`]: [`Sha256`] content digests, the currency of drift detection.
+//! - [`event`] — [`Event`] and the sortable unique [`Id`] used for events and jobs.
+//! - [`message`] — the agent↔master messages. Both enums are append-only.
+//! - [`frame`] — a protocol-version byte, then postcard; decoding never panics.
+//! - [`hash`] — [`Sha256`] content digests, the currency of drift detection.
 //!
 //! Nothing in this crate touches the network or the file system.
 
@@ -20,7 +20,6 @@ pub use event::{Event, Id};
 pub use frame::{DecodeError, MAX_FRAME_BYTES, PROTOCOL_VERSION, decode, encode};
 pub use hash::Sha256;
 pub use message::{
-    AgentMessage, BeaconSpec, Hello, Job, JobResult, MasterMessage, Outcome, StateCall,
-    StateResult, Welcome,
+    AgentMessage, BeaconSpec, Hello, Job, JobResult, MasterMessage, Outcome, StateCall, StateResult, Welcome,
 };
 pub use value::Value;

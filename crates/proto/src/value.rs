@@ -72,8 +72,8 @@ enum ValueRepr {
 
 impl<'de> Deserialize<'de> for Value {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let _guard = DepthGuard::enter()
-            .ok_or_else(|| serde::de::Error::custom("value nested deeper than MAX_DEPTH"))?;
+        let _guard =
+            DepthGuard::enter().ok_or_else(|| serde::de::Error::custom("value nested deeper than MAX_DEPTH"))?;
         Ok(match ValueRepr::deserialize(deserializer)? {
             ValueRepr::Null => Value::Null,
             ValueRepr::Bool(b) => Value::Bool(b),
@@ -145,9 +145,7 @@ impl Value {
             },
             J::String(s) => Value::String(s.clone()),
             J::Array(items) => Value::List(items.iter().map(Value::from_json).collect()),
-            J::Object(map) => {
-                Value::Map(map.iter().map(|(k, v)| (k.clone(), Value::from_json(v))).collect())
-            }
+            J::Object(map) => Value::Map(map.iter().map(|(k, v)| (k.clone(), Value::from_json(v))).collect()),
         }
     }
 }

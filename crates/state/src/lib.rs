@@ -6,13 +6,13 @@
 //! halves in one process, which is why this is a crate of its own.
 //!
 //! # Layout
-//! - [`diag`]: [`Diagnostic`], a problem with its file, line and column and a
+//! - [`diag`] — [`Diagnostic`], a problem with its file, line and column and a
 //!   way forward. Loading returns every diagnostic, never just the first.
-//! - [`yaml`]: parsing YAML into typed values with locations.
-//! - [`target`]: target expressions (`web*`) that pick agents.
-//! - [`tree`]: the state tree: `top.yaml` and the state files.
-//! - [`kinds`]: the registry of state kinds; one file per kind.
-//! - [`apply`]: running a [`halite_proto::StateCall`]: plan, then apply.
+//! - [`yaml`] — parsing YAML into typed values with locations.
+//! - [`target`] — target expressions (`web*`) that pick agents.
+//! - [`tree`] — the state tree: `top.yaml` and the state files.
+//! - [`kinds`] — the registry of state kinds; one file per kind.
+//! - [`apply`] — running a [`halite_proto::StateCall`]: plan, then apply.
 
 pub mod apply;
 pub mod diag;

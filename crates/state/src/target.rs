@@ -20,9 +20,7 @@ impl Target {
             return Err("empty target".into());
         }
         if expression.contains('@') || expression.split_whitespace().count() > 1 {
-            return Err(format!(
-                "target `{expression}`: only globs on the agent id are supported in this version"
-            ));
+            return Err(format!("target `{expression}`: only globs on the agent id are supported in this version"));
         }
         let glob = Glob::new(expression).map_err(|e| format!("bad glob `{expression}`: {}", e.kind()))?;
         Ok(Target { source: expression.to_owned(), glob: glob.compile_matcher() })

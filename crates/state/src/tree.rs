@@ -140,8 +140,12 @@ impl StateTree {
             }
             let Some(kinds_map) = &decl.value else {
                 diagnostics.push(
-                    Diagnostic::error(path, id_at, format!("state `{}` declares no state kind", id.value))
-                        .help(format!("add a kind under it, e.g. `file.managed:`; known kinds: {}", kinds::names().join(", "))),
+                    Diagnostic::error(path, id_at, format!("state `{}` declares no state kind", id.value)).help(
+                        format!(
+                            "add a kind under it, e.g. `file.managed:`; known kinds: {}",
+                            kinds::names().join(", ")
+                        ),
+                    ),
                 );
                 continue;
             };
@@ -149,8 +153,12 @@ impl StateTree {
                 let kind_at = yaml::location(kind_name);
                 let Some(kind) = kinds::find(&kind_name.value) else {
                     diagnostics.push(
-                        Diagnostic::error(path, kind_at, format!("unknown state kind `{}` in state `{}`", kind_name.value, id.value))
-                            .help(format!("known kinds: {}", kinds::names().join(", "))),
+                        Diagnostic::error(
+                            path,
+                            kind_at,
+                            format!("unknown state kind `{}` in state `{}`", kind_name.value, id.value),
+                        )
+                        .help(format!("known kinds: {}", kinds::names().join(", "))),
                     );
                     continue;
                 };
@@ -216,8 +224,12 @@ impl StateTree {
                 }
                 _ => {
                     diagnostics.push(
-                        Diagnostic::error(&path, yaml::location(&states), format!("target `{}`: expected a list of state file names", target_text.value))
-                            .help("write e.g. 'web*': [common, nginx]"),
+                        Diagnostic::error(
+                            &path,
+                            yaml::location(&states),
+                            format!("target `{}`: expected a list of state file names", target_text.value),
+                        )
+                        .help("write e.g. 'web*': [common, nginx]"),
                     );
                     continue;
                 }
@@ -225,8 +237,12 @@ impl StateTree {
             for name in &names {
                 if !self.files.contains_key(name) && !self.failed_file_exists(name) {
                     diagnostics.push(
-                        Diagnostic::error(&path, yaml::location(&states), format!("target `{}` names state file `{name}`, which does not exist", target_text.value))
-                            .help(format!("create {} or fix the name", self.root.join(format!("{name}.yaml")).display())),
+                        Diagnostic::error(
+                            &path,
+                            yaml::location(&states),
+                            format!("target `{}` names state file `{name}`, which does not exist", target_text.value),
+                        )
+                        .help(format!("create {} or fix the name", self.root.join(format!("{name}.yaml")).display())),
                     );
                 }
             }
@@ -249,7 +265,10 @@ fn read(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Option<String> {
     match std::fs::read_to_string(path) {
         Ok(text) => Some(text),
         Err(e) => {
-            diagnostics.push(Diagnostic::error(path, Location::FILE, format!("cannot read: {e}")).help("check the file's permissions and encoding (UTF-8)"));
+            diagnostics.push(
+                Diagnostic::error(path, Location::FILE, format!("cannot read: {e}"))
+                    .help("check the file's permissions and encoding (UTF-8)"),
+            );
             None
         }
     }
@@ -288,8 +307,7 @@ mod tests {
 
     #[test]
     fn salt_base_wrapper_is_accepted() {
-        let (_dir, tree, diagnostics) =
-            tree(&[("top.yaml", "base:\n  '*':\n    - common\n"), ("common.yaml", "{}\n")]);
+        let (_dir, tree, diagnostics) = tree(&[("top.yaml", "base:\n  '*':\n    - common\n"), ("common.yaml", "{}\n")]);
         assert!(diagnostics.is_empty(), "{diagnostics:#?}");
         assert_eq!(tree.states_for("x"), ["common"]);
     }
@@ -298,7 +316,10 @@ mod tests {
     fn reports_every_problem_not_the_first() {
         let (_dir, _tree, diagnostics) = tree(&[
             ("top.yaml", "'web[': [a]\n'*': [missing]\n"),
-            ("a.yaml", "s1:\n  file.manged:\n    path: /x\ns2:\n  file.managed:\n    path: /y\n    source: files/nope\n"),
+            (
+                "a.yaml",
+                "s1:\n  file.manged:\n    path: /x\ns2:\n  file.managed:\n    path: /y\n    source: files/nope\n",
+            ),
             ("b.yaml", "s: [\n"),
         ]);
         let messages: Vec<String> = diagnostics.iter().map(|d| d.message.clone()).collect();

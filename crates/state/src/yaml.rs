@@ -4,8 +4,8 @@ use std::fmt;
 use std::path::Path;
 
 use indexmap::IndexMap;
-use serde::de::{DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
 pub use serde_saphyr::Spanned;
 
 use crate::diag::{Diagnostic, Location};
@@ -50,9 +50,7 @@ impl Fields {
     }
 
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::Value::Object(
-            self.entries.iter().map(|(k, v)| (k.value.clone(), v.value.clone())).collect(),
-        )
+        serde_json::Value::Object(self.entries.iter().map(|(k, v)| (k.value.clone(), v.value.clone())).collect())
     }
 
     /// Deserializes into a kind's typed arguments. A failure names the
@@ -60,10 +58,8 @@ impl Fields {
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, (Option<Location>, String)> {
         serde_json::from_value(self.to_json()).map_err(|error| {
             let message = error.to_string();
-            let key = message
-                .strip_prefix("unknown field `")
-                .and_then(|rest| rest.split('`').next())
-                .map(str::to_owned);
+            let key =
+                message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next()).map(str::to_owned);
             (key.and_then(|k| self.key_location(&k)), message)
         })
     }
@@ -95,9 +91,7 @@ impl<'de> Deserialize<'de> for Fields {
 
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Fields, A::Error> {
                 let mut entries: Vec<Entry> = Vec::new();
-                while let Some(item) =
-                    seq.next_element::<IndexMap<Spanned<String>, Spanned<serde_json::Value>>>()?
-                {
+                while let Some(item) = seq.next_element::<IndexMap<Spanned<String>, Spanned<serde_json::Value>>>()? {
                     entries.extend(item);
                 }
                 Ok(Fields { entries })
@@ -139,8 +133,7 @@ mod tests {
         struct Args {
             path: String,
         }
-        let file: StateFile =
-            parse(Path::new("a.yaml"), "s:\n  k:\n    path: /x\n    sourc: y\n").unwrap();
+        let file: StateFile = parse(Path::new("a.yaml"), "s:\n  k:\n    path: /x\n    sourc: y\n").unwrap();
         let fields = file.values().next().unwrap().values().next().unwrap();
         let (at, message) = fields.decode::<Args>().unwrap_err();
         assert_eq!(at, Some(Location::new(4, 5)));

@@ -109,7 +109,9 @@ fn settings(config: &Value) -> Result<Settings, String> {
     }
     let duration = |text: &Option<String>, key: &str, default| match text {
         None => Ok(default),
-        Some(text) => humantime::parse_duration(text).map_err(|e| format!("`{key}: {text}`: {e} (write e.g. 500ms or 2s)")),
+        Some(text) => {
+            humantime::parse_duration(text).map_err(|e| format!("`{key}: {text}`: {e} (write e.g. 500ms or 2s)"))
+        }
     };
     Ok(Settings {
         debounce: duration(&config.debounce, "debounce", DEFAULT_DEBOUNCE)?,
@@ -127,7 +129,10 @@ fn validate(config: &Value) -> Result<(), String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observation {
     Missing,
-    File { sha256: Sha256, mode: u32 },
+    File {
+        sha256: Sha256,
+        mode: u32,
+    },
     /// A directory, a file we may not read, …: reported as a modify.
     Other(String),
 }
@@ -212,7 +217,14 @@ impl Tracker {
 
     /// Starts tracking `path` as it is now. A managed file that is already
     /// drifted is reported (drift that happened while the agent was down).
-    pub fn track(&mut self, path: &Path, now: Observation, desired: Option<Desired>, applied: u64, at: Instant) -> Option<Report> {
+    pub fn track(
+        &mut self,
+        path: &Path,
+        now: Observation,
+        desired: Option<Desired>,
+        applied: u64,
+        at: Instant,
+    ) -> Option<Report> {
         let drifted = desired.is_some_and(|d| !now.complies(&d));
         let before = if drifted { Observation::Other("unknown".into()) } else { now.clone() };
         self.paths.insert(path.to_path_buf(), PathState { last: before, open: None });
@@ -224,7 +236,14 @@ impl Tracker {
     }
 
     /// A notification or scan looked at `path` and saw `now`.
-    pub fn observe(&mut self, path: &Path, now: Observation, desired: Option<Desired>, applied: u64, at: Instant) -> Option<Report> {
+    pub fn observe(
+        &mut self,
+        path: &Path,
+        now: Observation,
+        desired: Option<Desired>,
+        applied: u64,
+        at: Instant,
+    ) -> Option<Report> {
         let debounce = self.debounce;
         let state = self.paths.get_mut(path)?;
         let before = std::mem::replace(&mut state.last, now.clone());
@@ -242,10 +261,10 @@ impl Tracker {
         if desired.is_none() && before == now {
             return None;
         }
-        if let Some(open) = &state.open {
-            if at < open.until || open.reported == now {
-                return None;
-            }
+        if let Some(open) = &state.open
+            && (at < open.until || open.reported == now)
+        {
+            return None;
         }
         let reference = match &state.open {
             Some(open) => open.reported.clone(),
@@ -261,10 +280,7 @@ impl Tracker {
 
     /// The earliest end of a debounce window still to be checked.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.paths
-            .values()
-            .filter_map(|s| s.open.as_ref().filter(|o| !o.window_checked).map(|o| o.until))
-            .min()
+        self.paths.values().filter_map(|s| s.open.as_ref().filter(|o| !o.window_checked).map(|o| o.until)).min()
     }
 
     /// Paths whose debounce window has ended by `at` and is unchecked.
@@ -285,7 +301,14 @@ impl Tracker {
 
     /// The end of `path`'s debounce window: report it again if it is still
     /// drifted and no longer what was reported.
-    pub fn window_ended(&mut self, path: &Path, now: Observation, desired: Option<Desired>, applied: u64, at: Instant) -> Option<Report> {
+    pub fn window_ended(
+        &mut self,
+        path: &Path,
+        now: Observation,
+        desired: Option<Desired>,
+        applied: u64,
+        at: Instant,
+    ) -> Option<Report> {
         self.close_window(path);
         self.observe(path, now, desired, applied, at)
     }
@@ -306,7 +329,9 @@ fn reaction(kind: &notify::EventKind) -> Reaction {
     match kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => Reaction::Look,
         EventKind::Access(_) => Reaction::Ignore,
-        EventKind::Modify(ModifyKind::Data(DataChange::Any | DataChange::Content | DataChange::Size)) => Reaction::Settle,
+        EventKind::Modify(ModifyKind::Data(DataChange::Any | DataChange::Content | DataChange::Size)) => {
+            Reaction::Settle
+        }
         _ => Reaction::Look,
     }
 }
@@ -408,9 +433,7 @@ impl FileBeacon {
 
     fn emit(&self, real: &Path, report: &Report) {
         let authored = self.watched.get(real).map_or(real, PathBuf::as_path);
-        let mut data = Value::map()
-            .with("path", authored.display().to_string())
-            .with("kind", report.change.as_str());
+        let mut data = Value::map().with("path", authored.display().to_string()).with("kind", report.change.as_str());
         match &report.observation {
             Observation::File { sha256, mode } => {
                 data = data.with("sha256", sha256.to_hex()).with("mode", format!("{mode:04o}"));
@@ -438,7 +461,8 @@ impl FileBeacon {
                 self.tracker.track(&real, Observation::of(&real), None, record.applied, Instant::now());
                 continue;
             };
-            if let Some(report) = self.tracker.track(&real, observation, record.desired, record.applied, Instant::now()) {
+            if let Some(report) = self.tracker.track(&real, observation, record.desired, record.applied, Instant::now())
+            {
                 self.emit(&real, &report);
             }
         }
@@ -502,7 +526,8 @@ impl FileBeacon {
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {}
             }
             let now = Instant::now();
-            let settled: Vec<PathBuf> = self.settling.iter().filter(|(_, at)| **at <= now).map(|(p, _)| p.clone()).collect();
+            let settled: Vec<PathBuf> =
+                self.settling.iter().filter(|(_, at)| **at <= now).map(|(p, _)| p.clone()).collect();
             for path in settled {
                 self.settling.remove(&path);
                 self.look(&path, false);
@@ -624,7 +649,10 @@ mod tests {
         tracker.track(path, Observation::Missing, None, 0, t0);
         assert_eq!(tracker.observe(path, file(b"a", 0o644), None, 0, t0).map(|r| r.change), Some(Change::Create));
         assert_eq!(tracker.observe(path, file(b"b", 0o644), None, 0, t0 + MS), None, "modify is not asked for");
-        assert_eq!(tracker.observe(path, Observation::Missing, None, 0, t0 + 2 * MS).map(|r| r.change), Some(Change::Delete));
+        assert_eq!(
+            tracker.observe(path, Observation::Missing, None, 0, t0 + 2 * MS).map(|r| r.change),
+            Some(Change::Delete)
+        );
     }
 
     #[test]

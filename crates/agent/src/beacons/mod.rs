@@ -38,7 +38,8 @@ pub fn names() -> Vec<&'static str> {
 
 /// Checks a beacon configuration the way the agent will read it.
 pub fn validate(kind: &str, config: &Value) -> Result<(), String> {
-    let beacon = find(kind).ok_or_else(|| format!("unknown beacon kind `{kind}`; known kinds: {}", names().join(", ")))?;
+    let beacon =
+        find(kind).ok_or_else(|| format!("unknown beacon kind `{kind}`; known kinds: {}", names().join(", ")))?;
     (beacon.validate)(config)
 }
 
@@ -115,7 +116,9 @@ impl Beacons {
                     tracing::info!(beacon = %spec.name, kind = %spec.kind, "Beacon started.");
                     self.running.push((spec.name.clone(), running));
                 }
-                Err(error) => tracing::error!(beacon = %spec.name, kind = %spec.kind, %error, "Beacon failed to start."),
+                Err(error) => {
+                    tracing::error!(beacon = %spec.name, kind = %spec.kind, %error, "Beacon failed to start.")
+                }
             }
         }
     }

@@ -29,9 +29,16 @@ pub const AGENT_QUEUE: usize = 256;
 
 #[derive(Debug)]
 enum Work {
-    React { reactor: Arc<Reactor>, event: Arc<Event>, tree: Arc<Tree>, coalesced: u32 },
+    React {
+        reactor: Arc<Reactor>,
+        event: Arc<Event>,
+        tree: Arc<Tree>,
+        coalesced: u32,
+    },
     /// Apply the agent's top.yaml states (at session start).
-    Highstate { tree: Arc<Tree> },
+    Highstate {
+        tree: Arc<Tree>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -89,15 +96,13 @@ impl Engine {
             tokio::spawn(Worker { agent: agent.to_owned(), engine: self.clone(), last_run: HashMap::new() }.run(rx));
             tx
         });
-        if let Err(mpsc::error::TrySendError::Full(work)) = sender.try_send(work) {
-            if let Work::React { reactor, event, .. } = work {
-                tracing::warn!(agent, reactor = %reactor.name, event = %event.id, "Reaction queue full; dropping the reaction.");
-                self.bus.publish(Event::new(
-                    tag::reactor(&reactor.name, "throttled"),
-                    agent,
-                    Value::map().with("event", event.id.to_string()).with("reason", "queue full"),
-                ));
-            }
+        if let Err(mpsc::error::TrySendError::Full(Work::React { reactor, event, .. })) = sender.try_send(work) {
+            tracing::warn!(agent, reactor = %reactor.name, event = %event.id, "Reaction queue full; dropping the reaction.");
+            self.bus.publish(Event::new(
+                tag::reactor(&reactor.name, "throttled"),
+                agent,
+                Value::map().with("event", event.id.to_string()).with("reason", "queue full"),
+            ));
         }
     }
 }
@@ -177,7 +182,11 @@ impl Worker {
                     }
                     Some(error) => {
                         tracing::warn!(agent = %self.agent, reactor = %reactor.name, event = %event.id, %error, "Reactor failed.");
-                        bus.publish(Event::new(tag::reactor(&reactor.name, "failed"), self.agent.as_str(), data.with("error", error)));
+                        bus.publish(Event::new(
+                            tag::reactor(&reactor.name, "failed"),
+                            self.agent.as_str(),
+                            data.with("error", error),
+                        ));
                     }
                 }
             }

@@ -75,25 +75,45 @@ pub fn load(path: &Path, states: &StateTree, diagnostics: &mut Vec<Diagnostic>) 
         let get = |key: &str| entry.value.iter().find(|(k, _)| k.value == key);
         let text_of = |key: &str| get(key).and_then(|(_, v)| v.value.as_str().map(str::to_owned));
         let Some(name) = text_of("name") else {
-            diagnostics.push(Diagnostic::error(path, start, "a reactor without a `name`").help("add `name: <what it does>`; it names the reactor in events and logs"));
+            diagnostics.push(
+                Diagnostic::error(path, start, "a reactor without a `name`")
+                    .help("add `name: <what it does>`; it names the reactor in events and logs"),
+            );
             continue;
         };
         if reactors.iter().any(|r| r.name == name) {
-            problems.push(Diagnostic::error(path, start, format!("a second reactor named `{name}`")).help("reactor names must be unique"));
+            problems.push(
+                Diagnostic::error(path, start, format!("a second reactor named `{name}`"))
+                    .help("reactor names must be unique"),
+            );
         }
         let on_matcher = match get("on") {
             None => {
-                problems.push(Diagnostic::error(path, start, format!("reactor `{name}` has no `on` tag glob")).help("add e.g. `on: halite/beacon/*/nginx-conf`"));
+                problems.push(
+                    Diagnostic::error(path, start, format!("reactor `{name}` has no `on` tag glob"))
+                        .help("add e.g. `on: halite/beacon/*/nginx-conf`"),
+                );
                 None
             }
             Some((_, on)) => match on.value.as_str().map(Glob::new) {
                 Some(Ok(glob)) => Some(glob.compile_matcher()),
                 Some(Err(e)) => {
-                    problems.push(Diagnostic::error(path, yaml::location(on), format!("reactor `{name}`: bad tag glob: {}", e.kind())).help("`*` matches any text, `?` one character, `[ab]` one of a set"));
+                    problems.push(
+                        Diagnostic::error(
+                            path,
+                            yaml::location(on),
+                            format!("reactor `{name}`: bad tag glob: {}", e.kind()),
+                        )
+                        .help("`*` matches any text, `?` one character, `[ab]` one of a set"),
+                    );
                     None
                 }
                 None => {
-                    problems.push(Diagnostic::error(path, yaml::location(on), format!("reactor `{name}`: `on` must be a tag glob string")));
+                    problems.push(Diagnostic::error(
+                        path,
+                        yaml::location(on),
+                        format!("reactor `{name}`: `on` must be a tag glob string"),
+                    ));
                     None
                 }
             },
@@ -116,14 +136,28 @@ pub fn load(path: &Path, states: &StateTree, diagnostics: &mut Vec<Diagnostic>) 
         if let Some((_, target)) = get("target")
             && target.value.as_str() != Some("origin")
         {
-            problems.push(Diagnostic::error(path, yaml::location(target), format!("reactor `{name}`: only `target: origin` is supported in this version")).help("remove `target` to act on the agent that raised the event"));
+            problems.push(
+                Diagnostic::error(
+                    path,
+                    yaml::location(target),
+                    format!("reactor `{name}`: only `target: origin` is supported in this version"),
+                )
+                .help("remove `target` to act on the agent that raised the event"),
+            );
         }
         let throttle = match get("throttle") {
             None => None,
             Some((_, value)) => match value.value.as_str().map(humantime::parse_duration) {
                 Some(Ok(duration)) => Some(duration),
                 _ => {
-                    problems.push(Diagnostic::error(path, yaml::location(value), format!("reactor `{name}`: `throttle` is not a duration")).help("write e.g. throttle: 1s"));
+                    problems.push(
+                        Diagnostic::error(
+                            path,
+                            yaml::location(value),
+                            format!("reactor `{name}`: `throttle` is not a duration"),
+                        )
+                        .help("write e.g. throttle: 1s"),
+                    );
                     None
                 }
             },
@@ -135,17 +169,32 @@ pub fn load(path: &Path, states: &StateTree, diagnostics: &mut Vec<Diagnostic>) 
             }
             match actions::find(&key.value) {
                 None => problems.push(
-                    Diagnostic::error(path, yaml::location(key), format!("reactor `{name}`: unknown key or action `{}`", key.value))
-                        .help(format!("reactor keys: {}; actions: {}", REACTOR_KEYS.join(", "), actions::names().join(", "))),
+                    Diagnostic::error(
+                        path,
+                        yaml::location(key),
+                        format!("reactor `{name}`: unknown key or action `{}`", key.value),
+                    )
+                    .help(format!(
+                        "reactor keys: {}; actions: {}",
+                        REACTOR_KEYS.join(", "),
+                        actions::names().join(", ")
+                    )),
                 ),
                 Some(kind) => match (kind.compile)(&value.value, states) {
                     Ok(action) => compiled_actions.push(action),
-                    Err(message) => problems.push(Diagnostic::error(path, yaml::location(value), format!("reactor `{name}`: {}: {message}", key.value))),
+                    Err(message) => problems.push(Diagnostic::error(
+                        path,
+                        yaml::location(value),
+                        format!("reactor `{name}`: {}: {message}", key.value),
+                    )),
                 },
             }
         }
         if compiled_actions.is_empty() && problems.is_empty() {
-            problems.push(Diagnostic::error(path, start, format!("reactor `{name}` does nothing")).help(format!("add an action: {}", actions::names().join(", "))));
+            problems.push(
+                Diagnostic::error(path, start, format!("reactor `{name}` does nothing"))
+                    .help(format!("add an action: {}", actions::names().join(", "))),
+            );
         }
         if !problems.is_empty() {
             diagnostics.extend(problems);

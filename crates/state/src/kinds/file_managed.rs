@@ -60,16 +60,22 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
     let path = config.path.clone().unwrap_or_else(|| state.id.to_owned());
     if !Path::new(&path).is_absolute() {
         problems.push(
-            Problem::new(at("path").or(at("name")), format!("file.managed `{}`: path `{path}` is not absolute", state.id))
-                .help("give the full path of the file on the agent, e.g. /etc/motd"),
+            Problem::new(
+                at("path").or(at("name")),
+                format!("file.managed `{}`: path `{path}` is not absolute", state.id),
+            )
+            .help("give the full path of the file on the agent, e.g. /etc/motd"),
         );
     }
 
     let contents = match (&config.source, &config.contents) {
         (Some(_), Some(_)) => {
             problems.push(
-                Problem::new(at("contents"), format!("file.managed `{}`: both `source` and `contents` given", state.id))
-                    .help("keep one of them"),
+                Problem::new(
+                    at("contents"),
+                    format!("file.managed `{}`: both `source` and `contents` given", state.id),
+                )
+                .help("keep one of them"),
             );
             None
         }
@@ -84,7 +90,9 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
         (Some(source), None) => match read_source(state.tree_root, source) {
             Ok(bytes) => Some(bytes),
             Err(problem) => {
-                problems.push(Problem::new(at("source"), format!("file.managed `{}`: {}", state.id, problem.0)).help(problem.1));
+                problems.push(
+                    Problem::new(at("source"), format!("file.managed `{}`: {}", state.id, problem.0)).help(problem.1),
+                );
                 None
             }
         },
@@ -144,16 +152,19 @@ fn read_source(root: &Path, source: &str) -> Result<Vec<u8>, (String, String)> {
             "copy the file into the tree instead of linking to it".into(),
         ));
     }
-    fs::read(&canonical).map_err(|e| (format!("source `{source}` cannot be read: {e}"), "check that it is a readable file".into()))
+    fs::read(&canonical)
+        .map_err(|e| (format!("source `{source}` cannot be read: {e}"), "check that it is a readable file".into()))
 }
 
 fn parse_mode(value: &serde_json::Value) -> Result<u32, String> {
     let digits = match value {
         serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Number(n) => match n.as_u64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as u64)) {
-            Some(n) => n.to_string(),
-            None => return Err(format!("mode `{n}` is not an octal number")),
-        },
+        serde_json::Value::Number(n) => {
+            match n.as_u64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as u64)) {
+                Some(n) => n.to_string(),
+                None => return Err(format!("mode `{n}` is not an octal number")),
+            }
+        }
         other => return Err(format!("mode `{other}` is not an octal number")),
     };
     let mode = u32::from_str_radix(digits.trim_start_matches("0o"), 8)
@@ -238,9 +249,9 @@ impl FilePlan {
     }
 
     fn owner_differs(&self) -> bool {
-        self.current.as_ref().is_some_and(|c| {
-            self.owner.is_some_and(|u| u != c.uid) || self.group.is_some_and(|g| g != c.gid)
-        })
+        self.current
+            .as_ref()
+            .is_some_and(|c| self.owner.is_some_and(|u| u != c.uid) || self.group.is_some_and(|g| g != c.gid))
     }
 
     fn write_atomically(&self) -> Result<(), String> {
@@ -255,7 +266,8 @@ impl FilePlan {
             .map_err(|e| fail("cannot create a temporary file beside", e))?;
         temp.write_all(&self.contents).map_err(|e| fail("cannot write", e))?;
         let mode = self.mode.or(self.current.as_ref().map(|c| c.mode)).unwrap_or(DEFAULT_MODE);
-        fs::set_permissions(temp.path(), fs::Permissions::from_mode(mode)).map_err(|e| fail("cannot set the mode of", e))?;
+        fs::set_permissions(temp.path(), fs::Permissions::from_mode(mode))
+            .map_err(|e| fail("cannot set the mode of", e))?;
         let (uid, gid) = match &self.current {
             Some(c) => (self.owner.or(Some(c.uid)), self.group.or(Some(c.gid))),
             None => (self.owner, self.group),
@@ -362,7 +374,10 @@ mod tests {
         fs::write(&path, "same").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
         let result = apply_call(&call(&path, "same", Some(0o644)), false);
-        assert_eq!(result.outcome, Outcome::Changed { changes: vec![format!("mode of {}: 0666 -> 0644", path.display())] });
+        assert_eq!(
+            result.outcome,
+            Outcome::Changed { changes: vec![format!("mode of {}: 0666 -> 0644", path.display())] }
+        );
         assert_eq!(mode_of(&path), 0o644);
     }
 

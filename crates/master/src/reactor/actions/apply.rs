@@ -42,7 +42,12 @@ impl Action for Apply {
         format!("apply [{}] to the agent that raised the event", self.states.join(", "))
     }
 
-    fn run<'a>(&'a self, context: &'a Context, agent: &'a str, event: &'a Event) -> BoxFuture<'a, Result<String, String>> {
+    fn run<'a>(
+        &'a self,
+        context: &'a Context,
+        agent: &'a str,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<String, String>> {
         Box::pin(async move {
             let job = Job {
                 id: Id::new(),

@@ -17,6 +17,9 @@ pub mod apply;
 /// Every action, by its key in reactors.yaml. Keep sorted by name.
 pub static ACTIONS: &[&ActionKind] = &[&apply::KIND];
 
+/// Compiles an action's authored value against the state tree.
+pub type Compile = fn(&serde_json::Value, &StateTree) -> Result<Box<dyn Action>, String>;
+
 #[derive(Debug)]
 pub struct ActionKind {
     pub name: &'static str,
@@ -24,7 +27,7 @@ pub struct ActionKind {
     /// A whole reactor using the action; the registry test compiles it.
     pub example: &'static str,
     /// Checks the authored value against the state tree.
-    pub compile: fn(&serde_json::Value, &StateTree) -> Result<Box<dyn Action>, String>,
+    pub compile: Compile,
 }
 
 pub fn find(name: &str) -> Option<&'static ActionKind> {
@@ -47,7 +50,12 @@ pub trait Action: Send + Sync + Debug {
     /// One line for logs and `check`'s what-if.
     fn describe(&self) -> String;
     /// Acts for `agent` on `event`; the text says what happened.
-    fn run<'a>(&'a self, context: &'a Context, agent: &'a str, event: &'a Event) -> BoxFuture<'a, Result<String, String>>;
+    fn run<'a>(
+        &'a self,
+        context: &'a Context,
+        agent: &'a str,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<String, String>>;
 }
 
 #[cfg(test)]
@@ -63,7 +71,8 @@ mod tests {
         assert_eq!(names, sorted);
         for action in ACTIONS {
             let dir = tempfile::tempdir().unwrap();
-            std::fs::write(dir.path().join("nginx.yaml"), "c:\n  file.managed:\n    path: /x\n    contents: x\n").unwrap();
+            std::fs::write(dir.path().join("nginx.yaml"), "c:\n  file.managed:\n    path: /x\n    contents: x\n")
+                .unwrap();
             std::fs::write(dir.path().join("reactors.yaml"), action.example).unwrap();
             let (tree, diagnostics) = Tree::load(dir.path());
             assert!(diagnostics.is_empty(), "{}: {diagnostics:#?}", action.name);
