@@ -2,4 +2,5 @@
 //! 127.0.0.1, real files, events read from the master's publisher.
 
 mod drift;
+mod link;
 mod restart;

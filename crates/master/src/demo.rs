@@ -46,12 +46,12 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         println!("  agent {id}: files under {}", agent.root.display());
         agents.push(agent);
     }
-    for agent in &agents {
-        let id = agent.id.clone();
-        bus.wait_for(WAIT, "start-up apply", |e| {
-            e.tag.starts_with("halite/job/") && e.tag.ends_with(&format!("/ret/{id}"))
-        })
-        .await?;
+    let mut converging: Vec<String> = agents.iter().map(|a| a.id.clone()).collect();
+    while !converging.is_empty() {
+        let ret = bus
+            .wait_for(WAIT, "start-up apply", |e| e.tag.starts_with("halite/job/") && e.tag.contains("/ret/"))
+            .await?;
+        converging.retain(|id| id != ret.agent());
     }
     println!("  both agents connected and converged (top.yaml applied at connect)\n");
 
@@ -104,7 +104,11 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         println!("  logs: {} and {}/*/agent.log", master.log.display(), temp_path.display());
         println!("  events: any ZeroMQ SUB socket on {}", master.publish);
         println!("Press Ctrl-C to stop (the directory stays: {}).", temp_path.display());
-        tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result.context("cannot wait for Ctrl-C")?,
+            _ = term.recv() => {}
+        }
     }
     for agent in agents {
         agent.stop().await;

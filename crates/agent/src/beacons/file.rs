@@ -25,6 +25,8 @@
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
@@ -359,15 +361,21 @@ fn start(context: Context, config: &Value) -> Result<Running, String> {
     let settings = settings(config)?;
     let (wake_tx, wake_rx) = std_mpsc::sync_channel::<Wake>(NOTIFY_QUEUE);
     let notify_tx = wake_tx.clone();
+    let overflowed = Arc::new(AtomicBool::new(false));
+    let overflow_flag = overflowed.clone();
     let watcher = notify::recommended_watcher(move |event| {
-        // Full queue: dropped; the thread rescans when it sees the overflow.
-        let _ = notify_tx.try_send(Wake::Notify(event));
+        // Full queue: the notification is dropped and the thread, seeing
+        // the flag, looks at every path once.
+        if notify_tx.try_send(Wake::Notify(event)).is_err() {
+            overflow_flag.store(true, Ordering::Relaxed);
+        }
     })
     .map_err(|e| format!("cannot start inotify: {e}"))?;
     let beacon = FileBeacon {
         tracker: Tracker::new(settings.debounce, settings.events),
         watched: settings.paths.iter().map(|p| (context.real_path(p), p.clone())).collect(),
         settling: HashMap::new(),
+        overflowed,
         armed: Vec::new(),
         watcher,
         scan: settings.scan,
@@ -393,6 +401,8 @@ struct FileBeacon {
     watched: HashMap<PathBuf, PathBuf>,
     /// Files being written, and when to look at them at the latest.
     settling: HashMap<PathBuf, Instant>,
+    /// Set when a notification could not be queued.
+    overflowed: Arc<AtomicBool>,
     /// Directories watched so far.
     armed: Vec<PathBuf>,
     watcher: notify::RecommendedWatcher,
@@ -524,6 +534,10 @@ impl FileBeacon {
                     self.scan_all();
                 }
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if self.overflowed.swap(false, Ordering::Relaxed) {
+                tracing::warn!(beacon = %self.context.name, "Notifications overflowed; looking at every path.");
+                self.scan_all();
             }
             let now = Instant::now();
             let settled: Vec<PathBuf> =
