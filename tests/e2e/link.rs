@@ -1,59 +1,251 @@
-//! What the master does with input that is not from a well-behaved agent.
+//! The secure link: what reaches the bus, and from whom.
 
-use halite_e2e::Fleet;
+use bytes::Bytes;
+use halite_e2e::{Fleet, WAIT};
+use halite_link::envelope::{self, Envelope};
+use halite_link::{Initiator, Keypair, Opener, Sealer};
 use halite_proto::{AgentMessage, Event, Hello, MasterMessage, Value};
 use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
-fn frame(message: &AgentMessage) -> ZmqMessage {
-    ZmqMessage::from(halite_proto::encode(message))
+fn message(frames: Vec<Vec<u8>>) -> ZmqMessage {
+    ZmqMessage::try_from(frames.into_iter().map(Bytes::from).collect::<Vec<_>>()).unwrap()
 }
 
-fn forged(tag: &str, agent: &str) -> Event {
-    Event::new(tag, agent, Value::map().with("kind", "modify").with("forged", true))
+/// A hand-driven agent: its own key, the real handshake, sealed messages.
+struct RawAgent {
+    socket: DealerSocket,
+    sealer: Sealer,
+    opener: Opener,
+    /// The last sealed message sent, for replaying.
+    last_sent: Vec<Vec<u8>>,
 }
 
-/// Garbage, events without a session and events an agent may not raise
-/// never reach the bus; the master keeps serving real agents.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nothing_reaches_the_bus_without_a_session_or_for_another_agent() {
-    let mut fleet = Fleet::start(&["web01"]).await.unwrap();
-    let result = async {
-        let mut raw = DealerSocket::new();
-        raw.connect(&fleet.master().listen).await?;
-        // Garbage, an empty frame, a wrong version, a truncated message.
-        for bytes in [vec![0xff; 64], vec![], vec![9, 1, 2, 3], halite_proto::encode(&AgentMessage::Ping)[..1].to_vec()]
-        {
-            raw.send(ZmqMessage::from(bytes)).await?;
-        }
-        // An event before any hello: there is no session to carry it.
-        raw.send(frame(&AgentMessage::Event(forged("halite/beacon/web01/nginx-conf", "web01")))).await?;
-        // A session as `intruder`, then events in web01's name and tags.
-        let hello = Hello { agent: "intruder".into(), version: "0".into(), facts: Value::map() };
-        raw.send(frame(&AgentMessage::Hello(hello))).await?;
-        raw.send(frame(&AgentMessage::Event(forged("halite/beacon/web01/nginx-conf", "web01")))).await?;
-        raw.send(frame(&AgentMessage::Event(forged("halite/beacon/web01/nginx-conf", "intruder")))).await?;
-        raw.send(frame(&AgentMessage::Event(forged("halite/job/x/new", "intruder")))).await?;
-        // The master handles one connection's messages in order, so its
-        // answer to a ping means everything above was handled (and anything
-        // it let through already published).
-        raw.send(frame(&AgentMessage::Ping)).await?;
+impl RawAgent {
+    async fn connect(endpoint: &str, id: &str) -> anyhow::Result<RawAgent> {
+        let mut socket = DealerSocket::new();
+        socket.connect(endpoint).await?;
+        let keypair = Keypair::generate()?;
+        let (mut initiator, first) = Initiator::start(&keypair)?;
+        socket.send(message(Envelope::handshake(envelope::HELLO1, first))).await?;
+        let reply = tokio::time::timeout(WAIT, socket.recv()).await??;
+        let frames: Vec<&[u8]> = reply.iter().map(|f| f.as_ref()).collect();
+        let Envelope::Hello2(reply) = Envelope::parse(&frames)? else { anyhow::bail!("no handshake reply") };
+        initiator.read_reply(reply)?;
+        let hello = AgentMessage::Hello(Hello { agent: id.into(), version: "raw".into(), facts: Value::map() });
+        let (last, sealer, opener) = initiator.finish(&halite_proto::encode(&hello))?;
+        socket.send(message(Envelope::handshake(envelope::HELLO3, last))).await?;
+        Ok(RawAgent { socket, sealer, opener, last_sent: Vec::new() })
+    }
+
+    async fn send(&mut self, message_: &AgentMessage) -> anyhow::Result<()> {
+        let frames = Envelope::sealed(self.sealer.seal(&halite_proto::encode(message_))?);
+        self.last_sent = frames.clone();
+        self.socket.send(message(frames)).await?;
+        Ok(())
+    }
+
+    async fn send_frames(&mut self, frames: Vec<Vec<u8>>) -> anyhow::Result<()> {
+        self.socket.send(message(frames)).await?;
+        Ok(())
+    }
+
+    /// Pings and waits for the pong: the master handles one connection's
+    /// messages in order, so everything sent before has been handled (and
+    /// anything it let through, published).
+    async fn barrier(&mut self) -> anyhow::Result<Vec<MasterMessage>> {
+        self.send(&AgentMessage::Ping).await?;
+        let mut seen = Vec::new();
         loop {
-            let reply = tokio::time::timeout(halite_e2e::WAIT, raw.recv()).await??;
-            let message: MasterMessage = halite_proto::decode(reply.get(0).expect("a frame"))?;
+            let reply = tokio::time::timeout(WAIT, self.socket.recv()).await??;
+            let frames: Vec<&[u8]> = reply.iter().map(|f| f.as_ref()).collect();
+            let Envelope::Sealed(chunks) = Envelope::parse(&frames)? else { anyhow::bail!("unsealed reply") };
+            let message: MasterMessage = halite_proto::decode(&self.opener.open(chunks)?)?;
             if message == MasterMessage::Pong {
-                break;
+                return Ok(seen);
+            }
+            seen.push(message);
+        }
+    }
+}
+
+fn forged(tag: &str, agent: &str) -> AgentMessage {
+    AgentMessage::Event(Event::new(tag, agent, Value::map().with("kind", "modify").with("forged", true)))
+}
+
+/// Garbage, pre-session messages, unaccepted keys, a known id with another
+/// key, replays and other agents' tags: none of it reaches the bus, and the
+/// master keeps restoring a real agent's drift. Accepting a key lets its
+/// events through at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_from_an_unaccepted_key_reaches_the_bus() {
+    let mut fleet = Fleet::start_with(&["web01"], &["web*"]).await.unwrap();
+    let result = async {
+        let listen = fleet.master().listen.clone();
+        // Not even a session: garbage, a sealed message, an oversized frame.
+        let mut raw = DealerSocket::new();
+        raw.connect(&listen).await?;
+        for frames in [
+            vec![vec![0xff; 64]],
+            vec![vec![envelope::SEALED], vec![1; 40]],
+            vec![vec![envelope::HELLO1], vec![7; 4 << 20]],
+            vec![],
+        ] {
+            if !frames.is_empty() {
+                raw.send(message(frames)).await?;
             }
         }
-        fleet.wait_for("the intruder's session", |e| e.tag == "halite/agent/intruder/connected").await?;
-        // A real drift is still restored, and serves as the sentinel: it is
-        // published after anything the master let through above.
+        // A session with a key nobody accepted.
+        let mut intruder = RawAgent::connect(&listen, "intruder").await?;
+        intruder.send(&forged("halite/beacon/intruder/x", "intruder")).await?;
+        let replay = intruder.last_sent.clone();
+        intruder.send_frames(replay.clone()).await?;
+        let told = intruder.barrier().await?;
+        assert!(told.contains(&MasterMessage::NotAccepted { status: "pending".into() }), "{told:?}");
+        // The same sealed message replayed on a fresh connection.
+        raw.send(message(replay)).await?;
+        // web01's id with another key: an impersonation stays pending.
+        let mut impostor = RawAgent::connect(&listen, "web01").await?;
+        impostor.send(&forged("halite/beacon/web01/nginx-conf", "web01")).await?;
+        impostor.barrier().await?;
+        let keys = fleet.keys(&["list"])?;
+        assert_eq!(keys.lines().filter(|l| l.starts_with("web01 ")).count(), 2, "{keys}");
+        assert!(keys.lines().any(|l| l.starts_with("web01 ") && l.contains("pending")), "{keys}");
+        // The real agent is still served.
         let motd = fleet.agent("web01").path("/etc/motd");
         std::fs::write(&motd, "drift\n")?;
         let sentinel = fleet.wait_for("a real drift", |e| e.tag == "halite/beacon/web01/motd").await?;
         fleet.wait_for_restore_of(&sentinel).await?;
-        let forged_seen: Vec<&str> =
-            fleet.seen.iter().filter(|e| e.data()["forged"] == true).map(|e| e.tag.as_str()).collect();
-        assert!(forged_seen.is_empty(), "forged events reached the bus: {forged_seen:?}");
+        assert_eq!(std::fs::read_to_string(&motd)?, "This host is managed by halite. Local edits are restored.\n");
+        let forged_seen = fleet.seen.iter().filter(|e| e.data()["forged"] == true).count();
+        assert_eq!(forged_seen, 0, "forged events reached the bus");
+        // Once accepted, the intruder's session is live at once.
+        fleet.keys(&["accept", "intruder"])?;
+        intruder.send(&forged("halite/beacon/intruder/x", "intruder")).await?;
+        fleet.wait_for("the accepted agent's event", |e| e.tag == "halite/beacon/intruder/x").await?;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}
+
+/// A pending agent's drifted file stays drifted; accepting the key restores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_agent_is_converged_once_accepted() {
+    let mut fleet = Fleet::start_with(&[], &[]).await.unwrap();
+    let result = async {
+        fleet.add_agent_unconverged("db01").await?;
+        fleet.wait_for("db01's pending key", |e| e.tag == "halite/key/db01/pending").await?;
+        let motd = fleet.agent("db01").path("/etc/motd");
+        std::fs::create_dir_all(motd.parent().unwrap())?;
+        std::fs::write(&motd, "drifted\n")?;
+        assert!(fleet.keys(&["list"])?.contains("pending"));
+        fleet.keys(&["accept", "db*"])?;
+        fleet.wait_for("db01's start-up apply", |e| e.tag.ends_with("/ret/db01")).await?;
+        assert_eq!(std::fs::read_to_string(&motd)?, "This host is managed by halite. Local edits are restored.\n");
+        let accepted_at = fleet.seen.iter().position(|e| e.tag == "halite/key/db01/accepted").expect("accepted event");
+        let before = &fleet.seen[..accepted_at];
+        assert!(
+            !before.iter().any(|e| e.tag.starts_with("halite/beacon/db01") || e.tag.starts_with("halite/job/")),
+            "{before:?}"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}
+
+/// Deleting a key ends the agent's session before the command returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_key_is_cut_off_at_once() {
+    let mut fleet = Fleet::start(&["web01", "db01"]).await.unwrap();
+    let result = async {
+        fleet.keys(&["delete", "db01"])?;
+        let deleted_at = fleet.seen.len();
+        std::fs::write(fleet.agent("db01").path("/etc/motd"), "drift after delete\n")?;
+        std::fs::write(fleet.agent("web01").path("/etc/motd"), "sentinel\n")?;
+        let sentinel = fleet.wait_for("web01's drift", |e| e.tag == "halite/beacon/web01/motd").await?;
+        fleet.wait_for_restore_of(&sentinel).await?;
+        let after = &fleet.seen[deleted_at..];
+        assert!(
+            !after.iter().any(|e| e.tag.starts_with("halite/beacon/db01")),
+            "db01 still reaches the bus: {after:?}"
+        );
+        assert_eq!(std::fs::read_to_string(fleet.agent("db01").path("/etc/motd"))?, "drift after delete\n");
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}
+
+/// An agent started again with a new key under a known id stays pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_id_with_a_new_key_stays_pending() {
+    let mut fleet = Fleet::start_with(&["web01"], &["web*"]).await.unwrap();
+    let result = async {
+        let agent = fleet.agents.pop().expect("web01");
+        let data = agent.dir.join("data");
+        agent.stop().await;
+        std::fs::remove_file(data.join("agent.key"))?;
+        fleet.add_agent_unconverged("web01").await?;
+        let pending = fleet.wait_for("the new key", |e| e.tag == "halite/key/web01/pending").await?;
+        let keys = fleet.keys(&["list"])?;
+        let fingerprint = pending.data()["fingerprint"].as_str().unwrap_or_default().to_owned();
+        assert!(keys.lines().any(|l| l.contains(&fingerprint) && l.contains("pending")), "{keys}");
+        assert!(keys.lines().any(|l| l.starts_with("web01 ") && l.contains("accepted")), "{keys}");
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}
+
+/// An agent that pins another master's key refuses to talk and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_pinned_to_another_key_refuses_to_talk() {
+    let fleet = Fleet::start(&[]).await.unwrap();
+    let result = async {
+        let dir = fleet.dir.path().join("stray");
+        std::fs::create_dir_all(&dir)?;
+        let wrong = Keypair::generate()?.public;
+        std::fs::write(
+            dir.join("agent.yaml"),
+            format!(
+                "id: stray\nmaster: {}\nmaster_key: {wrong}\ndata_dir: {}\nroot: {}\n",
+                fleet.master().listen,
+                dir.join("data").display(),
+                dir.display()
+            ),
+        )?;
+        let log = dir.join("agent.log");
+        let mut child = tokio::process::Command::new(&fleet.binaries.agent)
+            .arg("run")
+            .arg("--config")
+            .arg(dir.join("agent.yaml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .kill_on_drop(true)
+            .spawn()?;
+        // The agent logs its refusal; poll its log for it (bounded).
+        let said = tokio::time::timeout(WAIT, async {
+            loop {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.contains("Refusing to talk to this master") {
+                    return text;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        })
+        .await?;
+        assert!(said.contains(&wrong.to_string()) && said.contains(&fleet.master().key), "{said}");
+        assert!(!fleet.keys(&["list"])?.contains("stray"), "the agent must not have said who it is");
+        child.kill().await?;
         anyhow::Ok(())
     }
     .await;

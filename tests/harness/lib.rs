@@ -44,14 +44,22 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// A master serving the repository's example tree (written fresh) plus
-    /// the agents named, each converged (its start-up apply returned).
+    /// A master serving the repository's example tree (written fresh) that
+    /// accepts every agent's key, plus the agents named, each converged (its
+    /// start-up apply returned).
     pub async fn start(agents: &[&str]) -> anyhow::Result<Fleet> {
+        Fleet::start_with(agents, &["*"]).await
+    }
+
+    /// As [`Fleet::start`], with these `auto_accept` globs.
+    pub async fn start_with(agents: &[&str], auto_accept: &[&str]) -> anyhow::Result<Fleet> {
         let dir = tempfile::Builder::new().prefix("halite-e2e-").tempdir()?;
         let states = dir.path().join("states");
         halite_master::example::write(&states)?;
         let binaries = binaries();
-        let master = fleet::start_master(&binaries, &dir.path().join("master"), &states, "tcp://127.0.0.1:0").await?;
+        let master =
+            fleet::start_master(&binaries, &dir.path().join("master"), &states, "tcp://127.0.0.1:0", auto_accept)
+                .await?;
         let bus = Subscriber::connect(&master.publish, "halite/").await?;
         let mut fleet = Fleet {
             dir,
@@ -70,12 +78,32 @@ impl Fleet {
     }
 
     pub async fn add_agent(&mut self, id: &str) -> anyhow::Result<()> {
-        let listen = self.master().listen.clone();
-        let agent = fleet::start_agent(&self.binaries, &self.dir.path().join(id), id, &listen).await?;
-        self.agents.push(agent);
+        self.add_agent_unconverged(id).await?;
         let suffix = format!("/ret/{id}");
         self.wait_for("the start-up apply", |e| e.tag.starts_with("halite/job/") && e.tag.ends_with(&suffix)).await?;
         Ok(())
+    }
+
+    /// Starts an agent and returns once its session is up (its key may be
+    /// pending).
+    pub async fn add_agent_unconverged(&mut self, id: &str) -> anyhow::Result<()> {
+        let (listen, key) = (self.master().listen.clone(), self.master().key.clone());
+        let agent = fleet::start_agent(&self.binaries, &self.dir.path().join(id), id, &listen, &key).await?;
+        self.agents.push(agent);
+        Ok(())
+    }
+
+    /// Runs `halite-master keys ARGS` against this fleet's master; returns
+    /// its stdout, or its stderr as the error.
+    pub fn keys(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = std::process::Command::new(&self.binaries.master)
+            .arg("keys")
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.master().dir.join("data"))
+            .output()?;
+        anyhow::ensure!(output.status.success(), "keys {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        Ok(String::from_utf8(output.stdout)?)
     }
 
     pub fn master(&self) -> &MasterProcess {
@@ -124,7 +152,8 @@ impl Fleet {
     /// Starts the master again on the same agent port, and listens to its
     /// (new) publisher.
     pub async fn restart_master(&mut self, listen: &str) -> anyhow::Result<()> {
-        let master = fleet::start_master(&self.binaries, &self.dir.path().join("master"), &self.states, listen).await?;
+        let master =
+            fleet::start_master(&self.binaries, &self.dir.path().join("master"), &self.states, listen, &["*"]).await?;
         self.bus = Subscriber::connect(&master.publish, "halite/").await?;
         self.master = Some(master);
         Ok(())

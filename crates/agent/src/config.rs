@@ -18,8 +18,8 @@ pub struct AgentConfig {
     /// The master's agent link.
     #[serde(default = "default_master")]
     pub master: String,
-    /// The master's public key, pinned. Enforced once the link is encrypted
-    /// (see the README's security section).
+    /// The master's public key, pinned (`halite-master keys fingerprint`
+    /// prints it).
     #[serde(default)]
     pub master_key: Option<String>,
     /// Trust the master's key on first use instead of pinning it.
@@ -55,6 +55,12 @@ pub enum ConfigError {
     Invalid { path: PathBuf, line: u64, column: u64, message: String },
     #[error("{path}: the agent id `{id}` may only contain letters, digits, '.', '-' and '_'")]
     BadId { path: PathBuf, id: String },
+    #[error("{path}: `master_key`: {message}")]
+    BadMasterKey { path: PathBuf, message: String },
+    #[error(
+        "{path}: the agent does not know which master to trust; set `master_key` to the master's key (`halite-master keys fingerprint` prints it), or `tofu: true` to trust the first master it meets"
+    )]
+    NoTrust { path: PathBuf },
 }
 
 impl AgentConfig {
@@ -72,7 +78,26 @@ impl AgentConfig {
         {
             return Err(ConfigError::BadId { path: path.to_path_buf(), id: id.clone() });
         }
+        if let Some(key) = &config.master_key {
+            key.parse::<halite_link::PublicKey>()
+                .map_err(|message| ConfigError::BadMasterKey { path: path.to_path_buf(), message })?;
+        } else if !config.tofu {
+            return Err(ConfigError::NoTrust { path: path.to_path_buf() });
+        }
         Ok(config)
+    }
+
+    /// How the link decides whether the master is ours.
+    pub fn trust(&self) -> crate::link::MasterTrust {
+        match self.master_key.as_deref().and_then(|k| k.parse().ok()) {
+            Some(key) => crate::link::MasterTrust::Pinned(key),
+            None => crate::link::MasterTrust::FirstUse(self.data_dir.join("master.pub")),
+        }
+    }
+
+    /// This agent's key file.
+    pub fn key_path(&self) -> PathBuf {
+        self.data_dir.join("agent.key")
     }
 
     /// The configured id, else the host name.
@@ -99,7 +124,7 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let config = load("id: web01\n").unwrap();
+        let config = load("id: web01\ntofu: true\n").unwrap();
         assert_eq!(config.master, DEFAULT_MASTER);
         assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert!(!config.tofu);
@@ -109,6 +134,10 @@ mod tests {
     fn unknown_keys_are_named() {
         let error = load("id: web01\nmastr: tcp://x:1\n").unwrap_err().to_string();
         assert!(error.contains("mastr") && error.contains(":2:"), "{error}");
+        let error = load("id: web01\n").unwrap_err().to_string();
+        assert!(error.contains("master_key") && error.contains("tofu"), "{error}");
+        let error = load("id: web01\nmaster_key: abc\n").unwrap_err().to_string();
+        assert!(error.contains("64 hex digits"), "{error}");
     }
 
     #[test]

@@ -24,15 +24,14 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
         .mode(0o700)
         .create(&config.data_dir)
         .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
-    if config.master_key.is_some() || config.tofu {
-        tracing::warn!(
-            "`master_key` and `tofu` are accepted but not enforced yet: this build's link is not encrypted."
-        );
+    let (keypair, created) = halite_link::Keypair::load_or_create(&config.key_path())?;
+    if created {
+        tracing::info!(fingerprint = %keypair.public, "Made this agent's key; an operator accepts it on the master.");
     }
     let managed = ManagedFiles::open(&config.data_dir.join("managed.json"));
     let hello = Hello { agent: id.clone(), version: env!("CARGO_PKG_VERSION").into(), facts: facts::gather(&id) };
-    let (outbound, mut link_events, link_task) =
-        link::spawn(LinkSettings::new(config.master.clone(), hello), cancel.clone());
+    let settings = LinkSettings::new(config.master.clone(), hello, keypair.clone(), config.trust());
+    let (outbound, mut link_events, link_task) = link::spawn(settings, cancel.clone());
     let job_queue = jobs::spawn(managed.clone(), config.root.clone(), outbound.clone());
     let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
     let mut beacons = Beacons::new(beacons::Context {
@@ -49,8 +48,7 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
             () = cancel.cancelled() => break,
             event = link_events.recv() => match event {
                 None => break,
-                Some(LinkEvent::Up(welcome)) => {
-                    beacons.replace(&welcome.beacons);
+                Some(LinkEvent::Up) => {
                     if !announced {
                         announced = true;
                         let mut stdout = std::io::stdout().lock();
@@ -58,6 +56,14 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
                     }
                 }
                 Some(LinkEvent::Down(_)) => {}
+                Some(LinkEvent::Message(MasterMessage::Welcome(welcome))) => {
+                    tracing::info!(beacons = welcome.beacons.len(), "The master accepted this agent.");
+                    beacons.replace(&welcome.beacons);
+                }
+                Some(LinkEvent::Message(MasterMessage::NotAccepted { status })) => {
+                    tracing::warn!(%status, fingerprint = %keypair.public, "This agent's key is not accepted on the master; waiting for an operator (`halite-master keys accept {id}`).");
+                    beacons.replace(&[]);
+                }
                 Some(LinkEvent::Message(MasterMessage::Job(job))) => {
                     tracing::info!(job = %job.id, states = job.states.len(), test = job.test, "Job received.");
                     if job_queue.send(job).await.is_err() {

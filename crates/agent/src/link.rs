@@ -2,9 +2,10 @@
 //!
 //! Layers, bottom up: the ZeroMQ socket (rebuilt on every reconnect, since
 //! the `zeromq` crate's DEALER does not reconnect by itself after the
-//! master restarts); frames ([`halite_proto::frame`]); the session (hello,
-//! then messages; the Noise session of the security work seals and opens
-//! frames at this layer, in [`Session`]); typed messages for the agent.
+//! master restarts); the Noise session ([`halite_link`]: handshake, then
+//! sealed messages); frames ([`halite_proto::frame`]); typed messages for
+//! the agent. The master's key is checked after the handshake's second
+//! message, before the agent says who it is.
 //!
 //! The link owns delivery: events stay in an unacknowledged buffer until
 //! the master acks them and are sent again after a reconnect.
@@ -12,7 +13,12 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use halite_proto::{AgentMessage, Event, Hello, Id, MasterMessage, Welcome};
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use halite_link::envelope::{self, Envelope};
+use halite_link::{Initiator, Keypair, Opener, PublicKey, Sealer};
+use halite_proto::{AgentMessage, Event, Hello, Id, MasterMessage};
 use indexmap::IndexMap;
 use rand::Rng;
 use tokio::sync::mpsc;
@@ -28,10 +34,21 @@ pub const INBOUND_CAPACITY: usize = 256;
 /// with a warning (the durable outbox will replace this buffer).
 pub const UNACKED_CAPACITY: usize = 4096;
 
+/// How the agent knows the master is its master.
+#[derive(Debug, Clone)]
+pub enum MasterTrust {
+    /// `master_key` in agent.yaml.
+    Pinned(PublicKey),
+    /// `tofu: true`: the first key seen is stored in this file and pinned.
+    FirstUse(PathBuf),
+}
+
 #[derive(Debug, Clone)]
 pub struct LinkSettings {
     pub endpoint: String,
     pub hello: Hello,
+    pub keypair: Keypair,
+    pub trust: MasterTrust,
     /// How often the agent pings an idle link; three missed answers and the
     /// link is rebuilt.
     pub heartbeat: Duration,
@@ -41,10 +58,12 @@ pub struct LinkSettings {
 }
 
 impl LinkSettings {
-    pub fn new(endpoint: String, hello: Hello) -> Self {
+    pub fn new(endpoint: String, hello: Hello, keypair: Keypair, trust: MasterTrust) -> Self {
         LinkSettings {
             endpoint,
             hello,
+            keypair,
+            trust,
             heartbeat: Duration::from_secs(5),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
@@ -55,28 +74,40 @@ impl LinkSettings {
 /// What the link tells the agent.
 #[derive(Debug)]
 pub enum LinkEvent {
-    /// A session is open.
-    Up(Welcome),
+    /// A session is open (the master's welcome, or word that the agent's
+    /// key is not accepted yet, follows as a message).
+    Up,
     /// The session ended; the link is reconnecting.
     Down(String),
     /// A message from the master (acks and pongs are handled by the link).
     Message(MasterMessage),
 }
 
-/// Seals and opens frames for one session. Today frames travel in the
-/// clear; the Noise transport state replaces this (SPEC §5).
-#[derive(Debug, Default)]
-struct Session;
+/// One open session: seals what the agent sends, opens what it receives.
+#[derive(Debug)]
+struct Session {
+    sealer: Sealer,
+    opener: Opener,
+}
 
 impl Session {
-    fn seal(&mut self, message: &AgentMessage) -> ZmqMessage {
-        ZmqMessage::from(halite_proto::encode(message))
+    fn seal(&mut self, message: &AgentMessage) -> Result<ZmqMessage, String> {
+        let chunks = self.sealer.seal(&halite_proto::encode(message)).map_err(|e| e.to_string())?;
+        frames(Envelope::sealed(chunks))
     }
 
     fn open(&mut self, message: &ZmqMessage) -> Result<MasterMessage, String> {
-        let frame = message.get(0).ok_or("empty message")?;
-        halite_proto::decode(frame).map_err(|e| e.to_string())
+        let frames: Vec<&[u8]> = message.iter().map(|f| f.as_ref()).collect();
+        let Envelope::Sealed(chunks) = Envelope::parse(&frames).map_err(|e| e.to_string())? else {
+            return Err("expected a sealed message".into());
+        };
+        let plaintext = self.opener.open(chunks).map_err(|e| e.to_string())?;
+        halite_proto::decode(&plaintext).map_err(|e| e.to_string())
     }
+}
+
+fn frames(frames: Vec<Vec<u8>>) -> Result<ZmqMessage, String> {
+    ZmqMessage::try_from(frames.into_iter().map(Bytes::from).collect::<Vec<_>>()).map_err(|e| format!("{e:?}"))
 }
 
 /// Starts the link task. It runs until `cancel` fires.
@@ -101,6 +132,8 @@ struct Link {
 enum End {
     Cancelled,
     Lost(String),
+    /// The master is not the one this agent trusts.
+    Refused(String),
 }
 
 impl Link {
@@ -108,13 +141,13 @@ impl Link {
         let mut failures: u32 = 0;
         loop {
             let end = match self.connect().await {
-                Ok((socket, welcome)) => {
+                Ok((socket, session)) => {
                     failures = 0;
                     tracing::info!(master = %self.settings.endpoint, "Session with the master is up.");
-                    if self.inbound.send(LinkEvent::Up(welcome)).await.is_err() {
+                    if self.inbound.send(LinkEvent::Up).await.is_err() {
                         return;
                     }
-                    let end = self.pump(socket).await;
+                    let end = self.pump(socket, session).await;
                     if let End::Lost(why) = &end {
                         tracing::warn!(master = %self.settings.endpoint, reason = %why, "Session with the master lost; reconnecting.");
                         let _ = self.inbound.send(LinkEvent::Down(why.clone())).await;
@@ -122,6 +155,11 @@ impl Link {
                     end
                 }
                 Err(End::Cancelled) => End::Cancelled,
+                Err(End::Refused(why)) => {
+                    failures = failures.saturating_add(8);
+                    tracing::error!(master = %self.settings.endpoint, reason = %why, "Refusing to talk to this master.");
+                    End::Refused(why)
+                }
                 Err(End::Lost(why)) => {
                     failures = failures.saturating_add(1);
                     if failures == 1 || failures.is_power_of_two() {
@@ -141,7 +179,7 @@ impl Link {
         }
     }
 
-    async fn connect(&mut self) -> Result<(DealerSocket, Welcome), End> {
+    async fn connect(&mut self) -> Result<(DealerSocket, Session), End> {
         let mut options = SocketOptions::default();
         options.connect_timeout(Duration::from_secs(5));
         let mut socket = DealerSocket::with_options(options);
@@ -150,31 +188,68 @@ impl Link {
             () = self.cancel.cancelled() => return Err(End::Cancelled),
             result = socket.connect(&self.settings.endpoint) => result.map_err(|e| lost("connect", &e))?,
         }
-        let mut session = Session;
+        let (mut initiator, first) = Initiator::start(&self.settings.keypair).map_err(|e| lost("handshake", &e))?;
         socket
-            .send(session.seal(&AgentMessage::Hello(self.settings.hello.clone())))
+            .send(frames(Envelope::handshake(envelope::HELLO1, first)).map_err(End::Lost)?)
             .await
-            .map_err(|e| lost("hello", &e))?;
+            .map_err(|e| lost("handshake", &e))?;
         let reply = tokio::select! {
             () = self.cancel.cancelled() => return Err(End::Cancelled),
             reply = tokio::time::timeout(self.settings.heartbeat * 3, socket.recv()) => reply,
         };
-        let reply = reply.map_err(|_| End::Lost("no answer to hello".into()))?.map_err(|e| lost("hello", &e))?;
-        match session.open(&reply) {
-            Ok(MasterMessage::Welcome(welcome)) => Ok((socket, welcome)),
-            Ok(other) => Err(End::Lost(format!("expected a welcome, got {other:?}"))),
-            Err(e) => Err(lost("welcome", &e)),
+        let reply =
+            reply.map_err(|_| End::Lost("no answer to the handshake".into()))?.map_err(|e| lost("handshake", &e))?;
+        let reply_frames: Vec<&[u8]> = reply.iter().map(|f| f.as_ref()).collect();
+        let Ok(Envelope::Hello2(reply)) = Envelope::parse(&reply_frames) else {
+            return Err(End::Lost("the master answered the handshake with something else".into()));
+        };
+        let master_key = initiator.read_reply(reply).map_err(|e| lost("handshake", &e))?;
+        self.check_master(master_key)?;
+        let hello = halite_proto::encode(&AgentMessage::Hello(self.settings.hello.clone()));
+        let (last, sealer, opener) = initiator.finish(&hello).map_err(|e| lost("handshake", &e))?;
+        socket
+            .send(frames(Envelope::handshake(envelope::HELLO3, last)).map_err(End::Lost)?)
+            .await
+            .map_err(|e| lost("handshake", &e))?;
+        Ok((socket, Session { sealer, opener }))
+    }
+
+    /// Is `key` the master this agent trusts? With trust on first use, the
+    /// first key seen is stored and pinned from then on.
+    fn check_master(&self, key: PublicKey) -> Result<(), End> {
+        let pinned = match &self.settings.trust {
+            MasterTrust::Pinned(pinned) => *pinned,
+            MasterTrust::FirstUse(store) => match std::fs::read_to_string(store) {
+                Ok(text) => text.parse::<PublicKey>().map_err(|e| End::Refused(format!("{}: {e}", store.display())))?,
+                Err(_) => {
+                    std::fs::write(store, format!("{key}\n")).map_err(|e| {
+                        End::Refused(format!("cannot store the master's key in {}: {e}", store.display()))
+                    })?;
+                    tracing::warn!(fingerprint = %key, path = %store.display(), "Trusting the master's key on first use; it is pinned from now on.");
+                    key
+                }
+            },
+        };
+        if key == pinned {
+            Ok(())
+        } else {
+            Err(End::Refused(format!(
+                "the master's key is {key}, but this agent trusts {pinned}; if the master's key really changed, put the new one (`halite-master keys fingerprint`) in `master_key`"
+            )))
         }
     }
 
-    async fn pump(&mut self, mut socket: DealerSocket) -> End {
+    async fn pump(&mut self, mut socket: DealerSocket, mut session: Session) -> End {
         let mut monitor = socket.monitor();
         let (mut send, mut recv) = socket.split();
-        let mut session = Session;
         // Events the master did not acknowledge before the last session ended.
         let resend: Vec<Event> = self.unacked.values().cloned().collect();
         for event in resend {
-            if let Err(e) = send.send(session.seal(&AgentMessage::Event(event))).await {
+            let sealed = match session.seal(&AgentMessage::Event(event)) {
+                Ok(sealed) => sealed,
+                Err(e) => return End::Lost(format!("seal: {e}")),
+            };
+            if let Err(e) = send.send(sealed).await {
                 return End::Lost(format!("send: {e}"));
             }
         }
@@ -211,7 +286,11 @@ impl Link {
                     if let AgentMessage::Event(event) = &message {
                         self.remember(event.clone());
                     }
-                    if let Err(e) = send.send(session.seal(&message)).await {
+                    let sealed = match session.seal(&message) {
+                        Ok(sealed) => sealed,
+                        Err(e) => return End::Lost(format!("seal: {e}")),
+                    };
+                    if let Err(e) = send.send(sealed).await {
                         return End::Lost(format!("send: {e}"));
                     }
                 }
@@ -219,7 +298,11 @@ impl Link {
                     if last_heard.elapsed() > self.settings.heartbeat * 3 {
                         return End::Lost("the master stopped answering".into());
                     }
-                    if let Err(e) = send.send(session.seal(&AgentMessage::Ping)).await {
+                    let sealed = match session.seal(&AgentMessage::Ping) {
+                        Ok(sealed) => sealed,
+                        Err(e) => return End::Lost(format!("seal: {e}")),
+                    };
+                    if let Err(e) = send.send(sealed).await {
                         return End::Lost(format!("send: {e}"));
                     }
                 }
@@ -250,10 +333,10 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        let settings = LinkSettings::new(
-            String::new(),
-            Hello { agent: "a".into(), version: "0".into(), facts: halite_proto::Value::Null },
-        );
+        let keypair = Keypair::generate().unwrap();
+        let trust = MasterTrust::Pinned(keypair.public);
+        let hello = Hello { agent: "a".into(), version: "0".into(), facts: halite_proto::Value::Null };
+        let settings = LinkSettings::new(String::new(), hello, keypair, trust);
         for failures in 0..40 {
             let delay = backoff(&settings, failures);
             assert!(delay <= settings.max_backoff.mul_f64(1.5), "{failures}: {delay:?}");

@@ -37,6 +37,14 @@ enum Command {
         #[arg(long, env = "HALITE_MASTER")]
         master: Option<String>,
     },
+    /// Print this agent's public key (its fingerprint), making the key if
+    /// there is none yet. Compare it with `halite-master keys list` before
+    /// accepting the agent.
+    Fingerprint {
+        /// The agent's data directory, where its key lives.
+        #[arg(long, env = "HALITE_DATA_DIR", default_value = halite_agent::config::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,6 +64,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Fingerprint { data_dir } => {
+            let (keypair, _) = halite_link::Keypair::load_or_create(&data_dir.join("agent.key"))?;
+            println!("{}", keypair.public);
+            Ok(())
+        }
         Command::Run { config, data_dir, master } => {
             let mut agent = AgentConfig::load(&config)
                 .context("cannot load the agent configuration (see `halite-agent run --help`)")?;

@@ -19,6 +19,9 @@ use crate::tree::Tree;
 /// The running master's shared parts.
 #[derive(Debug)]
 pub struct Master {
+    /// The master's static key; agents pin its public half.
+    pub keypair: halite_link::Keypair,
+    pub keys: std::sync::Mutex<crate::keys::KeyStore>,
     pub tree: Arc<RwLock<Arc<Tree>>>,
     pub sessions: Sessions,
     pub jobs: Jobs,
@@ -27,6 +30,10 @@ pub struct Master {
 }
 
 impl Master {
+    pub fn keys(&self) -> std::sync::MutexGuard<'_, crate::keys::KeyStore> {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn tree(&self) -> Arc<Tree> {
         self.tree.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -52,6 +59,11 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         .create(&config.data_dir)
         .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
 
+    let (keypair, created) = halite_link::Keypair::load_or_create(&config.data_dir.join("master.key"))?;
+    if created {
+        tracing::info!(fingerprint = %keypair.public, "Made the master's key; agents pin it as `master_key`.");
+    }
+    let keys = crate::keys::KeyStore::open(&config.data_dir.join("keys.json"), &config.auto_accept)?;
     let (bus, publish) = Bus::bind(&config.publish).await?;
     let (mut router, listen) = crate::link::bind(&config.listen).await?;
     let monitor = crate::link::monitor(&mut router);
@@ -60,9 +72,11 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     let jobs = Jobs::new(sessions.clone(), bus.clone(), JOB_TIMEOUT);
     let tree = Arc::new(RwLock::new(Arc::new(tree)));
     let engine = Engine::new(tree.clone(), jobs.clone(), bus.clone());
-    let master = Arc::new(Master { tree, sessions, jobs, engine, bus });
+    let fingerprint = keypair.public;
+    let master = Arc::new(Master { keypair, keys: std::sync::Mutex::new(keys), tree, sessions, jobs, engine, bus });
+    crate::control::serve(master.clone(), &config.data_dir, cancel.clone()).await?;
 
-    let ready = format!("ready listen={listen} publish={publish}");
+    let ready = format!("ready listen={listen} publish={publish} key={fingerprint}");
     std::fs::write(config.data_dir.join("endpoints"), format!("{ready}\n"))
         .with_context(|| format!("cannot write {}", config.data_dir.join("endpoints").display()))?;
     {

@@ -37,12 +37,13 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     println!("halite demo in {}", dir.display());
     println!("  state tree: {} (top.yaml, beacons.yaml, reactors.yaml, motd.yaml, nginx.yaml)", states.display());
 
-    let master = fleet::start_master(&binaries, &dir.join("master"), &states, "tcp://127.0.0.1:0").await?;
+    // The demo's agents are its own: accept them without an operator.
+    let master = fleet::start_master(&binaries, &dir.join("master"), &states, "tcp://127.0.0.1:0", &["*"]).await?;
     println!("  master: agents on {}, events published on {}", master.listen, master.publish);
     let mut bus = Subscriber::connect(&master.publish, "halite/").await?;
     let mut agents: Vec<AgentProcess> = Vec::new();
     for id in ["web01", "db01"] {
-        let agent = fleet::start_agent(&binaries, &dir.join(id), id, &master.listen).await?;
+        let agent = fleet::start_agent(&binaries, &dir.join(id), id, &master.listen, &master.key).await?;
         println!("  agent {id}: files under {}", agent.root.display());
         agents.push(agent);
     }

@@ -46,6 +46,8 @@ pub struct MasterProcess {
     pub listen: String,
     /// The outside event publisher, as printed on the ready line.
     pub publish: String,
+    /// The master's public key, as printed on the ready line.
+    pub key: String,
     pub dir: PathBuf,
     /// Its stderr (logs).
     pub log: PathBuf,
@@ -64,21 +66,24 @@ pub struct AgentProcess {
 
 /// Starts a master in `dir` (config, data, log) serving the tree `states`.
 /// `listen` is `tcp://127.0.0.1:0` the first time; pass the old endpoint to
-/// restart on the same port.
+/// restart on the same port. `auto_accept` globs go in its configuration.
 pub async fn start_master(
     binaries: &Binaries,
     dir: &Path,
     states: &Path,
     listen: &str,
+    auto_accept: &[&str],
 ) -> anyhow::Result<MasterProcess> {
     std::fs::create_dir_all(dir)?;
     let config = dir.join("master.yaml");
+    let globs: Vec<String> = auto_accept.iter().map(|g| format!("'{g}'")).collect();
     std::fs::write(
         &config,
         format!(
-            "listen: {listen}\npublish: tcp://127.0.0.1:0\nstates: {}\ndata_dir: {}\n",
+            "listen: {listen}\npublish: tcp://127.0.0.1:0\nstates: {}\ndata_dir: {}\nauto_accept: [{}]\n",
             states.display(),
-            dir.join("data").display()
+            dir.join("data").display(),
+            globs.join(", ")
         ),
     )?;
     let log = dir.join("master.log");
@@ -89,17 +94,35 @@ pub async fn start_master(
             .map(str::to_owned)
             .with_context(|| format!("no {key} in `{line}`"))
     };
-    Ok(MasterProcess { listen: field("listen=")?, publish: field("publish=")?, child, dir: dir.to_path_buf(), log })
+    Ok(MasterProcess {
+        listen: field("listen=")?,
+        publish: field("publish=")?,
+        key: field("key=")?,
+        child,
+        dir: dir.to_path_buf(),
+        log,
+    })
 }
 
-/// Starts an agent `id` in `dir`, managing files under `dir/root`.
-pub async fn start_agent(binaries: &Binaries, dir: &Path, id: &str, master: &str) -> anyhow::Result<AgentProcess> {
+/// Starts an agent `id` in `dir`, managing files under `dir/root`, talking
+/// to the master at `master` whose key is `master_key`.
+pub async fn start_agent(
+    binaries: &Binaries,
+    dir: &Path,
+    id: &str,
+    master: &str,
+    master_key: &str,
+) -> anyhow::Result<AgentProcess> {
     let root = dir.join("root");
     std::fs::create_dir_all(&root)?;
     let config = dir.join("agent.yaml");
     std::fs::write(
         &config,
-        format!("id: {id}\nmaster: {master}\ndata_dir: {}\nroot: {}\n", dir.join("data").display(), root.display()),
+        format!(
+            "id: {id}\nmaster: {master}\nmaster_key: {master_key}\ndata_dir: {}\nroot: {}\n",
+            dir.join("data").display(),
+            root.display()
+        ),
     )?;
     let log = dir.join("agent.log");
     let (child, _) = spawn_until_ready(&binaries.agent, &["run", "--config"], &config, &log).await?;

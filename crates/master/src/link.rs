@@ -1,9 +1,11 @@
 //! The master's end of the link: one ZeroMQ ROUTER for every agent.
 //!
-//! Before a peer has a session only a hello is handled; anything else it
-//! sends is dropped (SPEC §5: the pre-session allow-list; the Noise
-//! handshake takes the hello's place). Unreadable input is logged, counted
-//! and dropped; it never stops the loop.
+//! Before a peer has a session only the Noise handshake is handled;
+//! anything else it sends is dropped unread (SPEC §5: the pre-session
+//! allow-list). After the handshake the agent's key decides: an accepted
+//! key's messages reach the bus and the reactors; an unaccepted key's get
+//! no further than this file (only pings are answered). Unreadable input is
+//! counted and dropped; it never stops the loop.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,9 +13,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use halite_proto::event::tag;
-use halite_proto::{AgentMessage, Event, Hello, MasterMessage, Value, Welcome};
+use std::collections::HashMap;
+
+use halite_link::envelope::{self, Envelope};
+use halite_link::{Opener, Responder};
+use halite_proto::{AgentMessage, Event, MasterMessage, Value, Welcome};
+use indexmap::IndexMap;
 use tokio_util::sync::CancellationToken;
 use zeromq::{RouterRecvHalf, RouterSocket, Socket, SocketEvent, SocketRecv, ZmqMessage};
+
+use crate::keys::KeyStatus;
 
 use crate::daemon::Master;
 
@@ -40,6 +49,24 @@ pub async fn bind(endpoint: &str) -> anyhow::Result<(RouterSocket, String)> {
     Ok((router, bound.to_string()))
 }
 
+/// Handshakes in progress at most. A flood of unauthenticated connections
+/// evicts the oldest half-open handshake, never an established session.
+pub const MAX_HANDSHAKES: usize = 1024;
+/// Sessions whose key is not accepted, at most; further ones are refused
+/// until an operator decides or they go away.
+pub const MAX_UNACCEPTED: usize = 4096;
+
+/// What the link loop keeps per peer that is not shared with senders.
+#[derive(Default)]
+struct Peers {
+    /// Half-open handshakes, oldest first.
+    handshakes: IndexMap<Bytes, Responder>,
+    /// Openers of established sessions (their sealers live in `Sessions`).
+    openers: HashMap<Bytes, Opener>,
+    /// Input dropped since the last report.
+    dropped: u64,
+}
+
 /// Receives from every agent until `cancel` fires.
 pub async fn serve(
     mut recv: RouterRecvHalf,
@@ -47,11 +74,13 @@ pub async fn serve(
     master: Arc<Master>,
     cancel: CancellationToken,
 ) {
+    let mut peers = Peers::default();
+    let mut report = tokio::time::interval(std::time::Duration::from_secs(10));
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
             message = recv.recv() => match message {
-                Ok(message) => handle(&master, message).await,
+                Ok(message) => handle(&master, &mut peers, message).await,
                 Err(error) => {
                     tracing::error!(%error, "The agent link failed.");
                     return;
@@ -60,72 +89,185 @@ pub async fn serve(
             Some(event) = monitor.next() => {
                 if let SocketEvent::Disconnected(peer) = event {
                     let peer: Bytes = peer.into();
-                    if let Some(agent) = master.sessions.close_peer(&peer) {
+                    peers.handshakes.shift_remove(&peer);
+                    peers.openers.remove(&peer);
+                    if let Some((agent, accepted)) = master.sessions.close_peer(&peer) && accepted {
                         tracing::info!(agent = %agent, "Agent disconnected.");
                         master.bus.publish(Event::new(tag::agent(&agent, "disconnected"), agent.as_str(), Value::map()));
                     }
+                }
+            }
+            _ = report.tick() => {
+                if peers.dropped > 0 {
+                    tracing::warn!(dropped = peers.dropped, handshakes = peers.handshakes.len(), "Dropped input that was not from an accepted session.");
+                    peers.dropped = 0;
                 }
             }
         }
     }
 }
 
-async fn handle(master: &Master, message: ZmqMessage) {
-    let (Some(peer), Some(frame), 2) = (message.get(0).cloned(), message.get(1), message.len()) else {
-        tracing::debug!(frames = message.len(), "Dropping a message of the wrong shape.");
-        return;
-    };
-    let decoded = halite_proto::decode::<AgentMessage>(frame);
-    let Some(agent) = master.sessions.agent_of(&peer) else {
-        match decoded {
-            Ok(AgentMessage::Hello(hello)) => welcome(master, peer, hello).await,
-            Ok(_) => tracing::debug!("Dropping a message from a peer without a session."),
-            Err(error) => tracing::info!(%error, "Dropping an unreadable frame from a peer without a session."),
+async fn handle(master: &Master, peers: &mut Peers, message: ZmqMessage) {
+    let frames: Vec<&[u8]> = message.iter().map(|f| f.as_ref()).collect();
+    let Some((peer, body)) = frames.split_first() else { return };
+    let peer = Bytes::copy_from_slice(peer);
+    let envelope = match Envelope::parse(body) {
+        Ok(envelope) => envelope,
+        Err(error) => {
+            peers.dropped += 1;
+            tracing::debug!(%error, "Dropping a malformed message.");
+            return;
         }
-        return;
     };
-    match decoded {
-        Err(error) => tracing::warn!(agent = %agent, %error, "Dropping an unreadable frame."),
-        Ok(AgentMessage::Hello(hello)) => welcome(master, peer, hello).await,
-        Ok(AgentMessage::Ping) => {
-            let _ = master.sessions.send_to_peer(peer, &MasterMessage::Pong).await;
-        }
-        Ok(AgentMessage::JobResult(result)) => master.jobs.complete(&agent, result),
-        Ok(AgentMessage::Event(event)) => {
-            let id = event.id;
-            // An agent speaks only for itself, and only in its beacon tags.
-            if event.agent != agent || !event.tag.starts_with(&format!("halite/beacon/{agent}/")) {
-                tracing::warn!(agent = %agent, tag = %event.tag, "Dropping an event an agent may not raise.");
-            } else if master.sessions.first_sight(&agent, id) {
-                let event = master.bus.publish(event);
-                master.engine.on_event(&event);
-            } else {
-                tracing::debug!(agent = %agent, event = %id, "Dropping a duplicate event.");
+    match envelope {
+        Envelope::Hello1(first) => start_handshake(master, peers, peer, first).await,
+        Envelope::Hello3(last) => finish_handshake(master, peers, peer, last).await,
+        Envelope::Hello2(_) => peers.dropped += 1,
+        Envelope::Sealed(chunks) => {
+            let Some(opener) = peers.openers.get_mut(&peer) else {
+                peers.dropped += 1;
+                return;
+            };
+            let Some((agent, accepted)) = master.sessions.peer(&peer) else {
+                // The session was ended (key rejected or deleted).
+                peers.openers.remove(&peer);
+                peers.dropped += 1;
+                return;
+            };
+            match opener
+                .open(chunks)
+                .map_err(|e| e.to_string())
+                .and_then(|p| halite_proto::decode::<AgentMessage>(&p).map_err(|e| e.to_string()))
+            {
+                Ok(message) => on_message(master, peer, &agent, accepted, message).await,
+                Err(error) => {
+                    peers.dropped += 1;
+                    tracing::warn!(agent = %agent, %error, "Dropping a message that does not open.");
+                }
             }
-            let _ = master.sessions.send_to_peer(peer, &MasterMessage::Ack { event: id }).await;
         }
     }
 }
 
-async fn welcome(master: &Master, peer: Bytes, hello: Hello) {
-    if !halite_agent::config::valid_id(&hello.agent) {
-        tracing::warn!(agent = %hello.agent, "Refusing a hello with an unusable agent id.");
+async fn start_handshake(master: &Master, peers: &mut Peers, peer: Bytes, first: &[u8]) {
+    // A new handshake on a connection replaces whatever was there.
+    peers.openers.remove(&peer);
+    master.sessions.close_peer(&peer);
+    peers.handshakes.shift_remove(&peer);
+    let Ok((responder, reply)) = Responder::respond(&master.keypair, first) else {
+        peers.dropped += 1;
+        return;
+    };
+    if peers.handshakes.len() >= MAX_HANDSHAKES {
+        peers.handshakes.shift_remove_index(0);
+    }
+    peers.handshakes.insert(peer.clone(), responder);
+    if let Err(error) = master.sessions.send_raw(peer, Envelope::handshake(envelope::HELLO2, reply)).await {
+        tracing::debug!(%error, "Cannot answer a handshake.");
+    }
+}
+
+async fn finish_handshake(master: &Master, peers: &mut Peers, peer: Bytes, last: &[u8]) {
+    let Some(responder) = peers.handshakes.shift_remove(&peer) else {
+        peers.dropped += 1;
+        return;
+    };
+    let accepted = match responder.finish(last) {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            peers.dropped += 1;
+            tracing::info!(%error, "A handshake failed.");
+            return;
+        }
+    };
+    let hello = match halite_proto::decode::<AgentMessage>(&accepted.payload) {
+        Ok(AgentMessage::Hello(hello)) if halite_agent::config::valid_id(&hello.agent) => hello,
+        _ => {
+            peers.dropped += 1;
+            tracing::info!(fingerprint = %accepted.remote, "A handshake without a usable hello.");
+            return;
+        }
+    };
+    let admission = master.keys.lock().unwrap_or_else(|p| p.into_inner()).admit(&hello.agent, &accepted.remote);
+    let admission = match admission {
+        Ok(admission) => admission,
+        Err(error) => {
+            tracing::error!(agent = %hello.agent, %error, "Cannot record the agent's key.");
+            return;
+        }
+    };
+    if admission.new {
+        let what = if admission.status == KeyStatus::Accepted { "accepted" } else { "pending" };
+        master.bus.publish(Event::new(
+            tag::key(&hello.agent, what),
+            hello.agent.as_str(),
+            Value::map().with("fingerprint", accepted.remote.to_string()),
+        ));
+    }
+    let is_accepted = admission.status == KeyStatus::Accepted;
+    if !is_accepted && master.sessions.unaccepted() >= MAX_UNACCEPTED {
+        peers.dropped += 1;
+        tracing::warn!(agent = %hello.agent, "Too many sessions with unaccepted keys; refusing this one.");
         return;
     }
-    let agent = hello.agent.clone();
-    let beacons = master.tree().beacons.for_agent(&agent);
-    master.sessions.open(&agent, peer.clone(), hello.facts.clone());
+    master.sessions.open(
+        peer.clone(),
+        &hello.agent,
+        accepted.remote,
+        hello.facts.clone(),
+        accepted.sealer,
+        is_accepted,
+    );
+    peers.openers.insert(peer.clone(), accepted.opener);
+    if is_accepted {
+        welcome(master, peer, &hello.agent, &hello.version, hello.facts).await;
+    } else {
+        tracing::info!(agent = %hello.agent, fingerprint = %accepted.remote, status = admission.status.as_str(), "An agent whose key is not accepted connected.");
+        let status = admission.status.as_str().to_owned();
+        let _ = master.sessions.send_to_peer(peer, &MasterMessage::NotAccepted { status }).await;
+    }
+}
+
+/// The session on `peer` is accepted: give the agent its beacons, announce
+/// it and converge it.
+pub async fn welcome(master: &Master, peer: Bytes, agent: &str, version: &str, facts: Value) {
+    let beacons = master.tree().beacons.for_agent(agent);
     if let Err(error) = master.sessions.send_to_peer(peer, &MasterMessage::Welcome(Welcome { beacons })).await {
-        tracing::warn!(agent = %agent, %error, "Cannot welcome the agent.");
+        tracing::warn!(agent, %error, "Cannot welcome the agent.");
         return;
     }
-    tracing::info!(agent = %agent, version = %hello.version, "Agent connected.");
+    tracing::info!(agent, version, "Agent connected.");
     master.bus.publish(Event::new(
-        tag::agent(&agent, "connected"),
-        agent.as_str(),
-        Value::map().with("version", hello.version).with("facts", hello.facts),
+        tag::agent(agent, "connected"),
+        agent,
+        Value::map().with("version", version).with("facts", facts),
     ));
-    master.engine.highstate(&agent);
+    master.engine.highstate(agent);
+}
+
+async fn on_message(master: &Master, peer: Bytes, agent: &str, accepted: bool, message: AgentMessage) {
+    match message {
+        AgentMessage::Ping => {
+            let _ = master.sessions.send_to_peer(peer, &MasterMessage::Pong).await;
+        }
+        // Nothing from an unaccepted key goes further than this.
+        _ if !accepted => tracing::debug!(agent, "Dropping a message from an agent whose key is not accepted."),
+        AgentMessage::Hello(_) => tracing::debug!(agent, "Dropping a second hello."),
+        AgentMessage::JobResult(result) => master.jobs.complete(agent, result),
+        AgentMessage::Event(event) => {
+            let id = event.id;
+            // An agent speaks only for itself, and only in its beacon tags.
+            if event.agent != agent || !event.tag.starts_with(&format!("halite/beacon/{agent}/")) {
+                tracing::warn!(agent, tag = %event.tag, "Dropping an event an agent may not raise.");
+            } else if master.sessions.first_sight(&peer, id) {
+                let event = master.bus.publish(event);
+                master.engine.on_event(&event);
+            } else {
+                tracing::debug!(agent, event = %id, "Dropping a duplicate event.");
+            }
+            let _ = master.sessions.send_to_peer(peer, &MasterMessage::Ack { event: id }).await;
+        }
+    }
 }
 
 /// The router's monitor as a boxed stream (the crate's receiver type is not

@@ -45,6 +45,26 @@ enum Command {
         #[arg(long, env = "HALITE_STATES", default_value = "states")]
         states: PathBuf,
     },
+    /// Agents' keys: list them, accept, reject or delete them, or print the
+    /// master's own key (its fingerprint, which agents pin as `master_key`).
+    ///
+    /// TARGET is an agent-id glob (`web*`) or a key (64 hex digits). A new
+    /// agent's key is pending until it is accepted (or an `auto_accept` glob
+    /// matches); nothing from a pending, rejected or deleted key reaches the
+    /// bus. Rejecting or deleting a key ends its session at once.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+        /// The master's configuration, to find its data dir.
+        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG, global = true)]
+        config: PathBuf,
+        /// The master's data dir (overrides the configuration's).
+        #[arg(long, env = "HALITE_DATA_DIR", global = true)]
+        data_dir: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Start a master and two agents on loopback in a temporary directory,
     /// drift managed files several ways and show each restore with its
     /// latency. Needs nothing set up.
@@ -53,6 +73,21 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysAction {
+    /// Every known key with its agent id and status.
+    List,
+    /// Accept the pending or rejected keys TARGET names.
+    Accept { target: String },
+    /// Reject the keys TARGET names; their agents are cut off at once.
+    Reject { target: String },
+    /// Forget the keys TARGET names; their agents are cut off at once and
+    /// come back as pending.
+    Delete { target: String },
+    /// Print the master's public key, to put in agents' `master_key`.
+    Fingerprint,
 }
 
 fn main() -> ExitCode {
@@ -98,6 +133,14 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             })?;
             Ok(true)
         }
+        Command::Keys { action, config, data_dir, json } => {
+            let data_dir = match data_dir {
+                Some(dir) => dir,
+                None if config.exists() => MasterConfig::load(&config)?.data_dir,
+                None => MasterConfig::default().data_dir,
+            };
+            keys(action, &data_dir, json)
+        }
         Command::Check { states } => Ok(halite_master::check::run(&states, &mut std::io::stdout().lock())?),
         Command::Demo { keep } => {
             runtime()?.block_on(halite_master::demo::run(keep))?;
@@ -118,4 +161,39 @@ async fn stop_on_signal(cancel: CancellationToken) {
     }
     tracing::info!("Signal received; stopping.");
     cancel.cancel();
+}
+
+fn keys(action: KeysAction, data_dir: &std::path::Path, json: bool) -> anyhow::Result<bool> {
+    use halite_master::control::{self, Request};
+    let request = match action {
+        KeysAction::Fingerprint => {
+            let path = data_dir.join("master.key");
+            let keypair = halite_link::Keypair::load(&path).with_context(|| {
+                format!("no master key in {} (start the master once, or pass --data-dir)", data_dir.display())
+            })?;
+            println!("{}", keypair.public);
+            return Ok(true);
+        }
+        KeysAction::List => Request::KeysList,
+        KeysAction::Accept { target } => Request::KeysAccept { target },
+        KeysAction::Reject { target } => Request::KeysReject { target },
+        KeysAction::Delete { target } => Request::KeysDelete { target },
+    };
+    let listing = matches!(request, Request::KeysList);
+    let response = runtime()?.block_on(control::request(data_dir, &request))?;
+    if let Some(error) = response.error {
+        anyhow::bail!(error);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&response.keys)?);
+    } else if response.keys.is_empty() {
+        println!("{}", if listing { "no keys yet" } else { "no key matched" });
+    } else {
+        let width = response.keys.iter().map(|k| k.id.len()).max().unwrap_or(2).max(2);
+        println!("{:<width$}  {:<8}  FINGERPRINT", "ID", "STATUS");
+        for key in &response.keys {
+            println!("{:<width$}  {:<8}  {}", key.id, key.status.as_str(), key.key);
+        }
+    }
+    Ok(true)
 }

@@ -1,10 +1,12 @@
-//! The table of open sessions: which ROUTER peer is which agent.
+//! The table of sessions: which ROUTER peer is which agent, with which key,
+//! whether that key is accepted, and the sealer for messages to it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use halite_link::{Envelope, PublicKey, Sealer};
 use halite_proto::{Id, MasterMessage, Value};
 use zeromq::{RouterSendHalf, SocketSend, ZmqMessage};
 
@@ -12,18 +14,24 @@ use zeromq::{RouterSendHalf, SocketSend, ZmqMessage};
 pub const RECENT_IDS: usize = 4096;
 
 #[derive(Debug)]
-pub struct Session {
-    pub peer: Bytes,
+pub struct PeerSession {
+    pub agent: String,
+    pub key: PublicKey,
+    /// Only an accepted session's messages reach the bus and the reactors.
+    pub accepted: bool,
     pub facts: Value,
     pub since: SystemTime,
+    /// Held across sealing *and* sending, so messages leave in nonce order.
+    sealer: Arc<tokio::sync::Mutex<Sealer>>,
     recent: VecDeque<Id>,
     recent_set: HashSet<Id>,
 }
 
 #[derive(Debug, Default)]
 struct Table {
-    by_agent: HashMap<String, Session>,
-    by_peer: HashMap<Bytes, String>,
+    by_peer: HashMap<Bytes, PeerSession>,
+    /// Accepted sessions only.
+    by_agent: HashMap<String, Bytes>,
 }
 
 #[derive(Clone)]
@@ -47,41 +55,97 @@ impl Sessions {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn agent_of(&self, peer: &Bytes) -> Option<String> {
-        self.lock().by_peer.get(peer).cloned()
+    /// The agent on `peer` and whether its key is accepted.
+    pub fn peer(&self, peer: &Bytes) -> Option<(String, bool)> {
+        self.lock().by_peer.get(peer).map(|s| (s.agent.clone(), s.accepted))
     }
 
-    /// Opens (or reopens, from a new connection) the agent's session.
-    pub fn open(&self, agent: &str, peer: Bytes, facts: Value) {
+    /// Records a session that finished its handshake.
+    pub fn open(&self, peer: Bytes, agent: &str, key: PublicKey, facts: Value, sealer: Sealer, accepted: bool) {
         let mut table = self.lock();
-        let recent = match table.by_agent.remove(agent) {
-            Some(old) => {
-                table.by_peer.remove(&old.peer);
-                (old.recent, old.recent_set)
-            }
-            None => (VecDeque::new(), HashSet::new()),
+        let session = PeerSession {
+            agent: agent.to_owned(),
+            key,
+            accepted,
+            facts,
+            since: SystemTime::now(),
+            sealer: Arc::new(tokio::sync::Mutex::new(sealer)),
+            recent: VecDeque::new(),
+            recent_set: HashSet::new(),
         };
-        table.by_peer.insert(peer.clone(), agent.to_owned());
-        table.by_agent.insert(
-            agent.to_owned(),
-            Session { peer, facts, since: SystemTime::now(), recent: recent.0, recent_set: recent.1 },
-        );
+        table.by_peer.insert(peer.clone(), session);
+        if accepted {
+            Self::claim(&mut table, agent, peer);
+        }
     }
 
-    /// Closes the session on `peer`; returns its agent.
-    pub fn close_peer(&self, peer: &Bytes) -> Option<String> {
-        let mut table = self.lock();
-        let agent = table.by_peer.remove(peer)?;
-        if table.by_agent.get(&agent).is_some_and(|s| s.peer == *peer) {
-            table.by_agent.remove(&agent);
+    /// `peer` becomes the agent's session; an older connection of the same
+    /// agent is forgotten.
+    fn claim(table: &mut Table, agent: &str, peer: Bytes) {
+        if let Some(old) = table.by_agent.insert(agent.to_owned(), peer.clone())
+            && old != peer
+        {
+            table.by_peer.remove(&old);
         }
-        Some(agent)
+    }
+
+    /// The key was accepted: its live sessions are promoted; returns them
+    /// with the facts their agents sent.
+    pub fn promote(&self, agent: &str, key: &PublicKey) -> Vec<(Bytes, Value)> {
+        let mut table = self.lock();
+        let peers: Vec<(Bytes, Value)> = table
+            .by_peer
+            .iter_mut()
+            .filter(|(_, s)| s.agent == agent && s.key == *key && !s.accepted)
+            .map(|(peer, s)| {
+                s.accepted = true;
+                (peer.clone(), s.facts.clone())
+            })
+            .collect();
+        if let Some((peer, _)) = peers.last() {
+            Self::claim(&mut table, agent, peer.clone());
+        }
+        peers
+    }
+
+    /// The peers with a session for this agent and key.
+    pub fn peers_of(&self, agent: &str, key: &PublicKey) -> Vec<Bytes> {
+        self.lock().by_peer.iter().filter(|(_, s)| s.agent == agent && s.key == *key).map(|(p, _)| p.clone()).collect()
+    }
+
+    /// The key was rejected or deleted: its sessions end now; returns them.
+    pub fn drop_key(&self, agent: &str, key: &PublicKey) -> Vec<Bytes> {
+        let mut table = self.lock();
+        let peers: Vec<Bytes> =
+            table.by_peer.iter().filter(|(_, s)| s.agent == agent && s.key == *key).map(|(p, _)| p.clone()).collect();
+        for peer in &peers {
+            table.by_peer.remove(peer);
+            if table.by_agent.get(agent) == Some(peer) {
+                table.by_agent.remove(agent);
+            }
+        }
+        peers
+    }
+
+    /// Closes the session on `peer`; returns its agent and whether it was
+    /// accepted.
+    pub fn close_peer(&self, peer: &Bytes) -> Option<(String, bool)> {
+        let mut table = self.lock();
+        let session = table.by_peer.remove(peer)?;
+        if table.by_agent.get(&session.agent) == Some(peer) {
+            table.by_agent.remove(&session.agent);
+        }
+        Some((session.agent, session.accepted))
+    }
+
+    pub fn unaccepted(&self) -> usize {
+        self.lock().by_peer.values().filter(|s| !s.accepted).count()
     }
 
     /// Remembers an event id; false when it was seen already.
-    pub fn first_sight(&self, agent: &str, id: Id) -> bool {
+    pub fn first_sight(&self, peer: &Bytes, id: Id) -> bool {
         let mut table = self.lock();
-        let Some(session) = table.by_agent.get_mut(agent) else { return true };
+        let Some(session) = table.by_peer.get_mut(peer) else { return false };
         if !session.recent_set.insert(id) {
             return false;
         }
@@ -100,19 +164,27 @@ impl Sessions {
         agents
     }
 
+    /// Sends to an agent's accepted session.
     pub async fn send(&self, agent: &str, message: &MasterMessage) -> Result<(), String> {
-        let peer = self
-            .lock()
-            .by_agent
-            .get(agent)
-            .map(|s| s.peer.clone())
-            .ok_or_else(|| format!("agent `{agent}` is not connected"))?;
+        let peer =
+            self.lock().by_agent.get(agent).cloned().ok_or_else(|| format!("agent `{agent}` is not connected"))?;
         self.send_to_peer(peer, message).await
     }
 
+    /// Seals and sends to whatever session is on `peer`.
     pub async fn send_to_peer(&self, peer: Bytes, message: &MasterMessage) -> Result<(), String> {
-        let mut frames = ZmqMessage::from(halite_proto::encode(message));
-        frames.push_front(peer);
-        self.sender.clone().send(frames).await.map_err(|e| e.to_string())
+        let sealer = self.lock().by_peer.get(&peer).map(|s| s.sealer.clone()).ok_or("the session is gone")?;
+        let mut sealer = sealer.lock().await;
+        let chunks = sealer.seal(&halite_proto::encode(message)).map_err(|e| e.to_string())?;
+        self.send_raw(peer, Envelope::sealed(chunks)).await
+    }
+
+    /// Sends frames as they are (handshake messages).
+    pub async fn send_raw(&self, peer: Bytes, frames: Vec<Vec<u8>>) -> Result<(), String> {
+        let mut all: Vec<Bytes> = Vec::with_capacity(frames.len() + 1);
+        all.push(peer);
+        all.extend(frames.into_iter().map(Bytes::from));
+        let message = ZmqMessage::try_from(all).map_err(|e| format!("{e:?}"))?;
+        self.sender.clone().send(message).await.map_err(|e| e.to_string())
     }
 }

@@ -118,6 +118,9 @@ pub mod tag {
     pub fn reactor(reactor: &str, what: &str) -> String {
         format!("halite/reactor/{reactor}/{what}")
     }
+    pub fn key(agent: &str, what: &str) -> String {
+        format!("halite/key/{agent}/{what}")
+    }
     pub fn master(what: &str) -> String {
         format!("halite/master/{what}")
     }

@@ -15,8 +15,7 @@ use crate::value::Value;
 /// Agent → master. Append-only (see the module docs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AgentMessage {
-    /// Opens a session; the only message the master handles from a peer
-    /// without one.
+    /// Who the agent is: the payload of the handshake's last message.
     Hello(Hello),
     /// Something a beacon saw. The master answers with [`MasterMessage::Ack`].
     Event(Event),
@@ -39,6 +38,9 @@ pub enum MasterMessage {
     Beacons(Vec<BeaconSpec>),
     /// Answer to [`AgentMessage::Ping`].
     Pong,
+    /// The agent's key is not accepted (yet): nothing it sends is acted on.
+    /// A [`MasterMessage::Welcome`] follows if an operator accepts it.
+    NotAccepted { status: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,162 @@
+//! The control socket: how operator commands (`halite-master keys …`) talk
+//! to the running master. A Unix socket in the data dir, owner-only; one
+//! JSON request per line, one JSON answer per line.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use halite_link::PublicKey;
+use halite_proto::event::tag;
+use halite_proto::{Event, MasterMessage, Value};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::Master;
+use crate::keys::{KeyEntry, KeyStatus};
+
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("control.sock")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    KeysList,
+    KeysAccept { target: String },
+    KeysReject { target: String },
+    KeysDelete { target: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The keys listed, or changed by the command.
+    #[serde(default)]
+    pub keys: Vec<KeyEntry>,
+}
+
+pub async fn serve(master: Arc<Master>, data_dir: &Path, cancel: CancellationToken) -> anyhow::Result<()> {
+    let path = socket_path(data_dir);
+    // A socket left by a master that crashed; the data dir is ours alone.
+    let _ = std::fs::remove_file(&path);
+    let listener =
+        UnixListener::bind(&path).with_context(|| format!("cannot create the control socket {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => { tokio::spawn(connection(master.clone(), stream)); }
+                    Err(error) => tracing::warn!(%error, "Control socket accept failed."),
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    });
+    Ok(())
+}
+
+async fn connection(master: Arc<Master>, stream: UnixStream) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let response = match serde_json::from_str::<Request>(&line) {
+            Ok(request) => execute(&master, request).await,
+            Err(error) => Response { ok: false, error: Some(format!("bad request: {error}")), keys: Vec::new() },
+        };
+        let mut text = serde_json::to_string(&response).unwrap_or_default();
+        text.push('\n');
+        if write.write_all(text.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn execute(master: &Master, request: Request) -> Response {
+    let result = match request {
+        Request::KeysList => Ok(master.keys().list().to_vec()),
+        Request::KeysAccept { target } => accept(master, &target).await,
+        Request::KeysReject { target } => {
+            let changed = master.keys().set_status(&target, KeyStatus::Rejected);
+            cut_off(master, changed, "rejected").await
+        }
+        Request::KeysDelete { target } => {
+            let deleted = master.keys().delete(&target);
+            cut_off(master, deleted, "deleted").await
+        }
+    };
+    match result {
+        Ok(keys) => Response { ok: true, error: None, keys },
+        Err(error) => Response { ok: false, error: Some(error), keys: Vec::new() },
+    }
+}
+
+async fn accept(master: &Master, target: &str) -> Result<Vec<KeyEntry>, String> {
+    let changed = master.keys().set_status(target, KeyStatus::Accepted).map_err(|e| e.to_string())?;
+    for entry in &changed {
+        tracing::info!(agent = %entry.id, fingerprint = %entry.key, "Key accepted.");
+        master.bus.publish(Event::new(
+            tag::key(&entry.id, "accepted"),
+            entry.id.as_str(),
+            Value::map().with("fingerprint", entry.key.as_str()),
+        ));
+        let Ok(key) = entry.key.parse::<PublicKey>() else { continue };
+        for (peer, facts) in master.sessions.promote(&entry.id, &key) {
+            crate::link::welcome(master, peer, &entry.id, "", facts).await;
+        }
+    }
+    Ok(changed)
+}
+
+/// Ends the live sessions of keys that are no longer accepted, at once.
+async fn cut_off(
+    master: &Master,
+    entries: Result<Vec<KeyEntry>, crate::keys::KeyStoreError>,
+    what: &str,
+) -> Result<Vec<KeyEntry>, String> {
+    let entries = entries.map_err(|e| e.to_string())?;
+    for entry in &entries {
+        tracing::info!(agent = %entry.id, fingerprint = %entry.key, "Key {what}.");
+        master.bus.publish(Event::new(
+            tag::key(&entry.id, what),
+            entry.id.as_str(),
+            Value::map().with("fingerprint", entry.key.as_str()),
+        ));
+        let Ok(key) = entry.key.parse::<PublicKey>() else { continue };
+        for peer in master.sessions.peers_of(&entry.id, &key) {
+            let _ = master.sessions.send_to_peer(peer, &MasterMessage::NotAccepted { status: what.to_owned() }).await;
+        }
+        if !master.sessions.drop_key(&entry.id, &key).is_empty() {
+            master.bus.publish(Event::new(
+                tag::agent(&entry.id, "disconnected"),
+                entry.id.as_str(),
+                Value::map().with("reason", what),
+            ));
+        }
+    }
+    Ok(entries)
+}
+
+/// Sends one request to the running master.
+pub async fn request(data_dir: &Path, request: &Request) -> anyhow::Result<Response> {
+    let path = socket_path(data_dir);
+    let stream = UnixStream::connect(&path).await.with_context(|| {
+        format!(
+            "cannot reach the master's control socket {} (is `halite-master run` running with this data dir?)",
+            path.display()
+        )
+    })?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_string(request)?;
+    line.push('\n');
+    write.write_all(line.as_bytes()).await?;
+    let answer = BufReader::new(read).lines().next_line().await?.context("the master closed the control socket")?;
+    Ok(serde_json::from_str(&answer)?)
+}
