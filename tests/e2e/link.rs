@@ -253,3 +253,69 @@ async fn an_agent_pinned_to_another_key_refuses_to_talk() {
         fleet.fail(&error);
     }
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// One round of attack: `connections` connections that each start a
+/// handshake and never finish it, send garbage, and replay a sealed frame.
+async fn flood(endpoint: &str, connections: usize, replay: &[Vec<u8>]) -> anyhow::Result<Vec<DealerSocket>> {
+    let keypair = Keypair::generate()?;
+    let mut sockets = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let mut socket = DealerSocket::new();
+        socket.connect(endpoint).await?;
+        let (_, first) = Initiator::start(&keypair)?;
+        socket.send(message(Envelope::handshake(envelope::HELLO1, first))).await?;
+        socket.send(message(vec![vec![0xee; 512]])).await?;
+        socket.send(message(replay.to_vec())).await?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
+/// More half-open handshakes than the master keeps, garbage and replays, in
+/// rounds: a real drift is restored during the attack, and the master's
+/// memory after the second round is no larger than after the first (within
+/// a margin), so it does not grow with the attack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_handshakes_does_not_starve_accepted_agents() {
+    let mut fleet = Fleet::start(&["web01"]).await.unwrap();
+    let result = async {
+        let listen = fleet.master().listen.clone();
+        let pid = fleet.master().pid().expect("master pid");
+        let mut recorder = RawAgent::connect(&listen, "recorder").await?;
+        recorder.send(&AgentMessage::Ping).await?;
+        let replay = recorder.last_sent.clone();
+        let per_round = halite_master::link::MAX_HANDSHAKES + 200;
+        let first_round = flood(&listen, per_round, &replay).await?;
+        // A drift during the attack is still restored.
+        let motd = fleet.agent("web01").path("/etc/motd");
+        std::fs::write(&motd, "drift under attack\n")?;
+        let event = fleet.wait_for("the drift", |e| e.tag == "halite/beacon/web01/motd").await?;
+        fleet.wait_for_restore_of(&event).await?;
+        recorder.barrier().await?;
+        let after_first = rss_kib(pid);
+        drop(first_round);
+        let second_round = flood(&listen, per_round, &replay).await?;
+        recorder.barrier().await?;
+        let after_second = rss_kib(pid);
+        drop(second_round);
+        eprintln!("master RSS: {after_first} KiB after round 1, {after_second} KiB after round 2");
+        assert!(
+            after_second <= after_first + 16 * 1024,
+            "memory grew with the attack: {after_first} -> {after_second} KiB"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}

@@ -177,6 +177,11 @@ async fn terminate(child: &mut Child) {
 }
 
 impl MasterProcess {
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// SIGTERM, then SIGKILL after a grace period.
     pub async fn stop(mut self) {
         terminate(&mut self.child).await;
