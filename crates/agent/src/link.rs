@@ -204,7 +204,7 @@ impl Link {
             return Err(End::Lost("the master answered the handshake with something else".into()));
         };
         let master_key = initiator.read_reply(reply).map_err(|e| lost("handshake", &e))?;
-        self.check_master(master_key)?;
+        check_master(&self.settings.trust, master_key).map_err(End::Refused)?;
         let hello = halite_proto::encode(&AgentMessage::Hello(self.settings.hello.clone()));
         let (last, sealer, opener) = initiator.finish(&hello).map_err(|e| lost("handshake", &e))?;
         socket
@@ -212,31 +212,6 @@ impl Link {
             .await
             .map_err(|e| lost("handshake", &e))?;
         Ok((socket, Session { sealer, opener }))
-    }
-
-    /// Is `key` the master this agent trusts? With trust on first use, the
-    /// first key seen is stored and pinned from then on.
-    fn check_master(&self, key: PublicKey) -> Result<(), End> {
-        let pinned = match &self.settings.trust {
-            MasterTrust::Pinned(pinned) => *pinned,
-            MasterTrust::FirstUse(store) => match std::fs::read_to_string(store) {
-                Ok(text) => text.parse::<PublicKey>().map_err(|e| End::Refused(format!("{}: {e}", store.display())))?,
-                Err(_) => {
-                    std::fs::write(store, format!("{key}\n")).map_err(|e| {
-                        End::Refused(format!("cannot store the master's key in {}: {e}", store.display()))
-                    })?;
-                    tracing::warn!(fingerprint = %key, path = %store.display(), "Trusting the master's key on first use; it is pinned from now on.");
-                    key
-                }
-            },
-        };
-        if key == pinned {
-            Ok(())
-        } else {
-            Err(End::Refused(format!(
-                "the master's key is {key}, but this agent trusts {pinned}; if the master's key really changed, put the new one (`halite-master keys fingerprint`) in `master_key`"
-            )))
-        }
     }
 
     async fn pump(&mut self, mut socket: DealerSocket, mut session: Session) -> End {
@@ -320,6 +295,30 @@ impl Link {
     }
 }
 
+/// Is `key` the master this agent trusts? With trust on first use, the
+/// first key seen is stored and pinned from then on.
+fn check_master(trust: &MasterTrust, key: PublicKey) -> Result<(), String> {
+    let pinned = match trust {
+        MasterTrust::Pinned(pinned) => *pinned,
+        MasterTrust::FirstUse(store) => match std::fs::read_to_string(store) {
+            Ok(text) => text.parse::<PublicKey>().map_err(|e| format!("{}: {e}", store.display()))?,
+            Err(_) => {
+                std::fs::write(store, format!("{key}\n"))
+                    .map_err(|e| format!("cannot store the master's key in {}: {e}", store.display()))?;
+                tracing::warn!(fingerprint = %key, path = %store.display(), "Trusting the master's key on first use; it is pinned from now on.");
+                key
+            }
+        },
+    };
+    if key == pinned {
+        Ok(())
+    } else {
+        Err(format!(
+            "the master's key is {key}, but this agent trusts {pinned}; if the master's key really changed, put the new one (`halite-master keys fingerprint`) in `master_key`"
+        ))
+    }
+}
+
 /// Exponential backoff with ±50% jitter, so that a fleet does not reconnect
 /// in lockstep after a master restart.
 fn backoff(settings: &LinkSettings, failures: u32) -> Duration {
@@ -330,6 +329,18 @@ fn backoff(settings: &LinkSettings, failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trust_on_first_use_pins_the_first_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let trust = MasterTrust::FirstUse(dir.path().join("master.pub"));
+        let (first, second) = (Keypair::generate().unwrap().public, Keypair::generate().unwrap().public);
+        assert_eq!(check_master(&trust, first), Ok(()));
+        assert_eq!(check_master(&trust, first), Ok(()));
+        let refusal = check_master(&trust, second).unwrap_err();
+        assert!(refusal.contains(&first.to_string()) && refusal.contains(&second.to_string()), "{refusal}");
+        assert!(check_master(&MasterTrust::Pinned(first), second).is_err());
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {
