@@ -124,7 +124,7 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let config = load("id: web01\ntofu: true\n").unwrap();
+        let config = load(&format!("id: web01\nmaster_key: {}\n", "ab".repeat(32))).unwrap();
         assert_eq!(config.master, DEFAULT_MASTER);
         assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert!(!config.tofu);

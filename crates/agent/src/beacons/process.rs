@@ -1,0 +1,200 @@
+//! The `process` beacon: whether a named process is running, from /proc,
+//! reported as `present` or `absent` when that changes. `for` and
+//! `debounce` are `sampled.rs`'s machine; this file owns the scan.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use halite_proto::Value;
+use serde::Deserialize;
+
+use super::sampled::{self, Machine, Sampler, Span, Timing};
+use super::{BeaconKind, Context, Running, decode};
+
+pub static KIND: BeaconKind = BeaconKind {
+    name: "process",
+    summary: "A named process present or absent (/proc/*/comm, or argv[0]'s base name).",
+    example: "name: nginx\nfor: 10s\ninterval: 5s\n",
+    validate,
+    start,
+};
+
+const PROC: &str = "/proc";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    /// The executable's name, as `ps -e` or `pgrep -x` shows it.
+    name: String,
+    #[serde(default, rename = "for")]
+    sustain: Option<Span>,
+    #[serde(default)]
+    interval: Option<Span>,
+    #[serde(default)]
+    debounce: Option<Span>,
+}
+
+fn settings(config: &Value) -> Result<(String, Timing), String> {
+    let c: Config = decode(config)?;
+    if c.name.is_empty() {
+        return Err("`name` is empty; write the process name, e.g. `name: nginx`".into());
+    }
+    if c.name.contains('/') || c.name.contains('\0') {
+        return Err(format!(
+            "`name: {}` is a path; write only the executable's name, e.g. `name: nginx` for /usr/sbin/nginx",
+            c.name
+        ));
+    }
+    Ok((c.name, Timing::parse(c.interval.as_ref(), c.sustain.as_ref(), c.debounce.as_ref())?))
+}
+
+fn validate(config: &Value) -> Result<(), String> {
+    settings(config).map(|_| ())
+}
+
+fn start(context: Context, config: &Value) -> Result<Running, String> {
+    let (name, timing) = settings(config)?;
+    let sampler = Presence { name, proc: PathBuf::from(PROC), machine: Machine::new(&timing, None) };
+    sampled::start(context, timing.interval, sampler)
+}
+
+struct Presence {
+    name: String,
+    proc: PathBuf,
+    /// Present or not. Starts with nothing reported: there is no "normal"
+    /// to assume, so the first settled state is news.
+    machine: Machine<bool>,
+}
+
+impl Sampler for Presence {
+    fn sample(&mut self, now: Instant) -> Result<Option<Value>, String> {
+        let count = count(&self.proc, &self.name)?;
+        let Some(transition) = self.machine.observe(count > 0, now) else { return Ok(None) };
+        let state = if transition.to { "present" } else { "absent" };
+        Ok(Some(self.subject().with("state", state).with("count", i64::try_from(count).unwrap_or(i64::MAX))))
+    }
+
+    fn subject(&self) -> Value {
+        Value::map().with("name", self.name.as_str())
+    }
+
+    fn forget(&mut self) {
+        self.machine.forget();
+    }
+}
+
+/// How many processes under `proc` are called `name`.
+fn count(proc: &Path, name: &str) -> Result<usize, String> {
+    let entries = std::fs::read_dir(proc).map_err(|e| format!("cannot list {}: {e}", proc.display()))?;
+    let mut count = 0;
+    for entry in entries.flatten() {
+        if !entry.file_name().to_str().is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
+            continue;
+        }
+        let dir = entry.path();
+        // A process may end during the scan: what cannot be read is not
+        // counted.
+        let Ok(comm) = std::fs::read(dir.join("comm")) else { continue };
+        // comm is cut to 15 bytes and programs may rename themselves
+        // (prctl), so argv[0] is the fallback: one more small read for each
+        // process not called `name`, every interval.
+        if is_named(&comm, name) || read_argv0_named(&dir, name) {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+fn is_named(comm: &[u8], name: &str) -> bool {
+    comm.strip_suffix(b"\n").unwrap_or(comm) == name.as_bytes()
+}
+
+fn read_argv0_named(dir: &Path, name: &str) -> bool {
+    std::fs::read(dir.join("cmdline")).is_ok_and(|cmdline| argv0_named(&cmdline, name))
+}
+
+/// The base name of argv[0] (cmdline is NUL-separated; kernel threads have
+/// none).
+fn argv0_named(cmdline: &[u8], name: &str) -> bool {
+    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    let base = argv0.rsplit(|b| *b == b'/').next().unwrap_or_default();
+    !base.is_empty() && base == name.as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv0_is_matched_by_its_base_name() {
+        assert!(argv0_named(b"/usr/sbin/nginx\0-g\0daemon off;\0", "nginx"));
+        assert!(argv0_named(b"nginx\0", "nginx"));
+        assert!(argv0_named(b"nginx", "nginx"));
+        assert!(!argv0_named(b"/usr/bin/python3\0/opt/nginx\0", "nginx"), "only argv[0]");
+        assert!(!argv0_named(b"", "nginx"), "kernel thread");
+        assert!(!argv0_named(b"/usr/sbin/nginx-debug\0", "nginx"));
+        assert!(!argv0_named(b"/usr/sbin/\0", ""));
+    }
+
+    #[test]
+    fn comm_is_matched_exactly() {
+        assert!(is_named(b"nginx\n", "nginx"));
+        assert!(!is_named(b"nginx-debug\n", "nginx"));
+        assert!(!is_named(b"ngin\n", "nginx"));
+    }
+
+    #[test]
+    fn counts_processes_in_a_proc_tree() {
+        let proc = tempfile::tempdir().unwrap();
+        let process = |pid: &str, comm: &str, cmdline: &[u8]| {
+            let dir = proc.path().join(pid);
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("comm"), format!("{comm}\n")).unwrap();
+            std::fs::write(dir.join("cmdline"), cmdline).unwrap();
+        };
+        process("1", "systemd", b"/sbin/init\0");
+        process("100", "nginx", b"nginx: master process /usr/sbin/nginx\0");
+        process("101", "nginx", b"nginx: worker process\0");
+        process("200", "kworker/0:1", b"");
+        // comm keeps 15 bytes: the long name is found through argv[0].
+        process("300", "prometheus-node", b"/usr/bin/prometheus-node-exporter\0--web\0");
+        process("400", "renamed", b"/usr/sbin/nginx\0");
+        std::fs::create_dir(proc.path().join("self")).unwrap();
+        std::fs::create_dir(proc.path().join("500")).unwrap(); // ended during the scan: no comm
+        assert_eq!(count(proc.path(), "nginx"), Ok(3));
+        assert_eq!(count(proc.path(), "prometheus-node-exporter"), Ok(1));
+        assert_eq!(count(proc.path(), "systemd"), Ok(1));
+        assert_eq!(count(proc.path(), "apache2"), Ok(0));
+        assert!(count(&proc.path().join("missing"), "nginx").unwrap_err().contains("cannot list"));
+    }
+
+    #[test]
+    fn reports_present_and_absent_only_on_change() {
+        let proc = tempfile::tempdir().unwrap();
+        let timing = Timing::parse(None, None, None).unwrap();
+        let mut sampler =
+            Presence { name: "nginx".into(), proc: proc.path().to_path_buf(), machine: Machine::new(&timing, None) };
+        let t0 = Instant::now();
+        let state = |data: Option<Value>| data.map(|d| (d.get("state").cloned(), d.get("count").cloned()));
+        assert_eq!(state(sampler.sample(t0).unwrap()), Some((Some("absent".into()), Some(Value::Int(0)))));
+        assert_eq!(sampler.sample(t0).unwrap(), None);
+        let dir = proc.path().join("42");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("comm"), "nginx\n").unwrap();
+        assert_eq!(state(sampler.sample(t0).unwrap()), Some((Some("present".into()), Some(Value::Int(1)))));
+        assert_eq!(sampler.sample(t0).unwrap(), None);
+    }
+
+    #[test]
+    fn config_errors_say_what_to_write() {
+        let bad = |yaml: &str| {
+            let json: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
+            validate(&Value::from_json(&json)).unwrap_err()
+        };
+        assert!(bad("name: /usr/sbin/nginx\n").contains("name: nginx"));
+        assert!(bad("name: ''\n").contains("empty"));
+        assert!(bad("name: nginx\nfor: 5\n").contains("5s"));
+        assert!(bad("name: nginx\nabove: 1\n").contains("above"));
+        assert!(bad("for: 5s\n").contains("name"));
+    }
+}

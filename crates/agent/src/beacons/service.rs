@@ -1,0 +1,187 @@
+//! The `service` beacon: a systemd unit's state (`systemctl is-active`),
+//! reported when it changes. `for` and `debounce` are `sampled.rs`'s
+//! machine; this file owns asking systemctl, with a timeout.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use halite_proto::Value;
+use serde::Deserialize;
+
+use super::sampled::{self, Machine, Sampler, Span, Timing};
+use super::{BeaconKind, Context, Running, decode};
+
+pub static KIND: BeaconKind = BeaconKind {
+    name: "service",
+    summary: "A systemd unit's state (systemctl is-active): active, inactive, failed, … when it changes.",
+    example: "unit: nginx.service\nfor: 10s\ninterval: 10s\n",
+    validate,
+    start,
+};
+
+/// How long systemctl may take before it is killed: a stuck D-Bus must not
+/// stall the beacon, which then reports an error and tries again.
+const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    /// The unit, as `systemctl` names it; without a suffix it is a service.
+    unit: String,
+    #[serde(default, rename = "for")]
+    sustain: Option<Span>,
+    #[serde(default)]
+    interval: Option<Span>,
+    #[serde(default)]
+    debounce: Option<Span>,
+}
+
+fn settings(config: &Value) -> Result<(String, Timing), String> {
+    let c: Config = decode(config)?;
+    if c.unit.is_empty() {
+        return Err("`unit` is empty; write the unit, e.g. `unit: nginx.service`".into());
+    }
+    if c.unit.starts_with('-') || c.unit.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("`unit: {}` is not a unit name; write e.g. `unit: nginx.service`", c.unit));
+    }
+    Ok((c.unit, Timing::parse(c.interval.as_ref(), c.sustain.as_ref(), c.debounce.as_ref())?))
+}
+
+fn validate(config: &Value) -> Result<(), String> {
+    settings(config).map(|_| ())
+}
+
+fn start(context: Context, config: &Value) -> Result<Running, String> {
+    let (unit, timing) = settings(config)?;
+    sampled::start(context, timing.interval, Unit { unit, machine: Machine::new(&timing, None) })
+}
+
+struct Unit {
+    unit: String,
+    /// The unit's state as systemctl words it. Starts with nothing reported:
+    /// there is no "normal" to assume, so the first settled state is news.
+    machine: Machine<String>,
+}
+
+impl Sampler for Unit {
+    fn sample(&mut self, now: Instant) -> Result<Option<Value>, String> {
+        let state = is_active(&self.unit, SYSTEMCTL_TIMEOUT)?;
+        Ok(self.machine.observe(state, now).map(|t| self.subject().with("state", t.to)))
+    }
+
+    fn subject(&self) -> Value {
+        Value::map().with("unit", self.unit.as_str())
+    }
+
+    fn forget(&mut self) {
+        self.machine.forget();
+    }
+}
+
+/// Runs `systemctl is-active -- <unit>` for at most `timeout`, then kills it.
+/// Arguments are a vector, never a shell string.
+fn is_active(unit: &str, timeout: Duration) -> Result<String, String> {
+    let mut child = Command::new("systemctl")
+        .args(["is-active", "--", unit])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run systemctl: {e}"))?;
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let (done_tx, done_rx) = std_mpsc::channel();
+    // The reader, not this thread, blocks on the pipes, so that this one can
+    // give up at the timeout. It ends when the pipes close, at the latest
+    // when the killed child is gone.
+    let reader = std::thread::Builder::new().name("systemctl".into()).spawn(move || {
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        // systemctl writes a line at most, so reading one pipe after the
+        // other cannot fill the other's buffer.
+        if let Some(mut pipe) = stdout {
+            let _ = pipe.read_to_end(&mut out);
+        }
+        if let Some(mut pipe) = stderr {
+            let _ = pipe.read_to_end(&mut err);
+        }
+        let _ = done_tx.send((out, err));
+    });
+    let answer = match reader {
+        Ok(_) => done_rx.recv_timeout(timeout).ok(),
+        Err(_) => None,
+    };
+    if answer.is_none() {
+        let _ = child.kill();
+    }
+    // Reaps the child, killed or not, so no zombie is left.
+    let _ = child.wait();
+    match answer {
+        Some((out, err)) => state_of(&out, &err),
+        None => Err(format!("systemctl did not answer within {}", humantime::format_duration(timeout))),
+    }
+}
+
+/// The state systemctl printed. Its exit status is not used: is-active
+/// exits non-zero for every state but `active`. A missing or garbled
+/// answer (systemd not running) is an error, with what systemctl said.
+fn state_of(stdout: &[u8], stderr: &[u8]) -> Result<String, String> {
+    let stdout = String::from_utf8_lossy(stdout);
+    let state = stdout.lines().next().unwrap_or_default().trim();
+    if !state.is_empty() && state.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Ok(state.to_owned());
+    }
+    let stderr = String::from_utf8_lossy(stderr);
+    let said = stderr.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
+    Err(match (said.is_empty(), state.is_empty()) {
+        (false, _) => format!("systemctl: {said}"),
+        (true, true) => "systemctl printed no state".to_owned(),
+        (true, false) => format!("systemctl printed `{state}`, not a state"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_state_systemctl_prints() {
+        assert_eq!(state_of(b"active\n", b""), Ok("active".into()));
+        assert_eq!(state_of(b"inactive\n", b""), Ok("inactive".into()));
+        assert_eq!(state_of(b"failed\n", b""), Ok("failed".into()));
+        assert_eq!(state_of(b"activating\n", b""), Ok("activating".into()));
+    }
+
+    #[test]
+    fn no_state_is_an_error_with_what_systemctl_said() {
+        let without_systemd =
+            b"System has not been booted with systemd as init system (PID 1). Can't operate.\nFailed to connect to bus: Host is down\n";
+        let error = state_of(b"", without_systemd).unwrap_err();
+        assert!(error.contains("not been booted with systemd") && error.contains("Host is down"), "{error}");
+        assert_eq!(state_of(b"", b""), Err("systemctl printed no state".into()));
+        assert!(state_of(b"Unknown operation\n", b"").unwrap_err().contains("not a state"));
+    }
+
+    #[test]
+    fn answers_or_reports_an_error_but_never_panics() {
+        // Whether systemctl exists here or not, and systemd runs or not.
+        match is_active("halite-no-such-unit.service", SYSTEMCTL_TIMEOUT) {
+            Ok(state) => assert!(!state.is_empty()),
+            Err(error) => assert!(error.starts_with("systemctl") || error.starts_with("cannot run"), "{error}"),
+        }
+    }
+
+    #[test]
+    fn config_errors_say_what_to_write() {
+        let bad = |yaml: &str| {
+            let json: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
+            validate(&Value::from_json(&json)).unwrap_err()
+        };
+        assert!(bad("unit: ''\n").contains("empty"));
+        assert!(bad("unit: --all\n").contains("not a unit name"));
+        assert!(bad("unit: nginx; reboot\n").contains("not a unit name"));
+        assert!(bad("unit: nginx\ninterval: 10\n").contains("10s"));
+        assert!(bad("service: nginx\n").contains("service"));
+    }
+}
