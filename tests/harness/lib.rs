@@ -53,9 +53,18 @@ impl Fleet {
 
     /// As [`Fleet::start`], with these `auto_accept` globs.
     pub async fn start_with(agents: &[&str], auto_accept: &[&str]) -> anyhow::Result<Fleet> {
+        Fleet::start_custom(agents, auto_accept, &[]).await
+    }
+
+    /// As [`Fleet::start_with`], with `files` (path in the tree, text) written
+    /// over the example tree.
+    pub async fn start_custom(agents: &[&str], auto_accept: &[&str], files: &[(&str, &str)]) -> anyhow::Result<Fleet> {
         let dir = tempfile::Builder::new().prefix("halite-e2e-").tempdir()?;
         let states = dir.path().join("states");
         halite_master::example::write(&states)?;
+        for (name, text) in files {
+            std::fs::write(states.join(name), text)?;
+        }
         let binaries = binaries();
         let master =
             fleet::start_master(&binaries, &dir.path().join("master"), &states, "tcp://127.0.0.1:0", auto_accept)

@@ -198,3 +198,53 @@ mod tests {
         assert!(bad("for: 5s\n").contains("name"));
     }
 }
+
+/// Against the real /proc, with a real process.
+#[cfg(test)]
+mod live_tests {
+    use super::*;
+    use crate::managed::ManagedFiles;
+
+    #[test]
+    fn finds_a_real_process_renamed_by_exec_a() {
+        let name = format!("halite-live-{}", std::process::id());
+        let mut child =
+            std::process::Command::new("bash").args(["-c", &format!("exec -a {name} sleep 30")]).spawn().unwrap();
+        let mut found = 0;
+        for _ in 0..200 {
+            found = count(Path::new(PROC), &name).unwrap();
+            if found > 0 {
+                break;
+            }
+            let (_tx, rx) = std::sync::mpsc::channel::<()>();
+            let _ = rx.recv_timeout(std::time::Duration::from_millis(10));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(found, 1);
+    }
+
+    #[test]
+    fn the_beacon_thread_reports_a_process_starting() {
+        let name = format!("halite-thread-{}", std::process::id());
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let context = Context {
+            name: "w".into(),
+            agent: "a".into(),
+            events: tx,
+            managed: ManagedFiles::in_memory(),
+            root: "/".into(),
+        };
+        let config = Value::map().with("name", name.as_str()).with("interval", "100ms");
+        let running = (KIND.start)(context, &config).unwrap();
+        let first = rx.blocking_recv().unwrap();
+        assert_eq!(first.data.get("state").and_then(Value::as_str), Some("absent"));
+        let mut child =
+            std::process::Command::new("bash").args(["-c", &format!("exec -a {name} sleep 30")]).spawn().unwrap();
+        let second = rx.blocking_recv().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(second.data.get("state").and_then(Value::as_str), Some("present"));
+        drop(running);
+    }
+}

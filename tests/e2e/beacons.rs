@@ -1,0 +1,74 @@
+//! Sampled beacons on a real agent: an event when the state changes.
+
+use halite_e2e::Fleet;
+
+/// A process beacon fires when the named process starts and when it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_beacon_fires_on_start_and_stop() {
+    // A name no other process on the machine has.
+    let name = format!("halite-e2e-{}", std::process::id());
+    let beacons = format!("'*':\n  worker:\n    process:\n      name: {name}\n      interval: 200ms\n");
+    let mut fleet = Fleet::start_custom(&["web01"], &["*"], &[("beacons.yaml", &beacons)]).await.unwrap();
+    let result = async {
+        let is_absent = |e: &halite_master::client::BusEvent| {
+            e.tag == "halite/beacon/web01/worker" && e.data()["state"] == "absent"
+        };
+        // It may have come while the agent converged.
+        if !fleet.seen.iter().any(is_absent) {
+            fleet.wait_for("absent at start", is_absent).await?;
+        }
+        // `exec -a` gives the process the beacon's name.
+        let mut process = tokio::process::Command::new("bash")
+            .args(["-c", &format!("exec -a {name} sleep 600")])
+            .kill_on_drop(true)
+            .spawn()?;
+        let present = fleet.wait_for("present", |e| e.tag == "halite/beacon/web01/worker").await?;
+        assert_eq!(present.data()["state"], "present", "{}", present.data());
+        process.kill().await?;
+        let absent = fleet.wait_for("absent", |e| e.tag == "halite/beacon/web01/worker").await?;
+        assert_eq!(absent.data()["state"], "absent", "{}", absent.data());
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}
+
+/// A cpu beacon fires `above` while the test burns both cores and `below`
+/// once it stops. The thresholds leave a wide band (burning gives about
+/// 100%; other tests running beside this one stay well under 90%) and `for`
+/// ignores short spikes, so the test holds on a shared 2-core machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_beacon_fires_above_while_burning_and_below_after() {
+    let beacons = "'*':\n  hot:\n    cpu:\n      above: 90\n      below: 60\n      for: 1s\n      interval: 200ms\n";
+    let mut fleet = Fleet::start_custom(&["web01"], &["*"], &[("beacons.yaml", beacons)]).await.unwrap();
+    let result = async {
+        let burning = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let burners: Vec<_> = (0..std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .map(|_| {
+                let burning = burning.clone();
+                std::thread::spawn(move || {
+                    let mut x: u64 = 0;
+                    while burning.load(std::sync::atomic::Ordering::Relaxed) {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                    }
+                })
+            })
+            .collect();
+        let above = fleet.wait_for("cpu above", |e| e.tag == "halite/beacon/web01/hot").await;
+        burning.store(false, std::sync::atomic::Ordering::Relaxed);
+        for burner in burners {
+            let _ = burner.join();
+        }
+        let above = above?;
+        assert_eq!(above.data()["state"], "above", "{}", above.data());
+        let below = fleet.wait_for("cpu below", |e| e.tag == "halite/beacon/web01/hot").await?;
+        assert_eq!(below.data()["state"], "below", "{}", below.data());
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}
