@@ -3,10 +3,9 @@
 //! `for` and `debounce` are `sampled.rs`'s; this file owns the reading.
 
 use halite_proto::Value;
-use serde::Deserialize;
 
-use super::sampled::{self, Gauge, Settings, Span};
-use super::{BeaconKind, Context, Running, decode};
+use super::sampled::{self, Gauge, Settings};
+use super::{BeaconKind, Context, Running};
 
 pub static KIND: BeaconKind = BeaconKind {
     name: "cpu",
@@ -18,25 +17,8 @@ pub static KIND: BeaconKind = BeaconKind {
 
 const PROC_STAT: &str = "/proc/stat";
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Config {
-    /// Percent busy over which the state becomes `above`.
-    above: f64,
-    /// Percent busy under which it returns to `below`; default: `above`.
-    #[serde(default)]
-    below: Option<f64>,
-    #[serde(default, rename = "for")]
-    sustain: Option<Span>,
-    #[serde(default)]
-    interval: Option<Span>,
-    #[serde(default)]
-    debounce: Option<Span>,
-}
-
 fn settings(config: &Value) -> Result<Settings, String> {
-    let c: Config = decode(config)?;
-    Settings::parse(c.above, c.below, Some(100.0), c.sustain.as_ref(), c.interval.as_ref(), c.debounce.as_ref())
+    sampled::percent_settings(config)
 }
 
 fn validate(config: &Value) -> Result<(), String> {

@@ -4,10 +4,9 @@
 //! reading.
 
 use halite_proto::Value;
-use serde::Deserialize;
 
-use super::sampled::{self, Gauge, Settings, Span};
-use super::{BeaconKind, Context, Running, decode};
+use super::sampled::{self, Gauge, Settings};
+use super::{BeaconKind, Context, Running};
 
 pub static KIND: BeaconKind = BeaconKind {
     name: "memory",
@@ -19,25 +18,8 @@ pub static KIND: BeaconKind = BeaconKind {
 
 const PROC_MEMINFO: &str = "/proc/meminfo";
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Config {
-    /// Percent used over which the state becomes `above`.
-    above: f64,
-    /// Percent used under which it returns to `below`; default: `above`.
-    #[serde(default)]
-    below: Option<f64>,
-    #[serde(default, rename = "for")]
-    sustain: Option<Span>,
-    #[serde(default)]
-    interval: Option<Span>,
-    #[serde(default)]
-    debounce: Option<Span>,
-}
-
 fn settings(config: &Value) -> Result<Settings, String> {
-    let c: Config = decode(config)?;
-    Settings::parse(c.above, c.below, Some(100.0), c.sustain.as_ref(), c.interval.as_ref(), c.debounce.as_ref())
+    sampled::percent_settings(config)
 }
 
 fn validate(config: &Value) -> Result<(), String> {

@@ -244,6 +244,30 @@ impl Timing {
     }
 }
 
+/// The configuration of a beacon whose sample is a percentage (`cpu`,
+/// `memory`): thresholds and timing, nothing else.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PercentConfig {
+    /// Percent over which the state becomes `above`.
+    above: f64,
+    /// Percent under which it returns to `below`; default: `above`.
+    #[serde(default)]
+    below: Option<f64>,
+    #[serde(default, rename = "for")]
+    sustain: Option<Span>,
+    #[serde(default)]
+    interval: Option<Span>,
+    #[serde(default)]
+    debounce: Option<Span>,
+}
+
+/// Reads and checks a [`PercentConfig`].
+pub fn percent_settings(config: &Value) -> Result<Settings, String> {
+    let c: PercentConfig = super::decode(config)?;
+    Settings::parse(c.above, c.below, Some(100.0), c.sustain.as_ref(), c.interval.as_ref(), c.debounce.as_ref())
+}
+
 /// Thresholds and timing of a numeric kind.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Settings {
