@@ -3,5 +3,6 @@
 
 mod beacons;
 mod drift;
+mod interop;
 mod link;
 mod restart;
