@@ -1,4 +1,5 @@
-//! `halite-master check`: load the whole tree and report every problem.
+//! `halite-master check`: load the whole tree and report every problem;
+//! with `--event`, a what-if of which reactors an event would fire.
 
 use std::io::Write;
 use std::path::Path;
@@ -27,4 +28,46 @@ pub fn run(states: &Path, out: &mut impl Write) -> std::io::Result<bool> {
         )?;
     }
     Ok(errors == 0)
+}
+
+/// Prints which reactors an event with `tag` and `data` would fire, and
+/// what each would do. Acts on nothing.
+pub fn what_if(
+    states: &Path,
+    tag: &str,
+    agent: Option<&str>,
+    data: &serde_json::Value,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    let (tree, _) = Tree::load(states);
+    let agent = agent
+        .map(str::to_owned)
+        .or_else(|| tag.strip_prefix("halite/beacon/").and_then(|rest| rest.split('/').next()).map(str::to_owned))
+        .unwrap_or_default();
+    let event = halite_proto::Event::new(tag, agent.as_str(), halite_proto::Value::from_json(data));
+    writeln!(out, "what if: {tag} from `{agent}` with data {data}")?;
+    let mut fired = 0;
+    for reactor in &tree.reactors {
+        match reactor.matches(&event) {
+            Ok(false) => {}
+            Ok(true) => {
+                fired += 1;
+                writeln!(
+                    out,
+                    "  fires {}: on {}{}",
+                    reactor.name,
+                    reactor.on,
+                    reactor.when.as_ref().map(|w| format!(" when {w}")).unwrap_or_default()
+                )?;
+                for action in &reactor.actions {
+                    writeln!(out, "    {}", action.describe())?;
+                }
+            }
+            Err(error) => writeln!(out, "  fails {}: {error}", reactor.name)?,
+        }
+    }
+    if fired == 0 {
+        writeln!(out, "  no reactor fires")?;
+    }
+    Ok(())
 }

@@ -44,6 +44,17 @@ enum Command {
         /// The state tree to check.
         #[arg(long, env = "HALITE_STATES", default_value = "states")]
         states: PathBuf,
+        /// What-if: after checking, show which reactors this event tag would
+        /// fire and what they would do (nothing is done).
+        #[arg(long, value_name = "TAG")]
+        event: Option<String>,
+        /// The what-if event's data, as JSON (default `{}`).
+        #[arg(long, value_name = "JSON", requires = "event")]
+        data: Option<String>,
+        /// The agent that raises the what-if event (default: the one in the
+        /// tag, for `halite/beacon/<agent>/...`).
+        #[arg(long, requires = "event")]
+        agent: Option<String>,
     },
     /// Agents' keys: list them, accept, reject or delete them, or print the
     /// master's own key (its fingerprint, which agents pin as `master_key`).
@@ -141,7 +152,19 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             };
             keys(action, &data_dir, json)
         }
-        Command::Check { states } => Ok(halite_master::check::run(&states, &mut std::io::stdout().lock())?),
+        Command::Check { states, event, data, agent } => {
+            let mut out = std::io::stdout().lock();
+            let clean = halite_master::check::run(&states, &mut out)?;
+            match event {
+                None => Ok(clean),
+                Some(tag) => {
+                    let data: serde_json::Value = serde_json::from_str(data.as_deref().unwrap_or("{}"))
+                        .context("--data is not JSON (write e.g. --data '{\"kind\": \"modify\"}')")?;
+                    halite_master::check::what_if(&states, &tag, agent.as_deref(), &data, &mut out)?;
+                    Ok(clean)
+                }
+            }
+        }
         Command::Demo { keep } => {
             runtime()?.block_on(halite_master::demo::run(keep))?;
             Ok(true)

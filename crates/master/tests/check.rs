@@ -42,3 +42,26 @@ fn help_teaches_the_exit_codes() {
         assert!(help.contains(command), "--help lists {command}");
     }
 }
+
+#[test]
+fn what_if_shows_which_reactors_fire_and_what_they_do() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/check/clean");
+    let run = |data: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_halite-master"))
+            .args(["check", "--states", "tree", "--event", "halite/beacon/web01/nginx-conf", "--data", data])
+            .current_dir(&dir)
+            .env_remove("HALITE_STATES")
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let modify = run(r#"{"kind": "modify"}"#);
+    assert!(
+        modify.contains("fires restore-nginx") && modify.contains("apply [nginx] to the agent that raised the event"),
+        "{modify}"
+    );
+    assert!(!modify.contains("restore-motd"), "{modify}");
+    let create = run(r#"{"kind": "create"}"#);
+    assert!(create.contains("no reactor fires"), "{create}");
+}
