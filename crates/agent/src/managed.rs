@@ -116,10 +116,6 @@ impl ManagedFiles {
         }
     }
 
-    pub fn in_flight(&self, path: &Path) -> bool {
-        self.lock().in_flight.contains(path)
-    }
-
     /// A job is about to write `file`: records what it should be (persisted
     /// when it changed) and marks it in flight.
     pub fn begin(&self, file: &ManagedFile) {
@@ -178,7 +174,7 @@ mod tests {
         let reopened = ManagedFiles::open(&store);
         assert_eq!(reopened.desired(Path::new("/etc/x")).unwrap().sha256(), Sha256::of(b"x"));
         assert_eq!(reopened.applied_generation(Path::new("/etc/x")), 0);
-        assert!(!reopened.in_flight(Path::new("/etc/x")));
+        assert!(!reopened.snapshot(Path::new("/etc/x")).in_flight);
     }
 
     #[test]
@@ -188,9 +184,9 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         managed.listen(Box::new(move |p| tx.send(p.to_path_buf()).is_ok()));
         managed.begin(&file);
-        assert!(managed.in_flight(&file.path));
+        assert!(managed.snapshot(&file.path).in_flight);
         managed.finish(&file.path);
-        assert!(!managed.in_flight(&file.path));
+        assert!(!managed.snapshot(&file.path).in_flight);
         assert_eq!(managed.applied_generation(&file.path), 1);
         assert_eq!(rx.recv().unwrap(), file.path);
     }

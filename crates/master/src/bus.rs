@@ -1,24 +1,21 @@
 //! The event bus: every event the master handles or raises goes through
-//! [`Bus::publish`], which feeds in-process subscribers and the outside
-//! publisher (ZeroMQ PUB, two frames `[tag, json]`, SPEC §8).
+//! [`Bus::publish`], which feeds the outside publisher (ZeroMQ PUB, two
+//! frames `[tag, json]`, SPEC §8). In-process subscribers (the `events`
+//! command) will hang off this same function.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use halite_proto::Event;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use zeromq::{PubSocket, Socket, SocketSend, ZmqMessage};
 
-/// In-process subscribers that fall this far behind miss events (they are
-/// told how many).
-pub const BROADCAST_CAPACITY: usize = 4096;
 /// Events waiting for the outside publisher. When full, events are not
 /// published outside (counted, logged); PUB is best effort by design.
 pub const PUBLISHER_QUEUE: usize = 65_536;
 
 #[derive(Debug, Clone)]
 pub struct Bus {
-    local: broadcast::Sender<Arc<Event>>,
     outside: mpsc::Sender<Arc<Event>>,
     dropped: Arc<AtomicU64>,
 }
@@ -42,14 +39,12 @@ impl Bus {
                 }
             }
         });
-        let (local, _) = broadcast::channel(BROADCAST_CAPACITY);
-        Ok((Bus { local, outside, dropped: Arc::default() }, bound.to_string()))
+        Ok((Bus { outside, dropped: Arc::default() }, bound.to_string()))
     }
 
     pub fn publish(&self, event: Event) -> Arc<Event> {
         let event = Arc::new(event);
         tracing::debug!(tag = %event.tag, agent = %event.agent, id = %event.id, "Event.");
-        let _ = self.local.send(event.clone());
         if self.outside.try_send(event.clone()).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
@@ -57,9 +52,5 @@ impl Bus {
             }
         }
         event
-    }
-
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
-        self.local.subscribe()
     }
 }

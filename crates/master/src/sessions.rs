@@ -158,12 +158,6 @@ impl Sessions {
         true
     }
 
-    pub fn connected(&self) -> Vec<String> {
-        let mut agents: Vec<String> = self.lock().by_agent.keys().cloned().collect();
-        agents.sort();
-        agents
-    }
-
     /// Sends to an agent's accepted session.
     pub async fn send(&self, agent: &str, message: &MasterMessage) -> Result<(), String> {
         let peer =

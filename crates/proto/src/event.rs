@@ -24,11 +24,6 @@ impl Id {
         let ulid = generator.generate().unwrap_or_else(|_| ulid::Ulid::new());
         Id(ulid.0)
     }
-
-    /// Milliseconds since the Unix epoch at which the id was made.
-    pub fn timestamp_ms(&self) -> u64 {
-        ulid::Ulid(self.0).timestamp_ms()
-    }
 }
 
 impl Default for Id {
