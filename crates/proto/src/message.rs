@@ -105,6 +105,9 @@ pub struct StateResult {
     pub id: String,
     pub kind: String,
     pub outcome: Outcome,
+    /// A unified diff of file content the state changed (or would change
+    /// in test mode), uncoloured; the CLI colours it on a terminal.
+    pub diff: Option<String>,
     /// How long planning and applying took, in microseconds.
     pub duration_us: u64,
 }

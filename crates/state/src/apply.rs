@@ -52,6 +52,7 @@ pub fn finish(call: &StateCall, outcome: Outcome, started: Instant) -> StateResu
         id: call.id.clone(),
         kind: call.kind.clone(),
         outcome,
+        diff: None,
         duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
     }
 }
