@@ -32,7 +32,11 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
     let hello = Hello { agent: id.clone(), version: env!("CARGO_PKG_VERSION").into(), facts: facts::gather(&id) };
     let settings = LinkSettings::new(config.master.clone(), hello, keypair.clone(), config.trust());
     let (outbound, mut link_events, link_task) = link::spawn(settings, cancel.clone());
-    let job_queue = jobs::spawn(managed.clone(), config.root.clone(), outbound.clone());
+    let apply_env = halite_state::ApplyEnv {
+        backup_dir: Some(config.data_dir.join("backup")),
+        ..halite_state::ApplyEnv::default()
+    };
+    let job_queue = jobs::spawn(managed.clone(), config.root.clone(), apply_env, outbound.clone());
     let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
     let mut beacons = Beacons::new(beacons::Context {
         name: String::new(),

@@ -1,14 +1,13 @@
 //! The job runner: applies the master's jobs one at a time, in order.
 //!
-//! For each state it plans, records a managed file's desired state (so the
-//! write that follows raises no drift), applies, and marks the file
-//! applied (which closes drift reported before the restore).
-
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+//! A job runs through the state engine's `run_states` (requisite order,
+//! plan, apply); for each managed file it records the desired state (so
+//! the write that follows raises no drift) and marks the file applied
+//! after (which closes drift reported before the restore).
 
 use halite_proto::{AgentMessage, Job, JobResult, StateCall, StateResult, Value};
-use halite_state::apply::{apply_plan, finish, plan_call};
+use halite_state::{ApplyEnv, ManagedFile, Observer, run_states_observed};
+use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
 
 use crate::managed::ManagedFiles;
@@ -17,14 +16,19 @@ use crate::managed::ManagedFiles;
 /// it, the link's inbound queue), which slows the master down.
 pub const QUEUE_CAPACITY: usize = 64;
 
-pub fn spawn(managed: ManagedFiles, root: PathBuf, results: mpsc::Sender<AgentMessage>) -> mpsc::Sender<Job> {
+pub fn spawn(
+    managed: ManagedFiles,
+    root: PathBuf,
+    env: ApplyEnv,
+    results: mpsc::Sender<AgentMessage>,
+) -> mpsc::Sender<Job> {
     let (tx, mut rx) = mpsc::channel::<Job>(QUEUE_CAPACITY);
     tokio::spawn(async move {
         while let Some(job) = rx.recv().await {
-            let (managed, root) = (managed.clone(), root.clone());
+            let (managed, root, env) = (managed.clone(), root.clone(), env.clone());
             let jid = job.id;
-            // File I/O and hashing: off the runtime's threads.
-            let outcome = tokio::task::spawn_blocking(move || run(&job, &managed, &root)).await;
+            // File I/O, hashing and commands: off the runtime's threads.
+            let outcome = tokio::task::spawn_blocking(move || run(&job, &managed, &root, &env)).await;
             let result = match outcome {
                 Ok(result) => result,
                 Err(panic) => {
@@ -40,32 +44,32 @@ pub fn spawn(managed: ManagedFiles, root: PathBuf, results: mpsc::Sender<AgentMe
     tx
 }
 
-pub fn run(job: &Job, managed: &ManagedFiles, root: &Path) -> JobResult {
-    let results = job.states.iter().map(|call| run_state(&rooted_call(call, root), job, managed)).collect();
+pub fn run(job: &Job, managed: &ManagedFiles, root: &Path, env: &ApplyEnv) -> JobResult {
+    let calls: Vec<StateCall> = job.states.iter().map(|call| rooted_call(call, root)).collect();
+    let mut observer = Recorder { job, managed };
+    let results = run_states_observed(&calls, job.test, env, &mut observer);
     JobResult { job: job.id, results }
 }
 
-fn run_state(call: &StateCall, job: &Job, managed: &ManagedFiles) -> StateResult {
-    let started = Instant::now();
-    let plan = match plan_call(call) {
-        Ok(plan) => plan,
-        Err(error) => {
-            let result = finish(call, halite_proto::Outcome::Failed { error }, started);
-            log(job, &result);
-            return result;
-        }
-    };
-    let file = plan.managed_file();
-    if let (Some(file), false) = (&file, job.test) {
-        managed.begin(file);
+/// Records a managed file's desired state before the write (so the write
+/// raises no drift) and marks it applied after; logs each result.
+struct Recorder<'a> {
+    job: &'a Job,
+    managed: &'a ManagedFiles,
+}
+
+impl Observer for Recorder<'_> {
+    fn before_apply(&mut self, file: &ManagedFile) {
+        self.managed.begin(file);
     }
-    let outcome = apply_plan(plan, job.test);
-    if let (Some(file), false) = (&file, job.test) {
-        managed.finish(&file.path);
+
+    fn after_apply(&mut self, file: &ManagedFile) {
+        self.managed.finish(&file.path);
     }
-    let result = finish(call, outcome, started);
-    log(job, &result);
-    result
+
+    fn finished(&mut self, result: &StateResult) {
+        log(self.job, result);
+    }
 }
 
 fn log(job: &Job, result: &StateResult) {
@@ -100,13 +104,13 @@ mod tests {
     fn applies_under_the_root_and_records_the_file() {
         let root = tempfile::tempdir().unwrap();
         let managed = ManagedFiles::in_memory();
-        let call = StateCall {
-            id: "motd".into(),
-            kind: "file.managed".into(),
-            args: Value::map().with("path", "/etc/motd").with("contents", b"hi\n".to_vec()),
-        };
+        let call = StateCall::new(
+            "motd",
+            "file.managed",
+            Value::map().with("path", "/etc/motd").with("contents", b"hi\n".to_vec()),
+        );
         let job = Job { id: Id::new(), cause_event: None, test: false, states: vec![call] };
-        let result = run(&job, &managed, root.path());
+        let result = run(&job, &managed, root.path(), &ApplyEnv::default());
         assert!(matches!(result.results[0].outcome, Outcome::Changed { .. }), "{result:?}");
         let real = root.path().join("etc/motd");
         assert_eq!(std::fs::read(&real).unwrap(), b"hi\n");
@@ -115,7 +119,7 @@ mod tests {
         // Test mode records nothing and changes nothing.
         std::fs::write(&real, "drift").unwrap();
         let test_job = Job { test: true, id: Id::new(), ..job };
-        let result = run(&test_job, &managed, root.path());
+        let result = run(&test_job, &managed, root.path(), &ApplyEnv::default());
         assert!(matches!(result.results[0].outcome, Outcome::WouldChange { .. }));
         assert_eq!(std::fs::read(&real).unwrap(), b"drift");
         assert_eq!(managed.applied_generation(&real), 1);

@@ -40,10 +40,9 @@ impl BeaconTable {
             let target = match halite_state::Target::parse(&target_text.value) {
                 Ok(target) => target,
                 Err(message) => {
-                    diagnostics.push(
-                        Diagnostic::error(path, yaml::location(&target_text), message)
-                            .help("a target is a glob on the agent id, e.g. 'web*' or '*'"),
-                    );
+                    diagnostics.push(Diagnostic::error(path, yaml::location(&target_text), message).help(
+                        "a target is a glob on the agent id ('web*'), L@id1,id2, G@fact:glob, joined with and/or/not",
+                    ));
                     continue;
                 }
             };
@@ -99,10 +98,10 @@ impl BeaconTable {
     }
 
     /// The beacons for `agent`; a later entry with the same name wins.
-    pub fn for_agent(&self, agent: &str) -> Vec<BeaconSpec> {
+    pub fn for_agent(&self, agent: &str, facts: &halite_proto::Value) -> Vec<BeaconSpec> {
         let mut specs: IndexMap<String, BeaconSpec> = IndexMap::new();
         for (target, entry) in &self.entries {
-            if target.matches(agent) {
+            if target.matches(agent, facts) {
                 for spec in entry {
                     specs.insert(spec.name.clone(), spec.clone());
                 }
@@ -131,7 +130,7 @@ mod tests {
         .unwrap();
         let mut diagnostics = Vec::new();
         let table = BeaconTable::load(&path, &mut diagnostics);
-        assert_eq!(table.for_agent("db1").len(), 1);
+        assert_eq!(table.for_agent("db1", &halite_proto::Value::Null).len(), 1);
         assert_eq!(diagnostics.len(), 2, "{diagnostics:#?}");
         assert_eq!((diagnostics[0].line, diagnostics[0].column), (7, 5));
         assert!(diagnostics[1].message.contains("unknown beacon kind `gpu`"));

@@ -27,6 +27,11 @@ impl Jobs {
         Jobs { sessions, bus, pending: Arc::default(), timeout }
     }
 
+    /// The agent's facts (from its hello), for targeting and templates.
+    pub fn facts(&self, agent: &str) -> Value {
+        self.sessions.facts(agent)
+    }
+
     /// Sends `job` to `agent` and waits for its result. Announces the job
     /// (`halite/job/<jid>/new`) and its return (`…/ret/<agent>`) on the bus.
     pub async fn run(&self, agent: &str, job: Job) -> Result<JobResult, String> {

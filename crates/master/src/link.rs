@@ -231,7 +231,7 @@ async fn finish_handshake(master: &Master, peers: &mut Peers, peer: Bytes, last:
 /// The session on `peer` is accepted: give the agent its beacons, announce
 /// it and converge it.
 pub async fn welcome(master: &Master, peer: Bytes, agent: &str, version: &str, facts: Value) {
-    let beacons = master.tree().beacons.for_agent(agent);
+    let beacons = master.tree().beacons.for_agent(agent, &facts);
     if let Err(error) = master.sessions.send_to_peer(peer, &MasterMessage::Welcome(Welcome { beacons })).await {
         tracing::warn!(agent, %error, "Cannot welcome the agent.");
         return;

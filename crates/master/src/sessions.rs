@@ -138,6 +138,13 @@ impl Sessions {
         Some((session.agent, session.accepted))
     }
 
+    /// The facts the agent's accepted session sent in its hello, for
+    /// targeting and templates; `Null` when it is not connected.
+    pub fn facts(&self, agent: &str) -> Value {
+        let table = self.lock();
+        table.by_agent.get(agent).and_then(|peer| table.by_peer.get(peer)).map_or(Value::Null, |s| s.facts.clone())
+    }
+
     pub fn unaccepted(&self) -> usize {
         self.lock().by_peer.values().filter(|s| !s.accepted).count()
     }

@@ -20,6 +20,7 @@ pub use event::{Event, Id};
 pub use frame::{DecodeError, MAX_FRAME_BYTES, PROTOCOL_VERSION, decode, encode};
 pub use hash::Sha256;
 pub use message::{
-    AgentMessage, BeaconSpec, Hello, Job, JobResult, MasterMessage, Outcome, StateCall, StateResult, Welcome,
+    AgentMessage, BeaconSpec, Hello, Job, JobResult, MasterMessage, Outcome, Requisite, RequisiteKind, StateCall,
+    StateResult, Welcome,
 };
 pub use value::Value;

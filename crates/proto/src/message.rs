@@ -92,6 +92,56 @@ pub struct StateCall {
     pub kind: String,
     /// The kind's resolved arguments.
     pub args: Value,
+    /// What this state waits for or reacts to, among the job's states.
+    /// The agent orders the job by these and skips or triggers states by
+    /// the outcomes of the states named.
+    pub requisites: Vec<Requisite>,
+}
+
+impl StateCall {
+    /// A call with no requisites.
+    pub fn new(id: impl Into<String>, kind: impl Into<String>, args: Value) -> Self {
+        StateCall { id: id.into(), kind: kind.into(), args, requisites: Vec::new() }
+    }
+
+    /// Builder-style: sets one argument.
+    #[must_use]
+    pub fn with_arg(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.args = self.args.with(key, value);
+        self
+    }
+}
+
+/// A reference from one state to another state of the same job, named by
+/// its id and kind (an id may carry several kinds: `nginx` the package and
+/// `nginx` the service).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requisite {
+    pub on: RequisiteKind,
+    pub id: String,
+    pub kind: String,
+}
+
+/// How a state depends on another. Append-only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequisiteKind {
+    /// Runs after it; not run if it failed.
+    Require,
+    /// Like `Require`; and when it changed, the watcher's reaction runs
+    /// (a service restarts, a command runs).
+    Watch,
+    /// Runs only when it changed (not run if it failed).
+    Onchanges,
+}
+
+impl RequisiteKind {
+    pub fn keyword(self) -> &'static str {
+        match self {
+            RequisiteKind::Require => "require",
+            RequisiteKind::Watch => "watch",
+            RequisiteKind::Onchanges => "onchanges",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,9 +1,14 @@
-//! Running a [`StateCall`] on the agent: plan, then (unless testing) apply.
+//! Running [`StateCall`]s on the agent: order them by their requisites,
+//! plan each, then (unless testing) apply.
+//!
+//! [`run_states`] is the one entry point for a job; the agent's job runner
+//! and `halite-agent apply --local` both use it.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use halite_proto::{Outcome, Sha256, StateCall, StateResult};
+use halite_proto::{Outcome, RequisiteKind, Sha256, StateCall, StateResult};
 
 use crate::kinds::{self, Plan};
 
@@ -16,20 +21,177 @@ pub struct ManagedFile {
     pub mode: Option<u32>,
 }
 
-/// Plans a call; the error names the state.
-pub fn plan_call(call: &StateCall) -> Result<Box<dyn Plan>, String> {
-    let kind = kinds::find(&call.kind).ok_or_else(|| format!("unknown state kind `{}`", call.kind))?;
-    (kind.plan)(&call.args)
+/// What the kinds may use of the agent's environment. Passed down rather
+/// than read from the process, so tests can run side by side.
+#[derive(Debug, Clone)]
+pub struct ApplyEnv {
+    /// Where `file.managed` keeps the content it replaces; `None` keeps no
+    /// backups. The agent uses `<data_dir>/backup`.
+    pub backup_dir: Option<PathBuf>,
+    /// Backups kept per file; older ones are removed.
+    pub backups_kept: usize,
+    /// The PATH for finding and running programs (`systemctl`,
+    /// `dpkg-query`, `apt-get`, `cmd.run`); `None`: the agent's own.
+    pub path: Option<OsString>,
 }
 
-/// Plans and applies one state (or only plans, in test mode).
-pub fn apply_call(call: &StateCall, test: bool) -> StateResult {
-    let started = Instant::now();
-    let outcome = match plan_call(call) {
-        Err(error) => Outcome::Failed { error },
-        Ok(plan) => apply_plan(plan, test),
+impl Default for ApplyEnv {
+    fn default() -> Self {
+        ApplyEnv { backup_dir: None, backups_kept: 5, path: None }
+    }
+}
+
+/// Told about each state as a job runs: the agent records a managed file's
+/// desired state before writing it, so its own write raises no drift.
+pub trait Observer {
+    fn before_apply(&mut self, _file: &ManagedFile) {}
+    fn after_apply(&mut self, _file: &ManagedFile) {}
+    fn finished(&mut self, _result: &StateResult) {}
+}
+
+impl Observer for () {}
+
+/// Runs a job's states: in requisite order (declaration order otherwise),
+/// skipping those whose requisites failed or (for `onchanges`) did not
+/// change, triggering watch reactions. Results are in the order run.
+pub fn run_states(calls: &[StateCall], test: bool, env: &ApplyEnv) -> Vec<StateResult> {
+    run_states_observed(calls, test, env, &mut ())
+}
+
+pub fn run_states_observed(
+    calls: &[StateCall],
+    test: bool,
+    env: &ApplyEnv,
+    observer: &mut dyn Observer,
+) -> Vec<StateResult> {
+    let (order, stuck) = order(calls);
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; calls.len()];
+    let mut results = Vec::with_capacity(calls.len());
+    for index in order {
+        let call = &calls[index];
+        let started = Instant::now();
+        let (outcome, diff) = match requisites_allow(call, calls, &outcomes) {
+            Gate::Fail(error) => (Outcome::Failed { error }, None),
+            Gate::Skip => (Outcome::Unchanged, None),
+            Gate::Run { watched_changed } => run_one(call, test, env, watched_changed, observer),
+        };
+        let result = StateResult { diff, ..finish(call, outcome, started) };
+        observer.finished(&result);
+        outcomes[index] = Some(result.outcome.clone());
+        results.push(result);
+    }
+    for index in stuck {
+        let call = &calls[index];
+        let result = finish(
+            call,
+            Outcome::Failed { error: format!("{} `{}` is part of a requisite cycle", call.kind, call.id) },
+            Instant::now(),
+        );
+        observer.finished(&result);
+        results.push(result);
+    }
+    results
+}
+
+fn run_one(
+    call: &StateCall,
+    test: bool,
+    env: &ApplyEnv,
+    watched_changed: bool,
+    observer: &mut dyn Observer,
+) -> (Outcome, Option<String>) {
+    let mut plan = match plan_call(call, env) {
+        Ok(plan) => plan,
+        Err(error) => return (Outcome::Failed { error }, None),
     };
-    finish(call, outcome, started)
+    if watched_changed {
+        plan.watch_triggered();
+    }
+    let diff = plan.diff();
+    let file = plan.managed_file().filter(|_| !test);
+    if let Some(file) = &file {
+        observer.before_apply(file);
+    }
+    let outcome = apply_plan(plan, test);
+    if let Some(file) = &file {
+        observer.after_apply(file);
+    }
+    let diff = diff.filter(|_| matches!(outcome, Outcome::Changed { .. } | Outcome::WouldChange { .. }));
+    (outcome, diff)
+}
+
+enum Gate {
+    Run { watched_changed: bool },
+    Skip,
+    Fail(String),
+}
+
+fn changed(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Changed { .. } | Outcome::WouldChange { .. })
+}
+
+/// Whether `call` may run, given the outcomes so far. The order guarantees
+/// every requisite found in the job has run already.
+fn requisites_allow(call: &StateCall, calls: &[StateCall], outcomes: &[Option<Outcome>]) -> Gate {
+    let mut watched_changed = false;
+    let mut onchanges = None;
+    for requisite in &call.requisites {
+        let Some(index) = calls.iter().position(|c| c.id == requisite.id && c.kind == requisite.kind) else {
+            return Gate::Fail(format!(
+                "{} `{}`: {} `{}` is not part of this job",
+                requisite.on.keyword(),
+                requisite.id,
+                requisite.kind,
+                requisite.id
+            ));
+        };
+        let Some(outcome) = &outcomes[index] else {
+            return Gate::Fail(format!("requisite `{}` has not run", requisite.id));
+        };
+        if outcome.is_failed() {
+            return Gate::Fail(format!("requisite `{}` failed", requisite.id));
+        }
+        match requisite.on {
+            RequisiteKind::Require => {}
+            RequisiteKind::Watch => watched_changed |= changed(outcome),
+            RequisiteKind::Onchanges => *onchanges.get_or_insert(false) |= changed(outcome),
+        }
+    }
+    if onchanges == Some(false) { Gate::Skip } else { Gate::Run { watched_changed } }
+}
+
+/// The order to run `calls` in: every state after its requisites, in
+/// declaration order otherwise. Also returns the states left in a cycle
+/// (the master's `check` reports cycles, so these are rare).
+pub fn order(calls: &[StateCall]) -> (Vec<usize>, Vec<usize>) {
+    let depends: Vec<Vec<usize>> = calls
+        .iter()
+        .map(|call| {
+            call.requisites.iter().filter_map(|r| calls.iter().position(|c| c.id == r.id && c.kind == r.kind)).collect()
+        })
+        .collect();
+    let mut done = vec![false; calls.len()];
+    let mut order = Vec::with_capacity(calls.len());
+    while let Some(next) = (0..calls.len()).find(|&i| !done[i] && depends[i].iter().all(|&d| done[d])) {
+        done[next] = true;
+        order.push(next);
+    }
+    let stuck = (0..calls.len()).filter(|&i| !done[i]).collect();
+    (order, stuck)
+}
+
+/// Plans a call; the error names the state.
+pub fn plan_call(call: &StateCall, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+    let kind = kinds::find(&call.kind).ok_or_else(|| format!("unknown state kind `{}`", call.kind))?;
+    (kind.plan)(&call.args, env)
+}
+
+/// Plans and applies one state (or only plans, in test mode), without
+/// requisites.
+pub fn apply_call(call: &StateCall, test: bool, env: &ApplyEnv) -> StateResult {
+    let started = Instant::now();
+    let (outcome, diff) = run_one(call, test, env, false, &mut ());
+    StateResult { diff, ..finish(call, outcome, started) }
 }
 
 /// Applies a plan already made, for callers that look at it first.
@@ -41,7 +203,7 @@ pub fn apply_plan(plan: Box<dyn Plan>, test: bool) -> Outcome {
         Outcome::WouldChange { changes }
     } else {
         match plan.apply() {
-            Ok(()) => Outcome::Changed { changes },
+            Ok(changes) => Outcome::Changed { changes },
             Err(error) => Outcome::Failed { error },
         }
     }
@@ -54,5 +216,110 @@ pub fn finish(call: &StateCall, outcome: Outcome, started: Instant) -> StateResu
         outcome,
         diff: None,
         duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kinds::cmd_run;
+    use halite_proto::Requisite;
+
+    fn needs(mut call: StateCall, on: RequisiteKind, other: &StateCall) -> StateCall {
+        call.requisites.push(Requisite { on, id: other.id.clone(), kind: other.kind.clone() });
+        call
+    }
+
+    fn labels(results: &[StateResult]) -> Vec<(String, &'static str)> {
+        results.iter().map(|r| (r.id.clone(), r.outcome.label())).collect()
+    }
+
+    #[test]
+    fn order_follows_requisites_and_is_stable_otherwise() {
+        let a = cmd_run::call("a", "true");
+        let b = cmd_run::call("b", "true");
+        let c = cmd_run::call("c", "true");
+        let d = cmd_run::call("d", "true");
+        // a requires c; others in declaration order.
+        let calls = vec![needs(a.clone(), RequisiteKind::Require, &c), b.clone(), c.clone(), d.clone()];
+        assert_eq!(order(&calls), (vec![1, 2, 0, 3], vec![]));
+        let cycle = vec![needs(a.clone(), RequisiteKind::Require, &b), needs(b, RequisiteKind::Watch, &a), c];
+        assert_eq!(order(&cycle), (vec![2], vec![0, 1]));
+    }
+
+    #[test]
+    fn a_failed_require_stops_the_dependent() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let broken = cmd_run::call("broken", "false");
+        let after =
+            needs(cmd_run::call("after", &format!("touch {}", marker.display())), RequisiteKind::Require, &broken);
+        let results = run_states(&[after, broken], false, &ApplyEnv::default());
+        assert_eq!(labels(&results), [("broken".into(), "failed"), ("after".into(), "failed")]);
+        assert_eq!(results[1].outcome, Outcome::Failed { error: "requisite `broken` failed".into() });
+        assert!(!marker.exists());
+    }
+
+    #[test]
+    fn onchanges_runs_only_after_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let touch = format!("touch {}", marker.display());
+        let quiet = cmd_run::call("quiet", "true").with_arg("unless", "true");
+        let noisy = cmd_run::call("noisy", "true");
+        let env = ApplyEnv::default();
+
+        let results = run_states(
+            &[quiet.clone(), needs(cmd_run::call("x", &touch), RequisiteKind::Onchanges, &quiet)],
+            false,
+            &env,
+        );
+        assert_eq!(labels(&results), [("quiet".into(), "unchanged"), ("x".into(), "unchanged")]);
+        assert!(!marker.exists());
+
+        // Test mode propagates "would change" and runs nothing.
+        let calls = [noisy.clone(), needs(cmd_run::call("x", &touch), RequisiteKind::Onchanges, &noisy)];
+        let results = run_states(&calls, true, &env);
+        assert_eq!(labels(&results), [("noisy".into(), "would change"), ("x".into(), "would change")]);
+        assert!(!marker.exists());
+
+        let results = run_states(&calls, false, &env);
+        assert_eq!(labels(&results), [("noisy".into(), "changed"), ("x".into(), "changed")]);
+        assert!(marker.exists());
+    }
+
+    #[test]
+    fn watch_triggers_the_reaction_of_a_command_that_would_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let touch = format!("touch {}", marker.display());
+        let watcher = |watched: &StateCall| {
+            needs(cmd_run::call("reload", &touch).with_arg("unless", "true"), RequisiteKind::Watch, watched)
+        };
+        let env = ApplyEnv::default();
+        let quiet = cmd_run::call("quiet", "true").with_arg("unless", "true");
+        let results = run_states(&[quiet.clone(), watcher(&quiet)], false, &env);
+        assert_eq!(labels(&results), [("quiet".into(), "unchanged"), ("reload".into(), "unchanged")]);
+        assert!(!marker.exists());
+
+        let noisy = cmd_run::call("noisy", "true");
+        let results = run_states(&[noisy.clone(), watcher(&noisy)], true, &env);
+        assert_eq!(labels(&results)[1], ("reload".into(), "would change"));
+        assert!(!marker.exists());
+        let results = run_states(&[noisy.clone(), watcher(&noisy)], false, &env);
+        assert_eq!(labels(&results)[1], ("reload".into(), "changed"));
+        assert!(marker.exists());
+    }
+
+    #[test]
+    fn a_requisite_outside_the_job_fails_the_state_by_name() {
+        let other = cmd_run::call("elsewhere", "true");
+        let results = run_states(
+            &[needs(cmd_run::call("x", "true"), RequisiteKind::Require, &other)],
+            false,
+            &ApplyEnv::default(),
+        );
+        let Outcome::Failed { error } = &results[0].outcome else { panic!("{results:?}") };
+        assert!(error.contains("elsewhere") && error.contains("not part of this job"), "{error}");
     }
 }

@@ -12,16 +12,23 @@
 //! - [`target`] — target expressions (`web*`) that pick agents.
 //! - [`tree`] — the state tree: `top.yaml` and the state files.
 //! - [`kinds`] — the registry of state kinds; one file per kind.
-//! - [`apply`] — running a [`halite_proto::StateCall`]: plan, then apply.
+//! - [`template`] — minijinja templates for file content, rendered per agent.
+//! - [`command`] — the one way kinds run programs (no shell unless asked,
+//!   timeout, bounded output).
+//! - [`apply`] — running a job's [`halite_proto::StateCall`]s: requisite
+//!   order, plan, then apply ([`run_states`]).
 
 pub mod apply;
+pub mod command;
 pub mod diag;
 pub mod kinds;
 pub mod target;
+pub mod template;
 pub mod tree;
 pub mod yaml;
 
-pub use apply::{ManagedFile, apply_call};
+pub use apply::{ApplyEnv, ManagedFile, Observer, apply_call, run_states, run_states_observed};
 pub use diag::{Diagnostic, Severity};
 pub use target::Target;
+pub use template::RenderContext;
 pub use tree::{StateTree, TREE_FILES};

@@ -1,16 +1,32 @@
-//! Target expressions: which agents a top.yaml or beacons.yaml entry (and
-//! later the `apply` command) is for. Compiled once, when the tree loads.
+//! Target expressions: which agents a top.yaml, vars.yaml or beacons.yaml
+//! entry (and the `apply` command) is for. Compiled once, when the tree
+//! loads; matched against an agent's id and the facts from its hello.
 //!
-//! Today a target is a glob on the agent id (`web*`, `db[0-9]`, `*`).
-//! The compound forms of SPEC §2 (`L@`, `G@`, `and`/`or`/`not`) will extend
-//! [`Target::parse`] without changing its callers.
+//! - `web*`, `db[0-9]` — a glob on the agent id;
+//! - `L@web1,db1` — a list of ids (each may be a glob);
+//! - `G@os:debian` — a glob on a fact; nested facts are separated by `:`
+//!   (`G@os_release:version_id:12*`); a list-valued fact (`ips`) matches
+//!   when any element does;
+//! - `and`, `or`, `not`, parentheses: `G@os:debian and not web*`.
+//!   `not` binds tightest, then `and`, then `or`.
 
 use globset::{Glob, GlobMatcher};
+use halite_proto::Value;
 
 #[derive(Debug, Clone)]
 pub struct Target {
     source: String,
-    glob: GlobMatcher,
+    expr: Expr,
+}
+
+#[derive(Debug, Clone)]
+enum Expr {
+    Id(GlobMatcher),
+    List(Vec<GlobMatcher>),
+    Fact { path: Vec<String>, glob: GlobMatcher },
+    Not(Box<Expr>),
+    And(Box<Expr>, Box<Expr>),
+    Or(Box<Expr>, Box<Expr>),
 }
 
 impl Target {
@@ -19,15 +35,19 @@ impl Target {
         if expression.is_empty() {
             return Err("empty target".into());
         }
-        if expression.contains('@') || expression.split_whitespace().count() > 1 {
-            return Err(format!("target `{expression}`: only globs on the agent id are supported in this version"));
+        let tokens = tokenize(expression);
+        let mut parser = Parser { tokens: &tokens, at: 0 };
+        let expr = parser.or().map_err(|e| format!("target `{expression}`: {e}"))?;
+        if let Some(extra) = parser.peek() {
+            return Err(format!("target `{expression}`: unexpected `{extra}`"));
         }
-        let glob = Glob::new(expression).map_err(|e| format!("bad glob `{expression}`: {}", e.kind()))?;
-        Ok(Target { source: expression.to_owned(), glob: glob.compile_matcher() })
+        Ok(Target { source: expression.to_owned(), expr })
     }
 
-    pub fn matches(&self, agent: &str) -> bool {
-        self.glob.is_match(agent)
+    /// Whether the agent with this id and these facts is targeted. Facts
+    /// may be `Value::Null` (not known): then only id forms can match.
+    pub fn matches(&self, agent: &str, facts: &Value) -> bool {
+        self.expr.matches(agent, facts)
     }
 
     pub fn as_str(&self) -> &str {
@@ -35,12 +55,153 @@ impl Target {
     }
 }
 
+impl Expr {
+    fn matches(&self, agent: &str, facts: &Value) -> bool {
+        match self {
+            Expr::Id(glob) => glob.is_match(agent),
+            Expr::List(globs) => globs.iter().any(|g| g.is_match(agent)),
+            Expr::Fact { path, glob } => fact_matches(facts, path, glob),
+            Expr::Not(inner) => !inner.matches(agent, facts),
+            Expr::And(a, b) => a.matches(agent, facts) && b.matches(agent, facts),
+            Expr::Or(a, b) => a.matches(agent, facts) || b.matches(agent, facts),
+        }
+    }
+}
+
+fn fact_matches(value: &Value, path: &[String], glob: &GlobMatcher) -> bool {
+    match (value, path.split_first()) {
+        (Value::List(items), _) => items.iter().any(|item| fact_matches(item, path, glob)),
+        (Value::Map(map), Some((key, rest))) => map.get(key).is_some_and(|v| fact_matches(v, rest, glob)),
+        (_, Some(_)) => false,
+        (Value::String(s), None) => glob.is_match(s),
+        (Value::Int(i), None) => glob.is_match(i.to_string()),
+        (Value::Float(f), None) => glob.is_match(f.to_string()),
+        (Value::Bool(b), None) => glob.is_match(b.to_string()),
+        (_, None) => false,
+    }
+}
+
+fn tokenize(expression: &str) -> Vec<String> {
+    let mut tokens = Vec::new();
+    for word in expression.split_whitespace() {
+        let mut rest = word;
+        while let Some(stripped) = rest.strip_prefix('(') {
+            tokens.push("(".to_owned());
+            rest = stripped;
+        }
+        let mut closing = 0;
+        while let Some(stripped) = rest.strip_suffix(')') {
+            closing += 1;
+            rest = stripped;
+        }
+        if !rest.is_empty() {
+            tokens.push(rest.to_owned());
+        }
+        tokens.extend(std::iter::repeat_n(")".to_owned(), closing));
+    }
+    tokens
+}
+
+struct Parser<'a> {
+    tokens: &'a [String],
+    at: usize,
+}
+
+impl Parser<'_> {
+    fn peek(&self) -> Option<&str> {
+        self.tokens.get(self.at).map(String::as_str)
+    }
+
+    fn next(&mut self) -> Option<&str> {
+        let token = self.tokens.get(self.at).map(String::as_str);
+        self.at += 1;
+        token
+    }
+
+    fn or(&mut self) -> Result<Expr, String> {
+        let mut left = self.and()?;
+        while self.peek() == Some("or") {
+            self.at += 1;
+            left = Expr::Or(Box::new(left), Box::new(self.and()?));
+        }
+        Ok(left)
+    }
+
+    fn and(&mut self) -> Result<Expr, String> {
+        let mut left = self.not()?;
+        while self.peek() == Some("and") {
+            self.at += 1;
+            left = Expr::And(Box::new(left), Box::new(self.not()?));
+        }
+        Ok(left)
+    }
+
+    fn not(&mut self) -> Result<Expr, String> {
+        if self.peek() == Some("not") {
+            self.at += 1;
+            return Ok(Expr::Not(Box::new(self.not()?)));
+        }
+        self.atom()
+    }
+
+    fn atom(&mut self) -> Result<Expr, String> {
+        match self.next() {
+            None => Err("expression ends early".into()),
+            Some("(") => {
+                let inner = self.or()?;
+                match self.next() {
+                    Some(")") => Ok(inner),
+                    _ => Err("`(` is not closed".into()),
+                }
+            }
+            Some(token @ (")" | "and" | "or")) => Err(format!("unexpected `{token}`")),
+            Some(token) => atom(token),
+        }
+    }
+}
+
+fn glob(text: &str) -> Result<GlobMatcher, String> {
+    Glob::new(text).map(|g| g.compile_matcher()).map_err(|e| format!("bad glob `{text}`: {}", e.kind()))
+}
+
+fn atom(token: &str) -> Result<Expr, String> {
+    if let Some(list) = token.strip_prefix("L@") {
+        let globs: Vec<GlobMatcher> = list.split(',').filter(|s| !s.is_empty()).map(glob).collect::<Result<_, _>>()?;
+        if globs.is_empty() {
+            return Err("`L@` needs a comma-separated list of agent ids".into());
+        }
+        return Ok(Expr::List(globs));
+    }
+    if let Some(fact) = token.strip_prefix("G@") {
+        let mut parts: Vec<String> = fact.split(':').map(str::to_owned).collect();
+        if parts.len() < 2 || parts.iter().any(String::is_empty) {
+            return Err(format!("`{token}`: write G@fact:glob, e.g. G@os:debian"));
+        }
+        let pattern = parts.pop().unwrap_or_default();
+        return Ok(Expr::Fact { path: parts, glob: glob(&pattern)? });
+    }
+    if let Some((prefix, _)) = token.split_once('@')
+        && prefix.len() == 1
+    {
+        return Err(format!("`{prefix}@` targets are not supported (only L@ and G@)"));
+    }
+    Ok(Expr::Id(glob(token)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn facts() -> Value {
+        Value::map()
+            .with("os", "debian")
+            .with("cpus", 4i64)
+            .with("os_release", Value::map().with("version_id", "12"))
+            .with("ips", Value::List(vec!["10.0.0.5".into(), "192.168.1.9".into()]))
+    }
+
     #[test]
-    fn globs_match_agent_ids() {
+    fn expressions_match() {
         let cases = [
             ("*", "web01", true),
             ("web*", "web01", true),
@@ -48,15 +209,56 @@ mod tests {
             ("db[0-9]", "db7", true),
             ("db[0-9]", "db10", false),
             ("web01", "web01", true),
+            ("L@web01,db1", "db1", true),
+            ("L@web01,db1", "db2", false),
+            ("L@web*,db1", "web9", true),
+            ("G@os:debian", "x", true),
+            ("G@os:deb*", "x", true),
+            ("G@os:ubuntu", "x", false),
+            ("G@cpus:4", "x", true),
+            ("G@os_release:version_id:12", "x", true),
+            ("G@os_release:version_id:11", "x", false),
+            ("G@ips:10.0.0.*", "x", true),
+            ("G@missing:x", "x", false),
+            ("web* and G@os:debian", "web1", true),
+            ("web* and G@os:ubuntu", "web1", false),
+            ("web* or G@os:ubuntu", "web1", true),
+            ("not web*", "web1", false),
+            ("not web*", "db1", true),
+            ("G@os:debian and not web*", "db1", true),
+            ("db* or web* and G@os:ubuntu", "db1", true),
+            ("(db* or web*) and G@os:ubuntu", "db1", false),
+            ("not (db* or web*)", "mail", true),
+            ("((web1))", "web1", true),
         ];
         for (target, agent, expected) in cases {
-            assert_eq!(Target::parse(target).unwrap().matches(agent), expected, "{target} vs {agent}");
+            let parsed = Target::parse(target).unwrap_or_else(|e| panic!("{target}: {e}"));
+            assert_eq!(parsed.matches(agent, &facts()), expected, "{target} vs {agent}");
         }
     }
 
     #[test]
-    fn bad_globs_are_errors() {
-        assert!(Target::parse("web[").unwrap_err().contains("bad glob"));
-        assert!(Target::parse("").is_err());
+    fn unknown_facts_never_match_fact_forms() {
+        assert!(!Target::parse("G@os:*").unwrap().matches("a", &Value::Null));
+        assert!(Target::parse("not G@os:*").unwrap().matches("a", &Value::Null));
+    }
+
+    #[test]
+    fn bad_expressions_are_errors() {
+        let cases = [
+            ("web[", "bad glob"),
+            ("", "empty"),
+            ("web* and", "ends early"),
+            ("(web*", "not closed"),
+            ("web*)", "unexpected `)`"),
+            ("and web", "unexpected `and`"),
+            ("G@os", "G@fact:glob"),
+            ("E@web.*", "`E@` targets are not supported"),
+            ("web db", "unexpected `db`"),
+        ];
+        for (target, message) in cases {
+            let error = Target::parse(target).unwrap_err();
+            assert!(error.contains(message), "{target}: {error}");
+        }
     }
 }

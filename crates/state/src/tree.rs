@@ -1,29 +1,63 @@
-//! The state tree on disk: `top.yaml` and the state files beside it.
+//! The state tree on disk: `top.yaml`, `vars.yaml` and the state files
+//! beside them.
 //!
 //! Loading never stops at the first problem: it returns the tree with every
-//! state that loaded, and a diagnostic for every one that did not.
+//! state that loaded, and a diagnostic for every one that did not. Then
+//! [`StateTree::calls_for`] turns state files into the calls of one agent's
+//! job: templates rendered, requisites resolved, in run order.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use halite_proto::StateCall;
+use halite_proto::{Requisite, RequisiteKind, StateCall, Value};
 use indexmap::IndexMap;
 
 use crate::diag::{self, Diagnostic, Location};
 use crate::kinds::{self, Authored};
 use crate::target::Target;
+use crate::template::{self, RenderContext};
 use crate::yaml::{self, Fields, Spanned};
 
 /// Files in the tree's root that are not state files.
-pub const TREE_FILES: &[&str] = &["top.yaml", "beacons.yaml", "reactors.yaml"];
+pub const TREE_FILES: &[&str] = &["top.yaml", "beacons.yaml", "reactors.yaml", "vars.yaml"];
 
 /// Extensions of state files; `.sls` so that Salt trees load unchanged.
 const STATE_EXTENSIONS: &[&str] = &["yaml", "sls"];
+
+/// Salt features halite does not have. Each is a check error naming it,
+/// never silently ignored.
+const UNSUPPORTED_SALT_KEYS: &[(&str, &str)] = &[
+    ("prereq", "halite has no prerequisite planning; order with `require` instead"),
+    ("prereq_in", "halite has no prerequisite planning; order with `require` instead"),
+    ("require_in", "write `require` on the other state instead"),
+    ("watch_in", "write `watch` on the other state instead"),
+    ("onchanges_in", "write `onchanges` on the other state instead"),
+    ("onchanges_any", "use `onchanges` (it already runs when any of them changed)"),
+    ("require_any", "use `require`"),
+    ("watch_any", "use `watch`"),
+    ("onfail", "halite does not run states because others failed"),
+    ("onfail_in", "halite does not run states because others failed"),
+    ("onfail_any", "halite does not run states because others failed"),
+    ("listen", "use `watch` (halite reacts at once, not at the end of the run)"),
+    ("listen_in", "write `watch` on the other state instead"),
+    ("use", "repeat the arguments"),
+    ("use_in", "repeat the arguments"),
+    ("order", "halite orders by requisites, then by declaration"),
+    ("failhard", "a failed state stops only the states that require it"),
+    ("parallel", "states run one after another"),
+    ("retry", "reactors re-apply states when an event says they drifted"),
+    ("names", "write one state per name"),
+    ("check_cmd", "use cmd.run with `onchanges`"),
+];
 
 #[derive(Debug, Default)]
 pub struct StateTree {
     pub root: PathBuf,
     /// `top.yaml`, in file order.
     pub top: Vec<TopEntry>,
+    /// `vars.yaml`, in file order: template variables for the agents each
+    /// target matches.
+    pub vars: Vec<(Target, serde_json::Value)>,
     /// State files by name (`nginx` for `nginx.yaml`), sorted.
     pub files: IndexMap<String, StateFile>,
 }
@@ -43,11 +77,36 @@ pub struct StateFile {
 /// A state checked and resolved at load time: what the agent will apply.
 #[derive(Debug)]
 pub struct CompiledState {
+    /// Its requisites resolved to the (id, kind) of the states they name,
+    /// anywhere in the tree.
     pub call: StateCall,
     pub at: Location,
     /// `watch: true` on the state: keep it enforced.
     pub watch: bool,
+    /// The requisites as written, for diagnostics.
+    refs: Vec<Ref>,
 }
+
+impl CompiledState {
+    /// `args.template` is set: the content is rendered per agent.
+    pub fn is_template(&self) -> bool {
+        self.call.args.get("template").is_some()
+    }
+}
+
+/// One authored requisite: `require: [nginx]` or Salt's `- pkg: nginx`.
+#[derive(Debug, Clone)]
+struct Ref {
+    on: RequisiteKind,
+    /// The kind family (`pkg` in `- pkg: nginx`), when given.
+    family: Option<String>,
+    name: String,
+    at: Location,
+}
+
+/// Requisite edges between states, by (file, state) position, with where
+/// each is written.
+type Edges = HashMap<(usize, usize), Vec<((usize, usize), Location)>>;
 
 type StateDecls = IndexMap<Spanned<String>, Spanned<Option<IndexMap<Spanned<String>, Fields>>>>;
 
@@ -56,15 +115,17 @@ impl StateTree {
         let mut tree = StateTree { root: root.to_path_buf(), ..StateTree::default() };
         let mut diagnostics = Vec::new();
         tree.load_state_files(&mut diagnostics);
+        tree.resolve_requisites(&mut diagnostics);
         tree.load_top(&mut diagnostics);
+        tree.load_vars(&mut diagnostics);
         diag::sort(&mut diagnostics);
         (tree, diagnostics)
     }
 
-    /// The state files top.yaml assigns to `agent`, in order, each once.
-    pub fn states_for(&self, agent: &str) -> Vec<String> {
+    /// The state files top.yaml assigns to the agent, in order, each once.
+    pub fn states_for(&self, agent: &str, facts: &Value) -> Vec<String> {
         let mut names: Vec<String> = Vec::new();
-        for entry in self.top.iter().filter(|e| e.target.matches(agent)) {
+        for entry in self.top.iter().filter(|e| e.target.matches(agent, facts)) {
             for name in &entry.states {
                 if !names.contains(name) {
                     names.push(name.clone());
@@ -74,14 +135,99 @@ impl StateTree {
         names
     }
 
-    /// The calls of the named state files, in order. Unknown names were
-    /// reported at load time and are skipped here.
-    pub fn calls(&self, names: &[String]) -> Vec<StateCall> {
-        names
+    /// The template variables for an agent: the maps of every vars.yaml
+    /// entry that targets it, merged in file order (later wins, maps merge
+    /// key by key).
+    pub fn vars_for(&self, agent: &str, facts: &Value) -> serde_json::Value {
+        let mut vars = serde_json::Value::Object(serde_json::Map::new());
+        for (target, entry) in &self.vars {
+            if target.matches(agent, facts) {
+                merge(&mut vars, entry);
+            }
+        }
+        vars
+    }
+
+    /// The calls of the named state files for one agent, ready to send:
+    /// templates rendered with the agent's context, in run order (every
+    /// state after its requisites, declaration order otherwise). Unknown
+    /// names were reported at load time and are skipped here. Errors: a
+    /// template that fails to render, a requisite on a state of a file not
+    /// in `names`.
+    pub fn calls_for(&self, names: &[String], context: &RenderContext<'_>) -> Result<Vec<StateCall>, Vec<Diagnostic>> {
+        let mut seen = Vec::new();
+        let states: Vec<(&StateFile, &CompiledState)> = names
             .iter()
+            .filter(|name| {
+                let first = !seen.contains(name);
+                seen.push(*name);
+                first
+            })
             .filter_map(|name| self.files.get(name))
-            .flat_map(|file| file.states.iter().map(|s| s.call.clone()))
-            .collect()
+            .flat_map(|file| file.states.iter().map(move |s| (file, s)))
+            .collect();
+        let mut vars = None;
+        let mut diagnostics = Vec::new();
+        let mut calls = Vec::with_capacity(states.len());
+        for (file, state) in &states {
+            for requisite in &state.call.requisites {
+                if !states.iter().any(|(_, s)| s.call.id == requisite.id && s.call.kind == requisite.kind) {
+                    let owner = self.file_of(&requisite.id, &requisite.kind).unwrap_or("?");
+                    diagnostics.push(
+                        Diagnostic::error(
+                            &file.path,
+                            state.at,
+                            format!(
+                                "{} `{}` has {} `{}` ({} `{}` in state file `{owner}`), which is not applied with it",
+                                state.call.kind,
+                                state.call.id,
+                                requisite.on.keyword(),
+                                requisite.id,
+                                requisite.kind,
+                                requisite.id
+                            ),
+                        )
+                        .help(format!("apply `{owner}` together with it")),
+                    );
+                }
+            }
+            let mut call = state.call.clone();
+            if state.is_template() {
+                let vars = vars.get_or_insert_with(|| self.vars_for(context.agent, context.facts));
+                match render_call(&mut call, context, vars) {
+                    Ok(()) => {}
+                    Err(error) => diagnostics.push(
+                        Diagnostic::error(
+                            &file.path,
+                            state.at,
+                            format!(
+                                "{} `{}`: the template does not render for agent `{}`{}: {}",
+                                call.kind,
+                                call.id,
+                                context.agent,
+                                error.line.map(|l| format!(" (template line {l})")).unwrap_or_default(),
+                                error.message
+                            ),
+                        )
+                        .help("check the names it uses: id, facts, vars, event"),
+                    ),
+                }
+            }
+            calls.push(call);
+        }
+        if !diagnostics.is_empty() {
+            return Err(diagnostics);
+        }
+        let (order, stuck) = crate::apply::order(&calls);
+        let mut slots: Vec<Option<StateCall>> = calls.into_iter().map(Some).collect();
+        Ok(order.into_iter().chain(stuck).filter_map(|i| slots[i].take()).collect())
+    }
+
+    fn file_of(&self, id: &str, kind: &str) -> Option<&str> {
+        self.files
+            .iter()
+            .find(|(_, f)| f.states.iter().any(|s| s.call.id == id && s.call.kind == kind))
+            .map(|(name, _)| name.as_str())
     }
 
     fn load_state_files(&mut self, diagnostics: &mut Vec<Diagnostic>) {
@@ -124,7 +270,7 @@ impl StateTree {
         let decls: StateDecls = match yaml::parse(path, &text) {
             Ok(decls) => decls,
             Err(diagnostic) => {
-                diagnostics.push(diagnostic);
+                diagnostics.push(jinja_in_state_file(path, &text).unwrap_or(diagnostic));
                 return None;
             }
         };
@@ -152,71 +298,191 @@ impl StateTree {
             for (kind_name, fields) in kinds_map {
                 let kind_at = yaml::location(kind_name);
                 let Some(kind) = kinds::find(&kind_name.value) else {
-                    diagnostics.push(
-                        Diagnostic::error(
-                            path,
-                            kind_at,
-                            format!("unknown state kind `{}` in state `{}`", kind_name.value, id.value),
+                    let family = kind_name.value.split('.').next().unwrap_or_default();
+                    let salt = kind_name.value.contains('.')
+                        && kinds::names().iter().any(|k| k.split('.').next() == Some(family));
+                    let message = if salt {
+                        format!(
+                            "unknown state kind `{}` in state `{}`: Salt's `{}` is not supported by halite",
+                            kind_name.value, id.value, kind_name.value
                         )
-                        .help(format!("known kinds: {}", kinds::names().join(", "))),
+                    } else {
+                        format!("unknown state kind `{}` in state `{}`", kind_name.value, id.value)
+                    };
+                    diagnostics.push(
+                        Diagnostic::error(path, kind_at, message)
+                            .help(format!("known kinds: {}", kinds::names().join(", "))),
                     );
                     continue;
                 };
-                let authored = Authored { id: &id.value, fields, tree_root: &self.root };
+                let mut problems = Vec::new();
+                let common = split_common(&id.value, kind.name, fields, &mut problems);
+                let authored = Authored { id: &id.value, fields: &common.rest, tree_root: &self.root };
                 match (kind.resolve)(&authored) {
-                    Ok(args) => states.push(CompiledState {
-                        call: StateCall { id: id.value.clone(), kind: kind.name.to_owned(), args },
-                        at: kind_at,
-                        watch: fields.get("watch").is_some_and(|w| w.value == serde_json::Value::Bool(true)),
-                    }),
-                    Err(problems) => diagnostics.extend(problems.into_iter().map(|problem| {
-                        let diagnostic = Diagnostic::error(path, problem.at.unwrap_or(kind_at), problem.message);
-                        match problem.help {
-                            Some(help) => diagnostic.help(help),
-                            None => diagnostic,
+                    Ok(args) if problems.is_empty() => {
+                        if let Some(first) =
+                            states.iter().find(|s: &&CompiledState| s.call.id == id.value && s.call.kind == kind.name)
+                        {
+                            diagnostics.push(
+                                Diagnostic::error(
+                                    path,
+                                    kind_at,
+                                    format!("{} `{}` is declared twice in this file", kind.name, id.value),
+                                )
+                                .help(format!("the first is at line {}; rename one", first.at.line)),
+                            );
+                            continue;
                         }
-                    })),
+                        states.push(CompiledState {
+                            call: StateCall::new(id.value.clone(), kind.name, args),
+                            at: kind_at,
+                            watch: common.watch,
+                            refs: common.refs,
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(more) => problems.extend(more),
                 }
+                diagnostics.extend(problems.into_iter().map(|problem| {
+                    let file = problem.file.as_deref().unwrap_or(path);
+                    let diagnostic = Diagnostic::error(file, problem.at.unwrap_or(kind_at), problem.message);
+                    match problem.help {
+                        Some(help) => diagnostic.help(help),
+                        None => diagnostic,
+                    }
+                }));
             }
         }
         Some(StateFile { path: path.to_path_buf(), states })
     }
 
+    /// Resolves every state's requisites to the states they name (across
+    /// the tree), then reports dangling references, duplicates across files
+    /// and cycles, each at the referencing state.
+    fn resolve_requisites(&mut self, diagnostics: &mut Vec<Diagnostic>) {
+        // Every state by position: (file index, state index).
+        let all: Vec<(usize, usize)> =
+            self.files.values().enumerate().flat_map(|(f, file)| (0..file.states.len()).map(move |s| (f, s))).collect();
+        let mut first_seen: HashMap<(String, String), (usize, usize)> = HashMap::new();
+        for &at in &all {
+            let s = state(&self.files, at);
+            let key = (s.call.id.clone(), s.call.kind.clone());
+            if let Some(&first) = first_seen.get(&key)
+                && first.0 != at.0
+            {
+                diagnostics.push(
+                    Diagnostic::error(
+                        &self.files[at.0].path,
+                        s.at,
+                        format!(
+                            "{} `{}` is also declared in {}",
+                            s.call.kind,
+                            s.call.id,
+                            self.files[first.0].path.display()
+                        ),
+                    )
+                    .help("state ids must be unique per kind across the tree; rename one"),
+                );
+            } else {
+                first_seen.entry(key).or_insert(at);
+            }
+        }
+
+        let mut edges: Edges = HashMap::new();
+        let mut resolved: Vec<((usize, usize), Vec<Requisite>)> = Vec::new();
+        for &at in &all {
+            let s = state(&self.files, at);
+            let mut requisites = Vec::new();
+            for r in &s.refs {
+                let targets: Vec<(usize, usize)> = all
+                    .iter()
+                    .copied()
+                    .filter(|&other| other != at && ref_matches(r, &state(&self.files, other).call))
+                    .collect();
+                if targets.is_empty() {
+                    diagnostics.push(
+                        Diagnostic::error(
+                            &self.files[at.0].path,
+                            r.at,
+                            format!(
+                                "{} `{}` has {} `{}`, which no state in the tree declares",
+                                s.call.kind,
+                                s.call.id,
+                                r.on.keyword(),
+                                describe_ref(r)
+                            ),
+                        )
+                        .help("name a state by its id (`require: [nginx-conf]`) or Salt's way (`- file: nginx-conf`)"),
+                    );
+                }
+                for target in targets {
+                    let t = &state(&self.files, target).call;
+                    let requisite = Requisite { on: r.on, id: t.id.clone(), kind: t.kind.clone() };
+                    if !requisites.contains(&requisite) {
+                        requisites.push(requisite);
+                        edges.entry(at).or_default().push((target, r.at));
+                    }
+                }
+            }
+            resolved.push((at, requisites));
+        }
+        for ((f, s), requisites) in resolved {
+            self.files[f].states[s].call.requisites = requisites;
+        }
+
+        // Cycles: depth-first, reporting each back edge once, at the
+        // requisite that closes the cycle.
+        let mut colour: HashMap<(usize, usize), u8> = HashMap::new();
+        for &start in &all {
+            let mut path: Vec<(usize, usize)> = Vec::new();
+            self.visit(start, &edges, &mut colour, &mut path, diagnostics);
+        }
+    }
+
+    fn visit(
+        &self,
+        node: (usize, usize),
+        edges: &Edges,
+        colour: &mut HashMap<(usize, usize), u8>,
+        path: &mut Vec<(usize, usize)>,
+        diagnostics: &mut Vec<Diagnostic>,
+    ) {
+        match colour.get(&node) {
+            Some(2) => return,
+            Some(1) => return,
+            _ => {}
+        }
+        colour.insert(node, 1);
+        path.push(node);
+        for &(next, at) in edges.get(&node).map(Vec::as_slice).unwrap_or_default() {
+            if colour.get(&next) == Some(&1) {
+                let name = |n: (usize, usize)| {
+                    let c = &self.files[n.0].states[n.1].call;
+                    format!("{} `{}`", c.kind, c.id)
+                };
+                let start = path.iter().position(|&n| n == next).unwrap_or(0);
+                let mut cycle: Vec<String> = path[start..].iter().map(|&n| name(n)).collect();
+                cycle.push(name(next));
+                diagnostics.push(
+                    Diagnostic::error(
+                        &self.files[node.0].path,
+                        at,
+                        format!("requisite cycle between {} and {}: {}", name(node), name(next), cycle.join(" -> ")),
+                    )
+                    .help("remove one of the requisites in the cycle"),
+                );
+            } else {
+                self.visit(next, edges, colour, path, diagnostics);
+            }
+        }
+        path.pop();
+        colour.insert(node, 2);
+    }
+
     fn load_top(&mut self, diagnostics: &mut Vec<Diagnostic>) {
         let path = self.root.join("top.yaml");
-        if !path.exists() {
-            return;
-        }
-        let Some(text) = read(&path, diagnostics) else { return };
-        let mut top: IndexMap<Spanned<String>, Spanned<serde_json::Value>> = match yaml::parse(&path, &text) {
-            Ok(top) => top,
-            Err(diagnostic) => {
-                diagnostics.push(diagnostic);
-                return;
-            }
-        };
-        // Salt's environment wrapper: `base: {target: [states]}`.
-        if top.len() == 1 && top.keys().next().is_some_and(|k| k.value == "base") {
-            match yaml::parse::<IndexMap<String, IndexMap<Spanned<String>, Spanned<serde_json::Value>>>>(&path, &text) {
-                Ok(mut wrapped) => top = wrapped.swap_remove("base").unwrap_or_default(),
-                Err(diagnostic) => {
-                    diagnostics.push(diagnostic);
-                    return;
-                }
-            }
-        }
-        for (target_text, states) in top {
-            let at = yaml::location(&target_text);
-            let target = match Target::parse(&target_text.value) {
-                Ok(target) => target,
-                Err(message) => {
-                    diagnostics.push(
-                        Diagnostic::error(&path, at, message)
-                            .help("a target is a glob on the agent id, e.g. 'web*' or '*'"),
-                    );
-                    continue;
-                }
-            };
+        let Some(entries) = load_targeted(&path, diagnostics) else { return };
+        for (target, target_text, states) in entries {
             let names: Vec<String> = match &states.value {
                 serde_json::Value::String(one) => vec![one.clone()],
                 serde_json::Value::Array(items) if items.iter().all(|i| i.is_string()) => {
@@ -250,6 +516,25 @@ impl StateTree {
         }
     }
 
+    fn load_vars(&mut self, diagnostics: &mut Vec<Diagnostic>) {
+        let path = self.root.join("vars.yaml");
+        let Some(entries) = load_targeted(&path, diagnostics) else { return };
+        for (target, target_text, vars) in entries {
+            if !vars.value.is_object() {
+                diagnostics.push(
+                    Diagnostic::error(
+                        &path,
+                        yaml::location(&vars),
+                        format!("target `{}`: expected a mapping of variables", target_text.value),
+                    )
+                    .help("write e.g. 'web*': {port: 8080}"),
+                );
+                continue;
+            }
+            self.vars.push((target, vars.value));
+        }
+    }
+
     /// True when a state file exists but failed to load (already reported).
     pub fn failed_file_exists(&self, name: &str) -> bool {
         STATE_EXTENSIONS.iter().any(|ext| self.root.join(format!("{name}.{ext}")).is_file())
@@ -259,6 +544,206 @@ impl StateTree {
     pub fn has_state_file(&self, name: &str) -> bool {
         self.files.contains_key(name) || self.failed_file_exists(name)
     }
+}
+
+type Targeted = Vec<(Target, Spanned<String>, Spanned<serde_json::Value>)>;
+
+/// A file of `TARGET: value` entries (top.yaml, vars.yaml), with Salt's
+/// `base:` wrapper accepted. Targets that do not parse are reported and
+/// skipped. `None` when the file is absent or unreadable.
+fn load_targeted(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Option<Targeted> {
+    if !path.exists() {
+        return None;
+    }
+    let text = read(path, diagnostics)?;
+    let mut entries: IndexMap<Spanned<String>, Spanned<serde_json::Value>> = match yaml::parse(path, &text) {
+        Ok(entries) => entries,
+        Err(diagnostic) => {
+            diagnostics.push(diagnostic);
+            return None;
+        }
+    };
+    // Salt's environment wrapper: `base: {target: [states]}`.
+    if entries.len() == 1 && entries.keys().next().is_some_and(|k| k.value == "base") {
+        match yaml::parse::<IndexMap<String, IndexMap<Spanned<String>, Spanned<serde_json::Value>>>>(path, &text) {
+            Ok(mut wrapped) => entries = wrapped.swap_remove("base").unwrap_or_default(),
+            Err(diagnostic) => {
+                diagnostics.push(diagnostic);
+                return None;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (target_text, value) in entries {
+        match Target::parse(&target_text.value) {
+            Ok(target) => out.push((target, target_text, value)),
+            Err(message) => {
+                diagnostics.push(Diagnostic::error(path, yaml::location(&target_text), message).help(
+                    "a target is a glob on the agent id ('web*'), L@id1,id2, G@fact:glob, joined with and/or/not",
+                ))
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Maps merge key by key; anything else is replaced.
+fn merge(into: &mut serde_json::Value, from: &serde_json::Value) {
+    match (into, from) {
+        (serde_json::Value::Object(into), serde_json::Value::Object(from)) => {
+            for (key, value) in from {
+                match into.get_mut(key) {
+                    Some(existing) => merge(existing, value),
+                    None => {
+                        into.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        (into, from) => *into = from.clone(),
+    }
+}
+
+fn render_call(
+    call: &mut StateCall,
+    context: &RenderContext<'_>,
+    vars: &serde_json::Value,
+) -> Result<(), template::TemplateError> {
+    let Value::Map(args) = &mut call.args else { return Ok(()) };
+    args.remove("template");
+    if let Some(Value::Bytes(contents)) = args.get_mut("contents") {
+        let text = String::from_utf8_lossy(contents).into_owned();
+        *contents = template::render(&text, context, vars)?.into_bytes();
+    }
+    Ok(())
+}
+
+/// What a state file declares beside its kind's own arguments.
+struct Common {
+    refs: Vec<Ref>,
+    watch: bool,
+    rest: Fields,
+}
+
+/// Takes requisites, `watch: true` and unsupported Salt keys out of a
+/// state's fields, leaving the kind's own arguments.
+fn split_common(id: &str, kind: &str, fields: &Fields, problems: &mut Vec<kinds::Problem>) -> Common {
+    let mut common = Common { refs: Vec::new(), watch: false, rest: Fields::default() };
+    for (key, value) in &fields.entries {
+        let key_at = yaml::location(key);
+        let on = match key.value.as_str() {
+            "require" => RequisiteKind::Require,
+            "onchanges" => RequisiteKind::Onchanges,
+            "watch" if value.value.is_boolean() => {
+                common.watch = value.value == serde_json::Value::Bool(true);
+                if common.watch && kind != "file.managed" {
+                    problems.push(
+                        kinds::Problem::new(
+                            Some(key_at),
+                            format!("{kind} `{id}`: `watch: true` (keep enforced) is only for file.managed"),
+                        )
+                        .help("to react to another state, list it: `watch: [other-id]`"),
+                    );
+                }
+                continue;
+            }
+            "watch" => RequisiteKind::Watch,
+            other => {
+                if let Some((_, help)) = UNSUPPORTED_SALT_KEYS.iter().find(|(k, _)| *k == other) {
+                    problems.push(
+                        kinds::Problem::new(
+                            Some(key_at),
+                            format!("{kind} `{id}`: Salt's `{other}` is not supported by halite"),
+                        )
+                        .help(*help),
+                    );
+                } else {
+                    if !(kind == "file.managed" && other == "contents") {
+                        jinja_in_value(id, kind, key, &value.value, problems);
+                    }
+                    common.rest.entries.push((key.clone(), value.clone()));
+                }
+                continue;
+            }
+        };
+        let items = match &value.value {
+            serde_json::Value::Array(items) => items.clone(),
+            one => vec![one.clone()],
+        };
+        for item in items {
+            let parsed = match item {
+                serde_json::Value::String(name) => Some((None, name)),
+                serde_json::Value::Object(map) if map.len() == 1 => {
+                    map.into_iter().next().and_then(|(family, name)| Some((Some(family), name.as_str()?.to_owned())))
+                }
+                _ => None,
+            };
+            match parsed {
+                Some((Some(family), name)) if family == "sls" => problems.push(
+                    kinds::Problem::new(Some(key_at), format!("{kind} `{id}`: `{}: - sls: {name}` (a requisite on a whole file) is not supported by halite", on.keyword()))
+                        .help("name the states of that file"),
+                ),
+                Some((family, name)) => common.refs.push(Ref { on, family, name, at: key_at }),
+                None => problems.push(
+                    kinds::Problem::new(Some(key_at), format!("{kind} `{id}`: `{}` lists a state as an id or `kind: id`", on.keyword()))
+                        .help(format!("write e.g. `{}: [nginx-conf]` or `- {}:\\n  - file: nginx-conf`", on.keyword(), on.keyword())),
+                ),
+            }
+        }
+    }
+    common
+}
+
+fn jinja_in_value(
+    id: &str,
+    kind: &str,
+    key: &Spanned<String>,
+    value: &serde_json::Value,
+    problems: &mut Vec<kinds::Problem>,
+) {
+    let has_jinja = |s: &str| s.contains("{{") || s.contains("{%");
+    let found = match value {
+        serde_json::Value::String(s) => has_jinja(s),
+        other => has_jinja(&other.to_string()),
+    };
+    if found {
+        problems.push(
+            kinds::Problem::new(Some(yaml::location(key)), format!("{kind} `{id}`: Jinja in a state file is not supported by halite (in `{}`)", key.value))
+                .help("state files are plain YAML; templates are for file content (file.managed with `template: jinja`), with facts and vars.yaml"),
+        );
+    }
+}
+
+/// A state file that does not parse because it is a Jinja template (as
+/// many Salt files are) gets an error saying so.
+fn jinja_in_state_file(path: &Path, text: &str) -> Option<Diagnostic> {
+    let (index, _) = text.lines().enumerate().find(|(_, line)| {
+        let line = line.trim_start();
+        line.starts_with("{%") || line.starts_with("{{") || line.starts_with("{#") || line.contains(": {{")
+    })?;
+    Some(
+        Diagnostic::error(path, Location::new(index as u64 + 1, 1), "Jinja in a state file is not supported by halite")
+            .help("state files are plain YAML; templates are for file content (file.managed with `template: jinja`), with facts and vars.yaml"),
+    )
+}
+
+fn ref_matches(r: &Ref, call: &StateCall) -> bool {
+    let family_ok = r.family.as_deref().is_none_or(|f| call.kind.split('.').next() == Some(f));
+    let named = call.id == r.name
+        || (r.family.is_some()
+            && ["name", "path"].iter().any(|k| call.args.get(k).and_then(Value::as_str) == Some(r.name.as_str())));
+    family_ok && named
+}
+
+fn describe_ref(r: &Ref) -> String {
+    match &r.family {
+        Some(family) => format!("{family}: {}", r.name),
+        None => r.name.clone(),
+    }
+}
+
+fn state(files: &IndexMap<String, StateFile>, (f, s): (usize, usize)) -> &CompiledState {
+    &files[f].states[s]
 }
 
 fn read(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Option<String> {
@@ -298,9 +783,11 @@ mod tests {
             ("files/nginx.conf", "server {}\n"),
         ]);
         assert!(diagnostics.is_empty(), "{diagnostics:#?}");
-        assert_eq!(tree.states_for("web01"), ["common", "web"]);
-        assert_eq!(tree.states_for("db01"), ["common"]);
-        let calls = tree.calls(&tree.states_for("web01"));
+        assert_eq!(tree.states_for("web01", &Value::Null), ["common", "web"]);
+        assert_eq!(tree.states_for("db01", &Value::Null), ["common"]);
+        let calls = tree
+            .calls_for(&tree.states_for("web01", &Value::Null), &RenderContext::new("web01", &Value::Null))
+            .unwrap();
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[1].args.get("path").and_then(|p| p.as_str()), Some("/etc/nginx.conf"));
     }
@@ -309,7 +796,7 @@ mod tests {
     fn salt_base_wrapper_is_accepted() {
         let (_dir, tree, diagnostics) = tree(&[("top.yaml", "base:\n  '*':\n    - common\n"), ("common.yaml", "{}\n")]);
         assert!(diagnostics.is_empty(), "{diagnostics:#?}");
-        assert_eq!(tree.states_for("x"), ["common"]);
+        assert_eq!(tree.states_for("x", &Value::Null), ["common"]);
     }
 
     #[test]

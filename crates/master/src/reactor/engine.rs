@@ -84,7 +84,7 @@ impl Engine {
     /// converges at once.
     pub fn highstate(&self, agent: &str) {
         let tree = self.current_tree();
-        if !tree.states.states_for(agent).is_empty() {
+        if !tree.states.states_for(agent, &self.jobs.facts(agent)).is_empty() {
             self.enqueue(agent, Work::Highstate { tree });
         }
     }
@@ -151,9 +151,16 @@ impl Worker {
         let bus = &self.engine.bus;
         match work {
             Work::Highstate { tree } => {
-                let states = tree.states.states_for(&self.agent);
-                let job = Job { id: Id::new(), cause_event: None, test: false, states: tree.states.calls(&states) };
-                if let Err(error) = jobs.run(&self.agent, job).await {
+                let facts = jobs.facts(&self.agent);
+                let names = tree.states.states_for(&self.agent, &facts);
+                let render = halite_state::RenderContext::new(&self.agent, &facts);
+                let result = match tree.states.calls_for(&names, &render) {
+                    Ok(states) => {
+                        jobs.run(&self.agent, Job { id: Id::new(), cause_event: None, test: false, states }).await
+                    }
+                    Err(diagnostics) => Err(diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")),
+                };
+                if let Err(error) = result {
                     tracing::warn!(agent = %self.agent, %error, "Start-up apply failed.");
                 }
             }

@@ -10,7 +10,7 @@ use halite_proto::{Sha256, Value};
 use serde::Deserialize;
 
 use super::{Authored, Kind, Plan, Problem, args};
-use crate::apply::ManagedFile;
+use crate::apply::{ApplyEnv, ManagedFile};
 
 pub static KIND: Kind = Kind {
     name: "file.managed",
@@ -195,7 +195,7 @@ struct Current {
     gid: u32,
 }
 
-fn plan(args: &Value) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
     let path = PathBuf::from(args::string(args, "path")?);
     let contents = args::bytes(args, "contents")?.to_vec();
     let owner = args::opt_string(args, "user").map(lookup_user).transpose()?;
@@ -308,9 +308,11 @@ impl Plan for FilePlan {
         Some(ManagedFile { path: self.path.clone(), sha256: self.desired, mode: self.mode })
     }
 
-    fn apply(self: Box<Self>) -> Result<(), String> {
+    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+        let changes = self.changes();
         if self.content_differs() {
-            return self.write_atomically();
+            self.write_atomically()?;
+            return Ok(changes);
         }
         if let Some((_, mode)) = self.mode_differs() {
             fs::set_permissions(&self.path, fs::Permissions::from_mode(mode))
@@ -320,7 +322,7 @@ impl Plan for FilePlan {
             std::os::unix::fs::chown(&self.path, self.owner, self.group)
                 .map_err(|e| format!("cannot set the owner of {}: {e}", self.path.display()))?;
         }
-        Ok(())
+        Ok(changes)
     }
 }
 
@@ -335,7 +337,7 @@ mod tests {
         if let Some(mode) = mode {
             args = args.with("mode", mode);
         }
-        StateCall { id: "t".into(), kind: "file.managed".into(), args }
+        StateCall::new("t", "file.managed", args)
     }
 
     fn mode_of(path: &Path) -> u32 {
@@ -346,11 +348,14 @@ mod tests {
     fn creates_then_reports_unchanged() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a/b/conf");
-        let result = apply_call(&call(&path, "x\n", Some(0o640)), false);
+        let result = apply_call(&call(&path, "x\n", Some(0o640)), false, &ApplyEnv::default());
         assert!(matches!(result.outcome, Outcome::Changed { .. }), "{result:?}");
         assert_eq!(fs::read(&path).unwrap(), b"x\n");
         assert_eq!(mode_of(&path), 0o640);
-        assert_eq!(apply_call(&call(&path, "x\n", Some(0o640)), false).outcome, Outcome::Unchanged);
+        assert_eq!(
+            apply_call(&call(&path, "x\n", Some(0o640)), false, &ApplyEnv::default()).outcome,
+            Outcome::Unchanged
+        );
     }
 
     #[test]
@@ -359,7 +364,7 @@ mod tests {
         let path = dir.path().join("conf");
         fs::write(&path, "drifted").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-        let result = apply_call(&call(&path, "desired", Some(0o644)), false);
+        let result = apply_call(&call(&path, "desired", Some(0o644)), false, &ApplyEnv::default());
         let Outcome::Changed { changes } = result.outcome else { panic!("{result:?}") };
         assert_eq!(changes.len(), 2, "{changes:?}");
         assert_eq!(fs::read(&path).unwrap(), b"desired");
@@ -373,7 +378,7 @@ mod tests {
         let path = dir.path().join("conf");
         fs::write(&path, "same").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
-        let result = apply_call(&call(&path, "same", Some(0o644)), false);
+        let result = apply_call(&call(&path, "same", Some(0o644)), false, &ApplyEnv::default());
         assert_eq!(
             result.outcome,
             Outcome::Changed { changes: vec![format!("mode of {}: 0666 -> 0644", path.display())] }
@@ -386,18 +391,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("conf");
         fs::write(&path, "drifted").unwrap();
-        let result = apply_call(&call(&path, "desired", None), true);
+        let result = apply_call(&call(&path, "desired", None), true, &ApplyEnv::default());
         assert!(matches!(result.outcome, Outcome::WouldChange { .. }));
         assert_eq!(fs::read(&path).unwrap(), b"drifted");
         let missing = dir.path().join("missing");
-        assert!(matches!(apply_call(&call(&missing, "x", None), true).outcome, Outcome::WouldChange { .. }));
+        assert!(matches!(
+            apply_call(&call(&missing, "x", None), true, &ApplyEnv::default()).outcome,
+            Outcome::WouldChange { .. }
+        ));
         assert!(!missing.exists());
     }
 
     #[test]
     fn a_directory_in_the_way_fails() {
         let dir = tempfile::tempdir().unwrap();
-        let result = apply_call(&call(dir.path(), "x", None), false);
+        let result = apply_call(&call(dir.path(), "x", None), false, &ApplyEnv::default());
         assert!(result.outcome.is_failed());
     }
 

@@ -10,14 +10,15 @@ use std::path::Path;
 
 use halite_proto::Value;
 
-use crate::apply::ManagedFile;
+use crate::apply::{ApplyEnv, ManagedFile};
 use crate::diag::Location;
 use crate::yaml::Fields;
 
+pub mod cmd_run;
 pub mod file_managed;
 
 /// Every state kind halite knows. Keep sorted by name.
-pub static KINDS: &[&Kind] = &[&file_managed::KIND];
+pub static KINDS: &[&Kind] = &[&cmd_run::KIND, &file_managed::KIND];
 
 pub fn find(name: &str) -> Option<&'static Kind> {
     KINDS.iter().copied().find(|kind| kind.name == name)
@@ -26,6 +27,9 @@ pub fn find(name: &str) -> Option<&'static Kind> {
 pub fn names() -> Vec<&'static str> {
     KINDS.iter().map(|kind| kind.name).collect()
 }
+
+/// Plans a call's resolved arguments in an agent's environment.
+pub type PlanFn = fn(&Value, &ApplyEnv) -> Result<Box<dyn Plan>, String>;
 
 #[derive(Debug)]
 pub struct Kind {
@@ -37,8 +41,10 @@ pub struct Kind {
     /// Master side: check the authored arguments and turn them into the
     /// self-contained arguments the agent applies.
     pub resolve: fn(&Authored<'_>) -> Result<Value, Vec<Problem>>,
-    /// Agent side: what applying would change, without side effects.
-    pub plan: fn(&Value) -> Result<Box<dyn Plan>, String>,
+    /// Agent side: what applying would change. No side effects beyond
+    /// read-only probes (`unless`/`onlyif`, `dpkg-query`, `systemctl
+    /// is-active`): test mode runs this and nothing else.
+    pub plan: PlanFn,
 }
 
 /// A state as the operator wrote it.
@@ -57,11 +63,20 @@ pub struct Problem {
     pub at: Option<Location>,
     pub message: String,
     pub help: Option<String>,
+    /// When the problem is in another file than the state file (a
+    /// template's syntax error is in the template).
+    pub file: Option<std::path::PathBuf>,
 }
 
 impl Problem {
     pub fn new(at: Option<Location>, message: impl Into<String>) -> Self {
-        Problem { at, message: message.into(), help: None }
+        Problem { at, message: message.into(), help: None, file: None }
+    }
+
+    #[must_use]
+    pub fn in_file(mut self, file: impl Into<std::path::PathBuf>) -> Self {
+        self.file = Some(file.into());
+        self
     }
 
     #[must_use]
@@ -69,6 +84,39 @@ impl Problem {
         self.help = Some(help.into());
         self
     }
+}
+
+impl Authored<'_> {
+    /// The arguments as the kind's typed configuration; an unknown or
+    /// ill-typed key is a problem at that key.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self, kind: &str) -> Result<T, Vec<Problem>> {
+        self.fields.decode().map_err(|(at, message)| vec![Problem::new(at, format!("{kind} `{}`: {message}", self.id))])
+    }
+
+    pub fn at(&self, key: &str) -> Option<Location> {
+        self.fields.key_location(key)
+    }
+}
+
+/// One string or a list of them, as Salt allows for `pkgs`, `unless`, ….
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(one) => vec![one],
+            OneOrMany::Many(many) => many,
+        }
+    }
+}
+
+pub(crate) fn string_list(items: Vec<String>) -> Value {
+    Value::List(items.into_iter().map(Value::String).collect())
 }
 
 /// The changes one state would make, ready to be applied.
@@ -80,8 +128,19 @@ pub trait Plan: Send {
     fn managed_file(&self) -> Option<ManagedFile> {
         None
     }
-    /// Make the changes.
-    fn apply(self: Box<Self>) -> Result<(), String>;
+    /// A unified diff of the file content that would change, or a line
+    /// saying binary content differs.
+    fn diff(&self) -> Option<String> {
+        None
+    }
+    /// A state this one watches changed: plan the kind's watch reaction
+    /// (a service restarts, a command runs). False when the kind has none,
+    /// and `watch` then acts like `require`.
+    fn watch_triggered(&mut self) -> bool {
+        false
+    }
+    /// Makes the changes; returns what was done (usually [`Plan::changes`]).
+    fn apply(self: Box<Self>) -> Result<Vec<String>, String>;
 }
 
 /// Typed access to resolved arguments, for the agent-side `plan`s.
@@ -100,6 +159,21 @@ pub(crate) mod args {
         match args.get(key) {
             Some(Value::Bytes(b)) => Ok(b),
             _ => Err(format!("argument `{key}` missing or not bytes")),
+        }
+    }
+
+    pub fn opt_u64(args: &Value, key: &str) -> Option<u64> {
+        match args.get(key) {
+            Some(Value::Int(i)) => u64::try_from(*i).ok(),
+            _ => None,
+        }
+    }
+
+    pub fn strings(args: &Value, key: &str) -> Vec<String> {
+        match args.get(key) {
+            Some(Value::List(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+            Some(Value::String(one)) => vec![one.clone()],
+            _ => Vec::new(),
         }
     }
 

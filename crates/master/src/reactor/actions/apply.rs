@@ -3,7 +3,7 @@
 
 use futures_util::future::BoxFuture;
 use halite_proto::{Event, Id, Job};
-use halite_state::StateTree;
+use halite_state::{RenderContext, StateTree};
 
 use super::{Action, ActionKind, Context};
 
@@ -49,12 +49,13 @@ impl Action for Apply {
         event: &'a Event,
     ) -> BoxFuture<'a, Result<String, String>> {
         Box::pin(async move {
-            let job = Job {
-                id: Id::new(),
-                cause_event: Some(event.id),
-                test: false,
-                states: context.tree.states.calls(&self.states),
-            };
+            let facts = context.jobs.facts(agent);
+            let render = RenderContext { agent, facts: &facts, event: Some(&event.data) };
+            let states =
+                context.tree.states.calls_for(&self.states, &render).map_err(|diagnostics| {
+                    diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+                })?;
+            let job = Job { id: Id::new(), cause_event: Some(event.id), test: false, states };
             let jid = job.id;
             let result = context.jobs.run(agent, job).await?;
             let failed = result.results.iter().filter(|r| r.outcome.is_failed()).count();
