@@ -19,6 +19,7 @@
 //!   order, plan, then apply ([`run_states`]).
 
 pub mod apply;
+pub mod backup;
 pub mod command;
 pub mod diag;
 pub mod kinds;

@@ -270,7 +270,7 @@ impl StateTree {
         let decls: StateDecls = match yaml::parse(path, &text) {
             Ok(decls) => decls,
             Err(diagnostic) => {
-                diagnostics.push(jinja_in_state_file(path, &text).unwrap_or(diagnostic));
+                diagnostics.push(salt_in_state_file(path, &text).unwrap_or(diagnostic));
                 return None;
             }
         };
@@ -714,6 +714,24 @@ fn jinja_in_value(
     }
 }
 
+/// A state file that does not parse because it uses Salt features halite
+/// does not have gets an error naming the feature.
+fn salt_in_state_file(path: &Path, text: &str) -> Option<Diagnostic> {
+    jinja_in_state_file(path, text).or_else(|| {
+        let (index, line) =
+            text.lines().enumerate().find(|(_, line)| line.starts_with("include:") || line.starts_with("extend:"))?;
+        let key = line.trim_end_matches(|c: char| c != ':').trim_end_matches(':');
+        Some(
+            Diagnostic::error(
+                path,
+                Location::new(index as u64 + 1, 1),
+                format!("Salt's `{key}` is not supported by halite"),
+            )
+            .help("list every state file in top.yaml instead"),
+        )
+    })
+}
+
 /// A state file that does not parse because it is a Jinja template (as
 /// many Salt files are) gets an error saying so.
 fn jinja_in_state_file(path: &Path, text: &str) -> Option<Diagnostic> {
@@ -816,5 +834,101 @@ mod tests {
         assert!(messages.iter().any(|m| m.contains("does not exist") && m.contains("nope")));
         assert!(messages.iter().any(|m| m.contains("bad glob")));
         assert!(messages.iter().any(|m| m.contains("`missing`")));
+    }
+
+    fn ids(calls: &[StateCall]) -> Vec<String> {
+        calls.iter().map(|c| format!("{} {}", c.kind, c.id)).collect()
+    }
+
+    #[test]
+    fn requisites_resolve_across_files_in_both_forms_and_order_the_job() {
+        let (_dir, tree, diagnostics) = tree(&[
+            (
+                "a.yaml",
+                "restart:\n  cmd.run:\n    name: 'true'\n    watch: [conf]\nnginx:\n  service.running:\n    require:\n      - pkg: nginx\n    watch:\n      - file: /etc/nginx.conf\n",
+            ),
+            (
+                "b.sls",
+                "conf:\n  file.managed:\n    - name: /etc/nginx.conf\n    - contents: x\n    - require:\n      - pkg: nginx\nnginx:\n  pkg.installed: []\n",
+            ),
+        ]);
+        assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+        let names = vec!["a".to_owned(), "b".to_owned()];
+        let calls = tree.calls_for(&names, &RenderContext::new("x", &Value::Null)).unwrap();
+        // `require: [nginx]` (no kind) names every state with that id.
+        assert_eq!(
+            ids(&calls),
+            ["pkg.installed nginx", "file.managed conf", "cmd.run restart", "service.running nginx"]
+        );
+        let service = &calls[3];
+        assert_eq!(service.requisites.len(), 2);
+        assert_eq!((service.requisites[1].on, service.requisites[1].id.as_str()), (RequisiteKind::Watch, "conf"));
+        // Applied without b, a's requisites are missing: an error naming the file.
+        let errors = tree.calls_for(&["a".into()], &RenderContext::new("x", &Value::Null)).unwrap_err();
+        assert!(errors[0].message.contains("state file `b`"), "{errors:#?}");
+    }
+
+    #[test]
+    fn cycles_and_dangling_requisites_name_both_ends() {
+        let (_dir, _tree, diagnostics) = tree(&[(
+            "a.yaml",
+            "one:\n  cmd.run:\n    name: 'true'\n    require: [two]\ntwo:\n  cmd.run:\n    name: 'true'\n    watch: [one]\nthree:\n  cmd.run:\n    name: 'true'\n    onchanges:\n      - file: nowhere\n",
+        )]);
+        let messages: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+        assert_eq!(diagnostics.len(), 2, "{messages:#?}");
+        assert!(
+            messages[0].contains("a.yaml:8:5") && messages[0].contains("cycle between cmd.run `two` and cmd.run `one`"),
+            "{messages:#?}"
+        );
+        assert!(
+            messages[1].contains("a.yaml:12:5")
+                && messages[1].contains("cmd.run `three` has onchanges `file: nowhere`"),
+            "{messages:#?}"
+        );
+    }
+
+    #[test]
+    fn unsupported_salt_features_are_named() {
+        let (_dir, _tree, diagnostics) = tree(&[
+            (
+                "a.sls",
+                "x:\n  cmd.run:\n    - name: 'true'\n    - require_in:\n      - cmd: y\n    - order: 1\ny:\n  pkg.latest:\n    - name: z\nz:\n  file.recurse:\n    - name: /srv\nw:\n  cmd.run:\n    - name: echo {{ grains.id }}\n",
+            ),
+            ("j.sls", "{% for u in users %}\n{{ u }}:\n  user.present: []\n{% endfor %}\n"),
+            ("i.sls", "include:\n  - a\n"),
+        ]);
+        let messages: Vec<String> = diagnostics.iter().map(|d| d.message.clone()).collect();
+        for expected in
+            ["`require_in`", "`order`", "`pkg.latest`", "`file.recurse`", "Jinja in a state file", "`include`"]
+        {
+            assert!(messages.iter().any(|m| m.contains(expected)), "{expected}: {messages:#?}");
+        }
+        assert!(diagnostics.iter().any(|d| d.file.ends_with("j.sls") && d.line == 1 && d.message.contains("Jinja")));
+    }
+
+    #[test]
+    fn vars_merge_in_file_order_for_matching_targets() {
+        let (_dir, tree, diagnostics) = tree(&[(
+            "vars.yaml",
+            "'*': {port: 80, tls: {on: false, cert: a}}\n'G@os:debian': {tls: {on: true}}\n'db*': {port: 5432}\n",
+        )]);
+        assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+        let debian = Value::map().with("os", "debian");
+        assert_eq!(tree.vars_for("web1", &debian), serde_json::json!({"port": 80, "tls": {"on": true, "cert": "a"}}));
+        assert_eq!(
+            tree.vars_for("db1", &Value::Null),
+            serde_json::json!({"port": 5432, "tls": {"on": false, "cert": "a"}})
+        );
+    }
+
+    #[test]
+    fn top_targets_use_facts() {
+        let (_dir, tree, diagnostics) =
+            tree(&[("top.yaml", "base:\n  'G@os:debian and not L@db1':\n    - common\n"), ("common.yaml", "{}\n")]);
+        assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+        let debian = Value::map().with("os", "debian");
+        assert_eq!(tree.states_for("web1", &debian), ["common"]);
+        assert!(tree.states_for("db1", &debian).is_empty());
+        assert!(tree.states_for("web1", &Value::Null).is_empty());
     }
 }

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::{Authored, Kind, Plan, Problem, args};
 use crate::apply::{ApplyEnv, ManagedFile};
+use crate::diag::Location;
 
 pub static KIND: Kind = Kind {
     name: "file.managed",
@@ -39,10 +40,8 @@ struct Config {
     /// Create missing parent directories.
     #[serde(default = "default_true")]
     makedirs: bool,
-    /// Keep the file enforced: drift is detected and restored.
-    #[serde(default)]
-    #[allow(dead_code)]
-    watch: bool,
+    /// `jinja`: the content is a template, rendered per agent.
+    template: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -98,6 +97,43 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
         },
     };
 
+    if let Some(engine) = &config.template {
+        if engine != "jinja" {
+            problems.push(
+                Problem::new(
+                    at("template"),
+                    format!("file.managed `{}`: template engine `{engine}` is not supported", state.id),
+                )
+                .help("halite templates are Jinja (minijinja): write `template: jinja`"),
+            );
+        } else if let Some(text) = &contents
+            && let Err(error) = crate::template::check(&String::from_utf8_lossy(text))
+        {
+            {
+                let line = error.line.unwrap_or(0) as u64;
+                let problem = match &config.source {
+                    Some(source) => {
+                        let file = state.tree_root.join(source.strip_prefix("salt://").unwrap_or(source));
+                        Problem::new(
+                            Some(Location::new(line, 1)),
+                            format!("file.managed `{}`: template {}", state.id, error.message),
+                        )
+                        .in_file(file)
+                    }
+                    None => {
+                        // A block scalar's first line is the line after the key.
+                        let key = at("contents").unwrap_or_default();
+                        Problem::new(
+                            Some(Location::new(key.line + line, 1)),
+                            format!("file.managed `{}`: template {}", state.id, error.message),
+                        )
+                    }
+                };
+                problems.push(problem.help("fix the Jinja syntax at that line"));
+            }
+        }
+    }
+
     let mode = match config.mode.as_ref().map(parse_mode).transpose() {
         Ok(mode) => mode,
         Err(message) => {
@@ -124,6 +160,9 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
     }
     if let Some(group) = config.group {
         resolved = resolved.with("group", group);
+    }
+    if config.template.is_some() {
+        resolved = resolved.with("template", "jinja");
     }
     Ok(resolved)
 }
@@ -156,7 +195,7 @@ fn read_source(root: &Path, source: &str) -> Result<Vec<u8>, (String, String)> {
         .map_err(|e| (format!("source `{source}` cannot be read: {e}"), "check that it is a readable file".into()))
 }
 
-fn parse_mode(value: &serde_json::Value) -> Result<u32, String> {
+pub(crate) fn parse_mode(value: &serde_json::Value) -> Result<u32, String> {
     let digits = match value {
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Number(n) => {
@@ -185,6 +224,8 @@ struct FilePlan {
     group: Option<u32>,
     makedirs: bool,
     current: Option<Current>,
+    backup_dir: Option<PathBuf>,
+    backups_kept: usize,
 }
 
 #[derive(Debug)]
@@ -193,10 +234,21 @@ struct Current {
     mode: u32,
     uid: u32,
     gid: u32,
+    /// For the diff and the backup; `None` when larger than [`DIFF_LIMIT`].
+    content: Option<Vec<u8>>,
 }
 
-fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+/// Files larger than this are not diffed (the diff says so).
+const DIFF_LIMIT: u64 = 1024 * 1024;
+
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
     let path = PathBuf::from(args::string(args, "path")?);
+    if args.get("template").is_some() {
+        return Err(format!(
+            "{}: the template was not rendered (the master renders it for each agent)",
+            path.display()
+        ));
+    }
     let contents = args::bytes(args, "contents")?.to_vec();
     let owner = args::opt_string(args, "user").map(lookup_user).transpose()?;
     let group = args::opt_string(args, "group").map(lookup_group).transpose()?;
@@ -205,7 +257,12 @@ fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
         Ok(meta) => {
             let file = fs::File::open(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             let sha256 = Sha256::of_reader(file).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            Some(Current { sha256, mode: meta.mode() & 0o7777, uid: meta.uid(), gid: meta.gid() })
+            let content = if meta.len() <= DIFF_LIMIT && sha256 != Sha256::of(&contents) {
+                Some(fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?)
+            } else {
+                None
+            };
+            Some(Current { sha256, mode: meta.mode() & 0o7777, uid: meta.uid(), gid: meta.gid(), content })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(format!("cannot inspect {}: {e}", path.display())),
@@ -219,10 +276,24 @@ fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
         group,
         makedirs: args::bool_or(args, "makedirs", true),
         current,
+        backup_dir: env.backup_dir.clone(),
+        backups_kept: env.backups_kept,
     }))
 }
 
-fn lookup_user(name: &str) -> Result<u32, String> {
+/// A unified diff of text content, or one line when either side is binary.
+pub(crate) fn unified_diff(path: &Path, old: &[u8], new: &[u8]) -> String {
+    let (Ok(old), Ok(new)) = (std::str::from_utf8(old), std::str::from_utf8(new)) else {
+        return format!("{}: binary content differs\n", path.display());
+    };
+    if old.contains('\0') || new.contains('\0') {
+        return format!("{}: binary content differs\n", path.display());
+    }
+    let name = path.display().to_string();
+    similar::TextDiff::from_lines(old, new).unified_diff().context_radius(3).header(&name, &name).to_string()
+}
+
+pub(crate) fn lookup_user(name: &str) -> Result<u32, String> {
     match nix::unistd::User::from_name(name) {
         Ok(Some(user)) => Ok(user.uid.as_raw()),
         Ok(None) => Err(format!("no user `{name}` on this host")),
@@ -230,7 +301,7 @@ fn lookup_user(name: &str) -> Result<u32, String> {
     }
 }
 
-fn lookup_group(name: &str) -> Result<u32, String> {
+pub(crate) fn lookup_group(name: &str) -> Result<u32, String> {
     match nix::unistd::Group::from_name(name) {
         Ok(Some(group)) => Ok(group.gid.as_raw()),
         Ok(None) => Err(format!("no group `{name}` on this host")),
@@ -304,13 +375,34 @@ impl Plan for FilePlan {
         changes
     }
 
+    fn diff(&self) -> Option<String> {
+        if !self.content_differs() {
+            return None;
+        }
+        let old: &[u8] = match &self.current {
+            None => b"",
+            Some(Current { content: Some(content), .. }) => content,
+            Some(Current { content: None, .. }) => {
+                return Some(format!(
+                    "{}: content differs (larger than {DIFF_LIMIT} bytes, not diffed)\n",
+                    self.path.display()
+                ));
+            }
+        };
+        Some(unified_diff(&self.path, old, &self.contents))
+    }
+
     fn managed_file(&self) -> Option<ManagedFile> {
         Some(ManagedFile { path: self.path.clone(), sha256: self.desired, mode: self.mode })
     }
 
     fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
-        let changes = self.changes();
+        let mut changes = self.changes();
         if self.content_differs() {
+            if let (Some(dir), Some(Current { content: Some(old), .. })) = (&self.backup_dir, &self.current) {
+                let backup = crate::backup::save(dir, &self.path, old, self.backups_kept)?;
+                changes.push(format!("previous content kept in {}", backup.display()));
+            }
             self.write_atomically()?;
             return Ok(changes);
         }
@@ -423,6 +515,71 @@ mod tests {
         for (input, expected) in cases {
             assert_eq!(parse_mode(&input).map_err(|_| ()), expected, "{input}");
         }
+    }
+
+    #[test]
+    fn diff_and_backup_of_replaced_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("conf");
+        fs::write(&path, "a\nold\nc\n").unwrap();
+        let env = ApplyEnv { backup_dir: Some(dir.path().join("backup")), backups_kept: 2, ..ApplyEnv::default() };
+        let result = apply_call(&call(&path, "a\nnew\nc\n", None), true, &env);
+        let diff = result.diff.expect("a diff in test mode");
+        assert!(diff.contains("-old\n+new\n") && diff.contains(&format!("--- {}", path.display())), "{diff}");
+        assert!(!dir.path().join("backup").exists(), "test mode kept a backup");
+        for (i, next) in ["v1\n", "v2\n", "v3\n"].iter().enumerate() {
+            let result = apply_call(&call(&path, next, None), false, &env);
+            assert!(result.diff.is_some(), "{i}: {result:?}");
+        }
+        let backups = crate::backup::backups_of(&dir.path().join("backup"), &path);
+        let kept: Vec<String> = backups.iter().map(|b| fs::read_to_string(b).unwrap()).collect();
+        assert_eq!(kept, ["v1\n", "v2\n"], "the original and older backups beyond 2 are gone");
+        // Unchanged: no diff.
+        assert_eq!(apply_call(&call(&path, "v3\n", None), false, &env).diff, None);
+    }
+
+    #[test]
+    fn binary_content_is_not_diffed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bin");
+        fs::write(&path, [0u8, 159, 146, 150]).unwrap();
+        let result = apply_call(&call(&path, "text", None), true, &ApplyEnv::default());
+        assert_eq!(result.diff.unwrap(), format!("{}: binary content differs\n", path.display()));
+    }
+
+    #[test]
+    fn templates_render_per_agent_and_syntax_errors_point_at_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("files")).unwrap();
+        fs::write(dir.path().join("files/motd.j2"), "host {{ id }} on {{ facts.os }}, port {{ vars.port }}\n").unwrap();
+        fs::write(dir.path().join("files/bad.j2"), "ok\n{% if %}\n").unwrap();
+        fs::write(dir.path().join("vars.yaml"), "'*': {port: 80}\n'web*': {port: 8080}\n").unwrap();
+        fs::write(
+            dir.path().join("m.yaml"),
+            "motd:\n  file.managed:\n    path: /etc/motd\n    source: files/motd.j2\n    template: jinja\n",
+        )
+        .unwrap();
+        let (tree, diagnostics) = crate::StateTree::load(dir.path());
+        assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+        let facts = Value::map().with("os", "debian");
+        let calls = tree.calls_for(&["m".into()], &crate::RenderContext::new("web1", &facts)).unwrap();
+        assert_eq!(args::bytes(&calls[0].args, "contents").unwrap(), b"host web1 on debian, port 8080\n");
+        assert!(calls[0].args.get("template").is_none());
+        let errors = tree.calls_for(&["m".into()], &crate::RenderContext::new("web1", &Value::Null)).unwrap_err();
+        assert!(errors[0].message.contains("does not render for agent `web1`"), "{errors:#?}");
+        // Unrendered, the agent refuses it.
+        let raw = &tree.files["m"].states[0].call;
+        assert!(apply_call(raw, true, &ApplyEnv::default()).outcome.is_failed());
+
+        fs::write(
+            dir.path().join("b.yaml"),
+            "bad:\n  file.managed:\n    path: /etc/bad\n    source: files/bad.j2\n    template: jinja\ninline:\n  file.managed:\n    path: /etc/x\n    template: jinja\n    contents: |\n      fine\n      {{ oops\n",
+        )
+        .unwrap();
+        let (_, diagnostics) = crate::StateTree::load(dir.path());
+        assert_eq!(diagnostics.len(), 2, "{diagnostics:#?}");
+        assert!(diagnostics.iter().any(|d| d.file.ends_with("b.yaml") && d.line == 12), "{diagnostics:#?}");
+        assert!(diagnostics.iter().any(|d| d.file.ends_with("files/bad.j2") && d.line == 2), "{diagnostics:#?}");
     }
 
     #[test]

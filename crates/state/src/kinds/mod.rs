@@ -15,10 +15,25 @@ use crate::diag::Location;
 use crate::yaml::Fields;
 
 pub mod cmd_run;
+pub mod file_absent;
+pub mod file_directory;
 pub mod file_managed;
+pub mod file_symlink;
+pub mod pkg_installed;
+pub mod service_dead;
+pub mod service_running;
 
 /// Every state kind halite knows. Keep sorted by name.
-pub static KINDS: &[&Kind] = &[&cmd_run::KIND, &file_managed::KIND];
+pub static KINDS: &[&Kind] = &[
+    &cmd_run::KIND,
+    &file_absent::KIND,
+    &file_directory::KIND,
+    &file_managed::KIND,
+    &file_symlink::KIND,
+    &pkg_installed::KIND,
+    &service_dead::KIND,
+    &service_running::KIND,
+];
 
 pub fn find(name: &str) -> Option<&'static Kind> {
     KINDS.iter().copied().find(|kind| kind.name == name)
@@ -112,6 +127,21 @@ impl OneOrMany {
             OneOrMany::One(one) => vec![one],
             OneOrMany::Many(many) => many,
         }
+    }
+}
+
+/// The file a file kind manages: `path` (Salt: `name`), defaulting to the
+/// state id; must be absolute.
+pub(crate) fn absolute_path(state: &Authored<'_>, kind: &str, path: Option<String>) -> Result<String, Problem> {
+    let path = path.unwrap_or_else(|| state.id.to_owned());
+    if Path::new(&path).is_absolute() {
+        Ok(path)
+    } else {
+        Err(Problem::new(
+            state.at("path").or(state.at("name")),
+            format!("{kind} `{}`: path `{path}` is not absolute", state.id),
+        )
+        .help("give the full path on the agent, e.g. /etc/motd"))
     }
 }
 

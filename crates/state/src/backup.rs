@@ -1,0 +1,73 @@
+//! Backups of file content `file.managed` replaces, in the agent's data
+//! dir: `<backup_dir>/<escaped path>.<nanoseconds since the epoch>`, the
+//! last N per file kept.
+//!
+//! The path is escaped so every managed file maps to one flat name and no
+//! two paths collide: `%` becomes `%25` and `/` becomes `%2F`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub fn escape(path: &Path) -> String {
+    path.display().to_string().replace('%', "%25").replace('/', "%2F")
+}
+
+/// Writes a backup of `content` (the content of `path` about to be
+/// replaced) and removes the oldest beyond `keep`. Returns the backup.
+pub fn save(dir: &Path, path: &Path, content: &[u8], keep: usize) -> Result<PathBuf, String> {
+    fs::create_dir_all(dir).map_err(|e| format!("cannot create the backup directory {}: {e}", dir.display()))?;
+    let prefix = format!("{}.", escape(path));
+    let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    // Zero-padded, so names sort in time order.
+    let backup = dir.join(format!("{prefix}{stamp:020}"));
+    fs::write(&backup, content).map_err(|e| format!("cannot write the backup {}: {e}", backup.display()))?;
+    let mut existing = list(dir, &prefix);
+    existing.sort();
+    let excess = existing.len().saturating_sub(keep.max(1));
+    for old in &existing[..excess] {
+        let _ = fs::remove_file(old);
+    }
+    Ok(backup)
+}
+
+/// The backups of `path`, oldest first.
+pub fn backups_of(dir: &Path, path: &Path) -> Vec<PathBuf> {
+    let mut found = list(dir, &format!("{}.", escape(path)));
+    found.sort();
+    found
+}
+
+fn list(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix(prefix))
+                .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_last_n() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Path::new("/etc/a%b/conf");
+        for i in 0..5 {
+            save(dir.path(), path, format!("v{i}").as_bytes(), 3).unwrap();
+        }
+        // Another file's backups are not counted.
+        save(dir.path(), Path::new("/etc/a%b/conf2"), b"x", 3).unwrap();
+        let kept = backups_of(dir.path(), path);
+        let contents: Vec<String> = kept.iter().map(|p| fs::read_to_string(p).unwrap()).collect();
+        assert_eq!(contents, ["v2", "v3", "v4"]);
+        assert!(kept[0].file_name().unwrap().to_str().unwrap().starts_with("%2Fetc%2Fa%25b%2Fconf."));
+    }
+}

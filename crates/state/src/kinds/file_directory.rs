@@ -1,0 +1,189 @@
+//! `file.directory`: a directory with a given mode and owner.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::PathBuf;
+
+use halite_proto::Value;
+use serde::Deserialize;
+
+use super::file_managed::{lookup_group, lookup_user, parse_mode};
+use super::{Authored, Kind, Plan, Problem, absolute_path, args};
+use crate::apply::ApplyEnv;
+
+pub static KIND: Kind = Kind {
+    name: "file.directory",
+    summary: "A directory with the given mode and owner; `makedirs` creates missing parents.",
+    example: "www:\n  file.directory:\n    path: /srv/www\n    mode: \"0755\"\n    makedirs: true\n",
+    resolve,
+    plan,
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(alias = "name")]
+    path: Option<String>,
+    mode: Option<serde_json::Value>,
+    user: Option<String>,
+    group: Option<String>,
+    /// Create missing parents (as Salt, off unless asked).
+    #[serde(default)]
+    makedirs: bool,
+}
+
+fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
+    let config: Config = state.decode(KIND.name)?;
+    let mut problems = Vec::new();
+    let path = absolute_path(state, KIND.name, config.path).map_err(|p| problems.push(p)).ok();
+    let mode = config.mode.as_ref().map(parse_mode).transpose().unwrap_or_else(|message| {
+        problems.push(
+            Problem::new(state.at("mode"), format!("file.directory `{}`: {message}", state.id))
+                .help("write the mode in octal as a quoted string, e.g. mode: \"0755\""),
+        );
+        None
+    });
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let mut resolved = Value::map().with("path", path.unwrap_or_default()).with("makedirs", config.makedirs);
+    if let Some(mode) = mode {
+        resolved = resolved.with("mode", mode);
+    }
+    if let Some(user) = config.user {
+        resolved = resolved.with("user", user);
+    }
+    if let Some(group) = config.group {
+        resolved = resolved.with("group", group);
+    }
+    Ok(resolved)
+}
+
+#[derive(Debug)]
+struct DirectoryPlan {
+    path: PathBuf,
+    mode: Option<u32>,
+    owner: Option<u32>,
+    group: Option<u32>,
+    makedirs: bool,
+    /// Mode, uid, gid of the existing directory.
+    current: Option<(u32, u32, u32)>,
+}
+
+fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+    let path = PathBuf::from(args::string(args, "path")?);
+    let makedirs = args::bool_or(args, "makedirs", false);
+    let current = match fs::symlink_metadata(&path) {
+        Ok(meta) if meta.is_dir() => Some((meta.mode() & 0o7777, meta.uid(), meta.gid())),
+        Ok(_) => return Err(format!("{} exists and is not a directory", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if !makedirs && path.parent().is_some_and(|p| !p.is_dir()) {
+                return Err(format!("the parent of {} does not exist (set `makedirs: true`)", path.display()));
+            }
+            None
+        }
+        Err(e) => return Err(format!("cannot inspect {}: {e}", path.display())),
+    };
+    Ok(Box::new(DirectoryPlan {
+        path,
+        mode: args::opt_u32(args, "mode"),
+        owner: args::opt_string(args, "user").map(lookup_user).transpose()?,
+        group: args::opt_string(args, "group").map(lookup_group).transpose()?,
+        makedirs,
+        current,
+    }))
+}
+
+impl DirectoryPlan {
+    fn mode_differs(&self) -> Option<(u32, u32)> {
+        let ((mode, _, _), desired) = (self.current?, self.mode?);
+        (mode != desired).then_some((mode, desired))
+    }
+
+    fn owner_differs(&self) -> bool {
+        self.current
+            .is_some_and(|(_, uid, gid)| self.owner.is_some_and(|u| u != uid) || self.group.is_some_and(|g| g != gid))
+    }
+}
+
+impl Plan for DirectoryPlan {
+    fn changes(&self) -> Vec<String> {
+        let mut changes = Vec::new();
+        if self.current.is_none() {
+            changes.push(format!("created directory {}", self.path.display()));
+        }
+        if let Some((from, to)) = self.mode_differs() {
+            changes.push(format!("mode of {}: {from:04o} -> {to:04o}", self.path.display()));
+        }
+        if self.owner_differs() {
+            changes.push(format!("owner of {} changed", self.path.display()));
+        }
+        changes
+    }
+
+    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+        let fail = |what: &str, e: std::io::Error| format!("cannot {what} {}: {e}", self.path.display());
+        if self.current.is_none() {
+            let created = if self.makedirs { fs::create_dir_all(&self.path) } else { fs::create_dir(&self.path) };
+            created.map_err(|e| fail("create", e))?;
+        }
+        if let Some(mode) = self.mode
+            && (self.current.is_none() || self.mode_differs().is_some())
+        {
+            fs::set_permissions(&self.path, fs::Permissions::from_mode(mode))
+                .map_err(|e| fail("set the mode of", e))?;
+        }
+        if (self.current.is_none() && (self.owner.is_some() || self.group.is_some())) || self.owner_differs() {
+            std::os::unix::fs::chown(&self.path, self.owner, self.group).map_err(|e| fail("set the owner of", e))?;
+        }
+        Ok(self.changes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::apply_call;
+    use halite_proto::{Outcome, StateCall};
+
+    fn call(path: &std::path::Path, mode: u32, makedirs: bool) -> StateCall {
+        StateCall::new(
+            "t",
+            KIND.name,
+            Value::map().with("path", path.to_str().unwrap()).with("mode", mode).with("makedirs", makedirs),
+        )
+    }
+
+    fn mode_of(path: &std::path::Path) -> u32 {
+        fs::metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn creates_with_mode_then_fixes_mode_drift() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b");
+        let env = ApplyEnv::default();
+        let refused = apply_call(&call(&path, 0o750, false), false, &env);
+        assert!(matches!(&refused.outcome, Outcome::Failed { error } if error.contains("makedirs")), "{refused:?}");
+        let result = apply_call(&call(&path, 0o750, true), false, &env);
+        assert!(matches!(result.outcome, Outcome::Changed { .. }), "{result:?}");
+        assert_eq!(mode_of(&path), 0o750);
+        assert_eq!(apply_call(&call(&path, 0o750, true), false, &env).outcome, Outcome::Unchanged);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o777)).unwrap();
+        let plan = plan(&call(&path, 0o750, true).args, &env).unwrap();
+        assert_eq!(plan.changes(), [format!("mode of {}: 0777 -> 0750", path.display())]);
+        apply_call(&call(&path, 0o750, true), false, &env);
+        assert_eq!(mode_of(&path), 0o750);
+    }
+
+    #[test]
+    fn test_mode_creates_nothing_and_a_file_in_the_way_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new");
+        let env = ApplyEnv::default();
+        assert!(matches!(apply_call(&call(&path, 0o755, false), true, &env).outcome, Outcome::WouldChange { .. }));
+        assert!(!path.exists());
+        fs::write(&path, "x").unwrap();
+        assert!(apply_call(&call(&path, 0o755, false), false, &env).outcome.is_failed());
+    }
+}
