@@ -28,6 +28,9 @@ pub mod template;
 pub mod tree;
 pub mod yaml;
 
+#[cfg(test)]
+mod compat_tests;
+
 pub use apply::{ApplyEnv, ManagedFile, Observer, apply_call, run_states, run_states_observed};
 pub use diag::{Diagnostic, Severity};
 pub use target::Target;

@@ -19,7 +19,8 @@ use crate::template::{self, RenderContext};
 use crate::yaml::{self, Fields, Spanned};
 
 /// Files in the tree's root that are not state files.
-pub const TREE_FILES: &[&str] = &["top.yaml", "beacons.yaml", "reactors.yaml", "vars.yaml"];
+/// `top.sls` is Salt's name for `top.yaml`, read when there is no `top.yaml`.
+pub const TREE_FILES: &[&str] = &["top.yaml", "top.sls", "beacons.yaml", "reactors.yaml", "vars.yaml"];
 
 /// Extensions of state files; `.sls` so that Salt trees load unchanged.
 const STATE_EXTENSIONS: &[&str] = &["yaml", "sls"];
@@ -480,7 +481,10 @@ impl StateTree {
     }
 
     fn load_top(&mut self, diagnostics: &mut Vec<Diagnostic>) {
-        let path = self.root.join("top.yaml");
+        let mut path = self.root.join("top.yaml");
+        if !path.exists() {
+            path = self.root.join("top.sls");
+        }
         let Some(entries) = load_targeted(&path, diagnostics) else { return };
         for (target, target_text, states) in entries {
             let names: Vec<String> = match &states.value {
