@@ -37,7 +37,9 @@ impl Target {
         }
         let tokens = tokenize(expression);
         let mut parser = Parser { tokens: &tokens, at: 0 };
-        let expr = parser.or().map_err(|e| format!("target `{expression}`: {e}"))?;
+        let expr = parser
+            .or()
+            .map_err(|e| if e.starts_with("bad glob") { e } else { format!("target `{expression}`: {e}") })?;
         if let Some(extra) = parser.peek() {
             return Err(format!("target `{expression}`: unexpected `{extra}`"));
         }

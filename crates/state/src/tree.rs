@@ -51,6 +51,33 @@ const UNSUPPORTED_SALT_KEYS: &[(&str, &str)] = &[
     ("check_cmd", "use cmd.run with `onchanges`"),
 ];
 
+/// Salt state functions halite does not have, named as such when used
+/// (any other unknown kind is reported as unknown, likely a typo).
+const SALT_FUNCTIONS: &[&str] = &[
+    "archive.extracted",
+    "cmd.script",
+    "cmd.wait",
+    "cron.present",
+    "file.append",
+    "file.blockreplace",
+    "file.copy",
+    "file.exists",
+    "file.line",
+    "file.recurse",
+    "file.replace",
+    "file.touch",
+    "git.latest",
+    "group.present",
+    "pkg.latest",
+    "pkg.purged",
+    "pkg.removed",
+    "pkgrepo.managed",
+    "service.disabled",
+    "service.enabled",
+    "user.absent",
+    "user.present",
+];
+
 #[derive(Debug, Default)]
 pub struct StateTree {
     pub root: PathBuf,
@@ -299,9 +326,7 @@ impl StateTree {
             for (kind_name, fields) in kinds_map {
                 let kind_at = yaml::location(kind_name);
                 let Some(kind) = kinds::find(&kind_name.value) else {
-                    let family = kind_name.value.split('.').next().unwrap_or_default();
-                    let salt = kind_name.value.contains('.')
-                        && kinds::names().iter().any(|k| k.split('.').next() == Some(family));
+                    let salt = SALT_FUNCTIONS.contains(&kind_name.value.as_str());
                     let message = if salt {
                         format!(
                             "unknown state kind `{}` in state `{}`: Salt's `{}` is not supported by halite",
