@@ -6,3 +6,4 @@ mod drift;
 mod interop;
 mod link;
 mod restart;
+mod states;
