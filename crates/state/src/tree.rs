@@ -298,7 +298,8 @@ impl StateTree {
         let decls: StateDecls = match yaml::parse(path, &text) {
             Ok(decls) => decls,
             Err(diagnostic) => {
-                diagnostics.push(salt_in_state_file(path, &text).unwrap_or(diagnostic));
+                let salt = salt_in_state_file(path, &text).or_else(|| salt_short_form(path, &text, &diagnostic));
+                diagnostics.push(salt.unwrap_or(diagnostic));
                 return None;
             }
         };
@@ -761,6 +762,29 @@ fn salt_in_state_file(path: &Path, text: &str) -> Option<Diagnostic> {
     })
 }
 
+/// Salt's `pkg:\n  - installed` (the function as the first list item) at
+/// the line the parser stopped: say how to write it.
+fn salt_short_form(path: &Path, text: &str, error: &Diagnostic) -> Option<Diagnostic> {
+    let lines: Vec<&str> = text.lines().collect();
+    let at = usize::try_from(error.line).ok()?.checked_sub(1)?;
+    let function = lines.get(at)?.trim().strip_prefix("- ")?.trim();
+    if function.is_empty() || !function.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return None;
+    }
+    let family = lines[..at].iter().rev().find(|l| !l.trim().is_empty())?.trim().strip_suffix(':')?;
+    if family.contains('.') || family.contains(' ') {
+        return None;
+    }
+    Some(
+        Diagnostic::error(
+            path,
+            Location::new(error.line, 1),
+            format!("Salt's short form `{family}: [{function}]` is not supported by halite"),
+        )
+        .help(format!("write the kind in full, `{family}.{function}:`, with the arguments under it")),
+    )
+}
+
 /// A state file that does not parse because it is a Jinja template (as
 /// many Salt files are) gets an error saying so.
 fn jinja_in_state_file(path: &Path, text: &str) -> Option<Diagnostic> {
@@ -925,6 +949,7 @@ mod tests {
             ),
             ("j.sls", "{% for u in users %}\n{{ u }}:\n  user.present: []\n{% endfor %}\n"),
             ("i.sls", "include:\n  - a\n"),
+            ("s.sls", "nginx:\n  pkg:\n    - installed\n"),
         ]);
         let messages: Vec<String> = diagnostics.iter().map(|d| d.message.clone()).collect();
         for expected in

@@ -109,28 +109,26 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
         } else if let Some(text) = &contents
             && let Err(error) = crate::template::check(&String::from_utf8_lossy(text))
         {
-            {
-                let line = error.line.unwrap_or(0) as u64;
-                let problem = match &config.source {
-                    Some(source) => {
-                        let file = state.tree_root.join(source.strip_prefix("salt://").unwrap_or(source));
-                        Problem::new(
-                            Some(Location::new(line, 1)),
-                            format!("file.managed `{}`: template {}", state.id, error.message),
-                        )
-                        .in_file(file)
-                    }
-                    None => {
-                        // A block scalar's first line is the line after the key.
-                        let key = at("contents").unwrap_or_default();
-                        Problem::new(
-                            Some(Location::new(key.line + line, 1)),
-                            format!("file.managed `{}`: template {}", state.id, error.message),
-                        )
-                    }
-                };
-                problems.push(problem.help("fix the Jinja syntax at that line"));
-            }
+            let line = error.line.unwrap_or(0) as u64;
+            let problem = match &config.source {
+                Some(source) => {
+                    let file = state.tree_root.join(source.strip_prefix("salt://").unwrap_or(source));
+                    Problem::new(
+                        Some(Location::new(line, 1)),
+                        format!("file.managed `{}`: template {}", state.id, error.message),
+                    )
+                    .in_file(file)
+                }
+                None => {
+                    // A block scalar's first line is the line after the key.
+                    let key = at("contents").unwrap_or_default();
+                    Problem::new(
+                        Some(Location::new(key.line + line, 1)),
+                        format!("file.managed `{}`: template {}", state.id, error.message),
+                    )
+                }
+            };
+            problems.push(problem.help("fix the Jinja syntax at that line"));
         }
     }
 
