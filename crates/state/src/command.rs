@@ -19,6 +19,9 @@ use std::time::Duration;
 /// Bytes of stdout (and of stderr) kept per run.
 pub const CAPTURE_LIMIT: usize = 64 * 1024;
 
+/// How long output is awaited once the command has exited.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
 /// A program to run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Spec {
@@ -139,8 +142,15 @@ pub fn run(spec: &Spec, path: Option<&OsString>) -> Result<Output, String> {
         },
     };
     let status = status.map_err(|e| format!("cannot wait for `{display}`: {e}"))?;
-    let join = |reader: Option<std::thread::JoinHandle<String>>| reader.and_then(|r| r.join().ok()).unwrap_or_default();
-    Ok(Output { code: status.code(), timed_out, stdout: join(stdout), stderr: join(stderr) })
+    // A daemon the command started may hold the pipes open for ever: take
+    // what has arrived within a grace period and leave its reader behind.
+    let deadline = std::time::Instant::now() + OUTPUT_GRACE;
+    let collect = |reader: Option<mpsc::Receiver<String>>| {
+        reader
+            .and_then(|r| r.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())).ok())
+            .unwrap_or_else(|| "[output still open: a process the command started holds it]".to_owned())
+    };
+    Ok(Output { code: status.code(), timed_out, stdout: collect(stdout), stderr: collect(stderr) })
 }
 
 fn kill_group(pid: u32) {
@@ -154,7 +164,8 @@ fn kill_group(pid: u32) {
 
 /// Reads a pipe to its end on a thread of its own, keeping the first
 /// [`CAPTURE_LIMIT`] bytes.
-fn capture(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+fn capture(mut pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::sync_channel(1);
     std::thread::spawn(move || {
         let mut kept = Vec::new();
         let mut buffer = [0u8; 8192];
@@ -173,8 +184,9 @@ fn capture(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Stri
         if truncated {
             text.push_str("\n[output truncated]");
         }
-        text
-    })
+        let _ = tx.send(text);
+    });
+    rx
 }
 
 #[cfg(test)]
@@ -225,6 +237,15 @@ mod tests {
         let waited = run(&Spec::new(["sleep", "3"]), None).unwrap();
         assert!(waited.success());
         assert!(!marker.exists(), "a child of the timed-out command survived");
+    }
+
+    #[test]
+    fn a_daemon_holding_the_output_open_does_not_hang_the_run() {
+        // The background sleep keeps stdout open after the shell exits.
+        let spec = Spec::from_command("echo started; setsid sleep 5 &", true).unwrap();
+        let output = run(&spec, None).unwrap();
+        assert!(output.success());
+        assert!(output.stdout.contains("still open"), "{output:?}");
     }
 
     #[test]
