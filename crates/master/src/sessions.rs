@@ -138,6 +138,11 @@ impl Sessions {
         Some((session.agent, session.accepted))
     }
 
+    /// The agents with an accepted session now.
+    pub fn accepted_agents(&self) -> Vec<String> {
+        self.lock().by_agent.keys().cloned().collect()
+    }
+
     pub fn unaccepted(&self) -> usize {
         self.lock().by_peer.values().filter(|s| !s.accepted).count()
     }

@@ -44,7 +44,7 @@ use crate::managed::{Desired, Snapshot};
 pub static KIND: BeaconKind = BeaconKind {
     name: "file",
     summary: "Changes to files and directories: create, modify, delete, attrib (mode).",
-    example: "paths: [/etc/nginx/nginx.conf, /etc/nginx/conf.d]\nrecursive: true\nevents: [create, modify, delete, attrib]\nexclude: ['*.swp', '*~']\ndebounce: 500ms\n",
+    example: "paths: [/etc/nginx]\nrecursive: true\nexclude: ['*.swp']\nevents: [modify, delete, attrib]\n",
     validate,
     start,
 };
