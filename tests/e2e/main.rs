@@ -5,4 +5,5 @@ mod beacons;
 mod drift;
 mod interop;
 mod link;
+mod reload;
 mod restart;
