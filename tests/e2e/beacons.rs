@@ -150,3 +150,34 @@ async fn an_excluded_file_raises_nothing() {
         fleet.fail(&error);
     }
 }
+
+/// A local beacon in agent.yaml runs beside the master's; on a name clash
+/// the master's beacon runs, not the local one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_beacons_run_and_the_masters_win_a_name_clash() {
+    let mut fleet = Fleet::start(&[]).await.unwrap();
+    let result = async {
+        let name = format!("halite-local-{}", std::process::id());
+        // `motd` is also the master's file beacon for every agent.
+        let local =
+            format!("beacons:\n  mine:\n    process: {{name: {name}}}\n  motd:\n    process: {{name: {name}}}\n");
+        fleet.add_agent_with("web01", &local).await?;
+        let mine = |e: &BusEvent| e.tag == "halite/beacon/web01/mine";
+        if !fleet.seen.iter().any(mine) {
+            fleet.wait_for("the local beacon's first event", mine).await?;
+        }
+        std::fs::write(fleet.agent("web01").path("/etc/motd"), "defaced\n")?;
+        let motd = fleet.wait_for("a motd event", |e| e.tag == "halite/beacon/web01/motd").await?;
+        assert_eq!(
+            motd.data()["kind"],
+            "modify",
+            "the master's file beacon, not the local process one: {}",
+            motd.data()
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}

@@ -107,6 +107,17 @@ impl Fleet {
         Ok(())
     }
 
+    /// As [`Fleet::add_agent`], with `extra` (YAML keys) in its agent.yaml.
+    pub async fn add_agent_with(&mut self, id: &str, extra: &str) -> anyhow::Result<()> {
+        let (listen, key) = (self.master().listen.clone(), self.master().key.clone());
+        let agent =
+            fleet::start_agent_with(&self.binaries, &self.dir.path().join(id), id, &listen, &key, extra).await?;
+        self.agents.push(agent);
+        let suffix = format!("/ret/{id}");
+        self.wait_for("the start-up apply", |e| e.tag.starts_with("halite/job/") && e.tag.ends_with(&suffix)).await?;
+        Ok(())
+    }
+
     /// Starts an agent and returns once its session is up (its key may be
     /// pending).
     pub async fn add_agent_unconverged(&mut self, id: &str) -> anyhow::Result<()> {
