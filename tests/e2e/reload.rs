@@ -122,3 +122,22 @@ async fn a_broken_edit_is_reported_and_the_old_reactors_keep_working() {
         fleet.fail(&error);
     }
 }
+
+/// SIGHUP reloads the tree, e.g. after a deploy that swapped a symlink the
+/// watcher cannot see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_tree() {
+    let mut fleet = Fleet::start(&[]).await.unwrap();
+    let result = async {
+        let pid = fleet.master().pid().ok_or_else(|| anyhow::anyhow!("the master is not running"))?;
+        let status = std::process::Command::new("kill").args(["-HUP", &pid.to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill -HUP failed");
+        let reloaded = fleet.wait_for("the reload", is("halite/master/tree/reloaded")).await?;
+        assert_eq!(reloaded.data()["agents_updated"], 0, "{}", reloaded.data());
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}
