@@ -1,6 +1,7 @@
 //! Sampled beacons on a real agent: an event when the state changes.
 
 use halite_e2e::Fleet;
+use halite_master::client::BusEvent;
 
 /// A process beacon fires when the named process starts and when it stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,6 +66,114 @@ async fn a_cpu_beacon_fires_above_while_burning_and_below_after() {
         assert_eq!(above.data()["state"], "above", "{}", above.data());
         let below = fleet.wait_for("cpu below", |e| e.tag == "halite/beacon/web01/hot").await?;
         assert_eq!(below.data()["state"], "below", "{}", below.data());
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}
+
+/// Starts a fleet whose only beacon is `beacon` (a beacons.yaml entry body
+/// for `'*'`), after making `dirs` in web01's root.
+async fn fleet_with_file_beacon(beacon: &str, dirs: &[&str]) -> Fleet {
+    let beacons = format!("'*':\n{beacon}");
+    let mut fleet = Fleet::start_custom(&[], &["*"], &[("beacons.yaml", &beacons)]).await.unwrap();
+    for dir in dirs {
+        std::fs::create_dir_all(fleet.agent_path("web01", dir)).unwrap();
+    }
+    fleet.add_agent("web01").await.unwrap();
+    fleet
+}
+
+fn file_event<'a>(beacon: &'a str, path: &'a str) -> impl FnMut(&BusEvent) -> bool + 'a {
+    move |e| e.tag == format!("halite/beacon/web01/{beacon}") && e.data()["path"] == path
+}
+
+/// A file beacon on a directory that does not exist when the agent starts
+/// sees the directory appear, then a file created in it and deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_beacon_sees_a_create_and_a_delete() {
+    let mut fleet = fleet_with_file_beacon("  drop:\n    file:\n      paths: [/srv/drop]\n", &[]).await;
+    let result = async {
+        let file = fleet.agent_path("web01", "/srv/drop/a.txt");
+        std::fs::create_dir_all(file.parent().unwrap())?;
+        std::fs::write(&file, "hello\n")?;
+        let created = fleet.wait_for("the create", file_event("drop", "/srv/drop/a.txt")).await?;
+        assert_eq!(created.data()["kind"], "create", "{}", created.data());
+        std::fs::remove_file(&file)?;
+        let deleted = fleet.wait_for("the delete", file_event("drop", "/srv/drop/a.txt")).await?;
+        assert_eq!(deleted.data()["kind"], "delete", "{}", deleted.data());
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}
+
+/// `recursive: true` sees into a directory made after the beacon started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recursive_beacon_sees_into_a_new_subdirectory() {
+    let beacon = "  tree:\n    file:\n      paths: [/srv/tree]\n      recursive: true\n";
+    let mut fleet = fleet_with_file_beacon(beacon, &["/srv/tree"]).await;
+    let result = async {
+        let file = fleet.agent_path("web01", "/srv/tree/sub/deeper/f.conf");
+        std::fs::create_dir_all(file.parent().unwrap())?;
+        std::fs::write(&file, "x = 1\n")?;
+        let created = fleet.wait_for("the create", file_event("tree", "/srv/tree/sub/deeper/f.conf")).await?;
+        assert_eq!(created.data()["kind"], "create", "{}", created.data());
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}
+
+/// An excluded file raises nothing: it is changed first, then a sentinel
+/// file, and the first event the beacon raises is the sentinel's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_excluded_file_raises_nothing() {
+    let beacon = "  conf:\n    file:\n      paths: [/srv/conf]\n      exclude: ['*.swp']\n";
+    let mut fleet = fleet_with_file_beacon(beacon, &["/srv/conf"]).await;
+    let result = async {
+        std::fs::write(fleet.agent_path("web01", "/srv/conf/.app.conf.swp"), "swap")?;
+        std::fs::write(fleet.agent_path("web01", "/srv/conf/sentinel"), "s")?;
+        let first = fleet.wait_for("the sentinel", |e| e.tag == "halite/beacon/web01/conf").await?;
+        assert_eq!(first.data()["path"], "/srv/conf/sentinel", "{}", first.data());
+        assert_eq!(first.data()["kind"], "create", "{}", first.data());
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}
+
+/// A local beacon in agent.yaml runs beside the master's; on a name clash
+/// the master's beacon runs, not the local one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_beacons_run_and_the_masters_win_a_name_clash() {
+    let mut fleet = Fleet::start(&[]).await.unwrap();
+    let result = async {
+        let name = format!("halite-local-{}", std::process::id());
+        // `motd` is also the master's file beacon for every agent.
+        let local =
+            format!("beacons:\n  mine:\n    process: {{name: {name}}}\n  motd:\n    process: {{name: {name}}}\n");
+        fleet.add_agent_with("web01", &local).await?;
+        let mine = |e: &BusEvent| e.tag == "halite/beacon/web01/mine";
+        if !fleet.seen.iter().any(mine) {
+            fleet.wait_for("the local beacon's first event", mine).await?;
+        }
+        std::fs::write(fleet.agent("web01").path("/etc/motd"), "defaced\n")?;
+        let motd = fleet.wait_for("a motd event", |e| e.tag == "halite/beacon/web01/motd").await?;
+        assert_eq!(
+            motd.data()["kind"],
+            "modify",
+            "the master's file beacon, not the local process one: {}",
+            motd.data()
+        );
         anyhow::Ok(())
     }
     .await;

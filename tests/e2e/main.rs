@@ -5,5 +5,6 @@ mod beacons;
 mod drift;
 mod interop;
 mod link;
+mod reload;
 mod restart;
 mod states;

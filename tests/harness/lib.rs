@@ -59,11 +59,25 @@ impl Fleet {
     /// As [`Fleet::start_with`], with `files` (path in the tree, text) written
     /// over the example tree.
     pub async fn start_custom(agents: &[&str], auto_accept: &[&str], files: &[(&str, &str)]) -> anyhow::Result<Fleet> {
+        Fleet::start_tree(agents, auto_accept, files, &[]).await
+    }
+
+    /// As [`Fleet::start_custom`], with the files named in `remove` taken out
+    /// of the tree.
+    pub async fn start_tree(
+        agents: &[&str],
+        auto_accept: &[&str],
+        files: &[(&str, &str)],
+        remove: &[&str],
+    ) -> anyhow::Result<Fleet> {
         let dir = tempfile::Builder::new().prefix("halite-e2e-").tempdir()?;
         let states = dir.path().join("states");
         halite_master::example::write(&states)?;
         for (name, text) in files {
             std::fs::write(states.join(name), text)?;
+        }
+        for name in remove {
+            std::fs::remove_file(states.join(name))?;
         }
         let binaries = binaries();
         let master =
@@ -93,6 +107,17 @@ impl Fleet {
         Ok(())
     }
 
+    /// As [`Fleet::add_agent`], with `extra` (YAML keys) in its agent.yaml.
+    pub async fn add_agent_with(&mut self, id: &str, extra: &str) -> anyhow::Result<()> {
+        let (listen, key) = (self.master().listen.clone(), self.master().key.clone());
+        let agent =
+            fleet::start_agent_with(&self.binaries, &self.dir.path().join(id), id, &listen, &key, extra).await?;
+        self.agents.push(agent);
+        let suffix = format!("/ret/{id}");
+        self.wait_for("the start-up apply", |e| e.tag.starts_with("halite/job/") && e.tag.ends_with(&suffix)).await?;
+        Ok(())
+    }
+
     /// Starts an agent and returns once its session is up (its key may be
     /// pending).
     pub async fn add_agent_unconverged(&mut self, id: &str) -> anyhow::Result<()> {
@@ -113,6 +138,23 @@ impl Fleet {
             .output()?;
         anyhow::ensure!(output.status.success(), "keys {args:?}: {}", String::from_utf8_lossy(&output.stderr));
         Ok(String::from_utf8(output.stdout)?)
+    }
+
+    /// Where an authored absolute path is for the agent `id`, whether or not
+    /// it has started yet.
+    pub fn agent_path(&self, id: &str, authored: &str) -> PathBuf {
+        // As the agent roots it: `root` is `<dir>/<id>/root` (fleet::start_agent).
+        self.dir.path().join(id).join("root").join(authored.trim_start_matches('/'))
+    }
+
+    /// Replaces a file of the tree the way an editor saves: a temporary
+    /// file beside it, renamed over it.
+    pub fn edit_tree(&self, name: &str, text: &str) -> anyhow::Result<()> {
+        let path = self.states.join(name);
+        let temp = self.states.join(format!(".{name}.edit"));
+        std::fs::write(&temp, text)?;
+        std::fs::rename(&temp, &path)?;
+        Ok(())
     }
 
     pub fn master(&self) -> &MasterProcess {

@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use halite_proto::{BeaconSpec, Value};
+use indexmap::IndexMap;
 use serde::Deserialize;
 
 /// Where the agent looks for its configuration unless told otherwise.
@@ -33,6 +35,11 @@ pub struct AgentConfig {
     /// agents on one host (the demo, tests) or managing a chroot.
     #[serde(default = "default_root")]
     pub root: PathBuf,
+    /// Local beacons, run beside the master's: name → `{kind: config}`, as
+    /// the body of one beacons.yaml target. On a name clash the master's
+    /// beacon wins (see [`crate::beacons::merge`]).
+    #[serde(default)]
+    pub beacons: IndexMap<String, IndexMap<String, serde_json::Value>>,
 }
 
 fn default_root() -> PathBuf {
@@ -57,6 +64,8 @@ pub enum ConfigError {
     BadId { path: PathBuf, id: String },
     #[error("{path}: `master_key`: {message}")]
     BadMasterKey { path: PathBuf, message: String },
+    #[error("{path}: local beacon `{beacon}`: {message}\n  help: {help}")]
+    BadBeacon { path: PathBuf, beacon: String, message: String, help: String },
     #[error(
         "{path}: the agent does not know which master to trust; set `master_key` to the master's key (`halite-master keys fingerprint` prints it), or `tofu: true` to trust the first master it meets"
     )]
@@ -84,7 +93,43 @@ impl AgentConfig {
         } else if !config.tofu {
             return Err(ConfigError::NoTrust { path: path.to_path_buf() });
         }
+        config.local_beacons().map_err(|(beacon, message, help)| ConfigError::BadBeacon {
+            path: path.to_path_buf(),
+            beacon,
+            message,
+            help,
+        })?;
         Ok(config)
+    }
+
+    /// The local beacons as specs, each checked by its kind; an error says
+    /// which beacon, what is wrong and how to fix it.
+    pub fn local_beacons(&self) -> Result<Vec<BeaconSpec>, (String, String, String)> {
+        let known = || format!("known kinds: {}", crate::beacons::names().join(", "));
+        self.beacons
+            .iter()
+            .map(|(name, kinds)| {
+                if !valid_id(name) {
+                    return Err((
+                        name.clone(),
+                        "the name is not usable in an event tag".into(),
+                        "use letters, digits, '.', '-' and '_'".into(),
+                    ));
+                }
+                let mut kinds = kinds.iter();
+                let (Some((kind, config)), None) = (kinds.next(), kinds.next()) else {
+                    return Err((name.clone(), "must name exactly one beacon kind".into(), known()));
+                };
+                let config = Value::from_json(config);
+                crate::beacons::validate(kind, &config).map_err(|message| {
+                    let help = crate::beacons::find(kind).map_or_else(known, |k| {
+                        format!("a `{}` beacon looks like: {}", k.name, k.example.trim_end().replace('\n', "; "))
+                    });
+                    (name.clone(), message, help)
+                })?;
+                Ok(BeaconSpec { name: name.clone(), kind: kind.clone(), config })
+            })
+            .collect()
     }
 
     /// How the link decides whether the master is ours.
@@ -138,6 +183,24 @@ mod tests {
         assert!(error.contains("master_key") && error.contains("tofu"), "{error}");
         let error = load("id: web01\nmaster_key: abc\n").unwrap_err().to_string();
         assert!(error.contains("64 hex digits"), "{error}");
+    }
+
+    #[test]
+    fn local_beacons_are_checked_when_the_config_loads() {
+        let key = format!("master_key: {}\n", "ab".repeat(32));
+        let config =
+            load(&format!("id: web01\n{key}beacons:\n  app-log:\n    file:\n      paths: [/var/log/app]\n")).unwrap();
+        let specs = config.local_beacons().unwrap();
+        assert_eq!((specs[0].name.as_str(), specs[0].kind.as_str()), ("app-log", "file"));
+        let error = load(&format!("id: web01\n{key}beacons:\n  app-log:\n    file:\n      paths: [var/log]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("agent.yaml: local beacon `app-log`: path `var/log` is not absolute"), "{error}");
+        assert!(error.contains("help: a `file` beacon looks like"), "{error}");
+        let error = load(&format!("id: web01\n{key}beacons:\n  'a b':\n    load: {{above: 1}}\n")).unwrap_err();
+        assert!(error.to_string().contains("`a b`"), "{error}");
+        let error = load(&format!("id: web01\n{key}beacons:\n  x:\n    gpu: {{}}\n")).unwrap_err();
+        assert!(error.to_string().contains("known kinds"), "{error}");
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
     };
     let job_queue = jobs::spawn(managed.clone(), config.root.clone(), apply_env, outbound.clone());
     let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
+    let local_beacons =
+        config.local_beacons().map_err(|(beacon, message, _)| anyhow::anyhow!("local beacon `{beacon}`: {message}"))?;
     let mut beacons = Beacons::new(beacons::Context {
         name: String::new(),
         agent: id.clone(),
@@ -62,11 +64,11 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
                 Some(LinkEvent::Down(_)) => {}
                 Some(LinkEvent::Message(MasterMessage::Welcome(welcome))) => {
                     tracing::info!(beacons = welcome.beacons.len(), "The master accepted this agent.");
-                    beacons.replace(&welcome.beacons);
+                    beacons = replace_beacons(beacons, beacons::merge(&welcome.beacons, &local_beacons)).await?;
                 }
                 Some(LinkEvent::Message(MasterMessage::NotAccepted { status })) => {
                     tracing::warn!(%status, fingerprint = %keypair.public, "This agent's key is not accepted on the master; waiting for an operator (`halite-master keys accept {id}`).");
-                    beacons.replace(&[]);
+                    beacons = replace_beacons(beacons, Vec::new()).await?;
                 }
                 Some(LinkEvent::Message(MasterMessage::Job(job))) => {
                     tracing::info!(job = %job.id, states = job.states.len(), test = job.test, "Job received.");
@@ -74,7 +76,10 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
                         break;
                     }
                 }
-                Some(LinkEvent::Message(MasterMessage::Beacons(specs))) => beacons.replace(&specs),
+                Some(LinkEvent::Message(MasterMessage::Beacons(specs))) => {
+                    tracing::info!(beacons = specs.len(), "The master sent a new beacon set.");
+                    beacons = replace_beacons(beacons, beacons::merge(&specs, &local_beacons)).await?;
+                }
                 Some(LinkEvent::Message(other)) => tracing::debug!(message = ?other, "Ignoring a message."),
             },
             Some(event) = events.recv() => {
@@ -89,4 +94,16 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
     let _ = link_task.await;
     tracing::info!(agent = %id, "Agent stopped.");
     Ok(())
+}
+
+/// Replaces the beacon set off the runtime threads (a file beacon's first
+/// look hashes files), and before the next message from the master is
+/// handled: what a job does after a new set is seen by it.
+async fn replace_beacons(mut beacons: Beacons, specs: Vec<halite_proto::BeaconSpec>) -> anyhow::Result<Beacons> {
+    tokio::task::spawn_blocking(move || {
+        beacons.replace(&specs);
+        beacons
+    })
+    .await
+    .context("the beacon set could not be replaced")
 }

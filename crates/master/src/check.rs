@@ -16,6 +16,13 @@ pub fn run(states: &Path, out: &mut impl Write) -> std::io::Result<bool> {
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
     if errors == 0 {
         writeln!(out, "ok: {}: {}", states.display(), tree.summary())?;
+        for watch in &tree.watches {
+            writeln!(
+                out,
+                "  watch: {} `{}` keeps {}: beacon and reactor `{}`",
+                watch.file, watch.state, watch.path, watch.name
+            )?;
+        }
     } else {
         let files: std::collections::BTreeSet<_> = diagnostics.iter().map(|d| &d.file).collect();
         writeln!(

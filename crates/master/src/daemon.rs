@@ -75,6 +75,8 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     let fingerprint = keypair.public;
     let master = Arc::new(Master { keypair, keys: std::sync::Mutex::new(keys), tree, sessions, jobs, engine, bus });
     crate::control::serve(master.clone(), &config.data_dir, cancel.clone()).await?;
+    crate::reload::spawn(master.clone(), config.states.clone(), cancel.clone())
+        .with_context(|| format!("cannot watch the state tree {}", config.states.display()))?;
 
     let ready = format!("ready listen={listen} publish={publish} key={fingerprint}");
     std::fs::write(config.data_dir.join("endpoints"), format!("{ready}\n"))

@@ -113,13 +113,25 @@ pub async fn start_agent(
     master: &str,
     master_key: &str,
 ) -> anyhow::Result<AgentProcess> {
+    start_agent_with(binaries, dir, id, master, master_key, "").await
+}
+
+/// As [`start_agent`], with `extra` (YAML keys) appended to its agent.yaml.
+pub async fn start_agent_with(
+    binaries: &Binaries,
+    dir: &Path,
+    id: &str,
+    master: &str,
+    master_key: &str,
+    extra: &str,
+) -> anyhow::Result<AgentProcess> {
     let root = dir.join("root");
     std::fs::create_dir_all(&root)?;
     let config = dir.join("agent.yaml");
     std::fs::write(
         &config,
         format!(
-            "id: {id}\nmaster: {master}\nmaster_key: {master_key}\ndata_dir: {}\nroot: {}\n",
+            "id: {id}\nmaster: {master}\nmaster_key: {master_key}\ndata_dir: {}\nroot: {}\n{extra}",
             dir.join("data").display(),
             root.display()
         ),

@@ -16,6 +16,8 @@
 //!   for the demo and tests; [`client`]: a subscriber for tools,
 //!   the demo and the tests.
 //! - [`example`] — the example state tree, built into the binary.
+//! - [`watch`] — the beacon and reactor `watch: true` implies;
+//!   [`reload`]: hot reload of the tree (a watcher and SIGHUP).
 
 #![forbid(unsafe_code)]
 
@@ -33,5 +35,7 @@ pub mod jobs;
 pub mod keys;
 pub mod link;
 pub mod reactor;
+pub mod reload;
 pub mod sessions;
 pub mod tree;
+pub mod watch;

@@ -231,11 +231,14 @@ async fn finish_handshake(master: &Master, peers: &mut Peers, peer: Bytes, last:
 /// The session on `peer` is accepted: give the agent its beacons, announce
 /// it and converge it.
 pub async fn welcome(master: &Master, peer: Bytes, agent: &str, version: &str, facts: Value) {
-    let beacons = master.tree().beacons.for_agent(agent, &facts);
-    if let Err(error) = master.sessions.send_to_peer(peer, &MasterMessage::Welcome(Welcome { beacons })).await {
+    let tree = master.tree();
+    let beacons = tree.beacons_for(agent, &facts);
+    if let Err(error) = master.sessions.send_to_peer(peer.clone(), &MasterMessage::Welcome(Welcome { beacons })).await {
         tracing::warn!(agent, %error, "Cannot welcome the agent.");
         return;
     }
+    // A reload while the welcome was on its way may have missed this agent.
+    crate::reload::resend_if_reloaded(master, peer, agent, &facts, &tree).await;
     tracing::info!(agent, version, "Agent connected.");
     master.bus.publish(Event::new(
         tag::agent(agent, "connected"),

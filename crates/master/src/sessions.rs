@@ -145,6 +145,11 @@ impl Sessions {
         table.by_agent.get(agent).and_then(|peer| table.by_peer.get(peer)).map_or(Value::Null, |s| s.facts.clone())
     }
 
+    /// The agents with an accepted session now.
+    pub fn accepted_agents(&self) -> Vec<String> {
+        self.lock().by_agent.keys().cloned().collect()
+    }
+
     pub fn unaccepted(&self) -> usize {
         self.lock().by_peer.values().filter(|s| !s.accepted).count()
     }

@@ -65,3 +65,18 @@ fn what_if_shows_which_reactors_fire_and_what_they_do() {
     let create = run(r#"{"kind": "create"}"#);
     assert!(create.contains("no reactor fires"), "{create}");
 }
+
+#[test]
+fn watch_true_is_listed_and_its_reactor_shows_in_the_what_if() {
+    check_case("watch", true);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/check/watch");
+    let output = Command::new(env!("CARGO_BIN_EXE_halite-master"))
+        .args(["check", "--states", "tree", "--event", "halite/beacon/web01/watch:app:app-conf", "--data", "{}"])
+        .current_dir(&dir)
+        .env_remove("HALITE_STATES")
+        .output()
+        .unwrap();
+    let out = String::from_utf8(output.stdout).unwrap();
+    assert!(out.contains("fires watch:app:app-conf"), "{out}");
+    assert!(out.contains("apply state `app-conf` of [app] to the agent that raised the event"), "{out}");
+}

@@ -1,9 +1,12 @@
-//! The `file` beacon: changes to files, pushed by inotify.
+//! The `file` beacon: changes to files and directories, pushed by inotify.
 //!
-//! Each watched path's parent directory is watched, so editors that replace
-//! a file by rename, deletes and re-creates are all seen. On every change
-//! the file is looked at (sha256 of the content, mode) and compared with
-//! what it was and, for a managed file, with what it should be:
+//! A watched path may be a file or a directory, and need not exist yet.
+//! Each path's parent directory is watched, so editors that replace a file
+//! by rename, deletes and re-creates are all seen; a directory is watched
+//! itself too (with `recursive`, every directory below it), and what appears
+//! in it is tracked entry by entry. On every change the entry is looked at
+//! (sha256 of a file's content, mode) and compared with what it was and, for
+//! a managed file, with what it should be:
 //!
 //! - a managed file that matches its desired state raises nothing: that is
 //!   the agent's own restore, or a write that left it as desired;
@@ -18,9 +21,9 @@
 //! most [`WRITE_SETTLE`], so that a truncate-then-write of the desired
 //! content is not mistaken for drift, and an editor's write is hashed once.
 //!
-//! A slow periodic scan re-looks at every path, as a safety net for events
-//! the kernel dropped (inotify queue overflow) and to arm watches on
-//! directories that did not exist yet.
+//! A slow periodic scan re-lists every watched directory and re-looks at
+//! every path, as a safety net for events the kernel dropped (inotify queue
+//! overflow) and to arm watches on directories that did not exist yet.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -30,6 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use halite_proto::{Event, Sha256, Value};
 use notify::{RecursiveMode, Watcher};
 use serde::Deserialize;
@@ -39,8 +43,8 @@ use crate::managed::{Desired, Snapshot};
 
 pub static KIND: BeaconKind = BeaconKind {
     name: "file",
-    summary: "Changes to files: create, modify, delete, attrib (mode).",
-    example: "paths: [/etc/nginx/nginx.conf]\nevents: [modify, delete, attrib]\ndebounce: 500ms\n",
+    summary: "Changes to files and directories: create, modify, delete, attrib (mode).",
+    example: "paths: [/etc/nginx]\nrecursive: true\nexclude: ['*.swp']\nevents: [modify, delete, attrib]\n",
     validate,
     start,
 };
@@ -57,11 +61,17 @@ const NOTIFY_QUEUE: usize = 4096;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {
-    /// Absolute paths of the files to watch.
+    /// Absolute paths of the files and directories to watch.
     paths: Vec<PathBuf>,
+    /// A directory's whole subtree, not only its entries.
+    #[serde(default)]
+    recursive: bool,
     /// Which changes raise events; default: all.
     #[serde(default = "Change::all")]
     events: Vec<Change>,
+    /// Globs for what to ignore inside a watched directory.
+    #[serde(default)]
+    exclude: Vec<String>,
     /// Fold further changes to a path into its open drift for this long.
     #[serde(default)]
     debounce: Option<String>,
@@ -80,7 +90,7 @@ pub enum Change {
 }
 
 impl Change {
-    fn all() -> Vec<Change> {
+    pub fn all() -> Vec<Change> {
         vec![Change::Create, Change::Modify, Change::Delete, Change::Attrib]
     }
 
@@ -96,7 +106,9 @@ impl Change {
 
 struct Settings {
     paths: Vec<PathBuf>,
+    recursive: bool,
     events: Vec<Change>,
+    exclude: Exclude,
     debounce: Duration,
     scan: Duration,
 }
@@ -104,7 +116,7 @@ struct Settings {
 fn settings(config: &Value) -> Result<Settings, String> {
     let config: Config = decode(config)?;
     if config.paths.is_empty() {
-        return Err("`paths` is empty; list the files to watch".into());
+        return Err("`paths` is empty; list the files or directories to watch".into());
     }
     if let Some(path) = config.paths.iter().find(|p| !p.is_absolute()) {
         return Err(format!("path `{}` is not absolute", path.display()));
@@ -118,6 +130,8 @@ fn settings(config: &Value) -> Result<Settings, String> {
     Ok(Settings {
         debounce: duration(&config.debounce, "debounce", DEFAULT_DEBOUNCE)?,
         scan: duration(&config.scan, "scan", DEFAULT_SCAN)?.max(Duration::from_secs(1)),
+        exclude: Exclude::new(&config.exclude)?,
+        recursive: config.recursive,
         paths: config.paths,
         events: config.events,
     })
@@ -125,6 +139,82 @@ fn settings(config: &Value) -> Result<Settings, String> {
 
 fn validate(config: &Value) -> Result<(), String> {
     settings(config).map(|_| ())
+}
+
+/// `exclude` globs. A glob without `/` (`*.swp`, `.git`) is matched against
+/// every name below the watched directory, so it also excludes what is
+/// inside an excluded directory; a glob with `/` against the whole authored
+/// path (`/srv/www/**/cache/*`), `*` not crossing `/`.
+#[derive(Debug, Default)]
+pub struct Exclude {
+    names: GlobSet,
+    paths: GlobSet,
+}
+
+impl Exclude {
+    pub fn new(globs: &[String]) -> Result<Exclude, String> {
+        let (mut names, mut paths) = (GlobSetBuilder::new(), GlobSetBuilder::new());
+        for text in globs {
+            let glob = GlobBuilder::new(text)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| format!("`exclude: {text}`: {} (write e.g. '*.swp' or '/srv/www/**/cache')", e.kind()))?;
+            if text.contains('/') {
+                paths.add(glob)
+            } else {
+                names.add(glob)
+            };
+        }
+        let build = |b: GlobSetBuilder| b.build().map_err(|e| format!("`exclude`: {e}"));
+        Ok(Exclude { names: build(names)?, paths: build(paths)? })
+    }
+
+    /// Whether `authored`, found below the watched directory `top`, is
+    /// excluded (it, or a directory between it and `top`).
+    pub fn excludes(&self, top: &Path, authored: &Path) -> bool {
+        let Ok(relative) = authored.strip_prefix(top) else { return false };
+        if relative.iter().any(|name| self.names.is_match(Path::new(name))) {
+            return true;
+        }
+        authored.ancestors().take_while(|a| *a != top).any(|a| self.paths.is_match(a))
+    }
+}
+
+/// Which paths a beacon watches: its authored paths, and for those that
+/// are directories what is in them (with `recursive`, at any depth), less
+/// the excluded. Pure: callers say what is a directory.
+#[derive(Debug)]
+pub struct Scope {
+    /// (real path on this host, path as authored).
+    pub targets: Vec<(PathBuf, PathBuf)>,
+    pub recursive: bool,
+    pub exclude: Exclude,
+}
+
+impl Scope {
+    /// The authored form of `real` if the beacon watches it.
+    pub fn authored(&self, real: &Path) -> Option<PathBuf> {
+        if let Some((_, authored)) = self.targets.iter().find(|(r, _)| r == real) {
+            return Some(authored.clone());
+        }
+        self.targets.iter().find_map(|(top_real, top_authored)| {
+            let relative = real.strip_prefix(top_real).ok()?;
+            if relative.as_os_str().is_empty() || (!self.recursive && relative.components().count() != 1) {
+                return None;
+            }
+            let authored = top_authored.join(relative);
+            (!self.exclude.excludes(top_authored, &authored)).then_some(authored)
+        })
+    }
+
+    /// Whether what is inside the directory `real` is watched.
+    pub fn descends(&self, real: &Path) -> bool {
+        self.targets.iter().any(|(r, _)| r == real) || (self.recursive && self.authored(real).is_some())
+    }
+
+    fn is_target(&self, real: &Path) -> bool {
+        self.targets.iter().any(|(r, _)| r == real)
+    }
 }
 
 /// What a path looked like when last seen.
@@ -135,7 +225,10 @@ pub enum Observation {
         sha256: Sha256,
         mode: u32,
     },
-    /// A directory, a file we may not read, …: reported as a modify.
+    Directory {
+        mode: u32,
+    },
+    /// A symbolic link, a file we may not read, …: reported as a modify.
     Other(String),
 }
 
@@ -144,6 +237,7 @@ impl Observation {
         match std::fs::symlink_metadata(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Observation::Missing,
             Err(e) => Observation::Other(e.to_string()),
+            Ok(meta) if meta.is_dir() => Observation::Directory { mode: meta.mode() & 0o7777 },
             Ok(meta) if !meta.is_file() => Observation::Other("not a regular file".into()),
             Ok(meta) => match std::fs::File::open(path).and_then(Sha256::of_reader) {
                 // Gone between the stat and the open: a delete in progress.
@@ -177,6 +271,7 @@ fn classify(before: &Observation, now: &Observation, desired: Option<&Desired>) 
             };
             if content_changed { Change::Modify } else { Change::Attrib }
         }
+        (Observation::Directory { .. }, Observation::Directory { .. }) => Change::Attrib,
         _ => Change::Modify,
     }
 }
@@ -233,8 +328,32 @@ impl Tracker {
         if drifted { self.observe(path, now, desired, applied, at) } else { None }
     }
 
+    /// Starts tracking a path that has just appeared (in a watched
+    /// directory): the next observation of it is a create.
+    pub fn track_new(&mut self, path: &Path) {
+        self.paths.entry(path.to_path_buf()).or_insert(PathState { last: Observation::Missing, open: None });
+    }
+
     pub fn tracks(&self, path: &Path) -> bool {
         self.paths.contains_key(path)
+    }
+
+    /// Every tracked path.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.paths.keys().cloned().collect()
+    }
+
+    /// Stops tracking `path` if it is gone and nothing about it is pending
+    /// (a directory's entries come and go; their memory should not grow).
+    pub fn forget_if_gone(&mut self, path: &Path) -> bool {
+        let gone = self
+            .paths
+            .get(path)
+            .is_some_and(|s| s.last == Observation::Missing && s.open.as_ref().is_none_or(|o| o.window_checked));
+        if gone {
+            self.paths.remove(path);
+        }
+        gone
     }
 
     /// A notification or scan looked at `path` and saw `now`.
@@ -260,7 +379,9 @@ impl Tracker {
             state.open = None;
             return None;
         }
-        if desired.is_none() && before == now {
+        // Unchanged since the last look; an open window still compares with
+        // what it reported (a delete folded into a create is due at its end).
+        if desired.is_none() && before == now && state.open.is_none() {
             return None;
         }
         if let Some(open) = &state.open
@@ -338,6 +459,16 @@ fn reaction(kind: &notify::EventKind) -> Reaction {
     }
 }
 
+/// Whether a notification may mean a directory appeared or went away, so
+/// the watches should be checked.
+fn structural(kind: &notify::EventKind) -> bool {
+    use notify::event::{EventKind, ModifyKind};
+    matches!(
+        kind,
+        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)) | EventKind::Any
+    ) || matches!(kind, EventKind::Other)
+}
+
 enum Wake {
     Notify(notify::Result<notify::Event>),
     /// A job finished writing this path.
@@ -357,6 +488,10 @@ impl Drop for Guard {
     }
 }
 
+/// Arms the watches and takes the first look before returning, so that
+/// what happens after the beacon set is replaced is seen (the agent
+/// replaces it off the runtime threads, before it handles the next message
+/// from the master).
 fn start(context: Context, config: &Value) -> Result<Running, String> {
     let settings = settings(config)?;
     let (wake_tx, wake_rx) = std_mpsc::sync_channel::<Wake>(NOTIFY_QUEUE);
@@ -371,16 +506,22 @@ fn start(context: Context, config: &Value) -> Result<Running, String> {
         }
     })
     .map_err(|e| format!("cannot start inotify: {e}"))?;
-    let beacon = FileBeacon {
+    let scope = Scope {
+        targets: settings.paths.iter().map(|p| (context.real_path(p), p.clone())).collect(),
+        recursive: settings.recursive,
+        exclude: settings.exclude,
+    };
+    let mut beacon = FileBeacon {
         tracker: Tracker::new(settings.debounce, settings.events),
-        watched: settings.paths.iter().map(|p| (context.real_path(p), p.clone())).collect(),
+        scope,
         settling: HashMap::new(),
         overflowed,
-        armed: Vec::new(),
+        armed: HashMap::new(),
         watcher,
         scan: settings.scan,
         context,
         wake: wake_rx,
+        pending: Vec::new(),
     };
     let applied_tx = wake_tx.clone();
     beacon.context.managed.listen(Box::new(move |path| match applied_tx.try_send(Wake::Applied(path.to_path_buf())) {
@@ -388,6 +529,8 @@ fn start(context: Context, config: &Value) -> Result<Running, String> {
         // Full: the beacon is busy with notifications, which include this write.
         Ok(()) | Err(std_mpsc::TrySendError::Full(_)) => true,
     }));
+    beacon.arm(false);
+    beacon.track_all();
     std::thread::Builder::new()
         .name(format!("beacon-{}", beacon.context.name))
         .spawn(move || beacon.run())
@@ -397,36 +540,77 @@ fn start(context: Context, config: &Value) -> Result<Running, String> {
 
 struct FileBeacon {
     tracker: Tracker,
-    /// Real path → path as authored (what events report).
-    watched: HashMap<PathBuf, PathBuf>,
+    scope: Scope,
     /// Files being written, and when to look at them at the latest.
     settling: HashMap<PathBuf, Instant>,
     /// Set when a notification could not be queued.
     overflowed: Arc<AtomicBool>,
-    /// Directories watched so far.
-    armed: Vec<PathBuf>,
+    /// Directories watched now: whether recursively, and their inode (a
+    /// directory removed and made again needs a new watch).
+    armed: HashMap<PathBuf, (bool, u64)>,
     watcher: notify::RecommendedWatcher,
     scan: Duration,
     context: Context,
     wake: std_mpsc::Receiver<Wake>,
+    /// Reports made before the thread ran, sent by it (sending could wait
+    /// for the agent's main loop, which is waiting for `start`).
+    pending: Vec<(PathBuf, Report)>,
+}
+
+fn inode(path: &Path) -> Option<u64> {
+    std::fs::symlink_metadata(path).ok().filter(std::fs::Metadata::is_dir).map(|m| m.ino())
 }
 
 impl FileBeacon {
-    /// Watches each path's parent directory or, while that does not exist
-    /// yet, its nearest existing ancestor, whose notifications tell when the
-    /// next level appears. Returns whether a new directory is watched.
-    fn arm(&mut self) -> bool {
+    /// The directories to watch: each watched directory itself (with
+    /// `recursive`, the notify watcher adds those below it), and each
+    /// path's parent or, while that does not exist yet, its nearest
+    /// existing ancestor, whose notifications tell when the next level
+    /// appears.
+    fn wanted(&self) -> HashMap<PathBuf, bool> {
+        let mut wanted: HashMap<PathBuf, bool> = HashMap::new();
+        for (real, _) in &self.scope.targets {
+            if inode(real).is_some() {
+                *wanted.entry(real.clone()).or_default() |= self.scope.recursive;
+            }
+            let parent = real.parent().unwrap_or(real);
+            if let Some(dir) = parent.ancestors().find(|d| d.is_dir()) {
+                wanted.entry(dir.to_path_buf()).or_default();
+            }
+        }
+        wanted
+    }
+
+    /// Brings the watches in line with what exists now; a watched directory
+    /// that appeared is listed, its entries reported as created unless
+    /// this is the first look. Returns whether a new directory is watched.
+    fn arm(&mut self, report_new: bool) -> bool {
+        let wanted = self.wanted();
+        let stale: Vec<PathBuf> = self
+            .armed
+            .iter()
+            .filter(|(dir, (recursive, ino))| wanted.get(*dir) != Some(recursive) || inode(dir) != Some(*ino))
+            .map(|(dir, _)| dir.clone())
+            .collect();
+        for dir in stale {
+            self.armed.remove(&dir);
+            // It may be gone already, its watch with it.
+            let _ = self.watcher.unwatch(&dir);
+        }
         let mut armed_new = false;
-        let parents: Vec<PathBuf> = self.watched.keys().filter_map(|p| p.parent().map(Path::to_path_buf)).collect();
-        for parent in parents {
-            let Some(dir) = parent.ancestors().find(|d| d.is_dir()).map(Path::to_path_buf) else { continue };
-            if self.armed.contains(&dir) {
+        for (dir, recursive) in wanted {
+            if self.armed.contains_key(&dir) {
                 continue;
             }
-            match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            let Some(ino) = inode(&dir) else { continue };
+            let mode = if recursive { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
+            match self.watcher.watch(&dir, mode) {
                 Ok(()) => {
-                    self.armed.push(dir);
+                    self.armed.insert(dir.clone(), (recursive, ino));
                     armed_new = true;
+                    if self.scope.is_target(&dir) {
+                        self.discover(&dir, report_new);
+                    }
                 }
                 Err(error) => tracing::warn!(
                     beacon = %self.context.name, path = %dir.display(), %error,
@@ -437,17 +621,41 @@ impl FileBeacon {
         armed_new
     }
 
-    fn fully_armed(&self) -> bool {
-        self.watched.keys().all(|p| p.parent().is_none_or(|d| self.armed.iter().any(|a| a == d)))
+    /// Tracks what is in the watched directory `dir` and not tracked yet:
+    /// as created (`report`), or as it is (the first look).
+    fn discover(&mut self, dir: &Path, report: bool) {
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.filter_map(Result::ok) {
+                let path = entry.path();
+                if self.scope.authored(&path).is_none() {
+                    continue;
+                }
+                if self.scope.recursive && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(path.clone());
+                }
+                if self.tracker.tracks(&path) {
+                    continue;
+                }
+                if report {
+                    self.tracker.track_new(&path);
+                    self.look(&path, false);
+                } else {
+                    self.track(&path);
+                }
+            }
+        }
     }
 
     fn emit(&self, real: &Path, report: &Report) {
-        let authored = self.watched.get(real).map_or(real, PathBuf::as_path);
+        let authored = self.scope.authored(real).unwrap_or_else(|| real.to_path_buf());
         let mut data = Value::map().with("path", authored.display().to_string()).with("kind", report.change.as_str());
         match &report.observation {
             Observation::File { sha256, mode } => {
                 data = data.with("sha256", sha256.to_hex()).with("mode", format!("{mode:04o}"));
             }
+            Observation::Directory { mode } => data = data.with("directory", true).with("mode", format!("{mode:04o}")),
             Observation::Missing => {}
             Observation::Other(what) => data = data.with("error", what.as_str()),
         }
@@ -459,21 +667,27 @@ impl FileBeacon {
         }
     }
 
-    /// Looks at every path once, reporting managed files that drifted
-    /// while nobody watched.
+    /// Starts tracking `real` as it is, reporting a managed file that
+    /// drifted while nobody watched.
+    fn track(&mut self, real: &Path) {
+        let Some((observation, record)) = self.observe_steady(real) else {
+            // A job is writing it: start from what is there, quietly;
+            // the job's end makes the beacon look again.
+            let record = self.context.managed.snapshot(real);
+            self.tracker.track(real, Observation::of(real), None, record.applied, Instant::now());
+            return;
+        };
+        if let Some(report) = self.tracker.track(real, observation, record.desired, record.applied, Instant::now()) {
+            self.pending.push((real.to_path_buf(), report));
+        }
+    }
+
+    /// Looks at every authored path once (the first look).
     fn track_all(&mut self) {
-        let paths: Vec<PathBuf> = self.watched.keys().cloned().collect();
-        for real in paths {
-            let Some((observation, record)) = self.observe_steady(&real) else {
-                // A job is writing it: start from what is there, quietly;
-                // the job's end makes the beacon look again.
-                let record = self.context.managed.snapshot(&real);
-                self.tracker.track(&real, Observation::of(&real), None, record.applied, Instant::now());
-                continue;
-            };
-            if let Some(report) = self.tracker.track(&real, observation, record.desired, record.applied, Instant::now())
-            {
-                self.emit(&real, &report);
+        let targets: Vec<PathBuf> = self.scope.targets.iter().map(|(real, _)| real.clone()).collect();
+        for real in targets {
+            if !self.tracker.tracks(&real) {
+                self.track(&real);
             }
         }
     }
@@ -490,9 +704,14 @@ impl FileBeacon {
         (self.context.managed.snapshot(real) == before).then_some((observation, before))
     }
 
+    fn flush_pending(&mut self) {
+        for (real, report) in std::mem::take(&mut self.pending) {
+            self.emit(&real, &report);
+        }
+    }
+
     fn run(mut self) {
-        self.arm();
-        self.track_all();
+        self.flush_pending();
         let mut next_scan = Instant::now() + self.scan;
         loop {
             let deadline = [self.tracker.next_deadline(), self.settling.values().min().copied()]
@@ -501,31 +720,10 @@ impl FileBeacon {
                 .fold(next_scan, Instant::min);
             match self.wake.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(Wake::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
-                Ok(Wake::Notify(Ok(event))) => {
-                    if event.need_rescan() {
-                        self.scan_all();
-                    }
-                    if !self.fully_armed() && self.arm() {
-                        // Files may have appeared before the new watch did.
-                        self.scan_all();
-                    }
-                    let reaction = reaction(&event.kind);
-                    let tracked: Vec<&PathBuf> = event.paths.iter().filter(|p| self.tracker.tracks(p)).collect();
-                    for path in tracked {
-                        match reaction {
-                            Reaction::Ignore => {}
-                            Reaction::Settle => {
-                                self.settling.entry(path.clone()).or_insert_with(|| Instant::now() + WRITE_SETTLE);
-                            }
-                            Reaction::Look => {
-                                self.settling.remove(path);
-                                self.look(path, false);
-                            }
-                        }
-                    }
-                }
+                Ok(Wake::Notify(Ok(event))) => self.notified(&event),
                 Ok(Wake::Applied(path)) => {
-                    if self.tracker.tracks(&path) {
+                    if self.tracker.tracks(&path) || self.scope.authored(&path).is_some() {
+                        self.tracker.track_new(&path);
                         self.look(&path, false);
                     }
                 }
@@ -550,9 +748,46 @@ impl FileBeacon {
                 self.look(&path, true);
             }
             if now >= next_scan {
-                self.arm();
                 self.scan_all();
                 next_scan = now + self.scan;
+            }
+        }
+    }
+
+    fn notified(&mut self, event: &notify::Event) {
+        if event.need_rescan() {
+            self.scan_all();
+        }
+        let structural = structural(&event.kind);
+        if structural && self.arm(true) {
+            // Files may have appeared before the new watch did.
+            self.look_at_targets();
+        }
+        let reaction = reaction(&event.kind);
+        if reaction == Reaction::Ignore {
+            return;
+        }
+        for path in &event.paths {
+            if !self.tracker.tracks(path) {
+                if self.scope.authored(path).is_none() {
+                    continue;
+                }
+                self.tracker.track_new(path);
+            }
+            // A directory that appeared below a watched one: what is in it
+            // may predate the watch the notify watcher adds for it.
+            if structural && self.scope.recursive && self.scope.descends(path) && inode(path).is_some() {
+                self.discover(path, true);
+            }
+            match reaction {
+                Reaction::Ignore => {}
+                Reaction::Settle => {
+                    self.settling.entry(path.clone()).or_insert_with(|| Instant::now() + WRITE_SETTLE);
+                }
+                Reaction::Look => {
+                    self.settling.remove(path);
+                    self.look(path, false);
+                }
             }
         }
     }
@@ -573,11 +808,29 @@ impl FileBeacon {
         if let Some(report) = report {
             self.emit(real, &report);
         }
+        // Entries of a directory come and go; authored paths stay tracked.
+        if !self.scope.is_target(real) {
+            self.tracker.forget_if_gone(real);
+        }
     }
 
+    fn look_at_targets(&mut self) {
+        let targets: Vec<PathBuf> = self.scope.targets.iter().map(|(real, _)| real.clone()).collect();
+        for path in targets {
+            self.look(&path, false);
+        }
+    }
+
+    /// The safety net: re-arms, re-lists every watched directory and looks
+    /// at every tracked path.
     fn scan_all(&mut self) {
-        let paths: Vec<PathBuf> = self.watched.keys().cloned().collect();
-        for path in paths {
+        self.arm(true);
+        let dirs: Vec<PathBuf> =
+            self.scope.targets.iter().filter(|(real, _)| inode(real).is_some()).map(|(real, _)| real.clone()).collect();
+        for dir in dirs {
+            self.discover(&dir, true);
+        }
+        for path in self.tracker.paths() {
             self.look(&path, false);
         }
     }
@@ -676,6 +929,123 @@ mod tests {
         assert_eq!(report.map(|r| r.change), Some(Change::Modify));
     }
 
+    fn scope(targets: &[&str], recursive: bool, exclude: &[&str]) -> Scope {
+        Scope {
+            targets: targets.iter().map(|t| (PathBuf::from(format!("/root{t}")), PathBuf::from(t))).collect(),
+            recursive,
+            exclude: Exclude::new(&exclude.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn scope_decides_which_entries_are_watched() {
+        let flat = scope(&["/etc/app", "/etc/motd"], false, &["*.swp", ".git", "/etc/app/cache/*"]);
+        let deep = scope(&["/etc/app"], true, &["*.swp", ".git", "/etc/app/cache/*"]);
+        let cases: &[(&Scope, &str, Option<&str>)] = &[
+            (&flat, "/root/etc/motd", Some("/etc/motd")),
+            (&flat, "/root/etc/app", Some("/etc/app")),
+            (&flat, "/root/etc/app/a.conf", Some("/etc/app/a.conf")),
+            (&flat, "/root/etc/app/sub/a.conf", None),
+            (&flat, "/root/etc/app/a.conf.swp", None),
+            (&flat, "/root/etc/other", None),
+            (&flat, "/root/etc/motdx", None),
+            (&deep, "/root/etc/app/sub/a.conf", Some("/etc/app/sub/a.conf")),
+            (&deep, "/root/etc/app/sub/.a.conf.swp", None),
+            (&deep, "/root/etc/app/.git/HEAD", None),
+            (&deep, "/root/etc/app/cache/x", None),
+            (&deep, "/root/etc/app/cache/x/y", None),
+            (&deep, "/root/etc/app/cache", Some("/etc/app/cache")),
+            (&deep, "/root/etc/app/sub/cache/x", Some("/etc/app/sub/cache/x")),
+        ];
+        for (scope, real, expected) in cases {
+            assert_eq!(
+                scope.authored(Path::new(real)).as_deref(),
+                expected.map(Path::new),
+                "{real} (recursive: {})",
+                scope.recursive
+            );
+        }
+        assert!(deep.descends(Path::new("/root/etc/app/sub")));
+        assert!(!flat.descends(Path::new("/root/etc/app/sub")));
+        assert!(flat.descends(Path::new("/root/etc/app")));
+    }
+
+    #[test]
+    fn entries_of_a_directory_are_created_modified_and_deleted() {
+        let path = Path::new("/srv/drop/a");
+        let t0 = Instant::now();
+        let mut tracker = Tracker::new(Duration::ZERO, Change::all());
+        tracker.track_new(path);
+        assert_eq!(tracker.observe(path, file(b"a", 0o644), None, 0, t0).map(|r| r.change), Some(Change::Create));
+        assert_eq!(tracker.observe(path, file(b"b", 0o644), None, 0, t0 + MS).map(|r| r.change), Some(Change::Modify));
+        assert_eq!(
+            tracker.observe(path, file(b"b", 0o600), None, 0, t0 + 2 * MS).map(|r| r.change),
+            Some(Change::Attrib)
+        );
+        assert_eq!(tracker.observe(path, file(b"b", 0o600), None, 0, t0 + 3 * MS), None, "nothing changed");
+        assert_eq!(
+            tracker.observe(path, Observation::Missing, None, 0, t0 + 4 * MS).map(|r| r.change),
+            Some(Change::Delete)
+        );
+        // Once its window is checked, a deleted entry is forgotten.
+        assert!(!tracker.forget_if_gone(path), "its debounce window is still open");
+        tracker.close_window(path);
+        assert!(tracker.forget_if_gone(path));
+        assert!(!tracker.tracks(path));
+    }
+
+    #[test]
+    fn directories_are_created_deleted_and_chmodded_but_not_modified() {
+        let path = Path::new("/srv/tree/sub");
+        let t0 = Instant::now();
+        let mut tracker = Tracker::new(Duration::ZERO, Change::all());
+        tracker.track_new(path);
+        let dir = |mode| Observation::Directory { mode };
+        assert_eq!(tracker.observe(path, dir(0o755), None, 0, t0).map(|r| r.change), Some(Change::Create));
+        assert_eq!(tracker.observe(path, dir(0o755), None, 0, t0 + MS), None, "an entry added is not the dir's change");
+        assert_eq!(tracker.observe(path, dir(0o700), None, 0, t0 + 2 * MS).map(|r| r.change), Some(Change::Attrib));
+        assert_eq!(
+            tracker.observe(path, Observation::Missing, None, 0, t0 + 3 * MS).map(|r| r.change),
+            Some(Change::Delete)
+        );
+    }
+
+    #[test]
+    fn a_delete_inside_the_debounce_window_is_reported_when_it_ends() {
+        let path = Path::new("/srv/drop/a");
+        let t0 = Instant::now();
+        let mut tracker = Tracker::new(500 * MS, Change::all());
+        tracker.track_new(path);
+        assert_eq!(tracker.observe(path, file(b"a", 0o644), None, 0, t0).map(|r| r.change), Some(Change::Create));
+        assert_eq!(tracker.observe(path, Observation::Missing, None, 0, t0 + MS), None, "folded into the create");
+        assert!(!tracker.forget_if_gone(path), "the window must still report it");
+        assert_eq!(tracker.due(t0 + 500 * MS), vec![path.to_path_buf()]);
+        let delete = tracker.window_ended(path, Observation::Missing, None, 0, t0 + 500 * MS);
+        assert_eq!(delete.map(|r| r.change), Some(Change::Delete));
+    }
+
+    #[test]
+    fn a_managed_file_appearing_as_desired_in_a_directory_is_not_drift() {
+        let path = Path::new("/etc/app/managed.conf");
+        let mut tracker = Tracker::new(500 * MS, Change::all());
+        tracker.track_new(path);
+        assert_eq!(tracker.observe(path, file(b"good", 0o644), desired(b"good"), 1, Instant::now()), None);
+    }
+
+    #[test]
+    fn only_the_asked_for_changes_of_entries_are_reported() {
+        let path = Path::new("/srv/drop/a");
+        let t0 = Instant::now();
+        let mut tracker = Tracker::new(Duration::ZERO, vec![Change::Delete]);
+        tracker.track_new(path);
+        assert_eq!(tracker.observe(path, file(b"a", 0o644), None, 0, t0), None);
+        assert_eq!(tracker.observe(path, file(b"b", 0o644), None, 0, t0 + MS), None);
+        assert_eq!(
+            tracker.observe(path, Observation::Missing, None, 0, t0 + 2 * MS).map(|r| r.change),
+            Some(Change::Delete)
+        );
+    }
+
     #[test]
     fn config_errors_say_what_to_write() {
         let bad = |yaml: &str| {
@@ -686,5 +1056,6 @@ mod tests {
         assert!(bad("paths: [/x]\ndebounce: soon\n").contains("500ms"));
         assert!(bad("paths: [/x]\nevents: [written]\n").contains("written"));
         assert!(bad("path: [/x]\n").contains("path"));
+        assert!(bad("paths: [/x]\nexclude: ['a[']\n").contains("exclude"));
     }
 }

@@ -97,23 +97,39 @@ impl std::fmt::Debug for Running {
     }
 }
 
-/// The beacons running now; replaced whole when the master sends a new set.
+/// The beacons running now. A new set replaces it, but a beacon whose spec
+/// did not change keeps running, so a reload of the master's tree does not
+/// reset a cpu beacon's hysteresis or a file beacon's open drifts.
 #[derive(Debug)]
 pub struct Beacons {
     template: Context,
-    running: Vec<(String, Running)>,
+    running: Vec<(BeaconSpec, Running)>,
+    /// Beacons started so far, for the tests of what a replace restarts.
+    starts: u64,
 }
 
 impl Beacons {
     pub fn new(template: Context) -> Self {
-        Beacons { template, running: Vec::new() }
+        Beacons { template, running: Vec::new(), starts: 0 }
     }
 
-    /// Stops every beacon and starts `specs`. A beacon that fails to start
-    /// is logged and skipped; the others run.
+    /// Runs exactly `specs`: stops the beacons not in it (or changed),
+    /// starts the new ones, leaves the unchanged running. A beacon that fails
+    /// to start is logged and skipped; the others run. Starting may look at
+    /// the host (a file beacon's first look): call it off the runtime threads.
     pub fn replace(&mut self, specs: &[BeaconSpec]) {
-        self.running.clear();
+        let (kept, stopped): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.running).into_iter().partition(|(running, _)| specs.contains(running));
+        for (spec, _) in &stopped {
+            tracing::info!(beacon = %spec.name, kind = %spec.kind, "Beacon stopped.");
+        }
+        // Stopped before the new ones start: a changed beacon never runs twice.
+        drop(stopped);
+        self.running = kept;
         for spec in specs {
+            if self.running.iter().any(|(running, _)| running == spec) {
+                continue;
+            }
             let Some(kind) = find(&spec.kind) else {
                 tracing::error!(beacon = %spec.name, kind = %spec.kind, "Unknown beacon kind; skipping this beacon.");
                 continue;
@@ -122,7 +138,8 @@ impl Beacons {
             match (kind.start)(context, &spec.config) {
                 Ok(running) => {
                     tracing::info!(beacon = %spec.name, kind = %spec.kind, "Beacon started.");
-                    self.running.push((spec.name.clone(), running));
+                    self.running.push((spec.clone(), running));
+                    self.starts += 1;
                 }
                 Err(error) => {
                     tracing::error!(beacon = %spec.name, kind = %spec.kind, %error, "Beacon failed to start.")
@@ -138,6 +155,29 @@ impl Beacons {
     pub fn is_empty(&self) -> bool {
         self.running.is_empty()
     }
+
+    /// The names of the running beacons.
+    pub fn names(&self) -> Vec<&str> {
+        self.running.iter().map(|(spec, _)| spec.name.as_str()).collect()
+    }
+}
+
+/// The master's beacons plus this agent's local ones (agent.yaml). On a
+/// name both use, the master's wins and the local one is skipped with a
+/// warning: the master's reactors are written against its own beacons.
+pub fn merge(master: &[BeaconSpec], local: &[BeaconSpec]) -> Vec<BeaconSpec> {
+    let mut all = master.to_vec();
+    for spec in local {
+        if master.iter().any(|m| m.name == spec.name) {
+            tracing::warn!(
+                beacon = %spec.name,
+                "A local beacon in agent.yaml has the name of one of the master's; the master's runs. Rename the local one."
+            );
+        } else {
+            all.push(spec.clone());
+        }
+    }
+    all
 }
 
 #[cfg(test)]
@@ -164,6 +204,48 @@ mod tests {
                 assert!(find(stem).is_some(), "src/beacons/{name} is not registered in KINDS");
             }
         }
+    }
+
+    fn context() -> Context {
+        let (events, _) = mpsc::channel(1);
+        Context {
+            name: String::new(),
+            agent: "web01".into(),
+            events,
+            managed: ManagedFiles::in_memory(),
+            root: PathBuf::from("/"),
+        }
+    }
+
+    fn spec(name: &str, kind: &str, config: &str) -> BeaconSpec {
+        let json: serde_json::Value = serde_saphyr::from_str(config).unwrap();
+        BeaconSpec { name: name.into(), kind: kind.into(), config: Value::from_json(&json) }
+    }
+
+    #[test]
+    fn replacing_keeps_unchanged_beacons_running() {
+        let mut beacons = Beacons::new(context());
+        let load = spec("load", "load", "above: 4\ninterval: 1h\n");
+        let disk = spec("disk", "disk", "mount: /\nabove: 99\ninterval: 1h\n");
+        beacons.replace(&[load.clone(), disk.clone()]);
+        assert_eq!(beacons.names(), ["load", "disk"]);
+        assert_eq!(beacons.starts, 2);
+        let disk_changed = spec("disk", "disk", "mount: /\nabove: 98\ninterval: 1h\n");
+        beacons.replace(&[load.clone(), disk_changed]);
+        assert_eq!(beacons.starts, 3, "only the changed beacon is restarted");
+        assert_eq!(beacons.names(), ["load", "disk"]);
+        beacons.replace(&[load]);
+        assert_eq!(beacons.names(), ["load"]);
+        assert_eq!(beacons.starts, 3, "removing starts nothing");
+    }
+
+    #[test]
+    fn on_a_name_clash_the_masters_beacon_wins() {
+        let master = [spec("conf", "file", "paths: [/etc/a]\n")];
+        let local = [spec("conf", "file", "paths: [/etc/b]\n"), spec("mine", "load", "above: 4\n")];
+        let merged = merge(&master, &local);
+        assert_eq!(merged.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["conf", "mine"]);
+        assert_eq!(merged[0], master[0]);
     }
 
     #[test]

@@ -41,6 +41,13 @@ pub struct Reactor {
 }
 
 impl Reactor {
+    /// A reactor the tree implies rather than one authored (`watch: true`,
+    /// see `crate::watch`); `on` is a tag glob the caller built.
+    pub fn implied(name: String, on: &str, actions: Vec<Box<dyn actions::Action>>) -> Result<Reactor, String> {
+        let on_matcher = Glob::new(on).map_err(|e| format!("bad tag glob `{on}`: {}", e.kind()))?.compile_matcher();
+        Ok(Reactor { name, on: on.to_owned(), on_matcher, when: None, when_compiled: None, throttle: None, actions })
+    }
+
     /// Whether the event's tag matches and `when` holds.
     pub fn matches(&self, event: &Event) -> Result<bool, String> {
         if !self.on_matcher.is_match(&event.tag) {
