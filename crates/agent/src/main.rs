@@ -45,6 +45,12 @@ enum Command {
         #[arg(long, env = "HALITE_DATA_DIR", default_value = halite_agent::config::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
     },
+    /// Write man pages and shell completions into OUT (for packaging).
+    #[command(hide = true)]
+    Manual {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -64,6 +70,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Manual { out } => {
+            use clap::CommandFactory;
+            Ok(halite_agent::manual::write(Cli::command(), &out)?)
+        }
         Command::Fingerprint { data_dir } => {
             let (keypair, _) = halite_link::Keypair::load_or_create(&data_dir.join("agent.key"))?;
             println!("{}", keypair.public);

@@ -16,6 +16,7 @@
 //!   for the demo and tests; [`client`]: a subscriber for tools,
 //!   the demo and the tests.
 //! - [`example`] — the example state tree, built into the binary.
+//! - [`init`] — `halite-master init`: config, key and a tree for a new master.
 
 #![forbid(unsafe_code)]
 
@@ -29,6 +30,7 @@ pub mod daemon;
 pub mod demo;
 pub mod example;
 pub mod fleet;
+pub mod init;
 pub mod jobs;
 pub mod keys;
 pub mod link;
