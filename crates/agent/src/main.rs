@@ -45,15 +45,19 @@ enum Command {
         #[arg(long, env = "HALITE_DATA_DIR", default_value = halite_agent::config::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
     },
-    /// Write man pages and shell completions into OUT (for packaging).
-    #[command(hide = true)]
-    Manual {
-        #[arg(long)]
-        out: PathBuf,
-    },
 }
 
 fn main() -> ExitCode {
+    if let Some(out) = halite_agent::manual::requested() {
+        use clap::CommandFactory;
+        return match halite_agent::manual::write(Cli::command(), &out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: cannot write the manual into {}: {error}", out.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -70,10 +74,6 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Manual { out } => {
-            use clap::CommandFactory;
-            Ok(halite_agent::manual::write(Cli::command(), &out)?)
-        }
         Command::Fingerprint { data_dir } => {
             let (keypair, _) = halite_link::Keypair::load_or_create(&data_dir.join("agent.key"))?;
             println!("{}", keypair.public);

@@ -98,12 +98,6 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
-    /// Write man pages and shell completions into OUT (for packaging).
-    #[command(hide = true)]
-    Manual {
-        #[arg(long)]
-        out: PathBuf,
-    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,6 +116,16 @@ enum KeysAction {
 }
 
 fn main() -> ExitCode {
+    if let Some(out) = halite_agent::manual::requested() {
+        use clap::CommandFactory;
+        return match halite_agent::manual::write(Cli::command(), &out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: cannot write the manual into {}: {error}", out.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     let default_level = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
     tracing_subscriber::fmt()
@@ -150,11 +154,6 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 None => halite_master::init::Layout::system(),
             };
             halite_master::init::run(&layout, listen.as_deref(), &mut std::io::stdout().lock())?;
-            Ok(true)
-        }
-        Command::Manual { out } => {
-            use clap::CommandFactory;
-            halite_agent::manual::write(Cli::command(), &out)?;
             Ok(true)
         }
         Command::Run { config, data_dir, states } => {
