@@ -73,8 +73,9 @@ pub fn run(layout: &Layout, listen: Option<&str>, out: &mut dyn Write) -> anyhow
         std::fs::write(config_path, text).with_context(|| format!("cannot write {}", config_path.display()))?;
         writeln!(out, "wrote {}", config_path.display())?;
     }
-    let config = MasterConfig::load(config_path)
-        .with_context(|| format!("cannot load {} (fix it, or move it away and run init again)", config_path.display()))?;
+    let config = MasterConfig::load(config_path).with_context(|| {
+        format!("cannot load {} (fix it, or move it away and run init again)", config_path.display())
+    })?;
 
     let data_dir = &config.data_dir;
     std::fs::DirBuilder::new()
@@ -250,6 +251,41 @@ mod tests {
         let error = run(&Layout::under(dir.path()), None, &mut Vec::new()).unwrap_err();
         let text = format!("{error:#}");
         assert!(text.contains("master.yaml") && text.contains("lisen"), "{text}");
+    }
+
+    /// The packages' default configs (packaging/) must load: the master's as
+    /// exactly the built-in defaults, the agent's as a template that names
+    /// the one thing missing, the master's key.
+    #[test]
+    fn the_packaged_configs_are_the_defaults() {
+        let packaging = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging");
+        let master = MasterConfig::load(&packaging.join("master/master.yaml")).unwrap();
+        let defaults = MasterConfig::default();
+        assert_eq!(
+            (master.listen, master.publish, master.states, master.data_dir, master.auto_accept),
+            (defaults.listen, defaults.publish, defaults.states, defaults.data_dir, defaults.auto_accept)
+        );
+
+        let agent = packaging.join("agent/agent.yaml");
+        let error = halite_agent::config::AgentConfig::load(&agent).unwrap_err();
+        assert!(matches!(error, halite_agent::config::ConfigError::NoTrust { .. }), "{error}");
+        let text = std::fs::read_to_string(&agent).unwrap();
+        let uncommented: String = text
+            .lines()
+            .map(|line| line.strip_prefix("# ").filter(|l| l.starts_with("master")).unwrap_or(line))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let key = "0".repeat(64);
+        let filled = dir_with("agent.yaml", &uncommented.replace("<64 hex digits>", &key));
+        let config = halite_agent::config::AgentConfig::load(&filled.path().join("agent.yaml")).unwrap();
+        assert_eq!(config.master_key, Some(key));
+        assert_eq!(config.data_dir, Path::new(halite_agent::config::DEFAULT_DATA_DIR));
+    }
+
+    fn dir_with(name: &str, text: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(name), text).unwrap();
+        dir
     }
 
     #[test]
