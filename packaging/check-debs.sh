@@ -98,18 +98,29 @@ for deb in "$master_deb" "$agent_deb"; do
 done
 
 # ------------------------------------------------------------ 2. install
-suite=bookworm
+# The root runs the release this machine runs (the binaries were linked
+# against its libc): Debian or Ubuntu by /etc/os-release, else bookworm.
+# HALITE_ROOTFS_SUITE and HALITE_ROOTFS_MIRROR override.
+os_id=$(. /etc/os-release 2>/dev/null && echo "${ID:-}")
+os_codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+case "$os_id" in
+    ubuntu) default_mirror=http://archive.ubuntu.com/ubuntu ;;
+    *) default_mirror=http://deb.debian.org/debian ;;
+esac
+[ "$os_id" = debian ] || [ "$os_id" = ubuntu ] || os_codename=
+suite=${HALITE_ROOTFS_SUITE:-${os_codename:-bookworm}}
+mirror=${HALITE_ROOTFS_MIRROR:-$default_mirror}
 cache=${HALITE_ROOTFS_CACHE:-/var/cache/halite-ci}
 # systemd in the root so that `systemd-analyze verify --root` finds the
 # targets the units hang off; adduser for the master's postinst.
 include=adduser,systemd
-rootfs_tar="$cache/debian-$suite-minbase-${include//,/-}.tar"
+rootfs_tar="$cache/$suite-minbase-${include//,/-}.tar"
 if [ ! -s "$rootfs_tar" ]; then
     step "making a throwaway Debian root with debootstrap (cached in $rootfs_tar)"
     command -v debootstrap >/dev/null || { apt-get update -qq && apt-get install -y -qq debootstrap; }
     mkdir -p "$cache"
     bootstrap=$(mktemp -d)
-    debootstrap --variant=minbase --include="$include" "$suite" "$bootstrap/root" http://deb.debian.org/debian >"$bootstrap/log" 2>&1 \
+    debootstrap --variant=minbase --include="$include" "$suite" "$bootstrap/root" "$mirror" >"$bootstrap/log" 2>&1 \
         || { tail -n 20 "$bootstrap/log"; fail "debootstrap failed"; }
     tar -C "$bootstrap/root" -cf "$rootfs_tar.part" . && mv "$rootfs_tar.part" "$rootfs_tar"
     rm -rf "$bootstrap"
