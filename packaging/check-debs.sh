@@ -7,11 +7,12 @@
 #     in this machine's root, and checks what they made: the halite user, the
 #     directories' owners and modes, conffiles, units not enabled;
 #  3. `halite-master init` there with the packaged layout, and the master
-#     started as the `halite` user, to prove the user can read its key;
+#     started as the `halite` user, to prove the user can read its key, and
+#     that it sends READY=1 to $NOTIFY_SOCKET (the unit is Type=notify);
 #  4. systemd-analyze verify on both units (and the master's exposure score);
 #  5. packaging/test-first-run.sh with the installed binaries;
 #  6. reinstall keeps an edited conffile; purge removes what it should.
-# Needs root (chroot), dpkg-deb, and debootstrap or a cached root.
+# Needs root (chroot), dpkg-deb, python3, and debootstrap or a cached root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -132,6 +133,7 @@ proc_mounted=
 cleanup() {
     [ -n "$proc_mounted" ] && { umount "$root/proc" 2>/dev/null || umount -l "$root/proc"; }
     [ -n "${master_pid:-}" ] && kill -TERM "$master_pid" 2>/dev/null
+    [ -n "${notify_pid:-}" ] && kill -TERM "$notify_pid" 2>/dev/null
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -190,7 +192,21 @@ step "the master runs as halite with the packaged config"
 sed -i -e 's#^listen: tcp://0.0.0.0:4510#listen: tcp://127.0.0.1:0#' \
     -e 's#^publish: tcp://127.0.0.1:4511#publish: tcp://127.0.0.1:0#' "$root/etc/halite/master.yaml"
 grep -q '^listen: tcp://127.0.0.1:0' "$root/etc/halite/master.yaml" || fail "the packaged master.yaml changed shape"
-chroot --userspec=halite:halite "$root" /usr/bin/halite-master run --config /etc/halite/master.yaml \
+# Stand in for systemd's notify socket (the unit is Type=notify): the master,
+# confined to the root, must send READY=1 to $NOTIFY_SOCKET once it serves.
+python3 - "$root/tmp/notify.sock" "$work/notified" <<'PY' &
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+os.chmod(sys.argv[1], 0o777)
+s.settimeout(120)
+message = s.recv(4096)
+with open(sys.argv[2], "wb") as f:
+    f.write(message)
+PY
+notify_pid=$!
+until [ -S "$root/tmp/notify.sock" ]; do kill -0 "$notify_pid" || fail "the notify stand-in did not start"; sleep 0.1; done
+NOTIFY_SOCKET=/tmp/notify.sock chroot --userspec=halite:halite "$root" /usr/bin/halite-master run --config /etc/halite/master.yaml \
     >"$work/master.out" 2>"$work/master.log" &
 master_pid=$!
 deadline=$((SECONDS + 60))
@@ -200,6 +216,9 @@ until grep -q '^ready ' "$work/master.out"; do
     sleep 0.1
 done
 cat "$work/master.out"
+wait "$notify_pid" || fail "the master sent systemd nothing"
+grep -q '^READY=1$' "$work/notified" || fail "the master's notification lacks READY=1: $(cat "$work/notified")"
+echo "notified systemd: $(tr '\n' ' ' <"$work/notified")"
 grep -q "key=$(in_root halite-master keys fingerprint)" "$work/master.out" || fail "the daemon serves another key than init made"
 in_root halite-master keys list | tee "$work/keys.out"
 grep -q '^no keys yet$' "$work/keys.out" || fail "keys list over the control socket failed"

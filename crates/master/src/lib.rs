@@ -16,6 +16,7 @@
 //!   for the demo and tests; [`client`]: a subscriber for tools,
 //!   the demo and the tests.
 //! - [`example`] — the example state tree, built into the binary.
+//! - [`notify`] — telling systemd the master is ready (`Type=notify`).
 //! - [`init`] — `halite-master init`: config, key and a tree for a new master.
 
 #![forbid(unsafe_code)]
@@ -34,6 +35,7 @@ pub mod init;
 pub mod jobs;
 pub mod keys;
 pub mod link;
+pub mod notify;
 pub mod reactor;
 pub mod sessions;
 pub mod tree;
