@@ -131,9 +131,11 @@ work=$(mktemp -d)
 root="$work/root"
 proc_mounted=
 cleanup() {
-    [ -n "$proc_mounted" ] && { umount "$root/proc" 2>/dev/null || umount -l "$root/proc"; }
-    [ -n "${master_pid:-}" ] && kill -TERM "$master_pid" 2>/dev/null
-    [ -n "${notify_pid:-}" ] && kill -TERM "$notify_pid" 2>/dev/null
+    # `|| true` throughout: under set -e a failing kill (the process is
+    # already gone) would end the trap before the root is removed.
+    if [ -n "$proc_mounted" ]; then umount "$root/proc" 2>/dev/null || umount -l "$root/proc" || true; fi
+    if [ -n "${master_pid:-}" ]; then kill -TERM "$master_pid" 2>/dev/null || true; fi
+    if [ -n "${notify_pid:-}" ]; then kill -TERM "$notify_pid" 2>/dev/null || true; fi
     rm -rf "$work"
 }
 trap cleanup EXIT
