@@ -11,6 +11,8 @@
 //! - [`jobs`] — applies jobs through the shared state engine.
 //! - [`daemon`] — `halite-agent run`, wiring the above together.
 //! - [`facts`] — what the agent tells the master about its host.
+//! - [`manual`] — man pages and shell completions from the clap definitions
+//!   of both binaries, for the packages.
 
 #![forbid(unsafe_code)]
 
@@ -23,6 +25,7 @@ pub mod facts;
 pub mod jobs;
 pub mod link;
 pub mod managed;
+pub mod manual;
 
 /// `path` (absolute, as authored) under `root`.
 pub fn rooted(root: &Path, path: &Path) -> PathBuf {

@@ -48,6 +48,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    if let Some(out) = halite_agent::manual::requested() {
+        use clap::CommandFactory;
+        return match halite_agent::manual::write(Cli::command(), &out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: cannot write the manual into {}: {error}", out.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))

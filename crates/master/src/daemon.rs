@@ -86,6 +86,7 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         writeln!(stdout, "{ready}").and_then(|()| stdout.flush()).context("cannot write to stdout")?;
     }
     tracing::info!(%listen, %publish, "Master ready.");
+    crate::notify::ready();
     crate::link::serve(recv, monitor, master, cancel).await;
     tracing::info!("Master stopped.");
     Ok(())

@@ -18,6 +18,8 @@
 //! - [`example`] — the example state tree, built into the binary.
 //! - [`watch`] — the beacon and reactor `watch: true` implies;
 //!   [`reload`]: hot reload of the tree (a watcher and SIGHUP).
+//! - [`notify`] — telling systemd the master is ready (`Type=notify`).
+//! - [`init`] — `halite-master init`: config, key and a tree for a new master.
 
 #![forbid(unsafe_code)]
 
@@ -31,9 +33,11 @@ pub mod daemon;
 pub mod demo;
 pub mod example;
 pub mod fleet;
+pub mod init;
 pub mod jobs;
 pub mod keys;
 pub mod link;
+pub mod notify;
 pub mod reactor;
 pub mod reload;
 pub mod sessions;

@@ -22,6 +22,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Set up a new master: write master.yaml, make the master's key and an
+    /// example state tree (each only if missing), and print the lines to put
+    /// in agents' agent.yaml.
+    ///
+    /// Without --dir: /etc/halite/master.yaml, /var/lib/halite/master and
+    /// /srv/halite/states. Safe to run again: it keeps what exists and says so.
+    Init {
+        /// Put everything under DIR (DIR/master.yaml, DIR/data, DIR/states).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The agent link for a new master.yaml (default tcp://0.0.0.0:4510).
+        #[arg(long, value_name = "ENDPOINT")]
+        listen: Option<String>,
+    },
     /// Run the master in the foreground until SIGTERM or SIGINT.
     ///
     /// Prints `ready listen=<endpoint> publish=<endpoint>` on stdout (and in
@@ -102,6 +116,16 @@ enum KeysAction {
 }
 
 fn main() -> ExitCode {
+    if let Some(out) = halite_agent::manual::requested() {
+        use clap::CommandFactory;
+        return match halite_agent::manual::write(Cli::command(), &out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: cannot write the manual into {}: {error}", out.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     let default_level = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
     tracing_subscriber::fmt()
@@ -124,6 +148,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
+        Command::Init { dir, listen } => {
+            let layout = match dir {
+                Some(dir) => halite_master::init::Layout::under(&dir),
+                None => halite_master::init::Layout::system(),
+            };
+            halite_master::init::run(&layout, listen.as_deref(), &mut std::io::stdout().lock())?;
+            Ok(true)
+        }
         Command::Run { config, data_dir, states } => {
             let mut master = if config.exists() || config.as_os_str() != DEFAULT_CONFIG {
                 MasterConfig::load(&config)
