@@ -13,6 +13,8 @@
 //! - [`facts`] — what the agent tells the master about its host.
 //! - [`manual`] — man pages and shell completions from the clap definitions
 //!   of both binaries, for the packages.
+//! - [`local`] — `halite-agent apply --local`: a state tree applied without
+//!   a master.
 
 #![forbid(unsafe_code)]
 
@@ -24,6 +26,7 @@ pub mod daemon;
 pub mod facts;
 pub mod jobs;
 pub mod link;
+pub mod local;
 pub mod managed;
 pub mod manual;
 

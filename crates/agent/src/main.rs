@@ -1,5 +1,6 @@
 //! `halite-agent`: the command line.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -37,6 +38,37 @@ enum Command {
         #[arg(long, env = "HALITE_MASTER")]
         master: Option<String>,
     },
+    /// Apply a state tree on this host without a master, and print what
+    /// each state did (changes and diffs; coloured on a terminal, plain when
+    /// piped or with NO_COLOR), as `halite-master apply` does.
+    ///
+    /// Without STATE, the top.yaml states for this agent's id. Exit codes:
+    /// 0 nothing failed; 1 a state failed, or the tree has errors (each
+    /// printed as file:line:col: error: … with a hint); 2 bad command line.
+    Apply {
+        /// The state tree to apply (a directory holding top.yaml and state files).
+        #[arg(long, value_name = "DIR")]
+        local: PathBuf,
+        /// State files to apply (default: this agent's top.yaml states).
+        states: Vec<String>,
+        /// Test mode: report what would change, with diffs; change nothing.
+        #[arg(long)]
+        test: bool,
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The agent id top.yaml is matched against (default: `id` in the
+        /// configuration, or the host name).
+        #[arg(long)]
+        id: Option<String>,
+        /// Prefix for every managed path (default: `root` in the
+        /// configuration, or /).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// The agent's configuration, read for `id` and `root` if it exists.
+        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Print this agent's public key (its fingerprint), making the key if
     /// there is none yet. Compare it with `halite-master keys list` before
     /// accepting the agent.
@@ -59,8 +91,10 @@ fn main() -> ExitCode {
         };
     }
     let cli = Cli::parse();
+    // The daemon logs its work; a command's output is its report.
+    let default_level = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into()))
         .with_writer(std::io::stderr)
         .init();
     match run(cli) {
@@ -78,6 +112,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (keypair, _) = halite_link::Keypair::load_or_create(&data_dir.join("agent.key"))?;
             println!("{}", keypair.public);
             Ok(())
+        }
+        Command::Apply { local, states, test, json, id, root, config } => {
+            let configured = if config.exists() {
+                Some(AgentConfig::load(&config).context("cannot load the agent configuration")?)
+            } else {
+                None
+            };
+            let request = halite_agent::local::LocalApply {
+                tree: local,
+                states,
+                id: id.or_else(|| configured.as_ref().map(AgentConfig::agent_id)).unwrap_or_else(halite_agent::facts::hostname),
+                root: root.or_else(|| configured.map(|c| c.root)).unwrap_or_else(|| PathBuf::from("/")),
+                test,
+            };
+            let report = halite_agent::local::apply(&request)?;
+            let mut stdout = anstream::stdout();
+            if json {
+                writeln!(stdout, "{}", serde_json::to_string_pretty(&report.to_json())?)?;
+            } else {
+                stdout.write_all(report.render(true).as_bytes())?;
+            }
+            stdout.flush()?;
+            match report.exit_code() {
+                0 => Ok(()),
+                code => std::process::exit(i32::from(code)),
+            }
         }
         Command::Run { config, data_dir, master } => {
             let mut agent = AgentConfig::load(&config)

@@ -29,6 +29,8 @@ pub enum Request {
     KeysAccept { target: String },
     KeysReject { target: String },
     KeysDelete { target: String },
+    /// Answered by a stream of [`crate::apply::ApplyLine`]s, not a [`Response`].
+    Apply(crate::apply::ApplyRequest),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,6 +70,10 @@ async fn connection(master: Arc<Master>, stream: UnixStream) {
     let mut lines = BufReader::new(read).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let response = match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Apply(apply)) => {
+                crate::apply::serve(&master, apply, &mut write).await;
+                continue;
+            }
             Ok(request) => execute(&master, request).await,
             Err(error) => Response { ok: false, error: Some(format!("bad request: {error}")), keys: Vec::new() },
         };
@@ -91,6 +97,7 @@ async fn execute(master: &Master, request: Request) -> Response {
             let deleted = master.keys().delete(&target);
             cut_off(master, deleted, "deleted").await
         }
+        Request::Apply(_) => Err("apply is answered by a stream (see `connection`)".to_owned()),
     };
     match result {
         Ok(keys) => Response { ok: true, error: None, keys },
@@ -142,6 +149,29 @@ async fn cut_off(
         }
     }
     Ok(entries)
+}
+
+/// Sends a request whose answer is a stream of lines (`apply`); returns
+/// the lines as they come.
+pub async fn stream(
+    data_dir: &Path,
+    request: &Request,
+) -> anyhow::Result<tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>> {
+    let path = socket_path(data_dir);
+    let stream = UnixStream::connect(&path).await.with_context(|| {
+        format!(
+            "cannot reach the master's control socket {} (is `halite-master run` running with this data dir?)",
+            path.display()
+        )
+    })?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_string(request)?;
+    line.push('\n');
+    write.write_all(line.as_bytes()).await?;
+    // Dropping the write half shuts it down; the master reads the next
+    // request only after it has answered this one in full.
+    drop(write);
+    Ok(BufReader::new(read).lines())
 }
 
 /// Sends one request to the running master.

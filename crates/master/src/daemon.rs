@@ -69,7 +69,9 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     let monitor = crate::link::monitor(&mut router);
     let (send, recv) = router.split();
     let sessions = Sessions::new(send);
-    let jobs = Jobs::new(sessions.clone(), bus.clone(), JOB_TIMEOUT);
+    let store_path = crate::store::path(&config.data_dir);
+    let store = tokio::task::spawn_blocking(move || crate::store::Store::open(&store_path)).await??;
+    let jobs = Jobs::new(sessions.clone(), bus.clone(), JOB_TIMEOUT).with_store(store.clone());
     let tree = Arc::new(RwLock::new(Arc::new(tree)));
     let engine = Engine::new(tree.clone(), jobs.clone(), bus.clone());
     let fingerprint = keypair.public;
@@ -88,6 +90,8 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     tracing::info!(%listen, %publish, "Master ready.");
     crate::notify::ready();
     crate::link::serve(recv, monitor, master, cancel).await;
+    // Jobs answered before the stop are on disk before the process ends.
+    store.flush().await;
     tracing::info!("Master stopped.");
     Ok(())
 }

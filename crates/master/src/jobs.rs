@@ -1,4 +1,6 @@
-//! Jobs: states sent to an agent, and the wait for its result.
+//! Jobs: states sent to an agent, and the wait for its result. Every job,
+//! its cause and its answer (or the lack of one) is recorded in the
+//! [`Store`] when the master has one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,6 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::bus::Bus;
 use crate::sessions::Sessions;
+use crate::store::{JobRecord, Store};
 
 /// Jobs sent and not yet answered: the agent asked, and who waits.
 type Pending = HashMap<Id, (String, oneshot::Sender<JobResult>)>;
@@ -20,11 +23,59 @@ pub struct Jobs {
     bus: Bus,
     pending: Arc<Mutex<Pending>>,
     timeout: Duration,
+    /// Where jobs and results are recorded (none in unit tests).
+    store: Option<Store>,
+    /// The reactor on whose behalf jobs are run through this handle.
+    reactor: Option<Arc<str>>,
+}
+
+/// Why a job runs, for the store: `cause` is `operator:<command line>`,
+/// `event:<id>`, or `connected` (an agent's start-up apply).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Origin {
+    pub cause: String,
+    pub reactor: Option<String>,
+    /// The target expression the operator gave, or the agent.
+    pub target: String,
+}
+
+impl Origin {
+    /// What a job says about itself: the event that caused it, if any.
+    fn of(job: &Job, agent: &str, reactor: Option<&str>) -> Origin {
+        Origin {
+            cause: job.cause_event.map_or_else(|| "master".to_owned(), |e| format!("event:{e}")),
+            reactor: reactor.map(str::to_owned),
+            target: agent.to_owned(),
+        }
+    }
+
+    /// An agent's top.yaml states, applied when its session starts.
+    pub fn connected(agent: &str) -> Origin {
+        Origin { cause: "connected".into(), reactor: None, target: agent.to_owned() }
+    }
 }
 
 impl Jobs {
     pub fn new(sessions: Sessions, bus: Bus, timeout: Duration) -> Self {
-        Jobs { sessions, bus, pending: Arc::default(), timeout }
+        Jobs { sessions, bus, pending: Arc::default(), timeout, store: None, reactor: None }
+    }
+
+    /// Records every job and result in `store`.
+    #[must_use]
+    pub fn with_store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// A handle whose jobs are recorded as started by `reactor`.
+    #[must_use]
+    pub fn for_reactor(&self, reactor: &str) -> Self {
+        Jobs { reactor: Some(Arc::from(reactor)), ..self.clone() }
+    }
+
+    /// How long a job may take unless its caller says otherwise.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The agent's facts (from its hello), for targeting and templates.
@@ -35,7 +86,31 @@ impl Jobs {
     /// Sends `job` to `agent` and waits for its result. Announces the job
     /// (`halite/job/<jid>/new`) and its return (`…/ret/<agent>`) on the bus.
     pub async fn run(&self, agent: &str, job: Job) -> Result<JobResult, String> {
+        let origin = Origin::of(&job, agent, self.reactor.as_deref());
+        self.run_with(agent, job, origin, self.timeout).await
+    }
+
+    /// As [`Jobs::run`], recorded with `origin`, waiting at most `timeout`.
+    pub async fn run_with(
+        &self,
+        agent: &str,
+        job: Job,
+        origin: Origin,
+        timeout: Duration,
+    ) -> Result<JobResult, String> {
         let jid = job.id;
+        if let Some(store) = &self.store {
+            let record = JobRecord {
+                jid: jid.to_string(),
+                created_us: crate::store::now_us(),
+                cause: origin.cause,
+                reactor: origin.reactor,
+                target: origin.target,
+                states: job.states.iter().map(|s| s.id.clone()).collect(),
+                test: job.test,
+            };
+            store.started(record, agent).await;
+        }
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(jid, (agent.to_owned(), tx));
         let states: Vec<Value> = job.states.iter().map(|s| Value::from(s.id.as_str())).collect();
@@ -52,13 +127,19 @@ impl Jobs {
         tracing::info!(agent, job = %jid, cause = ?job.cause_event.map(|c| c.to_string()), "Job sent.");
         let outcome = match self.sessions.send(agent, &MasterMessage::Job(job)).await {
             Err(error) => Err(error),
-            Ok(()) => match tokio::time::timeout(self.timeout, rx).await {
+            Ok(()) => match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(result)) => Ok(result),
                 Ok(Err(_)) => Err(format!("job {jid}: the master is shutting down")),
-                Err(_) => Err(format!("job {jid}: agent `{agent}` did not answer within {:?}", self.timeout)),
+                Err(_) => Err(format!("job {jid}: agent `{agent}` did not answer within {timeout:?}")),
             },
         };
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&jid);
+        if let Some(store) = &self.store {
+            match &outcome {
+                Ok(result) => store.answered(&jid.to_string(), agent, result.results.clone()).await,
+                Err(error) => store.no_answer(&jid.to_string(), agent, error).await,
+            }
+        }
         outcome
     }
 
@@ -106,7 +187,12 @@ impl Jobs {
                 tracing::warn!(agent, job = %result.job, %expected, "A result from the wrong agent; ignored.");
                 self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(result.job, (expected, tx));
             }
-            None => tracing::debug!(agent, job = %result.job, "Result for a job nobody waits for."),
+            None => {
+                tracing::debug!(agent, job = %result.job, "Result for a job nobody waits for.");
+                if let Some(store) = &self.store {
+                    store.answered_late(&result.job.to_string(), agent, result.results);
+                }
+            }
         }
     }
 }

@@ -9,7 +9,10 @@
 //!   is which agent.
 //! - [`reactor`] — compiling reactors, the per-agent [`reactor::engine`], and
 //!   one file per action in `reactor/actions/`.
-//! - [`jobs`] — sending states to agents and waiting for results.
+//! - [`jobs`] — sending states to agents and waiting for results;
+//!   [`store`]: every job and result in SQLite (`halite.db`).
+//! - [`apply`] — `halite-master apply` on the master's side (targets, jobs,
+//!   streamed answers); [`cli`]: the `apply` and `jobs` commands' client side.
 //! - [`bus`] — the event bus and the outside publisher.
 //! - [`daemon`] — `halite-master run`; [`check`]: `halite-master check`;
 //!   [`demo`]: `halite-master demo`; [`fleet`]: real processes on loopback
@@ -23,9 +26,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod apply;
 pub mod beacons;
 pub mod bus;
 pub mod check;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod control;
@@ -41,5 +46,6 @@ pub mod notify;
 pub mod reactor;
 pub mod reload;
 pub mod sessions;
+pub mod store;
 pub mod tree;
 pub mod watch;

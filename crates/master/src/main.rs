@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 /// reactors and pushes corrective state back to the agents.
 ///
 /// Exit codes: 0 success; 1 failure (the message says why; for `check`,
-/// the tree has errors); 2 bad command line.
+/// the tree has errors); 2 bad command line (for `apply`: some agent did
+/// not answer, see `apply --help`).
 #[derive(Debug, Parser)]
 #[command(name = "halite-master", version, propagate_version = true)]
 struct Cli {
@@ -89,6 +90,61 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long, global = true)]
         json: bool,
+    },
+    /// Apply state files to the connected agents TARGET matches, and show
+    /// what each agent did: a progress bar while they answer (on a
+    /// terminal), each agent's states with their changes and diffs (coloured
+    /// on a terminal, plain when piped or with NO_COLOR), and a summary.
+    ///
+    /// Without STATE, each agent gets its top.yaml states (a highstate).
+    /// Every run is recorded; `halite-master jobs` shows it later.
+    ///
+    /// Exit codes: 0 every agent answered and nothing failed; 1 a state
+    /// failed (or the request was refused: unknown state file, bad target);
+    /// 2 some agent did not answer in time, or TARGET matches no connected
+    /// agent (2 wins over 1: the picture is incomplete).
+    Apply {
+        /// A target expression: a glob on the agent id, e.g. 'web*'.
+        target: String,
+        /// State files to apply (default: each agent's top.yaml states).
+        states: Vec<String>,
+        /// Test mode: report what would change, with diffs; change nothing.
+        #[arg(long)]
+        test: bool,
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+        /// How long to wait for each agent's answer.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// The master's configuration, to find its data dir.
+        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The master's data dir (overrides the configuration's).
+        #[arg(long, env = "HALITE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// The job history: every job (operator applies, reactions, start-up
+    /// applies) with its cause and results, newest first; with JID, one
+    /// job's per-agent, per-state results and diffs.
+    ///
+    /// Reads <data_dir>/halite.db directly, read-only: works whether the
+    /// master runs or not. Exit code 1 when JID matches no job.
+    Jobs {
+        /// A job id, or a unique start of one.
+        jid: Option<String>,
+        /// How many jobs to list.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The master's configuration, to find its data dir.
+        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The master's data dir (overrides the configuration's).
+        #[arg(long, env = "HALITE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
     },
     /// Start a master and two agents on loopback in a temporary directory,
     /// drift managed files several ways and show each restore with its
@@ -197,11 +253,46 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 }
             }
         }
+        Command::Apply { target, states, test, json, timeout, config, data_dir } => {
+            let data_dir = operator_data_dir(&config, data_dir)?;
+            let command_line = std::env::args().collect::<Vec<_>>().join(" ");
+            let options = halite_master::cli::apply::Options { target, states, test, json, timeout, command_line };
+            let code = runtime()?.block_on(halite_master::cli::apply::run(&data_dir, options))?;
+            exit_with(code)
+        }
+        Command::Jobs { jid, limit, json, config, data_dir } => {
+            let data_dir = operator_data_dir(&config, data_dir)?;
+            let code = match jid {
+                Some(jid) => halite_master::cli::jobs::show(&data_dir, &jid, json)?,
+                None => halite_master::cli::jobs::list(&data_dir, limit, json)?,
+            };
+            exit_with(code)
+        }
         Command::Demo { keep } => {
             runtime()?.block_on(halite_master::demo::run(keep))?;
             Ok(true)
         }
     }
+}
+
+/// The data dir an operator command talks to: `--data-dir`, or the
+/// configuration's, or the default.
+fn operator_data_dir(config: &std::path::Path, data_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    Ok(match data_dir {
+        Some(dir) => dir,
+        None if config.exists() => MasterConfig::load(config)?.data_dir,
+        None => MasterConfig::default().data_dir,
+    })
+}
+
+/// Ends with a command's own exit code (beyond success and failure).
+fn exit_with(code: u8) -> anyhow::Result<bool> {
+    use std::io::Write;
+    if code == 0 {
+        return Ok(true);
+    }
+    let _ = std::io::stdout().flush();
+    std::process::exit(i32::from(code))
 }
 
 async fn stop_on_signal(cancel: CancellationToken) {

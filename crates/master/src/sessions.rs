@@ -138,6 +138,19 @@ impl Sessions {
         Some((session.agent, session.accepted))
     }
 
+    /// Every agent with an accepted session, with the facts it sent, sorted
+    /// by id: what an operator's target is matched against.
+    pub fn accepted_agents(&self) -> Vec<(String, Value)> {
+        let table = self.lock();
+        let mut agents: Vec<(String, Value)> = table
+            .by_agent
+            .iter()
+            .filter_map(|(agent, peer)| table.by_peer.get(peer).map(|s| (agent.clone(), s.facts.clone())))
+            .collect();
+        agents.sort_by(|a, b| a.0.cmp(&b.0));
+        agents
+    }
+
     /// The facts the agent's accepted session sent in its hello, for
     /// targeting and templates; `Null` when it is not connected.
     pub fn facts(&self, agent: &str) -> Value {

@@ -17,12 +17,14 @@
 //!   timeout, bounded output).
 //! - [`apply`] — running a job's [`halite_proto::StateCall`]s: requisite
 //!   order, plan, then apply ([`run_states`]).
+//! - [`report`] — what an apply did, printed the same by every command.
 
 pub mod apply;
 pub mod backup;
 pub mod command;
 pub mod diag;
 pub mod kinds;
+pub mod report;
 pub mod target;
 pub mod template;
 pub mod tree;

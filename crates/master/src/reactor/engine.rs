@@ -156,7 +156,11 @@ impl Worker {
                 let render = halite_state::RenderContext::new(&self.agent, &facts);
                 let result = match tree.states.calls_for(&names, &render) {
                     Ok(states) => {
-                        jobs.run(&self.agent, Job { id: Id::new(), cause_event: None, test: false, states }).await
+                        {
+                        let job = Job { id: Id::new(), cause_event: None, test: false, states };
+                        let origin = crate::jobs::Origin::connected(&self.agent);
+                        jobs.run_with(&self.agent, job, origin, jobs.timeout()).await
+                    }
                     }
                     Err(diagnostics) => Err(diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")),
                 };
@@ -166,7 +170,7 @@ impl Worker {
             }
             Work::React { reactor, event, tree, coalesced } => {
                 self.last_run.insert(reactor.name.clone(), Instant::now());
-                let context = Context { tree, jobs };
+                let context = Context { tree, jobs: jobs.for_reactor(&reactor.name) };
                 let mut done = Vec::new();
                 let mut failure = None;
                 for action in &reactor.actions {

@@ -1,0 +1,159 @@
+//! `halite-master apply` on the master's side: resolve the target against
+//! the connected agents, send each one job (recorded with the operator's
+//! command line as its cause), and stream every agent's answer back over the
+//! control socket as it arrives.
+//!
+//! The conversation, one JSON object per line ([`ApplyLine`]): `started`
+//! with the agents and their job ids, one `agent` per agent, then `done`;
+//! or a single `error`. Jobs outlive the connection: an operator who
+//! presses ^C does not stop them, and their results are still recorded.
+
+use std::time::Duration;
+
+use halite_proto::{Id, Job};
+use halite_state::Target;
+use halite_state::report::AgentReport;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use crate::daemon::Master;
+use crate::jobs::Origin;
+
+/// What the operator asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    /// A target expression (`web*`), matched against connected, accepted agents.
+    pub target: String,
+    /// State files to apply; empty: each agent's top.yaml states.
+    #[serde(default)]
+    pub states: Vec<String>,
+    /// Plan only: report what would change, change nothing.
+    #[serde(default)]
+    pub test: bool,
+    /// How long to wait for each agent's answer.
+    pub timeout_ms: u64,
+    /// The operator's command line, recorded as the jobs' cause.
+    pub command_line: String,
+}
+
+/// One line of the master's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "line", rename_all = "snake_case")]
+pub enum ApplyLine {
+    /// The jobs are sent: one per agent, with its job id.
+    Started { test: bool, jobs: Vec<(String, String)> },
+    /// One agent's answer, or why there is none.
+    Agent { report: AgentReport },
+    /// Every agent has answered or timed out.
+    Done,
+    /// Nothing was sent. `no_agent`: the target matched no connected agent.
+    Error { error: String, no_agent: bool },
+}
+
+fn error(message: impl Into<String>) -> ApplyLine {
+    ApplyLine::Error { error: message.into(), no_agent: false }
+}
+
+/// What to send to whom, or why nothing can be sent.
+fn plan(master: &Master, request: &ApplyRequest) -> Result<Vec<(String, Job)>, ApplyLine> {
+    let tree = master.tree();
+    let states = &tree.states;
+    if let Some(missing) = request.states.iter().find(|s| !states.has_state_file(s)) {
+        return Err(error(format!(
+            "state file `{missing}` does not exist in the state tree {} (state files: {})",
+            states.root.display(),
+            states.files.keys().cloned().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let target = Target::parse(&request.target).map_err(|e| error(format!("{e} (a target is a glob on the agent id, e.g. 'web*')")))?;
+    let connected = master.sessions.accepted_agents();
+    let matched: Vec<String> =
+        connected.iter().filter(|(agent, _facts)| target.matches(agent)).map(|(agent, _)| agent.clone()).collect();
+    if matched.is_empty() {
+        let known: Vec<&str> = connected.iter().map(|(a, _)| a.as_str()).collect();
+        let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
+        return Err(ApplyLine::Error {
+            error: format!("target `{}` matches no connected agent (connected: {known})", request.target),
+            no_agent: true,
+        });
+    }
+    Ok(matched
+        .into_iter()
+        .map(|agent| {
+            let names = if request.states.is_empty() { states.states_for(&agent) } else { request.states.clone() };
+            let job = Job { id: Id::new(), cause_event: None, test: request.test, states: states.calls(&names) };
+            (agent, job)
+        })
+        .collect())
+}
+
+/// Runs the request and writes the conversation to `out`. Returns when
+/// every agent has answered or timed out, or the operator went away.
+pub async fn serve<W: AsyncWriteExt + Unpin>(master: &Master, request: ApplyRequest, out: &mut W) {
+    let jobs = match plan(master, &request) {
+        Ok(jobs) => jobs,
+        Err(line) => {
+            let _ = write_line(out, &line).await;
+            return;
+        }
+    };
+    tracing::info!(target = %request.target, agents = jobs.len(), test = request.test, "Operator apply.");
+    let started = jobs.iter().map(|(agent, job)| (agent.clone(), job.id.to_string())).collect();
+    let mut connected = write_line(out, &ApplyLine::Started { test: request.test, jobs: started }).await;
+    // One slot per agent: a job task never waits to hand in its answer.
+    let (answers, mut inbox) = mpsc::channel(jobs.len());
+    let timeout = Duration::from_millis(request.timeout_ms);
+    for (agent, job) in jobs {
+        let origin = Origin {
+            cause: format!("operator:{}", request.command_line),
+            reactor: None,
+            target: request.target.clone(),
+        };
+        let (jobs, answers) = (master.jobs.clone(), answers.clone());
+        tokio::spawn(async move {
+            let jid = Some(job.id.to_string());
+            let report = match jobs.run_with(&agent, job, origin, timeout).await {
+                Ok(result) => AgentReport::answered(&agent, jid, &result.results),
+                Err(error) => AgentReport::no_answer(&agent, jid, error),
+            };
+            let _ = answers.send(report).await;
+        });
+    }
+    drop(answers);
+    while let Some(report) = inbox.recv().await {
+        if connected {
+            connected = write_line(out, &ApplyLine::Agent { report }).await;
+        }
+    }
+    if connected {
+        let _ = write_line(out, &ApplyLine::Done).await;
+    }
+}
+
+/// False when the operator has gone away.
+async fn write_line<W: AsyncWriteExt + Unpin>(out: &mut W, line: &ApplyLine) -> bool {
+    let mut text = serde_json::to_string(line).unwrap_or_default();
+    text.push('\n');
+    out.write_all(text.as_bytes()).await.is_ok() && out.flush().await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_round_trip_as_json() {
+        let lines = [
+            ApplyLine::Started { test: true, jobs: vec![("web01".into(), "01J".into())] },
+            ApplyLine::Agent { report: AgentReport::no_answer("web01", Some("01J".into()), "timeout") },
+            ApplyLine::Done,
+            ApplyLine::Error { error: "no".into(), no_agent: true },
+        ];
+        for line in lines {
+            let text = serde_json::to_string(&line).unwrap();
+            assert!(!text.contains('\n'));
+            assert_eq!(serde_json::from_str::<ApplyLine>(&text).unwrap(), line, "{text}");
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! `halite-master apply TARGET [STATE..]`: sends the request over the
+//! control socket, shows a progress bar while agents answer (on a terminal
+//! only), prints each agent's report as it arrives and a summary at the
+//! end, or one JSON document with `--json`.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use halite_state::report::{AgentReport, Report, render_agent, render_summary};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::apply::{ApplyLine, ApplyRequest};
+use crate::control::{self, Request};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub target: String,
+    pub states: Vec<String>,
+    pub test: bool,
+    pub json: bool,
+    pub timeout: Duration,
+    /// What the operator typed, recorded as the jobs' cause.
+    pub command_line: String,
+}
+
+/// Runs the command; returns its exit code (see [`Report::exit_code`];
+/// 2 also when the target matches no connected agent).
+pub async fn run(data_dir: &Path, options: Options) -> anyhow::Result<u8> {
+    let request = Request::Apply(ApplyRequest {
+        target: options.target.clone(),
+        states: options.states.clone(),
+        test: options.test,
+        timeout_ms: u64::try_from(options.timeout.as_millis()).unwrap_or(u64::MAX),
+        command_line: options.command_line.clone(),
+    });
+    let mut lines = control::stream(data_dir, &request).await?;
+    let parse = |line: &str| -> anyhow::Result<ApplyLine> {
+        serde_json::from_str(line).with_context(|| format!("the master answered something unexpected: {line}"))
+    };
+    let first = lines.next_line().await?.context("the master closed the control socket without answering")?;
+    let jobs = match parse(&first)? {
+        ApplyLine::Started { jobs, .. } => jobs,
+        ApplyLine::Error { error, no_agent } => {
+            eprintln!("error: {error}");
+            return Ok(if no_agent { 2 } else { 1 });
+        }
+        other => bail!("the master answered out of order: {other:?}"),
+    };
+
+    let bar = progress_bar(jobs.len(), options.json);
+    let mut report = Report { test: options.test, agents: Vec::new() };
+    let mut stdout = anstream::stdout();
+    while let Some(line) = lines.next_line().await? {
+        match parse(&line)? {
+            ApplyLine::Agent { report: agent } => {
+                bar.inc(1);
+                bar.set_message(format!("last: {}", agent.agent));
+                if !options.json {
+                    let text = render_agent(&agent, true);
+                    bar.suspend(|| stdout.write_all(text.as_bytes()))?;
+                }
+                report.agents.push(agent);
+            }
+            ApplyLine::Done => break,
+            other => bail!("the master answered out of order: {other:?}"),
+        }
+    }
+    bar.finish_and_clear();
+    for (agent, jid) in &jobs {
+        if !report.agents.iter().any(|a| &a.agent == agent) {
+            let missing = AgentReport::no_answer(
+                agent,
+                Some(jid.clone()),
+                "the master closed the connection before this agent answered (see `halite-master jobs`)",
+            );
+            if !options.json {
+                stdout.write_all(render_agent(&missing, true).as_bytes())?;
+            }
+            report.agents.push(missing);
+        }
+    }
+    if options.json {
+        report.agents.sort_by(|a, b| a.agent.cmp(&b.agent));
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&report.to_json())?)?;
+    } else {
+        stdout.write_all(render_summary(&report, true).as_bytes())?;
+    }
+    stdout.flush()?;
+    Ok(report.exit_code())
+}
+
+/// On a terminal, a bar of agents answered; hidden when stderr is not a
+/// terminal or the output is JSON.
+fn progress_bar(agents: usize, json: bool) -> ProgressBar {
+    let target =
+        if json || !std::io::stderr().is_terminal() { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
+    let bar = ProgressBar::with_draw_target(Some(agents as u64), target);
+    if let Ok(style) = ProgressStyle::with_template("{spinner} [{elapsed}] {bar:30} {pos}/{len} agents answered  {msg}") {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}

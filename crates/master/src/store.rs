@@ -1,0 +1,546 @@
+//! The master's store: one SQLite file, `<data_dir>/halite.db`, holding
+//! every job with its cause and every agent's per-state results. It is the
+//! job history behind `halite-master jobs` and the audit log of SPEC §6
+//! (cause event, state, changes and diff, result).
+//!
+//! Writes go through [`Store`], a cheap handle that queues them for one
+//! dedicated writer thread (SQLite calls block; they never run on the
+//! runtime's threads). The queue holds [`STORE_QUEUE`] writes; when it is
+//! full, the job path waits for room (a job's start and its answer are
+//! awaited sends), so results are never dropped to keep up. The one write
+//! made where waiting is impossible, a late answer arriving in the link
+//! loop, is dropped when the queue is full, counted and logged as an error.
+//!
+//! Reading ([`Reader`]) opens the file read-only, so `jobs` works whether
+//! the master runs or not. The schema is versioned with
+//! `PRAGMA user_version`; the file is in WAL mode so readers never block
+//! the writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use halite_proto::StateResult;
+use halite_state::report::{AgentReport, Answer, OutcomeKind, Report, StateReport};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+/// Writes waiting for the writer thread. When full, job paths wait; late
+/// answers are dropped and counted (see the module docs).
+pub const STORE_QUEUE: usize = 4096;
+
+/// The schema this build reads and writes.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// The store's file in a data dir.
+pub fn path(data_dir: &Path) -> PathBuf {
+    data_dir.join("halite.db")
+}
+
+const SCHEMA: &str = "
+CREATE TABLE jobs (
+    jid         TEXT PRIMARY KEY,   -- a ULID: sorts by creation
+    created_us  INTEGER NOT NULL,   -- microseconds since the Unix epoch
+    cause       TEXT NOT NULL,      -- operator:<command line> | event:<id> | connected | …
+    reactor     TEXT,               -- the reactor that started it, if one did
+    target      TEXT NOT NULL,      -- the target expression, or the agent
+    states      TEXT NOT NULL,      -- JSON list of state ids
+    test        INTEGER NOT NULL
+);
+CREATE TABLE job_agents (
+    jid         TEXT NOT NULL,
+    agent       TEXT NOT NULL,
+    status      TEXT NOT NULL,      -- waiting | answered | no_answer
+    error       TEXT,               -- why there is no answer
+    finished_us INTEGER,
+    PRIMARY KEY (jid, agent)
+);
+CREATE TABLE job_results (
+    jid         TEXT NOT NULL,
+    agent       TEXT NOT NULL,
+    seq         INTEGER NOT NULL,   -- the state's place in the job
+    state       TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    outcome     TEXT NOT NULL,      -- unchanged | changed | would_change | failed
+    changes     TEXT NOT NULL,      -- JSON list of lines
+    error       TEXT,
+    diff        TEXT,
+    duration_us INTEGER NOT NULL,
+    PRIMARY KEY (jid, agent, seq)
+);
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the job store {path}: {source}")]
+    Sqlite { path: PathBuf, source: rusqlite::Error },
+    #[error(
+        "the job store {path} has schema version {found}, newer than this halite's {SCHEMA_VERSION}; run a newer halite-master"
+    )]
+    TooNew { path: PathBuf, found: i32 },
+    #[error("no job store at {path}: the master has not run with this data dir (pass --data-dir or --config)")]
+    Missing { path: PathBuf },
+}
+
+/// Why a job ran and what it was for: a row of `jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobRecord {
+    pub jid: String,
+    pub created_us: i64,
+    pub cause: String,
+    pub reactor: Option<String>,
+    pub target: String,
+    pub states: Vec<String>,
+    pub test: bool,
+}
+
+#[derive(Debug)]
+enum Write {
+    Started { job: JobRecord, agent: String },
+    Answered { jid: String, agent: String, results: Vec<StateResult> },
+    NoAnswer { jid: String, agent: String, error: String },
+    /// Answers once everything queued before it is committed.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The handle through which the master records jobs. Cloning is cheap.
+#[derive(Debug, Clone)]
+pub struct Store {
+    queue: mpsc::Sender<Write>,
+    dropped: Arc<AtomicU64>,
+}
+
+pub fn now_us() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+impl Store {
+    /// Opens (creating or migrating) the store and starts its writer thread.
+    /// Blocking: call it from `spawn_blocking` or before the runtime.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let connection = open_for_writing(path)?;
+        let (queue, inbox) = mpsc::channel(STORE_QUEUE);
+        let path = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("halite-store".into())
+            .spawn(move || writer(connection, &path, inbox))
+            .map_err(|e| StoreError::Sqlite {
+                path: PathBuf::from("(writer thread)"),
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            })?;
+        Ok(Store { queue, dropped: Arc::default() })
+    }
+
+    /// A job was sent to `agent`.
+    pub async fn started(&self, job: JobRecord, agent: &str) {
+        self.send(Write::Started { job, agent: agent.to_owned() }).await;
+    }
+
+    /// `agent` answered the job.
+    pub async fn answered(&self, jid: &str, agent: &str, results: Vec<StateResult>) {
+        self.send(Write::Answered { jid: jid.to_owned(), agent: agent.to_owned(), results }).await;
+    }
+
+    /// `agent` did not answer the job (timeout, not connected).
+    pub async fn no_answer(&self, jid: &str, agent: &str, error: &str) {
+        self.send(Write::NoAnswer { jid: jid.to_owned(), agent: agent.to_owned(), error: error.to_owned() }).await;
+    }
+
+    /// An answer nobody waits for (late, or for a job sent before a master
+    /// restart), from where waiting is not possible: dropped and counted
+    /// when the queue is full.
+    pub fn answered_late(&self, jid: &str, agent: &str, results: Vec<StateResult>) {
+        let write = Write::Answered { jid: jid.to_owned(), agent: agent.to_owned(), results };
+        if self.queue.try_send(write).is_err() {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::error!(agent, job = jid, dropped, "The job store is full; a late result was not recorded.");
+        }
+    }
+
+    /// Late answers dropped because the queue was full, since start.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Returns once every write queued before is committed.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        self.send(Write::Flush(done)).await;
+        let _ = wait.await;
+    }
+
+    async fn send(&self, write: Write) {
+        if self.queue.send(write).await.is_err() {
+            tracing::error!("The job store's writer has stopped; a job record was lost.");
+        }
+    }
+}
+
+fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |source| StoreError::Sqlite { path: path.to_path_buf(), source }
+}
+
+fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
+    let connection = Connection::open(path).map_err(sqlite(path))?;
+    connection
+        .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")
+        .map_err(sqlite(path))?;
+    migrate(&connection, path)?;
+    Ok(connection)
+}
+
+fn migrate(connection: &Connection, path: &Path) -> Result<(), StoreError> {
+    let version: i32 = connection.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(sqlite(path))?;
+    match version {
+        0 => connection
+            .execute_batch(&format!("BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))
+            .map_err(sqlite(path)),
+        SCHEMA_VERSION => Ok(()),
+        found => Err(StoreError::TooNew { path: path.to_path_buf(), found }),
+    }
+}
+
+/// The writer thread: everything queued at once goes in one transaction.
+fn writer(mut connection: Connection, path: &Path, mut inbox: mpsc::Receiver<Write>) {
+    while let Some(first) = inbox.blocking_recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = inbox.try_recv() {
+            batch.push(more);
+        }
+        let mut flushed = Vec::new();
+        let result = connection.transaction().and_then(|tx| {
+            for write in batch {
+                match write {
+                    Write::Flush(done) => flushed.push(done),
+                    write => apply(&tx, write)?,
+                }
+            }
+            tx.commit()
+        });
+        if let Err(error) = result {
+            tracing::error!(path = %path.display(), %error, "Cannot write to the job store; these records are lost.");
+        }
+        for done in flushed {
+            let _ = done.send(());
+        }
+    }
+}
+
+fn apply(tx: &rusqlite::Transaction<'_>, write: Write) -> rusqlite::Result<()> {
+    match write {
+        Write::Started { job, agent } => {
+            tx.execute(
+                "INSERT OR IGNORE INTO jobs (jid, created_us, cause, reactor, target, states, test)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    job.jid,
+                    job.created_us,
+                    job.cause,
+                    job.reactor,
+                    job.target,
+                    serde_json::to_string(&job.states).unwrap_or_default(),
+                    job.test
+                ],
+            )?;
+            tx.execute(
+                "INSERT OR IGNORE INTO job_agents (jid, agent, status) VALUES (?1, ?2, 'waiting')",
+                params![job.jid, agent],
+            )?;
+        }
+        Write::Answered { jid, agent, results } => {
+            // A job the store never saw started (a record lost to an error).
+            tx.execute(
+                "INSERT OR IGNORE INTO jobs (jid, created_us, cause, target, states, test)
+                 VALUES (?1, ?2, 'unknown', ?3, '[]', 0)",
+                params![jid, now_us(), agent],
+            )?;
+            tx.execute(
+                "INSERT INTO job_agents (jid, agent, status, finished_us) VALUES (?1, ?2, 'answered', ?3)
+                 ON CONFLICT (jid, agent) DO UPDATE SET status = 'answered', error = NULL, finished_us = ?3",
+                params![jid, agent, now_us()],
+            )?;
+            tx.execute("DELETE FROM job_results WHERE jid = ?1 AND agent = ?2", params![jid, agent])?;
+            for (seq, result) in results.iter().enumerate() {
+                let state = StateReport::from(result);
+                tx.execute(
+                    "INSERT INTO job_results (jid, agent, seq, state, kind, outcome, changes, error, diff, duration_us)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    params![
+                        jid,
+                        agent,
+                        i64::try_from(seq).unwrap_or(i64::MAX),
+                        state.id,
+                        state.kind,
+                        state.outcome.as_str(),
+                        serde_json::to_string(&state.changes).unwrap_or_default(),
+                        state.error,
+                        state.diff,
+                        i64::try_from(state.duration_us).unwrap_or(i64::MAX)
+                    ],
+                )?;
+            }
+        }
+        Write::NoAnswer { jid, agent, error } => {
+            // An answer may have come in first (it raced the timeout): keep it.
+            tx.execute(
+                "INSERT INTO job_agents (jid, agent, status, error, finished_us) VALUES (?1, ?2, 'no_answer', ?3, ?4)
+                 ON CONFLICT (jid, agent) DO UPDATE SET status = 'no_answer', error = ?3, finished_us = ?4
+                 WHERE status = 'waiting'",
+                params![jid, agent, error, now_us()],
+            )?;
+        }
+        Write::Flush(_) => {}
+    }
+    Ok(())
+}
+
+/// One line of `halite-master jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobSummary {
+    #[serde(flatten)]
+    pub job: JobRecord,
+    pub agents: Vec<String>,
+    pub changed: i64,
+    pub would_change: i64,
+    pub failed: i64,
+    pub unchanged: i64,
+    /// Agents that did not answer, or have not yet.
+    pub no_answer: i64,
+    pub waiting: i64,
+}
+
+/// Read-only access, for `halite-master jobs`.
+#[derive(Debug)]
+pub struct Reader {
+    connection: Connection,
+    path: PathBuf,
+}
+
+impl Reader {
+    pub fn open(path: &Path) -> Result<Reader, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Missing { path: path.to_path_buf() });
+        }
+        let connection =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .map_err(sqlite(path))?;
+        connection.busy_timeout(std::time::Duration::from_secs(5)).map_err(sqlite(path))?;
+        let version: i32 = connection.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(sqlite(path))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew { path: path.to_path_buf(), found: version });
+        }
+        Ok(Reader { connection, path: path.to_path_buf() })
+    }
+
+    /// The most recent `limit` jobs, newest first.
+    pub fn list(&self, limit: u32) -> Result<Vec<JobSummary>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT j.jid, j.created_us, j.cause, j.reactor, j.target, j.states, j.test,
+                    (SELECT group_concat(agent, ',') FROM job_agents a WHERE a.jid = j.jid),
+                    (SELECT count(*) FROM job_results r WHERE r.jid = j.jid AND r.outcome = 'changed'),
+                    (SELECT count(*) FROM job_results r WHERE r.jid = j.jid AND r.outcome = 'would_change'),
+                    (SELECT count(*) FROM job_results r WHERE r.jid = j.jid AND r.outcome = 'failed'),
+                    (SELECT count(*) FROM job_results r WHERE r.jid = j.jid AND r.outcome = 'unchanged'),
+                    (SELECT count(*) FROM job_agents a WHERE a.jid = j.jid AND a.status = 'no_answer'),
+                    (SELECT count(*) FROM job_agents a WHERE a.jid = j.jid AND a.status = 'waiting')
+                 FROM jobs j ORDER BY j.jid DESC LIMIT ?1",
+            )
+            .map_err(sqlite(&self.path))?;
+        let rows = statement
+            .query_map([limit], |row| {
+                let agents: Option<String> = row.get(7)?;
+                Ok(JobSummary {
+                    job: job_record(row)?,
+                    agents: agents.map(|a| a.split(',').map(str::to_owned).collect()).unwrap_or_default(),
+                    changed: row.get(8)?,
+                    would_change: row.get(9)?,
+                    failed: row.get(10)?,
+                    unchanged: row.get(11)?,
+                    no_answer: row.get(12)?,
+                    waiting: row.get(13)?,
+                })
+            })
+            .map_err(sqlite(&self.path))?;
+        rows.collect::<Result<_, _>>().map_err(sqlite(&self.path))
+    }
+
+    /// One job and every agent's results, as the apply report printer takes
+    /// them. `jid` may be a unique prefix. An agent still `waiting` shows as
+    /// not having answered.
+    pub fn job(&self, jid: &str) -> Result<Option<(JobRecord, Report)>, StoreError> {
+        let err = sqlite(&self.path);
+        let pattern = format!("{}%", jid.replace(['%', '_'], ""));
+        let mut matches = self
+            .connection
+            .prepare("SELECT jid, created_us, cause, reactor, target, states, test FROM jobs WHERE jid LIKE ?1 LIMIT 2")
+            .map_err(&err)?
+            .query_map([&pattern], job_record)
+            .map_err(&err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(&err)?;
+        if matches.len() != 1 {
+            return Ok(None);
+        }
+        let job = matches.remove(0);
+        let mut agents_statement = self
+            .connection
+            .prepare("SELECT agent, status, error FROM job_agents WHERE jid = ?1 ORDER BY agent")
+            .map_err(&err)?;
+        let agents = agents_statement
+            .query_map([&job.jid], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get(2)?)))
+            .map_err(&err)?
+            .collect::<Result<Vec<(String, String, Option<String>)>, _>>()
+            .map_err(&err)?;
+        let mut results_statement = self
+            .connection
+            .prepare(
+                "SELECT state, kind, outcome, changes, error, diff, duration_us FROM job_results
+                 WHERE jid = ?1 AND agent = ?2 ORDER BY seq",
+            )
+            .map_err(&err)?;
+        let mut report = Report { test: job.test, agents: Vec::new() };
+        for (agent, status, error) in agents {
+            let jid = Some(job.jid.clone());
+            let answer = match status.as_str() {
+                "answered" => {
+                    let states = results_statement
+                        .query_map(params![job.jid, agent], |row| {
+                            let outcome: String = row.get(2)?;
+                            let changes: String = row.get(3)?;
+                            Ok(StateReport {
+                                id: row.get(0)?,
+                                kind: row.get(1)?,
+                                outcome: OutcomeKind::parse(&outcome).unwrap_or(OutcomeKind::Failed),
+                                changes: serde_json::from_str(&changes).unwrap_or_default(),
+                                error: row.get(4)?,
+                                diff: row.get(5)?,
+                                duration_us: u64::try_from(row.get::<_, i64>(6)?).unwrap_or(0),
+                            })
+                        })
+                        .map_err(&err)?
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(&err)?;
+                    Answer::Answered { states }
+                }
+                "waiting" => Answer::NoAnswer { error: "no answer recorded (still running, or the master stopped)".into() },
+                _ => Answer::NoAnswer { error: error.unwrap_or_else(|| "did not answer".into()) },
+            };
+            report.agents.push(AgentReport { agent, jid, answer });
+        }
+        Ok(Some((job, report)))
+    }
+
+    /// How many jobs start with `jid` (to tell "not found" from "ambiguous").
+    pub fn count_prefix(&self, jid: &str) -> Result<i64, StoreError> {
+        let pattern = format!("{}%", jid.replace(['%', '_'], ""));
+        self.connection
+            .query_row("SELECT count(*) FROM jobs WHERE jid LIKE ?1", [pattern], |row| row.get(0))
+            .optional()
+            .map(Option::unwrap_or_default)
+            .map_err(sqlite(&self.path))
+    }
+}
+
+fn job_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
+    let states: String = row.get(5)?;
+    Ok(JobRecord {
+        jid: row.get(0)?,
+        created_us: row.get(1)?,
+        cause: row.get(2)?,
+        reactor: row.get(3)?,
+        target: row.get(4)?,
+        states: serde_json::from_str(&states).unwrap_or_default(),
+        test: row.get(6)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use halite_proto::Outcome;
+
+    fn record(jid: &str, cause: &str) -> JobRecord {
+        JobRecord {
+            jid: jid.into(),
+            created_us: now_us(),
+            cause: cause.into(),
+            reactor: None,
+            target: "web*".into(),
+            states: vec!["motd".into()],
+            test: false,
+        }
+    }
+
+    fn result(id: &str, outcome: Outcome) -> StateResult {
+        StateResult {
+            id: id.into(),
+            kind: "file.managed".into(),
+            outcome,
+            diff: Some("--- a\n+++ b\n".into()),
+            duration_us: 7,
+        }
+    }
+
+    #[tokio::test]
+    async fn jobs_and_results_survive_a_reopen_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path(dir.path());
+        let store = Store::open(&path).unwrap();
+        store.started(record("01A", "operator:halite-master apply web*"), "web01").await;
+        store.started(record("01A", "operator:halite-master apply web*"), "web02").await;
+        store
+            .answered(
+                "01A",
+                "web01",
+                vec![result("motd", Outcome::Changed { changes: vec!["created".into()] }), result("x", Outcome::Unchanged)],
+            )
+            .await;
+        store.no_answer("01A", "web02", "agent `web02` did not answer within 1s").await;
+        store.started(record("01B", "event:01XYZ"), "web01").await;
+        store.answered("01B", "web01", vec![result("motd", Outcome::Failed { error: "boom".into() })]).await;
+        // A late answer after the timeout replaces the no-answer.
+        store.started(record("01C", "connected"), "web02").await;
+        store.no_answer("01C", "web02", "timeout").await;
+        store.answered_late("01C", "web02", vec![result("motd", Outcome::Unchanged)]);
+        store.flush().await;
+        drop(store);
+
+        // A second writer on the same file (a restarted master) keeps it.
+        Store::open(&path).unwrap().flush().await;
+        let reader = Reader::open(&path).unwrap();
+        let list = reader.list(10).unwrap();
+        let jids: Vec<&str> = list.iter().map(|j| j.job.jid.as_str()).collect();
+        assert_eq!(jids, ["01C", "01B", "01A"], "newest first");
+        assert_eq!(list[2].agents, ["web01", "web02"]);
+        assert_eq!((list[2].changed, list[2].unchanged, list[2].no_answer), (1, 1, 1));
+        assert_eq!(list[1].failed, 1);
+        assert_eq!((list[0].no_answer, list[0].unchanged), (0, 1), "the late answer counts");
+        assert_eq!(reader.list(1).unwrap().len(), 1);
+
+        let (job, report) = reader.job("01A").unwrap().unwrap();
+        assert_eq!(job.cause, "operator:halite-master apply web*");
+        assert_eq!(report.exit_code(), 2);
+        assert_eq!(report.agents[0].states()[0].changes, ["created"]);
+        assert_eq!(report.agents[0].states()[0].diff.as_deref(), Some("--- a\n+++ b\n"));
+        assert!(matches!(&report.agents[1].answer, Answer::NoAnswer { error } if error.contains("within 1s")));
+        assert!(reader.job("01").unwrap().is_none(), "an ambiguous prefix matches nothing");
+        assert_eq!(reader.count_prefix("01").unwrap(), 3);
+        assert!(reader.job("01B").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_missing_or_newer_store_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path(dir.path());
+        assert!(Reader::open(&path).unwrap_err().to_string().contains("has not run"));
+        let connection = Connection::open(&path).unwrap();
+        connection.execute_batch("PRAGMA user_version = 99;").unwrap();
+        drop(connection);
+        let error = Store::open(&path).unwrap_err().to_string();
+        assert!(error.contains("schema version 99") && error.contains("halite.db"), "{error}");
+    }
+}
