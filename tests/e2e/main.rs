@@ -1,6 +1,7 @@
 //! End-to-end tests: real `halite-master` and `halite-agent` processes on
 //! 127.0.0.1, real files, events read from the master's publisher.
 
+mod apply;
 mod beacons;
 mod drift;
 mod interop;

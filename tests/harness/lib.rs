@@ -157,6 +157,19 @@ impl Fleet {
         Ok(())
     }
 
+    /// The master's data dir (it outlives the master's process).
+    pub fn master_data_dir(&self) -> PathBuf {
+        self.dir.path().join("master").join("data")
+    }
+
+    /// Runs `halite-master ARGS --data-dir <its data dir>` to completion,
+    /// whether the master runs or not.
+    pub async fn master_command(&self, args: &[&str]) -> anyhow::Result<CommandOutput> {
+        let mut command = tokio::process::Command::new(&self.binaries.master);
+        command.args(args).arg("--data-dir").arg(self.master_data_dir());
+        CommandOutput::of(command).await
+    }
+
     pub fn master(&self) -> &MasterProcess {
         self.master.as_ref().expect("master running")
     }
@@ -248,4 +261,33 @@ pub fn mode_of(path: &Path) -> u32 {
 /// The desired contents of a file of the example tree.
 pub fn example_file(name: &str) -> &'static str {
     halite_master::example::FILES.iter().find(|(n, _)| *n == name).map(|(_, t)| *t).expect("example file")
+}
+
+/// What a command printed, and how it ended.
+#[derive(Debug, Clone)]
+pub struct CommandOutput {
+    /// The exit code (-1 when killed by a signal).
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CommandOutput {
+    /// Runs `command` with stdout and stderr piped (so: not a terminal,
+    /// no colours, no progress bar) and `NO_COLOR` unset, to prove that
+    /// piping alone turns colour off.
+    pub async fn of(mut command: tokio::process::Command) -> anyhow::Result<CommandOutput> {
+        command.env_remove("NO_COLOR").env_remove("CLICOLOR_FORCE").stdin(std::process::Stdio::null());
+        let output = tokio::time::timeout(WAIT * 4, command.output()).await.context("the command hung")??;
+        Ok(CommandOutput {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8(output.stdout)?,
+            stderr: String::from_utf8(output.stderr)?,
+        })
+    }
+
+    /// Stdout as JSON; the error shows everything printed.
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        serde_json::from_str(&self.stdout).with_context(|| format!("not JSON: {self:?}"))
+    }
 }

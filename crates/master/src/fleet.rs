@@ -206,6 +206,11 @@ impl MasterProcess {
 }
 
 impl AgentProcess {
+    /// The process id, while it runs (to stop and continue it in tests).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub async fn stop(mut self) {
         terminate(&mut self.child).await;
     }
