@@ -107,14 +107,13 @@ async fn scenario(fleet: &mut Fleet) -> anyhow::Result<()> {
     operator_jobs.extend(late_jids.clone());
     // Once continued, web02 answers late; the store records that answer.
     let web02_jid = late_jids[1].clone();
-    fleet
-        .wait_for("web02's late answer", |e| e.tag == format!("halite/job/{web02_jid}/ret/web02"))
-        .await?;
+    fleet.wait_for("web02's late answer", |e| e.tag == format!("halite/job/{web02_jid}/ret/web02")).await?;
 
     // The history, with the master running.
     let listed = fleet.master_command(&["jobs", "--json", "--limit", "100"]).await?;
     anyhow::ensure!(listed.code == 0, "jobs: {listed:?}");
-    let listed_jids: Vec<String> = listed.json()?.as_array().into_iter().flatten().filter_map(|j| j["jid"].as_str().map(str::to_owned)).collect();
+    let listed_jids: Vec<String> =
+        listed.json()?.as_array().into_iter().flatten().filter_map(|j| j["jid"].as_str().map(str::to_owned)).collect();
     for jid in &operator_jobs {
         assert!(listed_jids.contains(jid), "job {jid} is listed: {listed_jids:?}");
     }
@@ -132,7 +131,13 @@ async fn scenario(fleet: &mut Fleet) -> anyhow::Result<()> {
     assert!(stopped.stdout.contains("connected"), "start-up applies are jobs too: {stopped:?}");
     fleet.restart_master(&listen).await?;
     let restarted = fleet.master_command(&["jobs", "--json", "--limit", "100"]).await?;
-    let restarted_jids: Vec<String> = restarted.json()?.as_array().into_iter().flatten().filter_map(|j| j["jid"].as_str().map(str::to_owned)).collect();
+    let restarted_jids: Vec<String> = restarted
+        .json()?
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|j| j["jid"].as_str().map(str::to_owned))
+        .collect();
     for jid in &operator_jobs {
         assert!(restarted_jids.contains(jid), "job {jid} listed after the restart");
     }

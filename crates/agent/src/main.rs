@@ -122,7 +122,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let request = halite_agent::local::LocalApply {
                 tree: local,
                 states,
-                id: id.or_else(|| configured.as_ref().map(AgentConfig::agent_id)).unwrap_or_else(halite_agent::facts::hostname),
+                id: id
+                    .or_else(|| configured.as_ref().map(AgentConfig::agent_id))
+                    .unwrap_or_else(halite_agent::facts::hostname),
                 root: root.or_else(|| configured.map(|c| c.root)).unwrap_or_else(|| PathBuf::from("/")),
                 test,
             };

@@ -66,7 +66,8 @@ fn plan(master: &Master, request: &ApplyRequest) -> Result<Vec<(String, Job)>, A
             states.files.keys().cloned().collect::<Vec<_>>().join(", ")
         )));
     }
-    let target = Target::parse(&request.target).map_err(|e| error(format!("{e} (a target is a glob on the agent id, e.g. 'web*')")))?;
+    let target = Target::parse(&request.target)
+        .map_err(|e| error(format!("{e} (a target is a glob on the agent id, e.g. 'web*')")))?;
     let connected = master.sessions.accepted_agents();
     let matched: Vec<String> =
         connected.iter().filter(|(agent, _facts)| target.matches(agent)).map(|(agent, _)| agent.clone()).collect();

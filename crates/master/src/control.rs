@@ -26,9 +26,15 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Request {
     KeysList,
-    KeysAccept { target: String },
-    KeysReject { target: String },
-    KeysDelete { target: String },
+    KeysAccept {
+        target: String,
+    },
+    KeysReject {
+        target: String,
+    },
+    KeysDelete {
+        target: String,
+    },
     /// Answered by a stream of [`crate::apply::ApplyLine`]s, not a [`Response`].
     Apply(crate::apply::ApplyRequest),
 }

@@ -255,7 +255,10 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Apply { target, states, test, json, timeout, config, data_dir } => {
             let data_dir = operator_data_dir(&config, data_dir)?;
-            let command_line = std::env::args().collect::<Vec<_>>().join(" ");
+            // As the operator would type it again, whatever path ran us.
+            let args: Vec<String> =
+                std::iter::once("halite-master".to_owned()).chain(std::env::args().skip(1)).collect();
+            let command_line = shlex::try_join(args.iter().map(String::as_str)).unwrap_or_else(|_| args.join(" "));
             let options = halite_master::cli::apply::Options { target, states, test, json, timeout, command_line };
             let code = runtime()?.block_on(halite_master::cli::apply::run(&data_dir, options))?;
             exit_with(code)

@@ -98,9 +98,20 @@ pub struct JobRecord {
 
 #[derive(Debug)]
 enum Write {
-    Started { job: JobRecord, agent: String },
-    Answered { jid: String, agent: String, results: Vec<StateResult> },
-    NoAnswer { jid: String, agent: String, error: String },
+    Started {
+        job: JobRecord,
+        agent: String,
+    },
+    Answered {
+        jid: String,
+        agent: String,
+        results: Vec<StateResult>,
+    },
+    NoAnswer {
+        jid: String,
+        agent: String,
+        error: String,
+    },
     /// Answers once everything queued before it is committed.
     Flush(oneshot::Sender<()>),
 }
@@ -426,7 +437,9 @@ impl Reader {
                         .map_err(&err)?;
                     Answer::Answered { states }
                 }
-                "waiting" => Answer::NoAnswer { error: "no answer recorded (still running, or the master stopped)".into() },
+                "waiting" => {
+                    Answer::NoAnswer { error: "no answer recorded (still running, or the master stopped)".into() }
+                }
                 _ => Answer::NoAnswer { error: error.unwrap_or_else(|| "did not answer".into()) },
             };
             report.agents.push(AgentReport { agent, jid, answer });
@@ -496,7 +509,10 @@ mod tests {
             .answered(
                 "01A",
                 "web01",
-                vec![result("motd", Outcome::Changed { changes: vec!["created".into()] }), result("x", Outcome::Unchanged)],
+                vec![
+                    result("motd", Outcome::Changed { changes: vec!["created".into()] }),
+                    result("x", Outcome::Unchanged),
+                ],
             )
             .await;
         store.no_answer("01A", "web02", "agent `web02` did not answer within 1s").await;

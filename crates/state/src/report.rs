@@ -334,7 +334,13 @@ mod tests {
     use super::*;
 
     fn state(id: &str, outcome: Outcome, diff: Option<&str>) -> StateResult {
-        StateResult { id: id.into(), kind: "file.managed".into(), outcome, diff: diff.map(str::to_owned), duration_us: 1500 }
+        StateResult {
+            id: id.into(),
+            kind: "file.managed".into(),
+            outcome,
+            diff: diff.map(str::to_owned),
+            duration_us: 1500,
+        }
     }
 
     fn sample() -> Report {
@@ -389,11 +395,18 @@ web02: did not answer: agent `web02` did not answer within 60s  job J2
 
     #[test]
     fn exit_codes_say_what_went_wrong() {
-        let ok = Report { test: false, agents: vec![AgentReport::answered("a", None, &[state("s", Outcome::Unchanged, None)])] };
+        let ok = Report {
+            test: false,
+            agents: vec![AgentReport::answered("a", None, &[state("s", Outcome::Unchanged, None)])],
+        };
         assert_eq!(ok.exit_code(), 0);
         let failed = Report {
             test: false,
-            agents: vec![AgentReport::answered("a", None, &[state("s", Outcome::Failed { error: "boom".into() }, None)])],
+            agents: vec![AgentReport::answered(
+                "a",
+                None,
+                &[state("s", Outcome::Failed { error: "boom".into() }, None)],
+            )],
         };
         assert_eq!(failed.exit_code(), 1);
         assert!(failed.render(false).contains("boom"));

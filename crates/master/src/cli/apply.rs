@@ -94,10 +94,14 @@ pub async fn run(data_dir: &Path, options: Options) -> anyhow::Result<u8> {
 /// On a terminal, a bar of agents answered; hidden when stderr is not a
 /// terminal or the output is JSON.
 fn progress_bar(agents: usize, json: bool) -> ProgressBar {
-    let target =
-        if json || !std::io::stderr().is_terminal() { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
+    let target = if json || !std::io::stderr().is_terminal() {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    };
     let bar = ProgressBar::with_draw_target(Some(agents as u64), target);
-    if let Ok(style) = ProgressStyle::with_template("{spinner} [{elapsed}] {bar:30} {pos}/{len} agents answered  {msg}") {
+    if let Ok(style) = ProgressStyle::with_template("{spinner} [{elapsed}] {bar:30} {pos}/{len} agents answered  {msg}")
+    {
         bar.set_style(style);
     }
     bar.enable_steady_tick(Duration::from_millis(100));

@@ -57,7 +57,13 @@ pub fn list(data_dir: &Path, limit: u32, json: bool) -> anyhow::Result<u8> {
         .iter()
         .map(|j| {
             let test = if j.job.test { " (test)" } else { "" };
-            [j.job.jid.clone(), when(j.job.created_us), cause(&j.job), j.agents.join(","), format!("{}{test}", result(j))]
+            [
+                j.job.jid.clone(),
+                when(j.job.created_us),
+                cause(&j.job),
+                j.agents.join(","),
+                format!("{}{test}", result(j)),
+            ]
         })
         .collect();
     let header = ["JID", "WHEN", "CAUSE", "AGENTS", "RESULT"];
@@ -90,7 +96,9 @@ pub fn show(data_dir: &Path, jid: &str, json: bool) -> anyhow::Result<u8> {
     let reader = Reader::open(&store::path(data_dir))?;
     let Some((job, report)) = reader.job(jid)? else {
         match reader.count_prefix(jid)? {
-            0 => anyhow::bail!("no job `{jid}` in {} (`halite-master jobs` lists them)", store::path(data_dir).display()),
+            0 => {
+                anyhow::bail!("no job `{jid}` in {} (`halite-master jobs` lists them)", store::path(data_dir).display())
+            }
             n => anyhow::bail!("`{jid}` is the start of {n} job ids; give more of it"),
         }
     };
