@@ -146,7 +146,10 @@ async fn scenario(fleet: &mut Fleet) -> anyhow::Result<()> {
     let shown = fleet.master_command(&["jobs", &operator_jobs[0]]).await?;
     anyhow::ensure!(shown.code == 0, "jobs JID: {shown:?}");
     assert!(shown.stdout.contains("cause:  operator:"), "{shown:?}");
-    assert!(shown.stdout.contains("operator:halite-master apply 'web*' app"), "the command line is the cause: {shown:?}");
+    assert!(
+        shown.stdout.contains("operator:halite-master apply 'web*' app"),
+        "the command line is the cause: {shown:?}"
+    );
     assert!(shown.stdout.contains("changed  app-conf  file.managed"), "{shown:?}");
     let detail = fleet.master_command(&["jobs", &web02_jid, "--json"]).await?.json()?;
     assert_eq!(detail["report"]["agents"][0]["status"], "answered", "the late answer is recorded: {detail}");

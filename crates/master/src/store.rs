@@ -16,6 +16,7 @@
 //! `PRAGMA user_version`; the file is in WAL mode so readers never block
 //! the writer.
 
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,6 +77,8 @@ CREATE TABLE job_results (
 pub enum StoreError {
     #[error("the job store {path}: {source}")]
     Sqlite { path: PathBuf, source: rusqlite::Error },
+    #[error("the job store {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
     #[error(
         "the job store {path} has schema version {found}, newer than this halite's {SCHEMA_VERSION}; run a newer halite-master"
     )]
@@ -133,14 +136,12 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let connection = open_for_writing(path)?;
         let (queue, inbox) = mpsc::channel(STORE_QUEUE);
+        let path_for_error = path.to_path_buf();
         let path = path.to_path_buf();
         std::thread::Builder::new()
             .name("halite-store".into())
             .spawn(move || writer(connection, &path, inbox))
-            .map_err(|e| StoreError::Sqlite {
-                path: PathBuf::from("(writer thread)"),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-            })?;
+            .map_err(|source| StoreError::Io { path: path_for_error.clone(), source })?;
         Ok(Store { queue, dropped: Arc::default() })
     }
 
@@ -194,6 +195,15 @@ fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
 }
 
 fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
+    // Diffs may hold secrets: owner-only, like the keys beside it. SQLite
+    // gives its -wal and -shm files the same mode.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|_| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)))
+        .map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?;
     let connection = Connection::open(path).map_err(sqlite(path))?;
     connection
         .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")
@@ -525,6 +535,7 @@ mod tests {
         store.flush().await;
         drop(store);
 
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "owner-only");
         // A second writer on the same file (a restarted master) keeps it.
         Store::open(&path).unwrap().flush().await;
         let reader = Reader::open(&path).unwrap();
