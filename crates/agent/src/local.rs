@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 
 use halite_proto::{Id, Job};
-use halite_state::StateTree;
 use halite_state::report::{AgentReport, Report};
+use halite_state::{ApplyEnv, RenderContext, StateTree};
 
 use crate::managed::ManagedFiles;
 
@@ -30,6 +30,8 @@ pub enum LocalError {
     /// The tree has errors; each is a `file:line:col: error: …` diagnostic.
     #[error("{}\nthe state tree {tree} has {count} errors; nothing was applied", diagnostics.join("\n"))]
     Tree { tree: PathBuf, count: usize, diagnostics: Vec<String> },
+    #[error("{}\nthe states do not render for `{agent}`; nothing was applied", diagnostics.join("\n"))]
+    Render { agent: String, diagnostics: Vec<String> },
     #[error("state file `{name}` does not exist in {tree} (state files: {known})")]
     UnknownState { name: String, tree: PathBuf, known: String },
 }
@@ -48,11 +50,17 @@ pub fn apply(request: &LocalApply) -> Result<Report, LocalError> {
             known: tree.files.keys().cloned().collect::<Vec<_>>().join(", "),
         });
     }
-    let names = if request.states.is_empty() { tree.states_for(&request.id) } else { request.states.clone() };
-    let job = Job { id: Id::new(), cause_event: None, test: request.test, states: tree.calls(&names) };
+    let facts = crate::facts::gather(&request.id);
+    let names = if request.states.is_empty() { tree.states_for(&request.id, &facts) } else { request.states.clone() };
+    let calls =
+        tree.calls_for(&names, &RenderContext::new(&request.id, &facts)).map_err(|diagnostics| LocalError::Render {
+            agent: request.id.clone(),
+            diagnostics: diagnostics.iter().map(ToString::to_string).collect(),
+        })?;
+    let job = Job { id: Id::new(), cause_event: None, test: request.test, states: calls };
     // No daemon record to keep: a running agent learns the files' desired
     // state from its own jobs.
-    let result = crate::jobs::run(&job, &ManagedFiles::in_memory(), &request.root);
+    let result = crate::jobs::run(&job, &ManagedFiles::in_memory(), &request.root, &ApplyEnv::default());
     Ok(Report { test: request.test, agents: vec![AgentReport::answered(&request.id, None, &result.results)] })
 }
 

@@ -92,7 +92,12 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     // The daemon logs its work; a command's output is its report.
-    let default_level = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
+    // (`apply --local` reports every failed state itself.)
+    let default_level = match cli.command {
+        Command::Run { .. } => "info",
+        Command::Apply { .. } => "error",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into()))
         .with_writer(std::io::stderr)

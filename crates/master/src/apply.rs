@@ -11,8 +11,8 @@
 use std::time::Duration;
 
 use halite_proto::{Id, Job};
-use halite_state::Target;
 use halite_state::report::AgentReport;
+use halite_state::{RenderContext, Target};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -69,8 +69,8 @@ fn plan(master: &Master, request: &ApplyRequest) -> Result<Vec<(String, Job)>, A
     let target = Target::parse(&request.target)
         .map_err(|e| error(format!("{e} (a target is a glob on the agent id, e.g. 'web*')")))?;
     let connected = master.sessions.accepted_agents();
-    let matched: Vec<String> =
-        connected.iter().filter(|(agent, _facts)| target.matches(agent)).map(|(agent, _)| agent.clone()).collect();
+    let matched: Vec<(String, halite_proto::Value)> =
+        connected.iter().filter(|(agent, facts)| target.matches(agent, facts)).cloned().collect();
     if matched.is_empty() {
         let known: Vec<&str> = connected.iter().map(|(a, _)| a.as_str()).collect();
         let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
@@ -79,14 +79,20 @@ fn plan(master: &Master, request: &ApplyRequest) -> Result<Vec<(String, Job)>, A
             no_agent: true,
         });
     }
-    Ok(matched
+    // Every agent's states render before anything is sent: a template that
+    // fails for one agent stops the whole apply, with its diagnostics.
+    matched
         .into_iter()
-        .map(|agent| {
-            let names = if request.states.is_empty() { states.states_for(&agent) } else { request.states.clone() };
-            let job = Job { id: Id::new(), cause_event: None, test: request.test, states: states.calls(&names) };
-            (agent, job)
+        .map(|(agent, facts)| {
+            let names =
+                if request.states.is_empty() { states.states_for(&agent, &facts) } else { request.states.clone() };
+            let calls = states.calls_for(&names, &RenderContext::new(&agent, &facts)).map_err(|diagnostics| {
+                let text: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+                error(format!("the states do not render for `{agent}`; nothing was sent:\n{}", text.join("\n")))
+            })?;
+            Ok((agent, Job { id: Id::new(), cause_event: None, test: request.test, states: calls }))
         })
-        .collect())
+        .collect()
 }
 
 /// Runs the request and writes the conversation to `out`. Returns when

@@ -87,7 +87,7 @@ pub async fn start_master(
         ),
     )?;
     let log = dir.join("master.log");
-    let (child, line) = spawn_until_ready(&binaries.master, &["run", "--config"], &config, &log).await?;
+    let (child, line) = spawn_until_ready(&binaries.master, &["run", "--config"], &config, &log, None).await?;
     let field = |key: &str| {
         line.split_whitespace()
             .find_map(|f| f.strip_prefix(key))
@@ -137,13 +137,25 @@ pub async fn start_agent_with(
         ),
     )?;
     let log = dir.join("agent.log");
-    let (child, _) = spawn_until_ready(&binaries.agent, &["run", "--config"], &config, &log).await?;
+    let (child, _) = spawn_until_ready(&binaries.agent, &["run", "--config"], &config, &log, Some(dir)).await?;
     Ok(AgentProcess { child, id: id.to_owned(), root, dir: dir.to_path_buf(), log })
 }
 
-async fn spawn_until_ready(binary: &Path, args: &[&str], config: &Path, log: &Path) -> anyhow::Result<(Child, String)> {
+/// Starts `binary`, in `cwd` if given (an agent runs in its own directory,
+/// so a `cmd.run` without `cwd` leaves its traces there).
+async fn spawn_until_ready(
+    binary: &Path,
+    args: &[&str],
+    config: &Path,
+    log: &Path,
+    cwd: Option<&Path>,
+) -> anyhow::Result<(Child, String)> {
     let stderr = std::fs::File::create(log)?;
-    let mut child = Command::new(binary)
+    let mut command = Command::new(binary);
+    if let Some(cwd) = cwd {
+        command.current_dir(cwd);
+    }
+    let mut child = command
         .args(args)
         .arg(config)
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))

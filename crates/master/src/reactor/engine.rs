@@ -156,11 +156,9 @@ impl Worker {
                 let render = halite_state::RenderContext::new(&self.agent, &facts);
                 let result = match tree.states.calls_for(&names, &render) {
                     Ok(states) => {
-                        {
                         let job = Job { id: Id::new(), cause_event: None, test: false, states };
                         let origin = crate::jobs::Origin::connected(&self.agent);
                         jobs.run_with(&self.agent, job, origin, jobs.timeout()).await
-                    }
                     }
                     Err(diagnostics) => Err(diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")),
                 };
