@@ -134,6 +134,14 @@ async fn scenario(fleet: &mut Fleet) -> anyhow::Result<()> {
     let none = fleet.master_command(&["apply", "db*", "app"]).await?;
     assert_eq!(none.code, 2, "{none:?}");
     assert!(none.stderr.contains("target `db*` matches no connected agent (connected: web01, web02)"), "{none:?}");
+    // A compound target, matched with the agents' facts.
+    let listed = fleet.master_command(&["apply", "L@web02,db01 and G@id:web02", "app", "--test", "--json"]).await?;
+    anyhow::ensure!(listed.code == 0, "compound target: {listed:?}");
+    let listed = listed.json()?;
+    let agents: Vec<&str> =
+        listed["agents"].as_array().into_iter().flatten().filter_map(|a| a["agent"].as_str()).collect();
+    assert_eq!(agents, ["web02"], "{listed}");
+    operator_jobs.extend(jids(&listed)?);
     let unknown = fleet.master_command(&["apply", "web*", "nope"]).await?;
     assert_eq!(unknown.code, 1, "{unknown:?}");
     assert!(unknown.stderr.contains("state file `nope` does not exist"), "{unknown:?}");

@@ -67,7 +67,7 @@ fn plan(master: &Master, request: &ApplyRequest) -> Result<Vec<(String, Job)>, A
         )));
     }
     let target = Target::parse(&request.target)
-        .map_err(|e| error(format!("{e} (a target is a glob on the agent id, e.g. 'web*')")))?;
+        .map_err(|e| error(format!("{e} (write e.g. 'web*', L@web01,web02 or 'G@os:debian and not db*')")))?;
     let connected = master.sessions.accepted_agents();
     let matched: Vec<(String, halite_proto::Value)> =
         connected.iter().filter(|(agent, facts)| target.matches(agent, facts)).cloned().collect();

@@ -104,7 +104,8 @@ enum Command {
     /// 2 some agent did not answer in time, or TARGET matches no connected
     /// agent (2 wins over 1: the picture is incomplete).
     Apply {
-        /// A target expression: a glob on the agent id, e.g. 'web*'.
+        /// A target expression, as in top.yaml: 'web*', L@web01,web02,
+        /// 'G@os:debian and not db*'.
         target: String,
         /// State files to apply (default: each agent's top.yaml states).
         states: Vec<String>,
