@@ -68,7 +68,7 @@ fn plan(master: &Master, request: &ApplyRequest) -> Result<Vec<(String, Job)>, A
     }
     let target = Target::parse(&request.target)
         .map_err(|e| error(format!("{e} (write e.g. 'web*', L@web01,web02 or 'G@os:debian and not db*')")))?;
-    let connected = master.sessions.accepted_agents();
+    let connected = master.sessions.accepted_with_facts();
     let matched: Vec<(String, halite_proto::Value)> =
         connected.iter().filter(|(agent, facts)| target.matches(agent, facts)).cloned().collect();
     if matched.is_empty() {

@@ -140,7 +140,7 @@ impl Sessions {
 
     /// Every agent with an accepted session, with the facts it sent, sorted
     /// by id: what an operator's target is matched against.
-    pub fn accepted_agents(&self) -> Vec<(String, Value)> {
+    pub fn accepted_with_facts(&self) -> Vec<(String, Value)> {
         let table = self.lock();
         let mut agents: Vec<(String, Value)> = table
             .by_agent
