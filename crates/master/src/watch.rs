@@ -1,7 +1,7 @@
 //! `watch: true` on a `file.managed` state: the file heals itself without
 //! a hand-written beacon and reactor. For each watched state the tree
 //! implies a `file` beacon on its path, sent to every agent whose top.yaml
-//! states include it, and a reactor that applies that one state to the
+//! states include it, and a reactor that applies the state's file to the
 //! agent that raised the event. Both are named `watch:<state file>:<state id>`
 //! (characters a tag cannot carry become `_`); `check` lists them and its
 //! what-if shows them firing. Authored names cannot take that form (they
@@ -9,12 +9,10 @@
 
 use std::sync::Arc;
 
-use futures_util::future::BoxFuture;
-use halite_proto::{BeaconSpec, Event, Id, Job, StateCall, Value};
+use halite_proto::{BeaconSpec, Value};
 use halite_state::{Diagnostic, StateTree};
 
 use crate::reactor::Reactor;
-use crate::reactor::actions::{Action, Context};
 
 /// One watched state.
 #[derive(Debug, Clone)]
@@ -64,8 +62,11 @@ pub fn find(states: &StateTree, diagnostics: &mut Vec<Diagnostic>) -> Vec<Watch>
                 continue;
             }
             let on = halite_proto::event::tag::beacon("*", &name);
-            let action = ApplyWatched { file: file.clone(), call: state.call.clone() };
-            let reactor = match Reactor::implied(name.clone(), &on, vec![Box::new(action)]) {
+            // The whole state file, rendered for the agent and the event like
+            // a hand-written `apply: [file]`: templates come out right and an
+            // `onchanges` partner (a reload) runs after a restore.
+            let action = crate::reactor::actions::apply::state_files(vec![file.clone()]);
+            let reactor = match Reactor::implied(name.clone(), &on, vec![action]) {
                 Ok(reactor) => Arc::new(reactor),
                 Err(message) => {
                     diagnostics.push(error(format!("`watch: true` on `{id}`: {message}")));
@@ -89,39 +90,10 @@ impl Watch {
     }
 }
 
-/// Applies one watched state to the agent that raised the event.
-#[derive(Debug)]
-struct ApplyWatched {
-    file: String,
-    call: StateCall,
-}
-
-impl Action for ApplyWatched {
-    fn describe(&self) -> String {
-        format!("apply state `{}` of [{}] to the agent that raised the event (watch: true)", self.call.id, self.file)
-    }
-
-    fn run<'a>(
-        &'a self,
-        context: &'a Context,
-        agent: &'a str,
-        event: &'a Event,
-    ) -> BoxFuture<'a, Result<String, String>> {
-        Box::pin(async move {
-            let job = Job { id: Id::new(), cause_event: Some(event.id), test: false, states: vec![self.call.clone()] };
-            let jid = job.id;
-            let result = context.jobs.run(agent, job).await?;
-            match result.results.iter().find(|r| r.outcome.is_failed()) {
-                Some(failed) => Err(format!("job {jid}: state `{}` failed", failed.id)),
-                None => Ok(format!("job {jid}: state `{}` applied", self.call.id)),
-            }
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use halite_proto::Event;
 
     fn load(files: &[(&str, &str)]) -> (tempfile::TempDir, crate::tree::Tree, Vec<Diagnostic>) {
         let dir = tempfile::tempdir().unwrap();
@@ -150,7 +122,7 @@ mod tests {
         assert_eq!(reactor.matches(&event), Ok(true));
         let other = Event::new("halite/beacon/web01/conf", "web01", Value::map());
         assert_eq!(reactor.matches(&other), Ok(false));
-        assert!(reactor.actions[0].describe().contains("state `conf` of [web]"));
+        assert_eq!(reactor.actions[0].describe(), "apply [web] to the agent that raised the event");
     }
 
     #[test]

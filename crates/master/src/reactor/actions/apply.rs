@@ -19,6 +19,12 @@ struct Apply {
     states: Vec<String>,
 }
 
+/// The action of a reactor that applies `states` (already known to exist),
+/// for reactors the tree implies rather than the operator writes.
+pub(crate) fn state_files(states: Vec<String>) -> Box<dyn Action> {
+    Box::new(Apply { states })
+}
+
 fn compile(value: &serde_json::Value, tree: &StateTree) -> Result<Box<dyn Action>, String> {
     let states: Vec<String> = match value {
         serde_json::Value::String(one) => vec![one.clone()],
