@@ -32,6 +32,19 @@ struct Table {
     by_peer: HashMap<Bytes, PeerSession>,
     /// Accepted sessions only.
     by_agent: HashMap<String, Bytes>,
+    /// The remote address of each connection, from the ROUTER's monitor,
+    /// for `halite-master agents`; forgotten when the connection closes.
+    addresses: HashMap<Bytes, String>,
+}
+
+/// A session as `halite-master agents` shows it.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub agent: String,
+    pub accepted: bool,
+    pub facts: Value,
+    pub since: SystemTime,
+    pub address: Option<String>,
 }
 
 #[derive(Clone)]
@@ -161,6 +174,32 @@ impl Sessions {
     /// The agents with an accepted session now.
     pub fn accepted_agents(&self) -> Vec<String> {
         self.lock().by_agent.keys().cloned().collect()
+    }
+
+    /// A connection was accepted from `address`.
+    pub fn note_address(&self, peer: Bytes, address: String) {
+        self.lock().addresses.insert(peer, address);
+    }
+
+    /// A connection closed.
+    pub fn forget_address(&self, peer: &Bytes) {
+        self.lock().addresses.remove(peer);
+    }
+
+    /// Every session, accepted or not.
+    pub fn list(&self) -> Vec<SessionInfo> {
+        let table = self.lock();
+        table
+            .by_peer
+            .iter()
+            .map(|(peer, s)| SessionInfo {
+                agent: s.agent.clone(),
+                accepted: s.accepted,
+                facts: s.facts.clone(),
+                since: s.since,
+                address: table.addresses.get(peer).cloned(),
+            })
+            .collect()
     }
 
     pub fn unaccepted(&self) -> usize {
