@@ -3,9 +3,11 @@
 
 mod apply;
 mod beacons;
+mod bus;
 mod drift;
 mod interop;
 mod link;
 mod reload;
+mod reactors;
 mod restart;
 mod states;

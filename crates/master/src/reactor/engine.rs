@@ -157,7 +157,16 @@ impl Worker {
                 continue;
             }
             if let Some(work) = pending.pop_front() {
-                self.execute(work).await;
+                // Keep folding arrivals in while the action runs, so a burst
+                // during a slow action coalesces instead of filling the queue.
+                let running = self.execute(work);
+                tokio::pin!(running);
+                loop {
+                    tokio::select! {
+                        () = &mut running => break,
+                        Some(work) = inbox.recv() => merge(&mut pending, work),
+                    }
+                }
             }
         }
     }
