@@ -83,6 +83,14 @@ impl Action for FireEvent {
         Some(&self.tag)
     }
 
+    fn would_fire(&self, agent: &str, cause: &Event, depth: u32) -> Option<Event> {
+        let data = Value::from_json(&serde_json::Value::Object(self.data.clone()))
+            .with("cause", cause.id.to_string())
+            .with("cause_tag", cause.tag.as_str())
+            .with("depth", i64::from(depth));
+        Some(Event::new(self.tag.as_str(), agent, data))
+    }
+
     fn run<'a>(
         &'a self,
         context: &'a Context,
@@ -97,12 +105,8 @@ impl Action for FireEvent {
                     self.tag
                 ));
             }
-            let mut data = Value::from_json(&serde_json::Value::Object(self.data.clone()));
-            data = data
-                .with("cause", event.id.to_string())
-                .with("cause_tag", event.tag.as_str())
-                .with("depth", i64::from(depth));
-            let fired = context.bus.publish(Event::new(self.tag.as_str(), agent, data));
+            let Some(fired) = self.would_fire(agent, event, depth) else { unreachable!("an event action fires") };
+            let fired = context.bus.publish(fired);
             context.engine.on_event_at(&fired, depth);
             Ok(format!("fired {} (event {})", self.tag, fired.id))
         })

@@ -104,6 +104,12 @@ pub trait Action: Send + Sync + Debug {
     fn fires(&self) -> Option<&str> {
         None
     }
+    /// The event this action would raise for `agent`, caused by `cause`
+    /// `depth` hops from an agent's event; for `check`'s what-if, which
+    /// follows the chain without acting.
+    fn would_fire(&self, _agent: &str, _cause: &Event, _depth: u32) -> Option<Event> {
+        None
+    }
     /// Acts for `agent` on `event`; the text says what happened.
     fn run<'a>(
         &'a self,
