@@ -19,10 +19,11 @@ use crate::tree::Tree;
 pub mod apply;
 pub mod event;
 pub mod exec;
+pub mod run;
 pub mod webhook;
 
 /// Every action, by its key in reactors.yaml. Keep sorted by name.
-pub static ACTIONS: &[&ActionKind] = &[&apply::KIND, &event::KIND, &exec::KIND, &webhook::KIND];
+pub static ACTIONS: &[&ActionKind] = &[&apply::KIND, &event::KIND, &exec::KIND, &run::KIND, &webhook::KIND];
 
 /// Compiles an action's authored value against the state tree.
 pub type Compile = fn(&serde_json::Value, &StateTree) -> Result<Box<dyn Action>, String>;
