@@ -4,7 +4,10 @@
 //! (webpki-roots) are trusted, plus, with `ca`, the certificates of a PEM
 //! file in the state tree (a private CA). Plain `http://` is refused unless
 //! the reactor says `insecure_http: true`. The client, its headers and its
-//! roots are built when the tree loads.
+//! roots are built when the tree loads. A header value may name variables
+//! of the master's environment as `${NAME}`, so that secrets stay out of the
+//! tree; they are read when the request is made (a missing one fails the
+//! action and names the variable).
 //!
 //! A connection failure, a timeout, a 429 or a 5xx answer is retried, at
 //! most `retries` times, after an exponential backoff with jitter (from
@@ -64,6 +67,55 @@ struct Webhook {
     retries: u32,
     timeout: Duration,
     header_names: Vec<String>,
+    /// Headers whose values name environment variables, filled per request.
+    from_env: Vec<(HeaderName, Vec<Piece>)>,
+}
+
+/// A header value as authored: text and `${NAME}` references.
+#[derive(Debug, Clone, PartialEq)]
+enum Piece {
+    Text(String),
+    Env(String),
+}
+
+/// Splits `Bearer ${TOKEN}` into pieces; an unclosed `${` or a bad name is
+/// an error.
+fn pieces(value: &str) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        if start > 0 {
+            pieces.push(Piece::Text(rest[..start].to_owned()));
+        }
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| format!("`{value}`: `${{` without its `}}`"))?;
+        let name = &after[..end];
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("`{value}`: `${{{name}}}` is not an environment variable name"));
+        }
+        pieces.push(Piece::Env(name.to_owned()));
+        rest = &after[end + 1..];
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Text(rest.to_owned()));
+    }
+    Ok(pieces)
+}
+
+/// Fills a header's `${NAME}`s from `lookup`.
+fn fill(name: &HeaderName, pieces: &[Piece], lookup: impl Fn(&str) -> Option<String>) -> Result<HeaderValue, String> {
+    let mut text = String::new();
+    for piece in pieces {
+        match piece {
+            Piece::Text(t) => text.push_str(t),
+            Piece::Env(var) => text.push_str(
+                &lookup(var)
+                    .ok_or_else(|| format!("header `{name}`: `{var}` is not set in the master's environment"))?,
+            ),
+        }
+    }
+    HeaderValue::from_str(&text)
+        .map_err(|_| format!("header `{name}`: its value from the environment is not valid in HTTP"))
 }
 
 fn compile(value: &serde_json::Value, tree: &StateTree) -> Result<Box<dyn Action>, String> {
@@ -86,8 +138,14 @@ fn compile(value: &serde_json::Value, tree: &StateTree) -> Result<Box<dyn Action
     }
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let mut from_env = Vec::new();
     for (name, value) in &config.headers {
         let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("`{name}` is not a header name"))?;
+        let pieces = pieces(value).map_err(|e| format!("header `{name}`: {e}"))?;
+        if pieces.iter().any(|p| matches!(p, Piece::Env(_))) {
+            from_env.push((header, pieces));
+            continue;
+        }
         let value =
             HeaderValue::from_str(value).map_err(|_| format!("header `{name}`: its value is not valid in HTTP"))?;
         headers.insert(header, value);
@@ -121,6 +179,7 @@ fn compile(value: &serde_json::Value, tree: &StateTree) -> Result<Box<dyn Action
         retries,
         timeout,
         header_names: config.headers.keys().cloned().collect(),
+        from_env,
     }))
 }
 
@@ -132,7 +191,12 @@ enum Attempt {
 
 impl Webhook {
     async fn attempt(&self, body: &[u8]) -> Result<reqwest::StatusCode, Attempt> {
-        match self.client.post(self.url.clone()).body(body.to_vec()).send().await {
+        let mut request = self.client.post(self.url.clone()).body(body.to_vec());
+        for (name, pieces) in &self.from_env {
+            let value = fill(name, pieces, |var| std::env::var(var).ok()).map_err(Attempt::Fail)?;
+            request = request.header(name, value);
+        }
+        match request.send().await {
             Ok(response) => {
                 let status = response.status();
                 if status.is_success() {
@@ -242,6 +306,29 @@ mod tests {
                 (Ok(_), Some(wanted)) => panic!("{value}: compiled, wanted `{wanted}`"),
                 (Err(e), None) => panic!("{value}: {e}"),
             }
+        }
+    }
+
+    #[test]
+    fn header_values_name_environment_variables() {
+        let name = HeaderName::from_static("authorization");
+        let lookup = |var: &str| (var == "TOKEN").then(|| "s3cret".to_owned());
+        let cases = [
+            ("Bearer ${TOKEN}", Ok("Bearer s3cret")),
+            ("${TOKEN}-${TOKEN}", Ok("s3cret-s3cret")),
+            ("plain", Ok("plain")),
+            ("Bearer ${MISSING}", Err("`MISSING` is not set")),
+        ];
+        for (authored, expected) in cases {
+            let filled = fill(&name, &pieces(authored).unwrap(), lookup);
+            match (filled, expected) {
+                (Ok(value), Ok(wanted)) => assert_eq!(value, wanted, "{authored}"),
+                (Err(e), Err(wanted)) => assert!(e.contains(wanted), "{authored}: {e}"),
+                (got, wanted) => panic!("{authored}: {got:?}, wanted {wanted:?}"),
+            }
+        }
+        for bad in ["${", "${A-B}", "x ${}"] {
+            assert!(pieces(bad).is_err(), "{bad}");
         }
     }
 
