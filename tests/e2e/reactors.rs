@@ -261,3 +261,31 @@ async fn a_burst_through_a_throttled_reactor_reacts_exactly_twice() {
         fleet.fail(&error);
     }
 }
+
+/// `run` sends the agent a `cmd.run` job caused by the event; the command
+/// sees the event only in its environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_executes_a_command_on_the_agent_with_the_event_in_its_environment() {
+    let out = tempfile::tempdir().unwrap();
+    let reactors = format!(
+        "{RESTORE_MOTD}- name: audit\n  on: halite/beacon/*/motd\n  run: sh -c 'printf %s \"$HALITE_EVENT_ID $HALITE_AGENT\" > {}/ran'\n",
+        out.path().display()
+    );
+    let mut fleet = Fleet::start_custom(&["web01"], &["*"], &[("reactors.yaml", reactors.as_str())]).await.unwrap();
+    let result = async {
+        std::fs::write(fleet.agent("web01").path("/etc/motd"), "drift\n")?;
+        let drift = fleet.wait_for("the drift", |e| e.tag == "halite/beacon/web01/motd").await?;
+        let fired = fleet.wait_for("the run reaction", |e| e.tag.starts_with("halite/reactor/audit/")).await?;
+        assert_eq!(fired.tag, "halite/reactor/audit/fired", "{}", fired.data());
+        let jobs = count(&fleet, |e| {
+            e.tag.ends_with("/new") && e.data()["cause"] == drift.id() && e.data()["states"][0] == "reactor-run"
+        });
+        assert_eq!(jobs, 1);
+        assert_eq!(std::fs::read_to_string(out.path().join("ran"))?, format!("{} web01", drift.id()));
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}

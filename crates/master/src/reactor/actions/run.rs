@@ -53,22 +53,16 @@ fn compile(value: &serde_json::Value, _tree: &StateTree) -> Result<Box<dyn Actio
 }
 
 impl Run {
-    /// The `cmd.run` state the job carries (the state engine's resolved
-    /// form: `name`, `shell`, `env`, `timeout_ms`).
+    /// The `cmd.run` state the job carries, built by the state engine's
+    /// `cmd_run::call` (no shell), with the event in its `env`.
     fn call(&self, agent: &str, event: &Event) -> StateCall {
         let env = Value::map()
             .with("HALITE_TAG", event.tag.as_str())
             .with("HALITE_EVENT_ID", event.id.to_string())
             .with("HALITE_AGENT", agent);
-        StateCall {
-            id: "reactor-run".into(),
-            kind: "cmd.run".into(),
-            args: Value::map()
-                .with("name", self.cmd.as_str())
-                .with("shell", false)
-                .with("env", env)
-                .with("timeout_ms", i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX)),
-        }
+        halite_state::kinds::cmd_run::call("reactor-run", &self.cmd)
+            .with_arg("env", env)
+            .with_arg("timeout_ms", i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX))
     }
 }
 
@@ -128,7 +122,7 @@ mod tests {
         let call = run.call("web01", &event);
         assert_eq!(call.kind, "cmd.run");
         assert_eq!(call.args.get("name"), Some(&Value::from("logger 'cpu hot'")));
-        assert_eq!(call.args.get("shell"), Some(&Value::Bool(false)));
+        assert_ne!(call.args.get("shell"), Some(&Value::Bool(true)));
         assert_eq!(call.args.get("timeout_ms"), Some(&Value::Int(5000)));
         let env = call.args.get("env").unwrap();
         assert_eq!(env.get("HALITE_EVENT_ID"), Some(&Value::from(event.id.to_string())));
