@@ -7,7 +7,7 @@ mod bus;
 mod drift;
 mod interop;
 mod link;
-mod reload;
 mod reactors;
+mod reload;
 mod restart;
 mod states;
