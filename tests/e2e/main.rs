@@ -3,9 +3,11 @@
 
 mod apply;
 mod beacons;
+mod bus;
 mod drift;
 mod interop;
 mod link;
+mod reactors;
 mod reload;
 mod restart;
 mod states;

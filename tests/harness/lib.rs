@@ -12,6 +12,8 @@ use anyhow::Context;
 use halite_master::client::{BusEvent, Subscriber};
 use halite_master::fleet::{self, AgentProcess, Binaries, MasterProcess};
 
+pub mod raw;
+
 /// How long any one expected event may take before the test fails. Generous:
 /// it bounds a hang, it is not a performance threshold.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -57,7 +59,8 @@ impl Fleet {
     }
 
     /// As [`Fleet::start_with`], with `files` (path in the tree, text) written
-    /// over the example tree.
+    /// over the example tree; folders are made as needed and `*.sh` files
+    /// are made executable (hooks).
     pub async fn start_custom(agents: &[&str], auto_accept: &[&str], files: &[(&str, &str)]) -> anyhow::Result<Fleet> {
         Fleet::start_tree(agents, auto_accept, files, &[]).await
     }
@@ -74,7 +77,15 @@ impl Fleet {
         let states = dir.path().join("states");
         halite_master::example::write(&states)?;
         for (name, text) in files {
-            std::fs::write(states.join(name), text)?;
+            let path = states.join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&path, text)?;
+            if name.ends_with(".sh") {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+            }
         }
         for name in remove {
             std::fs::remove_file(states.join(name))?;
@@ -168,6 +179,18 @@ impl Fleet {
         let mut command = tokio::process::Command::new(&self.binaries.master);
         command.args(args).arg("--data-dir").arg(self.master_data_dir());
         CommandOutput::of(command).await
+    }
+
+    /// Runs `halite-master ARGS --data-dir <the master's>`; returns its
+    /// stdout, or its stderr as the error.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = std::process::Command::new(&self.binaries.master)
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.master_data_dir())
+            .output()?;
+        anyhow::ensure!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        Ok(String::from_utf8(output.stdout)?)
     }
 
     pub fn master(&self) -> &MasterProcess {

@@ -1,23 +1,34 @@
 //! The event bus: every event the master handles or raises goes through
 //! [`Bus::publish`], which feeds the outside publisher (ZeroMQ PUB, two
-//! frames `[tag, json]`, SPEC §8). In-process subscribers (the `events`
-//! command) will hang off this same function.
+//! frames `[tag, json]`, SPEC §8), the in-process tail behind
+//! `halite-master events` (a bounded broadcast: a slow reader is told how
+//! many events it missed, the bus never waits for it), and the agents
+//! ledger behind `halite-master agents`.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use halite_proto::Event;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use zeromq::{PubSocket, Socket, SocketSend, ZmqMessage};
 
 /// Events waiting for the outside publisher. When full, events are not
 /// published outside (counted, logged); PUB is best effort by design.
 pub const PUBLISHER_QUEUE: usize = 65_536;
 
+/// Events kept for each `events` tail. A tail that falls further behind
+/// loses the oldest and is told how many (`broadcast`'s lag); publishing
+/// never waits for a tail.
+pub const TAIL_QUEUE: usize = 4096;
+
 #[derive(Debug, Clone)]
 pub struct Bus {
     outside: mpsc::Sender<Arc<Event>>,
     dropped: Arc<AtomicU64>,
+    /// Live tails (`halite-master events`); sending with none is a no-op.
+    tail: broadcast::Sender<Arc<Event>>,
+    /// What `halite-master agents` knows from the events it saw.
+    ledger: Arc<Mutex<crate::agents::Ledger>>,
 }
 
 impl Bus {
@@ -39,12 +50,25 @@ impl Bus {
                 }
             }
         });
-        Ok((Bus { outside, dropped: Arc::default() }, bound.to_string()))
+        let (tail, _) = broadcast::channel(TAIL_QUEUE);
+        Ok((Bus { outside, dropped: Arc::default(), tail, ledger: Arc::default() }, bound.to_string()))
+    }
+
+    /// A live tail of every event published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.tail.subscribe()
+    }
+
+    pub fn ledger(&self) -> MutexGuard<'_, crate::agents::Ledger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn publish(&self, event: Event) -> Arc<Event> {
         let event = Arc::new(event);
         tracing::debug!(tag = %event.tag, agent = %event.agent, id = %event.id, "Event.");
+        self.ledger().observe(&event);
+        // An error only says that nobody tails the bus right now.
+        let _ = self.tail.send(event.clone());
         if self.outside.try_send(event.clone()).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {

@@ -53,28 +53,50 @@ pub fn what_if(
         .unwrap_or_default();
     let event = halite_proto::Event::new(tag, agent.as_str(), halite_proto::Value::from_json(data));
     writeln!(out, "what if: {tag} from `{agent}` with data {data}")?;
+    if reactions(&tree, &event, 0, out)? == 0 {
+        writeln!(out, "  no reactor fires")?;
+    }
+    Ok(())
+}
+
+/// Prints the reactors `event` fires, `depth` `event` hops from the agent's
+/// event, and follows what their `event` actions fire. Returns how many
+/// fired at this level.
+fn reactions(tree: &Tree, event: &halite_proto::Event, depth: u32, out: &mut impl Write) -> std::io::Result<usize> {
+    let indent = "    ".repeat(depth as usize);
     let mut fired = 0;
     for reactor in &tree.reactors {
-        match reactor.matches(&event) {
+        match reactor.matches(event) {
             Ok(false) => {}
             Ok(true) => {
                 fired += 1;
                 writeln!(
                     out,
-                    "  fires {}: on {}{}",
+                    "{indent}  fires {}: on {}{}{}",
                     reactor.name,
                     reactor.on,
-                    reactor.when.as_ref().map(|w| format!(" when {w}")).unwrap_or_default()
+                    reactor.when.as_ref().map(|w| format!(" when {w}")).unwrap_or_default(),
+                    reactor
+                        .throttle
+                        .map(|t| format!(" (throttle {})", humantime::format_duration(t)))
+                        .unwrap_or_default()
                 )?;
                 for action in &reactor.actions {
-                    writeln!(out, "    {}", action.describe())?;
+                    writeln!(out, "{indent}    {}", action.describe())?;
+                    let Some(next) = action.would_fire(&event.agent, event, depth + 1) else { continue };
+                    if depth + 1 > crate::reactor::actions::event::MAX_DEPTH {
+                        writeln!(
+                            out,
+                            "{indent}      stops: more than {} `event` hops from the agent's event (a loop?); a failed event instead",
+                            crate::reactor::actions::event::MAX_DEPTH
+                        )?;
+                    } else if reactions(tree, &next, depth + 1, out)? == 0 {
+                        writeln!(out, "{indent}      which no reactor matches")?;
+                    }
                 }
             }
-            Err(error) => writeln!(out, "  fails {}: {error}", reactor.name)?,
+            Err(error) => writeln!(out, "{indent}  fails {}: {error}", reactor.name)?,
         }
     }
-    if fired == 0 {
-        writeln!(out, "  no reactor fires")?;
-    }
-    Ok(())
+    Ok(fired)
 }

@@ -1,6 +1,8 @@
 //! The control socket: how operator commands (`halite-master keys …`) talk
 //! to the running master. A Unix socket in the data dir, owner-only; one
-//! JSON request per line, one JSON answer per line.
+//! JSON request per line, one JSON answer per line. `events` is the
+//! exception: after its answer the connection carries the event stream
+//! (`events.rs`) until the command goes away.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -37,9 +39,15 @@ pub enum Request {
     },
     /// Answered by a stream of [`crate::apply::ApplyLine`]s, not a [`Response`].
     Apply(crate::apply::ApplyRequest),
+    /// Every known agent (`agents.rs`).
+    Agents,
+    /// A live tail of the bus, optionally filtered by a tag glob.
+    Events {
+        tag: Option<String>,
+    },
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Response {
     pub ok: bool,
     #[serde(default)]
@@ -47,6 +55,9 @@ pub struct Response {
     /// The keys listed, or changed by the command.
     #[serde(default)]
     pub keys: Vec<KeyEntry>,
+    /// The agents listed by `agents`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<crate::agents::AgentRow>,
 }
 
 pub async fn serve(master: Arc<Master>, data_dir: &Path, cancel: CancellationToken) -> anyhow::Result<()> {
@@ -80,8 +91,10 @@ async fn connection(master: Arc<Master>, stream: UnixStream) {
                 crate::apply::serve(&master, apply, &mut write).await;
                 continue;
             }
+            Ok(Request::Events { tag }) => return crate::events::stream(&master, tag, write).await,
+            Ok(Request::Agents) => Response { ok: true, agents: crate::agents::rows(&master), ..Response::default() },
             Ok(request) => execute(&master, request).await,
-            Err(error) => Response { ok: false, error: Some(format!("bad request: {error}")), keys: Vec::new() },
+            Err(error) => Response { ok: false, error: Some(format!("bad request: {error}")), ..Response::default() },
         };
         let mut text = serde_json::to_string(&response).unwrap_or_default();
         text.push('\n');
@@ -104,10 +117,11 @@ async fn execute(master: &Master, request: Request) -> Response {
             cut_off(master, deleted, "deleted").await
         }
         Request::Apply(_) => Err("apply is answered by a stream (see `connection`)".to_owned()),
+        Request::Agents | Request::Events { .. } => Err("served by the connection, not here".to_owned()),
     };
     match result {
-        Ok(keys) => Response { ok: true, error: None, keys },
-        Err(error) => Response { ok: false, error: Some(error), keys: Vec::new() },
+        Ok(keys) => Response { ok: true, keys, ..Response::default() },
+        Err(error) => Response { ok: false, error: Some(error), ..Response::default() },
     }
 }
 

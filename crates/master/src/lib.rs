@@ -13,7 +13,8 @@
 //!   [`store`]: every job and result in SQLite (`halite.db`).
 //! - [`apply`] — `halite-master apply` on the master's side (targets, jobs,
 //!   streamed answers); [`cli`]: the `apply` and `jobs` commands' client side.
-//! - [`bus`] — the event bus and the outside publisher.
+//! - [`bus`] — the event bus: the outside publisher, the tail behind
+//!   [`events`] and the ledger behind [`agents`].
 //! - [`daemon`] — `halite-master run`; [`check`]: `halite-master check`;
 //!   [`demo`]: `halite-master demo`; [`fleet`]: real processes on loopback
 //!   for the demo and tests; [`client`]: a subscriber for tools,
@@ -26,6 +27,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agents;
 pub mod apply;
 pub mod beacons;
 pub mod bus;
@@ -36,6 +38,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod demo;
+pub mod events;
 pub mod example;
 pub mod fleet;
 pub mod init;

@@ -87,8 +87,14 @@ pub async fn serve(
                 }
             },
             Some(event) = monitor.next() => {
+                if let SocketEvent::Accepted(endpoint, peer) = &event {
+                    let address = endpoint.to_string();
+                    let address = address.strip_prefix("tcp://").unwrap_or(&address).to_owned();
+                    master.sessions.note_address(peer.clone().into(), address);
+                }
                 if let SocketEvent::Disconnected(peer) = event {
                     let peer: Bytes = peer.into();
+                    master.sessions.forget_address(&peer);
                     peers.handshakes.shift_remove(&peer);
                     peers.openers.remove(&peer);
                     if let Some((agent, accepted)) = master.sessions.close_peer(&peer) && accepted {

@@ -147,6 +147,43 @@ enum Command {
         #[arg(long, env = "HALITE_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Every agent the running master knows: key status, address, version,
+    /// connected since, last event, compliance of its watched files, facts.
+    ///
+    /// Compliance: `unknown` (no job returned yet), `compliant` (the last
+    /// job succeeded and no managed file drifted since), `drifted` (a
+    /// managed file changed and no job has returned since), `failing` (the
+    /// last job had a failed state). Pending agents are listed too.
+    Agents {
+        /// The master's configuration, to find its data dir.
+        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The master's data dir (overrides the configuration's).
+        #[arg(long, env = "HALITE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Print JSON (every fact) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A live tail of the running master's event bus, until Ctrl-C.
+    ///
+    /// One line per event: time (UTC), tag, agent, data. A tail that cannot
+    /// keep up is told `lagged, N events skipped`; the master never waits
+    /// for it.
+    Events {
+        /// Only events whose tag matches this glob (`halite/beacon/web*/*`).
+        #[arg(long, value_name = "GLOB")]
+        tag: Option<String>,
+        /// One JSON object per line, as the outside publisher sends them.
+        #[arg(long)]
+        json: bool,
+        /// The master's configuration, to find its data dir.
+        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The master's data dir (overrides the configuration's).
+        #[arg(long, env = "HALITE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// Start a master and two agents on loopback in a temporary directory,
     /// drift managed files several ways and show each restore with its
     /// latency. Needs nothing set up.
@@ -278,6 +315,12 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             };
             exit_with(code)
         }
+        Command::Agents { config, data_dir, json } => agents(&operator_data_dir(&config, data_dir)?, json),
+        Command::Events { tag, json, config, data_dir } => {
+            let data_dir = operator_data_dir(&config, data_dir)?;
+            runtime()?.block_on(halite_master::events::tail(&data_dir, tag, json, &mut std::io::stdout().lock()))?;
+            Ok(true)
+        }
         Command::Demo { keep } => {
             runtime()?.block_on(halite_master::demo::run(keep))?;
             Ok(true)
@@ -317,6 +360,22 @@ async fn stop_on_signal(cancel: CancellationToken) {
     }
     tracing::info!("Signal received; stopping.");
     cancel.cancel();
+}
+
+fn agents(data_dir: &std::path::Path, json: bool) -> anyhow::Result<bool> {
+    use halite_master::control::{self, Request};
+    let response = runtime()?.block_on(control::request(data_dir, &Request::Agents))?;
+    if let Some(error) = response.error {
+        anyhow::bail!(error);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&response.agents)?);
+    } else if response.agents.is_empty() {
+        println!("no agents yet");
+    } else {
+        print!("{}", halite_master::agents::table(&response.agents, halite_proto::event::now_us()));
+    }
+    Ok(true)
 }
 
 fn keys(action: KeysAction, data_dir: &std::path::Path, json: bool) -> anyhow::Result<bool> {

@@ -29,6 +29,9 @@ pub struct PeerSession {
 
 #[derive(Debug, Default)]
 struct Table {
+    /// The remote address of each connection, from the ROUTER's monitor,
+    /// for `halite-master agents`; forgotten when the connection closes.
+    addresses: HashMap<Bytes, String>,
     by_peer: HashMap<Bytes, PeerSession>,
     /// Accepted sessions only.
     by_agent: HashMap<String, Bytes>,
@@ -206,4 +209,40 @@ impl Sessions {
         let message = ZmqMessage::try_from(all).map_err(|e| format!("{e:?}"))?;
         self.sender.clone().send(message).await.map_err(|e| e.to_string())
     }
+
+    /// A connection was accepted from `address`.
+    pub fn note_address(&self, peer: Bytes, address: String) {
+        self.lock().addresses.insert(peer, address);
+    }
+
+    /// A connection closed.
+    pub fn forget_address(&self, peer: &Bytes) {
+        self.lock().addresses.remove(peer);
+    }
+
+    /// Every session, accepted or not.
+    pub fn list(&self) -> Vec<SessionInfo> {
+        let table = self.lock();
+        table
+            .by_peer
+            .iter()
+            .map(|(peer, s)| SessionInfo {
+                agent: s.agent.clone(),
+                accepted: s.accepted,
+                facts: s.facts.clone(),
+                since: s.since,
+                address: table.addresses.get(peer).cloned(),
+            })
+            .collect()
+    }
+}
+
+/// A session as `halite-master agents` shows it.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub agent: String,
+    pub accepted: bool,
+    pub facts: Value,
+    pub since: SystemTime,
+    pub address: Option<String>,
 }

@@ -80,3 +80,26 @@ fn watch_true_is_listed_and_its_reactor_shows_in_the_what_if() {
     assert!(out.contains("fires watch:app:app-conf"), "{out}");
     assert!(out.contains("apply state `app-conf` of [app] to the agent that raised the event"), "{out}");
 }
+
+/// The what-if shows every action, follows `event` actions down the chain
+/// and stops a loop where the master would: `actions/whatif.txt`.
+#[test]
+fn what_if_follows_event_chains_and_shows_every_action() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/check/actions");
+    let mut text = String::new();
+    for (tag, data) in [("halite/beacon/web01/motd", r#"{"kind": "delete"}"#), ("ops/ping", "{}")] {
+        let output = Command::new(env!("CARGO_BIN_EXE_halite-master"))
+            .args(["check", "--states", "tree", "--event", tag, "--data", data, "--agent", "web01"])
+            .current_dir(&dir)
+            .env_remove("HALITE_STATES")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+        text.push_str(&String::from_utf8(output.stdout).unwrap());
+    }
+    let expected_path = dir.join("whatif.txt");
+    if std::env::var_os("BLESS").is_some() {
+        std::fs::write(&expected_path, &text).unwrap();
+    }
+    assert_eq!(text, std::fs::read_to_string(&expected_path).unwrap_or_default(), "BLESS=1 rewrites whatif.txt");
+}

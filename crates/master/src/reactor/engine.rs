@@ -34,11 +34,11 @@ enum Work {
         event: Arc<Event>,
         tree: Arc<Tree>,
         coalesced: u32,
+        /// `event` hops from an agent's own event (see `actions/event.rs`).
+        depth: u32,
     },
     /// Apply the agent's top.yaml states (at session start).
-    Highstate {
-        tree: Arc<Tree>,
-    },
+    Highstate { tree: Arc<Tree> },
 }
 
 #[derive(Debug, Clone)]
@@ -60,20 +60,35 @@ impl Engine {
 
     /// Matches an agent's event against every reactor and queues reactions.
     pub fn on_event(&self, event: &Arc<Event>) {
+        self.on_event_at(event, 0);
+    }
+
+    /// As [`Engine::on_event`], for an event that `depth` `event` actions
+    /// led to.
+    pub fn on_event_at(&self, event: &Arc<Event>, depth: u32) {
         let tree = self.current_tree();
         for reactor in &tree.reactors {
             match reactor.matches(event) {
                 Ok(false) => {}
                 Ok(true) => self.enqueue(
                     &event.agent,
-                    Work::React { reactor: reactor.clone(), event: event.clone(), tree: tree.clone(), coalesced: 0 },
+                    Work::React {
+                        reactor: reactor.clone(),
+                        event: event.clone(),
+                        tree: tree.clone(),
+                        coalesced: 0,
+                        depth,
+                    },
                 ),
                 Err(error) => {
                     tracing::warn!(reactor = %reactor.name, event = %event.id, %error, "Reactor condition failed.");
                     self.bus.publish(Event::new(
                         tag::reactor(&reactor.name, "failed"),
                         event.agent.as_str(),
-                        Value::map().with("event", event.id.to_string()).with("error", error),
+                        Value::map()
+                            .with("agent", event.agent.as_str())
+                            .with("event", event.id.to_string())
+                            .with("error", error),
                     ));
                 }
             }
@@ -93,7 +108,9 @@ impl Engine {
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         let sender = queues.entry(agent.to_owned()).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(AGENT_QUEUE);
-            tokio::spawn(Worker { agent: agent.to_owned(), engine: self.clone(), last_run: HashMap::new() }.run(rx));
+            tokio::spawn(
+                Worker { agent: agent.to_owned(), engine: self.clone(), last_run: HashMap::new(), held: None }.run(rx),
+            );
             tx
         });
         if let Err(mpsc::error::TrySendError::Full(Work::React { reactor, event, .. })) = sender.try_send(work) {
@@ -101,7 +118,7 @@ impl Engine {
             self.bus.publish(Event::new(
                 tag::reactor(&reactor.name, "throttled"),
                 agent,
-                Value::map().with("event", event.id.to_string()).with("reason", "queue full"),
+                Value::map().with("agent", agent).with("event", event.id.to_string()).with("reason", "queue full"),
             ));
         }
     }
@@ -112,6 +129,10 @@ struct Worker {
     engine: Engine,
     /// When each reactor last ran for this agent, for `throttle`.
     last_run: HashMap<String, Instant>,
+    /// The reactor whose throttle window the worker is waiting out, once
+    /// announced, so a window raises one `throttled` event, not one per
+    /// event folded into it.
+    held: Option<String>,
 }
 
 impl Worker {
@@ -128,6 +149,7 @@ impl Worker {
                 merge(&mut pending, work);
             }
             if let Some(until) = pending.front().and_then(|w| self.throttled_until(w)) {
+                self.announce_hold(pending.front(), until);
                 tokio::select! {
                     () = tokio::time::sleep_until(until) => {}
                     Some(work) = inbox.recv() => merge(&mut pending, work),
@@ -135,9 +157,39 @@ impl Worker {
                 continue;
             }
             if let Some(work) = pending.pop_front() {
-                self.execute(work).await;
+                // Keep folding arrivals in while the action runs, so a burst
+                // during a slow action coalesces instead of filling the queue.
+                let running = self.execute(work);
+                tokio::pin!(running);
+                loop {
+                    tokio::select! {
+                        () = &mut running => break,
+                        Some(work) = inbox.recv() => merge(&mut pending, work),
+                    }
+                }
             }
         }
+    }
+
+    /// One `halite/reactor/<name>/throttled` event per throttle window that
+    /// holds a reaction back.
+    fn announce_hold(&mut self, work: Option<&Work>, until: Instant) {
+        let Some(Work::React { reactor, event, .. }) = work else { return };
+        if self.held.as_deref() == Some(reactor.name.as_str()) {
+            return;
+        }
+        self.held = Some(reactor.name.clone());
+        let wait = until.saturating_duration_since(Instant::now());
+        tracing::debug!(agent = %self.agent, reactor = %reactor.name, ?wait, "Reaction held back by its throttle.");
+        self.engine.bus.publish(Event::new(
+            tag::reactor(&reactor.name, "throttled"),
+            self.agent.as_str(),
+            Value::map()
+                .with("agent", self.agent.as_str())
+                .with("event", event.id.to_string())
+                .with("reason", "throttle")
+                .with("wait_ms", i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)),
+        ));
     }
 
     fn throttled_until(&self, work: &Work) -> Option<Instant> {
@@ -166,9 +218,16 @@ impl Worker {
                     tracing::warn!(agent = %self.agent, %error, "Start-up apply failed.");
                 }
             }
-            Work::React { reactor, event, tree, coalesced } => {
+            Work::React { reactor, event, tree, coalesced, depth } => {
                 self.last_run.insert(reactor.name.clone(), Instant::now());
-                let context = Context { tree, jobs: jobs.for_reactor(&reactor.name) };
+                self.held = None;
+                let context = Context {
+                    tree,
+                    jobs: jobs.for_reactor(&reactor.name),
+                    bus: bus.clone(),
+                    engine: self.engine.clone(),
+                    depth,
+                };
                 let mut done = Vec::new();
                 let mut failure = None;
                 for action in &reactor.actions {
@@ -181,6 +240,7 @@ impl Worker {
                     }
                 }
                 let data = Value::map()
+                    .with("agent", self.agent.as_str())
                     .with("event", event.id.to_string())
                     .with("coalesced", i64::from(coalesced))
                     .with("actions", Value::List(done));
@@ -208,10 +268,12 @@ impl Worker {
 fn merge(pending: &mut VecDeque<Work>, work: Work) {
     for waiting in pending.iter_mut() {
         match (waiting, &work) {
-            (Work::React { reactor: r, event: e, tree: t, coalesced }, Work::React { reactor, event, tree, .. })
-                if r.name == reactor.name =>
-            {
+            (
+                Work::React { reactor: r, event: e, tree: t, coalesced, depth: d },
+                Work::React { reactor, event, tree, depth, .. },
+            ) if r.name == reactor.name => {
                 *e = event.clone();
+                *d = *depth;
                 *t = tree.clone();
                 *r = reactor.clone();
                 *coalesced += 1;

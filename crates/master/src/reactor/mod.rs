@@ -197,6 +197,19 @@ pub fn load(path: &Path, states: &StateTree, diagnostics: &mut Vec<Diagnostic>) 
                 },
             }
         }
+        if let Some(matcher) = &on_matcher
+            && when.is_none()
+            && let Some(tag) = compiled_actions.iter().filter_map(|a| a.fires()).find(|t| matcher.is_match(t))
+        {
+            problems.push(
+                Diagnostic::error(
+                    path,
+                    get("event").map_or(start, |(k, _)| yaml::location(k)),
+                    format!("reactor `{name}` fires `{tag}`, which its own `on` matches: it would trigger itself"),
+                )
+                .help("fire a tag its `on` does not match, or add a `when` that tells the two apart"),
+            );
+        }
         if compiled_actions.is_empty() && problems.is_empty() {
             problems.push(
                 Diagnostic::error(path, start, format!("reactor `{name}` does nothing"))
@@ -253,6 +266,17 @@ mod tests {
         for (tag, kind, expected) in cases {
             assert_eq!(reactors[0].matches(&event(tag, kind)), Ok(expected), "{tag} {kind}");
         }
+    }
+
+    #[test]
+    fn a_reactor_that_would_fire_itself_is_refused() {
+        let (reactors, diagnostics) = load_text(
+            "- name: echo\n  on: ops/*\n  event: ops/again\n- name: ok\n  on: ops/*\n  when: \"data.depth is undefined\"\n  event: ops/again\n",
+        );
+        assert_eq!(reactors.len(), 1, "{diagnostics:#?}");
+        assert_eq!(diagnostics.len(), 1);
+        assert_eq!(diagnostics[0].line, 3);
+        assert!(diagnostics[0].message.contains("trigger itself"), "{diagnostics:#?}");
     }
 
     #[test]

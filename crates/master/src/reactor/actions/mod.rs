@@ -3,19 +3,27 @@
 //! step run when the tree loads, and what it does when a reaction runs.
 
 use std::fmt::Debug;
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use halite_proto::Event;
 use halite_state::StateTree;
 
+use crate::bus::Bus;
 use crate::jobs::Jobs;
+use crate::reactor::Engine;
 use crate::tree::Tree;
 
 pub mod apply;
+pub mod event;
+pub mod exec;
+pub mod run;
+pub mod webhook;
 
 /// Every action, by its key in reactors.yaml. Keep sorted by name.
-pub static ACTIONS: &[&ActionKind] = &[&apply::KIND];
+pub static ACTIONS: &[&ActionKind] = &[&apply::KIND, &event::KIND, &exec::KIND, &run::KIND, &webhook::KIND];
 
 /// Compiles an action's authored value against the state tree.
 pub type Compile = fn(&serde_json::Value, &StateTree) -> Result<Box<dyn Action>, String>;
@@ -38,17 +46,71 @@ pub fn names() -> Vec<&'static str> {
     ACTIONS.iter().map(|a| a.name).collect()
 }
 
+/// A file named relative to the state tree: it must exist and stay inside
+/// the tree (no `..`, no symbolic link out), like a state's `source`.
+pub fn in_tree(root: &Path, authored: &str) -> Result<PathBuf, String> {
+    let relative = Path::new(authored);
+    if relative.is_absolute() || relative.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+        return Err(format!("`{authored}` must be a path inside the state tree, without `..`"));
+    }
+    let real_root = root.canonicalize().map_err(|e| format!("cannot read the tree {}: {e}", root.display()))?;
+    let real =
+        root.join(relative).canonicalize().map_err(|e| format!("`{authored}` does not exist in the tree ({e})"))?;
+    if !real.starts_with(&real_root) {
+        return Err(format!("`{authored}` leads out of the state tree (a symbolic link?)"));
+    }
+    Ok(real)
+}
+
+/// A duration as authored (`10s`, `500ms`).
+pub fn duration(key: &str, text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("`{key}: {text}` is not a duration ({e}); write e.g. 10s"))
+}
+
+/// The first `limit` bytes of a text for a log line or an event, cut on a
+/// character boundary, with a note of what was left out.
+pub fn clip(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_owned();
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} more bytes)", &text[..end], text.len() - end)
+}
+
 /// What an action may use while it runs.
 #[derive(Debug, Clone)]
 pub struct Context {
     /// The tree as it was when the event arrived.
     pub tree: Arc<Tree>,
     pub jobs: Jobs,
+    /// Where actions announce what they raise (the `event` action's events).
+    pub bus: Bus,
+    /// Hands events raised by the `event` action back to the reactors.
+    pub engine: Engine,
+    /// How many `event` actions led to the event being handled: 0 for an
+    /// agent's own event. The `event` action refuses to go deeper than
+    /// [`event::MAX_DEPTH`], so reactors that fire each other stop.
+    pub depth: u32,
 }
 
 pub trait Action: Send + Sync + Debug {
     /// One line for logs and `check`'s what-if.
     fn describe(&self) -> String;
+    /// The tag of the event this action raises, if it raises one: `check`
+    /// uses it to refuse a reactor that would fire itself and to follow a
+    /// what-if down the chain.
+    fn fires(&self) -> Option<&str> {
+        None
+    }
+    /// The event this action would raise for `agent`, caused by `cause`
+    /// `depth` hops from an agent's event; for `check`'s what-if, which
+    /// follows the chain without acting.
+    fn would_fire(&self, _agent: &str, _cause: &Event, _depth: u32) -> Option<Event> {
+        None
+    }
     /// Acts for `agent` on `event`; the text says what happened.
     fn run<'a>(
         &'a self,
@@ -56,6 +118,19 @@ pub trait Action: Send + Sync + Debug {
         agent: &'a str,
         event: &'a Event,
     ) -> BoxFuture<'a, Result<String, String>>;
+}
+
+/// A context on a master with no agents, for actions' unit tests.
+#[cfg(test)]
+pub(crate) async fn test_context() -> Context {
+    use std::sync::RwLock;
+    use zeromq::Socket;
+    let (bus, _) = Bus::bind("tcp://127.0.0.1:0").await.unwrap();
+    let (send, _recv) = zeromq::RouterSocket::new().split();
+    let jobs = Jobs::new(crate::sessions::Sessions::new(send), bus.clone(), Duration::from_secs(1));
+    let tree = Arc::new(Tree::default());
+    let engine = Engine::new(Arc::new(RwLock::new(tree.clone())), jobs.clone(), bus.clone());
+    Context { tree, jobs, bus, engine, depth: 0 }
 }
 
 #[cfg(test)]

@@ -1,0 +1,131 @@
+//! `run`: a command on the agent that raised the event, as a job of one
+//! `cmd.run` state whose cause is the event. The agent runs it without a
+//! shell (the line is split into words when the tree loads) and with the
+//! event's tag, id and agent in `HALITE_TAG`, `HALITE_EVENT_ID` and
+//! `HALITE_AGENT`: event data never becomes part of the command (SPEC §5).
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use halite_proto::{Event, Id, Job, StateCall, Value};
+use halite_state::StateTree;
+use serde::Deserialize;
+
+use super::{Action, ActionKind, Context, duration};
+
+pub static KIND: ActionKind = ActionKind {
+    name: "run",
+    summary: "Run a command on the agent that raised the event (a cmd.run job, no shell).",
+    example: "- name: cpu-audit\n  on: halite/beacon/*/cpu-hot\n  run: logger -t halite 'cpu hot'\n",
+    compile,
+};
+
+/// How long the command may run on the agent unless the reactor says.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    cmd: String,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+#[derive(Debug)]
+struct Run {
+    cmd: String,
+    timeout: Duration,
+}
+
+fn compile(value: &serde_json::Value, _tree: &StateTree) -> Result<Box<dyn Action>, String> {
+    let config = match value {
+        serde_json::Value::String(cmd) => Config { cmd: cmd.clone(), timeout: None },
+        other @ serde_json::Value::Object(_) => Config::deserialize(other)
+            .map_err(|e| format!("{e} (write `run: COMMAND` or `run: {{cmd: COMMAND, timeout: 30s}}`)"))?,
+        other => return Err(format!("`{other}`: write `run: COMMAND` or `run: {{cmd: COMMAND, timeout: 30s}}`")),
+    };
+    let timeout = config.timeout.as_deref().map(|t| duration("timeout", t)).transpose()?.unwrap_or(DEFAULT_TIMEOUT);
+    match shlex::split(&config.cmd) {
+        None => Err(format!("cannot split `{}` into words (an open quote?)", config.cmd)),
+        Some(words) if words.is_empty() => Err("the command is empty".into()),
+        Some(_) => Ok(Box::new(Run { cmd: config.cmd, timeout })),
+    }
+}
+
+impl Run {
+    /// The `cmd.run` state the job carries, built by the state engine's
+    /// `cmd_run::call` (no shell), with the event in its `env`.
+    fn call(&self, agent: &str, event: &Event) -> StateCall {
+        let env = Value::map()
+            .with("HALITE_TAG", event.tag.as_str())
+            .with("HALITE_EVENT_ID", event.id.to_string())
+            .with("HALITE_AGENT", agent);
+        halite_state::kinds::cmd_run::call("reactor-run", &self.cmd)
+            .with_arg("env", env)
+            .with_arg("timeout_ms", i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX))
+    }
+}
+
+impl Action for Run {
+    fn describe(&self) -> String {
+        format!("run `{}` on the agent that raised the event (no shell, timeout {:?})", self.cmd, self.timeout)
+    }
+
+    fn run<'a>(
+        &'a self,
+        context: &'a Context,
+        agent: &'a str,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(async move {
+            let job =
+                Job { id: Id::new(), cause_event: Some(event.id), test: false, states: vec![self.call(agent, event)] };
+            let jid = job.id;
+            let result = context.jobs.run(agent, job).await?;
+            match result.results.iter().find_map(|r| match &r.outcome {
+                halite_proto::Outcome::Failed { error } => Some(error.clone()),
+                _ => None,
+            }) {
+                Some(error) => Err(format!("job {jid}: `{}` failed on {agent}: {error}", self.cmd)),
+                None if result.results.is_empty() => {
+                    Err(format!("job {jid}: {agent} returned no result for `{}`", self.cmd))
+                }
+                None => Ok(format!("job {jid}: ran `{}`", self.cmd)),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_is_split_when_the_tree_loads_and_the_event_goes_in_the_environment() {
+        use serde_json::json;
+        for (value, error) in [
+            (json!("logger -t halite 'cpu hot'"), None),
+            (json!({"cmd": "true", "timeout": "5s"}), None),
+            (json!("echo 'open"), Some("open quote")),
+            (json!(""), Some("empty")),
+            (json!({"cmd": "true", "shell": true}), Some("unknown field")),
+        ] {
+            match (compile(&value, &StateTree::default()), error) {
+                (Ok(_), None) => {}
+                (Err(e), Some(wanted)) => assert!(e.contains(wanted), "{value}: {e}"),
+                (Ok(_), Some(wanted)) => panic!("{value}: compiled, wanted `{wanted}`"),
+                (Err(e), None) => panic!("{value}: {e}"),
+            }
+        }
+        let run = Run { cmd: "logger 'cpu hot'".into(), timeout: Duration::from_secs(5) };
+        let event = Event::new("halite/beacon/web01/cpu-hot", "web01", Value::map().with("state", "$(reboot)"));
+        let call = run.call("web01", &event);
+        assert_eq!(call.kind, "cmd.run");
+        assert_eq!(call.args.get("name"), Some(&Value::from("logger 'cpu hot'")));
+        assert_ne!(call.args.get("shell"), Some(&Value::Bool(true)));
+        assert_eq!(call.args.get("timeout_ms"), Some(&Value::Int(5000)));
+        let env = call.args.get("env").unwrap();
+        assert_eq!(env.get("HALITE_EVENT_ID"), Some(&Value::from(event.id.to_string())));
+        assert!(!format!("{call:?}").contains("reboot"), "event data stays out of the call");
+    }
+}

@@ -1,0 +1,369 @@
+//! `webhook`: POST the event as JSON to an HTTPS endpoint.
+//!
+//! TLS is rustls with the ring provider; the public web's roots
+//! (webpki-roots) are trusted, plus, with `ca`, the certificates of a PEM
+//! file in the state tree (a private CA). Plain `http://` is refused unless
+//! the reactor says `insecure_http: true`. The client, its headers and its
+//! roots are built when the tree loads. A header value may name variables
+//! of the master's environment as `${NAME}`, so that secrets stay out of the
+//! tree; they are read when the request is made (a missing one fails the
+//! action and names the variable).
+//!
+//! A connection failure, a timeout, a 429 or a 5xx answer is retried, at
+//! most `retries` times, after an exponential backoff with jitter (from
+//! [`BACKOFF_START`], doubling, at most [`BACKOFF_MAX`]); any other answer
+//! outside 2xx fails at once. Redirects are not followed.
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use halite_proto::Event;
+use halite_state::StateTree;
+use indexmap::IndexMap;
+use rand::Rng;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use serde::Deserialize;
+
+use super::{Action, ActionKind, Context, clip, duration, in_tree};
+
+pub static KIND: ActionKind = ActionKind {
+    name: "webhook",
+    summary: "POST the event as JSON to an HTTPS URL, with headers, retries and backoff.",
+    example: "- name: page-oncall\n  on: halite/beacon/*/nginx-conf\n  webhook:\n    url: https://hooks.example.com/halite\n    headers: {X-Team: web}\n    timeout: 5s\n    retries: 3\n",
+    compile,
+};
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_RETRIES: u32 = 3;
+/// More retries than this are refused: a reaction must end.
+pub const MAX_RETRIES: u32 = 10;
+pub const BACKOFF_START: Duration = Duration::from_millis(250);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    url: String,
+    #[serde(default)]
+    headers: IndexMap<String, String>,
+    /// A PEM file in the tree with the CA certificates to trust as well.
+    #[serde(default)]
+    ca: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    retries: Option<u32>,
+    #[serde(default)]
+    insecure_http: bool,
+}
+
+#[derive(Debug)]
+struct Webhook {
+    url: reqwest::Url,
+    /// The URL without its query, for logs and events (a query may carry a
+    /// token).
+    shown: String,
+    client: reqwest::Client,
+    retries: u32,
+    timeout: Duration,
+    header_names: Vec<String>,
+    /// Headers whose values name environment variables, filled per request.
+    from_env: Vec<(HeaderName, Vec<Piece>)>,
+}
+
+/// A header value as authored: text and `${NAME}` references.
+#[derive(Debug, Clone, PartialEq)]
+enum Piece {
+    Text(String),
+    Env(String),
+}
+
+/// Splits `Bearer ${TOKEN}` into pieces; an unclosed `${` or a bad name is
+/// an error.
+fn pieces(value: &str) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        if start > 0 {
+            pieces.push(Piece::Text(rest[..start].to_owned()));
+        }
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| format!("`{value}`: `${{` without its `}}`"))?;
+        let name = &after[..end];
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("`{value}`: `${{{name}}}` is not an environment variable name"));
+        }
+        pieces.push(Piece::Env(name.to_owned()));
+        rest = &after[end + 1..];
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Text(rest.to_owned()));
+    }
+    Ok(pieces)
+}
+
+/// Fills a header's `${NAME}`s from `lookup`.
+fn fill(name: &HeaderName, pieces: &[Piece], lookup: impl Fn(&str) -> Option<String>) -> Result<HeaderValue, String> {
+    let mut text = String::new();
+    for piece in pieces {
+        match piece {
+            Piece::Text(t) => text.push_str(t),
+            Piece::Env(var) => text.push_str(
+                &lookup(var)
+                    .ok_or_else(|| format!("header `{name}`: `{var}` is not set in the master's environment"))?,
+            ),
+        }
+    }
+    HeaderValue::from_str(&text)
+        .map_err(|_| format!("header `{name}`: its value from the environment is not valid in HTTP"))
+}
+
+fn compile(value: &serde_json::Value, tree: &StateTree) -> Result<Box<dyn Action>, String> {
+    if !value.is_object() {
+        return Err(format!("`{value}`: write `webhook: {{url: https://…, headers: {{…}}, retries: 3}}`"));
+    }
+    let config = Config::deserialize(value)
+        .map_err(|e| format!("{e} (write `webhook: {{url: https://…, headers: {{…}}, retries: 3}}`)"))?;
+    let url = reqwest::Url::parse(&config.url).map_err(|e| format!("`{}` is not a URL: {e}", config.url))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if config.insecure_http => {}
+        "http" => return Err(format!("`{}` is plain http; use https, or say `insecure_http: true`", config.url)),
+        other => return Err(format!("`{}`: scheme `{other}` is not http(s)", config.url)),
+    }
+    let timeout = config.timeout.as_deref().map(|t| duration("timeout", t)).transpose()?.unwrap_or(DEFAULT_TIMEOUT);
+    let retries = config.retries.unwrap_or(DEFAULT_RETRIES);
+    if retries > MAX_RETRIES {
+        return Err(format!("`retries: {retries}` is more than {MAX_RETRIES}"));
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let mut from_env = Vec::new();
+    for (name, value) in &config.headers {
+        let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("`{name}` is not a header name"))?;
+        let pieces = pieces(value).map_err(|e| format!("header `{name}`: {e}"))?;
+        if pieces.iter().any(|p| matches!(p, Piece::Env(_))) {
+            from_env.push((header, pieces));
+            continue;
+        }
+        let value =
+            HeaderValue::from_str(value).map_err(|_| format!("header `{name}`: its value is not valid in HTTP"))?;
+        headers.insert(header, value);
+    }
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .https_only(!config.insecure_http)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .user_agent(concat!("halite/", env!("CARGO_PKG_VERSION")))
+        .default_headers(headers);
+    if let Some(ca) = &config.ca {
+        let path = in_tree(&tree.root, ca).map_err(|e| format!("ca: {e}"))?;
+        let pem = std::fs::read(&path).map_err(|e| format!("ca: cannot read `{ca}`: {e}"))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("ca: `{ca}` is not a PEM certificate bundle: {e}"))?;
+        if certificates.is_empty() {
+            return Err(format!("ca: `{ca}` holds no PEM certificate"));
+        }
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    let client = builder.build().map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    let mut shown = url.clone();
+    shown.set_query(None);
+    Ok(Box::new(Webhook {
+        shown: shown.to_string(),
+        url,
+        client,
+        retries,
+        timeout,
+        header_names: config.headers.keys().cloned().collect(),
+        from_env,
+    }))
+}
+
+/// Why one attempt did not deliver, and whether another may.
+enum Attempt {
+    Retry(String),
+    Fail(String),
+}
+
+impl Webhook {
+    async fn attempt(&self, body: &[u8]) -> Result<reqwest::StatusCode, Attempt> {
+        let mut request = self.client.post(self.url.clone()).body(body.to_vec());
+        for (name, pieces) in &self.from_env {
+            let value = fill(name, pieces, |var| std::env::var(var).ok()).map_err(Attempt::Fail)?;
+            request = request.header(name, value);
+        }
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status();
+                if status.is_success() {
+                    return Ok(status);
+                }
+                let text = response.text().await.unwrap_or_default();
+                let why = format!("answered {status}: {}", clip(text.trim(), 512));
+                if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                    Err(Attempt::Retry(why))
+                } else {
+                    Err(Attempt::Fail(why))
+                }
+            }
+            // `{:#}`-like chain: reqwest's own message is terse ("error
+            // sending request"); the cause says refused, timed out, bad cert.
+            Err(error) => Err(Attempt::Retry(error_chain(&error))),
+        }
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The wait before retry `attempt` (1-based): exponential, capped, with
+/// jitter so that many reactions failing together do not retry together.
+fn backoff(attempt: u32) -> Duration {
+    let full = BACKOFF_START.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(BACKOFF_MAX);
+    full.mul_f64(rand::rng().random_range(0.5..=1.0))
+}
+
+impl Action for Webhook {
+    fn describe(&self) -> String {
+        let headers = if self.header_names.is_empty() {
+            String::new()
+        } else {
+            format!(" with headers {}", self.header_names.join(", "))
+        };
+        format!(
+            "POST the event as JSON to {}{headers} (timeout {:?}, up to {} retries)",
+            self.shown, self.timeout, self.retries
+        )
+    }
+
+    fn run<'a>(
+        &'a self,
+        _context: &'a Context,
+        agent: &'a str,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(async move {
+            let body = event.to_json().to_string().into_bytes();
+            let mut attempt = 0;
+            loop {
+                match self.attempt(&body).await {
+                    Ok(status) => return Ok(format!("POST {}: {status}", self.shown)),
+                    Err(Attempt::Fail(why)) => return Err(format!("webhook {}: {why}", self.shown)),
+                    Err(Attempt::Retry(why)) if attempt >= self.retries => {
+                        return Err(format!("webhook {}: {why} (after {} attempts)", self.shown, attempt + 1));
+                    }
+                    Err(Attempt::Retry(why)) => {
+                        attempt += 1;
+                        let wait = backoff(attempt);
+                        tracing::info!(agent, event = %event.id, url = %self.shown, error = %why, attempt, ?wait, "Webhook failed; retrying.");
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configuration_is_checked_when_the_tree_loads() {
+        use serde_json::json;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("not-a-cert.pem"), "hello\n").unwrap();
+        let tree = StateTree { root: dir.path().to_path_buf(), ..StateTree::default() };
+        let cases = [
+            (json!({"url": "https://example.com/hook?token=x", "headers": {"Authorization": "Bearer x"}}), None),
+            (json!({"url": "http://example.com/hook", "insecure_http": true}), None),
+            (json!({"url": "http://example.com/hook"}), Some("plain http")),
+            (json!({"url": "ftp://example.com/"}), Some("not http(s)")),
+            (json!({"url": "not a url"}), Some("not a URL")),
+            (json!({"url": "https://x/", "retries": 11}), Some("more than 10")),
+            (json!({"url": "https://x/", "headers": {"bad header": "x"}}), Some("not a header name")),
+            (json!({"url": "https://x/", "ca": "missing.pem"}), Some("does not exist")),
+            (json!({"url": "https://x/", "ca": "not-a-cert.pem"}), Some("no PEM certificate")),
+            (json!({"url": "https://x/", "ca": "../etc/ssl/cert.pem"}), Some("without `..`")),
+            (json!({"url": "https://x/", "method": "PUT"}), Some("unknown field")),
+        ];
+        for (value, error) in cases {
+            match (compile(&value, &tree), error) {
+                (Ok(_), None) => {}
+                (Err(e), Some(wanted)) => assert!(e.contains(wanted), "{value}: {e}"),
+                (Ok(_), Some(wanted)) => panic!("{value}: compiled, wanted `{wanted}`"),
+                (Err(e), None) => panic!("{value}: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn header_values_name_environment_variables() {
+        let name = HeaderName::from_static("authorization");
+        let lookup = |var: &str| (var == "TOKEN").then(|| "s3cret".to_owned());
+        let cases = [
+            ("Bearer ${TOKEN}", Ok("Bearer s3cret")),
+            ("${TOKEN}-${TOKEN}", Ok("s3cret-s3cret")),
+            ("plain", Ok("plain")),
+            ("Bearer ${MISSING}", Err("`MISSING` is not set")),
+        ];
+        for (authored, expected) in cases {
+            let filled = fill(&name, &pieces(authored).unwrap(), lookup);
+            match (filled, expected) {
+                (Ok(value), Ok(wanted)) => assert_eq!(value, wanted, "{authored}"),
+                (Err(e), Err(wanted)) => assert!(e.contains(wanted), "{authored}: {e}"),
+                (got, wanted) => panic!("{authored}: {got:?}, wanted {wanted:?}"),
+            }
+        }
+        for bad in ["${", "${A-B}", "x ${}"] {
+            assert!(pieces(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_query_is_not_shown() {
+        let action =
+            compile(&serde_json::json!({"url": "https://example.com/hook?token=secret"}), &StateTree::default())
+                .unwrap();
+        assert!(!action.describe().contains("secret"), "{}", action.describe());
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        for attempt in 1..20 {
+            let full = BACKOFF_START.saturating_mul(1 << (attempt - 1).min(16)).min(BACKOFF_MAX);
+            let wait = backoff(attempt);
+            assert!(wait <= full && wait >= full / 2, "attempt {attempt}: {wait:?} vs {full:?}");
+        }
+    }
+
+    /// Retries are bounded: a refused connection fails after `retries + 1`
+    /// attempts.
+    #[tokio::test]
+    async fn a_refused_connection_is_retried_then_fails() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let action = compile(
+            &serde_json::json!({"url": format!("http://127.0.0.1:{port}/"), "insecure_http": true, "retries": 2}),
+            &StateTree::default(),
+        )
+        .unwrap();
+        let context = crate::reactor::actions::test_context().await;
+        let event = Event::new("ops/x", "web01", halite_proto::Value::map());
+        let error = action.run(&context, "web01", &event).await.unwrap_err();
+        assert!(error.contains("after 3 attempts"), "{error}");
+    }
+}

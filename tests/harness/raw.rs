@@ -1,0 +1,79 @@
+//! A hand-driven agent for tests that need more events, faster, than a
+//! beacon makes: its own key, the real Noise handshake, sealed messages on
+//! a ZeroMQ DEALER. It answers the jobs the master sends it with an empty
+//! result, so its worker on the master is never left waiting.
+
+use bytes::Bytes;
+use halite_link::envelope::{self, Envelope};
+use halite_link::{Initiator, Keypair, Opener, Sealer};
+use halite_proto::{AgentMessage, Event, Hello, JobResult, MasterMessage, Value};
+use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+
+use crate::WAIT;
+
+fn message(frames: Vec<Vec<u8>>) -> ZmqMessage {
+    ZmqMessage::try_from(frames.into_iter().map(Bytes::from).collect::<Vec<_>>()).expect("frames")
+}
+
+pub struct RawAgent {
+    pub id: String,
+    socket: DealerSocket,
+    sealer: Sealer,
+    opener: Opener,
+}
+
+impl RawAgent {
+    /// Connects as `id` with a fresh key and `facts`; the master decides
+    /// whether the key is accepted (use an `auto_accept` glob).
+    pub async fn connect(endpoint: &str, id: &str, facts: Value) -> anyhow::Result<RawAgent> {
+        let mut socket = DealerSocket::new();
+        socket.connect(endpoint).await?;
+        let keypair = Keypair::generate()?;
+        let (mut initiator, first) = Initiator::start(&keypair)?;
+        socket.send(message(Envelope::handshake(envelope::HELLO1, first))).await?;
+        let reply = tokio::time::timeout(WAIT, socket.recv()).await??;
+        let frames: Vec<&[u8]> = reply.iter().map(|f| f.as_ref()).collect();
+        let Envelope::Hello2(reply) = Envelope::parse(&frames)? else { anyhow::bail!("no handshake reply") };
+        initiator.read_reply(reply)?;
+        let hello = AgentMessage::Hello(Hello { agent: id.into(), version: "raw".into(), facts });
+        let (last, sealer, opener) = initiator.finish(&halite_proto::encode(&hello))?;
+        socket.send(message(Envelope::handshake(envelope::HELLO3, last))).await?;
+        Ok(RawAgent { id: id.to_owned(), socket, sealer, opener })
+    }
+
+    pub async fn send(&mut self, message_: &AgentMessage) -> anyhow::Result<()> {
+        let frames = Envelope::sealed(self.sealer.seal(&halite_proto::encode(message_))?);
+        self.socket.send(message(frames)).await?;
+        Ok(())
+    }
+
+    /// Raises an event in this agent's beacon tag `halite/beacon/<id>/<beacon>`.
+    pub async fn raise(&mut self, beacon: &str, data: Value) -> anyhow::Result<Event> {
+        let event = Event::new(format!("halite/beacon/{}/{beacon}", self.id), self.id.as_str(), data);
+        self.send(&AgentMessage::Event(event.clone())).await?;
+        Ok(event)
+    }
+
+    /// Pings and waits for the pong: the master handles one connection's
+    /// messages in order, so everything sent before has been handled (and
+    /// what it let through, published and matched). Returns what came
+    /// before the pong; jobs are answered on the way.
+    pub async fn barrier(&mut self) -> anyhow::Result<Vec<MasterMessage>> {
+        self.send(&AgentMessage::Ping).await?;
+        let mut seen = Vec::new();
+        loop {
+            let reply = tokio::time::timeout(WAIT, self.socket.recv()).await??;
+            let frames: Vec<&[u8]> = reply.iter().map(|f| f.as_ref()).collect();
+            let Envelope::Sealed(chunks) = Envelope::parse(&frames)? else { anyhow::bail!("unsealed reply") };
+            let message: MasterMessage = halite_proto::decode(&self.opener.open(chunks)?)?;
+            match message {
+                MasterMessage::Pong => return Ok(seen),
+                MasterMessage::Job(job) => {
+                    self.send(&AgentMessage::JobResult(JobResult { job: job.id, results: Vec::new() })).await?;
+                    seen.push(MasterMessage::Job(job));
+                }
+                other => seen.push(other),
+            }
+        }
+    }
+}
