@@ -289,3 +289,42 @@ async fn run_executes_a_command_on_the_agent_with_the_event_in_its_environment()
         fleet.fail(&error);
     }
 }
+
+/// With `target`, `run` acts on every connected agent the expression
+/// matches instead of the one that raised the event: a drift on db01 runs
+/// the command on web01 and web02 (one job each, answered by each), not on
+/// db01, and the command sees db01 as the event's agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_targeted_run_acts_on_the_matching_agents() {
+    let out = tempfile::tempdir().unwrap();
+    let reactors = format!(
+        "{RESTORE_MOTD}- name: tell-web\n  on: halite/beacon/db*/motd\n  target: 'web*'\n  run: sh -c 'echo \"$HALITE_AGENT\" >> {}/ran'\n",
+        out.path().display()
+    );
+    let mut fleet = Fleet::start_custom(&["web01", "web02", "db01"], &["*"], &[("reactors.yaml", reactors.as_str())])
+        .await
+        .unwrap();
+    let result = async {
+        std::fs::write(fleet.agent("db01").path("/etc/motd"), "drift\n")?;
+        let drift = fleet.wait_for("the drift", |e| e.tag == "halite/beacon/db01/motd").await?;
+        let fired = fleet.wait_for("the targeted reaction", |e| e.tag.starts_with("halite/reactor/tell-web/")).await?;
+        assert_eq!(fired.tag, "halite/reactor/tell-web/fired", "{}", fired.data());
+        let runs: Vec<String> = fleet
+            .seen
+            .iter()
+            .filter(|e| {
+                e.tag.ends_with("/new") && e.data()["cause"] == drift.id() && e.data()["states"][0] == "reactor-run"
+            })
+            .map(|e| e.agent().to_owned())
+            .collect();
+        let mut runs = runs;
+        runs.sort();
+        assert_eq!(runs, ["web01", "web02"], "one run job per targeted agent");
+        assert_eq!(std::fs::read_to_string(out.path().join("ran"))?, "db01\ndb01\n");
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}

@@ -82,7 +82,15 @@ fn reactions(tree: &Tree, event: &halite_proto::Event, depth: u32, out: &mut imp
                         .unwrap_or_default()
                 )?;
                 for action in &reactor.actions {
-                    writeln!(out, "{indent}    {}", action.describe())?;
+                    match (&reactor.target, action.acts_on_agent()) {
+                        (Some(target), true) => writeln!(
+                            out,
+                            "{indent}    {} (target `{}`: on every connected agent it matches instead)",
+                            action.describe(),
+                            target.as_str()
+                        )?,
+                        _ => writeln!(out, "{indent}    {}", action.describe())?,
+                    }
                     let Some(next) = action.would_fire(&event.agent, event, depth + 1) else { continue };
                     if depth + 1 > crate::reactor::actions::event::MAX_DEPTH {
                         writeln!(

@@ -79,6 +79,16 @@ impl Jobs {
     }
 
     /// The agent's facts (from its hello), for targeting and templates.
+    /// The connected, accepted agents `target` matches, by id.
+    pub fn agents_matching(&self, target: &halite_state::Target) -> Vec<String> {
+        self.sessions
+            .accepted_with_facts()
+            .into_iter()
+            .filter(|(agent, facts)| target.matches(agent, facts))
+            .map(|(agent, _)| agent)
+            .collect()
+    }
+
     pub fn facts(&self, agent: &str) -> Value {
         self.sessions.facts(agent)
     }

@@ -78,7 +78,7 @@ fn watch_true_is_listed_and_its_reactor_shows_in_the_what_if() {
         .unwrap();
     let out = String::from_utf8(output.stdout).unwrap();
     assert!(out.contains("fires watch:app:app-conf"), "{out}");
-    assert!(out.contains("apply state `app-conf` of [app] to the agent that raised the event"), "{out}");
+    assert!(out.contains("apply [app] to the agent that raised the event"), "{out}");
 }
 
 /// The what-if shows every action, follows `event` actions down the chain

@@ -231,7 +231,25 @@ impl Worker {
                 let mut done = Vec::new();
                 let mut failure = None;
                 for action in &reactor.actions {
-                    match action.run(&context, &self.agent, &event).await {
+                    let outcome = match (&reactor.target, action.acts_on_agent()) {
+                        (Some(target), true) => {
+                            // Targeted agents act at once, each in its own job;
+                            // the reaction fails if any of them does.
+                            let agents = jobs.agents_matching(target);
+                            let runs = agents.iter().map(|agent| action.run(&context, agent, &event));
+                            let results = futures_util::future::join_all(runs).await;
+                            let (ok, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+                            if agents.is_empty() {
+                                Ok(format!("no connected agent matches `{}`", target.as_str()))
+                            } else if failed.is_empty() {
+                                Ok(ok.into_iter().filter_map(Result::ok).collect::<Vec<_>>().join("; "))
+                            } else {
+                                Err(failed.into_iter().filter_map(Result::err).collect::<Vec<_>>().join("; "))
+                            }
+                        }
+                        _ => action.run(&context, &self.agent, &event).await,
+                    };
+                    match outcome {
                         Ok(what) => done.push(Value::from(what)),
                         Err(error) => {
                             failure = Some(error);

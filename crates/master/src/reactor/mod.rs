@@ -37,6 +37,10 @@ pub struct Reactor {
     when_compiled: Option<minijinja::Expression<'static, 'static>>,
     /// Repeats for one agent within this window fold into one reaction.
     pub throttle: Option<Duration>,
+    /// Which agents the agent actions (`apply`, `run`) act on: `None` for
+    /// the agent that raised the event (`target: origin`, the default),
+    /// else every connected, accepted agent the expression matches.
+    pub target: Option<halite_state::Target>,
     pub actions: Vec<Box<dyn actions::Action>>,
 }
 
@@ -45,7 +49,16 @@ impl Reactor {
     /// see `crate::watch`); `on` is a tag glob the caller built.
     pub fn implied(name: String, on: &str, actions: Vec<Box<dyn actions::Action>>) -> Result<Reactor, String> {
         let on_matcher = Glob::new(on).map_err(|e| format!("bad tag glob `{on}`: {}", e.kind()))?.compile_matcher();
-        Ok(Reactor { name, on: on.to_owned(), on_matcher, when: None, when_compiled: None, throttle: None, actions })
+        Ok(Reactor {
+            name,
+            on: on.to_owned(),
+            on_matcher,
+            when: None,
+            when_compiled: None,
+            throttle: None,
+            target: None,
+            actions,
+        })
     }
 
     /// Whether the event's tag matches and `when` holds.
@@ -140,18 +153,33 @@ pub fn load(path: &Path, states: &StateTree, diagnostics: &mut Vec<Diagnostic>) 
                 }
             },
         };
-        if let Some((_, target)) = get("target")
-            && target.value.as_str() != Some("origin")
-        {
-            problems.push(
-                Diagnostic::error(
-                    path,
-                    yaml::location(target),
-                    format!("reactor `{name}`: only `target: origin` is supported in this version"),
-                )
-                .help("remove `target` to act on the agent that raised the event"),
-            );
-        }
+        let target = match get("target") {
+            None => None,
+            Some((_, value)) => match value.value.as_str() {
+                Some("origin") => None,
+                Some(expression) => match halite_state::Target::parse(expression) {
+                    Ok(target) => Some(target),
+                    Err(message) => {
+                        problems.push(
+                            Diagnostic::error(path, yaml::location(value), format!("reactor `{name}`: target: {message}"))
+                                .help("`origin` (the agent that raised the event) or a target expression such as `web*`, `L@web1,web2`, `G@os:Debian and not db*`"),
+                        );
+                        None
+                    }
+                },
+                None => {
+                    problems.push(
+                        Diagnostic::error(
+                            path,
+                            yaml::location(value),
+                            format!("reactor `{name}`: `target` must be a string"),
+                        )
+                        .help("write e.g. target: 'web*'"),
+                    );
+                    None
+                }
+            },
+        };
         let throttle = match get("throttle") {
             None => None,
             Some((_, value)) => match value.value.as_str().map(humantime::parse_duration) {
@@ -228,6 +256,7 @@ pub fn load(path: &Path, states: &StateTree, diagnostics: &mut Vec<Diagnostic>) 
             when,
             when_compiled,
             throttle,
+            target,
             actions: compiled_actions,
         }));
     }
@@ -287,5 +316,24 @@ mod tests {
         assert!(reactors.is_empty());
         let lines: Vec<u64> = diagnostics.iter().map(|d| d.line).collect();
         assert_eq!(lines, [2, 6, 7, 10], "{diagnostics:#?}");
+    }
+
+    #[test]
+    fn target_is_origin_by_default_or_a_compiled_expression() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.yaml"), "c:\n  file.managed:\n    path: /x\n    contents: x\n").unwrap();
+        let reactors = dir.path().join("reactors.yaml");
+        std::fs::write(
+            &reactors,
+            "- {name: a, on: x, apply: [m]}\n- {name: b, on: x, target: origin, apply: [m]}\n- {name: c, on: x, target: 'web* and not G@os:Debian', apply: [m]}\n- {name: d, on: x, target: 'L@', apply: [m]}\n",
+        )
+        .unwrap();
+        let (states, _) = StateTree::load(dir.path());
+        let mut diagnostics = Vec::new();
+        let loaded = load(&reactors, &states, &mut diagnostics);
+        let targets: Vec<_> = loaded.iter().map(|r| r.target.as_ref().map(|t| t.as_str().to_owned())).collect();
+        assert_eq!(targets, [None, None, Some("web* and not G@os:Debian".to_owned())]);
+        assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
+        assert!(diagnostics[0].message.contains("reactor `d`: target:"), "{}", diagnostics[0].message);
     }
 }

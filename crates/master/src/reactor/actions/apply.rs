@@ -48,6 +48,10 @@ impl Action for Apply {
         format!("apply [{}] to the agent that raised the event", self.states.join(", "))
     }
 
+    fn acts_on_agent(&self) -> bool {
+        true
+    }
+
     fn run<'a>(
         &'a self,
         context: &'a Context,

@@ -111,6 +111,12 @@ pub trait Action: Send + Sync + Debug {
     fn would_fire(&self, _agent: &str, _cause: &Event, _depth: u32) -> Option<Event> {
         None
     }
+    /// Whether the action acts on an agent (`apply`, `run`) rather than on
+    /// the master: such actions follow the reactor's `target`, once per
+    /// targeted agent; the others run once per reaction.
+    fn acts_on_agent(&self) -> bool {
+        false
+    }
     /// Acts for `agent` on `event`; the text says what happened.
     fn run<'a>(
         &'a self,

@@ -55,11 +55,13 @@ fn compile(value: &serde_json::Value, _tree: &StateTree) -> Result<Box<dyn Actio
 impl Run {
     /// The `cmd.run` state the job carries, built by the state engine's
     /// `cmd_run::call` (no shell), with the event in its `env`.
-    fn call(&self, agent: &str, event: &Event) -> StateCall {
+    /// `HALITE_AGENT` is the agent that raised the event, also when a
+    /// `target` runs the command on other agents.
+    fn call(&self, event: &Event) -> StateCall {
         let env = Value::map()
             .with("HALITE_TAG", event.tag.as_str())
             .with("HALITE_EVENT_ID", event.id.to_string())
-            .with("HALITE_AGENT", agent);
+            .with("HALITE_AGENT", event.agent.as_str());
         halite_state::kinds::cmd_run::call("reactor-run", &self.cmd)
             .with_arg("env", env)
             .with_arg("timeout_ms", i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX))
@@ -71,6 +73,10 @@ impl Action for Run {
         format!("run `{}` on the agent that raised the event (no shell, timeout {:?})", self.cmd, self.timeout)
     }
 
+    fn acts_on_agent(&self) -> bool {
+        true
+    }
+
     fn run<'a>(
         &'a self,
         context: &'a Context,
@@ -78,8 +84,7 @@ impl Action for Run {
         event: &'a Event,
     ) -> BoxFuture<'a, Result<String, String>> {
         Box::pin(async move {
-            let job =
-                Job { id: Id::new(), cause_event: Some(event.id), test: false, states: vec![self.call(agent, event)] };
+            let job = Job { id: Id::new(), cause_event: Some(event.id), test: false, states: vec![self.call(event)] };
             let jid = job.id;
             let result = context.jobs.run(agent, job).await?;
             match result.results.iter().find_map(|r| match &r.outcome {
@@ -119,7 +124,7 @@ mod tests {
         }
         let run = Run { cmd: "logger 'cpu hot'".into(), timeout: Duration::from_secs(5) };
         let event = Event::new("halite/beacon/web01/cpu-hot", "web01", Value::map().with("state", "$(reboot)"));
-        let call = run.call("web01", &event);
+        let call = run.call(&event);
         assert_eq!(call.kind, "cmd.run");
         assert_eq!(call.args.get("name"), Some(&Value::from("logger 'cpu hot'")));
         assert_ne!(call.args.get("shell"), Some(&Value::Bool(true)));
