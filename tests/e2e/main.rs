@@ -5,6 +5,7 @@ mod apply;
 mod beacons;
 mod bus;
 mod drift;
+mod faults;
 mod interop;
 mod link;
 mod reactors;

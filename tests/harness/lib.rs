@@ -41,7 +41,7 @@ pub struct Fleet {
     pub bus: Subscriber,
     /// Every event received so far, in order.
     pub seen: Vec<BusEvent>,
-    /// Where the master's logs of earlier runs are (after restarts).
+    /// Logs of earlier runs of the master and of agents (after restarts).
     old_master_logs: Vec<PathBuf>,
 }
 
@@ -132,10 +132,43 @@ impl Fleet {
     /// Starts an agent and returns once its session is up (its key may be
     /// pending).
     pub async fn add_agent_unconverged(&mut self, id: &str) -> anyhow::Result<()> {
+        self.add_agent_unconverged_with(id, "").await
+    }
+
+    /// As [`Fleet::add_agent_unconverged`], with `extra` YAML lines in its
+    /// agent.yaml. An agent started again in the same directory keeps its
+    /// key, data dir and root.
+    pub async fn add_agent_unconverged_with(&mut self, id: &str, extra: &str) -> anyhow::Result<()> {
         let (listen, key) = (self.master().listen.clone(), self.master().key.clone());
-        let agent = fleet::start_agent(&self.binaries, &self.dir.path().join(id), id, &listen, &key).await?;
+        let agent =
+            fleet::start_agent_with(&self.binaries, &self.dir.path().join(id), id, &listen, &key, extra).await?;
         self.agents.push(agent);
         Ok(())
+    }
+
+    /// SIGKILL an agent: a crash. Its log is kept for [`Fleet::fail`].
+    pub async fn kill_agent(&mut self, id: &str) {
+        if let Some(index) = self.agents.iter().position(|a| a.id == id) {
+            let agent = self.agents.remove(index);
+            self.keep_log(&agent.log);
+            agent.kill().await;
+        }
+    }
+
+    /// SIGTERM an agent and wait for it to exit (after its grace period).
+    pub async fn stop_agent(&mut self, id: &str) {
+        if let Some(index) = self.agents.iter().position(|a| a.id == id) {
+            let agent = self.agents.remove(index);
+            let log = agent.log.clone();
+            agent.stop().await;
+            self.keep_log(&log);
+        }
+    }
+
+    fn keep_log(&mut self, log: &Path) {
+        let kept = log.with_extension(format!("{}.log", self.old_master_logs.len()));
+        let _ = std::fs::copy(log, &kept);
+        self.old_master_logs.push(kept);
     }
 
     /// Runs `halite-master keys ARGS` against this fleet's master; returns
@@ -273,6 +306,25 @@ impl Drop for Fleet {
             self.dump_logs();
         }
     }
+}
+
+/// Waits until `done` holds, looking every 20 ms, for at most [`WAIT`]: for
+/// conditions no event announces (the master is down, so there is no bus).
+pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    while !done() {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tick.tick().await;
+    }
+    Ok(())
+}
+
+/// The resident set size of a process, in KiB (VmRSS in /proc/<pid>/status).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Mode bits of a file.

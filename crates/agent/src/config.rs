@@ -40,6 +40,16 @@ pub struct AgentConfig {
     /// beacon wins (see [`crate::beacons::merge`]).
     #[serde(default)]
     pub beacons: IndexMap<String, IndexMap<String, serde_json::Value>>,
+    /// Offline healing: keep the last desired content of managed files and
+    /// restore a watched one that drifts while the master is unreachable,
+    /// then report it (`halite/agent/<id>/healed`). Default false.
+    #[serde(default)]
+    pub enforce_offline: bool,
+    /// Fsync each outbox batch before it is sent, so it survives a power
+    /// cut, not only a crash of the agent. Default false: it puts two
+    /// fsyncs (milliseconds on a busy disk) on the path of every drift.
+    #[serde(default)]
+    pub outbox_fsync: bool,
 }
 
 fn default_root() -> PathBuf {
@@ -173,6 +183,10 @@ mod tests {
         assert_eq!(config.master, DEFAULT_MASTER);
         assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert!(!config.tofu);
+        assert!(!config.enforce_offline);
+        assert!(!config.outbox_fsync);
+        let config = load(&format!("id: web01\nmaster_key: {}\nenforce_offline: true\n", "ab".repeat(32))).unwrap();
+        assert!(config.enforce_offline);
     }
 
     #[test]

@@ -1,10 +1,22 @@
 //! `halite-agent run`: the link, the beacons and the job runner, wired.
+//!
+//! Start: the outbox is opened (what an earlier run left is sent first),
+//! then the start-up check compares every managed file with its desired
+//! state and reports drift (`halite/agent/<id>/drift`) through the outbox.
+//! With `enforce_offline` on, the agent restores kept files itself
+//! ([`offline`]) at start, when a session is lost, and on a managed file's
+//! drift event while no master has welcomed it.
+//! Stop (SIGTERM): beacons stop, the job runner finishes what it has (its
+//! results go to the outbox), the outbox is flushed to the master while
+//! it is connected, and the socket is closed, all within [`SHUTDOWN_GRACE`].
 
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use halite_proto::{AgentMessage, Event, Hello, MasterMessage};
+use halite_proto::{AgentMessage, Event, Hello, MasterMessage, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -12,10 +24,14 @@ use crate::beacons::{self, Beacons};
 use crate::config::AgentConfig;
 use crate::link::{self, LinkEvent, LinkSettings};
 use crate::managed::ManagedFiles;
+use crate::offline::{self, OfflineStore};
+use crate::outbox::{self, Outbox};
 use crate::{facts, jobs};
 
 /// Beacon events waiting for the link. When full, beacons wait.
 pub const EVENT_QUEUE: usize = 1024;
+/// How long a stopping agent gives its job runner and the outbox flush.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Result<()> {
     let id = config.agent_id();
@@ -29,13 +45,21 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
         tracing::info!(fingerprint = %keypair.public, "Made this agent's key; an operator accepts it on the master.");
     }
     let managed = ManagedFiles::open(&config.data_dir.join("managed.json"));
+    let outbox = Outbox::open(&config.data_dir.join("outbox"), &id, outbox::CAPACITY)?.with_fsync(config.outbox_fsync);
+    let offline = match config.enforce_offline {
+        true => Some(OfflineStore::open(&config.data_dir.join("offline"))?),
+        false => None,
+    };
     let hello = Hello { agent: id.clone(), version: env!("CARGO_PKG_VERSION").into(), facts: facts::gather(&id) };
     let settings = LinkSettings::new(config.master.clone(), hello, keypair.clone(), config.trust());
-    let (outbound, mut link_events, link_task) = link::spawn(settings, cancel.clone());
+    let stop_link = CancellationToken::new();
+    let link = link::spawn(settings, outbox, stop_link.clone());
+    let (outbound, mut link_events, mut status) = (link.outbound, link.events, link.status);
     let apply_env = halite_state::ApplyEnv {
         backup_dir: Some(config.data_dir.join("backup")),
         ..halite_state::ApplyEnv::default()
     };
+    let healing = Healing { root: config.root.clone(), apply: apply_env.clone() };
     let job_queue = jobs::spawn(managed.clone(), config.root.clone(), apply_env, outbound.clone());
     let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
     let local_beacons =
@@ -44,11 +68,28 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
         name: String::new(),
         agent: id.clone(),
         events: events_tx,
-        managed,
+        managed: managed.clone(),
         root: config.root.clone(),
     });
-    tracing::info!(agent = %id, master = %config.master, "Agent starting.");
+    tracing::info!(agent = %id, master = %config.master, offline_healing = config.enforce_offline, "Agent starting.");
+    if let Some(drift) = start_up_check(&id, &managed, &config.root).await
+        && outbound.send(AgentMessage::Event(drift)).await.is_err()
+    {
+        anyhow::bail!("the link stopped before the agent started");
+    }
+    // The master is not reached yet, and beacons start only when it is:
+    // heal what drifted while the agent was down now.
+    if let Some(store) = &offline {
+        for healed in heal_drifted(&id, store, &managed, &healing).await {
+            if outbound.send(AgentMessage::Event(healed)).await.is_err() {
+                anyhow::bail!("the link stopped before the agent started");
+            }
+        }
+    }
     let mut announced = false;
+    // Welcomed by the master in the current session: offline healing waits
+    // for this to be false.
+    let mut online = false;
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
@@ -61,17 +102,38 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
                         writeln!(stdout, "ready id={id}").and_then(|()| stdout.flush()).context("cannot write to stdout")?;
                     }
                 }
-                Some(LinkEvent::Down(_)) => {}
+                Some(LinkEvent::Down(_)) => {
+                    online = false;
+                    // Drift that came just before the loss was sent, not
+                    // healed: look at every kept file once.
+                    if let Some(store) = &offline {
+                        for healed in heal_drifted(&id, store, &managed, &healing).await {
+                            if outbound.send(AgentMessage::Event(healed)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
                 Some(LinkEvent::Message(MasterMessage::Welcome(welcome))) => {
                     tracing::info!(beacons = welcome.beacons.len(), "The master accepted this agent.");
+                    online = true;
                     beacons = replace_beacons(beacons, beacons::merge(&welcome.beacons, &local_beacons)).await?;
                 }
                 Some(LinkEvent::Message(MasterMessage::NotAccepted { status })) => {
                     tracing::warn!(%status, fingerprint = %keypair.public, "This agent's key is not accepted on the master; waiting for an operator (`halite-master keys accept {id}`).");
+                    online = false;
                     beacons = replace_beacons(beacons, Vec::new()).await?;
                 }
                 Some(LinkEvent::Message(MasterMessage::Job(job))) => {
                     tracing::info!(job = %job.id, states = job.states.len(), test = job.test, "Job received.");
+                    if let Some(store) = &offline {
+                        let (store, job, root) = (store.clone(), job.clone(), config.root.clone());
+                        match tokio::task::spawn_blocking(move || store.record(&job, &root)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(error)) => tracing::warn!(%error, "Cannot keep desired contents for offline healing."),
+                            Err(error) => tracing::warn!(%error, "Keeping desired contents failed."),
+                        }
+                    }
                     if job_queue.send(job).await.is_err() {
                         break;
                     }
@@ -83,15 +145,61 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
                 Some(LinkEvent::Message(other)) => tracing::debug!(message = ?other, "Ignoring a message."),
             },
             Some(event) = events.recv() => {
+                let heal = match (&offline, online) {
+                    (Some(store), false) => drifted_path(&event, &config.root).map(|p| (store.clone(), p)),
+                    _ => None,
+                };
                 if outbound.send(AgentMessage::Event(event)).await.is_err() {
+                    break;
+                }
+                if let Some((store, path)) = heal
+                    && let Some(healed) = heal_offline(&id, store, path, &managed, &healing).await
+                    && outbound.send(AgentMessage::Event(healed)).await.is_err()
+                {
                     break;
                 }
             }
         }
     }
+    tracing::info!(agent = %id, "Agent stopping: finishing jobs and flushing the outbox.");
     drop(beacons);
-    cancel.cancel();
-    let _ = link_task.await;
+    // Events the beacons raised before they stopped still go out.
+    while let Ok(event) = events.try_recv() {
+        let _ = outbound.try_send(AgentMessage::Event(event));
+    }
+    // The job runner ends after the jobs it holds; its results close the
+    // outbound channel behind them, which the outbox writer reports.
+    drop(job_queue);
+    drop(outbound);
+    let flushed = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        let drained = status.wait_for(|s| s.writer_done && (s.pending == 0 || !s.connected));
+        tokio::pin!(drained);
+        loop {
+            tokio::select! {
+                _ = &mut drained => return,
+                // The link must not wait on us while it flushes.
+                Some(event) = link_events.recv() => {
+                    if let LinkEvent::Message(MasterMessage::Job(job)) = event {
+                        tracing::warn!(job = %job.id, "A job arrived while stopping; it is not run (the master reports it unanswered).");
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    let left = *status.borrow();
+    match flushed {
+        Ok(_) if left.pending == 0 => tracing::info!("Outbox flushed."),
+        Ok(_) => tracing::info!(
+            pending = left.pending,
+            "The master is away; the outbox keeps what is pending for the next start."
+        ),
+        Err(_) => {
+            tracing::warn!(pending = left.pending, jobs_done = left.writer_done, grace = ?SHUTDOWN_GRACE, "Grace period over; stopping with messages pending (they are sent at the next start).")
+        }
+    }
+    stop_link.cancel();
+    let _ = link.task.await;
     tracing::info!(agent = %id, "Agent stopped.");
     Ok(())
 }
@@ -106,4 +214,98 @@ async fn replace_beacons(mut beacons: Beacons, specs: Vec<halite_proto::BeaconSp
     })
     .await
     .context("the beacon set could not be replaced")
+}
+
+/// The start-up check: a `halite/agent/<id>/drift` event naming every
+/// managed file that is not as desired, or `None` when all are.
+async fn start_up_check(id: &str, managed: &ManagedFiles, root: &Path) -> Option<Event> {
+    let managed = managed.clone();
+    let drifted = tokio::task::spawn_blocking(move || managed.drifted()).await.unwrap_or_default();
+    if drifted.is_empty() {
+        return None;
+    }
+    for (path, why) in &drifted {
+        tracing::warn!(path = %path.display(), drift = why, "A managed file drifted while the agent was not running.");
+    }
+    let files: Vec<Value> =
+        drifted.iter().map(|(path, why)| Value::map().with("path", authored(root, path)).with("drift", *why)).collect();
+    Some(Event::new(format!("halite/agent/{id}/drift"), id, Value::map().with("files", Value::List(files))))
+}
+
+/// Heals every kept file that is not as desired.
+async fn heal_drifted(id: &str, store: &OfflineStore, managed: &ManagedFiles, env: &Healing) -> Vec<Event> {
+    let (kept, record) = (store.paths(), managed.clone());
+    let drifted = tokio::task::spawn_blocking(move || {
+        let drifted: std::collections::HashSet<PathBuf> = record.drifted().into_iter().map(|(p, _)| p).collect();
+        kept.into_iter().filter(|p| drifted.contains(p)).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    let mut healed = Vec::new();
+    for path in drifted {
+        healed.extend(heal_offline(id, store.clone(), path, managed, env).await);
+    }
+    healed
+}
+
+/// What a local restore needs besides the store: the agent's root (to name
+/// paths as the tree does) and the job runner's apply environment.
+struct Healing {
+    root: PathBuf,
+    apply: halite_state::ApplyEnv,
+}
+
+/// A real path as the state tree names it (without the agent's root), as
+/// beacon events report it.
+fn authored(root: &Path, real: &Path) -> String {
+    match real.strip_prefix(root) {
+        Ok(relative) if root != Path::new("/") => Path::new("/").join(relative).display().to_string(),
+        _ => real.display().to_string(),
+    }
+}
+
+/// The real path of a managed file a beacon event reports as drifted.
+fn drifted_path(event: &Event, root: &Path) -> Option<PathBuf> {
+    if event.data.get("managed") != Some(&Value::Bool(true)) {
+        return None;
+    }
+    let authored = event.data.get("path")?.as_str()?;
+    Some(crate::rooted(root, Path::new(authored)))
+}
+
+/// Restores `path` locally; the `halite/agent/<id>/healed` event to send
+/// when it did.
+async fn heal_offline(
+    id: &str,
+    store: OfflineStore,
+    path: PathBuf,
+    managed: &ManagedFiles,
+    env: &Healing,
+) -> Option<Event> {
+    let (managed, apply_env, target) = (managed.clone(), env.apply.clone(), path.clone());
+    let outcome = tokio::task::spawn_blocking(move || store.heal(&target, &managed, &apply_env)).await;
+    let healed: offline::Healed = match outcome {
+        Ok(Ok(Some(healed))) => healed,
+        Ok(Ok(None)) => return None,
+        Ok(Err(error)) => {
+            tracing::warn!(path = %path.display(), %error, "Cannot heal a managed file offline.");
+            return None;
+        }
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "Offline healing failed.");
+            return None;
+        }
+    };
+    tracing::info!(path = %healed.path.display(), state = %healed.state, "Restored a managed file while the master is away.");
+    let changes: Vec<Value> = healed.changes.iter().map(|c| Value::from(c.as_str())).collect();
+    Some(Event::new(
+        format!("halite/agent/{id}/healed"),
+        id,
+        Value::map()
+            .with("path", authored(&env.root, &healed.path))
+            .with("state", healed.state)
+            .with("sha256", healed.sha256.to_hex())
+            .with("changes", Value::List(changes))
+            .with("time_us", halite_proto::event::now_us()),
+    ))
 }

@@ -5,6 +5,10 @@
 //! - [`config`] — `agent.yaml`.
 //! - [`link`] — the DEALER side of the agent↔master link: reconnects,
 //!   heartbeats, acknowledgements.
+//! - [`outbox`] — the on-disk queue every event and job result goes
+//!   through until the master acknowledges it.
+//! - [`offline`] — offline healing: desired contents kept, restored while
+//!   the master is away.
 //! - [`beacons`] — the beacon registry; one file per kind (`beacons/file.rs`).
 //! - [`managed`] — what each managed file should be, so drift is told from
 //!   the agent's own writes.
@@ -29,6 +33,8 @@ pub mod link;
 pub mod local;
 pub mod managed;
 pub mod manual;
+pub mod offline;
+pub mod outbox;
 
 /// `path` (absolute, as authored) under `root`.
 pub fn rooted(root: &Path, path: &Path) -> PathBuf {

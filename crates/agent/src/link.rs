@@ -7,9 +7,14 @@
 //! the agent. The master's key is checked after the handshake's second
 //! message, before the agent says who it is.
 //!
-//! The link owns delivery: events stay in an unacknowledged buffer until
-//! the master acks them and are sent again after a reconnect.
+//! The link owns delivery: every event and job result goes through the
+//! [`Outbox`] (on disk) before it is sent, stays there until the master
+//! acknowledges it, and a new session sends everything still pending
+//! first. A *writer* task moves messages from the outbound channel into the
+//! outbox (also while the master is away, so beacons do not wait); the
+//! session's pump sends from the outbox in order.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -18,21 +23,38 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use halite_link::envelope::{self, Envelope};
 use halite_link::{Initiator, Keypair, Opener, PublicKey, Sealer};
-use halite_proto::{AgentMessage, Event, Hello, Id, MasterMessage};
-use indexmap::IndexMap;
+use halite_proto::{AgentMessage, Hello, Id, MasterMessage};
 use rand::Rng;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use zeromq::{DealerSocket, Socket, SocketEvent, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
 
-/// Messages the agent has queued for the master. When full, senders wait.
+use crate::outbox::Outbox;
+
+/// Messages the agent has queued for the outbox. When full, senders wait
+/// (only as long as a disk write: the writer drains it while the master is
+/// away too).
 pub const OUTBOUND_CAPACITY: usize = 1024;
 /// What the link hands up to the agent. When full, the link waits.
 pub const INBOUND_CAPACITY: usize = 256;
-/// Events sent but not yet acknowledged. When full, the oldest is dropped
-/// with a warning (the durable outbox will replace this buffer).
-pub const UNACKED_CAPACITY: usize = 4096;
+/// Acknowledgements waiting for the writer to forget their messages. When
+/// full, the session's pump waits.
+pub const ACK_CAPACITY: usize = 1024;
+/// Messages written to the outbox in one batch (one directory fsync).
+const BATCH: usize = 256;
+
+/// What the link is doing, for the agent's shutdown (and the log).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStatus {
+    /// A session with the master is open.
+    pub connected: bool,
+    /// Messages in the outbox, not yet acknowledged.
+    pub pending: usize,
+    /// The writer has stored everything it will ever get (the outbound
+    /// channel closed).
+    pub writer_done: bool,
+}
 
 /// How the agent knows the master is its master.
 #[derive(Debug, Clone)]
@@ -110,22 +132,108 @@ fn frames(frames: Vec<Vec<u8>>) -> Result<ZmqMessage, String> {
     ZmqMessage::try_from(frames.into_iter().map(Bytes::from).collect::<Vec<_>>()).map_err(|e| format!("{e:?}"))
 }
 
-/// Starts the link task. It runs until `cancel` fires.
-pub fn spawn(
-    settings: LinkSettings,
-    cancel: CancellationToken,
-) -> (mpsc::Sender<AgentMessage>, mpsc::Receiver<LinkEvent>, tokio::task::JoinHandle<()>) {
+/// The running link.
+#[derive(Debug)]
+pub struct LinkHandle {
+    /// Events and job results for the master (through the outbox).
+    pub outbound: mpsc::Sender<AgentMessage>,
+    /// Sessions up and down, and the master's messages.
+    pub events: mpsc::Receiver<LinkEvent>,
+    pub status: watch::Receiver<LinkStatus>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the link and its outbox writer. They run until `stop` fires
+/// (the writer until the outbound channel closes).
+pub fn spawn(settings: LinkSettings, outbox: Outbox, stop: CancellationToken) -> LinkHandle {
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
     let (in_tx, in_rx) = mpsc::channel(INBOUND_CAPACITY);
-    let link = Link { settings, outbound: out_rx, inbound: in_tx, unacked: IndexMap::new(), cancel };
-    (out_tx, in_rx, tokio::spawn(link.run()))
+    let (ack_tx, ack_rx) = mpsc::channel(ACK_CAPACITY);
+    let status = Arc::new(watch::Sender::new(LinkStatus { pending: outbox.len(), ..LinkStatus::default() }));
+    let status_rx = status.subscribe();
+    let outbox = Arc::new(tokio::sync::Mutex::new(outbox));
+    let stored = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(write(outbox.clone(), out_rx, ack_rx, stored.clone(), status.clone()));
+    let link = Link { settings, inbound: in_tx, outbox, stored, acks: ack_tx, status, cancel: stop };
+    LinkHandle { outbound: out_tx, events: in_rx, status: status_rx, task: tokio::spawn(link.run()) }
+}
+
+/// The writer: stores outbound messages in batches and forgets
+/// acknowledged ones, off the runtime's threads; wakes the pump after each.
+async fn write(
+    outbox: Arc<tokio::sync::Mutex<Outbox>>,
+    mut outbound: mpsc::Receiver<AgentMessage>,
+    mut acks: mpsc::Receiver<Id>,
+    stored: Arc<tokio::sync::Notify>,
+    status: Arc<watch::Sender<LinkStatus>>,
+) {
+    let mut outbound_open = true;
+    loop {
+        let mut batch = Vec::new();
+        let mut acked = Vec::new();
+        tokio::select! {
+            biased;
+            Some(id) = acks.recv() => acked.push(id),
+            message = outbound.recv(), if outbound_open => match message {
+                Some(message) => batch.push(message),
+                None => {
+                    outbound_open = false;
+                    status.send_modify(|s| s.writer_done = true);
+                    continue;
+                }
+            },
+            else => return,
+        }
+        while acked.len() < BATCH
+            && let Ok(id) = acks.try_recv()
+        {
+            acked.push(id);
+        }
+        while batch.len() < BATCH
+            && let Ok(message) = outbound.try_recv()
+        {
+            batch.push(message);
+        }
+        let mut guard = outbox.clone().lock_owned().await;
+        let pending = tokio::task::spawn_blocking(move || {
+            for id in acked {
+                guard.ack(id);
+            }
+            if let Some(counter) = guard.take_counter() {
+                batch.insert(0, counter);
+            }
+            if !batch.is_empty()
+                && let Err(error) = guard.push(batch)
+            {
+                tracing::error!(%error, "Cannot write to the outbox; messages are lost.");
+            }
+            guard.len()
+        })
+        .await;
+        match pending {
+            Ok(pending) => {
+                let before = status.borrow().pending;
+                // Logged as it crosses a power of two, up or down: visible,
+                // not a line per message.
+                if pending >= 64 && pending.ilog2() != before.max(1).ilog2() {
+                    tracing::info!(pending, capacity = crate::outbox::CAPACITY, "Outbox depth.");
+                }
+                status.send_modify(|s| s.pending = pending);
+            }
+            Err(error) => tracing::error!(%error, "The outbox writer failed."),
+        }
+        stored.notify_one();
+    }
 }
 
 struct Link {
     settings: LinkSettings,
-    outbound: mpsc::Receiver<AgentMessage>,
     inbound: mpsc::Sender<LinkEvent>,
-    unacked: IndexMap<Id, Event>,
+    outbox: Arc<tokio::sync::Mutex<Outbox>>,
+    /// Woken when the writer stored something.
+    stored: Arc<tokio::sync::Notify>,
+    acks: mpsc::Sender<Id>,
+    status: Arc<watch::Sender<LinkStatus>>,
     cancel: CancellationToken,
 }
 
@@ -217,20 +325,28 @@ impl Link {
     async fn pump(&mut self, mut socket: DealerSocket, mut session: Session) -> End {
         let mut monitor = socket.monitor();
         let (mut send, mut recv) = socket.split();
-        // Events the master did not acknowledge before the last session ended.
-        let resend: Vec<Event> = self.unacked.values().cloned().collect();
-        for event in resend {
-            let sealed = match session.seal(&AgentMessage::Event(event)) {
-                Ok(sealed) => sealed,
-                Err(e) => return End::Lost(format!("seal: {e}")),
-            };
-            if let Err(e) = send.send(sealed).await {
-                return End::Lost(format!("send: {e}"));
-            }
-        }
+        self.status.send_modify(|s| s.connected = true);
+        let end = self.pump_session(&mut send, &mut recv, &mut monitor, &mut session).await;
+        self.status.send_modify(|s| s.connected = false);
+        end
+    }
+
+    async fn pump_session(
+        &mut self,
+        send: &mut zeromq::DealerSendHalf,
+        recv: &mut zeromq::DealerRecvHalf,
+        monitor: &mut (impl futures_util::Stream<Item = SocketEvent> + Unpin),
+        session: &mut Session,
+    ) -> End {
+        // Everything pending is sent again on a new session: the master may
+        // not have handled it, and drops what it already has by id.
+        let mut sent_upto: Option<u64> = None;
         let mut heartbeat = tokio::time::interval(self.settings.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
+        if let Err(end) = self.send_pending(send, session, &mut sent_upto).await {
+            return end;
+        }
         loop {
             tokio::select! {
                 biased;
@@ -242,7 +358,11 @@ impl Link {
                     };
                     last_heard = Instant::now();
                     match session.open(&message) {
-                        Ok(MasterMessage::Ack { event }) => { self.unacked.shift_remove(&event); }
+                        Ok(MasterMessage::Ack { event: id } | MasterMessage::ResultAck { job: id }) => {
+                            if self.acks.send(id).await.is_err() {
+                                return End::Cancelled;
+                            }
+                        }
                         Ok(MasterMessage::Pong) => {}
                         Ok(message) => {
                             if self.inbound.send(LinkEvent::Message(message)).await.is_err() {
@@ -256,17 +376,9 @@ impl Link {
                     Some(SocketEvent::Disconnected(_)) | None => return End::Lost("disconnected".into()),
                     Some(_) => {}
                 },
-                message = self.outbound.recv() => {
-                    let Some(message) = message else { return End::Cancelled };
-                    if let AgentMessage::Event(event) = &message {
-                        self.remember(event.clone());
-                    }
-                    let sealed = match session.seal(&message) {
-                        Ok(sealed) => sealed,
-                        Err(e) => return End::Lost(format!("seal: {e}")),
-                    };
-                    if let Err(e) = send.send(sealed).await {
-                        return End::Lost(format!("send: {e}"));
+                () = self.stored.notified() => {
+                    if let Err(end) = self.send_pending(send, session, &mut sent_upto).await {
+                        return end;
                     }
                 }
                 _ = heartbeat.tick() => {
@@ -285,13 +397,20 @@ impl Link {
         }
     }
 
-    fn remember(&mut self, event: Event) {
-        if self.unacked.len() >= UNACKED_CAPACITY
-            && let Some((id, _)) = self.unacked.shift_remove_index(0)
-        {
-            tracing::warn!(event = %id, "Too many unacknowledged events; the oldest will not be sent again.");
+    /// Sends what the outbox holds after `sent_upto`, in order.
+    async fn send_pending(
+        &self,
+        send: &mut zeromq::DealerSendHalf,
+        session: &mut Session,
+        sent_upto: &mut Option<u64>,
+    ) -> Result<(), End> {
+        let pending = self.outbox.lock().await.pending_after(*sent_upto);
+        for (seq, message) in pending {
+            let sealed = session.seal(&message).map_err(|e| End::Lost(format!("seal: {e}")))?;
+            send.send(sealed).await.map_err(|e| End::Lost(format!("send: {e}")))?;
+            *sent_upto = Some(seq);
         }
-        self.unacked.insert(event.id, event);
+        Ok(())
     }
 }
 

@@ -139,6 +139,18 @@ impl ManagedFiles {
         inner.listeners.retain(|listener| listener(path));
     }
 
+    /// Every recorded file that is not as desired now (missing, other
+    /// content, other mode), with what differs: the start-up check, for
+    /// drift that happened while the agent was not running. Reads and hashes
+    /// files: call it off the runtime's threads.
+    pub fn drifted(&self) -> Vec<(PathBuf, &'static str)> {
+        let desired: Vec<(PathBuf, Desired)> = self.lock().desired.iter().map(|(p, d)| (p.clone(), *d)).collect();
+        let mut drifted: Vec<(PathBuf, &'static str)> =
+            desired.into_iter().filter_map(|(path, want)| drift_of(&path, &want).map(|why| (path, why))).collect();
+        drifted.sort();
+        drifted
+    }
+
     pub fn listen(&self, listener: Listener) {
         self.lock().listeners.push(listener);
     }
@@ -161,6 +173,21 @@ impl ManagedFiles {
     }
 }
 
+/// How `path` differs from `want`, if it does.
+fn drift_of(path: &Path, want: &Desired) -> Option<&'static str> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(file) = std::fs::File::open(path) else { return Some("missing") };
+    match Sha256::of_reader(&file) {
+        Ok(sha) if sha == want.sha256() => {}
+        _ => return Some("content"),
+    }
+    let mode = file.metadata().map(|m| m.permissions().mode() & 0o7777).ok();
+    match want.mode {
+        Some(want) if mode != Some(want) => Some("mode"),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +202,31 @@ mod tests {
         assert_eq!(reopened.desired(Path::new("/etc/x")).unwrap().sha256(), Sha256::of(b"x"));
         assert_eq!(reopened.applied_generation(Path::new("/etc/x")), 0);
         assert!(!reopened.snapshot(Path::new("/etc/x")).in_flight);
+    }
+
+    #[test]
+    fn the_start_up_check_finds_every_kind_of_drift() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let managed = ManagedFiles::in_memory();
+        let mut files = Vec::new();
+        for name in ["fine", "edited", "chmodded", "deleted"] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, name).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            managed.begin(&ManagedFile { path: path.clone(), sha256: Sha256::of(name.as_bytes()), mode: Some(0o644) });
+            managed.finish(&path);
+            files.push(path);
+        }
+        assert!(managed.drifted().is_empty());
+        std::fs::write(&files[1], "hand edit").unwrap();
+        std::fs::set_permissions(&files[2], std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::remove_file(&files[3]).unwrap();
+        let drifted = managed.drifted();
+        assert_eq!(
+            drifted,
+            vec![(files[2].clone(), "mode"), (files[3].clone(), "missing"), (files[1].clone(), "content")]
+        );
     }
 
     #[test]

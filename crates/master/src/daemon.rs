@@ -69,6 +69,11 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     let monitor = crate::link::monitor(&mut router);
     let (send, recv) = router.split();
     let sessions = Sessions::new(send);
+    let seen_ids = config.data_dir.join("seen-ids");
+    let remembered = sessions
+        .remember_in(&seen_ids)
+        .with_context(|| format!("cannot keep the ids seen in {}", seen_ids.display()))?;
+    tracing::debug!(remembered, "Loaded the ids seen from agents.");
     let store_path = crate::store::path(&config.data_dir);
     let store = tokio::task::spawn_blocking(move || crate::store::Store::open(&store_path)).await??;
     let jobs = Jobs::new(sessions.clone(), bus.clone(), JOB_TIMEOUT).with_store(store.clone());
@@ -89,7 +94,12 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     }
     tracing::info!(%listen, %publish, "Master ready.");
     crate::notify::ready();
-    crate::link::serve(recv, monitor, master, cancel).await;
+    crate::link::serve(recv, monitor, master.clone(), cancel).await;
+    for (agent, depth) in master.engine.queue_depths() {
+        if depth > 0 {
+            tracing::warn!(agent = %agent, depth, "Stopping with reactions not run; the agent's next session applies its states.");
+        }
+    }
     // Jobs answered before the stop are on disk before the process ends.
     store.flush().await;
     tracing::info!("Master stopped.");

@@ -139,7 +139,10 @@ impl Jobs {
             Err(error) => Err(error),
             Ok(()) => match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(result)) => Ok(result),
-                Ok(Err(_)) => Err(format!("job {jid}: the master is shutting down")),
+                // Dropped by `agent_gone`.
+                Ok(Err(_)) => Err(format!(
+                    "job {jid}: agent `{agent}` went away before answering (a result it kept is published when it is back)"
+                )),
                 Err(_) => Err(format!("job {jid}: agent `{agent}` did not answer within {timeout:?}")),
             },
         };
@@ -151,6 +154,19 @@ impl Jobs {
             }
         }
         outcome
+    }
+
+    /// Jobs sent and not answered yet, with their agents (a stopping
+    /// master waits for them).
+    pub fn in_flight(&self) -> Vec<(Id, String)> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(j, (a, _))| (*j, a.clone())).collect()
+    }
+
+    /// The agent's session ended: nobody waits any longer for its jobs in
+    /// flight, so its reactions go on. A result the agent kept in its
+    /// outbox still arrives after it reconnects, and is published then.
+    pub fn agent_gone(&self, agent: &str) {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, (a, _)| a != agent);
     }
 
     /// An agent's result arrived. Results for unknown jobs (after a master

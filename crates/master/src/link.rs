@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -65,6 +66,10 @@ struct Peers {
     openers: HashMap<Bytes, Opener>,
     /// Input dropped since the last report.
     dropped: u64,
+    /// Stopping: events are no longer taken, job results still are.
+    draining: bool,
+    /// Reaction queue depths last logged, per agent.
+    depths: HashMap<String, usize>,
 }
 
 /// Receives from every agent until `cancel` fires.
@@ -75,12 +80,36 @@ pub async fn serve(
     cancel: CancellationToken,
 ) {
     let mut peers = Peers::default();
-    let mut report = tokio::time::interval(std::time::Duration::from_secs(10));
+    let mut report = tokio::time::interval(Duration::from_secs(10));
+    let mut depths = tokio::time::interval(DEPTH_LOG_INTERVAL);
+    let stopped = cancel.cancelled();
+    tokio::pin!(stopped);
+    let mut deadline = std::pin::pin!(tokio::time::sleep(Duration::MAX));
     loop {
         tokio::select! {
-            () = cancel.cancelled() => return,
+            () = &mut stopped, if !peers.draining => {
+                peers.draining = true;
+                let in_flight = master.jobs.in_flight();
+                if in_flight.is_empty() {
+                    return;
+                }
+                tracing::info!(jobs = in_flight.len(), grace = ?SHUTDOWN_GRACE, "Stopping: waiting for the results of jobs in flight.");
+                deadline.as_mut().reset(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+            }
+            () = &mut deadline => {
+                for (job, agent) in master.jobs.in_flight() {
+                    tracing::warn!(agent = %agent, %job, "Stopping without this job's result; the agent keeps it in its outbox and sends it to the next master.");
+                }
+                return;
+            }
             message = recv.recv() => match message {
-                Ok(message) => handle(&master, &mut peers, message).await,
+                Ok(message) => {
+                    handle(&master, &mut peers, message).await;
+                    if peers.draining && master.jobs.in_flight().is_empty() {
+                        tracing::info!("Every job in flight has returned.");
+                        return;
+                    }
+                }
                 Err(error) => {
                     tracing::error!(%error, "The agent link failed.");
                     return;
@@ -99,15 +128,37 @@ pub async fn serve(
                     peers.openers.remove(&peer);
                     if let Some((agent, accepted)) = master.sessions.close_peer(&peer) && accepted {
                         tracing::info!(agent = %agent, "Agent disconnected.");
+                        master.jobs.agent_gone(&agent);
                         master.bus.publish(Event::new(tag::agent(&agent, "disconnected"), agent.as_str(), Value::map()));
                     }
                 }
             }
+            _ = depths.tick() => log_depths(&master, &mut peers),
             _ = report.tick() => {
                 if peers.dropped > 0 {
                     tracing::warn!(dropped = peers.dropped, handshakes = peers.handshakes.len(), "Dropped input that was not from an accepted session.");
                     peers.dropped = 0;
                 }
+            }
+        }
+    }
+}
+
+/// How often reaction queue depths are compared with the last logged ones.
+pub const DEPTH_LOG_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a stopping master waits for the results of jobs in flight.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Logs each agent's reaction queue depth when it changed since last time
+/// (at most once per [`DEPTH_LOG_INTERVAL`]).
+fn log_depths(master: &Master, peers: &mut Peers) {
+    for (agent, depth) in master.engine.queue_depths() {
+        let last = peers.depths.insert(agent.clone(), depth).unwrap_or(0);
+        if last != depth {
+            if depth >= crate::reactor::engine::AGENT_QUEUE / 2 {
+                tracing::warn!(agent = %agent, depth, capacity = crate::reactor::engine::AGENT_QUEUE, "Reaction queue depth.");
+            } else {
+                tracing::info!(agent = %agent, depth, "Reaction queue depth.");
             }
         }
     }
@@ -145,7 +196,7 @@ async fn handle(master: &Master, peers: &mut Peers, message: ZmqMessage) {
                 .map_err(|e| e.to_string())
                 .and_then(|p| halite_proto::decode::<AgentMessage>(&p).map_err(|e| e.to_string()))
             {
-                Ok(message) => on_message(master, peer, &agent, accepted, message).await,
+                Ok(message) => on_message(master, peers, peer, &agent, accepted, message).await,
                 Err(error) => {
                     peers.dropped += 1;
                     tracing::warn!(agent = %agent, %error, "Dropping a message that does not open.");
@@ -246,6 +297,8 @@ pub async fn welcome(master: &Master, peer: Bytes, agent: &str, version: &str, f
     // A reload while the welcome was on its way may have missed this agent.
     crate::reload::resend_if_reloaded(master, peer, agent, &facts, &tree).await;
     tracing::info!(agent, version, "Agent connected.");
+    // A new session: whatever the old one had in flight is not answered there.
+    master.jobs.agent_gone(agent);
     master.bus.publish(Event::new(
         tag::agent(agent, "connected"),
         agent,
@@ -254,27 +307,84 @@ pub async fn welcome(master: &Master, peer: Bytes, agent: &str, version: &str, f
     master.engine.highstate(agent);
 }
 
-async fn on_message(master: &Master, peer: Bytes, agent: &str, accepted: bool, message: AgentMessage) {
-    match message {
-        AgentMessage::Ping => {
-            let _ = master.sessions.send_to_peer(peer, &MasterMessage::Pong).await;
-        }
+/// How long an acknowledgement may wait for room on a connection. An agent
+/// that stops reading its acks would otherwise stall this loop, and every
+/// other agent with it; its session is ended instead, and it resends.
+pub const ACK_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// [`crate::sessions::Sessions::first_sight`], which appends to the
+/// seen-ids log: a short write to the page cache, done in place (the
+/// runtime moves other tasks off this thread meanwhile).
+fn seen_first(master: &Master, agent: &str, id: halite_proto::Id) -> bool {
+    tokio::task::block_in_place(|| master.sessions.first_sight(agent, id))
+}
+
+/// Tags an agent may raise about itself, besides its beacons'.
+const AGENT_TAGS: &[&str] = &["drift", "healed", "outbox/dropped"];
+
+/// May `agent` raise an event with this tag?
+fn may_raise(agent: &str, tag: &str) -> bool {
+    tag.strip_prefix("halite/beacon/").and_then(|t| t.strip_prefix(agent)).is_some_and(|t| t.starts_with('/'))
+        || tag
+            .strip_prefix("halite/agent/")
+            .and_then(|t| t.strip_prefix(agent))
+            .and_then(|t| t.strip_prefix('/'))
+            .is_some_and(|t| AGENT_TAGS.contains(&t))
+}
+
+async fn on_message(
+    master: &Master,
+    peers: &mut Peers,
+    peer: Bytes,
+    agent: &str,
+    accepted: bool,
+    message: AgentMessage,
+) {
+    let ack = match message {
+        AgentMessage::Ping => MasterMessage::Pong,
         // Nothing from an unaccepted key goes further than this.
-        _ if !accepted => tracing::debug!(agent, "Dropping a message from an agent whose key is not accepted."),
-        AgentMessage::Hello(_) => tracing::debug!(agent, "Dropping a second hello."),
-        AgentMessage::JobResult(result) => master.jobs.complete(agent, result),
+        _ if !accepted => {
+            tracing::debug!(agent, "Dropping a message from an agent whose key is not accepted.");
+            return;
+        }
+        AgentMessage::Hello(_) => {
+            tracing::debug!(agent, "Dropping a second hello.");
+            return;
+        }
+        // While stopping, new work is left with the agents: unacknowledged,
+        // it is sent again to the next master.
+        AgentMessage::Event(_) if peers.draining => return,
+        AgentMessage::JobResult(result) => {
+            let job = result.job;
+            if seen_first(master, agent, job) {
+                master.jobs.complete(agent, result);
+            } else {
+                tracing::debug!(agent, %job, "Dropping a duplicate job result.");
+            }
+            MasterMessage::ResultAck { job }
+        }
         AgentMessage::Event(event) => {
             let id = event.id;
-            // An agent speaks only for itself, and only in its beacon tags.
-            if event.agent != agent || !event.tag.starts_with(&format!("halite/beacon/{agent}/")) {
+            // An agent speaks only for itself, in its beacon tags and a few
+            // of its own.
+            if event.agent != agent || !may_raise(agent, &event.tag) {
                 tracing::warn!(agent, tag = %event.tag, "Dropping an event an agent may not raise.");
-            } else if master.sessions.first_sight(&peer, id) {
+            } else if seen_first(master, agent, id) {
                 let event = master.bus.publish(event);
                 master.engine.on_event(&event);
             } else {
                 tracing::debug!(agent, event = %id, "Dropping a duplicate event.");
             }
-            let _ = master.sessions.send_to_peer(peer, &MasterMessage::Ack { event: id }).await;
+            MasterMessage::Ack { event: id }
+        }
+    };
+    match tokio::time::timeout(ACK_SEND_TIMEOUT, master.sessions.send_to_peer(peer.clone(), &ack)).await {
+        Ok(_) => {}
+        Err(_) => {
+            tracing::warn!(agent, timeout = ?ACK_SEND_TIMEOUT, "The agent does not read what it is sent; ending its session.");
+            peers.openers.remove(&peer);
+            master.sessions.close_peer(&peer);
+            master.jobs.agent_gone(agent);
         }
     }
 }
@@ -283,4 +393,29 @@ async fn on_message(master: &Master, peer: Bytes, agent: &str, accepted: bool, m
 /// nameable without another dependency).
 pub fn monitor(router: &mut RouterSocket) -> futures_util::stream::BoxStream<'static, SocketEvent> {
     router.monitor().boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_raise;
+
+    #[test]
+    fn an_agent_raises_only_its_own_tags() {
+        for (tag, allowed) in [
+            ("halite/beacon/web01/motd", true),
+            ("halite/beacon/web01", false),
+            ("halite/beacon/web012/motd", false),
+            ("halite/beacon/db01/motd", false),
+            ("halite/agent/web01/drift", true),
+            ("halite/agent/web01/healed", true),
+            ("halite/agent/web01/outbox/dropped", true),
+            ("halite/agent/web01/connected", false),
+            ("halite/agent/web01/disconnected", false),
+            ("halite/agent/db01/healed", false),
+            ("halite/job/x/ret/web01", false),
+            ("halite/key/web01/accepted", false),
+        ] {
+            assert_eq!(may_raise("web01", tag), allowed, "{tag}");
+        }
+    }
 }

@@ -2,6 +2,8 @@
 //! whether that key is accepted, and the sealer for messages to it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -10,7 +12,10 @@ use halite_link::{Envelope, PublicKey, Sealer};
 use halite_proto::{Id, MasterMessage, Value};
 use zeromq::{RouterSendHalf, SocketSend, ZmqMessage};
 
-/// Event ids remembered per agent to drop duplicates of replayed events.
+/// Event and job ids remembered per agent to drop duplicates of replayed
+/// messages. Kept per agent, not per connection, so a resend after a
+/// reconnect is recognised, and in the seen-ids log (see
+/// [`Sessions::remember_in`]) so that one after a master restart is too.
 pub const RECENT_IDS: usize = 4096;
 
 #[derive(Debug)]
@@ -23,8 +28,13 @@ pub struct PeerSession {
     pub since: SystemTime,
     /// Held across sealing *and* sending, so messages leave in nonce order.
     sealer: Arc<tokio::sync::Mutex<Sealer>>,
-    recent: VecDeque<Id>,
-    recent_set: HashSet<Id>,
+}
+
+/// The last [`RECENT_IDS`] ids seen from one agent.
+#[derive(Debug, Default)]
+struct Recent {
+    order: VecDeque<Id>,
+    set: HashSet<Id>,
 }
 
 #[derive(Debug, Default)]
@@ -35,6 +45,68 @@ struct Table {
     by_peer: HashMap<Bytes, PeerSession>,
     /// Accepted sessions only.
     by_agent: HashMap<String, Bytes>,
+    /// Per accepted agent, across its sessions.
+    recent: HashMap<String, Recent>,
+    log: Option<SeenLog>,
+}
+
+/// The ids seen, appended as they are first seen: `[agent length: u8]
+/// [agent][id: 16 bytes big-endian]` per record. Written (not fsynced)
+/// before the message is acknowledged, so it survives a crash of the
+/// master, not of the machine. Rewritten with only what is remembered once
+/// it holds twice that.
+#[derive(Debug)]
+struct SeenLog {
+    path: PathBuf,
+    file: std::fs::File,
+    records: usize,
+}
+
+fn seen_record(agent: &str, id: Id) -> Vec<u8> {
+    let mut record = Vec::with_capacity(agent.len() + 17);
+    record.push(u8::try_from(agent.len()).unwrap_or(u8::MAX));
+    record.extend_from_slice(&agent.as_bytes()[..agent.len().min(255)]);
+    record.extend_from_slice(&id.0.to_be_bytes());
+    record
+}
+
+impl Recent {
+    /// False when `id` was there already.
+    fn insert(&mut self, id: Id) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > RECENT_IDS
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
+}
+
+impl Table {
+    /// Rewrites the log with what is remembered now.
+    fn compact(&mut self) -> std::io::Result<()> {
+        let Some(log) = &self.log else { return Ok(()) };
+        let mut bytes = Vec::new();
+        let mut records = 0;
+        for (agent, recent) in &self.recent {
+            for id in &recent.order {
+                bytes.extend(seen_record(agent, *id));
+                records += 1;
+            }
+        }
+        let dir = log.path.parent().unwrap_or(Path::new("."));
+        let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+        temp.write_all(&bytes)?;
+        temp.as_file().sync_data()?;
+        temp.persist(&log.path).map_err(|e| e.error)?;
+        let file = std::fs::OpenOptions::new().append(true).open(&log.path)?;
+        self.log = Some(SeenLog { path: log.path.clone(), file, records });
+        Ok(())
+    }
 }
 
 #[derive(Clone)]
@@ -73,8 +145,6 @@ impl Sessions {
             facts,
             since: SystemTime::now(),
             sealer: Arc::new(tokio::sync::Mutex::new(sealer)),
-            recent: VecDeque::new(),
-            recent_set: HashSet::new(),
         };
         table.by_peer.insert(peer.clone(), session);
         if accepted {
@@ -170,18 +240,54 @@ impl Sessions {
         self.lock().by_peer.values().filter(|s| !s.accepted).count()
     }
 
-    /// Remembers an event id; false when it was seen already.
-    pub fn first_sight(&self, peer: &Bytes, id: Id) -> bool {
+    /// Keeps the ids seen in the log at `path`, loading what an earlier run
+    /// left there; returns how many ids it remembered. Blocking I/O, once
+    /// at start.
+    pub fn remember_in(&self, path: &Path) -> std::io::Result<usize> {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
         let mut table = self.lock();
-        let Some(session) = table.by_peer.get_mut(peer) else { return false };
-        if !session.recent_set.insert(id) {
+        let mut rest = &bytes[..];
+        // A record cut short by a crash ends the log.
+        while let Some((&length, tail)) = rest.split_first() {
+            let length = usize::from(length);
+            let (Some(agent), Some(id)) = (tail.get(..length), tail.get(length..length + 16)) else { break };
+            let id = Id(u128::from_be_bytes(id.try_into().unwrap_or_default()));
+            table.recent.entry(String::from_utf8_lossy(agent).into_owned()).or_default().insert(id);
+            rest = &tail[length + 16..];
+        }
+        table.log = Some(SeenLog {
+            path: path.to_path_buf(),
+            file: std::fs::OpenOptions::new().create(true).append(true).open(path)?,
+            records: 0,
+        });
+        table.compact()?;
+        Ok(table.recent.values().map(|r| r.order.len()).sum())
+    }
+
+    /// Remembers an id (an event's, or a job result's job) from `agent`;
+    /// false when it was seen already, in this session, an earlier one, or
+    /// (with [`Sessions::remember_in`]) before the master restarted. Appends
+    /// to the seen-ids log: call it where blocking briefly is allowed.
+    pub fn first_sight(&self, agent: &str, id: Id) -> bool {
+        let mut table = self.lock();
+        if !table.recent.entry(agent.to_owned()).or_default().insert(id) {
             return false;
         }
-        session.recent.push_back(id);
-        if session.recent.len() > RECENT_IDS
-            && let Some(old) = session.recent.pop_front()
-        {
-            session.recent_set.remove(&old);
+        let bound = 2 * RECENT_IDS * table.recent.len();
+        if let Some(log) = &mut table.log {
+            let appended = log.file.write_all(&seen_record(agent, id));
+            log.records += 1;
+            let result = match appended {
+                Ok(()) if log.records > bound => table.compact(),
+                other => other,
+            };
+            if let Err(error) = result {
+                tracing::warn!(agent, %error, "Cannot keep the ids seen; a replay after a restart may be published twice.");
+            }
         }
         true
     }
@@ -245,4 +351,52 @@ pub struct SessionInfo {
     pub facts: Value,
     pub since: SystemTime,
     pub address: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sessions() -> Sessions {
+        let (send, _recv) = <zeromq::RouterSocket as zeromq::Socket>::new().split();
+        Sessions::new(send)
+    }
+
+    #[tokio::test]
+    async fn ids_seen_are_remembered_across_sessions_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seen-ids");
+        let (first, second) = (Id::new(), Id::new());
+        let before = sessions();
+        before.remember_in(&path).unwrap();
+        assert!(before.first_sight("web01", first));
+        assert!(!before.first_sight("web01", first), "a replay on another session of the same agent");
+        assert!(before.first_sight("web02", first), "ids are per agent");
+        drop(before);
+        // A record cut short by a crash is ignored.
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(&[5, b'w', b'e']).unwrap();
+        let after = sessions();
+        assert_eq!(after.remember_in(&path).unwrap(), 2);
+        assert!(!after.first_sight("web01", first), "a replay after a restart");
+        assert!(after.first_sight("web01", second));
+    }
+
+    #[tokio::test]
+    async fn the_log_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seen-ids");
+        let table = sessions();
+        table.remember_in(&path).unwrap();
+        let ids: Vec<Id> = (0..5 * RECENT_IDS).map(|_| Id::new()).collect();
+        for id in &ids {
+            assert!(table.first_sight("web01", *id));
+        }
+        let record = seen_record("web01", ids[0]).len();
+        let size = usize::try_from(std::fs::metadata(&path).unwrap().len()).unwrap();
+        assert!(size <= 2 * RECENT_IDS * record + record, "{size} bytes");
+        let reopened = sessions();
+        assert_eq!(reopened.remember_in(&path).unwrap(), RECENT_IDS);
+        assert!(!reopened.first_sight("web01", ids[ids.len() - 1]));
+        assert!(reopened.first_sight("web01", ids[0]), "the oldest are forgotten");
+    }
 }

@@ -41,6 +41,9 @@ pub enum MasterMessage {
     /// The agent's key is not accepted (yet): nothing it sends is acted on.
     /// A [`MasterMessage::Welcome`] follows if an operator accepts it.
     NotAccepted { status: String },
+    /// The master has handled the [`JobResult`] of this job (published it
+    /// and woken whoever waited), so the agent may forget it.
+    ResultAck { job: Id },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

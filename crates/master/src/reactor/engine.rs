@@ -104,6 +104,13 @@ impl Engine {
         }
     }
 
+    /// Reactions waiting per agent (each queue holds at most
+    /// [`AGENT_QUEUE`]), for the depth log and `halite-master agents`.
+    pub fn queue_depths(&self) -> Vec<(String, usize)> {
+        let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues.iter().map(|(agent, tx)| (agent.clone(), tx.max_capacity() - tx.capacity())).collect()
+    }
+
     fn enqueue(&self, agent: &str, work: Work) {
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         let sender = queues.entry(agent.to_owned()).or_insert_with(|| {

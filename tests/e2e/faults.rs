@@ -1,0 +1,339 @@
+//! Faults on real processes (issue #6): the master crashes, the agent
+//! crashes mid-write, the master stays away, one agent floods.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use halite_e2e::{Fleet, WAIT, example_file, rss_kib, wait_until};
+use halite_link::envelope::{self, Envelope};
+use halite_link::{Initiator, Keypair};
+use halite_proto::{AgentMessage, Event, Hello, Value};
+use rand::{Rng, SeedableRng};
+use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+
+const MOTD: &str = "This host is managed by halite. Local edits are restored.\n";
+const APP: &str = "listen = 8080\n";
+
+/// The example tree plus a third watched file, `/etc/app.conf`.
+const THREE_FILES: &[(&str, &str)] = &[
+    (
+        "app.yaml",
+        "app-conf:\n  file.managed:\n    path: /etc/app.conf\n    contents: \"listen = 8080\\n\"\n    mode: \"0644\"\n",
+    ),
+    ("top.yaml", "'*': [motd, app]\n'web*': [nginx]\n"),
+    (
+        "beacons.yaml",
+        "'*':\n  motd:\n    file:\n      paths: [/etc/motd]\n  app-conf:\n    file:\n      paths: [/etc/app.conf]\n'web*':\n  nginx-conf:\n    file:\n      paths: [/etc/nginx/nginx.conf]\n",
+    ),
+    (
+        "reactors.yaml",
+        "- name: restore-motd\n  on: halite/beacon/*/motd\n  apply: [motd]\n- name: restore-app\n  on: halite/beacon/*/app-conf\n  apply: [app]\n- name: restore-nginx\n  on: halite/beacon/*/nginx-conf\n  apply: [nginx]\n",
+    ),
+];
+
+/// Messages in an agent's outbox: records (`[u32 length][message]`) in its
+/// batch files.
+fn outbox_len(data: &Path) -> usize {
+    let Ok(dir) = std::fs::read_dir(data.join("outbox")) else { return 0 };
+    let mut count = 0;
+    for entry in dir.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "msg")) {
+        let bytes = std::fs::read(entry.path()).unwrap_or_default();
+        let mut rest = &bytes[..];
+        while let Some((length, tail)) = rest.split_first_chunk::<4>() {
+            let length = u32::from_le_bytes(*length) as usize;
+            let Some(next) = tail.get(length..) else { break };
+            count += 1;
+            rest = next;
+        }
+    }
+    count
+}
+
+/// (1) SIGKILL the master, drift three managed files while it is down,
+/// start it again: all three are restored, and every event the agent
+/// raised reaches the bus exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_while_the_master_is_down_is_restored_and_published_once() {
+    let mut fleet = Fleet::start_custom(&["web01"], &["*"], THREE_FILES).await.unwrap();
+    let result = async {
+        let agent = fleet.agent("web01");
+        let files: Vec<(PathBuf, &str, &str)> = vec![
+            (agent.path("/etc/motd"), MOTD, "halite/beacon/web01/motd"),
+            (agent.path("/etc/app.conf"), APP, "halite/beacon/web01/app-conf"),
+            (agent.path("/etc/nginx/nginx.conf"), example_file("files/nginx.conf"), "halite/beacon/web01/nginx-conf"),
+        ];
+        let data = agent.dir.join("data");
+        wait_until("the start-up apply's result to be acknowledged", || outbox_len(&data) == 0).await?;
+        let listen = fleet.master().listen.clone();
+        fleet.kill_master().await;
+        for (path, _, _) in &files {
+            std::fs::write(path, "drifted while the master was down\n")?;
+        }
+        // The beacon saw them: three drift events wait in the outbox.
+        wait_until("three drift events in the outbox", || outbox_len(&data) >= 3).await?;
+        fleet.restart_master(&listen).await?;
+        let start = fleet.seen.len();
+        // Restored by the reactions to the replayed events, or by the new
+        // session's start-up apply, whichever comes first.
+        while files.iter().any(|(path, desired, _)| std::fs::read_to_string(path).ok().as_deref() != Some(*desired)) {
+            fleet.wait_for("a job result", |e| e.tag.ends_with("/ret/web01")).await?;
+        }
+        // Once the outbox is empty the master has published everything it
+        // will (it publishes before it acknowledges); a later event on the
+        // bus (another agent's arrival) comes after all of it.
+        wait_until("the outbox to empty", || outbox_len(&data) == 0).await?;
+        fleet.add_agent("web02").await?;
+        let seen = &fleet.seen[start..];
+        for (_, _, tag) in &files {
+            let ids: Vec<&str> = seen.iter().filter(|e| e.tag == *tag).map(|e| e.id()).collect();
+            assert!(!ids.is_empty(), "no event for {tag}");
+            let mut unique = ids.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            assert_eq!(unique.len(), ids.len(), "an event of {tag} was published twice: {ids:?}");
+        }
+        let mut all: Vec<&str> = seen.iter().map(|e| e.id()).collect();
+        let published = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), published, "an event was published twice");
+        for (path, desired, _) in &files {
+            assert_eq!(std::fs::read_to_string(path)?, *desired, "{} restored", path.display());
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}
+
+/// (2) SIGKILL the agent at random moments during 100 restores: the managed
+/// file is never partial or empty, and once the agent is back it is
+/// compliant. The seed is printed; `HALITE_FAULT_SEED` replays a run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_restore_never_leaves_a_partial_file() {
+    let mut fleet = Fleet::start(&["web01"]).await.unwrap();
+    let seed: u64 =
+        std::env::var("HALITE_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| rand::rng().random());
+    eprintln!("agent crash test seed: {seed} (HALITE_FAULT_SEED={seed} replays it)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let result = async {
+        let conf = fleet.agent("web01").path("/etc/nginx/nginx.conf");
+        let desired = example_file("files/nginx.conf");
+        // Large enough that a write is not one syscall.
+        let drift = "# drifted\n".repeat(20_000);
+        let mut killed_mid_write = 0;
+        for round in 0..100 {
+            std::fs::write(&conf, &drift)?;
+            let delay = std::time::Duration::from_micros(rng.random_range(0..10_000));
+            tokio::time::sleep(delay).await;
+            fleet.kill_agent("web01").await;
+            let now = std::fs::read_to_string(&conf)?;
+            assert!(
+                now == drift || now == desired,
+                "round {round} (seed {seed}): a partial file of {} bytes",
+                now.len()
+            );
+            if now == drift {
+                killed_mid_write += 1;
+            }
+            fleet.add_agent_unconverged("web01").await?;
+            // The start-up apply (or the drift's restore) makes it compliant.
+            while std::fs::read_to_string(&conf)? != desired {
+                fleet
+                    .wait_for(&format!("round {round} (seed {seed}): a job result"), |e| e.tag.ends_with("/ret/web01"))
+                    .await?;
+            }
+        }
+        eprintln!("{killed_mid_write} of 100 kills came before the restore finished");
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}
+
+/// (3) With `enforce_offline: true` and the master down, a drifted watched
+/// file is restored by the agent itself and reported once the master is
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_healing_restores_locally_and_reports_on_reconnect() {
+    let mut fleet = Fleet::start_with(&[], &["*"]).await.unwrap();
+    let result = async {
+        fleet.add_agent_with("web01", "enforce_offline: true\n").await?;
+        let motd = fleet.agent("web01").path("/etc/motd");
+        let listen = fleet.master().listen.clone();
+        fleet.kill_master().await;
+        std::fs::write(&motd, "edited while the master is away\n")?;
+        wait_until("the agent to restore /etc/motd itself", || {
+            std::fs::read_to_string(&motd).ok().as_deref() == Some(MOTD)
+        })
+        .await?;
+        fleet.restart_master(&listen).await?;
+        let healed = fleet.wait_for("the healed report", |e| e.tag == "halite/agent/web01/healed").await?;
+        assert_eq!(healed.data()["path"], "/etc/motd", "{}", healed.data());
+        assert_eq!(healed.data()["state"], "motd");
+        assert_eq!(std::fs::read_to_string(&motd)?, MOTD);
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}
+
+/// The bound on the master's resident memory while one agent floods it,
+/// stated in README and ARCHITECTURE.md. Generous: it catches unbounded
+/// growth, not a few MiB more.
+const MASTER_RSS_BOUND_KIB: u64 = 128 * 1024;
+
+/// (4) One agent sends events as fast as it can while another agent's drift
+/// is restored: the restore happens, and the master's memory stays under
+/// [`MASTER_RSS_BOUND_KIB`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_agent_does_not_starve_others_or_grow_the_master() {
+    let mut fleet = Fleet::start(&["web01"]).await.unwrap();
+    let result = async {
+        let pid = fleet.master().pid().expect("master running");
+        let listen = fleet.master().listen.clone();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flooder = tokio::spawn(flood(listen, stop.clone()));
+        let sampler = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut peak = 0;
+                let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    peak = peak.max(rss_kib(pid).unwrap_or(0));
+                    tick.tick().await;
+                }
+                peak
+            })
+        };
+        // A flood well under way before the drift.
+        fleet
+            .wait_for("20,000 flood events", |e| e.tag == "halite/beacon/flood/noise" && e.data()["n"] == 20_000)
+            .await?;
+        let drifted = std::time::Instant::now();
+        let motd = fleet.agent("web01").path("/etc/motd");
+        std::fs::write(&motd, "drift under a flood\n")?;
+        let event = fleet.wait_for("web01's drift", |e| e.tag == "halite/beacon/web01/motd").await?;
+        fleet.wait_for_restore_of(&event).await?;
+        assert_eq!(std::fs::read_to_string(&motd)?, MOTD);
+        eprintln!("web01's drift restored {:?} after it, under the flood", drifted.elapsed());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sent = flooder.await??;
+        let peak = sampler.await?;
+        eprintln!("flood: {sent} events sent; master peak RSS {} KiB (bound {MASTER_RSS_BOUND_KIB} KiB)", peak);
+        assert!(sent > 1000, "the flood was not a flood: {sent} events");
+        assert!(peak > 0 && peak < MASTER_RSS_BOUND_KIB, "master RSS peaked at {peak} KiB");
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}
+
+fn message(frames: Vec<Vec<u8>>) -> ZmqMessage {
+    ZmqMessage::try_from(frames.into_iter().map(Bytes::from).collect::<Vec<_>>()).unwrap()
+}
+
+/// A hand-driven session for agent `id` with `keypair`: the real
+/// handshake, then a sealer for what it sends.
+async fn raw_session(
+    endpoint: &str,
+    keypair: &Keypair,
+    id: &str,
+) -> anyhow::Result<(zeromq::DealerSendHalf, zeromq::DealerRecvHalf, halite_link::Sealer, halite_link::Opener)> {
+    let mut socket = DealerSocket::new();
+    socket.connect(endpoint).await?;
+    let (mut initiator, first) = Initiator::start(keypair)?;
+    socket.send(message(Envelope::handshake(envelope::HELLO1, first))).await?;
+    let reply = tokio::time::timeout(WAIT, socket.recv()).await??;
+    let frames: Vec<&[u8]> = reply.iter().map(|f| f.as_ref()).collect();
+    let Envelope::Hello2(reply) = Envelope::parse(&frames)? else { anyhow::bail!("no handshake reply") };
+    initiator.read_reply(reply)?;
+    let hello = AgentMessage::Hello(Hello { agent: id.into(), version: "raw".into(), facts: Value::map() });
+    let (last, sealer, opener) = initiator.finish(&halite_proto::encode(&hello))?;
+    socket.send(message(Envelope::handshake(envelope::HELLO3, last))).await?;
+    let (send, recv) = socket.split();
+    Ok((send, recv, sealer, opener))
+}
+
+fn sealed(sealer: &mut halite_link::Sealer, event: &Event) -> anyhow::Result<ZmqMessage> {
+    Ok(message(Envelope::sealed(sealer.seal(&halite_proto::encode(&AgentMessage::Event(event.clone())))?)))
+}
+
+/// A hand-driven agent `flood` that sends events as fast as the socket
+/// takes them, reading (and discarding) what the master answers, until
+/// `stop`; returns how many it sent.
+async fn flood(endpoint: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> anyhow::Result<u64> {
+    let (mut send, mut recv, mut sealer, _opener) = raw_session(&endpoint, &Keypair::generate()?, "flood").await?;
+    let reader = tokio::spawn(async move { while recv.recv().await.is_ok() {} });
+    let mut sent = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let event = Event::new("halite/beacon/flood/noise", "flood", Value::map().with("n", sent as i64));
+        send.send(sealed(&mut sealer, &event)?).await?;
+        sent += 1;
+    }
+    reader.abort();
+    Ok(sent)
+}
+
+/// The master remembers the ids it has handled across a crash: an event
+/// replayed to the restarted master (its acknowledgement was lost) is not
+/// published again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_after_a_master_crash_is_not_published_again() {
+    let mut fleet = Fleet::start(&[]).await.unwrap();
+    let result = async {
+        let keypair = Keypair::generate()?;
+        let listen = fleet.master().listen.clone();
+        let replayed = Event::new("halite/beacon/raw/x", "raw", Value::map().with("n", 1i64));
+        let (mut send, _recv, mut sealer, _) = raw_session(&listen, &keypair, "raw").await?;
+        send.send(sealed(&mut sealer, &replayed)?).await?;
+        fleet.wait_for("the event", |e| e.id() == replayed.id.to_string()).await?;
+        fleet.kill_master().await;
+        fleet.restart_master(&listen).await?;
+        let (mut send, _recv, mut sealer, _) = raw_session(&listen, &keypair, "raw").await?;
+        let after = Event::new("halite/beacon/raw/x", "raw", Value::map().with("n", 2i64));
+        send.send(sealed(&mut sealer, &replayed)?).await?;
+        send.send(sealed(&mut sealer, &after)?).await?;
+        // One connection's messages are handled in order: the replay, if it
+        // were published, would come first.
+        let next = fleet.wait_for("the next event", |e| e.tag == "halite/beacon/raw/x").await?;
+        assert_eq!(next.id(), after.id.to_string(), "the replayed event was published again");
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}
+
+/// SIGTERM: the agent stops within its grace period, with everything it had
+/// to say acknowledged (its outbox empty) and its socket closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_flushes_the_agent_outbox_and_stops_cleanly() {
+    let mut fleet = Fleet::start(&["web01"]).await.unwrap();
+    let result = async {
+        let agent = fleet.agent("web01");
+        let (motd, data, log) = (agent.path("/etc/motd"), agent.dir.join("data"), agent.log.clone());
+        std::fs::write(&motd, "drift, then stop\n")?;
+        let event = fleet.wait_for("the drift", |e| e.tag == "halite/beacon/web01/motd").await?;
+        fleet.wait_for_restore_of(&event).await?;
+        fleet.stop_agent("web01").await;
+        let log = std::fs::read_to_string(log)?;
+        assert!(log.contains("Outbox flushed.") && log.contains("Agent stopped."), "{log}");
+        assert_eq!(outbox_len(&data), 0, "messages left in the outbox");
+        fleet.wait_for("the disconnection", |e| e.tag == "halite/agent/web01/disconnected").await?;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}
