@@ -279,6 +279,9 @@ fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
     }))
 }
 
+/// The most time a diff may take before it is made coarser.
+const DIFF_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// A unified diff of text content, or one line when either side is binary.
 pub(crate) fn unified_diff(path: &Path, old: &[u8], new: &[u8]) -> String {
     let (Ok(old), Ok(new)) = (std::str::from_utf8(old), std::str::from_utf8(new)) else {
@@ -288,7 +291,17 @@ pub(crate) fn unified_diff(path: &Path, old: &[u8], new: &[u8]) -> String {
         return format!("{}: binary content differs\n", path.display());
     }
     let name = path.display().to_string();
-    similar::TextDiff::from_lines(old, new).unified_diff().context_radius(3).header(&name, &name).to_string()
+    // Myers' diff is quadratic in the worst case (a 20,000-line drift
+    // against a short file took seconds in a debug build): past the
+    // deadline `similar` settles for a coarser, still correct diff, so a
+    // restore is never held up by its own audit trail.
+    similar::TextDiff::configure()
+        .timeout(DIFF_TIMEOUT)
+        .diff_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .header(&name, &name)
+        .to_string()
 }
 
 pub(crate) fn lookup_user(name: &str) -> Result<u32, String> {
