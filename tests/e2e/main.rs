@@ -11,3 +11,4 @@ mod reactors;
 mod reload;
 mod restart;
 mod states;
+mod swarm;

@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use halite_link::envelope::{self, Envelope};
 use halite_link::{Initiator, Keypair, Opener, PublicKey, Sealer};
 use halite_proto::event::tag;
-use halite_proto::{AgentMessage, Event, Hello, Id, Job, JobResult, MasterMessage, Sha256, StateCall, Value};
+use halite_proto::{AgentMessage, Event, Hello, Id, Job, JobResult, MasterMessage, Outcome, Sha256, StateCall, Value};
 use halite_state::ApplyEnv;
 use rand::Rng;
 use tokio::sync::{Semaphore, mpsc};
@@ -225,12 +225,13 @@ async fn pump(
                         let (cause, jid) = (job.cause_event, job.id);
                         let result = apply(spec, shared, job).await;
                         let failed = result.results.iter().any(|r| r.outcome.is_failed()) || result.results.is_empty();
+                        let changed = result.results.iter().any(|r| matches!(r.outcome, Outcome::Changed { .. }));
                         send!(AgentMessage::JobResult(result));
                         let report = match (cause, drift.as_ref()) {
                             (Some(cause), Some(pending)) if cause == pending.event => {
                                 let latency = pending.at.elapsed();
                                 *drift = None;
-                                Report::Restored { agent: spec.index, latency, failed }
+                                Report::Restored { agent: spec.index, latency, failed, changed }
                             }
                             (None, _) => Report::Converged { agent: spec.index, failed },
                             _ => Report::OtherJob { agent: spec.index, job: jid },

@@ -37,6 +37,10 @@ enum Scenario {
     Storm {
         #[arg(long, default_value_t = 1000)]
         agents: usize,
+        /// Let the master admit every key on first contact (auto_accept)
+        /// instead of writing them to its key store as accepted beforehand.
+        #[arg(long)]
+        new_keys: bool,
     },
     /// Event ingest: N agents each send E events at once; events per second reaching the bus.
     Ingest {
@@ -87,8 +91,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let binaries = Binaries::beside_current_exe()?;
     println!("halite-swarm: files in {}, open-file limit {open_files}", scenario::scratch().display());
     match cli.scenario {
-        Scenario::Storm { agents } => {
-            let bench = Bench::start(binaries).await?;
+        Scenario::Storm { agents, new_keys } => {
+            let bench = if new_keys { Bench::start(binaries).await? } else { Bench::start_with_keys(binaries, agents).await? };
             let result = scenario::storm(&bench, agents, cli.timeout).await.context("drift storm")?;
             bench.stop().await;
             let mut latencies = result.storm.latencies.clone();
@@ -104,7 +108,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("storm: after the storm  {}; {:.2} cores during the storm", master_line(&result.master_after), result.master_cores);
         }
         Scenario::Ingest { agents, events } => {
-            let bench = Bench::start(binaries).await?;
+            let bench = Bench::start_with_keys(binaries, agents).await?;
             let result = scenario::ingest(&bench, agents, events, cli.timeout).await.context("event ingest")?;
             bench.stop().await;
             println!(
@@ -118,7 +122,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Scenario::Reconnect { agents } => {
-            let mut bench = Bench::start(binaries).await?;
+            let mut bench = Bench::start_with_keys(binaries, agents).await?;
             let result = scenario::reconnect(&mut bench, agents, cli.timeout).await.context("reconnect storm")?;
             bench.stop().await;
             let mut latencies = result.storm.latencies.clone();

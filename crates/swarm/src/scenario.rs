@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use halite_link::PublicKey;
+use halite_link::{Keypair, PublicKey};
+use halite_master::keys::{KeyEntry, KeyStatus};
 use halite_master::client::Subscriber;
 use halite_master::fleet::{self, Binaries, MasterProcess};
 use zeromq::{Socket, SocketRecv, SubSocket};
@@ -35,6 +36,11 @@ pub fn write_tree(dir: &Path) -> std::io::Result<()> {
     std::fs::write(dir.join("beacons.yaml"), format!("'*':\n  {BEACON}:\n    file:\n      paths: [{MANAGED_PATH}]\n"))?;
     std::fs::write(dir.join("reactors.yaml"), format!("- name: restore-motd\n  on: halite/beacon/*/{BEACON}\n  apply: [motd]\n"))?;
     Ok(())
+}
+
+/// The id of swarm agent `index` (as [`SwarmSettings`]' default prefix names it).
+pub fn agent_id(index: usize) -> String {
+    format!("swarm{index:05}")
 }
 
 /// Where benchmark files go: `$TMPDIR` if set, else tmpfs (`/dev/shm`)
@@ -68,6 +74,8 @@ pub struct Bench {
     /// The agent link, kept across restarts.
     pub listen: String,
     pub key: PublicKey,
+    /// The swarm's keys, when they were accepted before the master started.
+    pub keys: Vec<Keypair>,
 }
 
 impl std::fmt::Debug for Bench {
@@ -77,15 +85,37 @@ impl std::fmt::Debug for Bench {
 }
 
 impl Bench {
-    /// Starts a master serving [`write_tree`]'s tree that accepts every key.
+    /// Starts a master serving [`write_tree`]'s tree that accepts every key
+    /// (`auto_accept: ['*']`).
     pub async fn start(binaries: Binaries) -> anyhow::Result<Bench> {
+        Bench::start_with_keys(binaries, 0).await
+    }
+
+    /// As [`Bench::start`], with `agents` swarm keys generated and written
+    /// to the master's key store as accepted before it starts: an
+    /// established fleet. (Admitting a new key rewrites and fsyncs the whole
+    /// key store, so a first connection of 10,000 new agents measures that
+    /// instead; see BENCHMARKS.md.)
+    pub async fn start_with_keys(binaries: Binaries, agents: usize) -> anyhow::Result<Bench> {
         let dir = tempfile::Builder::new().prefix("halite-swarm-").tempdir_in(scratch())?;
         let states = dir.path().join("states");
         write_tree(&states)?;
+        let mut keys = Vec::with_capacity(agents);
+        let mut entries = Vec::with_capacity(agents);
+        for index in 0..agents {
+            let keypair = Keypair::generate()?;
+            entries.push(KeyEntry { id: agent_id(index), key: keypair.public.to_string(), status: KeyStatus::Accepted, since: 0 });
+            keys.push(keypair);
+        }
+        if agents > 0 {
+            let data = dir.path().join("master").join("data");
+            std::fs::create_dir_all(&data)?;
+            std::fs::write(data.join("keys.json"), serde_json::to_vec(&entries)?)?;
+        }
         let master =
             fleet::start_master(&binaries, &dir.path().join("master"), &states, "tcp://127.0.0.1:0", &["*"]).await?;
         let key: PublicKey = master.key.parse().map_err(|e| anyhow::anyhow!("the master's key `{}`: {e}", master.key))?;
-        Ok(Bench { listen: master.listen.clone(), key, dir, binaries, states, master: Some(master) })
+        Ok(Bench { listen: master.listen.clone(), key, dir, binaries, states, master: Some(master), keys })
     }
 
     pub fn master(&self) -> &MasterProcess {
@@ -99,7 +129,8 @@ impl Bench {
 
     /// A swarm of `agents` against this master, in this bench's directory.
     pub fn swarm(&self, agents: usize) -> anyhow::Result<Swarm> {
-        let settings = SwarmSettings::new(self.listen.clone(), self.key, agents, self.dir.path().join("agents"));
+        let mut settings = SwarmSettings::new(self.listen.clone(), self.key, agents, self.dir.path().join("agents"));
+        settings.keys = self.keys.clone();
         Swarm::start(settings)
     }
 

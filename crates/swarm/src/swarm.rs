@@ -31,8 +31,9 @@ pub enum Report {
     /// its result sent.
     Converged { agent: usize, failed: bool },
     /// The job restoring the agent's last drift was applied, `latency`
-    /// after the drift was written; its result has been sent.
-    Restored { agent: usize, latency: Duration, failed: bool },
+    /// after the drift was written; its result has been sent. `changed`:
+    /// the apply rewrote something (as it must after a drift).
+    Restored { agent: usize, latency: Duration, failed: bool, changed: bool },
     /// Another job was applied.
     OtherJob { agent: usize, job: Id },
     /// An `Emit` command's events were all handed to the link.
@@ -71,6 +72,8 @@ pub struct SwarmSettings {
     /// Handshakes in flight at once, swarm-wide: this is what makes the
     /// swarm connect in waves. The master keeps 1024 half-open handshakes.
     pub concurrent_handshakes: usize,
+    /// Key pairs to use (agent `n` takes the `n`th); generated when absent.
+    pub keys: Vec<Keypair>,
 }
 
 impl SwarmSettings {
@@ -85,6 +88,7 @@ impl SwarmSettings {
             beacon: crate::scenario::BEACON.into(),
             heartbeat: Duration::from_secs(5),
             concurrent_handshakes: 256,
+            keys: Vec::new(),
         }
     }
 }
@@ -130,9 +134,13 @@ impl Swarm {
             Swarm { shared, commands: Vec::new(), reports, ids: Vec::new(), roots: Vec::new(), tasks: JoinSet::new() };
         for index in 0..settings.agents {
             let id = format!("{}{index:05}", settings.prefix);
+            debug_assert!(settings.prefix != "swarm" || id == crate::scenario::agent_id(index));
             let root = settings.dir.join(&id);
             std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
-            let keypair = Keypair::generate().with_context(|| format!("cannot generate a key for {id}"))?;
+            let keypair = match settings.keys.get(index) {
+                Some(keypair) => keypair.clone(),
+                None => Keypair::generate().with_context(|| format!("cannot generate a key for {id}"))?,
+            };
             let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
             let spec = AgentSpec { index, id: id.clone(), root: root.clone(), keypair };
             swarm.tasks.spawn(agent::run(spec, swarm.shared.clone(), rx));
@@ -233,14 +241,15 @@ impl Swarm {
         let (_, reports) = self.wait_all("restored", timeout, |r| matches!(r, Report::Restored { .. })).await?;
         let elapsed = started.elapsed();
         let mut latencies = Vec::with_capacity(reports.len());
-        let mut failed = 0;
+        let (mut failed, mut unchanged) = (0, 0);
         for report in reports {
-            if let Report::Restored { latency, failed: f, .. } = report {
+            if let Report::Restored { latency, failed: f, changed, .. } = report {
                 latencies.push(latency);
                 failed += usize::from(f);
+                unchanged += usize::from(!changed);
             }
         }
-        Ok(Storm { elapsed, latencies, failed })
+        Ok(Storm { elapsed, latencies, failed, unchanged })
     }
 
     /// Stops every agent and waits for their tasks.
@@ -259,4 +268,6 @@ pub struct Storm {
     pub latencies: Vec<Duration>,
     /// Restores whose job reported a failed state.
     pub failed: usize,
+    /// Restores that changed nothing (the drift was not seen by the apply).
+    pub unchanged: usize,
 }
