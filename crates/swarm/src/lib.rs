@@ -44,7 +44,13 @@ impl Summary {
         }
         samples.sort_unstable();
         let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
-        Some(Summary { count: samples.len(), min: samples[0], p50: at(0.5), p99: at(0.99), max: samples[samples.len() - 1] })
+        Some(Summary {
+            count: samples.len(),
+            min: samples[0],
+            p50: at(0.5),
+            p99: at(0.99),
+            max: samples[samples.len() - 1],
+        })
     }
 }
 

@@ -67,7 +67,12 @@ fn mib(kib: u64) -> f64 {
 }
 
 fn master_line(usage: &Usage) -> String {
-    format!("master RSS {:.1} MiB (peak {:.1} MiB), CPU {:.2} s in all", mib(usage.rss_kib), mib(usage.peak_kib), usage.cpu.as_secs_f64())
+    format!(
+        "master RSS {:.1} MiB (peak {:.1} MiB), CPU {:.2} s in all",
+        mib(usage.rss_kib),
+        mib(usage.peak_kib),
+        usage.cpu.as_secs_f64()
+    )
 }
 
 #[tokio::main]
@@ -92,11 +97,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     println!("halite-swarm: files in {}, open-file limit {open_files}", scenario::scratch().display());
     match cli.scenario {
         Scenario::Storm { agents, new_keys } => {
-            let bench = if new_keys { Bench::start(binaries).await? } else { Bench::start_with_keys(binaries, agents).await? };
+            let bench =
+                if new_keys { Bench::start(binaries).await? } else { Bench::start_with_keys(binaries, agents).await? };
             let result = scenario::storm(&bench, agents, cli.timeout).await.context("drift storm")?;
             bench.stop().await;
             let mut latencies = result.storm.latencies.clone();
-            println!("storm: {} agents connected and converged in {:.2} s", result.agents, result.connected_in.as_secs_f64());
+            println!(
+                "storm: {} agents connected and converged in {:.2} s",
+                result.agents,
+                result.connected_in.as_secs_f64()
+            );
             println!(
                 "storm: all {} restored {:.3} s after the first drift ({} failed); per agent drift → restored: {}",
                 result.agents,
@@ -105,7 +115,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Summary::of(&mut latencies).map_or("-".into(), |s| s.to_string())
             );
             println!("storm: before the storm {}", master_line(&result.master_before));
-            println!("storm: after the storm  {}; {:.2} cores during the storm", master_line(&result.master_after), result.master_cores);
+            println!(
+                "storm: after the storm  {}; {:.2} cores during the storm",
+                master_line(&result.master_after),
+                result.master_cores
+            );
         }
         Scenario::Ingest { agents, events } => {
             let bench = Bench::start_with_keys(binaries, agents).await?;

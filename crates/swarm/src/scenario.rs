@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use halite_link::{Keypair, PublicKey};
-use halite_master::keys::{KeyEntry, KeyStatus};
 use halite_master::client::Subscriber;
 use halite_master::fleet::{self, Binaries, MasterProcess};
+use halite_master::keys::{KeyEntry, KeyStatus};
 use zeromq::{Socket, SocketRecv, SubSocket};
 
 use crate::agent::Command;
@@ -34,7 +34,10 @@ pub fn write_tree(dir: &Path) -> std::io::Result<()> {
         format!("motd:\n  file.managed:\n    path: {MANAGED_PATH}\n    contents: {DESIRED:?}\n    mode: \"0644\"\n"),
     )?;
     std::fs::write(dir.join("beacons.yaml"), format!("'*':\n  {BEACON}:\n    file:\n      paths: [{MANAGED_PATH}]\n"))?;
-    std::fs::write(dir.join("reactors.yaml"), format!("- name: restore-motd\n  on: halite/beacon/*/{BEACON}\n  apply: [motd]\n"))?;
+    std::fs::write(
+        dir.join("reactors.yaml"),
+        format!("- name: restore-motd\n  on: halite/beacon/*/{BEACON}\n  apply: [motd]\n"),
+    )?;
     Ok(())
 }
 
@@ -104,7 +107,12 @@ impl Bench {
         let mut entries = Vec::with_capacity(agents);
         for index in 0..agents {
             let keypair = Keypair::generate()?;
-            entries.push(KeyEntry { id: agent_id(index), key: keypair.public.to_string(), status: KeyStatus::Accepted, since: 0 });
+            entries.push(KeyEntry {
+                id: agent_id(index),
+                key: keypair.public.to_string(),
+                status: KeyStatus::Accepted,
+                since: 0,
+            });
             keys.push(keypair);
         }
         if agents > 0 {
@@ -114,7 +122,8 @@ impl Bench {
         }
         let master =
             fleet::start_master(&binaries, &dir.path().join("master"), &states, "tcp://127.0.0.1:0", &["*"]).await?;
-        let key: PublicKey = master.key.parse().map_err(|e| anyhow::anyhow!("the master's key `{}`: {e}", master.key))?;
+        let key: PublicKey =
+            master.key.parse().map_err(|e| anyhow::anyhow!("the master's key `{}`: {e}", master.key))?;
         Ok(Bench { listen: master.listen.clone(), key, dir, binaries, states, master: Some(master), keys })
     }
 
@@ -166,15 +175,19 @@ pub fn verify_restored(swarm: &Swarm) -> anyhow::Result<()> {
         }
     }
     if !wrong.is_empty() {
-        bail!("{} of {} managed files are not as the tree says, e.g. {}", wrong.len(), swarm.len(), wrong[..wrong.len().min(3)].join("; "));
+        bail!(
+            "{} of {} managed files are not as the tree says, e.g. {}",
+            wrong.len(),
+            swarm.len(),
+            wrong[..wrong.len().min(3)].join("; ")
+        );
     }
     Ok(())
 }
 
 /// Waits until every agent has applied its start-up job.
 pub async fn converge(swarm: &mut Swarm, timeout: Duration) -> anyhow::Result<Duration> {
-    let (elapsed, reports) =
-        swarm.wait_all("converged", timeout, |r| matches!(r, Report::Converged { .. })).await?;
+    let (elapsed, reports) = swarm.wait_all("converged", timeout, |r| matches!(r, Report::Converged { .. })).await?;
     let failed = reports.iter().filter(|r| matches!(r, Report::Converged { failed: true, .. })).count();
     if failed > 0 {
         bail!("{failed} agents' start-up apply failed");
@@ -363,7 +376,8 @@ pub async fn footprint(binaries: Binaries, window: Duration) -> anyhow::Result<F
     );
     std::fs::write(states.join("beacons.yaml"), beacons)?;
     std::fs::write(states.join("reactors.yaml"), "[]\n")?;
-    let master = fleet::start_master(&binaries, &dir.path().join("master"), &states, "tcp://127.0.0.1:0", &["*"]).await?;
+    let master =
+        fleet::start_master(&binaries, &dir.path().join("master"), &states, "tcp://127.0.0.1:0", &["*"]).await?;
     let mut bus = Subscriber::connect(&master.publish, "halite/").await?;
     let agent = fleet::start_agent(&binaries, &dir.path().join("agent"), "idle01", &master.listen, &master.key).await?;
     bus.wait_for(Duration::from_secs(60), "the start-up apply", |e| e.tag.ends_with("/ret/idle01")).await?;

@@ -206,8 +206,13 @@ impl Swarm {
                 Ok(Some(report)) => report,
                 Ok(None) => bail!("every agent stopped"),
                 Err(_) => {
-                    let missing: Vec<&str> =
-                        seen.iter().enumerate().filter(|(_, s)| !**s).take(5).map(|(i, _)| self.ids[i].as_str()).collect();
+                    let missing: Vec<&str> = seen
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| !**s)
+                        .take(5)
+                        .map(|(i, _)| self.ids[i].as_str())
+                        .collect();
                     bail!(
                         "{what}: {} of {} agents within {timeout:?} ({downs} sessions lost meanwhile); not: {}",
                         kept.len(),
