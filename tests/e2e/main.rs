@@ -12,3 +12,4 @@ mod reactors;
 mod reload;
 mod restart;
 mod states;
+mod swarm;

@@ -1,0 +1,353 @@
+//! One simulated agent: a tokio task with its own key pair, DEALER socket,
+//! Noise session and directory.
+//!
+//! It speaks the real protocol (`halite_link` handshake and sealing,
+//! `halite_proto` messages), answers every job by applying it with the real
+//! state engine under its own root, and reconnects with backoff when the
+//! session ends (as the agent's `link.rs` does). It keeps no outbox: an
+//! event lost with a session is lost, which a benchmark notices as an agent
+//! that never reports back.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use halite_link::envelope::{self, Envelope};
+use halite_link::{Initiator, Keypair, Opener, PublicKey, Sealer};
+use halite_proto::event::tag;
+use halite_proto::{AgentMessage, Event, Hello, Id, Job, JobResult, MasterMessage, Outcome, Sha256, StateCall, Value};
+use halite_state::ApplyEnv;
+use rand::Rng;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use zeromq::{DealerSocket, Socket, SocketEvent, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
+
+use crate::swarm::Report;
+
+/// What a simulated agent can be told to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Overwrite the managed file and send the drift event the file beacon
+    /// would send; report when the master's restore has been applied.
+    Drift,
+    /// Send this many events (tag `halite/beacon/<id>/load`) as fast as
+    /// the link takes them; report when the last one was handed to it.
+    Emit(usize),
+}
+
+/// Commands waiting for one agent. When full, the swarm waits.
+pub const COMMAND_CAPACITY: usize = 16;
+
+/// Events sent per turn of an agent's loop while emitting, before it looks
+/// at what the master sent (acks must be read, or they pile up).
+const EMIT_BURST: usize = 64;
+
+/// What the drift writes over the managed file.
+pub const DRIFTED: &[u8] = b"drifted by halite-swarm\n";
+
+/// What every agent of a swarm shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub endpoint: String,
+    pub master_key: PublicKey,
+    /// The authored path of the managed file (`/etc/motd`), rooted per agent.
+    pub managed_path: String,
+    /// The file beacon's name in the tree, for the drift event's tag.
+    pub beacon: String,
+    /// Handshakes in flight across the swarm: the master keeps at most
+    /// 1024 half-open handshakes and evicts the oldest beyond that.
+    pub handshakes: Semaphore,
+    pub reports: mpsc::Sender<Report>,
+    pub heartbeat: Duration,
+    pub cancel: CancellationToken,
+}
+
+/// One agent's identity and directory.
+#[derive(Debug)]
+pub struct AgentSpec {
+    pub index: usize,
+    pub id: String,
+    pub root: PathBuf,
+    pub keypair: Keypair,
+}
+
+impl AgentSpec {
+    /// Where an authored absolute path is for this agent.
+    pub fn path(&self, authored: &str) -> PathBuf {
+        halite_agent::rooted(&self.root, Path::new(authored))
+    }
+}
+
+/// A drift waiting for its restore.
+struct PendingDrift {
+    event: Id,
+    at: Instant,
+}
+
+struct Session {
+    sealer: Sealer,
+    opener: Opener,
+}
+
+impl Session {
+    fn seal(&mut self, message: &AgentMessage) -> Result<ZmqMessage, String> {
+        let chunks = self.sealer.seal(&halite_proto::encode(message)).map_err(|e| e.to_string())?;
+        frames(Envelope::sealed(chunks))
+    }
+
+    fn open(&mut self, message: &ZmqMessage) -> Result<MasterMessage, String> {
+        let frames: Vec<&[u8]> = message.iter().map(|f| f.as_ref()).collect();
+        let Envelope::Sealed(chunks) = Envelope::parse(&frames).map_err(|e| e.to_string())? else {
+            return Err("expected a sealed message".into());
+        };
+        let plaintext = self.opener.open(chunks).map_err(|e| e.to_string())?;
+        halite_proto::decode(&plaintext).map_err(|e| e.to_string())
+    }
+}
+
+fn frames(frames: Vec<Vec<u8>>) -> Result<ZmqMessage, String> {
+    ZmqMessage::try_from(frames.into_iter().map(Bytes::from).collect::<Vec<_>>()).map_err(|e| format!("{e:?}"))
+}
+
+/// Runs one agent until the swarm is cancelled.
+pub(crate) async fn run(spec: AgentSpec, shared: Arc<Shared>, mut commands: mpsc::Receiver<Command>) {
+    let mut failures: u32 = 0;
+    let mut drift: Option<PendingDrift> = None;
+    loop {
+        let connected = {
+            let _permit = tokio::select! {
+                () = shared.cancel.cancelled() => return,
+                permit = shared.handshakes.acquire() => permit,
+            };
+            tokio::select! {
+                () = shared.cancel.cancelled() => return,
+                connected = connect(&spec, &shared) => connected,
+            }
+        };
+        match connected {
+            Ok((socket, session)) => {
+                failures = 0;
+                let _ = shared.reports.send(Report::Up { agent: spec.index }).await;
+                let Some(reason) = pump(&spec, &shared, socket, session, &mut commands, &mut drift).await else {
+                    return;
+                };
+                let _ = shared.reports.send(Report::Down { agent: spec.index, reason }).await;
+            }
+            Err(reason) => {
+                failures = failures.saturating_add(1);
+                tracing::debug!(agent = %spec.id, %reason, "Cannot reach the master; retrying.");
+            }
+        }
+        tokio::select! {
+            () = shared.cancel.cancelled() => return,
+            () = tokio::time::sleep(backoff(failures)) => {}
+        }
+    }
+}
+
+/// The agent's own backoff: 100 ms doubling to 10 s, ±50% jitter.
+fn backoff(failures: u32) -> Duration {
+    let base = Duration::from_millis(100).saturating_mul(1u32 << failures.min(16)).min(Duration::from_secs(10));
+    base.mul_f64(rand::rng().random_range(0.5..1.5))
+}
+
+async fn connect(spec: &AgentSpec, shared: &Shared) -> Result<(DealerSocket, Session), String> {
+    let mut options = SocketOptions::default();
+    options.connect_timeout(Duration::from_secs(5));
+    let mut socket = DealerSocket::with_options(options);
+    socket.connect(&shared.endpoint).await.map_err(|e| format!("connect: {e}"))?;
+    let (mut initiator, first) = Initiator::start(&spec.keypair).map_err(|e| e.to_string())?;
+    socket.send(frames(Envelope::handshake(envelope::HELLO1, first))?).await.map_err(|e| format!("send: {e}"))?;
+    let reply = tokio::time::timeout(shared.heartbeat * 3, socket.recv())
+        .await
+        .map_err(|_| "no answer to the handshake".to_string())?
+        .map_err(|e| format!("handshake: {e}"))?;
+    let reply_frames: Vec<&[u8]> = reply.iter().map(|f| f.as_ref()).collect();
+    let Ok(Envelope::Hello2(reply)) = Envelope::parse(&reply_frames) else {
+        return Err("the master answered the handshake with something else".into());
+    };
+    let master_key = initiator.read_reply(reply).map_err(|e| e.to_string())?;
+    if master_key != shared.master_key {
+        return Err(format!("the master's key is {master_key}, expected {}", shared.master_key));
+    }
+    let hello = AgentMessage::Hello(Hello {
+        agent: spec.id.clone(),
+        version: concat!("halite-swarm ", env!("CARGO_PKG_VERSION")).into(),
+        facts: Value::map().with("swarm", true),
+    });
+    let (last, sealer, opener) = initiator.finish(&halite_proto::encode(&hello)).map_err(|e| e.to_string())?;
+    socket.send(frames(Envelope::handshake(envelope::HELLO3, last))?).await.map_err(|e| format!("send: {e}"))?;
+    Ok((socket, Session { sealer, opener }))
+}
+
+/// Serves one session. `None` when the swarm is cancelled, else why the
+/// session ended.
+async fn pump(
+    spec: &AgentSpec,
+    shared: &Shared,
+    mut socket: DealerSocket,
+    mut session: Session,
+    commands: &mut mpsc::Receiver<Command>,
+    drift: &mut Option<PendingDrift>,
+) -> Option<String> {
+    let mut monitor = socket.monitor();
+    let (mut send, mut recv) = socket.split();
+    let mut heartbeat = tokio::time::interval(shared.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    // Events still to send for an Emit command, and when it started.
+    let mut emitting: Option<(usize, usize, Instant)> = None;
+    macro_rules! send {
+        ($message:expr) => {{
+            let sealed = match session.seal(&$message) {
+                Ok(sealed) => sealed,
+                Err(e) => return Some(format!("seal: {e}")),
+            };
+            if let Err(e) = send.send(sealed).await {
+                return Some(format!("send: {e}"));
+            }
+        }};
+    }
+    loop {
+        tokio::select! {
+            biased;
+            () = shared.cancel.cancelled() => return None,
+            received = recv.recv() => {
+                let message = match received {
+                    Ok(message) => message,
+                    Err(e) => return Some(format!("receive: {e}")),
+                };
+                last_heard = Instant::now();
+                match session.open(&message) {
+                    Ok(MasterMessage::Job(job)) => {
+                        let (cause, jid) = (job.cause_event, job.id);
+                        let result = apply(spec, shared, job).await;
+                        let failed = result.results.iter().any(|r| r.outcome.is_failed()) || result.results.is_empty();
+                        let changed = result.results.iter().any(|r| matches!(r.outcome, Outcome::Changed { .. }));
+                        send!(AgentMessage::JobResult(result));
+                        let report = match (cause, drift.as_ref()) {
+                            (Some(cause), Some(pending)) if cause == pending.event => {
+                                let latency = pending.at.elapsed();
+                                *drift = None;
+                                Report::Restored { agent: spec.index, latency, failed, changed }
+                            }
+                            (None, _) => Report::Converged { agent: spec.index, failed },
+                            _ => Report::OtherJob { agent: spec.index, job: jid },
+                        };
+                        let _ = shared.reports.send(report).await;
+                    }
+                    Ok(MasterMessage::NotAccepted { status }) => {
+                        let _ = shared.reports.send(Report::NotAccepted { agent: spec.index, status }).await;
+                    }
+                    Ok(MasterMessage::Welcome(_) | MasterMessage::Beacons(_) | MasterMessage::Ack { .. } | MasterMessage::Pong) => {}
+                    Err(error) => tracing::warn!(agent = %spec.id, %error, "Dropping an unreadable message from the master."),
+                }
+            }
+            event = monitor.next() => match event {
+                Some(SocketEvent::Disconnected(_)) | None => return Some("disconnected".into()),
+                Some(_) => {}
+            },
+            () = std::future::ready(()), if emitting.is_some() => {
+                let Some((left, total, started)) = emitting.as_mut() else { continue };
+                for _ in 0..EMIT_BURST.min(*left) {
+                    let n = *total - *left;
+                    let event = Event::new(tag::beacon(&spec.id, "load"), spec.id.as_str(), Value::map().with("n", n as i64));
+                    send!(AgentMessage::Event(event));
+                    *left -= 1;
+                }
+                if *left == 0 {
+                    let report = Report::Emitted { agent: spec.index, events: *total, elapsed: started.elapsed() };
+                    emitting = None;
+                    let _ = shared.reports.send(report).await;
+                }
+            }
+            command = commands.recv() => match command {
+                None => return None,
+                Some(Command::Drift) => {
+                    let event = match drift_file(spec, shared).await {
+                        Ok(event) => event,
+                        Err(e) => {
+                            tracing::error!(agent = %spec.id, error = %e, "Cannot drift the managed file.");
+                            continue;
+                        }
+                    };
+                    *drift = Some(PendingDrift { event: event.id, at: Instant::now() });
+                    send!(AgentMessage::Event(event));
+                }
+                Some(Command::Emit(count)) => emitting = Some((count, count, Instant::now())),
+            },
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > shared.heartbeat * 3 {
+                    return Some("the master stopped answering".into());
+                }
+                send!(AgentMessage::Ping);
+            }
+        }
+    }
+}
+
+/// Overwrites the managed file and builds the event the file beacon sends
+/// for it (same tag and data shape as `beacons/file.rs`).
+async fn drift_file(spec: &AgentSpec, shared: &Shared) -> std::io::Result<Event> {
+    let path = spec.path(&shared.managed_path);
+    tokio::fs::write(&path, DRIFTED).await?;
+    let data = Value::map()
+        .with("path", shared.managed_path.as_str())
+        .with("kind", "modify")
+        .with("sha256", Sha256::of(DRIFTED).to_hex())
+        .with("mode", "0644")
+        .with("managed", true);
+    Ok(Event::new(tag::beacon(&spec.id, &shared.beacon), spec.id.as_str(), data))
+}
+
+/// Applies a job under the agent's root, off the runtime's threads.
+async fn apply(spec: &AgentSpec, _shared: &Shared, job: Job) -> JobResult {
+    let root = spec.root.clone();
+    let jid = job.id;
+    let applied = tokio::task::spawn_blocking(move || {
+        let calls: Vec<StateCall> = job.states.iter().map(|call| rooted_call(call, &root)).collect();
+        halite_state::run_states(&calls, job.test, &ApplyEnv::default())
+    })
+    .await;
+    match applied {
+        Ok(results) => JobResult { job: jid, results },
+        Err(panic) => {
+            tracing::error!(agent = %spec.id, job = %jid, error = %panic, "A job panicked.");
+            JobResult { job: jid, results: Vec::new() }
+        }
+    }
+}
+
+/// The call with its `path` moved under `root` (as the agent's `jobs.rs`).
+fn rooted_call(call: &StateCall, root: &Path) -> StateCall {
+    let mut call = call.clone();
+    if let Value::Map(args) = &mut call.args
+        && let Some(Value::String(path)) = args.get_mut("path")
+    {
+        *path = halite_agent::rooted(root, Path::new(path)).display().to_string();
+    }
+    call
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_are_rooted_and_other_args_kept() {
+        let call = StateCall::new("motd", "file.managed", Value::map().with("path", "/etc/motd").with("mode", "0644"));
+        let rooted = rooted_call(&call, Path::new("/swarm/a1"));
+        assert_eq!(rooted.args.get("path").and_then(Value::as_str), Some("/swarm/a1/etc/motd"));
+        assert_eq!(rooted.args.get("mode").and_then(Value::as_str), Some("0644"));
+    }
+
+    #[test]
+    fn backoff_is_bounded() {
+        for failures in 0..40 {
+            let delay = backoff(failures);
+            assert!(delay >= Duration::from_millis(50) && delay <= Duration::from_secs(15), "{failures}: {delay:?}");
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! `halite-swarm`: the scale benchmarks, each one command.
+//!
+//! Every scenario starts a real `halite-master` (the binary beside this
+//! one) in a temporary directory on tmpfs where there is one, runs, prints
+//! its result and exits 0; 1 when the scenario failed (the error says why),
+//! 2 for bad arguments.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use halite_master::fleet::Binaries;
+use halite_swarm::Summary;
+use halite_swarm::proc::Usage;
+use halite_swarm::scenario::{self, Bench};
+
+#[derive(Parser)]
+#[command(
+    name = "halite-swarm",
+    version,
+    about = "Simulated halite agents by the thousand, speaking the real protocol, and the scale benchmarks.",
+    after_help = "Exit status: 0 the scenario ran, 1 it failed (the message says why), 2 bad arguments.\n\
+                  10,000 agents need 10,000+ open files in this process and in the master: run \
+                  `ulimit -n 20000` in the shell first (this process raises its own soft limit to the hard one)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+    /// How long any one phase (connect, restore, ingest) may take.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration, global = true)]
+    timeout: Duration,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Fleet drift storm: N agents connect, all drift at once; time until all are restored.
+    Storm {
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Let the master admit every key on first contact (auto_accept)
+        /// instead of writing them to its key store as accepted beforehand.
+        #[arg(long)]
+        new_keys: bool,
+    },
+    /// Event ingest: N agents each send E events at once; events per second reaching the bus.
+    Ingest {
+        #[arg(long, default_value_t = 1)]
+        agents: usize,
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+    },
+    /// Reconnect storm: N agents connected, the master restarts; time until all are back and enforcing.
+    Reconnect {
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+    },
+    /// Footprint: one real agent with 10 beacons and 100 watched files, idle; its RSS and CPU, and the master's.
+    Footprint {
+        /// How long to measure while idle.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        window: Duration,
+    },
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn master_line(usage: &Usage) -> String {
+    format!(
+        "master RSS {:.1} MiB (peak {:.1} MiB), CPU {:.2} s in all",
+        mib(usage.rss_kib),
+        mib(usage.peak_kib),
+        usage.cpu.as_secs_f64()
+    )
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("halite-swarm: error: {error:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let open_files = scenario::raise_open_files();
+    let binaries = Binaries::beside_current_exe()?;
+    println!("halite-swarm: files in {}, open-file limit {open_files}", scenario::scratch().display());
+    match cli.scenario {
+        Scenario::Storm { agents, new_keys } => {
+            let bench =
+                if new_keys { Bench::start(binaries).await? } else { Bench::start_with_keys(binaries, agents).await? };
+            let result = scenario::storm(&bench, agents, cli.timeout).await.context("drift storm")?;
+            bench.stop().await;
+            let mut latencies = result.storm.latencies.clone();
+            println!(
+                "storm: {} agents connected and converged in {:.2} s",
+                result.agents,
+                result.connected_in.as_secs_f64()
+            );
+            println!(
+                "storm: all {} restored {:.3} s after the first drift ({} failed); per agent drift → restored: {}",
+                result.agents,
+                result.storm.elapsed.as_secs_f64(),
+                result.storm.failed,
+                Summary::of(&mut latencies).map_or("-".into(), |s| s.to_string())
+            );
+            println!("storm: before the storm {}", master_line(&result.master_before));
+            println!(
+                "storm: after the storm  {}; {:.2} cores during the storm",
+                master_line(&result.master_after),
+                result.master_cores
+            );
+        }
+        Scenario::Ingest { agents, events } => {
+            let bench = Bench::start_with_keys(binaries, agents).await?;
+            let result = scenario::ingest(&bench, agents, events, cli.timeout).await.context("event ingest")?;
+            bench.stop().await;
+            println!(
+                "ingest: {} events from {} agents on the bus in {:.3} s: {:.0} events/s; master {:.2} cores; {}",
+                result.events,
+                result.agents,
+                result.elapsed.as_secs_f64(),
+                result.rate(),
+                result.master_cores,
+                master_line(&result.master_after)
+            );
+        }
+        Scenario::Reconnect { agents } => {
+            let mut bench = Bench::start_with_keys(binaries, agents).await?;
+            let result = scenario::reconnect(&mut bench, agents, cli.timeout).await.context("reconnect storm")?;
+            bench.stop().await;
+            let mut latencies = result.storm.latencies.clone();
+            println!(
+                "reconnect: {} agents back and converged {:.2} s after the new master was ready ({:.2} s after the old one was stopped)",
+                result.agents,
+                result.from_ready.as_secs_f64(),
+                result.from_stop.as_secs_f64()
+            );
+            println!(
+                "reconnect: then all drifted: restored in {:.3} s ({} failed); per agent {}",
+                result.storm.elapsed.as_secs_f64(),
+                result.storm.failed,
+                Summary::of(&mut latencies).map_or("-".into(), |s| s.to_string())
+            );
+            println!("reconnect: {}", master_line(&result.master_after));
+        }
+        Scenario::Footprint { window } => {
+            let result = scenario::footprint(binaries, window).await.context("footprint")?;
+            println!(
+                "footprint: agent with {} beacons and {} watched files, idle over {:?}: RSS {:.1} MiB (peak {:.1} MiB), {:.3}% of a core",
+                result.beacons,
+                result.files,
+                result.window,
+                mib(result.agent.rss_kib),
+                mib(result.agent.peak_kib),
+                result.agent_cores * 100.0
+            );
+            println!(
+                "footprint: master with that one agent, idle: RSS {:.1} MiB (peak {:.1} MiB), {:.3}% of a core",
+                mib(result.master.rss_kib),
+                mib(result.master.peak_kib),
+                result.master_cores * 100.0
+            );
+        }
+    }
+    Ok(())
+}
