@@ -108,6 +108,10 @@ pub struct AgentRow {
     pub connected_since_us: Option<i64>,
     pub last_event_us: Option<i64>,
     pub compliance: Compliance,
+    /// Reactions waiting in the master's queue for this agent (at most
+    /// `reactor::engine::AGENT_QUEUE`): a flood shows here first.
+    #[serde(default)]
+    pub queued: usize,
 }
 
 /// Every known agent, by id.
@@ -146,6 +150,11 @@ pub fn rows(master: &Master) -> Vec<AgentRow> {
             row.facts = facts.clone();
         }
     }
+    for (agent, depth) in master.engine.queue_depths() {
+        if let Some(row) = rows.get_mut(&agent) {
+            row.queued = depth;
+        }
+    }
     rows.into_values().collect()
 }
 
@@ -160,13 +169,14 @@ fn empty_row(id: &str) -> AgentRow {
         connected_since_us: None,
         last_event_us: None,
         compliance: Compliance::Unknown,
+        queued: 0,
     }
 }
 
 /// The table `halite-master agents` prints; `now_us` makes ages relative.
 pub fn table(rows: &[AgentRow], now_us: i64) -> String {
-    let header = ["ID", "KEY", "ADDRESS", "VERSION", "CONNECTED", "LAST EVENT", "COMPLIANCE", "FACTS"];
-    let mut lines: Vec<[String; 8]> = vec![header.map(str::to_owned)];
+    let header = ["ID", "KEY", "ADDRESS", "VERSION", "CONNECTED", "LAST EVENT", "COMPLIANCE", "QUEUED", "FACTS"];
+    let mut lines: Vec<[String; 9]> = vec![header.map(str::to_owned)];
     for row in rows {
         let ago = |us: Option<i64>| us.map_or_else(|| "-".to_owned(), |us| format!("{} ago", age(now_us - us)));
         let compliance = match &row.compliance {
@@ -187,10 +197,11 @@ pub fn table(rows: &[AgentRow], now_us: i64) -> String {
             if row.connected { ago(row.connected_since_us) } else { "no".to_owned() },
             ago(row.last_event_us),
             compliance,
+            row.queued.to_string(),
             facts_summary(&row.facts),
         ]);
     }
-    let mut widths = [0usize; 8];
+    let mut widths = [0usize; 9];
     for line in &lines {
         for (width, cell) in widths.iter_mut().zip(line) {
             *width = (*width).max(cell.chars().count());
@@ -317,14 +328,15 @@ mod tests {
         row.address = Some("127.0.0.1:4242".into());
         row.connected_since_us = Some(0);
         row.compliance = Compliance::Compliant { since_us: 30_000_000 };
+        row.queued = 3;
         let mut pending = empty_row("db01");
         pending.key = "pending".into();
         let text = table(&[pending, row], 90_000_000);
         assert_eq!(
             text,
-            "ID     KEY       ADDRESS         VERSION  CONNECTED  LAST EVENT  COMPLIANCE          FACTS\n\
-             db01   pending   -               -        no         -           unknown             -\n\
-             web01  accepted  127.0.0.1:4242  -        1m ago     -           compliant (1m ago)  -\n"
+            "ID     KEY       ADDRESS         VERSION  CONNECTED  LAST EVENT  COMPLIANCE          QUEUED  FACTS\n\
+             db01   pending   -               -        no         -           unknown             0       -\n\
+             web01  accepted  127.0.0.1:4242  -        1m ago     -           compliant (1m ago)  3       -\n"
         );
     }
 }
