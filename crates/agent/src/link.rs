@@ -106,19 +106,24 @@ pub enum LinkEvent {
 }
 
 /// One open session: seals what the agent sends, opens what it receives.
+/// Public for the swarm's simulated agents, which speak the same protocol.
 #[derive(Debug)]
-struct Session {
+pub struct Session {
     sealer: Sealer,
     opener: Opener,
 }
 
 impl Session {
-    fn seal(&mut self, message: &AgentMessage) -> Result<ZmqMessage, String> {
+    pub fn new(sealer: Sealer, opener: Opener) -> Self {
+        Session { sealer, opener }
+    }
+
+    pub fn seal(&mut self, message: &AgentMessage) -> Result<ZmqMessage, String> {
         let chunks = self.sealer.seal(&halite_proto::encode(message)).map_err(|e| e.to_string())?;
         frames(Envelope::sealed(chunks))
     }
 
-    fn open(&mut self, message: &ZmqMessage) -> Result<MasterMessage, String> {
+    pub fn open(&mut self, message: &ZmqMessage) -> Result<MasterMessage, String> {
         let frames: Vec<&[u8]> = message.iter().map(|f| f.as_ref()).collect();
         let Envelope::Sealed(chunks) = Envelope::parse(&frames).map_err(|e| e.to_string())? else {
             return Err("expected a sealed message".into());
@@ -128,7 +133,8 @@ impl Session {
     }
 }
 
-fn frames(frames: Vec<Vec<u8>>) -> Result<ZmqMessage, String> {
+/// Envelope frames as one ZeroMQ message.
+pub fn frames(frames: Vec<Vec<u8>>) -> Result<ZmqMessage, String> {
     ZmqMessage::try_from(frames.into_iter().map(Bytes::from).collect::<Vec<_>>()).map_err(|e| format!("{e:?}"))
 }
 

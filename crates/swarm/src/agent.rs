@@ -12,19 +12,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use halite_link::envelope::{self, Envelope};
-use halite_link::{Initiator, Keypair, Opener, PublicKey, Sealer};
+use halite_link::{Initiator, Keypair, PublicKey};
 use halite_proto::event::tag;
 use halite_proto::{AgentMessage, Event, Hello, Id, Job, JobResult, MasterMessage, Outcome, Sha256, StateCall, Value};
 use halite_state::ApplyEnv;
 use rand::Rng;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
-use zeromq::{DealerSocket, Socket, SocketEvent, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{DealerSocket, Socket, SocketEvent, SocketOptions, SocketRecv, SocketSend};
 
 use crate::swarm::Report;
+use halite_agent::link::{Session, frames};
 
 /// What a simulated agent can be told to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,31 +84,6 @@ impl AgentSpec {
 struct PendingDrift {
     event: Id,
     at: Instant,
-}
-
-struct Session {
-    sealer: Sealer,
-    opener: Opener,
-}
-
-impl Session {
-    fn seal(&mut self, message: &AgentMessage) -> Result<ZmqMessage, String> {
-        let chunks = self.sealer.seal(&halite_proto::encode(message)).map_err(|e| e.to_string())?;
-        frames(Envelope::sealed(chunks))
-    }
-
-    fn open(&mut self, message: &ZmqMessage) -> Result<MasterMessage, String> {
-        let frames: Vec<&[u8]> = message.iter().map(|f| f.as_ref()).collect();
-        let Envelope::Sealed(chunks) = Envelope::parse(&frames).map_err(|e| e.to_string())? else {
-            return Err("expected a sealed message".into());
-        };
-        let plaintext = self.opener.open(chunks).map_err(|e| e.to_string())?;
-        halite_proto::decode(&plaintext).map_err(|e| e.to_string())
-    }
-}
-
-fn frames(frames: Vec<Vec<u8>>) -> Result<ZmqMessage, String> {
-    ZmqMessage::try_from(frames.into_iter().map(Bytes::from).collect::<Vec<_>>()).map_err(|e| format!("{e:?}"))
 }
 
 /// Runs one agent until the swarm is cancelled.
@@ -179,7 +154,7 @@ async fn connect(spec: &AgentSpec, shared: &Shared) -> Result<(DealerSocket, Ses
     });
     let (last, sealer, opener) = initiator.finish(&halite_proto::encode(&hello)).map_err(|e| e.to_string())?;
     socket.send(frames(Envelope::handshake(envelope::HELLO3, last))?).await.map_err(|e| format!("send: {e}"))?;
-    Ok((socket, Session { sealer, opener }))
+    Ok((socket, Session::new(sealer, opener)))
 }
 
 /// Serves one session. `None` when the swarm is cancelled, else why the
