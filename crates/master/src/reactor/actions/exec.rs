@@ -21,12 +21,11 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use halite_proto::Event;
 use halite_state::StateTree;
-use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::sync::Semaphore;
 
-use super::{Action, ActionKind, Context, clip, duration, in_tree};
+use super::{Action, ActionKind, Context, authored_command, clip, in_tree};
 
 pub static KIND: ActionKind = ActionKind {
     name: "exec",
@@ -46,14 +45,6 @@ const REPORT_LIMIT: usize = 2048;
 
 static PERMITS: Semaphore = Semaphore::const_new(CONCURRENCY);
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Config {
-    cmd: String,
-    #[serde(default)]
-    timeout: Option<String>,
-}
-
 #[derive(Debug)]
 struct Exec {
     /// As authored, for logs and `check`.
@@ -66,16 +57,9 @@ struct Exec {
 }
 
 fn compile(value: &serde_json::Value, tree: &StateTree) -> Result<Box<dyn Action>, String> {
-    let config = match value {
-        serde_json::Value::String(cmd) => Config { cmd: cmd.clone(), timeout: None },
-        other @ serde_json::Value::Object(_) => Config::deserialize(other)
-            .map_err(|e| format!("{e} (write `exec: hooks/x.sh ARGS` or `exec: {{cmd: …, timeout: 10s}}`)"))?,
-        other => return Err(format!("`{other}`: write `exec: hooks/x.sh ARGS` or `exec: {{cmd: …, timeout: 10s}}`")),
-    };
-    let timeout = config.timeout.as_deref().map(|t| duration("timeout", t)).transpose()?.unwrap_or(DEFAULT_TIMEOUT);
-    let words = shlex::split(&config.cmd)
-        .ok_or_else(|| format!("cannot split `{}` into words (an open quote?)", config.cmd))?;
-    let Some((program, args)) = words.split_first() else { return Err("the command is empty".into()) };
+    let command =
+        authored_command(value, DEFAULT_TIMEOUT, "`exec: hooks/x.sh ARGS` or `exec: {cmd: …, timeout: 10s}`")?;
+    let (program, args) = command.words.split_first().ok_or("the command is empty")?;
     let program = if program.starts_with('/') {
         PathBuf::from(program)
     } else {
@@ -84,7 +68,13 @@ fn compile(value: &serde_json::Value, tree: &StateTree) -> Result<Box<dyn Action
         check_executable(&path, program)?;
         path
     };
-    Ok(Box::new(Exec { cmd: config.cmd, program, args: args.to_vec(), cwd: tree.root.clone(), timeout }))
+    Ok(Box::new(Exec {
+        program,
+        args: args.to_vec(),
+        cwd: tree.root.clone(),
+        timeout: command.timeout,
+        cmd: command.cmd,
+    }))
 }
 
 fn check_executable(path: &std::path::Path, authored: &str) -> Result<(), String> {

@@ -62,6 +62,47 @@ pub fn in_tree(root: &Path, authored: &str) -> Result<PathBuf, String> {
     Ok(real)
 }
 
+/// A command as authored for `run` and `exec`: `KEY: COMMAND` or
+/// `KEY: {cmd: COMMAND, timeout: 30s}`, split into words (never a shell).
+#[derive(Debug)]
+pub struct AuthoredCommand {
+    /// As written, for logs and `check`.
+    pub cmd: String,
+    /// Never empty.
+    pub words: Vec<String>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandConfig {
+    cmd: String,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+/// Reads an [`AuthoredCommand`]; `example` is the form the error suggests.
+pub fn authored_command(
+    value: &serde_json::Value,
+    default_timeout: Duration,
+    example: &str,
+) -> Result<AuthoredCommand, String> {
+    use serde::Deserialize as _;
+    let config = match value {
+        serde_json::Value::String(cmd) => CommandConfig { cmd: cmd.clone(), timeout: None },
+        other @ serde_json::Value::Object(_) => {
+            CommandConfig::deserialize(other).map_err(|e| format!("{e} (write {example})"))?
+        }
+        other => return Err(format!("`{other}`: write {example}")),
+    };
+    let timeout = config.timeout.as_deref().map(|t| duration("timeout", t)).transpose()?.unwrap_or(default_timeout);
+    match shlex::split(&config.cmd) {
+        None => Err(format!("cannot split `{}` into words (an open quote?)", config.cmd)),
+        Some(words) if words.is_empty() => Err("the command is empty".into()),
+        Some(words) => Ok(AuthoredCommand { cmd: config.cmd, words, timeout }),
+    }
+}
+
 /// A duration as authored (`10s`, `500ms`).
 pub fn duration(key: &str, text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("`{key}: {text}` is not a duration ({e}); write e.g. 10s"))

@@ -9,9 +9,8 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use halite_proto::{Event, Id, Job, StateCall, Value};
 use halite_state::StateTree;
-use serde::Deserialize;
 
-use super::{Action, ActionKind, Context, duration};
+use super::{Action, ActionKind, Context, authored_command};
 
 pub static KIND: ActionKind = ActionKind {
     name: "run",
@@ -23,14 +22,6 @@ pub static KIND: ActionKind = ActionKind {
 /// How long the command may run on the agent unless the reactor says.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Config {
-    cmd: String,
-    #[serde(default)]
-    timeout: Option<String>,
-}
-
 #[derive(Debug)]
 struct Run {
     cmd: String,
@@ -38,18 +29,8 @@ struct Run {
 }
 
 fn compile(value: &serde_json::Value, _tree: &StateTree) -> Result<Box<dyn Action>, String> {
-    let config = match value {
-        serde_json::Value::String(cmd) => Config { cmd: cmd.clone(), timeout: None },
-        other @ serde_json::Value::Object(_) => Config::deserialize(other)
-            .map_err(|e| format!("{e} (write `run: COMMAND` or `run: {{cmd: COMMAND, timeout: 30s}}`)"))?,
-        other => return Err(format!("`{other}`: write `run: COMMAND` or `run: {{cmd: COMMAND, timeout: 30s}}`")),
-    };
-    let timeout = config.timeout.as_deref().map(|t| duration("timeout", t)).transpose()?.unwrap_or(DEFAULT_TIMEOUT);
-    match shlex::split(&config.cmd) {
-        None => Err(format!("cannot split `{}` into words (an open quote?)", config.cmd)),
-        Some(words) if words.is_empty() => Err("the command is empty".into()),
-        Some(_) => Ok(Box::new(Run { cmd: config.cmd, timeout })),
-    }
+    let command = authored_command(value, DEFAULT_TIMEOUT, "`run: COMMAND` or `run: {cmd: COMMAND, timeout: 30s}`")?;
+    Ok(Box::new(Run { cmd: command.cmd, timeout: command.timeout }))
 }
 
 impl Run {
