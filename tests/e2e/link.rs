@@ -1,72 +1,11 @@
 //! The secure link: what reaches the bus, and from whom.
 
-use bytes::Bytes;
+use halite_e2e::raw::{RawAgent, message};
 use halite_e2e::{Fleet, WAIT};
 use halite_link::envelope::{self, Envelope};
-use halite_link::{Initiator, Keypair, Opener, Sealer};
-use halite_proto::{AgentMessage, Event, Hello, MasterMessage, Value};
-use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
-
-fn message(frames: Vec<Vec<u8>>) -> ZmqMessage {
-    ZmqMessage::try_from(frames.into_iter().map(Bytes::from).collect::<Vec<_>>()).unwrap()
-}
-
-/// A hand-driven agent: its own key, the real handshake, sealed messages.
-struct RawAgent {
-    socket: DealerSocket,
-    sealer: Sealer,
-    opener: Opener,
-    /// The last sealed message sent, for replaying.
-    last_sent: Vec<Vec<u8>>,
-}
-
-impl RawAgent {
-    async fn connect(endpoint: &str, id: &str) -> anyhow::Result<RawAgent> {
-        let mut socket = DealerSocket::new();
-        socket.connect(endpoint).await?;
-        let keypair = Keypair::generate()?;
-        let (mut initiator, first) = Initiator::start(&keypair)?;
-        socket.send(message(Envelope::handshake(envelope::HELLO1, first))).await?;
-        let reply = tokio::time::timeout(WAIT, socket.recv()).await??;
-        let frames: Vec<&[u8]> = reply.iter().map(|f| f.as_ref()).collect();
-        let Envelope::Hello2(reply) = Envelope::parse(&frames)? else { anyhow::bail!("no handshake reply") };
-        initiator.read_reply(reply)?;
-        let hello = AgentMessage::Hello(Hello { agent: id.into(), version: "raw".into(), facts: Value::map() });
-        let (last, sealer, opener) = initiator.finish(&halite_proto::encode(&hello))?;
-        socket.send(message(Envelope::handshake(envelope::HELLO3, last))).await?;
-        Ok(RawAgent { socket, sealer, opener, last_sent: Vec::new() })
-    }
-
-    async fn send(&mut self, message_: &AgentMessage) -> anyhow::Result<()> {
-        let frames = Envelope::sealed(self.sealer.seal(&halite_proto::encode(message_))?);
-        self.last_sent = frames.clone();
-        self.socket.send(message(frames)).await?;
-        Ok(())
-    }
-
-    async fn send_frames(&mut self, frames: Vec<Vec<u8>>) -> anyhow::Result<()> {
-        self.socket.send(message(frames)).await?;
-        Ok(())
-    }
-
-    /// Pings and waits for the pong: the master handles one connection's
-    /// messages in order, so everything sent before has been handled (and
-    /// anything it let through, published).
-    async fn barrier(&mut self) -> anyhow::Result<Vec<MasterMessage>> {
-        self.send(&AgentMessage::Ping).await?;
-        let mut seen = Vec::new();
-        loop {
-            let reply = tokio::time::timeout(WAIT, self.socket.recv()).await??;
-            let frames: Vec<&[u8]> = reply.iter().map(|f| f.as_ref()).collect();
-            let Envelope::Sealed(chunks) = Envelope::parse(&frames)? else { anyhow::bail!("unsealed reply") };
-            let message: MasterMessage = halite_proto::decode(&self.opener.open(chunks)?)?;
-            if message == MasterMessage::Pong {
-                return Ok(seen);
-            }
-            seen.push(message);
-        }
-    }
-}
+use halite_link::{Initiator, Keypair};
+use halite_proto::{AgentMessage, Event, MasterMessage, Value};
+use zeromq::{DealerSocket, Socket, SocketSend};
 
 fn forged(tag: &str, agent: &str) -> AgentMessage {
     AgentMessage::Event(Event::new(tag, agent, Value::map().with("kind", "modify").with("forged", true)))
@@ -95,7 +34,7 @@ async fn nothing_from_an_unaccepted_key_reaches_the_bus() {
             }
         }
         // A session with a key nobody accepted.
-        let mut intruder = RawAgent::connect(&listen, "intruder").await?;
+        let mut intruder = RawAgent::connect(&listen, "intruder", Value::map()).await?;
         intruder.send(&forged("halite/beacon/intruder/x", "intruder")).await?;
         let replay = intruder.last_sent.clone();
         intruder.send_frames(replay.clone()).await?;
@@ -104,7 +43,7 @@ async fn nothing_from_an_unaccepted_key_reaches_the_bus() {
         // The same sealed message replayed on a fresh connection.
         raw.send(message(replay)).await?;
         // web01's id with another key: an impersonation stays pending.
-        let mut impostor = RawAgent::connect(&listen, "web01").await?;
+        let mut impostor = RawAgent::connect(&listen, "web01", Value::map()).await?;
         impostor.send(&forged("halite/beacon/web01/nginx-conf", "web01")).await?;
         impostor.barrier().await?;
         let keys = fleet.keys(&["list"])?;
@@ -290,7 +229,7 @@ async fn a_flood_of_handshakes_does_not_starve_accepted_agents() {
     let result = async {
         let listen = fleet.master().listen.clone();
         let pid = fleet.master().pid().expect("master pid");
-        let mut recorder = RawAgent::connect(&listen, "recorder").await?;
+        let mut recorder = RawAgent::connect(&listen, "recorder", Value::map()).await?;
         recorder.send(&AgentMessage::Ping).await?;
         let replay = recorder.last_sent.clone();
         let per_round = halite_master::link::MAX_HANDSHAKES + 200;

@@ -11,7 +11,8 @@ use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::WAIT;
 
-fn message(frames: Vec<Vec<u8>>) -> ZmqMessage {
+/// Envelope frames as one ZeroMQ message.
+pub fn message(frames: Vec<Vec<u8>>) -> ZmqMessage {
     ZmqMessage::try_from(frames.into_iter().map(Bytes::from).collect::<Vec<_>>()).expect("frames")
 }
 
@@ -20,6 +21,8 @@ pub struct RawAgent {
     socket: DealerSocket,
     sealer: Sealer,
     opener: Opener,
+    /// The last sealed message sent, for replaying.
+    pub last_sent: Vec<Vec<u8>>,
 }
 
 impl RawAgent {
@@ -38,11 +41,18 @@ impl RawAgent {
         let hello = AgentMessage::Hello(Hello { agent: id.into(), version: "raw".into(), facts });
         let (last, sealer, opener) = initiator.finish(&halite_proto::encode(&hello))?;
         socket.send(message(Envelope::handshake(envelope::HELLO3, last))).await?;
-        Ok(RawAgent { id: id.to_owned(), socket, sealer, opener })
+        Ok(RawAgent { id: id.to_owned(), socket, sealer, opener, last_sent: Vec::new() })
     }
 
     pub async fn send(&mut self, message_: &AgentMessage) -> anyhow::Result<()> {
         let frames = Envelope::sealed(self.sealer.seal(&halite_proto::encode(message_))?);
+        self.last_sent.clone_from(&frames);
+        self.socket.send(message(frames)).await?;
+        Ok(())
+    }
+
+    /// Sends frames as they are: a replay, or garbage.
+    pub async fn send_frames(&mut self, frames: Vec<Vec<u8>>) -> anyhow::Result<()> {
         self.socket.send(message(frames)).await?;
         Ok(())
     }
