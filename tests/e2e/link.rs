@@ -69,6 +69,45 @@ async fn nothing_from_an_unaccepted_key_reaches_the_bus() {
     }
 }
 
+/// A batch of events is taken in order, as if sent one by one: another
+/// agent's tag and an event already taken are dropped, the rest reach the
+/// bus in the order sent, and one acknowledgement names every id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_events_is_taken_in_order_and_acknowledged_once() {
+    let mut fleet = Fleet::start_with(&[], &["batcher"]).await.unwrap();
+    let result = async {
+        let mut raw = RawAgent::connect(&fleet.master().listen, "batcher", Value::map()).await?;
+        let event = |n: i64| Event::new("halite/beacon/batcher/x", "batcher", Value::map().with("n", n));
+        let first = raw.raise("x", Value::map().with("n", 0i64)).await?;
+        let batch = vec![
+            event(1),
+            Event::new("halite/beacon/web01/x", "batcher", Value::map().with("n", -1i64)),
+            first.clone(),
+            event(2),
+            event(3),
+        ];
+        let ids: Vec<_> = batch.iter().map(|e| e.id).collect();
+        raw.send(&AgentMessage::Events(batch)).await?;
+        let told = raw.barrier().await?;
+        assert!(told.contains(&MasterMessage::Ack { event: first.id }), "{told:?}");
+        assert!(told.contains(&MasterMessage::Acks(ids)), "{told:?}");
+        let last = raw.raise("x", Value::map().with("n", 4i64)).await?;
+        fleet.wait_for("the event after the batch", |e| e.id() == last.id.to_string()).await?;
+        let taken: Vec<i64> = fleet
+            .seen
+            .iter()
+            .filter(|e| e.agent() == "batcher" && e.tag.starts_with("halite/beacon/"))
+            .map(|e| e.data()["n"].as_i64().unwrap_or(i64::MIN))
+            .collect();
+        assert_eq!(taken, [0, 1, 2, 3, 4]);
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}
+
 /// A pending agent's drifted file stays drifted; accepting the key restores it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_agent_is_converged_once_accepted() {

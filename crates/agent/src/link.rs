@@ -43,6 +43,14 @@ pub const INBOUND_CAPACITY: usize = 256;
 pub const ACK_CAPACITY: usize = 1024;
 /// Messages written to the outbox in one batch (one directory fsync).
 const BATCH: usize = 256;
+/// Events sent in one [`AgentMessage::Events`] at most. Events that wait
+/// to go out (a burst, or the outbox after a reconnect) travel together:
+/// one seal, one send and one acknowledgement per message instead of per
+/// event. An event that is alone goes alone, at once.
+pub const EVENTS_PER_MESSAGE: usize = 256;
+/// A batch whose encoding is larger than this is sent one event per
+/// message instead, so that no message nears the master's frame limit.
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
 /// What the link is doing, for the agent's shutdown (and the log).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -119,8 +127,25 @@ impl Session {
     }
 
     pub fn seal(&mut self, message: &AgentMessage) -> Result<ZmqMessage, String> {
-        let chunks = self.sealer.seal(&halite_proto::encode(message)).map_err(|e| e.to_string())?;
+        self.seal_encoded(&halite_proto::encode(message))
+    }
+
+    /// Seals a message already encoded with [`halite_proto::encode`].
+    pub fn seal_encoded(&mut self, encoded: &[u8]) -> Result<ZmqMessage, String> {
+        let chunks = self.sealer.seal(encoded).map_err(|e| e.to_string())?;
         frames(Envelope::sealed(chunks))
+    }
+
+    /// Seals `message`, or, for a batch of events whose encoding exceeds
+    /// [`MAX_BATCH_BYTES`], each of its events on its own.
+    pub fn seal_batch(&mut self, message: &AgentMessage) -> Result<Vec<ZmqMessage>, String> {
+        let encoded = halite_proto::encode(message);
+        match message {
+            AgentMessage::Events(events) if encoded.len() > MAX_BATCH_BYTES => {
+                events.iter().map(|event| self.seal(&AgentMessage::Event(event.clone()))).collect()
+            }
+            _ => Ok(vec![self.seal_encoded(&encoded)?]),
+        }
     }
 
     pub fn open(&mut self, message: &ZmqMessage) -> Result<MasterMessage, String> {
@@ -369,6 +394,13 @@ impl Link {
                                 return End::Cancelled;
                             }
                         }
+                        Ok(MasterMessage::Acks(ids)) => {
+                            for id in ids {
+                                if self.acks.send(id).await.is_err() {
+                                    return End::Cancelled;
+                                }
+                            }
+                        }
                         Ok(MasterMessage::Pong) => {}
                         Ok(message) => {
                             if self.inbound.send(LinkEvent::Message(message)).await.is_err() {
@@ -403,7 +435,8 @@ impl Link {
         }
     }
 
-    /// Sends what the outbox holds after `sent_upto`, in order.
+    /// Sends what the outbox holds after `sent_upto`, in order, events
+    /// that wait together in batches.
     async fn send_pending(
         &self,
         send: &mut zeromq::DealerSendHalf,
@@ -411,13 +444,44 @@ impl Link {
         sent_upto: &mut Option<u64>,
     ) -> Result<(), End> {
         let pending = self.outbox.lock().await.pending_after(*sent_upto);
-        for (seq, message) in pending {
-            let sealed = session.seal(&message).map_err(|e| End::Lost(format!("seal: {e}")))?;
-            send.send(sealed).await.map_err(|e| End::Lost(format!("send: {e}")))?;
+        for (seq, message) in batch_events(pending, EVENTS_PER_MESSAGE) {
+            for sealed in session.seal_batch(&message).map_err(|e| End::Lost(format!("seal: {e}")))? {
+                send.send(sealed).await.map_err(|e| End::Lost(format!("send: {e}")))?;
+            }
             *sent_upto = Some(seq);
         }
         Ok(())
     }
+}
+
+/// Merges each run of consecutive events in `pending` (sequence number,
+/// message; in send order) into [`AgentMessage::Events`] of at most `max`
+/// events, keeping the order of everything; a run of one stays an
+/// [`AgentMessage::Event`]. Each message comes with the sequence number of
+/// the last message it carries.
+pub fn batch_events(pending: Vec<(u64, AgentMessage)>, max: usize) -> Vec<(u64, AgentMessage)> {
+    let mut out: Vec<(u64, AgentMessage)> = Vec::with_capacity(pending.len());
+    for (seq, message) in pending {
+        let AgentMessage::Event(event) = message else {
+            out.push((seq, message));
+            continue;
+        };
+        match out.last_mut() {
+            Some((last_seq, AgentMessage::Events(events))) if events.len() < max => {
+                events.push(event);
+                *last_seq = seq;
+            }
+            Some((last_seq, last @ AgentMessage::Event(_))) if max > 1 => {
+                let AgentMessage::Event(first) = std::mem::replace(last, AgentMessage::Events(Vec::new())) else {
+                    unreachable!("matched as an event")
+                };
+                *last = AgentMessage::Events(vec![first, event]);
+                *last_seq = seq;
+            }
+            _ => out.push((seq, AgentMessage::Event(event))),
+        }
+    }
+    out
 }
 
 /// Is `key` the master this agent trusts? With trust on first use, the
@@ -465,6 +529,59 @@ mod tests {
         let refusal = check_master(&trust, second).unwrap_err();
         assert!(refusal.contains(&first.to_string()) && refusal.contains(&second.to_string()), "{refusal}");
         assert!(check_master(&MasterTrust::Pinned(first), second).is_err());
+    }
+
+    #[test]
+    fn waiting_events_travel_together_in_order() {
+        let event = |n: i64| AgentMessage::Event(halite_proto::Event::new("halite/beacon/a/x", "a", n.into()));
+        let result = |n: u128| AgentMessage::JobResult(halite_proto::JobResult { job: Id(n), results: Vec::new() });
+        let pending: Vec<(u64, AgentMessage)> = vec![
+            (0, event(0)),
+            (1, event(1)),
+            (2, event(2)),
+            (3, result(1)),
+            (4, event(3)),
+            (5, result(2)),
+            (6, event(4)),
+            (7, event(5)),
+        ];
+        let sent = batch_events(pending.clone(), 2);
+        let shape: Vec<(u64, usize)> = sent
+            .iter()
+            .map(|(seq, m)| match m {
+                AgentMessage::Events(events) => (*seq, events.len()),
+                AgentMessage::Event(_) => (*seq, 1),
+                _ => (*seq, 0),
+            })
+            .collect();
+        assert_eq!(shape, [(1, 2), (2, 1), (3, 0), (4, 1), (5, 0), (7, 2)]);
+        // Nothing lost, nothing reordered.
+        let flat: Vec<AgentMessage> = sent
+            .into_iter()
+            .flat_map(|(_, m)| match m {
+                AgentMessage::Events(events) => events.into_iter().map(AgentMessage::Event).collect(),
+                other => vec![other],
+            })
+            .collect();
+        assert_eq!(flat, pending.into_iter().map(|(_, m)| m).collect::<Vec<_>>());
+        let alone = event(9);
+        assert_eq!(batch_events(vec![(9, alone.clone())], 256), [(9, alone)]);
+    }
+
+    #[test]
+    fn an_oversized_batch_is_sent_event_by_event() {
+        let (agent, master) = (Keypair::generate().unwrap(), Keypair::generate().unwrap());
+        let (mut initiator, first) = Initiator::start(&agent).unwrap();
+        let (responder, reply) = halite_link::Responder::respond(&master, &first).unwrap();
+        initiator.read_reply(&reply).unwrap();
+        let (last, sealer, opener) = initiator.finish(b"hello").unwrap();
+        let _ = responder.finish(&last).unwrap();
+        let mut session = Session::new(sealer, opener);
+        let big = "x".repeat(MAX_BATCH_BYTES / 3);
+        let events: Vec<halite_proto::Event> =
+            (0..4).map(|_| halite_proto::Event::new("halite/beacon/a/x", "a", big.as_str().into())).collect();
+        assert_eq!(session.seal_batch(&AgentMessage::Events(events.clone())).unwrap().len(), 4);
+        assert_eq!(session.seal_batch(&AgentMessage::Events(events[..2].to_vec())).unwrap().len(), 1);
     }
 
     #[test]

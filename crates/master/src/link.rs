@@ -312,11 +312,32 @@ pub async fn welcome(master: &Master, peer: Bytes, agent: &str, version: &str, f
 /// other agent with it; its session is ended instead, and it resends.
 pub const ACK_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// [`crate::sessions::Sessions::first_sight`], which appends to the
+/// [`crate::sessions::Sessions::first_sights`], which appends to the
 /// seen-ids log: a short write to the page cache, done in place (the
 /// runtime moves other tasks off this thread meanwhile).
-fn seen_first(master: &Master, agent: &str, id: halite_proto::Id) -> bool {
-    tokio::task::block_in_place(|| master.sessions.first_sight(agent, id))
+fn seen_first(master: &Master, agent: &str, ids: &[halite_proto::Id]) -> Vec<bool> {
+    tokio::task::block_in_place(|| master.sessions.first_sights(agent, ids))
+}
+
+/// Publishes and reacts to the events an agent sent (one, or a batch), in
+/// order, except those it may not raise and those already seen.
+fn take_events(master: &Master, agent: &str, events: Vec<Event>) {
+    // An agent speaks only for itself, in its beacon tags and a few of its
+    // own.
+    let (allowed, refused): (Vec<Event>, Vec<Event>) =
+        events.into_iter().partition(|event| event.agent == agent && may_raise(agent, &event.tag));
+    for event in refused {
+        tracing::warn!(agent, tag = %event.tag, "Dropping an event an agent may not raise.");
+    }
+    let ids: Vec<halite_proto::Id> = allowed.iter().map(|event| event.id).collect();
+    for (event, fresh) in allowed.into_iter().zip(seen_first(master, agent, &ids)) {
+        if fresh {
+            let event = master.bus.publish(event);
+            master.engine.on_event(&event);
+        } else {
+            tracing::debug!(agent, event = %event.id, "Dropping a duplicate event.");
+        }
+    }
 }
 
 /// Tags an agent may raise about itself, besides its beacons'.
@@ -353,10 +374,10 @@ async fn on_message(
         }
         // While stopping, new work is left with the agents: unacknowledged,
         // it is sent again to the next master.
-        AgentMessage::Event(_) if peers.draining => return,
+        AgentMessage::Event(_) | AgentMessage::Events(_) if peers.draining => return,
         AgentMessage::JobResult(result) => {
             let job = result.job;
-            if seen_first(master, agent, job) {
+            if seen_first(master, agent, &[job]) == [true] {
                 master.jobs.complete(agent, result);
             } else {
                 tracing::debug!(agent, %job, "Dropping a duplicate job result.");
@@ -365,17 +386,13 @@ async fn on_message(
         }
         AgentMessage::Event(event) => {
             let id = event.id;
-            // An agent speaks only for itself, in its beacon tags and a few
-            // of its own.
-            if event.agent != agent || !may_raise(agent, &event.tag) {
-                tracing::warn!(agent, tag = %event.tag, "Dropping an event an agent may not raise.");
-            } else if seen_first(master, agent, id) {
-                let event = master.bus.publish(event);
-                master.engine.on_event(&event);
-            } else {
-                tracing::debug!(agent, event = %id, "Dropping a duplicate event.");
-            }
+            take_events(master, agent, vec![event]);
             MasterMessage::Ack { event: id }
+        }
+        AgentMessage::Events(events) => {
+            let ids = events.iter().map(|event| event.id).collect();
+            take_events(master, agent, events);
+            MasterMessage::Acks(ids)
         }
     };
     match tokio::time::timeout(ACK_SEND_TIMEOUT, master.sessions.send_to_peer(peer.clone(), &ack)).await {

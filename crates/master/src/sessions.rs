@@ -273,14 +273,24 @@ impl Sessions {
     /// (with [`Sessions::remember_in`]) before the master restarted. Appends
     /// to the seen-ids log: call it where blocking briefly is allowed.
     pub fn first_sight(&self, agent: &str, id: Id) -> bool {
+        self.first_sights(agent, &[id]) == [true]
+    }
+
+    /// [`Sessions::first_sight`] for several ids at once (a batch of
+    /// events), with one append to the log.
+    pub fn first_sights(&self, agent: &str, ids: &[Id]) -> Vec<bool> {
         let mut table = self.lock();
-        if !table.recent.entry(agent.to_owned()).or_default().insert(id) {
-            return false;
+        let recent = table.recent.entry(agent.to_owned()).or_default();
+        let fresh: Vec<bool> = ids.iter().map(|id| recent.insert(*id)).collect();
+        let records: Vec<u8> =
+            ids.iter().zip(&fresh).filter(|(_, fresh)| **fresh).flat_map(|(id, _)| seen_record(agent, *id)).collect();
+        if records.is_empty() {
+            return fresh;
         }
         let bound = 2 * RECENT_IDS * table.recent.len();
         if let Some(log) = &mut table.log {
-            let appended = log.file.write_all(&seen_record(agent, id));
-            log.records += 1;
+            let appended = log.file.write_all(&records);
+            log.records += fresh.iter().filter(|f| **f).count();
             let result = match appended {
                 Ok(()) if log.records > bound => table.compact(),
                 other => other,
@@ -289,7 +299,7 @@ impl Sessions {
                 tracing::warn!(agent, %error, "Cannot keep the ids seen; a replay after a restart may be published twice.");
             }
         }
-        true
+        fresh
     }
 
     /// Sends to an agent's accepted session.
@@ -379,6 +389,16 @@ mod tests {
         assert_eq!(after.remember_in(&path).unwrap(), 2);
         assert!(!after.first_sight("web01", first), "a replay after a restart");
         assert!(after.first_sight("web01", second));
+        let third = Id::new();
+        assert_eq!(after.first_sights("web01", &[first, third, second, third]), [false, true, false, false]);
+        drop(after);
+        assert!(!sessions_remembering(&path).first_sight("web01", third), "a batch's ids are logged too");
+    }
+
+    fn sessions_remembering(path: &Path) -> Sessions {
+        let sessions = sessions();
+        sessions.remember_in(path).unwrap();
+        sessions
     }
 
     #[tokio::test]

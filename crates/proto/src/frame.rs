@@ -74,6 +74,22 @@ mod tests {
         assert_eq!(decode::<AgentMessage>(&encode(&message)).unwrap(), message);
         let hello = AgentMessage::Hello(Hello { agent: "a".into(), version: "0".into(), facts: Value::map() });
         assert_eq!(decode::<AgentMessage>(&encode(&hello)).unwrap(), hello);
+        let AgentMessage::Event(event) = sample() else { unreachable!() };
+        let batch =
+            AgentMessage::Events(vec![event.clone(), Event::new("halite/beacon/web01/x", "web01", Value::Null)]);
+        assert_eq!(decode::<AgentMessage>(&encode(&batch)).unwrap(), batch);
+        let acks = MasterMessage::Acks(vec![event.id, crate::Id::new()]);
+        assert_eq!(decode::<MasterMessage>(&encode(&acks)).unwrap(), acks);
+    }
+
+    #[test]
+    fn variants_keep_their_wire_index() {
+        // Append-only enums (see message.rs): a variant's index is its
+        // first byte after the version, forever.
+        assert_eq!(encode(&AgentMessage::Ping)[1], 3);
+        assert_eq!(encode(&AgentMessage::Events(Vec::new()))[1], 4);
+        assert_eq!(encode(&MasterMessage::ResultAck { job: crate::Id(0) })[1], 6);
+        assert_eq!(encode(&MasterMessage::Acks(Vec::new()))[1], 7);
     }
 
     #[test]

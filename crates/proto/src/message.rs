@@ -23,6 +23,10 @@ pub enum AgentMessage {
     JobResult(JobResult),
     /// Liveness probe; the master answers [`MasterMessage::Pong`].
     Ping,
+    /// Several events at once, oldest first: what an agent sends when
+    /// events wait to go out. The master handles them in order and answers
+    /// with one [`MasterMessage::Acks`].
+    Events(Vec<Event>),
 }
 
 /// Master → agent. Append-only (see the module docs).
@@ -44,6 +48,9 @@ pub enum MasterMessage {
     /// The master has handled the [`JobResult`] of this job (published it
     /// and woken whoever waited), so the agent may forget it.
     ResultAck { job: Id },
+    /// The master has handled the events with these ids (the answer to
+    /// [`AgentMessage::Events`]).
+    Acks(Vec<Id>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use zeromq::{DealerSocket, Socket, SocketEvent, SocketOptions, SocketRecv, SocketSend};
 
 use crate::swarm::Report;
-use halite_agent::link::{Session, frames};
+use halite_agent::link::{EVENTS_PER_MESSAGE, Session, frames};
 
 /// What a simulated agent can be told to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,16 +33,13 @@ pub enum Command {
     /// would send; report when the master's restore has been applied.
     Drift,
     /// Send this many events (tag `halite/beacon/<id>/load`) as fast as
-    /// the link takes them; report when the last one was handed to it.
+    /// the link takes them, batched as the real agent batches events that
+    /// wait to go out; report when the last one was handed to it.
     Emit(usize),
 }
 
 /// Commands waiting for one agent. When full, the swarm waits.
 pub const COMMAND_CAPACITY: usize = 16;
-
-/// Events sent per turn of an agent's loop while emitting, before it looks
-/// at what the master sent (acks must be read, or they pile up).
-const EMIT_BURST: usize = 64;
 
 /// What the drift writes over the managed file.
 pub const DRIFTED: &[u8] = b"drifted by halite-swarm\n";
@@ -216,7 +213,7 @@ async fn pump(
                     Ok(MasterMessage::NotAccepted { status }) => {
                         let _ = shared.reports.send(Report::NotAccepted { agent: spec.index, status }).await;
                     }
-                    Ok(MasterMessage::Welcome(_) | MasterMessage::Beacons(_) | MasterMessage::Ack { .. } | MasterMessage::ResultAck { .. } | MasterMessage::Pong) => {}
+                    Ok(MasterMessage::Welcome(_) | MasterMessage::Beacons(_) | MasterMessage::Ack { .. } | MasterMessage::Acks(_) | MasterMessage::ResultAck { .. } | MasterMessage::Pong) => {}
                     Err(error) => tracing::warn!(agent = %spec.id, %error, "Dropping an unreadable message from the master."),
                 }
             }
@@ -225,12 +222,17 @@ async fn pump(
                 Some(_) => {}
             },
             () = std::future::ready(()), if emitting.is_some() => {
+                // One message per turn of the loop, so that what the
+                // master sends (acks, jobs) is read between them.
                 let Some((left, total, started)) = emitting.as_mut() else { continue };
-                for _ in 0..EMIT_BURST.min(*left) {
-                    let n = *total - *left;
-                    let event = Event::new(tag::beacon(&spec.id, "load"), spec.id.as_str(), Value::map().with("n", n as i64));
-                    send!(AgentMessage::Event(event));
-                    *left -= 1;
+                let batch = EVENTS_PER_MESSAGE.min(*left);
+                let events: Vec<Event> = (*total - *left..*total - *left + batch)
+                    .map(|n| Event::new(tag::beacon(&spec.id, "load"), spec.id.as_str(), Value::map().with("n", n as i64)))
+                    .collect();
+                *left -= batch;
+                match <[Event; 1]>::try_from(events) {
+                    Ok([event]) => send!(AgentMessage::Event(event)),
+                    Err(events) => send!(AgentMessage::Events(events)),
                 }
                 if *left == 0 {
                     let report = Report::Emitted { agent: spec.index, events: *total, elapsed: started.elapsed() };
