@@ -12,9 +12,15 @@ use halite_proto::Event;
 use tokio::sync::{broadcast, mpsc};
 use zeromq::{PubSocket, Socket, SocketSend, ZmqMessage};
 
-/// Events waiting for the outside publisher. When full, events are not
-/// published outside (counted, logged); PUB is best effort by design.
+/// Events waiting for the outside publisher. When full, agents' events wait
+/// for room ([`Bus::publish_waiting`]: the link loop slows down, agents
+/// keep the rest in their outboxes), and the master's own events are not
+/// published outside (counted, logged). The publisher never waits on its
+/// subscribers (the PUB socket drops for a slow one), so room comes as
+/// fast as it serialises.
 pub const PUBLISHER_QUEUE: usize = 65_536;
+/// Events the publisher takes off its queue at a time.
+const PUBLISHER_BATCH: usize = 256;
 
 /// Events kept for each `events` tail. A tail that falls further behind
 /// loses the oldest and is told how many (`broadcast`'s lag); publishing
@@ -42,11 +48,14 @@ impl Bus {
             .map_err(|e| anyhow::anyhow!("cannot bind the event publisher on {endpoint}: {e}"))?;
         let (outside, mut queue) = mpsc::channel::<Arc<Event>>(PUBLISHER_QUEUE);
         tokio::spawn(async move {
-            while let Some(event) = queue.recv().await {
-                let mut message = ZmqMessage::from(event.tag.clone());
-                message.push_back(event.to_json().to_string().into());
-                if let Err(error) = socket.send(message).await {
-                    tracing::warn!(%error, "Event publisher failed to send.");
+            let mut batch = Vec::with_capacity(PUBLISHER_BATCH);
+            while queue.recv_many(&mut batch, PUBLISHER_BATCH).await > 0 {
+                for event in batch.drain(..) {
+                    let mut message = ZmqMessage::from(event.tag.clone());
+                    message.push_back(event.json_bytes().into());
+                    if let Err(error) = socket.send(message).await {
+                        tracing::warn!(%error, "Event publisher failed to send.");
+                    }
                 }
             }
         });
@@ -63,18 +72,36 @@ impl Bus {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Publishes an event the master raised. It never waits: when the
+    /// outside publisher's queue is full the event is not published outside
+    /// (counted, logged).
     pub fn publish(&self, event: Event) -> Arc<Event> {
-        let event = Arc::new(event);
-        tracing::debug!(tag = %event.tag, agent = %event.agent, id = %event.id, "Event.");
-        self.ledger().observe(&event);
-        // An error only says that nobody tails the bus right now.
-        let _ = self.tail.send(event.clone());
+        let event = self.observe(event);
         if self.outside.try_send(event.clone()).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
                 tracing::warn!(dropped, "Outside publisher queue full; events not published outside.");
             }
         }
+        event
+    }
+
+    /// Publishes an agent's event, waiting for room in the outside
+    /// publisher's queue: an agent's events are slowed down, not dropped.
+    pub async fn publish_waiting(&self, event: Event) -> Arc<Event> {
+        let event = self.observe(event);
+        // An error only says the publisher has stopped (shutdown).
+        let _ = self.outside.send(event.clone()).await;
+        event
+    }
+
+    /// What every published event goes through: the ledger and the tails.
+    fn observe(&self, event: Event) -> Arc<Event> {
+        let event = Arc::new(event);
+        tracing::debug!(tag = %event.tag, agent = %event.agent, id = %event.id, "Event.");
+        self.ledger().observe(&event);
+        // An error only says that nobody tails the bus right now.
+        let _ = self.tail.send(event.clone());
         event
     }
 }

@@ -321,7 +321,7 @@ fn seen_first(master: &Master, agent: &str, ids: &[halite_proto::Id]) -> Vec<boo
 
 /// Publishes and reacts to the events an agent sent (one, or a batch), in
 /// order, except those it may not raise and those already seen.
-fn take_events(master: &Master, agent: &str, events: Vec<Event>) {
+async fn take_events(master: &Master, agent: &str, events: Vec<Event>) {
     // An agent speaks only for itself, in its beacon tags and a few of its
     // own.
     let (allowed, refused): (Vec<Event>, Vec<Event>) =
@@ -332,7 +332,7 @@ fn take_events(master: &Master, agent: &str, events: Vec<Event>) {
     let ids: Vec<halite_proto::Id> = allowed.iter().map(|event| event.id).collect();
     for (event, fresh) in allowed.into_iter().zip(seen_first(master, agent, &ids)) {
         if fresh {
-            let event = master.bus.publish(event);
+            let event = master.bus.publish_waiting(event).await;
             master.engine.on_event(&event);
         } else {
             tracing::debug!(agent, event = %event.id, "Dropping a duplicate event.");
@@ -386,12 +386,12 @@ async fn on_message(
         }
         AgentMessage::Event(event) => {
             let id = event.id;
-            take_events(master, agent, vec![event]);
+            take_events(master, agent, vec![event]).await;
             MasterMessage::Ack { event: id }
         }
         AgentMessage::Events(events) => {
             let ids = events.iter().map(|event| event.id).collect();
-            take_events(master, agent, events);
+            take_events(master, agent, events).await;
             MasterMessage::Acks(ids)
         }
     };

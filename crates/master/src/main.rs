@@ -8,6 +8,14 @@ use clap::{Parser, Subcommand};
 use halite_master::config::{DEFAULT_CONFIG, MasterConfig};
 use tokio_util::sync::CancellationToken;
 
+/// The master allocates and frees a few small objects per event on one
+/// thread and frees some of them on another (the publisher, the reactors).
+/// glibc's malloc spent about a third of the master's time on that at
+/// 100,000 events/s (BENCHMARKS.md, ingest); mimalloc's per-thread free
+/// lists are made for this pattern.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The halite master: loads the state tree, receives agents' events, runs
 /// reactors and pushes corrective state back to the agents.
 ///

@@ -62,12 +62,17 @@ struct SeenLog {
     records: usize,
 }
 
+#[cfg(test)]
 fn seen_record(agent: &str, id: Id) -> Vec<u8> {
     let mut record = Vec::with_capacity(agent.len() + 17);
-    record.push(u8::try_from(agent.len()).unwrap_or(u8::MAX));
-    record.extend_from_slice(&agent.as_bytes()[..agent.len().min(255)]);
-    record.extend_from_slice(&id.0.to_be_bytes());
+    push_seen_record(&mut record, agent, id);
     record
+}
+
+fn push_seen_record(out: &mut Vec<u8>, agent: &str, id: Id) {
+    out.push(u8::try_from(agent.len()).unwrap_or(u8::MAX));
+    out.extend_from_slice(&agent.as_bytes()[..agent.len().min(255)]);
+    out.extend_from_slice(&id.0.to_be_bytes());
 }
 
 impl Recent {
@@ -94,7 +99,7 @@ impl Table {
         let mut records = 0;
         for (agent, recent) in &self.recent {
             for id in &recent.order {
-                bytes.extend(seen_record(agent, *id));
+                push_seen_record(&mut bytes, agent, *id);
                 records += 1;
             }
         }
@@ -282,8 +287,10 @@ impl Sessions {
         let mut table = self.lock();
         let recent = table.recent.entry(agent.to_owned()).or_default();
         let fresh: Vec<bool> = ids.iter().map(|id| recent.insert(*id)).collect();
-        let records: Vec<u8> =
-            ids.iter().zip(&fresh).filter(|(_, fresh)| **fresh).flat_map(|(id, _)| seen_record(agent, *id)).collect();
+        let mut records: Vec<u8> = Vec::with_capacity(ids.len() * (agent.len() + 17));
+        for (id, _) in ids.iter().zip(&fresh).filter(|(_, fresh)| **fresh) {
+            push_seen_record(&mut records, agent, *id);
+        }
         if records.is_empty() {
             return fresh;
         }

@@ -89,6 +89,45 @@ impl Event {
     }
 }
 
+impl Event {
+    /// [`Event::to_json`] as bytes, the same byte for byte, written without
+    /// building the JSON tree: what the outside publisher sends per event.
+    pub fn json_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(128 + self.tag.len());
+        // Writing to a Vec fails only on a serialiser error, and these
+        // types have none (map keys are strings).
+        let _ = serde_json::to_writer(&mut bytes, &EventJson(self));
+        bytes
+    }
+}
+
+/// The JSON form of an event; fields in `to_json`'s (sorted) order.
+struct EventJson<'a>(&'a Event);
+
+/// An id as its ULID string.
+struct IdJson(Id);
+
+impl Serialize for IdJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+impl Serialize for EventJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let event = self.0;
+        let mut out = serializer.serialize_struct("Event", 6)?;
+        out.serialize_field("agent", &event.agent)?;
+        out.serialize_field("cause_job", &event.cause_job.map(IdJson))?;
+        out.serialize_field("data", &crate::value::AsJson(&event.data))?;
+        out.serialize_field("id", &IdJson(event.id))?;
+        out.serialize_field("tag", &event.tag)?;
+        out.serialize_field("time_us", &event.time_us)?;
+        out.end()
+    }
+}
+
 /// Microseconds since the Unix epoch.
 pub fn now_us() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
@@ -136,5 +175,27 @@ mod tests {
         let id = Id::new();
         assert_eq!(id.to_string().parse::<Id>().unwrap(), id);
         assert_eq!(id.to_string().len(), 26);
+    }
+
+    #[test]
+    fn json_bytes_are_to_json_byte_for_byte() {
+        let data = Value::map()
+            .with("path", "/etc/\"quoted\"\n\u{1}é")
+            .with("n", -3i64)
+            .with("x", Value::Float(1.5))
+            .with("nan", Value::Float(f64::NAN))
+            .with("inf", Value::Float(f64::INFINITY))
+            .with("text", Value::Bytes(b"utf-8".to_vec()))
+            .with("raw", Value::Bytes(vec![0xff, 0, 7]))
+            .with(
+                "list",
+                Value::List(vec![Value::Null, Value::Bool(true), Value::map().with("b", 1i64).with("a", 2i64)]),
+            )
+            .with("empty", Value::map());
+        let mut event = Event::new("halite/beacon/web01/x", "web01", data);
+        assert_eq!(String::from_utf8(event.json_bytes()).unwrap(), event.to_json().to_string());
+        event.cause_job = Some(Id::new());
+        event.data = Value::Null;
+        assert_eq!(String::from_utf8(event.json_bytes()).unwrap(), event.to_json().to_string());
     }
 }

@@ -150,6 +150,43 @@ impl Value {
     }
 }
 
+/// A [`Value`] serialised as the JSON [`Value::to_json`] makes, without
+/// building that JSON tree first (the outside publisher's hot path).
+pub struct AsJson<'a>(pub &'a Value);
+
+impl Serialize for AsJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self.0 {
+            Value::Null => serializer.serialize_unit(),
+            Value::Bool(b) => serializer.serialize_bool(*b),
+            Value::Int(i) => serializer.serialize_i64(*i),
+            // JSON has no NaN or infinity: `to_json` makes them null.
+            Value::Float(f) if f.is_finite() => serializer.serialize_f64(*f),
+            Value::Float(_) => serializer.serialize_unit(),
+            Value::String(s) => serializer.serialize_str(s),
+            Value::Bytes(b) => match std::str::from_utf8(b) {
+                Ok(s) => serializer.serialize_str(s),
+                Err(_) => serializer.collect_seq(b.iter()),
+            },
+            Value::List(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(&AsJson(item))?;
+                }
+                seq.end()
+            }
+            Value::Map(map) => {
+                let mut out = serializer.serialize_map(Some(map.len()))?;
+                for (key, value) in map {
+                    out.serialize_entry(key, &AsJson(value))?;
+                }
+                out.end()
+            }
+        }
+    }
+}
+
 impl From<&str> for Value {
     fn from(s: &str) -> Self {
         Value::String(s.to_owned())
