@@ -378,10 +378,16 @@ pub(crate) fn load(connection: &mut Connection, db: &Path, legacy: &Path) -> Res
     let mut table = Table::default();
     for row in rows {
         let (id, key, status, since) = row.map_err(store_error)?;
-        let corrupt = |message: String| KeyStoreError::Corrupt { path: db.to_path_buf(), message };
-        let key = key.parse::<PublicKey>().map_err(|e| corrupt(format!("the key of agent `{id}`: {e}")))?;
+        // A row only a hand edit could have made: say which, and how to mend it.
+        let bad_row = |what: String| KeyStoreError::Store {
+            path: db.to_path_buf(),
+            message: format!(
+                "{what}; correct or delete that row of the `keys` table (sqlite3), and the agent comes back as new"
+            ),
+        };
+        let key = key.parse::<PublicKey>().map_err(|e| bad_row(format!("the key of agent `{id}`: {e}")))?;
         let status = KeyStatus::parse(&status)
-            .ok_or_else(|| corrupt(format!("agent `{id}` has the unknown status `{status}`")))?;
+            .ok_or_else(|| bad_row(format!("agent `{id}` has the unknown status `{status}`")))?;
         table.insert((id, key), Record { status, since: u64::try_from(since).unwrap_or(0) });
     }
     table.dirty.clear();
@@ -648,6 +654,20 @@ mod tests {
         let (_store, keys) = open(dir.path(), &[]).await;
         assert_eq!(keys.list().len(), 3, "imported once, kept in halite.db");
         assert_eq!(keys.status("db01", &db), Some(KeyStatus::Rejected));
+    }
+
+    #[tokio::test]
+    async fn a_hand_edited_row_is_named_with_a_way_to_mend_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&crate::store::path(dir.path())).unwrap();
+        store.flush().await;
+        Connection::open(crate::store::path(dir.path()))
+            .unwrap()
+            .execute("INSERT INTO keys VALUES ('web01', ?1, 'maybe', 0)", [key().to_string()])
+            .unwrap();
+        let error = KeyStore::open(&store, dir.path(), &[]).await.unwrap_err().to_string();
+        assert!(error.contains("halite.db") && error.contains("`web01` has the unknown status `maybe`"), "{error}");
+        assert!(error.contains("delete that row"), "{error}");
     }
 
     #[tokio::test]
