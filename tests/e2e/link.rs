@@ -184,6 +184,33 @@ async fn a_known_id_with_a_new_key_stays_pending() {
     }
 }
 
+/// An operator's decision is on disk when `keys` returns: a master killed
+/// right after still has it, and its `auto_accept: ['*']` does not make the
+/// rejected agent new again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_key_stays_rejected_across_a_master_crash() {
+    let mut fleet = Fleet::start(&["web01", "db01"]).await.unwrap();
+    let result = async {
+        let listen = fleet.master().listen.clone();
+        fleet.keys(&["reject", "db01"])?;
+        fleet.kill_master().await;
+        fleet.restart_master(&listen).await?;
+        let restarted_at = fleet.seen.len();
+        fleet.wait_for("web01 back", |e| e.tag == "halite/agent/web01/connected").await?;
+        let keys = fleet.keys(&["list"])?;
+        assert!(keys.lines().any(|l| l.starts_with("db01 ") && l.contains("rejected")), "{keys}");
+        assert!(keys.lines().any(|l| l.starts_with("web01 ") && l.contains("accepted")), "{keys}");
+        assert_eq!(keys.lines().filter(|l| l.starts_with("db01 ")).count(), 1, "{keys}");
+        let after = &fleet.seen[restarted_at..];
+        assert!(!after.iter().any(|e| e.tag.starts_with("halite/key/db01/")), "db01 was decided again: {after:?}");
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}
+
 /// An agent that pins another master's key refuses to talk and says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_pinned_to_another_key_refuses_to_talk() {

@@ -117,7 +117,7 @@ pub struct AgentRow {
 /// Every known agent, by id.
 pub fn rows(master: &Master) -> Vec<AgentRow> {
     let mut rows: BTreeMap<String, AgentRow> = BTreeMap::new();
-    for entry in master.keys().list() {
+    for entry in master.keys.list() {
         let row = rows.entry(entry.id.clone()).or_insert_with(|| empty_row(&entry.id));
         // An id with two keys (an impostor pending beside the real one):
         // the accepted key speaks for it.

@@ -106,14 +106,14 @@ async fn connection(master: Arc<Master>, stream: UnixStream) {
 
 async fn execute(master: &Master, request: Request) -> Response {
     let result = match request {
-        Request::KeysList => Ok(master.keys().list().to_vec()),
+        Request::KeysList => Ok(master.keys.list()),
         Request::KeysAccept { target } => accept(master, &target).await,
         Request::KeysReject { target } => {
-            let changed = master.keys().set_status(&target, KeyStatus::Rejected);
+            let changed = master.keys.set_status(&target, KeyStatus::Rejected);
             cut_off(master, changed, "rejected").await
         }
         Request::KeysDelete { target } => {
-            let deleted = master.keys().delete(&target);
+            let deleted = master.keys.delete(&target);
             cut_off(master, deleted, "deleted").await
         }
         Request::Apply(_) => Err("apply is answered by a stream (see `connection`)".to_owned()),
@@ -125,8 +125,12 @@ async fn execute(master: &Master, request: Request) -> Response {
     }
 }
 
+/// Accepts in memory, commits to disk, then welcomes the live sessions of
+/// the keys accepted. A failed commit is reported, and the acceptance is
+/// in effect anyway (memory decides for the running master).
 async fn accept(master: &Master, target: &str) -> Result<Vec<KeyEntry>, String> {
-    let changed = master.keys().set_status(target, KeyStatus::Accepted).map_err(|e| e.to_string())?;
+    let changed = master.keys.set_status(target, KeyStatus::Accepted).map_err(|e| e.to_string())?;
+    let saved = master.keys.commit().await;
     for entry in &changed {
         tracing::info!(agent = %entry.id, fingerprint = %entry.key, "Key accepted.");
         master.bus.publish(Event::new(
@@ -139,10 +143,12 @@ async fn accept(master: &Master, target: &str) -> Result<Vec<KeyEntry>, String> 
             crate::link::welcome(master, peer, &entry.id, "", facts).await;
         }
     }
+    saved.map_err(|e| e.to_string())?;
     Ok(changed)
 }
 
-/// Ends the live sessions of keys that are no longer accepted, at once.
+/// Ends the live sessions of keys that are no longer accepted, at once,
+/// then commits the change; both happen before the command returns.
 async fn cut_off(
     master: &Master,
     entries: Result<Vec<KeyEntry>, crate::keys::KeyStoreError>,
@@ -168,6 +174,7 @@ async fn cut_off(
             ));
         }
     }
+    master.keys.commit().await.map_err(|e| e.to_string())?;
     Ok(entries)
 }
 

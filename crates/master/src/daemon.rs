@@ -21,7 +21,8 @@ use crate::tree::Tree;
 pub struct Master {
     /// The master's static key; agents pin its public half.
     pub keypair: halite_link::Keypair,
-    pub keys: std::sync::Mutex<crate::keys::KeyStore>,
+    /// Every agent key and its status, in memory, persisted in halite.db.
+    pub keys: crate::keys::KeyStore,
     pub tree: Arc<RwLock<Arc<Tree>>>,
     pub sessions: Sessions,
     pub jobs: Jobs,
@@ -30,10 +31,6 @@ pub struct Master {
 }
 
 impl Master {
-    pub fn keys(&self) -> std::sync::MutexGuard<'_, crate::keys::KeyStore> {
-        self.keys.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     pub fn tree(&self) -> Arc<Tree> {
         self.tree.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -63,7 +60,6 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     if created {
         tracing::info!(fingerprint = %keypair.public, "Made the master's key; agents pin it as `master_key`.");
     }
-    let keys = crate::keys::KeyStore::open(&config.data_dir.join("keys.json"), &config.auto_accept)?;
     let (bus, publish) = Bus::bind(&config.publish).await?;
     let (mut router, listen) = crate::link::bind(&config.listen).await?;
     let monitor = crate::link::monitor(&mut router);
@@ -76,11 +72,12 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     tracing::debug!(remembered, "Loaded the ids seen from agents.");
     let store_path = crate::store::path(&config.data_dir);
     let store = tokio::task::spawn_blocking(move || crate::store::Store::open(&store_path)).await??;
+    let keys = crate::keys::KeyStore::open(&store, &config.data_dir, &config.auto_accept).await?;
     let jobs = Jobs::new(sessions.clone(), bus.clone(), JOB_TIMEOUT).with_store(store.clone());
     let tree = Arc::new(RwLock::new(Arc::new(tree)));
     let engine = Engine::new(tree.clone(), jobs.clone(), bus.clone());
     let fingerprint = keypair.public;
-    let master = Arc::new(Master { keypair, keys: std::sync::Mutex::new(keys), tree, sessions, jobs, engine, bus });
+    let master = Arc::new(Master { keypair, keys, tree, sessions, jobs, engine, bus });
     crate::control::serve(master.clone(), &config.data_dir, cancel.clone()).await?;
     crate::reload::spawn(master.clone(), config.states.clone(), cancel.clone())
         .with_context(|| format!("cannot watch the state tree {}", config.states.display()))?;

@@ -2,7 +2,7 @@
 //! its cause and its answer (or the lack of one) is recorded in the
 //! [`Store`] when the master has one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +15,46 @@ use crate::sessions::Sessions;
 use crate::store::{JobRecord, Store};
 
 /// Jobs sent and not yet answered: the agent asked, and who waits.
-type Pending = HashMap<Id, (String, oneshot::Sender<JobResult>)>;
+#[derive(Debug, Default)]
+struct Pending {
+    by_job: HashMap<Id, (String, oneshot::Sender<JobResult>)>,
+    /// The same jobs by agent. Every new session ends its agent's jobs
+    /// ([`Jobs::agent_gone`]); looking only at that agent's keeps a fleet's
+    /// first contact, thousands of start-up jobs in flight, from costing
+    /// every session a walk over all of them.
+    by_agent: HashMap<String, HashSet<Id>>,
+}
+
+impl Pending {
+    fn insert(&mut self, job: Id, agent: String, waiter: oneshot::Sender<JobResult>) {
+        self.by_agent.entry(agent.clone()).or_default().insert(job);
+        if let Some((previous, _)) = self.by_job.insert(job, (agent, waiter)) {
+            self.unlink(&previous, job);
+        }
+    }
+
+    fn remove(&mut self, job: Id) -> Option<(String, oneshot::Sender<JobResult>)> {
+        let (agent, waiter) = self.by_job.remove(&job)?;
+        self.unlink(&agent, job);
+        Some((agent, waiter))
+    }
+
+    fn unlink(&mut self, agent: &str, job: Id) {
+        if let Some(jobs) = self.by_agent.get_mut(agent) {
+            jobs.remove(&job);
+            if jobs.is_empty() {
+                self.by_agent.remove(agent);
+            }
+        }
+    }
+
+    /// Forgets (and so drops the waiters of) every job of `agent`.
+    fn agent_gone(&mut self, agent: &str) {
+        for job in self.by_agent.remove(agent).unwrap_or_default() {
+            self.by_job.remove(&job);
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Jobs {
@@ -122,7 +161,7 @@ impl Jobs {
             store.started(record, agent).await;
         }
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(jid, (agent.to_owned(), tx));
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(jid, agent.to_owned(), tx);
         let states: Vec<Value> = job.states.iter().map(|s| Value::from(s.id.as_str())).collect();
         let mut announce = Event::new(
             tag::job_new(jid),
@@ -146,7 +185,7 @@ impl Jobs {
                 Err(_) => Err(format!("job {jid}: agent `{agent}` did not answer within {timeout:?}")),
             },
         };
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&jid);
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(jid);
         if let Some(store) = &self.store {
             match &outcome {
                 Ok(result) => store.answered(&jid.to_string(), agent, result.results.clone()).await,
@@ -159,14 +198,20 @@ impl Jobs {
     /// Jobs sent and not answered yet, with their agents (a stopping
     /// master waits for them).
     pub fn in_flight(&self) -> Vec<(Id, String)> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(j, (a, _))| (*j, a.clone())).collect()
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_job
+            .iter()
+            .map(|(j, (a, _))| (*j, a.clone()))
+            .collect()
     }
 
     /// The agent's session ended: nobody waits any longer for its jobs in
     /// flight, so its reactions go on. A result the agent kept in its
     /// outbox still arrives after it reconnects, and is published then.
     pub fn agent_gone(&self, agent: &str) {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, (a, _)| a != agent);
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).agent_gone(agent);
     }
 
     /// An agent's result arrived. Results for unknown jobs (after a master
@@ -204,14 +249,14 @@ impl Jobs {
         );
         ret.cause_job = Some(result.job);
         self.bus.publish(ret);
-        let waiter = self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&result.job);
+        let waiter = self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(result.job);
         match waiter {
             Some((expected, tx)) if expected == agent => {
                 let _ = tx.send(result);
             }
             Some((expected, tx)) => {
                 tracing::warn!(agent, job = %result.job, %expected, "A result from the wrong agent; ignored.");
-                self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(result.job, (expected, tx));
+                self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(result.job, expected, tx);
             }
             None => {
                 tracing::debug!(agent, job = %result.job, "Result for a job nobody waits for.");
@@ -220,5 +265,30 @@ impl Jobs {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_going_away_ends_its_jobs_only() {
+        let mut pending = Pending::default();
+        let (a1, a2, b1) = (Id::new(), Id::new(), Id::new());
+        let (tx, mut a1_rx) = oneshot::channel();
+        pending.insert(a1, "web01".into(), tx);
+        pending.insert(a2, "web01".into(), oneshot::channel().0);
+        let (tx, mut b1_rx) = oneshot::channel();
+        pending.insert(b1, "web02".into(), tx);
+        assert!(pending.remove(a2).is_some());
+        pending.agent_gone("web01");
+        assert!(matches!(a1_rx.try_recv(), Err(oneshot::error::TryRecvError::Closed)), "its waiter is told");
+        assert!(matches!(b1_rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)), "the other agent's waits on");
+        assert_eq!(pending.by_job.keys().collect::<Vec<_>>(), [&b1]);
+        assert!(!pending.by_agent.contains_key("web01"));
+        let (agent, _) = pending.remove(b1).unwrap();
+        assert_eq!(agent, "web02");
+        assert!(pending.by_agent.is_empty() && pending.by_job.is_empty());
     }
 }

@@ -245,14 +245,8 @@ async fn finish_handshake(master: &Master, peers: &mut Peers, peer: Bytes, last:
             return;
         }
     };
-    let admission = master.keys.lock().unwrap_or_else(|p| p.into_inner()).admit(&hello.agent, &accepted.remote);
-    let admission = match admission {
-        Ok(admission) => admission,
-        Err(error) => {
-            tracing::error!(agent = %hello.agent, %error, "Cannot record the agent's key.");
-            return;
-        }
-    };
+    // In memory only: the store's writer commits new keys in batches.
+    let admission = master.keys.admit(&hello.agent, &accepted.remote);
     if admission.new {
         let what = if admission.status == KeyStatus::Accepted { "accepted" } else { "pending" };
         master.bus.publish(Event::new(

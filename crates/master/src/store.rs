@@ -1,7 +1,8 @@
 //! The master's store: one SQLite file, `<data_dir>/halite.db`, holding
-//! every job with its cause and every agent's per-state results. It is the
-//! job history behind `halite-master jobs` and the audit log of SPEC §6
-//! (cause event, state, changes and diff, result).
+//! every job with its cause and every agent's per-state results, and the
+//! agents' keys. It is the job history behind `halite-master jobs`, the
+//! audit log of SPEC §6 (cause event, state, changes and diff, result),
+//! and where `keys.rs` keeps what it decided about each key.
 //!
 //! Writes go through [`Store`], a cheap handle that queues them for one
 //! dedicated writer thread (SQLite calls block; they never run on the
@@ -10,11 +11,17 @@
 //! awaited sends), so results are never dropped to keep up. The one write
 //! made where waiting is impossible, a late answer arriving in the link
 //! loop, is dropped when the queue is full, counted and logged as an error.
+//! Keys do not travel through the queue: the writer reads the key store's
+//! dirty set after every batch (`keys.rs` says how, and what a crash
+//! loses), so the link loop only ever sends a wake-up, and only when that
+//! set stops being empty.
 //!
 //! Reading ([`Reader`]) opens the file read-only, so `jobs` works whether
 //! the master runs or not. The schema is versioned with
-//! `PRAGMA user_version`; the file is in WAL mode so readers never block
-//! the writer.
+//! `PRAGMA user_version` and migrated forward in one transaction when the
+//! master opens it (v1: jobs; v2: keys); a file with a newer version is
+//! refused, by the master and by `jobs`, rather than misread. The file is
+//! in WAL mode so readers never block the writer.
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -32,15 +39,19 @@ use tokio::sync::{mpsc, oneshot};
 /// answers are dropped and counted (see the module docs).
 pub const STORE_QUEUE: usize = 4096;
 
-/// The schema this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 1;
+/// The schema this build reads and writes: the number of [`MIGRATIONS`].
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The store's file in a data dir.
 pub fn path(data_dir: &Path) -> PathBuf {
     data_dir.join("halite.db")
 }
 
-const SCHEMA: &str = "
+/// `MIGRATIONS[n]` takes the schema from version n to n + 1. Append only:
+/// a released step never changes.
+const MIGRATIONS: [&str; 2] = [V1_JOBS, V2_KEYS];
+
+const V1_JOBS: &str = "
 CREATE TABLE jobs (
     jid         TEXT PRIMARY KEY,   -- a ULID: sorts by creation
     created_us  INTEGER NOT NULL,   -- microseconds since the Unix epoch
@@ -73,14 +84,24 @@ CREATE TABLE job_results (
 );
 ";
 
+const V2_KEYS: &str = "
+CREATE TABLE keys (
+    id      TEXT NOT NULL,      -- the agent id the key presented
+    key     TEXT NOT NULL,      -- the public key, 64 hex digits: its fingerprint
+    status  TEXT NOT NULL,      -- pending | accepted | rejected
+    since   INTEGER NOT NULL,   -- seconds since the Unix epoch when first seen
+    PRIMARY KEY (id, key)
+);
+";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("the job store {path}: {source}")]
+    #[error("the master's store {path}: {source}")]
     Sqlite { path: PathBuf, source: rusqlite::Error },
-    #[error("the job store {path}: {source}")]
+    #[error("the master's store {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error(
-        "the job store {path} has schema version {found}, newer than this halite's {SCHEMA_VERSION}; run a newer halite-master"
+        "the master's store {path} has schema version {found}, newer than this halite's {SCHEMA_VERSION} (a newer halite-master wrote it); run that newer halite-master, or restore the file from a backup"
     )]
     TooNew { path: PathBuf, found: i32 },
     #[error("no job store at {path}: the master has not run with this data dir (pass --data-dir or --config)")]
@@ -115,15 +136,27 @@ enum Write {
         agent: String,
         error: String,
     },
-    /// Answers once everything queued before it is committed.
+    /// Answers once everything queued before it is committed, keys too.
     Flush(oneshot::Sender<()>),
+    /// Loads the key store (importing keys.json, the path given) and keeps
+    /// its table to persist from then on.
+    OpenKeys {
+        legacy: PathBuf,
+        reply: oneshot::Sender<Result<crate::keys::Shared, crate::keys::KeyStoreError>>,
+    },
+    /// The key store's dirty set stopped being empty.
+    WakeKeys,
+    /// Answers once every key change made before it is committed.
+    CommitKeys(oneshot::Sender<Result<(), String>>),
 }
 
-/// The handle through which the master records jobs. Cloning is cheap.
+/// The handle through which the master records jobs and keys. Cloning is
+/// cheap.
 #[derive(Debug, Clone)]
 pub struct Store {
     queue: mpsc::Sender<Write>,
     dropped: Arc<AtomicU64>,
+    path: PathBuf,
 }
 
 pub fn now_us() -> i64 {
@@ -142,7 +175,33 @@ impl Store {
             .name("halite-store".into())
             .spawn(move || writer(connection, &path, inbox))
             .map_err(|source| StoreError::Io { path: path_for_error.clone(), source })?;
-        Ok(Store { queue, dropped: Arc::default() })
+        Ok(Store { queue, dropped: Arc::default(), path: path_for_error })
+    }
+
+    /// The key store's table, loaded by the writer thread (which imports
+    /// `legacy`, the old keys.json, first if it is there).
+    pub(crate) async fn open_keys(&self, legacy: PathBuf) -> Result<crate::keys::Shared, crate::keys::KeyStoreError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped =
+            || crate::keys::KeyStoreError::Store { path: self.path.clone(), message: "its writer has stopped".into() };
+        self.queue.send(Write::OpenKeys { legacy, reply }).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Tells the writer that keys are dirty. Never waits: when the queue
+    /// is full the writer is busy, and it persists keys after every batch.
+    pub(crate) fn wake_keys(&self) {
+        if let Err(mpsc::error::TrySendError::Closed(_)) = self.queue.try_send(Write::WakeKeys) {
+            tracing::error!(path = %self.path.display(), "The store's writer has stopped; new keys are not saved.");
+        }
+    }
+
+    /// Returns once every key change made before it is committed.
+    pub(crate) async fn commit_keys(&self) -> Result<(), crate::keys::KeyStoreError> {
+        let (done, wait) = oneshot::channel();
+        let failed = |message: String| crate::keys::KeyStoreError::Write { path: self.path.clone(), message };
+        self.queue.send(Write::CommitKeys(done)).await.map_err(|_| failed("the store's writer has stopped".into()))?;
+        wait.await.map_err(|_| failed("the store's writer has stopped".into()))?.map_err(failed)
     }
 
     /// A job was sent to `agent`.
@@ -213,35 +272,88 @@ fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
 }
 
 fn migrate(connection: &Connection, path: &Path) -> Result<(), StoreError> {
-    let version: i32 = connection.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(sqlite(path))?;
-    match version {
-        0 => connection
-            .execute_batch(&format!("BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))
-            .map_err(sqlite(path)),
-        SCHEMA_VERSION => Ok(()),
-        found => Err(StoreError::TooNew { path: path.to_path_buf(), found }),
+    let version = |connection: &Connection| -> Result<i32, StoreError> {
+        connection.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(sqlite(path))
+    };
+    if version(connection)? == SCHEMA_VERSION {
+        return Ok(());
     }
+    // IMMEDIATE: a second master opening the same file waits, then sees
+    // the version this one wrote.
+    connection.execute_batch("BEGIN IMMEDIATE;").map_err(sqlite(path))?;
+    let result = (|| {
+        let found = version(connection)?;
+        let from = usize::try_from(found).ok().filter(|&v| v <= MIGRATIONS.len());
+        let Some(from) = from else {
+            return Err(StoreError::TooNew { path: path.to_path_buf(), found });
+        };
+        for step in &MIGRATIONS[from..] {
+            connection.execute_batch(step).map_err(sqlite(path))?;
+        }
+        connection.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};")).map_err(sqlite(path))?;
+        if found > 0 {
+            tracing::info!(path = %path.display(), from = found, to = SCHEMA_VERSION, "Migrated the master's store.");
+        }
+        Ok(())
+    })();
+    let end = if result.is_ok() { "COMMIT;" } else { "ROLLBACK;" };
+    connection.execute_batch(end).map_err(sqlite(path))?;
+    result
 }
 
-/// The writer thread: everything queued at once goes in one transaction.
+/// The writer thread: everything queued at once goes in one transaction;
+/// then the dirty keys, in one transaction of their own (so a failure of
+/// either loses nothing of the other).
 fn writer(mut connection: Connection, path: &Path, mut inbox: mpsc::Receiver<Write>) {
+    let mut keys: Option<crate::keys::Shared> = None;
     while let Some(first) = inbox.blocking_recv() {
         let mut batch = vec![first];
         while let Ok(more) = inbox.try_recv() {
             batch.push(more);
         }
         let mut flushed = Vec::new();
-        let result = connection.transaction().and_then(|tx| {
-            for write in batch {
-                match write {
-                    Write::Flush(done) => flushed.push(done),
-                    write => apply(&tx, write)?,
-                }
+        let mut committed = Vec::new();
+        let mut opens = Vec::new();
+        let mut jobs = Vec::with_capacity(batch.len());
+        for write in batch {
+            match write {
+                Write::Flush(done) => flushed.push(done),
+                Write::CommitKeys(done) => committed.push(done),
+                Write::OpenKeys { legacy, reply } => opens.push((legacy, reply)),
+                Write::WakeKeys => {}
+                write => jobs.push(write),
             }
-            tx.commit()
-        });
-        if let Err(error) = result {
-            tracing::error!(path = %path.display(), %error, "Cannot write to the job store; these records are lost.");
+        }
+        if !jobs.is_empty() {
+            let result = connection.transaction().and_then(|tx| {
+                for write in jobs {
+                    apply(&tx, write)?;
+                }
+                tx.commit()
+            });
+            if let Err(error) = result {
+                tracing::error!(path = %path.display(), %error, "Cannot write to the job store; these records are lost.");
+            }
+        }
+        for (legacy, reply) in opens {
+            let opened = match &keys {
+                Some(shared) => Ok(shared.clone()),
+                None => crate::keys::load(&mut connection, path, &legacy),
+            };
+            if let Ok(shared) = &opened {
+                keys = Some(shared.clone());
+            }
+            let _ = reply.send(opened);
+        }
+        let saved = match &keys {
+            Some(shared) => crate::keys::persist(&mut connection, shared).map(|_| ()).map_err(|error| {
+                tracing::error!(path = %path.display(), %error, "Cannot save keys; they stay in memory and are retried with the next change.");
+                error.to_string()
+            }),
+            None => Ok(()),
+        };
+        for done in committed {
+            let _ = done.send(saved.clone());
         }
         for done in flushed {
             let _ = done.send(());
@@ -312,7 +424,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: Write) -> rusqlite::Result<()> {
                 params![jid, agent, error, now_us()],
             )?;
         }
-        Write::Flush(_) => {}
+        Write::Flush(_) | Write::OpenKeys { .. } | Write::WakeKeys | Write::CommitKeys(_) => {}
     }
     Ok(())
 }
@@ -569,5 +681,38 @@ mod tests {
         drop(connection);
         let error = Store::open(&path).unwrap_err().to_string();
         assert!(error.contains("schema version 99") && error.contains("halite.db"), "{error}");
+        assert!(error.contains("newer halite-master"), "says what to do: {error}");
+        let error = Reader::open(&path).unwrap_err().to_string();
+        assert!(error.contains("schema version 99"), "{error}");
+    }
+
+    /// A halite.db written by a master of schema v1 (jobs, no keys) gains
+    /// the keys table and keeps its jobs.
+    #[tokio::test]
+    async fn a_v1_store_is_migrated_and_keeps_its_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path(dir.path());
+        let connection = Connection::open(&path).unwrap();
+        connection.execute_batch(&format!("{V1_JOBS} PRAGMA user_version = 1;")).unwrap();
+        connection
+            .execute(
+                "INSERT INTO jobs (jid, created_us, cause, target, states, test) VALUES ('01OLD', 1, 'connected', 'web01', '[]', 0)",
+                [],
+            )
+            .unwrap();
+        drop(connection);
+        let store = Store::open(&path).unwrap();
+        let keys = crate::keys::KeyStore::open(&store, dir.path(), &["*".to_owned()]).await.unwrap();
+        let key = halite_link::Keypair::generate().unwrap().public;
+        keys.admit("web01", &key);
+        keys.commit().await.unwrap();
+        drop((store, keys));
+        let reader = Reader::open(&path).unwrap();
+        let version: i32 = reader.connection.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(reader.list(10).unwrap()[0].job.jid, "01OLD");
+        let stored: String =
+            reader.connection.query_row("SELECT key FROM keys WHERE id = 'web01'", [], |row| row.get(0)).unwrap();
+        assert_eq!(stored, key.to_string());
     }
 }

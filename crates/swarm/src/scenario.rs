@@ -94,11 +94,12 @@ impl Bench {
         Bench::start_with_keys(binaries, 0).await
     }
 
-    /// As [`Bench::start`], with `agents` swarm keys generated and written
-    /// to the master's key store as accepted before it starts: an
-    /// established fleet. (Admitting a new key rewrites and fsyncs the whole
-    /// key store, so a first connection of 10,000 new agents measures that
-    /// instead; see BENCHMARKS.md.)
+    /// As [`Bench::start`], with `agents` swarm keys generated and given to
+    /// the master as accepted before it starts: an established fleet, whose
+    /// first connections measure sessions, not admissions (`--new-keys`
+    /// measures those). The keys go in as a `keys.json`, the form earlier
+    /// masters kept, which the master imports into halite.db at start in
+    /// one transaction (`halite_master::keys`).
     pub async fn start_with_keys(binaries: Binaries, agents: usize) -> anyhow::Result<Bench> {
         let dir = tempfile::Builder::new().prefix("halite-swarm-").tempdir_in(scratch())?;
         let states = dir.path().join("states");
@@ -118,7 +119,7 @@ impl Bench {
         if agents > 0 {
             let data = dir.path().join("master").join("data");
             std::fs::create_dir_all(&data)?;
-            std::fs::write(data.join("keys.json"), serde_json::to_vec(&entries)?)?;
+            std::fs::write(data.join(halite_master::keys::LEGACY_FILE), serde_json::to_vec(&entries)?)?;
         }
         let master =
             fleet::start_master(&binaries, &dir.path().join("master"), &states, "tcp://127.0.0.1:0", &["*"]).await?;
