@@ -126,13 +126,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let result = scenario::ingest(&bench, agents, events, cli.timeout).await.context("event ingest")?;
             bench.stop().await;
             println!(
-                "ingest: {} events from {} agents on the bus in {:.3} s: {:.0} events/s; master {:.2} cores; {}",
+                "ingest: {} events from {} agents on the bus in {:.3} s: {:.0} events/s; master {:.2} cores; {}; sessions lost meanwhile: {}",
                 result.events,
                 result.agents,
                 result.elapsed.as_secs_f64(),
                 result.rate(),
                 result.master_cores,
-                master_line(&result.master_after)
+                master_line(&result.master_after),
+                result.sessions_lost
             );
         }
         Scenario::Reconnect { agents } => {

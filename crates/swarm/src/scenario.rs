@@ -240,6 +240,9 @@ pub struct IngestResult {
     pub elapsed: Duration,
     pub master_cores: f64,
     pub master_after: Usage,
+    /// Sessions that ended while the events were counted (each agent
+    /// reconnects; its unsent events are lost: the swarm keeps no outbox).
+    pub sessions_lost: usize,
 }
 
 impl IngestResult {
@@ -277,12 +280,27 @@ pub async fn ingest(bench: &Bench, agents: usize, per_agent: usize, timeout: Dur
     let master_before = bench.master_usage()?;
     let started = Instant::now();
     swarm.command_all(Command::Emit(per_agent)).await?;
-    let mut seen = 0usize;
+    let (mut seen, mut lost) = (0usize, 0usize);
     let counted = tokio::time::timeout(timeout, async {
         while seen < total {
-            let message = bus.recv().await?;
-            if message.get(0).is_some_and(|t| t.ends_with(b"/load")) {
-                seen += 1;
+            // Agents' reports are read meanwhile: a full report queue would
+            // stop the agents (see `REPORT_CAPACITY`).
+            tokio::select! {
+                message = bus.recv() => {
+                    if message?.get(0).is_some_and(|t| t.ends_with(b"/load")) {
+                        seen += 1;
+                    }
+                }
+                report = swarm.next_report() => match report {
+                    Some(Report::Down { agent, reason }) => {
+                        lost += 1;
+                        if lost == 1 {
+                            tracing::warn!(agent = %swarm.id(agent), %reason, "A session ended while events were counted.");
+                        }
+                    }
+                    Some(_) => {}
+                    None => bail!("every agent stopped"),
+                },
             }
         }
         anyhow::Ok(())
@@ -292,7 +310,9 @@ pub async fn ingest(bench: &Bench, agents: usize, per_agent: usize, timeout: Dur
     let master_after = bench.master_usage()?;
     match counted {
         Ok(result) => result?,
-        Err(_) => bail!("only {seen} of {total} events reached the bus within {timeout:?}"),
+        Err(_) => {
+            bail!("only {seen} of {total} events reached the bus within {timeout:?} ({lost} sessions lost meanwhile)")
+        }
     }
     swarm.shutdown().await;
     Ok(IngestResult {
@@ -301,6 +321,7 @@ pub async fn ingest(bench: &Bench, agents: usize, per_agent: usize, timeout: Dur
         elapsed,
         master_cores: proc::core_share(&master_before, &master_after, elapsed),
         master_after,
+        sessions_lost: lost,
     })
 }
 

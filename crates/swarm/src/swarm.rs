@@ -186,6 +186,11 @@ impl Swarm {
         self.commands[agent].send(command).await.with_context(|| format!("agent {} has stopped", self.ids[agent]))
     }
 
+    /// The next report from any agent; `None` once every agent stopped.
+    pub async fn next_report(&mut self) -> Option<Report> {
+        self.reports.recv().await
+    }
+
     /// Waits until every agent has sent a report that `wanted` keeps
     /// (counted once per agent), or fails after `timeout` naming how many
     /// did and the first few that did not. Returns the kept reports, in
