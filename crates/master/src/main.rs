@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 /// thread and frees some of them on another (the publisher, the reactors).
 /// glibc's malloc spent about a third of the master's time on that at
 /// 100,000 events/s (BENCHMARKS.md, ingest); mimalloc's per-thread free
-/// lists are made for this pattern.
+/// lists are made for this pattern. Built with `no_thp`: otherwise it asks
+/// for transparent huge pages on its arenas and an idle master holds about
+/// 36 MiB instead of 20 (BENCHMARKS.md, footprint).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
