@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,7 @@ const DEFAULT_SCAN: Duration = Duration::from_secs(60);
 pub const WRITE_SETTLE: Duration = Duration::from_secs(1);
 /// Notifications waiting for the beacon thread. When full, further ones
 /// are dropped and the next scan (made at once) catches what they said.
+/// A count, not an allocation: see [`WakeQueue`].
 const NOTIFY_QUEUE: usize = 4096;
 
 #[derive(Debug, Deserialize)]
@@ -476,15 +477,65 @@ enum Wake {
     Stop,
 }
 
+/// The beacon thread's queue, bounded to [`NOTIFY_QUEUE`] wakes by a count.
+/// Its memory is what is queued now: std's bounded channel would allocate
+/// all its slots up front (about 260 KiB per file beacon, most of an idle
+/// agent's heap), for bursts that rarely come.
+#[derive(Clone)]
+struct WakeQueue {
+    tx: std_mpsc::Sender<Wake>,
+    /// Wakes sent and not yet received, `Stop` aside.
+    queued: Arc<AtomicUsize>,
+}
+
+impl WakeQueue {
+    fn new() -> (WakeQueue, WakeReceiver) {
+        let (tx, rx) = std_mpsc::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        (WakeQueue { tx, queued: queued.clone() }, WakeReceiver { rx, queued })
+    }
+
+    /// Queues `wake` unless [`NOTIFY_QUEUE`] wakes are waiting already.
+    fn try_send(&self, wake: Wake) -> Result<(), std_mpsc::TrySendError<Wake>> {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= NOTIFY_QUEUE {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(std_mpsc::TrySendError::Full(wake));
+        }
+        self.tx.send(wake).map_err(|std_mpsc::SendError(wake)| {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            std_mpsc::TrySendError::Disconnected(wake)
+        })
+    }
+
+    /// Stopping never waits for room (the guard may drop on a runtime thread).
+    fn stop(&self) {
+        let _ = self.tx.send(Wake::Stop);
+    }
+}
+
+struct WakeReceiver {
+    rx: std_mpsc::Receiver<Wake>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl WakeReceiver {
+    fn recv_timeout(&self, timeout: Duration) -> Result<Wake, std_mpsc::RecvTimeoutError> {
+        let wake = self.rx.recv_timeout(timeout)?;
+        if !matches!(wake, Wake::Stop) {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        Ok(wake)
+    }
+}
+
 /// Dropping it stops the beacon thread (which owns the watcher).
 struct Guard {
-    stop: std_mpsc::SyncSender<Wake>,
+    stop: WakeQueue,
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        // Waits for room in the queue; the thread drains it.
-        let _ = self.stop.send(Wake::Stop);
+        self.stop.stop();
     }
 }
 
@@ -494,7 +545,7 @@ impl Drop for Guard {
 /// from the master).
 fn start(context: Context, config: &Value) -> Result<Running, String> {
     let settings = settings(config)?;
-    let (wake_tx, wake_rx) = std_mpsc::sync_channel::<Wake>(NOTIFY_QUEUE);
+    let (wake_tx, wake_rx) = WakeQueue::new();
     let notify_tx = wake_tx.clone();
     let overflowed = Arc::new(AtomicBool::new(false));
     let overflow_flag = overflowed.clone();
@@ -551,7 +602,7 @@ struct FileBeacon {
     watcher: notify::RecommendedWatcher,
     scan: Duration,
     context: Context,
-    wake: std_mpsc::Receiver<Wake>,
+    wake: WakeReceiver,
     /// Reports made before the thread ran, sent by it (sending could wait
     /// for the agent's main loop, which is waiting for `start`).
     pending: Vec<(PathBuf, Report)>,
