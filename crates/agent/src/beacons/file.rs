@@ -1109,4 +1109,26 @@ mod tests {
         assert!(bad("path: [/x]\n").contains("path"));
         assert!(bad("paths: [/x]\nexclude: ['a[']\n").contains("exclude"));
     }
+
+    #[test]
+    fn the_wake_queue_is_bounded_by_count_and_stop_always_gets_in() {
+        let (queue, receiver) = WakeQueue::new();
+        let applied = || Wake::Applied(PathBuf::from("/etc/x"));
+        for _ in 0..NOTIFY_QUEUE {
+            assert!(queue.try_send(applied()).is_ok());
+        }
+        assert!(matches!(queue.try_send(applied()), Err(std_mpsc::TrySendError::Full(_))));
+        queue.stop();
+        // Receiving one makes room for one.
+        assert!(matches!(receiver.recv_timeout(Duration::ZERO), Ok(Wake::Applied(_))));
+        assert!(queue.try_send(applied()).is_ok());
+        assert!(matches!(queue.try_send(applied()), Err(std_mpsc::TrySendError::Full(_))));
+        for _ in 0..NOTIFY_QUEUE - 1 {
+            assert!(matches!(receiver.recv_timeout(Duration::ZERO), Ok(Wake::Applied(_))));
+        }
+        assert!(matches!(receiver.recv_timeout(Duration::ZERO), Ok(Wake::Stop)));
+        assert!(matches!(receiver.recv_timeout(Duration::ZERO), Ok(Wake::Applied(_))));
+        drop(receiver);
+        assert!(matches!(queue.try_send(applied()), Err(std_mpsc::TrySendError::Disconnected(_))));
+    }
 }
