@@ -172,8 +172,8 @@ const MALLOC_ARENAS: i32 = 2;
 
 /// glibc gives each thread that allocates an arena of its own, up to eight
 /// per core, and the agent's mostly sleeping threads (beacons, inotify
-/// readers, the runtime's) each keep pages in theirs: about half a MiB of an
-/// idle agent's 1.9 MiB of private memory (BENCHMARKS.md, Footprint). Two
+/// readers, the runtime's) each keep pages in theirs: a quarter to half a MiB
+/// of an idle agent's 1.9 MiB of private memory (BENCHMARKS.md, Footprint). Two
 /// arenas serve the same work; the agent's allocations are small and few,
 /// so threads seldom wait on each other's lock. Called before any thread
 /// starts.
