@@ -43,16 +43,27 @@ async fn main() -> anyhow::Result<()> {
     println!("drift→restore, {drifts} drifts, managed file in {}", conf.parent().unwrap().display());
     let mut to_event = Vec::with_capacity(drifts);
     let mut to_restore = Vec::with_capacity(drifts);
-    for n in 0..drifts {
-        let drift = DRIFTS[n % DRIFTS.len()];
-        let started = Instant::now();
-        (drift.act)(&conf)?;
-        let event = fleet.wait_for("drift event", |e| e.tag == "halite/beacon/web01/nginx-conf").await?;
-        to_event.push(started.elapsed());
-        fleet.wait_for_restore_of(&event).await?;
-        to_restore.push(started.elapsed());
-        assert_eq!(std::fs::read_to_string(&conf)?, desired, "drift {n} restored");
-        fleet.seen.clear();
+    let measured = async {
+        for n in 0..drifts {
+            let drift = DRIFTS[n % DRIFTS.len()];
+            let started = Instant::now();
+            (drift.act)(&conf)?;
+            let event = fleet
+                .wait_for("drift event", |e| e.tag == "halite/beacon/web01/nginx-conf")
+                .await
+                .map_err(|e| e.context(format!("drift {n} ({})", drift.name)))?;
+            to_event.push(started.elapsed());
+            fleet.wait_for_restore_of(&event).await?;
+            to_restore.push(started.elapsed());
+            anyhow::ensure!(std::fs::read_to_string(&conf)? == desired, "drift {n} was not restored");
+            fleet.seen.clear();
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = measured {
+        // The logs of both sides, for a failure that is rare.
+        fleet.fail(&error);
     }
     stats("drift → event on the bus", &mut to_event);
     stats("drift → restored (job ret)", &mut to_restore);

@@ -589,6 +589,9 @@ fn start(context: Context, config: &Value) -> Result<Running, String> {
     Ok(Running::new(Guard { stop: wake_tx }))
 }
 
+/// Rounds of [`FileBeacon::arm`] at most: deeper than any path it watches.
+const MAX_ARM_ROUNDS: usize = 64;
+
 struct FileBeacon {
     tracker: Tracker,
     scope: Scope,
@@ -636,6 +639,22 @@ impl FileBeacon {
     /// that appeared is listed, its entries reported as created unless
     /// this is the first look. Returns whether a new directory is watched.
     fn arm(&mut self, report_new: bool) -> bool {
+        // A directory made between reading what exists and watching its
+        // parent sends that new watch no event (a job's `mkdir -p` of
+        // /etc/nginx races the watch on /etc): look again until what is
+        // wanted stops changing. Each round watches a deeper directory, so
+        // this ends within the paths' depth, bounded anyway against churn.
+        let mut armed_new = false;
+        for _ in 0..MAX_ARM_ROUNDS {
+            if !self.arm_once(report_new) {
+                break;
+            }
+            armed_new = true;
+        }
+        armed_new
+    }
+
+    fn arm_once(&mut self, report_new: bool) -> bool {
         let wanted = self.wanted();
         let stale: Vec<PathBuf> = self
             .armed
