@@ -84,8 +84,9 @@ fn log(job: &Job, result: &StateResult) {
     }
 }
 
-/// The call with its `path` moved under the agent's `root`.
-fn rooted_call(call: &StateCall, root: &Path) -> StateCall {
+/// The call with its `path` moved under the agent's `root` (also how the
+/// swarm's simulated agents apply under their own directories).
+pub fn rooted_call(call: &StateCall, root: &Path) -> StateCall {
     let mut call = call.clone();
     if let Value::Map(args) = &mut call.args
         && let Some(Value::String(path)) = args.get_mut("path")

@@ -461,27 +461,35 @@ impl Link {
 /// the last message it carries.
 pub fn batch_events(pending: Vec<(u64, AgentMessage)>, max: usize) -> Vec<(u64, AgentMessage)> {
     let mut out: Vec<(u64, AgentMessage)> = Vec::with_capacity(pending.len());
+    // The run of events being gathered, and the seq of its last one.
+    let mut run: Vec<halite_proto::Event> = Vec::new();
+    let mut run_end = 0;
     for (seq, message) in pending {
-        let AgentMessage::Event(event) = message else {
-            out.push((seq, message));
-            continue;
-        };
-        match out.last_mut() {
-            Some((last_seq, AgentMessage::Events(events))) if events.len() < max => {
-                events.push(event);
-                *last_seq = seq;
+        match message {
+            AgentMessage::Event(event) => {
+                if run.len() >= max.max(1) {
+                    end_run(&mut out, &mut run, run_end);
+                }
+                run.push(event);
+                run_end = seq;
             }
-            Some((last_seq, last @ AgentMessage::Event(_))) if max > 1 => {
-                let AgentMessage::Event(first) = std::mem::replace(last, AgentMessage::Events(Vec::new())) else {
-                    unreachable!("matched as an event")
-                };
-                *last = AgentMessage::Events(vec![first, event]);
-                *last_seq = seq;
+            other => {
+                end_run(&mut out, &mut run, run_end);
+                out.push((seq, other));
             }
-            _ => out.push((seq, AgentMessage::Event(event))),
         }
     }
+    end_run(&mut out, &mut run, run_end);
     out
+}
+
+/// Appends the gathered run of events to `out`: one alone as itself.
+fn end_run(out: &mut Vec<(u64, AgentMessage)>, run: &mut Vec<halite_proto::Event>, last_seq: u64) {
+    match run.len() {
+        0 => {}
+        1 => out.extend(run.pop().map(|event| (last_seq, AgentMessage::Event(event)))),
+        _ => out.push((last_seq, AgentMessage::Events(std::mem::take(run)))),
+    }
 }
 
 /// Is `key` the master this agent trusts? With trust on first use, the

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use zeromq::{DealerSocket, Socket, SocketEvent, SocketOptions, SocketRecv, SocketSend};
 
 use crate::swarm::Report;
+use halite_agent::jobs::rooted_call;
 use halite_agent::link::{EVENTS_PER_MESSAGE, Session, frames};
 
 /// What a simulated agent can be told to do.
@@ -295,17 +296,6 @@ async fn apply(spec: &AgentSpec, _shared: &Shared, job: Job) -> JobResult {
             JobResult { job: jid, results: Vec::new() }
         }
     }
-}
-
-/// The call with its `path` moved under `root` (as the agent's `jobs.rs`).
-fn rooted_call(call: &StateCall, root: &Path) -> StateCall {
-    let mut call = call.clone();
-    if let Value::Map(args) = &mut call.args
-        && let Some(Value::String(path)) = args.get_mut("path")
-    {
-        *path = halite_agent::rooted(root, Path::new(path)).display().to_string();
-    }
-    call
 }
 
 #[cfg(test)]
