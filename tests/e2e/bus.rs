@@ -4,7 +4,7 @@
 use std::process::Stdio;
 
 use halite_e2e::{Fleet, WAIT};
-use halite_master::agents::{AgentRow, Compliance};
+use halite_master::protocol::{AgentRow, Compliance};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 

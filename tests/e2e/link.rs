@@ -298,7 +298,7 @@ async fn a_flood_of_handshakes_does_not_starve_accepted_agents() {
         let mut recorder = RawAgent::connect(&listen, "recorder", Value::map()).await?;
         recorder.send(&AgentMessage::Ping).await?;
         let replay = recorder.last_sent.clone();
-        let per_round = halite_master::link::MAX_HANDSHAKES + 200;
+        let per_round = halite_master::server::link::MAX_HANDSHAKES + 200;
         let first_round = flood(&listen, per_round, &replay).await?;
         // A drift during the attack is still restored.
         let motd = fleet.agent("web01").path("/etc/motd");

@@ -2,53 +2,31 @@
 //! runs reactors and pushes corrective state.
 //!
 //! # Layout
+//! The daemon and each operator command are apart, as in the agent: the
+//! daemon's parts live under [`server`], each command's client side under
+//! [`cli`] (one file per command), and what both sides read sits at the top.
 //! - [`config`] — `master.yaml`.
 //! - [`tree`] — the whole authored tree: states (from `halite-state`),
-//!   [`beacons`] (beacons.yaml) and [`reactor`]s (reactors.yaml).
-//! - [`link`] — the ROUTER side of the agent link; [`sessions`]: which peer
-//!   is which agent.
-//! - [`reactor`] — compiling reactors, the per-agent [`reactor::engine`], and
-//!   one file per action in `reactor/actions/`.
-//! - [`jobs`] — sending states to agents and waiting for results;
-//!   [`store`]: every job and result in SQLite (`halite.db`).
-//! - [`apply`] — `halite-master apply` on the master's side (targets, jobs,
-//!   streamed answers); [`cli`]: the `apply` and `jobs` commands' client side.
-//! - [`bus`] — the event bus: the outside publisher, the tail behind
-//!   [`events`] and the ledger behind [`agents`].
-//! - [`daemon`] — `halite-master run`; [`check`]: `halite-master check`;
-//!   [`demo`]: `halite-master demo`; [`fleet`]: real processes on loopback
-//!   for the demo and tests; [`client`]: a subscriber for tools,
-//!   the demo and the tests.
-//! - [`example`] — the example state tree, built into the binary.
-//! - [`watch`] — the beacon and reactor `watch: true` implies;
-//!   [`reload`]: hot reload of the tree (a watcher and SIGHUP).
-//! - [`notify`] — telling systemd the master is ready (`Type=notify`).
-//! - [`init`] — `halite-master init`: config, key and a tree for a new master.
+//!   beacons.yaml, reactors.yaml and what `watch: true` implies; loaded by
+//!   the daemon, `check` and `init` alike.
+//! - [`protocol`] — the control socket's requests and answers, shared by
+//!   [`server::control`] and [`cli`].
+//! - [`server`] — `halite-master run`: the shared context
+//!   ([`server::context::Master`]), link, sessions, keys, store, bus, jobs,
+//!   reactors, hot reload and the control socket.
+//! - [`cli`] — `init`, `run`, `check`, `keys`, `apply`, `jobs`, `agents`,
+//!   `events`, `demo`.
+//! - [`fleet`] — real processes on loopback for the demo and tests;
+//!   [`client`]: a bus subscriber for tools, the demo and the tests;
+//!   [`example`]: the example state tree, built into the binary.
 
 #![forbid(unsafe_code)]
 
-pub mod agents;
-pub mod apply;
-pub mod beacons;
-pub mod bus;
-pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod control;
-pub mod daemon;
-pub mod demo;
-pub mod events;
 pub mod example;
 pub mod fleet;
-pub mod init;
-pub mod jobs;
-pub mod keys;
-pub mod link;
-pub mod notify;
-pub mod reactor;
-pub mod reload;
-pub mod sessions;
-pub mod store;
+pub mod protocol;
+pub mod server;
 pub mod tree;
-pub mod watch;

@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use halite_link::{Keypair, PublicKey};
 use halite_master::client::Subscriber;
 use halite_master::fleet::{self, Binaries, MasterProcess};
-use halite_master::keys::{KeyEntry, KeyStatus};
+use halite_master::server::keys::{KeyEntry, KeyStatus};
 use zeromq::{Socket, SocketRecv, SubSocket};
 
 use crate::agent::Command;
@@ -99,7 +99,7 @@ impl Bench {
     /// first connections measure sessions, not admissions (`--new-keys`
     /// measures those). The keys go in as a `keys.json`, the form earlier
     /// masters kept, which the master imports into halite.db at start in
-    /// one transaction (`halite_master::keys`).
+    /// one transaction (`halite_master::server::keys`).
     pub async fn start_with_keys(binaries: Binaries, agents: usize) -> anyhow::Result<Bench> {
         let dir = tempfile::Builder::new().prefix("halite-swarm-").tempdir_in(scratch())?;
         let states = dir.path().join("states");
@@ -119,7 +119,7 @@ impl Bench {
         if agents > 0 {
             let data = dir.path().join("master").join("data");
             std::fs::create_dir_all(&data)?;
-            std::fs::write(data.join(halite_master::keys::LEGACY_FILE), serde_json::to_vec(&entries)?)?;
+            std::fs::write(data.join(halite_master::server::keys::LEGACY_FILE), serde_json::to_vec(&entries)?)?;
         }
         let master =
             fleet::start_master(&binaries, &dir.path().join("master"), &states, "tcp://127.0.0.1:0", &["*"]).await?;

@@ -11,8 +11,7 @@ use anyhow::{Context, bail};
 use halite_state::report::{AgentReport, Report, render_agent, render_summary};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::apply::{ApplyLine, ApplyRequest};
-use crate::control::{self, Request};
+use crate::protocol::{ApplyLine, ApplyRequest, Request};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -35,7 +34,7 @@ pub async fn run(data_dir: &Path, options: Options) -> anyhow::Result<u8> {
         timeout_ms: u64::try_from(options.timeout.as_millis()).unwrap_or(u64::MAX),
         command_line: options.command_line.clone(),
     });
-    let mut lines = control::stream(data_dir, &request).await?;
+    let mut lines = super::stream(data_dir, &request).await?;
     let parse = |line: &str| -> anyhow::Result<ApplyLine> {
         serde_json::from_str(line).with_context(|| format!("the master answered something unexpected: {line}"))
     };

@@ -8,7 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use anstream::stdout;
 use halite_state::report::Report;
 
-use crate::store::{self, JobRecord, JobSummary, Reader};
+use crate::server::store::{self, JobRecord, JobSummary, Reader};
 
 /// When a job was made, in UTC to the second.
 fn when(created_us: i64) -> String {

@@ -23,9 +23,9 @@ use indexmap::IndexMap;
 use tokio_util::sync::CancellationToken;
 use zeromq::{RouterRecvHalf, RouterSocket, Socket, SocketEvent, SocketRecv, ZmqMessage};
 
-use crate::keys::KeyStatus;
+use crate::server::keys::KeyStatus;
 
-use crate::daemon::Master;
+use crate::server::context::Master;
 
 /// The listen backlog: the `zeromq` crate's own bind uses 1024, too few for
 /// a fleet reconnecting at once after a master restart (SPEC §7).
@@ -155,8 +155,8 @@ fn log_depths(master: &Master, peers: &mut Peers) {
     for (agent, depth) in master.engine.queue_depths() {
         let last = peers.depths.insert(agent.clone(), depth).unwrap_or(0);
         if last != depth {
-            if depth >= crate::reactor::engine::AGENT_QUEUE / 2 {
-                tracing::warn!(agent = %agent, depth, capacity = crate::reactor::engine::AGENT_QUEUE, "Reaction queue depth.");
+            if depth >= crate::server::reactor::engine::AGENT_QUEUE / 2 {
+                tracing::warn!(agent = %agent, depth, capacity = crate::server::reactor::engine::AGENT_QUEUE, "Reaction queue depth.");
             } else {
                 tracing::info!(agent = %agent, depth, "Reaction queue depth.");
             }
@@ -289,7 +289,7 @@ pub async fn welcome(master: &Master, peer: Bytes, agent: &str, version: &str, f
         return;
     }
     // A reload while the welcome was on its way may have missed this agent.
-    crate::reload::resend_if_reloaded(master, peer, agent, &facts, &tree).await;
+    crate::server::reload::resend_if_reloaded(master, peer, agent, &facts, &tree).await;
     tracing::info!(agent, version, "Agent connected.");
     // A new session: whatever the old one had in flight is not answered there.
     master.jobs.agent_gone(agent);
@@ -306,7 +306,7 @@ pub async fn welcome(master: &Master, peer: Bytes, agent: &str, version: &str, f
 /// other agent with it; its session is ended instead, and it resends.
 pub const ACK_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// [`crate::sessions::Sessions::first_sights`], which appends to the
+/// [`crate::server::sessions::Sessions::first_sights`], which appends to the
 /// seen-ids log: a short write to the page cache, done in place (the
 /// runtime moves other tasks off this thread meanwhile).
 fn seen_first(master: &Master, agent: &str, ids: &[halite_proto::Id]) -> Vec<bool> {

@@ -46,7 +46,7 @@ pub struct Reactor {
 
 impl Reactor {
     /// A reactor the tree implies rather than one authored (`watch: true`,
-    /// see `crate::watch`); `on` is a tag glob the caller built.
+    /// see `crate::tree::watch`); `on` is a tag glob the caller built.
     pub fn implied(name: String, on: &str, actions: Vec<Box<dyn actions::Action>>) -> Result<Reactor, String> {
         let on_matcher = Glob::new(on).map_err(|e| format!("bad tag glob `{on}`: {}", e.kind()))?.compile_matcher();
         Ok(Reactor {

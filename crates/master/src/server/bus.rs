@@ -34,7 +34,7 @@ pub struct Bus {
     /// Live tails (`halite-master events`); sending with none is a no-op.
     tail: broadcast::Sender<Arc<Event>>,
     /// What `halite-master agents` knows from the events it saw.
-    ledger: Arc<Mutex<crate::agents::Ledger>>,
+    ledger: Arc<Mutex<crate::server::ledger::Ledger>>,
 }
 
 impl Bus {
@@ -68,7 +68,7 @@ impl Bus {
         self.tail.subscribe()
     }
 
-    pub fn ledger(&self) -> MutexGuard<'_, crate::agents::Ledger> {
+    pub fn ledger(&self) -> MutexGuard<'_, crate::server::ledger::Ledger> {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
 

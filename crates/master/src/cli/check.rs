@@ -92,11 +92,11 @@ fn reactions(tree: &Tree, event: &halite_proto::Event, depth: u32, out: &mut imp
                         _ => writeln!(out, "{indent}    {}", action.describe())?,
                     }
                     let Some(next) = action.would_fire(&event.agent, event, depth + 1) else { continue };
-                    if depth + 1 > crate::reactor::actions::event::MAX_DEPTH {
+                    if depth + 1 > crate::server::reactor::actions::event::MAX_DEPTH {
                         writeln!(
                             out,
                             "{indent}      stops: more than {} `event` hops from the agent's event (a loop?); a failed event instead",
-                            crate::reactor::actions::event::MAX_DEPTH
+                            crate::server::reactor::actions::event::MAX_DEPTH
                         )?;
                     } else if reactions(tree, &next, depth + 1, out)? == 0 {
                         writeln!(out, "{indent}      which no reactor matches")?;

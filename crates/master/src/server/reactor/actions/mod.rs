@@ -11,9 +11,9 @@ use futures_util::future::BoxFuture;
 use halite_proto::Event;
 use halite_state::StateTree;
 
-use crate::bus::Bus;
-use crate::jobs::Jobs;
-use crate::reactor::Engine;
+use crate::server::bus::Bus;
+use crate::server::jobs::Jobs;
+use crate::server::reactor::Engine;
 use crate::tree::Tree;
 
 pub mod apply;
@@ -174,7 +174,7 @@ pub(crate) async fn test_context() -> Context {
     use zeromq::Socket;
     let (bus, _) = Bus::bind("tcp://127.0.0.1:0").await.unwrap();
     let (send, _recv) = zeromq::RouterSocket::new().split();
-    let jobs = Jobs::new(crate::sessions::Sessions::new(send), bus.clone(), Duration::from_secs(1));
+    let jobs = Jobs::new(crate::server::sessions::Sessions::new(send), bus.clone(), Duration::from_secs(1));
     let tree = Arc::new(Tree::default());
     let engine = Engine::new(Arc::new(RwLock::new(tree.clone())), jobs.clone(), bus.clone());
     Context { tree, jobs, bus, engine, depth: 0 }
@@ -204,12 +204,12 @@ mod tests {
 
     #[test]
     fn every_action_file_is_registered() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/reactor/actions");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/server/reactor/actions");
         for entry in std::fs::read_dir(dir).unwrap() {
             let name = entry.unwrap().file_name().into_string().unwrap();
             let Some(stem) = name.strip_suffix(".rs") else { continue };
             if stem != "mod" {
-                assert!(find(stem).is_some(), "src/reactor/actions/{name} is not registered in ACTIONS");
+                assert!(find(stem).is_some(), "src/server/reactor/actions/{name} is not registered in ACTIONS");
             }
         }
     }

@@ -1,5 +1,20 @@
-//! `halite-master run`: load the tree, bind the link and the publisher,
-//! serve until stopped.
+//! The daemon, `halite-master run`: load the tree, bind the link and the
+//! publisher, serve until stopped.
+//!
+//! # Layout
+//! - [`context`] — [`Master`], the parts every server module shares.
+//! - [`link`] — the ROUTER side of the agent link; [`sessions`]: which peer
+//!   is which agent; [`keys`]: every agent key and its status.
+//! - [`store`] — jobs, results and keys in SQLite (`halite.db`).
+//! - [`bus`] — the outside publisher and the in-process tail; [`ledger`]:
+//!   what the bus said about each agent.
+//! - [`jobs`] — sending states to agents and waiting for results.
+//! - [`reactor`] — compiling reactors, the per-agent engine, one file per
+//!   action in `reactor/actions/`.
+//! - [`reload`] — hot reload of the tree (a watcher and SIGHUP).
+//! - [`control`] — the control socket operator commands talk to;
+//!   [`apply`] and [`events`] answer its streamed requests.
+//! - [`notify`] — telling systemd the master is ready (`Type=notify`).
 
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
@@ -8,33 +23,30 @@ use std::sync::{Arc, RwLock};
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::Bus;
+pub mod apply;
+pub mod bus;
+pub mod context;
+pub mod control;
+pub mod events;
+pub mod jobs;
+pub mod keys;
+pub mod ledger;
+pub mod link;
+pub mod notify;
+pub mod reactor;
+pub mod reload;
+pub mod sessions;
+pub mod store;
+
+pub use context::Master;
+
 use crate::config::MasterConfig;
-use crate::jobs::Jobs;
-use crate::reactor::Engine;
-use crate::reactor::engine::JOB_TIMEOUT;
-use crate::sessions::Sessions;
+use crate::server::bus::Bus;
+use crate::server::jobs::Jobs;
+use crate::server::reactor::Engine;
+use crate::server::reactor::engine::JOB_TIMEOUT;
+use crate::server::sessions::Sessions;
 use crate::tree::Tree;
-
-/// The running master's shared parts.
-#[derive(Debug)]
-pub struct Master {
-    /// The master's static key; agents pin its public half.
-    pub keypair: halite_link::Keypair,
-    /// Every agent key and its status, in memory, persisted in halite.db.
-    pub keys: crate::keys::KeyStore,
-    pub tree: Arc<RwLock<Arc<Tree>>>,
-    pub sessions: Sessions,
-    pub jobs: Jobs,
-    pub engine: Engine,
-    pub bus: Bus,
-}
-
-impl Master {
-    pub fn tree(&self) -> Arc<Tree> {
-        self.tree.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
 
 pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Result<()> {
     let (tree, diagnostics) = Tree::load(&config.states);
@@ -61,8 +73,8 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         tracing::info!(fingerprint = %keypair.public, "Made the master's key; agents pin it as `master_key`.");
     }
     let (bus, publish) = Bus::bind(&config.publish).await?;
-    let (mut router, listen) = crate::link::bind(&config.listen).await?;
-    let monitor = crate::link::monitor(&mut router);
+    let (mut router, listen) = crate::server::link::bind(&config.listen).await?;
+    let monitor = crate::server::link::monitor(&mut router);
     let (send, recv) = router.split();
     let sessions = Sessions::new(send);
     let seen_ids = config.data_dir.join("seen-ids");
@@ -70,16 +82,16 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         .remember_in(&seen_ids)
         .with_context(|| format!("cannot keep the ids seen in {}", seen_ids.display()))?;
     tracing::debug!(remembered, "Loaded the ids seen from agents.");
-    let store_path = crate::store::path(&config.data_dir);
-    let store = tokio::task::spawn_blocking(move || crate::store::Store::open(&store_path)).await??;
-    let keys = crate::keys::KeyStore::open(&store, &config.data_dir, &config.auto_accept).await?;
+    let store_path = crate::server::store::path(&config.data_dir);
+    let store = tokio::task::spawn_blocking(move || crate::server::store::Store::open(&store_path)).await??;
+    let keys = crate::server::keys::KeyStore::open(&store, &config.data_dir, &config.auto_accept).await?;
     let jobs = Jobs::new(sessions.clone(), bus.clone(), JOB_TIMEOUT).with_store(store.clone());
     let tree = Arc::new(RwLock::new(Arc::new(tree)));
     let engine = Engine::new(tree.clone(), jobs.clone(), bus.clone());
     let fingerprint = keypair.public;
     let master = Arc::new(Master { keypair, keys, tree, sessions, jobs, engine, bus });
-    crate::control::serve(master.clone(), &config.data_dir, cancel.clone()).await?;
-    crate::reload::spawn(master.clone(), config.states.clone(), cancel.clone())
+    crate::server::control::serve(master.clone(), &config.data_dir, cancel.clone()).await?;
+    crate::server::reload::spawn(master.clone(), config.states.clone(), cancel.clone())
         .with_context(|| format!("cannot watch the state tree {}", config.states.display()))?;
 
     let ready = format!("ready listen={listen} publish={publish} key={fingerprint}");
@@ -90,8 +102,8 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         writeln!(stdout, "{ready}").and_then(|()| stdout.flush()).context("cannot write to stdout")?;
     }
     tracing::info!(%listen, %publish, "Master ready.");
-    crate::notify::ready();
-    crate::link::serve(recv, monitor, master.clone(), cancel).await;
+    crate::server::notify::ready();
+    crate::server::link::serve(recv, monitor, master.clone(), cancel).await;
     for (agent, depth) in master.engine.queue_depths() {
         if depth > 0 {
             tracing::warn!(agent = %agent, depth, "Stopping with reactions not run; the agent's next session applies its states.");

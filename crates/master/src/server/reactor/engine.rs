@@ -19,8 +19,8 @@ use tokio::time::Instant;
 
 use super::Reactor;
 use super::actions::Context;
-use crate::bus::Bus;
-use crate::jobs::Jobs;
+use crate::server::bus::Bus;
+use crate::server::jobs::Jobs;
 use crate::tree::Tree;
 
 /// Work waiting for one agent. When full, new work for that agent is
@@ -216,7 +216,7 @@ impl Worker {
                 let result = match tree.states.calls_for(&names, &render) {
                     Ok(states) => {
                         let job = Job { id: Id::new(), cause_event: None, test: false, states };
-                        let origin = crate::jobs::Origin::connected(&self.agent);
+                        let origin = crate::server::jobs::Origin::connected(&self.agent);
                         jobs.run_with(&self.agent, job, origin, jobs.timeout()).await
                     }
                     Err(diagnostics) => Err(diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")),

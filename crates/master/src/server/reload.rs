@@ -23,7 +23,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::Master;
+use crate::server::context::Master;
 use crate::tree::Tree;
 
 /// How long the tree must stay unchanged before it is loaded.

@@ -4,61 +4,23 @@
 //! exception: after its answer the connection carries the event stream
 //! (`events.rs`) until the command goes away.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
+use std::time::UNIX_EPOCH;
 
 use anyhow::Context;
 use halite_link::PublicKey;
 use halite_proto::event::tag;
 use halite_proto::{Event, MasterMessage, Value};
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::Master;
-use crate::keys::{KeyEntry, KeyStatus};
-
-pub fn socket_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("control.sock")
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "command", rename_all = "snake_case")]
-pub enum Request {
-    KeysList,
-    KeysAccept {
-        target: String,
-    },
-    KeysReject {
-        target: String,
-    },
-    KeysDelete {
-        target: String,
-    },
-    /// Answered by a stream of [`crate::apply::ApplyLine`]s, not a [`Response`].
-    Apply(crate::apply::ApplyRequest),
-    /// Every known agent (`agents.rs`).
-    Agents,
-    /// A live tail of the bus, optionally filtered by a tag glob.
-    Events {
-        tag: Option<String>,
-    },
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Response {
-    pub ok: bool,
-    #[serde(default)]
-    pub error: Option<String>,
-    /// The keys listed, or changed by the command.
-    #[serde(default)]
-    pub keys: Vec<KeyEntry>,
-    /// The agents listed by `agents`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub agents: Vec<crate::agents::AgentRow>,
-}
+use crate::protocol::{AgentRow, Request, Response, socket_path};
+use crate::server::context::Master;
+use crate::server::keys::{KeyEntry, KeyStatus};
 
 pub async fn serve(master: Arc<Master>, data_dir: &Path, cancel: CancellationToken) -> anyhow::Result<()> {
     let path = socket_path(data_dir);
@@ -88,11 +50,11 @@ async fn connection(master: Arc<Master>, stream: UnixStream) {
     while let Ok(Some(line)) = lines.next_line().await {
         let response = match serde_json::from_str::<Request>(&line) {
             Ok(Request::Apply(apply)) => {
-                crate::apply::serve(&master, apply, &mut write).await;
+                crate::server::apply::serve(&master, apply, &mut write).await;
                 continue;
             }
-            Ok(Request::Events { tag }) => return crate::events::stream(&master, tag, write).await,
-            Ok(Request::Agents) => Response { ok: true, agents: crate::agents::rows(&master), ..Response::default() },
+            Ok(Request::Events { tag }) => return crate::server::events::stream(&master, tag, write).await,
+            Ok(Request::Agents) => Response { ok: true, agents: agent_rows(&master), ..Response::default() },
             Ok(request) => execute(&master, request).await,
             Err(error) => Response { ok: false, error: Some(format!("bad request: {error}")), ..Response::default() },
         };
@@ -140,7 +102,7 @@ async fn accept(master: &Master, target: &str) -> Result<Vec<KeyEntry>, String> 
         ));
         let Ok(key) = entry.key.parse::<PublicKey>() else { continue };
         for (peer, facts) in master.sessions.promote(&entry.id, &key) {
-            crate::link::welcome(master, peer, &entry.id, "", facts).await;
+            crate::server::link::welcome(master, peer, &entry.id, "", facts).await;
         }
     }
     saved.map_err(|e| e.to_string())?;
@@ -151,7 +113,7 @@ async fn accept(master: &Master, target: &str) -> Result<Vec<KeyEntry>, String> 
 /// then commits the change; both happen before the command returns.
 async fn cut_off(
     master: &Master,
-    entries: Result<Vec<KeyEntry>, crate::keys::KeyStoreError>,
+    entries: Result<Vec<KeyEntry>, crate::server::keys::KeyStoreError>,
     what: &str,
 ) -> Result<Vec<KeyEntry>, String> {
     let entries = entries.map_err(|e| e.to_string())?;
@@ -178,42 +140,46 @@ async fn cut_off(
     Ok(entries)
 }
 
-/// Sends a request whose answer is a stream of lines (`apply`); returns
-/// the lines as they come.
-pub async fn stream(
-    data_dir: &Path,
-    request: &Request,
-) -> anyhow::Result<tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>> {
-    let path = socket_path(data_dir);
-    let stream = UnixStream::connect(&path).await.with_context(|| {
-        format!(
-            "cannot reach the master's control socket {} (is `halite-master run` running with this data dir?)",
-            path.display()
-        )
-    })?;
-    let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_string(request)?;
-    line.push('\n');
-    write.write_all(line.as_bytes()).await?;
-    // Dropping the write half shuts it down; the master reads the next
-    // request only after it has answered this one in full.
-    drop(write);
-    Ok(BufReader::new(read).lines())
-}
-
-/// Sends one request to the running master.
-pub async fn request(data_dir: &Path, request: &Request) -> anyhow::Result<Response> {
-    let path = socket_path(data_dir);
-    let stream = UnixStream::connect(&path).await.with_context(|| {
-        format!(
-            "cannot reach the master's control socket {} (is `halite-master run` running with this data dir?)",
-            path.display()
-        )
-    })?;
-    let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_string(request)?;
-    line.push('\n');
-    write.write_all(line.as_bytes()).await?;
-    let answer = BufReader::new(read).lines().next_line().await?.context("the master closed the control socket")?;
-    Ok(serde_json::from_str(&answer)?)
+/// Every known agent, by id.
+pub fn agent_rows(master: &Master) -> Vec<AgentRow> {
+    let mut rows: BTreeMap<String, AgentRow> = BTreeMap::new();
+    for entry in master.keys.list() {
+        let row = rows.entry(entry.id.clone()).or_insert_with(|| AgentRow::unknown(&entry.id));
+        // An id with two keys (an impostor pending beside the real one):
+        // the accepted key speaks for it.
+        if row.key != "accepted" {
+            row.key = entry.status.as_str().to_owned();
+        }
+    }
+    for session in master.sessions.list() {
+        let row = rows.entry(session.agent.clone()).or_insert_with(|| AgentRow::unknown(&session.agent));
+        if row.connected && !session.accepted {
+            continue;
+        }
+        row.connected = true;
+        row.address = session.address;
+        row.facts = session.facts.to_json();
+        row.connected_since_us =
+            session.since.duration_since(UNIX_EPOCH).ok().and_then(|d| i64::try_from(d.as_micros()).ok());
+    }
+    let ledger = master.bus.ledger();
+    for (id, row) in &mut rows {
+        let Some(seen) = ledger.seen(id) else { continue };
+        row.version.clone_from(&seen.version);
+        row.last_event_us = seen.last_event_us;
+        if let Some(compliance) = &seen.compliance {
+            row.compliance = compliance.clone();
+        }
+        if row.facts.is_null()
+            && let Some(facts) = &seen.facts
+        {
+            row.facts = facts.clone();
+        }
+    }
+    for (agent, depth) in master.engine.queue_depths() {
+        if let Some(row) = rows.get_mut(&agent) {
+            row.queued = depth;
+        }
+    }
+    rows.into_values().collect()
 }

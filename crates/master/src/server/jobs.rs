@@ -10,9 +10,9 @@ use halite_proto::event::tag;
 use halite_proto::{Event, Id, Job, JobResult, MasterMessage, Value};
 use tokio::sync::oneshot;
 
-use crate::bus::Bus;
-use crate::sessions::Sessions;
-use crate::store::{JobRecord, Store};
+use crate::server::bus::Bus;
+use crate::server::sessions::Sessions;
+use crate::server::store::{JobRecord, Store};
 
 /// Jobs sent and not yet answered: the agent asked, and who waits.
 #[derive(Debug, Default)]
@@ -151,7 +151,7 @@ impl Jobs {
         if let Some(store) = &self.store {
             let record = JobRecord {
                 jid: jid.to_string(),
-                created_us: crate::store::now_us(),
+                created_us: crate::server::store::now_us(),
                 cause: origin.cause,
                 reactor: origin.reactor,
                 target: origin.target,

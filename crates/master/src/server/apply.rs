@@ -13,43 +13,12 @@ use std::time::Duration;
 use halite_proto::{Id, Job};
 use halite_state::report::AgentReport;
 use halite_state::{RenderContext, Target};
-use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use crate::daemon::Master;
-use crate::jobs::Origin;
-
-/// What the operator asked for.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ApplyRequest {
-    /// A target expression (`web*`), matched against connected, accepted agents.
-    pub target: String,
-    /// State files to apply; empty: each agent's top.yaml states.
-    #[serde(default)]
-    pub states: Vec<String>,
-    /// Plan only: report what would change, change nothing.
-    #[serde(default)]
-    pub test: bool,
-    /// How long to wait for each agent's answer.
-    pub timeout_ms: u64,
-    /// The operator's command line, recorded as the jobs' cause.
-    pub command_line: String,
-}
-
-/// One line of the master's answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "line", rename_all = "snake_case")]
-pub enum ApplyLine {
-    /// The jobs are sent: one per agent, with its job id.
-    Started { test: bool, jobs: Vec<(String, String)> },
-    /// One agent's answer, or why there is none.
-    Agent { report: AgentReport },
-    /// Every agent has answered or timed out.
-    Done,
-    /// Nothing was sent. `no_agent`: the target matched no connected agent.
-    Error { error: String, no_agent: bool },
-}
+use crate::protocol::{ApplyLine, ApplyRequest};
+use crate::server::context::Master;
+use crate::server::jobs::Origin;
 
 fn error(message: impl Into<String>) -> ApplyLine {
     ApplyLine::Error { error: message.into(), no_agent: false }

@@ -62,7 +62,7 @@ use indexmap::{IndexMap, IndexSet};
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
-use crate::store::Store;
+use crate::server::store::Store;
 
 /// The file earlier masters kept keys in, imported once into halite.db.
 pub const LEGACY_FILE: &str = "keys.json";
@@ -507,7 +507,7 @@ mod tests {
     }
 
     async fn open(dir: &Path, auto_accept: &[&str]) -> (Store, KeyStore) {
-        let store = Store::open(&crate::store::path(dir)).unwrap();
+        let store = Store::open(&crate::server::store::path(dir)).unwrap();
         let globs: Vec<String> = auto_accept.iter().map(|g| (*g).to_owned()).collect();
         let keys = KeyStore::open(&store, dir, &globs).await.unwrap();
         (store, keys)
@@ -556,7 +556,7 @@ mod tests {
         store.flush().await;
         let key = key();
         keys.admit("web01", &key);
-        let reader = Connection::open(crate::store::path(dir.path())).unwrap();
+        let reader = Connection::open(crate::server::store::path(dir.path())).unwrap();
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             let stored: Option<String> = rusqlite::OptionalExtension::optional(reader.query_row(
@@ -659,9 +659,9 @@ mod tests {
     #[tokio::test]
     async fn a_hand_edited_row_is_named_with_a_way_to_mend_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&crate::store::path(dir.path())).unwrap();
+        let store = Store::open(&crate::server::store::path(dir.path())).unwrap();
         store.flush().await;
-        Connection::open(crate::store::path(dir.path()))
+        Connection::open(crate::server::store::path(dir.path()))
             .unwrap()
             .execute("INSERT INTO keys VALUES ('web01', ?1, 'maybe', 0)", [key().to_string()])
             .unwrap();
@@ -673,7 +673,7 @@ mod tests {
     #[tokio::test]
     async fn a_corrupt_keys_json_is_a_clear_error_and_stays_in_place() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&crate::store::path(dir.path())).unwrap();
+        let store = Store::open(&crate::server::store::path(dir.path())).unwrap();
         let legacy = dir.path().join(LEGACY_FILE);
         for (text, says) in [
             ("[{\"id\": \"web01\", \"key\"", "EOF"),

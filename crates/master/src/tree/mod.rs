@@ -1,6 +1,9 @@
 //! The master's view of the state tree: states (from the state engine),
 //! beacons.yaml and reactors.yaml, loaded and checked together, plus what
-//! `watch: true` implies (see [`crate::watch`]).
+//! `watch: true` implies (see [`crate::tree::watch`]).
+
+pub mod beacons;
+pub mod watch;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,9 +11,9 @@ use std::sync::Arc;
 use halite_proto::{BeaconSpec, Value};
 use halite_state::{Diagnostic, StateTree, diag};
 
-use crate::beacons::BeaconTable;
-use crate::reactor::{self, Reactor};
-use crate::watch::{self, Watch};
+use crate::server::reactor::{self, Reactor};
+use beacons::BeaconTable;
+use watch::Watch;
 
 #[derive(Debug, Default)]
 pub struct Tree {

@@ -169,7 +169,7 @@ mod tests {
     use halite_proto::Value;
 
     use super::*;
-    use crate::reactor::actions::test_context;
+    use crate::server::reactor::actions::test_context;
 
     fn tree_with_hook(script: &str, mode: u32) -> (tempfile::TempDir, StateTree) {
         let dir = tempfile::tempdir().unwrap();

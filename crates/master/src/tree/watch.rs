@@ -12,7 +12,7 @@ use std::sync::Arc;
 use halite_proto::{BeaconSpec, Value};
 use halite_state::{Diagnostic, StateTree};
 
-use crate::reactor::Reactor;
+use crate::server::reactor::Reactor;
 
 /// One watched state.
 #[derive(Debug, Clone)]
@@ -65,7 +65,7 @@ pub fn find(states: &StateTree, diagnostics: &mut Vec<Diagnostic>) -> Vec<Watch>
             // The whole state file, rendered for the agent and the event like
             // a hand-written `apply: [file]`: templates come out right and an
             // `onchanges` partner (a reload) runs after a restore.
-            let action = crate::reactor::actions::apply::state_files(vec![file.clone()]);
+            let action = crate::server::reactor::actions::apply::state_files(vec![file.clone()]);
             let reactor = match Reactor::implied(name.clone(), &on, vec![action]) {
                 Ok(reactor) => Arc::new(reactor),
                 Err(message) => {

@@ -361,7 +361,7 @@ mod tests {
             &StateTree::default(),
         )
         .unwrap();
-        let context = crate::reactor::actions::test_context().await;
+        let context = crate::server::reactor::actions::test_context().await;
         let event = Event::new("ops/x", "web01", halite_proto::Value::map());
         let error = action.run(&context, "web01", &event).await.unwrap_err();
         assert!(error.contains("after 3 attempts"), "{error}");

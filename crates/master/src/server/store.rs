@@ -142,7 +142,7 @@ enum Write {
     /// its table to persist from then on.
     OpenKeys {
         legacy: PathBuf,
-        reply: oneshot::Sender<Result<crate::keys::Shared, crate::keys::KeyStoreError>>,
+        reply: oneshot::Sender<Result<crate::server::keys::Shared, crate::server::keys::KeyStoreError>>,
     },
     /// The key store's dirty set stopped being empty.
     WakeKeys,
@@ -180,10 +180,15 @@ impl Store {
 
     /// The key store's table, loaded by the writer thread (which imports
     /// `legacy`, the old keys.json, first if it is there).
-    pub(crate) async fn open_keys(&self, legacy: PathBuf) -> Result<crate::keys::Shared, crate::keys::KeyStoreError> {
+    pub(crate) async fn open_keys(
+        &self,
+        legacy: PathBuf,
+    ) -> Result<crate::server::keys::Shared, crate::server::keys::KeyStoreError> {
         let (reply, answer) = oneshot::channel();
-        let stopped =
-            || crate::keys::KeyStoreError::Store { path: self.path.clone(), message: "its writer has stopped".into() };
+        let stopped = || crate::server::keys::KeyStoreError::Store {
+            path: self.path.clone(),
+            message: "its writer has stopped".into(),
+        };
         self.queue.send(Write::OpenKeys { legacy, reply }).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
@@ -197,9 +202,9 @@ impl Store {
     }
 
     /// Returns once every key change made before it is committed.
-    pub(crate) async fn commit_keys(&self) -> Result<(), crate::keys::KeyStoreError> {
+    pub(crate) async fn commit_keys(&self) -> Result<(), crate::server::keys::KeyStoreError> {
         let (done, wait) = oneshot::channel();
-        let failed = |message: String| crate::keys::KeyStoreError::Write { path: self.path.clone(), message };
+        let failed = |message: String| crate::server::keys::KeyStoreError::Write { path: self.path.clone(), message };
         self.queue.send(Write::CommitKeys(done)).await.map_err(|_| failed("the store's writer has stopped".into()))?;
         wait.await.map_err(|_| failed("the store's writer has stopped".into()))?.map_err(failed)
     }
@@ -305,7 +310,7 @@ fn migrate(connection: &Connection, path: &Path) -> Result<(), StoreError> {
 /// then the dirty keys, in one transaction of their own (so a failure of
 /// either loses nothing of the other).
 fn writer(mut connection: Connection, path: &Path, mut inbox: mpsc::Receiver<Write>) {
-    let mut keys: Option<crate::keys::Shared> = None;
+    let mut keys: Option<crate::server::keys::Shared> = None;
     while let Some(first) = inbox.blocking_recv() {
         let mut batch = vec![first];
         while let Ok(more) = inbox.try_recv() {
@@ -338,7 +343,7 @@ fn writer(mut connection: Connection, path: &Path, mut inbox: mpsc::Receiver<Wri
         for (legacy, reply) in opens {
             let opened = match &keys {
                 Some(shared) => Ok(shared.clone()),
-                None => crate::keys::load(&mut connection, path, &legacy),
+                None => crate::server::keys::load(&mut connection, path, &legacy),
             };
             if let Ok(shared) = &opened {
                 keys = Some(shared.clone());
@@ -346,7 +351,7 @@ fn writer(mut connection: Connection, path: &Path, mut inbox: mpsc::Receiver<Wri
             let _ = reply.send(opened);
         }
         let saved = match &keys {
-            Some(shared) => crate::keys::persist(&mut connection, shared).map(|_| ()).map_err(|error| {
+            Some(shared) => crate::server::keys::persist(&mut connection, shared).map(|_| ()).map_err(|error| {
                 tracing::error!(path = %path.display(), %error, "Cannot save keys; they stay in memory and are retried with the next change.");
                 error.to_string()
             }),
@@ -702,7 +707,7 @@ mod tests {
             .unwrap();
         drop(connection);
         let store = Store::open(&path).unwrap();
-        let keys = crate::keys::KeyStore::open(&store, dir.path(), &["*".to_owned()]).await.unwrap();
+        let keys = crate::server::keys::KeyStore::open(&store, dir.path(), &["*".to_owned()]).await.unwrap();
         let key = halite_link::Keypair::generate().unwrap().public;
         keys.admit("web01", &key);
         keys.commit().await.unwrap();

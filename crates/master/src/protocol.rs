@@ -1,0 +1,142 @@
+//! The control socket's protocol: what operator commands (`cli/`) send to
+//! the running master (`server/control.rs`) and what comes back. A Unix
+//! socket in the data dir, owner-only; one JSON request per line, one JSON
+//! answer per line. `apply` and `events` are answered by a stream of lines
+//! ([`ApplyLine`], [`TailLine`]) instead of one [`Response`].
+
+use std::path::{Path, PathBuf};
+
+use halite_state::report::AgentReport;
+use serde::{Deserialize, Serialize};
+
+use crate::server::keys::KeyEntry;
+
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("control.sock")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    KeysList,
+    KeysAccept {
+        target: String,
+    },
+    KeysReject {
+        target: String,
+    },
+    KeysDelete {
+        target: String,
+    },
+    /// Answered by a stream of [`ApplyLine`]s, not a [`Response`].
+    Apply(ApplyRequest),
+    /// Every known agent (`server/ledger.rs`).
+    Agents,
+    /// A live tail of the bus, optionally filtered by a tag glob.
+    Events {
+        tag: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The keys listed, or changed by the command.
+    #[serde(default)]
+    pub keys: Vec<KeyEntry>,
+    /// The agents listed by `agents`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<AgentRow>,
+}
+
+/// What the operator asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    /// A target expression (`web*`), matched against connected, accepted agents.
+    pub target: String,
+    /// State files to apply; empty: each agent's top.yaml states.
+    #[serde(default)]
+    pub states: Vec<String>,
+    /// Plan only: report what would change, change nothing.
+    #[serde(default)]
+    pub test: bool,
+    /// How long to wait for each agent's answer.
+    pub timeout_ms: u64,
+    /// The operator's command line, recorded as the jobs' cause.
+    pub command_line: String,
+}
+
+/// One line of the master's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "line", rename_all = "snake_case")]
+pub enum ApplyLine {
+    /// The jobs are sent: one per agent, with its job id.
+    Started { test: bool, jobs: Vec<(String, String)> },
+    /// One agent's answer, or why there is none.
+    Agent { report: AgentReport },
+    /// Every agent has answered or timed out.
+    Done,
+    /// Nothing was sent. `no_agent`: the target matched no connected agent.
+    Error { error: String, no_agent: bool },
+}
+
+/// One line of the stream after the first (which is a [`Response`]).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TailLine {
+    /// An event, as JSON (as the outside publisher sends it).
+    Event(serde_json::Value),
+    /// This many events were skipped because the reader was slow.
+    Lagged(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Compliance {
+    Unknown,
+    Compliant { since_us: i64 },
+    Drifted { since_us: i64, path: Option<String> },
+    Failing { since_us: i64 },
+}
+
+/// One line of `halite-master agents`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentRow {
+    pub id: String,
+    /// The key's status: accepted, pending or rejected (`unknown` for a
+    /// session whose key was deleted a moment ago).
+    pub key: String,
+    pub connected: bool,
+    /// The peer's address as the agent link saw it, while connected.
+    pub address: Option<String>,
+    pub version: Option<String>,
+    /// All facts (from the live session, else from its last `connected`).
+    pub facts: serde_json::Value,
+    pub connected_since_us: Option<i64>,
+    pub last_event_us: Option<i64>,
+    pub compliance: Compliance,
+    /// Reactions waiting in the master's queue for this agent (at most
+    /// `reactor::engine::AGENT_QUEUE`): a flood shows here first.
+    #[serde(default)]
+    pub queued: usize,
+}
+
+impl AgentRow {
+    /// A row for `id` with nothing known yet.
+    pub fn unknown(id: &str) -> AgentRow {
+        AgentRow {
+            id: id.to_owned(),
+            key: "unknown".into(),
+            connected: false,
+            address: None,
+            version: None,
+            facts: serde_json::Value::Null,
+            connected_since_us: None,
+            last_event_us: None,
+            compliance: Compliance::Unknown,
+            queued: 0,
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! The running master's shared context: what the link, the control socket
+//! and hot reload all reach through one handle.
+
+use std::sync::{Arc, RwLock};
+
+use crate::server::bus::Bus;
+use crate::server::jobs::Jobs;
+use crate::server::keys::KeyStore;
+use crate::server::reactor::Engine;
+use crate::server::sessions::Sessions;
+use crate::tree::Tree;
+
+/// The running master's shared parts.
+#[derive(Debug)]
+pub struct Master {
+    /// The master's static key; agents pin its public half.
+    pub keypair: halite_link::Keypair,
+    /// Every agent key and its status, in memory, persisted in halite.db.
+    pub keys: KeyStore,
+    pub tree: Arc<RwLock<Arc<Tree>>>,
+    pub sessions: Sessions,
+    pub jobs: Jobs,
+    pub engine: Engine,
+    pub bus: Bus,
+}
+
+impl Master {
+    pub fn tree(&self) -> Arc<Tree> {
+        self.tree.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}

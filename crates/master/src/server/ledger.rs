@@ -1,0 +1,158 @@
+//! `halite-master agents`: who is there, since when, what they last said,
+//! and whether their watched files are as desired.
+//!
+//! The [`Ledger`] watches the bus (every published event passes through
+//! [`Ledger::observe`]) and keeps, per agent, its version and facts from its
+//! last `connected` event, the time of its last beacon event, and its
+//! compliance. The rows the command prints join the ledger with the key
+//! store (every known id, pending ones too) and the live sessions (address,
+//! connected since).
+//!
+//! Compliance is what the master has seen since it started, per agent:
+//! - `unknown`: no job has returned for the agent yet;
+//! - `compliant since T`: the last job returned without a failure and no
+//!   managed file drifted since;
+//! - `drifted since T`: a beacon reported a change to a managed file
+//!   (`data.managed == true`) at T and no job has returned since;
+//! - `failing since T`: the last job to return had a failed state.
+//!
+//! It is per agent, not per file: a job that applies only some states ends
+//! a drift of another file too. The corrective job of a drift normally
+//! returns milliseconds later, so a lasting `drifted` means the restore did
+//! not happen (no reactor for that file, or the agent is gone).
+
+use std::collections::HashMap;
+
+use halite_proto::Event;
+
+use crate::protocol::Compliance;
+
+/// What the bus told us about one agent.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    pub version: Option<String>,
+    pub facts: Option<serde_json::Value>,
+    pub last_event_us: Option<i64>,
+    pub compliance: Option<Compliance>,
+}
+
+/// Per agent, what the bus has said. One entry per agent id that connected
+/// or raised an event: bounded by the fleet, not by traffic.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    agents: HashMap<String, Seen>,
+}
+
+impl Ledger {
+    /// What the bus said about `agent`, if anything.
+    pub fn seen(&self, agent: &str) -> Option<&Seen> {
+        self.agents.get(agent)
+    }
+
+    /// Takes note of an event going on the bus. Cheap: called for every
+    /// event, under the bus's lock.
+    pub fn observe(&mut self, event: &Event) {
+        let Some(rest) = event.tag.strip_prefix("halite/") else { return };
+        let mut parts = rest.split('/');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some("agent"), Some(agent), Some("connected"), None) => {
+                let seen = self.agents.entry(agent.to_owned()).or_default();
+                seen.version = event.data.get("version").and_then(|v| v.as_str()).map(str::to_owned);
+                seen.facts = event.data.get("facts").map(halite_proto::Value::to_json);
+            }
+            (Some("beacon"), Some(agent), Some(_), None) if agent == event.agent => {
+                let seen = self.agents.entry(agent.to_owned()).or_default();
+                seen.last_event_us = Some(event.time_us);
+                let managed = matches!(event.data.get("managed"), Some(halite_proto::Value::Bool(true)));
+                if managed && !matches!(seen.compliance, Some(Compliance::Drifted { .. })) {
+                    let path = event.data.get("path").and_then(|p| p.as_str()).map(str::to_owned);
+                    seen.compliance = Some(Compliance::Drifted { since_us: event.time_us, path });
+                }
+            }
+            (Some("job"), Some(_), Some("ret"), Some(agent)) => {
+                let failed = matches!(event.data.get("failed"), Some(halite_proto::Value::Bool(true)));
+                let seen = self.agents.entry(agent.to_owned()).or_default();
+                let keep_since = match (&seen.compliance, failed) {
+                    (Some(Compliance::Failing { since_us }), true)
+                    | (Some(Compliance::Compliant { since_us }), false) => Some(*since_us),
+                    _ => None,
+                };
+                let since_us = keep_since.unwrap_or(event.time_us);
+                seen.compliance =
+                    Some(if failed { Compliance::Failing { since_us } } else { Compliance::Compliant { since_us } });
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use halite_proto::{Id, Value};
+
+    use super::*;
+
+    fn at(mut event: Event, time_us: i64) -> Event {
+        event.time_us = time_us;
+        event
+    }
+
+    #[test]
+    fn compliance_follows_drifts_and_job_results() {
+        let drift = |t| {
+            at(
+                Event::new(
+                    "halite/beacon/web01/nginx-conf",
+                    "web01",
+                    Value::map().with("managed", true).with("path", "/etc/nginx/nginx.conf"),
+                ),
+                t,
+            )
+        };
+        let unmanaged = |t| at(Event::new("halite/beacon/web01/cpu", "web01", Value::map().with("state", "above")), t);
+        let ret = |t, failed: bool| {
+            at(
+                Event::new(format!("halite/job/{}/ret/web01", Id::new()), "web01", Value::map().with("failed", failed)),
+                t,
+            )
+        };
+        let drifted = |since_us| Compliance::Drifted { since_us, path: Some("/etc/nginx/nginx.conf".into()) };
+        // (event, compliance after it)
+        let steps = [
+            (unmanaged(1), None),
+            (ret(2, false), Some(Compliance::Compliant { since_us: 2 })),
+            (ret(3, false), Some(Compliance::Compliant { since_us: 2 })),
+            (unmanaged(4), Some(Compliance::Compliant { since_us: 2 })),
+            (drift(5), Some(drifted(5))),
+            (drift(6), Some(drifted(5))),
+            (ret(7, false), Some(Compliance::Compliant { since_us: 7 })),
+            (ret(8, true), Some(Compliance::Failing { since_us: 8 })),
+            (ret(9, true), Some(Compliance::Failing { since_us: 8 })),
+            (drift(10), Some(drifted(10))),
+        ];
+        let mut ledger = Ledger::default();
+        for (i, (event, expected)) in steps.into_iter().enumerate() {
+            ledger.observe(&event);
+            assert_eq!(ledger.agents.get("web01").and_then(|s| s.compliance.clone()), expected, "step {i}");
+        }
+        assert_eq!(ledger.agents["web01"].last_event_us, Some(10));
+    }
+
+    #[test]
+    fn connected_events_give_version_and_facts_and_others_are_ignored() {
+        let mut ledger = Ledger::default();
+        let facts = Value::map().with("os", "debian").with("os_version", "12").with("cpus", 4i64);
+        ledger.observe(&Event::new(
+            "halite/agent/web01/connected",
+            "web01",
+            Value::map().with("version", "0.1.0").with("facts", facts),
+        ));
+        // An event in another agent's beacon tag is not that agent's.
+        ledger.observe(&Event::new("halite/beacon/web02/x", "web01", Value::map()));
+        ledger.observe(&Event::new("halite/key/db01/pending", "db01", Value::map()));
+        assert_eq!(ledger.agents.len(), 1);
+        let seen = &ledger.agents["web01"];
+        assert_eq!(seen.version.as_deref(), Some("0.1.0"));
+        assert_eq!(seen.facts, Some(serde_json::json!({"os": "debian", "os_version": "12", "cpus": 4})));
+    }
+}
