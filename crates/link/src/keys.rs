@@ -10,6 +10,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::str::FromStr;
 
+/// The Noise protocol of the link; keys are made for its DH function.
+pub const PATTERN: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PublicKey(pub [u8; 32]);
 
@@ -76,10 +79,9 @@ pub enum KeyError {
 
 impl Keypair {
     pub fn generate() -> Result<Keypair, KeyError> {
-        let keypair =
-            snow::Builder::new(crate::noise::PATTERN.parse().map_err(|e| KeyError::Generate(format!("{e}")))?)
-                .generate_keypair()
-                .map_err(|e| KeyError::Generate(e.to_string()))?;
+        let keypair = snow::Builder::new(PATTERN.parse().map_err(|e| KeyError::Generate(format!("{e}")))?)
+            .generate_keypair()
+            .map_err(|e| KeyError::Generate(e.to_string()))?;
         Ok(Keypair {
             public: PublicKey::from_slice(&keypair.public).ok_or(KeyError::Generate("bad public key length".into()))?,
             private: keypair

@@ -19,9 +19,8 @@
 use snow::{HandshakeState, StatelessTransportState};
 
 use crate::LinkError;
-use crate::keys::{Keypair, PublicKey};
+use crate::keys::{Keypair, PATTERN, PublicKey};
 
-pub const PATTERN: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
 /// Binds the handshake to this protocol; a peer speaking another version
 /// fails the handshake instead of misreading messages.
 const PROLOGUE: &[u8] = b"halite link 1";

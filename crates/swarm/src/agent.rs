@@ -23,7 +23,6 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use zeromq::{DealerSocket, Socket, SocketEvent, SocketOptions, SocketRecv, SocketSend};
 
-use crate::swarm::Report;
 use halite_agent::jobs::rooted_call;
 use halite_agent::link::{EVENTS_PER_MESSAGE, Session, frames};
 
@@ -317,4 +316,26 @@ mod tests {
             assert!(delay >= Duration::from_millis(50) && delay <= Duration::from_secs(15), "{failures}: {delay:?}");
         }
     }
+}
+
+/// What an agent tells the swarm.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    /// A session is up (the handshake finished).
+    Up { agent: usize },
+    /// The session ended; the agent is reconnecting.
+    Down { agent: usize, reason: String },
+    /// The master does not accept the agent's key (yet).
+    NotAccepted { agent: usize, status: String },
+    /// A job not caused by an event (the start-up apply) was applied and
+    /// its result sent.
+    Converged { agent: usize, failed: bool },
+    /// The job restoring the agent's last drift was applied, `latency`
+    /// after the drift was written; its result has been sent. `changed`:
+    /// the apply rewrote something (as it must after a drift).
+    Restored { agent: usize, latency: Duration, failed: bool, changed: bool },
+    /// Another job was applied.
+    OtherJob { agent: usize, job: Id },
+    /// An `Emit` command's events were all handed to the link.
+    Emitted { agent: usize, events: usize, elapsed: Duration },
 }

@@ -24,7 +24,8 @@ pub mod proc;
 pub mod scenario;
 pub mod swarm;
 
-pub use swarm::{Report, Swarm, SwarmSettings};
+pub use agent::Report;
+pub use swarm::{Swarm, SwarmSettings};
 
 /// Statistics over latency samples, as the benchmarks print them.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -15,12 +15,10 @@ use halite_master::server::keys::{KeyEntry, KeyStatus};
 use zeromq::{Socket, SocketRecv, SubSocket};
 
 use crate::agent::Command;
+use crate::agent::Report;
 use crate::proc::{self, Usage};
-use crate::swarm::{Report, Storm, Swarm, SwarmSettings};
+use crate::swarm::{BEACON, MANAGED_PATH, Storm, Swarm, SwarmSettings, agent_id};
 
-/// The file every swarm agent manages, and its beacon's name in the tree.
-pub const MANAGED_PATH: &str = "/etc/motd";
-pub const BEACON: &str = "motd";
 /// What the tree says the managed file holds.
 pub const DESIRED: &str = "This host is managed by halite (swarm). Local edits are restored.\n";
 
@@ -39,11 +37,6 @@ pub fn write_tree(dir: &Path) -> std::io::Result<()> {
         format!("- name: restore-motd\n  on: halite/beacon/*/{BEACON}\n  apply: [motd]\n"),
     )?;
     Ok(())
-}
-
-/// The id of swarm agent `index` (as [`SwarmSettings`]' default prefix names it).
-pub fn agent_id(index: usize) -> String {
-    format!("swarm{index:05}")
 }
 
 /// Where benchmark files go: `$TMPDIR` if set, else tmpfs (`/dev/shm`)

@@ -7,38 +7,24 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use halite_link::{Keypair, PublicKey};
-use halite_proto::Id;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{self, AgentSpec, COMMAND_CAPACITY, Command, Shared};
+use crate::agent::{self, AgentSpec, COMMAND_CAPACITY, Command, Report, Shared};
+
+/// The file every swarm agent manages, and its beacon's name in the tree.
+pub const MANAGED_PATH: &str = "/etc/motd";
+pub const BEACON: &str = "motd";
+
+/// The id of swarm agent `index` (as [`SwarmSettings`]' default prefix names it).
+pub fn agent_id(index: usize) -> String {
+    format!("swarm{index:05}")
+}
 
 /// Reports waiting for the swarm's reader. When full, agents wait (and stop
 /// reading their sockets), so a scenario reads reports while agents work.
 pub const REPORT_CAPACITY: usize = 4096;
-
-/// What an agent tells the swarm.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Report {
-    /// A session is up (the handshake finished).
-    Up { agent: usize },
-    /// The session ended; the agent is reconnecting.
-    Down { agent: usize, reason: String },
-    /// The master does not accept the agent's key (yet).
-    NotAccepted { agent: usize, status: String },
-    /// A job not caused by an event (the start-up apply) was applied and
-    /// its result sent.
-    Converged { agent: usize, failed: bool },
-    /// The job restoring the agent's last drift was applied, `latency`
-    /// after the drift was written; its result has been sent. `changed`:
-    /// the apply rewrote something (as it must after a drift).
-    Restored { agent: usize, latency: Duration, failed: bool, changed: bool },
-    /// Another job was applied.
-    OtherJob { agent: usize, job: Id },
-    /// An `Emit` command's events were all handed to the link.
-    Emitted { agent: usize, events: usize, elapsed: Duration },
-}
 
 impl Report {
     pub fn agent(&self) -> usize {
@@ -84,8 +70,8 @@ impl SwarmSettings {
             agents,
             dir,
             prefix: "swarm".into(),
-            managed_path: crate::scenario::MANAGED_PATH.into(),
-            beacon: crate::scenario::BEACON.into(),
+            managed_path: MANAGED_PATH.into(),
+            beacon: BEACON.into(),
             heartbeat: Duration::from_secs(5),
             concurrent_handshakes: 256,
             keys: Vec::new(),
@@ -134,7 +120,7 @@ impl Swarm {
             Swarm { shared, commands: Vec::new(), reports, ids: Vec::new(), roots: Vec::new(), tasks: JoinSet::new() };
         for index in 0..settings.agents {
             let id = format!("{}{index:05}", settings.prefix);
-            debug_assert!(settings.prefix != "swarm" || id == crate::scenario::agent_id(index));
+            debug_assert!(settings.prefix != "swarm" || id == agent_id(index));
             let root = settings.dir.join(&id);
             std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
             let keypair = match settings.keys.get(index) {

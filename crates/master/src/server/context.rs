@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use crate::server::bus::Bus;
 use crate::server::jobs::Jobs;
 use crate::server::keys::KeyStore;
-use crate::server::reactor::Engine;
+use crate::server::reactor::engine::Engine;
 use crate::server::sessions::Sessions;
 use crate::tree::Tree;
 

@@ -7,7 +7,6 @@
 //! number of events it missed, and the bus never waits for it. The command's side is
 //! `cli/events.rs`.
 
-
 use globset::{Glob, GlobMatcher};
 use halite_proto::Event;
 use serde::Serialize;

@@ -62,7 +62,7 @@ use indexmap::{IndexMap, IndexSet};
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
-use crate::server::store::Store;
+use crate::server::store::{Persisted, Store};
 
 /// The file earlier masters kept keys in, imported once into halite.db.
 pub const LEGACY_FILE: &str = "keys.json";
@@ -146,7 +146,7 @@ type Pair = (String, PublicKey);
 /// Every key in memory, shared by the link loop, the control socket and
 /// the store's writer thread.
 #[derive(Debug, Default)]
-pub(crate) struct Table {
+struct Table {
     /// Every key, in the order first seen (as `keys list` shows them).
     entries: IndexMap<Pair, Record>,
     /// How many keys each id has: an id with any is known.
@@ -157,7 +157,7 @@ pub(crate) struct Table {
 }
 
 /// The shared table, as the store's writer holds it.
-pub(crate) type Shared = Arc<Mutex<Table>>;
+type Shared = Arc<Mutex<Table>>;
 
 fn lock(shared: &Shared) -> MutexGuard<'_, Table> {
     shared.lock().unwrap_or_else(|p| p.into_inner())
@@ -220,7 +220,16 @@ impl KeyStore {
                     .map_err(|e| KeyStoreError::AutoAccept { glob: glob.clone(), message: e.kind().to_string() })
             })
             .collect::<Result<_, _>>()?;
-        let table = store.open_keys(data_dir.join(LEGACY_FILE)).await?;
+        let legacy = data_dir.join(LEGACY_FILE);
+        let stopped =
+            || KeyStoreError::Store { path: store.file().to_path_buf(), message: "its writer has stopped".into() };
+        let table = store
+            .attach(move |connection, db| match load(connection, db, &legacy) {
+                Ok(table) => (Ok(table.clone()), Some(Box::new(Persister(table)) as Box<dyn Persisted>)),
+                Err(error) => (Err(error), None),
+            })
+            .await
+            .ok_or_else(stopped)??;
         Ok(KeyStore { table, store: store.clone(), auto_accept })
     }
 
@@ -261,7 +270,7 @@ impl KeyStore {
             (status, wake)
         };
         if wake {
-            self.store.wake_keys();
+            self.store.wake();
         }
         Admission { status, new: true }
     }
@@ -304,7 +313,7 @@ impl KeyStore {
         }
         drop(table);
         if wake {
-            self.store.wake_keys();
+            self.store.wake();
         }
         Ok(changed)
     }
@@ -322,14 +331,17 @@ impl KeyStore {
             .collect();
         drop(table);
         if wake && !deleted.is_empty() {
-            self.store.wake_keys();
+            self.store.wake();
         }
         Ok(deleted)
     }
 
     /// Returns once every change made before it is committed and fsynced.
     pub async fn commit(&self) -> Result<(), KeyStoreError> {
-        self.store.commit_keys().await
+        self.store
+            .commit()
+            .await
+            .map_err(|message| KeyStoreError::Write { path: self.store.file().to_path_buf(), message })
     }
 }
 
@@ -363,9 +375,21 @@ fn now() -> u64 {
 // The store's writer thread calls what follows; nothing else touches the
 // `keys` table.
 
+/// The key table as the store's writer persists it.
+struct Persister(Shared);
+
+impl Persisted for Persister {
+    fn persist(&mut self, connection: &mut Connection) -> Result<(), String> {
+        persist(connection, &self.0).map(|_| ()).map_err(|error| {
+            tracing::error!(%error, "Cannot save keys; they stay in memory and are retried with the next change.");
+            error.to_string()
+        })
+    }
+}
+
 /// Imports `legacy` (keys.json) if it is there, then loads every key.
 /// `db` names the store in errors.
-pub(crate) fn load(connection: &mut Connection, db: &Path, legacy: &Path) -> Result<Shared, KeyStoreError> {
+fn load(connection: &mut Connection, db: &Path, legacy: &Path) -> Result<Shared, KeyStoreError> {
     import(connection, db, legacy)?;
     let store_error = |e: rusqlite::Error| KeyStoreError::Store { path: db.to_path_buf(), message: e.to_string() };
     let mut statement =
@@ -442,7 +466,7 @@ fn import(connection: &mut Connection, db: &Path, legacy: &Path) -> Result<(), K
 /// Writes what memory holds for every dirty pair in one fsynced
 /// transaction; returns how many rows it wrote. On failure the pairs stay
 /// dirty for the next attempt.
-pub(crate) fn persist(connection: &mut Connection, shared: &Shared) -> rusqlite::Result<usize> {
+fn persist(connection: &mut Connection, shared: &Shared) -> rusqlite::Result<usize> {
     let changes: Vec<(Pair, Option<Record>)> = {
         let mut table = lock(shared);
         let dirty = std::mem::take(&mut table.dirty);

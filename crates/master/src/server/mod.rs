@@ -43,7 +43,7 @@ pub use context::Master;
 use crate::config::MasterConfig;
 use crate::server::bus::Bus;
 use crate::server::jobs::Jobs;
-use crate::server::reactor::Engine;
+use crate::server::reactor::engine::Engine;
 use crate::server::reactor::engine::JOB_TIMEOUT;
 use crate::server::sessions::Sessions;
 use crate::tree::Tree;

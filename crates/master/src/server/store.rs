@@ -138,16 +138,35 @@ enum Write {
     },
     /// Answers once everything queued before it is committed, keys too.
     Flush(oneshot::Sender<()>),
-    /// Loads the key store (importing keys.json, the path given) and keeps
-    /// its table to persist from then on.
-    OpenKeys {
-        legacy: PathBuf,
-        reply: oneshot::Sender<Result<crate::server::keys::Shared, crate::server::keys::KeyStoreError>>,
-    },
-    /// The key store's dirty set stopped being empty.
-    WakeKeys,
-    /// Answers once every key change made before it is committed.
-    CommitKeys(oneshot::Sender<Result<(), String>>),
+    /// Runs on the writer's connection once; what it returns is persisted
+    /// after every batch from then on.
+    Attach(AttachFn),
+    /// Something attached has changes to persist.
+    Wake,
+    /// Answers once every change made before it to what is attached is
+    /// committed.
+    Commit(oneshot::Sender<Result<(), String>>),
+}
+
+/// What the writer keeps on disk beside the job records, persisted after
+/// every batch in a transaction of its own: the key table (`keys.rs`), which
+/// owns its SQL; the store only says when.
+pub trait Persisted: Send {
+    /// Writes what changed since the last call. On failure the changes are
+    /// kept for the next call; the text says what failed.
+    fn persist(&mut self, connection: &mut Connection) -> Result<(), String>;
+}
+
+/// A loader run on the writer thread (given the connection and the store's
+/// path), returning what to persist from then on.
+type Attach = Box<dyn FnOnce(&mut Connection, &Path) -> Option<Box<dyn Persisted>> + Send>;
+
+struct AttachFn(Attach);
+
+impl std::fmt::Debug for AttachFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Attach")
+    }
 }
 
 /// The handle through which the master records jobs and keys. Cloning is
@@ -178,35 +197,44 @@ impl Store {
         Ok(Store { queue, dropped: Arc::default(), path: path_for_error })
     }
 
-    /// The key store's table, loaded by the writer thread (which imports
-    /// `legacy`, the old keys.json, first if it is there).
-    pub(crate) async fn open_keys(
-        &self,
-        legacy: PathBuf,
-    ) -> Result<crate::server::keys::Shared, crate::server::keys::KeyStoreError> {
-        let (reply, answer) = oneshot::channel();
-        let stopped = || crate::server::keys::KeyStoreError::Store {
-            path: self.path.clone(),
-            message: "its writer has stopped".into(),
-        };
-        self.queue.send(Write::OpenKeys { legacy, reply }).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+    /// The store's file, for messages.
+    pub fn file(&self) -> &Path {
+        &self.path
     }
 
-    /// Tells the writer that keys are dirty. Never waits: when the queue
-    /// is full the writer is busy, and it persists keys after every batch.
-    pub(crate) fn wake_keys(&self) {
-        if let Err(mpsc::error::TrySendError::Closed(_)) = self.queue.try_send(Write::WakeKeys) {
-            tracing::error!(path = %self.path.display(), "The store's writer has stopped; new keys are not saved.");
+    /// Runs `open` on the writer thread with its connection, and from then
+    /// on persists what it returns after every batch. `None` when the
+    /// writer has stopped.
+    pub(crate) async fn attach<T: Send + 'static>(
+        &self,
+        open: impl FnOnce(&mut Connection, &Path) -> (T, Option<Box<dyn Persisted>>) + Send + 'static,
+    ) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        let attach: Attach = Box::new(move |connection, path| {
+            let (value, persisted) = open(connection, path);
+            let _ = reply.send(value);
+            persisted
+        });
+        self.queue.send(Write::Attach(AttachFn(attach))).await.ok()?;
+        answer.await.ok()
+    }
+
+    /// Tells the writer that something attached has changes. Never waits:
+    /// when the queue is full the writer is busy, and it persists after
+    /// every batch anyway.
+    pub(crate) fn wake(&self) {
+        if let Err(mpsc::error::TrySendError::Closed(_)) = self.queue.try_send(Write::Wake) {
+            tracing::error!(path = %self.path.display(), "The store's writer has stopped; changes are not saved.");
         }
     }
 
-    /// Returns once every key change made before it is committed.
-    pub(crate) async fn commit_keys(&self) -> Result<(), crate::server::keys::KeyStoreError> {
+    /// Returns once every change made before it to what is attached is
+    /// committed, or why not.
+    pub(crate) async fn commit(&self) -> Result<(), String> {
         let (done, wait) = oneshot::channel();
-        let failed = |message: String| crate::server::keys::KeyStoreError::Write { path: self.path.clone(), message };
-        self.queue.send(Write::CommitKeys(done)).await.map_err(|_| failed("the store's writer has stopped".into()))?;
-        wait.await.map_err(|_| failed("the store's writer has stopped".into()))?.map_err(failed)
+        let stopped = || "the store's writer has stopped".to_owned();
+        self.queue.send(Write::Commit(done)).await.map_err(|_| stopped())?;
+        wait.await.map_err(|_| stopped())?
     }
 
     /// A job was sent to `agent`.
@@ -307,10 +335,10 @@ fn migrate(connection: &Connection, path: &Path) -> Result<(), StoreError> {
 }
 
 /// The writer thread: everything queued at once goes in one transaction;
-/// then the dirty keys, in one transaction of their own (so a failure of
-/// either loses nothing of the other).
+/// then what is attached (the keys), in transactions of their own (so a
+/// failure of either loses nothing of the other).
 fn writer(mut connection: Connection, path: &Path, mut inbox: mpsc::Receiver<Write>) {
-    let mut keys: Option<crate::server::keys::Shared> = None;
+    let mut attached: Vec<Box<dyn Persisted>> = Vec::new();
     while let Some(first) = inbox.blocking_recv() {
         let mut batch = vec![first];
         while let Ok(more) = inbox.try_recv() {
@@ -318,14 +346,14 @@ fn writer(mut connection: Connection, path: &Path, mut inbox: mpsc::Receiver<Wri
         }
         let mut flushed = Vec::new();
         let mut committed = Vec::new();
-        let mut opens = Vec::new();
+        let mut attaching = Vec::new();
         let mut jobs = Vec::with_capacity(batch.len());
         for write in batch {
             match write {
                 Write::Flush(done) => flushed.push(done),
-                Write::CommitKeys(done) => committed.push(done),
-                Write::OpenKeys { legacy, reply } => opens.push((legacy, reply)),
-                Write::WakeKeys => {}
+                Write::Commit(done) => committed.push(done),
+                Write::Attach(AttachFn(attach)) => attaching.push(attach),
+                Write::Wake => {}
                 write => jobs.push(write),
             }
         }
@@ -340,23 +368,15 @@ fn writer(mut connection: Connection, path: &Path, mut inbox: mpsc::Receiver<Wri
                 tracing::error!(path = %path.display(), %error, "Cannot write to the job store; these records are lost.");
             }
         }
-        for (legacy, reply) in opens {
-            let opened = match &keys {
-                Some(shared) => Ok(shared.clone()),
-                None => crate::server::keys::load(&mut connection, path, &legacy),
-            };
-            if let Ok(shared) = &opened {
-                keys = Some(shared.clone());
-            }
-            let _ = reply.send(opened);
+        for attach in attaching {
+            attached.extend(attach(&mut connection, path));
         }
-        let saved = match &keys {
-            Some(shared) => crate::server::keys::persist(&mut connection, shared).map(|_| ()).map_err(|error| {
-                tracing::error!(path = %path.display(), %error, "Cannot save keys; they stay in memory and are retried with the next change.");
-                error.to_string()
-            }),
-            None => Ok(()),
-        };
+        let mut saved = Ok(());
+        for persisted in &mut attached {
+            if let Err(error) = persisted.persist(&mut connection) {
+                saved = Err(error);
+            }
+        }
         for done in committed {
             let _ = done.send(saved.clone());
         }
@@ -429,7 +449,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: Write) -> rusqlite::Result<()> {
                 params![jid, agent, error, now_us()],
             )?;
         }
-        Write::Flush(_) | Write::OpenKeys { .. } | Write::WakeKeys | Write::CommitKeys(_) => {}
+        Write::Flush(_) | Write::Attach(_) | Write::Wake | Write::Commit(_) => {}
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ use watch::Watch;
 
 #[derive(Debug, Default)]
 pub struct Tree {
-    pub states: StateTree,
+    pub states: Arc<StateTree>,
     pub beacons: BeaconTable,
     /// The authored reactors, then one per watched state.
     pub reactors: Vec<Arc<Reactor>>,
@@ -34,7 +34,7 @@ impl Tree {
         let watches = watch::find(&states, &mut diagnostics);
         reactors.extend(watches.iter().map(|w| w.reactor.clone()));
         diag::sort(&mut diagnostics);
-        (Tree { states, beacons, reactors, watches }, diagnostics)
+        (Tree { states: Arc::new(states), beacons, reactors, watches }, diagnostics)
     }
 
     /// The beacons `agent` runs: its beacons.yaml entries, and one for each

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Reactor;
-use super::actions::Context;
+use super::actions::{Context, Reactions};
 use crate::server::bus::Bus;
 use crate::server::jobs::Jobs;
 use crate::tree::Tree;
@@ -131,6 +131,12 @@ impl Engine {
     }
 }
 
+impl Reactions for Engine {
+    fn on_event_at(&self, event: &Arc<Event>, depth: u32) {
+        Engine::on_event_at(self, event, depth);
+    }
+}
+
 struct Worker {
     agent: String,
     engine: Engine,
@@ -229,10 +235,10 @@ impl Worker {
                 self.last_run.insert(reactor.name.clone(), Instant::now());
                 self.held = None;
                 let context = Context {
-                    tree,
+                    states: tree.states.clone(),
                     jobs: jobs.for_reactor(&reactor.name),
                     bus: bus.clone(),
-                    engine: self.engine.clone(),
+                    reactions: Arc::new(self.engine.clone()),
                     depth,
                 };
                 let mut done = Vec::new();

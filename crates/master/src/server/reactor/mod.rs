@@ -17,8 +17,6 @@ use indexmap::IndexMap;
 pub mod actions;
 pub mod engine;
 
-pub use engine::Engine;
-
 /// One environment for every `when` expression, so compiled expressions
 /// can live as long as the tree that holds them.
 static EXPRESSIONS: LazyLock<minijinja::Environment<'static>> = LazyLock::new(minijinja::Environment::new);

@@ -61,10 +61,10 @@ impl Action for Apply {
         Box::pin(async move {
             let facts = context.jobs.facts(agent);
             let render = RenderContext { agent, facts: &facts, event: Some(&event.data) };
-            let states =
-                context.tree.states.calls_for(&self.states, &render).map_err(|diagnostics| {
-                    diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
-                })?;
+            let states = context
+                .states
+                .calls_for(&self.states, &render)
+                .map_err(|diagnostics| diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
             let job = Job { id: Id::new(), cause_event: Some(event.id), test: false, states };
             let jid = job.id;
             let result = context.jobs.run(agent, job).await?;

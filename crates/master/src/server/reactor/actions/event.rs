@@ -107,7 +107,7 @@ impl Action for FireEvent {
             }
             let Some(fired) = self.would_fire(agent, event, depth) else { unreachable!("an event action fires") };
             let fired = context.bus.publish(fired);
-            context.engine.on_event_at(&fired, depth);
+            context.reactions.on_event_at(&fired, depth);
             Ok(format!("fired {} (event {})", self.tag, fired.id))
         })
     }

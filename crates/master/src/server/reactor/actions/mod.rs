@@ -13,8 +13,6 @@ use halite_state::StateTree;
 
 use crate::server::bus::Bus;
 use crate::server::jobs::Jobs;
-use crate::server::reactor::Engine;
-use crate::tree::Tree;
 
 pub mod apply;
 pub mod event;
@@ -121,16 +119,24 @@ pub fn clip(text: &str, limit: usize) -> String {
     format!("{}… ({} more bytes)", &text[..end], text.len() - end)
 }
 
+/// Where the `event` action hands the events it raises back to the
+/// reactors (the engine, in the daemon).
+pub trait Reactions: Send + Sync + Debug {
+    /// Matches an event that `depth` `event` actions led to against every
+    /// reactor and queues the reactions.
+    fn on_event_at(&self, event: &Arc<Event>, depth: u32);
+}
+
 /// What an action may use while it runs.
 #[derive(Debug, Clone)]
 pub struct Context {
-    /// The tree as it was when the event arrived.
-    pub tree: Arc<Tree>,
+    /// The states as they were when the event arrived.
+    pub states: Arc<StateTree>,
     pub jobs: Jobs,
     /// Where actions announce what they raise (the `event` action's events).
     pub bus: Bus,
     /// Hands events raised by the `event` action back to the reactors.
-    pub engine: Engine,
+    pub reactions: Arc<dyn Reactions>,
     /// How many `event` actions led to the event being handled: 0 for an
     /// agent's own event. The `event` action refuses to go deeper than
     /// [`event::MAX_DEPTH`], so reactors that fire each other stop.
@@ -167,22 +173,30 @@ pub trait Action: Send + Sync + Debug {
     ) -> BoxFuture<'a, Result<String, String>>;
 }
 
+/// Reactions that go nowhere, for actions' unit tests.
+#[cfg(test)]
+#[derive(Debug)]
+struct NoReactions;
+
+#[cfg(test)]
+impl Reactions for NoReactions {
+    fn on_event_at(&self, _event: &Arc<Event>, _depth: u32) {}
+}
+
 /// A context on a master with no agents, for actions' unit tests.
 #[cfg(test)]
 pub(crate) async fn test_context() -> Context {
-    use std::sync::RwLock;
     use zeromq::Socket;
     let (bus, _) = Bus::bind("tcp://127.0.0.1:0").await.unwrap();
     let (send, _recv) = zeromq::RouterSocket::new().split();
     let jobs = Jobs::new(crate::server::sessions::Sessions::new(send), bus.clone(), Duration::from_secs(1));
-    let tree = Arc::new(Tree::default());
-    let engine = Engine::new(Arc::new(RwLock::new(tree.clone())), jobs.clone(), bus.clone());
-    Context { tree, jobs, bus, engine, depth: 0 }
+    Context { states: Arc::default(), jobs, bus, reactions: Arc::new(NoReactions), depth: 0 }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tree::Tree;
 
     #[test]
     fn names_are_unique_sorted_and_examples_compile() {
