@@ -5,7 +5,7 @@
 //! the write that follows raises no drift) and marks the file applied
 //! after (which closes drift reported before the restore).
 
-use halite_proto::{AgentMessage, Job, JobResult, StateCall, StateResult, Value};
+use halite_proto::{AgentMessage, Id, Job, JobResult, Outcome, StateCall, StateResult, Value};
 use halite_state::{ApplyEnv, ManagedFile, Observer, run_states_observed};
 use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
@@ -27,13 +27,14 @@ pub fn spawn(
         while let Some(job) = rx.recv().await {
             let (managed, root, env) = (managed.clone(), root.clone(), env.clone());
             let jid = job.id;
+            let states: Vec<(String, String)> = job.states.iter().map(|c| (c.id.clone(), c.kind.clone())).collect();
             // File I/O, hashing and commands: off the runtime's threads.
             let outcome = tokio::task::spawn_blocking(move || run(&job, &managed, &root, &env)).await;
             let result = match outcome {
                 Ok(result) => result,
                 Err(panic) => {
-                    tracing::error!(job = %jid, error = %panic, "A job panicked.");
-                    JobResult { job: jid, results: Vec::new() }
+                    tracing::error!(job = %jid, error = %panic, "A job panicked; every state in it is reported failed.");
+                    panicked(jid, &states, &panic.to_string())
                 }
             };
             if results.send(AgentMessage::JobResult(result)).await.is_err() {
@@ -42,6 +43,23 @@ pub fn spawn(
         }
     });
     tx
+}
+
+/// The result of a job whose runner panicked: every state in it failed,
+/// so the master, `apply` and `run` all see a failed job (an empty result
+/// would read as "nothing to do").
+fn panicked(job: Id, states: &[(String, String)], error: &str) -> JobResult {
+    let results = states
+        .iter()
+        .map(|(id, kind)| StateResult {
+            id: id.clone(),
+            kind: kind.clone(),
+            outcome: Outcome::Failed { error: format!("the agent's job runner panicked: {error}") },
+            diff: None,
+            duration_us: 0,
+        })
+        .collect();
+    JobResult { job, results }
 }
 
 pub fn run(job: &Job, managed: &ManagedFiles, root: &Path, env: &ApplyEnv) -> JobResult {
@@ -99,7 +117,16 @@ pub fn rooted_call(call: &StateCall, root: &Path) -> StateCall {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use halite_proto::{Id, Outcome};
+
+    #[test]
+    fn a_panicked_job_fails_every_state_it_held() {
+        let states =
+            [("motd".to_owned(), "file.managed".to_owned()), ("nginx".to_owned(), "service.running".to_owned())];
+        let result = panicked(Id::new(), &states, "boom");
+        assert_eq!(result.results.len(), 2);
+        assert!(result.results.iter().all(|r| r.outcome.is_failed()), "{result:?}");
+        assert_eq!(result.results[1].id, "nginx");
+    }
 
     #[test]
     fn applies_under_the_root_and_records_the_file() {
