@@ -19,7 +19,6 @@ use std::sync::Arc;
 
 /// Sender for notifying reconnection tasks when a peer disconnects.
 pub(crate) type DisconnectNotifier = mpsc::Sender<PeerIdentity>;
-const PEER_SEND_QUEUE_CAPACITY: usize = 100_000;
 
 pub(crate) struct Peer {
     pub(crate) send_queue: mpsc::Sender<Message>,
@@ -49,6 +48,18 @@ enum SendResolution {
     Sent,
     Miss(Message),
 }
+
+/// What a send does when the peer's queue is full.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum WhenFull {
+    /// Wait for room: backpressure (DEALER, PUSH, REQ).
+    Wait,
+    /// Disconnect the peer and fail the send, so one peer that does not
+    /// read cannot stall a caller serving many (ROUTER).
+    DropPeer,
+}
+
+const PEER_QUEUE_FULL: &str = "Peer's send queue is full; the peer was disconnected";
 
 pub(crate) struct GenericSocketBackend {
     pub(crate) peers: scc::HashMap<PeerIdentity, Peer>,
@@ -102,7 +113,10 @@ impl GenericSocketBackend {
 
     pub(crate) async fn send_round_robin(&self, message: Message) -> ZmqResult<()> {
         let message = match self
-            .finish_cached_send(self.try_send_cached_single_peer(message, None))
+            .finish_cached_send(
+                self.try_send_cached_single_peer(message, None),
+                WhenFull::Wait,
+            )
             .await?
         {
             SendResolution::Sent => return Ok(()),
@@ -155,22 +169,30 @@ impl GenericSocketBackend {
         message: Message,
     ) -> ZmqResult<()> {
         let message = match self
-            .finish_cached_send(self.try_send_cached_single_peer(message, Some(peer_id)))
+            .finish_cached_send(
+                self.try_send_cached_single_peer(message, Some(peer_id)),
+                WhenFull::DropPeer,
+            )
             .await?
         {
             SendResolution::Sent => return Ok(()),
             SendResolution::Miss(message) => message,
         };
 
+        // Never waits: `try_send` only, and a full queue drops the peer.
         let send_result = match self.peers.get_async(peer_id).await {
-            Some(mut peer) => send_to_peer_queue(&mut peer.send_queue, message).await,
+            Some(mut peer) => peer.send_queue.try_send(message),
             None => return Err(ZmqError::Other("Destination client not found by identity")),
         };
         match send_result {
             Ok(()) => Ok(()),
-            Err(e) => {
+            Err(error) => {
                 self.peer_disconnected(peer_id);
-                Err(e.into())
+                if error.is_full() {
+                    Err(ZmqError::BufferFull(PEER_QUEUE_FULL))
+                } else {
+                    Err(error.into_send_error().into())
+                }
             }
         }
     }
@@ -209,9 +231,17 @@ impl GenericSocketBackend {
         }
     }
 
-    async fn finish_cached_send(&self, cached_send: CachedSend) -> ZmqResult<SendResolution> {
+    async fn finish_cached_send(
+        &self,
+        cached_send: CachedSend,
+        when_full: WhenFull,
+    ) -> ZmqResult<SendResolution> {
         match cached_send {
             CachedSend::Sent => Ok(SendResolution::Sent),
+            CachedSend::Full { peer_id, .. } if when_full == WhenFull::DropPeer => {
+                self.peer_disconnected(&peer_id);
+                Err(ZmqError::BufferFull(PEER_QUEUE_FULL))
+            }
             CachedSend::Full {
                 peer_id,
                 mut send_queue,
@@ -287,7 +317,7 @@ impl SocketBackend for GenericSocketBackend {
 impl MultiPeerBackend for GenericSocketBackend {
     async fn peer_connected(self: Arc<Self>, peer_id: &PeerIdentity, io: FramedIo) {
         let (recv_queue, send_queue) = io.into_parts();
-        let (queue_sender, queue_receiver) = mpsc::channel(PEER_SEND_QUEUE_CAPACITY);
+        let (queue_sender, queue_receiver) = mpsc::channel(self.socket_options.send_queue_capacity);
         self.peers
             .upsert_async(
                 peer_id.clone(),
@@ -349,7 +379,7 @@ mod tests {
     use crate::ZmqMessage;
 
     use bytes::Bytes;
-    use futures::StreamExt;
+    use futures::{FutureExt, StreamExt};
 
     fn message_with_frame(frame: &'static [u8]) -> Message {
         Message::Message(ZmqMessage::from(Bytes::from_static(frame)))
@@ -473,6 +503,40 @@ mod tests {
         send_result.expect("send waits for cached sender capacity");
         assert_eq!(Bytes::from_static(b"prefilled"), first_frame(first));
         assert_eq!(Bytes::from_static(b"after-full"), first_frame(second));
+    }
+
+    /// ROUTER never waits on a peer: a full queue drops that peer and the
+    /// send fails at once, with one peer (cached path) or several.
+    #[crate::async_rt::test]
+    async fn test_send_to_peer_drops_a_peer_whose_queue_is_full_instead_of_waiting() {
+        for others in [0, 1] {
+            let backend = GenericSocketBackend::with_options(
+                None,
+                SocketType::ROUTER,
+                SocketOptions::default(),
+            );
+            let (peer_id, _recv_queue) =
+                insert_peer(&backend, "stalled-peer".parse().expect("peer id")).await;
+            let mut _other = None;
+            if others == 1 {
+                _other = Some(insert_peer(&backend, "other".parse().expect("peer id")).await);
+            }
+
+            // The peer never reads. `now_or_never`: a send that waited for
+            // room would not be ready.
+            let mut result = Ok(());
+            for _ in 0..64 {
+                result = backend
+                    .send_to_peer(&peer_id, message_with_frame(b"more"))
+                    .now_or_never()
+                    .expect("ROUTER send must not wait");
+                if result.is_err() {
+                    break;
+                }
+            }
+            assert!(matches!(result, Err(ZmqError::BufferFull(_))), "{result:?}");
+            assert!(backend.peers.get_async(&peer_id).await.is_none());
+        }
     }
 
     #[crate::async_rt::test]

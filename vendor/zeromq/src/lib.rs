@@ -198,6 +198,7 @@ pub mod __bench {
 
 pub use crate::dealer::*;
 pub use crate::endpoint::{Endpoint, Host, Transport, TryIntoEndpoint};
+pub use crate::codec::CodecError;
 pub use crate::error::{ZmqError, ZmqResult};
 pub use crate::message::*;
 pub use crate::pull::*;
@@ -346,6 +347,18 @@ pub enum SocketEvent {
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Default for [`SocketOptions::max_frame_size`]: 64 MiB.
+pub const DEFAULT_MAX_FRAME_SIZE: usize = 64 * 1024 * 1024;
+/// Default for [`SocketOptions::max_message_size`]: 64 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+/// Default for [`SocketOptions::max_message_frames`].
+pub const DEFAULT_MAX_MESSAGE_FRAMES: usize = 16 * 1024;
+/// Default for [`SocketOptions::handshake_timeout`], libzmq's
+/// `ZMQ_HANDSHAKE_IVL` default.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for [`SocketOptions::send_queue_capacity`] (messages per peer).
+pub const DEFAULT_SEND_QUEUE_CAPACITY: usize = 100_000;
+
 pub struct SocketOptions {
     pub(crate) peer_id: Option<PeerIdentity>,
     pub(crate) connect_timeout: Option<Duration>,
@@ -353,6 +366,17 @@ pub struct SocketOptions {
     // Shared by read preparation and decoder reservation.
     pub(crate) read_buffer_max_size: usize,
     pub(crate) read_buffer_short_reads: usize,
+    /// Largest frame (command or message part) a peer may declare; checked
+    /// on the frame header, before anything is allocated for the body.
+    pub(crate) max_frame_size: usize,
+    /// Largest sum of part sizes in one multipart message.
+    pub(crate) max_message_size: usize,
+    /// Most parts in one multipart message (empty parts cost memory too).
+    pub(crate) max_message_frames: usize,
+    /// How long a peer may take to complete the greeting and READY exchange.
+    pub(crate) handshake_timeout: Option<Duration>,
+    /// Messages queued per peer before the send policy applies.
+    pub(crate) send_queue_capacity: usize,
 }
 
 impl Default for SocketOptions {
@@ -363,6 +387,11 @@ impl Default for SocketOptions {
             read_buffer_initial_size: 128,
             read_buffer_max_size: 64 * 1024,
             read_buffer_short_reads: 2,
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_message_frames: DEFAULT_MAX_MESSAGE_FRAMES,
+            handshake_timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT),
+            send_queue_capacity: DEFAULT_SEND_QUEUE_CAPACITY,
         }
     }
 }
@@ -431,6 +460,89 @@ impl SocketOptions {
 
     pub fn no_connect_timeout(&mut self) -> &mut Self {
         self.connect_timeout = None;
+        self
+    }
+
+    /// Refuses frames (commands or message parts) larger than `size` bytes.
+    ///
+    /// The limit is checked when the frame header is read, before any buffer
+    /// is sized for the body: a peer that declares a larger frame is
+    /// disconnected (during the handshake the connection fails; afterwards
+    /// the receive stream reports a [`CodecError::LimitExceeded`] and the
+    /// peer is dropped). Defaults to [`DEFAULT_MAX_FRAME_SIZE`]. It must
+    /// admit the READY command (a few dozen bytes plus the peer identity).
+    ///
+    /// Whatever the limit, receive buffers grow with the bytes actually
+    /// received, never with the length a peer declares.
+    ///
+    /// # Panics
+    /// Panics unless `0 < size <= isize::MAX / 2`.
+    pub fn max_frame_size(&mut self, size: usize) -> &mut Self {
+        assert!(size > 0, "maximum frame size must be positive");
+        assert!(
+            size <= isize::MAX as usize / 2,
+            "maximum frame size exceeds capacity"
+        );
+        self.max_frame_size = size;
+        self
+    }
+
+    /// Refuses multipart messages whose parts add up to more than `size`
+    /// bytes; checked on each part's header, before its body is buffered.
+    /// Defaults to [`DEFAULT_MAX_MESSAGE_SIZE`].
+    ///
+    /// # Panics
+    /// Panics unless `0 < size <= isize::MAX / 2`.
+    pub fn max_message_size(&mut self, size: usize) -> &mut Self {
+        assert!(size > 0, "maximum message size must be positive");
+        assert!(
+            size <= isize::MAX as usize / 2,
+            "maximum message size exceeds capacity"
+        );
+        self.max_message_size = size;
+        self
+    }
+
+    /// Refuses multipart messages of more than `frames` parts. Empty parts
+    /// take two bytes on the wire but a few dozen in memory, so the byte
+    /// limit alone does not bound a message. Defaults to
+    /// [`DEFAULT_MAX_MESSAGE_FRAMES`].
+    ///
+    /// # Panics
+    /// Panics if `frames` is zero.
+    pub fn max_message_frames(&mut self, frames: usize) -> &mut Self {
+        assert!(frames > 0, "maximum message frames must be positive");
+        self.max_message_frames = frames;
+        self
+    }
+
+    /// Drops a peer that has not completed the ZMTP greeting and READY
+    /// exchange within `timeout`, on accepted and connected connections
+    /// alike, so silent connections do not hold descriptors. Defaults to
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`].
+    pub fn handshake_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.handshake_timeout = Some(timeout);
+        self
+    }
+
+    /// Waits for a peer's handshake forever (the behaviour before
+    /// [`SocketOptions::handshake_timeout`] existed).
+    pub fn no_handshake_timeout(&mut self) -> &mut Self {
+        self.handshake_timeout = None;
+        self
+    }
+
+    /// Messages queued for each peer before the socket's send policy
+    /// applies. ROUTER never waits: a peer whose queue is full is
+    /// disconnected and the send fails with [`ZmqError::BufferFull`]. PUB
+    /// drops the message for that subscriber. DEALER, PUSH and REQ wait for
+    /// room (backpressure). Defaults to [`DEFAULT_SEND_QUEUE_CAPACITY`].
+    ///
+    /// # Panics
+    /// Panics if `capacity` is zero.
+    pub fn send_queue_capacity(&mut self, capacity: usize) -> &mut Self {
+        assert!(capacity > 0, "send queue capacity must be positive");
+        self.send_queue_capacity = capacity;
         self
     }
 }

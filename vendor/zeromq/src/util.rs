@@ -196,18 +196,30 @@ pub(crate) async fn peer_connected(
     Ok(peer_id)
 }
 
+/// The greeting and READY exchange, bounded by the socket's handshake
+/// timeout: a peer that connects and stays silent (or stops half-way) is
+/// dropped instead of holding its descriptor forever.
 pub(crate) async fn peer_handshake(
     raw_socket: &mut FramedIo,
     backend: Arc<dyn MultiPeerBackend>,
 ) -> ZmqResult<PeerIdentity> {
-    greet_exchange(raw_socket).await?;
-    let mut props = None;
-    if let Some(identity) = &backend.socket_options().peer_id {
-        let mut connect_ops = HashMap::new();
-        connect_ops.insert("Identity".to_string(), identity.clone().into());
-        props = Some(connect_ops);
+    let timeout = backend.socket_options().handshake_timeout;
+    let handshake = async {
+        greet_exchange(raw_socket).await?;
+        let mut props = None;
+        if let Some(identity) = &backend.socket_options().peer_id {
+            let mut connect_ops = HashMap::new();
+            connect_ops.insert("Identity".to_string(), identity.clone().into());
+            props = Some(connect_ops);
+        }
+        ready_exchange(raw_socket, backend.socket_type(), props).await
+    };
+    match timeout {
+        Some(timeout) => async_rt::task::timeout(timeout, handshake)
+            .await
+            .unwrap_or(Err(ZmqError::HandshakeTimeout(timeout))),
+        None => handshake.await,
     }
-    ready_exchange(raw_socket, backend.socket_type(), props).await
 }
 
 pub(crate) async fn run_with_timeout<T, F>(duration: Option<Duration>, future: F) -> ZmqResult<T>
@@ -370,6 +382,65 @@ pub(crate) mod tests {
             Err(ZmqError::Other(_)) => {}
             _ => panic!("Unexpected result"),
         }
+    }
+
+    /// A TCP peer that connects and never completes the greeting is
+    /// dropped after the handshake timeout (its descriptor is freed).
+    #[cfg(feature = "tokio-runtime")]
+    #[tokio::test]
+    async fn accepted_peer_without_greeting_is_dropped_after_the_handshake_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let mut options = SocketOptions::default();
+        options.handshake_timeout(Duration::from_millis(200));
+        let mut router = crate::RouterSocket::with_options(options);
+        let endpoint = router.bind("tcp://127.0.0.1:0").await.unwrap();
+        let Endpoint::Tcp(_, port) = endpoint else {
+            panic!("tcp endpoint expected");
+        };
+        for greeting_bytes in [0, 10, 64] {
+            let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let greeting: bytes::BytesMut = ZmqGreeting::default().into();
+            raw.write_all(&greeting[..greeting_bytes]).await.unwrap();
+            let mut received = Vec::new();
+            // Without the timeout this read never ends; the outer bound only
+            // turns such a hang into a failure.
+            let closed = tokio::time::timeout(
+                Duration::from_secs(60),
+                raw.read_to_end(&mut received),
+            )
+            .await;
+            assert!(closed.is_ok(), "peer sending {greeting_bytes} greeting bytes was kept");
+        }
+    }
+
+    /// Connecting to something that accepts and stays silent fails with
+    /// `HandshakeTimeout` even with no connect timeout.
+    #[cfg(feature = "tokio-runtime")]
+    #[tokio::test]
+    async fn connect_to_a_silent_listener_fails_after_the_handshake_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let keep = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            std::future::pending::<()>().await;
+            drop(stream);
+        });
+        let mut options = SocketOptions::default();
+        options
+            .no_connect_timeout()
+            .handshake_timeout(Duration::from_millis(200));
+        let mut dealer = crate::DealerSocket::with_options(options);
+        let result = tokio::time::timeout(
+            Duration::from_secs(60),
+            dealer.connect(&format!("tcp://127.0.0.1:{port}")),
+        )
+        .await
+        .expect("connect must not wait forever");
+        assert!(matches!(result, Err(ZmqError::HandshakeTimeout(_))), "{result:?}");
+        keep.abort();
     }
 
     #[test]

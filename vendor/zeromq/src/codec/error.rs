@@ -16,6 +16,18 @@ pub enum CodecError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Other(&'static str),
+    /// A peer declared more than a configured limit allows (see
+    /// `SocketOptions::max_frame_size` and friends); nothing was allocated
+    /// for it.
+    #[error("{what} of {size} exceeds the limit of {limit}")]
+    LimitExceeded {
+        what: &'static str,
+        size: u64,
+        limit: usize,
+    },
+    /// The allocator refused to grow a receive buffer.
+    #[error("cannot allocate {0} bytes for a received frame")]
+    Allocation(usize),
 }
 
 pub(crate) type CodecResult<T> = Result<T, CodecError>;

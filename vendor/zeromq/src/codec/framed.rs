@@ -63,8 +63,9 @@ impl ZmqFramedRead {
         // futures::AsyncRead requires an initialized &mut [u8]. Grow BytesMut
         // first, then trim back to the actual read length so the read path does
         // not need a scratch buffer and a second data copy.
-        // The decoder checks frame length + maximum chunk size at the wire
-        // boundary, so preparing this slice cannot overflow its length.
+        // `read_size` is at most one maximum chunk, and the decoder keeps
+        // at most one frame of up to a chunk here (larger bodies move to the
+        // codec as they arrive), so this grows with the data received.
         self.buffer.resize(start + read_size, 0);
 
         match Pin::new(&mut self.inner).poll_read(cx, &mut self.buffer[start..]) {
@@ -125,12 +126,14 @@ impl Stream for ZmqFramedRead {
                 None if ended => {
                     // Give the decoder one final chance at EOF; leftover bytes
                     // mean the stream ended with a truncated frame.
-                    if this.buffer.is_empty() {
+                    if this.buffer.is_empty() && !this.codec.has_partial_frame() {
                         return Poll::Ready(None);
                     }
                     match this.codec.decode_eof(&mut this.buffer)? {
                         Some(item) => return Poll::Ready(Some(Ok(item))),
-                        None if this.buffer.is_empty() => return Poll::Ready(None),
+                        None if this.buffer.is_empty() && !this.codec.has_partial_frame() => {
+                            return Poll::Ready(None)
+                        }
                         None => {
                             return Poll::Ready(Some(Err(CodecError::Io(io::Error::new(
                                 io::ErrorKind::UnexpectedEof,
@@ -298,6 +301,28 @@ mod tests {
         match error {
             CodecError::Io(error) => assert_eq!(error.kind(), ErrorKind::UnexpectedEof),
             other => panic!("unexpected error type: {other:?}"),
+        }
+    }
+
+    /// A large frame cut short by EOF is an error, not a clean end, even
+    /// though its bytes left the read buffer for the codec.
+    #[async_rt::test]
+    async fn test_zmq_framed_read_reports_truncated_large_frame_at_eof() {
+        let mut input = BytesMut::from(ZmqGreeting::default()).to_vec();
+        input.push(0b0000_0010);
+        input.extend_from_slice(&(1u64 << 20).to_be_bytes());
+        input.extend_from_slice(&vec![1u8; 200 * 1024]);
+        let mut reader = ZmqFramedRead::new(
+            Box::new(Cursor::new(input)),
+            Arc::new(SocketOptions::default()),
+        );
+        assert!(matches!(
+            reader.next().await,
+            Some(Ok(Message::Greeting(_)))
+        ));
+        match reader.next().await {
+            Some(Err(CodecError::Io(error))) => assert_eq!(error.kind(), ErrorKind::UnexpectedEof),
+            other => panic!("expected a truncation error, got {other:?}"),
         }
     }
 

@@ -33,6 +33,21 @@ pub struct ZmqCodec {
     // internal details to higher levels
     buffered_message: Option<ZmqMessage>,
     max_read_chunk_size: usize,
+    /// Frames above this size are refused at their header.
+    max_frame_size: usize,
+    /// Multipart messages above this many bytes are refused at the header
+    /// of the part that would cross it.
+    max_message_size: usize,
+    /// Multipart messages of more parts are refused at the extra part's header.
+    max_message_frames: usize,
+    /// Parts and bytes of `buffered_message`, kept to check the limits.
+    message_frames: usize,
+    message_bytes: usize,
+    /// The body received so far of a frame larger than one read chunk. It
+    /// grows (with `try_reserve`) as bytes arrive, so a peer that declares a
+    /// large frame and sends little costs little; the read buffer itself
+    /// stays at one chunk.
+    large_body: Vec<u8>,
 }
 
 impl ZmqCodec {
@@ -46,12 +61,109 @@ impl ZmqCodec {
             waiting_for: 64, // len of the greeting frame
             buffered_message: None,
             max_read_chunk_size: options.read_buffer_max_size,
+            max_frame_size: options.max_frame_size,
+            max_message_size: options.max_message_size,
+            max_message_frames: options.max_message_frames,
+            message_frames: 0,
+            message_bytes: 0,
+            large_body: Vec::new(),
         }
     }
 
     /// Returns the minimum additional bytes needed before decode can progress.
     pub(crate) fn bytes_needed(&self, buffered_len: usize) -> usize {
-        self.waiting_for.saturating_sub(buffered_len)
+        self.waiting_for
+            .saturating_sub(self.large_body.len())
+            .saturating_sub(buffered_len)
+    }
+
+    /// True while part of a frame body has been received but not all of it.
+    pub(crate) fn has_partial_frame(&self) -> bool {
+        !self.large_body.is_empty()
+    }
+
+    /// Whether the frame being received is taken into `large_body` rather
+    /// than waited for whole in the read buffer.
+    fn receives_large_body(&self) -> bool {
+        matches!(self.state, DecoderState::Frame(_)) && self.waiting_for > self.max_read_chunk_size
+    }
+
+    /// Moves what `src` holds of a large frame's body into `large_body`;
+    /// returns the body once complete.
+    fn take_large_body(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, CodecError> {
+        let take = (self.waiting_for - self.large_body.len()).min(src.len());
+        let needed = self.large_body.len() + take;
+        if needed > self.large_body.capacity() {
+            // Doubling keeps the copies amortised; the declared length caps
+            // it, so the final capacity is exactly the frame's.
+            let capacity = needed.max(
+                self.large_body
+                    .capacity()
+                    .saturating_mul(2)
+                    .min(self.waiting_for),
+            );
+            self.large_body
+                .try_reserve_exact(capacity - self.large_body.len())
+                .map_err(|_error| CodecError::Allocation(capacity))?;
+        }
+        self.large_body.extend_from_slice(&src[..take]);
+        src.advance(take);
+        if self.large_body.len() < self.waiting_for {
+            return Ok(None);
+        }
+        Ok(Some(Bytes::from(std::mem::take(&mut self.large_body))))
+    }
+
+    /// A frame's body is complete: a command, or a part of the message being
+    /// buffered (returned when it is the last).
+    fn complete_frame(&mut self, frame: Frame, data: Bytes) -> Result<Option<Message>, CodecError> {
+        self.state = DecoderState::FrameHeader;
+        self.waiting_for = 1;
+        if frame.command {
+            return Ok(Some(Message::Command(ZmqCommand::try_from(data)?)));
+        }
+
+        // process incoming message frame
+        self.message_frames += 1;
+        self.message_bytes += data.len();
+        match &mut self.buffered_message {
+            Some(v) => v.push_back(data),
+            None => self.buffered_message = Some(ZmqMessage::from(data)),
+        }
+
+        if frame.more {
+            return Ok(None);
+        }
+        // Quoth the Raven “Nevermore.”
+        self.message_frames = 0;
+        self.message_bytes = 0;
+        Ok(Some(Message::Message(
+            self.buffered_message
+                .take()
+                .expect("Corrupted decoder state"),
+        )))
+    }
+
+    /// Checks a declared frame length against the limits, before anything
+    /// is sized for its body.
+    fn check_frame_len(&self, frame: Frame, declared: u64) -> Result<usize, CodecError> {
+        let exceeds = |what, limit: usize| CodecError::LimitExceeded {
+            what,
+            size: declared,
+            limit,
+        };
+        let len = usize::try_from(declared)
+            .ok()
+            .filter(|&len| len <= self.max_frame_size)
+            .ok_or_else(|| exceeds("frame size", self.max_frame_size))?;
+        if !frame.command && self.message_bytes + len > self.max_message_size {
+            return Err(CodecError::LimitExceeded {
+                what: "message size",
+                size: (self.message_bytes + len) as u64,
+                limit: self.max_message_size,
+            });
+        }
+        Ok(len)
     }
 }
 
@@ -68,21 +180,22 @@ impl Decoder for ZmqCodec {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, Self::Error> {
         // A single read can contain thousands of frames; keep stack use independent of that count.
         loop {
-            if src.len() < self.waiting_for {
-                // The final read may coalesce bytes from the following frame. Reserve
-                // its headroom now rather than grow shared storage again at the frame tail.
-                // Qualifying retained frames must leave a full chunk for the next read.
-                // For frames near one chunk, spare shared storage makes the next
-                // almost-complete frame copy its body when reserve detaches it from
-                // a retained predecessor. Limit headroom to frames spanning more
-                // than two chunks, where it adds less than half the body size.
-                let reserve_to = if self.waiting_for > 2 * self.max_read_chunk_size {
-                    // Frame lengths are validated with this headroom before entering Frame.
-                    self.waiting_for + self.max_read_chunk_size
-                } else {
-                    self.waiting_for
+            if self.receives_large_body() {
+                let DecoderState::Frame(frame) = self.state else {
+                    unreachable!("checked by receives_large_body")
                 };
-                src.reserve(reserve_to - src.len());
+                match self.take_large_body(src)? {
+                    None => return Ok(None),
+                    Some(data) => match self.complete_frame(frame, data)? {
+                        Some(message) => return Ok(Some(message)),
+                        None => continue,
+                    },
+                }
+            }
+            if src.len() < self.waiting_for {
+                // Never sized from a declared length beyond one read chunk:
+                // larger bodies go to `large_body` as they arrive.
+                src.reserve(self.waiting_for - src.len());
                 return Ok(None);
             }
             match self.state {
@@ -104,49 +217,30 @@ impl Decoder for ZmqCodec {
                         long: (flags & 0b0000_0010) != 0,
                         more: (flags & 0b0000_0001) != 0,
                     };
+                    if !frame.command && self.message_frames >= self.max_message_frames {
+                        return Err(CodecError::LimitExceeded {
+                            what: "message frame count",
+                            size: self.message_frames as u64 + 1,
+                            limit: self.max_message_frames,
+                        });
+                    }
                     self.state = DecoderState::FrameLen(frame);
                     self.waiting_for = if frame.long { 8 } else { 1 };
                 }
                 DecoderState::FrameLen(frame) => {
-                    let frame_len = if frame.long {
-                        let len = usize::try_from(src.get_u64()).map_err(|_error| {
-                            CodecError::Decode("Frame length exceeds read buffer capacity")
-                        })?;
-                        // The reader may prepare a full read chunk at the frame tail.
-                        // Reject unrepresentable lengths here, before reserve or resize.
-                        len.checked_add(self.max_read_chunk_size)
-                            .filter(|&capacity| isize::try_from(capacity).is_ok())
-                            .ok_or(CodecError::Decode(
-                                "Frame length exceeds read buffer capacity",
-                            ))?;
-                        len
+                    let declared = if frame.long {
+                        src.get_u64()
                     } else {
-                        usize::from(src.get_u8())
+                        u64::from(src.get_u8())
                     };
+                    let frame_len = self.check_frame_len(frame, declared)?;
                     self.state = DecoderState::Frame(frame);
                     self.waiting_for = frame_len;
                 }
                 DecoderState::Frame(frame) => {
-                    let data = src.split_to(self.waiting_for);
-                    self.state = DecoderState::FrameHeader;
-                    self.waiting_for = 1;
-                    if frame.command {
-                        return Ok(Some(Message::Command(ZmqCommand::try_from(data.freeze())?)));
-                    }
-
-                    // process incoming message frame
-                    match &mut self.buffered_message {
-                        Some(v) => v.push_back(data.freeze()),
-                        None => self.buffered_message = Some(ZmqMessage::from(data.freeze())),
-                    }
-
-                    if !frame.more {
-                        // Quoth the Raven “Nevermore.”
-                        return Ok(Some(Message::Message(
-                            self.buffered_message
-                                .take()
-                                .expect("Corrupted decoder state"),
-                        )));
+                    let data = src.split_to(self.waiting_for).freeze();
+                    if let Some(message) = self.complete_frame(frame, data)? {
+                        return Ok(Some(message));
                     }
                 }
             }
@@ -195,6 +289,7 @@ impl Encoder for ZmqCodec {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    mod limits;
     mod multipart;
     mod read_buffer;
 

@@ -79,6 +79,12 @@ pub(crate) async fn connect(
 
 pub struct AcceptStopHandle(pub(crate) TaskHandle<()>);
 
+/// How long an accept loop pauses after a failed accept (out of
+/// descriptors, mostly) before it tries again; the failure itself reaches
+/// the socket monitor as `SocketEvent::AcceptFailed`.
+#[allow(dead_code)] // Unused when no transport is enabled.
+pub(crate) const ACCEPT_ERROR_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Spawns an async task that listens for connections at the provided endpoint.
 ///
 /// `cback` will be invoked when a connection is accepted. If the result was

@@ -110,7 +110,16 @@ where
                             )
                         })
                         .map_err(|err| err.into());
+                    let failed = maybe_accepted.is_err();
                     async_rt::task::spawn(cback(maybe_accepted));
+                    if failed {
+                        // EMFILE and ENFILE fail every accept until a
+                        // descriptor frees up: pause instead of spinning.
+                        select! {
+                            () = async_rt::task::sleep(super::ACCEPT_ERROR_BACKOFF).fuse() => {},
+                            _ = stop_callback => break,
+                        }
+                    }
                 }
                 _ = stop_callback => {
                     break
