@@ -172,7 +172,7 @@ pub trait Action: Send + Sync + Debug {
 pub(crate) async fn test_context() -> Context {
     use std::sync::RwLock;
     use zeromq::Socket;
-    let (bus, _) = Bus::bind("tcp://127.0.0.1:0").await.unwrap();
+    let (bus, _) = Bus::bind("tcp://127.0.0.1:0", halite_link::transport::HANDSHAKE_TIMEOUT).await.unwrap();
     let (send, _recv) = zeromq::RouterSocket::new().split();
     let jobs = Jobs::new(crate::sessions::Sessions::new(send), bus.clone(), Duration::from_secs(1));
     let tree = Arc::new(Tree::default());
