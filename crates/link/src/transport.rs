@@ -59,7 +59,8 @@ mod tests {
         // halite-proto's 32 MiB frame in chunks, plus the kind frame.
         let chunks = (32 * 1024 * 1024usize).div_ceil(crate::noise::MAX_CHUNK);
         assert!(chunks <= MAX_CHUNKS);
-        assert!(1 + chunks <= MAX_FRAMES);
-        assert!(1 + chunks * NOISE_MAX <= MAX_MESSAGE);
+        let (frames, bytes) = (1 + chunks, 1 + chunks * NOISE_MAX);
+        assert!(frames <= MAX_FRAMES);
+        assert!(bytes <= MAX_MESSAGE);
     }
 }

@@ -196,6 +196,19 @@ pub mod __bench {
     }
 }
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod __fuzz {
+    //! DO NOT USE! PRIVATE IMPLEMENTATION, EXPOSED ONLY FOR FUZZ TARGETS.
+    pub use super::codec::{CodecError, Message, ZmqCodec};
+    pub use asynchronous_codec::Decoder;
+
+    /// The decoder a connection's reader uses, with these options.
+    pub fn codec(options: &super::SocketOptions) -> ZmqCodec {
+        ZmqCodec::with_options(options)
+    }
+}
+
 pub use crate::dealer::*;
 pub use crate::endpoint::{Endpoint, Host, Transport, TryIntoEndpoint};
 pub use crate::codec::CodecError;
