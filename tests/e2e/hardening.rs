@@ -134,7 +134,8 @@ async fn a_fake_master_sending_a_long_frame_header_does_not_kill_the_agent() {
             .spawn()?;
         let pid = agent.id().context("the agent's pid")?;
         for declared in [1u64 << 47, 1 << 62] {
-            let (mut stream, _) = tokio::time::timeout(WAIT, listener.accept()).await.context("the agent connecting")??;
+            let (mut stream, _) =
+                tokio::time::timeout(WAIT, listener.accept()).await.context("the agent connecting")??;
             stream.write_all(&attack(declared)).await?;
             closed_by_peer(&mut stream).await.with_context(|| format!("{declared} declared"))?;
             ensure!(alive(pid), "the agent died of 73 bytes declaring {declared}");

@@ -209,9 +209,9 @@ pub mod __fuzz {
     }
 }
 
+pub use crate::codec::CodecError;
 pub use crate::dealer::*;
 pub use crate::endpoint::{Endpoint, Host, Transport, TryIntoEndpoint};
-pub use crate::codec::CodecError;
 pub use crate::error::{ZmqError, ZmqResult};
 pub use crate::message::*;
 pub use crate::pull::*;

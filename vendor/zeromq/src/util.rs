@@ -407,12 +407,12 @@ pub(crate) mod tests {
             let mut received = Vec::new();
             // Without the timeout this read never ends; the outer bound only
             // turns such a hang into a failure.
-            let closed = tokio::time::timeout(
-                Duration::from_secs(60),
-                raw.read_to_end(&mut received),
-            )
-            .await;
-            assert!(closed.is_ok(), "peer sending {greeting_bytes} greeting bytes was kept");
+            let closed =
+                tokio::time::timeout(Duration::from_secs(60), raw.read_to_end(&mut received)).await;
+            assert!(
+                closed.is_ok(),
+                "peer sending {greeting_bytes} greeting bytes was kept"
+            );
         }
     }
 
@@ -439,7 +439,10 @@ pub(crate) mod tests {
         )
         .await
         .expect("connect must not wait forever");
-        assert!(matches!(result, Err(ZmqError::HandshakeTimeout(_))), "{result:?}");
+        assert!(
+            matches!(result, Err(ZmqError::HandshakeTimeout(_))),
+            "{result:?}"
+        );
         keep.abort();
     }
 

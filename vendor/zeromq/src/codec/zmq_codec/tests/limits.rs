@@ -35,10 +35,20 @@ fn huge_declared_frame_after_greeting_is_refused_without_allocating() {
         let mut input = BytesMut::from(ZmqGreeting::default());
         input.extend_from_slice(&long_header(0, declared));
         assert_eq!(input.len(), 73);
-        assert!(matches!(codec.decode(&mut input), Ok(Some(Message::Greeting(_)))));
+        assert!(matches!(
+            codec.decode(&mut input),
+            Ok(Some(Message::Greeting(_)))
+        ));
         let (what, size, limit) = exceeded(codec.decode(&mut input));
-        assert_eq!((what, size, limit), ("frame size", declared, crate::DEFAULT_MAX_FRAME_SIZE));
-        assert!(input.capacity() < 1024, "read buffer grew to {}", input.capacity());
+        assert_eq!(
+            (what, size, limit),
+            ("frame size", declared, crate::DEFAULT_MAX_FRAME_SIZE)
+        );
+        assert!(
+            input.capacity() < 1024,
+            "read buffer grew to {}",
+            input.capacity()
+        );
         assert_eq!(codec.large_body.capacity(), 0);
     }
 }
@@ -50,16 +60,25 @@ fn frame_size_limit_admits_the_limit_and_refuses_one_more() {
     let mut accepted = after_greeting(&options);
     let mut input = BytesMut::from(&[0u8, 100][..]);
     input.extend_from_slice(&[1; 100]);
-    assert!(matches!(accepted.decode(&mut input), Ok(Some(Message::Message(_)))));
+    assert!(matches!(
+        accepted.decode(&mut input),
+        Ok(Some(Message::Message(_)))
+    ));
 
     let mut refused = after_greeting(&options);
     let mut input = BytesMut::from(&[0u8, 101][..]);
-    assert_eq!(exceeded(refused.decode(&mut input)), ("frame size", 101, 100));
+    assert_eq!(
+        exceeded(refused.decode(&mut input)),
+        ("frame size", 101, 100)
+    );
 
     // Commands are frames too.
     let mut refused = after_greeting(&options);
     let mut input = BytesMut::from(&long_header(0b0000_0100, 5000)[..]);
-    assert_eq!(exceeded(refused.decode(&mut input)), ("frame size", 5000, 100));
+    assert_eq!(
+        exceeded(refused.decode(&mut input)),
+        ("frame size", 5000, 100)
+    );
 }
 
 #[test]
@@ -75,7 +94,10 @@ fn message_size_limit_counts_every_part() {
         input.extend_from_slice(&[0; 100]);
     }
     input.extend_from_slice(&[0, 100]);
-    assert_eq!(exceeded(codec.decode(&mut input)), ("message size", 300, 250));
+    assert_eq!(
+        exceeded(codec.decode(&mut input)),
+        ("message size", 300, 250)
+    );
 
     // Exactly the limit is a message; the count starts again after it.
     let mut codec = after_greeting(&options);
@@ -114,7 +136,10 @@ fn frames_per_message_limit_bounds_empty_parts() {
     for _ in 0..100_000 {
         input.extend_from_slice(&[1, 0]);
     }
-    assert_eq!(exceeded(codec.decode(&mut input)), ("message frame count", 1001, 1000));
+    assert_eq!(
+        exceeded(codec.decode(&mut input)),
+        ("message frame count", 1001, 1000)
+    );
 }
 
 /// A peer that declares a frame at the limit and sends little costs what

@@ -4,14 +4,23 @@ const MAX_READ_CHUNK_SIZE: usize = 64 * 1024;
 
 /// Feeds `body` to a codec that has read a long frame header, one read
 /// chunk at a time, as `ZmqFramedRead` would.
-fn feed_in_chunks(codec: &mut ZmqCodec, input: &mut BytesMut, body: &[u8], chunk: usize) -> Option<Message> {
+fn feed_in_chunks(
+    codec: &mut ZmqCodec,
+    input: &mut BytesMut,
+    body: &[u8],
+    chunk: usize,
+) -> Option<Message> {
     for piece in body.chunks(chunk) {
         input.extend_from_slice(piece);
         if let Some(message) = codec.decode(input).unwrap() {
             return Some(message);
         }
         // Frames above one chunk move out of the read buffer as they arrive.
-        assert!(input.capacity() <= 2 * chunk, "read buffer grew to {}", input.capacity());
+        assert!(
+            input.capacity() <= 2 * chunk,
+            "read buffer grew to {}",
+            input.capacity()
+        );
     }
     None
 }
@@ -26,7 +35,8 @@ fn read_buffer_stays_at_a_chunk_while_a_large_frame_arrives() {
         input.extend_from_slice(&(frame_len as u64).to_be_bytes());
         assert!(codec.decode(&mut input).unwrap().is_none());
         let body: Vec<u8> = (0..frame_len).map(|i| i as u8).collect();
-        let Some(Message::Message(message)) = feed_in_chunks(&mut codec, &mut input, &body, MAX_READ_CHUNK_SIZE)
+        let Some(Message::Message(message)) =
+            feed_in_chunks(&mut codec, &mut input, &body, MAX_READ_CHUNK_SIZE)
         else {
             panic!("expected the frame");
         };
@@ -103,7 +113,8 @@ fn read_buffer_large_frame_threshold_tracks_the_configured_maximum() {
         input.extend_from_slice(&(frame_len as u64).to_be_bytes());
         assert!(codec.decode(&mut input).unwrap().is_none());
         let body = vec![7u8; frame_len];
-        let Some(Message::Message(message)) = feed_in_chunks(&mut codec, &mut input, &body, 3000) else {
+        let Some(Message::Message(message)) = feed_in_chunks(&mut codec, &mut input, &body, 3000)
+        else {
             panic!("expected the frame");
         };
         assert_eq!(message.get(0).unwrap().len(), frame_len);
