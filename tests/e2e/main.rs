@@ -6,6 +6,7 @@ mod beacons;
 mod bus;
 mod drift;
 mod faults;
+mod hardening;
 mod interop;
 mod link;
 mod reactors;

@@ -73,6 +73,22 @@ impl Fleet {
         files: &[(&str, &str)],
         remove: &[&str],
     ) -> anyhow::Result<Fleet> {
+        Fleet::start_configured(agents, auto_accept, files, remove, "").await
+    }
+
+    /// A master with `master_yaml` (YAML keys) added to its configuration,
+    /// accepting every key, and the agents named.
+    pub async fn start_with_master_config(agents: &[&str], master_yaml: &str) -> anyhow::Result<Fleet> {
+        Fleet::start_configured(agents, &["*"], &[], &[], master_yaml).await
+    }
+
+    async fn start_configured(
+        agents: &[&str],
+        auto_accept: &[&str],
+        files: &[(&str, &str)],
+        remove: &[&str],
+        master_yaml: &str,
+    ) -> anyhow::Result<Fleet> {
         let dir = tempfile::Builder::new().prefix("halite-e2e-").tempdir()?;
         let states = dir.path().join("states");
         halite_master::example::write(&states)?;
@@ -91,9 +107,15 @@ impl Fleet {
             std::fs::remove_file(states.join(name))?;
         }
         let binaries = binaries();
-        let master =
-            fleet::start_master(&binaries, &dir.path().join("master"), &states, "tcp://127.0.0.1:0", auto_accept)
-                .await?;
+        let master = fleet::start_master_with(
+            &binaries,
+            &dir.path().join("master"),
+            &states,
+            "tcp://127.0.0.1:0",
+            auto_accept,
+            master_yaml,
+        )
+        .await?;
         let bus = Subscriber::connect(&master.publish, "halite/").await?;
         let mut fleet = Fleet {
             dir,

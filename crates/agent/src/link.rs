@@ -28,7 +28,7 @@ use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use zeromq::{DealerSocket, Socket, SocketEvent, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{DealerSocket, Socket, SocketEvent, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::outbox::Outbox;
 
@@ -319,7 +319,9 @@ impl Link {
     }
 
     async fn connect(&mut self) -> Result<(DealerSocket, Session), End> {
-        let mut options = SocketOptions::default();
+        // The link's transport limits hold before the master is
+        // authenticated: a fake master cannot make the agent allocate.
+        let mut options = halite_link::transport::socket_options(halite_link::transport::HANDSHAKE_TIMEOUT);
         options.connect_timeout(Duration::from_secs(5));
         let mut socket = DealerSocket::with_options(options);
         let lost = |what: &str, e: &dyn std::fmt::Display| End::Lost(format!("{what}: {e}"));

@@ -6,7 +6,8 @@
 //! third, encrypted. Every later message is sealed ([`noise::Sealer`]) and
 //! opened ([`noise::Opener`]) with strictly sequential nonces, so a
 //! replayed, reordered or tampered frame fails to open. [`envelope`] says how
-//! handshake and sealed messages sit in ZeroMQ frames.
+//! handshake and sealed messages sit in ZeroMQ frames; [`transport`] the
+//! limits both ends' ZeroMQ sockets enforce before any session exists.
 //!
 //! Nothing here does network I/O; key files are the only files touched.
 
@@ -15,6 +16,7 @@
 pub mod envelope;
 pub mod keys;
 pub mod noise;
+pub mod transport;
 
 pub use envelope::Envelope;
 pub use keys::{Keypair, PublicKey};

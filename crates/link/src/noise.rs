@@ -25,7 +25,7 @@ use crate::keys::{Keypair, PATTERN, PublicKey};
 /// fails the handshake instead of misreading messages.
 const PROLOGUE: &[u8] = b"halite link 1";
 /// Noise's own limit on one message.
-const NOISE_MAX: usize = 65_535;
+pub const NOISE_MAX: usize = 65_535;
 const TAG: usize = 16;
 /// Plaintext bytes per sealed chunk.
 pub const MAX_CHUNK: usize = NOISE_MAX - TAG;

@@ -1,6 +1,7 @@
 //! `master.yaml`: the master's configuration (SPEC §4).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -24,6 +25,21 @@ pub struct MasterConfig {
     /// Agent-id globs accepted without an operator (enforced with agent keys).
     #[serde(default)]
     pub auto_accept: Vec<String>,
+    /// A connection to the link or the publisher that has not completed the
+    /// ZMTP handshake in this long is dropped (`10s`, `500ms`).
+    #[serde(default = "default_handshake_timeout", deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+}
+
+fn default_handshake_timeout() -> Duration {
+    halite_link::transport::HANDSHAKE_TIMEOUT
+}
+
+/// A duration as authored (`10s`, `500ms`).
+fn duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text)
+        .map_err(|e| serde::de::Error::custom(format!("`{text}` is not a duration ({e}); write e.g. 10s")))
 }
 
 fn default_listen() -> String {
@@ -47,6 +63,7 @@ impl Default for MasterConfig {
             states: default_states(),
             data_dir: default_data_dir(),
             auto_accept: Vec::new(),
+            handshake_timeout: default_handshake_timeout(),
         }
     }
 }

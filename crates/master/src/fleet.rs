@@ -74,13 +74,25 @@ pub async fn start_master(
     listen: &str,
     auto_accept: &[&str],
 ) -> anyhow::Result<MasterProcess> {
+    start_master_with(binaries, dir, states, listen, auto_accept, "").await
+}
+
+/// As [`start_master`], with `extra` (YAML keys) appended to its master.yaml.
+pub async fn start_master_with(
+    binaries: &Binaries,
+    dir: &Path,
+    states: &Path,
+    listen: &str,
+    auto_accept: &[&str],
+    extra: &str,
+) -> anyhow::Result<MasterProcess> {
     std::fs::create_dir_all(dir)?;
     let config = dir.join("master.yaml");
     let globs: Vec<String> = auto_accept.iter().map(|g| format!("'{g}'")).collect();
     std::fs::write(
         &config,
         format!(
-            "listen: {listen}\npublish: tcp://127.0.0.1:0\nstates: {}\ndata_dir: {}\nauto_accept: [{}]\n",
+            "listen: {listen}\npublish: tcp://127.0.0.1:0\nstates: {}\ndata_dir: {}\nauto_accept: [{}]\n{extra}",
             states.display(),
             dir.join("data").display(),
             globs.join(", ")

@@ -21,7 +21,7 @@ use halite_state::ApplyEnv;
 use rand::Rng;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
-use zeromq::{DealerSocket, Socket, SocketEvent, SocketOptions, SocketRecv, SocketSend};
+use zeromq::{DealerSocket, Socket, SocketEvent, SocketRecv, SocketSend};
 
 use halite_agent::jobs::rooted_call;
 use halite_agent::link::{EVENTS_PER_MESSAGE, Session, frames};
@@ -126,7 +126,7 @@ fn backoff(failures: u32) -> Duration {
 }
 
 async fn connect(spec: &AgentSpec, shared: &Shared) -> Result<(DealerSocket, Session), String> {
-    let mut options = SocketOptions::default();
+    let mut options = halite_link::transport::socket_options(halite_link::transport::HANDSHAKE_TIMEOUT);
     options.connect_timeout(Duration::from_secs(5));
     let mut socket = DealerSocket::with_options(options);
     socket.connect(&shared.endpoint).await.map_err(|e| format!("connect: {e}"))?;

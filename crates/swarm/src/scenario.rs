@@ -52,7 +52,7 @@ pub fn scratch() -> PathBuf {
 /// Raises this process's open-file limit to its hard limit (one socket per
 /// simulated agent); returns the new soft limit.
 pub fn raise_open_files() -> u64 {
-    match rlimit::increase_nofile_limit(u64::MAX) {
+    match halite_link::transport::raise_open_files() {
         Ok(limit) => limit,
         Err(error) => {
             tracing::warn!(%error, "Cannot raise the open-file limit.");

@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use halite_proto::Event;
+use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
-use zeromq::{PubSocket, Socket, SocketSend, ZmqMessage};
+
+use zeromq::{PubSocket, Socket, SocketOptions, SocketSend, ZmqMessage};
 
 /// Events waiting for the outside publisher. When full, agents' events wait
 /// for room ([`Bus::publish_waiting`]: the link loop slows down, agents
@@ -21,6 +23,16 @@ use zeromq::{PubSocket, Socket, SocketSend, ZmqMessage};
 pub const PUBLISHER_QUEUE: usize = 65_536;
 /// Events the publisher takes off its queue at a time.
 const PUBLISHER_BATCH: usize = 256;
+
+/// What a subscriber may send the publisher: subscriptions (one frame, a
+/// flag byte and a tag prefix) and the ZMTP handshake. A peer declaring a
+/// larger frame or message is disconnected at the frame's header.
+pub const PUBLISHER_MAX_FRAME: usize = 4096;
+/// Frames in one message a subscriber sends (a subscription is one).
+pub const PUBLISHER_MAX_FRAMES: usize = 16;
+/// Events queued for one subscriber; a subscriber that falls further behind
+/// loses events (PUB never waits on a subscriber).
+pub const PUBLISHER_SUBSCRIBER_QUEUE: usize = 16_384;
 
 /// Events kept for each `events` tail. A tail that falls further behind
 /// loses the oldest and is told how many (`broadcast`'s lag); publishing
@@ -39,9 +51,17 @@ pub struct Bus {
 
 impl Bus {
     /// Binds the outside publisher and returns the bus and the endpoint
-    /// actually bound (port 0 resolved).
-    pub async fn bind(endpoint: &str) -> anyhow::Result<(Bus, String)> {
-        let mut socket = PubSocket::new();
+    /// actually bound (port 0 resolved). A connection that has not completed
+    /// the ZMTP handshake within `handshake_timeout` is dropped.
+    pub async fn bind(endpoint: &str, handshake_timeout: Duration) -> anyhow::Result<(Bus, String)> {
+        let mut options = SocketOptions::default();
+        options
+            .max_frame_size(PUBLISHER_MAX_FRAME)
+            .max_message_size(PUBLISHER_MAX_FRAME)
+            .max_message_frames(PUBLISHER_MAX_FRAMES)
+            .handshake_timeout(handshake_timeout)
+            .send_queue_capacity(PUBLISHER_SUBSCRIBER_QUEUE);
+        let mut socket = PubSocket::with_options(options);
         let bound = socket
             .bind(endpoint)
             .await

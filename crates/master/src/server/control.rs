@@ -22,6 +22,10 @@ use crate::protocol::{AgentRow, Request, Response, socket_path};
 use crate::server::context::Master;
 use crate::server::keys::{KeyEntry, KeyStatus};
 
+/// How long the control socket waits after a failed accept before trying
+/// again.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(250);
+
 pub async fn serve(master: Arc<Master>, data_dir: &Path, cancel: CancellationToken) -> anyhow::Result<()> {
     let path = socket_path(data_dir);
     // A socket left by a master that crashed; the data dir is ours alone.
@@ -30,12 +34,29 @@ pub async fn serve(master: Arc<Master>, data_dir: &Path, cancel: CancellationTok
         UnixListener::bind(&path).with_context(|| format!("cannot create the control socket {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     tokio::spawn(async move {
+        // Set while accepts fail, so a failure is logged once, not per try.
+        let mut failing = false;
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => { tokio::spawn(connection(master.clone(), stream)); }
-                    Err(error) => tracing::warn!(%error, "Control socket accept failed."),
+                    Ok((stream, _)) => {
+                        if std::mem::take(&mut failing) {
+                            tracing::info!("Control socket accepting again.");
+                        }
+                        tokio::spawn(connection(master.clone(), stream));
+                    }
+                    Err(error) => {
+                        if !std::mem::replace(&mut failing, true) {
+                            tracing::warn!(%error, path = %path.display(), "Control socket accept failed; retrying every {ACCEPT_BACKOFF:?} until it succeeds.");
+                        }
+                        // Out of descriptors (EMFILE) every accept fails at
+                        // once until one frees up: wait instead of spinning.
+                        tokio::select! {
+                            () = cancel.cancelled() => break,
+                            () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                        }
+                    }
                 }
             }
         }

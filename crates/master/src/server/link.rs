@@ -32,8 +32,12 @@ use crate::server::context::Master;
 pub const LISTEN_BACKLOG: i32 = 16_384;
 
 /// Binds the ROUTER on `endpoint` (`tcp://host:port`) with our own
-/// listener; returns the socket and the endpoint actually bound.
-pub async fn bind(endpoint: &str) -> anyhow::Result<(RouterSocket, String)> {
+/// listener; returns the socket and the endpoint actually bound. The
+/// socket enforces the link's transport limits
+/// ([`halite_link::transport`]) on every peer before it is authenticated,
+/// and drops a peer that has not completed the ZMTP handshake within
+/// `handshake_timeout`.
+pub async fn bind(endpoint: &str, handshake_timeout: Duration) -> anyhow::Result<(RouterSocket, String)> {
     let address: SocketAddr = endpoint
         .strip_prefix("tcp://")
         .and_then(|a| a.parse().ok())
@@ -44,7 +48,7 @@ pub async fn bind(endpoint: &str) -> anyhow::Result<(RouterSocket, String)> {
     socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;
     let listener: std::net::TcpListener = socket.into();
-    let mut router = RouterSocket::new();
+    let mut router = RouterSocket::with_options(halite_link::transport::socket_options(handshake_timeout));
     let bound =
         router.bind_listener(listener).await.map_err(|e| anyhow::anyhow!("cannot listen on {endpoint}: {e}"))?;
     Ok((router, bound.to_string()))
@@ -66,6 +70,11 @@ struct Peers {
     openers: HashMap<Bytes, Opener>,
     /// Input dropped since the last report.
     dropped: u64,
+    /// Connections dropped before the ZMTP handshake completed (transport
+    /// limits, handshake timeout, accept failures) since the last report,
+    /// and the last reason.
+    refused: u64,
+    last_refusal: String,
     /// Stopping: events are no longer taken, job results still are.
     draining: bool,
     /// Reaction queue depths last logged, per agent.
@@ -116,6 +125,10 @@ pub async fn serve(
                 }
             },
             Some(event) = monitor.next() => {
+                if let SocketEvent::AcceptFailed(error) = &event {
+                    peers.refused += 1;
+                    peers.last_refusal = error.to_string();
+                }
                 if let SocketEvent::Accepted(endpoint, peer) = &event {
                     let address = endpoint.to_string();
                     let address = address.strip_prefix("tcp://").unwrap_or(&address).to_owned();
@@ -138,6 +151,10 @@ pub async fn serve(
                 if peers.dropped > 0 {
                     tracing::warn!(dropped = peers.dropped, handshakes = peers.handshakes.len(), "Dropped input that was not from an accepted session.");
                     peers.dropped = 0;
+                }
+                if peers.refused > 0 {
+                    tracing::warn!(refused = peers.refused, error = %peers.last_refusal, "Dropped connections before the link handshake (transport limits, handshake timeout or out of descriptors).");
+                    peers.refused = 0;
                 }
             }
         }

@@ -72,8 +72,14 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     if created {
         tracing::info!(fingerprint = %keypair.public, "Made the master's key; agents pin it as `master_key`.");
     }
-    let (bus, publish) = Bus::bind(&config.publish).await?;
-    let (mut router, listen) = crate::server::link::bind(&config.listen).await?;
+    // One descriptor per agent: the soft limit (often 1024) would cap the
+    // fleet long before the hard one (the packaged unit sets 65536).
+    match halite_link::transport::raise_open_files() {
+        Ok(limit) => tracing::info!(limit, "Open-file limit raised to the hard limit."),
+        Err(error) => tracing::warn!(%error, "Cannot raise the open-file limit; connections beyond it are refused."),
+    }
+    let (bus, publish) = Bus::bind(&config.publish, config.handshake_timeout).await?;
+    let (mut router, listen) = crate::server::link::bind(&config.listen, config.handshake_timeout).await?;
     let monitor = crate::server::link::monitor(&mut router);
     let (send, recv) = router.split();
     let sessions = Sessions::new(send);

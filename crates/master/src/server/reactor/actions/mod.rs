@@ -187,7 +187,7 @@ impl Reactions for NoReactions {
 #[cfg(test)]
 pub(crate) async fn test_context() -> Context {
     use zeromq::Socket;
-    let (bus, _) = Bus::bind("tcp://127.0.0.1:0").await.unwrap();
+    let (bus, _) = Bus::bind("tcp://127.0.0.1:0", halite_link::transport::HANDSHAKE_TIMEOUT).await.unwrap();
     let (send, _recv) = zeromq::RouterSocket::new().split();
     let jobs = Jobs::new(crate::server::sessions::Sessions::new(send), bus.clone(), Duration::from_secs(1));
     Context { states: Arc::default(), jobs, bus, reactions: Arc::new(NoReactions), depth: 0 }
