@@ -204,7 +204,7 @@ impl Receipts {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
-    fn settle(&self, outcomes: impl IntoIterator<Item = (Id, Outcome)>) {
+    pub(crate) fn settle(&self, outcomes: impl IntoIterator<Item = (Id, Outcome)>) {
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         if waiting.is_empty() {
             return;
