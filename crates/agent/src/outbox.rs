@@ -631,6 +631,13 @@ impl Drop for Outbox {
     }
 }
 
+/// The messages of a batch file's bytes that read, in any format this
+/// agent knows; nothing is changed. For tools and tests that look into a
+/// running agent's outbox.
+pub fn read_batch(bytes: &[u8]) -> Vec<AgentMessage> {
+    parse(bytes).map(|parsed| parsed.messages).unwrap_or_default()
+}
+
 /// The checksum of a record: the first bytes of its frame's SHA-256.
 fn checksum(frame: &[u8]) -> [u8; CHECKSUM_BYTES] {
     let mut sum = [0; CHECKSUM_BYTES];
