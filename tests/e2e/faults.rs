@@ -31,22 +31,14 @@ const THREE_FILES: &[(&str, &str)] = &[
     ),
 ];
 
-/// Messages in an agent's outbox: records (`[u32 length][message]`) in its
-/// batch files.
+/// Messages in an agent's outbox: the records of its batch files, read as
+/// the agent reads them.
 fn outbox_len(data: &Path) -> usize {
     let Ok(dir) = std::fs::read_dir(data.join("outbox")) else { return 0 };
-    let mut count = 0;
-    for entry in dir.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "msg")) {
-        let bytes = std::fs::read(entry.path()).unwrap_or_default();
-        let mut rest = &bytes[..];
-        while let Some((length, tail)) = rest.split_first_chunk::<4>() {
-            let length = u32::from_le_bytes(*length) as usize;
-            let Some(next) = tail.get(length..) else { break };
-            count += 1;
-            rest = next;
-        }
-    }
-    count
+    dir.flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "msg"))
+        .map(|e| halite_agent::outbox::read_batch(&std::fs::read(e.path()).unwrap_or_default()).len())
+        .sum()
 }
 
 /// (1) SIGKILL the master, drift three managed files while it is down,

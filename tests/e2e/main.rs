@@ -6,6 +6,7 @@ mod beacons;
 mod bus;
 mod drift;
 mod faults;
+mod full_disk;
 mod hardening;
 mod interop;
 mod link;

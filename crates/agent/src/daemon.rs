@@ -45,7 +45,10 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
         tracing::info!(fingerprint = %keypair.public, "Made this agent's key; an operator accepts it on the master.");
     }
     let managed = ManagedFiles::open(&config.data_dir.join("managed.json"));
-    let outbox = Outbox::open(&config.data_dir.join("outbox"), &id, outbox::CAPACITY)?.with_fsync(config.outbox_fsync);
+    let receipts = outbox::Receipts::default();
+    let outbox = Outbox::open(&config.data_dir.join("outbox"), &id, outbox::CAPACITY)?
+        .with_fsync(config.outbox_fsync)
+        .with_receipts(receipts.clone());
     let offline = match config.enforce_offline {
         true => Some(OfflineStore::open(&config.data_dir.join("offline"))?),
         false => None,
@@ -70,6 +73,7 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
         events: events_tx,
         managed: managed.clone(),
         root: config.root.clone(),
+        receipts,
     });
     tracing::info!(agent = %id, master = %config.master, offline_healing = config.enforce_offline, "Agent starting.");
     if let Some(drift) = start_up_check(&id, &managed, &config.root).await

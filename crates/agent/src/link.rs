@@ -43,6 +43,12 @@ pub const INBOUND_CAPACITY: usize = 256;
 pub const ACK_CAPACITY: usize = 1024;
 /// Messages written to the outbox in one batch (one directory fsync).
 const BATCH: usize = 256;
+/// First wait before the outbox tries again to write what the disk
+/// refused (a full disk); doubles up to [`RETRY_MAX`].
+pub const RETRY_MIN: Duration = Duration::from_millis(250);
+/// Longest wait between two tries to write what the disk refused: how long
+/// held messages may wait after space returns.
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Events sent in one [`AgentMessage::Events`] at most. Events that wait
 /// to go out (a burst, or the outbox after a reconnect) travel together:
 /// one seal, one send and one acknowledgement per message instead of per
@@ -191,6 +197,8 @@ pub fn spawn(settings: LinkSettings, outbox: Outbox, stop: CancellationToken) ->
 
 /// The writer: stores outbound messages in batches and forgets
 /// acknowledged ones, off the runtime's threads; wakes the pump after each.
+/// While the outbox holds messages the disk refused, it retries, from
+/// [`RETRY_MIN`] doubling to [`RETRY_MAX`] (every new batch is a retry too).
 async fn write(
     outbox: Arc<tokio::sync::Mutex<Outbox>>,
     mut outbound: mpsc::Receiver<AgentMessage>,
@@ -199,6 +207,8 @@ async fn write(
     status: Arc<watch::Sender<LinkStatus>>,
 ) {
     let mut outbound_open = true;
+    let mut holding = false;
+    let mut retry_in = RETRY_MIN;
     loop {
         let mut batch = Vec::new();
         let mut acked = Vec::new();
@@ -213,6 +223,7 @@ async fn write(
                     continue;
                 }
             },
+            () = tokio::time::sleep(retry_in), if holding => {}
             else => return,
         }
         while acked.len() < BATCH
@@ -226,23 +237,24 @@ async fn write(
             batch.push(message);
         }
         let mut guard = outbox.clone().lock_owned().await;
-        let pending = tokio::task::spawn_blocking(move || {
+        let stored_now = tokio::task::spawn_blocking(move || {
             for id in acked {
                 guard.ack(id);
             }
             if let Some(counter) = guard.take_counter() {
                 batch.insert(0, counter);
             }
-            if !batch.is_empty()
-                && let Err(error) = guard.push(batch)
-            {
-                tracing::error!(%error, "Cannot write to the outbox; messages are lost.");
+            // A push writes what is held first; without one, try again.
+            if !batch.is_empty() {
+                guard.push(batch);
+            } else if guard.held() > 0 {
+                guard.retry();
             }
-            guard.len()
+            (guard.len(), guard.held())
         })
         .await;
-        match pending {
-            Ok(pending) => {
+        match stored_now {
+            Ok((pending, held)) => {
                 let before = status.borrow().pending;
                 // Logged as it crosses a power of two, up or down: visible,
                 // not a line per message.
@@ -250,6 +262,11 @@ async fn write(
                     tracing::info!(pending, capacity = crate::outbox::CAPACITY, "Outbox depth.");
                 }
                 status.send_modify(|s| s.pending = pending);
+                retry_in = match (holding, held > 0) {
+                    (true, true) => (retry_in * 2).min(RETRY_MAX),
+                    _ => RETRY_MIN,
+                };
+                holding = held > 0;
             }
             Err(error) => tracing::error!(%error, "The outbox writer failed."),
         }

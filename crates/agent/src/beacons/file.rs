@@ -24,6 +24,13 @@
 //! A slow periodic scan re-lists every watched directory and re-looks at
 //! every path, as a safety net for events the kernel dropped (inotify queue
 //! overflow) and to arm watches on directories that did not exist yet.
+//!
+//! A change counts as reported only once the outbox has stored its event.
+//! Each event goes with a [`Receipt`]; [`RECEIPT_CHECK`] after a report the
+//! beacon reads it, and a report the outbox refused (full, or holding all
+//! it may while the disk refuses writes) is undone and the path looked at
+//! again, so the drift is reported anew, at most once per
+//! [`RECEIPT_CHECK`], until the outbox takes it.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -40,6 +47,7 @@ use serde::Deserialize;
 
 use super::{BeaconKind, Context, Running, decode};
 use crate::managed::{Desired, Snapshot};
+use crate::outbox::{Outcome, Receipt};
 
 pub static KIND: BeaconKind = BeaconKind {
     name: "file",
@@ -58,6 +66,10 @@ pub const WRITE_SETTLE: Duration = Duration::from_secs(1);
 /// are dropped and the next scan (made at once) catches what they said.
 /// A count, not an allocation: see [`WakeQueue`].
 const NOTIFY_QUEUE: usize = 4096;
+/// How long after a report the beacon reads its receipt: the outbox
+/// settles it within milliseconds, so this is how often a drift is
+/// reported again while the outbox refuses it.
+pub const RECEIPT_CHECK: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -280,6 +292,9 @@ fn classify(before: &Observation, now: &Observation, desired: Option<&Desired>) 
 #[derive(Debug)]
 struct OpenDrift {
     reported: Observation,
+    /// What the report was a change from: the path's state again if the
+    /// report never left ([`Tracker::unreport`]).
+    from: Observation,
     until: Instant,
     /// The path's applied generation when reported; a job since closes it.
     applied: u64,
@@ -398,8 +413,25 @@ impl Tracker {
         if !self.events.contains(&change) {
             return None;
         }
-        state.open = Some(OpenDrift { reported: now.clone(), until: at + debounce, applied, window_checked: false });
+        state.open = Some(OpenDrift {
+            reported: now.clone(),
+            from: reference,
+            until: at + debounce,
+            applied,
+            window_checked: false,
+        });
         Some(Report { change, observation: now })
+    }
+
+    /// The last report about `path` never left (the outbox refused it):
+    /// forget it, so that the next look reports the change again, against
+    /// what the path was before it.
+    pub fn unreport(&mut self, path: &Path) {
+        if let Some(state) = self.paths.get_mut(path)
+            && let Some(open) = state.open.take()
+        {
+            state.last = open.from;
+        }
     }
 
     /// The earliest end of a debounce window still to be checked.
@@ -573,6 +605,8 @@ fn start(context: Context, config: &Value) -> Result<Running, String> {
         context,
         wake: wake_rx,
         pending: Vec::new(),
+        unconfirmed: HashMap::new(),
+        receipts_due: None,
     };
     let applied_tx = wake_tx.clone();
     beacon.context.managed.listen(Box::new(move |path| match applied_tx.try_send(Wake::Applied(path.to_path_buf())) {
@@ -609,6 +643,11 @@ struct FileBeacon {
     /// Reports made before the thread ran, sent by it (sending could wait
     /// for the agent's main loop, which is waiting for `start`).
     pending: Vec<(PathBuf, Report)>,
+    /// Reports whose event the outbox has not confirmed yet, by path (a
+    /// later report replaces an earlier one: it says more).
+    unconfirmed: HashMap<PathBuf, Receipt>,
+    /// When to read the receipts in `unconfirmed`.
+    receipts_due: Option<Instant>,
 }
 
 fn inode(path: &Path) -> Option<u64> {
@@ -718,7 +757,7 @@ impl FileBeacon {
         }
     }
 
-    fn emit(&self, real: &Path, report: &Report) {
+    fn emit(&mut self, real: &Path, report: &Report) {
         let authored = self.scope.authored(real).unwrap_or_else(|| real.to_path_buf());
         let mut data = Value::map().with("path", authored.display().to_string()).with("kind", report.change.as_str());
         match &report.observation {
@@ -732,8 +771,32 @@ impl FileBeacon {
         data = data.with("managed", self.context.managed.desired(real).is_some());
         tracing::info!(beacon = %self.context.name, path = %authored.display(), change = report.change.as_str(), "File changed.");
         let event = Event::new(self.context.tag(), self.context.agent.as_str(), data);
+        let receipt = self.context.receipts.expect(event.id);
         if self.context.events.blocking_send(event).is_err() {
             tracing::debug!(beacon = %self.context.name, "Agent is shutting down; event not sent.");
+            return;
+        }
+        self.unconfirmed.insert(real.to_path_buf(), receipt);
+        self.receipts_due.get_or_insert_with(|| Instant::now() + RECEIPT_CHECK);
+    }
+
+    /// Forgets confirmed reports; undoes refused ones and looks again, so
+    /// that they are reported anew.
+    fn check_receipts(&mut self) {
+        let mut refused = Vec::new();
+        self.unconfirmed.retain(|path, receipt| match receipt.outcome() {
+            Some(Outcome::Stored) => false,
+            Some(Outcome::Refused) => {
+                refused.push(path.clone());
+                false
+            }
+            None => true,
+        });
+        self.receipts_due = (!self.unconfirmed.is_empty()).then(|| Instant::now() + RECEIPT_CHECK);
+        for path in refused {
+            tracing::warn!(beacon = %self.context.name, path = %path.display(), "The outbox refused this change's event (it is full); reporting it again.");
+            self.tracker.unreport(&path);
+            self.look(&path, false);
         }
     }
 
@@ -784,7 +847,7 @@ impl FileBeacon {
         self.flush_pending();
         let mut next_scan = Instant::now() + self.scan;
         loop {
-            let deadline = [self.tracker.next_deadline(), self.settling.values().min().copied()]
+            let deadline = [self.tracker.next_deadline(), self.settling.values().min().copied(), self.receipts_due]
                 .into_iter()
                 .flatten()
                 .fold(next_scan, Instant::min);
@@ -816,6 +879,9 @@ impl FileBeacon {
             }
             for path in self.tracker.due(now) {
                 self.look(&path, true);
+            }
+            if self.receipts_due.is_some_and(|due| due <= now) {
+                self.check_receipts();
             }
             if now >= next_scan {
                 self.scan_all();
@@ -997,6 +1063,68 @@ mod tests {
         let mut tracker = Tracker::new(500 * MS, Change::all());
         let report = tracker.track(Path::new("/etc/x"), file(b"bad", 0o644), desired(b"good"), 0, Instant::now());
         assert_eq!(report.map(|r| r.change), Some(Change::Modify));
+    }
+
+    #[test]
+    fn a_report_that_never_left_is_made_again_against_what_was_before() {
+        let path = Path::new("/etc/x");
+        let t0 = Instant::now();
+        let mut tracker = Tracker::new(500 * MS, Change::all());
+        tracker.track(path, file(b"good", 0o644), desired(b"good"), 0, t0);
+        let report = tracker.observe(path, file(b"bad", 0o644), desired(b"good"), 0, t0 + MS).unwrap();
+        // Reported and open: an unchanged file is not reported again.
+        assert_eq!(tracker.observe(path, file(b"bad", 0o644), desired(b"good"), 0, t0 + 600 * MS), None);
+        // The outbox refused it: the next look reports it again, the same way.
+        tracker.unreport(path);
+        assert_eq!(tracker.observe(path, file(b"bad", 0o644), desired(b"good"), 0, t0 + 700 * MS), Some(report));
+        // Unmanaged: a change undone before the report got out is nothing.
+        let log = Path::new("/var/log/x");
+        tracker.track(log, file(b"a", 0o644), None, 0, t0);
+        assert!(tracker.observe(log, file(b"b", 0o644), None, 0, t0 + MS).is_some());
+        tracker.unreport(log);
+        assert_eq!(tracker.observe(log, file(b"a", 0o644), None, 0, t0 + 600 * MS), None);
+        // A path without an open drift has nothing to undo.
+        tracker.unreport(log);
+        assert_eq!(tracker.observe(log, file(b"a", 0o644), None, 0, t0 + 700 * MS), None);
+    }
+
+    /// The beacon thread reads its receipts: a refused report is made
+    /// again (well before the periodic scan), a stored one is not.
+    #[test]
+    fn the_beacon_reports_again_what_the_outbox_refused() {
+        use crate::outbox::Receipts;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x");
+        std::fs::write(&path, "a").unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let receipts = Receipts::default();
+        let context = Context {
+            name: "f".into(),
+            agent: "a".into(),
+            events: tx,
+            managed: crate::managed::ManagedFiles::in_memory(),
+            root: "/".into(),
+            receipts: receipts.clone(),
+        };
+        let paths = Value::List(vec![Value::from(path.display().to_string().as_str())]);
+        let config = Value::map().with("paths", paths).with("debounce", "10ms").with("scan", "1h");
+        let _running = (KIND.start)(context, &config).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let mut next = || {
+            runtime
+                .block_on(async { tokio::time::timeout(Duration::from_secs(60), rx.recv()).await })
+                .expect("an event")
+                .unwrap()
+        };
+        std::fs::write(&path, "b").unwrap();
+        let first = next();
+        assert_eq!(first.data.get("kind").and_then(Value::as_str), Some("modify"));
+        receipts.settle([(first.id, Outcome::Refused)]);
+        let again = next();
+        assert_ne!(again.id, first.id);
+        assert_eq!(again.data, first.data, "the same change, reported again");
+        receipts.settle([(again.id, Outcome::Stored)]);
+        assert_eq!(receipts.waiting(), 0);
     }
 
     fn scope(targets: &[&str], recursive: bool, exclude: &[&str]) -> Scope {

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use crate::managed::ManagedFiles;
+use crate::outbox::Receipts;
 
 pub mod cpu;
 pub mod disk;
@@ -67,6 +68,9 @@ pub struct Context {
     pub managed: ManagedFiles,
     /// Prefix for every path a beacon or state names (`root` in agent.yaml).
     pub root: PathBuf,
+    /// Where a beacon learns whether the outbox stored an event it sent
+    /// (the file beacon reports a refused drift again).
+    pub receipts: Receipts,
 }
 
 impl Context {
@@ -214,6 +218,7 @@ mod tests {
             events,
             managed: ManagedFiles::in_memory(),
             root: PathBuf::from("/"),
+            receipts: Receipts::default(),
         }
     }
 

@@ -234,6 +234,7 @@ mod live_tests {
             events: tx,
             managed: ManagedFiles::in_memory(),
             root: "/".into(),
+            receipts: crate::outbox::Receipts::default(),
         };
         let config = Value::map().with("name", name.as_str()).with("interval", "100ms");
         let running = (KIND.start)(context, &config).unwrap();

@@ -352,7 +352,7 @@ async fn take_events(master: &Master, agent: &str, events: Vec<Event>) {
 }
 
 /// Tags an agent may raise about itself, besides its beacons'.
-const AGENT_TAGS: &[&str] = &["drift", "healed", "outbox/dropped"];
+const AGENT_TAGS: &[&str] = &["drift", "healed", "outbox/dropped", "outbox/unwritable", "outbox/writable"];
 
 /// May `agent` raise an event with this tag?
 fn may_raise(agent: &str, tag: &str) -> bool {
@@ -437,6 +437,9 @@ mod tests {
             ("halite/agent/web01/drift", true),
             ("halite/agent/web01/healed", true),
             ("halite/agent/web01/outbox/dropped", true),
+            ("halite/agent/web01/outbox/unwritable", true),
+            ("halite/agent/web01/outbox/writable", true),
+            ("halite/agent/web01/outbox/other", false),
             ("halite/agent/web01/connected", false),
             ("halite/agent/web01/disconnected", false),
             ("halite/agent/db01/healed", false),
