@@ -16,6 +16,7 @@ use indexmap::IndexMap;
 
 pub mod actions;
 pub mod engine;
+mod schedule;
 
 /// One environment for every `when` expression, so compiled expressions
 /// can live as long as the tree that holds them.
