@@ -8,7 +8,7 @@
 //! per window for an agent; what arrives inside the window waits for its end
 //! and, coalesced, runs once.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use super::Reactor;
 use super::actions::{Context, Reactions};
+use super::schedule::{Kind, Next, Schedule};
 use crate::server::bus::Bus;
 use crate::server::jobs::Jobs;
 use crate::tree::Tree;
@@ -33,7 +34,6 @@ enum Work {
         reactor: Arc<Reactor>,
         event: Arc<Event>,
         tree: Arc<Tree>,
-        coalesced: u32,
         /// `event` hops from an agent's own event (see `actions/event.rs`).
         depth: u32,
     },
@@ -72,13 +72,7 @@ impl Engine {
                 Ok(false) => {}
                 Ok(true) => self.enqueue(
                     &event.agent,
-                    Work::React {
-                        reactor: reactor.clone(),
-                        event: event.clone(),
-                        tree: tree.clone(),
-                        coalesced: 0,
-                        depth,
-                    },
+                    Work::React { reactor: reactor.clone(), event: event.clone(), tree: tree.clone(), depth },
                 ),
                 Err(error) => {
                     tracing::warn!(reactor = %reactor.name, event = %event.id, %error, "Reactor condition failed.");
@@ -115,9 +109,7 @@ impl Engine {
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         let sender = queues.entry(agent.to_owned()).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(AGENT_QUEUE);
-            tokio::spawn(
-                Worker { agent: agent.to_owned(), engine: self.clone(), last_run: HashMap::new(), held: None }.run(rx),
-            );
+            tokio::spawn(Worker { agent: agent.to_owned(), engine: self.clone() }.run(rx));
             tx
         });
         if let Err(mpsc::error::TrySendError::Full(Work::React { reactor, event, .. })) = sender.try_send(work) {
@@ -140,59 +132,53 @@ impl Reactions for Engine {
 struct Worker {
     agent: String,
     engine: Engine,
-    /// When each reactor last ran for this agent, for `throttle`.
-    last_run: HashMap<String, Instant>,
-    /// The reactor whose throttle window the worker is waiting out, once
-    /// announced, so a window raises one `throttled` event, not one per
-    /// event folded into it.
-    held: Option<String>,
 }
 
 impl Worker {
-    async fn run(mut self, mut inbox: mpsc::Receiver<Work>) {
-        let mut pending: VecDeque<Work> = VecDeque::new();
+    /// Feeds the schedule and does what it says; the decisions (order,
+    /// coalescing, throttle) are all in [`Schedule`].
+    async fn run(self, mut inbox: mpsc::Receiver<Work>) {
+        let mut schedule = Schedule::default();
         loop {
-            if pending.is_empty() {
-                match inbox.recv().await {
-                    Some(work) => merge(&mut pending, work),
-                    None => return,
-                }
-            }
             while let Ok(work) = inbox.try_recv() {
-                merge(&mut pending, work);
+                push(&mut schedule, work);
             }
-            if let Some(until) = pending.front().and_then(|w| self.throttled_until(w)) {
-                self.announce_hold(pending.front(), until);
-                tokio::select! {
-                    () = tokio::time::sleep_until(until) => {}
-                    Some(work) = inbox.recv() => merge(&mut pending, work),
-                }
-                continue;
-            }
-            if let Some(work) = pending.pop_front() {
-                // Keep folding arrivals in while the action runs, so a burst
-                // during a slow action coalesces instead of filling the queue.
-                let running = self.execute(work);
-                tokio::pin!(running);
-                loop {
+            let now = Instant::now();
+            match schedule.next(now) {
+                Next::Idle => match inbox.recv().await {
+                    Some(work) => push(&mut schedule, work),
+                    None => return,
+                },
+                Next::Wait { until, announce } => {
+                    if let Some(work) = announce {
+                        self.announce_hold(work, until.saturating_duration_since(now));
+                    }
                     tokio::select! {
-                        () = &mut running => break,
-                        Some(work) = inbox.recv() => merge(&mut pending, work),
+                        () = tokio::time::sleep_until(until) => {}
+                        Some(work) = inbox.recv() => push(&mut schedule, work),
+                    }
+                }
+                Next::Run { work, coalesced } => {
+                    // Keep folding arrivals in while the action runs, so a
+                    // burst during a slow action coalesces instead of
+                    // filling the queue.
+                    let running = self.execute(work, coalesced);
+                    tokio::pin!(running);
+                    loop {
+                        tokio::select! {
+                            () = &mut running => break,
+                            Some(work) = inbox.recv() => push(&mut schedule, work),
+                        }
                     }
                 }
             }
         }
     }
 
-    /// One `halite/reactor/<name>/throttled` event per throttle window that
-    /// holds a reaction back.
-    fn announce_hold(&mut self, work: Option<&Work>, until: Instant) {
-        let Some(Work::React { reactor, event, .. }) = work else { return };
-        if self.held.as_deref() == Some(reactor.name.as_str()) {
-            return;
-        }
-        self.held = Some(reactor.name.clone());
-        let wait = until.saturating_duration_since(Instant::now());
+    /// The one `halite/reactor/<name>/throttled` event of a throttle window
+    /// that holds a reaction back.
+    fn announce_hold(&self, work: &Work, wait: Duration) {
+        let Work::React { reactor, event, .. } = work else { return };
         tracing::debug!(agent = %self.agent, reactor = %reactor.name, ?wait, "Reaction held back by its throttle.");
         self.engine.bus.publish(Event::new(
             tag::reactor(&reactor.name, "throttled"),
@@ -205,13 +191,7 @@ impl Worker {
         ));
     }
 
-    fn throttled_until(&self, work: &Work) -> Option<Instant> {
-        let Work::React { reactor, .. } = work else { return None };
-        let until = *self.last_run.get(&reactor.name)? + reactor.throttle?;
-        (until > Instant::now()).then_some(until)
-    }
-
-    async fn execute(&mut self, work: Work) {
+    async fn execute(&self, work: Work, coalesced: u32) {
         let jobs = self.engine.jobs.clone();
         let bus = &self.engine.bus;
         match work {
@@ -231,9 +211,7 @@ impl Worker {
                     tracing::warn!(agent = %self.agent, %error, "Start-up apply failed.");
                 }
             }
-            Work::React { reactor, event, tree, coalesced, depth } => {
-                self.last_run.insert(reactor.name.clone(), Instant::now());
-                self.held = None;
+            Work::React { reactor, event, tree, depth } => {
                 let context = Context {
                     states: tree.states.clone(),
                     jobs: jobs.for_reactor(&reactor.name),
@@ -294,31 +272,100 @@ impl Worker {
     }
 }
 
-/// Adds work to an agent's queue, folding it into waiting work of the same
-/// reactor (the newest event wins, the count says how many were folded).
-fn merge(pending: &mut VecDeque<Work>, work: Work) {
-    for waiting in pending.iter_mut() {
-        match (waiting, &work) {
-            (
-                Work::React { reactor: r, event: e, tree: t, coalesced, depth: d },
-                Work::React { reactor, event, tree, depth, .. },
-            ) if r.name == reactor.name => {
-                *e = event.clone();
-                *d = *depth;
-                *t = tree.clone();
-                *r = reactor.clone();
-                *coalesced += 1;
-                return;
-            }
-            (Work::Highstate { tree: t }, Work::Highstate { tree }) => {
-                *t = tree.clone();
-                return;
-            }
-            _ => {}
-        }
-    }
-    pending.push_back(work);
+/// Adds work to the schedule as the kind of work it is.
+fn push(schedule: &mut Schedule<Work>, work: Work) {
+    let kind = match &work {
+        Work::React { reactor, .. } => Kind::Reaction { reactor: reactor.name.clone(), throttle: reactor.throttle },
+        Work::Highstate { .. } => Kind::Highstate,
+    };
+    schedule.push(kind, work);
 }
 
 /// How long the engine waits for an agent's job result by default.
 pub const JOB_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[cfg(test)]
+mod tests {
+    use futures_util::future::BoxFuture;
+
+    use super::super::actions::{Action, test_context};
+    use super::*;
+
+    /// How the test reactor is throttled.
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    /// An action that reports each run: for which agent, on which event,
+    /// at what (paused) time.
+    #[derive(Debug)]
+    struct Record(mpsc::Sender<(String, Id, Instant)>);
+
+    impl Action for Record {
+        fn describe(&self) -> String {
+            "record the run".into()
+        }
+
+        fn run<'a>(
+            &'a self,
+            _context: &'a Context,
+            agent: &'a str,
+            event: &'a Event,
+        ) -> BoxFuture<'a, Result<String, String>> {
+            Box::pin(async move {
+                self.0.send((agent.to_owned(), event.id, Instant::now())).await.map_err(|e| e.to_string())?;
+                Ok("recorded".into())
+            })
+        }
+    }
+
+    /// The worker does what the schedule says, in time: with the clock
+    /// paused, a burst inside a throttle window runs once, coalesced, at
+    /// exactly the window's end; another agent's window is its own; each
+    /// window that holds a reaction back is announced once.
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_burst_runs_once_at_the_end_of_the_window() {
+        let context = test_context().await;
+        let (record, mut runs) = mpsc::channel(16);
+        let reactor = Reactor {
+            throttle: Some(WINDOW),
+            ..Reactor::implied("count".into(), "tick", vec![Box::new(Record(record))]).unwrap()
+        };
+        let tree = Tree { reactors: vec![Arc::new(reactor)], ..Tree::default() };
+        let engine = Engine::new(Arc::new(RwLock::new(Arc::new(tree))), context.jobs.clone(), context.bus.clone());
+        let mut tail = context.bus.subscribe();
+        let tick = |agent: &str| Arc::new(Event::new("tick", agent, Value::map()));
+
+        let start = Instant::now();
+        let first = tick("a");
+        engine.on_event(&first);
+        assert_eq!(runs.recv().await, Some(("a".into(), first.id, start)));
+
+        let burst: Vec<_> = (0..5).map(|_| tick("a")).collect();
+        for event in &burst {
+            engine.on_event(event);
+        }
+        let other = tick("b");
+        engine.on_event(&other);
+        assert_eq!(runs.recv().await, Some(("b".into(), other.id, start)), "agent b is not held by a's window");
+        assert_eq!(runs.recv().await, Some(("a".into(), burst[4].id, start + WINDOW)), "the latest event, once");
+
+        let late = tick("a");
+        engine.on_event(&late);
+        assert_eq!(runs.recv().await, Some(("a".into(), late.id, start + WINDOW * 2)), "the window restarted");
+
+        let mut fired = Vec::new();
+        let mut throttled = Vec::new();
+        while fired.len() < 4 {
+            let event = tail.recv().await.unwrap();
+            let data = event.data.to_json();
+            if event.tag == "halite/reactor/count/fired" {
+                fired.push((event.agent.to_string(), data["coalesced"].as_i64().unwrap()));
+            } else if event.tag == "halite/reactor/count/throttled" {
+                throttled.push(format!("{}: {}", event.agent, data["reason"].as_str().unwrap()));
+            }
+        }
+        let fired_for = |agent: &str| fired.iter().filter(|(a, _)| a == agent).map(|(_, n)| *n).collect::<Vec<_>>();
+        assert_eq!(fired_for("a"), [0, 4, 0]);
+        assert_eq!(fired_for("b"), [0]);
+        assert_eq!(throttled, ["a: throttle"; 2], "one announcement per window");
+    }
+}
