@@ -19,6 +19,7 @@ pub static KIND: Kind = Kind {
     example: "old-conf:\n  file.absent:\n    path: /etc/nginx/conf.d/default.conf\n",
     resolve,
     plan,
+    file: None,
 };
 
 #[derive(Debug, Deserialize)]

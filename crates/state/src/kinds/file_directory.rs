@@ -21,6 +21,7 @@ pub static KIND: Kind = Kind {
     example: "www:\n  file.directory:\n    path: /srv/www\n    mode: \"0755\"\n    makedirs: true\n",
     resolve,
     plan,
+    file: None,
 };
 
 #[derive(Debug, Deserialize)]

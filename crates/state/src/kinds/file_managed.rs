@@ -20,7 +20,7 @@ use halite_fs::{Dir, FsError, OpenFile, Perms, Stat};
 use halite_proto::{Sha256, Value};
 use serde::Deserialize;
 
-use super::{Authored, Kind, Plan, Problem, args};
+use super::{Authored, FileLike, FileView, Kind, Plan, Problem, args};
 use crate::apply::{ApplyEnv, ManagedFile};
 use crate::diag::Location;
 
@@ -30,6 +30,21 @@ pub static KIND: Kind = Kind {
     example: "motd:\n  file.managed:\n    path: /etc/motd\n    contents: \"managed by halite\\n\"\n    mode: \"0644\"\n",
     resolve,
     plan,
+    file: Some(&FILE),
+};
+
+/// What offline healing, `watch: true` and templates need of a resolved
+/// `file.managed`.
+static FILE: FileLike = FileLike {
+    view: |args| {
+        Some(FileView {
+            path: args::string(args, "path").ok()?,
+            contents: args::bytes(args, "contents").ok()?,
+            mode: args::opt_u32(args, "mode"),
+        })
+    },
+    contents_mut: |args| args::bytes_mut(args, "contents"),
+    contents_key: "contents",
 };
 
 /// Mode for a new file whose state does not say.

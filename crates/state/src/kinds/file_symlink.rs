@@ -19,6 +19,7 @@ pub static KIND: Kind = Kind {
     example: "nginx-site:\n  file.symlink:\n    path: /etc/nginx/sites-enabled/default\n    target: /etc/nginx/sites-available/default\n",
     resolve,
     plan,
+    file: None,
 };
 
 #[derive(Debug, Deserialize)]

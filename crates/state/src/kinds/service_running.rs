@@ -16,6 +16,7 @@ pub static KIND: Kind = Kind {
     example: "nginx:\n  service.running:\n    enable: true\n",
     resolve,
     plan,
+    file: None,
 };
 
 #[derive(Debug, Deserialize)]
