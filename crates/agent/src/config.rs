@@ -50,6 +50,14 @@ pub struct AgentConfig {
     /// fsyncs (milliseconds on a busy disk) on the path of every drift.
     #[serde(default)]
     pub outbox_fsync: bool,
+    /// `file.managed` keeps a backup of content it replaces up to this many
+    /// bytes (larger content is replaced without one). Default 64 MiB.
+    #[serde(default = "default_backup_max_bytes")]
+    pub backup_max_bytes: u64,
+}
+
+fn default_backup_max_bytes() -> u64 {
+    halite_state::apply::DEFAULT_BACKUP_MAX_BYTES
 }
 
 fn default_root() -> PathBuf {
@@ -185,8 +193,14 @@ mod tests {
         assert!(!config.tofu);
         assert!(!config.enforce_offline);
         assert!(!config.outbox_fsync);
-        let config = load(&format!("id: web01\nmaster_key: {}\nenforce_offline: true\n", "ab".repeat(32))).unwrap();
+        assert_eq!(config.backup_max_bytes, 64 * 1024 * 1024);
+        let config = load(&format!(
+            "id: web01\nmaster_key: {}\nenforce_offline: true\nbackup_max_bytes: 1000\n",
+            "ab".repeat(32)
+        ))
+        .unwrap();
         assert!(config.enforce_offline);
+        assert_eq!(config.backup_max_bytes, 1000);
     }
 
     #[test]

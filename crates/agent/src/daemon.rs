@@ -60,6 +60,7 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
     let (outbound, mut link_events, mut status) = (link.outbound, link.events, link.status);
     let apply_env = halite_state::ApplyEnv {
         backup_dir: Some(config.data_dir.join("backup")),
+        backup_max_bytes: config.backup_max_bytes,
         ..halite_state::ApplyEnv::default()
     };
     let healing = Healing { root: config.root.clone(), apply: apply_env.clone() };
@@ -221,10 +222,21 @@ async fn replace_beacons(mut beacons: Beacons, specs: Vec<halite_proto::BeaconSp
 }
 
 /// The start-up check: a `halite/agent/<id>/drift` event naming every
-/// managed file that is not as desired, or `None` when all are.
+/// managed file that is not as desired, or `None` when all are. First,
+/// the temporary files of restores a kill interrupted are removed from
+/// beside every managed file (nothing writes yet, so none is in flight).
 async fn start_up_check(id: &str, managed: &ManagedFiles, root: &Path) -> Option<Event> {
     let managed = managed.clone();
-    let drifted = tokio::task::spawn_blocking(move || managed.drifted()).await.unwrap_or_default();
+    let drifted = tokio::task::spawn_blocking(move || {
+        for path in managed.paths() {
+            if let Ok(removed @ 1..) = halite_fs::remove_stale_temps(&path) {
+                tracing::info!(path = %path.display(), removed, "Removed the temporary files of interrupted restores.");
+            }
+        }
+        managed.drifted()
+    })
+    .await
+    .unwrap_or_default();
     if drifted.is_empty() {
         return None;
     }

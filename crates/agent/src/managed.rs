@@ -7,7 +7,7 @@
 //! write is done ([`ManagedFiles::finish`]) the file's applied generation
 //! goes up, which closes drift reported before the restore, and listeners
 //! (the file beacons) are told, so they look at the file once more. The record
-//! is persisted in the data dir so drift that happens while the agent is
+//! is persisted in the data dir (with `halite_fs`'s one atomic write) so drift that happens while the agent is
 //! down is still recognised as drift at its next start.
 
 use std::collections::{HashMap, HashSet};
@@ -151,6 +151,11 @@ impl ManagedFiles {
         drifted
     }
 
+    /// Every path with a desired state recorded.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.lock().desired.keys().cloned().collect()
+    }
+
     pub fn listen(&self, listener: Listener) {
         self.lock().listeners.push(listener);
     }
@@ -158,15 +163,9 @@ impl ManagedFiles {
     fn persist(&self) {
         let Some(store) = &self.store else { return };
         let list: Vec<(PathBuf, Desired)> = self.lock().desired.iter().map(|(p, d)| (p.clone(), *d)).collect();
-        let result = (|| -> std::io::Result<()> {
-            let dir = store.parent().unwrap_or(Path::new("."));
-            std::fs::create_dir_all(dir)?;
-            let mut temp = tempfile::NamedTempFile::new_in(dir)?;
-            serde_json::to_writer(&mut temp, &list)?;
-            temp.as_file().sync_all()?;
-            temp.persist(store).map_err(|e| e.error)?;
-            Ok(())
-        })();
+        let result = serde_json::to_vec(&list)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| halite_fs::write_atomic(store, &bytes, 0o600).map_err(|e| e.to_string()));
         if let Err(error) = result {
             tracing::warn!(path = %store.display(), %error, "Cannot save the record of managed files.");
         }
@@ -175,15 +174,21 @@ impl ManagedFiles {
 
 /// How `path` differs from `want`, if it does.
 fn drift_of(path: &Path, want: &Desired) -> Option<&'static str> {
-    use std::os::unix::fs::PermissionsExt;
-    let Ok(file) = std::fs::File::open(path) else { return Some("missing") };
-    match Sha256::of_reader(&file) {
+    // Through halite_fs: a link planted at the path is not followed (it is
+    // drift: the restore replaces it).
+    let opened = halite_fs::open_parent(path, None).and_then(|(dir, name)| dir.open_file(&name));
+    let file = match opened {
+        Ok(Some(file)) => file,
+        Ok(None) => return Some("missing"),
+        Err(e) if e.is_not_found() => return Some("missing"),
+        Err(_) => return Some("content"),
+    };
+    match Sha256::of_reader(file.file()) {
         Ok(sha) if sha == want.sha256() => {}
         _ => return Some("content"),
     }
-    let mode = file.metadata().map(|m| m.permissions().mode() & 0o7777).ok();
     match want.mode {
-        Some(want) if mode != Some(want) => Some("mode"),
+        Some(want) if file.stat().mode != want => Some("mode"),
         _ => None,
     }
 }

@@ -5,8 +5,9 @@
 //! Under `<data_dir>/offline/`: `blobs/<sha256>` holds contents, addressed
 //! by their digest (a file managed the same way on many paths is stored
 //! once), and `index` maps each managed path to its resolved
-//! `file.managed` call without the contents. Both are written atomically
-//! (temporary file, fsync, rename). What is kept is what the master last
+//! file-like call (`file.managed`, or any kind with a `FileLike` view: it is
+//! read only through that view) without the contents. Both are written
+//! with `halite_fs`'s one atomic write. What is kept is what the master last
 //! sent; blobs no path names any more are removed when the index is saved.
 //!
 //! Only files a file beacon watches are healed, because only they raise
@@ -18,7 +19,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use halite_proto::{Job, Outcome, Sha256, StateCall, Value};
+use halite_proto::{Job, Outcome, Sha256, StateCall};
 use halite_state::ApplyEnv;
 use halite_state::apply::{apply_plan, plan_call};
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,8 @@ use crate::managed::ManagedFiles;
 pub enum OfflineError {
     #[error("offline store {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("offline store {path}: {source}")]
+    Write { path: PathBuf, source: halite_fs::FsError },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,26 +84,26 @@ impl OfflineStore {
         self.lock().keys().cloned().collect()
     }
 
-    /// Keeps the desired content of every `file.managed` state in `job`
-    /// (not for test jobs). `root` is the agent's root. Blocking I/O.
+    /// Keeps the desired content of every file-like state in `job` (a kind
+    /// with a `FileLike` view: `file.managed`), not for test jobs. `root`
+    /// is the agent's root. Blocking I/O.
     pub fn record(&self, job: &Job, root: &Path) -> Result<(), OfflineError> {
         if job.test {
             return Ok(());
         }
         let mut changed = false;
-        for call in job.states.iter().filter(|c| c.kind == "file.managed") {
-            let Some(Value::String(authored)) = call.args.get("path") else { continue };
-            let Some(Value::Bytes(contents)) = call.args.get("contents") else { continue };
-            let path = crate::rooted(root, Path::new(authored));
-            let sha256 = Sha256::of(contents);
+        for call in &job.states {
+            let Some(file) = halite_state::kinds::file_like(&call.kind) else { continue };
+            // The call as the agent applies it: its path under the root.
+            let mut stripped = crate::jobs::rooted_call(call, root);
+            let Some(view) = (file.view)(&stripped.args) else { continue };
+            let path = PathBuf::from(view.path);
+            // Kept once per digest in the blobs, not in the index.
+            let Some(contents) = (file.contents_mut)(&mut stripped.args).map(std::mem::take) else { continue };
+            let sha256 = Sha256::of(&contents);
             let blob = self.blob(&sha256);
             if !blob.exists() {
-                write_atomically(&blob, contents)?;
-            }
-            let mut stripped = call.clone();
-            if let Value::Map(args) = &mut stripped.args {
-                args.insert("path".into(), Value::String(path.display().to_string()));
-                args.remove("contents");
+                write_atomically(&blob, &contents)?;
             }
             let record = Record { call: stripped, sha256 };
             let mut index = self.lock();
@@ -127,7 +130,11 @@ impl OfflineStore {
             return Err(format!("{}: the kept content does not match its digest", blob.display()));
         }
         let mut call = record.call.clone();
-        call.args = call.args.with("contents", contents);
+        let kept = halite_state::kinds::file_like(&call.kind).and_then(|file| (file.contents_mut)(&mut call.args));
+        let Some(slot) = kept else {
+            return Err(format!("{}: `{}` is no longer a kind that keeps a file's content", path.display(), call.kind));
+        };
+        *slot = contents;
         let plan = plan_call(&call, env)?;
         let file = plan.managed_file();
         if let Some(file) = &file {
@@ -172,20 +179,17 @@ impl OfflineStore {
     }
 }
 
+/// The one atomic write (`halite_fs`), mode 0600: kept contents may be
+/// secrets.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), OfflineError> {
-    let io = |source| OfflineError::Io { path: path.to_path_buf(), source };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    std::io::Write::write_all(&mut temp, bytes).map_err(io)?;
-    temp.as_file().sync_data().map_err(io)?;
-    temp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
+    halite_fs::write_atomic(path, bytes, 0o600)
+        .map_err(|source| OfflineError::Write { path: path.to_path_buf(), source })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use halite_proto::Id;
+    use halite_proto::{Id, Value};
 
     fn job(contents: &[u8], test: bool) -> Job {
         let args = Value::map().with("path", "/etc/motd").with("contents", contents.to_vec()).with("mode", 0o644u32);
@@ -212,6 +216,29 @@ mod tests {
         assert_eq!(managed.applied_generation(&path), 1, "the write is recorded like a job's");
         assert_eq!(reopened.heal(&path, &managed, &ApplyEnv::default()).unwrap(), None, "nothing to do twice");
         assert_eq!(reopened.heal(&root.path().join("other"), &managed, &ApplyEnv::default()).unwrap(), None);
+    }
+
+    /// A new file-like kind is healed with no edit here: `example.file`
+    /// (the `example-kinds` feature) keeps its content under `text`.
+    #[test]
+    fn a_new_file_like_kind_is_healed_through_its_typed_view() {
+        let (data, root) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = OfflineStore::open(data.path()).unwrap();
+        let args = Value::map().with("path", "/etc/hello").with("text", b"hello\n".to_vec());
+        let job = Job {
+            id: Id::new(),
+            cause_event: None,
+            test: false,
+            states: vec![StateCall::new("h", "example.file", args)],
+        };
+        store.record(&job, root.path()).unwrap();
+        let path = root.path().join("etc/hello");
+        assert_eq!(store.paths(), std::slice::from_ref(&path));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "drift").unwrap();
+        let healed = store.heal(&path, &ManagedFiles::in_memory(), &ApplyEnv::default()).unwrap().expect("healed");
+        assert_eq!(healed.state, "h");
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello\n");
     }
 
     #[test]

@@ -5,7 +5,6 @@
 //! list|fingerprint`, and `master_key` in agent.yaml.
 
 use std::fmt;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::str::FromStr;
@@ -68,7 +67,7 @@ pub enum KeyError {
     #[error("cannot read the key file {path}: {source}")]
     Read { path: String, source: std::io::Error },
     #[error("cannot write the key file {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write { path: String, source: halite_fs::FsError },
     #[error("the key file {path} is malformed; move it away to make a new key (agents will see a new identity)")]
     Malformed { path: String },
     #[error("the key file {path} can be read by others (mode {mode:04o}); run `chmod 600 {path}`")]
@@ -128,15 +127,11 @@ impl Keypair {
     }
 
     fn store(&self, path: &Path) -> Result<(), KeyError> {
-        let fail = |source| KeyError::Write { path: path.display().to_string(), source };
-        let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(fail)?;
-        // tempfile creates the file with mode 0600 before anything is written.
-        let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(fail)?;
-        writeln!(temp, "{}\n{}", PublicKey(self.private), self.public).map_err(fail)?;
-        temp.as_file().sync_all().map_err(fail)?;
-        temp.persist(path).map_err(|e| fail(e.error))?;
-        Ok(())
+        // The one atomic write: the temporary file is 0600 before anything
+        // is written to it.
+        let text = format!("{}\n{}\n", PublicKey(self.private), self.public);
+        halite_fs::write_atomic(path, text.as_bytes(), 0o600)
+            .map_err(|source| KeyError::Write { path: path.display().to_string(), source })
     }
 }
 

@@ -21,6 +21,10 @@ pub struct ManagedFile {
     pub mode: Option<u32>,
 }
 
+/// Largest content `file.managed` keeps a backup of, unless configured:
+/// 64 MiB, read in a stream, never held in memory whole.
+pub const DEFAULT_BACKUP_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
 /// What the kinds may use of the agent's environment. Passed down rather
 /// than read from the process, so tests can run side by side.
 #[derive(Debug, Clone)]
@@ -30,6 +34,9 @@ pub struct ApplyEnv {
     pub backup_dir: Option<PathBuf>,
     /// Backups kept per file; older ones are removed.
     pub backups_kept: usize,
+    /// Content larger than this is replaced without a backup (agent.yaml
+    /// `backup_max_bytes`, [`DEFAULT_BACKUP_MAX_BYTES`] unless set).
+    pub backup_max_bytes: u64,
     /// The PATH for finding and running programs (`systemctl`,
     /// `dpkg-query`, `apt-get`, `cmd.run`); `None`: the agent's own.
     pub path: Option<OsString>,
@@ -37,7 +44,7 @@ pub struct ApplyEnv {
 
 impl Default for ApplyEnv {
     fn default() -> Self {
-        ApplyEnv { backup_dir: None, backups_kept: 5, path: None }
+        ApplyEnv { backup_dir: None, backups_kept: 5, backup_max_bytes: DEFAULT_BACKUP_MAX_BYTES, path: None }
     }
 }
 

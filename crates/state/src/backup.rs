@@ -2,10 +2,14 @@
 //! dir: `<backup_dir>/<escaped path>.<nanoseconds since the epoch>`, the
 //! last N per file kept.
 //!
+//! Backups are written with `halite_fs`'s atomic write, mode 0600 (the
+//! content may be a secret, whatever the file's mode was).
+//!
 //! The path is escaped so every managed file maps to one flat name and no
 //! two paths collide: `%` becomes `%25` and `/` becomes `%2F`.
 
 use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,19 +18,25 @@ pub fn escape(path: &Path) -> String {
 }
 
 /// Writes a backup of `content` (the content of `path` about to be
-/// replaced) and removes the oldest beyond `keep`. Returns the backup.
-pub fn save(dir: &Path, path: &Path, content: &[u8], keep: usize) -> Result<PathBuf, String> {
-    fs::create_dir_all(dir).map_err(|e| format!("cannot create the backup directory {}: {e}", dir.display()))?;
+/// replaced, read to its end) and removes the oldest beyond `keep`.
+/// Returns the backup.
+pub fn save(dir: &Path, path: &Path, content: &mut dyn Read, keep: usize) -> Result<PathBuf, String> {
+    let opened = halite_fs::Dir::create_all(dir, 0o700).map_err(|e| format!("backup directory: {e}"))?;
     let prefix = format!("{}.", escape(path));
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     // Zero-padded, so names sort in time order.
     let backup = dir.join(format!("{prefix}{stamp:020}"));
-    fs::write(&backup, content).map_err(|e| format!("cannot write the backup {}: {e}", backup.display()))?;
+    let name = backup.file_name().unwrap_or_default();
+    opened
+        .write_atomic(name, content, halite_fs::Perms::mode(0o600))
+        .map_err(|e| format!("cannot write the backup {}: {e}", backup.display()))?;
     let mut existing = list(dir, &prefix);
     existing.sort();
     let excess = existing.len().saturating_sub(keep.max(1));
     for old in &existing[..excess] {
-        let _ = fs::remove_file(old);
+        if let Some(name) = old.file_name() {
+            let _ = opened.remove(name);
+        }
     }
     Ok(backup)
 }
@@ -61,10 +71,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = Path::new("/etc/a%b/conf");
         for i in 0..5 {
-            save(dir.path(), path, format!("v{i}").as_bytes(), 3).unwrap();
+            save(dir.path(), path, &mut format!("v{i}").as_bytes(), 3).unwrap();
         }
         // Another file's backups are not counted.
-        save(dir.path(), Path::new("/etc/a%b/conf2"), b"x", 3).unwrap();
+        save(dir.path(), Path::new("/etc/a%b/conf2"), &mut &b"x"[..], 3).unwrap();
         let kept = backups_of(dir.path(), path);
         let contents: Vec<String> = kept.iter().map(|p| fs::read_to_string(p).unwrap()).collect();
         assert_eq!(contents, ["v2", "v3", "v4"]);

@@ -268,7 +268,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let stand_in = dir.path().join("halite-stand-in");
         std::fs::write(&stand_in, "#!/bin/sh\necho stand-in \"$@\"\n").unwrap();
-        std::fs::set_permissions(&stand_in, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        crate::test_support::chmod(&stand_in, 0o755);
         let path = OsString::from(format!("{}:/usr/bin:/bin", dir.path().display()));
         let output = run(&Spec::new(["halite-stand-in", "a"]), Some(&path)).unwrap();
         assert_eq!(output.stdout, "stand-in a\n");

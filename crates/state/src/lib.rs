@@ -30,11 +30,23 @@ pub mod template;
 pub mod tree;
 pub mod yaml;
 
-#[cfg(test)]
-mod compat_tests;
-
 pub use apply::{ApplyEnv, ManagedFile, Observer, apply_call, run_states, run_states_observed};
 pub use diag::{Diagnostic, Severity};
 pub use target::Target;
 pub use template::RenderContext;
 pub use tree::{StateTree, TREE_FILES};
+
+#[cfg(test)]
+mod compat_tests;
+
+/// Fixtures for tests: setting up a file's mode by path.
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// Sets `path`'s mode. Tests own their temporary directories, so the
+    /// path-based call banned in the kinds (clippy.toml) is safe here.
+    #[allow(clippy::disallowed_methods)]
+    pub fn chmod(path: &std::path::Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+}

@@ -641,7 +641,7 @@ fn render_call(
 ) -> Result<(), template::TemplateError> {
     let Value::Map(args) = &mut call.args else { return Ok(()) };
     args.remove("template");
-    if let Some(Value::Bytes(contents)) = args.get_mut("contents") {
+    if let Some(contents) = kinds::file_like(&call.kind).and_then(|file| (file.contents_mut)(&mut call.args)) {
         let text = String::from_utf8_lossy(contents).into_owned();
         *contents = template::render(&text, context, vars)?.into_bytes();
     }
@@ -666,11 +666,13 @@ fn split_common(id: &str, kind: &str, fields: &Fields, problems: &mut Vec<kinds:
             "onchanges" => RequisiteKind::Onchanges,
             "watch" if value.value.is_boolean() => {
                 common.watch = value.value == serde_json::Value::Bool(true);
-                if common.watch && kind != "file.managed" {
+                if common.watch && kinds::file_like(kind).is_none() {
                     problems.push(
                         kinds::Problem::new(
                             Some(key_at),
-                            format!("{kind} `{id}`: `watch: true` (keep enforced) is only for file.managed"),
+                            format!(
+                                "{kind} `{id}`: `watch: true` (keep enforced) is only for a kind that keeps a file's content (file.managed)"
+                            ),
                         )
                         .help("to react to another state, list it: `watch: [other-id]`"),
                     );
@@ -688,7 +690,7 @@ fn split_common(id: &str, kind: &str, fields: &Fields, problems: &mut Vec<kinds:
                         .help(*help),
                     );
                 } else {
-                    if !(kind == "file.managed" && other == "contents") {
+                    if kinds::file_like(kind).is_none_or(|file| file.contents_key != other) {
                         jinja_in_value(id, kind, key, &value.value, problems);
                     }
                     common.rest.entries.push((key.clone(), value.clone()));

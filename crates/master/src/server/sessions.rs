@@ -103,11 +103,7 @@ impl Table {
                 records += 1;
             }
         }
-        let dir = log.path.parent().unwrap_or(Path::new("."));
-        let mut temp = tempfile::NamedTempFile::new_in(dir)?;
-        temp.write_all(&bytes)?;
-        temp.as_file().sync_data()?;
-        temp.persist(&log.path).map_err(|e| e.error)?;
+        halite_fs::write_atomic(&log.path, &bytes, 0o600).map_err(std::io::Error::other)?;
         let file = std::fs::OpenOptions::new().append(true).open(&log.path)?;
         self.log = Some(SeenLog { path: log.path.clone(), file, records });
         Ok(())

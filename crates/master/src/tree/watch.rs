@@ -1,4 +1,5 @@
-//! `watch: true` on a `file.managed` state: the file heals itself without
+//! `watch: true` on a file-like state (`file.managed`, any kind with a
+//! `FileLike` view): the file heals itself without
 //! a hand-written beacon and reactor. For each watched state the tree
 //! implies a `file` beacon on its path, sent to every agent whose top.yaml
 //! states include it, and a reactor that applies the state's file to the
@@ -45,11 +46,15 @@ pub fn find(states: &StateTree, diagnostics: &mut Vec<Diagnostic>) -> Vec<Watch>
         for state in state_file.states.iter().filter(|s| s.watch) {
             let id = &state.call.id;
             let error = |message: String| Diagnostic::error(&state_file.path, state.at, message);
-            let path = state.call.args.get("path").and_then(Value::as_str);
-            let (Some(path), "file.managed") = (path, state.call.kind.as_str()) else {
+            // The kind's own typed view: any file-like kind can be watched.
+            let view = halite_state::kinds::file_like(&state.call.kind).and_then(|file| (file.view)(&state.call.args));
+            let Some(path) = view.map(|view| view.path) else {
                 diagnostics.push(
-                    error(format!("`watch: true` on {} `{id}`: only a file.managed can be watched", state.call.kind))
-                        .help("remove `watch: true`, or write a beacon and a reactor for it"),
+                    error(format!(
+                        "`watch: true` on {} `{id}`: only a kind that keeps a file's content (file.managed) can be watched",
+                        state.call.kind
+                    ))
+                    .help("remove `watch: true`, or write a beacon and a reactor for it"),
                 );
                 continue;
             };
@@ -123,6 +128,20 @@ mod tests {
         let other = Event::new("halite/beacon/web01/conf", "web01", Value::map());
         assert_eq!(reactor.matches(&other), Ok(false));
         assert_eq!(reactor.actions[0].describe(), "apply [web] to the agent that raised the event");
+    }
+
+    /// A new file-like kind is watched with no edit here: `example.file`
+    /// (the `example-kinds` feature) is found through its typed view.
+    #[test]
+    fn a_new_file_like_kind_is_watched_through_its_typed_view() {
+        let (_dir, tree, diagnostics) = load(&[
+            ("top.yaml", "'*': [e]\n"),
+            ("e.yaml", "hello:\n  example.file:\n    path: /etc/hello\n    text: x\n    watch: true\n"),
+        ]);
+        assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+        let beacons = tree.beacons_for("web01", &halite_proto::Value::Null);
+        assert_eq!(beacons.len(), 1, "{beacons:?}");
+        assert_eq!(beacons[0].config.to_json(), serde_json::json!({"paths": ["/etc/hello"]}));
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub static KIND: Kind = Kind {
     example: "reload-nginx:\n  cmd.run:\n    name: systemctl reload nginx\n    onlyif: test -f /etc/nginx/nginx.conf\n    timeout: 30\n",
     resolve,
     plan,
+    file: None,
 };
 
 /// A `cmd.run` call for a command line, for callers that build jobs

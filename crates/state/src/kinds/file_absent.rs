@@ -1,8 +1,11 @@
 //! `file.absent`: a path that must not exist (a file, a link, or a
-//! directory with everything in it).
+//! directory with everything in it), removed through `halite_fs`: relative
+//! to the parent's descriptor, never following a link.
 
-use std::fs;
+use std::ffi::OsString;
 use std::path::PathBuf;
+
+use halite_fs::{Dir, FileType};
 
 use halite_proto::Value;
 use serde::Deserialize;
@@ -16,6 +19,7 @@ pub static KIND: Kind = Kind {
     example: "old-conf:\n  file.absent:\n    path: /etc/nginx/conf.d/default.conf\n",
     resolve,
     plan,
+    file: None,
 };
 
 #[derive(Debug, Deserialize)]
@@ -34,20 +38,25 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
 #[derive(Debug)]
 struct AbsentPlan {
     path: PathBuf,
+    /// The parent directory, opened when planning, and the name in it.
+    at: Option<(Dir, OsString)>,
     /// What is there now, if anything.
     present: Option<&'static str>,
 }
 
 fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
     let path = PathBuf::from(args::string(args, "path")?);
-    let present = match fs::symlink_metadata(&path) {
-        Ok(meta) if meta.file_type().is_symlink() => Some("link"),
-        Ok(meta) if meta.is_dir() => Some("directory"),
-        Ok(_) => Some("file"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(format!("cannot inspect {}: {e}", path.display())),
+    let (dir, name) = match halite_fs::open_parent(&path, None) {
+        Ok(found) => found,
+        Err(e) if e.is_not_found() => return Ok(Box::new(AbsentPlan { path, at: None, present: None })),
+        Err(e) => return Err(e.to_string()),
     };
-    Ok(Box::new(AbsentPlan { path, present }))
+    let present = dir.entry(&name).map_err(|e| e.to_string())?.map(|stat| match stat.file_type {
+        FileType::Link => "link",
+        FileType::Dir => "directory",
+        FileType::File | FileType::Other => "file",
+    });
+    Ok(Box::new(AbsentPlan { path, at: Some((dir, name)), present }))
 }
 
 impl Plan for AbsentPlan {
@@ -56,16 +65,11 @@ impl Plan for AbsentPlan {
     }
 
     fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
-        let removed = match self.present {
-            Some("directory") => fs::remove_dir_all(&self.path),
-            Some(_) => fs::remove_file(&self.path),
-            None => Ok(()),
-        };
-        match removed {
-            Ok(()) => Ok(self.changes()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(format!("cannot remove {}: {e}", self.path.display())),
-        }
+        let (Some((dir, name)), Some(_)) = (&self.at, self.present) else { return Ok(Vec::new()) };
+        // Relative to the directory's descriptor; a directory's contents
+        // are removed without following any link in it.
+        dir.remove(name).map_err(|e| e.to_string())?;
+        Ok(self.changes())
     }
 }
 
@@ -74,6 +78,7 @@ mod tests {
     use super::*;
     use crate::apply::apply_call;
     use halite_proto::{Outcome, StateCall};
+    use std::fs;
 
     fn call(path: &std::path::Path) -> StateCall {
         StateCall::new("t", KIND.name, Value::map().with("path", path.to_str().unwrap()))

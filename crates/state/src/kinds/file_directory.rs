@@ -1,8 +1,12 @@
 //! `file.directory`: a directory with a given mode and owner.
+//!
+//! Through `halite_fs`: the directory is opened `O_NOFOLLOW` in its parent
+//! (a link there fails the state) and its mode and owner are set with
+//! `fchmod`/`fchown` on that descriptor.
 
-use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
+
+use halite_fs::{Dir, FsError, Stat};
 
 use halite_proto::Value;
 use serde::Deserialize;
@@ -17,6 +21,7 @@ pub static KIND: Kind = Kind {
     example: "www:\n  file.directory:\n    path: /srv/www\n    mode: \"0755\"\n    makedirs: true\n",
     resolve,
     plan,
+    file: None,
 };
 
 #[derive(Debug, Deserialize)]
@@ -66,23 +71,32 @@ struct DirectoryPlan {
     owner: Option<u32>,
     group: Option<u32>,
     makedirs: bool,
-    /// Mode, uid, gid of the existing directory.
-    current: Option<(u32, u32, u32)>,
+    /// The existing directory, opened `O_NOFOLLOW` in its parent, and its
+    /// `fstat`: a mode or owner change is made on this descriptor.
+    current: Option<(Dir, Stat)>,
 }
 
 fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
     let path = PathBuf::from(args::string(args, "path")?);
     let makedirs = args::bool_or(args, "makedirs", false);
-    let current = match fs::symlink_metadata(&path) {
-        Ok(meta) if meta.is_dir() => Some((meta.mode() & 0o7777, meta.uid(), meta.gid())),
-        Ok(_) => return Err(format!("{} exists and is not a directory", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if !makedirs && path.parent().is_some_and(|p| !p.is_dir()) {
+    let opened = match halite_fs::open_parent(&path, None) {
+        Ok((parent, name)) => parent.open_dir(&name),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    };
+    let current = match opened {
+        Ok(Some(dir)) => {
+            let stat = dir.stat().map_err(|e| e.to_string())?;
+            Some((dir, stat))
+        }
+        Ok(None) => {
+            if !makedirs && path.parent().is_some_and(|p| Dir::open(p).is_err()) {
                 return Err(format!("the parent of {} does not exist (set `makedirs: true`)", path.display()));
             }
             None
         }
-        Err(e) => return Err(format!("cannot inspect {}: {e}", path.display())),
+        Err(FsError::WrongType { .. }) => return Err(format!("{} exists and is not a directory", path.display())),
+        Err(e) => return Err(e.to_string()),
     };
     Ok(Box::new(DirectoryPlan {
         path,
@@ -96,13 +110,14 @@ fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
 
 impl DirectoryPlan {
     fn mode_differs(&self) -> Option<(u32, u32)> {
-        let ((mode, _, _), desired) = (self.current?, self.mode?);
+        let (mode, desired) = (self.current.as_ref()?.1.mode, self.mode?);
         (mode != desired).then_some((mode, desired))
     }
 
     fn owner_differs(&self) -> bool {
-        self.current
-            .is_some_and(|(_, uid, gid)| self.owner.is_some_and(|u| u != uid) || self.group.is_some_and(|g| g != gid))
+        self.current.as_ref().is_some_and(|(_, stat)| {
+            self.owner.is_some_and(|u| u != stat.uid) || self.group.is_some_and(|g| g != stat.gid)
+        })
     }
 }
 
@@ -122,19 +137,27 @@ impl Plan for DirectoryPlan {
     }
 
     fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
-        let fail = |what: &str, e: std::io::Error| format!("cannot {what} {}: {e}", self.path.display());
-        if self.current.is_none() {
-            let created = if self.makedirs { fs::create_dir_all(&self.path) } else { fs::create_dir(&self.path) };
-            created.map_err(|e| fail("create", e))?;
-        }
+        let created;
+        let dir = match &self.current {
+            Some((dir, _)) => dir,
+            None => {
+                created = if self.makedirs {
+                    Dir::create_all(&self.path, 0o755)
+                } else {
+                    let (parent, name) = halite_fs::open_parent(&self.path, None).map_err(|e| e.to_string())?;
+                    parent.create_dir(&name, 0o755)
+                }
+                .map_err(|e| e.to_string())?;
+                &created
+            }
+        };
         if let Some(mode) = self.mode
             && (self.current.is_none() || self.mode_differs().is_some())
         {
-            fs::set_permissions(&self.path, fs::Permissions::from_mode(mode))
-                .map_err(|e| fail("set the mode of", e))?;
+            dir.set_mode(mode).map_err(|e| e.to_string())?;
         }
         if (self.current.is_none() && (self.owner.is_some() || self.group.is_some())) || self.owner_differs() {
-            std::os::unix::fs::chown(&self.path, self.owner, self.group).map_err(|e| fail("set the owner of", e))?;
+            dir.set_owner(self.owner, self.group).map_err(|e| e.to_string())?;
         }
         Ok(self.changes())
     }
@@ -145,6 +168,8 @@ mod tests {
     use super::*;
     use crate::apply::apply_call;
     use halite_proto::{Outcome, StateCall};
+    use std::fs;
+    use std::os::unix::fs::MetadataExt;
 
     fn call(path: &std::path::Path, mode: u32, makedirs: bool) -> StateCall {
         StateCall::new(
@@ -169,7 +194,7 @@ mod tests {
         assert!(matches!(result.outcome, Outcome::Changed { .. }), "{result:?}");
         assert_eq!(mode_of(&path), 0o750);
         assert_eq!(apply_call(&call(&path, 0o750, true), false, &env).outcome, Outcome::Unchanged);
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o777)).unwrap();
+        crate::test_support::chmod(&path, 0o777);
         let plan = plan(&call(&path, 0o750, true).args, &env).unwrap();
         assert_eq!(plan.changes(), [format!("mode of {}: 0777 -> 0750", path.display())]);
         apply_call(&call(&path, 0o750, true), false, &env);

@@ -1,15 +1,26 @@
 //! `file.managed`: a file with given contents, mode and owner, replaced
-//! atomically (temporary file in the same directory, fsync, rename).
+//! atomically (`halite_fs`'s one rule: temporary file beside it, fsync,
+//! rename, fsync the directory).
+//!
+//! Every file operation goes through a descriptor (`halite_fs`): the
+//! directory is opened without following an untrusted link, the file
+//! `O_NOFOLLOW` in it (a link there fails the state), its digest, diff and
+//! backup are read through that descriptor, and a mode or owner change is
+//! `fchmod`/`fchown` on the file re-opened the same way and checked to be
+//! the one planned. A user who can write the file's directory cannot make
+//! root read or change another file through it.
 
+use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
+
+use halite_fs::{Dir, FsError, OpenFile, Perms, Stat};
 
 use halite_proto::{Sha256, Value};
 use serde::Deserialize;
 
-use super::{Authored, Kind, Plan, Problem, args};
+use super::{Authored, FileLike, FileView, Kind, Plan, Problem, args};
 use crate::apply::{ApplyEnv, ManagedFile};
 use crate::diag::Location;
 
@@ -19,6 +30,21 @@ pub static KIND: Kind = Kind {
     example: "motd:\n  file.managed:\n    path: /etc/motd\n    contents: \"managed by halite\\n\"\n    mode: \"0644\"\n",
     resolve,
     plan,
+    file: Some(&FILE),
+};
+
+/// What offline healing, `watch: true` and templates need of a resolved
+/// `file.managed`.
+static FILE: FileLike = FileLike {
+    view: |args| {
+        Some(FileView {
+            path: args::string(args, "path").ok()?,
+            contents: args::bytes(args, "contents").ok()?,
+            mode: args::opt_u32(args, "mode"),
+        })
+    },
+    contents_mut: |args| args::bytes_mut(args, "contents"),
+    contents_key: "contents",
 };
 
 /// Mode for a new file whose state does not say.
@@ -221,19 +247,35 @@ struct FilePlan {
     owner: Option<u32>,
     group: Option<u32>,
     makedirs: bool,
+    /// The file's directory, opened when planning (no untrusted link
+    /// followed); `None` when it does not exist yet.
+    dir: Option<Dir>,
+    /// The file's name in `dir`.
+    name: OsString,
     current: Option<Current>,
     backup_dir: Option<PathBuf>,
     backups_kept: usize,
+    backup_max_bytes: u64,
 }
 
 #[derive(Debug)]
 struct Current {
-    sha256: Sha256,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    /// For the diff and the backup; `None` when larger than [`DIFF_LIMIT`].
+    /// The file as inspected, opened `O_NOFOLLOW` in `dir`: the digest, the
+    /// diff and the backup are all read through this descriptor, and a
+    /// mode or owner change first checks the name still leads to it.
+    file: OpenFile,
+    /// `None` when the file has other names (hard links): it is not read,
+    /// since another name may be a file halite must not disclose, and it is
+    /// replaced by a file of its own.
+    sha256: Option<Sha256>,
+    /// For the diff; `None` when larger than [`DIFF_LIMIT`] or the same.
     content: Option<Vec<u8>>,
+}
+
+impl Current {
+    fn stat(&self) -> Stat {
+        self.file.stat()
+    }
 }
 
 /// Files larger than this are not diffed (the diff says so).
@@ -248,35 +290,55 @@ fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
         ));
     }
     let contents = args::bytes(args, "contents")?.to_vec();
+    let desired = Sha256::of(&contents);
     let owner = args::opt_string(args, "user").map(lookup_user).transpose()?;
     let group = args::opt_string(args, "group").map(lookup_group).transpose()?;
-    let current = match fs::symlink_metadata(&path) {
-        Ok(meta) if meta.is_dir() => return Err(format!("{} is a directory", path.display())),
-        Ok(meta) => {
-            let file = fs::File::open(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            let sha256 = Sha256::of_reader(file).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            let content = if meta.len() <= DIFF_LIMIT && sha256 != Sha256::of(&contents) {
-                Some(fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?)
-            } else {
-                None
-            };
-            Some(Current { sha256, mode: meta.mode() & 0o7777, uid: meta.uid(), gid: meta.gid(), content })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(format!("cannot inspect {}: {e}", path.display())),
+    let (dir, name) = match halite_fs::open_parent(&path, None) {
+        Ok((dir, name)) => (Some(dir), name),
+        Err(e) if e.is_not_found() => (None, path.file_name().map(OsStr::to_os_string).unwrap_or_default()),
+        Err(e) => return Err(e.to_string()),
     };
+    let opened = match &dir {
+        Some(dir) => dir.open_file(&name).map_err(|e| match e {
+            FsError::WrongType { found: "directory", .. } => format!("{} is a directory", path.display()),
+            e => e.to_string(),
+        })?,
+        None => None,
+    };
+    let current = opened.map(|file| inspect(file, &desired, &path)).transpose()?;
     Ok(Box::new(FilePlan {
-        desired: Sha256::of(&contents),
+        desired,
         path,
         contents,
         mode: args::opt_u32(args, "mode"),
         owner,
         group,
         makedirs: args::bool_or(args, "makedirs", true),
+        dir,
+        name,
         current,
         backup_dir: env.backup_dir.clone(),
         backups_kept: env.backups_kept,
+        backup_max_bytes: env.backup_max_bytes,
     }))
+}
+
+/// Reads the opened file's digest, and its content for the diff when it
+/// differs and is small enough, through the one descriptor.
+fn inspect(file: OpenFile, desired: &Sha256, path: &Path) -> Result<Current, String> {
+    if file.stat().nlink > 1 {
+        return Ok(Current { file, sha256: None, content: None });
+    }
+    let fail = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    let mut head = Vec::new();
+    file.file().take(DIFF_LIMIT + 1).read_to_end(&mut head).map_err(fail)?;
+    let (sha256, content) = if head.len() as u64 <= DIFF_LIMIT {
+        let sha256 = Sha256::of(&head);
+        (sha256, (sha256 != *desired).then_some(head))
+    } else {
+        (Sha256::of_reader(head.as_slice().chain(file.file())).map_err(fail)?, None)
+    };
+    Ok(Current { file, sha256: Some(sha256), content })
 }
 
 /// The most time a diff may take before it is made coarser.
@@ -322,45 +384,70 @@ pub(crate) fn lookup_group(name: &str) -> Result<u32, String> {
 
 impl FilePlan {
     fn content_differs(&self) -> bool {
-        self.current.as_ref().is_none_or(|c| c.sha256 != self.desired)
+        self.current.as_ref().is_none_or(|c| c.sha256 != Some(self.desired))
     }
 
     fn mode_differs(&self) -> Option<(u32, u32)> {
-        let (current, desired) = (self.current.as_ref()?, self.mode?);
-        (current.mode != desired).then_some((current.mode, desired))
+        let (current, desired) = (self.current.as_ref()?.stat().mode, self.mode?);
+        (current != desired).then_some((current, desired))
     }
 
     fn owner_differs(&self) -> bool {
-        self.current
-            .as_ref()
-            .is_some_and(|c| self.owner.is_some_and(|u| u != c.uid) || self.group.is_some_and(|g| g != c.gid))
+        self.current.as_ref().is_some_and(|c| {
+            let stat = c.stat();
+            self.owner.is_some_and(|u| u != stat.uid) || self.group.is_some_and(|g| g != stat.gid)
+        })
+    }
+
+    /// The content it replaces, kept in the backup directory: read through
+    /// the planned descriptor, when there is one and it is small enough.
+    fn back_up(&self) -> Result<Option<PathBuf>, String> {
+        let (Some(dir), Some(current)) = (&self.backup_dir, &self.current) else { return Ok(None) };
+        if current.sha256.is_none() || current.stat().size > self.backup_max_bytes {
+            return Ok(None);
+        }
+        let mut reader = current.file.file();
+        reader.seek(SeekFrom::Start(0)).map_err(|e| format!("cannot read {}: {e}", self.path.display()))?;
+        crate::backup::save(dir, &self.path, &mut reader, self.backups_kept).map(Some)
     }
 
     fn write_atomically(&self) -> Result<(), String> {
-        let fail = |what: &str, e: std::io::Error| format!("{what} {}: {e}", self.path.display());
-        let parent = self.path.parent().ok_or_else(|| format!("{} has no parent directory", self.path.display()))?;
-        if self.makedirs {
-            fs::create_dir_all(parent).map_err(|e| fail("cannot create the directory of", e))?;
-        }
-        let mut temp = tempfile::Builder::new()
-            .prefix(".halite-")
-            .tempfile_in(parent)
-            .map_err(|e| fail("cannot create a temporary file beside", e))?;
-        temp.write_all(&self.contents).map_err(|e| fail("cannot write", e))?;
-        let mode = self.mode.or(self.current.as_ref().map(|c| c.mode)).unwrap_or(DEFAULT_MODE);
-        fs::set_permissions(temp.path(), fs::Permissions::from_mode(mode))
-            .map_err(|e| fail("cannot set the mode of", e))?;
-        let (uid, gid) = match &self.current {
-            Some(c) => (self.owner.or(Some(c.uid)), self.group.or(Some(c.gid))),
-            None => (self.owner, self.group),
+        let opened;
+        let dir = match &self.dir {
+            Some(dir) => dir,
+            None => {
+                let parent =
+                    self.path.parent().ok_or_else(|| format!("{} has no parent directory", self.path.display()))?;
+                opened = if self.makedirs { Dir::create_all(parent, 0o755) } else { Dir::open(parent) }
+                    .map_err(|e| e.to_string())?;
+                &opened
+            }
         };
-        if uid.is_some() || gid.is_some() {
-            std::os::unix::fs::chown(temp.path(), uid, gid).map_err(|e| fail("cannot set the owner of", e))?;
+        let stat = self.current.as_ref().map(Current::stat);
+        let perms = Perms {
+            mode: self.mode.or(stat.map(|s| s.mode)).unwrap_or(DEFAULT_MODE),
+            uid: self.owner.or(stat.map(|s| s.uid)),
+            gid: self.group.or(stat.map(|s| s.gid)),
+        };
+        dir.write_atomic(&self.name, &mut self.contents.as_slice(), perms).map_err(|e| e.to_string())
+    }
+
+    /// Mode and owner fixed in place: on a descriptor opened `O_NOFOLLOW`
+    /// now, and only if it is still the file that was planned.
+    fn fix_in_place(&self) -> Result<(), String> {
+        let (Some(dir), Some(current)) = (&self.dir, &self.current) else { return Ok(()) };
+        let changed = || FsError::Changed { path: self.path.clone() }.to_string();
+        let file = dir.open_file(&self.name).map_err(|e| e.to_string())?.ok_or_else(changed)?;
+        if !file.stat().same_file(&current.stat()) {
+            return Err(changed());
         }
-        temp.as_file().sync_all().map_err(|e| fail("cannot flush", e))?;
-        temp.persist(&self.path).map_err(|e| fail("cannot replace", e.error))?;
-        // The rename is durable only once the directory entry is on disk.
-        fs::File::open(parent).and_then(|dir| dir.sync_all()).map_err(|e| fail("cannot flush the directory of", e))
+        if let Some((_, mode)) = self.mode_differs() {
+            file.set_mode(mode).map_err(|e| e.to_string())?;
+        }
+        if self.owner_differs() {
+            file.set_owner(self.owner, self.group).map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 }
 
@@ -369,10 +456,15 @@ impl Plan for FilePlan {
         let mut changes = Vec::new();
         match &self.current {
             None => changes.push(format!("created {} ({} bytes)", self.path.display(), self.contents.len())),
-            Some(current) if current.sha256 != self.desired => changes.push(format!(
+            Some(Current { sha256: None, file, .. }) => changes.push(format!(
+                "content of {}: a file with {} names (hard links), replaced by a file of its own",
+                self.path.display(),
+                file.stat().nlink
+            )),
+            Some(Current { sha256: Some(current), .. }) if *current != self.desired => changes.push(format!(
                 "content of {}: sha256 {:.12} -> {:.12}",
                 self.path.display(),
-                current.sha256.to_hex(),
+                current.to_hex(),
                 self.desired.to_hex()
             )),
             Some(_) => {}
@@ -393,6 +485,9 @@ impl Plan for FilePlan {
         let old: &[u8] = match &self.current {
             None => b"",
             Some(Current { content: Some(content), .. }) => content,
+            Some(Current { sha256: None, .. }) => {
+                return Some(format!("{}: hard-linked, content not read\n", self.path.display()));
+            }
             Some(Current { content: None, .. }) => {
                 return Some(format!(
                     "{}: content differs (larger than {DIFF_LIMIT} bytes, not diffed)\n",
@@ -410,21 +505,13 @@ impl Plan for FilePlan {
     fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
         let mut changes = self.changes();
         if self.content_differs() {
-            if let (Some(dir), Some(Current { content: Some(old), .. })) = (&self.backup_dir, &self.current) {
-                let backup = crate::backup::save(dir, &self.path, old, self.backups_kept)?;
+            if let Some(backup) = self.back_up()? {
                 changes.push(format!("previous content kept in {}", backup.display()));
             }
             self.write_atomically()?;
             return Ok(changes);
         }
-        if let Some((_, mode)) = self.mode_differs() {
-            fs::set_permissions(&self.path, fs::Permissions::from_mode(mode))
-                .map_err(|e| format!("cannot set the mode of {}: {e}", self.path.display()))?;
-        }
-        if self.owner_differs() {
-            std::os::unix::fs::chown(&self.path, self.owner, self.group)
-                .map_err(|e| format!("cannot set the owner of {}: {e}", self.path.display()))?;
-        }
+        self.fix_in_place()?;
         Ok(changes)
     }
 }
@@ -444,7 +531,165 @@ mod tests {
     }
 
     fn mode_of(path: &Path) -> u32 {
+        use std::os::unix::fs::MetadataExt;
         fs::metadata(path).unwrap().mode() & 0o7777
+    }
+
+    const SECRET: &str = "root-only secret\n";
+
+    /// A "root-only" file (mode 0600) outside the managed directory, and
+    /// the managed directory, which the "user" controls.
+    fn attack_setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("shadow");
+        fs::write(&secret, SECRET).unwrap();
+        crate::test_support::chmod(&secret, 0o600);
+        fs::create_dir(dir.path().join("user")).unwrap();
+        let path = dir.path().join("user/conf");
+        (dir, secret, path)
+    }
+
+    fn assert_untouched(secret: &Path, backups: &Path, diff: Option<&str>) {
+        assert_eq!(fs::read_to_string(secret).unwrap(), SECRET, "the root-only file's content changed");
+        assert_eq!(mode_of(secret), 0o600, "the root-only file's mode changed");
+        assert!(!diff.unwrap_or_default().contains("root-only"), "the root-only content is in the diff: {diff:?}");
+        for backup in fs::read_dir(backups).into_iter().flatten() {
+            let backup = backup.unwrap().path();
+            assert!(!fs::read_to_string(&backup).unwrap().contains("root-only"), "{} holds it", backup.display());
+        }
+    }
+
+    /// Swaps `path` for a link to `target`, atomically (as an attacker would).
+    fn swap_for_link(path: &Path, target: &Path) {
+        let temp = path.with_extension("swap");
+        let _ = fs::remove_file(&temp);
+        std::os::unix::fs::symlink(target, &temp).unwrap();
+        fs::rename(&temp, path).unwrap();
+    }
+
+    #[test]
+    fn a_link_at_the_path_is_refused_and_nothing_is_read_or_changed_through_it() {
+        let (dir, secret, path) = attack_setup();
+        std::os::unix::fs::symlink(&secret, &path).unwrap();
+        let env = ApplyEnv { backup_dir: Some(dir.path().join("backup")), ..ApplyEnv::default() };
+        for contents in [SECRET, "desired\n"] {
+            let result = apply_call(&call(&path, contents, Some(0o644)), false, &env);
+            let Outcome::Failed { error } = &result.outcome else { panic!("{result:?}") };
+            assert!(error.contains("symbolic link"), "{error}");
+            assert_untouched(&secret, &dir.path().join("backup"), result.diff.as_deref());
+        }
+        assert!(fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
+    }
+
+    /// The race of the report: planned on the user's file, which is then
+    /// swapped for a link before the apply. Both apply paths: mode only
+    /// (fixed in place) and content (replaced, with a backup).
+    #[test]
+    fn a_file_swapped_for_a_link_after_planning_changes_nothing_through_it() {
+        for drifted in ["desired\n", "drift\n"] {
+            let (dir, secret, path) = attack_setup();
+            let backups = dir.path().join("backup");
+            fs::write(&path, drifted).unwrap();
+            crate::test_support::chmod(&path, 0o600);
+            let env = ApplyEnv { backup_dir: Some(backups.clone()), ..ApplyEnv::default() };
+            let plan = plan(&call(&path, "desired\n", Some(0o644)).args, &env).unwrap();
+            assert!(!plan.changes().is_empty());
+            swap_for_link(&path, &secret);
+            let diff = plan.diff();
+            let outcome = plan.apply();
+            assert_untouched(&secret, &backups, diff.as_deref());
+            match drifted {
+                // In place: the name no longer leads to the planned file.
+                "desired\n" => assert!(outcome.unwrap_err().contains("symbolic link"), "{drifted}"),
+                // Replaced: the link itself is replaced, its target untouched.
+                _ => {
+                    outcome.unwrap();
+                    assert_eq!(fs::read(&path).unwrap(), b"desired\n");
+                    assert!(fs::symlink_metadata(&path).unwrap().is_file());
+                }
+            }
+        }
+    }
+
+    /// A racing thread swaps the file for a link to the root-only file and
+    /// back, as fast as it can, while the state is applied again and
+    /// again: whatever the interleaving, the root-only file is never read
+    /// into a diff or backup, and never changes.
+    #[test]
+    fn a_racing_link_swap_never_reaches_the_root_only_file() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (dir, secret, path) = attack_setup();
+        let backups = dir.path().join("backup");
+        let env = ApplyEnv { backup_dir: Some(backups.clone()), backups_kept: 1000, ..ApplyEnv::default() };
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let racer = {
+            let (stop, path, secret) = (stop.clone(), path.clone(), secret.clone());
+            std::thread::spawn(move || {
+                let plain = path.with_extension("plain");
+                let mut round = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    round += 1;
+                    // Alternately drift the content or only the mode.
+                    fs::write(&plain, if round.is_multiple_of(2) { "drift\n" } else { "desired\n" }).unwrap();
+                    crate::test_support::chmod(&plain, 0o600);
+                    fs::rename(&plain, &path).unwrap();
+                    swap_for_link(&path, &secret);
+                }
+                round
+            })
+        };
+        for _ in 0..500 {
+            let result = apply_call(&call(&path, "desired\n", Some(0o644)), false, &env);
+            assert_untouched(&secret, &backups, result.diff.as_deref());
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(racer.join().unwrap() > 0);
+        assert_untouched(&secret, &backups, None);
+    }
+
+    #[test]
+    fn a_hard_linked_file_is_replaced_not_read() {
+        let (dir, secret, path) = attack_setup();
+        fs::hard_link(&secret, &path).unwrap();
+        let env = ApplyEnv { backup_dir: Some(dir.path().join("backup")), ..ApplyEnv::default() };
+        let result = apply_call(&call(&path, "desired\n", Some(0o644)), false, &env);
+        assert!(matches!(result.outcome, Outcome::Changed { .. }), "{result:?}");
+        assert_untouched(&secret, &dir.path().join("backup"), result.diff.as_deref());
+        assert_eq!(fs::read(&path).unwrap(), b"desired\n");
+        assert_eq!(mode_of(&path), 0o644);
+    }
+
+    #[test]
+    fn large_files_are_backed_up_up_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        let backups = dir.path().join("backup");
+        let big = vec![b'x'; DIFF_LIMIT as usize * 2];
+        fs::write(&path, &big).unwrap();
+        let env = ApplyEnv { backup_dir: Some(backups.clone()), ..ApplyEnv::default() };
+        let result = apply_call(&call(&path, "small\n", None), false, &env);
+        assert!(result.diff.unwrap().contains("not diffed"));
+        let kept = crate::backup::backups_of(&backups, &path);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(fs::read(&kept[0]).unwrap(), big, "the backup holds the whole large file");
+        assert_eq!(mode_of(&kept[0]), 0o600, "backups are private");
+        // Over the configured limit: replaced without a backup.
+        fs::write(&path, &big).unwrap();
+        let env = ApplyEnv { backup_max_bytes: DIFF_LIMIT, ..env };
+        assert!(matches!(apply_call(&call(&path, "small\n", None), false, &env).outcome, Outcome::Changed { .. }));
+        assert_eq!(crate::backup::backups_of(&backups, &path).len(), 1);
+    }
+
+    #[test]
+    fn a_restore_removes_the_temp_files_of_interrupted_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("conf");
+        let stale = dir.path().join(".halite-00112233445566ff.conf");
+        fs::write(&stale, "half a restore").unwrap();
+        fs::write(dir.path().join("other"), "x").unwrap();
+        apply_call(&call(&path, "desired\n", None), false, &ApplyEnv::default());
+        assert!(!stale.exists());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 
     #[test]
@@ -466,7 +711,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("conf");
         fs::write(&path, "drifted").unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        crate::test_support::chmod(&path, 0o600);
         let result = apply_call(&call(&path, "desired", Some(0o644)), false, &ApplyEnv::default());
         let Outcome::Changed { changes } = result.outcome else { panic!("{result:?}") };
         assert_eq!(changes.len(), 2, "{changes:?}");
@@ -480,7 +725,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("conf");
         fs::write(&path, "same").unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+        crate::test_support::chmod(&path, 0o666);
         let result = apply_call(&call(&path, "same", Some(0o644)), false, &ApplyEnv::default());
         assert_eq!(
             result.outcome,

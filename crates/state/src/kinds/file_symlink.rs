@@ -1,7 +1,11 @@
-//! `file.symlink`: a symbolic link pointing at a given target.
+//! `file.symlink`: a symbolic link pointing at a given target, made through
+//! `halite_fs` (relative to the parent's descriptor, made beside the name
+//! and renamed over it).
 
-use std::fs;
+use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
+
+use halite_fs::{Dir, FileType};
 
 use halite_proto::Value;
 use serde::Deserialize;
@@ -15,6 +19,7 @@ pub static KIND: Kind = Kind {
     example: "nginx-site:\n  file.symlink:\n    path: /etc/nginx/sites-enabled/default\n    target: /etc/nginx/sites-available/default\n",
     resolve,
     plan,
+    file: None,
 };
 
 #[derive(Debug, Deserialize)]
@@ -58,6 +63,9 @@ struct SymlinkPlan {
     path: PathBuf,
     target: PathBuf,
     makedirs: bool,
+    /// The parent directory, opened when planning; `None` when missing.
+    dir: Option<Dir>,
+    name: OsString,
     current: Current,
 }
 
@@ -65,28 +73,34 @@ fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
     let path = PathBuf::from(args::string(args, "path")?);
     let target = PathBuf::from(args::string(args, "target")?);
     let force = args::bool_or(args, "force", false);
-    let current = match fs::symlink_metadata(&path) {
-        Ok(meta) if meta.file_type().is_symlink() => {
-            Current::Link(fs::read_link(&path).map_err(|e| format!("cannot read the link {}: {e}", path.display()))?)
+    let (dir, name) = match halite_fs::open_parent(&path, None) {
+        Ok((dir, name)) => (Some(dir), name),
+        Err(e) if e.is_not_found() => (None, path.file_name().map(OsStr::to_os_string).unwrap_or_default()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let entry = match &dir {
+        Some(dir) => dir.entry(&name).map_err(|e| e.to_string())?,
+        None => None,
+    };
+    let current = match (&dir, entry) {
+        (Some(dir), Some(stat)) if stat.file_type == FileType::Link => {
+            Current::Link(dir.read_link(&name).map_err(|e| e.to_string())?)
         }
-        Ok(meta) => {
-            if !force || meta.is_dir() {
+        (_, Some(stat)) => {
+            let is_dir = stat.file_type == FileType::Dir;
+            if !force || is_dir {
                 return Err(format!(
                     "{} exists and is not a link{}",
                     path.display(),
-                    if meta.is_dir() {
-                        " (a directory is never replaced)"
-                    } else {
-                        " (set `force: true` to replace it)"
-                    }
+                    if is_dir { " (a directory is never replaced)" } else { " (set `force: true` to replace it)" }
                 ));
             }
             Current::Other { is_dir: false }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Current::Missing,
-        Err(e) => return Err(format!("cannot inspect {}: {e}", path.display())),
+        (_, None) => Current::Missing,
     };
-    Ok(Box::new(SymlinkPlan { path, target, makedirs: args::bool_or(args, "makedirs", false), current }))
+    let makedirs = args::bool_or(args, "makedirs", false);
+    Ok(Box::new(SymlinkPlan { path, target, makedirs, dir, name, current }))
 }
 
 impl Plan for SymlinkPlan {
@@ -102,22 +116,21 @@ impl Plan for SymlinkPlan {
 
     fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
         let changes = self.changes();
-        let fail = |what: &str, e: std::io::Error| format!("cannot {what} {}: {e}", self.path.display());
-        let parent = self.path.parent().ok_or_else(|| format!("{} has no parent", self.path.display()))?;
-        if self.makedirs {
-            fs::create_dir_all(parent).map_err(|e| fail("create the directory of", e))?;
-        }
         if let Current::Other { is_dir: true } = self.current {
             return Err(format!("{} is a directory", self.path.display()));
         }
+        let opened;
+        let dir = match &self.dir {
+            Some(dir) => dir,
+            None => {
+                let parent = self.path.parent().ok_or_else(|| format!("{} has no parent", self.path.display()))?;
+                opened = if self.makedirs { Dir::create_all(parent, 0o755) } else { Dir::open(parent) }
+                    .map_err(|e| e.to_string())?;
+                &opened
+            }
+        };
         // Made beside it and renamed over it: never a moment without a link.
-        let temp = parent.join(format!(".halite-link-{}", std::process::id()));
-        let _ = fs::remove_file(&temp);
-        std::os::unix::fs::symlink(&self.target, &temp).map_err(|e| fail("create a link beside", e))?;
-        fs::rename(&temp, &self.path).map_err(|e| {
-            let _ = fs::remove_file(&temp);
-            fail("replace", e)
-        })?;
+        dir.symlink_atomic(&self.target, &self.name).map_err(|e| e.to_string())?;
         Ok(changes)
     }
 }
@@ -127,6 +140,7 @@ mod tests {
     use super::*;
     use crate::apply::apply_call;
     use halite_proto::{Outcome, StateCall};
+    use std::fs;
 
     fn call(path: &std::path::Path, target: &str, force: bool) -> StateCall {
         StateCall::new(

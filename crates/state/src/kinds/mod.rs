@@ -5,6 +5,13 @@
 //! master ([`Kind::resolve`]) and plans on the agent ([`Kind::plan`]).
 //! Planning has no side effects; applying executes the plan. Test mode stops
 //! after planning.
+//!
+//! A kind that keeps a file's content (`file.managed`) also declares a
+//! [`FileLike`]: its typed view of its resolved arguments. Offline healing
+//! (agent), `watch: true` (master) and template rendering (tree) use only
+//! that view, so a new file-like kind is its own file plus its line in
+//! [`KINDS`], nothing elsewhere (`example_file`, under the `example-kinds`
+//! feature, proves it in the agent's and master's tests).
 
 use std::path::Path;
 
@@ -15,6 +22,8 @@ use crate::diag::Location;
 use crate::yaml::Fields;
 
 pub mod cmd_run;
+#[cfg(any(test, feature = "example-kinds"))]
+pub mod example_file;
 pub mod file_absent;
 pub mod file_directory;
 pub mod file_managed;
@@ -24,8 +33,24 @@ pub mod service_dead;
 pub mod service_running;
 
 /// Every state kind halite knows. Keep sorted by name.
+#[cfg(not(any(test, feature = "example-kinds")))]
 pub static KINDS: &[&Kind] = &[
     &cmd_run::KIND,
+    &file_absent::KIND,
+    &file_directory::KIND,
+    &file_managed::KIND,
+    &file_symlink::KIND,
+    &pkg_installed::KIND,
+    &service_dead::KIND,
+    &service_running::KIND,
+];
+
+/// The same, with the example file-like kind the tests of other crates
+/// use to show a new kind needs no edits outside its file.
+#[cfg(any(test, feature = "example-kinds"))]
+pub static KINDS: &[&Kind] = &[
+    &cmd_run::KIND,
+    &example_file::KIND,
     &file_absent::KIND,
     &file_directory::KIND,
     &file_managed::KIND,
@@ -41,6 +66,37 @@ pub fn find(name: &str) -> Option<&'static Kind> {
 
 pub fn names() -> Vec<&'static str> {
     KINDS.iter().map(|kind| kind.name).collect()
+}
+
+/// The file-like interface of the kind named `kind`, if it is one.
+pub fn file_like(kind: &str) -> Option<&'static FileLike> {
+    find(kind).and_then(|kind| kind.file)
+}
+
+/// The typed interface of a kind that keeps one file's content in shape:
+/// what the rest of halite needs of its resolved arguments, so nothing
+/// outside the kind's file reads them by key.
+#[derive(Debug)]
+pub struct FileLike {
+    /// The managed file in resolved arguments; `None` when they are not
+    /// the kind's.
+    pub view: fn(&Value) -> Option<FileView<'_>>,
+    /// The desired content in resolved arguments: rendered per agent when
+    /// it is a template (the master), set aside and put back (the agent's
+    /// offline store keeps content once per digest).
+    pub contents_mut: fn(&mut Value) -> Option<&mut Vec<u8>>,
+    /// The authored key that holds the content: a template itself when
+    /// `template: jinja`, so the tree does not check it for stray Jinja.
+    pub contents_key: &'static str,
+}
+
+/// A file-like state's file, read from its resolved arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileView<'a> {
+    /// As resolved (authored), not rooted under the agent's root.
+    pub path: &'a str,
+    pub contents: &'a [u8],
+    pub mode: Option<u32>,
 }
 
 /// Plans a call's resolved arguments in an agent's environment.
@@ -60,6 +116,9 @@ pub struct Kind {
     /// read-only probes (`unless`/`onlyif`, `dpkg-query`, `systemctl
     /// is-active`): test mode runs this and nothing else.
     pub plan: PlanFn,
+    /// For a kind that keeps a file's content: its typed view (offline
+    /// healing, `watch: true`, templates). `None` for every other kind.
+    pub file: Option<&'static FileLike>,
 }
 
 /// A state as the operator wrote it.
@@ -204,6 +263,16 @@ pub(crate) mod args {
             Some(Value::List(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
             Some(Value::String(one)) => vec![one.clone()],
             _ => Vec::new(),
+        }
+    }
+
+    pub fn bytes_mut<'a>(args: &'a mut Value, key: &str) -> Option<&'a mut Vec<u8>> {
+        match args {
+            Value::Map(map) => match map.get_mut(key) {
+                Some(Value::Bytes(bytes)) => Some(bytes),
+                _ => None,
+            },
+            _ => None,
         }
     }
 

@@ -18,6 +18,7 @@ pub static KIND: Kind = Kind {
     example: "web-packages:\n  pkg.installed:\n    pkgs: [nginx, curl]\n",
     resolve,
     plan,
+    file: None,
 };
 
 /// An installation that takes longer than this is killed and fails.

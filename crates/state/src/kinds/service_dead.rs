@@ -13,6 +13,7 @@ pub static KIND: Kind = Kind {
     example: "telnetd:\n  service.dead:\n    name: inetutils-telnetd\n    enable: false\n",
     resolve,
     plan,
+    file: None,
 };
 
 fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {

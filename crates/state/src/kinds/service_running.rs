@@ -16,6 +16,7 @@ pub static KIND: Kind = Kind {
     example: "nginx:\n  service.running:\n    enable: true\n",
     resolve,
     plan,
+    file: None,
 };
 
 #[derive(Debug, Deserialize)]
@@ -135,7 +136,6 @@ impl Plan for RunningPlan {
 #[cfg(test)]
 pub(crate) mod stand_in {
     use std::ffi::OsString;
-    use std::os::unix::fs::PermissionsExt;
     use std::path::{Path, PathBuf};
 
     pub struct StandIns {
@@ -184,7 +184,7 @@ for p in "$@"; do case $p in -*|install) ;; *=*) printf %s "${p#*=}" > "$S/pkgs/
                 let script =
                     format!("#!/bin/sh\nS={root}/state\nprintf '%s\\n' \"{name} $*\" >> {root}/calls.log\n{body}\n");
                 std::fs::write(&path, script).unwrap();
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+                crate::test_support::chmod(&path, 0o755);
             }
             StandIns { dir }
         }
