@@ -24,11 +24,14 @@
 //!   [`reload`]: hot reload of the tree (a watcher and SIGHUP).
 //! - [`notify`] — telling systemd the master is ready (`Type=notify`).
 //! - [`init`] — `halite-master init`: config, key and a tree for a new master.
+//! - [`args`] — the command line's clap definition, also read by the
+//!   packaging tool for the man pages and completions.
 
 #![forbid(unsafe_code)]
 
 pub mod agents;
 pub mod apply;
+pub mod args;
 pub mod beacons;
 pub mod bus;
 pub mod check;
