@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use bytes::Bytes;
 use halite_e2e::{Fleet, WAIT, example_file, rss_kib, wait_until};
 use halite_link::envelope::{self, Envelope};
@@ -100,26 +101,133 @@ async fn drift_while_the_master_is_down_is_restored_and_published_once() {
     }
 }
 
-/// (2) SIGKILL the agent at random moments during 100 restores: the managed
-/// file is never partial or empty, and once the agent is back it is
-/// compliant. The seed is printed; `HALITE_FAULT_SEED` replays a run.
+/// A tree whose one state is a large managed file, watched and restored:
+/// writing and flushing it takes long enough for a kill to land mid-write.
+fn big_file_tree(contents: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("files/big.conf", contents.to_owned()),
+        ("big.yaml", "big-conf:\n  file.managed:\n    path: /etc/big.conf\n    source: files/big.conf\n".into()),
+        ("top.yaml", "'*': [big]\n".into()),
+        ("beacons.yaml", "'*':\n  big-conf:\n    file:\n      paths: [/etc/big.conf]\n".into()),
+        ("reactors.yaml", "- name: restore-big\n  on: halite/beacon/*/big-conf\n  apply: [big]\n".into()),
+    ]
+}
+
+/// The temporary files `file.managed` writes beside the file it replaces
+/// (`.halite-XXXXXX`, renamed over the file once complete).
+fn temp_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(".halite-") {
+            found.push(entry.path());
+        }
+    }
+    Ok(found)
+}
+
+/// Where a kill landed.
+#[derive(Debug, PartialEq)]
+enum Kill {
+    /// The agent was stopped with its temporary file still there: the
+    /// write had begun and the rename had not happened.
+    MidWrite,
+    /// The restore had finished (the file has its desired size) before the
+    /// agent was stopped.
+    AfterWrite,
+}
+
+/// Watches `dir` until a restore's temporary file appears (the write has
+/// begun) or `conf` has reached `desired_len` bytes (the restore finished
+/// unseen), spins `spin` more turns, then stops `pid` with SIGSTOP, looks
+/// again, and SIGKILLs it. The look between the two signals tells where the
+/// kill landed: a stopped process writes nothing. Gives up when `cancel`
+/// is set.
+fn kill_during_restore(
+    dir: &Path,
+    conf: &Path,
+    desired_len: u64,
+    pid: u32,
+    spin: u32,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<Kill> {
+    use nix::sys::signal::{Signal, kill};
+    let restored = || std::fs::metadata(conf).is_ok_and(|m| m.len() == desired_len);
+    while temp_files(dir)?.is_empty() && !restored() {
+        anyhow::ensure!(!cancel.load(std::sync::atomic::Ordering::Relaxed), "no restore began in {}", dir.display());
+        std::hint::spin_loop();
+    }
+    for _ in 0..spin {
+        std::hint::spin_loop();
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
+    kill(pid, Signal::SIGSTOP)?;
+    // SIGSTOP takes effect before the process runs again; wait until it
+    // has (state `T` in /proc/<pid>/stat) so that the look is stable.
+    let stopped = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('T')))
+    };
+    while !stopped() {
+        anyhow::ensure!(!cancel.load(std::sync::atomic::Ordering::Relaxed), "agent {pid} did not stop on SIGSTOP");
+        std::hint::spin_loop();
+    }
+    let landed = if temp_files(dir)?.is_empty() { Kill::AfterWrite } else { Kill::MidWrite };
+    kill(pid, Signal::SIGKILL)?;
+    Ok(landed)
+}
+
+/// Kills that must land mid-write (after the temporary file was made,
+/// before it was renamed over the file) for the test to count: without
+/// them it would prove nothing about a crash mid-write.
+/// (About three in four do on a loaded 2-core machine.)
+const MID_WRITE_KILLS: usize = 10;
+
+/// Kills per run; each restarts the agent.
+const ROUNDS: usize = 30;
+
+/// (2) SIGKILL the agent while it restores a 5 MiB managed file, 30 times:
+/// each kill comes once the restore's temporary file exists, plus a seeded
+/// random spin. Before the SIGKILL a SIGSTOP freezes the agent, and the
+/// test looks: the temporary file still there means the kill lands
+/// mid-write (before the rename). The managed file is never partial: it is
+/// the drift or the whole desired content, and the drift whenever the kill
+/// landed mid-write. At least [`MID_WRITE_KILLS`] kills must land
+/// mid-write. Once the agent is back it is compliant. The seed is printed;
+/// `HALITE_FAULT_SEED` replays a run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_mid_restore_never_leaves_a_partial_file() {
-    let mut fleet = Fleet::start(&["web01"]).await.unwrap();
+    let desired: String = (0..150_000).map(|n| format!("line {n:06} of the big managed file\n")).collect();
+    let tree = big_file_tree(&desired);
+    let files: Vec<(&str, &str)> = tree.iter().map(|(name, text)| (*name, text.as_str())).collect();
+    let mut fleet = Fleet::start_custom(&["web01"], &["*"], &files).await.unwrap();
     let seed: u64 =
         std::env::var("HALITE_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| rand::rng().random());
     eprintln!("agent crash test seed: {seed} (HALITE_FAULT_SEED={seed} replays it)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let result = async {
-        let conf = fleet.agent("web01").path("/etc/nginx/nginx.conf");
-        let desired = example_file("files/nginx.conf");
-        // Large enough that a write is not one syscall.
-        let drift = "# drifted\n".repeat(20_000);
-        let mut killed_mid_write = 0;
-        for round in 0..100 {
-            std::fs::write(&conf, &drift)?;
-            let delay = std::time::Duration::from_micros(rng.random_range(0..10_000));
-            tokio::time::sleep(delay).await;
+        let conf = fleet.agent("web01").path("/etc/big.conf");
+        let etc = conf.parent().context("/etc/big.conf has a folder")?.to_path_buf();
+        let drift = "drifted\n";
+        let (mut mid_write, mut after_write) = (0, 0);
+        for round in 0..ROUNDS {
+            // A killed write leaves its temporary file; the next round must
+            // see only its own.
+            for leftover in temp_files(&etc)? {
+                std::fs::remove_file(leftover)?;
+            }
+            std::fs::write(&conf, drift)?;
+            let pid = fleet.agent("web01").pid().context("the agent runs")?;
+            let spin = rng.random_range(0..100_000);
+            let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let killer = tokio::task::spawn_blocking({
+                let (etc, conf, cancel, desired_len) =
+                    (etc.clone(), conf.clone(), cancel.clone(), desired.len() as u64);
+                move || kill_during_restore(&etc, &conf, desired_len, pid, spin, &cancel)
+            });
+            let killed = tokio::time::timeout(WAIT, killer).await;
+            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+            let landed = killed.with_context(|| format!("round {round} (seed {seed}): no restore began"))???;
             fleet.kill_agent("web01").await;
             let now = std::fs::read_to_string(&conf)?;
             assert!(
@@ -127,8 +235,13 @@ async fn an_agent_killed_mid_restore_never_leaves_a_partial_file() {
                 "round {round} (seed {seed}): a partial file of {} bytes",
                 now.len()
             );
-            if now == drift {
-                killed_mid_write += 1;
+            match landed {
+                // Killed before the rename: the file must still be the drift.
+                Kill::MidWrite => {
+                    assert_eq!(now, drift, "round {round} (seed {seed}): replaced, yet its temporary file is left");
+                    mid_write += 1;
+                }
+                Kill::AfterWrite => after_write += 1,
             }
             fleet.add_agent_unconverged("web01").await?;
             // The start-up apply (or the drift's restore) makes it compliant.
@@ -138,7 +251,11 @@ async fn an_agent_killed_mid_restore_never_leaves_a_partial_file() {
                     .await?;
             }
         }
-        eprintln!("{killed_mid_write} of 100 kills came before the restore finished");
+        eprintln!("of {ROUNDS} kills, {mid_write} landed mid-write and {after_write} after the rename (seed {seed})");
+        assert!(
+            mid_write >= MID_WRITE_KILLS,
+            "only {mid_write} of {ROUNDS} kills landed mid-write (seed {seed}); the test needs {MID_WRITE_KILLS}"
+        );
         anyhow::Ok(())
     }
     .await;
@@ -182,44 +299,64 @@ async fn offline_healing_restores_locally_and_reports_on_reconnect() {
 const MASTER_RSS_BOUND_KIB: u64 = 128 * 1024;
 
 /// (4) One agent sends events as fast as it can while another agent's drift
-/// is restored: the restore happens, and the master's memory stays under
+/// is restored: the restore happens *while the flood goes on* (the flooder
+/// kept sending, and the master kept publishing its events, between the
+/// drift and the restore's result), and the master's memory stays under
 /// [`MASTER_RSS_BOUND_KIB`].
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_agent_does_not_starve_others_or_grow_the_master() {
+    use std::sync::atomic::Ordering::Relaxed;
     let mut fleet = Fleet::start(&["web01"]).await.unwrap();
     let result = async {
         let pid = fleet.master().pid().expect("master running");
         let listen = fleet.master().listen.clone();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flooder = tokio::spawn(flood(listen, stop.clone()));
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let flooder = tokio::spawn(flood(listen, stop.clone(), sent.clone()));
         let sampler = {
             let stop = stop.clone();
             tokio::spawn(async move {
                 let mut peak = 0;
                 let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                while !stop.load(Relaxed) {
                     peak = peak.max(rss_kib(pid).unwrap_or(0));
                     tick.tick().await;
                 }
                 peak
             })
         };
+        let is_flood = |e: &halite_master::client::BusEvent| e.tag == "halite/beacon/flood/noise";
         // A flood well under way before the drift.
-        fleet
-            .wait_for("20,000 flood events", |e| e.tag == "halite/beacon/flood/noise" && e.data()["n"] == 20_000)
-            .await?;
-        let drifted = std::time::Instant::now();
+        fleet.wait_for("20,000 flood events", |e| is_flood(e) && e.data()["n"] == 20_000).await?;
+        let sent_at_drift = sent.load(Relaxed);
         let motd = fleet.agent("web01").path("/etc/motd");
         std::fs::write(&motd, "drift under a flood\n")?;
         let event = fleet.wait_for("web01's drift", |e| e.tag == "halite/beacon/web01/motd").await?;
+        let from = fleet.seen.len();
         fleet.wait_for_restore_of(&event).await?;
+        let sent_at_restore = sent.load(Relaxed);
         assert_eq!(std::fs::read_to_string(&motd)?, MOTD);
-        eprintln!("web01's drift restored {:?} after it, under the flood", drifted.elapsed());
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let sent = flooder.await??;
+        // The flood was still going when web01 was served: the flooder had
+        // not stopped or failed, it sent more between the drift and the
+        // restore's result, and the master published some of those events
+        // between web01's drift event and its job's result.
+        if flooder.is_finished() {
+            anyhow::bail!("the flooder stopped before the restore: {:?}", flooder.await?);
+        }
+        assert!(
+            sent_at_restore > sent_at_drift,
+            "the flooder sent nothing while web01 was restored ({sent_at_drift} before, {sent_at_restore} after)"
+        );
+        let published = fleet.seen[from..].iter().filter(|e| is_flood(e)).count();
+        assert!(published > 0, "the master published no flood event between web01's drift and its restore");
+        eprintln!(
+            "web01 restored while the flooder sent {} events and the master published {published} of them",
+            sent_at_restore - sent_at_drift
+        );
+        stop.store(true, Relaxed);
+        let total = flooder.await??;
         let peak = sampler.await?;
-        eprintln!("flood: {sent} events sent; master peak RSS {} KiB (bound {MASTER_RSS_BOUND_KIB} KiB)", peak);
-        assert!(sent > 1000, "the flood was not a flood: {sent} events");
+        eprintln!("flood: {total} events sent; master peak RSS {peak} KiB (bound {MASTER_RSS_BOUND_KIB} KiB)");
         assert!(peak > 0 && peak < MASTER_RSS_BOUND_KIB, "master RSS peaked at {peak} KiB");
         anyhow::Ok(())
     }
@@ -261,18 +398,24 @@ fn sealed(sealer: &mut halite_link::Sealer, event: &Event) -> anyhow::Result<Zmq
 
 /// A hand-driven agent `flood` that sends events as fast as the socket
 /// takes them, reading (and discarding) what the master answers, until
-/// `stop`; returns how many it sent.
-async fn flood(endpoint: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> anyhow::Result<u64> {
+/// `stop`; counts them in `sent` as it goes and returns the total.
+async fn flood(
+    endpoint: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> anyhow::Result<u64> {
+    use std::sync::atomic::Ordering::Relaxed;
     let (mut send, mut recv, mut sealer, _opener) = raw_session(&endpoint, &Keypair::generate()?, "flood").await?;
     let reader = tokio::spawn(async move { while recv.recv().await.is_ok() {} });
-    let mut sent = 0u64;
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let event = Event::new("halite/beacon/flood/noise", "flood", Value::map().with("n", sent as i64));
+    let mut n = 0u64;
+    while !stop.load(Relaxed) {
+        let event = Event::new("halite/beacon/flood/noise", "flood", Value::map().with("n", n as i64));
         send.send(sealed(&mut sealer, &event)?).await?;
-        sent += 1;
+        n += 1;
+        sent.store(n, Relaxed);
     }
     reader.abort();
-    Ok(sent)
+    Ok(n)
 }
 
 /// The master remembers the ids it has handled across a crash: an event

@@ -15,15 +15,16 @@
 //! - [`jobs`] — applies jobs through the shared state engine.
 //! - [`daemon`] — `halite-agent run`, wiring the above together.
 //! - [`facts`] — what the agent tells the master about its host.
-//! - [`manual`] — man pages and shell completions from the clap definitions
-//!   of both binaries, for the packages.
 //! - [`local`] — `halite-agent apply --local`: a state tree applied without
 //!   a master.
+//! - [`args`] — the command line's clap definition, also read by the
+//!   packaging tool for the man pages and completions.
 
 #![forbid(unsafe_code)]
 
 use std::path::{Component, Path, PathBuf};
 
+pub mod args;
 pub mod beacons;
 pub mod config;
 pub mod daemon;
@@ -32,7 +33,6 @@ pub mod jobs;
 pub mod link;
 pub mod local;
 pub mod managed;
-pub mod manual;
 pub mod offline;
 pub mod outbox;
 

@@ -5,91 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use halite_agent::config::{AgentConfig, DEFAULT_CONFIG};
+use clap::Parser;
+use halite_agent::args::{Cli, Command};
+use halite_agent::config::AgentConfig;
 use tokio_util::sync::CancellationToken;
 
-/// The halite agent: watches this host with beacons, reports events to the
-/// master, and applies the states the master sends back.
-///
-/// Exit codes: 0 stopped cleanly, 1 failed (the message says why),
-/// 2 bad command line.
-#[derive(Debug, Parser)]
-#[command(name = "halite-agent", version, propagate_version = true)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Run the agent in the foreground until SIGTERM or SIGINT.
-    ///
-    /// Prints `ready id=<id>` on stdout once its session with the master is
-    /// up. Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more.
-    Run {
-        /// The agent's configuration (YAML).
-        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-        /// Overrides `data_dir` in the configuration.
-        #[arg(long, env = "HALITE_DATA_DIR")]
-        data_dir: Option<PathBuf>,
-        /// Overrides `master` in the configuration, e.g. tcp://10.0.0.1:4510.
-        #[arg(long, env = "HALITE_MASTER")]
-        master: Option<String>,
-    },
-    /// Apply a state tree on this host without a master, and print what
-    /// each state did (changes and diffs; coloured on a terminal, plain when
-    /// piped or with NO_COLOR), as `halite-master apply` does.
-    ///
-    /// Without STATE, the top.yaml states for this agent's id. Exit codes:
-    /// 0 nothing failed; 1 a state failed, or the tree has errors (each
-    /// printed as file:line:col: error: … with a hint); 2 bad command line.
-    Apply {
-        /// The state tree to apply (a directory holding top.yaml and state files).
-        #[arg(long, value_name = "DIR")]
-        local: PathBuf,
-        /// State files to apply (default: this agent's top.yaml states).
-        states: Vec<String>,
-        /// Test mode: report what would change, with diffs; change nothing.
-        #[arg(long)]
-        test: bool,
-        /// Print one JSON document instead of text.
-        #[arg(long)]
-        json: bool,
-        /// The agent id top.yaml is matched against (default: `id` in the
-        /// configuration, or the host name).
-        #[arg(long)]
-        id: Option<String>,
-        /// Prefix for every managed path (default: `root` in the
-        /// configuration, or /).
-        #[arg(long)]
-        root: Option<PathBuf>,
-        /// The agent's configuration, read for `id` and `root` if it exists.
-        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-    },
-    /// Print this agent's public key (its fingerprint), making the key if
-    /// there is none yet. Compare it with `halite-master keys list` before
-    /// accepting the agent.
-    Fingerprint {
-        /// The agent's data directory, where its key lives.
-        #[arg(long, env = "HALITE_DATA_DIR", default_value = halite_agent::config::DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
-    },
-}
-
 fn main() -> ExitCode {
-    if let Some(out) = halite_agent::manual::requested() {
-        use clap::CommandFactory;
-        return match halite_agent::manual::write(Cli::command(), &out) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("error: cannot write the manual into {}: {error}", out.display());
-                ExitCode::FAILURE
-            }
-        };
-    }
     let cli = Cli::parse();
     // The daemon logs its work; a command's output is its report.
     // (`apply --local` reports every failed state itself.)

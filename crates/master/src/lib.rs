@@ -16,12 +16,15 @@
 //!   reactors, hot reload and the control socket.
 //! - [`cli`] — `init`, `run`, `check`, `keys`, `apply`, `jobs`, `agents`,
 //!   `events`, `demo`.
+//! - [`args`] — the command line's clap definition, also read by the
+//!   packaging tool for the man pages and completions.
 //! - [`fleet`] — real processes on loopback for the demo and tests;
 //!   [`client`]: a bus subscriber for tools, the demo and the tests;
 //!   [`example`]: the example state tree, built into the binary.
 
 #![forbid(unsafe_code)]
 
+pub mod args;
 pub mod cli;
 pub mod client;
 pub mod config;
