@@ -114,7 +114,7 @@ impl Action for Exec {
                 (false, Some(0)) => {}
                 (false, code) => {
                     let how =
-                        code.map_or_else(|| "killed by a signal".to_owned(), |code| format!("exited with {code}"));
+                        code.map_or_else(|| "killed by a signal".to_owned(), |code| format!("exit status: {code}"));
                     return Err(format!("exec `{}`: {how}; stderr: {}", self.cmd, clip(err, REPORT_LIMIT)));
                 }
             }
@@ -204,7 +204,7 @@ mod tests {
     async fn a_failing_hook_fails_the_action_with_its_stderr() {
         let (result, _dir, _) = run("#!/bin/sh\necho 'no capacity left' >&2\nexit 3\n", "10s").await;
         let error = result.unwrap_err();
-        assert!(error.contains("exited with 3") && error.contains("no capacity left"), "{error}");
+        assert!(error.contains("exit status: 3") && error.contains("no capacity left"), "{error}");
     }
 
     /// A hook that leaves a background child holding its output finishes
@@ -222,7 +222,7 @@ mod tests {
                 .expect("the hook waited for its background child");
             match (result, error) {
                 (Ok(done), None) => assert!(done.contains("exit 0"), "{done}"),
-                (Err(e), Some(wanted)) => assert!(e.contains("exited with 3") && e.contains(wanted), "{e}"),
+                (Err(e), Some(wanted)) => assert!(e.contains("exit status: 3") && e.contains(wanted), "{e}"),
                 (result, _) => panic!("{script}: {result:?}"),
             }
         }
