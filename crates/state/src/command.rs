@@ -41,7 +41,7 @@ pub struct Spec {
     /// The program, then its arguments.
     pub argv: Vec<String>,
     pub cwd: Option<PathBuf>,
-    /// Added to (or replacing entries of) the agent's environment.
+    /// Added to (or replacing entries of) the caller's environment.
     pub env: Vec<(String, String)>,
     pub timeout: Option<Duration>,
     /// Written to the program's stdin, which is then closed; without it,
