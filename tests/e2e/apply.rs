@@ -225,7 +225,7 @@ async fn apply_local_applies_a_tree_without_a_master() {
     std::fs::write(tree.join("files/app.conf.j2"), TEMPLATE).unwrap();
     let binaries = halite_e2e::binaries();
     let run = |extra: &[&str]| {
-        let mut command = tokio::process::Command::new(&binaries.agent);
+        let mut command = halite_e2e::process(&binaries.agent);
         command
             .current_dir(dir.path())
             .args(["apply", "--local"])

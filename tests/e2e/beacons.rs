@@ -25,7 +25,7 @@ async fn a_process_beacon_fires_on_start_and_stop() {
             fleet.wait_for("absent at start", is_absent).await?;
         }
         // `exec -a` gives the process the beacon's name.
-        let mut process = tokio::process::Command::new("bash")
+        let mut process = halite_e2e::process("bash")
             .args(["-c", &format!("exec -a {name} sleep 600")])
             .kill_on_drop(true)
             .spawn()?;

@@ -6,11 +6,11 @@ use std::process::Stdio;
 use halite_e2e::{Fleet, WAIT};
 use halite_master::protocol::{AgentRow, Compliance};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, ChildStdout};
 
 /// Starts `halite-master events ARGS` and returns once it is tailing.
 async fn tail(fleet: &Fleet, args: &[&str]) -> anyhow::Result<(Child, Lines<BufReader<ChildStdout>>)> {
-    let mut child = Command::new(&fleet.binaries.master)
+    let mut child = halite_e2e::process(&fleet.binaries.master)
         .arg("events")
         .args(args)
         .arg("--data-dir")

@@ -11,7 +11,7 @@ async fn a_pyzmq_subscriber_receives_beacon_events_by_prefix() {
     let mut fleet = Fleet::start(&["web01"]).await.unwrap();
     let result = async {
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/subscribe.py");
-        let mut python = tokio::process::Command::new("python3")
+        let mut python = halite_e2e::process("python3")
             .arg(&script)
             .args([&fleet.master().publish, "halite/beacon/web01/motd", "2"])
             .stdout(Stdio::piped())

@@ -229,7 +229,7 @@ async fn an_agent_pinned_to_another_key_refuses_to_talk() {
             ),
         )?;
         let log = dir.join("agent.log");
-        let mut child = tokio::process::Command::new(&fleet.binaries.agent)
+        let mut child = halite_e2e::process(&fleet.binaries.agent)
             .arg("run")
             .arg("--config")
             .arg(dir.join("agent.yaml"))

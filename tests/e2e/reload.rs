@@ -130,8 +130,8 @@ async fn sighup_reloads_the_tree() {
     let mut fleet = Fleet::start(&[]).await.unwrap();
     let result = async {
         let pid = fleet.master().pid().ok_or_else(|| anyhow::anyhow!("the master is not running"))?;
-        let status = std::process::Command::new("kill").args(["-HUP", &pid.to_string()]).status()?;
-        anyhow::ensure!(status.success(), "kill -HUP failed");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP)?;
         let reloaded = fleet.wait_for("the reload", is("halite/master/tree/reloaded")).await?;
         assert_eq!(reloaded.data()["agents_updated"], 0, "{}", reloaded.data());
         anyhow::Ok(())

@@ -32,6 +32,22 @@ pub fn binaries() -> Binaries {
     binaries
 }
 
+/// A process the tests start beside the code under test: halite's own
+/// binaries run as an operator would, and fixtures (a process for a beacon
+/// to find, a pyzmq peer). Not the product's spawner (`halite_state::command`,
+/// programs run to their end): these run alongside a test, are read line by
+/// line and stopped by it.
+#[allow(clippy::disallowed_methods)]
+pub fn process(program: impl AsRef<std::ffi::OsStr>) -> tokio::process::Command {
+    tokio::process::Command::new(program)
+}
+
+/// `halite-master` run to completion from blocking code, as [`process`].
+#[allow(clippy::disallowed_methods)]
+fn master_cli(master: &Path) -> std::process::Command {
+    std::process::Command::new(master)
+}
+
 pub struct Fleet {
     pub dir: tempfile::TempDir,
     pub binaries: Binaries,
@@ -196,7 +212,7 @@ impl Fleet {
     /// Runs `halite-master keys ARGS` against this fleet's master; returns
     /// its stdout, or its stderr as the error.
     pub fn keys(&self, args: &[&str]) -> anyhow::Result<String> {
-        let output = std::process::Command::new(&self.binaries.master)
+        let output = master_cli(&self.binaries.master)
             .arg("keys")
             .args(args)
             .arg("--data-dir")
@@ -231,7 +247,7 @@ impl Fleet {
     /// Runs `halite-master ARGS --data-dir <its data dir>` to completion,
     /// whether the master runs or not.
     pub async fn master_command(&self, args: &[&str]) -> anyhow::Result<CommandOutput> {
-        let mut command = tokio::process::Command::new(&self.binaries.master);
+        let mut command = process(&self.binaries.master);
         command.args(args).arg("--data-dir").arg(self.master_data_dir());
         CommandOutput::of(command).await
     }
@@ -239,11 +255,8 @@ impl Fleet {
     /// Runs `halite-master ARGS --data-dir <the master's>`; returns its
     /// stdout, or its stderr as the error.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let output = std::process::Command::new(&self.binaries.master)
-            .args(args)
-            .arg("--data-dir")
-            .arg(self.master_data_dir())
-            .output()?;
+        let output =
+            master_cli(&self.binaries.master).args(args).arg("--data-dir").arg(self.master_data_dir()).output()?;
         anyhow::ensure!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
         Ok(String::from_utf8(output.stdout)?)
     }

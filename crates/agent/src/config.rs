@@ -169,10 +169,9 @@ impl AgentConfig {
     }
 }
 
-/// Ids appear in event tags and targets; keep them to a safe alphabet.
-pub fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 253 && id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-}
+/// Ids appear in event tags and targets: the rule is the protocol's, shared
+/// with the master.
+pub use halite_proto::event::valid_id;
 
 #[cfg(test)]
 mod tests {
@@ -234,7 +233,5 @@ mod tests {
     #[test]
     fn ids_are_checked() {
         assert!(load("id: 'web 01'\n").is_err());
-        assert!(valid_id("web-01.example_a"));
-        assert!(!valid_id("web/01"));
     }
 }

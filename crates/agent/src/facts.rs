@@ -5,13 +5,7 @@
 
 use halite_proto::Value;
 
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
-}
+pub use halite_state::host::hostname;
 
 /// `/etc/os-release` as `KEY=value` lines, quotes removed.
 fn os_release(text: &str) -> Vec<(String, String)> {

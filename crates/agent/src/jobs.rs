@@ -5,7 +5,8 @@
 //! the write that follows raises no drift) and marks the file applied
 //! after (which closes drift reported before the restore).
 
-use halite_proto::{AgentMessage, Id, Job, JobResult, Outcome, StateCall, StateResult, Value};
+use halite_proto::{AgentMessage, Id, Job, JobResult, Outcome, StateCall, StateResult};
+use halite_state::paths::rooted_call;
 use halite_state::{ApplyEnv, ManagedFile, Observer, run_states_observed};
 use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
@@ -102,21 +103,10 @@ fn log(job: &Job, result: &StateResult) {
     }
 }
 
-/// The call with its `path` moved under the agent's `root` (also how the
-/// swarm's simulated agents apply under their own directories).
-pub fn rooted_call(call: &StateCall, root: &Path) -> StateCall {
-    let mut call = call.clone();
-    if let Value::Map(args) = &mut call.args
-        && let Some(Value::String(path)) = args.get_mut("path")
-    {
-        *path = crate::rooted(root, Path::new(path)).display().to_string();
-    }
-    call
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use halite_proto::Value;
 
     #[test]
     fn a_panicked_job_fails_every_state_it_held() {

@@ -22,8 +22,6 @@
 
 #![forbid(unsafe_code)]
 
-use std::path::{Component, Path, PathBuf};
-
 pub mod args;
 pub mod beacons;
 pub mod config;
@@ -36,23 +34,6 @@ pub mod managed;
 pub mod offline;
 pub mod outbox;
 
-/// `path` (absolute, as authored) under `root`.
-pub fn rooted(root: &Path, path: &Path) -> PathBuf {
-    if root == Path::new("/") {
-        return path.to_path_buf();
-    }
-    let relative: PathBuf = path.components().filter(|c| matches!(c, Component::Normal(_))).collect();
-    root.join(relative)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rooting_keeps_paths_inside_the_root() {
-        assert_eq!(rooted(Path::new("/"), Path::new("/etc/x")), PathBuf::from("/etc/x"));
-        assert_eq!(rooted(Path::new("/r"), Path::new("/etc/x")), PathBuf::from("/r/etc/x"));
-        assert_eq!(rooted(Path::new("/r"), Path::new("/../etc/x")), PathBuf::from("/r/etc/x"));
-    }
-}
+/// Authored paths under the agent's `root` (the rule is the state engine's,
+/// shared with the demo fleet and the swarm).
+pub use halite_state::paths::rooted;

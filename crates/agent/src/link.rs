@@ -23,8 +23,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use halite_link::envelope::{self, Envelope};
 use halite_link::{Initiator, Keypair, Opener, PublicKey, Sealer};
-use halite_proto::{AgentMessage, Hello, Id, MasterMessage};
-use rand::Rng;
+use halite_proto::{AgentMessage, Backoff, Hello, Id, MasterMessage};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -88,22 +87,18 @@ pub struct LinkSettings {
     /// How often the agent pings an idle link; three missed answers and the
     /// link is rebuilt.
     pub heartbeat: Duration,
-    /// First reconnect delay; doubles up to `max_backoff`, with jitter.
-    pub min_backoff: Duration,
-    pub max_backoff: Duration,
+    /// The wait between reconnects ([`RECONNECT`] unless a test says otherwise).
+    pub backoff: Backoff,
 }
+
+/// The agent's reconnect schedule: 100 ms doubling to 10 s, jittered, so
+/// that a fleet does not reconnect in lockstep after a master restart. The
+/// swarm's simulated agents use it too.
+pub const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
 
 impl LinkSettings {
     pub fn new(endpoint: String, hello: Hello, keypair: Keypair, trust: MasterTrust) -> Self {
-        LinkSettings {
-            endpoint,
-            hello,
-            keypair,
-            trust,
-            heartbeat: Duration::from_secs(5),
-            min_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(10),
-        }
+        LinkSettings { endpoint, hello, keypair, trust, heartbeat: Duration::from_secs(5), backoff: RECONNECT }
     }
 }
 
@@ -327,7 +322,7 @@ impl Link {
             if let End::Cancelled = end {
                 return;
             }
-            let delay = backoff(&self.settings, failures);
+            let delay = self.settings.backoff.delay(failures);
             tokio::select! {
                 () = self.cancel.cancelled() => return,
                 () = tokio::time::sleep(delay) => {}
@@ -535,13 +530,6 @@ fn check_master(trust: &MasterTrust, key: PublicKey) -> Result<(), String> {
     }
 }
 
-/// Exponential backoff with ±50% jitter, so that a fleet does not reconnect
-/// in lockstep after a master restart.
-fn backoff(settings: &LinkSettings, failures: u32) -> Duration {
-    let base = settings.min_backoff.saturating_mul(1u32 << failures.min(16)).min(settings.max_backoff);
-    base.mul_f64(rand::rng().random_range(0.5..1.5))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -609,19 +597,5 @@ mod tests {
             (0..4).map(|_| halite_proto::Event::new("halite/beacon/a/x", "a", big.as_str().into())).collect();
         assert_eq!(session.seal_batch(&AgentMessage::Events(events.clone())).unwrap().len(), 4);
         assert_eq!(session.seal_batch(&AgentMessage::Events(events[..2].to_vec())).unwrap().len(), 1);
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let keypair = Keypair::generate().unwrap();
-        let trust = MasterTrust::Pinned(keypair.public);
-        let hello = Hello { agent: "a".into(), version: "0".into(), facts: halite_proto::Value::Null };
-        let settings = LinkSettings::new(String::new(), hello, keypair, trust);
-        for failures in 0..40 {
-            let delay = backoff(&settings, failures);
-            assert!(delay <= settings.max_backoff.mul_f64(1.5), "{failures}: {delay:?}");
-            assert!(delay >= settings.min_backoff / 2);
-        }
-        assert!(backoff(&settings, 0) < Duration::from_millis(151));
     }
 }

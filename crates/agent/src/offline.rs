@@ -95,7 +95,7 @@ impl OfflineStore {
         for call in &job.states {
             let Some(file) = halite_state::kinds::file_like(&call.kind) else { continue };
             // The call as the agent applies it: its path under the root.
-            let mut stripped = crate::jobs::rooted_call(call, root);
+            let mut stripped = halite_state::paths::rooted_call(call, root);
             let Some(view) = (file.view)(&stripped.args) else { continue };
             let path = PathBuf::from(view.path);
             // Kept once per digest in the blobs, not in the index.

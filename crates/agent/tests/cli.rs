@@ -2,6 +2,9 @@
 
 use std::process::Command;
 
+/// halite's own binary, run as an operator would: not a program the code
+/// under test starts, so not through the spawner.
+#[allow(clippy::disallowed_methods)]
 fn agent() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_halite-agent"));
     command.env_remove("HALITE_CONFIG").env_remove("HALITE_DATA_DIR").env_remove("HALITE_MASTER");

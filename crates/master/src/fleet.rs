@@ -163,6 +163,10 @@ async fn spawn_until_ready(
     cwd: Option<&Path>,
 ) -> anyhow::Result<(Child, String)> {
     let stderr = std::fs::File::create(log)?;
+    // halite's own daemons, started for the demo and the tests: they run
+    // until stopped and are read line by line for their ready line, which
+    // the spawner (programs run to their end, output captured) is not for.
+    #[allow(clippy::disallowed_methods)]
     let mut command = Command::new(binary);
     if let Some(cwd) = cwd {
         command.current_dir(cwd);
@@ -245,7 +249,7 @@ impl AgentProcess {
 
     /// Where an authored absolute path is for this agent.
     pub fn path(&self, authored: &str) -> PathBuf {
-        halite_agent::rooted(&self.root, Path::new(authored))
+        halite_state::paths::rooted(&self.root, Path::new(authored))
     }
 }
 

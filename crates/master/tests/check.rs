@@ -5,9 +5,16 @@
 use std::path::Path;
 use std::process::Command;
 
+/// halite's own binary, run as an operator would: not a program the code
+/// under test starts, so not through the spawner.
+#[allow(clippy::disallowed_methods)]
+fn master() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_halite-master"))
+}
+
 fn check_case(case: &str, expect_success: bool) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/check").join(case);
-    let output = Command::new(env!("CARGO_BIN_EXE_halite-master"))
+    let output = master()
         .args(["check", "--states", "tree"])
         .current_dir(&dir)
         .env_remove("HALITE_STATES")
@@ -35,7 +42,7 @@ fn the_example_tree_is_clean() {
 
 #[test]
 fn help_teaches_the_exit_codes() {
-    let output = Command::new(env!("CARGO_BIN_EXE_halite-master")).arg("--help").output().unwrap();
+    let output = master().arg("--help").output().unwrap();
     let help = String::from_utf8(output.stdout).unwrap();
     assert!(help.contains("Exit codes"), "{help}");
     for command in ["run", "check", "demo"] {
@@ -47,7 +54,7 @@ fn help_teaches_the_exit_codes() {
 fn what_if_shows_which_reactors_fire_and_what_they_do() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/check/clean");
     let run = |data: &str| {
-        let output = Command::new(env!("CARGO_BIN_EXE_halite-master"))
+        let output = master()
             .args(["check", "--states", "tree", "--event", "halite/beacon/web01/nginx-conf", "--data", data])
             .current_dir(&dir)
             .env_remove("HALITE_STATES")
@@ -70,7 +77,7 @@ fn what_if_shows_which_reactors_fire_and_what_they_do() {
 fn watch_true_is_listed_and_its_reactor_shows_in_the_what_if() {
     check_case("watch", true);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/check/watch");
-    let output = Command::new(env!("CARGO_BIN_EXE_halite-master"))
+    let output = master()
         .args(["check", "--states", "tree", "--event", "halite/beacon/web01/watch:app:app-conf", "--data", "{}"])
         .current_dir(&dir)
         .env_remove("HALITE_STATES")
@@ -88,7 +95,7 @@ fn what_if_follows_event_chains_and_shows_every_action() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/check/actions");
     let mut text = String::new();
     for (tag, data) in [("halite/beacon/web01/motd", r#"{"kind": "delete"}"#), ("ops/ping", "{}")] {
-        let output = Command::new(env!("CARGO_BIN_EXE_halite-master"))
+        let output = master()
             .args(["check", "--states", "tree", "--event", tag, "--data", data, "--agent", "web01"])
             .current_dir(&dir)
             .env_remove("HALITE_STATES")

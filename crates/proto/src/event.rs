@@ -133,6 +133,12 @@ pub fn now_us() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
+/// Whether `id` may name an agent or a beacon: ids appear in event tags
+/// and targets, so they keep to a safe alphabet (letters, digits, `._-`).
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 253 && id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
 /// The tags halite itself raises (SPEC §3), in one place.
 pub mod tag {
     use crate::Id;
@@ -163,6 +169,22 @@ pub mod tag {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_keep_to_a_safe_alphabet() {
+        let long = "a".repeat(254);
+        let cases = [
+            ("web-01.example_a", true),
+            ("web/01", false),
+            ("web 01", false),
+            ("", false),
+            (&long[..253], true),
+            (&long, false),
+        ];
+        for (id, valid) in cases {
+            assert_eq!(valid_id(id), valid, "{id}");
+        }
+    }
 
     #[test]
     fn ids_are_unique_and_increasing() {

@@ -13,8 +13,13 @@
 //! - [`tree`] — the state tree: `top.yaml` and the state files.
 //! - [`kinds`] — the registry of state kinds; one file per kind.
 //! - [`template`] — minijinja templates for file content, rendered per agent.
-//! - [`command`] — the one way kinds run programs (no shell unless asked,
-//!   timeout, bounded output).
+//! - [`command`] — the one process spawner of the workspace (no shell
+//!   unless asked, timeout, the whole process group killed, bounded output;
+//!   blocking and async).
+//! - [`paths`] — paths kept inside a root: tree-relative files
+//!   ([`paths::in_tree`]) and authored paths under an agent's `root`
+//!   ([`paths::rooted`]).
+//! - [`host`] — the host's name.
 //! - [`apply`] — running a job's [`halite_proto::StateCall`]s: requisite
 //!   order, plan, then apply ([`run_states`]).
 //! - [`report`] — what an apply did, printed the same by every command.
@@ -23,7 +28,9 @@ pub mod apply;
 pub mod backup;
 pub mod command;
 pub mod diag;
+pub mod host;
 pub mod kinds;
+pub mod paths;
 pub mod report;
 pub mod target;
 pub mod template;

@@ -18,13 +18,12 @@ use halite_link::{Initiator, Keypair, PublicKey};
 use halite_proto::event::tag;
 use halite_proto::{AgentMessage, Event, Hello, Id, Job, JobResult, MasterMessage, Outcome, Sha256, StateCall, Value};
 use halite_state::ApplyEnv;
-use rand::Rng;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use zeromq::{DealerSocket, Socket, SocketEvent, SocketRecv, SocketSend};
 
-use halite_agent::jobs::rooted_call;
-use halite_agent::link::{EVENTS_PER_MESSAGE, Session, frames};
+use halite_agent::link::{EVENTS_PER_MESSAGE, RECONNECT, Session, frames};
+use halite_state::paths::rooted_call;
 
 /// What a simulated agent can be told to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +72,7 @@ pub struct AgentSpec {
 impl AgentSpec {
     /// Where an authored absolute path is for this agent.
     pub fn path(&self, authored: &str) -> PathBuf {
-        halite_agent::rooted(&self.root, Path::new(authored))
+        halite_state::paths::rooted(&self.root, Path::new(authored))
     }
 }
 
@@ -114,15 +113,9 @@ pub(crate) async fn run(spec: AgentSpec, shared: Arc<Shared>, mut commands: mpsc
         }
         tokio::select! {
             () = shared.cancel.cancelled() => return,
-            () = tokio::time::sleep(backoff(failures)) => {}
+            () = tokio::time::sleep(RECONNECT.delay(failures)) => {}
         }
     }
-}
-
-/// The agent's own backoff: 100 ms doubling to 10 s, ±50% jitter.
-fn backoff(failures: u32) -> Duration {
-    let base = Duration::from_millis(100).saturating_mul(1u32 << failures.min(16)).min(Duration::from_secs(10));
-    base.mul_f64(rand::rng().random_range(0.5..1.5))
 }
 
 async fn connect(spec: &AgentSpec, shared: &Shared) -> Result<(DealerSocket, Session), String> {
@@ -293,27 +286,6 @@ async fn apply(spec: &AgentSpec, _shared: &Shared, job: Job) -> JobResult {
         Err(panic) => {
             tracing::error!(agent = %spec.id, job = %jid, error = %panic, "A job panicked.");
             JobResult { job: jid, results: Vec::new() }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn calls_are_rooted_and_other_args_kept() {
-        let call = StateCall::new("motd", "file.managed", Value::map().with("path", "/etc/motd").with("mode", "0644"));
-        let rooted = rooted_call(&call, Path::new("/swarm/a1"));
-        assert_eq!(rooted.args.get("path").and_then(Value::as_str), Some("/swarm/a1/etc/motd"));
-        assert_eq!(rooted.args.get("mode").and_then(Value::as_str), Some("0644"));
-    }
-
-    #[test]
-    fn backoff_is_bounded() {
-        for failures in 0..40 {
-            let delay = backoff(failures);
-            assert!(delay >= Duration::from_millis(50) && delay <= Duration::from_secs(15), "{failures}: {delay:?}");
         }
     }
 }

@@ -151,7 +151,7 @@ impl Swarm {
 
     /// Where an authored absolute path is for `agent`.
     pub fn path(&self, agent: usize, authored: &str) -> PathBuf {
-        halite_agent::rooted(&self.roots[agent], std::path::Path::new(authored))
+        halite_state::paths::rooted(&self.roots[agent], std::path::Path::new(authored))
     }
 
     /// The managed file of `agent`.

@@ -205,11 +205,18 @@ mod live_tests {
     use super::*;
     use crate::managed::ManagedFiles;
 
+    /// A process named `name` that lives until the test kills it. Not through
+    /// the spawner, which runs programs to their end: this is a fixture the
+    /// beacon must find while it runs.
+    #[allow(clippy::disallowed_methods)]
+    fn live_process(name: &str) -> std::process::Child {
+        std::process::Command::new("bash").args(["-c", &format!("exec -a {name} sleep 30")]).spawn().unwrap()
+    }
+
     #[test]
     fn finds_a_real_process_renamed_by_exec_a() {
         let name = format!("halite-live-{}", std::process::id());
-        let mut child =
-            std::process::Command::new("bash").args(["-c", &format!("exec -a {name} sleep 30")]).spawn().unwrap();
+        let mut child = live_process(&name);
         let mut found = 0;
         for _ in 0..200 {
             found = count(Path::new(PROC), &name).unwrap();
@@ -240,8 +247,7 @@ mod live_tests {
         let running = (KIND.start)(context, &config).unwrap();
         let first = rx.blocking_recv().unwrap();
         assert_eq!(first.data.get("state").and_then(Value::as_str), Some("absent"));
-        let mut child =
-            std::process::Command::new("bash").args(["-c", &format!("exec -a {name} sleep 30")]).spawn().unwrap();
+        let mut child = live_process(&name);
         let second = rx.blocking_recv().unwrap();
         child.kill().unwrap();
         child.wait().unwrap();

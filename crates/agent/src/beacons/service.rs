@@ -2,12 +2,10 @@
 //! reported when it changes. `for` and `debounce` are `sampled.rs`'s
 //! machine; this file owns asking systemctl, with a timeout.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use halite_proto::Value;
+use halite_state::command::{self, Spec};
 use serde::Deserialize;
 
 use super::sampled::{self, Machine, Sampler, Span, Timing};
@@ -80,59 +78,27 @@ impl Sampler for Unit {
     }
 }
 
-/// Runs `systemctl is-active -- <unit>` for at most `timeout`, then kills it.
+/// Runs `systemctl is-active -- <unit>` for at most `timeout`, then kills
+/// it (with anything it started), through the workspace's one spawner.
 /// Arguments are a vector, never a shell string.
 fn is_active(unit: &str, timeout: Duration) -> Result<String, String> {
-    let mut child = Command::new("systemctl")
-        .args(["is-active", "--", unit])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run systemctl: {e}"))?;
-    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let (done_tx, done_rx) = std_mpsc::channel();
-    // The reader, not this thread, blocks on the pipes, so that this one can
-    // give up at the timeout. It ends when the pipes close, at the latest
-    // when the killed child is gone.
-    let reader = std::thread::Builder::new().name("systemctl".into()).spawn(move || {
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        // systemctl writes a line at most, so reading one pipe after the
-        // other cannot fill the other's buffer.
-        if let Some(mut pipe) = stdout {
-            let _ = pipe.read_to_end(&mut out);
-        }
-        if let Some(mut pipe) = stderr {
-            let _ = pipe.read_to_end(&mut err);
-        }
-        let _ = done_tx.send((out, err));
-    });
-    let answer = match reader {
-        Ok(_) => done_rx.recv_timeout(timeout).ok(),
-        Err(_) => None,
-    };
-    if answer.is_none() {
-        let _ = child.kill();
+    let mut spec = Spec::new(["systemctl", "is-active", "--", unit]);
+    spec.timeout = Some(timeout);
+    let output = command::run(&spec, None)?;
+    if output.timed_out {
+        return Err(format!("systemctl did not answer within {}", humantime::format_duration(timeout)));
     }
-    // Reaps the child, killed or not, so no zombie is left.
-    let _ = child.wait();
-    match answer {
-        Some((out, err)) => state_of(&out, &err),
-        None => Err(format!("systemctl did not answer within {}", humantime::format_duration(timeout))),
-    }
+    state_of(&output.stdout, &output.stderr)
 }
 
 /// The state systemctl printed. Its exit status is not used: is-active
 /// exits non-zero for every state but `active`. A missing or garbled
 /// answer (systemd not running) is an error, with what systemctl said.
-fn state_of(stdout: &[u8], stderr: &[u8]) -> Result<String, String> {
-    let stdout = String::from_utf8_lossy(stdout);
+fn state_of(stdout: &str, stderr: &str) -> Result<String, String> {
     let state = stdout.lines().next().unwrap_or_default().trim();
     if !state.is_empty() && state.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
         return Ok(state.to_owned());
     }
-    let stderr = String::from_utf8_lossy(stderr);
     let said = stderr.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
     Err(match (said.is_empty(), state.is_empty()) {
         (false, _) => format!("systemctl: {said}"),
@@ -147,20 +113,19 @@ mod tests {
 
     #[test]
     fn reads_the_state_systemctl_prints() {
-        assert_eq!(state_of(b"active\n", b""), Ok("active".into()));
-        assert_eq!(state_of(b"inactive\n", b""), Ok("inactive".into()));
-        assert_eq!(state_of(b"failed\n", b""), Ok("failed".into()));
-        assert_eq!(state_of(b"activating\n", b""), Ok("activating".into()));
+        assert_eq!(state_of("active\n", ""), Ok("active".into()));
+        assert_eq!(state_of("inactive\n", ""), Ok("inactive".into()));
+        assert_eq!(state_of("failed\n", ""), Ok("failed".into()));
+        assert_eq!(state_of("activating\n", ""), Ok("activating".into()));
     }
 
     #[test]
     fn no_state_is_an_error_with_what_systemctl_said() {
-        let without_systemd =
-            b"System has not been booted with systemd as init system (PID 1). Can't operate.\nFailed to connect to bus: Host is down\n";
-        let error = state_of(b"", without_systemd).unwrap_err();
+        let without_systemd = "System has not been booted with systemd as init system (PID 1). Can't operate.\nFailed to connect to bus: Host is down\n";
+        let error = state_of("", without_systemd).unwrap_err();
         assert!(error.contains("not been booted with systemd") && error.contains("Host is down"), "{error}");
-        assert_eq!(state_of(b"", b""), Err("systemctl printed no state".into()));
-        assert!(state_of(b"Unknown operation\n", b"").unwrap_err().contains("not a state"));
+        assert_eq!(state_of("", ""), Err("systemctl printed no state".into()));
+        assert!(state_of("Unknown operation\n", "").unwrap_err().contains("not a state"));
     }
 
     #[test]

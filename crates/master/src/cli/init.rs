@@ -185,7 +185,7 @@ fn agent_endpoint(listen: &str, local: Option<IpAddr>) -> String {
         return listen.to_owned();
     };
     let host = if matches!(host, "0.0.0.0" | "*" | "[::]") {
-        local.map(|ip| ip.to_string()).unwrap_or_else(halite_agent::facts::hostname)
+        local.map(|ip| ip.to_string()).unwrap_or_else(halite_state::host::hostname)
     } else {
         host.to_owned()
     };
@@ -301,6 +301,6 @@ mod tests {
             assert_eq!(agent_endpoint(listen, local), expected, "{listen}");
         }
         let by_name = agent_endpoint("tcp://0.0.0.0:4510", None);
-        assert_eq!(by_name, format!("tcp://{}:4510", halite_agent::facts::hostname()));
+        assert_eq!(by_name, format!("tcp://{}:4510", halite_state::host::hostname()));
     }
 }

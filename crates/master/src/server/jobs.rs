@@ -151,7 +151,7 @@ impl Jobs {
         if let Some(store) = &self.store {
             let record = JobRecord {
                 jid: jid.to_string(),
-                created_us: crate::server::store::now_us(),
+                created_us: halite_proto::event::now_us(),
                 cause: origin.cause,
                 reactor: origin.reactor,
                 target: origin.target,

@@ -255,7 +255,7 @@ async fn finish_handshake(master: &Master, peers: &mut Peers, peer: Bytes, last:
         }
     };
     let hello = match halite_proto::decode::<AgentMessage>(&accepted.payload) {
-        Ok(AgentMessage::Hello(hello)) if halite_agent::config::valid_id(&hello.agent) => hello,
+        Ok(AgentMessage::Hello(hello)) if halite_proto::event::valid_id(&hello.agent) => hello,
         _ => {
             peers.dropped += 1;
             tracing::info!(fingerprint = %accepted.remote, "A handshake without a usable hello.");

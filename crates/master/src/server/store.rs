@@ -23,11 +23,11 @@
 //! refused, by the master and by `jobs`, rather than misread. The file is
 //! in WAL mode so readers never block the writer.
 
+use halite_proto::event::now_us;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use halite_proto::StateResult;
 use halite_state::report::{AgentReport, Answer, OutcomeKind, Report, StateReport};
@@ -176,10 +176,6 @@ pub struct Store {
     queue: mpsc::Sender<Write>,
     dropped: Arc<AtomicU64>,
     path: PathBuf,
-}
-
-pub fn now_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 impl Store {

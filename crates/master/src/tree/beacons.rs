@@ -49,7 +49,7 @@ impl BeaconTable {
             let mut specs = Vec::new();
             for (name, kinds) in beacons.unwrap_or_default() {
                 let at = yaml::location(&name);
-                if !halite_agent::config::valid_id(&name.value) {
+                if !halite_proto::event::valid_id(&name.value) {
                     diagnostics.push(
                         Diagnostic::error(
                             path,

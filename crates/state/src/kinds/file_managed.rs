@@ -13,7 +13,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use halite_fs::{Dir, FsError, OpenFile, Perms, Stat};
 
@@ -194,27 +194,22 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
 /// Reads a source file, refusing anything outside the tree: absolute paths,
 /// `..`, and symlinks that lead out. Errors are (what, how to fix).
 fn read_source(root: &Path, source: &str) -> Result<Vec<u8>, (String, String)> {
+    use crate::paths::TreePathError;
     let relative = source.strip_prefix("salt://").unwrap_or(source);
-    let relative_path = Path::new(relative);
-    if relative_path.is_absolute() || relative_path.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err((
+    let canonical = crate::paths::in_tree(root, relative).map_err(|error| match error {
+        TreePathError::Leaves { .. } => (
             format!("source `{source}` leaves the state tree"),
             "name a file inside the state tree, relative to its root, e.g. files/nginx.conf".into(),
-        ));
-    }
-    let full = root.join(relative_path);
-    let (Ok(canonical_root), Ok(canonical)) = (root.canonicalize(), full.canonicalize()) else {
-        return Err((
+        ),
+        TreePathError::Root { .. } | TreePathError::Missing { .. } => (
             format!("source `{source}` does not exist"),
-            format!("create {} or fix the name", full.display()),
-        ));
-    };
-    if !canonical.starts_with(&canonical_root) {
-        return Err((
+            format!("create {} or fix the name", root.join(relative).display()),
+        ),
+        TreePathError::LinksOut { .. } => (
             format!("source `{source}` is a link that leads out of the state tree"),
             "copy the file into the tree instead of linking to it".into(),
-        ));
-    }
+        ),
+    })?;
     fs::read(&canonical)
         .map_err(|e| (format!("source `{source}` cannot be read: {e}"), "check that it is a readable file".into()))
 }

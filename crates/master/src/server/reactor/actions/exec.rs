@@ -9,23 +9,25 @@
 //! At most [`CONCURRENCY`] commands run at once across the master; a
 //! reaction that finds every permit taken waits for one (its agent's later
 //! reactions wait behind it and coalesce; other agents are not held up
-//! unless they also `exec`). A command that outlives its `timeout` is
-//! killed. Its output is kept up to [`OUTPUT_LIMIT`] bytes per stream (the
-//! rest is read and thrown away, so the command never blocks on a full
-//! pipe); a non-zero exit fails the action with the end of its stderr.
+//! unless they also `exec`). The command runs through the workspace's one
+//! spawner (`halite_state::command`): one that outlives its `timeout` is
+//! killed with everything it started (its process group); once it exits,
+//! a background process it left holding its output is not waited for
+//! (beyond a short grace) and is left running. Its output is kept up to
+//! [`OUTPUT_LIMIT`] bytes per stream (the rest is read and thrown away, so
+//! the command never blocks on a full pipe); a non-zero exit fails the
+//! action with the end of its stderr.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use halite_proto::Event;
 use halite_state::StateTree;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
+use halite_state::command::{self, Spec};
 use tokio::sync::Semaphore;
 
-use super::{Action, ActionKind, Context, authored_command, clip, in_tree};
+use super::{Action, ActionKind, Context, authored_command, clip};
 
 pub static KIND: ActionKind = ActionKind {
     name: "exec",
@@ -39,7 +41,7 @@ pub const CONCURRENCY: usize = 8;
 /// How long a command may run unless its reactor says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Output kept per stream; the rest is read and dropped.
-pub const OUTPUT_LIMIT: usize = 64 * 1024;
+pub const OUTPUT_LIMIT: usize = command::CAPTURE_LIMIT;
 /// How much of stdout or stderr goes into a log line or a `failed` event.
 const REPORT_LIMIT: usize = 2048;
 
@@ -49,11 +51,9 @@ static PERMITS: Semaphore = Semaphore::const_new(CONCURRENCY);
 struct Exec {
     /// As authored, for logs and `check`.
     cmd: String,
-    program: PathBuf,
-    args: Vec<String>,
-    /// The state tree: the command's working directory.
-    cwd: PathBuf,
-    timeout: Duration,
+    /// The program (an absolute path) and its arguments, the state tree as
+    /// working directory, the timeout; each run adds the event.
+    spec: Spec,
 }
 
 fn compile(value: &serde_json::Value, tree: &StateTree) -> Result<Box<dyn Action>, String> {
@@ -63,18 +63,17 @@ fn compile(value: &serde_json::Value, tree: &StateTree) -> Result<Box<dyn Action
     let program = if program.starts_with('/') {
         PathBuf::from(program)
     } else {
-        let path = in_tree(&tree.root, program)
+        let path = halite_state::paths::in_tree(&tree.root, program)
             .map_err(|e| format!("{e}; a relative command is a file in the state tree (or give an absolute path)"))?;
         check_executable(&path, program)?;
         path
     };
-    Ok(Box::new(Exec {
-        program,
-        args: args.to_vec(),
-        cwd: tree.root.clone(),
-        timeout: command.timeout,
-        cmd: command.cmd,
-    }))
+    // The spawner takes words; a path that is not UTF-8 cannot be one.
+    let program = program.to_str().ok_or_else(|| format!("`{}` is not a UTF-8 path", program.display()))?;
+    let mut spec = Spec::new(std::iter::once(program).chain(args.iter().map(String::as_str)));
+    spec.cwd = Some(tree.root.clone());
+    spec.timeout = Some(command.timeout);
+    Ok(Box::new(Exec { spec, cmd: command.cmd }))
 }
 
 fn check_executable(path: &std::path::Path, authored: &str) -> Result<(), String> {
@@ -88,7 +87,7 @@ fn check_executable(path: &std::path::Path, authored: &str) -> Result<(), String
 
 impl Action for Exec {
     fn describe(&self) -> String {
-        format!("exec `{}` on the master, the event as JSON on stdin (timeout {:?})", self.cmd, self.timeout)
+        format!("exec `{}` on the master, the event as JSON on stdin (timeout {:?})", self.cmd, self.timeout())
     }
 
     fn run<'a>(
@@ -99,66 +98,37 @@ impl Action for Exec {
     ) -> BoxFuture<'a, Result<String, String>> {
         Box::pin(async move {
             let _permit = PERMITS.acquire().await.map_err(|e| format!("exec `{}`: {e}", self.cmd))?;
-            let mut child = Command::new(&self.program)
-                .args(&self.args)
-                .current_dir(&self.cwd)
-                .env("HALITE_TAG", &event.tag)
-                .env("HALITE_AGENT", agent)
-                .env("HALITE_EVENT_ID", event.id.to_string())
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|e| format!("exec `{}`: cannot start {}: {e}", self.cmd, self.program.display()))?;
-            let input = event.to_json().to_string();
-            let stdin = child.stdin.take();
-            let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-            let finished = tokio::time::timeout(self.timeout, async {
-                let feed = async move {
-                    // A command that does not read its stdin closes the pipe:
-                    // that is its business, not a failure.
-                    if let Some(mut stdin) = stdin {
-                        let _ = stdin.write_all(input.as_bytes()).await;
-                    }
-                };
-                let ((), out, err, status) =
-                    tokio::join!(feed, read_bounded(stdout), read_bounded(stderr), child.wait());
-                (out, err, status)
-            })
-            .await;
-            let Ok((out, err, status)) = finished else {
-                let _ = child.kill().await;
-                return Err(format!("exec `{}`: killed after its timeout of {:?}", self.cmd, self.timeout));
-            };
-            let status = status.map_err(|e| format!("exec `{}`: {e}", self.cmd))?;
-            let out = String::from_utf8_lossy(&out);
-            let err = String::from_utf8_lossy(&err);
-            if !status.success() {
-                let stderr = clip(err.trim(), REPORT_LIMIT);
-                return Err(format!("exec `{}`: {status}; stderr: {stderr}", self.cmd));
+            let mut spec = self.spec.clone();
+            spec.env.extend([
+                ("HALITE_TAG".to_owned(), event.tag.clone()),
+                ("HALITE_AGENT".to_owned(), agent.to_owned()),
+                ("HALITE_EVENT_ID".to_owned(), event.id.to_string()),
+            ]);
+            spec.stdin = Some(event.to_json().to_string().into_bytes());
+            let output = command::run_async(&spec, None).await.map_err(|e| format!("exec `{}`: {e}", self.cmd))?;
+            let (out, err) = (output.stdout.trim(), output.stderr.trim());
+            match (output.timed_out, output.code) {
+                (true, _) => {
+                    return Err(format!("exec `{}`: killed after its timeout of {:?}", self.cmd, self.timeout()));
+                }
+                (false, Some(0)) => {}
+                (false, code) => {
+                    let how =
+                        code.map_or_else(|| "killed by a signal".to_owned(), |code| format!("exit status: {code}"));
+                    return Err(format!("exec `{}`: {how}; stderr: {}", self.cmd, clip(err, REPORT_LIMIT)));
+                }
             }
-            if !out.trim().is_empty() || !err.trim().is_empty() {
-                tracing::info!(agent, event = %event.id, cmd = %self.cmd, stdout = %clip(out.trim(), REPORT_LIMIT), stderr = %clip(err.trim(), REPORT_LIMIT), "Hook output.");
+            if !out.is_empty() || !err.is_empty() {
+                tracing::info!(agent, event = %event.id, cmd = %self.cmd, stdout = %clip(out, REPORT_LIMIT), stderr = %clip(err, REPORT_LIMIT), "Hook output.");
             }
             Ok(format!("exec `{}`: exit 0", self.cmd))
         })
     }
 }
 
-/// Reads a stream to its end, keeping the first [`OUTPUT_LIMIT`] bytes.
-async fn read_bounded(stream: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
-    let Some(mut stream) = stream else { return Vec::new() };
-    let mut kept = Vec::new();
-    let mut buffer = [0u8; 8192];
-    loop {
-        match stream.read(&mut buffer).await {
-            Ok(0) | Err(_) => return kept,
-            Ok(n) => {
-                let room = OUTPUT_LIMIT.saturating_sub(kept.len());
-                kept.extend_from_slice(&buffer[..n.min(room)]);
-            }
-        }
+impl Exec {
+    fn timeout(&self) -> Duration {
+        self.spec.timeout.unwrap_or(DEFAULT_TIMEOUT)
     }
 }
 
@@ -235,6 +205,27 @@ mod tests {
         let (result, _dir, _) = run("#!/bin/sh\necho 'no capacity left' >&2\nexit 3\n", "10s").await;
         let error = result.unwrap_err();
         assert!(error.contains("exit status: 3") && error.contains("no capacity left"), "{error}");
+    }
+
+    /// A hook that leaves a background child holding its output finishes
+    /// when the hook exits, not when the child does (nor at the timeout),
+    /// with the output that arrived.
+    #[tokio::test]
+    async fn a_background_child_holding_the_output_does_not_hold_the_hook() {
+        let cases = [
+            ("#!/bin/sh\nsleep 30 &\necho hi\n", None),
+            ("#!/bin/sh\nsleep 30 &\necho 'no capacity left' >&2\nexit 3\n", Some("no capacity left")),
+        ];
+        for (script, error) in cases {
+            let (result, _dir, _) = tokio::time::timeout(Duration::from_secs(10), run(script, "60s"))
+                .await
+                .expect("the hook waited for its background child");
+            match (result, error) {
+                (Ok(done), None) => assert!(done.contains("exit 0"), "{done}"),
+                (Err(e), Some(wanted)) => assert!(e.contains("exit status: 3") && e.contains(wanted), "{e}"),
+                (result, _) => panic!("{script}: {result:?}"),
+            }
+        }
     }
 
     #[tokio::test]

@@ -3,7 +3,6 @@
 //! step run when the tree loads, and what it does when a reaction runs.
 
 use std::fmt::Debug;
-use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,22 +41,6 @@ pub fn find(name: &str) -> Option<&'static ActionKind> {
 
 pub fn names() -> Vec<&'static str> {
     ACTIONS.iter().map(|a| a.name).collect()
-}
-
-/// A file named relative to the state tree: it must exist and stay inside
-/// the tree (no `..`, no symbolic link out), like a state's `source`.
-pub fn in_tree(root: &Path, authored: &str) -> Result<PathBuf, String> {
-    let relative = Path::new(authored);
-    if relative.is_absolute() || relative.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
-        return Err(format!("`{authored}` must be a path inside the state tree, without `..`"));
-    }
-    let real_root = root.canonicalize().map_err(|e| format!("cannot read the tree {}: {e}", root.display()))?;
-    let real =
-        root.join(relative).canonicalize().map_err(|e| format!("`{authored}` does not exist in the tree ({e})"))?;
-    if !real.starts_with(&real_root) {
-        return Err(format!("`{authored}` leads out of the state tree (a symbolic link?)"));
-    }
-    Ok(real)
 }
 
 /// A command as authored for `run` and `exec`: `KEY: COMMAND` or

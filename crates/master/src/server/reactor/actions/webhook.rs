@@ -10,21 +10,21 @@
 //! action and names the variable).
 //!
 //! A connection failure, a timeout, a 429 or a 5xx answer is retried, at
-//! most `retries` times, after an exponential backoff with jitter (from
-//! [`BACKOFF_START`], doubling, at most [`BACKOFF_MAX`]); any other answer
+//! most `retries` times, after [`BACKOFF`] (the workspace's one backoff
+//! rule, `halite_proto::backoff`: from 250 ms, doubling, at most 10 s,
+//! jittered); any other answer
 //! outside 2xx fails at once. Redirects are not followed.
 
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use halite_proto::Event;
+use halite_proto::{Backoff, Event};
 use halite_state::StateTree;
 use indexmap::IndexMap;
-use rand::Rng;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 
-use super::{Action, ActionKind, Context, clip, duration, in_tree};
+use super::{Action, ActionKind, Context, clip, duration};
 
 pub static KIND: ActionKind = ActionKind {
     name: "webhook",
@@ -37,8 +37,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_RETRIES: u32 = 3;
 /// More retries than this are refused: a reaction must end.
 pub const MAX_RETRIES: u32 = 10;
-pub const BACKOFF_START: Duration = Duration::from_millis(250);
-pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// The wait between attempts.
+pub const BACKOFF: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -158,7 +158,7 @@ fn compile(value: &serde_json::Value, tree: &StateTree) -> Result<Box<dyn Action
         .user_agent(concat!("halite/", env!("CARGO_PKG_VERSION")))
         .default_headers(headers);
     if let Some(ca) = &config.ca {
-        let path = in_tree(&tree.root, ca).map_err(|e| format!("ca: {e}"))?;
+        let path = halite_state::paths::in_tree(&tree.root, ca).map_err(|e| format!("ca: {e}"))?;
         let pem = std::fs::read(&path).map_err(|e| format!("ca: cannot read `{ca}`: {e}"))?;
         let certificates = reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|e| format!("ca: `{ca}` is not a PEM certificate bundle: {e}"))?;
@@ -228,13 +228,6 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// The wait before retry `attempt` (1-based): exponential, capped, with
-/// jitter so that many reactions failing together do not retry together.
-fn backoff(attempt: u32) -> Duration {
-    let full = BACKOFF_START.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(BACKOFF_MAX);
-    full.mul_f64(rand::rng().random_range(0.5..=1.0))
-}
-
 impl Action for Webhook {
     fn describe(&self) -> String {
         let headers = if self.header_names.is_empty() {
@@ -266,7 +259,7 @@ impl Action for Webhook {
                     }
                     Err(Attempt::Retry(why)) => {
                         attempt += 1;
-                        let wait = backoff(attempt);
+                        let wait = BACKOFF.delay(attempt - 1);
                         tracing::info!(agent, event = %event.id, url = %self.shown, error = %why, attempt, ?wait, "Webhook failed; retrying.");
                         tokio::time::sleep(wait).await;
                     }
@@ -338,15 +331,6 @@ mod tests {
             compile(&serde_json::json!({"url": "https://example.com/hook?token=secret"}), &StateTree::default())
                 .unwrap();
         assert!(!action.describe().contains("secret"), "{}", action.describe());
-    }
-
-    #[test]
-    fn backoff_grows_is_capped_and_jittered() {
-        for attempt in 1..20 {
-            let full = BACKOFF_START.saturating_mul(1 << (attempt - 1).min(16)).min(BACKOFF_MAX);
-            let wait = backoff(attempt);
-            assert!(wait <= full && wait >= full / 2, "attempt {attempt}: {wait:?} vs {full:?}");
-        }
     }
 
     /// Retries are bounded: a refused connection fails after `retries + 1`
