@@ -19,7 +19,7 @@ impl Tmpfs {
     /// test may not mount (it needs root).
     fn mount(path: &Path, size: &str) -> anyhow::Result<Option<Tmpfs>> {
         std::fs::create_dir_all(path)?;
-        let output = std::process::Command::new("mount")
+        let output = halite_e2e::blocking_process("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
             .arg(path)
             .output()
@@ -38,7 +38,7 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+        let _ = halite_e2e::blocking_process("umount").arg("-l").arg(&self.path).status();
     }
 }
 

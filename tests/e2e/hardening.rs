@@ -122,7 +122,7 @@ async fn a_fake_master_sending_a_long_frame_header_does_not_kill_the_agent() {
                 root.display()
             ),
         )?;
-        let mut agent = tokio::process::Command::new(binaries().agent)
+        let mut agent = halite_e2e::process(binaries().agent)
             .args(["run", "--config"])
             .arg(&config)
             .current_dir(dir.path())

@@ -42,6 +42,13 @@ pub fn process(program: impl AsRef<std::ffi::OsStr>) -> tokio::process::Command 
     tokio::process::Command::new(program)
 }
 
+/// A fixture program run to completion from blocking code (mount, umount),
+/// for the same reason as [`process`].
+#[allow(clippy::disallowed_methods)]
+pub fn blocking_process(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    std::process::Command::new(program)
+}
+
 /// `halite-master` run to completion from blocking code, as [`process`].
 #[allow(clippy::disallowed_methods)]
 fn master_cli(master: &Path) -> std::process::Command {

@@ -4,49 +4,12 @@
 //! [`run_states`] is the one entry point for a job; the agent's job runner
 //! and `halite-agent apply --local` both use it.
 
-use std::ffi::OsString;
-use std::path::PathBuf;
 use std::time::Instant;
 
-use halite_proto::{Outcome, RequisiteKind, Sha256, StateCall, StateResult};
+use halite_proto::{Outcome, RequisiteKind, StateCall, StateResult};
 
+pub use crate::env::{ApplyEnv, DEFAULT_BACKUP_MAX_BYTES, ManagedFile};
 use crate::kinds::{self, Plan};
-
-/// A file a state keeps in shape: what it should contain and its mode.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ManagedFile {
-    pub path: PathBuf,
-    pub sha256: Sha256,
-    /// `None` when the state does not manage the mode.
-    pub mode: Option<u32>,
-}
-
-/// Largest content `file.managed` keeps a backup of, unless configured:
-/// 64 MiB, read in a stream, never held in memory whole.
-pub const DEFAULT_BACKUP_MAX_BYTES: u64 = 64 * 1024 * 1024;
-
-/// What the kinds may use of the agent's environment. Passed down rather
-/// than read from the process, so tests can run side by side.
-#[derive(Debug, Clone)]
-pub struct ApplyEnv {
-    /// Where `file.managed` keeps the content it replaces; `None` keeps no
-    /// backups. The agent uses `<data_dir>/backup`.
-    pub backup_dir: Option<PathBuf>,
-    /// Backups kept per file; older ones are removed.
-    pub backups_kept: usize,
-    /// Content larger than this is replaced without a backup (agent.yaml
-    /// `backup_max_bytes`, [`DEFAULT_BACKUP_MAX_BYTES`] unless set).
-    pub backup_max_bytes: u64,
-    /// The PATH for finding and running programs (`systemctl`,
-    /// `dpkg-query`, `apt-get`, `cmd.run`); `None`: the agent's own.
-    pub path: Option<OsString>,
-}
-
-impl Default for ApplyEnv {
-    fn default() -> Self {
-        ApplyEnv { backup_dir: None, backups_kept: 5, backup_max_bytes: DEFAULT_BACKUP_MAX_BYTES, path: None }
-    }
-}
 
 /// Told about each state as a job runs: the agent records a managed file's
 /// desired state before writing it, so its own write raises no drift.

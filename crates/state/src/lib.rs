@@ -28,6 +28,7 @@ pub mod apply;
 pub mod backup;
 pub mod command;
 pub mod diag;
+pub mod env;
 pub mod host;
 pub mod kinds;
 pub mod paths;

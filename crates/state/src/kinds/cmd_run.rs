@@ -12,8 +12,8 @@ use halite_proto::{StateCall, Value};
 use serde::Deserialize;
 
 use super::{Authored, Kind, OneOrMany, Plan, Problem, args, string_list};
-use crate::apply::ApplyEnv;
 use crate::command::{self, Spec};
+use crate::env::ApplyEnv;
 
 pub static KIND: Kind = Kind {
     name: "cmd.run",

@@ -12,7 +12,7 @@ use halite_proto::{Sha256, Value};
 use serde::Deserialize;
 
 use super::{Authored, FileLike, FileView, Kind, Plan, Problem, absolute_path, args};
-use crate::apply::{ApplyEnv, ManagedFile};
+use crate::env::{ApplyEnv, ManagedFile};
 
 pub static KIND: Kind = Kind {
     name: "example.file",

@@ -11,7 +11,7 @@ use halite_proto::Value;
 use serde::Deserialize;
 
 use super::{Authored, Kind, Plan, Problem, absolute_path, args};
-use crate::apply::ApplyEnv;
+use crate::env::ApplyEnv;
 
 pub static KIND: Kind = Kind {
     name: "file.absent",

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::file_managed::{lookup_group, lookup_user, parse_mode};
 use super::{Authored, Kind, Plan, Problem, absolute_path, args};
-use crate::apply::ApplyEnv;
+use crate::env::ApplyEnv;
 
 pub static KIND: Kind = Kind {
     name: "file.directory",

@@ -21,8 +21,8 @@ use halite_proto::{Sha256, Value};
 use serde::Deserialize;
 
 use super::{Authored, FileLike, FileView, Kind, Plan, Problem, args};
-use crate::apply::{ApplyEnv, ManagedFile};
 use crate::diag::Location;
+use crate::env::{ApplyEnv, ManagedFile};
 
 pub static KIND: Kind = Kind {
     name: "file.managed",

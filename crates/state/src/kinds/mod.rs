@@ -17,8 +17,8 @@ use std::path::Path;
 
 use halite_proto::Value;
 
-use crate::apply::{ApplyEnv, ManagedFile};
 use crate::diag::Location;
+use crate::env::{ApplyEnv, ManagedFile};
 use crate::yaml::Fields;
 
 pub mod cmd_run;

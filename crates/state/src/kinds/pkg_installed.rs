@@ -9,8 +9,8 @@ use halite_proto::Value;
 use serde::Deserialize;
 
 use super::{Authored, Kind, Plan, Problem, args, string_list};
-use crate::apply::ApplyEnv;
 use crate::command::{self, Spec};
+use crate::env::ApplyEnv;
 
 pub static KIND: Kind = Kind {
     name: "pkg.installed",

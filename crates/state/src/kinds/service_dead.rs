@@ -5,7 +5,7 @@ use halite_proto::Value;
 
 use super::service_running::{Unit, resolve_service};
 use super::{Authored, Kind, Plan, Problem};
-use crate::apply::ApplyEnv;
+use crate::env::ApplyEnv;
 
 pub static KIND: Kind = Kind {
     name: "service.dead",

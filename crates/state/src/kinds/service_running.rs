@@ -7,8 +7,8 @@ use halite_proto::Value;
 use serde::Deserialize;
 
 use super::{Authored, Kind, Plan, Problem, args};
-use crate::apply::ApplyEnv;
 use crate::command::{self, Spec};
+use crate::env::ApplyEnv;
 
 pub static KIND: Kind = Kind {
     name: "service.running",
@@ -194,8 +194,8 @@ for p in "$@"; do case $p in -*|install) ;; *=*) printf %s "${p#*=}" > "$S/pkgs/
             OsString::from(format!("{}:/usr/bin:/bin", self.dir.path().join("bin").display()))
         }
 
-        pub fn env(&self) -> crate::apply::ApplyEnv {
-            crate::apply::ApplyEnv { path: Some(self.path()), ..crate::apply::ApplyEnv::default() }
+        pub fn env(&self) -> crate::env::ApplyEnv {
+            crate::env::ApplyEnv { path: Some(self.path()), ..crate::env::ApplyEnv::default() }
         }
 
         pub fn state(&self, relative: &str) -> PathBuf {
