@@ -64,8 +64,12 @@ pub fn find(name: &str) -> Option<&'static Kind> {
     KINDS.iter().copied().find(|kind| kind.name == name)
 }
 
+/// The kinds offered to authors (in `check`'s help): every registered kind
+/// but the `example.*` ones, which exist only to prove the registry in
+/// tests (a test build may link them into the binaries through the
+/// `example-kinds` feature; they are never named to a user).
 pub fn names() -> Vec<&'static str> {
-    KINDS.iter().map(|kind| kind.name).collect()
+    KINDS.iter().map(|kind| kind.name).filter(|name| !name.starts_with("example.")).collect()
 }
 
 /// The file-like interface of the kind named `kind`, if it is one.
