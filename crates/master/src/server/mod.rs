@@ -67,6 +67,10 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         .mode(0o700)
         .create(&config.data_dir)
         .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+    // Before anything in the data dir is touched: a second master on it
+    // would overwrite `endpoints` and, stopping, remove the first one's
+    // control socket. Held until this function returns.
+    let _lock = halite_fs::lock::DirLock::acquire(&config.data_dir, "master")?;
 
     let (keypair, created) = halite_link::Keypair::load_or_create(&config.data_dir.join("master.key"))?;
     if created {
