@@ -292,6 +292,10 @@ async fn exit_codes_tell_failures_apart() {
     assert_eq!(broken.code, 1, "{broken:?}");
     let agent_usage = run(&binaries.agent, &["fingerprint", "--bogus"], &[]).await.unwrap();
     assert_eq!(agent_usage.code, 2, "{agent_usage:?}");
+    let help = run(&binaries.master, &["apply", "--help"], &[]).await.unwrap();
+    assert!(help.stdout.contains("Examples:\n  halite-master apply"), "{help:?}");
+    let help = run(&binaries.master, &["--help"], &[]).await.unwrap();
+    assert!(help.stdout.contains("5 the master is not running"), "the table is in --help: {help:?}");
 }
 
 /// `check` finds the tree through the configuration (`--config` or
@@ -386,4 +390,52 @@ async fn init_dir_makes_an_agent_and_its_commands_work() {
     let jobs = run(&binaries.master, &["jobs", "--config", &config_arg], &[]).await.unwrap();
     assert_eq!(jobs.code, 0, "{jobs:?}");
     assert!(jobs.stdout.contains("web01"), "{jobs:?}");
+}
+
+/// `demo --keep` prints commands that work on the fleet it leaves running,
+/// and no figure it did not measure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_keep_prints_commands_that_work() {
+    let binaries = halite_e2e::binaries();
+    let mut demo = process(&binaries.master)
+        .args(["demo", "--keep"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    tokio::time::timeout(WAIT * 4, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.starts_with("Press Ctrl-C");
+            printed.push(line);
+            if done {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the demo printed its commands");
+    let text = printed.join("\n");
+    assert!(!text.contains("Salt"), "no figure the demo did not measure: {text}");
+    let agents = printed
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("halite-master agents --config "))
+        .unwrap_or_else(|| panic!("an `agents` command in {text}"));
+    for command in ["events", "jobs", "apply '*' --test"] {
+        assert!(text.contains(&format!("halite-master {command} --config {agents}")), "{command} in {text}");
+    }
+    let table = run(&binaries.master, &["agents", "--config", agents], &[]).await.unwrap();
+    assert_eq!(table.code, 0, "{table:?}");
+    assert!(table.stdout.contains("web01") && table.stdout.contains("db01"), "{table:?}");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(demo.id().unwrap()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(WAIT, demo.wait()).await.expect("the demo stops").unwrap();
+    assert!(status.success(), "{status:?}");
+    // The demo keeps its directory after --keep, for the operator.
+    if let Some(kept) = text.split("the directory stays: ").nth(1).and_then(|rest| rest.strip_suffix(").")) {
+        let _ = std::fs::remove_dir_all(kept);
+    }
 }

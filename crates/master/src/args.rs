@@ -294,3 +294,18 @@ pub enum KeysAction {
     /// Print the master's public key, to put in agents' `master_key`.
     Fingerprint,
 }
+
+#[cfg(test)]
+mod tests {
+    /// `--help` of the binary and of each command ends with examples (the
+    /// man pages are made from the same definitions).
+    #[test]
+    fn every_command_has_examples() {
+        let command = super::command();
+        let examples = |c: &clap::Command| c.get_after_help().is_some_and(|h| h.to_string().starts_with("Examples:\n"));
+        assert!(examples(&command), "{} has no examples", command.get_name());
+        for sub in command.get_subcommands() {
+            assert!(examples(sub), "`{} {}` has no examples (after_help)", command.get_name(), sub.get_name());
+        }
+    }
+}
