@@ -419,7 +419,7 @@ web02: did not answer: agent `web02` did not answer within 60s  job J2
     fn json_round_trips() {
         let report = sample();
         let json = report.to_json();
-        assert_eq!(json["exit_code"], 2);
+        assert_eq!(json["exit_code"], 3);
         assert_eq!(json["summary"]["changed"], 1);
         assert_eq!(json["agents"][1]["status"], "no_answer");
         assert_eq!(json["agents"][0]["states"][1]["outcome"], "changed");
