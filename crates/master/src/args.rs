@@ -272,7 +272,11 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum KeysAction {
-    /// Every known key with its agent id and status.
+    /// Every known key with its agent id and status, sorted by id; read
+    /// from the store itself when the master is stopped.
+    #[command(after_help = "Examples:
+  halite-master keys list
+  halite-master keys list --json --data-dir /var/lib/halite/master")]
     List,
     /// Accept the pending or rejected keys TARGET names.
     ///
@@ -280,6 +284,11 @@ pub enum KeysAction {
     /// that already has another accepted key: the message names both
     /// fingerprints. Name the new key by its fingerprint, or pass
     /// --replace; the old key is retired and its session cut at once.
+    #[command(after_help = "Examples:
+  halite-master keys accept web01
+  halite-master keys accept 'web*'
+  halite-master keys accept FINGERPRINT      # one key, by its 64 hex digits
+  halite-master keys accept web01 --replace  # retire web01's accepted key for the pending one")]
     Accept {
         target: String,
         /// Accept even where it retires an agent's accepted key.
@@ -287,11 +296,20 @@ pub enum KeysAction {
         replace: bool,
     },
     /// Reject the keys TARGET names; their agents are cut off at once.
+    #[command(after_help = "Examples:
+  halite-master keys reject db07
+  halite-master keys reject FINGERPRINT")]
     Reject { target: String },
     /// Forget the keys TARGET names; their agents are cut off at once and
     /// come back as pending.
+    #[command(after_help = "Examples:
+  halite-master keys delete db07
+  halite-master keys delete 'old-*'")]
     Delete { target: String },
     /// Print the master's public key, to put in agents' `master_key`.
+    #[command(after_help = "Examples:
+  halite-master keys fingerprint
+  halite-master keys fingerprint --config ./halite/master.yaml")]
     Fingerprint,
 }
 
@@ -306,6 +324,9 @@ mod tests {
         assert!(examples(&command), "{} has no examples", command.get_name());
         for sub in command.get_subcommands() {
             assert!(examples(sub), "`{} {}` has no examples (after_help)", command.get_name(), sub.get_name());
+            for action in sub.get_subcommands() {
+                assert!(examples(action), "`{} {}` has no examples (after_help)", sub.get_name(), action.get_name());
+            }
         }
     }
 }
