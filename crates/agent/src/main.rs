@@ -56,12 +56,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let path = data_dir.join("agent.key");
             // Never made here: a key made by `fingerprint` is not the one a
             // running agent uses, and its fingerprint would mislead.
-            let keypair = halite_link::Keypair::load(&path).with_context(|| {
-                format!(
+            if !path.exists() {
+                anyhow::bail!(
                     "no agent key at {} (the agent makes it at its first `run`; with another data dir, pass --config or --data-dir)",
                     path.display()
-                )
-            })?;
+                );
+            }
+            let keypair = halite_link::Keypair::load(&path)
+                .with_context(|| format!("cannot read the agent's key {}", path.display()))?;
             println!("{}", keypair.public);
             Ok(())
         }

@@ -4,7 +4,9 @@
 //! accepted at once when an `auto_accept` glob matches); a known id that
 //! comes back with another key is pending whatever the globs say, since it
 //! may be an impersonation. Accepting a key for an id retires the id's
-//! other keys.
+//! other keys; an operator's accept by id glob that would retire an
+//! accepted key is refused ([`KeyStore::check_no_replacement`]) unless the
+//! new key is named by its fingerprint or `--replace` is given.
 //!
 //! # Where keys live
 //!
