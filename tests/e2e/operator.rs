@@ -340,6 +340,15 @@ async fn logs_are_plain_in_files_and_json_when_asked() {
         for debug in ["Some(", "None", "agent=\"web01\""] {
             assert!(!agent_log.contains(debug), "no `{debug}` in {agent_log}");
         }
+        // The agent's `log_format` likewise.
+        fleet.add_agent_with("web02", "log_format: json\n").await?;
+        let agent_log = std::fs::read_to_string(&fleet.agent("web02").log)?;
+        let lines: Vec<serde_json::Value> =
+            agent_log.lines().map(serde_json::from_str).collect::<Result<_, _>>().context("every line is JSON")?;
+        assert!(
+            lines.iter().any(|l| l["fields"]["message"] == "Agent starting." && l["fields"]["agent"] == "web02"),
+            "{agent_log}"
+        );
         anyhow::Ok(())
     }
     .await;
