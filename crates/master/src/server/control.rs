@@ -26,14 +26,22 @@ use crate::server::keys::{KeyEntry, KeyStatus};
 /// again.
 const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(250);
 
-pub async fn serve(master: Arc<Master>, data_dir: &Path, cancel: CancellationToken) -> anyhow::Result<()> {
+/// Serves the control socket until `cancel`; the task returned ends once
+/// the socket is removed, so the daemon removes it while it still holds
+/// the data dir's lock (a master started next must not lose its socket to
+/// this one's cleanup).
+pub async fn serve(
+    master: Arc<Master>,
+    data_dir: &Path,
+    cancel: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let path = socket_path(data_dir);
     // A socket left by a master that crashed; the data dir is ours alone.
     let _ = std::fs::remove_file(&path);
     let listener =
         UnixListener::bind(&path).with_context(|| format!("cannot create the control socket {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         // Set while accepts fail, so a failure is logged once, not per try.
         let mut failing = false;
         loop {
@@ -61,8 +69,7 @@ pub async fn serve(master: Arc<Master>, data_dir: &Path, cancel: CancellationTok
             }
         }
         let _ = std::fs::remove_file(&path);
-    });
-    Ok(())
+    }))
 }
 
 async fn connection(master: Arc<Master>, stream: UnixStream) {
