@@ -5,7 +5,8 @@
 
 use std::path::PathBuf;
 
-/// What a command's exit status says.
+/// What a command's exit status says (`args.rs` shows the same table in
+/// `--help`; `halite_state::report::Report::exit_code` gives 0, 1 and 3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Code {
@@ -26,14 +27,6 @@ pub enum Code {
     /// Refused so as to do no harm: another master uses the data dir, or
     /// `keys accept` would replace an accepted key without being told to.
     Refused = 6,
-}
-
-impl Code {
-    /// The documented table, as `--help` shows it.
-    pub const TABLE: &str = "Exit codes: 0 success; 1 failed (the message says why; `check`: the tree has \
-errors; `apply`: a state failed); 2 bad command line; 3 `apply`: some agent did not answer; 4 nothing \
-matched (no key, no job, no connected agent); 5 the master is not running (no control socket); 6 refused to do \
-harm (another master uses the data dir; `keys accept` would replace an accepted key).";
 }
 
 /// A failure with its own exit code.
@@ -74,4 +67,29 @@ pub fn code_of(error: &anyhow::Error) -> Code {
         }
     }
     Code::Failed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_failure_maps_to_its_code() {
+        let io = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let table: Vec<(anyhow::Error, Code)> = vec![
+            (CommandError::NoKeyMatched { target: "x".into() }.into(), Code::NoMatch),
+            (CommandError::NoJob { jid: "x".into(), store: "db".into() }.into(), Code::NoMatch),
+            (CommandError::NotRunning { socket: "s".into(), source: io() }.into(), Code::NotRunning),
+            (CommandError::Refused { message: "no".into() }.into(), Code::Refused),
+            (
+                halite_fs::lock::LockError::Held { who: "master".into(), pid: Some(1), dir: "d".into() }.into(),
+                Code::Refused,
+            ),
+            (anyhow::Error::from(CommandError::NoKeyMatched { target: "x".into() }).context("keys"), Code::NoMatch),
+            (anyhow::anyhow!("anything else"), Code::Failed),
+        ];
+        for (error, code) in table {
+            assert_eq!(code_of(&error), code, "{error:#}");
+        }
+    }
 }
