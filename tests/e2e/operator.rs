@@ -246,6 +246,16 @@ async fn apply_local_needs_a_root_and_keeps_backups() {
     assert!(refused.stderr.contains("--root /"), "says how: {refused:?}");
     assert!(refused.stdout.is_empty(), "nothing applied: {refused:?}");
 
+    // An agent.yaml that sets no root (as the packaged one) does not stand
+    // for `--root /` either.
+    let agent_yaml = dir.path().join("agent.yaml");
+    std::fs::write(&agent_yaml, format!("id: web01\ntofu: true\ndata_dir: {}\n", dir.path().join("data").display()))
+        .unwrap();
+    let configured = agent_yaml.to_string_lossy().into_owned();
+    let unrooted = run(&binaries.agent, &["apply", "--local", &tree_arg, "--config", &configured], &[]).await.unwrap();
+    assert_eq!(unrooted.code, 2, "{unrooted:?}");
+    assert!(unrooted.stderr.contains("sets no `root`"), "{unrooted:?}");
+
     let root = dir.path().join("root");
     let root_arg = root.to_string_lossy().into_owned();
     args.extend(["--root", &root_arg]);
@@ -260,6 +270,21 @@ async fn apply_local_needs_a_root_and_keeps_backups() {
     let kept: Vec<String> =
         std::fs::read_dir(&backups).unwrap().map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect();
     assert_eq!(kept, ["first"], "the replaced content is backed up in {}", backups.display());
+
+    // With agent.yaml's root: that root, and its data dir's backups.
+    let yaml_root = dir.path().join("yaml-root");
+    let text = std::fs::read_to_string(&agent_yaml).unwrap();
+    std::fs::write(&agent_yaml, format!("{text}root: {}\n", yaml_root.display())).unwrap();
+    std::fs::create_dir_all(yaml_root.join("etc")).unwrap();
+    std::fs::write(yaml_root.join("etc/motd"), "before").unwrap();
+    let rooted = run(&binaries.agent, &["apply", "--local", &tree_arg, "--config", &configured], &[]).await.unwrap();
+    assert_eq!(rooted.code, 0, "{rooted:?}");
+    assert_eq!(std::fs::read_to_string(yaml_root.join("etc/motd")).unwrap(), "second");
+    let kept: Vec<String> = std::fs::read_dir(dir.path().join("data/backup"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(kept, ["before"], "backed up in agent.yaml's data dir");
 }
 
 /// Each failure mode that needs no fleet has its own code: 2 only for a

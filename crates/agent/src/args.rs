@@ -71,7 +71,7 @@ pub enum Command {
     ///
     /// Without STATE, the top.yaml states for this agent's id. Every path
     /// is under `--root`, which must be given (`--root /` for this host
-    /// itself) unless agent.yaml exists and gives the root. Replaced file
+    /// itself) unless agent.yaml sets `root`. Replaced file
     /// contents are backed up as the daemon does, the last 5 per file: in
     /// <data_dir>/backup of agent.yaml, or without one in
     /// <root>/var/lib/halite/agent/backup (the default data dir, under the
@@ -79,7 +79,7 @@ pub enum Command {
     ///
     /// Exit codes: 0 nothing failed; 1 a state failed, or the tree has
     /// errors (each printed as file:line:col: error: … with a hint); 2 bad
-    /// command line (also: no --root and no agent.yaml).
+    /// command line (also: no --root, and no `root` in agent.yaml).
     #[command(after_help = "Examples:
   halite-agent apply --local ./states --root /tmp/try --test
   halite-agent apply --local ./states --root / motd
@@ -101,7 +101,7 @@ pub enum Command {
         #[arg(long)]
         id: Option<String>,
         /// Prefix for every managed path: `/` to manage this host. Required
-        /// unless the configuration exists (its `root` is used then).
+        /// unless the configuration sets `root` (which is used then).
         #[arg(long, value_name = "DIR")]
         root: Option<PathBuf>,
         /// The agent's configuration, read for `id` and `root` if it exists.

@@ -73,16 +73,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 None
             };
-            let root = match (root, &configured) {
+            let root = match (root, configured.as_ref().and_then(|_| root_set_in(&config))) {
                 (Some(root), _) => root,
-                (None, Some(configured)) => configured.root.clone(),
+                (None, Some(root)) => root,
                 (None, None) => Cli::command()
                     .error(
                         clap::error::ErrorKind::MissingRequiredArgument,
                         format!(
-                            "no --root and no agent configuration ({} does not exist): say where the states apply, \
-                             `--root DIR` to try them under DIR, or `--root /` for this host itself",
-                            config.display()
+                            "no --root, and {} {}: say where the states apply, `--root DIR` to try them \
+                             under DIR, or `--root /` for this host itself",
+                            config.display(),
+                            if configured.is_some() { "sets no `root`" } else { "does not exist" }
                         ),
                     )
                     .exit(),
@@ -136,6 +137,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
     }
+}
+
+/// The `root` agent.yaml sets itself, if it does: `apply --local` takes
+/// the daemon's root only when the operator wrote one, never the default
+/// `/` by omission.
+fn root_set_in(config: &Path) -> Option<PathBuf> {
+    #[derive(serde::Deserialize)]
+    struct Root {
+        root: Option<PathBuf>,
+    }
+    let text = std::fs::read_to_string(config).ok()?;
+    halite_state::yaml::parse::<Root>(config, &text).ok()?.root
 }
 
 /// glibc's malloc arenas for the daemon, unless the operator chose
