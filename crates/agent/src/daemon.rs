@@ -155,7 +155,7 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
                     tracing::info!(beacons = specs.len(), "The master sent a new beacon set.");
                     beacons = replace_beacons(beacons, beacons::merge(&specs, &local_beacons)).await?;
                 }
-                Some(LinkEvent::Message(other)) => tracing::debug!(message = ?other, "Ignoring a message."),
+                Some(LinkEvent::Message(other)) => tracing::debug!(ignored = ?other, "Ignoring a message from the master."),
             },
             Some(event) = events.recv() => {
                 let heal = match (&offline, online) {
