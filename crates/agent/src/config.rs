@@ -54,6 +54,10 @@ pub struct AgentConfig {
     /// bytes (larger content is replaced without one). Default 64 MiB.
     #[serde(default = "default_backup_max_bytes")]
     pub backup_max_bytes: u64,
+    /// How `run` writes its logs: `text` (default) or `json`, one object
+    /// per line (`--log-format` overrides it).
+    #[serde(default)]
+    pub log_format: crate::logging::LogFormat,
 }
 
 fn default_backup_max_bytes() -> u64 {

@@ -40,6 +40,9 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
         .mode(0o700)
         .create(&config.data_dir)
         .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+    // Before anything in the data dir is touched (key, outbox, records);
+    // held until this function returns.
+    let _lock = halite_fs::lock::DirLock::acquire(&config.data_dir, "agent")?;
     let (keypair, created) = halite_link::Keypair::load_or_create(&config.key_path())?;
     if created {
         tracing::info!(fingerprint = %keypair.public, "Made this agent's key; an operator accepts it on the master.");
@@ -124,6 +127,11 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
                     online = true;
                     beacons = replace_beacons(beacons, beacons::merge(&welcome.beacons, &local_beacons)).await?;
                 }
+                Some(LinkEvent::Message(MasterMessage::NotAccepted { status })) if status == "replaced" => {
+                    tracing::error!(agent = %id, fingerprint = %keypair.public, "The master accepted another key for this agent id and retired this one; the session is cut and nothing this agent sends is taken. If this is the real `{id}`, an operator must accept this key again (`halite-master keys accept {}`) and reject the other.", keypair.public);
+                    online = false;
+                    beacons = replace_beacons(beacons, Vec::new()).await?;
+                }
                 Some(LinkEvent::Message(MasterMessage::NotAccepted { status })) => {
                     tracing::warn!(%status, fingerprint = %keypair.public, "This agent's key is not accepted on the master; waiting for an operator (`halite-master keys accept {id}`).");
                     online = false;
@@ -147,7 +155,7 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
                     tracing::info!(beacons = specs.len(), "The master sent a new beacon set.");
                     beacons = replace_beacons(beacons, beacons::merge(&specs, &local_beacons)).await?;
                 }
-                Some(LinkEvent::Message(other)) => tracing::debug!(message = ?other, "Ignoring a message."),
+                Some(LinkEvent::Message(other)) => tracing::debug!(ignored = ?other, "Ignoring a message from the master."),
             },
             Some(event) = events.recv() => {
                 let heal = match (&offline, online) {

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+use halite_agent::logging::LogFormat;
+
 use crate::config::DEFAULT_CONFIG;
 
 /// The whole command line, for man pages and completions.
@@ -17,15 +19,30 @@ pub fn command() -> clap::Command {
 /// The halite master: loads the state tree, receives agents' events, runs
 /// reactors and pushes corrective state back to the agents.
 ///
-/// Exit codes: 0 success; 1 failure (the message says why; for `check`,
-/// the tree has errors); 2 bad command line (for `apply`: some agent did
-/// not answer, see `apply --help`).
+/// Exit codes: 0 success; 1 failed (the message says why; `check`: the
+/// tree has errors; `apply`: a state failed); 2 bad command line; 3
+/// `apply`: some agent did not answer; 4 nothing matched (no key, no job,
+/// no connected agent); 5 the master is not running (its control socket
+/// cannot be reached); 6 refused to do harm (another master uses the data
+/// dir; `keys accept` would replace an accepted key).
 #[derive(Debug, Parser)]
-#[command(name = "halite-master", version, propagate_version = true)]
+#[command(name = "halite-master", version, propagate_version = true, after_help = EXAMPLES)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// How log lines on stderr are written: `text` (coloured only on a
+    /// terminal) or `json` (one object per line). Default: `log_format` in
+    /// master.yaml for `run`, else text.
+    #[arg(long, global = true, value_enum, env = "HALITE_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
 }
+
+const EXAMPLES: &str = "Examples:
+  halite-master init --dir ./halite
+  halite-master run --config ./halite/master.yaml
+  halite-master keys list
+  halite-master apply 'web*' --test
+  halite-master demo";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -34,9 +51,17 @@ pub enum Command {
     /// in agents' agent.yaml.
     ///
     /// Without --dir: /etc/halite/master.yaml, /var/lib/halite/master and
-    /// /srv/halite/states. Safe to run again: it keeps what exists and says so.
+    /// /srv/halite/states. With --dir, also DIR/agent.yaml: an agent ready
+    /// to run on this host (its files under DIR/agent/root, the master's
+    /// key pinned), and the commands to try next. Safe to run again: it
+    /// keeps what exists and says so.
+    #[command(after_help = "Examples:
+  halite-master init --dir ./halite
+  halite-master init --dir ./halite --listen tcp://127.0.0.1:4510
+  sudo halite-master init")]
     Init {
-        /// Put everything under DIR (DIR/master.yaml, DIR/data, DIR/states).
+        /// Put everything under DIR (DIR/master.yaml, DIR/data, DIR/states,
+        /// DIR/agent.yaml).
         #[arg(long)]
         dir: Option<PathBuf>,
         /// The agent link for a new master.yaml (default tcp://0.0.0.0:4510).
@@ -48,6 +73,12 @@ pub enum Command {
     /// Prints `ready listen=<endpoint> publish=<endpoint>` on stdout (and in
     /// <data_dir>/endpoints) once it serves, with real ports when port 0 was
     /// asked for. Logs go to stderr; RUST_LOG=debug shows every event.
+    /// Holds a lock on the data dir while it runs: a second master on the
+    /// same data dir is refused (exit code 6) and touches nothing.
+    #[command(after_help = "Examples:
+  halite-master run
+  halite-master run --config ./halite/master.yaml
+  RUST_LOG=debug halite-master run --log-format json")]
     Run {
         /// The master's configuration (YAML).
         #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
@@ -61,10 +92,20 @@ pub enum Command {
     },
     /// Check the whole state tree and print every problem as
     /// file:line:col: error: … with a hint; exit 1 if there is any.
+    ///
+    /// The tree is --states, else `states` of the configuration (when it
+    /// exists), else ./states.
+    #[command(after_help = "Examples:
+  halite-master check
+  halite-master check --states ./halite/states
+  halite-master check --config ./halite/master.yaml --event halite/beacon/web01/nginx-conf --data '{\"kind\": \"modify\"}'")]
     Check {
-        /// The state tree to check.
-        #[arg(long, env = "HALITE_STATES", default_value = "states")]
-        states: PathBuf,
+        /// The state tree to check (overrides the configuration's).
+        #[arg(long, env = "HALITE_STATES")]
+        states: Option<PathBuf>,
+        /// The master's configuration, to find its state tree.
+        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
         /// What-if: after checking, show which reactors this event tag would
         /// fire and what they would do (nothing is done).
         #[arg(long, value_name = "TAG")]
@@ -84,6 +125,15 @@ pub enum Command {
     /// agent's key is pending until it is accepted (or an `auto_accept` glob
     /// matches); nothing from a pending, rejected or deleted key reaches the
     /// bus. Rejecting or deleting a key ends its session at once.
+    ///
+    /// `list` reads the store itself when the master is stopped.
+    #[command(after_help = "Examples:
+  halite-master keys list
+  halite-master keys accept web01
+  halite-master keys accept FINGERPRINT   # one key, by its 64 hex digits
+  halite-master keys accept web01 --replace
+  halite-master keys reject 'db*'
+  halite-master keys fingerprint")]
     Keys {
         #[command(subcommand)]
         action: KeysAction,
@@ -107,8 +157,14 @@ pub enum Command {
     ///
     /// Exit codes: 0 every agent answered and nothing failed; 1 a state
     /// failed (or the request was refused: unknown state file, bad target);
-    /// 2 some agent did not answer in time, or TARGET matches no connected
-    /// agent (2 wins over 1: the picture is incomplete).
+    /// 3 some agent did not answer in time (3 wins over 1: the picture is
+    /// incomplete); 4 TARGET matches no connected agent; 5 the master is
+    /// not running.
+    #[command(after_help = "Examples:
+  halite-master apply '*' --test
+  halite-master apply 'web*' nginx
+  halite-master apply 'G@os:debian and not db*' --json
+  halite-master apply L@web01,web02 motd --timeout 2m")]
     Apply {
         /// A target expression, as in top.yaml: 'web*', L@web01,web02,
         /// 'G@os:debian and not db*'.
@@ -136,7 +192,11 @@ pub enum Command {
     /// job's per-agent, per-state results and diffs.
     ///
     /// Reads <data_dir>/halite.db directly, read-only: works whether the
-    /// master runs or not. Exit code 1 when JID matches no job.
+    /// master runs or not. Exit code 4 when JID matches no job.
+    #[command(after_help = "Examples:
+  halite-master jobs
+  halite-master jobs --limit 100 --json
+  halite-master jobs 01JD3")]
     Jobs {
         /// A job id, or a unique start of one.
         jid: Option<String>,
@@ -160,6 +220,9 @@ pub enum Command {
     /// job succeeded and no managed file drifted since), `drifted` (a
     /// managed file changed and no job has returned since), `failing` (the
     /// last job had a failed state). Pending agents are listed too.
+    #[command(after_help = "Examples:
+  halite-master agents
+  halite-master agents --json | jq '.[] | select(.compliance.state != \"compliant\")'")]
     Agents {
         /// The master's configuration, to find its data dir.
         #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
@@ -176,6 +239,10 @@ pub enum Command {
     /// One line per event: time (UTC), tag, agent, data. A tail that cannot
     /// keep up is told `lagged, N events skipped`; the master never waits
     /// for it.
+    #[command(after_help = "Examples:
+  halite-master events
+  halite-master events --tag 'halite/beacon/web*/*'
+  halite-master events --json | jq .tag")]
     Events {
         /// Only events whose tag matches this glob (`halite/beacon/web*/*`).
         #[arg(long, value_name = "GLOB")]
@@ -193,6 +260,9 @@ pub enum Command {
     /// Start a master and two agents on loopback in a temporary directory,
     /// drift managed files several ways and show each restore with its
     /// latency. Needs nothing set up.
+    #[command(after_help = "Examples:
+  halite-master demo
+  halite-master demo --keep")]
     Demo {
         /// Leave everything running afterwards, to edit files by hand.
         #[arg(long)]
@@ -202,15 +272,61 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum KeysAction {
-    /// Every known key with its agent id and status.
+    /// Every known key with its agent id and status, sorted by id; read
+    /// from the store itself when the master is stopped.
+    #[command(after_help = "Examples:
+  halite-master keys list
+  halite-master keys list --json --data-dir /var/lib/halite/master")]
     List,
     /// Accept the pending or rejected keys TARGET names.
-    Accept { target: String },
+    ///
+    /// Refused (exit code 6) when an id glob names a key of an agent id
+    /// that already has another accepted key: the message names both
+    /// fingerprints. Name the new key by its fingerprint, or pass
+    /// --replace; the old key is retired and its session cut at once.
+    #[command(after_help = "Examples:
+  halite-master keys accept web01
+  halite-master keys accept 'web*'
+  halite-master keys accept FINGERPRINT      # one key, by its 64 hex digits
+  halite-master keys accept web01 --replace  # retire web01's accepted key for the pending one")]
+    Accept {
+        target: String,
+        /// Accept even where it retires an agent's accepted key.
+        #[arg(long)]
+        replace: bool,
+    },
     /// Reject the keys TARGET names; their agents are cut off at once.
+    #[command(after_help = "Examples:
+  halite-master keys reject db07
+  halite-master keys reject FINGERPRINT")]
     Reject { target: String },
     /// Forget the keys TARGET names; their agents are cut off at once and
     /// come back as pending.
+    #[command(after_help = "Examples:
+  halite-master keys delete db07
+  halite-master keys delete 'old-*'")]
     Delete { target: String },
     /// Print the master's public key, to put in agents' `master_key`.
+    #[command(after_help = "Examples:
+  halite-master keys fingerprint
+  halite-master keys fingerprint --config ./halite/master.yaml")]
     Fingerprint,
+}
+
+#[cfg(test)]
+mod tests {
+    /// `--help` of the binary and of each command ends with examples (the
+    /// man pages are made from the same definitions).
+    #[test]
+    fn every_command_has_examples() {
+        let command = super::command();
+        let examples = |c: &clap::Command| c.get_after_help().is_some_and(|h| h.to_string().starts_with("Examples:\n"));
+        assert!(examples(&command), "{} has no examples", command.get_name());
+        for sub in command.get_subcommands() {
+            assert!(examples(sub), "`{} {}` has no examples (after_help)", command.get_name(), sub.get_name());
+            for action in sub.get_subcommands() {
+                assert!(examples(action), "`{} {}` has no examples (after_help)", sub.get_name(), action.get_name());
+            }
+        }
+    }
 }

@@ -29,6 +29,10 @@ pub struct MasterConfig {
     /// ZMTP handshake in this long is dropped (`10s`, `500ms`).
     #[serde(default = "default_handshake_timeout", deserialize_with = "duration")]
     pub handshake_timeout: Duration,
+    /// How `run` writes its logs: `text` (default) or `json`, one object
+    /// per line (`--log-format` overrides it).
+    #[serde(default)]
+    pub log_format: halite_agent::logging::LogFormat,
 }
 
 fn default_handshake_timeout() -> Duration {
@@ -64,6 +68,7 @@ impl Default for MasterConfig {
             data_dir: default_data_dir(),
             auto_accept: Vec::new(),
             handshake_timeout: default_handshake_timeout(),
+            log_format: halite_agent::logging::LogFormat::default(),
         }
     }
 }

@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use halite_agent::logging::LogFormat;
 use halite_master::args::{Cli, Command, KeysAction};
+use halite_master::config::MasterConfig;
 
 /// The master allocates and frees a few small objects per event on one
 /// thread and frees some of them on another (the publisher, the reactors).
@@ -19,10 +21,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into()))
-        .with_writer(std::io::stderr)
-        .init();
+    halite_agent::logging::init(log_format(&cli), default_level);
     match run(cli) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -34,8 +33,18 @@ fn main() -> ExitCode {
         }
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            ExitCode::from(halite_master::cli::exit::code_of(&error) as u8)
         }
+    }
+}
+
+/// `--log-format`, else for `run` the configuration's `log_format` (read
+/// quietly here: `run` loads it again and reports what is wrong with it).
+fn log_format(cli: &Cli) -> LogFormat {
+    match (&cli.log_format, &cli.command) {
+        (Some(format), _) => *format,
+        (None, Command::Run { config, .. }) => MasterConfig::load(config).map(|c| c.log_format).unwrap_or_default(),
+        (None, _) => LogFormat::default(),
     }
 }
 
@@ -57,14 +66,15 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Keys { action, config, data_dir, json } => {
             let action = match action {
                 KeysAction::List => cli::keys::Action::List,
-                KeysAction::Accept { target } => cli::keys::Action::Accept(target),
+                KeysAction::Accept { target, replace } => cli::keys::Action::Accept { target, replace },
                 KeysAction::Reject { target } => cli::keys::Action::Reject(target),
                 KeysAction::Delete { target } => cli::keys::Action::Delete(target),
                 KeysAction::Fingerprint => cli::keys::Action::Fingerprint,
             };
             cli::keys::run(action, &cli::operator_data_dir(&config, data_dir)?, json)
         }
-        Command::Check { states, event, data, agent } => {
+        Command::Check { states, config, event, data, agent } => {
+            let states = cli::check::states_dir(states, &config)?;
             let mut out = std::io::stdout().lock();
             let clean = cli::check::run(&states, &mut out)?;
             match event {
@@ -78,6 +88,10 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             }
         }
         Command::Apply { target, states, test, json, timeout, config, data_dir } => {
+            if let Some(hint) = cli::apply::salt_habit(&states) {
+                use clap::CommandFactory;
+                Cli::command().error(clap::error::ErrorKind::InvalidValue, hint).exit();
+            }
             let data_dir = cli::operator_data_dir(&config, data_dir)?;
             // As the operator would type it again, whatever path ran us.
             let args: Vec<String> =

@@ -21,6 +21,9 @@ pub enum Request {
     KeysList,
     KeysAccept {
         target: String,
+        /// Accept even where it retires an id's accepted key.
+        #[serde(default)]
+        replace: bool,
     },
     KeysReject {
         target: String,
@@ -43,6 +46,10 @@ pub struct Response {
     pub ok: bool,
     #[serde(default)]
     pub error: Option<String>,
+    /// The master refused to do harm (`keys accept` that would retire an
+    /// accepted key); `error` says how to insist.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refused: bool,
     /// The keys listed, or changed by the command.
     #[serde(default)]
     pub keys: Vec<KeyEntry>,

@@ -183,13 +183,13 @@ impl Report {
     }
 
     /// The exit code of a command that printed this report: 0 every agent
-    /// answered and nothing failed; 2 some agent did not answer (the
+    /// answered and nothing failed; 3 some agent did not answer (the
     /// picture is incomplete, whatever the others said); 1 otherwise,
     /// when some state failed.
     pub fn exit_code(&self) -> u8 {
         let summary = self.summary();
         if summary.no_answer > 0 {
-            2
+            3
         } else if summary.failed > 0 {
             1
         } else {
@@ -412,14 +412,14 @@ web02: did not answer: agent `web02` did not answer within 60s  job J2
         assert!(failed.render(false).contains("boom"));
         let mut silent = failed.clone();
         silent.agents.push(AgentReport::no_answer("b", None, "timeout"));
-        assert_eq!(silent.exit_code(), 2, "a missing answer wins: the picture is incomplete");
+        assert_eq!(silent.exit_code(), 3, "a missing answer wins: the picture is incomplete");
     }
 
     #[test]
     fn json_round_trips() {
         let report = sample();
         let json = report.to_json();
-        assert_eq!(json["exit_code"], 2);
+        assert_eq!(json["exit_code"], 3);
         assert_eq!(json["summary"]["changed"], 1);
         assert_eq!(json["agents"][1]["status"], "no_answer");
         assert_eq!(json["agents"][0]["states"][1]["outcome"], "changed");

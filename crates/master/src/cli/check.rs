@@ -2,9 +2,25 @@
 //! with `--event`, a what-if of which reactors an event would fire.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use anyhow::Context as _;
+
+use crate::config::{DEFAULT_CONFIG, MasterConfig};
 use crate::tree::Tree;
+
+/// The tree `check` reads: `--states`; else the configuration's `states`
+/// when the configuration exists (a `--config` named but missing is an
+/// error); else `./states`.
+pub fn states_dir(states: Option<PathBuf>, config: &Path) -> anyhow::Result<PathBuf> {
+    Ok(match states {
+        Some(states) => states,
+        None if config.exists() || config.as_os_str() != DEFAULT_CONFIG => {
+            MasterConfig::load(config).context("cannot load the master configuration to find its state tree")?.states
+        }
+        None => PathBuf::from("states"),
+    })
+}
 
 /// Prints every diagnostic and a summary; returns whether the tree is clean
 /// of errors.

@@ -97,13 +97,14 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         latencies.len(),
         worst.as_secs_f64() * 1e3
     );
-    println!("  (Salt 3008.5 with an inotify beacon and a reactor, on the same machine: about 900 ms.)");
 
     if keep {
         let temp_path = temp.keep();
         println!("\nStill running. Edit {} and watch it heal:", agents[0].path("/etc/nginx/nginx.conf").display());
         println!("  logs: {} and {}/*/agent.log", master.log.display(), temp_path.display());
         println!("  events: any ZeroMQ SUB socket on {}", master.publish);
+        println!("Look around (the master and the agents run already):");
+        print!("{}", super::init::look_commands(&master.dir.join("master.yaml")));
         println!("Press Ctrl-C to stop (the directory stays: {}).", temp_path.display());
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

@@ -97,7 +97,9 @@ pub fn show(data_dir: &Path, jid: &str, json: bool) -> anyhow::Result<u8> {
     let Some((job, report)) = reader.job(jid)? else {
         match reader.count_prefix(jid)? {
             0 => {
-                anyhow::bail!("no job `{jid}` in {} (`halite-master jobs` lists them)", store::path(data_dir).display())
+                return Err(
+                    super::exit::CommandError::NoJob { jid: jid.to_owned(), store: store::path(data_dir) }.into()
+                );
             }
             n => anyhow::bail!("`{jid}` is the start of {n} job ids; give more of it"),
         }

@@ -1,7 +1,8 @@
 //! The client side of each operator command, one file per command; each
 //! talks to the running master through the control socket
 //! ([`crate::protocol`]), or reads the data dir itself where it must work
-//! with the master stopped (`jobs`).
+//! with the master stopped (`jobs`, `keys list`). `exit.rs` holds the
+//! exit codes every command shares.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,7 @@ pub mod apply;
 pub mod check;
 pub mod demo;
 pub mod events;
+pub mod exit;
 pub mod init;
 pub mod jobs;
 pub mod keys;
@@ -35,13 +37,8 @@ pub fn operator_data_dir(config: &Path, data_dir: Option<PathBuf>) -> anyhow::Re
 /// A connection to the control socket of the master whose data dir is
 /// `data_dir`.
 pub async fn connect(data_dir: &Path) -> anyhow::Result<UnixStream> {
-    let path = socket_path(data_dir);
-    UnixStream::connect(&path).await.with_context(|| {
-        format!(
-            "cannot reach the master's control socket {} (is `halite-master run` running with this data dir?)",
-            path.display()
-        )
-    })
+    let socket = socket_path(data_dir);
+    Ok(UnixStream::connect(&socket).await.map_err(|source| exit::CommandError::NotRunning { socket, source })?)
 }
 
 /// A multi-threaded runtime for the commands that talk to the master.

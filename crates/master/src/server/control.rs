@@ -26,14 +26,22 @@ use crate::server::keys::{KeyEntry, KeyStatus};
 /// again.
 const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(250);
 
-pub async fn serve(master: Arc<Master>, data_dir: &Path, cancel: CancellationToken) -> anyhow::Result<()> {
+/// Serves the control socket until `cancel`; the task returned ends once
+/// the socket is removed, so the daemon removes it while it still holds
+/// the data dir's lock (a master started next must not lose its socket to
+/// this one's cleanup).
+pub async fn serve(
+    master: Arc<Master>,
+    data_dir: &Path,
+    cancel: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let path = socket_path(data_dir);
     // A socket left by a master that crashed; the data dir is ours alone.
     let _ = std::fs::remove_file(&path);
     let listener =
         UnixListener::bind(&path).with_context(|| format!("cannot create the control socket {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         // Set while accepts fail, so a failure is logged once, not per try.
         let mut failing = false;
         loop {
@@ -61,8 +69,7 @@ pub async fn serve(master: Arc<Master>, data_dir: &Path, cancel: CancellationTok
             }
         }
         let _ = std::fs::remove_file(&path);
-    });
-    Ok(())
+    }))
 }
 
 async fn connection(master: Arc<Master>, stream: UnixStream) {
@@ -90,10 +97,15 @@ async fn connection(master: Arc<Master>, stream: UnixStream) {
 async fn execute(master: &Master, request: Request) -> Response {
     let result = match request {
         Request::KeysList => Ok(master.keys.list()),
-        Request::KeysAccept { target } => accept(master, &target).await,
+        Request::KeysAccept { target, replace } => {
+            if !replace && let Err(error) = master.keys.check_no_replacement(&target) {
+                return Response { ok: false, error: Some(error.to_string()), refused: true, ..Response::default() };
+            }
+            accept(master, &target).await
+        }
         Request::KeysReject { target } => {
             let changed = master.keys.set_status(&target, KeyStatus::Rejected);
-            cut_off(master, changed, "rejected").await
+            cut_off(master, changed, "rejected").await.and_then(|c| already(master, &target, c, KeyStatus::Rejected))
         }
         Request::KeysDelete { target } => {
             let deleted = master.keys.delete(&target);
@@ -112,7 +124,19 @@ async fn execute(master: &Master, request: Request) -> Response {
 /// the keys accepted. A failed commit is reported, and the acceptance is
 /// in effect anyway (memory decides for the running master).
 async fn accept(master: &Master, target: &str) -> Result<Vec<KeyEntry>, String> {
+    let before = master.keys.list();
     let changed = master.keys.set_status(target, KeyStatus::Accepted).map_err(|e| e.to_string())?;
+    // Accepting retired the ids' other keys: their sessions end now, not
+    // at their next reconnect, and their agents are told why.
+    let after = master.keys.list();
+    let retired: Vec<&KeyEntry> = before
+        .iter()
+        .filter(|old| changed.iter().any(|new| new.id == old.id && new.key != old.key))
+        .filter(|old| !after.iter().any(|e| e.id == old.id && e.key == old.key))
+        .collect();
+    for old in retired {
+        retire(master, old, changed.iter().find(|new| new.id == old.id).map_or("", |new| new.key.as_str())).await;
+    }
     let saved = master.keys.commit().await;
     for entry in &changed {
         tracing::info!(agent = %entry.id, fingerprint = %entry.key, "Key accepted.");
@@ -123,11 +147,45 @@ async fn accept(master: &Master, target: &str) -> Result<Vec<KeyEntry>, String> 
         ));
         let Ok(key) = entry.key.parse::<PublicKey>() else { continue };
         for (peer, facts) in master.sessions.promote(&entry.id, &key) {
-            crate::server::link::welcome(master, peer, &entry.id, "", facts).await;
+            let version = master.sessions.version(&peer);
+            crate::server::link::welcome(master, peer, &entry.id, &version, facts).await;
         }
     }
     saved.map_err(|e| e.to_string())?;
-    Ok(changed)
+    already(master, target, changed, KeyStatus::Accepted)
+}
+
+/// `old`'s key was retired by accepting `new` for its id: its sessions end
+/// at once, and its agent is told (`NotAccepted { status: "replaced" }`),
+/// so it logs why instead of sending events the master drops.
+async fn retire(master: &Master, old: &KeyEntry, new: &str) {
+    tracing::warn!(agent = %old.id, fingerprint = %old.key, replaced_by = new, "Key retired: another key was accepted for this agent id; its session is cut.");
+    master.bus.publish(Event::new(
+        tag::key(&old.id, "deleted"),
+        old.id.as_str(),
+        Value::map().with("fingerprint", old.key.as_str()).with("replaced_by", new),
+    ));
+    let Ok(key) = old.key.parse::<PublicKey>() else { return };
+    for peer in master.sessions.peers_of(&old.id, &key) {
+        let _ = master.sessions.send_to_peer(peer, &MasterMessage::NotAccepted { status: "replaced".to_owned() }).await;
+    }
+    if !master.sessions.drop_key(&old.id, &key).is_empty() {
+        master.bus.publish(Event::new(
+            tag::agent(&old.id, "disconnected"),
+            old.id.as_str(),
+            Value::map().with("reason", "replaced"),
+        ));
+    }
+}
+
+/// When nothing changed, the keys `target` names that already have
+/// `status`: an accept or reject repeated is not "no key matched".
+fn already(master: &Master, target: &str, changed: Vec<KeyEntry>, status: KeyStatus) -> Result<Vec<KeyEntry>, String> {
+    if !changed.is_empty() {
+        return Ok(changed);
+    }
+    let matching = master.keys.matching(target).map_err(|e| e.to_string())?;
+    Ok(matching.into_iter().filter(|e| e.status == status).collect())
 }
 
 /// Ends the live sessions of keys that are no longer accepted, at once,

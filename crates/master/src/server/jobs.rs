@@ -173,7 +173,7 @@ impl Jobs {
         );
         announce.cause_job = Some(jid);
         self.bus.publish(announce);
-        tracing::info!(agent, job = %jid, cause = ?job.cause_event.map(|c| c.to_string()), "Job sent.");
+        tracing::info!(agent, job = %jid, cause = %job.cause_event.map_or_else(|| "none".to_owned(), |c| c.to_string()), "Job sent.");
         let outcome = match self.sessions.send(agent, &MasterMessage::Job(job)).await {
             Err(error) => Err(error),
             Ok(()) => match tokio::time::timeout(timeout, rx).await {

@@ -4,7 +4,9 @@
 //! accepted at once when an `auto_accept` glob matches); a known id that
 //! comes back with another key is pending whatever the globs say, since it
 //! may be an impersonation. Accepting a key for an id retires the id's
-//! other keys.
+//! other keys; an operator's accept by id glob that would retire an
+//! accepted key is refused ([`KeyStore::check_no_replacement`]) unless the
+//! new key is named by its fingerprint or `--replace` is given.
 //!
 //! # Where keys live
 //!
@@ -124,6 +126,10 @@ pub enum KeyStoreError {
     Ambiguous { selector: String, id: String, count: usize },
     #[error("auto_accept glob `{glob}`: {message}")]
     AutoAccept { glob: String, message: String },
+    #[error(
+        "agent `{id}` already has an accepted key, {accepted}; accepting {new} would retire it and cut its session. If the host really changed its key (reinstalled), accept the new one by its fingerprint (`halite-master keys accept {new}`) or pass --replace; otherwise reject it (`halite-master keys reject {new}`)"
+    )]
+    Replaces { id: String, accepted: String, new: String },
 }
 
 /// What the store decided about a key that just completed a handshake.
@@ -318,6 +324,39 @@ impl KeyStore {
         Ok(changed)
     }
 
+    /// Every key `selector` names, whatever its status.
+    pub fn matching(&self, selector: &str) -> Result<Vec<KeyEntry>, KeyStoreError> {
+        let matches = Selector::parse(selector)?;
+        Ok(self.lock().entries.iter().filter(|(pair, _)| matches.hits(pair)).map(|(p, r)| entry(p, *r)).collect())
+    }
+
+    /// Refuses an acceptance by id glob that would retire an id's accepted
+    /// key: an impostor presenting a known id must not take it over on a
+    /// `keys accept web01` typed for the real host. A fingerprint names the
+    /// new key explicitly, and passes.
+    pub fn check_no_replacement(&self, selector: &str) -> Result<(), KeyStoreError> {
+        let matches = Selector::parse(selector)?;
+        if matches!(matches, Selector::Key(_)) {
+            return Ok(());
+        }
+        let table = self.lock();
+        for ((id, key), record) in &table.entries {
+            if record.status == KeyStatus::Accepted || !matches.hits(&(id.clone(), *key)) {
+                continue;
+            }
+            let held =
+                table.entries.iter().find(|((other, k), r)| other == id && k != key && r.status == KeyStatus::Accepted);
+            if let Some(((_, accepted), _)) = held {
+                return Err(KeyStoreError::Replaces {
+                    id: id.clone(),
+                    accepted: accepted.to_string(),
+                    new: key.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Forgets every key `selector` names, in memory; returns them.
     /// [`KeyStore::commit`] puts it on disk.
     pub fn delete(&self, selector: &str) -> Result<Vec<KeyEntry>, KeyStoreError> {
@@ -370,6 +409,37 @@ impl Selector {
 
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Every key in the store `db` (`<data_dir>/halite.db`), read-only and
+/// sorted by id then key: `keys list` with the master stopped.
+pub fn read_stored(db: &Path) -> Result<Vec<KeyEntry>, KeyStoreError> {
+    let error = |e: rusqlite::Error| KeyStoreError::Store { path: db.to_path_buf(), message: e.to_string() };
+    if !db.exists() {
+        return Err(KeyStoreError::Store {
+            path: db.to_path_buf(),
+            message: "no such file (has a master run with this data dir? `--data-dir` names another)".into(),
+        });
+    }
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let connection = Connection::open_with_flags(db, flags).map_err(error)?;
+    let mut statement =
+        connection.prepare("SELECT id, key, status, since FROM keys ORDER BY id, key").map_err(error)?;
+    let rows = statement
+        .query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?, row.get::<_, i64>(3)?))
+        })
+        .map_err(error)?;
+    let mut entries = Vec::new();
+    for row in rows {
+        let (id, key, status, since) = row.map_err(error)?;
+        let status = KeyStatus::parse(&status).ok_or_else(|| KeyStoreError::Store {
+            path: db.to_path_buf(),
+            message: format!("agent `{id}` has the unknown status `{status}`"),
+        })?;
+        entries.push(KeyEntry { id, key, status, since: u64::try_from(since).unwrap_or(0) });
+    }
+    Ok(entries)
 }
 
 // The store's writer thread calls what follows; nothing else touches the
@@ -656,6 +726,23 @@ mod tests {
         // Rejecting several keys of an id is fine.
         keys.admit("db01", &first);
         assert_eq!(keys.set_status("db01", KeyStatus::Rejected).unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn accepting_by_id_never_retires_an_accepted_key_unasked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, keys) = open(dir.path(), &["web*"]).await;
+        let (real, impostor) = (key(), key());
+        keys.admit("web01", &real);
+        keys.admit("web01", &impostor);
+        let error = keys.check_no_replacement("web*").unwrap_err().to_string();
+        assert!(error.contains(&real.to_string()) && error.contains(&impostor.to_string()), "{error}");
+        assert!(error.contains("--replace"), "{error}");
+        keys.check_no_replacement(&impostor.to_string()).unwrap();
+        keys.check_no_replacement("db*").unwrap();
+        keys.commit().await.unwrap();
+        let stored = read_stored(&crate::server::store::path(dir.path())).unwrap();
+        assert_eq!(stored.len(), 2);
     }
 
     #[tokio::test]

@@ -286,6 +286,7 @@ async fn finish_handshake(master: &Master, peers: &mut Peers, peer: Bytes, last:
         accepted.sealer,
         is_accepted,
     );
+    master.sessions.note_version(&peer, &hello.version);
     peers.openers.insert(peer.clone(), accepted.opener);
     if is_accepted {
         welcome(master, peer, &hello.agent, &hello.version, hello.facts).await;

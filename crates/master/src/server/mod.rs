@@ -67,6 +67,10 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         .mode(0o700)
         .create(&config.data_dir)
         .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+    // Before anything in the data dir is touched: a second master on it
+    // would overwrite `endpoints` and, stopping, remove the first one's
+    // control socket. Held until this function returns.
+    let _lock = halite_fs::lock::DirLock::acquire(&config.data_dir, "master")?;
 
     let (keypair, created) = halite_link::Keypair::load_or_create(&config.data_dir.join("master.key"))?;
     if created {
@@ -96,7 +100,7 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     let engine = Engine::new(tree.clone(), jobs.clone(), bus.clone());
     let fingerprint = keypair.public;
     let master = Arc::new(Master { keypair, keys, tree, sessions, jobs, engine, bus });
-    crate::server::control::serve(master.clone(), &config.data_dir, cancel.clone()).await?;
+    let control = crate::server::control::serve(master.clone(), &config.data_dir, cancel.clone()).await?;
     crate::server::reload::spawn(master.clone(), config.states.clone(), cancel.clone())
         .with_context(|| format!("cannot watch the state tree {}", config.states.display()))?;
 
@@ -109,7 +113,7 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     }
     tracing::info!(%listen, %publish, "Master ready.");
     crate::server::notify::ready();
-    crate::server::link::serve(recv, monitor, master.clone(), cancel).await;
+    crate::server::link::serve(recv, monitor, master.clone(), cancel.clone()).await;
     for (agent, depth) in master.engine.queue_depths() {
         if depth > 0 {
             tracing::warn!(agent = %agent, depth, "Stopping with reactions not run; the agent's next session applies its states.");
@@ -117,6 +121,10 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     }
     // Jobs answered before the stop are on disk before the process ends.
     store.flush().await;
+    // The control socket is gone before the lock is let go (the link may
+    // also have stopped on its own: stop the rest with it).
+    cancel.cancel();
+    let _ = control.await;
     tracing::info!("Master stopped.");
     Ok(())
 }

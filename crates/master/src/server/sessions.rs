@@ -26,6 +26,9 @@ pub struct PeerSession {
     pub accepted: bool,
     pub facts: Value,
     pub since: SystemTime,
+    /// The agent's version, from its hello: kept for a session accepted
+    /// later by an operator, whose welcome announces it.
+    pub version: String,
     /// Held across sealing *and* sending, so messages leave in nonce order.
     sealer: Arc<tokio::sync::Mutex<Sealer>>,
 }
@@ -145,6 +148,7 @@ impl Sessions {
             accepted,
             facts,
             since: SystemTime::now(),
+            version: String::new(),
             sealer: Arc::new(tokio::sync::Mutex::new(sealer)),
         };
         table.by_peer.insert(peer.clone(), session);
@@ -327,6 +331,18 @@ impl Sessions {
         all.extend(frames.into_iter().map(Bytes::from));
         let message = ZmqMessage::try_from(all).map_err(|e| format!("{e:?}"))?;
         self.sender.clone().send(message).await.map_err(|e| e.to_string())
+    }
+
+    /// The version the agent on `peer` said in its hello.
+    pub fn note_version(&self, peer: &Bytes, version: &str) {
+        if let Some(session) = self.lock().by_peer.get_mut(peer) {
+            version.clone_into(&mut session.version);
+        }
+    }
+
+    /// The version of the agent on `peer` (empty when unknown).
+    pub fn version(&self, peer: &Bytes) -> String {
+        self.lock().by_peer.get(peer).map(|s| s.version.clone()).unwrap_or_default()
     }
 
     /// A connection was accepted from `address`.

@@ -683,7 +683,7 @@ mod tests {
 
         let (job, report) = reader.job("01A").unwrap().unwrap();
         assert_eq!(job.cause, "operator:halite-master apply web*");
-        assert_eq!(report.exit_code(), 2);
+        assert_eq!(report.exit_code(), 3);
         assert_eq!(report.agents[0].states()[0].changes, ["created"]);
         assert_eq!(report.agents[0].states()[0].diff.as_deref(), Some("--- a\n+++ b\n"));
         assert!(matches!(&report.agents[1].answer, Answer::NoAnswer { error } if error.contains("within 1s")));
