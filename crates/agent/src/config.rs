@@ -54,6 +54,11 @@ pub struct AgentConfig {
     /// bytes (larger content is replaced without one). Default 64 MiB.
     #[serde(default = "default_backup_max_bytes")]
     pub backup_max_bytes: u64,
+    /// A file holding the master's enrolment token (its first line): sent
+    /// in the hello, inside the Noise session, so that an `auto_accept`
+    /// glob on a master with `enrolment.token_file` accepts this agent.
+    #[serde(default)]
+    pub enrol_token_file: Option<PathBuf>,
 }
 
 fn default_backup_max_bytes() -> u64 {

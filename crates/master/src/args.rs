@@ -213,4 +213,13 @@ pub enum KeysAction {
     Delete { target: String },
     /// Print the master's public key, to put in agents' `master_key`.
     Fingerprint,
+    /// The facts frozen for the accepted keys TARGET names (what targeting
+    /// and templates use) and any other facts their agents claimed since
+    /// (held); with --accept, the held facts become the frozen ones.
+    Facts {
+        target: String,
+        /// Trust what the agents now claim.
+        #[arg(long)]
+        accept: bool,
+    },
 }

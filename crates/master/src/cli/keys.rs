@@ -16,6 +16,7 @@ pub enum Action {
     Reject(String),
     Delete(String),
     Fingerprint,
+    Facts { target: String, accept: bool },
 }
 
 pub fn run(action: Action, data_dir: &Path, json: bool) -> anyhow::Result<bool> {
@@ -32,6 +33,7 @@ pub fn run(action: Action, data_dir: &Path, json: bool) -> anyhow::Result<bool> 
         Action::Accept(target) => Request::KeysAccept { target },
         Action::Reject(target) => Request::KeysReject { target },
         Action::Delete(target) => Request::KeysDelete { target },
+        Action::Facts { target, accept } => return facts(data_dir, Request::KeysFacts { target, accept }, json),
     };
     let listing = matches!(request, Request::KeysList);
     let response = super::runtime()?.block_on(super::request(data_dir, &request))?;
@@ -46,8 +48,37 @@ pub fn run(action: Action, data_dir: &Path, json: bool) -> anyhow::Result<bool> 
         let width = response.keys.iter().map(|k| k.id.len()).max().unwrap_or(2).max(2);
         println!("{:<width$}  {:<8}  FINGERPRINT", "ID", "STATUS");
         for key in &response.keys {
-            println!("{:<width$}  {:<8}  {}", key.id, key.status.as_str(), key.key);
+            let line = format!("{:<width$}  {:<8}  {}", key.id, key.status.as_str(), key.key);
+            println!("{}", halite_proto::text::escape(&line));
         }
+    }
+    Ok(true)
+}
+
+/// `keys facts`: per key, the frozen facts and any held ones, as JSON
+/// (escaped on a terminal: the facts come from agents).
+fn facts(data_dir: &Path, request: Request, json: bool) -> anyhow::Result<bool> {
+    let response = super::runtime()?.block_on(super::request(data_dir, &request))?;
+    if let Some(error) = response.error {
+        anyhow::bail!(error);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&response.facts)?);
+        return Ok(true);
+    }
+    if response.facts.is_empty() {
+        println!("no accepted key with facts matched");
+    }
+    for row in &response.facts {
+        let mut text = format!("{}  {}\n  frozen: {}\n", row.id, row.key, row.frozen);
+        match &row.held {
+            Some(held) => text.push_str(&format!(
+                "  held:   {held}\n  (the agent claims these since; `halite-master keys facts {} --accept` trusts them)\n",
+                row.id
+            )),
+            None => text.push_str("  held:   none\n"),
+        }
+        print!("{}", halite_proto::text::escape(&text));
     }
     Ok(true)
 }

@@ -35,6 +35,9 @@ pub fn operator_data_dir(config: &Path, data_dir: Option<PathBuf>) -> anyhow::Re
 /// A connection to the control socket of the master whose data dir is
 /// `data_dir`.
 pub async fn connect(data_dir: &Path) -> anyhow::Result<UnixStream> {
+    // A socket another local user planted would answer in the master's
+    // name (StrictModes; the daemon's user and root are trusted).
+    trusted_data_dir(data_dir)?;
     let path = socket_path(data_dir);
     UnixStream::connect(&path).await.with_context(|| {
         format!(
@@ -42,6 +45,20 @@ pub async fn connect(data_dir: &Path) -> anyhow::Result<UnixStream> {
             path.display()
         )
     })
+}
+
+/// Refuses a data dir that someone other than its owner or root could have
+/// written (`connect`, and `jobs`, which reads halite.db itself).
+pub fn trusted_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    match halite_fs::strict::check_data_dir(data_dir, halite_fs::strict::Owner::DirOwner) {
+        // A missing data dir is reported by what tries to use it.
+        Err(halite_fs::strict::StrictError::Inspect { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Ok(())
+        }
+        result => result.context("refusing to trust this data dir"),
+    }
 }
 
 /// A multi-threaded runtime for the commands that talk to the master.
