@@ -17,3 +17,4 @@ mod reload;
 mod restart;
 mod states;
 mod swarm;
+mod trust;

@@ -956,6 +956,116 @@ mod tests {
         (store, keys)
     }
 
+    fn enrolment(dir: &Path, token: Option<&str>) -> crate::config::Enrolment {
+        let token_file = token.map(|token| {
+            let path = dir.join("enrol.token");
+            std::fs::write(&path, format!("{token}\n")).unwrap();
+            path
+        });
+        crate::config::Enrolment { token_file, ..crate::config::Enrolment::default() }
+    }
+
+    fn with_token(token: &str) -> Value {
+        Value::map().with("hostname", "web05").with(halite_proto::message::ENROL_TOKEN_FACT, token)
+    }
+
+    const TOKEN: &str = "0123456789abcdef0123";
+
+    /// `auto_accept` with a token: a squatter that claims the id first
+    /// without it stays pending, the real agent with it is accepted and the
+    /// squatter's key retired; the token never stays in the facts.
+    #[tokio::test]
+    async fn with_a_token_a_glob_accepts_only_agents_that_present_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, keys) = open(dir.path(), &["web*"]).await;
+        let keys = keys.with_enrolment(&enrolment(dir.path(), Some(TOKEN))).unwrap();
+        let (squatter, real, late) = (key(), key(), key());
+        let arrival = keys.arrive("web05", &squatter, Value::map(), None).unwrap();
+        assert_eq!(arrival.admission.status, KeyStatus::Pending);
+        let arrival = keys.arrive("web05", &squatter, with_token("wrong-token-0000000"), None).unwrap();
+        assert_eq!(arrival.admission.status, KeyStatus::Pending, "a wrong token changes nothing");
+        let arrival = keys.arrive("web05", &real, with_token(TOKEN), None).unwrap();
+        assert_eq!(arrival.admission, Admission { status: KeyStatus::Accepted, new: true });
+        assert_eq!(arrival.facts, Value::map().with("hostname", "web05"), "the token left the facts");
+        assert_eq!(keys.status("web05", &squatter), None, "the squatter's key is retired");
+        // Once an id has an accepted key, even the token does not add another.
+        assert_eq!(keys.arrive("web05", &late, with_token(TOKEN), None).unwrap().admission.status, KeyStatus::Pending);
+        // A pre-registered key needs no token.
+        let registered = key();
+        let mut config = enrolment(dir.path(), Some(TOKEN));
+        config.fingerprints = vec![registered.to_string()];
+        let keys = keys.with_enrolment(&config).unwrap();
+        assert_eq!(keys.arrive("db09", &registered, Value::map(), None).unwrap().admission.status, KeyStatus::Accepted);
+        let short = enrolment(dir.path(), Some("short"));
+        assert!(matches!(keys.clone().with_enrolment(&short), Err(KeyStoreError::Token { .. })));
+    }
+
+    #[tokio::test]
+    async fn pending_keys_are_capped_rate_limited_per_source_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, keys) = open(dir.path(), &[]).await;
+        let mut config = enrolment(dir.path(), None);
+        config.pending_max = 3;
+        config.new_keys_per_source = 2;
+        let keys = keys.with_enrolment(&config).unwrap();
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        assert!(keys.arrive("x1", &key(), Value::map(), Some(a)).is_ok());
+        assert!(keys.arrive("x2", &key(), Value::map(), Some(a)).is_ok());
+        let error = keys.arrive("x3", &key(), Value::map(), Some(a)).unwrap_err();
+        assert!(matches!(error, KeyStoreError::TooManyFromSource { limit: 2, .. }), "{error}");
+        assert!(keys.arrive("x3", &key(), Value::map(), Some(b)).is_ok(), "another source has its own budget");
+        let error = keys.arrive("x4", &key(), Value::map(), Some(b)).unwrap_err();
+        assert!(matches!(error, KeyStoreError::PendingFull { max: 3, .. }), "{error}");
+        assert!(error.to_string().contains("pending_max"), "{error}");
+        assert_eq!(keys.list().len(), 3, "refused keys are not recorded");
+        // Deciding about one makes room.
+        keys.set_status("x1", KeyStatus::Rejected).unwrap();
+        assert!(keys.arrive("x4", &key(), Value::map(), None).is_ok());
+        // Expiry: pending keys first seen before the cut-off are forgotten.
+        {
+            let mut table = keys.lock();
+            for record in table.entries.values_mut() {
+                record.since = 1_000;
+            }
+            table.swept = 0;
+        }
+        keys.sweep(1_000 + config.pending_expire.as_secs() + 1);
+        let left: Vec<String> = keys.list().into_iter().map(|e| e.id).collect();
+        assert_eq!(left, ["x1"], "only the rejected key is kept");
+        assert_eq!(keys.lock().pending, 0);
+    }
+
+    /// An accepted agent that later claims other facts keeps the frozen
+    /// ones for targeting; the claim is held until an operator accepts it,
+    /// and all of it survives a restart.
+    #[tokio::test]
+    async fn facts_are_frozen_at_acceptance_and_a_change_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let web = key();
+        let honest = Value::map().with("hostname", "web01");
+        let lying = Value::map().with("hostname", "db-x");
+        {
+            let (_store, keys) = open(dir.path(), &["web*"]).await;
+            let arrival = keys.arrive("web01", &web, honest.clone(), None).unwrap();
+            assert_eq!((arrival.facts, arrival.held), (honest.clone(), false));
+            let arrival = keys.arrive("web01", &web, lying.clone(), None).unwrap();
+            assert_eq!((arrival.facts, arrival.held), (honest.clone(), true));
+            keys.commit().await.unwrap();
+        }
+        let (_store, keys) = open(dir.path(), &["web*"]).await;
+        let arrival = keys.arrive("web01", &web, lying.clone(), None).unwrap();
+        assert_eq!((arrival.facts, arrival.held), (honest.clone(), true), "frozen across a restart");
+        let rows = keys.facts("web01").unwrap();
+        assert_eq!(rows[0].held, Some(lying.to_json()));
+        assert!(matches!(keys.accept_facts("db*"), Err(KeyStoreError::NoFacts { .. })));
+        assert_eq!(keys.accept_facts("web01").unwrap()[0].frozen, lying.to_json());
+        let arrival = keys.arrive("web01", &web, lying.clone(), None).unwrap();
+        assert_eq!((arrival.facts, arrival.held), (lying, false));
+        // Deleting the key forgets its facts.
+        keys.delete("web01").unwrap();
+        assert!(keys.facts("*").unwrap().is_empty());
+    }
+
     #[tokio::test]
     async fn lifecycle() {
         let dir = tempfile::tempdir().unwrap();
