@@ -290,3 +290,64 @@ async fn a_squatter_without_the_token_stays_pending_and_pending_keys_are_capped(
         fleet.fail(&error);
     }
 }
+
+/// Item 10: a black-holed webhook (a host that takes the connection and
+/// never answers) and a targeted agent that never answers its job do not
+/// delay web01's restore. Both slow reactors come first in the file and
+/// fire on the same drift; the restore's result arrives while both are
+/// still pending (neither has fired or failed: the webhook cannot end
+/// before its 30 s × 3 tries, the job before its 60 s timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_webhook_and_a_silent_target_do_not_delay_a_restore() {
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = hole.local_addr().unwrap().port();
+    let (taken, mut took) = tokio::sync::mpsc::channel(4);
+    let black_hole = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = hole.accept().await {
+            held.push(stream);
+            let _ = taken.try_send(());
+        }
+    });
+    let reactors = format!(
+        "- name: page\n  on: halite/beacon/*/motd\n  webhook:\n    url: https://127.0.0.1:{port}/hook\n    timeout: 30s\n    retries: 3\n\
+         - name: fan-out\n  on: halite/beacon/web01/motd\n  target: L@ghost01\n  apply: [motd]\n\
+         - name: restore-motd\n  on: halite/beacon/*/motd\n  apply: [motd]\n"
+    );
+    let mut fleet = Fleet::start_custom(&["web01"], &["*"], &[("reactors.yaml", &reactors)]).await.unwrap();
+    let result = async {
+        let mut ghost = RawAgent::connect(&fleet.master().listen, "ghost01", facts("ghost01")).await?;
+        // Its start-up apply, never answered.
+        ghost.next_job().await?;
+        let motd = fleet.agent("web01").path("/etc/motd");
+        let desired = std::fs::read_to_string(&motd)?;
+        std::fs::write(&motd, "drifted\n")?;
+        let drift = fleet.wait_for("the drift", |e| e.tag == "halite/beacon/web01/motd").await?;
+        let ret = fleet.wait_for("web01's restore", |e| e.tag.contains("/ret/web01")).await?;
+        ensure!(ret.data()["failed"] == false, "{}", ret.data());
+        ensure!(std::fs::read_to_string(&motd)? == desired, "not restored");
+        // Both slow actions are in flight: the webhook's connection is
+        // held by the black hole, the ghost holds its fan-out job.
+        tokio::time::timeout(halite_e2e::WAIT, took.recv()).await?.context("the webhook never connected")?;
+        let cause = drift.id().to_owned();
+        loop {
+            let job = ghost.next_job().await?;
+            if job.cause_event.map(|id| id.to_string()) == Some(cause.clone()) {
+                break;
+            }
+        }
+        let finished: Vec<&str> = fleet
+            .seen
+            .iter()
+            .filter(|e| e.tag.starts_with("halite/reactor/page/") || e.tag.starts_with("halite/reactor/fan-out/"))
+            .map(|e| e.tag.as_str())
+            .collect();
+        ensure!(finished.is_empty(), "a slow reaction ended before the restore: {finished:?}");
+        Ok(())
+    }
+    .await;
+    black_hole.abort();
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}
