@@ -351,3 +351,62 @@ async fn a_black_holed_webhook_and_a_silent_target_do_not_delay_a_restore() {
         fleet.fail(&error);
     }
 }
+
+/// Item 16: a FIFO named as a `source` once hung `check` (and the reload
+/// that read it); a hard link to a file outside the tree loaded its
+/// content. Both are refused, each naming the source; `check` ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_or_a_hard_link_out_of_the_tree_as_a_source_is_refused_without_hanging() {
+    let dir = tempfile::Builder::new().prefix("halite-e2e-").tempdir().unwrap();
+    let states = dir.path().join("states");
+    halite_master::example::write(&states).unwrap();
+    std::fs::create_dir_all(states.join("files")).unwrap();
+    nix::unistd::mkfifo(&states.join("files/fifo.conf"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let outside = dir.path().join("shadow");
+    std::fs::write(&outside, "root-only secret\n").unwrap();
+    std::fs::hard_link(&outside, states.join("files/linked.conf")).unwrap();
+    std::fs::write(
+        states.join("sources.yaml"),
+        "from-fifo:\n  file.managed:\n    path: /etc/a.conf\n    source: files/fifo.conf\n\
+         from-link:\n  file.managed:\n    path: /etc/b.conf\n    source: files/linked.conf\n",
+    )
+    .unwrap();
+    std::fs::write(states.join("top.yaml"), "'*': [motd, sources]\n").unwrap();
+    let mut check = process(&binaries().master);
+    check.arg("check").arg("--states").arg(&states);
+    // CommandOutput::of bounds the wait: a hang is a failure, not a stall.
+    let out = CommandOutput::of(check).await.unwrap();
+    assert_eq!(out.code, 1, "{out:?}");
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(text.contains("files/fifo.conf") && text.contains("FIFO"), "{text}");
+    assert!(text.contains("files/linked.conf") && text.contains("hard links"), "{text}");
+    assert!(!text.contains("root-only secret"), "{text}");
+}
+
+/// Item 16, on a running master: a reload that meets a FIFO source fails
+/// (and says so) instead of hanging, and the master keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_meeting_a_fifo_source_fails_and_the_master_serves_on() {
+    let mut fleet = Fleet::start(&["web01"]).await.unwrap();
+    let result = async {
+        std::fs::create_dir_all(fleet.states.join("files"))?;
+        nix::unistd::mkfifo(&fleet.states.join("files/fifo.conf"), nix::sys::stat::Mode::from_bits_truncate(0o600))?;
+        fleet.edit_tree(
+            "fifo.yaml",
+            "from-fifo:\n  file.managed:\n    path: /etc/a.conf\n    source: files/fifo.conf\n",
+        )?;
+        fleet.edit_tree("top.yaml", "'*': [motd, fifo]\n")?;
+        let failed = fleet.wait_for("the failed reload", |e| e.tag == "halite/master/tree/failed").await?;
+        ensure!(failed.data().to_string().contains("FIFO"), "{}", failed.data());
+        let motd = fleet.agent("web01").path("/etc/motd");
+        std::fs::write(&motd, "drifted after the reload\n")?;
+        let event = fleet.wait_for("the drift", |e| e.tag == "halite/beacon/web01/motd").await?;
+        let ret = fleet.wait_for_restore_of(&event).await?;
+        ensure!(ret.data()["failed"] == false, "{}", ret.data());
+        Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}

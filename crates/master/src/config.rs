@@ -33,6 +33,11 @@ pub struct MasterConfig {
     /// pre-registered keys, and the bounds on pending keys.
     #[serde(default)]
     pub enrolment: Enrolment,
+    /// Variables of the master's environment that `exec` hooks may see,
+    /// besides `HALITE_*` and the default allow-list (PATH, LANG, LC_*,
+    /// TZ, HOME, USER, LOGNAME, TMPDIR).
+    #[serde(default)]
+    pub exec_env: Vec<String>,
 }
 
 /// First contact (README, "Security model").
@@ -125,6 +130,7 @@ impl Default for MasterConfig {
             auto_accept: Vec::new(),
             handshake_timeout: default_handshake_timeout(),
             enrolment: Enrolment::default(),
+            exec_env: Vec::new(),
         }
     }
 }

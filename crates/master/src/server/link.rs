@@ -79,6 +79,19 @@ struct Peers {
     draining: bool,
     /// Reaction queue depths last logged, per agent.
     depths: HashMap<String, usize>,
+    /// Lines each peer's garbage may still log (`log_budget.rs`).
+    budget: crate::server::log_budget::LogBudget,
+}
+
+impl Peers {
+    /// Whether a line about `peer`'s garbage is logged, and how many were
+    /// held back before it.
+    fn may_log(&mut self, peer: &Bytes) -> Option<u64> {
+        match self.budget.check(peer, tokio::time::Instant::now()) {
+            crate::server::log_budget::Verdict::Log { held_back } => Some(held_back),
+            crate::server::log_budget::Verdict::Quiet => None,
+        }
+    }
 }
 
 /// Receives from every agent until `cancel` fires.
@@ -216,7 +229,9 @@ async fn handle(master: &Master, peers: &mut Peers, message: ZmqMessage) {
                 Ok(message) => on_message(master, peers, peer, &agent, accepted, message).await,
                 Err(error) => {
                     peers.dropped += 1;
-                    tracing::warn!(agent = %agent, %error, "Dropping a message that does not open.");
+                    if let Some(held_back) = peers.may_log(&peer) {
+                        tracing::warn!(agent = %agent, %error, held_back, "Dropping a message that does not open.");
+                    }
                 }
             }
         }
@@ -250,7 +265,9 @@ async fn finish_handshake(master: &Master, peers: &mut Peers, peer: Bytes, last:
         Ok(accepted) => accepted,
         Err(error) => {
             peers.dropped += 1;
-            tracing::info!(%error, "A handshake failed.");
+            if let Some(held_back) = peers.may_log(&peer) {
+                tracing::info!(%error, held_back, "A handshake failed.");
+            }
             return;
         }
     };
@@ -258,7 +275,9 @@ async fn finish_handshake(master: &Master, peers: &mut Peers, peer: Bytes, last:
         Ok(AgentMessage::Hello(hello)) if halite_proto::event::valid_id(&hello.agent) => hello,
         _ => {
             peers.dropped += 1;
-            tracing::info!(fingerprint = %accepted.remote, "A handshake without a usable hello.");
+            if let Some(held_back) = peers.may_log(&peer) {
+                tracing::info!(fingerprint = %accepted.remote, held_back, "A handshake without a usable hello.");
+            }
             return;
         }
     };
@@ -270,7 +289,9 @@ async fn finish_handshake(master: &Master, peers: &mut Peers, peer: Bytes, last:
         Ok(arrival) => arrival,
         Err(error) => {
             peers.dropped += 1;
-            tracing::warn!(agent = %hello.agent, fingerprint = %accepted.remote, %error, "Refusing a new key.");
+            if let Some(held_back) = peers.may_log(&peer) {
+                tracing::warn!(agent = %hello.agent, fingerprint = %accepted.remote, %error, held_back, "Refusing a new key.");
+            }
             return;
         }
     };

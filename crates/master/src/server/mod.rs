@@ -32,6 +32,7 @@ pub mod jobs;
 pub mod keys;
 pub mod ledger;
 pub mod link;
+pub mod log_budget;
 pub mod notify;
 pub mod reactor;
 pub mod reload;
@@ -71,6 +72,7 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     // another local user could have planted is refused (StrictModes).
     halite_fs::strict::check_data_dir(&config.data_dir, halite_fs::strict::Owner::Us)
         .context("refusing to start with this data dir")?;
+    crate::server::reactor::actions::exec::allow_env(config.exec_env.clone());
 
     let (keypair, created) = halite_link::Keypair::load_or_create(&config.data_dir.join("master.key"))?;
     if created {

@@ -60,12 +60,16 @@ enum Work {
     Highstate { tree: Arc<Tree> },
 }
 
+/// A lane: (agent, `None`) is the agent lane, (agent, `Some(reactor)`)
+/// that reactor's slow lane for the agent.
+type Lane = (String, Option<String>);
+
 #[derive(Debug, Clone)]
 pub struct Engine {
     tree: Arc<RwLock<Arc<Tree>>>,
     /// One queue per lane: (agent, `None`) is the agent lane, (agent,
     /// `Some(reactor)`) that reactor's slow lane.
-    queues: Arc<Mutex<HashMap<(String, Option<String>), mpsc::Sender<Work>>>>,
+    queues: Arc<Mutex<HashMap<Lane, mpsc::Sender<Work>>>>,
     jobs: Jobs,
     bus: Bus,
 }
