@@ -67,6 +67,12 @@ async fn an_accepted_agent_claiming_a_db_hostname_does_not_get_the_db_tiers_vars
         let shown = fleet.keys(&["facts", "web07"])?;
         ensure!(shown.contains("db-x") && shown.contains("--accept"), "{shown}");
 
+        // `check` warns about a secret given by a fact.
+        let mut check = process(&fleet.binaries.master);
+        check.arg("check").arg("--states").arg(&fleet.states);
+        let out = CommandOutput::of(check).await?;
+        ensure!(out.stdout.contains("warning") && out.stdout.contains("db_password"), "{out:?}");
+
         // Only the operator makes the claim count.
         fleet.keys(&["facts", "web07", "--accept"])?;
         let rows: serde_json::Value = serde_json::from_str(&fleet.keys(&["facts", "web07", "--json"])?)?;
