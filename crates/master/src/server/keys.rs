@@ -615,7 +615,9 @@ impl KeyStore {
         self.lock().entries.get(&(id.to_owned(), *key)).map(|r| r.status)
     }
 
-    /// Decides about `id` presenting `key`, recording a new key. No I/O:
+    /// Decides about `id` presenting `key` by the id rules alone (no token,
+    /// caps or facts: the link uses [`KeyStore::arrive`]), recording a new
+    /// key. No I/O:
     /// a new key is committed by the store's writer with the next batch
     /// (see the module docs for what a crash before then means).
     pub fn admit(&self, id: &str, key: &PublicKey) -> Admission {
