@@ -18,3 +18,4 @@ mod reload;
 mod restart;
 mod states;
 mod swarm;
+mod trust;

@@ -29,10 +29,20 @@ impl RawAgent {
     /// Connects as `id` with a fresh key and `facts`; the master decides
     /// whether the key is accepted (use an `auto_accept` glob).
     pub async fn connect(endpoint: &str, id: &str, facts: Value) -> anyhow::Result<RawAgent> {
+        RawAgent::connect_with_key(endpoint, id, facts, &Keypair::generate()?).await
+    }
+
+    /// As [`RawAgent::connect`], with a given key: the same agent coming
+    /// back.
+    pub async fn connect_with_key(
+        endpoint: &str,
+        id: &str,
+        facts: Value,
+        keypair: &Keypair,
+    ) -> anyhow::Result<RawAgent> {
         let mut socket = DealerSocket::new();
         socket.connect(endpoint).await?;
-        let keypair = Keypair::generate()?;
-        let (mut initiator, first) = Initiator::start(&keypair)?;
+        let (mut initiator, first) = Initiator::start(keypair)?;
         socket.send(message(Envelope::handshake(envelope::HELLO1, first))).await?;
         let reply = tokio::time::timeout(WAIT, socket.recv()).await??;
         let frames: Vec<&[u8]> = reply.iter().map(|f| f.as_ref()).collect();
@@ -62,6 +72,19 @@ impl RawAgent {
         let event = Event::new(format!("halite/beacon/{}/{beacon}", self.id), self.id.as_str(), data);
         self.send(&AgentMessage::Event(event.clone())).await?;
         Ok(event)
+    }
+
+    /// The next job the master sends, unanswered (what came before it is
+    /// dropped).
+    pub async fn next_job(&mut self) -> anyhow::Result<halite_proto::Job> {
+        loop {
+            let reply = tokio::time::timeout(WAIT, self.socket.recv()).await??;
+            let frames: Vec<&[u8]> = reply.iter().map(|f| f.as_ref()).collect();
+            let Envelope::Sealed(chunks) = Envelope::parse(&frames)? else { anyhow::bail!("unsealed reply") };
+            if let MasterMessage::Job(job) = halite_proto::decode(&self.opener.open(chunks)?)? {
+                return Ok(job);
+            }
+        }
     }
 
     /// Pings and waits for the pong: the master handles one connection's

@@ -58,6 +58,11 @@ pub struct AgentConfig {
     /// per line (`--log-format` overrides it).
     #[serde(default)]
     pub log_format: crate::logging::LogFormat,
+    /// A file holding the master's enrolment token (its first line): sent
+    /// in the hello, inside the Noise session, so that an `auto_accept`
+    /// glob on a master with `enrolment.token_file` accepts this agent.
+    #[serde(default)]
+    pub enrol_token_file: Option<PathBuf>,
 }
 
 fn default_backup_max_bytes() -> u64 {

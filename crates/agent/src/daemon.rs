@@ -40,6 +40,9 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
         .mode(0o700)
         .create(&config.data_dir)
         .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+    // Before its key, pin and outbox are trusted (StrictModes).
+    halite_fs::strict::check_data_dir(&config.data_dir, halite_fs::strict::Owner::Us)
+        .context("refusing to start with this data dir")?;
     // Before anything in the data dir is touched (key, outbox, records);
     // held until this function returns.
     let _lock = halite_fs::lock::DirLock::acquire(&config.data_dir, "agent")?;
@@ -56,7 +59,13 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
         true => Some(OfflineStore::open(&config.data_dir.join("offline"))?),
         false => None,
     };
-    let hello = Hello { agent: id.clone(), version: env!("CARGO_PKG_VERSION").into(), facts: facts::gather(&id) };
+    let mut facts = facts::gather(&id);
+    if let Some(path) = &config.enrol_token_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the enrolment token {} (`enrol_token_file`)", path.display()))?;
+        facts = facts.with(halite_proto::message::ENROL_TOKEN_FACT, text.lines().next().unwrap_or("").trim());
+    }
+    let hello = Hello { agent: id.clone(), version: env!("CARGO_PKG_VERSION").into(), facts };
     let settings = LinkSettings::new(config.master.clone(), hello, keypair.clone(), config.trust());
     let stop_link = CancellationToken::new();
     let link = link::spawn(settings, outbox, stop_link.clone());

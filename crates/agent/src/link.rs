@@ -508,18 +508,38 @@ fn end_run(out: &mut Vec<(u64, AgentMessage)>, run: &mut Vec<halite_proto::Event
 
 /// Is `key` the master this agent trusts? With trust on first use, the
 /// first key seen is stored and pinned from then on.
+///
+/// The pin fails closed: a new key is pinned only when the pin file does
+/// not exist (written atomically, so a crash leaves the old state or the
+/// whole pin); a pin file that cannot be read, does not hold a key, or
+/// that another user could have written is a refusal, never a re-pin.
 fn check_master(trust: &MasterTrust, key: PublicKey) -> Result<(), String> {
     let pinned = match trust {
         MasterTrust::Pinned(pinned) => *pinned,
-        MasterTrust::FirstUse(store) => match std::fs::read_to_string(store) {
-            Ok(text) => text.parse::<PublicKey>().map_err(|e| format!("{}: {e}", store.display()))?,
-            Err(_) => {
-                std::fs::write(store, format!("{key}\n"))
-                    .map_err(|e| format!("cannot store the master's key in {}: {e}", store.display()))?;
-                tracing::warn!(fingerprint = %key, path = %store.display(), "Trusting the master's key on first use; it is pinned from now on.");
-                key
+        MasterTrust::FirstUse(store) => {
+            let refuse = |why: String| {
+                format!(
+                    "{why}; this agent trusts no master until it is mended: put the master's key (`halite-master keys fingerprint`) in `master_key`, or remove {} to trust the next master on first use",
+                    store.display()
+                )
+            };
+            match std::fs::read(store) {
+                Ok(bytes) => {
+                    halite_fs::strict::check_file(store, false).map_err(|e| refuse(e.to_string()))?;
+                    std::str::from_utf8(&bytes)
+                        .map_err(|_| refuse(format!("the pinned master key {} is not text", store.display())))?
+                        .parse::<PublicKey>()
+                        .map_err(|e| refuse(format!("the pinned master key {}: {e}", store.display())))?
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    halite_fs::write_atomic(store, format!("{key}\n").as_bytes(), 0o600)
+                        .map_err(|e| format!("cannot store the master's key: {e}"))?;
+                    tracing::warn!(fingerprint = %key, path = %store.display(), "Trusting the master's key on first use; it is pinned from now on.");
+                    key
+                }
+                Err(e) => return Err(refuse(format!("cannot read the pinned master key {}: {e}", store.display()))),
             }
-        },
+        }
     };
     if key == pinned {
         Ok(())
@@ -544,6 +564,33 @@ mod tests {
         let refusal = check_master(&trust, second).unwrap_err();
         assert!(refusal.contains(&first.to_string()) && refusal.contains(&second.to_string()), "{refusal}");
         assert!(check_master(&MasterTrust::Pinned(first), second).is_err());
+    }
+
+    /// Two bytes that are not UTF-8 once made the agent pin the next master
+    /// it met; a pin that does not read is now a refusal that names it.
+    #[test]
+    fn a_garbled_or_unreadable_pin_is_a_refusal_never_a_re_pin() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.pub");
+        let trust = MasterTrust::FirstUse(path.clone());
+        let other = Keypair::generate().unwrap().public;
+        for garbage in [&b"\xff\xfe"[..], b"", b"not a key\n"] {
+            std::fs::write(&path, garbage).unwrap();
+            let refusal = check_master(&trust, other).unwrap_err();
+            assert!(refusal.contains(&path.display().to_string()) && refusal.contains("master_key"), "{refusal}");
+            assert_eq!(std::fs::read(&path).unwrap(), garbage, "the pin is left as it was");
+        }
+        // A directory where the pin should be: unreadable as a file.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(check_master(&trust, other).is_err());
+        std::fs::remove_dir(&path).unwrap();
+        // A pin others could have written is not trusted.
+        std::fs::write(&path, format!("{other}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let refusal = check_master(&trust, other).unwrap_err();
+        assert!(refusal.contains("chmod go-w"), "{refusal}");
     }
 
     #[test]

@@ -34,6 +34,8 @@
 //! a temporary file another thread of this process is writing right now
 //! is skipped.
 
+pub mod strict;
+
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;

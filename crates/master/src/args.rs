@@ -311,6 +311,15 @@ pub enum KeysAction {
   halite-master keys fingerprint
   halite-master keys fingerprint --config ./halite/master.yaml")]
     Fingerprint,
+    /// The facts frozen for the accepted keys TARGET names (what targeting
+    /// and templates use) and any other facts their agents claimed since
+    /// (held); with --accept, the held facts become the frozen ones.
+    Facts {
+        target: String,
+        /// Trust what the agents now claim.
+        #[arg(long)]
+        accept: bool,
+    },
 }
 
 #[cfg(test)]

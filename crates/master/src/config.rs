@@ -33,6 +33,71 @@ pub struct MasterConfig {
     /// per line (`--log-format` overrides it).
     #[serde(default)]
     pub log_format: halite_agent::logging::LogFormat,
+    /// How new agents get in: the enrolment token `auto_accept` asks for,
+    /// pre-registered keys, and the bounds on pending keys.
+    #[serde(default)]
+    pub enrolment: Enrolment,
+    /// Variables of the master's environment that `exec` hooks may see,
+    /// besides `HALITE_*` and the default allow-list (PATH, LANG, LC_*,
+    /// TZ, HOME, USER, LOGNAME, TMPDIR).
+    #[serde(default)]
+    pub exec_env: Vec<String>,
+}
+
+/// First contact (README, "Security model").
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Enrolment {
+    /// A file holding the enrolment token (its first line). When set, an
+    /// `auto_accept` glob accepts a new id only from an agent that presents
+    /// this token (`enrol_token_file` in its agent.yaml); without it the
+    /// glob trusts the id alone.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Agent keys (64 hex digits, `halite-agent fingerprint`) accepted on
+    /// first contact under any id not yet known, with no token.
+    #[serde(default)]
+    pub fingerprints: Vec<String>,
+    /// Pending keys kept at most; a new key beyond it is refused (not
+    /// recorded) until an operator decides or old ones expire.
+    #[serde(default = "default_pending_max")]
+    pub pending_max: usize,
+    /// A pending key no operator decided about is forgotten after this long.
+    #[serde(default = "default_pending_expire", deserialize_with = "duration")]
+    pub pending_expire: Duration,
+    /// New pending keys taken from one source address per minute; more are
+    /// refused (not recorded) until the minute is over.
+    #[serde(default = "default_new_keys_per_source")]
+    pub new_keys_per_source: u32,
+}
+
+/// Pending keys kept at most, by default.
+pub const DEFAULT_PENDING_MAX: usize = 1024;
+/// How long a pending key is kept, by default: a week.
+pub const DEFAULT_PENDING_EXPIRE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// New pending keys per source address per minute, by default.
+pub const DEFAULT_NEW_KEYS_PER_SOURCE: u32 = 32;
+
+fn default_pending_max() -> usize {
+    DEFAULT_PENDING_MAX
+}
+fn default_pending_expire() -> Duration {
+    DEFAULT_PENDING_EXPIRE
+}
+fn default_new_keys_per_source() -> u32 {
+    DEFAULT_NEW_KEYS_PER_SOURCE
+}
+
+impl Default for Enrolment {
+    fn default() -> Self {
+        Enrolment {
+            token_file: None,
+            fingerprints: Vec::new(),
+            pending_max: DEFAULT_PENDING_MAX,
+            pending_expire: DEFAULT_PENDING_EXPIRE,
+            new_keys_per_source: DEFAULT_NEW_KEYS_PER_SOURCE,
+        }
+    }
 }
 
 fn default_handshake_timeout() -> Duration {
@@ -69,6 +134,8 @@ impl Default for MasterConfig {
             auto_accept: Vec::new(),
             handshake_timeout: default_handshake_timeout(),
             log_format: halite_agent::logging::LogFormat::default(),
+            enrolment: Enrolment::default(),
+            exec_env: Vec::new(),
         }
     }
 }
@@ -91,6 +158,7 @@ impl MasterConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         config.states = base.join(&config.states);
         config.data_dir = base.join(&config.data_dir);
+        config.enrolment.token_file = config.enrolment.token_file.map(|file| base.join(file));
         Ok(config)
     }
 }

@@ -70,6 +70,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 KeysAction::Reject { target } => cli::keys::Action::Reject(target),
                 KeysAction::Delete { target } => cli::keys::Action::Delete(target),
                 KeysAction::Fingerprint => cli::keys::Action::Fingerprint,
+                KeysAction::Facts { target, accept } => cli::keys::Action::Facts { target, accept },
             };
             cli::keys::run(action, &cli::operator_data_dir(&config, data_dir)?, json)
         }

@@ -35,6 +35,13 @@ pub enum Request {
     Apply(ApplyRequest),
     /// Every known agent (`server/ledger.rs`).
     Agents,
+    /// The facts frozen (and held) for accepted keys; `accept` trusts the
+    /// held ones.
+    KeysFacts {
+        target: String,
+        #[serde(default)]
+        accept: bool,
+    },
     /// A live tail of the bus, optionally filtered by a tag glob.
     Events {
         tag: Option<String>,
@@ -56,6 +63,9 @@ pub struct Response {
     /// The agents listed by `agents`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub agents: Vec<AgentRow>,
+    /// The facts shown (or accepted) by `keys facts`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub facts: Vec<crate::server::keys::FactsRow>,
 }
 
 /// What the operator asked for.

@@ -53,6 +53,12 @@ pub enum MasterMessage {
     Acks(Vec<Id>),
 }
 
+/// The hello fact carrying an agent's enrolment token (`enrol_token_file`
+/// in agent.yaml). The master takes it out of the facts before anything
+/// else sees them; an older master would keep it as an ordinary fact,
+/// which is why the agent sends it only when configured.
+pub const ENROL_TOKEN_FACT: &str = "halite_enrol_token";
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
     /// The agent id (`id` in agent.yaml, default the host name).

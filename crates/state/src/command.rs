@@ -43,6 +43,9 @@ pub struct Spec {
     pub cwd: Option<PathBuf>,
     /// Added to (or replacing entries of) the caller's environment.
     pub env: Vec<(String, String)>,
+    /// Start from an empty environment: the program gets `env` only (the
+    /// master's hooks, which must not inherit its secrets).
+    pub clear_env: bool,
     pub timeout: Option<Duration>,
     /// Written to the program's stdin, which is then closed; without it,
     /// stdin is `/dev/null`.
@@ -55,6 +58,7 @@ impl Spec {
             argv: argv.into_iter().map(Into::into).collect(),
             cwd: None,
             env: Vec::new(),
+            clear_env: false,
             timeout: None,
             stdin: None,
         }
@@ -195,6 +199,9 @@ fn start(spec: &Spec, path: Option<&OsString>) -> Result<Started, String> {
     command.args(args).stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped());
     // Its own process group, so the timeout kills what it started too.
     command.process_group(0);
+    if spec.clear_env {
+        command.env_clear();
+    }
     if let Some(path) = path {
         command.env("PATH", path);
     }

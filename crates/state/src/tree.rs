@@ -561,6 +561,21 @@ impl StateTree {
                 );
                 continue;
             }
+            if target_text.value.contains("G@")
+                && let Some(name) = secret_name(&vars.value)
+            {
+                diagnostics.push(
+                    Diagnostic::warning(
+                        &path,
+                        yaml::location(&target_text),
+                        format!(
+                            "target `{}` gives `{name}` by a fact; an agent's facts are what it claimed when its key was accepted",
+                            target_text.value
+                        ),
+                    )
+                    .help("give secrets by agent id (`db*`, L@db01,db02), which its key proves; see README, \"Security model\""),
+                );
+            }
             self.vars.push((target, vars.value));
         }
     }
@@ -577,6 +592,20 @@ impl StateTree {
 }
 
 type Targeted = Vec<(Target, Spanned<String>, Spanned<serde_json::Value>)>;
+
+/// The first key in `vars` (at any depth) whose name says it holds a
+/// secret, for the warning on fact-targeted secrets.
+fn secret_name(vars: &serde_json::Value) -> Option<String> {
+    const SECRET_WORDS: &[&str] = &["pass", "secret", "token", "key", "cred", "private"];
+    match vars {
+        serde_json::Value::Object(map) => map.iter().find_map(|(name, value)| {
+            let lower = name.to_lowercase();
+            if SECRET_WORDS.iter().any(|word| lower.contains(word)) { Some(name.clone()) } else { secret_name(value) }
+        }),
+        serde_json::Value::Array(items) => items.iter().find_map(secret_name),
+        _ => None,
+    }
+}
 
 /// A file of `TARGET: value` entries (top.yaml, vars.yaml), with Salt's
 /// `base:` wrapper accepted. Targets that do not parse are reported and
@@ -960,6 +989,18 @@ mod tests {
             assert!(messages.iter().any(|m| m.contains(expected)), "{expected}: {messages:#?}");
         }
         assert!(diagnostics.iter().any(|d| d.file.ends_with("j.sls") && d.line == 1 && d.message.contains("Jinja")));
+    }
+
+    #[test]
+    fn a_secret_given_by_a_fact_is_warned_about() {
+        let (_dir, _tree, diagnostics) = tree(&[(
+            "vars.yaml",
+            "'G@os:debian': {tls: {on: true}}\n'G@hostname:db*': {db: {password: x}}\n'db*': {api_token: y}\n",
+        )]);
+        assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
+        let warning = &diagnostics[0];
+        assert!(!warning.is_error() && warning.line == 2, "{warning:?}");
+        assert!(warning.message.contains("G@hostname:db*") && warning.message.contains("password"), "{warning}");
     }
 
     #[test]

@@ -16,7 +16,8 @@ pub fn run(data_dir: &Path, json: bool) -> anyhow::Result<bool> {
     } else if response.agents.is_empty() {
         println!("no agents yet");
     } else {
-        print!("{}", table(&response.agents, halite_proto::event::now_us()));
+        // Versions, addresses and facts come from agents: shown, never obeyed.
+        print!("{}", halite_proto::text::escape(&table(&response.agents, halite_proto::event::now_us())));
     }
     Ok(true)
 }

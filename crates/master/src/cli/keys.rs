@@ -24,6 +24,10 @@ pub enum Action {
     Reject(String),
     Delete(String),
     Fingerprint,
+    Facts {
+        target: String,
+        accept: bool,
+    },
 }
 
 pub fn run(action: Action, data_dir: &Path, json: bool) -> anyhow::Result<bool> {
@@ -40,6 +44,7 @@ pub fn run(action: Action, data_dir: &Path, json: bool) -> anyhow::Result<bool> 
         Action::Accept { target, replace } => (Request::KeysAccept { target: target.clone(), replace }, Some(target)),
         Action::Reject(target) => (Request::KeysReject { target: target.clone() }, Some(target)),
         Action::Delete(target) => (Request::KeysDelete { target: target.clone() }, Some(target)),
+        Action::Facts { target, accept } => return facts(data_dir, Request::KeysFacts { target, accept }, json),
     };
     let answer = super::runtime()?.block_on(super::request(data_dir, &request));
     let mut keys = match answer {
@@ -59,6 +64,7 @@ pub fn run(action: Action, data_dir: &Path, json: bool) -> anyhow::Result<bool> 
                     .downcast_ref::<CommandError>()
                     .is_some_and(|e| matches!(e, CommandError::NotRunning { .. })) =>
         {
+            super::trusted_data_dir(data_dir)?;
             let db = crate::server::store::path(data_dir);
             eprintln!("note: the master is not running; keys as stored in {}", db.display());
             crate::server::keys::read_stored(&db)?
@@ -76,7 +82,8 @@ pub fn run(action: Action, data_dir: &Path, json: bool) -> anyhow::Result<bool> 
     } else if keys.is_empty() {
         println!("no keys yet");
     } else {
-        print!("{}", table(&keys));
+        // Ids and fingerprints come from agents.
+        print!("{}", halite_proto::text::escape(&table(&keys)));
     }
     Ok(true)
 }
@@ -89,4 +96,32 @@ fn table(keys: &[KeyEntry]) -> String {
         text.push_str(&format!("{:<width$}  {:<8}  {}\n", key.id, key.status.as_str(), key.key));
     }
     text
+}
+
+/// `keys facts`: per key, the frozen facts and any held ones, as JSON
+/// (escaped on a terminal: the facts come from agents).
+fn facts(data_dir: &Path, request: Request, json: bool) -> anyhow::Result<bool> {
+    let response = super::runtime()?.block_on(super::request(data_dir, &request))?;
+    if let Some(error) = response.error {
+        anyhow::bail!(error);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&response.facts)?);
+        return Ok(true);
+    }
+    if response.facts.is_empty() {
+        println!("no accepted key with facts matched");
+    }
+    for row in &response.facts {
+        let mut text = format!("{}  {}\n  frozen: {}\n", row.id, row.key, row.frozen);
+        match &row.held {
+            Some(held) => text.push_str(&format!(
+                "  held:   {held}\n  (the agent claims these since; `halite-master keys facts {} --accept` trusts them)\n",
+                row.id
+            )),
+            None => text.push_str("  held:   none\n"),
+        }
+        print!("{}", halite_proto::text::escape(&text));
+    }
+    Ok(true)
 }

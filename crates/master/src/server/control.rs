@@ -111,6 +111,12 @@ async fn execute(master: &Master, request: Request) -> Response {
             let deleted = master.keys.delete(&target);
             cut_off(master, deleted, "deleted").await
         }
+        Request::KeysFacts { target, accept } => {
+            return match key_facts(master, &target, accept).await {
+                Ok(facts) => Response { ok: true, facts, ..Response::default() },
+                Err(error) => Response { ok: false, error: Some(error), ..Response::default() },
+            };
+        }
         Request::Apply(_) => Err("apply is answered by a stream (see `connection`)".to_owned()),
         Request::Agents | Request::Events { .. } => Err("served by the connection, not here".to_owned()),
     };
@@ -148,6 +154,8 @@ async fn accept(master: &Master, target: &str) -> Result<Vec<KeyEntry>, String> 
         let Ok(key) = entry.key.parse::<PublicKey>() else { continue };
         for (peer, facts) in master.sessions.promote(&entry.id, &key) {
             let version = master.sessions.version(&peer);
+            // What the operator accepted it with is what targeting trusts.
+            master.keys.freeze(&entry.id, &key, &facts);
             crate::server::link::welcome(master, peer, &entry.id, &version, facts).await;
         }
     }
@@ -186,6 +194,29 @@ fn already(master: &Master, target: &str, changed: Vec<KeyEntry>, status: KeySta
     }
     let matching = master.keys.matching(target).map_err(|e| e.to_string())?;
     Ok(matching.into_iter().filter(|e| e.status == status).collect())
+}
+
+/// Shows, or with `accept` trusts, the facts of the keys `target` names.
+/// Accepted facts take effect for the live session at once (targeting,
+/// templates); its beacon set follows at its next connection.
+async fn key_facts(master: &Master, target: &str, accept: bool) -> Result<Vec<crate::server::keys::FactsRow>, String> {
+    if !accept {
+        return master.keys.facts(target).map_err(|e| e.to_string());
+    }
+    let changed = master.keys.accept_facts(target).map_err(|e| e.to_string())?;
+    for row in &changed {
+        tracing::info!(agent = %row.id, fingerprint = %row.key, "Facts accepted.");
+        if master.sessions.accepted_with_facts().iter().any(|(agent, _)| *agent == row.id) {
+            master.sessions.set_facts(&row.id, Value::from_json(&row.frozen));
+        }
+        master.bus.publish(Event::new(
+            tag::key(&row.id, "facts-accepted"),
+            row.id.as_str(),
+            Value::map().with("fingerprint", row.key.as_str()),
+        ));
+    }
+    master.keys.commit().await.map_err(|e| e.to_string())?;
+    Ok(changed)
 }
 
 /// Ends the live sessions of keys that are no longer accepted, at once,

@@ -79,6 +79,19 @@ struct Peers {
     draining: bool,
     /// Reaction queue depths last logged, per agent.
     depths: HashMap<String, usize>,
+    /// Lines each peer's garbage may still log (`log_budget.rs`).
+    budget: crate::server::log_budget::LogBudget,
+}
+
+impl Peers {
+    /// Whether a line about `peer`'s garbage is logged, and how many were
+    /// held back before it.
+    fn may_log(&mut self, peer: &Bytes) -> Option<u64> {
+        match self.budget.check(peer, tokio::time::Instant::now()) {
+            crate::server::log_budget::Verdict::Log { held_back } => Some(held_back),
+            crate::server::log_budget::Verdict::Quiet => None,
+        }
+    }
 }
 
 /// Receives from every agent until `cancel` fires.
@@ -216,7 +229,9 @@ async fn handle(master: &Master, peers: &mut Peers, message: ZmqMessage) {
                 Ok(message) => on_message(master, peers, peer, &agent, accepted, message).await,
                 Err(error) => {
                     peers.dropped += 1;
-                    tracing::warn!(agent = %agent, %error, "Dropping a message that does not open.");
+                    if let Some(held_back) = peers.may_log(&peer) {
+                        tracing::warn!(agent = %agent, %error, held_back, "Dropping a message that does not open.");
+                    }
                 }
             }
         }
@@ -250,7 +265,9 @@ async fn finish_handshake(master: &Master, peers: &mut Peers, peer: Bytes, last:
         Ok(accepted) => accepted,
         Err(error) => {
             peers.dropped += 1;
-            tracing::info!(%error, "A handshake failed.");
+            if let Some(held_back) = peers.may_log(&peer) {
+                tracing::info!(%error, held_back, "A handshake failed.");
+            }
             return;
         }
     };
@@ -258,12 +275,32 @@ async fn finish_handshake(master: &Master, peers: &mut Peers, peer: Bytes, last:
         Ok(AgentMessage::Hello(hello)) if halite_proto::event::valid_id(&hello.agent) => hello,
         _ => {
             peers.dropped += 1;
-            tracing::info!(fingerprint = %accepted.remote, "A handshake without a usable hello.");
+            if let Some(held_back) = peers.may_log(&peer) {
+                tracing::info!(fingerprint = %accepted.remote, held_back, "A handshake without a usable hello.");
+            }
             return;
         }
     };
-    // In memory only: the store's writer commits new keys in batches.
-    let admission = master.keys.admit(&hello.agent, &accepted.remote);
+    // In memory only: the store's writer commits new keys in batches. The
+    // enrolment token leaves the facts here; an accepted key gets the facts
+    // frozen for it, not what this hello claims (keys.rs).
+    let source = master.sessions.address_of(&peer).and_then(|a| a.parse::<SocketAddr>().ok()).map(|a| a.ip());
+    let arrival = match master.keys.arrive(&hello.agent, &accepted.remote, hello.facts, source) {
+        Ok(arrival) => arrival,
+        Err(error) => {
+            peers.dropped += 1;
+            if let Some(held_back) = peers.may_log(&peer) {
+                tracing::warn!(agent = %hello.agent, fingerprint = %accepted.remote, %error, held_back, "Refusing a new key.");
+            }
+            return;
+        }
+    };
+    let hello = halite_proto::Hello { facts: arrival.facts, ..hello };
+    if arrival.held {
+        tracing::warn!(agent = %hello.agent, "The agent claims other facts than those frozen when its key was accepted; targeting keeps the frozen ones (`halite-master keys facts` shows both; `--accept` takes the new).");
+        master.bus.publish(Event::new(tag::key(&hello.agent, "facts-held"), hello.agent.as_str(), Value::map()));
+    }
+    let admission = arrival.admission;
     if admission.new {
         let what = if admission.status == KeyStatus::Accepted { "accepted" } else { "pending" };
         master.bus.publish(Event::new(
@@ -336,10 +373,13 @@ fn seen_first(master: &Master, agent: &str, ids: &[halite_proto::Id]) -> Vec<boo
 async fn take_events(master: &Master, agent: &str, events: Vec<Event>) {
     // An agent speaks only for itself, in its beacon tags and a few of its
     // own.
-    let (allowed, refused): (Vec<Event>, Vec<Event>) =
-        events.into_iter().partition(|event| event.agent == agent && may_raise(agent, &event.tag));
+    // A tag is printable and bounded before anything stores or prints it.
+    let (allowed, refused): (Vec<Event>, Vec<Event>) = events.into_iter().partition(|event| {
+        event.agent == agent && halite_proto::text::valid_tag(&event.tag) && may_raise(agent, &event.tag)
+    });
     for event in refused {
-        tracing::warn!(agent, tag = %event.tag, "Dropping an event an agent may not raise.");
+        let tag: String = halite_proto::text::escape(&event.tag).chars().take(300).collect();
+        tracing::warn!(agent, tag = %tag, "Dropping an event an agent may not raise (not its own tag, or not printable, or over 256 bytes).");
     }
     let ids: Vec<halite_proto::Id> = allowed.iter().map(|event| event.id).collect();
     for (event, fresh) in allowed.into_iter().zip(seen_first(master, agent, &ids)) {

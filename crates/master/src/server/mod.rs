@@ -32,6 +32,7 @@ pub mod jobs;
 pub mod keys;
 pub mod ledger;
 pub mod link;
+pub mod log_budget;
 pub mod notify;
 pub mod reactor;
 pub mod reload;
@@ -67,6 +68,11 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         .mode(0o700)
         .create(&config.data_dir)
         .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+    // Before anything in it is trusted: a key, the key store or a socket
+    // another local user could have planted is refused (StrictModes).
+    halite_fs::strict::check_data_dir(&config.data_dir, halite_fs::strict::Owner::Us)
+        .context("refusing to start with this data dir")?;
+    crate::server::reactor::actions::exec::allow_env(config.exec_env.clone());
     // Before anything in the data dir is touched: a second master on it
     // would overwrite `endpoints` and, stopping, remove the first one's
     // control socket. Held until this function returns.
@@ -94,7 +100,9 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     tracing::debug!(remembered, "Loaded the ids seen from agents.");
     let store_path = crate::server::store::path(&config.data_dir);
     let store = tokio::task::spawn_blocking(move || crate::server::store::Store::open(&store_path)).await??;
-    let keys = crate::server::keys::KeyStore::open(&store, &config.data_dir, &config.auto_accept).await?;
+    let keys = crate::server::keys::KeyStore::open(&store, &config.data_dir, &config.auto_accept)
+        .await?
+        .with_enrolment(&config.enrolment)?;
     let jobs = Jobs::new(sessions.clone(), bus.clone(), JOB_TIMEOUT).with_store(store.clone());
     let tree = Arc::new(RwLock::new(Arc::new(tree)));
     let engine = Engine::new(tree.clone(), jobs.clone(), bus.clone());

@@ -345,6 +345,23 @@ impl Sessions {
         self.lock().by_peer.get(peer).map(|s| s.version.clone()).unwrap_or_default()
     }
 
+    /// The remote address (`ip:port`) of a connection, if the monitor
+    /// reported it.
+    pub fn address_of(&self, peer: &Bytes) -> Option<String> {
+        self.lock().addresses.get(peer).cloned()
+    }
+
+    /// An operator trusted new facts for `agent`: its accepted session
+    /// targets by them from now on.
+    pub fn set_facts(&self, agent: &str, facts: Value) {
+        let mut table = self.lock();
+        if let Some(peer) = table.by_agent.get(agent).cloned()
+            && let Some(session) = table.by_peer.get_mut(&peer)
+        {
+            session.facts = facts;
+        }
+    }
+
     /// A connection was accepted from `address`.
     pub fn note_address(&self, peer: Bytes, address: String) {
         self.lock().addresses.insert(peer, address);

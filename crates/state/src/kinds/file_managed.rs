@@ -11,7 +11,6 @@
 //! root read or change another file through it.
 
 use std::ffi::{OsStr, OsString};
-use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
@@ -209,8 +208,12 @@ fn read_source(root: &Path, source: &str) -> Result<Vec<u8>, (String, String)> {
             format!("source `{source}` is a link that leads out of the state tree"),
             "copy the file into the tree instead of linking to it".into(),
         ),
+        error @ (TreePathError::NotAFile { .. } | TreePathError::HardLinked { .. }) => (
+            format!("source {error}"),
+            "make the source an ordinary file in the tree, with one name (`cp`, not `ln` or `mkfifo`)".into(),
+        ),
     })?;
-    fs::read(&canonical)
+    crate::paths::read_tree_file(&canonical)
         .map_err(|e| (format!("source `{source}` cannot be read: {e}"), "check that it is a readable file".into()))
 }
 
@@ -513,6 +516,8 @@ impl Plan for FilePlan {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
     use crate::apply::apply_call;
     use halite_proto::{Outcome, StateCall};

@@ -47,6 +47,36 @@ const REPORT_LIMIT: usize = 2048;
 
 static PERMITS: Semaphore = Semaphore::const_new(CONCURRENCY);
 
+/// What a hook gets of the master's environment, by default: enough to
+/// run programs and speak the locale, nothing that could hold a secret.
+/// master.yaml's `exec_env` adds names ([`allow_env`]).
+pub const DEFAULT_ENV: &[&str] =
+    &["PATH", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "HOME", "USER", "LOGNAME", "TMPDIR"];
+
+/// Names added to [`DEFAULT_ENV`] by master.yaml's `exec_env`, set once at
+/// start.
+static EXTRA_ENV: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// Lets hooks also see these variables of the master's environment
+/// (master.yaml `exec_env`). The first call wins; later ones are ignored.
+pub fn allow_env(names: Vec<String>) {
+    let _ = EXTRA_ENV.set(names);
+}
+
+/// The master's variables a hook may see, then the event's `HALITE_*`.
+fn hook_env(agent: &str, event: &Event) -> Vec<(String, String)> {
+    let extra = EXTRA_ENV.get().map_or(&[][..], Vec::as_slice);
+    let allowed = DEFAULT_ENV.iter().copied().chain(extra.iter().map(String::as_str));
+    let mut env: Vec<(String, String)> =
+        allowed.filter_map(|name| std::env::var(name).ok().map(|value| (name.to_owned(), value))).collect();
+    env.extend([
+        ("HALITE_TAG".to_owned(), event.tag.clone()),
+        ("HALITE_AGENT".to_owned(), agent.to_owned()),
+        ("HALITE_EVENT_ID".to_owned(), event.id.to_string()),
+    ]);
+    env
+}
+
 #[derive(Debug)]
 struct Exec {
     /// As authored, for logs and `check`.
@@ -99,11 +129,11 @@ impl Action for Exec {
         Box::pin(async move {
             let _permit = PERMITS.acquire().await.map_err(|e| format!("exec `{}`: {e}", self.cmd))?;
             let mut spec = self.spec.clone();
-            spec.env.extend([
-                ("HALITE_TAG".to_owned(), event.tag.clone()),
-                ("HALITE_AGENT".to_owned(), agent.to_owned()),
-                ("HALITE_EVENT_ID".to_owned(), event.id.to_string()),
-            ]);
+            // Only `HALITE_*` and the allow-list: the master's environment
+            // may hold secrets a hook (and its stderr, which is published)
+            // must not see.
+            spec.clear_env = true;
+            spec.env.extend(hook_env(agent, event));
             spec.stdin = Some(event.to_json().to_string().into_bytes());
             let output = command::run_async(&spec, None).await.map_err(|e| format!("exec `{}`: {e}", self.cmd))?;
             let (out, err) = (output.stdout.trim(), output.stderr.trim());
@@ -198,6 +228,32 @@ mod tests {
         assert_eq!(stdin, event.to_json());
         let env = std::fs::read_to_string(dir.path().join("env.txt")).unwrap();
         assert_eq!(env, format!("an arg; $(rm -rf /)|halite/beacon/web01/cpu-hot|web01|{}", event.id));
+    }
+
+    /// The test process has cargo's variables (`CARGO_PKG_NAME`, …): a
+    /// hook sees none of them, only the allow-list and `HALITE_*`.
+    #[tokio::test]
+    async fn a_hook_gets_only_halite_variables_and_the_allow_list() {
+        assert!(std::env::var("CARGO_PKG_NAME").is_ok(), "the test needs a variable outside the allow-list");
+        let (result, dir, _) = run(
+            "#!/bin/sh
+env > env.txt
+",
+            "10s",
+        )
+        .await;
+        assert!(result.is_ok(), "{result:?}");
+        let env = std::fs::read_to_string(dir.path().join("env.txt")).unwrap();
+        let names: Vec<&str> = env.lines().filter_map(|line| line.split_once('=').map(|(name, _)| name)).collect();
+        assert!(names.contains(&"HALITE_AGENT") && names.contains(&"PATH"), "{names:?}");
+        assert!(!names.contains(&"CARGO_PKG_NAME"), "inherited the master's environment: {names:?}");
+        let unexpected: Vec<&&str> = names
+            .iter()
+            .filter(|name| {
+                !name.starts_with("HALITE_") && !DEFAULT_ENV.contains(name) && !["PWD", "SHLVL", "_"].contains(name)
+            })
+            .collect();
+        assert!(unexpected.is_empty(), "{unexpected:?}");
     }
 
     #[tokio::test]
