@@ -314,6 +314,10 @@ pub enum KeysAction {
     /// The facts frozen for the accepted keys TARGET names (what targeting
     /// and templates use) and any other facts their agents claimed since
     /// (held); with --accept, the held facts become the frozen ones.
+    #[command(after_help = "Examples:
+  halite-master keys facts web01
+  halite-master keys facts web01 --accept
+  halite-master keys facts '*' --json")]
     Facts {
         target: String,
         /// Trust what the agents now claim.
