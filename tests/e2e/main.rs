@@ -12,6 +12,7 @@ mod interop;
 mod interrupted_restores;
 mod link;
 mod local_attack;
+mod operator;
 mod reactors;
 mod reload;
 mod restart;

@@ -159,7 +159,9 @@ pub enum Command {
     /// Compliance: `unknown` (no job returned yet), `compliant` (the last
     /// job succeeded and no managed file drifted since), `drifted` (a
     /// managed file changed and no job has returned since), `failing` (the
-    /// last job had a failed state). Pending agents are listed too.
+    /// last job had a failed state), `stale` (a reload changed the states
+    /// rendered for it and no job has returned since). Pending agents are
+    /// listed too.
     Agents {
         /// The master's configuration, to find its data dir.
         #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
@@ -181,6 +183,65 @@ pub enum Command {
         #[arg(long, value_name = "GLOB")]
         tag: Option<String>,
         /// One JSON object per line, as the outside publisher sends them.
+        #[arg(long)]
+        json: bool,
+        /// The master's configuration, to find its data dir.
+        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The master's data dir (overrides the configuration's).
+        #[arg(long, env = "HALITE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Run a program on every connected agent TARGET matches, at once (or
+    /// `--batch N` at a time), and show each agent's exit code and output as
+    /// it answers. No shell: PROGRAM and ARGS are passed as they are (write
+    /// `-- sh -c '…'` for one). Each agent's run is a job, recorded with this
+    /// command line as its cause (`halite-master jobs`).
+    ///
+    /// Example: halite-master cmd 'web*' -- systemctl is-active nginx
+    ///
+    /// Exit codes: 0 the program exited 0 on every agent; 1 it exited
+    /// otherwise, timed out or was killed on some agent (or the request was
+    /// refused); 2 some agent
+    /// did not answer in time, or TARGET matches no connected agent.
+    Cmd {
+        /// A target expression, as in top.yaml: 'web*', L@web01,web02,
+        /// 'G@os:debian and not db*'.
+        target: String,
+        /// The program and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "PROGRAM ARGS")]
+        argv: Vec<String>,
+        /// How long the program may run on each agent; it is killed then.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// At most N agents run the program at once.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        batch: Option<u64>,
+        /// One JSON object per agent per line (agent, jid, answered, code,
+        /// error, stdout, stderr) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The master's configuration, to find its data dir.
+        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The master's data dir (overrides the configuration's).
+        #[arg(long, env = "HALITE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// The facts of the connected agents TARGET matches (what `G@` targets
+    /// and templates' `facts` read): all of them, or the NAMEs given (a
+    /// dotted name reads inside a fact: os_release.version_codename).
+    ///
+    /// Example: halite-master facts 'web*' os os_version cpus
+    ///
+    /// Exit codes: 0 success; 1 refused (a bad target); 2 TARGET matches
+    /// no connected agent.
+    Facts {
+        /// A target expression, as in top.yaml.
+        target: String,
+        /// Facts to show (default: all).
+        names: Vec<String>,
+        /// Print JSON (agent → facts) instead of text.
         #[arg(long)]
         json: bool,
         /// The master's configuration, to find its data dir.

@@ -13,7 +13,8 @@
 //!   action in `reactor/actions/`.
 //! - [`reload`] — hot reload of the tree (a watcher and SIGHUP).
 //! - [`control`] — the control socket operator commands talk to;
-//!   [`apply`] and [`events`] answer its streamed requests.
+//!   [`apply`], [`cmd`] and [`events`] answer its streamed requests;
+//!   [`facts`] answers `facts`.
 //! - [`notify`] — telling systemd the master is ready (`Type=notify`).
 
 use std::io::Write;
@@ -25,9 +26,11 @@ use tokio_util::sync::CancellationToken;
 
 pub mod apply;
 pub mod bus;
+pub mod cmd;
 pub mod context;
 pub mod control;
 pub mod events;
+pub mod facts;
 pub mod jobs;
 pub mod keys;
 pub mod ledger;
