@@ -16,5 +16,6 @@ mod operator;
 mod reactors;
 mod reload;
 mod restart;
+mod schedule;
 mod states;
 mod swarm;

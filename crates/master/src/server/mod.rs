@@ -11,7 +11,9 @@
 //! - [`jobs`] — sending states to agents and waiting for results.
 //! - [`reactor`] — compiling reactors, the per-agent engine, one file per
 //!   action in `reactor/actions/`.
-//! - [`reload`] — hot reload of the tree (a watcher and SIGHUP).
+//! - [`reload`] — hot reload of the tree (a watcher and SIGHUP), and
+//!   re-applying the agents an edit concerns; [`schedule`]: scheduled
+//!   enforcement.
 //! - [`control`] — the control socket operator commands talk to;
 //!   [`apply`], [`cmd`] and [`events`] answer its streamed requests;
 //!   [`facts`] answers `facts`.
@@ -38,6 +40,7 @@ pub mod link;
 pub mod notify;
 pub mod reactor;
 pub mod reload;
+pub mod schedule;
 pub mod sessions;
 pub mod store;
 
@@ -100,8 +103,10 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     let fingerprint = keypair.public;
     let master = Arc::new(Master { keypair, keys, tree, sessions, jobs, engine, bus });
     crate::server::control::serve(master.clone(), &config.data_dir, cancel.clone()).await?;
-    crate::server::reload::spawn(master.clone(), config.states.clone(), cancel.clone())
+    let enforce = crate::server::reload::Enforce::of(&config);
+    crate::server::reload::spawn(master.clone(), config.states.clone(), enforce, cancel.clone())
         .with_context(|| format!("cannot watch the state tree {}", config.states.display()))?;
+    crate::server::schedule::spawn(master.clone(), config.schedule.clone(), cancel.clone());
 
     let ready = format!("ready listen={listen} publish={publish} key={fingerprint}");
     std::fs::write(config.data_dir.join("endpoints"), format!("{ready}\n"))
