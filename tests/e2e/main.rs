@@ -4,6 +4,7 @@
 mod apply;
 mod beacons;
 mod bus;
+mod check;
 mod drift;
 mod faults;
 mod full_disk;

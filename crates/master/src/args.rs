@@ -60,7 +60,8 @@ pub enum Command {
         states: Option<PathBuf>,
     },
     /// Check the whole state tree and print every problem as
-    /// file:line:col: error: … with a hint; exit 1 if there is any.
+    /// file:line:col: error: … (or warning: …) with a hint; exit 1 if there
+    /// is any error (with --strict, any warning too).
     Check {
         /// The state tree to check.
         #[arg(long, env = "HALITE_STATES", default_value = "states")]
@@ -76,6 +77,11 @@ pub enum Command {
         /// tag, for `halite/beacon/<agent>/...`).
         #[arg(long, requires = "event")]
         agent: Option<String>,
+        /// Fail (exit 1) on warnings too: a reactor whose `on` matches no
+        /// tag halite raises or no beacon in beacons.yaml, or whose `when`
+        /// reads a field or value its beacons never send.
+        #[arg(long)]
+        strict: bool,
     },
     /// Agents' keys: list them, accept, reject or delete them, or print the
     /// master's own key (its fingerprint, which agents pin as `master_key`).

@@ -64,9 +64,9 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             };
             cli::keys::run(action, &cli::operator_data_dir(&config, data_dir)?, json)
         }
-        Command::Check { states, event, data, agent } => {
+        Command::Check { states, event, data, agent, strict } => {
             let mut out = std::io::stdout().lock();
-            let clean = cli::check::run(&states, &mut out)?;
+            let clean = cli::check::run(&states, strict, &mut out)?;
             match event {
                 None => Ok(clean),
                 Some(tag) => {

@@ -7,15 +7,30 @@ use std::path::Path;
 use crate::tree::Tree;
 
 /// Prints every diagnostic and a summary; returns whether the tree is clean
-/// of errors.
-pub fn run(states: &Path, out: &mut impl Write) -> std::io::Result<bool> {
+/// of errors (and, when `strict`, of warnings too).
+pub fn run(states: &Path, strict: bool, out: &mut impl Write) -> std::io::Result<bool> {
     let (tree, diagnostics) = Tree::load(states);
     for diagnostic in &diagnostics {
         writeln!(out, "{diagnostic}")?;
     }
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
+    let warnings = diagnostics.len() - errors;
+    if errors == 0 && strict && warnings > 0 {
+        writeln!(
+            out,
+            "error: {warnings} warning{} in {}, and --strict refuses warnings",
+            if warnings == 1 { "" } else { "s" },
+            states.display()
+        )?;
+        return Ok(false);
+    }
     if errors == 0 {
-        writeln!(out, "ok: {}: {}", states.display(), tree.summary())?;
+        let warned = match warnings {
+            0 => String::new(),
+            1 => " (1 warning)".to_owned(),
+            n => format!(" ({n} warnings)"),
+        };
+        writeln!(out, "ok: {}: {}{warned}", states.display(), tree.summary())?;
         for watch in &tree.watches {
             writeln!(
                 out,
@@ -67,6 +82,16 @@ fn reactions(tree: &Tree, event: &halite_proto::Event, depth: u32, out: &mut imp
     let mut fired = 0;
     for reactor in &tree.reactors {
         match reactor.matches(event) {
+            Ok(false) if reactor.tag_matches(&event.tag) => {
+                writeln!(
+                    out,
+                    "{indent}  skips {}: on {} matches, but when {} is false{}",
+                    reactor.name,
+                    reactor.on,
+                    reactor.when.as_deref().unwrap_or_default(),
+                    why_false(reactor, event)
+                )?;
+            }
             Ok(false) => {}
             Ok(true) => {
                 fired += 1;
@@ -107,4 +132,19 @@ fn reactions(tree: &Tree, event: &halite_proto::Event, depth: u32, out: &mut imp
         }
     }
     Ok(fired)
+}
+
+/// What the `when` of `reactor` read from the event: each field it names,
+/// and its value (or that the event has none).
+fn why_false(reactor: &crate::server::reactor::Reactor, event: &halite_proto::Event) -> String {
+    let Some(when) = &reactor.when else { return String::new() };
+    let read: Vec<String> = crate::tree::lint::Scan::of(when)
+        .reads
+        .iter()
+        .map(|field| match event.data.get(field) {
+            Some(value) => format!("data.{field} is {}", value.to_json()),
+            None => format!("data.{field} is undefined"),
+        })
+        .collect();
+    if read.is_empty() { String::new() } else { format!(": {}", read.join(", ")) }
 }

@@ -1,0 +1,51 @@
+//! `halite-master check` on trees in tests/fixtures/check, its output
+//! compared with the expected-output files beside them: the warnings about
+//! reactors that load but cannot fire as written, `--strict`, and the
+//! what-if's reactors whose `when` was false, with why.
+
+use std::path::{Path, PathBuf};
+
+use halite_e2e::{CommandOutput, binaries, process};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/check")
+}
+
+/// Runs `halite-master check ARGS` in the fixtures folder (so the paths it
+/// prints are the same everywhere).
+async fn check(args: &[&str]) -> anyhow::Result<CommandOutput> {
+    let mut command = process(binaries().master);
+    command.arg("check").args(args).current_dir(fixtures());
+    CommandOutput::of(command).await
+}
+
+fn expected(name: &str) -> String {
+    std::fs::read_to_string(fixtures().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_warns_about_reactor_typos_and_strict_refuses_them() {
+    let out = check(&["--states", "typos"]).await.unwrap();
+    assert_eq!(out.code, 0, "warnings alone pass: {out:?}");
+    assert_eq!(out.stdout, expected("typos.expected"));
+    let out = check(&["--states", "typos", "--strict"]).await.unwrap();
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.stdout, expected("typos.strict.expected"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_what_if_says_which_reactors_matched_the_tag_but_not_when_and_why() {
+    let data = r#"{"kind": "create", "path": "/etc/nginx/nginx.conf"}"#;
+    let out = check(&["--states", "typos", "--event", "halite/beacon/web01/nginx-conf", "--data", data]).await.unwrap();
+    assert_eq!(out.stdout, expected("typos.what-if.expected"));
+}
+
+/// The example tree `init` writes has no warnings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_tree_is_clean_under_strict() {
+    let dir = tempfile::tempdir().unwrap();
+    halite_master::example::write(dir.path()).unwrap();
+    let out = check(&["--states", &dir.path().display().to_string(), "--strict"]).await.unwrap();
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(!out.stdout.contains("warning"), "{out:?}");
+}
