@@ -49,3 +49,24 @@ async fn the_example_tree_is_clean_under_strict() {
     assert_eq!(out.code, 0, "{out:?}");
     assert!(!out.stdout.contains("warning"), "{out:?}");
 }
+
+/// Templates render for each sample agent of facts.yaml: a failure names
+/// the agent, the expression or filter, and the template line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_renders_templates_for_the_sample_agents() {
+    let out = check(&["--states", "templates"]).await.unwrap();
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.stdout, expected("templates.expected"));
+    // Fixed, the same tree renders for both.
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["top.yaml", "vars.yaml", "facts.yaml", "app.yaml"] {
+        let text = std::fs::read_to_string(fixtures().join("templates").join(name)).unwrap();
+        let text = text
+            .replace("{{ id | upcase }}", "{{ id | upper }}")
+            .replace("facts.os_release.version_codename", "facts.os_release.version_codename | default('none')");
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let out = check(&["--states", &dir.path().display().to_string()]).await.unwrap();
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.ends_with("  templates: rendered for 2 sample agents (facts.yaml)\n"), "{out:?}");
+}

@@ -9,7 +9,15 @@ use crate::tree::Tree;
 /// Prints every diagnostic and a summary; returns whether the tree is clean
 /// of errors (and, when `strict`, of warnings too).
 pub fn run(states: &Path, strict: bool, out: &mut impl Write) -> std::io::Result<bool> {
-    let (tree, diagnostics) = Tree::load(states);
+    let (tree, mut diagnostics) = Tree::load(states);
+    // Templates render per agent: with facts.yaml's sample agents, once
+    // the tree itself loads cleanly.
+    let mut samples = 0;
+    if !diagnostics.iter().any(halite_state::Diagnostic::is_error) {
+        let (rendered, problems) = crate::tree::samples::render(&tree, states);
+        samples = rendered;
+        diagnostics.extend(problems);
+    }
     for diagnostic in &diagnostics {
         writeln!(out, "{diagnostic}")?;
     }
@@ -31,6 +39,14 @@ pub fn run(states: &Path, strict: bool, out: &mut impl Write) -> std::io::Result
             n => format!(" ({n} warnings)"),
         };
         writeln!(out, "ok: {}: {}{warned}", states.display(), tree.summary())?;
+        if samples > 0 {
+            writeln!(
+                out,
+                "  templates: rendered for {samples} sample agent{} ({})",
+                if samples == 1 { "" } else { "s" },
+                crate::tree::samples::FILE
+            )?;
+        }
         for watch in &tree.watches {
             writeln!(
                 out,

@@ -5,6 +5,7 @@
 
 pub mod beacons;
 pub mod lint;
+pub mod samples;
 pub mod watch;
 
 use std::path::Path;
