@@ -68,5 +68,49 @@ async fn check_renders_templates_for_the_sample_agents() {
     }
     let out = check(&["--states", &dir.path().display().to_string()]).await.unwrap();
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.ends_with("  templates: rendered for 2 sample agents (facts.yaml)\n"), "{out:?}");
+    assert!(out.stdout.contains("templates: rendered for 2 sample agents (facts.yaml)\nok: "), "{out:?}");
+}
+
+/// With the master's data dir, `check` renders templates for every agent
+/// the master has seen, with the facts it last sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_renders_templates_for_the_agents_the_master_knows() {
+    let fleet = halite_e2e::Fleet::start(&["web01", "db01"]).await.unwrap();
+    let result = async {
+        let tree = tempfile::tempdir()?;
+        let app = "app-conf:\n  file.managed:\n    path: /etc/app.conf\n    template: jinja\n    contents: |\n      # {{ facts.os }}\n      listen {{ vars.port }}\n";
+        for (name, text) in [("top.yaml", "'*': [app]\n"), ("vars.yaml", "'web*': {port: 80}\n"), ("app.yaml", app)] {
+            std::fs::write(tree.path().join(name), text)?;
+        }
+        let (states, data_dir) = (tree.path().display().to_string(), fleet.master_data_dir().display().to_string());
+        let mut out = None;
+        // The store's writer commits the facts with its next batch.
+        halite_e2e::wait_until("both agents' facts in the store", || {
+            let output = halite_e2e::blocking_process(&fleet.binaries.master)
+                .args(["check", "--states", &states, "--data-dir", &data_dir])
+                .output()
+                .expect("check runs");
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            let done = text.contains("rendered for 2 known agents");
+            out = Some((output.status.code(), text));
+            done
+        })
+        .await?;
+        let (code, text) = out.unwrap_or_default();
+        assert_eq!(code, Some(1), "{text}");
+        let expected = format!(
+            "{states}/app.yaml:2:3: error: file.managed `app-conf`: the template does not render for agent `db01` (template line 2): undefined value: `vars.port` is not defined for this agent\n  help: check the names it uses: id, facts, vars, event (agent `db01`: facts from the master's store)\n"
+        );
+        assert!(text.starts_with(&expected), "{text}");
+        assert!(!text.contains("for agent `web01`"), "web01 has vars.port: {text}");
+        assert!(
+            text.contains("\ntemplates: rendered for 2 known agents (the master's store) and 0 sample agents (facts.yaml)\nerror: "),
+            "{text}"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
 }

@@ -82,6 +82,11 @@ pub enum Command {
         /// reads a field or value its beacons never send.
         #[arg(long)]
         strict: bool,
+        /// The master's data dir: templates are rendered for every agent
+        /// its store has seen, with the facts each last sent (besides the
+        /// sample agents of the tree's facts.yaml).
+        #[arg(long = "data-dir", env = "HALITE_DATA_DIR", value_name = "DIR")]
+        master_data_dir: Option<PathBuf>,
     },
     /// Agents' keys: list them, accept, reject or delete them, or print the
     /// master's own key (its fingerprint, which agents pin as `master_key`).

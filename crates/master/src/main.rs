@@ -64,9 +64,13 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             };
             cli::keys::run(action, &cli::operator_data_dir(&config, data_dir)?, json)
         }
-        Command::Check { states, event, data, agent, strict } => {
+        Command::Check { states, event, data, agent, strict, master_data_dir } => {
             let mut out = std::io::stdout().lock();
-            let clean = cli::check::run(&states, strict, &mut out)?;
+            let (known, note) = cli::check::known_agents(master_data_dir.as_deref());
+            if let Some(note) = note {
+                eprintln!("{note}");
+            }
+            let clean = cli::check::run(&states, strict, &known, &mut out)?;
             match event {
                 None => Ok(clean),
                 Some(tag) => {

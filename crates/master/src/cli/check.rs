@@ -6,16 +6,35 @@ use std::path::Path;
 
 use crate::tree::Tree;
 
+/// The facts of every agent the master whose data dir is `data_dir` has
+/// seen (its store), and a note when there are none to be had.
+pub fn known_agents(data_dir: Option<&Path>) -> (Vec<(String, serde_json::Value)>, Option<String>) {
+    let Some(data_dir) = data_dir else { return (Vec::new(), None) };
+    let path = crate::server::store::path(data_dir);
+    if !path.exists() {
+        return (Vec::new(), None);
+    }
+    match crate::server::store::Reader::open(&path).and_then(|reader| reader.agent_facts()) {
+        Ok(facts) => (facts, None),
+        Err(error) => (Vec::new(), Some(format!("note: templates not rendered for the known agents: {error}"))),
+    }
+}
+
 /// Prints every diagnostic and a summary; returns whether the tree is clean
-/// of errors (and, when `strict`, of warnings too).
-pub fn run(states: &Path, strict: bool, out: &mut impl Write) -> std::io::Result<bool> {
+/// of errors (and, when `strict`, of warnings too). Templates are rendered
+/// for `known` agents (from the master's store) and facts.yaml's samples.
+pub fn run(
+    states: &Path,
+    strict: bool,
+    known: &[(String, serde_json::Value)],
+    out: &mut impl Write,
+) -> std::io::Result<bool> {
     let (tree, mut diagnostics) = Tree::load(states);
-    // Templates render per agent: with facts.yaml's sample agents, once
-    // the tree itself loads cleanly.
-    let mut samples = 0;
+    // Templates render per agent, once the tree itself loads cleanly.
+    let mut rendered = crate::tree::samples::Rendered::default();
     if !diagnostics.iter().any(halite_state::Diagnostic::is_error) {
-        let (rendered, problems) = crate::tree::samples::render(&tree, states);
-        samples = rendered;
+        let (counts, problems) = crate::tree::samples::render(&tree, states, known);
+        rendered = counts;
         diagnostics.extend(problems);
     }
     for diagnostic in &diagnostics {
@@ -23,6 +42,23 @@ pub fn run(states: &Path, strict: bool, out: &mut impl Write) -> std::io::Result
     }
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
     let warnings = diagnostics.len() - errors;
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    match (rendered.known, rendered.samples) {
+        (0, 0) => {}
+        (0, samples) => writeln!(
+            out,
+            "templates: rendered for {samples} sample agent{} ({})",
+            plural(samples),
+            crate::tree::samples::FILE
+        )?,
+        (known, samples) => writeln!(
+            out,
+            "templates: rendered for {known} known agent{} (the master's store) and {samples} sample agent{} ({})",
+            plural(known),
+            plural(samples),
+            crate::tree::samples::FILE
+        )?,
+    }
     if errors == 0 && strict && warnings > 0 {
         writeln!(
             out,
@@ -39,14 +75,6 @@ pub fn run(states: &Path, strict: bool, out: &mut impl Write) -> std::io::Result
             n => format!(" ({n} warnings)"),
         };
         writeln!(out, "ok: {}: {}{warned}", states.display(), tree.summary())?;
-        if samples > 0 {
-            writeln!(
-                out,
-                "  templates: rendered for {samples} sample agent{} ({})",
-                if samples == 1 { "" } else { "s" },
-                crate::tree::samples::FILE
-            )?;
-        }
         for watch in &tree.watches {
             writeln!(
                 out,
