@@ -985,6 +985,12 @@ impl FileBeacon {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_declared_kinds_are_the_changes_it_reports() {
+        let declared = KIND.fields.iter().find(|f| f.name == "kind").map(|f| f.values.to_vec());
+        assert_eq!(declared, Some(Change::all().into_iter().map(Change::as_str).collect::<Vec<_>>()));
+    }
+
     fn file(content: &[u8], mode: u32) -> Observation {
         Observation::File { sha256: Sha256::of(content), mode }
     }

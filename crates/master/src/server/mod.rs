@@ -63,7 +63,7 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         anyhow::bail!(
             "the state tree {} has {} errors; fix them (`halite-master check --states {}` lists them) and start again",
             config.states.display(),
-            diagnostics.len(),
+            diagnostics.iter().filter(|d| d.is_error()).count(),
             config.states.display()
         );
     }
