@@ -145,7 +145,10 @@ pub fn reactors(path: &Path, reactors: &[std::sync::Arc<Reactor>], beacons: &[Be
             warnings.push(warn(
                 reactor.on_at,
                 format!("reactor `{}`: `on: {}` matches no beacon in beacons.yaml", reactor.name, reactor.on),
-                format!("beacons: {}", if names.is_empty() { "none".to_owned() } else { names.join(", ") }),
+                format!(
+                    "beacons: {} (a beacon only in an agent's agent.yaml is not known here)",
+                    if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+                ),
             ));
             continue;
         }
