@@ -327,6 +327,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_the_agents_whose_states_render_differently_are_stale() {
+        let load = |edit: &dyn Fn(&Path)| {
+            let dir = tempfile::tempdir().unwrap();
+            crate::example::write(dir.path()).unwrap();
+            edit(dir.path());
+            Tree::load(dir.path()).0
+        };
+        let old = load(&|_| {});
+        let agents: Vec<(String, Value)> =
+            ["web01", "db01"].iter().map(|a| ((*a).to_owned(), Value::map().with("id", *a))).collect();
+        // (an edit of the example tree, the agents it makes stale)
+        type Case<'a> = (&'a dyn Fn(&Path), &'a [&'a str]);
+        let cases: [Case; 4] = [
+            (&|_| {}, &[]),
+            (&|root| std::fs::write(root.join("files/nginx.conf"), "events {}\n").unwrap(), &["web01"]),
+            (&|root| std::fs::write(root.join("top.yaml"), "'*': [motd, nginx]\n").unwrap(), &["db01"]),
+            (&|root| std::fs::write(root.join("reactors.yaml"), "[]\n").unwrap(), &[]),
+        ];
+        for (i, (edit, stale)) in cases.into_iter().enumerate() {
+            assert_eq!(changed_agents(&old, &load(edit), &agents), stale, "case {i}");
+        }
+    }
+
+    #[test]
     fn reads_and_hidden_files_do_not_reload() {
         use notify::event::{AccessKind, CreateKind, EventKind, ModifyKind, RenameMode};
         let root = Path::new("/srv/states");

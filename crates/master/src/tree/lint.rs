@@ -345,6 +345,45 @@ mod tests {
     }
 
     #[test]
+    fn the_tags_halite_raises_are_all_known_here() {
+        use halite_proto::Id;
+        use halite_proto::event::tag;
+        let known = |tag: &str| {
+            TAGS.iter().any(|template| {
+                let (parts, segments): (Vec<&str>, Vec<&str>) =
+                    (template.split('/').collect(), tag.split('/').collect());
+                parts.len() == segments.len() && parts.iter().zip(&segments).all(|(p, s)| *p == "{}" || p == s)
+            })
+        };
+        let raised = [
+            tag::beacon("web01", "motd"),
+            tag::agent("web01", "connected"),
+            tag::agent("web01", "disconnected"),
+            tag::agent("web01", "stale"),
+            tag::key("web01", "pending"),
+            tag::key("web01", "accepted"),
+            tag::key("web01", "rejected"),
+            tag::key("web01", "deleted"),
+            tag::job_new(Id::new()),
+            tag::job_ret(Id::new(), "web01"),
+            tag::reactor("r", "fired"),
+            tag::reactor("r", "throttled"),
+            tag::reactor("r", "failed"),
+            tag::master("tree/reloaded"),
+            tag::master("tree/failed"),
+            // Raised by the agent itself (daemon.rs, outbox.rs).
+            "halite/agent/web01/drift".into(),
+            "halite/agent/web01/healed".into(),
+            "halite/agent/web01/outbox/unwritable".into(),
+            "halite/agent/web01/outbox/writable".into(),
+            "halite/agent/web01/outbox/dropped".into(),
+        ];
+        for tag in raised {
+            assert!(known(&tag), "{tag} is not in TAGS: `check` would warn about a reactor on it");
+        }
+    }
+
+    #[test]
     fn a_glob_is_matched_against_the_tags_halite_raises() {
         let cases = [
             ("halite/beacon/*/motd", Some("motd"), "halite/beacon//motd"),
