@@ -746,6 +746,25 @@ mod tests {
         assert!(reader.job("01B").unwrap().is_some());
     }
 
+    #[tokio::test]
+    async fn each_agents_last_facts_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path(dir.path());
+        let store = Store::open(&path).unwrap();
+        store.facts_seen("web01", serde_json::json!({"os": "debian", "cpus": 2}));
+        store.facts_seen("db01", serde_json::json!({"os": "rocky"}));
+        store.facts_seen("web01", serde_json::json!({"os": "debian", "cpus": 4}));
+        store.flush().await;
+        let facts = Reader::open(&path).unwrap().agent_facts().unwrap();
+        assert_eq!(
+            facts,
+            [
+                ("db01".to_owned(), serde_json::json!({"os": "rocky"})),
+                ("web01".to_owned(), serde_json::json!({"os": "debian", "cpus": 4})),
+            ]
+        );
+    }
+
     #[test]
     fn a_missing_or_newer_store_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
