@@ -203,11 +203,14 @@ pub enum Command {
         #[arg(long, env = "HALITE_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
-    /// Run a program on every connected agent TARGET matches, at once (or
-    /// `--batch N` at a time), and show each agent's exit code and output as
-    /// it answers. No shell: PROGRAM and ARGS are passed as they are (write
-    /// `-- sh -c '…'` for one). Each agent's run is a job, recorded with this
-    /// command line as its cause (`halite-master jobs`).
+    /// Run a program on the connected agents TARGET matches; show each one's
+    /// exit code and output.
+    ///
+    /// Every matching agent runs it at once (or `--batch N` at a time); each
+    /// answer is shown as it comes. No shell: PROGRAM and ARGS are passed as
+    /// they are (write `-- sh -c '…'` for one). Each agent's run is a job,
+    /// recorded with this command line as its cause (`halite-master jobs`);
+    /// it does not change the agent's compliance.
     ///
     /// Example: halite-master cmd 'web*' -- systemctl is-active nginx
     ///
@@ -239,9 +242,11 @@ pub enum Command {
         #[arg(long, env = "HALITE_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
-    /// The facts of the connected agents TARGET matches (what `G@` targets
-    /// and templates' `facts` read): all of them, or the NAMEs given (a
-    /// dotted name reads inside a fact: os_release.version_codename).
+    /// Show the facts of the connected agents TARGET matches.
+    ///
+    /// What `G@` targets and templates' `facts` read, from each agent's
+    /// hello: all of them, or the NAMEs given (a dotted name reads inside a
+    /// fact: os_release.version_codename; `-` for a fact an agent lacks).
     ///
     /// Example: halite-master facts 'web*' os os_version cpus
     ///
