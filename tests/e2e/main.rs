@@ -4,8 +4,10 @@
 mod apply;
 mod beacons;
 mod bus;
+mod check;
 mod drift;
 mod faults;
+mod fleet_commands;
 mod full_disk;
 mod hardening;
 mod interop;
@@ -16,6 +18,7 @@ mod operator;
 mod reactors;
 mod reload;
 mod restart;
+mod schedule;
 mod states;
 mod swarm;
 mod trust;

@@ -105,6 +105,16 @@ impl Fleet {
         Fleet::start_configured(agents, &["*"], &[], &[], master_yaml).await
     }
 
+    /// As [`Fleet::start_custom`] (every key accepted) with `master_yaml`
+    /// added to the master's configuration.
+    pub async fn start_custom_with_master_config(
+        agents: &[&str],
+        files: &[(&str, &str)],
+        master_yaml: &str,
+    ) -> anyhow::Result<Fleet> {
+        Fleet::start_configured(agents, &["*"], files, &[], master_yaml).await
+    }
+
     async fn start_configured(
         agents: &[&str],
         auto_accept: &[&str],

@@ -91,13 +91,14 @@ pub enum Command {
         states: Option<PathBuf>,
     },
     /// Check the whole state tree and print every problem as
-    /// file:line:col: error: … with a hint; exit 1 if there is any.
+    /// file:line:col: error: … (or warning: …) with a hint; exit 1 if there
+    /// is any error (with --strict, any warning too).
     ///
     /// The tree is --states, else `states` of the configuration (when it
     /// exists), else ./states.
     #[command(after_help = "Examples:
   halite-master check
-  halite-master check --states ./halite/states
+  halite-master check --strict --states ./halite/states
   halite-master check --config ./halite/master.yaml --event halite/beacon/web01/nginx-conf --data '{\"kind\": \"modify\"}'")]
     Check {
         /// The state tree to check (overrides the configuration's).
@@ -117,6 +118,16 @@ pub enum Command {
         /// tag, for `halite/beacon/<agent>/...`).
         #[arg(long, requires = "event")]
         agent: Option<String>,
+        /// Fail (exit 1) on warnings too: a reactor whose `on` matches no
+        /// tag halite raises or no beacon in beacons.yaml, or whose `when`
+        /// reads a field or value its beacons never send.
+        #[arg(long)]
+        strict: bool,
+        /// The master's data dir: templates are rendered for every agent
+        /// its store has seen, with the facts each last sent (besides the
+        /// sample agents of the tree's facts.yaml).
+        #[arg(long = "data-dir", env = "HALITE_DATA_DIR", value_name = "DIR")]
+        master_data_dir: Option<PathBuf>,
     },
     /// Agents' keys: list them, accept, reject or delete them, or print the
     /// master's own key (its fingerprint, which agents pin as `master_key`).
@@ -219,7 +230,9 @@ pub enum Command {
     /// Compliance: `unknown` (no job returned yet), `compliant` (the last
     /// job succeeded and no managed file drifted since), `drifted` (a
     /// managed file changed and no job has returned since), `failing` (the
-    /// last job had a failed state). Pending agents are listed too.
+    /// last job had a failed state), `stale` (a reload changed the states
+    /// rendered for it and no job has returned since). Pending agents are
+    /// listed too.
     #[command(after_help = "Examples:
   halite-master agents
   halite-master agents --json | jq '.[] | select(.compliance.state != \"compliant\")'")]
@@ -248,6 +261,70 @@ pub enum Command {
         #[arg(long, value_name = "GLOB")]
         tag: Option<String>,
         /// One JSON object per line, as the outside publisher sends them.
+        #[arg(long)]
+        json: bool,
+        /// The master's configuration, to find its data dir.
+        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The master's data dir (overrides the configuration's).
+        #[arg(long, env = "HALITE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Run a program on the connected agents TARGET matches; show each one's
+    /// exit code and output.
+    ///
+    /// Every matching agent runs it at once (or `--batch N` at a time); each
+    /// answer is shown as it comes. No shell: PROGRAM and ARGS are passed as
+    /// they are (write `-- sh -c '…'` for one). Each agent's run is a job,
+    /// recorded with this command line as its cause (`halite-master jobs`);
+    /// it does not change the agent's compliance.
+    ///
+    /// Example: halite-master cmd 'web*' -- systemctl is-active nginx
+    ///
+    /// Exit codes: 0 the program exited 0 on every agent; 1 it exited
+    /// otherwise, timed out or was killed on some agent (or the request was
+    /// refused); 2 some agent
+    /// did not answer in time, or TARGET matches no connected agent.
+    Cmd {
+        /// A target expression, as in top.yaml: 'web*', L@web01,web02,
+        /// 'G@os:debian and not db*'.
+        target: String,
+        /// The program and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "PROGRAM ARGS")]
+        argv: Vec<String>,
+        /// How long the program may run on each agent; it is killed then.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// At most N agents run the program at once.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        batch: Option<u64>,
+        /// One JSON object per agent per line (agent, jid, answered, code,
+        /// error, stdout, stderr) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The master's configuration, to find its data dir.
+        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The master's data dir (overrides the configuration's).
+        #[arg(long, env = "HALITE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Show the facts of the connected agents TARGET matches.
+    ///
+    /// What `G@` targets and templates' `facts` read, from each agent's
+    /// hello: all of them, or the NAMEs given (a dotted name reads inside a
+    /// fact: os_release.version_codename; `-` for a fact an agent lacks).
+    ///
+    /// Example: halite-master facts 'web*' os os_version cpus
+    ///
+    /// Exit codes: 0 success; 1 refused (a bad target); 2 TARGET matches
+    /// no connected agent.
+    Facts {
+        /// A target expression, as in top.yaml.
+        target: String,
+        /// Facts to show (default: all).
+        names: Vec<String>,
+        /// Print JSON (agent → facts) instead of text.
         #[arg(long)]
         json: bool,
         /// The master's configuration, to find its data dir.

@@ -42,6 +42,18 @@ pub struct MasterConfig {
     /// TZ, HOME, USER, LOGNAME, TMPDIR).
     #[serde(default)]
     pub exec_env: Vec<String>,
+    /// After a reload, re-apply each connected agent whose rendered states
+    /// changed (`server/reload.rs`); `false` leaves them `stale`.
+    #[serde(default = "default_enforce_on_reload")]
+    pub enforce_on_reload: bool,
+    /// At most this many agents a second are re-applied after a reload,
+    /// across the fleet.
+    #[serde(default = "default_reload_rate")]
+    pub reload_rate: u32,
+    /// Scheduled enforcement (`server/schedule.rs`): each entry applies its
+    /// states (or the highstate) to the agents it targets every so often.
+    #[serde(default)]
+    pub schedule: Vec<ScheduleEntry>,
 }
 
 /// First contact (README, "Security model").
@@ -100,6 +112,40 @@ impl Default for Enrolment {
     }
 }
 
+/// One entry of `schedule:` in master.yaml.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleEntry {
+    /// Names the entry in logs and in its jobs' cause (`schedule:<name>`).
+    pub name: String,
+    /// How often (`30m`, `1h`).
+    #[serde(deserialize_with = "duration")]
+    pub every: Duration,
+    /// Each agent's run is put off by its own share of this (the same for
+    /// an agent every time), so a fleet does not apply all at once.
+    #[serde(default, deserialize_with = "duration")]
+    pub splay: Duration,
+    /// State files to apply; none: each agent's top.yaml states.
+    #[serde(default)]
+    pub states: Vec<String>,
+    /// Which connected agents (a target expression); default all.
+    #[serde(default = "default_schedule_target")]
+    pub target: String,
+    /// Test mode: report what would change, change nothing.
+    #[serde(default)]
+    pub test: bool,
+}
+
+fn default_schedule_target() -> String {
+    "*".into()
+}
+fn default_enforce_on_reload() -> bool {
+    true
+}
+fn default_reload_rate() -> u32 {
+    20
+}
+
 fn default_handshake_timeout() -> Duration {
     halite_link::transport::HANDSHAKE_TIMEOUT
 }
@@ -136,6 +182,9 @@ impl Default for MasterConfig {
             log_format: halite_agent::logging::LogFormat::default(),
             enrolment: Enrolment::default(),
             exec_env: Vec::new(),
+            enforce_on_reload: default_enforce_on_reload(),
+            reload_rate: default_reload_rate(),
+            schedule: Vec::new(),
         }
     }
 }
@@ -146,9 +195,37 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Invalid(halite_state::Diagnostic),
+    #[error("{path}: schedule: {problem}")]
+    Schedule { path: PathBuf, problem: String },
 }
 
 impl MasterConfig {
+    /// What is wrong with `schedule:` or `reload_rate` beyond their syntax.
+    fn schedule_problem(&self) -> Option<String> {
+        if self.reload_rate == 0 {
+            return Some("reload_rate must be at least 1 (agents a second); turn re-applying off with `enforce_on_reload: false`".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for entry in &self.schedule {
+            if !names.insert(entry.name.as_str()) {
+                return Some(format!("two entries are named `{}`; give each its own name", entry.name));
+            }
+            if entry.every.is_zero() {
+                return Some(format!("`{}`: every must be longer than 0 (write e.g. every: 30m)", entry.name));
+            }
+            if entry.splay > entry.every {
+                return Some(format!(
+                    "`{}`: splay ({:?}) is longer than every ({:?})",
+                    entry.name, entry.splay, entry.every
+                ));
+            }
+            if let Err(error) = halite_state::Target::parse(&entry.target) {
+                return Some(format!("`{}`: target `{}`: {error}", entry.name, entry.target));
+            }
+        }
+        None
+    }
+
     /// Loads the configuration; relative paths in it are relative to the
     /// file's directory.
     pub fn load(path: &Path) -> Result<MasterConfig, ConfigError> {
@@ -159,6 +236,9 @@ impl MasterConfig {
         config.states = base.join(&config.states);
         config.data_dir = base.join(&config.data_dir);
         config.enrolment.token_file = config.enrolment.token_file.map(|file| base.join(file));
+        if let Some(problem) = config.schedule_problem() {
+            return Err(ConfigError::Schedule { path: path.to_path_buf(), problem });
+        }
         Ok(config)
     }
 }
@@ -178,5 +258,34 @@ mod tests {
         std::fs::write(&path, "stats: tree\n").unwrap();
         let error = MasterConfig::load(&path).unwrap_err().to_string();
         assert!(error.contains("stats") && error.contains("master.yaml:1:1"), "{error}");
+    }
+
+    #[test]
+    fn schedule_entries_load_and_bad_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.yaml");
+        std::fs::write(
+            &path,
+            "schedule:\n  - name: highstate\n    every: 30m\n    splay: 5m\n  - name: motd\n    every: 1h\n    states: [motd]\n    target: 'web*'\n    test: true\n",
+        )
+        .unwrap();
+        let config = MasterConfig::load(&path).unwrap();
+        assert!(config.enforce_on_reload);
+        assert_eq!(config.schedule.len(), 2);
+        assert_eq!(config.schedule[0].every, Duration::from_secs(1800));
+        assert_eq!((config.schedule[0].target.as_str(), config.schedule[0].test), ("*", false));
+        assert_eq!(config.schedule[1].states, ["motd"]);
+        for (text, wanted) in [
+            ("schedule:\n  - name: a\n    every: 1m\n  - name: a\n    every: 2m\n", "two entries are named `a`"),
+            ("schedule:\n  - name: a\n    every: 1m\n    splay: 2m\n", "splay"),
+            ("schedule:\n  - name: a\n    every: 0s\n", "longer than 0"),
+            ("schedule:\n  - name: a\n    every: 1m\n    target: 'a and'\n", "target"),
+            ("schedule:\n  - name: a\n    every: often\n", "not a duration"),
+            ("reload_rate: 0\n", "reload_rate"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let error = MasterConfig::load(&path).unwrap_err().to_string();
+            assert!(error.contains(wanted), "{text}: {error}");
+        }
     }
 }

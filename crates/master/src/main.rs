@@ -74,10 +74,14 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             };
             cli::keys::run(action, &cli::operator_data_dir(&config, data_dir)?, json)
         }
-        Command::Check { states, config, event, data, agent } => {
+        Command::Check { states, config, event, data, agent, strict, master_data_dir } => {
             let states = cli::check::states_dir(states, &config)?;
             let mut out = std::io::stdout().lock();
-            let clean = cli::check::run(&states, &mut out)?;
+            let (known, note) = cli::check::known_agents(master_data_dir.as_deref());
+            if let Some(note) = note {
+                eprintln!("{note}");
+            }
+            let clean = cli::check::run(&states, strict, &known, &mut out)?;
             match event {
                 None => Ok(clean),
                 Some(tag) => {
@@ -118,11 +122,28 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             cli::runtime()?.block_on(cli::events::tail(&data_dir, tag, json, &mut std::io::stdout().lock()))?;
             Ok(true)
         }
+        Command::Cmd { target, argv, timeout, batch, json, config, data_dir } => {
+            let data_dir = cli::operator_data_dir(&config, data_dir)?;
+            let batch = batch.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+            let options = cli::cmd::Options { target, argv, timeout, batch, json, command_line: command_line() };
+            let code = cli::runtime()?.block_on(cli::cmd::run(&data_dir, options))?;
+            exit_with(code)
+        }
+        Command::Facts { target, names, json, config, data_dir } => {
+            exit_with(cli::facts::run(&cli::operator_data_dir(&config, data_dir)?, &target, names, json)?)
+        }
         Command::Demo { keep } => {
             cli::runtime()?.block_on(cli::demo::run(keep))?;
             Ok(true)
         }
     }
+}
+
+/// The operator's command line as they would type it again, whatever path
+/// ran us: recorded as a job's cause.
+fn command_line() -> String {
+    let args: Vec<String> = std::iter::once("halite-master".to_owned()).chain(std::env::args().skip(1)).collect();
+    shlex::try_join(args.iter().map(String::as_str)).unwrap_or_else(|_| args.join(" "))
 }
 
 /// Ends with a command's own exit code (beyond success and failure).

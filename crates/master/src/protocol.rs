@@ -46,6 +46,15 @@ pub enum Request {
     Events {
         tag: Option<String>,
     },
+    /// The facts of the connected agents `target` matches: `names` only,
+    /// or all of them (`server/facts.rs`).
+    Facts {
+        target: String,
+        #[serde(default)]
+        names: Vec<String>,
+    },
+    /// Answered by a stream of [`CmdLine`]s, not a [`Response`].
+    Cmd(CmdRequest),
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -65,7 +74,13 @@ pub struct Response {
     pub agents: Vec<AgentRow>,
     /// The facts shown (or accepted) by `keys facts`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub facts: Vec<crate::server::keys::FactsRow>,
+    pub key_facts: Vec<crate::server::keys::FactsRow>,
+    /// The facts asked for by `facts`, by agent.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub facts: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Set when `facts`' target matched no connected agent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_agent: bool,
 }
 
 /// What the operator asked for.
@@ -113,9 +128,21 @@ pub enum TailLine {
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Compliance {
     Unknown,
-    Compliant { since_us: i64 },
-    Drifted { since_us: i64, path: Option<String> },
-    Failing { since_us: i64 },
+    Compliant {
+        since_us: i64,
+    },
+    Drifted {
+        since_us: i64,
+        path: Option<String>,
+    },
+    Failing {
+        since_us: i64,
+    },
+    /// The tree was reloaded and renders other states for the agent than
+    /// it last applied; no job has returned since.
+    Stale {
+        since_us: i64,
+    },
 }
 
 /// One line of `halite-master agents`.
@@ -157,3 +184,49 @@ impl AgentRow {
         }
     }
 }
+
+/// `halite-master cmd TARGET -- PROGRAM ARGS…`: what to run where.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CmdRequest {
+    /// A target expression, matched against connected, accepted agents.
+    pub target: String,
+    /// The program and its arguments (no shell).
+    pub argv: Vec<String>,
+    /// How long the program may run on each agent (it is killed then).
+    pub timeout_ms: u64,
+    /// At most this many agents run it at once (none: all at once).
+    #[serde(default)]
+    pub batch: Option<usize>,
+    /// The operator's command line, recorded as the jobs' cause.
+    pub command_line: String,
+}
+
+/// One line of the master's answer to [`CmdRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "line", rename_all = "snake_case")]
+pub enum CmdLine {
+    /// The agents the target matched (jobs go out `batch` at a time).
+    Started { agents: Vec<String> },
+    /// How the program ended on one agent.
+    Agent {
+        agent: String,
+        jid: String,
+        /// Whether the agent answered (false: it timed out or went away).
+        answered: bool,
+        /// The exit code; none when it was killed, never started, or the
+        /// agent did not answer (`error` says which).
+        code: Option<i32>,
+        error: Option<String>,
+        stdout: String,
+        stderr: String,
+    },
+    /// Every agent has answered or timed out.
+    Done,
+    /// Nothing was run. `no_agent`: the target matched no connected agent.
+    Error { error: String, no_agent: bool },
+}
+
+/// The id of the one `cmd.run` state a `cmd` job carries. The ledger
+/// knows an ad-hoc command's result by it: a command says nothing about
+/// an agent's compliance.
+pub const CMD_STATE_ID: &str = "halite-cmd";

@@ -18,9 +18,10 @@ use crate::target::Target;
 use crate::template::{self, RenderContext};
 use crate::yaml::{self, Fields, Spanned};
 
-/// Files in the tree's root that are not state files.
+/// Files in the tree's root that are not state files (`facts.yaml`: the
+/// master's `check` renders templates with its sample facts).
 /// `top.sls` is Salt's name for `top.yaml`, read when there is no `top.yaml`.
-pub const TREE_FILES: &[&str] = &["top.yaml", "top.sls", "beacons.yaml", "reactors.yaml", "vars.yaml"];
+pub const TREE_FILES: &[&str] = &["top.yaml", "top.sls", "beacons.yaml", "reactors.yaml", "vars.yaml", "facts.yaml"];
 
 /// Extensions of state files; `.sls` so that Salt trees load unchanged.
 const STATE_EXTENSIONS: &[&str] = &["yaml", "sls"];

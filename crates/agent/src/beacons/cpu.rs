@@ -5,7 +5,7 @@
 use halite_proto::Value;
 
 use super::sampled::{self, Gauge, Settings};
-use super::{BeaconKind, Context, Running};
+use super::{BeaconKind, Context, EventField, Running};
 
 pub static KIND: BeaconKind = BeaconKind {
     name: "cpu",
@@ -13,6 +13,14 @@ pub static KIND: BeaconKind = BeaconKind {
     example: "above: 90\nbelow: 70\nfor: 10s\ninterval: 5s\n",
     validate,
     start,
+    fields: &[
+        EventField { name: "state", values: &["above", "below", "error"] },
+        EventField::any("percent"),
+        EventField::any("above"),
+        EventField::any("below"),
+        // When sampling fails (`state: error`).
+        EventField::any("error"),
+    ],
 };
 
 const PROC_STAT: &str = "/proc/stat";

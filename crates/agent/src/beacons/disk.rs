@@ -9,7 +9,7 @@ use halite_proto::Value;
 use serde::Deserialize;
 
 use super::sampled::{self, Gauge, Settings, Span};
-use super::{BeaconKind, Context, Running, decode};
+use super::{BeaconKind, Context, EventField, Running, decode};
 
 pub static KIND: BeaconKind = BeaconKind {
     name: "disk",
@@ -17,6 +17,15 @@ pub static KIND: BeaconKind = BeaconKind {
     example: "mount: /\nabove: 90\nbelow: 85\ninterval: 1m\n",
     validate,
     start,
+    fields: &[
+        EventField::any("mount"),
+        EventField { name: "state", values: &["above", "below", "error"] },
+        EventField::any("percent"),
+        EventField::any("above"),
+        EventField::any("below"),
+        // When sampling fails (`state: error`).
+        EventField::any("error"),
+    ],
 };
 
 #[derive(Debug, Deserialize)]

@@ -45,7 +45,7 @@ use halite_proto::{Event, Sha256, Value};
 use notify::{RecursiveMode, Watcher};
 use serde::Deserialize;
 
-use super::{BeaconKind, Context, Running, decode};
+use super::{BeaconKind, Context, EventField, Running, decode};
 use crate::managed::{Desired, Snapshot};
 use crate::outbox::{Outcome, Receipt};
 
@@ -55,6 +55,15 @@ pub static KIND: BeaconKind = BeaconKind {
     example: "paths: [/etc/nginx]\nrecursive: true\nexclude: ['*.swp']\nevents: [modify, delete, attrib]\n",
     validate,
     start,
+    fields: &[
+        EventField::any("path"),
+        EventField { name: "kind", values: &["create", "modify", "delete", "attrib"] },
+        EventField::any("sha256"),
+        EventField::any("mode"),
+        EventField::any("directory"),
+        EventField::any("error"),
+        EventField::any("managed"),
+    ],
 };
 
 const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(500);
@@ -975,6 +984,12 @@ impl FileBeacon {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_declared_kinds_are_the_changes_it_reports() {
+        let declared = KIND.fields.iter().find(|f| f.name == "kind").map(|f| f.values.to_vec());
+        assert_eq!(declared, Some(Change::all().into_iter().map(Change::as_str).collect::<Vec<_>>()));
+    }
 
     fn file(content: &[u8], mode: u32) -> Observation {
         Observation::File { sha256: Sha256::of(content), mode }

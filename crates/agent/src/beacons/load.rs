@@ -7,7 +7,7 @@ use halite_proto::Value;
 use serde::Deserialize;
 
 use super::sampled::{self, Gauge, Settings, Span};
-use super::{BeaconKind, Context, Running, decode};
+use super::{BeaconKind, Context, EventField, Running, decode};
 
 pub static KIND: BeaconKind = BeaconKind {
     name: "load",
@@ -15,6 +15,15 @@ pub static KIND: BeaconKind = BeaconKind {
     example: "above: 2\nbelow: 1.5\nper_cpu: true\nfor: 1m\n",
     validate,
     start,
+    fields: &[
+        EventField::any("per_cpu"),
+        EventField { name: "state", values: &["above", "below", "error"] },
+        EventField::any("load"),
+        EventField::any("above"),
+        EventField::any("below"),
+        // When sampling fails (`state: error`).
+        EventField::any("error"),
+    ],
 };
 
 const PROC_LOADAVG: &str = "/proc/loadavg";

@@ -6,7 +6,7 @@
 use halite_proto::Value;
 
 use super::sampled::{self, Gauge, Settings};
-use super::{BeaconKind, Context, Running};
+use super::{BeaconKind, Context, EventField, Running};
 
 pub static KIND: BeaconKind = BeaconKind {
     name: "memory",
@@ -14,6 +14,14 @@ pub static KIND: BeaconKind = BeaconKind {
     example: "above: 90\nbelow: 80\nfor: 1m\n",
     validate,
     start,
+    fields: &[
+        EventField { name: "state", values: &["above", "below", "error"] },
+        EventField::any("percent"),
+        EventField::any("above"),
+        EventField::any("below"),
+        // When sampling fails (`state: error`).
+        EventField::any("error"),
+    ],
 };
 
 const PROC_MEMINFO: &str = "/proc/meminfo";

@@ -35,10 +35,36 @@ pub struct BeaconKind {
     pub example: &'static str,
     pub validate: fn(&Value) -> Result<(), String>,
     pub start: fn(Context, &Value) -> Result<Running, String>,
+    /// The fields of the data its events carry, and the values each takes
+    /// when they are a fixed set. The master's `check` warns about a
+    /// reactor's `when` that reads another field or compares with another
+    /// value; keep it beside the code that builds the data.
+    pub fields: &'static [EventField],
+}
+
+/// One field of a beacon kind's event data.
+#[derive(Debug)]
+pub struct EventField {
+    pub name: &'static str,
+    /// The values it takes, when they are a fixed set of strings; empty
+    /// for anything else (a path, a number, a unit's state).
+    pub values: &'static [&'static str],
+}
+
+impl EventField {
+    /// A field whose values are not a fixed set.
+    pub const fn any(name: &'static str) -> EventField {
+        EventField { name, values: &[] }
+    }
 }
 
 pub fn find(kind: &str) -> Option<&'static BeaconKind> {
     KINDS.iter().copied().find(|k| k.name == kind)
+}
+
+/// The event fields of `kind`, if it is a known kind.
+pub fn fields(kind: &str) -> Option<&'static [EventField]> {
+    find(kind).map(|k| k.fields)
 }
 
 pub fn names() -> Vec<&'static str> {
@@ -258,6 +284,18 @@ mod tests {
         for kind in KINDS {
             let json: serde_json::Value = serde_saphyr::from_str(kind.example).unwrap();
             (kind.validate)(&Value::from_json(&json)).unwrap_or_else(|e| panic!("{}: {e}", kind.name));
+        }
+    }
+
+    #[test]
+    fn every_kind_declares_its_event_fields_once() {
+        for kind in KINDS {
+            assert!(!kind.fields.is_empty(), "{} declares no event fields", kind.name);
+            let mut names: Vec<&str> = kind.fields.iter().map(|f| f.name).collect();
+            names.sort_unstable();
+            let count = names.len();
+            names.dedup();
+            assert_eq!(names.len(), count, "{} declares a field twice", kind.name);
         }
     }
 }

@@ -9,7 +9,7 @@ use halite_proto::Value;
 use serde::Deserialize;
 
 use super::sampled::{self, Machine, Sampler, Span, Timing};
-use super::{BeaconKind, Context, Running, decode};
+use super::{BeaconKind, Context, EventField, Running, decode};
 
 pub static KIND: BeaconKind = BeaconKind {
     name: "process",
@@ -17,6 +17,13 @@ pub static KIND: BeaconKind = BeaconKind {
     example: "name: nginx\nfor: 10s\ninterval: 5s\n",
     validate,
     start,
+    fields: &[
+        EventField::any("name"),
+        EventField { name: "state", values: &["present", "absent", "error"] },
+        EventField::any("count"),
+        // When sampling fails (`state: error`).
+        EventField::any("error"),
+    ],
 };
 
 const PROC: &str = "/proc";

@@ -9,7 +9,7 @@ use halite_state::command::{self, Spec};
 use serde::Deserialize;
 
 use super::sampled::{self, Machine, Sampler, Span, Timing};
-use super::{BeaconKind, Context, Running, decode};
+use super::{BeaconKind, Context, EventField, Running, decode};
 
 pub static KIND: BeaconKind = BeaconKind {
     name: "service",
@@ -17,6 +17,9 @@ pub static KIND: BeaconKind = BeaconKind {
     example: "unit: nginx.service\nfor: 10s\ninterval: 10s\n",
     validate,
     start,
+    // `state` is whatever `systemctl is-active` says (active, inactive,
+    // failed, activating, …), or `error`: not a fixed set.
+    fields: &[EventField::any("unit"), EventField::any("state"), EventField::any("error")],
 };
 
 /// How long systemctl may take before it is killed: a stuck D-Bus must not

@@ -37,6 +37,7 @@ pub fn table(rows: &[AgentRow], now_us: i64) -> String {
                 path.as_ref().map(|p| format!(": {p}")).unwrap_or_default()
             ),
             Compliance::Failing { since_us } => format!("failing {} ago", age(now_us - since_us)),
+            Compliance::Stale { since_us } => format!("stale {} ago", age(now_us - since_us)),
         };
         lines.push([
             row.id.clone(),

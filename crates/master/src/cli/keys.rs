@@ -106,13 +106,13 @@ fn facts(data_dir: &Path, request: Request, json: bool) -> anyhow::Result<bool> 
         anyhow::bail!(error);
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&response.facts)?);
+        println!("{}", serde_json::to_string_pretty(&response.key_facts)?);
         return Ok(true);
     }
-    if response.facts.is_empty() {
+    if response.key_facts.is_empty() {
         println!("no accepted key with facts matched");
     }
-    for row in &response.facts {
+    for row in &response.key_facts {
         let mut text = format!("{}  {}\n  frozen: {}\n", row.id, row.key, row.frozen);
         match &row.held {
             Some(held) => text.push_str(&format!(

@@ -81,6 +81,11 @@ async fn connection(master: Arc<Master>, stream: UnixStream) {
                 crate::server::apply::serve(&master, apply, &mut write).await;
                 continue;
             }
+            Ok(Request::Cmd(cmd)) => {
+                crate::server::cmd::serve(&master, cmd, &mut write).await;
+                continue;
+            }
+            Ok(Request::Facts { target, names }) => crate::server::facts::answer(&master, &target, &names),
             Ok(Request::Events { tag }) => return crate::server::events::stream(&master, tag, write).await,
             Ok(Request::Agents) => Response { ok: true, agents: agent_rows(&master), ..Response::default() },
             Ok(request) => execute(&master, request).await,
@@ -113,12 +118,14 @@ async fn execute(master: &Master, request: Request) -> Response {
         }
         Request::KeysFacts { target, accept } => {
             return match key_facts(master, &target, accept).await {
-                Ok(facts) => Response { ok: true, facts, ..Response::default() },
+                Ok(key_facts) => Response { ok: true, key_facts, ..Response::default() },
                 Err(error) => Response { ok: false, error: Some(error), ..Response::default() },
             };
         }
         Request::Apply(_) => Err("apply is answered by a stream (see `connection`)".to_owned()),
-        Request::Agents | Request::Events { .. } => Err("served by the connection, not here".to_owned()),
+        Request::Agents | Request::Events { .. } | Request::Facts { .. } | Request::Cmd(_) => {
+            Err("served by the connection, not here".to_owned())
+        }
     };
     match result {
         Ok(keys) => Response { ok: true, keys, ..Response::default() },

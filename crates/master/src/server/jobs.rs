@@ -132,6 +132,14 @@ impl Jobs {
         self.sessions.facts(agent)
     }
 
+    /// Keeps the facts `agent` sent in its hello in the store, where
+    /// `check` finds them to render templates for every known agent.
+    pub fn record_facts(&self, agent: &str, facts: &Value) {
+        if let Some(store) = &self.store {
+            store.facts_seen(agent, facts.to_json());
+        }
+    }
+
     /// Sends `job` to `agent` and waits for its result. Announces the job
     /// (`halite/job/<jid>/new`) and its return (`…/ret/<agent>`) on the bus.
     pub async fn run(&self, agent: &str, job: Job) -> Result<JobResult, String> {

@@ -348,6 +348,7 @@ pub async fn welcome(master: &Master, peer: Bytes, agent: &str, version: &str, f
     tracing::info!(agent, version, "Agent connected.");
     // A new session: whatever the old one had in flight is not answered there.
     master.jobs.agent_gone(agent);
+    master.jobs.record_facts(agent, &facts);
     master.bus.publish(Event::new(
         tag::agent(agent, "connected"),
         agent,

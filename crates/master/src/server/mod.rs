@@ -11,9 +11,12 @@
 //! - [`jobs`] — sending states to agents and waiting for results.
 //! - [`reactor`] — compiling reactors, the per-agent engine, one file per
 //!   action in `reactor/actions/`.
-//! - [`reload`] — hot reload of the tree (a watcher and SIGHUP).
+//! - [`reload`] — hot reload of the tree (a watcher and SIGHUP), and
+//!   re-applying the agents an edit concerns; [`schedule`]: scheduled
+//!   enforcement.
 //! - [`control`] — the control socket operator commands talk to;
-//!   [`apply`] and [`events`] answer its streamed requests.
+//!   [`apply`], [`cmd`] and [`events`] answer its streamed requests;
+//!   [`facts`] answers `facts`.
 //! - [`notify`] — telling systemd the master is ready (`Type=notify`).
 
 use std::io::Write;
@@ -25,9 +28,11 @@ use tokio_util::sync::CancellationToken;
 
 pub mod apply;
 pub mod bus;
+pub mod cmd;
 pub mod context;
 pub mod control;
 pub mod events;
+pub mod facts;
 pub mod jobs;
 pub mod keys;
 pub mod ledger;
@@ -36,6 +41,7 @@ pub mod log_budget;
 pub mod notify;
 pub mod reactor;
 pub mod reload;
+pub mod schedule;
 pub mod sessions;
 pub mod store;
 
@@ -58,7 +64,7 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         anyhow::bail!(
             "the state tree {} has {} errors; fix them (`halite-master check --states {}` lists them) and start again",
             config.states.display(),
-            diagnostics.len(),
+            diagnostics.iter().filter(|d| d.is_error()).count(),
             config.states.display()
         );
     }
@@ -109,8 +115,10 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     let fingerprint = keypair.public;
     let master = Arc::new(Master { keypair, keys, tree, sessions, jobs, engine, bus });
     let control = crate::server::control::serve(master.clone(), &config.data_dir, cancel.clone()).await?;
-    crate::server::reload::spawn(master.clone(), config.states.clone(), cancel.clone())
+    let enforce = crate::server::reload::Enforce::of(&config);
+    crate::server::reload::spawn(master.clone(), config.states.clone(), enforce, cancel.clone())
         .with_context(|| format!("cannot watch the state tree {}", config.states.display()))?;
+    crate::server::schedule::spawn(master.clone(), config.schedule.clone(), cancel.clone());
 
     let ready = format!("ready listen={listen} publish={publish} key={fingerprint}");
     std::fs::write(config.data_dir.join("endpoints"), format!("{ready}\n"))

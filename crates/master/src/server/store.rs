@@ -19,7 +19,8 @@
 //! Reading ([`Reader`]) opens the file read-only, so `jobs` works whether
 //! the master runs or not. The schema is versioned with
 //! `PRAGMA user_version` and migrated forward in one transaction when the
-//! master opens it (v1: jobs; v2: keys); a file with a newer version is
+//! master opens it (v1: jobs; v2: keys; v3: the last facts of each agent,
+//! which `check` renders templates with); a file with a newer version is
 //! refused, by the master and by `jobs`, rather than misread. The file is
 //! in WAL mode so readers never block the writer.
 
@@ -40,7 +41,7 @@ use tokio::sync::{mpsc, oneshot};
 pub const STORE_QUEUE: usize = 4096;
 
 /// The schema this build reads and writes: the number of [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// The store's file in a data dir.
 pub fn path(data_dir: &Path) -> PathBuf {
@@ -49,7 +50,7 @@ pub fn path(data_dir: &Path) -> PathBuf {
 
 /// `MIGRATIONS[n]` takes the schema from version n to n + 1. Append only:
 /// a released step never changes.
-const MIGRATIONS: [&str; 2] = [V1_JOBS, V2_KEYS];
+const MIGRATIONS: [&str; 3] = [V1_JOBS, V2_KEYS, V3_FACTS];
 
 const V1_JOBS: &str = "
 CREATE TABLE jobs (
@@ -81,6 +82,14 @@ CREATE TABLE job_results (
     diff        TEXT,
     duration_us INTEGER NOT NULL,
     PRIMARY KEY (jid, agent, seq)
+);
+";
+
+const V3_FACTS: &str = "
+CREATE TABLE agent_facts (
+    agent   TEXT PRIMARY KEY,
+    facts   TEXT NOT NULL,      -- JSON, as the agent last sent them in its hello
+    seen_us INTEGER NOT NULL
 );
 ";
 
@@ -135,6 +144,11 @@ enum Write {
         jid: String,
         agent: String,
         error: String,
+    },
+    /// An agent's facts, from its hello: the last ones are kept.
+    Facts {
+        agent: String,
+        facts: serde_json::Value,
     },
     /// Answers once everything queued before it is committed, keys too.
     Flush(oneshot::Sender<()>),
@@ -269,6 +283,15 @@ impl Store {
         let (done, wait) = oneshot::channel();
         self.send(Write::Flush(done)).await;
         let _ = wait.await;
+    }
+
+    /// Keeps `agent`'s facts (for `check`). From the link loop, which
+    /// cannot wait: dropped when the queue is full (the next hello
+    /// brings them again).
+    pub fn facts_seen(&self, agent: &str, facts: serde_json::Value) {
+        if self.queue.try_send(Write::Facts { agent: agent.to_owned(), facts }).is_err() {
+            tracing::debug!(agent, "The store is busy; the agent's facts were not kept this time.");
+        }
     }
 
     async fn send(&self, write: Write) {
@@ -445,6 +468,13 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: Write) -> rusqlite::Result<()> {
                 params![jid, agent, error, now_us()],
             )?;
         }
+        Write::Facts { agent, facts } => {
+            tx.execute(
+                "INSERT INTO agent_facts (agent, facts, seen_us) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (agent) DO UPDATE SET facts = ?2, seen_us = ?3",
+                params![agent, facts.to_string(), now_us()],
+            )?;
+        }
         Write::Flush(_) | Write::Attach(_) | Write::Wake | Write::Commit(_) => {}
     }
     Ok(())
@@ -486,6 +516,30 @@ impl Reader {
             return Err(StoreError::TooNew { path: path.to_path_buf(), found: version });
         }
         Ok(Reader { connection, path: path.to_path_buf() })
+    }
+
+    /// Every agent's last facts, by id (none from a store older than v3).
+    pub fn agent_facts(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        let has_table: bool = self
+            .connection
+            .query_row("SELECT count(*) > 0 FROM sqlite_master WHERE name = 'agent_facts'", [], |row| row.get(0))
+            .map_err(sqlite(&self.path))?;
+        if !has_table {
+            return Ok(Vec::new());
+        }
+        let mut statement = self
+            .connection
+            .prepare("SELECT agent, facts FROM agent_facts ORDER BY agent")
+            .map_err(sqlite(&self.path))?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))
+            .map_err(sqlite(&self.path))?;
+        let mut facts = Vec::new();
+        for row in rows {
+            let (agent, text) = row.map_err(sqlite(&self.path))?;
+            facts.push((agent, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)));
+        }
+        Ok(facts)
     }
 
     /// The most recent `limit` jobs, newest first.
@@ -690,6 +744,25 @@ mod tests {
         assert!(reader.job("01").unwrap().is_none(), "an ambiguous prefix matches nothing");
         assert_eq!(reader.count_prefix("01").unwrap(), 3);
         assert!(reader.job("01B").unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn each_agents_last_facts_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path(dir.path());
+        let store = Store::open(&path).unwrap();
+        store.facts_seen("web01", serde_json::json!({"os": "debian", "cpus": 2}));
+        store.facts_seen("db01", serde_json::json!({"os": "rocky"}));
+        store.facts_seen("web01", serde_json::json!({"os": "debian", "cpus": 4}));
+        store.flush().await;
+        let facts = Reader::open(&path).unwrap().agent_facts().unwrap();
+        assert_eq!(
+            facts,
+            [
+                ("db01".to_owned(), serde_json::json!({"os": "rocky"})),
+                ("web01".to_owned(), serde_json::json!({"os": "debian", "cpus": 4})),
+            ]
+        );
     }
 
     #[test]

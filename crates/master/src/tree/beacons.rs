@@ -110,6 +110,11 @@ impl BeaconTable {
         specs.into_values().collect()
     }
 
+    /// Every beacon of every entry, for `check`'s warnings.
+    pub fn specs(&self) -> impl Iterator<Item = &BeaconSpec> {
+        self.entries.iter().flat_map(|(_, specs)| specs)
+    }
+
     pub fn count(&self) -> usize {
         self.entries.iter().map(|(_, specs)| specs.len()).sum()
     }

@@ -42,6 +42,10 @@ pub struct Reactor {
     /// else every connected, accepted agent the expression matches.
     pub target: Option<halite_state::Target>,
     pub actions: Vec<Box<dyn actions::Action>>,
+    /// Where `on` and `when` are written in reactors.yaml (`0:0` for an
+    /// implied reactor), for `check`'s warnings (`crate::tree::lint`).
+    pub on_at: halite_state::diag::Location,
+    pub when_at: halite_state::diag::Location,
 }
 
 impl Reactor {
@@ -58,7 +62,14 @@ impl Reactor {
             throttle: None,
             target: None,
             actions,
+            on_at: halite_state::diag::Location::FILE,
+            when_at: halite_state::diag::Location::FILE,
         })
+    }
+
+    /// Whether the event's tag matches `on` (whatever `when` says).
+    pub fn tag_matches(&self, tag: &str) -> bool {
+        self.on_matcher.is_match(tag)
     }
 
     /// Whether the event's tag matches and `when` holds.
@@ -276,6 +287,8 @@ fn compile(
             throttle,
             target,
             actions: compiled_actions,
+            on_at: authored.on.as_ref().map_or(start, yaml::location),
+            when_at: authored.when.as_ref().map_or(start, yaml::location),
         }),
         _ => Err(problems),
     }

@@ -194,7 +194,9 @@ mod tests {
                 .unwrap();
             std::fs::write(dir.path().join("reactors.yaml"), action.example).unwrap();
             let (tree, diagnostics) = Tree::load(dir.path());
-            assert!(diagnostics.is_empty(), "{}: {diagnostics:#?}", action.name);
+            // Errors only: an example may name a beacon this bare tree lacks
+            // (a `check` warning).
+            assert!(!diagnostics.iter().any(halite_state::Diagnostic::is_error), "{}: {diagnostics:#?}", action.name);
             assert_eq!(tree.reactors.len(), 1);
         }
     }
