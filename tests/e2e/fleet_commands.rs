@@ -62,9 +62,9 @@ async fn cmd_runs_on_every_matching_agent_and_reports_each_exit_code() {
         assert_eq!((line["answered"].clone(), line["code"].clone()), (true.into(), serde_json::Value::Null), "{line}");
         assert!(line["error"].as_str().unwrap_or_default().contains("timed out"), "{line}");
 
-        // No agent matched: exit code 2, nothing run.
+        // No agent matched: exit code 4, nothing run.
         let out = cmd(&fleet, &["nothing*"], &["true"]).await?;
-        assert_eq!(out.code, 2, "{out:?}");
+        assert_eq!(out.code, 4, "{out:?}");
         assert!(out.stderr.contains("matches no connected agent"), "{out:?}");
         anyhow::Ok(())
     }
@@ -126,7 +126,7 @@ async fn facts_shows_the_named_facts_of_matching_agents() {
             assert!(all["db01"].get(name).is_some(), "{name} missing: {all}");
         }
         let out = fleet.master_command(&["facts", "nothing*"]).await?;
-        assert_eq!(out.code, 2, "{out:?}");
+        assert_eq!(out.code, 4, "{out:?}");
         anyhow::Ok(())
     }
     .await;

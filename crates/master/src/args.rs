@@ -279,12 +279,14 @@ pub enum Command {
     /// recorded with this command line as its cause (`halite-master jobs`);
     /// it does not change the agent's compliance.
     ///
-    /// Example: halite-master cmd 'web*' -- systemctl is-active nginx
-    ///
     /// Exit codes: 0 the program exited 0 on every agent; 1 it exited
     /// otherwise, timed out or was killed on some agent (or the request was
-    /// refused); 2 some agent
-    /// did not answer in time, or TARGET matches no connected agent.
+    /// refused); 3 some agent did not answer in time; 4 TARGET matches no
+    /// connected agent.
+    #[command(after_help = "Examples:
+  halite-master cmd 'web*' -- systemctl is-active nginx
+  halite-master cmd --batch 5 --timeout 2m 'G@os:debian' -- apt-get -s upgrade
+  halite-master cmd --json db01 -- sh -c 'df -h / | tail -1'")]
     Cmd {
         /// A target expression, as in top.yaml: 'web*', L@web01,web02,
         /// 'G@os:debian and not db*'.
@@ -315,10 +317,12 @@ pub enum Command {
     /// hello: all of them, or the NAMEs given (a dotted name reads inside a
     /// fact: os_release.version_codename; `-` for a fact an agent lacks).
     ///
-    /// Example: halite-master facts 'web*' os os_version cpus
-    ///
-    /// Exit codes: 0 success; 1 refused (a bad target); 2 TARGET matches
+    /// Exit codes: 0 success; 1 refused (a bad target); 4 TARGET matches
     /// no connected agent.
+    #[command(after_help = "Examples:
+  halite-master facts 'web*' os os_version cpus
+  halite-master facts db01 os_release.version_codename
+  halite-master facts '*' --json > states/facts.yaml")]
     Facts {
         /// A target expression, as in top.yaml.
         target: String,

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use super::exit::Code;
+
 use crate::protocol::{CmdLine, CmdRequest, Request};
 
 #[derive(Debug, Clone)]
@@ -22,10 +24,10 @@ pub struct Options {
     pub command_line: String,
 }
 
-/// Runs the command; returns its exit code: 0 every agent ran the program
-/// and it exited 0; 1 it exited otherwise somewhere, timed out or was
-/// killed (or the request was refused); 2 some agent did not answer, or TARGET matches no connected
-/// agent (2 wins over 1).
+/// Runs the command; returns its exit code (`exit.rs`): 0 every agent ran
+/// the program and it exited 0; 1 it exited otherwise somewhere, timed out
+/// or was killed (or the request was refused); 3 some agent did not answer
+/// (wins over 1); 4 TARGET matches no connected agent.
 pub async fn run(data_dir: &Path, options: Options) -> anyhow::Result<u8> {
     let request = Request::Cmd(CmdRequest {
         target: options.target.clone(),
@@ -43,7 +45,7 @@ pub async fn run(data_dir: &Path, options: Options) -> anyhow::Result<u8> {
         CmdLine::Started { agents } => agents,
         CmdLine::Error { error, no_agent } => {
             eprintln!("error: {error}");
-            return Ok(if no_agent { 2 } else { 1 });
+            return Ok(if no_agent { Code::NoMatch } else { Code::Failed } as u8);
         }
         other => bail!("the master answered out of order: {other:?}"),
     };
@@ -98,12 +100,12 @@ pub async fn run(data_dir: &Path, options: Options) -> anyhow::Result<u8> {
     }
     stdout.flush()?;
     Ok(if unanswered > 0 {
-        2
+        Code::NoAnswer
     } else if nonzero > 0 {
-        1
+        Code::Failed
     } else {
-        0
-    })
+        Code::Success
+    } as u8)
 }
 
 /// `web01: exit 0` (or the error), then the output, stdout lines indented

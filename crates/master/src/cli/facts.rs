@@ -5,16 +5,18 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use super::exit::Code;
 use crate::protocol::Request;
 
-/// Asks the master in `data_dir`; returns the exit code: 0, 1 (refused,
-/// e.g. a bad target) or 2 (the target matches no connected agent).
+/// Asks the master in `data_dir`; returns the exit code (`exit.rs`): 0, 1
+/// (refused, e.g. a bad target) or 4 (the target matches no connected
+/// agent).
 pub fn run(data_dir: &Path, target: &str, names: Vec<String>, json: bool) -> anyhow::Result<u8> {
     let request = Request::Facts { target: target.to_owned(), names };
     let response = super::runtime()?.block_on(super::request(data_dir, &request))?;
     if let Some(error) = response.error {
         eprintln!("error: {error}");
-        return Ok(if response.no_agent { 2 } else { 1 });
+        return Ok(if response.no_agent { Code::NoMatch } else { Code::Failed } as u8);
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&response.facts)?);
