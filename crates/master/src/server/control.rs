@@ -29,10 +29,10 @@ const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(250
 pub async fn serve(master: Arc<Master>, data_dir: &Path, cancel: CancellationToken) -> anyhow::Result<()> {
     let path = socket_path(data_dir);
     // A socket left by a master that crashed; the data dir is ours alone.
-    let _ = std::fs::remove_file(&path);
+    let _ = tokio::fs::remove_file(&path).await;
     let listener =
         UnixListener::bind(&path).with_context(|| format!("cannot create the control socket {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).await?;
     tokio::spawn(async move {
         // Set while accepts fail, so a failure is logged once, not per try.
         let mut failing = false;
@@ -60,7 +60,7 @@ pub async fn serve(master: Arc<Master>, data_dir: &Path, cancel: CancellationTok
                 }
             }
         }
-        let _ = std::fs::remove_file(&path);
+        let _ = tokio::fs::remove_file(&path).await;
     });
     Ok(())
 }
@@ -87,6 +87,18 @@ async fn connection(master: Arc<Master>, stream: UnixStream) {
     }
 }
 
+/// Why a control request failed; goes back to the command as the
+/// response's `error` text.
+#[derive(Debug, thiserror::Error)]
+enum ControlError {
+    /// The key store's error names the selector or the store.
+    #[error(transparent)]
+    Keys(#[from] crate::server::keys::KeyStoreError),
+    /// A request the connection serves itself reached `execute`.
+    #[error("{request} is served by the connection, not here")]
+    Misrouted { request: &'static str },
+}
+
 async fn execute(master: &Master, request: Request) -> Response {
     let result = match request {
         Request::KeysList => Ok(master.keys.list()),
@@ -99,20 +111,21 @@ async fn execute(master: &Master, request: Request) -> Response {
             let deleted = master.keys.delete(&target);
             cut_off(master, deleted, "deleted").await
         }
-        Request::Apply(_) => Err("apply is answered by a stream (see `connection`)".to_owned()),
-        Request::Agents | Request::Events { .. } => Err("served by the connection, not here".to_owned()),
+        Request::Apply(_) => Err(ControlError::Misrouted { request: "apply" }),
+        Request::Agents => Err(ControlError::Misrouted { request: "agents" }),
+        Request::Events { .. } => Err(ControlError::Misrouted { request: "events" }),
     };
     match result {
         Ok(keys) => Response { ok: true, keys, ..Response::default() },
-        Err(error) => Response { ok: false, error: Some(error), ..Response::default() },
+        Err(error) => Response { ok: false, error: Some(error.to_string()), ..Response::default() },
     }
 }
 
 /// Accepts in memory, commits to disk, then welcomes the live sessions of
 /// the keys accepted. A failed commit is reported, and the acceptance is
 /// in effect anyway (memory decides for the running master).
-async fn accept(master: &Master, target: &str) -> Result<Vec<KeyEntry>, String> {
-    let changed = master.keys.set_status(target, KeyStatus::Accepted).map_err(|e| e.to_string())?;
+async fn accept(master: &Master, target: &str) -> Result<Vec<KeyEntry>, ControlError> {
+    let changed = master.keys.set_status(target, KeyStatus::Accepted)?;
     let saved = master.keys.commit().await;
     for entry in &changed {
         tracing::info!(agent = %entry.id, fingerprint = %entry.key, "Key accepted.");
@@ -126,7 +139,7 @@ async fn accept(master: &Master, target: &str) -> Result<Vec<KeyEntry>, String> 
             crate::server::link::welcome(master, peer, &entry.id, "", facts).await;
         }
     }
-    saved.map_err(|e| e.to_string())?;
+    saved?;
     Ok(changed)
 }
 
@@ -136,8 +149,8 @@ async fn cut_off(
     master: &Master,
     entries: Result<Vec<KeyEntry>, crate::server::keys::KeyStoreError>,
     what: &str,
-) -> Result<Vec<KeyEntry>, String> {
-    let entries = entries.map_err(|e| e.to_string())?;
+) -> Result<Vec<KeyEntry>, ControlError> {
+    let entries = entries?;
     for entry in &entries {
         tracing::info!(agent = %entry.id, fingerprint = %entry.key, "Key {what}.");
         master.bus.publish(Event::new(
@@ -157,7 +170,7 @@ async fn cut_off(
             ));
         }
     }
-    master.keys.commit().await.map_err(|e| e.to_string())?;
+    master.keys.commit().await?;
     Ok(entries)
 }
 
