@@ -1,6 +1,10 @@
 //! End-to-end tests: real `halite-master` and `halite-agent` processes on
 //! 127.0.0.1, real files, events read from the master's publisher.
 
+// Test code outside `#[test]` functions (helpers, a bench): a panic is a
+// failed test, which is what `unwrap` says here.
+#![allow(clippy::unwrap_used)]
+
 mod apply;
 mod beacons;
 mod bus;

@@ -379,6 +379,57 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Reads until the other end closes the connection (end of stream or a
+/// reset); an error if it is still open after [`WAIT`].
+pub async fn closed_by_peer(stream: &mut tokio::net::TcpStream) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut sink = Vec::new();
+    match tokio::time::timeout(WAIT, stream.read_to_end(&mut sink)).await {
+        Ok(_) => Ok(()),
+        Err(_) => anyhow::bail!("the connection is still open after {WAIT:?}"),
+    }
+}
+
+/// A memory attack on a listening process, measured: opens `connections`
+/// connections to `address` (`host:port`), writes `opening` on each, then
+/// `chunk` again and again until `total` bytes went out or the peer stopped
+/// reading, and awaits the peer's closing of each. Returns how many KiB the
+/// process `pid`'s VmRSS grew meanwhile; an error when a connection stayed
+/// open or the process died.
+pub async fn rss_growth_under_flood(
+    pid: u32,
+    address: &str,
+    connections: usize,
+    opening: &[u8],
+    chunk: &[u8],
+    total: usize,
+) -> anyhow::Result<u64> {
+    use tokio::io::AsyncWriteExt;
+    let before = rss_kib(pid).context("the process's VmRSS")?;
+    let mut writers = Vec::new();
+    for _ in 0..connections {
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        stream.write_all(opening).await?;
+        let chunk = chunk.to_vec();
+        writers.push(tokio::spawn(async move {
+            let mut sent = 0;
+            while sent < total {
+                let piece = &chunk[..chunk.len().min(total - sent)];
+                if stream.write_all(piece).await.is_err() {
+                    break;
+                }
+                sent += piece.len();
+            }
+            closed_by_peer(&mut stream).await
+        }));
+    }
+    for writer in writers {
+        writer.await??;
+    }
+    let after = rss_kib(pid).context("the process died")?;
+    Ok(after.saturating_sub(before))
+}
+
 /// Mode bits of a file.
 pub fn mode_of(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;

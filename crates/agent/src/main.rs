@@ -132,7 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             runtime.block_on(async {
                 let cancel = CancellationToken::new();
-                tokio::spawn(stop_on_signal(cancel.clone()));
+                tokio::spawn(halite_state::signal::stop_on_signal(cancel.clone(), "agent"));
                 halite_agent::daemon::run(agent, cancel).await
             })
         }
@@ -178,17 +178,3 @@ fn cap_malloc_arenas() {
 /// Other C libraries keep one heap, or their own policy.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn cap_malloc_arenas() {}
-
-async fn stop_on_signal(cancel: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("Cannot install signal handlers; stop the agent with SIGKILL.");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("Signal received; stopping.");
-    cancel.cancel();
-}

@@ -638,7 +638,7 @@ fn load_targeted(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Option<Targe
         match Target::parse(&target_text.value) {
             Ok(target) => out.push((target, target_text, value)),
             Err(message) => {
-                diagnostics.push(Diagnostic::error(path, yaml::location(&target_text), message).help(
+                diagnostics.push(Diagnostic::error(path, yaml::location(&target_text), message.to_string()).help(
                     "a target is a glob on the agent id ('web*'), L@id1,id2, G@fact:glob, joined with and/or/not",
                 ))
             }

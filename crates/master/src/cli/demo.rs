@@ -74,8 +74,8 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         let ret =
             bus.wait_for(WAIT, "job result", |e| e.job() == Some(jid.as_str()) && e.tag.contains("/ret/")).await?;
         let restored = started.elapsed();
-        let bytes = std::fs::read(&path).with_context(|| format!("{} was not restored", path.display()))?;
-        let mode = std::fs::metadata(&path)?.permissions().mode() & 0o7777;
+        let bytes = tokio::fs::read(&path).await.with_context(|| format!("{} was not restored", path.display()))?;
+        let mode = tokio::fs::metadata(&path).await?.permissions().mode() & 0o7777;
         if bytes != desired(file).as_bytes() || mode != 0o644 || ret.data()["failed"] == true {
             bail!("{} was not restored as desired (mode {mode:o}); see {}", path.display(), agent.log.display());
         }

@@ -37,10 +37,10 @@ pub async fn serve(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let path = socket_path(data_dir);
     // A socket left by a master that crashed; the data dir is ours alone.
-    let _ = std::fs::remove_file(&path);
+    let _ = tokio::fs::remove_file(&path).await;
     let listener =
         UnixListener::bind(&path).with_context(|| format!("cannot create the control socket {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).await?;
     Ok(tokio::spawn(async move {
         // Set while accepts fail, so a failure is logged once, not per try.
         let mut failing = false;
@@ -68,7 +68,7 @@ pub async fn serve(
                 }
             }
         }
-        let _ = std::fs::remove_file(&path);
+        let _ = tokio::fs::remove_file(&path).await;
     }))
 }
 
@@ -99,6 +99,18 @@ async fn connection(master: Arc<Master>, stream: UnixStream) {
     }
 }
 
+/// Why a control request failed; goes back to the command as the
+/// response's `error` text.
+#[derive(Debug, thiserror::Error)]
+enum ControlError {
+    /// The key store's error names the selector or the store.
+    #[error(transparent)]
+    Keys(#[from] crate::server::keys::KeyStoreError),
+    /// A request the connection serves itself reached `execute`.
+    #[error("{request} is served by the connection, not here")]
+    Misrouted { request: &'static str },
+}
+
 async fn execute(master: &Master, request: Request) -> Response {
     let result = match request {
         Request::KeysList => Ok(master.keys.list()),
@@ -119,26 +131,27 @@ async fn execute(master: &Master, request: Request) -> Response {
         Request::KeysFacts { target, accept } => {
             return match key_facts(master, &target, accept).await {
                 Ok(key_facts) => Response { ok: true, key_facts, ..Response::default() },
-                Err(error) => Response { ok: false, error: Some(error), ..Response::default() },
+                Err(error) => Response { ok: false, error: Some(error.to_string()), ..Response::default() },
             };
         }
-        Request::Apply(_) => Err("apply is answered by a stream (see `connection`)".to_owned()),
-        Request::Agents | Request::Events { .. } | Request::Facts { .. } | Request::Cmd(_) => {
-            Err("served by the connection, not here".to_owned())
-        }
+        Request::Apply(_) => Err(ControlError::Misrouted { request: "apply" }),
+        Request::Agents => Err(ControlError::Misrouted { request: "agents" }),
+        Request::Events { .. } => Err(ControlError::Misrouted { request: "events" }),
+        Request::Facts { .. } => Err(ControlError::Misrouted { request: "facts" }),
+        Request::Cmd(_) => Err(ControlError::Misrouted { request: "cmd" }),
     };
     match result {
         Ok(keys) => Response { ok: true, keys, ..Response::default() },
-        Err(error) => Response { ok: false, error: Some(error), ..Response::default() },
+        Err(error) => Response { ok: false, error: Some(error.to_string()), ..Response::default() },
     }
 }
 
 /// Accepts in memory, commits to disk, then welcomes the live sessions of
 /// the keys accepted. A failed commit is reported, and the acceptance is
 /// in effect anyway (memory decides for the running master).
-async fn accept(master: &Master, target: &str) -> Result<Vec<KeyEntry>, String> {
+async fn accept(master: &Master, target: &str) -> Result<Vec<KeyEntry>, ControlError> {
     let before = master.keys.list();
-    let changed = master.keys.set_status(target, KeyStatus::Accepted).map_err(|e| e.to_string())?;
+    let changed = master.keys.set_status(target, KeyStatus::Accepted)?;
     // Accepting retired the ids' other keys: their sessions end now, not
     // at their next reconnect, and their agents are told why.
     let after = master.keys.list();
@@ -166,7 +179,7 @@ async fn accept(master: &Master, target: &str) -> Result<Vec<KeyEntry>, String> 
             crate::server::link::welcome(master, peer, &entry.id, &version, facts).await;
         }
     }
-    saved.map_err(|e| e.to_string())?;
+    saved?;
     already(master, target, changed, KeyStatus::Accepted)
 }
 
@@ -195,22 +208,31 @@ async fn retire(master: &Master, old: &KeyEntry, new: &str) {
 
 /// When nothing changed, the keys `target` names that already have
 /// `status`: an accept or reject repeated is not "no key matched".
-fn already(master: &Master, target: &str, changed: Vec<KeyEntry>, status: KeyStatus) -> Result<Vec<KeyEntry>, String> {
+fn already(
+    master: &Master,
+    target: &str,
+    changed: Vec<KeyEntry>,
+    status: KeyStatus,
+) -> Result<Vec<KeyEntry>, ControlError> {
     if !changed.is_empty() {
         return Ok(changed);
     }
-    let matching = master.keys.matching(target).map_err(|e| e.to_string())?;
+    let matching = master.keys.matching(target)?;
     Ok(matching.into_iter().filter(|e| e.status == status).collect())
 }
 
 /// Shows, or with `accept` trusts, the facts of the keys `target` names.
 /// Accepted facts take effect for the live session at once (targeting,
 /// templates); its beacon set follows at its next connection.
-async fn key_facts(master: &Master, target: &str, accept: bool) -> Result<Vec<crate::server::keys::FactsRow>, String> {
+async fn key_facts(
+    master: &Master,
+    target: &str,
+    accept: bool,
+) -> Result<Vec<crate::server::keys::FactsRow>, ControlError> {
     if !accept {
-        return master.keys.facts(target).map_err(|e| e.to_string());
+        return Ok(master.keys.facts(target)?);
     }
-    let changed = master.keys.accept_facts(target).map_err(|e| e.to_string())?;
+    let changed = master.keys.accept_facts(target)?;
     for row in &changed {
         tracing::info!(agent = %row.id, fingerprint = %row.key, "Facts accepted.");
         if master.sessions.accepted_with_facts().iter().any(|(agent, _)| *agent == row.id) {
@@ -222,7 +244,7 @@ async fn key_facts(master: &Master, target: &str, accept: bool) -> Result<Vec<cr
             Value::map().with("fingerprint", row.key.as_str()),
         ));
     }
-    master.keys.commit().await.map_err(|e| e.to_string())?;
+    master.keys.commit().await?;
     Ok(changed)
 }
 
@@ -232,8 +254,8 @@ async fn cut_off(
     master: &Master,
     entries: Result<Vec<KeyEntry>, crate::server::keys::KeyStoreError>,
     what: &str,
-) -> Result<Vec<KeyEntry>, String> {
-    let entries = entries.map_err(|e| e.to_string())?;
+) -> Result<Vec<KeyEntry>, ControlError> {
+    let entries = entries?;
     for entry in &entries {
         tracing::info!(agent = %entry.id, fingerprint = %entry.key, "Key {what}.");
         master.bus.publish(Event::new(
@@ -253,7 +275,7 @@ async fn cut_off(
             ));
         }
     }
-    master.keys.commit().await.map_err(|e| e.to_string())?;
+    master.keys.commit().await?;
     Ok(entries)
 }
 

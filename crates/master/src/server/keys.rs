@@ -135,8 +135,8 @@ pub enum KeyStoreError {
     Replaces { id: String, accepted: String, new: String },
     #[error("cannot read the enrolment token {path}: {message}; write the token on its first line")]
     Token { path: PathBuf, message: String },
-    #[error("enrolment fingerprint `{fingerprint}`: {message}")]
-    Fingerprint { fingerprint: String, message: String },
+    #[error("enrolment fingerprint `{fingerprint}`: {source}")]
+    Fingerprint { fingerprint: String, source: halite_link::keys::KeyError },
     #[error(
         "a new key for agent `{id}` is refused: {max} keys are pending (`enrolment.pending_max`); accept, reject or delete some (`halite-master keys list`)"
     )]
@@ -407,7 +407,7 @@ impl KeyStore {
             .fingerprints
             .iter()
             .map(|f| {
-                f.parse::<PublicKey>().map_err(|message| KeyStoreError::Fingerprint { fingerprint: f.clone(), message })
+                f.parse::<PublicKey>().map_err(|source| KeyStoreError::Fingerprint { fingerprint: f.clone(), source })
             })
             .collect::<Result<_, _>>()?;
         self.enrol = Arc::new(Enrol {

@@ -121,7 +121,8 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     crate::server::schedule::spawn(master.clone(), config.schedule.clone(), cancel.clone());
 
     let ready = format!("ready listen={listen} publish={publish} key={fingerprint}");
-    std::fs::write(config.data_dir.join("endpoints"), format!("{ready}\n"))
+    tokio::fs::write(config.data_dir.join("endpoints"), format!("{ready}\n"))
+        .await
         .with_context(|| format!("cannot write {}", config.data_dir.join("endpoints").display()))?;
     {
         let mut stdout = std::io::stdout().lock();

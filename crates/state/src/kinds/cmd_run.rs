@@ -11,8 +11,8 @@ use std::time::Duration;
 use halite_proto::{StateCall, Value};
 use serde::Deserialize;
 
-use super::{Authored, Kind, OneOrMany, Plan, Problem, args, string_list};
-use crate::command::{self, Spec};
+use super::{Authored, Kind, KindError, OneOrMany, Plan, Problem, args, string_list};
+use crate::command::{self, CommandError, Spec};
 use crate::env::ApplyEnv;
 
 pub static KIND: Kind = Kind {
@@ -148,7 +148,8 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
     let name = match config.name.unwrap_or_else(|| OneOrMany::One(state.id.to_owned())) {
         OneOrMany::One(line) => {
             if let Err(e) = Spec::from_command(&line, config.shell) {
-                problems.push(problem("name", e).help("quote arguments with ' or \", or set `shell: true`"));
+                problems
+                    .push(problem("name", e.to_string()).help("quote arguments with ' or \", or set `shell: true`"));
             }
             Value::String(line)
         }
@@ -163,7 +164,7 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
         let list = list.map(OneOrMany::into_vec).unwrap_or_default();
         for line in &list {
             if let Err(e) = Spec::from_command(line, config.shell) {
-                problems.push(problem(key, e).help("quote arguments with ' or \", or set `shell: true`"));
+                problems.push(problem(key, e.to_string()).help("quote arguments with ' or \", or set `shell: true`"));
             }
         }
         probes.push((key, list));
@@ -218,15 +219,15 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
 }
 
 /// The spec for one command line (or argv list) with the state's options.
-fn spec(name: &Value, args: &Value) -> Result<Spec, String> {
+fn spec(name: &Value, args: &Value) -> Result<Spec, KindError> {
     let shell = args::bool_or(args, "shell", false);
     let mut spec = match name {
         Value::String(line) => Spec::from_command(line, shell)?,
         Value::List(argv) => Spec::new(argv.iter().filter_map(Value::as_str)),
-        _ => return Err("argument `name` missing".into()),
+        _ => return Err(KindError::Argument { key: "name", expected: "a command" }),
     };
     if spec.argv.is_empty() {
-        return Err("empty command".into());
+        return Err(CommandError::Empty.into());
     }
     spec.cwd = args::opt_string(args, "cwd").map(Into::into);
     if let Some(Value::Map(env)) = args.get("env") {
@@ -246,9 +247,9 @@ struct RunPlan {
     capture: bool,
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let spec = spec(args.get("name").unwrap_or(&Value::Null), args)?;
-    let probe = |line: &str| -> Result<bool, String> {
+    let probe = |line: &str| -> Result<bool, KindError> {
         let probe = spec_for_probe(line, args)?;
         Ok(command::run(&probe, env.path.as_ref())?.success())
     };
@@ -272,7 +273,7 @@ fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
     Ok(Box::new(RunPlan { spec, skip, path: env.path.clone(), capture: args::bool_or(args, "capture", false) }))
 }
 
-fn spec_for_probe(line: &str, args: &Value) -> Result<Spec, String> {
+fn spec_for_probe(line: &str, args: &Value) -> Result<Spec, KindError> {
     spec(&Value::String(line.to_owned()), args)
 }
 
@@ -289,15 +290,19 @@ impl Plan for RunPlan {
         true
     }
 
-    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+    fn apply(self: Box<Self>) -> Result<Vec<String>, KindError> {
         let display = self.spec.display();
         let output = command::run(&self.spec, self.path.as_ref())?;
         if self.capture {
             let lines = Captured::of(&output, &display).lines();
-            return if output.success() { Ok(lines) } else { Err(lines.join("\n")) };
+            return if output.success() {
+                Ok(lines)
+            } else {
+                Err(KindError::CapturedFailure { lines: lines.join("\n") })
+            };
         }
         if !output.success() {
-            return Err(output.failure(&display));
+            return Err(KindError::Failed { command: display, output });
         }
         let mut changes = vec![format!("ran `{display}`: exit 0")];
         let stdout = output.stdout.trim_end();

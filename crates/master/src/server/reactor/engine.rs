@@ -107,7 +107,7 @@ impl Engine {
                         Value::map()
                             .with("agent", event.agent.as_str())
                             .with("event", event.id.to_string())
-                            .with("error", error),
+                            .with("error", error.to_string()),
                     ));
                 }
             }
@@ -273,10 +273,12 @@ impl Worker {
                             } else if failed.is_empty() {
                                 Ok(ok.into_iter().filter_map(Result::ok).collect::<Vec<_>>().join("; "))
                             } else {
-                                Err(failed.into_iter().filter_map(Result::err).collect::<Vec<_>>().join("; "))
+                                // The `failed` event carries the errors as text.
+                                let errors = failed.into_iter().filter_map(Result::err).map(|e| e.to_string());
+                                Err(errors.collect::<Vec<_>>().join("; "))
                             }
                         }
-                        _ => action.run(&context, &self.agent, &event).await,
+                        _ => action.run(&context, &self.agent, &event).await.map_err(|e| e.to_string()),
                     };
                     match outcome {
                         Ok(what) => done.push(Value::from(what)),
@@ -326,7 +328,7 @@ pub const JOB_TIMEOUT: Duration = Duration::from_secs(60);
 mod tests {
     use futures_util::future::BoxFuture;
 
-    use super::super::actions::{Action, test_context};
+    use super::super::actions::{Action, ActionError, test_context};
     use super::*;
 
     /// How the test reactor is throttled.
@@ -347,9 +349,9 @@ mod tests {
             _context: &'a Context,
             agent: &'a str,
             event: &'a Event,
-        ) -> BoxFuture<'a, Result<String, String>> {
+        ) -> BoxFuture<'a, Result<String, ActionError>> {
             Box::pin(async move {
-                self.0.send((agent.to_owned(), event.id, Instant::now())).await.map_err(|e| e.to_string())?;
+                self.0.send((agent.to_owned(), event.id, Instant::now())).await.map_err(|_| ActionError::Closed)?;
                 Ok("recorded".into())
             })
         }

@@ -27,7 +27,7 @@ use halite_state::StateTree;
 use halite_state::command::{self, Spec};
 use tokio::sync::Semaphore;
 
-use super::{Action, ActionKind, Context, authored_command, clip};
+use super::{Action, ActionError, ActionKind, Context, authored_command, clip};
 
 pub static KIND: ActionKind = ActionKind {
     name: "exec",
@@ -77,6 +77,32 @@ fn hook_env(agent: &str, event: &Event) -> Vec<(String, String)> {
     env
 }
 
+/// Why an `exec` action does not compile or failed; names the command.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("{source}; a relative command is a file in the state tree (or give an absolute path)")]
+    NotInTree { source: halite_state::paths::TreePathError },
+    #[error("`{program}`: {source}")]
+    Program { program: String, source: std::io::Error },
+    #[error("`{program}` is not an executable file (chmod +x it)")]
+    NotExecutable { program: String },
+    #[error("`{path}` is not a UTF-8 path", path = path.display())]
+    NotUtf8 { path: PathBuf },
+    #[error("exec `{cmd}`: {source}")]
+    Permits { cmd: String, source: tokio::sync::AcquireError },
+    #[error("exec `{cmd}`: {source}")]
+    Spawn { cmd: String, source: command::CommandError },
+    #[error("exec `{cmd}`: killed after its timeout of {timeout:?}")]
+    TimedOut { cmd: String, timeout: Duration },
+    #[error("exec `{cmd}`: {}; stderr: {stderr}", ended(*code))]
+    Failed { cmd: String, code: Option<i32>, stderr: String },
+}
+
+/// How a command that did not succeed ended.
+fn ended(code: Option<i32>) -> String {
+    code.map_or_else(|| "killed by a signal".to_owned(), |code| format!("exit status: {code}"))
+}
+
 #[derive(Debug)]
 struct Exec {
     /// As authored, for logs and `check`.
@@ -86,31 +112,32 @@ struct Exec {
     spec: Spec,
 }
 
-fn compile(value: &serde_json::Value, tree: &StateTree) -> Result<Box<dyn Action>, String> {
+fn compile(value: &serde_json::Value, tree: &StateTree) -> Result<Box<dyn Action>, ActionError> {
     let command =
         authored_command(value, DEFAULT_TIMEOUT, "`exec: hooks/x.sh ARGS` or `exec: {cmd: …, timeout: 10s}`")?;
-    let (program, args) = command.words.split_first().ok_or("the command is empty")?;
+    let (program, args) = command.words.split_first().ok_or(super::CommandError::Empty)?;
     let program = if program.starts_with('/') {
         PathBuf::from(program)
     } else {
-        let path = halite_state::paths::in_tree(&tree.root, program)
-            .map_err(|e| format!("{e}; a relative command is a file in the state tree (or give an absolute path)"))?;
+        let path =
+            halite_state::paths::in_tree(&tree.root, program).map_err(|source| ExecError::NotInTree { source })?;
         check_executable(&path, program)?;
         path
     };
     // The spawner takes words; a path that is not UTF-8 cannot be one.
-    let program = program.to_str().ok_or_else(|| format!("`{}` is not a UTF-8 path", program.display()))?;
+    let program = program.to_str().ok_or_else(|| ExecError::NotUtf8 { path: program.clone() })?;
     let mut spec = Spec::new(std::iter::once(program).chain(args.iter().map(String::as_str)));
     spec.cwd = Some(tree.root.clone());
     spec.timeout = Some(command.timeout);
     Ok(Box::new(Exec { spec, cmd: command.cmd }))
 }
 
-fn check_executable(path: &std::path::Path, authored: &str) -> Result<(), String> {
+fn check_executable(path: &std::path::Path, authored: &str) -> Result<(), ExecError> {
     use std::os::unix::fs::PermissionsExt;
-    let metadata = std::fs::metadata(path).map_err(|e| format!("`{authored}`: {e}"))?;
+    let metadata =
+        std::fs::metadata(path).map_err(|source| ExecError::Program { program: authored.to_owned(), source })?;
     if !metadata.is_file() || metadata.permissions().mode() & 0o111 == 0 {
-        return Err(format!("`{authored}` is not an executable file (chmod +x it)"));
+        return Err(ExecError::NotExecutable { program: authored.to_owned() });
     }
     Ok(())
 }
@@ -125,9 +152,10 @@ impl Action for Exec {
         _context: &'a Context,
         agent: &'a str,
         event: &'a Event,
-    ) -> BoxFuture<'a, Result<String, String>> {
+    ) -> BoxFuture<'a, Result<String, ActionError>> {
         Box::pin(async move {
-            let _permit = PERMITS.acquire().await.map_err(|e| format!("exec `{}`: {e}", self.cmd))?;
+            let _permit =
+                PERMITS.acquire().await.map_err(|source| ExecError::Permits { cmd: self.cmd.clone(), source })?;
             let mut spec = self.spec.clone();
             // Only `HALITE_*` and the allow-list: the master's environment
             // may hold secrets a hook (and its stderr, which is published)
@@ -135,17 +163,18 @@ impl Action for Exec {
             spec.clear_env = true;
             spec.env.extend(hook_env(agent, event));
             spec.stdin = Some(event.to_json().to_string().into_bytes());
-            let output = command::run_async(&spec, None).await.map_err(|e| format!("exec `{}`: {e}", self.cmd))?;
+            let output = command::run_async(&spec, None)
+                .await
+                .map_err(|source| ExecError::Spawn { cmd: self.cmd.clone(), source })?;
             let (out, err) = (output.stdout.trim(), output.stderr.trim());
             match (output.timed_out, output.code) {
                 (true, _) => {
-                    return Err(format!("exec `{}`: killed after its timeout of {:?}", self.cmd, self.timeout()));
+                    return Err(ExecError::TimedOut { cmd: self.cmd.clone(), timeout: self.timeout() }.into());
                 }
                 (false, Some(0)) => {}
                 (false, code) => {
-                    let how =
-                        code.map_or_else(|| "killed by a signal".to_owned(), |code| format!("exit status: {code}"));
-                    return Err(format!("exec `{}`: {how}; stderr: {}", self.cmd, clip(err, REPORT_LIMIT)));
+                    let stderr = clip(err, REPORT_LIMIT);
+                    return Err(ExecError::Failed { cmd: self.cmd.clone(), code, stderr }.into());
                 }
             }
             if !out.is_empty() || !err.is_empty() {
@@ -193,7 +222,7 @@ mod tests {
             ("", Some("empty")),
         ];
         for (cmd, error) in cases {
-            match (compile(&serde_json::json!(cmd), &tree), error) {
+            match (compile(&serde_json::json!(cmd), &tree).map_err(|e| e.to_string()), error) {
                 (Ok(_), None) => {}
                 (Err(e), Some(wanted)) => assert!(e.contains(wanted), "{cmd}: {e}"),
                 (Ok(_), Some(wanted)) => panic!("{cmd}: compiled, wanted `{wanted}`"),
@@ -201,9 +230,10 @@ mod tests {
             }
         }
         let (_dir, tree) = tree_with_hook("#!/bin/sh\n", 0o644);
-        let error = compile(&serde_json::json!("hooks/hook.sh"), &tree).unwrap_err();
+        let error = compile(&serde_json::json!("hooks/hook.sh"), &tree).unwrap_err().to_string();
         assert!(error.contains("chmod +x"), "{error}");
-        let error = compile(&serde_json::json!({"cmd": "/bin/true", "timeout": "soon"}), &tree).unwrap_err();
+        let error =
+            compile(&serde_json::json!({"cmd": "/bin/true", "timeout": "soon"}), &tree).unwrap_err().to_string();
         assert!(error.contains("not a duration"), "{error}");
     }
 
@@ -214,7 +244,7 @@ mod tests {
                 .unwrap();
         let event = Event::new("halite/beacon/web01/cpu-hot", "web01", Value::map().with("state", "'; reboot"));
         let context = test_context().await;
-        let result = action.run(&context, "web01", &event).await;
+        let result = action.run(&context, "web01", &event).await.map_err(|e| e.to_string());
         (result, dir, event)
     }
 
