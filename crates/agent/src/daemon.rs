@@ -11,7 +11,6 @@
 //! it is connected, and the socket is closed, all within [`SHUTDOWN_GRACE`].
 
 use std::io::Write;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -35,17 +34,10 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Result<()> {
     let id = config.agent_id();
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&config.data_dir)
-        .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
-    // Before its key, pin and outbox are trusted (StrictModes).
-    halite_fs::strict::check_data_dir(&config.data_dir, halite_fs::strict::Owner::Us)
-        .context("refusing to start with this data dir")?;
-    // Before anything in the data dir is touched (key, outbox, records);
-    // held until this function returns.
-    let _lock = halite_fs::lock::DirLock::acquire(&config.data_dir, "agent")?;
+    // Before its key, pin and outbox are trusted or touched; held until this
+    // function returns.
+    let dir = config.data_dir.clone();
+    let _lock = tokio::task::spawn_blocking(move || halite_fs::lock::DirLock::claim(&dir, "agent")).await??;
     let (keypair, created) = halite_link::Keypair::load_or_create(&config.key_path())?;
     if created {
         tracing::info!(fingerprint = %keypair.public, "Made this agent's key; an operator accepts it on the master.");
@@ -61,7 +53,8 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
     };
     let mut facts = facts::gather(&id);
     if let Some(path) = &config.enrol_token_file {
-        let text = std::fs::read_to_string(path)
+        let text = tokio::fs::read_to_string(path)
+            .await
             .with_context(|| format!("cannot read the enrolment token {} (`enrol_token_file`)", path.display()))?;
         facts = facts.with(halite_proto::message::ENROL_TOKEN_FACT, text.lines().next().unwrap_or("").trim());
     }

@@ -30,6 +30,12 @@ pub enum LockError {
     Held { who: String, pid: Option<u32>, dir: PathBuf },
     #[error("cannot lock {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot create the data dir {dir}: {source}")]
+    Create { dir: PathBuf, source: std::io::Error },
+    /// Someone other than us or root could have written the data dir
+    /// (StrictModes); nothing in it is trusted.
+    #[error("refusing to start with this data dir: {0}")]
+    Untrusted(#[from] crate::strict::StrictError),
 }
 
 /// The lock on a data dir, held until dropped.
@@ -40,6 +46,21 @@ pub struct DirLock {
 }
 
 impl DirLock {
+    /// A daemon's start: creates `dir` (mode 0700) if it is missing, checks
+    /// that nobody else could have written it (before its key, key store or
+    /// sockets are trusted: [`crate::strict`]), then takes its lock, before
+    /// anything in it is touched. Blocking: call it from a blocking thread.
+    pub fn claim(dir: &Path, who: &str) -> Result<DirLock, LockError> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| LockError::Create { dir: dir.to_path_buf(), source })?;
+        crate::strict::check_data_dir(dir, crate::strict::Owner::Us)?;
+        DirLock::acquire(dir, who)
+    }
+
     /// Takes the lock of `dir` (which must exist) for a daemon of kind
     /// `who` ("master", "agent"), and writes this process's pid in it.
     /// Fails at once, without waiting, when another process holds it.

@@ -20,7 +20,6 @@
 //! - [`notify`] — telling systemd the master is ready (`Type=notify`).
 
 use std::io::Write;
-use std::os::unix::fs::DirBuilderExt;
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context as _;
@@ -69,20 +68,14 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         );
     }
     tracing::info!(states = %config.states.display(), "Loaded {}.", tree.summary());
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&config.data_dir)
-        .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
-    // Before anything in it is trusted: a key, the key store or a socket
-    // another local user could have planted is refused (StrictModes).
-    halite_fs::strict::check_data_dir(&config.data_dir, halite_fs::strict::Owner::Us)
-        .context("refusing to start with this data dir")?;
+    // Before anything in the data dir is trusted or touched: a key, key
+    // store or socket another local user planted is refused (StrictModes),
+    // and a second master on it would overwrite `endpoints` and, stopping,
+    // remove the first one's control socket. Held until this function
+    // returns.
+    let dir = config.data_dir.clone();
+    let _lock = tokio::task::spawn_blocking(move || halite_fs::lock::DirLock::claim(&dir, "master")).await??;
     crate::server::reactor::actions::exec::allow_env(config.exec_env.clone());
-    // Before anything in the data dir is touched: a second master on it
-    // would overwrite `endpoints` and, stopping, remove the first one's
-    // control socket. Held until this function returns.
-    let _lock = halite_fs::lock::DirLock::acquire(&config.data_dir, "master")?;
 
     let (keypair, created) = halite_link::Keypair::load_or_create(&config.data_dir.join("master.key"))?;
     if created {
