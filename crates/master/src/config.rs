@@ -29,6 +29,36 @@ pub struct MasterConfig {
     /// ZMTP handshake in this long is dropped (`10s`, `500ms`).
     #[serde(default = "default_handshake_timeout", deserialize_with = "duration")]
     pub handshake_timeout: Duration,
+    /// How much job history halite.db keeps.
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// `store:` in master.yaml: the job history's retention, applied at start
+/// and every ten minutes, oldest jobs first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Jobs older than this many days are deleted with their results.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+    /// Then the oldest jobs are deleted until the rows take at most this
+    /// many bytes of halite.db.
+    #[serde(default = "default_store_max_bytes")]
+    pub max_bytes: u64,
+}
+
+fn default_retention_days() -> u32 {
+    90
+}
+fn default_store_max_bytes() -> u64 {
+    1 << 30
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { retention_days: default_retention_days(), max_bytes: default_store_max_bytes() }
+    }
 }
 
 fn default_handshake_timeout() -> Duration {
@@ -64,6 +94,7 @@ impl Default for MasterConfig {
             data_dir: default_data_dir(),
             auto_accept: Vec::new(),
             handshake_timeout: default_handshake_timeout(),
+            store: StoreConfig::default(),
         }
     }
 }

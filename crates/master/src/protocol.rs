@@ -36,6 +36,10 @@ pub enum Request {
     Events {
         tag: Option<String>,
     },
+    /// A consistent copy of the store in `to` (an absolute path).
+    Backup {
+        to: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

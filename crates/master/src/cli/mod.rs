@@ -14,6 +14,7 @@ use crate::protocol::{Request, Response, socket_path};
 
 pub mod agents;
 pub mod apply;
+pub mod backup;
 pub mod check;
 pub mod demo;
 pub mod events;

@@ -323,15 +323,12 @@ pub async fn welcome(master: &Master, peer: Bytes, agent: &str, version: &str, f
 /// other agent with it; its session is ended instead, and it resends.
 pub const ACK_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// [`crate::server::sessions::Sessions::first_sights`], which appends to the
-/// seen-ids log: a short write to the page cache, done in place (the
-/// runtime moves other tasks off this thread meanwhile).
-fn seen_first(master: &Master, agent: &str, ids: &[halite_proto::Id]) -> Vec<bool> {
-    tokio::task::block_in_place(|| master.sessions.first_sights(agent, ids))
-}
-
 /// Publishes and reacts to the events an agent sent (one, or a batch), in
-/// order, except those it may not raise and those already seen.
+/// order, except those it may not raise and those already seen; returns
+/// once the fresh ones are handed to the publisher's socket and logged as
+/// seen, so the caller's acknowledgement means published and recorded. A
+/// crash before the log costs a duplicate (the agent resends, the next
+/// master publishes again), never a loss; see `Sessions::log_seen`.
 async fn take_events(master: &Master, agent: &str, events: Vec<Event>) {
     // An agent speaks only for itself, in its beacon tags and a few of its
     // own.
@@ -341,13 +338,44 @@ async fn take_events(master: &Master, agent: &str, events: Vec<Event>) {
         tracing::warn!(agent, tag = %event.tag, "Dropping an event an agent may not raise.");
     }
     let ids: Vec<halite_proto::Id> = allowed.iter().map(|event| event.id).collect();
-    for (event, fresh) in allowed.into_iter().zip(seen_first(master, agent, &ids)) {
+    let mut published = Vec::with_capacity(ids.len());
+    for (event, fresh) in allowed.into_iter().zip(master.sessions.sights(agent, &ids)) {
         if fresh {
+            published.push(event.id);
             let event = master.bus.publish_waiting(event).await;
             master.engine.on_event(&event);
         } else {
             tracing::debug!(agent, event = %event.id, "Dropping a duplicate event.");
         }
+    }
+    if !published.is_empty() {
+        master.bus.handed_off().await;
+        // A short write to the page cache, done in place (the runtime
+        // moves other tasks off this thread meanwhile).
+        tokio::task::block_in_place(|| master.sessions.log_seen(agent, &published));
+    }
+}
+
+/// Acknowledges a job result once the store has committed it; when the
+/// store refused it (a refusing disk holding all it may) there is no ack,
+/// and the agent sends it again on its next session.
+async fn ack_when_stored(
+    sessions: crate::server::sessions::Sessions,
+    jobs: crate::server::jobs::Jobs,
+    peer: Bytes,
+    agent: String,
+    job: halite_proto::Id,
+    committed: tokio::sync::oneshot::Receiver<bool>,
+) {
+    if committed.await != Ok(true) {
+        tracing::debug!(agent, %job, "A job result was not stored; not acknowledged.");
+        return;
+    }
+    jobs.stored(&agent, job);
+    tokio::task::block_in_place(|| sessions.first_sights(&agent, &[job]));
+    let ack = MasterMessage::ResultAck { job };
+    if tokio::time::timeout(ACK_SEND_TIMEOUT, sessions.send_to_peer(peer, &ack)).await.is_err() {
+        tracing::warn!(agent, %job, "Cannot acknowledge a stored result; the agent sends it again.");
     }
 }
 
@@ -388,10 +416,27 @@ async fn on_message(
         AgentMessage::Event(_) | AgentMessage::Events(_) if peers.draining => return,
         AgentMessage::JobResult(result) => {
             let job = result.job;
-            if seen_first(master, agent, &[job]) == [true] {
-                master.jobs.complete(agent, result);
-            } else {
+            if master.sessions.has_seen(agent, job) {
+                // Stored before (ids are remembered once committed).
                 tracing::debug!(agent, %job, "Dropping a duplicate job result.");
+            } else {
+                match master.jobs.take_result(agent, result) {
+                    // Acknowledged once stored, from a task of its own: the
+                    // store may be slow, or hold it until the disk has room.
+                    Ok(committed) => {
+                        tokio::spawn(ack_when_stored(
+                            master.sessions.clone(),
+                            master.jobs.clone(),
+                            peer,
+                            agent.to_owned(),
+                            job,
+                            committed,
+                        ));
+                        return;
+                    }
+                    // Acknowledged so the agent forgets it (logged by jobs).
+                    Err(_unexpected) => {}
+                }
             }
             MasterMessage::ResultAck { job }
         }
