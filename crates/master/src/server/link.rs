@@ -79,6 +79,8 @@ struct Peers {
     draining: bool,
     /// Reaction queue depths last logged, per agent.
     depths: HashMap<String, usize>,
+    /// Where events' acks wait for their hand-off (set by `serve`).
+    acks: Option<crate::server::acks::Acker>,
 }
 
 /// Receives from every agent until `cancel` fires.
@@ -88,7 +90,15 @@ pub async fn serve(
     master: Arc<Master>,
     cancel: CancellationToken,
 ) {
-    let mut peers = Peers::default();
+    let mut peers = Peers {
+        acks: Some(crate::server::acks::Acker::spawn(
+            master.bus.clone(),
+            master.sessions.clone(),
+            master.jobs.clone(),
+            ACK_SEND_TIMEOUT,
+        )),
+        ..Peers::default()
+    };
     let mut report = tokio::time::interval(Duration::from_secs(10));
     let mut depths = tokio::time::interval(DEPTH_LOG_INTERVAL);
     let stopped = cancel.cancelled();
@@ -325,11 +335,9 @@ pub const ACK_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Publishes and reacts to the events an agent sent (one, or a batch), in
 /// order, except those it may not raise and those already seen; returns
-/// once the fresh ones are handed to the publisher's socket and logged as
-/// seen, so the caller's acknowledgement means published and recorded. A
-/// crash before the log costs a duplicate (the agent resends, the next
-/// master publishes again), never a loss; see `Sessions::log_seen`.
-async fn take_events(master: &Master, agent: &str, events: Vec<Event>) {
+/// the ids it published, to be logged as seen once handed off, before the
+/// ack (`server/acks.rs`).
+async fn take_events(master: &Master, agent: &str, events: Vec<Event>) -> Vec<halite_proto::Id> {
     // An agent speaks only for itself, in its beacon tags and a few of its
     // own.
     let (allowed, refused): (Vec<Event>, Vec<Event>) =
@@ -348,12 +356,7 @@ async fn take_events(master: &Master, agent: &str, events: Vec<Event>) {
             tracing::debug!(agent, event = %event.id, "Dropping a duplicate event.");
         }
     }
-    if !published.is_empty() {
-        master.bus.handed_off().await;
-        // A short write to the page cache, done in place (the runtime
-        // moves other tasks off this thread meanwhile).
-        tokio::task::block_in_place(|| master.sessions.log_seen(agent, &published));
-    }
+    published
 }
 
 /// Acknowledges a job result once the store has committed it; when the
@@ -440,15 +443,19 @@ async fn on_message(
             }
             MasterMessage::ResultAck { job }
         }
-        AgentMessage::Event(event) => {
-            let id = event.id;
-            take_events(master, agent, vec![event]).await;
-            MasterMessage::Ack { event: id }
-        }
-        AgentMessage::Events(events) => {
-            let ids = events.iter().map(|event| event.id).collect();
-            take_events(master, agent, events).await;
-            MasterMessage::Acks(ids)
+        AgentMessage::Event(_) | AgentMessage::Events(_) => {
+            let (ack, events) = match message {
+                AgentMessage::Event(event) => (MasterMessage::Ack { event: event.id }, vec![event]),
+                AgentMessage::Events(events) => (MasterMessage::Acks(events.iter().map(|e| e.id).collect()), events),
+                _ => return,
+            };
+            let published = take_events(master, agent, events).await;
+            // Acknowledged once published and recorded, off this loop.
+            if let Some(acks) = &peers.acks {
+                let pending = crate::server::acks::PendingAck { peer, agent: agent.to_owned(), published, ack };
+                acks.queue(pending).await;
+            }
+            return;
         }
     };
     match tokio::time::timeout(ACK_SEND_TIMEOUT, master.sessions.send_to_peer(peer.clone(), &ack)).await {

@@ -23,6 +23,7 @@ use std::sync::{Arc, RwLock};
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
+pub mod acks;
 pub mod apply;
 pub mod bus;
 pub mod context;
