@@ -312,13 +312,44 @@ impl Fleet {
     }
 
     /// Starts the master again on the same agent port, and listens to its
-    /// (new) publisher.
+    /// (new) publisher. The agents are stopped (SIGSTOP) until the
+    /// subscriber is connected and subscribed: a PUB socket sends only to
+    /// the subscribers it has, so an agent that reconnected first would
+    /// have its replayed events published to nobody. After SIGCONT an
+    /// agent must reconnect and complete its Noise handshake through the
+    /// master before it can send anything, which the subscription precedes.
     pub async fn restart_master(&mut self, listen: &str) -> anyhow::Result<()> {
-        let master =
-            fleet::start_master(&self.binaries, &self.dir.path().join("master"), &self.states, listen, &["*"]).await?;
-        self.bus = Subscriber::connect(&master.publish, "halite/").await?;
+        self.signal_agents("-STOP");
+        let started = async {
+            let master =
+                fleet::start_master(&self.binaries, &self.dir.path().join("master"), &self.states, listen, &["*"])
+                    .await?;
+            let bus = Subscriber::connect(&master.publish, "halite/").await?;
+            anyhow::Ok((master, bus))
+        }
+        .await;
+        self.signal_agents("-CONT");
+        let (master, bus) = started?;
+        self.bus = bus;
         self.master = Some(master);
         Ok(())
+    }
+
+    /// SIGTERM the master: a clean stop, waited for.
+    pub async fn stop_master(&mut self) {
+        if let Some(master) = self.master.take() {
+            let log = master.dir.join(format!("master.{}.log", self.old_master_logs.len()));
+            master.stop().await;
+            let _ = std::fs::copy(&log.with_file_name("master.log"), &log);
+            self.old_master_logs.push(log);
+        }
+    }
+
+    /// Sends a signal (`-STOP`, `-CONT`) to every agent.
+    fn signal_agents(&self, signal: &str) {
+        for pid in self.agents.iter().filter_map(|agent| agent.pid()) {
+            let _ = blocking_process("kill").arg(signal).arg(pid.to_string()).status();
+        }
     }
 
     /// Prints the children's logs and every event seen; then panics with

@@ -556,6 +556,21 @@ fn check_wal(bytes: &[u8]) -> Result<(), String> {
 }
 
 fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
+    // SQLite's own word for damage, wherever opening meets it, is damage.
+    open_checked(path).map_err(|error| match error {
+        StoreError::Sqlite { path, source }
+            if matches!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+            ) =>
+        {
+            StoreError::Damaged { store: path.clone(), path, what: source.to_string() }
+        }
+        error => error,
+    })
+}
+
+fn open_checked(path: &Path) -> Result<Connection, StoreError> {
     check_files(path)?;
     // Diffs may hold secrets: owner-only, like the keys beside it. SQLite
     // gives its -wal and -shm files the same mode.
@@ -674,7 +689,7 @@ impl Writer {
             let first = if self.held.is_empty() {
                 inbox.blocking_recv()
             } else {
-                match runtime.block_on(tokio::time::timeout(RETRY_EVERY, inbox.recv())) {
+                match runtime.block_on(async { tokio::time::timeout(RETRY_EVERY, inbox.recv()).await }) {
                     Ok(write) => write,
                     // Time to retry what is held.
                     Err(_) => Some(Write::Wake),
