@@ -66,6 +66,10 @@ pub struct Fleet {
     pub seen: Vec<BusEvent>,
     /// Logs of earlier runs of the master and of agents (after restarts).
     old_master_logs: Vec<PathBuf>,
+    /// Subscribers to earlier runs of the master, replaced by
+    /// [`Fleet::restart_master`]: what the kernel had taken from a killed
+    /// master's publisher may still be unread in them.
+    pub retired: Vec<Subscriber>,
 }
 
 impl Fleet {
@@ -149,6 +153,7 @@ impl Fleet {
             bus,
             seen: Vec::new(),
             old_master_logs: Vec::new(),
+            retired: Vec::new(),
         };
         for id in agents {
             fleet.add_agent(id).await?;
@@ -330,7 +335,7 @@ impl Fleet {
         .await;
         self.signal_agents("-CONT");
         let (master, bus) = started?;
-        self.bus = bus;
+        self.retired.push(std::mem::replace(&mut self.bus, bus));
         self.master = Some(master);
         Ok(())
     }
