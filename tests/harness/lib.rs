@@ -345,7 +345,7 @@ impl Fleet {
         if let Some(master) = self.master.take() {
             let log = master.dir.join(format!("master.{}.log", self.old_master_logs.len()));
             master.stop().await;
-            let _ = std::fs::copy(&log.with_file_name("master.log"), &log);
+            let _ = std::fs::copy(log.with_file_name("master.log"), &log);
             self.old_master_logs.push(log);
         }
     }
