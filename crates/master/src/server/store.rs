@@ -7,10 +7,25 @@
 //! Writes go through [`Store`], a cheap handle that queues them for one
 //! dedicated writer thread (SQLite calls block; they never run on the
 //! runtime's threads). The queue holds [`STORE_QUEUE`] writes; when it is
-//! full, the job path waits for room (a job's start and its answer are
-//! awaited sends), so results are never dropped to keep up. The one write
-//! made where waiting is impossible, a late answer arriving in the link
-//! loop, is dropped when the queue is full, counted and logged as an error.
+//! full, the job path waits for room (a job's start is an awaited send).
+//! An agent's answer arrives in the link loop, where waiting is impossible
+//! ([`Store::answered_durably`]): it carries a channel on which the writer
+//! says when it is committed, and the agent is acknowledged only then; when
+//! the queue is full it is refused at once (not acknowledged: the agent
+//! sends it again on its next session).
+//!
+//! A transaction the disk refuses (full, I/O error) is not lost: the writer
+//! holds its records in memory, in order, up to [`HELD_WRITES`] and
+//! [`HELD_BYTES`], retries every [`RETRY_EVERY`], and says so once each way
+//! ([`Writable`], published by `server/mod.rs`). Answers beyond the bound
+//! are refused, other records dropped and counted.
+//!
+//! Damage is loud: before SQLite opens the file (SQLite takes a 0-byte file
+//! for a new store and silently ignores a damaged WAL), the header, the size
+//! and the WAL's checksums are checked, then `PRAGMA quick_check`; the
+//! marker `halite.db.state` beside it says a store existed (so a missing or
+//! emptied one is refused) and whether the last stop was clean (then no WAL
+//! is left: it is checkpointed into halite.db at the stop).
 //! Keys do not travel through the queue: the writer reads the key store's
 //! dirty set after every batch (`keys.rs` says how, and what a crash
 //! loses), so the link loop only ever sends a wake-up, and only when that
@@ -1275,5 +1290,161 @@ mod tests {
         let stored: String =
             reader.connection.query_row("SELECT key FROM keys WHERE id = 'web01'", [], |row| row.get(0)).unwrap();
         assert_eq!(stored, key.to_string());
+    }
+
+    /// A WAL as SQLite writes it, taken while its writer is open: frames of
+    /// real transactions.
+    fn live_wal() -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path(dir.path());
+        let connection = Connection::open(&path).unwrap();
+        connection.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x TEXT);").unwrap();
+        for n in 0..5 {
+            connection.execute("INSERT INTO t VALUES (?1)", [format!("row {n} {}", "x".repeat(3000))]).unwrap();
+        }
+        let bytes = std::fs::read(wal(&path)).unwrap();
+        drop(connection);
+        bytes
+    }
+
+    #[test]
+    fn a_wal_is_checked_as_sqlite_reads_it_and_damage_is_named() {
+        let good = live_wal();
+        assert!(good.len() > 32 + 2 * 4120, "frames written: {} bytes", good.len());
+        assert_eq!(check_wal(&good), Ok(()));
+        assert_eq!(check_wal(&[]), Ok(()), "an empty WAL (checkpointed) is fine");
+        let page = usize::try_from(u32::from_be_bytes(good[8..12].try_into().unwrap())).unwrap();
+        let flip = |at: usize| {
+            let mut bytes = good.clone();
+            bytes[at] ^= 0x10;
+            bytes
+        };
+        let cases: [(&str, Vec<u8>, &str); 6] = [
+            ("zeroed", vec![0; good.len()], "zeroed"),
+            ("cut in its header", good[..20].to_vec(), "shorter than a WAL header"),
+            ("cut in a frame", good[..32 + 24 + page / 2].to_vec(), "partial frame"),
+            ("a bit flipped in a page", flip(32 + 24 + 100), "checksum does not match"),
+            ("a bit flipped in the header", flip(12), "header's checksum"),
+            ("not a WAL", b"hello, this is not a WAL file at all....".to_vec(), "not a WAL header"),
+        ];
+        for (what, bytes, says) in cases {
+            let error = check_wal(&bytes).expect_err(what);
+            assert!(error.contains(says), "{what}: {error}");
+        }
+        // Frames of an older generation (other salts) after the current
+        // ones end the log, as in SQLite.
+        let mut old = good.clone();
+        let second = 32 + 24 + page;
+        old[second + 8] ^= 0xff;
+        assert_eq!(check_wal(&old), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_store_that_existed_is_not_taken_for_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path(dir.path());
+        let store = Store::open(&path).unwrap();
+        store.started(record("01A", "connected"), "web01").await;
+        store.close().await;
+        assert_eq!(std::fs::read_to_string(marker(&path)).unwrap(), CLEAN);
+        assert!(!wal(&path).exists(), "a clean stop leaves one file");
+        let kept = std::fs::read(&path).unwrap();
+        std::fs::write(&path, b"").unwrap();
+        let error = Store::open(&path).unwrap_err().to_string();
+        assert!(error.contains("is empty") && error.contains("halite.db.state"), "{error}");
+        std::fs::remove_file(&path).unwrap();
+        let error = Store::open(&path).unwrap_err().to_string();
+        assert!(error.contains("is missing") && error.contains("halite-master backup"), "{error}");
+        std::fs::write(&path, &kept).unwrap();
+        let store = Store::open(&path).unwrap();
+        store.flush().await;
+        drop(store);
+        assert_eq!(std::fs::read_to_string(marker(&path)).unwrap(), RUNNING);
+        // A crash after writes leaves the WAL; without it, the store is
+        // refused.
+        std::fs::remove_file(wal(&path)).ok();
+        let error = Store::open(&path).unwrap_err().to_string();
+        assert!(error.contains("halite.db-wal") && error.contains("missing"), "{error}");
+        // The operator's way out: remove the marker.
+        std::fs::remove_file(marker(&path)).unwrap();
+        Store::open(&path).unwrap().close().await;
+        assert_eq!(Reader::open(&path).unwrap().list(10).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn history_is_ordered_by_the_masters_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path(dir.path());
+        let store = Store::open(&path).unwrap();
+        // A job id that sorts last but was made first.
+        let mut early = record("7ZZZZZZZZZ", "connected");
+        early.created_us = 1_000;
+        let mut late = record("01B", "connected");
+        late.created_us = 2_000;
+        store.started(early, "web01").await;
+        store.started(late, "web01").await;
+        store.flush().await;
+        let jids: Vec<String> = Reader::open(&path).unwrap().list(10).unwrap().into_iter().map(|j| j.job.jid).collect();
+        assert_eq!(jids, ["01B", "7ZZZZZZZZZ"]);
+    }
+
+    #[tokio::test]
+    async fn retention_bounds_the_store_by_age_and_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path(dir.path());
+        let store = Store::open(&path).unwrap();
+        let day_us = 86_400 * 1_000_000;
+        let big = "d".repeat(8 * 1024);
+        for n in 0..400 {
+            let mut job = record(&format!("01J{n:05}"), "connected");
+            // The first 100 are 100 days old.
+            job.created_us = if n < 100 { now_us() - 100 * day_us } else { now_us() - 400 + n };
+            store.started(job, "web01").await;
+            let mut state = result("motd", Outcome::Unchanged);
+            state.diff = Some(big.clone());
+            store.answered(&format!("01J{n:05}"), "web01", vec![state]).await;
+        }
+        store.flush().await;
+        let used = |path: &Path| -> u64 {
+            let connection = Connection::open(path).unwrap();
+            let bytes: i64 = connection
+                .query_row(
+                    "SELECT ((SELECT page_count FROM pragma_page_count()) - (SELECT freelist_count FROM pragma_freelist_count())) * (SELECT page_size FROM pragma_page_size())",
+                    [],
+                    |row| row.get(0),
+                )
+                .unwrap();
+            u64::try_from(bytes).unwrap()
+        };
+        assert!(used(&path) > 3 * 1024 * 1024, "{} bytes", used(&path));
+        let max_bytes = 1024 * 1024;
+        store.retain(Retention { max_age: std::time::Duration::from_secs(90 * 86_400), max_bytes });
+        store.flush().await;
+        let reader = Reader::open(&path).unwrap();
+        let left = reader.list(1000).unwrap();
+        assert!(left.iter().all(|j| j.job.created_us > now_us() - 90 * day_us), "old jobs are gone");
+        assert!(used(&path) <= max_bytes, "{} bytes in use", used(&path));
+        assert!(!left.is_empty() && left.len() < 300, "{} jobs kept", left.len());
+        let newest = &left[0].job.jid;
+        assert_eq!(newest, "01J00399", "the newest are kept");
+        let orphans: i64 = reader
+            .connection
+            .query_row("SELECT count(*) FROM job_results WHERE jid NOT IN (SELECT jid FROM jobs)", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(orphans, 0, "results go with their jobs");
+    }
+
+    #[tokio::test]
+    async fn a_backup_is_one_self_contained_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path(dir.path());
+        let store = Store::open(&path).unwrap();
+        store.started(record("01A", "connected"), "web01").await;
+        store.flush().await;
+        let copy = dir.path().join("copy.db");
+        store.backup(&copy).unwrap();
+        assert!(!wal(&copy).exists());
+        assert_eq!(std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(Reader::open(&copy).unwrap().list(10).unwrap()[0].job.jid, "01A");
     }
 }
