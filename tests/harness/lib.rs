@@ -324,11 +324,16 @@ impl Fleet {
     /// agent must reconnect and complete its Noise handshake through the
     /// master before it can send anything, which the subscription precedes.
     pub async fn restart_master(&mut self, listen: &str) -> anyhow::Result<()> {
+        self.restart_master_with(listen, "").await
+    }
+
+    /// As [`Fleet::restart_master`], with `extra` (YAML keys) in its
+    /// master.yaml.
+    pub async fn restart_master_with(&mut self, listen: &str, extra: &str) -> anyhow::Result<()> {
         self.signal_agents("-STOP");
         let started = async {
-            let master =
-                fleet::start_master(&self.binaries, &self.dir.path().join("master"), &self.states, listen, &["*"])
-                    .await?;
+            let dir = self.dir.path().join("master");
+            let master = fleet::start_master_with(&self.binaries, &dir, &self.states, listen, &["*"], extra).await?;
             let bus = Subscriber::connect(&master.publish, "halite/").await?;
             anyhow::Ok((master, bus))
         }

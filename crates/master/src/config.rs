@@ -137,4 +137,17 @@ mod tests {
         let error = MasterConfig::load(&path).unwrap_err().to_string();
         assert!(error.contains("stats") && error.contains("master.yaml:1:1"), "{error}");
     }
+
+    #[test]
+    fn store_retention_has_defaults_and_refuses_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.yaml");
+        std::fs::write(&path, "states: tree\n").unwrap();
+        assert_eq!(MasterConfig::load(&path).unwrap().store, StoreConfig { retention_days: 90, max_bytes: 1 << 30 });
+        std::fs::write(&path, "store:\n  retention_days: 7\n").unwrap();
+        assert_eq!(MasterConfig::load(&path).unwrap().store, StoreConfig { retention_days: 7, max_bytes: 1 << 30 });
+        std::fs::write(&path, "store:\n  retention: 7\n").unwrap();
+        let error = MasterConfig::load(&path).unwrap_err().to_string();
+        assert!(error.contains("retention"), "{error}");
+    }
 }
