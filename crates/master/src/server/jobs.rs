@@ -398,4 +398,33 @@ mod tests {
         assert_eq!(agent, "web02");
         assert!(pending.by_agent.is_empty() && pending.by_job.is_empty());
     }
+
+    #[test]
+    fn results_are_expected_per_agent_bounded_and_refusals_logged_once_a_minute() {
+        let mut expected = Expected::default();
+        let jobs: Vec<Id> = (0..EXPECTED_PER_AGENT + 1).map(|_| Id::new()).collect();
+        for job in &jobs {
+            expected.insert("web01", *job);
+        }
+        assert!(!expected.contains("web01", jobs[0]), "the oldest is forgotten");
+        assert!(expected.contains("web01", jobs[1]));
+        assert!(!expected.contains("web02", jobs[1]), "per agent");
+        expected.remove("web01", jobs[1]);
+        assert!(!expected.contains("web01", jobs[1]));
+        let start = tokio::time::Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        // (agent, seconds after start, what is logged: refusals since the last line)
+        let steps = [
+            ("web01", 0, Some(1)),
+            ("web01", 1, None),
+            ("web01", 59, None),
+            ("web02", 59, Some(1)),
+            ("web01", 60, Some(3)),
+            ("web01", 61, None),
+            ("web01", 200, Some(2)),
+        ];
+        for (i, (agent, secs, logged)) in steps.into_iter().enumerate() {
+            assert_eq!(expected.refused(agent, at(secs)), logged, "step {i}");
+        }
+    }
 }
