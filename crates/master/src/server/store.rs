@@ -803,6 +803,12 @@ impl Writer {
         if self.held.is_empty() {
             return;
         }
+        // An answer is acknowledged once committed: that commit survives a
+        // power cut too (one fsync of the WAL per batch that holds one).
+        let acknowledging = self.held.iter().any(|w| matches!(w, Write::Answered { committed: Some(_), .. }));
+        if acknowledging {
+            let _ = self.connection.execute_batch("PRAGMA synchronous = FULL;");
+        }
         let held = &self.held;
         let result = self.connection.transaction().and_then(|tx| {
             for write in held {
@@ -810,6 +816,9 @@ impl Writer {
             }
             tx.commit()
         });
+        if acknowledging {
+            let _ = self.connection.execute_batch("PRAGMA synchronous = NORMAL;");
+        }
         match result {
             Ok(()) => {
                 let written = self.held.len();
