@@ -5,7 +5,10 @@
 //! - [`context`] — [`Master`], the parts every server module shares.
 //! - [`link`] — the ROUTER side of the agent link; [`sessions`]: which peer
 //!   is which agent; [`keys`]: every agent key and its status.
-//! - [`store`] — jobs, results and keys in SQLite (`halite.db`).
+//! - [`acks`] — an agent's events acknowledged once handed to the publisher
+//!   and recorded as seen.
+//! - [`store`] — jobs, results and keys in SQLite (`halite.db`): held
+//!   through a full disk, checked at start, retained, backed up.
 //! - [`bus`] — the outside publisher and the in-process tail; [`ledger`]:
 //!   what the bus said about each agent.
 //! - [`jobs`] — sending states to agents and waiting for results.
