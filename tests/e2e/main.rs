@@ -10,6 +10,7 @@ mod beacons;
 mod bus;
 mod check;
 mod drift;
+mod durability;
 mod faults;
 mod fleet_commands;
 mod full_disk;

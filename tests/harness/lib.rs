@@ -66,6 +66,10 @@ pub struct Fleet {
     pub seen: Vec<BusEvent>,
     /// Logs of earlier runs of the master and of agents (after restarts).
     old_master_logs: Vec<PathBuf>,
+    /// Subscribers to earlier runs of the master, replaced by
+    /// [`Fleet::restart_master`]: what the kernel had taken from a killed
+    /// master's publisher may still be unread in them.
+    pub retired: Vec<Subscriber>,
 }
 
 impl Fleet {
@@ -159,6 +163,7 @@ impl Fleet {
             bus,
             seen: Vec::new(),
             old_master_logs: Vec::new(),
+            retired: Vec::new(),
         };
         for id in agents {
             fleet.add_agent(id).await?;
@@ -322,13 +327,49 @@ impl Fleet {
     }
 
     /// Starts the master again on the same agent port, and listens to its
-    /// (new) publisher.
+    /// (new) publisher. The agents are stopped (SIGSTOP) until the
+    /// subscriber is connected and subscribed: a PUB socket sends only to
+    /// the subscribers it has, so an agent that reconnected first would
+    /// have its replayed events published to nobody. After SIGCONT an
+    /// agent must reconnect and complete its Noise handshake through the
+    /// master before it can send anything, which the subscription precedes.
     pub async fn restart_master(&mut self, listen: &str) -> anyhow::Result<()> {
-        let master =
-            fleet::start_master(&self.binaries, &self.dir.path().join("master"), &self.states, listen, &["*"]).await?;
-        self.bus = Subscriber::connect(&master.publish, "halite/").await?;
+        self.restart_master_with(listen, "").await
+    }
+
+    /// As [`Fleet::restart_master`], with `extra` (YAML keys) in its
+    /// master.yaml.
+    pub async fn restart_master_with(&mut self, listen: &str, extra: &str) -> anyhow::Result<()> {
+        self.signal_agents("-STOP");
+        let started = async {
+            let dir = self.dir.path().join("master");
+            let master = fleet::start_master_with(&self.binaries, &dir, &self.states, listen, &["*"], extra).await?;
+            let bus = Subscriber::connect(&master.publish, "halite/").await?;
+            anyhow::Ok((master, bus))
+        }
+        .await;
+        self.signal_agents("-CONT");
+        let (master, bus) = started?;
+        self.retired.push(std::mem::replace(&mut self.bus, bus));
         self.master = Some(master);
         Ok(())
+    }
+
+    /// SIGTERM the master: a clean stop, waited for.
+    pub async fn stop_master(&mut self) {
+        if let Some(master) = self.master.take() {
+            let log = master.dir.join(format!("master.{}.log", self.old_master_logs.len()));
+            master.stop().await;
+            let _ = std::fs::copy(log.with_file_name("master.log"), &log);
+            self.old_master_logs.push(log);
+        }
+    }
+
+    /// Sends a signal (`-STOP`, `-CONT`) to every agent.
+    fn signal_agents(&self, signal: &str) {
+        for pid in self.agents.iter().filter_map(|agent| agent.pid()) {
+            let _ = blocking_process("kill").arg(signal).arg(pid.to_string()).status();
+        }
     }
 
     /// Prints the children's logs and every event seen; then panics with

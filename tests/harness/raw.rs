@@ -89,8 +89,10 @@ impl RawAgent {
 
     /// Pings and waits for the pong: the master handles one connection's
     /// messages in order, so everything sent before has been handled (and
-    /// what it let through, published and matched). Returns what came
-    /// before the pong; jobs are answered on the way.
+    /// what it let through, queued for publishing and matched). Returns what
+    /// came before the pong; jobs are answered on the way. Acks of events
+    /// and results may come after the pong: they wait for the publisher's
+    /// hand-off and the store's commit.
     pub async fn barrier(&mut self) -> anyhow::Result<Vec<MasterMessage>> {
         self.send(&AgentMessage::Ping).await?;
         let mut seen = Vec::new();

@@ -224,6 +224,22 @@ pub enum Command {
         #[arg(long, env = "HALITE_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// A consistent copy of the store (keys, jobs, results) in FILE, made
+    /// by the running master with SQLite's online backup while it works.
+    ///
+    /// FILE is one self-contained SQLite file, owner-only. To restore: stop
+    /// the master, copy FILE to <data_dir>/halite.db, remove
+    /// <data_dir>/halite.db-wal, start the master.
+    Backup {
+        /// Where to write the copy (replaced if it exists).
+        file: PathBuf,
+        /// The master's configuration, to find its data dir.
+        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The master's data dir (overrides the configuration's).
+        #[arg(long, env = "HALITE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// Every agent the running master knows: key status, address, version,
     /// connected since, last event, compliance of its watched files, facts.
     ///

@@ -54,6 +54,9 @@ pub struct MasterConfig {
     /// states (or the highstate) to the agents it targets every so often.
     #[serde(default)]
     pub schedule: Vec<ScheduleEntry>,
+    /// How much job history halite.db keeps.
+    #[serde(default)]
+    pub store: StoreConfig,
 }
 
 /// First contact (README, "Security model").
@@ -146,6 +149,33 @@ fn default_reload_rate() -> u32 {
     20
 }
 
+/// `store:` in master.yaml: the job history's retention, applied at start
+/// and every ten minutes, oldest jobs first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Jobs older than this many days are deleted with their results.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+    /// Then the oldest jobs are deleted until the rows take at most this
+    /// many bytes of halite.db.
+    #[serde(default = "default_store_max_bytes")]
+    pub max_bytes: u64,
+}
+
+fn default_retention_days() -> u32 {
+    90
+}
+fn default_store_max_bytes() -> u64 {
+    1 << 30
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { retention_days: default_retention_days(), max_bytes: default_store_max_bytes() }
+    }
+}
+
 fn default_handshake_timeout() -> Duration {
     halite_link::transport::HANDSHAKE_TIMEOUT
 }
@@ -185,6 +215,7 @@ impl Default for MasterConfig {
             enforce_on_reload: default_enforce_on_reload(),
             reload_rate: default_reload_rate(),
             schedule: Vec::new(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -287,5 +318,18 @@ mod tests {
             let error = MasterConfig::load(&path).unwrap_err().to_string();
             assert!(error.contains(wanted), "{text}: {error}");
         }
+    }
+
+    #[test]
+    fn store_retention_has_defaults_and_refuses_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.yaml");
+        std::fs::write(&path, "states: tree\n").unwrap();
+        assert_eq!(MasterConfig::load(&path).unwrap().store, StoreConfig { retention_days: 90, max_bytes: 1 << 30 });
+        std::fs::write(&path, "store:\n  retention_days: 7\n").unwrap();
+        assert_eq!(MasterConfig::load(&path).unwrap().store, StoreConfig { retention_days: 7, max_bytes: 1 << 30 });
+        std::fs::write(&path, "store:\n  retention: 7\n").unwrap();
+        let error = MasterConfig::load(&path).unwrap_err().to_string();
+        assert!(error.contains("retention"), "{error}");
     }
 }

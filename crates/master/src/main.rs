@@ -114,6 +114,9 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             };
             exit_with(code)
         }
+        Command::Backup { file, config, data_dir } => {
+            cli::backup::run(&cli::operator_data_dir(&config, data_dir)?, &file)
+        }
         Command::Agents { config, data_dir, json } => {
             cli::agents::run(&cli::operator_data_dir(&config, data_dir)?, json)
         }

@@ -55,6 +55,10 @@ pub enum Request {
     },
     /// Answered by a stream of [`CmdLine`]s, not a [`Response`].
     Cmd(CmdRequest),
+    /// A consistent copy of the store in `to` (an absolute path).
+    Backup {
+        to: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

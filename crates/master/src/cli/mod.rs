@@ -15,6 +15,7 @@ use crate::protocol::{Request, Response, socket_path};
 
 pub mod agents;
 pub mod apply;
+pub mod backup;
 pub mod check;
 pub mod cmd;
 pub mod demo;

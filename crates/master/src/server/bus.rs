@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use halite_proto::Event;
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use zeromq::{PubSocket, Socket, SocketOptions, SocketSend, ZmqMessage};
 
@@ -39,9 +39,19 @@ pub const PUBLISHER_SUBSCRIBER_QUEUE: usize = 16_384;
 /// never waits for a tail.
 pub const TAIL_QUEUE: usize = 4096;
 
+/// What the outside publisher's queue carries: events, and marks that
+/// say when everything queued before them has been handed to the socket.
+#[derive(Debug)]
+enum Outgoing {
+    Event(Arc<Event>),
+    /// Answered once every event queued before it was handed to the PUB
+    /// socket ([`Bus::handed_off`]).
+    Mark(oneshot::Sender<()>),
+}
+
 #[derive(Debug, Clone)]
 pub struct Bus {
-    outside: mpsc::Sender<Arc<Event>>,
+    outside: mpsc::Sender<Outgoing>,
     dropped: Arc<AtomicU64>,
     /// Live tails (`halite-master events`); sending with none is a no-op.
     tail: broadcast::Sender<Arc<Event>>,
@@ -66,11 +76,19 @@ impl Bus {
             .bind(endpoint)
             .await
             .map_err(|e| anyhow::anyhow!("cannot bind the event publisher on {endpoint}: {e}"))?;
-        let (outside, mut queue) = mpsc::channel::<Arc<Event>>(PUBLISHER_QUEUE);
+        let (outside, mut queue) = mpsc::channel::<Outgoing>(PUBLISHER_QUEUE);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(PUBLISHER_BATCH);
             while queue.recv_many(&mut batch, PUBLISHER_BATCH).await > 0 {
-                for event in batch.drain(..) {
+                for item in batch.drain(..) {
+                    let event = match item {
+                        Outgoing::Event(event) => event,
+                        // In queue order: what came before is sent.
+                        Outgoing::Mark(done) => {
+                            let _ = done.send(());
+                            continue;
+                        }
+                    };
                     let mut message = ZmqMessage::from(event.tag.clone());
                     message.push_back(event.json_bytes().into());
                     if let Err(error) = socket.send(message).await {
@@ -97,7 +115,7 @@ impl Bus {
     /// (counted, logged).
     pub fn publish(&self, event: Event) -> Arc<Event> {
         let event = self.observe(event);
-        if self.outside.try_send(event.clone()).is_err() {
+        if self.outside.try_send(Outgoing::Event(event.clone())).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
                 tracing::warn!(dropped, "Outside publisher queue full; events not published outside.");
@@ -111,8 +129,19 @@ impl Bus {
     pub async fn publish_waiting(&self, event: Event) -> Arc<Event> {
         let event = self.observe(event);
         // An error only says the publisher has stopped (shutdown).
-        let _ = self.outside.send(event.clone()).await;
+        let _ = self.outside.send(Outgoing::Event(event.clone())).await;
         event
+    }
+
+    /// Returns once every event queued before the call has been handed to
+    /// the PUB socket: the hand-off after which an agent's events are
+    /// recorded as seen and acknowledged (`server/link.rs`). Returns at
+    /// once when the publisher has stopped (shutdown).
+    pub async fn handed_off(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.outside.send(Outgoing::Mark(done)).await.is_ok() {
+            let _ = wait.await;
+        }
     }
 
     /// What every published event goes through: the ledger and the tails.

@@ -88,6 +88,7 @@ async fn connection(master: Arc<Master>, stream: UnixStream) {
             Ok(Request::Facts { target, names }) => crate::server::facts::answer(&master, &target, &names),
             Ok(Request::Events { tag }) => return crate::server::events::stream(&master, tag, write).await,
             Ok(Request::Agents) => Response { ok: true, agents: agent_rows(&master), ..Response::default() },
+            Ok(Request::Backup { to }) => backup(&master, to).await,
             Ok(request) => execute(&master, request).await,
             Err(error) => Response { ok: false, error: Some(format!("bad request: {error}")), ..Response::default() },
         };
@@ -139,10 +140,33 @@ async fn execute(master: &Master, request: Request) -> Response {
         Request::Events { .. } => Err(ControlError::Misrouted { request: "events" }),
         Request::Facts { .. } => Err(ControlError::Misrouted { request: "facts" }),
         Request::Cmd(_) => Err(ControlError::Misrouted { request: "cmd" }),
+        Request::Backup { .. } => Err(ControlError::Misrouted { request: "backup" }),
     };
     match result {
         Ok(keys) => Response { ok: true, keys, ..Response::default() },
         Err(error) => Response { ok: false, error: Some(error.to_string()), ..Response::default() },
+    }
+}
+
+/// `halite-master backup`: SQLite's online backup of the store, off the
+/// runtime's threads, while the writer goes on.
+async fn backup(master: &Master, to: std::path::PathBuf) -> Response {
+    let Some(store) = master.jobs.store().cloned() else {
+        return Response { ok: false, error: Some("this master has no store".into()), ..Response::default() };
+    };
+    if !to.is_absolute() {
+        return Response {
+            ok: false,
+            error: Some(format!("{} is not an absolute path", to.display())),
+            ..Response::default()
+        };
+    }
+    match tokio::task::spawn_blocking(move || store.backup(&to)).await {
+        Ok(Ok(())) => Response { ok: true, ..Response::default() },
+        Ok(Err(error)) => Response { ok: false, error: Some(error.to_string()), ..Response::default() },
+        Err(error) => {
+            Response { ok: false, error: Some(format!("the backup stopped: {error}")), ..Response::default() }
+        }
     }
 }
 

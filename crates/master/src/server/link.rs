@@ -81,6 +81,8 @@ struct Peers {
     depths: HashMap<String, usize>,
     /// Lines each peer's garbage may still log (`log_budget.rs`).
     budget: crate::server::log_budget::LogBudget,
+    /// Where events' acks wait for their hand-off (set by `serve`).
+    acks: Option<crate::server::acks::Acker>,
 }
 
 impl Peers {
@@ -101,7 +103,15 @@ pub async fn serve(
     master: Arc<Master>,
     cancel: CancellationToken,
 ) {
-    let mut peers = Peers::default();
+    let mut peers = Peers {
+        acks: Some(crate::server::acks::Acker::spawn(
+            master.bus.clone(),
+            master.sessions.clone(),
+            master.jobs.clone(),
+            ACK_SEND_TIMEOUT,
+        )),
+        ..Peers::default()
+    };
     let mut report = tokio::time::interval(Duration::from_secs(10));
     let mut depths = tokio::time::interval(DEPTH_LOG_INTERVAL);
     let stopped = cancel.cancelled();
@@ -362,16 +372,11 @@ pub async fn welcome(master: &Master, peer: Bytes, agent: &str, version: &str, f
 /// other agent with it; its session is ended instead, and it resends.
 pub const ACK_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// [`crate::server::sessions::Sessions::first_sights`], which appends to the
-/// seen-ids log: a short write to the page cache, done in place (the
-/// runtime moves other tasks off this thread meanwhile).
-fn seen_first(master: &Master, agent: &str, ids: &[halite_proto::Id]) -> Vec<bool> {
-    tokio::task::block_in_place(|| master.sessions.first_sights(agent, ids))
-}
-
 /// Publishes and reacts to the events an agent sent (one, or a batch), in
-/// order, except those it may not raise and those already seen.
-async fn take_events(master: &Master, agent: &str, events: Vec<Event>) {
+/// order, except those it may not raise and those already seen; returns
+/// the ids it published, to be logged as seen once handed off, before the
+/// ack (`server/acks.rs`).
+async fn take_events(master: &Master, agent: &str, events: Vec<Event>) -> Vec<halite_proto::Id> {
     // An agent speaks only for itself, in its beacon tags and a few of its
     // own.
     // A tag is printable and bounded before anything stores or prints it.
@@ -383,13 +388,39 @@ async fn take_events(master: &Master, agent: &str, events: Vec<Event>) {
         tracing::warn!(agent, tag = %tag, "Dropping an event an agent may not raise (not its own tag, or not printable, or over 256 bytes).");
     }
     let ids: Vec<halite_proto::Id> = allowed.iter().map(|event| event.id).collect();
-    for (event, fresh) in allowed.into_iter().zip(seen_first(master, agent, &ids)) {
+    let mut published = Vec::with_capacity(ids.len());
+    for (event, fresh) in allowed.into_iter().zip(master.sessions.sights(agent, &ids)) {
         if fresh {
+            published.push(event.id);
             let event = master.bus.publish_waiting(event).await;
             master.engine.on_event(&event);
         } else {
             tracing::debug!(agent, event = %event.id, "Dropping a duplicate event.");
         }
+    }
+    published
+}
+
+/// Acknowledges a job result once the store has committed it; when the
+/// store refused it (a refusing disk holding all it may) there is no ack,
+/// and the agent sends it again on its next session.
+async fn ack_when_stored(
+    sessions: crate::server::sessions::Sessions,
+    jobs: crate::server::jobs::Jobs,
+    peer: Bytes,
+    agent: String,
+    job: halite_proto::Id,
+    committed: tokio::sync::oneshot::Receiver<bool>,
+) {
+    if committed.await != Ok(true) {
+        tracing::debug!(agent, %job, "A job result was not stored; not acknowledged.");
+        return;
+    }
+    jobs.stored(&agent, job);
+    tokio::task::block_in_place(|| sessions.first_sights(&agent, &[job]));
+    let ack = MasterMessage::ResultAck { job };
+    if tokio::time::timeout(ACK_SEND_TIMEOUT, sessions.send_to_peer(peer, &ack)).await.is_err() {
+        tracing::warn!(agent, %job, "Cannot acknowledge a stored result; the agent sends it again.");
     }
 }
 
@@ -430,22 +461,43 @@ async fn on_message(
         AgentMessage::Event(_) | AgentMessage::Events(_) if peers.draining => return,
         AgentMessage::JobResult(result) => {
             let job = result.job;
-            if seen_first(master, agent, &[job]) == [true] {
-                master.jobs.complete(agent, result);
-            } else {
+            if master.sessions.has_seen(agent, job) {
+                // Stored before (ids are remembered once committed).
                 tracing::debug!(agent, %job, "Dropping a duplicate job result.");
+            } else {
+                match master.jobs.take_result(agent, result) {
+                    // Acknowledged once stored, from a task of its own: the
+                    // store may be slow, or hold it until the disk has room.
+                    Ok(committed) => {
+                        tokio::spawn(ack_when_stored(
+                            master.sessions.clone(),
+                            master.jobs.clone(),
+                            peer,
+                            agent.to_owned(),
+                            job,
+                            committed,
+                        ));
+                        return;
+                    }
+                    // Acknowledged so the agent forgets it (logged by jobs).
+                    Err(_unexpected) => {}
+                }
             }
             MasterMessage::ResultAck { job }
         }
-        AgentMessage::Event(event) => {
-            let id = event.id;
-            take_events(master, agent, vec![event]).await;
-            MasterMessage::Ack { event: id }
-        }
-        AgentMessage::Events(events) => {
-            let ids = events.iter().map(|event| event.id).collect();
-            take_events(master, agent, events).await;
-            MasterMessage::Acks(ids)
+        AgentMessage::Event(_) | AgentMessage::Events(_) => {
+            let (ack, events) = match message {
+                AgentMessage::Event(event) => (MasterMessage::Ack { event: event.id }, vec![event]),
+                AgentMessage::Events(events) => (MasterMessage::Acks(events.iter().map(|e| e.id).collect()), events),
+                _ => return,
+            };
+            let published = take_events(master, agent, events).await;
+            // Acknowledged once published and recorded, off this loop.
+            if let Some(acks) = &peers.acks {
+                let pending = crate::server::acks::PendingAck { peer, agent: agent.to_owned(), published, ack };
+                acks.queue(pending).await;
+            }
+            return;
         }
     };
     match tokio::time::timeout(ACK_SEND_TIMEOUT, master.sessions.send_to_peer(peer.clone(), &ack)).await {

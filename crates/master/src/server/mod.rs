@@ -5,7 +5,10 @@
 //! - [`context`] — [`Master`], the parts every server module shares.
 //! - [`link`] — the ROUTER side of the agent link; [`sessions`]: which peer
 //!   is which agent; [`keys`]: every agent key and its status.
-//! - [`store`] — jobs, results and keys in SQLite (`halite.db`).
+//! - [`acks`] — an agent's events acknowledged once handed to the publisher
+//!   and recorded as seen.
+//! - [`store`] — jobs, results and keys in SQLite (`halite.db`): held
+//!   through a full disk, checked at start, retained, backed up.
 //! - [`bus`] — the outside publisher and the in-process tail; [`ledger`]:
 //!   what the bus said about each agent.
 //! - [`jobs`] — sending states to agents and waiting for results.
@@ -25,6 +28,7 @@ use std::sync::{Arc, RwLock};
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
+pub mod acks;
 pub mod apply;
 pub mod bus;
 pub mod cmd;
@@ -103,6 +107,12 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         .await?
         .with_enrolment(&config.enrolment)?;
     let jobs = Jobs::new(sessions.clone(), bus.clone(), JOB_TIMEOUT).with_store(store.clone());
+    expect_unanswered(&jobs, store.file()).await;
+    let retention = crate::server::store::Retention {
+        max_age: std::time::Duration::from_secs(u64::from(config.store.retention_days) * 86_400),
+        max_bytes: config.store.max_bytes,
+    };
+    spawn_store_upkeep(&store, &bus, retention, cancel.clone());
     let tree = Arc::new(RwLock::new(Arc::new(tree)));
     let engine = Engine::new(tree.clone(), jobs.clone(), bus.clone());
     let fingerprint = keypair.public;
@@ -129,12 +139,78 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
             tracing::warn!(agent = %agent, depth, "Stopping with reactions not run; the agent's next session applies its states.");
         }
     }
-    // Jobs answered before the stop are on disk before the process ends.
-    store.flush().await;
+    // Jobs answered before the stop are on disk before the process ends,
+    // and halite.db is one self-contained file (the WAL checkpointed).
+    store.close().await;
     // The control socket is gone before the lock is let go (the link may
     // also have stopped on its own: stop the rest with it).
     cancel.cancel();
     let _ = control.await;
     tracing::info!("Master stopped.");
     Ok(())
+}
+
+/// Results the master takes after a restart: jobs sent before it and not
+/// answered (the agents may still hold their results).
+async fn expect_unanswered(jobs: &Jobs, path: &std::path::Path) {
+    let path = path.to_path_buf();
+    let rows = tokio::task::spawn_blocking(move || {
+        crate::server::store::Reader::open(&path).and_then(|reader| reader.unanswered())
+    })
+    .await;
+    match rows {
+        Ok(Ok(rows)) => {
+            for (agent, jid) in rows {
+                if let Ok(job) = jid.parse() {
+                    jobs.expect(&agent, job);
+                }
+            }
+        }
+        Ok(Err(error)) => tracing::warn!(%error, "Cannot read the jobs left unanswered; their results are refused."),
+        Err(error) => tracing::warn!(%error, "Cannot read the jobs left unanswered; their results are refused."),
+    }
+}
+
+/// The store's retention, now and every `RETENTION_INTERVAL`, and its
+/// state on the bus: `halite/master/store/unwritable` once when the disk
+/// refuses its writes, `halite/master/store/writable` once it takes them
+/// again.
+fn spawn_store_upkeep(
+    store: &crate::server::store::Store,
+    bus: &Bus,
+    retention: crate::server::store::Retention,
+    cancel: CancellationToken,
+) {
+    use crate::server::store::Writable;
+    let mut writable = store.writable();
+    let (bus, path) = (bus.clone(), store.file().display().to_string());
+    tokio::spawn(async move {
+        while writable.changed().await.is_ok() {
+            let state = writable.borrow_and_update().clone();
+            let (tag, data) = match state {
+                Writable::Yes => (
+                    halite_proto::event::tag::master("store/writable"),
+                    halite_proto::Value::map().with("path", path.as_str()),
+                ),
+                Writable::No { error, held } => (
+                    halite_proto::event::tag::master("store/unwritable"),
+                    halite_proto::Value::map()
+                        .with("path", path.as_str())
+                        .with("error", error)
+                        .with("held", i64::try_from(held).unwrap_or(i64::MAX)),
+                ),
+            };
+            bus.publish(halite_proto::Event::new(tag, "", data));
+        }
+    });
+    let store = store.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(crate::server::store::RETENTION_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = every.tick() => store.retain(retention),
+                () = cancel.cancelled() => return,
+            }
+        }
+    });
 }
