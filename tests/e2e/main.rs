@@ -5,6 +5,7 @@ mod apply;
 mod beacons;
 mod bus;
 mod drift;
+mod exposure;
 mod faults;
 mod full_disk;
 mod hardening;

@@ -195,6 +195,44 @@ impl Jobs {
         outcome
     }
 
+    /// Records what a reactor did on the master itself (an `exec` hook, a
+    /// `webhook`) as a job of one state whose target is `master`, so its
+    /// output (a hook's stdout and stderr, a webhook's response body) is
+    /// kept in the store, which only the master's owner reads, and not on
+    /// the bus (SPEC §8: the publisher carries no command output). Returns
+    /// the job id the bus event names instead; `None` without a store.
+    pub async fn record_on_master(&self, cause: Id, action: &str, outcome: halite_proto::Outcome) -> Option<Id> {
+        let store = self.store.as_ref()?;
+        let jid = Id::new();
+        let record = JobRecord {
+            jid: jid.to_string(),
+            created_us: halite_proto::event::now_us(),
+            cause: format!("event:{cause}"),
+            reactor: self.reactor.as_deref().map(str::to_owned),
+            target: "master".into(),
+            states: vec![action.to_owned()],
+            test: false,
+        };
+        store.started(record, "master").await;
+        let result = halite_proto::StateResult {
+            id: action.to_owned(),
+            kind: action.to_owned(),
+            outcome,
+            diff: None,
+            duration_us: 0,
+        };
+        store.answered(&jid.to_string(), "master", vec![result]).await;
+        Some(jid)
+    }
+
+    /// Returns once every job record written before is committed (tests).
+    #[cfg(test)]
+    pub async fn flush_store(&self) {
+        if let Some(store) = &self.store {
+            store.flush().await;
+        }
+    }
+
     /// Jobs sent and not answered yet, with their agents (a stopping
     /// master waits for them).
     pub fn in_flight(&self) -> Vec<(Id, String)> {
@@ -221,13 +259,21 @@ impl Jobs {
             .results
             .iter()
             .map(|r| {
+                // A command's output (cmd.run's stdout in its changes, its
+                // stderr in its error) stays in the store; the bus says
+                // what ran and where to read the rest.
+                let command = r.kind == "cmd.run";
                 let changes = match &r.outcome {
                     halite_proto::Outcome::Changed { changes } | halite_proto::Outcome::WouldChange { changes } => {
-                        Value::List(changes.iter().map(|c| Value::from(c.as_str())).collect())
+                        let shown = if command { &changes[..changes.len().min(1)] } else { &changes[..] };
+                        Value::List(shown.iter().map(|c| Value::from(c.as_str())).collect())
                     }
                     _ => Value::List(Vec::new()),
                 };
                 let error = match &r.outcome {
+                    halite_proto::Outcome::Failed { .. } if command => {
+                        Value::from(format!("the command failed; `halite-master jobs {}` shows its output", result.job))
+                    }
                     halite_proto::Outcome::Failed { error } => Value::from(error.as_str()),
                     _ => Value::Null,
                 };

@@ -68,11 +68,13 @@ impl Action for Run {
             let job = Job { id: Id::new(), cause_event: Some(event.id), test: false, states: vec![self.call(event)] };
             let jid = job.id;
             let result = context.jobs.run(agent, job).await?;
-            match result.results.iter().find_map(|r| match &r.outcome {
-                halite_proto::Outcome::Failed { error } => Some(error.clone()),
-                _ => None,
-            }) {
-                Some(error) => Err(format!("job {jid}: `{}` failed on {agent}: {error}", self.cmd)),
+            // The command's stderr is in the job's record, not in the
+            // `failed` event this error becomes (the bus carries no output).
+            match result.results.iter().find(|r| r.outcome.is_failed()) {
+                Some(_) => Err(format!(
+                    "job {jid}: `{}` failed on {agent}; `halite-master jobs {jid}` shows its output",
+                    self.cmd
+                )),
                 None if result.results.is_empty() => {
                     Err(format!("job {jid}: {agent} returned no result for `{}`", self.cmd))
                 }
