@@ -159,7 +159,7 @@ mod tests {
     use halite_proto::Value;
 
     use super::*;
-    use crate::server::reactor::actions::{test_context, test_context_with_store};
+    use crate::server::reactor::actions::test_context_with_store;
 
     fn tree_with_hook(script: &str, mode: u32) -> (tempfile::TempDir, StateTree) {
         let dir = tempfile::tempdir().unwrap();
