@@ -277,6 +277,16 @@ impl GenericSocketBackend {
     }
 }
 
+impl GenericSocketBackend {
+    /// Disconnects one peer (see `RouterSendHalf::disconnect`); whether it
+    /// was connected.
+    pub(crate) fn disconnect_peer(&self, peer_id: &PeerIdentity) -> bool {
+        let connected = self.peers.contains_sync(peer_id);
+        self.peer_disconnected(peer_id);
+        connected
+    }
+}
+
 async fn send_to_peer_queue(
     send_queue: &mut mpsc::Sender<Message>,
     message: Message,
@@ -562,6 +572,23 @@ mod tests {
         assert_eq!(0, backend.peer_count.load(Ordering::Acquire));
         assert!(backend.single_peer.lock().is_none());
         assert!(backend.peers.get_async(&peer_id).await.is_none());
+    }
+
+    /// An application may drop a peer: its queue closes (so its writer
+    /// ends and the connection closes) and sends to it fail.
+    #[crate::async_rt::test]
+    async fn test_disconnect_peer_closes_its_queue_and_later_sends_fail() {
+        let backend =
+            GenericSocketBackend::with_options(None, SocketType::ROUTER, SocketOptions::default());
+        let (peer_id, mut recv_queue) =
+            insert_peer(&backend, "dropped-peer".parse().expect("peer id")).await;
+        assert!(backend.disconnect_peer(&peer_id));
+        assert!(!backend.disconnect_peer(&peer_id), "only once");
+        assert!(recv_queue.next().await.is_none(), "the queue is closed");
+        assert!(backend
+            .send_to_peer(&peer_id, message_with_frame(b"late"))
+            .await
+            .is_err());
     }
 
     #[crate::async_rt::test]

@@ -161,6 +161,17 @@ pub struct RouterSendHalf {
     inner: Arc<RouterSocketInner>,
 }
 
+impl RouterSendHalf {
+    /// Disconnects the peer `peer_id` now: its queue is dropped, its
+    /// connection closed, and the monitor reports `Disconnected` (once).
+    /// Returns whether the peer was connected. For an application that
+    /// decides, above the transport, that a peer must go (a session it
+    /// refuses, a peer over its budget) without waiting for it.
+    pub fn disconnect(&self, peer_id: &PeerIdentity) -> bool {
+        self.inner.backend.disconnect_peer(peer_id)
+    }
+}
+
 /// The recv half of a [`RouterSocket`] produced by [`RouterSocket::split`].
 pub struct RouterRecvHalf {
     inner: Arc<RouterSocketInner>,
