@@ -29,6 +29,15 @@ pub struct MasterConfig {
     /// ZMTP handshake in this long is dropped (`10s`, `500ms`).
     #[serde(default = "default_handshake_timeout", deserialize_with = "duration")]
     pub handshake_timeout: Duration,
+    /// The largest event taken from an agent (its tag, agent and data's
+    /// text, plus one byte per value); a larger one is acknowledged and
+    /// dropped, with a warning.
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: usize,
+}
+
+fn default_max_event_bytes() -> usize {
+    crate::server::link::MAX_EVENT_BYTES
 }
 
 fn default_handshake_timeout() -> Duration {
@@ -64,6 +73,7 @@ impl Default for MasterConfig {
             data_dir: default_data_dir(),
             auto_accept: Vec::new(),
             handshake_timeout: default_handshake_timeout(),
+            max_event_bytes: default_max_event_bytes(),
         }
     }
 }

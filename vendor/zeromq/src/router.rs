@@ -167,8 +167,13 @@ impl RouterSendHalf {
     /// Returns whether the peer was connected. For an application that
     /// decides, above the transport, that a peer must go (a session it
     /// refuses, a peer over its budget) without waiting for it.
-    pub fn disconnect(&self, peer_id: &PeerIdentity) -> bool {
-        self.inner.backend.disconnect_peer(peer_id)
+    /// `peer_id` is the identity frame `recv` puts first; an identity no
+    /// peer could have is not connected.
+    pub fn disconnect(&self, peer_id: bytes::Bytes) -> bool {
+        match PeerIdentity::try_from(peer_id) {
+            Ok(peer_id) => self.inner.backend.disconnect_peer(&peer_id),
+            Err(_) => false,
+        }
     }
 }
 

@@ -122,9 +122,9 @@ async fn accept(master: &Master, target: &str) -> Result<Vec<KeyEntry>, String> 
             Value::map().with("fingerprint", entry.key.as_str()),
         ));
         let Ok(key) = entry.key.parse::<PublicKey>() else { continue };
-        for (peer, facts) in master.sessions.promote(&entry.id, &key) {
-            crate::server::link::welcome(master, peer, &entry.id, "", facts).await;
-        }
+        // A pending session holds no facts: it ends, and the agent,
+        // reconnecting at once, is welcomed with the facts of its new hello.
+        master.sessions.reconnect_pending(&entry.id, &key);
     }
     saved.map_err(|e| e.to_string())?;
     Ok(changed)
