@@ -12,6 +12,7 @@ mod hardening;
 mod interop;
 mod interrupted_restores;
 mod link;
+mod link_flood;
 mod local_attack;
 mod reactors;
 mod reload;

@@ -9,7 +9,7 @@ use crate::{
 
 use async_trait::async_trait;
 use crossbeam_queue::SegQueue;
-use futures::channel::mpsc;
+use futures::channel::{mpsc, oneshot};
 use futures::SinkExt;
 use parking_lot::Mutex;
 
@@ -22,6 +22,20 @@ pub(crate) type DisconnectNotifier = mpsc::Sender<PeerIdentity>;
 
 pub(crate) struct Peer {
     pub(crate) send_queue: mpsc::Sender<Message>,
+    /// Dropped with the peer: its writer task stops even while it waits to
+    /// write to a peer that does not read, so the connection closes.
+    _stop_writer: Option<oneshot::Sender<()>>,
+}
+
+impl Peer {
+    /// A peer whose writer is not stopped with it (tests).
+    #[allow(dead_code)]
+    pub(crate) fn new(send_queue: mpsc::Sender<Message>) -> Peer {
+        Peer {
+            send_queue,
+            _stop_writer: None,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -328,11 +342,13 @@ impl MultiPeerBackend for GenericSocketBackend {
     async fn peer_connected(self: Arc<Self>, peer_id: &PeerIdentity, io: FramedIo) {
         let (recv_queue, send_queue) = io.into_parts();
         let (queue_sender, queue_receiver) = mpsc::channel(self.socket_options.send_queue_capacity);
+        let (stop_writer, stopped) = oneshot::channel::<()>();
         self.peers
             .upsert_async(
                 peer_id.clone(),
                 Peer {
                     send_queue: queue_sender,
+                    _stop_writer: Some(stop_writer),
                 },
             )
             .await;
@@ -340,7 +356,15 @@ impl MultiPeerBackend for GenericSocketBackend {
         let writer_backend = self.clone();
         let writer_peer_id = peer_id.clone();
         async_rt::task::spawn(async move {
-            if let Err(error) = write_message_queue(queue_receiver, send_queue).await {
+            // A peer removed (disconnected, its queue full) stops its writer
+            // at once: the write half is dropped and the connection closes,
+            // though the peer reads nothing.
+            let writing = Box::pin(write_message_queue(queue_receiver, send_queue));
+            let written = match futures::future::select(writing, stopped).await {
+                futures::future::Either::Left((written, _)) => written,
+                futures::future::Either::Right(_) => Ok(()),
+            };
+            if let Err(error) = written {
                 log::debug!(
                     "Error sending message to peer {:?}: {:?}",
                     writer_peer_id,
@@ -409,7 +433,7 @@ mod tests {
         let (send_queue, recv_queue) = mpsc::channel(8);
         backend
             .peers
-            .upsert_async(peer_id.clone(), Peer { send_queue })
+            .upsert_async(peer_id.clone(), Peer::new(send_queue))
             .await;
         backend.refresh_single_peer_cache();
         backend.round_robin.push(peer_id.clone());
@@ -493,7 +517,7 @@ mod tests {
             .expect("prefill peer queue");
         backend
             .peers
-            .upsert_async(peer_id.clone(), Peer { send_queue })
+            .upsert_async(peer_id.clone(), Peer::new(send_queue))
             .await;
         backend.refresh_single_peer_cache();
         backend.round_robin.push(peer_id.clone());
@@ -558,7 +582,7 @@ mod tests {
         drop(recv_queue);
         backend
             .peers
-            .upsert_async(peer_id.clone(), Peer { send_queue })
+            .upsert_async(peer_id.clone(), Peer::new(send_queue))
             .await;
         backend.refresh_single_peer_cache();
         backend.round_robin.push(peer_id.clone());

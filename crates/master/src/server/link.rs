@@ -93,7 +93,7 @@ pub const MAX_EVENT_BYTES: usize = 1 << 20;
 /// The most values (every element at any depth) and bytes of text in the
 /// facts of an agent's hello; a hello over either is refused.
 pub const MAX_FACTS_VALUES: usize = 1024;
-pub const MAX_FACTS_BYTES: usize = 64 << 10;
+pub const MAX_FACTS_BYTES: usize = 16 << 10;
 
 /// The wire limits set in master.yaml.
 #[derive(Debug, Clone, Copy)]
@@ -126,8 +126,8 @@ struct Pool {
 /// What the link loop keeps per peer that is not shared with senders.
 #[derive(Default)]
 struct Peers {
-    /// Half-open handshakes, oldest first.
-    handshakes: IndexMap<Bytes, Responder>,
+    /// Half-open handshakes, oldest first, with when each was answered.
+    handshakes: IndexMap<Bytes, (Responder, tokio::time::Instant)>,
     /// Connections that have begun their one handshake.
     started: HashSet<Bytes>,
     /// Handshakes per source address (waiting, in a worker, half-open).
@@ -223,7 +223,10 @@ pub async fn serve(
                     }
                 }
             }
-            _ = depths.tick() => log_depths(&master, &mut peers),
+            _ = depths.tick() => {
+                log_depths(&master, &mut peers);
+                expire_handshakes(&master, &mut peers);
+            }
             _ = report.tick() => {
                 if peers.dropped > 0 {
                     tracing::warn!(dropped = peers.dropped, handshakes = peers.handshakes.len(), "Dropped input that was not from an accepted session.");
@@ -242,6 +245,23 @@ pub async fn serve(
 pub const DEPTH_LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a stopping master waits for the results of jobs in flight.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a half-open handshake (Hello2 sent, no Hello3) is kept; then its
+/// connection is closed, and its source address's budget freed. A real
+/// agent answers in a round trip.
+pub const HALF_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Closes the connections of half-open handshakes older than
+/// [`HALF_OPEN_TIMEOUT`] (checked every [`DEPTH_LOG_INTERVAL`]).
+fn expire_handshakes(master: &Master, peers: &mut Peers) {
+    let now = tokio::time::Instant::now();
+    while let Some((peer, (_, since))) = peers.handshakes.first()
+        && now.duration_since(*since) > HALF_OPEN_TIMEOUT
+    {
+        let peer = peer.clone();
+        disconnect(master, peers, &peer);
+    }
+}
 
 /// Logs each agent's reaction queue depth when it changed since last time
 /// (at most once per [`DEPTH_LOG_INTERVAL`]).
@@ -394,7 +414,7 @@ fn start_waiting(master: &Master, peers: &mut Peers, pool: &mut Pool) {
 /// A Hello3: read it in a worker (its permit waited for here would hold up
 /// the loop, so it waits in the worker thread instead).
 fn finish_handshake(peers: &mut Peers, pool: &mut Pool, peer: Bytes, last: &[u8]) {
-    let Some(responder) = peers.handshakes.shift_remove(&peer) else {
+    let Some((responder, _)) = peers.handshakes.shift_remove(&peer) else {
         peers.dropped += 1;
         return;
     };
@@ -429,7 +449,7 @@ async fn crypto_done(master: &Master, peers: &mut Peers, pool: &mut Pool, result
             {
                 disconnect(master, peers, &oldest);
             }
-            peers.handshakes.insert(peer.clone(), responder);
+            peers.handshakes.insert(peer.clone(), (responder, tokio::time::Instant::now()));
             if let Err(error) =
                 master.sessions.send_raw(peer.clone(), Envelope::handshake(envelope::HELLO2, reply)).await
             {
