@@ -341,3 +341,65 @@ async fn an_accepted_agents_event_of_nulls_is_refused_within_a_memory_bound() {
         fleet.fail(&error);
     }
 }
+
+/// Item 5: a real master whose descriptor limit is lowered to 96 (soft and
+/// hard, with `prlimit` on its pid) gets 200 silent connections on its link
+/// port and 20 on its control socket. Accepts fail with EMFILE; the
+/// control socket logs that once and backs off instead of spinning (before,
+/// 542 MB of log in 20 s), the link counts it. When the handshake timeout
+/// frees descriptors, both accept again: `keys list` answers, and a drift
+/// is restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_out_of_descriptors_backs_off_logs_once_and_recovers() {
+    const LIMIT: u32 = 96;
+    const SILENT: usize = 200;
+    const CONTROL: usize = 20;
+    /// How much the master's log may grow meanwhile.
+    const LOG_BOUND: u64 = 256 << 10;
+    let mut fleet = Fleet::start_with_master_config(&["web01"], "handshake_timeout: 2s\n").await.unwrap();
+    let result = async {
+        let pid = fleet.master().pid().context("the master's pid")?;
+        let limit = format!("--nofile={LIMIT}:{LIMIT}");
+        let lowered = halite_e2e::blocking_process("prlimit").args(["--pid", &pid.to_string(), &limit]).output()?;
+        ensure!(lowered.status.success(), "prlimit: {}", String::from_utf8_lossy(&lowered.stderr));
+        let log = fleet.master().log.clone();
+        let log_before = std::fs::metadata(&log)?.len();
+        let address = fleet.master().listen.trim_start_matches("tcp://").to_owned();
+        let mut silent = Vec::with_capacity(SILENT);
+        for _ in 0..SILENT {
+            silent.push(TcpStream::connect(&address).await?);
+        }
+        let control = halite_master::protocol::socket_path(&fleet.master_data_dir());
+        let mut waiting = Vec::with_capacity(CONTROL);
+        for _ in 0..CONTROL {
+            waiting.push(tokio::net::UnixStream::connect(&control).await?);
+        }
+        let read = || std::fs::read_to_string(&log).unwrap_or_default();
+        halite_e2e::wait_until("the control socket's accept failure", || {
+            read().contains("Control socket accept failed")
+        })
+        .await?;
+        halite_e2e::wait_until("the control socket accepting again", || {
+            read().contains("Control socket accepting again")
+        })
+        .await?;
+        drop(waiting);
+        drop(silent);
+        let text = read();
+        ensure!(text.matches("Control socket accept failed").count() <= 2, "logged per failure:\n{text}");
+        let grown = std::fs::metadata(&log)?.len() - log_before;
+        ensure!(grown < LOG_BOUND, "the log grew by {grown} bytes");
+        rss(pid)?;
+        // Serving again: the control socket and the link.
+        fleet.keys(&["list"])?;
+        let motd = fleet.agent("web01").path("/etc/motd");
+        std::fs::write(&motd, "drift after running out of descriptors\n")?;
+        let event = fleet.wait_for("the drift", |e| e.tag == "halite/beacon/web01/motd").await?;
+        fleet.wait_for_restore_of(&event).await?;
+        Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}
