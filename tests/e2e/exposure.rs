@@ -5,7 +5,8 @@
 //! went before the fix.
 
 use anyhow::{Context as _, ensure};
-use halite_e2e::Fleet;
+use halite_e2e::{Fleet, rss_kib};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const RESTORE_MOTD: &str = "- name: restore-motd\n  on: halite/beacon/*/motd\n  apply: [motd]\n";
 
@@ -77,6 +78,120 @@ async fn secrets_in_webhook_urls_and_command_output_reach_neither_the_bus_nor_th
         let kept = fleet.cli(&["jobs", run_job])?;
         ensure!(kept.contains("SECRET-run-stderr"), "{kept}");
         drop(black_hole);
+        Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}
+
+/// A ZMTP 3.0 greeting (NULL mechanism) and READY as a SUB, then a
+/// subscription to `prefix`, as bytes on the wire.
+fn sub_opening(prefix: &[u8]) -> Vec<u8> {
+    let mut bytes = vec![0u8; 64];
+    bytes[0] = 0xff;
+    bytes[9] = 0x7f;
+    bytes[10] = 3;
+    bytes[12..16].copy_from_slice(b"NULL");
+    let mut ready = vec![5];
+    ready.extend_from_slice(b"READY");
+    ready.push(11);
+    ready.extend_from_slice(b"Socket-Type");
+    ready.extend_from_slice(&3u32.to_be_bytes());
+    ready.extend_from_slice(b"SUB");
+    bytes.extend([0b0000_0100, u8::try_from(ready.len()).unwrap()]);
+    bytes.extend(ready);
+    bytes.extend([0, u8::try_from(prefix.len() + 1).unwrap(), 1]);
+    bytes.extend_from_slice(prefix);
+    bytes
+}
+
+/// How much the master's VmRSS may grow while a subscriber that never
+/// reads is offered 240 MiB of events: its high-water mark (32 MiB,
+/// `PUBLISHER_SUBSCRIBER_BYTES`), the event being written to it, what the
+/// kernel buffers, and the events in flight through the master.
+const STUCK_RSS_BOUND_KIB: u64 = 192 * 1024;
+
+/// An event of `big01` whose data is `size` bytes, encoded: encoded small,
+/// then the bytes spliced in (encoding 10 MiB value by value is slow in a
+/// test build).
+fn blob_event(size: usize) -> anyhow::Result<Vec<u8>> {
+    let data = halite_proto::Value::map().with("blob", halite_proto::Value::Bytes(b"xyz".to_vec()));
+    let event = halite_proto::Event::new("halite/beacon/big01/blob", "big01", data);
+    let small = halite_proto::encode(&halite_proto::AgentMessage::Event(event));
+    let at = small.windows(5).position(|w| w == [5, 3, b'x', b'y', b'z']).context("the bytes in the encoding")?;
+    let mut payload = small[..at].to_vec();
+    payload.push(5);
+    let mut length = size;
+    while length >= 0x80 {
+        payload.push(u8::try_from(length & 0x7f)? | 0x80);
+        length >>= 7;
+    }
+    payload.push(u8::try_from(length)?);
+    payload.resize(payload.len() + size, b'x');
+    payload.extend_from_slice(&small[at + 5..]);
+    Ok(payload)
+}
+
+/// Item 12: a subscriber that subscribes to everything and then never
+/// reads, while an agent sends twenty-four 10 MiB events: the master holds at
+/// most its high-water mark for it (before, every event: 4 GiB in the
+/// issue's run), stays below [`STUCK_RSS_BOUND_KIB`] of growth, and goes
+/// on publishing to other subscribers and restoring drift.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_never_reads_costs_bounded_memory() {
+    const EVENTS: usize = 24;
+    const SIZE: usize = 10 << 20;
+    let mut fleet = Fleet::start_with_master_config(&["web01"], "max_event_bytes: 16777216\n").await.unwrap();
+    let result = async {
+        let pid = fleet.master().pid().context("the master's pid")?;
+        let publish = fleet.master().publish.clone();
+        let mut big =
+            halite_e2e::raw::RawAgent::connect(&fleet.master().listen, "big01", halite_proto::Value::map()).await?;
+        big.barrier().await?;
+        let mut end = halite_master::client::Subscriber::connect(&publish, "halite/beacon/big01/end").await?;
+        // The stuck subscriber: reads until its subscription is live (a
+        // probe event arrives), then never again.
+        let mut stuck = tokio::net::TcpStream::connect(publish.trim_start_matches("tcp://")).await?;
+        stuck.write_all(&sub_opening(b"halite/")).await?;
+        let mut seen = Vec::new();
+        let live = async {
+            let mut buffer = vec![0u8; 4096];
+            loop {
+                big.raise("probe", halite_proto::Value::map()).await?;
+                big.barrier().await?;
+                let read = tokio::time::timeout(std::time::Duration::from_millis(100), stuck.read(&mut buffer)).await;
+                if let Ok(read) = read {
+                    seen.extend_from_slice(&buffer[..read?]);
+                    if seen.windows(b"big01/probe".len()).any(|w| w == b"big01/probe") {
+                        return anyhow::Ok(());
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(halite_e2e::WAIT, live).await.context("the stuck subscriber's subscription")??;
+        let before = rss_kib(pid).context("the master's VmRSS")?;
+        let started = std::time::Instant::now();
+        for _ in 0..EVENTS {
+            big.send_payload(&blob_event(SIZE)?).await?;
+        }
+        eprintln!("sent in {:?}", started.elapsed());
+        big.barrier().await?;
+        eprintln!("taken in {:?}", started.elapsed());
+        // Published in order: once `end` reaches a subscriber, every blob
+        // has been offered to the stuck one.
+        big.raise("end", halite_proto::Value::map()).await?;
+        tokio::time::timeout(halite_e2e::WAIT, end.next()).await??;
+        eprintln!("published in {:?}", started.elapsed());
+        let after = rss_kib(pid).context("the master is gone")?;
+        eprintln!("master VmRSS {before} KiB before, {after} KiB after, one subscriber stuck");
+        ensure!(after.saturating_sub(before) < STUCK_RSS_BOUND_KIB, "VmRSS grew from {before} to {after} KiB");
+        let motd = fleet.agent("web01").path("/etc/motd");
+        std::fs::write(&motd, "drift beside a stuck subscriber\n")?;
+        let event = fleet.wait_for("the drift", |e| e.tag == "halite/beacon/web01/motd").await?;
+        fleet.wait_for_restore_of(&event).await?;
+        drop(stuck);
         Ok(())
     }
     .await;

@@ -78,7 +78,7 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         Ok(limit) => tracing::info!(limit, "Open-file limit raised to the hard limit."),
         Err(error) => tracing::warn!(%error, "Cannot raise the open-file limit; connections beyond it are refused."),
     }
-    let (bus, publish) = Bus::bind(&config.publish, config.handshake_timeout).await?;
+    let (bus, publish) = Bus::bind(&config.publish_endpoint(), config.handshake_timeout).await?;
     let (mut router, listen) = crate::server::link::bind(&config.listen, config.handshake_timeout).await?;
     let monitor = crate::server::link::monitor(&mut router);
     let (send, recv) = router.split();
