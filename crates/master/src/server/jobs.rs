@@ -265,14 +265,19 @@ impl Jobs {
                 let command = r.kind == "cmd.run";
                 let changes = match &r.outcome {
                     halite_proto::Outcome::Changed { changes } | halite_proto::Outcome::WouldChange { changes } => {
-                        let shown = if command { &changes[..changes.len().min(1)] } else { &changes[..] };
-                        Value::List(shown.iter().map(|c| Value::from(c.as_str())).collect())
+                        Value::List(
+                            changes
+                                .iter()
+                                .filter(|c| !(command && c.starts_with("stdout: ")))
+                                .map(|c| Value::from(c.as_str()))
+                                .collect(),
+                        )
                     }
                     _ => Value::List(Vec::new()),
                 };
                 let error = match &r.outcome {
-                    halite_proto::Outcome::Failed { .. } if command => {
-                        Value::from(format!("the command failed; `halite-master jobs {}` shows its output", result.job))
+                    halite_proto::Outcome::Failed { error } if command => {
+                        Value::from(without_output(error, result.job))
                     }
                     halite_proto::Outcome::Failed { error } => Value::from(error.as_str()),
                     _ => Value::Null,
@@ -314,9 +319,35 @@ impl Jobs {
     }
 }
 
+/// A `cmd.run` error as the bus shows it: "`CMD` exited with 4: <the end of
+/// its output>" without the output, which the store keeps; an error that
+/// is not the command's own (a requisite's) as it is.
+fn without_output(error: &str, job: Id) -> String {
+    let cut = error
+        .strip_prefix('`')
+        .and_then(|rest| rest.find('`').map(|end| end + 2))
+        .and_then(|after| error[after..].find(": ").map(|colon| after + colon));
+    match cut {
+        Some(at) => format!("{} (its output: `halite-master jobs {job}`)", &error[..at]),
+        None => error.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_commands_output_is_left_out_of_its_error_on_the_bus() {
+        let job = Id(7);
+        let shown = |error: &str| without_output(error, job);
+        assert_eq!(
+            shown("`sh -c 'echo s3cret >&2; exit 4'` exited with 4: s3cret"),
+            format!("`sh -c 'echo s3cret >&2; exit 4'` exited with 4 (its output: `halite-master jobs {job}`)")
+        );
+        assert_eq!(shown("`true` timed out and was killed"), "`true` timed out and was killed");
+        assert_eq!(shown("requisite `broken` failed"), "requisite `broken` failed");
+    }
 
     #[test]
     fn an_agent_going_away_ends_its_jobs_only() {

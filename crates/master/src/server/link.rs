@@ -9,10 +9,13 @@
 //!
 //! Nothing here waits on one peer: every send is the transport's
 //! `try_send` (a peer whose queue is full is disconnected, vendor/zeromq
-//! PATCHES.md 4), and the handshake's Diffie-Hellman work runs on a small
-//! pool of blocking threads ([`HANDSHAKE_WORKERS`]), its results coming
-//! back to this loop, one handshake per connection and at most
-//! [`PER_SOURCE_HANDSHAKES`] per source address at a time.
+//! PATCHES.md 4), and the answer to a Hello1 (two Diffie-Hellman, what an
+//! unauthenticated peer gets for 35 bytes) is computed on a small pool of
+//! blocking threads ([`HANDSHAKE_WORKERS`]), its results coming back to
+//! this loop, one handshake per connection and at most
+//! [`PER_SOURCE_HANDSHAKES`] per source address at a time. The Hello3 is
+//! read on the loop (one Diffie-Hellman), so that a session exists before
+//! the agent's next message is handled, in order.
 
 use std::collections::{HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -72,7 +75,7 @@ pub const MAX_HANDSHAKES: usize = 1024;
 pub const MAX_UNACCEPTED: usize = 4096;
 
 /// Threads doing handshake crypto (X25519) at once: the loop hands each
-/// Hello1 and Hello3 to one and goes on serving established sessions.
+/// Hello1 to one and goes on serving established sessions.
 pub const HANDSHAKE_WORKERS: usize = 2;
 /// Hello1s waiting for a worker; beyond it the oldest waiting is dropped
 /// (its connection closed; a real agent reconnects).
@@ -82,9 +85,8 @@ pub const HANDSHAKE_BACKLOG: usize = 1024;
 /// The address is the TCP peer's, so it is not spoofable, which is what a
 /// cookie round proves on a datagram transport.
 pub const PER_SOURCE_HANDSHAKES: usize = 64;
-/// Messages kept for a peer while its last handshake message is in a
-/// worker (an agent sends its first events right after it); more close the
-/// connection.
+/// Messages kept for a peer while its Hello1 is in a worker (a real agent
+/// sends nothing until it is answered); more close the connection.
 pub const HELD_PER_PEER: usize = 64;
 /// The largest event taken from an agent, by default (`max_event_bytes` in
 /// master.yaml): its tag, agent and data's text plus one byte per value.
@@ -107,12 +109,10 @@ impl Default for Limits {
     }
 }
 
-/// What a handshake worker hands back to the loop.
-enum Crypto {
-    /// The answer to a Hello1.
-    Responded { peer: Bytes, answer: Result<Box<(Responder, Vec<u8>)>, halite_link::LinkError> },
-    /// The agent's Hello3, read.
-    Finished { peer: Bytes, accepted: Result<Accepted, halite_link::LinkError> },
+/// What a handshake worker hands back to the loop: the answer to a Hello1.
+struct Crypto {
+    peer: Bytes,
+    answer: Result<(Responder, Vec<u8>), halite_link::LinkError>,
 }
 
 /// The handshake pool: permits for [`HANDSHAKE_WORKERS`] threads, Hello1s
@@ -134,8 +134,8 @@ struct Peers {
     per_source: HashMap<IpAddr, usize>,
     /// The source address a connection's handshake is counted against.
     source_of: HashMap<Bytes, IpAddr>,
-    /// Connections whose Hello1 or Hello3 is in a worker, with what they
-    /// sent meanwhile, handled in order once the worker is done.
+    /// Connections whose Hello1 is in a worker, with what they sent
+    /// meanwhile, handled in order once the worker is done.
     in_worker: HashMap<Bytes, Vec<ZmqMessage>>,
     /// Openers of established sessions (their sealers live in `Sessions`).
     openers: HashMap<Bytes, Opener>,
@@ -337,7 +337,7 @@ async fn handle(master: &Master, peers: &mut Peers, pool: &mut Pool, message: Zm
     };
     match envelope {
         Envelope::Hello1(first) => start_handshake(master, peers, pool, peer, first),
-        Envelope::Hello3(last) => finish_handshake(peers, pool, peer, last),
+        Envelope::Hello3(last) => finish_handshake(master, peers, peer, last).await,
         Envelope::Hello2(_) => peers.dropped += 1,
         Envelope::Sealed(chunks) => {
             let Some(opener) = peers.openers.get_mut(&peer) else {
@@ -402,48 +402,41 @@ fn start_waiting(master: &Master, peers: &mut Peers, pool: &mut Pool) {
         let keypair = master.keypair.clone();
         let done = pool.done.clone();
         tokio::task::spawn_blocking(move || {
-            let answer = Responder::respond(&keypair, &first).map(Box::new);
+            let answer = Responder::respond(&keypair, &first);
             // The loop reads results as fast as workers make them; the
             // channel holds one per worker and more.
-            let _ = done.blocking_send(Crypto::Responded { peer, answer });
+            let _ = done.blocking_send(Crypto { peer, answer });
             drop(permit);
         });
     }
 }
 
-/// A Hello3: read it in a worker (its permit waited for here would hold up
-/// the loop, so it waits in the worker thread instead).
-fn finish_handshake(peers: &mut Peers, pool: &mut Pool, peer: Bytes, last: &[u8]) {
+/// A Hello3: read on the loop, so the session exists before the next
+/// message from this connection is handled (an agent sends its first events
+/// right after it). One Diffie-Hellman; reaching it took a Hello1 answered
+/// by the pool on this connection, so the loop does at most half the
+/// pool's X25519 work, at the pool's pace.
+async fn finish_handshake(master: &Master, peers: &mut Peers, peer: Bytes, last: &[u8]) {
     let Some((responder, _)) = peers.handshakes.shift_remove(&peer) else {
         peers.dropped += 1;
         return;
     };
-    peers.in_worker.insert(peer.clone(), Vec::new());
-    let (permits, done, last) = (pool.permits.clone(), pool.done.clone(), last.to_vec());
-    tokio::spawn(async move {
-        let Ok(permit) = permits.acquire_owned().await else { return };
-        tokio::task::spawn_blocking(move || {
-            let accepted = responder.finish(&last);
-            let _ = done.blocking_send(Crypto::Finished { peer, accepted });
-            drop(permit);
-        });
-    });
+    peers.release(&peer);
+    open_session(master, peers, peer, responder.finish(last)).await;
 }
 
-/// A worker is done: answer the Hello1, or open the session; then handle
-/// what the peer sent meanwhile, and start waiting handshakes.
+/// A worker is done: answer the Hello1; then handle what the peer sent
+/// meanwhile (a real agent sends nothing before the answer), and start
+/// waiting handshakes.
 async fn crypto_done(master: &Master, peers: &mut Peers, pool: &mut Pool, result: Crypto) {
-    let peer = match &result {
-        Crypto::Responded { peer, .. } | Crypto::Finished { peer, .. } => peer.clone(),
-    };
+    let Crypto { peer, answer } = result;
     // Gone meanwhile (disconnected, or evicted).
     let Some(held) = peers.in_worker.remove(&peer) else {
         start_waiting(master, peers, pool);
         return;
     };
-    match result {
-        Crypto::Responded { answer: Ok(answer), .. } => {
-            let (responder, reply) = *answer;
+    match answer {
+        Ok((responder, reply)) => {
             if peers.handshakes.len() >= MAX_HANDSHAKES
                 && let Some((oldest, _)) = peers.handshakes.shift_remove_index(0)
             {
@@ -456,13 +449,9 @@ async fn crypto_done(master: &Master, peers: &mut Peers, pool: &mut Pool, result
                 tracing::debug!(%error, "Cannot answer a handshake.");
             }
         }
-        Crypto::Responded { answer: Err(error), .. } => {
+        Err(error) => {
             tracing::debug!(%error, "A first handshake message that does not read.");
             disconnect(master, peers, &peer);
-        }
-        Crypto::Finished { accepted, .. } => {
-            peers.release(&peer);
-            open_session(master, peers, peer.clone(), accepted).await;
         }
     }
     for message in held {
