@@ -38,6 +38,14 @@ pub struct MasterConfig {
     /// dropped, with a warning.
     #[serde(default = "default_max_event_bytes")]
     pub max_event_bytes: usize,
+    /// Link handshakes one source address may have at once; a further
+    /// Hello1 from it closes its connection (the agent retries).
+    #[serde(default = "default_handshakes_per_source")]
+    pub handshakes_per_source: usize,
+}
+
+fn default_handshakes_per_source() -> usize {
+    crate::server::link::PER_SOURCE_HANDSHAKES
 }
 
 fn default_max_event_bytes() -> usize {
@@ -75,6 +83,7 @@ impl Default for MasterConfig {
             auto_accept: Vec::new(),
             handshake_timeout: default_handshake_timeout(),
             max_event_bytes: default_max_event_bytes(),
+            handshakes_per_source: default_handshakes_per_source(),
         }
     }
 }

@@ -81,9 +81,11 @@ pub const HANDSHAKE_WORKERS: usize = 2;
 /// (its connection closed; a real agent reconnects).
 pub const HANDSHAKE_BACKLOG: usize = 1024;
 /// Handshakes one source address may have at once (waiting, in a worker,
-/// or half-open): a flood from one address cannot take the others' turn.
-/// The address is the TCP peer's, so it is not spoofable, which is what a
-/// cookie round proves on a datagram transport.
+/// or half-open), by default (`handshakes_per_source` in master.yaml): a
+/// flood from one address cannot take the others' turn. The address is the
+/// TCP peer's, so it is not spoofable, which is what a cookie round proves
+/// on a datagram transport. Agents behind one NAT share it: a refused one
+/// reconnects with its backoff.
 pub const PER_SOURCE_HANDSHAKES: usize = 64;
 /// Messages kept for a peer while its Hello1 is in a worker (a real agent
 /// sends nothing until it is answered); more close the connection.
@@ -101,11 +103,12 @@ pub const MAX_FACTS_BYTES: usize = 16 << 10;
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_event_bytes: usize,
+    pub handshakes_per_source: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_event_bytes: MAX_EVENT_BYTES }
+        Limits { max_event_bytes: MAX_EVENT_BYTES, handshakes_per_source: PER_SOURCE_HANDSHAKES }
     }
 }
 
@@ -376,7 +379,7 @@ fn start_handshake(master: &Master, peers: &mut Peers, pool: &mut Pool, peer: By
     let source = master.sessions.address(&peer).and_then(|a| a.parse::<SocketAddr>().ok()).map(|a| a.ip());
     if let Some(source) = source {
         let count = peers.per_source.entry(source).or_default();
-        if *count >= PER_SOURCE_HANDSHAKES {
+        if *count >= master.limits.handshakes_per_source {
             tracing::debug!(%source, "Too many handshakes from one address; closing this one.");
             disconnect(master, peers, &peer);
             return;

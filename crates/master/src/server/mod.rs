@@ -95,7 +95,10 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     let tree = Arc::new(RwLock::new(Arc::new(tree)));
     let engine = Engine::new(tree.clone(), jobs.clone(), bus.clone());
     let fingerprint = keypair.public;
-    let limits = crate::server::link::Limits { max_event_bytes: config.max_event_bytes };
+    let limits = crate::server::link::Limits {
+        max_event_bytes: config.max_event_bytes,
+        handshakes_per_source: config.handshakes_per_source,
+    };
     let master = Arc::new(Master { keypair, keys, tree, sessions, jobs, engine, bus, limits });
     crate::server::control::serve(master.clone(), &config.data_dir, cancel.clone()).await?;
     crate::server::reload::spawn(master.clone(), config.states.clone(), cancel.clone())
