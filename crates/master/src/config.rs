@@ -45,11 +45,11 @@ pub struct MasterConfig {
 }
 
 fn default_handshakes_per_source() -> usize {
-    crate::server::link::PER_SOURCE_HANDSHAKES
+    crate::server::limits::PER_SOURCE_HANDSHAKES
 }
 
 fn default_max_event_bytes() -> usize {
-    crate::server::link::MAX_EVENT_BYTES
+    crate::server::limits::MAX_EVENT_BYTES
 }
 
 fn default_handshake_timeout() -> Duration {

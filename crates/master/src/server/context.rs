@@ -23,7 +23,7 @@ pub struct Master {
     pub engine: Engine,
     pub bus: Bus,
     /// The wire limits master.yaml sets (`max_event_bytes`).
-    pub limits: crate::server::link::Limits,
+    pub limits: crate::server::limits::Limits,
 }
 
 impl Master {

@@ -80,37 +80,15 @@ pub const HANDSHAKE_WORKERS: usize = 2;
 /// Hello1s waiting for a worker; beyond it the oldest waiting is dropped
 /// (its connection closed; a real agent reconnects).
 pub const HANDSHAKE_BACKLOG: usize = 1024;
-/// Handshakes one source address may have at once (waiting, in a worker,
-/// or half-open), by default (`handshakes_per_source` in master.yaml): a
-/// flood from one address cannot take the others' turn. The address is the
-/// TCP peer's, so it is not spoofable, which is what a cookie round proves
-/// on a datagram transport. Agents behind one NAT share it: a refused one
-/// reconnects with its backoff.
-pub const PER_SOURCE_HANDSHAKES: usize = 64;
 /// Messages kept for a peer while its Hello1 is in a worker (a real agent
 /// sends nothing until it is answered); more close the connection.
 pub const HELD_PER_PEER: usize = 64;
-/// The largest event taken from an agent, by default (`max_event_bytes` in
-/// master.yaml): its tag, agent and data's text plus one byte per value.
-/// A larger one is acknowledged and dropped, with a warning.
-pub const MAX_EVENT_BYTES: usize = 1 << 20;
 /// The most values (every element at any depth) and bytes of text in the
 /// facts of an agent's hello; a hello over either is refused.
 pub const MAX_FACTS_VALUES: usize = 1024;
 pub const MAX_FACTS_BYTES: usize = 16 << 10;
 
-/// The wire limits set in master.yaml.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_event_bytes: usize,
-    pub handshakes_per_source: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits { max_event_bytes: MAX_EVENT_BYTES, handshakes_per_source: PER_SOURCE_HANDSHAKES }
-    }
-}
+pub use crate::server::limits::{Limits, MAX_EVENT_BYTES, PER_SOURCE_HANDSHAKES};
 
 /// What a handshake worker hands back to the loop: the answer to a Hello1.
 struct Crypto {

@@ -3,8 +3,9 @@
 //!
 //! # Layout
 //! - [`context`] — [`Master`], the parts every server module shares.
-//! - [`link`] — the ROUTER side of the agent link; [`sessions`]: which peer
-//!   is which agent; [`keys`]: every agent key and its status.
+//! - [`link`] — the ROUTER side of the agent link, within [`limits`];
+//!   [`sessions`]: which peer is which agent; [`keys`]: every agent key and
+//!   its status.
 //! - [`store`] — jobs, results and keys in SQLite (`halite.db`).
 //! - [`bus`] — the outside publisher and the in-process tail; [`ledger`]:
 //!   what the bus said about each agent.
@@ -31,6 +32,7 @@ pub mod events;
 pub mod jobs;
 pub mod keys;
 pub mod ledger;
+pub mod limits;
 pub mod link;
 pub mod notify;
 pub mod reactor;
@@ -95,7 +97,7 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     let tree = Arc::new(RwLock::new(Arc::new(tree)));
     let engine = Engine::new(tree.clone(), jobs.clone(), bus.clone());
     let fingerprint = keypair.public;
-    let limits = crate::server::link::Limits {
+    let limits = crate::server::limits::Limits {
         max_event_bytes: config.max_event_bytes,
         handshakes_per_source: config.handshakes_per_source,
     };
