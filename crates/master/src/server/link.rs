@@ -112,9 +112,11 @@ struct Peers {
     /// Connections that have begun their one handshake.
     started: HashSet<Bytes>,
     /// Handshakes per source address (waiting, in a worker, half-open).
-    per_source: HashMap<IpAddr, usize>,
+    /// `None` counts the connections whose address the monitor has not
+    /// reported yet: they share one budget, so none goes uncounted.
+    per_source: HashMap<Option<IpAddr>, usize>,
     /// The source address a connection's handshake is counted against.
-    source_of: HashMap<Bytes, IpAddr>,
+    source_of: HashMap<Bytes, Option<IpAddr>>,
     /// Connections whose Hello1 is in a worker, with what they sent
     /// meanwhile, handled in order once the worker is done.
     in_worker: HashMap<Bytes, Vec<ZmqMessage>>,
@@ -355,16 +357,14 @@ fn start_handshake(master: &Master, peers: &mut Peers, pool: &mut Pool, peer: By
         return;
     }
     let source = master.sessions.address(&peer).and_then(|a| a.parse::<SocketAddr>().ok()).map(|a| a.ip());
-    if let Some(source) = source {
-        let count = peers.per_source.entry(source).or_default();
-        if *count >= master.limits.handshakes_per_source {
-            tracing::debug!(%source, "Too many handshakes from one address; closing this one.");
-            disconnect(master, peers, &peer);
-            return;
-        }
-        *count += 1;
-        peers.source_of.insert(peer.clone(), source);
+    let count = peers.per_source.entry(source).or_default();
+    if *count >= master.limits.handshakes_per_source {
+        tracing::debug!(source = ?source, "Too many handshakes from one address; closing this one.");
+        disconnect(master, peers, &peer);
+        return;
     }
+    *count += 1;
+    peers.source_of.insert(peer.clone(), source);
     if pool.waiting.len() >= HANDSHAKE_BACKLOG
         && let Some((oldest, _)) = pool.waiting.pop_front()
     {
