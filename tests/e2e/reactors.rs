@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use halite_e2e::raw::RawAgent;
 use halite_e2e::{Fleet, WAIT};
 use halite_master::client::BusEvent;
@@ -19,7 +20,8 @@ fn count(fleet: &Fleet, wanted: impl Fn(&BusEvent) -> bool) -> usize {
 
 /// The hook gets the event as JSON on stdin, byte for byte the event the
 /// bus carried; a hook that fails becomes a `failed` event that names the
-/// agent, the cause and the hook's stderr, and the master goes on.
+/// agent, the cause and the job whose record keeps the hook's stderr (not
+/// the stderr itself), and the master goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exec_hook_receives_the_event_on_stdin_and_a_failing_one_is_reported() {
     let out = tempfile::tempdir().unwrap();
@@ -51,7 +53,11 @@ async fn an_exec_hook_receives_the_event_on_stdin_and_a_failing_one_is_reported(
         assert_eq!(failed.data()["agent"], "web01");
         assert_eq!(failed.data()["event"], drift.id());
         let error = failed.data()["error"].as_str().unwrap_or_default();
-        assert!(error.contains("the pager is down (--loudly)") && error.contains("exit status: 2"), "{error}");
+        // The hook's stderr is kept in the job store, not published.
+        assert!(!error.contains("the pager is down") && error.contains("exit status: 2"), "{error}");
+        let jid = error.split("output in job ").nth(1).and_then(|t| t.split(':').next()).context("no job named")?;
+        let kept = fleet.cli(&["jobs", jid])?;
+        assert!(kept.contains("the pager is down (--loudly)"), "{kept}");
         assert_eq!(count(&fleet, |e| e.tag == "halite/reactor/record/fired"), 1);
         let stdin: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("stdin.json"))?)?;
         assert_eq!(stdin, drift.json, "the hook's stdin is the event as the bus carried it");

@@ -18,6 +18,8 @@ pub fn message(frames: Vec<Vec<u8>>) -> ZmqMessage {
 
 pub struct RawAgent {
     pub id: String,
+    /// Its static key, kept for [`RawAgent::reconnect`].
+    keypair: Keypair,
     socket: DealerSocket,
     sealer: Sealer,
     opener: Opener,
@@ -32,6 +34,11 @@ impl RawAgent {
         RawAgent::connect_with_key(endpoint, id, facts, &Keypair::generate()?).await
     }
 
+    /// A new connection and session with this agent's key and id.
+    pub async fn reconnect(&self, endpoint: &str, facts: Value) -> anyhow::Result<RawAgent> {
+        RawAgent::connect_with_key(endpoint, &self.id, facts, &self.keypair).await
+    }
+
     /// As [`RawAgent::connect`], with a given key: the same agent coming
     /// back.
     pub async fn connect_with_key(
@@ -40,9 +47,10 @@ impl RawAgent {
         facts: Value,
         keypair: &Keypair,
     ) -> anyhow::Result<RawAgent> {
+        let keypair = keypair.clone();
         let mut socket = DealerSocket::new();
         socket.connect(endpoint).await?;
-        let (mut initiator, first) = Initiator::start(keypair)?;
+        let (mut initiator, first) = Initiator::start(&keypair)?;
         socket.send(message(Envelope::handshake(envelope::HELLO1, first))).await?;
         let reply = tokio::time::timeout(WAIT, socket.recv()).await??;
         let frames: Vec<&[u8]> = reply.iter().map(|f| f.as_ref()).collect();
@@ -51,7 +59,7 @@ impl RawAgent {
         let hello = AgentMessage::Hello(Hello { agent: id.into(), version: "raw".into(), facts });
         let (last, sealer, opener) = initiator.finish(&halite_proto::encode(&hello))?;
         socket.send(message(Envelope::handshake(envelope::HELLO3, last))).await?;
-        Ok(RawAgent { id: id.to_owned(), socket, sealer, opener, last_sent: Vec::new() })
+        Ok(RawAgent { id: id.to_owned(), keypair, socket, sealer, opener, last_sent: Vec::new() })
     }
 
     pub async fn send(&mut self, message_: &AgentMessage) -> anyhow::Result<()> {
@@ -63,6 +71,13 @@ impl RawAgent {
 
     /// Sends frames as they are: a replay, or garbage.
     pub async fn send_frames(&mut self, frames: Vec<Vec<u8>>) -> anyhow::Result<()> {
+        self.socket.send(message(frames)).await?;
+        Ok(())
+    }
+
+    /// Seals and sends `payload` as it is (a message encoded by hand).
+    pub async fn send_payload(&mut self, payload: &[u8]) -> anyhow::Result<()> {
+        let frames = Envelope::sealed(self.sealer.seal(payload)?);
         self.socket.send(message(frames)).await?;
         Ok(())
     }

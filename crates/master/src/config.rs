@@ -13,9 +13,13 @@ pub struct MasterConfig {
     /// The agent link (ZeroMQ ROUTER). Port 0 picks a free port.
     #[serde(default = "default_listen")]
     pub listen: String,
-    /// The outside event publisher (ZeroMQ PUB, `[tag, json]`). Port 0 likewise.
-    #[serde(default = "default_publish")]
-    pub publish: String,
+    /// The outside event publisher (ZeroMQ PUB, `[tag, json]`): by default
+    /// (`None`) a Unix socket in the data dir that only the master's user
+    /// may use ([`MasterConfig::publish_endpoint`]); `tcp://IP:PORT` (port 0
+    /// likewise) or `ipc://PATH` when set. A TCP publisher has no
+    /// authentication: whoever reaches it reads every event.
+    #[serde(default)]
+    pub publish: Option<String>,
     /// The state tree.
     #[serde(default = "default_states")]
     pub states: PathBuf,
@@ -57,6 +61,15 @@ pub struct MasterConfig {
     /// How much job history halite.db keeps.
     #[serde(default)]
     pub store: StoreConfig,
+    /// The largest event taken from an agent (its tag, agent and data's
+    /// text, plus one byte per value); a larger one is acknowledged and
+    /// dropped, with a warning.
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: usize,
+    /// Link handshakes one source address may have at once; a further
+    /// Hello1 from it closes its connection (the agent retries).
+    #[serde(default = "default_handshakes_per_source")]
+    pub handshakes_per_source: usize,
 }
 
 /// First contact (README, "Security model").
@@ -176,6 +189,14 @@ impl Default for StoreConfig {
     }
 }
 
+fn default_handshakes_per_source() -> usize {
+    crate::server::limits::PER_SOURCE_HANDSHAKES
+}
+
+fn default_max_event_bytes() -> usize {
+    crate::server::limits::MAX_EVENT_BYTES
+}
+
 fn default_handshake_timeout() -> Duration {
     halite_link::transport::HANDSHAKE_TIMEOUT
 }
@@ -190,9 +211,6 @@ fn duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duratio
 fn default_listen() -> String {
     "tcp://0.0.0.0:4510".into()
 }
-fn default_publish() -> String {
-    "tcp://127.0.0.1:4511".into()
-}
 fn default_states() -> PathBuf {
     "/srv/halite/states".into()
 }
@@ -204,7 +222,7 @@ impl Default for MasterConfig {
     fn default() -> Self {
         MasterConfig {
             listen: default_listen(),
-            publish: default_publish(),
+            publish: None,
             states: default_states(),
             data_dir: default_data_dir(),
             auto_accept: Vec::new(),
@@ -216,6 +234,8 @@ impl Default for MasterConfig {
             reload_rate: default_reload_rate(),
             schedule: Vec::new(),
             store: StoreConfig::default(),
+            max_event_bytes: default_max_event_bytes(),
+            handshakes_per_source: default_handshakes_per_source(),
         }
     }
 }
@@ -229,6 +249,9 @@ pub enum ConfigError {
     #[error("{path}: schedule: {problem}")]
     Schedule { path: PathBuf, problem: String },
 }
+
+/// The default publisher's socket, in the data dir.
+pub const PUBLISH_SOCKET: &str = "events.sock";
 
 impl MasterConfig {
     /// What is wrong with `schedule:` or `reload_rate` beyond their syntax.
@@ -255,6 +278,12 @@ impl MasterConfig {
             }
         }
         None
+    }
+
+    /// Where the publisher binds: `publish` as set, or
+    /// `ipc://<data_dir>/events.sock`.
+    pub fn publish_endpoint(&self) -> String {
+        self.publish.clone().unwrap_or_else(|| format!("ipc://{}", self.data_dir.join(PUBLISH_SOCKET).display()))
     }
 
     /// Loads the configuration; relative paths in it are relative to the
@@ -285,7 +314,11 @@ mod tests {
         std::fs::write(&path, "states: tree\nlisten: tcp://127.0.0.1:0\n").unwrap();
         let config = MasterConfig::load(&path).unwrap();
         assert_eq!(config.states, dir.path().join("tree"));
-        assert_eq!(config.publish, "tcp://127.0.0.1:4511");
+        assert_eq!(config.publish, None);
+        assert_eq!(config.publish_endpoint(), "ipc:///var/lib/halite/master/events.sock");
+        std::fs::write(&path, "data_dir: data\npublish: tcp://127.0.0.1:0\n").unwrap();
+        let config = MasterConfig::load(&path).unwrap();
+        assert_eq!(config.publish_endpoint(), "tcp://127.0.0.1:0");
         std::fs::write(&path, "stats: tree\n").unwrap();
         let error = MasterConfig::load(&path).unwrap_err().to_string();
         assert!(error.contains("stats") && error.contains("master.yaml:1:1"), "{error}");

@@ -215,7 +215,8 @@ fn config_text(listen: &str, states: &Path, data_dir: &Path) -> String {
         "# The halite master's configuration (written by `halite-master init`).\n\
          # Relative paths are relative to this file.\n\
          listen: {listen}  # the agent link; agents' `master` points here\n\
-         publish: tcp://127.0.0.1:4511  # outside event publisher (ZeroMQ PUB, [tag, json])\n\
+         # publish: tcp://127.0.0.1:4511  # outside event publisher (ZeroMQ PUB, [tag, json]); by default\n\
+         #   ipc://<data_dir>/events.sock, for the master's user only (TCP has no authentication)\n\
          states: {states}  # the state tree\n\
          data_dir: {data_dir}  # keys, control socket, endpoints\n\
          auto_accept: []  # agent-id globs accepted without an operator\n",

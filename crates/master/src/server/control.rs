@@ -196,12 +196,9 @@ async fn accept(master: &Master, target: &str) -> Result<Vec<KeyEntry>, ControlE
             Value::map().with("fingerprint", entry.key.as_str()),
         ));
         let Ok(key) = entry.key.parse::<PublicKey>() else { continue };
-        for (peer, facts) in master.sessions.promote(&entry.id, &key) {
-            let version = master.sessions.version(&peer);
-            // What the operator accepted it with is what targeting trusts.
-            master.keys.freeze(&entry.id, &key, &facts);
-            crate::server::link::welcome(master, peer, &entry.id, &version, facts).await;
-        }
+        // A pending session holds no facts: it ends, and the agent,
+        // reconnecting at once, is welcomed with the facts of its new hello.
+        master.sessions.reconnect_pending(&entry.id, &key);
     }
     saved?;
     already(master, target, changed, KeyStatus::Accepted)

@@ -284,6 +284,44 @@ impl Jobs {
         outcome
     }
 
+    /// Records what a reactor did on the master itself (an `exec` hook, a
+    /// `webhook`) as a job of one state whose target is `master`, so its
+    /// output (a hook's stdout and stderr, a webhook's response body) is
+    /// kept in the store, which only the master's owner reads, and not on
+    /// the bus (SPEC §8: the publisher carries no command output). Returns
+    /// the job id the bus event names instead; `None` without a store.
+    pub async fn record_on_master(&self, cause: Id, action: &str, outcome: halite_proto::Outcome) -> Option<Id> {
+        let store = self.store.as_ref()?;
+        let jid = Id::new();
+        let record = JobRecord {
+            jid: jid.to_string(),
+            created_us: halite_proto::event::now_us(),
+            cause: format!("event:{cause}"),
+            reactor: self.reactor.as_deref().map(str::to_owned),
+            target: "master".into(),
+            states: vec![action.to_owned()],
+            test: false,
+        };
+        store.started(record, "master").await;
+        let result = halite_proto::StateResult {
+            id: action.to_owned(),
+            kind: action.to_owned(),
+            outcome,
+            diff: None,
+            duration_us: 0,
+        };
+        store.answered(&jid.to_string(), "master", vec![result]).await;
+        Some(jid)
+    }
+
+    /// Returns once every job record written before is committed (tests).
+    #[cfg(test)]
+    pub async fn flush_store(&self) {
+        if let Some(store) = &self.store {
+            store.flush().await;
+        }
+    }
+
     /// Jobs sent and not answered yet, with their agents (a stopping
     /// master waits for them).
     pub fn in_flight(&self) -> Vec<(Id, String)> {
@@ -334,13 +372,26 @@ impl Jobs {
             .results
             .iter()
             .map(|r| {
+                // A command's output (cmd.run's stdout in its changes, its
+                // stderr in its error) stays in the store; the bus says
+                // what ran and where to read the rest.
+                let command = r.kind == "cmd.run";
                 let changes = match &r.outcome {
                     halite_proto::Outcome::Changed { changes } | halite_proto::Outcome::WouldChange { changes } => {
-                        Value::List(changes.iter().map(|c| Value::from(c.as_str())).collect())
+                        Value::List(
+                            changes
+                                .iter()
+                                .filter(|c| !(command && c.starts_with("stdout: ")))
+                                .map(|c| Value::from(c.as_str()))
+                                .collect(),
+                        )
                     }
                     _ => Value::List(Vec::new()),
                 };
                 let error = match &r.outcome {
+                    halite_proto::Outcome::Failed { error } if command => {
+                        Value::from(without_output(error, result.job))
+                    }
                     halite_proto::Outcome::Failed { error } => Value::from(error.as_str()),
                     _ => Value::Null,
                 };
@@ -383,9 +434,35 @@ impl Jobs {
     }
 }
 
+/// A `cmd.run` error as the bus shows it: "`CMD` exited with 4: <the end of
+/// its output>" without the output, which the store keeps; an error that
+/// is not the command's own (a requisite's) as it is.
+fn without_output(error: &str, job: Id) -> String {
+    let cut = error
+        .strip_prefix('`')
+        .and_then(|rest| rest.find('`').map(|end| end + 2))
+        .and_then(|after| error[after..].find(": ").map(|colon| after + colon));
+    match cut {
+        Some(at) => format!("{} (its output: `halite-master jobs {job}`)", &error[..at]),
+        None => error.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_commands_output_is_left_out_of_its_error_on_the_bus() {
+        let job = Id(7);
+        let shown = |error: &str| without_output(error, job);
+        assert_eq!(
+            shown("`sh -c 'echo s3cret >&2; exit 4'` exited with 4: s3cret"),
+            format!("`sh -c 'echo s3cret >&2; exit 4'` exited with 4 (its output: `halite-master jobs {job}`)")
+        );
+        assert_eq!(shown("`true` timed out and was killed"), "`true` timed out and was killed");
+        assert_eq!(shown("requisite `broken` failed"), "requisite `broken` failed");
+    }
 
     #[test]
     fn an_agent_going_away_ends_its_jobs_only() {

@@ -3,8 +3,9 @@
 //!
 //! # Layout
 //! - [`context`] — [`Master`], the parts every server module shares.
-//! - [`link`] — the ROUTER side of the agent link; [`sessions`]: which peer
-//!   is which agent; [`keys`]: every agent key and its status.
+//! - [`link`] — the ROUTER side of the agent link, within [`limits`];
+//!   [`sessions`]: which peer is which agent; [`keys`]: every agent key and
+//!   its status.
 //! - [`acks`] — an agent's events acknowledged once handed to the publisher
 //!   and recorded as seen.
 //! - [`store`] — jobs, results and keys in SQLite (`halite.db`): held
@@ -39,6 +40,7 @@ pub mod facts;
 pub mod jobs;
 pub mod keys;
 pub mod ledger;
+pub mod limits;
 pub mod link;
 pub mod log_budget;
 pub mod notify;
@@ -91,7 +93,7 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         Ok(limit) => tracing::info!(limit, "Open-file limit raised to the hard limit."),
         Err(error) => tracing::warn!(%error, "Cannot raise the open-file limit; connections beyond it are refused."),
     }
-    let (bus, publish) = Bus::bind(&config.publish, config.handshake_timeout).await?;
+    let (bus, publish) = Bus::bind(&config.publish_endpoint(), config.handshake_timeout).await?;
     let (mut router, listen) = crate::server::link::bind(&config.listen, config.handshake_timeout).await?;
     let monitor = crate::server::link::monitor(&mut router);
     let (send, recv) = router.split();
@@ -116,7 +118,11 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     let tree = Arc::new(RwLock::new(Arc::new(tree)));
     let engine = Engine::new(tree.clone(), jobs.clone(), bus.clone());
     let fingerprint = keypair.public;
-    let master = Arc::new(Master { keypair, keys, tree, sessions, jobs, engine, bus });
+    let limits = crate::server::limits::Limits {
+        max_event_bytes: config.max_event_bytes,
+        handshakes_per_source: config.handshakes_per_source,
+    };
+    let master = Arc::new(Master { keypair, keys, tree, sessions, jobs, engine, bus, limits });
     let control = crate::server::control::serve(master.clone(), &config.data_dir, cancel.clone()).await?;
     let enforce = crate::server::reload::Enforce::of(&config);
     crate::server::reload::spawn(master.clone(), config.states.clone(), enforce, cancel.clone())

@@ -175,23 +175,39 @@ impl Sessions {
         }
     }
 
-    /// The key was accepted: its live sessions are promoted; returns them
-    /// with the facts their agents sent.
-    pub fn promote(&self, agent: &str, key: &PublicKey) -> Vec<(Bytes, Value)> {
-        let mut table = self.lock();
-        let peers: Vec<(Bytes, Value)> = table
-            .by_peer
-            .iter_mut()
-            .filter(|(_, s)| s.agent == agent && s.key == *key && !s.accepted)
-            .map(|(peer, s)| {
-                s.accepted = true;
-                (peer.clone(), s.facts.clone())
-            })
-            .collect();
-        if let Some((peer, _)) = peers.last() {
-            Self::claim(&mut table, agent, peer.clone());
+    /// The key was accepted. Its live sessions hold no facts (a pending
+    /// key's hello facts are not kept): they end, and their connections
+    /// close, so each agent reconnects at once and says hello again, this
+    /// time as an accepted agent. Returns how many ended.
+    pub fn reconnect_pending(&self, agent: &str, key: &PublicKey) -> usize {
+        let peers: Vec<Bytes> = {
+            let mut table = self.lock();
+            let peers: Vec<Bytes> = table
+                .by_peer
+                .iter()
+                .filter(|(_, s)| s.agent == agent && s.key == *key && !s.accepted)
+                .map(|(peer, _)| peer.clone())
+                .collect();
+            for peer in &peers {
+                table.by_peer.remove(peer);
+            }
+            peers
+        };
+        for peer in &peers {
+            self.disconnect(peer);
         }
-        peers
+        peers.len()
+    }
+
+    /// Closes the connection on `peer` at the transport, now (its session,
+    /// if any, ends when the link sees it go).
+    pub fn disconnect(&self, peer: &Bytes) {
+        self.sender.disconnect(peer.clone());
+    }
+
+    /// The remote address of the connection on `peer`, if known.
+    pub fn address(&self, peer: &Bytes) -> Option<String> {
+        self.lock().addresses.get(peer).cloned()
     }
 
     /// The peers with a session for this agent and key.

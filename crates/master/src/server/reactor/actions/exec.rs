@@ -94,8 +94,10 @@ pub enum ExecError {
     Spawn { cmd: String, source: command::CommandError },
     #[error("exec `{cmd}`: killed after its timeout of {timeout:?}")]
     TimedOut { cmd: String, timeout: Duration },
-    #[error("exec `{cmd}`: {}; stderr: {stderr}", ended(*code))]
-    Failed { cmd: String, code: Option<i32>, stderr: String },
+    /// Its stderr is not here (it may hold secrets): it is in the job
+    /// `kept` names.
+    #[error("exec `{cmd}`: {}{kept}", ended(*code))]
+    Failed { cmd: String, code: Option<i32>, kept: String },
 }
 
 /// How a command that did not succeed ended.
@@ -149,7 +151,7 @@ impl Action for Exec {
 
     fn run<'a>(
         &'a self,
-        _context: &'a Context,
+        context: &'a Context,
         agent: &'a str,
         event: &'a Event,
     ) -> BoxFuture<'a, Result<String, ActionError>> {
@@ -173,16 +175,35 @@ impl Action for Exec {
                 }
                 (false, Some(0)) => {}
                 (false, code) => {
-                    let stderr = clip(err, REPORT_LIMIT);
-                    return Err(ExecError::Failed { cmd: self.cmd.clone(), code, stderr }.into());
+                    // The hook's stderr may hold what its environment holds
+                    // (secrets): it goes to the store, the event names the
+                    // job that keeps it.
+                    let error = format!("{}; stderr: {}", ended(code), clip(err, REPORT_LIMIT));
+                    let outcome = halite_proto::Outcome::Failed { error };
+                    let kept = context.jobs.record_on_master(event.id, "exec", outcome).await;
+                    return Err(ExecError::Failed { cmd: self.cmd.clone(), code, kept: kept_in(kept) }.into());
                 }
             }
-            if !out.is_empty() || !err.is_empty() {
-                tracing::info!(agent, event = %event.id, cmd = %self.cmd, stdout = %clip(out, REPORT_LIMIT), stderr = %clip(err, REPORT_LIMIT), "Hook output.");
+            let kept = if out.is_empty() && err.is_empty() {
+                None
+            } else {
+                let changes = vec![
+                    format!("stdout: {}", clip(out, REPORT_LIMIT)),
+                    format!("stderr: {}", clip(err, REPORT_LIMIT)),
+                ];
+                context.jobs.record_on_master(event.id, "exec", halite_proto::Outcome::Changed { changes }).await
+            };
+            if let Some(jid) = kept {
+                tracing::info!(agent, event = %event.id, cmd = %self.cmd, job = %jid, "Hook output kept in the job store.");
             }
-            Ok(format!("exec `{}`: exit 0", self.cmd))
+            Ok(format!("exec `{}`: exit 0{}", self.cmd, kept_in(kept)))
         })
     }
+}
+
+/// Where a hook's output was kept, for its event.
+fn kept_in(job: Option<halite_proto::Id>) -> String {
+    job.map_or_else(String::new, |jid| format!(" (output in job {jid}: `halite-master jobs {jid}`)"))
 }
 
 impl Exec {
@@ -198,7 +219,7 @@ mod tests {
     use halite_proto::Value;
 
     use super::*;
-    use crate::server::reactor::actions::test_context;
+    use crate::server::reactor::actions::test_context_with_store;
 
     fn tree_with_hook(script: &str, mode: u32) -> (tempfile::TempDir, StateTree) {
         let dir = tempfile::tempdir().unwrap();
@@ -243,8 +264,9 @@ mod tests {
             compile(&serde_json::json!({"cmd": "hooks/hook.sh 'an arg; $(rm -rf /)'", "timeout": timeout}), &tree)
                 .unwrap();
         let event = Event::new("halite/beacon/web01/cpu-hot", "web01", Value::map().with("state", "'; reboot"));
-        let context = test_context().await;
+        let context = test_context_with_store(&dir.path().join("halite.db")).await;
         let result = action.run(&context, "web01", &event).await.map_err(|e| e.to_string());
+        context.jobs.flush_store().await;
         (result, dir, event)
     }
 
@@ -287,10 +309,15 @@ env > env.txt
     }
 
     #[tokio::test]
-    async fn a_failing_hook_fails_the_action_with_its_stderr() {
-        let (result, _dir, _) = run("#!/bin/sh\necho 'no capacity left' >&2\nexit 3\n", "10s").await;
+    async fn a_failing_hook_fails_the_action_its_stderr_kept_in_the_store_not_in_the_error() {
+        let (result, dir, _) = run("#!/bin/sh\necho 'no capacity left' >&2\nexit 3\n", "10s").await;
         let error = result.unwrap_err();
-        assert!(error.contains("exit status: 3") && error.contains("no capacity left"), "{error}");
+        assert!(error.contains("exit status: 3") && !error.contains("no capacity left"), "{error}");
+        let jid = error.split("output in job ").nth(1).and_then(|t| t.split(':').next()).expect(&error);
+        let reader = crate::server::store::Reader::open(&dir.path().join("halite.db")).unwrap();
+        let (record, report) = reader.job(jid).unwrap().expect("the hook's job record");
+        assert_eq!(record.target, "master");
+        assert!(format!("{report:?}").contains("no capacity left"), "{report:?}");
     }
 
     /// A hook that leaves a background child holding its output finishes
@@ -300,7 +327,7 @@ env > env.txt
     async fn a_background_child_holding_the_output_does_not_hold_the_hook() {
         let cases = [
             ("#!/bin/sh\nsleep 30 &\necho hi\n", None),
-            ("#!/bin/sh\nsleep 30 &\necho 'no capacity left' >&2\nexit 3\n", Some("no capacity left")),
+            ("#!/bin/sh\nsleep 30 &\necho 'no capacity left' >&2\nexit 3\n", Some("exit status: 3")),
         ];
         for (script, error) in cases {
             let (result, _dir, _) = tokio::time::timeout(Duration::from_secs(10), run(script, "60s"))
@@ -308,7 +335,7 @@ env > env.txt
                 .expect("the hook waited for its background child");
             match (result, error) {
                 (Ok(done), None) => assert!(done.contains("exit 0"), "{done}"),
-                (Err(e), Some(wanted)) => assert!(e.contains("exit status: 3") && e.contains(wanted), "{e}"),
+                (Err(e), Some(wanted)) => assert!(e.contains(wanted), "{e}"),
                 (result, _) => panic!("{script}: {result:?}"),
             }
         }

@@ -213,6 +213,14 @@ pub(crate) async fn test_context() -> Context {
     Context { states: Arc::default(), jobs, bus, reactions: Arc::new(NoReactions), depth: 0 }
 }
 
+/// [`test_context`] whose jobs are recorded in a store at `path`.
+#[cfg(test)]
+pub(crate) async fn test_context_with_store(path: &std::path::Path) -> Context {
+    let context = test_context().await;
+    let store = crate::server::store::Store::open(path).unwrap();
+    Context { jobs: context.jobs.with_store(store), ..context }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,9 +30,10 @@ pub enum RunError {
     /// module words it).
     #[error("{0}")]
     Job(String),
-    /// The state's failure as the agent reported it (a string on the wire).
-    #[error("job {job}: `{cmd}` failed on {agent}: {error}")]
-    Failed { job: Id, cmd: String, agent: String, error: String },
+    /// The command failed. Its stderr is in the job's record, not here:
+    /// this error becomes a `failed` event, and the bus carries no output.
+    #[error("job {job}: `{cmd}` failed on {agent}; `halite-master jobs {job}` shows its output")]
+    Failed { job: Id, cmd: String, agent: String },
     /// No result: the agent's job runner died without a word.
     #[error("job {job}: {agent} returned no result for `{cmd}`")]
     NoResult { job: Id, cmd: String, agent: String },
@@ -92,12 +93,8 @@ impl Action for Run {
 /// What a job's result says of a `run`: its state failed, or no result
 /// came back (a panicking job is a failed job), or it ran.
 fn judge(job: Id, cmd: &str, agent: &str, result: &halite_proto::JobResult) -> Result<String, RunError> {
-    let failed = result.results.iter().find_map(|r| match &r.outcome {
-        halite_proto::Outcome::Failed { error } => Some(error.clone()),
-        _ => None,
-    });
-    match failed {
-        Some(error) => Err(RunError::Failed { job, cmd: cmd.to_owned(), agent: agent.to_owned(), error }),
+    match result.results.iter().find(|r| r.outcome.is_failed()) {
+        Some(_) => Err(RunError::Failed { job, cmd: cmd.to_owned(), agent: agent.to_owned() }),
         None if result.results.is_empty() => {
             Err(RunError::NoResult { job, cmd: cmd.to_owned(), agent: agent.to_owned() })
         }

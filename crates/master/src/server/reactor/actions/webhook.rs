@@ -96,11 +96,13 @@ pub enum WebhookError {
     #[error("cannot build the HTTP client: {0}")]
     Client(reqwest::Error),
     /// The endpoint refused the event for good.
-    #[error("webhook {url}: {why}")]
-    Refused { url: String, why: String },
+    /// `kept` names the job that holds the endpoint's answer, if any (it
+    /// is never published).
+    #[error("webhook {url}: {why}{kept}")]
+    Refused { url: String, why: String, kept: String },
     /// Every attempt failed.
-    #[error("webhook {url}: {why} (after {attempts} attempts)")]
-    GaveUp { url: String, why: String, attempts: u32 },
+    #[error("webhook {url}: {why} (after {attempts} attempts){kept}")]
+    GaveUp { url: String, why: String, attempts: u32, kept: String },
 }
 
 #[derive(Debug)]
@@ -236,17 +238,33 @@ fn compile(value: &serde_json::Value, tree: &StateTree) -> Result<Box<dyn Action
     }))
 }
 
-/// Why one attempt did not deliver, and whether another may.
+/// Why one attempt did not deliver, and whether another may. The text
+/// never holds the URL (its query may carry a token) nor the response body
+/// (kept in the store, see [`Failure::body`]).
 enum Attempt {
-    Retry(String),
-    Fail(String),
+    Retry(Failure),
+    Fail(Failure),
+}
+
+struct Failure {
+    why: String,
+    /// What the endpoint answered, clipped: kept in the job store, never
+    /// published.
+    body: Option<String>,
+}
+
+impl Failure {
+    fn new(why: String) -> Failure {
+        Failure { why, body: None }
+    }
 }
 
 impl Webhook {
     async fn attempt(&self, body: &[u8]) -> Result<reqwest::StatusCode, Attempt> {
         let mut request = self.client.post(self.url.clone()).body(body.to_vec());
         for (name, pieces) in &self.from_env {
-            let value = fill(name, pieces, |var| std::env::var(var).ok()).map_err(|e| Attempt::Fail(e.to_string()))?;
+            let value = fill(name, pieces, |var| std::env::var(var).ok())
+                .map_err(|e| Attempt::Fail(Failure::new(e.to_string())))?;
             request = request.header(name, value);
         }
         match request.send().await {
@@ -256,16 +274,19 @@ impl Webhook {
                     return Ok(status);
                 }
                 let text = response.text().await.unwrap_or_default();
-                let why = format!("answered {status}: {}", clip(text.trim(), 512));
+                let body = Some(clip(text.trim(), 512)).filter(|b| !b.is_empty());
+                let failure = Failure { why: format!("answered {status}"), body };
                 if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-                    Err(Attempt::Retry(why))
+                    Err(Attempt::Retry(failure))
                 } else {
-                    Err(Attempt::Fail(why))
+                    Err(Attempt::Fail(failure))
                 }
             }
             // `{:#}`-like chain: reqwest's own message is terse ("error
             // sending request"); the cause says refused, timed out, bad cert.
-            Err(error) => Err(Attempt::Retry(error_chain(&error))),
+            // reqwest's text names the whole URL, query (a token) and all:
+            // it is taken out first.
+            Err(error) => Err(Attempt::Retry(Failure::new(error_chain(&error.without_url())))),
         }
     }
 }
@@ -296,7 +317,7 @@ impl Action for Webhook {
 
     fn run<'a>(
         &'a self,
-        _context: &'a Context,
+        context: &'a Context,
         agent: &'a str,
         event: &'a Event,
     ) -> BoxFuture<'a, Result<String, ActionError>> {
@@ -304,22 +325,34 @@ impl Action for Webhook {
             let body = event.to_json().to_string().into_bytes();
             let mut attempt = 0;
             loop {
-                match self.attempt(&body).await {
+                let (failure, attempts) = match self.attempt(&body).await {
                     Ok(status) => return Ok(format!("POST {}: {status}", self.shown)),
-                    Err(Attempt::Fail(why)) => {
-                        return Err(WebhookError::Refused { url: self.shown.clone(), why }.into());
-                    }
-                    Err(Attempt::Retry(why)) if attempt >= self.retries => {
-                        let attempts = attempt + 1;
-                        return Err(WebhookError::GaveUp { url: self.shown.clone(), why, attempts }.into());
-                    }
-                    Err(Attempt::Retry(why)) => {
+                    Err(Attempt::Fail(failure)) => (failure, None),
+                    Err(Attempt::Retry(failure)) if attempt >= self.retries => (failure, Some(attempt + 1)),
+                    Err(Attempt::Retry(Failure { why, .. })) => {
                         attempt += 1;
                         let wait = BACKOFF.delay(attempt - 1);
                         tracing::info!(agent, event = %event.id, url = %self.shown, error = %why, attempt, ?wait, "Webhook failed; retrying.");
                         tokio::time::sleep(wait).await;
+                        continue;
                     }
+                };
+                let kept = match failure.body {
+                    None => String::new(),
+                    Some(body) => {
+                        let outcome = halite_proto::Outcome::Failed { error: format!("{}: {body}", failure.why) };
+                        match context.jobs.record_on_master(event.id, "webhook", outcome).await {
+                            Some(jid) => format!("; response body in job {jid} (`halite-master jobs {jid}`)"),
+                            None => String::new(),
+                        }
+                    }
+                };
+                let (url, why) = (self.shown.clone(), failure.why);
+                return Err(match attempts {
+                    None => WebhookError::Refused { url, why, kept },
+                    Some(attempts) => WebhookError::GaveUp { url, why, attempts, kept },
                 }
+                .into());
             }
         })
     }
