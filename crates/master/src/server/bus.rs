@@ -88,7 +88,7 @@ impl Bus {
         let path = endpoint.strip_prefix("ipc://").map(std::path::Path::new);
         if let Some(path) = path {
             // A socket left by a master that crashed; the data dir is ours.
-            let _ = std::fs::remove_file(path);
+            let _ = tokio::fs::remove_file(path).await;
         }
         let bound = socket
             .bind(endpoint)
@@ -96,7 +96,8 @@ impl Bus {
             .map_err(|e| anyhow::anyhow!("cannot bind the event publisher on {endpoint}: {e}"))?;
         if let Some(path) = path {
             use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .await
                 .map_err(|e| anyhow::anyhow!("cannot make the event publisher {} owner-only: {e}", path.display()))?;
         }
         if beyond_loopback(endpoint) {
