@@ -230,6 +230,9 @@ pub enum Command {
     /// FILE is one self-contained SQLite file, owner-only. To restore: stop
     /// the master, copy FILE to <data_dir>/halite.db, remove
     /// <data_dir>/halite.db-wal, start the master.
+    #[command(after_help = "Examples:
+  halite-master backup /srv/backups/halite-$(date +%F).db
+  halite-master backup --config /etc/halite/master.yaml /tmp/halite.db")]
     Backup {
         /// Where to write the copy (replaced if it exists).
         file: PathBuf,

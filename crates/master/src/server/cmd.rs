@@ -93,7 +93,7 @@ pub async fn serve<W: AsyncWriteExt + Unpin>(master: &Master, request: CmdReques
                     }
                     None => no_answer(agent, jid, "the agent returned no result".into()),
                 },
-                Err(error) => no_answer(agent, jid, error),
+                Err(error) => no_answer(agent, jid, error.to_string()),
             };
             let _ = answers.send(line).await;
         });
@@ -104,6 +104,8 @@ pub async fn serve<W: AsyncWriteExt + Unpin>(master: &Master, request: CmdReques
             connected = write_line(out, &line).await;
         }
     }
+    // Done once every answer is in the store: `jobs` run next shows them.
+    master.jobs.flush_store().await;
     if connected {
         let _ = write_line(out, &CmdLine::Done).await;
     }

@@ -130,6 +130,17 @@ pub struct UnexpectedResult {
     pub job: Id,
 }
 
+/// Why a job brought no result back; names the job and the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("job {jid}: {source}")]
+    Send { jid: Id, source: crate::server::sessions::SendError },
+    #[error("job {jid}: agent `{agent}` went away before answering (a result it kept is published when it is back)")]
+    Gone { jid: Id, agent: String },
+    #[error("job {jid}: agent `{agent}` did not answer within {timeout:?}")]
+    NoAnswer { jid: Id, agent: String, timeout: Duration },
+}
+
 #[derive(Debug, Clone)]
 pub struct Jobs {
     sessions: Sessions,
@@ -223,7 +234,7 @@ impl Jobs {
 
     /// Sends `job` to `agent` and waits for its result. Announces the job
     /// (`halite/job/<jid>/new`) and its return (`…/ret/<agent>`) on the bus.
-    pub async fn run(&self, agent: &str, job: Job) -> Result<JobResult, String> {
+    pub async fn run(&self, agent: &str, job: Job) -> Result<JobResult, JobError> {
         let origin = Origin::of(&job, agent, self.reactor.as_deref());
         self.run_with(agent, job, origin, self.timeout).await
     }
@@ -235,7 +246,7 @@ impl Jobs {
         job: Job,
         origin: Origin,
         timeout: Duration,
-    ) -> Result<JobResult, String> {
+    ) -> Result<JobResult, JobError> {
         let jid = job.id;
         if let Some(store) = &self.store {
             let record = JobRecord {
@@ -265,21 +276,19 @@ impl Jobs {
         self.bus.publish(announce);
         tracing::info!(agent, job = %jid, cause = %job.cause_event.map_or_else(|| "none".to_owned(), |c| c.to_string()), "Job sent.");
         let outcome = match self.sessions.send(agent, &MasterMessage::Job(job)).await {
-            Err(error) => Err(error),
+            Err(source) => Err(JobError::Send { jid, source }),
             Ok(()) => match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(result)) => Ok(result),
                 // Dropped by `agent_gone`.
-                Ok(Err(_)) => Err(format!(
-                    "job {jid}: agent `{agent}` went away before answering (a result it kept is published when it is back)"
-                )),
-                Err(_) => Err(format!("job {jid}: agent `{agent}` did not answer within {timeout:?}")),
+                Ok(Err(_)) => Err(JobError::Gone { jid, agent: agent.to_owned() }),
+                Err(_) => Err(JobError::NoAnswer { jid, agent: agent.to_owned(), timeout }),
             },
         };
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(jid);
         // An answer is stored where it arrives (`take_result`), before the
         // agent is acknowledged.
         if let (Some(store), Err(error)) = (&self.store, &outcome) {
-            store.no_answer(&jid.to_string(), agent, error).await;
+            store.no_answer(&jid.to_string(), agent, &error.to_string()).await;
         }
         outcome
     }
@@ -314,8 +323,8 @@ impl Jobs {
         Some(jid)
     }
 
-    /// Returns once every job record written before is committed (tests).
-    #[cfg(test)]
+    /// Returns once every job record written before is committed (`cmd`
+    /// answers its operator after it, so `jobs` run next shows the runs).
     pub async fn flush_store(&self) {
         if let Some(store) = &self.store {
             store.flush().await;

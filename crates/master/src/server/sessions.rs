@@ -121,6 +121,22 @@ impl Table {
     }
 }
 
+/// Why a message could not be sent to an agent.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("agent `{agent}` is not connected")]
+    NotConnected { agent: String },
+    #[error("the session is gone")]
+    Gone,
+    #[error("cannot seal the message: {0}")]
+    Seal(halite_link::LinkError),
+    #[error("an empty message")]
+    Empty,
+    /// The peer's queue is full (it is disconnected) or the link stopped.
+    #[error("{0}")]
+    Transport(zeromq::ZmqError),
+}
+
 #[derive(Clone)]
 pub struct Sessions {
     table: Arc<Mutex<Table>>,
@@ -370,27 +386,31 @@ impl Sessions {
     }
 
     /// Sends to an agent's accepted session.
-    pub async fn send(&self, agent: &str, message: &MasterMessage) -> Result<(), String> {
-        let peer =
-            self.lock().by_agent.get(agent).cloned().ok_or_else(|| format!("agent `{agent}` is not connected"))?;
+    pub async fn send(&self, agent: &str, message: &MasterMessage) -> Result<(), SendError> {
+        let peer = self
+            .lock()
+            .by_agent
+            .get(agent)
+            .cloned()
+            .ok_or_else(|| SendError::NotConnected { agent: agent.to_owned() })?;
         self.send_to_peer(peer, message).await
     }
 
     /// Seals and sends to whatever session is on `peer`.
-    pub async fn send_to_peer(&self, peer: Bytes, message: &MasterMessage) -> Result<(), String> {
-        let sealer = self.lock().by_peer.get(&peer).map(|s| s.sealer.clone()).ok_or("the session is gone")?;
+    pub async fn send_to_peer(&self, peer: Bytes, message: &MasterMessage) -> Result<(), SendError> {
+        let sealer = self.lock().by_peer.get(&peer).map(|s| s.sealer.clone()).ok_or(SendError::Gone)?;
         let mut sealer = sealer.lock().await;
-        let chunks = sealer.seal(&halite_proto::encode(message)).map_err(|e| e.to_string())?;
+        let chunks = sealer.seal(&halite_proto::encode(message)).map_err(SendError::Seal)?;
         self.send_raw(peer, Envelope::sealed(chunks)).await
     }
 
     /// Sends frames as they are (handshake messages).
-    pub async fn send_raw(&self, peer: Bytes, frames: Vec<Vec<u8>>) -> Result<(), String> {
+    pub async fn send_raw(&self, peer: Bytes, frames: Vec<Vec<u8>>) -> Result<(), SendError> {
         let mut all: Vec<Bytes> = Vec::with_capacity(frames.len() + 1);
         all.push(peer);
         all.extend(frames.into_iter().map(Bytes::from));
-        let message = ZmqMessage::try_from(all).map_err(|e| format!("{e:?}"))?;
-        self.sender.clone().send(message).await.map_err(|e| e.to_string())
+        let message = ZmqMessage::try_from(all).map_err(|_| SendError::Empty)?;
+        self.sender.clone().send(message).await.map_err(SendError::Transport)
     }
 
     /// The version the agent on `peer` said in its hello.

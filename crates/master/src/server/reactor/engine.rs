@@ -241,7 +241,7 @@ impl Worker {
                     Ok(states) => {
                         let job = Job { id: Id::new(), cause_event: None, test: false, states };
                         let origin = crate::server::jobs::Origin::connected(&self.agent);
-                        jobs.run_with(&self.agent, job, origin, jobs.timeout()).await
+                        jobs.run_with(&self.agent, job, origin, jobs.timeout()).await.map_err(|e| e.to_string())
                     }
                     Err(diagnostics) => Err(diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")),
                 };

@@ -30,8 +30,8 @@ pub enum ApplyError {
     Render { diagnostics: Vec<halite_state::Diagnostic> },
     /// The job did not reach the agent or no result came back (the jobs
     /// module words it).
-    #[error("{0}")]
-    Job(String),
+    #[error(transparent)]
+    Job(crate::server::jobs::JobError),
     #[error("job {job}: {failed} of {total} states failed")]
     Failed { job: Id, failed: usize, total: usize },
     /// Fewer results than states: the agent lost some (its job runner

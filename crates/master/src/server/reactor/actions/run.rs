@@ -28,8 +28,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum RunError {
     /// The job did not reach the agent or no result came back (the jobs
     /// module words it).
-    #[error("{0}")]
-    Job(String),
+    #[error(transparent)]
+    Job(crate::server::jobs::JobError),
     /// The command failed. Its stderr is in the job's record, not here:
     /// this error becomes a `failed` event, and the bus carries no output.
     #[error("job {job}: `{cmd}` failed on {agent}; `halite-master jobs {job}` shows its output")]
@@ -148,7 +148,9 @@ mod tests {
         let panicked = Outcome::Failed { error: "the agent's job runner panicked: boom".into() };
         let cases = [
             (vec![state(Outcome::Changed { changes: vec![] })], Ok("ran `true`")),
-            (vec![state(panicked)], Err("failed on web01: the agent's job runner panicked")),
+            // The agent's words are in the job's record, not in the error
+            // (it becomes a `failed` event: no output on the bus).
+            (vec![state(panicked)], Err("`true` failed on web01; `halite-master jobs")),
             (vec![], Err("web01 returned no result")),
         ];
         for (results, expected) in cases {
