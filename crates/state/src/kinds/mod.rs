@@ -25,8 +25,16 @@ pub mod cmd_run;
 #[cfg(any(test, feature = "example-kinds"))]
 pub mod example_file;
 pub mod file_absent;
+pub mod file_append;
+pub mod file_blockreplace;
+pub mod file_copy;
 pub mod file_directory;
+pub mod file_exists;
+pub mod file_line;
 pub mod file_managed;
+pub mod file_missing;
+pub mod file_prepend;
+pub mod file_replace;
 pub mod file_symlink;
 pub mod pkg_installed;
 pub mod service_dead;
@@ -37,8 +45,16 @@ pub mod service_running;
 pub static KINDS: &[&Kind] = &[
     &cmd_run::KIND,
     &file_absent::KIND,
+    &file_append::KIND,
+    &file_blockreplace::KIND,
+    &file_copy::KIND,
     &file_directory::KIND,
+    &file_exists::KIND,
+    &file_line::KIND,
     &file_managed::KIND,
+    &file_missing::KIND,
+    &file_prepend::KIND,
+    &file_replace::KIND,
     &file_symlink::KIND,
     &pkg_installed::KIND,
     &service_dead::KIND,
@@ -52,8 +68,16 @@ pub static KINDS: &[&Kind] = &[
     &cmd_run::KIND,
     &example_file::KIND,
     &file_absent::KIND,
+    &file_append::KIND,
+    &file_blockreplace::KIND,
+    &file_copy::KIND,
     &file_directory::KIND,
+    &file_exists::KIND,
+    &file_line::KIND,
     &file_managed::KIND,
+    &file_missing::KIND,
+    &file_prepend::KIND,
+    &file_replace::KIND,
     &file_symlink::KIND,
     &pkg_installed::KIND,
     &service_dead::KIND,
