@@ -34,6 +34,7 @@ pub mod file_line;
 pub mod file_managed;
 pub mod file_missing;
 pub mod file_prepend;
+pub mod file_recurse;
 pub mod file_replace;
 pub mod file_symlink;
 pub mod pkg_installed;
@@ -54,6 +55,7 @@ pub static KINDS: &[&Kind] = &[
     &file_managed::KIND,
     &file_missing::KIND,
     &file_prepend::KIND,
+    &file_recurse::KIND,
     &file_replace::KIND,
     &file_symlink::KIND,
     &pkg_installed::KIND,
@@ -77,6 +79,7 @@ pub static KINDS: &[&Kind] = &[
     &file_managed::KIND,
     &file_missing::KIND,
     &file_prepend::KIND,
+    &file_recurse::KIND,
     &file_replace::KIND,
     &file_symlink::KIND,
     &pkg_installed::KIND,
@@ -352,6 +355,9 @@ mod tests {
         for kind in KINDS {
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(dir.path().join("example.yaml"), kind.example).unwrap();
+            // The directory examples may copy from the tree (file.recurse).
+            std::fs::create_dir_all(dir.path().join("files/www")).unwrap();
+            std::fs::write(dir.path().join("files/www/index.html"), "<h1>example</h1>\n").unwrap();
             let (tree, diagnostics) = crate::StateTree::load(dir.path());
             assert!(diagnostics.is_empty(), "{}: {diagnostics:?}", kind.name);
             assert!(!tree.files["example"].states.is_empty(), "{} example declares no state", kind.name);
