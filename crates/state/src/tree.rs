@@ -68,8 +68,6 @@ const SALT_FUNCTIONS: &[(&str, &str)] = &[
     ("pkg.purged", "use cmd.run with `apt-get purge` and `onlyif: dpkg -s <name>`"),
     ("pkg.removed", "use cmd.run with `apt-get remove` and `onlyif: dpkg -s <name>`"),
     ("pkgrepo.managed", "manage the sources entry with file.managed"),
-    ("service.disabled", "use service.dead with `enable: false`"),
-    ("service.enabled", "use service.running with `enable: true`"),
     ("user.absent", "use cmd.run with `userdel` and `onlyif: id <name>`"),
     ("user.present", "use cmd.run with `useradd` and `unless: id <name>`"),
 ];

@@ -39,6 +39,8 @@ pub mod file_replace;
 pub mod file_symlink;
 pub mod pkg_installed;
 pub mod service_dead;
+pub mod service_disabled;
+pub mod service_enabled;
 pub mod service_running;
 
 /// Every state kind halite knows. Keep sorted by name.
@@ -60,6 +62,8 @@ pub static KINDS: &[&Kind] = &[
     &file_symlink::KIND,
     &pkg_installed::KIND,
     &service_dead::KIND,
+    &service_disabled::KIND,
+    &service_enabled::KIND,
     &service_running::KIND,
 ];
 
@@ -84,6 +88,8 @@ pub static KINDS: &[&Kind] = &[
     &file_symlink::KIND,
     &pkg_installed::KIND,
     &service_dead::KIND,
+    &service_disabled::KIND,
+    &service_enabled::KIND,
     &service_running::KIND,
 ];
 
