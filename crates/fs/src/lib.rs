@@ -426,6 +426,27 @@ impl Dir {
         Ok(names)
     }
 
+    /// Writes `content` into the existing regular file `name`, in place
+    /// (truncated first): for kernel interfaces such as `/proc/sys`,
+    /// which cannot be replaced by a rename. A link at `name` is
+    /// [`FsError::Link`]; nothing is created.
+    pub fn write_in_place(&self, name: &OsStr, content: &[u8]) -> Result<(), FsError> {
+        use std::io::Write;
+        let path = self.join(name);
+        let flags = OFlag::O_WRONLY | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+        let fd = match nix::fcntl::openat(&self.fd, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ELOOP) => return Err(FsError::Link { path }),
+            Err(e) => return Err(FsError::io("open for writing", path, e)),
+        };
+        let mut file = File::from(fd);
+        let stat = nix::sys::stat::fstat(&file).map(stat_of).map_err(|e| FsError::io("inspect", &path, e))?;
+        if stat.file_type != FileType::File {
+            return Err(FsError::WrongType { path, found: stat.file_type.describe(), expected: "regular file" });
+        }
+        file.write_all(content).map_err(|e| FsError::std("write", &path, e))
+    }
+
     /// Replaces `name` with `content`, atomically (the module doc's rule).
     /// `name` may be a link: the link is replaced, not written through.
     pub fn write_atomic(&self, name: &OsStr, content: &mut dyn Read, perms: Perms) -> Result<(), FsError> {
@@ -896,6 +917,20 @@ mod tests {
         std::fs::write(dir.path().join("big"), "0123456789").unwrap();
         assert!(matches!(Editable::read(&dir.path().join("big"), 9), Err(FsError::TooLarge { .. })));
         assert!(Editable::read(&dir.path().join("big"), 10).is_ok());
+    }
+
+    #[test]
+    fn an_in_place_write_never_follows_a_link_nor_creates() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("value"), "60\n").unwrap();
+        std::fs::write(dir.path().join("secret"), "root only").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), dir.path().join("link")).unwrap();
+        let opened = Dir::open(dir.path()).unwrap();
+        opened.write_in_place(OsStr::new("value"), b"10\n").unwrap();
+        assert_eq!(std::fs::read(dir.path().join("value")).unwrap(), b"10\n");
+        assert!(matches!(opened.write_in_place(OsStr::new("link"), b"x"), Err(FsError::Link { .. })));
+        assert_eq!(std::fs::read(dir.path().join("secret")).unwrap(), b"root only");
+        assert!(opened.write_in_place(OsStr::new("missing"), b"x").unwrap_err().is_not_found());
     }
 
     #[test]

@@ -22,6 +22,8 @@ use crate::env::{ApplyEnv, ManagedFile};
 use crate::yaml::Fields;
 
 pub mod cmd_run;
+pub mod cron_absent;
+pub mod cron_present;
 #[cfg(any(test, feature = "example-kinds"))]
 pub mod example_file;
 pub mod file_absent;
@@ -37,16 +39,22 @@ pub mod file_prepend;
 pub mod file_recurse;
 pub mod file_replace;
 pub mod file_symlink;
+pub mod host_absent;
+pub mod host_present;
 pub mod pkg_installed;
 pub mod service_dead;
 pub mod service_disabled;
 pub mod service_enabled;
 pub mod service_running;
+pub mod sysctl_present;
+pub mod timezone_system;
 
 /// Every state kind halite knows. Keep sorted by name.
 #[cfg(not(any(test, feature = "example-kinds")))]
 pub static KINDS: &[&Kind] = &[
     &cmd_run::KIND,
+    &cron_absent::KIND,
+    &cron_present::KIND,
     &file_absent::KIND,
     &file_append::KIND,
     &file_blockreplace::KIND,
@@ -60,11 +68,15 @@ pub static KINDS: &[&Kind] = &[
     &file_recurse::KIND,
     &file_replace::KIND,
     &file_symlink::KIND,
+    &host_absent::KIND,
+    &host_present::KIND,
     &pkg_installed::KIND,
     &service_dead::KIND,
     &service_disabled::KIND,
     &service_enabled::KIND,
     &service_running::KIND,
+    &sysctl_present::KIND,
+    &timezone_system::KIND,
 ];
 
 /// The same, with the example file-like kind the tests of other crates
@@ -72,6 +84,8 @@ pub static KINDS: &[&Kind] = &[
 #[cfg(any(test, feature = "example-kinds"))]
 pub static KINDS: &[&Kind] = &[
     &cmd_run::KIND,
+    &cron_absent::KIND,
+    &cron_present::KIND,
     &example_file::KIND,
     &file_absent::KIND,
     &file_append::KIND,
@@ -86,11 +100,15 @@ pub static KINDS: &[&Kind] = &[
     &file_recurse::KIND,
     &file_replace::KIND,
     &file_symlink::KIND,
+    &host_absent::KIND,
+    &host_present::KIND,
     &pkg_installed::KIND,
     &service_dead::KIND,
     &service_disabled::KIND,
     &service_enabled::KIND,
     &service_running::KIND,
+    &sysctl_present::KIND,
+    &timezone_system::KIND,
 ];
 
 pub fn find(name: &str) -> Option<&'static Kind> {
