@@ -61,14 +61,11 @@ const SALT_FUNCTIONS: &[(&str, &str)] = &[
     ("file.accumulated", "collect the lines in one file.blockreplace, or render them into the file.managed template"),
     ("file.touch", "use file.managed with `contents: \"\"` or file.append"),
     ("git.latest", "use cmd.run with `git` and `unless`"),
-    ("group.present", "use cmd.run with `groupadd` and `unless: getent group <name>`"),
     ("module.run", "run the module's command with cmd.run"),
     ("pkg.latest", "use pkg.installed with a version"),
     ("pkg.purged", "use cmd.run with `apt-get purge` and `onlyif: dpkg -s <name>`"),
     ("pkg.removed", "use cmd.run with `apt-get remove` and `onlyif: dpkg -s <name>`"),
     ("pkgrepo.managed", "manage the sources entry with file.managed"),
-    ("user.absent", "use cmd.run with `userdel` and `onlyif: id <name>`"),
-    ("user.present", "use cmd.run with `useradd` and `unless: id <name>`"),
 ];
 
 /// The known kinds close to `name` (a typo's likely meaning): within two

@@ -39,6 +39,8 @@ pub mod file_prepend;
 pub mod file_recurse;
 pub mod file_replace;
 pub mod file_symlink;
+pub mod group_absent;
+pub mod group_present;
 pub mod host_absent;
 pub mod host_present;
 pub mod pkg_installed;
@@ -48,6 +50,8 @@ pub mod service_enabled;
 pub mod service_running;
 pub mod sysctl_present;
 pub mod timezone_system;
+pub mod user_absent;
+pub mod user_present;
 
 /// Every state kind halite knows. Keep sorted by name.
 #[cfg(not(any(test, feature = "example-kinds")))]
@@ -68,6 +72,8 @@ pub static KINDS: &[&Kind] = &[
     &file_recurse::KIND,
     &file_replace::KIND,
     &file_symlink::KIND,
+    &group_absent::KIND,
+    &group_present::KIND,
     &host_absent::KIND,
     &host_present::KIND,
     &pkg_installed::KIND,
@@ -77,6 +83,8 @@ pub static KINDS: &[&Kind] = &[
     &service_running::KIND,
     &sysctl_present::KIND,
     &timezone_system::KIND,
+    &user_absent::KIND,
+    &user_present::KIND,
 ];
 
 /// The same, with the example file-like kind the tests of other crates
@@ -100,6 +108,8 @@ pub static KINDS: &[&Kind] = &[
     &file_recurse::KIND,
     &file_replace::KIND,
     &file_symlink::KIND,
+    &group_absent::KIND,
+    &group_present::KIND,
     &host_absent::KIND,
     &host_present::KIND,
     &pkg_installed::KIND,
@@ -109,6 +119,8 @@ pub static KINDS: &[&Kind] = &[
     &service_running::KIND,
     &sysctl_present::KIND,
     &timezone_system::KIND,
+    &user_absent::KIND,
+    &user_present::KIND,
 ];
 
 pub fn find(name: &str) -> Option<&'static Kind> {
