@@ -56,10 +56,14 @@ enum EnvConfig {
 }
 
 fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
-    let config: Config = state.decode(KIND.name)?;
+    resolve_command(state, KIND.name)
+}
+
+/// Resolves `cmd.run`'s arguments for `kind` (`cmd.wait` takes the same).
+pub(crate) fn resolve_command(state: &Authored<'_>, kind: &str) -> Result<Value, Vec<Problem>> {
+    let config: Config = state.decode(kind)?;
     let mut problems = Vec::new();
-    let problem =
-        |key: &str, message: String| Problem::new(state.at(key), format!("cmd.run `{}`: {message}", state.id));
+    let problem = |key: &str, message: String| Problem::new(state.at(key), format!("{kind} `{}`: {message}", state.id));
 
     let name = match config.name.unwrap_or_else(|| OneOrMany::One(state.id.to_owned())) {
         OneOrMany::One(line) => {
@@ -160,7 +164,7 @@ struct RunPlan {
     path: Option<std::ffi::OsString>,
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+pub(crate) fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
     let spec = spec(args.get("name").unwrap_or(&Value::Null), args)?;
     let probe = |line: &str| -> Result<bool, String> {
         let probe = spec_for_probe(line, args)?;

@@ -93,9 +93,8 @@ fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
         }
     };
     wanted.dedup();
-    if let Some(missing) = wanted.iter().find(|u| accounts.user(u).is_none() && !now.contains(u)) {
-        return Err(format!("group `{name}`: no user `{missing}`"));
-    }
+    // A user missing now may be made earlier in the job; gpasswd says so
+    // if it is still missing.
     let (mut sorted_now, mut sorted_wanted) = (now.clone(), wanted.clone());
     sorted_now.sort();
     sorted_wanted.sort();

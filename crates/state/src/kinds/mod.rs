@@ -22,6 +22,7 @@ use crate::env::{ApplyEnv, ManagedFile};
 use crate::yaml::Fields;
 
 pub mod cmd_run;
+pub mod cmd_wait;
 pub mod cron_absent;
 pub mod cron_present;
 #[cfg(any(test, feature = "example-kinds"))]
@@ -57,6 +58,7 @@ pub mod user_present;
 #[cfg(not(any(test, feature = "example-kinds")))]
 pub static KINDS: &[&Kind] = &[
     &cmd_run::KIND,
+    &cmd_wait::KIND,
     &cron_absent::KIND,
     &cron_present::KIND,
     &file_absent::KIND,
@@ -92,6 +94,7 @@ pub static KINDS: &[&Kind] = &[
 #[cfg(any(test, feature = "example-kinds"))]
 pub static KINDS: &[&Kind] = &[
     &cmd_run::KIND,
+    &cmd_wait::KIND,
     &cron_absent::KIND,
     &cron_present::KIND,
     &example_file::KIND,
