@@ -10,6 +10,7 @@ mod full_disk;
 mod hardening;
 mod interop;
 mod interrupted_restores;
+mod kinds;
 mod link;
 mod local_attack;
 mod reactors;

@@ -77,3 +77,18 @@ pub fn at_path(call: &StateCall, path: &Path) -> StateCall {
     call.args = call.args.clone().with("path", path.to_str().unwrap());
     call
 }
+
+/// tests/salt/kinds.sls, every kind of issue #19 in Salt's form, loads
+/// unchanged (tests/e2e/kinds.rs applies it).
+#[test]
+fn the_salt_form_file_of_the_new_kinds_loads_unchanged() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/salt");
+    let (tree, diagnostics) = StateTree::load(&dir);
+    assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+    let kinds: std::collections::BTreeSet<&str> =
+        tree.files["kinds"].states.iter().map(|s| s.call.kind.as_str()).collect();
+    for kind in crate::kinds::names() {
+        let old = ["cmd.run", "file.absent", "file.directory", "file.symlink", "pkg.installed", "service.dead"];
+        assert!(old.contains(&kind) || kinds.contains(kind), "tests/salt/kinds.sls does not use {kind}");
+    }
+}

@@ -1,0 +1,140 @@
+//! The state kinds of issue #19 on a real agent: tests/salt/kinds.sls (in
+//! Salt's form) applied with `halite-agent apply --local --root` to a
+//! throwaway root holding the files, account database, /proc/sys values
+//! and zoneinfo they act on, with a stand-in `systemctl` first on PATH
+//! (the shadow tools run for real, `--root` into the throwaway root).
+//! Test mode changes nothing; the first run changes every state that has
+//! something to do; the second run changes nothing. Nothing on this
+//! machine outside the temporary directory is touched.
+
+use std::path::{Path, PathBuf};
+
+use halite_e2e::CommandOutput;
+
+fn salt_tree() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("salt")
+}
+
+/// What the states find on a fresh host: some to change, some to leave.
+fn prepare_root(root: &Path) {
+    let files: &[(&str, &str)] = &[
+        ("etc/ssh/sshd_config", "Port 22\n#PermitRootLogin prohibit-password\n"),
+        ("etc/motd", "Welcome\n"),
+        ("etc/hosts", "127.0.0.1\tlocalhost\n10.0.0.9\told-db db9\n"),
+        ("etc/security/limits.conf", "# limits\n# End of defaults\n"),
+        ("usr/share/app/app.conf.example", "port = 80\n"),
+        ("etc/ssl/site.pem", "CERT\n"),
+        ("srv/www/stale.html", "old\n"),
+        ("proc/sys/vm/swappiness", "60\n"),
+        ("usr/share/zoneinfo/Europe/Berlin", "TZif2\n"),
+        ("usr/share/zoneinfo/Etc/UTC", "TZif2\n"),
+        ("etc/timezone", "Etc/UTC\n"),
+        ("etc/passwd", "root:x:0:0:root:/root:/bin/bash\nolduser:x:1700:100::/nonexistent:/usr/sbin/nologin\n"),
+        ("etc/group", "root:x:0:\nusers:x:100:\ncrontab:x:107:\noldgroup:x:3000:\n"),
+        ("etc/shadow", "root:*:19000:0:99999:7:::\nolduser:*:19000:0:99999:7:::\n"),
+        ("etc/gshadow", "root:*::\nusers:*::\ncrontab:*::\noldgroup:*::\n"),
+        (
+            "var/spool/cron/crontabs/root",
+            "# Lines below here are managed by Salt, do not edit\n# SALT_CRON_IDENTIFIER:/usr/local/bin/old-backup\n0 3 * * * /usr/local/bin/old-backup\n",
+        ),
+    ];
+    for (path, content) in files {
+        let path = root.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    std::fs::create_dir_all(root.join("home")).unwrap();
+    std::os::unix::fs::symlink("/usr/share/zoneinfo/Etc/UTC", root.join("etc/localtime")).unwrap();
+}
+
+/// `systemctl` keeping units in `<dir>/state/{active,enabled}/<unit>`.
+fn stand_in_systemctl(dir: &Path) -> PathBuf {
+    let bin = dir.join("bin");
+    for sub in ["bin", "state/active", "state/enabled"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    let state = dir.join("state").display().to_string();
+    let script = format!(
+        "#!/bin/sh\nS={state}\nverb=$1; unit=$2\ncase $verb in\n  is-active) test -e \"$S/active/$unit\" ;;\n  is-enabled) test -e \"$S/enabled/$unit\" ;;\n  start|restart|reload) touch \"$S/active/$unit\" ;;\n  stop) rm -f \"$S/active/$unit\" ;;\n  enable) touch \"$S/enabled/$unit\" ;;\n  disable) rm -f \"$S/enabled/$unit\" ;;\n  *) exit 2 ;;\nesac\n"
+    );
+    let path = bin.join("systemctl");
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(dir.join("state/enabled/cups"), "").unwrap();
+    bin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_new_kind_applies_once_then_changes_nothing() {
+    if !nix::unistd::geteuid().is_root() {
+        // useradd/groupadd --root chroot(2) into the root: root only.
+        panic!(
+            "this test applies user.present with useradd --root, which needs root (run the e2e tests as root, as CI does)"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    prepare_root(&root);
+    let bin = stand_in_systemctl(dir.path());
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let binaries = halite_e2e::binaries();
+    let run = |extra: &[&str]| {
+        let mut command = halite_e2e::process(&binaries.agent);
+        command
+            .current_dir(dir.path())
+            .env("PATH", &path)
+            .args(["apply", "--local"])
+            .arg(salt_tree())
+            .arg("kinds")
+            .args(["--id", "web01", "--root"])
+            .arg(&root)
+            .args(["--config", "/nonexistent/agent.yaml", "--json"])
+            .args(extra);
+        CommandOutput::of(command)
+    };
+    let states = 24;
+
+    let test = run(&["--test"]).await.unwrap();
+    let json = test.json().unwrap();
+    assert_eq!(json["summary"]["failed_states"], 0, "{test:?}");
+    assert_eq!(json["summary"]["would_change"], states - 2, "all but file.exists and file.missing: {json}");
+    assert_eq!(std::fs::read_to_string(root.join("etc/motd")).unwrap(), "Welcome\n", "--test changed a file");
+    assert!(!root.join("srv/www/index.html").exists(), "--test changed a file");
+    assert!(std::fs::read_to_string(root.join("etc/passwd")).unwrap().contains("olduser"), "--test removed a user");
+
+    let first = run(&[]).await.unwrap();
+    let json = first.json().unwrap();
+    assert_eq!(first.code, 0, "{first:?}");
+    assert_eq!(json["summary"]["changed"], states - 2, "{json}");
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    assert_eq!(read("etc/ssh/sshd_config"), "Port 22\nPermitRootLogin no\n");
+    assert_eq!(read("etc/motd"), "# managed by halite\nWelcome\n");
+    assert_eq!(
+        read("etc/hosts"),
+        "127.0.0.1\tlocalhost\n10.0.0.9\tdb9\n# BEGIN internal\n10.0.0.7 cache\n# END internal\n10.0.0.5\tdb.internal\n"
+    );
+    assert_eq!(read("etc/security/limits.conf"), "# limits\n# End of defaults\n*  soft  nofile  65536\n");
+    assert_eq!(read("etc/app/app.conf"), "port = 80\n");
+    assert_eq!(read("etc/app/extra.conf"), "workers = 4\n");
+    assert_eq!(read("srv/www/css/site.css"), "body { margin: 0 }\n");
+    assert!(!root.join("srv/www/stale.html").exists() && !root.join("srv/www/index.html.bak").exists());
+    assert_eq!(read("proc/sys/vm/swappiness"), "10\n");
+    assert_eq!(read("etc/sysctl.d/99-salt.conf"), "vm.swappiness = 10\n");
+    assert!(
+        read("var/spool/cron/crontabs/root").ends_with(
+            "# SALT_CRON_IDENTIFIER:/usr/local/bin/backup --quiet\n30 2 * * * /usr/local/bin/backup --quiet\n"
+        )
+    );
+    assert!(!read("var/spool/cron/crontabs/root").contains("old-backup"));
+    assert_eq!(std::fs::read_link(root.join("etc/localtime")).unwrap(), Path::new("/usr/share/zoneinfo/Europe/Berlin"));
+    assert!(read("etc/passwd").contains("deploy:x:1500:") && !read("etc/passwd").contains("olduser"));
+    assert!(read("etc/group").contains("devs:x:2000:deploy") && !read("etc/group").contains("oldgroup"));
+    assert!(dir.path().join("state/enabled/chrony").exists() && !dir.path().join("state/enabled/cups").exists());
+    assert!(dir.path().join("state/active/nginx").exists());
+
+    let again = run(&[]).await.unwrap();
+    let json = again.json().unwrap();
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(json["summary"]["unchanged"], states, "a second run changed something: {json}");
+}
