@@ -92,3 +92,16 @@ fn the_salt_form_file_of_the_new_kinds_loads_unchanged() {
         assert!(old.contains(&kind) || kinds.contains(kind), "tests/salt/kinds.sls does not use {kind}");
     }
 }
+
+/// README's "Kinds" table lists every kind, with an example.
+#[test]
+fn every_kind_is_in_the_readme_table() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+    let table = &readme[readme.find("### Kinds").unwrap()..];
+    let table = &table[..table.find("\n\n```").unwrap_or(table.len())];
+    for kind in crate::kinds::names() {
+        let row = table.lines().find(|l| l.starts_with(&format!("| `{kind}` |")));
+        let row = row.unwrap_or_else(|| panic!("README's kinds table has no row for {kind}"));
+        assert_eq!(row.matches(" | ").count(), 2, "{kind}: a row is kind | arguments | example: {row}");
+    }
+}
