@@ -93,7 +93,7 @@ async fn every_new_kind_applies_once_then_changes_nothing() {
             .args(extra);
         CommandOutput::of(command)
     };
-    let states = 24;
+    let states = 25;
 
     let test = run(&["--test"]).await.unwrap();
     let json = test.json().unwrap();
@@ -132,6 +132,7 @@ async fn every_new_kind_applies_once_then_changes_nothing() {
     assert!(read("etc/group").contains("devs:x:2000:deploy") && !read("etc/group").contains("oldgroup"));
     assert!(dir.path().join("state/enabled/chrony").exists() && !dir.path().join("state/enabled/cups").exists());
     assert!(dir.path().join("state/active/nginx").exists());
+    assert!(dir.path().join("setup.done").exists(), "cmd.script ran in the agent's working directory");
 
     let again = run(&[]).await.unwrap();
     let json = again.json().unwrap();

@@ -88,6 +88,12 @@ reload-app:
     - watch:
       - file: app-extra
 
+setup:
+  cmd.script:
+    - source: salt://files/setup.sh
+    - args: setup.done
+    - unless: test -e setup.done
+
 vm.swappiness:
   sysctl.present:
     - value: 10

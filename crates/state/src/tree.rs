@@ -56,7 +56,6 @@ const UNSUPPORTED_SALT_KEYS: &[(&str, &str)] = &[
 /// the way forward.
 const SALT_FUNCTIONS: &[(&str, &str)] = &[
     ("archive.extracted", "extract it with cmd.run and `creates`-like `unless: test -e <path>`"),
-    ("cmd.script", "ship the script with file.managed and run it with cmd.run"),
     ("file.accumulated", "collect the lines in one file.blockreplace, or render them into the file.managed template"),
     ("file.touch", "use file.managed with `contents: \"\"` or file.append"),
     ("git.latest", "use cmd.run with `git` and `unless`"),

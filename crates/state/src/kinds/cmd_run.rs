@@ -138,7 +138,7 @@ pub(crate) fn resolve_command(state: &Authored<'_>, kind: &str) -> Result<Value,
 }
 
 /// The spec for one command line (or argv list) with the state's options.
-fn spec(name: &Value, args: &Value) -> Result<Spec, String> {
+pub(crate) fn spec(name: &Value, args: &Value) -> Result<Spec, String> {
     let shell = args::bool_or(args, "shell", false);
     let mut spec = match name {
         Value::String(line) => Spec::from_command(line, shell)?,
@@ -166,6 +166,13 @@ struct RunPlan {
 
 pub(crate) fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
     let spec = spec(args.get("name").unwrap_or(&Value::Null), args)?;
+    let skip = skip_reason(args, env)?;
+    Ok(Box::new(RunPlan { spec, skip, path: env.path.clone() }))
+}
+
+/// Why the command need not run, if `onlyif`/`unless` say so (read-only
+/// probes, run while planning).
+pub(crate) fn skip_reason(args: &Value, env: &ApplyEnv) -> Result<Option<String>, String> {
     let probe = |line: &str| -> Result<bool, String> {
         let probe = spec_for_probe(line, args)?;
         Ok(command::run(&probe, env.path.as_ref())?.success())
@@ -187,7 +194,7 @@ pub(crate) fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String
             skip = Some("unless succeeded".into());
         }
     }
-    Ok(Box::new(RunPlan { spec, skip, path: env.path.clone() }))
+    Ok(skip)
 }
 
 fn spec_for_probe(line: &str, args: &Value) -> Result<Spec, String> {

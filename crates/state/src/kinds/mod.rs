@@ -22,6 +22,7 @@ use crate::env::{ApplyEnv, ManagedFile};
 use crate::yaml::Fields;
 
 pub mod cmd_run;
+pub mod cmd_script;
 pub mod cmd_wait;
 pub mod cron_absent;
 pub mod cron_present;
@@ -58,6 +59,7 @@ pub mod user_present;
 #[cfg(not(any(test, feature = "example-kinds")))]
 pub static KINDS: &[&Kind] = &[
     &cmd_run::KIND,
+    &cmd_script::KIND,
     &cmd_wait::KIND,
     &cron_absent::KIND,
     &cron_present::KIND,
@@ -94,6 +96,7 @@ pub static KINDS: &[&Kind] = &[
 #[cfg(any(test, feature = "example-kinds"))]
 pub static KINDS: &[&Kind] = &[
     &cmd_run::KIND,
+    &cmd_script::KIND,
     &cmd_wait::KIND,
     &cron_absent::KIND,
     &cron_present::KIND,
@@ -394,9 +397,10 @@ mod tests {
         for kind in KINDS {
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(dir.path().join("example.yaml"), kind.example).unwrap();
-            // The directory examples may copy from the tree (file.recurse).
+            // The files examples may take from the tree (file.recurse, cmd.script).
             std::fs::create_dir_all(dir.path().join("files/www")).unwrap();
             std::fs::write(dir.path().join("files/www/index.html"), "<h1>example</h1>\n").unwrap();
+            std::fs::write(dir.path().join("files/setup.sh"), "#!/bin/sh\n").unwrap();
             let (tree, diagnostics) = crate::StateTree::load(dir.path());
             assert!(diagnostics.is_empty(), "{}: {diagnostics:?}", kind.name);
             assert!(!tree.files["example"].states.is_empty(), "{} example declares no state", kind.name);
