@@ -47,21 +47,71 @@ fn prepare_root(root: &Path) {
     std::os::unix::fs::symlink("/usr/share/zoneinfo/Etc/UTC", root.join("etc/localtime")).unwrap();
 }
 
-/// `systemctl` keeping units in `<dir>/state/{active,enabled}/<unit>`.
-fn stand_in_systemctl(dir: &Path) -> PathBuf {
+/// Stand-ins for the programs the kinds run on a real host, first on
+/// PATH: `systemctl` keeps units in `<dir>/state/{active,enabled}/<unit>`;
+/// `dpkg-query`, `apt-cache` and `apt-get` keep packages in
+/// `<dir>/state/{pkgs,conf,candidates}/<name>` (content: the version).
+fn stand_ins(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
     let bin = dir.join("bin");
-    for sub in ["bin", "state/active", "state/enabled"] {
+    for sub in ["bin", "state/active", "state/enabled", "state/pkgs", "state/conf", "state/candidates"] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
     }
+    let scripts = [
+        (
+            "systemctl",
+            r#"verb=$1; unit=$2
+case $verb in
+  is-active) test -e "$S/active/$unit" ;;
+  is-enabled) test -e "$S/enabled/$unit" ;;
+  start|restart|reload) touch "$S/active/$unit" ;;
+  stop) rm -f "$S/active/$unit" ;;
+  enable) touch "$S/enabled/$unit" ;;
+  disable) rm -f "$S/enabled/$unit" ;;
+  *) exit 2 ;;
+esac"#,
+        ),
+        (
+            "dpkg-query",
+            r#"name=$4
+if [ -e "$S/pkgs/$name" ]; then printf 'install ok installed %s' "$(cat "$S/pkgs/$name")"
+elif [ -e "$S/conf/$name" ]; then printf 'deinstall ok config-files %s' "$(cat "$S/conf/$name")"
+else exit 1; fi"#,
+        ),
+        (
+            "apt-cache",
+            r#"printf '%s:\n  Candidate: %s\n' "$2" "$(cat "$S/candidates/$2" 2>/dev/null || echo '(none)')""#,
+        ),
+        (
+            "apt-get",
+            r#"verb=install
+for p in "$@"; do case $p in
+  -*) ;;
+  install|remove|purge|update) verb=$p ;;
+  *) n=${p%%=*}; case $verb in
+    install) printf %s "${p#*=}" > "$S/pkgs/$n" ;;
+    remove) mv "$S/pkgs/$n" "$S/conf/$n" ;;
+    purge) rm -f "$S/pkgs/$n" "$S/conf/$n" ;;
+  esac ;;
+esac; done"#,
+        ),
+    ];
     let state = dir.join("state").display().to_string();
-    let script = format!(
-        "#!/bin/sh\nS={state}\nverb=$1; unit=$2\ncase $verb in\n  is-active) test -e \"$S/active/$unit\" ;;\n  is-enabled) test -e \"$S/enabled/$unit\" ;;\n  start|restart|reload) touch \"$S/active/$unit\" ;;\n  stop) rm -f \"$S/active/$unit\" ;;\n  enable) touch \"$S/enabled/$unit\" ;;\n  disable) rm -f \"$S/enabled/$unit\" ;;\n  *) exit 2 ;;\nesac\n"
-    );
-    let path = bin.join("systemctl");
-    std::fs::write(&path, script).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::write(dir.join("state/enabled/cups"), "").unwrap();
+    for (name, body) in scripts {
+        let path = bin.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\nS={state}\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for (file, content) in [
+        ("enabled/cups", ""),
+        ("pkgs/openssl", "3.0.1"),
+        ("candidates/openssl", "3.0.2"),
+        ("pkgs/telnet", "0.17"),
+        ("pkgs/telnetd", "0.17"),
+        ("conf/rsh-server", "0.17"),
+    ] {
+        std::fs::write(dir.join("state").join(file), content).unwrap();
+    }
     bin
 }
 
@@ -76,7 +126,7 @@ async fn every_new_kind_applies_once_then_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     prepare_root(&root);
-    let bin = stand_in_systemctl(dir.path());
+    let bin = stand_ins(dir.path());
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     let binaries = halite_e2e::binaries();
     let run = |extra: &[&str]| {
@@ -93,7 +143,7 @@ async fn every_new_kind_applies_once_then_changes_nothing() {
             .args(extra);
         CommandOutput::of(command)
     };
-    let states = 25;
+    let states = 28;
 
     let test = run(&["--test"]).await.unwrap();
     let json = test.json().unwrap();
@@ -133,6 +183,10 @@ async fn every_new_kind_applies_once_then_changes_nothing() {
     assert!(dir.path().join("state/enabled/chrony").exists() && !dir.path().join("state/enabled/cups").exists());
     assert!(dir.path().join("state/active/nginx").exists());
     assert!(dir.path().join("setup.done").exists(), "cmd.script ran in the agent's working directory");
+    let package = |p: &str| std::fs::read_to_string(dir.path().join("state").join(p)).ok();
+    assert_eq!(package("pkgs/openssl").as_deref(), Some("3.0.2"));
+    assert_eq!((package("pkgs/telnet"), package("conf/telnet").as_deref()), (None, Some("0.17")));
+    assert_eq!((package("pkgs/telnetd"), package("conf/rsh-server")), (None, None));
 
     let again = run(&[]).await.unwrap();
     let json = again.json().unwrap();

@@ -69,6 +69,19 @@ app-extra:
       - salt://files/extra.conf
     - source_hash: sha256=ffd3aa918fa024373111ccadfbe9aa8033befa92f1701cd712bee1d8950af85e
 
+openssl:
+  pkg.latest:
+    - refresh: True
+
+telnet:
+  pkg.removed: []
+
+old-daemons:
+  pkg.purged:
+    - pkgs:
+      - telnetd
+      - rsh-server
+
 chrony:
   service.enabled: []
 

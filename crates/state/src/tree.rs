@@ -60,9 +60,6 @@ const SALT_FUNCTIONS: &[(&str, &str)] = &[
     ("file.touch", "use file.managed with `contents: \"\"` or file.append"),
     ("git.latest", "use cmd.run with `git` and `unless`"),
     ("module.run", "run the module's command with cmd.run"),
-    ("pkg.latest", "use pkg.installed with a version"),
-    ("pkg.purged", "use cmd.run with `apt-get purge` and `onlyif: dpkg -s <name>`"),
-    ("pkg.removed", "use cmd.run with `apt-get remove` and `onlyif: dpkg -s <name>`"),
     ("pkgrepo.managed", "manage the sources entry with file.managed"),
 ];
 
@@ -967,7 +964,7 @@ mod tests {
         let (_dir, _tree, diagnostics) = tree(&[
             (
                 "a.sls",
-                "x:\n  cmd.run:\n    - name: 'true'\n    - require_in:\n      - cmd: y\n    - order: 1\ny:\n  pkg.latest:\n    - name: z\nz:\n  file.accumulated:\n    - name: /srv\nw:\n  cmd.run:\n    - name: echo {{ grains.id }}\n",
+                "x:\n  cmd.run:\n    - name: 'true'\n    - require_in:\n      - cmd: y\n    - order: 1\ny:\n  pkgrepo.managed:\n    - name: z\nz:\n  file.accumulated:\n    - name: /srv\nw:\n  cmd.run:\n    - name: echo {{ grains.id }}\n",
             ),
             ("j.sls", "{% for u in users %}\n{{ u }}:\n  user.present: []\n{% endfor %}\n"),
             ("i.sls", "include:\n  - a\n"),
@@ -975,7 +972,7 @@ mod tests {
         ]);
         let messages: Vec<String> = diagnostics.iter().map(|d| d.message.clone()).collect();
         for expected in
-            ["`require_in`", "`order`", "`pkg.latest`", "`file.accumulated`", "Jinja in a state file", "`include`"]
+            ["`require_in`", "`order`", "`pkgrepo.managed`", "`file.accumulated`", "Jinja in a state file", "`include`"]
         {
             assert!(messages.iter().any(|m| m.contains(expected)), "{expected}: {messages:#?}");
         }

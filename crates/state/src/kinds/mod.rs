@@ -46,6 +46,9 @@ pub mod group_present;
 pub mod host_absent;
 pub mod host_present;
 pub mod pkg_installed;
+pub mod pkg_latest;
+pub mod pkg_purged;
+pub mod pkg_removed;
 pub mod service_dead;
 pub mod service_disabled;
 pub mod service_enabled;
@@ -81,6 +84,9 @@ pub static KINDS: &[&Kind] = &[
     &host_absent::KIND,
     &host_present::KIND,
     &pkg_installed::KIND,
+    &pkg_latest::KIND,
+    &pkg_purged::KIND,
+    &pkg_removed::KIND,
     &service_dead::KIND,
     &service_disabled::KIND,
     &service_enabled::KIND,
@@ -119,6 +125,9 @@ pub static KINDS: &[&Kind] = &[
     &host_absent::KIND,
     &host_present::KIND,
     &pkg_installed::KIND,
+    &pkg_latest::KIND,
+    &pkg_purged::KIND,
+    &pkg_removed::KIND,
     &service_dead::KIND,
     &service_disabled::KIND,
     &service_enabled::KIND,

@@ -225,7 +225,7 @@ pub(crate) mod stand_in {
         pub fn new() -> StandIns {
             let dir = tempfile::tempdir().unwrap();
             let bin = dir.path().join("bin");
-            for sub in ["bin", "state/active", "state/enabled", "state/pkgs"] {
+            for sub in ["bin", "state/active", "state/enabled", "state/pkgs", "state/conf", "state/candidates"] {
                 std::fs::create_dir_all(dir.path().join(sub)).unwrap();
             }
             let root = dir.path().display().to_string();
@@ -246,12 +246,29 @@ esac"#,
                 (
                     "dpkg-query",
                     r#"name=$4
-if [ -e "$S/pkgs/$name" ]; then printf 'install ok installed %s' "$(cat "$S/pkgs/$name")"; else echo "dpkg-query: no packages found matching $name" >&2; exit 1; fi"#,
+if [ -e "$S/pkgs/$name" ]; then printf 'install ok installed %s' "$(cat "$S/pkgs/$name")"
+elif [ -e "$S/conf/$name" ]; then printf 'deinstall ok config-files %s' "$(cat "$S/conf/$name")"
+else echo "dpkg-query: no packages found matching $name" >&2; exit 1; fi"#,
                 ),
                 (
                     "apt-get",
                     r#"[ "$DEBIAN_FRONTEND" = noninteractive ] || exit 9
-for p in "$@"; do case $p in -*|install) ;; *=*) printf %s "${p#*=}" > "$S/pkgs/${p%%=*}" ;; *) printf 1.0 > "$S/pkgs/$p" ;; esac; done"#,
+verb=install
+for p in "$@"; do case $p in
+  -*) ;;
+  install|remove|purge|update) verb=$p ;;
+  *) name=${p%%=*}
+     case $verb in
+       install) case $p in *=*) printf %s "${p#*=}" > "$S/pkgs/$name" ;; *) cat "$S/candidates/$name" 2>/dev/null > "$S/pkgs/$name" || printf 1.0 > "$S/pkgs/$name"; [ -s "$S/pkgs/$name" ] || printf 1.0 > "$S/pkgs/$name" ;; esac ;;
+       remove) mv "$S/pkgs/$name" "$S/conf/$name" ;;
+       purge) rm -f "$S/pkgs/$name" "$S/conf/$name" ;;
+     esac ;;
+esac; done"#,
+                ),
+                (
+                    "apt-cache",
+                    r#"name=$2
+printf '%s:\n  Installed: %s\n  Candidate: %s\n' "$name" "$(cat "$S/pkgs/$name" 2>/dev/null || echo '(none)')" "$(cat "$S/candidates/$name" 2>/dev/null || echo '(none)')""#,
                 ),
             ];
             for (name, body) in scripts {
