@@ -127,6 +127,19 @@ async fn every_new_kind_applies_once_then_changes_nothing() {
     let root = dir.path().join("root");
     prepare_root(&root);
     let bin = stand_ins(dir.path());
+    // The repository git.latest clones (`./app.git`, from the agent's
+    // working directory).
+    let repo = dir.path().join("app.git");
+    std::fs::create_dir(&repo).unwrap();
+    std::fs::write(repo.join("README"), "app\n").unwrap();
+    for args in [
+        &["init", "--quiet", "--initial-branch=main"][..],
+        &["add", "README"],
+        &["-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "--quiet", "-m", "first"],
+    ] {
+        let status = halite_e2e::blocking_process("git").arg("-C").arg(&repo).args(args).status().unwrap();
+        assert!(status.success(), "git {args:?}");
+    }
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     let binaries = halite_e2e::binaries();
     let run = |extra: &[&str]| {
@@ -143,7 +156,7 @@ async fn every_new_kind_applies_once_then_changes_nothing() {
             .args(extra);
         CommandOutput::of(command)
     };
-    let states = 28;
+    let states = 29;
 
     let test = run(&["--test"]).await.unwrap();
     let json = test.json().unwrap();
@@ -183,6 +196,7 @@ async fn every_new_kind_applies_once_then_changes_nothing() {
     assert!(dir.path().join("state/enabled/chrony").exists() && !dir.path().join("state/enabled/cups").exists());
     assert!(dir.path().join("state/active/nginx").exists());
     assert!(dir.path().join("setup.done").exists(), "cmd.script ran in the agent's working directory");
+    assert_eq!(read("srv/app/README"), "app\n", "git.latest cloned under the root");
     let package = |p: &str| std::fs::read_to_string(dir.path().join("state").join(p)).ok();
     assert_eq!(package("pkgs/openssl").as_deref(), Some("3.0.2"));
     assert_eq!((package("pkgs/telnet"), package("conf/telnet").as_deref()), (None, Some("0.17")));

@@ -69,6 +69,12 @@ app-extra:
       - salt://files/extra.conf
     - source_hash: sha256=ffd3aa918fa024373111ccadfbe9aa8033befa92f1701cd712bee1d8950af85e
 
+app-code:
+  git.latest:
+    - name: ./app.git
+    - target: /srv/app
+    - rev: main
+
 openssl:
   pkg.latest:
     - refresh: True

@@ -58,7 +58,6 @@ const SALT_FUNCTIONS: &[(&str, &str)] = &[
     ("archive.extracted", "extract it with cmd.run and `creates`-like `unless: test -e <path>`"),
     ("file.accumulated", "collect the lines in one file.blockreplace, or render them into the file.managed template"),
     ("file.touch", "use file.managed with `contents: \"\"` or file.append"),
-    ("git.latest", "use cmd.run with `git` and `unless`"),
     ("module.run", "run the module's command with cmd.run"),
     ("pkgrepo.managed", "manage the sources entry with file.managed"),
 ];

@@ -41,6 +41,7 @@ pub mod file_prepend;
 pub mod file_recurse;
 pub mod file_replace;
 pub mod file_symlink;
+pub mod git_latest;
 pub mod group_absent;
 pub mod group_present;
 pub mod host_absent;
@@ -79,6 +80,7 @@ pub static KINDS: &[&Kind] = &[
     &file_recurse::KIND,
     &file_replace::KIND,
     &file_symlink::KIND,
+    &git_latest::KIND,
     &group_absent::KIND,
     &group_present::KIND,
     &host_absent::KIND,
@@ -120,6 +122,7 @@ pub static KINDS: &[&Kind] = &[
     &file_recurse::KIND,
     &file_replace::KIND,
     &file_symlink::KIND,
+    &git_latest::KIND,
     &group_absent::KIND,
     &group_present::KIND,
     &host_absent::KIND,
