@@ -75,6 +75,12 @@ app-code:
     - target: /srv/app
     - rev: main
 
+example-repo:
+  pkgrepo.managed:
+    - name: deb https://apt.example.com/debian bookworm main
+    - file: /etc/apt/sources.list.d/example.list
+    - key_url: salt://files/example.asc
+
 openssl:
   pkg.latest:
     - refresh: True

@@ -50,6 +50,7 @@ pub mod pkg_installed;
 pub mod pkg_latest;
 pub mod pkg_purged;
 pub mod pkg_removed;
+pub mod pkgrepo_managed;
 pub mod service_dead;
 pub mod service_disabled;
 pub mod service_enabled;
@@ -89,6 +90,7 @@ pub static KINDS: &[&Kind] = &[
     &pkg_latest::KIND,
     &pkg_purged::KIND,
     &pkg_removed::KIND,
+    &pkgrepo_managed::KIND,
     &service_dead::KIND,
     &service_disabled::KIND,
     &service_enabled::KIND,
@@ -131,6 +133,7 @@ pub static KINDS: &[&Kind] = &[
     &pkg_latest::KIND,
     &pkg_purged::KIND,
     &pkg_removed::KIND,
+    &pkgrepo_managed::KIND,
     &service_dead::KIND,
     &service_disabled::KIND,
     &service_enabled::KIND,
@@ -409,10 +412,11 @@ mod tests {
         for kind in KINDS {
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(dir.path().join("example.yaml"), kind.example).unwrap();
-            // The files examples may take from the tree (file.recurse, cmd.script).
+            // The files examples may take from the tree (file.recurse, cmd.script, pkgrepo.managed).
             std::fs::create_dir_all(dir.path().join("files/www")).unwrap();
             std::fs::write(dir.path().join("files/www/index.html"), "<h1>example</h1>\n").unwrap();
             std::fs::write(dir.path().join("files/setup.sh"), "#!/bin/sh\n").unwrap();
+            std::fs::write(dir.path().join("files/example.asc"), "a key\n").unwrap();
             let (tree, diagnostics) = crate::StateTree::load(dir.path());
             assert!(diagnostics.is_empty(), "{}: {diagnostics:?}", kind.name);
             assert!(!tree.files["example"].states.is_empty(), "{} example declares no state", kind.name);
