@@ -55,8 +55,24 @@ fn yes() -> bool {
     true
 }
 
-/// A `deb` line's (type, options, URI, suite, components).
-fn parse_line(line: &str) -> Option<(String, Option<String>, String, String, Vec<String>)> {
+/// The parts of a `deb` line.
+#[derive(Debug, PartialEq)]
+struct DebLine {
+    kind: String,
+    options: Option<String>,
+    uri: String,
+    suite: String,
+    components: Vec<String>,
+}
+
+impl DebLine {
+    /// What names the repository: a line with the same is replaced.
+    fn identity(&self) -> (&str, &str, &str) {
+        (&self.kind, &self.uri, &self.suite)
+    }
+}
+
+fn parse_line(line: &str) -> Option<DebLine> {
     let line = line.trim().trim_start_matches('#').trim();
     let (kind, rest) = line.split_once(char::is_whitespace)?;
     if kind != "deb" && kind != "deb-src" {
@@ -73,7 +89,7 @@ fn parse_line(line: &str) -> Option<(String, Option<String>, String, String, Vec
     let mut words = rest.split_whitespace();
     let uri = words.next()?.to_owned();
     let suite = words.next()?.to_owned();
-    Some((kind.to_owned(), options, uri, suite, words.map(str::to_owned).collect()))
+    Some(DebLine { kind: kind.to_owned(), options, uri, suite, components: words.map(str::to_owned).collect() })
 }
 
 fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
@@ -81,7 +97,7 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
     let mut problems = Vec::new();
     let problem =
         |key: &str, message: String| Problem::new(state.at(key), format!("pkgrepo.managed `{}`: {message}", state.id));
-    let Some((kind, options, uri, suite, components)) = parse_line(&config.name) else {
+    let Some(DebLine { kind, options, uri, suite, components }) = parse_line(&config.name) else {
         return Err(vec![
             problem("name", format!("`{}` is not a deb line", config.name))
                 .help("e.g. deb https://apt.example.com/debian bookworm main"),
@@ -150,9 +166,10 @@ fn set_line(text: &str, line: &str, clean: bool) -> String {
     if clean {
         return format!("{line}\n");
     }
-    let ours = parse_line(line).map(|(k, _, u, s, _)| (k, u, s));
+    let ours = parse_line(line);
+    let ours = ours.as_ref().map(DebLine::identity);
     let lines = edit::lines(text);
-    let same = |l: &str| parse_line(l).map(|(k, _, u, s, _)| (k, u, s)) == ours;
+    let same = |l: &str| parse_line(l).as_ref().map(DebLine::identity) == ours;
     match lines.iter().position(|l| same(l)) {
         Some(i) if lines[i].trim_end() == line => text.to_owned(),
         Some(i) => format!(
