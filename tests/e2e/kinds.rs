@@ -156,7 +156,7 @@ async fn every_new_kind_applies_once_then_changes_nothing() {
             .args(extra);
         CommandOutput::of(command)
     };
-    let states = 30;
+    let states = 31;
 
     let test = run(&["--test"]).await.unwrap();
     let json = test.json().unwrap();
@@ -197,6 +197,7 @@ async fn every_new_kind_applies_once_then_changes_nothing() {
     assert!(dir.path().join("state/active/nginx").exists());
     assert!(dir.path().join("setup.done").exists(), "cmd.script ran in the agent's working directory");
     assert_eq!(read("srv/app/README"), "app\n", "git.latest cloned under the root");
+    assert_eq!(read("opt/tool/tool-2.1/README"), "tool 2.1\n", "archive.extracted under the root");
     assert_eq!(
         read("etc/apt/sources.list.d/example.list"),
         "deb [signed-by=/etc/apt/keyrings/example.asc] https://apt.example.com/debian bookworm main\n"

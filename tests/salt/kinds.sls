@@ -75,6 +75,12 @@ app-code:
     - target: /srv/app
     - rev: main
 
+tool-release:
+  archive.extracted:
+    - name: /opt/tool
+    - source: salt://files/tool.tar
+    - source_hash: sha256=334608a56188bd9b9b437e14daab0a2b7c80bb16216fe0a5622c1502a5fbe425
+
 example-repo:
   pkgrepo.managed:
     - name: deb https://apt.example.com/debian bookworm main

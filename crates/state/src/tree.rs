@@ -55,7 +55,6 @@ const UNSUPPORTED_SALT_KEYS: &[(&str, &str)] = &[
 /// (any other unknown kind is reported as unknown, likely a typo), with
 /// the way forward.
 const SALT_FUNCTIONS: &[(&str, &str)] = &[
-    ("archive.extracted", "extract it with cmd.run and `creates`-like `unless: test -e <path>`"),
     ("file.accumulated", "collect the lines in one file.blockreplace, or render them into the file.managed template"),
     ("file.touch", "use file.managed with `contents: \"\"` or file.append"),
     ("module.run", "run the module's command with cmd.run"),
@@ -988,7 +987,7 @@ mod tests {
         assert_eq!(helps.len(), 4, "{diagnostics:#?}");
         assert!(helps[0].starts_with("did you mean `file.managed`?"), "{helps:#?}");
         assert!(helps[1].starts_with("did you mean `pkg.installed`?"), "{helps:#?}");
-        assert!(helps[2].starts_with("known kinds: cmd.run,"), "{helps:#?}");
+        assert!(helps[2].starts_with("known kinds: archive.extracted, cmd.run,"), "{helps:#?}");
         assert!(diagnostics[3].message.contains("Salt's `module.run` is not supported"), "{diagnostics:#?}");
         assert!(helps[3].starts_with("run the module's command with cmd.run"), "{helps:#?}");
         assert_eq!(edit_distance("kitten", "sitting"), 3);

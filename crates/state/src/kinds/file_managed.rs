@@ -249,7 +249,7 @@ fn pick_source(root: &Path, list: &[String]) -> Result<String, (String, String)>
 /// Checks `content` (of `source`) against Salt's `source_hash`:
 /// `sha256=<hex>`, a bare sha256, or a file of the tree with
 /// `<hex>  <name>` lines. Errors are (what, how to fix).
-fn check_hash(root: &Path, source: &str, hash: &str, content: &[u8]) -> Result<(), (String, String)> {
+pub(crate) fn check_hash(root: &Path, source: &str, hash: &str, content: &[u8]) -> Result<(), (String, String)> {
     let actual = Sha256::of(content).to_hex();
     let name = Path::new(source).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let is_file = hash.starts_with("salt://") || hash.contains('/');
@@ -301,7 +301,7 @@ fn check_hash(root: &Path, source: &str, hash: &str, content: &[u8]) -> Result<(
 
 /// Reads a source file, refusing anything outside the tree: absolute paths,
 /// `..`, and symlinks that lead out. Errors are (what, how to fix).
-fn read_source(root: &Path, source: &str) -> Result<Vec<u8>, (String, String)> {
+pub(crate) fn read_source(root: &Path, source: &str) -> Result<Vec<u8>, (String, String)> {
     use crate::paths::TreePathError;
     let relative = source.strip_prefix("salt://").unwrap_or(source);
     let canonical = crate::paths::in_tree(root, relative).map_err(|error| match error {

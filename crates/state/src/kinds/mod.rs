@@ -21,6 +21,7 @@ use crate::diag::Location;
 use crate::env::{ApplyEnv, ManagedFile};
 use crate::yaml::Fields;
 
+pub mod archive_extracted;
 pub mod cmd_run;
 pub mod cmd_script;
 pub mod cmd_wait;
@@ -63,6 +64,7 @@ pub mod user_present;
 /// Every state kind halite knows. Keep sorted by name.
 #[cfg(not(any(test, feature = "example-kinds")))]
 pub static KINDS: &[&Kind] = &[
+    &archive_extracted::KIND,
     &cmd_run::KIND,
     &cmd_script::KIND,
     &cmd_wait::KIND,
@@ -105,6 +107,7 @@ pub static KINDS: &[&Kind] = &[
 /// use to show a new kind needs no edits outside its file.
 #[cfg(any(test, feature = "example-kinds"))]
 pub static KINDS: &[&Kind] = &[
+    &archive_extracted::KIND,
     &cmd_run::KIND,
     &cmd_script::KIND,
     &cmd_wait::KIND,
@@ -412,11 +415,13 @@ mod tests {
         for kind in KINDS {
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(dir.path().join("example.yaml"), kind.example).unwrap();
-            // The files examples may take from the tree (file.recurse, cmd.script, pkgrepo.managed).
+            // The files examples may take from the tree (file.recurse, cmd.script, pkgrepo.managed,
+            // archive.extracted).
             std::fs::create_dir_all(dir.path().join("files/www")).unwrap();
             std::fs::write(dir.path().join("files/www/index.html"), "<h1>example</h1>\n").unwrap();
             std::fs::write(dir.path().join("files/setup.sh"), "#!/bin/sh\n").unwrap();
             std::fs::write(dir.path().join("files/example.asc"), "a key\n").unwrap();
+            std::fs::write(dir.path().join("files/app.tar.gz"), "an archive").unwrap();
             let (tree, diagnostics) = crate::StateTree::load(dir.path());
             assert!(diagnostics.is_empty(), "{}: {diagnostics:?}", kind.name);
             assert!(!tree.files["example"].states.is_empty(), "{} example declares no state", kind.name);
