@@ -26,6 +26,8 @@ fn prepare_root(root: &Path) {
         ("etc/ssl/site.pem", "CERT\n"),
         ("srv/www/stale.html", "old\n"),
         ("proc/sys/vm/swappiness", "60\n"),
+        ("proc/mounts", "/dev/vda1 / ext4 rw 0 0\n"),
+        ("etc/fstab", "/dev/vda1 / ext4 defaults 0 1\n"),
         ("usr/share/zoneinfo/Europe/Berlin", "TZif2\n"),
         ("usr/share/zoneinfo/Etc/UTC", "TZif2\n"),
         ("etc/timezone", "Etc/UTC\n"),
@@ -50,8 +52,9 @@ fn prepare_root(root: &Path) {
 /// Stand-ins for the programs the kinds run on a real host, first on
 /// PATH: `systemctl` keeps units in `<dir>/state/{active,enabled}/<unit>`;
 /// `dpkg-query`, `apt-cache` and `apt-get` keep packages in
-/// `<dir>/state/{pkgs,conf,candidates}/<name>` (content: the version).
-fn stand_ins(dir: &Path) -> PathBuf {
+/// `<dir>/state/{pkgs,conf,candidates}/<name>` (content: the version);
+/// `mount` adds its mount to the root's `/proc/mounts`.
+fn stand_ins(dir: &Path, root: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let bin = dir.join("bin");
     for sub in ["bin", "state/active", "state/enabled", "state/pkgs", "state/conf", "state/candidates"] {
@@ -96,6 +99,9 @@ for p in "$@"; do case $p in
 esac; done"#,
         ),
     ];
+    let mount =
+        format!("for a; do last=$a; done\necho \"$6 $last $2 $4 0 0\" >> {}", root.join("proc/mounts").display());
+    let scripts: Vec<(&str, &str)> = scripts.into_iter().chain([("mount", mount.as_str())]).collect();
     let state = dir.join("state").display().to_string();
     for (name, body) in scripts {
         let path = bin.join(name);
@@ -126,7 +132,7 @@ async fn every_new_kind_applies_once_then_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     prepare_root(&root);
-    let bin = stand_ins(dir.path());
+    let bin = stand_ins(dir.path(), &root);
     // The repository git.latest clones (`./app.git`, from the agent's
     // working directory).
     let repo = dir.path().join("app.git");
@@ -156,7 +162,7 @@ async fn every_new_kind_applies_once_then_changes_nothing() {
             .args(extra);
         CommandOutput::of(command)
     };
-    let states = 31;
+    let states = 32;
 
     let test = run(&["--test"]).await.unwrap();
     let json = test.json().unwrap();
@@ -203,6 +209,8 @@ async fn every_new_kind_applies_once_then_changes_nothing() {
         "deb [signed-by=/etc/apt/keyrings/example.asc] https://apt.example.com/debian bookworm main\n"
     );
     assert!(read("etc/apt/keyrings/example.asc").contains("PGP PUBLIC KEY"));
+    assert_eq!(read("etc/fstab"), "/dev/vda1 / ext4 defaults 0 1\n/dev/vdb1\t/srv/data\text4\tnoatime\t0\t0\n");
+    assert!(read("proc/mounts").contains("/dev/vdb1 "), "mounted");
     let package = |p: &str| std::fs::read_to_string(dir.path().join("state").join(p)).ok();
     assert_eq!(package("pkgs/openssl").as_deref(), Some("3.0.2"));
     assert_eq!((package("pkgs/telnet"), package("conf/telnet").as_deref()), (None, Some("0.17")));

@@ -119,6 +119,13 @@ reload-app:
     - watch:
       - file: app-extra
 
+/srv/data:
+  mount.mounted:
+    - device: /dev/vdb1
+    - fstype: ext4
+    - opts: noatime
+    - mkmnt: True
+
 setup:
   cmd.script:
     - source: salt://files/setup.sh

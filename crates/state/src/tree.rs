@@ -58,7 +58,6 @@ const SALT_FUNCTIONS: &[(&str, &str)] = &[
     ("file.accumulated", "collect the lines in one file.blockreplace, or render them into the file.managed template"),
     ("file.touch", "use file.managed with `contents: \"\"` or file.append"),
     ("module.run", "run the module's command with cmd.run"),
-    ("mount.mounted", "keep the fstab line with file.line and mount with cmd.run `unless: mountpoint -q <dir>`"),
 ];
 
 /// The known kinds close to `name` (a typo's likely meaning): within two
@@ -962,7 +961,7 @@ mod tests {
         let (_dir, _tree, diagnostics) = tree(&[
             (
                 "a.sls",
-                "x:\n  cmd.run:\n    - name: 'true'\n    - require_in:\n      - cmd: y\n    - order: 1\ny:\n  mount.mounted:\n    - name: z\nz:\n  file.accumulated:\n    - name: /srv\nw:\n  cmd.run:\n    - name: echo {{ grains.id }}\n",
+                "x:\n  cmd.run:\n    - name: 'true'\n    - require_in:\n      - cmd: y\n    - order: 1\ny:\n  file.touch:\n    - name: z\nz:\n  file.accumulated:\n    - name: /srv\nw:\n  cmd.run:\n    - name: echo {{ grains.id }}\n",
             ),
             ("j.sls", "{% for u in users %}\n{{ u }}:\n  user.present: []\n{% endfor %}\n"),
             ("i.sls", "include:\n  - a\n"),
@@ -970,7 +969,7 @@ mod tests {
         ]);
         let messages: Vec<String> = diagnostics.iter().map(|d| d.message.clone()).collect();
         for expected in
-            ["`require_in`", "`order`", "`mount.mounted`", "`file.accumulated`", "Jinja in a state file", "`include`"]
+            ["`require_in`", "`order`", "`file.touch`", "`file.accumulated`", "Jinja in a state file", "`include`"]
         {
             assert!(messages.iter().any(|m| m.contains(expected)), "{expected}: {messages:#?}");
         }

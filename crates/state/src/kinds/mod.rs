@@ -47,6 +47,7 @@ pub mod group_absent;
 pub mod group_present;
 pub mod host_absent;
 pub mod host_present;
+pub mod mount_mounted;
 pub mod pkg_installed;
 pub mod pkg_latest;
 pub mod pkg_purged;
@@ -88,6 +89,7 @@ pub static KINDS: &[&Kind] = &[
     &group_present::KIND,
     &host_absent::KIND,
     &host_present::KIND,
+    &mount_mounted::KIND,
     &pkg_installed::KIND,
     &pkg_latest::KIND,
     &pkg_purged::KIND,
@@ -132,6 +134,7 @@ pub static KINDS: &[&Kind] = &[
     &group_present::KIND,
     &host_absent::KIND,
     &host_present::KIND,
+    &mount_mounted::KIND,
     &pkg_installed::KIND,
     &pkg_latest::KIND,
     &pkg_purged::KIND,
