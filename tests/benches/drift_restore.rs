@@ -15,6 +15,10 @@
 //! file is restored before that result is sent). `TMPDIR=/dev/shm` puts the
 //! managed files on tmpfs, which takes fsync out of the measurement.
 
+// Test code outside `#[test]` functions (helpers, a bench): a panic is a
+// failed test, which is what `unwrap` says here.
+#![allow(clippy::unwrap_used)]
+
 use std::time::{Duration, Instant};
 
 use halite_e2e::{Fleet, example_file};

@@ -130,9 +130,9 @@ async fn scenario(fleet: &mut Fleet) -> anyhow::Result<()> {
     assert_eq!(ids, ["motd", "nginx-conf"]);
     operator_jobs.extend(jids(&high)?);
 
-    // A target that matches nothing is an error, with exit code 2.
+    // A target that matches nothing is an error, with exit code 4.
     let none = fleet.master_command(&["apply", "db*", "app"]).await?;
-    assert_eq!(none.code, 2, "{none:?}");
+    assert_eq!(none.code, 4, "{none:?}");
     assert!(none.stderr.contains("target `db*` matches no connected agent (connected: web01, web02)"), "{none:?}");
     // A compound target, matched with the agents' facts.
     let listed = fleet.master_command(&["apply", "L@web02,db01 and G@id:web02", "app", "--test", "--json"]).await?;
@@ -152,7 +152,7 @@ async fn scenario(fleet: &mut Fleet) -> anyhow::Result<()> {
     let late = fleet.master_command(&["apply", "web*", "app", "--timeout", "2s", "--json"]).await;
     kill(web02, Signal::SIGCONT)?;
     let late = late?;
-    assert_eq!(late.code, 2, "{late:?}");
+    assert_eq!(late.code, 3, "no answer has its own exit code: {late:?}");
     let json = late.json()?;
     assert_eq!(json["summary"]["no_answer"], 1, "{json}");
     assert_eq!(json["agents"][1]["agent"], "web02");
@@ -208,7 +208,7 @@ async fn scenario(fleet: &mut Fleet) -> anyhow::Result<()> {
     let detail = fleet.master_command(&["jobs", &web02_jid, "--json"]).await?.json()?;
     assert_eq!(detail["report"]["agents"][0]["status"], "answered", "the late answer is recorded: {detail}");
     let missing = fleet.master_command(&["jobs", "0000"]).await?;
-    assert_eq!(missing.code, 1, "{missing:?}");
+    assert_eq!(missing.code, 4, "no such job: {missing:?}");
     Ok(())
 }
 

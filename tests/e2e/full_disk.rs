@@ -10,14 +10,14 @@ use halite_proto::{AgentMessage, Event, Value};
 
 /// A tmpfs mounted for the test, unmounted (lazily: the agent may still
 /// hold files in it) when dropped.
-struct Tmpfs {
+pub(crate) struct Tmpfs {
     path: PathBuf,
 }
 
 impl Tmpfs {
     /// Mounts a tmpfs of `size` at `path`; `None`, said loudly, where this
     /// test may not mount (it needs root).
-    fn mount(path: &Path, size: &str) -> anyhow::Result<Option<Tmpfs>> {
+    pub(crate) fn mount(path: &Path, size: &str) -> anyhow::Result<Option<Tmpfs>> {
         std::fs::create_dir_all(path)?;
         let output = halite_e2e::blocking_process("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
@@ -44,7 +44,7 @@ impl Drop for Tmpfs {
 
 /// Writes `path` until the file system has no room left, and proves it:
 /// a byte more in a new file does not fit.
-fn fill(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn fill(path: &Path) -> anyhow::Result<()> {
     let mut filler = std::fs::File::create(path)?;
     for chunk in [64 * 1024, 4096, 1] {
         let block = vec![0x5a; chunk];

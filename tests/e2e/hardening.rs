@@ -4,9 +4,9 @@
 //! alive (its /proc/PID/status still has a VmRSS line) and that its memory
 //! stays bounded (VmRSS).
 
-use anyhow::{Context, bail, ensure};
-use halite_e2e::{Fleet, WAIT, binaries, rss_kib};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use anyhow::{Context, ensure};
+use halite_e2e::{Fleet, WAIT, binaries, closed_by_peer, rss_growth_under_flood, rss_kib};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// A ZMTP 3.0 greeting with the NULL mechanism (64 bytes).
@@ -50,16 +50,6 @@ fn ready_as_dealer() -> Vec<u8> {
 
 fn address(endpoint: &str) -> &str {
     endpoint.strip_prefix("tcp://").unwrap_or(endpoint)
-}
-
-/// Reads until the other end closes the connection (end of stream or a
-/// reset); an error if it is still open after [`WAIT`].
-async fn closed_by_peer(stream: &mut TcpStream) -> anyhow::Result<()> {
-    let mut sink = Vec::new();
-    match tokio::time::timeout(WAIT, stream.read_to_end(&mut sink)).await {
-        Ok(_) => Ok(()),
-        Err(_) => bail!("the connection is still open after {WAIT:?}"),
-    }
 }
 
 /// Alive, not a zombie: a process that exited has no VmRSS line.
@@ -169,31 +159,13 @@ async fn streaming_a_large_frame_body_before_authentication_keeps_the_master_bou
     let fleet = Fleet::start(&["web01"]).await.unwrap();
     let result = async {
         let pid = fleet.master().pid().context("the master's pid")?;
-        let before = rss_kib(pid).context("the master's VmRSS")?;
-        let mut writers = Vec::new();
-        for _ in 0..CONNECTIONS {
-            let mut stream = TcpStream::connect(address(&fleet.master().listen)).await?;
-            let mut opening = greeting();
-            opening.extend(ready_as_dealer());
-            opening.extend(long_header(BODY as u64));
-            stream.write_all(&opening).await?;
-            writers.push(tokio::spawn(async move {
-                let chunk = vec![0x5a; 64 << 10];
-                let mut sent = 0;
-                while sent < BODY && stream.write_all(&chunk).await.is_ok() {
-                    sent += chunk.len();
-                }
-                closed_by_peer(&mut stream).await
-            }));
-        }
-        for writer in writers {
-            writer.await??;
-        }
-        let after = rss_kib(pid).context("the master died")?;
-        ensure!(
-            after.saturating_sub(before) < RSS_BOUND_KIB,
-            "the master's VmRSS grew from {before} KiB to {after} KiB"
-        );
+        let mut opening = greeting();
+        opening.extend(ready_as_dealer());
+        opening.extend(long_header(BODY as u64));
+        let chunk = vec![0x5a; 64 << 10];
+        let address = address(&fleet.master().listen);
+        let grew = rss_growth_under_flood(pid, address, CONNECTIONS, &opening, &chunk, BODY).await?;
+        ensure!(grew < RSS_BOUND_KIB, "the master's VmRSS grew by {grew} KiB");
         Ok(())
     }
     .await;
@@ -213,32 +185,13 @@ async fn a_flood_of_empty_message_parts_keeps_the_master_bounded() {
     let fleet = Fleet::start(&["web01"]).await.unwrap();
     let result = async {
         let pid = fleet.master().pid().context("the master's pid")?;
-        let before = rss_kib(pid).context("the master's VmRSS")?;
-        let mut writers = Vec::new();
-        for _ in 0..CONNECTIONS {
-            let mut stream = TcpStream::connect(address(&fleet.master().listen)).await?;
-            let mut opening = greeting();
-            opening.extend(ready_as_dealer());
-            stream.write_all(&opening).await?;
-            writers.push(tokio::spawn(async move {
-                // `more` set on every part: the message never ends.
-                let parts = [0b0000_0001u8, 0].repeat(PARTS);
-                for piece in parts.chunks(64 << 10) {
-                    if stream.write_all(piece).await.is_err() {
-                        break;
-                    }
-                }
-                closed_by_peer(&mut stream).await
-            }));
-        }
-        for writer in writers {
-            writer.await??;
-        }
-        let after = rss_kib(pid).context("the master died")?;
-        ensure!(
-            after.saturating_sub(before) < RSS_BOUND_KIB,
-            "the master's VmRSS grew from {before} KiB to {after} KiB"
-        );
+        let mut opening = greeting();
+        opening.extend(ready_as_dealer());
+        // `more` set on every part: the message never ends.
+        let parts = [0b0000_0001u8, 0].repeat(32 << 10);
+        let address = address(&fleet.master().listen);
+        let grew = rss_growth_under_flood(pid, address, CONNECTIONS, &opening, &parts, 2 * PARTS).await?;
+        ensure!(grew < RSS_BOUND_KIB, "the master's VmRSS grew by {grew} KiB");
         Ok(())
     }
     .await;

@@ -1,20 +1,32 @@
 //! End-to-end tests: real `halite-master` and `halite-agent` processes on
 //! 127.0.0.1, real files, events read from the master's publisher.
 
+// Test code outside `#[test]` functions (helpers, a bench): a panic is a
+// failed test, which is what `unwrap` says here.
+#![allow(clippy::unwrap_used)]
+
 mod apply;
 mod beacons;
 mod bus;
+mod check;
 mod drift;
+mod durability;
+mod exposure;
 mod faults;
+mod fleet_commands;
 mod full_disk;
 mod hardening;
 mod interop;
 mod interrupted_restores;
 mod kinds;
 mod link;
+mod link_flood;
 mod local_attack;
+mod operator;
 mod reactors;
 mod reload;
 mod restart;
+mod schedule;
 mod states;
 mod swarm;
+mod trust;

@@ -141,3 +141,68 @@ async fn sighup_reloads_the_tree() {
         fleet.fail(&error);
     }
 }
+
+/// An edit to a file a state reads reaches the agents it renders
+/// differently for: they are `stale`, re-applied (a job with cause
+/// `reload`), and compliant again; agents it does not concern are left
+/// alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_edit_reaches_the_agents_whose_states_it_changes() {
+    let mut fleet = Fleet::start(&["web01", "db01"]).await.unwrap();
+    let result = async {
+        let conf = "events {}\nhttp { server_tokens off; }\n";
+        std::fs::write(fleet.states.join("files/nginx.conf"), conf)?;
+        let stale = fleet.wait_for("web01 made stale", |e| e.tag.ends_with("/stale")).await?;
+        assert_eq!(stale.tag, "halite/agent/web01/stale", "db01 applies no nginx state");
+        let reloaded = fleet.wait_for("the reload", is("halite/master/tree/reloaded")).await?;
+        assert_eq!(reloaded.data()["agents_stale"], 1, "{}", reloaded.data());
+        fleet.wait_for("the re-apply", |e| e.tag.starts_with("halite/job/") && e.tag.ends_with("/ret/web01")).await?;
+        let path = fleet.agent("web01").path("/etc/nginx/nginx.conf");
+        assert_eq!(std::fs::read_to_string(&path)?, conf);
+        let jobs: serde_json::Value = serde_json::from_str(&fleet.cli(&["jobs", "--json"])?)?;
+        let reload_jobs: Vec<&serde_json::Value> =
+            jobs.as_array().into_iter().flatten().filter(|j| j["cause"] == "reload").collect();
+        assert_eq!(reload_jobs.len(), 1, "{jobs}");
+        assert_eq!(reload_jobs[0]["agents"], serde_json::json!(["web01"]), "{jobs}");
+        let agents: serde_json::Value = serde_json::from_str(&fleet.cli(&["agents", "--json"])?)?;
+        for row in agents.as_array().into_iter().flatten() {
+            assert_eq!(row["compliance"]["state"], "compliant", "{row}");
+        }
+        assert!(!fleet.seen.iter().any(|e| e.tag == "halite/agent/db01/stale"));
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}
+
+/// With `enforce_on_reload: false` an edited state is not applied: `agents`
+/// shows the agent `stale` until an apply returns, and then `compliant`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_enforce_on_reload_an_agent_stays_stale_until_applied() {
+    let mut fleet = Fleet::start_with_master_config(&["web01"], "enforce_on_reload: false\n").await.unwrap();
+    let result = async {
+        let motd = example_file("motd.yaml").replace("Local edits are restored.", "Edited on the master.");
+        fleet.edit_tree("motd.yaml", &motd)?;
+        fleet.wait_for("web01 made stale", is("halite/agent/web01/stale")).await?;
+        fleet.wait_for("the reload", is("halite/master/tree/reloaded")).await?;
+        let compliance = |fleet: &Fleet| -> anyhow::Result<serde_json::Value> {
+            let agents: serde_json::Value = serde_json::from_str(&fleet.cli(&["agents", "--json"])?)?;
+            Ok(agents[0]["compliance"]["state"].clone())
+        };
+        assert_eq!(compliance(&fleet)?, "stale");
+        let jobs: serde_json::Value = serde_json::from_str(&fleet.cli(&["jobs", "--json"])?)?;
+        assert!(jobs.as_array().into_iter().flatten().all(|j| j["cause"] != "reload"), "{jobs}");
+        let path = fleet.agent("web01").path("/etc/motd");
+        assert_eq!(std::fs::read_to_string(&path)?, MOTD, "nothing was sent");
+        fleet.cli(&["apply", "web01"])?;
+        assert_eq!(compliance(&fleet)?, "compliant");
+        assert_eq!(std::fs::read_to_string(&path)?, "This host is managed by halite. Edited on the master.\n");
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}

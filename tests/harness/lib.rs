@@ -66,6 +66,10 @@ pub struct Fleet {
     pub seen: Vec<BusEvent>,
     /// Logs of earlier runs of the master and of agents (after restarts).
     old_master_logs: Vec<PathBuf>,
+    /// Subscribers to earlier runs of the master, replaced by
+    /// [`Fleet::restart_master`]: what the kernel had taken from a killed
+    /// master's publisher may still be unread in them.
+    pub retired: Vec<Subscriber>,
 }
 
 impl Fleet {
@@ -103,6 +107,16 @@ impl Fleet {
     /// accepting every key, and the agents named.
     pub async fn start_with_master_config(agents: &[&str], master_yaml: &str) -> anyhow::Result<Fleet> {
         Fleet::start_configured(agents, &["*"], &[], &[], master_yaml).await
+    }
+
+    /// As [`Fleet::start_custom`] (every key accepted) with `master_yaml`
+    /// added to the master's configuration.
+    pub async fn start_custom_with_master_config(
+        agents: &[&str],
+        files: &[(&str, &str)],
+        master_yaml: &str,
+    ) -> anyhow::Result<Fleet> {
+        Fleet::start_configured(agents, &["*"], files, &[], master_yaml).await
     }
 
     async fn start_configured(
@@ -149,6 +163,7 @@ impl Fleet {
             bus,
             seen: Vec::new(),
             old_master_logs: Vec::new(),
+            retired: Vec::new(),
         };
         for id in agents {
             fleet.add_agent(id).await?;
@@ -312,13 +327,49 @@ impl Fleet {
     }
 
     /// Starts the master again on the same agent port, and listens to its
-    /// (new) publisher.
+    /// (new) publisher. The agents are stopped (SIGSTOP) until the
+    /// subscriber is connected and subscribed: a PUB socket sends only to
+    /// the subscribers it has, so an agent that reconnected first would
+    /// have its replayed events published to nobody. After SIGCONT an
+    /// agent must reconnect and complete its Noise handshake through the
+    /// master before it can send anything, which the subscription precedes.
     pub async fn restart_master(&mut self, listen: &str) -> anyhow::Result<()> {
-        let master =
-            fleet::start_master(&self.binaries, &self.dir.path().join("master"), &self.states, listen, &["*"]).await?;
-        self.bus = Subscriber::connect(&master.publish, "halite/").await?;
+        self.restart_master_with(listen, "").await
+    }
+
+    /// As [`Fleet::restart_master`], with `extra` (YAML keys) in its
+    /// master.yaml.
+    pub async fn restart_master_with(&mut self, listen: &str, extra: &str) -> anyhow::Result<()> {
+        self.signal_agents("-STOP");
+        let started = async {
+            let dir = self.dir.path().join("master");
+            let master = fleet::start_master_with(&self.binaries, &dir, &self.states, listen, &["*"], extra).await?;
+            let bus = Subscriber::connect(&master.publish, "halite/").await?;
+            anyhow::Ok((master, bus))
+        }
+        .await;
+        self.signal_agents("-CONT");
+        let (master, bus) = started?;
+        self.retired.push(std::mem::replace(&mut self.bus, bus));
         self.master = Some(master);
         Ok(())
+    }
+
+    /// SIGTERM the master: a clean stop, waited for.
+    pub async fn stop_master(&mut self) {
+        if let Some(master) = self.master.take() {
+            let log = master.dir.join(format!("master.{}.log", self.old_master_logs.len()));
+            master.stop().await;
+            let _ = std::fs::copy(log.with_file_name("master.log"), &log);
+            self.old_master_logs.push(log);
+        }
+    }
+
+    /// Sends a signal (`-STOP`, `-CONT`) to every agent.
+    fn signal_agents(&self, signal: &str) {
+        for pid in self.agents.iter().filter_map(|agent| agent.pid()) {
+            let _ = blocking_process("kill").arg(signal).arg(pid.to_string()).status();
+        }
     }
 
     /// Prints the children's logs and every event seen; then panics with
@@ -367,6 +418,57 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Reads until the other end closes the connection (end of stream or a
+/// reset); an error if it is still open after [`WAIT`].
+pub async fn closed_by_peer(stream: &mut tokio::net::TcpStream) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut sink = Vec::new();
+    match tokio::time::timeout(WAIT, stream.read_to_end(&mut sink)).await {
+        Ok(_) => Ok(()),
+        Err(_) => anyhow::bail!("the connection is still open after {WAIT:?}"),
+    }
+}
+
+/// A memory attack on a listening process, measured: opens `connections`
+/// connections to `address` (`host:port`), writes `opening` on each, then
+/// `chunk` again and again until `total` bytes went out or the peer stopped
+/// reading, and awaits the peer's closing of each. Returns how many KiB the
+/// process `pid`'s VmRSS grew meanwhile; an error when a connection stayed
+/// open or the process died.
+pub async fn rss_growth_under_flood(
+    pid: u32,
+    address: &str,
+    connections: usize,
+    opening: &[u8],
+    chunk: &[u8],
+    total: usize,
+) -> anyhow::Result<u64> {
+    use tokio::io::AsyncWriteExt;
+    let before = rss_kib(pid).context("the process's VmRSS")?;
+    let mut writers = Vec::new();
+    for _ in 0..connections {
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        stream.write_all(opening).await?;
+        let chunk = chunk.to_vec();
+        writers.push(tokio::spawn(async move {
+            let mut sent = 0;
+            while sent < total {
+                let piece = &chunk[..chunk.len().min(total - sent)];
+                if stream.write_all(piece).await.is_err() {
+                    break;
+                }
+                sent += piece.len();
+            }
+            closed_by_peer(&mut stream).await
+        }));
+    }
+    for writer in writers {
+        writer.await??;
+    }
+    let after = rss_kib(pid).context("the process died")?;
+    Ok(after.saturating_sub(before))
 }
 
 /// Mode bits of a file.

@@ -18,6 +18,8 @@ pub fn message(frames: Vec<Vec<u8>>) -> ZmqMessage {
 
 pub struct RawAgent {
     pub id: String,
+    /// Its static key, kept for [`RawAgent::reconnect`].
+    keypair: Keypair,
     socket: DealerSocket,
     sealer: Sealer,
     opener: Opener,
@@ -29,9 +31,25 @@ impl RawAgent {
     /// Connects as `id` with a fresh key and `facts`; the master decides
     /// whether the key is accepted (use an `auto_accept` glob).
     pub async fn connect(endpoint: &str, id: &str, facts: Value) -> anyhow::Result<RawAgent> {
+        RawAgent::connect_with_key(endpoint, id, facts, &Keypair::generate()?).await
+    }
+
+    /// A new connection and session with this agent's key and id.
+    pub async fn reconnect(&self, endpoint: &str, facts: Value) -> anyhow::Result<RawAgent> {
+        RawAgent::connect_with_key(endpoint, &self.id, facts, &self.keypair).await
+    }
+
+    /// As [`RawAgent::connect`], with a given key: the same agent coming
+    /// back.
+    pub async fn connect_with_key(
+        endpoint: &str,
+        id: &str,
+        facts: Value,
+        keypair: &Keypair,
+    ) -> anyhow::Result<RawAgent> {
+        let keypair = keypair.clone();
         let mut socket = DealerSocket::new();
         socket.connect(endpoint).await?;
-        let keypair = Keypair::generate()?;
         let (mut initiator, first) = Initiator::start(&keypair)?;
         socket.send(message(Envelope::handshake(envelope::HELLO1, first))).await?;
         let reply = tokio::time::timeout(WAIT, socket.recv()).await??;
@@ -41,7 +59,7 @@ impl RawAgent {
         let hello = AgentMessage::Hello(Hello { agent: id.into(), version: "raw".into(), facts });
         let (last, sealer, opener) = initiator.finish(&halite_proto::encode(&hello))?;
         socket.send(message(Envelope::handshake(envelope::HELLO3, last))).await?;
-        Ok(RawAgent { id: id.to_owned(), socket, sealer, opener, last_sent: Vec::new() })
+        Ok(RawAgent { id: id.to_owned(), keypair, socket, sealer, opener, last_sent: Vec::new() })
     }
 
     pub async fn send(&mut self, message_: &AgentMessage) -> anyhow::Result<()> {
@@ -57,6 +75,13 @@ impl RawAgent {
         Ok(())
     }
 
+    /// Seals and sends `payload` as it is (a message encoded by hand).
+    pub async fn send_payload(&mut self, payload: &[u8]) -> anyhow::Result<()> {
+        let frames = Envelope::sealed(self.sealer.seal(payload)?);
+        self.socket.send(message(frames)).await?;
+        Ok(())
+    }
+
     /// Raises an event in this agent's beacon tag `halite/beacon/<id>/<beacon>`.
     pub async fn raise(&mut self, beacon: &str, data: Value) -> anyhow::Result<Event> {
         let event = Event::new(format!("halite/beacon/{}/{beacon}", self.id), self.id.as_str(), data);
@@ -64,10 +89,25 @@ impl RawAgent {
         Ok(event)
     }
 
+    /// The next job the master sends, unanswered (what came before it is
+    /// dropped).
+    pub async fn next_job(&mut self) -> anyhow::Result<halite_proto::Job> {
+        loop {
+            let reply = tokio::time::timeout(WAIT, self.socket.recv()).await??;
+            let frames: Vec<&[u8]> = reply.iter().map(|f| f.as_ref()).collect();
+            let Envelope::Sealed(chunks) = Envelope::parse(&frames)? else { anyhow::bail!("unsealed reply") };
+            if let MasterMessage::Job(job) = halite_proto::decode(&self.opener.open(chunks)?)? {
+                return Ok(job);
+            }
+        }
+    }
+
     /// Pings and waits for the pong: the master handles one connection's
     /// messages in order, so everything sent before has been handled (and
-    /// what it let through, published and matched). Returns what came
-    /// before the pong; jobs are answered on the way.
+    /// what it let through, queued for publishing and matched). Returns what
+    /// came before the pong; jobs are answered on the way. Acks of events
+    /// and results may come after the pong: they wait for the publisher's
+    /// hand-off and the store's commit.
     pub async fn barrier(&mut self) -> anyhow::Result<Vec<MasterMessage>> {
         self.send(&AgentMessage::Ping).await?;
         let mut seen = Vec::new();

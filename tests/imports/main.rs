@@ -26,6 +26,10 @@
 //! - Paths to other crates and to items that are not modules' (a local
 //!   variable or type named like nothing in the module tree).
 
+// Test code outside `#[test]` functions (helpers, a bench): a panic is a
+// failed test, which is what `unwrap` says here.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

@@ -54,6 +54,15 @@ pub struct AgentConfig {
     /// bytes (larger content is replaced without one). Default 64 MiB.
     #[serde(default = "default_backup_max_bytes")]
     pub backup_max_bytes: u64,
+    /// How `run` writes its logs: `text` (default) or `json`, one object
+    /// per line (`--log-format` overrides it).
+    #[serde(default)]
+    pub log_format: crate::logging::LogFormat,
+    /// A file holding the master's enrolment token (its first line): sent
+    /// in the hello, inside the Noise session, so that an `auto_accept`
+    /// glob on a master with `enrolment.token_file` accepts this agent.
+    #[serde(default)]
+    pub enrol_token_file: Option<PathBuf>,
 }
 
 fn default_backup_max_bytes() -> u64 {
@@ -80,8 +89,8 @@ pub enum ConfigError {
     Invalid { path: PathBuf, line: u64, column: u64, message: String },
     #[error("{path}: the agent id `{id}` may only contain letters, digits, '.', '-' and '_'")]
     BadId { path: PathBuf, id: String },
-    #[error("{path}: `master_key`: {message}")]
-    BadMasterKey { path: PathBuf, message: String },
+    #[error("{path}: `master_key`: {source}")]
+    BadMasterKey { path: PathBuf, source: halite_link::keys::KeyError },
     #[error("{path}: local beacon `{beacon}`: {message}\n  help: {help}")]
     BadBeacon { path: PathBuf, beacon: String, message: String, help: String },
     #[error(
@@ -107,7 +116,7 @@ impl AgentConfig {
         }
         if let Some(key) = &config.master_key {
             key.parse::<halite_link::PublicKey>()
-                .map_err(|message| ConfigError::BadMasterKey { path: path.to_path_buf(), message })?;
+                .map_err(|source| ConfigError::BadMasterKey { path: path.to_path_buf(), source })?;
         } else if !config.tofu {
             return Err(ConfigError::NoTrust { path: path.to_path_buf() });
         }
@@ -139,11 +148,11 @@ impl AgentConfig {
                     return Err((name.clone(), "must name exactly one beacon kind".into(), known()));
                 };
                 let config = Value::from_json(config);
-                crate::beacons::validate(kind, &config).map_err(|message| {
+                crate::beacons::validate(kind, &config).map_err(|error| {
                     let help = crate::beacons::find(kind).map_or_else(known, |k| {
                         format!("a `{}` beacon looks like: {}", k.name, k.example.trim_end().replace('\n', "; "))
                     });
-                    (name.clone(), message, help)
+                    (name.clone(), error.to_string(), help)
                 })?;
                 Ok(BeaconSpec { name: name.clone(), kind: kind.clone(), config })
             })

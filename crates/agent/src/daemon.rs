@@ -11,7 +11,6 @@
 //! it is connected, and the socket is closed, all within [`SHUTDOWN_GRACE`].
 
 use std::io::Write;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -35,11 +34,10 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Result<()> {
     let id = config.agent_id();
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&config.data_dir)
-        .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+    // Before its key, pin and outbox are trusted or touched; held until this
+    // function returns.
+    let dir = config.data_dir.clone();
+    let _lock = tokio::task::spawn_blocking(move || halite_fs::lock::DirLock::claim(&dir, "agent")).await??;
     let (keypair, created) = halite_link::Keypair::load_or_create(&config.key_path())?;
     if created {
         tracing::info!(fingerprint = %keypair.public, "Made this agent's key; an operator accepts it on the master.");
@@ -53,7 +51,14 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
         true => Some(OfflineStore::open(&config.data_dir.join("offline"))?),
         false => None,
     };
-    let hello = Hello { agent: id.clone(), version: env!("CARGO_PKG_VERSION").into(), facts: facts::gather(&id) };
+    let mut facts = facts::gather(&id);
+    if let Some(path) = &config.enrol_token_file {
+        let text = tokio::fs::read_to_string(path)
+            .await
+            .with_context(|| format!("cannot read the enrolment token {} (`enrol_token_file`)", path.display()))?;
+        facts = facts.with(halite_proto::message::ENROL_TOKEN_FACT, text.lines().next().unwrap_or("").trim());
+    }
+    let hello = Hello { agent: id.clone(), version: env!("CARGO_PKG_VERSION").into(), facts };
     let settings = LinkSettings::new(config.master.clone(), hello, keypair.clone(), config.trust());
     let stop_link = CancellationToken::new();
     let link = link::spawn(settings, outbox, stop_link.clone());
@@ -124,6 +129,11 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
                     online = true;
                     beacons = replace_beacons(beacons, beacons::merge(&welcome.beacons, &local_beacons)).await?;
                 }
+                Some(LinkEvent::Message(MasterMessage::NotAccepted { status })) if status == "replaced" => {
+                    tracing::error!(agent = %id, fingerprint = %keypair.public, "The master accepted another key for this agent id and retired this one; the session is cut and nothing this agent sends is taken. If this is the real `{id}`, an operator must accept this key again (`halite-master keys accept {}`) and reject the other.", keypair.public);
+                    online = false;
+                    beacons = replace_beacons(beacons, Vec::new()).await?;
+                }
                 Some(LinkEvent::Message(MasterMessage::NotAccepted { status })) => {
                     tracing::warn!(%status, fingerprint = %keypair.public, "This agent's key is not accepted on the master; waiting for an operator (`halite-master keys accept {id}`).");
                     online = false;
@@ -147,7 +157,7 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
                     tracing::info!(beacons = specs.len(), "The master sent a new beacon set.");
                     beacons = replace_beacons(beacons, beacons::merge(&specs, &local_beacons)).await?;
                 }
-                Some(LinkEvent::Message(other)) => tracing::debug!(message = ?other, "Ignoring a message."),
+                Some(LinkEvent::Message(other)) => tracing::debug!(ignored = ?other, "Ignoring a message from the master."),
             },
             Some(event) = events.recv() => {
                 let heal = match (&offline, online) {

@@ -17,6 +17,7 @@
 //! - [`facts`] — what the agent tells the master about its host.
 //! - [`local`] — `halite-agent apply --local`: a state tree applied without
 //!   a master.
+//! - [`logging`] — log format and colour, for both binaries.
 //! - [`args`] — the command line's clap definition, also read by the
 //!   packaging tool for the man pages and completions.
 
@@ -30,6 +31,7 @@ pub mod facts;
 pub mod jobs;
 pub mod link;
 pub mod local;
+pub mod logging;
 pub mod managed;
 pub mod offline;
 pub mod outbox;

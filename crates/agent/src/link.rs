@@ -114,6 +114,37 @@ pub enum LinkEvent {
     Message(MasterMessage),
 }
 
+/// Why a message could not be sealed or opened in a session.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Sealing, opening or parsing the envelope (the link's error says which).
+    #[error(transparent)]
+    Link(#[from] halite_link::LinkError),
+    #[error("the master sent something other than a sealed message")]
+    NotSealed,
+    #[error("an undecodable message: {0}")]
+    Decode(#[from] halite_proto::DecodeError),
+    #[error("an empty message cannot be framed")]
+    Empty,
+}
+
+/// Why this agent will not talk to a master: it is not the one it trusts.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    /// The pin cannot be trusted; it fails closed.
+    #[error(
+        "{why}; this agent trusts no master until it is mended: put the master's key (`halite-master keys fingerprint`) in `master_key`, or remove {path} to trust the next master on first use",
+        path = path.display()
+    )]
+    Unusable { path: PathBuf, why: String },
+    #[error("cannot store the master's key in {path}: {source}", path = path.display())]
+    Store { path: PathBuf, source: halite_fs::FsError },
+    #[error(
+        "the master's key is {key}, but this agent trusts {pinned}; if the master's key really changed, put the new one (`halite-master keys fingerprint`) in `master_key`"
+    )]
+    Mismatch { key: PublicKey, pinned: PublicKey },
+}
+
 /// One open session: seals what the agent sends, opens what it receives.
 /// Public for the swarm's simulated agents, which speak the same protocol.
 #[derive(Debug)]
@@ -127,19 +158,19 @@ impl Session {
         Session { sealer, opener }
     }
 
-    pub fn seal(&mut self, message: &AgentMessage) -> Result<ZmqMessage, String> {
+    pub fn seal(&mut self, message: &AgentMessage) -> Result<ZmqMessage, SessionError> {
         self.seal_encoded(&halite_proto::encode(message))
     }
 
     /// Seals a message already encoded with [`halite_proto::encode`].
-    pub fn seal_encoded(&mut self, encoded: &[u8]) -> Result<ZmqMessage, String> {
-        let chunks = self.sealer.seal(encoded).map_err(|e| e.to_string())?;
+    pub fn seal_encoded(&mut self, encoded: &[u8]) -> Result<ZmqMessage, SessionError> {
+        let chunks = self.sealer.seal(encoded)?;
         frames(Envelope::sealed(chunks))
     }
 
     /// Seals `message`, or, for a batch of events whose encoding exceeds
     /// [`MAX_BATCH_BYTES`], each of its events on its own.
-    pub fn seal_batch(&mut self, message: &AgentMessage) -> Result<Vec<ZmqMessage>, String> {
+    pub fn seal_batch(&mut self, message: &AgentMessage) -> Result<Vec<ZmqMessage>, SessionError> {
         let encoded = halite_proto::encode(message);
         match message {
             AgentMessage::Events(events) if encoded.len() > MAX_BATCH_BYTES => {
@@ -149,19 +180,20 @@ impl Session {
         }
     }
 
-    pub fn open(&mut self, message: &ZmqMessage) -> Result<MasterMessage, String> {
+    pub fn open(&mut self, message: &ZmqMessage) -> Result<MasterMessage, SessionError> {
         let frames: Vec<&[u8]> = message.iter().map(|f| f.as_ref()).collect();
-        let Envelope::Sealed(chunks) = Envelope::parse(&frames).map_err(|e| e.to_string())? else {
-            return Err("expected a sealed message".into());
+        let Envelope::Sealed(chunks) = Envelope::parse(&frames)? else {
+            return Err(SessionError::NotSealed);
         };
-        let plaintext = self.opener.open(chunks).map_err(|e| e.to_string())?;
-        halite_proto::decode(&plaintext).map_err(|e| e.to_string())
+        let plaintext = self.opener.open(chunks)?;
+        Ok(halite_proto::decode(&plaintext)?)
     }
 }
 
 /// Envelope frames as one ZeroMQ message.
-pub fn frames(frames: Vec<Vec<u8>>) -> Result<ZmqMessage, String> {
-    ZmqMessage::try_from(frames.into_iter().map(Bytes::from).collect::<Vec<_>>()).map_err(|e| format!("{e:?}"))
+pub fn frames(frames: Vec<Vec<u8>>) -> Result<ZmqMessage, SessionError> {
+    // The only failure is an empty list of frames.
+    ZmqMessage::try_from(frames.into_iter().map(Bytes::from).collect::<Vec<_>>()).map_err(|_| SessionError::Empty)
 }
 
 /// The running link.
@@ -284,7 +316,7 @@ enum End {
     Cancelled,
     Lost(String),
     /// The master is not the one this agent trusts.
-    Refused(String),
+    Refused(TrustError),
 }
 
 impl Link {
@@ -343,7 +375,7 @@ impl Link {
         }
         let (mut initiator, first) = Initiator::start(&self.settings.keypair).map_err(|e| lost("handshake", &e))?;
         socket
-            .send(frames(Envelope::handshake(envelope::HELLO1, first)).map_err(End::Lost)?)
+            .send(frames(Envelope::handshake(envelope::HELLO1, first)).map_err(|e| End::Lost(e.to_string()))?)
             .await
             .map_err(|e| lost("handshake", &e))?;
         let reply = tokio::select! {
@@ -361,7 +393,7 @@ impl Link {
         let hello = halite_proto::encode(&AgentMessage::Hello(self.settings.hello.clone()));
         let (last, sealer, opener) = initiator.finish(&hello).map_err(|e| lost("handshake", &e))?;
         socket
-            .send(frames(Envelope::handshake(envelope::HELLO3, last)).map_err(End::Lost)?)
+            .send(frames(Envelope::handshake(envelope::HELLO3, last)).map_err(|e| End::Lost(e.to_string()))?)
             .await
             .map_err(|e| lost("handshake", &e))?;
         Ok((socket, Session { sealer, opener }))
@@ -508,26 +540,35 @@ fn end_run(out: &mut Vec<(u64, AgentMessage)>, run: &mut Vec<halite_proto::Event
 
 /// Is `key` the master this agent trusts? With trust on first use, the
 /// first key seen is stored and pinned from then on.
-fn check_master(trust: &MasterTrust, key: PublicKey) -> Result<(), String> {
+///
+/// The pin fails closed: a new key is pinned only when the pin file does
+/// not exist (written atomically, so a crash leaves the old state or the
+/// whole pin); a pin file that cannot be read, does not hold a key, or
+/// that another user could have written is a refusal, never a re-pin.
+fn check_master(trust: &MasterTrust, key: PublicKey) -> Result<(), TrustError> {
     let pinned = match trust {
         MasterTrust::Pinned(pinned) => *pinned,
-        MasterTrust::FirstUse(store) => match std::fs::read_to_string(store) {
-            Ok(text) => text.parse::<PublicKey>().map_err(|e| format!("{}: {e}", store.display()))?,
-            Err(_) => {
-                std::fs::write(store, format!("{key}\n"))
-                    .map_err(|e| format!("cannot store the master's key in {}: {e}", store.display()))?;
-                tracing::warn!(fingerprint = %key, path = %store.display(), "Trusting the master's key on first use; it is pinned from now on.");
-                key
+        MasterTrust::FirstUse(store) => {
+            let refuse = |why: String| TrustError::Unusable { path: store.clone(), why };
+            match std::fs::read(store) {
+                Ok(bytes) => {
+                    halite_fs::strict::check_file(store, false).map_err(|e| refuse(e.to_string()))?;
+                    std::str::from_utf8(&bytes)
+                        .map_err(|_| refuse(format!("the pinned master key {} is not text", store.display())))?
+                        .parse::<PublicKey>()
+                        .map_err(|e| refuse(format!("the pinned master key {}: {e}", store.display())))?
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    halite_fs::write_atomic(store, format!("{key}\n").as_bytes(), 0o600)
+                        .map_err(|source| TrustError::Store { path: store.clone(), source })?;
+                    tracing::warn!(fingerprint = %key, path = %store.display(), "Trusting the master's key on first use; it is pinned from now on.");
+                    key
+                }
+                Err(e) => return Err(refuse(format!("cannot read the pinned master key {}: {e}", store.display()))),
             }
-        },
+        }
     };
-    if key == pinned {
-        Ok(())
-    } else {
-        Err(format!(
-            "the master's key is {key}, but this agent trusts {pinned}; if the master's key really changed, put the new one (`halite-master keys fingerprint`) in `master_key`"
-        ))
-    }
+    if key == pinned { Ok(()) } else { Err(TrustError::Mismatch { key, pinned }) }
 }
 
 #[cfg(test)]
@@ -539,11 +580,38 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let trust = MasterTrust::FirstUse(dir.path().join("master.pub"));
         let (first, second) = (Keypair::generate().unwrap().public, Keypair::generate().unwrap().public);
-        assert_eq!(check_master(&trust, first), Ok(()));
-        assert_eq!(check_master(&trust, first), Ok(()));
-        let refusal = check_master(&trust, second).unwrap_err();
+        check_master(&trust, first).unwrap();
+        check_master(&trust, first).unwrap();
+        let refusal = check_master(&trust, second).unwrap_err().to_string();
         assert!(refusal.contains(&first.to_string()) && refusal.contains(&second.to_string()), "{refusal}");
         assert!(check_master(&MasterTrust::Pinned(first), second).is_err());
+    }
+
+    /// Two bytes that are not UTF-8 once made the agent pin the next master
+    /// it met; a pin that does not read is now a refusal that names it.
+    #[test]
+    fn a_garbled_or_unreadable_pin_is_a_refusal_never_a_re_pin() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.pub");
+        let trust = MasterTrust::FirstUse(path.clone());
+        let other = Keypair::generate().unwrap().public;
+        for garbage in [&b"\xff\xfe"[..], b"", b"not a key\n"] {
+            std::fs::write(&path, garbage).unwrap();
+            let refusal = check_master(&trust, other).unwrap_err().to_string();
+            assert!(refusal.contains(&path.display().to_string()) && refusal.contains("master_key"), "{refusal}");
+            assert_eq!(std::fs::read(&path).unwrap(), garbage, "the pin is left as it was");
+        }
+        // A directory where the pin should be: unreadable as a file.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(check_master(&trust, other).is_err());
+        std::fs::remove_dir(&path).unwrap();
+        // A pin others could have written is not trusted.
+        std::fs::write(&path, format!("{other}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let refusal = check_master(&trust, other).unwrap_err().to_string();
+        assert!(refusal.contains("chmod go-w"), "{refusal}");
     }
 
     #[test]

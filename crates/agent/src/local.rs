@@ -23,6 +23,11 @@ pub struct LocalApply {
     /// Prefix for every managed path (`/` on a real host).
     pub root: PathBuf,
     pub test: bool,
+    /// Where replaced contents are backed up (the daemon's
+    /// `<data_dir>/backup`).
+    pub backup_dir: PathBuf,
+    /// `backup_max_bytes` of agent.yaml.
+    pub backup_max_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +65,12 @@ pub fn apply(request: &LocalApply) -> Result<Report, LocalError> {
     let job = Job { id: Id::new(), cause_event: None, test: request.test, states: calls };
     // No daemon record to keep: a running agent learns the files' desired
     // state from its own jobs.
-    let result = crate::jobs::run(&job, &ManagedFiles::in_memory(), &request.root, &ApplyEnv::default());
+    let env = ApplyEnv {
+        backup_dir: Some(request.backup_dir.clone()),
+        backup_max_bytes: request.backup_max_bytes,
+        ..ApplyEnv::default()
+    };
+    let result = crate::jobs::run(&job, &ManagedFiles::in_memory(), &request.root, &env);
     Ok(Report { test: request.test, agents: vec![AgentReport::answered(&request.id, None, &result.results)] })
 }
 
@@ -91,6 +101,8 @@ mod tests {
             id: "web01".into(),
             root: root.path().into(),
             test: true,
+            backup_dir: root.path().join("backup"),
+            backup_max_bytes: 1 << 20,
         };
         let report = apply(&request).unwrap();
         assert_eq!(report.agents[0].count(OutcomeKind::WouldChange), 1);
@@ -114,6 +126,8 @@ mod tests {
             id: "a".into(),
             root: root.path().into(),
             test: false,
+            backup_dir: root.path().join("backup"),
+            backup_max_bytes: 1 << 20,
         };
         let error = apply(&request).unwrap_err().to_string();
         assert!(error.contains("motd.yaml:2:3: error: unknown state kind"), "{error}");

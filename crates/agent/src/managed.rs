@@ -164,12 +164,24 @@ impl ManagedFiles {
         let Some(store) = &self.store else { return };
         let list: Vec<(PathBuf, Desired)> = self.lock().desired.iter().map(|(p, d)| (p.clone(), *d)).collect();
         let result = serde_json::to_vec(&list)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| halite_fs::write_atomic(store, &bytes, 0o600).map_err(|e| e.to_string()));
+            .map_err(PersistError::Encode)
+            .and_then(|bytes| halite_fs::write_atomic(store, &bytes, 0o600).map_err(PersistError::Write));
         if let Err(error) = result {
             tracing::warn!(path = %store.display(), %error, "Cannot save the record of managed files.");
         }
     }
+}
+
+/// Why the record of managed files was not saved (logged; the record in
+/// memory stays authoritative).
+#[derive(Debug, thiserror::Error)]
+enum PersistError {
+    /// A path that is not UTF-8 has no JSON form.
+    #[error("cannot encode the record: {0}")]
+    Encode(serde_json::Error),
+    /// The write names the file.
+    #[error(transparent)]
+    Write(halite_fs::FsError),
 }
 
 /// How `path` differs from `want`, if it does.

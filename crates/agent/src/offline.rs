@@ -32,6 +32,18 @@ pub enum OfflineError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("offline store {path}: {source}")]
     Write { path: PathBuf, source: halite_fs::FsError },
+    #[error("{blob}: {source}")]
+    ReadBlob { blob: PathBuf, source: std::io::Error },
+    #[error("{blob}: the kept content does not match its digest")]
+    Corrupt { blob: PathBuf },
+    #[error("{path}: `{kind}` is no longer a kind that keeps a file's content")]
+    NotFileLike { path: PathBuf, kind: String },
+    /// Planning the restore (the error names the file or argument).
+    #[error(transparent)]
+    Plan(#[from] halite_state::apply::PlanError),
+    /// The restore failed, as a job's state would (the outcome's text).
+    #[error("{error}")]
+    Restore { path: PathBuf, error: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,17 +134,17 @@ impl OfflineStore {
     /// Restores `path` from the kept content if it differs, as a job would
     /// (in `env`: backups as for a job); `None` when nothing is kept for it
     /// or nothing had to change. Blocking.
-    pub fn heal(&self, path: &Path, managed: &ManagedFiles, env: &ApplyEnv) -> Result<Option<Healed>, String> {
+    pub fn heal(&self, path: &Path, managed: &ManagedFiles, env: &ApplyEnv) -> Result<Option<Healed>, OfflineError> {
         let Some(record) = self.lock().get(path).cloned() else { return Ok(None) };
         let blob = self.blob(&record.sha256);
-        let contents = std::fs::read(&blob).map_err(|e| format!("{}: {e}", blob.display()))?;
+        let contents = std::fs::read(&blob).map_err(|source| OfflineError::ReadBlob { blob: blob.clone(), source })?;
         if Sha256::of(&contents) != record.sha256 {
-            return Err(format!("{}: the kept content does not match its digest", blob.display()));
+            return Err(OfflineError::Corrupt { blob });
         }
         let mut call = record.call.clone();
         let kept = halite_state::kinds::file_like(&call.kind).and_then(|file| (file.contents_mut)(&mut call.args));
         let Some(slot) = kept else {
-            return Err(format!("{}: `{}` is no longer a kind that keeps a file's content", path.display(), call.kind));
+            return Err(OfflineError::NotFileLike { path: path.to_owned(), kind: call.kind });
         };
         *slot = contents;
         let plan = plan_call(&call, env)?;
@@ -148,7 +160,7 @@ impl OfflineStore {
             Outcome::Changed { changes } => {
                 Ok(Some(Healed { path: path.to_path_buf(), state: call.id.clone(), sha256: record.sha256, changes }))
             }
-            Outcome::Failed { error } => Err(error),
+            Outcome::Failed { error } => Err(OfflineError::Restore { path: path.to_owned(), error }),
             Outcome::Unchanged | Outcome::WouldChange { .. } => Ok(None),
         }
     }
@@ -250,6 +262,7 @@ mod tests {
         std::fs::write(&blob, "evil\n").unwrap();
         let error =
             store.heal(&root.path().join("etc/motd"), &ManagedFiles::in_memory(), &ApplyEnv::default()).unwrap_err();
-        assert!(error.contains("does not match"), "{error}");
+        assert!(matches!(error, OfflineError::Corrupt { .. }), "{error}");
+        assert!(error.to_string().contains("does not match"), "{error}");
     }
 }

@@ -34,6 +34,8 @@
 //! a temporary file another thread of this process is writing right now
 //! is skipped.
 
+pub mod strict;
+
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -43,6 +45,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
+
+pub mod lock;
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};

@@ -28,15 +28,16 @@ impl fmt::Debug for PublicKey {
 }
 
 impl FromStr for PublicKey {
-    type Err = String;
+    type Err = KeyError;
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let text = text.trim();
+        let not_a_key = || KeyError::NotAKey { text: text.to_owned() };
         if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("`{text}` is not a public key: expected 64 hex digits"));
+            return Err(not_a_key());
         }
         let mut key = [0u8; 32];
         for (i, byte) in key.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| not_a_key())?;
         }
         Ok(PublicKey(key))
     }
@@ -74,6 +75,8 @@ pub enum KeyError {
     Exposed { path: String, mode: u32 },
     #[error("cannot make a key: {0}")]
     Generate(String),
+    #[error("`{text}` is not a public key: expected 64 hex digits")]
+    NotAKey { text: String },
 }
 
 impl Keypair {

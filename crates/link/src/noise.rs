@@ -53,6 +53,9 @@ impl Initiator {
         let mut message = vec![0u8; NOISE_MAX];
         let len = state.write_message(&[], &mut message)?;
         message.truncate(len);
+        // The buffer was sized for the largest Noise message; a queued
+        // handshake message keeps only its bytes.
+        message.shrink_to_fit();
         Ok((Initiator { state }, message))
     }
 
@@ -72,6 +75,9 @@ impl Initiator {
         let mut message = vec![0u8; NOISE_MAX];
         let len = self.state.write_message(payload, &mut message)?;
         message.truncate(len);
+        // The buffer was sized for the largest Noise message; a queued
+        // handshake message keeps only its bytes.
+        message.shrink_to_fit();
         let (sealer, opener) = split(self.state.into_stateless_transport_mode()?);
         Ok((message, sealer, opener))
     }
@@ -108,6 +114,9 @@ impl Responder {
         let mut message = vec![0u8; NOISE_MAX];
         let len = state.write_message(&[], &mut message)?;
         message.truncate(len);
+        // The buffer was sized for the largest Noise message; a queued
+        // handshake message keeps only its bytes.
+        message.shrink_to_fit();
         Ok((Responder { state }, message))
     }
 

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+use halite_agent::logging::LogFormat;
+
 use crate::config::DEFAULT_CONFIG;
 
 /// The whole command line, for man pages and completions.
@@ -17,15 +19,30 @@ pub fn command() -> clap::Command {
 /// The halite master: loads the state tree, receives agents' events, runs
 /// reactors and pushes corrective state back to the agents.
 ///
-/// Exit codes: 0 success; 1 failure (the message says why; for `check`,
-/// the tree has errors); 2 bad command line (for `apply`: some agent did
-/// not answer, see `apply --help`).
+/// Exit codes: 0 success; 1 failed (the message says why; `check`: the
+/// tree has errors; `apply`: a state failed); 2 bad command line; 3
+/// `apply`: some agent did not answer; 4 nothing matched (no key, no job,
+/// no connected agent); 5 the master is not running (its control socket
+/// cannot be reached); 6 refused to do harm (another master uses the data
+/// dir; `keys accept` would replace an accepted key).
 #[derive(Debug, Parser)]
-#[command(name = "halite-master", version, propagate_version = true)]
+#[command(name = "halite-master", version, propagate_version = true, after_help = EXAMPLES)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// How log lines on stderr are written: `text` (coloured only on a
+    /// terminal) or `json` (one object per line). Default: `log_format` in
+    /// master.yaml for `run`, else text.
+    #[arg(long, global = true, value_enum, env = "HALITE_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
 }
+
+const EXAMPLES: &str = "Examples:
+  halite-master init --dir ./halite
+  halite-master run --config ./halite/master.yaml
+  halite-master keys list
+  halite-master apply 'web*' --test
+  halite-master demo";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -34,9 +51,17 @@ pub enum Command {
     /// in agents' agent.yaml.
     ///
     /// Without --dir: /etc/halite/master.yaml, /var/lib/halite/master and
-    /// /srv/halite/states. Safe to run again: it keeps what exists and says so.
+    /// /srv/halite/states. With --dir, also DIR/agent.yaml: an agent ready
+    /// to run on this host (its files under DIR/agent/root, the master's
+    /// key pinned), and the commands to try next. Safe to run again: it
+    /// keeps what exists and says so.
+    #[command(after_help = "Examples:
+  halite-master init --dir ./halite
+  halite-master init --dir ./halite --listen tcp://127.0.0.1:4510
+  sudo halite-master init")]
     Init {
-        /// Put everything under DIR (DIR/master.yaml, DIR/data, DIR/states).
+        /// Put everything under DIR (DIR/master.yaml, DIR/data, DIR/states,
+        /// DIR/agent.yaml).
         #[arg(long)]
         dir: Option<PathBuf>,
         /// The agent link for a new master.yaml (default tcp://0.0.0.0:4510).
@@ -48,6 +73,12 @@ pub enum Command {
     /// Prints `ready listen=<endpoint> publish=<endpoint>` on stdout (and in
     /// <data_dir>/endpoints) once it serves, with real ports when port 0 was
     /// asked for. Logs go to stderr; RUST_LOG=debug shows every event.
+    /// Holds a lock on the data dir while it runs: a second master on the
+    /// same data dir is refused (exit code 6) and touches nothing.
+    #[command(after_help = "Examples:
+  halite-master run
+  halite-master run --config ./halite/master.yaml
+  RUST_LOG=debug halite-master run --log-format json")]
     Run {
         /// The master's configuration (YAML).
         #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
@@ -60,11 +91,22 @@ pub enum Command {
         states: Option<PathBuf>,
     },
     /// Check the whole state tree and print every problem as
-    /// file:line:col: error: … with a hint; exit 1 if there is any.
+    /// file:line:col: error: … (or warning: …) with a hint; exit 1 if there
+    /// is any error (with --strict, any warning too).
+    ///
+    /// The tree is --states, else `states` of the configuration (when it
+    /// exists), else ./states.
+    #[command(after_help = "Examples:
+  halite-master check
+  halite-master check --strict --states ./halite/states
+  halite-master check --config ./halite/master.yaml --event halite/beacon/web01/nginx-conf --data '{\"kind\": \"modify\"}'")]
     Check {
-        /// The state tree to check.
-        #[arg(long, env = "HALITE_STATES", default_value = "states")]
-        states: PathBuf,
+        /// The state tree to check (overrides the configuration's).
+        #[arg(long, env = "HALITE_STATES")]
+        states: Option<PathBuf>,
+        /// The master's configuration, to find its state tree.
+        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
         /// What-if: after checking, show which reactors this event tag would
         /// fire and what they would do (nothing is done).
         #[arg(long, value_name = "TAG")]
@@ -76,6 +118,16 @@ pub enum Command {
         /// tag, for `halite/beacon/<agent>/...`).
         #[arg(long, requires = "event")]
         agent: Option<String>,
+        /// Fail (exit 1) on warnings too: a reactor whose `on` matches no
+        /// tag halite raises or no beacon in beacons.yaml, or whose `when`
+        /// reads a field or value its beacons never send.
+        #[arg(long)]
+        strict: bool,
+        /// The master's data dir: templates are rendered for every agent
+        /// its store has seen, with the facts each last sent (besides the
+        /// sample agents of the tree's facts.yaml).
+        #[arg(long = "data-dir", env = "HALITE_DATA_DIR", value_name = "DIR")]
+        master_data_dir: Option<PathBuf>,
     },
     /// Agents' keys: list them, accept, reject or delete them, or print the
     /// master's own key (its fingerprint, which agents pin as `master_key`).
@@ -84,6 +136,15 @@ pub enum Command {
     /// agent's key is pending until it is accepted (or an `auto_accept` glob
     /// matches); nothing from a pending, rejected or deleted key reaches the
     /// bus. Rejecting or deleting a key ends its session at once.
+    ///
+    /// `list` reads the store itself when the master is stopped.
+    #[command(after_help = "Examples:
+  halite-master keys list
+  halite-master keys accept web01
+  halite-master keys accept FINGERPRINT   # one key, by its 64 hex digits
+  halite-master keys accept web01 --replace
+  halite-master keys reject 'db*'
+  halite-master keys fingerprint")]
     Keys {
         #[command(subcommand)]
         action: KeysAction,
@@ -107,8 +168,14 @@ pub enum Command {
     ///
     /// Exit codes: 0 every agent answered and nothing failed; 1 a state
     /// failed (or the request was refused: unknown state file, bad target);
-    /// 2 some agent did not answer in time, or TARGET matches no connected
-    /// agent (2 wins over 1: the picture is incomplete).
+    /// 3 some agent did not answer in time (3 wins over 1: the picture is
+    /// incomplete); 4 TARGET matches no connected agent; 5 the master is
+    /// not running.
+    #[command(after_help = "Examples:
+  halite-master apply '*' --test
+  halite-master apply 'web*' nginx
+  halite-master apply 'G@os:debian and not db*' --json
+  halite-master apply L@web01,web02 motd --timeout 2m")]
     Apply {
         /// A target expression, as in top.yaml: 'web*', L@web01,web02,
         /// 'G@os:debian and not db*'.
@@ -136,7 +203,11 @@ pub enum Command {
     /// job's per-agent, per-state results and diffs.
     ///
     /// Reads <data_dir>/halite.db directly, read-only: works whether the
-    /// master runs or not. Exit code 1 when JID matches no job.
+    /// master runs or not. Exit code 4 when JID matches no job.
+    #[command(after_help = "Examples:
+  halite-master jobs
+  halite-master jobs --limit 100 --json
+  halite-master jobs 01JD3")]
     Jobs {
         /// A job id, or a unique start of one.
         jid: Option<String>,
@@ -153,13 +224,37 @@ pub enum Command {
         #[arg(long, env = "HALITE_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// A consistent copy of the store (keys, jobs, results) in FILE, made
+    /// by the running master with SQLite's online backup while it works.
+    ///
+    /// FILE is one self-contained SQLite file, owner-only. To restore: stop
+    /// the master, copy FILE to <data_dir>/halite.db, remove
+    /// <data_dir>/halite.db-wal, start the master.
+    #[command(after_help = "Examples:
+  halite-master backup /srv/backups/halite-$(date +%F).db
+  halite-master backup --config /etc/halite/master.yaml /tmp/halite.db")]
+    Backup {
+        /// Where to write the copy (replaced if it exists).
+        file: PathBuf,
+        /// The master's configuration, to find its data dir.
+        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The master's data dir (overrides the configuration's).
+        #[arg(long, env = "HALITE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// Every agent the running master knows: key status, address, version,
     /// connected since, last event, compliance of its watched files, facts.
     ///
     /// Compliance: `unknown` (no job returned yet), `compliant` (the last
     /// job succeeded and no managed file drifted since), `drifted` (a
     /// managed file changed and no job has returned since), `failing` (the
-    /// last job had a failed state). Pending agents are listed too.
+    /// last job had a failed state), `stale` (a reload changed the states
+    /// rendered for it and no job has returned since). Pending agents are
+    /// listed too.
+    #[command(after_help = "Examples:
+  halite-master agents
+  halite-master agents --json | jq '.[] | select(.compliance.state != \"compliant\")'")]
     Agents {
         /// The master's configuration, to find its data dir.
         #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
@@ -176,6 +271,10 @@ pub enum Command {
     /// One line per event: time (UTC), tag, agent, data. A tail that cannot
     /// keep up is told `lagged, N events skipped`; the master never waits
     /// for it.
+    #[command(after_help = "Examples:
+  halite-master events
+  halite-master events --tag 'halite/beacon/web*/*'
+  halite-master events --json | jq .tag")]
     Events {
         /// Only events whose tag matches this glob (`halite/beacon/web*/*`).
         #[arg(long, value_name = "GLOB")]
@@ -190,9 +289,80 @@ pub enum Command {
         #[arg(long, env = "HALITE_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Run a program on the connected agents TARGET matches; show each one's
+    /// exit code and output.
+    ///
+    /// Every matching agent runs it at once (or `--batch N` at a time); each
+    /// answer is shown as it comes. No shell: PROGRAM and ARGS are passed as
+    /// they are (write `-- sh -c '…'` for one). Each agent's run is a job,
+    /// recorded with this command line as its cause (`halite-master jobs`);
+    /// it does not change the agent's compliance.
+    ///
+    /// Exit codes: 0 the program exited 0 on every agent; 1 it exited
+    /// otherwise, timed out or was killed on some agent (or the request was
+    /// refused); 3 some agent did not answer in time; 4 TARGET matches no
+    /// connected agent.
+    #[command(after_help = "Examples:
+  halite-master cmd 'web*' -- systemctl is-active nginx
+  halite-master cmd --batch 5 --timeout 2m 'G@os:debian' -- apt-get -s upgrade
+  halite-master cmd --json db01 -- sh -c 'df -h / | tail -1'")]
+    Cmd {
+        /// A target expression, as in top.yaml: 'web*', L@web01,web02,
+        /// 'G@os:debian and not db*'.
+        target: String,
+        /// The program and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "PROGRAM ARGS")]
+        argv: Vec<String>,
+        /// How long the program may run on each agent; it is killed then.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// At most N agents run the program at once.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        batch: Option<u64>,
+        /// One JSON object per agent per line (agent, jid, answered, code,
+        /// error, stdout, stderr) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The master's configuration, to find its data dir.
+        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The master's data dir (overrides the configuration's).
+        #[arg(long, env = "HALITE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Show the facts of the connected agents TARGET matches.
+    ///
+    /// What `G@` targets and templates' `facts` read, from each agent's
+    /// hello: all of them, or the NAMEs given (a dotted name reads inside a
+    /// fact: os_release.version_codename; `-` for a fact an agent lacks).
+    ///
+    /// Exit codes: 0 success; 1 refused (a bad target); 4 TARGET matches
+    /// no connected agent.
+    #[command(after_help = "Examples:
+  halite-master facts 'web*' os os_version cpus
+  halite-master facts db01 os_release.version_codename
+  halite-master facts '*' --json > states/facts.yaml")]
+    Facts {
+        /// A target expression, as in top.yaml.
+        target: String,
+        /// Facts to show (default: all).
+        names: Vec<String>,
+        /// Print JSON (agent → facts) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The master's configuration, to find its data dir.
+        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The master's data dir (overrides the configuration's).
+        #[arg(long, env = "HALITE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// Start a master and two agents on loopback in a temporary directory,
     /// drift managed files several ways and show each restore with its
     /// latency. Needs nothing set up.
+    #[command(after_help = "Examples:
+  halite-master demo
+  halite-master demo --keep")]
     Demo {
         /// Leave everything running afterwards, to edit files by hand.
         #[arg(long)]
@@ -202,15 +372,74 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum KeysAction {
-    /// Every known key with its agent id and status.
+    /// Every known key with its agent id and status, sorted by id; read
+    /// from the store itself when the master is stopped.
+    #[command(after_help = "Examples:
+  halite-master keys list
+  halite-master keys list --json --data-dir /var/lib/halite/master")]
     List,
     /// Accept the pending or rejected keys TARGET names.
-    Accept { target: String },
+    ///
+    /// Refused (exit code 6) when an id glob names a key of an agent id
+    /// that already has another accepted key: the message names both
+    /// fingerprints. Name the new key by its fingerprint, or pass
+    /// --replace; the old key is retired and its session cut at once.
+    #[command(after_help = "Examples:
+  halite-master keys accept web01
+  halite-master keys accept 'web*'
+  halite-master keys accept FINGERPRINT      # one key, by its 64 hex digits
+  halite-master keys accept web01 --replace  # retire web01's accepted key for the pending one")]
+    Accept {
+        target: String,
+        /// Accept even where it retires an agent's accepted key.
+        #[arg(long)]
+        replace: bool,
+    },
     /// Reject the keys TARGET names; their agents are cut off at once.
+    #[command(after_help = "Examples:
+  halite-master keys reject db07
+  halite-master keys reject FINGERPRINT")]
     Reject { target: String },
     /// Forget the keys TARGET names; their agents are cut off at once and
     /// come back as pending.
+    #[command(after_help = "Examples:
+  halite-master keys delete db07
+  halite-master keys delete 'old-*'")]
     Delete { target: String },
     /// Print the master's public key, to put in agents' `master_key`.
+    #[command(after_help = "Examples:
+  halite-master keys fingerprint
+  halite-master keys fingerprint --config ./halite/master.yaml")]
     Fingerprint,
+    /// The facts frozen for the accepted keys TARGET names (what targeting
+    /// and templates use) and any other facts their agents claimed since
+    /// (held); with --accept, the held facts become the frozen ones.
+    #[command(after_help = "Examples:
+  halite-master keys facts web01
+  halite-master keys facts web01 --accept
+  halite-master keys facts '*' --json")]
+    Facts {
+        target: String,
+        /// Trust what the agents now claim.
+        #[arg(long)]
+        accept: bool,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    /// `--help` of the binary and of each command ends with examples (the
+    /// man pages are made from the same definitions).
+    #[test]
+    fn every_command_has_examples() {
+        let command = super::command();
+        let examples = |c: &clap::Command| c.get_after_help().is_some_and(|h| h.to_string().starts_with("Examples:\n"));
+        assert!(examples(&command), "{} has no examples", command.get_name());
+        for sub in command.get_subcommands() {
+            assert!(examples(sub), "`{} {}` has no examples (after_help)", command.get_name(), sub.get_name());
+            for action in sub.get_subcommands() {
+                assert!(examples(action), "`{} {}` has no examples (after_help)", sub.get_name(), action.get_name());
+            }
+        }
+    }
 }

@@ -13,9 +13,13 @@ pub struct MasterConfig {
     /// The agent link (ZeroMQ ROUTER). Port 0 picks a free port.
     #[serde(default = "default_listen")]
     pub listen: String,
-    /// The outside event publisher (ZeroMQ PUB, `[tag, json]`). Port 0 likewise.
-    #[serde(default = "default_publish")]
-    pub publish: String,
+    /// The outside event publisher (ZeroMQ PUB, `[tag, json]`): by default
+    /// (`None`) a Unix socket in the data dir that only the master's user
+    /// may use ([`MasterConfig::publish_endpoint`]); `tcp://IP:PORT` (port 0
+    /// likewise) or `ipc://PATH` when set. A TCP publisher has no
+    /// authentication: whoever reaches it reads every event.
+    #[serde(default)]
+    pub publish: Option<String>,
     /// The state tree.
     #[serde(default = "default_states")]
     pub states: PathBuf,
@@ -29,6 +33,168 @@ pub struct MasterConfig {
     /// ZMTP handshake in this long is dropped (`10s`, `500ms`).
     #[serde(default = "default_handshake_timeout", deserialize_with = "duration")]
     pub handshake_timeout: Duration,
+    /// How `run` writes its logs: `text` (default) or `json`, one object
+    /// per line (`--log-format` overrides it).
+    #[serde(default)]
+    pub log_format: halite_agent::logging::LogFormat,
+    /// How new agents get in: the enrolment token `auto_accept` asks for,
+    /// pre-registered keys, and the bounds on pending keys.
+    #[serde(default)]
+    pub enrolment: Enrolment,
+    /// Variables of the master's environment that `exec` hooks may see,
+    /// besides `HALITE_*` and the default allow-list (PATH, LANG, LC_*,
+    /// TZ, HOME, USER, LOGNAME, TMPDIR).
+    #[serde(default)]
+    pub exec_env: Vec<String>,
+    /// After a reload, re-apply each connected agent whose rendered states
+    /// changed (`server/reload.rs`); `false` leaves them `stale`.
+    #[serde(default = "default_enforce_on_reload")]
+    pub enforce_on_reload: bool,
+    /// At most this many agents a second are re-applied after a reload,
+    /// across the fleet.
+    #[serde(default = "default_reload_rate")]
+    pub reload_rate: u32,
+    /// Scheduled enforcement (`server/schedule.rs`): each entry applies its
+    /// states (or the highstate) to the agents it targets every so often.
+    #[serde(default)]
+    pub schedule: Vec<ScheduleEntry>,
+    /// How much job history halite.db keeps.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// The largest event taken from an agent (its tag, agent and data's
+    /// text, plus one byte per value); a larger one is acknowledged and
+    /// dropped, with a warning.
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: usize,
+    /// Link handshakes one source address may have at once; a further
+    /// Hello1 from it closes its connection (the agent retries).
+    #[serde(default = "default_handshakes_per_source")]
+    pub handshakes_per_source: usize,
+}
+
+/// First contact (README, "Security model").
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Enrolment {
+    /// A file holding the enrolment token (its first line). When set, an
+    /// `auto_accept` glob accepts a new id only from an agent that presents
+    /// this token (`enrol_token_file` in its agent.yaml); without it the
+    /// glob trusts the id alone.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Agent keys (64 hex digits, `halite-agent fingerprint`) accepted on
+    /// first contact under any id not yet known, with no token.
+    #[serde(default)]
+    pub fingerprints: Vec<String>,
+    /// Pending keys kept at most; a new key beyond it is refused (not
+    /// recorded) until an operator decides or old ones expire.
+    #[serde(default = "default_pending_max")]
+    pub pending_max: usize,
+    /// A pending key no operator decided about is forgotten after this long.
+    #[serde(default = "default_pending_expire", deserialize_with = "duration")]
+    pub pending_expire: Duration,
+    /// New pending keys taken from one source address per minute; more are
+    /// refused (not recorded) until the minute is over.
+    #[serde(default = "default_new_keys_per_source")]
+    pub new_keys_per_source: u32,
+}
+
+/// Pending keys kept at most, by default.
+pub const DEFAULT_PENDING_MAX: usize = 1024;
+/// How long a pending key is kept, by default: a week.
+pub const DEFAULT_PENDING_EXPIRE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// New pending keys per source address per minute, by default.
+pub const DEFAULT_NEW_KEYS_PER_SOURCE: u32 = 32;
+
+fn default_pending_max() -> usize {
+    DEFAULT_PENDING_MAX
+}
+fn default_pending_expire() -> Duration {
+    DEFAULT_PENDING_EXPIRE
+}
+fn default_new_keys_per_source() -> u32 {
+    DEFAULT_NEW_KEYS_PER_SOURCE
+}
+
+impl Default for Enrolment {
+    fn default() -> Self {
+        Enrolment {
+            token_file: None,
+            fingerprints: Vec::new(),
+            pending_max: DEFAULT_PENDING_MAX,
+            pending_expire: DEFAULT_PENDING_EXPIRE,
+            new_keys_per_source: DEFAULT_NEW_KEYS_PER_SOURCE,
+        }
+    }
+}
+
+/// One entry of `schedule:` in master.yaml.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleEntry {
+    /// Names the entry in logs and in its jobs' cause (`schedule:<name>`).
+    pub name: String,
+    /// How often (`30m`, `1h`).
+    #[serde(deserialize_with = "duration")]
+    pub every: Duration,
+    /// Each agent's run is put off by its own share of this (the same for
+    /// an agent every time), so a fleet does not apply all at once.
+    #[serde(default, deserialize_with = "duration")]
+    pub splay: Duration,
+    /// State files to apply; none: each agent's top.yaml states.
+    #[serde(default)]
+    pub states: Vec<String>,
+    /// Which connected agents (a target expression); default all.
+    #[serde(default = "default_schedule_target")]
+    pub target: String,
+    /// Test mode: report what would change, change nothing.
+    #[serde(default)]
+    pub test: bool,
+}
+
+fn default_schedule_target() -> String {
+    "*".into()
+}
+fn default_enforce_on_reload() -> bool {
+    true
+}
+fn default_reload_rate() -> u32 {
+    20
+}
+
+/// `store:` in master.yaml: the job history's retention, applied at start
+/// and every ten minutes, oldest jobs first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Jobs older than this many days are deleted with their results.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+    /// Then the oldest jobs are deleted until the rows take at most this
+    /// many bytes of halite.db.
+    #[serde(default = "default_store_max_bytes")]
+    pub max_bytes: u64,
+}
+
+fn default_retention_days() -> u32 {
+    90
+}
+fn default_store_max_bytes() -> u64 {
+    1 << 30
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { retention_days: default_retention_days(), max_bytes: default_store_max_bytes() }
+    }
+}
+
+fn default_handshakes_per_source() -> usize {
+    crate::server::limits::PER_SOURCE_HANDSHAKES
+}
+
+fn default_max_event_bytes() -> usize {
+    crate::server::limits::MAX_EVENT_BYTES
 }
 
 fn default_handshake_timeout() -> Duration {
@@ -45,9 +211,6 @@ fn duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duratio
 fn default_listen() -> String {
     "tcp://0.0.0.0:4510".into()
 }
-fn default_publish() -> String {
-    "tcp://127.0.0.1:4511".into()
-}
 fn default_states() -> PathBuf {
     "/srv/halite/states".into()
 }
@@ -59,11 +222,20 @@ impl Default for MasterConfig {
     fn default() -> Self {
         MasterConfig {
             listen: default_listen(),
-            publish: default_publish(),
+            publish: None,
             states: default_states(),
             data_dir: default_data_dir(),
             auto_accept: Vec::new(),
             handshake_timeout: default_handshake_timeout(),
+            log_format: halite_agent::logging::LogFormat::default(),
+            enrolment: Enrolment::default(),
+            exec_env: Vec::new(),
+            enforce_on_reload: default_enforce_on_reload(),
+            reload_rate: default_reload_rate(),
+            schedule: Vec::new(),
+            store: StoreConfig::default(),
+            max_event_bytes: default_max_event_bytes(),
+            handshakes_per_source: default_handshakes_per_source(),
         }
     }
 }
@@ -74,9 +246,46 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Invalid(halite_state::Diagnostic),
+    #[error("{path}: schedule: {problem}")]
+    Schedule { path: PathBuf, problem: String },
 }
 
+/// The default publisher's socket, in the data dir.
+pub const PUBLISH_SOCKET: &str = "events.sock";
+
 impl MasterConfig {
+    /// What is wrong with `schedule:` or `reload_rate` beyond their syntax.
+    fn schedule_problem(&self) -> Option<String> {
+        if self.reload_rate == 0 {
+            return Some("reload_rate must be at least 1 (agents a second); turn re-applying off with `enforce_on_reload: false`".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for entry in &self.schedule {
+            if !names.insert(entry.name.as_str()) {
+                return Some(format!("two entries are named `{}`; give each its own name", entry.name));
+            }
+            if entry.every.is_zero() {
+                return Some(format!("`{}`: every must be longer than 0 (write e.g. every: 30m)", entry.name));
+            }
+            if entry.splay > entry.every {
+                return Some(format!(
+                    "`{}`: splay ({:?}) is longer than every ({:?})",
+                    entry.name, entry.splay, entry.every
+                ));
+            }
+            if let Err(error) = halite_state::Target::parse(&entry.target) {
+                return Some(format!("`{}`: target `{}`: {error}", entry.name, entry.target));
+            }
+        }
+        None
+    }
+
+    /// Where the publisher binds: `publish` as set, or
+    /// `ipc://<data_dir>/events.sock`.
+    pub fn publish_endpoint(&self) -> String {
+        self.publish.clone().unwrap_or_else(|| format!("ipc://{}", self.data_dir.join(PUBLISH_SOCKET).display()))
+    }
+
     /// Loads the configuration; relative paths in it are relative to the
     /// file's directory.
     pub fn load(path: &Path) -> Result<MasterConfig, ConfigError> {
@@ -86,6 +295,10 @@ impl MasterConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         config.states = base.join(&config.states);
         config.data_dir = base.join(&config.data_dir);
+        config.enrolment.token_file = config.enrolment.token_file.map(|file| base.join(file));
+        if let Some(problem) = config.schedule_problem() {
+            return Err(ConfigError::Schedule { path: path.to_path_buf(), problem });
+        }
         Ok(config)
     }
 }
@@ -101,9 +314,55 @@ mod tests {
         std::fs::write(&path, "states: tree\nlisten: tcp://127.0.0.1:0\n").unwrap();
         let config = MasterConfig::load(&path).unwrap();
         assert_eq!(config.states, dir.path().join("tree"));
-        assert_eq!(config.publish, "tcp://127.0.0.1:4511");
+        assert_eq!(config.publish, None);
+        assert_eq!(config.publish_endpoint(), "ipc:///var/lib/halite/master/events.sock");
+        std::fs::write(&path, "data_dir: data\npublish: tcp://127.0.0.1:0\n").unwrap();
+        let config = MasterConfig::load(&path).unwrap();
+        assert_eq!(config.publish_endpoint(), "tcp://127.0.0.1:0");
         std::fs::write(&path, "stats: tree\n").unwrap();
         let error = MasterConfig::load(&path).unwrap_err().to_string();
         assert!(error.contains("stats") && error.contains("master.yaml:1:1"), "{error}");
+    }
+
+    #[test]
+    fn schedule_entries_load_and_bad_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.yaml");
+        std::fs::write(
+            &path,
+            "schedule:\n  - name: highstate\n    every: 30m\n    splay: 5m\n  - name: motd\n    every: 1h\n    states: [motd]\n    target: 'web*'\n    test: true\n",
+        )
+        .unwrap();
+        let config = MasterConfig::load(&path).unwrap();
+        assert!(config.enforce_on_reload);
+        assert_eq!(config.schedule.len(), 2);
+        assert_eq!(config.schedule[0].every, Duration::from_secs(1800));
+        assert_eq!((config.schedule[0].target.as_str(), config.schedule[0].test), ("*", false));
+        assert_eq!(config.schedule[1].states, ["motd"]);
+        for (text, wanted) in [
+            ("schedule:\n  - name: a\n    every: 1m\n  - name: a\n    every: 2m\n", "two entries are named `a`"),
+            ("schedule:\n  - name: a\n    every: 1m\n    splay: 2m\n", "splay"),
+            ("schedule:\n  - name: a\n    every: 0s\n", "longer than 0"),
+            ("schedule:\n  - name: a\n    every: 1m\n    target: 'a and'\n", "target"),
+            ("schedule:\n  - name: a\n    every: often\n", "not a duration"),
+            ("reload_rate: 0\n", "reload_rate"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let error = MasterConfig::load(&path).unwrap_err().to_string();
+            assert!(error.contains(wanted), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn store_retention_has_defaults_and_refuses_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.yaml");
+        std::fs::write(&path, "states: tree\n").unwrap();
+        assert_eq!(MasterConfig::load(&path).unwrap().store, StoreConfig { retention_days: 90, max_bytes: 1 << 30 });
+        std::fs::write(&path, "store:\n  retention_days: 7\n").unwrap();
+        assert_eq!(MasterConfig::load(&path).unwrap().store, StoreConfig { retention_days: 7, max_bytes: 1 << 30 });
+        std::fs::write(&path, "store:\n  retention: 7\n").unwrap();
+        let error = MasterConfig::load(&path).unwrap_err().to_string();
+        assert!(error.contains("retention"), "{error}");
     }
 }

@@ -86,10 +86,10 @@ pub async fn start_master_with(
     auto_accept: &[&str],
     extra: &str,
 ) -> anyhow::Result<MasterProcess> {
-    std::fs::create_dir_all(dir)?;
+    tokio::fs::create_dir_all(dir).await?;
     let config = dir.join("master.yaml");
     let globs: Vec<String> = auto_accept.iter().map(|g| format!("'{g}'")).collect();
-    std::fs::write(
+    tokio::fs::write(
         &config,
         format!(
             "listen: {listen}\npublish: tcp://127.0.0.1:0\nstates: {}\ndata_dir: {}\nauto_accept: [{}]\n{extra}",
@@ -97,7 +97,8 @@ pub async fn start_master_with(
             dir.join("data").display(),
             globs.join(", ")
         ),
-    )?;
+    )
+    .await?;
     let log = dir.join("master.log");
     let (child, line) = spawn_until_ready(&binaries.master, &["run", "--config"], &config, &log, None).await?;
     let field = |key: &str| {
@@ -138,16 +139,17 @@ pub async fn start_agent_with(
     extra: &str,
 ) -> anyhow::Result<AgentProcess> {
     let root = dir.join("root");
-    std::fs::create_dir_all(&root)?;
+    tokio::fs::create_dir_all(&root).await?;
     let config = dir.join("agent.yaml");
-    std::fs::write(
+    tokio::fs::write(
         &config,
         format!(
             "id: {id}\nmaster: {master}\nmaster_key: {master_key}\ndata_dir: {}\nroot: {}\n{extra}",
             dir.join("data").display(),
             root.display()
         ),
-    )?;
+    )
+    .await?;
     let log = dir.join("agent.log");
     let (child, _) = spawn_until_ready(&binaries.agent, &["run", "--config"], &config, &log, Some(dir)).await?;
     Ok(AgentProcess { child, id: id.to_owned(), root, dir: dir.to_path_buf(), log })
@@ -162,7 +164,7 @@ async fn spawn_until_ready(
     log: &Path,
     cwd: Option<&Path>,
 ) -> anyhow::Result<(Child, String)> {
-    let stderr = std::fs::File::create(log)?;
+    let stderr = tokio::fs::File::create(log).await?.into_std().await;
     // halite's own daemons, started for the demo and the tests: they run
     // until stopped and are read line by line for their ready line, which
     // the spawner (programs run to their end, output captured) is not for.
@@ -199,7 +201,7 @@ async fn spawn_until_ready(
             Ok((child, line))
         }
         Ok(Err(e)) => {
-            let logs = std::fs::read_to_string(log).unwrap_or_default();
+            let logs = tokio::fs::read_to_string(log).await.unwrap_or_default();
             bail!("{} {e}; its log:\n{logs}", binary.display())
         }
         Err(_) => bail!("{} printed no ready line within {READY_TIMEOUT:?}", binary.display()),

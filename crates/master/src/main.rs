@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use halite_agent::logging::LogFormat;
 use halite_master::args::{Cli, Command, KeysAction};
+use halite_master::config::MasterConfig;
 
 /// The master allocates and frees a few small objects per event on one
 /// thread and frees some of them on another (the publisher, the reactors).
@@ -19,10 +21,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into()))
-        .with_writer(std::io::stderr)
-        .init();
+    halite_agent::logging::init(log_format(&cli), default_level);
     match run(cli) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -34,8 +33,18 @@ fn main() -> ExitCode {
         }
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            ExitCode::from(halite_master::cli::exit::code_of(&error) as u8)
         }
+    }
+}
+
+/// `--log-format`, else for `run` the configuration's `log_format` (read
+/// quietly here: `run` loads it again and reports what is wrong with it).
+fn log_format(cli: &Cli) -> LogFormat {
+    match (&cli.log_format, &cli.command) {
+        (Some(format), _) => *format,
+        (None, Command::Run { config, .. }) => MasterConfig::load(config).map(|c| c.log_format).unwrap_or_default(),
+        (None, _) => LogFormat::default(),
     }
 }
 
@@ -57,16 +66,22 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Keys { action, config, data_dir, json } => {
             let action = match action {
                 KeysAction::List => cli::keys::Action::List,
-                KeysAction::Accept { target } => cli::keys::Action::Accept(target),
+                KeysAction::Accept { target, replace } => cli::keys::Action::Accept { target, replace },
                 KeysAction::Reject { target } => cli::keys::Action::Reject(target),
                 KeysAction::Delete { target } => cli::keys::Action::Delete(target),
                 KeysAction::Fingerprint => cli::keys::Action::Fingerprint,
+                KeysAction::Facts { target, accept } => cli::keys::Action::Facts { target, accept },
             };
             cli::keys::run(action, &cli::operator_data_dir(&config, data_dir)?, json)
         }
-        Command::Check { states, event, data, agent } => {
+        Command::Check { states, config, event, data, agent, strict, master_data_dir } => {
+            let states = cli::check::states_dir(states, &config)?;
             let mut out = std::io::stdout().lock();
-            let clean = cli::check::run(&states, &mut out)?;
+            let (known, note) = cli::check::known_agents(master_data_dir.as_deref());
+            if let Some(note) = note {
+                eprintln!("{note}");
+            }
+            let clean = cli::check::run(&states, strict, &known, &mut out)?;
             match event {
                 None => Ok(clean),
                 Some(tag) => {
@@ -78,6 +93,10 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             }
         }
         Command::Apply { target, states, test, json, timeout, config, data_dir } => {
+            if let Some(hint) = cli::apply::salt_habit(&states) {
+                use clap::CommandFactory;
+                Cli::command().error(clap::error::ErrorKind::InvalidValue, hint).exit();
+            }
             let data_dir = cli::operator_data_dir(&config, data_dir)?;
             // As the operator would type it again, whatever path ran us.
             let args: Vec<String> =
@@ -95,6 +114,9 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             };
             exit_with(code)
         }
+        Command::Backup { file, config, data_dir } => {
+            cli::backup::run(&cli::operator_data_dir(&config, data_dir)?, &file)
+        }
         Command::Agents { config, data_dir, json } => {
             cli::agents::run(&cli::operator_data_dir(&config, data_dir)?, json)
         }
@@ -103,11 +125,28 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             cli::runtime()?.block_on(cli::events::tail(&data_dir, tag, json, &mut std::io::stdout().lock()))?;
             Ok(true)
         }
+        Command::Cmd { target, argv, timeout, batch, json, config, data_dir } => {
+            let data_dir = cli::operator_data_dir(&config, data_dir)?;
+            let batch = batch.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+            let options = cli::cmd::Options { target, argv, timeout, batch, json, command_line: command_line() };
+            let code = cli::runtime()?.block_on(cli::cmd::run(&data_dir, options))?;
+            exit_with(code)
+        }
+        Command::Facts { target, names, json, config, data_dir } => {
+            exit_with(cli::facts::run(&cli::operator_data_dir(&config, data_dir)?, &target, names, json)?)
+        }
         Command::Demo { keep } => {
             cli::runtime()?.block_on(cli::demo::run(keep))?;
             Ok(true)
         }
     }
+}
+
+/// The operator's command line as they would type it again, whatever path
+/// ran us: recorded as a job's cause.
+fn command_line() -> String {
+    let args: Vec<String> = std::iter::once("halite-master".to_owned()).chain(std::env::args().skip(1)).collect();
+    shlex::try_join(args.iter().map(String::as_str)).unwrap_or_else(|_| args.join(" "))
 }
 
 /// Ends with a command's own exit code (beyond success and failure).

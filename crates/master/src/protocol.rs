@@ -21,6 +21,9 @@ pub enum Request {
     KeysList,
     KeysAccept {
         target: String,
+        /// Accept even where it retires an id's accepted key.
+        #[serde(default)]
+        replace: bool,
     },
     KeysReject {
         target: String,
@@ -32,9 +35,29 @@ pub enum Request {
     Apply(ApplyRequest),
     /// Every known agent (`server/ledger.rs`).
     Agents,
+    /// The facts frozen (and held) for accepted keys; `accept` trusts the
+    /// held ones.
+    KeysFacts {
+        target: String,
+        #[serde(default)]
+        accept: bool,
+    },
     /// A live tail of the bus, optionally filtered by a tag glob.
     Events {
         tag: Option<String>,
+    },
+    /// The facts of the connected agents `target` matches: `names` only,
+    /// or all of them (`server/facts.rs`).
+    Facts {
+        target: String,
+        #[serde(default)]
+        names: Vec<String>,
+    },
+    /// Answered by a stream of [`CmdLine`]s, not a [`Response`].
+    Cmd(CmdRequest),
+    /// A consistent copy of the store in `to` (an absolute path).
+    Backup {
+        to: std::path::PathBuf,
     },
 }
 
@@ -43,12 +66,25 @@ pub struct Response {
     pub ok: bool,
     #[serde(default)]
     pub error: Option<String>,
+    /// The master refused to do harm (`keys accept` that would retire an
+    /// accepted key); `error` says how to insist.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refused: bool,
     /// The keys listed, or changed by the command.
     #[serde(default)]
     pub keys: Vec<KeyEntry>,
     /// The agents listed by `agents`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub agents: Vec<AgentRow>,
+    /// The facts shown (or accepted) by `keys facts`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_facts: Vec<crate::server::keys::FactsRow>,
+    /// The facts asked for by `facts`, by agent.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub facts: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Set when `facts`' target matched no connected agent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_agent: bool,
 }
 
 /// What the operator asked for.
@@ -96,9 +132,21 @@ pub enum TailLine {
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Compliance {
     Unknown,
-    Compliant { since_us: i64 },
-    Drifted { since_us: i64, path: Option<String> },
-    Failing { since_us: i64 },
+    Compliant {
+        since_us: i64,
+    },
+    Drifted {
+        since_us: i64,
+        path: Option<String>,
+    },
+    Failing {
+        since_us: i64,
+    },
+    /// The tree was reloaded and renders other states for the agent than
+    /// it last applied; no job has returned since.
+    Stale {
+        since_us: i64,
+    },
 }
 
 /// One line of `halite-master agents`.
@@ -140,3 +188,49 @@ impl AgentRow {
         }
     }
 }
+
+/// `halite-master cmd TARGET -- PROGRAM ARGS…`: what to run where.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CmdRequest {
+    /// A target expression, matched against connected, accepted agents.
+    pub target: String,
+    /// The program and its arguments (no shell).
+    pub argv: Vec<String>,
+    /// How long the program may run on each agent (it is killed then).
+    pub timeout_ms: u64,
+    /// At most this many agents run it at once (none: all at once).
+    #[serde(default)]
+    pub batch: Option<usize>,
+    /// The operator's command line, recorded as the jobs' cause.
+    pub command_line: String,
+}
+
+/// One line of the master's answer to [`CmdRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "line", rename_all = "snake_case")]
+pub enum CmdLine {
+    /// The agents the target matched (jobs go out `batch` at a time).
+    Started { agents: Vec<String> },
+    /// How the program ended on one agent.
+    Agent {
+        agent: String,
+        jid: String,
+        /// Whether the agent answered (false: it timed out or went away).
+        answered: bool,
+        /// The exit code; none when it was killed, never started, or the
+        /// agent did not answer (`error` says which).
+        code: Option<i32>,
+        error: Option<String>,
+        stdout: String,
+        stderr: String,
+    },
+    /// Every agent has answered or timed out.
+    Done,
+    /// Nothing was run. `no_agent`: the target matched no connected agent.
+    Error { error: String, no_agent: bool },
+}
+
+/// The id of the one `cmd.run` state a `cmd` job carries. The ledger
+/// knows an ad-hoc command's result by it: a command says nothing about
+/// an agent's compliance.
+pub const CMD_STATE_ID: &str = "halite-cmd";

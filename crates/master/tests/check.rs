@@ -2,6 +2,10 @@
 //! match `expected.txt` beside each tree exactly. Run with BLESS=1 to
 //! rewrite the expected files after an intended change.
 
+// Test code outside `#[test]` functions (helpers, a bench): a panic is a
+// failed test, which is what `unwrap` says here.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::process::Command;
 

@@ -46,7 +46,10 @@ pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, DecodeError> {
     if version != PROTOCOL_VERSION {
         return Err(DecodeError::Version { got: version });
     }
-    let (message, rest) = postcard::take_from_bytes(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    // Values decode within a budget (count and bytes), so a small frame
+    // cannot decode to gigabytes.
+    let (message, rest) = crate::value::with_budget(|| postcard::take_from_bytes(body))
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(DecodeError::Trailing(rest.len()));
     }
@@ -120,6 +123,24 @@ mod tests {
         nested.push(0); // Value::Null
         frame.extend(&nested);
         assert!(decode::<Value>(&frame).is_err());
+    }
+
+    #[test]
+    fn a_frame_of_nulls_is_refused_within_the_budget() {
+        use crate::value::MAX_DECODED_VALUES;
+        // An event whose data is a list of N nulls: one byte each.
+        let event = |n: usize| Event::new("halite/beacon/web01/x", "web01", Value::List(vec![Value::Null; n]));
+        let fits = encode(&AgentMessage::Event(event(MAX_DECODED_VALUES - 8)));
+        assert!(decode::<AgentMessage>(&fits).is_ok());
+        let over = encode(&AgentMessage::Event(event(MAX_DECODED_VALUES + 1)));
+        // (postcard reports every serde error as the same text.)
+        assert!(decode::<AgentMessage>(&over).is_err());
+        // Many small values in a batch share one budget.
+        let half = event(MAX_DECODED_VALUES / 2 + 1);
+        let batch = encode(&AgentMessage::Events(vec![half.clone(), half]));
+        assert!(decode::<AgentMessage>(&batch).is_err());
+        // The budget is per decode: the next one starts afresh.
+        assert!(decode::<AgentMessage>(&fits).is_ok());
     }
 
     proptest! {

@@ -17,6 +17,7 @@ pub mod event;
 pub mod frame;
 pub mod hash;
 pub mod message;
+pub mod text;
 pub mod value;
 
 pub use backoff::Backoff;

@@ -26,7 +26,7 @@ pub enum AgentMessage {
     /// Several events at once, oldest first: what an agent sends when
     /// events wait to go out. The master handles them in order and answers
     /// with one [`MasterMessage::Acks`].
-    Events(Vec<Event>),
+    Events(#[serde(deserialize_with = "crate::value::budgeted_seq")] Vec<Event>),
 }
 
 /// Master → agent. Append-only (see the module docs).
@@ -52,6 +52,12 @@ pub enum MasterMessage {
     /// [`AgentMessage::Events`]).
     Acks(Vec<Id>),
 }
+
+/// The hello fact carrying an agent's enrolment token (`enrol_token_file`
+/// in agent.yaml). The master takes it out of the facts before anything
+/// else sees them; an older master would keep it as an ordinary fact,
+/// which is why the agent sends it only when configured.
+pub const ENROL_TOKEN_FACT: &str = "halite_enrol_token";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
@@ -157,6 +163,7 @@ impl RequisiteKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobResult {
     pub job: Id,
+    #[serde(deserialize_with = "crate::value::budgeted_seq")]
     pub results: Vec<StateResult>,
 }
 
@@ -172,15 +179,71 @@ pub struct StateResult {
     pub duration_us: u64,
 }
 
+/// The largest diff one state's result carries. The agent cuts a longer
+/// one (with a marker saying how much was left out) before sending, and
+/// the master cuts again what an agent sends, whatever it says.
+pub const MAX_DIFF_BYTES: usize = 256 << 10;
+/// The most lines of `changes`, and the longest line, one state's result
+/// carries; the master cuts what is over.
+pub const MAX_CHANGES: usize = 256;
+pub const MAX_CHANGE_BYTES: usize = 4096;
+
+/// `text` cut to at most `max` bytes (on a character boundary) followed by
+/// a line saying how many bytes were left out; unchanged when it fits.
+fn cut(text: &mut String, max: usize, what: &str) {
+    if text.len() <= max {
+        return;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let left_out = text.len() - end;
+    text.truncate(end);
+    text.push_str(&format!("\n… {what} cut: {left_out} more bytes not sent\n"));
+}
+
+impl StateResult {
+    /// Cuts the diff to [`MAX_DIFF_BYTES`] and the changes to
+    /// [`MAX_CHANGES`] lines of [`MAX_CHANGE_BYTES`] each (an error to
+    /// [`MAX_CHANGE_BYTES`] too), with markers: what a result may carry
+    /// over the link.
+    pub fn cap(&mut self) {
+        if let Some(diff) = &mut self.diff {
+            cut(diff, MAX_DIFF_BYTES, "diff");
+        }
+        match &mut self.outcome {
+            Outcome::Changed { changes } | Outcome::WouldChange { changes } => {
+                if changes.len() > MAX_CHANGES {
+                    let left_out = changes.len() - MAX_CHANGES + 1;
+                    changes.truncate(MAX_CHANGES - 1);
+                    changes.push(format!("… {left_out} more changes not sent"));
+                }
+                for change in changes {
+                    cut(change, MAX_CHANGE_BYTES, "line");
+                }
+            }
+            Outcome::Failed { error } => cut(error, MAX_CHANGE_BYTES, "error"),
+            Outcome::Unchanged => {}
+        }
+    }
+}
+
 /// What applying one state did. Append-only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
     /// Already as desired; nothing was done.
     Unchanged,
     /// Brought to the desired state; each line says what changed.
-    Changed { changes: Vec<String> },
+    Changed {
+        #[serde(deserialize_with = "crate::value::budgeted_seq")]
+        changes: Vec<String>,
+    },
     /// Test mode: this is what applying would change.
-    WouldChange { changes: Vec<String> },
+    WouldChange {
+        #[serde(deserialize_with = "crate::value::budgeted_seq")]
+        changes: Vec<String>,
+    },
     /// Could not be brought to the desired state.
     Failed { error: String },
 }
@@ -197,5 +260,51 @@ impl Outcome {
 
     pub fn is_failed(&self) -> bool {
         matches!(self, Outcome::Failed { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(outcome: Outcome, diff: Option<String>) -> StateResult {
+        StateResult { id: "s".into(), kind: "file.managed".into(), outcome, diff, duration_us: 0 }
+    }
+
+    #[test]
+    fn a_result_is_cut_to_its_caps_with_markers() {
+        let mut big = result(
+            Outcome::Changed { changes: vec!["é".repeat(MAX_CHANGE_BYTES); MAX_CHANGES + 10] },
+            Some("+x\n".repeat(MAX_DIFF_BYTES)),
+        );
+        big.cap();
+        let diff = big.diff.as_deref().unwrap();
+        assert!(diff.len() < MAX_DIFF_BYTES + 100 && diff.ends_with("more bytes not sent\n"), "{}", diff.len());
+        let Outcome::Changed { changes } = &big.outcome else { unreachable!() };
+        assert_eq!(changes.len(), MAX_CHANGES);
+        assert_eq!(changes.last().unwrap(), "… 11 more changes not sent");
+        assert!(changes[0].len() < MAX_CHANGE_BYTES + 100 && changes[0].contains("line cut"));
+        let mut small = result(Outcome::Failed { error: "no".into() }, Some("+a\n".into()));
+        let before = small.clone();
+        small.cap();
+        assert_eq!(small, before, "what fits is untouched");
+    }
+
+    /// Sequences outside `Value` are budgeted too: empty strings are one
+    /// byte on the wire and 24 in memory.
+    #[test]
+    fn sequences_of_small_elements_decode_within_the_budget() {
+        let changes = |n: usize| {
+            AgentMessage::JobResult(JobResult {
+                job: Id(1),
+                results: vec![result(Outcome::Changed { changes: vec![String::new(); n] }, None)],
+            })
+        };
+        let fits = changes(1000);
+        assert_eq!(crate::decode::<AgentMessage>(&crate::encode(&fits)).unwrap(), fits);
+        assert!(crate::decode::<AgentMessage>(&crate::encode(&changes(crate::value::MAX_DECODED_VALUES + 1))).is_err());
+        let events = |n: usize| AgentMessage::Events(vec![Event::new("t", "a", crate::Value::Null); n]);
+        assert!(crate::decode::<AgentMessage>(&crate::encode(&events(256))).is_ok());
+        assert!(crate::decode::<AgentMessage>(&crate::encode(&events(crate::value::MAX_DECODED_VALUES))).is_err());
     }
 }

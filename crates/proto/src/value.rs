@@ -35,6 +35,94 @@ thread_local! {
     static DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
+/// How many values one decode may produce (every element of every list
+/// and map counts, at any depth). Postcard's encoding of `Null` is one
+/// byte, so without it a 28 MiB frame of nulls decodes to 30 million
+/// values, about 2 GiB.
+pub const MAX_DECODED_VALUES: usize = 1 << 18;
+/// How many bytes the values of one decode may hold: strings, byte strings
+/// and map keys, plus [`VALUE_COST`] per value.
+pub const MAX_DECODED_BYTES: usize = 48 << 20;
+/// What one decoded value costs against [`MAX_DECODED_BYTES`] besides its
+/// text: the enum itself and its share of its container.
+pub const VALUE_COST: usize = 2 * std::mem::size_of::<Value>();
+
+/// What the values decoded so far on this thread may still cost; `None`
+/// outside a budgeted decode (see [`with_budget`]).
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    values: usize,
+    bytes: usize,
+}
+
+thread_local! {
+    static BUDGET: std::cell::Cell<Option<Budget>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `decode` with a fresh budget of [`MAX_DECODED_VALUES`] values and
+/// [`MAX_DECODED_BYTES`] bytes for the [`Value`]s it decodes; a value over
+/// the budget fails the decode. Budgets do not nest: an inner call gets a
+/// fresh one and the outer resumes with none left over.
+pub fn with_budget<T>(decode: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            BUDGET.with(|b| b.set(None));
+        }
+    }
+    BUDGET.with(|b| b.set(Some(Budget { values: MAX_DECODED_VALUES, bytes: MAX_DECODED_BYTES })));
+    let _reset = Reset;
+    decode()
+}
+
+/// Charges one decoded value holding `bytes` of text to the budget, if
+/// one runs; false when it is spent.
+fn charge(bytes: usize) -> bool {
+    BUDGET.with(|cell| match cell.get() {
+        None => true,
+        Some(budget) => {
+            let cost = bytes.saturating_add(VALUE_COST);
+            if budget.values == 0 || budget.bytes < cost {
+                return false;
+            }
+            cell.set(Some(Budget { values: budget.values - 1, bytes: budget.bytes - cost }));
+            true
+        }
+    })
+}
+
+/// Deserializes a sequence within the decode budget (see [`with_budget`]):
+/// each element costs one value and its size in memory, so a sequence of
+/// elements small on the wire (an empty string is one byte there, 24 in
+/// memory) cannot grow past the budget. For the sequences of the
+/// messages an agent sends (`#[serde(deserialize_with = ...)]`).
+pub fn budgeted_seq<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Seq<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Seq<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a sequence")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            // The declared length is the peer's word: never trusted for more
+            // than a small first allocation.
+            let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(256));
+            while let Some(item) = seq.next_element()? {
+                if !charge(std::mem::size_of::<T>()) {
+                    return Err(serde::de::Error::custom("sequence over the decoding budget"));
+                }
+                items.push(item);
+            }
+            Ok(items)
+        }
+    }
+    deserializer.deserialize_seq(Seq(std::marker::PhantomData))
+}
+
 /// Counts nesting while a value decodes; dropping it steps back out.
 struct DepthGuard;
 
@@ -74,7 +162,19 @@ impl<'de> Deserialize<'de> for Value {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let _guard =
             DepthGuard::enter().ok_or_else(|| serde::de::Error::custom("value nested deeper than MAX_DEPTH"))?;
-        Ok(match ValueRepr::deserialize(deserializer)? {
+        let value = ValueRepr::deserialize(deserializer)?;
+        let text = match &value {
+            ValueRepr::String(s) => s.len(),
+            ValueRepr::Bytes(b) => b.len(),
+            ValueRepr::Map(map) => map.keys().map(String::len).sum(),
+            _ => 0,
+        };
+        if !charge(text) {
+            return Err(serde::de::Error::custom(format!(
+                "value over the decoding budget ({MAX_DECODED_VALUES} values, {MAX_DECODED_BYTES} bytes)"
+            )));
+        }
+        Ok(match value {
             ValueRepr::Null => Value::Null,
             ValueRepr::Bool(b) => Value::Bool(b),
             ValueRepr::Int(i) => Value::Int(i),
@@ -88,6 +188,25 @@ impl<'de> Deserialize<'de> for Value {
 }
 
 impl Value {
+    /// How many values this is (itself and everything inside it) and how
+    /// many bytes of text (strings, byte strings, map keys) they hold: what
+    /// the caps on hello facts and events count.
+    pub fn size(&self) -> (usize, usize) {
+        match self {
+            Value::String(s) => (1, s.len()),
+            Value::Bytes(b) => (1, b.len()),
+            Value::List(items) => items.iter().fold((1, 0), |(n, b), item| {
+                let (n2, b2) = item.size();
+                (n + n2, b + b2)
+            }),
+            Value::Map(map) => map.iter().fold((1, 0), |(n, b), (key, item)| {
+                let (n2, b2) = item.size();
+                (n + n2, b + key.len() + b2)
+            }),
+            _ => (1, 0),
+        }
+    }
+
     /// An empty map, the usual start for event data.
     pub fn map() -> Self {
         Value::Map(BTreeMap::new())
@@ -226,6 +345,23 @@ impl<T: Into<Value>> From<Option<T>> for Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_budget_counts_values_and_bytes_and_ends_with_its_decode() {
+        with_budget(|| {
+            assert!(charge(MAX_DECODED_BYTES - VALUE_COST));
+            assert!(!charge(0), "the bytes are spent");
+        });
+        assert!(charge(usize::MAX - VALUE_COST), "no budget outside a decode");
+        with_budget(|| {
+            for _ in 0..MAX_DECODED_VALUES {
+                assert!(charge(0));
+            }
+            assert!(!charge(0), "the values are spent");
+        });
+        let value = Value::map().with("ab", Value::List(vec![Value::from("xyz"), Value::Null]));
+        assert_eq!(value.size(), (4, 5));
+    }
 
     #[test]
     fn json_round_trip_keeps_structure() {

@@ -72,7 +72,8 @@ fn run_one(
 ) -> (Outcome, Option<String>) {
     let mut plan = match plan_call(call, env) {
         Ok(plan) => plan,
-        Err(error) => return (Outcome::Failed { error }, None),
+        // The wire carries the failure as text.
+        Err(error) => return (Outcome::Failed { error: error.to_string() }, None),
     };
     if watched_changed {
         plan.watch_triggered();
@@ -150,10 +151,21 @@ pub fn order(calls: &[StateCall]) -> (Vec<usize>, Vec<usize>) {
     (order, stuck)
 }
 
-/// Plans a call; the error names the state.
-pub fn plan_call(call: &StateCall, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
-    let kind = kinds::find(&call.kind).ok_or_else(|| format!("unknown state kind `{}`", call.kind))?;
-    (kind.plan)(&call.args, env)
+/// Why a call could not be planned.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The master sent a kind this agent does not know (a newer master).
+    #[error("unknown state kind `{kind}`")]
+    UnknownKind { kind: String },
+    /// The kind's error names its file, command or argument.
+    #[error(transparent)]
+    Kind(#[from] kinds::KindError),
+}
+
+/// Plans a call.
+pub fn plan_call(call: &StateCall, env: &ApplyEnv) -> Result<Box<dyn Plan>, PlanError> {
+    let kind = kinds::find(&call.kind).ok_or_else(|| PlanError::UnknownKind { kind: call.kind.clone() })?;
+    Ok((kind.plan)(&call.args, env)?)
 }
 
 /// Plans and applies one state (or only plans, in test mode), without
@@ -174,7 +186,7 @@ pub fn apply_plan(plan: Box<dyn Plan>, test: bool) -> Outcome {
     } else {
         match plan.apply() {
             Ok(changes) => Outcome::Changed { changes },
-            Err(error) => Outcome::Failed { error },
+            Err(error) => Outcome::Failed { error: error.to_string() },
         }
     }
 }

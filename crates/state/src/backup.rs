@@ -13,6 +13,15 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Why a backup was not made; names the backup directory or file.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("backup directory: {0}")]
+    Dir(halite_fs::FsError),
+    #[error("cannot write the backup {backup}: {source}")]
+    Write { backup: PathBuf, source: halite_fs::FsError },
+}
+
 pub fn escape(path: &Path) -> String {
     path.display().to_string().replace('%', "%25").replace('/', "%2F")
 }
@@ -20,8 +29,8 @@ pub fn escape(path: &Path) -> String {
 /// Writes a backup of `content` (the content of `path` about to be
 /// replaced, read to its end) and removes the oldest beyond `keep`.
 /// Returns the backup.
-pub fn save(dir: &Path, path: &Path, content: &mut dyn Read, keep: usize) -> Result<PathBuf, String> {
-    let opened = halite_fs::Dir::create_all(dir, 0o700).map_err(|e| format!("backup directory: {e}"))?;
+pub fn save(dir: &Path, path: &Path, content: &mut dyn Read, keep: usize) -> Result<PathBuf, BackupError> {
+    let opened = halite_fs::Dir::create_all(dir, 0o700).map_err(BackupError::Dir)?;
     let prefix = format!("{}.", escape(path));
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     // Zero-padded, so names sort in time order.
@@ -29,7 +38,7 @@ pub fn save(dir: &Path, path: &Path, content: &mut dyn Read, keep: usize) -> Res
     let name = backup.file_name().unwrap_or_default();
     opened
         .write_atomic(name, content, halite_fs::Perms::mode(0o600))
-        .map_err(|e| format!("cannot write the backup {}: {e}", backup.display()))?;
+        .map_err(|source| BackupError::Write { backup: backup.clone(), source })?;
     let mut existing = list(dir, &prefix);
     existing.sort();
     let excess = existing.len().saturating_sub(keep.max(1));

@@ -35,6 +35,25 @@ pub const CAPTURE_LIMIT: usize = 64 * 1024;
 /// How long output is awaited once the command has exited.
 pub const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
+/// Why a program could not be run to its end; names the command.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("cannot split `{command}` into words (unbalanced quotes?)")]
+    Split { command: String },
+    #[error("empty command")]
+    Empty,
+    #[error("cannot run `{command}`: {source}")]
+    Spawn { command: String, source: std::io::Error },
+    #[error("`{command}`: pid out of range")]
+    Pid { command: String },
+    #[error("`{command}`: cannot start a thread for it: {source}")]
+    Thread { command: String, source: std::io::Error },
+    #[error("cannot wait for `{command}`: {source}")]
+    Wait { command: String, source: std::io::Error },
+    #[error("`{command}`: the thread waiting for it failed: {reason}")]
+    Waiter { command: String, reason: String },
+}
+
 /// A program to run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Spec {
@@ -43,6 +62,9 @@ pub struct Spec {
     pub cwd: Option<PathBuf>,
     /// Added to (or replacing entries of) the caller's environment.
     pub env: Vec<(String, String)>,
+    /// Start from an empty environment: the program gets `env` only (the
+    /// master's hooks, which must not inherit its secrets).
+    pub clear_env: bool,
     pub timeout: Option<Duration>,
     /// Written to the program's stdin, which is then closed; without it,
     /// stdin is `/dev/null`.
@@ -55,6 +77,7 @@ impl Spec {
             argv: argv.into_iter().map(Into::into).collect(),
             cwd: None,
             env: Vec::new(),
+            clear_env: false,
             timeout: None,
             stdin: None,
         }
@@ -62,14 +85,13 @@ impl Spec {
 
     /// `command` split like a POSIX shell would split words (quotes
     /// respected, nothing expanded), or run by `/bin/sh -c` when `shell`.
-    pub fn from_command(command: &str, shell: bool) -> Result<Self, String> {
+    pub fn from_command(command: &str, shell: bool) -> Result<Self, CommandError> {
         if shell {
             return Ok(Spec::new(["/bin/sh", "-c", command]));
         }
-        let argv =
-            shlex::split(command).ok_or_else(|| format!("cannot split `{command}` into words (unbalanced quotes?)"))?;
+        let argv = shlex::split(command).ok_or_else(|| CommandError::Split { command: command.to_owned() })?;
         if argv.is_empty() {
-            return Err("empty command".into());
+            return Err(CommandError::Empty);
         }
         Ok(Spec::new(argv))
     }
@@ -128,19 +150,19 @@ fn is_executable(path: &Path) -> bool {
 
 /// Runs `spec` to completion (or to its timeout). `path` is the PATH used
 /// to find the program and given to it.
-pub fn run(spec: &Spec, path: Option<&OsString>) -> Result<Output, String> {
+pub fn run(spec: &Spec, path: Option<&OsString>) -> Result<Output, CommandError> {
     start(spec, path)?.finish()
 }
 
 /// [`run`] for async callers: the waiting happens on a blocking thread.
 /// Dropping the returned future before it completes kills the program's
 /// process group, so an abandoned run leaves nothing behind.
-pub async fn run_async(spec: &Spec, path: Option<&OsString>) -> Result<Output, String> {
+pub async fn run_async(spec: &Spec, path: Option<&OsString>) -> Result<Output, CommandError> {
     let started = start(spec, path)?;
     let mut abandon = Abandon(Some(started.wake_tx.clone()));
     let finished = tokio::task::spawn_blocking(move || started.finish()).await;
     abandon.0 = None;
-    finished.map_err(|e| format!("`{}`: the thread waiting for it failed: {e}", spec.display()))?
+    finished.map_err(|e| CommandError::Waiter { command: spec.display(), reason: e.to_string() })?
 }
 
 /// Tells a running [`Started::finish`] that its caller went away.
@@ -183,11 +205,11 @@ struct Started {
     reaped: bool,
 }
 
-fn start(spec: &Spec, path: Option<&OsString>) -> Result<Started, String> {
+fn start(spec: &Spec, path: Option<&OsString>) -> Result<Started, CommandError> {
     use std::os::unix::process::CommandExt;
 
     let display = spec.display();
-    let (program, args) = spec.argv.split_first().ok_or("empty command")?;
+    let (program, args) = spec.argv.split_first().ok_or(CommandError::Empty)?;
     // This module is the one spawner (clippy.toml).
     #[allow(clippy::disallowed_methods)]
     let mut command = Command::new(resolve_program(program, path));
@@ -195,6 +217,9 @@ fn start(spec: &Spec, path: Option<&OsString>) -> Result<Started, String> {
     command.args(args).stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped());
     // Its own process group, so the timeout kills what it started too.
     command.process_group(0);
+    if spec.clear_env {
+        command.env_clear();
+    }
     if let Some(path) = path {
         command.env("PATH", path);
     }
@@ -202,8 +227,8 @@ fn start(spec: &Spec, path: Option<&OsString>) -> Result<Started, String> {
     if let Some(cwd) = &spec.cwd {
         command.current_dir(cwd);
     }
-    let mut child = command.spawn().map_err(|e| format!("cannot run `{display}`: {e}"))?;
-    let group = Pid::from_raw(i32::try_from(child.id()).map_err(|_| format!("`{display}`: pid out of range"))?);
+    let mut child = command.spawn().map_err(|source| CommandError::Spawn { command: display.clone(), source })?;
+    let group = Pid::from_raw(i32::try_from(child.id()).map_err(|_| CommandError::Pid { command: display.clone() })?);
     let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
     let (wake_tx, wake) = mpsc::channel();
     let mut started = Started {
@@ -218,7 +243,7 @@ fn start(spec: &Spec, path: Option<&OsString>) -> Result<Started, String> {
         reaped: false,
     };
     // From here on, an early return drops `started`, which kills the group.
-    let failed = |e: std::io::Error| format!("`{}`: cannot start a thread for it: {e}", spec.display());
+    let failed = |source: std::io::Error| CommandError::Thread { command: spec.display(), source };
     if let (Some(mut pipe), Some(input)) = (stdin, spec.stdin.clone()) {
         // A program that does not read its stdin closes the pipe: that is
         // its business, not a failure.
@@ -241,7 +266,7 @@ fn start(spec: &Spec, path: Option<&OsString>) -> Result<Started, String> {
 }
 
 impl Started {
-    fn finish(mut self) -> Result<Output, String> {
+    fn finish(mut self) -> Result<Output, CommandError> {
         let first = match self.timeout {
             None => self.wake.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
             Some(limit) => self.wake.recv_timeout(limit),
@@ -266,7 +291,7 @@ impl Started {
         let deadline = std::time::Instant::now() + grace;
         let stdout = self.stdout.take().map(|c| c.collect(deadline)).unwrap_or_default();
         let stderr = self.stderr.take().map(|c| c.collect(deadline)).unwrap_or_default();
-        let status = self.child.wait().map_err(|e| format!("cannot wait for `{}`: {e}", self.display));
+        let status = self.child.wait().map_err(|source| CommandError::Wait { command: self.display.clone(), source });
         self.reaped = true;
         Ok(Output { code: status?.code(), timed_out, stdout, stderr })
     }
@@ -486,7 +511,7 @@ mod tests {
 
     #[test]
     fn a_missing_program_is_an_error_naming_it() {
-        let error = run(&Spec::new(["halite-no-such-program"]), None).unwrap_err();
+        let error = run(&Spec::new(["halite-no-such-program"]), None).unwrap_err().to_string();
         assert!(error.contains("halite-no-such-program"), "{error}");
     }
 

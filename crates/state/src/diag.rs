@@ -38,6 +38,11 @@ impl Diagnostic {
         }
     }
 
+    /// A problem that does not stop the tree from loading.
+    pub fn warning(file: impl AsRef<Path>, at: Location, message: impl Into<String>) -> Self {
+        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(file, at, message) }
+    }
+
     #[must_use]
     pub fn help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());

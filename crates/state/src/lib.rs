@@ -25,6 +25,7 @@
 //! - [`apply`] — running a job's [`halite_proto::StateCall`]s: requisite
 //!   order, plan, then apply ([`run_states`]).
 //! - [`report`] — what an apply did, printed the same by every command.
+//! - [`signal`] — a daemon stopped by SIGTERM or SIGINT (master and agent).
 
 pub mod apply;
 pub mod backup;
@@ -36,6 +37,7 @@ pub mod host;
 pub mod kinds;
 pub mod paths;
 pub mod report;
+pub mod signal;
 pub mod target;
 pub mod template;
 pub mod tree;

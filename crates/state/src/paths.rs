@@ -2,7 +2,12 @@
 //!
 //! - [`in_tree`]: a file named relative to the state tree (a `file.managed`
 //!   `source`, an `exec` hook, a webhook's `ca`) must exist and stay inside
-//!   the tree: no absolute path, no `..`, no symbolic link that leads out.
+//!   the tree: no absolute path, no `..`, no symbolic link that leads out;
+//!   a regular file (a FIFO would hang `check` and the reload that read
+//!   it) with one name only (a hard link to a file outside the tree, such
+//!   as `/etc/shadow`, is inside by its path and outside by its content).
+//!   [`read_tree_file`] reads one without blocking on a file swapped for a
+//!   FIFO since.
 //! - [`rooted`] / [`rooted_call`]: an authored absolute path (`/etc/motd`)
 //!   moved under an agent's `root` setting (the agent, its offline healing,
 //!   the demo fleet and the swarm's simulated agents all apply under a root).
@@ -22,6 +27,47 @@ pub enum TreePathError {
     Missing { authored: String, full: PathBuf, source: std::io::Error },
     #[error("`{authored}` leads out of the state tree (a symbolic link?)")]
     LinksOut { authored: String },
+    #[error("`{authored}` is a {found}, not a regular file; halite reads only regular files from the tree")]
+    NotAFile { authored: String, found: &'static str },
+    #[error(
+        "`{authored}` has {links} names (hard links); one may be outside the tree, so it is refused: copy the file instead"
+    )]
+    HardLinked { authored: String, links: u64 },
+}
+
+/// What a file is, for a refusal.
+fn kind_of(file_type: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if file_type.is_dir() {
+        "directory"
+    } else if file_type.is_fifo() {
+        "FIFO"
+    } else if file_type.is_socket() {
+        "socket"
+    } else if file_type.is_block_device() || file_type.is_char_device() {
+        "device"
+    } else {
+        "special file"
+    }
+}
+
+/// Reads a file of the tree that [`in_tree`] let through: opened without
+/// following a link and without blocking (a FIFO put in its place since
+/// is refused, not waited on), and only if it is still a regular file.
+pub fn read_tree_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)?;
+    let file_type = file.metadata()?.file_type();
+    if !file_type.is_file() {
+        return Err(std::io::Error::other(format!("it is a {}, not a regular file", kind_of(file_type))));
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// `authored` (relative to the tree's `root`) as a canonical path inside the
@@ -40,6 +86,18 @@ pub fn in_tree(root: &Path, authored: &str) -> Result<PathBuf, TreePathError> {
     })?;
     if !real.starts_with(&real_root) {
         return Err(TreePathError::LinksOut { authored: authored.to_owned() });
+    }
+    let meta = std::fs::symlink_metadata(&real).map_err(|source| TreePathError::Missing {
+        authored: authored.to_owned(),
+        full: full.clone(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(TreePathError::NotAFile { authored: authored.to_owned(), found: kind_of(meta.file_type()) });
+    }
+    let links = std::os::unix::fs::MetadataExt::nlink(&meta);
+    if links > 1 {
+        return Err(TreePathError::HardLinked { authored: authored.to_owned(), links });
     }
     Ok(real)
 }
@@ -68,6 +126,25 @@ pub fn rooted_call(call: &StateCall, root: &Path) -> StateCall {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_regular_files_with_one_name_are_taken_from_the_tree() {
+        let outer = tempfile::tempdir().unwrap();
+        let root = outer.path().join("tree");
+        std::fs::create_dir_all(root.join("files/dir")).unwrap();
+        nix::unistd::mkfifo(&root.join("files/fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        std::fs::write(outer.path().join("shadow"), "secret").unwrap();
+        std::fs::hard_link(outer.path().join("shadow"), root.join("files/hard")).unwrap();
+        for (authored, says) in [("files/fifo", "FIFO"), ("files/dir", "directory"), ("files/hard", "2 names")] {
+            let error = in_tree(&root, authored).unwrap_err().to_string();
+            assert!(error.contains(authored) && error.contains(says), "{error}");
+        }
+        // A FIFO swapped in after the check is refused, not waited on.
+        let error = read_tree_file(&root.join("files/fifo")).unwrap_err().to_string();
+        assert!(error.contains("FIFO"), "{error}");
+        std::fs::write(root.join("files/ok"), "ok").unwrap();
+        assert_eq!(read_tree_file(&root.join("files/ok")).unwrap(), b"ok");
+    }
 
     #[test]
     fn tree_files_cannot_leave_the_tree() {

@@ -183,13 +183,13 @@ impl Report {
     }
 
     /// The exit code of a command that printed this report: 0 every agent
-    /// answered and nothing failed; 2 some agent did not answer (the
+    /// answered and nothing failed; 3 some agent did not answer (the
     /// picture is incomplete, whatever the others said); 1 otherwise,
     /// when some state failed.
     pub fn exit_code(&self) -> u8 {
         let summary = self.summary();
         if summary.no_answer > 0 {
-            2
+            3
         } else if summary.failed > 0 {
             1
         } else {
@@ -236,15 +236,18 @@ pub fn format_duration_us(us: u64) -> String {
 /// One agent: a header line, a line per state, its changes or error
 /// beneath, and its diff (coloured when `color`).
 pub fn render_agent(agent: &AgentReport, color: bool) -> String {
+    // Everything below but our own colours comes from the agent (or from
+    // a managed file's content, in a diff): shown, never obeyed.
+    use halite_proto::text::escape;
     let mut out = String::new();
     let bold = Style::new().bold();
     let dim = Style::new().dimmed();
-    let name = paint(&agent.agent, bold, color);
+    let name = paint(&escape(&agent.agent), bold, color);
     let job = agent.jid.as_deref().map(|j| paint(&format!("  job {j}"), dim, color)).unwrap_or_default();
     let states = match &agent.answer {
         Answer::NoAnswer { error } => {
             let what = paint("did not answer", OutcomeKind::Failed.style().bold(), color);
-            let _ = writeln!(out, "{name}: {what}: {error}{job}");
+            let _ = writeln!(out, "{name}: {what}: {}{job}", escape(error));
             return out;
         }
         Answer::Answered { states } => states,
@@ -263,15 +266,15 @@ pub fn render_agent(agent: &AgentReport, color: bool) -> String {
     let id_width = states.iter().map(|s| s.id.len()).max().unwrap_or(0);
     for state in states {
         let label = paint(&format!("{:<label_width$}", state.outcome.label()), state.outcome.style(), color);
-        let detail = paint(&format!("{}, {}", state.kind, format_duration_us(state.duration_us)), dim, color);
-        let _ = writeln!(out, "  {label}  {:<id_width$}  {detail}", state.id);
+        let detail = paint(&format!("{}, {}", escape(&state.kind), format_duration_us(state.duration_us)), dim, color);
+        let _ = writeln!(out, "  {label}  {:<id_width$}  {detail}", escape(&state.id));
         let indent = " ".repeat(label_width + 4);
         for change in &state.changes {
-            let _ = writeln!(out, "{indent}{change}");
+            let _ = writeln!(out, "{indent}{}", escape(change));
         }
         if let Some(error) = &state.error {
             for line in error.lines() {
-                let _ = writeln!(out, "{indent}{}", paint(line, OutcomeKind::Failed.style(), color));
+                let _ = writeln!(out, "{indent}{}", paint(&escape(line), OutcomeKind::Failed.style(), color));
             }
         }
         if let Some(diff) = &state.diff {
@@ -297,7 +300,7 @@ pub fn render_diff(diff: &str, indent: &str, color: bool) -> String {
         } else {
             Style::new()
         };
-        let _ = writeln!(out, "{indent}{}", paint(line, style, color));
+        let _ = writeln!(out, "{indent}{}", paint(&halite_proto::text::escape(line), style, color));
     }
     out
 }
@@ -412,14 +415,14 @@ web02: did not answer: agent `web02` did not answer within 60s  job J2
         assert!(failed.render(false).contains("boom"));
         let mut silent = failed.clone();
         silent.agents.push(AgentReport::no_answer("b", None, "timeout"));
-        assert_eq!(silent.exit_code(), 2, "a missing answer wins: the picture is incomplete");
+        assert_eq!(silent.exit_code(), 3, "a missing answer wins: the picture is incomplete");
     }
 
     #[test]
     fn json_round_trips() {
         let report = sample();
         let json = report.to_json();
-        assert_eq!(json["exit_code"], 2);
+        assert_eq!(json["exit_code"], 3);
         assert_eq!(json["summary"]["changed"], 1);
         assert_eq!(json["agents"][1]["status"], "no_answer");
         assert_eq!(json["agents"][0]["states"][1]["outcome"], "changed");

@@ -13,6 +13,48 @@
 use globset::{Glob, GlobMatcher};
 use halite_proto::Value;
 
+/// Why a target expression does not compile; names the expression (or the
+/// glob) at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("empty target")]
+    Empty,
+    #[error("bad glob `{glob}`: {reason}")]
+    Glob { glob: String, reason: String },
+    #[error("target `{target}`: {syntax}")]
+    Syntax { target: String, syntax: Syntax },
+}
+
+/// What is wrong in the shape of a target expression.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Syntax {
+    #[error("expression ends early")]
+    EndsEarly,
+    #[error("`(` is not closed")]
+    Unclosed,
+    #[error("unexpected `{0}`")]
+    Unexpected(String),
+    #[error("`L@` needs a comma-separated list of agent ids")]
+    EmptyList,
+    #[error("`{0}`: write G@fact:glob, e.g. G@os:debian")]
+    Fact(String),
+    #[error("`{0}@` targets are not supported (only L@ and G@)")]
+    Unsupported(String),
+}
+
+/// While parsing: a glob error stands alone (it names its glob), a syntax
+/// error is wrapped with the whole expression.
+enum ParseError {
+    Glob(TargetError),
+    Syntax(Syntax),
+}
+
+impl From<Syntax> for ParseError {
+    fn from(syntax: Syntax) -> Self {
+        ParseError::Syntax(syntax)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Target {
     source: String,
@@ -30,18 +72,20 @@ enum Expr {
 }
 
 impl Target {
-    pub fn parse(expression: &str) -> Result<Target, String> {
+    pub fn parse(expression: &str) -> Result<Target, TargetError> {
         let expression = expression.trim();
         if expression.is_empty() {
-            return Err("empty target".into());
+            return Err(TargetError::Empty);
         }
         let tokens = tokenize(expression);
         let mut parser = Parser { tokens: &tokens, at: 0 };
-        let expr = parser
-            .or()
-            .map_err(|e| if e.starts_with("bad glob") { e } else { format!("target `{expression}`: {e}") })?;
+        let syntax = |syntax| TargetError::Syntax { target: expression.to_owned(), syntax };
+        let expr = parser.or().map_err(|e| match e {
+            ParseError::Glob(e) => e,
+            ParseError::Syntax(e) => syntax(e),
+        })?;
         if let Some(extra) = parser.peek() {
-            return Err(format!("target `{expression}`: unexpected `{extra}`"));
+            return Err(syntax(Syntax::Unexpected(extra.to_owned())));
         }
         Ok(Target { source: expression.to_owned(), expr })
     }
@@ -120,7 +164,7 @@ impl Parser<'_> {
         token
     }
 
-    fn or(&mut self) -> Result<Expr, String> {
+    fn or(&mut self) -> Result<Expr, ParseError> {
         let mut left = self.and()?;
         while self.peek() == Some("or") {
             self.at += 1;
@@ -129,7 +173,7 @@ impl Parser<'_> {
         Ok(left)
     }
 
-    fn and(&mut self) -> Result<Expr, String> {
+    fn and(&mut self) -> Result<Expr, ParseError> {
         let mut left = self.not()?;
         while self.peek() == Some("and") {
             self.at += 1;
@@ -138,7 +182,7 @@ impl Parser<'_> {
         Ok(left)
     }
 
-    fn not(&mut self) -> Result<Expr, String> {
+    fn not(&mut self) -> Result<Expr, ParseError> {
         if self.peek() == Some("not") {
             self.at += 1;
             return Ok(Expr::Not(Box::new(self.not()?)));
@@ -146,38 +190,40 @@ impl Parser<'_> {
         self.atom()
     }
 
-    fn atom(&mut self) -> Result<Expr, String> {
+    fn atom(&mut self) -> Result<Expr, ParseError> {
         match self.next() {
-            None => Err("expression ends early".into()),
+            None => Err(Syntax::EndsEarly.into()),
             Some("(") => {
                 let inner = self.or()?;
                 match self.next() {
                     Some(")") => Ok(inner),
-                    _ => Err("`(` is not closed".into()),
+                    _ => Err(Syntax::Unclosed.into()),
                 }
             }
-            Some(token @ (")" | "and" | "or")) => Err(format!("unexpected `{token}`")),
+            Some(token @ (")" | "and" | "or")) => Err(Syntax::Unexpected(token.to_owned()).into()),
             Some(token) => atom(token),
         }
     }
 }
 
-fn glob(text: &str) -> Result<GlobMatcher, String> {
-    Glob::new(text).map(|g| g.compile_matcher()).map_err(|e| format!("bad glob `{text}`: {}", e.kind()))
+fn glob(text: &str) -> Result<GlobMatcher, ParseError> {
+    Glob::new(text)
+        .map(|g| g.compile_matcher())
+        .map_err(|e| ParseError::Glob(TargetError::Glob { glob: text.to_owned(), reason: e.kind().to_string() }))
 }
 
-fn atom(token: &str) -> Result<Expr, String> {
+fn atom(token: &str) -> Result<Expr, ParseError> {
     if let Some(list) = token.strip_prefix("L@") {
         let globs: Vec<GlobMatcher> = list.split(',').filter(|s| !s.is_empty()).map(glob).collect::<Result<_, _>>()?;
         if globs.is_empty() {
-            return Err("`L@` needs a comma-separated list of agent ids".into());
+            return Err(Syntax::EmptyList.into());
         }
         return Ok(Expr::List(globs));
     }
     if let Some(fact) = token.strip_prefix("G@") {
         let mut parts: Vec<String> = fact.split(':').map(str::to_owned).collect();
         if parts.len() < 2 || parts.iter().any(String::is_empty) {
-            return Err(format!("`{token}`: write G@fact:glob, e.g. G@os:debian"));
+            return Err(Syntax::Fact(token.to_owned()).into());
         }
         let pattern = parts.pop().unwrap_or_default();
         return Ok(Expr::Fact { path: parts, glob: glob(&pattern)? });
@@ -185,7 +231,7 @@ fn atom(token: &str) -> Result<Expr, String> {
     if let Some((prefix, _)) = token.split_once('@')
         && prefix.len() == 1
     {
-        return Err(format!("`{prefix}@` targets are not supported (only L@ and G@)"));
+        return Err(Syntax::Unsupported(prefix.to_owned()).into());
     }
     Ok(Expr::Id(glob(token)?))
 }
@@ -259,7 +305,7 @@ mod tests {
             ("web db", "unexpected `db`"),
         ];
         for (target, message) in cases {
-            let error = Target::parse(target).unwrap_err();
+            let error = Target::parse(target).unwrap_err().to_string();
             assert!(error.contains(message), "{target}: {error}");
         }
     }

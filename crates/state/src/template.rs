@@ -44,6 +44,41 @@ impl From<minijinja::Error> for TemplateError {
     }
 }
 
+impl TemplateError {
+    /// A render error of `source`, naming what failed: the expression
+    /// whose value is undefined (`facts.nope.deeper`), or the filter
+    /// minijinja does not know, as written in the template.
+    fn rendering(error: &minijinja::Error, source: &str) -> TemplateError {
+        // minijinja's span of an attribute lookup starts at the dot: take
+        // the names before it too (`facts.nope.deeper`, not `.nope.deeper`).
+        let range = error.range().map(|range| {
+            let head = source.get(..range.start).unwrap_or_default();
+            let start = head
+                .char_indices()
+                .rev()
+                .take_while(|(_, c)| c.is_alphanumeric() || *c == '_' || *c == '.')
+                .last()
+                .map_or(range.start, |(i, _)| i);
+            start..range.end
+        });
+        let written = range.and_then(|range| source.get(range)).map(str::trim).filter(|w| !w.is_empty());
+        let message = match (error.kind(), written, error.detail()) {
+            (minijinja::ErrorKind::UndefinedError, Some(written), _) => {
+                format!("undefined value: `{written}` is not defined for this agent")
+            }
+            (kind, Some(written), Some(detail)) => format!("{kind}: {detail} (in `{written}`)"),
+            (kind, Some(written), None) => format!("{kind} in `{written}`"),
+            (kind, None, Some(detail)) => format!("{kind}: {detail}"),
+            (kind, None, None) => kind.to_string(),
+        };
+        TemplateError { line: error.line(), message }
+    }
+}
+
+/// The names a template may read from its context; anything else it
+/// reads without defining it is undefined for every agent.
+pub const CONTEXT_NAMES: &[&str] = &["id", "facts", "grains", "vars", "pillar", "event"];
+
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
@@ -52,9 +87,32 @@ fn environment() -> Environment<'static> {
     env
 }
 
-/// Compiles `text`, reporting a syntax error with its line.
+/// Compiles `text`, reporting a syntax error with its line, and a name it
+/// reads that is neither in the context ([`CONTEXT_NAMES`]) nor defined by
+/// the template itself (`set`, a loop variable) or a builtin: undefined
+/// whichever agent it renders for.
 pub fn check(text: &str) -> Result<(), TemplateError> {
-    environment().template_from_str(text).map(|_| ()).map_err(TemplateError::from)
+    let env = environment();
+    let template = env.template_from_str(text).map_err(TemplateError::from)?;
+    let mut unknown: Vec<String> = template
+        .undeclared_variables(false)
+        .into_iter()
+        .filter(|name| !CONTEXT_NAMES.contains(&name.as_str()) && env.globals().all(|(global, _)| global != name))
+        .collect();
+    unknown.sort();
+    match unknown.first() {
+        None => Ok(()),
+        Some(name) => {
+            let line = text.lines().position(|l| l.contains(name.as_str())).map(|i| i + 1);
+            Err(TemplateError {
+                line,
+                message: format!(
+                    "undefined value: `{name}` is not defined for any agent (a template reads {})",
+                    CONTEXT_NAMES.join(", ")
+                ),
+            })
+        }
+    }
 }
 
 pub fn render(text: &str, context: &RenderContext<'_>, vars: &serde_json::Value) -> Result<String, TemplateError> {
@@ -71,7 +129,7 @@ pub fn render(text: &str, context: &RenderContext<'_>, vars: &serde_json::Value)
         pillar => vars,
         event => event,
     };
-    Ok(template.render(ctx)?)
+    template.render(ctx).map_err(|error| TemplateError::rendering(&error, text))
 }
 
 #[cfg(test)]
@@ -99,5 +157,34 @@ mod tests {
         let error = render("a\n{{ facts.nope.deeper }}\n", &RenderContext::new("a", &facts), &serde_json::json!({}))
             .unwrap_err();
         assert_eq!(error.line, Some(2), "{error:?}");
+        assert!(error.message.contains("`facts.nope.deeper`"), "the expression is named: {error:?}");
+    }
+
+    #[test]
+    fn a_name_no_agent_defines_is_caught_without_rendering() {
+        let cases = [
+            ("{{ facts.os }} {{ vars.x }} {{ id }} {{ event }} {{ grains.os }} {{ pillar.y }}\n", None),
+            ("{% set port = 80 %}{{ port }}{% for ip in facts.ips %}{{ ip }}{% endfor %}{{ range(3) }}", None),
+            ("ok\nlisten {{ hostname }}\n", Some(("hostname", 2))),
+        ];
+        for (text, expected) in cases {
+            match (check(text), expected) {
+                (Ok(()), None) => {}
+                (Err(error), Some((name, line))) => {
+                    assert!(error.message.contains(&format!("`{name}`")), "{error:?}");
+                    assert_eq!(error.line, Some(line), "{error:?}");
+                }
+                (outcome, _) => panic!("{text}: {outcome:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_unknown_filter_is_named_with_its_line() {
+        let facts = Value::map().with("os", "debian");
+        let error = render("a\n{{ facts.os | upcase }}\n", &RenderContext::new("a", &facts), &serde_json::json!({}))
+            .unwrap_err();
+        assert_eq!(error.line, Some(2), "{error:?}");
+        assert!(error.message.contains("unknown filter") && error.message.contains("upcase"), "{error:?}");
     }
 }

@@ -18,9 +18,10 @@ use crate::target::Target;
 use crate::template::{self, RenderContext};
 use crate::yaml::{self, Fields, Spanned};
 
-/// Files in the tree's root that are not state files.
+/// Files in the tree's root that are not state files (`facts.yaml`: the
+/// master's `check` renders templates with its sample facts).
 /// `top.sls` is Salt's name for `top.yaml`, read when there is no `top.yaml`.
-pub const TREE_FILES: &[&str] = &["top.yaml", "top.sls", "beacons.yaml", "reactors.yaml", "vars.yaml"];
+pub const TREE_FILES: &[&str] = &["top.yaml", "top.sls", "beacons.yaml", "reactors.yaml", "vars.yaml", "facts.yaml"];
 
 /// Extensions of state files; `.sls` so that Salt trees load unchanged.
 const STATE_EXTENSIONS: &[&str] = &["yaml", "sls"];
@@ -575,6 +576,21 @@ impl StateTree {
                 );
                 continue;
             }
+            if target_text.value.contains("G@")
+                && let Some(name) = secret_name(&vars.value)
+            {
+                diagnostics.push(
+                    Diagnostic::warning(
+                        &path,
+                        yaml::location(&target_text),
+                        format!(
+                            "target `{}` gives `{name}` by a fact; an agent's facts are what it claimed when its key was accepted",
+                            target_text.value
+                        ),
+                    )
+                    .help("give secrets by agent id (`db*`, L@db01,db02), which its key proves; see README, \"Security model\""),
+                );
+            }
             self.vars.push((target, vars.value));
         }
     }
@@ -591,6 +607,20 @@ impl StateTree {
 }
 
 type Targeted = Vec<(Target, Spanned<String>, Spanned<serde_json::Value>)>;
+
+/// The first key in `vars` (at any depth) whose name says it holds a
+/// secret, for the warning on fact-targeted secrets.
+fn secret_name(vars: &serde_json::Value) -> Option<String> {
+    const SECRET_WORDS: &[&str] = &["pass", "secret", "token", "key", "cred", "private"];
+    match vars {
+        serde_json::Value::Object(map) => map.iter().find_map(|(name, value)| {
+            let lower = name.to_lowercase();
+            if SECRET_WORDS.iter().any(|word| lower.contains(word)) { Some(name.clone()) } else { secret_name(value) }
+        }),
+        serde_json::Value::Array(items) => items.iter().find_map(secret_name),
+        _ => None,
+    }
+}
 
 /// A file of `TARGET: value` entries (top.yaml, vars.yaml), with Salt's
 /// `base:` wrapper accepted. Targets that do not parse are reported and
@@ -622,7 +652,7 @@ fn load_targeted(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Option<Targe
         match Target::parse(&target_text.value) {
             Ok(target) => out.push((target, target_text, value)),
             Err(message) => {
-                diagnostics.push(Diagnostic::error(path, yaml::location(&target_text), message).help(
+                diagnostics.push(Diagnostic::error(path, yaml::location(&target_text), message.to_string()).help(
                     "a target is a glob on the agent id ('web*'), L@id1,id2, G@fact:glob, joined with and/or/not",
                 ))
             }
@@ -990,6 +1020,18 @@ mod tests {
         assert!(diagnostics[3].message.contains("Salt's `module.run` is not supported"), "{diagnostics:#?}");
         assert!(helps[3].starts_with("run the module's command with cmd.run"), "{helps:#?}");
         assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn a_secret_given_by_a_fact_is_warned_about() {
+        let (_dir, _tree, diagnostics) = tree(&[(
+            "vars.yaml",
+            "'G@os:debian': {tls: {on: true}}\n'G@hostname:db*': {db: {password: x}}\n'db*': {api_token: y}\n",
+        )]);
+        assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
+        let warning = &diagnostics[0];
+        assert!(!warning.is_error() && warning.line == 2, "{warning:?}");
+        assert!(warning.message.contains("G@hostname:db*") && warning.message.contains("password"), "{warning}");
     }
 
     #[test]

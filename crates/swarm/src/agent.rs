@@ -22,7 +22,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use zeromq::{DealerSocket, Socket, SocketEvent, SocketRecv, SocketSend};
 
-use halite_agent::link::{EVENTS_PER_MESSAGE, RECONNECT, Session, frames};
+use halite_agent::link::{EVENTS_PER_MESSAGE, RECONNECT, Session, SessionError, frames};
 use halite_state::paths::rooted_call;
 
 /// What a simulated agent can be told to do.
@@ -118,32 +118,54 @@ pub(crate) async fn run(spec: AgentSpec, shared: Arc<Shared>, mut commands: mpsc
     }
 }
 
-async fn connect(spec: &AgentSpec, shared: &Shared) -> Result<(DealerSocket, Session), String> {
+/// Why a simulated agent could not open a session with the master.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("connect: {0}")]
+    Connect(zeromq::ZmqError),
+    #[error("send: {0}")]
+    Send(zeromq::ZmqError),
+    #[error("handshake: {0}")]
+    Receive(zeromq::ZmqError),
+    #[error("no answer to the handshake")]
+    NoAnswer,
+    #[error("the master answered the handshake with something else")]
+    Unexpected,
+    /// The Noise handshake itself (the link's error says what failed).
+    #[error(transparent)]
+    Handshake(#[from] halite_link::LinkError),
+    #[error(transparent)]
+    Frames(#[from] SessionError),
+    #[error("the master's key is {key}, expected {expected}")]
+    WrongMaster { key: PublicKey, expected: PublicKey },
+}
+
+async fn connect(spec: &AgentSpec, shared: &Shared) -> Result<(DealerSocket, Session), ConnectError> {
     let mut options = halite_link::transport::socket_options(halite_link::transport::HANDSHAKE_TIMEOUT);
     options.connect_timeout(Duration::from_secs(5));
     let mut socket = DealerSocket::with_options(options);
-    socket.connect(&shared.endpoint).await.map_err(|e| format!("connect: {e}"))?;
-    let (mut initiator, first) = Initiator::start(&spec.keypair).map_err(|e| e.to_string())?;
-    socket.send(frames(Envelope::handshake(envelope::HELLO1, first))?).await.map_err(|e| format!("send: {e}"))?;
+    socket.connect(&shared.endpoint).await.map_err(ConnectError::Connect)?;
+    let (mut initiator, first) = Initiator::start(&spec.keypair)?;
+    socket.send(frames(Envelope::handshake(envelope::HELLO1, first))?).await.map_err(ConnectError::Send)?;
     let reply = tokio::time::timeout(shared.heartbeat * 3, socket.recv())
         .await
-        .map_err(|_| "no answer to the handshake".to_string())?
-        .map_err(|e| format!("handshake: {e}"))?;
+        .map_err(|_| ConnectError::NoAnswer)?
+        .map_err(ConnectError::Receive)?;
     let reply_frames: Vec<&[u8]> = reply.iter().map(|f| f.as_ref()).collect();
     let Ok(Envelope::Hello2(reply)) = Envelope::parse(&reply_frames) else {
-        return Err("the master answered the handshake with something else".into());
+        return Err(ConnectError::Unexpected);
     };
-    let master_key = initiator.read_reply(reply).map_err(|e| e.to_string())?;
+    let master_key = initiator.read_reply(reply)?;
     if master_key != shared.master_key {
-        return Err(format!("the master's key is {master_key}, expected {}", shared.master_key));
+        return Err(ConnectError::WrongMaster { key: master_key, expected: shared.master_key });
     }
     let hello = AgentMessage::Hello(Hello {
         agent: spec.id.clone(),
         version: concat!("halite-swarm ", env!("CARGO_PKG_VERSION")).into(),
         facts: Value::map().with("swarm", true),
     });
-    let (last, sealer, opener) = initiator.finish(&halite_proto::encode(&hello)).map_err(|e| e.to_string())?;
-    socket.send(frames(Envelope::handshake(envelope::HELLO3, last))?).await.map_err(|e| format!("send: {e}"))?;
+    let (last, sealer, opener) = initiator.finish(&halite_proto::encode(&hello))?;
+    socket.send(frames(Envelope::handshake(envelope::HELLO3, last))?).await.map_err(ConnectError::Send)?;
     Ok((socket, Session::new(sealer, opener)))
 }
 

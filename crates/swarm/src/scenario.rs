@@ -19,6 +19,11 @@ use crate::agent::Report;
 use crate::proc::{self, Usage};
 use crate::swarm::{BEACON, MANAGED_PATH, Storm, Swarm, SwarmSettings, agent_id};
 
+/// The master's configuration beyond the fleet's: every simulated agent
+/// connects from 127.0.0.1, with up to 256 handshakes in flight (see
+/// `swarm.rs`), more than the link's default budget per source address.
+const SWARM_MASTER: &str = "handshakes_per_source: 1024\n";
+
 /// What the tree says the managed file holds.
 pub const DESIRED: &str = "This host is managed by halite (swarm). Local edits are restored.\n";
 
@@ -114,8 +119,15 @@ impl Bench {
             std::fs::create_dir_all(&data)?;
             std::fs::write(data.join(halite_master::server::keys::LEGACY_FILE), serde_json::to_vec(&entries)?)?;
         }
-        let master =
-            fleet::start_master(&binaries, &dir.path().join("master"), &states, "tcp://127.0.0.1:0", &["*"]).await?;
+        let master = fleet::start_master_with(
+            &binaries,
+            &dir.path().join("master"),
+            &states,
+            "tcp://127.0.0.1:0",
+            &["*"],
+            SWARM_MASTER,
+        )
+        .await?;
         let key: PublicKey =
             master.key.parse().map_err(|e| anyhow::anyhow!("the master's key `{}`: {e}", master.key))?;
         Ok(Bench { listen: master.listen.clone(), key, dir, binaries, states, master: Some(master), keys })
@@ -143,9 +155,15 @@ impl Bench {
         if let Some(master) = self.master.take() {
             master.stop().await;
         }
-        let master =
-            fleet::start_master(&self.binaries, &self.dir.path().join("master"), &self.states, &self.listen, &["*"])
-                .await?;
+        let master = fleet::start_master_with(
+            &self.binaries,
+            &self.dir.path().join("master"),
+            &self.states,
+            &self.listen,
+            &["*"],
+            SWARM_MASTER,
+        )
+        .await?;
         self.master = Some(master);
         Ok(())
     }
@@ -391,8 +409,15 @@ pub async fn footprint(binaries: Binaries, window: Duration) -> anyhow::Result<F
     );
     std::fs::write(states.join("beacons.yaml"), beacons)?;
     std::fs::write(states.join("reactors.yaml"), "[]\n")?;
-    let master =
-        fleet::start_master(&binaries, &dir.path().join("master"), &states, "tcp://127.0.0.1:0", &["*"]).await?;
+    let master = fleet::start_master_with(
+        &binaries,
+        &dir.path().join("master"),
+        &states,
+        "tcp://127.0.0.1:0",
+        &["*"],
+        SWARM_MASTER,
+    )
+    .await?;
     let mut bus = Subscriber::connect(&master.publish, "halite/").await?;
     let agent = fleet::start_agent(&binaries, &dir.path().join("agent"), "idle01", &master.listen, &master.key).await?;
     bus.wait_for(Duration::from_secs(60), "the start-up apply", |e| e.tag.ends_with("/ret/idle01")).await?;

@@ -9,7 +9,7 @@ use crate::{
 
 use async_trait::async_trait;
 use crossbeam_queue::SegQueue;
-use futures::channel::mpsc;
+use futures::channel::{mpsc, oneshot};
 use futures::SinkExt;
 use parking_lot::Mutex;
 
@@ -22,6 +22,20 @@ pub(crate) type DisconnectNotifier = mpsc::Sender<PeerIdentity>;
 
 pub(crate) struct Peer {
     pub(crate) send_queue: mpsc::Sender<Message>,
+    /// Dropped with the peer: its writer task stops even while it waits to
+    /// write to a peer that does not read, so the connection closes.
+    _stop_writer: Option<oneshot::Sender<()>>,
+}
+
+impl Peer {
+    /// A peer whose writer is not stopped with it (tests).
+    #[allow(dead_code)]
+    pub(crate) fn new(send_queue: mpsc::Sender<Message>) -> Peer {
+        Peer {
+            send_queue,
+            _stop_writer: None,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -277,6 +291,16 @@ impl GenericSocketBackend {
     }
 }
 
+impl GenericSocketBackend {
+    /// Disconnects one peer (see `RouterSendHalf::disconnect`); whether it
+    /// was connected.
+    pub(crate) fn disconnect_peer(&self, peer_id: &PeerIdentity) -> bool {
+        let connected = self.peers.contains_sync(peer_id);
+        self.peer_disconnected(peer_id);
+        connected
+    }
+}
+
 async fn send_to_peer_queue(
     send_queue: &mut mpsc::Sender<Message>,
     message: Message,
@@ -318,11 +342,13 @@ impl MultiPeerBackend for GenericSocketBackend {
     async fn peer_connected(self: Arc<Self>, peer_id: &PeerIdentity, io: FramedIo) {
         let (recv_queue, send_queue) = io.into_parts();
         let (queue_sender, queue_receiver) = mpsc::channel(self.socket_options.send_queue_capacity);
+        let (stop_writer, stopped) = oneshot::channel::<()>();
         self.peers
             .upsert_async(
                 peer_id.clone(),
                 Peer {
                     send_queue: queue_sender,
+                    _stop_writer: Some(stop_writer),
                 },
             )
             .await;
@@ -330,7 +356,15 @@ impl MultiPeerBackend for GenericSocketBackend {
         let writer_backend = self.clone();
         let writer_peer_id = peer_id.clone();
         async_rt::task::spawn(async move {
-            if let Err(error) = write_message_queue(queue_receiver, send_queue).await {
+            // A peer removed (disconnected, its queue full) stops its writer
+            // at once: the write half is dropped and the connection closes,
+            // though the peer reads nothing.
+            let writing = Box::pin(write_message_queue(queue_receiver, send_queue));
+            let written = match futures::future::select(writing, stopped).await {
+                futures::future::Either::Left((written, _)) => written,
+                futures::future::Either::Right(_) => Ok(()),
+            };
+            if let Err(error) = written {
                 log::debug!(
                     "Error sending message to peer {:?}: {:?}",
                     writer_peer_id,
@@ -399,7 +433,7 @@ mod tests {
         let (send_queue, recv_queue) = mpsc::channel(8);
         backend
             .peers
-            .upsert_async(peer_id.clone(), Peer { send_queue })
+            .upsert_async(peer_id.clone(), Peer::new(send_queue))
             .await;
         backend.refresh_single_peer_cache();
         backend.round_robin.push(peer_id.clone());
@@ -483,7 +517,7 @@ mod tests {
             .expect("prefill peer queue");
         backend
             .peers
-            .upsert_async(peer_id.clone(), Peer { send_queue })
+            .upsert_async(peer_id.clone(), Peer::new(send_queue))
             .await;
         backend.refresh_single_peer_cache();
         backend.round_robin.push(peer_id.clone());
@@ -548,7 +582,7 @@ mod tests {
         drop(recv_queue);
         backend
             .peers
-            .upsert_async(peer_id.clone(), Peer { send_queue })
+            .upsert_async(peer_id.clone(), Peer::new(send_queue))
             .await;
         backend.refresh_single_peer_cache();
         backend.round_robin.push(peer_id.clone());
@@ -562,6 +596,23 @@ mod tests {
         assert_eq!(0, backend.peer_count.load(Ordering::Acquire));
         assert!(backend.single_peer.lock().is_none());
         assert!(backend.peers.get_async(&peer_id).await.is_none());
+    }
+
+    /// An application may drop a peer: its queue closes (so its writer
+    /// ends and the connection closes) and sends to it fail.
+    #[crate::async_rt::test]
+    async fn test_disconnect_peer_closes_its_queue_and_later_sends_fail() {
+        let backend =
+            GenericSocketBackend::with_options(None, SocketType::ROUTER, SocketOptions::default());
+        let (peer_id, mut recv_queue) =
+            insert_peer(&backend, "dropped-peer".parse().expect("peer id")).await;
+        assert!(backend.disconnect_peer(&peer_id));
+        assert!(!backend.disconnect_peer(&peer_id), "only once");
+        assert!(recv_queue.next().await.is_none(), "the queue is closed");
+        assert!(backend
+            .send_to_peer(&peer_id, message_with_frame(b"late"))
+            .await
+            .is_err());
     }
 
     #[crate::async_rt::test]

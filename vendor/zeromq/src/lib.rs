@@ -71,7 +71,7 @@ pub mod __bench {
                 let (send_queue, recv_queue) = mpsc::channel(queue_capacity);
                 backend
                     .peers
-                    .upsert_async(peer_id.clone(), Peer { send_queue })
+                    .upsert_async(peer_id.clone(), Peer::new(send_queue))
                     .await;
                 backend.round_robin.push(peer_id);
                 receivers.push(recv_queue);
@@ -127,6 +127,7 @@ pub mod __bench {
                         Subscriber {
                             subscriptions: subscriptions.clone(),
                             send_queue,
+                            queued_bytes: Arc::default(),
                             _subscription_coro_stop: stop_sender,
                         },
                     )
@@ -390,6 +391,9 @@ pub struct SocketOptions {
     pub(crate) handshake_timeout: Option<Duration>,
     /// Messages queued per peer before the send policy applies.
     pub(crate) send_queue_capacity: usize,
+    /// Bytes (sum of part sizes) queued per PUB subscriber; a message that
+    /// would go over is dropped for that subscriber.
+    pub(crate) send_queue_bytes: usize,
 }
 
 impl Default for SocketOptions {
@@ -405,6 +409,7 @@ impl Default for SocketOptions {
             max_message_frames: DEFAULT_MAX_MESSAGE_FRAMES,
             handshake_timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT),
             send_queue_capacity: DEFAULT_SEND_QUEUE_CAPACITY,
+            send_queue_bytes: usize::MAX,
         }
     }
 }
@@ -556,6 +561,22 @@ impl SocketOptions {
     pub fn send_queue_capacity(&mut self, capacity: usize) -> &mut Self {
         assert!(capacity > 0, "send queue capacity must be positive");
         self.send_queue_capacity = capacity;
+        self
+    }
+
+    /// The most bytes (the sum of a message's part sizes) queued for one
+    /// PUB subscriber; a message that would take a subscriber's queue over
+    /// it is dropped for that subscriber, as a full queue drops it, so a
+    /// subscriber that never reads holds at most this much besides one
+    /// message being written. Unlimited by default (only
+    /// [`SocketOptions::send_queue_capacity`] messages). Other socket types
+    /// ignore it.
+    ///
+    /// # Panics
+    /// Panics if `bytes` is zero.
+    pub fn send_queue_bytes(&mut self, bytes: usize) -> &mut Self {
+        assert!(bytes > 0, "send queue bytes must be positive");
+        self.send_queue_bytes = bytes;
         self
     }
 }

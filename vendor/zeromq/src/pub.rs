@@ -4,7 +4,7 @@ use crate::error::ZmqResult;
 use crate::message::*;
 use crate::transport::AcceptStopHandle;
 use crate::util::PeerIdentity;
-use crate::write_queue::write_message_queue;
+use crate::write_queue::write_message_queue_counted;
 use crate::{async_rt, CaptureSocket, SocketOptions};
 use crate::{MultiPeerBackend, Socket, SocketBackend, SocketEvent, SocketSend, SocketType};
 
@@ -44,10 +44,12 @@ fn subscription_matches(subscriptions: &[Vec<u8>], first_frame: &Bytes) -> bool 
         })
 }
 
-fn send_to_subscriber(mut send_queue: PubSendQueue, message: &ZmqMessage) {
+/// Queues `message` for one subscriber unless its queue is full; whether it
+/// was queued.
+fn send_to_subscriber(mut send_queue: PubSendQueue, message: &ZmqMessage) -> bool {
     let message = Message::Message(message.clone());
     match send_queue.try_send(message) {
-        Ok(()) => {}
+        Ok(()) => return true,
         Err(error) if error.is_full() => {
             // PUB drops messages for slow subscribers so one full queue does not backpressure all publishers.
             drop(error.into_inner());
@@ -58,11 +60,27 @@ fn send_to_subscriber(mut send_queue: PubSendQueue, message: &ZmqMessage) {
             drop(error.into_inner());
         }
     }
+    false
+}
+
+/// Queues `message` for a subscriber unless that would take its queued
+/// bytes over `limit` (`SocketOptions::send_queue_bytes`) or its queue is
+/// full: then it is dropped for that subscriber.
+fn send_within_bytes(subscriber: &Subscriber, message: &ZmqMessage, limit: usize) {
+    let size: usize = message.iter().map(|frame| frame.len()).sum();
+    let before = subscriber.queued_bytes.fetch_add(size, Ordering::AcqRel);
+    if before.saturating_add(size) > limit
+        || !send_to_subscriber(subscriber.send_queue.clone(), message)
+    {
+        subscriber.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+    }
 }
 
 pub(crate) struct Subscriber {
     pub(crate) subscriptions: Vec<Vec<u8>>,
     pub(crate) send_queue: PubSendQueue,
+    /// Bytes in `send_queue` (taken off by the writer as it takes them).
+    pub(crate) queued_bytes: Arc<AtomicUsize>,
     pub(crate) _subscription_coro_stop: oneshot::Sender<()>,
 }
 
@@ -137,7 +155,7 @@ impl PubSocketBackend {
         let mut iter = self.subscribers.begin_async().await;
         while let Some(subscriber) = iter {
             if subscription_matches(&subscriber.subscriptions, first_frame) {
-                send_to_subscriber(subscriber.send_queue.clone(), &message);
+                send_within_bytes(&subscriber, &message, self.socket_options.send_queue_bytes);
             }
             iter = subscriber.next_async().await;
         }
@@ -209,6 +227,7 @@ impl MultiPeerBackend for PubSocketBackend {
         // TODO provide handling for recv_queue
         let (queue_sender, queue_receiver) = mpsc::channel(self.socket_options.send_queue_capacity);
         let (sender, stop_receiver) = oneshot::channel();
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let old_subscriber = self
             .subscribers
             .upsert_async(
@@ -216,6 +235,7 @@ impl MultiPeerBackend for PubSocketBackend {
                 Subscriber {
                     subscriptions: vec![],
                     send_queue: queue_sender,
+                    queued_bytes: queued_bytes.clone(),
                     _subscription_coro_stop: sender,
                 },
             )
@@ -226,7 +246,9 @@ impl MultiPeerBackend for PubSocketBackend {
         let writer_backend = self.clone();
         let writer_peer_id = peer_id.clone();
         async_rt::task::spawn(async move {
-            if let Err(error) = write_message_queue(queue_receiver, send_queue).await {
+            if let Err(error) =
+                write_message_queue_counted(queue_receiver, send_queue, Some(queued_bytes)).await
+            {
                 log::debug!(
                     "Error sending message to subscriber {:?}: {:?}",
                     writer_peer_id,
@@ -339,6 +361,32 @@ impl Socket for PubSocket {
 
 #[cfg(test)]
 mod tests {
+
+    /// A subscriber's queue holds at most `send_queue_bytes`: a message
+    /// that would go over is dropped for it, and room comes back as the
+    /// writer takes messages.
+    #[test]
+    fn test_send_queue_bytes_bounds_what_a_subscriber_holds() {
+        let (send_queue, mut receiver) = mpsc::channel(1000);
+        let (stop, _stopped) = oneshot::channel();
+        let subscriber = Subscriber {
+            subscriptions: vec![vec![]],
+            send_queue,
+            queued_bytes: Arc::default(),
+            _subscription_coro_stop: stop,
+        };
+        let message = ZmqMessage::from(vec![0u8; 600]);
+        send_within_bytes(&subscriber, &message, 1000);
+        send_within_bytes(&subscriber, &message, 1000);
+        assert_eq!(subscriber.queued_bytes.load(Ordering::Acquire), 600);
+        assert!(receiver.try_recv().is_ok());
+        assert!(receiver.try_recv().is_err(), "the second message was dropped");
+        // What the writer takes is taken off (as `write_message_queue_counted` does).
+        subscriber.queued_bytes.fetch_sub(600, Ordering::AcqRel);
+        send_within_bytes(&subscriber, &message, 1000);
+        assert!(receiver.try_recv().is_ok());
+    }
+
     use super::*;
     use crate::util::tests::{
         test_bind_to_any_port_helper, test_bind_to_unspecified_interface_helper,
@@ -369,6 +417,7 @@ mod tests {
                 Subscriber {
                     subscriptions,
                     send_queue: queue_sender,
+                    queued_bytes: Arc::default(),
                     _subscription_coro_stop: stop_sender,
                 },
             )

@@ -161,6 +161,22 @@ pub struct RouterSendHalf {
     inner: Arc<RouterSocketInner>,
 }
 
+impl RouterSendHalf {
+    /// Disconnects the peer `peer_id` now: its queue is dropped, its
+    /// connection closed, and the monitor reports `Disconnected` (once).
+    /// Returns whether the peer was connected. For an application that
+    /// decides, above the transport, that a peer must go (a session it
+    /// refuses, a peer over its budget) without waiting for it.
+    /// `peer_id` is the identity frame `recv` puts first; an identity no
+    /// peer could have is not connected.
+    pub fn disconnect(&self, peer_id: bytes::Bytes) -> bool {
+        match PeerIdentity::try_from(peer_id) {
+            Ok(peer_id) => self.inner.backend.disconnect_peer(&peer_id),
+            Err(_) => false,
+        }
+    }
+}
+
 /// The recv half of a [`RouterSocket`] produced by [`RouterSocket::split`].
 pub struct RouterRecvHalf {
     inner: Arc<RouterSocketInner>,

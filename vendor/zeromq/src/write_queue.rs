@@ -8,10 +8,35 @@ const WRITE_BATCH_LIMIT: usize = 128;
 /// Writes queued socket messages into the underlying framed sink in small batches.
 #[inline]
 pub(crate) async fn write_message_queue(
+    queue_receiver: mpsc::Receiver<Message>,
+    send_queue: ZmqFramedWrite,
+) -> CodecResult<()> {
+    write_message_queue_counted(queue_receiver, send_queue, None).await
+}
+
+/// The bytes of a message's parts (what `SocketOptions::send_queue_bytes`
+/// counts).
+pub(crate) fn message_bytes(message: &Message) -> usize {
+    match message {
+        Message::Message(message) => message.iter().map(|frame| frame.len()).sum(),
+        _ => 0,
+    }
+}
+
+/// As [`write_message_queue`], taking each message's bytes off `queued` as
+/// it leaves the queue (PUB's per-subscriber byte count).
+pub(crate) async fn write_message_queue_counted(
     mut queue_receiver: mpsc::Receiver<Message>,
     mut send_queue: ZmqFramedWrite,
+    queued: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
 ) -> CodecResult<()> {
+    let taken = |message: &Message| {
+        if let Some(queued) = &queued {
+            queued.fetch_sub(message_bytes(message), std::sync::atomic::Ordering::AcqRel);
+        }
+    };
     while let Some(message) = queue_receiver.next().await {
+        taken(&message);
         // When backlog already exists, feed a batch before flushing once to avoid per-message flush cost during bursts.
         send_queue.feed(message).await?;
 
@@ -20,6 +45,7 @@ pub(crate) async fn write_message_queue(
                 Ok(message) => message,
                 Err(_) => break,
             };
+            taken(&message);
             send_queue.feed(message).await?;
         }
 

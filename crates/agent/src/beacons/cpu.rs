@@ -4,8 +4,8 @@
 
 use halite_proto::Value;
 
-use super::sampled::{self, Gauge, Settings};
-use super::{BeaconKind, Context, Running};
+use super::sampled::{self, Gauge, SampleError, Settings};
+use super::{BeaconError, BeaconKind, Context, EventField, Running};
 
 pub static KIND: BeaconKind = BeaconKind {
     name: "cpu",
@@ -13,24 +13,33 @@ pub static KIND: BeaconKind = BeaconKind {
     example: "above: 90\nbelow: 70\nfor: 10s\ninterval: 5s\n",
     validate,
     start,
+    fields: &[
+        EventField { name: "state", values: &["above", "below", "error"] },
+        EventField::any("percent"),
+        EventField::any("above"),
+        EventField::any("below"),
+        // When sampling fails (`state: error`).
+        EventField::any("error"),
+    ],
 };
 
 const PROC_STAT: &str = "/proc/stat";
 
-fn settings(config: &Value) -> Result<Settings, String> {
+fn settings(config: &Value) -> Result<Settings, BeaconError> {
     sampled::percent_settings(config)
 }
 
-fn validate(config: &Value) -> Result<(), String> {
+fn validate(config: &Value) -> Result<(), BeaconError> {
     settings(config).map(|_| ())
 }
 
-fn start(context: Context, config: &Value) -> Result<Running, String> {
+fn start(context: Context, config: &Value) -> Result<Running, BeaconError> {
     let settings = settings(config)?;
     let mut previous: Option<Times> = None;
     let read = move || {
-        let text = std::fs::read_to_string(PROC_STAT).map_err(|e| format!("cannot read {PROC_STAT}: {e}"))?;
-        let now = parse(&text).ok_or_else(|| format!("{PROC_STAT} has no readable `cpu` line"))?;
+        let text = std::fs::read_to_string(PROC_STAT).map_err(SampleError::read(PROC_STAT))?;
+        let now = parse(&text)
+            .ok_or(SampleError::Unreadable { path: PROC_STAT.into(), problem: "has no readable `cpu` line" })?;
         // Busy is a share of the time between two reads: the first read
         // only sets the baseline.
         Ok(previous.replace(now).and_then(|before| busy_percent(before, now)))
@@ -111,7 +120,7 @@ ctxt 99
     fn config_errors_say_what_to_write() {
         let bad = |yaml: &str| {
             let json: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
-            validate(&Value::from_json(&json)).unwrap_err()
+            validate(&Value::from_json(&json)).unwrap_err().to_string()
         };
         assert!(bad("above: 70\nbelow: 90\n").contains("greater than"));
         assert!(bad("above: 120\n").contains("never be exceeded"));

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use halite_proto::Value;
 use serde::Deserialize;
 
-use super::sampled::{self, Gauge, Settings, Span};
-use super::{BeaconKind, Context, Running, decode};
+use super::sampled::{self, Gauge, SampleError, Settings, Span};
+use super::{BeaconError, BeaconKind, Context, EventField, Running, decode};
 
 pub static KIND: BeaconKind = BeaconKind {
     name: "disk",
@@ -17,6 +17,15 @@ pub static KIND: BeaconKind = BeaconKind {
     example: "mount: /\nabove: 90\nbelow: 85\ninterval: 1m\n",
     validate,
     start,
+    fields: &[
+        EventField::any("mount"),
+        EventField { name: "state", values: &["above", "below", "error"] },
+        EventField::any("percent"),
+        EventField::any("above"),
+        EventField::any("below"),
+        // When sampling fails (`state: error`).
+        EventField::any("error"),
+    ],
 };
 
 #[derive(Debug, Deserialize)]
@@ -38,21 +47,21 @@ struct Config {
     debounce: Option<Span>,
 }
 
-fn settings(config: &Value) -> Result<(Settings, PathBuf), String> {
+fn settings(config: &Value) -> Result<(Settings, PathBuf), BeaconError> {
     let c: Config = decode(config)?;
     if !c.mount.is_absolute() {
-        return Err(format!("mount `{}` is not absolute; write e.g. `mount: /var`", c.mount.display()));
+        return Err(BeaconError::NotAbsolute { key: "mount", path: c.mount, hint: "; write e.g. `mount: /var`" });
     }
     let settings =
         Settings::parse(c.above, c.below, Some(100.0), c.sustain.as_ref(), c.interval.as_ref(), c.debounce.as_ref())?;
     Ok((settings, c.mount))
 }
 
-fn validate(config: &Value) -> Result<(), String> {
+fn validate(config: &Value) -> Result<(), BeaconError> {
     settings(config).map(|_| ())
 }
 
-fn start(context: Context, config: &Value) -> Result<Running, String> {
+fn start(context: Context, config: &Value) -> Result<Running, BeaconError> {
     let (settings, mount) = settings(config)?;
     let real = context.real_path(&mount);
     let read = move || usage(&real).map(Some);
@@ -60,10 +69,12 @@ fn start(context: Context, config: &Value) -> Result<Running, String> {
     sampled::start(context, settings.timing.interval, Gauge::new(&settings, "percent", subject, read))
 }
 
-fn usage(path: &Path) -> Result<f64, String> {
-    let stats = nix::sys::statvfs::statvfs(path).map_err(|e| format!("cannot measure {}: {e}", path.display()))?;
-    percent_used(stats.blocks() as u64, stats.blocks_free() as u64, stats.blocks_available() as u64)
-        .ok_or_else(|| format!("{} reports no blocks; is it a pseudo file system?", path.display()))
+fn usage(path: &Path) -> Result<f64, SampleError> {
+    let stats =
+        nix::sys::statvfs::statvfs(path).map_err(|source| SampleError::Measure { path: path.to_owned(), source })?;
+    percent_used(stats.blocks() as u64, stats.blocks_free() as u64, stats.blocks_available() as u64).ok_or_else(|| {
+        SampleError::Unreadable { path: path.to_owned(), problem: "reports no blocks; is it a pseudo file system?" }
+    })
 }
 
 /// As df's Use%: blocks reserved for root are neither used nor available,
@@ -91,14 +102,14 @@ mod tests {
     fn measures_a_real_file_system() {
         let percent = usage(Path::new("/")).unwrap();
         assert!((0.0..=100.0).contains(&percent), "{percent}");
-        assert!(usage(Path::new("/no/such/mount")).unwrap_err().contains("/no/such/mount"));
+        assert!(usage(Path::new("/no/such/mount")).unwrap_err().to_string().contains("/no/such/mount"));
     }
 
     #[test]
     fn config_errors_say_what_to_write() {
         let bad = |yaml: &str| {
             let json: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
-            validate(&Value::from_json(&json)).unwrap_err()
+            validate(&Value::from_json(&json)).unwrap_err().to_string()
         };
         assert!(bad("mount: var\nabove: 90\n").contains("not absolute"));
         assert!(bad("above: 90\n").contains("mount"));

@@ -45,7 +45,7 @@ use halite_proto::{Event, Sha256, Value};
 use notify::{RecursiveMode, Watcher};
 use serde::Deserialize;
 
-use super::{BeaconKind, Context, Running, decode};
+use super::{BeaconError, BeaconKind, Context, EventField, Running, decode};
 use crate::managed::{Desired, Snapshot};
 use crate::outbox::{Outcome, Receipt};
 
@@ -55,6 +55,15 @@ pub static KIND: BeaconKind = BeaconKind {
     example: "paths: [/etc/nginx]\nrecursive: true\nexclude: ['*.swp']\nevents: [modify, delete, attrib]\n",
     validate,
     start,
+    fields: &[
+        EventField::any("path"),
+        EventField { name: "kind", values: &["create", "modify", "delete", "attrib"] },
+        EventField::any("sha256"),
+        EventField::any("mode"),
+        EventField::any("directory"),
+        EventField::any("error"),
+        EventField::any("managed"),
+    ],
 };
 
 const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(500);
@@ -126,19 +135,22 @@ struct Settings {
     scan: Duration,
 }
 
-fn settings(config: &Value) -> Result<Settings, String> {
+fn settings(config: &Value) -> Result<Settings, BeaconError> {
     let config: Config = decode(config)?;
     if config.paths.is_empty() {
-        return Err("`paths` is empty; list the files or directories to watch".into());
+        return Err(BeaconError::Empty { key: "paths", hint: "list the files or directories to watch" });
     }
     if let Some(path) = config.paths.iter().find(|p| !p.is_absolute()) {
-        return Err(format!("path `{}` is not absolute", path.display()));
+        return Err(BeaconError::NotAbsolute { key: "path", path: path.clone(), hint: "" });
     }
-    let duration = |text: &Option<String>, key: &str, default| match text {
+    let duration = |text: &Option<String>, key: &'static str, default| match text {
         None => Ok(default),
-        Some(text) => {
-            humantime::parse_duration(text).map_err(|e| format!("`{key}: {text}`: {e} (write e.g. 500ms or 2s)"))
-        }
+        Some(text) => humantime::parse_duration(text).map_err(|reason| BeaconError::Duration {
+            key,
+            value: text.clone(),
+            reason,
+            example: "500ms or 2s",
+        }),
     };
     Ok(Settings {
         debounce: duration(&config.debounce, "debounce", DEFAULT_DEBOUNCE)?,
@@ -150,7 +162,7 @@ fn settings(config: &Value) -> Result<Settings, String> {
     })
 }
 
-fn validate(config: &Value) -> Result<(), String> {
+fn validate(config: &Value) -> Result<(), BeaconError> {
     settings(config).map(|_| ())
 }
 
@@ -165,20 +177,20 @@ pub struct Exclude {
 }
 
 impl Exclude {
-    pub fn new(globs: &[String]) -> Result<Exclude, String> {
+    pub fn new(globs: &[String]) -> Result<Exclude, BeaconError> {
         let (mut names, mut paths) = (GlobSetBuilder::new(), GlobSetBuilder::new());
         for text in globs {
             let glob = GlobBuilder::new(text)
                 .literal_separator(true)
                 .build()
-                .map_err(|e| format!("`exclude: {text}`: {} (write e.g. '*.swp' or '/srv/www/**/cache')", e.kind()))?;
+                .map_err(|e| BeaconError::Exclude { glob: text.clone(), reason: e.kind().clone() })?;
             if text.contains('/') {
                 paths.add(glob)
             } else {
                 names.add(glob)
             };
         }
-        let build = |b: GlobSetBuilder| b.build().map_err(|e| format!("`exclude`: {e}"));
+        let build = |b: GlobSetBuilder| b.build().map_err(BeaconError::ExcludeSet);
         Ok(Exclude { names: build(names)?, paths: build(paths)? })
     }
 
@@ -575,7 +587,7 @@ impl Drop for Guard {
 /// what happens after the beacon set is replaced is seen (the agent
 /// replaces it off the runtime threads, before it handles the next message
 /// from the master).
-fn start(context: Context, config: &Value) -> Result<Running, String> {
+fn start(context: Context, config: &Value) -> Result<Running, BeaconError> {
     let settings = settings(config)?;
     let (wake_tx, wake_rx) = WakeQueue::new();
     let notify_tx = wake_tx.clone();
@@ -588,7 +600,7 @@ fn start(context: Context, config: &Value) -> Result<Running, String> {
             overflow_flag.store(true, Ordering::Relaxed);
         }
     })
-    .map_err(|e| format!("cannot start inotify: {e}"))?;
+    .map_err(BeaconError::Inotify)?;
     let scope = Scope {
         targets: settings.paths.iter().map(|p| (context.real_path(p), p.clone())).collect(),
         recursive: settings.recursive,
@@ -619,7 +631,7 @@ fn start(context: Context, config: &Value) -> Result<Running, String> {
     std::thread::Builder::new()
         .name(format!("beacon-{}", beacon.context.name))
         .spawn(move || beacon.run())
-        .map_err(|e| format!("cannot start the beacon thread: {e}"))?;
+        .map_err(BeaconError::Thread)?;
     Ok(Running::new(Guard { stop: wake_tx }))
 }
 
@@ -976,6 +988,12 @@ impl FileBeacon {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_declared_kinds_are_the_changes_it_reports() {
+        let declared = KIND.fields.iter().find(|f| f.name == "kind").map(|f| f.values.to_vec());
+        assert_eq!(declared, Some(Change::all().into_iter().map(Change::as_str).collect::<Vec<_>>()));
+    }
+
     fn file(content: &[u8], mode: u32) -> Observation {
         Observation::File { sha256: Sha256::of(content), mode }
     }
@@ -1248,7 +1266,7 @@ mod tests {
     fn config_errors_say_what_to_write() {
         let bad = |yaml: &str| {
             let json: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
-            validate(&Value::from_json(&json)).unwrap_err()
+            validate(&Value::from_json(&json)).unwrap_err().to_string()
         };
         assert!(bad("paths: [etc/x]\n").contains("not absolute"));
         assert!(bad("paths: [/x]\ndebounce: soon\n").contains("500ms"));

@@ -6,8 +6,8 @@
 use halite_proto::Value;
 use serde::Deserialize;
 
-use super::sampled::{self, Gauge, Settings, Span};
-use super::{BeaconKind, Context, Running, decode};
+use super::sampled::{self, Gauge, SampleError, Settings, Span};
+use super::{BeaconError, BeaconKind, Context, EventField, Running, decode};
 
 pub static KIND: BeaconKind = BeaconKind {
     name: "load",
@@ -15,6 +15,15 @@ pub static KIND: BeaconKind = BeaconKind {
     example: "above: 2\nbelow: 1.5\nper_cpu: true\nfor: 1m\n",
     validate,
     start,
+    fields: &[
+        EventField::any("per_cpu"),
+        EventField { name: "state", values: &["above", "below", "error"] },
+        EventField::any("load"),
+        EventField::any("above"),
+        EventField::any("below"),
+        // When sampling fails (`state: error`).
+        EventField::any("error"),
+    ],
 };
 
 const PROC_LOADAVG: &str = "/proc/loadavg";
@@ -40,27 +49,28 @@ struct Config {
     debounce: Option<Span>,
 }
 
-fn settings(config: &Value) -> Result<(Settings, bool), String> {
+fn settings(config: &Value) -> Result<(Settings, bool), BeaconError> {
     let c: Config = decode(config)?;
     let settings =
         Settings::parse(c.above, c.below, None, c.sustain.as_ref(), c.interval.as_ref(), c.debounce.as_ref())?;
     Ok((settings, c.per_cpu))
 }
 
-fn validate(config: &Value) -> Result<(), String> {
+fn validate(config: &Value) -> Result<(), BeaconError> {
     settings(config).map(|_| ())
 }
 
-fn start(context: Context, config: &Value) -> Result<Running, String> {
+fn start(context: Context, config: &Value) -> Result<Running, BeaconError> {
     let (settings, per_cpu) = settings(config)?;
     let read = move || {
-        let text = std::fs::read_to_string(PROC_LOADAVG).map_err(|e| format!("cannot read {PROC_LOADAVG}: {e}"))?;
-        let load = parse(&text).ok_or_else(|| format!("{PROC_LOADAVG} does not start with a number"))?;
+        let text = std::fs::read_to_string(PROC_LOADAVG).map_err(SampleError::read(PROC_LOADAVG))?;
+        let load = parse(&text)
+            .ok_or(SampleError::Unreadable { path: PROC_LOADAVG.into(), problem: "does not start with a number" })?;
         if !per_cpu {
             return Ok(Some(load));
         }
         // Read each time: CPUs can be brought online and offline.
-        let stat = std::fs::read_to_string(PROC_STAT).map_err(|e| format!("cannot read {PROC_STAT}: {e}"))?;
+        let stat = std::fs::read_to_string(PROC_STAT).map_err(SampleError::read(PROC_STAT))?;
         Ok(Some(load / online_cpus(&stat) as f64))
     };
     let subject = Value::map().with("per_cpu", per_cpu);
@@ -105,13 +115,13 @@ mod tests {
     fn config_errors_say_what_to_write() {
         let bad = |yaml: &str| {
             let json: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
-            validate(&Value::from_json(&json)).unwrap_err()
+            validate(&Value::from_json(&json)).unwrap_err().to_string()
         };
         assert!(bad("above: 1\nbelow: 2\n").contains("greater than"));
         assert!(bad("above: 2\nper_cpu: yes please\n").contains("bool"));
         assert!(bad("above: 2\nbelow: 0\n").contains("never be reached"));
         // Loads have no upper bound.
         let json: serde_json::Value = serde_saphyr::from_str("above: 400\n").unwrap();
-        assert_eq!(validate(&Value::from_json(&json)), Ok(()));
+        assert!(validate(&Value::from_json(&json)).is_ok());
     }
 }

@@ -5,8 +5,8 @@
 
 use halite_proto::Value;
 
-use super::sampled::{self, Gauge, Settings};
-use super::{BeaconKind, Context, Running};
+use super::sampled::{self, Gauge, SampleError, Settings};
+use super::{BeaconError, BeaconKind, Context, EventField, Running};
 
 pub static KIND: BeaconKind = BeaconKind {
     name: "memory",
@@ -14,23 +14,33 @@ pub static KIND: BeaconKind = BeaconKind {
     example: "above: 90\nbelow: 80\nfor: 1m\n",
     validate,
     start,
+    fields: &[
+        EventField { name: "state", values: &["above", "below", "error"] },
+        EventField::any("percent"),
+        EventField::any("above"),
+        EventField::any("below"),
+        // When sampling fails (`state: error`).
+        EventField::any("error"),
+    ],
 };
 
 const PROC_MEMINFO: &str = "/proc/meminfo";
 
-fn settings(config: &Value) -> Result<Settings, String> {
+fn settings(config: &Value) -> Result<Settings, BeaconError> {
     sampled::percent_settings(config)
 }
 
-fn validate(config: &Value) -> Result<(), String> {
+fn validate(config: &Value) -> Result<(), BeaconError> {
     settings(config).map(|_| ())
 }
 
-fn start(context: Context, config: &Value) -> Result<Running, String> {
+fn start(context: Context, config: &Value) -> Result<Running, BeaconError> {
     let settings = settings(config)?;
     let read = || {
-        let text = std::fs::read_to_string(PROC_MEMINFO).map_err(|e| format!("cannot read {PROC_MEMINFO}: {e}"))?;
-        parse(&text).map(Some).ok_or_else(|| format!("{PROC_MEMINFO} has no readable MemTotal"))
+        let text = std::fs::read_to_string(PROC_MEMINFO).map_err(SampleError::read(PROC_MEMINFO))?;
+        parse(&text)
+            .map(Some)
+            .ok_or(SampleError::Unreadable { path: PROC_MEMINFO.into(), problem: "has no readable MemTotal" })
     };
     sampled::start(context, settings.timing.interval, Gauge::new(&settings, "percent", Value::map(), read))
 }
@@ -88,7 +98,7 @@ SwapCached:            0 kB
     fn config_errors_say_what_to_write() {
         let bad = |yaml: &str| {
             let json: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
-            validate(&Value::from_json(&json)).unwrap_err()
+            validate(&Value::from_json(&json)).unwrap_err().to_string()
         };
         assert!(bad("above: 80\nbelow: 90\n").contains("greater than"));
         assert!(bad("above: 100\n").contains("never be exceeded"));

@@ -27,18 +27,96 @@ pub mod service;
 pub static KINDS: &[&BeaconKind] =
     &[&cpu::KIND, &disk::KIND, &file::KIND, &load::KIND, &memory::KIND, &process::KIND, &service::KIND];
 
+/// Why a beacon's configuration is refused or the beacon cannot start.
+/// Shared by every kind file (the registry's interface); each variant names
+/// the configuration key or the resource at fault and says what to write.
+#[derive(Debug, thiserror::Error)]
+pub enum BeaconError {
+    #[error("unknown beacon kind `{kind}`; known kinds: {known}")]
+    UnknownKind { kind: String, known: String },
+    /// Not the kind's typed configuration (serde names the field).
+    #[error("{0}")]
+    Decode(#[from] serde_json::Error),
+    #[error("`{key}` is empty; {hint}")]
+    Empty { key: &'static str, hint: &'static str },
+    #[error("{key} `{path}` is not absolute{hint}", path = path.display())]
+    NotAbsolute { key: &'static str, path: PathBuf, hint: &'static str },
+    #[error("`{key}: {value}`: {reason} (write e.g. {example})")]
+    Duration { key: &'static str, value: String, reason: humantime::DurationError, example: &'static str },
+    #[error(
+        "`interval: {}` is too short; write at least {}, e.g. 5s",
+        humantime::format_duration(*interval),
+        humantime::format_duration(*min)
+    )]
+    IntervalTooShort { interval: std::time::Duration, min: std::time::Duration },
+    #[error("`above` and `below` must be numbers, e.g. `above: 90`")]
+    NotANumber,
+    #[error("`above: {above}` can never be exceeded (the value is at most {max}); write a lower threshold")]
+    NeverExceeded { above: f64, max: f64 },
+    #[error("`above: {above}`: the value is never negative; write a threshold of 0 or more")]
+    AboveNegative { above: f64 },
+    #[error(
+        "`below: {below}` is greater than `above: {above}`; `below` is where the state returns to normal, \
+         so write a value no greater than {above} (or leave it out to use {above})"
+    )]
+    BelowAbove { below: f64, above: f64 },
+    #[error(
+        "`below: {below}` can never be reached (the value is never negative), so the state would stay above; \
+         write a positive value"
+    )]
+    NeverReached { below: f64 },
+    #[error("`name: {name}` is a path; write only the executable's name, e.g. `name: nginx` for /usr/sbin/nginx")]
+    ProcessPath { name: String },
+    #[error("`unit: {unit}` is not a unit name; write e.g. `unit: nginx.service`")]
+    UnitName { unit: String },
+    #[error("`exclude: {glob}`: {reason} (write e.g. '*.swp' or '/srv/www/**/cache')")]
+    Exclude { glob: String, reason: globset::ErrorKind },
+    #[error("`exclude`: {0}")]
+    ExcludeSet(globset::Error),
+    #[error("cannot start inotify: {0}")]
+    Inotify(notify::Error),
+    #[error("cannot start the beacon thread: {0}")]
+    Thread(std::io::Error),
+}
+
 #[derive(Debug)]
 pub struct BeaconKind {
     pub name: &'static str,
     pub summary: &'static str,
     /// An example configuration in YAML; the registry test validates it.
     pub example: &'static str,
-    pub validate: fn(&Value) -> Result<(), String>,
-    pub start: fn(Context, &Value) -> Result<Running, String>,
+    pub validate: fn(&Value) -> Result<(), BeaconError>,
+    pub start: fn(Context, &Value) -> Result<Running, BeaconError>,
+    /// The fields of the data its events carry, and the values each takes
+    /// when they are a fixed set. The master's `check` warns about a
+    /// reactor's `when` that reads another field or compares with another
+    /// value; keep it beside the code that builds the data.
+    pub fields: &'static [EventField],
+}
+
+/// One field of a beacon kind's event data.
+#[derive(Debug)]
+pub struct EventField {
+    pub name: &'static str,
+    /// The values it takes, when they are a fixed set of strings; empty
+    /// for anything else (a path, a number, a unit's state).
+    pub values: &'static [&'static str],
+}
+
+impl EventField {
+    /// A field whose values are not a fixed set.
+    pub const fn any(name: &'static str) -> EventField {
+        EventField { name, values: &[] }
+    }
 }
 
 pub fn find(kind: &str) -> Option<&'static BeaconKind> {
     KINDS.iter().copied().find(|k| k.name == kind)
+}
+
+/// The event fields of `kind`, if it is a known kind.
+pub fn fields(kind: &str) -> Option<&'static [EventField]> {
+    find(kind).map(|k| k.fields)
 }
 
 pub fn names() -> Vec<&'static str> {
@@ -46,15 +124,15 @@ pub fn names() -> Vec<&'static str> {
 }
 
 /// Checks a beacon configuration the way the agent will read it.
-pub fn validate(kind: &str, config: &Value) -> Result<(), String> {
+pub fn validate(kind: &str, config: &Value) -> Result<(), BeaconError> {
     let beacon =
-        find(kind).ok_or_else(|| format!("unknown beacon kind `{kind}`; known kinds: {}", names().join(", ")))?;
+        find(kind).ok_or_else(|| BeaconError::UnknownKind { kind: kind.to_owned(), known: names().join(", ") })?;
     (beacon.validate)(config)
 }
 
 /// Decodes a configuration into a kind's typed, `deny_unknown_fields` form.
-pub fn decode<T: DeserializeOwned>(config: &Value) -> Result<T, String> {
-    serde_json::from_value(config.to_json()).map_err(|e| e.to_string())
+pub fn decode<T: DeserializeOwned>(config: &Value) -> Result<T, BeaconError> {
+    Ok(serde_json::from_value(config.to_json())?)
 }
 
 /// What a running beacon is given.
@@ -258,6 +336,18 @@ mod tests {
         for kind in KINDS {
             let json: serde_json::Value = serde_saphyr::from_str(kind.example).unwrap();
             (kind.validate)(&Value::from_json(&json)).unwrap_or_else(|e| panic!("{}: {e}", kind.name));
+        }
+    }
+
+    #[test]
+    fn every_kind_declares_its_event_fields_once() {
+        for kind in KINDS {
+            assert!(!kind.fields.is_empty(), "{} declares no event fields", kind.name);
+            let mut names: Vec<&str> = kind.fields.iter().map(|f| f.name).collect();
+            names.sort_unstable();
+            let count = names.len();
+            names.dedup();
+            assert_eq!(names.len(), count, "{} declares a field twice", kind.name);
         }
     }
 }

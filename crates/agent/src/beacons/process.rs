@@ -8,8 +8,8 @@ use std::time::Instant;
 use halite_proto::Value;
 use serde::Deserialize;
 
-use super::sampled::{self, Machine, Sampler, Span, Timing};
-use super::{BeaconKind, Context, Running, decode};
+use super::sampled::{self, Machine, SampleError, Sampler, Span, Timing};
+use super::{BeaconError, BeaconKind, Context, EventField, Running, decode};
 
 pub static KIND: BeaconKind = BeaconKind {
     name: "process",
@@ -17,6 +17,13 @@ pub static KIND: BeaconKind = BeaconKind {
     example: "name: nginx\nfor: 10s\ninterval: 5s\n",
     validate,
     start,
+    fields: &[
+        EventField::any("name"),
+        EventField { name: "state", values: &["present", "absent", "error"] },
+        EventField::any("count"),
+        // When sampling fails (`state: error`).
+        EventField::any("error"),
+    ],
 };
 
 const PROC: &str = "/proc";
@@ -34,25 +41,22 @@ struct Config {
     debounce: Option<Span>,
 }
 
-fn settings(config: &Value) -> Result<(String, Timing), String> {
+fn settings(config: &Value) -> Result<(String, Timing), BeaconError> {
     let c: Config = decode(config)?;
     if c.name.is_empty() {
-        return Err("`name` is empty; write the process name, e.g. `name: nginx`".into());
+        return Err(BeaconError::Empty { key: "name", hint: "write the process name, e.g. `name: nginx`" });
     }
     if c.name.contains('/') || c.name.contains('\0') {
-        return Err(format!(
-            "`name: {}` is a path; write only the executable's name, e.g. `name: nginx` for /usr/sbin/nginx",
-            c.name
-        ));
+        return Err(BeaconError::ProcessPath { name: c.name });
     }
     Ok((c.name, Timing::parse(c.interval.as_ref(), c.sustain.as_ref(), c.debounce.as_ref())?))
 }
 
-fn validate(config: &Value) -> Result<(), String> {
+fn validate(config: &Value) -> Result<(), BeaconError> {
     settings(config).map(|_| ())
 }
 
-fn start(context: Context, config: &Value) -> Result<Running, String> {
+fn start(context: Context, config: &Value) -> Result<Running, BeaconError> {
     let (name, timing) = settings(config)?;
     let sampler = Presence { name, proc: PathBuf::from(PROC), machine: Machine::new(&timing, None) };
     sampled::start(context, timing.interval, sampler)
@@ -67,7 +71,7 @@ struct Presence {
 }
 
 impl Sampler for Presence {
-    fn sample(&mut self, now: Instant) -> Result<Option<Value>, String> {
+    fn sample(&mut self, now: Instant) -> Result<Option<Value>, SampleError> {
         let count = count(&self.proc, &self.name)?;
         let Some(transition) = self.machine.observe(count > 0, now) else { return Ok(None) };
         let state = if transition.to { "present" } else { "absent" };
@@ -84,8 +88,8 @@ impl Sampler for Presence {
 }
 
 /// How many processes under `proc` are called `name`.
-fn count(proc: &Path, name: &str) -> Result<usize, String> {
-    let entries = std::fs::read_dir(proc).map_err(|e| format!("cannot list {}: {e}", proc.display()))?;
+fn count(proc: &Path, name: &str) -> Result<usize, SampleError> {
+    let entries = std::fs::read_dir(proc).map_err(|source| SampleError::List { path: proc.to_owned(), source })?;
     let mut count = 0;
     for entry in entries.flatten() {
         if !entry.file_name().to_str().is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
@@ -161,11 +165,11 @@ mod tests {
         process("400", "renamed", b"/usr/sbin/nginx\0");
         std::fs::create_dir(proc.path().join("self")).unwrap();
         std::fs::create_dir(proc.path().join("500")).unwrap(); // ended during the scan: no comm
-        assert_eq!(count(proc.path(), "nginx"), Ok(3));
-        assert_eq!(count(proc.path(), "prometheus-node-exporter"), Ok(1));
-        assert_eq!(count(proc.path(), "systemd"), Ok(1));
-        assert_eq!(count(proc.path(), "apache2"), Ok(0));
-        assert!(count(&proc.path().join("missing"), "nginx").unwrap_err().contains("cannot list"));
+        assert_eq!(count(proc.path(), "nginx").ok(), Some(3));
+        assert_eq!(count(proc.path(), "prometheus-node-exporter").ok(), Some(1));
+        assert_eq!(count(proc.path(), "systemd").ok(), Some(1));
+        assert_eq!(count(proc.path(), "apache2").ok(), Some(0));
+        assert!(count(&proc.path().join("missing"), "nginx").unwrap_err().to_string().contains("cannot list"));
     }
 
     #[test]
@@ -189,7 +193,7 @@ mod tests {
     fn config_errors_say_what_to_write() {
         let bad = |yaml: &str| {
             let json: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
-            validate(&Value::from_json(&json)).unwrap_err()
+            validate(&Value::from_json(&json)).unwrap_err().to_string()
         };
         assert!(bad("name: /usr/sbin/nginx\n").contains("name: nginx"));
         assert!(bad("name: ''\n").contains("empty"));

@@ -38,7 +38,8 @@ use std::time::{Duration, Instant};
 use halite_proto::{Event, Value};
 use serde::Deserialize;
 
-use super::{Context, Running};
+use super::{BeaconError, Context, Running};
+use std::path::PathBuf;
 
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 /// Sampling faster than this measures the sampler more than the host.
@@ -208,12 +209,53 @@ impl<'de> Deserialize<'de> for Span {
     }
 }
 
-fn duration(span: Option<&Span>, key: &str, default: Duration) -> Result<Duration, String> {
+fn duration(span: Option<&Span>, key: &'static str, default: Duration) -> Result<Duration, BeaconError> {
     match span {
         None => Ok(default),
-        Some(Span(text)) => {
-            humantime::parse_duration(text).map_err(|e| format!("`{key}: {text}`: {e} (write e.g. 5s or 1m)"))
-        }
+        Some(Span(text)) => humantime::parse_duration(text).map_err(|reason| BeaconError::Duration {
+            key,
+            value: text.clone(),
+            reason,
+            example: "5s or 1m",
+        }),
+    }
+}
+
+/// Why a sample could not be taken: the beacon reports an `error` state
+/// with this text and retries every interval. Each variant names what was
+/// read or run.
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    #[error("cannot read {path}: {source}", path = path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot list {path}: {source}", path = path.display())]
+    List { path: PathBuf, source: std::io::Error },
+    /// Read, but not in the shape the kernel documents.
+    #[error("{path} {problem}", path = path.display())]
+    Unreadable { path: PathBuf, problem: &'static str },
+    #[error("cannot measure {path}: {source}", path = path.display())]
+    Measure { path: PathBuf, source: nix::errno::Errno },
+    #[error("the sample is not a number ({value})")]
+    NotANumber { value: f64 },
+    /// A probe program that could not be run (names the command).
+    #[error(transparent)]
+    Command(#[from] halite_state::command::CommandError),
+    #[error("{program} did not answer within {}", humantime::format_duration(*timeout))]
+    Timeout { program: &'static str, timeout: Duration },
+    /// A probe program that said why it cannot answer (its stderr).
+    #[error("{program}: {said}")]
+    Said { program: &'static str, said: String },
+    #[error("{program} printed no state")]
+    NoState { program: &'static str },
+    #[error("{program} printed `{printed}`, not a state")]
+    NotAState { program: &'static str, printed: String },
+}
+
+impl SampleError {
+    /// Reading `path` failed.
+    pub fn read(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> SampleError {
+        let path = path.into();
+        move |source| SampleError::Read { path, source }
     }
 }
 
@@ -227,14 +269,14 @@ pub struct Timing {
 }
 
 impl Timing {
-    pub fn parse(interval: Option<&Span>, sustain: Option<&Span>, debounce: Option<&Span>) -> Result<Timing, String> {
+    pub fn parse(
+        interval: Option<&Span>,
+        sustain: Option<&Span>,
+        debounce: Option<&Span>,
+    ) -> Result<Timing, BeaconError> {
         let interval = duration(interval, "interval", DEFAULT_INTERVAL)?;
         if interval < MIN_INTERVAL {
-            return Err(format!(
-                "`interval: {}` is too short; write at least {}, e.g. 5s",
-                humantime::format_duration(interval),
-                humantime::format_duration(MIN_INTERVAL)
-            ));
+            return Err(BeaconError::IntervalTooShort { interval, min: MIN_INTERVAL });
         }
         Ok(Timing {
             interval,
@@ -263,7 +305,7 @@ struct PercentConfig {
 }
 
 /// Reads and checks a [`PercentConfig`].
-pub fn percent_settings(config: &Value) -> Result<Settings, String> {
+pub fn percent_settings(config: &Value) -> Result<Settings, BeaconError> {
     let c: PercentConfig = super::decode(config)?;
     Settings::parse(c.above, c.below, Some(100.0), c.sustain.as_ref(), c.interval.as_ref(), c.debounce.as_ref())
 }
@@ -285,39 +327,31 @@ impl Settings {
         sustain: Option<&Span>,
         interval: Option<&Span>,
         debounce: Option<&Span>,
-    ) -> Result<Settings, String> {
+    ) -> Result<Settings, BeaconError> {
         Ok(Settings { thresholds: thresholds(above, below, max)?, timing: Timing::parse(interval, sustain, debounce)? })
     }
 }
 
-fn thresholds(above: f64, below: Option<f64>, max: Option<f64>) -> Result<Thresholds, String> {
+fn thresholds(above: f64, below: Option<f64>, max: Option<f64>) -> Result<Thresholds, BeaconError> {
     if !above.is_finite() || below.is_some_and(|b| !b.is_finite()) {
-        return Err("`above` and `below` must be numbers, e.g. `above: 90`".into());
+        return Err(BeaconError::NotANumber);
     }
     if let Some(max) = max
         && above >= max
     {
-        return Err(format!(
-            "`above: {above}` can never be exceeded (the value is at most {max}); write a lower threshold"
-        ));
+        return Err(BeaconError::NeverExceeded { above, max });
     }
     let Some(below) = below else {
         if above < 0.0 {
-            return Err(format!("`above: {above}`: the value is never negative; write a threshold of 0 or more"));
+            return Err(BeaconError::AboveNegative { above });
         }
         return Ok(Thresholds { above, below: above });
     };
     if below > above {
-        return Err(format!(
-            "`below: {below}` is greater than `above: {above}`; `below` is where the state returns to normal, \
-             so write a value no greater than {above} (or leave it out to use {above})"
-        ));
+        return Err(BeaconError::BelowAbove { below, above });
     }
     if below <= 0.0 {
-        return Err(format!(
-            "`below: {below}` can never be reached (the value is never negative), so the state would stay above; \
-             write a positive value"
-        ));
+        return Err(BeaconError::NeverReached { below });
     }
     Ok(Thresholds { above, below })
 }
@@ -326,7 +360,7 @@ fn thresholds(above: f64, below: Option<f64>, max: Option<f64>) -> Result<Thresh
 pub trait Sampler: Send + 'static {
     /// Takes a sample and steps the machine: `Ok(Some(data))` when the state
     /// changed, `Ok(None)` when not (or when this tick gave no sample).
-    fn sample(&mut self, now: Instant) -> Result<Option<Value>, String>;
+    fn sample(&mut self, now: Instant) -> Result<Option<Value>, SampleError>;
 
     /// What the beacon looks at (`{unit: …}`, `{mount: …}`), the base of
     /// its error events.
@@ -347,17 +381,17 @@ pub struct Gauge<F> {
     read: F,
 }
 
-impl<F: FnMut() -> Result<Option<f64>, String> + Send + 'static> Gauge<F> {
+impl<F: FnMut() -> Result<Option<f64>, SampleError> + Send + 'static> Gauge<F> {
     pub fn new(settings: &Settings, key: &'static str, subject: Value, read: F) -> Self {
         Gauge { machine: Hysteresis::new(settings.thresholds, &settings.timing), key, subject, read }
     }
 }
 
-impl<F: FnMut() -> Result<Option<f64>, String> + Send + 'static> Sampler for Gauge<F> {
-    fn sample(&mut self, now: Instant) -> Result<Option<Value>, String> {
+impl<F: FnMut() -> Result<Option<f64>, SampleError> + Send + 'static> Sampler for Gauge<F> {
+    fn sample(&mut self, now: Instant) -> Result<Option<Value>, SampleError> {
         let Some(value) = (self.read)()? else { return Ok(None) };
         if !value.is_finite() {
-            return Err(format!("the sample is not a number ({value})"));
+            return Err(SampleError::NotANumber { value });
         }
         let Some(transition) = self.machine.step(value, now) else { return Ok(None) };
         let thresholds = self.machine.thresholds();
@@ -387,12 +421,12 @@ fn round(value: f64) -> f64 {
 
 /// Starts the beacon's thread: a sample at once, then one every `interval`.
 /// Dropping the returned [`Running`] ends it.
-pub fn start(context: Context, interval: Duration, sampler: impl Sampler) -> Result<Running, String> {
+pub fn start(context: Context, interval: Duration, sampler: impl Sampler) -> Result<Running, BeaconError> {
     let (stop_tx, stop_rx) = std_mpsc::channel::<()>();
     std::thread::Builder::new()
         .name(format!("beacon-{}", context.name))
         .spawn(move || run(&context, interval, sampler, &stop_rx))
-        .map_err(|e| format!("cannot start the beacon thread: {e}"))?;
+        .map_err(BeaconError::Thread)?;
     // Nothing is ever sent: dropping the sender closes the channel, which
     // ends the thread's next wait.
     Ok(Running::new(stop_tx))
@@ -424,7 +458,7 @@ fn run(context: &Context, interval: Duration, mut sampler: impl Sampler, stop: &
                 failing = true;
                 sampler.forget();
                 tracing::warn!(beacon = %context.name, %error, "Cannot take a sample; retrying every interval.");
-                Some(sampler.subject().with("state", "error").with("error", error))
+                Some(sampler.subject().with("state", "error").with("error", error.to_string()))
             }
             Err(error) => {
                 tracing::debug!(beacon = %context.name, %error, "Still cannot take a sample.");
@@ -614,7 +648,7 @@ mod tests {
         }
     }
 
-    fn settings(yaml: &str) -> Result<Settings, String> {
+    fn settings(yaml: &str) -> Result<Settings, BeaconError> {
         #[derive(Debug, Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Config {
@@ -644,7 +678,7 @@ mod tests {
 
     #[test]
     fn settings_errors_say_what_to_write() {
-        let bad = |yaml: &str| settings(yaml).unwrap_err();
+        let bad = |yaml: &str| settings(yaml).unwrap_err().to_string();
         assert!(bad("above: 70\nbelow: 90\n").contains("greater than `above: 70`"));
         assert!(bad("above: 100\n").contains("never be exceeded"));
         assert!(bad("above: 90\nbelow: 0\n").contains("never be reached"));

@@ -8,8 +8,8 @@ use halite_proto::Value;
 use halite_state::command::{self, Spec};
 use serde::Deserialize;
 
-use super::sampled::{self, Machine, Sampler, Span, Timing};
-use super::{BeaconKind, Context, Running, decode};
+use super::sampled::{self, Machine, SampleError, Sampler, Span, Timing};
+use super::{BeaconError, BeaconKind, Context, EventField, Running, decode};
 
 pub static KIND: BeaconKind = BeaconKind {
     name: "service",
@@ -17,6 +17,9 @@ pub static KIND: BeaconKind = BeaconKind {
     example: "unit: nginx.service\nfor: 10s\ninterval: 10s\n",
     validate,
     start,
+    // `state` is whatever `systemctl is-active` says (active, inactive,
+    // failed, activating, …), or `error`: not a fixed set.
+    fields: &[EventField::any("unit"), EventField::any("state"), EventField::any("error")],
 };
 
 /// How long systemctl may take before it is killed: a stuck D-Bus must not
@@ -36,22 +39,22 @@ struct Config {
     debounce: Option<Span>,
 }
 
-fn settings(config: &Value) -> Result<(String, Timing), String> {
+fn settings(config: &Value) -> Result<(String, Timing), BeaconError> {
     let c: Config = decode(config)?;
     if c.unit.is_empty() {
-        return Err("`unit` is empty; write the unit, e.g. `unit: nginx.service`".into());
+        return Err(BeaconError::Empty { key: "unit", hint: "write the unit, e.g. `unit: nginx.service`" });
     }
     if c.unit.starts_with('-') || c.unit.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("`unit: {}` is not a unit name; write e.g. `unit: nginx.service`", c.unit));
+        return Err(BeaconError::UnitName { unit: c.unit });
     }
     Ok((c.unit, Timing::parse(c.interval.as_ref(), c.sustain.as_ref(), c.debounce.as_ref())?))
 }
 
-fn validate(config: &Value) -> Result<(), String> {
+fn validate(config: &Value) -> Result<(), BeaconError> {
     settings(config).map(|_| ())
 }
 
-fn start(context: Context, config: &Value) -> Result<Running, String> {
+fn start(context: Context, config: &Value) -> Result<Running, BeaconError> {
     let (unit, timing) = settings(config)?;
     sampled::start(context, timing.interval, Unit { unit, machine: Machine::new(&timing, None) })
 }
@@ -64,7 +67,7 @@ struct Unit {
 }
 
 impl Sampler for Unit {
-    fn sample(&mut self, now: Instant) -> Result<Option<Value>, String> {
+    fn sample(&mut self, now: Instant) -> Result<Option<Value>, SampleError> {
         let state = is_active(&self.unit, SYSTEMCTL_TIMEOUT)?;
         Ok(self.machine.observe(state, now).map(|t| self.subject().with("state", t.to)))
     }
@@ -81,12 +84,12 @@ impl Sampler for Unit {
 /// Runs `systemctl is-active -- <unit>` for at most `timeout`, then kills
 /// it (with anything it started), through the workspace's one spawner.
 /// Arguments are a vector, never a shell string.
-fn is_active(unit: &str, timeout: Duration) -> Result<String, String> {
+fn is_active(unit: &str, timeout: Duration) -> Result<String, SampleError> {
     let mut spec = Spec::new(["systemctl", "is-active", "--", unit]);
     spec.timeout = Some(timeout);
     let output = command::run(&spec, None)?;
     if output.timed_out {
-        return Err(format!("systemctl did not answer within {}", humantime::format_duration(timeout)));
+        return Err(SampleError::Timeout { program: "systemctl", timeout });
     }
     state_of(&output.stdout, &output.stderr)
 }
@@ -94,16 +97,17 @@ fn is_active(unit: &str, timeout: Duration) -> Result<String, String> {
 /// The state systemctl printed. Its exit status is not used: is-active
 /// exits non-zero for every state but `active`. A missing or garbled
 /// answer (systemd not running) is an error, with what systemctl said.
-fn state_of(stdout: &str, stderr: &str) -> Result<String, String> {
+fn state_of(stdout: &str, stderr: &str) -> Result<String, SampleError> {
     let state = stdout.lines().next().unwrap_or_default().trim();
     if !state.is_empty() && state.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
         return Ok(state.to_owned());
     }
     let said = stderr.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
+    let program = "systemctl";
     Err(match (said.is_empty(), state.is_empty()) {
-        (false, _) => format!("systemctl: {said}"),
-        (true, true) => "systemctl printed no state".to_owned(),
-        (true, false) => format!("systemctl printed `{state}`, not a state"),
+        (false, _) => SampleError::Said { program, said },
+        (true, true) => SampleError::NoState { program },
+        (true, false) => SampleError::NotAState { program, printed: state.to_owned() },
     })
 }
 
@@ -113,19 +117,18 @@ mod tests {
 
     #[test]
     fn reads_the_state_systemctl_prints() {
-        assert_eq!(state_of("active\n", ""), Ok("active".into()));
-        assert_eq!(state_of("inactive\n", ""), Ok("inactive".into()));
-        assert_eq!(state_of("failed\n", ""), Ok("failed".into()));
-        assert_eq!(state_of("activating\n", ""), Ok("activating".into()));
+        for state in ["active", "inactive", "failed", "activating"] {
+            assert_eq!(state_of(&format!("{state}\n"), "").ok().as_deref(), Some(state));
+        }
     }
 
     #[test]
     fn no_state_is_an_error_with_what_systemctl_said() {
         let without_systemd = "System has not been booted with systemd as init system (PID 1). Can't operate.\nFailed to connect to bus: Host is down\n";
-        let error = state_of("", without_systemd).unwrap_err();
+        let error = state_of("", without_systemd).unwrap_err().to_string();
         assert!(error.contains("not been booted with systemd") && error.contains("Host is down"), "{error}");
-        assert_eq!(state_of("", ""), Err("systemctl printed no state".into()));
-        assert!(state_of("Unknown operation\n", "").unwrap_err().contains("not a state"));
+        assert_eq!(state_of("", "").unwrap_err().to_string(), "systemctl printed no state");
+        assert!(state_of("Unknown operation\n", "").unwrap_err().to_string().contains("not a state"));
     }
 
     #[test]
@@ -133,7 +136,10 @@ mod tests {
         // Whether systemctl exists here or not, and systemd runs or not.
         match is_active("halite-no-such-unit.service", SYSTEMCTL_TIMEOUT) {
             Ok(state) => assert!(!state.is_empty()),
-            Err(error) => assert!(error.starts_with("systemctl") || error.starts_with("cannot run"), "{error}"),
+            Err(error) => {
+                let error = error.to_string();
+                assert!(error.starts_with("systemctl") || error.starts_with("cannot run"), "{error}");
+            }
         }
     }
 
@@ -141,7 +147,7 @@ mod tests {
     fn config_errors_say_what_to_write() {
         let bad = |yaml: &str| {
             let json: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
-            validate(&Value::from_json(&json)).unwrap_err()
+            validate(&Value::from_json(&json)).unwrap_err().to_string()
         };
         assert!(bad("unit: ''\n").contains("empty"));
         assert!(bad("unit: --all\n").contains("not a unit name"));

@@ -16,7 +16,8 @@ pub fn run(data_dir: &Path, json: bool) -> anyhow::Result<bool> {
     } else if response.agents.is_empty() {
         println!("no agents yet");
     } else {
-        print!("{}", table(&response.agents, halite_proto::event::now_us()));
+        // Versions, addresses and facts come from agents: shown, never obeyed.
+        print!("{}", halite_proto::text::escape(&table(&response.agents, halite_proto::event::now_us())));
     }
     Ok(true)
 }
@@ -36,6 +37,7 @@ pub fn table(rows: &[AgentRow], now_us: i64) -> String {
                 path.as_ref().map(|p| format!(": {p}")).unwrap_or_default()
             ),
             Compliance::Failing { since_us } => format!("failing {} ago", age(now_us - since_us)),
+            Compliance::Stale { since_us } => format!("stale {} ago", age(now_us - since_us)),
         };
         lines.push([
             row.id.clone(),

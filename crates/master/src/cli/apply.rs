@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use halite_state::report::{AgentReport, Report, render_agent, render_summary};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use super::exit::Code;
 use crate::protocol::{ApplyLine, ApplyRequest, Request};
 
 #[derive(Debug, Clone)]
@@ -24,8 +25,21 @@ pub struct Options {
     pub command_line: String,
 }
 
+/// A hint when STATE looks like a Salt keyword argument (`test=True`):
+/// state file names hold no `=`, and halite spells it `--test`.
+pub fn salt_habit(states: &[String]) -> Option<String> {
+    let habit = states.iter().find(|s| s.contains('='))?;
+    let (key, _) = habit.split_once('=').unwrap_or_default();
+    let hint = if key.eq_ignore_ascii_case("test") {
+        "halite spells test mode `--test`: halite-master apply TARGET --test".to_owned()
+    } else {
+        format!("state file names hold no `=`; halite takes no `{key}=` keyword (see `halite-master apply --help`)")
+    };
+    Some(format!("`{habit}` looks like a Salt argument, not a state file: {hint}"))
+}
+
 /// Runs the command; returns its exit code (see [`Report::exit_code`];
-/// 2 also when the target matches no connected agent).
+/// 4 when the target matches no connected agent).
 pub async fn run(data_dir: &Path, options: Options) -> anyhow::Result<u8> {
     let request = Request::Apply(ApplyRequest {
         target: options.target.clone(),
@@ -43,7 +57,7 @@ pub async fn run(data_dir: &Path, options: Options) -> anyhow::Result<u8> {
         ApplyLine::Started { jobs, .. } => jobs,
         ApplyLine::Error { error, no_agent } => {
             eprintln!("error: {error}");
-            return Ok(if no_agent { 2 } else { 1 });
+            return Ok(if no_agent { Code::NoMatch } else { Code::Failed } as u8);
         }
         other => bail!("the master answered out of order: {other:?}"),
     };
@@ -105,4 +119,17 @@ fn progress_bar(agents: usize, json: bool) -> ProgressBar {
     }
     bar.enable_steady_tick(Duration::from_millis(100));
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn salt_keyword_arguments_get_a_hint() {
+        let hint = salt_habit(&["test=True".to_owned()]).unwrap();
+        assert!(hint.contains("--test"), "{hint}");
+        assert!(salt_habit(&["pillar={}".to_owned()]).unwrap().contains("`pillar=`"));
+        assert_eq!(salt_habit(&["motd".to_owned(), "nginx".to_owned()]), None);
+    }
 }

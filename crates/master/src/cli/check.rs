@@ -2,20 +2,95 @@
 //! with `--event`, a what-if of which reactors an event would fire.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use anyhow::Context as _;
+
+use crate::config::{DEFAULT_CONFIG, MasterConfig};
 use crate::tree::Tree;
 
+/// The tree `check` reads: `--states`; else the configuration's `states`
+/// when the configuration exists (a `--config` named but missing is an
+/// error); else `./states`.
+pub fn states_dir(states: Option<PathBuf>, config: &Path) -> anyhow::Result<PathBuf> {
+    Ok(match states {
+        Some(states) => states,
+        None if config.exists() || config.as_os_str() != DEFAULT_CONFIG => {
+            MasterConfig::load(config).context("cannot load the master configuration to find its state tree")?.states
+        }
+        None => PathBuf::from("states"),
+    })
+}
+
+/// The facts of every agent the master whose data dir is `data_dir` has
+/// seen (its store), and a note when there are none to be had.
+pub fn known_agents(data_dir: Option<&Path>) -> (Vec<(String, serde_json::Value)>, Option<String>) {
+    let Some(data_dir) = data_dir else { return (Vec::new(), None) };
+    let path = crate::server::store::path(data_dir);
+    if !path.exists() {
+        return (Vec::new(), None);
+    }
+    match crate::server::store::Reader::open(&path).and_then(|reader| reader.agent_facts()) {
+        Ok(facts) => (facts, None),
+        Err(error) => (Vec::new(), Some(format!("note: templates not rendered for the known agents: {error}"))),
+    }
+}
+
 /// Prints every diagnostic and a summary; returns whether the tree is clean
-/// of errors.
-pub fn run(states: &Path, out: &mut impl Write) -> std::io::Result<bool> {
-    let (tree, diagnostics) = Tree::load(states);
+/// of errors (and, when `strict`, of warnings too). Templates are rendered
+/// for `known` agents (from the master's store) and facts.yaml's samples.
+pub fn run(
+    states: &Path,
+    strict: bool,
+    known: &[(String, serde_json::Value)],
+    out: &mut impl Write,
+) -> std::io::Result<bool> {
+    let (tree, mut diagnostics) = Tree::load(states);
+    // Templates render per agent, once the tree itself loads cleanly.
+    let mut rendered = crate::tree::samples::Rendered::default();
+    if !diagnostics.iter().any(halite_state::Diagnostic::is_error) {
+        let (counts, problems) = crate::tree::samples::render(&tree, states, known);
+        rendered = counts;
+        diagnostics.extend(problems);
+    }
     for diagnostic in &diagnostics {
         writeln!(out, "{diagnostic}")?;
     }
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
+    let warnings = diagnostics.len() - errors;
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    match (rendered.known, rendered.samples) {
+        (0, 0) => {}
+        (0, samples) => writeln!(
+            out,
+            "templates: rendered for {samples} sample agent{} ({})",
+            plural(samples),
+            crate::tree::samples::FILE
+        )?,
+        (known, samples) => writeln!(
+            out,
+            "templates: rendered for {known} known agent{} (the master's store) and {samples} sample agent{} ({})",
+            plural(known),
+            plural(samples),
+            crate::tree::samples::FILE
+        )?,
+    }
+    if errors == 0 && strict && warnings > 0 {
+        writeln!(
+            out,
+            "error: {warnings} warning{} in {}, and --strict refuses warnings",
+            if warnings == 1 { "" } else { "s" },
+            states.display()
+        )?;
+        return Ok(false);
+    }
     if errors == 0 {
-        writeln!(out, "ok: {}: {}", states.display(), tree.summary())?;
+        let warned = match warnings {
+            0 => String::new(),
+            1 => " (1 warning)".to_owned(),
+            n => format!(" ({n} warnings)"),
+        };
+        writeln!(out, "ok: {}: {}{warned}", states.display(), tree.summary())?;
         for watch in &tree.watches {
             writeln!(
                 out,
@@ -67,6 +142,16 @@ fn reactions(tree: &Tree, event: &halite_proto::Event, depth: u32, out: &mut imp
     let mut fired = 0;
     for reactor in &tree.reactors {
         match reactor.matches(event) {
+            Ok(false) if reactor.tag_matches(&event.tag) => {
+                writeln!(
+                    out,
+                    "{indent}  skips {}: on {} matches, but when {} is false{}",
+                    reactor.name,
+                    reactor.on,
+                    reactor.when.as_deref().unwrap_or_default(),
+                    why_false(reactor, event)
+                )?;
+            }
             Ok(false) => {}
             Ok(true) => {
                 fired += 1;
@@ -107,4 +192,19 @@ fn reactions(tree: &Tree, event: &halite_proto::Event, depth: u32, out: &mut imp
         }
     }
     Ok(fired)
+}
+
+/// What the `when` of `reactor` read from the event: each field it names,
+/// and its value (or that the event has none).
+fn why_false(reactor: &crate::server::reactor::Reactor, event: &halite_proto::Event) -> String {
+    let Some(when) = &reactor.when else { return String::new() };
+    let read: Vec<String> = crate::tree::lint::Scan::of(when)
+        .reads
+        .iter()
+        .map(|field| match event.data.get(field) {
+            Some(value) => format!("data.{field} is {}", value.to_json()),
+            None => format!("data.{field} is undefined"),
+        })
+        .collect();
+    if read.is_empty() { String::new() } else { format!(": {}", read.join(", ")) }
 }

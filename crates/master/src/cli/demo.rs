@@ -74,8 +74,8 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         let ret =
             bus.wait_for(WAIT, "job result", |e| e.job() == Some(jid.as_str()) && e.tag.contains("/ret/")).await?;
         let restored = started.elapsed();
-        let bytes = std::fs::read(&path).with_context(|| format!("{} was not restored", path.display()))?;
-        let mode = std::fs::metadata(&path)?.permissions().mode() & 0o7777;
+        let bytes = tokio::fs::read(&path).await.with_context(|| format!("{} was not restored", path.display()))?;
+        let mode = tokio::fs::metadata(&path).await?.permissions().mode() & 0o7777;
         if bytes != desired(file).as_bytes() || mode != 0o644 || ret.data()["failed"] == true {
             bail!("{} was not restored as desired (mode {mode:o}); see {}", path.display(), agent.log.display());
         }
@@ -97,13 +97,14 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         latencies.len(),
         worst.as_secs_f64() * 1e3
     );
-    println!("  (Salt 3008.5 with an inotify beacon and a reactor, on the same machine: about 900 ms.)");
 
     if keep {
         let temp_path = temp.keep();
         println!("\nStill running. Edit {} and watch it heal:", agents[0].path("/etc/nginx/nginx.conf").display());
         println!("  logs: {} and {}/*/agent.log", master.log.display(), temp_path.display());
         println!("  events: any ZeroMQ SUB socket on {}", master.publish);
+        println!("Look around (the master and the agents run already):");
+        print!("{}", super::init::look_commands(&master.dir.join("master.yaml")));
         println!("Press Ctrl-C to stop (the directory stays: {}).", temp_path.display());
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

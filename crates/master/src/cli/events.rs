@@ -35,7 +35,8 @@ pub async fn tail(data_dir: &Path, tag: Option<String>, json: bool, out: &mut im
         let line: TailLine = serde_json::from_str(&line).context("the master sent a line that is not understood")?;
         let text = match (line, json) {
             (TailLine::Event(event), true) => event.to_string(),
-            (TailLine::Event(event), false) => human(&event),
+            // Tags and agents come from agents: shown, never obeyed.
+            (TailLine::Event(event), false) => halite_proto::text::escape(&human(&event)).into_owned(),
             (TailLine::Lagged(skipped), true) => serde_json::json!({ "lagged": skipped }).to_string(),
             (TailLine::Lagged(skipped), false) => format!("lagged, {skipped} events skipped"),
         };

@@ -26,19 +26,30 @@ pub struct Layout {
     pub states: PathBuf,
     /// What a new master.yaml says for `data_dir`, as written into it.
     pub data_dir: PathBuf,
+    /// With `--dir`: an agent.yaml for an agent on this host, and the
+    /// directory its files and data go under.
+    pub agent: Option<(PathBuf, PathBuf)>,
 }
 
 impl Layout {
     /// The packaged layout: /etc/halite, /var/lib/halite/master, /srv/halite/states.
     pub fn system() -> Layout {
         let defaults = MasterConfig::default();
-        Layout { config: DEFAULT_CONFIG.into(), states: defaults.states, data_dir: defaults.data_dir }
+        Layout { config: DEFAULT_CONFIG.into(), states: defaults.states, data_dir: defaults.data_dir, agent: None }
     }
 
     /// Everything under one directory (`--dir`): DIR/master.yaml, DIR/states,
     /// DIR/data. The config names them relatively, so DIR can be moved.
     pub fn under(dir: &Path) -> Layout {
-        Layout { config: dir.join("master.yaml"), states: "states".into(), data_dir: "data".into() }
+        // The agent's paths are written out in full: agent.yaml's are not
+        // relative to the file.
+        let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        Layout {
+            config: dir.join("master.yaml"),
+            states: "states".into(),
+            data_dir: "data".into(),
+            agent: Some((dir.join("agent.yaml"), absolute.join("agent"))),
+        }
     }
 }
 
@@ -119,10 +130,83 @@ pub fn run(layout: &Layout, listen: Option<&str>, out: &mut dyn Write) -> anyhow
         writeln!(out, "    {line}")?;
     }
     writeln!(out)?;
-    writeln!(out, "Check the tree with `halite-master check --states {}`,", states.display())?;
-    writeln!(out, "then start the master: `halite-master run --config {}`", config_path.display())?;
-    writeln!(out, "(with the package: `systemctl enable --now halite-master`).")?;
+    let Some((agent_yaml, agent_dir)) = &layout.agent else {
+        writeln!(out, "Check the tree with `halite-master check --states {}`,", states.display())?;
+        writeln!(out, "then start the master: `halite-master run --config {}`", config_path.display())?;
+        writeln!(out, "(with the package: `systemctl enable --now halite-master`).")?;
+        return Ok(Outcome { config, fingerprint: keypair.public, agent_lines });
+    };
+    if agent_yaml.exists() {
+        writeln!(out, "kept {} (it exists; init never overwrites it)", agent_yaml.display())?;
+    } else {
+        let text = agent_text(&config.listen, &keypair.public, agent_dir);
+        std::fs::write(agent_yaml, text).with_context(|| format!("cannot write {}", agent_yaml.display()))?;
+        writeln!(
+            out,
+            "wrote {}: an agent `{TRY_AGENT}` on this host, its files under {}",
+            agent_yaml.display(),
+            agent_dir.join("root").display()
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(out, "Try it on this host, each in its own terminal (or with `&`):")?;
+    writeln!(out)?;
+    write!(out, "{}", try_commands(config_path, agent_yaml, TRY_AGENT))?;
     Ok(Outcome { config, fingerprint: keypair.public, agent_lines })
+}
+
+/// The agent `init --dir` sets up: named web01 so that the example tree
+/// gives it both of its states.
+pub const TRY_AGENT: &str = "web01";
+
+/// The agent.yaml `init --dir` writes: pinned to this master on loopback,
+/// everything it manages under `<agent_dir>/root`.
+fn agent_text(listen: &str, key: &halite_link::PublicKey, agent_dir: &Path) -> String {
+    format!(
+        "# An agent on this host, to try halite (written by `halite-master init --dir`).\n\
+         # Every path the states name is under `root`, so nothing outside it is touched.\n\
+         id: {TRY_AGENT}\n\
+         master: {master}\n\
+         master_key: \"{key}\"\n\
+         data_dir: {data}\n\
+         root: {root}\n",
+        master = agent_endpoint(listen, Some(IpAddr::from([127, 0, 0, 1]))),
+        data = agent_dir.join("data").display(),
+        root = agent_dir.join("root").display(),
+    )
+}
+
+/// Copy-paste commands for a master and one agent on this host: start
+/// both, accept the agent, then look around. `init --dir` and `demo --keep`
+/// print them.
+pub fn try_commands(master_yaml: &Path, agent_yaml: &Path, agent: &str) -> String {
+    let config = quote(master_yaml);
+    let mut text = String::new();
+    for line in [
+        format!("halite-master run --config {config}"),
+        format!("halite-agent run --config {}", quote(agent_yaml)),
+        format!("halite-master keys accept {agent} --config {config}"),
+    ] {
+        text.push_str(&format!("    {line}\n"));
+    }
+    text.push_str(&look_commands(master_yaml));
+    text
+}
+
+/// The commands that look at a running master: its agents, its events,
+/// its jobs, and what a highstate would change.
+pub fn look_commands(master_yaml: &Path) -> String {
+    let config = quote(master_yaml);
+    ["agents", "events", "jobs", "apply '*' --test"]
+        .iter()
+        .map(|command| format!("    halite-master {command} --config {config}\n"))
+        .collect()
+}
+
+/// A path as a shell reads it back.
+fn quote(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    shlex::try_quote(&text).map_or_else(|_| text.to_string(), |q| q.into_owned())
 }
 
 /// A commented master.yaml with every key of SPEC §4.
@@ -131,7 +215,8 @@ fn config_text(listen: &str, states: &Path, data_dir: &Path) -> String {
         "# The halite master's configuration (written by `halite-master init`).\n\
          # Relative paths are relative to this file.\n\
          listen: {listen}  # the agent link; agents' `master` points here\n\
-         publish: tcp://127.0.0.1:4511  # outside event publisher (ZeroMQ PUB, [tag, json])\n\
+         # publish: tcp://127.0.0.1:4511  # outside event publisher (ZeroMQ PUB, [tag, json]); by default\n\
+         #   ipc://<data_dir>/events.sock, for the master's user only (TCP has no authentication)\n\
          states: {states}  # the state tree\n\
          data_dir: {data_dir}  # keys, control socket, endpoints\n\
          auto_accept: []  # agent-id globs accepted without an operator\n",
@@ -227,6 +312,25 @@ mod tests {
         let agent = halite_agent::config::AgentConfig::load(&agent_yaml).unwrap();
         assert_eq!(agent.master, "tcp://127.0.0.1:4599");
         assert_eq!(agent.master_key.as_deref(), Some(outcome.fingerprint.to_string().as_str()));
+    }
+
+    #[test]
+    fn with_a_dir_an_agent_yaml_is_ready_and_the_next_commands_are_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outcome, report) = init(dir.path(), Some("tcp://0.0.0.0:4599"));
+        let agent = halite_agent::config::AgentConfig::load(&dir.path().join("agent.yaml")).unwrap();
+        assert_eq!(agent.master, "tcp://127.0.0.1:4599");
+        assert_eq!(agent.master_key.as_deref(), Some(outcome.fingerprint.to_string().as_str()));
+        assert_eq!(agent.root, std::path::absolute(dir.path()).unwrap().join("agent/root"));
+        assert_eq!(agent.agent_id(), TRY_AGENT);
+        let config = dir.path().join("master.yaml");
+        for command in ["agents", "events", "jobs", "apply '*' --test"] {
+            let line = format!("    halite-master {command} --config {}\n", config.display());
+            assert!(report.contains(&line), "{line} in {report}");
+        }
+        assert!(report.contains(&format!("halite-agent run --config {}", dir.path().join("agent.yaml").display())));
+        let (_, again) = init(dir.path(), None);
+        assert!(again.contains(&format!("kept {}", dir.path().join("agent.yaml").display())), "{again}");
     }
 
     #[test]

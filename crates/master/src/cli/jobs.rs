@@ -42,6 +42,7 @@ fn result(job: &JobSummary) -> String {
 
 /// The most recent `limit` jobs, newest first, as a table or JSON.
 pub fn list(data_dir: &Path, limit: u32, json: bool) -> anyhow::Result<u8> {
+    super::trusted_data_dir(data_dir)?;
     let reader = Reader::open(&store::path(data_dir))?;
     let jobs = reader.list(limit)?;
     let mut out = stdout();
@@ -85,7 +86,8 @@ pub fn list(data_dir: &Path, limit: u32, json: bool) -> anyhow::Result<u8> {
     };
     writeln!(out, "{}", line(header))?;
     for row in &rows {
-        writeln!(out, "{}", line([&row[0], &row[1], &row[2], &row[3], &row[4]]))?;
+        // A cause can name an agent's event: shown, never obeyed.
+        writeln!(out, "{}", halite_proto::text::escape(&line([&row[0], &row[1], &row[2], &row[3], &row[4]])))?;
     }
     Ok(0)
 }
@@ -93,11 +95,14 @@ pub fn list(data_dir: &Path, limit: u32, json: bool) -> anyhow::Result<u8> {
 /// One job: its cause and every agent's per-state results with diffs,
 /// printed as `apply` prints them. `jid` may be a unique prefix.
 pub fn show(data_dir: &Path, jid: &str, json: bool) -> anyhow::Result<u8> {
+    super::trusted_data_dir(data_dir)?;
     let reader = Reader::open(&store::path(data_dir))?;
     let Some((job, report)) = reader.job(jid)? else {
         match reader.count_prefix(jid)? {
             0 => {
-                anyhow::bail!("no job `{jid}` in {} (`halite-master jobs` lists them)", store::path(data_dir).display())
+                return Err(
+                    super::exit::CommandError::NoJob { jid: jid.to_owned(), store: store::path(data_dir) }.into()
+                );
             }
             n => anyhow::bail!("`{jid}` is the start of {n} job ids; give more of it"),
         }
@@ -108,7 +113,7 @@ pub fn show(data_dir: &Path, jid: &str, json: bool) -> anyhow::Result<u8> {
         writeln!(out, "{}", serde_json::to_string_pretty(&document)?)?;
         return Ok(0);
     }
-    out.write_all(header(&job, &report).as_bytes())?;
+    out.write_all(halite_proto::text::escape(&header(&job, &report)).as_bytes())?;
     out.write_all(report.render(true).as_bytes())?;
     Ok(0)
 }

@@ -1,7 +1,8 @@
 //! The client side of each operator command, one file per command; each
 //! talks to the running master through the control socket
 //! ([`crate::protocol`]), or reads the data dir itself where it must work
-//! with the master stopped (`jobs`).
+//! with the master stopped (`jobs`, `keys list`). `exit.rs` holds the
+//! exit codes every command shares.
 
 use std::path::{Path, PathBuf};
 
@@ -14,9 +15,13 @@ use crate::protocol::{Request, Response, socket_path};
 
 pub mod agents;
 pub mod apply;
+pub mod backup;
 pub mod check;
+pub mod cmd;
 pub mod demo;
 pub mod events;
+pub mod exit;
+pub mod facts;
 pub mod init;
 pub mod jobs;
 pub mod keys;
@@ -35,13 +40,25 @@ pub fn operator_data_dir(config: &Path, data_dir: Option<PathBuf>) -> anyhow::Re
 /// A connection to the control socket of the master whose data dir is
 /// `data_dir`.
 pub async fn connect(data_dir: &Path) -> anyhow::Result<UnixStream> {
-    let path = socket_path(data_dir);
-    UnixStream::connect(&path).await.with_context(|| {
-        format!(
-            "cannot reach the master's control socket {} (is `halite-master run` running with this data dir?)",
-            path.display()
-        )
-    })
+    // A socket another local user planted would answer in the master's
+    // name (StrictModes; the daemon's user and root are trusted).
+    trusted_data_dir(data_dir)?;
+    let socket = socket_path(data_dir);
+    Ok(UnixStream::connect(&socket).await.map_err(|source| exit::CommandError::NotRunning { socket, source })?)
+}
+
+/// Refuses a data dir that someone other than its owner or root could have
+/// written (`connect`, and `jobs`, which reads halite.db itself).
+pub fn trusted_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    match halite_fs::strict::check_data_dir(data_dir, halite_fs::strict::Owner::DirOwner) {
+        // A missing data dir is reported by what tries to use it.
+        Err(halite_fs::strict::StrictError::Inspect { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Ok(())
+        }
+        result => result.context("refusing to trust this data dir"),
+    }
 }
 
 /// A multi-threaded runtime for the commands that talk to the master.

@@ -24,21 +24,7 @@ pub fn run(config: &Path, data_dir: Option<PathBuf>, states: Option<PathBuf>) ->
     }
     super::runtime()?.block_on(async {
         let cancel = CancellationToken::new();
-        tokio::spawn(stop_on_signal(cancel.clone()));
+        tokio::spawn(halite_state::signal::stop_on_signal(cancel.clone(), "master"));
         crate::server::run(master, cancel).await
     })
-}
-
-async fn stop_on_signal(cancel: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("Cannot install signal handlers; stop the master with SIGKILL.");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("Signal received; stopping.");
-    cancel.cancel();
 }

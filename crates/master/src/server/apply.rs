@@ -91,7 +91,7 @@ pub async fn serve<W: AsyncWriteExt + Unpin>(master: &Master, request: ApplyRequ
             let jid = Some(job.id.to_string());
             let report = match jobs.run_with(&agent, job, origin, timeout).await {
                 Ok(result) => AgentReport::answered(&agent, jid, &result.results),
-                Err(error) => AgentReport::no_answer(&agent, jid, error),
+                Err(error) => AgentReport::no_answer(&agent, jid, error.to_string()),
             };
             let _ = answers.send(report).await;
         });

@@ -22,6 +22,8 @@ pub struct Master {
     pub jobs: Jobs,
     pub engine: Engine,
     pub bus: Bus,
+    /// The wire limits master.yaml sets (`max_event_bytes`).
+    pub limits: crate::server::limits::Limits,
 }
 
 impl Master {

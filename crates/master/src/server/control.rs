@@ -26,14 +26,22 @@ use crate::server::keys::{KeyEntry, KeyStatus};
 /// again.
 const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(250);
 
-pub async fn serve(master: Arc<Master>, data_dir: &Path, cancel: CancellationToken) -> anyhow::Result<()> {
+/// Serves the control socket until `cancel`; the task returned ends once
+/// the socket is removed, so the daemon removes it while it still holds
+/// the data dir's lock (a master started next must not lose its socket to
+/// this one's cleanup).
+pub async fn serve(
+    master: Arc<Master>,
+    data_dir: &Path,
+    cancel: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let path = socket_path(data_dir);
     // A socket left by a master that crashed; the data dir is ours alone.
-    let _ = std::fs::remove_file(&path);
+    let _ = tokio::fs::remove_file(&path).await;
     let listener =
         UnixListener::bind(&path).with_context(|| format!("cannot create the control socket {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    tokio::spawn(async move {
+    tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).await?;
+    Ok(tokio::spawn(async move {
         // Set while accepts fail, so a failure is logged once, not per try.
         let mut failing = false;
         loop {
@@ -60,9 +68,8 @@ pub async fn serve(master: Arc<Master>, data_dir: &Path, cancel: CancellationTok
                 }
             }
         }
-        let _ = std::fs::remove_file(&path);
-    });
-    Ok(())
+        let _ = tokio::fs::remove_file(&path).await;
+    }))
 }
 
 async fn connection(master: Arc<Master>, stream: UnixStream) {
@@ -74,8 +81,14 @@ async fn connection(master: Arc<Master>, stream: UnixStream) {
                 crate::server::apply::serve(&master, apply, &mut write).await;
                 continue;
             }
+            Ok(Request::Cmd(cmd)) => {
+                crate::server::cmd::serve(&master, cmd, &mut write).await;
+                continue;
+            }
+            Ok(Request::Facts { target, names }) => crate::server::facts::answer(&master, &target, &names),
             Ok(Request::Events { tag }) => return crate::server::events::stream(&master, tag, write).await,
             Ok(Request::Agents) => Response { ok: true, agents: agent_rows(&master), ..Response::default() },
+            Ok(Request::Backup { to }) => backup(&master, to).await,
             Ok(request) => execute(&master, request).await,
             Err(error) => Response { ok: false, error: Some(format!("bad request: {error}")), ..Response::default() },
         };
@@ -87,32 +100,93 @@ async fn connection(master: Arc<Master>, stream: UnixStream) {
     }
 }
 
+/// Why a control request failed; goes back to the command as the
+/// response's `error` text.
+#[derive(Debug, thiserror::Error)]
+enum ControlError {
+    /// The key store's error names the selector or the store.
+    #[error(transparent)]
+    Keys(#[from] crate::server::keys::KeyStoreError),
+    /// A request the connection serves itself reached `execute`.
+    #[error("{request} is served by the connection, not here")]
+    Misrouted { request: &'static str },
+}
+
 async fn execute(master: &Master, request: Request) -> Response {
     let result = match request {
         Request::KeysList => Ok(master.keys.list()),
-        Request::KeysAccept { target } => accept(master, &target).await,
+        Request::KeysAccept { target, replace } => {
+            if !replace && let Err(error) = master.keys.check_no_replacement(&target) {
+                return Response { ok: false, error: Some(error.to_string()), refused: true, ..Response::default() };
+            }
+            accept(master, &target).await
+        }
         Request::KeysReject { target } => {
             let changed = master.keys.set_status(&target, KeyStatus::Rejected);
-            cut_off(master, changed, "rejected").await
+            cut_off(master, changed, "rejected").await.and_then(|c| already(master, &target, c, KeyStatus::Rejected))
         }
         Request::KeysDelete { target } => {
             let deleted = master.keys.delete(&target);
             cut_off(master, deleted, "deleted").await
         }
-        Request::Apply(_) => Err("apply is answered by a stream (see `connection`)".to_owned()),
-        Request::Agents | Request::Events { .. } => Err("served by the connection, not here".to_owned()),
+        Request::KeysFacts { target, accept } => {
+            return match key_facts(master, &target, accept).await {
+                Ok(key_facts) => Response { ok: true, key_facts, ..Response::default() },
+                Err(error) => Response { ok: false, error: Some(error.to_string()), ..Response::default() },
+            };
+        }
+        Request::Apply(_) => Err(ControlError::Misrouted { request: "apply" }),
+        Request::Agents => Err(ControlError::Misrouted { request: "agents" }),
+        Request::Events { .. } => Err(ControlError::Misrouted { request: "events" }),
+        Request::Facts { .. } => Err(ControlError::Misrouted { request: "facts" }),
+        Request::Cmd(_) => Err(ControlError::Misrouted { request: "cmd" }),
+        Request::Backup { .. } => Err(ControlError::Misrouted { request: "backup" }),
     };
     match result {
         Ok(keys) => Response { ok: true, keys, ..Response::default() },
-        Err(error) => Response { ok: false, error: Some(error), ..Response::default() },
+        Err(error) => Response { ok: false, error: Some(error.to_string()), ..Response::default() },
+    }
+}
+
+/// `halite-master backup`: SQLite's online backup of the store, off the
+/// runtime's threads, while the writer goes on.
+async fn backup(master: &Master, to: std::path::PathBuf) -> Response {
+    let Some(store) = master.jobs.store().cloned() else {
+        return Response { ok: false, error: Some("this master has no store".into()), ..Response::default() };
+    };
+    if !to.is_absolute() {
+        return Response {
+            ok: false,
+            error: Some(format!("{} is not an absolute path", to.display())),
+            ..Response::default()
+        };
+    }
+    match tokio::task::spawn_blocking(move || store.backup(&to)).await {
+        Ok(Ok(())) => Response { ok: true, ..Response::default() },
+        Ok(Err(error)) => Response { ok: false, error: Some(error.to_string()), ..Response::default() },
+        Err(error) => {
+            Response { ok: false, error: Some(format!("the backup stopped: {error}")), ..Response::default() }
+        }
     }
 }
 
 /// Accepts in memory, commits to disk, then welcomes the live sessions of
 /// the keys accepted. A failed commit is reported, and the acceptance is
 /// in effect anyway (memory decides for the running master).
-async fn accept(master: &Master, target: &str) -> Result<Vec<KeyEntry>, String> {
-    let changed = master.keys.set_status(target, KeyStatus::Accepted).map_err(|e| e.to_string())?;
+async fn accept(master: &Master, target: &str) -> Result<Vec<KeyEntry>, ControlError> {
+    let before = master.keys.list();
+    let changed = master.keys.set_status(target, KeyStatus::Accepted)?;
+    // Accepting retired the ids' other keys: their sessions end now, not
+    // at their next reconnect, and their agents are told why.
+    let after = master.keys.list();
+    let retired: Vec<&KeyEntry> = before
+        .iter()
+        .filter(|old| changed.iter().any(|new| new.id == old.id && new.key != old.key))
+        .filter(|old| !after.iter().any(|e| e.id == old.id && e.key == old.key))
+        .collect();
+    for old in retired {
+        retire(master, old, changed.iter().find(|new| new.id == old.id).map_or("", |new| new.key.as_str())).await;
+    }
     let saved = master.keys.commit().await;
     for entry in &changed {
         tracing::info!(agent = %entry.id, fingerprint = %entry.key, "Key accepted.");
@@ -122,11 +196,76 @@ async fn accept(master: &Master, target: &str) -> Result<Vec<KeyEntry>, String> 
             Value::map().with("fingerprint", entry.key.as_str()),
         ));
         let Ok(key) = entry.key.parse::<PublicKey>() else { continue };
-        for (peer, facts) in master.sessions.promote(&entry.id, &key) {
-            crate::server::link::welcome(master, peer, &entry.id, "", facts).await;
-        }
+        // A pending session holds no facts: it ends, and the agent,
+        // reconnecting at once, is welcomed with the facts of its new hello.
+        master.sessions.reconnect_pending(&entry.id, &key);
     }
-    saved.map_err(|e| e.to_string())?;
+    saved?;
+    already(master, target, changed, KeyStatus::Accepted)
+}
+
+/// `old`'s key was retired by accepting `new` for its id: its sessions end
+/// at once, and its agent is told (`NotAccepted { status: "replaced" }`),
+/// so it logs why instead of sending events the master drops.
+async fn retire(master: &Master, old: &KeyEntry, new: &str) {
+    tracing::warn!(agent = %old.id, fingerprint = %old.key, replaced_by = new, "Key retired: another key was accepted for this agent id; its session is cut.");
+    master.bus.publish(Event::new(
+        tag::key(&old.id, "deleted"),
+        old.id.as_str(),
+        Value::map().with("fingerprint", old.key.as_str()).with("replaced_by", new),
+    ));
+    let Ok(key) = old.key.parse::<PublicKey>() else { return };
+    for peer in master.sessions.peers_of(&old.id, &key) {
+        let _ = master.sessions.send_to_peer(peer, &MasterMessage::NotAccepted { status: "replaced".to_owned() }).await;
+    }
+    if !master.sessions.drop_key(&old.id, &key).is_empty() {
+        master.bus.publish(Event::new(
+            tag::agent(&old.id, "disconnected"),
+            old.id.as_str(),
+            Value::map().with("reason", "replaced"),
+        ));
+    }
+}
+
+/// When nothing changed, the keys `target` names that already have
+/// `status`: an accept or reject repeated is not "no key matched".
+fn already(
+    master: &Master,
+    target: &str,
+    changed: Vec<KeyEntry>,
+    status: KeyStatus,
+) -> Result<Vec<KeyEntry>, ControlError> {
+    if !changed.is_empty() {
+        return Ok(changed);
+    }
+    let matching = master.keys.matching(target)?;
+    Ok(matching.into_iter().filter(|e| e.status == status).collect())
+}
+
+/// Shows, or with `accept` trusts, the facts of the keys `target` names.
+/// Accepted facts take effect for the live session at once (targeting,
+/// templates); its beacon set follows at its next connection.
+async fn key_facts(
+    master: &Master,
+    target: &str,
+    accept: bool,
+) -> Result<Vec<crate::server::keys::FactsRow>, ControlError> {
+    if !accept {
+        return Ok(master.keys.facts(target)?);
+    }
+    let changed = master.keys.accept_facts(target)?;
+    for row in &changed {
+        tracing::info!(agent = %row.id, fingerprint = %row.key, "Facts accepted.");
+        if master.sessions.accepted_with_facts().iter().any(|(agent, _)| *agent == row.id) {
+            master.sessions.set_facts(&row.id, Value::from_json(&row.frozen));
+        }
+        master.bus.publish(Event::new(
+            tag::key(&row.id, "facts-accepted"),
+            row.id.as_str(),
+            Value::map().with("fingerprint", row.key.as_str()),
+        ));
+    }
+    master.keys.commit().await?;
     Ok(changed)
 }
 
@@ -136,8 +275,8 @@ async fn cut_off(
     master: &Master,
     entries: Result<Vec<KeyEntry>, crate::server::keys::KeyStoreError>,
     what: &str,
-) -> Result<Vec<KeyEntry>, String> {
-    let entries = entries.map_err(|e| e.to_string())?;
+) -> Result<Vec<KeyEntry>, ControlError> {
+    let entries = entries?;
     for entry in &entries {
         tracing::info!(agent = %entry.id, fingerprint = %entry.key, "Key {what}.");
         master.bus.publish(Event::new(
@@ -157,7 +296,7 @@ async fn cut_off(
             ));
         }
     }
-    master.keys.commit().await.map_err(|e| e.to_string())?;
+    master.keys.commit().await?;
     Ok(entries)
 }
 

@@ -4,7 +4,9 @@
 //! accepted at once when an `auto_accept` glob matches); a known id that
 //! comes back with another key is pending whatever the globs say, since it
 //! may be an impersonation. Accepting a key for an id retires the id's
-//! other keys.
+//! other keys; an operator's accept by id glob that would retire an
+//! accepted key is refused ([`KeyStore::check_no_replacement`]) unless the
+//! new key is named by its fingerprint or `--replace` is given.
 //!
 //! # Where keys live
 //!
@@ -52,12 +54,15 @@
 //! opened with that file present, it is imported in one transaction and
 //! renamed `keys.json.imported` (a key already in halite.db keeps its row).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use globset::{Glob, GlobMatcher};
 use halite_link::PublicKey;
+use halite_proto::Value;
 use indexmap::{IndexMap, IndexSet};
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
@@ -124,6 +129,87 @@ pub enum KeyStoreError {
     Ambiguous { selector: String, id: String, count: usize },
     #[error("auto_accept glob `{glob}`: {message}")]
     AutoAccept { glob: String, message: String },
+    #[error(
+        "agent `{id}` already has an accepted key, {accepted}; accepting {new} would retire it and cut its session. If the host really changed its key (reinstalled), accept the new one by its fingerprint (`halite-master keys accept {new}`) or pass --replace; otherwise reject it (`halite-master keys reject {new}`)"
+    )]
+    Replaces { id: String, accepted: String, new: String },
+    #[error("cannot read the enrolment token {path}: {message}; write the token on its first line")]
+    Token { path: PathBuf, message: String },
+    #[error("enrolment fingerprint `{fingerprint}`: {source}")]
+    Fingerprint { fingerprint: String, source: halite_link::keys::KeyError },
+    #[error(
+        "a new key for agent `{id}` is refused: {max} keys are pending (`enrolment.pending_max`); accept, reject or delete some (`halite-master keys list`)"
+    )]
+    PendingFull { id: String, max: usize },
+    #[error(
+        "a new key for agent `{id}` from {address} is refused: {limit} new keys from that address this minute (`enrolment.new_keys_per_source`)"
+    )]
+    TooManyFromSource { id: String, address: IpAddr, limit: u32 },
+    #[error("no key of an agent matches `{selector}`")]
+    NoFacts { selector: String },
+}
+
+/// What a key's arrival got it: its status, and the facts the master
+/// trusts for it (targeting, templates, beacons).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Arrival {
+    pub admission: Admission,
+    /// For an accepted key, the facts frozen when it was accepted (or, for
+    /// a key accepted while away, at its first accepted session), never
+    /// what this hello claims; for others, the hello's facts (they reach
+    /// nothing).
+    pub facts: Value,
+    /// This hello claimed other facts than the frozen ones: they are held
+    /// for an operator (`halite-master keys facts ID --accept`).
+    pub held: bool,
+}
+
+/// A key's facts as the master holds them (`halite-master keys facts`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FactsRow {
+    pub id: String,
+    pub key: String,
+    /// What targeting and templates use.
+    pub frozen: serde_json::Value,
+    /// What the agent claimed since, different from `frozen`, waiting for
+    /// an operator.
+    pub held: Option<serde_json::Value>,
+}
+
+/// First contact, from master.yaml's `enrolment` (README, "Security model").
+#[derive(Debug, Clone)]
+struct Enrol {
+    /// With a token, `auto_accept` globs accept only agents presenting it.
+    token: Option<String>,
+    fingerprints: HashSet<PublicKey>,
+    pending_max: usize,
+    pending_expire: Duration,
+    per_source: u32,
+}
+
+impl Default for Enrol {
+    fn default() -> Self {
+        let defaults = crate::config::Enrolment::default();
+        Enrol {
+            token: None,
+            fingerprints: HashSet::new(),
+            pending_max: defaults.pending_max,
+            pending_expire: defaults.pending_expire,
+            per_source: defaults.new_keys_per_source,
+        }
+    }
+}
+
+/// Equal without telling by its timing how much of a guess was right.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// New pending keys per source address in the current minute.
+#[derive(Debug, Default)]
+struct Sources {
+    minute: u64,
+    counts: HashMap<IpAddr, u32>,
 }
 
 /// What the store decided about a key that just completed a handshake.
@@ -154,6 +240,20 @@ struct Table {
     /// Pairs whose row on disk may differ from `entries` (see the module
     /// docs); in the order they were first marked.
     dirty: IndexSet<Pair>,
+    /// Keys pending, kept equal to the pending entries' count so a new key
+    /// is judged against `pending_max` without a scan.
+    pending: usize,
+    /// Facts frozen per accepted key (and what it claimed since).
+    facts: HashMap<Pair, Facts>,
+    /// When pending keys were last swept for expiry (seconds).
+    swept: u64,
+}
+
+/// An accepted key's facts: what the master trusts, and what is held.
+#[derive(Debug, Clone, PartialEq)]
+struct Facts {
+    frozen: serde_json::Value,
+    held: Option<serde_json::Value>,
 }
 
 /// The shared table, as the store's writer holds it.
@@ -165,10 +265,50 @@ fn lock(shared: &Shared) -> MutexGuard<'_, Table> {
 
 impl Table {
     fn insert(&mut self, pair: Pair, record: Record) {
-        if self.entries.insert(pair.clone(), record).is_none() {
-            *self.ids.entry(pair.0.clone()).or_default() += 1;
+        match self.entries.insert(pair.clone(), record) {
+            None => *self.ids.entry(pair.0.clone()).or_default() += 1,
+            Some(old) if old.status == KeyStatus::Pending => self.pending = self.pending.saturating_sub(1),
+            Some(_) => {}
+        }
+        if record.status == KeyStatus::Pending {
+            self.pending += 1;
         }
         self.dirty.insert(pair);
+    }
+
+    fn recount(&mut self) {
+        self.pending = self.entries.values().filter(|r| r.status == KeyStatus::Pending).count();
+    }
+
+    /// The facts the master trusts for an accepted key presenting
+    /// `claimed`; whether a difference is now held.
+    fn trusted_facts(&mut self, pair: &Pair, claimed: &Value) -> (Value, bool) {
+        let claimed_json = claimed.to_json();
+        match self.facts.get_mut(pair) {
+            None => {
+                self.facts.insert(pair.clone(), Facts { frozen: claimed_json, held: None });
+                self.dirty.insert(pair.clone());
+                (claimed.clone(), false)
+            }
+            Some(facts) if facts.frozen == claimed_json => {
+                if facts.held.take().is_some() {
+                    self.dirty.insert(pair.clone());
+                }
+                (claimed.clone(), false)
+            }
+            Some(facts) => {
+                if facts.held.as_ref() != Some(&claimed_json) {
+                    facts.held = Some(claimed_json);
+                    self.dirty.insert(pair.clone());
+                }
+                (Value::from_json(&facts.frozen), true)
+            }
+        }
+    }
+
+    /// Forgets pending keys first seen before `cutoff`; returns them.
+    fn expire(&mut self, cutoff: u64) -> Vec<(Pair, Record)> {
+        self.remove_where(|_, record| record.status == KeyStatus::Pending && record.since < cutoff)
     }
 
     /// Forgets every key `remove` picks, in one pass, marking each dirty.
@@ -182,7 +322,11 @@ impl Table {
                 true
             }
         });
-        for ((id, key), _) in &removed {
+        for ((id, key), record) in &removed {
+            if record.status == KeyStatus::Pending {
+                self.pending = self.pending.saturating_sub(1);
+            }
+            self.facts.remove(&(id.clone(), *key));
             if let Some(count) = self.ids.get_mut(id) {
                 *count -= 1;
                 if *count == 0 {
@@ -205,6 +349,8 @@ pub struct KeyStore {
     table: Shared,
     store: Store,
     auto_accept: Arc<[GlobMatcher]>,
+    enrol: Arc<Enrol>,
+    sources: Arc<Mutex<Sources>>,
 }
 
 impl KeyStore {
@@ -230,7 +376,236 @@ impl KeyStore {
             })
             .await
             .ok_or_else(stopped)??;
-        Ok(KeyStore { table, store: store.clone(), auto_accept })
+        Ok(KeyStore {
+            table,
+            store: store.clone(),
+            auto_accept,
+            enrol: Arc::new(Enrol::default()),
+            sources: Arc::new(Mutex::new(Sources::default())),
+        })
+    }
+
+    /// Applies master.yaml's `enrolment`: reads the token file, parses the
+    /// pre-registered fingerprints, and sweeps expired pending keys.
+    pub fn with_enrolment(mut self, enrolment: &crate::config::Enrolment) -> Result<KeyStore, KeyStoreError> {
+        let token = match &enrolment.token_file {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| KeyStoreError::Token { path: path.clone(), message: e.to_string() })?;
+                let token = text.lines().next().unwrap_or("").trim().to_owned();
+                if token.len() < 16 {
+                    return Err(KeyStoreError::Token {
+                        path: path.clone(),
+                        message: "the token is shorter than 16 characters".into(),
+                    });
+                }
+                Some(token)
+            }
+        };
+        let fingerprints = enrolment
+            .fingerprints
+            .iter()
+            .map(|f| {
+                f.parse::<PublicKey>().map_err(|source| KeyStoreError::Fingerprint { fingerprint: f.clone(), source })
+            })
+            .collect::<Result<_, _>>()?;
+        self.enrol = Arc::new(Enrol {
+            token,
+            fingerprints,
+            pending_max: enrolment.pending_max,
+            pending_expire: enrolment.pending_expire,
+            per_source: enrolment.new_keys_per_source,
+        });
+        if self.enrol.token.is_none() && !self.auto_accept.is_empty() {
+            tracing::warn!(
+                "auto_accept trusts an agent's id alone: whoever reaches the link first under a matching id is accepted; set `enrolment.token_file` (README, \"Security model\")."
+            );
+        }
+        self.sweep(now());
+        Ok(self)
+    }
+
+    /// Forgets pending keys older than `pending_expire`, at most once a
+    /// minute (each new key calls it).
+    fn sweep(&self, now: u64) {
+        let cutoff = now.saturating_sub(self.enrol.pending_expire.as_secs());
+        let mut table = self.lock();
+        if table.swept != 0 && now.saturating_sub(table.swept) < 60 {
+            return;
+        }
+        table.swept = now;
+        let wake = table.dirty.is_empty();
+        let expired = table.expire(cutoff);
+        drop(table);
+        for ((id, key), _) in &expired {
+            tracing::info!(agent = %id, fingerprint = %key, "Forgot a pending key no operator decided about (`enrolment.pending_expire`).");
+        }
+        if wake && !expired.is_empty() {
+            self.store.wake();
+        }
+    }
+
+    /// Decides about `id` presenting `key` with the hello's `facts` from
+    /// `source`, as [`KeyStore::admit`] and more: the enrolment token
+    /// (taken out of the facts, never kept) or a pre-registered key lets a
+    /// new id in; pending keys are capped and rate-limited per source
+    /// (refused keys are not recorded); an accepted key gets the facts
+    /// frozen for it. No I/O.
+    pub fn arrive(
+        &self,
+        id: &str,
+        key: &PublicKey,
+        facts: Value,
+        source: Option<IpAddr>,
+    ) -> Result<Arrival, KeyStoreError> {
+        let mut facts = facts;
+        let presented = match &mut facts {
+            Value::Map(map) => map.remove(halite_proto::message::ENROL_TOKEN_FACT),
+            _ => None,
+        };
+        let token_ok = match (&self.enrol.token, &presented) {
+            (Some(token), Some(Value::String(presented))) => same_secret(token, presented),
+            _ => false,
+        };
+        let now = now();
+        self.sweep(now);
+        let pair = (id.to_owned(), *key);
+        let mut table = self.lock();
+        if let Some(record) = table.entries.get(&pair).copied() {
+            let admission = Admission { status: record.status, new: false };
+            if record.status != KeyStatus::Accepted {
+                return Ok(Arrival { admission, facts, held: false });
+            }
+            let wake = table.dirty.is_empty();
+            let (facts, held) = table.trusted_facts(&pair, &facts);
+            drop(table);
+            if wake {
+                self.store.wake();
+            }
+            return Ok(Arrival { admission, facts, held });
+        }
+        let has_accepted = table.entries.iter().any(|((i, _), r)| i == id && r.status == KeyStatus::Accepted);
+        let known_id = table.ids.contains_key(id);
+        let enrolled = token_ok || self.enrol.fingerprints.contains(key);
+        let globbed = self.auto_accept.iter().any(|g| g.is_match(id));
+        let status = if has_accepted {
+            KeyStatus::Pending
+        } else if enrolled && (globbed || self.enrol.fingerprints.contains(key)) {
+            // A token (or a registered key) outranks a squatter that got
+            // the id first without one: its pending keys are retired.
+            KeyStatus::Accepted
+        } else if !known_id && globbed && self.enrol.token.is_none() {
+            KeyStatus::Accepted
+        } else {
+            KeyStatus::Pending
+        };
+        if status == KeyStatus::Pending {
+            if table.pending >= self.enrol.pending_max {
+                return Err(KeyStoreError::PendingFull { id: id.to_owned(), max: self.enrol.pending_max });
+            }
+            if let Some(source) = source {
+                let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+                let minute = now / 60;
+                if sources.minute != minute {
+                    sources.minute = minute;
+                    sources.counts.clear();
+                }
+                let count = sources.counts.entry(source).or_default();
+                if *count >= self.enrol.per_source {
+                    return Err(KeyStoreError::TooManyFromSource {
+                        id: id.to_owned(),
+                        address: source,
+                        limit: self.enrol.per_source,
+                    });
+                }
+                *count += 1;
+            }
+        }
+        if known_id && !has_accepted && status == KeyStatus::Pending {
+            tracing::warn!(agent = id, fingerprint = %key, "A known agent id came back with another key; it stays pending until an operator decides.");
+        }
+        if has_accepted {
+            tracing::warn!(agent = id, fingerprint = %key, "A known agent id came back with another key; it stays pending until an operator decides.");
+        }
+        let wake = table.dirty.is_empty();
+        if status == KeyStatus::Accepted && known_id {
+            let retired = table.remove_where(|(i, k), _| i == id && k != key);
+            for ((_, other), _) in retired {
+                tracing::warn!(agent = id, fingerprint = %other, "A key that claimed this id without the enrolment token is retired.");
+            }
+        }
+        table.insert(pair.clone(), Record { status, since: now });
+        let (facts, held) =
+            if status == KeyStatus::Accepted { table.trusted_facts(&pair, &facts) } else { (facts, false) };
+        drop(table);
+        if wake {
+            self.store.wake();
+        }
+        Ok(Arrival { admission: Admission { status, new: true }, facts, held })
+    }
+
+    /// An operator accepted `key` while its agent was connected with
+    /// `facts`: those are the facts frozen for it.
+    pub fn freeze(&self, id: &str, key: &PublicKey, facts: &Value) {
+        let pair = (id.to_owned(), *key);
+        let mut table = self.lock();
+        table.facts.insert(pair.clone(), Facts { frozen: facts.to_json(), held: None });
+        table.dirty.insert(pair);
+    }
+
+    /// The facts held for every key `selector` names.
+    pub fn facts(&self, selector: &str) -> Result<Vec<FactsRow>, KeyStoreError> {
+        let matches = Selector::parse(selector)?;
+        let table = self.lock();
+        let mut rows: Vec<FactsRow> = table
+            .facts
+            .iter()
+            .filter(|(pair, _)| matches.hits(pair))
+            .map(|((id, key), facts)| FactsRow {
+                id: id.clone(),
+                key: key.to_string(),
+                frozen: facts.frozen.clone(),
+                held: facts.held.clone(),
+            })
+            .collect();
+        rows.sort_by(|a, b| (&a.id, &a.key).cmp(&(&b.id, &b.key)));
+        Ok(rows)
+    }
+
+    /// An operator trusts what the keys `selector` names claimed since
+    /// acceptance: held facts become the frozen ones. Returns the rows
+    /// changed (as they are now). [`KeyStore::commit`] puts it on disk.
+    pub fn accept_facts(&self, selector: &str) -> Result<Vec<FactsRow>, KeyStoreError> {
+        let matches = Selector::parse(selector)?;
+        let mut table = self.lock();
+        let hits: Vec<Pair> = table
+            .facts
+            .iter()
+            .filter(|(pair, facts)| matches.hits(pair) && facts.held.is_some())
+            .map(|(pair, _)| pair.clone())
+            .collect();
+        let mut changed = Vec::new();
+        for pair in hits {
+            if let Some(facts) = table.facts.get_mut(&pair)
+                && let Some(held) = facts.held.take()
+            {
+                facts.frozen = held;
+                changed.push(FactsRow {
+                    id: pair.0.clone(),
+                    key: pair.1.to_string(),
+                    frozen: facts.frozen.clone(),
+                    held: None,
+                });
+            }
+            table.dirty.insert(pair);
+        }
+        drop(table);
+        if changed.is_empty() {
+            return Err(KeyStoreError::NoFacts { selector: selector.to_owned() });
+        }
+        self.store.wake();
+        Ok(changed)
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
@@ -246,7 +621,9 @@ impl KeyStore {
         self.lock().entries.get(&(id.to_owned(), *key)).map(|r| r.status)
     }
 
-    /// Decides about `id` presenting `key`, recording a new key. No I/O:
+    /// Decides about `id` presenting `key` by the id rules alone (no token,
+    /// caps or facts: the link uses [`KeyStore::arrive`]), recording a new
+    /// key. No I/O:
     /// a new key is committed by the store's writer with the next batch
     /// (see the module docs for what a crash before then means).
     pub fn admit(&self, id: &str, key: &PublicKey) -> Admission {
@@ -311,11 +688,45 @@ impl KeyStore {
             let accepted: HashMap<&str, PublicKey> = hits.iter().map(|(id, key)| (id.as_str(), *key)).collect();
             table.remove_where(|(id, key), _| accepted.get(id.as_str()).is_some_and(|k| k != key));
         }
+        table.recount();
         drop(table);
         if wake {
             self.store.wake();
         }
         Ok(changed)
+    }
+
+    /// Every key `selector` names, whatever its status.
+    pub fn matching(&self, selector: &str) -> Result<Vec<KeyEntry>, KeyStoreError> {
+        let matches = Selector::parse(selector)?;
+        Ok(self.lock().entries.iter().filter(|(pair, _)| matches.hits(pair)).map(|(p, r)| entry(p, *r)).collect())
+    }
+
+    /// Refuses an acceptance by id glob that would retire an id's accepted
+    /// key: an impostor presenting a known id must not take it over on a
+    /// `keys accept web01` typed for the real host. A fingerprint names the
+    /// new key explicitly, and passes.
+    pub fn check_no_replacement(&self, selector: &str) -> Result<(), KeyStoreError> {
+        let matches = Selector::parse(selector)?;
+        if matches!(matches, Selector::Key(_)) {
+            return Ok(());
+        }
+        let table = self.lock();
+        for ((id, key), record) in &table.entries {
+            if record.status == KeyStatus::Accepted || !matches.hits(&(id.clone(), *key)) {
+                continue;
+            }
+            let held =
+                table.entries.iter().find(|((other, k), r)| other == id && k != key && r.status == KeyStatus::Accepted);
+            if let Some(((_, accepted), _)) = held {
+                return Err(KeyStoreError::Replaces {
+                    id: id.clone(),
+                    accepted: accepted.to_string(),
+                    new: key.to_string(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Forgets every key `selector` names, in memory; returns them.
@@ -372,6 +783,37 @@ fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Every key in the store `db` (`<data_dir>/halite.db`), read-only and
+/// sorted by id then key: `keys list` with the master stopped.
+pub fn read_stored(db: &Path) -> Result<Vec<KeyEntry>, KeyStoreError> {
+    let error = |e: rusqlite::Error| KeyStoreError::Store { path: db.to_path_buf(), message: e.to_string() };
+    if !db.exists() {
+        return Err(KeyStoreError::Store {
+            path: db.to_path_buf(),
+            message: "no such file (has a master run with this data dir? `--data-dir` names another)".into(),
+        });
+    }
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let connection = Connection::open_with_flags(db, flags).map_err(error)?;
+    let mut statement =
+        connection.prepare("SELECT id, key, status, since FROM keys ORDER BY id, key").map_err(error)?;
+    let rows = statement
+        .query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?, row.get::<_, i64>(3)?))
+        })
+        .map_err(error)?;
+    let mut entries = Vec::new();
+    for row in rows {
+        let (id, key, status, since) = row.map_err(error)?;
+        let status = KeyStatus::parse(&status).ok_or_else(|| KeyStoreError::Store {
+            path: db.to_path_buf(),
+            message: format!("agent `{id}` has the unknown status `{status}`"),
+        })?;
+        entries.push(KeyEntry { id, key, status, since: u64::try_from(since).unwrap_or(0) });
+    }
+    Ok(entries)
+}
+
 // The store's writer thread calls what follows; nothing else touches the
 // `keys` table.
 
@@ -414,8 +856,40 @@ fn load(connection: &mut Connection, db: &Path, legacy: &Path) -> Result<Shared,
             .ok_or_else(|| bad_row(format!("agent `{id}` has the unknown status `{status}`")))?;
         table.insert((id, key), Record { status, since: u64::try_from(since).unwrap_or(0) });
     }
+    drop(statement);
+    load_facts(connection, &mut table).map_err(store_error)?;
     table.dirty.clear();
     Ok(Arc::new(Mutex::new(table)))
+}
+
+/// The facts frozen per accepted key: a table of this module's own,
+/// made here when missing (a row per key with facts; deleted with it).
+const FACTS_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS key_facts (
+    id TEXT NOT NULL, key TEXT NOT NULL, frozen TEXT NOT NULL, held TEXT, PRIMARY KEY (id, key))";
+
+fn load_facts(connection: &mut Connection, table: &mut Table) -> rusqlite::Result<()> {
+    connection.execute_batch(FACTS_SCHEMA)?;
+    let mut statement = connection.prepare("SELECT id, key, frozen, held FROM key_facts")?;
+    let rows = statement.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, String>(2)?,
+            row.get::<_, Option<String>>(3)?,
+        ))
+    })?;
+    for row in rows {
+        let (id, key, frozen, held) = row?;
+        let (Ok(key), Ok(frozen)) = (key.parse::<PublicKey>(), serde_json::from_str(&frozen)) else {
+            tracing::warn!(agent = %id, "Unreadable frozen facts; they are frozen again at the agent's next session.");
+            continue;
+        };
+        let held = held.and_then(|h| serde_json::from_str(&h).ok());
+        if table.entries.contains_key(&(id.clone(), key)) {
+            table.facts.insert((id, key), Facts { frozen, held });
+        }
+    }
+    Ok(())
 }
 
 fn import(connection: &mut Connection, db: &Path, legacy: &Path) -> Result<(), KeyStoreError> {
@@ -467,14 +941,15 @@ fn import(connection: &mut Connection, db: &Path, legacy: &Path) -> Result<(), K
 /// transaction; returns how many rows it wrote. On failure the pairs stay
 /// dirty for the next attempt.
 fn persist(connection: &mut Connection, shared: &Shared) -> rusqlite::Result<usize> {
-    let changes: Vec<(Pair, Option<Record>)> = {
+    let changes: Vec<(Pair, Option<Record>, Option<Facts>)> = {
         let mut table = lock(shared);
         let dirty = std::mem::take(&mut table.dirty);
         dirty
             .into_iter()
             .map(|pair| {
                 let record = table.entries.get(&pair).copied();
-                (pair, record)
+                let facts = table.facts.get(&pair).cloned();
+                (pair, record, facts)
             })
             .collect()
     };
@@ -484,14 +959,14 @@ fn persist(connection: &mut Connection, shared: &Shared) -> rusqlite::Result<usi
     let result = write(connection, &changes);
     if result.is_err() {
         let mut table = lock(shared);
-        for (pair, _) in changes {
+        for (pair, _, _) in changes {
             table.dirty.insert(pair);
         }
     }
     result
 }
 
-fn write(connection: &mut Connection, changes: &[(Pair, Option<Record>)]) -> rusqlite::Result<usize> {
+fn write(connection: &mut Connection, changes: &[(Pair, Option<Record>, Option<Facts>)]) -> rusqlite::Result<usize> {
     // FULL only here: job records keep NORMAL (WAL), where a power cut may
     // undo the last commits; a key change must not be undone.
     connection.execute_batch("PRAGMA synchronous = FULL;")?;
@@ -503,7 +978,23 @@ fn write(connection: &mut Connection, changes: &[(Pair, Option<Record>)]) -> rus
                  ON CONFLICT (id, key) DO UPDATE SET status = ?3, since = ?4",
             )?;
             let mut delete = tx.prepare_cached("DELETE FROM keys WHERE id = ?1 AND key = ?2")?;
-            for ((id, key), record) in changes {
+            let mut upsert_facts = tx.prepare_cached(
+                "INSERT INTO key_facts (id, key, frozen, held) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id, key) DO UPDATE SET frozen = ?3, held = ?4",
+            )?;
+            let mut delete_facts = tx.prepare_cached("DELETE FROM key_facts WHERE id = ?1 AND key = ?2")?;
+            for ((id, key), _, facts) in changes {
+                match facts {
+                    Some(facts) => upsert_facts.execute(params![
+                        id,
+                        key.to_string(),
+                        facts.frozen.to_string(),
+                        facts.held.as_ref().map(ToString::to_string)
+                    ])?,
+                    None => delete_facts.execute(params![id, key.to_string()])?,
+                };
+            }
+            for ((id, key), record, _) in changes {
                 match record {
                     Some(record) => upsert.execute(params![
                         id,
@@ -535,6 +1026,116 @@ mod tests {
         let globs: Vec<String> = auto_accept.iter().map(|g| (*g).to_owned()).collect();
         let keys = KeyStore::open(&store, dir, &globs).await.unwrap();
         (store, keys)
+    }
+
+    fn enrolment(dir: &Path, token: Option<&str>) -> crate::config::Enrolment {
+        let token_file = token.map(|token| {
+            let path = dir.join("enrol.token");
+            std::fs::write(&path, format!("{token}\n")).unwrap();
+            path
+        });
+        crate::config::Enrolment { token_file, ..crate::config::Enrolment::default() }
+    }
+
+    fn with_token(token: &str) -> Value {
+        Value::map().with("hostname", "web05").with(halite_proto::message::ENROL_TOKEN_FACT, token)
+    }
+
+    const TOKEN: &str = "0123456789abcdef0123";
+
+    /// `auto_accept` with a token: a squatter that claims the id first
+    /// without it stays pending, the real agent with it is accepted and the
+    /// squatter's key retired; the token never stays in the facts.
+    #[tokio::test]
+    async fn with_a_token_a_glob_accepts_only_agents_that_present_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, keys) = open(dir.path(), &["web*"]).await;
+        let keys = keys.with_enrolment(&enrolment(dir.path(), Some(TOKEN))).unwrap();
+        let (squatter, real, late) = (key(), key(), key());
+        let arrival = keys.arrive("web05", &squatter, Value::map(), None).unwrap();
+        assert_eq!(arrival.admission.status, KeyStatus::Pending);
+        let arrival = keys.arrive("web05", &squatter, with_token("wrong-token-0000000"), None).unwrap();
+        assert_eq!(arrival.admission.status, KeyStatus::Pending, "a wrong token changes nothing");
+        let arrival = keys.arrive("web05", &real, with_token(TOKEN), None).unwrap();
+        assert_eq!(arrival.admission, Admission { status: KeyStatus::Accepted, new: true });
+        assert_eq!(arrival.facts, Value::map().with("hostname", "web05"), "the token left the facts");
+        assert_eq!(keys.status("web05", &squatter), None, "the squatter's key is retired");
+        // Once an id has an accepted key, even the token does not add another.
+        assert_eq!(keys.arrive("web05", &late, with_token(TOKEN), None).unwrap().admission.status, KeyStatus::Pending);
+        // A pre-registered key needs no token.
+        let registered = key();
+        let mut config = enrolment(dir.path(), Some(TOKEN));
+        config.fingerprints = vec![registered.to_string()];
+        let keys = keys.with_enrolment(&config).unwrap();
+        assert_eq!(keys.arrive("db09", &registered, Value::map(), None).unwrap().admission.status, KeyStatus::Accepted);
+        let short = enrolment(dir.path(), Some("short"));
+        assert!(matches!(keys.clone().with_enrolment(&short), Err(KeyStoreError::Token { .. })));
+    }
+
+    #[tokio::test]
+    async fn pending_keys_are_capped_rate_limited_per_source_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, keys) = open(dir.path(), &[]).await;
+        let mut config = enrolment(dir.path(), None);
+        config.pending_max = 3;
+        config.new_keys_per_source = 2;
+        let keys = keys.with_enrolment(&config).unwrap();
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        assert!(keys.arrive("x1", &key(), Value::map(), Some(a)).is_ok());
+        assert!(keys.arrive("x2", &key(), Value::map(), Some(a)).is_ok());
+        let error = keys.arrive("x3", &key(), Value::map(), Some(a)).unwrap_err();
+        assert!(matches!(error, KeyStoreError::TooManyFromSource { limit: 2, .. }), "{error}");
+        assert!(keys.arrive("x3", &key(), Value::map(), Some(b)).is_ok(), "another source has its own budget");
+        let error = keys.arrive("x4", &key(), Value::map(), Some(b)).unwrap_err();
+        assert!(matches!(error, KeyStoreError::PendingFull { max: 3, .. }), "{error}");
+        assert!(error.to_string().contains("pending_max"), "{error}");
+        assert_eq!(keys.list().len(), 3, "refused keys are not recorded");
+        // Deciding about one makes room.
+        keys.set_status("x1", KeyStatus::Rejected).unwrap();
+        assert!(keys.arrive("x4", &key(), Value::map(), None).is_ok());
+        // Expiry: pending keys first seen before the cut-off are forgotten.
+        {
+            let mut table = keys.lock();
+            for record in table.entries.values_mut() {
+                record.since = 1_000;
+            }
+            table.swept = 0;
+        }
+        keys.sweep(1_000 + config.pending_expire.as_secs() + 1);
+        let left: Vec<String> = keys.list().into_iter().map(|e| e.id).collect();
+        assert_eq!(left, ["x1"], "only the rejected key is kept");
+        assert_eq!(keys.lock().pending, 0);
+    }
+
+    /// An accepted agent that later claims other facts keeps the frozen
+    /// ones for targeting; the claim is held until an operator accepts it,
+    /// and all of it survives a restart.
+    #[tokio::test]
+    async fn facts_are_frozen_at_acceptance_and_a_change_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let web = key();
+        let honest = Value::map().with("hostname", "web01");
+        let lying = Value::map().with("hostname", "db-x");
+        {
+            let (_store, keys) = open(dir.path(), &["web*"]).await;
+            let arrival = keys.arrive("web01", &web, honest.clone(), None).unwrap();
+            assert_eq!((arrival.facts, arrival.held), (honest.clone(), false));
+            let arrival = keys.arrive("web01", &web, lying.clone(), None).unwrap();
+            assert_eq!((arrival.facts, arrival.held), (honest.clone(), true));
+            keys.commit().await.unwrap();
+        }
+        let (_store, keys) = open(dir.path(), &["web*"]).await;
+        let arrival = keys.arrive("web01", &web, lying.clone(), None).unwrap();
+        assert_eq!((arrival.facts, arrival.held), (honest.clone(), true), "frozen across a restart");
+        let rows = keys.facts("web01").unwrap();
+        assert_eq!(rows[0].held, Some(lying.to_json()));
+        assert!(matches!(keys.accept_facts("db*"), Err(KeyStoreError::NoFacts { .. })));
+        assert_eq!(keys.accept_facts("web01").unwrap()[0].frozen, lying.to_json());
+        let arrival = keys.arrive("web01", &web, lying.clone(), None).unwrap();
+        assert_eq!((arrival.facts, arrival.held), (lying, false));
+        // Deleting the key forgets its facts.
+        keys.delete("web01").unwrap();
+        assert!(keys.facts("*").unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -656,6 +1257,23 @@ mod tests {
         // Rejecting several keys of an id is fine.
         keys.admit("db01", &first);
         assert_eq!(keys.set_status("db01", KeyStatus::Rejected).unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn accepting_by_id_never_retires_an_accepted_key_unasked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, keys) = open(dir.path(), &["web*"]).await;
+        let (real, impostor) = (key(), key());
+        keys.admit("web01", &real);
+        keys.admit("web01", &impostor);
+        let error = keys.check_no_replacement("web*").unwrap_err().to_string();
+        assert!(error.contains(&real.to_string()) && error.contains(&impostor.to_string()), "{error}");
+        assert!(error.contains("--replace"), "{error}");
+        keys.check_no_replacement(&impostor.to_string()).unwrap();
+        keys.check_no_replacement("db*").unwrap();
+        keys.commit().await.unwrap();
+        let stored = read_stored(&crate::server::store::path(dir.path())).unwrap();
+        assert_eq!(stored.len(), 2);
     }
 
     #[tokio::test]

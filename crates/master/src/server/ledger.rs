@@ -14,7 +14,10 @@
 //!   managed file drifted since;
 //! - `drifted since T`: a beacon reported a change to a managed file
 //!   (`data.managed == true`) at T and no job has returned since;
-//! - `failing since T`: the last job to return had a failed state.
+//! - `failing since T`: the last job to return had a failed state;
+//! - `stale since T`: a reload of the tree changed the states rendered for
+//!   the agent at T (`halite/agent/<id>/stale`, from `reload.rs`) and no
+//!   job has returned since.
 //!
 //! It is per agent, not per file: a job that applies only some states ends
 //! a drift of another file too. The corrective job of a drift normally
@@ -60,6 +63,12 @@ impl Ledger {
                 seen.version = event.data.get("version").and_then(|v| v.as_str()).map(str::to_owned);
                 seen.facts = event.data.get("facts").map(halite_proto::Value::to_json);
             }
+            (Some("agent"), Some(agent), Some("stale"), None) => {
+                let seen = self.agents.entry(agent.to_owned()).or_default();
+                if !matches!(seen.compliance, Some(Compliance::Stale { .. })) {
+                    seen.compliance = Some(Compliance::Stale { since_us: event.time_us });
+                }
+            }
             (Some("beacon"), Some(agent), Some(_), None) if agent == event.agent => {
                 let seen = self.agents.entry(agent.to_owned()).or_default();
                 seen.last_event_us = Some(event.time_us);
@@ -69,6 +78,8 @@ impl Ledger {
                     seen.compliance = Some(Compliance::Drifted { since_us: event.time_us, path });
                 }
             }
+            // An ad-hoc command (`halite-master cmd`) enforces nothing.
+            (Some("job"), Some(_), Some("ret"), Some(_)) if is_ad_hoc(event) => {}
             (Some("job"), Some(_), Some("ret"), Some(agent)) => {
                 let failed = matches!(event.data.get("failed"), Some(halite_proto::Value::Bool(true)));
                 let seen = self.agents.entry(agent.to_owned()).or_default();
@@ -83,6 +94,17 @@ impl Ledger {
             }
             _ => {}
         }
+    }
+}
+
+/// Whether a job's result is that of `halite-master cmd`: its one state
+/// is the ad-hoc command's.
+fn is_ad_hoc(ret: &Event) -> bool {
+    match ret.data.get("results") {
+        Some(halite_proto::Value::List(results)) => {
+            results.len() == 1 && results[0].get("id").and_then(|id| id.as_str()) == Some(crate::protocol::CMD_STATE_ID)
+        }
+        _ => false,
     }
 }
 
@@ -116,6 +138,18 @@ mod tests {
                 t,
             )
         };
+        let cmd_ret = |t| {
+            let result = Value::map().with("id", crate::protocol::CMD_STATE_ID).with("kind", "cmd.run");
+            at(
+                Event::new(
+                    format!("halite/job/{}/ret/web01", Id::new()),
+                    "web01",
+                    Value::map().with("failed", false).with("results", Value::List(vec![result])),
+                ),
+                t,
+            )
+        };
+        let stale = |t| at(Event::new("halite/agent/web01/stale", "", Value::map()), t);
         let drifted = |since_us| Compliance::Drifted { since_us, path: Some("/etc/nginx/nginx.conf".into()) };
         // (event, compliance after it)
         let steps = [
@@ -129,6 +163,10 @@ mod tests {
             (ret(8, true), Some(Compliance::Failing { since_us: 8 })),
             (ret(9, true), Some(Compliance::Failing { since_us: 8 })),
             (drift(10), Some(drifted(10))),
+            (cmd_ret(11), Some(drifted(10))),
+            (stale(12), Some(Compliance::Stale { since_us: 12 })),
+            (stale(13), Some(Compliance::Stale { since_us: 12 })),
+            (ret(14, false), Some(Compliance::Compliant { since_us: 14 })),
         ];
         let mut ledger = Ledger::default();
         for (i, (event, expected)) in steps.into_iter().enumerate() {

@@ -6,8 +6,19 @@
 //! key's messages reach the bus and the reactors; an unaccepted key's get
 //! no further than this file (only pings are answered). Unreadable input is
 //! counted and dropped; it never stops the loop.
+//!
+//! Nothing here waits on one peer: every send is the transport's
+//! `try_send` (a peer whose queue is full is disconnected, vendor/zeromq
+//! PATCHES.md 4), and the answer to a Hello1 (two Diffie-Hellman, what an
+//! unauthenticated peer gets for 35 bytes) is computed on a small pool of
+//! blocking threads ([`HANDSHAKE_WORKERS`]), its results coming back to
+//! this loop, one handshake per connection and at most
+//! [`PER_SOURCE_HANDSHAKES`] per source address at a time. The Hello3 is
+//! read on the loop (one Diffie-Hellman), so that a session exists before
+//! the agent's next message is handled, in order.
 
-use std::net::SocketAddr;
+use std::collections::{HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,9 +28,11 @@ use halite_proto::event::tag;
 use std::collections::HashMap;
 
 use halite_link::envelope::{self, Envelope};
+use halite_link::noise::Accepted;
 use halite_link::{Opener, Responder};
 use halite_proto::{AgentMessage, Event, MasterMessage, Value, Welcome};
 use indexmap::IndexMap;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use zeromq::{RouterRecvHalf, RouterSocket, Socket, SocketEvent, SocketRecv, ZmqMessage};
 
@@ -61,11 +74,52 @@ pub const MAX_HANDSHAKES: usize = 1024;
 /// until an operator decides or they go away.
 pub const MAX_UNACCEPTED: usize = 4096;
 
+/// Threads doing handshake crypto (X25519) at once: the loop hands each
+/// Hello1 to one and goes on serving established sessions.
+pub const HANDSHAKE_WORKERS: usize = 2;
+/// Hello1s waiting for a worker; beyond it the oldest waiting is dropped
+/// (its connection closed; a real agent reconnects).
+pub const HANDSHAKE_BACKLOG: usize = 1024;
+/// Messages kept for a peer while its Hello1 is in a worker (a real agent
+/// sends nothing until it is answered); more close the connection.
+pub const HELD_PER_PEER: usize = 64;
+/// The most values (every element at any depth) and bytes of text in the
+/// facts of an agent's hello; a hello over either is refused.
+pub const MAX_FACTS_VALUES: usize = 1024;
+pub const MAX_FACTS_BYTES: usize = 16 << 10;
+
+pub use crate::server::limits::{Limits, MAX_EVENT_BYTES, PER_SOURCE_HANDSHAKES};
+
+/// What a handshake worker hands back to the loop: the answer to a Hello1.
+struct Crypto {
+    peer: Bytes,
+    answer: Result<(Responder, Vec<u8>), halite_link::LinkError>,
+}
+
+/// The handshake pool: permits for [`HANDSHAKE_WORKERS`] threads, Hello1s
+/// waiting for one, and the channel results come back on.
+struct Pool {
+    permits: Arc<Semaphore>,
+    waiting: VecDeque<(Bytes, Vec<u8>)>,
+    done: mpsc::Sender<Crypto>,
+}
+
 /// What the link loop keeps per peer that is not shared with senders.
 #[derive(Default)]
 struct Peers {
-    /// Half-open handshakes, oldest first.
-    handshakes: IndexMap<Bytes, Responder>,
+    /// Half-open handshakes, oldest first, with when each was answered.
+    handshakes: IndexMap<Bytes, (Responder, tokio::time::Instant)>,
+    /// Connections that have begun their one handshake.
+    started: HashSet<Bytes>,
+    /// Handshakes per source address (waiting, in a worker, half-open).
+    /// `None` counts the connections whose address the monitor has not
+    /// reported yet: they share one budget, so none goes uncounted.
+    per_source: HashMap<Option<IpAddr>, usize>,
+    /// The source address a connection's handshake is counted against.
+    source_of: HashMap<Bytes, Option<IpAddr>>,
+    /// Connections whose Hello1 is in a worker, with what they sent
+    /// meanwhile, handled in order once the worker is done.
+    in_worker: HashMap<Bytes, Vec<ZmqMessage>>,
     /// Openers of established sessions (their sealers live in `Sessions`).
     openers: HashMap<Bytes, Opener>,
     /// Input dropped since the last report.
@@ -79,6 +133,21 @@ struct Peers {
     draining: bool,
     /// Reaction queue depths last logged, per agent.
     depths: HashMap<String, usize>,
+    /// Lines each peer's garbage may still log (`log_budget.rs`).
+    budget: crate::server::log_budget::LogBudget,
+    /// Where events' acks wait for their hand-off (set by `serve`).
+    acks: Option<crate::server::acks::Acker>,
+}
+
+impl Peers {
+    /// Whether a line about `peer`'s garbage is logged, and how many were
+    /// held back before it.
+    fn may_log(&mut self, peer: &Bytes) -> Option<u64> {
+        match self.budget.check(peer, tokio::time::Instant::now()) {
+            crate::server::log_budget::Verdict::Log { held_back } => Some(held_back),
+            crate::server::log_budget::Verdict::Quiet => None,
+        }
+    }
 }
 
 /// Receives from every agent until `cancel` fires.
@@ -88,7 +157,17 @@ pub async fn serve(
     master: Arc<Master>,
     cancel: CancellationToken,
 ) {
-    let mut peers = Peers::default();
+    let mut peers = Peers {
+        acks: Some(crate::server::acks::Acker::spawn(
+            master.bus.clone(),
+            master.sessions.clone(),
+            master.jobs.clone(),
+            ACK_SEND_TIMEOUT,
+        )),
+        ..Peers::default()
+    };
+    let (done, mut results) = mpsc::channel(HANDSHAKE_WORKERS * 2);
+    let mut pool = Pool { permits: Arc::new(Semaphore::new(HANDSHAKE_WORKERS)), waiting: VecDeque::new(), done };
     let mut report = tokio::time::interval(Duration::from_secs(10));
     let mut depths = tokio::time::interval(DEPTH_LOG_INTERVAL);
     let stopped = cancel.cancelled();
@@ -111,9 +190,12 @@ pub async fn serve(
                 }
                 return;
             }
+            Some(result) = results.recv() => {
+                crypto_done(&master, &mut peers, &mut pool, result).await;
+            }
             message = recv.recv() => match message {
                 Ok(message) => {
-                    handle(&master, &mut peers, message).await;
+                    handle(&master, &mut peers, &mut pool, message).await;
                     if peers.draining && master.jobs.in_flight().is_empty() {
                         tracing::info!("Every job in flight has returned.");
                         return;
@@ -139,6 +221,7 @@ pub async fn serve(
                     master.sessions.forget_address(&peer);
                     peers.handshakes.shift_remove(&peer);
                     peers.openers.remove(&peer);
+                    peers.forget(&peer);
                     if let Some((agent, accepted)) = master.sessions.close_peer(&peer) && accepted {
                         tracing::info!(agent = %agent, "Agent disconnected.");
                         master.jobs.agent_gone(&agent);
@@ -146,7 +229,10 @@ pub async fn serve(
                     }
                 }
             }
-            _ = depths.tick() => log_depths(&master, &mut peers),
+            _ = depths.tick() => {
+                log_depths(&master, &mut peers);
+                expire_handshakes(&master, &mut peers);
+            }
             _ = report.tick() => {
                 if peers.dropped > 0 {
                     tracing::warn!(dropped = peers.dropped, handshakes = peers.handshakes.len(), "Dropped input that was not from an accepted session.");
@@ -166,6 +252,23 @@ pub const DEPTH_LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a stopping master waits for the results of jobs in flight.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// How long a half-open handshake (Hello2 sent, no Hello3) is kept; then its
+/// connection is closed, and its source address's budget freed. A real
+/// agent answers in a round trip.
+pub const HALF_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Closes the connections of half-open handshakes older than
+/// [`HALF_OPEN_TIMEOUT`] (checked every [`DEPTH_LOG_INTERVAL`]).
+fn expire_handshakes(master: &Master, peers: &mut Peers) {
+    let now = tokio::time::Instant::now();
+    while let Some((peer, (_, since))) = peers.handshakes.first()
+        && now.duration_since(*since) > HALF_OPEN_TIMEOUT
+    {
+        let peer = peer.clone();
+        disconnect(master, peers, &peer);
+    }
+}
+
 /// Logs each agent's reaction queue depth when it changed since last time
 /// (at most once per [`DEPTH_LOG_INTERVAL`]).
 fn log_depths(master: &Master, peers: &mut Peers) {
@@ -181,10 +284,55 @@ fn log_depths(master: &Master, peers: &mut Peers) {
     }
 }
 
-async fn handle(master: &Master, peers: &mut Peers, message: ZmqMessage) {
+impl Peers {
+    /// The connection closed: its handshake no longer counts.
+    fn forget(&mut self, peer: &Bytes) {
+        self.started.remove(peer);
+        self.in_worker.remove(peer);
+        self.release(peer);
+    }
+
+    /// The connection's handshake ended (done, failed or dropped): it no
+    /// longer counts against its source address.
+    fn release(&mut self, peer: &Bytes) {
+        if let Some(source) = self.source_of.remove(peer)
+            && let Some(count) = self.per_source.get_mut(&source)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.per_source.remove(&source);
+            }
+        }
+    }
+}
+
+/// Closes a connection the loop refuses to serve further (a second
+/// handshake, over its source's budget, holding too much): its session,
+/// if any, ends with it.
+fn disconnect(master: &Master, peers: &mut Peers, peer: &Bytes) {
+    peers.dropped += 1;
+    peers.handshakes.shift_remove(peer);
+    peers.openers.remove(peer);
+    peers.forget(peer);
+    master.sessions.close_peer(peer);
+    master.sessions.disconnect(peer);
+}
+
+async fn handle(master: &Master, peers: &mut Peers, pool: &mut Pool, message: ZmqMessage) {
+    let Some(peer) = message.get(0).cloned() else { return };
+    // Its handshake is in a worker: what it sends meanwhile waits, so an
+    // agent's first events are taken after its session exists, in order.
+    if let Some(held) = peers.in_worker.get_mut(&peer) {
+        if held.len() >= HELD_PER_PEER {
+            tracing::debug!("A connection sent too much during its handshake; closing it.");
+            disconnect(master, peers, &peer);
+        } else {
+            held.push(message);
+        }
+        return;
+    }
     let frames: Vec<&[u8]> = message.iter().map(|f| f.as_ref()).collect();
-    let Some((peer, body)) = frames.split_first() else { return };
-    let peer = Bytes::copy_from_slice(peer);
+    let Some((_, body)) = frames.split_first() else { return };
     let envelope = match Envelope::parse(body) {
         Ok(envelope) => envelope,
         Err(error) => {
@@ -194,7 +342,7 @@ async fn handle(master: &Master, peers: &mut Peers, message: ZmqMessage) {
         }
     };
     match envelope {
-        Envelope::Hello1(first) => start_handshake(master, peers, peer, first).await,
+        Envelope::Hello1(first) => start_handshake(master, peers, pool, peer, first),
         Envelope::Hello3(last) => finish_handshake(master, peers, peer, last).await,
         Envelope::Hello2(_) => peers.dropped += 1,
         Envelope::Sealed(chunks) => {
@@ -216,41 +364,123 @@ async fn handle(master: &Master, peers: &mut Peers, message: ZmqMessage) {
                 Ok(message) => on_message(master, peers, peer, &agent, accepted, message).await,
                 Err(error) => {
                     peers.dropped += 1;
-                    tracing::warn!(agent = %agent, %error, "Dropping a message that does not open.");
+                    if let Some(held_back) = peers.may_log(&peer) {
+                        tracing::warn!(agent = %agent, %error, held_back, "Dropping a message that does not open.");
+                    }
                 }
             }
         }
     }
 }
 
-async fn start_handshake(master: &Master, peers: &mut Peers, peer: Bytes, first: &[u8]) {
-    // A new handshake on a connection replaces whatever was there.
-    peers.openers.remove(&peer);
-    master.sessions.close_peer(&peer);
-    peers.handshakes.shift_remove(&peer);
-    let Ok((responder, reply)) = Responder::respond(&master.keypair, first) else {
-        peers.dropped += 1;
+/// A Hello1: the connection's one handshake begins, if its source address
+/// is within its budget; the crypto waits for a worker.
+fn start_handshake(master: &Master, peers: &mut Peers, pool: &mut Pool, peer: Bytes, first: &[u8]) {
+    if !peers.started.insert(peer.clone()) {
+        tracing::debug!("A second handshake on one connection; closing it.");
+        disconnect(master, peers, &peer);
         return;
-    };
-    if peers.handshakes.len() >= MAX_HANDSHAKES {
-        peers.handshakes.shift_remove_index(0);
     }
-    peers.handshakes.insert(peer.clone(), responder);
-    if let Err(error) = master.sessions.send_raw(peer, Envelope::handshake(envelope::HELLO2, reply)).await {
-        tracing::debug!(%error, "Cannot answer a handshake.");
+    let source = master.sessions.address(&peer).and_then(|a| a.parse::<SocketAddr>().ok()).map(|a| a.ip());
+    let count = peers.per_source.entry(source).or_default();
+    if *count >= master.limits.handshakes_per_source {
+        tracing::debug!(source = ?source, "Too many handshakes from one address; closing this one.");
+        disconnect(master, peers, &peer);
+        return;
+    }
+    *count += 1;
+    peers.source_of.insert(peer.clone(), source);
+    if pool.waiting.len() >= HANDSHAKE_BACKLOG
+        && let Some((oldest, _)) = pool.waiting.pop_front()
+    {
+        disconnect(master, peers, &oldest);
+    }
+    pool.waiting.push_back((peer, first.to_vec()));
+    start_waiting(master, peers, pool);
+}
+
+/// Hands waiting Hello1s to free workers.
+fn start_waiting(master: &Master, peers: &mut Peers, pool: &mut Pool) {
+    while !pool.waiting.is_empty() {
+        let Ok(permit) = pool.permits.clone().try_acquire_owned() else { return };
+        let Some((peer, first)) = pool.waiting.pop_front() else { return };
+        peers.in_worker.insert(peer.clone(), Vec::new());
+        let keypair = master.keypair.clone();
+        let done = pool.done.clone();
+        tokio::task::spawn_blocking(move || {
+            let answer = Responder::respond(&keypair, &first);
+            // The loop reads results as fast as workers make them; the
+            // channel holds one per worker and more.
+            let _ = done.blocking_send(Crypto { peer, answer });
+            drop(permit);
+        });
     }
 }
 
+/// A Hello3: read on the loop, so the session exists before the next
+/// message from this connection is handled (an agent sends its first events
+/// right after it). One Diffie-Hellman; reaching it took a Hello1 answered
+/// by the pool on this connection, so the loop does at most half the
+/// pool's X25519 work, at the pool's pace.
 async fn finish_handshake(master: &Master, peers: &mut Peers, peer: Bytes, last: &[u8]) {
-    let Some(responder) = peers.handshakes.shift_remove(&peer) else {
+    let Some((responder, _)) = peers.handshakes.shift_remove(&peer) else {
         peers.dropped += 1;
         return;
     };
-    let accepted = match responder.finish(last) {
+    peers.release(&peer);
+    open_session(master, peers, peer, responder.finish(last)).await;
+}
+
+/// A worker is done: answer the Hello1; then handle what the peer sent
+/// meanwhile (a real agent sends nothing before the answer), and start
+/// waiting handshakes.
+async fn crypto_done(master: &Master, peers: &mut Peers, pool: &mut Pool, result: Crypto) {
+    let Crypto { peer, answer } = result;
+    // Gone meanwhile (disconnected, or evicted).
+    let Some(held) = peers.in_worker.remove(&peer) else {
+        start_waiting(master, peers, pool);
+        return;
+    };
+    match answer {
+        Ok((responder, reply)) => {
+            if peers.handshakes.len() >= MAX_HANDSHAKES
+                && let Some((oldest, _)) = peers.handshakes.shift_remove_index(0)
+            {
+                disconnect(master, peers, &oldest);
+            }
+            peers.handshakes.insert(peer.clone(), (responder, tokio::time::Instant::now()));
+            if let Err(error) =
+                master.sessions.send_raw(peer.clone(), Envelope::handshake(envelope::HELLO2, reply)).await
+            {
+                tracing::debug!(%error, "Cannot answer a handshake.");
+            }
+        }
+        Err(error) => {
+            tracing::debug!(%error, "A first handshake message that does not read.");
+            disconnect(master, peers, &peer);
+        }
+    }
+    for message in held {
+        handle(master, peers, pool, message).await;
+    }
+    start_waiting(master, peers, pool);
+}
+
+/// The handshake is complete: the hello decides whether and how the
+/// session opens.
+async fn open_session(
+    master: &Master,
+    peers: &mut Peers,
+    peer: Bytes,
+    accepted: Result<Accepted, halite_link::LinkError>,
+) {
+    let accepted = match accepted {
         Ok(accepted) => accepted,
         Err(error) => {
             peers.dropped += 1;
-            tracing::info!(%error, "A handshake failed.");
+            if let Some(held_back) = peers.may_log(&peer) {
+                tracing::info!(%error, held_back, "A handshake failed.");
+            }
             return;
         }
     };
@@ -258,12 +488,38 @@ async fn finish_handshake(master: &Master, peers: &mut Peers, peer: Bytes, last:
         Ok(AgentMessage::Hello(hello)) if halite_proto::event::valid_id(&hello.agent) => hello,
         _ => {
             peers.dropped += 1;
-            tracing::info!(fingerprint = %accepted.remote, "A handshake without a usable hello.");
+            if let Some(held_back) = peers.may_log(&peer) {
+                tracing::info!(fingerprint = %accepted.remote, held_back, "A handshake without a usable hello.");
+            }
             return;
         }
     };
-    // In memory only: the store's writer commits new keys in batches.
-    let admission = master.keys.admit(&hello.agent, &accepted.remote);
+    let (values, bytes) = hello.facts.size();
+    if values > MAX_FACTS_VALUES || bytes > MAX_FACTS_BYTES {
+        tracing::warn!(agent = %hello.agent, fingerprint = %accepted.remote, values, bytes, max_values = MAX_FACTS_VALUES, max_bytes = MAX_FACTS_BYTES, "A hello whose facts are over the cap; refusing the session.");
+        disconnect(master, peers, &peer);
+        return;
+    }
+    // In memory only: the store's writer commits new keys in batches. The
+    // enrolment token leaves the facts here; an accepted key gets the facts
+    // frozen for it, not what this hello claims (keys.rs).
+    let source = master.sessions.address_of(&peer).and_then(|a| a.parse::<SocketAddr>().ok()).map(|a| a.ip());
+    let arrival = match master.keys.arrive(&hello.agent, &accepted.remote, hello.facts, source) {
+        Ok(arrival) => arrival,
+        Err(error) => {
+            if let Some(held_back) = peers.may_log(&peer) {
+                tracing::warn!(agent = %hello.agent, fingerprint = %accepted.remote, %error, held_back, "Refusing a new key.");
+            }
+            disconnect(master, peers, &peer);
+            return;
+        }
+    };
+    let hello = halite_proto::Hello { facts: arrival.facts, ..hello };
+    if arrival.held {
+        tracing::warn!(agent = %hello.agent, "The agent claims other facts than those frozen when its key was accepted; targeting keeps the frozen ones (`halite-master keys facts` shows both; `--accept` takes the new).");
+        master.bus.publish(Event::new(tag::key(&hello.agent, "facts-held"), hello.agent.as_str(), Value::map()));
+    }
+    let admission = arrival.admission;
     if admission.new {
         let what = if admission.status == KeyStatus::Accepted { "accepted" } else { "pending" };
         master.bus.publish(Event::new(
@@ -274,21 +530,18 @@ async fn finish_handshake(master: &Master, peers: &mut Peers, peer: Bytes, last:
     }
     let is_accepted = admission.status == KeyStatus::Accepted;
     if !is_accepted && master.sessions.unaccepted() >= MAX_UNACCEPTED {
-        peers.dropped += 1;
         tracing::warn!(agent = %hello.agent, "Too many sessions with unaccepted keys; refusing this one.");
+        disconnect(master, peers, &peer);
         return;
     }
-    master.sessions.open(
-        peer.clone(),
-        &hello.agent,
-        accepted.remote,
-        hello.facts.clone(),
-        accepted.sealer,
-        is_accepted,
-    );
+    // A pending key's session keeps no facts: when the key is accepted the
+    // session is ended and the agent, reconnecting, says hello again.
+    let facts = if is_accepted { hello.facts } else { Value::Null };
+    master.sessions.open(peer.clone(), &hello.agent, accepted.remote, facts.clone(), accepted.sealer, is_accepted);
+    master.sessions.note_version(&peer, &hello.version);
     peers.openers.insert(peer.clone(), accepted.opener);
     if is_accepted {
-        welcome(master, peer, &hello.agent, &hello.version, hello.facts).await;
+        welcome(master, peer, &hello.agent, &hello.version, facts).await;
     } else {
         tracing::info!(agent = %hello.agent, fingerprint = %accepted.remote, status = admission.status.as_str(), "An agent whose key is not accepted connected.");
         let status = admission.status.as_str().to_owned();
@@ -310,6 +563,7 @@ pub async fn welcome(master: &Master, peer: Bytes, agent: &str, version: &str, f
     tracing::info!(agent, version, "Agent connected.");
     // A new session: whatever the old one had in flight is not answered there.
     master.jobs.agent_gone(agent);
+    master.jobs.record_facts(agent, &facts);
     master.bus.publish(Event::new(
         tag::agent(agent, "connected"),
         agent,
@@ -323,32 +577,70 @@ pub async fn welcome(master: &Master, peer: Bytes, agent: &str, version: &str, f
 /// other agent with it; its session is ended instead, and it resends.
 pub const ACK_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// [`crate::server::sessions::Sessions::first_sights`], which appends to the
-/// seen-ids log: a short write to the page cache, done in place (the
-/// runtime moves other tasks off this thread meanwhile).
-fn seen_first(master: &Master, agent: &str, ids: &[halite_proto::Id]) -> Vec<bool> {
-    tokio::task::block_in_place(|| master.sessions.first_sights(agent, ids))
-}
-
 /// Publishes and reacts to the events an agent sent (one, or a batch), in
-/// order, except those it may not raise and those already seen.
-async fn take_events(master: &Master, agent: &str, events: Vec<Event>) {
+/// order, except those it may not raise and those already seen; returns
+/// the ids it published, to be logged as seen once handed off, before the
+/// ack (`server/acks.rs`).
+async fn take_events(master: &Master, agent: &str, events: Vec<Event>) -> Vec<halite_proto::Id> {
     // An agent speaks only for itself, in its beacon tags and a few of its
     // own.
-    let (allowed, refused): (Vec<Event>, Vec<Event>) =
-        events.into_iter().partition(|event| event.agent == agent && may_raise(agent, &event.tag));
+    // A tag is printable and bounded before anything stores or prints it.
+    let (allowed, refused): (Vec<Event>, Vec<Event>) = events.into_iter().partition(|event| {
+        event.agent == agent && halite_proto::text::valid_tag(&event.tag) && may_raise(agent, &event.tag)
+    });
     for event in refused {
-        tracing::warn!(agent, tag = %event.tag, "Dropping an event an agent may not raise.");
+        let tag: String = halite_proto::text::escape(&event.tag).chars().take(300).collect();
+        tracing::warn!(agent, tag = %tag, "Dropping an event an agent may not raise (not its own tag, or not printable, or over 256 bytes).");
+    }
+    // An event over the cap is acknowledged (so the agent forgets it) and
+    // dropped: it would cost every subscriber and reactor its size.
+    let max = master.limits.max_event_bytes;
+    let (allowed, oversized): (Vec<Event>, Vec<Event>) = allowed.into_iter().partition(|e| event_size(e) <= max);
+    for event in oversized {
+        tracing::warn!(agent, tag = %event.tag, bytes = event_size(&event), max, "Dropping an event over `max_event_bytes`.");
     }
     let ids: Vec<halite_proto::Id> = allowed.iter().map(|event| event.id).collect();
-    for (event, fresh) in allowed.into_iter().zip(seen_first(master, agent, &ids)) {
+    let mut published = Vec::with_capacity(ids.len());
+    for (event, fresh) in allowed.into_iter().zip(master.sessions.sights(agent, &ids)) {
         if fresh {
+            published.push(event.id);
             let event = master.bus.publish_waiting(event).await;
             master.engine.on_event(&event);
         } else {
             tracing::debug!(agent, event = %event.id, "Dropping a duplicate event.");
         }
     }
+    published
+}
+
+/// Acknowledges a job result once the store has committed it; when the
+/// store refused it (a refusing disk holding all it may) there is no ack,
+/// and the agent sends it again on its next session.
+async fn ack_when_stored(
+    sessions: crate::server::sessions::Sessions,
+    jobs: crate::server::jobs::Jobs,
+    peer: Bytes,
+    agent: String,
+    job: halite_proto::Id,
+    committed: tokio::sync::oneshot::Receiver<bool>,
+) {
+    if committed.await != Ok(true) {
+        tracing::debug!(agent, %job, "A job result was not stored; not acknowledged.");
+        return;
+    }
+    jobs.stored(&agent, job);
+    tokio::task::block_in_place(|| sessions.first_sights(&agent, &[job]));
+    let ack = MasterMessage::ResultAck { job };
+    if tokio::time::timeout(ACK_SEND_TIMEOUT, sessions.send_to_peer(peer, &ack)).await.is_err() {
+        tracing::warn!(agent, %job, "Cannot acknowledge a stored result; the agent sends it again.");
+    }
+}
+
+/// An event's size against `max_event_bytes`: its tag, agent and the text
+/// of its data, plus one byte per value (about its encoded size).
+fn event_size(event: &Event) -> usize {
+    let (values, text) = event.data.size();
+    event.tag.len() + event.agent.len() + values + text
 }
 
 /// Tags an agent may raise about itself, besides its beacons'.
@@ -386,34 +678,54 @@ async fn on_message(
         // While stopping, new work is left with the agents: unacknowledged,
         // it is sent again to the next master.
         AgentMessage::Event(_) | AgentMessage::Events(_) if peers.draining => return,
-        AgentMessage::JobResult(result) => {
+        AgentMessage::JobResult(mut result) => {
+            // Whatever the agent cut or not: diffs and changes to their caps.
+            result.results.iter_mut().for_each(halite_proto::StateResult::cap);
             let job = result.job;
-            if seen_first(master, agent, &[job]) == [true] {
-                master.jobs.complete(agent, result);
-            } else {
+            if master.sessions.has_seen(agent, job) {
+                // Stored before (ids are remembered once committed).
                 tracing::debug!(agent, %job, "Dropping a duplicate job result.");
+            } else {
+                match master.jobs.take_result(agent, result) {
+                    // Acknowledged once stored, from a task of its own: the
+                    // store may be slow, or hold it until the disk has room.
+                    Ok(committed) => {
+                        tokio::spawn(ack_when_stored(
+                            master.sessions.clone(),
+                            master.jobs.clone(),
+                            peer,
+                            agent.to_owned(),
+                            job,
+                            committed,
+                        ));
+                        return;
+                    }
+                    // Acknowledged so the agent forgets it (logged by jobs).
+                    Err(_unexpected) => {}
+                }
             }
             MasterMessage::ResultAck { job }
         }
-        AgentMessage::Event(event) => {
-            let id = event.id;
-            take_events(master, agent, vec![event]).await;
-            MasterMessage::Ack { event: id }
-        }
-        AgentMessage::Events(events) => {
-            let ids = events.iter().map(|event| event.id).collect();
-            take_events(master, agent, events).await;
-            MasterMessage::Acks(ids)
+        AgentMessage::Event(_) | AgentMessage::Events(_) => {
+            let (ack, events) = match message {
+                AgentMessage::Event(event) => (MasterMessage::Ack { event: event.id }, vec![event]),
+                AgentMessage::Events(events) => (MasterMessage::Acks(events.iter().map(|e| e.id).collect()), events),
+                _ => return,
+            };
+            let published = take_events(master, agent, events).await;
+            // Acknowledged once published and recorded, off this loop.
+            if let Some(acks) = &peers.acks {
+                let pending = crate::server::acks::PendingAck { peer, agent: agent.to_owned(), published, ack };
+                acks.queue(pending).await;
+            }
+            return;
         }
     };
-    match tokio::time::timeout(ACK_SEND_TIMEOUT, master.sessions.send_to_peer(peer.clone(), &ack)).await {
-        Ok(_) => {}
-        Err(_) => {
-            tracing::warn!(agent, timeout = ?ACK_SEND_TIMEOUT, "The agent does not read what it is sent; ending its session.");
-            peers.openers.remove(&peer);
-            master.sessions.close_peer(&peer);
-            master.jobs.agent_gone(agent);
-        }
+    // Never waits: a peer whose queue is full (it stopped reading) has been
+    // disconnected by the transport, and its session ends with the
+    // `Disconnected` the monitor reports.
+    if let Err(error) = master.sessions.send_to_peer(peer, &ack).await {
+        tracing::debug!(agent, %error, "Cannot answer the agent.");
     }
 }
 

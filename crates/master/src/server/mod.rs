@@ -3,38 +3,50 @@
 //!
 //! # Layout
 //! - [`context`] — [`Master`], the parts every server module shares.
-//! - [`link`] — the ROUTER side of the agent link; [`sessions`]: which peer
-//!   is which agent; [`keys`]: every agent key and its status.
-//! - [`store`] — jobs, results and keys in SQLite (`halite.db`).
+//! - [`link`] — the ROUTER side of the agent link, within [`limits`];
+//!   [`sessions`]: which peer is which agent; [`keys`]: every agent key and
+//!   its status.
+//! - [`acks`] — an agent's events acknowledged once handed to the publisher
+//!   and recorded as seen.
+//! - [`store`] — jobs, results and keys in SQLite (`halite.db`): held
+//!   through a full disk, checked at start, retained, backed up.
 //! - [`bus`] — the outside publisher and the in-process tail; [`ledger`]:
 //!   what the bus said about each agent.
 //! - [`jobs`] — sending states to agents and waiting for results.
 //! - [`reactor`] — compiling reactors, the per-agent engine, one file per
 //!   action in `reactor/actions/`.
-//! - [`reload`] — hot reload of the tree (a watcher and SIGHUP).
+//! - [`reload`] — hot reload of the tree (a watcher and SIGHUP), and
+//!   re-applying the agents an edit concerns; [`schedule`]: scheduled
+//!   enforcement.
 //! - [`control`] — the control socket operator commands talk to;
-//!   [`apply`] and [`events`] answer its streamed requests.
+//!   [`apply`], [`cmd`] and [`events`] answer its streamed requests;
+//!   [`facts`] answers `facts`.
 //! - [`notify`] — telling systemd the master is ready (`Type=notify`).
 
 use std::io::Write;
-use std::os::unix::fs::DirBuilderExt;
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
+pub mod acks;
 pub mod apply;
 pub mod bus;
+pub mod cmd;
 pub mod context;
 pub mod control;
 pub mod events;
+pub mod facts;
 pub mod jobs;
 pub mod keys;
 pub mod ledger;
+pub mod limits;
 pub mod link;
+pub mod log_budget;
 pub mod notify;
 pub mod reactor;
 pub mod reload;
+pub mod schedule;
 pub mod sessions;
 pub mod store;
 
@@ -57,16 +69,19 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         anyhow::bail!(
             "the state tree {} has {} errors; fix them (`halite-master check --states {}` lists them) and start again",
             config.states.display(),
-            diagnostics.len(),
+            diagnostics.iter().filter(|d| d.is_error()).count(),
             config.states.display()
         );
     }
     tracing::info!(states = %config.states.display(), "Loaded {}.", tree.summary());
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&config.data_dir)
-        .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+    // Before anything in the data dir is trusted or touched: a key, key
+    // store or socket another local user planted is refused (StrictModes),
+    // and a second master on it would overwrite `endpoints` and, stopping,
+    // remove the first one's control socket. Held until this function
+    // returns.
+    let dir = config.data_dir.clone();
+    let _lock = tokio::task::spawn_blocking(move || halite_fs::lock::DirLock::claim(&dir, "master")).await??;
+    crate::server::reactor::actions::exec::allow_env(config.exec_env.clone());
 
     let (keypair, created) = halite_link::Keypair::load_or_create(&config.data_dir.join("master.key"))?;
     if created {
@@ -78,7 +93,7 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         Ok(limit) => tracing::info!(limit, "Open-file limit raised to the hard limit."),
         Err(error) => tracing::warn!(%error, "Cannot raise the open-file limit; connections beyond it are refused."),
     }
-    let (bus, publish) = Bus::bind(&config.publish, config.handshake_timeout).await?;
+    let (bus, publish) = Bus::bind(&config.publish_endpoint(), config.handshake_timeout).await?;
     let (mut router, listen) = crate::server::link::bind(&config.listen, config.handshake_timeout).await?;
     let monitor = crate::server::link::monitor(&mut router);
     let (send, recv) = router.split();
@@ -90,18 +105,33 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     tracing::debug!(remembered, "Loaded the ids seen from agents.");
     let store_path = crate::server::store::path(&config.data_dir);
     let store = tokio::task::spawn_blocking(move || crate::server::store::Store::open(&store_path)).await??;
-    let keys = crate::server::keys::KeyStore::open(&store, &config.data_dir, &config.auto_accept).await?;
+    let keys = crate::server::keys::KeyStore::open(&store, &config.data_dir, &config.auto_accept)
+        .await?
+        .with_enrolment(&config.enrolment)?;
     let jobs = Jobs::new(sessions.clone(), bus.clone(), JOB_TIMEOUT).with_store(store.clone());
+    expect_unanswered(&jobs, store.file()).await;
+    let retention = crate::server::store::Retention {
+        max_age: std::time::Duration::from_secs(u64::from(config.store.retention_days) * 86_400),
+        max_bytes: config.store.max_bytes,
+    };
+    spawn_store_upkeep(&store, &bus, retention, cancel.clone());
     let tree = Arc::new(RwLock::new(Arc::new(tree)));
     let engine = Engine::new(tree.clone(), jobs.clone(), bus.clone());
     let fingerprint = keypair.public;
-    let master = Arc::new(Master { keypair, keys, tree, sessions, jobs, engine, bus });
-    crate::server::control::serve(master.clone(), &config.data_dir, cancel.clone()).await?;
-    crate::server::reload::spawn(master.clone(), config.states.clone(), cancel.clone())
+    let limits = crate::server::limits::Limits {
+        max_event_bytes: config.max_event_bytes,
+        handshakes_per_source: config.handshakes_per_source,
+    };
+    let master = Arc::new(Master { keypair, keys, tree, sessions, jobs, engine, bus, limits });
+    let control = crate::server::control::serve(master.clone(), &config.data_dir, cancel.clone()).await?;
+    let enforce = crate::server::reload::Enforce::of(&config);
+    crate::server::reload::spawn(master.clone(), config.states.clone(), enforce, cancel.clone())
         .with_context(|| format!("cannot watch the state tree {}", config.states.display()))?;
+    crate::server::schedule::spawn(master.clone(), config.schedule.clone(), cancel.clone());
 
     let ready = format!("ready listen={listen} publish={publish} key={fingerprint}");
-    std::fs::write(config.data_dir.join("endpoints"), format!("{ready}\n"))
+    tokio::fs::write(config.data_dir.join("endpoints"), format!("{ready}\n"))
+        .await
         .with_context(|| format!("cannot write {}", config.data_dir.join("endpoints").display()))?;
     {
         let mut stdout = std::io::stdout().lock();
@@ -109,14 +139,84 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     }
     tracing::info!(%listen, %publish, "Master ready.");
     crate::server::notify::ready();
-    crate::server::link::serve(recv, monitor, master.clone(), cancel).await;
+    crate::server::link::serve(recv, monitor, master.clone(), cancel.clone()).await;
     for (agent, depth) in master.engine.queue_depths() {
         if depth > 0 {
             tracing::warn!(agent = %agent, depth, "Stopping with reactions not run; the agent's next session applies its states.");
         }
     }
-    // Jobs answered before the stop are on disk before the process ends.
-    store.flush().await;
+    // Jobs answered before the stop are on disk before the process ends,
+    // and halite.db is one self-contained file (the WAL checkpointed).
+    store.close().await;
+    // The control socket is gone before the lock is let go (the link may
+    // also have stopped on its own: stop the rest with it).
+    cancel.cancel();
+    let _ = control.await;
     tracing::info!("Master stopped.");
     Ok(())
+}
+
+/// Results the master takes after a restart: jobs sent before it and not
+/// answered (the agents may still hold their results).
+async fn expect_unanswered(jobs: &Jobs, path: &std::path::Path) {
+    let path = path.to_path_buf();
+    let rows = tokio::task::spawn_blocking(move || {
+        crate::server::store::Reader::open(&path).and_then(|reader| reader.unanswered())
+    })
+    .await;
+    match rows {
+        Ok(Ok(rows)) => {
+            for (agent, jid) in rows {
+                if let Ok(job) = jid.parse() {
+                    jobs.expect(&agent, job);
+                }
+            }
+        }
+        Ok(Err(error)) => tracing::warn!(%error, "Cannot read the jobs left unanswered; their results are refused."),
+        Err(error) => tracing::warn!(%error, "Cannot read the jobs left unanswered; their results are refused."),
+    }
+}
+
+/// The store's retention, now and every `RETENTION_INTERVAL`, and its
+/// state on the bus: `halite/master/store/unwritable` once when the disk
+/// refuses its writes, `halite/master/store/writable` once it takes them
+/// again.
+fn spawn_store_upkeep(
+    store: &crate::server::store::Store,
+    bus: &Bus,
+    retention: crate::server::store::Retention,
+    cancel: CancellationToken,
+) {
+    use crate::server::store::Writable;
+    let mut writable = store.writable();
+    let (bus, path) = (bus.clone(), store.file().display().to_string());
+    tokio::spawn(async move {
+        while writable.changed().await.is_ok() {
+            let state = writable.borrow_and_update().clone();
+            let (tag, data) = match state {
+                Writable::Yes => (
+                    halite_proto::event::tag::master("store/writable"),
+                    halite_proto::Value::map().with("path", path.as_str()),
+                ),
+                Writable::No { error, held } => (
+                    halite_proto::event::tag::master("store/unwritable"),
+                    halite_proto::Value::map()
+                        .with("path", path.as_str())
+                        .with("error", error)
+                        .with("held", i64::try_from(held).unwrap_or(i64::MAX)),
+                ),
+            };
+            bus.publish(halite_proto::Event::new(tag, "", data));
+        }
+    });
+    let store = store.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(crate::server::store::RETENTION_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = every.tick() => store.retain(retention),
+                () = cancel.cancelled() => return,
+            }
+        }
+    });
 }

@@ -18,6 +18,14 @@ use zeromq::{RouterSendHalf, SocketSend, ZmqMessage};
 /// [`Sessions::remember_in`]) so that one after a master restart is too.
 pub const RECENT_IDS: usize = 4096;
 
+/// The newest records of the seen-ids log a starting master forgets. An
+/// event is logged once the publisher handed it to the PUB socket, whose
+/// per-subscriber queues are in memory: after a kill, the last ones logged
+/// may never have reached a subscriber. Their resends (the agent had no
+/// ack, or the ack came too late) are published again instead of dropped.
+/// Larger than what a subscriber that keeps up has queued at any moment.
+pub const FORGOTTEN_AT_START: usize = 4096;
+
 #[derive(Debug)]
 pub struct PeerSession {
     pub agent: String,
@@ -26,6 +34,9 @@ pub struct PeerSession {
     pub accepted: bool,
     pub facts: Value,
     pub since: SystemTime,
+    /// The agent's version, from its hello: kept for a session accepted
+    /// later by an operator, whose welcome announces it.
+    pub version: String,
     /// Held across sealing *and* sending, so messages leave in nonce order.
     sealer: Arc<tokio::sync::Mutex<Sealer>>,
 }
@@ -110,6 +121,22 @@ impl Table {
     }
 }
 
+/// Why a message could not be sent to an agent.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("agent `{agent}` is not connected")]
+    NotConnected { agent: String },
+    #[error("the session is gone")]
+    Gone,
+    #[error("cannot seal the message: {0}")]
+    Seal(halite_link::LinkError),
+    #[error("an empty message")]
+    Empty,
+    /// The peer's queue is full (it is disconnected) or the link stopped.
+    #[error("{0}")]
+    Transport(zeromq::ZmqError),
+}
+
 #[derive(Clone)]
 pub struct Sessions {
     table: Arc<Mutex<Table>>,
@@ -145,6 +172,7 @@ impl Sessions {
             accepted,
             facts,
             since: SystemTime::now(),
+            version: String::new(),
             sealer: Arc::new(tokio::sync::Mutex::new(sealer)),
         };
         table.by_peer.insert(peer.clone(), session);
@@ -163,23 +191,39 @@ impl Sessions {
         }
     }
 
-    /// The key was accepted: its live sessions are promoted; returns them
-    /// with the facts their agents sent.
-    pub fn promote(&self, agent: &str, key: &PublicKey) -> Vec<(Bytes, Value)> {
-        let mut table = self.lock();
-        let peers: Vec<(Bytes, Value)> = table
-            .by_peer
-            .iter_mut()
-            .filter(|(_, s)| s.agent == agent && s.key == *key && !s.accepted)
-            .map(|(peer, s)| {
-                s.accepted = true;
-                (peer.clone(), s.facts.clone())
-            })
-            .collect();
-        if let Some((peer, _)) = peers.last() {
-            Self::claim(&mut table, agent, peer.clone());
+    /// The key was accepted. Its live sessions hold no facts (a pending
+    /// key's hello facts are not kept): they end, and their connections
+    /// close, so each agent reconnects at once and says hello again, this
+    /// time as an accepted agent. Returns how many ended.
+    pub fn reconnect_pending(&self, agent: &str, key: &PublicKey) -> usize {
+        let peers: Vec<Bytes> = {
+            let mut table = self.lock();
+            let peers: Vec<Bytes> = table
+                .by_peer
+                .iter()
+                .filter(|(_, s)| s.agent == agent && s.key == *key && !s.accepted)
+                .map(|(peer, _)| peer.clone())
+                .collect();
+            for peer in &peers {
+                table.by_peer.remove(peer);
+            }
+            peers
+        };
+        for peer in &peers {
+            self.disconnect(peer);
         }
-        peers
+        peers.len()
+    }
+
+    /// Closes the connection on `peer` at the transport, now (its session,
+    /// if any, ends when the link sees it go).
+    pub fn disconnect(&self, peer: &Bytes) {
+        self.sender.disconnect(peer.clone());
+    }
+
+    /// The remote address of the connection on `peer`, if known.
+    pub fn address(&self, peer: &Bytes) -> Option<String> {
+        self.lock().addresses.get(peer).cloned()
     }
 
     /// The peers with a session for this agent and key.
@@ -245,6 +289,11 @@ impl Sessions {
     /// left there; returns how many ids it remembered. Blocking I/O, once
     /// at start.
     pub fn remember_in(&self, path: &Path) -> std::io::Result<usize> {
+        self.remember_forgetting(path, FORGOTTEN_AT_START)
+    }
+
+    /// [`Sessions::remember_in`], forgetting the newest `forget` records.
+    fn remember_forgetting(&self, path: &Path, forget: usize) -> std::io::Result<usize> {
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -252,13 +301,20 @@ impl Sessions {
         };
         let mut table = self.lock();
         let mut rest = &bytes[..];
+        let mut records = Vec::new();
         // A record cut short by a crash ends the log.
         while let Some((&length, tail)) = rest.split_first() {
             let length = usize::from(length);
             let (Some(agent), Some(id)) = (tail.get(..length), tail.get(length..length + 16)) else { break };
-            let id = Id(u128::from_be_bytes(id.try_into().unwrap_or_default()));
-            table.recent.entry(String::from_utf8_lossy(agent).into_owned()).or_default().insert(id);
+            records.push((agent, Id(u128::from_be_bytes(id.try_into().unwrap_or_default()))));
             rest = &tail[length + 16..];
+        }
+        // The last ids logged may belong to events the PUB socket still
+        // held in memory when the master died: forgotten, their resends
+        // are published again (a duplicate, never a loss).
+        let kept = records.len().saturating_sub(forget);
+        for (agent, id) in records.into_iter().take(kept) {
+            table.recent.entry(String::from_utf8_lossy(agent).into_owned()).or_default().insert(id);
         }
         table.log = Some(SeenLog {
             path: path.to_path_buf(),
@@ -280,20 +336,45 @@ impl Sessions {
     /// [`Sessions::first_sight`] for several ids at once (a batch of
     /// events), with one append to the log.
     pub fn first_sights(&self, agent: &str, ids: &[Id]) -> Vec<bool> {
+        let fresh = self.sights(agent, ids);
+        let logged: Vec<Id> = ids.iter().zip(&fresh).filter(|(_, fresh)| **fresh).map(|(id, _)| *id).collect();
+        self.log_seen(agent, &logged);
+        fresh
+    }
+
+    /// Remembers ids from `agent` in memory only; false for those seen
+    /// already. The link records an event as seen here before publishing
+    /// it, so a resend on another session meanwhile is not published twice,
+    /// and logs it ([`Sessions::log_seen`]) only once the publisher has
+    /// it, so a restart never drops the resend of an event it never
+    /// published.
+    pub fn sights(&self, agent: &str, ids: &[Id]) -> Vec<bool> {
         let mut table = self.lock();
         let recent = table.recent.entry(agent.to_owned()).or_default();
-        let fresh: Vec<bool> = ids.iter().map(|id| recent.insert(*id)).collect();
+        ids.iter().map(|id| recent.insert(*id)).collect()
+    }
+
+    /// Whether `id` from `agent` is remembered (without remembering it).
+    pub fn has_seen(&self, agent: &str, id: Id) -> bool {
+        self.lock().recent.get(agent).is_some_and(|recent| recent.set.contains(&id))
+    }
+
+    /// Appends ids already remembered ([`Sessions::sights`]) to the
+    /// seen-ids log, in one write, so a restarted master drops their
+    /// resends too. Blocking briefly (a write to the page cache).
+    pub fn log_seen(&self, agent: &str, ids: &[Id]) {
+        if ids.is_empty() {
+            return;
+        }
         let mut records: Vec<u8> = Vec::with_capacity(ids.len() * (agent.len() + 17));
-        for (id, _) in ids.iter().zip(&fresh).filter(|(_, fresh)| **fresh) {
+        for id in ids {
             push_seen_record(&mut records, agent, *id);
         }
-        if records.is_empty() {
-            return fresh;
-        }
-        let bound = 2 * RECENT_IDS * table.recent.len();
+        let mut table = self.lock();
+        let bound = 2 * RECENT_IDS * table.recent.len().max(1);
         if let Some(log) = &mut table.log {
             let appended = log.file.write_all(&records);
-            log.records += fresh.iter().filter(|f| **f).count();
+            log.records += ids.len();
             let result = match appended {
                 Ok(()) if log.records > bound => table.compact(),
                 other => other,
@@ -302,31 +383,63 @@ impl Sessions {
                 tracing::warn!(agent, %error, "Cannot keep the ids seen; a replay after a restart may be published twice.");
             }
         }
-        fresh
     }
 
     /// Sends to an agent's accepted session.
-    pub async fn send(&self, agent: &str, message: &MasterMessage) -> Result<(), String> {
-        let peer =
-            self.lock().by_agent.get(agent).cloned().ok_or_else(|| format!("agent `{agent}` is not connected"))?;
+    pub async fn send(&self, agent: &str, message: &MasterMessage) -> Result<(), SendError> {
+        let peer = self
+            .lock()
+            .by_agent
+            .get(agent)
+            .cloned()
+            .ok_or_else(|| SendError::NotConnected { agent: agent.to_owned() })?;
         self.send_to_peer(peer, message).await
     }
 
     /// Seals and sends to whatever session is on `peer`.
-    pub async fn send_to_peer(&self, peer: Bytes, message: &MasterMessage) -> Result<(), String> {
-        let sealer = self.lock().by_peer.get(&peer).map(|s| s.sealer.clone()).ok_or("the session is gone")?;
+    pub async fn send_to_peer(&self, peer: Bytes, message: &MasterMessage) -> Result<(), SendError> {
+        let sealer = self.lock().by_peer.get(&peer).map(|s| s.sealer.clone()).ok_or(SendError::Gone)?;
         let mut sealer = sealer.lock().await;
-        let chunks = sealer.seal(&halite_proto::encode(message)).map_err(|e| e.to_string())?;
+        let chunks = sealer.seal(&halite_proto::encode(message)).map_err(SendError::Seal)?;
         self.send_raw(peer, Envelope::sealed(chunks)).await
     }
 
     /// Sends frames as they are (handshake messages).
-    pub async fn send_raw(&self, peer: Bytes, frames: Vec<Vec<u8>>) -> Result<(), String> {
+    pub async fn send_raw(&self, peer: Bytes, frames: Vec<Vec<u8>>) -> Result<(), SendError> {
         let mut all: Vec<Bytes> = Vec::with_capacity(frames.len() + 1);
         all.push(peer);
         all.extend(frames.into_iter().map(Bytes::from));
-        let message = ZmqMessage::try_from(all).map_err(|e| format!("{e:?}"))?;
-        self.sender.clone().send(message).await.map_err(|e| e.to_string())
+        let message = ZmqMessage::try_from(all).map_err(|_| SendError::Empty)?;
+        self.sender.clone().send(message).await.map_err(SendError::Transport)
+    }
+
+    /// The version the agent on `peer` said in its hello.
+    pub fn note_version(&self, peer: &Bytes, version: &str) {
+        if let Some(session) = self.lock().by_peer.get_mut(peer) {
+            version.clone_into(&mut session.version);
+        }
+    }
+
+    /// The version of the agent on `peer` (empty when unknown).
+    pub fn version(&self, peer: &Bytes) -> String {
+        self.lock().by_peer.get(peer).map(|s| s.version.clone()).unwrap_or_default()
+    }
+
+    /// The remote address (`ip:port`) of a connection, if the monitor
+    /// reported it.
+    pub fn address_of(&self, peer: &Bytes) -> Option<String> {
+        self.lock().addresses.get(peer).cloned()
+    }
+
+    /// An operator trusted new facts for `agent`: its accepted session
+    /// targets by them from now on.
+    pub fn set_facts(&self, agent: &str, facts: Value) {
+        let mut table = self.lock();
+        if let Some(peer) = table.by_agent.get(agent).cloned()
+            && let Some(session) = table.by_peer.get_mut(&peer)
+        {
+            session.facts = facts;
+        }
     }
 
     /// A connection was accepted from `address`.
@@ -381,7 +494,7 @@ mod tests {
         let path = dir.path().join("seen-ids");
         let (first, second) = (Id::new(), Id::new());
         let before = sessions();
-        before.remember_in(&path).unwrap();
+        before.remember_forgetting(&path, 0).unwrap();
         assert!(before.first_sight("web01", first));
         assert!(!before.first_sight("web01", first), "a replay on another session of the same agent");
         assert!(before.first_sight("web02", first), "ids are per agent");
@@ -389,7 +502,7 @@ mod tests {
         // A record cut short by a crash is ignored.
         std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(&[5, b'w', b'e']).unwrap();
         let after = sessions();
-        assert_eq!(after.remember_in(&path).unwrap(), 2);
+        assert_eq!(after.remember_forgetting(&path, 0).unwrap(), 2);
         assert!(!after.first_sight("web01", first), "a replay after a restart");
         assert!(after.first_sight("web01", second));
         let third = Id::new();
@@ -400,7 +513,7 @@ mod tests {
 
     fn sessions_remembering(path: &Path) -> Sessions {
         let sessions = sessions();
-        sessions.remember_in(path).unwrap();
+        sessions.remember_forgetting(path, 0).unwrap();
         sessions
     }
 
@@ -409,7 +522,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("seen-ids");
         let table = sessions();
-        table.remember_in(&path).unwrap();
+        table.remember_forgetting(&path, 0).unwrap();
         let ids: Vec<Id> = (0..5 * RECENT_IDS).map(|_| Id::new()).collect();
         for id in &ids {
             assert!(table.first_sight("web01", *id));
@@ -418,8 +531,31 @@ mod tests {
         let size = usize::try_from(std::fs::metadata(&path).unwrap().len()).unwrap();
         assert!(size <= 2 * RECENT_IDS * record + record, "{size} bytes");
         let reopened = sessions();
-        assert_eq!(reopened.remember_in(&path).unwrap(), RECENT_IDS);
+        assert_eq!(reopened.remember_forgetting(&path, 0).unwrap(), RECENT_IDS);
         assert!(!reopened.first_sight("web01", ids[ids.len() - 1]));
         assert!(reopened.first_sight("web01", ids[0]), "the oldest are forgotten");
+    }
+
+    /// The newest ids logged are forgotten at start: their events may have
+    /// been in the PUB socket's memory when the master died, so a resend
+    /// is published again rather than dropped.
+    #[tokio::test]
+    async fn the_newest_ids_are_forgotten_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seen-ids");
+        let before = sessions();
+        before.remember_in(&path).unwrap();
+        let ids: Vec<Id> = (0..FORGOTTEN_AT_START + 3).map(|_| Id::new()).collect();
+        assert!(before.sights("web01", &ids).iter().all(|fresh| *fresh));
+        assert!(before.has_seen("web01", ids[3]));
+        before.log_seen("web01", &ids);
+        let unlogged = Id::new();
+        assert_eq!(before.sights("web01", &[unlogged]), [true]);
+        drop(before);
+        let after = sessions();
+        assert_eq!(after.remember_in(&path).unwrap(), 3);
+        assert!(!after.first_sight("web01", ids[2]), "an old id is remembered");
+        assert!(after.first_sight("web01", ids[3]), "a recent one is not");
+        assert!(after.first_sight("web01", unlogged), "an id never logged is not");
     }
 }

@@ -7,10 +7,25 @@
 //! Writes go through [`Store`], a cheap handle that queues them for one
 //! dedicated writer thread (SQLite calls block; they never run on the
 //! runtime's threads). The queue holds [`STORE_QUEUE`] writes; when it is
-//! full, the job path waits for room (a job's start and its answer are
-//! awaited sends), so results are never dropped to keep up. The one write
-//! made where waiting is impossible, a late answer arriving in the link
-//! loop, is dropped when the queue is full, counted and logged as an error.
+//! full, the job path waits for room (a job's start is an awaited send).
+//! An agent's answer arrives in the link loop, where waiting is impossible
+//! ([`Store::answered_durably`]): it carries a channel on which the writer
+//! says when it is committed, and the agent is acknowledged only then; when
+//! the queue is full it is refused at once (not acknowledged: the agent
+//! sends it again on its next session).
+//!
+//! A transaction the disk refuses (full, I/O error) is not lost: the writer
+//! holds its records in memory, in order, up to [`HELD_WRITES`] and
+//! [`HELD_BYTES`], retries every [`RETRY_EVERY`], and says so once each way
+//! ([`Writable`], published by `server/mod.rs`). Answers beyond the bound
+//! are refused, other records dropped and counted.
+//!
+//! Damage is loud: before SQLite opens the file (SQLite takes a 0-byte file
+//! for a new store and silently ignores a damaged WAL), the header, the size
+//! and the WAL's checksums are checked, then `PRAGMA quick_check`; the
+//! marker `halite.db.state` beside it says a store existed (so a missing or
+//! emptied one is refused) and whether the last stop was clean (then no WAL
+//! is left: it is checkpointed into halite.db at the stop).
 //! Keys do not travel through the queue: the writer reads the key store's
 //! dirty set after every batch (`keys.rs` says how, and what a crash
 //! loses), so the link loop only ever sends a wake-up, and only when that
@@ -19,7 +34,9 @@
 //! Reading ([`Reader`]) opens the file read-only, so `jobs` works whether
 //! the master runs or not. The schema is versioned with
 //! `PRAGMA user_version` and migrated forward in one transaction when the
-//! master opens it (v1: jobs; v2: keys); a file with a newer version is
+//! master opens it (v1: jobs; v2: keys; v3: the last facts of each agent,
+//! which `check` renders templates with; v4: jobs indexed by the master's
+//! clock); a file with a newer version is
 //! refused, by the master and by `jobs`, rather than misread. The file is
 //! in WAL mode so readers never block the writer.
 
@@ -40,7 +57,7 @@ use tokio::sync::{mpsc, oneshot};
 pub const STORE_QUEUE: usize = 4096;
 
 /// The schema this build reads and writes: the number of [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// The store's file in a data dir.
 pub fn path(data_dir: &Path) -> PathBuf {
@@ -49,7 +66,7 @@ pub fn path(data_dir: &Path) -> PathBuf {
 
 /// `MIGRATIONS[n]` takes the schema from version n to n + 1. Append only:
 /// a released step never changes.
-const MIGRATIONS: [&str; 2] = [V1_JOBS, V2_KEYS];
+const MIGRATIONS: [&str; 4] = [V1_JOBS, V2_KEYS, V3_FACTS, V4_JOBS_BY_TIME];
 
 const V1_JOBS: &str = "
 CREATE TABLE jobs (
@@ -84,6 +101,14 @@ CREATE TABLE job_results (
 );
 ";
 
+const V3_FACTS: &str = "
+CREATE TABLE agent_facts (
+    agent   TEXT PRIMARY KEY,
+    facts   TEXT NOT NULL,      -- JSON, as the agent last sent them in its hello
+    seen_us INTEGER NOT NULL
+);
+";
+
 const V2_KEYS: &str = "
 CREATE TABLE keys (
     id      TEXT NOT NULL,      -- the agent id the key presented
@@ -92,6 +117,11 @@ CREATE TABLE keys (
     since   INTEGER NOT NULL,   -- seconds since the Unix epoch when first seen
     PRIMARY KEY (id, key)
 );
+";
+
+/// History is listed and retained by the master's own clock.
+const V4_JOBS_BY_TIME: &str = "
+CREATE INDEX jobs_by_time ON jobs (created_us, jid);
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +136,16 @@ pub enum StoreError {
     TooNew { path: PathBuf, found: i32 },
     #[error("no job store at {path}: the master has not run with this data dir (pass --data-dir or --config)")]
     Missing { path: PathBuf },
+    #[error(
+        "the master's store {path} is {what}, yet {marker} says this data dir had one; refusing to start with every key and job forgotten. Restore it: copy a file made by `halite-master backup FILE` to {path} (and remove {path}-wal if present); or, to start with an empty store, remove {marker}"
+    )]
+    Gone { path: PathBuf, marker: PathBuf, what: &'static str },
+    #[error(
+        "the master's store file {path} is damaged ({what}); refusing to start on it. Restore the store: stop here, copy a file made by `halite-master backup FILE` to {store} and remove {store}-wal; keep the damaged files aside for inspection"
+    )]
+    Damaged { path: PathBuf, store: PathBuf, what: String },
+    #[error("cannot back up the master's store {path} to {to}: {source}")]
+    Backup { path: PathBuf, to: PathBuf, source: rusqlite::Error },
 }
 
 /// Why a job ran and what it was for: a row of `jobs`.
@@ -130,11 +170,20 @@ enum Write {
         jid: String,
         agent: String,
         results: Vec<StateResult>,
+        /// Told `true` once the answer is committed, `false` when it was
+        /// refused (the store holds all it may); the agent's ack waits
+        /// for it.
+        committed: Option<oneshot::Sender<bool>>,
     },
     NoAnswer {
         jid: String,
         agent: String,
         error: String,
+    },
+    /// An agent's facts, from its hello: the last ones are kept.
+    Facts {
+        agent: String,
+        facts: serde_json::Value,
     },
     /// Answers once everything queued before it is committed, keys too.
     Flush(oneshot::Sender<()>),
@@ -146,6 +195,48 @@ enum Write {
     /// Answers once every change made before it to what is attached is
     /// committed.
     Commit(oneshot::Sender<Result<(), String>>),
+    /// Applies the retention limits now.
+    Retain(Retention),
+    /// Commits what it can, checkpoints the WAL into halite.db, notes a
+    /// clean stop in the marker, and ends the writer (a clean shutdown).
+    Close(oneshot::Sender<()>),
+}
+
+/// How much job history the store keeps (master.yaml `store:`); applied at
+/// start and every [`RETENTION_INTERVAL`]. The oldest jobs go first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Jobs older than this are deleted, with their results.
+    pub max_age: std::time::Duration,
+    /// Then the oldest jobs are deleted until the rows take at most this
+    /// many bytes of halite.db (pages in use; freed pages are reused, so
+    /// the file stays about this size).
+    pub max_bytes: u64,
+}
+
+/// How often the retention limits are applied while the master runs.
+pub const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Job records the writer holds in memory when the disk refuses them
+/// (full, or an I/O error), retried in order every [`RETRY_EVERY`]. While
+/// this many are held, further answers are refused (their agents are not
+/// acknowledged and keep them) and other records are dropped and counted.
+pub const HELD_WRITES: usize = 4096;
+/// Bytes of results (diffs, changes) held at most, likewise.
+pub const HELD_BYTES: usize = 64 * 1024 * 1024;
+/// How often the writer retries what the disk refused.
+pub const RETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Whether the disk takes the store's writes: told to `server/mod.rs`,
+/// which publishes `halite/master/store/unwritable` and `.../writable`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Writable {
+    Yes,
+    /// The last error, and how many records are held.
+    No {
+        error: String,
+        held: usize,
+    },
 }
 
 /// What the writer keeps on disk beside the job records, persisted after
@@ -176,6 +267,8 @@ pub struct Store {
     queue: mpsc::Sender<Write>,
     dropped: Arc<AtomicU64>,
     path: PathBuf,
+    /// Whether the disk takes writes, as the writer last found.
+    writable: tokio::sync::watch::Receiver<Writable>,
 }
 
 impl Store {
@@ -184,13 +277,71 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let connection = open_for_writing(path)?;
         let (queue, inbox) = mpsc::channel(STORE_QUEUE);
+        let (tell, writable) = tokio::sync::watch::channel(Writable::Yes);
+        let dropped = Arc::new(AtomicU64::new(0));
         let path_for_error = path.to_path_buf();
-        let path = path.to_path_buf();
+        let mut writer = Writer {
+            connection,
+            path: path.to_path_buf(),
+            tell,
+            dropped: dropped.clone(),
+            held: Vec::new(),
+            held_bytes: 0,
+        };
         std::thread::Builder::new()
             .name("halite-store".into())
-            .spawn(move || writer(connection, &path, inbox))
+            .spawn(move || writer.run(inbox))
             .map_err(|source| StoreError::Io { path: path_for_error.clone(), source })?;
-        Ok(Store { queue, dropped: Arc::default(), path: path_for_error })
+        Ok(Store { queue, dropped, path: path_for_error, writable })
+    }
+
+    /// Whether the disk takes the store's writes; changes as the writer
+    /// finds out.
+    pub fn writable(&self) -> tokio::sync::watch::Receiver<Writable> {
+        self.writable.clone()
+    }
+
+    /// Records an agent's answer from where waiting is not possible (the
+    /// link loop); the receiver says `true` once it is committed, `false`
+    /// when the store refused it (its queue or what it holds in memory is
+    /// full). The agent is acknowledged only on `true`.
+    pub fn answered_durably(&self, jid: &str, agent: &str, results: Vec<StateResult>) -> oneshot::Receiver<bool> {
+        let (committed, wait) = oneshot::channel();
+        let write =
+            Write::Answered { jid: jid.to_owned(), agent: agent.to_owned(), results, committed: Some(committed) };
+        if let Err(error) = self.queue.try_send(write) {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(
+                agent,
+                job = jid,
+                dropped,
+                "The job store's queue is full; a result is not acknowledged (the agent keeps it)."
+            );
+            if let Write::Answered { committed: Some(committed), .. } = error.into_inner() {
+                let _ = committed.send(false);
+            }
+        }
+        wait
+    }
+
+    /// Applies the retention limits now (returns at once).
+    pub fn retain(&self, retention: Retention) {
+        let _ = self.queue.try_send(Write::Retain(retention));
+    }
+
+    /// A clean stop: commits, checkpoints the WAL into halite.db (one
+    /// self-contained file remains) and ends the writer.
+    pub async fn close(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.queue.send(Write::Close(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// A consistent copy of the store in `to` (SQLite's online backup),
+    /// while the master writes. Blocking.
+    pub fn backup(&self, to: &Path) -> Result<(), StoreError> {
+        backup(&self.path, to)
     }
 
     /// The store's file, for messages.
@@ -240,7 +391,7 @@ impl Store {
 
     /// `agent` answered the job.
     pub async fn answered(&self, jid: &str, agent: &str, results: Vec<StateResult>) {
-        self.send(Write::Answered { jid: jid.to_owned(), agent: agent.to_owned(), results }).await;
+        self.send(Write::Answered { jid: jid.to_owned(), agent: agent.to_owned(), results, committed: None }).await;
     }
 
     /// `agent` did not answer the job (timeout, not connected).
@@ -248,18 +399,8 @@ impl Store {
         self.send(Write::NoAnswer { jid: jid.to_owned(), agent: agent.to_owned(), error: error.to_owned() }).await;
     }
 
-    /// An answer nobody waits for (late, or for a job sent before a master
-    /// restart), from where waiting is not possible: dropped and counted
-    /// when the queue is full.
-    pub fn answered_late(&self, jid: &str, agent: &str, results: Vec<StateResult>) {
-        let write = Write::Answered { jid: jid.to_owned(), agent: agent.to_owned(), results };
-        if self.queue.try_send(write).is_err() {
-            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::error!(agent, job = jid, dropped, "The job store is full; a late result was not recorded.");
-        }
-    }
-
-    /// Late answers dropped because the queue was full, since start.
+    /// Answers refused and records dropped (a full queue, or a refusing
+    /// disk while the store holds all it may), since start.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
@@ -269,6 +410,15 @@ impl Store {
         let (done, wait) = oneshot::channel();
         self.send(Write::Flush(done)).await;
         let _ = wait.await;
+    }
+
+    /// Keeps `agent`'s facts (for `check`). From the link loop, which
+    /// cannot wait: dropped when the queue is full (the next hello
+    /// brings them again).
+    pub fn facts_seen(&self, agent: &str, facts: serde_json::Value) {
+        if self.queue.try_send(Write::Facts { agent: agent.to_owned(), facts }).is_err() {
+            tracing::debug!(agent, "The store is busy; the agent's facts were not kept this time.");
+        }
     }
 
     async fn send(&self, write: Write) {
@@ -282,7 +432,185 @@ fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |source| StoreError::Sqlite { path: path.to_path_buf(), source }
 }
 
+/// The marker beside the store: it says a store existed in this data dir
+/// (so a missing or emptied halite.db is refused, not taken for a new one)
+/// and whether the master stopped cleanly (then the WAL was checkpointed
+/// into halite.db, and none is expected).
+pub fn marker(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".state");
+    path.with_file_name(name)
+}
+
+/// The marker's two states.
+const RUNNING: &str = "running\n";
+const CLEAN: &str = "clean\n";
+
+fn write_marker(path: &Path, state: &str) -> Result<(), StoreError> {
+    let marker = marker(path);
+    halite_fs::write_atomic(&marker, state.as_bytes(), 0o600)
+        .map_err(|e| StoreError::Io { path: marker.clone(), source: std::io::Error::other(e) })
+}
+
+/// The store's WAL file.
+pub fn wal(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push("-wal");
+    path.with_file_name(name)
+}
+
+/// What the files say before SQLite opens them: SQLite itself takes a
+/// 0-byte file for a new store and silently ignores a damaged or missing
+/// WAL, losing what was in it.
+fn check_files(path: &Path) -> Result<(), StoreError> {
+    let marker_path = marker(path);
+    let marker = match std::fs::read_to_string(&marker_path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => return Err(StoreError::Io { path: marker_path, source }),
+    };
+    let io = |source| StoreError::Io { path: path.to_path_buf(), source };
+    let length = match std::fs::metadata(path) {
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if marker.is_some() {
+                return Err(StoreError::Gone { path: path.to_path_buf(), marker: marker_path, what: "missing" });
+            }
+            return Ok(());
+        }
+        Err(source) => return Err(io(source)),
+    };
+    if length == 0 {
+        if marker.is_some() {
+            return Err(StoreError::Gone { path: path.to_path_buf(), marker: marker_path, what: "empty" });
+        }
+        return Ok(());
+    }
+    let damaged = |what: String| StoreError::Damaged { path: path.to_path_buf(), store: path.to_path_buf(), what };
+    let mut header = [0u8; 100];
+    {
+        use std::io::Read as _;
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let read = file.read(&mut header).map_err(io)?;
+        if read < header.len() {
+            return Err(damaged(format!("{length} bytes, shorter than its header")));
+        }
+    }
+    if &header[..16] != b"SQLite format 3\0" {
+        let what = if header.iter().all(|b| *b == 0) { "its header is zeroed" } else { "not an SQLite header" };
+        return Err(damaged(what.to_owned()));
+    }
+    let page_size = match u16::from_be_bytes([header[16], header[17]]) {
+        1 => 65_536,
+        size => u64::from(size),
+    };
+    if !page_size.is_power_of_two() || page_size < 512 {
+        return Err(damaged(format!("page size {page_size} in its header")));
+    }
+    if !length.is_multiple_of(page_size) {
+        return Err(damaged(format!("{length} bytes, not a whole number of {page_size}-byte pages: cut short")));
+    }
+    // The page count in the header is valid when its version number matches
+    // the change counter.
+    let pages = u64::from(u32::from_be_bytes(header[28..32].try_into().unwrap_or_default()));
+    if header[92..96] == header[24..28] && pages * page_size > length {
+        return Err(damaged(format!("{length} bytes where its header says {pages} pages of {page_size}: cut short")));
+    }
+    let wal_path = wal(path);
+    match std::fs::read(&wal_path) {
+        Ok(bytes) => check_wal(&bytes).map_err(|what| StoreError::Damaged {
+            path: wal_path.clone(),
+            store: path.to_path_buf(),
+            what,
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if marker.as_deref() == Some(RUNNING) {
+                return Err(StoreError::Damaged {
+                    path: wal_path,
+                    store: path.to_path_buf(),
+                    what: "missing after a master that did not stop cleanly: what it held is lost".into(),
+                });
+            }
+        }
+        Err(source) => return Err(StoreError::Io { path: wal_path, source }),
+    }
+    Ok(())
+}
+
+/// Checks a WAL file as SQLite would read it (header, salts, checksums),
+/// but says what is wrong instead of ignoring the rest. Frames of an older
+/// generation (other salts) after the current ones are what SQLite skips
+/// too, and fine.
+fn check_wal(bytes: &[u8]) -> Result<(), String> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let word = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap_or_default());
+    if bytes.len() < 32 {
+        return Err(format!("{} bytes, shorter than a WAL header", bytes.len()));
+    }
+    let magic = word(0);
+    if magic != 0x377f_0682 && magic != 0x377f_0683 {
+        let what = if bytes.iter().all(|b| *b == 0) { "zeroed" } else { "not a WAL header" };
+        return Err(what.into());
+    }
+    let big_endian = magic & 1 == 1;
+    let checksum = |data: &[u8], mut s: (u32, u32)| {
+        for pair in data.chunks_exact(8) {
+            let read = |b: &[u8]| {
+                let b: [u8; 4] = b.try_into().unwrap_or_default();
+                if big_endian { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) }
+            };
+            s.0 = s.0.wrapping_add(read(&pair[..4])).wrapping_add(s.1);
+            s.1 = s.1.wrapping_add(read(&pair[4..])).wrapping_add(s.0);
+        }
+        s
+    };
+    let header_sum = checksum(&bytes[..24], (0, 0));
+    if header_sum != (word(24), word(28)) {
+        return Err("its header's checksum does not match".into());
+    }
+    let page_size = usize::try_from(word(8)).unwrap_or(0);
+    if !page_size.is_power_of_two() || !(512..=65_536).contains(&page_size) {
+        return Err(format!("page size {page_size} in its header"));
+    }
+    let frame = 24 + page_size;
+    let frames = &bytes[32..];
+    if !frames.len().is_multiple_of(frame) {
+        return Err(format!("{} bytes, ending in a partial frame: cut short", bytes.len()));
+    }
+    let salts = (word(16), word(20));
+    let mut sum = header_sum;
+    for (n, chunk) in frames.chunks_exact(frame).enumerate() {
+        let at = |i: usize| u32::from_be_bytes(chunk[i..i + 4].try_into().unwrap_or_default());
+        if (at(8), at(12)) != salts {
+            break;
+        }
+        sum = checksum(&chunk[24..], checksum(&chunk[..8], sum));
+        if sum != (at(16), at(20)) {
+            return Err(format!("frame {} of {}: its checksum does not match", n + 1, frames.len() / frame));
+        }
+    }
+    Ok(())
+}
+
 fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
+    // SQLite's own word for damage, wherever opening meets it, is damage.
+    open_checked(path).map_err(|error| match error {
+        StoreError::Sqlite { path, source }
+            if matches!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+            ) =>
+        {
+            StoreError::Damaged { store: path.clone(), path, what: source.to_string() }
+        }
+        error => error,
+    })
+}
+
+fn open_checked(path: &Path) -> Result<Connection, StoreError> {
+    check_files(path)?;
     // Diffs may hold secrets: owner-only, like the keys beside it. SQLite
     // gives its -wal and -shm files the same mode.
     std::fs::OpenOptions::new()
@@ -296,8 +624,45 @@ fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
     connection
         .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")
         .map_err(sqlite(path))?;
+    let damaged = |what: String| StoreError::Damaged { path: path.to_path_buf(), store: path.to_path_buf(), what };
+    let check: String = connection
+        .query_row("PRAGMA quick_check(1)", [], |row| row.get(0))
+        .map_err(|e| damaged(format!("quick_check: {e}")))?;
+    if check != "ok" {
+        return Err(damaged(format!("quick_check: {check}")));
+    }
+    // What an earlier run left in the WAL goes into halite.db now.
+    connection
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .map_err(|e| damaged(format!("checkpoint: {e}")))?;
+    write_marker(path, RUNNING)?;
     migrate(&connection, path)?;
     Ok(connection)
+}
+
+/// A consistent copy of the store at `path` in `to`, made with SQLite's
+/// online backup while the master may be writing.
+fn backup(path: &Path, to: &Path) -> Result<(), StoreError> {
+    let err = |source| StoreError::Backup { path: path.to_path_buf(), to: to.to_path_buf(), source };
+    let source = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(err)?;
+    source.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+    // Owner-only, like the store: it holds diffs and keys.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(to)
+        .map_err(|source| StoreError::Io { path: to.to_path_buf(), source })?;
+    let mut destination = Connection::open(to).map_err(err)?;
+    {
+        let backup = rusqlite::backup::Backup::new(&source, &mut destination).map_err(err)?;
+        backup.run_to_completion(256, std::time::Duration::ZERO, None).map_err(err)?;
+    }
+    // One self-contained file: no WAL beside the copy.
+    destination.execute_batch("PRAGMA journal_mode = DELETE;").map_err(err)?;
+    Ok(())
 }
 
 fn migrate(connection: &Connection, path: &Path) -> Result<(), StoreError> {
@@ -332,57 +697,270 @@ fn migrate(connection: &Connection, path: &Path) -> Result<(), StoreError> {
 
 /// The writer thread: everything queued at once goes in one transaction;
 /// then what is attached (the keys), in transactions of their own (so a
-/// failure of either loses nothing of the other).
-fn writer(mut connection: Connection, path: &Path, mut inbox: mpsc::Receiver<Write>) {
-    let mut attached: Vec<Box<dyn Persisted>> = Vec::new();
-    while let Some(first) = inbox.blocking_recv() {
-        let mut batch = vec![first];
-        while let Ok(more) = inbox.try_recv() {
-            batch.push(more);
-        }
-        let mut flushed = Vec::new();
-        let mut committed = Vec::new();
-        let mut attaching = Vec::new();
-        let mut jobs = Vec::with_capacity(batch.len());
-        for write in batch {
-            match write {
-                Write::Flush(done) => flushed.push(done),
-                Write::Commit(done) => committed.push(done),
-                Write::Attach(AttachFn(attach)) => attaching.push(attach),
-                Write::Wake => {}
-                write => jobs.push(write),
+/// failure of either loses nothing of the other), with `synchronous = FULL`
+/// (a key decision survives a power cut once committed).
+///
+/// A transaction the disk refuses (full, I/O error) is not lost: its
+/// records stay in `held`, in order, and are retried with everything after
+/// them every [`RETRY_EVERY`]; the answers among them are acknowledged to
+/// their agents only once committed. The state is told once each way.
+struct Writer {
+    connection: Connection,
+    path: PathBuf,
+    tell: tokio::sync::watch::Sender<Writable>,
+    dropped: Arc<AtomicU64>,
+    /// Job records not committed yet, oldest first.
+    held: Vec<Write>,
+    held_bytes: usize,
+}
+
+impl Writer {
+    fn run(&mut self, mut inbox: mpsc::Receiver<Write>) {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(path = %self.path.display(), %error, "Cannot start the store's writer.");
+                return;
             }
-        }
-        if !jobs.is_empty() {
-            let result = connection.transaction().and_then(|tx| {
-                for write in jobs {
-                    apply(&tx, write)?;
+        };
+        let mut attached: Vec<Box<dyn Persisted>> = Vec::new();
+        loop {
+            let first = if self.held.is_empty() {
+                inbox.blocking_recv()
+            } else {
+                match runtime.block_on(async { tokio::time::timeout(RETRY_EVERY, inbox.recv()).await }) {
+                    Ok(write) => write,
+                    // Time to retry what is held.
+                    Err(_) => Some(Write::Wake),
                 }
-                tx.commit()
-            });
-            if let Err(error) = result {
-                tracing::error!(path = %path.display(), %error, "Cannot write to the job store; these records are lost.");
+            };
+            let Some(first) = first else { break };
+            let mut batch = vec![first];
+            while let Ok(more) = inbox.try_recv() {
+                batch.push(more);
+            }
+            let mut flushed = Vec::new();
+            let mut committed = Vec::new();
+            let mut attaching = Vec::new();
+            let mut retain = None;
+            let mut close = None;
+            for write in batch {
+                match write {
+                    Write::Flush(done) => flushed.push(done),
+                    Write::Commit(done) => committed.push(done),
+                    Write::Attach(AttachFn(attach)) => attaching.push(attach),
+                    Write::Wake => {}
+                    Write::Retain(limits) => retain = Some(limits),
+                    Write::Close(done) => close = Some(done),
+                    write => self.hold(write),
+                }
+            }
+            self.commit_held();
+            for attach in attaching {
+                attached.extend(attach(&mut self.connection, &self.path));
+            }
+            let _ = self.connection.execute_batch("PRAGMA synchronous = FULL;");
+            let mut saved = Ok(());
+            for persisted in &mut attached {
+                if let Err(error) = persisted.persist(&mut self.connection) {
+                    saved = Err(error);
+                }
+            }
+            let _ = self.connection.execute_batch("PRAGMA synchronous = NORMAL;");
+            for done in committed {
+                let _ = done.send(saved.clone());
+            }
+            if let Some(limits) = retain
+                && self.held.is_empty()
+            {
+                match retain_now(&self.connection, limits) {
+                    Ok(0) => {}
+                    Ok(deleted) => {
+                        tracing::info!(path = %self.path.display(), deleted, "Deleted old jobs (store retention).")
+                    }
+                    Err(error) => {
+                        tracing::warn!(path = %self.path.display(), %error, "Cannot apply the store's retention.")
+                    }
+                }
+            }
+            for done in flushed {
+                let _ = done.send(());
+            }
+            if let Some(done) = close {
+                self.close();
+                let _ = done.send(());
+                break;
             }
         }
-        for attach in attaching {
-            attached.extend(attach(&mut connection, path));
+    }
+
+    /// Takes a job record into `held`, or refuses it when as much is held
+    /// as allowed.
+    fn hold(&mut self, write: Write) {
+        let size = match &write {
+            Write::Answered { results, .. } => {
+                256 + results.iter().map(|r| r.diff.as_ref().map_or(0, String::len) + 128).sum::<usize>()
+            }
+            _ => 256,
+        };
+        if !self.held.is_empty() && (self.held.len() >= HELD_WRITES || self.held_bytes + size > HELD_BYTES) {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            match write {
+                Write::Answered { committed: Some(committed), .. } => {
+                    let _ = committed.send(false);
+                }
+                _ => {
+                    if dropped.is_power_of_two() {
+                        tracing::error!(path = %self.path.display(), dropped, "The job store holds all it may while the disk refuses writes; a job record was dropped.");
+                    }
+                }
+            }
+            return;
         }
-        let mut saved = Ok(());
-        for persisted in &mut attached {
-            if let Err(error) = persisted.persist(&mut connection) {
-                saved = Err(error);
+        self.held_bytes += size;
+        self.held.push(write);
+    }
+
+    /// Commits everything held in one transaction; on success tells the
+    /// waiting answers, on a refusing disk keeps it all for the next try.
+    fn commit_held(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        // An answer is acknowledged once committed: that commit survives a
+        // power cut too (one fsync of the WAL per batch that holds one).
+        let acknowledging = self.held.iter().any(|w| matches!(w, Write::Answered { committed: Some(_), .. }));
+        if acknowledging {
+            let _ = self.connection.execute_batch("PRAGMA synchronous = FULL;");
+        }
+        let held = &self.held;
+        let result = self.connection.transaction().and_then(|tx| {
+            for write in held {
+                apply(&tx, write)?;
+            }
+            tx.commit()
+        });
+        if acknowledging {
+            let _ = self.connection.execute_batch("PRAGMA synchronous = NORMAL;");
+        }
+        match result {
+            Ok(()) => {
+                let written = self.held.len();
+                for write in self.held.drain(..) {
+                    if let Write::Answered { committed: Some(committed), .. } = write {
+                        let _ = committed.send(true);
+                    }
+                }
+                self.held_bytes = 0;
+                if *self.tell.borrow() != Writable::Yes {
+                    tracing::warn!(path = %self.path.display(), written, "The job store is writable again; what it held is committed.");
+                    self.tell.send_replace(Writable::Yes);
+                }
+            }
+            Err(error) if refused_by_disk(&error) => {
+                let held = self.held.len();
+                // Said once: the state changes, not every retry.
+                if *self.tell.borrow() == Writable::Yes {
+                    tracing::error!(path = %self.path.display(), %error, held, "The job store cannot write; holding its records in memory and acknowledging no result until it can.");
+                    self.tell.send_replace(Writable::No { error: error.to_string(), held });
+                }
+            }
+            Err(error) => {
+                // Not the disk: these records themselves fail, and would
+                // fail again.
+                tracing::error!(path = %self.path.display(), %error, records = self.held.len(), "Cannot write these job records; they are dropped.");
+                for write in self.held.drain(..) {
+                    if let Write::Answered { committed: Some(committed), .. } = write {
+                        let _ = committed.send(false);
+                    }
+                }
+                self.held_bytes = 0;
             }
         }
-        for done in committed {
-            let _ = done.send(saved.clone());
+    }
+
+    /// A clean stop: the WAL is checkpointed into halite.db and removed as
+    /// the connection closes, and the marker says so.
+    fn close(&mut self) {
+        if !self.held.is_empty() {
+            tracing::error!(path = %self.path.display(), held = self.held.len(), "Stopping with job records the disk refused; they are lost (their agents were not acknowledged).");
         }
-        for done in flushed {
-            let _ = done.send(());
+        let checkpoint = self.connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0));
+        match checkpoint {
+            Ok(0) => {
+                let connection = std::mem::replace(&mut self.connection, Connection::open_in_memory().expect("memory"));
+                if let Err((_, error)) = connection.close() {
+                    tracing::warn!(path = %self.path.display(), %error, "Cannot close the store.");
+                    return;
+                }
+                if let Err(error) = write_marker(&self.path, CLEAN) {
+                    tracing::warn!(%error, "Cannot note the clean stop.");
+                }
+            }
+            Ok(_) => {
+                tracing::warn!(path = %self.path.display(), "The store's WAL could not be checkpointed (a reader held it); it stays beside halite.db.")
+            }
+            Err(error) => {
+                tracing::warn!(path = %self.path.display(), %error, "Cannot checkpoint the store's WAL; it stays beside halite.db.")
+            }
         }
     }
 }
 
-fn apply(tx: &rusqlite::Transaction<'_>, write: Write) -> rusqlite::Result<()> {
+/// Errors of a disk that refuses writes (full, I/O, read-only), worth
+/// retrying, as opposed to records that cannot be written at all.
+fn refused_by_disk(error: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode;
+    matches!(
+        error.sqlite_error_code(),
+        Some(
+            ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::ReadOnly
+                | ErrorCode::CannotOpen
+                | ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::OutOfMemory
+        )
+    )
+}
+
+/// Deletes jobs older than the limit, then the oldest until the rows fit
+/// in `max_bytes`; returns how many jobs went.
+fn retain_now(connection: &Connection, limits: Retention) -> rusqlite::Result<usize> {
+    let cutoff = now_us().saturating_sub(i64::try_from(limits.max_age.as_micros()).unwrap_or(i64::MAX));
+    let delete = |condition: &str, value: i64| -> rusqlite::Result<usize> {
+        connection.execute_batch("CREATE TEMP TABLE IF NOT EXISTS doomed (jid TEXT PRIMARY KEY); BEGIN IMMEDIATE;")?;
+        let result = (|| {
+            connection.execute("DELETE FROM temp.doomed", [])?;
+            connection.execute(&format!("INSERT INTO temp.doomed SELECT jid FROM jobs {condition}"), [value])?;
+            connection.execute("DELETE FROM job_results WHERE jid IN (SELECT jid FROM temp.doomed)", [])?;
+            connection.execute("DELETE FROM job_agents WHERE jid IN (SELECT jid FROM temp.doomed)", [])?;
+            connection.execute("DELETE FROM jobs WHERE jid IN (SELECT jid FROM temp.doomed)", [])
+        })();
+        connection.execute_batch(if result.is_ok() { "COMMIT;" } else { "ROLLBACK;" })?;
+        result
+    };
+    let mut deleted = delete("WHERE created_us < ?1", cutoff)?;
+    loop {
+        let used: i64 = connection.query_row(
+            "SELECT (SELECT page_count FROM pragma_page_count()) - (SELECT freelist_count FROM pragma_freelist_count())",
+            [],
+            |row| row.get(0),
+        )?;
+        let page_size: i64 = connection.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+        if u64::try_from(used.saturating_mul(page_size)).unwrap_or(0) <= limits.max_bytes {
+            return Ok(deleted);
+        }
+        let gone = delete("ORDER BY created_us, jid LIMIT ?1", 64)?;
+        if gone == 0 {
+            return Ok(deleted);
+        }
+        deleted += gone;
+    }
+}
+
+fn apply(tx: &rusqlite::Transaction<'_>, write: &Write) -> rusqlite::Result<()> {
     match write {
         Write::Started { job, agent } => {
             tx.execute(
@@ -403,7 +981,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: Write) -> rusqlite::Result<()> {
                 params![job.jid, agent],
             )?;
         }
-        Write::Answered { jid, agent, results } => {
+        Write::Answered { jid, agent, results, .. } => {
             // A job the store never saw started (a record lost to an error).
             tx.execute(
                 "INSERT OR IGNORE INTO jobs (jid, created_us, cause, target, states, test)
@@ -445,7 +1023,14 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: Write) -> rusqlite::Result<()> {
                 params![jid, agent, error, now_us()],
             )?;
         }
-        Write::Flush(_) | Write::Attach(_) | Write::Wake | Write::Commit(_) => {}
+        Write::Facts { agent, facts } => {
+            tx.execute(
+                "INSERT INTO agent_facts (agent, facts, seen_us) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (agent) DO UPDATE SET facts = ?2, seen_us = ?3",
+                params![agent, facts.to_string(), now_us()],
+            )?;
+        }
+        Write::Flush(_) | Write::Attach(_) | Write::Wake | Write::Commit(_) | Write::Retain(_) | Write::Close(_) => {}
     }
     Ok(())
 }
@@ -488,6 +1073,30 @@ impl Reader {
         Ok(Reader { connection, path: path.to_path_buf() })
     }
 
+    /// Every agent's last facts, by id (none from a store older than v3).
+    pub fn agent_facts(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        let has_table: bool = self
+            .connection
+            .query_row("SELECT count(*) > 0 FROM sqlite_master WHERE name = 'agent_facts'", [], |row| row.get(0))
+            .map_err(sqlite(&self.path))?;
+        if !has_table {
+            return Ok(Vec::new());
+        }
+        let mut statement = self
+            .connection
+            .prepare("SELECT agent, facts FROM agent_facts ORDER BY agent")
+            .map_err(sqlite(&self.path))?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))
+            .map_err(sqlite(&self.path))?;
+        let mut facts = Vec::new();
+        for row in rows {
+            let (agent, text) = row.map_err(sqlite(&self.path))?;
+            facts.push((agent, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)));
+        }
+        Ok(facts)
+    }
+
     /// The most recent `limit` jobs, newest first.
     pub fn list(&self, limit: u32) -> Result<Vec<JobSummary>, StoreError> {
         let mut statement = self
@@ -501,7 +1110,7 @@ impl Reader {
                     (SELECT count(*) FROM job_results r WHERE r.jid = j.jid AND r.outcome = 'unchanged'),
                     (SELECT count(*) FROM job_agents a WHERE a.jid = j.jid AND a.status = 'no_answer'),
                     (SELECT count(*) FROM job_agents a WHERE a.jid = j.jid AND a.status = 'waiting')
-                 FROM jobs j ORDER BY j.jid DESC LIMIT ?1",
+                 FROM jobs j ORDER BY j.created_us DESC, j.jid DESC LIMIT ?1",
             )
             .map_err(sqlite(&self.path))?;
         let rows = statement
@@ -590,6 +1199,16 @@ impl Reader {
         Ok(Some((job, report)))
     }
 
+    /// Every (agent, job) sent and not answered (waiting, or timed out):
+    /// results the master still takes after a restart.
+    pub fn unanswered(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let err = sqlite(&self.path);
+        let mut statement =
+            self.connection.prepare("SELECT agent, jid FROM job_agents WHERE status != 'answered'").map_err(&err)?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?))).map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(err)
+    }
+
     /// How many jobs start with `jid` (to tell "not found" from "ambiguous").
     pub fn count_prefix(&self, jid: &str) -> Result<i64, StoreError> {
         let pattern = format!("{}%", jid.replace(['%', '_'], ""));
@@ -664,7 +1283,7 @@ mod tests {
         // A late answer after the timeout replaces the no-answer.
         store.started(record("01C", "connected"), "web02").await;
         store.no_answer("01C", "web02", "timeout").await;
-        store.answered_late("01C", "web02", vec![result("motd", Outcome::Unchanged)]);
+        assert!(store.answered_durably("01C", "web02", vec![result("motd", Outcome::Unchanged)]).await.unwrap());
         store.flush().await;
         drop(store);
 
@@ -683,13 +1302,32 @@ mod tests {
 
         let (job, report) = reader.job("01A").unwrap().unwrap();
         assert_eq!(job.cause, "operator:halite-master apply web*");
-        assert_eq!(report.exit_code(), 2);
+        assert_eq!(report.exit_code(), 3);
         assert_eq!(report.agents[0].states()[0].changes, ["created"]);
         assert_eq!(report.agents[0].states()[0].diff.as_deref(), Some("--- a\n+++ b\n"));
         assert!(matches!(&report.agents[1].answer, Answer::NoAnswer { error } if error.contains("within 1s")));
         assert!(reader.job("01").unwrap().is_none(), "an ambiguous prefix matches nothing");
         assert_eq!(reader.count_prefix("01").unwrap(), 3);
         assert!(reader.job("01B").unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn each_agents_last_facts_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path(dir.path());
+        let store = Store::open(&path).unwrap();
+        store.facts_seen("web01", serde_json::json!({"os": "debian", "cpus": 2}));
+        store.facts_seen("db01", serde_json::json!({"os": "rocky"}));
+        store.facts_seen("web01", serde_json::json!({"os": "debian", "cpus": 4}));
+        store.flush().await;
+        let facts = Reader::open(&path).unwrap().agent_facts().unwrap();
+        assert_eq!(
+            facts,
+            [
+                ("db01".to_owned(), serde_json::json!({"os": "rocky"})),
+                ("web01".to_owned(), serde_json::json!({"os": "debian", "cpus": 4})),
+            ]
+        );
     }
 
     #[test]
@@ -735,5 +1373,161 @@ mod tests {
         let stored: String =
             reader.connection.query_row("SELECT key FROM keys WHERE id = 'web01'", [], |row| row.get(0)).unwrap();
         assert_eq!(stored, key.to_string());
+    }
+
+    /// A WAL as SQLite writes it, taken while its writer is open: frames of
+    /// real transactions.
+    fn live_wal() -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path(dir.path());
+        let connection = Connection::open(&path).unwrap();
+        connection.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x TEXT);").unwrap();
+        for n in 0..5 {
+            connection.execute("INSERT INTO t VALUES (?1)", [format!("row {n} {}", "x".repeat(3000))]).unwrap();
+        }
+        let bytes = std::fs::read(wal(&path)).unwrap();
+        drop(connection);
+        bytes
+    }
+
+    #[test]
+    fn a_wal_is_checked_as_sqlite_reads_it_and_damage_is_named() {
+        let good = live_wal();
+        assert!(good.len() > 32 + 2 * 4120, "frames written: {} bytes", good.len());
+        assert_eq!(check_wal(&good), Ok(()));
+        assert_eq!(check_wal(&[]), Ok(()), "an empty WAL (checkpointed) is fine");
+        let page = usize::try_from(u32::from_be_bytes(good[8..12].try_into().unwrap())).unwrap();
+        let flip = |at: usize| {
+            let mut bytes = good.clone();
+            bytes[at] ^= 0x10;
+            bytes
+        };
+        let cases: [(&str, Vec<u8>, &str); 6] = [
+            ("zeroed", vec![0; good.len()], "zeroed"),
+            ("cut in its header", good[..20].to_vec(), "shorter than a WAL header"),
+            ("cut in a frame", good[..32 + 24 + page / 2].to_vec(), "partial frame"),
+            ("a bit flipped in a page", flip(32 + 24 + 100), "checksum does not match"),
+            ("a bit flipped in the header", flip(12), "header's checksum"),
+            ("not a WAL", b"hello, this is not a WAL file at all....".to_vec(), "not a WAL header"),
+        ];
+        for (what, bytes, says) in cases {
+            let error = check_wal(&bytes).expect_err(what);
+            assert!(error.contains(says), "{what}: {error}");
+        }
+        // Frames of an older generation (other salts) after the current
+        // ones end the log, as in SQLite.
+        let mut old = good.clone();
+        let second = 32 + 24 + page;
+        old[second + 8] ^= 0xff;
+        assert_eq!(check_wal(&old), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_store_that_existed_is_not_taken_for_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path(dir.path());
+        let store = Store::open(&path).unwrap();
+        store.started(record("01A", "connected"), "web01").await;
+        store.close().await;
+        assert_eq!(std::fs::read_to_string(marker(&path)).unwrap(), CLEAN);
+        assert!(!wal(&path).exists(), "a clean stop leaves one file");
+        let kept = std::fs::read(&path).unwrap();
+        std::fs::write(&path, b"").unwrap();
+        let error = Store::open(&path).unwrap_err().to_string();
+        assert!(error.contains("is empty") && error.contains("halite.db.state"), "{error}");
+        std::fs::remove_file(&path).unwrap();
+        let error = Store::open(&path).unwrap_err().to_string();
+        assert!(error.contains("is missing") && error.contains("halite-master backup"), "{error}");
+        std::fs::write(&path, &kept).unwrap();
+        let store = Store::open(&path).unwrap();
+        store.flush().await;
+        drop(store);
+        assert_eq!(std::fs::read_to_string(marker(&path)).unwrap(), RUNNING);
+        // A crash after writes leaves the WAL; without it, the store is
+        // refused.
+        std::fs::remove_file(wal(&path)).ok();
+        let error = Store::open(&path).unwrap_err().to_string();
+        assert!(error.contains("halite.db-wal") && error.contains("missing"), "{error}");
+        // The operator's way out: remove the marker.
+        std::fs::remove_file(marker(&path)).unwrap();
+        Store::open(&path).unwrap().close().await;
+        assert_eq!(Reader::open(&path).unwrap().list(10).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn history_is_ordered_by_the_masters_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path(dir.path());
+        let store = Store::open(&path).unwrap();
+        // A job id that sorts last but was made first.
+        let mut early = record("7ZZZZZZZZZ", "connected");
+        early.created_us = 1_000;
+        let mut late = record("01B", "connected");
+        late.created_us = 2_000;
+        store.started(early, "web01").await;
+        store.started(late, "web01").await;
+        store.flush().await;
+        let jids: Vec<String> = Reader::open(&path).unwrap().list(10).unwrap().into_iter().map(|j| j.job.jid).collect();
+        assert_eq!(jids, ["01B", "7ZZZZZZZZZ"]);
+    }
+
+    #[tokio::test]
+    async fn retention_bounds_the_store_by_age_and_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path(dir.path());
+        let store = Store::open(&path).unwrap();
+        let day_us = 86_400 * 1_000_000;
+        let big = "d".repeat(8 * 1024);
+        for n in 0..400 {
+            let mut job = record(&format!("01J{n:05}"), "connected");
+            // The first 100 are 100 days old.
+            job.created_us = if n < 100 { now_us() - 100 * day_us } else { now_us() - 400 + n };
+            store.started(job, "web01").await;
+            let mut state = result("motd", Outcome::Unchanged);
+            state.diff = Some(big.clone());
+            store.answered(&format!("01J{n:05}"), "web01", vec![state]).await;
+        }
+        store.flush().await;
+        let used = |path: &Path| -> u64 {
+            let connection = Connection::open(path).unwrap();
+            let bytes: i64 = connection
+                .query_row(
+                    "SELECT ((SELECT page_count FROM pragma_page_count()) - (SELECT freelist_count FROM pragma_freelist_count())) * (SELECT page_size FROM pragma_page_size())",
+                    [],
+                    |row| row.get(0),
+                )
+                .unwrap();
+            u64::try_from(bytes).unwrap()
+        };
+        assert!(used(&path) > 3 * 1024 * 1024, "{} bytes", used(&path));
+        let max_bytes = 1024 * 1024;
+        store.retain(Retention { max_age: std::time::Duration::from_secs(90 * 86_400), max_bytes });
+        store.flush().await;
+        let reader = Reader::open(&path).unwrap();
+        let left = reader.list(1000).unwrap();
+        assert!(left.iter().all(|j| j.job.created_us > now_us() - 90 * day_us), "old jobs are gone");
+        assert!(used(&path) <= max_bytes, "{} bytes in use", used(&path));
+        assert!(!left.is_empty() && left.len() < 300, "{} jobs kept", left.len());
+        let newest = &left[0].job.jid;
+        assert_eq!(newest, "01J00399", "the newest are kept");
+        let orphans: i64 = reader
+            .connection
+            .query_row("SELECT count(*) FROM job_results WHERE jid NOT IN (SELECT jid FROM jobs)", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(orphans, 0, "results go with their jobs");
+    }
+
+    #[tokio::test]
+    async fn a_backup_is_one_self_contained_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path(dir.path());
+        let store = Store::open(&path).unwrap();
+        store.started(record("01A", "connected"), "web01").await;
+        store.flush().await;
+        let copy = dir.path().join("copy.db");
+        store.backup(&copy).unwrap();
+        assert!(!wal(&copy).exists());
+        assert_eq!(std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(Reader::open(&copy).unwrap().list(10).unwrap()[0].job.jid, "01A");
     }
 }

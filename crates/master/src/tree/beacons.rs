@@ -40,7 +40,7 @@ impl BeaconTable {
             let target = match halite_state::Target::parse(&target_text.value) {
                 Ok(target) => target,
                 Err(message) => {
-                    diagnostics.push(Diagnostic::error(path, yaml::location(&target_text), message).help(
+                    diagnostics.push(Diagnostic::error(path, yaml::location(&target_text), message.to_string()).help(
                         "a target is a glob on the agent id ('web*'), L@id1,id2, G@fact:glob, joined with and/or/not",
                     ));
                     continue;
@@ -108,6 +108,11 @@ impl BeaconTable {
             }
         }
         specs.into_values().collect()
+    }
+
+    /// Every beacon of every entry, for `check`'s warnings.
+    pub fn specs(&self) -> impl Iterator<Item = &BeaconSpec> {
+        self.entries.iter().flat_map(|(_, specs)| specs)
     }
 
     pub fn count(&self) -> usize {

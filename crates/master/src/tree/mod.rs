@@ -1,8 +1,11 @@
 //! The master's view of the state tree: states (from the state engine),
 //! beacons.yaml and reactors.yaml, loaded and checked together, plus what
-//! `watch: true` implies (see [`crate::tree::watch`]).
+//! `watch: true` implies (see [`crate::tree::watch`]), and the warnings
+//! about reactors that can never fire as written ([`crate::tree::lint`]).
 
 pub mod beacons;
+pub mod lint;
+pub mod samples;
 pub mod watch;
 
 use std::path::Path;
@@ -32,6 +35,8 @@ impl Tree {
         let beacons = BeaconTable::load(&root.join("beacons.yaml"), &mut diagnostics);
         let mut reactors = reactor::load(&root.join("reactors.yaml"), &states, &mut diagnostics);
         let watches = watch::find(&states, &mut diagnostics);
+        let known: Vec<BeaconSpec> = beacons.specs().cloned().chain(watches.iter().map(Watch::beacon)).collect();
+        diagnostics.extend(lint::reactors(&root.join("reactors.yaml"), &reactors, &known));
         reactors.extend(watches.iter().map(|w| w.reactor.clone()));
         diag::sort(&mut diagnostics);
         (Tree { states: Arc::new(states), beacons, reactors, watches }, diagnostics)

@@ -73,8 +73,8 @@ pub fn find(states: &StateTree, diagnostics: &mut Vec<Diagnostic>) -> Vec<Watch>
             let action = crate::server::reactor::actions::apply::state_files(vec![file.clone()]);
             let reactor = match Reactor::implied(name.clone(), &on, vec![action]) {
                 Ok(reactor) => Arc::new(reactor),
-                Err(message) => {
-                    diagnostics.push(error(format!("`watch: true` on `{id}`: {message}")));
+                Err(problem) => {
+                    diagnostics.push(error(format!("`watch: true` on `{id}`: {problem}")));
                     continue;
                 }
             };
@@ -124,9 +124,9 @@ mod tests {
         assert!(tree.beacons_for("db01", &halite_proto::Value::Null).is_empty(), "db01 does not have the state");
         let reactor = tree.reactors.iter().find(|r| r.name == "watch:web:conf").unwrap();
         let event = Event::new("halite/beacon/web01/watch:web:conf", "web01", Value::map().with("kind", "modify"));
-        assert_eq!(reactor.matches(&event), Ok(true));
+        assert_eq!(reactor.matches(&event).ok(), Some(true));
         let other = Event::new("halite/beacon/web01/conf", "web01", Value::map());
-        assert_eq!(reactor.matches(&other), Ok(false));
+        assert_eq!(reactor.matches(&other).ok(), Some(false));
         assert_eq!(reactor.actions[0].describe(), "apply [web] to the agent that raised the event");
     }
 

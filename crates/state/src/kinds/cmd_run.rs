@@ -11,8 +11,8 @@ use std::time::Duration;
 use halite_proto::{StateCall, Value};
 use serde::Deserialize;
 
-use super::{Authored, Kind, OneOrMany, Plan, Problem, args, string_list};
-use crate::command::{self, Spec};
+use super::{Authored, Kind, KindError, OneOrMany, Plan, Problem, args, string_list};
+use crate::command::{self, CommandError, Spec};
 use crate::env::ApplyEnv;
 
 pub static KIND: Kind = Kind {
@@ -29,6 +29,90 @@ pub static KIND: Kind = Kind {
 /// arguments with [`StateCall::with_arg`] (`shell`, `cwd`, `timeout_ms`).
 pub fn call(id: &str, command: &str) -> StateCall {
     StateCall::new(id, KIND.name, Value::map().with("name", command))
+}
+
+/// A `cmd.run` call that keeps the command's whole ending in its result
+/// (`halite-master cmd`): the exit code and its output, read back with
+/// [`Captured::from_result`]. Not authorable in a state file: only a caller
+/// that reads the result this way asks for it.
+pub fn captured_call(id: &str, argv: &[String], timeout: Duration) -> StateCall {
+    StateCall::new(
+        id,
+        KIND.name,
+        Value::map()
+            .with("name", Value::List(argv.iter().map(|a| Value::from(a.as_str())).collect()))
+            .with("capture", true)
+            .with("timeout_ms", i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX)),
+    )
+}
+
+/// How a captured command ended, and what it printed (each stream capped
+/// at the spawner's `CAPTURE_LIMIT`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Captured {
+    /// The exit code; `None` when it did not exit by itself (a timeout,
+    /// a signal) or never started.
+    pub code: Option<i32>,
+    /// Why there is no exit code, when there is none.
+    pub error: Option<String>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Captured {
+    fn of(output: &command::Output, display: &str) -> Captured {
+        Captured {
+            code: output.code.filter(|_| !output.timed_out),
+            error: if output.code.is_none() || output.timed_out { Some(output.failure(display)) } else { None },
+            stdout: output.stdout.clone(),
+            stderr: output.stderr.clone(),
+        }
+    }
+
+    /// The result's lines: `exit N` (or the error), then `stdout: ` and
+    /// `stderr: ` each followed by a JSON string, so that every line is
+    /// one line whatever the command printed.
+    fn lines(&self) -> Vec<String> {
+        let first = match (&self.code, &self.error) {
+            (Some(code), _) => format!("exit {code}"),
+            (None, Some(error)) => error.clone(),
+            (None, None) => "no exit code".to_owned(),
+        };
+        let json = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        vec![first, format!("stdout: {}", json(&self.stdout)), format!("stderr: {}", json(&self.stderr))]
+    }
+
+    /// Reads a captured command's result back: from the changes of a run
+    /// that exited 0, or from the error of one that did not.
+    pub fn from_result(outcome: &halite_proto::Outcome) -> Captured {
+        use halite_proto::Outcome;
+        let lines: Vec<&str> = match outcome {
+            Outcome::Changed { changes } | Outcome::WouldChange { changes } => {
+                changes.iter().map(String::as_str).collect()
+            }
+            Outcome::Failed { error } => error.lines().collect(),
+            Outcome::Unchanged => Vec::new(),
+        };
+        let stream = |prefix: &str| {
+            lines
+                .iter()
+                .find_map(|l| l.strip_prefix(prefix))
+                .and_then(|json| serde_json::from_str::<String>(json).ok())
+                .unwrap_or_default()
+        };
+        let first = lines.first().copied().unwrap_or_default();
+        let code = first.strip_prefix("exit ").and_then(|c| c.parse().ok());
+        Captured {
+            code,
+            error: if code.is_none() {
+                Some(if lines.is_empty() { "the agent returned no output".to_owned() } else { first.to_owned() })
+            } else {
+                None
+            },
+            stdout: stream("stdout: "),
+            stderr: stream("stderr: "),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,7 +152,8 @@ pub(crate) fn resolve_command(state: &Authored<'_>, kind: &str) -> Result<Value,
     let name = match config.name.unwrap_or_else(|| OneOrMany::One(state.id.to_owned())) {
         OneOrMany::One(line) => {
             if let Err(e) = Spec::from_command(&line, config.shell) {
-                problems.push(problem("name", e).help("quote arguments with ' or \", or set `shell: true`"));
+                problems
+                    .push(problem("name", e.to_string()).help("quote arguments with ' or \", or set `shell: true`"));
             }
             Value::String(line)
         }
@@ -83,7 +168,7 @@ pub(crate) fn resolve_command(state: &Authored<'_>, kind: &str) -> Result<Value,
         let list = list.map(OneOrMany::into_vec).unwrap_or_default();
         for line in &list {
             if let Err(e) = Spec::from_command(line, config.shell) {
-                problems.push(problem(key, e).help("quote arguments with ' or \", or set `shell: true`"));
+                problems.push(problem(key, e.to_string()).help("quote arguments with ' or \", or set `shell: true`"));
             }
         }
         probes.push((key, list));
@@ -138,15 +223,15 @@ pub(crate) fn resolve_command(state: &Authored<'_>, kind: &str) -> Result<Value,
 }
 
 /// The spec for one command line (or argv list) with the state's options.
-pub(crate) fn spec(name: &Value, args: &Value) -> Result<Spec, String> {
+pub(crate) fn spec(name: &Value, args: &Value) -> Result<Spec, KindError> {
     let shell = args::bool_or(args, "shell", false);
     let mut spec = match name {
         Value::String(line) => Spec::from_command(line, shell)?,
         Value::List(argv) => Spec::new(argv.iter().filter_map(Value::as_str)),
-        _ => return Err("argument `name` missing".into()),
+        _ => return Err(KindError::Argument { key: "name", expected: "a command" }),
     };
     if spec.argv.is_empty() {
-        return Err("empty command".into());
+        return Err(CommandError::Empty.into());
     }
     spec.cwd = args::opt_string(args, "cwd").map(Into::into);
     if let Some(Value::Map(env)) = args.get("env") {
@@ -162,18 +247,20 @@ struct RunPlan {
     /// Why the command need not run, if a probe said so.
     skip: Option<String>,
     path: Option<std::ffi::OsString>,
+    /// Keep the exit code and the whole output ([`captured_call`]).
+    capture: bool,
 }
 
-pub(crate) fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+pub(crate) fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let spec = spec(args.get("name").unwrap_or(&Value::Null), args)?;
     let skip = skip_reason(args, env)?;
-    Ok(Box::new(RunPlan { spec, skip, path: env.path.clone() }))
+    Ok(Box::new(RunPlan { spec, skip, path: env.path.clone(), capture: args::bool_or(args, "capture", false) }))
 }
 
 /// Why the command need not run, if `onlyif`/`unless` say so (read-only
 /// probes, run while planning).
-pub(crate) fn skip_reason(args: &Value, env: &ApplyEnv) -> Result<Option<String>, String> {
-    let probe = |line: &str| -> Result<bool, String> {
+pub(crate) fn skip_reason(args: &Value, env: &ApplyEnv) -> Result<Option<String>, KindError> {
+    let probe = |line: &str| -> Result<bool, KindError> {
         let probe = spec_for_probe(line, args)?;
         Ok(command::run(&probe, env.path.as_ref())?.success())
     };
@@ -197,7 +284,7 @@ pub(crate) fn skip_reason(args: &Value, env: &ApplyEnv) -> Result<Option<String>
     Ok(skip)
 }
 
-fn spec_for_probe(line: &str, args: &Value) -> Result<Spec, String> {
+fn spec_for_probe(line: &str, args: &Value) -> Result<Spec, KindError> {
     spec(&Value::String(line.to_owned()), args)
 }
 
@@ -214,11 +301,19 @@ impl Plan for RunPlan {
         true
     }
 
-    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+    fn apply(self: Box<Self>) -> Result<Vec<String>, KindError> {
         let display = self.spec.display();
         let output = command::run(&self.spec, self.path.as_ref())?;
+        if self.capture {
+            let lines = Captured::of(&output, &display).lines();
+            return if output.success() {
+                Ok(lines)
+            } else {
+                Err(KindError::CapturedFailure { lines: lines.join("\n") })
+            };
+        }
         if !output.success() {
-            return Err(output.failure(&display));
+            return Err(KindError::Failed { command: display, output });
         }
         let mut changes = vec![format!("ran `{display}`: exit 0")];
         let stdout = output.stdout.trim_end();
@@ -295,6 +390,30 @@ mod tests {
         let c = call("t", "echo oops >&2; exit 4");
         let Outcome::Changed { changes } = apply_call(&c, false, &env()).outcome else { panic!() };
         assert_eq!(changes[1], "stdout: oops >&2; exit 4");
+    }
+
+    #[test]
+    fn a_captured_command_keeps_its_exit_code_and_output() {
+        let sh = |script: &str| vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()];
+        let cases = [
+            (sh("echo out; echo err >&2; exit 3"), Some(3), None),
+            (sh("printf 'a\nstdout: b\n'; echo e >&2"), Some(0), None),
+            (vec!["sleep".to_owned(), "20".to_owned()], None, Some("timed out")),
+        ];
+        for (argv, code, error) in cases {
+            let c = captured_call("cmd", &argv, Duration::from_millis(300));
+            let result = apply_call(&c, false, &env());
+            let captured = Captured::from_result(&result.outcome);
+            assert_eq!(captured.code, code, "{argv:?}: {result:?}");
+            assert_eq!(result.outcome.is_failed(), code != Some(0), "{result:?}");
+            match error {
+                Some(wanted) => assert!(captured.error.as_deref().unwrap_or_default().contains(wanted), "{captured:?}"),
+                None => assert_eq!(captured.error, None),
+            }
+            if code == Some(0) {
+                assert_eq!((captured.stdout.as_str(), captured.stderr.as_str()), ("a\nstdout: b\n", "e\n"));
+            }
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use halite_proto::{Sha256, Value};
 use serde::Deserialize;
 
-use super::{Authored, FileLike, FileView, Kind, Plan, Problem, absolute_path, args};
+use super::{Authored, FileLike, FileView, Kind, KindError, Plan, Problem, absolute_path, args};
 use crate::env::{ApplyEnv, ManagedFile};
 
 pub static KIND: Kind = Kind {
@@ -56,13 +56,16 @@ struct ExamplePlan {
     differs: bool,
 }
 
-fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let path = PathBuf::from(args::string(args, "path")?);
     let text = args::bytes(args, "text")?.to_vec();
-    let (dir, name) = halite_fs::open_parent(&path, None).map_err(|e| e.to_string())?;
-    let current = dir.open_file(&name).map_err(|e| e.to_string())?;
+    let (dir, name) = halite_fs::open_parent(&path, None)?;
+    let current = dir.open_file(&name)?;
     let differs = match current {
-        Some(file) => Sha256::of_reader(file.file()).map_err(|e| e.to_string())? != Sha256::of(&text),
+        Some(file) => {
+            Sha256::of_reader(file.file()).map_err(|source| KindError::Read { path: path.clone(), source })?
+                != Sha256::of(&text)
+        }
         None => true,
     };
     Ok(Box::new(ExamplePlan { path, text, differs }))
@@ -77,9 +80,9 @@ impl Plan for ExamplePlan {
         Some(ManagedFile { path: self.path.clone(), sha256: Sha256::of(&self.text), mode: None })
     }
 
-    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+    fn apply(self: Box<Self>) -> Result<Vec<String>, KindError> {
         if self.differs {
-            halite_fs::write_atomic(&self.path, &self.text, 0o644).map_err(|e| e.to_string())?;
+            halite_fs::write_atomic(&self.path, &self.text, 0o644)?;
         }
         Ok(self.changes())
     }

@@ -10,7 +10,7 @@ use halite_fs::{Dir, FileType};
 use halite_proto::Value;
 use serde::Deserialize;
 
-use super::{Authored, Kind, Plan, Problem, absolute_path, args};
+use super::{Authored, Kind, KindError, Plan, Problem, absolute_path, args};
 use crate::env::ApplyEnv;
 
 pub static KIND: Kind = Kind {
@@ -44,14 +44,14 @@ struct AbsentPlan {
     present: Option<&'static str>,
 }
 
-fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let path = PathBuf::from(args::string(args, "path")?);
     let (dir, name) = match halite_fs::open_parent(&path, None) {
         Ok(found) => found,
         Err(e) if e.is_not_found() => return Ok(Box::new(AbsentPlan { path, at: None, present: None })),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     };
-    let present = dir.entry(&name).map_err(|e| e.to_string())?.map(|stat| match stat.file_type {
+    let present = dir.entry(&name)?.map(|stat| match stat.file_type {
         FileType::Link => "link",
         FileType::Dir => "directory",
         FileType::File | FileType::Other => "file",
@@ -64,11 +64,11 @@ impl Plan for AbsentPlan {
         self.present.map(|what| vec![format!("removed {what} {}", self.path.display())]).unwrap_or_default()
     }
 
-    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+    fn apply(self: Box<Self>) -> Result<Vec<String>, KindError> {
         let (Some((dir, name)), Some(_)) = (&self.at, self.present) else { return Ok(Vec::new()) };
         // Relative to the directory's descriptor; a directory's contents
         // are removed without following any link in it.
-        dir.remove(name).map_err(|e| e.to_string())?;
+        dir.remove(name)?;
         Ok(self.changes())
     }
 }

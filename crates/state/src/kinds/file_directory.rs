@@ -12,7 +12,7 @@ use halite_proto::Value;
 use serde::Deserialize;
 
 use super::file_managed::{lookup_group, lookup_user, parse_mode};
-use super::{Authored, Kind, Plan, Problem, absolute_path, args};
+use super::{Authored, Kind, KindError, Plan, Problem, absolute_path, args};
 use crate::env::ApplyEnv;
 
 pub static KIND: Kind = Kind {
@@ -76,7 +76,7 @@ struct DirectoryPlan {
     current: Option<(Dir, Stat)>,
 }
 
-fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let path = PathBuf::from(args::string(args, "path")?);
     let makedirs = args::bool_or(args, "makedirs", false);
     let opened = match halite_fs::open_parent(&path, None) {
@@ -86,17 +86,17 @@ fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
     };
     let current = match opened {
         Ok(Some(dir)) => {
-            let stat = dir.stat().map_err(|e| e.to_string())?;
+            let stat = dir.stat()?;
             Some((dir, stat))
         }
         Ok(None) => {
             if !makedirs && path.parent().is_some_and(|p| Dir::open(p).is_err()) {
-                return Err(format!("the parent of {} does not exist (set `makedirs: true`)", path.display()));
+                return Err(KindError::ParentMissing { path });
             }
             None
         }
-        Err(FsError::WrongType { .. }) => return Err(format!("{} exists and is not a directory", path.display())),
-        Err(e) => return Err(e.to_string()),
+        Err(FsError::WrongType { .. }) => return Err(KindError::NotADirectory { path }),
+        Err(e) => return Err(e.into()),
     };
     Ok(Box::new(DirectoryPlan {
         path,
@@ -136,7 +136,7 @@ impl Plan for DirectoryPlan {
         changes
     }
 
-    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+    fn apply(self: Box<Self>) -> Result<Vec<String>, KindError> {
         let created;
         let dir = match &self.current {
             Some((dir, _)) => dir,
@@ -144,20 +144,19 @@ impl Plan for DirectoryPlan {
                 created = if self.makedirs {
                     Dir::create_all(&self.path, 0o755)
                 } else {
-                    let (parent, name) = halite_fs::open_parent(&self.path, None).map_err(|e| e.to_string())?;
+                    let (parent, name) = halite_fs::open_parent(&self.path, None)?;
                     parent.create_dir(&name, 0o755)
-                }
-                .map_err(|e| e.to_string())?;
+                }?;
                 &created
             }
         };
         if let Some(mode) = self.mode
             && (self.current.is_none() || self.mode_differs().is_some())
         {
-            dir.set_mode(mode).map_err(|e| e.to_string())?;
+            dir.set_mode(mode)?;
         }
         if (self.current.is_none() && (self.owner.is_some() || self.group.is_some())) || self.owner_differs() {
-            dir.set_owner(self.owner, self.group).map_err(|e| e.to_string())?;
+            dir.set_owner(self.owner, self.group)?;
         }
         Ok(self.changes())
     }

@@ -11,7 +11,6 @@
 //! root read or change another file through it.
 
 use std::ffi::{OsStr, OsString};
-use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
@@ -20,7 +19,7 @@ use halite_fs::{Dir, FsError, OpenFile, Perms, Stat};
 use halite_proto::{Sha256, Value};
 use serde::Deserialize;
 
-use super::{Authored, FileLike, FileView, Kind, Plan, Problem, args};
+use super::{Authored, FileLike, FileView, Kind, KindError, Plan, Problem, args};
 use crate::diag::Location;
 use crate::env::{ApplyEnv, ManagedFile};
 
@@ -317,26 +316,39 @@ pub(crate) fn read_source(root: &Path, source: &str) -> Result<Vec<u8>, (String,
             format!("source `{source}` is a link that leads out of the state tree"),
             "copy the file into the tree instead of linking to it".into(),
         ),
+        error @ (TreePathError::NotAFile { .. } | TreePathError::HardLinked { .. }) => (
+            format!("source {error}"),
+            "make the source an ordinary file in the tree, with one name (`cp`, not `ln` or `mkfifo`)".into(),
+        ),
     })?;
-    fs::read(&canonical)
+    crate::paths::read_tree_file(&canonical)
         .map_err(|e| (format!("source `{source}` cannot be read: {e}"), "check that it is a readable file".into()))
 }
 
-pub(crate) fn parse_mode(value: &serde_json::Value) -> Result<u32, String> {
+/// Why an authored `mode` is not a file mode; names the mode as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModeError {
+    #[error("mode `{mode}` is not an octal number")]
+    NotOctal { mode: String },
+    #[error("mode `{mode}` is larger than 7777")]
+    TooLarge { mode: String },
+}
+
+pub(crate) fn parse_mode(value: &serde_json::Value) -> Result<u32, ModeError> {
     let digits = match value {
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Number(n) => {
             match n.as_u64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as u64)) {
                 Some(n) => n.to_string(),
-                None => return Err(format!("mode `{n}` is not an octal number")),
+                None => return Err(ModeError::NotOctal { mode: n.to_string() }),
             }
         }
-        other => return Err(format!("mode `{other}` is not an octal number")),
+        other => return Err(ModeError::NotOctal { mode: other.to_string() }),
     };
     let mode = u32::from_str_radix(digits.trim_start_matches("0o"), 8)
-        .map_err(|_| format!("mode `{digits}` is not an octal number"))?;
+        .map_err(|_| ModeError::NotOctal { mode: digits.clone() })?;
     if mode > 0o7777 {
-        return Err(format!("mode `{digits}` is larger than 7777"));
+        return Err(ModeError::TooLarge { mode: digits });
     }
     Ok(mode)
 }
@@ -384,13 +396,10 @@ impl Current {
 /// Files larger than this are not diffed (the diff says so).
 pub(crate) const DIFF_LIMIT: u64 = 1024 * 1024;
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let path = PathBuf::from(args::string(args, "path")?);
     if args.get("template").is_some() {
-        return Err(format!(
-            "{}: the template was not rendered (the master renders it for each agent)",
-            path.display()
-        ));
+        return Err(KindError::NotRendered { path });
     }
     let contents = args::bytes(args, "contents")?.to_vec();
     let desired = Sha256::of(&contents);
@@ -399,12 +408,12 @@ fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
     let (dir, name) = match halite_fs::open_parent(&path, None) {
         Ok((dir, name)) => (Some(dir), name),
         Err(e) if e.is_not_found() => (None, path.file_name().map(OsStr::to_os_string).unwrap_or_default()),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     };
     let opened = match &dir {
         Some(dir) => dir.open_file(&name).map_err(|e| match e {
-            FsError::WrongType { found: "directory", .. } => format!("{} is a directory", path.display()),
-            e => e.to_string(),
+            FsError::WrongType { found: "directory", .. } => KindError::IsDirectory { path: path.clone() },
+            e => e.into(),
         })?,
         None => None,
     };
@@ -428,11 +437,11 @@ fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
 
 /// Reads the opened file's digest, and its content for the diff when it
 /// differs and is small enough, through the one descriptor.
-fn inspect(file: OpenFile, desired: &Sha256, path: &Path) -> Result<Current, String> {
+fn inspect(file: OpenFile, desired: &Sha256, path: &Path) -> Result<Current, KindError> {
     if file.stat().nlink > 1 {
         return Ok(Current { file, sha256: None, content: None });
     }
-    let fail = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    let fail = |source: std::io::Error| KindError::Read { path: path.to_owned(), source };
     let mut head = Vec::new();
     file.file().take(DIFF_LIMIT + 1).read_to_end(&mut head).map_err(fail)?;
     let (sha256, content) = if head.len() as u64 <= DIFF_LIMIT {
@@ -469,19 +478,19 @@ pub(crate) fn unified_diff(path: &Path, old: &[u8], new: &[u8]) -> String {
         .to_string()
 }
 
-pub(crate) fn lookup_user(name: &str) -> Result<u32, String> {
+pub(crate) fn lookup_user(name: &str) -> Result<u32, KindError> {
     match nix::unistd::User::from_name(name) {
         Ok(Some(user)) => Ok(user.uid.as_raw()),
-        Ok(None) => Err(format!("no user `{name}` on this host")),
-        Err(e) => Err(format!("cannot look up user `{name}`: {e}")),
+        Ok(None) => Err(KindError::NoUser { name: name.to_owned() }),
+        Err(source) => Err(KindError::UserLookup { name: name.to_owned(), source }),
     }
 }
 
-pub(crate) fn lookup_group(name: &str) -> Result<u32, String> {
+pub(crate) fn lookup_group(name: &str) -> Result<u32, KindError> {
     match nix::unistd::Group::from_name(name) {
         Ok(Some(group)) => Ok(group.gid.as_raw()),
-        Ok(None) => Err(format!("no group `{name}` on this host")),
-        Err(e) => Err(format!("cannot look up group `{name}`: {e}")),
+        Ok(None) => Err(KindError::NoGroup { name: name.to_owned() }),
+        Err(source) => Err(KindError::GroupLookup { name: name.to_owned(), source }),
     }
 }
 
@@ -504,25 +513,23 @@ impl FilePlan {
 
     /// The content it replaces, kept in the backup directory: read through
     /// the planned descriptor, when there is one and it is small enough.
-    fn back_up(&self) -> Result<Option<PathBuf>, String> {
+    fn back_up(&self) -> Result<Option<PathBuf>, KindError> {
         let (Some(dir), Some(current)) = (&self.backup_dir, &self.current) else { return Ok(None) };
         if current.sha256.is_none() || current.stat().size > self.backup_max_bytes {
             return Ok(None);
         }
         let mut reader = current.file.file();
-        reader.seek(SeekFrom::Start(0)).map_err(|e| format!("cannot read {}: {e}", self.path.display()))?;
-        crate::backup::save(dir, &self.path, &mut reader, self.backups_kept).map(Some)
+        reader.seek(SeekFrom::Start(0)).map_err(|source| KindError::Read { path: self.path.clone(), source })?;
+        Ok(Some(crate::backup::save(dir, &self.path, &mut reader, self.backups_kept)?))
     }
 
-    fn write_atomically(&self) -> Result<(), String> {
+    fn write_atomically(&self) -> Result<(), KindError> {
         let opened;
         let dir = match &self.dir {
             Some(dir) => dir,
             None => {
-                let parent =
-                    self.path.parent().ok_or_else(|| format!("{} has no parent directory", self.path.display()))?;
-                opened = if self.makedirs { Dir::create_all(parent, 0o755) } else { Dir::open(parent) }
-                    .map_err(|e| e.to_string())?;
+                let parent = self.path.parent().ok_or_else(|| KindError::NoParent { path: self.path.clone() })?;
+                opened = if self.makedirs { Dir::create_all(parent, 0o755) } else { Dir::open(parent) }?;
                 &opened
             }
         };
@@ -532,23 +539,23 @@ impl FilePlan {
             uid: self.owner.or(stat.map(|s| s.uid)),
             gid: self.group.or(stat.map(|s| s.gid)),
         };
-        dir.write_atomic(&self.name, &mut self.contents.as_slice(), perms).map_err(|e| e.to_string())
+        Ok(dir.write_atomic(&self.name, &mut self.contents.as_slice(), perms)?)
     }
 
     /// Mode and owner fixed in place: on a descriptor opened `O_NOFOLLOW`
     /// now, and only if it is still the file that was planned.
-    fn fix_in_place(&self) -> Result<(), String> {
+    fn fix_in_place(&self) -> Result<(), KindError> {
         let (Some(dir), Some(current)) = (&self.dir, &self.current) else { return Ok(()) };
-        let changed = || FsError::Changed { path: self.path.clone() }.to_string();
-        let file = dir.open_file(&self.name).map_err(|e| e.to_string())?.ok_or_else(changed)?;
+        let changed = || KindError::from(FsError::Changed { path: self.path.clone() });
+        let file = dir.open_file(&self.name)?.ok_or_else(changed)?;
         if !file.stat().same_file(&current.stat()) {
             return Err(changed());
         }
         if let Some((_, mode)) = self.mode_differs() {
-            file.set_mode(mode).map_err(|e| e.to_string())?;
+            file.set_mode(mode)?;
         }
         if self.owner_differs() {
-            file.set_owner(self.owner, self.group).map_err(|e| e.to_string())?;
+            file.set_owner(self.owner, self.group)?;
         }
         Ok(())
     }
@@ -605,7 +612,7 @@ impl Plan for FilePlan {
         Some(ManagedFile { path: self.path.clone(), sha256: self.desired, mode: self.mode })
     }
 
-    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+    fn apply(self: Box<Self>) -> Result<Vec<String>, KindError> {
         let mut changes = self.changes();
         if self.content_differs() {
             if let Some(backup) = self.back_up()? {
@@ -621,6 +628,8 @@ impl Plan for FilePlan {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
     use crate::apply::apply_call;
     use halite_proto::{Outcome, StateCall};
@@ -703,7 +712,7 @@ mod tests {
             assert_untouched(&secret, &backups, diff.as_deref());
             match drifted {
                 // In place: the name no longer leads to the planned file.
-                "desired\n" => assert!(outcome.unwrap_err().contains("symbolic link"), "{drifted}"),
+                "desired\n" => assert!(outcome.unwrap_err().to_string().contains("symbolic link"), "{drifted}"),
                 // Replaced: the link itself is replaced, its target untouched.
                 _ => {
                     outcome.unwrap();

@@ -10,7 +10,7 @@ use halite_fs::{Dir, FileType};
 use halite_proto::Value;
 use serde::Deserialize;
 
-use super::{Authored, Kind, Plan, Problem, absolute_path, args};
+use super::{Authored, Kind, KindError, Plan, Problem, absolute_path, args};
 use crate::env::ApplyEnv;
 
 pub static KIND: Kind = Kind {
@@ -69,31 +69,25 @@ struct SymlinkPlan {
     current: Current,
 }
 
-fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let path = PathBuf::from(args::string(args, "path")?);
     let target = PathBuf::from(args::string(args, "target")?);
     let force = args::bool_or(args, "force", false);
     let (dir, name) = match halite_fs::open_parent(&path, None) {
         Ok((dir, name)) => (Some(dir), name),
         Err(e) if e.is_not_found() => (None, path.file_name().map(OsStr::to_os_string).unwrap_or_default()),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     };
     let entry = match &dir {
-        Some(dir) => dir.entry(&name).map_err(|e| e.to_string())?,
+        Some(dir) => dir.entry(&name)?,
         None => None,
     };
     let current = match (&dir, entry) {
-        (Some(dir), Some(stat)) if stat.file_type == FileType::Link => {
-            Current::Link(dir.read_link(&name).map_err(|e| e.to_string())?)
-        }
+        (Some(dir), Some(stat)) if stat.file_type == FileType::Link => Current::Link(dir.read_link(&name)?),
         (_, Some(stat)) => {
             let is_dir = stat.file_type == FileType::Dir;
             if !force || is_dir {
-                return Err(format!(
-                    "{} exists and is not a link{}",
-                    path.display(),
-                    if is_dir { " (a directory is never replaced)" } else { " (set `force: true` to replace it)" }
-                ));
+                return Err(KindError::NotALink { path, is_dir });
             }
             Current::Other { is_dir: false }
         }
@@ -114,23 +108,22 @@ impl Plan for SymlinkPlan {
         }
     }
 
-    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+    fn apply(self: Box<Self>) -> Result<Vec<String>, KindError> {
         let changes = self.changes();
         if let Current::Other { is_dir: true } = self.current {
-            return Err(format!("{} is a directory", self.path.display()));
+            return Err(KindError::IsDirectory { path: self.path.clone() });
         }
         let opened;
         let dir = match &self.dir {
             Some(dir) => dir,
             None => {
-                let parent = self.path.parent().ok_or_else(|| format!("{} has no parent", self.path.display()))?;
-                opened = if self.makedirs { Dir::create_all(parent, 0o755) } else { Dir::open(parent) }
-                    .map_err(|e| e.to_string())?;
+                let parent = self.path.parent().ok_or_else(|| KindError::NoParent { path: self.path.clone() })?;
+                opened = if self.makedirs { Dir::create_all(parent, 0o755) } else { Dir::open(parent) }?;
                 &opened
             }
         };
         // Made beside it and renamed over it: never a moment without a link.
-        dir.symlink_atomic(&self.target, &self.name).map_err(|e| e.to_string())?;
+        dir.symlink_atomic(&self.target, &self.name)?;
         Ok(changes)
     }
 }

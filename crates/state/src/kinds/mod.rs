@@ -13,7 +13,7 @@
 //! [`KINDS`], nothing elsewhere (`example_file`, under the `example-kinds`
 //! feature, proves it in the agent's and master's tests).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use halite_proto::Value;
 
@@ -194,7 +194,60 @@ pub struct FileView<'a> {
 }
 
 /// Plans a call's resolved arguments in an agent's environment.
-pub type PlanFn = fn(&Value, &ApplyEnv) -> Result<Box<dyn Plan>, String>;
+pub type PlanFn = fn(&Value, &ApplyEnv) -> Result<Box<dyn Plan>, KindError>;
+
+/// Why a state could not be planned or applied on the agent: the error of
+/// the kind interface ([`PlanFn`], [`Plan::apply`]), shared by every kind
+/// file so the job runner handles one type. Each variant names its subject
+/// (the file, the command, the user or group, the argument). It reaches the
+/// master as the text of `Outcome::Failed`: the wire carries a string.
+#[derive(Debug, thiserror::Error)]
+pub enum KindError {
+    /// Resolved arguments not in the shape the kind resolves them to.
+    #[error("argument `{key}` missing or not {expected}")]
+    Argument { key: &'static str, expected: &'static str },
+    /// A file operation (the error names the path).
+    #[error(transparent)]
+    Fs(#[from] halite_fs::FsError),
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is a directory")]
+    IsDirectory { path: PathBuf },
+    #[error("{path} exists and is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error(
+        "{path} exists and is not a link{}",
+        if *is_dir { " (a directory is never replaced)" } else { " (set `force: true` to replace it)" }
+    )]
+    NotALink { path: PathBuf, is_dir: bool },
+    #[error("{path} has no parent directory")]
+    NoParent { path: PathBuf },
+    #[error("the parent of {path} does not exist (set `makedirs: true`)")]
+    ParentMissing { path: PathBuf },
+    #[error("{path}: the template was not rendered (the master renders it for each agent)")]
+    NotRendered { path: PathBuf },
+    #[error("no user `{name}` on this host")]
+    NoUser { name: String },
+    #[error("cannot look up user `{name}`: {source}")]
+    UserLookup { name: String, source: nix::errno::Errno },
+    #[error("no group `{name}` on this host")]
+    NoGroup { name: String },
+    #[error("cannot look up group `{name}`: {source}")]
+    GroupLookup { name: String, source: nix::errno::Errno },
+    /// The backup of the content a write replaces (names the backup).
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
+    /// A program (or its probe) that could not be run (names the command).
+    #[error(transparent)]
+    Command(#[from] crate::command::CommandError),
+    /// A program that ran and failed: how it ended and its stderr's tail.
+    #[error("{}", output.failure(command))]
+    Failed { command: String, output: crate::command::Output },
+    /// `halite-master cmd`'s captured run that did not succeed: its exit
+    /// code and output, line by line, shown as they are.
+    #[error("{lines}")]
+    CapturedFailure { lines: String },
+}
 
 #[derive(Debug)]
 pub struct Kind {
@@ -323,25 +376,27 @@ pub trait Plan: Send {
         false
     }
     /// Makes the changes; returns what was done (usually [`Plan::changes`]).
-    fn apply(self: Box<Self>) -> Result<Vec<String>, String>;
+    fn apply(self: Box<Self>) -> Result<Vec<String>, KindError>;
 }
 
 /// Typed access to resolved arguments, for the agent-side `plan`s.
 pub(crate) mod args {
     use halite_proto::Value;
 
-    pub fn string<'a>(args: &'a Value, key: &str) -> Result<&'a str, String> {
-        args.get(key).and_then(Value::as_str).ok_or_else(|| format!("argument `{key}` missing or not a string"))
+    use super::KindError;
+
+    pub fn string<'a>(args: &'a Value, key: &'static str) -> Result<&'a str, KindError> {
+        args.get(key).and_then(Value::as_str).ok_or(KindError::Argument { key, expected: "a string" })
     }
 
     pub fn opt_string<'a>(args: &'a Value, key: &str) -> Option<&'a str> {
         args.get(key).and_then(Value::as_str)
     }
 
-    pub fn bytes<'a>(args: &'a Value, key: &str) -> Result<&'a [u8], String> {
+    pub fn bytes<'a>(args: &'a Value, key: &'static str) -> Result<&'a [u8], KindError> {
         match args.get(key) {
             Some(Value::Bytes(b)) => Ok(b),
-            _ => Err(format!("argument `{key}` missing or not bytes")),
+            _ => Err(KindError::Argument { key, expected: "bytes" }),
         }
     }
 

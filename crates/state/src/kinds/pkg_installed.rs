@@ -8,7 +8,7 @@ use std::time::Duration;
 use halite_proto::Value;
 use serde::Deserialize;
 
-use super::{Authored, Kind, Plan, Problem, args, string_list};
+use super::{Authored, Kind, KindError, Plan, Problem, args, string_list};
 use crate::command::{self, Spec};
 use crate::env::ApplyEnv;
 
@@ -92,7 +92,7 @@ struct PkgPlan {
 }
 
 /// `Some(version)` when installed.
-fn installed(name: &str, env: &ApplyEnv) -> Result<Option<String>, String> {
+fn installed(name: &str, env: &ApplyEnv) -> Result<Option<String>, KindError> {
     let spec = Spec::new(["dpkg-query", "-W", "-f", "${Status} ${Version}", name]);
     let output = command::run(&spec, env.path.as_ref())?;
     if !output.success() {
@@ -105,7 +105,7 @@ fn installed(name: &str, env: &ApplyEnv) -> Result<Option<String>, String> {
     Ok((status == ["install", "ok", "installed"]).then_some(version))
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let wanted = args::opt_string(args, "version");
     let mut missing = Vec::new();
     for name in args::strings(args, "pkgs") {
@@ -126,14 +126,14 @@ impl Plan for PkgPlan {
         self.missing.iter().map(|(_, why)| why.clone()).collect()
     }
 
-    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+    fn apply(self: Box<Self>) -> Result<Vec<String>, KindError> {
         let mut spec = Spec::new(["apt-get", "install", "-y", "--no-install-recommends"]);
         spec.argv.extend(self.missing.iter().map(|(arg, _)| arg.clone()));
         spec.env.push(("DEBIAN_FRONTEND".into(), "noninteractive".into()));
         spec.timeout = Some(INSTALL_TIMEOUT);
         let output = command::run(&spec, self.path.as_ref())?;
         if !output.success() {
-            return Err(output.failure(&spec.display()));
+            return Err(KindError::Failed { command: spec.display(), output });
         }
         Ok(self.changes())
     }

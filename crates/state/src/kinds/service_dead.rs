@@ -4,7 +4,7 @@
 use halite_proto::Value;
 
 use super::service_running::{Unit, resolve_service};
-use super::{Authored, Kind, Plan, Problem};
+use super::{Authored, Kind, KindError, Plan, Problem};
 use crate::env::ApplyEnv;
 
 pub static KIND: Kind = Kind {
@@ -26,7 +26,7 @@ struct DeadPlan {
     boot: Option<&'static str>,
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let unit = Unit::probe(args, env)?;
     let boot = unit.boot_change(args);
     Ok(Box::new(DeadPlan { unit, boot }))
@@ -44,7 +44,7 @@ impl Plan for DeadPlan {
         changes
     }
 
-    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+    fn apply(self: Box<Self>) -> Result<Vec<String>, KindError> {
         let mut done = Vec::new();
         if self.unit.active {
             done.push(self.unit.systemctl("stop")?);

@@ -8,7 +8,7 @@
 use halite_proto::Value;
 use serde::Deserialize;
 
-use super::{Authored, Kind, Plan, Problem, args};
+use super::{Authored, Kind, KindError, Plan, Problem, args};
 use crate::command::{self, Spec};
 use crate::env::ApplyEnv;
 
@@ -97,10 +97,10 @@ pub(crate) struct Unit {
 }
 
 impl Unit {
-    pub fn probe(args: &Value, env: &ApplyEnv) -> Result<Unit, String> {
+    pub fn probe(args: &Value, env: &ApplyEnv) -> Result<Unit, KindError> {
         let name = args::string(args, "name")?.to_owned();
         let path = env.path.clone();
-        let ask = |verb: &str| -> Result<bool, String> {
+        let ask = |verb: &str| -> Result<bool, KindError> {
             Ok(command::run(&Spec::new(["systemctl", verb, name.as_str()]), path.as_ref())?.success())
         };
         let active = ask("is-active")?;
@@ -108,10 +108,14 @@ impl Unit {
         Ok(Unit { name, active, enabled, path })
     }
 
-    pub fn systemctl(&self, verb: &str) -> Result<String, String> {
+    pub fn systemctl(&self, verb: &str) -> Result<String, KindError> {
         let spec = Spec::new(["systemctl", verb, self.name.as_str()]);
         let output = command::run(&spec, self.path.as_ref())?;
-        if output.success() { Ok(format!("{verb} {}", self.name)) } else { Err(output.failure(&spec.display())) }
+        if output.success() {
+            Ok(format!("{verb} {}", self.name))
+        } else {
+            Err(KindError::Failed { command: spec.display(), output })
+        }
     }
 
     /// The enable/disable step `enable` asks for, if any.
@@ -134,7 +138,7 @@ struct RunningPlan {
     init_delay: Option<std::time::Duration>,
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let unit = Unit::probe(args, env)?;
     let boot = unit.boot_change(args);
     let reload = args::bool_or(args, "reload", false);
@@ -188,7 +192,7 @@ impl Plan for RunningPlan {
         true
     }
 
-    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+    fn apply(self: Box<Self>) -> Result<Vec<String>, KindError> {
         let mut done = Vec::new();
         if let Some(verb) = self.boot {
             done.push(self.unit.systemctl(verb)?);

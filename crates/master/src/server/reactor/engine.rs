@@ -1,6 +1,25 @@
-//! Running reactions: one worker per agent, so reactions for different
+//! Running reactions: workers per agent, so reactions for different
 //! agents run concurrently and reactions for one agent keep the order of
-//! its events.
+//! its events within their lane.
+//!
+//! # Lanes
+//! A restore must never wait behind a slow action (a webhook whose host
+//! black-holes it waits `timeout` × `retries`; a targeted agent that never
+//! answers holds its job until the job timeout). So each agent has two
+//! kinds of lane, each a worker with its own bounded queue and schedule:
+//! - the **agent lane**: the start-up apply and reactors whose every action
+//!   acts on the agent that raised the event (`apply`, `run`, no
+//!   `target`): the restores, in the order of the agent's events;
+//! - a **slow lane per reactor**: reactors with a `webhook`, `exec` or
+//!   `event` action, or a `target`. Each such reactor has its own worker
+//!   per agent, so one slow reactor delays neither restores nor another
+//!   slow reactor; its own reactions keep their order and coalesce. A
+//!   targeted agent that never answers is waited for at most the job
+//!   timeout ([`JOB_TIMEOUT`], 60 s), in that reactor's lane only.
+//!
+//! A reactor that mixes a restore with a slow action runs in a slow lane
+//! (its actions run in order); keep restores in a reactor of their own,
+//! as `watch: true` does.
 //!
 //! A reaction waiting in an agent's queue absorbs later events for the same
 //! reactor (the latest event wins): an editor's burst of modify, write and
@@ -41,10 +60,16 @@ enum Work {
     Highstate { tree: Arc<Tree> },
 }
 
+/// A lane: (agent, `None`) is the agent lane, (agent, `Some(reactor)`)
+/// that reactor's slow lane for the agent.
+type Lane = (String, Option<String>);
+
 #[derive(Debug, Clone)]
 pub struct Engine {
     tree: Arc<RwLock<Arc<Tree>>>,
-    queues: Arc<Mutex<HashMap<String, mpsc::Sender<Work>>>>,
+    /// One queue per lane: (agent, `None`) is the agent lane, (agent,
+    /// `Some(reactor)`) that reactor's slow lane.
+    queues: Arc<Mutex<HashMap<Lane, mpsc::Sender<Work>>>>,
     jobs: Jobs,
     bus: Bus,
 }
@@ -82,7 +107,7 @@ impl Engine {
                         Value::map()
                             .with("agent", event.agent.as_str())
                             .with("event", event.id.to_string())
-                            .with("error", error),
+                            .with("error", error.to_string()),
                     ));
                 }
             }
@@ -102,12 +127,20 @@ impl Engine {
     /// [`AGENT_QUEUE`]), for the depth log and `halite-master agents`.
     pub fn queue_depths(&self) -> Vec<(String, usize)> {
         let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        queues.iter().map(|(agent, tx)| (agent.clone(), tx.max_capacity() - tx.capacity())).collect()
+        let mut depths: HashMap<String, usize> = HashMap::new();
+        for ((agent, _), tx) in queues.iter() {
+            *depths.entry(agent.clone()).or_default() += tx.max_capacity() - tx.capacity();
+        }
+        depths.into_iter().collect()
     }
 
     fn enqueue(&self, agent: &str, work: Work) {
+        let lane = match &work {
+            Work::React { reactor, .. } if slow(reactor) => Some(reactor.name.clone()),
+            _ => None,
+        };
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        let sender = queues.entry(agent.to_owned()).or_insert_with(|| {
+        let sender = queues.entry((agent.to_owned(), lane)).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(AGENT_QUEUE);
             tokio::spawn(Worker { agent: agent.to_owned(), engine: self.clone() }.run(rx));
             tx
@@ -121,6 +154,11 @@ impl Engine {
             ));
         }
     }
+}
+
+/// Does `reactor` run in a slow lane of its own (see the module docs)?
+fn slow(reactor: &Reactor) -> bool {
+    reactor.target.is_some() || !reactor.actions.iter().all(|action| action.acts_on_agent())
 }
 
 impl Reactions for Engine {
@@ -203,7 +241,7 @@ impl Worker {
                     Ok(states) => {
                         let job = Job { id: Id::new(), cause_event: None, test: false, states };
                         let origin = crate::server::jobs::Origin::connected(&self.agent);
-                        jobs.run_with(&self.agent, job, origin, jobs.timeout()).await
+                        jobs.run_with(&self.agent, job, origin, jobs.timeout()).await.map_err(|e| e.to_string())
                     }
                     Err(diagnostics) => Err(diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")),
                 };
@@ -235,10 +273,12 @@ impl Worker {
                             } else if failed.is_empty() {
                                 Ok(ok.into_iter().filter_map(Result::ok).collect::<Vec<_>>().join("; "))
                             } else {
-                                Err(failed.into_iter().filter_map(Result::err).collect::<Vec<_>>().join("; "))
+                                // The `failed` event carries the errors as text.
+                                let errors = failed.into_iter().filter_map(Result::err).map(|e| e.to_string());
+                                Err(errors.collect::<Vec<_>>().join("; "))
                             }
                         }
-                        _ => action.run(&context, &self.agent, &event).await,
+                        _ => action.run(&context, &self.agent, &event).await.map_err(|e| e.to_string()),
                     };
                     match outcome {
                         Ok(what) => done.push(Value::from(what)),
@@ -288,7 +328,7 @@ pub const JOB_TIMEOUT: Duration = Duration::from_secs(60);
 mod tests {
     use futures_util::future::BoxFuture;
 
-    use super::super::actions::{Action, test_context};
+    use super::super::actions::{Action, ActionError, test_context};
     use super::*;
 
     /// How the test reactor is throttled.
@@ -309,9 +349,9 @@ mod tests {
             _context: &'a Context,
             agent: &'a str,
             event: &'a Event,
-        ) -> BoxFuture<'a, Result<String, String>> {
+        ) -> BoxFuture<'a, Result<String, ActionError>> {
             Box::pin(async move {
-                self.0.send((agent.to_owned(), event.id, Instant::now())).await.map_err(|e| e.to_string())?;
+                self.0.send((agent.to_owned(), event.id, Instant::now())).await.map_err(|_| ActionError::Closed)?;
                 Ok("recorded".into())
             })
         }

@@ -42,13 +42,29 @@ pub struct Reactor {
     /// else every connected, accepted agent the expression matches.
     pub target: Option<halite_state::Target>,
     pub actions: Vec<Box<dyn actions::Action>>,
+    /// Where `on` and `when` are written in reactors.yaml (`0:0` for an
+    /// implied reactor), for `check`'s warnings (`crate::tree::lint`).
+    pub on_at: halite_state::diag::Location,
+    pub when_at: halite_state::diag::Location,
+}
+
+/// Why a reactor could not be built or its `when` did not evaluate; names
+/// the glob or the expression's failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ReactorError {
+    #[error("bad tag glob `{glob}`: {reason}")]
+    Glob { glob: String, reason: globset::ErrorKind },
+    #[error("`when` failed: {0}")]
+    When(minijinja::Error),
 }
 
 impl Reactor {
     /// A reactor the tree implies rather than one authored (`watch: true`,
     /// see `crate::tree::watch`); `on` is a tag glob the caller built.
-    pub fn implied(name: String, on: &str, actions: Vec<Box<dyn actions::Action>>) -> Result<Reactor, String> {
-        let on_matcher = Glob::new(on).map_err(|e| format!("bad tag glob `{on}`: {}", e.kind()))?.compile_matcher();
+    pub fn implied(name: String, on: &str, actions: Vec<Box<dyn actions::Action>>) -> Result<Reactor, ReactorError> {
+        let on_matcher = Glob::new(on)
+            .map_err(|e| ReactorError::Glob { glob: on.to_owned(), reason: e.kind().clone() })?
+            .compile_matcher();
         Ok(Reactor {
             name,
             on: on.to_owned(),
@@ -58,11 +74,18 @@ impl Reactor {
             throttle: None,
             target: None,
             actions,
+            on_at: halite_state::diag::Location::FILE,
+            when_at: halite_state::diag::Location::FILE,
         })
     }
 
+    /// Whether the event's tag matches `on` (whatever `when` says).
+    pub fn tag_matches(&self, tag: &str) -> bool {
+        self.on_matcher.is_match(tag)
+    }
+
     /// Whether the event's tag matches and `when` holds.
-    pub fn matches(&self, event: &Event) -> Result<bool, String> {
+    pub fn matches(&self, event: &Event) -> Result<bool, ReactorError> {
         if !self.on_matcher.is_match(&event.tag) {
             return Ok(false);
         }
@@ -72,7 +95,7 @@ impl Reactor {
             agent => event.agent,
             data => minijinja::Value::from_serialize(event.data.to_json()),
         };
-        when.eval(context).map(|v| v.is_true()).map_err(|e| format!("`when` failed: {e}"))
+        when.eval(context).map(|v| v.is_true()).map_err(ReactorError::When)
     }
 }
 
@@ -276,6 +299,8 @@ fn compile(
             throttle,
             target,
             actions: compiled_actions,
+            on_at: authored.on.as_ref().map_or(start, yaml::location),
+            when_at: authored.when.as_ref().map_or(start, yaml::location),
         }),
         _ => Err(problems),
     }
@@ -382,7 +407,7 @@ mod tests {
             ("halite/beacon/web1/other", "modify", false),
         ];
         for (tag, kind, expected) in cases {
-            assert_eq!(reactors[0].matches(&event(tag, kind)), Ok(expected), "{tag} {kind}");
+            assert_eq!(reactors[0].matches(&event(tag, kind)).ok(), Some(expected), "{tag} {kind}");
         }
     }
 

@@ -13,7 +13,7 @@ use halite_proto::{Event, Value};
 use halite_state::StateTree;
 use serde::Deserialize;
 
-use super::{Action, ActionKind, Context};
+use super::{Action, ActionError, ActionKind, Context};
 
 pub static KIND: ActionKind = ActionKind {
     name: "event",
@@ -32,6 +32,25 @@ const RESERVED: &[&str] = &["cause", "cause_tag", "depth"];
 const HALITE_TAGS: &[&str] =
     &["halite/beacon/", "halite/agent/", "halite/key/", "halite/job/", "halite/reactor/", "halite/master/"];
 
+/// Why an `event` action does not compile or did not fire; names the tag.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("{0} (write `event: TAG` or `event: {{tag: TAG, data: {{…}}}}`)")]
+    Config(serde_json::Error),
+    #[error("`{0}`: write `event: TAG` or `event: {{tag: TAG, data: {{…}}}}`")]
+    NotAnEvent(serde_json::Value),
+    #[error("`{tag}` is not a tag: write one without spaces or glob characters, e.g. ops/nginx/drifted")]
+    NotATag { tag: String },
+    #[error("tag `{tag}`: `{prefix}…` tags are halite's own; use your own prefix, e.g. ops/…")]
+    Halites { tag: String, prefix: &'static str },
+    #[error("data key `{key}` is filled in by the action (keys it sets: {})", RESERVED.join(", "))]
+    Reserved { key: &'static str },
+    #[error(
+        "not firing {tag}: the chain of `event` actions from the agent's event is {MAX_DEPTH} hops deep already (reactors firing each other in a loop?)"
+    )]
+    TooDeep { tag: String },
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {
@@ -46,25 +65,21 @@ struct FireEvent {
     data: serde_json::Map<String, serde_json::Value>,
 }
 
-fn compile(value: &serde_json::Value, _tree: &StateTree) -> Result<Box<dyn Action>, String> {
+fn compile(value: &serde_json::Value, _tree: &StateTree) -> Result<Box<dyn Action>, ActionError> {
     let config = match value {
         serde_json::Value::String(tag) => Config { tag: tag.clone(), data: serde_json::Map::new() },
-        other @ serde_json::Value::Object(_) => Config::deserialize(other)
-            .map_err(|e| format!("{e} (write `event: TAG` or `event: {{tag: TAG, data: {{…}}}}`)"))?,
-        other => return Err(format!("`{other}`: write `event: TAG` or `event: {{tag: TAG, data: {{…}}}}`")),
+        other @ serde_json::Value::Object(_) => Config::deserialize(other).map_err(EventError::Config)?,
+        other => return Err(EventError::NotAnEvent(other.clone()).into()),
     };
     let tag = config.tag.trim();
     if tag.is_empty() || tag.contains(char::is_whitespace) || tag.contains(['*', '?', '[', ']', '{', '}']) {
-        return Err(format!(
-            "`{}` is not a tag: write one without spaces or glob characters, e.g. ops/nginx/drifted",
-            config.tag
-        ));
+        return Err(EventError::NotATag { tag: config.tag.clone() }.into());
     }
     if let Some(prefix) = HALITE_TAGS.iter().find(|p| tag.starts_with(**p)) {
-        return Err(format!("tag `{tag}`: `{prefix}…` tags are halite's own; use your own prefix, e.g. ops/…"));
+        return Err(EventError::Halites { tag: tag.to_owned(), prefix }.into());
     }
     if let Some(key) = RESERVED.iter().find(|k| config.data.contains_key(**k)) {
-        return Err(format!("data key `{key}` is filled in by the action (keys it sets: {})", RESERVED.join(", ")));
+        return Err(EventError::Reserved { key }.into());
     }
     Ok(Box::new(FireEvent { tag: tag.to_owned(), data: config.data }))
 }
@@ -96,14 +111,11 @@ impl Action for FireEvent {
         context: &'a Context,
         agent: &'a str,
         event: &'a Event,
-    ) -> BoxFuture<'a, Result<String, String>> {
+    ) -> BoxFuture<'a, Result<String, ActionError>> {
         Box::pin(async move {
             let depth = context.depth + 1;
             if depth > MAX_DEPTH {
-                return Err(format!(
-                    "not firing {}: the chain of `event` actions from the agent's event is {MAX_DEPTH} hops deep already (reactors firing each other in a loop?)",
-                    self.tag
-                ));
+                return Err(EventError::TooDeep { tag: self.tag.clone() }.into());
             }
             let Some(fired) = self.would_fire(agent, event, depth) else { unreachable!("an event action fires") };
             let fired = context.bus.publish(fired);
@@ -118,7 +130,7 @@ mod tests {
     use super::*;
 
     fn compile_yaml(json: serde_json::Value) -> Result<Box<dyn Action>, String> {
-        compile(&json, &StateTree::default())
+        compile(&json, &StateTree::default()).map_err(|e| e.to_string())
     }
 
     #[test]

@@ -27,7 +27,7 @@ use halite_state::StateTree;
 use halite_state::command::{self, Spec};
 use tokio::sync::Semaphore;
 
-use super::{Action, ActionKind, Context, authored_command, clip};
+use super::{Action, ActionError, ActionKind, Context, authored_command, clip};
 
 pub static KIND: ActionKind = ActionKind {
     name: "exec",
@@ -47,6 +47,64 @@ const REPORT_LIMIT: usize = 2048;
 
 static PERMITS: Semaphore = Semaphore::const_new(CONCURRENCY);
 
+/// What a hook gets of the master's environment, by default: enough to
+/// run programs and speak the locale, nothing that could hold a secret.
+/// master.yaml's `exec_env` adds names ([`allow_env`]).
+pub const DEFAULT_ENV: &[&str] =
+    &["PATH", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "HOME", "USER", "LOGNAME", "TMPDIR"];
+
+/// Names added to [`DEFAULT_ENV`] by master.yaml's `exec_env`, set once at
+/// start.
+static EXTRA_ENV: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// Lets hooks also see these variables of the master's environment
+/// (master.yaml `exec_env`). The first call wins; later ones are ignored.
+pub fn allow_env(names: Vec<String>) {
+    let _ = EXTRA_ENV.set(names);
+}
+
+/// The master's variables a hook may see, then the event's `HALITE_*`.
+fn hook_env(agent: &str, event: &Event) -> Vec<(String, String)> {
+    let extra = EXTRA_ENV.get().map_or(&[][..], Vec::as_slice);
+    let allowed = DEFAULT_ENV.iter().copied().chain(extra.iter().map(String::as_str));
+    let mut env: Vec<(String, String)> =
+        allowed.filter_map(|name| std::env::var(name).ok().map(|value| (name.to_owned(), value))).collect();
+    env.extend([
+        ("HALITE_TAG".to_owned(), event.tag.clone()),
+        ("HALITE_AGENT".to_owned(), agent.to_owned()),
+        ("HALITE_EVENT_ID".to_owned(), event.id.to_string()),
+    ]);
+    env
+}
+
+/// Why an `exec` action does not compile or failed; names the command.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("{source}; a relative command is a file in the state tree (or give an absolute path)")]
+    NotInTree { source: halite_state::paths::TreePathError },
+    #[error("`{program}`: {source}")]
+    Program { program: String, source: std::io::Error },
+    #[error("`{program}` is not an executable file (chmod +x it)")]
+    NotExecutable { program: String },
+    #[error("`{path}` is not a UTF-8 path", path = path.display())]
+    NotUtf8 { path: PathBuf },
+    #[error("exec `{cmd}`: {source}")]
+    Permits { cmd: String, source: tokio::sync::AcquireError },
+    #[error("exec `{cmd}`: {source}")]
+    Spawn { cmd: String, source: command::CommandError },
+    #[error("exec `{cmd}`: killed after its timeout of {timeout:?}")]
+    TimedOut { cmd: String, timeout: Duration },
+    /// Its stderr is not here (it may hold secrets): it is in the job
+    /// `kept` names.
+    #[error("exec `{cmd}`: {}{kept}", ended(*code))]
+    Failed { cmd: String, code: Option<i32>, kept: String },
+}
+
+/// How a command that did not succeed ended.
+fn ended(code: Option<i32>) -> String {
+    code.map_or_else(|| "killed by a signal".to_owned(), |code| format!("exit status: {code}"))
+}
+
 #[derive(Debug)]
 struct Exec {
     /// As authored, for logs and `check`.
@@ -56,31 +114,32 @@ struct Exec {
     spec: Spec,
 }
 
-fn compile(value: &serde_json::Value, tree: &StateTree) -> Result<Box<dyn Action>, String> {
+fn compile(value: &serde_json::Value, tree: &StateTree) -> Result<Box<dyn Action>, ActionError> {
     let command =
         authored_command(value, DEFAULT_TIMEOUT, "`exec: hooks/x.sh ARGS` or `exec: {cmd: …, timeout: 10s}`")?;
-    let (program, args) = command.words.split_first().ok_or("the command is empty")?;
+    let (program, args) = command.words.split_first().ok_or(super::CommandError::Empty)?;
     let program = if program.starts_with('/') {
         PathBuf::from(program)
     } else {
-        let path = halite_state::paths::in_tree(&tree.root, program)
-            .map_err(|e| format!("{e}; a relative command is a file in the state tree (or give an absolute path)"))?;
+        let path =
+            halite_state::paths::in_tree(&tree.root, program).map_err(|source| ExecError::NotInTree { source })?;
         check_executable(&path, program)?;
         path
     };
     // The spawner takes words; a path that is not UTF-8 cannot be one.
-    let program = program.to_str().ok_or_else(|| format!("`{}` is not a UTF-8 path", program.display()))?;
+    let program = program.to_str().ok_or_else(|| ExecError::NotUtf8 { path: program.clone() })?;
     let mut spec = Spec::new(std::iter::once(program).chain(args.iter().map(String::as_str)));
     spec.cwd = Some(tree.root.clone());
     spec.timeout = Some(command.timeout);
     Ok(Box::new(Exec { spec, cmd: command.cmd }))
 }
 
-fn check_executable(path: &std::path::Path, authored: &str) -> Result<(), String> {
+fn check_executable(path: &std::path::Path, authored: &str) -> Result<(), ExecError> {
     use std::os::unix::fs::PermissionsExt;
-    let metadata = std::fs::metadata(path).map_err(|e| format!("`{authored}`: {e}"))?;
+    let metadata =
+        std::fs::metadata(path).map_err(|source| ExecError::Program { program: authored.to_owned(), source })?;
     if !metadata.is_file() || metadata.permissions().mode() & 0o111 == 0 {
-        return Err(format!("`{authored}` is not an executable file (chmod +x it)"));
+        return Err(ExecError::NotExecutable { program: authored.to_owned() });
     }
     Ok(())
 }
@@ -92,38 +151,59 @@ impl Action for Exec {
 
     fn run<'a>(
         &'a self,
-        _context: &'a Context,
+        context: &'a Context,
         agent: &'a str,
         event: &'a Event,
-    ) -> BoxFuture<'a, Result<String, String>> {
+    ) -> BoxFuture<'a, Result<String, ActionError>> {
         Box::pin(async move {
-            let _permit = PERMITS.acquire().await.map_err(|e| format!("exec `{}`: {e}", self.cmd))?;
+            let _permit =
+                PERMITS.acquire().await.map_err(|source| ExecError::Permits { cmd: self.cmd.clone(), source })?;
             let mut spec = self.spec.clone();
-            spec.env.extend([
-                ("HALITE_TAG".to_owned(), event.tag.clone()),
-                ("HALITE_AGENT".to_owned(), agent.to_owned()),
-                ("HALITE_EVENT_ID".to_owned(), event.id.to_string()),
-            ]);
+            // Only `HALITE_*` and the allow-list: the master's environment
+            // may hold secrets a hook (and its stderr, which is published)
+            // must not see.
+            spec.clear_env = true;
+            spec.env.extend(hook_env(agent, event));
             spec.stdin = Some(event.to_json().to_string().into_bytes());
-            let output = command::run_async(&spec, None).await.map_err(|e| format!("exec `{}`: {e}", self.cmd))?;
+            let output = command::run_async(&spec, None)
+                .await
+                .map_err(|source| ExecError::Spawn { cmd: self.cmd.clone(), source })?;
             let (out, err) = (output.stdout.trim(), output.stderr.trim());
             match (output.timed_out, output.code) {
                 (true, _) => {
-                    return Err(format!("exec `{}`: killed after its timeout of {:?}", self.cmd, self.timeout()));
+                    return Err(ExecError::TimedOut { cmd: self.cmd.clone(), timeout: self.timeout() }.into());
                 }
                 (false, Some(0)) => {}
                 (false, code) => {
-                    let how =
-                        code.map_or_else(|| "killed by a signal".to_owned(), |code| format!("exit status: {code}"));
-                    return Err(format!("exec `{}`: {how}; stderr: {}", self.cmd, clip(err, REPORT_LIMIT)));
+                    // The hook's stderr may hold what its environment holds
+                    // (secrets): it goes to the store, the event names the
+                    // job that keeps it.
+                    let error = format!("{}; stderr: {}", ended(code), clip(err, REPORT_LIMIT));
+                    let outcome = halite_proto::Outcome::Failed { error };
+                    let kept = context.jobs.record_on_master(event.id, "exec", outcome).await;
+                    return Err(ExecError::Failed { cmd: self.cmd.clone(), code, kept: kept_in(kept) }.into());
                 }
             }
-            if !out.is_empty() || !err.is_empty() {
-                tracing::info!(agent, event = %event.id, cmd = %self.cmd, stdout = %clip(out, REPORT_LIMIT), stderr = %clip(err, REPORT_LIMIT), "Hook output.");
+            let kept = if out.is_empty() && err.is_empty() {
+                None
+            } else {
+                let changes = vec![
+                    format!("stdout: {}", clip(out, REPORT_LIMIT)),
+                    format!("stderr: {}", clip(err, REPORT_LIMIT)),
+                ];
+                context.jobs.record_on_master(event.id, "exec", halite_proto::Outcome::Changed { changes }).await
+            };
+            if let Some(jid) = kept {
+                tracing::info!(agent, event = %event.id, cmd = %self.cmd, job = %jid, "Hook output kept in the job store.");
             }
-            Ok(format!("exec `{}`: exit 0", self.cmd))
+            Ok(format!("exec `{}`: exit 0{}", self.cmd, kept_in(kept)))
         })
     }
+}
+
+/// Where a hook's output was kept, for its event.
+fn kept_in(job: Option<halite_proto::Id>) -> String {
+    job.map_or_else(String::new, |jid| format!(" (output in job {jid}: `halite-master jobs {jid}`)"))
 }
 
 impl Exec {
@@ -139,7 +219,7 @@ mod tests {
     use halite_proto::Value;
 
     use super::*;
-    use crate::server::reactor::actions::test_context;
+    use crate::server::reactor::actions::test_context_with_store;
 
     fn tree_with_hook(script: &str, mode: u32) -> (tempfile::TempDir, StateTree) {
         let dir = tempfile::tempdir().unwrap();
@@ -163,7 +243,7 @@ mod tests {
             ("", Some("empty")),
         ];
         for (cmd, error) in cases {
-            match (compile(&serde_json::json!(cmd), &tree), error) {
+            match (compile(&serde_json::json!(cmd), &tree).map_err(|e| e.to_string()), error) {
                 (Ok(_), None) => {}
                 (Err(e), Some(wanted)) => assert!(e.contains(wanted), "{cmd}: {e}"),
                 (Ok(_), Some(wanted)) => panic!("{cmd}: compiled, wanted `{wanted}`"),
@@ -171,9 +251,10 @@ mod tests {
             }
         }
         let (_dir, tree) = tree_with_hook("#!/bin/sh\n", 0o644);
-        let error = compile(&serde_json::json!("hooks/hook.sh"), &tree).unwrap_err();
+        let error = compile(&serde_json::json!("hooks/hook.sh"), &tree).unwrap_err().to_string();
         assert!(error.contains("chmod +x"), "{error}");
-        let error = compile(&serde_json::json!({"cmd": "/bin/true", "timeout": "soon"}), &tree).unwrap_err();
+        let error =
+            compile(&serde_json::json!({"cmd": "/bin/true", "timeout": "soon"}), &tree).unwrap_err().to_string();
         assert!(error.contains("not a duration"), "{error}");
     }
 
@@ -183,8 +264,9 @@ mod tests {
             compile(&serde_json::json!({"cmd": "hooks/hook.sh 'an arg; $(rm -rf /)'", "timeout": timeout}), &tree)
                 .unwrap();
         let event = Event::new("halite/beacon/web01/cpu-hot", "web01", Value::map().with("state", "'; reboot"));
-        let context = test_context().await;
-        let result = action.run(&context, "web01", &event).await;
+        let context = test_context_with_store(&dir.path().join("halite.db")).await;
+        let result = action.run(&context, "web01", &event).await.map_err(|e| e.to_string());
+        context.jobs.flush_store().await;
         (result, dir, event)
     }
 
@@ -200,11 +282,42 @@ mod tests {
         assert_eq!(env, format!("an arg; $(rm -rf /)|halite/beacon/web01/cpu-hot|web01|{}", event.id));
     }
 
+    /// The test process has cargo's variables (`CARGO_PKG_NAME`, …): a
+    /// hook sees none of them, only the allow-list and `HALITE_*`.
     #[tokio::test]
-    async fn a_failing_hook_fails_the_action_with_its_stderr() {
-        let (result, _dir, _) = run("#!/bin/sh\necho 'no capacity left' >&2\nexit 3\n", "10s").await;
+    async fn a_hook_gets_only_halite_variables_and_the_allow_list() {
+        assert!(std::env::var("CARGO_PKG_NAME").is_ok(), "the test needs a variable outside the allow-list");
+        let (result, dir, _) = run(
+            "#!/bin/sh
+env > env.txt
+",
+            "10s",
+        )
+        .await;
+        assert!(result.is_ok(), "{result:?}");
+        let env = std::fs::read_to_string(dir.path().join("env.txt")).unwrap();
+        let names: Vec<&str> = env.lines().filter_map(|line| line.split_once('=').map(|(name, _)| name)).collect();
+        assert!(names.contains(&"HALITE_AGENT") && names.contains(&"PATH"), "{names:?}");
+        assert!(!names.contains(&"CARGO_PKG_NAME"), "inherited the master's environment: {names:?}");
+        let unexpected: Vec<&&str> = names
+            .iter()
+            .filter(|name| {
+                !name.starts_with("HALITE_") && !DEFAULT_ENV.contains(name) && !["PWD", "SHLVL", "_"].contains(name)
+            })
+            .collect();
+        assert!(unexpected.is_empty(), "{unexpected:?}");
+    }
+
+    #[tokio::test]
+    async fn a_failing_hook_fails_the_action_its_stderr_kept_in_the_store_not_in_the_error() {
+        let (result, dir, _) = run("#!/bin/sh\necho 'no capacity left' >&2\nexit 3\n", "10s").await;
         let error = result.unwrap_err();
-        assert!(error.contains("exit status: 3") && error.contains("no capacity left"), "{error}");
+        assert!(error.contains("exit status: 3") && !error.contains("no capacity left"), "{error}");
+        let jid = error.split("output in job ").nth(1).and_then(|t| t.split(':').next()).expect(&error);
+        let reader = crate::server::store::Reader::open(&dir.path().join("halite.db")).unwrap();
+        let (record, report) = reader.job(jid).unwrap().expect("the hook's job record");
+        assert_eq!(record.target, "master");
+        assert!(format!("{report:?}").contains("no capacity left"), "{report:?}");
     }
 
     /// A hook that leaves a background child holding its output finishes
@@ -214,7 +327,7 @@ mod tests {
     async fn a_background_child_holding_the_output_does_not_hold_the_hook() {
         let cases = [
             ("#!/bin/sh\nsleep 30 &\necho hi\n", None),
-            ("#!/bin/sh\nsleep 30 &\necho 'no capacity left' >&2\nexit 3\n", Some("no capacity left")),
+            ("#!/bin/sh\nsleep 30 &\necho 'no capacity left' >&2\nexit 3\n", Some("exit status: 3")),
         ];
         for (script, error) in cases {
             let (result, _dir, _) = tokio::time::timeout(Duration::from_secs(10), run(script, "60s"))
@@ -222,7 +335,7 @@ mod tests {
                 .expect("the hook waited for its background child");
             match (result, error) {
                 (Ok(done), None) => assert!(done.contains("exit 0"), "{done}"),
-                (Err(e), Some(wanted)) => assert!(e.contains("exit status: 3") && e.contains(wanted), "{e}"),
+                (Err(e), Some(wanted)) => assert!(e.contains(wanted), "{e}"),
                 (result, _) => panic!("{script}: {result:?}"),
             }
         }

@@ -23,7 +23,45 @@ pub mod webhook;
 pub static ACTIONS: &[&ActionKind] = &[&apply::KIND, &event::KIND, &exec::KIND, &run::KIND, &webhook::KIND];
 
 /// Compiles an action's authored value against the state tree.
-pub type Compile = fn(&serde_json::Value, &StateTree) -> Result<Box<dyn Action>, String>;
+pub type Compile = fn(&serde_json::Value, &StateTree) -> Result<Box<dyn Action>, ActionError>;
+
+/// Why an action does not compile, or failed when it ran: the error of the
+/// action interface, one variant per action file (each file's enum names
+/// its subject: the state file, the command, the URL, the tag). A run's
+/// error becomes the text of a `halite/reactor/<name>/failed` event.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error(transparent)]
+    Apply(#[from] apply::ApplyError),
+    #[error(transparent)]
+    Event(#[from] event::EventError),
+    #[error(transparent)]
+    Exec(#[from] exec::ExecError),
+    #[error(transparent)]
+    Run(#[from] run::RunError),
+    #[error(transparent)]
+    Webhook(#[from] webhook::WebhookError),
+    /// The engine's queue of reactions is gone (the master is stopping).
+    #[error("the reactions queue is closed")]
+    Closed,
+}
+
+/// Why an authored `run`/`exec` command (or a duration) is not one.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("{source} (write {example})")]
+    Config { source: serde_json::Error, example: String },
+    #[error("`{value}`: write {example}")]
+    NotACommand { value: serde_json::Value, example: String },
+    #[error("cannot split `{cmd}` into words (an open quote?)")]
+    Split { cmd: String },
+    #[error("the command is empty")]
+    Empty,
+    #[error("`{key}: {text}` is not a duration ({source}); write e.g. 10s")]
+    Duration { key: &'static str, text: String, source: humantime::DurationError },
+}
 
 #[derive(Debug)]
 pub struct ActionKind {
@@ -67,26 +105,25 @@ pub fn authored_command(
     value: &serde_json::Value,
     default_timeout: Duration,
     example: &str,
-) -> Result<AuthoredCommand, String> {
+) -> Result<AuthoredCommand, CommandError> {
     use serde::Deserialize as _;
     let config = match value {
         serde_json::Value::String(cmd) => CommandConfig { cmd: cmd.clone(), timeout: None },
-        other @ serde_json::Value::Object(_) => {
-            CommandConfig::deserialize(other).map_err(|e| format!("{e} (write {example})"))?
-        }
-        other => return Err(format!("`{other}`: write {example}")),
+        other @ serde_json::Value::Object(_) => CommandConfig::deserialize(other)
+            .map_err(|source| CommandError::Config { source, example: example.to_owned() })?,
+        other => return Err(CommandError::NotACommand { value: other.clone(), example: example.to_owned() }),
     };
     let timeout = config.timeout.as_deref().map(|t| duration("timeout", t)).transpose()?.unwrap_or(default_timeout);
     match shlex::split(&config.cmd) {
-        None => Err(format!("cannot split `{}` into words (an open quote?)", config.cmd)),
-        Some(words) if words.is_empty() => Err("the command is empty".into()),
+        None => Err(CommandError::Split { cmd: config.cmd }),
+        Some(words) if words.is_empty() => Err(CommandError::Empty),
         Some(words) => Ok(AuthoredCommand { cmd: config.cmd, words, timeout }),
     }
 }
 
 /// A duration as authored (`10s`, `500ms`).
-pub fn duration(key: &str, text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("`{key}: {text}` is not a duration ({e}); write e.g. 10s"))
+pub fn duration(key: &'static str, text: &str) -> Result<Duration, CommandError> {
+    humantime::parse_duration(text).map_err(|source| CommandError::Duration { key, text: text.to_owned(), source })
 }
 
 /// The first `limit` bytes of a text for a log line or an event, cut on a
@@ -153,7 +190,7 @@ pub trait Action: Send + Sync + Debug {
         context: &'a Context,
         agent: &'a str,
         event: &'a Event,
-    ) -> BoxFuture<'a, Result<String, String>>;
+    ) -> BoxFuture<'a, Result<String, ActionError>>;
 }
 
 /// Reactions that go nowhere, for actions' unit tests.
@@ -176,6 +213,14 @@ pub(crate) async fn test_context() -> Context {
     Context { states: Arc::default(), jobs, bus, reactions: Arc::new(NoReactions), depth: 0 }
 }
 
+/// [`test_context`] whose jobs are recorded in a store at `path`.
+#[cfg(test)]
+pub(crate) async fn test_context_with_store(path: &std::path::Path) -> Context {
+    let context = test_context().await;
+    let store = crate::server::store::Store::open(path).unwrap();
+    Context { jobs: context.jobs.with_store(store), ..context }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,7 +239,9 @@ mod tests {
                 .unwrap();
             std::fs::write(dir.path().join("reactors.yaml"), action.example).unwrap();
             let (tree, diagnostics) = Tree::load(dir.path());
-            assert!(diagnostics.is_empty(), "{}: {diagnostics:#?}", action.name);
+            // Errors only: an example may name a beacon this bare tree lacks
+            // (a `check` warning).
+            assert!(!diagnostics.iter().any(halite_state::Diagnostic::is_error), "{}: {diagnostics:#?}", action.name);
             assert_eq!(tree.reactors.len(), 1);
         }
     }

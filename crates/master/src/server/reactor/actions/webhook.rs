@@ -24,7 +24,7 @@ use indexmap::IndexMap;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 
-use super::{Action, ActionKind, Context, clip, duration};
+use super::{Action, ActionError, ActionKind, Context, clip, duration};
 
 pub static KIND: ActionKind = ActionKind {
     name: "webhook",
@@ -57,6 +57,54 @@ struct Config {
     insecure_http: bool,
 }
 
+/// Why a `webhook` action does not compile or did not deliver; names the
+/// URL, the header or the CA file.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("`{0}`: write `webhook: {{url: https://…, headers: {{…}}, retries: 3}}`")]
+    NotAMap(serde_json::Value),
+    #[error("{0} (write `webhook: {{url: https://…, headers: {{…}}, retries: 3}}`)")]
+    Config(serde_json::Error),
+    #[error("`{url}` is not a URL: {source}")]
+    Url { url: String, source: <reqwest::Url as std::str::FromStr>::Err },
+    #[error("`{url}` is plain http; use https, or say `insecure_http: true`")]
+    PlainHttp { url: String },
+    #[error("`{url}`: scheme `{scheme}` is not http(s)")]
+    Scheme { url: String, scheme: String },
+    #[error("`retries: {retries}` is more than {MAX_RETRIES}")]
+    Retries { retries: u32 },
+    #[error("`{name}` is not a header name")]
+    HeaderName { name: String },
+    #[error("header `{name}`: `{value}`: `${{` without its `}}`")]
+    Unclosed { name: String, value: String },
+    #[error("header `{name}`: `{value}`: `${{{var}}}` is not an environment variable name")]
+    VariableName { name: String, value: String, var: String },
+    #[error("header `{name}`: its value is not valid in HTTP")]
+    HeaderValue { name: String },
+    #[error("header `{name}`: `{var}` is not set in the master's environment")]
+    Unset { name: String, var: String },
+    #[error("header `{name}`: its value from the environment is not valid in HTTP")]
+    FilledValue { name: String },
+    #[error("ca: {0}")]
+    CaPath(halite_state::paths::TreePathError),
+    #[error("ca: cannot read `{ca}`: {source}")]
+    CaRead { ca: String, source: std::io::Error },
+    #[error("ca: `{ca}` is not a PEM certificate bundle: {source}")]
+    CaPem { ca: String, source: reqwest::Error },
+    #[error("ca: `{ca}` holds no PEM certificate")]
+    CaEmpty { ca: String },
+    #[error("cannot build the HTTP client: {0}")]
+    Client(reqwest::Error),
+    /// The endpoint refused the event for good.
+    /// `kept` names the job that holds the endpoint's answer, if any (it
+    /// is never published).
+    #[error("webhook {url}: {why}{kept}")]
+    Refused { url: String, why: String, kept: String },
+    /// Every attempt failed.
+    #[error("webhook {url}: {why} (after {attempts} attempts){kept}")]
+    GaveUp { url: String, why: String, attempts: u32, kept: String },
+}
+
 #[derive(Debug)]
 struct Webhook {
     url: reqwest::Url,
@@ -80,7 +128,7 @@ enum Piece {
 
 /// Splits `Bearer ${TOKEN}` into pieces; an unclosed `${` or a bad name is
 /// an error.
-fn pieces(value: &str) -> Result<Vec<Piece>, String> {
+fn pieces(name: &str, value: &str) -> Result<Vec<Piece>, WebhookError> {
     let mut pieces = Vec::new();
     let mut rest = value;
     while let Some(start) = rest.find("${") {
@@ -88,12 +136,17 @@ fn pieces(value: &str) -> Result<Vec<Piece>, String> {
             pieces.push(Piece::Text(rest[..start].to_owned()));
         }
         let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| format!("`{value}`: `${{` without its `}}`"))?;
-        let name = &after[..end];
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!("`{value}`: `${{{name}}}` is not an environment variable name"));
+        let end =
+            after.find('}').ok_or_else(|| WebhookError::Unclosed { name: name.to_owned(), value: value.to_owned() })?;
+        let var = &after[..end];
+        if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(WebhookError::VariableName {
+                name: name.to_owned(),
+                value: value.to_owned(),
+                var: var.to_owned(),
+            });
         }
-        pieces.push(Piece::Env(name.to_owned()));
+        pieces.push(Piece::Env(var.to_owned()));
         rest = &after[end + 1..];
     }
     if !rest.is_empty() {
@@ -103,51 +156,53 @@ fn pieces(value: &str) -> Result<Vec<Piece>, String> {
 }
 
 /// Fills a header's `${NAME}`s from `lookup`.
-fn fill(name: &HeaderName, pieces: &[Piece], lookup: impl Fn(&str) -> Option<String>) -> Result<HeaderValue, String> {
+fn fill(
+    name: &HeaderName,
+    pieces: &[Piece],
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<HeaderValue, WebhookError> {
     let mut text = String::new();
     for piece in pieces {
         match piece {
             Piece::Text(t) => text.push_str(t),
             Piece::Env(var) => text.push_str(
-                &lookup(var)
-                    .ok_or_else(|| format!("header `{name}`: `{var}` is not set in the master's environment"))?,
+                &lookup(var).ok_or_else(|| WebhookError::Unset { name: name.to_string(), var: var.clone() })?,
             ),
         }
     }
-    HeaderValue::from_str(&text)
-        .map_err(|_| format!("header `{name}`: its value from the environment is not valid in HTTP"))
+    HeaderValue::from_str(&text).map_err(|_| WebhookError::FilledValue { name: name.to_string() })
 }
 
-fn compile(value: &serde_json::Value, tree: &StateTree) -> Result<Box<dyn Action>, String> {
+fn compile(value: &serde_json::Value, tree: &StateTree) -> Result<Box<dyn Action>, ActionError> {
     if !value.is_object() {
-        return Err(format!("`{value}`: write `webhook: {{url: https://…, headers: {{…}}, retries: 3}}`"));
+        return Err(WebhookError::NotAMap(value.clone()).into());
     }
-    let config = Config::deserialize(value)
-        .map_err(|e| format!("{e} (write `webhook: {{url: https://…, headers: {{…}}, retries: 3}}`)"))?;
-    let url = reqwest::Url::parse(&config.url).map_err(|e| format!("`{}` is not a URL: {e}", config.url))?;
+    let config = Config::deserialize(value).map_err(WebhookError::Config)?;
+    let url =
+        reqwest::Url::parse(&config.url).map_err(|source| WebhookError::Url { url: config.url.clone(), source })?;
     match url.scheme() {
         "https" => {}
         "http" if config.insecure_http => {}
-        "http" => return Err(format!("`{}` is plain http; use https, or say `insecure_http: true`", config.url)),
-        other => return Err(format!("`{}`: scheme `{other}` is not http(s)", config.url)),
+        "http" => return Err(WebhookError::PlainHttp { url: config.url }.into()),
+        other => return Err(WebhookError::Scheme { url: config.url.clone(), scheme: other.to_owned() }.into()),
     }
     let timeout = config.timeout.as_deref().map(|t| duration("timeout", t)).transpose()?.unwrap_or(DEFAULT_TIMEOUT);
     let retries = config.retries.unwrap_or(DEFAULT_RETRIES);
     if retries > MAX_RETRIES {
-        return Err(format!("`retries: {retries}` is more than {MAX_RETRIES}"));
+        return Err(WebhookError::Retries { retries }.into());
     }
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let mut from_env = Vec::new();
     for (name, value) in &config.headers {
-        let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("`{name}` is not a header name"))?;
-        let pieces = pieces(value).map_err(|e| format!("header `{name}`: {e}"))?;
+        let header =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| WebhookError::HeaderName { name: name.clone() })?;
+        let pieces = pieces(name, value)?;
         if pieces.iter().any(|p| matches!(p, Piece::Env(_))) {
             from_env.push((header, pieces));
             continue;
         }
-        let value =
-            HeaderValue::from_str(value).map_err(|_| format!("header `{name}`: its value is not valid in HTTP"))?;
+        let value = HeaderValue::from_str(value).map_err(|_| WebhookError::HeaderValue { name: name.clone() })?;
         headers.insert(header, value);
     }
     let mut builder = reqwest::Client::builder()
@@ -158,18 +213,18 @@ fn compile(value: &serde_json::Value, tree: &StateTree) -> Result<Box<dyn Action
         .user_agent(concat!("halite/", env!("CARGO_PKG_VERSION")))
         .default_headers(headers);
     if let Some(ca) = &config.ca {
-        let path = halite_state::paths::in_tree(&tree.root, ca).map_err(|e| format!("ca: {e}"))?;
-        let pem = std::fs::read(&path).map_err(|e| format!("ca: cannot read `{ca}`: {e}"))?;
+        let path = halite_state::paths::in_tree(&tree.root, ca).map_err(WebhookError::CaPath)?;
+        let pem = std::fs::read(&path).map_err(|source| WebhookError::CaRead { ca: ca.clone(), source })?;
         let certificates = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("ca: `{ca}` is not a PEM certificate bundle: {e}"))?;
+            .map_err(|source| WebhookError::CaPem { ca: ca.clone(), source })?;
         if certificates.is_empty() {
-            return Err(format!("ca: `{ca}` holds no PEM certificate"));
+            return Err(WebhookError::CaEmpty { ca: ca.clone() }.into());
         }
         for certificate in certificates {
             builder = builder.add_root_certificate(certificate);
         }
     }
-    let client = builder.build().map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    let client = builder.build().map_err(WebhookError::Client)?;
     let mut shown = url.clone();
     shown.set_query(None);
     Ok(Box::new(Webhook {
@@ -183,17 +238,33 @@ fn compile(value: &serde_json::Value, tree: &StateTree) -> Result<Box<dyn Action
     }))
 }
 
-/// Why one attempt did not deliver, and whether another may.
+/// Why one attempt did not deliver, and whether another may. The text
+/// never holds the URL (its query may carry a token) nor the response body
+/// (kept in the store, see [`Failure::body`]).
 enum Attempt {
-    Retry(String),
-    Fail(String),
+    Retry(Failure),
+    Fail(Failure),
+}
+
+struct Failure {
+    why: String,
+    /// What the endpoint answered, clipped: kept in the job store, never
+    /// published.
+    body: Option<String>,
+}
+
+impl Failure {
+    fn new(why: String) -> Failure {
+        Failure { why, body: None }
+    }
 }
 
 impl Webhook {
     async fn attempt(&self, body: &[u8]) -> Result<reqwest::StatusCode, Attempt> {
         let mut request = self.client.post(self.url.clone()).body(body.to_vec());
         for (name, pieces) in &self.from_env {
-            let value = fill(name, pieces, |var| std::env::var(var).ok()).map_err(Attempt::Fail)?;
+            let value = fill(name, pieces, |var| std::env::var(var).ok())
+                .map_err(|e| Attempt::Fail(Failure::new(e.to_string())))?;
             request = request.header(name, value);
         }
         match request.send().await {
@@ -203,16 +274,19 @@ impl Webhook {
                     return Ok(status);
                 }
                 let text = response.text().await.unwrap_or_default();
-                let why = format!("answered {status}: {}", clip(text.trim(), 512));
+                let body = Some(clip(text.trim(), 512)).filter(|b| !b.is_empty());
+                let failure = Failure { why: format!("answered {status}"), body };
                 if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-                    Err(Attempt::Retry(why))
+                    Err(Attempt::Retry(failure))
                 } else {
-                    Err(Attempt::Fail(why))
+                    Err(Attempt::Fail(failure))
                 }
             }
             // `{:#}`-like chain: reqwest's own message is terse ("error
             // sending request"); the cause says refused, timed out, bad cert.
-            Err(error) => Err(Attempt::Retry(error_chain(&error))),
+            // reqwest's text names the whole URL, query (a token) and all:
+            // it is taken out first.
+            Err(error) => Err(Attempt::Retry(Failure::new(error_chain(&error.without_url())))),
         }
     }
 }
@@ -243,27 +317,42 @@ impl Action for Webhook {
 
     fn run<'a>(
         &'a self,
-        _context: &'a Context,
+        context: &'a Context,
         agent: &'a str,
         event: &'a Event,
-    ) -> BoxFuture<'a, Result<String, String>> {
+    ) -> BoxFuture<'a, Result<String, ActionError>> {
         Box::pin(async move {
             let body = event.to_json().to_string().into_bytes();
             let mut attempt = 0;
             loop {
-                match self.attempt(&body).await {
+                let (failure, attempts) = match self.attempt(&body).await {
                     Ok(status) => return Ok(format!("POST {}: {status}", self.shown)),
-                    Err(Attempt::Fail(why)) => return Err(format!("webhook {}: {why}", self.shown)),
-                    Err(Attempt::Retry(why)) if attempt >= self.retries => {
-                        return Err(format!("webhook {}: {why} (after {} attempts)", self.shown, attempt + 1));
-                    }
-                    Err(Attempt::Retry(why)) => {
+                    Err(Attempt::Fail(failure)) => (failure, None),
+                    Err(Attempt::Retry(failure)) if attempt >= self.retries => (failure, Some(attempt + 1)),
+                    Err(Attempt::Retry(Failure { why, .. })) => {
                         attempt += 1;
                         let wait = BACKOFF.delay(attempt - 1);
                         tracing::info!(agent, event = %event.id, url = %self.shown, error = %why, attempt, ?wait, "Webhook failed; retrying.");
                         tokio::time::sleep(wait).await;
+                        continue;
                     }
+                };
+                let kept = match failure.body {
+                    None => String::new(),
+                    Some(body) => {
+                        let outcome = halite_proto::Outcome::Failed { error: format!("{}: {body}", failure.why) };
+                        match context.jobs.record_on_master(event.id, "webhook", outcome).await {
+                            Some(jid) => format!("; response body in job {jid} (`halite-master jobs {jid}`)"),
+                            None => String::new(),
+                        }
+                    }
+                };
+                let (url, why) = (self.shown.clone(), failure.why);
+                return Err(match attempts {
+                    None => WebhookError::Refused { url, why, kept },
+                    Some(attempts) => WebhookError::GaveUp { url, why, attempts, kept },
                 }
+                .into());
             }
         })
     }
@@ -293,7 +382,7 @@ mod tests {
             (json!({"url": "https://x/", "method": "PUT"}), Some("unknown field")),
         ];
         for (value, error) in cases {
-            match (compile(&value, &tree), error) {
+            match (compile(&value, &tree).map_err(|e| e.to_string()), error) {
                 (Ok(_), None) => {}
                 (Err(e), Some(wanted)) => assert!(e.contains(wanted), "{value}: {e}"),
                 (Ok(_), Some(wanted)) => panic!("{value}: compiled, wanted `{wanted}`"),
@@ -313,7 +402,7 @@ mod tests {
             ("Bearer ${MISSING}", Err("`MISSING` is not set")),
         ];
         for (authored, expected) in cases {
-            let filled = fill(&name, &pieces(authored).unwrap(), lookup);
+            let filled = fill(&name, &pieces("authorization", authored).unwrap(), lookup).map_err(|e| e.to_string());
             match (filled, expected) {
                 (Ok(value), Ok(wanted)) => assert_eq!(value, wanted, "{authored}"),
                 (Err(e), Err(wanted)) => assert!(e.contains(wanted), "{authored}: {e}"),
@@ -321,7 +410,7 @@ mod tests {
             }
         }
         for bad in ["${", "${A-B}", "x ${}"] {
-            assert!(pieces(bad).is_err(), "{bad}");
+            assert!(pieces("authorization", bad).is_err(), "{bad}");
         }
     }
 
@@ -347,7 +436,7 @@ mod tests {
         .unwrap();
         let context = crate::server::reactor::actions::test_context().await;
         let event = Event::new("ops/x", "web01", halite_proto::Value::map());
-        let error = action.run(&context, "web01", &event).await.unwrap_err();
+        let error = action.run(&context, "web01", &event).await.unwrap_err().to_string();
         assert!(error.contains("after 3 attempts"), "{error}");
     }
 }
