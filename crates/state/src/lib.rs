@@ -22,6 +22,8 @@
 //! - [`host`] — the host's name.
 //! - [`edit`] — the plan of every kind that edits a file's text in place
 //!   (read through one descriptor, a diff, the atomic write of the edit).
+//! - [`text`] — Salt's regex flags, patterns and replacements for those
+//!   kinds, and why an edit cannot be made to a text.
 //! - [`apply`] — running a job's [`halite_proto::StateCall`]s: requisite
 //!   order, plan, then apply ([`run_states`]).
 //! - [`report`] — what an apply did, printed the same by every command.
@@ -40,6 +42,7 @@ pub mod report;
 pub mod signal;
 pub mod target;
 pub mod template;
+pub mod text;
 pub mod tree;
 pub mod yaml;
 

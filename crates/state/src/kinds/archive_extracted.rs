@@ -18,7 +18,7 @@ use halite_proto::Value;
 use serde::Deserialize;
 
 use super::file_managed::{check_hash, read_source};
-use super::{Authored, Kind, Plan, Problem, args};
+use super::{Authored, Kind, KindError, Plan, Problem, args};
 use crate::command::{self, Spec};
 use crate::env::ApplyEnv;
 
@@ -122,27 +122,27 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
 }
 
 /// Runs `argv` with `stdin`; its standard output, or the failure.
-fn run(argv: Vec<String>, stdin: Option<Vec<u8>>, path: Option<&std::ffi::OsString>) -> Result<String, String> {
+fn run(argv: Vec<String>, stdin: Option<Vec<u8>>, path: Option<&std::ffi::OsString>) -> Result<String, KindError> {
     let mut spec = Spec::new(argv);
     spec.stdin = stdin;
     let output = command::run(&spec, path)?;
-    if output.success() { Ok(output.stdout) } else { Err(output.failure(&spec.display())) }
+    if output.success() { Ok(output.stdout) } else { Err(KindError::Failed { command: spec.display(), output }) }
 }
 
 /// Runs `make(archive path)` on a private copy of the archive (unzip
 /// reads a file, not standard input).
-fn with_copy<T>(archive: &[u8], make: impl FnOnce(&Path) -> Result<T, String>) -> Result<T, String> {
+fn with_copy<T>(archive: &[u8], make: impl FnOnce(&Path) -> Result<T, KindError>) -> Result<T, KindError> {
     let dir = tempfile::Builder::new()
         .prefix("halite-archive-")
         .tempdir()
-        .map_err(|e| format!("cannot make a private directory: {e}"))?;
+        .map_err(|source| KindError::ScratchDir { subject: "the zip archive".into(), source })?;
     let file = dir.path().join("archive.zip");
-    halite_fs::write_atomic(&file, archive, 0o600).map_err(|e| e.to_string())?;
+    halite_fs::write_atomic(&file, archive, 0o600)?;
     make(&file)
 }
 
 /// The archive's members, directories with their trailing `/`.
-fn members(archive: &[u8], format: &str, env: &ApplyEnv) -> Result<Vec<String>, String> {
+fn members(archive: &[u8], format: &str, env: &ApplyEnv) -> Result<Vec<String>, KindError> {
     let listed = match format {
         "zip" => with_copy(archive, |file| {
             run(vec!["unzip".into(), "-Z1".into(), file.display().to_string()], None, env.path.as_ref())
@@ -164,7 +164,7 @@ struct ExtractPlan {
     env_path: Option<std::ffi::OsString>,
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let path = PathBuf::from(args::string(args, "path")?);
     let archive = args::bytes(args, "archive")?.to_vec();
     let format = args::string(args, "format")?.to_owned();
@@ -176,11 +176,10 @@ fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
                 .iter()
                 .all(|m| m.contains('/') || m.ends_with('/') || members.iter().any(|o| o.starts_with(&format!("{m}/"))))
         {
-            return Err(format!(
-                "{} does not hold one top-level directory (it has {}); set `enforce_toplevel: false` to extract it as it is",
-                args::string(args, "source")?,
-                tops.into_iter().collect::<Vec<_>>().join(", ")
-            ));
+            return Err(KindError::NoTopLevel {
+                archive: args::string(args, "source")?.to_owned(),
+                tops: tops.into_iter().collect::<Vec<_>>().join(", "),
+            });
         }
     }
     let done = match args::opt_string(args, "if_missing") {
@@ -215,11 +214,11 @@ impl Plan for ExtractPlan {
         }
     }
 
-    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+    fn apply(self: Box<Self>) -> Result<Vec<String>, KindError> {
         if self.done.is_some() {
             return Ok(Vec::new());
         }
-        halite_fs::Dir::create_all(&self.path, 0o755).map_err(|e| e.to_string())?;
+        halite_fs::Dir::create_all(&self.path, 0o755)?;
         let target = self.path.display().to_string();
         let path = self.env_path.as_ref();
         match self.format.as_str() {

@@ -13,7 +13,7 @@ use halite_proto::Value;
 use serde::Deserialize;
 
 use super::cmd_run::{resolve_command, skip_reason, spec};
-use super::{Authored, Kind, OneOrMany, Plan, Problem, args, string_list};
+use super::{Authored, Kind, KindError, OneOrMany, Plan, Problem, args, string_list};
 use crate::command;
 use crate::env::ApplyEnv;
 use crate::yaml::Fields;
@@ -65,7 +65,7 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
     }
     let source = config.source.or(config.name).unwrap_or_else(|| state.id.to_owned());
     let relative = source.strip_prefix("salt://").unwrap_or(&source);
-    let script = match crate::paths::in_tree(state.tree_root, relative).map(std::fs::read) {
+    let script = match crate::paths::in_tree(state.tree_root, relative).map(|p| crate::paths::read_tree_file(&p)) {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(e)) => {
             problems.push(problem("source", format!("cannot read `{source}`: {e}")));
@@ -120,7 +120,7 @@ struct ScriptPlan {
     path: Option<std::ffi::OsString>,
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let mut argv: Vec<Value> = args::opt_string(args, "interpreter").map(Value::from).into_iter().collect();
     // The script's own path is set when it is written.
     argv.push(Value::from("script"));
@@ -143,19 +143,19 @@ impl Plan for ScriptPlan {
         }
     }
 
-    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+    fn apply(self: Box<Self>) -> Result<Vec<String>, KindError> {
         let dir = tempfile::Builder::new()
             .prefix("halite-script-")
             .tempdir()
-            .map_err(|e| format!("cannot make a directory for {}: {e}", self.source))?;
+            .map_err(|source| KindError::ScratchDir { subject: self.source.clone(), source })?;
         let file = dir.path().join("script");
-        halite_fs::write_atomic(&file, &self.script, 0o700).map_err(|e| e.to_string())?;
+        halite_fs::write_atomic(&file, &self.script, 0o700)?;
         let mut spec = self.spec.clone();
         let at = spec.argv.iter().position(|a| a == "script").unwrap_or(0);
         spec.argv[at] = file.display().to_string();
         let output = command::run(&spec, self.path.as_ref())?;
         if !output.success() {
-            return Err(output.failure(&format!("script {}", self.source)));
+            return Err(KindError::Failed { command: format!("script {}", self.source), output });
         }
         let mut done = vec![format!("ran script {}: exit 0", self.source)];
         let stdout = output.stdout.trim_end();

@@ -5,7 +5,7 @@
 use halite_proto::Value;
 
 use super::cmd_run::{plan as plan_run, resolve_command};
-use super::{Authored, Kind, Plan, Problem};
+use super::{Authored, Kind, KindError, Plan, Problem};
 use crate::env::ApplyEnv;
 
 pub static KIND: Kind = Kind {
@@ -33,7 +33,7 @@ impl std::fmt::Debug for WaitPlan {
     }
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     Ok(Box::new(WaitPlan { run: plan_run(args, env)?, waiting: true }))
 }
 
@@ -47,7 +47,7 @@ impl Plan for WaitPlan {
         true
     }
 
-    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+    fn apply(self: Box<Self>) -> Result<Vec<String>, KindError> {
         if self.waiting { Ok(Vec::new()) } else { self.run.apply() }
     }
 }

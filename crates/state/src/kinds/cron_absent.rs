@@ -6,7 +6,7 @@
 use halite_proto::Value;
 
 use super::cron_present::{plan_cron, resolve_cron};
-use super::{Authored, Kind, Plan, Problem};
+use super::{Authored, Kind, KindError, Plan, Problem};
 use crate::env::ApplyEnv;
 
 pub static KIND: Kind = Kind {
@@ -22,7 +22,7 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
     resolve_cron(state, KIND.name)
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     plan_cron(args, env, false)
 }
 

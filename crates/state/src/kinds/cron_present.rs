@@ -18,9 +18,10 @@ use halite_fs::Perms;
 use halite_proto::Value;
 use serde::Deserialize;
 
-use super::{Authored, Kind, Plan, Problem, args};
-use crate::edit::{self, EditPlan, Edited, NewFile};
+use super::{Authored, Kind, KindError, Plan, Problem, args};
+use crate::edit::{EditPlan, Edited, NewFile};
 use crate::env::ApplyEnv;
+use crate::text;
 
 pub static KIND: Kind = Kind {
     name: "cron.present",
@@ -179,11 +180,11 @@ fn find_job(lines: &[&str], tag: usize, args: &Value) -> Option<(usize, usize)> 
 
 /// The crontab with the job present (`entry`) or absent (`None`).
 pub(crate) fn edit_crontab(text: &str, args: &Value, entry: Option<&str>) -> String {
-    let lines: Vec<&str> = edit::lines(text).into_iter().collect();
+    let lines: Vec<&str> = text::lines(text).into_iter().collect();
     let trimmed: Vec<&str> = lines.iter().map(|l| l.trim_end_matches('\n')).collect();
     let Some(tag) = trimmed.iter().position(|l| *l == TAG) else {
         return match entry {
-            Some(entry) => format!("{}{TAG}\n{entry}", edit::with_newline(text)),
+            Some(entry) => format!("{}{TAG}\n{entry}", text::with_newline(text)),
             None => text.to_owned(),
         };
     };
@@ -191,7 +192,7 @@ pub(crate) fn edit_crontab(text: &str, args: &Value, entry: Option<&str>) -> Str
         (Some((start, end)), entry) => {
             format!("{}{}{}", lines[..start].concat(), entry.unwrap_or_default(), lines[end..].concat())
         }
-        (None, Some(entry)) => format!("{}{entry}", edit::with_newline(text)),
+        (None, Some(entry)) => format!("{}{entry}", text::with_newline(text)),
         (None, None) => text.to_owned(),
     }
 }
@@ -206,13 +207,13 @@ pub(crate) fn id_in_root(env: &ApplyEnv, file: &str, name: &str) -> Option<u32> 
     })
 }
 
-pub(crate) fn plan_cron(args: &Value, env: &ApplyEnv, present: bool) -> Result<Box<dyn Plan>, String> {
+pub(crate) fn plan_cron(args: &Value, env: &ApplyEnv, present: bool) -> Result<Box<dyn Plan>, KindError> {
     let path = std::path::PathBuf::from(args::string(args, "path")?);
     let user = args::string(args, "user")?;
     let entry = present.then(|| args::string(args, "entry")).transpose()?;
     let uid = id_in_root(env, "/etc/passwd", user)
         .or_else(|| super::file_managed::lookup_user(user).ok())
-        .ok_or_else(|| format!("no user `{user}`"))?;
+        .ok_or_else(|| KindError::NoUser { name: user.to_owned() })?;
     let gid = id_in_root(env, "/etc/group", "crontab");
     let new_file = NewFile { perms: Perms { mode: 0o600, uid: Some(uid), gid }, makedirs: false };
     let command = args::string(args, "command")?;
@@ -223,12 +224,11 @@ pub(crate) fn plan_cron(args: &Value, env: &ApplyEnv, present: bool) -> Result<B
             let what = vec![format!("`{command}` {verb} {user}'s crontab")];
             Ok((Edited::Text(edit_crontab(text.unwrap_or_default(), args, entry)), what))
         }
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     Ok(plan.boxed())
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     plan_cron(args, env, true)
 }
 

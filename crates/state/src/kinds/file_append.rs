@@ -7,9 +7,10 @@
 use halite_proto::Value;
 use serde::Deserialize;
 
-use super::{Authored, Kind, OneOrMany, Plan, Problem, absolute_path, args, string_list};
-use crate::edit::{self, EditPlan, Edited, NewFile};
+use super::{Authored, Kind, KindError, OneOrMany, Plan, Problem, absolute_path, args, string_list};
+use crate::edit::{EditPlan, Edited, NewFile};
 use crate::env::ApplyEnv;
+use crate::text;
 
 pub static KIND: Kind = Kind {
     name: "file.append",
@@ -75,7 +76,7 @@ pub(crate) fn missing_chunks(text: &str, args: &Value) -> Vec<String> {
     args::strings(args, "text")
         .into_iter()
         .filter(|chunk| {
-            if loose { !edit::whitespace_split_regex(chunk).is_match(text) } else { !text.contains(chunk.as_str()) }
+            if loose { !text::whitespace_split_regex(chunk).is_match(text) } else { !text.contains(chunk.as_str()) }
         })
         .collect()
 }
@@ -87,7 +88,7 @@ pub(crate) fn plan_chunks(
     env: &ApplyEnv,
     verb: &'static str,
     place: fn(&str, &str, &Value) -> String,
-) -> Result<Box<dyn Plan>, String> {
+) -> Result<Box<dyn Plan>, KindError> {
     let path = std::path::PathBuf::from(args::string(args, "path")?);
     let new_file = NewFile { makedirs: args::bool_or(args, "makedirs", false), ..NewFile::default() };
     let plan = EditPlan::new(&path, env, true, new_file, |text| {
@@ -99,13 +100,12 @@ pub(crate) fn plan_chunks(
         let lines: String = missing.iter().flat_map(|chunk| chunk.lines()).map(|l| format!("{l}\n")).collect();
         let what = missing.iter().map(|chunk| format!("{verb} `{}`", chunk.trim_end())).collect();
         Ok((Edited::Text(place(text, &lines, args)), what))
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     Ok(plan.boxed())
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
-    plan_chunks(args, env, "appended", |text, lines, _| format!("{}{lines}", edit::with_newline(text)))
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
+    plan_chunks(args, env, "appended", |text, lines, _| format!("{}{lines}", text::with_newline(text)))
 }
 
 #[cfg(test)]

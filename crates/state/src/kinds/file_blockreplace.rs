@@ -9,9 +9,10 @@
 use halite_proto::Value;
 use serde::Deserialize;
 
-use super::{Authored, Kind, Plan, Problem, absolute_path, args};
-use crate::edit::{self, EditPlan, Edited, NewFile};
+use super::{Authored, Kind, KindError, Plan, Problem, absolute_path, args};
+use crate::edit::{EditPlan, Edited, NewFile};
 use crate::env::ApplyEnv;
+use crate::text::{self, TextError};
 
 pub static KIND: Kind = Kind {
     name: "file.blockreplace",
@@ -81,13 +82,13 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
     for key in ["insert_before_match", "insert_after_match"] {
         let value = if key == "insert_before_match" { &config.insert_before_match } else { &config.insert_after_match };
         if let Some(pattern) = value
-            && let Err(e) = edit::compile(pattern, "")
+            && let Err(e) = text::compile(pattern, "")
         {
-            problems.push(problem(key, e));
+            problems.push(problem(key, e.to_string()));
         }
     }
-    let backup = edit::backup_wanted(config.backup.as_ref()).unwrap_or_else(|e| {
-        problems.push(problem("backup", e).help("write `backup: false` or leave it out"));
+    let backup = text::backup_wanted(config.backup.as_ref()).unwrap_or_else(|e| {
+        problems.push(problem("backup", e.to_string()).help("write `backup: false` or leave it out"));
         true
     });
     if !problems.is_empty() {
@@ -96,7 +97,7 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
     let content = match config.append_newline {
         Some(true) => format!("{}\n", config.content),
         Some(false) => config.content,
-        None => edit::with_newline(&config.content),
+        None => text::with_newline(&config.content),
     };
     let mut resolved = Value::map()
         .with("path", path)
@@ -117,13 +118,14 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
 }
 
 /// The edit, pure.
-fn replace_block(text: &str, args: &Value) -> Result<String, String> {
+fn replace_block(path: &std::path::Path, text: &str, args: &Value) -> Result<String, KindError> {
+    let fail = |source| KindError::Text { path: path.to_owned(), source };
     let (start, end) = (args::string(args, "marker_start")?, args::string(args, "marker_end")?);
     let content = args::string(args, "content")?;
-    let lines = edit::lines(text);
+    let lines = text::lines(text);
     if let Some(first) = lines.iter().position(|l| l.contains(start)) {
         let Some(last) = lines[first + 1..].iter().position(|l| l.contains(end)).map(|i| i + first + 1) else {
-            return Err(format!("the block after `{start}` has no `{end}` line"));
+            return Err(fail(TextError::Unterminated { start: start.to_owned(), end: end.to_owned() }));
         };
         let mut new: String = lines[..=first].concat();
         if !new.ends_with('\n') {
@@ -138,17 +140,18 @@ fn replace_block(text: &str, args: &Value) -> Result<String, String> {
         Some("append") => lines.len(),
         Some("prepend") => 0,
         Some(how @ ("before" | "after")) => {
-            let pattern = edit::compile(args::string(args, "match")?, "")?;
+            let pattern = text::compile(args::string(args, "match")?, "").map_err(fail)?;
             let found = lines.iter().position(|l| pattern.is_match(l.trim_end_matches('\n')));
             let Some(found) = found else {
-                return Err(format!("no line matches `{}` to put the block {how}", pattern.as_str()));
+                return Err(fail(TextError::NoBlockAnchor {
+                    pattern: pattern.as_str().to_owned(),
+                    how: how.to_owned(),
+                }));
             };
             if how == "before" { found } else { found + 1 }
         }
         _ => {
-            return Err(format!(
-                "the markers `{start}` and `{end}` were not found (set `append_if_not_found: true` to add the block)"
-            ));
+            return Err(fail(TextError::NoMarkers { start: start.to_owned(), end: end.to_owned() }));
         }
     };
     let mut head = lines[..at].concat();
@@ -158,14 +161,14 @@ fn replace_block(text: &str, args: &Value) -> Result<String, String> {
     Ok(format!("{head}{block}{}", lines[at..].concat()))
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let path = std::path::PathBuf::from(args::string(args, "path")?);
     let plan = EditPlan::new(&path, env, args::bool_or(args, "backup", true), NewFile::default(), |text| {
-        let text = text.ok_or("no such file")?;
-        let new = replace_block(text, args)?;
+        let text =
+            text.ok_or_else(|| KindError::Text { path: path.clone(), source: TextError::NoFile { help: "" } })?;
+        let new = replace_block(&path, text, args)?;
         Ok((Edited::Text(new), vec![format!("block `{}` in {}", args::string(args, "marker_start")?, path.display())]))
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     Ok(plan.boxed())
 }
 
@@ -202,8 +205,11 @@ mod tests {
     #[test]
     fn markers_not_found_or_unterminated_fail() {
         let args = resolved(KIND.name, "content: x").args;
-        assert!(replace_block("a\n", &args).unwrap_err().contains("were not found"));
-        assert!(replace_block("#-- start managed zone --\nx\n", &args).unwrap_err().contains("has no"));
+        let path = std::path::Path::new("/etc/conf");
+        let error = replace_block(path, "a\n", &args).unwrap_err().to_string();
+        assert!(error.starts_with("/etc/conf: ") && error.contains("were not found"), "{error}");
+        let error = replace_block(path, "#-- start managed zone --\nx\n", &args).unwrap_err().to_string();
+        assert!(error.contains("has no"), "{error}");
     }
 
     #[test]

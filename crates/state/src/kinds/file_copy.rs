@@ -16,7 +16,7 @@ use halite_proto::{Sha256, Value};
 use serde::Deserialize;
 
 use super::file_managed::{lookup_group, lookup_user, parse_mode};
-use super::{Authored, Kind, Plan, Problem, absolute_path, args};
+use super::{Authored, Kind, KindError, Plan, Problem, absolute_path, args};
 use crate::env::ApplyEnv;
 
 pub static KIND: Kind = Kind {
@@ -65,7 +65,9 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
         problems.push(problem("subdir", "`subdir` is not supported".into()).help("name the target file in `name`"));
     }
     let mode = config.mode.as_ref().map(parse_mode).transpose().unwrap_or_else(|e| {
-        problems.push(problem("mode", e).help("write the mode in octal as a quoted string, e.g. mode: \"0644\""));
+        problems.push(
+            problem("mode", e.to_string()).help("write the mode in octal as a quoted string, e.g. mode: \"0644\""),
+        );
         None
     });
     if config.preserve && (config.user.is_some() || config.group.is_some() || mode.is_some()) {
@@ -105,29 +107,31 @@ struct CopyPlan {
     makedirs: bool,
 }
 
-fn open(path: &Path) -> Result<(Option<Dir>, OsString, Option<OpenFile>), String> {
-    let name = path.file_name().ok_or_else(|| format!("{} names no file", path.display()))?.to_os_string();
+fn open(path: &Path) -> Result<(Option<Dir>, OsString, Option<OpenFile>), KindError> {
+    let name = path.file_name().ok_or_else(|| halite_fs::FsError::NoName { path: path.to_owned() })?.to_os_string();
     match halite_fs::open_parent(path, None) {
         Ok((dir, name)) => {
-            let file = dir.open_file(&name).map_err(|e| e.to_string())?;
+            let file = dir.open_file(&name)?;
             Ok((Some(dir), name, file))
         }
         Err(e) if e.is_not_found() => Ok((None, name, None)),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }
 
-fn digest(file: &OpenFile, path: &Path) -> Result<Sha256, String> {
+fn digest(file: &OpenFile, path: &Path) -> Result<Sha256, KindError> {
+    let fail = |source| KindError::Read { path: path.to_owned(), source };
     let mut reader = file.file();
-    reader.seek(SeekFrom::Start(0)).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    Sha256::of_reader(reader).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    reader.seek(SeekFrom::Start(0)).map_err(fail)?;
+    Sha256::of_reader(reader).map_err(fail)
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let path = PathBuf::from(args::string(args, "path")?);
     let source_path = env.rooted(args::string(args, "source")?);
     let (_, _, source) = open(&source_path)?;
-    let source = source.ok_or_else(|| format!("source {} does not exist", source_path.display()))?;
+    let source =
+        source.ok_or_else(|| KindError::Missing { path: source_path.clone(), help: " (the source to copy)" })?;
     let (dir, name, target) = open(&path)?;
     let copy = match &target {
         None => true,
@@ -177,7 +181,7 @@ impl Plan for CopyPlan {
         self.perms_differ()
     }
 
-    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+    fn apply(self: Box<Self>) -> Result<Vec<String>, KindError> {
         let changes = self.changes();
         if changes.is_empty() {
             return Ok(changes);
@@ -186,27 +190,28 @@ impl Plan for CopyPlan {
         let dir = match &self.dir {
             Some(dir) => dir,
             None => {
-                let parent = self.path.parent().ok_or_else(|| format!("{} has no directory", self.path.display()))?;
-                opened = if self.makedirs { Dir::create_all(parent, 0o755) } else { Dir::open(parent) }
-                    .map_err(|e| e.to_string())?;
+                let parent = self.path.parent().ok_or_else(|| KindError::NoParent { path: self.path.clone() })?;
+                opened = if self.makedirs { Dir::create_all(parent, 0o755) } else { Dir::open(parent) }?;
                 &opened
             }
         };
         if self.copy {
             let mut reader = self.source.file();
-            reader.seek(SeekFrom::Start(0)).map_err(|e| format!("cannot read {}: {e}", self.source_path.display()))?;
-            dir.write_atomic(&self.name, &mut reader, self.perms).map_err(|e| e.to_string())?;
+            reader
+                .seek(SeekFrom::Start(0))
+                .map_err(|source| KindError::Read { path: self.source_path.clone(), source })?;
+            dir.write_atomic(&self.name, &mut reader, self.perms)?;
             return Ok(changes);
         }
         // Mode and owner fixed in place, only on the file that was planned.
         let planned = self.target.as_ref().map(OpenFile::stat);
-        let file = dir.open_file(&self.name).map_err(|e| e.to_string())?;
+        let file = dir.open_file(&self.name)?;
         let file = file.filter(|f| planned.is_some_and(|p| f.stat().same_file(&p)));
-        let file = file.ok_or_else(|| halite_fs::FsError::Changed { path: self.path.clone() }.to_string())?;
+        let file = file.ok_or_else(|| halite_fs::FsError::Changed { path: self.path.clone() })?;
         if self.perms.uid.is_some() || self.perms.gid.is_some() {
-            file.set_owner(self.perms.uid, self.perms.gid).map_err(|e| e.to_string())?;
+            file.set_owner(self.perms.uid, self.perms.gid)?;
         }
-        file.set_mode(self.perms.mode).map_err(|e| e.to_string())?;
+        file.set_mode(self.perms.mode)?;
         Ok(changes)
     }
 }

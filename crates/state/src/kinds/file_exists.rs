@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use halite_proto::Value;
 use serde::Deserialize;
 
-use super::{Authored, Kind, Plan, Problem, absolute_path, args};
+use super::{Authored, Kind, KindError, Plan, Problem, absolute_path, args};
 use crate::env::ApplyEnv;
 
 pub static KIND: Kind = Kind {
@@ -33,11 +33,11 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
 }
 
 /// Whether something is at `path`, the last component not followed.
-pub(crate) fn present(path: &std::path::Path) -> Result<bool, String> {
+pub(crate) fn present(path: &std::path::Path) -> Result<bool, KindError> {
     match halite_fs::open_parent(path, None) {
-        Ok((dir, name)) => Ok(dir.entry(&name).map_err(|e| e.to_string())?.is_some()),
+        Ok((dir, name)) => Ok(dir.entry(&name)?.is_some()),
         Err(e) if e.is_not_found() => Ok(false),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -50,15 +50,15 @@ impl Plan for Checked {
         Vec::new()
     }
 
-    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+    fn apply(self: Box<Self>) -> Result<Vec<String>, KindError> {
         Ok(Vec::new())
     }
 }
 
-fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let path = PathBuf::from(args::string(args, "path")?);
     if !present(&path)? {
-        return Err(format!("{} does not exist", path.display()));
+        return Err(KindError::Missing { path, help: "" });
     }
     Ok(Box::new(Checked))
 }

@@ -9,9 +9,10 @@
 use halite_proto::Value;
 use serde::Deserialize;
 
-use super::{Authored, Kind, Plan, Problem, absolute_path, args};
-use crate::edit::{self, EditPlan, Edited, NewFile};
+use super::{Authored, Kind, KindError, Plan, Problem, absolute_path, args};
+use crate::edit::{EditPlan, Edited, NewFile};
 use crate::env::ApplyEnv;
+use crate::text::{self, TextError};
 
 pub static KIND: Kind = Kind {
     name: "file.line",
@@ -82,9 +83,9 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
     }
     for (key, value) in [("match", &config.matches), ("before", &config.before), ("after", &config.after)] {
         if let Some(pattern) = value
-            && let Err(e) = edit::compile(pattern, "")
+            && let Err(e) = text::compile(pattern, "")
         {
-            problems.push(problem(key, e));
+            problems.push(problem(key, e.to_string()));
         }
     }
     if let Some(location) = &config.location
@@ -104,10 +105,10 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
             problem("mode", "mode `insert` needs `location`, `before` or `after`".into()).help("add `location: end`"),
         );
     }
-    let backup = match edit::backup_wanted(config.backup.as_ref().or(Some(&serde_json::Value::Bool(false)))) {
+    let backup = match text::backup_wanted(config.backup.as_ref().or(Some(&serde_json::Value::Bool(false)))) {
         Ok(backup) => backup,
         Err(e) => {
-            problems.push(problem("backup", e));
+            problems.push(problem("backup", e.to_string()));
             false
         }
     };
@@ -137,13 +138,16 @@ fn indent_of(line: &str) -> &str {
 }
 
 /// The edit, pure: the new text, or an error Salt would also give.
-fn edit_line(text: &str, args: &Value) -> Result<String, String> {
+fn edit_line(path: &std::path::Path, text: &str, args: &Value) -> Result<String, KindError> {
+    let fail = |source| KindError::Text { path: path.to_owned(), source };
     let content = args::string(args, "content")?;
     let indent = args::bool_or(args, "indent", true);
-    let regex = |key: &str| args::opt_string(args, key).map(|p| edit::compile(p, "")).transpose();
-    let matches = regex("match")?.ok_or("argument `match` missing")?;
+    let regex = |key: &str| args::opt_string(args, key).map(|p| text::compile(p, "")).transpose().map_err(fail);
+    let matches = regex("match")?.ok_or(KindError::Argument { key: "match", expected: "a pattern" })?;
+    let no_line =
+        |anchor: &'static str, re: &regex::Regex| fail(TextError::NoLine { anchor, pattern: re.as_str().to_owned() });
     let (before, after) = (regex("before")?, regex("after")?);
-    let mut lines: Vec<String> = edit::lines(text).iter().map(|l| l.trim_end_matches('\n').to_owned()).collect();
+    let mut lines: Vec<String> = text::lines(text).iter().map(|l| l.trim_end_matches('\n').to_owned()).collect();
     let ends_with_newline = text.is_empty() || text.ends_with('\n');
     let is_content = |line: &str| line.trim() == content.trim();
     let find = |re: &regex::Regex, lines: &[String]| lines.iter().position(|l| re.is_match(l));
@@ -164,12 +168,11 @@ fn edit_line(text: &str, args: &Value) -> Result<String, String> {
             // The new line takes the indentation of the line it is put beside.
             let (at, anchor) = match (&before, &after) {
                 (_, Some(after)) => {
-                    let a = find(after, &lines).ok_or_else(|| format!("no line matches after `{}`", after.as_str()))?;
+                    let a = find(after, &lines).ok_or_else(|| no_line("after", after))?;
                     (a + 1, Some(a))
                 }
                 (Some(before), None) => {
-                    let b =
-                        find(before, &lines).ok_or_else(|| format!("no line matches before `{}`", before.as_str()))?;
+                    let b = find(before, &lines).ok_or_else(|| no_line("before", before))?;
                     (b, Some(b))
                 }
                 (None, None) if args::opt_string(args, "location") == Some("start") => (0, None),
@@ -180,10 +183,13 @@ fn edit_line(text: &str, args: &Value) -> Result<String, String> {
         }
         "ensure" => match (&before, &after) {
             (Some(before), Some(after)) => {
-                let a = find(after, &lines).ok_or_else(|| format!("no line matches after `{}`", after.as_str()))?;
+                let a = find(after, &lines).ok_or_else(|| no_line("after", after))?;
                 let b = lines[a + 1..].iter().position(|l| before.is_match(l)).map(|i| i + a + 1);
                 let b = b.ok_or_else(|| {
-                    format!("no line after `{}` matches before `{}`", after.as_str(), before.as_str())
+                    fail(TextError::NoLineBetween {
+                        after: after.as_str().to_owned(),
+                        before: before.as_str().to_owned(),
+                    })
                 })?;
                 match b - a - 1 {
                     0 => {
@@ -193,31 +199,31 @@ fn edit_line(text: &str, args: &Value) -> Result<String, String> {
                     1 if is_content(&lines[a + 1]) => {}
                     1 => lines[a + 1] = indented(lines.get(a)),
                     n => {
-                        return Err(format!(
-                            "{n} lines between `{}` and `{}`; ensure keeps exactly one",
-                            after.as_str(),
-                            before.as_str()
-                        ));
+                        return Err(fail(TextError::LinesBetween {
+                            lines: n,
+                            after: after.as_str().to_owned(),
+                            before: before.as_str().to_owned(),
+                        }));
                     }
                 }
             }
             (None, Some(after)) => {
-                let a = find(after, &lines).ok_or_else(|| format!("no line matches after `{}`", after.as_str()))?;
+                let a = find(after, &lines).ok_or_else(|| no_line("after", after))?;
                 if !lines.get(a + 1).is_some_and(|l| is_content(l)) {
                     let line = indented(lines.get(a));
                     lines.insert(a + 1, line);
                 }
             }
             (Some(before), None) => {
-                let b = find(before, &lines).ok_or_else(|| format!("no line matches before `{}`", before.as_str()))?;
+                let b = find(before, &lines).ok_or_else(|| no_line("before", before))?;
                 if !(b > 0 && is_content(&lines[b - 1])) {
                     let line = indented(lines.get(b));
                     lines.insert(b, line);
                 }
             }
-            (None, None) => return Err("mode `ensure` needs `before` or `after`".into()),
+            (None, None) => return Err(fail(TextError::EnsureAnchor)),
         },
-        other => return Err(format!("mode `{other}` is not one of {}", MODES.join(", "))),
+        other => return Err(fail(TextError::UnknownMode { mode: other.to_owned(), known: MODES.join(", ") })),
     }
     let mut new = lines.join("\n");
     if !lines.is_empty() && (ends_with_newline || new.len() > text.len()) {
@@ -226,23 +232,27 @@ fn edit_line(text: &str, args: &Value) -> Result<String, String> {
     Ok(if new.trim_end_matches('\n') == text.trim_end_matches('\n') { text.to_owned() } else { new })
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let path = std::path::PathBuf::from(args::string(args, "path")?);
     let create = args::bool_or(args, "create", false);
     let plan = EditPlan::new(&path, env, args::bool_or(args, "backup", false), NewFile::default(), |text| {
         let text = match text {
             Some(text) => text,
             None if create => "",
-            None => return Err("no such file (set `create: true` to make it)".into()),
+            None => {
+                return Err(KindError::Text {
+                    path: path.clone(),
+                    source: TextError::NoFile { help: " (set `create: true` to make it)" },
+                });
+            }
         };
         let mode = args::string(args, "mode")?;
-        let new = edit_line(text, args)?;
+        let new = edit_line(&path, text, args)?;
         Ok((
             Edited::Text(new),
             vec![format!("line `{}` ({mode}) in {}", args::string(args, "content")?, path.display())],
         ))
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     Ok(plan.boxed())
 }
 
@@ -297,7 +307,12 @@ mod tests {
         let call = resolved(KIND.name, "mode: insert\nlocation: end\ncontent: z");
         let dir = tempfile::tempdir().unwrap();
         let args = call.args.with("path", dir.path().join("none").to_str().unwrap());
-        assert!(plan(&args, &ApplyEnv::default()).err().unwrap().contains("no such file"));
+        let error = plan(&args, &ApplyEnv::default()).err().unwrap();
+        assert!(
+            matches!(&error, KindError::Text { path, source: TextError::NoFile { .. } } if path.ends_with("none")),
+            "{error}"
+        );
+        assert!(error.to_string().contains("no such file (set `create: true`"), "{error}");
     }
 
     #[test]

@@ -316,7 +316,9 @@ pub(crate) fn read_source(root: &Path, source: &str) -> Result<Vec<u8>, (String,
             format!("source `{source}` is a link that leads out of the state tree"),
             "copy the file into the tree instead of linking to it".into(),
         ),
-        error @ (TreePathError::NotAFile { .. } | TreePathError::HardLinked { .. }) => (
+        error @ (TreePathError::NotAFile { .. }
+        | TreePathError::HardLinked { .. }
+        | TreePathError::NotADirectory { .. }) => (
             format!("source {error}"),
             "make the source an ordinary file in the tree, with one name (`cp`, not `ln` or `mkfifo`)".into(),
         ),

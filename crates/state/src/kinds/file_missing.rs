@@ -8,7 +8,7 @@ use halite_proto::Value;
 use serde::Deserialize;
 
 use super::file_exists::{Checked, present};
-use super::{Authored, Kind, Plan, Problem, absolute_path, args};
+use super::{Authored, Kind, KindError, Plan, Problem, absolute_path, args};
 use crate::env::ApplyEnv;
 
 pub static KIND: Kind = Kind {
@@ -33,10 +33,10 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
     Ok(Value::map().with("path", path))
 }
 
-fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let path = PathBuf::from(args::string(args, "path")?);
     if present(&path)? {
-        return Err(format!("{} exists (file.absent removes it)", path.display()));
+        return Err(KindError::Exists { path, help: "file.absent removes it" });
     }
     Ok(Box::new(Checked))
 }

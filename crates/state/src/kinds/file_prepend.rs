@@ -6,7 +6,7 @@
 use halite_proto::Value;
 
 use super::file_append::{plan_chunks, resolve_chunks};
-use super::{Authored, Kind, Plan, Problem, args};
+use super::{Authored, Kind, KindError, Plan, Problem, args};
 use crate::env::ApplyEnv;
 
 pub static KIND: Kind = Kind {
@@ -25,15 +25,15 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
 /// `lines` before `text`, or after its leading `#` lines with `header`.
 fn place(text: &str, lines: &str, args: &Value) -> String {
     let split = if args::bool_or(args, "header", false) {
-        crate::edit::lines(text).iter().take_while(|l| l.starts_with('#')).map(|l| l.len()).sum()
+        crate::text::lines(text).iter().take_while(|l| l.starts_with('#')).map(|l| l.len()).sum()
     } else {
         0
     };
     let (head, rest) = text.split_at(split);
-    format!("{}{lines}{rest}", if head.is_empty() { String::new() } else { crate::edit::with_newline(head) })
+    format!("{}{lines}{rest}", if head.is_empty() { String::new() } else { crate::text::with_newline(head) })
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     plan_chunks(args, env, "prepended", place)
 }
 

@@ -24,8 +24,9 @@ use halite_proto::{Sha256, Value};
 use serde::Deserialize;
 
 use super::file_managed::{DIFF_LIMIT, lookup_group, lookup_user, parse_mode, unified_diff};
-use super::{Authored, Kind, Plan, Problem, absolute_path, args, string_list};
+use super::{Authored, Kind, KindError, Plan, Problem, absolute_path, args, string_list};
 use crate::env::ApplyEnv;
+use crate::text::TextError;
 
 pub static KIND: Kind = Kind {
     name: "file.recurse",
@@ -69,18 +70,22 @@ struct Patterns {
 }
 
 impl Patterns {
-    fn new(patterns: &[String]) -> Result<Patterns, String> {
+    fn new(patterns: &[String]) -> Result<Patterns, TextError> {
         let mut globs = globset::GlobSetBuilder::new();
         let mut regexes = Vec::new();
         for pattern in patterns {
             match pattern.strip_prefix("E@") {
-                Some(re) => regexes.push(crate::edit::compile(re, "")?),
+                Some(re) => regexes.push(crate::text::compile(re, "")?),
                 None => {
-                    globs.add(globset::Glob::new(pattern).map_err(|e| format!("pattern `{pattern}`: {e}"))?);
+                    globs.add(
+                        globset::Glob::new(pattern)
+                            .map_err(|source| TextError::Glob { pattern: pattern.clone(), source })?,
+                    );
                 }
             }
         }
-        Ok(Patterns { globs: globs.build().map_err(|e| e.to_string())?, regexes })
+        let globs = globs.build().map_err(|source| TextError::Glob { pattern: patterns.join(", "), source })?;
+        Ok(Patterns { globs, regexes })
     }
 
     fn is_match(&self, relative: &str) -> bool {
@@ -104,7 +109,7 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
     let exclude = config.exclude_pat.map(super::OneOrMany::into_vec).unwrap_or_default();
     for (key, patterns) in [("include_pat", &include), ("exclude_pat", &exclude)] {
         if let Err(e) = Patterns::new(patterns) {
-            problems.push(problem(key, e).help("a glob (`*.conf`) or a regex after `E@` (`E@\\.conf$`)"));
+            problems.push(problem(key, e.to_string()).help("a glob (`*.conf`) or a regex after `E@` (`E@\\.conf$`)"));
         }
     }
     if config.template.is_some() {
@@ -119,12 +124,13 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
     {
         match value.as_ref().filter(|_| !(i == 0 && keep_mode)).map(parse_mode).transpose() {
             Ok(mode) => modes[i] = mode,
-            Err(e) => problems.push(problem(key, e).help("write the mode in octal as a quoted string, e.g. \"0644\"")),
+            Err(e) => problems
+                .push(problem(key, e.to_string()).help("write the mode in octal as a quoted string, e.g. \"0644\"")),
         }
     }
     let source = config.source.unwrap_or_default();
     let relative = source.strip_prefix("salt://").unwrap_or(&source).trim_end_matches('/');
-    let (files, dirs) = match crate::paths::in_tree(state.tree_root, relative) {
+    let (files, dirs) = match crate::paths::dir_in_tree(state.tree_root, relative) {
         Err(e) => {
             problems.push(
                 problem("source", e.to_string()).help("name a directory of the state tree, e.g. salt://files/www"),
@@ -134,7 +140,7 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
         Ok(top) => match read_tree(&top, config.maxdepth, &include, &exclude, config.include_empty, keep_mode) {
             Ok(found) => found,
             Err(e) => {
-                problems.push(problem("source", e));
+                problems.push(problem("source", e.to_string()));
                 (Vec::new(), Vec::new())
             }
         },
@@ -172,30 +178,30 @@ fn read_tree(
     exclude: &[String],
     include_empty: bool,
     keep_mode: bool,
-) -> Result<(Vec<Value>, Vec<String>), String> {
+) -> Result<(Vec<Value>, Vec<String>), KindError> {
     use std::os::unix::fs::PermissionsExt;
     let mut files = Vec::new();
     let mut dirs = BTreeSet::new();
     let mut total = 0u64;
     let mut pending = vec![(top.to_path_buf(), 0usize)];
     if !top.is_dir() {
-        return Err(format!("source {} is not a directory", top.display()));
+        return Err(KindError::SourceNotADirectory { path: top.to_path_buf() });
     }
     while let Some((dir, depth)) = pending.pop() {
         let mut entries: Vec<_> = std::fs::read_dir(&dir)
-            .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+            .and_then(Iterator::collect::<Result<_, _>>)
+            .map_err(|source| KindError::Read { path: dir.clone(), source })?;
         entries.sort_by_key(std::fs::DirEntry::file_name);
         for entry in entries {
             let full = entry.path();
             let relative = full.strip_prefix(top).unwrap_or(&full).to_string_lossy().into_owned();
             // A link must stay in the tree (its canonical path under the top).
-            let real = full.canonicalize().map_err(|e| format!("cannot read {}: {e}", full.display()))?;
+            let unreadable = |source| KindError::Read { path: full.clone(), source };
+            let real = full.canonicalize().map_err(unreadable)?;
             if !real.starts_with(top) {
-                return Err(format!("{relative} leads out of the source directory (a symbolic link?)"));
+                return Err(KindError::OutsideSource { path: full });
             }
-            let meta = std::fs::metadata(&real).map_err(|e| format!("cannot read {}: {e}", full.display()))?;
+            let meta = std::fs::metadata(&real).map_err(unreadable)?;
             if meta.is_dir() {
                 if maxdepth.is_none_or(|max| depth < max) {
                     if include_empty && wanted(&relative, include, exclude) {
@@ -206,9 +212,12 @@ fn read_tree(
             } else if meta.is_file() && wanted(&relative, include, exclude) {
                 total += meta.len();
                 if total > MAX_BYTES {
-                    return Err(format!("more than {MAX_BYTES} bytes under the source; copy it another way"));
+                    return Err(KindError::SourceTooLarge { path: top.to_path_buf(), limit: MAX_BYTES });
                 }
-                let content = std::fs::read(&real).map_err(|e| format!("cannot read {}: {e}", full.display()))?;
+                // One name only, read without blocking: the tree's rule for
+                // every file it gives (`paths::in_tree`).
+                let real = crate::paths::in_tree(top, &relative)?;
+                let content = crate::paths::read_tree_file(&real).map_err(unreadable)?;
                 let mut file = Value::map().with("name", relative.clone()).with("contents", content);
                 if keep_mode {
                     file = file.with("mode", meta.permissions().mode() & 0o7777);
@@ -251,18 +260,18 @@ struct RecursePlan {
 }
 
 /// Opens `relative` under `top` one directory at a time, no link followed.
-fn open_under(top: &Dir, relative: &Path) -> Result<Option<Dir>, String> {
+fn open_under(top: &Dir, relative: &Path) -> Result<Option<Dir>, KindError> {
     let mut dir = top.open_dir(OsStr::new("."));
     for part in relative.iter() {
-        dir = match dir.map_err(|e| e.to_string())? {
+        dir = match dir? {
             Some(d) => d.open_dir(part),
             None => return Ok(None),
         };
     }
-    dir.map_err(|e| e.to_string())
+    Ok(dir?)
 }
 
-fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let path = PathBuf::from(args::string(args, "path")?);
     let file_mode = args::opt_u32(args, "file_mode");
     let dir_mode = args::opt_u32(args, "dir_mode");
@@ -281,9 +290,9 @@ fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
     }
     let dirs: BTreeSet<PathBuf> = args::strings(args, "dirs").into_iter().map(PathBuf::from).collect();
     let top = match halite_fs::open_parent(&path, None) {
-        Ok((parent, name)) => parent.open_dir(&name).map_err(|e| e.to_string())?,
+        Ok((parent, name)) => parent.open_dir(&name)?,
         Err(e) if e.is_not_found() => None,
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     };
     let owner_differs = |uid: u32, gid: u32| owner.0.is_some_and(|u| u != uid) || owner.1.is_some_and(|g| g != gid);
     let mut steps = Vec::new();
@@ -306,7 +315,7 @@ fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
         match open_under(&top, &dir)? {
             None => steps.push(Step::MakeDir(dir)),
             Some(opened) => {
-                let stat = opened.stat().map_err(|e| e.to_string())?;
+                let stat = opened.stat()?;
                 if let Some(mode) = dir_mode.filter(|m| *m != stat.mode) {
                     steps.push(Step::DirMode(dir.clone(), mode));
                 }
@@ -319,7 +328,7 @@ fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
     for (index, (name, contents, mode)) in files.iter().enumerate() {
         let parent = name.parent().unwrap_or(Path::new(""));
         let current = match open_under(&top, parent)? {
-            Some(dir) => dir.open_file(name.file_name().unwrap_or_default()).map_err(|e| e.to_string())?,
+            Some(dir) => dir.open_file(name.file_name().unwrap_or_default())?,
             None => None,
         };
         let Some(current) = current else {
@@ -332,7 +341,7 @@ fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
             steps.push(Step::Write(name.clone(), index));
             continue;
         }
-        let fail = |e: std::io::Error| format!("cannot read {}: {e}", path.join(name).display());
+        let fail = |source| KindError::Read { path: path.join(name), source };
         let mut head = Vec::new();
         current.file().take(DIFF_LIMIT + 1).read_to_end(&mut head).map_err(fail)?;
         let small = head.len() as u64 <= DIFF_LIMIT;
@@ -361,7 +370,7 @@ fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
         let mut pending = vec![PathBuf::new()];
         while let Some(relative) = pending.pop() {
             let Some(dir) = open_under(&top, &relative)? else { continue };
-            let mut names = dir.names().map_err(|e| e.to_string())?;
+            let mut names = dir.names()?;
             names.sort();
             for name in names {
                 let entry = relative.join(&name);
@@ -369,7 +378,7 @@ fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
                 if !exclude.is_empty() && Patterns::new(&exclude).is_ok_and(|p| p.is_match(&shown)) {
                     continue;
                 }
-                let Some(stat) = dir.entry(&name).map_err(|e| e.to_string())? else { continue };
+                let Some(stat) = dir.entry(&name)? else { continue };
                 if keep_names.contains(&entry) {
                     if stat.file_type == FileType::Dir {
                         pending.push(entry);
@@ -415,19 +424,18 @@ impl Plan for RecursePlan {
         (!self.diffs.is_empty()).then(|| self.diffs.concat())
     }
 
-    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+    fn apply(self: Box<Self>) -> Result<Vec<String>, KindError> {
         let changes = self.changes();
         if self.steps.is_empty() {
             return Ok(changes);
         }
-        let (parent, name) =
-            halite_fs::open_parent(&self.path, self.makedirs.then_some(0o755)).map_err(|e| e.to_string())?;
-        let top = match parent.open_dir(&name).map_err(|e| e.to_string())? {
+        let (parent, name) = halite_fs::open_parent(&self.path, self.makedirs.then_some(0o755))?;
+        let top = match parent.open_dir(&name)? {
             Some(top) => top,
-            None => parent.create_dir(&name, 0o700).map_err(|e| e.to_string())?,
+            None => parent.create_dir(&name, 0o700)?,
         };
-        let missing = |relative: &Path| format!("{} changed while being applied", self.path.join(relative).display());
-        let parent_of = |relative: &Path| -> Result<Dir, String> {
+        let missing = |relative: &Path| KindError::ChangedWhileApplied { path: self.path.join(relative) };
+        let parent_of = |relative: &Path| -> Result<Dir, KindError> {
             open_under(&top, relative.parent().unwrap_or(Path::new("")))?.ok_or_else(|| missing(relative))
         };
         let (uid, gid) = self.owner;
@@ -437,50 +445,35 @@ impl Plan for RecursePlan {
                     let dir = if d.as_os_str().is_empty() {
                         open_under(&top, d)?.ok_or_else(|| missing(d))?
                     } else {
-                        parent_of(d)?.create_dir(d.file_name().unwrap_or_default(), 0o700).map_err(|e| e.to_string())?
+                        parent_of(d)?.create_dir(d.file_name().unwrap_or_default(), 0o700)?
                     };
                     if uid.is_some() || gid.is_some() {
-                        dir.set_owner(uid, gid).map_err(|e| e.to_string())?;
+                        dir.set_owner(uid, gid)?;
                     }
-                    dir.set_mode(self.dir_mode).map_err(|e| e.to_string())?;
+                    dir.set_mode(self.dir_mode)?;
                 }
-                Step::DirMode(d, mode) => {
-                    open_under(&top, d)?.ok_or_else(|| missing(d))?.set_mode(*mode).map_err(|e| e.to_string())?
-                }
+                Step::DirMode(d, mode) => open_under(&top, d)?.ok_or_else(|| missing(d))?.set_mode(*mode)?,
                 Step::Write(f, i) => {
                     let (_, contents, mode) = &self.files[*i];
-                    parent_of(f)?
-                        .write_atomic(
-                            f.file_name().unwrap_or_default(),
-                            &mut contents.as_slice(),
-                            Perms { mode: *mode, uid, gid },
-                        )
-                        .map_err(|e| e.to_string())?;
+                    parent_of(f)?.write_atomic(
+                        f.file_name().unwrap_or_default(),
+                        &mut contents.as_slice(),
+                        Perms { mode: *mode, uid, gid },
+                    )?;
                 }
                 Step::FileMode(f, mode) => {
-                    let file = parent_of(f)?.open_file(f.file_name().unwrap_or_default()).map_err(|e| e.to_string())?;
-                    file.ok_or_else(|| missing(f))?.set_mode(*mode).map_err(|e| e.to_string())?;
+                    let file = parent_of(f)?.open_file(f.file_name().unwrap_or_default())?;
+                    file.ok_or_else(|| missing(f))?.set_mode(*mode)?;
                 }
                 Step::Owner(f) => {
                     let dir = parent_of(f)?;
                     let name = f.file_name().unwrap_or(OsStr::new("."));
-                    match dir.entry(name).map_err(|e| e.to_string())?.map(|s| s.file_type) {
-                        Some(FileType::Dir) => dir
-                            .open_dir(name)
-                            .map_err(|e| e.to_string())?
-                            .ok_or_else(|| missing(f))?
-                            .set_owner(uid, gid),
-                        _ => dir
-                            .open_file(name)
-                            .map_err(|e| e.to_string())?
-                            .ok_or_else(|| missing(f))?
-                            .set_owner(uid, gid),
-                    }
-                    .map_err(|e| e.to_string())?;
+                    match dir.entry(name)?.map(|s| s.file_type) {
+                        Some(FileType::Dir) => dir.open_dir(name)?.ok_or_else(|| missing(f))?.set_owner(uid, gid),
+                        _ => dir.open_file(name)?.ok_or_else(|| missing(f))?.set_owner(uid, gid),
+                    }?;
                 }
-                Step::Remove(f, _) => {
-                    parent_of(f)?.remove(f.file_name().unwrap_or_default()).map_err(|e| e.to_string())?
-                }
+                Step::Remove(f, _) => parent_of(f)?.remove(f.file_name().unwrap_or_default())?,
             }
         }
         Ok(changes)
@@ -567,6 +560,26 @@ mod tests {
         std::os::unix::fs::symlink(dir.path(), target.join("css")).unwrap();
         assert!(apply_call(&call, false, &ApplyEnv::default()).outcome.is_failed());
         assert!(!dir.path().join("site.css").exists());
+    }
+
+    /// The tree's rule for every file it gives (`paths::in_tree`) holds
+    /// under a recursed source too: a hard link out is refused, a FIFO is
+    /// not read (nor waited on), and a file is no source directory.
+    #[test]
+    fn a_hard_link_out_is_refused_and_a_fifo_is_not_read() {
+        let outer = tempfile::tempdir().unwrap();
+        let www = outer.path().join("tree/files/www");
+        std::fs::create_dir_all(&www).unwrap();
+        std::fs::write(www.join("index.html"), "<h1>hi</h1>\n").unwrap();
+        nix::unistd::mkfifo(&www.join("pipe"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (files, _) = read_tree(&www, None, &[], &[], false, false).unwrap();
+        assert_eq!(files.len(), 1, "{files:?}");
+        std::fs::write(outer.path().join("shadow"), "secret").unwrap();
+        std::fs::hard_link(outer.path().join("shadow"), www.join("shadow")).unwrap();
+        let error = read_tree(&www, None, &[], &[], false, false).unwrap_err().to_string();
+        assert!(error.contains("`shadow` has 2 names"), "{error}");
+        let error = crate::paths::dir_in_tree(&outer.path().join("tree"), "files/www/index.html").unwrap_err();
+        assert!(error.to_string().contains("is a regular file, not a directory"), "{error}");
     }
 
     #[test]

@@ -9,9 +9,10 @@
 use halite_proto::Value;
 use serde::Deserialize;
 
-use super::{Authored, Kind, Plan, Problem, absolute_path, args};
-use crate::edit::{self, EditPlan, Edited, NewFile};
+use super::{Authored, Kind, KindError, Plan, Problem, absolute_path, args};
+use crate::edit::{EditPlan, Edited, NewFile};
 use crate::env::ApplyEnv;
+use crate::text::{self, TextError};
 
 pub static KIND: Kind = Kind {
     name: "file.replace",
@@ -58,23 +59,24 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
     let problem =
         |key: &str, message: String| Problem::new(state.at(key), format!("file.replace `{}`: {message}", state.id));
     let path = absolute_path(state, KIND.name, config.path).map_err(|p| vec![p])?;
-    let flags = match edit::regex_flags(config.flags.as_ref().unwrap_or(&serde_json::json!(8))) {
+    let flags = match text::regex_flags(config.flags.as_ref().unwrap_or(&serde_json::json!(8))) {
         Ok(flags) => flags,
         Err(e) => {
             problems.push(
-                problem("flags", e).help("give Python's re flags as a number (8) or names ([MULTILINE, IGNORECASE])"),
+                problem("flags", e.to_string())
+                    .help("give Python's re flags as a number (8) or names ([MULTILINE, IGNORECASE])"),
             );
             String::new()
         }
     };
-    if let Err(e) = edit::compile(&config.pattern, &flags) {
+    if let Err(e) = text::compile(&config.pattern, &flags) {
         problems.push(
-            problem("pattern", e)
+            problem("pattern", e.to_string())
                 .help("fix the regular expression (Rust regex syntax, as Python's without look-around)"),
         );
     }
-    let repl = edit::replacement(&config.repl, config.backslash_literal).unwrap_or_else(|e| {
-        problems.push(problem("repl", e).help("escape a literal backslash as \\\\"));
+    let repl = text::replacement(&config.repl, config.backslash_literal).unwrap_or_else(|e| {
+        problems.push(problem("repl", e.to_string()).help("escape a literal backslash as \\\\"));
         String::new()
     });
     if config.append_if_not_found && config.prepend_if_not_found {
@@ -83,8 +85,8 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
                 .help("keep one of them"),
         );
     }
-    let backup = edit::backup_wanted(config.backup.as_ref()).unwrap_or_else(|e| {
-        problems.push(problem("backup", e).help("write `backup: false` or leave it out"));
+    let backup = text::backup_wanted(config.backup.as_ref()).unwrap_or_else(|e| {
+        problems.push(problem("backup", e.to_string()).help("write `backup: false` or leave it out"));
         true
     });
     if !problems.is_empty() {
@@ -109,8 +111,9 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
 
 /// The edit, pure: `text` with the replacements made (Salt's algorithm:
 /// the not-found content counts as found when it is already a line).
-fn replace(text: &str, args: &Value) -> Result<(String, Vec<String>), String> {
-    let pattern = edit::compile(args::string(args, "pattern")?, "")?;
+fn replace(path: &std::path::Path, text: &str, args: &Value) -> Result<(String, Vec<String>), KindError> {
+    let fail = |source| KindError::Text { path: path.to_owned(), source };
+    let pattern = text::compile(args::string(args, "pattern")?, "").map_err(fail)?;
     let repl = args::string(args, "repl")?;
     let count = args::opt_u64(args, "count").unwrap_or(0) as usize;
     let content = args::string(args, "not_found_content")?;
@@ -124,7 +127,7 @@ fn replace(text: &str, args: &Value) -> Result<(String, Vec<String>), String> {
     let mode = args::opt_string(args, "if_not_found");
     if !found && mode.is_some() {
         // A previous run's appended content: found, not appended again.
-        let line = edit::compile(&format!("^{}(?:$|\\r\\n)", regex::escape(content)), flags)?;
+        let line = text::compile(&format!("^{}(?:$|\\r\\n)", regex::escape(content)), flags).map_err(fail)?;
         found = line.is_match(text);
     }
     if found || mode.is_none() {
@@ -133,19 +136,21 @@ fn replace(text: &str, args: &Value) -> Result<(String, Vec<String>), String> {
     let line = format!("{content}\n");
     Ok(match mode {
         Some("prepend") => (format!("{line}{new}"), vec![format!("prepended `{content}`")]),
-        _ => (format!("{}{line}", edit::with_newline(&new)), vec![format!("appended `{content}`")]),
+        _ => (format!("{}{line}", text::with_newline(&new)), vec![format!("appended `{content}`")]),
     })
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let path = std::path::PathBuf::from(args::string(args, "path")?);
     let ignore_missing = args::bool_or(args, "ignore_if_missing", false);
     let plan = EditPlan::new(&path, env, args::bool_or(args, "backup", true), NewFile::default(), |text| match text {
         None if ignore_missing => Ok((Edited::Keep, Vec::new())),
-        None => Err("no such file (set `ignore_if_missing: true` to let that be)".into()),
-        Some(text) => replace(text, args).map(|(new, what)| (Edited::Text(new), what)),
-    })
-    .map_err(|e| e.to_string())?;
+        None => Err(KindError::Text {
+            path: path.clone(),
+            source: TextError::NoFile { help: " (set `ignore_if_missing: true` to let that be)" },
+        }),
+        Some(text) => replace(&path, text, args).map(|(new, what)| (Edited::Text(new), what)),
+    })?;
     Ok(plan.boxed())
 }
 
@@ -197,7 +202,11 @@ mod tests {
         let args = resolved(KIND.name, "pattern: x\nrepl: z");
         let dir = tempfile::tempdir().unwrap();
         let missing = args.args.clone().with("path", dir.path().join("missing").to_str().unwrap());
-        assert!(plan(&missing, &ApplyEnv::default()).err().unwrap().contains("no such file"));
+        let error = plan(&missing, &ApplyEnv::default()).err().unwrap();
+        assert!(
+            matches!(&error, KindError::Text { path, source: TextError::NoFile { .. } } if path.ends_with("missing")),
+            "{error}"
+        );
         let ignored = missing.with("ignore_if_missing", true);
         assert!(plan(&ignored, &ApplyEnv::default()).unwrap().changes().is_empty());
     }

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use halite_proto::Value;
 use serde::Deserialize;
 
-use super::{Authored, Kind, Plan, Problem, args};
+use super::{Authored, Kind, KindError, Plan, Problem, args};
 use crate::command::{self, Spec};
 use crate::env::ApplyEnv;
 
@@ -101,18 +101,18 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
 }
 
 /// Runs `git` with `args`; stdout on success, the failure otherwise.
-fn git(env_path: Option<&std::ffi::OsString>, args: &[&str]) -> Result<String, String> {
+fn git(env_path: Option<&std::ffi::OsString>, args: &[&str]) -> Result<String, KindError> {
     let mut argv = vec!["git"];
     argv.extend_from_slice(args);
     let mut spec = Spec::new(argv);
     // Never ask for a password on a terminal: fail instead.
     spec.env.push(("GIT_TERMINAL_PROMPT".into(), "0".into()));
     let output = command::run(&spec, env_path)?;
-    if output.success() { Ok(output.stdout) } else { Err(output.failure(&spec.display())) }
+    if output.success() { Ok(output.stdout) } else { Err(KindError::Failed { command: spec.display(), output }) }
 }
 
 /// The commit `rev` names at `url` now.
-fn remote_commit(url: &str, rev: &str, env: &ApplyEnv) -> Result<String, String> {
+fn remote_commit(url: &str, rev: &str, env: &ApplyEnv) -> Result<String, KindError> {
     if is_commit(rev) {
         return Ok(rev.to_lowercase());
     }
@@ -123,7 +123,7 @@ fn remote_commit(url: &str, rev: &str, env: &ApplyEnv) -> Result<String, String>
     wanted
         .iter()
         .find_map(|name| refs.iter().find(|(_, r)| r == name).map(|(sha, _)| (*sha).to_owned()))
-        .ok_or_else(|| format!("{url} has no revision `{rev}`"))
+        .ok_or_else(|| KindError::NoRevision { repository: url.to_owned(), rev: rev.to_owned() })
 }
 
 #[derive(Debug)]
@@ -148,7 +148,7 @@ struct GitPlan {
     path: Option<std::ffi::OsString>,
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let target = PathBuf::from(args::string(args, "path")?);
     let url = args::string(args, "url")?.to_owned();
     let rev = args::string(args, "rev")?.to_owned();
@@ -161,7 +161,7 @@ fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
         Some(Step::Clone)
     } else {
         if !super::file_exists::present(&target.join(".git"))? {
-            return Err(format!("{shown} exists and is not a git checkout; halite does not clone over it"));
+            return Err(KindError::NotACheckout { path: target });
         }
         let path = env.path.as_ref();
         let head = git(path, &["-C", &shown, "rev-parse", "HEAD"]).unwrap_or_default().trim().to_owned();
@@ -172,7 +172,7 @@ fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
             && git(path, &["-C", &shown, "merge-base", "--is-ancestor", &head, &commit]).is_err();
         if (dirty || ahead) && !force_reset {
             let why = if dirty { "has local changes" } else { "has local commits the remote does not" };
-            return Err(format!("{shown} {why} (set `force_reset: true` to discard them)"));
+            return Err(KindError::LocalChanges { path: target, why });
         }
         (head != commit || dirty).then_some(Step::Update { from: head, reset: dirty || ahead })
     };
@@ -202,7 +202,7 @@ impl Plan for GitPlan {
         }
     }
 
-    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+    fn apply(self: Box<Self>) -> Result<Vec<String>, KindError> {
         let shown = self.target.display().to_string();
         let path = self.path.as_ref();
         let depth = self.depth.map(|d| format!("--depth={d}"));

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::cron_present::valid_user;
 use super::user_present::{Accounts, root_args, run_tool};
-use super::{Authored, Kind, Plan, Problem, args};
+use super::{Authored, Kind, KindError, Plan, Problem, args};
 use crate::env::ApplyEnv;
 
 pub static KIND: Kind = Kind {
@@ -43,7 +43,7 @@ struct AbsentPlan {
     env: ApplyEnv,
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let name = args::string(args, "name")?.to_owned();
     let present = Accounts::read(&env.root)?.group(&name).is_some();
     Ok(Box::new(AbsentPlan { name, present, env: env.clone() }))
@@ -54,7 +54,7 @@ impl Plan for AbsentPlan {
         if self.present { vec![format!("removed group {}", self.name)] } else { Vec::new() }
     }
 
-    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+    fn apply(self: Box<Self>) -> Result<Vec<String>, KindError> {
         if self.present {
             let mut argv = vec!["groupdel".to_owned()];
             argv.extend(root_args(&self.env));

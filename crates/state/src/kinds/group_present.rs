@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::cron_present::valid_user;
 use super::user_present::{Accounts, root_args, run_tool};
-use super::{Authored, Kind, Plan, Problem, args, string_list};
+use super::{Authored, Kind, KindError, Plan, Problem, args, string_list};
 use crate::env::ApplyEnv;
 
 pub static KIND: Kind = Kind {
@@ -77,7 +77,7 @@ struct GroupPlan {
     members: Option<(Vec<String>, Vec<String>)>,
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let accounts = Accounts::read(&env.root)?;
     let name = args::string(args, "name")?.to_owned();
     let gid = args::opt_u64(args, "gid").map(|g| g.to_string());
@@ -138,7 +138,7 @@ impl Plan for GroupPlan {
         ))
     }
 
-    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+    fn apply(self: Box<Self>) -> Result<Vec<String>, KindError> {
         let tool = |program: &str, options: Vec<String>, name_last: bool| {
             let mut argv = vec![program.to_owned()];
             argv.extend(root_args(&self.env));

@@ -5,7 +5,7 @@
 use halite_proto::Value;
 
 use super::host_present::{plan_hosts, resolve_host};
-use super::{Authored, Kind, Plan, Problem};
+use super::{Authored, Kind, KindError, Plan, Problem};
 use crate::env::ApplyEnv;
 
 pub static KIND: Kind = Kind {
@@ -21,7 +21,7 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
     resolve_host(state, KIND.name)
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     plan_hosts(args, env, false)
 }
 

@@ -8,9 +8,10 @@
 use halite_proto::Value;
 use serde::Deserialize;
 
-use super::{Authored, Kind, OneOrMany, Plan, Problem, args, string_list};
-use crate::edit::{self, EditPlan, Edited, NewFile};
+use super::{Authored, Kind, KindError, OneOrMany, Plan, Problem, args, string_list};
+use crate::edit::{EditPlan, Edited, NewFile};
 use crate::env::ApplyEnv;
+use crate::text;
 
 pub static KIND: Kind = Kind {
     name: "host.present",
@@ -89,7 +90,7 @@ struct Line {
 }
 
 fn parse(text: &str) -> Vec<Line> {
-    edit::lines(text)
+    text::lines(text)
         .into_iter()
         .map(|raw| {
             let original = raw.trim_end_matches('\n').to_owned();
@@ -168,7 +169,7 @@ pub(crate) fn edit_hosts(text: &str, args: &Value, present: bool) -> (String, Ve
     (render(&lines), what)
 }
 
-pub(crate) fn plan_hosts(args: &Value, env: &ApplyEnv, present: bool) -> Result<Box<dyn Plan>, String> {
+pub(crate) fn plan_hosts(args: &Value, env: &ApplyEnv, present: bool) -> Result<Box<dyn Plan>, KindError> {
     let path = std::path::PathBuf::from(args::string(args, "path")?);
     let plan = EditPlan::new(&path, env, true, NewFile::default(), |text| match text {
         None if !present => Ok((Edited::Keep, Vec::new())),
@@ -176,12 +177,11 @@ pub(crate) fn plan_hosts(args: &Value, env: &ApplyEnv, present: bool) -> Result<
             let (new, what) = edit_hosts(text.unwrap_or_default(), args, present);
             Ok((Edited::Text(new), what))
         }
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     Ok(plan.boxed())
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     plan_hosts(args, env, true)
 }
 

@@ -247,6 +247,51 @@ pub enum KindError {
     /// code and output, line by line, shown as they are.
     #[error("{lines}")]
     CapturedFailure { lines: String },
+    #[error("{path} is not UTF-8 text; halite edits only text in place")]
+    NotText { path: PathBuf },
+    /// An in-place edit ([`crate::edit`]) that cannot be made to the
+    /// file's text.
+    #[error("{path}: {source}")]
+    Text { path: PathBuf, source: crate::text::TextError },
+    #[error("{path} does not exist{help}")]
+    Missing { path: PathBuf, help: &'static str },
+    #[error("{path} exists ({help})")]
+    Exists { path: PathBuf, help: &'static str },
+    /// A file taken from the state tree (names it as authored).
+    #[error(transparent)]
+    Tree(#[from] crate::paths::TreePathError),
+    #[error("source {path} is not a directory")]
+    SourceNotADirectory { path: PathBuf },
+    #[error("{path} leads out of the source directory (a symbolic link?)")]
+    OutsideSource { path: PathBuf },
+    #[error("more than {limit} bytes under the source {path}; copy it another way")]
+    SourceTooLarge { path: PathBuf, limit: u64 },
+    #[error("{path} changed while being applied")]
+    ChangedWhileApplied { path: PathBuf },
+    #[error("cannot make a private directory for {subject}: {source}")]
+    ScratchDir { subject: String, source: std::io::Error },
+    #[error(
+        "{archive} does not hold one top-level directory (it has {tops}); set `enforce_toplevel: false` to extract it as it is"
+    )]
+    NoTopLevel { archive: String, tops: String },
+    #[error("user `{name}` has {attribute} {now}, not {wanted} (set `allow_{attribute}_change: true` to change it)")]
+    UserIdChange { name: String, attribute: &'static str, now: String, wanted: String },
+    #[error("{unit} is not active {seconds:.1} s after it was started (init_delay)")]
+    NotActiveAfterDelay { unit: String, seconds: f64 },
+    #[error("apt knows no version of `{package}` (is its repository configured?)")]
+    NoCandidate { package: String },
+    #[error("{repository} has no revision `{rev}`")]
+    NoRevision { repository: String, rev: String },
+    #[error("{path} exists and is not a git checkout; halite does not clone over it")]
+    NotACheckout { path: PathBuf },
+    #[error("{path} {why} (set `force_reset: true` to discard them)")]
+    LocalChanges { path: PathBuf, why: &'static str },
+    #[error("{mounted} is mounted at {point}, not {device}; halite does not unmount it")]
+    MountedElsewhere { point: String, mounted: String, device: String },
+    #[error("no kernel parameter `{name}` ({path} does not exist)")]
+    NoKernelParameter { name: String, path: PathBuf },
+    #[error("no time zone `{name}` ({path} does not exist)")]
+    NoTimeZone { name: String, path: PathBuf },
 }
 
 #[derive(Debug)]

@@ -16,10 +16,11 @@ use std::path::PathBuf;
 use halite_proto::Value;
 use serde::Deserialize;
 
-use super::{Authored, Kind, Plan, Problem, args};
+use super::{Authored, Kind, KindError, Plan, Problem, args};
 use crate::command::{self, Spec};
-use crate::edit::{self, EditPlan, Edited, NewFile};
+use crate::edit::{EditPlan, Edited, NewFile};
 use crate::env::ApplyEnv;
+use crate::text;
 
 pub static KIND: Kind = Kind {
     name: "mount.mounted",
@@ -99,12 +100,12 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
 /// The fstab text with `line` for its mount point.
 fn set_line(text: &str, line: &str, name: &str) -> String {
     let ours = |l: &str| !l.trim_start().starts_with('#') && l.split_whitespace().nth(1) == Some(name);
-    let lines = edit::lines(text);
+    let lines = text::lines(text);
     let same = |a: &str, b: &str| a.split_whitespace().eq(b.split_whitespace());
     match lines.iter().position(|l| ours(l)) {
         Some(i) if same(lines[i], line) => text.to_owned(),
         Some(i) => format!("{}{line}\n{}", lines[..i].concat(), lines[i + 1..].concat()),
-        None => format!("{}{line}\n", edit::with_newline(text)),
+        None => format!("{}{line}\n", text::with_newline(text)),
     }
 }
 
@@ -117,43 +118,45 @@ struct MountPlan {
     path: Option<std::ffi::OsString>,
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let name = args::string(args, "name")?;
     let device = args::string(args, "device")?;
     let fstab = if args::bool_or(args, "persist", true) {
         let path = PathBuf::from(args::string(args, "path")?);
         let line = args::string(args, "line")?;
-        Some(
-            EditPlan::new(&path, env, true, NewFile::default(), |text| {
-                Ok((
-                    Edited::Text(set_line(text.unwrap_or_default(), line, name)),
-                    vec![format!("{name} in {}", path.display())],
-                ))
-            })
-            .map_err(|e| e.to_string())?,
-        )
+        Some(EditPlan::new(&path, env, true, NewFile::default(), |text| {
+            Ok((
+                Edited::Text(set_line(text.unwrap_or_default(), line, name)),
+                vec![format!("{name} in {}", path.display())],
+            ))
+        })?)
     } else {
         None
     };
     let mut mount = None;
     let mut mkmnt = None;
     if args::bool_or(args, "mount", true) {
-        let mounts = std::fs::read_to_string(env.rooted("/proc/mounts"))
-            .map_err(|e| format!("cannot read /proc/mounts: {e}"))?;
+        let mounts_path = env.rooted("/proc/mounts");
+        let mounts = std::fs::read_to_string(&mounts_path)
+            .map_err(|source| KindError::Read { path: mounts_path.clone(), source })?;
         // Seen from inside the root, or (a root that is a directory of
         // this host's) with the root's own path in front.
         let rooted = env.rooted(name).display().to_string();
         let here = mounts.lines().find(|l| l.split_whitespace().nth(1).is_some_and(|m| m == name || m == rooted));
         match here.and_then(|l| l.split_whitespace().next()) {
             Some(other) if other != device && !device.contains('=') => {
-                return Err(format!("{other} is mounted at {name}, not {device}; halite does not unmount it"));
+                return Err(KindError::MountedElsewhere {
+                    point: name.to_owned(),
+                    mounted: other.to_owned(),
+                    device: device.to_owned(),
+                });
             }
             Some(_) => {}
             None => {
                 let point = env.rooted(name);
                 if !point.is_dir() {
                     if !args::bool_or(args, "mkmnt", false) {
-                        return Err(format!("{} does not exist (set `mkmnt: true` to make it)", point.display()));
+                        return Err(KindError::Missing { path: point, help: " (set `mkmnt: true` to make it)" });
                     }
                     mkmnt = Some(point.clone());
                 }
@@ -185,20 +188,20 @@ impl Plan for MountPlan {
         self.fstab.as_ref().and_then(Plan::diff)
     }
 
-    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+    fn apply(self: Box<Self>) -> Result<Vec<String>, KindError> {
         let changes = self.changes();
         if let Some(fstab) = self.fstab {
             Box::new(fstab).apply()?;
         }
         if let Some(point) = &self.mkmnt {
-            halite_fs::Dir::create_all(point, 0o755).map_err(|e| e.to_string())?;
+            halite_fs::Dir::create_all(point, 0o755)?;
         }
         if let Some(argv) = &self.mount {
             let mut spec = Spec::new(["mount"]);
             spec.argv.extend(argv.iter().cloned());
             let output = command::run(&spec, self.path.as_ref())?;
             if !output.success() {
-                return Err(output.failure(&spec.display()));
+                return Err(KindError::Failed { command: spec.display(), output });
             }
         }
         Ok(changes)

@@ -10,7 +10,7 @@ use halite_proto::Value;
 use serde::Deserialize;
 
 use super::pkg_removed::{AptPlan, apt_get, resolve_packages, status};
-use super::{Authored, Kind, Plan, Problem, args};
+use super::{Authored, Kind, KindError, Plan, Problem, args};
 use crate::command::{self, Spec};
 use crate::env::ApplyEnv;
 
@@ -38,24 +38,23 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
 }
 
 /// `apt-cache policy`'s candidate version, `None` when apt has none.
-fn candidate(name: &str, env: &ApplyEnv) -> Result<Option<String>, String> {
+fn candidate(name: &str, env: &ApplyEnv) -> Result<Option<String>, KindError> {
     let output = command::run(&Spec::new(["apt-cache", "policy", name]), env.path.as_ref())?;
     if !output.success() {
-        return Err(output.failure(&format!("apt-cache policy {name}")));
+        return Err(KindError::Failed { command: format!("apt-cache policy {name}"), output });
     }
     let line =
         output.stdout.lines().find_map(|l| l.trim().strip_prefix("Candidate:").map(str::trim).map(str::to_owned));
     Ok(line.filter(|c| c != "(none)"))
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     if args::bool_or(args, "refresh", false) {
         apt_get("update", &[], env.path.as_ref())?;
     }
     let mut packages = Vec::new();
     for name in args::strings(args, "pkgs") {
-        let latest = candidate(&name, env)?
-            .ok_or_else(|| format!("apt knows no version of `{name}` (is its repository configured?)"))?;
+        let latest = candidate(&name, env)?.ok_or_else(|| KindError::NoCandidate { package: name.clone() })?;
         match status(&name, env)? {
             Some((state, have)) if state == "installed" && have == latest => {}
             Some((state, have)) if state == "installed" => {

@@ -6,7 +6,7 @@ use halite_proto::Value;
 use serde::Deserialize;
 
 use super::pkg_removed::{plan_removal, resolve_packages};
-use super::{Authored, Kind, Plan, Problem};
+use super::{Authored, Kind, KindError, Plan, Problem};
 use crate::env::ApplyEnv;
 
 pub static KIND: Kind = Kind {
@@ -31,7 +31,7 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
     resolve_packages(state, KIND.name, (config.name, config.pkgs, config.version))
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     plan_removal(args, env, true)
 }
 

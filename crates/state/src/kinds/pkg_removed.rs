@@ -9,7 +9,7 @@ use std::time::Duration;
 use halite_proto::Value;
 use serde::Deserialize;
 
-use super::{Authored, Kind, Plan, Problem, args, string_list};
+use super::{Authored, Kind, KindError, Plan, Problem, args, string_list};
 use crate::command::{self, Spec};
 use crate::env::ApplyEnv;
 
@@ -88,7 +88,7 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
 }
 
 /// dpkg's view of a package: (`installed` or another state word, version).
-pub(crate) fn status(name: &str, env: &ApplyEnv) -> Result<Option<(String, String)>, String> {
+pub(crate) fn status(name: &str, env: &ApplyEnv) -> Result<Option<(String, String)>, KindError> {
     let spec = Spec::new(["dpkg-query", "-W", "-f", "${Status} ${Version}", name]);
     let output = command::run(&spec, env.path.as_ref())?;
     if !output.success() {
@@ -100,7 +100,7 @@ pub(crate) fn status(name: &str, env: &ApplyEnv) -> Result<Option<(String, Strin
 }
 
 /// Runs `apt-get <verb> -y <packages>` non-interactively.
-pub(crate) fn apt_get(verb: &str, packages: &[String], env_path: Option<&std::ffi::OsString>) -> Result<(), String> {
+pub(crate) fn apt_get(verb: &str, packages: &[String], env_path: Option<&std::ffi::OsString>) -> Result<(), KindError> {
     let mut spec = Spec::new(["apt-get", verb, "-y"]);
     if verb == "install" {
         spec.argv.push("--no-install-recommends".into());
@@ -109,7 +109,7 @@ pub(crate) fn apt_get(verb: &str, packages: &[String], env_path: Option<&std::ff
     spec.env.push(("DEBIAN_FRONTEND".into(), "noninteractive".into()));
     spec.timeout = Some(TIMEOUT);
     let output = command::run(&spec, env_path)?;
-    if output.success() { Ok(()) } else { Err(output.failure(&spec.display())) }
+    if output.success() { Ok(()) } else { Err(KindError::Failed { command: spec.display(), output }) }
 }
 
 /// Packages to hand to one `apt-get` verb, each with what it does.
@@ -125,7 +125,7 @@ impl Plan for AptPlan {
         self.packages.iter().map(|(_, why)| why.clone()).collect()
     }
 
-    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+    fn apply(self: Box<Self>) -> Result<Vec<String>, KindError> {
         let names: Vec<String> = self.packages.iter().map(|(p, _)| p.clone()).collect();
         apt_get(self.verb, &names, self.path.as_ref())?;
         Ok(self.changes())
@@ -134,7 +134,7 @@ impl Plan for AptPlan {
 
 /// `pkg.removed` (`purge` false) or `pkg.purged`: the packages dpkg still
 /// knows as installed (or, to purge, with configuration files left).
-pub(crate) fn plan_removal(args: &Value, env: &ApplyEnv, purge: bool) -> Result<Box<dyn Plan>, String> {
+pub(crate) fn plan_removal(args: &Value, env: &ApplyEnv, purge: bool) -> Result<Box<dyn Plan>, KindError> {
     let version = args::opt_string(args, "version");
     let mut packages = Vec::new();
     for name in args::strings(args, "pkgs") {
@@ -153,7 +153,7 @@ pub(crate) fn plan_removal(args: &Value, env: &ApplyEnv, purge: bool) -> Result<
     Ok(Box::new(AptPlan { verb: if purge { "purge" } else { "remove" }, packages, path: env.path.clone() }))
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     plan_removal(args, env, false)
 }
 

@@ -18,9 +18,10 @@ use halite_proto::Value;
 use serde::Deserialize;
 
 use super::pkg_removed::apt_get;
-use super::{Authored, Kind, Plan, Problem, args};
-use crate::edit::{self, EditPlan, Edited, NewFile};
+use super::{Authored, Kind, KindError, Plan, Problem, args};
+use crate::edit::{EditPlan, Edited, NewFile};
 use crate::env::ApplyEnv;
+use crate::text;
 
 pub static KIND: Kind = Kind {
     name: "pkgrepo.managed",
@@ -121,7 +122,7 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
             );
         } else {
             let relative = url.strip_prefix("salt://").unwrap_or(url);
-            match crate::paths::in_tree(state.tree_root, relative).map(std::fs::read) {
+            match crate::paths::in_tree(state.tree_root, relative).map(|p| crate::paths::read_tree_file(&p)) {
                 Ok(Ok(bytes)) => {
                     let name =
                         Path::new(relative).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -168,7 +169,7 @@ fn set_line(text: &str, line: &str, clean: bool) -> String {
     }
     let ours = parse_line(line);
     let ours = ours.as_ref().map(DebLine::identity);
-    let lines = edit::lines(text);
+    let lines = text::lines(text);
     let same = |l: &str| parse_line(l).as_ref().map(DebLine::identity) == ours;
     match lines.iter().position(|l| same(l)) {
         Some(i) if lines[i].trim_end() == line => text.to_owned(),
@@ -177,7 +178,7 @@ fn set_line(text: &str, line: &str, clean: bool) -> String {
             lines[..i].concat(),
             lines[i + 1..].iter().filter(|l| !same(l)).copied().collect::<String>()
         ),
-        None => format!("{}{line}\n", edit::with_newline(text)),
+        None => format!("{}{line}\n", text::with_newline(text)),
     }
 }
 
@@ -190,7 +191,7 @@ struct RepoPlan {
     path: Option<std::ffi::OsString>,
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let path = PathBuf::from(args::string(args, "path")?);
     let line = args::string(args, "line")?;
     let clean = args::bool_or(args, "clean_file", false);
@@ -199,11 +200,10 @@ fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
             Edited::Text(set_line(text.unwrap_or_default(), line, clean)),
             vec![format!("`{line}` in {}", path.display())],
         ))
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     let key = match (args::opt_string(args, "key_path"), args::bytes(args, "key")) {
         (Some(key_path), Ok(bytes)) => {
-            let file = Editable::read(&env.rooted(key_path), edit::EDIT_LIMIT).map_err(|e| e.to_string())?;
+            let file = Editable::read(&env.rooted(key_path), crate::edit::EDIT_LIMIT)?;
             (file.content() != Some(bytes)).then(|| (file, bytes.to_vec()))
         }
         _ => None,
@@ -223,10 +223,10 @@ impl Plan for RepoPlan {
         self.sources.diff()
     }
 
-    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+    fn apply(self: Box<Self>) -> Result<Vec<String>, KindError> {
         let mut done = Vec::new();
         if let Some((file, bytes)) = &self.key {
-            file.replace(bytes, Perms::mode(0o644), true).map_err(|e| e.to_string())?;
+            file.replace(bytes, Perms::mode(0o644), true)?;
             done.push(format!("key {}", file.path().display()));
         }
         done.extend(Box::new(self.sources).apply()?);

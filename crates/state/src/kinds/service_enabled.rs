@@ -5,7 +5,7 @@
 use halite_proto::Value;
 
 use super::service_running::{Unit, resolve_service};
-use super::{Authored, Kind, Plan, Problem};
+use super::{Authored, Kind, KindError, Plan, Problem};
 use crate::env::ApplyEnv;
 
 pub static KIND: Kind = Kind {
@@ -40,13 +40,13 @@ pub(crate) struct BootPlan {
     boot: Option<&'static str>,
 }
 
-pub(crate) fn plan_boot(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+pub(crate) fn plan_boot(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let unit = Unit::probe(args, env)?;
     let boot = unit.boot_change(args);
     Ok(Box::new(BootPlan { unit, boot }))
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     plan_boot(args, env)
 }
 
@@ -55,7 +55,7 @@ impl Plan for BootPlan {
         self.boot.map(|verb| vec![format!("{verb} {}", self.unit.name)]).unwrap_or_default()
     }
 
-    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+    fn apply(self: Box<Self>) -> Result<Vec<String>, KindError> {
         match self.boot {
             Some(verb) => Ok(vec![self.unit.systemctl(verb)?]),
             None => Ok(Vec::new()),

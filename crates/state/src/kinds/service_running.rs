@@ -153,7 +153,7 @@ impl RunningPlan {
 
     /// Salt's `init_delay`: the service is given its time after starting,
     /// then must still be active.
-    fn settle(&self) -> Result<(), String> {
+    fn settle(&self) -> Result<(), KindError> {
         let Some(delay) = self.init_delay else { return Ok(()) };
         // The delay is the feature asked for: a job runs on a blocking
         // thread of its own (never the runtime's), and nothing else is
@@ -164,11 +164,7 @@ impl RunningPlan {
         if command::run(&spec, self.unit.path.as_ref())?.success() {
             Ok(())
         } else {
-            Err(format!(
-                "{} is not active {:.1} s after it was started (init_delay)",
-                self.unit.name,
-                delay.as_secs_f64()
-            ))
+            Err(KindError::NotActiveAfterDelay { unit: self.unit.name.clone(), seconds: delay.as_secs_f64() })
         }
     }
 }

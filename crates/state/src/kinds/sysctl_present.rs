@@ -13,9 +13,10 @@ use halite_fs::Dir;
 use halite_proto::Value;
 use serde::Deserialize;
 
-use super::{Authored, Kind, Plan, Problem, args};
-use crate::edit::{self, EditPlan, Edited, NewFile};
+use super::{Authored, Kind, KindError, Plan, Problem, args};
+use crate::edit::{EditPlan, Edited, NewFile};
 use crate::env::ApplyEnv;
+use crate::text;
 
 pub static KIND: Kind = Kind {
     name: "sysctl.present",
@@ -98,10 +99,10 @@ fn set_line(text: &str, name: &str, value: &str) -> String {
             .flatten()
     };
     let ours = name.replace('/', ".");
-    let lines = edit::lines(text);
+    let lines = text::lines(text);
     let setting: Vec<usize> =
         lines.iter().enumerate().filter(|(_, l)| key(l).as_deref() == Some(&ours)).map(|(i, _)| i).collect();
-    let Some(&last) = setting.last() else { return format!("{}{wanted}\n", edit::with_newline(text)) };
+    let Some(&last) = setting.last() else { return format!("{}{wanted}\n", text::with_newline(text)) };
     let current = lines[last].split_once('=').map(|(_, v)| v.trim()).unwrap_or_default();
     if setting.len() == 1 && fields(current) == fields(value) {
         return text.to_owned();
@@ -127,31 +128,25 @@ struct SysctlPlan {
     live: Option<(Dir, std::ffi::OsString, String, String)>,
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let name = args::string(args, "name")?;
     let value = args::string(args, "value")?;
     let live_path = env.rooted(&format!("/proc/sys/{}", name.replace('.', "/")));
-    let (dir, file_name) = halite_fs::open_parent(&live_path, None).map_err(|e| {
-        if e.is_not_found() {
-            format!("no kernel parameter `{name}` ({} does not exist)", live_path.display())
-        } else {
-            e.to_string()
-        }
-    })?;
-    let current = dir.open_file(&file_name).map_err(|e| e.to_string())?;
-    let current =
-        current.ok_or_else(|| format!("no kernel parameter `{name}` ({} does not exist)", live_path.display()))?;
+    let unknown = || KindError::NoKernelParameter { name: name.to_owned(), path: live_path.clone() };
+    let (dir, file_name) =
+        halite_fs::open_parent(&live_path, None).map_err(|e| if e.is_not_found() { unknown() } else { e.into() })?;
+    let current = dir.open_file(&file_name)?;
+    let current = current.ok_or_else(unknown)?;
     let mut text = String::new();
     std::io::Read::read_to_string(&mut current.file(), &mut text)
-        .map_err(|e| format!("cannot read {}: {e}", live_path.display()))?;
+        .map_err(|source| KindError::Read { path: live_path.clone(), source })?;
     let live = (fields(&text) != fields(value)).then(|| (dir, file_name, text.trim_end().to_owned(), value.to_owned()));
     let path = PathBuf::from(args::string(args, "path")?);
     let new_file = NewFile { makedirs: true, ..NewFile::default() };
     let file = EditPlan::new(&path, env, true, new_file, |text| {
         let text = text.unwrap_or_default();
         Ok((Edited::Text(set_line(text, name, value)), vec![format!("{name} = {value} in {}", path.display())]))
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     Ok(Box::new(SysctlPlan { file, live_path, live }))
 }
 
@@ -176,10 +171,10 @@ impl Plan for SysctlPlan {
         }
     }
 
-    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+    fn apply(self: Box<Self>) -> Result<Vec<String>, KindError> {
         let mut done = Vec::new();
         if let Some((dir, name, from, to)) = &self.live {
-            dir.write_in_place(name, format!("{to}\n").as_bytes()).map_err(|e| e.to_string())?;
+            dir.write_in_place(name, format!("{to}\n").as_bytes())?;
             done.push(format!("{}: {from} -> {to}", self.live_path.display()));
         }
         done.extend(Box::new(self.file).apply()?);

@@ -12,7 +12,7 @@ use halite_fs::Dir;
 use halite_proto::Value;
 use serde::Deserialize;
 
-use super::{Authored, Kind, Plan, Problem, args};
+use super::{Authored, Kind, KindError, Plan, Problem, args};
 use crate::edit::{EditPlan, Edited, NewFile};
 use crate::env::ApplyEnv;
 
@@ -78,27 +78,24 @@ struct ZonePlan {
     timezone: EditPlan,
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let name = args::string(args, "name")?;
     let localtime = PathBuf::from(args::string(args, "path")?);
     let target = Path::new(ZONEINFO).join(name);
     let zone = env.rooted(&target.display().to_string());
     if !super::file_exists::present(&zone)? {
-        return Err(format!("no time zone `{name}` ({} does not exist)", zone.display()));
+        return Err(KindError::NoTimeZone { name: name.to_owned(), path: zone });
     }
-    let (dir, file) = halite_fs::open_parent(&localtime, None).map_err(|e| e.to_string())?;
-    let current = match dir.entry(&file).map_err(|e| e.to_string())? {
-        Some(stat) if stat.file_type == halite_fs::FileType::Link => {
-            Some(dir.read_link(&file).map_err(|e| e.to_string())?)
-        }
+    let (dir, file) = halite_fs::open_parent(&localtime, None)?;
+    let current = match dir.entry(&file)? {
+        Some(stat) if stat.file_type == halite_fs::FileType::Link => Some(dir.read_link(&file)?),
         _ => None,
     };
     let link = (current.as_deref() != Some(target.as_path())).then_some((dir, file, current));
     let timezone_file = localtime.with_file_name("timezone");
     let timezone = EditPlan::new(&timezone_file, env, false, NewFile::default(), |_| {
         Ok((Edited::Text(format!("{name}\n")), vec![format!("{} names {name}", timezone_file.display())]))
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     Ok(Box::new(ZonePlan { localtime, link, target, timezone }))
 }
 
@@ -117,10 +114,10 @@ impl Plan for ZonePlan {
         self.timezone.diff()
     }
 
-    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+    fn apply(self: Box<Self>) -> Result<Vec<String>, KindError> {
         let changes = self.changes();
         if let Some((dir, name, _)) = &self.link {
-            dir.symlink_atomic(&self.target, name).map_err(|e| e.to_string())?;
+            dir.symlink_atomic(&self.target, name)?;
         }
         Box::new(self.timezone).apply()?;
         Ok(changes)

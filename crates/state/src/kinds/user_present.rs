@@ -16,7 +16,7 @@ use halite_proto::Value;
 use serde::Deserialize;
 
 use super::cron_present::valid_user;
-use super::{Authored, Kind, OneOrMany, Plan, Problem, args, string_list};
+use super::{Authored, Kind, KindError, OneOrMany, Plan, Problem, args, string_list};
 use crate::command::{self, Spec};
 use crate::env::ApplyEnv;
 
@@ -152,10 +152,10 @@ pub(crate) struct Accounts {
 
 impl Accounts {
     /// Reads the three files under `root` (a missing one is empty).
-    pub fn read(root: &Path) -> Result<Accounts, String> {
-        let read = |file: &str| -> Result<Vec<Vec<String>>, String> {
+    pub fn read(root: &Path) -> Result<Accounts, KindError> {
+        let read = |file: &str| -> Result<Vec<Vec<String>>, KindError> {
             let path = crate::paths::rooted(root, Path::new(file));
-            let text = halite_fs::Editable::read(&path, crate::edit::EDIT_LIMIT).map_err(|e| e.to_string())?;
+            let text = halite_fs::Editable::read(&path, crate::edit::EDIT_LIMIT)?;
             let text = String::from_utf8_lossy(text.content().unwrap_or_default()).into_owned();
             Ok(text.lines().filter(|l| !l.is_empty()).map(|l| l.split(':').map(str::to_owned).collect()).collect())
         };
@@ -201,12 +201,12 @@ pub(crate) fn root_args(env: &ApplyEnv) -> Vec<String> {
 }
 
 /// Runs one of the shadow tools; its failure names the command.
-pub(crate) fn run_tool(env: &ApplyEnv, argv: Vec<String>, stdin: Option<Vec<u8>>) -> Result<String, String> {
+pub(crate) fn run_tool(env: &ApplyEnv, argv: Vec<String>, stdin: Option<Vec<u8>>) -> Result<String, KindError> {
     let mut spec = Spec::new(argv);
     spec.stdin = stdin;
     let shown = spec.display();
     let output = command::run(&spec, env.path.as_ref())?;
-    if output.success() { Ok(shown) } else { Err(output.failure(&shown)) }
+    if output.success() { Ok(shown) } else { Err(KindError::Failed { command: shown, output }) }
 }
 
 #[derive(Debug)]
@@ -220,7 +220,7 @@ struct UserPlan {
     what: Vec<(String, String, String)>,
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
+fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let accounts = Accounts::read(&env.root)?;
     let name = args::string(args, "name")?.to_owned();
     let mut groups = args::strings(args, "groups");
@@ -270,19 +270,21 @@ fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, String> {
     };
     let mut changes = Vec::new();
     if uid.as_deref().is_some_and(|u| u != current[2]) && !args::bool_or(args, "allow_uid_change", false) {
-        return Err(format!(
-            "user `{name}` has uid {}, not {} (set `allow_uid_change: true` to change it)",
-            current[2],
-            uid.unwrap_or_default()
-        ));
+        return Err(KindError::UserIdChange {
+            name: name.to_owned(),
+            attribute: "uid",
+            now: current[2].clone(),
+            wanted: uid.unwrap_or_default(),
+        });
     }
     let wanted_gid = gid.as_deref().map(|g| accounts.gid(g).unwrap_or_else(|| g.to_owned()));
     if wanted_gid.as_deref().is_some_and(|g| g != current[3]) && !args::bool_or(args, "allow_gid_change", false) {
-        return Err(format!(
-            "user `{name}` has gid {}, not {} (set `allow_gid_change: true` to change it)",
-            current[3],
-            wanted_gid.unwrap_or_default()
-        ));
+        return Err(KindError::UserIdChange {
+            name: name.to_owned(),
+            attribute: "gid",
+            now: current[3].clone(),
+            wanted: wanted_gid.unwrap_or_default(),
+        });
     }
     differs("uid", "--uid", &current[2], uid.as_deref(), &mut changes);
     differs("gid", "--gid", &current[3], wanted_gid.as_deref(), &mut changes);
@@ -340,7 +342,7 @@ impl Plan for UserPlan {
         (!lines.is_empty()).then(|| format!("--- user {0}\n+++ user {0}\n{1}", self.name, lines.concat()))
     }
 
-    fn apply(self: Box<Self>) -> Result<Vec<String>, String> {
+    fn apply(self: Box<Self>) -> Result<Vec<String>, KindError> {
         if let Some((tool, options)) = &self.tool {
             let mut argv = vec![(*tool).to_owned()];
             argv.extend(root_args(&self.env));
