@@ -18,6 +18,7 @@ mod full_disk;
 mod hardening;
 mod interop;
 mod interrupted_restores;
+mod kinds;
 mod link;
 mod link_flood;
 mod local_attack;

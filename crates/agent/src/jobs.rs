@@ -65,8 +65,10 @@ fn panicked(job: Id, states: &[(String, String)], error: &str) -> JobResult {
 
 pub fn run(job: &Job, managed: &ManagedFiles, root: &Path, env: &ApplyEnv) -> JobResult {
     let calls: Vec<StateCall> = job.states.iter().map(|call| rooted_call(call, root)).collect();
+    // The kinds that reach files other than `path` root them themselves.
+    let env = ApplyEnv { root: root.to_path_buf(), ..env.clone() };
     let mut observer = Recorder { job, managed };
-    let mut results = run_states_observed(&calls, job.test, env, &mut observer);
+    let mut results = run_states_observed(&calls, job.test, &env, &mut observer);
     // A diff of a large file would not fit a message; the master refuses
     // (and cuts) what is over, so it is cut here, with a marker.
     results.iter_mut().for_each(StateResult::cap);

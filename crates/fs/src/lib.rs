@@ -72,6 +72,12 @@ pub enum FsError {
     TooManySteps { path: PathBuf },
     #[error("{path} names no file")]
     NoName { path: PathBuf },
+    #[error(
+        "{path} has {links} names (hard links); halite does not edit it in place, since another name may be a file it must not disclose"
+    )]
+    HardLinked { path: PathBuf, links: u64 },
+    #[error("{path} is larger than {limit} bytes; halite does not edit it in place")]
+    TooLarge { path: PathBuf, limit: u64 },
 }
 
 impl FsError {
@@ -424,6 +430,27 @@ impl Dir {
         Ok(names)
     }
 
+    /// Writes `content` into the existing regular file `name`, in place
+    /// (truncated first): for kernel interfaces such as `/proc/sys`,
+    /// which cannot be replaced by a rename. A link at `name` is
+    /// [`FsError::Link`]; nothing is created.
+    pub fn write_in_place(&self, name: &OsStr, content: &[u8]) -> Result<(), FsError> {
+        use std::io::Write;
+        let path = self.join(name);
+        let flags = OFlag::O_WRONLY | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+        let fd = match nix::fcntl::openat(&self.fd, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ELOOP) => return Err(FsError::Link { path }),
+            Err(e) => return Err(FsError::io("open for writing", path, e)),
+        };
+        let mut file = File::from(fd);
+        let stat = nix::sys::stat::fstat(&file).map(stat_of).map_err(|e| FsError::io("inspect", &path, e))?;
+        if stat.file_type != FileType::File {
+            return Err(FsError::WrongType { path, found: stat.file_type.describe(), expected: "regular file" });
+        }
+        file.write_all(content).map_err(|e| FsError::std("write", &path, e))
+    }
+
     /// Replaces `name` with `content`, atomically (the module doc's rule).
     /// `name` may be a link: the link is replaced, not written through.
     pub fn write_atomic(&self, name: &OsStr, content: &mut dyn Read, perms: Perms) -> Result<(), FsError> {
@@ -587,6 +614,123 @@ impl AsFd for OpenFile {
     }
 }
 
+/// A regular file's content read through one descriptor, for a change
+/// that edits it (a line replaced, a block appended), and the atomic
+/// replacement of that content: the one way halite's edit-in-place kinds
+/// read and write a file.
+///
+/// The directory is reached with [`Dir::open`], the file opened
+/// `O_NOFOLLOW` in it (a link at the name is [`FsError::Link`]) and read to
+/// its end through that descriptor. [`Editable::replace`] writes only if
+/// the name still leads to the file read and its content is what was read
+/// (else [`FsError::Changed`]): an edit is never made to content nobody
+/// planned on.
+#[derive(Debug)]
+pub struct Editable {
+    path: PathBuf,
+    /// `None` when the directory does not exist.
+    dir: Option<Dir>,
+    name: OsString,
+    /// The file as opened and its content; `None` when there is no file.
+    current: Option<(OpenFile, Vec<u8>)>,
+}
+
+impl Editable {
+    /// Reads the file at `path`. A file larger than `limit` bytes is
+    /// [`FsError::TooLarge`]; a file with other names is
+    /// [`FsError::HardLinked`] (another name may be a file the reader must
+    /// not see, so it is not read).
+    pub fn read(path: &Path, limit: u64) -> Result<Editable, FsError> {
+        let (dir, name) = match open_parent(path, None) {
+            Ok((dir, name)) => (Some(dir), name),
+            Err(e) if e.is_not_found() => {
+                let name = path.file_name().ok_or_else(|| FsError::NoName { path: path.to_path_buf() })?;
+                (None, name.to_os_string())
+            }
+            Err(e) => return Err(e),
+        };
+        let current = match &dir {
+            Some(dir) => match dir.open_file(&name)? {
+                Some(file) => {
+                    let content = read_whole(&file, path, limit)?;
+                    Some((file, content))
+                }
+                None => None,
+            },
+            None => None,
+        };
+        Ok(Editable { path: path.to_path_buf(), dir, name, current })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The content read; `None` when there is no file.
+    pub fn content(&self) -> Option<&[u8]> {
+        self.current.as_ref().map(|(_, content)| content.as_slice())
+    }
+
+    /// The file's `fstat` as read; `None` when there is no file.
+    pub fn stat(&self) -> Option<Stat> {
+        self.current.as_ref().map(|(file, _)| file.stat())
+    }
+
+    /// Replaces the file with `content`, atomically, keeping the mode and
+    /// owner of the file read; a new file gets `new_file` (missing
+    /// directories made, mode 0755, when `makedirs`). Fails with
+    /// [`FsError::Changed`] when the name no longer leads to the file read,
+    /// or its content changed since.
+    pub fn replace(&self, content: &[u8], new_file: Perms, makedirs: bool) -> Result<(), FsError> {
+        let changed = || FsError::Changed { path: self.path.clone() };
+        let opened;
+        let dir = match &self.dir {
+            Some(dir) => dir,
+            None => {
+                let parent = self.path.parent().ok_or_else(|| FsError::NoName { path: self.path.clone() })?;
+                opened = if makedirs { Dir::create_all(parent, 0o755) } else { Dir::open(parent) }?;
+                &opened
+            }
+        };
+        let perms = match &self.current {
+            Some((file, read)) => {
+                let now = dir.open_file(&self.name)?.ok_or_else(changed)?;
+                let mut again = Vec::new();
+                now.file()
+                    .take(read.len() as u64 + 1)
+                    .read_to_end(&mut again)
+                    .map_err(|e| FsError::std("read", &self.path, e))?;
+                if !now.stat().same_file(&file.stat()) || again != *read {
+                    return Err(changed());
+                }
+                let stat = file.stat();
+                Perms { mode: stat.mode, uid: Some(stat.uid), gid: Some(stat.gid) }
+            }
+            None => {
+                if dir.entry(&self.name)?.is_some() {
+                    return Err(changed());
+                }
+                new_file
+            }
+        };
+        dir.write_atomic(&self.name, &mut &content[..], perms)
+    }
+}
+
+/// The whole content of an opened file, at most `limit` bytes.
+fn read_whole(file: &OpenFile, path: &Path, limit: u64) -> Result<Vec<u8>, FsError> {
+    let stat = file.stat();
+    if stat.nlink > 1 {
+        return Err(FsError::HardLinked { path: path.to_path_buf(), links: stat.nlink });
+    }
+    let mut content = Vec::new();
+    file.file().take(limit + 1).read_to_end(&mut content).map_err(|e| FsError::std("read", path, e))?;
+    if content.len() as u64 > limit {
+        return Err(FsError::TooLarge { path: path.to_path_buf(), limit });
+    }
+    Ok(content)
+}
+
 /// The directory holding `path` (created with `create`'s mode when given
 /// and missing) and the name in it.
 pub fn open_parent(path: &Path, create: Option<u32>) -> Result<(Dir, OsString), FsError> {
@@ -740,6 +884,57 @@ mod tests {
         parent.remove(&name).unwrap();
         assert!(!tree.exists());
         assert!(outside.join("keep").exists());
+    }
+
+    #[test]
+    fn an_edit_reads_through_one_descriptor_and_writes_only_what_it_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("conf");
+        std::fs::write(&path, "a\n").unwrap();
+        chmod(&path, 0o640);
+        let edit = Editable::read(&path, 1024).unwrap();
+        assert_eq!(edit.content(), Some(&b"a\n"[..]));
+        edit.replace(b"a\nb\n", Perms::mode(0o600), false).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"a\nb\n");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777, 0o640, "mode kept");
+        // Changed since it was read: nothing written.
+        let edit = Editable::read(&path, 1024).unwrap();
+        std::fs::write(&path, "other\n").unwrap();
+        assert!(matches!(edit.replace(b"x", Perms::mode(0o644), false), Err(FsError::Changed { .. })));
+        assert_eq!(std::fs::read(&path).unwrap(), b"other\n");
+        // A new file, in a directory made for it.
+        let new = dir.path().join("d/new");
+        let edit = Editable::read(&new, 1024).unwrap();
+        assert_eq!(edit.content(), None);
+        edit.replace(b"n", Perms::mode(0o600), true).unwrap();
+        assert_eq!(std::fs::metadata(&new).unwrap().permissions().mode() & 0o7777, 0o600);
+    }
+
+    #[test]
+    fn an_edit_refuses_links_hard_links_and_large_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "root only").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), dir.path().join("link")).unwrap();
+        std::fs::hard_link(dir.path().join("secret"), dir.path().join("hard")).unwrap();
+        assert!(matches!(Editable::read(&dir.path().join("link"), 1024), Err(FsError::Link { .. })));
+        assert!(matches!(Editable::read(&dir.path().join("hard"), 1024), Err(FsError::HardLinked { links: 2, .. })));
+        std::fs::write(dir.path().join("big"), "0123456789").unwrap();
+        assert!(matches!(Editable::read(&dir.path().join("big"), 9), Err(FsError::TooLarge { .. })));
+        assert!(Editable::read(&dir.path().join("big"), 10).is_ok());
+    }
+
+    #[test]
+    fn an_in_place_write_never_follows_a_link_nor_creates() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("value"), "60\n").unwrap();
+        std::fs::write(dir.path().join("secret"), "root only").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), dir.path().join("link")).unwrap();
+        let opened = Dir::open(dir.path()).unwrap();
+        opened.write_in_place(OsStr::new("value"), b"10\n").unwrap();
+        assert_eq!(std::fs::read(dir.path().join("value")).unwrap(), b"10\n");
+        assert!(matches!(opened.write_in_place(OsStr::new("link"), b"x"), Err(FsError::Link { .. })));
+        assert_eq!(std::fs::read(dir.path().join("secret")).unwrap(), b"root only");
+        assert!(opened.write_in_place(OsStr::new("missing"), b"x").unwrap_err().is_not_found());
     }
 
     #[test]

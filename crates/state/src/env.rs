@@ -36,10 +36,28 @@ pub struct ApplyEnv {
     /// The PATH for finding and running programs (`systemctl`,
     /// `dpkg-query`, `apt-get`, `cmd.run`); `None`: the agent's own.
     pub path: Option<OsString>,
+    /// The agent's `root`: every authored path is under it. A call's
+    /// `path` is moved under it before planning (`paths::rooted_call`);
+    /// kinds that reach other files (`file.copy`'s source) use it through
+    /// [`ApplyEnv::rooted`]. `/` on a real host.
+    pub root: PathBuf,
+}
+
+impl ApplyEnv {
+    /// An authored absolute path under [`ApplyEnv::root`].
+    pub fn rooted(&self, authored: &str) -> PathBuf {
+        crate::paths::rooted(&self.root, std::path::Path::new(authored))
+    }
 }
 
 impl Default for ApplyEnv {
     fn default() -> Self {
-        ApplyEnv { backup_dir: None, backups_kept: 5, backup_max_bytes: DEFAULT_BACKUP_MAX_BYTES, path: None }
+        ApplyEnv {
+            backup_dir: None,
+            backups_kept: 5,
+            backup_max_bytes: DEFAULT_BACKUP_MAX_BYTES,
+            path: None,
+            root: PathBuf::from("/"),
+        }
     }
 }

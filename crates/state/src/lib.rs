@@ -20,6 +20,10 @@
 //!   ([`paths::in_tree`]) and authored paths under an agent's `root`
 //!   ([`paths::rooted`]).
 //! - [`host`] — the host's name.
+//! - [`edit`] — the plan of every kind that edits a file's text in place
+//!   (read through one descriptor, a diff, the atomic write of the edit).
+//! - [`text`] — Salt's regex flags, patterns and replacements for those
+//!   kinds, and why an edit cannot be made to a text.
 //! - [`apply`] — running a job's [`halite_proto::StateCall`]s: requisite
 //!   order, plan, then apply ([`run_states`]).
 //! - [`report`] — what an apply did, printed the same by every command.
@@ -29,6 +33,7 @@ pub mod apply;
 pub mod backup;
 pub mod command;
 pub mod diag;
+pub mod edit;
 pub mod env;
 pub mod host;
 pub mod kinds;
@@ -37,6 +42,7 @@ pub mod report;
 pub mod signal;
 pub mod target;
 pub mod template;
+pub mod text;
 pub mod tree;
 pub mod yaml;
 
@@ -48,6 +54,8 @@ pub use tree::{StateTree, TREE_FILES};
 
 #[cfg(test)]
 mod compat_tests;
+#[cfg(test)]
+pub(crate) mod kind_tests;
 
 /// Fixtures for tests: setting up a file's mode by path.
 #[cfg(test)]

@@ -33,12 +33,16 @@ pub enum TreePathError {
         "`{authored}` has {links} names (hard links); one may be outside the tree, so it is refused: copy the file instead"
     )]
     HardLinked { authored: String, links: u64 },
+    #[error("`{authored}` is a {found}, not a directory")]
+    NotADirectory { authored: String, found: &'static str },
 }
 
 /// What a file is, for a refusal.
 fn kind_of(file_type: std::fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
-    if file_type.is_dir() {
+    if file_type.is_file() {
+        "regular file"
+    } else if file_type.is_dir() {
         "directory"
     } else if file_type.is_fifo() {
         "FIFO"
@@ -73,6 +77,30 @@ pub fn read_tree_file(path: &Path) -> std::io::Result<Vec<u8>> {
 /// `authored` (relative to the tree's `root`) as a canonical path inside the
 /// tree. The file must exist: links are resolved to check where they lead.
 pub fn in_tree(root: &Path, authored: &str) -> Result<PathBuf, TreePathError> {
+    let (real, meta) = inside(root, authored)?;
+    if !meta.is_file() {
+        return Err(TreePathError::NotAFile { authored: authored.to_owned(), found: kind_of(meta.file_type()) });
+    }
+    let links = std::os::unix::fs::MetadataExt::nlink(&meta);
+    if links > 1 {
+        return Err(TreePathError::HardLinked { authored: authored.to_owned(), links });
+    }
+    Ok(real)
+}
+
+/// `authored` as a canonical directory inside the tree (`file.recurse`'s
+/// `source`); each file under it is taken with [`in_tree`] relative to it.
+pub fn dir_in_tree(root: &Path, authored: &str) -> Result<PathBuf, TreePathError> {
+    let (real, meta) = inside(root, authored)?;
+    if !meta.is_dir() {
+        return Err(TreePathError::NotADirectory { authored: authored.to_owned(), found: kind_of(meta.file_type()) });
+    }
+    Ok(real)
+}
+
+/// The canonical path of `authored` if it exists inside the tree, and what
+/// is there.
+fn inside(root: &Path, authored: &str) -> Result<(PathBuf, std::fs::Metadata), TreePathError> {
     let relative = Path::new(authored);
     if relative.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
         return Err(TreePathError::Leaves { authored: authored.to_owned() });
@@ -92,14 +120,7 @@ pub fn in_tree(root: &Path, authored: &str) -> Result<PathBuf, TreePathError> {
         full: full.clone(),
         source,
     })?;
-    if !meta.is_file() {
-        return Err(TreePathError::NotAFile { authored: authored.to_owned(), found: kind_of(meta.file_type()) });
-    }
-    let links = std::os::unix::fs::MetadataExt::nlink(&meta);
-    if links > 1 {
-        return Err(TreePathError::HardLinked { authored: authored.to_owned(), links });
-    }
-    Ok(real)
+    Ok((real, meta))
 }
 
 /// `path` (absolute, as authored) under `root`. Only the normal components

@@ -53,31 +53,39 @@ const UNSUPPORTED_SALT_KEYS: &[(&str, &str)] = &[
 ];
 
 /// Salt state functions halite does not have, named as such when used
-/// (any other unknown kind is reported as unknown, likely a typo).
-const SALT_FUNCTIONS: &[&str] = &[
-    "archive.extracted",
-    "cmd.script",
-    "cmd.wait",
-    "cron.present",
-    "file.append",
-    "file.blockreplace",
-    "file.copy",
-    "file.exists",
-    "file.line",
-    "file.recurse",
-    "file.replace",
-    "file.touch",
-    "git.latest",
-    "group.present",
-    "pkg.latest",
-    "pkg.purged",
-    "pkg.removed",
-    "pkgrepo.managed",
-    "service.disabled",
-    "service.enabled",
-    "user.absent",
-    "user.present",
+/// (any other unknown kind is reported as unknown, likely a typo), with
+/// the way forward.
+const SALT_FUNCTIONS: &[(&str, &str)] = &[
+    ("file.accumulated", "collect the lines in one file.blockreplace, or render them into the file.managed template"),
+    ("file.touch", "use file.managed with `contents: \"\"` or file.append"),
+    ("module.run", "run the module's command with cmd.run"),
 ];
+
+/// The known kinds close to `name` (a typo's likely meaning): within two
+/// edits, or the same function in another module.
+fn close_kinds(name: &str) -> Vec<&'static str> {
+    let function = name.rsplit('.').next().unwrap_or(name);
+    kinds::names()
+        .into_iter()
+        .filter(|known| edit_distance(known, name) <= 2 || known.rsplit('.').next() == Some(function))
+        .collect()
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (row[j + 1] + 1).min(row[j] + 1).min(previous + usize::from(ca != *cb));
+            previous = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
 
 #[derive(Debug, Default)]
 pub struct StateTree {
@@ -328,8 +336,8 @@ impl StateTree {
             for (kind_name, fields) in kinds_map {
                 let kind_at = yaml::location(kind_name);
                 let Some(kind) = kinds::find(&kind_name.value) else {
-                    let salt = SALT_FUNCTIONS.contains(&kind_name.value.as_str());
-                    let message = if salt {
+                    let salt = SALT_FUNCTIONS.iter().find(|(name, _)| *name == kind_name.value);
+                    let message = if salt.is_some() {
                         format!(
                             "unknown state kind `{}` in state `{}`: Salt's `{}` is not supported by halite",
                             kind_name.value, id.value, kind_name.value
@@ -337,10 +345,16 @@ impl StateTree {
                     } else {
                         format!("unknown state kind `{}` in state `{}`", kind_name.value, id.value)
                     };
-                    diagnostics.push(
-                        Diagnostic::error(path, kind_at, message)
-                            .help(format!("known kinds: {}", kinds::names().join(", "))),
-                    );
+                    let close = close_kinds(&kind_name.value);
+                    let help = match (salt, close.as_slice()) {
+                        (Some((_, forward)), _) => format!("{forward}; known kinds: {}", kinds::names().join(", ")),
+                        (None, []) => format!("known kinds: {}", kinds::names().join(", ")),
+                        (None, close) => format!(
+                            "did you mean {}?",
+                            close.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(" or ")
+                        ),
+                    };
+                    diagnostics.push(Diagnostic::error(path, kind_at, message).help(help));
                     continue;
                 };
                 let mut problems = Vec::new();
@@ -977,7 +991,7 @@ mod tests {
         let (_dir, _tree, diagnostics) = tree(&[
             (
                 "a.sls",
-                "x:\n  cmd.run:\n    - name: 'true'\n    - require_in:\n      - cmd: y\n    - order: 1\ny:\n  pkg.latest:\n    - name: z\nz:\n  file.recurse:\n    - name: /srv\nw:\n  cmd.run:\n    - name: echo {{ grains.id }}\n",
+                "x:\n  cmd.run:\n    - name: 'true'\n    - require_in:\n      - cmd: y\n    - order: 1\ny:\n  file.touch:\n    - name: z\nz:\n  file.accumulated:\n    - name: /srv\nw:\n  cmd.run:\n    - name: echo {{ grains.id }}\n",
             ),
             ("j.sls", "{% for u in users %}\n{{ u }}:\n  user.present: []\n{% endfor %}\n"),
             ("i.sls", "include:\n  - a\n"),
@@ -985,11 +999,27 @@ mod tests {
         ]);
         let messages: Vec<String> = diagnostics.iter().map(|d| d.message.clone()).collect();
         for expected in
-            ["`require_in`", "`order`", "`pkg.latest`", "`file.recurse`", "Jinja in a state file", "`include`"]
+            ["`require_in`", "`order`", "`file.touch`", "`file.accumulated`", "Jinja in a state file", "`include`"]
         {
             assert!(messages.iter().any(|m| m.contains(expected)), "{expected}: {messages:#?}");
         }
         assert!(diagnostics.iter().any(|d| d.file.ends_with("j.sls") && d.line == 1 && d.message.contains("Jinja")));
+    }
+
+    #[test]
+    fn unknown_kinds_suggest_the_close_ones() {
+        let (_dir, _tree, diagnostics) = tree(&[(
+            "a.yaml",
+            "a:\n  file.manged: {}\nb:\n  pkg.install: {}\nc:\n  frob.nicate: {}\nd:\n  module.run: {}\n",
+        )]);
+        let helps: Vec<&str> = diagnostics.iter().map(|d| d.help.as_deref().unwrap_or_default()).collect();
+        assert_eq!(helps.len(), 4, "{diagnostics:#?}");
+        assert!(helps[0].starts_with("did you mean `file.managed`?"), "{helps:#?}");
+        assert!(helps[1].starts_with("did you mean `pkg.installed`?"), "{helps:#?}");
+        assert!(helps[2].starts_with("known kinds: archive.extracted, cmd.run,"), "{helps:#?}");
+        assert!(diagnostics[3].message.contains("Salt's `module.run` is not supported"), "{diagnostics:#?}");
+        assert!(helps[3].starts_with("run the module's command with cmd.run"), "{helps:#?}");
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]

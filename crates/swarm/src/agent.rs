@@ -300,7 +300,7 @@ async fn apply(spec: &AgentSpec, _shared: &Shared, job: Job) -> JobResult {
     let jid = job.id;
     let applied = tokio::task::spawn_blocking(move || {
         let calls: Vec<StateCall> = job.states.iter().map(|call| rooted_call(call, &root)).collect();
-        halite_state::run_states(&calls, job.test, &ApplyEnv::default())
+        halite_state::run_states(&calls, job.test, &ApplyEnv { root, ..ApplyEnv::default() })
     })
     .await;
     match applied {

@@ -140,10 +140,14 @@ enum EnvConfig {
 }
 
 fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
-    let config: Config = state.decode(KIND.name)?;
+    resolve_command(state, KIND.name)
+}
+
+/// Resolves `cmd.run`'s arguments for `kind` (`cmd.wait` takes the same).
+pub(crate) fn resolve_command(state: &Authored<'_>, kind: &str) -> Result<Value, Vec<Problem>> {
+    let config: Config = state.decode(kind)?;
     let mut problems = Vec::new();
-    let problem =
-        |key: &str, message: String| Problem::new(state.at(key), format!("cmd.run `{}`: {message}", state.id));
+    let problem = |key: &str, message: String| Problem::new(state.at(key), format!("{kind} `{}`: {message}", state.id));
 
     let name = match config.name.unwrap_or_else(|| OneOrMany::One(state.id.to_owned())) {
         OneOrMany::One(line) => {
@@ -219,7 +223,7 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
 }
 
 /// The spec for one command line (or argv list) with the state's options.
-fn spec(name: &Value, args: &Value) -> Result<Spec, KindError> {
+pub(crate) fn spec(name: &Value, args: &Value) -> Result<Spec, KindError> {
     let shell = args::bool_or(args, "shell", false);
     let mut spec = match name {
         Value::String(line) => Spec::from_command(line, shell)?,
@@ -247,8 +251,15 @@ struct RunPlan {
     capture: bool,
 }
 
-fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
+pub(crate) fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let spec = spec(args.get("name").unwrap_or(&Value::Null), args)?;
+    let skip = skip_reason(args, env)?;
+    Ok(Box::new(RunPlan { spec, skip, path: env.path.clone(), capture: args::bool_or(args, "capture", false) }))
+}
+
+/// Why the command need not run, if `onlyif`/`unless` say so (read-only
+/// probes, run while planning).
+pub(crate) fn skip_reason(args: &Value, env: &ApplyEnv) -> Result<Option<String>, KindError> {
     let probe = |line: &str| -> Result<bool, KindError> {
         let probe = spec_for_probe(line, args)?;
         Ok(command::run(&probe, env.path.as_ref())?.success())
@@ -270,7 +281,7 @@ fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
             skip = Some("unless succeeded".into());
         }
     }
-    Ok(Box::new(RunPlan { spec, skip, path: env.path.clone(), capture: args::bool_or(args, "capture", false) }))
+    Ok(skip)
 }
 
 fn spec_for_probe(line: &str, args: &Value) -> Result<Spec, KindError> {

@@ -55,8 +55,13 @@ struct Config {
     /// The file; Salt spells it `name`. Defaults to the state id.
     #[serde(alias = "name")]
     path: Option<String>,
-    /// A file in the state tree (`files/nginx.conf` or `salt://files/nginx.conf`).
-    source: Option<String>,
+    /// A file in the state tree (`files/nginx.conf` or
+    /// `salt://files/nginx.conf`), or a list of them: the first that
+    /// exists is used (Salt's source list).
+    source: Option<super::OneOrMany>,
+    /// The source's expected sha256: `sha256=<hex>`, `<hex>`, or a file
+    /// of the tree listing `<hex>  <name>` lines (Salt's forms).
+    source_hash: Option<String>,
     contents: Option<String>,
     /// Octal, as a string (`"0644"`) or as digits (`644`).
     mode: Option<serde_json::Value>,
@@ -92,7 +97,25 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
         );
     }
 
-    let contents = match (&config.source, &config.contents) {
+    let source = match config.source.clone().map(super::OneOrMany::into_vec) {
+        Some(list) => match pick_source(state.tree_root, &list) {
+            Ok(source) => Some(source),
+            Err(problem) => {
+                problems.push(
+                    Problem::new(at("source"), format!("file.managed `{}`: {}", state.id, problem.0)).help(problem.1),
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    if config.source_hash.is_some() && config.source.is_none() {
+        problems.push(
+            Problem::new(at("source_hash"), format!("file.managed `{}`: `source_hash` without `source`", state.id))
+                .help("remove it, or add the `source` it checks"),
+        );
+    }
+    let contents = match (&source, &config.contents) {
         (Some(_), Some(_)) => {
             problems.push(
                 Problem::new(
@@ -103,6 +126,8 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
             );
             None
         }
+        // The source list was refused: that is the problem reported.
+        (None, None) if config.source.is_some() => None,
         (None, None) => {
             problems.push(
                 Problem::new(None, format!("file.managed `{}`: neither `source` nor `contents` given", state.id))
@@ -112,7 +137,17 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
         }
         (None, Some(text)) => Some(text.clone().into_bytes()),
         (Some(source), None) => match read_source(state.tree_root, source) {
-            Ok(bytes) => Some(bytes),
+            Ok(bytes) => {
+                if let Some(hash) = &config.source_hash
+                    && let Err(problem) = check_hash(state.tree_root, source, hash, &bytes)
+                {
+                    problems.push(
+                        Problem::new(at("source_hash"), format!("file.managed `{}`: {}", state.id, problem.0))
+                            .help(problem.1),
+                    );
+                }
+                Some(bytes)
+            }
             Err(problem) => {
                 problems.push(
                     Problem::new(at("source"), format!("file.managed `{}`: {}", state.id, problem.0)).help(problem.1),
@@ -135,7 +170,7 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
             && let Err(error) = crate::template::check(&String::from_utf8_lossy(text))
         {
             let line = error.line.unwrap_or(0) as u64;
-            let problem = match &config.source {
+            let problem = match &source {
                 Some(source) => {
                     let file = state.tree_root.join(source.strip_prefix("salt://").unwrap_or(source));
                     Problem::new(
@@ -190,9 +225,82 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
     Ok(resolved)
 }
 
+/// The first source of Salt's list that exists in the tree. A URL is not
+/// a source halite fetches. Errors are (what, how to fix).
+fn pick_source(root: &Path, list: &[String]) -> Result<String, (String, String)> {
+    if let Some(url) = list.iter().find(|s| s.contains("://") && !s.starts_with("salt://")) {
+        return Err((
+            format!("source `{url}` is a URL; halite reads sources from the state tree only"),
+            "download the file into the state tree and name it there".into(),
+        ));
+    }
+    if list.is_empty() {
+        return Err(("`source` is an empty list".into(), "name a file in the state tree".into()));
+    }
+    let exists = |source: &String| {
+        let relative = source.strip_prefix("salt://").unwrap_or(source);
+        crate::paths::in_tree(root, relative).is_ok_and(|p| p.is_file())
+    };
+    // None exists: the first one's error says why.
+    Ok(list.iter().find(|s| exists(s)).unwrap_or(&list[0]).clone())
+}
+
+/// Checks `content` (of `source`) against Salt's `source_hash`:
+/// `sha256=<hex>`, a bare sha256, or a file of the tree with
+/// `<hex>  <name>` lines. Errors are (what, how to fix).
+pub(crate) fn check_hash(root: &Path, source: &str, hash: &str, content: &[u8]) -> Result<(), (String, String)> {
+    let actual = Sha256::of(content).to_hex();
+    let name = Path::new(source).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let is_file = hash.starts_with("salt://") || hash.contains('/');
+    let expected = if let Some((kind, hex)) = hash.split_once('=').or_else(|| hash.split_once(':')).filter(|_| !is_file)
+    {
+        if kind != "sha256" {
+            return Err((
+                format!("source_hash type `{kind}` is not supported"),
+                "give the sha256 (sha256sum FILE)".into(),
+            ));
+        }
+        hex.to_owned()
+    } else if hash.chars().all(|c| c.is_ascii_hexdigit()) {
+        hash.to_owned()
+    } else {
+        let listed = read_source(root, hash).map_err(|(what, help)| (format!("source_hash: {what}"), help))?;
+        let text = String::from_utf8_lossy(&listed).into_owned();
+        let lines: Vec<Vec<&str>> =
+            text.lines().map(|l| l.split_whitespace().collect()).filter(|w: &Vec<&str>| !w.is_empty()).collect();
+        let found = lines
+            .iter()
+            .find(|w| w.get(1).is_some_and(|n| n.trim_start_matches('*').rsplit('/').next() == Some(name.as_str())))
+            .or(if lines.len() == 1 { lines.first() } else { None });
+        match found {
+            Some(words) => words[0].to_owned(),
+            None => {
+                return Err((
+                    format!("source_hash file `{hash}` lists no hash for `{name}`"),
+                    "add a `<sha256>  <name>` line for it".into(),
+                ));
+            }
+        }
+    };
+    let expected = expected.to_lowercase();
+    if expected.len() != 64 || !expected.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err((
+            format!("source_hash `{expected}` is not a sha256 (64 hex digits)"),
+            "give the sha256 (sha256sum FILE)".into(),
+        ));
+    }
+    if expected != actual {
+        return Err((
+            format!("source `{source}` has sha256 {actual}, source_hash says {expected}"),
+            "update the file or the hash".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads a source file, refusing anything outside the tree: absolute paths,
 /// `..`, and symlinks that lead out. Errors are (what, how to fix).
-fn read_source(root: &Path, source: &str) -> Result<Vec<u8>, (String, String)> {
+pub(crate) fn read_source(root: &Path, source: &str) -> Result<Vec<u8>, (String, String)> {
     use crate::paths::TreePathError;
     let relative = source.strip_prefix("salt://").unwrap_or(source);
     let canonical = crate::paths::in_tree(root, relative).map_err(|error| match error {
@@ -208,7 +316,9 @@ fn read_source(root: &Path, source: &str) -> Result<Vec<u8>, (String, String)> {
             format!("source `{source}` is a link that leads out of the state tree"),
             "copy the file into the tree instead of linking to it".into(),
         ),
-        error @ (TreePathError::NotAFile { .. } | TreePathError::HardLinked { .. }) => (
+        error @ (TreePathError::NotAFile { .. }
+        | TreePathError::HardLinked { .. }
+        | TreePathError::NotADirectory { .. }) => (
             format!("source {error}"),
             "make the source an ordinary file in the tree, with one name (`cp`, not `ln` or `mkfifo`)".into(),
         ),
@@ -286,7 +396,7 @@ impl Current {
 }
 
 /// Files larger than this are not diffed (the diff says so).
-const DIFF_LIMIT: u64 = 1024 * 1024;
+pub(crate) const DIFF_LIMIT: u64 = 1024 * 1024;
 
 fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let path = PathBuf::from(args::string(args, "path")?);
@@ -840,6 +950,44 @@ mod tests {
         assert_eq!(diagnostics.len(), 2, "{diagnostics:#?}");
         assert!(diagnostics.iter().any(|d| d.file.ends_with("b.yaml") && d.line == 12), "{diagnostics:#?}");
         assert!(diagnostics.iter().any(|d| d.file.ends_with("files/bad.j2") && d.line == 2), "{diagnostics:#?}");
+    }
+
+    #[test]
+    fn source_lists_take_the_first_that_exists_and_source_hash_is_checked() {
+        use crate::kind_tests::{load, resolved_in};
+        let files = [("files/b", "B\n"), ("files/SHA256SUMS", "x  other\n1a  b\n")];
+        let sha = Sha256::of(b"B\n").to_hex();
+        for hash in [format!("sha256={sha}"), sha.clone()] {
+            let call = resolved_in(
+                KIND.name,
+                &format!("source: [salt://files/a, salt://files/b]\nsource_hash: {hash}"),
+                &files,
+            );
+            assert_eq!(args::bytes(&call.args, "contents").unwrap(), b"B\n");
+        }
+        let tree = tempfile::tempdir().unwrap();
+        fs::create_dir_all(tree.path().join("files")).unwrap();
+        fs::write(tree.path().join("files/b"), "B\n").unwrap();
+        fs::write(tree.path().join("files/SHA256SUMS"), format!("{sha}  b\n")).unwrap();
+        fs::write(
+            tree.path().join("s.yaml"),
+            "x:\n  file.managed:\n    name: /x\n    source: files/b\n    source_hash: salt://files/SHA256SUMS\n",
+        )
+        .unwrap();
+        assert!(crate::StateTree::load(tree.path()).1.is_empty());
+        let diagnostics = load(&format!(
+            "x:\n  file.managed:\n    name: /x\n    contents: a\n    source_hash: sha256={sha}\ny:\n  file.managed:\n    name: /y\n    source: https://example.com/f\n"
+        ));
+        let lines: Vec<(u64, &str)> = diagnostics.iter().map(|d| (d.line, d.message.as_str())).collect();
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        assert!(lines[0].0 == 5 && lines[0].1.contains("without `source`"), "{lines:#?}");
+        assert!(lines[1].0 == 9 && lines[1].1.contains("URL"), "{lines:#?}");
+        // A wrong hash is an error at source_hash.
+        fs::write(tree.path().join("s.yaml"), "x:\n  file.managed:\n    name: /x\n    source: files/b\n    source_hash: md5=00\ny:\n  file.managed:\n    name: /y\n    source: files/b\n    source_hash: sha256=0000000000000000000000000000000000000000000000000000000000000000\n").unwrap();
+        let diagnostics = crate::StateTree::load(tree.path()).1;
+        assert_eq!(diagnostics.len(), 2, "{diagnostics:#?}");
+        assert!(diagnostics[0].line == 5 && diagnostics[0].message.contains("md5"), "{diagnostics:#?}");
+        assert!(diagnostics[1].line == 10 && diagnostics[1].message.contains("source_hash says"), "{diagnostics:#?}");
     }
 
     #[test]

@@ -21,43 +21,133 @@ use crate::diag::Location;
 use crate::env::{ApplyEnv, ManagedFile};
 use crate::yaml::Fields;
 
+pub mod archive_extracted;
 pub mod cmd_run;
+pub mod cmd_script;
+pub mod cmd_wait;
+pub mod cron_absent;
+pub mod cron_present;
 #[cfg(any(test, feature = "example-kinds"))]
 pub mod example_file;
 pub mod file_absent;
+pub mod file_append;
+pub mod file_blockreplace;
+pub mod file_copy;
 pub mod file_directory;
+pub mod file_exists;
+pub mod file_line;
 pub mod file_managed;
+pub mod file_missing;
+pub mod file_prepend;
+pub mod file_recurse;
+pub mod file_replace;
 pub mod file_symlink;
+pub mod git_latest;
+pub mod group_absent;
+pub mod group_present;
+pub mod host_absent;
+pub mod host_present;
+pub mod mount_mounted;
 pub mod pkg_installed;
+pub mod pkg_latest;
+pub mod pkg_purged;
+pub mod pkg_removed;
+pub mod pkgrepo_managed;
 pub mod service_dead;
+pub mod service_disabled;
+pub mod service_enabled;
 pub mod service_running;
+pub mod sysctl_present;
+pub mod timezone_system;
+pub mod user_absent;
+pub mod user_present;
 
 /// Every state kind halite knows. Keep sorted by name.
 #[cfg(not(any(test, feature = "example-kinds")))]
 pub static KINDS: &[&Kind] = &[
+    &archive_extracted::KIND,
     &cmd_run::KIND,
+    &cmd_script::KIND,
+    &cmd_wait::KIND,
+    &cron_absent::KIND,
+    &cron_present::KIND,
     &file_absent::KIND,
+    &file_append::KIND,
+    &file_blockreplace::KIND,
+    &file_copy::KIND,
     &file_directory::KIND,
+    &file_exists::KIND,
+    &file_line::KIND,
     &file_managed::KIND,
+    &file_missing::KIND,
+    &file_prepend::KIND,
+    &file_recurse::KIND,
+    &file_replace::KIND,
     &file_symlink::KIND,
+    &git_latest::KIND,
+    &group_absent::KIND,
+    &group_present::KIND,
+    &host_absent::KIND,
+    &host_present::KIND,
+    &mount_mounted::KIND,
     &pkg_installed::KIND,
+    &pkg_latest::KIND,
+    &pkg_purged::KIND,
+    &pkg_removed::KIND,
+    &pkgrepo_managed::KIND,
     &service_dead::KIND,
+    &service_disabled::KIND,
+    &service_enabled::KIND,
     &service_running::KIND,
+    &sysctl_present::KIND,
+    &timezone_system::KIND,
+    &user_absent::KIND,
+    &user_present::KIND,
 ];
 
 /// The same, with the example file-like kind the tests of other crates
 /// use to show a new kind needs no edits outside its file.
 #[cfg(any(test, feature = "example-kinds"))]
 pub static KINDS: &[&Kind] = &[
+    &archive_extracted::KIND,
     &cmd_run::KIND,
+    &cmd_script::KIND,
+    &cmd_wait::KIND,
+    &cron_absent::KIND,
+    &cron_present::KIND,
     &example_file::KIND,
     &file_absent::KIND,
+    &file_append::KIND,
+    &file_blockreplace::KIND,
+    &file_copy::KIND,
     &file_directory::KIND,
+    &file_exists::KIND,
+    &file_line::KIND,
     &file_managed::KIND,
+    &file_missing::KIND,
+    &file_prepend::KIND,
+    &file_recurse::KIND,
+    &file_replace::KIND,
     &file_symlink::KIND,
+    &git_latest::KIND,
+    &group_absent::KIND,
+    &group_present::KIND,
+    &host_absent::KIND,
+    &host_present::KIND,
+    &mount_mounted::KIND,
     &pkg_installed::KIND,
+    &pkg_latest::KIND,
+    &pkg_purged::KIND,
+    &pkg_removed::KIND,
+    &pkgrepo_managed::KIND,
     &service_dead::KIND,
+    &service_disabled::KIND,
+    &service_enabled::KIND,
     &service_running::KIND,
+    &sysctl_present::KIND,
+    &timezone_system::KIND,
+    &user_absent::KIND,
+    &user_present::KIND,
 ];
 
 pub fn find(name: &str) -> Option<&'static Kind> {
@@ -157,6 +247,51 @@ pub enum KindError {
     /// code and output, line by line, shown as they are.
     #[error("{lines}")]
     CapturedFailure { lines: String },
+    #[error("{path} is not UTF-8 text; halite edits only text in place")]
+    NotText { path: PathBuf },
+    /// An in-place edit ([`crate::edit`]) that cannot be made to the
+    /// file's text.
+    #[error("{path}: {source}")]
+    Text { path: PathBuf, source: crate::text::TextError },
+    #[error("{path} does not exist{help}")]
+    Missing { path: PathBuf, help: &'static str },
+    #[error("{path} exists ({help})")]
+    Exists { path: PathBuf, help: &'static str },
+    /// A file taken from the state tree (names it as authored).
+    #[error(transparent)]
+    Tree(#[from] crate::paths::TreePathError),
+    #[error("source {path} is not a directory")]
+    SourceNotADirectory { path: PathBuf },
+    #[error("{path} leads out of the source directory (a symbolic link?)")]
+    OutsideSource { path: PathBuf },
+    #[error("more than {limit} bytes under the source {path}; copy it another way")]
+    SourceTooLarge { path: PathBuf, limit: u64 },
+    #[error("{path} changed while being applied")]
+    ChangedWhileApplied { path: PathBuf },
+    #[error("cannot make a private directory for {subject}: {source}")]
+    ScratchDir { subject: String, source: std::io::Error },
+    #[error(
+        "{archive} does not hold one top-level directory (it has {tops}); set `enforce_toplevel: false` to extract it as it is"
+    )]
+    NoTopLevel { archive: String, tops: String },
+    #[error("user `{name}` has {attribute} {now}, not {wanted} (set `allow_{attribute}_change: true` to change it)")]
+    UserIdChange { name: String, attribute: &'static str, now: String, wanted: String },
+    #[error("{unit} is not active {seconds:.1} s after it was started (init_delay)")]
+    NotActiveAfterDelay { unit: String, seconds: f64 },
+    #[error("apt knows no version of `{package}` (is its repository configured?)")]
+    NoCandidate { package: String },
+    #[error("{repository} has no revision `{rev}`")]
+    NoRevision { repository: String, rev: String },
+    #[error("{path} exists and is not a git checkout; halite does not clone over it")]
+    NotACheckout { path: PathBuf },
+    #[error("{path} {why} (set `force_reset: true` to discard them)")]
+    LocalChanges { path: PathBuf, why: &'static str },
+    #[error("{mounted} is mounted at {point}, not {device}; halite does not unmount it")]
+    MountedElsewhere { point: String, mounted: String, device: String },
+    #[error("no kernel parameter `{name}` ({path} does not exist)")]
+    NoKernelParameter { name: String, path: PathBuf },
+    #[error("no time zone `{name}` ({path} does not exist)")]
+    NoTimeZone { name: String, path: PathBuf },
 }
 
 #[derive(Debug)]
@@ -383,6 +518,13 @@ mod tests {
         for kind in KINDS {
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(dir.path().join("example.yaml"), kind.example).unwrap();
+            // The files examples may take from the tree (file.recurse, cmd.script, pkgrepo.managed,
+            // archive.extracted).
+            std::fs::create_dir_all(dir.path().join("files/www")).unwrap();
+            std::fs::write(dir.path().join("files/www/index.html"), "<h1>example</h1>\n").unwrap();
+            std::fs::write(dir.path().join("files/setup.sh"), "#!/bin/sh\n").unwrap();
+            std::fs::write(dir.path().join("files/example.asc"), "a key\n").unwrap();
+            std::fs::write(dir.path().join("files/app.tar.gz"), "an archive").unwrap();
             let (tree, diagnostics) = crate::StateTree::load(dir.path());
             assert!(diagnostics.is_empty(), "{}: {diagnostics:?}", kind.name);
             assert!(!tree.files["example"].states.is_empty(), "{} example declares no state", kind.name);

@@ -1,7 +1,9 @@
 //! `service.running`: a systemd unit that is active (and, with `enable`,
 //! enabled or not at boot), through `systemctl`. Planning asks
 //! `systemctl is-active` / `is-enabled` (read-only probes); a watched
-//! state that changed restarts it.
+//! state that changed restarts it, or reloads it with `reload: true`
+//! (Salt's `mod_watch`). `init_delay` (seconds) waits after a start or
+//! restart, then checks the unit is still active, as Salt does.
 
 use halite_proto::Value;
 use serde::Deserialize;
@@ -26,7 +28,15 @@ pub(crate) struct Config {
     name: Option<String>,
     /// Enabled (true) or disabled (false) at boot; left alone if absent.
     enable: Option<bool>,
+    /// `service.running` only: a watched change reloads instead of
+    /// restarting.
+    reload: Option<bool>,
+    /// `service.running` only: seconds to wait after a start or restart.
+    init_delay: Option<f64>,
 }
+
+/// The longest `init_delay` halite waits: a job holds the agent's queue.
+const MAX_INIT_DELAY_SECONDS: f64 = 300.0;
 
 pub(crate) fn resolve_service(state: &Authored<'_>, kind: &str) -> Result<Value, Vec<Problem>> {
     let config: Config = state.decode(kind)?;
@@ -40,6 +50,35 @@ pub(crate) fn resolve_service(state: &Authored<'_>, kind: &str) -> Result<Value,
     let mut resolved = Value::map().with("name", name);
     if let Some(enable) = config.enable {
         resolved = resolved.with("enable", enable);
+    }
+    let mut problems = Vec::new();
+    for (key, given) in [("reload", config.reload.is_some()), ("init_delay", config.init_delay.is_some())] {
+        if given && kind != KIND.name {
+            problems.push(
+                Problem::new(
+                    state.at(key),
+                    format!("{kind} `{}`: `{key}` is an argument of service.running", state.id),
+                )
+                .help("remove it"),
+            );
+        }
+    }
+    if let Some(reload) = config.reload {
+        resolved = resolved.with("reload", reload);
+    }
+    match config.init_delay {
+        Some(delay) if !(0.0..=MAX_INIT_DELAY_SECONDS).contains(&delay) => problems.push(
+            Problem::new(
+                state.at("init_delay"),
+                format!("{kind} `{}`: init_delay `{delay}` is not 0 to {MAX_INIT_DELAY_SECONDS} seconds", state.id),
+            )
+            .help("give the seconds the service needs after it starts, e.g. init_delay: 5"),
+        ),
+        Some(delay) => resolved = resolved.with("init_delay_ms", (delay * 1000.0).round() as i64),
+        None => {}
+    }
+    if !problems.is_empty() {
+        return Err(problems);
     }
     Ok(resolved)
 }
@@ -94,12 +133,40 @@ struct RunningPlan {
     unit: Unit,
     boot: Option<&'static str>,
     restart: bool,
+    /// A watched change reloads rather than restarts.
+    reload: bool,
+    init_delay: Option<std::time::Duration>,
 }
 
 fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let unit = Unit::probe(args, env)?;
     let boot = unit.boot_change(args);
-    Ok(Box::new(RunningPlan { unit, boot, restart: false }))
+    let reload = args::bool_or(args, "reload", false);
+    let init_delay = args::opt_u64(args, "init_delay_ms").map(std::time::Duration::from_millis);
+    Ok(Box::new(RunningPlan { unit, boot, restart: false, reload, init_delay }))
+}
+
+impl RunningPlan {
+    fn watch_verb(&self) -> &'static str {
+        if self.reload { "reload" } else { "restart" }
+    }
+
+    /// Salt's `init_delay`: the service is given its time after starting,
+    /// then must still be active.
+    fn settle(&self) -> Result<(), KindError> {
+        let Some(delay) = self.init_delay else { return Ok(()) };
+        // The delay is the feature asked for: a job runs on a blocking
+        // thread of its own (never the runtime's), and nothing else is
+        // waited for.
+        #[allow(clippy::disallowed_methods)]
+        std::thread::sleep(delay);
+        let spec = Spec::new(["systemctl", "is-active", self.unit.name.as_str()]);
+        if command::run(&spec, self.unit.path.as_ref())?.success() {
+            Ok(())
+        } else {
+            Err(KindError::NotActiveAfterDelay { unit: self.unit.name.clone(), seconds: delay.as_secs_f64() })
+        }
+    }
 }
 
 impl Plan for RunningPlan {
@@ -108,7 +175,7 @@ impl Plan for RunningPlan {
         if !self.unit.active {
             changes.push(format!("start {}", self.unit.name));
         } else if self.restart {
-            changes.push(format!("restart {} (a watched state changed)", self.unit.name));
+            changes.push(format!("{} {} (a watched state changed)", self.watch_verb(), self.unit.name));
         }
         if let Some(verb) = self.boot {
             changes.push(format!("{verb} {}", self.unit.name));
@@ -128,8 +195,12 @@ impl Plan for RunningPlan {
         }
         if !self.unit.active {
             done.push(self.unit.systemctl("start")?);
+            self.settle()?;
         } else if self.restart {
-            done.push(self.unit.systemctl("restart")?);
+            done.push(self.unit.systemctl(self.watch_verb())?);
+            if !self.reload {
+                self.settle()?;
+            }
         }
         Ok(done)
     }
@@ -154,7 +225,7 @@ pub(crate) mod stand_in {
         pub fn new() -> StandIns {
             let dir = tempfile::tempdir().unwrap();
             let bin = dir.path().join("bin");
-            for sub in ["bin", "state/active", "state/enabled", "state/pkgs"] {
+            for sub in ["bin", "state/active", "state/enabled", "state/pkgs", "state/conf", "state/candidates"] {
                 std::fs::create_dir_all(dir.path().join(sub)).unwrap();
             }
             let root = dir.path().display().to_string();
@@ -165,7 +236,7 @@ pub(crate) mod stand_in {
 case $verb in
   is-active) test -e "$S/active/$unit" ;;
   is-enabled) test -e "$S/enabled/$unit" ;;
-  start|restart) touch "$S/active/$unit" ;;
+  start|restart|reload) touch "$S/active/$unit" ;;
   stop) rm -f "$S/active/$unit" ;;
   enable) touch "$S/enabled/$unit" ;;
   disable) rm -f "$S/enabled/$unit" ;;
@@ -175,12 +246,29 @@ esac"#,
                 (
                     "dpkg-query",
                     r#"name=$4
-if [ -e "$S/pkgs/$name" ]; then printf 'install ok installed %s' "$(cat "$S/pkgs/$name")"; else echo "dpkg-query: no packages found matching $name" >&2; exit 1; fi"#,
+if [ -e "$S/pkgs/$name" ]; then printf 'install ok installed %s' "$(cat "$S/pkgs/$name")"
+elif [ -e "$S/conf/$name" ]; then printf 'deinstall ok config-files %s' "$(cat "$S/conf/$name")"
+else echo "dpkg-query: no packages found matching $name" >&2; exit 1; fi"#,
                 ),
                 (
                     "apt-get",
                     r#"[ "$DEBIAN_FRONTEND" = noninteractive ] || exit 9
-for p in "$@"; do case $p in -*|install) ;; *=*) printf %s "${p#*=}" > "$S/pkgs/${p%%=*}" ;; *) printf 1.0 > "$S/pkgs/$p" ;; esac; done"#,
+verb=install
+for p in "$@"; do case $p in
+  -*) ;;
+  install|remove|purge|update) verb=$p ;;
+  *) name=${p%%=*}
+     case $verb in
+       install) case $p in *=*) printf %s "${p#*=}" > "$S/pkgs/$name" ;; *) cat "$S/candidates/$name" 2>/dev/null > "$S/pkgs/$name" || printf 1.0 > "$S/pkgs/$name"; [ -s "$S/pkgs/$name" ] || printf 1.0 > "$S/pkgs/$name" ;; esac ;;
+       remove) mv "$S/pkgs/$name" "$S/conf/$name" ;;
+       purge) rm -f "$S/pkgs/$name" "$S/conf/$name" ;;
+     esac ;;
+esac; done"#,
+                ),
+                (
+                    "apt-cache",
+                    r#"name=$2
+printf '%s:\n  Installed: %s\n  Candidate: %s\n' "$name" "$(cat "$S/pkgs/$name" 2>/dev/null || echo '(none)')" "$(cat "$S/candidates/$name" 2>/dev/null || echo '(none)')""#,
                 ),
             ];
             for (name, body) in scripts {
@@ -274,6 +362,41 @@ mod tests {
         let results = run_states(&[quiet, service], false, &fake.env());
         assert_eq!(results[1].outcome, Outcome::Unchanged);
         assert!(!fake.take_calls().iter().any(|c| c.contains("restart")));
+    }
+
+    #[test]
+    fn reload_true_reloads_on_watch_and_init_delay_checks_after_starting() {
+        let fake = StandIns::new();
+        fake.set("active/nginx", "");
+        let conf = crate::kinds::cmd_run::call("conf", "true");
+        let mut service = call(None).with_arg("reload", true);
+        service.requisites.push(Requisite { on: RequisiteKind::Watch, id: "conf".into(), kind: "cmd.run".into() });
+        let results = run_states(&[conf, service], false, &fake.env());
+        assert_eq!(results[1].outcome, Outcome::Changed { changes: vec!["reload nginx".into()] });
+        assert!(!fake.take_calls().iter().any(|c| c.contains("restart")));
+
+        std::fs::remove_file(fake.state("active/nginx")).unwrap();
+        let delayed = call(None).with_arg("init_delay_ms", 1i64);
+        let result = apply_call(&delayed, false, &fake.env());
+        assert!(matches!(result.outcome, Outcome::Changed { .. }), "{result:?}");
+        let calls = fake.take_calls();
+        assert_eq!(calls[calls.len() - 2..], ["systemctl start nginx", "systemctl is-active nginx"], "{calls:?}");
+        // A unit that dies at once fails the state.
+        let dies = fake.dir.path().join("bin/systemctl");
+        std::fs::write(&dies, "#!/bin/sh\n[ \"$1\" = start ] && exit 0\nexit 3\n").unwrap();
+        let Outcome::Failed { error } = apply_call(&delayed, false, &fake.env()).outcome else { panic!() };
+        assert!(error.contains("not active") && error.contains("init_delay"), "{error}");
+    }
+
+    #[test]
+    fn service_arguments_are_checked_where_written() {
+        let diagnostics = crate::kind_tests::load(
+            "a:\n  service.running:\n    init_delay: -1\nb:\n  service.dead:\n    reload: true\n",
+        );
+        let lines: Vec<(u64, &str)> = diagnostics.iter().map(|d| (d.line, d.message.as_str())).collect();
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        assert!(lines[0].0 == 3 && lines[0].1.contains("init_delay"), "{lines:#?}");
+        assert!(lines[1].0 == 6 && lines[1].1.contains("argument of service.running"), "{lines:#?}");
     }
 
     #[test]
