@@ -108,6 +108,8 @@ pub mod __bench {
         ) -> Self {
             let backend = Arc::new(PubSocketBackend {
                 subscribers: scc::HashMap::new(),
+                accepted: Default::default(),
+                fanned: Default::default(),
                 subscriber_count: AtomicUsize::new(0),
                 socket_monitor: Mutex::new(None),
                 socket_options: Arc::new(SocketOptions::default()),
@@ -128,6 +130,8 @@ pub mod __bench {
                             subscriptions: subscriptions.clone(),
                             send_queue,
                             queued_bytes: Arc::default(),
+                            queued: Arc::default(),
+                            written: Arc::default(),
                             _subscription_coro_stop: stop_sender,
                         },
                     )

@@ -16,7 +16,7 @@ use futures::{select, FutureExt, StreamExt};
 use parking_lot::Mutex;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 const PUB_SEND_QUEUE_CAPACITY: usize = 100_000;
@@ -73,6 +73,8 @@ fn send_within_bytes(subscriber: &Subscriber, message: &ZmqMessage, limit: usize
         || !send_to_subscriber(subscriber.send_queue.clone(), message)
     {
         subscriber.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+    } else {
+        subscriber.queued.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -81,11 +83,20 @@ pub(crate) struct Subscriber {
     pub(crate) send_queue: PubSendQueue,
     /// Bytes in `send_queue` (taken off by the writer as it takes them).
     pub(crate) queued_bytes: Arc<AtomicUsize>,
+    /// Messages ever queued for it, and ever written to its socket (the
+    /// writer adds a batch once it is flushed): what a [`FlushPoint`]
+    /// compares.
+    pub(crate) queued: Arc<AtomicU64>,
+    pub(crate) written: Arc<AtomicU64>,
     pub(crate) _subscription_coro_stop: oneshot::Sender<()>,
 }
 
 pub(crate) struct PubSocketBackend {
     pub(crate) subscribers: scc::HashMap<PeerIdentity, Subscriber>,
+    /// Messages taken into the fanout queue, and messages the fanout task
+    /// has handed to every subscriber's queue (or dropped for a full one).
+    pub(crate) accepted: AtomicU64,
+    pub(crate) fanned: AtomicU64,
     pub(crate) subscriber_count: AtomicUsize,
     pub(crate) socket_monitor: Mutex<Option<mpsc::Sender<SocketEvent>>>,
     pub(crate) socket_options: Arc<SocketOptions>,
@@ -125,6 +136,7 @@ fn spawn_pub_fanout_queue(backend: Arc<PubSocketBackend>) -> PubFanoutQueue {
             loop {
                 while let Some(message) = worker_queue.pop() {
                     backend.fanout_message(message).await;
+                    backend.fanned.fetch_add(1, Ordering::AcqRel);
                 }
 
                 worker_pending.store(false, Ordering::Release);
@@ -228,6 +240,7 @@ impl MultiPeerBackend for PubSocketBackend {
         let (queue_sender, queue_receiver) = mpsc::channel(self.socket_options.send_queue_capacity);
         let (sender, stop_receiver) = oneshot::channel();
         let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let written = Arc::new(AtomicU64::new(0));
         let old_subscriber = self
             .subscribers
             .upsert_async(
@@ -236,6 +249,8 @@ impl MultiPeerBackend for PubSocketBackend {
                     subscriptions: vec![],
                     send_queue: queue_sender,
                     queued_bytes: queued_bytes.clone(),
+                    queued: Arc::default(),
+                    written: written.clone(),
                     _subscription_coro_stop: sender,
                 },
             )
@@ -247,7 +262,8 @@ impl MultiPeerBackend for PubSocketBackend {
         let writer_peer_id = peer_id.clone();
         async_rt::task::spawn(async move {
             if let Err(error) =
-                write_message_queue_counted(queue_receiver, send_queue, Some(queued_bytes)).await
+                write_message_queue_counted(queue_receiver, send_queue, Some(queued_bytes), Some(written))
+                    .await
             {
                 log::debug!(
                     "Error sending message to subscriber {:?}: {:?}",
@@ -320,7 +336,68 @@ impl SocketSend for PubSocket {
             return Ok(());
         }
 
+        if self.fanout_queue.queue.is_full() {
+            // Dropped, as a full fanout queue always did; not counted.
+            return Ok(());
+        }
+        self.backend.accepted.fetch_add(1, Ordering::AcqRel);
         self.fanout_queue.publish(message)
+    }
+}
+
+/// Everything sent on a PUB socket before [`PubSocket::flush_point`] was
+/// called: [`FlushPoint::wait`] returns once it has been written to the
+/// socket of every subscriber it was queued for (a kill after that cannot
+/// lose it in this process's memory), or when `timeout` passes first (a
+/// subscriber that does not keep up holds no one back).
+pub struct FlushPoint {
+    backend: Arc<PubSocketBackend>,
+    accepted: u64,
+}
+
+impl std::fmt::Debug for FlushPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlushPoint").field("accepted", &self.accepted).finish()
+    }
+}
+
+/// How often a waiting [`FlushPoint`] looks again.
+const FLUSH_POLL: std::time::Duration = std::time::Duration::from_micros(250);
+
+impl FlushPoint {
+    /// Whether everything before the point was written in time.
+    pub async fn wait(self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.backend.fanned.load(Ordering::Acquire) < self.accepted {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            async_rt::task::sleep(FLUSH_POLL).await;
+        }
+        let mut targets = Vec::new();
+        let mut iter = self.backend.subscribers.begin_async().await;
+        while let Some(subscriber) = iter {
+            targets.push((subscriber.written.clone(), subscriber.queued.load(Ordering::Acquire)));
+            iter = subscriber.next_async().await;
+        }
+        for (written, queued) in targets {
+            // The writer and the subscriber entry hold the other clones: a
+            // gone subscriber is not waited for.
+            while written.load(Ordering::Acquire) < queued && Arc::strong_count(&written) > 1 {
+                if std::time::Instant::now() >= deadline {
+                    return false;
+                }
+                async_rt::task::sleep(FLUSH_POLL).await;
+            }
+        }
+        true
+    }
+}
+
+impl PubSocket {
+    /// A point after everything sent so far (see [`FlushPoint`]).
+    pub fn flush_point(&self) -> FlushPoint {
+        FlushPoint { backend: self.backend.clone(), accepted: self.backend.accepted.load(Ordering::Acquire) }
     }
 }
 
@@ -331,6 +408,8 @@ impl Socket for PubSocket {
     fn with_options(options: SocketOptions) -> Self {
         let backend = Arc::new(PubSocketBackend {
             subscribers: scc::HashMap::new(),
+            accepted: AtomicU64::new(0),
+            fanned: AtomicU64::new(0),
             subscriber_count: AtomicUsize::new(0),
             socket_monitor: Mutex::new(None),
             socket_options: Arc::new(options),
@@ -373,6 +452,8 @@ mod tests {
             subscriptions: vec![vec![]],
             send_queue,
             queued_bytes: Arc::default(),
+            queued: Arc::default(),
+            written: Arc::default(),
             _subscription_coro_stop: stop,
         };
         let message = ZmqMessage::from(vec![0u8; 600]);
@@ -397,6 +478,8 @@ mod tests {
     fn test_backend() -> PubSocketBackend {
         PubSocketBackend {
             subscribers: scc::HashMap::new(),
+            accepted: AtomicU64::new(0),
+            fanned: AtomicU64::new(0),
             subscriber_count: AtomicUsize::new(0),
             socket_monitor: Mutex::new(None),
             socket_options: Arc::new(SocketOptions::default()),
@@ -418,6 +501,8 @@ mod tests {
                     subscriptions,
                     send_queue: queue_sender,
                     queued_bytes: Arc::default(),
+                    queued: Arc::default(),
+                    written: Arc::default(),
                     _subscription_coro_stop: stop_sender,
                 },
             )

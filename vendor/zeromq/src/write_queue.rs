@@ -11,7 +11,7 @@ pub(crate) async fn write_message_queue(
     queue_receiver: mpsc::Receiver<Message>,
     send_queue: ZmqFramedWrite,
 ) -> CodecResult<()> {
-    write_message_queue_counted(queue_receiver, send_queue, None).await
+    write_message_queue_counted(queue_receiver, send_queue, None, None).await
 }
 
 /// The bytes of a message's parts (what `SocketOptions::send_queue_bytes`
@@ -24,11 +24,14 @@ pub(crate) fn message_bytes(message: &Message) -> usize {
 }
 
 /// As [`write_message_queue`], taking each message's bytes off `queued` as
-/// it leaves the queue (PUB's per-subscriber byte count).
+/// it leaves the queue (PUB's per-subscriber byte count), and adding to
+/// `written` the messages of each batch once it is flushed to the socket
+/// (PUB's flush points).
 pub(crate) async fn write_message_queue_counted(
     mut queue_receiver: mpsc::Receiver<Message>,
     mut send_queue: ZmqFramedWrite,
     queued: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+    written: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 ) -> CodecResult<()> {
     let taken = |message: &Message| {
         if let Some(queued) = &queued {
@@ -39,6 +42,7 @@ pub(crate) async fn write_message_queue_counted(
         taken(&message);
         // When backlog already exists, feed a batch before flushing once to avoid per-message flush cost during bursts.
         send_queue.feed(message).await?;
+        let mut batch = 1u64;
 
         for _ in 1..WRITE_BATCH_LIMIT {
             let message = match queue_receiver.try_recv() {
@@ -47,9 +51,13 @@ pub(crate) async fn write_message_queue_counted(
             };
             taken(&message);
             send_queue.feed(message).await?;
+            batch += 1;
         }
 
         send_queue.flush().await?;
+        if let Some(written) = &written {
+            written.fetch_add(batch, std::sync::atomic::Ordering::AcqRel);
+        }
     }
 
     Ok(())

@@ -51,13 +51,20 @@ pub const PUBLISHER_SUBSCRIBER_BYTES: usize = 32 << 20;
 /// never waits for a tail.
 pub const TAIL_QUEUE: usize = 4096;
 
+/// How long a hand-off waits for the slowest subscriber's socket to take
+/// what was published before it; after that the acks go out anyway (what
+/// that subscriber had not taken is lost to it in a crash, as it is when
+/// its queue fills).
+pub const HAND_OFF_GRACE: Duration = Duration::from_secs(1);
+
 /// What the outside publisher's queue carries: events, and marks that
-/// say when everything queued before them has been handed to the socket.
+/// say when everything queued before them has been written to the
+/// subscribers' sockets.
 #[derive(Debug)]
 enum Outgoing {
     Event(Arc<Event>),
-    /// Answered once every event queued before it was handed to the PUB
-    /// socket ([`Bus::handed_off`]).
+    /// Answered once every event queued before it was written to each
+    /// subscriber's socket, or [`HAND_OFF_GRACE`] passed ([`Bus::handed_off`]).
     Mark(oneshot::Sender<()>),
 }
 
@@ -110,9 +117,19 @@ impl Bus {
                 for item in batch.drain(..) {
                     let event = match item {
                         Outgoing::Event(event) => event,
-                        // In queue order: what came before is sent.
+                        // In queue order: what came before is written to
+                        // every subscriber's socket (in the kernel, where a
+                        // kill of this process cannot lose it) before the
+                        // mark is answered; a subscriber that does not keep
+                        // up within `HAND_OFF_GRACE` holds no one back.
                         Outgoing::Mark(done) => {
-                            let _ = done.send(());
+                            let point = socket.flush_point();
+                            tokio::spawn(async move {
+                                if !point.wait(HAND_OFF_GRACE).await {
+                                    tracing::debug!("A subscriber is behind; acknowledging without it.");
+                                }
+                                let _ = done.send(());
+                            });
                             continue;
                         }
                     };
