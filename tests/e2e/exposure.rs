@@ -98,19 +98,7 @@ async fn secrets_in_webhook_urls_and_command_output_reach_neither_the_bus_nor_th
 /// A ZMTP 3.0 greeting (NULL mechanism) and READY as a SUB, then a
 /// subscription to `prefix`, as bytes on the wire.
 fn sub_opening(prefix: &[u8]) -> Vec<u8> {
-    let mut bytes = vec![0u8; 64];
-    bytes[0] = 0xff;
-    bytes[9] = 0x7f;
-    bytes[10] = 3;
-    bytes[12..16].copy_from_slice(b"NULL");
-    let mut ready = vec![5];
-    ready.extend_from_slice(b"READY");
-    ready.push(11);
-    ready.extend_from_slice(b"Socket-Type");
-    ready.extend_from_slice(&3u32.to_be_bytes());
-    ready.extend_from_slice(b"SUB");
-    bytes.extend([0b0000_0100, u8::try_from(ready.len()).unwrap()]);
-    bytes.extend(ready);
+    let mut bytes = halite_e2e::raw::zmtp_opening("SUB");
     bytes.extend([0, u8::try_from(prefix.len() + 1).unwrap(), 1]);
     bytes.extend_from_slice(prefix);
     bytes

@@ -5,19 +5,10 @@
 //! stays bounded (VmRSS).
 
 use anyhow::{Context, ensure};
+use halite_e2e::raw::{zmtp_greeting, zmtp_opening};
 use halite_e2e::{Fleet, WAIT, binaries, closed_by_peer, rss_growth_under_flood, rss_kib};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-
-/// A ZMTP 3.0 greeting with the NULL mechanism (64 bytes).
-fn greeting() -> Vec<u8> {
-    let mut greeting = vec![0u8; 64];
-    greeting[0] = 0xff;
-    greeting[9] = 0x7f;
-    greeting[10] = 3;
-    greeting[12..16].copy_from_slice(b"NULL");
-    greeting
-}
 
 /// A long-frame header (9 bytes) declaring `declared` bytes.
 fn long_header(declared: u64) -> Vec<u8> {
@@ -28,24 +19,10 @@ fn long_header(declared: u64) -> Vec<u8> {
 
 /// The 73 bytes: a greeting and a long-frame header declaring `declared`.
 fn attack(declared: u64) -> Vec<u8> {
-    let mut bytes = greeting();
+    let mut bytes = zmtp_greeting();
     bytes.extend(long_header(declared));
     assert_eq!(bytes.len(), 73);
     bytes
-}
-
-/// A READY command from a DEALER: past it the peer is in the message phase,
-/// still unauthenticated (no Noise handshake).
-fn ready_as_dealer() -> Vec<u8> {
-    let mut body = vec![5];
-    body.extend_from_slice(b"READY");
-    body.push(11);
-    body.extend_from_slice(b"Socket-Type");
-    body.extend_from_slice(&6u32.to_be_bytes());
-    body.extend_from_slice(b"DEALER");
-    let mut frame = vec![0b0000_0100, body.len() as u8];
-    frame.extend(body);
-    frame
 }
 
 fn address(endpoint: &str) -> &str {
@@ -159,8 +136,7 @@ async fn streaming_a_large_frame_body_before_authentication_keeps_the_master_bou
     let fleet = Fleet::start(&["web01"]).await.unwrap();
     let result = async {
         let pid = fleet.master().pid().context("the master's pid")?;
-        let mut opening = greeting();
-        opening.extend(ready_as_dealer());
+        let mut opening = zmtp_opening("DEALER");
         opening.extend(long_header(BODY as u64));
         let chunk = vec![0x5a; 64 << 10];
         let address = address(&fleet.master().listen);
@@ -185,8 +161,7 @@ async fn a_flood_of_empty_message_parts_keeps_the_master_bounded() {
     let fleet = Fleet::start(&["web01"]).await.unwrap();
     let result = async {
         let pid = fleet.master().pid().context("the master's pid")?;
-        let mut opening = greeting();
-        opening.extend(ready_as_dealer());
+        let opening = zmtp_opening("DEALER");
         // `more` set on every part: the message never ends.
         let parts = [0b0000_0001u8, 0].repeat(32 << 10);
         let address = address(&fleet.master().listen);

@@ -277,15 +277,6 @@ async fn an_agent_pinned_to_another_key_refuses_to_talk() {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// One round of attack: `connections` connections that each start a
 /// handshake and never finish it, send garbage, and replay a sealed frame.
 async fn flood(endpoint: &str, connections: usize, replay: &[Vec<u8>]) -> anyhow::Result<Vec<DealerSocket>> {
@@ -324,11 +315,11 @@ async fn a_flood_of_handshakes_does_not_starve_accepted_agents() {
         let event = fleet.wait_for("the drift", |e| e.tag == "halite/beacon/web01/motd").await?;
         fleet.wait_for_restore_of(&event).await?;
         recorder.barrier().await?;
-        let after_first = rss_kib(pid);
+        let after_first = halite_e2e::rss_kib(pid).unwrap_or(0);
         drop(first_round);
         let second_round = flood(&listen, per_round, &replay).await?;
         recorder.barrier().await?;
-        let after_second = rss_kib(pid);
+        let after_second = halite_e2e::rss_kib(pid).unwrap_or(0);
         drop(second_round);
         eprintln!("master RSS: {after_first} KiB after round 1, {after_second} KiB after round 2");
         assert!(

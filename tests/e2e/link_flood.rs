@@ -12,31 +12,13 @@
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context as _, bail, ensure};
+use halite_e2e::raw::zmtp_opening;
 use halite_e2e::{Fleet, WAIT, rss_kib};
 use halite_link::envelope::{self, Envelope};
 use halite_link::{Initiator, Keypair, Opener, Sealer};
 use halite_proto::{AgentMessage, Event, Hello, MasterMessage, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-
-/// A ZMTP 3.0 greeting with the NULL mechanism, as a DEALER would send it,
-/// followed by its READY command.
-fn opening() -> Vec<u8> {
-    let mut bytes = vec![0u8; 64];
-    bytes[0] = 0xff;
-    bytes[9] = 0x7f;
-    bytes[10] = 3;
-    bytes[12..16].copy_from_slice(b"NULL");
-    let mut body = vec![5];
-    body.extend_from_slice(b"READY");
-    body.push(11);
-    body.extend_from_slice(b"Socket-Type");
-    body.extend_from_slice(&6u32.to_be_bytes());
-    body.extend_from_slice(b"DEALER");
-    bytes.extend([0b0000_0100, u8::try_from(body.len()).unwrap()]);
-    bytes.extend(body);
-    bytes
-}
 
 /// One ZMTP message (its frames) as bytes on the wire.
 fn wire(frames: &[Vec<u8>]) -> Vec<u8> {
@@ -67,7 +49,7 @@ impl Zmtp {
         let socket = TcpSocket::new_v4()?;
         socket.bind(SocketAddr::new(source, 0))?;
         let mut stream = socket.connect(address).await?;
-        stream.write_all(&opening()).await?;
+        stream.write_all(&zmtp_opening("DEALER")).await?;
         let mut greeting = [0u8; 64];
         stream.read_exact(&mut greeting).await?;
         Ok(Zmtp { stream })

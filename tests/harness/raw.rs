@@ -127,3 +127,31 @@ impl RawAgent {
         }
     }
 }
+
+/// A ZMTP 3.0 greeting with the NULL mechanism (64 bytes), as any peer
+/// opens a connection: what an unauthenticated client sends first.
+pub fn zmtp_greeting() -> Vec<u8> {
+    let mut greeting = vec![0u8; 64];
+    greeting[0] = 0xff;
+    greeting[9] = 0x7f;
+    greeting[10] = 3;
+    greeting[12..16].copy_from_slice(b"NULL");
+    greeting
+}
+
+/// The greeting and a READY command as a `socket_type` socket (`DEALER`,
+/// `SUB`): past them the peer is in the message phase, still
+/// unauthenticated.
+pub fn zmtp_opening(socket_type: &str) -> Vec<u8> {
+    let mut bytes = zmtp_greeting();
+    let mut ready = vec![5];
+    ready.extend_from_slice(b"READY");
+    ready.push(11);
+    ready.extend_from_slice(b"Socket-Type");
+    let len = u32::try_from(socket_type.len()).expect("a socket type name");
+    ready.extend_from_slice(&len.to_be_bytes());
+    ready.extend_from_slice(socket_type.as_bytes());
+    bytes.extend([0b0000_0100, u8::try_from(ready.len()).expect("a short READY")]);
+    bytes.extend(ready);
+    bytes
+}
