@@ -16,14 +16,12 @@
 //! unless its id was logged (then it was handed off before).
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use bytes::Bytes;
 use halite_proto::{Id, MasterMessage};
 use tokio::sync::mpsc;
 
 use crate::server::bus::Bus;
-use crate::server::jobs::Jobs;
 use crate::server::sessions::Sessions;
 
 /// Acks waiting for their hand-off. When full the link loop waits for room
@@ -50,9 +48,8 @@ pub struct Acker {
 }
 
 impl Acker {
-    /// Starts the task that sends acks after their hand-off; an ack that
-    /// finds no room on its connection within `timeout` ends the session.
-    pub fn spawn(bus: Bus, sessions: Sessions, jobs: Jobs, timeout: Duration) -> Acker {
+    /// Starts the task that sends acks after their hand-off.
+    pub fn spawn(bus: Bus, sessions: Sessions) -> Acker {
         let (queue, mut inbox) = mpsc::channel::<PendingAck>(ACK_QUEUE);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(ACK_BATCH);
@@ -71,10 +68,13 @@ impl Acker {
                         sessions.log_seen(agent, ids);
                     }
                 });
-                // In order, as the link loop sent them before; an agent that
-                // does not read holds the others up to `timeout`, once.
+                // In order, as the link loop sent them before. A send never
+                // waits: an agent that does not read fills its queue and the
+                // transport disconnects it; it resends what it kept.
                 for pending in batch.drain(..) {
-                    send(&sessions, &jobs, pending, timeout).await;
+                    if let Err(error) = sessions.send_to_peer(pending.peer, &pending.ack).await {
+                        tracing::debug!(agent = %pending.agent, %error, "Cannot acknowledge; the agent sends it again.");
+                    }
                 }
             }
         });
@@ -86,16 +86,5 @@ impl Acker {
         // An error only says the task has stopped (shutdown): no ack, the
         // agent sends again to the next master.
         let _ = self.queue.send(pending).await;
-    }
-}
-
-/// Sends one ack; an agent that does not read what it is sent loses its
-/// session (it resends on the next).
-async fn send(sessions: &Sessions, jobs: &Jobs, pending: PendingAck, timeout: Duration) {
-    let sent = tokio::time::timeout(timeout, sessions.send_to_peer(pending.peer.clone(), &pending.ack)).await;
-    if sent.is_err() {
-        tracing::warn!(agent = %pending.agent, ?timeout, "The agent does not read what it is sent; ending its session.");
-        sessions.close_peer(&pending.peer);
-        jobs.agent_gone(&pending.agent);
     }
 }

@@ -158,12 +158,7 @@ pub async fn serve(
     cancel: CancellationToken,
 ) {
     let mut peers = Peers {
-        acks: Some(crate::server::acks::Acker::spawn(
-            master.bus.clone(),
-            master.sessions.clone(),
-            master.jobs.clone(),
-            ACK_SEND_TIMEOUT,
-        )),
+        acks: Some(crate::server::acks::Acker::spawn(master.bus.clone(), master.sessions.clone())),
         ..Peers::default()
     };
     let (done, mut results) = mpsc::channel(HANDSHAKE_WORKERS * 2);
@@ -572,11 +567,6 @@ pub async fn welcome(master: &Master, peer: Bytes, agent: &str, version: &str, f
     master.engine.highstate(agent);
 }
 
-/// How long an acknowledgement may wait for room on a connection. An agent
-/// that stops reading its acks would otherwise stall this loop, and every
-/// other agent with it; its session is ended instead, and it resends.
-pub const ACK_SEND_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Publishes and reacts to the events an agent sent (one, or a batch), in
 /// order, except those it may not raise and those already seen; returns
 /// the ids it published, to be logged as seen once handed off, before the
@@ -631,8 +621,8 @@ async fn ack_when_stored(
     jobs.stored(&agent, job);
     tokio::task::block_in_place(|| sessions.first_sights(&agent, &[job]));
     let ack = MasterMessage::ResultAck { job };
-    if tokio::time::timeout(ACK_SEND_TIMEOUT, sessions.send_to_peer(peer, &ack)).await.is_err() {
-        tracing::warn!(agent, %job, "Cannot acknowledge a stored result; the agent sends it again.");
+    if let Err(error) = sessions.send_to_peer(peer, &ack).await {
+        tracing::debug!(agent, %job, %error, "Cannot acknowledge a stored result; the agent sends it again.");
     }
 }
 
