@@ -200,6 +200,41 @@ async fn a_data_dir_others_can_write_is_refused_by_master_agent_and_cli() {
     assert!(!agent_data.join("agent.key").exists());
 }
 
+/// Item 15: `auto_accept` globs with nothing to check but the id are a
+/// start-up refusal that names the file and the way out, not a warning in
+/// a log; written down (`trust_id_alone`), they start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_accept_trusting_ids_alone_must_be_written_down() {
+    let dir = tempfile::Builder::new().prefix("halite-e2e-").tempdir().unwrap();
+    let binaries = binaries();
+    let states = dir.path().join("states");
+    halite_master::example::write(&states).unwrap();
+    let config = dir.path().join("master.yaml");
+    let base = format!(
+        "listen: tcp://127.0.0.1:0\npublish: tcp://127.0.0.1:0\nstates: {}\ndata_dir: {}\nauto_accept: ['web*']\n",
+        states.display(),
+        dir.path().join("data").display()
+    );
+    std::fs::write(&config, &base).unwrap();
+    let mut master = process(&binaries.master);
+    master.arg("run").arg("--config").arg(&config);
+    let out = CommandOutput::of(master).await.unwrap();
+    assert_ne!(out.code, 0, "the master started: {out:?}");
+    assert!(
+        out.stderr.contains(&config.display().to_string())
+            && out.stderr.contains("enrolment.token_file")
+            && out.stderr.contains("trust_id_alone"),
+        "{out:?}"
+    );
+    assert!(!dir.path().join("data").join("master.key").exists(), "the refusal came after the master made its key");
+
+    std::fs::write(&config, format!("{base}enrolment:\n  trust_id_alone: true\n")).unwrap();
+    let mut check = process(&binaries.master);
+    check.arg("check").arg("--config").arg(&config);
+    let out = CommandOutput::of(check).await.unwrap();
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
 /// Item 14: two bytes that are not UTF-8 in `master.pub` once made the
 /// agent pin the next master it met. Now it refuses, names the file, and
 /// the master never even sees its hello.

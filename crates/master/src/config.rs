@@ -97,6 +97,12 @@ pub struct Enrolment {
     /// refused (not recorded) until the minute is over.
     #[serde(default = "default_new_keys_per_source")]
     pub new_keys_per_source: u32,
+    /// Lets `auto_accept` globs accept a new id with neither a token nor a
+    /// fingerprint: whoever reaches the link first under a matching id is
+    /// accepted. Off by default, so that trusting an id alone is a choice
+    /// written down, not an omission (the master refuses to start).
+    #[serde(default)]
+    pub trust_id_alone: bool,
 }
 
 /// Pending keys kept at most, by default.
@@ -124,6 +130,7 @@ impl Default for Enrolment {
             pending_max: DEFAULT_PENDING_MAX,
             pending_expire: DEFAULT_PENDING_EXPIRE,
             new_keys_per_source: DEFAULT_NEW_KEYS_PER_SOURCE,
+            trust_id_alone: false,
         }
     }
 }
@@ -248,6 +255,10 @@ pub enum ConfigError {
     Invalid(halite_state::Diagnostic),
     #[error("{path}: schedule: {problem}")]
     Schedule { path: PathBuf, problem: String },
+    #[error(
+        "{path}: auto_accept {globs:?} would accept any new agent by its id alone (whoever reaches the master first under a matching id gets that id's states and secrets); set `enrolment.token_file` (and `enrol_token_file` in agent.yaml), or write `enrolment: {{trust_id_alone: true}}` to accept that risk (README, \"Security model\")"
+    )]
+    AutoAcceptTrustsIds { path: PathBuf, globs: Vec<String> },
 }
 
 /// The default publisher's socket, in the data dir.
@@ -299,6 +310,9 @@ impl MasterConfig {
         if let Some(problem) = config.schedule_problem() {
             return Err(ConfigError::Schedule { path: path.to_path_buf(), problem });
         }
+        if !config.auto_accept.is_empty() && config.enrolment.token_file.is_none() && !config.enrolment.trust_id_alone {
+            return Err(ConfigError::AutoAcceptTrustsIds { path: path.to_path_buf(), globs: config.auto_accept });
+        }
         Ok(config)
     }
 }
@@ -322,6 +336,21 @@ mod tests {
         std::fs::write(&path, "stats: tree\n").unwrap();
         let error = MasterConfig::load(&path).unwrap_err().to_string();
         assert!(error.contains("stats") && error.contains("master.yaml:1:1"), "{error}");
+    }
+
+    #[test]
+    fn auto_accept_without_a_token_is_refused_unless_trusting_ids_is_written_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.yaml");
+        std::fs::write(&path, "auto_accept: ['web*']\n").unwrap();
+        let error = MasterConfig::load(&path).unwrap_err().to_string();
+        assert!(error.contains("master.yaml") && error.contains("web*") && error.contains("trust_id_alone"), "{error}");
+        std::fs::write(&path, "auto_accept: ['web*']\nenrolment:\n  trust_id_alone: true\n").unwrap();
+        assert!(MasterConfig::load(&path).is_ok());
+        std::fs::write(&path, "auto_accept: ['web*']\nenrolment:\n  token_file: enrol.token\n").unwrap();
+        assert!(MasterConfig::load(&path).is_ok());
+        std::fs::write(&path, "auto_accept: []\n").unwrap();
+        assert!(MasterConfig::load(&path).is_ok());
     }
 
     #[test]

@@ -89,10 +89,17 @@ pub async fn start_master_with(
     tokio::fs::create_dir_all(dir).await?;
     let config = dir.join("master.yaml");
     let globs: Vec<String> = auto_accept.iter().map(|g| format!("'{g}'")).collect();
+    // A fleet made here admits its own agents by id, unless the caller
+    // configures enrolment itself (a token, fingerprints).
+    let trust = if !auto_accept.is_empty() && !extra.contains("enrolment:") {
+        "enrolment:\n  trust_id_alone: true\n"
+    } else {
+        ""
+    };
     tokio::fs::write(
         &config,
         format!(
-            "listen: {listen}\npublish: tcp://127.0.0.1:0\nstates: {}\ndata_dir: {}\nauto_accept: [{}]\n{extra}",
+            "listen: {listen}\npublish: tcp://127.0.0.1:0\nstates: {}\ndata_dir: {}\nauto_accept: [{}]\n{trust}{extra}",
             states.display(),
             dir.join("data").display(),
             globs.join(", ")
