@@ -103,13 +103,12 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         .remember_in(&seen_ids)
         .with_context(|| format!("cannot keep the ids seen in {}", seen_ids.display()))?;
     tracing::debug!(remembered, "Loaded the ids seen from agents.");
-    let store_path = crate::server::store::path(&config.data_dir);
-    let store = tokio::task::spawn_blocking(move || crate::server::store::Store::open(&store_path)).await??;
+    let store = open_store(&config).await?;
     let keys = crate::server::keys::KeyStore::open(&store, &config.data_dir, &config.auto_accept)
         .await?
         .with_enrolment(&config.enrolment)?;
     let jobs = Jobs::new(sessions.clone(), bus.clone(), JOB_TIMEOUT).with_store(store.clone());
-    expect_unanswered(&jobs, store.file()).await;
+    expect_unanswered(&jobs, &config).await;
     let retention = crate::server::store::Retention {
         max_age: std::time::Duration::from_secs(u64::from(config.store.retention_days) * 86_400),
         max_bytes: config.store.max_bytes,
@@ -156,12 +155,32 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     Ok(())
 }
 
+/// halite.db in the data dir; with `store: postgres://…`, the records go
+/// to PostgreSQL (spooled in the data dir while it is unreachable) and
+/// halite.db keeps the keys.
+async fn open_store(config: &MasterConfig) -> anyhow::Result<crate::server::store::Store> {
+    use crate::server::store::{Store, postgres::PgTarget};
+    let path = crate::server::store::path(&config.data_dir);
+    let spool = crate::server::store::spool::path(&config.data_dir);
+    let store = config.store.clone();
+    let store = tokio::task::spawn_blocking(move || match &store.url {
+        Some(url) => {
+            let target = PgTarget::from_config(&store, url)?;
+            tracing::info!(store = %target, "Recording jobs, results and events in PostgreSQL.");
+            Store::open_postgres(&path, target, &spool)
+        }
+        None => Store::open(&path),
+    })
+    .await??;
+    Ok(store)
+}
+
 /// Results the master takes after a restart: jobs sent before it and not
 /// answered (the agents may still hold their results).
-async fn expect_unanswered(jobs: &Jobs, path: &std::path::Path) {
-    let path = path.to_path_buf();
+async fn expect_unanswered(jobs: &Jobs, config: &MasterConfig) {
+    let (store, data_dir) = (config.store.clone(), config.data_dir.clone());
     let rows = tokio::task::spawn_blocking(move || {
-        crate::server::store::Reader::open(&path).and_then(|reader| reader.unanswered())
+        crate::server::store::records::open(&store, &data_dir).and_then(|records| records.unanswered())
     })
     .await;
     match rows {
