@@ -338,6 +338,37 @@ fn an_outage_is_spooled_and_drained_once() {
     assert_eq!(report.agents[0].states().len(), 1, "the answer spooled is recorded");
 }
 
+/// A store opened while PostgreSQL is down starts (spooling) and migrates
+/// and drains once it answers; one PostgreSQL refuses (a wrong password)
+/// is an error at once.
+#[test]
+fn a_store_opened_while_postgres_is_down_spools_until_it_answers() {
+    let cluster = Postgres::start().unwrap();
+    let backend = Pg::new(&cluster);
+    let wrong = PgTarget::new(&cluster.url(&cluster.database().unwrap()), Some("wrong".into()), None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let error = Store::open_postgres(&dir.path().join("halite.db"), wrong, &dir.path().join("pg-spool"))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("password") && !error.contains("wrong"), "{error}");
+    cluster.stop_immediate().unwrap();
+    let store = backend.open();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    assert!(runtime.block_on(store.events_durably((0..4).map(|n| event(n, "db01")).collect())));
+    assert!(std::fs::metadata(backend.spool()).unwrap().len() > 0);
+    cluster.start_again().unwrap();
+    runtime.block_on(async {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+        while std::fs::metadata(backend.spool()).unwrap().len() > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the spool did not drain:\n{}", cluster.log());
+            tick.tick().await;
+        }
+        store.close().await;
+    });
+    assert_eq!(backend.records().events("db01").unwrap(), (0..4).map(|n| event(n, "db01")).collect::<Vec<_>>());
+}
+
 /// The master's data dir's spool file.
 fn spool_of(fleet: &Fleet) -> PathBuf {
     halite_master::server::store::spool::path(&fleet.master_data_dir())
@@ -420,6 +451,14 @@ async fn a_master_on_postgres_restores_and_records() {
         })
         .await?;
         assert_eq!(tag.as_deref(), Some("halite/beacon/web01/nginx-conf"));
+        // The operator's `jobs` reads PostgreSQL when master.yaml says so.
+        let config = fleet.dir.path().join("master").join("master.yaml");
+        let config = config.to_str().unwrap_or_default();
+        let list = fleet.master_command(&["jobs", "--json", "--config", config]).await?.json()?;
+        let listed = list.as_array().is_some_and(|jobs| jobs.iter().any(|j| j["jid"] == jid.as_str()));
+        assert!(listed, "`jobs` lists the restore from PostgreSQL: {list}");
+        let shown = fleet.master_command(&["jobs", &jid, "--config", config]).await?;
+        assert!(shown.stdout.contains(&format!("cause:  event:{event}")), "{}{}", shown.stdout, shown.stderr);
         assert_eq!(std::fs::metadata(spool_of(&fleet))?.len(), 0, "nothing spooled");
         anyhow::Ok(())
     }

@@ -320,8 +320,9 @@ impl Store {
 
     /// Opens halite.db at `path` for the keys (as [`Store::open`]) and
     /// sends the records to PostgreSQL, spooling them in `spool` while it
-    /// is unreachable. Connects and migrates first: the master does not
-    /// start on a database it cannot reach. Blocking.
+    /// is unreachable. Connects and migrates first: a database that refuses
+    /// (password, schema) is an error; one that does not answer is waited
+    /// for, spooling meanwhile (`store/postgres.rs`). Blocking.
     pub fn open_postgres(path: &Path, target: postgres::PgTarget, spool: &Path) -> Result<Store, StoreError> {
         let mut store = Store::open(path)?;
         let (records, inbox) = mpsc::channel(STORE_QUEUE);

@@ -128,7 +128,7 @@ pub enum PgError {
     NoCa { target: String, mode: &'static str },
     #[error("cannot use the certificates in {path} for the store's TLS: {error}")]
     Ca { path: PathBuf, error: String },
-    #[error("the PostgreSQL store {target}: {source}")]
+    #[error("the PostgreSQL store {target}: {}", describe(source))]
     Postgres { target: String, source: tokio_postgres::Error },
     #[error("the PostgreSQL store {target} did not answer within {CONNECT_TIMEOUT:?}")]
     Timeout { target: String },
@@ -255,7 +255,25 @@ where
     T: tokio_postgres::tls::TlsStream + Unpin,
 {
     if let Err(error) = connection.await {
-        tracing::debug!(store = %target, %error, "The PostgreSQL connection ended.");
+        tracing::debug!(store = %target, error = %describe(&error), "The PostgreSQL connection ended.");
+    }
+}
+
+/// What PostgreSQL said (its message and SQLSTATE), or why the connection
+/// failed: tokio-postgres's own text is only "db error" for the former.
+fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => {
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
+        }
     }
 }
 
@@ -289,6 +307,23 @@ fn tls_config(path: &Path) -> Result<tokio_rustls::rustls::ClientConfig, PgError
         .map_err(|e| ca(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+/// A connection with the schema at [`SCHEMA_VERSION`].
+async fn connect_and_migrate(target: &PgTarget) -> Result<Client, PgError> {
+    let mut client = target.connect().await?;
+    migrate(&mut client, target).await?;
+    Ok(client)
+}
+
+/// Whether a connection attempt failed because PostgreSQL does not answer
+/// (worth waiting for), not because it refused the master.
+fn is_unreachable(error: &PgError) -> bool {
+    match error {
+        PgError::Timeout { .. } => true,
+        PgError::Postgres { source, .. } => unreachable(source),
+        _ => false,
+    }
 }
 
 /// Brings the schema to [`SCHEMA_VERSION`], once however many masters
@@ -497,16 +532,24 @@ async fn retain_now(client: &mut Client, limits: Retention) -> Result<u64, tokio
     Ok(jobs)
 }
 
-/// Starts the writer thread for `inbox`: connects and migrates first (a
-/// master does not start on a database it cannot reach or whose schema is
-/// newer). Blocking.
+/// Starts the writer thread for `inbox`: connects and migrates first. A
+/// database that refuses the master (a wrong password, no such database, a
+/// newer schema) stops the start with its error; one that does not answer
+/// (down, partitioned away) does not: the master starts degraded, spooling,
+/// and migrates once it answers. Blocking.
 pub(super) fn start_writer(target: PgTarget, spool_path: &Path, inbox: mpsc::Receiver<Write>) -> Result<(), PgError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|source| PgError::Thread { target: target.shown.clone(), source })?;
-    let mut client = runtime.block_on(target.connect())?;
-    runtime.block_on(migrate(&mut client, &target))?;
+    let client = match runtime.block_on(connect_and_migrate(&target)) {
+        Ok(client) => Some(client),
+        Err(error) if is_unreachable(&error) => {
+            tracing::error!(%error, "PostgreSQL does not answer; starting anyway, spooling records to the local disk until it does.");
+            None
+        }
+        Err(error) => return Err(error),
+    };
     let spool = Spool::open(spool_path)?;
     // What a spool left by an earlier run holds is checked now, not when
     // it is drained.
@@ -515,7 +558,7 @@ pub(super) fn start_writer(target: PgTarget, spool_path: &Path, inbox: mpsc::Rec
         tracing::info!(store = %target, spool = %spool.path().display(), records = left, "Records spooled by an earlier run are drained into PostgreSQL.");
     }
     let shown = target.shown.clone();
-    let mut writer = PgWriter { target, runtime, client: Some(client), spool, last_try: std::time::Instant::now() };
+    let mut writer = PgWriter { target, runtime, client, spool, last_try: std::time::Instant::now() };
     std::thread::Builder::new()
         .name("halite-store-pg".into())
         .spawn(move || writer.run(inbox))
@@ -599,7 +642,9 @@ impl PgWriter {
                 match self.runtime.block_on(retain_now(client, limits)) {
                     Ok(0) => {}
                     Ok(deleted) => tracing::info!(store = %self.target, deleted, "Deleted old jobs (store retention)."),
-                    Err(error) => tracing::warn!(store = %self.target, %error, "Cannot apply the store's retention."),
+                    Err(error) => {
+                        tracing::warn!(store = %self.target, error = %describe(&error), "Cannot apply the store's retention.")
+                    }
                 }
             }
             for done in flushed {
@@ -627,11 +672,11 @@ impl PgWriter {
                 Ok(Ok(())) => return true,
                 Ok(Err(error)) if !unreachable(&error) => {
                     // These records themselves fail, and would again.
-                    tracing::error!(store = %self.target, %error, records = records.len(), "PostgreSQL refuses these records; they are dropped (their agents are not acknowledged).");
+                    tracing::error!(store = %self.target, error = %describe(&error), records = records.len(), "PostgreSQL refuses these records; they are dropped (their agents are not acknowledged).");
                     return false;
                 }
                 Ok(Err(error)) => {
-                    tracing::error!(store = %self.target, %error, "PostgreSQL is unreachable; spooling records to the local disk until it answers.");
+                    tracing::error!(store = %self.target, error = %describe(&error), "PostgreSQL is unreachable; spooling records to the local disk until it answers.");
                 }
                 Err(_) => {
                     tracing::error!(store = %self.target, timeout = ?COMMIT_TIMEOUT, "PostgreSQL did not commit in time; spooling records to the local disk until it answers.");
@@ -654,7 +699,7 @@ impl PgWriter {
     fn drain(&mut self) {
         self.last_try = std::time::Instant::now();
         if self.client.is_none() {
-            match self.runtime.block_on(self.target.connect()) {
+            match self.runtime.block_on(connect_and_migrate(&self.target)) {
                 Ok(client) => {
                     tracing::warn!(store = %self.target, "PostgreSQL answers again.");
                     self.client = Some(client);
@@ -682,10 +727,10 @@ impl PgWriter {
             match result {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) if !unreachable(&error) => {
-                    tracing::error!(store = %self.target, %error, records = chunk.len(), "PostgreSQL refuses spooled records; they are dropped.");
+                    tracing::error!(store = %self.target, error = %describe(&error), records = chunk.len(), "PostgreSQL refuses spooled records; they are dropped.");
                 }
                 Ok(Err(error)) => {
-                    tracing::warn!(store = %self.target, %error, "PostgreSQL went away while draining the spool; it is tried again.");
+                    tracing::warn!(store = %self.target, error = %describe(&error), "PostgreSQL went away while draining the spool; it is tried again.");
                     self.client = None;
                     return;
                 }
