@@ -538,7 +538,12 @@ async fn retain_now(client: &mut Client, limits: Retention) -> Result<u64, tokio
 /// (down, partitioned away) does not: the master starts degraded, spooling,
 /// and migrates once it answers. Blocking.
 pub(super) fn start_writer(target: PgTarget, spool_path: &Path, inbox: mpsc::Receiver<Write>) -> Result<(), PgError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // One worker of its own drives the connection and a reconnection in
+    // the background, so a partition's connect timeout never stalls the
+    // spooling (and with it the acks).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("halite-store-pg-io")
         .enable_all()
         .build()
         .map_err(|source| PgError::Thread { target: target.shown.clone(), source })?;
@@ -558,7 +563,8 @@ pub(super) fn start_writer(target: PgTarget, spool_path: &Path, inbox: mpsc::Rec
         tracing::info!(store = %target, spool = %spool.path().display(), records = left, "Records spooled by an earlier run are drained into PostgreSQL.");
     }
     let shown = target.shown.clone();
-    let mut writer = PgWriter { target, runtime, client, spool, last_try: std::time::Instant::now() };
+    let mut writer =
+        PgWriter { target, runtime, client, spool, last_try: std::time::Instant::now(), reconnecting: None };
     std::thread::Builder::new()
         .name("halite-store-pg".into())
         .spawn(move || writer.run(inbox))
@@ -575,6 +581,8 @@ struct PgWriter {
     spool: Spool,
     /// When a connection was last tried.
     last_try: std::time::Instant,
+    /// A connection attempt under way, in the background.
+    reconnecting: Option<tokio::task::JoinHandle<Result<Client, PgError>>>,
 }
 
 /// What a batch's writer tells: `true` once durable (in PostgreSQL or the
@@ -631,7 +639,7 @@ impl PgWriter {
                     Write::Attach(_) | Write::Wake | Write::Commit(_) => {}
                 }
             }
-            if self.client.is_none() && self.last_try.elapsed() >= super::RETRY_EVERY {
+            if self.client.is_none() || !self.spool.is_empty() {
                 self.drain();
             }
             let stored = self.write(&records);
@@ -694,23 +702,37 @@ impl PgWriter {
         }
     }
 
-    /// Connects if needed, then moves what the spool holds into
-    /// PostgreSQL and empties it.
-    fn drain(&mut self) {
-        self.last_try = std::time::Instant::now();
-        if self.client.is_none() {
-            match self.runtime.block_on(connect_and_migrate(&self.target)) {
-                Ok(client) => {
+    /// Without a connection: takes the one a background attempt made, or
+    /// starts an attempt (at most every [`super::RETRY_EVERY`]). Never
+    /// waits for PostgreSQL.
+    fn reconnect(&mut self) {
+        if self.client.is_some() {
+            return;
+        }
+        match self.reconnecting.take() {
+            Some(attempt) if attempt.is_finished() => match self.runtime.block_on(attempt) {
+                Ok(Ok(client)) => {
                     tracing::warn!(store = %self.target, "PostgreSQL answers again.");
                     self.client = Some(client);
                 }
-                Err(error) => {
-                    tracing::debug!(%error, "PostgreSQL is still unreachable.");
-                    return;
-                }
+                Ok(Err(error)) => tracing::debug!(%error, "PostgreSQL is still unreachable."),
+                Err(error) => tracing::warn!(%error, "A connection attempt to PostgreSQL failed."),
+            },
+            Some(attempt) => self.reconnecting = Some(attempt),
+            None if self.last_try.elapsed() >= super::RETRY_EVERY => {
+                self.last_try = std::time::Instant::now();
+                let target = self.target.clone();
+                self.reconnecting = Some(self.runtime.spawn(async move { connect_and_migrate(&target).await }));
             }
+            None => {}
         }
-        if self.spool.is_empty() {
+    }
+
+    /// Once connected, moves what the spool holds into PostgreSQL and
+    /// empties it.
+    fn drain(&mut self) {
+        self.reconnect();
+        if self.client.is_none() || self.spool.is_empty() {
             return;
         }
         let records = match self.spool.read() {
@@ -732,11 +754,13 @@ impl PgWriter {
                 Ok(Err(error)) => {
                     tracing::warn!(store = %self.target, error = %describe(&error), "PostgreSQL went away while draining the spool; it is tried again.");
                     self.client = None;
+                    self.last_try = std::time::Instant::now();
                     return;
                 }
                 Err(_) => {
                     tracing::warn!(store = %self.target, "PostgreSQL did not commit in time while draining the spool; it is tried again.");
                     self.client = None;
+                    self.last_try = std::time::Instant::now();
                     return;
                 }
             }
