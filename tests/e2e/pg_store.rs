@@ -369,6 +369,29 @@ fn a_store_opened_while_postgres_is_down_spools_until_it_answers() {
     assert_eq!(backend.records().events("db01").unwrap(), (0..4).map(|n| event(n, "db01")).collect::<Vec<_>>());
 }
 
+/// `sslmode=require` with `ca_file`: the store talks TLS and checks the
+/// server's certificate; one from another CA is refused.
+#[test]
+fn tls_is_checked_against_the_ca_file() {
+    let cluster = Postgres::start_tls().unwrap();
+    let url = cluster.url(&cluster.database().unwrap()).replace("sslmode=disable", "sslmode=require");
+    let password = Some(halite_e2e::postgres::PASSWORD.to_owned());
+    let target = PgTarget::new(&url, password.clone(), Some(&cluster.ca_file())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        Store::open_postgres(&dir.path().join("halite.db"), target.clone(), &dir.path().join("pg-spool")).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    assert!(runtime.block_on(store.events_durably(vec![event(1, "web01")])));
+    runtime.block_on(store.close());
+    assert_eq!(records::open_postgres(&target).unwrap().events("").unwrap(), [event(1, "web01")]);
+    // Another CA: the server's certificate does not check out.
+    let other = Postgres::start_tls().unwrap();
+    let target = PgTarget::new(&url, password, Some(&other.ca_file())).unwrap();
+    let error = records::open_postgres(&target).unwrap_err().to_string();
+    assert!(error.contains("certificate") || error.contains("UnknownIssuer"), "{error}");
+    assert_eq!(std::fs::metadata(dir.path().join("pg-spool")).unwrap().len(), 0);
+}
+
 /// The master's data dir's spool file.
 fn spool_of(fleet: &Fleet) -> PathBuf {
     halite_master::server::store::spool::path(&fleet.master_data_dir())

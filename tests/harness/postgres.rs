@@ -33,11 +33,29 @@ pub struct Postgres {
     run_as: Option<&'static str>,
     pub port: u16,
     databases: std::sync::atomic::AtomicU32,
+    /// Whether the server offers TLS ([`Postgres::start_tls`]).
+    tls: bool,
 }
 
 impl Postgres {
     /// initdb and start a cluster. Blocking (a few seconds).
     pub fn start() -> anyhow::Result<Postgres> {
+        Postgres::start_with(false)
+    }
+
+    /// As [`Postgres::start`], the server offering TLS with a certificate
+    /// for 127.0.0.1 from a CA made now; the CA's PEM file is
+    /// [`Postgres::ca_file`].
+    pub fn start_tls() -> anyhow::Result<Postgres> {
+        Postgres::start_with(true)
+    }
+
+    /// The PEM of the CA that signed a TLS cluster's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn start_with(tls: bool) -> anyhow::Result<Postgres> {
         let bin = bin_dir()?;
         let dir = tempfile::Builder::new().prefix("halite-pg-").tempdir()?;
         let run_as = nix::unistd::Uid::effective().is_root().then_some("nobody");
@@ -57,7 +75,28 @@ impl Postgres {
             nix::unistd::chown(&dir.path().join("socket"), Some(user.uid), Some(user.gid))?;
         }
         let port = free_port()?;
-        let postgres = Postgres { dir, bin, run_as, port, databases: std::sync::atomic::AtomicU32::new(0) };
+        if tls {
+            use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+            let ca_key = KeyPair::generate()?;
+            let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+            ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let ca_cert = ca_params.self_signed(&ca_key)?;
+            let issuer = Issuer::new(ca_params, ca_key);
+            let key = KeyPair::generate()?;
+            let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])?.signed_by(&key, &issuer)?;
+            std::fs::write(dir.path().join("ca.pem"), ca_cert.pem())?;
+            std::fs::write(dir.path().join("server.crt"), cert.pem())?;
+            let key_file = dir.path().join("server.key");
+            std::fs::write(&key_file, key.serialize_pem())?;
+            // PostgreSQL refuses a key others may read.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))?;
+            if let Some(user) = run_as {
+                let user = nix::unistd::User::from_name(user)?.context("no user `nobody`")?;
+                nix::unistd::chown(&key_file, Some(user.uid), Some(user.gid))?;
+            }
+        }
+        let postgres = Postgres { dir, bin, run_as, port, databases: std::sync::atomic::AtomicU32::new(0), tls };
         let data = postgres.data();
         postgres.run(
             "initdb",
@@ -108,11 +147,19 @@ impl Postgres {
     /// Starts the cluster (again, after [`Postgres::stop_immediate`]) and
     /// returns once it accepts connections (`pg_ctl -w`).
     pub fn start_again(&self) -> anyhow::Result<()> {
-        let options = format!(
+        let mut options = format!(
             "-c port={} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off -c max_connections=50",
             self.port,
             self.socket_dir().display()
         );
+        if self.tls {
+            let (cert, key) = (self.dir.path().join("server.crt"), self.dir.path().join("server.key"));
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert.display(),
+                key.display()
+            ));
+        }
         let log = self.dir.path().join("postgres.log").display().to_string();
         self.run("pg_ctl", &["-D", &self.data(), "-l", &log, "-o", &options, "-w", "-t", "60", "start"])?;
         Ok(())
