@@ -9,7 +9,9 @@
 //! - [`acks`] — an agent's events acknowledged once handed to the publisher
 //!   and recorded as seen.
 //! - [`store`] — jobs, results and keys in SQLite (`halite.db`): held
-//!   through a full disk, checked at start, retained, backed up.
+//!   through a full disk, checked at start, retained, backed up; or the
+//!   records (and every agent event) in PostgreSQL, spooled locally while
+//!   it is unreachable (`store/postgres.rs`, `store/spool.rs`).
 //! - [`bus`] — the outside publisher and the in-process tail; [`ledger`]:
 //!   what the bus said about each agent.
 //! - [`jobs`] — sending states to agents and waiting for results.

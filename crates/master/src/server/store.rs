@@ -39,6 +39,13 @@
 //! clock); a file with a newer version is
 //! refused, by the master and by `jobs`, rather than misread. The file is
 //! in WAL mode so readers never block the writer.
+//!
+//! With `store: postgres://…` ([`Store::open_postgres`]) the records (jobs,
+//! results, facts, and agents' events) take a second queue of the same
+//! [`Write`]s to PostgreSQL's writer (`store/postgres.rs`), which spools
+//! them locally while PostgreSQL is unreachable (`store/spool.rs`);
+//! halite.db and this writer keep the keys. Reading either goes through
+//! `store/records.rs`.
 
 use halite_proto::event::now_us;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
