@@ -563,8 +563,15 @@ pub(super) fn start_writer(target: PgTarget, spool_path: &Path, inbox: mpsc::Rec
         tracing::info!(store = %target, spool = %spool.path().display(), records = left, "Records spooled by an earlier run are drained into PostgreSQL.");
     }
     let shown = target.shown.clone();
-    let mut writer =
-        PgWriter { target, runtime, client, spool, last_try: std::time::Instant::now(), reconnecting: None };
+    let mut writer = PgWriter {
+        target,
+        runtime,
+        client,
+        spool,
+        last_try: std::time::Instant::now(),
+        reconnecting: None,
+        retaining: None,
+    };
     std::thread::Builder::new()
         .name("halite-store-pg".into())
         .spawn(move || writer.run(inbox))
@@ -583,6 +590,8 @@ struct PgWriter {
     last_try: std::time::Instant,
     /// A connection attempt under way, in the background.
     reconnecting: Option<tokio::task::JoinHandle<Result<Client, PgError>>>,
+    /// A retention pass under way, in the background.
+    retaining: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// What a batch's writer tells: `true` once durable (in PostgreSQL or the
@@ -646,19 +655,17 @@ impl PgWriter {
             for done in durable {
                 let _ = done.send(stored);
             }
-            if let (Some(limits), Some(client)) = (retain, self.client.as_mut()) {
-                match self.runtime.block_on(retain_now(client, limits)) {
-                    Ok(0) => {}
-                    Ok(deleted) => tracing::info!(store = %self.target, deleted, "Deleted old jobs (store retention)."),
-                    Err(error) => {
-                        tracing::warn!(store = %self.target, error = %describe(&error), "Cannot apply the store's retention.")
-                    }
-                }
+            if let Some(limits) = retain {
+                self.retain(limits);
             }
             for done in flushed {
                 let _ = done.send(());
             }
             if let Some(done) = close {
+                // A retention under way finishes first.
+                if let Some(retaining) = self.retaining.take() {
+                    let _ = self.runtime.block_on(retaining);
+                }
                 let _ = done.send(());
                 break;
             }
@@ -700,6 +707,28 @@ impl PgWriter {
                 false
             }
         }
+    }
+
+    /// Starts a retention pass on a connection of its own, in the
+    /// background: deleting a large backlog must not hold the records (and
+    /// the acks) back. Skipped while PostgreSQL is unreachable or a pass
+    /// is still running (the next comes within `RETENTION_INTERVAL`).
+    fn retain(&mut self, limits: Retention) {
+        if self.client.is_none() || self.retaining.as_ref().is_some_and(|pass| !pass.is_finished()) {
+            return;
+        }
+        let target = self.target.clone();
+        self.retaining = Some(self.runtime.spawn(async move {
+            let result = match target.connect().await {
+                Ok(mut client) => retain_now(&mut client, limits).await.map_err(|e| describe(&e)),
+                Err(error) => Err(error.to_string()),
+            };
+            match result {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(store = %target, deleted, "Deleted old jobs (store retention)."),
+                Err(error) => tracing::warn!(store = %target, %error, "Cannot apply the store's retention."),
+            }
+        }));
     }
 
     /// Without a connection: takes the one a background attempt made, or
