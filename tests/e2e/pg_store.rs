@@ -514,9 +514,17 @@ async fn postgres_stopped_during_drifts_enforcement_continues_and_nothing_is_los
         for (event, _) in &drifts[1..] {
             anyhow::ensure!(spooled.contains(event.as_str()), "event {event} spooled");
         }
+        // Said on the bus, once each way.
+        let unreachable = "halite/master/store/postgres/unreachable";
+        if !fleet.seen.iter().any(|e| e.tag == unreachable) {
+            fleet.wait_for("PostgreSQL unreachable", |e| e.tag == unreachable).await?;
+        }
         cluster.start_again()?;
-        let spool = spool_of(&fleet);
-        halite_e2e::wait_until("the spool to drain", || std::fs::metadata(&spool).is_ok_and(|m| m.len() == 0)).await?;
+        fleet
+            .wait_for("PostgreSQL reachable, the spool drained", |e| e.tag == "halite/master/store/postgres/reachable")
+            .await?;
+        assert_eq!(std::fs::metadata(spool_of(&fleet))?.len(), 0, "the spool is drained");
+        assert_eq!(fleet.seen.iter().filter(|e| e.tag == unreachable).count(), 1, "said once");
         let wanted = drifts.clone();
         until_recorded("every restore's result", &target, move |records| {
             wanted.iter().all(|(_, jid)| {

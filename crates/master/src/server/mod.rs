@@ -209,6 +209,33 @@ fn spawn_store_upkeep(
     cancel: CancellationToken,
 ) {
     use crate::server::store::Writable;
+    // With PostgreSQL: `halite/master/store/postgres/unreachable` once when
+    // records start going to the spool, `…/reachable` once it is drained.
+    if let (Some(mut state), Some(target)) = (store.postgres_state(), store.postgres().map(ToString::to_string)) {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            use crate::server::store::postgres::PgState;
+            // A start while PostgreSQL is down is said too.
+            let mut told = PgState::Reachable;
+            loop {
+                let now = state.borrow_and_update().clone();
+                if now != told {
+                    let (tag, data) = match &now {
+                        PgState::Reachable => ("store/postgres/reachable", halite_proto::Value::map()),
+                        PgState::Unreachable { error } => {
+                            ("store/postgres/unreachable", halite_proto::Value::map().with("error", error.as_str()))
+                        }
+                    };
+                    let data = data.with("store", target.as_str());
+                    bus.publish(halite_proto::Event::new(halite_proto::event::tag::master(tag), "", data));
+                    told = now;
+                }
+                if state.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let mut writable = store.writable();
     let (bus, path) = (bus.clone(), store.file().display().to_string());
     tokio::spawn(async move {

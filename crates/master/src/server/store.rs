@@ -295,6 +295,8 @@ pub struct Store {
     records: Option<mpsc::Sender<Write>>,
     /// Where that PostgreSQL store is.
     postgres: Option<postgres::PgTarget>,
+    /// Whether the records reach it, as its writer last found.
+    postgres_state: Option<tokio::sync::watch::Receiver<postgres::PgState>>,
     dropped: Arc<AtomicU64>,
     path: PathBuf,
     /// Whether the disk takes writes, as the writer last found.
@@ -322,7 +324,15 @@ impl Store {
             .name("halite-store".into())
             .spawn(move || writer.run(inbox))
             .map_err(|source| StoreError::Io { path: path_for_error.clone(), source })?;
-        Ok(Store { queue, records: None, postgres: None, dropped, path: path_for_error, writable })
+        Ok(Store {
+            queue,
+            records: None,
+            postgres: None,
+            postgres_state: None,
+            dropped,
+            path: path_for_error,
+            writable,
+        })
     }
 
     /// Opens halite.db at `path` for the keys (as [`Store::open`]) and
@@ -333,10 +343,17 @@ impl Store {
     pub fn open_postgres(path: &Path, target: postgres::PgTarget, spool: &Path) -> Result<Store, StoreError> {
         let mut store = Store::open(path)?;
         let (records, inbox) = mpsc::channel(STORE_QUEUE);
-        postgres::start_writer(target.clone(), spool, inbox)?;
+        let state = postgres::start_writer(target.clone(), spool, inbox)?;
         store.records = Some(records);
         store.postgres = Some(target);
+        store.postgres_state = Some(state);
         Ok(store)
+    }
+
+    /// Whether the records reach PostgreSQL (`None` on SQLite); changes as
+    /// its writer finds out.
+    pub fn postgres_state(&self) -> Option<tokio::sync::watch::Receiver<postgres::PgState>> {
+        self.postgres_state.clone()
     }
 
     /// The PostgreSQL store the records go to, if they do.

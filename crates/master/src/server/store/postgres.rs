@@ -43,6 +43,17 @@ use tokio_postgres::Client;
 use super::spool::{EventRow, Record, Spool, SpoolError};
 use super::{JobRecord, JobSummary, Retention, Write};
 
+/// Whether the records reach PostgreSQL, as the writer last found: told to
+/// `server/mod.rs`, which publishes `halite/master/store/postgres/unreachable`
+/// and `…/reachable`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PgState {
+    /// Connected, and the spool is empty.
+    Reachable,
+    /// Records go to the spool; why.
+    Unreachable { error: String },
+}
+
 /// Records committed in one transaction at most.
 pub const PG_BATCH: usize = 2048;
 /// A commit that takes longer than this counts as PostgreSQL unreachable
@@ -537,7 +548,11 @@ async fn retain_now(client: &mut Client, limits: Retention) -> Result<u64, tokio
 /// newer schema) stops the start with its error; one that does not answer
 /// (down, partitioned away) does not: the master starts degraded, spooling,
 /// and migrates once it answers. Blocking.
-pub(super) fn start_writer(target: PgTarget, spool_path: &Path, inbox: mpsc::Receiver<Write>) -> Result<(), PgError> {
+pub(super) fn start_writer(
+    target: PgTarget,
+    spool_path: &Path,
+    inbox: mpsc::Receiver<Write>,
+) -> Result<tokio::sync::watch::Receiver<PgState>, PgError> {
     // One worker of its own drives the connection and a reconnection in
     // the background, so a partition's connect timeout never stalls the
     // spooling (and with it the acks).
@@ -547,10 +562,12 @@ pub(super) fn start_writer(target: PgTarget, spool_path: &Path, inbox: mpsc::Rec
         .enable_all()
         .build()
         .map_err(|source| PgError::Thread { target: target.shown.clone(), source })?;
+    let (tell, state) = tokio::sync::watch::channel(PgState::Reachable);
     let client = match runtime.block_on(connect_and_migrate(&target)) {
         Ok(client) => Some(client),
         Err(error) if is_unreachable(&error) => {
             tracing::error!(%error, "PostgreSQL does not answer; starting anyway, spooling records to the local disk until it does.");
+            tell.send_replace(PgState::Unreachable { error: error.to_string() });
             None
         }
         Err(error) => return Err(error),
@@ -571,12 +588,13 @@ pub(super) fn start_writer(target: PgTarget, spool_path: &Path, inbox: mpsc::Rec
         last_try: std::time::Instant::now(),
         reconnecting: None,
         retaining: None,
+        tell,
     };
     std::thread::Builder::new()
         .name("halite-store-pg".into())
         .spawn(move || writer.run(inbox))
         .map_err(|source| PgError::Thread { target: shown, source })?;
-    Ok(())
+    Ok(state)
 }
 
 struct PgWriter {
@@ -592,6 +610,8 @@ struct PgWriter {
     reconnecting: Option<tokio::task::JoinHandle<Result<Client, PgError>>>,
     /// A retention pass under way, in the background.
     retaining: Option<tokio::task::JoinHandle<()>>,
+    /// Whether records reach PostgreSQL, told once each way.
+    tell: tokio::sync::watch::Sender<PgState>,
 }
 
 /// What a batch's writer tells: `true` once durable (in PostgreSQL or the
@@ -699,6 +719,7 @@ impl PgWriter {
             }
             self.client = None;
             self.last_try = std::time::Instant::now();
+            self.tell.send_replace(PgState::Unreachable { error: "connection lost or commit timed out".into() });
         }
         match self.spool.append(records) {
             Ok(()) => true,
@@ -706,6 +727,13 @@ impl PgWriter {
                 tracing::error!(%error, records = records.len(), "Cannot spool records; their agents are not acknowledged.");
                 false
             }
+        }
+    }
+
+    /// Tells that records reach PostgreSQL again (once).
+    fn reachable(&mut self) {
+        if *self.tell.borrow() != PgState::Reachable {
+            self.tell.send_replace(PgState::Reachable);
         }
     }
 
@@ -761,7 +789,11 @@ impl PgWriter {
     /// empties it.
     fn drain(&mut self) {
         self.reconnect();
-        if self.client.is_none() || self.spool.is_empty() {
+        if self.client.is_none() {
+            return;
+        }
+        if self.spool.is_empty() {
+            self.reachable();
             return;
         }
         let records = match self.spool.read() {
@@ -796,7 +828,8 @@ impl PgWriter {
         }
         match self.spool.clear() {
             Ok(()) => {
-                tracing::warn!(store = %self.target, records = records.len(), "Drained the spool into PostgreSQL.")
+                tracing::warn!(store = %self.target, records = records.len(), "Drained the spool into PostgreSQL.");
+                self.reachable();
             }
             Err(error) => tracing::error!(%error, "Cannot empty the drained spool; it is replayed (idempotently)."),
         }
