@@ -320,11 +320,71 @@ fn tls_config(path: &Path) -> Result<tokio_rustls::rustls::ClientConfig, PgError
         .with_no_client_auth())
 }
 
-/// A connection with the schema at [`SCHEMA_VERSION`].
-async fn connect_and_migrate(target: &PgTarget) -> Result<Client, PgError> {
+/// A connection with the schema at [`SCHEMA_VERSION`] and the writer's
+/// statements prepared.
+async fn connect_and_migrate(target: &PgTarget) -> Result<Conn, PgError> {
     let mut client = target.connect().await?;
     migrate(&mut client, target).await?;
-    Ok(client)
+    let statements = Statements::prepare(&client)
+        .await
+        .map_err(|source| PgError::Postgres { target: target.shown.clone(), source })?;
+    Ok(Conn { client, statements })
+}
+
+/// The writer's connection: its statements are prepared once, so a batch
+/// costs BEGIN, one pipelined round of statements, and COMMIT.
+struct Conn {
+    client: Client,
+    statements: Statements,
+}
+
+struct Statements {
+    events: tokio_postgres::Statement,
+    insert_job: tokio_postgres::Statement,
+    insert_agent: tokio_postgres::Statement,
+    answered: tokio_postgres::Statement,
+    delete_results: tokio_postgres::Statement,
+    insert_result: tokio_postgres::Statement,
+    no_answer: tokio_postgres::Statement,
+    facts: tokio_postgres::Statement,
+}
+
+impl Statements {
+    /// Prepares them all, pipelined: one round trip.
+    async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
+        let (events, insert_job, insert_agent, answered, delete_results, insert_result, no_answer, facts) = tokio::try_join!(
+            client.prepare(
+                "INSERT INTO events (id, agent, tag, time_us, data, recorded_us)
+                 SELECT id, agent, tag, time_us, data, $6
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[]) AS e (id, agent, tag, time_us, data)
+                 ON CONFLICT (id) DO NOTHING",
+            ),
+            client.prepare(
+                "INSERT INTO jobs (jid, created_us, cause, reactor, target, states, test)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (jid) DO NOTHING",
+            ),
+            client.prepare("INSERT INTO job_agents (jid, agent, status) VALUES ($1, $2, 'waiting') ON CONFLICT DO NOTHING"),
+            client.prepare(
+                "INSERT INTO job_agents (jid, agent, status, finished_us) VALUES ($1, $2, 'answered', $3)
+                 ON CONFLICT (jid, agent) DO UPDATE SET status = 'answered', error = NULL, finished_us = $3",
+            ),
+            client.prepare("DELETE FROM job_results WHERE jid = $1 AND agent = $2"),
+            client.prepare(
+                "INSERT INTO job_results (jid, agent, seq, state, kind, outcome, changes, error, diff, duration_us)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            ),
+            client.prepare(
+                "INSERT INTO job_agents (jid, agent, status, error, finished_us) VALUES ($1, $2, 'no_answer', $3, $4)
+                 ON CONFLICT (jid, agent) DO UPDATE SET status = 'no_answer', error = $3, finished_us = $4
+                 WHERE job_agents.status = 'waiting'",
+            ),
+            client.prepare(
+                "INSERT INTO agent_facts (agent, facts, seen_us) VALUES ($1, $2, $3)
+                 ON CONFLICT (agent) DO UPDATE SET facts = $2, seen_us = $3",
+            ),
+        )?;
+        Ok(Statements { events, insert_job, insert_agent, answered, delete_results, insert_result, no_answer, facts })
+    }
 }
 
 /// Whether a connection attempt failed because PostgreSQL does not answer
@@ -372,7 +432,18 @@ fn text(value: &str) -> String {
 }
 
 /// Writes `records` in one transaction.
-async fn commit(client: &mut Client, records: &[Record]) -> Result<(), tokio_postgres::Error> {
+async fn commit(conn: &mut Conn, records: &[Record]) -> Result<(), tokio_postgres::Error> {
+    let Conn { client, statements } = conn;
+    let Statements {
+        events: insert_events,
+        insert_job,
+        insert_agent,
+        answered,
+        delete_results,
+        insert_result,
+        no_answer,
+        facts,
+    } = &*statements;
     let tx = client.transaction().await?;
     let events: Vec<&EventRow> = records
         .iter()
@@ -387,50 +458,8 @@ async fn commit(client: &mut Client, records: &[Record]) -> Result<(), tokio_pos
         let tags: Vec<String> = events.iter().map(|e| text(&e.tag)).collect();
         let times: Vec<i64> = events.iter().map(|e| e.time_us).collect();
         let data: Vec<String> = events.iter().map(|e| text(&e.data)).collect();
-        tx.execute(
-            "INSERT INTO events (id, agent, tag, time_us, data, recorded_us)
-             SELECT id, agent, tag, time_us, data, $6 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[])
-                 AS e (id, agent, tag, time_us, data)
-             ON CONFLICT (id) DO NOTHING",
-            &[&ids, &agents, &tags, &times, &data, &now_us()],
-        )
-        .await?;
+        tx.execute(insert_events, &[&ids, &agents, &tags, &times, &data, &now_us()]).await?;
     }
-    let insert_job = tx
-        .prepare(
-            "INSERT INTO jobs (jid, created_us, cause, reactor, target, states, test)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (jid) DO NOTHING",
-        )
-        .await?;
-    let insert_agent = tx
-        .prepare("INSERT INTO job_agents (jid, agent, status) VALUES ($1, $2, 'waiting') ON CONFLICT DO NOTHING")
-        .await?;
-    let answered = tx
-        .prepare(
-            "INSERT INTO job_agents (jid, agent, status, finished_us) VALUES ($1, $2, 'answered', $3)
-             ON CONFLICT (jid, agent) DO UPDATE SET status = 'answered', error = NULL, finished_us = $3",
-        )
-        .await?;
-    let delete_results = tx.prepare("DELETE FROM job_results WHERE jid = $1 AND agent = $2").await?;
-    let insert_result = tx
-        .prepare(
-            "INSERT INTO job_results (jid, agent, seq, state, kind, outcome, changes, error, diff, duration_us)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .await?;
-    let no_answer = tx
-        .prepare(
-            "INSERT INTO job_agents (jid, agent, status, error, finished_us) VALUES ($1, $2, 'no_answer', $3, $4)
-             ON CONFLICT (jid, agent) DO UPDATE SET status = 'no_answer', error = $3, finished_us = $4
-             WHERE job_agents.status = 'waiting'",
-        )
-        .await?;
-    let facts = tx
-        .prepare(
-            "INSERT INTO agent_facts (agent, facts, seen_us) VALUES ($1, $2, $3)
-             ON CONFLICT (agent) DO UPDATE SET facts = $2, seen_us = $3",
-        )
-        .await?;
     // Sent in order and pipelined: one round trip for the lot.
     let mut pending = Vec::new();
     for record in records {
@@ -602,12 +631,12 @@ struct PgWriter {
     /// This thread's own: PostgreSQL's client is async, the spool blocks.
     runtime: tokio::runtime::Runtime,
     /// `None` while PostgreSQL is unreachable.
-    client: Option<Client>,
+    client: Option<Conn>,
     spool: Spool,
     /// When a connection was last tried.
     last_try: std::time::Instant,
     /// A connection attempt under way, in the background.
-    reconnecting: Option<tokio::task::JoinHandle<Result<Client, PgError>>>,
+    reconnecting: Option<tokio::task::JoinHandle<Result<Conn, PgError>>>,
     /// A retention pass under way, in the background.
     retaining: Option<tokio::task::JoinHandle<()>>,
     /// Whether records reach PostgreSQL, told once each way.
