@@ -81,7 +81,10 @@ impl Acker {
                         messages = batch.len(),
                         "The store refused these events; not acknowledged (their agents send them again)."
                     );
-                    batch.clear();
+                    // Their resend is taken again, to be recorded.
+                    for pending in batch.drain(..) {
+                        sessions.forget(&pending.agent, &pending.published);
+                    }
                     continue;
                 }
                 let mut by_agent: HashMap<&str, Vec<Id>> = HashMap::new();
