@@ -23,6 +23,7 @@ mod link;
 mod link_flood;
 mod local_attack;
 mod operator;
+mod pg_store;
 mod reactors;
 mod reload;
 mod restart;

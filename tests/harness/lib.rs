@@ -12,6 +12,7 @@ use anyhow::Context;
 use halite_master::client::{BusEvent, Subscriber};
 use halite_master::fleet::{self, AgentProcess, Binaries, MasterProcess};
 
+pub mod postgres;
 pub mod raw;
 
 /// How long any one expected event may take before the test fails. Generous:

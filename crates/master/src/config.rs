@@ -170,10 +170,26 @@ fn default_reload_rate() -> u32 {
 }
 
 /// `store:` in master.yaml: the job history's retention, applied at start
-/// and every ten minutes, oldest jobs first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// and every ten minutes, oldest jobs first; and where the records go
+/// (`server/store/postgres.rs`): halite.db by default, PostgreSQL when
+/// `url` is a `postgres://` URL. `store: postgres://…` alone is short for
+/// `store: {url: postgres://…}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct StoreConfig {
+    /// `postgres://USER@HOST[:PORT]/DB[?sslmode=disable|prefer|require]`:
+    /// records go to that database. Without a password: it comes from
+    /// `password_file` or the `HALITE_PG_PASSWORD` environment variable,
+    /// never from this file (which logs and `check` may show).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A file holding the PostgreSQL password (its first line).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// PEM certificates of the authorities the server's certificate is
+    /// checked against (`sslmode=require`); needed for TLS.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Jobs older than this many days are deleted with their results.
     #[serde(default = "default_retention_days")]
     pub retention_days: u32,
@@ -192,7 +208,33 @@ fn default_store_max_bytes() -> u64 {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { retention_days: default_retention_days(), max_bytes: default_store_max_bytes() }
+        StoreConfig {
+            url: None,
+            password_file: None,
+            ca_file: None,
+            retention_days: default_retention_days(),
+            max_bytes: default_store_max_bytes(),
+        }
+    }
+}
+
+/// `store:` is a map, or a URL alone.
+impl<'de> Deserialize<'de> for StoreConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = StoreConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a postgres:// URL, or a map (url, password_file, ca_file, retention_days, max_bytes)")
+            }
+            fn visit_str<E: serde::de::Error>(self, url: &str) -> Result<StoreConfig, E> {
+                Ok(StoreConfig { url: Some(url.to_owned()), ..StoreConfig::default() })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<StoreConfig, A::Error> {
+                StoreConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer.deserialize_any(Either)
     }
 }
 
@@ -307,6 +349,8 @@ impl MasterConfig {
         config.states = base.join(&config.states);
         config.data_dir = base.join(&config.data_dir);
         config.enrolment.token_file = config.enrolment.token_file.map(|file| base.join(file));
+        config.store.password_file = config.store.password_file.map(|file| base.join(file));
+        config.store.ca_file = config.store.ca_file.map(|file| base.join(file));
         if let Some(problem) = config.schedule_problem() {
             return Err(ConfigError::Schedule { path: path.to_path_buf(), problem });
         }
@@ -387,9 +431,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("master.yaml");
         std::fs::write(&path, "states: tree\n").unwrap();
-        assert_eq!(MasterConfig::load(&path).unwrap().store, StoreConfig { retention_days: 90, max_bytes: 1 << 30 });
+        let default = StoreConfig::default();
+        assert_eq!(
+            MasterConfig::load(&path).unwrap().store,
+            StoreConfig { retention_days: 90, max_bytes: 1 << 30, ..default.clone() }
+        );
         std::fs::write(&path, "store:\n  retention_days: 7\n").unwrap();
-        assert_eq!(MasterConfig::load(&path).unwrap().store, StoreConfig { retention_days: 7, max_bytes: 1 << 30 });
+        assert_eq!(
+            MasterConfig::load(&path).unwrap().store,
+            StoreConfig { retention_days: 7, max_bytes: 1 << 30, ..default.clone() }
+        );
+        std::fs::write(&path, "store: postgres://halite@127.0.0.1/halite?sslmode=disable\n").unwrap();
+        assert_eq!(
+            MasterConfig::load(&path).unwrap().store,
+            StoreConfig { url: Some("postgres://halite@127.0.0.1/halite?sslmode=disable".into()), ..default.clone() }
+        );
+        std::fs::write(&path, "store:\n  url: postgres://h@db/h\n  password_file: pw\n").unwrap();
+        let store = MasterConfig::load(&path).unwrap().store;
+        assert_eq!(
+            (store.url.as_deref(), store.password_file),
+            (Some("postgres://h@db/h"), Some(dir.path().join("pw")))
+        );
         std::fs::write(&path, "store:\n  retention: 7\n").unwrap();
         let error = MasterConfig::load(&path).unwrap_err().to_string();
         assert!(error.contains("retention"), "{error}");

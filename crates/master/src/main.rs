@@ -77,7 +77,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Check { states, config, event, data, agent, strict, master_data_dir } => {
             let states = cli::check::states_dir(states, &config)?;
             let mut out = std::io::stdout().lock();
-            let (known, note) = cli::check::known_agents(master_data_dir.as_deref());
+            let (known, note) = cli::check::known_agents(master_data_dir.as_deref(), &config);
             if let Some(note) = note {
                 eprintln!("{note}");
             }
@@ -107,10 +107,11 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             exit_with(code)
         }
         Command::Jobs { jid, limit, json, config, data_dir } => {
+            let records = cli::operator_store(&config)?;
             let data_dir = cli::operator_data_dir(&config, data_dir)?;
             let code = match jid {
-                Some(jid) => cli::jobs::show(&data_dir, &jid, json)?,
-                None => cli::jobs::list(&data_dir, limit, json)?,
+                Some(jid) => cli::jobs::show(&data_dir, &records, &jid, json)?,
+                None => cli::jobs::list(&data_dir, &records, limit, json)?,
             };
             exit_with(code)
         }

@@ -23,14 +23,21 @@ pub fn states_dir(states: Option<PathBuf>, config: &Path) -> anyhow::Result<Path
 }
 
 /// The facts of every agent the master whose data dir is `data_dir` has
-/// seen (its store), and a note when there are none to be had.
-pub fn known_agents(data_dir: Option<&Path>) -> (Vec<(String, serde_json::Value)>, Option<String>) {
+/// seen (its store: PostgreSQL when `config`'s `store:` names it), and a
+/// note when there are none to be had.
+pub fn known_agents(data_dir: Option<&Path>, config: &Path) -> (Vec<(String, serde_json::Value)>, Option<String>) {
     let Some(data_dir) = data_dir else { return (Vec::new(), None) };
+    let store = match super::operator_store(config) {
+        Ok(store) => store,
+        Err(error) => {
+            return (Vec::new(), Some(format!("note: templates not rendered for the known agents: {error:#}")));
+        }
+    };
     let path = crate::server::store::path(data_dir);
-    if !path.exists() {
+    if store.url.is_none() && !path.exists() {
         return (Vec::new(), None);
     }
-    match crate::server::store::Reader::open(&path).and_then(|reader| reader.agent_facts()) {
+    match crate::server::store::records::open(&store, data_dir).and_then(|records| records.agent_facts()) {
         Ok(facts) => (facts, None),
         Err(error) => (Vec::new(), Some(format!("note: templates not rendered for the known agents: {error}"))),
     }

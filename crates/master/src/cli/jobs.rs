@@ -1,5 +1,6 @@
 //! `halite-master jobs [JID]`: the job history, read straight from the
-//! store (read-only), so it works whether the master runs or not.
+//! store (read-only; halite.db, or PostgreSQL when master.yaml's `store:`
+//! names it), so it works whether the master runs or not.
 
 use std::io::Write;
 use std::path::Path;
@@ -8,7 +9,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use anstream::stdout;
 use halite_state::report::Report;
 
-use crate::server::store::{self, JobRecord, JobSummary, Reader};
+use crate::config::StoreConfig;
+use crate::server::store::{self, JobRecord, JobSummary};
 
 /// When a job was made, in UTC to the second.
 fn when(created_us: i64) -> String {
@@ -41,9 +43,9 @@ fn result(job: &JobSummary) -> String {
 }
 
 /// The most recent `limit` jobs, newest first, as a table or JSON.
-pub fn list(data_dir: &Path, limit: u32, json: bool) -> anyhow::Result<u8> {
+pub fn list(data_dir: &Path, records: &StoreConfig, limit: u32, json: bool) -> anyhow::Result<u8> {
     super::trusted_data_dir(data_dir)?;
-    let reader = Reader::open(&store::path(data_dir))?;
+    let reader = store::records::open(records, data_dir)?;
     let jobs = reader.list(limit)?;
     let mut out = stdout();
     if json {
@@ -94,9 +96,9 @@ pub fn list(data_dir: &Path, limit: u32, json: bool) -> anyhow::Result<u8> {
 
 /// One job: its cause and every agent's per-state results with diffs,
 /// printed as `apply` prints them. `jid` may be a unique prefix.
-pub fn show(data_dir: &Path, jid: &str, json: bool) -> anyhow::Result<u8> {
+pub fn show(data_dir: &Path, records: &StoreConfig, jid: &str, json: bool) -> anyhow::Result<u8> {
     super::trusted_data_dir(data_dir)?;
-    let reader = Reader::open(&store::path(data_dir))?;
+    let reader = store::records::open(records, data_dir)?;
     let Some((job, report)) = reader.job(jid)? else {
         match reader.count_prefix(jid)? {
             0 => {

@@ -37,6 +37,13 @@ pub fn operator_data_dir(config: &Path, data_dir: Option<PathBuf>) -> anyhow::Re
     })
 }
 
+/// Where the records of the master configured in `config` are: its
+/// `store:` (PostgreSQL or halite.db), the default when there is no such
+/// file.
+pub fn operator_store(config: &Path) -> anyhow::Result<crate::config::StoreConfig> {
+    Ok(if config.exists() { MasterConfig::load(config)?.store } else { crate::config::StoreConfig::default() })
+}
+
 /// A connection to the control socket of the master whose data dir is
 /// `data_dir`.
 pub async fn connect(data_dir: &Path) -> anyhow::Result<UnixStream> {

@@ -23,6 +23,8 @@ use tokio::sync::mpsc;
 
 use crate::server::bus::Bus;
 use crate::server::sessions::Sessions;
+use crate::server::store::Store;
+use crate::server::store::spool::EventRow;
 
 /// Acks waiting for their hand-off. When full the link loop waits for room
 /// (as it does for the publisher's queue): agents keep the rest in their
@@ -38,6 +40,9 @@ pub struct PendingAck {
     pub agent: String,
     /// Fresh ids the message published, logged as seen before the ack.
     pub published: Vec<Id>,
+    /// The events published, when the store records them (PostgreSQL):
+    /// durable before the ack. Empty with SQLite.
+    pub recorded: Vec<EventRow>,
     pub ack: MasterMessage,
 }
 
@@ -50,12 +55,37 @@ pub struct Acker {
 impl Acker {
     /// Starts the task that sends acks after their hand-off.
     pub fn spawn(bus: Bus, sessions: Sessions) -> Acker {
+        Acker::spawn_recording(bus, sessions, None)
+    }
+
+    /// As [`Acker::spawn`], and when `store` records events (PostgreSQL),
+    /// each batch's events are durable there (or in its spool) before
+    /// their acks go: one store round trip per batch, never per event.
+    /// Acks whose events the store refused are not sent (the agent keeps
+    /// them and sends them again).
+    pub fn spawn_recording(bus: Bus, sessions: Sessions, store: Option<Store>) -> Acker {
         let (queue, mut inbox) = mpsc::channel::<PendingAck>(ACK_QUEUE);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(ACK_BATCH);
             while inbox.recv_many(&mut batch, ACK_BATCH).await > 0 {
                 if batch.iter().any(|pending| !pending.published.is_empty()) {
                     bus.handed_off().await;
+                }
+                let recorded: Vec<EventRow> = batch.iter_mut().flat_map(|p| std::mem::take(&mut p.recorded)).collect();
+                let durable = match &store {
+                    Some(store) if !recorded.is_empty() => store.events_durably(recorded).await,
+                    _ => true,
+                };
+                if !durable {
+                    tracing::warn!(
+                        messages = batch.len(),
+                        "The store refused these events; not acknowledged (their agents send them again)."
+                    );
+                    // Their resend is taken again, to be recorded.
+                    for pending in batch.drain(..) {
+                        sessions.forget(&pending.agent, &pending.published);
+                    }
+                    continue;
                 }
                 let mut by_agent: HashMap<&str, Vec<Id>> = HashMap::new();
                 for pending in &batch {

@@ -158,7 +158,11 @@ pub async fn serve(
     cancel: CancellationToken,
 ) {
     let mut peers = Peers {
-        acks: Some(crate::server::acks::Acker::spawn(master.bus.clone(), master.sessions.clone())),
+        acks: Some(crate::server::acks::Acker::spawn_recording(
+            master.bus.clone(),
+            master.sessions.clone(),
+            master.jobs.store().filter(|store| store.records_events()).cloned(),
+        )),
         ..Peers::default()
     };
     let (done, mut results) = mpsc::channel(HANDSHAKE_WORKERS * 2);
@@ -570,8 +574,13 @@ pub async fn welcome(master: &Master, peer: Bytes, agent: &str, version: &str, f
 /// Publishes and reacts to the events an agent sent (one, or a batch), in
 /// order, except those it may not raise and those already seen; returns
 /// the ids it published, to be logged as seen once handed off, before the
-/// ack (`server/acks.rs`).
-async fn take_events(master: &Master, agent: &str, events: Vec<Event>) -> Vec<halite_proto::Id> {
+/// ack (`server/acks.rs`), and, when the store records events
+/// (PostgreSQL), those events as it records them.
+async fn take_events(
+    master: &Master,
+    agent: &str,
+    events: Vec<Event>,
+) -> (Vec<halite_proto::Id>, Vec<crate::server::store::spool::EventRow>) {
     // An agent speaks only for itself, in its beacon tags and a few of its
     // own.
     // A tag is printable and bounded before anything stores or prints it.
@@ -591,16 +600,21 @@ async fn take_events(master: &Master, agent: &str, events: Vec<Event>) -> Vec<ha
     }
     let ids: Vec<halite_proto::Id> = allowed.iter().map(|event| event.id).collect();
     let mut published = Vec::with_capacity(ids.len());
+    let recording = master.jobs.store().is_some_and(crate::server::store::Store::records_events);
+    let mut recorded = Vec::new();
     for (event, fresh) in allowed.into_iter().zip(master.sessions.sights(agent, &ids)) {
         if fresh {
             published.push(event.id);
+            if recording {
+                recorded.push(crate::server::store::spool::EventRow::of(&event));
+            }
             let event = master.bus.publish_waiting(event).await;
             master.engine.on_event(&event);
         } else {
             tracing::debug!(agent, event = %event.id, "Dropping a duplicate event.");
         }
     }
-    published
+    (published, recorded)
 }
 
 /// Acknowledges a job result once the store has committed it; when the
@@ -702,10 +716,11 @@ async fn on_message(
                 AgentMessage::Events(events) => (MasterMessage::Acks(events.iter().map(|e| e.id).collect()), events),
                 _ => return,
             };
-            let published = take_events(master, agent, events).await;
+            let (published, recorded) = take_events(master, agent, events).await;
             // Acknowledged once published and recorded, off this loop.
             if let Some(acks) = &peers.acks {
-                let pending = crate::server::acks::PendingAck { peer, agent: agent.to_owned(), published, ack };
+                let pending =
+                    crate::server::acks::PendingAck { peer, agent: agent.to_owned(), published, recorded, ack };
                 acks.queue(pending).await;
             }
             return;

@@ -9,7 +9,9 @@
 //! - [`acks`] — an agent's events acknowledged once handed to the publisher
 //!   and recorded as seen.
 //! - [`store`] — jobs, results and keys in SQLite (`halite.db`): held
-//!   through a full disk, checked at start, retained, backed up.
+//!   through a full disk, checked at start, retained, backed up; or the
+//!   records (and every agent event) in PostgreSQL, spooled locally while
+//!   it is unreachable (`store/postgres.rs`, `store/spool.rs`).
 //! - [`bus`] — the outside publisher and the in-process tail; [`ledger`]:
 //!   what the bus said about each agent.
 //! - [`jobs`] — sending states to agents and waiting for results.
@@ -103,13 +105,12 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         .remember_in(&seen_ids)
         .with_context(|| format!("cannot keep the ids seen in {}", seen_ids.display()))?;
     tracing::debug!(remembered, "Loaded the ids seen from agents.");
-    let store_path = crate::server::store::path(&config.data_dir);
-    let store = tokio::task::spawn_blocking(move || crate::server::store::Store::open(&store_path)).await??;
+    let store = open_store(&config).await?;
     let keys = crate::server::keys::KeyStore::open(&store, &config.data_dir, &config.auto_accept)
         .await?
         .with_enrolment(&config.enrolment)?;
     let jobs = Jobs::new(sessions.clone(), bus.clone(), JOB_TIMEOUT).with_store(store.clone());
-    expect_unanswered(&jobs, store.file()).await;
+    expect_unanswered(&jobs, &config).await;
     let retention = crate::server::store::Retention {
         max_age: std::time::Duration::from_secs(u64::from(config.store.retention_days) * 86_400),
         max_bytes: config.store.max_bytes,
@@ -156,12 +157,32 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     Ok(())
 }
 
+/// halite.db in the data dir; with `store: postgres://…`, the records go
+/// to PostgreSQL (spooled in the data dir while it is unreachable) and
+/// halite.db keeps the keys.
+async fn open_store(config: &MasterConfig) -> anyhow::Result<crate::server::store::Store> {
+    use crate::server::store::{Store, postgres::PgTarget};
+    let path = crate::server::store::path(&config.data_dir);
+    let spool = crate::server::store::spool::path(&config.data_dir);
+    let store = config.store.clone();
+    let store = tokio::task::spawn_blocking(move || match &store.url {
+        Some(url) => {
+            let target = PgTarget::from_config(&store, url)?;
+            tracing::info!(store = %target, "Recording jobs, results and events in PostgreSQL.");
+            Store::open_postgres(&path, target, &spool)
+        }
+        None => Store::open(&path),
+    })
+    .await??;
+    Ok(store)
+}
+
 /// Results the master takes after a restart: jobs sent before it and not
 /// answered (the agents may still hold their results).
-async fn expect_unanswered(jobs: &Jobs, path: &std::path::Path) {
-    let path = path.to_path_buf();
+async fn expect_unanswered(jobs: &Jobs, config: &MasterConfig) {
+    let (store, data_dir) = (config.store.clone(), config.data_dir.clone());
     let rows = tokio::task::spawn_blocking(move || {
-        crate::server::store::Reader::open(&path).and_then(|reader| reader.unanswered())
+        crate::server::store::records::open(&store, &data_dir).and_then(|records| records.unanswered())
     })
     .await;
     match rows {
@@ -188,6 +209,33 @@ fn spawn_store_upkeep(
     cancel: CancellationToken,
 ) {
     use crate::server::store::Writable;
+    // With PostgreSQL: `halite/master/store/postgres/unreachable` once when
+    // records start going to the spool, `…/reachable` once it is drained.
+    if let (Some(mut state), Some(target)) = (store.postgres_state(), store.postgres().map(ToString::to_string)) {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            use crate::server::store::postgres::PgState;
+            // A start while PostgreSQL is down is said too.
+            let mut told = PgState::Reachable;
+            loop {
+                let now = state.borrow_and_update().clone();
+                if now != told {
+                    let (tag, data) = match &now {
+                        PgState::Reachable => ("store/postgres/reachable", halite_proto::Value::map()),
+                        PgState::Unreachable { error } => {
+                            ("store/postgres/unreachable", halite_proto::Value::map().with("error", error.as_str()))
+                        }
+                    };
+                    let data = data.with("store", target.as_str());
+                    bus.publish(halite_proto::Event::new(halite_proto::event::tag::master(tag), "", data));
+                    told = now;
+                }
+                if state.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let mut writable = store.writable();
     let (bus, path) = (bus.clone(), store.file().display().to_string());
     tokio::spawn(async move {

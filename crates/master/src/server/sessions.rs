@@ -354,6 +354,21 @@ impl Sessions {
         ids.iter().map(|id| recent.insert(*id)).collect()
     }
 
+    /// Forgets ids from `agent` remembered by [`Sessions::sights`] and not
+    /// logged: events the store refused to record (`acks.rs`), so their
+    /// resend is taken again (published and reacted to again: at least
+    /// once) and recorded, rather than dropped as a duplicate.
+    pub fn forget(&self, agent: &str, ids: &[Id]) {
+        let mut table = self.lock();
+        if let Some(recent) = table.recent.get_mut(agent) {
+            for id in ids {
+                if recent.set.remove(id) {
+                    recent.order.retain(|kept| kept != id);
+                }
+            }
+        }
+    }
+
     /// Whether `id` from `agent` is remembered (without remembering it).
     pub fn has_seen(&self, agent: &str, id: Id) -> bool {
         self.lock().recent.get(agent).is_some_and(|recent| recent.set.contains(&id))
@@ -509,6 +524,18 @@ mod tests {
         assert_eq!(after.first_sights("web01", &[first, third, second, third]), [false, true, false, false]);
         drop(after);
         assert!(!sessions_remembering(&path).first_sight("web01", third), "a batch's ids are logged too");
+    }
+
+    /// Ids the store refused to record are forgotten, so their resend is
+    /// taken again; others stay remembered.
+    #[tokio::test]
+    async fn forgotten_ids_are_taken_again() {
+        let sessions = sessions();
+        let (kept, refused) = (Id::new(), Id::new());
+        assert_eq!(sessions.sights("web01", &[kept, refused]), [true, true]);
+        sessions.forget("web01", &[refused]);
+        sessions.forget("db01", &[kept]);
+        assert_eq!(sessions.sights("web01", &[kept, refused]), [false, true]);
     }
 
     fn sessions_remembering(path: &Path) -> Sessions {

@@ -39,6 +39,13 @@
 //! clock); a file with a newer version is
 //! refused, by the master and by `jobs`, rather than misread. The file is
 //! in WAL mode so readers never block the writer.
+//!
+//! With `store: postgres://…` ([`Store::open_postgres`]) the records (jobs,
+//! results, facts, and agents' events) take a second queue of the same
+//! [`Write`]s to PostgreSQL's writer (`store/postgres.rs`), which spools
+//! them locally while PostgreSQL is unreachable (`store/spool.rs`);
+//! halite.db and this writer keep the keys. Reading either goes through
+//! `store/records.rs`.
 
 use halite_proto::event::now_us;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -51,6 +58,10 @@ use halite_state::report::{AgentReport, Answer, OutcomeKind, Report, StateReport
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
+
+pub mod postgres;
+pub mod records;
+pub mod spool;
 
 /// Writes waiting for the writer thread. When full, job paths wait; late
 /// answers are dropped and counted (see the module docs).
@@ -146,10 +157,16 @@ pub enum StoreError {
     Damaged { path: PathBuf, store: PathBuf, what: String },
     #[error("cannot back up the master's store {path} to {to}: {source}")]
     Backup { path: PathBuf, to: PathBuf, source: rusqlite::Error },
+    #[error(transparent)]
+    Postgres(#[from] postgres::PgError),
+    #[error(
+        "the master's records are in PostgreSQL ({target}): back them up with `pg_dump` (for example `pg_dump -Fc -f halite.dump DBNAME`); `halite-master backup` copies only the local halite.db (keys), which this made at {to}"
+    )]
+    BackupPostgres { target: String, to: PathBuf },
 }
 
 /// Why a job ran and what it was for: a row of `jobs`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct JobRecord {
     pub jid: String,
     pub created_us: i64,
@@ -184,6 +201,13 @@ enum Write {
     Facts {
         agent: String,
         facts: serde_json::Value,
+    },
+    /// Agents' events, recorded by the PostgreSQL store only (with SQLite
+    /// the seen-ids log keeps their ids: `sessions.rs`); told `true` once
+    /// durable (in PostgreSQL or its spool), and only then acknowledged.
+    Events {
+        events: Vec<spool::EventRow>,
+        durable: oneshot::Sender<bool>,
     },
     /// Answers once everything queued before it is committed, keys too.
     Flush(oneshot::Sender<()>),
@@ -265,6 +289,14 @@ impl std::fmt::Debug for AttachFn {
 #[derive(Debug, Clone)]
 pub struct Store {
     queue: mpsc::Sender<Write>,
+    /// The PostgreSQL writer's queue when the records (jobs, results,
+    /// facts, events) go there (`store/postgres.rs`); `None`: they go to
+    /// `queue`, into halite.db. Keys always go through `queue`.
+    records: Option<mpsc::Sender<Write>>,
+    /// Where that PostgreSQL store is.
+    postgres: Option<postgres::PgTarget>,
+    /// Whether the records reach it, as its writer last found.
+    postgres_state: Option<tokio::sync::watch::Receiver<postgres::PgState>>,
     dropped: Arc<AtomicU64>,
     path: PathBuf,
     /// Whether the disk takes writes, as the writer last found.
@@ -292,7 +324,65 @@ impl Store {
             .name("halite-store".into())
             .spawn(move || writer.run(inbox))
             .map_err(|source| StoreError::Io { path: path_for_error.clone(), source })?;
-        Ok(Store { queue, dropped, path: path_for_error, writable })
+        Ok(Store {
+            queue,
+            records: None,
+            postgres: None,
+            postgres_state: None,
+            dropped,
+            path: path_for_error,
+            writable,
+        })
+    }
+
+    /// Opens halite.db at `path` for the keys (as [`Store::open`]) and
+    /// sends the records to PostgreSQL, spooling them in `spool` while it
+    /// is unreachable. Connects and migrates first: a database that refuses
+    /// (password, schema) is an error; one that does not answer is waited
+    /// for, spooling meanwhile (`store/postgres.rs`). Blocking.
+    pub fn open_postgres(path: &Path, target: postgres::PgTarget, spool: &Path) -> Result<Store, StoreError> {
+        let mut store = Store::open(path)?;
+        let (records, inbox) = mpsc::channel(STORE_QUEUE);
+        let state = postgres::start_writer(target.clone(), spool, inbox)?;
+        store.records = Some(records);
+        store.postgres = Some(target);
+        store.postgres_state = Some(state);
+        Ok(store)
+    }
+
+    /// Whether the records reach PostgreSQL (`None` on SQLite); changes as
+    /// its writer finds out.
+    pub fn postgres_state(&self) -> Option<tokio::sync::watch::Receiver<postgres::PgState>> {
+        self.postgres_state.clone()
+    }
+
+    /// The PostgreSQL store the records go to, if they do.
+    pub fn postgres(&self) -> Option<&postgres::PgTarget> {
+        self.postgres.as_ref()
+    }
+
+    /// Where jobs, results, facts and events are queued.
+    fn records_queue(&self) -> &mpsc::Sender<Write> {
+        self.records.as_ref().unwrap_or(&self.queue)
+    }
+
+    /// Whether agents' events are recorded here (PostgreSQL) before they
+    /// are acknowledged; with SQLite, the seen-ids log keeps their ids.
+    pub fn records_events(&self) -> bool {
+        self.records.is_some()
+    }
+
+    /// Records agents' events; `true` once they are durable (committed to
+    /// PostgreSQL, or fsynced to the local spool while it is unreachable).
+    /// Waits for room in the queue. `false` without PostgreSQL, or when
+    /// they were refused (the spool's disk refuses).
+    pub async fn events_durably(&self, events: Vec<spool::EventRow>) -> bool {
+        let Some(records) = &self.records else { return false };
+        let (durable, wait) = oneshot::channel();
+        if records.send(Write::Events { events, durable }).await.is_err() {
+            return false;
+        }
+        wait.await.unwrap_or(false)
     }
 
     /// Whether the disk takes the store's writes; changes as the writer
@@ -309,7 +399,7 @@ impl Store {
         let (committed, wait) = oneshot::channel();
         let write =
             Write::Answered { jid: jid.to_owned(), agent: agent.to_owned(), results, committed: Some(committed) };
-        if let Err(error) = self.queue.try_send(write) {
+        if let Err(error) = self.records_queue().try_send(write) {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::warn!(
                 agent,
@@ -326,12 +416,18 @@ impl Store {
 
     /// Applies the retention limits now (returns at once).
     pub fn retain(&self, retention: Retention) {
-        let _ = self.queue.try_send(Write::Retain(retention));
+        let _ = self.records_queue().try_send(Write::Retain(retention));
     }
 
     /// A clean stop: commits, checkpoints the WAL into halite.db (one
     /// self-contained file remains) and ends the writer.
     pub async fn close(&self) {
+        if let Some(records) = &self.records {
+            let (done, wait) = oneshot::channel();
+            if records.send(Write::Close(done)).await.is_ok() {
+                let _ = wait.await;
+            }
+        }
         let (done, wait) = oneshot::channel();
         if self.queue.send(Write::Close(done)).await.is_ok() {
             let _ = wait.await;
@@ -341,7 +437,11 @@ impl Store {
     /// A consistent copy of the store in `to` (SQLite's online backup),
     /// while the master writes. Blocking.
     pub fn backup(&self, to: &Path) -> Result<(), StoreError> {
-        backup(&self.path, to)
+        backup(&self.path, to)?;
+        match &self.postgres {
+            Some(target) => Err(StoreError::BackupPostgres { target: target.to_string(), to: to.to_path_buf() }),
+            None => Ok(()),
+        }
     }
 
     /// The store's file, for messages.
@@ -407,22 +507,29 @@ impl Store {
 
     /// Returns once every write queued before is committed.
     pub async fn flush(&self) {
+        if let Some(records) = &self.records {
+            let (done, wait) = oneshot::channel();
+            if records.send(Write::Flush(done)).await.is_ok() {
+                let _ = wait.await;
+            }
+        }
         let (done, wait) = oneshot::channel();
-        self.send(Write::Flush(done)).await;
-        let _ = wait.await;
+        if self.queue.send(Write::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
     }
 
     /// Keeps `agent`'s facts (for `check`). From the link loop, which
     /// cannot wait: dropped when the queue is full (the next hello
     /// brings them again).
     pub fn facts_seen(&self, agent: &str, facts: serde_json::Value) {
-        if self.queue.try_send(Write::Facts { agent: agent.to_owned(), facts }).is_err() {
+        if self.records_queue().try_send(Write::Facts { agent: agent.to_owned(), facts }).is_err() {
             tracing::debug!(agent, "The store is busy; the agent's facts were not kept this time.");
         }
     }
 
     async fn send(&self, write: Write) {
-        if self.queue.send(write).await.is_err() {
+        if self.records_queue().send(write).await.is_err() {
             tracing::error!("The job store's writer has stopped; a job record was lost.");
         }
     }
@@ -1037,7 +1144,13 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: &Write) -> rusqlite::Result<()> 
                 params![agent, facts.to_string(), now_us()],
             )?;
         }
-        Write::Flush(_) | Write::Attach(_) | Write::Wake | Write::Commit(_) | Write::Retain(_) | Write::Close(_) => {}
+        Write::Flush(_)
+        | Write::Attach(_)
+        | Write::Wake
+        | Write::Commit(_)
+        | Write::Retain(_)
+        | Write::Close(_)
+        | Write::Events { .. } => {}
     }
     Ok(())
 }
