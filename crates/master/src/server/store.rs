@@ -68,7 +68,8 @@ pub mod spool;
 pub const STORE_QUEUE: usize = 4096;
 
 /// The schema this build reads and writes: the number of [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i32 = 3;
+#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 
 /// The store's file in a data dir.
 pub fn path(data_dir: &Path) -> PathBuf {
@@ -130,9 +131,11 @@ CREATE TABLE keys (
 );
 ";
 
-/// History is listed and retained by the master's own clock.
+/// History is listed and retained by the master's own clock. (`IF NOT
+/// EXISTS`: one build ran this step but wrote version 3, so a store it made
+/// meets this step again.)
 const V4_JOBS_BY_TIME: &str = "
-CREATE INDEX jobs_by_time ON jobs (created_us, jid);
+CREATE INDEX IF NOT EXISTS jobs_by_time ON jobs (created_us, jid);
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -1493,6 +1496,24 @@ mod tests {
         let stored: String =
             reader.connection.query_row("SELECT key FROM keys WHERE id = 'web01'", [], |row| row.get(0)).unwrap();
         assert_eq!(stored, key.to_string());
+    }
+
+    /// One build ran every step but wrote version 3: its stores already have
+    /// the version-4 index, and a later build meets that step again.
+    #[test]
+    fn a_store_whose_version_lagged_its_steps_migrates_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path(dir.path());
+        let connection = Connection::open(&path).unwrap();
+        connection
+            .execute_batch(&format!("{V1_JOBS} {V2_KEYS} {V3_FACTS} {V4_JOBS_BY_TIME} PRAGMA user_version = 3;"))
+            .unwrap();
+        drop(connection);
+        drop(Store::open(&path).unwrap());
+        let reader = Reader::open(&path).unwrap();
+        let version: i32 = reader.connection.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(usize::try_from(SCHEMA_VERSION).unwrap(), MIGRATIONS.len());
     }
 
     /// A WAL as SQLite writes it, taken while its writer is open: frames of
