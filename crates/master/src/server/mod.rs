@@ -22,6 +22,11 @@
 //!   [`apply`], [`cmd`] and [`events`] answer its streamed requests;
 //!   [`facts`] answers `facts`.
 //! - [`notify`] — telling systemd the master is ready (`Type=notify`).
+//! - [`receipts`] — what each job changed and why (corrective or
+//!   intentional), with drift→restore latency; [`compliance`]: each
+//!   agent's state from what the bus said.
+//! - [`metrics`] — Prometheus counters (atomics the hot paths bump) and the
+//!   optional `/metrics` listener.
 
 use std::io::Write;
 use std::sync::{Arc, RwLock};
@@ -33,6 +38,7 @@ pub mod acks;
 pub mod apply;
 pub mod bus;
 pub mod cmd;
+pub mod compliance;
 pub mod context;
 pub mod control;
 pub mod events;
@@ -43,8 +49,10 @@ pub mod ledger;
 pub mod limits;
 pub mod link;
 pub mod log_budget;
+pub mod metrics;
 pub mod notify;
 pub mod reactor;
+pub mod receipts;
 pub mod reload;
 pub mod schedule;
 pub mod sessions;
@@ -129,7 +137,14 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         .with_context(|| format!("cannot watch the state tree {}", config.states.display()))?;
     crate::server::schedule::spawn(master.clone(), config.schedule.clone(), cancel.clone());
 
-    let ready = format!("ready listen={listen} publish={publish} key={fingerprint}");
+    let mut ready = format!("ready listen={listen} publish={publish} key={fingerprint}");
+    if let Some(metrics) = &config.metrics {
+        let store = Some(crate::server::store::path(&config.data_dir));
+        let bound =
+            crate::server::metrics::listener::serve(master.clone(), metrics.listen, store, cancel.clone()).await?;
+        tracing::info!(%bound, "Serving /metrics.");
+        ready.push_str(&format!(" metrics={bound}"));
+    }
     tokio::fs::write(config.data_dir.join("endpoints"), format!("{ready}\n"))
         .await
         .with_context(|| format!("cannot write {}", config.data_dir.join("endpoints").display()))?;
