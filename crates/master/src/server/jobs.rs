@@ -476,8 +476,9 @@ impl Jobs {
             Value::map().with("results", Value::List(results)).with("failed", failed),
         );
         ret.cause_job = Some(result.job);
-        self.bus.publish(ret);
+        // Before the return is announced: whoever sees it finds the receipt.
         self.record_receipts(agent, &result);
+        self.bus.publish(ret);
         let committed = match &self.store {
             Some(store) => store.answered_durably(&result.job.to_string(), agent, result.results.clone()),
             None => {

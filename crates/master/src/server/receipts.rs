@@ -167,7 +167,9 @@ pub fn hash_before(path: &str, cause: Option<&Cause>, changes: &[String]) -> Opt
     {
         return Some(sha256.clone());
     }
-    let line = changes.iter().find(|c| c.starts_with(&format!("content of {path}: sha256 ")))?;
+    // The agent names the file under its `root`: the authored path ends it.
+    let marker = format!("{path}: sha256 ");
+    let line = changes.iter().find(|c| c.starts_with("content of ") && c.contains(&marker))?;
     let hashes = line.rsplit_once(": sha256 ")?.1;
     let (before, _) = hashes.split_once(" -> ")?;
     Some(before.to_owned())
@@ -381,6 +383,8 @@ mod tests {
         assert_eq!(hash_before("/etc/motd", Some(&cause("/etc/other")), &changes).as_deref(), Some("0123456789ab"));
         assert_eq!(hash_before("/etc/motd", None, &changes).as_deref(), Some("0123456789ab"));
         assert_eq!(hash_before("/etc/motd", None, &["created /etc/motd (3 bytes)".to_owned()]), None);
+        let rooted = vec!["content of /srv/root/etc/motd: sha256 0123456789ab -> ba9876543210".to_owned()];
+        assert_eq!(hash_before("/etc/motd", None, &rooted).as_deref(), Some("0123456789ab"), "under the agent's root");
     }
 
     fn job(content: &str, test: bool) -> Job {

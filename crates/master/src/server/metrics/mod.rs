@@ -315,17 +315,17 @@ impl Metrics {
             ],
         )?;
         {
-            let mut cumulative = 0;
+            // Per-bucket counts (the encoder makes them cumulative); the
+            // count is their sum, so a scrape is consistent whatever is
+            // observed meanwhile (the sum may be a moment behind).
             let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
                 .iter()
                 .copied()
                 .chain(std::iter::once(f64::MAX))
                 .zip(&self.latency_buckets)
-                .map(|(bound, count)| {
-                    cumulative += read(count);
-                    (bound, cumulative)
-                })
+                .map(|(bound, count)| (bound, read(count)))
                 .collect();
+            let count = buckets.iter().map(|(_, n)| n).sum();
             #[allow(clippy::cast_precision_loss)]
             let sum = read(&self.latency_sum_us) as f64 / 1e6;
             let mut metric = encoder.encode_descriptor(
@@ -334,7 +334,7 @@ impl Metrics {
                 Some(&Unit::Seconds),
                 prometheus_client::metrics::MetricType::Histogram,
             )?;
-            metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, cumulative, &buckets, None)?;
+            metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)?;
         }
         gauge(&mut encoder, "halite_sessions", "Agent sessions open, accepted or not.", gauges.sessions)?;
         gauge(&mut encoder, "halite_sessions_accepted", "Agent sessions of accepted keys.", gauges.accepted)?;
@@ -503,7 +503,8 @@ mod tests {
             "# TYPE halite_events_in counter",
             "halite_events_in_total{prefix=\"beacon\"}",
             "# TYPE halite_drift_restore_latency_seconds histogram",
-            "halite_drift_restore_latency_seconds_bucket{le=\"0.005\"}",
+            "halite_drift_restore_latency_seconds_bucket{le=\"0.005\"} ",
+            "halite_drift_restore_latency_seconds_count ",
             "halite_reactions_total{reactor=\"restore-motd\",result=\"fired\"}",
             "halite_store_size_bytes 4096",
             "# EOF",
