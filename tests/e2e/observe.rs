@@ -158,3 +158,70 @@ async fn receipts_and_metrics(fleet: &mut Fleet) -> anyhow::Result<()> {
     assert_eq!(newest["latency_us"], serde_json::Value::Null, "no event caused it");
     Ok(())
 }
+
+/// The example tree's beacons plus one watching a directory no state
+/// manages anything in.
+const BEACONS_WITH_A_DIRECTORY: &str = "\
+'*':
+  motd:
+    file:
+      paths: [/etc/motd]
+  app:
+    file:
+      paths: [/etc/app]
+";
+
+/// Inventory lists an unmanaged file under a watched directory beside the
+/// managed, in-state motd; adopt writes a state for it that `check` loads,
+/// refuses to overwrite it, and refuses a file a state already manages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inventory_lists_an_unmanaged_file_and_adopt_writes_a_state_check_loads() {
+    let files = [("beacons.yaml", BEACONS_WITH_A_DIRECTORY)];
+    let mut fleet = Fleet::start_custom_with_master_config(&["web01"], &files, "").await.unwrap();
+    if let Err(error) = inventory_and_adopt(&mut fleet).await {
+        fleet.fail(&error);
+    }
+}
+
+async fn inventory_and_adopt(fleet: &mut Fleet) -> anyhow::Result<()> {
+    let app = fleet.agent("web01").path("/etc/app");
+    std::fs::create_dir_all(&app)?;
+    let local = "listen = 8080\n";
+    std::fs::write(app.join("local.conf"), local)?;
+
+    let inventory: serde_json::Value = serde_json::from_str(&fleet.cli(&["inventory", "web01", "--json"])?)?;
+    let rows = inventory[0]["paths"].as_array().cloned().unwrap_or_default();
+    let coverage = |path: &str| {
+        rows.iter().find(|r| r["path"] == path).map(|r| r["coverage"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(inventory[0]["agent"], "web01", "{inventory}");
+    assert_eq!(coverage("/etc/motd").as_deref(), Some("in_state"), "{inventory}");
+    assert_eq!(coverage("/etc/app").as_deref(), Some("directory"), "{inventory}");
+    assert_eq!(coverage("/etc/app/local.conf").as_deref(), Some("unmanaged"), "{inventory}");
+    let local_row = rows.iter().find(|r| r["path"] == "/etc/app/local.conf").cloned().unwrap_or_default();
+    assert_eq!(local_row["sha256"], Sha256::of(local.as_bytes()).to_hex());
+    let text = fleet.cli(&["inventory", "web01"])?;
+    assert!(text.contains("web01: 1 in state, 0 drifted, 1 unmanaged"), "{text}");
+
+    let states = fleet.states.display().to_string();
+    let adopt = ["adopt", "web01", "/etc/app/local.conf", "--states", states.as_str()];
+    fleet.cli(&adopt)?;
+    let state_file = fleet.states.join("adopted-web01-etc-app-local-conf.yaml");
+    let source = fleet.states.join("files/adopted/web01/etc/app/local.conf");
+    assert_eq!(std::fs::read_to_string(&source)?, local, "the content as it was on the agent");
+    let state = std::fs::read_to_string(&state_file)?;
+    assert!(state.contains("file.managed") && state.contains("\"/etc/app/local.conf\""), "{state}");
+    let mut command = halite_e2e::process(&fleet.binaries.master);
+    command.args(["check", "--states", states.as_str()]);
+    let check = halite_e2e::CommandOutput::of(command).await?;
+    assert_eq!(check.code, 0, "check refused the adopted state: {}", check.stderr);
+    assert!(check.stdout.contains("3 state files with 3 states"), "check loaded the adopted state: {}", check.stdout);
+
+    // Never overwrites; never adopts what a state manages.
+    let again = fleet.master_command(&adopt).await?;
+    assert!(again.code == 1 && again.stderr.contains("never overwrites"), "{again:?}");
+    assert_eq!(std::fs::read_to_string(&state_file)?, state);
+    let managed = fleet.master_command(&["adopt", "web01", "/etc/motd", "--states", states.as_str()]).await?;
+    assert!(managed.code == 1 && managed.stderr.contains("a state already manages it"), "{managed:?}");
+    Ok(())
+}

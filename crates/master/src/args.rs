@@ -252,6 +252,62 @@ pub enum Command {
         #[arg(long, env = "HALITE_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Every path the file beacons of the agents TARGET matches watch, asked
+    /// of the agents now: `in state` (a state manages it and it is as
+    /// desired), `DRIFTED` (a state manages it and it differs or is
+    /// missing), `unmanaged` (a file no state manages: see `adopt`),
+    /// `directory`, `absent`.
+    ///
+    /// Talks to the running master. Exit code 1 when an agent could not be
+    /// asked, 4 when TARGET matches no connected agent.
+    #[command(after_help = "Examples:
+  halite-master inventory web01
+  halite-master inventory 'web*' --json | jq '.[].paths[] | select(.coverage == \"unmanaged\")'")]
+    Inventory {
+        /// A target expression (`web*`, `L@web01,web02`, `G@os:debian`).
+        target: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The master's configuration, to find its data dir.
+        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The master's data dir (overrides the configuration's).
+        #[arg(long, env = "HALITE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Writes a `file.managed` state for a file no state manages, from its
+    /// current content on AGENT, into the state tree for review in git: the
+    /// content as `files/adopted/AGENT/PATH`, the state in FILE (default
+    /// `adopted-AGENT-<path>.yaml`). Never overwrites; enforces nothing
+    /// until the state file is named in top.yaml.
+    ///
+    /// PATH must be a file one of AGENT's file beacons watches
+    /// (`halite-master inventory AGENT` lists them as unmanaged), at most
+    /// 1 MiB. Talks to the running master. Exit code 1 when refused (a
+    /// state manages it, not watched, too large, a file in the way), 4 when
+    /// AGENT is not connected.
+    #[command(after_help = "Examples:
+  halite-master adopt web01 /etc/app/local.conf
+  halite-master adopt web01 /etc/app/local.conf --into app.yaml --states /srv/halite/states")]
+    Adopt {
+        /// The agent to take the file from.
+        agent: String,
+        /// The file, as its beacon names it (e.g. /etc/app/local.conf).
+        path: String,
+        /// The state file to write, relative to the tree (a new `.yaml`).
+        #[arg(long, value_name = "FILE")]
+        into: Option<PathBuf>,
+        /// The state tree to write into (overrides the configuration's).
+        #[arg(long)]
+        states: Option<PathBuf>,
+        /// The master's configuration, to find its data dir and tree.
+        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The master's data dir (overrides the configuration's).
+        #[arg(long, env = "HALITE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// A consistent copy of the store (keys, jobs, results) in FILE, made
     /// by the running master with SQLite's online backup while it works.
     ///

@@ -59,6 +59,17 @@ pub enum Request {
     Backup {
         to: std::path::PathBuf,
     },
+    /// What the file beacons of the agents `target` matches watch, by
+    /// coverage (`server/inventory.rs`).
+    Inventory {
+        target: String,
+    },
+    /// The content of an unmanaged file a beacon of `agent` watches, for
+    /// `adopt` to write into the tree.
+    Adopt {
+        agent: String,
+        path: String,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -85,6 +96,12 @@ pub struct Response {
     /// Set when `facts`' target matched no connected agent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_agent: bool,
+    /// The inventories asked for by `inventory`, by agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inventory: Vec<crate::server::inventory::AgentInventory>,
+    /// The file `adopt` asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<halite_proto::WatchedContent>,
 }
 
 /// What the operator asked for.

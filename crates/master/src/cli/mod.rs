@@ -13,6 +13,7 @@ use tokio::net::UnixStream;
 use crate::config::MasterConfig;
 use crate::protocol::{Request, Response, socket_path};
 
+pub mod adopt;
 pub mod agents;
 pub mod apply;
 pub mod backup;
@@ -23,6 +24,7 @@ pub mod events;
 pub mod exit;
 pub mod facts;
 pub mod init;
+pub mod inventory;
 pub mod jobs;
 pub mod keys;
 pub mod receipts;

@@ -699,6 +699,11 @@ async fn on_message(
             }
             MasterMessage::ResultAck { job }
         }
+        AgentMessage::Inventory(inventory) => {
+            let ack = MasterMessage::Ack { event: inventory.id };
+            master.inventory.take(agent, inventory);
+            ack
+        }
         AgentMessage::Event(_) | AgentMessage::Events(_) => {
             let (ack, events) = match message {
                 AgentMessage::Event(event) => (MasterMessage::Ack { event: event.id }, vec![event]),

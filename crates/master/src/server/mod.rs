@@ -20,11 +20,13 @@
 //!   enforcement.
 //! - [`control`] — the control socket operator commands talk to;
 //!   [`apply`], [`cmd`] and [`events`] answer its streamed requests;
-//!   [`facts`] answers `facts`.
+//!   [`facts`] answers `facts`, [`coverage`] `inventory` and `adopt`.
 //! - [`notify`] — telling systemd the master is ready (`Type=notify`).
 //! - [`receipts`] — what each job changed and why (corrective or
 //!   intentional), with drift→restore latency; [`compliance`]: each
 //!   agent's state from what the bus said.
+//! - [`inventory`] — what each agent's file beacons watch, by coverage;
+//!   `adopt`'s fetch of a file.
 //! - [`metrics`] — Prometheus counters (atomics the hot paths bump) and the
 //!   optional `/metrics` listener.
 
@@ -41,8 +43,10 @@ pub mod cmd;
 pub mod compliance;
 pub mod context;
 pub mod control;
+pub mod coverage;
 pub mod events;
 pub mod facts;
+pub mod inventory;
 pub mod jobs;
 pub mod keys;
 pub mod ledger;
@@ -130,7 +134,8 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         max_event_bytes: config.max_event_bytes,
         handshakes_per_source: config.handshakes_per_source,
     };
-    let master = Arc::new(Master { keypair, keys, tree, sessions, jobs, engine, bus, limits });
+    let inventory = crate::server::inventory::Inventories::default();
+    let master = Arc::new(Master { keypair, keys, tree, sessions, jobs, engine, bus, limits, inventory });
     let control = crate::server::control::serve(master.clone(), &config.data_dir, cancel.clone()).await?;
     let enforce = crate::server::reload::Enforce::of(&config);
     crate::server::reload::spawn(master.clone(), config.states.clone(), enforce, cancel.clone())
