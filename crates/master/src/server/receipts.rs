@@ -183,16 +183,24 @@ impl Receipts {
             return;
         }
         let operator = cause.starts_with("operator:");
+        // Hashed before the lock is taken: the lock is held for lookups only.
+        let views: Vec<(String, String, String)> = job
+            .states
+            .iter()
+            .filter_map(|call| {
+                let view = halite_state::kinds::file_like(&call.kind).and_then(|file| (file.view)(&call.args))?;
+                Some((call.id.clone(), view.path.to_owned(), Sha256::of(view.contents).to_hex()))
+            })
+            .collect();
+        if views.is_empty() {
+            return;
+        }
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut files = Vec::new();
-        for call in &job.states {
-            let Some(view) = halite_state::kinds::file_like(&call.kind).and_then(|file| (file.view)(&call.args)) else {
-                continue;
-            };
-            let desired = Sha256::of(view.contents).to_hex();
-            let previous = inner.desired.insert((agent.to_owned(), view.path.to_owned()), desired.clone());
+        for (state, path, desired) in views {
+            let previous = inner.desired.insert((agent.to_owned(), path.clone()), desired.clone());
             let kind = classify(operator, previous.as_deref() != Some(desired.as_str()));
-            files.push(FileSent { state: call.id.clone(), path: view.path.to_owned(), desired, kind });
+            files.push(FileSent { state, path, desired, kind });
         }
         if files.is_empty() {
             return;
