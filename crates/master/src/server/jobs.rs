@@ -366,16 +366,14 @@ impl Jobs {
         Some(jid)
     }
 
-    /// The receipts of what `result` changed: counted, and kept in the store.
-    fn record_receipts(&self, agent: &str, result: &JobResult) {
+    /// The receipts of what `result` changed, counted (for the store).
+    fn make_receipts(&self, agent: &str, result: &JobResult) -> Vec<crate::server::receipts::Receipt> {
         let receipts = self.receipts.returned(agent, result, halite_proto::event::now_us());
         for receipt in &receipts {
             let corrective = receipt.kind == crate::server::receipts::ReceiptKind::Corrective;
             crate::server::metrics::get().receipt(corrective, receipt.latency_us);
         }
-        if let Some(store) = &self.store {
-            store.receipts(receipts);
-        }
+        receipts
     }
 
     /// Returns once every job record written before is committed (`cmd`
@@ -477,7 +475,7 @@ impl Jobs {
         );
         ret.cause_job = Some(result.job);
         // Before the return is announced: whoever sees it finds the receipt.
-        self.record_receipts(agent, &result);
+        let receipts = self.make_receipts(agent, &result);
         self.bus.publish(ret);
         let committed = match &self.store {
             Some(store) => store.answered_durably(&result.job.to_string(), agent, result.results.clone()),
@@ -487,6 +485,11 @@ impl Jobs {
                 committed
             }
         };
+        // Queued after the answer: its commit (and so its ack) never waits
+        // for them; they share its transaction when the writer batches both.
+        if let Some(store) = &self.store {
+            store.receipts(receipts);
+        }
         // Expected from this agent, so a waiter for the job is this agent's.
         match self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(result.job) {
             Some((_, tx)) => {
