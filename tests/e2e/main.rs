@@ -22,6 +22,7 @@ mod kinds;
 mod link;
 mod link_flood;
 mod local_attack;
+mod observe;
 mod operator;
 mod pg_store;
 mod reactors;

@@ -97,6 +97,8 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
         }
     }
     let mut announced = false;
+    // The beacon set in force, for the inventory (`inventory.rs`).
+    let mut current: Vec<halite_proto::BeaconSpec> = Vec::new();
     // Welcomed by the master in the current session: offline healing waits
     // for this to be false.
     let mut online = false;
@@ -127,16 +129,20 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
                 Some(LinkEvent::Message(MasterMessage::Welcome(welcome))) => {
                     tracing::info!(beacons = welcome.beacons.len(), "The master accepted this agent.");
                     online = true;
-                    beacons = replace_beacons(beacons, beacons::merge(&welcome.beacons, &local_beacons)).await?;
+                    current = beacons::merge(&welcome.beacons, &local_beacons);
+                    beacons = replace_beacons(beacons, current.clone()).await?;
+                    send_inventory(&outbound, &current, &config.root, None).await;
                 }
                 Some(LinkEvent::Message(MasterMessage::NotAccepted { status })) if status == "replaced" => {
                     tracing::error!(agent = %id, fingerprint = %keypair.public, "The master accepted another key for this agent id and retired this one; the session is cut and nothing this agent sends is taken. If this is the real `{id}`, an operator must accept this key again (`halite-master keys accept {}`) and reject the other.", keypair.public);
                     online = false;
+                    current.clear();
                     beacons = replace_beacons(beacons, Vec::new()).await?;
                 }
                 Some(LinkEvent::Message(MasterMessage::NotAccepted { status })) => {
                     tracing::warn!(%status, fingerprint = %keypair.public, "This agent's key is not accepted on the master; waiting for an operator (`halite-master keys accept {id}`).");
                     online = false;
+                    current.clear();
                     beacons = replace_beacons(beacons, Vec::new()).await?;
                 }
                 Some(LinkEvent::Message(MasterMessage::Job(job))) => {
@@ -155,7 +161,13 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
                 }
                 Some(LinkEvent::Message(MasterMessage::Beacons(specs))) => {
                     tracing::info!(beacons = specs.len(), "The master sent a new beacon set.");
-                    beacons = replace_beacons(beacons, beacons::merge(&specs, &local_beacons)).await?;
+                    let merged = beacons::merge(&specs, &local_beacons);
+                    beacons = replace_beacons(beacons, merged.clone()).await?;
+                    send_inventory(&outbound, &merged, &config.root, None).await;
+                    current = merged;
+                }
+                Some(LinkEvent::Message(MasterMessage::Inventory { content_of })) => {
+                    send_inventory(&outbound, &current, &config.root, content_of).await;
                 }
                 Some(LinkEvent::Message(other)) => tracing::debug!(ignored = ?other, "Ignoring a message from the master."),
             },
@@ -217,6 +229,23 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
     let _ = link.task.await;
     tracing::info!(agent = %id, "Agent stopped.");
     Ok(())
+}
+
+/// Sends what the beacons of `specs` watch (`inventory.rs`), listed off the
+/// runtime threads, through the outbox.
+async fn send_inventory(
+    outbound: &mpsc::Sender<AgentMessage>,
+    specs: &[halite_proto::BeaconSpec],
+    root: &Path,
+    content_of: Option<String>,
+) {
+    let (specs, root) = (specs.to_vec(), root.to_path_buf());
+    match tokio::task::spawn_blocking(move || crate::inventory::collect(&specs, &root, content_of.as_deref())).await {
+        Ok(inventory) => {
+            let _ = outbound.send(AgentMessage::Inventory(inventory)).await;
+        }
+        Err(error) => tracing::warn!(%error, "Listing what the beacons watch failed."),
+    }
 }
 
 /// Replaces the beacon set off the runtime threads (a file beacon's first

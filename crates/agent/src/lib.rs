@@ -28,6 +28,7 @@ pub mod beacons;
 pub mod config;
 pub mod daemon;
 pub mod facts;
+pub mod inventory;
 pub mod jobs;
 pub mod link;
 pub mod local;

@@ -114,6 +114,7 @@ pub fn key_of(message: &AgentMessage) -> Option<Id> {
     match message {
         AgentMessage::Event(event) => Some(event.id),
         AgentMessage::JobResult(result) => Some(result.job),
+        AgentMessage::Inventory(inventory) => Some(inventory.id),
         // The link makes batches from single events as it sends; the
         // outbox keeps events one by one.
         AgentMessage::Hello(_) | AgentMessage::Ping | AgentMessage::Events(_) => None,

@@ -224,6 +224,90 @@ pub enum Command {
         #[arg(long, env = "HALITE_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Remediation receipts, newest first: per file a job changed, its
+    /// cause, the sha256 before and after, the drift→restore latency and
+    /// whether it was `corrective` (drift restored) or `intentional` (the
+    /// tree changed, or an operator applied); then how often each file
+    /// drifted and was restored (what flaps).
+    ///
+    /// Reads <data_dir>/halite.db directly, read-only: works whether the
+    /// master runs or not.
+    #[command(after_help = "Examples:
+  halite-master receipts
+  halite-master receipts web01 --limit 50
+  halite-master receipts web01 --json | jq '.receipts[] | select(.kind == \"corrective\")'")]
+    Receipts {
+        /// Only this agent's receipts.
+        agent: Option<String>,
+        /// How many receipts to list.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The master's configuration, to find its data dir.
+        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The master's data dir (overrides the configuration's).
+        #[arg(long, env = "HALITE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Every path the file beacons of the agents TARGET matches watch, asked
+    /// of the agents now: `in state` (a state manages it and it is as
+    /// desired), `DRIFTED` (a state manages it and it differs or is
+    /// missing), `unmanaged` (a file no state manages: see `adopt`),
+    /// `directory`, `absent`.
+    ///
+    /// Talks to the running master. Exit code 1 when an agent could not be
+    /// asked, 4 when TARGET matches no connected agent.
+    #[command(after_help = "Examples:
+  halite-master inventory web01
+  halite-master inventory 'web*' --json | jq '.[].paths[] | select(.coverage == \"unmanaged\")'")]
+    Inventory {
+        /// A target expression (`web*`, `L@web01,web02`, `G@os:debian`).
+        target: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The master's configuration, to find its data dir.
+        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The master's data dir (overrides the configuration's).
+        #[arg(long, env = "HALITE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Writes a `file.managed` state for a file no state manages, from its
+    /// current content on AGENT, into the state tree for review in git: the
+    /// content as `files/adopted/AGENT/PATH`, the state in FILE (default
+    /// `adopted-AGENT-<path>.yaml`). Never overwrites; enforces nothing
+    /// until the state file is named in top.yaml.
+    ///
+    /// PATH must be a file one of AGENT's file beacons watches
+    /// (`halite-master inventory AGENT` lists them as unmanaged), at most
+    /// 1 MiB. Talks to the running master. Exit code 1 when refused (a
+    /// state manages it, not watched, too large, a file in the way), 4 when
+    /// AGENT is not connected.
+    #[command(after_help = "Examples:
+  halite-master adopt web01 /etc/app/local.conf
+  halite-master adopt web01 /etc/app/local.conf --into app.yaml --states /srv/halite/states")]
+    Adopt {
+        /// The agent to take the file from.
+        agent: String,
+        /// The file, as its beacon names it (e.g. /etc/app/local.conf).
+        path: String,
+        /// The state file to write, relative to the tree (a new `.yaml`).
+        #[arg(long, value_name = "FILE")]
+        into: Option<PathBuf>,
+        /// The state tree to write into (overrides the configuration's).
+        #[arg(long)]
+        states: Option<PathBuf>,
+        /// The master's configuration, to find its data dir and tree.
+        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The master's data dir (overrides the configuration's).
+        #[arg(long, env = "HALITE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// A consistent copy of the store (keys, jobs, results) in FILE, made
     /// by the running master with SQLite's online backup while it works.
     ///
@@ -248,10 +332,12 @@ pub enum Command {
     ///
     /// Compliance: `unknown` (no job returned yet), `compliant` (the last
     /// job succeeded and no managed file drifted since), `drifted` (a
-    /// managed file changed and no job has returned since), `failing` (the
-    /// last job had a failed state), `stale` (a reload changed the states
-    /// rendered for it and no job has returned since). Pending agents are
-    /// listed too.
+    /// managed file changed and no job has been sent since), `restoring`
+    /// (drifted, and a job is on its way back), `failing` (the last job had
+    /// a failed state), `stale` (a reload changed the states rendered for it
+    /// and no job has returned since). LAST RESTORE is the agent's last
+    /// remediation receipt (`halite-master receipts` lists them). Pending
+    /// agents are listed too.
     #[command(after_help = "Examples:
   halite-master agents
   halite-master agents --json | jq '.[] | select(.compliance.state != \"compliant\")'")]

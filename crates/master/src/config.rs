@@ -70,6 +70,20 @@ pub struct MasterConfig {
     /// Hello1 from it closes its connection (the agent retries).
     #[serde(default = "default_handshakes_per_source")]
     pub handshakes_per_source: usize,
+    /// `/metrics` in the Prometheus text format on a listener of its own
+    /// (`server/metrics/`); off unless set.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// `metrics:` in master.yaml.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where `/metrics` is served over plain HTTP, e.g. `127.0.0.1:9510`
+    /// (port 0 picks a free port, said in the `endpoints` file). It has no
+    /// authentication: keep it on loopback or a scrape network.
+    pub listen: std::net::SocketAddr,
 }
 
 /// First contact (README, "Security model").
@@ -285,6 +299,7 @@ impl Default for MasterConfig {
             store: StoreConfig::default(),
             max_event_bytes: default_max_event_bytes(),
             handshakes_per_source: default_handshakes_per_source(),
+            metrics: None,
         }
     }
 }

@@ -115,6 +115,25 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             };
             exit_with(code)
         }
+        Command::Receipts { agent, limit, json, config, data_dir } => {
+            cli::receipts::run(&cli::operator_data_dir(&config, data_dir)?, agent.as_deref(), limit, json)
+        }
+        Command::Inventory { target, json, config, data_dir } => {
+            exit_with(cli::inventory::run(&cli::operator_data_dir(&config, data_dir)?, &target, json)?)
+        }
+        Command::Adopt { agent, path, into, states, config, data_dir } => {
+            let states = match states {
+                Some(states) => states,
+                None => halite_master::config::MasterConfig::load(&config)?.states,
+            };
+            exit_with(cli::adopt::run(
+                &cli::operator_data_dir(&config, data_dir)?,
+                &states,
+                &agent,
+                &path,
+                into.as_deref(),
+            )?)
+        }
         Command::Backup { file, config, data_dir } => {
             cli::backup::run(&cli::operator_data_dir(&config, data_dir)?, &file)
         }

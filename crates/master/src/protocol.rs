@@ -59,6 +59,17 @@ pub enum Request {
     Backup {
         to: std::path::PathBuf,
     },
+    /// What the file beacons of the agents `target` matches watch, by
+    /// coverage (`server/inventory.rs`).
+    Inventory {
+        target: String,
+    },
+    /// The content of an unmanaged file a beacon of `agent` watches, for
+    /// `adopt` to write into the tree.
+    Adopt {
+        agent: String,
+        path: String,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -85,6 +96,12 @@ pub struct Response {
     /// Set when `facts`' target matched no connected agent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_agent: bool,
+    /// The inventories asked for by `inventory`, by agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inventory: Vec<crate::server::inventory::AgentInventory>,
+    /// The file `adopt` asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<halite_proto::WatchedContent>,
 }
 
 /// What the operator asked for.
@@ -147,6 +164,12 @@ pub enum Compliance {
     Stale {
         since_us: i64,
     },
+    /// Drifted at `since_us`, and a job has been sent since, not returned
+    /// yet (`server/compliance.rs`).
+    Restoring {
+        since_us: i64,
+        path: Option<String>,
+    },
 }
 
 /// One line of `halite-master agents`.
@@ -169,6 +192,10 @@ pub struct AgentRow {
     /// `reactor::engine::AGENT_QUEUE`): a flood shows here first.
     #[serde(default)]
     pub queued: usize,
+    /// The agent's last remediation receipt since the master started
+    /// (`server/receipts.rs`).
+    #[serde(default)]
+    pub last_receipt: Option<crate::server::receipts::Receipt>,
 }
 
 impl AgentRow {
@@ -185,6 +212,7 @@ impl AgentRow {
             last_event_us: None,
             compliance: Compliance::Unknown,
             queued: 0,
+            last_receipt: None,
         }
     }
 }

@@ -25,7 +25,7 @@ pub use event::{Event, Id};
 pub use frame::{DecodeError, MAX_FRAME_BYTES, PROTOCOL_VERSION, decode, encode};
 pub use hash::Sha256;
 pub use message::{
-    AgentMessage, BeaconSpec, Hello, Job, JobResult, MasterMessage, Outcome, Requisite, RequisiteKind, StateCall,
-    StateResult, Welcome,
+    AgentMessage, BeaconSpec, Hello, Inventory, Job, JobResult, MasterMessage, Outcome, Requisite, RequisiteKind,
+    StateCall, StateResult, WatchedContent, WatchedPath, Welcome,
 };
 pub use value::Value;

@@ -27,6 +27,54 @@ pub enum AgentMessage {
     /// events wait to go out. The master handles them in order and answers
     /// with one [`MasterMessage::Acks`].
     Events(#[serde(deserialize_with = "crate::value::budgeted_seq")] Vec<Event>),
+    /// What the agent's file beacons watch (and, when asked, one watched
+    /// file's content): the answer to [`MasterMessage::Inventory`], and
+    /// sent unasked whenever the beacon set changes. Kept in the outbox
+    /// until the master answers [`MasterMessage::Ack`] with its id.
+    Inventory(Inventory),
+}
+
+/// The paths an agent's file beacons watch (`halite-master inventory`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Inventory {
+    /// Unique: the master acknowledges it by this id.
+    pub id: Id,
+    /// At most [`MAX_INVENTORY_PATHS`], by beacon then path.
+    #[serde(deserialize_with = "crate::value::budgeted_seq")]
+    pub paths: Vec<WatchedPath>,
+    /// More paths were watched than sent.
+    pub truncated: bool,
+    /// The content asked for by [`MasterMessage::Inventory`], if any.
+    pub content: Option<WatchedContent>,
+}
+
+/// The most paths one [`Inventory`] lists.
+pub const MAX_INVENTORY_PATHS: usize = 4096;
+/// The largest file whose content an agent sends for `adopt`.
+pub const MAX_ADOPT_BYTES: usize = 1 << 20;
+
+/// One path a file beacon watches: a path it names, or an entry of a
+/// directory it names (below it with `recursive`), as authored (not under
+/// the agent's `root`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchedPath {
+    pub beacon: String,
+    pub path: String,
+    /// A regular file's content digest; none for a directory, a missing
+    /// path or anything else.
+    pub sha256: Option<crate::Sha256>,
+    pub directory: bool,
+    pub exists: bool,
+}
+
+/// A watched file's content, for `adopt`: its bytes and mode, or why not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchedContent {
+    pub path: String,
+    pub bytes: Option<Vec<u8>>,
+    pub mode: u32,
+    /// Why there are no bytes: not a watched file, too large, unreadable.
+    pub error: Option<String>,
 }
 
 /// Master → agent. Append-only (see the module docs).
@@ -51,6 +99,9 @@ pub enum MasterMessage {
     /// The master has handled the events with these ids (the answer to
     /// [`AgentMessage::Events`]).
     Acks(Vec<Id>),
+    /// Send an [`AgentMessage::Inventory`] now; with `content_of` (an
+    /// authored path), that watched file's content too.
+    Inventory { content_of: Option<String> },
 }
 
 /// The hello fact carrying an agent's enrolment token (`enrol_token_file`

@@ -242,6 +242,69 @@ impl Scope {
     }
 }
 
+/// Every path a `file` beacon with `config` watches now, as authored,
+/// with what it is (`halite-master inventory`): each path it names, and for
+/// a directory what is in it (below it with `recursive`), less the
+/// excluded. At most `limit` paths; the bool says whether more were left
+/// out. Blocking (it lists directories and hashes files).
+pub fn inventory(
+    beacon: &str,
+    config: &Value,
+    root: &Path,
+    limit: usize,
+) -> Result<(Vec<halite_proto::WatchedPath>, bool), BeaconError> {
+    let settings = settings(config)?;
+    let scope = Scope {
+        targets: settings.paths.iter().map(|p| (crate::rooted(root, p), p.clone())).collect(),
+        recursive: settings.recursive,
+        exclude: settings.exclude,
+    };
+    let mut paths = Vec::new();
+    let mut truncated = false;
+    let mut add = |authored: &Path, real: &Path| {
+        if paths.len() >= limit {
+            truncated = true;
+            return false;
+        }
+        let (sha256, directory, exists) = match Observation::of(real) {
+            Observation::Missing => (None, false, false),
+            Observation::File { sha256, .. } => (Some(sha256), false, true),
+            Observation::Directory { .. } => (None, true, true),
+            Observation::Other(_) => (None, false, true),
+        };
+        paths.push(halite_proto::WatchedPath {
+            beacon: beacon.to_owned(),
+            path: authored.display().to_string(),
+            sha256,
+            directory,
+            exists,
+        });
+        true
+    };
+    for (real, authored) in &scope.targets {
+        if !add(authored, real) {
+            break;
+        }
+        let mut stack = vec![real.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
+            entries.sort_by_key(std::fs::DirEntry::file_name);
+            for entry in entries {
+                let path = entry.path();
+                let Some(authored) = scope.authored(&path) else { continue };
+                if scope.recursive && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(path.clone());
+                }
+                if !add(&authored, &path) {
+                    return Ok((paths, true));
+                }
+            }
+        }
+    }
+    Ok((paths, truncated))
+}
+
 /// What a path looked like when last seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observation {
@@ -1260,6 +1323,37 @@ mod tests {
             tracker.observe(path, Observation::Missing, None, 0, t0 + 2 * MS).map(|r| r.change),
             Some(Change::Delete)
         );
+    }
+
+    #[test]
+    fn the_inventory_lists_named_paths_and_directory_entries_less_the_excluded() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("etc/app/conf.d")).unwrap();
+        std::fs::write(root.path().join("etc/app/main.conf"), "main").unwrap();
+        std::fs::write(root.path().join("etc/app/main.conf.swp"), "x").unwrap();
+        std::fs::write(root.path().join("etc/app/conf.d/extra.conf"), "extra").unwrap();
+        let config = Value::map()
+            .with("paths", Value::List(vec!["/etc/app".into(), "/etc/missing".into()]))
+            .with("exclude", Value::List(vec!["*.swp".into()]));
+        let (paths, truncated) = inventory("app", &config, root.path(), 100).unwrap();
+        let listed: Vec<(&str, bool, bool)> = paths.iter().map(|p| (p.path.as_str(), p.directory, p.exists)).collect();
+        assert_eq!(
+            listed,
+            [
+                ("/etc/app", true, true),
+                ("/etc/app/conf.d", true, true),
+                ("/etc/app/main.conf", false, true),
+                ("/etc/missing", false, false)
+            ],
+            "one level without `recursive`, excluded names left out"
+        );
+        assert_eq!(paths[2].sha256, Some(Sha256::of(b"main")));
+        assert!(!truncated);
+        let recursive = config.clone().with("recursive", true);
+        let (paths, _) = inventory("app", &recursive, root.path(), 100).unwrap();
+        assert!(paths.iter().any(|p| p.path == "/etc/app/conf.d/extra.conf"));
+        let (paths, truncated) = inventory("app", &recursive, root.path(), 2).unwrap();
+        assert_eq!((paths.len(), truncated), (2, true), "bounded");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use tokio::net::UnixStream;
 use crate::config::MasterConfig;
 use crate::protocol::{Request, Response, socket_path};
 
+pub mod adopt;
 pub mod agents;
 pub mod apply;
 pub mod backup;
@@ -23,8 +24,10 @@ pub mod events;
 pub mod exit;
 pub mod facts;
 pub mod init;
+pub mod inventory;
 pub mod jobs;
 pub mod keys;
+pub mod receipts;
 pub mod run;
 
 /// The data dir an operator command talks to: `--data-dir`, or the

@@ -24,10 +24,17 @@ pub struct Master {
     pub bus: Bus,
     /// The wire limits master.yaml sets (`max_event_bytes`).
     pub limits: crate::server::limits::Limits,
+    /// What each agent's file beacons watch (`inventory.rs`).
+    pub inventory: crate::server::inventory::Inventories,
 }
 
 impl Master {
     pub fn tree(&self) -> Arc<Tree> {
         self.tree.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// What `inventory.rs` needs of the master, with `tree` the live one.
+    pub fn inventory_parts<'a>(&'a self, tree: &'a Tree) -> crate::server::inventory::Parts<'a> {
+        crate::server::inventory::Parts { sessions: &self.sessions, inventories: &self.inventory, tree }
     }
 }

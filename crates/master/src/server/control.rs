@@ -89,6 +89,8 @@ async fn connection(master: Arc<Master>, stream: UnixStream) {
             Ok(Request::Events { tag }) => return crate::server::events::stream(&master, tag, write).await,
             Ok(Request::Agents) => Response { ok: true, agents: agent_rows(&master), ..Response::default() },
             Ok(Request::Backup { to }) => backup(&master, to).await,
+            Ok(Request::Inventory { target }) => crate::server::coverage::inventory(&master, &target).await,
+            Ok(Request::Adopt { agent, path }) => crate::server::coverage::adopt(&master, &agent, &path).await,
             Ok(request) => execute(&master, request).await,
             Err(error) => Response { ok: false, error: Some(format!("bad request: {error}")), ..Response::default() },
         };
@@ -141,6 +143,8 @@ async fn execute(master: &Master, request: Request) -> Response {
         Request::Facts { .. } => Err(ControlError::Misrouted { request: "facts" }),
         Request::Cmd(_) => Err(ControlError::Misrouted { request: "cmd" }),
         Request::Backup { .. } => Err(ControlError::Misrouted { request: "backup" }),
+        Request::Inventory { .. } => Err(ControlError::Misrouted { request: "inventory" }),
+        Request::Adopt { .. } => Err(ControlError::Misrouted { request: "adopt" }),
     };
     match result {
         Ok(keys) => Response { ok: true, keys, ..Response::default() },
@@ -327,6 +331,7 @@ pub fn agent_rows(master: &Master) -> Vec<AgentRow> {
         let Some(seen) = ledger.seen(id) else { continue };
         row.version.clone_from(&seen.version);
         row.last_event_us = seen.last_event_us;
+        row.last_receipt = master.jobs.receipts().last(id);
         if let Some(compliance) = &seen.compliance {
             row.compliance = compliance.clone();
         }

@@ -473,6 +473,7 @@ async fn open_session(
     peer: Bytes,
     accepted: Result<Accepted, halite_link::LinkError>,
 ) {
+    crate::server::metrics::get().handshake(accepted.is_ok());
     let accepted = match accepted {
         Ok(accepted) => accepted,
         Err(error) => {
@@ -608,6 +609,7 @@ async fn take_events(
             if recording {
                 recorded.push(crate::server::store::spool::EventRow::of(&event));
             }
+            crate::server::metrics::get().event_in(&event.tag);
             let event = master.bus.publish_waiting(event).await;
             master.engine.on_event(&event);
         } else {
@@ -635,6 +637,7 @@ async fn ack_when_stored(
     jobs.stored(&agent, job);
     tokio::task::block_in_place(|| sessions.first_sights(&agent, &[job]));
     let ack = MasterMessage::ResultAck { job };
+    crate::server::metrics::get().result_acked();
     if let Err(error) = sessions.send_to_peer(peer, &ack).await {
         tracing::debug!(agent, %job, %error, "Cannot acknowledge a stored result; the agent sends it again.");
     }
@@ -709,6 +712,11 @@ async fn on_message(
                 }
             }
             MasterMessage::ResultAck { job }
+        }
+        AgentMessage::Inventory(inventory) => {
+            let ack = MasterMessage::Ack { event: inventory.id };
+            master.inventory.take(agent, inventory);
+            ack
         }
         AgentMessage::Event(_) | AgentMessage::Events(_) => {
             let (ack, events) = match message {

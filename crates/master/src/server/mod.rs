@@ -22,8 +22,15 @@
 //!   enforcement.
 //! - [`control`] — the control socket operator commands talk to;
 //!   [`apply`], [`cmd`] and [`events`] answer its streamed requests;
-//!   [`facts`] answers `facts`.
+//!   [`facts`] answers `facts`, [`coverage`] `inventory` and `adopt`.
 //! - [`notify`] — telling systemd the master is ready (`Type=notify`).
+//! - [`receipts`] — what each job changed and why (corrective or
+//!   intentional), with drift→restore latency; [`compliance`]: each
+//!   agent's state from what the bus said.
+//! - [`inventory`] — what each agent's file beacons watch, by coverage;
+//!   `adopt`'s fetch of a file.
+//! - [`metrics`] — Prometheus counters (atomics the hot paths bump) and the
+//!   optional `/metrics` listener.
 
 use std::io::Write;
 use std::sync::{Arc, RwLock};
@@ -35,18 +42,23 @@ pub mod acks;
 pub mod apply;
 pub mod bus;
 pub mod cmd;
+pub mod compliance;
 pub mod context;
 pub mod control;
+pub mod coverage;
 pub mod events;
 pub mod facts;
+pub mod inventory;
 pub mod jobs;
 pub mod keys;
 pub mod ledger;
 pub mod limits;
 pub mod link;
 pub mod log_budget;
+pub mod metrics;
 pub mod notify;
 pub mod reactor;
+pub mod receipts;
 pub mod reload;
 pub mod schedule;
 pub mod sessions;
@@ -123,14 +135,22 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         max_event_bytes: config.max_event_bytes,
         handshakes_per_source: config.handshakes_per_source,
     };
-    let master = Arc::new(Master { keypair, keys, tree, sessions, jobs, engine, bus, limits });
+    let inventory = crate::server::inventory::Inventories::default();
+    let master = Arc::new(Master { keypair, keys, tree, sessions, jobs, engine, bus, limits, inventory });
     let control = crate::server::control::serve(master.clone(), &config.data_dir, cancel.clone()).await?;
     let enforce = crate::server::reload::Enforce::of(&config);
     crate::server::reload::spawn(master.clone(), config.states.clone(), enforce, cancel.clone())
         .with_context(|| format!("cannot watch the state tree {}", config.states.display()))?;
     crate::server::schedule::spawn(master.clone(), config.schedule.clone(), cancel.clone());
 
-    let ready = format!("ready listen={listen} publish={publish} key={fingerprint}");
+    let mut ready = format!("ready listen={listen} publish={publish} key={fingerprint}");
+    if let Some(metrics) = &config.metrics {
+        let store = Some(crate::server::store::path(&config.data_dir));
+        let bound =
+            crate::server::metrics::listener::serve(master.clone(), metrics.listen, store, cancel.clone()).await?;
+        tracing::info!(%bound, "Serving /metrics.");
+        ready.push_str(&format!(" metrics={bound}"));
+    }
     tokio::fs::write(config.data_dir.join("endpoints"), format!("{ready}\n"))
         .await
         .with_context(|| format!("cannot write {}", config.data_dir.join("endpoints").display()))?;

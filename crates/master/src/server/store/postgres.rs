@@ -693,8 +693,10 @@ impl PgWriter {
                     Write::Flush(done) => flushed.push(done),
                     Write::Retain(limits) => retain = Some(limits),
                     Write::Close(done) => close = Some(done),
-                    // Keys are the SQLite writer's (see the module docs).
-                    Write::Attach(_) | Write::Wake | Write::Commit(_) => {}
+                    // Keys are the SQLite writer's (see the module docs), and
+                    // so, for now, are receipts: each master keeps its own in
+                    // halite.db (`Store::receipts` queues them there).
+                    Write::Attach(_) | Write::Wake | Write::Commit(_) | Write::Receipts(_) => {}
                 }
             }
             if self.client.is_none() || !self.spool.is_empty() {
