@@ -30,7 +30,16 @@ pub fn spawn(
             let jid = job.id;
             let states: Vec<(String, String)> = job.states.iter().map(|c| (c.id.clone(), c.kind.clone())).collect();
             // File I/O, hashing and commands: off the runtime's threads.
-            let outcome = tokio::task::spawn_blocking(move || run(&job, &managed, &root, &env)).await;
+            let outcome = tokio::task::spawn_blocking(move || {
+                // Hop timing: the atomic writes' fsyncs are marked for this job.
+                halite_fs::hops::set_key(Some(jid.0));
+                halite_fs::hops::mark("agent.apply.start", jid.0);
+                let result = run(&job, &managed, &root, &env);
+                halite_fs::hops::mark("agent.apply.done", jid.0);
+                halite_fs::hops::set_key(None);
+                result
+            })
+            .await;
             let result = match outcome {
                 Ok(result) => result,
                 Err(panic) => {
