@@ -238,12 +238,15 @@ async fn read_marks(dir: &Path, last_job: u128) -> anyhow::Result<HashMap<u128, 
     }
 }
 
+/// One hop's samples, one per drift that passed it: the time since the
+/// hop before, the time since the drift, and its place in the drift's path
+/// (0 to 1).
+type Samples = (Vec<u64>, Vec<u64>, Vec<f64>);
+
 /// Prints, per hop (in the order of their median time after the drift),
 /// the median and p90 of the time since the hop before it.
 fn hop_table(drifts: &[Drift], marks: &HashMap<u128, Vec<(String, u64)>>) {
-    // hop → (time since the hop before, time since the drift, place in
-    // the drift's path from 0 to 1), per drift.
-    let mut per_hop: HashMap<String, (Vec<u64>, Vec<u64>, Vec<f64>)> = HashMap::new();
+    let mut per_hop: HashMap<String, Samples> = HashMap::new();
     let (mut to_bus, mut total) = (Vec::new(), Vec::new());
     let none = Vec::new();
     for drift in drifts {
