@@ -15,7 +15,7 @@
 //! and fails on a direct call of a blocking file function written in it:
 //! `std::fs::*` (`fs::*` unless the file imports `tokio::fs`), `File::open`
 //! and `File::create`, and `halite_fs::*` (descriptor-based and fsyncing,
-//! hence blocking). A closure given to `spawn_blocking`, `block_in_place`
+//! hence blocking; not `halite_fs::hops`, whose marks go to memory). A closure given to `spawn_blocking`, `block_in_place`
 //! or a thread's `spawn` is sync code and is not looked into.
 //!
 //! What it cannot see, and why that is accepted: a call through a sync
@@ -113,6 +113,8 @@ fn blocking(path: &syn::Path, tokio_fs: bool) -> Option<String> {
     let shown = segments.join("::");
     match segments.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["tokio", ..] => None,
+        // Hop marks go to memory; a thread of their own writes them out.
+        ["halite_fs", "hops", ..] => None,
         ["halite_fs", ..] => Some(shown),
         [.., "File", "open" | "create"] => Some(shown),
         ["std", "fs", name] if STD_FS.contains(name) => Some(shown),
@@ -250,6 +252,7 @@ fn the_check_tells_async_from_sync() {
         "async fn f() { tokio::task::spawn_blocking(move || std::fs::write(\"x\", \"y\")).await; }",
         "async fn f() { std::thread::Builder::new().spawn(move || std::fs::read(\"x\")); }",
         "#[cfg(test)]\nmod tests { async fn f() { std::fs::read(\"x\"); } }",
+        "async fn f() { halite_fs::hops::mark(\"agent.sent\", 1); }",
     ];
     for source in passed {
         assert_eq!(find("t.rs", source), Vec::<String>::new(), "flagged: {source}");

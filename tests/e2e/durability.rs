@@ -209,6 +209,53 @@ fn flip_bit(path: &Path, at: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Times the agent is killed just after a drift.
+const KILLS_AROUND_SEND: usize = 8;
+
+/// Send first (the agent's outbox writes a batch while the session sends
+/// it): an agent SIGKILLed at a random moment within 2 ms of a drift
+/// (before its event left, between the send and the batch's rename, or
+/// after) loses nothing it must keep. Started again on the same data dir,
+/// it starts with a readable outbox (a batch cut short is a `.tmp` file,
+/// removed), the drift is restored (its event reached the master, or the
+/// start-up check and apply find it), and its outbox empties: nothing it
+/// kept is stuck or refused. The seed is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_around_a_drift_event_s_send_loses_nothing_it_must_keep() {
+    let mut fleet = Fleet::start(&["web01"]).await.unwrap();
+    let result = async {
+        let seed: u64 = rand::rng().random();
+        eprintln!("kill moments seeded with {seed}");
+        let mut random = rand::rngs::StdRng::seed_from_u64(seed);
+        let data = fleet.agent("web01").dir.join("data");
+        let motd = fleet.agent("web01").path("/etc/motd");
+        for n in 0..KILLS_AROUND_SEND {
+            std::fs::write(&motd, format!("drift {n}\n"))?;
+            // A spin, not a sleep: the kill should land anywhere in the
+            // first 2 ms, where the event is read, sent and written.
+            let until = std::time::Instant::now() + std::time::Duration::from_micros(random.random_range(0..2000));
+            while std::time::Instant::now() < until {
+                std::hint::spin_loop();
+            }
+            fleet.kill_agent("web01").await;
+            fleet.add_agent("web01").await?;
+            wait_until("the drift restored", || std::fs::read_to_string(&motd).is_ok_and(|t| t == MOTD)).await?;
+        }
+        wait_until("the outbox to empty", || outbox_len(&data) == 0).await?;
+        let leftovers: Vec<PathBuf> = std::fs::read_dir(data.join("outbox"))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "tmp"))
+            .collect();
+        anyhow::ensure!(leftovers.is_empty(), "partial batches left: {leftovers:?}");
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}
+
 /// A zeroed, cut short, bit-flipped or missing halite.db or WAL is refused
 /// with a message naming the file and how to restore it; once restored, the
 /// master starts and keeps what it had. A clean stop leaves one

@@ -2,7 +2,7 @@
 //! rendered with the agent's facts and vars.yaml, requisites across kinds,
 //! fact targeting in top.yaml) applied by a real agent.
 
-use halite_e2e::Fleet;
+use halite_e2e::{Fleet, wait_until};
 
 const TOP: &str = "'L@web01 and G@os:*': [app]\n'db*': [app]\n";
 const VARS: &str = "'*': {greeting: hi}\n'web*': {greeting: hello}\n";
@@ -40,6 +40,18 @@ skipped:
 async fn a_job_renders_templates_and_follows_requisites() {
     let files = [("top.yaml", TOP), ("vars.yaml", VARS), ("app.yaml", APP)];
     let fleet = Fleet::start_custom(&["web01"], &["*"], &files).await.unwrap();
+    // The answer is published when it arrives and committed to the store
+    // just after (its ack waits for the commit, the bus does not): `jobs`
+    // shows it once the store has it.
+    let jid = fleet.seen.iter().rev().find(|e| e.tag.ends_with("/ret/web01")).and_then(|e| e.job()).map(str::to_owned);
+    let stored = wait_until("the start-up job's answer in the store", || {
+        jid.as_deref()
+            .is_some_and(|jid| fleet.cli(&["jobs", jid]).is_ok_and(|kept| kept.contains("stdout: conf changed")))
+    })
+    .await;
+    if let Err(error) = stored {
+        fleet.fail(&error);
+    }
     let result = (|| {
         let ret =
             fleet.seen.iter().rev().find(|e| e.tag.ends_with("/ret/web01")).ok_or(anyhow::anyhow!("no job result"))?;

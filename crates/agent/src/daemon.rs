@@ -147,6 +147,7 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
                 }
                 Some(LinkEvent::Message(MasterMessage::Job(job))) => {
                     tracing::info!(job = %job.id, states = job.states.len(), test = job.test, "Job received.");
+                    halite_fs::hops::mark("agent.job.loop", job.id.0);
                     if let Some(store) = &offline {
                         let (store, job, root) = (store.clone(), job.clone(), config.root.clone());
                         match tokio::task::spawn_blocking(move || store.record(&job, &root)).await {
@@ -172,6 +173,7 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
                 Some(LinkEvent::Message(other)) => tracing::debug!(ignored = ?other, "Ignoring a message from the master."),
             },
             Some(event) = events.recv() => {
+                halite_fs::hops::mark("agent.loop", event.id.0);
                 let heal = match (&offline, online) {
                     (Some(store), false) => drifted_path(&event, &config.root).map(|p| (store.clone(), p)),
                     _ => None,

@@ -17,6 +17,12 @@ use crate::managed::ManagedFiles;
 /// it, the link's inbound queue), which slows the master down.
 pub const QUEUE_CAPACITY: usize = 64;
 
+/// Starts the job runner: a thread of its own that takes jobs in order and
+/// sends each result to `results`. A thread, not a task handing each job
+/// to the blocking pool: one hop fewer between the job's arrival and its
+/// first write (BENCHMARKS.md, "Per hop"), and never a pool thread to
+/// start after an idle spell; it sleeps in `blocking_recv` between jobs.
+/// It ends when the queue closes (after the jobs it holds).
 pub fn spawn(
     managed: ManagedFiles,
     root: PathBuf,
@@ -24,26 +30,41 @@ pub fn spawn(
     results: mpsc::Sender<AgentMessage>,
 ) -> mpsc::Sender<Job> {
     let (tx, mut rx) = mpsc::channel::<Job>(QUEUE_CAPACITY);
-    tokio::spawn(async move {
-        while let Some(job) = rx.recv().await {
-            let (managed, root, env) = (managed.clone(), root.clone(), env.clone());
+    let runner = move || {
+        while let Some(job) = rx.blocking_recv() {
             let jid = job.id;
-            let states: Vec<(String, String)> = job.states.iter().map(|c| (c.id.clone(), c.kind.clone())).collect();
-            // File I/O, hashing and commands: off the runtime's threads.
-            let outcome = tokio::task::spawn_blocking(move || run(&job, &managed, &root, &env)).await;
-            let result = match outcome {
-                Ok(result) => result,
-                Err(panic) => {
-                    tracing::error!(job = %jid, error = %panic, "A job panicked; every state in it is reported failed.");
-                    panicked(jid, &states, &panic.to_string())
-                }
-            };
-            if results.send(AgentMessage::JobResult(result)).await.is_err() {
+            halite_fs::hops::mark("agent.apply.start", jid.0);
+            // Hop timing: the atomic writes' fsyncs are marked for this job.
+            halite_fs::hops::set_key(Some(jid.0));
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job, &managed, &root, &env)));
+            halite_fs::hops::set_key(None);
+            halite_fs::hops::mark("agent.apply.done", jid.0);
+            let result = outcome.unwrap_or_else(|panic| {
+                let error = panic_text(panic.as_ref());
+                tracing::error!(job = %jid, %error, "A job panicked; every state in it is reported failed.");
+                let states: Vec<(String, String)> = job.states.iter().map(|c| (c.id.clone(), c.kind.clone())).collect();
+                panicked(jid, &states, &error)
+            });
+            if results.blocking_send(AgentMessage::JobResult(result)).is_err() {
                 return;
             }
         }
-    });
+    };
+    if let Err(error) = std::thread::Builder::new().name("jobs".into()).spawn(runner) {
+        // Without a runner the queue's receiver is gone: every job sent is
+        // refused at once and the daemon stops (as when the runner ends).
+        tracing::error!(%error, "Cannot start the job runner's thread.");
+    }
     tx
+}
+
+/// A panic's message, as `JoinError` showed it.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(text), _) => format!("task panicked with message {text:?}"),
+        (_, Some(text)) => format!("task panicked with message {text:?}"),
+        _ => "task panicked".to_owned(),
+    }
 }
 
 /// The result of a job whose runner panicked: every state in it failed,

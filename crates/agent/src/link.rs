@@ -8,11 +8,13 @@
 //! message, before the agent says who it is.
 //!
 //! The link owns delivery: every event and job result goes through the
-//! [`Outbox`] (on disk) before it is sent, stays there until the master
-//! acknowledges it, and a new session sends everything still pending
-//! first. A *writer* task moves messages from the outbound channel into the
-//! outbox (also while the master is away, so beacons do not wait); the
-//! session's pump sends from the outbox in order.
+//! [`Outbox`] (on disk), stays there until the master acknowledges it, and
+//! a new session sends everything still pending first. A *writer* task
+//! moves messages from the outbound channel into the outbox (also while
+//! the master is away, so beacons do not wait); the session's pump sends
+//! from the outbox in order. The writer wakes the pump as soon as a batch
+//! is in the outbox's memory and writes its file meanwhile (outbox.rs,
+//! "Send first"), or, where the outbox says so, before.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -263,8 +265,35 @@ async fn write(
         {
             batch.push(message);
         }
-        let mut guard = outbox.clone().lock_owned().await;
+        // Hop timing: the keys of what this batch stores (none when off).
+        let keys: Vec<u128> = match halite_fs::hops::enabled() {
+            true => batch.iter().filter_map(crate::outbox::key_of).map(|id| id.0).collect(),
+            false => Vec::new(),
+        };
+        // Send first: a batch the outbox can take without refusing or
+        // holding anything is taken into its memory at once (no I/O), the
+        // pump is woken to send it, and its file is written meanwhile,
+        // without the lock the pump needs (outbox.rs, "Send first").
+        let mut staged = None;
+        if !batch.is_empty() {
+            let mut guard = outbox.lock().await;
+            match guard.stage(std::mem::take(&mut batch)) {
+                Ok(taken) => staged = taken,
+                Err(back) => batch = back,
+            }
+        }
+        let sent_first = staged.is_some();
+        if sent_first {
+            keys.iter().for_each(|key| halite_fs::hops::mark("agent.outbox", *key));
+            stored.notify_one();
+        }
+        let lock = outbox.clone();
         let stored_now = tokio::task::spawn_blocking(move || {
+            let written = staged.map(|staged| (staged.first(), staged.write()));
+            let mut guard = lock.blocking_lock();
+            if let Some((first, written)) = written {
+                guard.staged_written(first, written);
+            }
             for id in acked {
                 guard.ack(id);
             }
@@ -280,6 +309,9 @@ async fn write(
             (guard.len(), guard.held())
         })
         .await;
+        if !sent_first {
+            keys.into_iter().for_each(|key| halite_fs::hops::mark("agent.outbox", key));
+        }
         match stored_now {
             Ok((pending, held)) => {
                 let before = status.borrow().pending;
@@ -434,7 +466,11 @@ impl Link {
                         Err(e) => return End::Lost(format!("receive: {e}")),
                     };
                     last_heard = Instant::now();
-                    match session.open(&message) {
+                    let opened = session.open(&message);
+                    if let Ok(MasterMessage::Job(job)) = &opened {
+                        halite_fs::hops::mark("agent.job.recv", job.id.0);
+                    }
+                    match opened {
                         Ok(MasterMessage::Ack { event: id } | MasterMessage::ResultAck { job: id }) => {
                             if self.acks.send(id).await.is_err() {
                                 return End::Cancelled;
@@ -494,9 +530,21 @@ impl Link {
             for sealed in session.seal_batch(&message).map_err(|e| End::Lost(format!("seal: {e}")))? {
                 send.send(sealed).await.map_err(|e| End::Lost(format!("send: {e}")))?;
             }
+            mark_sent(&message);
             *sent_upto = Some(seq);
         }
         Ok(())
+    }
+}
+
+/// Hop timing: `message` was handed to the socket.
+fn mark_sent(message: &AgentMessage) {
+    if !halite_fs::hops::enabled() {
+        return;
+    }
+    match message {
+        AgentMessage::Events(events) => events.iter().for_each(|e| halite_fs::hops::mark("agent.sent", e.id.0)),
+        other => crate::outbox::key_of(other).into_iter().for_each(|id| halite_fs::hops::mark("agent.sent", id.0)),
     }
 }
 

@@ -1,6 +1,28 @@
-//! The outbox: every event and job result is written to disk before it is
-//! sent, and stays there until the master acknowledges it, across
-//! reconnects, master restarts and agent restarts.
+//! The outbox: every event and job result is kept, on disk, until the
+//! master acknowledges it, across reconnects, master restarts and agent
+//! restarts.
+//!
+//! # Send first
+//! A batch is sent while its file is written, not after ([`Outbox::stage`]
+//! takes it into memory and returns the write, which the link's writer
+//! does without the outbox's lock while the session pump sends): the write
+//! and the wake of a blocking thread were on the path of every drift event
+//! and every job result (BENCHMARKS.md, "Per hop"). What that costs: an
+//! agent killed in the tens of microseconds between the send and the
+//! rename has sent what it no longer keeps. The master has it (and then
+//! acknowledges it, and stores it) unless it died too; a drift event lost
+//! that way is found again by the start-up check, a job result is reported
+//! unanswered by the master. Nothing acknowledged is lost either way: the
+//! master acknowledges only what it has handled. Written first, as before,
+//! whenever that order is asked for or may matter: with `outbox_fsync`
+//! (durable before it is sent), while anything is held or the disk refused
+//! the last write, when the batch would fill the outbox, and when a
+//! `statvfs` says the data dir has no room ([`Disk::has_room`]), so that a
+//! full disk holds what it cannot write instead of sending it. A staged
+//! batch the disk refuses after all stays pending in memory only (sent
+//! again on a new session until acknowledged, forgotten by a restart, as
+//! held messages are) and the outbox turns unwritable: what follows is
+//! held.
 //!
 //! # Layout on disk, and when it is fsynced
 //! `<data_dir>/outbox/` holds one file per *batch* of messages,
@@ -28,9 +50,9 @@
 //! (the length was intact: the framing holds), reading goes on from there;
 //! otherwise everything from the bad record on is the damaged tail.
 //!
-//! By default a batch is not fsynced: it survives a crash of the agent (the
-//! kernel has it) but not a power cut, and it costs tens of microseconds
-//! instead of two fsyncs on the path of every drift event. After a power
+//! By default a batch is not fsynced: once written it survives a crash of
+//! the agent (the kernel has it) but not a power cut, and it costs tens of
+//! microseconds instead of two fsyncs on the path of every drift event. After a power
 //! cut the start-up check finds the drift again; what is lost is job
 //! results and the reports of drift already healed. With
 //! [`Outbox::with_fsync`] (`outbox_fsync: true`) each batch's data and the
@@ -127,11 +149,19 @@ fn is_event(message: &AgentMessage) -> bool {
 
 /// Where batch files go: the file system, or in tests one that refuses
 /// batches on demand (a full disk without filling one).
-pub trait Disk: Send + std::fmt::Debug {
+pub trait Disk: Send + Sync + std::fmt::Debug {
     /// Writes `bytes` to `temp` and renames it to `path` in `dir`; with
     /// `fsync`, the data and the directory are made durable first. A
     /// failure leaves no `temp` behind.
     fn write_batch(&self, dir: &Path, temp: &Path, path: &Path, bytes: &[u8], fsync: bool) -> std::io::Result<()>;
+
+    /// Is there room in `dir` for `bytes` more, as far as one cheap look
+    /// tells (no write)? A batch is sent before it is written only then
+    /// ([`Outbox::stage`]); otherwise it is written first, and held if the
+    /// disk refuses it.
+    fn has_room(&self, _dir: &Path, _bytes: usize) -> bool {
+        true
+    }
 }
 
 /// The real disk.
@@ -157,6 +187,21 @@ impl Disk for FileSystem {
             let _ = std::fs::remove_file(temp);
         }
         written
+    }
+
+    fn has_room(&self, dir: &Path, bytes: usize) -> bool {
+        // A `statvfs`: no I/O. The margin covers the file's metadata and
+        // what other writers take meanwhile.
+        const MARGIN: u64 = 256 * 1024;
+        match nix::sys::statvfs::statvfs(dir) {
+            Ok(fs) => {
+                let free = fs.blocks_available().saturating_mul(fs.fragment_size());
+                !fs.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY)
+                    && fs.files_available() > 0
+                    && free >= MARGIN.saturating_add(bytes as u64)
+            }
+            Err(_) => false,
+        }
     }
 }
 
@@ -254,7 +299,7 @@ pub struct Outbox {
     held_capacity: usize,
     /// Why the last write failed, while the disk refuses batches.
     unwritable: Option<String>,
-    disk: Box<dyn Disk>,
+    disk: Arc<dyn Disk>,
     /// Settled as events are stored or refused.
     receipts: Receipts,
 }
@@ -285,7 +330,7 @@ impl Outbox {
 
     /// Writes batches through `disk` instead of the file system.
     pub fn with_disk(mut self, disk: Box<dyn Disk>) -> Self {
-        self.disk = disk;
+        self.disk = Arc::from(disk);
         self
     }
 
@@ -314,7 +359,7 @@ impl Outbox {
             held: VecDeque::new(),
             held_capacity: HELD_CAPACITY,
             unwritable: None,
-            disk: Box::new(FileSystem),
+            disk: Arc::new(FileSystem),
             receipts: Receipts::default(),
         };
         let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -494,6 +539,71 @@ impl Outbox {
         kept
     }
 
+    /// Send first: takes `messages` (in order) as one batch into the
+    /// pending messages in memory, at once and without I/O, and returns the
+    /// batch's file to write ([`Staged::write`], with no lock on the
+    /// outbox) while the link sends them; then [`Outbox::staged_written`].
+    /// Only where nothing could be refused or held and the batch is not
+    /// to be fsynced first (see the module docs); otherwise the messages
+    /// come back, for [`Outbox::push`]. `Ok(None)`: nothing to keep.
+    pub fn stage(&mut self, messages: Vec<AgentMessage>) -> Result<Option<Staged>, Vec<AgentMessage>> {
+        if self.fsync || !self.held.is_empty() || self.unwritable.is_some() || self.is_full(messages.len()) {
+            return Err(messages);
+        }
+        let batch: Vec<AgentMessage> = messages.into_iter().filter(|m| key_of(m).is_some()).collect();
+        if batch.is_empty() {
+            return Ok(None);
+        }
+        let bytes = encode_batch(&batch);
+        if !self.disk.has_room(&self.dir, bytes.len()) {
+            return Err(batch);
+        }
+        let first = self.next_seq;
+        let staged = Staged {
+            first,
+            bytes,
+            dir: self.dir.clone(),
+            temp: self.path(first, "tmp"),
+            path: self.path(first, "msg"),
+            disk: self.disk.clone(),
+        };
+        self.files.insert(first, batch.len());
+        let mut stored = Vec::with_capacity(batch.len());
+        for (seq, message) in (first..).zip(batch) {
+            if let Some(key) = key_of(&message) {
+                self.by_key.insert(key, seq);
+                stored.push((key, Outcome::Stored));
+            }
+            self.entries.insert(seq, (message, Some(first)));
+            self.next_seq = seq + 1;
+        }
+        self.receipts.settle(stored);
+        Ok(Some(staged))
+    }
+
+    /// The staged batch `first` was written (`Ok`) or the disk refused it:
+    /// then its messages, sent already, stay pending in memory only (sent
+    /// again on a new session until acknowledged; a restart forgets them,
+    /// as it forgets held ones), and the outbox is unwritable until a
+    /// write succeeds: later messages are held, not sent.
+    pub fn staged_written(&mut self, first: u64, written: std::io::Result<()>) {
+        let Err(error) = written else { return };
+        self.files.remove(&first);
+        for (_, file) in self.entries.values_mut() {
+            if *file == Some(first) {
+                *file = None;
+            }
+        }
+        if self.unwritable.is_none() {
+            tracing::warn!(
+                path = %self.path(first, "msg").display(), %error, capacity = self.held_capacity,
+                "Cannot write to the outbox; a batch already sent is kept in memory, and what follows is held in memory and retried. Free space in the data dir."
+            );
+            self.notice("unwritable", Value::map().with("error", error.to_string()).with("held", 0i64));
+            self.unwritable = Some(error.to_string());
+        }
+    }
+
     /// Tries again to write what is held; returns whether some is still
     /// held (the disk still refuses it).
     pub fn retry(&mut self) -> bool {
@@ -629,6 +739,30 @@ impl Drop for Outbox {
                 "Stopping with messages the outbox could not write; they are lost (the start-up check finds drift again)."
             );
         }
+    }
+}
+
+/// A batch taken by [`Outbox::stage`]: in the outbox's memory (and being
+/// sent), its file not written yet.
+#[derive(Debug)]
+pub struct Staged {
+    first: u64,
+    bytes: Vec<u8>,
+    dir: PathBuf,
+    temp: PathBuf,
+    path: PathBuf,
+    disk: Arc<dyn Disk>,
+}
+
+impl Staged {
+    /// The batch's first sequence number, for [`Outbox::staged_written`].
+    pub fn first(&self) -> u64 {
+        self.first
+    }
+
+    /// Writes the batch's file (renamed into place, not fsynced).
+    pub fn write(&self) -> std::io::Result<()> {
+        self.disk.write_batch(&self.dir, &self.temp, &self.path, &self.bytes, false)
     }
 }
 
@@ -1100,5 +1234,86 @@ mod tests {
         assert_eq!(outbox.push(vec![AgentMessage::Ping, event(0), AgentMessage::Ping]), 1);
         assert_eq!(outbox.push(vec![AgentMessage::Ping]), 0);
         assert_eq!(msg_files(&dir).len(), 1);
+    }
+
+    /// Send first: a staged batch is pending (the link may send it) before
+    /// its file exists; once written it survives a restart. A crash between
+    /// the two loses what was already sent and never acknowledged: the
+    /// master has it, or the start-up check finds the drift again (the
+    /// `durability` end-to-end tests kill the agent at random moments).
+    #[test]
+    fn a_staged_batch_is_pending_before_its_file_is_written() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path().join("outbox");
+        let receipts = Receipts::default();
+        let mut outbox = Outbox::open(&dir, "a", 100).unwrap().with_receipts(receipts.clone());
+        let batch = vec![event(1), result(), AgentMessage::Ping];
+        let batch_receipts = receipts_for(&receipts, &batch[..2]);
+        let staged = outbox.stage(batch).unwrap().unwrap();
+        assert_eq!(tags(&outbox), ["1", "result"], "pending at once, pings not kept");
+        assert_eq!(outbox.pending_after(None).len(), 2);
+        assert!(msg_files(&dir).is_empty(), "no file yet");
+        assert!(batch_receipts.iter().all(|r| r.outcome() == Some(Outcome::Stored)));
+        // The process dies here: the batch was never on disk.
+        assert!(Outbox::open(&dir, "a", 100).unwrap().is_empty());
+        staged.write().unwrap();
+        outbox.staged_written(staged.first(), Ok(()));
+        assert_eq!(msg_files(&dir).len(), 1);
+        assert_eq!(tags(&Outbox::open(&dir, "a", 100).unwrap()), ["1", "result"], "written: survives a restart");
+        // Acknowledged: forgotten, and the file goes with its last message.
+        let keys: Vec<Id> = outbox.pending().iter().filter_map(key_of).collect();
+        keys.into_iter().for_each(|key| assert!(outbox.ack(key)));
+        assert!(outbox.is_empty() && msg_files(&dir).is_empty());
+        assert!(matches!(outbox.stage(vec![AgentMessage::Ping]), Ok(None)));
+    }
+
+    /// A staged batch the disk refuses was sent already: it stays pending
+    /// in memory (sent again on a new session until acknowledged), the
+    /// outbox says once that it cannot write, and what follows is held,
+    /// not sent, until the disk takes it.
+    #[test]
+    fn a_refused_staged_batch_stays_pending_and_later_messages_are_held() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path().join("outbox");
+        let disk = FlakyDisk::default();
+        let mut outbox = Outbox::open(&dir, "a", 100).unwrap().with_disk(Box::new(disk.clone()));
+        disk.full.store(true, Ordering::Relaxed);
+        let staged = outbox.stage(vec![event(1), event(2)]).unwrap().unwrap();
+        let written = staged.write();
+        assert!(written.is_err());
+        outbox.staged_written(staged.first(), written);
+        assert_eq!(tags(&outbox), ["1", "2", "halite/agent/a/outbox/unwritable"]);
+        assert!(msg_files(&dir).is_empty());
+        // Unwritable: nothing more is staged; it is held behind.
+        let back = outbox.stage(vec![event(3)]).unwrap_err();
+        assert_eq!(outbox.push(back), 1);
+        assert_eq!(outbox.held(), 1);
+        assert_eq!(outbox.pending().len(), 3, "held messages are not sent");
+        disk.full.store(false, Ordering::Relaxed);
+        assert!(!outbox.retry());
+        assert_eq!(
+            tags(&outbox),
+            ["1", "2", "halite/agent/a/outbox/unwritable", "3", "halite/agent/a/outbox/writable"]
+        );
+        // The memory-only ones are acknowledged like the others.
+        let first: Vec<Id> = outbox.pending().iter().take(2).filter_map(key_of).collect();
+        first.into_iter().for_each(|key| assert!(outbox.ack(key)));
+        assert_eq!(tags(&Outbox::open(&dir, "a", 100).unwrap()), ["3"], "only what was written survives");
+        // Writable again: sending first resumes.
+        assert!(outbox.stage(vec![event(4)]).unwrap().is_some());
+    }
+
+    /// With `outbox_fsync`, a batch is durable before it is sent: never
+    /// staged.
+    #[test]
+    fn an_fsynced_outbox_never_sends_first() {
+        let data = tempfile::tempdir().unwrap();
+        let mut outbox = Outbox::open(&data.path().join("outbox"), "a", 100).unwrap().with_fsync(true);
+        let back = outbox.stage(vec![event(1)]).unwrap_err();
+        assert_eq!(back.len(), 1);
+        assert!(outbox.is_empty());
+        // Full: the push decides what is refused, not the stage.
+        let mut small = Outbox::open(&data.path().join("small"), "a", 2).unwrap();
+        assert!(small.stage(vec![event(1), event(2)]).is_err());
     }
 }

@@ -46,6 +46,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 
+pub mod hops;
 pub mod lock;
 
 use nix::errno::Errno;
@@ -381,7 +382,7 @@ impl Dir {
     pub fn symlink_atomic(&self, target: &Path, name: &OsStr) -> Result<(), FsError> {
         self.remove_stale_temps(name);
         let temp = self.create_temp(name, |temp| nix::unistd::symlinkat(target, &self.fd, temp))?;
-        self.commit(temp, name)
+        self.commit(temp, name, true)
     }
 
     /// Removes `name`: a file or link is unlinked, a directory removed with
@@ -454,6 +455,26 @@ impl Dir {
     /// Replaces `name` with `content`, atomically (the module doc's rule).
     /// `name` may be a link: the link is replaced, not written through.
     pub fn write_atomic(&self, name: &OsStr, content: &mut dyn Read, perms: Perms) -> Result<(), FsError> {
+        self.write_atomic_as(name, content, perms, true)
+    }
+
+    /// As [`Dir::write_atomic`] without either fsync: readers still see
+    /// the old content or the new, and a crash of the process leaves one or
+    /// the other, but after a power cut the new name may be missing, or
+    /// hold an empty file. For copies nothing waits on (the agent's
+    /// backups of replaced content), which would otherwise put two fsyncs
+    /// on the path of every restore.
+    pub fn write_atomic_unsynced(&self, name: &OsStr, content: &mut dyn Read, perms: Perms) -> Result<(), FsError> {
+        self.write_atomic_as(name, content, perms, false)
+    }
+
+    fn write_atomic_as(
+        &self,
+        name: &OsStr,
+        content: &mut dyn Read,
+        perms: Perms,
+        durable: bool,
+    ) -> Result<(), FsError> {
         self.remove_stale_temps(name);
         let mut fd = None;
         let temp = self.create_temp(name, |temp| {
@@ -471,9 +492,12 @@ impl Dir {
         nix::sys::stat::fchmod(&file, Mode::from_bits_truncate(perms.mode))
             .map_err(|e| FsError::io("set the mode of a temporary file for", &shown, e))?;
         std::io::copy(content, &mut file).map_err(|e| FsError::std("write", &shown, e))?;
-        file.sync_all().map_err(|e| FsError::std("flush", &shown, e))?;
+        if durable {
+            file.sync_all().map_err(|e| FsError::std("flush", &shown, e))?;
+            hops::mark_current("agent.fsync.file");
+        }
         drop(file);
-        self.commit(temp, name)
+        self.commit(temp, name, durable)
     }
 
     /// Creates a fresh temporary name for `name` with `make` (which fails
@@ -495,12 +519,18 @@ impl Dir {
         Err(FsError::TooManySteps { path: self.join(name) })
     }
 
-    fn commit(&self, mut temp: Temp<'_>, name: &OsStr) -> Result<(), FsError> {
+    fn commit(&self, mut temp: Temp<'_>, name: &OsStr, durable: bool) -> Result<(), FsError> {
         nix::fcntl::renameat(&self.fd, temp.name.as_os_str(), &self.fd, name)
             .map_err(|e| FsError::io("replace", self.join(name), e))?;
         temp.committed = true;
+        hops::mark_current("agent.rename");
+        if !durable {
+            return Ok(());
+        }
         // The rename is durable only once the directory is on disk.
-        nix::unistd::fsync(&self.fd).map_err(|e| FsError::io("flush the directory", &self.path, e))
+        nix::unistd::fsync(&self.fd).map_err(|e| FsError::io("flush the directory", &self.path, e))?;
+        hops::mark_current("agent.fsync.dir");
+        Ok(())
     }
 
     /// Removes the temporary files an interrupted write of `name` left

@@ -3,7 +3,13 @@
 //! last N per file kept.
 //!
 //! Backups are written with `halite_fs`'s atomic write, mode 0600 (the
-//! content may be a secret, whatever the file's mode was).
+//! content may be a secret, whatever the file's mode was), without its
+//! fsyncs ([`halite_fs::Dir::write_atomic_unsynced`]): a backup is made on
+//! the path of every restore, before the restored file's own write, and
+//! nothing waits for it to be durable. A crash of the agent never leaves
+//! half a backup; a power cut may lose the newest backups (or leave them
+//! empty), never the restored file, which is fsynced before its result
+//! is sent.
 //!
 //! The path is escaped so every managed file maps to one flat name and no
 //! two paths collide: `%` becomes `%25` and `/` becomes `%2F`.
@@ -37,7 +43,7 @@ pub fn save(dir: &Path, path: &Path, content: &mut dyn Read, keep: usize) -> Res
     let backup = dir.join(format!("{prefix}{stamp:020}"));
     let name = backup.file_name().unwrap_or_default();
     opened
-        .write_atomic(name, content, halite_fs::Perms::mode(0o600))
+        .write_atomic_unsynced(name, content, halite_fs::Perms::mode(0o600))
         .map_err(|source| BackupError::Write { backup: backup.clone(), source })?;
     let mut existing = list(dir, &prefix);
     existing.sort();

@@ -578,7 +578,9 @@ fn structural(kind: &notify::EventKind) -> bool {
 }
 
 enum Wake {
-    Notify(notify::Result<notify::Event>),
+    /// A notification, and when `notify`'s reader thread had it from
+    /// inotify ([`halite_fs::hops::now`]: 0 unless hops are timed).
+    Notify(notify::Result<notify::Event>, u64),
     /// A job finished writing this path.
     Applied(PathBuf),
     Stop,
@@ -659,7 +661,7 @@ fn start(context: Context, config: &Value) -> Result<Running, BeaconError> {
     let watcher = notify::recommended_watcher(move |event| {
         // Full queue: the notification is dropped and the thread, seeing
         // the flag, looks at every path once.
-        if notify_tx.try_send(Wake::Notify(event)).is_err() {
+        if notify_tx.try_send(Wake::Notify(event, halite_fs::hops::now())).is_err() {
             overflow_flag.store(true, Ordering::Relaxed);
         }
     })
@@ -682,6 +684,7 @@ fn start(context: Context, config: &Value) -> Result<Running, BeaconError> {
         pending: Vec::new(),
         unconfirmed: HashMap::new(),
         receipts_due: None,
+        notified_at: 0,
     };
     let applied_tx = wake_tx.clone();
     beacon.context.managed.listen(Box::new(move |path| match applied_tx.try_send(Wake::Applied(path.to_path_buf())) {
@@ -723,6 +726,8 @@ struct FileBeacon {
     unconfirmed: HashMap<PathBuf, Receipt>,
     /// When to read the receipts in `unconfirmed`.
     receipts_due: Option<Instant>,
+    /// When inotify delivered the notification being handled (hop timing).
+    notified_at: u64,
 }
 
 fn inode(path: &Path) -> Option<u64> {
@@ -847,6 +852,8 @@ impl FileBeacon {
         tracing::info!(beacon = %self.context.name, path = %authored.display(), change = report.change.as_str(), "File changed.");
         let event = Event::new(self.context.tag(), self.context.agent.as_str(), data);
         let receipt = self.context.receipts.expect(event.id);
+        halite_fs::hops::mark_at("agent.inotify", event.id.0, std::mem::take(&mut self.notified_at));
+        halite_fs::hops::mark("agent.beacon", event.id.0);
         if self.context.events.blocking_send(event).is_err() {
             tracing::debug!(beacon = %self.context.name, "Agent is shutting down; event not sent.");
             return;
@@ -928,14 +935,17 @@ impl FileBeacon {
                 .fold(next_scan, Instant::min);
             match self.wake.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(Wake::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
-                Ok(Wake::Notify(Ok(event))) => self.notified(&event),
+                Ok(Wake::Notify(Ok(event), at)) => {
+                    self.notified_at = at;
+                    self.notified(&event);
+                }
                 Ok(Wake::Applied(path)) => {
                     if self.tracker.tracks(&path) || self.scope.authored(&path).is_some() {
                         self.tracker.track_new(&path);
                         self.look(&path, false);
                     }
                 }
-                Ok(Wake::Notify(Err(error))) => {
+                Ok(Wake::Notify(Err(error), _)) => {
                     tracing::warn!(beacon = %self.context.name, %error, "inotify reported an error; rescanning.");
                     self.scan_all();
                 }

@@ -297,6 +297,7 @@ impl Jobs {
             };
             store.started(record, agent).await;
         }
+        halite_fs::hops::mark("master.job.recorded", jid.0);
         let (tx, rx) = oneshot::channel();
         self.expect(agent, jid);
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(jid, agent.to_owned(), tx);
@@ -314,12 +315,15 @@ impl Jobs {
         tracing::info!(agent, job = %jid, cause = %job.cause_event.map_or_else(|| "none".to_owned(), |c| c.to_string()), "Job sent.");
         let outcome = match self.sessions.send(agent, &MasterMessage::Job(job)).await {
             Err(source) => Err(JobError::Send { jid, source }),
-            Ok(()) => match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(result)) => Ok(result),
-                // Dropped by `agent_gone`.
-                Ok(Err(_)) => Err(JobError::Gone { jid, agent: agent.to_owned() }),
-                Err(_) => Err(JobError::NoAnswer { jid, agent: agent.to_owned(), timeout }),
-            },
+            Ok(()) => {
+                halite_fs::hops::mark("master.job.sent", jid.0);
+                match tokio::time::timeout(timeout, rx).await {
+                    Ok(Ok(result)) => Ok(result),
+                    // Dropped by `agent_gone`.
+                    Ok(Err(_)) => Err(JobError::Gone { jid, agent: agent.to_owned() }),
+                    Err(_) => Err(JobError::NoAnswer { jid, agent: agent.to_owned(), timeout }),
+                }
+            }
         };
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(jid);
         let outcome_index =
@@ -477,6 +481,7 @@ impl Jobs {
         // Before the return is announced: whoever sees it finds the receipt.
         let receipts = self.make_receipts(agent, &result);
         self.bus.publish(ret);
+        halite_fs::hops::mark("master.result.published", result.job.0);
         let committed = match &self.store {
             Some(store) => store.answered_durably(&result.job.to_string(), agent, result.results.clone()),
             None => {

@@ -318,6 +318,7 @@ fn disconnect(master: &Master, peers: &mut Peers, peer: &Bytes) {
 }
 
 async fn handle(master: &Master, peers: &mut Peers, pool: &mut Pool, message: ZmqMessage) {
+    let received = halite_fs::hops::now();
     let Some(peer) = message.get(0).cloned() else { return };
     // Its handshake is in a worker: what it sends meanwhile waits, so an
     // agent's first events are taken after its session exists, in order.
@@ -360,7 +361,10 @@ async fn handle(master: &Master, peers: &mut Peers, pool: &mut Pool, message: Zm
                 .map_err(|e| e.to_string())
                 .and_then(|p| halite_proto::decode::<AgentMessage>(&p).map_err(|e| e.to_string()))
             {
-                Ok(message) => on_message(master, peers, peer, &agent, accepted, message).await,
+                Ok(message) => {
+                    mark_received(&message, received);
+                    on_message(master, peers, peer, &agent, accepted, message).await
+                }
                 Err(error) => {
                     peers.dropped += 1;
                     if let Some(held_back) = peers.may_log(&peer) {
@@ -611,12 +615,31 @@ async fn take_events(
             }
             crate::server::metrics::get().event_in(&event.tag);
             let event = master.bus.publish_waiting(event).await;
+            halite_fs::hops::mark("master.published", event.id.0);
             master.engine.on_event(&event);
+            halite_fs::hops::mark("master.matched", event.id.0);
         } else {
             tracing::debug!(agent, event = %event.id, "Dropping a duplicate event.");
         }
     }
     (published, recorded)
+}
+
+/// Hop timing: `message` came off the socket at `received` and is open.
+fn mark_received(message: &AgentMessage, received: u64) {
+    if !halite_fs::hops::enabled() {
+        return;
+    }
+    let keys: Vec<u128> = match message {
+        AgentMessage::Event(event) => vec![event.id.0],
+        AgentMessage::Events(events) => events.iter().map(|e| e.id.0).collect(),
+        AgentMessage::JobResult(result) => vec![result.job.0],
+        AgentMessage::Hello(_) | AgentMessage::Ping => Vec::new(),
+    };
+    for key in keys {
+        halite_fs::hops::mark_at("master.recv", key, received);
+        halite_fs::hops::mark("master.decoded", key);
+    }
 }
 
 /// Acknowledges a job result once the store has committed it; when the

@@ -250,6 +250,7 @@ impl Worker {
                 }
             }
             Work::React { reactor, event, tree, depth } => {
+                halite_fs::hops::mark("master.reaction", event.id.0);
                 let context = Context {
                     states: tree.states.clone(),
                     jobs: jobs.for_reactor(&reactor.name),

@@ -91,6 +91,7 @@ impl Action for Apply {
                 .states
                 .calls_for(&self.states, &render)
                 .map_err(|diagnostics| ApplyError::Render { diagnostics })?;
+            halite_fs::hops::mark("master.rendered", event.id.0);
             let sent = states.len();
             let job = Job { id: Id::new(), cause_event: Some(event.id), test: false, states };
             let jid = job.id;
