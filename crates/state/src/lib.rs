@@ -11,6 +11,9 @@
 //! - [`yaml`] — parsing YAML into typed values with locations.
 //! - [`target`] — target expressions (`web*`) that pick agents.
 //! - [`tree`] — the state tree: `top.yaml` and the state files.
+//! - [`sls`] — Salt's state language around the kinds (`include`,
+//!   `extend`, `names`, `*_in`, `order`, `unless`/`onlyif`, short forms),
+//!   applied to the parsed YAML before the kinds resolve it.
 //! - [`kinds`] — the registry of state kinds; one file per kind.
 //! - [`template`] — minijinja templates for file content, rendered per agent.
 //! - [`command`] — the one process spawner of the workspace (no shell
@@ -40,6 +43,7 @@ pub mod kinds;
 pub mod paths;
 pub mod report;
 pub mod signal;
+pub mod sls;
 pub mod target;
 pub mod template;
 pub mod text;

@@ -92,12 +92,22 @@ fn environment() -> Environment<'static> {
 /// the template itself (`set`, a loop variable) or a builtin: undefined
 /// whichever agent it renders for.
 pub fn check(text: &str) -> Result<(), TemplateError> {
+    check_with(text, &[])
+}
+
+/// [`check`], with `extra` names defined too (a state's `context` and
+/// `defaults`).
+pub fn check_with(text: &str, extra: &[String]) -> Result<(), TemplateError> {
     let env = environment();
     let template = env.template_from_str(text).map_err(TemplateError::from)?;
     let mut unknown: Vec<String> = template
         .undeclared_variables(false)
         .into_iter()
-        .filter(|name| !CONTEXT_NAMES.contains(&name.as_str()) && env.globals().all(|(global, _)| global != name))
+        .filter(|name| {
+            !CONTEXT_NAMES.contains(&name.as_str())
+                && !extra.contains(name)
+                && env.globals().all(|(global, _)| global != name)
+        })
         .collect();
     unknown.sort();
     match unknown.first() {
@@ -116,6 +126,17 @@ pub fn check(text: &str) -> Result<(), TemplateError> {
 }
 
 pub fn render(text: &str, context: &RenderContext<'_>, vars: &serde_json::Value) -> Result<String, TemplateError> {
+    render_with(text, context, vars, &serde_json::Value::Null)
+}
+
+/// [`render`], with `extra`'s keys as top-level names (a state's
+/// `context`/`defaults`, which win over the standard names as in Salt).
+pub fn render_with(
+    text: &str,
+    context: &RenderContext<'_>,
+    vars: &serde_json::Value,
+    extra: &serde_json::Value,
+) -> Result<String, TemplateError> {
     let env = environment();
     let template = env.template_from_str(text)?;
     let facts = minijinja::Value::from_serialize(context.facts.to_json());
@@ -128,6 +149,11 @@ pub fn render(text: &str, context: &RenderContext<'_>, vars: &serde_json::Value)
         vars => vars.clone(),
         pillar => vars,
         event => event,
+    };
+    let ctx = if extra.is_object() {
+        minijinja::value::merge_maps([minijinja::Value::from_serialize(extra), ctx])
+    } else {
+        ctx
     };
     template.render(ctx).map_err(|error| TemplateError::rendering(&error, text))
 }

@@ -62,7 +62,16 @@ struct Config {
     /// The source's expected sha256: `sha256=<hex>`, `<hex>`, or a file
     /// of the tree listing `<hex>  <name>` lines (Salt's forms).
     source_hash: Option<String>,
-    contents: Option<String>,
+    /// The content; a list is joined with newlines (Salt).
+    contents: Option<super::OneOrMany>,
+    /// End `contents` with a newline when it has none (Salt's default in
+    /// `.sls` files, which the loader sets; off in halite's `.yaml`).
+    #[serde(default)]
+    contents_newline: bool,
+    /// Salt's template variables: `defaults` overridden by `context`,
+    /// top-level names in the template.
+    context: Option<serde_json::Map<String, serde_json::Value>>,
+    defaults: Option<serde_json::Map<String, serde_json::Value>>,
     /// Octal, as a string (`"0644"`) or as digits (`644`).
     mode: Option<serde_json::Value>,
     user: Option<String>,
@@ -76,6 +85,12 @@ struct Config {
 
 fn default_true() -> bool {
     true
+}
+
+impl Config {
+    fn fields_has(&self, state: &Authored<'_>, key: &str) -> bool {
+        state.fields.get(key).is_some()
+    }
 }
 
 fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
@@ -135,7 +150,16 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
             );
             None
         }
-        (None, Some(text)) => Some(text.clone().into_bytes()),
+        (None, Some(text)) => {
+            let mut text = match text.clone() {
+                super::OneOrMany::One(text) => text,
+                super::OneOrMany::Many(lines) => lines.join("\n"),
+            };
+            if config.contents_newline && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            Some(text.into_bytes())
+        }
         (Some(source), None) => match read_source(state.tree_root, source) {
             Ok(bytes) => {
                 if let Some(hash) = &config.source_hash
@@ -167,7 +191,7 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
                 .help("halite templates are Jinja (minijinja): write `template: jinja`"),
             );
         } else if let Some(text) = &contents
-            && let Err(error) = crate::template::check(&String::from_utf8_lossy(text))
+            && let Err(error) = crate::template::check_with(&String::from_utf8_lossy(text), &names(&config))
         {
             let line = error.line.unwrap_or(0) as u64;
             let problem = match &source {
@@ -192,6 +216,16 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
         }
     }
 
+    if config.template.is_none() {
+        for key in ["context", "defaults"] {
+            if config.fields_has(state, key) {
+                problems.push(
+                    Problem::new(at(key), format!("file.managed `{}`: `{key}` without `template: jinja`", state.id))
+                        .help("add `template: jinja`, or remove it: without a template nothing reads it"),
+                );
+            }
+        }
+    }
     let mode = match config.mode.as_ref().map(parse_mode).transpose() {
         Ok(mode) => mode,
         Err(message) => {
@@ -221,8 +255,18 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
     }
     if config.template.is_some() {
         resolved = resolved.with("template", "jinja");
+        let mut variables = config.defaults.clone().unwrap_or_default();
+        variables.extend(config.context.clone().unwrap_or_default());
+        if !variables.is_empty() {
+            resolved = resolved.with("context", Value::from_json(&serde_json::Value::Object(variables)));
+        }
     }
     Ok(resolved)
+}
+
+/// The names `context` and `defaults` give the template.
+fn names(config: &Config) -> Vec<String> {
+    config.context.iter().chain(config.defaults.iter()).flat_map(|m| m.keys().cloned()).collect()
 }
 
 /// The first source of Salt's list that exists in the tree. A URL is not
