@@ -264,7 +264,7 @@ pub fn finish(call: &StateCall, outcome: Outcome, started: Instant) -> StateResu
 mod tests {
     use super::*;
     use crate::kinds::cmd_run;
-    use halite_proto::Requisite;
+    use halite_proto::{Requisite, Value};
 
     fn needs(mut call: StateCall, on: RequisiteKind, other: &StateCall) -> StateCall {
         call.requisites.push(Requisite { on, id: other.id.clone(), kind: other.kind.clone() });
@@ -362,5 +362,72 @@ mod tests {
         );
         let Outcome::Failed { error } = &results[0].outcome else { panic!("{results:?}") };
         assert!(error.contains("elsewhere") && error.contains("not part of this job"), "{error}");
+    }
+
+    #[test]
+    fn prereq_runs_first_and_only_when_its_target_would_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let append = |word: &str| format!("echo {word} >> {}", log.display());
+        let shell = |id: &str, line: String| cmd_run::call(id, &line).with_arg("shell", true);
+        let env = ApplyEnv::default();
+        // The target would change: the prereq holder runs before it.
+        let target = shell("deploy", append("deploy"));
+        let holder = needs(shell("stop", append("stop")), RequisiteKind::Prereq, &target);
+        let results = run_states(&[target.clone(), holder.clone()], false, &env);
+        assert_eq!(labels(&results), [("stop".into(), "changed"), ("deploy".into(), "changed")]);
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "stop\ndeploy\n");
+        // The target has nothing to do: the holder is skipped.
+        let quiet = target.clone().with_arg("unless", "true");
+        let holder = needs(shell("stop", append("stop")), RequisiteKind::Prereq, &quiet);
+        let results = run_states(&[quiet, holder], false, &env);
+        assert_eq!(labels(&results), [("stop".into(), "unchanged"), ("deploy".into(), "unchanged")]);
+        // The holder fails: the target does not run.
+        let holder = needs(cmd_run::call("stop", "false"), RequisiteKind::Prereq, &target);
+        let results = run_states(&[target, holder], false, &env);
+        assert_eq!(labels(&results), [("stop".into(), "failed"), ("deploy".into(), "failed")]);
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "stop\ndeploy\n");
+    }
+
+    #[test]
+    fn listen_reacts_once_at_the_end_and_only_after_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("reloaded");
+        let env = ApplyEnv::default();
+        let reload = cmd_run::call("reload", &format!("touch {}", marker.display())).with_arg("unless", "true");
+        let noisy = cmd_run::call("noisy", "true");
+        let listener = needs(reload.clone(), RequisiteKind::Listen, &noisy);
+        // The listener comes first: listen does not order, and it still
+        // reacts to a state that runs after it.
+        let results = run_states(&[listener.clone(), noisy.clone()], false, &env);
+        assert_eq!(
+            labels(&results),
+            [("reload".into(), "unchanged"), ("noisy".into(), "changed"), ("listener_reload".into(), "changed")]
+        );
+        assert!(marker.exists());
+        let quiet = noisy.with_arg("unless", "true");
+        let results = run_states(&[needs(reload, RequisiteKind::Listen, &quiet), quiet], false, &env);
+        assert_eq!(labels(&results), [("reload".into(), "unchanged"), ("noisy".into(), "unchanged")]);
+    }
+
+    #[test]
+    fn conditions_skip_any_kind_through_a_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = |conditions: Value| {
+            StateCall::new(
+                "f",
+                "file.managed",
+                Value::map().with("path", path.display().to_string()).with("contents", b"x".to_vec()).with("makedirs", true),
+            )
+            .with_arg(crate::sls::conditions::KEY, conditions)
+        };
+        let env = ApplyEnv::default();
+        let skip = file(crate::sls::conditions::to_value(&["test 1 -eq 1 > /dev/null".into()], &[]));
+        assert_eq!(labels(&run_states(&[skip], false, &env)), [("f".into(), "unchanged")]);
+        assert!(!path.exists());
+        let run = file(crate::sls::conditions::to_value(&[], &["true | true".into()]));
+        assert_eq!(labels(&run_states(&[run], false, &env)), [("f".into(), "changed")]);
+        assert!(path.exists());
     }
 }
