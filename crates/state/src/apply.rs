@@ -418,7 +418,10 @@ mod tests {
             StateCall::new(
                 "f",
                 "file.managed",
-                Value::map().with("path", path.display().to_string()).with("contents", b"x".to_vec()).with("makedirs", true),
+                Value::map()
+                    .with("path", path.display().to_string())
+                    .with("contents", b"x".to_vec())
+                    .with("makedirs", true),
             )
             .with_arg(crate::sls::conditions::KEY, conditions)
         };

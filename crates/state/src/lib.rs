@@ -60,6 +60,8 @@ pub use tree::{StateTree, TREE_FILES};
 mod compat_tests;
 #[cfg(test)]
 pub(crate) mod kind_tests;
+#[cfg(test)]
+mod sls_error_tests;
 
 /// Fixtures for tests: setting up a file's mode by path.
 #[cfg(test)]

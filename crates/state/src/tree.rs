@@ -33,9 +33,18 @@ const UNSUPPORTED_SALT_KEYS: &[(&str, &str)] = &[
     ("onchanges_any", "use `onchanges` (it already runs when any of them changed)"),
     ("require_any", "use `require`"),
     ("watch_any", "use `watch`"),
-    ("onfail", "halite does not run states because others failed"),
-    ("onfail_in", "halite does not run states because others failed"),
-    ("onfail_any", "halite does not run states because others failed"),
+    (
+        "onfail",
+        "halite does not run states because others failed; react to a failed job with a reactor on `halite/job/*/ret/*`",
+    ),
+    (
+        "onfail_in",
+        "halite does not run states because others failed; react to a failed job with a reactor on `halite/job/*/ret/*`",
+    ),
+    (
+        "onfail_any",
+        "halite does not run states because others failed; react to a failed job with a reactor on `halite/job/*/ret/*`",
+    ),
     ("use", "repeat the arguments"),
     ("use_in", "repeat the arguments"),
     ("failhard", "a failed state stops only the states that require it"),
@@ -539,11 +548,11 @@ impl StateTree {
                             describe_ref(r)
                         ),
                     };
-                    diagnostics.push(
-                        Diagnostic::error(&self.files[at.0].path, r.at, message).help(
-                            "name a state by its id (`require: [nginx-conf]`) or Salt's way (`- file: nginx-conf`)",
-                        ),
-                    );
+                    let help = match r.family.as_deref() {
+                        Some("sls") => "name a state file of the tree: `- sls: nginx` is nginx.sls or nginx/init.sls",
+                        _ => "name a state by its id (`require: [nginx-conf]`) or Salt's way (`- file: nginx-conf`)",
+                    };
+                    diagnostics.push(Diagnostic::error(&self.files[at.0].path, r.at, message).help(help));
                 }
                 for target in targets {
                     // `*_in`: the named state gets the requisite on this one.
