@@ -47,3 +47,38 @@ fn every_salt_error_has_its_exact_message() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// `check` on each tree of the corpus (`tests/salt/corpus/NAME/`, real
+/// Salt state files): exactly the diagnostics in `NAME.check` (empty when
+/// the tree loads cleanly).
+#[test]
+fn the_corpus_loads_with_exactly_the_recorded_diagnostics() {
+    let corpus = errors_dir().join("../corpus");
+    let mut trees: Vec<PathBuf> =
+        std::fs::read_dir(&corpus).unwrap().filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    trees.sort();
+    assert!(trees.len() >= 5, "{trees:?}");
+    let bless = std::env::var_os("HALITE_BLESS").is_some();
+    let mut failures = Vec::new();
+    for tree in trees {
+        assert!(
+            tree.join("SOURCE").is_file() && tree.join("LICENSE").is_file(),
+            "{}: SOURCE and LICENSE",
+            tree.display()
+        );
+        let (_loaded, diagnostics) = StateTree::load(&tree);
+        let base = format!("{}/", tree.parent().unwrap().display());
+        let actual: String = diagnostics.iter().map(|d| format!("{d}\n").replace(&base, "")).collect();
+        let expected_path = tree.with_extension("check");
+        if bless {
+            std::fs::write(&expected_path, &actual).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path)
+            .unwrap_or_else(|e| panic!("{}: {e} (HALITE_BLESS=1 writes it)", expected_path.display()));
+        if actual != expected {
+            failures.push(format!("{}:\n--- expected\n{expected}--- actual\n{actual}", tree.display()));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -578,7 +578,14 @@ impl StateTree {
         // Every include names a state file of the tree.
         for file in self.files.values() {
             for include in &file.includes {
-                if !self.has_state_file(&include.name) {
+                if let Some(nested) = self.in_subdirectory(&include.name) {
+                    diagnostics.push(subdirectory_error(
+                        &file.path,
+                        include.at,
+                        format!("`include` names state file `{}`", include.name),
+                        &nested,
+                    ));
+                } else if !self.has_state_file(&include.name) {
                     diagnostics.push(
                         Diagnostic::error(
                             &file.path,
@@ -668,14 +675,21 @@ impl StateTree {
                 }
             };
             for name in &names {
-                if !self.files.contains_key(name) && !self.failed_file_exists(name) {
+                if let Some(nested) = self.in_subdirectory(name) {
+                    diagnostics.push(subdirectory_error(
+                        &path,
+                        yaml::location(&states),
+                        format!("target `{}` names state file `{name}`", target_text.value),
+                        &nested,
+                    ));
+                } else if !self.files.contains_key(name) && !self.failed_file_exists(name) {
                     diagnostics.push(
                         Diagnostic::error(
                             &path,
                             yaml::location(&states),
                             format!("target `{}` names state file `{name}`, which does not exist", target_text.value),
                         )
-                        .help(format!("create {} or fix the name", self.root.join(format!("{name}.yaml")).display())),
+                        .help(format!("create {} or fix the name", self.root.join(format!("{name}.sls")).display())),
                     );
                 }
             }
@@ -722,10 +736,36 @@ impl StateTree {
         STATE_EXTENSIONS.iter().any(|ext| self.root.join(format!("{name}.{ext}")).is_file())
     }
 
+    /// Salt's file for `name` (`web` is web.sls or web/init.sls, `web.config`
+    /// web/config.sls) when it is in a subdirectory and was not loaded:
+    /// the loader reads only the tree's top directory.
+    pub fn in_subdirectory(&self, name: &str) -> Option<PathBuf> {
+        if self.has_state_file(name) {
+            return None;
+        }
+        let base = name.replace('.', "/");
+        [format!("{base}.sls"), format!("{base}/init.sls")]
+            .into_iter()
+            .filter(|relative| relative.contains('/'))
+            .map(PathBuf::from)
+            .find(|relative| self.root.join(relative).is_file())
+    }
+
     /// True when `name` is a state file of the tree, loaded or not.
     pub fn has_state_file(&self, name: &str) -> bool {
         self.files.contains_key(name) || self.failed_file_exists(name)
     }
+}
+
+/// A state file that exists in a subdirectory, named where it is used:
+/// not "does not exist", which would be false.
+fn subdirectory_error(file: &Path, at: Location, what: String, nested: &Path) -> Diagnostic {
+    Diagnostic::error(
+        file,
+        at,
+        format!("{what}, which is {} in a subdirectory: halite loads state files from the tree's top directory only", nested.display()),
+    )
+    .help("Salt's tree layout (subdirectories, dotted names) is issue #18 item 1; until it lands, move the file to the top directory")
 }
 
 type Targeted = Vec<(Target, Spanned<String>, Spanned<serde_json::Value>)>;

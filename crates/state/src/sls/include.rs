@@ -35,6 +35,19 @@ pub fn read(sls: &str, is_init: bool, body: &Spanned<Body>, problems: &mut Vec<P
         let at = yaml::location(&item);
         let name = match &item.value {
             serde_json::Value::String(name) => name.clone(),
+            // `- dev: http`: `http` from environment `dev`.
+            serde_json::Value::Object(map) if map.len() == 1 && map.values().all(|v| v.is_string()) => {
+                let (env, name) = map.iter().next().expect("one entry");
+                problems.push(Problem::new(
+                    at,
+                    format!(
+                        "`include` of `{}` names environment `{env}`; halite has one environment per tree",
+                        name.as_str().unwrap_or_default()
+                    ),
+                    "include the name without the environment",
+                ));
+                continue;
+            }
             // `- nginx: {defaults: …}` passes values to the included
             // file's rendering, which halite does not do.
             serde_json::Value::Object(map) if map.len() == 1 => {
@@ -121,8 +134,9 @@ mod tests {
 
     #[test]
     fn reads_names_and_refuses_what_it_cannot_include() {
-        let parsed =
-            super::super::parse("include:\n  - nginx\n  - .conf\n  - base:users\n  - php: {defaults: {a: 1}}\n  - 5\n");
+        let parsed = super::super::parse(
+            "include:\n  - nginx\n  - .conf\n  - base:users\n  - php: {defaults: {a: 1}}\n  - 5\n  - dev: http\n",
+        );
         let (_, body) = parsed.iter().next().unwrap();
         let mut problems = Vec::new();
         let names: Vec<String> = read("web", true, body, &mut problems).into_iter().map(|i| i.name).collect();
@@ -134,6 +148,7 @@ mod tests {
                 "4 `include` of `base:users` names environment `base`; halite has one environment per tree",
                 "5 `include` of `php` with `defaults`/`key` is not supported by halite",
                 "6 `include` item `5` is not a state file name",
+                "7 `include` of `http` names environment `dev`; halite has one environment per tree",
             ]
         );
     }
