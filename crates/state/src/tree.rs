@@ -214,13 +214,21 @@ impl StateTree {
         vars
     }
 
-    /// The calls of the named state files for one agent, ready to send:
+    /// The calls of the named state files (and the files they include) for
+    /// one agent, ready to send:
     /// templates rendered with the agent's context, in run order (every
     /// state after its requisites, declaration order otherwise). Unknown
     /// names were reported at load time and are skipped here. Errors: a
     /// template that fails to render, a requisite on a state of a file not
     /// in `names`.
     pub fn calls_for(&self, names: &[String], context: &RenderContext<'_>) -> Result<Vec<StateCall>, Vec<Diagnostic>> {
+        // Named files bring the files they include (Salt's `include:`),
+        // whoever names them: top, an operator, a reactor, a schedule.
+        let mut included = Vec::new();
+        for name in names {
+            self.with_includes(name, &mut included, &mut Vec::new());
+        }
+        let names = included.as_slice();
         let mut seen = Vec::new();
         let states: Vec<(&StateFile, &CompiledState)> = names
             .iter()

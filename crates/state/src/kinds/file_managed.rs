@@ -79,6 +79,10 @@ struct Config {
     /// Create missing parent directories.
     #[serde(default = "default_true")]
     makedirs: bool,
+    /// The mode of the directories `makedirs` creates (default 0755; in
+    /// `.sls` files Salt's: `mode` with the execute bit added to each
+    /// non-zero digit, set by the loader's dialect).
+    dir_mode: Option<serde_json::Value>,
     /// `jinja`: the content is a template, rendered per agent.
     template: Option<String>,
 }
@@ -237,6 +241,16 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
         }
     };
 
+    let dir_mode = match config.dir_mode.as_ref().map(parse_mode).transpose() {
+        Ok(mode) => mode,
+        Err(message) => {
+            problems.push(
+                Problem::new(at("dir_mode"), format!("file.managed `{}`: dir_mode: {message}", state.id))
+                    .help("write the mode in octal, e.g. dir_mode: \"0755\""),
+            );
+            None
+        }
+    };
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -246,6 +260,9 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
         .with("makedirs", config.makedirs);
     if let Some(mode) = mode {
         resolved = resolved.with("mode", mode);
+    }
+    if let Some(dir_mode) = dir_mode {
+        resolved = resolved.with("dir_mode", dir_mode);
     }
     if let Some(user) = config.user {
         resolved = resolved.with("user", user);
@@ -408,6 +425,8 @@ struct FilePlan {
     owner: Option<u32>,
     group: Option<u32>,
     makedirs: bool,
+    /// The mode of directories `makedirs` creates.
+    dir_mode: u32,
     /// The file's directory, opened when planning (no untrusted link
     /// followed); `None` when it does not exist yet.
     dir: Option<Dir>,
@@ -472,6 +491,7 @@ fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
         owner,
         group,
         makedirs: args::bool_or(args, "makedirs", true),
+        dir_mode: args::opt_u32(args, "dir_mode").unwrap_or(0o755),
         dir,
         name,
         current,
@@ -575,7 +595,7 @@ impl FilePlan {
             Some(dir) => dir,
             None => {
                 let parent = self.path.parent().ok_or_else(|| KindError::NoParent { path: self.path.clone() })?;
-                opened = if self.makedirs { Dir::create_all(parent, 0o755) } else { Dir::open(parent) }?;
+                opened = if self.makedirs { Dir::create_all(parent, self.dir_mode) } else { Dir::open(parent) }?;
                 &opened
             }
         };
