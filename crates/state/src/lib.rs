@@ -39,6 +39,7 @@ pub mod host;
 pub mod kinds;
 pub mod paths;
 pub mod report;
+pub mod salt;
 pub mod signal;
 pub mod target;
 pub mod template;

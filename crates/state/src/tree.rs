@@ -14,6 +14,7 @@ use indexmap::IndexMap;
 
 use crate::diag::{self, Diagnostic, Location};
 use crate::kinds::{self, Authored};
+use crate::salt::layout;
 use crate::target::Target;
 use crate::template::{self, RenderContext};
 use crate::yaml::{self, Fields, Spanned};
@@ -22,9 +23,6 @@ use crate::yaml::{self, Fields, Spanned};
 /// master's `check` renders templates with its sample facts).
 /// `top.sls` is Salt's name for `top.yaml`, read when there is no `top.yaml`.
 pub const TREE_FILES: &[&str] = &["top.yaml", "top.sls", "beacons.yaml", "reactors.yaml", "vars.yaml", "facts.yaml"];
-
-/// Extensions of state files; `.sls` so that Salt trees load unchanged.
-const STATE_EXTENSIONS: &[&str] = &["yaml", "sls"];
 
 /// Salt features halite does not have. Each is a check error naming it,
 /// never silently ignored.
@@ -268,36 +266,39 @@ impl StateTree {
     }
 
     fn load_state_files(&mut self, diagnostics: &mut Vec<Diagnostic>) {
-        let entries = match std::fs::read_dir(&self.root) {
-            Ok(entries) => entries,
-            Err(e) => {
-                diagnostics.push(
-                    Diagnostic::error(&self.root, Location::FILE, format!("cannot read the state tree: {e}"))
-                        .help("point --states (or `states:` in master.yaml) at the directory that holds top.yaml"),
-                );
-                return;
-            }
-        };
-        let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
-        paths.sort();
-        for path in paths {
-            let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            let is_state_file = path.is_file()
-                && !TREE_FILES.contains(&file_name)
-                && path.extension().and_then(|e| e.to_str()).is_some_and(|e| STATE_EXTENSIONS.contains(&e));
-            if !is_state_file {
-                continue;
-            }
-            let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
-            if let Some(state_file) = self.load_state_file(&path, diagnostics) {
-                if self.files.contains_key(&name) {
-                    diagnostics.push(
-                        Diagnostic::error(&path, Location::FILE, format!("a second state file named `{name}`"))
-                            .help("keep one of NAME.yaml and NAME.sls"),
-                    );
-                    continue;
-                }
-                self.files.insert(name, state_file);
+        if let Err(e) = std::fs::read_dir(&self.root) {
+            diagnostics.push(
+                Diagnostic::error(&self.root, Location::FILE, format!("cannot read the state tree: {e}"))
+                    .help("point --states (or `states:` in master.yaml) at the directory that holds top.yaml"),
+            );
+            return;
+        }
+        // Salt's layout: `nginx/init.sls` is `nginx`, `nginx/config.sls`
+        // is `nginx.config` (salt/layout.rs).
+        let found = layout::discover(&self.root, TREE_FILES);
+        for shadowed in &found.shadowed {
+            let Some(kept) = found.files.iter().find(|f| f.name == shadowed.name) else { continue };
+            let same_dir = kept.path.parent() == shadowed.path.parent();
+            let diagnostic = if same_dir {
+                Diagnostic::error(
+                    &shadowed.path,
+                    Location::FILE,
+                    format!("a second state file named `{}`", shadowed.name),
+                )
+                .help("keep one of NAME.yaml and NAME.sls")
+            } else {
+                Diagnostic::warning(
+                    &shadowed.path,
+                    Location::FILE,
+                    format!("sls `{}` is {} (as in Salt); this file is not read", shadowed.name, kept.path.display()),
+                )
+                .help("remove or rename one of them")
+            };
+            diagnostics.push(diagnostic);
+        }
+        for file in found.files {
+            if let Some(state_file) = self.load_state_file(&file.path, diagnostics) {
+                self.files.insert(file.name, state_file);
             }
         }
     }
@@ -597,7 +598,7 @@ impl StateTree {
 
     /// True when a state file exists but failed to load (already reported).
     pub fn failed_file_exists(&self, name: &str) -> bool {
-        STATE_EXTENSIONS.iter().any(|ext| self.root.join(format!("{name}.{ext}")).is_file())
+        layout::resolve_sls(&self.root, name).is_ok()
     }
 
     /// True when `name` is a state file of the tree, loaded or not.

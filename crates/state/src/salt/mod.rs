@@ -1,0 +1,6 @@
+//! Salt trees: the layout of a `/srv/salt` tree ([`layout`]), and (in the
+//! modules beside it) each state file rendered per agent through Jinja
+//! with Salt's grains, pillar and `salt[...]` functions before it is read
+//! as YAML.
+
+pub mod layout;
