@@ -14,7 +14,7 @@ use indexmap::IndexMap;
 
 use crate::diag::{self, Diagnostic, Location};
 use crate::kinds::{self, Authored};
-use crate::salt::layout;
+use crate::salt::{layout, top};
 use crate::target::Target;
 use crate::template::{self, RenderContext};
 use crate::yaml::{self, Fields, Spanned};
@@ -626,7 +626,7 @@ fn secret_name(vars: &serde_json::Value) -> Option<String> {
 /// A file of `TARGET: value` entries (top.yaml, vars.yaml), with Salt's
 /// `base:` wrapper accepted. Targets that do not parse are reported and
 /// skipped. `None` when the file is absent or unreadable.
-fn load_targeted(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Option<Targeted> {
+pub(crate) fn load_targeted(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Option<Targeted> {
     if !path.exists() {
         return None;
     }
@@ -638,8 +638,14 @@ fn load_targeted(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Option<Targe
             return None;
         }
     };
-    // Salt's environment wrapper: `base: {target: [states]}`.
-    if entries.len() == 1 && entries.keys().next().is_some_and(|k| k.value == "base") {
+    // Salt's environment wrapper: `base: {target: [states]}`; another
+    // environment is a named error (salt/top.rs).
+    let wrapped = !entries.is_empty() && entries.values().all(|v| v.value.is_object());
+    if wrapped && entries.keys().any(|k| k.value == "base") {
+        for env in entries.keys().filter(|k| k.value != "base") {
+            let error = top::TopError::Environment { env: env.value.clone() };
+            diagnostics.push(Diagnostic::error(path, yaml::location(env), error.to_string()).help(error.help()));
+        }
         match yaml::parse::<IndexMap<String, IndexMap<Spanned<String>, Spanned<serde_json::Value>>>>(path, &text) {
             Ok(mut wrapped) => entries = wrapped.swap_remove("base").unwrap_or_default(),
             Err(diagnostic) => {
@@ -649,12 +655,21 @@ fn load_targeted(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Option<Targe
         }
     }
     let mut out = Vec::new();
-    for (target_text, value) in entries {
+    for (mut target_text, mut value) in entries {
+        match top::match_form(&target_text.value, &mut value.value) {
+            Ok(Some(expression)) => target_text.value = expression,
+            Ok(None) => {}
+            Err(error) => {
+                diagnostics
+                    .push(Diagnostic::error(path, yaml::location(&target_text), error.to_string()).help(error.help()));
+                continue;
+            }
+        }
         match Target::parse(&target_text.value) {
             Ok(target) => out.push((target, target_text, value)),
             Err(message) => {
                 diagnostics.push(Diagnostic::error(path, yaml::location(&target_text), message.to_string()).help(
-                    "a target is a glob on the agent id ('web*'), L@id1,id2, G@fact:glob, joined with and/or/not",
+                    "a target is a glob on the agent id ('web*'), L@id1,id2, G@grain:glob, P@grain:regex, E@regex, joined with and/or/not",
                 ))
             }
         }

@@ -3,4 +3,9 @@
 //! with Salt's grains, pillar and `salt[...]` functions before it is read
 //! as YAML.
 
+pub mod grains;
 pub mod layout;
+pub mod top;
+
+#[cfg(test)]
+mod tree_tests;
