@@ -93,24 +93,34 @@ pub struct StateTree {
     /// `vars.yaml`, in file order: template variables for the agents each
     /// target matches.
     pub vars: Vec<(Target, serde_json::Value)>,
-    /// State files by name (`nginx` for `nginx.yaml`), sorted.
+    /// State files by name (`nginx` for `nginx.yaml`, `nginx.config` for
+    /// `nginx/config.sls`), sorted.
     pub files: IndexMap<String, StateFile>,
+    /// Salt state files that are Jinja templates, by name: rendered and
+    /// compiled per agent (salt/rendered.rs), not at load.
+    pub templates: IndexMap<String, layout::SlsFile>,
+    /// `pillar/top.sls` and its files, when the tree has them: then it
+    /// replaces vars.yaml (salt/pillar.rs).
+    pub pillar: Option<crate::salt::pillar::PillarTree>,
+    /// Each agent's rendered tree, for the facts it was rendered with
+    /// (salt/rendered.rs).
+    pub(crate) rendered: crate::salt::rendered::Cache,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TopEntry {
     pub target: Target,
     pub states: Vec<String>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StateFile {
     pub path: PathBuf,
     pub states: Vec<CompiledState>,
 }
 
 /// A state checked and resolved at load time: what the agent will apply.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CompiledState {
     /// Its requisites resolved to the (id, kind) of the states they name,
     /// anywhere in the tree.
@@ -150,9 +160,16 @@ impl StateTree {
         let mut tree = StateTree { root: root.to_path_buf(), ..StateTree::default() };
         let mut diagnostics = Vec::new();
         tree.load_state_files(&mut diagnostics);
-        tree.resolve_requisites(&mut diagnostics);
+        // With Jinja state files, requisites are resolved per agent, once
+        // the templates are rendered (salt/rendered.rs).
+        if tree.templates.is_empty() {
+            tree.resolve_requisites(&mut diagnostics);
+        }
         tree.load_top(&mut diagnostics);
-        tree.load_vars(&mut diagnostics);
+        tree.pillar = crate::salt::pillar::PillarTree::load(root, &mut diagnostics);
+        if tree.pillar.is_none() {
+            tree.load_vars(&mut diagnostics);
+        }
         diag::sort(&mut diagnostics);
         (tree, diagnostics)
     }
@@ -190,6 +207,9 @@ impl StateTree {
     /// template that fails to render, a requisite on a state of a file not
     /// in `names`.
     pub fn calls_for(&self, names: &[String], context: &RenderContext<'_>) -> Result<Vec<StateCall>, Vec<Diagnostic>> {
+        if self.renders_per_agent() {
+            return self.for_agent(context.agent, context.facts)?.calls_for(names, context);
+        }
         let mut seen = Vec::new();
         let states: Vec<(&StateFile, &CompiledState)> = names
             .iter()
@@ -297,18 +317,29 @@ impl StateTree {
             diagnostics.push(diagnostic);
         }
         for file in found.files {
-            if let Some(state_file) = self.load_state_file(&file.path, diagnostics) {
+            let Some(text) = read(&file.path, diagnostics) else { continue };
+            if crate::salt::render::needs_rendering(&text) {
+                self.templates.insert(file.name.clone(), file);
+                continue;
+            }
+            if let Some(state_file) = self.load_state_text(&file.path, &text, diagnostics) {
                 self.files.insert(file.name, state_file);
             }
         }
     }
 
-    fn load_state_file(&self, path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Option<StateFile> {
-        let text = read(path, diagnostics)?;
-        let decls: StateDecls = match yaml::parse(path, &text) {
+    /// Compiles one state file's YAML text (as read, or as rendered for
+    /// an agent).
+    pub(crate) fn load_state_text(
+        &self,
+        path: &Path,
+        text: &str,
+        diagnostics: &mut Vec<Diagnostic>,
+    ) -> Option<StateFile> {
+        let decls: StateDecls = match yaml::parse(path, text) {
             Ok(decls) => decls,
             Err(diagnostic) => {
-                let salt = salt_in_state_file(path, &text).or_else(|| salt_short_form(path, &text, &diagnostic));
+                let salt = salt_in_state_file(path, text).or_else(|| salt_short_form(path, text, &diagnostic));
                 diagnostics.push(salt.unwrap_or(diagnostic));
                 return None;
             }
@@ -402,7 +433,7 @@ impl StateTree {
     /// Resolves every state's requisites to the states they name (across
     /// the tree), then reports dangling references, duplicates across files
     /// and cycles, each at the referencing state.
-    fn resolve_requisites(&mut self, diagnostics: &mut Vec<Diagnostic>) {
+    pub(crate) fn resolve_requisites(&mut self, diagnostics: &mut Vec<Diagnostic>) {
         // Every state by position: (file index, state index).
         let all: Vec<(usize, usize)> =
             self.files.values().enumerate().flat_map(|(f, file)| (0..file.states.len()).map(move |s| (f, s))).collect();
@@ -1004,22 +1035,21 @@ mod tests {
 
     #[test]
     fn unsupported_salt_features_are_named() {
-        let (_dir, _tree, diagnostics) = tree(&[
+        let (_dir, tree, diagnostics) = tree(&[
             (
                 "a.sls",
-                "x:\n  cmd.run:\n    - name: 'true'\n    - require_in:\n      - cmd: y\n    - order: 1\ny:\n  file.touch:\n    - name: z\nz:\n  file.accumulated:\n    - name: /srv\nw:\n  cmd.run:\n    - name: echo {{ grains.id }}\n",
+                "x:\n  cmd.run:\n    - name: 'true'\n    - require_in:\n      - cmd: y\n    - order: 1\ny:\n  file.touch:\n    - name: z\nz:\n  file.accumulated:\n    - name: /srv\n",
             ),
             ("j.sls", "{% for u in users %}\n{{ u }}:\n  user.present: []\n{% endfor %}\n"),
             ("i.sls", "include:\n  - a\n"),
             ("s.sls", "nginx:\n  pkg:\n    - installed\n"),
         ]);
         let messages: Vec<String> = diagnostics.iter().map(|d| d.message.clone()).collect();
-        for expected in
-            ["`require_in`", "`order`", "`file.touch`", "`file.accumulated`", "Jinja in a state file", "`include`"]
-        {
+        for expected in ["`require_in`", "`order`", "`file.touch`", "`file.accumulated`", "`include`"] {
             assert!(messages.iter().any(|m| m.contains(expected)), "{expected}: {messages:#?}");
         }
-        assert!(diagnostics.iter().any(|d| d.file.ends_with("j.sls") && d.line == 1 && d.message.contains("Jinja")));
+        // Jinja in a state file: rendered per agent (salt/rendered.rs).
+        assert!(tree.templates.contains_key("j"), "{messages:#?}");
     }
 
     #[test]

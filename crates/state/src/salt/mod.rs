@@ -3,8 +3,13 @@
 //! with Salt's grains, pillar and `salt[...]` functions before it is read
 //! as YAML.
 
+pub mod functions;
 pub mod grains;
 pub mod layout;
+pub mod pillar;
+pub mod render;
+pub mod rendered;
+pub mod secret;
 pub mod top;
 
 #[cfg(test)]
