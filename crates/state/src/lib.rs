@@ -42,6 +42,7 @@ pub mod host;
 pub mod kinds;
 pub mod paths;
 pub mod report;
+pub mod salt;
 pub mod signal;
 pub mod sls;
 pub mod target;

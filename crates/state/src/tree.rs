@@ -14,6 +14,7 @@ use indexmap::IndexMap;
 
 use crate::diag::{self, Diagnostic, Location};
 use crate::kinds::{self, Authored};
+use crate::salt::{layout, top};
 use crate::sls::{self, Body, RawState, include::Include, order::Order};
 use crate::target::Target;
 use crate::template::{self, RenderContext};
@@ -23,9 +24,6 @@ use crate::yaml::{self, Fields, Spanned};
 /// master's `check` renders templates with its sample facts).
 /// `top.sls` is Salt's name for `top.yaml`, read when there is no `top.yaml`.
 pub const TREE_FILES: &[&str] = &["top.yaml", "top.sls", "beacons.yaml", "reactors.yaml", "vars.yaml", "facts.yaml"];
-
-/// Extensions of state files; `.sls` so that Salt trees load unchanged.
-const STATE_EXTENSIONS: &[&str] = &["yaml", "sls"];
 
 /// Salt features halite does not have. Each is a check error naming it,
 /// never silently ignored.
@@ -96,20 +94,33 @@ pub struct StateTree {
     /// `vars.yaml`, in file order: template variables for the agents each
     /// target matches.
     pub vars: Vec<(Target, serde_json::Value)>,
-    /// State files by name (`nginx` for `nginx.yaml`), sorted.
+    /// State files by name (`nginx` for `nginx.yaml`, `nginx.config` for
+    /// `nginx/config.sls`), sorted.
     pub files: IndexMap<String, StateFile>,
     /// (id, kind) of every state declared but refused at load time: a
     /// requisite naming one is not reported again as naming nothing.
-    failed: Vec<(String, String)>,
+    pub(crate) failed: Vec<(String, String)>,
+    /// The plain state files as parsed, before `extend:` and the kinds:
+    /// an agent's rendered tree compiles them again with its own files.
+    pub(crate) parsed: Vec<(String, Parsed)>,
+    /// Salt state files that are Jinja templates, by name: rendered and
+    /// compiled per agent (salt/rendered.rs), not at load.
+    pub templates: IndexMap<String, layout::SlsFile>,
+    /// `pillar/top.sls` and its files, when the tree has them: then it
+    /// replaces vars.yaml (salt/pillar.rs).
+    pub pillar: Option<crate::salt::pillar::PillarTree>,
+    /// Each agent's rendered tree, for the facts it was rendered with
+    /// (salt/rendered.rs).
+    pub(crate) rendered: crate::salt::rendered::Cache,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TopEntry {
     pub target: Target,
     pub states: Vec<String>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StateFile {
     pub path: PathBuf,
     pub states: Vec<CompiledState>,
@@ -118,7 +129,7 @@ pub struct StateFile {
 }
 
 /// A state checked and resolved at load time: what the agent will apply.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CompiledState {
     /// Its requisites resolved to the (id, kind) of the states they name,
     /// anywhere in the tree.
@@ -156,7 +167,8 @@ struct Ref {
 type Edges = HashMap<(usize, usize), Vec<((usize, usize), Location)>>;
 
 /// A state file read but not yet resolved: what `extend:` may change.
-struct Parsed {
+#[derive(Debug, Clone)]
+pub(crate) struct Parsed {
     path: PathBuf,
     includes: Vec<Include>,
     extends: Vec<sls::extend::Extension>,
@@ -168,9 +180,16 @@ impl StateTree {
         let mut tree = StateTree { root: root.to_path_buf(), ..StateTree::default() };
         let mut diagnostics = Vec::new();
         tree.load_state_files(&mut diagnostics);
-        tree.resolve_requisites(&mut diagnostics);
+        // With Jinja state files, requisites are resolved per agent, once
+        // the templates are rendered (salt/rendered.rs).
+        if tree.templates.is_empty() {
+            tree.resolve_requisites(&mut diagnostics);
+        }
         tree.load_top(&mut diagnostics);
-        tree.load_vars(&mut diagnostics);
+        tree.pillar = crate::salt::pillar::PillarTree::load(root, &mut diagnostics);
+        if tree.pillar.is_none() {
+            tree.load_vars(&mut diagnostics);
+        }
         diag::sort(&mut diagnostics);
         (tree, diagnostics)
     }
@@ -222,6 +241,9 @@ impl StateTree {
     /// template that fails to render, a requisite on a state of a file not
     /// in `names`.
     pub fn calls_for(&self, names: &[String], context: &RenderContext<'_>) -> Result<Vec<StateCall>, Vec<Diagnostic>> {
+        if self.renders_per_agent() {
+            return self.for_agent(context.agent, context.facts)?.calls_for(names, context);
+        }
         // Named files bring the files they include (Salt's `include:`),
         // whoever names them: top, an operator, a reactor, a schedule.
         let mut included = Vec::new();
@@ -310,41 +332,57 @@ impl StateTree {
     }
 
     fn load_state_files(&mut self, diagnostics: &mut Vec<Diagnostic>) {
-        let entries = match std::fs::read_dir(&self.root) {
-            Ok(entries) => entries,
-            Err(e) => {
-                diagnostics.push(
-                    Diagnostic::error(&self.root, Location::FILE, format!("cannot read the state tree: {e}"))
-                        .help("point --states (or `states:` in master.yaml) at the directory that holds top.yaml"),
-                );
-                return;
-            }
-        };
-        let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
-        paths.sort();
+        if let Err(e) = std::fs::read_dir(&self.root) {
+            diagnostics.push(
+                Diagnostic::error(&self.root, Location::FILE, format!("cannot read the state tree: {e}"))
+                    .help("point --states (or `states:` in master.yaml) at the directory that holds top.yaml"),
+            );
+            return;
+        }
+        // Salt's layout: `nginx/init.sls` is `nginx`, `nginx/config.sls`
+        // is `nginx.config` (salt/layout.rs).
+        let found = layout::discover(&self.root, TREE_FILES);
+        for shadowed in &found.shadowed {
+            let Some(kept) = found.files.iter().find(|f| f.name == shadowed.name) else { continue };
+            let same_dir = kept.path.parent() == shadowed.path.parent();
+            let diagnostic = if same_dir {
+                Diagnostic::error(
+                    &shadowed.path,
+                    Location::FILE,
+                    format!("a second state file named `{}`", shadowed.name),
+                )
+                .help("keep one of NAME.yaml and NAME.sls")
+            } else {
+                Diagnostic::warning(
+                    &shadowed.path,
+                    Location::FILE,
+                    format!("sls `{}` is {} (as in Salt); this file is not read", shadowed.name, kept.path.display()),
+                )
+                .help("remove or rename one of them")
+            };
+            diagnostics.push(diagnostic);
+        }
         // Parsed first, all of them: `extend:` changes states of other
-        // files before any state is resolved.
+        // files before any state is resolved. Kept (`self.parsed`) so that
+        // an agent's rendered tree compiles them again with its own files.
         let mut parsed: Vec<(String, Parsed)> = Vec::new();
-        for path in paths {
-            let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            let is_state_file = path.is_file()
-                && !TREE_FILES.contains(&file_name)
-                && path.extension().and_then(|e| e.to_str()).is_some_and(|e| STATE_EXTENSIONS.contains(&e));
-            if !is_state_file {
+        for file in found.files {
+            let Some(text) = read(&file.path, diagnostics) else { continue };
+            if crate::salt::render::needs_rendering(&text) {
+                self.templates.insert(file.name.clone(), file);
                 continue;
             }
-            let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
-            if let Some(file) = self.parse_state_file(&path, &name, diagnostics) {
-                if parsed.iter().any(|(n, _)| *n == name) {
-                    diagnostics.push(
-                        Diagnostic::error(&path, Location::FILE, format!("a second state file named `{name}`"))
-                            .help("keep one of NAME.yaml and NAME.sls"),
-                    );
-                    continue;
-                }
-                parsed.push((name, file));
+            if let Some(state_file) = self.parse_state_text(&file.path, &file.name, &text, diagnostics) {
+                parsed.push((file.name, state_file));
             }
         }
+        self.parsed = parsed.clone();
+        self.compile_parsed(parsed, diagnostics);
+    }
+
+    /// `extend:` applied across `parsed`, then every file compiled into
+    /// `self.files`.
+    pub(crate) fn compile_parsed(&mut self, mut parsed: Vec<(String, Parsed)>, diagnostics: &mut Vec<Diagnostic>) {
         let extensions: Vec<(PathBuf, sls::extend::Extension)> = parsed
             .iter_mut()
             .flat_map(|(_, file)| std::mem::take(&mut file.extends).into_iter().map(|e| (file.path.clone(), e)))
@@ -361,15 +399,21 @@ impl StateTree {
         }
     }
 
-    /// Reads a state file into Salt's language constructs and the states
-    /// it declares (short forms and `names:` expanded), reporting what
-    /// cannot be read. `None` when the file does not parse at all.
-    fn parse_state_file(&self, path: &Path, name: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<Parsed> {
-        let text = read(path, diagnostics)?;
-        let decls: IndexMap<Spanned<String>, Spanned<Body>> = match yaml::parse(path, &text) {
+    /// Reads a state file's YAML text (as read, or as rendered for an
+    /// agent) into Salt's language constructs and the states it declares
+    /// (short forms and `names:` expanded), reporting what cannot be read.
+    /// `None` when the text does not parse at all.
+    pub(crate) fn parse_state_text(
+        &self,
+        path: &Path,
+        name: &str,
+        text: &str,
+        diagnostics: &mut Vec<Diagnostic>,
+    ) -> Option<Parsed> {
+        let decls: IndexMap<Spanned<String>, Spanned<Body>> = match yaml::parse(path, text) {
             Ok(decls) => decls,
             Err(diagnostic) => {
-                let salt = jinja_in_state_file(path, &text);
+                let salt = jinja_in_state_file(path, text);
                 diagnostics.push(salt.unwrap_or(diagnostic));
                 return None;
             }
@@ -488,7 +532,7 @@ impl StateTree {
     /// Resolves every state's requisites to the states they name (across
     /// the tree), then reports dangling references, duplicates across files
     /// and cycles, each at the referencing state.
-    fn resolve_requisites(&mut self, diagnostics: &mut Vec<Diagnostic>) {
+    pub(crate) fn resolve_requisites(&mut self, diagnostics: &mut Vec<Diagnostic>) {
         // Every state by position: (file index, state index).
         let all: Vec<(usize, usize)> =
             self.files.values().enumerate().flat_map(|(f, file)| (0..file.states.len()).map(move |s| (f, s))).collect();
@@ -741,7 +785,7 @@ impl StateTree {
 
     /// True when a state file exists but failed to load (already reported).
     pub fn failed_file_exists(&self, name: &str) -> bool {
-        STATE_EXTENSIONS.iter().any(|ext| self.root.join(format!("{name}.{ext}")).is_file())
+        layout::resolve_sls(&self.root, name).is_ok()
     }
 
     /// Salt's file for `name` (`web` is web.sls or web/init.sls, `web.config`
@@ -795,7 +839,7 @@ fn secret_name(vars: &serde_json::Value) -> Option<String> {
 /// A file of `TARGET: value` entries (top.yaml, vars.yaml), with Salt's
 /// `base:` wrapper accepted. Targets that do not parse are reported and
 /// skipped. `None` when the file is absent or unreadable.
-fn load_targeted(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Option<Targeted> {
+pub(crate) fn load_targeted(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Option<Targeted> {
     if !path.exists() {
         return None;
     }
@@ -807,8 +851,14 @@ fn load_targeted(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Option<Targe
             return None;
         }
     };
-    // Salt's environment wrapper: `base: {target: [states]}`.
-    if entries.len() == 1 && entries.keys().next().is_some_and(|k| k.value == "base") {
+    // Salt's environment wrapper: `base: {target: [states]}`; another
+    // environment is a named error (salt/top.rs).
+    let wrapped = !entries.is_empty() && entries.values().all(|v| v.value.is_object());
+    if wrapped && entries.keys().any(|k| k.value == "base") {
+        for env in entries.keys().filter(|k| k.value != "base") {
+            let error = top::TopError::Environment { env: env.value.clone() };
+            diagnostics.push(Diagnostic::error(path, yaml::location(env), error.to_string()).help(error.help()));
+        }
         match yaml::parse::<IndexMap<String, IndexMap<Spanned<String>, Spanned<serde_json::Value>>>>(path, &text) {
             Ok(mut wrapped) => entries = wrapped.swap_remove("base").unwrap_or_default(),
             Err(diagnostic) => {
@@ -818,12 +868,21 @@ fn load_targeted(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Option<Targe
         }
     }
     let mut out = Vec::new();
-    for (target_text, value) in entries {
+    for (mut target_text, mut value) in entries {
+        match top::match_form(&target_text.value, &mut value.value) {
+            Ok(Some(expression)) => target_text.value = expression,
+            Ok(None) => {}
+            Err(error) => {
+                diagnostics
+                    .push(Diagnostic::error(path, yaml::location(&target_text), error.to_string()).help(error.help()));
+                continue;
+            }
+        }
         match Target::parse(&target_text.value) {
             Ok(target) => out.push((target, target_text, value)),
             Err(message) => {
                 diagnostics.push(Diagnostic::error(path, yaml::location(&target_text), message.to_string()).help(
-                    "a target is a glob on the agent id ('web*'), L@id1,id2, G@fact:glob, joined with and/or/not",
+                    "a target is a glob on the agent id ('web*'), L@id1,id2, G@grain:glob, P@grain:regex, E@regex, joined with and/or/not",
                 ))
             }
         }
@@ -1172,9 +1231,8 @@ mod tests {
         let (_dir, _tree, diagnostics) = tree(&[
             (
                 "a.sls",
-                "x:\n  cmd.run:\n    - name: 'true'\n    - onfail:\n      - cmd: w\ny:\n  file.touch:\n    - name: z\nz:\n  file.accumulated:\n    - name: /srv\nw:\n  cmd.run:\n    - name: echo {{ grains.id }}\n",
+                "x:\n  cmd.run:\n    - name: 'true'\n    - onfail:\n      - cmd: y\ny:\n  file.touch:\n    - name: z\nz:\n  file.accumulated:\n    - name: /srv\n",
             ),
-            ("j.sls", "{% for u in users %}\n{{ u }}:\n  user.present: []\n{% endfor %}\n"),
             ("i.sls", "include:\n  - nowhere\nexclude:\n  - id: x\n"),
         ]);
         let messages: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
@@ -1182,14 +1240,12 @@ mod tests {
             "a.sls:4:7: error: cmd.run `x`: Salt's `onfail` is not supported by halite",
             "a.sls:7:3: error: unknown state kind `file.touch` in state `y`",
             "a.sls:10:3: error: unknown state kind `file.accumulated`",
-            "a.sls:14:7: error: cmd.run `w`: `name` holds unrendered Jinja",
-            "j.sls:1:1: error: Jinja in a state file",
             "i.sls:2:5: error: `include` names state file `nowhere`, which does not exist",
             "i.sls:3:1: error: Salt's `exclude` is not supported by halite",
         ] {
             assert!(messages.iter().any(|m| m.contains(expected)), "{expected}: {messages:#?}");
         }
-        assert_eq!(messages.len(), 7, "{messages:#?}");
+        assert_eq!(messages.len(), 5, "{messages:#?}");
     }
 
     fn applied(files: &[(&str, &str)], agent_states: &[&str]) -> (tempfile::TempDir, Vec<StateCall>) {

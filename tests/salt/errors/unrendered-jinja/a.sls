@@ -1,8 +1,8 @@
-"{{ app }}-conf":
+"{% raw %}{{ app }}{% endraw %}-conf":
   file.managed:
     - name: /etc/app.conf
     - contents: x
 app-conf:
   file.managed:
-    - name: /etc/app.conf
-    - contents: "port {{ port }}"
+    - name: /etc/app2.conf
+    - contents: "port {% raw %}{{ port }}{% endraw %}"
