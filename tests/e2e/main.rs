@@ -26,6 +26,7 @@ mod operator;
 mod reactors;
 mod reload;
 mod restart;
+mod salt_tree;
 mod schedule;
 mod states;
 mod swarm;

@@ -104,7 +104,7 @@ pub struct StateTree {
     pub pillar: Option<crate::salt::pillar::PillarTree>,
     /// Each agent's rendered tree, for the facts it was rendered with
     /// (salt/rendered.rs).
-    pub(crate) rendered: crate::salt::rendered::Cache,
+    pub rendered: crate::salt::rendered::Cache,
 }
 
 #[derive(Debug, Clone)]
@@ -169,6 +169,15 @@ impl StateTree {
         tree.pillar = crate::salt::pillar::PillarTree::load(root, &mut diagnostics);
         if tree.pillar.is_none() {
             tree.load_vars(&mut diagnostics);
+        } else if root.join("vars.yaml").is_file() {
+            diagnostics.push(
+                Diagnostic::warning(
+                    root.join("vars.yaml"),
+                    Location::FILE,
+                    "vars.yaml is not read: the tree has a pillar (pillar/top.sls)",
+                )
+                .help("move its values into pillar files"),
+            );
         }
         diag::sort(&mut diagnostics);
         (tree, diagnostics)
