@@ -27,6 +27,7 @@ mod reactors;
 mod reload;
 mod restart;
 mod salt_reference;
+mod salt_tree;
 mod schedule;
 mod states;
 mod swarm;

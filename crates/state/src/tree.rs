@@ -111,7 +111,7 @@ pub struct StateTree {
     pub pillar: Option<crate::salt::pillar::PillarTree>,
     /// Each agent's rendered tree, for the facts it was rendered with
     /// (salt/rendered.rs).
-    pub(crate) rendered: crate::salt::rendered::Cache,
+    pub rendered: crate::salt::rendered::Cache,
 }
 
 #[derive(Debug, Clone)]
@@ -176,6 +176,12 @@ pub(crate) struct Parsed {
 }
 
 impl StateTree {
+    /// A tree with no files, rooted at `root` (for callers that build one
+    /// by hand, such as tests).
+    pub fn empty(root: &Path) -> StateTree {
+        StateTree { root: root.to_path_buf(), ..StateTree::default() }
+    }
+
     pub fn load(root: &Path) -> (StateTree, Vec<Diagnostic>) {
         let mut tree = StateTree { root: root.to_path_buf(), ..StateTree::default() };
         let mut diagnostics = Vec::new();
@@ -189,6 +195,15 @@ impl StateTree {
         tree.pillar = crate::salt::pillar::PillarTree::load(root, &mut diagnostics);
         if tree.pillar.is_none() {
             tree.load_vars(&mut diagnostics);
+        } else if root.join("vars.yaml").is_file() {
+            diagnostics.push(
+                Diagnostic::warning(
+                    root.join("vars.yaml"),
+                    Location::FILE,
+                    "vars.yaml is not read: the tree has a pillar (pillar/top.sls)",
+                )
+                .help("move its values into pillar files"),
+            );
         }
         diag::sort(&mut diagnostics);
         (tree, diagnostics)

@@ -16,7 +16,9 @@
 //! | `cpuarch`, `virtual`, `init` | `arch`, `virtual`, `init` | `x86_64`, `physical`/`kvm`/`container`, `systemd` |
 //!
 //! Every other fact is a grain under its own name too (`grains.cpus`),
-//! so `grains` is the facts with Salt's names laid over them.
+//! so `grains` is the facts with Salt's names laid over them; and an
+//! agent's static grains (agent.yaml `grains:`, sent as the fact
+//! `grains`) over those, as a minion's configured grains are in Salt.
 
 use halite_proto::Value;
 
@@ -148,10 +150,15 @@ pub fn grain(facts: &Value, name: &str) -> Option<Value> {
     }
 }
 
-/// A grain or, failing that, the fact of that name: what `G@` and
-/// `grains.get` look up first.
+/// A static grain (agent.yaml's `grains:`, sent as the fact `grains`),
+/// else a computed grain, else the fact of that name: what `G@` looks up.
 pub fn lookup(facts: &Value, name: &str) -> Option<Value> {
-    grain(facts, name).or_else(|| facts.get(name).cloned())
+    facts
+        .get("grains")
+        .and_then(|g| g.get(name))
+        .cloned()
+        .or_else(|| grain(facts, name))
+        .or_else(|| facts.get(name).cloned())
 }
 
 /// Every grain: the facts, with Salt's grains laid over them.
@@ -164,6 +171,10 @@ pub fn all(facts: &Value) -> serde_json::Value {
         if let Some(value) = grain(facts, name) {
             out.insert((*name).to_owned(), value.to_json());
         }
+    }
+    if let Some(serde_json::Value::Object(fixed)) = facts.get("grains").map(Value::to_json) {
+        out.remove("grains");
+        out.extend(fixed);
     }
     serde_json::Value::Object(out)
 }
@@ -240,5 +251,10 @@ mod tests {
         }
         assert_eq!(grain(&Value::Null, "os"), None);
         assert_eq!(lookup(&debian(), "cpus"), Some(Value::Int(4)));
+        let fixed = debian().with("grains", Value::map().with("role", "web").with("os", "Custom"));
+        assert_eq!(lookup(&fixed, "role"), Some(Value::from("web")));
+        assert_eq!(lookup(&fixed, "os"), Some(Value::from("Custom")));
+        assert_eq!(all(&fixed)["role"], "web");
+        assert!(all(&fixed).get("grains").is_none());
     }
 }
