@@ -723,6 +723,8 @@ impl StateTree {
             path = self.root.join("top.sls");
         }
         let Some(entries) = load_targeted(&path, diagnostics) else { return };
+        // A missing file is suggested in the tree's own dialect.
+        let ext = if path.ends_with("top.sls") { "sls" } else { "yaml" };
         for (target, target_text, states) in entries {
             let names: Vec<String> = match &states.value {
                 serde_json::Value::String(one) => vec![one.clone()],
@@ -756,7 +758,10 @@ impl StateTree {
                             yaml::location(&states),
                             format!("target `{}` names state file `{name}`, which does not exist", target_text.value),
                         )
-                        .help(format!("create {} or fix the name", self.root.join(format!("{name}.sls")).display())),
+                        .help(format!(
+                            "create {} or fix the name",
+                            self.root.join(format!("{}.{ext}", name.replace('.', "/"))).display()
+                        )),
                     );
                 }
             }

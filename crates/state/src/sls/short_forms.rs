@@ -119,7 +119,7 @@ mod tests {
     #[test]
     fn every_form_gives_the_long_form() {
         let (out, problems) = kinds(
-            "a:\n  pkg.installed\nb:\n  pkg:\n    - installed\n    - version: '1'\nc:\n  service.running: []\nd:\n  pkg.installed:\n    - name: x\n",
+            "a:\n  pkg.installed  # the kind as the value\nb:\n  pkg:\n    # the function first\n    - installed  # as Salt writes it\n    - version: '1'\nc:\n  service.running: []\nd:\n  pkg.installed:\n    - name: x\n",
         );
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(
