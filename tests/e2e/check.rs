@@ -114,3 +114,14 @@ async fn check_renders_templates_for_the_agents_the_master_knows() {
         fleet.fail(&error);
     }
 }
+
+/// A Salt tree renders per sample agent: every Jinja state file and the
+/// pillar, each error naming the template (the state file or its
+/// map.jinja), its line, the agent and the undefined expression or the
+/// `salt[...]` function halite does not have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_renders_a_salt_tree_for_every_sample_agent() {
+    let out = check(&["--states", "salt-render"]).await.unwrap();
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.stdout, expected("salt-render.expected"));
+}

@@ -11,8 +11,27 @@ use std::path::{Path, PathBuf};
 
 use halite_e2e::CommandOutput;
 
-fn salt_tree() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("salt")
+/// kinds.sls and the files it names, copied alone into `into`:
+/// tests/salt also holds the Salt corpus, whose trees are not part of it.
+fn salt_tree(into: &Path) -> PathBuf {
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            let target = to.join(path.file_name().unwrap());
+            if path.is_dir() {
+                copy_dir(&path, &target);
+            } else {
+                std::fs::copy(&path, &target).unwrap();
+            }
+        }
+    }
+    let salt = Path::new(env!("CARGO_MANIFEST_DIR")).join("salt");
+    let tree = into.join("salt-tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::copy(salt.join("kinds.sls"), tree.join("kinds.sls")).unwrap();
+    copy_dir(&salt.join("files"), &tree.join("files"));
+    tree
 }
 
 /// What the states find on a fresh host: some to change, some to leave.
@@ -148,13 +167,14 @@ async fn every_new_kind_applies_once_then_changes_nothing() {
     }
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     let binaries = halite_e2e::binaries();
+    let tree = salt_tree(dir.path());
     let run = |extra: &[&str]| {
         let mut command = halite_e2e::process(&binaries.agent);
         command
             .current_dir(dir.path())
             .env("PATH", &path)
             .args(["apply", "--local"])
-            .arg(salt_tree())
+            .arg(&tree)
             .arg("kinds")
             .args(["--id", "web01", "--root"])
             .arg(&root)

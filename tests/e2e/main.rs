@@ -28,6 +28,8 @@ mod pg_store;
 mod reactors;
 mod reload;
 mod restart;
+mod salt_reference;
+mod salt_tree;
 mod schedule;
 mod states;
 mod swarm;

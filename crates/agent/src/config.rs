@@ -63,6 +63,11 @@ pub struct AgentConfig {
     /// glob on a master with `enrolment.token_file` accepts this agent.
     #[serde(default)]
     pub enrol_token_file: Option<PathBuf>,
+    /// Static grains, as in a Salt minion's configuration: `{role: web}`.
+    /// Sent with the facts (as `grains`); on the master they are grains
+    /// that win over the computed ones (`G@role:web`, `grains['role']`).
+    #[serde(default)]
+    pub grains: IndexMap<String, serde_json::Value>,
 }
 
 fn default_backup_max_bytes() -> u64 {

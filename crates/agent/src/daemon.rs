@@ -52,6 +52,13 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
         false => None,
     };
     let mut facts = facts::gather(&id);
+    if !config.grains.is_empty() {
+        let grains = config
+            .grains
+            .iter()
+            .fold(halite_proto::Value::map(), |map, (k, v)| map.with(k, halite_proto::Value::from_json(v)));
+        facts = facts.with("grains", grains);
+    }
     if let Some(path) = &config.enrol_token_file {
         let text = tokio::fs::read_to_string(path)
             .await

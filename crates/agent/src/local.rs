@@ -48,7 +48,8 @@ pub fn apply(request: &LocalApply) -> Result<Report, LocalError> {
     if !errors.is_empty() {
         return Err(LocalError::Tree { tree: request.tree.clone(), count: errors.len(), diagnostics: errors });
     }
-    if let Some(name) = request.states.iter().find(|s| !tree.files.contains_key(*s)) {
+    if let Some(name) = request.states.iter().find(|s| !tree.files.contains_key(*s) && !tree.templates.contains_key(*s))
+    {
         return Err(LocalError::UnknownState {
             name: name.clone(),
             tree: request.tree.clone(),

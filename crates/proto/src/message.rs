@@ -199,6 +199,12 @@ pub enum RequisiteKind {
     Watch,
     /// Runs only when it changed (not run if it failed).
     Onchanges,
+    /// Salt's `prereq`: runs *before* it, and only when it would change
+    /// (its plan has changes); it fails when this fails.
+    Prereq,
+    /// Salt's `listen`: no order; when it changed, the listener's reaction
+    /// (a restart, a command) runs once at the end of the job.
+    Listen,
 }
 
 impl RequisiteKind {
@@ -207,6 +213,8 @@ impl RequisiteKind {
             RequisiteKind::Require => "require",
             RequisiteKind::Watch => "watch",
             RequisiteKind::Onchanges => "onchanges",
+            RequisiteKind::Prereq => "prereq",
+            RequisiteKind::Listen => "listen",
         }
     }
 }

@@ -40,7 +40,7 @@ pub fn run_states_observed(
     for index in order {
         let call = &calls[index];
         let started = Instant::now();
-        let (outcome, diff) = match requisites_allow(call, calls, &outcomes) {
+        let (outcome, diff) = match requisites_allow(call, calls, &outcomes, env) {
             Gate::Fail(error) => (Outcome::Failed { error }, None),
             Gate::Skip => (Outcome::Unchanged, None),
             Gate::Run { watched_changed } => run_one(call, test, env, watched_changed, observer),
@@ -48,6 +48,25 @@ pub fn run_states_observed(
         let result = StateResult { diff, ..finish(call, outcome, started) };
         observer.finished(&result);
         outcomes[index] = Some(result.outcome.clone());
+        results.push(result);
+    }
+    // Salt's `listen`: each listener whose listened state changed reacts
+    // once, after every other state.
+    for (index, call) in calls.iter().enumerate() {
+        let heard = call.requisites.iter().filter(|r| r.on == RequisiteKind::Listen).any(|r| {
+            calls
+                .iter()
+                .position(|c| c.id == r.id && c.kind == r.kind)
+                .and_then(|i| outcomes[i].as_ref())
+                .is_some_and(changed)
+        });
+        if !heard || outcomes[index].as_ref().is_none_or(Outcome::is_failed) {
+            continue;
+        }
+        let started = Instant::now();
+        let (outcome, diff) = run_one(call, test, env, true, observer);
+        let result = StateResult { id: format!("listener_{}", call.id), diff, ..finish(call, outcome, started) };
+        observer.finished(&result);
         results.push(result);
     }
     for index in stuck {
@@ -70,6 +89,11 @@ fn run_one(
     watched_changed: bool,
     observer: &mut dyn Observer,
 ) -> (Outcome, Option<String>) {
+    match crate::sls::conditions::skip_reason(&call.args, env) {
+        Ok(Some(_)) => return (Outcome::Unchanged, None),
+        Ok(None) => {}
+        Err(error) => return (Outcome::Failed { error: format!("unless/onlyif: {error}") }, None),
+    }
     let mut plan = match plan_call(call, env) {
         Ok(plan) => plan,
         // The wire carries the failure as text.
@@ -103,10 +127,23 @@ fn changed(outcome: &Outcome) -> bool {
 
 /// Whether `call` may run, given the outcomes so far. The order guarantees
 /// every requisite found in the job has run already.
-fn requisites_allow(call: &StateCall, calls: &[StateCall], outcomes: &[Option<Outcome>]) -> Gate {
+fn requisites_allow(call: &StateCall, calls: &[StateCall], outcomes: &[Option<Outcome>], env: &ApplyEnv) -> Gate {
+    // A state whose `prereq` holder failed does not run (Salt: the
+    // prerequisite's failure fails it).
+    for (index, other) in calls.iter().enumerate() {
+        let holds_prereq =
+            other.requisites.iter().any(|r| r.on == RequisiteKind::Prereq && r.id == call.id && r.kind == call.kind);
+        if holds_prereq && outcomes[index].as_ref().is_some_and(Outcome::is_failed) {
+            return Gate::Fail(format!("prerequisite `{}` failed", other.id));
+        }
+    }
     let mut watched_changed = false;
     let mut onchanges = None;
+    let mut prereq = None;
     for requisite in &call.requisites {
+        if requisite.on == RequisiteKind::Listen {
+            continue;
+        }
         let Some(index) = calls.iter().position(|c| c.id == requisite.id && c.kind == requisite.kind) else {
             return Gate::Fail(format!(
                 "{} `{}`: {} `{}` is not part of this job",
@@ -116,6 +153,20 @@ fn requisites_allow(call: &StateCall, calls: &[StateCall], outcomes: &[Option<Ou
                 requisite.id
             ));
         };
+        if requisite.on == RequisiteKind::Prereq {
+            // It runs after this one: ask its plan whether it would change.
+            let target = &calls[index];
+            let would_change = match crate::sls::conditions::skip_reason(&target.args, env) {
+                Ok(Some(_)) => Ok(false),
+                Ok(None) => plan_call(target, env).map(|plan| !plan.changes().is_empty()).map_err(|e| e.to_string()),
+                Err(error) => Err(error.to_string()),
+            };
+            match would_change {
+                Ok(would) => *prereq.get_or_insert(false) |= would,
+                Err(error) => return Gate::Fail(format!("prereq `{}` cannot be planned: {error}", requisite.id)),
+            }
+            continue;
+        }
         let Some(outcome) = &outcomes[index] else {
             return Gate::Fail(format!("requisite `{}` has not run", requisite.id));
         };
@@ -126,21 +177,29 @@ fn requisites_allow(call: &StateCall, calls: &[StateCall], outcomes: &[Option<Ou
             RequisiteKind::Require => {}
             RequisiteKind::Watch => watched_changed |= changed(outcome),
             RequisiteKind::Onchanges => *onchanges.get_or_insert(false) |= changed(outcome),
+            RequisiteKind::Prereq | RequisiteKind::Listen => {}
         }
     }
-    if onchanges == Some(false) { Gate::Skip } else { Gate::Run { watched_changed } }
+    if onchanges == Some(false) || prereq == Some(false) { Gate::Skip } else { Gate::Run { watched_changed } }
 }
 
-/// The order to run `calls` in: every state after its requisites, in
-/// declaration order otherwise. Also returns the states left in a cycle
-/// (the master's `check` reports cycles, so these are rare).
+/// The order to run `calls` in: every state after its requisites (and
+/// before the states it is a `prereq` of), in declaration order otherwise;
+/// `listen` does not order. Also returns the states left in a cycle (the
+/// master's `check` reports cycles, so these are rare).
 pub fn order(calls: &[StateCall]) -> (Vec<usize>, Vec<usize>) {
-    let depends: Vec<Vec<usize>> = calls
-        .iter()
-        .map(|call| {
-            call.requisites.iter().filter_map(|r| calls.iter().position(|c| c.id == r.id && c.kind == r.kind)).collect()
-        })
-        .collect();
+    let position = |id: &str, kind: &str| calls.iter().position(|c| c.id == id && c.kind == kind);
+    let mut depends: Vec<Vec<usize>> = vec![Vec::new(); calls.len()];
+    for (index, call) in calls.iter().enumerate() {
+        for r in &call.requisites {
+            let Some(other) = position(&r.id, &r.kind) else { continue };
+            match r.on {
+                RequisiteKind::Listen => {}
+                RequisiteKind::Prereq => depends[other].push(index),
+                _ => depends[index].push(other),
+            }
+        }
+    }
     let mut done = vec![false; calls.len()];
     let mut order = Vec::with_capacity(calls.len());
     while let Some(next) = (0..calls.len()).find(|&i| !done[i] && depends[i].iter().all(|&d| done[d])) {
@@ -205,7 +264,7 @@ pub fn finish(call: &StateCall, outcome: Outcome, started: Instant) -> StateResu
 mod tests {
     use super::*;
     use crate::kinds::cmd_run;
-    use halite_proto::Requisite;
+    use halite_proto::{Requisite, Value};
 
     fn needs(mut call: StateCall, on: RequisiteKind, other: &StateCall) -> StateCall {
         call.requisites.push(Requisite { on, id: other.id.clone(), kind: other.kind.clone() });
@@ -303,5 +362,75 @@ mod tests {
         );
         let Outcome::Failed { error } = &results[0].outcome else { panic!("{results:?}") };
         assert!(error.contains("elsewhere") && error.contains("not part of this job"), "{error}");
+    }
+
+    #[test]
+    fn prereq_runs_first_and_only_when_its_target_would_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let append = |word: &str| format!("echo {word} >> {}", log.display());
+        let shell = |id: &str, line: String| cmd_run::call(id, &line).with_arg("shell", true);
+        let env = ApplyEnv::default();
+        // The target would change: the prereq holder runs before it.
+        let target = shell("deploy", append("deploy"));
+        let holder = needs(shell("stop", append("stop")), RequisiteKind::Prereq, &target);
+        let results = run_states(&[target.clone(), holder.clone()], false, &env);
+        assert_eq!(labels(&results), [("stop".into(), "changed"), ("deploy".into(), "changed")]);
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "stop\ndeploy\n");
+        // The target has nothing to do: the holder is skipped.
+        let quiet = target.clone().with_arg("unless", "true");
+        let holder = needs(shell("stop", append("stop")), RequisiteKind::Prereq, &quiet);
+        let results = run_states(&[quiet, holder], false, &env);
+        assert_eq!(labels(&results), [("stop".into(), "unchanged"), ("deploy".into(), "unchanged")]);
+        // The holder fails: the target does not run.
+        let holder = needs(cmd_run::call("stop", "false"), RequisiteKind::Prereq, &target);
+        let results = run_states(&[target, holder], false, &env);
+        assert_eq!(labels(&results), [("stop".into(), "failed"), ("deploy".into(), "failed")]);
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "stop\ndeploy\n");
+    }
+
+    #[test]
+    fn listen_reacts_once_at_the_end_and_only_after_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("reloaded");
+        let env = ApplyEnv::default();
+        let reload = cmd_run::call("reload", &format!("touch {}", marker.display())).with_arg("unless", "true");
+        let noisy = cmd_run::call("noisy", "true");
+        let listener = needs(reload.clone(), RequisiteKind::Listen, &noisy);
+        // The listener comes first: listen does not order, and it still
+        // reacts to a state that runs after it.
+        let results = run_states(&[listener.clone(), noisy.clone()], false, &env);
+        assert_eq!(
+            labels(&results),
+            [("reload".into(), "unchanged"), ("noisy".into(), "changed"), ("listener_reload".into(), "changed")]
+        );
+        assert!(marker.exists());
+        let quiet = noisy.with_arg("unless", "true");
+        let results = run_states(&[needs(reload, RequisiteKind::Listen, &quiet), quiet], false, &env);
+        assert_eq!(labels(&results), [("reload".into(), "unchanged"), ("noisy".into(), "unchanged")]);
+    }
+
+    #[test]
+    fn conditions_skip_any_kind_through_a_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = |conditions: Value| {
+            StateCall::new(
+                "f",
+                "file.managed",
+                Value::map()
+                    .with("path", path.display().to_string())
+                    .with("contents", b"x".to_vec())
+                    .with("makedirs", true),
+            )
+            .with_arg(crate::sls::conditions::KEY, conditions)
+        };
+        let env = ApplyEnv::default();
+        let skip = file(crate::sls::conditions::to_value(&["test 1 -eq 1 > /dev/null".into()], &[]));
+        assert_eq!(labels(&run_states(&[skip], false, &env)), [("f".into(), "unchanged")]);
+        assert!(!path.exists());
+        let run = file(crate::sls::conditions::to_value(&[], &["true | true".into()]));
+        assert_eq!(labels(&run_states(&[run], false, &env)), [("f".into(), "changed")]);
+        assert!(path.exists());
     }
 }

@@ -118,7 +118,12 @@ fn apply(form: &str) -> Run {
 #[test]
 fn salt_form_and_native_form_apply_the_same() {
     let native = apply("native");
-    let salt = apply("salt");
+    let mut salt = apply("salt");
+    // The one documented difference: a `.sls` command line runs through
+    // `/bin/sh -c`, as in Salt (sls::dialect).
+    for line in salt.test_mode.iter_mut().chain(salt.first.iter_mut()) {
+        *line = line.replace("`/bin/sh -c 'touch reloaded'`", "`touch reloaded`");
+    }
     assert_eq!(salt.test_mode, native.test_mode);
     assert_eq!(salt.first, native.first);
     assert_eq!(salt.second, native.second);

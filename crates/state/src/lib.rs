@@ -11,6 +11,9 @@
 //! - [`yaml`] — parsing YAML into typed values with locations.
 //! - [`target`] — target expressions (`web*`) that pick agents.
 //! - [`tree`] — the state tree: `top.yaml` and the state files.
+//! - [`sls`] — Salt's state language around the kinds (`include`,
+//!   `extend`, `names`, `*_in`, `order`, `unless`/`onlyif`, short forms),
+//!   applied to the parsed YAML before the kinds resolve it.
 //! - [`kinds`] — the registry of state kinds; one file per kind.
 //! - [`template`] — minijinja templates for file content, rendered per agent.
 //! - [`command`] — the one process spawner of the workspace (no shell
@@ -39,7 +42,9 @@ pub mod host;
 pub mod kinds;
 pub mod paths;
 pub mod report;
+pub mod salt;
 pub mod signal;
+pub mod sls;
 pub mod target;
 pub mod template;
 pub mod text;
@@ -56,6 +61,8 @@ pub use tree::{StateTree, TREE_FILES};
 mod compat_tests;
 #[cfg(test)]
 pub(crate) mod kind_tests;
+#[cfg(test)]
+mod sls_error_tests;
 
 /// Fixtures for tests: setting up a file's mode by path.
 #[cfg(test)]

@@ -4,9 +4,16 @@
 //!
 //! - `web*`, `db[0-9]` — a glob on the agent id;
 //! - `L@web1,db1` — a list of ids (each may be a glob);
-//! - `G@os:debian` — a glob on a fact; nested facts are separated by `:`
-//!   (`G@os_release:version_id:12*`); a list-valued fact (`ips`) matches
-//!   when any element does;
+//! - `G@os:debian` — a glob on a grain (Salt's grain names and values,
+//!   `salt/grains.rs`, laid over the facts), matched without regard to
+//!   case as Salt does; nested facts are separated by `:`
+//!   (`G@os_release:version_id:12*`), and as in Salt every split of the
+//!   expression is tried (`G@ipv6:fe80::1`); a list-valued grain (`ipv4`)
+//!   matches when any element does;
+//! - `P@os:(Debian|Ubuntu)` — the same with a regular expression, anchored
+//!   at the start (Python's `re.match`), without regard to case;
+//! - `E@web\d+` — a regular expression on the agent id, anchored at the
+//!   start;
 //! - `and`, `or`, `not`, parentheses: `G@os:debian and not web*`.
 //!   `not` binds tightest, then `and`, then `or`.
 
@@ -38,8 +45,10 @@ pub enum Syntax {
     EmptyList,
     #[error("`{0}`: write G@fact:glob, e.g. G@os:debian")]
     Fact(String),
-    #[error("`{0}@` targets are not supported (only L@ and G@)")]
+    #[error("`{0}@` targets are not supported (only L@, G@, P@ and E@)")]
     Unsupported(String),
+    #[error("`{pattern}`: not a regular expression: {reason}")]
+    Regex { pattern: String, reason: String },
 }
 
 /// While parsing: a glob error stands alone (it names its glob), a syntax
@@ -65,7 +74,10 @@ pub struct Target {
 enum Expr {
     Id(GlobMatcher),
     List(Vec<GlobMatcher>),
-    Fact { path: Vec<String>, glob: GlobMatcher },
+    /// Every split of `G@a:b:c` into a grain path and a pattern, as Salt
+    /// tries them.
+    Fact(Vec<(Vec<String>, Pattern)>),
+    Pcre(regex::Regex),
     Not(Box<Expr>),
     And(Box<Expr>, Box<Expr>),
     Or(Box<Expr>, Box<Expr>),
@@ -106,7 +118,8 @@ impl Expr {
         match self {
             Expr::Id(glob) => glob.is_match(agent),
             Expr::List(globs) => globs.iter().any(|g| g.is_match(agent)),
-            Expr::Fact { path, glob } => fact_matches(facts, path, glob),
+            Expr::Fact(splits) => splits.iter().any(|(path, pattern)| grain_matches(facts, path, pattern)),
+            Expr::Pcre(regex) => regex.is_match(agent),
             Expr::Not(inner) => !inner.matches(agent, facts),
             Expr::And(a, b) => a.matches(agent, facts) && b.matches(agent, facts),
             Expr::Or(a, b) => a.matches(agent, facts) || b.matches(agent, facts),
@@ -114,15 +127,41 @@ impl Expr {
     }
 }
 
-fn fact_matches(value: &Value, path: &[String], glob: &GlobMatcher) -> bool {
+/// A grain's pattern: a glob (`G@`) or a regular expression (`P@`), both
+/// without regard to case.
+#[derive(Debug, Clone)]
+enum Pattern {
+    Glob(GlobMatcher),
+    Regex(regex::Regex),
+}
+
+impl Pattern {
+    fn is_match(&self, text: &str) -> bool {
+        match self {
+            Pattern::Glob(glob) => glob.is_match(text),
+            Pattern::Regex(regex) => regex.is_match(text),
+        }
+    }
+}
+
+/// The grain at `path` (its first part a Salt grain, else a fact) matches.
+fn grain_matches(facts: &Value, path: &[String], pattern: &Pattern) -> bool {
+    let Some((first, rest)) = path.split_first() else { return false };
+    match crate::salt::grains::lookup(facts, first) {
+        Some(value) => fact_matches(&value, rest, pattern),
+        None => false,
+    }
+}
+
+fn fact_matches(value: &Value, path: &[String], pattern: &Pattern) -> bool {
     match (value, path.split_first()) {
-        (Value::List(items), _) => items.iter().any(|item| fact_matches(item, path, glob)),
-        (Value::Map(map), Some((key, rest))) => map.get(key).is_some_and(|v| fact_matches(v, rest, glob)),
+        (Value::List(items), _) => items.iter().any(|item| fact_matches(item, path, pattern)),
+        (Value::Map(map), Some((key, rest))) => map.get(key).is_some_and(|v| fact_matches(v, rest, pattern)),
         (_, Some(_)) => false,
-        (Value::String(s), None) => glob.is_match(s),
-        (Value::Int(i), None) => glob.is_match(i.to_string()),
-        (Value::Float(f), None) => glob.is_match(f.to_string()),
-        (Value::Bool(b), None) => glob.is_match(b.to_string()),
+        (Value::String(s), None) => pattern.is_match(s),
+        (Value::Int(i), None) => pattern.is_match(&i.to_string()),
+        (Value::Float(f), None) => pattern.is_match(&f.to_string()),
+        (Value::Bool(b), None) => pattern.is_match(&b.to_string()),
         (_, None) => false,
     }
 }
@@ -136,7 +175,12 @@ fn tokenize(expression: &str) -> Vec<String> {
             rest = stripped;
         }
         let mut closing = 0;
-        while let Some(stripped) = rest.strip_suffix(')') {
+        // A `)` that closes a `(` of the word (a regular expression's
+        // group, `P@os:(Debian|Ubuntu)`) is part of it.
+        let balanced = |s: &str| s.matches(')').count() <= s.matches('(').count();
+        while !balanced(rest)
+            && let Some(stripped) = rest.strip_suffix(')')
+        {
             closing += 1;
             rest = stripped;
         }
@@ -206,6 +250,14 @@ impl Parser<'_> {
     }
 }
 
+/// A regular expression anchored at the start, as Python's `re.match`.
+fn regex(text: &str, case_insensitive: bool) -> Result<regex::Regex, ParseError> {
+    regex::RegexBuilder::new(&format!("^(?:{text})"))
+        .case_insensitive(case_insensitive)
+        .build()
+        .map_err(|e| ParseError::Syntax(Syntax::Regex { pattern: text.to_owned(), reason: e.to_string() }))
+}
+
 fn glob(text: &str) -> Result<GlobMatcher, ParseError> {
     Glob::new(text)
         .map(|g| g.compile_matcher())
@@ -220,13 +272,42 @@ fn atom(token: &str) -> Result<Expr, ParseError> {
         }
         return Ok(Expr::List(globs));
     }
-    if let Some(fact) = token.strip_prefix("G@") {
-        let mut parts: Vec<String> = fact.split(':').map(str::to_owned).collect();
-        if parts.len() < 2 || parts.iter().any(String::is_empty) {
+    if let Some(pcre) = token.strip_prefix("E@") {
+        return Ok(Expr::Pcre(regex(pcre, false)?));
+    }
+    if let Some((prefix, fact)) = token.split_once('@')
+        && (prefix == "G" || prefix == "P")
+    {
+        let parts: Vec<&str> = fact.split(':').collect();
+        if parts.len() < 2 || parts[0].is_empty() {
             return Err(Syntax::Fact(token.to_owned()).into());
         }
-        let pattern = parts.pop().unwrap_or_default();
-        return Ok(Expr::Fact { path: parts, glob: glob(&pattern)? });
+        let mut splits = Vec::new();
+        for at in 1..parts.len() {
+            let path: Vec<String> = parts[..at].iter().map(|p| (*p).to_owned()).collect();
+            let text = parts[at..].join(":");
+            if path.iter().any(String::is_empty) || text.is_empty() {
+                continue;
+            }
+            let pattern = if prefix == "G" {
+                Pattern::Glob(
+                    globset::GlobBuilder::new(&text)
+                        .case_insensitive(true)
+                        .build()
+                        .map(|g| g.compile_matcher())
+                        .map_err(|e| {
+                            ParseError::Glob(TargetError::Glob { glob: text.clone(), reason: e.kind().to_string() })
+                        })?,
+                )
+            } else {
+                Pattern::Regex(regex(&text, true)?)
+            };
+            splits.push((path, pattern));
+        }
+        if splits.is_empty() {
+            return Err(Syntax::Fact(token.to_owned()).into());
+        }
+        return Ok(Expr::Fact(splits));
     }
     if let Some((prefix, _)) = token.split_once('@')
         && prefix.len() == 1
@@ -245,7 +326,7 @@ mod tests {
             .with("os", "debian")
             .with("cpus", 4i64)
             .with("os_release", Value::map().with("version_id", "12"))
-            .with("ips", Value::List(vec!["10.0.0.5".into(), "192.168.1.9".into()]))
+            .with("ips", Value::List(vec!["10.0.0.5".into(), "192.168.1.9".into(), "fe80::1".into()]))
     }
 
     #[test]
@@ -268,6 +349,21 @@ mod tests {
             ("G@os_release:version_id:11", "x", false),
             ("G@ips:10.0.0.*", "x", true),
             ("G@missing:x", "x", false),
+            // Salt's grains over the facts, without regard to case.
+            ("G@os:Debian", "x", true),
+            ("G@os_family:debian", "x", true),
+            ("G@num_cpus:4", "x", true),
+            ("G@kernel:Linux", "x", true),
+            ("G@ipv4:127.0.0.1", "x", true),
+            ("G@ipv6:fe80::1", "x", true),
+            ("G@ipv6:fe80::2", "x", false),
+            ("P@os:(Debian|Ubuntu)", "x", true),
+            ("P@os:ebian", "x", false),
+            ("P@os_family:deb", "x", true),
+            ("E@web\\d+", "web12", true),
+            ("E@web\\d+", "xweb12", false),
+            ("E@web\\d+", "Web12", false),
+            ("E@web.* and G@os:debian", "web1", true),
             ("web* and G@os:debian", "web1", true),
             ("web* and G@os:ubuntu", "web1", false),
             ("web* or G@os:ubuntu", "web1", true),
@@ -301,7 +397,9 @@ mod tests {
             ("web*)", "unexpected `)`"),
             ("and web", "unexpected `and`"),
             ("G@os", "G@fact:glob"),
-            ("E@web.*", "`E@` targets are not supported"),
+            ("I@role:web", "`I@` targets are not supported"),
+            ("E@web(", "not a regular expression"),
+            ("P@os:(", "not a regular expression"),
             ("web db", "unexpected `db`"),
         ];
         for (target, message) in cases {

@@ -3,10 +3,14 @@
 //! agent when the master builds its job (or by `apply --local`).
 //!
 //! The context: `id` (the agent id), `facts` (from the agent's hello),
-//! `vars` (vars.yaml entries targeting the agent) and `event` (the data of
-//! the event that made a reactor apply the state, or none). Salt's names
-//! `grains` and `pillar` are aliases of `facts` and `vars`. An undefined
-//! name is an error, not an empty string: a typo fails loudly.
+//! `vars` (vars.yaml entries targeting the agent, or its pillar in a tree
+//! with one) and `event` (the data of the event that made a reactor apply
+//! the state, or none). As in a Salt state file (salt/render.rs): `grains`
+//! (Salt's grain names and values over the facts, salt/grains.rs),
+//! `pillar` (the same as `vars`), `salt['pillar.get']` and the other
+//! functions of salt/functions.rs, Salt's filters and Python's methods.
+//! An undefined name is an error, not an empty string: a typo fails
+//! loudly.
 
 use halite_proto::Value;
 use minijinja::{Environment, UndefinedBehavior};
@@ -48,7 +52,7 @@ impl TemplateError {
     /// A render error of `source`, naming what failed: the expression
     /// whose value is undefined (`facts.nope.deeper`), or the filter
     /// minijinja does not know, as written in the template.
-    fn rendering(error: &minijinja::Error, source: &str) -> TemplateError {
+    pub(crate) fn rendering(error: &minijinja::Error, source: &str) -> TemplateError {
         // minijinja's span of an attribute lookup starts at the dot: take
         // the names before it too (`facts.nope.deeper`, not `.nope.deeper`).
         let range = error.range().map(|range| {
@@ -77,7 +81,7 @@ impl TemplateError {
 
 /// The names a template may read from its context; anything else it
 /// reads without defining it is undefined for every agent.
-pub const CONTEXT_NAMES: &[&str] = &["id", "facts", "grains", "vars", "pillar", "event"];
+pub const CONTEXT_NAMES: &[&str] = &["id", "facts", "grains", "vars", "pillar", "event", "salt", "saltenv", "opts"];
 
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
@@ -92,12 +96,22 @@ fn environment() -> Environment<'static> {
 /// the template itself (`set`, a loop variable) or a builtin: undefined
 /// whichever agent it renders for.
 pub fn check(text: &str) -> Result<(), TemplateError> {
+    check_with(text, &[])
+}
+
+/// [`check`], with `extra` names defined too (a state's `context` and
+/// `defaults`).
+pub fn check_with(text: &str, extra: &[String]) -> Result<(), TemplateError> {
     let env = environment();
     let template = env.template_from_str(text).map_err(TemplateError::from)?;
     let mut unknown: Vec<String> = template
         .undeclared_variables(false)
         .into_iter()
-        .filter(|name| !CONTEXT_NAMES.contains(&name.as_str()) && env.globals().all(|(global, _)| global != name))
+        .filter(|name| {
+            !CONTEXT_NAMES.contains(&name.as_str())
+                && !extra.contains(name)
+                && env.globals().all(|(global, _)| global != name)
+        })
         .collect();
     unknown.sort();
     match unknown.first() {
@@ -116,18 +130,37 @@ pub fn check(text: &str) -> Result<(), TemplateError> {
 }
 
 pub fn render(text: &str, context: &RenderContext<'_>, vars: &serde_json::Value) -> Result<String, TemplateError> {
-    let env = environment();
+    render_with(text, context, vars, &serde_json::Value::Null)
+}
+
+/// [`render`], with `extra`'s keys as top-level names (a state's
+/// `context`/`defaults`, which win over the standard names as in Salt).
+pub fn render_with(
+    text: &str,
+    context: &RenderContext<'_>,
+    vars: &serde_json::Value,
+    extra: &serde_json::Value,
+) -> Result<String, TemplateError> {
+    let mut env = environment();
+    let data = crate::salt::functions::Data {
+        grains: crate::StateTree::grains_for(context.agent, context.facts),
+        pillar: vars.clone(),
+    };
+    crate::salt::render::add_salt(&mut env, &std::sync::Arc::new(data));
     let template = env.template_from_str(text)?;
     let facts = minijinja::Value::from_serialize(context.facts.to_json());
     let vars = minijinja::Value::from_serialize(vars);
     let event = context.event.map_or(minijinja::Value::from(()), |e| minijinja::Value::from_serialize(e.to_json()));
     let ctx = minijinja::context! {
         id => context.agent,
-        facts => facts.clone(),
-        grains => facts,
-        vars => vars.clone(),
-        pillar => vars,
+        facts => facts,
+        vars => vars,
         event => event,
+    };
+    let ctx = if extra.is_object() {
+        minijinja::value::merge_maps([minijinja::Value::from_serialize(extra), ctx])
+    } else {
+        ctx
     };
     template.render(ctx).map_err(|error| TemplateError::rendering(&error, text))
 }
@@ -143,7 +176,9 @@ mod tests {
         let context = RenderContext { agent: "web1", facts: &facts, event: Some(&event) };
         let vars = serde_json::json!({"port": 8080});
         let text = "{{ id }} {{ facts.os }} {{ grains.os }} {{ vars.port }} {{ pillar.port }} {{ event.path }}\n";
-        assert_eq!(render(text, &context, &vars).unwrap(), "web1 debian debian 8080 8080 /etc/x\n");
+        assert_eq!(render(text, &context, &vars).unwrap(), "web1 debian Debian 8080 8080 /etc/x\n");
+        let salt = "{{ salt['pillar.get']('port') }} {{ pillar.get('nope', 1) }} {{ grains.os_family }}";
+        assert_eq!(render(salt, &context, &vars).unwrap(), "8080 1 Debian");
         let no_event = RenderContext::new("web1", &facts);
         assert_eq!(render("{% if event %}e{% else %}none{% endif %}", &no_event, &vars).unwrap(), "none");
     }

@@ -14,6 +14,8 @@ use indexmap::IndexMap;
 
 use crate::diag::{self, Diagnostic, Location};
 use crate::kinds::{self, Authored};
+use crate::salt::{layout, top};
+use crate::sls::{self, Body, RawState, include::Include, order::Order};
 use crate::target::Target;
 use crate::template::{self, RenderContext};
 use crate::yaml::{self, Fields, Spanned};
@@ -23,32 +25,29 @@ use crate::yaml::{self, Fields, Spanned};
 /// `top.sls` is Salt's name for `top.yaml`, read when there is no `top.yaml`.
 pub const TREE_FILES: &[&str] = &["top.yaml", "top.sls", "beacons.yaml", "reactors.yaml", "vars.yaml", "facts.yaml"];
 
-/// Extensions of state files; `.sls` so that Salt trees load unchanged.
-const STATE_EXTENSIONS: &[&str] = &["yaml", "sls"];
-
 /// Salt features halite does not have. Each is a check error naming it,
 /// never silently ignored.
 const UNSUPPORTED_SALT_KEYS: &[(&str, &str)] = &[
-    ("prereq", "halite has no prerequisite planning; order with `require` instead"),
-    ("prereq_in", "halite has no prerequisite planning; order with `require` instead"),
-    ("require_in", "write `require` on the other state instead"),
-    ("watch_in", "write `watch` on the other state instead"),
-    ("onchanges_in", "write `onchanges` on the other state instead"),
     ("onchanges_any", "use `onchanges` (it already runs when any of them changed)"),
     ("require_any", "use `require`"),
     ("watch_any", "use `watch`"),
-    ("onfail", "halite does not run states because others failed"),
-    ("onfail_in", "halite does not run states because others failed"),
-    ("onfail_any", "halite does not run states because others failed"),
-    ("listen", "use `watch` (halite reacts at once, not at the end of the run)"),
-    ("listen_in", "write `watch` on the other state instead"),
+    (
+        "onfail",
+        "halite does not run states because others failed; react to a failed job with a reactor on `halite/job/*/ret/*`",
+    ),
+    (
+        "onfail_in",
+        "halite does not run states because others failed; react to a failed job with a reactor on `halite/job/*/ret/*`",
+    ),
+    (
+        "onfail_any",
+        "halite does not run states because others failed; react to a failed job with a reactor on `halite/job/*/ret/*`",
+    ),
     ("use", "repeat the arguments"),
     ("use_in", "repeat the arguments"),
-    ("order", "halite orders by requisites, then by declaration"),
     ("failhard", "a failed state stops only the states that require it"),
     ("parallel", "states run one after another"),
     ("retry", "reactors re-apply states when an event says they drifted"),
-    ("names", "write one state per name"),
     ("check_cmd", "use cmd.run with `onchanges`"),
 ];
 
@@ -95,24 +94,42 @@ pub struct StateTree {
     /// `vars.yaml`, in file order: template variables for the agents each
     /// target matches.
     pub vars: Vec<(Target, serde_json::Value)>,
-    /// State files by name (`nginx` for `nginx.yaml`), sorted.
+    /// State files by name (`nginx` for `nginx.yaml`, `nginx.config` for
+    /// `nginx/config.sls`), sorted.
     pub files: IndexMap<String, StateFile>,
+    /// (id, kind) of every state declared but refused at load time: a
+    /// requisite naming one is not reported again as naming nothing.
+    pub(crate) failed: Vec<(String, String)>,
+    /// The plain state files as parsed, before `extend:` and the kinds:
+    /// an agent's rendered tree compiles them again with its own files.
+    pub(crate) parsed: Vec<(String, Parsed)>,
+    /// Salt state files that are Jinja templates, by name: rendered and
+    /// compiled per agent (salt/rendered.rs), not at load.
+    pub templates: IndexMap<String, layout::SlsFile>,
+    /// `pillar/top.sls` and its files, when the tree has them: then it
+    /// replaces vars.yaml (salt/pillar.rs).
+    pub pillar: Option<crate::salt::pillar::PillarTree>,
+    /// Each agent's rendered tree, for the facts it was rendered with
+    /// (salt/rendered.rs).
+    pub rendered: crate::salt::rendered::Cache,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TopEntry {
     pub target: Target,
     pub states: Vec<String>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StateFile {
     pub path: PathBuf,
     pub states: Vec<CompiledState>,
+    /// Salt's `include:`: state files applied with this one (before it).
+    pub includes: Vec<Include>,
 }
 
 /// A state checked and resolved at load time: what the agent will apply.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CompiledState {
     /// Its requisites resolved to the (id, kind) of the states they name,
     /// anywhere in the tree.
@@ -120,6 +137,8 @@ pub struct CompiledState {
     pub at: Location,
     /// `watch: true` on the state: keep it enforced.
     pub watch: bool,
+    /// Salt's `order:`, applied when a job is put together.
+    pub order: Order,
     /// The requisites as written, for diagnostics.
     refs: Vec<Ref>,
 }
@@ -135,6 +154,8 @@ impl CompiledState {
 #[derive(Debug, Clone)]
 struct Ref {
     on: RequisiteKind,
+    /// A `*_in` requisite: the edge goes from the named state to this one.
+    reverse: bool,
     /// The kind family (`pkg` in `- pkg: nginx`), when given.
     family: Option<String>,
     name: String,
@@ -145,16 +166,45 @@ struct Ref {
 /// each is written.
 type Edges = HashMap<(usize, usize), Vec<((usize, usize), Location)>>;
 
-type StateDecls = IndexMap<Spanned<String>, Spanned<Option<IndexMap<Spanned<String>, Fields>>>>;
+/// A state file read but not yet resolved: what `extend:` may change.
+#[derive(Debug, Clone)]
+pub(crate) struct Parsed {
+    path: PathBuf,
+    includes: Vec<Include>,
+    extends: Vec<sls::extend::Extension>,
+    states: Vec<RawState>,
+}
 
 impl StateTree {
+    /// A tree with no files, rooted at `root` (for callers that build one
+    /// by hand, such as tests).
+    pub fn empty(root: &Path) -> StateTree {
+        StateTree { root: root.to_path_buf(), ..StateTree::default() }
+    }
+
     pub fn load(root: &Path) -> (StateTree, Vec<Diagnostic>) {
         let mut tree = StateTree { root: root.to_path_buf(), ..StateTree::default() };
         let mut diagnostics = Vec::new();
         tree.load_state_files(&mut diagnostics);
-        tree.resolve_requisites(&mut diagnostics);
+        // With Jinja state files, requisites are resolved per agent, once
+        // the templates are rendered (salt/rendered.rs).
+        if tree.templates.is_empty() {
+            tree.resolve_requisites(&mut diagnostics);
+        }
         tree.load_top(&mut diagnostics);
-        tree.load_vars(&mut diagnostics);
+        tree.pillar = crate::salt::pillar::PillarTree::load(root, &mut diagnostics);
+        if tree.pillar.is_none() {
+            tree.load_vars(&mut diagnostics);
+        } else if root.join("vars.yaml").is_file() {
+            diagnostics.push(
+                Diagnostic::warning(
+                    root.join("vars.yaml"),
+                    Location::FILE,
+                    "vars.yaml is not read: the tree has a pillar (pillar/top.sls)",
+                )
+                .help("move its values into pillar files"),
+            );
+        }
         diag::sort(&mut diagnostics);
         (tree, diagnostics)
     }
@@ -164,12 +214,25 @@ impl StateTree {
         let mut names: Vec<String> = Vec::new();
         for entry in self.top.iter().filter(|e| e.target.matches(agent, facts)) {
             for name in &entry.states {
-                if !names.contains(name) {
-                    names.push(name.clone());
-                }
+                self.with_includes(name, &mut names, &mut Vec::new());
             }
         }
         names
+    }
+
+    /// Adds `name` to `names` after the files it includes (Salt runs the
+    /// included states first), each file once. `visiting` is the include
+    /// path walked, so an include cycle ends instead of recursing.
+    fn with_includes(&self, name: &str, names: &mut Vec<String>, visiting: &mut Vec<String>) {
+        if names.iter().any(|n| n == name) || visiting.iter().any(|n| n == name) {
+            return;
+        }
+        visiting.push(name.to_owned());
+        for include in self.files.get(name).map(|f| f.includes.as_slice()).unwrap_or_default() {
+            self.with_includes(&include.name, names, visiting);
+        }
+        visiting.pop();
+        names.push(name.to_owned());
     }
 
     /// The template variables for an agent: the maps of every vars.yaml
@@ -185,13 +248,24 @@ impl StateTree {
         vars
     }
 
-    /// The calls of the named state files for one agent, ready to send:
+    /// The calls of the named state files (and the files they include) for
+    /// one agent, ready to send:
     /// templates rendered with the agent's context, in run order (every
     /// state after its requisites, declaration order otherwise). Unknown
     /// names were reported at load time and are skipped here. Errors: a
     /// template that fails to render, a requisite on a state of a file not
     /// in `names`.
     pub fn calls_for(&self, names: &[String], context: &RenderContext<'_>) -> Result<Vec<StateCall>, Vec<Diagnostic>> {
+        if self.renders_per_agent() {
+            return self.for_agent(context.agent, context.facts)?.calls_for(names, context);
+        }
+        // Named files bring the files they include (Salt's `include:`),
+        // whoever names them: top, an operator, a reactor, a schedule.
+        let mut included = Vec::new();
+        for name in names {
+            self.with_includes(name, &mut included, &mut Vec::new());
+        }
+        let names = included.as_slice();
         let mut seen = Vec::new();
         let states: Vec<(&StateFile, &CompiledState)> = names
             .iter()
@@ -255,6 +329,11 @@ impl StateTree {
         if !diagnostics.is_empty() {
             return Err(diagnostics);
         }
+        // Salt's `order:` first (a stable sort keeps declaration order
+        // among equals), then requisites.
+        let mut by_order: Vec<(Order, StateCall)> = states.iter().map(|(_, s)| s.order).zip(calls).collect();
+        by_order.sort_by(|a, b| sls::order::compare(a.0, b.0));
+        let calls: Vec<StateCall> = by_order.into_iter().map(|(_, call)| call).collect();
         let (order, stuck) = crate::apply::order(&calls);
         let mut slots: Vec<Option<StateCall>> = calls.into_iter().map(Some).collect();
         Ok(order.into_iter().chain(stuck).filter_map(|i| slots[i].take()).collect())
@@ -268,140 +347,207 @@ impl StateTree {
     }
 
     fn load_state_files(&mut self, diagnostics: &mut Vec<Diagnostic>) {
-        let entries = match std::fs::read_dir(&self.root) {
-            Ok(entries) => entries,
-            Err(e) => {
-                diagnostics.push(
-                    Diagnostic::error(&self.root, Location::FILE, format!("cannot read the state tree: {e}"))
-                        .help("point --states (or `states:` in master.yaml) at the directory that holds top.yaml"),
-                );
-                return;
-            }
-        };
-        let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
-        paths.sort();
-        for path in paths {
-            let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            let is_state_file = path.is_file()
-                && !TREE_FILES.contains(&file_name)
-                && path.extension().and_then(|e| e.to_str()).is_some_and(|e| STATE_EXTENSIONS.contains(&e));
-            if !is_state_file {
+        if let Err(e) = std::fs::read_dir(&self.root) {
+            diagnostics.push(
+                Diagnostic::error(&self.root, Location::FILE, format!("cannot read the state tree: {e}"))
+                    .help("point --states (or `states:` in master.yaml) at the directory that holds top.yaml"),
+            );
+            return;
+        }
+        // Salt's layout: `nginx/init.sls` is `nginx`, `nginx/config.sls`
+        // is `nginx.config` (salt/layout.rs).
+        let found = layout::discover(&self.root, TREE_FILES);
+        for shadowed in &found.shadowed {
+            let Some(kept) = found.files.iter().find(|f| f.name == shadowed.name) else { continue };
+            let same_dir = kept.path.parent() == shadowed.path.parent();
+            let diagnostic = if same_dir {
+                Diagnostic::error(
+                    &shadowed.path,
+                    Location::FILE,
+                    format!("a second state file named `{}`", shadowed.name),
+                )
+                .help("keep one of NAME.yaml and NAME.sls")
+            } else {
+                Diagnostic::warning(
+                    &shadowed.path,
+                    Location::FILE,
+                    format!("sls `{}` is {} (as in Salt); this file is not read", shadowed.name, kept.path.display()),
+                )
+                .help("remove or rename one of them")
+            };
+            diagnostics.push(diagnostic);
+        }
+        // Parsed first, all of them: `extend:` changes states of other
+        // files before any state is resolved. Kept (`self.parsed`) so that
+        // an agent's rendered tree compiles them again with its own files.
+        let mut parsed: Vec<(String, Parsed)> = Vec::new();
+        for file in found.files {
+            let Some(text) = read(&file.path, diagnostics) else { continue };
+            if crate::salt::render::needs_rendering(&text) {
+                self.templates.insert(file.name.clone(), file);
                 continue;
             }
-            let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
-            if let Some(state_file) = self.load_state_file(&path, diagnostics) {
-                if self.files.contains_key(&name) {
-                    diagnostics.push(
-                        Diagnostic::error(&path, Location::FILE, format!("a second state file named `{name}`"))
-                            .help("keep one of NAME.yaml and NAME.sls"),
-                    );
-                    continue;
-                }
-                self.files.insert(name, state_file);
+            if let Some(state_file) = self.parse_state_text(&file.path, &file.name, &text, diagnostics) {
+                parsed.push((file.name, state_file));
             }
+        }
+        self.parsed = parsed.clone();
+        self.compile_parsed(parsed, diagnostics);
+    }
+
+    /// `extend:` applied across `parsed`, then every file compiled into
+    /// `self.files`.
+    pub(crate) fn compile_parsed(&mut self, mut parsed: Vec<(String, Parsed)>, diagnostics: &mut Vec<Diagnostic>) {
+        let extensions: Vec<(PathBuf, sls::extend::Extension)> = parsed
+            .iter_mut()
+            .flat_map(|(_, file)| std::mem::take(&mut file.extends).into_iter().map(|e| (file.path.clone(), e)))
+            .collect();
+        for (path, extension) in &extensions {
+            let states = parsed.iter_mut().flat_map(|(_, file)| file.states.iter_mut());
+            if let Err(problem) = sls::extend::apply(extension, states) {
+                diagnostics.push(Diagnostic::error(path, problem.at, problem.message).help(problem.help));
+            }
+        }
+        for (name, file) in parsed {
+            let compiled = self.compile_state_file(file, diagnostics);
+            self.files.insert(name, compiled);
         }
     }
 
-    fn load_state_file(&self, path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Option<StateFile> {
-        let text = read(path, diagnostics)?;
-        let decls: StateDecls = match yaml::parse(path, &text) {
+    /// Reads a state file's YAML text (as read, or as rendered for an
+    /// agent) into Salt's language constructs and the states it declares
+    /// (short forms and `names:` expanded), reporting what cannot be read.
+    /// `None` when the text does not parse at all.
+    pub(crate) fn parse_state_text(
+        &self,
+        path: &Path,
+        name: &str,
+        text: &str,
+        diagnostics: &mut Vec<Diagnostic>,
+    ) -> Option<Parsed> {
+        let decls: IndexMap<Spanned<String>, Spanned<Body>> = match yaml::parse(path, text) {
             Ok(decls) => decls,
             Err(diagnostic) => {
-                let salt = salt_in_state_file(path, &text).or_else(|| salt_short_form(path, &text, &diagnostic));
+                let salt = jinja_in_state_file(path, text);
                 diagnostics.push(salt.unwrap_or(diagnostic));
                 return None;
             }
         };
-        let mut states = Vec::new();
-        for (id, decl) in &decls {
-            let id_at = yaml::location(id);
-            if ["include", "extend"].contains(&id.value.as_str()) {
-                diagnostics.push(
-                    Diagnostic::error(path, id_at, format!("Salt's `{}` is not supported by halite", id.value))
-                        .help("list every state file in top.yaml instead"),
-                );
-                continue;
-            }
-            let Some(kinds_map) = &decl.value else {
-                diagnostics.push(
-                    Diagnostic::error(path, id_at, format!("state `{}` declares no state kind", id.value)).help(
-                        format!(
-                            "add a kind under it, e.g. `file.managed:`; known kinds: {}",
-                            kinds::names().join(", ")
-                        ),
-                    ),
-                );
-                continue;
-            };
-            for (kind_name, fields) in kinds_map {
-                let kind_at = yaml::location(kind_name);
-                let Some(kind) = kinds::find(&kind_name.value) else {
-                    let salt = SALT_FUNCTIONS.iter().find(|(name, _)| *name == kind_name.value);
-                    let message = if salt.is_some() {
-                        format!(
-                            "unknown state kind `{}` in state `{}`: Salt's `{}` is not supported by halite",
-                            kind_name.value, id.value, kind_name.value
-                        )
-                    } else {
-                        format!("unknown state kind `{}` in state `{}`", kind_name.value, id.value)
-                    };
-                    let close = close_kinds(&kind_name.value);
-                    let help = match (salt, close.as_slice()) {
-                        (Some((_, forward)), _) => format!("{forward}; known kinds: {}", kinds::names().join(", ")),
-                        (None, []) => format!("known kinds: {}", kinds::names().join(", ")),
-                        (None, close) => format!(
-                            "did you mean {}?",
-                            close.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(" or ")
-                        ),
-                    };
-                    diagnostics.push(Diagnostic::error(path, kind_at, message).help(help));
-                    continue;
-                };
-                let mut problems = Vec::new();
-                let common = split_common(&id.value, kind.name, fields, &mut problems);
-                let authored = Authored { id: &id.value, fields: &common.rest, tree_root: &self.root };
-                match (kind.resolve)(&authored) {
-                    Ok(args) if problems.is_empty() => {
-                        if let Some(first) =
-                            states.iter().find(|s: &&CompiledState| s.call.id == id.value && s.call.kind == kind.name)
-                        {
-                            diagnostics.push(
-                                Diagnostic::error(
-                                    path,
-                                    kind_at,
-                                    format!("{} `{}` is declared twice in this file", kind.name, id.value),
-                                )
-                                .help(format!("the first is at line {}; rename one", first.at.line)),
-                            );
-                            continue;
-                        }
-                        states.push(CompiledState {
-                            call: StateCall::new(id.value.clone(), kind.name, args),
-                            at: kind_at,
-                            watch: common.watch,
-                            refs: common.refs,
-                        });
+        let mut problems = Vec::new();
+        let mut file =
+            Parsed { path: path.to_path_buf(), includes: Vec::new(), extends: Vec::new(), states: Vec::new() };
+        let is_init = name == "init" || path.file_stem().is_some_and(|s| s == "init");
+        for (id, body) in &decls {
+            match id.value.as_str() {
+                "include" => file.includes.extend(sls::include::read(name, is_init, body, &mut problems)),
+                "extend" => file.extends.extend(sls::extend::read(body, &mut problems)),
+                "exclude" => problems.push(sls::Problem::new(
+                    yaml::location(id),
+                    "Salt's `exclude` is not supported by halite",
+                    "leave the state file out of top.sls, or remove the state",
+                )),
+                _ => {
+                    if has_jinja(&id.value) {
+                        problems.push(sls::Problem::new(
+                            yaml::location(id),
+                            format!("state id `{}` holds unrendered Jinja", id.value),
+                            "a state id is plain text after rendering; check the template's braces",
+                        ));
+                        continue;
                     }
-                    Ok(_) => {}
-                    Err(more) => problems.extend(more),
+                    for state in sls::short_forms::states(id, body, &mut problems) {
+                        file.states.extend(sls::names::expand(state, &mut problems));
+                    }
                 }
-                diagnostics.extend(problems.into_iter().map(|problem| {
-                    let file = problem.file.as_deref().unwrap_or(path);
-                    let diagnostic = Diagnostic::error(file, problem.at.unwrap_or(kind_at), problem.message);
-                    match problem.help {
-                        Some(help) => diagnostic.help(help),
-                        None => diagnostic,
-                    }
-                }));
             }
         }
-        Some(StateFile { path: path.to_path_buf(), states })
+        diagnostics.extend(problems.into_iter().map(|p| Diagnostic::error(path, p.at, p.message).help(p.help)));
+        Some(file)
+    }
+
+    /// Resolves the parsed states of one file with their kinds.
+    fn compile_state_file(&mut self, file: Parsed, diagnostics: &mut Vec<Diagnostic>) -> StateFile {
+        let path = file.path.as_path();
+        let salt = sls::dialect::is_salt(path);
+        let mut states = Vec::new();
+        for raw in file.states {
+            let RawState { id, kind: kind_name, kind_at, kind_span, mut fields, .. } = raw;
+            let Some(kind) = kinds::find(&kind_name) else {
+                self.failed.push((id.clone(), kind_name.clone()));
+                let salt = SALT_FUNCTIONS.iter().find(|(name, _)| *name == kind_name);
+                let message = if salt.is_some() {
+                    format!(
+                        "unknown state kind `{kind_name}` in state `{id}`: Salt's `{kind_name}` is not supported by halite"
+                    )
+                } else {
+                    format!("unknown state kind `{kind_name}` in state `{id}`")
+                };
+                let close = close_kinds(&kind_name);
+                let help = match (salt, close.as_slice()) {
+                    (Some((_, forward)), _) => format!("{forward}; known kinds: {}", kinds::names().join(", ")),
+                    (None, []) => format!("known kinds: {}", kinds::names().join(", ")),
+                    (None, close) => format!(
+                        "did you mean {}?",
+                        close.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(" or ")
+                    ),
+                };
+                diagnostics.push(Diagnostic::error(path, kind_at, message).help(help));
+                continue;
+            };
+            if salt {
+                sls::dialect::salt_defaults(kind.name, &mut fields, &kind_span);
+            }
+            let mut problems = Vec::new();
+            let common = split_common(&id, kind.name, &fields, salt, &mut problems);
+            let authored = Authored { id: &id, fields: &common.rest, tree_root: &self.root };
+            match (kind.resolve)(&authored) {
+                Ok(mut args) if problems.is_empty() => {
+                    if let Some(first) =
+                        states.iter().find(|s: &&CompiledState| s.call.id == id && s.call.kind == kind.name)
+                    {
+                        diagnostics.push(
+                            Diagnostic::error(
+                                path,
+                                kind_at,
+                                format!("{} `{id}` is declared twice in this file", kind.name),
+                            )
+                            .help(format!("the first is at line {}; rename one", first.at.line)),
+                        );
+                        continue;
+                    }
+                    if let Some(conditions) = common.conditions {
+                        args = args.with(sls::conditions::KEY, conditions);
+                    }
+                    states.push(CompiledState {
+                        call: StateCall::new(id.clone(), kind.name, args),
+                        at: kind_at,
+                        watch: common.watch,
+                        order: common.order,
+                        refs: common.refs,
+                    });
+                }
+                Ok(_) => self.failed.push((id.clone(), kind.name.to_owned())),
+                Err(more) => {
+                    self.failed.push((id.clone(), kind.name.to_owned()));
+                    problems.extend(more);
+                }
+            }
+            diagnostics.extend(problems.into_iter().map(|problem| {
+                let file = problem.file.as_deref().unwrap_or(path);
+                let diagnostic = Diagnostic::error(file, problem.at.unwrap_or(kind_at), problem.message);
+                match problem.help {
+                    Some(help) => diagnostic.help(help),
+                    None => diagnostic,
+                }
+            }));
+        }
+        StateFile { path: file.path, states, includes: file.includes }
     }
 
     /// Resolves every state's requisites to the states they name (across
     /// the tree), then reports dangling references, duplicates across files
     /// and cycles, each at the referencing state.
-    fn resolve_requisites(&mut self, diagnostics: &mut Vec<Diagnostic>) {
+    pub(crate) fn resolve_requisites(&mut self, diagnostics: &mut Vec<Diagnostic>) {
         // Every state by position: (file index, state index).
         let all: Vec<(usize, usize)> =
             self.files.values().enumerate().flat_map(|(f, file)| (0..file.states.len()).map(move |s| (f, s))).collect();
@@ -431,45 +577,95 @@ impl StateTree {
         }
 
         let mut edges: Edges = HashMap::new();
-        let mut resolved: Vec<((usize, usize), Vec<Requisite>)> = Vec::new();
+        let mut resolved: HashMap<(usize, usize), Vec<Requisite>> = HashMap::new();
+        let names: Vec<&String> = self.files.keys().collect();
         for &at in &all {
             let s = state(&self.files, at);
-            let mut requisites = Vec::new();
             for r in &s.refs {
                 let targets: Vec<(usize, usize)> = all
                     .iter()
                     .copied()
-                    .filter(|&other| other != at && ref_matches(r, &state(&self.files, other).call))
+                    .filter(|&other| {
+                        other != at
+                            && match r.family.as_deref() {
+                                // `- sls: nginx`: every state of that file.
+                                Some("sls") => names[other.0] == &r.name,
+                                _ => ref_matches(r, &state(&self.files, other).call),
+                            }
+                    })
                     .collect();
-                if targets.is_empty() {
-                    diagnostics.push(
-                        Diagnostic::error(
-                            &self.files[at.0].path,
-                            r.at,
-                            format!(
-                                "{} `{}` has {} `{}`, which no state in the tree declares",
-                                s.call.kind,
-                                s.call.id,
-                                r.on.keyword(),
-                                describe_ref(r)
-                            ),
-                        )
-                        .help("name a state by its id (`require: [nginx-conf]`) or Salt's way (`- file: nginx-conf`)"),
-                    );
+                let failed = self.failed.iter().any(|(id, kind)| {
+                    id == &r.name && r.family.as_deref().is_none_or(|f| kind.split('.').next() == Some(f))
+                });
+                let empty_file = r.family.as_deref() == Some("sls") && self.has_state_file(&r.name);
+                // A state that was declared but refused is reported once,
+                // where it is: not again here as "declared nowhere".
+                if targets.is_empty() && !failed && !empty_file {
+                    let written =
+                        sls::requisite_in::written(sls::requisite_in::Keyword { on: r.on, reverse: r.reverse });
+                    let message = match r.family.as_deref() {
+                        Some("sls") => format!(
+                            "{} `{}` has {written} `sls: {}`, which is not a state file of the tree",
+                            s.call.kind, s.call.id, r.name
+                        ),
+                        _ => format!(
+                            "{} `{}` has {written} `{}`, which no state in the tree declares",
+                            s.call.kind,
+                            s.call.id,
+                            describe_ref(r)
+                        ),
+                    };
+                    let help = match r.family.as_deref() {
+                        Some("sls") => "name a state file of the tree: `- sls: nginx` is nginx.sls or nginx/init.sls",
+                        _ => "name a state by its id (`require: [nginx-conf]`) or Salt's way (`- file: nginx-conf`)",
+                    };
+                    diagnostics.push(Diagnostic::error(&self.files[at.0].path, r.at, message).help(help));
                 }
                 for target in targets {
-                    let t = &state(&self.files, target).call;
+                    // `*_in`: the named state gets the requisite on this one.
+                    let (from, to) = if r.reverse { (target, at) } else { (at, target) };
+                    let t = &state(&self.files, to).call;
                     let requisite = Requisite { on: r.on, id: t.id.clone(), kind: t.kind.clone() };
-                    if !requisites.contains(&requisite) {
-                        requisites.push(requisite);
-                        edges.entry(at).or_default().push((target, r.at));
+                    let list = resolved.entry(from).or_default();
+                    if !list.contains(&requisite) {
+                        list.push(requisite);
+                        // `listen` does not order, so it makes no cycle.
+                        if r.on != RequisiteKind::Listen {
+                            // A prereq runs before the state it names.
+                            let edge = if r.on == RequisiteKind::Prereq { (to, from) } else { (from, to) };
+                            edges.entry(edge.0).or_default().push((edge.1, r.at));
+                        }
                     }
                 }
             }
-            resolved.push((at, requisites));
         }
         for ((f, s), requisites) in resolved {
             self.files[f].states[s].call.requisites = requisites;
+        }
+        // Every include names a state file of the tree.
+        for file in self.files.values() {
+            for include in &file.includes {
+                if let Some(nested) = self.in_subdirectory(&include.name) {
+                    diagnostics.push(subdirectory_error(
+                        &file.path,
+                        include.at,
+                        format!("`include` names state file `{}`", include.name),
+                        &nested,
+                    ));
+                } else if !self.has_state_file(&include.name) {
+                    diagnostics.push(
+                        Diagnostic::error(
+                            &file.path,
+                            include.at,
+                            format!("`include` names state file `{}`, which does not exist", include.name),
+                        )
+                        .help(format!(
+                            "create {0}.sls or {0}/init.sls in the tree, or fix the name",
+                            include.name.replace('.', "/")
+                        )),
+                    );
+                }
+            }
         }
 
         // Cycles: depth-first, reporting each back edge once, at the
@@ -527,6 +723,8 @@ impl StateTree {
             path = self.root.join("top.sls");
         }
         let Some(entries) = load_targeted(&path, diagnostics) else { return };
+        // A missing file is suggested in the tree's own dialect.
+        let ext = if path.ends_with("top.sls") { "sls" } else { "yaml" };
         for (target, target_text, states) in entries {
             let names: Vec<String> = match &states.value {
                 serde_json::Value::String(one) => vec![one.clone()],
@@ -546,14 +744,24 @@ impl StateTree {
                 }
             };
             for name in &names {
-                if !self.files.contains_key(name) && !self.failed_file_exists(name) {
+                if let Some(nested) = self.in_subdirectory(name) {
+                    diagnostics.push(subdirectory_error(
+                        &path,
+                        yaml::location(&states),
+                        format!("target `{}` names state file `{name}`", target_text.value),
+                        &nested,
+                    ));
+                } else if !self.files.contains_key(name) && !self.failed_file_exists(name) {
                     diagnostics.push(
                         Diagnostic::error(
                             &path,
                             yaml::location(&states),
                             format!("target `{}` names state file `{name}`, which does not exist", target_text.value),
                         )
-                        .help(format!("create {} or fix the name", self.root.join(format!("{name}.yaml")).display())),
+                        .help(format!(
+                            "create {} or fix the name",
+                            self.root.join(format!("{}.{ext}", name.replace('.', "/"))).display()
+                        )),
                     );
                 }
             }
@@ -597,13 +805,39 @@ impl StateTree {
 
     /// True when a state file exists but failed to load (already reported).
     pub fn failed_file_exists(&self, name: &str) -> bool {
-        STATE_EXTENSIONS.iter().any(|ext| self.root.join(format!("{name}.{ext}")).is_file())
+        layout::resolve_sls(&self.root, name).is_ok()
+    }
+
+    /// Salt's file for `name` (`web` is web.sls or web/init.sls, `web.config`
+    /// web/config.sls) when it is in a subdirectory and was not loaded:
+    /// the loader reads only the tree's top directory.
+    pub fn in_subdirectory(&self, name: &str) -> Option<PathBuf> {
+        if self.has_state_file(name) {
+            return None;
+        }
+        let base = name.replace('.', "/");
+        [format!("{base}.sls"), format!("{base}/init.sls")]
+            .into_iter()
+            .filter(|relative| relative.contains('/'))
+            .map(PathBuf::from)
+            .find(|relative| self.root.join(relative).is_file())
     }
 
     /// True when `name` is a state file of the tree, loaded or not.
     pub fn has_state_file(&self, name: &str) -> bool {
         self.files.contains_key(name) || self.failed_file_exists(name)
     }
+}
+
+/// A state file that exists in a subdirectory, named where it is used:
+/// not "does not exist", which would be false.
+fn subdirectory_error(file: &Path, at: Location, what: String, nested: &Path) -> Diagnostic {
+    Diagnostic::error(
+        file,
+        at,
+        format!("{what}, which is {} in a subdirectory: halite loads state files from the tree's top directory only", nested.display()),
+    )
+    .help("Salt's tree layout (subdirectories, dotted names) is issue #18 item 1; until it lands, move the file to the top directory")
 }
 
 type Targeted = Vec<(Target, Spanned<String>, Spanned<serde_json::Value>)>;
@@ -625,7 +859,7 @@ fn secret_name(vars: &serde_json::Value) -> Option<String> {
 /// A file of `TARGET: value` entries (top.yaml, vars.yaml), with Salt's
 /// `base:` wrapper accepted. Targets that do not parse are reported and
 /// skipped. `None` when the file is absent or unreadable.
-fn load_targeted(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Option<Targeted> {
+pub(crate) fn load_targeted(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Option<Targeted> {
     if !path.exists() {
         return None;
     }
@@ -637,8 +871,14 @@ fn load_targeted(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Option<Targe
             return None;
         }
     };
-    // Salt's environment wrapper: `base: {target: [states]}`.
-    if entries.len() == 1 && entries.keys().next().is_some_and(|k| k.value == "base") {
+    // Salt's environment wrapper: `base: {target: [states]}`; another
+    // environment is a named error (salt/top.rs).
+    let wrapped = !entries.is_empty() && entries.values().all(|v| v.value.is_object());
+    if wrapped && entries.keys().any(|k| k.value == "base") {
+        for env in entries.keys().filter(|k| k.value != "base") {
+            let error = top::TopError::Environment { env: env.value.clone() };
+            diagnostics.push(Diagnostic::error(path, yaml::location(env), error.to_string()).help(error.help()));
+        }
         match yaml::parse::<IndexMap<String, IndexMap<Spanned<String>, Spanned<serde_json::Value>>>>(path, &text) {
             Ok(mut wrapped) => entries = wrapped.swap_remove("base").unwrap_or_default(),
             Err(diagnostic) => {
@@ -648,12 +888,21 @@ fn load_targeted(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Option<Targe
         }
     }
     let mut out = Vec::new();
-    for (target_text, value) in entries {
+    for (mut target_text, mut value) in entries {
+        match top::match_form(&target_text.value, &mut value.value) {
+            Ok(Some(expression)) => target_text.value = expression,
+            Ok(None) => {}
+            Err(error) => {
+                diagnostics
+                    .push(Diagnostic::error(path, yaml::location(&target_text), error.to_string()).help(error.help()));
+                continue;
+            }
+        }
         match Target::parse(&target_text.value) {
             Ok(target) => out.push((target, target_text, value)),
             Err(message) => {
                 diagnostics.push(Diagnostic::error(path, yaml::location(&target_text), message.to_string()).help(
-                    "a target is a glob on the agent id ('web*'), L@id1,id2, G@fact:glob, joined with and/or/not",
+                    "a target is a glob on the agent id ('web*'), L@id1,id2, G@grain:glob, P@grain:regex, E@regex, joined with and/or/not",
                 ))
             }
         }
@@ -685,9 +934,11 @@ fn render_call(
 ) -> Result<(), template::TemplateError> {
     let Value::Map(args) = &mut call.args else { return Ok(()) };
     args.remove("template");
+    // Salt's `context`/`defaults`, merged when the tree loaded.
+    let extra = args.remove("context").map(|c| c.to_json()).unwrap_or_default();
     if let Some(contents) = kinds::file_like(&call.kind).and_then(|file| (file.contents_mut)(&mut call.args)) {
         let text = String::from_utf8_lossy(contents).into_owned();
-        *contents = template::render(&text, context, vars)?.into_bytes();
+        *contents = template::render_with(&text, context, vars, &extra)?.into_bytes();
     }
     Ok(())
 }
@@ -696,18 +947,32 @@ fn render_call(
 struct Common {
     refs: Vec<Ref>,
     watch: bool,
+    order: Order,
+    /// `unless`/`onlyif` as the call argument [`sls::conditions::KEY`].
+    conditions: Option<Value>,
     rest: Fields,
 }
 
-/// Takes requisites, `watch: true` and unsupported Salt keys out of a
-/// state's fields, leaving the kind's own arguments.
-fn split_common(id: &str, kind: &str, fields: &Fields, problems: &mut Vec<kinds::Problem>) -> Common {
-    let mut common = Common { refs: Vec::new(), watch: false, rest: Fields::default() };
+/// Kinds that run `unless`/`onlyif` themselves (without a shell) in
+/// halite's own `.yaml` files; everywhere else they are Salt's conditions.
+const OWN_CONDITIONS: &[&str] = &["cmd.run", "cmd.wait", "cmd.script"];
+
+fn has_jinja(text: &str) -> bool {
+    text.contains("{{") || text.contains("{%") || text.contains("{#")
+}
+
+/// Takes requisites, `watch: true`, `order`, `unless`/`onlyif` and
+/// unsupported Salt keys out of a state's fields, leaving the kind's own
+/// arguments. `salt`: the state is in a `.sls` file.
+fn split_common(id: &str, kind: &str, fields: &Fields, salt: bool, problems: &mut Vec<kinds::Problem>) -> Common {
+    let mut common =
+        Common { refs: Vec::new(), watch: false, order: Order::Unset, conditions: None, rest: Fields::default() };
+    let mut unless = Vec::new();
+    let mut onlyif = Vec::new();
+    let template = fields.get("template").is_some();
     for (key, value) in &fields.entries {
         let key_at = yaml::location(key);
-        let on = match key.value.as_str() {
-            "require" => RequisiteKind::Require,
-            "onchanges" => RequisiteKind::Onchanges,
+        let keyword = match key.value.as_str() {
             "watch" if value.value.is_boolean() => {
                 common.watch = value.value == serde_json::Value::Bool(true);
                 if common.watch && kinds::file_like(kind).is_none() {
@@ -723,29 +988,59 @@ fn split_common(id: &str, kind: &str, fields: &Fields, problems: &mut Vec<kinds:
                 }
                 continue;
             }
-            "watch" => RequisiteKind::Watch,
-            other => {
-                if let Some((_, help)) = UNSUPPORTED_SALT_KEYS.iter().find(|(k, _)| *k == other) {
-                    problems.push(
+            "order" => {
+                match sls::order::parse(&value.value) {
+                    Ok(order) => common.order = order,
+                    Err(written) => problems.push(
                         kinds::Problem::new(
                             Some(key_at),
-                            format!("{kind} `{id}`: Salt's `{other}` is not supported by halite"),
+                            format!("{kind} `{id}`: `order: {written}` is not a number, `first` or `last`"),
                         )
-                        .help(*help),
-                    );
-                } else {
-                    if kinds::file_like(kind).is_none_or(|file| file.contents_key != other) {
-                        jinja_in_value(id, kind, key, &value.value, problems);
-                    }
-                    common.rest.entries.push((key.clone(), value.clone()));
+                        .help("write e.g. `order: 1`, `order: first` or `order: last`"),
+                    ),
                 }
                 continue;
             }
+            "unless" | "onlyif" if salt || !OWN_CONDITIONS.contains(&kind) => {
+                match sls::conditions::read(&key.value, &value.value) {
+                    Ok(lines) if key.value == "unless" => unless.extend(lines),
+                    Ok(lines) => onlyif.extend(lines),
+                    Err((message, help)) => {
+                        problems.push(kinds::Problem::new(Some(key_at), format!("{kind} `{id}`: {message}")).help(help))
+                    }
+                }
+                continue;
+            }
+            other => match sls::requisite_in::keyword(other) {
+                Some(keyword) => keyword,
+                None => {
+                    if let Some((_, help)) = UNSUPPORTED_SALT_KEYS.iter().find(|(k, _)| *k == other) {
+                        problems.push(
+                            kinds::Problem::new(
+                                Some(key_at),
+                                format!("{kind} `{id}`: Salt's `{other}` is not supported by halite"),
+                            )
+                            .help(*help),
+                        );
+                    } else {
+                        let contents = kinds::file_like(kind).is_some_and(|file| file.contents_key == other);
+                        // A template's braces are rendered per agent;
+                        // anywhere else in a `.sls` file they were left
+                        // unrendered.
+                        if !contents || (salt && !template) {
+                            jinja_in_value(id, kind, key, &value.value, problems);
+                        }
+                        common.rest.entries.push((key.clone(), value.clone()));
+                    }
+                    continue;
+                }
+            },
         };
         let items = match &value.value {
             serde_json::Value::Array(items) => items.clone(),
             one => vec![one.clone()],
         };
+        let written = sls::requisite_in::written(keyword);
         for item in items {
             let parsed = match item {
                 serde_json::Value::String(name) => Some((None, name)),
@@ -755,17 +1050,21 @@ fn split_common(id: &str, kind: &str, fields: &Fields, problems: &mut Vec<kinds:
                 _ => None,
             };
             match parsed {
-                Some((Some(family), name)) if family == "sls" => problems.push(
-                    kinds::Problem::new(Some(key_at), format!("{kind} `{id}`: `{}: - sls: {name}` (a requisite on a whole file) is not supported by halite", on.keyword()))
-                        .help("name the states of that file"),
-                ),
-                Some((family, name)) => common.refs.push(Ref { on, family, name, at: key_at }),
+                Some((family, name)) => {
+                    common.refs.push(Ref { on: keyword.on, reverse: keyword.reverse, family, name, at: key_at })
+                }
                 None => problems.push(
-                    kinds::Problem::new(Some(key_at), format!("{kind} `{id}`: `{}` lists a state as an id or `kind: id`", on.keyword()))
-                        .help(format!("write e.g. `{}: [nginx-conf]` or `- {}:\\n  - file: nginx-conf`", on.keyword(), on.keyword())),
+                    kinds::Problem::new(
+                        Some(key_at),
+                        format!("{kind} `{id}`: `{written}` lists a state as an id or `kind: id`"),
+                    )
+                    .help(format!("write e.g. `{written}: [nginx-conf]` or `- {written}:\\n  - file: nginx-conf`")),
                 ),
             }
         }
+    }
+    if !unless.is_empty() || !onlyif.is_empty() {
+        common.conditions = Some(sls::conditions::to_value(&unless, &onlyif));
     }
     common
 }
@@ -777,58 +1076,19 @@ fn jinja_in_value(
     value: &serde_json::Value,
     problems: &mut Vec<kinds::Problem>,
 ) {
-    let has_jinja = |s: &str| s.contains("{{") || s.contains("{%");
     let found = match value {
         serde_json::Value::String(s) => has_jinja(s),
         other => has_jinja(&other.to_string()),
     };
     if found {
         problems.push(
-            kinds::Problem::new(Some(yaml::location(key)), format!("{kind} `{id}`: Jinja in a state file is not supported by halite (in `{}`)", key.value))
-                .help("state files are plain YAML; templates are for file content (file.managed with `template: jinja`), with facts and vars.yaml"),
+            kinds::Problem::new(
+                Some(yaml::location(key)),
+                format!("{kind} `{id}`: `{}` holds unrendered Jinja", key.value),
+            )
+            .help("braces are rendered only in file content with `template: jinja`; check the state file's template"),
         );
     }
-}
-
-/// A state file that does not parse because it uses Salt features halite
-/// does not have gets an error naming the feature.
-fn salt_in_state_file(path: &Path, text: &str) -> Option<Diagnostic> {
-    jinja_in_state_file(path, text).or_else(|| {
-        let (index, line) =
-            text.lines().enumerate().find(|(_, line)| line.starts_with("include:") || line.starts_with("extend:"))?;
-        let key = line.trim_end_matches(|c: char| c != ':').trim_end_matches(':');
-        Some(
-            Diagnostic::error(
-                path,
-                Location::new(index as u64 + 1, 1),
-                format!("Salt's `{key}` is not supported by halite"),
-            )
-            .help("list every state file in top.yaml instead"),
-        )
-    })
-}
-
-/// Salt's `pkg:\n  - installed` (the function as the first list item) at
-/// the line the parser stopped: say how to write it.
-fn salt_short_form(path: &Path, text: &str, error: &Diagnostic) -> Option<Diagnostic> {
-    let lines: Vec<&str> = text.lines().collect();
-    let at = usize::try_from(error.line).ok()?.checked_sub(1)?;
-    let function = lines.get(at)?.trim().strip_prefix("- ")?.trim();
-    if function.is_empty() || !function.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return None;
-    }
-    let family = lines[..at].iter().rev().find(|l| !l.trim().is_empty())?.trim().strip_suffix(':')?;
-    if family.contains('.') || family.contains(' ') {
-        return None;
-    }
-    Some(
-        Diagnostic::error(
-            path,
-            Location::new(error.line, 1),
-            format!("Salt's short form `{family}: [{function}]` is not supported by halite"),
-        )
-        .help(format!("write the kind in full, `{family}.{function}:`, with the arguments under it")),
-    )
 }
 
 /// A state file that does not parse because it is a Jinja template (as
@@ -991,19 +1251,88 @@ mod tests {
         let (_dir, _tree, diagnostics) = tree(&[
             (
                 "a.sls",
-                "x:\n  cmd.run:\n    - name: 'true'\n    - require_in:\n      - cmd: y\n    - order: 1\ny:\n  file.touch:\n    - name: z\nz:\n  file.accumulated:\n    - name: /srv\nw:\n  cmd.run:\n    - name: echo {{ grains.id }}\n",
+                "x:\n  cmd.run:\n    - name: 'true'\n    - onfail:\n      - cmd: y\ny:\n  file.touch:\n    - name: z\nz:\n  file.accumulated:\n    - name: /srv\n",
             ),
-            ("j.sls", "{% for u in users %}\n{{ u }}:\n  user.present: []\n{% endfor %}\n"),
-            ("i.sls", "include:\n  - a\n"),
-            ("s.sls", "nginx:\n  pkg:\n    - installed\n"),
+            ("i.sls", "include:\n  - nowhere\nexclude:\n  - id: x\n"),
         ]);
-        let messages: Vec<String> = diagnostics.iter().map(|d| d.message.clone()).collect();
-        for expected in
-            ["`require_in`", "`order`", "`file.touch`", "`file.accumulated`", "Jinja in a state file", "`include`"]
-        {
+        let messages: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+        for expected in [
+            "a.sls:4:7: error: cmd.run `x`: Salt's `onfail` is not supported by halite",
+            "a.sls:7:3: error: unknown state kind `file.touch` in state `y`",
+            "a.sls:10:3: error: unknown state kind `file.accumulated`",
+            "i.sls:2:5: error: `include` names state file `nowhere`, which does not exist",
+            "i.sls:3:1: error: Salt's `exclude` is not supported by halite",
+        ] {
             assert!(messages.iter().any(|m| m.contains(expected)), "{expected}: {messages:#?}");
         }
-        assert!(diagnostics.iter().any(|d| d.file.ends_with("j.sls") && d.line == 1 && d.message.contains("Jinja")));
+        assert_eq!(messages.len(), 5, "{messages:#?}");
+    }
+
+    fn applied(files: &[(&str, &str)], agent_states: &[&str]) -> (tempfile::TempDir, Vec<StateCall>) {
+        let (dir, tree, diagnostics) = tree(files);
+        assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+        let mut names = Vec::new();
+        for name in agent_states {
+            tree.with_includes(name, &mut names, &mut Vec::new());
+        }
+        let calls = tree.calls_for(&names, &RenderContext::new("x", &Value::Null)).unwrap();
+        (dir, calls)
+    }
+
+    fn requisites(call: &StateCall) -> Vec<String> {
+        call.requisites.iter().map(|r| format!("{} {} {}", r.on.keyword(), r.kind, r.id)).collect()
+    }
+
+    #[test]
+    fn include_extend_names_and_requisites_in_reach_across_files() {
+        let (_dir, calls) = applied(
+            &[
+                (
+                    "web.sls",
+                    "include:\n  - nginx\nextend:\n  nginx:\n    service:\n      - watch:\n        - file: site\nsite:\n  file.managed:\n    - name: /etc/site\n    - contents: x\n    - watch_in:\n      - cmd: reload\n",
+                ),
+                (
+                    "nginx.sls",
+                    "nginx:\n  pkg.installed: []\n  service.running:\n    - require:\n      - pkg: nginx\ntools:\n  pkg.installed:\n    - names: [git, vim]\n    - require_in:\n      - sls: nginx2\nreload:\n  cmd.run:\n    - name: echo reload > /dev/null 2>&1\n",
+                ),
+                ("nginx2.sls", "after:\n  cmd.run:\n    - name: 'true'\n    - order: 1\n"),
+            ],
+            &["web", "nginx2"],
+        );
+        let labels: Vec<String> = calls.iter().map(|c| format!("{} {}", c.kind, c.id)).collect();
+        // Included states first; `order: 1` before unordered states but
+        // after its requisites (git, vim via require_in on the file).
+        assert_eq!(
+            labels,
+            [
+                "pkg.installed nginx",
+                "pkg.installed git",
+                "pkg.installed vim",
+                "cmd.run after",
+                "file.managed site",
+                "service.running nginx",
+                "cmd.run reload"
+            ],
+            "{calls:#?}"
+        );
+        let by_id = |id: &str| calls.iter().find(|c| c.id == id).unwrap();
+        let service = calls.iter().find(|c| c.kind == "service.running").unwrap();
+        assert_eq!(requisites(service), ["require pkg.installed nginx", "watch file.managed site"]);
+        assert_eq!(requisites(by_id("reload")), ["watch file.managed site"]);
+        assert_eq!(requisites(by_id("after")), ["require pkg.installed git", "require pkg.installed vim"]);
+        // `.sls` command lines go through a shell.
+        assert_eq!(by_id("reload").args.get("shell"), Some(&Value::Bool(true)));
+    }
+
+    #[test]
+    fn a_state_that_failed_to_load_is_reported_once() {
+        let (_dir, _tree, diagnostics) = tree(&[(
+            "a.sls",
+            "conf:\n  file.managed:\n    - name: relative\n    - contents: x\nsvc:\n  cmd.run:\n    - name: 'true'\n    - require:\n      - file: conf\n",
+        )]);
+        let messages: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+        assert_eq!(messages.len(), 1, "{messages:#?}");
+        assert!(messages[0].contains("path `relative` is not absolute"), "{messages:#?}");
     }
 
     #[test]

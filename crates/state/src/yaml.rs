@@ -3,7 +3,6 @@
 use std::fmt;
 use std::path::Path;
 
-use indexmap::IndexMap;
 use serde::Deserialize;
 use serde::de::{DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
 pub use serde_saphyr::Spanned;
@@ -37,6 +36,10 @@ pub fn location<T>(spanned: &Spanned<T>) -> Location {
 #[derive(Debug, Clone, Default)]
 pub struct Fields {
     pub entries: Vec<(Spanned<String>, Spanned<serde_json::Value>)>,
+    /// Bare words in Salt's list form (`pkg: [installed, {version: 1}]`):
+    /// the function of Salt's short form, taken out by the loader
+    /// (`sls::short_forms`); anything left here is reported there.
+    pub functions: Vec<String>,
 }
 
 impl Fields {
@@ -86,15 +89,19 @@ impl<'de> Deserialize<'de> for Fields {
                 while let Some(entry) = map.next_entry()? {
                     entries.push(entry);
                 }
-                Ok(Fields { entries })
+                Ok(Fields { entries, functions: Vec::new() })
             }
 
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Fields, A::Error> {
                 let mut entries: Vec<Entry> = Vec::new();
-                while let Some(item) = seq.next_element::<IndexMap<Spanned<String>, Spanned<serde_json::Value>>>()? {
-                    entries.extend(item);
+                let mut functions = Vec::new();
+                while let Some(item) = seq.next_element::<Item>()? {
+                    match item {
+                        Item::Map(map) => entries.extend(map),
+                        Item::Word(word) => functions.push(word),
+                    }
                 }
-                Ok(Fields { entries })
+                Ok(Fields { entries, functions })
             }
         }
 
@@ -102,9 +109,46 @@ impl<'de> Deserialize<'de> for Fields {
     }
 }
 
+/// One item of Salt's list form: an argument (`- name: x`) or a bare word
+/// (`- installed`). A word has no location of its own (the parser gives
+/// locations only to `Spanned` values); the loader reports it at its kind.
+enum Item {
+    Map(Vec<(Spanned<String>, Spanned<serde_json::Value>)>),
+    Word(String),
+}
+
+impl<'de> Deserialize<'de> for Item {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ItemVisitor;
+
+        impl<'de> Visitor<'de> for ItemVisitor {
+            type Value = Item;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`key: value`, or a bare function name (`- installed`)")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, word: &str) -> Result<Item, E> {
+                Ok(Item::Word(word.to_owned()))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Item, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(Item::Map(entries))
+            }
+        }
+
+        deserializer.deserialize_any(ItemVisitor)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use indexmap::IndexMap;
 
     type StateFile = IndexMap<Spanned<String>, IndexMap<Spanned<String>, Fields>>;
 

@@ -424,6 +424,9 @@ impl Jobs {
     /// (`true`) or refused it (`false`, a refusing disk: the agent is not
     /// acknowledged and sends it again on its next session).
     pub fn take_result(&self, agent: &str, result: JobResult) -> Result<oneshot::Receiver<bool>, UnexpectedResult> {
+        // Secret pillar values never go further than this: not to the bus,
+        // the store, a waiting command or a log (salt/secret.rs).
+        let result = halite_state::salt::secret::redact_result(agent, result);
         let job = result.job;
         {
             let mut expected = self.expected.lock().unwrap_or_else(|p| p.into_inner());

@@ -58,8 +58,12 @@ impl Tree {
             1 => ", 1 watched file".into(),
             n => format!(", {n} watched files"),
         };
+        let rendered = match self.states.templates.len() {
+            0 => String::new(),
+            n => format!(" (and {n} rendered per agent)"),
+        };
         format!(
-            "{} state files with {states} states, {} beacons, {} reactors{watched}",
+            "{} state files with {states} states{rendered}, {} beacons, {} reactors{watched}",
             self.states.files.len(),
             self.beacons.count(),
             self.reactors.len() - self.watches.len(),

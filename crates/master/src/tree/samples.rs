@@ -4,7 +4,8 @@
 //! facts (the shape `halite-master facts '*' --json` prints), for a tree
 //! checked away from its master or for agents yet to come; a sample
 //! replaces a known agent of the same id. `check` renders each one's
-//! top.yaml states, so a template that fails for an agent (an undefined
+//! top.yaml states (and, in a Salt tree, every Jinja state file and its
+//! pillar), so a template that fails for an agent (an undefined
 //! fact or variable, an unknown filter) is a `check` error naming the
 //! agent, the expression and the template line, not a surprise at apply
 //! time. The daemon does not read facts.yaml.
@@ -76,8 +77,16 @@ pub fn render(tree: &Tree, root: &Path, known: &[(String, serde_json::Value)]) -
         } else {
             rendered.known += 1;
         }
+        // A Salt tree: every state file and pillar file rendered for the
+        // agent, not only its top file's (salt/rendered.rs); then its job.
         let names = tree.states.states_for(agent, &facts);
-        if let Err(problems) = tree.states.calls_for(&names, &RenderContext::new(agent, &facts)) {
+        let rendered = match tree.states.renders_per_agent() {
+            true => tree.states.for_agent(agent, &facts).map(|_| ()),
+            false => Ok(()),
+        };
+        if let Err(problems) =
+            rendered.and_then(|()| tree.states.calls_for(&names, &RenderContext::new(agent, &facts)).map(|_| ()))
+        {
             diagnostics.extend(problems.into_iter().map(|mut d| {
                 let help = d.help.take().unwrap_or_default();
                 d.help = Some(format!("{help} (agent `{agent}`: {origin})"));

@@ -427,7 +427,9 @@ mod tests {
     fn authored_forms_resolve() {
         let dir = tempfile::tempdir().unwrap();
         let text = "a:\n  cmd.run:\n    - name: [ls, -l]\n    - cwd: /tmp\n    - env:\n      - LANG: C\n    - timeout: 1.5\n    - unless: test -f /x\nb:\n  cmd.run:\n    name: \"echo 'unclosed\"\nc:\n  cmd.run:\n    cwd: tmp\n    timeout: -1\n";
-        std::fs::write(dir.path().join("s.sls"), text).unwrap();
+        // `.yaml`: halite's own command lines, split into words (a `.sls`
+        // file runs them through a shell, as Salt does).
+        std::fs::write(dir.path().join("s.yaml"), text).unwrap();
         let (tree, diagnostics) = crate::StateTree::load(dir.path());
         let messages: Vec<&str> = diagnostics.iter().map(|d| d.message.as_str()).collect();
         assert_eq!(messages.len(), 3, "{messages:#?}");

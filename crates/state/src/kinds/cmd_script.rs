@@ -52,9 +52,11 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
             .filter(|(k, _)| OWN.contains(&k.value.as_str()) || k.value == "name")
             .cloned()
             .collect(),
+        functions: Vec::new(),
     };
     let rest = Fields {
         entries: state.fields.entries.iter().filter(|(k, _)| !OWN.contains(&k.value.as_str())).cloned().collect(),
+        functions: Vec::new(),
     };
     let config: Config = own
         .decode()

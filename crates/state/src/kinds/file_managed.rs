@@ -62,7 +62,16 @@ struct Config {
     /// The source's expected sha256: `sha256=<hex>`, `<hex>`, or a file
     /// of the tree listing `<hex>  <name>` lines (Salt's forms).
     source_hash: Option<String>,
-    contents: Option<String>,
+    /// The content; a list is joined with newlines (Salt).
+    contents: Option<super::OneOrMany>,
+    /// End `contents` with a newline when it has none (Salt's default in
+    /// `.sls` files, which the loader sets; off in halite's `.yaml`).
+    #[serde(default)]
+    contents_newline: bool,
+    /// Salt's template variables: `defaults` overridden by `context`,
+    /// top-level names in the template.
+    context: Option<serde_json::Map<String, serde_json::Value>>,
+    defaults: Option<serde_json::Map<String, serde_json::Value>>,
     /// Octal, as a string (`"0644"`) or as digits (`644`).
     mode: Option<serde_json::Value>,
     user: Option<String>,
@@ -70,12 +79,22 @@ struct Config {
     /// Create missing parent directories.
     #[serde(default = "default_true")]
     makedirs: bool,
+    /// The mode of the directories `makedirs` creates (default 0755; in
+    /// `.sls` files Salt's: `mode` with the execute bit added to each
+    /// non-zero digit, set by the loader's dialect).
+    dir_mode: Option<serde_json::Value>,
     /// `jinja`: the content is a template, rendered per agent.
     template: Option<String>,
 }
 
 fn default_true() -> bool {
     true
+}
+
+impl Config {
+    fn fields_has(&self, state: &Authored<'_>, key: &str) -> bool {
+        state.fields.get(key).is_some()
+    }
 }
 
 fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
@@ -135,7 +154,16 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
             );
             None
         }
-        (None, Some(text)) => Some(text.clone().into_bytes()),
+        (None, Some(text)) => {
+            let mut text = match text.clone() {
+                super::OneOrMany::One(text) => text,
+                super::OneOrMany::Many(lines) => lines.join("\n"),
+            };
+            if config.contents_newline && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            Some(text.into_bytes())
+        }
         (Some(source), None) => match read_source(state.tree_root, source) {
             Ok(bytes) => {
                 if let Some(hash) = &config.source_hash
@@ -167,7 +195,7 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
                 .help("halite templates are Jinja (minijinja): write `template: jinja`"),
             );
         } else if let Some(text) = &contents
-            && let Err(error) = crate::template::check(&String::from_utf8_lossy(text))
+            && let Err(error) = crate::template::check_with(&String::from_utf8_lossy(text), &names(&config))
         {
             let line = error.line.unwrap_or(0) as u64;
             let problem = match &source {
@@ -192,6 +220,16 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
         }
     }
 
+    if config.template.is_none() {
+        for key in ["context", "defaults"] {
+            if config.fields_has(state, key) {
+                problems.push(
+                    Problem::new(at(key), format!("file.managed `{}`: `{key}` without `template: jinja`", state.id))
+                        .help("add `template: jinja`, or remove it: without a template nothing reads it"),
+                );
+            }
+        }
+    }
     let mode = match config.mode.as_ref().map(parse_mode).transpose() {
         Ok(mode) => mode,
         Err(message) => {
@@ -203,6 +241,16 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
         }
     };
 
+    let dir_mode = match config.dir_mode.as_ref().map(parse_mode).transpose() {
+        Ok(mode) => mode,
+        Err(message) => {
+            problems.push(
+                Problem::new(at("dir_mode"), format!("file.managed `{}`: dir_mode: {message}", state.id))
+                    .help("write the mode in octal, e.g. dir_mode: \"0755\""),
+            );
+            None
+        }
+    };
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -213,6 +261,9 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
     if let Some(mode) = mode {
         resolved = resolved.with("mode", mode);
     }
+    if let Some(dir_mode) = dir_mode {
+        resolved = resolved.with("dir_mode", dir_mode);
+    }
     if let Some(user) = config.user {
         resolved = resolved.with("user", user);
     }
@@ -221,8 +272,18 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
     }
     if config.template.is_some() {
         resolved = resolved.with("template", "jinja");
+        let mut variables = config.defaults.clone().unwrap_or_default();
+        variables.extend(config.context.clone().unwrap_or_default());
+        if !variables.is_empty() {
+            resolved = resolved.with("context", Value::from_json(&serde_json::Value::Object(variables)));
+        }
     }
     Ok(resolved)
+}
+
+/// The names `context` and `defaults` give the template.
+fn names(config: &Config) -> Vec<String> {
+    config.context.iter().chain(config.defaults.iter()).flat_map(|m| m.keys().cloned()).collect()
 }
 
 /// The first source of Salt's list that exists in the tree. A URL is not
@@ -364,6 +425,8 @@ struct FilePlan {
     owner: Option<u32>,
     group: Option<u32>,
     makedirs: bool,
+    /// The mode of directories `makedirs` creates.
+    dir_mode: u32,
     /// The file's directory, opened when planning (no untrusted link
     /// followed); `None` when it does not exist yet.
     dir: Option<Dir>,
@@ -428,6 +491,7 @@ fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
         owner,
         group,
         makedirs: args::bool_or(args, "makedirs", true),
+        dir_mode: args::opt_u32(args, "dir_mode").unwrap_or(0o755),
         dir,
         name,
         current,
@@ -531,7 +595,7 @@ impl FilePlan {
             Some(dir) => dir,
             None => {
                 let parent = self.path.parent().ok_or_else(|| KindError::NoParent { path: self.path.clone() })?;
-                opened = if self.makedirs { Dir::create_all(parent, 0o755) } else { Dir::open(parent) }?;
+                opened = if self.makedirs { Dir::create_all(parent, self.dir_mode) } else { Dir::open(parent) }?;
                 &opened
             }
         };

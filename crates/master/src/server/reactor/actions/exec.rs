@@ -227,7 +227,7 @@ mod tests {
         let hook = dir.path().join("hooks/hook.sh");
         std::fs::write(&hook, script).unwrap();
         std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(mode)).unwrap();
-        let tree = StateTree { root: dir.path().to_path_buf(), ..StateTree::default() };
+        let tree = StateTree::empty(dir.path());
         (dir, tree)
     }
 

@@ -367,7 +367,7 @@ mod tests {
         use serde_json::json;
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("not-a-cert.pem"), "hello\n").unwrap();
-        let tree = StateTree { root: dir.path().to_path_buf(), ..StateTree::default() };
+        let tree = StateTree::empty(dir.path());
         let cases = [
             (json!({"url": "https://example.com/hook?token=x", "headers": {"Authorization": "Bearer x"}}), None),
             (json!({"url": "http://example.com/hook", "insecure_http": true}), None),

@@ -1,0 +1,90 @@
+//! Salt's top file forms: the environment wrapper (`base:`) and a
+//! target's `- match: grain|list|pcre|grain_pcre|compound|glob` item,
+//! turned into halite's target expression (`target.rs`).
+//!
+//! Environments: halite reads `base` only. Another environment (`dev:`)
+//! is a named error: one tree is one environment; run a master per
+//! environment, each with its own tree.
+
+/// Why a top file entry cannot be read; each names the entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopError {
+    #[error("target `{target}`: `match: {form}` is not supported by halite")]
+    Match { target: String, form: String },
+    #[error("environment `{env}`: halite reads only the `base` environment")]
+    Environment { env: String },
+}
+
+impl TopError {
+    /// A way forward.
+    pub fn help(&self) -> &'static str {
+        match self {
+            TopError::Match { .. } => {
+                "use `match: glob`, `list`, `grain`, `grain_pcre`, `pcre` or `compound` (G@, L@, P@, E@ with and/or/not)"
+            }
+            TopError::Environment { .. } => {
+                "one tree is one environment: give the other environment its own tree and master, or move its entries under `base`"
+            }
+        }
+    }
+}
+
+/// Takes a `- match: FORM` item out of a target's list (anywhere in it)
+/// and returns the target as halite's expression: `os:Debian` with
+/// `grain` is `G@os:Debian`. `Ok(None)`: no `match` item, the target is
+/// used as written (a glob or compound expression, as Salt's default).
+pub fn match_form(target: &str, value: &mut serde_json::Value) -> Result<Option<String>, TopError> {
+    let serde_json::Value::Array(items) = value else { return Ok(None) };
+    let Some(at) =
+        items.iter().position(|item| item.as_object().is_some_and(|m| m.len() == 1 && m.contains_key("match")))
+    else {
+        return Ok(None);
+    };
+    let item = items.remove(at);
+    let form = item.get("match").and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
+    let expression = match form.as_str() {
+        "glob" | "compound" => target.to_owned(),
+        "list" => format!("L@{}", target.split([',', ' ']).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(",")),
+        "grain" => format!("G@{target}"),
+        "grain_pcre" => format!("P@{target}"),
+        "pcre" => format!("E@{target}"),
+        _ => return Err(TopError::Match { target: target.to_owned(), form }),
+    };
+    Ok(Some(expression))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn match_forms_become_target_expressions() {
+        let cases = [
+            ("os:Debian", json!([{"match": "grain"}, "nginx"]), Ok(Some("G@os:Debian")), json!(["nginx"])),
+            ("web1,web2", json!(["a", {"match": "list"}]), Ok(Some("L@web1,web2")), json!(["a"])),
+            ("web\\d+", json!([{"match": "pcre"}]), Ok(Some("E@web\\d+")), json!([])),
+            ("os:(Debian|Ubuntu)", json!([{"match": "grain_pcre"}]), Ok(Some("P@os:(Debian|Ubuntu)")), json!([])),
+            (
+                "G@os:Debian and web*",
+                json!([{"match": "compound"}, "x"]),
+                Ok(Some("G@os:Debian and web*")),
+                json!(["x"]),
+            ),
+            ("web*", json!([{"match": "glob"}]), Ok(Some("web*")), json!([])),
+            ("web*", json!(["a"]), Ok(None), json!(["a"])),
+            ("role:web", json!([{"match": "pillar"}]), Err("`match: pillar`"), json!([])),
+        ];
+        for (target, mut value, expected, rest) in cases {
+            let got = match_form(target, &mut value);
+            match (got, expected) {
+                (Ok(got), Ok(expected)) => {
+                    assert_eq!(got.as_deref(), expected, "{target}");
+                    assert_eq!(value, rest, "{target}");
+                }
+                (Err(error), Err(words)) => assert!(error.to_string().contains(words), "{error}"),
+                (got, _) => panic!("{target}: {got:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,4 @@
+apache:
+  lookup:
+    config:
+      tmpl: salt://apache/files/httpd.conf

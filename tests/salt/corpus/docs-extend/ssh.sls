@@ -1,0 +1,3 @@
+ssh-server:
+  service.running:
+    - name: ssh

@@ -1,0 +1,3 @@
+db-pkg:
+  pkg.installed:
+    - name: postgresql

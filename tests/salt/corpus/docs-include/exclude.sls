@@ -1,0 +1,3 @@
+exclude:
+  - sls: http
+  - id: /etc/vimrc

@@ -1,0 +1,5 @@
+/etc/nginx/nginx.conf:
+  file.managed:
+    - source: salt://web/files/nginx.conf
+    - require:
+      - pkg: web-pkg

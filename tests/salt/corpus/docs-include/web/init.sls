@@ -1,0 +1,7 @@
+include:
+  - db
+  - web.config
+
+web-pkg:
+  pkg.installed:
+    - name: nginx

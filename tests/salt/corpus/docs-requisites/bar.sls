@@ -1,0 +1,7 @@
+include:
+  - foo
+
+bar:
+  pkg.installed:
+    - require:
+      - sls: foo

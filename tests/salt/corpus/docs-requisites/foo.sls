@@ -1,0 +1,3 @@
+foo-setup:
+  cmd.run:
+    - name: 'true'

@@ -1,0 +1,5 @@
+httpd:
+  pkg.installed:
+    - require_in:
+      - service: httpd
+  service.running: []

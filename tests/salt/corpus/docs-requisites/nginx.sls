@@ -1,0 +1,7 @@
+nginx:
+  pkg.installed:
+    - name: nginx-light
+  service.running:
+    - enable: True
+    - require:
+      - pkg: nginx

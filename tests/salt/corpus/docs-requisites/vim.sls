@@ -1,0 +1,5 @@
+vim:
+  pkg.installed:
+    - unless:
+      - rpm -q vim-enhanced
+      - ls /usr/bin/vim

@@ -1,0 +1,3 @@
+network-up:
+  cmd.run:
+    - name: 'true'

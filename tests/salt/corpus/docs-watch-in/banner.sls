@@ -1,0 +1,8 @@
+include:
+  - ssh
+
+/etc/ssh/banner:
+  file.managed:
+    - source: salt://ssh/banner
+    - watch_in:
+      - service: ssh-server

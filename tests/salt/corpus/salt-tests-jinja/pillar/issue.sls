@@ -1,0 +1,1 @@
+file_path: /tmp/issue-54765

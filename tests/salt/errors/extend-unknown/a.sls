@@ -1,0 +1,5 @@
+extend:
+  apache:
+    service:
+      - watch:
+        - file: conf

@@ -1,0 +1,9 @@
+conf:
+  file.managed:
+    - name: etc/app.conf
+    - contents: x
+restart:
+  cmd.run:
+    - name: 'true'
+    - watch:
+      - file: conf

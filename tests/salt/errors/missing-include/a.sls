@@ -1,0 +1,6 @@
+include:
+  - nginx.config
+  - .users
+x:
+  cmd.run:
+    - name: 'true'

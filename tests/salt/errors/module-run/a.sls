@@ -1,0 +1,3 @@
+sync:
+  module.run:
+    - saltutil.sync_all: []

@@ -1,0 +1,3 @@
+tools:
+  pkg.installed:
+    - names: git vim

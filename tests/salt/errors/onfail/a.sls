@@ -1,0 +1,7 @@
+restart:
+  cmd.run:
+    - name: systemctl restart app
+    - onfail:
+      - pkg: app
+app:
+  pkg.installed: []

@@ -1,0 +1,4 @@
+x:
+  cmd.run:
+    - name: 'true'
+    - order: soon

@@ -1,0 +1,5 @@
+x:
+  cmd.run:
+    - name: 'true'
+    - require:
+      - sls: database

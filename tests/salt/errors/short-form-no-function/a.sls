@@ -1,0 +1,3 @@
+nginx:
+  pkg:
+    - version: '1.2'

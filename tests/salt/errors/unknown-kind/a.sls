@@ -1,0 +1,3 @@
+x:
+  file.manged:
+    - name: /etc/x
