@@ -122,10 +122,10 @@ pub fn check(text: &str) -> Result<(), TemplateError> {
 pub fn render(text: &str, context: &RenderContext<'_>, vars: &serde_json::Value) -> Result<String, TemplateError> {
     let mut env = environment();
     let data = crate::salt::functions::Data {
-        grains: crate::StateTree::grains_for(context.agent, context.facts),
+        grains: crate::salt::grains::for_agent(context.agent, context.facts),
         pillar: vars.clone(),
     };
-    crate::salt::render::add_salt(&mut env, &std::sync::Arc::new(data));
+    crate::salt::context::add_salt(&mut env, &std::sync::Arc::new(data));
     let template = env.template_from_str(text)?;
     let facts = minijinja::Value::from_serialize(context.facts.to_json());
     let vars = minijinja::Value::from_serialize(vars);
