@@ -16,10 +16,11 @@ fn errors_dir() -> PathBuf {
 /// state files) rendered for a sample agent `ref`, a Debian host.
 fn diagnostics(dir: &Path) -> Vec<crate::Diagnostic> {
     let (tree, mut diagnostics) = StateTree::load(dir);
-    if tree.renders_per_agent()
-        && let Err(more) = tree.for_agent("ref", &halite_proto::Value::map().with("os", "debian"))
-    {
-        diagnostics.extend(more);
+    if tree.renders_per_agent() {
+        match tree.for_agent("ref", &halite_proto::Value::map().with("os", "debian")) {
+            Ok(rendered) => diagnostics.extend(rendered.errors()),
+            Err(more) => diagnostics.extend(more),
+        }
     }
     diagnostics
 }

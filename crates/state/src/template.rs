@@ -143,10 +143,10 @@ pub fn render_with(
 ) -> Result<String, TemplateError> {
     let mut env = environment();
     let data = crate::salt::functions::Data {
-        grains: crate::StateTree::grains_for(context.agent, context.facts),
+        grains: crate::salt::grains::for_agent(context.agent, context.facts),
         pillar: vars.clone(),
     };
-    crate::salt::render::add_salt(&mut env, &std::sync::Arc::new(data));
+    crate::salt::context::add_salt(&mut env, &std::sync::Arc::new(data));
     let template = env.template_from_str(text)?;
     let facts = minijinja::Value::from_serialize(context.facts.to_json());
     let vars = minijinja::Value::from_serialize(vars);

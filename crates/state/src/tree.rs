@@ -14,7 +14,8 @@ use indexmap::IndexMap;
 
 use crate::diag::{self, Diagnostic, Location};
 use crate::kinds::{self, Authored};
-use crate::salt::{layout, top};
+use crate::salt::layout;
+use crate::salt::top::load_targeted;
 use crate::sls::{self, Body, RawState, include::Include, order::Order};
 use crate::target::Target;
 use crate::template::{self, RenderContext};
@@ -111,7 +112,39 @@ pub struct StateTree {
     pub pillar: Option<crate::salt::pillar::PillarTree>,
     /// Each agent's rendered tree, for the facts it was rendered with
     /// (salt/rendered.rs).
-    pub rendered: crate::salt::rendered::Cache,
+    pub rendered: RenderCache,
+}
+
+/// Rendered trees by agent, with the facts each was rendered for
+/// (salt/rendered.rs).
+#[derive(Debug, Default)]
+pub struct RenderCache(std::sync::Mutex<HashMap<String, (Value, std::sync::Arc<Rendered>)>>);
+
+impl RenderCache {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Value, std::sync::Arc<Rendered>)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One agent's tree, and what did not render or compile in it, by the sls
+/// name concerned: a file that fails for an agent stops only the jobs that
+/// apply it, and `check` reports them all.
+#[derive(Debug)]
+pub struct Rendered {
+    pub tree: StateTree,
+    pub problems: Vec<(String, Diagnostic)>,
+}
+
+impl Rendered {
+    /// The errors of the named files.
+    pub fn problems_of(&self, names: &[String]) -> Vec<Diagnostic> {
+        self.problems.iter().filter(|(name, d)| d.is_error() && names.contains(name)).map(|(_, d)| d.clone()).collect()
+    }
+
+    /// Every error, for `check`.
+    pub fn errors(&self) -> Vec<Diagnostic> {
+        self.problems.iter().filter(|(_, d)| d.is_error()).map(|(_, d)| d.clone()).collect()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -257,7 +290,12 @@ impl StateTree {
     /// in `names`.
     pub fn calls_for(&self, names: &[String], context: &RenderContext<'_>) -> Result<Vec<StateCall>, Vec<Diagnostic>> {
         if self.renders_per_agent() {
-            return self.for_agent(context.agent, context.facts)?.calls_for(names, context);
+            let rendered = self.for_agent(context.agent, context.facts)?;
+            let problems = rendered.problems_of(names);
+            if !problems.is_empty() {
+                return Err(problems);
+            }
+            return rendered.tree.calls_for(names, context);
         }
         // Named files bring the files they include (Salt's `include:`),
         // whoever names them: top, an operator, a reactor, a schedule.
@@ -384,6 +422,15 @@ impl StateTree {
         for file in found.files {
             let Some(text) = read(&file.path, diagnostics) else { continue };
             if crate::salt::render::needs_rendering(&text) {
+                // Rendered per agent; its syntax is checked now.
+                if let Err(error) = crate::salt::render::syntax(&text) {
+                    let at = Location::new(error.line.map_or(0, |l| l as u64), 1);
+                    diagnostics.push(
+                        Diagnostic::error(&file.path, at, format!("sls `{}`: {}", file.name, error.message))
+                            .help("check the Jinja syntax at that line"),
+                    );
+                    continue;
+                }
                 self.templates.insert(file.name.clone(), file);
                 continue;
             }
@@ -645,14 +692,7 @@ impl StateTree {
         // Every include names a state file of the tree.
         for file in self.files.values() {
             for include in &file.includes {
-                if let Some(nested) = self.in_subdirectory(&include.name) {
-                    diagnostics.push(subdirectory_error(
-                        &file.path,
-                        include.at,
-                        format!("`include` names state file `{}`", include.name),
-                        &nested,
-                    ));
-                } else if !self.has_state_file(&include.name) {
+                if !self.has_state_file(&include.name) {
                     diagnostics.push(
                         Diagnostic::error(
                             &file.path,
@@ -744,14 +784,7 @@ impl StateTree {
                 }
             };
             for name in &names {
-                if let Some(nested) = self.in_subdirectory(name) {
-                    diagnostics.push(subdirectory_error(
-                        &path,
-                        yaml::location(&states),
-                        format!("target `{}` names state file `{name}`", target_text.value),
-                        &nested,
-                    ));
-                } else if !self.files.contains_key(name) && !self.failed_file_exists(name) {
+                if !self.files.contains_key(name) && !self.failed_file_exists(name) {
                     diagnostics.push(
                         Diagnostic::error(
                             &path,
@@ -808,39 +841,11 @@ impl StateTree {
         layout::resolve_sls(&self.root, name).is_ok()
     }
 
-    /// Salt's file for `name` (`web` is web.sls or web/init.sls, `web.config`
-    /// web/config.sls) when it is in a subdirectory and was not loaded:
-    /// the loader reads only the tree's top directory.
-    pub fn in_subdirectory(&self, name: &str) -> Option<PathBuf> {
-        if self.has_state_file(name) {
-            return None;
-        }
-        let base = name.replace('.', "/");
-        [format!("{base}.sls"), format!("{base}/init.sls")]
-            .into_iter()
-            .filter(|relative| relative.contains('/'))
-            .map(PathBuf::from)
-            .find(|relative| self.root.join(relative).is_file())
-    }
-
     /// True when `name` is a state file of the tree, loaded or not.
     pub fn has_state_file(&self, name: &str) -> bool {
         self.files.contains_key(name) || self.failed_file_exists(name)
     }
 }
-
-/// A state file that exists in a subdirectory, named where it is used:
-/// not "does not exist", which would be false.
-fn subdirectory_error(file: &Path, at: Location, what: String, nested: &Path) -> Diagnostic {
-    Diagnostic::error(
-        file,
-        at,
-        format!("{what}, which is {} in a subdirectory: halite loads state files from the tree's top directory only", nested.display()),
-    )
-    .help("Salt's tree layout (subdirectories, dotted names) is issue #18 item 1; until it lands, move the file to the top directory")
-}
-
-type Targeted = Vec<(Target, Spanned<String>, Spanned<serde_json::Value>)>;
 
 /// The first key in `vars` (at any depth) whose name says it holds a
 /// secret, for the warning on fact-targeted secrets.
@@ -854,60 +859,6 @@ fn secret_name(vars: &serde_json::Value) -> Option<String> {
         serde_json::Value::Array(items) => items.iter().find_map(secret_name),
         _ => None,
     }
-}
-
-/// A file of `TARGET: value` entries (top.yaml, vars.yaml), with Salt's
-/// `base:` wrapper accepted. Targets that do not parse are reported and
-/// skipped. `None` when the file is absent or unreadable.
-pub(crate) fn load_targeted(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Option<Targeted> {
-    if !path.exists() {
-        return None;
-    }
-    let text = read(path, diagnostics)?;
-    let mut entries: IndexMap<Spanned<String>, Spanned<serde_json::Value>> = match yaml::parse(path, &text) {
-        Ok(entries) => entries,
-        Err(diagnostic) => {
-            diagnostics.push(diagnostic);
-            return None;
-        }
-    };
-    // Salt's environment wrapper: `base: {target: [states]}`; another
-    // environment is a named error (salt/top.rs).
-    let wrapped = !entries.is_empty() && entries.values().all(|v| v.value.is_object());
-    if wrapped && entries.keys().any(|k| k.value == "base") {
-        for env in entries.keys().filter(|k| k.value != "base") {
-            let error = top::TopError::Environment { env: env.value.clone() };
-            diagnostics.push(Diagnostic::error(path, yaml::location(env), error.to_string()).help(error.help()));
-        }
-        match yaml::parse::<IndexMap<String, IndexMap<Spanned<String>, Spanned<serde_json::Value>>>>(path, &text) {
-            Ok(mut wrapped) => entries = wrapped.swap_remove("base").unwrap_or_default(),
-            Err(diagnostic) => {
-                diagnostics.push(diagnostic);
-                return None;
-            }
-        }
-    }
-    let mut out = Vec::new();
-    for (mut target_text, mut value) in entries {
-        match top::match_form(&target_text.value, &mut value.value) {
-            Ok(Some(expression)) => target_text.value = expression,
-            Ok(None) => {}
-            Err(error) => {
-                diagnostics
-                    .push(Diagnostic::error(path, yaml::location(&target_text), error.to_string()).help(error.help()));
-                continue;
-            }
-        }
-        match Target::parse(&target_text.value) {
-            Ok(target) => out.push((target, target_text, value)),
-            Err(message) => {
-                diagnostics.push(Diagnostic::error(path, yaml::location(&target_text), message.to_string()).help(
-                    "a target is a glob on the agent id ('web*'), L@id1,id2, G@grain:glob, P@grain:regex, E@regex, joined with and/or/not",
-                ))
-            }
-        }
-    }
-    Some(out)
 }
 
 /// Maps merge key by key; anything else is replaced.

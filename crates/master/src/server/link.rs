@@ -634,7 +634,7 @@ fn mark_received(message: &AgentMessage, received: u64) {
         AgentMessage::Event(event) => vec![event.id.0],
         AgentMessage::Events(events) => events.iter().map(|e| e.id.0).collect(),
         AgentMessage::JobResult(result) => vec![result.job.0],
-        AgentMessage::Hello(_) | AgentMessage::Ping => Vec::new(),
+        AgentMessage::Hello(_) | AgentMessage::Ping | AgentMessage::Inventory(_) => Vec::new(),
     };
     for key in keys {
         halite_fs::hops::mark_at("master.recv", key, received);

@@ -81,12 +81,22 @@ pub fn render(tree: &Tree, root: &Path, known: &[(String, serde_json::Value)]) -
         // agent, not only its top file's (salt/rendered.rs); then its job.
         let names = tree.states.states_for(agent, &facts);
         let rendered = match tree.states.renders_per_agent() {
-            true => tree.states.for_agent(agent, &facts).map(|_| ()),
-            false => Ok(()),
+            true => tree.states.for_agent(agent, &facts).map(|rendered| rendered.errors()),
+            false => Ok(Vec::new()),
         };
-        if let Err(problems) =
-            rendered.and_then(|()| tree.states.calls_for(&names, &RenderContext::new(agent, &facts)).map(|_| ()))
-        {
+        let problems = match rendered {
+            Err(problems) => problems,
+            Ok(mut problems) => {
+                if let Err(more) = tree.states.calls_for(&names, &RenderContext::new(agent, &facts)) {
+                    // Its top file's states: what did not render is
+                    // reported once.
+                    let new: Vec<Diagnostic> = more.into_iter().filter(|d| !problems.contains(d)).collect();
+                    problems.extend(new);
+                }
+                problems
+            }
+        };
+        if !problems.is_empty() {
             diagnostics.extend(problems.into_iter().map(|mut d| {
                 let help = d.help.take().unwrap_or_default();
                 d.help = Some(format!("{help} (agent `{agent}`: {origin})"));

@@ -179,6 +179,15 @@ pub fn all(facts: &Value) -> serde_json::Value {
     serde_json::Value::Object(out)
 }
 
+/// The grains a template sees for `agent`: [`all`], with `id` the agent's.
+pub fn for_agent(agent: &str, facts: &Value) -> serde_json::Value {
+    let mut grains = all(facts);
+    if let Some(map) = grains.as_object_mut() {
+        map.insert("id".to_owned(), serde_json::Value::String(agent.to_owned()));
+    }
+    grains
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 //! with Salt's grains, pillar and `salt[...]` functions before it is read
 //! as YAML.
 
+pub mod context;
 pub mod functions;
 pub mod grains;
 pub mod layout;

@@ -62,7 +62,8 @@ impl PillarTree {
         }
         let files = layout::discover(&root, &["top.sls"]).files;
         let mut top = Vec::new();
-        for (target, target_text, names) in crate::tree::load_targeted(&top_path, diagnostics).unwrap_or_default() {
+        for (target, target_text, names) in crate::salt::top::load_targeted(&top_path, diagnostics).unwrap_or_default()
+        {
             let names: Vec<String> = match &names.value {
                 serde_json::Value::String(one) => vec![one.clone()],
                 serde_json::Value::Array(items) => items.iter().filter_map(|i| i.as_str().map(str::to_owned)).collect(),
@@ -82,6 +83,21 @@ impl PillarTree {
                         )),
                     );
                 }
+            }
+            if (target_text.value.contains("G@") || target_text.value.contains("P@"))
+                && let Some(secret) = names.iter().find(|n| is_secret_file(n))
+            {
+                diagnostics.push(
+                        Diagnostic::warning(
+                            &top_path,
+                            crate::yaml::location(&target_text),
+                            format!(
+                                "target `{}` gives the secret pillar `{secret}` by a grain; an agent's grains are what it claimed when its key was accepted",
+                                target_text.value
+                            ),
+                        )
+                        .help("give secrets by agent id (`db*`, `match: list`), which its key proves; see README, \"Security model\""),
+                    );
             }
             top.push((target, names));
         }
@@ -210,6 +226,14 @@ mod tests {
         let mut diagnostics = Vec::new();
         let pillar = PillarTree::load(dir.path(), &mut diagnostics).unwrap();
         assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+        std::fs::write(
+            dir.path().join("pillar/top.sls"),
+            "base:\n  'role:db':\n    - match: grain\n    - secrets.db\n",
+        )
+        .unwrap();
+        PillarTree::load(dir.path(), &mut diagnostics).unwrap();
+        assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
+        assert!(!diagnostics[0].is_error() && diagnostics[0].message.contains("secret pillar `secrets.db` by a grain"));
         let debian = Value::map().with("os", "debian");
         let grains = crate::salt::grains::all(&debian);
         let web = pillar.render_for("web1", &debian, &grains).unwrap();

@@ -28,11 +28,11 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 
-use minijinja::value::{Kwargs, Object, Rest};
-use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior, Value};
+use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior};
 
 use crate::kinds;
-use crate::salt::functions::{self, Data};
+use crate::salt::context::{add_salt, parse_data};
+use crate::salt::functions::Data;
 use crate::template::TemplateError;
 
 /// Why a state file did not render; names the template that failed (the
@@ -94,6 +94,15 @@ pub fn needs_rendering(text: &str) -> bool {
     false
 }
 
+/// Compiles a state file's template (Salt's tags rewritten) without
+/// rendering it: a syntax error with its line, found when the tree loads,
+/// whichever agents there are.
+pub fn syntax(text: &str) -> Result<(), TemplateError> {
+    let mut env = Environment::new();
+    env.set_keep_trailing_newline(true);
+    env.template_from_str(&preprocess(text)).map(|_| ()).map_err(TemplateError::from)
+}
+
 fn has_jinja(text: &str) -> bool {
     text.contains("{{") || text.contains("{%") || text.contains("{#")
 }
@@ -130,51 +139,6 @@ pub fn preprocess(source: &str) -> Cow<'_, str> {
     Cow::Owned(text.into_owned())
 }
 
-/// `salt`: `salt['pillar.get']` is a function of functions.rs.
-#[derive(Debug)]
-struct Salt {
-    data: Arc<Data>,
-}
-
-impl Object for Salt {
-    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
-        let name = key.as_str()?.to_owned();
-        Some(Value::from_object(SaltFunction { name, data: self.data.clone() }))
-    }
-}
-
-#[derive(Debug)]
-struct SaltFunction {
-    name: String,
-    data: Arc<Data>,
-}
-
-impl Object for SaltFunction {
-    fn call(self: &Arc<Self>, _state: &State<'_, '_>, args: &[Value]) -> Result<Value, Error> {
-        let mut call = functions::Args::default();
-        for arg in args {
-            if arg.is_kwargs() {
-                let kwargs = Kwargs::try_from(arg.clone())?;
-                for key in kwargs.args() {
-                    call.keywords.push((key.to_owned(), to_json(&kwargs.get::<Value>(key)?)));
-                }
-            } else {
-                call.positional.push(to_json(arg));
-            }
-        }
-        functions::call(&self.name, &self.data, &call)
-            .map(Value::from_serialize)
-            .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
-    }
-}
-
-fn to_json(value: &Value) -> serde_json::Value {
-    if value.is_undefined() || value.is_none() {
-        return serde_json::Value::Null;
-    }
-    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
-}
-
 /// Joins a relative template name (`./map.jinja`, `../defaults.yaml`) to
 /// the template that names it; other names are tree-relative, as Salt's.
 fn join(name: &str, parent: &str) -> String {
@@ -204,17 +168,6 @@ fn read_tree_text(root: &Path, name: &str) -> Result<String, Error> {
     String::from_utf8(bytes).map_err(|_| Error::new(ErrorKind::InvalidOperation, format!("`{name}` is not UTF-8")))
 }
 
-fn parse_data(kind: &str, text: &str, what: &str) -> Result<Value, Error> {
-    let parsed: Result<serde_json::Value, String> = match kind {
-        "yaml" => serde_saphyr::from_str(text).map_err(|e| e.to_string()),
-        "json" => serde_json::from_str(text).map_err(|e| e.to_string()),
-        _ => Ok(serde_json::Value::String(text.to_owned())),
-    };
-    parsed
-        .map(Value::from_serialize)
-        .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("{what} is not {kind}: {e}")))
-}
-
 /// One environment per agent: its grains, pillar and `salt` as globals.
 fn environment(root: &Path, data: &Arc<Data>) -> Environment<'static> {
     let mut env = Environment::new();
@@ -231,60 +184,6 @@ fn environment(root: &Path, data: &Arc<Data>) -> Environment<'static> {
     });
     add_salt(&mut env, data);
     env
-}
-
-/// Salt's globals (`grains`, `pillar`, `salt`, `saltenv`, `opts`), its
-/// filters and Python's methods, for a state file and for file content
-/// (`template: jinja`, template.rs) alike.
-pub(crate) fn add_salt(env: &mut Environment<'static>, data: &Arc<Data>) {
-    for kind in ["yaml", "json", "text"] {
-        env.add_filter(format!("load_{kind}"), move |text: String| parse_data(kind, &text, "the block"));
-    }
-    env.add_filter("__halite_update", |map: Value, other: Value| {
-        let mut merged = to_json(&map);
-        functions::update(&mut merged, &to_json(&other), false);
-        Value::from_serialize(merged)
-    });
-    // YAML in flow style, as Salt's `yaml` filter writes by default; JSON
-    // is that.
-    env.add_filter("yaml", |value: Value, _rest: Rest<Value>| {
-        serde_json::to_string(&to_json(&value)).unwrap_or_default()
-    });
-    env.add_filter("json", |value: Value| serde_json::to_string(&to_json(&value)).unwrap_or_default());
-    env.add_filter("yaml_encode", |value: Value| serde_json::to_string(&to_json(&value)).unwrap_or_default());
-    env.add_filter("yaml_dquote", |value: String| serde_json::to_string(&value).unwrap_or_default());
-    env.add_filter("yaml_squote", |value: String| format!("'{}'", value.replace('\'', "''")));
-    env.add_global("grains", Value::from_serialize(&data.grains));
-    env.add_global("pillar", Value::from_serialize(&data.pillar));
-    env.add_global("salt", Value::from_object(Salt { data: data.clone() }));
-    env.add_global("saltenv", "base");
-    env.add_global("opts", Value::from_serialize(serde_json::json!({"saltenv": "base", "id": data.grains.get("id")})));
-    env.set_unknown_method_callback(|state, value, method, args| {
-        if value.as_object().is_some() || value.kind() == minijinja::value::ValueKind::Map {
-            match (method, args) {
-                // `pillar.get('a:b', default)`: a path, as salt['pillar.get'].
-                ("get", [key, rest @ ..]) if key.as_str().is_some_and(|k| k.contains(':')) => {
-                    let map = to_json(value);
-                    let key = key.as_str().unwrap_or_default();
-                    if map.get(key).is_none() {
-                        return Ok(match functions::traverse(&map, key, ":") {
-                            Some(found) => Value::from_serialize(found),
-                            None => rest.first().cloned().unwrap_or(Value::from(())),
-                        });
-                    }
-                }
-                ("filter_by", _) => {
-                    let function = SaltFunction {
-                        name: "grains.filter_by".to_owned(),
-                        data: Arc::new(Data { grains: to_json(value), pillar: serde_json::Value::Null }),
-                    };
-                    return Arc::new(function).call(state, args);
-                }
-                _ => {}
-            }
-        }
-        minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
-    });
 }
 
 /// Renders the state file `path` (sls `sls`) of the tree at `root` for the
@@ -363,6 +262,9 @@ mod tests {
         assert_eq!(join("./map.jinja", "nginx/init.sls"), "nginx/map.jinja");
         assert_eq!(join("../common/x.yaml", "nginx/init.sls"), "common/x.yaml");
         assert_eq!(join("nginx/map.jinja", "a/b.sls"), "nginx/map.jinja");
+        let error = syntax("a: 1\n{% if x %}\nb: 2\n").unwrap_err();
+        assert!(error.message.contains("syntax error") && error.line.is_some(), "{error:?}");
+        assert!(syntax("{% import_yaml 'a.yaml' as a %}{{ a }}").is_ok());
     }
 
     fn files(list: &[(&str, &str)]) -> tempfile::TempDir {

@@ -13,23 +13,18 @@
 //! few milliseconds; the bound keeps the memory of a huge fleet's trees
 //! from growing without end).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use halite_proto::Value;
 
-use crate::diag::{self, Diagnostic, Location};
+use crate::diag::{Diagnostic, Location};
 use crate::salt::functions::Data;
 use crate::salt::{grains, render, secret};
 use crate::target::Target;
-use crate::tree::StateTree;
+use crate::tree::{Rendered, StateTree};
 
 /// How many agents' rendered trees the cache holds before it is emptied.
 pub const CACHE_AGENTS: usize = 4096;
-
-/// Rendered trees by agent, with the facts each was rendered for.
-#[derive(Debug, Default)]
-pub struct Cache(Mutex<HashMap<String, (Value, Arc<StateTree>)>>);
 
 impl StateTree {
     /// The tree is rendered per agent: it has Jinja state files or a pillar.
@@ -37,39 +32,31 @@ impl StateTree {
         !self.templates.is_empty() || self.pillar.is_some()
     }
 
-    /// The grains a template of this tree sees for `agent`.
-    pub fn grains_for(agent: &str, facts: &Value) -> serde_json::Value {
-        let mut grains = grains::all(facts);
-        if let Some(map) = grains.as_object_mut() {
-            map.insert("id".to_owned(), serde_json::Value::String(agent.to_owned()));
-        }
-        grains
-    }
-
     /// `agent`'s tree, rendered and compiled (module doc), from the cache
-    /// when the facts are the same. Errors: every template or pillar file
-    /// that does not render, every state that does not compile, every
-    /// requisite that does not resolve, each naming the agent.
-    pub fn for_agent(&self, agent: &str, facts: &Value) -> Result<Arc<StateTree>, Vec<Diagnostic>> {
+    /// when the facts are the same, with every template that does not
+    /// render, state that does not compile and requisite that does not
+    /// resolve, each naming the agent. Errors: a pillar file that does not
+    /// render for the agent (any state may read the pillar).
+    pub fn for_agent(&self, agent: &str, facts: &Value) -> Result<Arc<Rendered>, Vec<Diagnostic>> {
         {
-            let cache = self.rendered.0.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((seen, tree)) = cache.get(agent)
+            let cache = self.rendered.lock();
+            if let Some((seen, rendered)) = cache.get(agent)
                 && seen == facts
             {
-                return Ok(tree.clone());
+                return Ok(rendered.clone());
             }
         }
-        let tree = Arc::new(self.render_for(agent, facts)?);
-        let mut cache = self.rendered.0.lock().unwrap_or_else(|p| p.into_inner());
+        let rendered = Arc::new(self.render_for(agent, facts)?);
+        let mut cache = self.rendered.lock();
         if cache.len() >= CACHE_AGENTS && !cache.contains_key(agent) {
             cache.clear();
         }
-        cache.insert(agent.to_owned(), (facts.clone(), tree.clone()));
-        Ok(tree)
+        cache.insert(agent.to_owned(), (facts.clone(), rendered.clone()));
+        Ok(rendered)
     }
 
-    fn render_for(&self, agent: &str, facts: &Value) -> Result<StateTree, Vec<Diagnostic>> {
-        let grains = Self::grains_for(agent, facts);
+    fn render_for(&self, agent: &str, facts: &Value) -> Result<Rendered, Vec<Diagnostic>> {
+        let grains = grains::for_agent(agent, facts);
         let pillar = match &self.pillar {
             Some(pillar) => pillar.render_for(agent, facts, &grains)?,
             None => crate::salt::pillar::Pillar { values: self.vars_for(agent, facts), secrets: Vec::new() },
@@ -87,70 +74,64 @@ impl StateTree {
             ..StateTree::default()
         };
         let mut rendered = Vec::new();
-        let mut diagnostics = Vec::new();
+        let mut problems: Vec<(String, Diagnostic)> = Vec::new();
         for (name, file) in &self.templates {
             let text = match render::render_sls(&self.root, name, &file.path, &data) {
                 Ok(text) => text,
                 Err(error) => {
                     let at = Location::new(error.line.map_or(0, |l| l as u64), 1);
-                    diagnostics.push(
-                        Diagnostic::error(
-                            &error.file,
-                            at,
-                            format!("sls `{name}` does not render for agent `{agent}`: {}", error.message),
-                        )
-                        .help("check the names it uses: grains, pillar, salt['…'], sls, tpldir, slspath"),
-                    );
+                    let message = format!("sls `{name}` does not render for agent `{agent}`: {}", error.message);
+                    let help = "check the names it uses: grains, pillar, salt['…'], sls, tpldir, slspath";
+                    problems.push((name.clone(), Diagnostic::error(&error.file, at, message).help(help)));
                     continue;
                 }
             };
-            let mut problems = Vec::new();
-            if let Some(parsed) = tree.parse_state_text(&file.path, name, &text, &mut problems) {
+            let mut file_problems = Vec::new();
+            if let Some(parsed) = tree.parse_state_text(&file.path, name, &text, &mut file_problems) {
                 rendered.push((name.clone(), parsed));
             }
-            diagnostics.extend(annotated(problems, name, agent));
+            problems.extend(annotated(file_problems, name, agent));
         }
         // The plain files are compiled again with the rendered ones: an
         // `extend:` or `*_in` in either may change the other (sls/). Their
         // own problems were reported when the tree loaded.
         let mut all = self.parsed.clone();
         all.extend(rendered);
-        let mut problems = Vec::new();
-        tree.compile_parsed(all, &mut problems);
+        let mut compiled = Vec::new();
+        tree.compile_parsed(all, &mut compiled);
         for (name, file) in &self.templates {
             if let Some(state) = tree.files.get(name).and_then(|f| f.states.iter().find(|s| s.watch)) {
-                problems.push(
-                    Diagnostic::error(
-                        &file.path,
-                        state.at,
-                        format!(
-                            "{} `{}`: `watch: true` in a Jinja-rendered state file is not supported by halite",
-                            state.call.kind, state.call.id
-                        ),
-                    )
-                    .help("implied beacons are derived when the tree loads: put the state in a plain YAML state file"),
+                let message = format!(
+                    "{} `{}`: `watch: true` in a Jinja-rendered state file is not supported by halite",
+                    state.call.kind, state.call.id
                 );
+                let help = "implied beacons are derived when the tree loads: put the state in a plain YAML state file";
+                compiled.push(Diagnostic::error(&file.path, state.at, message).help(help));
             }
-            let own: Vec<Diagnostic> = problems.iter().filter(|d| d.file == file.path).cloned().collect();
-            diagnostics.extend(annotated(own, name, agent));
+            let own: Vec<Diagnostic> = compiled.iter().filter(|d| d.file == file.path).cloned().collect();
+            problems.extend(annotated(own, name, agent));
         }
         tree.files.sort_keys();
-        tree.resolve_requisites(&mut diagnostics);
-        if diagnostics.iter().any(Diagnostic::is_error) {
-            diag::sort(&mut diagnostics);
-            return Err(diagnostics);
+        let mut unresolved = Vec::new();
+        tree.resolve_requisites(&mut unresolved);
+        // A requisite's problem belongs to the file that has the requisite.
+        for diagnostic in unresolved {
+            let name =
+                tree.files.iter().find(|(_, f)| f.path == diagnostic.file).map(|(n, _)| n.clone()).unwrap_or_default();
+            problems.push((name, diagnostic));
         }
-        Ok(tree)
+        problems.sort_by(|a, b| (&a.1.file, a.1.line, &a.1.message).cmp(&(&b.1.file, b.1.line, &b.1.message)));
+        Ok(Rendered { tree, problems })
     }
 }
 
 /// A rendered file's problems, saying which file and agent they are for.
-fn annotated(problems: Vec<Diagnostic>, name: &str, agent: &str) -> Vec<Diagnostic> {
+fn annotated(problems: Vec<Diagnostic>, name: &str, agent: &str) -> Vec<(String, Diagnostic)> {
     problems
         .into_iter()
         .map(|mut d| {
             d.message = format!("{} (sls `{name}` rendered for agent `{agent}`)", d.message);
-            d
+            (name.to_owned(), d)
         })
         .collect()
 }

@@ -6,6 +6,14 @@
 //! is a named error: one tree is one environment; run a master per
 //! environment, each with its own tree.
 
+use std::path::Path;
+
+use indexmap::IndexMap;
+
+use crate::diag::{Diagnostic, Location};
+use crate::target::Target;
+use crate::yaml::{self, Spanned};
+
 /// Why a top file entry cannot be read; each names the entry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopError {
@@ -51,6 +59,73 @@ pub fn match_form(target: &str, value: &mut serde_json::Value) -> Result<Option<
         _ => return Err(TopError::Match { target: target.to_owned(), form }),
     };
     Ok(Some(expression))
+}
+
+/// Entries of a top file (or vars.yaml): each target compiled, its text
+/// as written, and its value.
+pub type Targeted = Vec<(Target, Spanned<String>, Spanned<serde_json::Value>)>;
+
+/// A file of `TARGET: value` entries (top.yaml, vars.yaml), with Salt's
+/// `base:` wrapper accepted. Targets that do not parse are reported and
+/// skipped. `None` when the file is absent or unreadable.
+pub fn load_targeted(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Option<Targeted> {
+    if !path.exists() {
+        return None;
+    }
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            diagnostics.push(
+                Diagnostic::error(path, Location::FILE, format!("cannot read: {e}"))
+                    .help("check the file's permissions and encoding (UTF-8)"),
+            );
+            return None;
+        }
+    };
+    let mut entries: IndexMap<Spanned<String>, Spanned<serde_json::Value>> = match yaml::parse(path, &text) {
+        Ok(entries) => entries,
+        Err(diagnostic) => {
+            diagnostics.push(diagnostic);
+            return None;
+        }
+    };
+    // Salt's environment wrapper: `base: {target: [states]}`; another
+    // environment is a named error (salt/top.rs).
+    let wrapped = !entries.is_empty() && entries.values().all(|v| v.value.is_object());
+    if wrapped && entries.keys().any(|k| k.value == "base") {
+        for env in entries.keys().filter(|k| k.value != "base") {
+            let error = TopError::Environment { env: env.value.clone() };
+            diagnostics.push(Diagnostic::error(path, yaml::location(env), error.to_string()).help(error.help()));
+        }
+        match yaml::parse::<IndexMap<String, IndexMap<Spanned<String>, Spanned<serde_json::Value>>>>(path, &text) {
+            Ok(mut wrapped) => entries = wrapped.swap_remove("base").unwrap_or_default(),
+            Err(diagnostic) => {
+                diagnostics.push(diagnostic);
+                return None;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (mut target_text, mut value) in entries {
+        match match_form(&target_text.value, &mut value.value) {
+            Ok(Some(expression)) => target_text.value = expression,
+            Ok(None) => {}
+            Err(error) => {
+                diagnostics
+                    .push(Diagnostic::error(path, yaml::location(&target_text), error.to_string()).help(error.help()));
+                continue;
+            }
+        }
+        match Target::parse(&target_text.value) {
+            Ok(target) => out.push((target, target_text, value)),
+            Err(message) => {
+                diagnostics.push(Diagnostic::error(path, yaml::location(&target_text), message.to_string()).help(
+                    "a target is a glob on the agent id ('web*'), L@id1,id2, G@grain:glob, P@grain:regex, E@regex, joined with and/or/not",
+                ))
+            }
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]

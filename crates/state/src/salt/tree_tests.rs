@@ -125,6 +125,7 @@ fn rendered_trees_are_cached_per_agent_and_facts() {
     let first = tree.for_agent("web1", &debian("web1")).unwrap();
     let again = tree.for_agent("web1", &debian("web1")).unwrap();
     assert!(std::sync::Arc::ptr_eq(&first, &again), "same facts: not rendered again");
+    assert!(first.problems.is_empty(), "{:#?}", first.problems);
     let moved = tree.for_agent("web1", &rocky("web1")).unwrap();
     assert!(!std::sync::Arc::ptr_eq(&first, &moved), "new facts: rendered again");
 }
@@ -137,9 +138,12 @@ fn render_errors_name_the_file_line_agent_and_name() {
             "app/init.sls",
             "x:\n  pkg.installed:\n    - name: {{ pillar.app.pkg }}\ny:\n  cmd.run:\n    - name: {{ salt['cmd.run']('id') }}\n",
         ),
+        ("ok.sls", "z:\n  cmd.run:\n    - name: echo {{ grains.id }}\n"),
     ]);
     assert!(diagnostics.is_empty(), "{diagnostics:#?}");
     let errors = tree.calls_for(&["app".into()], &RenderContext::new("web1", &debian("web1"))).unwrap_err();
+    // A file that does not render stops only the jobs that apply it.
+    assert!(tree.calls_for(&["ok".into()], &RenderContext::new("web1", &debian("web1"))).is_ok());
     let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
     assert_eq!(shown.len(), 1, "{shown:#?}");
     assert!(shown[0].contains("app/init.sls:3:1"), "{shown:#?}");
