@@ -35,6 +35,7 @@ pub mod bus;
 pub mod cmd;
 pub mod context;
 pub mod control;
+pub mod decode;
 pub mod events;
 pub mod facts;
 pub mod jobs;
