@@ -141,6 +141,13 @@ struct Peers {
     draining: bool,
     /// Reaction queue depths last logged, per agent.
     depths: HashMap<String, usize>,
+    /// Whether the once-a-second look at depths and half-open handshakes
+    /// has anything to find: set by every message taken from an agent,
+    /// cleared by a look that finds every queue empty and no handshake.
+    /// An idle master does not wake each second for nothing (issue #21);
+    /// a queue filled by something else (a schedule, a reload) is looked
+    /// at after the next agent message (pings come every 5 s).
+    watching: bool,
     /// Lines each peer's garbage may still log (`log_budget.rs`).
     budget: crate::server::log_budget::LogBudget,
     /// Where events' acks wait for their hand-off (set by `serve`).
@@ -174,6 +181,8 @@ pub async fn serve(
     let mut workers = Workers::spawn(decode::worker_count());
     let mut report = tokio::time::interval(Duration::from_secs(10));
     let mut depths = tokio::time::interval(DEPTH_LOG_INTERVAL);
+    // After an idle spell, one look at once, then each second again.
+    depths.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stopped = cancel.cancelled();
     tokio::pin!(stopped);
     let mut deadline = std::pin::pin!(tokio::time::sleep(Duration::MAX));
@@ -232,9 +241,10 @@ pub async fn serve(
                     }
                 }
             }
-            _ = depths.tick() => {
+            _ = depths.tick(), if peers.watching || !peers.handshakes.is_empty() => {
                 log_depths(&master, &mut peers);
                 expire_handshakes(&master, &mut peers);
+                peers.watching = peers.depths.values().any(|depth| *depth > 0);
             }
             _ = report.tick() => {
                 if peers.dropped > 0 {
@@ -418,6 +428,7 @@ async fn decoded(master: &Master, peers: &mut Peers, outcome: Outcome) {
             peers.dropped += 1;
         }
         Outcome::Message { peer, message } => {
+            peers.watching = true;
             let Some((agent, accepted)) = master.sessions.peer(&peer) else {
                 // The session was ended (key rejected or deleted), or never
                 // opened (its hello was refused).
