@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Checks the packages packaging/build-debs.sh made:
 #  1. contents and control data (dpkg-deb -c, dpkg-deb -I): every file,
-#     conffile, dependency and maintainer script that must be there;
+#     conffile, dependency and maintainer script that must be there; no
+#     debug info in the binaries (it is in the -dbgsym packages) and the
+#     agent within 10 MiB on disk;
 #  2. installs them with dpkg, maintainer scripts and all, inside a throwaway
 #     Debian root (debootstrap --variant=minbase, cached as a tarball), never
 #     in this machine's root, and checks what they made: the halite user, the
@@ -10,7 +12,8 @@
 #     started as the `halite` user, to prove the user can read its key, and
 #     that it sends READY=1 to $NOTIFY_SOCKET (the unit is Type=notify);
 #  4. systemd-analyze verify on both units (and the master's exposure score);
-#  5. packaging/test-first-run.sh with the installed binaries;
+#  5. packaging/test-first-run.sh with the installed binaries, the idle
+#     agent's RSS within 8 MiB;
 #  6. reinstall keeps an edited conffile; purge removes what it should.
 # Needs root (chroot), dpkg-deb, python3, and debootstrap or a cached root.
 set -euo pipefail
@@ -92,6 +95,31 @@ expect_control "$agent_deb" '^ Depends: .*libc6' "libc6"
 [ "$(dpkg-deb --ctrl-tarfile "$agent_deb" | tar -xO ./conffiles)" = /etc/halite/agent.yaml ] \
     || fail "halite-agent's conffiles is not exactly /etc/halite/agent.yaml"
 expect_script "$agent_deb" postinst 'install -d -m 0700 -o root -g root /var/lib/halite/agent'
+# Shipped weight: the binaries carry no debug info; it is in the
+# -dbgsym packages, under the binaries' build ids. The agent, built with
+# the `release-agent` profile, stays within AGENT_MAX_BYTES on disk.
+AGENT_MAX_BYTES=$((10 * 1024 * 1024))
+weight=$(mktemp -d)
+for package in halite-master halite-agent; do
+    deb=$(ls target/debian/"$package"_*.deb)
+    ddeb=$(ls target/debian/"$package"-dbgsym_*.ddeb) || fail "no $package-dbgsym package"
+    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$weight" "./usr/bin/$package"
+    binary="$weight/usr/bin/$package"
+    # Captured first: grep -q stops reading early (see expect_control).
+    sections=$(readelf -S --wide "$binary")
+    # (.debug_gdb_scripts is not debug info: Rust's pointer to its gdb
+    # pretty-printers, loaded with the program.)
+    if grep -Eq '\.z?debug_(info|line|abbrev|str|ranges|rnglists|loc|loclists|aranges) ' <<<"$sections"; then fail "$package ships debug info in /usr/bin/$package"; fi
+    build_id=$(readelf -n "$binary" | awk '/Build ID:/ { print $3 }')
+    [ -n "$build_id" ] || fail "/usr/bin/$package has no build id"
+    debug_file="usr/lib/debug/.build-id/${build_id:0:2}/${build_id:2}.debug"
+    listing=$(dpkg-deb -c "$ddeb")
+    grep -q "\./$debug_file\$" <<<"$listing" || fail "$(basename "$ddeb") lacks $debug_file"
+    echo "$package: $(stat -c %s "$binary") bytes installed, debug info in $(basename "$ddeb") ($(stat -c %s "$ddeb") bytes)"
+done
+agent_bytes=$(stat -c %s "$weight/usr/bin/halite-agent")
+[ "$agent_bytes" -le "$AGENT_MAX_BYTES" ] || fail "halite-agent is $agent_bytes bytes, over $AGENT_MAX_BYTES"
+rm -rf "$weight"
 for deb in "$master_deb" "$agent_deb"; do
     # The generated pages are real roff, not empty files.
     page=$(dpkg-deb --fsys-tarfile "$deb" | tar -xO --wildcards './usr/share/man/man1/*-run.1.gz' | gzip -dc)
@@ -254,7 +282,8 @@ done
 
 # ------------------------------------------------------------ 5. first run
 step "the first-run walkthrough with the installed binaries"
-packaging/test-first-run.sh "$root/usr/bin"
+# The installed agent, idle, within its memory budget (8 MiB).
+HALITE_AGENT_RSS_MAX_KIB=8192 packaging/test-first-run.sh "$root/usr/bin"
 
 # ------------------------------------------------------------ 6. reinstall, purge
 step "reinstall keeps the edited conffile"

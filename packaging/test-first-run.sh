@@ -2,7 +2,8 @@
 # The first-run walkthrough of docs/install.md, with the installed binaries,
 # in a temporary directory instead of /etc, /var/lib and /srv:
 # init, author a state, start the master, start an agent with the lines init
-# printed, accept its key, drift a managed file, see it restored.
+# printed, accept its key, drift a managed file, see it restored; with
+# HALITE_AGENT_RSS_MAX_KIB set, the idle agent's RSS is checked against it.
 #
 #   packaging/test-first-run.sh BINDIR     (BINDIR holds halite-master and halite-agent)
 #
@@ -73,7 +74,8 @@ mkdir -p "$work/agent/root"
 } >"$work/agent.yaml"
 cat "$work/agent.yaml"
 "$agent_bin" run --config "$work/agent.yaml" >"$work/agent.out" 2>"$work/agent.log" &
-pids+=($!)
+agent_pid=$!
+pids+=("$agent_pid")
 await "the agent's ready line" grep -q '^ready id=web01$' "$work/agent.out"
 
 step "the key is pending; compare fingerprints, accept"
@@ -96,6 +98,18 @@ echo "edited by hand" >"$motd"
 await "motd restored" cmp -s "$work/motd.expected" "$motd"
 echo "restored byte for byte:"
 cat "$motd"
+
+# The budget of an idle agent's memory (README, Installing on servers:
+# 8 MiB) when HALITE_AGENT_RSS_MAX_KIB is set, as check-debs.sh sets it for
+# the packaged agent: a budget, read once the agent has converged, restored
+# and has nothing left to do, not a timing.
+if [ -n "${HALITE_AGENT_RSS_MAX_KIB:-}" ]; then
+    step "the idle agent's memory"
+    rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$agent_pid/status")
+    echo "agent VmRSS ${rss} KiB (budget ${HALITE_AGENT_RSS_MAX_KIB} KiB)"
+    grep -E '^(VmHWM|RssAnon|RssFile):' "/proc/$agent_pid/status"
+    [ "$rss" -le "$HALITE_AGENT_RSS_MAX_KIB" ] || fail "the idle agent holds ${rss} KiB, over its ${HALITE_AGENT_RSS_MAX_KIB} KiB"
+fi
 
 step "stop both cleanly (SIGTERM)"
 for pid in "${pids[@]}"; do kill -TERM "$pid"; done

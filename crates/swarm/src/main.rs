@@ -158,21 +158,55 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Scenario::Footprint { window } => {
             let result = scenario::footprint(binaries, window).await.context("footprint")?;
             println!(
-                "footprint: agent with {} beacons and {} watched files, idle over {:?}: RSS {:.1} MiB (peak {:.1} MiB), {:.3}% of a core",
+                "footprint: agent with {} beacons and {} watched files, idle over {:?}: RSS {:.1} MiB (peak {:.1} MiB); {}",
                 result.beacons,
                 result.files,
                 result.window,
                 mib(result.agent.rss_kib),
                 mib(result.agent.peak_kib),
-                result.agent_cores * 100.0
+                cpu_line(&result.agent_threads, result.window, result.agent_cores)
             );
+            print_threads("agent", &result.agent_threads, result.window);
             println!(
-                "footprint: master with that one agent, idle: RSS {:.1} MiB (peak {:.1} MiB), {:.3}% of a core",
+                "footprint: master with that one agent, idle: RSS {:.1} MiB (peak {:.1} MiB); {}",
                 mib(result.master.rss_kib),
                 mib(result.master.peak_kib),
-                result.master_cores * 100.0
+                cpu_line(&result.master_threads, result.window, result.master_cores)
             );
+            print_threads("master", &result.master_threads, result.window);
         }
     }
     Ok(())
+}
+
+/// A process's idle CPU from schedstat: share of a core, wake-ups a second
+/// and nanoseconds per wake-up; and the tick-based share beside it.
+fn cpu_line(threads: &[halite_swarm::proc::ThreadStat], window: Duration, ticks_share: f64) -> String {
+    let (ns, runs) = threads.iter().fold((0u64, 0u64), |(ns, runs), t| (ns + t.run_ns, runs + t.runs));
+    let secs = window.as_secs_f64().max(1e-9);
+    format!(
+        "CPU {:.4}% of a core ({:.1} ms in {:.0} s; {:.1} wake-ups/s, {} ns per wake-up; clock ticks said {:.3}%)",
+        ns as f64 / secs / 1e7,
+        ns as f64 / 1e6,
+        secs,
+        runs as f64 / secs,
+        ns.checked_div(runs).unwrap_or(0),
+        ticks_share * 100.0
+    )
+}
+
+/// One line per thread that ran in the window: name, wake-ups a second,
+/// nanoseconds per wake-up.
+fn print_threads(process: &str, threads: &[halite_swarm::proc::ThreadStat], window: Duration) {
+    let secs = window.as_secs_f64().max(1e-9);
+    for t in threads.iter().filter(|t| t.runs > 0) {
+        println!(
+            "footprint:   {process} thread {:>7} {:<16} {:>7.2} wake-ups/s {:>9} ns each {:>9.3} ms in all",
+            t.tid,
+            t.name,
+            t.runs as f64 / secs,
+            t.run_ns / t.runs,
+            t.run_ns as f64 / 1e6
+        );
+    }
 }

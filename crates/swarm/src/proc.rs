@@ -43,6 +43,63 @@ fn cpu(stat: &str) -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 1000 / TICKS_PER_SECOND)
 }
 
+/// One thread's scheduler counters (`/proc/<pid>/task/<tid>/schedstat`):
+/// nanoseconds on a CPU and how many times it was put on one. For an idle
+/// thread every run is a wake-up, so `runs` counts wake-ups; utime and
+/// stime count 10 ms ticks, too coarse for an idle daemon (issue #21).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadStat {
+    pub tid: u32,
+    /// `comm`: the thread's name.
+    pub name: String,
+    pub run_ns: u64,
+    pub runs: u64,
+}
+
+/// Every thread of `pid` now. A thread that ends between the listing and
+/// its read is left out.
+pub fn threads(pid: u32) -> std::io::Result<Vec<ThreadStat>> {
+    let mut threads = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let entry = entry?;
+        let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else { continue };
+        let (Ok(schedstat), Ok(name)) = (
+            std::fs::read_to_string(entry.path().join("schedstat")),
+            std::fs::read_to_string(entry.path().join("comm")),
+        ) else {
+            continue;
+        };
+        let (run_ns, runs) = parse_schedstat(&schedstat);
+        threads.push(ThreadStat { tid, name: name.trim_end().to_owned(), run_ns, runs });
+    }
+    threads.sort_by_key(|t| t.tid);
+    Ok(threads)
+}
+
+/// `run_ns wait_ns runs`.
+fn parse_schedstat(text: &str) -> (u64, u64) {
+    let fields: Vec<u64> = text.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    (fields.first().copied().unwrap_or(0), fields.get(2).copied().unwrap_or(0))
+}
+
+/// What each thread did between two looks: threads in both by their
+/// counters' difference, threads started meanwhile by theirs in full.
+/// Threads that ended meanwhile are missing (their time with them).
+pub fn thread_deltas(before: &[ThreadStat], after: &[ThreadStat]) -> Vec<ThreadStat> {
+    after
+        .iter()
+        .map(|now| {
+            let earlier = before.iter().find(|b| b.tid == now.tid);
+            ThreadStat {
+                tid: now.tid,
+                name: now.name.clone(),
+                run_ns: now.run_ns - earlier.map_or(0, |b| b.run_ns.min(now.run_ns)),
+                runs: now.runs - earlier.map_or(0, |b| b.runs.min(now.runs)),
+            }
+        })
+        .collect()
+}
+
 /// CPU used between two looks, as a share of one core over `wall`.
 pub fn core_share(before: &Usage, after: &Usage, wall: Duration) -> f64 {
     after.cpu.saturating_sub(before.cpu).as_secs_f64() / wall.as_secs_f64().max(1e-9)
@@ -62,7 +119,18 @@ mod tests {
     }
 
     #[test]
+    fn parses_schedstat_and_takes_differences() {
+        assert_eq!(parse_schedstat("123456 789 42\n"), (123_456, 42));
+        let thread = |tid, run_ns, runs| ThreadStat { tid, name: format!("t{tid}"), run_ns, runs };
+        let before = [thread(1, 1_000, 10), thread(2, 5_000, 3)];
+        let after = [thread(1, 1_500, 12), thread(3, 700, 1)];
+        assert_eq!(thread_deltas(&before, &after), [thread(1, 500, 2), thread(3, 700, 1)]);
+    }
+
+    #[test]
     fn reads_this_process() {
+        let threads = threads(std::process::id()).unwrap();
+        assert!(threads.iter().any(|t| t.tid == std::process::id() && t.run_ns > 0), "{threads:?}");
         let usage = usage(std::process::id()).unwrap();
         assert!(usage.rss_kib > 0 && usage.peak_kib >= usage.rss_kib, "{usage:?}");
     }

@@ -377,6 +377,9 @@ pub struct FootprintResult {
     pub agent_cores: f64,
     pub master: Usage,
     pub master_cores: f64,
+    /// Each thread's CPU time and runs over the window (schedstat).
+    pub agent_threads: Vec<proc::ThreadStat>,
+    pub master_threads: Vec<proc::ThreadStat>,
 }
 
 /// Footprint: one real `halite-agent` with 10 beacons and 100 watched
@@ -425,8 +428,11 @@ pub async fn footprint(binaries: Binaries, window: Duration) -> anyhow::Result<F
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (agent_pid, master_pid) = (agent.pid().context("agent exited")?, master.pid().context("master exited")?);
     let (agent_before, master_before) = (proc::usage(agent_pid)?, proc::usage(master_pid)?);
+    let (agent_threads, master_threads) = (proc::threads(agent_pid)?, proc::threads(master_pid)?);
     tokio::time::sleep(window).await;
     let (agent_after, master_after) = (proc::usage(agent_pid)?, proc::usage(master_pid)?);
+    let agent_threads = proc::thread_deltas(&agent_threads, &proc::threads(agent_pid)?);
+    let master_threads = proc::thread_deltas(&master_threads, &proc::threads(master_pid)?);
     agent.stop().await;
     master.stop().await;
     Ok(FootprintResult {
@@ -437,6 +443,8 @@ pub async fn footprint(binaries: Binaries, window: Duration) -> anyhow::Result<F
         agent: agent_after,
         master_cores: proc::core_share(&master_before, &master_after, window),
         master: master_after,
+        agent_threads,
+        master_threads,
     })
 }
 

@@ -13,9 +13,11 @@
 //! unauthenticated peer gets for 35 bytes) is computed on a small pool of
 //! blocking threads ([`HANDSHAKE_WORKERS`]), its results coming back to
 //! this loop, one handshake per connection and at most
-//! [`PER_SOURCE_HANDSHAKES`] per source address at a time. The Hello3 is
-//! read on the loop (one Diffie-Hellman), so that a session exists before
-//! the agent's next message is handled, in order.
+//! [`PER_SOURCE_HANDSHAKES`] per source address at a time. The Hello3 (one
+//! Diffie-Hellman) and every sealed message are opened and decoded on the
+//! decode workers (`decode.rs`), one per core, a peer always on the same
+//! one; their outcomes come back to this loop in each peer's order, so a
+//! session exists before the agent's next message is handled.
 
 use std::collections::{HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -27,9 +29,8 @@ use futures_util::StreamExt;
 use halite_proto::event::tag;
 use std::collections::HashMap;
 
+use halite_link::Responder;
 use halite_link::envelope::{self, Envelope};
-use halite_link::noise::Accepted;
-use halite_link::{Opener, Responder};
 use halite_proto::{AgentMessage, Event, MasterMessage, Value, Welcome};
 use indexmap::IndexMap;
 use tokio::sync::{Semaphore, mpsc};
@@ -39,6 +40,7 @@ use zeromq::{RouterRecvHalf, RouterSocket, Socket, SocketEvent, SocketRecv, ZmqM
 use crate::server::keys::KeyStatus;
 
 use crate::server::context::Master;
+use crate::server::decode::{self, Handshake, Outcome, Work, Workers};
 
 /// The listen backlog: the `zeromq` crate's own bind uses 1024, too few for
 /// a fleet reconnecting at once after a master restart (SPEC §7).
@@ -120,8 +122,14 @@ struct Peers {
     /// Connections whose Hello1 is in a worker, with what they sent
     /// meanwhile, handled in order once the worker is done.
     in_worker: HashMap<Bytes, Vec<ZmqMessage>>,
-    /// Openers of established sessions (their sealers live in `Sessions`).
-    openers: HashMap<Bytes, Opener>,
+    /// Connections whose Hello3 went to a decode worker: that worker holds
+    /// (or is making) their opener. Anything sealed from a connection not
+    /// here is dropped unread, on the loop; one that leaves it is told to
+    /// its worker ([`Peers::gone`]).
+    keyed: HashSet<Bytes>,
+    /// Keyed connections that went away, whose openers their workers drop
+    /// at the end of this turn of the loop.
+    gone: Vec<Bytes>,
     /// Input dropped since the last report.
     dropped: u64,
     /// Connections dropped before the ZMTP handshake completed (transport
@@ -133,6 +141,13 @@ struct Peers {
     draining: bool,
     /// Reaction queue depths last logged, per agent.
     depths: HashMap<String, usize>,
+    /// Whether the once-a-second look at depths and half-open handshakes
+    /// has anything to find: set by every message taken from an agent,
+    /// cleared by a look that finds every queue empty and no handshake.
+    /// An idle master does not wake each second for nothing (issue #21);
+    /// a queue filled by something else (a schedule, a reload) is looked
+    /// at after the next agent message (pings come every 5 s).
+    watching: bool,
     /// Lines each peer's garbage may still log (`log_budget.rs`).
     budget: crate::server::log_budget::LogBudget,
     /// Where events' acks wait for their hand-off (set by `serve`).
@@ -167,8 +182,11 @@ pub async fn serve(
     };
     let (done, mut results) = mpsc::channel(HANDSHAKE_WORKERS * 2);
     let mut pool = Pool { permits: Arc::new(Semaphore::new(HANDSHAKE_WORKERS)), waiting: VecDeque::new(), done };
+    let mut workers = Workers::spawn(decode::worker_count());
     let mut report = tokio::time::interval(Duration::from_secs(10));
     let mut depths = tokio::time::interval(DEPTH_LOG_INTERVAL);
+    // After an idle spell, one look at once, then each second again.
+    depths.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stopped = cancel.cancelled();
     tokio::pin!(stopped);
     let mut deadline = std::pin::pin!(tokio::time::sleep(Duration::MAX));
@@ -190,15 +208,14 @@ pub async fn serve(
                 return;
             }
             Some(result) = results.recv() => {
-                crypto_done(&master, &mut peers, &mut pool, result).await;
+                crypto_done(&master, &mut peers, &mut pool, &mut workers, result).await;
+            }
+            Some(outcome) = workers.decoded.recv() => {
+                decoded(&master, &mut peers, outcome).await;
             }
             message = recv.recv() => match message {
                 Ok(message) => {
-                    handle(&master, &mut peers, &mut pool, message).await;
-                    if peers.draining && master.jobs.in_flight().is_empty() {
-                        tracing::info!("Every job in flight has returned.");
-                        return;
-                    }
+                    handle(&master, &mut peers, &mut pool, &mut workers, message).await;
                 }
                 Err(error) => {
                     tracing::error!(%error, "The agent link failed.");
@@ -219,7 +236,7 @@ pub async fn serve(
                     let peer: Bytes = peer.into();
                     master.sessions.forget_address(&peer);
                     peers.handshakes.shift_remove(&peer);
-                    peers.openers.remove(&peer);
+                    peers.unkey(&peer);
                     peers.forget(&peer);
                     if let Some((agent, accepted)) = master.sessions.close_peer(&peer) && accepted {
                         tracing::info!(agent = %agent, "Agent disconnected.");
@@ -228,9 +245,10 @@ pub async fn serve(
                     }
                 }
             }
-            _ = depths.tick() => {
+            _ = depths.tick(), if peers.watching || !peers.handshakes.is_empty() => {
                 log_depths(&master, &mut peers);
                 expire_handshakes(&master, &mut peers);
+                peers.watching = peers.depths.values().any(|depth| *depth > 0);
             }
             _ = report.tick() => {
                 if peers.dropped > 0 {
@@ -242,6 +260,14 @@ pub async fn serve(
                     peers.refused = 0;
                 }
             }
+        }
+        while let Some(peer) = peers.gone.pop() {
+            dispatch(&master, &mut peers, &mut workers, Work::Forget { peer }).await;
+        }
+        // Job results are taken wherever decoded outcomes are handled.
+        if peers.draining && master.jobs.in_flight().is_empty() {
+            tracing::info!("Every job in flight has returned.");
+            return;
         }
     }
 }
@@ -284,6 +310,14 @@ fn log_depths(master: &Master, peers: &mut Peers) {
 }
 
 impl Peers {
+    /// The connection's session, if it had keys, ends here: its worker
+    /// drops the opener at the end of this turn.
+    fn unkey(&mut self, peer: &Bytes) {
+        if self.keyed.remove(peer) {
+            self.gone.push(peer.clone());
+        }
+    }
+
     /// The connection closed: its handshake no longer counts.
     fn forget(&mut self, peer: &Bytes) {
         self.started.remove(peer);
@@ -311,13 +345,13 @@ impl Peers {
 fn disconnect(master: &Master, peers: &mut Peers, peer: &Bytes) {
     peers.dropped += 1;
     peers.handshakes.shift_remove(peer);
-    peers.openers.remove(peer);
+    peers.unkey(peer);
     peers.forget(peer);
     master.sessions.close_peer(peer);
     master.sessions.disconnect(peer);
 }
 
-async fn handle(master: &Master, peers: &mut Peers, pool: &mut Pool, message: ZmqMessage) {
+async fn handle(master: &Master, peers: &mut Peers, pool: &mut Pool, workers: &mut Workers, message: ZmqMessage) {
     let received = halite_fs::hops::now();
     let Some(peer) = message.get(0).cloned() else { return };
     // Its handshake is in a worker: what it sends meanwhile waits, so an
@@ -343,24 +377,71 @@ async fn handle(master: &Master, peers: &mut Peers, pool: &mut Pool, message: Zm
     };
     match envelope {
         Envelope::Hello1(first) => start_handshake(master, peers, pool, peer, first),
-        Envelope::Hello3(last) => finish_handshake(master, peers, peer, last).await,
+        Envelope::Hello3(last) => {
+            let last = Bytes::copy_from_slice(last);
+            finish_handshake(master, peers, workers, peer, last).await;
+        }
         Envelope::Hello2(_) => peers.dropped += 1,
-        Envelope::Sealed(chunks) => {
-            let Some(opener) = peers.openers.get_mut(&peer) else {
-                peers.dropped += 1;
+        // Opened and decoded on the peer's worker; only a connection whose
+        // Hello3 went there has anything to open it with.
+        Envelope::Sealed(_) if peers.keyed.contains(&peer) => {
+            dispatch(master, peers, workers, Work::Open { peer, message, received }).await;
+        }
+        Envelope::Sealed(_) => peers.dropped += 1,
+    }
+}
+
+/// Hands `work` to its peer's decode worker. While that worker's queue is
+/// full, handles what the workers decoded meanwhile, so neither waits for
+/// the other.
+async fn dispatch(master: &Master, peers: &mut Peers, workers: &mut Workers, work: Work) {
+    // A handle of its own, so that the decoded queue can be read meanwhile.
+    let inbox = workers.inbox(work.peer()).clone();
+    let permit = match inbox.try_reserve() {
+        Ok(permit) => permit,
+        Err(mpsc::error::TrySendError::Closed(())) => return,
+        Err(mpsc::error::TrySendError::Full(())) => loop {
+            tokio::select! {
+                biased;
+                Some(outcome) = workers.decoded.recv() => decoded(master, peers, outcome).await,
+                permit = inbox.reserve() => match permit {
+                    Ok(permit) => break permit,
+                    Err(_) => return,
+                },
+            }
+        },
+    };
+    permit.send(work);
+}
+
+/// What a decode worker made of a peer's message, in that peer's order.
+async fn decoded(master: &Master, peers: &mut Peers, outcome: Outcome) {
+    match outcome {
+        Outcome::Finished { peer, handshake } => {
+            // Gone while its Hello3 was on a worker: no session for it.
+            if !peers.keyed.contains(&peer) {
+                peers.gone.push(peer);
                 return;
-            };
+            }
+            if handshake.is_err() {
+                peers.unkey(&peer);
+            }
+            open_session(master, peers, peer, handshake).await;
+        }
+        Outcome::NoSession { peer } => {
+            peers.unkey(&peer);
+            peers.dropped += 1;
+        }
+        Outcome::Message { peer, message, received } => {
+            peers.watching = true;
             let Some((agent, accepted)) = master.sessions.peer(&peer) else {
-                // The session was ended (key rejected or deleted).
-                peers.openers.remove(&peer);
+                // The session was ended (key rejected or deleted), or never
+                // opened (its hello was refused).
+                peers.unkey(&peer);
                 peers.dropped += 1;
                 return;
             };
-            match opener
-                .open(chunks)
-                .map_err(|e| e.to_string())
-                .and_then(|p| halite_proto::decode::<AgentMessage>(&p).map_err(|e| e.to_string()))
-            {
+            match message {
                 Ok(message) => {
                     mark_received(&message, received);
                     on_message(master, peers, peer, &agent, accepted, message).await
@@ -420,24 +501,24 @@ fn start_waiting(master: &Master, peers: &mut Peers, pool: &mut Pool) {
     }
 }
 
-/// A Hello3: read on the loop, so the session exists before the next
-/// message from this connection is handled (an agent sends its first events
-/// right after it). One Diffie-Hellman; reaching it took a Hello1 answered
-/// by the pool on this connection, so the loop does at most half the
-/// pool's X25519 work, at the pool's pace.
-async fn finish_handshake(master: &Master, peers: &mut Peers, peer: Bytes, last: &[u8]) {
+/// A Hello3: finished on the peer's decode worker (one Diffie-Hellman),
+/// which then opens its sealed messages; the outcome comes back before
+/// theirs, so the session exists before the next message from this
+/// connection is handled (an agent sends its first events right after it).
+async fn finish_handshake(master: &Master, peers: &mut Peers, workers: &mut Workers, peer: Bytes, last: Bytes) {
     let Some((responder, _)) = peers.handshakes.shift_remove(&peer) else {
         peers.dropped += 1;
         return;
     };
     peers.release(&peer);
-    open_session(master, peers, peer, responder.finish(last)).await;
+    peers.keyed.insert(peer.clone());
+    dispatch(master, peers, workers, Work::Finish { peer, responder: Box::new(responder), last }).await;
 }
 
 /// A worker is done: answer the Hello1; then handle what the peer sent
 /// meanwhile (a real agent sends nothing before the answer), and start
 /// waiting handshakes.
-async fn crypto_done(master: &Master, peers: &mut Peers, pool: &mut Pool, result: Crypto) {
+async fn crypto_done(master: &Master, peers: &mut Peers, pool: &mut Pool, workers: &mut Workers, result: Crypto) {
     let Crypto { peer, answer } = result;
     // Gone meanwhile (disconnected, or evicted).
     let Some(held) = peers.in_worker.remove(&peer) else {
@@ -464,7 +545,7 @@ async fn crypto_done(master: &Master, peers: &mut Peers, pool: &mut Pool, result
         }
     }
     for message in held {
-        handle(master, peers, pool, message).await;
+        handle(master, peers, pool, workers, message).await;
     }
     start_waiting(master, peers, pool);
 }
@@ -475,7 +556,7 @@ async fn open_session(
     master: &Master,
     peers: &mut Peers,
     peer: Bytes,
-    accepted: Result<Accepted, halite_link::LinkError>,
+    accepted: Result<Handshake, halite_link::LinkError>,
 ) {
     crate::server::metrics::get().handshake(accepted.is_ok());
     let accepted = match accepted {
@@ -488,9 +569,10 @@ async fn open_session(
             return;
         }
     };
-    let hello = match halite_proto::decode::<AgentMessage>(&accepted.payload) {
+    let hello = match accepted.hello {
         Ok(AgentMessage::Hello(hello)) if halite_proto::event::valid_id(&hello.agent) => hello,
         _ => {
+            peers.unkey(&peer);
             peers.dropped += 1;
             if let Some(held_back) = peers.may_log(&peer) {
                 tracing::info!(fingerprint = %accepted.remote, held_back, "A handshake without a usable hello.");
@@ -543,7 +625,6 @@ async fn open_session(
     let facts = if is_accepted { hello.facts } else { Value::Null };
     master.sessions.open(peer.clone(), &hello.agent, accepted.remote, facts.clone(), accepted.sealer, is_accepted);
     master.sessions.note_version(&peer, &hello.version);
-    peers.openers.insert(peer.clone(), accepted.opener);
     if is_accepted {
         welcome(master, peer, &hello.agent, &hello.version, facts).await;
     } else {
@@ -625,7 +706,8 @@ async fn take_events(
     (published, recorded)
 }
 
-/// Hop timing: `message` came off the socket at `received` and is open.
+/// Hop timing: `message` came off the socket at `received` and is open
+/// and back on the link loop from its decode worker.
 fn mark_received(message: &AgentMessage, received: u64) {
     if !halite_fs::hops::enabled() {
         return;

@@ -46,6 +46,7 @@ pub mod compliance;
 pub mod context;
 pub mod control;
 pub mod coverage;
+pub mod decode;
 pub mod events;
 pub mod facts;
 pub mod inventory;
