@@ -484,8 +484,8 @@ async fn what_if(State(state): State<HttpState>, principal: Result<Principal, Ap
             let tree = state.master.tree();
             let agent = (!form.agent.trim().is_empty()).then(|| form.agent.trim());
             let mut out = Vec::new();
-            match crate::cli::check::what_if_on(&tree, form.tag.trim(), agent, &data, &mut out) {
-                Ok(()) => String::from_utf8_lossy(&out).into_owned(),
+            match crate::cli::check::what_if_in(&tree, form.tag.trim(), agent, &data, &mut out) {
+                Ok(_) => String::from_utf8_lossy(&out).into_owned(),
                 Err(error) => format!("cannot check: {error}"),
             }
         }
