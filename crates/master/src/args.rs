@@ -191,6 +191,15 @@ pub enum Command {
         /// How long to wait for each agent's answer.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
+        /// At most N agents at once.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        batch: Option<u64>,
+        /// Apply to K agents first (in id order) and stop if any fails.
+        #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+        canary: Option<u64>,
+        /// Stop sending once N agents have failed (those running finish).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        max_failures: Option<u64>,
         /// The master's configuration, to find its data dir.
         #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,

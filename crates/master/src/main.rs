@@ -92,7 +92,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 }
             }
         }
-        Command::Apply { target, states, test, json, timeout, config, data_dir } => {
+        Command::Apply { target, states, test, json, timeout, batch, canary, max_failures, config, data_dir } => {
             if let Some(hint) = cli::apply::salt_habit(&states) {
                 use clap::CommandFactory;
                 Cli::command().error(clap::error::ErrorKind::InvalidValue, hint).exit();
@@ -102,7 +102,18 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             let args: Vec<String> =
                 std::iter::once("halite-master".to_owned()).chain(std::env::args().skip(1)).collect();
             let command_line = shlex::try_join(args.iter().map(String::as_str)).unwrap_or_else(|_| args.join(" "));
-            let options = cli::apply::Options { target, states, test, json, timeout, command_line };
+            let count = |n: Option<u64>| n.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+            let options = cli::apply::Options {
+                target,
+                states,
+                test,
+                json,
+                timeout,
+                command_line,
+                batch: count(batch),
+                canary: count(canary),
+                max_failures: count(max_failures),
+            };
             let code = cli::runtime()?.block_on(cli::apply::run(&data_dir, options))?;
             exit_with(code)
         }

@@ -102,6 +102,17 @@ pub struct ApplyRequest {
     pub timeout_ms: u64,
     /// The operator's command line, recorded as the jobs' cause.
     pub command_line: String,
+    /// At most this many agents at once (none: all at once).
+    #[serde(default)]
+    pub batch: Option<usize>,
+    /// Run on this many agents first (in target order), and stop if any
+    /// of them fails.
+    #[serde(default)]
+    pub canary: Option<usize>,
+    /// Stop sending once this many agents have failed (a failed state or
+    /// no answer); those running finish.
+    #[serde(default)]
+    pub max_failures: Option<usize>,
 }
 
 /// One line of the master's answer.
@@ -116,6 +127,9 @@ pub enum ApplyLine {
     Done,
     /// Nothing was sent. `no_agent`: the target matched no connected agent.
     Error { error: String, no_agent: bool },
+    /// `canary` or `max_failures` stopped the apply: `skipped` were never
+    /// sent their jobs. Comes before `done`.
+    Stopped { reason: String, skipped: Vec<String> },
 }
 
 /// One line of the stream after the first (which is a [`Response`]).

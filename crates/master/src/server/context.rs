@@ -24,6 +24,9 @@ pub struct Master {
     pub bus: Bus,
     /// The wire limits master.yaml sets (`max_event_bytes`).
     pub limits: crate::server::limits::Limits,
+    /// Roles, API tokens and the audit log, for the API and the control
+    /// socket alike.
+    pub access: crate::server::access::Access,
 }
 
 impl Master {

@@ -112,7 +112,9 @@ enum ControlError {
     Misrouted { request: &'static str },
 }
 
-async fn execute(master: &Master, request: Request) -> Response {
+/// Carries out a request that is answered by one [`Response`] (keys);
+/// the API calls it too, after its own authorization.
+pub async fn execute(master: &Master, request: Request) -> Response {
     let result = match request {
         Request::KeysList => Ok(master.keys.list()),
         Request::KeysAccept { target, replace } => {

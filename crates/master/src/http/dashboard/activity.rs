@@ -175,7 +175,8 @@ impl Activity {
     /// The window ending at `now_us`.
     pub fn summary(&mut self, now_us: i64) -> Summary {
         let since = now_us - i64::try_from(WINDOW.as_micros()).unwrap_or(i64::MAX);
-        for queue in [&mut self.drifts, &mut self.restores, &mut self.restores_failed, &mut self.fired, &mut self.failed]
+        for queue in
+            [&mut self.drifts, &mut self.restores, &mut self.restores_failed, &mut self.fired, &mut self.failed]
         {
             while queue.front().is_some_and(|s| s.at_us < since) {
                 queue.pop_front();
@@ -304,7 +305,9 @@ mod tests {
         let start = 10 * HOUR_US;
         // Three drifts: two restored (4 ms and 10 ms), one whose job failed.
         let drifts = [drift("web01", start), drift("web01", start + 100), drift("web01", start + 200)];
-        for (i, (d, latency, failed)) in [(0, 4_000, false), (1, 10_000, false), (2, 7_000, true)].into_iter().enumerate() {
+        for (i, (d, latency, failed)) in
+            [(0, 4_000, false), (1, 10_000, false), (2, 7_000, true)].into_iter().enumerate()
+        {
             let jid = format!("J{i}");
             activity.observe(&drifts[d]);
             activity.observe(&job(&jid, &drifts[d], drifts[d].time_us + 1));

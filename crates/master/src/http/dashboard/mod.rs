@@ -16,8 +16,9 @@
 //!   `textContent` only.
 //! - **No external request.** Every response carries [`CSP`], which lets
 //!   a page load scripts, styles and images, connect and submit forms to
-//!   this origin only and forbids inline script (`tests::every_page_carries_the_csp`;
-//!   the e2e browser test loads every page with it). No template or asset
+//!   this origin only and forbids inline script (in Chromium,
+//!   `tests/e2e/dashboard.rs` checks on every page that an inline script
+//!   does not run and an image from elsewhere is refused). No template or asset
 //!   names another origin (`assets::tests::our_assets_reach_no_other_origin`).
 //! - **Cross-site requests change nothing.** The login cookie is
 //!   `HttpOnly; Secure; SameSite=Strict`, and every POST must come from
@@ -304,10 +305,11 @@ async fn events(
         )
     };
     let recent: Vec<_> = state.ring.recent(EVENTS_LISTED).into_iter().map(|n| n.event).collect();
-    let facts: std::collections::HashMap<String, halite_proto::Value> = crate::server::control::agent_rows(&state.master)
-        .into_iter()
-        .map(|row| (row.id, halite_proto::Value::from_json(&row.facts)))
-        .collect();
+    let facts: std::collections::HashMap<String, halite_proto::Value> =
+        crate::server::control::agent_rows(&state.master)
+            .into_iter()
+            .map(|row| (row.id, halite_proto::Value::from_json(&row.facts)))
+            .collect();
     let null = halite_proto::Value::Null;
     let visible = |event: &halite_proto::Event| {
         event.agent.is_empty() || principal.sees(&event.agent, facts.get(&event.agent).unwrap_or(&null))
@@ -442,8 +444,13 @@ async fn decide_key(
     let done = match decision.as_str() {
         "accept" => {
             let query = crate::http::api::keys::AcceptQuery { replace: false };
-            crate::http::api::keys::accept(State(state.clone()), principal.clone(), Path(fingerprint.clone()), Query(query))
-                .await
+            crate::http::api::keys::accept(
+                State(state.clone()),
+                principal.clone(),
+                Path(fingerprint.clone()),
+                Query(query),
+            )
+            .await
         }
         "reject" => {
             crate::http::api::keys::reject(State(state.clone()), principal.clone(), Path(fingerprint.clone())).await
@@ -475,7 +482,11 @@ struct WhatIfForm {
 }
 
 /// Which reactors an event would fire on the live tree; acts on nothing.
-async fn what_if(State(state): State<HttpState>, principal: Result<Principal, ApiError>, Form(form): Form<WhatIfForm>) -> Page {
+async fn what_if(
+    State(state): State<HttpState>,
+    principal: Result<Principal, ApiError>,
+    Form(form): Form<WhatIfForm>,
+) -> Page {
     let principal = signed_in!(principal);
     let data_text = if form.data.trim().is_empty() { "{}".to_owned() } else { form.data.clone() };
     let result = match serde_json::from_str::<serde_json::Value>(&data_text) {
@@ -516,8 +527,9 @@ async fn audit(State(state): State<HttpState>, principal: Result<Principal, ApiE
 
 async fn asset(Path(name): Path<String>) -> Response {
     match assets::find(&name) {
-        Some(asset) => ([(CONTENT_TYPE, asset.content_type), (CACHE_CONTROL, "public, max-age=300")], asset.bytes)
-            .into_response(),
+        Some(asset) => {
+            ([(CONTENT_TYPE, asset.content_type), (CACHE_CONTROL, "public, max-age=300")], asset.bytes).into_response()
+        }
         None => (StatusCode::NOT_FOUND, "no such file").into_response(),
     }
 }
@@ -550,8 +562,7 @@ mod tests {
             (&[("origin", "https://127.0.0.1:8443")], false),
         ];
         for (pairs, wanted) in cases {
-            let pairs: Vec<(&'static str, &'static str)> =
-                pairs.iter().map(|(n, v)| (leak(n), leak(v))).collect();
+            let pairs: Vec<(&'static str, &'static str)> = pairs.iter().map(|(n, v)| (leak(n), leak(v))).collect();
             assert_eq!(same_origin(&headers(&pairs)), *wanted, "{pairs:?}");
         }
     }
@@ -586,11 +597,8 @@ mod tests {
             failed: false,
         };
         let (receipts, drift_counts) = pages::receipts_from_restores(&[restore]);
-        let event = std::sync::Arc::new(halite_proto::Event::new(
-            evil,
-            evil,
-            halite_proto::Value::map().with("path", evil),
-        ));
+        let event =
+            std::sync::Arc::new(halite_proto::Event::new(evil, evil, halite_proto::Value::map().with("path", evil)));
         let events = pages::events(&[event], None, |_| true);
         let key = crate::server::keys::KeyEntry {
             id: evil.into(),
@@ -633,7 +641,9 @@ mod tests {
             ),
             (
                 "audit.html",
-                base(context! { rows => vec![context! { seq => 1, time => evil, who => evil, what => evil, target => evil, result => evil }] }),
+                base(
+                    context! { rows => vec![context! { seq => 1, time => evil, who => evil, what => evil, target => evil, result => evil }] },
+                ),
             ),
             ("login.html", base(context! {})),
             ("error.html", base(context! { message => evil })),
@@ -641,7 +651,10 @@ mod tests {
         for (template, context) in rendered {
             let html = render::render(template, context).unwrap_or_else(|e| panic!("{e}"));
             assert!(!html.contains("<script>alert"), "{template}: a script tag got through");
-            assert!(!html.contains("\" onmouseover") && !html.contains("' onmouseover"), "{template}: an attribute got through");
+            assert!(
+                !html.contains("\" onmouseover") && !html.contains("' onmouseover"),
+                "{template}: an attribute got through"
+            );
             assert!(html.contains("&lt;script&gt;alert(1)&lt;"), "{template}: the hostile text is not shown at all");
         }
     }

@@ -180,7 +180,8 @@ pub fn receipts_from_restores(restores: &[Restore]) -> (Vec<ReceiptView>, Vec<Dr
     for restore in restores {
         *counts.entry(restore.path.clone().unwrap_or_default()).or_default() += 1;
     }
-    let mut drift_counts: Vec<DriftCount> = counts.into_iter().map(|(path, count)| DriftCount { path, count }).collect();
+    let mut drift_counts: Vec<DriftCount> =
+        counts.into_iter().map(|(path, count)| DriftCount { path, count }).collect();
     drift_counts.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.path.cmp(&b.path)));
     (receipts, drift_counts)
 }

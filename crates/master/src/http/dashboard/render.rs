@@ -88,10 +88,11 @@ mod tests {
         for (name, source) in TEMPLATES {
             env.add_template(name, source).unwrap_or_else(|e| panic!("{name}: {e:#}"));
         }
-        let on_disk: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src/http/dashboard/templates"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        let on_disk: Vec<String> =
+            std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src/http/dashboard/templates"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
         for name in &on_disk {
             assert!(TEMPLATES.iter().any(|(t, _)| t == name), "{name} is not in TEMPLATES");
         }
