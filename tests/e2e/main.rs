@@ -9,6 +9,7 @@ mod apply;
 mod beacons;
 mod bus;
 mod check;
+mod dashboard;
 mod drift;
 mod durability;
 mod exposure;

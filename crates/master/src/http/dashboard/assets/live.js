@@ -37,13 +37,17 @@
   var source = new EventSource(table.getAttribute("data-source"), { withCredentials: true });
   source.onopen = function () { say("Live: new events appear at the top.", "live"); };
   source.onerror = function () { say("Disconnected; reconnecting…", "reconnecting"); };
-  source.onmessage = function (message) {
+  // The API names its SSE events: `event` (data: the event as JSON) and
+  // `missed` (data: {"missed": N}, N null when unknown).
+  source.addEventListener("event", function (message) {
     try { add(JSON.parse(message.data)); } catch (e) { /* not an event */ }
-  };
+  });
   source.addEventListener("missed", function (message) {
+    var count = null;
+    try { count = JSON.parse(message.data).missed; } catch (e) { /* unknown */ }
     var tr = document.createElement("tr");
     tr.className = "event missed";
-    var td = cell("The stream fell behind and skipped " + message.data + " events.", "bad");
+    var td = cell("The stream fell behind and skipped " + (count === null ? "some" : count) + " events.", "bad");
     td.colSpan = 4;
     tr.appendChild(td);
     rows.insertBefore(tr, rows.firstChild);
