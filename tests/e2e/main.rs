@@ -23,6 +23,7 @@ mod kinds;
 mod link;
 mod link_flood;
 mod local_attack;
+mod observe;
 mod operator;
 mod reactors;
 mod reload;

@@ -233,6 +233,34 @@ pub enum Command {
         #[arg(long, env = "HALITE_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Remediation receipts, newest first: per file a job changed, its
+    /// cause, the sha256 before and after, the drift→restore latency and
+    /// whether it was `corrective` (drift restored) or `intentional` (the
+    /// tree changed, or an operator applied); then how often each file
+    /// drifted and was restored (what flaps).
+    ///
+    /// Reads <data_dir>/halite.db directly, read-only: works whether the
+    /// master runs or not.
+    #[command(after_help = "Examples:
+  halite-master receipts
+  halite-master receipts web01 --limit 50
+  halite-master receipts web01 --json | jq '.receipts[] | select(.kind == \"corrective\")'")]
+    Receipts {
+        /// Only this agent's receipts.
+        agent: Option<String>,
+        /// How many receipts to list.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The master's configuration, to find its data dir.
+        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The master's data dir (overrides the configuration's).
+        #[arg(long, env = "HALITE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// A consistent copy of the store (keys, jobs, results) in FILE, made
     /// by the running master with SQLite's online backup while it works.
     ///
@@ -257,10 +285,12 @@ pub enum Command {
     ///
     /// Compliance: `unknown` (no job returned yet), `compliant` (the last
     /// job succeeded and no managed file drifted since), `drifted` (a
-    /// managed file changed and no job has returned since), `failing` (the
-    /// last job had a failed state), `stale` (a reload changed the states
-    /// rendered for it and no job has returned since). Pending agents are
-    /// listed too.
+    /// managed file changed and no job has been sent since), `restoring`
+    /// (drifted, and a job is on its way back), `failing` (the last job had
+    /// a failed state), `stale` (a reload changed the states rendered for it
+    /// and no job has returned since). LAST RESTORE is the agent's last
+    /// remediation receipt (`halite-master receipts` lists them). Pending
+    /// agents are listed too.
     #[command(after_help = "Examples:
   halite-master agents
   halite-master agents --json | jq '.[] | select(.compliance.state != \"compliant\")'")]

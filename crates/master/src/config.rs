@@ -77,6 +77,10 @@ pub struct MasterConfig {
     /// verbs × target. `admin` (every verb, every agent) is built in.
     #[serde(default)]
     pub roles: std::collections::BTreeMap<String, RoleConfig>,
+    /// `/metrics` in the Prometheus text format on a listener of its own
+    /// (`server/metrics/`); off unless set.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// `api:` in master.yaml: where the HTTPS API listens and with which
@@ -150,6 +154,16 @@ pub struct RoleConfig {
     /// `G@os:debian`); default every agent.
     #[serde(default = "default_schedule_target")]
     pub target: String,
+}
+
+/// `metrics:` in master.yaml.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where `/metrics` is served over plain HTTP, e.g. `127.0.0.1:9510`
+    /// (port 0 picks a free port, said in the `endpoints` file). It has no
+    /// authentication: keep it on loopback or a scrape network.
+    pub listen: std::net::SocketAddr,
 }
 
 /// First contact (README, "Security model").
@@ -318,6 +332,7 @@ impl Default for MasterConfig {
             handshakes_per_source: default_handshakes_per_source(),
             api: None,
             roles: std::collections::BTreeMap::new(),
+            metrics: None,
         }
     }
 }

@@ -125,6 +125,9 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             };
             exit_with(code)
         }
+        Command::Receipts { agent, limit, json, config, data_dir } => {
+            cli::receipts::run(&cli::operator_data_dir(&config, data_dir)?, agent.as_deref(), limit, json)
+        }
         Command::Backup { file, config, data_dir } => {
             cli::backup::run(&cli::operator_data_dir(&config, data_dir)?, &file)
         }

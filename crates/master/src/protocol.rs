@@ -161,6 +161,12 @@ pub enum Compliance {
     Stale {
         since_us: i64,
     },
+    /// Drifted at `since_us`, and a job has been sent since, not returned
+    /// yet (`server/compliance.rs`).
+    Restoring {
+        since_us: i64,
+        path: Option<String>,
+    },
 }
 
 /// One line of `halite-master agents`.
@@ -183,6 +189,10 @@ pub struct AgentRow {
     /// `reactor::engine::AGENT_QUEUE`): a flood shows here first.
     #[serde(default)]
     pub queued: usize,
+    /// The agent's last remediation receipt since the master started
+    /// (`server/receipts.rs`).
+    #[serde(default)]
+    pub last_receipt: Option<crate::server::receipts::Receipt>,
 }
 
 impl AgentRow {
@@ -199,6 +209,7 @@ impl AgentRow {
             last_event_us: None,
             compliance: Compliance::Unknown,
             queued: 0,
+            last_receipt: None,
         }
     }
 }

@@ -24,8 +24,9 @@ pub fn run(data_dir: &Path, json: bool) -> anyhow::Result<bool> {
 
 /// The table `halite-master agents` prints; `now_us` makes ages relative.
 pub fn table(rows: &[AgentRow], now_us: i64) -> String {
-    let header = ["ID", "KEY", "ADDRESS", "VERSION", "CONNECTED", "LAST EVENT", "COMPLIANCE", "QUEUED", "FACTS"];
-    let mut lines: Vec<[String; 9]> = vec![header.map(str::to_owned)];
+    let header =
+        ["ID", "KEY", "ADDRESS", "VERSION", "CONNECTED", "LAST EVENT", "COMPLIANCE", "LAST RESTORE", "QUEUED", "FACTS"];
+    let mut lines: Vec<[String; 10]> = vec![header.map(str::to_owned)];
     for row in rows {
         let ago = |us: Option<i64>| us.map_or_else(|| "-".to_owned(), |us| format!("{} ago", age(now_us - us)));
         let compliance = match &row.compliance {
@@ -38,7 +39,20 @@ pub fn table(rows: &[AgentRow], now_us: i64) -> String {
             ),
             Compliance::Failing { since_us } => format!("failing {} ago", age(now_us - since_us)),
             Compliance::Stale { since_us } => format!("stale {} ago", age(now_us - since_us)),
+            Compliance::Restoring { since_us, path } => format!(
+                "restoring (drifted {} ago{})",
+                age(now_us - since_us),
+                path.as_ref().map(|p| format!(": {p}")).unwrap_or_default()
+            ),
         };
+        // The last receipt: how long ago, what kind, and a restore's latency.
+        let last_restore = row.last_receipt.as_ref().map_or_else(
+            || "-".to_owned(),
+            |r| {
+                let latency = r.latency_us.map(|l| format!(" in {}", super::receipts::latency(l))).unwrap_or_default();
+                format!("{} ago, {}{latency}", age(now_us - r.at_us), r.kind.as_str())
+            },
+        );
         lines.push([
             row.id.clone(),
             row.key.clone(),
@@ -47,11 +61,12 @@ pub fn table(rows: &[AgentRow], now_us: i64) -> String {
             if row.connected { ago(row.connected_since_us) } else { "no".to_owned() },
             ago(row.last_event_us),
             compliance,
+            last_restore,
             row.queued.to_string(),
             facts_summary(&row.facts),
         ]);
     }
-    let mut widths = [0usize; 9];
+    let mut widths = [0usize; 10];
     for line in &lines {
         for (width, cell) in widths.iter_mut().zip(line) {
             *width = (*width).max(cell.chars().count());
@@ -124,9 +139,9 @@ mod tests {
         let text = table(&[pending, row], 90_000_000);
         assert_eq!(
             text,
-            "ID     KEY       ADDRESS         VERSION  CONNECTED  LAST EVENT  COMPLIANCE          QUEUED  FACTS\n\
-             db01   pending   -               -        no         -           unknown             0       -\n\
-             web01  accepted  127.0.0.1:4242  -        1m ago     -           compliant (1m ago)  3       -\n"
+            "ID     KEY       ADDRESS         VERSION  CONNECTED  LAST EVENT  COMPLIANCE          LAST RESTORE  QUEUED  FACTS\n\
+             db01   pending   -               -        no         -           unknown             -             0       -\n\
+             web01  accepted  127.0.0.1:4242  -        1m ago     -           compliant (1m ago)  -             3       -\n"
         );
     }
 }

@@ -38,8 +38,15 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     println!("  state tree: {} (top.yaml, beacons.yaml, reactors.yaml, motd.yaml, nginx.yaml)", states.display());
 
     // The demo's agents are its own: accept them without an operator.
-    let master = fleet::start_master(&binaries, &dir.join("master"), &states, "tcp://127.0.0.1:0", &["*"]).await?;
+    // `/metrics` on: the demo shows every part of the master.
+    let metrics = "metrics:\n  listen: 127.0.0.1:0\n";
+    let master =
+        fleet::start_master_with(&binaries, &dir.join("master"), &states, "tcp://127.0.0.1:0", &["*"], metrics).await?;
     println!("  master: agents on {}, events published on {}", master.listen, master.publish);
+    let endpoints = tokio::fs::read_to_string(master.dir.join("data").join("endpoints")).await.unwrap_or_default();
+    if let Some(address) = endpoints.split_whitespace().find_map(|f| f.strip_prefix("metrics=")) {
+        println!("  metrics: http://{address}/metrics");
+    }
     let mut bus = Subscriber::connect(&master.publish, "halite/").await?;
     let mut agents: Vec<AgentProcess> = Vec::new();
     for id in ["web01", "db01"] {

@@ -25,6 +25,7 @@ pub mod facts;
 pub mod init;
 pub mod jobs;
 pub mod keys;
+pub mod receipts;
 pub mod run;
 
 /// The data dir an operator command talks to: `--data-dir`, or the

@@ -72,6 +72,7 @@ impl Acker {
                 // waits: an agent that does not read fills its queue and the
                 // transport disconnects it; it resends what it kept.
                 for pending in batch.drain(..) {
+                    crate::server::metrics::get().events_acked(pending.published.len());
                     if let Err(error) = sessions.send_to_peer(pending.peer, &pending.ack).await {
                         tracing::debug!(agent = %pending.agent, %error, "Cannot acknowledge; the agent sends it again.");
                     }

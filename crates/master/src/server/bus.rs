@@ -193,6 +193,7 @@ impl Bus {
         let event = Arc::new(event);
         tracing::debug!(tag = %event.tag, agent = %event.agent, id = %event.id, "Event.");
         self.ledger().observe(&event);
+        crate::server::metrics::get().event_out(&event.tag);
         // An error only says that nobody tails the bus right now.
         let _ = self.tail.send(event.clone());
         event

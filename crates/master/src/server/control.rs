@@ -329,6 +329,7 @@ pub fn agent_rows(master: &Master) -> Vec<AgentRow> {
         let Some(seen) = ledger.seen(id) else { continue };
         row.version.clone_from(&seen.version);
         row.last_event_us = seen.last_event_us;
+        row.last_receipt = master.jobs.receipts().last(id);
         if let Some(compliance) = &seen.compliance {
             row.compliance = compliance.clone();
         }

@@ -17,6 +17,7 @@ use halite_proto::{Event, Id, Job, JobResult, MasterMessage, Value};
 use tokio::sync::oneshot;
 
 use crate::server::bus::Bus;
+use crate::server::receipts::{Cause, Receipts};
 use crate::server::sessions::Sessions;
 use crate::server::store::{JobRecord, Store};
 
@@ -153,6 +154,8 @@ pub struct Jobs {
     store: Option<Store>,
     /// The reactor on whose behalf jobs are run through this handle.
     reactor: Option<Arc<str>>,
+    /// What each job sent changes, for its receipts (`receipts.rs`).
+    receipts: Receipts,
 }
 
 /// Why a job runs, for the store: `cause` is `operator:<command line>`,
@@ -183,7 +186,16 @@ impl Origin {
 
 impl Jobs {
     pub fn new(sessions: Sessions, bus: Bus, timeout: Duration) -> Self {
-        Jobs { sessions, bus, pending: Arc::default(), expected: Arc::default(), timeout, store: None, reactor: None }
+        Jobs {
+            sessions,
+            bus,
+            pending: Arc::default(),
+            expected: Arc::default(),
+            timeout,
+            store: None,
+            reactor: None,
+            receipts: Receipts::default(),
+        }
     }
 
     /// Records every job and result in `store`.
@@ -239,6 +251,19 @@ impl Jobs {
         self.run_with(agent, job, origin, self.timeout).await
     }
 
+    /// As [`Jobs::run`], for a reaction to `event`: the receipts of what
+    /// the job changes measure their latency from the event.
+    pub async fn run_for_event(&self, agent: &str, job: Job, event: &Event) -> Result<JobResult, JobError> {
+        let origin = Origin::of(&job, agent, self.reactor.as_deref());
+        self.receipts.sent(agent, &job, &origin.cause, Some(Cause::of(event)));
+        self.send_and_wait(agent, job, origin, self.timeout).await
+    }
+
+    /// The receipts kept for the jobs sent through any clone of this handle.
+    pub fn receipts(&self) -> &Receipts {
+        &self.receipts
+    }
+
     /// As [`Jobs::run`], recorded with `origin`, waiting at most `timeout`.
     pub async fn run_with(
         &self,
@@ -247,7 +272,19 @@ impl Jobs {
         origin: Origin,
         timeout: Duration,
     ) -> Result<JobResult, JobError> {
+        self.receipts.sent(agent, &job, &origin.cause, None);
+        self.send_and_wait(agent, job, origin, timeout).await
+    }
+
+    async fn send_and_wait(
+        &self,
+        agent: &str,
+        job: Job,
+        origin: Origin,
+        timeout: Duration,
+    ) -> Result<JobResult, JobError> {
         let jid = job.id;
+        let cause = origin.cause.clone();
         if let Some(store) = &self.store {
             let record = JobRecord {
                 jid: jid.to_string(),
@@ -285,10 +322,16 @@ impl Jobs {
             },
         };
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(jid);
+        let outcome_index =
+            outcome.as_ref().map_or(crate::server::metrics::NO_ANSWER, crate::server::metrics::outcome_of);
+        crate::server::metrics::get().job(&cause, outcome_index);
         // An answer is stored where it arrives (`take_result`), before the
         // agent is acknowledged.
         if let (Some(store), Err(error)) = (&self.store, &outcome) {
             store.no_answer(&jid.to_string(), agent, &error.to_string()).await;
+        }
+        if outcome.is_err() {
+            self.receipts.forget(jid);
         }
         outcome
     }
@@ -321,6 +364,18 @@ impl Jobs {
         };
         store.answered(&jid.to_string(), "master", vec![result]).await;
         Some(jid)
+    }
+
+    /// The receipts of what `result` changed: counted, and kept in the store.
+    fn record_receipts(&self, agent: &str, result: &JobResult) {
+        let receipts = self.receipts.returned(agent, result, halite_proto::event::now_us());
+        for receipt in &receipts {
+            let corrective = receipt.kind == crate::server::receipts::ReceiptKind::Corrective;
+            crate::server::metrics::get().receipt(corrective, receipt.latency_us);
+        }
+        if let Some(store) = &self.store {
+            store.receipts(receipts);
+        }
     }
 
     /// Returns once every job record written before is committed (`cmd`
@@ -421,6 +476,8 @@ impl Jobs {
             Value::map().with("results", Value::List(results)).with("failed", failed),
         );
         ret.cause_job = Some(result.job);
+        // Before the return is announced: whoever sees it finds the receipt.
+        self.record_receipts(agent, &result);
         self.bus.publish(ret);
         let committed = match &self.store {
             Some(store) => store.answered_durably(&result.job.to_string(), agent, result.results.clone()),

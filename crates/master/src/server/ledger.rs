@@ -8,27 +8,16 @@
 //! store (every known id, pending ones too) and the live sessions (address,
 //! connected since).
 //!
-//! Compliance is what the master has seen since it started, per agent:
-//! - `unknown`: no job has returned for the agent yet;
-//! - `compliant since T`: the last job returned without a failure and no
-//!   managed file drifted since;
-//! - `drifted since T`: a beacon reported a change to a managed file
-//!   (`data.managed == true`) at T and no job has returned since;
-//! - `failing since T`: the last job to return had a failed state;
-//! - `stale since T`: a reload of the tree changed the states rendered for
-//!   the agent at T (`halite/agent/<id>/stale`, from `reload.rs`) and no
-//!   job has returned since.
-//!
-//! It is per agent, not per file: a job that applies only some states ends
-//! a drift of another file too. The corrective job of a drift normally
-//! returns milliseconds later, so a lasting `drifted` means the restore did
-//! not happen (no reactor for that file, or the agent is gone).
+//! Compliance (`compliant`, `drifted`, `restoring`, `failing`, `stale`,
+//! `unknown`) follows the rules in `compliance.rs`, applied here to each
+//! event as it passes.
 
 use std::collections::HashMap;
 
 use halite_proto::Event;
 
 use crate::protocol::Compliance;
+use crate::server::compliance::{Observation, next};
 
 /// What the bus told us about one agent.
 #[derive(Debug, Clone, Default)]
@@ -65,17 +54,22 @@ impl Ledger {
             }
             (Some("agent"), Some(agent), Some("stale"), None) => {
                 let seen = self.agents.entry(agent.to_owned()).or_default();
-                if !matches!(seen.compliance, Some(Compliance::Stale { .. })) {
-                    seen.compliance = Some(Compliance::Stale { since_us: event.time_us });
-                }
+                seen.compliance = next(seen.compliance.as_ref(), Observation::Stale { at_us: event.time_us });
             }
             (Some("beacon"), Some(agent), Some(_), None) if agent == event.agent => {
                 let seen = self.agents.entry(agent.to_owned()).or_default();
                 seen.last_event_us = Some(event.time_us);
                 let managed = matches!(event.data.get("managed"), Some(halite_proto::Value::Bool(true)));
-                if managed && !matches!(seen.compliance, Some(Compliance::Drifted { .. })) {
-                    let path = event.data.get("path").and_then(|p| p.as_str()).map(str::to_owned);
-                    seen.compliance = Some(Compliance::Drifted { since_us: event.time_us, path });
+                if managed {
+                    let path = event.data.get("path").and_then(|p| p.as_str());
+                    seen.compliance = next(seen.compliance.as_ref(), Observation::Drift { at_us: event.time_us, path });
+                }
+            }
+            // A job sent: a test run or an ad-hoc command restores nothing.
+            (Some("job"), Some(_), Some("new"), None) if !enforces(event) => {}
+            (Some("job"), Some(_), Some("new"), None) => {
+                if let Some(seen) = self.agents.get_mut(event.agent.as_str()) {
+                    seen.compliance = next(seen.compliance.as_ref(), Observation::JobSent { at_us: event.time_us });
                 }
             }
             // An ad-hoc command (`halite-master cmd`) enforces nothing.
@@ -83,17 +77,25 @@ impl Ledger {
             (Some("job"), Some(_), Some("ret"), Some(agent)) => {
                 let failed = matches!(event.data.get("failed"), Some(halite_proto::Value::Bool(true)));
                 let seen = self.agents.entry(agent.to_owned()).or_default();
-                let keep_since = match (&seen.compliance, failed) {
-                    (Some(Compliance::Failing { since_us }), true)
-                    | (Some(Compliance::Compliant { since_us }), false) => Some(*since_us),
-                    _ => None,
-                };
-                let since_us = keep_since.unwrap_or(event.time_us);
                 seen.compliance =
-                    Some(if failed { Compliance::Failing { since_us } } else { Compliance::Compliant { since_us } });
+                    next(seen.compliance.as_ref(), Observation::JobReturned { at_us: event.time_us, failed });
             }
             _ => {}
         }
+    }
+}
+
+/// Whether a sent job (`halite/job/<jid>/new`) enforces states: not a test
+/// run, not the one state of `halite-master cmd`.
+fn enforces(new: &Event) -> bool {
+    if matches!(new.data.get("test"), Some(halite_proto::Value::Bool(true))) {
+        return false;
+    }
+    match new.data.get("states") {
+        Some(halite_proto::Value::List(states)) => {
+            !(states.len() == 1 && states[0].as_str() == Some(crate::protocol::CMD_STATE_ID))
+        }
+        _ => true,
     }
 }
 

@@ -469,6 +469,7 @@ async fn open_session(
     peer: Bytes,
     accepted: Result<Accepted, halite_link::LinkError>,
 ) {
+    crate::server::metrics::get().handshake(accepted.is_ok());
     let accepted = match accepted {
         Ok(accepted) => accepted,
         Err(error) => {
@@ -594,6 +595,7 @@ async fn take_events(master: &Master, agent: &str, events: Vec<Event>) -> Vec<ha
     for (event, fresh) in allowed.into_iter().zip(master.sessions.sights(agent, &ids)) {
         if fresh {
             published.push(event.id);
+            crate::server::metrics::get().event_in(&event.tag);
             let event = master.bus.publish_waiting(event).await;
             master.engine.on_event(&event);
         } else {
@@ -621,6 +623,7 @@ async fn ack_when_stored(
     jobs.stored(&agent, job);
     tokio::task::block_in_place(|| sessions.first_sights(&agent, &[job]));
     let ack = MasterMessage::ResultAck { job };
+    crate::server::metrics::get().result_acked();
     if let Err(error) = sessions.send_to_peer(peer, &ack).await {
         tracing::debug!(agent, %job, %error, "Cannot acknowledge a stored result; the agent sends it again.");
     }

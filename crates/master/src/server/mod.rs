@@ -25,6 +25,11 @@
 //! - [`access`] — roles, API tokens and the principal a request runs as;
 //!   [`audit`]: the hash-chained audit log. The HTTPS API that uses them
 //!   lives in `crate::http`, started here when `api:` is configured.
+//! - [`receipts`] — what each job changed and why (corrective or
+//!   intentional), with drift→restore latency; [`compliance`]: each
+//!   agent's state from what the bus said.
+//! - [`metrics`] — Prometheus counters (atomics the hot paths bump) and the
+//!   optional `/metrics` listener.
 
 use std::io::Write;
 use std::sync::{Arc, RwLock};
@@ -38,6 +43,7 @@ pub mod apply;
 pub mod audit;
 pub mod bus;
 pub mod cmd;
+pub mod compliance;
 pub mod context;
 pub mod control;
 pub mod events;
@@ -48,8 +54,10 @@ pub mod ledger;
 pub mod limits;
 pub mod link;
 pub mod log_budget;
+pub mod metrics;
 pub mod notify;
 pub mod reactor;
+pub mod receipts;
 pub mod reload;
 pub mod schedule;
 pub mod sessions;
@@ -145,6 +153,13 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     if let Some((url, _)) = &api {
         ready.push_str(&format!(" api={url}"));
         tracing::info!(api = %url, "API ready.");
+    }
+    if let Some(metrics) = &config.metrics {
+        let store = Some(crate::server::store::path(&config.data_dir));
+        let bound =
+            crate::server::metrics::listener::serve(master.clone(), metrics.listen, store, cancel.clone()).await?;
+        tracing::info!(%bound, "Serving /metrics.");
+        ready.push_str(&format!(" metrics={bound}"));
     }
     tokio::fs::write(config.data_dir.join("endpoints"), format!("{ready}\n"))
         .await

@@ -36,7 +36,8 @@
 //! `PRAGMA user_version` and migrated forward in one transaction when the
 //! master opens it (v1: jobs; v2: keys; v3: the last facts of each agent,
 //! which `check` renders templates with; v4: jobs indexed by the master's
-//! clock; v5: API tokens and the audit log); a file with a newer version is
+//! clock; v5: API tokens and the audit log; v6:
+//! remediation receipts, `receipts.rs`); a file with a newer version is
 //! refused, by the master and by `jobs`, rather than misread. The file is
 //! in WAL mode so readers never block the writer.
 
@@ -66,7 +67,7 @@ pub fn path(data_dir: &Path) -> PathBuf {
 
 /// `MIGRATIONS[n]` takes the schema from version n to n + 1. Append only:
 /// a released step never changes.
-const MIGRATIONS: [&str; 5] = [V1_JOBS, V2_KEYS, V3_FACTS, V4_JOBS_BY_TIME, V5_ACCESS];
+const MIGRATIONS: [&str; 6] = [V1_JOBS, V2_KEYS, V3_FACTS, V4_JOBS_BY_TIME, V5_ACCESS, V6_RECEIPTS];
 
 const V1_JOBS: &str = "
 CREATE TABLE jobs (
@@ -119,7 +120,9 @@ CREATE TABLE keys (
 );
 ";
 
-/// History is listed and retained by the master's own clock.
+/// History is listed and retained by the master's own clock. `IF NOT
+/// EXISTS`: builds whose `SCHEMA_VERSION` said 3 while this step existed
+/// wrote version 3 with the index made; migrating such a file runs it again.
 const V4_JOBS_BY_TIME: &str = "
 CREATE INDEX IF NOT EXISTS jobs_by_time ON jobs (created_us, jid);
 ";
@@ -150,6 +153,25 @@ CREATE TRIGGER audit_append_only_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+";
+
+/// Remediation receipts (`receipts.rs`): one row per file a job changed.
+const V6_RECEIPTS: &str = "
+CREATE TABLE receipts (
+    jid         TEXT NOT NULL,
+    agent       TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    path        TEXT NOT NULL,
+    kind        TEXT NOT NULL,      -- corrective | intentional
+    cause       TEXT NOT NULL,      -- the job's cause
+    cause_event TEXT,               -- the event's id, when one caused it
+    hash_before TEXT,
+    hash_after  TEXT,
+    latency_us  INTEGER,            -- drift event to result at the master
+    at_us       INTEGER NOT NULL,   -- the result's arrival
+    PRIMARY KEY (jid, agent, state)
+);
+CREATE INDEX receipts_by_agent ON receipts (agent, at_us);
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -208,6 +230,8 @@ enum Write {
         agent: String,
         error: String,
     },
+    /// What a job changed (`receipts.rs`).
+    Receipts(Vec<crate::server::receipts::Receipt>),
     /// An agent's facts, from its hello: the last ones are kept.
     Facts {
         agent: String,
@@ -438,6 +462,18 @@ impl Store {
         let (done, wait) = oneshot::channel();
         self.send(Write::Flush(done)).await;
         let _ = wait.await;
+    }
+
+    /// Keeps receipts. From the link loop, which cannot wait: dropped and
+    /// counted when the queue is full (the job's results are stored).
+    pub fn receipts(&self, receipts: Vec<crate::server::receipts::Receipt>) {
+        if receipts.is_empty() {
+            return;
+        }
+        if self.queue.try_send(Write::Receipts(receipts)).is_err() {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(dropped, "The job store's queue is full; receipts were not kept.");
+        }
     }
 
     /// Keeps `agent`'s facts (for `check`). From the link loop, which
@@ -970,6 +1006,7 @@ fn retain_now(connection: &Connection, limits: Retention) -> rusqlite::Result<us
             connection.execute("DELETE FROM temp.doomed", [])?;
             connection.execute(&format!("INSERT INTO temp.doomed SELECT jid FROM jobs {condition}"), [value])?;
             connection.execute("DELETE FROM job_results WHERE jid IN (SELECT jid FROM temp.doomed)", [])?;
+            connection.execute("DELETE FROM receipts WHERE jid IN (SELECT jid FROM temp.doomed)", [])?;
             connection.execute("DELETE FROM job_agents WHERE jid IN (SELECT jid FROM temp.doomed)", [])?;
             connection.execute("DELETE FROM jobs WHERE jid IN (SELECT jid FROM temp.doomed)", [])
         })();
@@ -1058,6 +1095,11 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: &Write) -> rusqlite::Result<()> 
                 params![jid, agent, error, now_us()],
             )?;
         }
+        Write::Receipts(receipts) => {
+            for receipt in receipts {
+                crate::server::receipts::insert(tx, receipt)?;
+            }
+        }
         Write::Facts { agent, facts } => {
             tx.execute(
                 "INSERT INTO agent_facts (agent, facts, seen_us) VALUES (?1, ?2, ?3)
@@ -1128,6 +1170,11 @@ impl Reader {
             return Err(StoreError::TooNew { path: path.to_path_buf(), found: version });
         }
         Ok(Reader { connection, path: path.to_path_buf() })
+    }
+
+    /// The receipts in the store (`receipts.rs`).
+    pub fn receipts(&self) -> crate::server::receipts::Query<'_> {
+        crate::server::receipts::Query { connection: &self.connection, path: &self.path }
     }
 
     /// Every agent's last facts, by id (none from a store older than v3).
@@ -1484,6 +1531,24 @@ mod tests {
         let stored: String =
             reader.connection.query_row("SELECT key FROM keys WHERE id = 'web01'", [], |row| row.get(0)).unwrap();
         assert_eq!(stored, key.to_string());
+    }
+
+    /// Builds before v5 wrote `user_version = 3` with the v4 index already
+    /// made: such a file migrates to v5 (receipts) without tripping on it,
+    /// and the version is the number of steps.
+    #[test]
+    fn a_store_written_as_v3_with_the_v4_index_migrates_to_receipts() {
+        assert_eq!(usize::try_from(SCHEMA_VERSION).unwrap(), MIGRATIONS.len());
+        let dir = tempfile::tempdir().unwrap();
+        let path = path(dir.path());
+        let connection = Connection::open(&path).unwrap();
+        connection
+            .execute_batch(&format!("{V1_JOBS} {V2_KEYS} {V3_FACTS} {V4_JOBS_BY_TIME} PRAGMA user_version = 3;"))
+            .unwrap();
+        drop(connection);
+        drop(Store::open(&path).unwrap());
+        let reader = Reader::open(&path).unwrap();
+        assert!(reader.receipts().list(None, 10).unwrap().is_empty());
     }
 
     /// A WAL as SQLite writes it, taken while its writer is open: frames of

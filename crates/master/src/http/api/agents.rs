@@ -64,6 +64,7 @@ impl From<AgentRow> for AgentView {
             Compliance::Drifted { since_us, path } => ("drifted", Some(since_us), path),
             Compliance::Failing { since_us } => ("failing", Some(since_us), None),
             Compliance::Stale { since_us } => ("stale", Some(since_us), None),
+            Compliance::Restoring { since_us, path } => ("restoring", Some(since_us), path),
         };
         AgentView {
             id: row.id,

@@ -60,6 +60,10 @@ pub fn compliance(compliance: &Compliance) -> (&'static str, String) {
         }
         Compliance::Failing { since_us } => ("failing", format!("since {}", time(*since_us))),
         Compliance::Stale { since_us } => ("stale", format!("since {}", time(*since_us))),
+        Compliance::Restoring { since_us, path } => {
+            let what = path.as_deref().map(|p| format!("{p} ")).unwrap_or_default();
+            ("restoring", format!("{what}drifted {}", time(*since_us)))
+        }
     }
 }
 

@@ -94,7 +94,7 @@ impl Action for Apply {
             let sent = states.len();
             let job = Job { id: Id::new(), cause_event: Some(event.id), test: false, states };
             let jid = job.id;
-            let result = context.jobs.run(agent, job).await.map_err(ApplyError::Job)?;
+            let result = context.jobs.run_for_event(agent, job, event).await.map_err(ApplyError::Job)?;
             Ok(judge(jid, sent, &result)?)
         })
     }
