@@ -256,6 +256,7 @@ async fn walk(fleet: &mut Fleet, client: &Client, api: &str) -> anyhow::Result<(
     client.goto(&format!("{base}/agents/web01")).await?;
     wait_for_text(client, "tr.receipt", "/etc/nginx/nginx.conf").await?;
     wait_for_text(client, "tr.receipt", &jid[..10]).await?;
+    wait_for_text(client, "tr.receipt", "corrective").await?;
     csp_holds(client, "agent").await?;
     screenshot(client, "agent").await?;
 

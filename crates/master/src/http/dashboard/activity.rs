@@ -8,8 +8,8 @@
 //! events for it (never waits for it) and the summary says how many were
 //! missed, so the dashboard never slows the master.
 //!
-//! It also keeps the last [`RECENT_RESTORES`] restores, which the agent
-//! page lists.
+//! The agent page's receipts are the store's (`server/receipts.rs`);
+//! this window only counts.
 //!
 //! A restore is a job whose `cause` is a drift event (a beacon event with
 //! `data.managed == true`) returning without a failed state; its latency
@@ -37,32 +37,10 @@ pub const MAX_KEPT: usize = 50_000;
 /// restore; the oldest is forgotten first (its restore then goes uncounted).
 pub const MAX_OPEN: usize = 10_000;
 
-/// How many recent restores are kept, fleet-wide.
-pub const RECENT_RESTORES: usize = 1000;
-
-/// A drift waiting for its restore.
-#[derive(Debug, Clone)]
+/// A drift waiting for its restore: when it happened.
+#[derive(Debug, Clone, Copy)]
 struct OpenDrift {
     at_us: i64,
-    agent: String,
-    path: Option<String>,
-    sha256: Option<String>,
-    event: String,
-}
-
-/// A drift and the job that answered it, as the agent page lists them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Restore {
-    pub agent: String,
-    pub path: Option<String>,
-    /// The drift event's id (the cause).
-    pub cause: String,
-    /// The drifted content's hash, as the beacon reported it.
-    pub sha256_drifted: Option<String>,
-    pub job: String,
-    pub at_us: i64,
-    pub latency_us: i64,
-    pub failed: bool,
 }
 
 /// One timed thing in the window.
@@ -87,7 +65,6 @@ pub struct Activity {
     /// Job id → the drift that caused it, until it returns.
     open_jobs: HashMap<String, OpenDrift>,
     open_job_order: VecDeque<String>,
-    restored: VecDeque<Restore>,
     /// Events the bus dropped for us since start.
     missed: u64,
     /// Whether a full queue made us forget stamps still in the window.
@@ -120,14 +97,7 @@ impl Activity {
         match parts.as_slice() {
             ["beacon", _, _] if matches!(event.data.get("managed"), Some(halite_proto::Value::Bool(true))) => {
                 self.push(Kind::Drift, Stamp { at_us: now, latency_us: 0 });
-                let text = |key: &str| event.data.get(key).and_then(|v| v.as_str()).map(str::to_owned);
-                let drift = OpenDrift {
-                    at_us: now,
-                    agent: event.agent.clone(),
-                    path: text("path"),
-                    sha256: text("sha256"),
-                    event: event.id.to_string(),
-                };
+                let drift = OpenDrift { at_us: now };
                 remember(&mut self.open_drifts, &mut self.open_drift_order, event.id.to_string(), drift);
             }
             ["job", jid, "new"] => {
@@ -141,30 +111,12 @@ impl Activity {
                     let failed = matches!(event.data.get("failed"), Some(halite_proto::Value::Bool(true)));
                     let stamp = Stamp { at_us: now, latency_us: (now - drift.at_us).max(0) };
                     self.push(if failed { Kind::RestoreFailed } else { Kind::Restore }, stamp);
-                    if self.restored.len() == RECENT_RESTORES {
-                        self.restored.pop_front();
-                    }
-                    self.restored.push_back(Restore {
-                        agent: drift.agent,
-                        path: drift.path,
-                        cause: drift.event,
-                        sha256_drifted: drift.sha256,
-                        job: (*jid).to_owned(),
-                        at_us: now,
-                        latency_us: stamp.latency_us,
-                        failed,
-                    });
                 }
             }
             ["reactor", _, "fired"] => self.push(Kind::Fired, Stamp { at_us: now, latency_us: 0 }),
             ["reactor", _, "failed"] => self.push(Kind::Failed, Stamp { at_us: now, latency_us: 0 }),
             _ => {}
         }
-    }
-
-    /// The recent restores of `agent`'s drifts, newest first.
-    pub fn restores_of(&self, agent: &str) -> Vec<Restore> {
-        self.restored.iter().rev().filter(|r| r.agent == agent).cloned().collect()
     }
 
     /// The bus dropped `count` events for this subscriber.
@@ -335,15 +287,6 @@ mod tests {
                 truncated: false,
             }
         );
-        let restores = activity.restores_of("web01");
-        assert_eq!(restores.len(), 3);
-        assert_eq!(restores[0].job, "J2");
-        assert!(restores[0].failed);
-        assert_eq!(restores[2].latency_us, 4_000);
-        assert_eq!(restores[2].path.as_deref(), Some("/etc/app.conf"));
-        assert_eq!(restores[2].sha256_drifted.as_deref(), Some("ab12"));
-        assert_eq!(restores[2].cause, drifts[0].id.to_string());
-        assert!(activity.restores_of("db01").is_empty());
         // An hour later, all of it is out of the window.
         let later = activity.summary(start + HOUR_US + 20_000);
         assert_eq!(later, Summary::default());

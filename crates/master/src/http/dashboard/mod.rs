@@ -74,6 +74,8 @@ pub enum DashboardError {
     Store(#[from] crate::server::store::StoreError),
     #[error("this master keeps no jobs store")]
     NoStore,
+    #[error(transparent)]
+    Receipts(#[from] crate::server::receipts::ReceiptsError),
     #[error("reading the store stopped: {0}")]
     Blocking(#[from] tokio::task::JoinError),
     /// Not there, or not for this role (the page does not say which).
@@ -326,18 +328,17 @@ fn agent_row(state: &HttpState, principal: &Principal, id: &str) -> Result<crate
         .ok_or_else(|| DashboardError::NotFound { what: format!("agent {id}") })
 }
 
-fn receipts_context(window: &activity::Shared, agent: &str) -> minijinja::Value {
-    let restores = window.lock().unwrap_or_else(|p| p.into_inner()).restores_of(agent);
-    let (receipts, drift_counts) = pages::receipts_from_restores(&restores);
-    context! { receipts, drift_counts }
+/// The receipts section's context: `agent`'s receipts from the store.
+async fn receipts_context(state: &HttpState, agent: &str) -> Result<minijinja::Value, DashboardError> {
+    let Some(path) = state.master.jobs.store().map(|s| s.file().to_path_buf()) else {
+        return Ok(context! {});
+    };
+    let agent = agent.to_owned();
+    let (receipts, drift_counts) = tokio::task::spawn_blocking(move || pages::receipts(&path, &agent)).await??;
+    Ok(context! { receipts, drift_counts })
 }
 
-async fn agent(
-    State(state): State<HttpState>,
-    Extension(window): Extension<activity::Shared>,
-    Path(id): Path<String>,
-    principal: Result<Principal, ApiError>,
-) -> Page {
+async fn agent(State(state): State<HttpState>, Path(id): Path<String>, principal: Result<Principal, ApiError>) -> Page {
     let principal = signed_in!(principal);
     let row = agent_row(&state, &principal, &id)?;
     let facts_value = halite_proto::Value::from_json(&row.facts);
@@ -355,19 +356,18 @@ async fn agent(
         "agent.html",
         Some(&principal),
         "agent",
-        context! { agent => view, managed, facts, jobs, ..receipts_context(&window, &id) },
+        context! { agent => view, managed, facts, jobs, ..receipts_context(&state, &id).await? },
     )
 }
 
 async fn receipts_fragment(
     State(state): State<HttpState>,
-    Extension(window): Extension<activity::Shared>,
     Path(id): Path<String>,
     principal: Result<Principal, ApiError>,
 ) -> Page {
     let principal = signed_in!(principal);
     agent_row(&state, &principal, &id)?;
-    Ok(Html(render::render("receipts.html", receipts_context(&window, &id))?).into_response())
+    Ok(Html(render::render("receipts.html", receipts_context(&state, &id).await?)?).into_response())
 }
 
 fn store_path(state: &HttpState) -> Result<std::path::PathBuf, DashboardError> {
@@ -586,17 +586,21 @@ mod tests {
             ..crate::protocol::AgentRow::unknown(evil)
         };
         let overview = pages::overview(std::slice::from_ref(&row), activity::Summary::default());
-        let restore = activity::Restore {
+        let receipt = crate::server::receipts::Receipt {
+            jid: evil.into(),
             agent: evil.into(),
-            path: Some(evil.into()),
+            state: evil.into(),
+            path: evil.into(),
+            kind: crate::server::receipts::ReceiptKind::Corrective,
             cause: evil.into(),
-            sha256_drifted: Some(evil.into()),
-            job: evil.into(),
+            cause_event: Some(evil.into()),
+            hash_before: Some(evil.into()),
+            hash_after: Some(evil.into()),
+            latency_us: Some(1),
             at_us: 0,
-            latency_us: 0,
-            failed: false,
         };
-        let (receipts, drift_counts) = pages::receipts_from_restores(&[restore]);
+        let receipts = pages::receipt_views(&[receipt]);
+        let drift_counts = vec![pages::DriftCount { path: evil.into(), count: 1 }];
         let event =
             std::sync::Arc::new(halite_proto::Event::new(evil, evil, halite_proto::Value::map().with("path", evil)));
         let events = pages::events(&[event], None, |_| true);

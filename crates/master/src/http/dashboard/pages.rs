@@ -6,7 +6,6 @@
 //! ([`super::render`]). Values an agent supplied (ids, facts, paths, event
 //! data) pass through as text.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -16,7 +15,8 @@ use crate::server::context::Master;
 use crate::server::keys::KeyEntry;
 use crate::server::store::{JobSummary, Reader};
 
-use super::activity::{Restore, Summary};
+use super::activity::Summary;
+use crate::server::receipts::Receipt;
 
 /// The compliance states, in the order the overview lists them.
 pub const COMPLIANCE_ORDER: &[&str] = &["failing", "drifted", "restoring", "stale", "unknown", "compliant"];
@@ -143,12 +143,14 @@ pub fn events(
         .collect()
 }
 
-/// A restore as the agent page lists it.
+/// A receipt as the agent page lists it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReceiptView {
     pub time: String,
     pub path: String,
-    pub reason: String,
+    /// `corrective` (drift restored) or `intentional` (the tree changed, an
+    /// operator applied).
+    pub reason: &'static str,
     pub latency_ms: Option<f64>,
     pub before: String,
     pub after: String,
@@ -156,38 +158,46 @@ pub struct ReceiptView {
     pub job_short: String,
 }
 
-/// How often one file drifted, in what the page lists.
+/// How often one file drifted and was restored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DriftCount {
     pub path: String,
-    pub count: usize,
+    pub count: i64,
 }
 
-/// The restores the dashboard saw for an agent (newest first) and how
-/// often each file drifted among them, most first.
-pub fn receipts_from_restores(restores: &[Restore]) -> (Vec<ReceiptView>, Vec<DriftCount>) {
-    let receipts = restores
+/// How many receipts the agent page lists.
+pub const RECEIPTS_LISTED: u32 = 50;
+
+/// The store's receipts (`server/receipts.rs`), as the page lists them.
+pub fn receipt_views(receipts: &[Receipt]) -> Vec<ReceiptView> {
+    receipts
         .iter()
         .map(|r| ReceiptView {
             time: time(r.at_us),
-            path: r.path.clone().unwrap_or_default(),
-            reason: if r.failed { "drift, restore failed".into() } else { "drift restored (corrective)".into() },
+            path: r.path.clone(),
+            reason: r.kind.as_str(),
             #[allow(clippy::cast_precision_loss)]
-            latency_ms: Some(r.latency_us as f64 / 1000.0),
-            before: r.sha256_drifted.as_deref().map(short_hash).unwrap_or_else(|| "–".into()),
-            after: "desired".into(),
-            job_short: short_id(&r.job),
-            job: r.job.clone(),
+            latency_ms: r.latency_us.map(|us| us as f64 / 1000.0),
+            before: r.hash_before.as_deref().map_or_else(|| "(none)".into(), short_hash),
+            after: r.hash_after.as_deref().map_or_else(|| "(none)".into(), short_hash),
+            job_short: short_id(&r.jid),
+            job: r.jid.clone(),
         })
-        .collect();
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for restore in restores {
-        *counts.entry(restore.path.clone().unwrap_or_default()).or_default() += 1;
-    }
-    let mut drift_counts: Vec<DriftCount> =
-        counts.into_iter().map(|(path, count)| DriftCount { path, count }).collect();
-    drift_counts.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.path.cmp(&b.path)));
-    (receipts, drift_counts)
+        .collect()
+}
+
+/// `agent`'s newest receipts and how often each of its files drifted.
+/// Blocking (SQLite), as [`jobs`].
+pub fn receipts(
+    store: &std::path::Path,
+    agent: &str,
+) -> Result<(Vec<ReceiptView>, Vec<DriftCount>), super::DashboardError> {
+    let reader = Reader::open(store)?;
+    let query = reader.receipts();
+    let listed = query.list(Some(agent), RECEIPTS_LISTED)?;
+    let counts = query.drift_counts(Some(agent))?;
+    let counts = counts.into_iter().map(|c| DriftCount { path: c.path, count: c.drifts }).collect();
+    Ok((receipt_views(&listed), counts))
 }
 
 fn short_hash(hash: &str) -> String {
@@ -557,25 +567,24 @@ mod tests {
     }
 
     #[test]
-    fn receipts_count_drifts_per_file() {
-        let restore = |path: &str, job: &str| Restore {
+    fn receipts_show_short_hashes_and_latency() {
+        use crate::server::receipts::ReceiptKind;
+        let receipt = Receipt {
+            jid: "01JOB0000000000000000000000".into(),
             agent: "web01".into(),
-            path: Some(path.into()),
-            cause: "E".into(),
-            sha256_drifted: Some("0123456789abcdef".into()),
-            job: job.into(),
+            state: "nginx-conf".into(),
+            path: "/etc/nginx/nginx.conf".into(),
+            kind: ReceiptKind::Corrective,
+            cause: "event:01E".into(),
+            cause_event: Some("01E".into()),
+            hash_before: Some("0123456789abcdef".into()),
+            hash_after: None,
+            latency_us: Some(2500),
             at_us: 0,
-            latency_us: 2500,
-            failed: false,
         };
-        let (receipts, counts) =
-            receipts_from_restores(&[restore("/etc/a", "J1"), restore("/etc/b", "J2"), restore("/etc/a", "J3")]);
-        assert_eq!(receipts.len(), 3);
-        assert_eq!(receipts[0].latency_ms, Some(2.5));
-        assert_eq!(receipts[0].before, "0123456789ab");
-        assert_eq!(
-            counts,
-            [DriftCount { path: "/etc/a".into(), count: 2 }, DriftCount { path: "/etc/b".into(), count: 1 }]
-        );
+        let views = receipt_views(&[receipt]);
+        assert_eq!(views[0].latency_ms, Some(2.5));
+        assert_eq!((views[0].before.as_str(), views[0].after.as_str()), ("0123456789ab", "(none)"));
+        assert_eq!((views[0].reason, views[0].job_short.as_str()), ("corrective", "01JOB00000"));
     }
 }
