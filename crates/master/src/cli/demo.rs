@@ -38,8 +38,27 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     println!("  state tree: {} (top.yaml, beacons.yaml, reactors.yaml, motd.yaml, nginx.yaml)", states.display());
 
     // The demo's agents are its own: accept them without an operator.
-    let master = fleet::start_master(&binaries, &dir.join("master"), &states, "tcp://127.0.0.1:0", &["*"]).await?;
+    let master = fleet::start_master_with(
+        &binaries,
+        &dir.join("master"),
+        &states,
+        "tcp://127.0.0.1:0",
+        &["*"],
+        "api:\n  listen: 127.0.0.1:0\n",
+    )
+    .await?;
     println!("  master: agents on {}, events published on {}", master.listen, master.publish);
+    let data_dir = master.dir.join("data");
+    let request = crate::protocol::Request::TokensCreate { name: "demo".into(), role: "admin".into() };
+    let made = super::request(&data_dir, &request).await?;
+    if let (Some(url), Some(token)) = (&master.api, made.token) {
+        println!("  API and dashboard: {url} (self-signed: {})", data_dir.join(crate::config::API_CERT).display());
+        println!("    token (admin): {token}");
+        println!(
+            "    curl --cacert {} -H 'Authorization: Bearer {token}' {url}/api/v1/agents",
+            data_dir.join(crate::config::API_CERT).display()
+        );
+    }
     let mut bus = Subscriber::connect(&master.publish, "halite/").await?;
     let mut agents: Vec<AgentProcess> = Vec::new();
     for id in ["web01", "db01"] {
