@@ -176,44 +176,22 @@ async fn the_dashboard_in_a_browser() {
 
     // web* are accepted on sight; db01 will wait for the keys page.
     let mut fleet = Fleet::start_accepting_with_master_config(&["web01", "web02"], &["web*"], &api).await.unwrap();
-    let result = walk(&mut fleet, &browser.client, &api).await;
+    let result = walk(&mut fleet, &browser.client).await;
     let _ = browser.client.close().await;
     if let Err(error) = result {
         fleet.fail(&error);
     }
 }
 
-/// An `admin` token, made with `halite-master tokens create`.
-async fn admin_token(fleet: &mut Fleet, api: &str) -> anyhow::Result<String> {
-    let printed = match fleet.cli(&["tokens", "create", "browser", "--role", "admin"]) {
-        Ok(printed) => printed,
-        Err(_) => {
-            // TEMPORARY until the api branch's `tokens` command lands: the
-            // token's hash written into the stopped master's store.
-            let listen = fleet.master().listen.clone();
-            fleet.stop_master().await;
-            let db = fleet.master_data_dir().join("halite.db");
-            let token = "hlt_0123456789abcdef0123456789abcdef";
-            let script = format!(
-                "import sqlite3,hashlib,time; c=sqlite3.connect('{}'); c.execute('INSERT INTO api_tokens (name, role, hash, created_us) VALUES (?,?,?,?)', ('browser','admin',hashlib.sha256(b'{token}').hexdigest(), int(time.time()*1e6))); c.commit()",
-                db.display()
-            );
-            anyhow::ensure!(halite_e2e::blocking_process("python3").arg("-c").arg(script).status()?.success());
-            let dir = fleet.dir.path().join("master");
-            let master =
-                halite_master::fleet::start_master_with(&fleet.binaries, &dir, &fleet.states, &listen, &["web*"], api)
-                    .await?;
-            fleet.bus = halite_master::client::Subscriber::connect(&master.publish, "halite/").await?;
-            fleet.master = Some(master);
-            token.to_owned()
-        }
-    };
+/// A token for `role`, made with `halite-master tokens create`.
+fn token(fleet: &Fleet, name: &str, role: &str) -> anyhow::Result<String> {
+    let printed = fleet.cli(&["tokens", "create", name, "--role", role])?;
     let token = printed.split_whitespace().find(|w| w.starts_with("hlt_")).map(str::to_owned);
     token.ok_or_else(|| anyhow::anyhow!("`tokens create` printed no token: {printed}"))
 }
 
-async fn walk(fleet: &mut Fleet, client: &Client, api: &str) -> anyhow::Result<()> {
-    let token = admin_token(fleet, api).await?;
+async fn walk(fleet: &mut Fleet, client: &Client) -> anyhow::Result<()> {
+    let token = token(fleet, "browser", "admin")?;
     // The ready line, which the master also writes to its data dir.
     let ready = std::fs::read_to_string(fleet.master_data_dir().join("endpoints"))?;
     let base = ready.split_whitespace().find_map(|f| f.strip_prefix("api=")).map(str::to_owned);

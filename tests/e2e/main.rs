@@ -5,6 +5,7 @@
 // failed test, which is what `unwrap` says here.
 #![allow(clippy::unwrap_used)]
 
+mod api;
 mod apply;
 mod beacons;
 mod bus;

@@ -35,6 +35,10 @@ pub struct Cli {
     /// master.yaml for `run`, else text.
     #[arg(long, global = true, value_enum, env = "HALITE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Talk to the master as this API token's role instead of the local
+    /// `admin` (prefer the HALITE_TOKEN variable: a flag shows in `ps`).
+    #[arg(long, global = true, env = "HALITE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 const EXAMPLES: &str = "Examples:
@@ -261,6 +265,52 @@ pub enum Command {
         #[arg(long, env = "HALITE_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// API tokens: make one for a role (shown once, kept only as its
+    /// sha256), list them, revoke one. Through the running master;
+    /// `admin` only. Roles are declared in master.yaml's `roles:`
+    /// (`admin` is built in).
+    #[command(after_help = "Examples:
+  halite-master tokens create ci --role web-ops
+  halite-master tokens list
+  halite-master tokens revoke ci")]
+    Tokens {
+        #[command(subcommand)]
+        action: TokensAction,
+        /// The master's configuration, to find its data dir.
+        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG, global = true)]
+        config: PathBuf,
+        /// The master's data dir (overrides the configuration's).
+        #[arg(long, env = "HALITE_DATA_DIR", global = true)]
+        data_dir: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// The audit log: every change made through the API or the control
+    /// socket, and every refusal (who, what, target, cause, result), oldest
+    /// first, each row hash-chained to the one before.
+    ///
+    /// Reads <data_dir>/halite.db directly, read-only: works whether the
+    /// master runs or not. With --verify, checks the chain and exits 1
+    /// naming the first row that was edited, removed or reordered.
+    #[command(after_help = "Examples:
+  halite-master audit
+  halite-master audit --json > audit.jsonl
+  halite-master audit --verify")]
+    Audit {
+        /// Check the hash chain (exit 1 at the first bad row).
+        #[arg(long)]
+        verify: bool,
+        /// JSON lines, one row each, with their hashes.
+        #[arg(long)]
+        json: bool,
+        /// The master's configuration, to find its data dir.
+        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The master's data dir (overrides the configuration's).
+        #[arg(long, env = "HALITE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// A consistent copy of the store (keys, jobs, results) in FILE, made
     /// by the running master with SQLite's online backup while it works.
     ///
@@ -407,6 +457,22 @@ pub enum Command {
         #[arg(long)]
         keep: bool,
     },
+}
+
+/// `halite-master tokens` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokensAction {
+    /// Make a token NAME with ROLE; prints it once.
+    Create {
+        name: String,
+        /// A role from master.yaml's `roles:`, or `admin`.
+        #[arg(long)]
+        role: String,
+    },
+    /// Every token: name, role, when made (never the token).
+    List,
+    /// Revoke the token NAME: calls with it fail from now on.
+    Revoke { name: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use halite_agent::logging::LogFormat;
-use halite_master::args::{Cli, Command, KeysAction};
+use halite_master::args::{Cli, Command, KeysAction, TokensAction};
 use halite_master::config::MasterConfig;
 
 /// The master allocates and frees a few small objects per event on one
@@ -50,6 +50,9 @@ fn log_format(cli: &Cli) -> LogFormat {
 
 fn run(cli: Cli) -> anyhow::Result<bool> {
     use halite_master::cli;
+    if let Some(token) = cli.token {
+        cli::use_token(token);
+    }
     match cli.command {
         Command::Init { dir, listen } => {
             let layout = match dir {
@@ -127,6 +130,18 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Receipts { agent, limit, json, config, data_dir } => {
             cli::receipts::run(&cli::operator_data_dir(&config, data_dir)?, agent.as_deref(), limit, json)
+        }
+        Command::Tokens { action, config, data_dir, json } => {
+            let action = match action {
+                TokensAction::Create { name, role } => cli::tokens::Action::Create { name, role },
+                TokensAction::List => cli::tokens::Action::List,
+                TokensAction::Revoke { name } => cli::tokens::Action::Revoke(name),
+            };
+            cli::tokens::run(action, &cli::operator_data_dir(&config, data_dir)?, json)
+        }
+        Command::Audit { verify, json, config, data_dir } => {
+            let data_dir = cli::operator_data_dir(&config, data_dir)?;
+            cli::audit::run(&data_dir, verify, json, &mut std::io::stdout().lock())
         }
         Command::Backup { file, config, data_dir } => {
             cli::backup::run(&cli::operator_data_dir(&config, data_dir)?, &file)

@@ -59,6 +59,20 @@ pub enum Request {
     Backup {
         to: std::path::PathBuf,
     },
+    /// The connection's next requests run as this API token's principal
+    /// (`--token`, `HALITE_TOKEN`) instead of the local `admin`.
+    Auth {
+        token: String,
+    },
+    /// Makes an API token (`admin`); the answer's `token` holds it, once.
+    TokensCreate {
+        name: String,
+        role: String,
+    },
+    TokensList,
+    TokensRevoke {
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -85,6 +99,12 @@ pub struct Response {
     /// Set when `facts`' target matched no connected agent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_agent: bool,
+    /// The API tokens listed (or the one made or revoked).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<crate::server::access::TokenRow>,
+    /// A token just made: shown once, stored only as its hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// What the operator asked for.

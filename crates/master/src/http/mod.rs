@@ -82,6 +82,13 @@ pub async fn start(
     cancel: CancellationToken,
 ) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
     let (cert, key) = (config.cert_path(data_dir), config.key_path(data_dir));
+    if config.cert.is_none() && config.key.is_none() {
+        // As with master.key: `run` alone makes what `init` would have.
+        let (cert, key, names) = (cert.clone(), key.clone(), tls::names_for(&config.listen));
+        if tokio::task::spawn_blocking(move || tls::self_signed(&cert, &key, &names)).await?? {
+            tracing::info!(cert = %config.cert_path(data_dir).display(), "Made a self-signed certificate for the API.");
+        }
+    }
     let tls = tokio::task::spawn_blocking(move || tls::server_config(&cert, &key)).await??;
     let address: SocketAddr = config
         .listen

@@ -137,6 +137,8 @@ pub async fn serve_planned<W: AsyncWriteExt + Unpin>(
             connected = write_line(out, &ApplyLine::Stopped { reason: reason.to_owned(), skipped }).await;
         }
     }
+    // Done once every answer is in the store: `jobs` run next shows them.
+    master.jobs.flush_store().await;
     if connected {
         let _ = write_line(out, &ApplyLine::Done).await;
     }

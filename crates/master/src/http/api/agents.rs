@@ -3,7 +3,7 @@
 //! `server::control::agent_rows`), and one agent with its recent jobs.
 //! A role sees the agents its target reaches and no others.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
@@ -129,7 +129,7 @@ pub async fn list(State(state): State<HttpState>, principal: Principal) -> Resul
 pub async fn one(
     State(state): State<HttpState>,
     principal: Principal,
-    Path(id): Path<String>,
+    super::ApiPath(id): super::ApiPath<String>,
 ) -> Result<Json<AgentDetail>, ApiError> {
     principal.can(crate::config::Verb::Read).map_err(|refusal| ApiError::Forbidden(refusal.to_string()))?;
     let Some(mut agent) = visible(&state, &principal).into_iter().find(|a| a.id == id) else {

@@ -126,7 +126,7 @@ pub async fn apply(
     State(state): State<HttpState>,
     principal: Principal,
     headers: HeaderMap,
-    axum::Json(body): axum::Json<ApplyBody>,
+    super::ApiJson(body): super::ApiJson<ApplyBody>,
 ) -> Result<Response, ApiError> {
     let what = if body.test { "apply --test" } else { "apply" };
     let cause = format!("POST /api/v1/apply by {}", principal.who);

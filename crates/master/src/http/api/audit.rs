@@ -2,7 +2,7 @@
 //! `GET /api/v1/audit/verify` (the hash chain checked, as
 //! `halite-master audit --verify` does). `admin` only.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -52,7 +52,7 @@ pub struct VerifyView {
 pub async fn list(
     State(state): State<HttpState>,
     principal: Principal,
-    Query(query): Query<AuditQuery>,
+    super::ApiQuery(query): super::ApiQuery<AuditQuery>,
 ) -> Result<Json<Vec<Row>>, ApiError> {
     principal.can(Verb::Admin).map_err(|refusal| ApiError::Forbidden(refusal.to_string()))?;
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);

@@ -105,7 +105,7 @@ pub async fn cmd(
     State(state): State<HttpState>,
     principal: Principal,
     headers: HeaderMap,
-    axum::Json(body): axum::Json<CmdBody>,
+    super::ApiJson(body): super::ApiJson<CmdBody>,
 ) -> Result<Response, ApiError> {
     let cause = format!("POST /api/v1/cmd by {}", principal.who);
     let timeout_ms = body.timeout_ms.unwrap_or(super::apply::DEFAULT_TIMEOUT_MS);

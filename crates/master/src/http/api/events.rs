@@ -16,7 +16,7 @@
 use std::convert::Infallible;
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -78,7 +78,7 @@ pub async fn events(
     State(state): State<HttpState>,
     principal: Principal,
     headers: HeaderMap,
-    Query(query): Query<EventsQuery>,
+    super::ApiQuery(query): super::ApiQuery<EventsQuery>,
 ) -> Result<Response, ApiError> {
     principal.can(Verb::Read).map_err(|refusal| ApiError::Forbidden(refusal.to_string()))?;
     let matcher = match query.tag.as_deref().map(Glob::new).transpose() {

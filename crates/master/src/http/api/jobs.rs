@@ -3,7 +3,7 @@
 //! diffs), read from halite.db as `halite-master jobs` reads it. A role
 //! sees the jobs whose agents its target reaches.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use halite_state::report::{AgentReport, Answer, StateReport};
@@ -168,7 +168,7 @@ pub struct JobQuery {
 pub async fn list(
     State(state): State<HttpState>,
     principal: Principal,
-    Query(query): Query<JobQuery>,
+    super::ApiQuery(query): super::ApiQuery<JobQuery>,
 ) -> Result<Json<Vec<JobView>>, ApiError> {
     principal.can(Verb::Read).map_err(|refusal| ApiError::Forbidden(refusal.to_string()))?;
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
@@ -205,7 +205,7 @@ pub async fn list(
 pub async fn one(
     State(state): State<HttpState>,
     principal: Principal,
-    Path(jid): Path<String>,
+    super::ApiPath(jid): super::ApiPath<String>,
 ) -> Result<Json<JobDetail>, ApiError> {
     principal.can(Verb::Read).map_err(|refusal| ApiError::Forbidden(refusal.to_string()))?;
     let wanted = jid.clone();

@@ -6,7 +6,7 @@
 //! once, the commit before the answer) are the CLI's. The `keys` verb,
 //! on every agent the selector names; audited.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -84,8 +84,8 @@ pub async fn list(State(state): State<HttpState>, principal: Principal) -> Resul
 pub async fn accept(
     State(state): State<HttpState>,
     principal: Principal,
-    Path(selector): Path<String>,
-    Query(query): Query<AcceptQuery>,
+    super::ApiPath(selector): super::ApiPath<String>,
+    super::ApiQuery(query): super::ApiQuery<AcceptQuery>,
 ) -> Result<Json<Vec<KeyView>>, ApiError> {
     let request = Request::KeysAccept { target: selector.clone(), replace: query.replace };
     change(&state, &principal, "keys accept", &selector, request).await
@@ -104,7 +104,7 @@ pub async fn accept(
 pub async fn reject(
     State(state): State<HttpState>,
     principal: Principal,
-    Path(selector): Path<String>,
+    super::ApiPath(selector): super::ApiPath<String>,
 ) -> Result<Json<Vec<KeyView>>, ApiError> {
     let request = Request::KeysReject { target: selector.clone() };
     change(&state, &principal, "keys reject", &selector, request).await
@@ -123,7 +123,7 @@ pub async fn reject(
 pub async fn remove(
     State(state): State<HttpState>,
     principal: Principal,
-    Path(selector): Path<String>,
+    super::ApiPath(selector): super::ApiPath<String>,
 ) -> Result<Json<Vec<KeyView>>, ApiError> {
     let request = Request::KeysDelete { target: selector.clone() };
     change(&state, &principal, "keys delete", &selector, request).await

@@ -3,7 +3,7 @@
 //! `admin` only, audited; the same `server::access` calls as
 //! `halite-master tokens`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
@@ -75,7 +75,7 @@ pub async fn list(State(state): State<HttpState>, principal: Principal) -> Resul
 pub async fn create(
     State(state): State<HttpState>,
     principal: Principal,
-    Json(body): Json<TokenBody>,
+    super::ApiJson(body): super::ApiJson<TokenBody>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     let cause = format!("POST /api/v1/tokens by {}", principal.who);
     let what = format!("tokens create --role {}", body.role);
@@ -105,7 +105,7 @@ pub async fn create(
 pub async fn revoke(
     State(state): State<HttpState>,
     principal: Principal,
-    Path(name): Path<String>,
+    super::ApiPath(name): super::ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let cause = format!("DELETE /api/v1/tokens/{name} by {}", principal.who);
     admin(&state, &principal, "tokens revoke", &name, &cause).await?;

@@ -125,7 +125,7 @@ pub async fn summary(State(state): State<HttpState>, principal: Principal) -> Re
 pub async fn check(
     State(state): State<HttpState>,
     principal: Principal,
-    Json(body): Json<CheckBody>,
+    super::ApiJson(body): super::ApiJson<CheckBody>,
 ) -> Result<Json<CheckView>, ApiError> {
     principal.can(Verb::Read).map_err(|refusal| ApiError::Forbidden(refusal.to_string()))?;
     if !halite_proto::text::valid_tag(&body.tag) {

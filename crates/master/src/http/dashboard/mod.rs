@@ -49,7 +49,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::config::Verb;
 use crate::http::HttpState;
-use crate::http::api::ApiError;
+use crate::http::api::{ApiError, ApiPath, ApiQuery};
 use crate::http::auth::COOKIE;
 use crate::server::access::Principal;
 
@@ -447,13 +447,13 @@ async fn decide_key(
             crate::http::api::keys::accept(
                 State(state.clone()),
                 principal.clone(),
-                Path(fingerprint.clone()),
-                Query(query),
+                ApiPath(fingerprint.clone()),
+                ApiQuery(query),
             )
             .await
         }
         "reject" => {
-            crate::http::api::keys::reject(State(state.clone()), principal.clone(), Path(fingerprint.clone())).await
+            crate::http::api::keys::reject(State(state.clone()), principal.clone(), ApiPath(fingerprint.clone())).await
         }
         other => return Err(DashboardError::NotFound { what: format!("key decision {other}") }),
     };
