@@ -172,7 +172,11 @@ async fn the_dashboard_in_a_browser() {
     let Some(browser) = browser().await.unwrap() else { return };
     let certs = tempfile::tempdir().unwrap();
     let (cert, key) = certificate(certs.path()).unwrap();
-    let api = format!("api:\n  listen: 127.0.0.1:0\n  cert: {}\n  key: {}\n", cert.display(), key.display());
+    let api = format!(
+        "api:\n  listen: 127.0.0.1:0\n  cert: {}\n  key: {}\nroles:\n  web-ops:\n    verbs: [read]\n    target: 'web*'\n",
+        cert.display(),
+        key.display()
+    );
 
     // web* are accepted on sight; db01 will wait for the keys page.
     let mut fleet = Fleet::start_accepting_with_master_config(&["web01", "web02"], &["web*"], &api).await.unwrap();
@@ -184,14 +188,14 @@ async fn the_dashboard_in_a_browser() {
 }
 
 /// A token for `role`, made with `halite-master tokens create`.
-fn token(fleet: &Fleet, name: &str, role: &str) -> anyhow::Result<String> {
+fn make_token(fleet: &Fleet, name: &str, role: &str) -> anyhow::Result<String> {
     let printed = fleet.cli(&["tokens", "create", name, "--role", role])?;
     let token = printed.split_whitespace().find(|w| w.starts_with("hlt_")).map(str::to_owned);
     token.ok_or_else(|| anyhow::anyhow!("`tokens create` printed no token: {printed}"))
 }
 
 async fn walk(fleet: &mut Fleet, client: &Client) -> anyhow::Result<()> {
-    let token = token(fleet, "browser", "admin")?;
+    let token = make_token(fleet, "browser", "admin")?;
     // The ready line, which the master also writes to its data dir.
     let ready = std::fs::read_to_string(fleet.master_data_dir().join("endpoints"))?;
     let base = ready.split_whitespace().find_map(|f| f.strip_prefix("api=")).map(str::to_owned);
@@ -292,5 +296,59 @@ async fn walk(fleet: &mut Fleet, client: &Client) -> anyhow::Result<()> {
     client.refresh().await?;
     wait_for_text(client, "tr.agent-row", "web02").await?;
     screenshot(client, "overview-phone").await?;
+    client.set_window_size(1280, 900).await?;
+
+    // A form posted from another site changes nothing: refused before any
+    // handler runs (and the SameSite cookie is not even sent).
+    let fingerprint = fleet.keys(&["list"])?;
+    let db01 =
+        fingerprint.lines().find(|l| l.contains("db01")).and_then(|l| l.split_whitespace().find(|w| w.len() == 64));
+    let db01 = db01.ok_or_else(|| anyhow::anyhow!("no db01 key in {fingerprint}"))?.to_owned();
+    let attack = format!(
+        "data:text/html,<form method=post action='{base}/keys/reject'><input name=id value=db01>\
+         <input name=fingerprint value={db01}><button id=go>go</button></form>"
+    );
+    client.goto(&attack).await?;
+    client.find(Locator::Id("go")).await?.click().await?;
+    wait_for_text(client, "body", "refused: a dashboard form must be posted from the dashboard itself").await?;
+    anyhow::ensure!(
+        fleet.keys(&["list"])?.lines().any(|l| l.contains("db01") && l.contains("accepted")),
+        "db01 was rejected"
+    );
+
+    // A `web-ops` token (read, on web*) sees the web agents only, may not
+    // decide keys, and a refusal is audited.
+    let ops = make_token(fleet, "ops", "web-ops")?;
+    client.goto(&format!("{base}/")).await?;
+    client.find(Locator::Css("form.logout button")).await?.click().await?;
+    client.wait().at_most(WAIT).for_element(Locator::Css("input#token")).await?;
+    client.find(Locator::Css("input#token")).await?.send_keys(&ops).await?;
+    client.find(Locator::Css("form.login button")).await?.click().await?;
+    wait_for_text(client, "header .who", "token:ops (web-ops)").await?;
+    wait_for_text(client, "#agent-count", "2").await?;
+    anyhow::ensure!(!wait_for_text_once(client, "tr.agent-row", "db01").await?, "web-ops sees db01");
+    client.goto(&format!("{base}/keys")).await?;
+    wait_for_text(client, "tr.key", "web01").await?;
+    anyhow::ensure!(
+        client.find_all(Locator::Css("button.accept, button.reject")).await?.is_empty(),
+        "web-ops is offered key decisions"
+    );
+    let web01 = fleet.keys(&["list"])?;
+    let web01 = web01.lines().find(|l| l.contains("web01")).and_then(|l| l.split_whitespace().find(|w| w.len() == 64));
+    let web01 = web01.ok_or_else(|| anyhow::anyhow!("no web01 key"))?.to_owned();
+    let status = client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/keys/reject', { method: 'POST', body: new URLSearchParams({ id: 'web01', fingerprint: arguments[0] }) })
+               .then(r => done(r.status), e => done(String(e)));",
+            vec![serde_json::Value::String(web01)],
+        )
+        .await?;
+    assert_eq!(status, 403, "web-ops rejecting web01's key");
+    let audit = fleet.cli(&["audit", "--json"])?;
+    anyhow::ensure!(
+        audit.lines().any(|l| l.contains("token:ops") && l.contains("keys reject") && l.contains("refused")),
+        "the refusal is not audited: {audit}"
+    );
     Ok(())
 }
