@@ -378,12 +378,12 @@ async fn jobs(State(state): State<HttpState>, principal: Result<Principal, ApiEr
     let principal = signed_in!(principal);
     let path = store_path(&state)?;
     let listed = tokio::task::spawn_blocking(move || pages::jobs(&path, None)).await??;
-    // A job shows when the role sees its target's agents (the operator's
-    // target expression is text: the jobs of agents the role sees).
+    // A job shows when the role sees every agent it was sent to (`admin`:
+    // all, the master's own hook runs too).
     let seen: std::collections::HashSet<String> =
         visible_rows(&state, &principal).into_iter().map(|row| row.id).collect();
-    let all_seen = principal.role.reaches("*", &halite_proto::Value::Null) && principal.can(Verb::Read).is_ok();
-    let jobs: Vec<_> = listed.into_iter().filter(|job| all_seen || seen.contains(&job.target)).collect();
+    let admin = principal.can(Verb::Admin).is_ok();
+    let jobs: Vec<_> = listed.into_iter().filter(|job| admin || job.agents.iter().all(|a| seen.contains(a))).collect();
     page("jobs.html", Some(&principal), "jobs", context! { jobs })
 }
 

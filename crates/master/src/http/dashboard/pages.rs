@@ -281,6 +281,8 @@ pub struct JobRow {
     pub unchanged: i64,
     pub no_answer: i64,
     pub waiting: i64,
+    /// The agents it was sent to (who may see it).
+    pub agents: Vec<String>,
 }
 
 impl JobRow {
@@ -299,6 +301,7 @@ impl JobRow {
             unchanged: summary.unchanged,
             no_answer: summary.no_answer,
             waiting: summary.waiting,
+            agents: summary.agents.clone(),
         }
     }
 }
