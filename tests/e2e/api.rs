@@ -454,7 +454,10 @@ async fn schemathesis(fleet: &mut Fleet, program: &str) -> anyhow::Result<()> {
     let url = fleet.master().api.clone().context("api=")?;
     let report = fleet.dir.path().join("schemathesis");
     let mut command = halite_e2e::process(program);
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemathesis.toml");
     command
+        .arg("--config-file")
+        .arg(config)
         .arg("run")
         .arg(format!("{url}/api/v1/openapi.json"))
         .args(["--checks", "all", "--max-examples", "30", "--workers", "1"])

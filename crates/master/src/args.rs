@@ -463,6 +463,9 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum TokensAction {
     /// Make a token NAME with ROLE; prints it once.
+    #[command(after_help = "Examples:
+  halite-master tokens create ci --role web-ops
+  HALITE_TOKEN=$(halite-master tokens create bot --role admin) halite-master agents")]
     Create {
         name: String,
         /// A role from master.yaml's `roles:`, or `admin`.
@@ -470,8 +473,13 @@ pub enum TokensAction {
         role: String,
     },
     /// Every token: name, role, when made (never the token).
+    #[command(after_help = "Examples:
+  halite-master tokens list
+  halite-master tokens list --json")]
     List,
     /// Revoke the token NAME: calls with it fail from now on.
+    #[command(after_help = "Examples:
+  halite-master tokens revoke ci")]
     Revoke { name: String },
 }
 

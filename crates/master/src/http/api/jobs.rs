@@ -136,6 +136,31 @@ pub struct JobDetail {
     pub agents: Vec<AgentResult>,
 }
 
+/// A job filter's outcome: a state's result, or an agent's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Changed,
+    WouldChange,
+    Failed,
+    Unchanged,
+    NoAnswer,
+    Waiting,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Changed => "changed",
+            Outcome::WouldChange => "would_change",
+            Outcome::Failed => "failed",
+            Outcome::Unchanged => "unchanged",
+            Outcome::NoAnswer => "no_answer",
+            Outcome::Waiting => "waiting",
+        }
+    }
+}
+
 /// `GET /api/v1/jobs`' filters.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -146,8 +171,8 @@ pub struct JobQuery {
     pub cause: Option<String>,
     /// Jobs that carried this state id.
     pub state: Option<String>,
-    /// `changed`, `would_change`, `failed`, `unchanged`, `no_answer` or `waiting`.
-    pub outcome: Option<String>,
+    /// Jobs with a result of this outcome, or an agent in this status.
+    pub outcome: Option<Outcome>,
     /// Created at or after (microseconds since the epoch).
     pub since_us: Option<i64>,
     /// Created before (microseconds since the epoch).
@@ -175,15 +200,11 @@ pub async fn list(
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::BadRequest(format!("limit {limit} is not between 1 and {MAX_LIMIT}")));
     }
-    const OUTCOMES: [&str; 6] = ["changed", "would_change", "failed", "unchanged", "no_answer", "waiting"];
-    if let Some(outcome) = query.outcome.as_deref().filter(|o| !OUTCOMES.contains(o)) {
-        return Err(ApiError::BadRequest(format!("outcome `{outcome}` is not one of {}", OUTCOMES.join(", "))));
-    }
     let filter = JobFilter {
         agent: query.agent,
         cause: query.cause,
         state: query.state,
-        outcome: query.outcome,
+        outcome: query.outcome.map(|o| o.as_str().to_owned()),
         since_us: query.since_us,
         until_us: query.until_us,
         limit,

@@ -23,7 +23,7 @@ pub mod keys;
 pub mod tokens;
 pub mod tree;
 
-/// The API's routes (the OpenAPI document's too).
+/// The API's routes (`http::router` adds the OpenAPI document's).
 pub fn router() -> Router<HttpState> {
     Router::new()
         .merge(agents::router())
@@ -35,7 +35,6 @@ pub fn router() -> Router<HttpState> {
         .merge(events::router())
         .merge(tokens::router())
         .merge(audit::router())
-        .merge(crate::http::openapi::router())
 }
 
 /// Why an API call failed, as the status it is answered with.

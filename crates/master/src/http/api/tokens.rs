@@ -24,6 +24,7 @@ pub fn router() -> Router<HttpState> {
 #[serde(deny_unknown_fields)]
 pub struct TokenBody {
     /// Letters, digits, `-`, `_`, `.`; at most 64.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub name: String,
     /// A role from master.yaml's `roles:`, or `admin`.
     pub role: String,
@@ -67,9 +68,10 @@ pub async fn list(State(state): State<HttpState>, principal: Principal) -> Resul
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", security(("token" = [])), request_body = TokenBody,
     responses(
         (status = 201, description = "The token, shown once", body = CreatedToken),
-        (status = 400, description = "A bad name or an unknown role", body = ErrorBody),
+        (status = 400, description = "A bad name", body = ErrorBody),
         (status = 401, description = "No or unknown token", body = ErrorBody),
         (status = 403, description = "Not `admin` (audited)", body = ErrorBody),
+        (status = 404, description = "No such role in master.yaml's `roles:`", body = ErrorBody),
         (status = 409, description = "A token with that name exists", body = ErrorBody),
     ))]
 pub async fn create(
@@ -86,9 +88,8 @@ pub async fn create(
     match made {
         Ok(token) => Ok((StatusCode::CREATED, Json(CreatedToken { name: body.name, role: body.role, token }))),
         Err(error @ AccessError::Exists { .. }) => Err(ApiError::Conflict(error.to_string())),
-        Err(error @ (AccessError::NoRole { .. } | AccessError::BadName { .. })) => {
-            Err(ApiError::BadRequest(error.to_string()))
-        }
+        Err(error @ AccessError::NoRole { .. }) => Err(ApiError::NotFound(error.to_string())),
+        Err(error @ AccessError::BadName { .. }) => Err(ApiError::BadRequest(error.to_string())),
         Err(error) => Err(ApiError::Internal(error.to_string())),
     }
 }

@@ -61,7 +61,9 @@ pub struct ReloadView {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckBody {
-    /// The event's tag: `halite/beacon/web01/nginx-conf`.
+    /// The event's tag: `halite/beacon/web01/nginx-conf` (printable, no
+    /// spaces; the schema says ASCII, the server takes any printable text).
+    #[schema(pattern = "^[!-~]+$", max_length = 256)]
     pub tag: String,
     /// The agent that raises it (default: the tag's, for a beacon event).
     pub agent: Option<String>,
