@@ -5,10 +5,12 @@
 // failed test, which is what `unwrap` says here.
 #![allow(clippy::unwrap_used)]
 
+mod api;
 mod apply;
 mod beacons;
 mod bus;
 mod check;
+mod dashboard;
 mod drift;
 mod durability;
 mod exposure;

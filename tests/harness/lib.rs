@@ -120,6 +120,16 @@ impl Fleet {
         Fleet::start_configured(agents, &["*"], files, &[], master_yaml).await
     }
 
+    /// A master with these `auto_accept` globs and `master_yaml` (YAML
+    /// keys) added to its configuration, and the agents named.
+    pub async fn start_accepting_with_master_config(
+        agents: &[&str],
+        auto_accept: &[&str],
+        master_yaml: &str,
+    ) -> anyhow::Result<Fleet> {
+        Fleet::start_configured(agents, auto_accept, &[], &[], master_yaml).await
+    }
+
     async fn start_configured(
         agents: &[&str],
         auto_accept: &[&str],

@@ -35,6 +35,10 @@ pub struct Cli {
     /// master.yaml for `run`, else text.
     #[arg(long, global = true, value_enum, env = "HALITE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Talk to the master as this API token's role instead of the local
+    /// `admin` (prefer the HALITE_TOKEN variable: a flag shows in `ps`).
+    #[arg(long, global = true, env = "HALITE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 const EXAMPLES: &str = "Examples:
@@ -191,6 +195,15 @@ pub enum Command {
         /// How long to wait for each agent's answer.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
+        /// At most N agents at once.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        batch: Option<u64>,
+        /// Apply to K agents first (in id order) and stop if any fails.
+        #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+        canary: Option<u64>,
+        /// Stop sending once N agents have failed (those running finish).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        max_failures: Option<u64>,
         /// The master's configuration, to find its data dir.
         #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
@@ -267,6 +280,52 @@ pub enum Command {
         /// A target expression (`web*`, `L@web01,web02`, `G@os:debian`).
         target: String,
         /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The master's configuration, to find its data dir.
+        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The master's data dir (overrides the configuration's).
+        #[arg(long, env = "HALITE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// API tokens: make one for a role (shown once, kept only as its
+    /// sha256), list them, revoke one. Through the running master;
+    /// `admin` only. Roles are declared in master.yaml's `roles:`
+    /// (`admin` is built in).
+    #[command(after_help = "Examples:
+  halite-master tokens create ci --role web-ops
+  halite-master tokens list
+  halite-master tokens revoke ci")]
+    Tokens {
+        #[command(subcommand)]
+        action: TokensAction,
+        /// The master's configuration, to find its data dir.
+        #[arg(long, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG, global = true)]
+        config: PathBuf,
+        /// The master's data dir (overrides the configuration's).
+        #[arg(long, env = "HALITE_DATA_DIR", global = true)]
+        data_dir: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// The audit log: every change made through the API or the control
+    /// socket, and every refusal (who, what, target, cause, result), oldest
+    /// first, each row hash-chained to the one before.
+    ///
+    /// Reads <data_dir>/halite.db directly, read-only: works whether the
+    /// master runs or not. With --verify, checks the chain and exits 1
+    /// naming the first row that was edited, removed or reordered.
+    #[command(after_help = "Examples:
+  halite-master audit
+  halite-master audit --json > audit.jsonl
+  halite-master audit --verify")]
+    Audit {
+        /// Check the hash chain (exit 1 at the first bad row).
+        #[arg(long)]
+        verify: bool,
+        /// JSON lines, one row each, with their hashes.
         #[arg(long)]
         json: bool,
         /// The master's configuration, to find its data dir.
@@ -454,6 +513,30 @@ pub enum Command {
         #[arg(long)]
         keep: bool,
     },
+}
+
+/// `halite-master tokens` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokensAction {
+    /// Make a token NAME with ROLE; prints it once.
+    #[command(after_help = "Examples:
+  halite-master tokens create ci --role web-ops
+  HALITE_TOKEN=$(halite-master tokens create bot --role admin) halite-master agents")]
+    Create {
+        name: String,
+        /// A role from master.yaml's `roles:`, or `admin`.
+        #[arg(long)]
+        role: String,
+    },
+    /// Every token: name, role, when made (never the token).
+    #[command(after_help = "Examples:
+  halite-master tokens list
+  halite-master tokens list --json")]
+    List,
+    /// Revoke the token NAME: calls with it fail from now on.
+    #[command(after_help = "Examples:
+  halite-master tokens revoke ci")]
+    Revoke { name: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -70,10 +70,90 @@ pub struct MasterConfig {
     /// Hello1 from it closes its connection (the agent retries).
     #[serde(default = "default_handshakes_per_source")]
     pub handshakes_per_source: usize,
+    /// The HTTPS API and dashboard (`src/http/`); off unless set.
+    #[serde(default)]
+    pub api: Option<ApiConfig>,
+    /// Roles for API tokens (and `--token` on the command line): name →
+    /// verbs × target. `admin` (every verb, every agent) is built in.
+    #[serde(default)]
+    pub roles: std::collections::BTreeMap<String, RoleConfig>,
     /// `/metrics` in the Prometheus text format on a listener of its own
     /// (`server/metrics/`); off unless set.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+}
+
+/// `api:` in master.yaml: where the HTTPS API listens and with which
+/// certificate.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// `IP:PORT` (`127.0.0.1:8443`); port 0 picks a free port, printed on
+    /// the ready line as `api=https://IP:PORT`.
+    pub listen: String,
+    /// The certificate chain, PEM; default `<data_dir>/api.crt` (`init`
+    /// writes a self-signed one).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Its private key, PEM; default `<data_dir>/api.key`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+impl ApiConfig {
+    /// The certificate's file.
+    pub fn cert_path(&self, data_dir: &Path) -> PathBuf {
+        self.cert.clone().unwrap_or_else(|| data_dir.join(API_CERT))
+    }
+    /// The private key's file.
+    pub fn key_path(&self, data_dir: &Path) -> PathBuf {
+        self.key.clone().unwrap_or_else(|| data_dir.join(API_KEY))
+    }
+}
+
+/// The API's default certificate, in the data dir.
+pub const API_CERT: &str = "api.crt";
+/// The API's default private key, in the data dir (owner-only).
+pub const API_KEY: &str = "api.key";
+
+/// What a token may do (`roles:` in master.yaml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verb {
+    /// See agents, keys, jobs, the tree and events (of the agents the
+    /// role's target matches).
+    Read,
+    /// Accept, reject and delete keys.
+    Keys,
+    /// Apply states (and test them).
+    Apply,
+    /// Run ad-hoc commands.
+    Cmd,
+    /// Everything, on every agent: tokens, the audit log, backups.
+    Admin,
+}
+
+impl Verb {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Read => "read",
+            Verb::Keys => "keys",
+            Verb::Apply => "apply",
+            Verb::Cmd => "cmd",
+            Verb::Admin => "admin",
+        }
+    }
+}
+
+/// One entry of `roles:`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConfig {
+    pub verbs: Vec<Verb>,
+    /// The agents the verbs reach, as a target expression (`web*`,
+    /// `G@os:debian`); default every agent.
+    #[serde(default = "default_schedule_target")]
+    pub target: String,
 }
 
 /// `metrics:` in master.yaml.
@@ -299,6 +379,8 @@ impl Default for MasterConfig {
             store: StoreConfig::default(),
             max_event_bytes: default_max_event_bytes(),
             handshakes_per_source: default_handshakes_per_source(),
+            api: None,
+            roles: std::collections::BTreeMap::new(),
             metrics: None,
         }
     }
@@ -316,6 +398,8 @@ pub enum ConfigError {
         "{path}: auto_accept {globs:?} would accept any new agent by its id alone (whoever reaches the master first under a matching id gets that id's states and secrets); set `enrolment.token_file` (and `enrol_token_file` in agent.yaml), or write `enrolment: {{trust_id_alone: true}}` to accept that risk (README, \"Security model\")"
     )]
     AutoAcceptTrustsIds { path: PathBuf, globs: Vec<String> },
+    #[error("{path}: roles: `{role}`: {problem}")]
+    Role { path: PathBuf, role: String, problem: String },
 }
 
 /// The default publisher's socket, in the data dir.
@@ -348,6 +432,25 @@ impl MasterConfig {
         None
     }
 
+    /// What is wrong with `roles:`: the role and why.
+    fn roles_problem(&self) -> Option<(String, String)> {
+        for (name, role) in &self.roles {
+            if name == "admin" {
+                return Some((
+                    name.clone(),
+                    "`admin` is built in (every verb, every agent); name yours otherwise".into(),
+                ));
+            }
+            if role.verbs.is_empty() {
+                return Some((name.clone(), "no verbs (write e.g. verbs: [read, apply])".into()));
+            }
+            if let Err(error) = halite_state::Target::parse(&role.target) {
+                return Some((name.clone(), format!("target `{}`: {error}", role.target)));
+            }
+        }
+        None
+    }
+
     /// Where the publisher binds: `publish` as set, or
     /// `ipc://<data_dir>/events.sock`.
     pub fn publish_endpoint(&self) -> String {
@@ -371,6 +474,13 @@ impl MasterConfig {
         }
         if !config.auto_accept.is_empty() && config.enrolment.token_file.is_none() && !config.enrolment.trust_id_alone {
             return Err(ConfigError::AutoAcceptTrustsIds { path: path.to_path_buf(), globs: config.auto_accept });
+        }
+        if let Some((role, problem)) = config.roles_problem() {
+            return Err(ConfigError::Role { path: path.to_path_buf(), role, problem });
+        }
+        if let Some(api) = &mut config.api {
+            api.cert = api.cert.take().map(|file| base.join(file));
+            api.key = api.key.take().map(|file| base.join(file));
         }
         Ok(config)
     }

@@ -48,6 +48,8 @@ pub struct MasterProcess {
     pub publish: String,
     /// The master's public key, as printed on the ready line.
     pub key: String,
+    /// The HTTPS API's URL (`https://127.0.0.1:PORT`), when `api:` is set.
+    pub api: Option<String>,
     pub dir: PathBuf,
     /// Its stderr (logs).
     pub log: PathBuf,
@@ -118,6 +120,7 @@ pub async fn start_master_with(
         listen: field("listen=")?,
         publish: field("publish=")?,
         key: field("key=")?,
+        api: field("api=").ok(),
         child,
         dir: dir.to_path_buf(),
         log,

@@ -18,6 +18,8 @@
 //!   `events`, `demo`.
 //! - [`args`] — the command line's clap definition, also read by the
 //!   packaging tool for the man pages and completions.
+//! - [`http`] — the HTTPS API (`/api/v1`, tokens and roles from
+//!   [`server::access`]) and the dashboard, on one TLS listener.
 //! - [`fleet`] — real processes on loopback for the demo and tests;
 //!   [`client`]: a bus subscriber for tools, the demo and the tests;
 //!   [`example`]: the example state tree, built into the binary.
@@ -30,6 +32,7 @@ pub mod client;
 pub mod config;
 pub mod example;
 pub mod fleet;
+pub mod http;
 pub mod protocol;
 pub mod server;
 pub mod tree;

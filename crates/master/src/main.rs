@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use halite_agent::logging::LogFormat;
-use halite_master::args::{Cli, Command, KeysAction};
+use halite_master::args::{Cli, Command, KeysAction, TokensAction};
 use halite_master::config::MasterConfig;
 
 /// The master allocates and frees a few small objects per event on one
@@ -50,6 +50,9 @@ fn log_format(cli: &Cli) -> LogFormat {
 
 fn run(cli: Cli) -> anyhow::Result<bool> {
     use halite_master::cli;
+    if let Some(token) = cli.token {
+        cli::use_token(token);
+    }
     match cli.command {
         Command::Init { dir, listen } => {
             let layout = match dir {
@@ -92,7 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 }
             }
         }
-        Command::Apply { target, states, test, json, timeout, config, data_dir } => {
+        Command::Apply { target, states, test, json, timeout, batch, canary, max_failures, config, data_dir } => {
             if let Some(hint) = cli::apply::salt_habit(&states) {
                 use clap::CommandFactory;
                 Cli::command().error(clap::error::ErrorKind::InvalidValue, hint).exit();
@@ -102,7 +105,18 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             let args: Vec<String> =
                 std::iter::once("halite-master".to_owned()).chain(std::env::args().skip(1)).collect();
             let command_line = shlex::try_join(args.iter().map(String::as_str)).unwrap_or_else(|_| args.join(" "));
-            let options = cli::apply::Options { target, states, test, json, timeout, command_line };
+            let count = |n: Option<u64>| n.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+            let options = cli::apply::Options {
+                target,
+                states,
+                test,
+                json,
+                timeout,
+                command_line,
+                batch: count(batch),
+                canary: count(canary),
+                max_failures: count(max_failures),
+            };
             let code = cli::runtime()?.block_on(cli::apply::run(&data_dir, options))?;
             exit_with(code)
         }
@@ -133,6 +147,18 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 &path,
                 into.as_deref(),
             )?)
+        }
+        Command::Tokens { action, config, data_dir, json } => {
+            let action = match action {
+                TokensAction::Create { name, role } => cli::tokens::Action::Create { name, role },
+                TokensAction::List => cli::tokens::Action::List,
+                TokensAction::Revoke { name } => cli::tokens::Action::Revoke(name),
+            };
+            cli::tokens::run(action, &cli::operator_data_dir(&config, data_dir)?, json)
+        }
+        Command::Audit { verify, json, config, data_dir } => {
+            let data_dir = cli::operator_data_dir(&config, data_dir)?;
+            cli::audit::run(&data_dir, verify, json, &mut std::io::stdout().lock())
         }
         Command::Backup { file, config, data_dir } => {
             cli::backup::run(&cli::operator_data_dir(&config, data_dir)?, &file)

@@ -70,6 +70,20 @@ pub enum Request {
         agent: String,
         path: String,
     },
+    /// The connection's next requests run as this API token's principal
+    /// (`--token`, `HALITE_TOKEN`) instead of the local `admin`.
+    Auth {
+        token: String,
+    },
+    /// Makes an API token (`admin`); the answer's `token` holds it, once.
+    TokensCreate {
+        name: String,
+        role: String,
+    },
+    TokensList,
+    TokensRevoke {
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -102,6 +116,12 @@ pub struct Response {
     /// The file `adopt` asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopted: Option<halite_proto::WatchedContent>,
+    /// The API tokens listed (or the one made or revoked).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<crate::server::access::TokenRow>,
+    /// A token just made: shown once, stored only as its hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// What the operator asked for.
@@ -119,6 +139,17 @@ pub struct ApplyRequest {
     pub timeout_ms: u64,
     /// The operator's command line, recorded as the jobs' cause.
     pub command_line: String,
+    /// At most this many agents at once (none: all at once).
+    #[serde(default)]
+    pub batch: Option<usize>,
+    /// Run on this many agents first (in target order), and stop if any
+    /// of them fails.
+    #[serde(default)]
+    pub canary: Option<usize>,
+    /// Stop sending once this many agents have failed (a failed state or
+    /// no answer); those running finish.
+    #[serde(default)]
+    pub max_failures: Option<usize>,
 }
 
 /// One line of the master's answer.
@@ -133,6 +164,9 @@ pub enum ApplyLine {
     Done,
     /// Nothing was sent. `no_agent`: the target matched no connected agent.
     Error { error: String, no_agent: bool },
+    /// `canary` or `max_failures` stopped the apply: `skipped` were never
+    /// sent their jobs. Comes before `done`.
+    Stopped { reason: String, skipped: Vec<String> },
 }
 
 /// One line of the stream after the first (which is a [`Response`]).

@@ -23,6 +23,12 @@ pub struct Options {
     pub timeout: Duration,
     /// What the operator typed, recorded as the jobs' cause.
     pub command_line: String,
+    /// At most this many agents at once.
+    pub batch: Option<usize>,
+    /// Run on this many agents first; stop if any fails.
+    pub canary: Option<usize>,
+    /// Stop sending once this many agents failed.
+    pub max_failures: Option<usize>,
 }
 
 /// A hint when STATE looks like a Salt keyword argument (`test=True`):
@@ -47,6 +53,9 @@ pub async fn run(data_dir: &Path, options: Options) -> anyhow::Result<u8> {
         test: options.test,
         timeout_ms: u64::try_from(options.timeout.as_millis()).unwrap_or(u64::MAX),
         command_line: options.command_line.clone(),
+        batch: options.batch,
+        canary: options.canary,
+        max_failures: options.max_failures,
     });
     let mut lines = super::stream(data_dir, &request).await?;
     let parse = |line: &str| -> anyhow::Result<ApplyLine> {
@@ -75,6 +84,12 @@ pub async fn run(data_dir: &Path, options: Options) -> anyhow::Result<u8> {
                     bar.suspend(|| stdout.write_all(text.as_bytes()))?;
                 }
                 report.agents.push(agent);
+            }
+            ApplyLine::Stopped { reason, skipped } => {
+                bar.suspend(|| eprintln!("stopped: {reason}; not sent to {}", skipped.join(", ")));
+                for agent in skipped {
+                    report.agents.push(AgentReport::no_answer(&agent, None, format!("not sent: {reason}")));
+                }
             }
             ApplyLine::Done => break,
             other => bail!("the master answered out of order: {other:?}"),

@@ -129,16 +129,29 @@ pub fn what_if(
     out: &mut impl Write,
 ) -> std::io::Result<()> {
     let (tree, _) = Tree::load(states);
+    what_if_in(&tree, tag, agent, data, out).map(|_| ())
+}
+
+/// [`what_if`] against a loaded tree (the running master's, for the API's
+/// `POST /api/v1/tree/check`); returns how many reactors fire directly.
+pub fn what_if_in(
+    tree: &Tree,
+    tag: &str,
+    agent: Option<&str>,
+    data: &serde_json::Value,
+    out: &mut impl Write,
+) -> std::io::Result<usize> {
     let agent = agent
         .map(str::to_owned)
         .or_else(|| tag.strip_prefix("halite/beacon/").and_then(|rest| rest.split('/').next()).map(str::to_owned))
         .unwrap_or_default();
     let event = halite_proto::Event::new(tag, agent.as_str(), halite_proto::Value::from_json(data));
     writeln!(out, "what if: {tag} from `{agent}` with data {data}")?;
-    if reactions(&tree, &event, 0, out)? == 0 {
+    let fired = reactions(tree, &event, 0, out)?;
+    if fired == 0 {
         writeln!(out, "  no reactor fires")?;
     }
-    Ok(())
+    Ok(fired)
 }
 
 /// Prints the reactors `event` fires, `depth` `event` hops from the agent's

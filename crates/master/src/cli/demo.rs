@@ -38,14 +38,25 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     println!("  state tree: {} (top.yaml, beacons.yaml, reactors.yaml, motd.yaml, nginx.yaml)", states.display());
 
     // The demo's agents are its own: accept them without an operator.
-    // `/metrics` on: the demo shows every part of the master.
-    let metrics = "metrics:\n  listen: 127.0.0.1:0\n";
+    // `/metrics` and the API on: the demo shows every part of the master.
+    let extra = "metrics:\n  listen: 127.0.0.1:0\napi:\n  listen: 127.0.0.1:0\n";
     let master =
-        fleet::start_master_with(&binaries, &dir.join("master"), &states, "tcp://127.0.0.1:0", &["*"], metrics).await?;
+        fleet::start_master_with(&binaries, &dir.join("master"), &states, "tcp://127.0.0.1:0", &["*"], extra).await?;
     println!("  master: agents on {}, events published on {}", master.listen, master.publish);
     let endpoints = tokio::fs::read_to_string(master.dir.join("data").join("endpoints")).await.unwrap_or_default();
     if let Some(address) = endpoints.split_whitespace().find_map(|f| f.strip_prefix("metrics=")) {
         println!("  metrics: http://{address}/metrics");
+    }
+    let data_dir = master.dir.join("data");
+    let request = crate::protocol::Request::TokensCreate { name: "demo".into(), role: "admin".into() };
+    let made = super::request(&data_dir, &request).await?;
+    if let (Some(url), Some(token)) = (&master.api, made.token) {
+        println!("  API and dashboard: {url} (self-signed: {})", data_dir.join(crate::config::API_CERT).display());
+        println!("    token (admin): {token}");
+        println!(
+            "    curl --cacert {} -H 'Authorization: Bearer {token}' {url}/api/v1/agents",
+            data_dir.join(crate::config::API_CERT).display()
+        );
     }
     let mut bus = Subscriber::connect(&master.publish, "halite/").await?;
     let mut agents: Vec<AgentProcess> = Vec::new();

@@ -104,6 +104,21 @@ pub fn run(layout: &Layout, listen: Option<&str>, out: &mut dyn Write) -> anyhow
         writeln!(out, "kept the master's key {}", key_path.display())?;
     }
 
+    // The API's certificate, self-signed, for when `api:` is turned on
+    // (a configured `cert`/`key` of the operator's own is left alone).
+    let api = config.api.clone().unwrap_or(crate::config::ApiConfig { listen: String::new(), cert: None, key: None });
+    let (cert, key) = (api.cert_path(data_dir), api.key_path(data_dir));
+    if api.cert.is_none() && api.key.is_none() {
+        let names = crate::http::tls::names_for(&api.listen);
+        if crate::http::tls::self_signed(&cert, &key, &names)? {
+            give_to_data_dir_owner(&key, data_dir)?;
+            give_to_data_dir_owner(&cert, data_dir)?;
+            writeln!(out, "made a self-signed certificate for the API {} (for {})", cert.display(), names.join(", "))?;
+        } else {
+            writeln!(out, "kept the API's certificate {}", cert.display())?;
+        }
+    }
+
     let states = &config.states;
     if is_empty_or_missing(states)? {
         crate::example::write(states)
@@ -219,7 +234,13 @@ fn config_text(listen: &str, states: &Path, data_dir: &Path) -> String {
          #   ipc://<data_dir>/events.sock, for the master's user only (TCP has no authentication)\n\
          states: {states}  # the state tree\n\
          data_dir: {data_dir}  # keys, control socket, endpoints\n\
-         auto_accept: []  # agent-id globs accepted without an operator\n",
+         auto_accept: []  # agent-id globs accepted without an operator\n\
+         # api:  # the HTTPS API and dashboard, off unless set (README, \"HTTP API\")\n\
+         #   listen: 127.0.0.1:8443\n\
+         #   cert: /path/cert.pem  # default <data_dir>/api.crt, self-signed by init\n\
+         #   key: /path/key.pem    # default <data_dir>/api.key\n\
+         # roles:  # for API tokens; `admin` is built in\n\
+         #   web-ops: {{verbs: [read, apply], target: 'web*'}}\n",
         states = states.display(),
         data_dir = data_dir.display(),
     )

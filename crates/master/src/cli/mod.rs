@@ -16,6 +16,7 @@ use crate::protocol::{Request, Response, socket_path};
 pub mod adopt;
 pub mod agents;
 pub mod apply;
+pub mod audit;
 pub mod backup;
 pub mod check;
 pub mod cmd;
@@ -29,6 +30,16 @@ pub mod jobs;
 pub mod keys;
 pub mod receipts;
 pub mod run;
+pub mod tokens;
+
+/// The API token the operator's commands present (`--token`,
+/// `HALITE_TOKEN`), set once by `main`; none: the local `admin`.
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Makes every control socket connection of this process present `token`.
+pub fn use_token(token: String) {
+    let _ = TOKEN.set(token);
+}
 
 /// The data dir an operator command talks to: `--data-dir`, or the
 /// configuration's, or the default.
@@ -54,7 +65,22 @@ pub async fn connect(data_dir: &Path) -> anyhow::Result<UnixStream> {
     // name (StrictModes; the daemon's user and root are trusted).
     trusted_data_dir(data_dir)?;
     let socket = socket_path(data_dir);
-    Ok(UnixStream::connect(&socket).await.map_err(|source| exit::CommandError::NotRunning { socket, source })?)
+    let mut stream =
+        UnixStream::connect(&socket).await.map_err(|source| exit::CommandError::NotRunning { socket, source })?;
+    if let Some(token) = TOKEN.get() {
+        let mut line = serde_json::to_string(&Request::Auth { token: token.clone() })?;
+        line.push('\n');
+        stream.write_all(line.as_bytes()).await?;
+        // The master says nothing more until the next request: reading
+        // one line here leaves nothing behind in the buffer.
+        let mut answer = String::new();
+        BufReader::new(&mut stream).read_line(&mut answer).await?;
+        let response: Response = serde_json::from_str(&answer).context("the master did not answer the token")?;
+        if let Some(error) = response.error {
+            anyhow::bail!("the master refused the token (--token / HALITE_TOKEN): {error}");
+        }
+    }
+    Ok(stream)
 }
 
 /// Refuses a data dir that someone other than its owner or root could have

@@ -7,6 +7,14 @@
 //! with the agents and their job ids, one `agent` per agent, then `done`;
 //! or a single `error`. Jobs outlive the connection: an operator who
 //! presses ^C does not stop them, and their results are still recorded.
+//!
+//! A rollout ([`Rollout`], pure, table-tested) decides when each job goes
+//! out: `batch` caps the agents running at once, `canary` runs the first K
+//! agents (in target order: by id) before any other and stops when one of
+//! them fails, `max_failures` stops sending once that many agents failed
+//! (a failed state or no answer). Stopping sends nothing more; the jobs
+//! running finish; the agents never sent a job are listed in a `stopped`
+//! line before `done`. The API's `POST /api/v1/apply` runs the same code.
 
 use std::time::Duration;
 
@@ -24,8 +32,9 @@ fn error(message: impl Into<String>) -> ApplyLine {
     ApplyLine::Error { error: message.into(), no_agent: false }
 }
 
-/// What to send to whom, or why nothing can be sent.
-fn plan(master: &Master, request: &ApplyRequest) -> Result<Vec<(String, Job)>, ApplyLine> {
+/// What to send to whom, or why nothing can be sent: the connected
+/// agents the target matches, by id, each with its rendered job.
+pub fn plan(master: &Master, request: &ApplyRequest) -> Result<Vec<(String, Job)>, ApplyLine> {
     let tree = master.tree();
     let states = &tree.states;
     if let Some(missing) = request.states.iter().find(|s| !states.has_state_file(s)) {
@@ -67,43 +76,148 @@ fn plan(master: &Master, request: &ApplyRequest) -> Result<Vec<(String, Job)>, A
 /// Runs the request and writes the conversation to `out`. Returns when
 /// every agent has answered or timed out, or the operator went away.
 pub async fn serve<W: AsyncWriteExt + Unpin>(master: &Master, request: ApplyRequest, out: &mut W) {
-    let jobs = match plan(master, &request) {
-        Ok(jobs) => jobs,
+    match plan(master, &request) {
+        Ok(jobs) => serve_planned(master, request, jobs, out).await,
         Err(line) => {
             let _ = write_line(out, &line).await;
-            return;
         }
-    };
+    }
+}
+
+/// Sends `jobs` (from [`plan`]) as the rollout allows and writes the
+/// conversation to `out`: what [`serve`] does once the plan is made (the
+/// API authorizes between the two).
+pub async fn serve_planned<W: AsyncWriteExt + Unpin>(
+    master: &Master,
+    request: ApplyRequest,
+    jobs: Vec<(String, Job)>,
+    out: &mut W,
+) {
     tracing::info!(target = %request.target, agents = jobs.len(), test = request.test, "Operator apply.");
     let started = jobs.iter().map(|(agent, job)| (agent.clone(), job.id.to_string())).collect();
     let mut connected = write_line(out, &ApplyLine::Started { test: request.test, jobs: started }).await;
+    let agents: Vec<String> = jobs.iter().map(|(agent, _)| agent.clone()).collect();
+    let mut unsent: Vec<Option<(String, Job)>> = jobs.into_iter().map(Some).collect();
+    let mut rollout = Rollout::new(agents.len(), request.batch, request.canary, request.max_failures);
     // One slot per agent: a job task never waits to hand in its answer.
-    let (answers, mut inbox) = mpsc::channel(jobs.len());
+    let (answers, mut inbox) = mpsc::channel(agents.len().max(1));
     let timeout = Duration::from_millis(request.timeout_ms);
-    for (agent, job) in jobs {
-        let origin = Origin {
-            cause: format!("operator:{}", request.command_line),
-            reactor: None,
-            target: request.target.clone(),
-        };
-        let (jobs, answers) = (master.jobs.clone(), answers.clone());
-        tokio::spawn(async move {
-            let jid = Some(job.id.to_string());
-            let report = match jobs.run_with(&agent, job, origin, timeout).await {
-                Ok(result) => AgentReport::answered(&agent, jid, &result.results),
-                Err(error) => AgentReport::no_answer(&agent, jid, error.to_string()),
+    loop {
+        while let Some(index) = rollout.next_to_start() {
+            let Some((agent, job)) = unsent.get_mut(index).and_then(Option::take) else { continue };
+            let origin = Origin {
+                cause: format!("operator:{}", request.command_line),
+                reactor: None,
+                target: request.target.clone(),
             };
-            let _ = answers.send(report).await;
-        });
-    }
-    drop(answers);
-    while let Some(report) = inbox.recv().await {
+            let (jobs, answers) = (master.jobs.clone(), answers.clone());
+            tokio::spawn(async move {
+                let jid = Some(job.id.to_string());
+                let report = match jobs.run_with(&agent, job, origin, timeout).await {
+                    Ok(result) => AgentReport::answered(&agent, jid, &result.results),
+                    Err(error) => AgentReport::no_answer(&agent, jid, error.to_string()),
+                };
+                let _ = answers.send((index, report)).await;
+            });
+        }
+        if rollout.running() == 0 {
+            break;
+        }
+        let Some((index, report)) = inbox.recv().await else { break };
+        rollout.finished(index, !report.answered_ok(), &report.agent);
         if connected {
             connected = write_line(out, &ApplyLine::Agent { report }).await;
         }
     }
+    if let Some(reason) = rollout.stopped() {
+        let skipped: Vec<String> =
+            unsent.iter().zip(&agents).filter(|(job, _)| job.is_some()).map(|(_, agent)| agent.clone()).collect();
+        tracing::warn!(target = %request.target, skipped = skipped.len(), "Operator apply stopped: {reason}.");
+        if connected {
+            connected = write_line(out, &ApplyLine::Stopped { reason: reason.to_owned(), skipped }).await;
+        }
+    }
+    // Done once every answer is in the store: `jobs` run next shows them.
+    master.jobs.flush_store().await;
     if connected {
         let _ = write_line(out, &ApplyLine::Done).await;
+    }
+}
+
+/// When each agent of an apply gets its job: the pure decision behind
+/// `batch`, `canary` and `max_failures` (agents by their index in the
+/// plan).
+#[derive(Debug)]
+pub struct Rollout {
+    total: usize,
+    /// At most this many running at once.
+    batch: usize,
+    /// The first `canary` agents run, and all answer, before any other.
+    canary: usize,
+    max_failures: Option<usize>,
+    /// The next agent to start.
+    next: usize,
+    running: usize,
+    canaries_done: usize,
+    failures: usize,
+    stopped: Option<String>,
+}
+
+impl Rollout {
+    pub fn new(total: usize, batch: Option<usize>, canary: Option<usize>, max_failures: Option<usize>) -> Rollout {
+        Rollout {
+            total,
+            batch: batch.unwrap_or(total).max(1),
+            canary: canary.unwrap_or(0).min(total),
+            max_failures: max_failures.map(|n| n.max(1)),
+            next: 0,
+            running: 0,
+            canaries_done: 0,
+            failures: 0,
+            stopped: None,
+        }
+    }
+
+    /// The next agent that may start now, if any (none: wait for an
+    /// answer, or everything is sent, or the rollout stopped).
+    pub fn next_to_start(&mut self) -> Option<usize> {
+        let in_canary = self.next < self.canary;
+        let canary_open = in_canary || self.canaries_done == self.canary;
+        if self.stopped.is_some() || self.next >= self.total || self.running >= self.batch || !canary_open {
+            return None;
+        }
+        self.next += 1;
+        self.running += 1;
+        Some(self.next - 1)
+    }
+
+    /// Agent `index` (`agent`) answered, or did not.
+    pub fn finished(&mut self, index: usize, failed: bool, agent: &str) {
+        self.running = self.running.saturating_sub(1);
+        if index < self.canary {
+            self.canaries_done += 1;
+        }
+        if !failed {
+            return;
+        }
+        self.failures += 1;
+        if self.stopped.is_some() {
+            return;
+        }
+        if index < self.canary {
+            self.stopped = Some(format!("canary {agent} failed"));
+        } else if let Some(max) = self.max_failures.filter(|max| self.failures >= *max) {
+            self.stopped = Some(format!("{} agents failed (max_failures {max})", self.failures));
+        }
+    }
+
+    pub fn running(&self) -> usize {
+        self.running
+    }
+
+    /// Why the rollout stopped, if it did.
+    pub fn stopped(&self) -> Option<&str> {
+        self.stopped.as_deref()
     }
 }
 
@@ -118,6 +232,42 @@ async fn write_line<W: AsyncWriteExt + Unpin>(out: &mut W, line: &ApplyLine) -> 
 mod tests {
     use super::*;
 
+    /// The rollout, table-style: each case is a run where agents whose
+    /// index is in `failing` fail, answers arriving oldest job first; the
+    /// agents started (in order, with the answers between) and the stop.
+    #[test]
+    fn rollouts_start_and_stop_where_they_should() {
+        // (total, batch, canary, max_failures, failing, started order with `|` = an answer, stopped?)
+        type Case = (usize, Option<usize>, Option<usize>, Option<usize>, &'static [usize], &'static str, bool);
+        let cases: [Case; 8] = [
+            (4, None, None, None, &[], "0 1 2 3 | | | |", false),
+            (4, Some(2), None, None, &[], "0 1 | 2 | 3 | |", false),
+            (4, Some(1), None, Some(1), &[1], "0 | 1 |", true),
+            (5, Some(2), None, Some(2), &[0, 1], "0 1 | 2 | |", true),
+            (5, Some(1), None, Some(2), &[0, 3], "0 | 1 | 2 | 3 |", true),
+            (4, None, Some(1), None, &[], "0 | 1 2 3 | | |", false),
+            (4, None, Some(2), None, &[1], "0 1 | |", true),
+            (3, Some(1), Some(5), Some(1), &[], "0 | 1 | 2 |", false),
+        ];
+        for (total, batch, canary, max_failures, failing, wanted, stops) in cases {
+            let mut rollout = Rollout::new(total, batch, canary, max_failures);
+            let mut running = std::collections::VecDeque::new();
+            let mut trace = Vec::new();
+            loop {
+                while let Some(index) = rollout.next_to_start() {
+                    trace.push(index.to_string());
+                    running.push_back(index);
+                }
+                let Some(index) = running.pop_front() else { break };
+                trace.push("|".into());
+                rollout.finished(index, failing.contains(&index), &format!("web{index}"));
+            }
+            let case = format!("{total} {batch:?} {canary:?} {max_failures:?} {failing:?}");
+            assert_eq!(trace.join(" "), wanted, "{case}");
+            assert_eq!(rollout.stopped().is_some(), stops, "{case}: {:?}", rollout.stopped());
+        }
+    }
+
     #[test]
     fn lines_round_trip_as_json() {
         let lines = [
@@ -125,6 +275,7 @@ mod tests {
             ApplyLine::Agent { report: AgentReport::no_answer("web01", Some("01J".into()), "timeout") },
             ApplyLine::Done,
             ApplyLine::Error { error: "no".into(), no_agent: true },
+            ApplyLine::Stopped { reason: "canary web01 failed".into(), skipped: vec!["web02".into()] },
         ];
         for line in lines {
             let text = serde_json::to_string(&line).unwrap();

@@ -26,6 +26,9 @@ pub struct Master {
     pub limits: crate::server::limits::Limits,
     /// What each agent's file beacons watch (`inventory.rs`).
     pub inventory: crate::server::inventory::Inventories,
+    /// Roles, API tokens and the audit log, for the API and the control
+    /// socket alike.
+    pub access: crate::server::access::Access,
 }
 
 impl Master {

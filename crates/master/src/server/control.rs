@@ -3,6 +3,12 @@
 //! JSON request per line, one JSON answer per line. `events` is the
 //! exception: after its answer the connection carries the event stream
 //! (`events.rs`) until the command goes away.
+//!
+//! Who asks: the peer's uid (the socket is owner-only, so the master's
+//! user or root) runs as the built-in `admin`; after an `auth` request
+//! with an API token (`--token`, `HALITE_TOKEN`), as that token's role,
+//! decided by the same rule as the API (`access.rs`, [`guard`]). Changes
+//! and refusals go to the audit log either way.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -18,7 +24,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::{AgentRow, Request, Response, socket_path};
+use crate::config::Verb;
+use crate::protocol::{AgentRow, ApplyLine, CmdLine, Request, Response, socket_path};
+use crate::server::access::{Principal, Refusal};
+use crate::server::audit::Entry;
 use crate::server::context::Master;
 use crate::server::keys::{KeyEntry, KeyStatus};
 
@@ -73,26 +82,144 @@ pub async fn serve(
 }
 
 async fn connection(master: Arc<Master>, stream: UnixStream) {
+    let uid = stream.peer_cred().ok().map(|credentials| credentials.uid());
+    let mut principal = Principal::local(uid);
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        let response = match serde_json::from_str::<Request>(&line) {
-            Ok(Request::Apply(apply)) => {
-                crate::server::apply::serve(&master, apply, &mut write).await;
+        let request = match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Auth { token }) => {
+                let response = match master.access.authenticate(&token) {
+                    Ok(token_principal) => {
+                        principal = token_principal;
+                        Response { ok: true, ..Response::default() }
+                    }
+                    Err(error) => Response { ok: false, error: Some(error.to_string()), ..Response::default() },
+                };
+                if send_line(&mut write, &response).await.is_err() {
+                    return;
+                }
                 continue;
             }
-            Ok(Request::Cmd(cmd)) => {
+            Ok(request) => request,
+            Err(error) => {
+                let response =
+                    Response { ok: false, error: Some(format!("bad request: {error}")), ..Response::default() };
+                if send_line(&mut write, &response).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let request = match guard(&master, &principal, request).await {
+            Ok(request) => request,
+            Err(refusal) => {
+                let error = Some(refusal.to_string());
+                let sent = match refusal.request {
+                    Request::Apply(_) => {
+                        send_line(&mut write, &ApplyLine::Error { error: refusal.to_string(), no_agent: false }).await
+                    }
+                    Request::Cmd(_) => {
+                        send_line(&mut write, &CmdLine::Error { error: refusal.to_string(), no_agent: false }).await
+                    }
+                    _ => send_line(&mut write, &Response { ok: false, error, ..Response::default() }).await,
+                };
+                if sent.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let response = match request {
+            Request::Apply(apply) => {
+                match crate::server::apply::plan(&master, &apply) {
+                    Ok(jobs) => crate::server::apply::serve_planned(&master, apply, jobs, &mut write).await,
+                    Err(line) => {
+                        let _ = send_line(&mut write, &line).await;
+                    }
+                }
+                continue;
+            }
+            Request::Cmd(cmd) => {
                 crate::server::cmd::serve(&master, cmd, &mut write).await;
                 continue;
             }
-            Ok(Request::Facts { target, names }) => crate::server::facts::answer(&master, &target, &names),
-            Ok(Request::Events { tag }) => return crate::server::events::stream(&master, tag, write).await,
-            Ok(Request::Agents) => Response { ok: true, agents: agent_rows(&master), ..Response::default() },
-            Ok(Request::Backup { to }) => backup(&master, to).await,
-            Ok(Request::Inventory { target }) => crate::server::coverage::inventory(&master, &target).await,
-            Ok(Request::Adopt { agent, path }) => crate::server::coverage::adopt(&master, &agent, &path).await,
-            Ok(request) => execute(&master, request).await,
-            Err(error) => Response { ok: false, error: Some(format!("bad request: {error}")), ..Response::default() },
+            Request::Facts { target, names } => crate::server::facts::answer(&master, &target, &names),
+            Request::Events { tag } => {
+                let reach = principal.clone();
+                let facts_of = master.clone();
+                let reaches = move |event: &Event| {
+                    event.agent.is_empty() || reach.sees(&event.agent, &facts_of.sessions.facts(&event.agent))
+                };
+                return crate::server::events::stream_filtered(&master, tag, write, reaches).await;
+            }
+            Request::Agents => {
+                let agents = agent_rows(&master)
+                    .into_iter()
+                    .filter(|row| principal.sees(&row.id, &Value::from_json(&row.facts)))
+                    .collect();
+                Response { ok: true, agents, ..Response::default() }
+            }
+            Request::KeysList => {
+                let rows = agent_rows(&master);
+                let keys = master
+                    .keys
+                    .list()
+                    .into_iter()
+                    .filter(|key| principal.sees(&key.id, &facts_in(&rows, &key.id)))
+                    .collect();
+                Response { ok: true, keys, ..Response::default() }
+            }
+            Request::Backup { to } => {
+                let response = backup(&master, to.clone()).await;
+                record(&master, &principal, "backup", &to.display().to_string(), &response).await;
+                response
+            }
+            Request::TokensList => Response { ok: true, tokens: master.access.list_tokens(), ..Response::default() },
+            Request::TokensCreate { name, role } => {
+                let response = match master.access.create_token(&name, &role).await {
+                    Ok(token) => Response { ok: true, token: Some(token), ..Response::default() },
+                    Err(error) => Response { ok: false, error: Some(error.to_string()), ..Response::default() },
+                };
+                record(&master, &principal, &format!("tokens create --role {role}"), &name, &response).await;
+                response
+            }
+            Request::TokensRevoke { name } => {
+                let response = match master.access.revoke(&name).await {
+                    Ok(true) => Response { ok: true, ..Response::default() },
+                    Ok(false) => Response {
+                        ok: false,
+                        error: Some(format!("no token named `{name}` (`halite-master tokens list` shows them)")),
+                        ..Response::default()
+                    },
+                    Err(error) => Response { ok: false, error: Some(error.to_string()), ..Response::default() },
+                };
+                record(&master, &principal, "tokens revoke", &name, &response).await;
+                response
+            }
+            request @ (Request::KeysAccept { .. } | Request::KeysReject { .. } | Request::KeysDelete { .. }) => {
+                let (what, target) = match &request {
+                    Request::KeysAccept { target, .. } => ("keys accept", target.clone()),
+                    Request::KeysReject { target } => ("keys reject", target.clone()),
+                    _ => ("keys delete", request_target(&request)),
+                };
+                let response = execute(&master, request).await;
+                record(&master, &principal, what, &target, &response).await;
+                response
+            }
+            request @ Request::KeysFacts { accept: true, .. } => {
+                let target = request_target(&request);
+                let response = execute(&master, request).await;
+                record(&master, &principal, "keys facts --accept", &target, &response).await;
+                response
+            }
+            Request::Inventory { target } => crate::server::coverage::inventory(&master, &target).await,
+            Request::Adopt { agent, path } => {
+                let response = crate::server::coverage::adopt(&master, &agent, &path).await;
+                record(&master, &principal, "adopt", &format!("{agent}:{path}"), &response).await;
+                response
+            }
+            request => execute(&master, request).await,
         };
         let mut text = serde_json::to_string(&response).unwrap_or_default();
         text.push('\n');
@@ -114,7 +241,9 @@ enum ControlError {
     Misrouted { request: &'static str },
 }
 
-async fn execute(master: &Master, request: Request) -> Response {
+/// Carries out a request that is answered by one [`Response`] (keys);
+/// the API calls it too, after its own authorization.
+pub async fn execute(master: &Master, request: Request) -> Response {
     let result = match request {
         Request::KeysList => Ok(master.keys.list()),
         Request::KeysAccept { target, replace } => {
@@ -145,6 +274,10 @@ async fn execute(master: &Master, request: Request) -> Response {
         Request::Backup { .. } => Err(ControlError::Misrouted { request: "backup" }),
         Request::Inventory { .. } => Err(ControlError::Misrouted { request: "inventory" }),
         Request::Adopt { .. } => Err(ControlError::Misrouted { request: "adopt" }),
+        Request::Auth { .. } => Err(ControlError::Misrouted { request: "auth" }),
+        Request::TokensCreate { .. } | Request::TokensList | Request::TokensRevoke { .. } => {
+            Err(ControlError::Misrouted { request: "tokens" })
+        }
     };
     match result {
         Ok(keys) => Response { ok: true, keys, ..Response::default() },
@@ -302,6 +435,172 @@ async fn cut_off(
     }
     master.keys.commit().await?;
     Ok(entries)
+}
+
+/// A request refused: the principal's role does not allow it.
+#[derive(Debug, thiserror::Error)]
+#[error("{refusal}")]
+struct Refused {
+    refusal: Refusal,
+    /// What was asked, to answer in its own kind of line.
+    request: Request,
+}
+
+/// Decides whether `principal` may make `request`, the one rule of
+/// `access.rs`; a refusal is audited. A `cmd` allowed comes back with its
+/// target narrowed to the agents checked, so one connecting meanwhile is
+/// not reached unchecked (an apply runs exactly the jobs it planned).
+async fn guard(master: &Master, principal: &Principal, request: Request) -> Result<Request, Refused> {
+    let rows = agent_rows(master);
+    let reached = |agents: Vec<String>| -> Vec<(String, Value)> {
+        agents
+            .into_iter()
+            .map(|agent| {
+                let facts = facts_in(&rows, &agent);
+                (agent, facts)
+            })
+            .collect()
+    };
+    let keys_named = |selector: &str| {
+        reached(master.keys.matching(selector).unwrap_or_default().into_iter().map(|k| k.id).collect())
+    };
+    let matching = |target: &str| match halite_state::Target::parse(target) {
+        Ok(target) => reached(master.jobs.agents_matching(&target)),
+        Err(_) => Vec::new(),
+    };
+    let (verb, agents, what): (Verb, Vec<(String, Value)>, String) = match &request {
+        Request::KeysList | Request::Agents | Request::Events { .. } | Request::KeysFacts { accept: false, .. } => {
+            (Verb::Read, Vec::new(), String::new())
+        }
+        Request::Facts { target, .. } => (Verb::Read, matching(target), String::new()),
+        Request::KeysAccept { target, .. } => (Verb::Keys, keys_named(target), "keys accept".into()),
+        Request::KeysReject { target } => (Verb::Keys, keys_named(target), "keys reject".into()),
+        Request::KeysDelete { target } => (Verb::Keys, keys_named(target), "keys delete".into()),
+        Request::KeysFacts { target, accept: true } => (Verb::Keys, keys_named(target), "keys facts --accept".into()),
+        Request::Apply(apply) => {
+            let agents = crate::server::apply::plan(master, apply)
+                .map(|jobs| jobs.into_iter().map(|(agent, _)| agent).collect())
+                .unwrap_or_default();
+            (Verb::Apply, reached(agents), if apply.test { "apply --test" } else { "apply" }.into())
+        }
+        Request::Cmd(cmd) => (Verb::Cmd, matching(&cmd.target), "cmd".into()),
+        Request::Backup { .. } | Request::TokensCreate { .. } | Request::TokensList | Request::TokensRevoke { .. } => {
+            (Verb::Admin, Vec::new(), String::new())
+        }
+        Request::Auth { .. } => (Verb::Read, Vec::new(), String::new()),
+        Request::Inventory { target } => (Verb::Read, matching(target), String::new()),
+        // It reads any file an agent's beacons watch, for the tree.
+        Request::Adopt { agent, .. } => (Verb::Admin, reached(vec![agent.clone()]), "adopt".into()),
+    };
+    let decided = principal.allows(verb, agents.iter().map(|(a, f)| (a.as_str(), f)));
+    if let Err(refusal) = decided {
+        let what = if what.is_empty() { verb.as_str().to_owned() } else { what };
+        master
+            .access
+            .record(Entry {
+                who: principal.who.clone(),
+                what,
+                target: request_target(&request),
+                cause: request_cause(&request),
+                result: format!("refused: {refusal}"),
+            })
+            .await;
+        return Err(Refused { refusal, request });
+    }
+    let request = match request {
+        Request::Cmd(mut cmd) if !agents.is_empty() => {
+            cmd.target = format!("L@{}", agents.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>().join(","));
+            Request::Cmd(cmd)
+        }
+        request => request,
+    };
+    // Operator applies and commands are audited as they start (their
+    // results are in the job history); the rest when they are answered.
+    match &request {
+        Request::Apply(_) | Request::Cmd(_) => {
+            let what = if let Request::Cmd(cmd) = &request {
+                format!("cmd {}", shlex::try_join(cmd.argv.iter().map(String::as_str)).unwrap_or_default())
+            } else {
+                what
+            };
+            let sent: Vec<&str> = agents.iter().map(|(a, _)| a.as_str()).collect();
+            master
+                .access
+                .record(Entry {
+                    who: principal.who.clone(),
+                    what,
+                    target: request_target(&request),
+                    cause: request_cause(&request),
+                    result: if sent.is_empty() {
+                        "ok: no agent matched".into()
+                    } else {
+                        format!("ok: sent to {}", sent.join(", "))
+                    },
+                })
+                .await;
+        }
+        _ => {}
+    }
+    Ok(request)
+}
+
+/// What a request acts on, for the audit log.
+fn request_target(request: &Request) -> String {
+    match request {
+        Request::KeysAccept { target, .. }
+        | Request::KeysReject { target }
+        | Request::KeysDelete { target }
+        | Request::KeysFacts { target, .. }
+        | Request::Facts { target, .. }
+        | Request::Inventory { target } => target.clone(),
+        Request::Adopt { agent, path } => format!("{agent}:{path}"),
+        Request::Apply(apply) => apply.target.clone(),
+        Request::Cmd(cmd) => cmd.target.clone(),
+        Request::Backup { to } => to.display().to_string(),
+        Request::TokensCreate { name, .. } | Request::TokensRevoke { name } => name.clone(),
+        Request::Events { tag } => tag.clone().unwrap_or_default(),
+        Request::KeysList | Request::Agents | Request::TokensList | Request::Auth { .. } => String::new(),
+    }
+}
+
+/// Why a request was made, for the audit log: the command line where the
+/// request carries it.
+fn request_cause(request: &Request) -> String {
+    match request {
+        Request::Apply(apply) => apply.command_line.clone(),
+        Request::Cmd(cmd) => cmd.command_line.clone(),
+        _ => "control socket".into(),
+    }
+}
+
+/// Audits a change answered by `response`.
+async fn record(master: &Master, principal: &Principal, what: &str, target: &str, response: &Response) {
+    let result = match &response.error {
+        None => "ok".to_owned(),
+        Some(error) => format!("failed: {error}"),
+    };
+    master
+        .access
+        .record(Entry {
+            who: principal.who.clone(),
+            what: what.to_owned(),
+            target: target.to_owned(),
+            cause: "control socket".into(),
+            result,
+        })
+        .await;
+}
+
+/// An agent's facts among `rows` (none known: empty).
+fn facts_in(rows: &[AgentRow], agent: &str) -> Value {
+    rows.iter().find(|row| row.id == agent).map_or_else(Value::map, |row| Value::from_json(&row.facts))
+}
+
+/// Writes one JSON line; an error says the command has gone away.
+async fn send_line(write: &mut (impl AsyncWriteExt + Unpin), line: &impl serde::Serialize) -> std::io::Result<()> {
+    let mut text = serde_json::to_string(line).map_err(std::io::Error::other)?;
+    text.push('\n');
+    write.write_all(text.as_bytes()).await
 }
 
 /// Every known agent, by id.

@@ -21,7 +21,18 @@ use crate::protocol::{Response, TailLine};
 use crate::server::context::Master;
 
 /// Serves one `events` request until the reader goes away.
-pub async fn stream(master: &Master, tag: Option<String>, mut write: OwnedWriteHalf) {
+pub async fn stream(master: &Master, tag: Option<String>, write: OwnedWriteHalf) {
+    stream_filtered(master, tag, write, |_: &Event| true).await;
+}
+
+/// As [`stream`], passing only the events `reaches` lets through (a
+/// token's role: the agents its target reaches).
+pub async fn stream_filtered(
+    master: &Master,
+    tag: Option<String>,
+    mut write: OwnedWriteHalf,
+    reaches: impl Fn(&Event) -> bool,
+) {
     let matcher = match tag.as_deref().map(Glob::new).transpose() {
         Ok(glob) => glob.map(|g| g.compile_matcher()),
         Err(error) => {
@@ -35,18 +46,21 @@ pub async fn stream(master: &Master, tag: Option<String>, mut write: OwnedWriteH
     if send(&mut write, &Response { ok: true, ..Response::default() }).await.is_err() {
         return;
     }
-    pump(events, matcher.as_ref(), &mut write).await;
+    pump(events, matcher.as_ref(), &reaches, &mut write).await;
 }
 
 /// Writes the tail's events to `write` until it fails or the bus closes.
 async fn pump(
     mut events: broadcast::Receiver<Arc<Event>>,
     matcher: Option<&GlobMatcher>,
+    reaches: &impl Fn(&Event) -> bool,
     write: &mut (impl AsyncWrite + Unpin),
 ) {
     loop {
         let line = match events.recv().await {
-            Ok(event) if matcher.is_none_or(|m| m.is_match(&event.tag)) => TailLine::Event(event.to_json()),
+            Ok(event) if matcher.is_none_or(|m| m.is_match(&event.tag)) && reaches(&event) => {
+                TailLine::Event(event.to_json())
+            }
             Ok(_) => continue,
             Err(RecvError::Lagged(skipped)) => {
                 tracing::debug!(skipped, "An events tail fell behind.");
@@ -84,7 +98,7 @@ mod tests {
         drop(sender);
         let matcher = Glob::new("halite/beacon/*").unwrap().compile_matcher();
         let mut out = Vec::new();
-        pump(receiver, Some(&matcher), &mut out).await;
+        pump(receiver, Some(&matcher), &|_: &Event| true, &mut out).await;
         let lines: Vec<TailLine> =
             String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert!(matches!(lines[0], TailLine::Lagged(6)), "{lines:?}");

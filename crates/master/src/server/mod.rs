@@ -24,6 +24,9 @@
 //!   [`apply`], [`cmd`] and [`events`] answer its streamed requests;
 //!   [`facts`] answers `facts`, [`coverage`] `inventory` and `adopt`.
 //! - [`notify`] — telling systemd the master is ready (`Type=notify`).
+//! - [`access`] — roles, API tokens and the principal a request runs as;
+//!   [`audit`]: the hash-chained audit log. The HTTPS API that uses them
+//!   lives in `crate::http`, started here when `api:` is configured.
 //! - [`receipts`] — what each job changed and why (corrective or
 //!   intentional), with drift→restore latency; [`compliance`]: each
 //!   agent's state from what the bus said.
@@ -38,8 +41,10 @@ use std::sync::{Arc, RwLock};
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
+pub mod access;
 pub mod acks;
 pub mod apply;
+pub mod audit;
 pub mod bus;
 pub mod cmd;
 pub mod compliance;
@@ -136,15 +141,26 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         max_event_bytes: config.max_event_bytes,
         handshakes_per_source: config.handshakes_per_source,
     };
+    let (access_path, roles) = (store.file().to_path_buf(), config.roles.clone());
+    let access =
+        tokio::task::spawn_blocking(move || crate::server::access::Access::open(&access_path, &roles)).await??;
     let inventory = crate::server::inventory::Inventories::default();
-    let master = Arc::new(Master { keypair, keys, tree, sessions, jobs, engine, bus, limits, inventory });
+    let master = Arc::new(Master { keypair, keys, tree, sessions, jobs, engine, bus, limits, inventory, access });
     let control = crate::server::control::serve(master.clone(), &config.data_dir, cancel.clone()).await?;
+    let api = match &config.api {
+        Some(api) => Some(crate::http::start(master.clone(), api, &config.data_dir, cancel.clone()).await?),
+        None => None,
+    };
     let enforce = crate::server::reload::Enforce::of(&config);
     crate::server::reload::spawn(master.clone(), config.states.clone(), enforce, cancel.clone())
         .with_context(|| format!("cannot watch the state tree {}", config.states.display()))?;
     crate::server::schedule::spawn(master.clone(), config.schedule.clone(), cancel.clone());
 
     let mut ready = format!("ready listen={listen} publish={publish} key={fingerprint}");
+    if let Some((url, _)) = &api {
+        ready.push_str(&format!(" api={url}"));
+        tracing::info!(api = %url, "API ready.");
+    }
     if let Some(metrics) = &config.metrics {
         let store = Some(crate::server::store::path(&config.data_dir));
         let bound =
@@ -167,6 +183,14 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
             tracing::warn!(agent = %agent, depth, "Stopping with reactions not run; the agent's next session applies its states.");
         }
     }
+    // The API's streams end with the cancel; its connections drain first.
+    cancel.cancel();
+    if let Some((_, task)) = api {
+        let _ = task.await;
+    }
+    // Our own connection to halite.db goes before the writer's, so the
+    // writer's clean stop can checkpoint and remove the WAL.
+    master.access.close();
     // Jobs answered before the stop are on disk before the process ends,
     // and halite.db is one self-contained file (the WAL checkpointed).
     store.close().await;

@@ -36,7 +36,8 @@
 //! `PRAGMA user_version` and migrated forward in one transaction when the
 //! master opens it (v1: jobs; v2: keys; v3: the last facts of each agent,
 //! which `check` renders templates with; v4: jobs indexed by the master's
-//! clock; v5: remediation receipts, `receipts.rs`); a file with a newer version is
+//! clock; v5: API tokens and the audit log; v6:
+//! remediation receipts, `receipts.rs`); a file with a newer version is
 //! refused, by the master and by `jobs`, rather than misread. The file is
 //! in WAL mode so readers never block the writer.
 //!
@@ -78,7 +79,7 @@ pub fn path(data_dir: &Path) -> PathBuf {
 
 /// `MIGRATIONS[n]` takes the schema from version n to n + 1. Append only:
 /// a released step never changes.
-const MIGRATIONS: [&str; 5] = [V1_JOBS, V2_KEYS, V3_FACTS, V4_JOBS_BY_TIME, V5_RECEIPTS];
+const MIGRATIONS: [&str; 6] = [V1_JOBS, V2_KEYS, V3_FACTS, V4_JOBS_BY_TIME, V5_ACCESS, V6_RECEIPTS];
 
 const V1_JOBS: &str = "
 CREATE TABLE jobs (
@@ -138,8 +139,36 @@ const V4_JOBS_BY_TIME: &str = "
 CREATE INDEX IF NOT EXISTS jobs_by_time ON jobs (created_us, jid);
 ";
 
+/// API tokens (`server/access.rs`) and the hash-chained audit log
+/// (`server/audit.rs`). The triggers make the log append-only for every
+/// writer that goes through SQLite; what edits the file itself is caught by
+/// the chain (`halite-master audit --verify`).
+pub(crate) const V5_ACCESS: &str = "
+CREATE TABLE api_tokens (
+    name       TEXT PRIMARY KEY,
+    role       TEXT NOT NULL,
+    hash       TEXT NOT NULL UNIQUE,  -- sha256 of the token, hex: the token itself is never stored
+    created_us INTEGER NOT NULL
+);
+CREATE TABLE audit (
+    seq     INTEGER PRIMARY KEY,      -- 1, 2, 3, … with no gaps
+    at_us   INTEGER NOT NULL,
+    who     TEXT NOT NULL,            -- token:<name> | local:<user>
+    what    TEXT NOT NULL,            -- the verb and the action (apply, keys accept, …)
+    target  TEXT NOT NULL,
+    cause   TEXT NOT NULL,            -- the API path or the command line
+    result  TEXT NOT NULL,            -- ok | refused: … | failed: …
+    prev    TEXT NOT NULL,            -- the previous row's hash (64 zeros for the first)
+    hash    TEXT NOT NULL             -- sha256 of prev and this row's fields
+);
+CREATE TRIGGER audit_append_only_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+";
+
 /// Remediation receipts (`receipts.rs`): one row per file a job changed.
-const V5_RECEIPTS: &str = "
+const V6_RECEIPTS: &str = "
 CREATE TABLE receipts (
     jid         TEXT NOT NULL,
     agent       TEXT NOT NULL,
@@ -1212,6 +1241,28 @@ pub struct JobSummary {
     pub waiting: i64,
 }
 
+/// Which jobs [`Reader::list_filtered`] returns (the API's `GET /jobs`);
+/// every field set narrows it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobFilter {
+    /// Jobs sent to this agent.
+    pub agent: Option<String>,
+    /// Jobs whose cause starts with this (`operator:`, `event:`, `schedule:`).
+    pub cause: Option<String>,
+    /// Jobs that carried this state id.
+    pub state: Option<String>,
+    /// Jobs with a result of this outcome (`changed`, `would_change`,
+    /// `failed`, `unchanged`) or an agent in this status (`no_answer`,
+    /// `waiting`).
+    pub outcome: Option<String>,
+    /// Created at or after (microseconds since the epoch).
+    pub since_us: Option<i64>,
+    /// Created before.
+    pub until_us: Option<i64>,
+    /// At most this many, newest first.
+    pub limit: u32,
+}
+
 /// Read-only access, for `halite-master jobs`.
 #[derive(Debug)]
 pub struct Reader {
@@ -1294,6 +1345,60 @@ impl Reader {
                     waiting: row.get(13)?,
                 })
             })
+            .map_err(sqlite(&self.path))?;
+        rows.collect::<Result<_, _>>().map_err(sqlite(&self.path))
+    }
+
+    /// The newest jobs that pass `filter`, newest first.
+    pub fn list_filtered(&self, filter: &JobFilter) -> Result<Vec<JobSummary>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT j.jid, j.created_us, j.cause, j.reactor, j.target, j.states, j.test,
+                    (SELECT group_concat(agent, ',') FROM job_agents a WHERE a.jid = j.jid),
+                    (SELECT count(*) FROM job_results r WHERE r.jid = j.jid AND r.outcome = 'changed'),
+                    (SELECT count(*) FROM job_results r WHERE r.jid = j.jid AND r.outcome = 'would_change'),
+                    (SELECT count(*) FROM job_results r WHERE r.jid = j.jid AND r.outcome = 'failed'),
+                    (SELECT count(*) FROM job_results r WHERE r.jid = j.jid AND r.outcome = 'unchanged'),
+                    (SELECT count(*) FROM job_agents a WHERE a.jid = j.jid AND a.status = 'no_answer'),
+                    (SELECT count(*) FROM job_agents a WHERE a.jid = j.jid AND a.status = 'waiting')
+                 FROM jobs j
+                 WHERE (?1 IS NULL OR EXISTS (SELECT 1 FROM job_agents a WHERE a.jid = j.jid AND a.agent = ?1))
+                   AND (?2 IS NULL OR substr(j.cause, 1, length(?2)) = ?2)
+                   AND (?3 IS NULL OR EXISTS (SELECT 1 FROM json_each(j.states) s WHERE s.value = ?3))
+                   AND (?4 IS NULL
+                        OR EXISTS (SELECT 1 FROM job_results r WHERE r.jid = j.jid AND r.outcome = ?4)
+                        OR EXISTS (SELECT 1 FROM job_agents a WHERE a.jid = j.jid AND a.status = ?4))
+                   AND (?5 IS NULL OR j.created_us >= ?5)
+                   AND (?6 IS NULL OR j.created_us < ?6)
+                 ORDER BY j.created_us DESC, j.jid DESC LIMIT ?7",
+            )
+            .map_err(sqlite(&self.path))?;
+        let rows = statement
+            .query_map(
+                params![
+                    filter.agent,
+                    filter.cause,
+                    filter.state,
+                    filter.outcome,
+                    filter.since_us,
+                    filter.until_us,
+                    filter.limit
+                ],
+                |row| {
+                    let agents: Option<String> = row.get(7)?;
+                    Ok(JobSummary {
+                        job: job_record(row)?,
+                        agents: agents.map(|a| a.split(',').map(str::to_owned).collect()).unwrap_or_default(),
+                        changed: row.get(8)?,
+                        would_change: row.get(9)?,
+                        failed: row.get(10)?,
+                        unchanged: row.get(11)?,
+                        no_answer: row.get(12)?,
+                        waiting: row.get(13)?,
+                    })
+                },
+            )
             .map_err(sqlite(&self.path))?;
         rows.collect::<Result<_, _>>().map_err(sqlite(&self.path))
     }
