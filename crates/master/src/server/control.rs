@@ -111,8 +111,8 @@ async fn connection(master: Arc<Master>, stream: UnixStream) {
                 continue;
             }
         };
-        let request = match guard(&master, &principal, request).await {
-            Ok(request) => request,
+        let (request, planned) = match guard(&master, &principal, request).await {
+            Ok(allowed) => allowed,
             Err(refusal) => {
                 let error = Some(refusal.to_string());
                 let sent = match refusal.request {
@@ -132,7 +132,9 @@ async fn connection(master: Arc<Master>, stream: UnixStream) {
         };
         let response = match request {
             Request::Apply(apply) => {
-                match crate::server::apply::plan(&master, &apply) {
+                // Exactly the jobs `guard` checked: an agent connecting
+                // meanwhile is not reached unchecked.
+                match planned.unwrap_or_else(|| crate::server::apply::plan(&master, &apply)) {
                     Ok(jobs) => crate::server::apply::serve_planned(&master, apply, jobs, &mut write).await,
                     Err(line) => {
                         let _ = send_line(&mut write, &line).await;
@@ -442,7 +444,10 @@ struct Refused {
 /// `access.rs`; a refusal is audited. A `cmd` allowed comes back with its
 /// target narrowed to the agents checked, so one connecting meanwhile is
 /// not reached unchecked (an apply runs exactly the jobs it planned).
-async fn guard(master: &Master, principal: &Principal, request: Request) -> Result<Request, Refused> {
+/// An apply's plan, made once by [`guard`] and run as checked.
+type Planned = Option<Result<Vec<(String, halite_proto::Job)>, ApplyLine>>;
+
+async fn guard(master: &Master, principal: &Principal, request: Request) -> Result<(Request, Planned), Refused> {
     let rows = agent_rows(master);
     let reached = |agents: Vec<String>| -> Vec<(String, Value)> {
         agents
@@ -460,6 +465,7 @@ async fn guard(master: &Master, principal: &Principal, request: Request) -> Resu
         Ok(target) => reached(master.jobs.agents_matching(&target)),
         Err(_) => Vec::new(),
     };
+    let mut planned: Planned = None;
     let (verb, agents, what): (Verb, Vec<(String, Value)>, String) = match &request {
         Request::KeysList | Request::Agents | Request::Events { .. } | Request::KeysFacts { accept: false, .. } => {
             (Verb::Read, Vec::new(), String::new())
@@ -470,9 +476,10 @@ async fn guard(master: &Master, principal: &Principal, request: Request) -> Resu
         Request::KeysDelete { target } => (Verb::Keys, keys_named(target), "keys delete".into()),
         Request::KeysFacts { target, accept: true } => (Verb::Keys, keys_named(target), "keys facts --accept".into()),
         Request::Apply(apply) => {
-            let agents = crate::server::apply::plan(master, apply)
-                .map(|jobs| jobs.into_iter().map(|(agent, _)| agent).collect())
-                .unwrap_or_default();
+            let plan = crate::server::apply::plan(master, apply);
+            let agents =
+                plan.as_ref().map(|jobs| jobs.iter().map(|(agent, _)| agent.clone()).collect()).unwrap_or_default();
+            planned = Some(plan);
             (Verb::Apply, reached(agents), if apply.test { "apply --test" } else { "apply" }.into())
         }
         Request::Cmd(cmd) => (Verb::Cmd, matching(&cmd.target), "cmd".into()),
@@ -530,7 +537,7 @@ async fn guard(master: &Master, principal: &Principal, request: Request) -> Resu
         }
         _ => {}
     }
-    Ok(request)
+    Ok((request, planned))
 }
 
 /// What a request acts on, for the audit log.
