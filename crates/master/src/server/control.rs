@@ -7,7 +7,7 @@
 //! Who asks: the peer's uid (the socket is owner-only, so the master's
 //! user or root) runs as the built-in `admin`; after an `auth` request
 //! with an API token (`--token`, `HALITE_TOKEN`), as that token's role,
-//! decided by the same rule as the API (`access.rs`, [`guard`]). Changes
+//! decided by the same rule as the API (`access.rs`, `guard`). Changes
 //! and refusals go to the audit log either way.
 
 use std::collections::BTreeMap;
@@ -440,13 +440,14 @@ struct Refused {
     request: Request,
 }
 
-/// Decides whether `principal` may make `request`, the one rule of
-/// `access.rs`; a refusal is audited. A `cmd` allowed comes back with its
-/// target narrowed to the agents checked, so one connecting meanwhile is
-/// not reached unchecked (an apply runs exactly the jobs it planned).
 /// An apply's plan, made once by [`guard`] and run as checked.
 type Planned = Option<Result<Vec<(String, halite_proto::Job)>, ApplyLine>>;
 
+/// Decides whether `principal` may make `request`, the one rule of
+/// `access.rs`; a refusal is audited. A `cmd` a scoped role may run comes
+/// back with its target narrowed to the agents checked, so one connecting
+/// meanwhile is not reached unchecked (an apply runs exactly the jobs it
+/// planned).
 async fn guard(master: &Master, principal: &Principal, request: Request) -> Result<(Request, Planned), Refused> {
     let rows = agent_rows(master);
     let reached = |agents: Vec<String>| -> Vec<(String, Value)> {
@@ -504,7 +505,9 @@ async fn guard(master: &Master, principal: &Principal, request: Request) -> Resu
         return Err(Refused { refusal, request });
     }
     let request = match request {
-        Request::Cmd(mut cmd) if !agents.is_empty() => {
+        // `admin` reaches every agent: its target stays as typed (and is
+        // recorded so).
+        Request::Cmd(mut cmd) if !agents.is_empty() && !principal.role.can(Verb::Admin) => {
             cmd.target = format!("L@{}", agents.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>().join(","));
             Request::Cmd(cmd)
         }
