@@ -465,6 +465,8 @@ async fn schemathesis(fleet: &mut Fleet, program: &str) -> anyhow::Result<()> {
         .args(["--tls-verify", &fleet.master_data_dir().join("api.crt").display().to_string()])
         .arg("--report-dir")
         .arg(&report)
+        // Its caches (.schemathesis, .hypothesis) go in the test's directory.
+        .current_dir(fleet.dir.path())
         .env("NO_COLOR", "1");
     let output = tokio::time::timeout(Duration::from_secs(900), command.output())
         .await

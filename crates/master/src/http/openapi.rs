@@ -35,7 +35,7 @@ use crate::http::api;
         api::audit::list,
         api::audit::verify,
     ),
-    components(schemas(api::events::MissedView)),
+    components(schemas(api::events::MissedView, api::jobs::Outcome)),
     modifiers(&BearerToken),
     tags(
         (name = "agents", description = "Agents: connection, key, version, facts, compliance"),

@@ -7,7 +7,7 @@
 //! Who asks: the peer's uid (the socket is owner-only, so the master's
 //! user or root) runs as the built-in `admin`; after an `auth` request
 //! with an API token (`--token`, `HALITE_TOKEN`), as that token's role,
-//! decided by the same rule as the API (`access.rs`, [`guard`]). Changes
+//! decided by the same rule as the API (`access.rs`, `guard`). Changes
 //! and refusals go to the audit log either way.
 
 use std::collections::BTreeMap;
@@ -111,8 +111,8 @@ async fn connection(master: Arc<Master>, stream: UnixStream) {
                 continue;
             }
         };
-        let request = match guard(&master, &principal, request).await {
-            Ok(request) => request,
+        let (request, planned) = match guard(&master, &principal, request).await {
+            Ok(allowed) => allowed,
             Err(refusal) => {
                 let error = Some(refusal.to_string());
                 let sent = match refusal.request {
@@ -132,7 +132,9 @@ async fn connection(master: Arc<Master>, stream: UnixStream) {
         };
         let response = match request {
             Request::Apply(apply) => {
-                match crate::server::apply::plan(&master, &apply) {
+                // Exactly the jobs `guard` checked: an agent connecting
+                // meanwhile is not reached unchecked.
+                match planned.unwrap_or_else(|| crate::server::apply::plan(&master, &apply)) {
                     Ok(jobs) => crate::server::apply::serve_planned(&master, apply, jobs, &mut write).await,
                     Err(line) => {
                         let _ = send_line(&mut write, &line).await;
@@ -446,11 +448,15 @@ struct Refused {
     request: Request,
 }
 
+/// An apply's plan, made once by [`guard`] and run as checked.
+type Planned = Option<Result<Vec<(String, halite_proto::Job)>, ApplyLine>>;
+
 /// Decides whether `principal` may make `request`, the one rule of
-/// `access.rs`; a refusal is audited. A `cmd` allowed comes back with its
-/// target narrowed to the agents checked, so one connecting meanwhile is
-/// not reached unchecked (an apply runs exactly the jobs it planned).
-async fn guard(master: &Master, principal: &Principal, request: Request) -> Result<Request, Refused> {
+/// `access.rs`; a refusal is audited. A `cmd` a scoped role may run comes
+/// back with its target narrowed to the agents checked, so one connecting
+/// meanwhile is not reached unchecked (an apply runs exactly the jobs it
+/// planned).
+async fn guard(master: &Master, principal: &Principal, request: Request) -> Result<(Request, Planned), Refused> {
     let rows = agent_rows(master);
     let reached = |agents: Vec<String>| -> Vec<(String, Value)> {
         agents
@@ -468,6 +474,7 @@ async fn guard(master: &Master, principal: &Principal, request: Request) -> Resu
         Ok(target) => reached(master.jobs.agents_matching(&target)),
         Err(_) => Vec::new(),
     };
+    let mut planned: Planned = None;
     let (verb, agents, what): (Verb, Vec<(String, Value)>, String) = match &request {
         Request::KeysList | Request::Agents | Request::Events { .. } | Request::KeysFacts { accept: false, .. } => {
             (Verb::Read, Vec::new(), String::new())
@@ -478,9 +485,10 @@ async fn guard(master: &Master, principal: &Principal, request: Request) -> Resu
         Request::KeysDelete { target } => (Verb::Keys, keys_named(target), "keys delete".into()),
         Request::KeysFacts { target, accept: true } => (Verb::Keys, keys_named(target), "keys facts --accept".into()),
         Request::Apply(apply) => {
-            let agents = crate::server::apply::plan(master, apply)
-                .map(|jobs| jobs.into_iter().map(|(agent, _)| agent).collect())
-                .unwrap_or_default();
+            let plan = crate::server::apply::plan(master, apply);
+            let agents =
+                plan.as_ref().map(|jobs| jobs.iter().map(|(agent, _)| agent.clone()).collect()).unwrap_or_default();
+            planned = Some(plan);
             (Verb::Apply, reached(agents), if apply.test { "apply --test" } else { "apply" }.into())
         }
         Request::Cmd(cmd) => (Verb::Cmd, matching(&cmd.target), "cmd".into()),
@@ -508,7 +516,9 @@ async fn guard(master: &Master, principal: &Principal, request: Request) -> Resu
         return Err(Refused { refusal, request });
     }
     let request = match request {
-        Request::Cmd(mut cmd) if !agents.is_empty() => {
+        // `admin` reaches every agent: its target stays as typed (and is
+        // recorded so).
+        Request::Cmd(mut cmd) if !agents.is_empty() && !principal.role.can(Verb::Admin) => {
             cmd.target = format!("L@{}", agents.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>().join(","));
             Request::Cmd(cmd)
         }
@@ -541,7 +551,7 @@ async fn guard(master: &Master, principal: &Principal, request: Request) -> Resu
         }
         _ => {}
     }
-    Ok(request)
+    Ok((request, planned))
 }
 
 /// What a request acts on, for the audit log.

@@ -67,8 +67,8 @@ pub struct CheckBody {
     pub tag: String,
     /// The agent that raises it (default: the tag's, for a beacon event).
     pub agent: Option<String>,
-    /// The event's data (default `{}`).
-    #[schema(value_type = Object)]
+    /// The event's data: an object (default, or `null`: `{}`).
+    #[schema(value_type = Option<Object>)]
     #[serde(default)]
     pub data: serde_json::Value,
 }
@@ -136,7 +136,11 @@ pub async fn check(
             body.tag.escape_debug()
         )));
     }
-    let data = if body.data.is_null() { serde_json::json!({}) } else { body.data };
+    let data = match body.data {
+        serde_json::Value::Null => serde_json::json!({}),
+        data @ serde_json::Value::Object(_) => data,
+        other => return Err(ApiError::BadRequest(format!("data must be an object, not {other}"))),
+    };
     let tree = state.master.tree();
     let mut out = Vec::new();
     let fired = crate::cli::check::what_if_in(&tree, &body.tag, body.agent.as_deref(), &data, &mut out)
