@@ -422,6 +422,22 @@ async fn sse(fleet: &mut Fleet) -> anyhow::Result<()> {
     let ids: Vec<u64> = replayed.iter().filter_map(|s| s.id).collect();
     assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "no gap in the replay: {ids:?}");
     assert_eq!(replayed.last().map(|s| s.data["data"]["failed"].clone()), Some(serde_json::json!(false)));
+
+    // The restores' receipts, in the agent's detail (kept just after the
+    // answer, so looked for until they are there).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let detail = loop {
+        let (_, detail) = Api::json(api.get(&admin, "/api/v1/agents/web01")).await?;
+        if detail["receipts"].as_array().is_some_and(|r| r.len() >= 2) {
+            break detail;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no receipts for both restores: {detail}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(detail["receipts"][0]["kind"], "corrective", "{detail}");
+    assert_eq!(detail["receipts"][0]["path"], "/etc/motd", "{detail}");
+    assert!(detail["agent"]["last_restore_latency_us"].as_i64().is_some(), "{detail}");
+    assert!(detail["drift_counts"][0]["drifts"].as_i64().is_some_and(|n| n >= 2), "{detail}");
     Ok(())
 }
 

@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 pub const TRACKED_JOBS: usize = 4096;
 
 /// Why a file changed (module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReceiptKind {
     /// Drift restored: the tree wanted what it wanted before.
@@ -64,7 +64,7 @@ impl ReceiptKind {
 }
 
 /// One file one job changed on one agent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Receipt {
     pub jid: String,
     pub agent: String,
@@ -91,7 +91,7 @@ pub struct Receipt {
 
 /// How often a file drifted and was restored: corrective receipts per
 /// agent and path, within the store's retention.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DriftCount {
     pub agent: String,
     pub path: String,

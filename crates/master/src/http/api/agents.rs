@@ -46,9 +46,9 @@ pub struct AgentView {
     pub drifted_path: Option<String>,
     /// Reactions waiting in the master's queue for this agent.
     pub queued: usize,
-    /// The last drift seen (remediation receipts fill it; none until then).
+    /// The drift the last restore answered (its receipt's cause event).
     pub last_drift_us: Option<i64>,
-    /// The last restore (remediation receipts fill it; none until then).
+    /// The last restore's receipt, when the result arrived.
     pub last_restore_us: Option<i64>,
     /// Drift → restore latency of the last restore, microseconds.
     pub last_restore_latency_us: Option<i64>,
@@ -79,9 +79,9 @@ impl From<AgentRow> for AgentView {
             compliance_since_us: since,
             drifted_path: path,
             queued: row.queued,
-            last_drift_us: None,
-            last_restore_us: None,
-            last_restore_latency_us: None,
+            last_drift_us: row.last_receipt.as_ref().and_then(|r| r.latency_us.map(|latency| r.at_us - latency)),
+            last_restore_us: row.last_receipt.as_ref().map(|r| r.at_us),
+            last_restore_latency_us: row.last_receipt.as_ref().and_then(|r| r.latency_us),
             last_job: None,
         }
     }
@@ -94,6 +94,12 @@ pub struct AgentDetail {
     /// Its newest jobs (at most 50), newest first: restores, applies,
     /// commands.
     pub jobs: Vec<JobView>,
+    /// Its newest remediation receipts (at most 50), newest first: what
+    /// each restore changed, corrective or intentional, both hashes and
+    /// the drift → restore latency.
+    pub receipts: Vec<crate::server::receipts::Receipt>,
+    /// How often each of its files drifted and was restored (what flaps).
+    pub drift_counts: Vec<crate::server::receipts::DriftCount>,
 }
 
 /// The agents the caller's role reaches.
@@ -142,5 +148,15 @@ pub async fn one(
         .map(JobView::from)
         .collect();
     agent.last_job = jobs.first().map(|job| job.jid.clone());
-    Ok(Json(AgentDetail { agent, jobs }))
+    let of = agent.id.clone();
+    let (receipts, drift_counts) = super::with_reader(&state, move |reader| {
+        let sqlite = |e: crate::server::receipts::ReceiptsError| crate::server::store::StoreError::Sqlite {
+            path: e.path,
+            source: e.source,
+        };
+        let query = reader.receipts();
+        Ok((query.list(Some(&of), AGENT_HISTORY).map_err(sqlite)?, query.drift_counts(Some(&of)).map_err(sqlite)?))
+    })
+    .await?;
+    Ok(Json(AgentDetail { agent, jobs, receipts, drift_counts }))
 }
