@@ -1,6 +1,7 @@
 //! The dashboard in a real browser: Debian's headless Chromium, driven by
 //! its chromedriver through fantoccini, against a real master with the API
 //! on and real agents. Every page's screenshot is written to
+//! `target/screenshots/`, or with `HALITE_UPDATE_SCREENSHOTS=1` to
 //! `docs/screenshots/` (the README shows them).
 //!
 //! Skipped only when chromedriver is not installed and
@@ -19,9 +20,16 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
 
-/// Where the screenshots go, in the repository.
+/// Where the screenshots go: `target/screenshots/` on every run, so a test
+/// run leaves the repository clean; with `HALITE_UPDATE_SCREENSHOTS=1`,
+/// `docs/screenshots/`, the ones the README shows (commit them).
 fn screenshots() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots")
+    let repository = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if std::env::var_os("HALITE_UPDATE_SCREENSHOTS").is_some() {
+        repository.join("docs/screenshots")
+    } else {
+        repository.join("target/screenshots")
+    }
 }
 
 /// chromedriver on a port of its choosing, and a session on it. The
