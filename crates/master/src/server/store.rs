@@ -1317,36 +1317,7 @@ impl Reader {
 
     /// The most recent `limit` jobs, newest first.
     pub fn list(&self, limit: u32) -> Result<Vec<JobSummary>, StoreError> {
-        let mut statement = self
-            .connection
-            .prepare(
-                "SELECT j.jid, j.created_us, j.cause, j.reactor, j.target, j.states, j.test,
-                    (SELECT group_concat(agent, ',') FROM job_agents a WHERE a.jid = j.jid),
-                    (SELECT count(*) FROM job_results r WHERE r.jid = j.jid AND r.outcome = 'changed'),
-                    (SELECT count(*) FROM job_results r WHERE r.jid = j.jid AND r.outcome = 'would_change'),
-                    (SELECT count(*) FROM job_results r WHERE r.jid = j.jid AND r.outcome = 'failed'),
-                    (SELECT count(*) FROM job_results r WHERE r.jid = j.jid AND r.outcome = 'unchanged'),
-                    (SELECT count(*) FROM job_agents a WHERE a.jid = j.jid AND a.status = 'no_answer'),
-                    (SELECT count(*) FROM job_agents a WHERE a.jid = j.jid AND a.status = 'waiting')
-                 FROM jobs j ORDER BY j.created_us DESC, j.jid DESC LIMIT ?1",
-            )
-            .map_err(sqlite(&self.path))?;
-        let rows = statement
-            .query_map([limit], |row| {
-                let agents: Option<String> = row.get(7)?;
-                Ok(JobSummary {
-                    job: job_record(row)?,
-                    agents: agents.map(|a| a.split(',').map(str::to_owned).collect()).unwrap_or_default(),
-                    changed: row.get(8)?,
-                    would_change: row.get(9)?,
-                    failed: row.get(10)?,
-                    unchanged: row.get(11)?,
-                    no_answer: row.get(12)?,
-                    waiting: row.get(13)?,
-                })
-            })
-            .map_err(sqlite(&self.path))?;
-        rows.collect::<Result<_, _>>().map_err(sqlite(&self.path))
+        self.list_filtered(&JobFilter { limit, ..JobFilter::default() })
     }
 
     /// The newest jobs that pass `filter`, newest first.
