@@ -10,6 +10,7 @@
 //! handshake and sealing of `halite_link`.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
 use halite_e2e::raw::zmtp_opening;
@@ -324,28 +325,43 @@ async fn an_accepted_agents_event_of_nulls_is_refused_within_a_memory_bound() {
     }
 }
 
-/// Item 5: a real master whose descriptor limit is lowered to 96 (soft and
-/// hard, with `prlimit` on its pid) gets 200 silent connections on its link
-/// port and 20 on its control socket. Accepts fail with EMFILE; the
-/// control socket logs that once and backs off instead of spinning (before,
-/// 542 MB of log in 20 s), the link counts it. When the handshake timeout
-/// frees descriptors, both accept again: `keys list` answers, and a drift
-/// is restored.
+/// Item 5: a real master's open-file limit is lowered (soft limit, with
+/// `prlimit` on its pid) to its lowest free descriptor, so every accept
+/// fails with EMFILE whoever asks first; then it gets silent connections on
+/// its link port and on its control socket. The control socket logs that
+/// once and backs off instead of spinning (before, 542 MB of log in 20 s),
+/// the link counts it. Once descriptors are available again, both accept:
+/// the control socket says so, `keys list` answers and a drift is restored.
+///
+/// Lowering the limit to exactly what is in use, instead of filling the
+/// table with connections, keeps the link from winning every freed
+/// descriptor before the control socket tries (CI saw that race).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_out_of_descriptors_backs_off_logs_once_and_recovers() {
-    const LIMIT: u32 = 96;
-    const SILENT: usize = 200;
+    const SILENT: usize = 20;
     const CONTROL: usize = 20;
-    /// How much the master's log may grow meanwhile.
-    const LOG_BOUND: u64 = 256 << 10;
+    /// How much the master's log may grow while it is out of descriptors.
+    const LOG_BOUND: u64 = 64 << 10;
+    /// How long the master stays out of descriptors: a spinning accept
+    /// loop does thousands of tries in this, a backing-off one a handful.
+    const OUT_OF_DESCRIPTORS: Duration = Duration::from_secs(2);
     let mut fleet = Fleet::start_with_master_config(&["web01"], "handshake_timeout: 2s\n").await.unwrap();
     let result = async {
         let pid = fleet.master().pid().context("the master's pid")?;
-        let limit = format!("--nofile={LIMIT}:{LIMIT}");
-        let lowered = halite_e2e::blocking_process("prlimit").args(["--pid", &pid.to_string(), &limit]).output()?;
-        ensure!(lowered.status.success(), "prlimit: {}", String::from_utf8_lossy(&lowered.stderr));
+        let hard = open_file_limit(pid)?;
         let log = fleet.master().log.clone();
         let log_before = std::fs::metadata(&log)?.len();
+        // Re-measured after the limit is set: a descriptor the master closed
+        // meanwhile would leave one accept able to succeed.
+        let mut limit = lowest_free_descriptor(pid)?;
+        loop {
+            set_open_file_limit(pid, limit)?;
+            let now = lowest_free_descriptor(pid)?;
+            if now >= limit {
+                break;
+            }
+            limit = now;
+        }
         let address = fleet.master().listen.trim_start_matches("tcp://").to_owned();
         let mut silent = Vec::with_capacity(SILENT);
         for _ in 0..SILENT {
@@ -361,16 +377,24 @@ async fn a_master_out_of_descriptors_backs_off_logs_once_and_recovers() {
             read().contains("Control socket accept failed")
         })
         .await?;
+        let cpu_before = cpu_time(pid)?;
+        tokio::time::sleep(OUT_OF_DESCRIPTORS).await;
+        let busy = cpu_time(pid)? - cpu_before;
+        ensure!(
+            busy < OUT_OF_DESCRIPTORS / 2,
+            "the master spent {busy:?} of CPU in {OUT_OF_DESCRIPTORS:?} out of descriptors"
+        );
+        let text = read();
+        ensure!(text.matches("Control socket accept failed").count() == 1, "logged per failure:\n{text}");
+        let grown = std::fs::metadata(&log)?.len() - log_before;
+        ensure!(grown < LOG_BOUND, "the log grew by {grown} bytes while out of descriptors");
+        set_open_file_limit(pid, hard)?;
         halite_e2e::wait_until("the control socket accepting again", || {
             read().contains("Control socket accepting again")
         })
         .await?;
         drop(waiting);
         drop(silent);
-        let text = read();
-        ensure!(text.matches("Control socket accept failed").count() <= 2, "logged per failure:\n{text}");
-        let grown = std::fs::metadata(&log)?.len() - log_before;
-        ensure!(grown < LOG_BOUND, "the log grew by {grown} bytes");
         rss(pid)?;
         // Serving again: the control socket and the link.
         fleet.keys(&["list"])?;
@@ -384,4 +408,43 @@ async fn a_master_out_of_descriptors_backs_off_logs_once_and_recovers() {
     if let Err(error) = result {
         fleet.fail(&error);
     }
+}
+
+/// The lowest descriptor number `pid` does not have open: the next one it
+/// would get, so a limit of this makes its next open fail with EMFILE.
+fn lowest_free_descriptor(pid: u32) -> anyhow::Result<u64> {
+    let mut open = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).context("the master's descriptors")? {
+        if let Ok(fd) = entry?.file_name().to_string_lossy().parse::<u64>() {
+            open.insert(fd);
+        }
+    }
+    Ok((0..).find(|fd| !open.contains(fd)).unwrap_or_default())
+}
+
+/// The CPU time all of `pid`'s threads have used, from their scheduler
+/// statistics (a thread that exited meanwhile is not counted).
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let mut nanos = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).context("the master's threads")? {
+        let Ok(schedstat) = std::fs::read_to_string(task?.path().join("schedstat")) else { continue };
+        nanos += schedstat.split_whitespace().next().context("empty schedstat")?.parse::<u64>()?;
+    }
+    Ok(Duration::from_nanos(nanos))
+}
+
+/// The hard open-file limit of `pid` (the master raises its soft limit to it).
+fn open_file_limit(pid: u32) -> anyhow::Result<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let line = limits.lines().find(|line| line.starts_with("Max open files")).context("no open-file limit")?;
+    let hard = line.split_whitespace().nth(4).context("no hard open-file limit")?;
+    hard.parse().with_context(|| format!("hard open-file limit {hard:?}"))
+}
+
+/// Sets the soft open-file limit of `pid`, leaving the hard one.
+fn set_open_file_limit(pid: u32, soft: u64) -> anyhow::Result<()> {
+    let limit = format!("--nofile={soft}:");
+    let set = halite_e2e::blocking_process("prlimit").args(["--pid", &pid.to_string(), &limit]).output()?;
+    ensure!(set.status.success(), "prlimit {limit}: {}", String::from_utf8_lossy(&set.stderr));
+    Ok(())
 }
