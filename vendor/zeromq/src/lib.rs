@@ -8,6 +8,7 @@ mod endpoint;
 mod error;
 mod fair_queue;
 mod message;
+mod progress;
 mod r#pub;
 mod pull;
 mod push;
@@ -110,6 +111,7 @@ pub mod __bench {
                 subscribers: scc::HashMap::new(),
                 accepted: Default::default(),
                 fanned: Default::default(),
+                progress: Default::default(),
                 subscriber_count: AtomicUsize::new(0),
                 socket_monitor: Mutex::new(None),
                 socket_options: Arc::new(SocketOptions::default()),

@@ -2,6 +2,7 @@ use crate::codec::*;
 use crate::endpoint::Endpoint;
 use crate::error::ZmqResult;
 use crate::message::*;
+use crate::progress::Progress;
 use crate::transport::AcceptStopHandle;
 use crate::util::PeerIdentity;
 use crate::write_queue::write_message_queue_counted;
@@ -20,6 +21,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 const PUB_SEND_QUEUE_CAPACITY: usize = 100_000;
+/// The fanout task tells waiting flush points of its progress after this
+/// many messages, and whenever its queue is empty: a waiter whose point is
+/// in the middle of a burst is woken within one such run, not once per
+/// message (each wake-up of a waiter is a poll of it).
+const FANOUT_ADVANCE_EVERY: u64 = 128;
 type PubSendQueue = mpsc::Sender<Message>;
 
 fn subscription_matches(subscriptions: &[Vec<u8>], first_frame: &Bytes) -> bool {
@@ -97,6 +103,9 @@ pub(crate) struct PubSocketBackend {
     /// has handed to every subscriber's queue (or dropped for a full one).
     pub(crate) accepted: AtomicU64,
     pub(crate) fanned: AtomicU64,
+    /// Advanced when `fanned` or a subscriber's `written` grows, or a
+    /// subscriber's writer ends: what a [`FlushPoint`] waits on.
+    pub(crate) progress: Arc<Progress>,
     pub(crate) subscriber_count: AtomicUsize,
     pub(crate) socket_monitor: Mutex<Option<mpsc::Sender<SocketEvent>>>,
     pub(crate) socket_options: Arc<SocketOptions>,
@@ -136,8 +145,12 @@ fn spawn_pub_fanout_queue(backend: Arc<PubSocketBackend>) -> PubFanoutQueue {
             loop {
                 while let Some(message) = worker_queue.pop() {
                     backend.fanout_message(message).await;
-                    backend.fanned.fetch_add(1, Ordering::AcqRel);
+                    let fanned = backend.fanned.fetch_add(1, Ordering::AcqRel) + 1;
+                    if fanned.is_multiple_of(FANOUT_ADVANCE_EVERY) {
+                        backend.progress.advanced();
+                    }
                 }
+                backend.progress.advanced();
 
                 worker_pending.store(false, Ordering::Release);
                 if worker_queue.is_empty() {
@@ -261,9 +274,15 @@ impl MultiPeerBackend for PubSocketBackend {
         let writer_backend = self.clone();
         let writer_peer_id = peer_id.clone();
         async_rt::task::spawn(async move {
-            if let Err(error) =
-                write_message_queue_counted(queue_receiver, send_queue, Some(queued_bytes), Some(written))
-                    .await
+            let progress = Some(writer_backend.progress.as_ref());
+            if let Err(error) = write_message_queue_counted(
+                queue_receiver,
+                send_queue,
+                Some(queued_bytes),
+                Some(written),
+                progress,
+            )
+            .await
             {
                 log::debug!(
                     "Error sending message to subscriber {:?}: {:?}",
@@ -272,6 +291,9 @@ impl MultiPeerBackend for PubSocketBackend {
                 );
                 writer_backend.peer_disconnected(&writer_peer_id);
             }
+            // Its `written` is dropped and its entry gone (or going): a flush
+            // point waiting on it looks again and stops waiting for it.
+            writer_backend.progress.advanced();
         });
         let backend = self;
         let peer_id = peer_id.clone();
@@ -361,21 +383,28 @@ impl std::fmt::Debug for FlushPoint {
     }
 }
 
-/// How often a waiting [`FlushPoint`] looks again.
-const FLUSH_POLL: std::time::Duration = std::time::Duration::from_micros(250);
-
 impl FlushPoint {
-    /// Whether everything before the point was written in time.
+    /// Whether everything before the point was written in time. Woken by
+    /// the fanout task and the subscribers' writers as they progress
+    /// ([`PubSocketBackend::progress`]), never by a polling timer: it
+    /// returns as soon as the last write it waits for is flushed.
     pub async fn wait(self, timeout: std::time::Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        while self.backend.fanned.load(Ordering::Acquire) < self.accepted {
-            if std::time::Instant::now() >= deadline {
-                return false;
-            }
-            async_rt::task::sleep(FLUSH_POLL).await;
+        let written = self.written();
+        futures::pin_mut!(written);
+        let expired = async_rt::task::sleep(timeout).fuse();
+        futures::pin_mut!(expired);
+        select! {
+            () = written.fuse() => true,
+            () = expired => false,
         }
+    }
+
+    async fn written(&self) {
+        let backend = &self.backend;
+        let accepted = self.accepted;
+        backend.progress.until(|| backend.fanned.load(Ordering::Acquire) >= accepted).await;
         let mut targets = Vec::new();
-        let mut iter = self.backend.subscribers.begin_async().await;
+        let mut iter = backend.subscribers.begin_async().await;
         while let Some(subscriber) = iter {
             targets.push((subscriber.written.clone(), subscriber.queued.load(Ordering::Acquire)));
             iter = subscriber.next_async().await;
@@ -383,14 +412,19 @@ impl FlushPoint {
         for (written, queued) in targets {
             // The writer and the subscriber entry hold the other clones: a
             // gone subscriber is not waited for.
-            while written.load(Ordering::Acquire) < queued && Arc::strong_count(&written) > 1 {
-                if std::time::Instant::now() >= deadline {
-                    return false;
-                }
-                async_rt::task::sleep(FLUSH_POLL).await;
-            }
+            backend
+                .progress
+                .until(|| written.load(Ordering::Acquire) >= queued || Arc::strong_count(&written) <= 1)
+                .await;
         }
-        true
+    }
+}
+
+impl PubSocketBackend {
+    /// Flush points waiting now (tests: none is left counted).
+    #[cfg(test)]
+    fn progress_waiting(&self) -> usize {
+        self.progress.waiting()
     }
 }
 
@@ -410,6 +444,7 @@ impl Socket for PubSocket {
             subscribers: scc::HashMap::new(),
             accepted: AtomicU64::new(0),
             fanned: AtomicU64::new(0),
+            progress: Arc::default(),
             subscriber_count: AtomicUsize::new(0),
             socket_monitor: Mutex::new(None),
             socket_options: Arc::new(options),
@@ -480,6 +515,7 @@ mod tests {
             subscribers: scc::HashMap::new(),
             accepted: AtomicU64::new(0),
             fanned: AtomicU64::new(0),
+            progress: Arc::default(),
             subscriber_count: AtomicUsize::new(0),
             socket_monitor: Mutex::new(None),
             socket_options: Arc::new(SocketOptions::default()),
@@ -510,6 +546,67 @@ mod tests {
         if old_subscriber.is_none() {
             backend.subscriber_count.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A flush point returns when the last write it waits for is flushed,
+    /// woken by the writer's progress: the paused clock never moves. (The
+    /// old wait looked again every 250 µs on the runtime's timer, which
+    /// moved the paused clock at each look.)
+    #[tokio::test(start_paused = true)]
+    async fn test_flush_point_is_woken_by_progress_not_a_timer() {
+        let backend = Arc::new(test_backend());
+        let peer: PeerIdentity = "subscriber".parse().expect("valid peer identity");
+        let (send_queue, _receiver) = mpsc::channel(16);
+        insert_test_subscriber(&backend, peer.clone(), vec![vec![]], send_queue).await;
+        let (queued, written) = {
+            let entry = backend.subscribers.get_async(&peer).await.expect("inserted");
+            (entry.queued.clone(), entry.written.clone())
+        };
+        backend.accepted.store(1, Ordering::Release);
+        let point = FlushPoint { backend: backend.clone(), accepted: 1 };
+        let started = tokio::time::Instant::now();
+        let waiting = tokio::spawn(point.wait(std::time::Duration::from_secs(60)));
+        tokio::task::yield_now().await;
+        // Fanned out to the subscriber's queue, not yet written.
+        queued.store(1, Ordering::Release);
+        backend.fanned.store(1, Ordering::Release);
+        backend.progress.advanced();
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "the subscriber has not written it yet");
+        // As `write_message_queue_counted` does after a flushed batch.
+        written.fetch_add(1, Ordering::AcqRel);
+        backend.progress.advanced();
+        assert!(waiting.await.expect("wait ran"));
+        assert_eq!(tokio::time::Instant::now(), started, "no timer ran");
+        assert_eq!(backend.progress_waiting(), 0);
+    }
+
+    /// A subscriber that does not write holds a flush point until its
+    /// timeout; one that goes away (its writer's end advances) holds it no
+    /// longer.
+    #[tokio::test(start_paused = true)]
+    async fn test_flush_point_times_out_on_a_stuck_subscriber_not_a_gone_one() {
+        let backend = Arc::new(test_backend());
+        let peer: PeerIdentity = "stuck".parse().expect("valid peer identity");
+        let (send_queue, _receiver) = mpsc::channel(16);
+        insert_test_subscriber(&backend, peer.clone(), vec![vec![]], send_queue).await;
+        backend.subscribers.get_async(&peer).await.expect("inserted").queued.store(1, Ordering::Release);
+        backend.accepted.store(1, Ordering::Release);
+        backend.fanned.store(1, Ordering::Release);
+        let timeout = std::time::Duration::from_secs(60);
+        let started = tokio::time::Instant::now();
+        let point = FlushPoint { backend: backend.clone(), accepted: 1 };
+        assert!(!point.wait(timeout).await);
+        assert_eq!(tokio::time::Instant::now() - started, timeout);
+
+        let point = FlushPoint { backend: backend.clone(), accepted: 1 };
+        let waiting = tokio::spawn(point.wait(timeout));
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        backend.peer_disconnected(&peer);
+        backend.progress.advanced();
+        assert!(waiting.await.expect("wait ran"));
+        assert_eq!(tokio::time::Instant::now() - started, timeout, "no second timeout");
     }
 
     fn test_fanout_queue(capacity: usize) -> (PubFanoutQueue, mpsc::UnboundedReceiver<()>) {

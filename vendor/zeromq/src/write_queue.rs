@@ -11,7 +11,7 @@ pub(crate) async fn write_message_queue(
     queue_receiver: mpsc::Receiver<Message>,
     send_queue: ZmqFramedWrite,
 ) -> CodecResult<()> {
-    write_message_queue_counted(queue_receiver, send_queue, None, None).await
+    write_message_queue_counted(queue_receiver, send_queue, None, None, None).await
 }
 
 /// The bytes of a message's parts (what `SocketOptions::send_queue_bytes`
@@ -26,12 +26,13 @@ pub(crate) fn message_bytes(message: &Message) -> usize {
 /// As [`write_message_queue`], taking each message's bytes off `queued` as
 /// it leaves the queue (PUB's per-subscriber byte count), and adding to
 /// `written` the messages of each batch once it is flushed to the socket
-/// (PUB's flush points).
+/// and then telling `progress` (PUB's flush points).
 pub(crate) async fn write_message_queue_counted(
     mut queue_receiver: mpsc::Receiver<Message>,
     mut send_queue: ZmqFramedWrite,
     queued: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
     written: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    progress: Option<&crate::progress::Progress>,
 ) -> CodecResult<()> {
     let taken = |message: &Message| {
         if let Some(queued) = &queued {
@@ -57,6 +58,9 @@ pub(crate) async fn write_message_queue_counted(
         send_queue.flush().await?;
         if let Some(written) = &written {
             written.fetch_add(batch, std::sync::atomic::Ordering::AcqRel);
+        }
+        if let Some(progress) = progress {
+            progress.advanced();
         }
     }
 
