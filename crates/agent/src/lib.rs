@@ -15,6 +15,8 @@
 //! - [`jobs`] — applies jobs through the shared state engine.
 //! - [`daemon`] — `halite-agent run`, wiring the above together.
 //! - [`facts`] — what the agent tells the master about its host.
+//! - [`proc_events`] — the kernel's process events (netlink proc
+//!   connector), which the `process` beacon follows instead of scanning.
 //! - [`local`] — `halite-agent apply --local`: a state tree applied without
 //!   a master.
 //! - [`logging`] — log format and colour, for both binaries.
@@ -36,6 +38,7 @@ pub mod logging;
 pub mod managed;
 pub mod offline;
 pub mod outbox;
+pub mod proc_events;
 
 /// Authored paths under the agent's `root` (the rule is the state engine's,
 /// shared with the demo fleet and the swarm).

@@ -2,23 +2,33 @@
 //! reported as `present` or `absent` when that changes. `for` and
 //! `debounce` are `sampled.rs`'s machine; this file owns the scan.
 //!
-//! The scan is an idle agent's costliest wake-up (issue #21: 1.7 ms for
-//! 140 processes, most of the agent's idle CPU): each process's `comm` is
-//! read every interval, but its argv[0] (`cmdline`, a read of the other
-//! process's memory) only when its pid or its `comm` is new since the last
-//! scan ([`Known`]). Reads go into a stack buffer, without the size query
-//! `std::fs::read` makes first.
+//! A scan of all of /proc was an idle agent's costliest wake-up (issue #21:
+//! 1 to 1.7 ms for 140 processes, most of the agent's idle CPU). So where
+//! the kernel lets it (`crate::proc_events`: root with CAP_NET_ADMIN in the
+//! initial namespaces) the beacon follows the kernel's process events
+//! instead ([`Source::Events`]): /proc is scanned whole once at the start,
+//! after the kernel reports lost events, and every [`RESCAN`]; in between a
+//! sample reads the socket's queued events (none on a quiet host: one
+//! system call) and only the `comm` of processes that were forked from an
+//! unknown parent, exec'd or renamed since. Where it cannot subscribe it
+//! scans every interval ([`Source::Scan`]), and logs which it does.
+//!
+//! A scan reads each process's `comm`, and its argv[0] (`cmdline`, a read
+//! of the other process's memory) only when its pid or its `comm` is new
+//! since the last scan ([`Known`]). Reads go into a stack buffer, without
+//! the size query `std::fs::read` makes first.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use halite_proto::Value;
 use serde::Deserialize;
 
 use super::sampled::{self, Machine, SampleError, Sampler, Span, Timing};
 use super::{BeaconError, BeaconKind, Context, EventField, Running, decode};
+use crate::proc_events::{Drained, ProcEvent, ProcEvents};
 
 pub static KIND: BeaconKind = BeaconKind {
     name: "process",
@@ -36,6 +46,13 @@ pub static KIND: BeaconKind = BeaconKind {
 };
 
 const PROC: &str = "/proc";
+
+/// While following the kernel's events, /proc is still scanned whole this
+/// often: the kernel drops an event silently when it cannot allocate it
+/// (under memory pressure), and a process whose main thread ended while
+/// its other threads run was reported ended. One scan (about 1 ms) per ten
+/// minutes bounds how long such a miss lasts.
+const RESCAN: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,19 +84,46 @@ fn validate(config: &Value) -> Result<(), BeaconError> {
 
 fn start(context: Context, config: &Value) -> Result<Running, BeaconError> {
     let (name, timing) = settings(config)?;
-    let sampler =
-        Presence { name, proc: PathBuf::from(PROC), machine: Machine::new(&timing, None), known: HashMap::new() };
+    let sampler = Presence {
+        beacon: context.name.clone(),
+        name,
+        proc: PathBuf::from(PROC),
+        machine: Machine::new(&timing, None),
+        known: HashMap::new(),
+        source: Source::Undecided,
+    };
     sampled::start(context, timing.interval, sampler)
 }
 
+/// How the beacon learns which processes run.
+enum Source {
+    /// Decided by the first sample, on the beacon's own thread (subscribing
+    /// waits for the kernel's answer).
+    Undecided,
+    /// The kernel's process events, applied to [`Presence::known`].
+    Events {
+        events: ProcEvents,
+        /// Processes whose `comm` the next sample reads: exec'd, renamed, or
+        /// forked from a parent not known (or itself to be read).
+        dirty: HashSet<u32>,
+        /// The last whole scan; `None` until one succeeded.
+        scanned: Option<Instant>,
+    },
+    /// All of /proc every interval: where the events are not available.
+    Scan,
+}
+
 struct Presence {
+    /// The beacon's name, for the log.
+    beacon: String,
     name: String,
     proc: PathBuf,
     /// Present or not. Starts with nothing reported: there is no "normal"
     /// to assume, so the first settled state is news.
     machine: Machine<bool>,
-    /// What the last scan found, per pid.
+    /// What the last scan found, per pid, and what the events said since.
     known: HashMap<u32, Known>,
+    source: Source,
 }
 
 /// A process as the last scan saw it: its `comm` and whether it was
@@ -95,7 +139,7 @@ struct Known {
 
 impl Sampler for Presence {
     fn sample(&mut self, now: Instant) -> Result<Option<Value>, SampleError> {
-        let count = count(&self.proc, &self.name, &mut self.known)?;
+        let count = self.look(now)?;
         let Some(transition) = self.machine.observe(count > 0, now) else { return Ok(None) };
         let state = if transition.to { "present" } else { "absent" };
         Ok(Some(self.subject().with("state", state).with("count", i64::try_from(count).unwrap_or(i64::MAX))))
@@ -107,6 +151,95 @@ impl Sampler for Presence {
 
     fn forget(&mut self) {
         self.machine.forget();
+    }
+}
+
+impl Presence {
+    /// How many processes are called `name` now.
+    fn look(&mut self, now: Instant) -> Result<usize, SampleError> {
+        if matches!(self.source, Source::Undecided) {
+            self.source = match ProcEvents::subscribe() {
+                Ok(events) => {
+                    tracing::info!(beacon = %self.beacon, "The process beacon follows the kernel's process events.");
+                    Source::Events { events, dirty: HashSet::new(), scanned: None }
+                }
+                Err(error) => {
+                    tracing::info!(beacon = %self.beacon, %error, "The process beacon scans /proc every interval: the kernel's process events are not available to it.");
+                    Source::Scan
+                }
+            };
+        }
+        let Source::Events { events, dirty, scanned } = &mut self.source else {
+            return count(&self.proc, &self.name, &mut self.known);
+        };
+        let known = &mut self.known;
+        let whole = match events.drain(|event| follow(known, dirty, event)) {
+            Ok(Drained::Complete) => scanned.is_none_or(|at| now.saturating_duration_since(at) >= RESCAN),
+            Ok(Drained::Lost) => {
+                tracing::debug!(beacon = %self.beacon, "The kernel dropped process events; scanning /proc.");
+                true
+            }
+            Err(error) => {
+                tracing::warn!(beacon = %self.beacon, %error, "The process beacon scans /proc every interval from now on.");
+                self.source = Source::Scan;
+                return count(&self.proc, &self.name, &mut self.known);
+            }
+        };
+        if whole {
+            // The events queued meanwhile are applied on top at the next
+            // sample: each leaves what it describes, so applying one the
+            // scan already saw changes nothing.
+            dirty.clear();
+            *scanned = None;
+            let found = count(&self.proc, &self.name, known)?;
+            *scanned = Some(now);
+            return Ok(found);
+        }
+        for pid in dirty.drain() {
+            refresh(&self.proc, &self.name, pid, known);
+        }
+        Ok(known.values().filter(|process| process.named).count())
+    }
+}
+
+/// One process event applied to `known`: what it makes unknown goes into
+/// `dirty`, to be read at the sample.
+fn follow(known: &mut HashMap<u32, Known>, dirty: &mut HashSet<u32>, event: ProcEvent) {
+    match event {
+        // A fork runs its parent's program under its parent's name.
+        ProcEvent::Fork { parent, child } => match known.get(&parent) {
+            Some(seen) if !dirty.contains(&parent) => {
+                let seen = seen.clone();
+                known.insert(child, seen);
+            }
+            _ => {
+                dirty.insert(child);
+            }
+        },
+        ProcEvent::Exec { pid } | ProcEvent::Comm { pid } => {
+            dirty.insert(pid);
+        }
+        // Ended: not counted from now on, though its parent may not have
+        // reaped it yet (a scan still reads a zombie's comm).
+        ProcEvent::Exit { pid } => {
+            known.remove(&pid);
+            dirty.remove(&pid);
+        }
+    }
+}
+
+/// Reads again what `pid` runs (gone: forgotten).
+fn refresh(proc: &Path, name: &str, pid: u32, known: &mut HashMap<u32, Known>) {
+    let dir = proc.join(pid.to_string());
+    let mut buffer = [0u8; 64];
+    match read_small(&dir.join("comm"), &mut buffer) {
+        Some(comm) => {
+            let named = is_named(comm, name) || read_argv0_named(&dir, name);
+            known.insert(pid, Known { comm: comm.to_vec(), named });
+        }
+        None => {
+            known.remove(&pid);
+        }
     }
 }
 
@@ -245,10 +378,12 @@ mod tests {
         let proc = tempfile::tempdir().unwrap();
         let timing = Timing::parse(None, None, None).unwrap();
         let mut sampler = Presence {
+            beacon: "w".into(),
             name: "nginx".into(),
             proc: proc.path().to_path_buf(),
             machine: Machine::new(&timing, None),
             known: HashMap::new(),
+            source: Source::Scan,
         };
         let t0 = Instant::now();
         let state = |data: Option<Value>| data.map(|d| (d.get("state").cloned(), d.get("count").cloned()));
@@ -259,6 +394,53 @@ mod tests {
         std::fs::write(dir.join("comm"), "nginx\n").unwrap();
         assert_eq!(state(sampler.sample(t0).unwrap()), Some((Some("present".into()), Some(Value::Int(1)))));
         assert_eq!(sampler.sample(t0).unwrap(), None);
+    }
+
+    #[test]
+    fn events_keep_the_known_processes_without_reading_proc() {
+        let named = |comm: &str, named| Known { comm: format!("{comm}\n").into_bytes(), named };
+        let mut known = HashMap::from([(1, named("systemd", false)), (100, named("nginx", true))]);
+        let mut dirty = HashSet::new();
+        // (event, nginx processes known after it, pids to read at the sample)
+        let steps: &[(ProcEvent, usize, &[u32])] = &[
+            // A known parent's child is its parent's program: nothing to read.
+            (ProcEvent::Fork { parent: 100, child: 101 }, 2, &[]),
+            (ProcEvent::Fork { parent: 1, child: 200 }, 2, &[]),
+            // An unknown parent's child must be read.
+            (ProcEvent::Fork { parent: 999, child: 300 }, 2, &[300]),
+            (ProcEvent::Exec { pid: 200 }, 2, &[200, 300]),
+            // The child of a process that exec'd is read too.
+            (ProcEvent::Fork { parent: 200, child: 201 }, 2, &[200, 201, 300]),
+            (ProcEvent::Comm { pid: 101 }, 2, &[101, 200, 201, 300]),
+            (ProcEvent::Exit { pid: 101 }, 1, &[200, 201, 300]),
+            (ProcEvent::Exit { pid: 300 }, 1, &[200, 201]),
+            (ProcEvent::Exit { pid: 4242 }, 1, &[200, 201]),
+        ];
+        for (event, count, to_read) in steps {
+            follow(&mut known, &mut dirty, *event);
+            let mut reads: Vec<u32> = dirty.iter().copied().collect();
+            reads.sort_unstable();
+            assert_eq!((known.values().filter(|k| k.named).count(), reads.as_slice()), (*count, *to_read), "{event:?}");
+        }
+        assert!(!known.contains_key(&101) && !known.contains_key(&300), "ended processes are forgotten");
+    }
+
+    #[test]
+    fn a_process_read_again_is_counted_by_what_it_runs_now() {
+        let proc = tempfile::tempdir().unwrap();
+        let dir = proc.path().join("42");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("comm"), "sleep\n").unwrap();
+        std::fs::write(dir.join("cmdline"), b"nginx\0").unwrap();
+        let mut known = HashMap::new();
+        refresh(proc.path(), "nginx", 42, &mut known);
+        assert!(known[&42].named, "by argv[0]");
+        std::fs::write(dir.join("cmdline"), b"sleep\0").unwrap();
+        refresh(proc.path(), "nginx", 42, &mut known);
+        assert!(!known[&42].named, "read again, though its comm is the same");
+        std::fs::remove_dir_all(&dir).unwrap();
+        refresh(proc.path(), "nginx", 42, &mut known);
+        assert!(known.is_empty(), "gone");
     }
 
     #[test]
@@ -275,36 +457,88 @@ mod tests {
     }
 }
 
+/// A process named `name` (argv[0]; its comm is `sleep`) that lives until
+/// the test kills it; its one exec is done when this returns. Not through
+/// the spawner, which runs programs to their end: this is a fixture a
+/// beacon must find while it runs.
+#[cfg(test)]
+#[allow(clippy::disallowed_methods, clippy::unwrap_used)]
+pub(crate) fn live_process(name: &str) -> std::process::Child {
+    use std::os::unix::process::CommandExt as _;
+    std::process::Command::new("sleep").arg0(name).arg("30").spawn().unwrap()
+}
+
 /// Against the real /proc, with a real process.
 #[cfg(test)]
 mod live_tests {
     use super::*;
     use crate::managed::ManagedFiles;
 
-    /// A process named `name` that lives until the test kills it. Not through
-    /// the spawner, which runs programs to their end: this is a fixture the
-    /// beacon must find while it runs.
-    #[allow(clippy::disallowed_methods)]
-    fn live_process(name: &str) -> std::process::Child {
-        std::process::Command::new("bash").args(["-c", &format!("exec -a {name} sleep 30")]).spawn().unwrap()
-    }
-
     #[test]
     fn finds_a_real_process_renamed_by_exec_a() {
         let name = format!("halite-live-{}", std::process::id());
         let mut child = live_process(&name);
-        let mut found = 0;
-        for _ in 0..200 {
-            found = count(Path::new(PROC), &name, &mut HashMap::new()).unwrap();
-            if found > 0 {
-                break;
-            }
-            let (_tx, rx) = std::sync::mpsc::channel::<()>();
-            let _ = rx.recv_timeout(std::time::Duration::from_millis(10));
-        }
+        // Its exec is done once spawned: no waiting for it.
+        let found = count(Path::new(PROC), &name, &mut HashMap::new()).unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(found, 1);
+    }
+
+    /// Whether this process may subscribe to the kernel's process events.
+    fn may_follow_events() -> bool {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let caps = status.lines().find_map(|line| line.strip_prefix("CapEff:")).unwrap();
+        u64::from_str_radix(caps.trim(), 16).unwrap() & (1 << 12) != 0
+    }
+
+    /// Where the agent may (CAP_NET_ADMIN), the beacon follows the
+    /// kernel's events: a real process started and killed is reported
+    /// present and then absent with no scan of /proc after the first.
+    /// Where it may not, it scans, and finds the same.
+    #[test]
+    fn follows_a_real_process_by_the_kernels_events() {
+        let name = format!("halite-events-{}", std::process::id());
+        let timing = Timing::parse(None, None, None).unwrap();
+        let t0 = Instant::now();
+        let state = |data: Option<Value>| data.and_then(|d| d.get("state").and_then(Value::as_str).map(str::to_owned));
+        // A round whose events the kernel dropped (a busy host) rescans:
+        // it proves nothing about following them, so it is run again.
+        for _ in 0..5 {
+            let mut sampler = Presence {
+                beacon: "w".into(),
+                name: name.clone(),
+                proc: PathBuf::from(PROC),
+                machine: Machine::new(&timing, None),
+                known: HashMap::new(),
+                source: Source::Undecided,
+            };
+            assert_eq!(state(sampler.sample(t0).unwrap()).as_deref(), Some("absent"));
+            let scanned = match &sampler.source {
+                Source::Events { scanned, .. } => *scanned,
+                Source::Scan => {
+                    assert!(!may_follow_events(), "with CAP_NET_ADMIN the beacon must follow the events");
+                    None
+                }
+                Source::Undecided => panic!("the first sample decides"),
+            };
+            let mut child = live_process(&name);
+            // The fork and the exec happened before `spawn` returned: the
+            // next sample finds their events queued.
+            let present = state(sampler.sample(t0).unwrap());
+            child.kill().unwrap();
+            child.wait().unwrap();
+            let absent = state(sampler.sample(t0).unwrap());
+            if let Source::Events { scanned: now, .. } = &sampler.source
+                && *now != scanned
+            {
+                continue;
+            }
+            assert_eq!(present.as_deref(), Some("present"));
+            assert_eq!(absent.as_deref(), Some("absent"));
+            return;
+        }
+        panic!("the kernel dropped events in five rounds");
     }
 
     #[test]
@@ -328,6 +562,8 @@ mod live_tests {
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(second.data.get("state").and_then(Value::as_str), Some("present"));
+        let third = rx.blocking_recv().unwrap();
+        assert_eq!(third.data.get("state").and_then(Value::as_str), Some("absent"));
         drop(running);
     }
 }
