@@ -54,6 +54,13 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(1);
 /// request within the `send`, so only events queued between joining the
 /// group and sending it (and other subscribers' answers) come first.
 const ANSWER_AMONG: usize = 256;
+/// The socket's receive buffer: the kernel counts each queued event at
+/// about 1 KiB (its buffer's true size), so this holds some 2,000 events
+/// between two samples (the default, about 200, overflowed every 5 s on a
+/// 2-core host running builds, and each overflow costs a scan). Kernel
+/// memory, and only while events are queued; set with `SO_RCVBUFFORCE`,
+/// which the subscription's CAP_NET_ADMIN allows.
+const RECEIVE_BUFFER: usize = 1 << 20;
 /// One datagram holds one event (at most about 100 bytes); room to spare.
 const DATAGRAM: usize = 1024;
 
@@ -131,6 +138,8 @@ impl ProcEvents {
         .map_err(|source| ProcEventsError::Socket { source })?;
         nix::sys::socket::bind(socket.as_raw_fd(), &NetlinkAddr::new(0, CN_IDX_PROC))
             .map_err(|source| ProcEventsError::Join { source })?;
+        // Refused: the default size, and more scans after overflows.
+        let _ = nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBufForce, &RECEIVE_BUFFER);
         socket.set_read_timeout(Some(ANSWER_WITHIN)).map_err(|source| ProcEventsError::Subscribe { source })?;
         let tag = tag();
         let events = ProcEvents { socket };
