@@ -176,13 +176,28 @@ fn with_copy<T>(archive: &[u8], make: impl FnOnce(&Path) -> Result<T, KindError>
     make(&file)
 }
 
+/// tar's flag for a compressed archive, told by its first bytes: GNU tar
+/// detects compression only in a file it can seek, not on standard input.
+fn compression(archive: &[u8]) -> Option<&'static str> {
+    match archive {
+        [0x1f, 0x8b, ..] => Some("-z"),
+        [b'B', b'Z', b'h', ..] => Some("-j"),
+        [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => Some("-J"),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Some("--zstd"),
+        _ => None,
+    }
+}
+
 /// The archive's members, directories with their trailing `/`.
 fn members(archive: &[u8], format: &str, env: &ApplyEnv) -> Result<Vec<String>, KindError> {
     let listed = match format {
         "zip" => with_copy(archive, |file| {
             run(vec!["unzip".into(), "-Z1".into(), file.display().to_string()], None, env.path.as_ref())
         })?,
-        _ => run(vec!["tar".into(), "-tf".into(), "-".into()], Some(archive.to_vec()), env.path.as_ref())?,
+        _ => {
+            let argv = ["tar", "-t"].into_iter().chain(compression(archive)).chain(["-f", "-"]);
+            run(argv.map(str::to_owned).collect(), Some(archive.to_vec()), env.path.as_ref())?
+        }
     };
     Ok(listed.lines().map(|l| l.trim_start_matches("./").to_owned()).filter(|l| !l.is_empty()).collect())
 }
@@ -276,15 +291,9 @@ impl Plan for ExtractPlan {
                 })?;
             }
             _ => {
-                let mut argv: Vec<String> = vec![
-                    "tar".into(),
-                    "-x".into(),
-                    "--no-same-owner".into(),
-                    "-f".into(),
-                    "-".into(),
-                    "-C".into(),
-                    target,
-                ];
+                let mut argv: Vec<String> = vec!["tar".into(), "-x".into()];
+                argv.extend(compression(&self.archive).map(str::to_owned));
+                argv.extend(["--no-same-owner".into(), "-f".into(), "-".into(), "-C".into(), target]);
                 if !self.overwrite {
                     argv.push("--skip-old-files".into());
                 }
@@ -385,6 +394,20 @@ mod tests {
             "a:\n  archive.extracted:\n    name: /opt/app\n    source: https://x/app.tar.gz\n    source_hash: sha1=00\n",
         );
         assert_eq!(diagnostics.iter().map(|d| d.line).collect::<Vec<_>>(), [5], "{diagnostics:#?}");
+    }
+
+    #[test]
+    fn compressed_tars_are_told_by_their_first_bytes() {
+        let cases: [(&[u8], Option<&str>); 5] = [
+            (&[0x1f, 0x8b, 8, 0], Some("-z")),
+            (b"BZh91AY", Some("-j")),
+            (&[0xfd, b'7', b'z', b'X', b'Z', 0, 0], Some("-J")),
+            (&[0x28, 0xb5, 0x2f, 0xfd, 0], Some("--zstd")),
+            (b"app-1.0/\0\0\0", None),
+        ];
+        for (archive, flag) in cases {
+            assert_eq!(compression(archive), flag, "{archive:?}");
+        }
     }
 
     #[test]
