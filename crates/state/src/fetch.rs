@@ -444,7 +444,7 @@ mod tests {
         let hash = hex_of(&sha2::Sha256::digest(&body));
         let request = Request::new("contents", vec!["http://127.0.0.1/a".into()], Verify::Sha256(hash.clone()));
         let mut args = with_requests(Value::map().with("contents", Vec::<u8>::new()), std::slice::from_ref(&request));
-        assert_eq!(requests(&args), [request.clone()]);
+        assert_eq!(requests(&args), std::slice::from_ref(&request));
         assert!(matches!(check(&args), Err(FetchError::NotFetched { .. })), "nobody fetched it");
 
         let mut good = args.clone();
@@ -483,13 +483,13 @@ mod tests {
         let expected = hex_of(&sha1::Sha1::digest(&framed)).to_uppercase();
         let new_format: Vec<u8> = [&[0xc6, body.len() as u8][..], &body, &[0xcd, 3, b'a', b'b', b'c']].concat();
         let old_format: Vec<u8> = [&[0x98, body.len() as u8][..], &body].concat();
-        assert_eq!(fingerprints(&new_format).unwrap(), [expected.clone()]);
-        assert_eq!(fingerprints(&old_format).unwrap(), [expected.clone()]);
+        assert_eq!(fingerprints(&new_format).unwrap(), std::slice::from_ref(&expected));
+        assert_eq!(fingerprints(&old_format).unwrap(), std::slice::from_ref(&expected));
         let armoured = format!(
             "-----BEGIN PGP PUBLIC KEY BLOCK-----\nComment: test\n\n{}\n=abcd\n-----END PGP PUBLIC KEY BLOCK-----\n",
             encode64(&new_format)
         );
-        assert_eq!(fingerprints(armoured.as_bytes()).unwrap(), [expected.clone()]);
+        assert_eq!(fingerprints(armoured.as_bytes()).unwrap(), std::slice::from_ref(&expected));
         assert!(fingerprints(b"\xcd\x03abc").is_err(), "a user id alone is no key");
         assert!(fingerprints(b"plain text").is_err());
 
@@ -509,7 +509,7 @@ mod tests {
                 out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
             }
         }
-        while out.len() % 4 != 0 {
+        while !out.len().is_multiple_of(4) {
             out.push('=');
         }
         out

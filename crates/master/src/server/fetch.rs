@@ -66,8 +66,11 @@ pub struct Fetcher {
     cache_bytes: u64,
     /// One fetch at a time per URL list: the second job waits and finds
     /// the body in the cache.
-    locks: Arc<Mutex<HashMap<Vec<String>, Arc<tokio::sync::Mutex<()>>>>>,
+    locks: Arc<Mutex<Locks>>,
 }
+
+/// A lock per URL list being fetched.
+type Locks = HashMap<Vec<String>, Arc<tokio::sync::Mutex<()>>>;
 
 impl std::fmt::Debug for Fetcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
