@@ -500,6 +500,17 @@ mod tests {
         assert!(Verify::parse_fingerprints(&["ABCD".into()]).is_err());
     }
 
+    /// A key gpg made, armoured and binary: halite's fingerprint is gpg's.
+    #[test]
+    fn fingerprints_match_gpg_for_a_real_key() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/keys");
+        let expected = std::fs::read_to_string(dir.join("repo.fingerprint")).unwrap().trim().to_owned();
+        for file in ["repo.asc", "repo.gpg"] {
+            let key = std::fs::read(dir.join(file)).unwrap();
+            assert_eq!(fingerprints(&key).unwrap(), std::slice::from_ref(&expected), "{file}");
+        }
+    }
+
     fn encode64(bytes: &[u8]) -> String {
         const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         let mut out = String::new();

@@ -374,6 +374,49 @@ mod tests {
         assert_eq!(calls.iter().filter(|c| c.starts_with("apt-get update")).count(), 1, "{calls:#?}");
     }
 
+    /// A key from a URL as the master fills it in (a key gpg made): written
+    /// to the keyrings with the line, the index refreshed once, then
+    /// unchanged; another key in its place fails the state on the agent
+    /// and writes nothing.
+    #[test]
+    fn a_fetched_key_is_checked_by_fingerprint_then_kept() {
+        let keys = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/keys");
+        let fingerprint = std::fs::read_to_string(keys.join("repo.fingerprint")).unwrap();
+        let fake = StandIns::new();
+        let root = tempfile::tempdir().unwrap();
+        let env = ApplyEnv { root: root.path().to_path_buf(), ..fake.env() };
+        let call = resolved_in(
+            KIND.name,
+            &format!(
+                "name: deb https://apt.example.com/debian bookworm main\nkey_url: https://127.0.0.1/repo.gpg\nkeyid: {fingerprint}\nfile: /etc/apt/sources.list.d/example.list"
+            ),
+            &[],
+        );
+        let call = crate::paths::rooted_call(&call, root.path());
+        let filled = |bytes: Vec<u8>| {
+            let mut call = call.clone();
+            crate::fetch::fill(&mut call.args, 0, Ok(("https://127.0.0.1/repo.gpg".into(), bytes)));
+            call
+        };
+        let wrong = apply_call(&filled(b"not the key".to_vec()), false, &env);
+        let halite_proto::Outcome::Failed { error } = wrong.outcome else { panic!("{wrong:?}") };
+        assert!(error.contains("not an OpenPGP public key") && error.contains("https://127.0.0.1/repo.gpg"), "{error}");
+        assert!(!root.path().join("etc/apt").exists(), "a refused key wrote something");
+
+        let key = std::fs::read(keys.join("repo.gpg")).unwrap();
+        let first = changes(apply_call(&filled(key.clone()), false, &env).outcome);
+        assert_eq!(first.len(), 4, "the key, the file, its line, the refresh: {first:?}");
+        assert_eq!(std::fs::read(root.path().join("etc/apt/keyrings/repo.gpg")).unwrap(), key);
+        assert!(
+            std::fs::read_to_string(root.path().join("etc/apt/sources.list.d/example.list"))
+                .unwrap()
+                .contains("[signed-by=/etc/apt/keyrings/repo.gpg] https://apt.example.com/debian")
+        );
+        assert_eq!(fake.take_calls().iter().filter(|c| c.starts_with("apt-get update")).count(), 1);
+        assert!(changes(apply_call(&filled(key), false, &env).outcome).is_empty());
+        assert!(fake.take_calls().is_empty(), "nothing ran for an unchanged repository");
+    }
+
     #[test]
     fn resolve_errors_point_at_the_argument() {
         let diagnostics = load(
