@@ -197,3 +197,61 @@ async fn url_sources_are_fetched_by_the_master_checked_and_applied() {
         fleet.fail(&error);
     }
 }
+
+/// A plain HTTP server on `address` serving the files of `dir` (404 for
+/// anything else): the reference tree's fixed URLs.
+async fn http_server(address: &str, dir: std::path::PathBuf) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else { return };
+            let dir = dir.clone();
+            tokio::spawn(async move {
+                let Ok(path) = read_path(&mut tcp).await else { return };
+                let name = path.trim_start_matches('/');
+                let body = (!name.contains('/')).then(|| std::fs::read(dir.join(name)).ok()).flatten();
+                let (status, body) = match body {
+                    Some(body) => ("200 OK", body),
+                    None => ("404 Not Found", b"not here\n".to_vec()),
+                };
+                let head = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                let _ = tcp.write_all(head.as_bytes()).await;
+                let _ = tcp.write_all(&body).await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    Ok(())
+}
+
+/// tests/salt/corpus/ref-urls (file.managed from URLs: with a hash and a
+/// mode, and a source list whose first URL is a 404) applied by a master
+/// and agent gives the files Salt 3008 gave
+/// (tests/salt/expected-master/ref-urls.txt, recorded by record.sh with
+/// the same files served at the same address); a second apply changes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_url_reference_tree_applies_as_salt_did() {
+    let salt = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("salt");
+    let tree = salt.join("corpus/ref-urls");
+    http_server("127.0.0.19:8019", tree.join("served")).await.unwrap();
+    let states = std::fs::read_to_string(tree.join("urls.sls")).unwrap();
+    let fleet = Fleet::start_custom(&["web01"], &["*"], &[("urls.sls", &states)]).await.unwrap();
+    let result = async {
+        let first = fleet.master_command(&["apply", "web01", "urls", "--json"]).await?;
+        anyhow::ensure!(first.code == 0, "{first:?}");
+        let place = fleet.agent("web01").path("/srv/halite-ref");
+        let expected = std::fs::read_to_string(salt.join("expected-master/ref-urls.txt"))?;
+        let expected: Vec<&str> = expected.lines().collect();
+        let actual = crate::salt_reference::files_summary(&place);
+        anyhow::ensure!(actual == expected, "halite (left) and Salt (right) differ:\n{actual:#?}\n{expected:#?}");
+        let again = fleet.master_command(&["apply", "web01", "urls", "--json"]).await?;
+        anyhow::ensure!(again.json()?["summary"]["changed"] == 0, "{again:?}");
+        anyhow::ensure!(crate::salt_reference::files_summary(&place) == actual);
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        fleet.fail(&error);
+    }
+}
