@@ -199,9 +199,10 @@ async fn url_sources_are_fetched_by_the_master_checked_and_applied() {
 }
 
 /// A plain HTTP server on `address` serving the files of `dir` (404 for
-/// anything else): the reference tree's fixed URLs.
-async fn http_server(address: &str, dir: std::path::PathBuf) -> anyhow::Result<()> {
+/// anything else); returns the address it is bound to.
+async fn http_server(address: &str, dir: std::path::PathBuf) -> anyhow::Result<String> {
     let listener = tokio::net::TcpListener::bind(address).await?;
+    let bound = listener.local_addr()?.to_string();
     tokio::spawn(async move {
         loop {
             let Ok((mut tcp, _)) = listener.accept().await else { return };
@@ -221,21 +222,22 @@ async fn http_server(address: &str, dir: std::path::PathBuf) -> anyhow::Result<(
             });
         }
     });
-    Ok(())
+    Ok(bound)
 }
 
 /// tests/salt/corpus/ref-urls (file.managed from URLs: with a hash and a
 /// mode, and a source list whose first URL is a 404) applied by a master
 /// and agent gives the files Salt 3008 gave
 /// (tests/salt/expected-master/ref-urls.txt, recorded by record.sh with
-/// the same files served at the same address); a second apply changes
-/// nothing.
+/// the same files served); a second apply changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_url_reference_tree_applies_as_salt_did() {
     let salt = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("salt");
     let tree = salt.join("corpus/ref-urls");
-    http_server("127.0.0.19:8019", tree.join("served")).await.unwrap();
-    let states = std::fs::read_to_string(tree.join("urls.sls")).unwrap();
+    // The recording's URLs name 127.0.0.19:8019; a free port here instead
+    // (the summary Salt recorded names files, not URLs).
+    let address = http_server("127.0.0.1:0", tree.join("served")).await.unwrap();
+    let states = std::fs::read_to_string(tree.join("urls.sls")).unwrap().replace("127.0.0.19:8019", &address);
     let fleet = Fleet::start_custom(&["web01"], &["*"], &[("urls.sls", &states)]).await.unwrap();
     let result = async {
         let first = fleet.master_command(&["apply", "web01", "urls", "--json"]).await?;

@@ -1,5 +1,6 @@
-# file.managed from URLs (issue #19), served on 127.0.0.19:8019 from
-# served/ by the recording (record.sh with SERVE) and by the e2e test.
+# file.managed from URLs (issue #19): served/ is served on 127.0.0.19:8019
+# by the recording (record.sh with SERVE); the e2e test serves it on a free
+# port and rewrites these URLs.
 /srv/halite-ref/motd:
   file.managed:
     - source: http://127.0.0.19:8019/motd
