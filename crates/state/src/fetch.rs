@@ -280,6 +280,28 @@ pub fn fill(args: &mut Value, index: usize, outcome: Result<(String, Vec<u8>), S
     }
 }
 
+/// What the master knows of argument `into` before fetching it: `None`
+/// when no request for it is pending (the argument holds the content);
+/// `Some(digest)` when one is, with the sha256 the content will have if
+/// the request is checked by sha256 (`Some(None)`: not known until
+/// fetched). For the master's views of a tree's desired files
+/// (`server/inventory.rs`), which must not take an unfetched URL source
+/// for an empty file.
+pub fn pending_sha256(args: &Value, into: &str) -> Option<Option<halite_proto::Sha256>> {
+    let request = requests(args).into_iter().find(|r| r.into == into && r.got.is_none())?;
+    Some(match request.verify {
+        Verify::Sha256(hex) => {
+            let mut digest = [0u8; 32];
+            let bytes = (0..32).map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok());
+            for (slot, byte) in digest.iter_mut().zip(bytes) {
+                *slot = byte?;
+            }
+            Some(halite_proto::Sha256(digest))
+        }
+        _ => None,
+    })
+}
+
 /// On the agent, before planning: every request was fetched and its bytes
 /// check, or it has a tree fallback and the master said why the URLs
 /// failed (then the fallback is used, as Salt's source list does).
@@ -460,6 +482,11 @@ mod tests {
         assert!(matches!(&error, FetchError::Mismatch { expected, .. } if *expected == hash), "{error}");
         assert!(error.to_string().contains("http://127.0.0.1/a"), "{error}");
 
+        assert_eq!(pending_sha256(&args, "contents"), Some(Some(halite_proto::Sha256::of(b"hello\n"))));
+        assert_eq!(pending_sha256(&good, "contents"), None, "fetched: the content is there");
+        assert_eq!(pending_sha256(&args, "other"), None);
+        let unknown = with_requests(Value::map(), &[Request::new("key", vec!["http://x/k".into()], Verify::Skip)]);
+        assert_eq!(pending_sha256(&unknown, "key"), Some(None));
         fill(&mut args, 0, Err("HTTP 404".into()));
         assert_eq!(
             check(&args),
