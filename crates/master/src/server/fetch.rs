@@ -275,6 +275,99 @@ fn chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server on 127.0.0.1 answering every request with `answer` (raw
+    /// HTTP), or, when `None`, reading the request and never answering.
+    async fn server(answer: Option<Vec<u8>>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else { return };
+                let mut buffer = [0u8; 4096];
+                let _ = tcp.read(&mut buffer).await;
+                match &answer {
+                    Some(answer) => {
+                        let _ = tcp.write_all(answer).await;
+                        let _ = tcp.shutdown().await;
+                    }
+                    None => held.push(tcp),
+                }
+            }
+        });
+        format!("http://{address}/file")
+    }
+
+    fn fetcher(data_dir: &Path, timeout: Duration, max_bytes: u64) -> Fetcher {
+        let config = FetchConfig { timeout, max_bytes, ..FetchConfig::default() };
+        Fetcher::new(&config, data_dir).unwrap()
+    }
+
+    fn request(url: &str, body: &[u8]) -> Request {
+        Request::new("contents", vec![url.to_owned()], Verify::parse_hash(&Sha256::of(body).to_hex()).unwrap())
+    }
+
+    use halite_proto::Sha256;
+
+    /// A server that never answers: the fetch ends at `fetch.timeout` with
+    /// the named error (time is paused: the runtime jumps to the timeout
+    /// once nothing else can happen, no wall-clock wait).
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_server_is_a_timeout_naming_the_state_and_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = server(None).await;
+        let fetcher = fetcher(dir.path(), Duration::from_secs(30), 1024);
+        let error = fetcher.fetch("motd", &request(&url, b"x")).await.unwrap_err();
+        assert!(matches!(error, FetchError::Timeout { .. }), "{error}");
+        let text = error.to_string();
+        assert!(text.contains("state `motd`") && text.contains(&url) && text.contains("fetch.timeout"), "{text}");
+    }
+
+    /// Over `fetch.max_bytes`, announced (content-length) or not (read until
+    /// the server closes): refused, named; an error status is named too.
+    #[tokio::test]
+    async fn oversized_bodies_and_error_statuses_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let fetcher = fetcher(dir.path(), Duration::from_secs(30), 16);
+        let body = vec![b'x'; 64];
+        let announced =
+            [format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes(), body.clone()].concat();
+        let unannounced = [b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n".to_vec(), body.clone()].concat();
+        for answer in [announced, unannounced] {
+            let url = server(Some(answer)).await;
+            let error = fetcher.fetch("big", &request(&url, &body)).await.unwrap_err();
+            assert!(matches!(error, FetchError::TooLarge { limit: 16, .. }), "{error}");
+            assert!(error.to_string().contains("fetch.max_bytes"), "{error}");
+        }
+        let url = server(Some(b"HTTP/1.1 500 Oops\r\ncontent-length: 0\r\n\r\n".to_vec())).await;
+        let error = fetcher.fetch("broken", &request(&url, b"x")).await.unwrap_err();
+        assert!(matches!(error, FetchError::Status { status: 500, .. }), "{error}");
+    }
+
+    /// A body checked by digest is kept: the next fetch of it needs no
+    /// server. A body that does not match is neither taken nor kept.
+    #[tokio::test]
+    async fn checked_bodies_are_cached_by_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let fetcher = fetcher(dir.path(), Duration::from_secs(30), 1024);
+        let body = b"hello\n".to_vec();
+        let answer =
+            [format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes(), body.clone()].concat();
+        let url = server(Some(answer.clone())).await;
+        let wrong = fetcher.fetch("motd", &request(&url, b"other\n")).await.unwrap_err();
+        assert!(matches!(wrong, FetchError::Verify { .. }), "{wrong}");
+        assert!(
+            !dir.path().join(CACHE_DIR).exists() || std::fs::read_dir(dir.path().join(CACHE_DIR)).unwrap().count() == 0
+        );
+        assert_eq!(fetcher.fetch("motd", &request(&url, &body)).await.unwrap(), (url.clone(), body.clone()));
+        let cached = dir.path().join(CACHE_DIR).join(format!("sha256-{}", Sha256::of(&body).to_hex()));
+        assert_eq!(std::fs::read(&cached).unwrap(), body);
+        // Nothing listens there any more: the cache answers.
+        let gone = "http://127.0.0.1:9/file";
+        assert_eq!(fetcher.fetch("motd", &request(gone, &body)).await.unwrap().1, body);
+    }
 
     #[test]
     fn the_cache_keeps_the_newest_within_its_budget() {
