@@ -19,7 +19,7 @@ const PLACE: &str = "srv/halite-ref";
 
 /// The same lines as tests/salt/summarize.py: directories and files under
 /// `place` (os.walk's top-down order, names sorted), then the commands run.
-fn files_summary(place: &Path) -> Vec<String> {
+pub(crate) fn files_summary(place: &Path) -> Vec<String> {
     fn walk(dir: &Path, place: &Path, lines: &mut Vec<String>) {
         use std::os::unix::fs::PermissionsExt;
         let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();

@@ -471,3 +471,49 @@ fn the_check_finds_sibling_cycles_and_not_parent_child_use() {
     assert!(!graph[&file("kinds/mod.rs")].contains_key(&file("kinds/one.rs")));
     assert!(!graph[&file("kinds/one.rs")].contains_key(&file("a.rs")), "a test module's import counted");
 }
+
+/// The agent's dependency graph, from Cargo.lock (every package it can
+/// reach, dev-dependencies of the workspace's crates included: a lock file
+/// does not tell them apart, so this errs on the strict side).
+fn reachable_from(root: &str) -> BTreeSet<String> {
+    let lock = std::fs::read_to_string(repo().join("Cargo.lock")).unwrap();
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for block in lock.split("[[package]]").skip(1) {
+        let name = block.lines().find_map(|l| l.strip_prefix("name = ")).unwrap().trim_matches('"').to_owned();
+        let deps = block
+            .split_once("dependencies = [")
+            .map(|(_, rest)| rest.split(']').next().unwrap_or_default())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                l.trim().trim_end_matches(',').trim_matches('"').split_whitespace().next().map(str::to_owned)
+            })
+            .filter(|d| !d.is_empty());
+        edges.entry(name).or_default().extend(deps);
+    }
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(name) = stack.pop() {
+        if seen.insert(name.clone()) {
+            stack.extend(edges.get(&name).into_iter().flatten().cloned());
+        }
+    }
+    seen
+}
+
+/// URL sources are fetched by the master (issue #19): the agent links no
+/// HTTP client and no TLS stack, which keeps it in its memory budget.
+#[test]
+fn the_agent_links_no_http_client() {
+    let agent = reachable_from("halite-agent");
+    assert!(agent.contains("halite-state") && agent.contains("sha1"), "the walk found the agent's graph: {agent:?}");
+    let master = reachable_from("halite-master");
+    assert!(master.contains("reqwest"), "the walk sees the master's client");
+    let found: Vec<&String> = agent
+        .iter()
+        .filter(|name| {
+            ["reqwest", "hyper", "hyper-util", "rustls", "tokio-rustls", "webpki-roots"].contains(&name.as_str())
+        })
+        .collect();
+    assert!(found.is_empty(), "the agent can reach {found:?}: keep HTTP on the master (server/fetch.rs)");
+}

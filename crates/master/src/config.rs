@@ -81,6 +81,53 @@ pub struct MasterConfig {
     /// (`server/metrics/`); off unless set.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// How the master fetches `http(s)://` sources of states
+    /// (`server/fetch.rs`).
+    #[serde(default)]
+    pub fetch: FetchConfig,
+}
+
+/// `fetch:` in master.yaml: URL sources of `file.managed`,
+/// `archive.extracted` and `pkgrepo.managed`'s key, fetched by the master.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchConfig {
+    /// Certificates (PEM) trusted for HTTPS besides the system's roots: a
+    /// private mirror's CA, or a test's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// One fetch's limit, connection to last byte.
+    #[serde(default = "default_fetch_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// The largest body taken for one URL (an archive's own limit, 64 MiB,
+    /// still applies).
+    #[serde(default = "default_fetch_max_bytes")]
+    pub max_bytes: u64,
+    /// The on-disk cache of fetched bodies (`<data_dir>/fetched/`, by
+    /// digest): the oldest are removed past this.
+    #[serde(default = "default_fetch_cache_bytes")]
+    pub cache_bytes: u64,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        FetchConfig {
+            ca_file: None,
+            timeout: default_fetch_timeout(),
+            max_bytes: default_fetch_max_bytes(),
+            cache_bytes: default_fetch_cache_bytes(),
+        }
+    }
+}
+
+fn default_fetch_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_fetch_max_bytes() -> u64 {
+    halite_state::fetch::MAX_BYTES
+}
+fn default_fetch_cache_bytes() -> u64 {
+    1 << 30
 }
 
 /// `api:` in master.yaml: where the HTTPS API listens and with which
@@ -382,6 +429,7 @@ impl Default for MasterConfig {
             api: None,
             roles: std::collections::BTreeMap::new(),
             metrics: None,
+            fetch: FetchConfig::default(),
         }
     }
 }
@@ -469,6 +517,7 @@ impl MasterConfig {
         config.enrolment.token_file = config.enrolment.token_file.map(|file| base.join(file));
         config.store.password_file = config.store.password_file.map(|file| base.join(file));
         config.store.ca_file = config.store.ca_file.map(|file| base.join(file));
+        config.fetch.ca_file = config.fetch.ca_file.map(|file| base.join(file));
         if let Some(problem) = config.schedule_problem() {
             return Err(ConfigError::Schedule { path: path.to_path_buf(), problem });
         }

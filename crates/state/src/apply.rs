@@ -34,6 +34,7 @@ pub fn run_states_observed(
     env: &ApplyEnv,
     observer: &mut dyn Observer,
 ) -> Vec<StateResult> {
+    let env = &ApplyEnv { packages: crate::env::PackageIndex::default(), ..env.clone() };
     let (order, stuck) = order(calls);
     let mut outcomes: Vec<Option<Outcome>> = vec![None; calls.len()];
     let mut results = Vec::with_capacity(calls.len());
@@ -79,7 +80,25 @@ pub fn run_states_observed(
         observer.finished(&result);
         results.push(result);
     }
+    settle_index(env, &mut results);
     results
+}
+
+/// The refresh a changed repository is owed when no package state
+/// followed it in the job: run once now; if it fails, that repository's
+/// state fails with why.
+fn settle_index(env: &ApplyEnv, results: &mut [StateResult]) {
+    if !env.packages.take_owed() {
+        return;
+    }
+    let owed = |result: &&mut StateResult| matches!(&result.outcome, Outcome::Changed { changes } if changes.iter().any(|c| c == crate::env::REFRESH_CHANGE));
+    if let Err(error) = kinds::pkg_removed::apt_get("update", &[], env.path.as_ref())
+        && let Some(result) = results.iter_mut().rev().find(owed)
+    {
+        result.outcome = Outcome::Failed {
+            error: format!("the repository changed, then refreshing the package index failed: {error}"),
+        };
+    }
 }
 
 fn run_one(
@@ -230,9 +249,13 @@ pub fn plan_call(call: &StateCall, env: &ApplyEnv) -> Result<Box<dyn Plan>, Plan
 /// Plans and applies one state (or only plans, in test mode), without
 /// requisites.
 pub fn apply_call(call: &StateCall, test: bool, env: &ApplyEnv) -> StateResult {
+    let env = &ApplyEnv { packages: crate::env::PackageIndex::default(), ..env.clone() };
     let started = Instant::now();
     let (outcome, diff) = run_one(call, test, env, false, &mut ());
-    StateResult { diff, ..finish(call, outcome, started) }
+    let mut results = [StateResult { diff, ..finish(call, outcome, started) }];
+    settle_index(env, &mut results);
+    let [result] = results;
+    result
 }
 
 /// Applies a plan already made, for callers that look at it first.

@@ -41,6 +41,62 @@ pub struct ApplyEnv {
     /// kinds that reach other files (`file.copy`'s source) use it through
     /// [`ApplyEnv::rooted`]. `/` on a real host.
     pub root: PathBuf,
+    /// The package index within one job: `apt-get update` at most once
+    /// per job (fresh for each job: `run_states` and `apply_call` make it).
+    pub packages: PackageIndex,
+}
+
+/// Whether the package index was refreshed in this job, and whether a
+/// repository changed since: `pkgrepo.managed` marks it stale instead of
+/// refreshing, the next `pkg.*` state refreshes it once (so does the first
+/// `refresh: True`), and the job's end refreshes it if a changed
+/// repository is still owed one. Shared by the clones of one job's env.
+#[derive(Debug, Clone, Default)]
+pub struct PackageIndex(std::sync::Arc<std::sync::Mutex<IndexState>>);
+
+#[derive(Debug, Default)]
+struct IndexState {
+    refreshed: bool,
+    /// A repository changed since the last refresh.
+    stale: bool,
+}
+
+/// The change a `pkgrepo.managed` reports for the refresh it is owed; the
+/// job's end finds the state to fail by it when that refresh fails.
+pub const REFRESH_CHANGE: &str = "apt-get update (once in this job, before its package states)";
+
+impl PackageIndex {
+    fn state(&self) -> std::sync::MutexGuard<'_, IndexState> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A repository changed: refresh before the next package state, or at
+    /// the end of the job.
+    pub fn repository_changed(&self) {
+        self.state().stale = true;
+    }
+
+    /// Whether a package state must refresh first: a repository changed
+    /// since the last refresh, or it asks (`refresh: True`) and none ran
+    /// in this job yet. Counts the refresh as done: the caller runs it.
+    pub fn take_refresh(&self, asked: bool) -> bool {
+        let mut state = self.state();
+        let due = state.stale || (asked && !state.refreshed);
+        if due {
+            state.refreshed = true;
+            state.stale = false;
+        }
+        due
+    }
+
+    /// At the end of a job: whether a changed repository is still owed a
+    /// refresh (then counted as done).
+    pub fn take_owed(&self) -> bool {
+        let mut state = self.state();
+        let owed = std::mem::take(&mut state.stale);
+        state.refreshed |= owed;
+        owed
+    }
 }
 
 impl ApplyEnv {
@@ -58,6 +114,7 @@ impl Default for ApplyEnv {
             backup_max_bytes: DEFAULT_BACKUP_MAX_BYTES,
             path: None,
             root: PathBuf::from("/"),
+            packages: PackageIndex::default(),
         }
     }
 }

@@ -22,6 +22,8 @@
 //! - [`paths`] — paths kept inside a root: tree-relative files
 //!   ([`paths::in_tree`]) and authored paths under an agent's `root`
 //!   ([`paths::rooted`]).
+//! - [`fetch`] — sources given by URL: what the master fetches for a call
+//!   and how the agent checks it.
 //! - [`host`] — the host's name.
 //! - [`edit`] — the plan of every kind that edits a file's text in place
 //!   (read through one descriptor, a diff, the atomic write of the edit).
@@ -38,6 +40,7 @@ pub mod command;
 pub mod diag;
 pub mod edit;
 pub mod env;
+pub mod fetch;
 pub mod host;
 pub mod kinds;
 pub mod paths;

@@ -887,9 +887,14 @@ fn render_call(
     args.remove("template");
     // Salt's `context`/`defaults`, merged when the tree loaded.
     let extra = args.remove("context").map(|c| c.to_json()).unwrap_or_default();
-    if let Some(contents) = kinds::file_like(&call.kind).and_then(|file| (file.contents_mut)(&mut call.args)) {
+    for (name, contents) in kinds::template_contents(&call.kind, &mut call.args) {
         let text = String::from_utf8_lossy(contents).into_owned();
-        *contents = template::render_with(&text, context, vars, &extra)?.into_bytes();
+        *contents = template::render_with(&text, context, vars, &extra)
+            .map_err(|error| match name.as_str() {
+                "" => error,
+                name => template::TemplateError { message: format!("in `{name}`: {}", error.message), ..error },
+            })?
+            .into_bytes();
     }
     Ok(())
 }

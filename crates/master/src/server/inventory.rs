@@ -177,8 +177,16 @@ pub fn desired(parts: Parts<'_>, agent: &str) -> Result<HashMap<String, Sha256>,
     })?;
     let mut desired = HashMap::new();
     for call in &calls {
-        if let Some(view) = halite_state::kinds::file_like(&call.kind).and_then(|file| (file.view)(&call.args)) {
-            desired.insert(view.path.to_owned(), Sha256::of(view.contents));
+        let Some(file) = halite_state::kinds::file_like(&call.kind) else { continue };
+        if let Some(view) = (file.view)(&call.args) {
+            // A URL source is not fetched for this: its hash is the digest
+            // it will have; without one (`skip_verify`) it is not known.
+            let digest = match halite_state::fetch::pending_sha256(&call.args, file.contents_key) {
+                Some(Some(digest)) => digest,
+                Some(None) => continue,
+                None => Sha256::of(view.contents),
+            };
+            desired.insert(view.path.to_owned(), digest);
         }
     }
     Ok(desired)

@@ -156,6 +156,9 @@ pub struct Jobs {
     reactor: Option<Arc<str>>,
     /// What each job sent changes, for its receipts (`receipts.rs`).
     receipts: Receipts,
+    /// Fetches the URL sources a job's states name before it is sent
+    /// (`fetch.rs`); none in unit tests (the agent then says nobody did).
+    fetcher: Option<crate::server::fetch::Fetcher>,
 }
 
 /// Why a job runs, for the store: `cause` is `operator:<command line>`,
@@ -195,7 +198,25 @@ impl Jobs {
             store: None,
             reactor: None,
             receipts: Receipts::default(),
+            fetcher: None,
         }
+    }
+
+    /// Fetches jobs' URL sources with `fetcher` before sending them.
+    #[must_use]
+    pub fn with_fetcher(mut self, fetcher: crate::server::fetch::Fetcher) -> Self {
+        self.fetcher = Some(fetcher);
+        self
+    }
+
+    /// `job` with its URL sources fetched (or why not, per state).
+    async fn fetched(&self, mut job: Job) -> Job {
+        if let Some(fetcher) = &self.fetcher
+            && job.states.iter().any(|call| call.args.get(halite_state::fetch::ARG).is_some())
+        {
+            fetcher.fill(&mut job).await;
+        }
+        job
     }
 
     /// Records every job and result in `store`.
@@ -255,6 +276,7 @@ impl Jobs {
     /// the job changes measure their latency from the event.
     pub async fn run_for_event(&self, agent: &str, job: Job, event: &Event) -> Result<JobResult, JobError> {
         let origin = Origin::of(&job, agent, self.reactor.as_deref());
+        let job = self.fetched(job).await;
         self.receipts.sent(agent, &job, &origin.cause, Some(Cause::of(event)));
         self.send_and_wait(agent, job, origin, self.timeout).await
     }
@@ -272,6 +294,7 @@ impl Jobs {
         origin: Origin,
         timeout: Duration,
     ) -> Result<JobResult, JobError> {
+        let job = self.fetched(job).await;
         self.receipts.sent(agent, &job, &origin.cause, None);
         self.send_and_wait(agent, job, origin, timeout).await
     }

@@ -54,6 +54,7 @@ pub mod coverage;
 pub mod decode;
 pub mod events;
 pub mod facts;
+pub mod fetch;
 pub mod inventory;
 pub mod jobs;
 pub mod keys;
@@ -127,7 +128,8 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     let keys = crate::server::keys::KeyStore::open(&store, &config.data_dir, &config.auto_accept)
         .await?
         .with_enrolment(&config.enrolment)?;
-    let jobs = Jobs::new(sessions.clone(), bus.clone(), JOB_TIMEOUT).with_store(store.clone());
+    let fetcher = crate::server::fetch::Fetcher::new(&config.fetch, &config.data_dir)?;
+    let jobs = Jobs::new(sessions.clone(), bus.clone(), JOB_TIMEOUT).with_store(store.clone()).with_fetcher(fetcher);
     expect_unanswered(&jobs, &config).await;
     let retention = crate::server::store::Retention {
         max_age: std::time::Duration::from_secs(u64::from(config.store.retention_days) * 86_400),

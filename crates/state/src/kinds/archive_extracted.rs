@@ -5,7 +5,9 @@
 //! archive must hold one top-level directory), `overwrite`).
 //!
 //! The master reads the archive when the tree loads (at most
-//! [`MAX_BYTES`]) and checks `source_hash`. Planning lists its members
+//! [`MAX_BYTES`]) and checks `source_hash`; an `http(s)://` source is
+//! fetched by the master before each job instead ([`crate::fetch`]: its
+//! `source_hash` required unless `skip_verify`, checked again here). Planning lists its members
 //! (`tar -t` on the archive given on standard input, `unzip -Z1` on a
 //! private copy) and is done when `if_missing` exists, or, without it,
 //! when every member is there already; applying extracts it with `tar -x
@@ -41,6 +43,9 @@ struct Config {
     name: Option<String>,
     source: Option<String>,
     source_hash: Option<String>,
+    /// Salt's: take a URL's body without a `source_hash`.
+    #[serde(default)]
+    skip_verify: bool,
     archive_format: Option<String>,
     if_missing: Option<String>,
     #[serde(default = "yes")]
@@ -76,13 +81,39 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
         None if source.ends_with(".zip") => "zip".into(),
         None => "tar".into(),
     };
-    if source.contains("://") && !source.starts_with("salt://") {
+    let mut fetch = None;
+    if crate::fetch::is_other_scheme(&source) {
         problems.push(
-            problem("source", format!("`{source}` is a URL; halite reads archives from the state tree"))
-                .help("put the archive in the tree (with its source_hash)"),
+            problem("source", format!("`{source}` is a URL halite does not fetch (only http:// and https://)"))
+                .help("put the archive in the tree (with its source_hash), or serve it over HTTP(S)"),
         );
+    } else if crate::fetch::is_url(&source) {
+        use crate::fetch::{Request, Verify};
+        let verify = match (&config.source_hash, config.skip_verify) {
+            (_, true) => Some(Verify::Skip),
+            (None, false) => {
+                problems.push(
+                    problem("source", format!("`{source}` is a URL and has no `source_hash`"))
+                        .help("add `source_hash: sha256=<hex>` (sha256sum of the archive), or `skip_verify: True`"),
+                );
+                None
+            }
+            (Some(hash), false) => match Verify::parse_hash(hash) {
+                Ok(verify) => Some(verify),
+                Err(error) => {
+                    problems.push(problem("source_hash", error.to_string()).help("give the sha256: sha256=<hex>"));
+                    None
+                }
+            },
+        };
+        if let Some(verify) = verify {
+            let mut request = Request::new("archive", vec![source.clone()], verify);
+            request.max_bytes = MAX_BYTES;
+            fetch = Some(request);
+        }
     }
     let bytes = match read_source(state.tree_root, &source) {
+        _ if crate::fetch::is_url(&source) => Vec::new(),
         Ok(bytes) if bytes.len() as u64 > MAX_BYTES => {
             problems.push(problem("source", format!("`{source}` is larger than {MAX_BYTES} bytes")));
             Vec::new()
@@ -95,6 +126,7 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
         Err(_) => Vec::new(),
     };
     if let Some(hash) = &config.source_hash
+        && fetch.is_none()
         && !bytes.is_empty()
         && let Err((what, help)) = check_hash(state.tree_root, &source, hash, &bytes)
     {
@@ -117,6 +149,9 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
         .with("overwrite", config.overwrite);
     if let Some(marker) = config.if_missing {
         resolved = resolved.with("if_missing", marker);
+    }
+    if let Some(request) = fetch {
+        resolved = crate::fetch::with_requests(resolved, &[request]);
     }
     Ok(resolved)
 }
@@ -141,13 +176,28 @@ fn with_copy<T>(archive: &[u8], make: impl FnOnce(&Path) -> Result<T, KindError>
     make(&file)
 }
 
+/// tar's flag for a compressed archive, told by its first bytes: GNU tar
+/// detects compression only in a file it can seek, not on standard input.
+fn compression(archive: &[u8]) -> Option<&'static str> {
+    match archive {
+        [0x1f, 0x8b, ..] => Some("-z"),
+        [b'B', b'Z', b'h', ..] => Some("-j"),
+        [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => Some("-J"),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Some("--zstd"),
+        _ => None,
+    }
+}
+
 /// The archive's members, directories with their trailing `/`.
 fn members(archive: &[u8], format: &str, env: &ApplyEnv) -> Result<Vec<String>, KindError> {
     let listed = match format {
         "zip" => with_copy(archive, |file| {
             run(vec!["unzip".into(), "-Z1".into(), file.display().to_string()], None, env.path.as_ref())
         })?,
-        _ => run(vec!["tar".into(), "-tf".into(), "-".into()], Some(archive.to_vec()), env.path.as_ref())?,
+        _ => {
+            let argv = ["tar", "-t"].into_iter().chain(compression(archive)).chain(["-f", "-"]);
+            run(argv.map(str::to_owned).collect(), Some(archive.to_vec()), env.path.as_ref())?
+        }
     };
     Ok(listed.lines().map(|l| l.trim_start_matches("./").to_owned()).filter(|l| !l.is_empty()).collect())
 }
@@ -166,6 +216,7 @@ struct ExtractPlan {
 
 fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let path = PathBuf::from(args::string(args, "path")?);
+    crate::fetch::check(args)?;
     let archive = args::bytes(args, "archive")?.to_vec();
     let format = args::string(args, "format")?.to_owned();
     let members = members(&archive, &format, env)?;
@@ -240,15 +291,9 @@ impl Plan for ExtractPlan {
                 })?;
             }
             _ => {
-                let mut argv: Vec<String> = vec![
-                    "tar".into(),
-                    "-x".into(),
-                    "--no-same-owner".into(),
-                    "-f".into(),
-                    "-".into(),
-                    "-C".into(),
-                    target,
-                ];
+                let mut argv: Vec<String> = vec!["tar".into(), "-x".into()];
+                argv.extend(compression(&self.archive).map(str::to_owned));
+                argv.extend(["--no-same-owner".into(), "-f".into(), "-".into(), "-C".into(), target]);
                 if !self.overwrite {
                     argv.push("--skip-old-files".into());
                 }
@@ -344,5 +389,38 @@ mod tests {
         );
         let lines: Vec<u64> = diagnostics.iter().map(|d| d.line).collect();
         assert_eq!(lines, [3, 4, 5], "{diagnostics:#?}");
+        assert!(diagnostics[1].message.contains("has no `source_hash`"), "{diagnostics:#?}");
+        let diagnostics = load(
+            "a:\n  archive.extracted:\n    name: /opt/app\n    source: https://x/app.tar.gz\n    source_hash: sha1=00\n",
+        );
+        assert_eq!(diagnostics.iter().map(|d| d.line).collect::<Vec<_>>(), [5], "{diagnostics:#?}");
+    }
+
+    #[test]
+    fn compressed_tars_are_told_by_their_first_bytes() {
+        let cases: [(&[u8], Option<&str>); 5] = [
+            (&[0x1f, 0x8b, 8, 0], Some("-z")),
+            (b"BZh91AY", Some("-j")),
+            (&[0xfd, b'7', b'z', b'X', b'Z', 0, 0], Some("-J")),
+            (&[0x28, 0xb5, 0x2f, 0xfd, 0], Some("--zstd")),
+            (b"app-1.0/\0\0\0", None),
+        ];
+        for (archive, flag) in cases {
+            assert_eq!(compression(archive), flag, "{archive:?}");
+        }
+    }
+
+    #[test]
+    fn a_url_source_resolves_to_a_fetch_request_into_the_archive() {
+        let sha = "cd".repeat(32);
+        let call = crate::kind_tests::resolved(
+            KIND.name,
+            &format!("name: /opt/app\nsource: https://127.0.0.1/app.tar.gz\nsource_hash: sha256={sha}"),
+        );
+        let wanted = crate::fetch::requests(&call.args);
+        assert_eq!(wanted.len(), 1);
+        assert_eq!((wanted[0].into.as_str(), wanted[0].max_bytes), ("archive", MAX_BYTES));
+        assert_eq!(wanted[0].verify, crate::fetch::Verify::Sha256(sha));
+        assert_eq!(args::string(&call.args, "format").unwrap(), "tar");
     }
 }

@@ -60,8 +60,12 @@ struct Config {
     /// exists is used (Salt's source list).
     source: Option<super::OneOrMany>,
     /// The source's expected sha256: `sha256=<hex>`, `<hex>`, or a file
-    /// of the tree listing `<hex>  <name>` lines (Salt's forms).
+    /// of the tree listing `<hex>  <name>` lines (Salt's forms); for a URL
+    /// also `sha512=<hex>`. Required for a URL unless `skip_verify`.
     source_hash: Option<String>,
+    /// Salt's: take a URL's body without a `source_hash`.
+    #[serde(default)]
+    skip_verify: bool,
     /// The content; a list is joined with newlines (Salt).
     contents: Option<super::OneOrMany>,
     /// End `contents` with a newline when it has none (Salt's default in
@@ -116,7 +120,18 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
         );
     }
 
+    let mut fetch = None;
     let source = match config.source.clone().map(super::OneOrMany::into_vec) {
+        Some(list) if list.iter().any(|s| crate::fetch::is_url(s)) => match url_source(state, &config, &list) {
+            Ok((request, fallback)) => {
+                fetch = Some(request);
+                fallback
+            }
+            Err(mut more) => {
+                problems.append(&mut more);
+                None
+            }
+        },
         Some(list) => match pick_source(state.tree_root, &list) {
             Ok(source) => Some(source),
             Err(problem) => {
@@ -145,6 +160,8 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
             );
             None
         }
+        // Fetched by the master: nothing from the tree.
+        (None, None) if fetch.is_some() => None,
         // The source list was refused: that is the problem reported.
         (None, None) if config.source.is_some() => None,
         (None, None) => {
@@ -167,6 +184,7 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
         (Some(source), None) => match read_source(state.tree_root, source) {
             Ok(bytes) => {
                 if let Some(hash) = &config.source_hash
+                    && fetch.is_none()
                     && let Err(problem) = check_hash(state.tree_root, source, hash, &bytes)
                 {
                     problems.push(
@@ -270,6 +288,9 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
     if let Some(group) = config.group {
         resolved = resolved.with("group", group);
     }
+    if let Some(request) = fetch {
+        resolved = crate::fetch::with_requests(resolved, &[request]);
+    }
     if config.template.is_some() {
         resolved = resolved.with("template", "jinja");
         let mut variables = config.defaults.clone().unwrap_or_default();
@@ -286,13 +307,103 @@ fn names(config: &Config) -> Vec<String> {
     config.context.iter().chain(config.defaults.iter()).flat_map(|m| m.keys().cloned()).collect()
 }
 
-/// The first source of Salt's list that exists in the tree. A URL is not
-/// a source halite fetches. Errors are (what, how to fix).
+/// A source list with URLs (Salt's order: the first that can be had wins):
+/// the URLs before the first tree file that exists, for the master to
+/// fetch in order, and that tree file, if any, as the fallback. The hash
+/// is required (unless `skip_verify`) and checked on the fallback here.
+fn url_source(
+    state: &Authored<'_>,
+    config: &Config,
+    list: &[String],
+) -> Result<(crate::fetch::Request, Option<String>), Vec<Problem>> {
+    use crate::fetch::{Request, Verify};
+    let at = |key: &str| state.fields.key_location(key);
+    let problem = |key: &str, what: String, help: &str| {
+        Problem::new(at(key), format!("file.managed `{}`: {what}", state.id)).help(help.to_owned())
+    };
+    let exists = |source: &String| {
+        let relative = source.strip_prefix("salt://").unwrap_or(source);
+        crate::paths::in_tree(state.tree_root, relative).is_ok_and(|p| p.is_file())
+    };
+    let mut urls = Vec::new();
+    let mut fallback = None;
+    for source in list {
+        if crate::fetch::is_url(source) {
+            urls.push(source.clone());
+        } else if exists(source) {
+            fallback = Some(source.clone());
+            break;
+        }
+    }
+    let mut problems = Vec::new();
+    if config.template.is_some() {
+        problems.push(problem(
+            "template",
+            format!("source `{}` is a URL and `template: jinja` is set", urls[0]),
+            "put the template in the state tree: the master renders templates before it fetches",
+        ));
+    }
+    let verify = match (&config.source_hash, config.skip_verify) {
+        (_, true) => Ok(Verify::Skip),
+        (None, false) => Err(problem(
+            "source",
+            format!("source `{}` is a URL and has no `source_hash`", urls[0]),
+            "add `source_hash: sha256=<hex>` (sha256sum of the file), or `skip_verify: True` to take what the server sends",
+        )),
+        (Some(hash), false) if crate::fetch::is_url(hash) => Err(problem(
+            "source_hash",
+            format!("source_hash `{hash}` is a URL; halite does not fetch hash files"),
+            "give the hash itself: source_hash: sha256=<hex>",
+        )),
+        (Some(hash), false) if hash.starts_with("salt://") || hash.contains('/') => {
+            let name = urls[0].rsplit('/').next().unwrap_or_default();
+            listed_hash(state.tree_root, hash, name)
+                .and_then(|hex| Verify::parse_hash(&hex).map_err(|e| (e.to_string(), String::new())))
+                .map_err(|(what, help)| {
+                    problem(
+                        "source_hash",
+                        what,
+                        if help.is_empty() { "give the sha256 (sha256sum FILE)" } else { &help },
+                    )
+                })
+        }
+        (Some(hash), false) => Verify::parse_hash(hash)
+            .map_err(|e| problem("source_hash", e.to_string(), "give the sha256 (sha256sum FILE): sha256=<hex>")),
+    };
+    let verify = match verify {
+        Ok(verify) => Some(verify),
+        Err(p) => {
+            problems.push(p);
+            None
+        }
+    };
+    if let (Some(verify), Some(source)) = (&verify, &fallback) {
+        match read_source(state.tree_root, source) {
+            Ok(bytes) => {
+                if let Err(error) = verify.check(source, &bytes) {
+                    problems.push(problem("source_hash", error.to_string(), "update the file or the hash"));
+                }
+            }
+            Err((what, help)) => problems.push(problem("source", what, &help)),
+        }
+    }
+    match verify {
+        Some(verify) if problems.is_empty() => {
+            let mut request = Request::new("contents", urls, verify);
+            request.fallback = fallback.is_some();
+            Ok((request, fallback))
+        }
+        _ => Err(problems),
+    }
+}
+
+/// The first source of Salt's list that exists in the tree. Errors are
+/// (what, how to fix).
 fn pick_source(root: &Path, list: &[String]) -> Result<String, (String, String)> {
-    if let Some(url) = list.iter().find(|s| s.contains("://") && !s.starts_with("salt://")) {
+    if let Some(url) = list.iter().find(|s| crate::fetch::is_other_scheme(s)) {
         return Err((
-            format!("source `{url}` is a URL; halite reads sources from the state tree only"),
-            "download the file into the state tree and name it there".into(),
+            format!("source `{url}` is a URL halite does not fetch (only http:// and https://)"),
+            "download the file into the state tree and name it there, or serve it over HTTP(S)".into(),
         ));
     }
     if list.is_empty() {
@@ -325,23 +436,7 @@ pub(crate) fn check_hash(root: &Path, source: &str, hash: &str, content: &[u8]) 
     } else if hash.chars().all(|c| c.is_ascii_hexdigit()) {
         hash.to_owned()
     } else {
-        let listed = read_source(root, hash).map_err(|(what, help)| (format!("source_hash: {what}"), help))?;
-        let text = String::from_utf8_lossy(&listed).into_owned();
-        let lines: Vec<Vec<&str>> =
-            text.lines().map(|l| l.split_whitespace().collect()).filter(|w: &Vec<&str>| !w.is_empty()).collect();
-        let found = lines
-            .iter()
-            .find(|w| w.get(1).is_some_and(|n| n.trim_start_matches('*').rsplit('/').next() == Some(name.as_str())))
-            .or(if lines.len() == 1 { lines.first() } else { None });
-        match found {
-            Some(words) => words[0].to_owned(),
-            None => {
-                return Err((
-                    format!("source_hash file `{hash}` lists no hash for `{name}`"),
-                    "add a `<sha256>  <name>` line for it".into(),
-                ));
-            }
-        }
+        listed_hash(root, hash, &name)?
     };
     let expected = expected.to_lowercase();
     if expected.len() != 64 || !expected.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -357,6 +452,26 @@ pub(crate) fn check_hash(root: &Path, source: &str, hash: &str, content: &[u8]) 
         ));
     }
     Ok(())
+}
+
+/// The hash a file of the tree (`hash`, Salt's `SHA256SUMS` form: lines of
+/// `<hex>  <name>`) lists for the file called `name`, or its only line.
+fn listed_hash(root: &Path, hash: &str, name: &str) -> Result<String, (String, String)> {
+    let listed = read_source(root, hash).map_err(|(what, help)| (format!("source_hash: {what}"), help))?;
+    let text = String::from_utf8_lossy(&listed).into_owned();
+    let lines: Vec<Vec<&str>> =
+        text.lines().map(|l| l.split_whitespace().collect()).filter(|w: &Vec<&str>| !w.is_empty()).collect();
+    let found = lines
+        .iter()
+        .find(|w| w.get(1).is_some_and(|n| n.trim_start_matches('*').rsplit('/').next() == Some(name)))
+        .or(if lines.len() == 1 { lines.first() } else { None });
+    match found {
+        Some(words) => Ok(words[0].to_owned()),
+        None => Err((
+            format!("source_hash file `{hash}` lists no hash for `{name}`"),
+            "add a `<sha256>  <name>` line for it".into(),
+        )),
+    }
 }
 
 /// Reads a source file, refusing anything outside the tree: absolute paths,
@@ -466,6 +581,7 @@ fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     if args.get("template").is_some() {
         return Err(KindError::NotRendered { path });
     }
+    crate::fetch::check(args)?;
     let contents = args::bytes(args, "contents")?.to_vec();
     let desired = Sha256::of(&contents);
     let owner = args::opt_string(args, "user").map(lookup_user).transpose()?;
@@ -1052,6 +1168,61 @@ mod tests {
         assert_eq!(diagnostics.len(), 2, "{diagnostics:#?}");
         assert!(diagnostics[0].line == 5 && diagnostics[0].message.contains("md5"), "{diagnostics:#?}");
         assert!(diagnostics[1].line == 10 && diagnostics[1].message.contains("source_hash says"), "{diagnostics:#?}");
+    }
+
+    /// A URL source needs its hash (or `skip_verify`), in a form halite
+    /// reads; what resolves is a fetch request for the master, with the
+    /// content left empty (or a tree file after the URLs as fallback).
+    #[test]
+    fn url_sources_need_a_hash_and_resolve_to_a_fetch_request() {
+        use crate::fetch::{Verify, requests};
+        use crate::kind_tests::{load, resolved_in};
+        let sha = "ab".repeat(32);
+        let diagnostics = load(&format!(
+            "a:\n  file.managed:\n    name: /a\n    source: http://127.0.0.1/a\nb:\n  file.managed:\n    name: /b\n    source: https://127.0.0.1/b\n    source_hash: md5=d41d8cd98f00b204e9800998ecf8427e\nc:\n  file.managed:\n    name: /c\n    source: https://127.0.0.1/c\n    source_hash: sha256=abc\nd:\n  file.managed:\n    name: /d\n    source: ftp://127.0.0.1/d\ne:\n  file.managed:\n    name: /e\n    source: http://127.0.0.1/e\n    source_hash: {sha}\n    template: jinja\n"
+        ));
+        let found: Vec<(u64, &str)> = diagnostics.iter().map(|d| (d.line, d.message.as_str())).collect();
+        assert_eq!(found.len(), 5, "{found:#?}");
+        assert!(found[0].0 == 4 && found[0].1.contains("has no `source_hash`"), "{found:#?}");
+        assert!(found[1].0 == 9 && found[1].1.contains("`md5` is not supported"), "{found:#?}");
+        assert!(found[2].0 == 14 && found[2].1.contains("not a sha256 (64 hex digits)"), "{found:#?}");
+        assert!(found[3].0 == 18 && found[3].1.contains("does not fetch"), "{found:#?}");
+        assert!(found[4].0 == 24 && found[4].1.contains("template"), "{found:#?}");
+
+        let call = resolved_in(KIND.name, &format!("source: http://127.0.0.1/a\nsource_hash: sha256={sha}"), &[]);
+        let wanted = requests(&call.args);
+        assert_eq!(wanted.len(), 1);
+        assert_eq!(
+            (wanted[0].urls.as_slice(), &wanted[0].verify),
+            (&["http://127.0.0.1/a".to_owned()][..], &Verify::Sha256(sha.clone()))
+        );
+        assert!(!wanted[0].fallback);
+        assert_eq!(args::bytes(&call.args, "contents").unwrap(), b"");
+        let call = resolved_in(KIND.name, "source: http://127.0.0.1/a\nskip_verify: True", &[]);
+        assert_eq!(requests(&call.args)[0].verify, Verify::Skip);
+        // A source list: the URLs before the first tree file that exists,
+        // that file as the fallback (checked against the hash here).
+        let fallback = Sha256::of(b"B\n").to_hex();
+        let call = resolved_in(
+            KIND.name,
+            &format!(
+                "source: [http://127.0.0.1/a, salt://files/missing, https://127.0.0.1/b, salt://files/b, http://127.0.0.1/c]\nsource_hash: {fallback}"
+            ),
+            &[("files/b", "B\n")],
+        );
+        let wanted = requests(&call.args);
+        assert_eq!(wanted[0].urls, ["http://127.0.0.1/a", "https://127.0.0.1/b"]);
+        assert!(wanted[0].fallback);
+        assert_eq!(args::bytes(&call.args, "contents").unwrap(), b"B\n");
+        // Unfetched, the agent refuses it and says why.
+        let error = apply_call(&call_for(&call), true, &ApplyEnv::default());
+        let Outcome::Failed { error } = error.outcome else { panic!("{error:?}") };
+        assert!(error.contains("was not fetched") && error.contains("http://127.0.0.1/a"), "{error}");
+    }
+
+    fn call_for(call: &StateCall) -> StateCall {
+        let dir = std::env::temp_dir().join("halite-never-written");
+        crate::kind_tests::at_path(call, &dir.join("f"))
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! `file.recurse`: a directory of the state tree copied to a directory on
 //! the agent (Salt's `file.recurse`: `source`, `clean`, `include_pat`,
 //! `exclude_pat`, `file_mode` (or `keep`), `dir_mode`, `makedirs`,
-//! `user`, `group`, `include_empty`, `maxdepth`).
+//! `user`, `group`, `include_empty`, `maxdepth`, `template: jinja` with
+//! `context`/`defaults`: every text file rendered per agent by the master,
+//! as `file.managed`'s template is, and syntax-checked when the tree
+//! loads).
 //!
 //! The master reads the tree's directory when it loads the tree (no link
 //! leading out of the tree followed; at most [`MAX_BYTES`] in all), so the
@@ -59,7 +62,12 @@ struct Config {
     #[serde(default)]
     include_empty: bool,
     maxdepth: Option<usize>,
+    /// `jinja`: every (UTF-8) file is a template, rendered per agent by
+    /// the master as `file.managed`'s is.
     template: Option<String>,
+    /// Salt's template variables: `defaults` overridden by `context`.
+    context: Option<serde_json::Map<String, serde_json::Value>>,
+    defaults: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Salt's include/exclude patterns: globs, or regexes after `E@`.
@@ -112,11 +120,22 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
             problems.push(problem(key, e.to_string()).help("a glob (`*.conf`) or a regex after `E@` (`E@\\.conf$`)"));
         }
     }
-    if config.template.is_some() {
-        problems.push(
-            problem("template", "templates per file are not supported for file.recurse".into())
-                .help("render the templated files with file.managed states; recurse the plain ones"),
-        );
+    match config.template.as_deref() {
+        None | Some("jinja") => {}
+        Some(engine) => problems.push(
+            problem("template", format!("template engine `{engine}` is not supported"))
+                .help("halite templates are Jinja (minijinja): write `template: jinja`"),
+        ),
+    }
+    if config.template.is_none() {
+        for key in ["context", "defaults"] {
+            if state.fields.get(key).is_some() {
+                problems.push(
+                    problem(key, format!("`{key}` without `template: jinja`"))
+                        .help("add `template: jinja`, or remove it: without a template nothing reads it"),
+                );
+            }
+        }
     }
     let keep_mode = config.file_mode.as_ref().is_some_and(|m| m.as_str() == Some("keep"));
     let mut modes = [None, None];
@@ -145,6 +164,31 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
             }
         },
     };
+    let mut variables = config.defaults.clone().unwrap_or_default();
+    variables.extend(config.context.clone().unwrap_or_default());
+    if config.template.as_deref() == Some("jinja") {
+        // Each file's syntax is checked now, at its own line.
+        let names: Vec<String> = variables.keys().cloned().collect();
+        for file in &files {
+            let (Some(name), Some(Value::Bytes(contents))) =
+                (file.get("name").and_then(Value::as_str), file.get("contents"))
+            else {
+                continue;
+            };
+            let Ok(text) = std::str::from_utf8(contents) else { continue };
+            if let Err(error) = crate::template::check_with(text, &names) {
+                let line = error.line.unwrap_or(0) as u64;
+                problems.push(
+                    Problem::new(
+                        Some(crate::diag::Location::new(line, 1)),
+                        format!("file.recurse `{}`: template {}", state.id, error.message),
+                    )
+                    .in_file(state.tree_root.join(relative).join(name))
+                    .help("fix the Jinja syntax at that line"),
+                );
+            }
+        }
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -165,7 +209,32 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
             resolved = resolved.with(key, value);
         }
     }
+    if config.template.is_some() {
+        resolved = resolved.with("template", "jinja");
+        if !variables.is_empty() {
+            resolved = resolved.with("context", Value::from_json(&serde_json::Value::Object(variables)));
+        }
+    }
     Ok(resolved)
+}
+
+/// The contents the master renders when `template: jinja` is set: each
+/// file's that is UTF-8 text (a binary file is copied as it is), with its
+/// name relative to the source.
+pub fn templates_mut(args: &mut Value) -> Vec<(String, &mut Vec<u8>)> {
+    let Value::Map(map) = args else { return Vec::new() };
+    let Some(Value::List(files)) = map.get_mut("files") else { return Vec::new() };
+    files
+        .iter_mut()
+        .filter_map(|file| {
+            let Value::Map(file) = file else { return None };
+            let name = file.get("name").and_then(Value::as_str).map(str::to_owned)?;
+            match file.get_mut("contents") {
+                Some(Value::Bytes(contents)) if std::str::from_utf8(contents).is_ok() => Some((name, contents)),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// The files (relative path, content, mode when kept) and directories
@@ -273,6 +342,9 @@ fn open_under(top: &Dir, relative: &Path) -> Result<Option<Dir>, KindError> {
 
 fn plan(args: &Value, _env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let path = PathBuf::from(args::string(args, "path")?);
+    if args.get("template").is_some() {
+        return Err(KindError::NotRendered { path });
+    }
     let file_mode = args::opt_u32(args, "file_mode");
     let dir_mode = args::opt_u32(args, "dir_mode");
     let owner = (
@@ -587,12 +659,65 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("files/www")).unwrap();
         let diagnostics = load(
-            "x:\n  file.recurse:\n    name: /srv\n    source: salt://nowhere\n    include_pat: 'E@(?<=a)'\n    template: jinja\n    dir_mode: '0999'\n",
+            "x:\n  file.recurse:\n    name: /srv\n    source: salt://nowhere\n    include_pat: 'E@(?<=a)'\n    template: mako\n    dir_mode: '0999'\n",
         );
         let lines: Vec<(u64, &str)> = diagnostics.iter().map(|d| (d.line, d.message.as_str())).collect();
         assert_eq!(lines.len(), 4, "{lines:#?}");
         for (line, word) in [(4, "nowhere"), (5, "look-around"), (6, "template"), (7, "0999")] {
             assert!(lines.iter().any(|(l, m)| *l == line && m.contains(word)), "{word}: {lines:#?}");
         }
+    }
+
+    /// `template: jinja`: each text file is rendered by the master for the
+    /// agent (facts, vars.yaml, `defaults` under `context`), a binary file
+    /// is carried as it is, a syntax error points at its file and line
+    /// when the tree loads, and an unrendered call is refused.
+    #[test]
+    fn templates_render_each_file_per_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let www = dir.path().join("files/www");
+        std::fs::create_dir_all(www.join("conf")).unwrap();
+        std::fs::write(www.join("index.html"), "<h1>{{ id }} on {{ facts.os }}</h1>\n").unwrap();
+        std::fs::write(www.join("conf/app.conf"), "port = {{ port }}\nname = {{ name }}\n").unwrap();
+        std::fs::write(www.join("logo.bin"), [0xffu8, 0xfe, b'{', b'{']).unwrap();
+        std::fs::write(
+            dir.path().join("site.yaml"),
+            "site:\n  file.recurse:\n    name: /srv/www\n    source: salt://files/www\n    template: jinja\n    defaults: {port: 80, name: default}\n    context: {port: 8080}\n",
+        )
+        .unwrap();
+        let (tree, diagnostics) = crate::StateTree::load(dir.path());
+        assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+        let facts = Value::map().with("os", "debian");
+        let calls = tree.calls_for(&["site".into()], &crate::RenderContext::new("web1", &facts)).unwrap();
+        let files = names(&calls[0].args);
+        assert_eq!(files["index.html"], b"<h1>web1 on debian</h1>\n");
+        assert_eq!(files["conf/app.conf"], b"port = 8080\nname = default\n");
+        assert_eq!(files["logo.bin"], [0xffu8, 0xfe, b'{', b'{']);
+        assert!(calls[0].args.get("template").is_none() && calls[0].args.get("context").is_none());
+        // Applied as rendered.
+        let target = tempfile::tempdir().unwrap();
+        let call = at_path(&calls[0], &target.path().join("www"));
+        assert_eq!(
+            changes(apply_call(&call, false, &ApplyEnv::default()).outcome).len(),
+            5,
+            "the directory, conf/ and three files"
+        );
+        assert_eq!(
+            std::fs::read_to_string(target.path().join("www/conf/app.conf")).unwrap(),
+            "port = 8080\nname = default\n"
+        );
+        assert!(changes(apply_call(&call, false, &ApplyEnv::default()).outcome).is_empty());
+        // Unrendered, the agent refuses it.
+        let raw = at_path(&tree.files["site"].states[0].call, &target.path().join("raw"));
+        assert!(apply_call(&raw, true, &ApplyEnv::default()).outcome.is_failed());
+        assert!(!target.path().join("raw").exists());
+
+        std::fs::write(www.join("conf/bad.conf"), "ok\n{% if %}\n").unwrap();
+        let (_, diagnostics) = crate::StateTree::load(dir.path());
+        assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
+        assert!(
+            diagnostics[0].file.ends_with("files/www/conf/bad.conf") && diagnostics[0].line == 2,
+            "{diagnostics:#?}"
+        );
     }
 }

@@ -120,6 +120,16 @@ pub fn names() -> Vec<&'static str> {
     KINDS.iter().map(|kind| kind.name).filter(|name| !name.starts_with("example.")).collect()
 }
 
+/// The contents a template renders in a call of `kind` (`template:
+/// jinja`): a file-like kind's one content (named ""), or each text file
+/// of a `file.recurse` (named by its path in the source).
+pub fn template_contents<'a>(kind: &str, args: &'a mut Value) -> Vec<(String, &'a mut Vec<u8>)> {
+    if kind == file_recurse::KIND.name {
+        return file_recurse::templates_mut(args);
+    }
+    file_like(kind).and_then(|file| (file.contents_mut)(args)).map(|c| (String::new(), c)).into_iter().collect()
+}
+
 /// The file-like interface of the kind named `kind`, if it is one.
 pub fn file_like(kind: &str) -> Option<&'static FileLike> {
     find(kind).and_then(|kind| kind.file)
@@ -192,6 +202,11 @@ pub enum KindError {
     NoGroup { name: String },
     #[error("cannot look up group `{name}`: {source}")]
     GroupLookup { name: String, source: nix::errno::Errno },
+    /// A source given by URL that the master could not fetch, that does
+    /// not match its hash or fingerprint, or that nobody fetched (names
+    /// the URL).
+    #[error(transparent)]
+    Fetch(#[from] crate::fetch::FetchError),
     /// The backup of the content a write replaces (names the backup).
     #[error(transparent)]
     Backup(#[from] crate::backup::BackupError),

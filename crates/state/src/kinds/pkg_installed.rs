@@ -32,6 +32,9 @@ struct Config {
     pkgs: Option<Vec<String>>,
     /// The exact version of `name` (Debian version string).
     version: Option<String>,
+    /// Salt's: `apt-get update` first (once per job however many ask).
+    #[serde(default)]
+    refresh: bool,
 }
 
 fn valid_package(name: &str) -> bool {
@@ -81,7 +84,21 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
     if let Some(version) = config.version {
         resolved = resolved.with("version", version);
     }
+    if config.refresh {
+        resolved = resolved.with("refresh", true);
+    }
     Ok(resolved)
+}
+
+/// `apt-get update` before a package state plans, at most once per job:
+/// when a repository changed earlier in the job (`pkgrepo.managed`), or
+/// when the state says `refresh: True` and no refresh ran in this job yet
+/// (`env::PackageIndex`).
+pub(crate) fn refresh_index(args: &Value, env: &ApplyEnv) -> Result<(), KindError> {
+    if env.packages.take_refresh(args::bool_or(args, "refresh", false)) {
+        super::pkg_removed::apt_get("update", &[], env.path.as_ref())?;
+    }
+    Ok(())
 }
 
 #[derive(Debug)]
@@ -106,6 +123,7 @@ fn installed(name: &str, env: &ApplyEnv) -> Result<Option<String>, KindError> {
 }
 
 fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
+    refresh_index(args, env)?;
     let wanted = args::opt_string(args, "version");
     let mut missing = Vec::new();
     for name in args::strings(args, "pkgs") {

@@ -9,7 +9,7 @@
 use halite_proto::Value;
 use serde::Deserialize;
 
-use super::pkg_removed::{AptPlan, apt_get, resolve_packages, status};
+use super::pkg_removed::{AptPlan, resolve_packages, status};
 use super::{Authored, Kind, KindError, Plan, Problem, args};
 use crate::command::{self, Spec};
 use crate::env::ApplyEnv;
@@ -49,9 +49,7 @@ fn candidate(name: &str, env: &ApplyEnv) -> Result<Option<String>, KindError> {
 }
 
 fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
-    if args::bool_or(args, "refresh", false) {
-        apt_get("update", &[], env.path.as_ref())?;
-    }
+    super::pkg_installed::refresh_index(args, env)?;
     let mut packages = Vec::new();
     for name in args::strings(args, "pkgs") {
         let latest = candidate(&name, env)?.ok_or_else(|| KindError::NoCandidate { package: name.clone() })?;

@@ -1,6 +1,7 @@
 //! `pkgrepo.managed`: an APT repository (Salt's `pkgrepo.managed`: `name`
 //! the `deb` line, `file`, `key_url` (a key file of the state tree),
-//! `signedby`, `disabled`, `clean_file`, `refresh`).
+//! `signedby`, `disabled`, `clean_file`, `refresh`; `keyid`, the key's
+//! fingerprint, required when `key_url` is a URL).
 //!
 //! The line is kept in `file` (default
 //! `/etc/apt/sources.list.d/<state id>.list`) through [`crate::edit`]: a
@@ -8,8 +9,11 @@
 //! added (`clean_file`: the file holds only it). With `key_url`, the key
 //! (read from the tree when the tree loads) is kept at
 //! `/etc/apt/keyrings/<its file name>` and the line gets `signed-by=` it.
+//! An `http(s)://` `key_url` is fetched by the master before each job
+//! ([`crate::fetch`]) and taken only when every key in it has a
+//! fingerprint `keyid` names, checked on the master and again here.
 //! When anything changed and `refresh` (default true), `apt-get update`
-//! runs. A key fetched from a URL is not supported (put it in the tree).
+//! runs.
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +21,6 @@ use halite_fs::{Editable, Perms};
 use halite_proto::Value;
 use serde::Deserialize;
 
-use super::pkg_removed::apt_get;
 use super::{Authored, Kind, KindError, Plan, Problem, args};
 use crate::edit::{EditPlan, Edited, NewFile};
 use crate::env::ApplyEnv;
@@ -41,6 +44,9 @@ struct Config {
     file: Option<String>,
     key_url: Option<String>,
     signedby: Option<String>,
+    /// The key's fingerprint (or a list): required for a `key_url` that is
+    /// a URL, checked against a key of the tree when given.
+    keyid: Option<super::OneOrMany>,
     #[serde(default)]
     disabled: bool,
     #[serde(default)]
@@ -113,17 +119,52 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
         problems.push(problem("file", format!("file `{file}` is not an absolute path of a .list file")));
     }
     let mut key = None;
+    let mut fetch = None;
     let mut signed_by = config.signedby.clone();
+    let fingerprints = match config.keyid.clone().map(super::OneOrMany::into_vec) {
+        Some(list) => match crate::fetch::Verify::parse_fingerprints(&list) {
+            Ok(verify) => Some(verify),
+            Err(error) => {
+                problems.push(
+                    problem("keyid", error.to_string())
+                        .help("give the key's full fingerprint (gpg --show-keys KEYFILE), not a short key id"),
+                );
+                None
+            }
+        },
+        None => None,
+    };
     if let Some(url) = &config.key_url {
-        if url.contains("://") && !url.starts_with("salt://") {
+        if crate::fetch::is_other_scheme(url) {
             problems.push(
-                problem("key_url", format!("`{url}` is a URL; halite reads keys from the state tree"))
+                problem("key_url", format!("`{url}` is a URL halite does not fetch (only http:// and https://)"))
                     .help("download the key into the tree and name it there (salt://files/repo.gpg)"),
             );
+        } else if crate::fetch::is_url(url) {
+            match (&fingerprints, config.keyid.is_some()) {
+                (Some(verify), _) => {
+                    let name = url.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or("repository.gpg");
+                    let path = format!("{KEYRINGS}/{name}");
+                    signed_by.get_or_insert(path.clone());
+                    key = Some((path, Vec::new()));
+                    fetch = Some(crate::fetch::Request::new("key", vec![url.clone()], verify.clone()));
+                }
+                // The fingerprint's syntax is the problem reported.
+                (None, true) => {}
+                (None, false) => problems.push(
+                    problem("key_url", format!("`{url}` is a URL and no `keyid` names the key's fingerprint"))
+                        .help("add `keyid: <fingerprint>` (gpg --show-keys KEYFILE): a key from a URL is taken only if it is the one named"),
+                ),
+            }
         } else {
             let relative = url.strip_prefix("salt://").unwrap_or(url);
             match crate::paths::in_tree(state.tree_root, relative).map(|p| crate::paths::read_tree_file(&p)) {
                 Ok(Ok(bytes)) => {
+                    if let Some(verify) = &fingerprints
+                        && let Err(error) = verify.check(url, &bytes)
+                    {
+                        problems.push(problem("keyid", error.to_string()));
+                    }
                     let name =
                         Path::new(relative).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                     let path = format!("{KEYRINGS}/{name}");
@@ -159,6 +200,9 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
     if let Some((path, bytes)) = key {
         resolved = resolved.with("key_path", path).with("key", bytes);
     }
+    if let Some(request) = fetch {
+        resolved = crate::fetch::with_requests(resolved, &[request]);
+    }
     Ok(resolved)
 }
 
@@ -188,11 +232,14 @@ struct RepoPlan {
     /// The key to write, when it differs: (path, reader of the old, new).
     key: Option<(Editable, Vec<u8>)>,
     refresh: bool,
-    path: Option<std::ffi::OsString>,
+    /// The job's package index: a change marks it stale (refreshed once
+    /// before the job's next package state, or at its end).
+    packages: crate::env::PackageIndex,
 }
 
 fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let path = PathBuf::from(args::string(args, "path")?);
+    crate::fetch::check(args)?;
     let line = args::string(args, "line")?;
     let clean = args::bool_or(args, "clean_file", false);
     let sources = EditPlan::new(&path, env, true, NewFile { makedirs: true, ..NewFile::default() }, |text| {
@@ -208,7 +255,12 @@ fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
         }
         _ => None,
     };
-    Ok(Box::new(RepoPlan { sources, key, refresh: args::bool_or(args, "refresh", true), path: env.path.clone() }))
+    Ok(Box::new(RepoPlan {
+        sources,
+        key,
+        refresh: args::bool_or(args, "refresh", true),
+        packages: env.packages.clone(),
+    }))
 }
 
 impl Plan for RepoPlan {
@@ -231,8 +283,8 @@ impl Plan for RepoPlan {
         }
         done.extend(Box::new(self.sources).apply()?);
         if self.refresh && !done.is_empty() {
-            apt_get("update", &[], self.path.as_ref())?;
-            done.push("apt-get update".into());
+            self.packages.repository_changed();
+            done.push(crate::env::REFRESH_CHANGE.into());
         }
         Ok(done)
     }
@@ -262,15 +314,107 @@ mod tests {
         assert_eq!(changes(apply_call(&call, true, &env).outcome).len(), 2);
         assert!(!root.path().join("etc/apt/keyrings").exists(), "test mode wrote the key");
         let first = changes(apply_call(&call, false, &env).outcome);
-        assert_eq!(first.last().unwrap(), "apt-get update", "{first:?}");
+        assert_eq!(first.last().unwrap(), crate::env::REFRESH_CHANGE, "{first:?}");
+        assert_eq!(
+            fake.take_calls().iter().filter(|c| c.contains("update")).count(),
+            1,
+            "refreshed at the end of the job"
+        );
         assert_eq!(std::fs::read(root.path().join("etc/apt/keyrings/example.gpg")).unwrap(), b"KEY");
         assert_eq!(
             std::fs::read_to_string(&list).unwrap(),
             "# old\ndeb http://apt.example.com/debian bookworm main\ndeb [signed-by=/etc/apt/keyrings/example.gpg] https://apt.example.com/debian bookworm main\n"
         );
-        fake.take_calls();
         assert!(changes(apply_call(&call, false, &env).outcome).is_empty());
         assert!(!fake.take_calls().iter().any(|c| c.contains("update")), "refreshed without a change");
+    }
+
+    /// Two repositories changed and three package states (two asking for
+    /// `refresh`) in one job: one `apt-get update`, after the repositories
+    /// and before the first install. A job with only `refresh: True`
+    /// package states refreshes once too; one that changes nothing, never.
+    #[test]
+    fn the_index_is_refreshed_once_per_job() {
+        let fake = StandIns::new();
+        let root = tempfile::tempdir().unwrap();
+        let env = ApplyEnv { root: root.path().to_path_buf(), ..fake.env() };
+        let repo = |id: &str, uri: &str| {
+            let mut call = resolved_in(KIND.name, &format!("name: deb {uri} bookworm main"), &[]);
+            call.id = id.to_owned();
+            crate::paths::rooted_call(&call, root.path())
+        };
+        let pkg = |kind: &str, name: &str, refresh: bool| {
+            let args = Value::map().with("pkgs", super::super::string_list(vec![name.into()])).with("refresh", refresh);
+            halite_proto::StateCall::new(name, kind, args)
+        };
+        fake.set("candidates/jq", "1.7");
+        let job = [
+            repo("one", "https://one.example.com/debian"),
+            repo("two", "https://two.example.com/debian"),
+            pkg("pkg.installed", "curl", true),
+            pkg("pkg.installed", "nginx", false),
+            pkg("pkg.latest", "jq", true),
+        ];
+        let results = crate::apply::run_states(&job, false, &env);
+        assert!(results.iter().all(|r| matches!(r.outcome, halite_proto::Outcome::Changed { .. })), "{results:#?}");
+        let calls = fake.take_calls();
+        let updates: Vec<usize> =
+            calls.iter().enumerate().filter(|(_, c)| c.starts_with("apt-get update")).map(|(i, _)| i).collect();
+        assert_eq!(updates.len(), 1, "{calls:#?}");
+        let first_install = calls.iter().position(|c| c.starts_with("apt-get install")).unwrap();
+        assert!(updates[0] < first_install, "{calls:#?}");
+
+        // Nothing changed: no refresh, but `refresh: True` asks for one.
+        let results = crate::apply::run_states(&job[..2], false, &env);
+        assert!(results.iter().all(|r| r.outcome == halite_proto::Outcome::Unchanged), "{results:#?}");
+        assert!(!fake.take_calls().iter().any(|c| c.starts_with("apt-get update")));
+        let asking = [pkg("pkg.installed", "curl", true), pkg("pkg.installed", "vim", true)];
+        crate::apply::run_states(&asking, false, &env);
+        let calls = fake.take_calls();
+        assert_eq!(calls.iter().filter(|c| c.starts_with("apt-get update")).count(), 1, "{calls:#?}");
+    }
+
+    /// A key from a URL as the master fills it in (a key gpg made): written
+    /// to the keyrings with the line, the index refreshed once, then
+    /// unchanged; another key in its place fails the state on the agent
+    /// and writes nothing.
+    #[test]
+    fn a_fetched_key_is_checked_by_fingerprint_then_kept() {
+        let keys = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/keys");
+        let fingerprint = std::fs::read_to_string(keys.join("repo.fingerprint")).unwrap();
+        let fake = StandIns::new();
+        let root = tempfile::tempdir().unwrap();
+        let env = ApplyEnv { root: root.path().to_path_buf(), ..fake.env() };
+        let call = resolved_in(
+            KIND.name,
+            &format!(
+                "name: deb https://apt.example.com/debian bookworm main\nkey_url: https://127.0.0.1/repo.gpg\nkeyid: {fingerprint}\nfile: /etc/apt/sources.list.d/example.list"
+            ),
+            &[],
+        );
+        let call = crate::paths::rooted_call(&call, root.path());
+        let filled = |bytes: Vec<u8>| {
+            let mut call = call.clone();
+            crate::fetch::fill(&mut call.args, 0, Ok(("https://127.0.0.1/repo.gpg".into(), bytes)));
+            call
+        };
+        let wrong = apply_call(&filled(b"not the key".to_vec()), false, &env);
+        let halite_proto::Outcome::Failed { error } = wrong.outcome else { panic!("{wrong:?}") };
+        assert!(error.contains("not an OpenPGP public key") && error.contains("https://127.0.0.1/repo.gpg"), "{error}");
+        assert!(!root.path().join("etc/apt").exists(), "a refused key wrote something");
+
+        let key = std::fs::read(keys.join("repo.gpg")).unwrap();
+        let first = changes(apply_call(&filled(key.clone()), false, &env).outcome);
+        assert_eq!(first.len(), 4, "the key, the file, its line, the refresh: {first:?}");
+        assert_eq!(std::fs::read(root.path().join("etc/apt/keyrings/repo.gpg")).unwrap(), key);
+        assert!(
+            std::fs::read_to_string(root.path().join("etc/apt/sources.list.d/example.list"))
+                .unwrap()
+                .contains("[signed-by=/etc/apt/keyrings/repo.gpg] https://apt.example.com/debian")
+        );
+        assert_eq!(fake.take_calls().iter().filter(|c| c.starts_with("apt-get update")).count(), 1);
+        assert!(changes(apply_call(&filled(key), false, &env).outcome).is_empty());
+        assert!(fake.take_calls().is_empty(), "nothing ran for an unchanged repository");
     }
 
     #[test]
@@ -280,5 +424,41 @@ mod tests {
         );
         let lines: Vec<u64> = diagnostics.iter().map(|d| d.line).collect();
         assert_eq!(lines, [4, 5, 8], "{diagnostics:#?}");
+        assert!(diagnostics[0].message.contains("no `keyid`"), "{diagnostics:#?}");
+        let diagnostics = load(
+            "a:\n  pkgrepo.managed:\n    name: deb https://x/debian stable main\n    key_url: https://x/key.gpg\n    keyid: DEADBEEF\n",
+        );
+        assert_eq!(diagnostics.iter().map(|d| d.line).collect::<Vec<_>>(), [5], "{diagnostics:#?}");
+    }
+
+    /// A key by URL is a fetch request checked by fingerprint, kept where
+    /// a tree key would be; a tree key with a wrong `keyid` is refused.
+    #[test]
+    fn a_key_url_resolves_to_a_fingerprint_checked_fetch() {
+        let fingerprint = "0123 4567 89AB CDEF 0123  4567 89ab cdef 0123 4567";
+        let call = resolved_in(
+            KIND.name,
+            &format!(
+                "name: deb https://apt.example.com/debian bookworm main\nkey_url: https://127.0.0.1/repo.asc\nkeyid: {fingerprint}"
+            ),
+            &[],
+        );
+        let wanted = crate::fetch::requests(&call.args);
+        assert_eq!(wanted.len(), 1);
+        assert_eq!(wanted[0].into, "key");
+        assert_eq!(
+            wanted[0].verify,
+            crate::fetch::Verify::Fingerprints(vec!["0123456789ABCDEF0123456789ABCDEF01234567".into()])
+        );
+        assert_eq!(args::string(&call.args, "key_path").unwrap(), "/etc/apt/keyrings/repo.asc");
+        assert!(args::string(&call.args, "line").unwrap().contains("signed-by=/etc/apt/keyrings/repo.asc"));
+        let diagnostics = load(&format!(
+            "a:\n  pkgrepo.managed:\n    name: deb https://x/debian stable main\n    key_url: salt://s.yaml\n    keyid: {fingerprint}\n"
+        ));
+        assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
+        assert!(
+            diagnostics[0].line == 5 && diagnostics[0].message.contains("not an OpenPGP public key"),
+            "{diagnostics:#?}"
+        );
     }
 }
