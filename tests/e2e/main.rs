@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod api_certs;
 mod apply;
 mod beacons;
 mod bus;
