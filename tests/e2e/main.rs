@@ -22,6 +22,7 @@ mod hardening;
 mod interop;
 mod interrupted_restores;
 mod kinds;
+mod last_hour;
 mod link;
 mod link_flood;
 mod local_attack;
