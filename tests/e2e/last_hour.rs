@@ -1,14 +1,16 @@
 //! The dashboard overview's last hour comes from the store: a drift
-//! restored before a restart is still counted, with its latency, after it.
+//! restored before a restart is still counted, with its latency, after it;
+//! with the store on PostgreSQL, the reaction is read from there.
 
 use anyhow::Context as _;
-use halite_e2e::Fleet;
+use halite_e2e::postgres::Postgres;
+use halite_e2e::{Fleet, WAIT};
 
 const API_YAML: &str = "api:\n  listen: 127.0.0.1:0\n";
 
 /// The text of the `<dd id="ID">` on the overview page.
 fn figure(html: &str, id: &str) -> anyhow::Result<String> {
-    let start = html.find(&format!("<dd id=\"{id}\">")).with_context(|| format!("no #{id} in the overview"))?;
+    let start = html.find(&format!("<dd id=\"{id}\"")).with_context(|| format!("no #{id} in the overview"))?;
     let rest = &html[start..];
     let open = rest.find('>').context("a tag")? + 1;
     let close = rest.find("</dd>").context("its end")?;
@@ -55,6 +57,8 @@ async fn last_hour(fleet: &mut Fleet) -> anyhow::Result<()> {
     let after = overview(fleet, &token).await?;
     assert_eq!(figure(&after, "restores")?, "1", "the restore before the restart");
     assert_eq!(figure(&after, "drifts")?, "1");
+    assert_eq!(figure(&after, "fired")?, "1", "the reactor's restore job");
+    assert_eq!(figure(&after, "failed")?, "0");
     let p50 = figure(&after, "p50")?;
     let ms: f64 = p50.strip_suffix(" ms").with_context(|| format!("p50 `{p50}`"))?.parse()?;
     assert!(ms > 0.0, "p50 {p50}");
@@ -78,4 +82,46 @@ async fn last_hour(fleet: &mut Fleet) -> anyhow::Result<()> {
     let receipt_ms = latency_us as f64 / 1000.0;
     assert!((receipt_ms - ms).abs() < 0.051, "receipt {receipt_ms} ms, overview {p50}");
     Ok(())
+}
+
+/// With `store: postgres://…` the jobs are in PostgreSQL and the receipts
+/// in halite.db: the overview counts the restore's reaction and its receipt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_hour_reads_reactions_from_postgres() {
+    let cluster = tokio::task::spawn_blocking(Postgres::start).await.unwrap().unwrap();
+    let database = cluster.database().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let password = cluster.password_file(dir.path()).unwrap();
+    let yaml =
+        format!("{API_YAML}store:\n  url: {}\n  password_file: {}\n", cluster.url(&database), password.display());
+    let mut fleet = Fleet::start_with_master_config(&["web01"], &yaml).await.unwrap();
+    if let Err(error) = on_postgres(&mut fleet).await {
+        eprintln!("===== postgres =====\n{}", cluster.log());
+        fleet.fail(&error);
+    }
+}
+
+async fn on_postgres(fleet: &mut Fleet) -> anyhow::Result<()> {
+    let token = fleet.cli(&["tokens", "create", "root", "--role", "admin"])?.trim().to_owned();
+    let motd = fleet.agent("web01").path("/etc/motd");
+    std::fs::write(&motd, "drifted\n")?;
+    let drift = fleet.wait_for("the drift", |e| e.tag == "halite/beacon/web01/motd").await?;
+    fleet.wait_for_restore_of(&drift).await?;
+    // PostgreSQL's writer commits a moment later, and one reading serves
+    // the overview for a few seconds: look until both show.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut every = tokio::time::interval(std::time::Duration::from_millis(200));
+    loop {
+        every.tick().await;
+        let html = overview(fleet, &token).await?;
+        let shown = (figure(&html, "fired")?, figure(&html, "restores")?);
+        if shown == ("1".to_owned(), "1".to_owned()) {
+            assert_eq!(figure(&html, "failed")?, "0");
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the overview shows {shown:?} (fired, restores), not one of each"
+        );
+    }
 }

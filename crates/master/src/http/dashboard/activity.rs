@@ -18,8 +18,8 @@
 //! [`LastHour`] caches the figures for [`CACHE_FOR`], so a dashboard that
 //! many people keep open costs one pair of queries every few seconds; the
 //! queries run off the runtime's threads. With the store on PostgreSQL the
-//! jobs are there, not in halite.db, so reactions read as none (README,
-//! "Dashboard").
+//! reactions are read there (the same query), the receipts still from
+//! halite.db.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,6 +28,7 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use crate::server::store::postgres::{PgReader, PgTarget};
 use crate::server::store::{Reactions, Reader};
 
 use super::DashboardError;
@@ -79,12 +80,16 @@ fn percentile(sorted_us: &[i64], p: usize) -> Option<f64> {
     Some(sorted_us[rank - 1] as f64 / 1000.0)
 }
 
-/// Reads the hour ending at `now_us` from the store at `path`. Blocking.
-pub fn read(path: &std::path::Path, now_us: i64) -> Result<Summary, DashboardError> {
+/// Reads the hour ending at `now_us` from the store at `path` (and the
+/// jobs from `postgres` when the records go there). Blocking.
+pub fn read(path: &std::path::Path, postgres: Option<&PgTarget>, now_us: i64) -> Result<Summary, DashboardError> {
     let since = now_us - i64::try_from(WINDOW.as_micros()).unwrap_or(i64::MAX);
     let reader = Reader::open(path)?;
     let (restores, latencies) = reader.receipts().restores_since(since)?;
-    let reactions = reader.reactions_since(since)?;
+    let reactions = match postgres {
+        Some(target) => PgReader::open(target)?.reactions_since(since)?,
+        None => reader.reactions_since(since)?,
+    };
     Ok(Summary::of(restores, &latencies, reactions))
 }
 
@@ -93,14 +98,16 @@ pub fn read(path: &std::path::Path, now_us: i64) -> Result<Summary, DashboardErr
 pub struct LastHour {
     /// halite.db; `None`: this master keeps no store (all zeros).
     store: Option<PathBuf>,
+    /// Where the jobs are when the store is PostgreSQL.
+    postgres: Option<PgTarget>,
     /// The last reading and when it was taken. Held across the reading, so
     /// overviews asked for at once share one.
     cached: Mutex<Option<(Instant, Summary)>>,
 }
 
 impl LastHour {
-    pub fn new(store: Option<PathBuf>) -> LastHour {
-        LastHour { store, cached: Mutex::new(None) }
+    pub fn new(store: Option<PathBuf>, postgres: Option<PgTarget>) -> LastHour {
+        LastHour { store, postgres, cached: Mutex::new(None) }
     }
 
     /// The figures, fresh within [`CACHE_FOR`].
@@ -112,8 +119,8 @@ impl LastHour {
         {
             return Ok(summary.clone());
         }
-        let now = halite_proto::event::now_us();
-        let summary = tokio::task::spawn_blocking(move || read(&path, now)).await??;
+        let (now, postgres) = (halite_proto::event::now_us(), self.postgres.clone());
+        let summary = tokio::task::spawn_blocking(move || read(&path, postgres.as_ref(), now)).await??;
         *cached = Some((Instant::now(), summary.clone()));
         Ok(summary)
     }
@@ -197,7 +204,7 @@ mod tests {
         }
         store.close().await;
         drop(store);
-        let summary = read(&path, now).unwrap();
+        let summary = read(&path, None, now).unwrap();
         assert_eq!(
             summary,
             Summary {
@@ -211,7 +218,7 @@ mod tests {
             }
         );
         // An hour later, all of it is out of the window.
-        assert_eq!(read(&path, now + HOUR_US).unwrap(), Summary::default());
+        assert_eq!(read(&path, None, now + HOUR_US).unwrap(), Summary::default());
     }
 
     #[test]

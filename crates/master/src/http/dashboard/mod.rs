@@ -76,6 +76,9 @@ pub enum DashboardError {
     NoStore,
     #[error(transparent)]
     Receipts(#[from] crate::server::receipts::ReceiptsError),
+    /// The PostgreSQL store could not be read (the overview's reactions).
+    #[error("cannot read the jobs store: {0}")]
+    Postgres(#[from] crate::server::store::postgres::PgError),
     #[error("reading the store stopped: {0}")]
     Blocking(#[from] tokio::task::JoinError),
     /// Not there, or not for this role (the page does not say which).
@@ -114,8 +117,11 @@ type Page = Result<Response, DashboardError>;
 /// The dashboard's routes, with [`CSP`] and the same-origin rule on all of
 /// them, and the overview's last hour ([`activity`]).
 pub fn router(state: &HttpState) -> Router<HttpState> {
-    let store = state.master.jobs.store().map(|store| store.file().to_path_buf());
-    let window = std::sync::Arc::new(activity::LastHour::new(store));
+    let store = state.master.jobs.store();
+    let window = std::sync::Arc::new(activity::LastHour::new(
+        store.map(|store| store.file().to_path_buf()),
+        store.and_then(|store| store.postgres().cloned()),
+    ));
     let header = |name: HeaderName, value: &'static str| {
         SetResponseHeaderLayer::overriding(name, HeaderValue::from_static(value))
     };
