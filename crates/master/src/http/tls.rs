@@ -308,3 +308,25 @@ impl axum::serve::Listener for TlsListener {
         Ok(self.local)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client certificate's names: the subject's CN first, then its DNS
+    /// names; none from bytes that are not a certificate.
+    #[test]
+    fn a_client_certificate_is_named_by_its_cn_then_its_dns_names() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["ops.example.org".to_owned()]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, "ops-laptop");
+        let cert = params.self_signed(&key).unwrap();
+        let named = ClientCertificate::of(cert.der());
+        assert_eq!(named.names(), ["ops-laptop", "ops.example.org"]);
+        let mut params = rcgen::CertificateParams::new(vec!["only-dns".to_owned()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let unnamed_cn = ClientCertificate::of(params.self_signed(&key).unwrap().der());
+        assert_eq!(unnamed_cn.names(), ["only-dns"]);
+        assert!(ClientCertificate::of(b"not a certificate").names().is_empty());
+    }
+}
