@@ -29,6 +29,12 @@
 //! `--nice=N` renices every thread of both daemons, and of the benchmark
 //! (which reads the bus), to N once they run (as a unit's `Nice=` would;
 //! below 0 needs root), to see what priority buys under that load.
+//!
+//! `--observed` runs the master with the API, dashboard and metrics
+//! listeners on, one SSE client following `/api/v1/events` and `/metrics`
+//! scraped every second for the whole measurement
+//! (`halite_swarm::observe`): the "on" side of issue #17's on/off rows,
+//! the run without it the "off" side.
 
 // Test code outside `#[test]` functions (helpers, a bench): a panic is a
 // failed test, which is what `unwrap` says here.
@@ -41,6 +47,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use halite_e2e::{Fleet, example_file};
 use halite_master::fleet::DRIFTS;
 use halite_proto::Id;
+use halite_swarm::observe;
 
 fn stats(name: &str, samples: &mut [Duration]) {
     samples.sort_unstable();
@@ -85,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         hops,
         args.iter().any(|a| a == "--load"),
         nice,
+        args.iter().any(|a| a == "--observed"),
     ))
 }
 
@@ -120,8 +128,15 @@ fn spin() -> ! {
     }
 }
 
-async fn run(drifts: usize, hops: bool, load: bool, nice: Option<i32>) -> anyhow::Result<()> {
-    let mut fleet = Fleet::start(&["web01"]).await?;
+async fn run(drifts: usize, hops: bool, load: bool, nice: Option<i32>, observed: bool) -> anyhow::Result<()> {
+    let mut fleet = match observed {
+        false => Fleet::start(&["web01"]).await?,
+        true => Fleet::start_with_master_config(&["web01"], observe::OBSERVED_MASTER).await?,
+    };
+    let observer = match observed {
+        true => Some(observe::Observer::start(fleet.master(), &fleet.binaries).await?),
+        false => None,
+    };
     if let Some(nice) = nice {
         // The benchmark too: it reads the bus, and a reader that waits
         // for a core would measure its own wait.
@@ -144,9 +159,10 @@ async fn run(drifts: usize, hops: bool, load: bool, nice: Option<i32>) -> anyhow
     let conf = fleet.agent("web01").path("/etc/nginx/nginx.conf");
     let desired = example_file("files/nginx.conf");
     println!(
-        "drift→restore, {drifts} drifts, managed file in {}{}{}",
+        "drift→restore, {drifts} drifts, managed file in {}{}{}{}",
         conf.parent().unwrap().display(),
         if load { ", beside a CPU burner on every core" } else { "" },
+        if observed { ", API, dashboard and metrics on and observed" } else { "" },
         nice.map(|n| format!(", daemons at nice {n}")).unwrap_or_default()
     );
     let mut to_event = Vec::with_capacity(drifts);
@@ -181,6 +197,9 @@ async fn run(drifts: usize, hops: bool, load: bool, nice: Option<i32>) -> anyhow
     if let Err(error) = measured {
         // The logs of both sides, for a failure that is rare.
         fleet.fail(&error);
+    }
+    if let Some(observer) = observer {
+        println!("{}", observer.stop().await?);
     }
     stats("drift → event on the bus", &mut to_event);
     stats("drift → restored (job ret)", &mut to_restore);

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod api_certs;
 mod apply;
 mod beacons;
 mod bus;
@@ -21,6 +22,7 @@ mod hardening;
 mod interop;
 mod interrupted_restores;
 mod kinds;
+mod last_hour;
 mod link;
 mod link_flood;
 mod local_attack;

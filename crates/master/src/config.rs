@@ -85,6 +85,9 @@ pub struct MasterConfig {
     /// (`server/fetch.rs`).
     #[serde(default)]
     pub fetch: FetchConfig,
+    /// Client certificates → roles (`api.client_ca` checks them).
+    #[serde(default)]
+    pub access: AccessConfig,
 }
 
 /// `fetch:` in master.yaml: URL sources of `file.managed`,
@@ -145,6 +148,37 @@ pub struct ApiConfig {
     /// Its private key, PEM; default `<data_dir>/api.key`.
     #[serde(default)]
     pub key: Option<PathBuf>,
+    /// PEM certificates of the authority client certificates are checked
+    /// against; when set, the TLS server asks every client for one
+    /// (`access.certificates` maps it to a role).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// Whether a client without a certificate may still connect (and
+    /// authenticate with a token): `optional` (default) or `required`.
+    #[serde(default)]
+    pub client_certs: ClientCerts,
+}
+
+/// `api.client_certs`: what the TLS handshake asks of a client when
+/// `api.client_ca` is set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCerts {
+    /// A certificate is checked if sent; without one, tokens work.
+    #[default]
+    Optional,
+    /// No verified certificate, no connection.
+    Required,
+}
+
+/// `access:` in master.yaml: credentials besides tokens.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessConfig {
+    /// A client certificate's name (its subject's common name, or one of
+    /// its DNS names) → the role it runs as, e.g. `ops-laptop: web-ops`.
+    #[serde(default)]
+    pub certificates: std::collections::BTreeMap<String, String>,
 }
 
 impl ApiConfig {
@@ -391,6 +425,22 @@ fn default_handshake_timeout() -> Duration {
     halite_link::transport::HANDSHAKE_TIMEOUT
 }
 
+/// The certificates in the PEM file `path` (at least one), or why not.
+pub fn read_ca(path: &Path) -> Result<Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>>, String> {
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    if !path.is_file() {
+        return Err(format!("no file {}: write the authority's certificate there (PEM)", path.display()));
+    }
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|error| format!("cannot read {} as PEM certificates: {error}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)", path.display()));
+    }
+    Ok(certs)
+}
+
 /// A duration as authored (`10s`, `500ms`).
 fn duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
@@ -430,6 +480,7 @@ impl Default for MasterConfig {
             roles: std::collections::BTreeMap::new(),
             metrics: None,
             fetch: FetchConfig::default(),
+            access: AccessConfig::default(),
         }
     }
 }
@@ -448,6 +499,8 @@ pub enum ConfigError {
     AutoAcceptTrustsIds { path: PathBuf, globs: Vec<String> },
     #[error("{path}: roles: `{role}`: {problem}")]
     Role { path: PathBuf, role: String, problem: String },
+    #[error("{path}: {field}: {problem}")]
+    Field { path: PathBuf, field: &'static str, problem: String },
 }
 
 /// The default publisher's socket, in the data dir.
@@ -499,6 +552,45 @@ impl MasterConfig {
         None
     }
 
+    /// What is wrong with `api.client_ca`, `api.client_certs` or
+    /// `access.certificates`: the field and why. Reads the CA file, so a
+    /// missing or unreadable one stops the master before it starts.
+    fn client_cert_problem(&self) -> Option<(&'static str, String)> {
+        let (client_ca, client_certs) =
+            self.api.as_ref().map_or((None, ClientCerts::Optional), |api| (api.client_ca.as_ref(), api.client_certs));
+        match client_ca {
+            None if client_certs == ClientCerts::Required => {
+                return Some((
+                    "api.client_certs",
+                    "`required` needs `api.client_ca` (the PEM file of the authority that signs client certificates)"
+                        .into(),
+                ));
+            }
+            None if !self.access.certificates.is_empty() => {
+                return Some(("access.certificates", "no certificate can be presented without `api.client_ca` (the PEM file of the authority that signs them)".into()));
+            }
+            None => {}
+            Some(file) => {
+                if let Err(problem) = read_ca(file) {
+                    return Some(("api.client_ca", problem));
+                }
+            }
+        }
+        for (name, role) in &self.access.certificates {
+            if role != "admin" && !self.roles.contains_key(role) {
+                let known = std::iter::once("admin")
+                    .chain(self.roles.keys().map(String::as_str))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Some((
+                    "access.certificates",
+                    format!("`{name}`: no role `{role}` (roles: {known}); define it under `roles:`"),
+                ));
+            }
+        }
+        None
+    }
+
     /// Where the publisher binds: `publish` as set, or
     /// `ipc://<data_dir>/events.sock`.
     pub fn publish_endpoint(&self) -> String {
@@ -530,6 +622,10 @@ impl MasterConfig {
         if let Some(api) = &mut config.api {
             api.cert = api.cert.take().map(|file| base.join(file));
             api.key = api.key.take().map(|file| base.join(file));
+            api.client_ca = api.client_ca.take().map(|file| base.join(file));
+        }
+        if let Some((field, problem)) = config.client_cert_problem() {
+            return Err(ConfigError::Field { path: path.to_path_buf(), field, problem });
         }
         Ok(config)
     }
@@ -597,6 +693,45 @@ mod tests {
             std::fs::write(&path, text).unwrap();
             let error = MasterConfig::load(&path).unwrap_err().to_string();
             assert!(error.contains(wanted), "{text}: {error}");
+        }
+    }
+
+    /// Client-certificate settings load relative to the file; a missing or
+    /// unreadable CA, `required` without a CA and a certificate mapped to
+    /// an unknown role are named with master.yaml and the field.
+    #[test]
+    fn client_certificate_settings_are_checked_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.yaml");
+        let ca = rcgen::generate_simple_self_signed(vec!["ca".to_owned()]).unwrap().cert.pem();
+        std::fs::write(dir.path().join("ca.pem"), ca).unwrap();
+        std::fs::write(dir.path().join("junk.pem"), "not a certificate\n").unwrap();
+        let roles = "roles:\n  web-ops:\n    verbs: [apply]\n    target: 'web*'\n";
+        let good = format!(
+            "api:\n  listen: 127.0.0.1:0\n  client_ca: ca.pem\n  client_certs: required\n{roles}access:\n  certificates:\n    ops-laptop: web-ops\n"
+        );
+        std::fs::write(&path, &good).unwrap();
+        let config = MasterConfig::load(&path).unwrap();
+        let api = config.api.unwrap();
+        assert_eq!((api.client_ca, api.client_certs), (Some(dir.path().join("ca.pem")), ClientCerts::Required));
+        assert_eq!(config.access.certificates["ops-laptop"], "web-ops");
+        for (text, field, wanted) in [
+            (good.replace("client_ca: ca.pem", "client_ca: gone.pem"), "api.client_ca", "gone.pem"),
+            (good.replace("client_ca: ca.pem", "client_ca: junk.pem"), "api.client_ca", "no PEM certificate"),
+            (good.replace("  client_ca: ca.pem\n", ""), "api.client_certs", "api.client_ca"),
+            (good.replace("ops-laptop: web-ops", "ops-laptop: db-ops"), "access.certificates", "no role `db-ops`"),
+            (
+                format!("{roles}access:\n  certificates:\n    ops-laptop: web-ops\n"),
+                "access.certificates",
+                "api.client_ca",
+            ),
+        ] {
+            std::fs::write(&path, &text).unwrap();
+            let error = MasterConfig::load(&path).unwrap_err().to_string();
+            assert!(
+                error.contains("master.yaml") && error.contains(field) && error.contains(wanted),
+                "{text}: {error}"
+            );
         }
     }
 

@@ -10,6 +10,8 @@
 //!   as the file beacon would.
 //! - [`swarm`]: starts N agents in waves, sends them commands and collects
 //!   what they report (converged, restored, with timings).
+//! - [`observe`]: `--observed`, the API, dashboard and metrics on, with one
+//!   SSE client and a scraper following the run.
 //! - [`scenario`]: the benchmarks built on the two: a real `halite-master`
 //!   process, a tree giving every agent one managed file and a reactor, and
 //!   the measurements (latencies, master RSS and CPU from `/proc`).
@@ -20,6 +22,7 @@
 //! around them (beacons, the outbox, the config file).
 
 pub mod agent;
+pub mod observe;
 pub mod proc;
 pub mod scenario;
 pub mod swarm;

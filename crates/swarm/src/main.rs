@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use halite_master::fleet::Binaries;
 use halite_swarm::Summary;
+use halite_swarm::observe::Observer;
 use halite_swarm::proc::Usage;
 use halite_swarm::scenario::{self, Bench};
 
@@ -29,6 +30,11 @@ struct Cli {
     /// How long any one phase (connect, restore, ingest) may take.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration, global = true)]
     timeout: Duration,
+    /// Run the master with the API, dashboard and metrics on, one SSE
+    /// client following /api/v1/events and /metrics scraped every second
+    /// (storm and ingest): the "on" side of an on/off comparison.
+    #[arg(long, global = true)]
+    observed: bool,
 }
 
 #[derive(Subcommand)]
@@ -91,15 +97,40 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// The observers of an `--observed` run, started on `bench`'s master.
+async fn observe(bench: &Bench, observed: bool) -> anyhow::Result<Option<Observer>> {
+    match observed {
+        true => Ok(Some(Observer::start(bench.master(), &bench.binaries).await.context("--observed")?)),
+        false => Ok(None),
+    }
+}
+
+/// Stops the observers and prints what they did.
+async fn report(observer: Option<Observer>) -> anyhow::Result<()> {
+    if let Some(observer) = observer {
+        println!("{}", observer.stop().await.context("--observed")?);
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let open_files = scenario::raise_open_files();
     let binaries = Binaries::beside_current_exe()?;
     println!("halite-swarm: files in {}, open-file limit {open_files}", scenario::scratch().display());
+    if cli.observed && matches!(cli.scenario, Scenario::Reconnect { .. } | Scenario::Footprint { .. }) {
+        anyhow::bail!("--observed is for the storm and ingest scenarios");
+    }
     match cli.scenario {
         Scenario::Storm { agents, new_keys } => {
-            let bench =
-                if new_keys { Bench::start(binaries).await? } else { Bench::start_with_keys(binaries, agents).await? };
+            anyhow::ensure!(!(cli.observed && new_keys), "--observed is for the storm with keys accepted beforehand");
+            let bench = match (new_keys, cli.observed) {
+                (true, _) => Bench::start(binaries).await?,
+                (false, false) => Bench::start_with_keys(binaries, agents).await?,
+                (false, true) => Bench::start_observed(binaries, agents).await?,
+            };
+            let observer = observe(&bench, cli.observed).await?;
             let result = scenario::storm(&bench, agents, cli.timeout).await.context("drift storm")?;
+            report(observer).await?;
             bench.stop().await;
             let mut latencies = result.storm.latencies.clone();
             println!(
@@ -122,8 +153,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Scenario::Ingest { agents, events } => {
-            let bench = Bench::start_with_keys(binaries, agents).await?;
+            let bench = match cli.observed {
+                false => Bench::start_with_keys(binaries, agents).await?,
+                true => Bench::start_observed(binaries, agents).await?,
+            };
+            let observer = observe(&bench, cli.observed).await?;
             let result = scenario::ingest(&bench, agents, events, cli.timeout).await.context("event ingest")?;
+            report(observer).await?;
             bench.stop().await;
             println!(
                 "ingest: {} events from {} agents on the bus in {:.3} s: {:.0} events/s; master {:.2} cores; {}; sessions lost meanwhile: {}",

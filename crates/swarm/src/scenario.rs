@@ -99,6 +99,17 @@ impl Bench {
     /// masters kept, which the master imports into halite.db at start in
     /// one transaction (`halite_master::server::keys`).
     pub async fn start_with_keys(binaries: Binaries, agents: usize) -> anyhow::Result<Bench> {
+        Bench::start_configured(binaries, agents, SWARM_MASTER).await
+    }
+
+    /// As [`Bench::start_with_keys`], with the API, dashboard and metrics
+    /// on (`--observed`, [`crate::observe`]).
+    pub async fn start_observed(binaries: Binaries, agents: usize) -> anyhow::Result<Bench> {
+        let extra = format!("{SWARM_MASTER}{}", crate::observe::OBSERVED_MASTER);
+        Bench::start_configured(binaries, agents, &extra).await
+    }
+
+    async fn start_configured(binaries: Binaries, agents: usize, extra: &str) -> anyhow::Result<Bench> {
         let dir = tempfile::Builder::new().prefix("halite-swarm-").tempdir_in(scratch())?;
         let states = dir.path().join("states");
         write_tree(&states)?;
@@ -125,7 +136,7 @@ impl Bench {
             &states,
             "tcp://127.0.0.1:0",
             &["*"],
-            SWARM_MASTER,
+            extra,
         )
         .await?;
         let key: PublicKey =

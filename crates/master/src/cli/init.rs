@@ -106,7 +106,13 @@ pub fn run(layout: &Layout, listen: Option<&str>, out: &mut dyn Write) -> anyhow
 
     // The API's certificate, self-signed, for when `api:` is turned on
     // (a configured `cert`/`key` of the operator's own is left alone).
-    let api = config.api.clone().unwrap_or(crate::config::ApiConfig { listen: String::new(), cert: None, key: None });
+    let api = config.api.clone().unwrap_or(crate::config::ApiConfig {
+        listen: String::new(),
+        cert: None,
+        key: None,
+        client_ca: None,
+        client_certs: crate::config::ClientCerts::Optional,
+    });
     let (cert, key) = (api.cert_path(data_dir), api.key_path(data_dir));
     if api.cert.is_none() && api.key.is_none() {
         let names = crate::http::tls::names_for(&api.listen);

@@ -3,7 +3,10 @@
 //! `Authorization: Bearer <token>`, or else from the `halite_token` cookie
 //! (the dashboard's login sets it from a token, [`COOKIE`]; a browser's
 //! `EventSource` cannot send headers). No token, or one the master does not
-//! know: 401, and the handler never runs.
+//! know: 401, and the handler never runs. Without a token, a client
+//! certificate the TLS handshake verified (`api.client_ca`) stands for the
+//! principal `access.certificates` maps its name to; a verified
+//! certificate with no mapping: 403, naming it and the setting to add.
 //!
 //! What a principal may do is decided in `server::access`, the same rule
 //! the control socket applies; [`refused`] writes a refusal to the audit
@@ -15,6 +18,7 @@ use axum::http::request::Parts;
 
 use crate::http::HttpState;
 use crate::http::api::ApiError;
+use crate::http::tls::Peer;
 use crate::server::access::{Principal, Refusal};
 use crate::server::audit::Entry;
 
@@ -46,6 +50,14 @@ impl FromRequestParts<HttpState> for Principal {
 
     async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Principal, ApiError> {
         let Some(token) = token(parts) else {
+            let certificate =
+                parts.extensions.get::<axum::extract::ConnectInfo<Peer>>().and_then(|peer| peer.0.certificate.clone());
+            if let Some(certificate) = certificate {
+                return state.master.access.authenticate_certificate(&certificate.names()).map_err(|error| {
+                    tracing::info!(%error, "API client certificate refused.");
+                    ApiError::Forbidden(error.to_string())
+                });
+            }
             return Err(ApiError::Unauthenticated("no token: send `Authorization: Bearer <token>` (make one with `halite-master tokens create NAME --role ROLE`)".into()));
         };
         state.master.access.authenticate(&token).map_err(|error| ApiError::Unauthenticated(error.to_string()))

@@ -90,7 +90,12 @@ pub async fn start(
             tracing::info!(cert = %config.cert_path(data_dir).display(), "Made a self-signed certificate for the API.");
         }
     }
-    let tls = tokio::task::spawn_blocking(move || tls::server_config(&cert, &key)).await??;
+    let (client_ca, client_certs) = (config.client_ca.clone(), config.client_certs);
+    let tls = tokio::task::spawn_blocking(move || {
+        let clients = client_ca.as_deref().map(|ca| tls::ClientAuth { ca, certs: client_certs });
+        tls::server_config_for(&cert, &key, clients)
+    })
+    .await??;
     let address: SocketAddr = config
         .listen
         .parse()
@@ -105,6 +110,7 @@ pub async fn start(
     let ring = ring::Ring::start(&master.bus, cancel.clone());
     let app = router(HttpState { master, ring, cancel: cancel.clone() });
     let task = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<tls::Peer>();
         let serve = axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned());
         if let Err(error) = serve.await {
             tracing::error!(%error, "The API stopped.");

@@ -7,6 +7,12 @@
 //! each within [`HANDSHAKE_TIMEOUT`], so a client that opens a connection
 //! and says nothing holds no one else back. Finished streams wait in a
 //! queue of [`READY_QUEUE`]; when it is full, handshaking tasks wait.
+//!
+//! With `api.client_ca` the server asks each client for a certificate and
+//! checks it against that authority (`WebPkiClientVerifier`); a
+//! certificate that does not verify fails the handshake, and so does none
+//! at all under `client_certs: required`. What a verified certificate
+//! names reaches the handlers as [`Peer`], per connection.
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,6 +29,8 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
+
+use crate::config::ClientCerts;
 
 /// TLS handshakes in progress at most; further connections wait in the
 /// kernel's backlog.
@@ -45,10 +53,34 @@ pub enum TlsError {
     Generate(#[from] rcgen::Error),
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
+    #[error("master.yaml: api.client_ca: {problem}")]
+    ClientCa { problem: String },
+    #[error("master.yaml: api.client_ca: cannot check client certificates against {path}: {source}")]
+    Verifier { path: PathBuf, source: rustls::server::VerifierBuilderError },
 }
 
-/// The server configuration from PEM files (ring provider, HTTP/1.1).
+/// How clients are asked for certificates (`api.client_ca`,
+/// `api.client_certs`).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAuth<'a> {
+    /// The authority's PEM file.
+    pub ca: &'a Path,
+    pub certs: ClientCerts,
+}
+
+/// The server configuration from PEM files (ring provider, HTTP/1.1),
+/// asking for no client certificate.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    server_config_for(cert, key, None)
+}
+
+/// The server configuration from PEM files, asking clients for
+/// certificates signed by `clients.ca` when given.
+pub fn server_config_for(
+    cert: &Path,
+    key: &Path,
+    clients: Option<ClientAuth<'_>>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|source| TlsError::Pem { what: "certificate", path: cert.to_path_buf(), source })?;
@@ -58,12 +90,108 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         source,
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = match clients {
+        None => None,
+        Some(clients) => Some(client_verifier(clients, provider.clone())?),
+    };
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, private))
+        .and_then(|builder| {
+            let builder = match verifier {
+                None => builder.with_no_client_auth(),
+                Some(verifier) => builder.with_client_cert_verifier(verifier),
+            };
+            builder.with_single_cert(chain, private)
+        })
         .map_err(|source| TlsError::Config { cert: cert.to_path_buf(), key: key.to_path_buf(), source })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The verifier of client certificates against `clients.ca`; one that
+/// lets a client without a certificate through unless `required`.
+fn client_verifier(
+    clients: ClientAuth<'_>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in crate::config::read_ca(clients.ca).map_err(|problem| TlsError::ClientCa { problem })? {
+        roots.add(cert).map_err(|error| TlsError::ClientCa {
+            problem: format!("{} holds a certificate that is not an authority's: {error}", clients.ca.display()),
+        })?;
+    }
+    let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder = match clients.certs {
+        ClientCerts::Optional => builder.allow_unauthenticated(),
+        ClientCerts::Required => builder,
+    };
+    builder.build().map_err(|source| TlsError::Verifier { path: clients.ca.to_path_buf(), source })
+}
+
+/// Who is at the other end of a connection: its address and the names of
+/// the client certificate it presented, which the verifier checked.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub address: SocketAddr,
+    /// `None` when the client sent no certificate (or none was asked for).
+    pub certificate: Option<Arc<ClientCertificate>>,
+}
+
+/// The names a verified client certificate carries, which
+/// `access.certificates` maps to roles.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientCertificate {
+    /// The subject's common name (CN).
+    pub common_name: Option<String>,
+    /// The subject alternative names of type DNS.
+    pub dns_names: Vec<String>,
+}
+
+impl ClientCertificate {
+    /// Reads the names of a DER certificate; one that cannot be parsed
+    /// (the verifier accepted it, so this does not happen) has none, and
+    /// maps to no role.
+    pub fn of(der: &[u8]) -> ClientCertificate {
+        use x509_parser::extensions::GeneralName;
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+            return ClientCertificate::default();
+        };
+        let common_name = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned);
+        let dns_names = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|name| match name {
+                        GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ClientCertificate { common_name, dns_names }
+    }
+
+    /// Its names, the common name first, for the certificate → role map.
+    pub fn names(&self) -> Vec<&str> {
+        self.common_name.iter().chain(&self.dns_names).map(String::as_str).collect()
+    }
+}
+
+impl<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, TlsListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'a, TlsListener>) -> Peer {
+        let certificate = stream
+            .io()
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|leaf| Arc::new(ClientCertificate::of(leaf.as_ref())));
+        Peer { address: *stream.remote_addr(), certificate }
+    }
 }
 
 /// Writes a self-signed certificate for `names` (host names or
@@ -178,5 +306,27 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
         Ok(self.local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client certificate's names: the subject's CN first, then its DNS
+    /// names; none from bytes that are not a certificate.
+    #[test]
+    fn a_client_certificate_is_named_by_its_cn_then_its_dns_names() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["ops.example.org".to_owned()]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, "ops-laptop");
+        let cert = params.self_signed(&key).unwrap();
+        let named = ClientCertificate::of(cert.der());
+        assert_eq!(named.names(), ["ops-laptop", "ops.example.org"]);
+        let mut params = rcgen::CertificateParams::new(vec!["only-dns".to_owned()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let unnamed_cn = ClientCertificate::of(params.self_signed(&key).unwrap().der());
+        assert_eq!(unnamed_cn.names(), ["only-dns"]);
+        assert!(ClientCertificate::of(b"not a certificate").names().is_empty());
     }
 }

@@ -9,6 +9,9 @@
 //! `local:uid:N` with the built-in `admin` role (whoever can open the
 //! owner-only socket can already read the master's key), unless it
 //! presents a token (`--token`, `HALITE_TOKEN`), which it then runs as.
+//! A verified client certificate on the API runs as `cert:<name>` with the
+//! role master.yaml's `access.certificates` gives that name (its subject's
+//! common name, or one of its DNS names): the same role, the same rule.
 //!
 //! Tokens live in memory, loaded at start and changed only here, so
 //! checking one is a hash and a lookup, no I/O. Every write (tokens, audit
@@ -69,7 +72,8 @@ impl Role {
 /// Who a request runs as.
 #[derive(Debug, Clone)]
 pub struct Principal {
-    /// `token:<name>` or `local:uid:<n>`: the audit log's `who`.
+    /// `token:<name>`, `cert:<name>` or `local:uid:<n>`: the audit log's
+    /// `who`.
     pub who: String,
     pub role: Arc<Role>,
 }
@@ -162,12 +166,18 @@ pub enum AccessError {
     RoleGone { name: String, role: String },
     #[error("the master is stopping")]
     Closed,
+    #[error(
+        "the client certificate `{name}` verified, but no role is given to it: add it to master.yaml's `access: {{certificates: {{{name}: ROLE}}}}` (roles: {known})"
+    )]
+    UnmappedCertificate { name: String, known: String },
 }
 
 /// Roles, tokens and the audit log of the running master.
 #[derive(Debug)]
 pub struct Access {
     roles: BTreeMap<String, Arc<Role>>,
+    /// A client certificate's name → its role (`access.certificates`).
+    certificates: BTreeMap<String, Arc<Role>>,
     /// Every token by the hex sha256 of its text.
     tokens: RwLock<HashMap<String, TokenRow>>,
     /// Ours alone; `None` once closed.
@@ -198,6 +208,7 @@ impl Access {
         };
         Ok(Access {
             roles: compile(roles),
+            certificates: BTreeMap::new(),
             tokens: RwLock::new(tokens),
             db: Arc::new(Mutex::new(Some(connection))),
             path: path.to_path_buf(),
@@ -214,6 +225,33 @@ impl Access {
             .get(&row.role)
             .ok_or_else(|| AccessError::RoleGone { name: row.name.clone(), role: row.role.clone() })?;
         Ok(Principal { who: format!("token:{}", row.name), role: role.clone() })
+    }
+
+    /// Gives client certificates their roles: name → role, as master.yaml's
+    /// `access.certificates` (checked by the config's loading: a role it
+    /// names that does not exist maps nothing).
+    #[must_use]
+    pub fn with_certificates(mut self, certificates: &BTreeMap<String, String>) -> Access {
+        self.certificates = certificates
+            .iter()
+            .filter_map(|(name, role)| Some((name.clone(), self.roles.get(role)?.clone())))
+            .collect();
+        self
+    }
+
+    /// The principal a verified client certificate stands for: the first
+    /// of its `names` (common name first, then DNS names) that
+    /// `access.certificates` maps.
+    pub fn authenticate_certificate(&self, names: &[&str]) -> Result<Principal, AccessError> {
+        for name in names {
+            if let Some(role) = self.certificates.get(*name) {
+                return Ok(Principal { who: format!("cert:{name}"), role: role.clone() });
+            }
+        }
+        Err(AccessError::UnmappedCertificate {
+            name: names.first().map_or_else(|| "(no name)".to_owned(), |name| (*name).to_owned()),
+            known: self.roles.keys().cloned().collect::<Vec<_>>().join(", "),
+        })
     }
 
     /// Makes a token for `role`, returns its text (shown once: only its
@@ -390,6 +428,36 @@ mod tests {
         let refusal = web_ops.allows(Verb::Apply, [("db01", &none)]).unwrap_err().to_string();
         assert!(refusal.contains("db01") && refusal.contains("web*"), "{refusal}");
         assert!(web_ops.sees("web01", &none) && !web_ops.sees("db01", &none));
+    }
+
+    /// A certificate's common name, else one of its DNS names, picks its
+    /// role; a name with no mapping is refused, naming it and the setting.
+    #[test]
+    fn certificates_map_to_roles_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("halite.db");
+        drop(crate::server::store::Store::open(&path).unwrap());
+        let roles = [("web-ops".to_owned(), RoleConfig { verbs: vec![Verb::Apply], target: "web*".into() })].into();
+        let certificates =
+            [("ops-laptop".to_owned(), "web-ops".to_owned()), ("ci.example.org".to_owned(), "admin".to_owned())].into();
+        let access = Access::open(&path, &roles).unwrap().with_certificates(&certificates);
+        type Case<'a> = (&'a [&'a str], Option<(&'a str, &'a str)>);
+        let cases: [Case; 4] = [
+            (&["ops-laptop"], Some(("cert:ops-laptop", "web-ops"))),
+            (&["runner-7", "ci.example.org"], Some(("cert:ci.example.org", "admin"))),
+            (&["stranger", "other.example.org"], None),
+            (&[], None),
+        ];
+        for (names, wanted) in cases {
+            let got = access.authenticate_certificate(names).ok().map(|p| (p.who, p.role.name.clone()));
+            assert_eq!(got.as_ref().map(|(w, r)| (w.as_str(), r.as_str())), wanted, "{names:?}");
+        }
+        let refusal = access.authenticate_certificate(&["stranger"]).unwrap_err().to_string();
+        assert!(refusal.contains("stranger") && refusal.contains("access: {certificates:"), "{refusal}");
+        let principal = access.authenticate_certificate(&["ops-laptop"]).unwrap();
+        assert!(principal.allows(Verb::Apply, [("web01", &Value::map())]).is_ok());
+        assert!(principal.allows(Verb::Apply, [("db01", &Value::map())]).is_err());
+        access.close();
     }
 
     /// A token is shown once and kept as its hash; it authenticates until

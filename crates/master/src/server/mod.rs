@@ -146,6 +146,7 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     let (access_path, roles) = (store.file().to_path_buf(), config.roles.clone());
     let access =
         tokio::task::spawn_blocking(move || crate::server::access::Access::open(&access_path, &roles)).await??;
+    let access = access.with_certificates(&config.access.certificates);
     let inventory = crate::server::inventory::Inventories::default();
     let master = Arc::new(Master { keypair, keys, tree, sessions, jobs, engine, bus, limits, inventory, access });
     let control = crate::server::control::serve(master.clone(), &config.data_dir, cancel.clone()).await?;

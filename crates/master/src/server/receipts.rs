@@ -339,6 +339,27 @@ impl Query<'_> {
         rows.collect::<Result<_, _>>().map_err(self.err())
     }
 
+    /// The drift → restore latencies (µs, ascending) of the corrective
+    /// receipts since `since_us` (by the master's clock), and how many
+    /// there are (some may have no latency: no drift event caused them).
+    /// One query on `receipts_by_time` (migration v7).
+    pub fn restores_since(&self, since_us: i64) -> Result<(u64, Vec<i64>), ReceiptsError> {
+        if !self.has_table()? {
+            return Ok((0, Vec::new()));
+        }
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT latency_us FROM receipts WHERE at_us >= ?1 AND kind = 'corrective'
+                 ORDER BY latency_us IS NULL, latency_us",
+            )
+            .map_err(self.err())?;
+        let rows = statement.query_map([since_us], |row| row.get::<_, Option<i64>>(0)).map_err(self.err())?;
+        let all = rows.collect::<Result<Vec<_>, _>>().map_err(self.err())?;
+        let count = u64::try_from(all.len()).unwrap_or(u64::MAX);
+        Ok((count, all.into_iter().flatten().collect()))
+    }
+
     /// Corrective receipts per agent and path (of `agent`, or all), the
     /// most restored first: what flaps.
     pub fn drift_counts(&self, agent: Option<&str>) -> Result<Vec<DriftCount>, ReceiptsError> {

@@ -79,7 +79,8 @@ pub fn path(data_dir: &Path) -> PathBuf {
 
 /// `MIGRATIONS[n]` takes the schema from version n to n + 1. Append only:
 /// a released step never changes.
-const MIGRATIONS: [&str; 6] = [V1_JOBS, V2_KEYS, V3_FACTS, V4_JOBS_BY_TIME, V5_ACCESS, V6_RECEIPTS];
+const MIGRATIONS: [&str; 7] =
+    [V1_JOBS, V2_KEYS, V3_FACTS, V4_JOBS_BY_TIME, V5_ACCESS, V6_RECEIPTS, V7_RECEIPTS_BY_TIME];
 
 const V1_JOBS: &str = "
 CREATE TABLE jobs (
@@ -184,6 +185,12 @@ CREATE TABLE receipts (
     PRIMARY KEY (jid, agent, state)
 );
 CREATE INDEX receipts_by_agent ON receipts (agent, at_us);
+";
+
+/// The dashboard's last hour reads receipts by time alone
+/// (`receipts::Query::restores_since`).
+const V7_RECEIPTS_BY_TIME: &str = "
+CREATE INDEX IF NOT EXISTS receipts_by_time ON receipts (at_us);
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -1263,6 +1270,16 @@ pub struct JobFilter {
     pub limit: u32,
 }
 
+/// Reactions that started jobs in a span of time
+/// ([`Reader::reactions_since`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reactions {
+    pub fired: i64,
+    pub failed: i64,
+    /// Of the failed, those an event caused (a drift's restore, usually).
+    pub failed_on_event: i64,
+}
+
 /// Read-only access, for `halite-master jobs`.
 #[derive(Debug)]
 pub struct Reader {
@@ -1372,6 +1389,25 @@ impl Reader {
             )
             .map_err(sqlite(&self.path))?;
         rows.collect::<Result<_, _>>().map_err(sqlite(&self.path))
+    }
+
+    /// Jobs reactors started since `since_us` (by the master's clock):
+    /// how many, and how many of them failed (a failed state, or an agent
+    /// that never answered), and how many of those an event caused. One
+    /// query on `jobs_by_time`.
+    pub fn reactions_since(&self, since_us: i64) -> Result<Reactions, StoreError> {
+        self.connection
+            .query_row(
+                "SELECT count(*), coalesce(sum(failed), 0), coalesce(sum(failed AND on_event), 0) FROM (
+                    SELECT substr(j.cause, 1, 6) = 'event:' AS on_event,
+                        EXISTS (SELECT 1 FROM job_results r WHERE r.jid = j.jid AND r.outcome = 'failed')
+                        OR EXISTS (SELECT 1 FROM job_agents a WHERE a.jid = j.jid AND a.status = 'no_answer')
+                        AS failed
+                    FROM jobs j WHERE j.created_us >= ?1 AND j.reactor IS NOT NULL)",
+                [since_us],
+                |row| Ok(Reactions { fired: row.get(0)?, failed: row.get(1)?, failed_on_event: row.get(2)? }),
+            )
+            .map_err(sqlite(&self.path))
     }
 
     /// One job and every agent's results, as the apply report printer takes

@@ -6,7 +6,7 @@
 //! - [`pages`] — what each page shows, gathered from the master;
 //! - [`render`] — the embedded minijinja templates (auto-escaped);
 //! - [`assets`] — `/static/`: htmx, the stylesheet, `live.js`;
-//! - [`activity`] — the overview's last hour, counted from the bus.
+//! - [`activity`] — the overview's last hour, read from the store (cached).
 //!
 //! # Invariants
 //! - **Everything is escaped.** Agents supply ids, facts, paths and event
@@ -76,6 +76,9 @@ pub enum DashboardError {
     NoStore,
     #[error(transparent)]
     Receipts(#[from] crate::server::receipts::ReceiptsError),
+    /// The PostgreSQL store could not be read (the overview's reactions).
+    #[error("cannot read the jobs store: {0}")]
+    Postgres(#[from] crate::server::store::postgres::PgError),
     #[error("reading the store stopped: {0}")]
     Blocking(#[from] tokio::task::JoinError),
     /// Not there, or not for this role (the page does not say which).
@@ -112,9 +115,13 @@ impl IntoResponse for DashboardError {
 type Page = Result<Response, DashboardError>;
 
 /// The dashboard's routes, with [`CSP`] and the same-origin rule on all of
-/// them. Starts the overview's window on the bus ([`activity`]).
+/// them, and the overview's last hour ([`activity`]).
 pub fn router(state: &HttpState) -> Router<HttpState> {
-    let window = activity::spawn(&state.master.bus, state.cancel.clone());
+    let store = state.master.jobs.store();
+    let window = std::sync::Arc::new(activity::LastHour::new(
+        store.map(|store| store.file().to_path_buf()),
+        store.and_then(|store| store.postgres().cloned()),
+    ));
     let header = |name: HeaderName, value: &'static str| {
         SetResponseHeaderLayer::overriding(name, HeaderValue::from_static(value))
     };
@@ -215,28 +222,32 @@ fn visible_rows(state: &HttpState, principal: &Principal) -> Vec<crate::protocol
         .collect()
 }
 
-fn overview_context(state: &HttpState, principal: &Principal, window: &activity::Shared) -> pages::Overview {
-    let summary = window.lock().unwrap_or_else(|p| p.into_inner()).summary(halite_proto::event::now_us());
-    pages::overview(&visible_rows(state, principal), summary)
+async fn overview_context(
+    state: &HttpState,
+    principal: &Principal,
+    window: &activity::LastHour,
+) -> Result<pages::Overview, DashboardError> {
+    let summary = window.summary().await?;
+    Ok(pages::overview(&visible_rows(state, principal), summary))
 }
 
 async fn overview(
     State(state): State<HttpState>,
-    Extension(window): Extension<activity::Shared>,
+    Extension(window): Extension<std::sync::Arc<activity::LastHour>>,
     principal: Result<Principal, ApiError>,
 ) -> Page {
     let principal = signed_in!(principal);
-    let view = overview_context(&state, &principal, &window);
+    let view = overview_context(&state, &principal, &window).await?;
     page("overview.html", Some(&principal), "overview", minijinja::Value::from_serialize(&view))
 }
 
 async fn overview_fragment(
     State(state): State<HttpState>,
-    Extension(window): Extension<activity::Shared>,
+    Extension(window): Extension<std::sync::Arc<activity::LastHour>>,
     principal: Result<Principal, ApiError>,
 ) -> Page {
     let principal = signed_in!(principal);
-    let view = overview_context(&state, &principal, &window);
+    let view = overview_context(&state, &principal, &window).await?;
     Ok(Html(render::render("overview_body.html", minijinja::Value::from_serialize(&view))?).into_response())
 }
 

@@ -946,6 +946,26 @@ impl PgReader {
             .collect())
     }
 
+    /// As `Reader::reactions_since` (halite.db): the jobs reactors started
+    /// since `since_us`, those that failed, and of those the ones an event
+    /// caused. One query on `jobs_by_time`.
+    pub fn reactions_since(&self, since_us: i64) -> Result<super::Reactions, PgError> {
+        let rows = self.query(
+            "SELECT count(*), coalesce(sum(failed::int), 0), coalesce(sum((failed AND on_event)::int), 0) FROM (
+                SELECT left(j.cause, 6) = 'event:' AS on_event,
+                    EXISTS (SELECT 1 FROM job_results r WHERE r.jid = j.jid AND r.outcome = 'failed')
+                    OR EXISTS (SELECT 1 FROM job_agents a WHERE a.jid = j.jid AND a.status = 'no_answer')
+                    AS failed
+                FROM jobs j WHERE j.created_us >= $1 AND j.reactor IS NOT NULL) AS reactions",
+            &[&since_us],
+        )?;
+        Ok(rows.first().map_or_else(super::Reactions::default, |row| super::Reactions {
+            fired: row.get(0),
+            failed: row.get(1),
+            failed_on_event: row.get(2),
+        }))
+    }
+
     pub fn job(&self, jid: &str) -> Result<Option<(JobRecord, Report)>, PgError> {
         let pattern = format!("{}%", jid.replace(['%', '_'], ""));
         let matches = self.query(
