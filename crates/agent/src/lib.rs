@@ -17,6 +17,8 @@
 //! - [`facts`] — what the agent tells the master about its host.
 //! - [`local`] — `halite-agent apply --local`: a state tree applied without
 //!   a master.
+//! - [`secrets`] — the secret pillar values the master names, shown as
+//!   `<secret>` in what the agent logs, sends and writes.
 //! - [`logging`] — log format and colour, for both binaries.
 //! - [`args`] — the command line's clap definition, also read by the
 //!   packaging tool for the man pages and completions.
@@ -36,6 +38,7 @@ pub mod logging;
 pub mod managed;
 pub mod offline;
 pub mod outbox;
+pub mod secrets;
 
 /// Authored paths under the agent's `root` (the rule is the state engine's,
 /// shared with the demo fleet and the swarm).
