@@ -110,6 +110,9 @@ pub struct StateTree {
     /// `top.sls` when it has Jinja: rendered per agent with its grains and
     /// pillar, then read (salt/rendered.rs); `top` is then empty.
     pub top_template: Option<PathBuf>,
+    /// The tree's text files, read at load when it renders per agent
+    /// (salt/preread.rs): a render reads no file.
+    pub texts: Option<std::sync::Arc<crate::salt::preread::TreeTexts>>,
     /// `pillar/top.sls` and its files, when the tree has them: then it
     /// replaces vars.yaml (salt/pillar.rs).
     pub pillar: Option<crate::salt::pillar::PillarTree>,
@@ -240,6 +243,15 @@ impl StateTree {
                 )
                 .help("move its values into pillar files"),
             );
+        }
+        // What the templates read is read now, off the master's runtime
+        // (salt/preread.rs).
+        if tree.renders_per_agent() {
+            let texts = std::sync::Arc::new(crate::salt::preread::TreeTexts::read(root));
+            if let Some(pillar) = &mut tree.pillar {
+                pillar.texts = Some(texts.clone());
+            }
+            tree.texts = Some(texts);
         }
         diag::sort(&mut diagnostics);
         (tree, diagnostics)
@@ -866,7 +878,12 @@ impl StateTree {
 
     /// True when a state file exists but failed to load (already reported).
     pub fn failed_file_exists(&self, name: &str) -> bool {
-        layout::resolve_sls(&self.root, name).is_ok()
+        // A rendered tree asks the texts read at load: a render reads no
+        // file (salt/preread.rs).
+        match &self.texts {
+            Some(texts) => layout::sls_exists_in(texts, &self.root, name),
+            None => layout::resolve_sls(&self.root, name).is_ok(),
+        }
     }
 
     /// True when `name` is a state file of the tree, loaded or not.

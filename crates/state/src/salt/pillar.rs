@@ -46,6 +46,9 @@ pub struct PillarTree {
     /// `pillar/top.sls` when it has Jinja: rendered per agent with its
     /// grains, then read; `top` is then empty.
     pub top_template: Option<PathBuf>,
+    /// The tree's text files read at load (preread.rs), set by
+    /// `StateTree::load`: rendering reads no file.
+    pub texts: Option<Arc<crate::salt::preread::TreeTexts>>,
 }
 
 /// One agent's pillar.
@@ -75,11 +78,11 @@ impl PillarTree {
         if let Ok(text) = std::fs::read_to_string(&top_path)
             && top::is_template(&top_path, &text, diagnostics)
         {
-            return Some(PillarTree { root, top: Vec::new(), files, top_template: Some(top_path) });
+            return Some(PillarTree { root, top: Vec::new(), files, top_template: Some(top_path), texts: None });
         }
         let targeted = top::load_targeted(&top_path, diagnostics).unwrap_or_default();
         let top = entries(&root, &top_path, &files, targeted, diagnostics);
-        Some(PillarTree { root, top, files, top_template: None })
+        Some(PillarTree { root, top, files, top_template: None, texts: None })
     }
 
     /// Renders and merges the pillar of one agent (module doc). Errors: a
@@ -136,7 +139,7 @@ impl PillarTree {
         agent: &str,
         data: &Arc<Data>,
     ) -> Result<Vec<(Target, Vec<String>)>, Vec<Diagnostic>> {
-        let text = render::render_sls(&self.root, "top", path, data).map_err(|error| {
+        let text = render::render_in(&self.root, "top", path, data, self.texts.clone()).map_err(|error| {
             let at = Location::new(error.line.map_or(0, |l| l as u64), 1);
             let message = format!("the pillar top file does not render for agent `{agent}`: {}", error.message);
             vec![
@@ -171,7 +174,7 @@ impl PillarTree {
         }
         merging.done.push(name.to_owned());
         let agent = merging.agent;
-        let text = match render::render_sls(&self.root, &file.name, &file.path, &merging.data) {
+        let text = match render::render_in(&self.root, &file.name, &file.path, &merging.data, self.texts.clone()) {
             Ok(text) => text,
             Err(error) => {
                 let at = Location::new(error.line.map_or(0, |l| l as u64), 1);

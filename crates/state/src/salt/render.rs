@@ -36,6 +36,7 @@ use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior};
 use crate::kinds;
 use crate::salt::context::{add_salt, parse_data};
 use crate::salt::functions::Data;
+use crate::salt::preread::TreeTexts;
 use crate::template::TemplateError;
 
 /// Why a state file did not render; names the template that failed (the
@@ -165,18 +166,32 @@ fn read_tree_text(root: &Path, name: &str) -> Result<String, Error> {
     String::from_utf8(bytes).map_err(|_| Error::new(ErrorKind::InvalidOperation, format!("`{name}` is not UTF-8")))
 }
 
+/// A tree-relative file for a template: from the texts read at load when
+/// there are some (preread.rs: no file is read), else from the disk
+/// (`apply --local` and tests, which are sync code).
+fn tree_text(root: &Path, name: &str, texts: Option<&TreeTexts>) -> Result<String, Error> {
+    match texts {
+        Some(texts) => {
+            texts.get(root, name).map(str::to_owned).map_err(|e| Error::new(ErrorKind::TemplateNotFound, e.to_string()))
+        }
+        None => read_tree_text(root, name),
+    }
+}
+
 /// One environment per agent: its grains, pillar and `salt` as globals.
-fn environment(root: &Path, data: &Arc<Data>) -> Environment<'static> {
+fn environment(root: &Path, data: &Arc<Data>, texts: Option<Arc<TreeTexts>>) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
     env.set_keep_trailing_newline(true);
-    let loader_root = root.to_path_buf();
-    env.set_loader(move |name| read_tree_text(&loader_root, name).map(|text| Some(preprocess(&text).into_owned())));
+    let (loader_root, loader_texts) = (root.to_path_buf(), texts.clone());
+    env.set_loader(move |name| {
+        tree_text(&loader_root, name, loader_texts.as_deref()).map(|text| Some(preprocess(&text).into_owned()))
+    });
     env.set_path_join_callback(|name, parent| Cow::Owned(join(name, parent)));
     let import_root = root.to_path_buf();
     env.add_function("__halite_import", move |state: &State<'_, '_>, kind: String, name: String| {
         let name = join(&name, state.name());
-        let text = read_tree_text(&import_root, &name)?;
+        let text = tree_text(&import_root, &name, texts.as_deref())?;
         parse_data(&kind, &text, &format!("`{name}`"))
     });
     add_salt(&mut env, data);
@@ -186,7 +201,19 @@ fn environment(root: &Path, data: &Arc<Data>) -> Environment<'static> {
 /// Renders the state file `path` (sls `sls`) of the tree at `root` for the
 /// agent whose grains and pillar are `data`: the YAML text.
 pub fn render_sls(root: &Path, sls: &str, path: &Path, data: &Arc<Data>) -> Result<String, RenderError> {
-    let env = environment(root, data);
+    render_in(root, sls, path, data, None)
+}
+
+/// [`render_sls`] from the texts read when the tree loaded (`texts`,
+/// preread.rs), reading no file; from the disk without them.
+pub fn render_in(
+    root: &Path,
+    sls: &str,
+    path: &Path,
+    data: &Arc<Data>,
+    texts: Option<Arc<TreeTexts>>,
+) -> Result<String, RenderError> {
+    let env = environment(root, data, texts);
     let name = path.strip_prefix(root).unwrap_or(path).to_string_lossy().into_owned();
     let tpldir = crate::salt::layout::tpldir(root, path);
     let error = |outer: &Error| {

@@ -62,7 +62,7 @@ impl StateTree {
     /// it does not render, or what it renders is not a top file; an agent
     /// whose top file fails gets no states, as in Salt.
     fn render_top(&mut self, path: &std::path::Path, agent: &str, data: &Arc<Data>) -> Result<(), Vec<Diagnostic>> {
-        let text = render::render_sls(&self.root, "top", path, data).map_err(|error| {
+        let text = render::render_in(&self.root, "top", path, data, self.texts.clone()).map_err(|error| {
             let at = Location::new(error.line.map_or(0, |l| l as u64), 1);
             let message = format!("the top file does not render for agent `{agent}`: {}", error.message);
             vec![
@@ -95,6 +95,7 @@ impl StateTree {
         let mut tree = StateTree {
             root: self.root.clone(),
             top: self.top.clone(),
+            texts: self.texts.clone(),
             // The rendered tree's vars are the agent's pillar (or vars).
             vars: match Target::parse("*") {
                 Ok(all) => vec![(all, pillar.values)],
@@ -108,7 +109,7 @@ impl StateTree {
         let mut rendered = Vec::new();
         let mut problems: Vec<(String, Diagnostic)> = Vec::new();
         for (name, file) in &self.templates {
-            let text = match render::render_sls(&self.root, name, &file.path, &data) {
+            let text = match render::render_in(&self.root, name, &file.path, &data, self.texts.clone()) {
                 Ok(text) => text,
                 Err(error) => {
                     let at = Location::new(error.line.map_or(0, |l| l as u64), 1);

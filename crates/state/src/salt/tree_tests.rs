@@ -198,3 +198,21 @@ fn jinja_top_files_are_rendered_per_agent() {
     assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
     assert!(diagnostics[0].to_string().contains("the top file does not compile"), "{diagnostics:#?}");
 }
+
+/// The first render for an agent reads no file: what the templates read
+/// (state files, `map.jinja`, the pillar and its top) was read when the
+/// tree loaded (salt/preread.rs), so the master may render on its async
+/// runtime. Removed from the disk after the load, they still render.
+#[test]
+fn a_render_reads_the_texts_kept_at_load_not_the_disk() {
+    let (dir, loaded, diagnostics) = formula_tree();
+    assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+    for gone in ["web/map.jinja", "web/init.sls", "pillar/top.sls", "pillar/web.sls", "pillar/redhat.sls", "top.sls"] {
+        std::fs::remove_file(dir.path().join(gone)).unwrap();
+    }
+    let names = loaded.states_for("web1", &debian("web1"));
+    assert_eq!(names, ["motd", "web"]);
+    let calls = loaded.calls_for(&names, &RenderContext::new("web1", &debian("web1"))).unwrap();
+    let ids: Vec<&str> = calls.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["webserver", "motd", "/etc/apache2/ports.conf"]);
+}
