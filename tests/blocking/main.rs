@@ -18,6 +18,10 @@
 //! hence blocking; not `halite_fs::hops`, whose marks go to memory). A closure given to `spawn_blocking`, `block_in_place`
 //! or a thread's `spawn` is sync code and is not looked into.
 //!
+//! A second check, `the_salt_render_reads_no_file`, covers halite-state's
+//! Salt render, which the master calls from async code through sync
+//! methods this check cannot follow (see [`SALT_DIR`]).
+//!
 //! What it cannot see, and why that is accepted: a call through a sync
 //! helper (an async fn calling `fn load()` that reads a file) and a method
 //! on a path (`path.exists()`). Types are not known to `syn`; the helpers
@@ -229,6 +233,158 @@ fn async_code_does_no_blocking_file_io() {
         "blocking file I/O in async code (use tokio::fs, or move it into spawn_blocking):\n{}",
         found.join("\n")
     );
+}
+
+/// halite-state's Salt modules, which the master calls from async code (a
+/// reactor's restore, a start-up apply, `apply`, a reload's re-apply all
+/// render an agent's tree through `StateTree::calls_for`/`states_for`).
+/// syn cannot follow that call from the master's async fn into this crate,
+/// so the check is made from the other side: in these modules only the
+/// functions listed in [`SALT_LOAD_TIME`] touch the file system. The tree
+/// loads off the runtime (`reload` uses `spawn_blocking`), and a render
+/// reads the texts kept then (salt/preread.rs); a read added anywhere else
+/// in the render path fails here.
+const SALT_DIR: &str = "crates/state/src/salt";
+
+/// `(file, fn)` of the Salt modules that may read files, and why: each
+/// runs when the tree loads (sync code, off the master's runtime), or
+/// without kept texts (`halite-agent apply --local`, tests: sync code).
+const SALT_LOAD_TIME: &[(&str, &str)] = &[
+    // Discovery and name resolution, when the tree loads.
+    ("layout.rs", "walk"),
+    ("layout.rs", "resolve_sls"),
+    // Top files and the pillar tree, read when the tree loads.
+    ("top.rs", "load_targeted"),
+    ("pillar.rs", "load"),
+    // The texts kept for rendering, read when the tree loads.
+    ("preread.rs", "read"),
+    ("preread.rs", "walk"),
+    // The disk loader of a render without kept texts (`apply --local`).
+    ("render.rs", "read_tree_text"),
+    ("render.rs", "tree_text"),
+];
+
+/// Calls that read the tree's files, beside `std::fs`'s.
+const TREE_READS: &[&str] =
+    &["read_tree_file", "in_tree", "read_tree_text", "resolve_sls", "load_targeted", "discover", "read_to_string"];
+
+/// Methods (of `Path`, mostly) that ask the file system.
+const FS_METHODS: &[&str] =
+    &["is_file", "is_dir", "exists", "metadata", "symlink_metadata", "read_dir", "canonicalize"];
+
+/// File system access in the Salt modules outside [`SALT_LOAD_TIME`].
+struct SaltReads<'a> {
+    file: &'a str,
+    function: String,
+    found: Vec<String>,
+}
+
+impl SaltReads<'_> {
+    fn allowed(&self) -> bool {
+        let name = Path::new(self.file).file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        SALT_LOAD_TIME.iter().any(|(file, function)| *file == name && *function == self.function)
+    }
+
+    fn report(&mut self, what: String, line: usize) {
+        if !self.allowed() {
+            self.found.push(format!("{}:{line}: `{what}` in `{}`", self.file, self.function));
+        }
+    }
+
+    fn in_function(&mut self, name: String, visit: impl FnOnce(&mut Self)) {
+        let outer = std::mem::replace(&mut self.function, name);
+        visit(self);
+        self.function = outer;
+    }
+}
+
+impl<'ast> Visit<'ast> for SaltReads<'_> {
+    fn visit_item(&mut self, item: &'ast syn::Item) {
+        let attrs = match item {
+            syn::Item::Fn(f) => &f.attrs,
+            syn::Item::Mod(m) => &m.attrs,
+            syn::Item::Impl(i) => &i.attrs,
+            _ => return syn::visit::visit_item(self, item),
+        };
+        if !is_cfg_test(attrs) {
+            syn::visit::visit_item(self, item);
+        }
+    }
+
+    fn visit_item_fn(&mut self, f: &'ast syn::ItemFn) {
+        self.in_function(f.sig.ident.to_string(), |me| syn::visit::visit_item_fn(me, f));
+    }
+
+    fn visit_impl_item_fn(&mut self, f: &'ast syn::ImplItemFn) {
+        if !is_cfg_test(&f.attrs) {
+            self.in_function(f.sig.ident.to_string(), |me| syn::visit::visit_impl_item_fn(me, f));
+        }
+    }
+
+    fn visit_expr_call(&mut self, call: &'ast syn::ExprCall) {
+        if let syn::Expr::Path(path) = &*call.func {
+            let last = path.path.segments.last().map(|s| s.ident.to_string()).unwrap_or_default();
+            let line = call.span().start().line;
+            if let Some(what) = blocking(&path.path, false) {
+                self.report(what, line);
+            } else if TREE_READS.contains(&last.as_str()) {
+                self.report(last, line);
+            }
+        }
+        syn::visit::visit_expr_call(self, call);
+    }
+
+    fn visit_expr_method_call(&mut self, call: &'ast syn::ExprMethodCall) {
+        let method = call.method.to_string();
+        if FS_METHODS.contains(&method.as_str()) {
+            self.report(format!(".{method}()"), call.method.span().start().line);
+        }
+        syn::visit::visit_expr_method_call(self, call);
+    }
+}
+
+/// File system access in a Salt module outside its load-time functions.
+fn find_salt_reads(relative: &str, source: &str) -> Vec<String> {
+    let file = syn::parse_file(source).unwrap_or_else(|e| panic!("{relative}: {e}"));
+    let mut finder = SaltReads { file: relative, function: String::new(), found: Vec::new() };
+    finder.visit_file(&file);
+    finder.found
+}
+
+#[test]
+fn the_salt_render_reads_no_file() {
+    let repo = repo();
+    let mut files = Vec::new();
+    rust_files(&repo.join(SALT_DIR), &mut files);
+    assert!(files.len() >= 10, "the Salt modules: {files:?}");
+    let mut found = Vec::new();
+    // `tree_tests.rs` is a test module (`#[cfg(test)] mod tree_tests;`).
+    for path in files.into_iter().filter(|p| !p.to_string_lossy().ends_with("_tests.rs")) {
+        let relative = path.strip_prefix(&repo).expect("under the repository").display().to_string();
+        let source = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {relative}: {e}"));
+        found.extend(find_salt_reads(&relative, &source));
+    }
+    assert!(
+        found.is_empty(),
+        "file system access in the Salt render path (read it when the tree loads, salt/preread.rs, or list a load-time function in SALT_LOAD_TIME with why):\n{}",
+        found.join("\n")
+    );
+    // The check itself.
+    let caught = [
+        "fn render_in() { let _ = std::fs::read_to_string(\"x\"); }",
+        "impl T { fn for_agent(&self) { let _ = crate::paths::read_tree_file(p); } }",
+        "fn get(p: &Path) -> bool { p.is_file() }",
+    ];
+    for source in caught {
+        assert_eq!(find_salt_reads("crates/state/src/salt/render.rs", source).len(), 1, "not caught: {source}");
+    }
+    let passed = [
+        "fn read_tree_text() { let _ = crate::paths::in_tree(r, n); }",
+        "#[cfg(test)]\nmod tests { fn f() { std::fs::write(\"x\", \"y\"); } }",
+    ];
+    for source in passed {
+        assert!(find_salt_reads("crates/state/src/salt/render.rs", source).is_empty(), "flagged: {source}");
+    }
 }
 
 /// The check itself: what it must catch and what it must let through.

@@ -3,7 +3,8 @@
 //! grains) served by a real master to two agents whose grains differ: each
 //! gets the files rendered for it, byte for byte; a drift is restored with
 //! the agent's own render; the secret pillar value is in the agent's file
-//! but never in an event, a job result, a diff or the master's log.
+//! but never in an event, a job result, a diff, the master's log, the
+//! agent's log or anything the agent writes but its kept contents.
 
 use halite_e2e::{Fleet, mode_of};
 
@@ -31,6 +32,10 @@ const FILES: &[(&str, &str)] = &[
         "app/files/app.conf.j2",
         "port={{ pillar.app.port }}\nrole={{ grains['role'] }}\nkernel={{ grains['kernel'] }}\npassword={{ salt['pillar.get']('app:password') }}\n",
     ),
+    (
+        "leak.sls",
+        "{% set pw = salt['pillar.get']('app:password') %}\nlogin-check:\n  cmd.run:\n    - name: \"echo 'login failed for {{ pw }}' >&2; exit 3\"\n",
+    ),
     ("dbcheck.sls", "check-db:\n  cmd.run:\n    - name: \"false {{ salt['pillar.get']('app:password') }}\"\n"),
     (
         "pillar/top.sls",
@@ -53,7 +58,7 @@ async fn a_salt_tree_is_rendered_per_agent_and_its_secret_stays_out() {
 
 async fn scenario(fleet: &mut Fleet) -> anyhow::Result<()> {
     fleet.add_agent_with("web1", "grains: {role: web}\n").await?;
-    fleet.add_agent_with("db1", "grains: {role: db}\n").await?;
+    fleet.add_agent_with("db1", "grains: {role: db}\nenforce_offline: true\n").await?;
 
     // The start-up apply: each agent's files, rendered for it.
     let expected = [
@@ -104,5 +109,55 @@ async fn scenario(fleet: &mut Fleet) -> anyhow::Result<()> {
     }
     let log = std::fs::read_to_string(&fleet.master().log)?;
     assert!(!log.contains(SECRET), "the master's log");
+
+    // The agent redacts before the master does: a command whose stderr
+    // echoes the secret fails, and the value is in no log, result, event
+    // or stored job, on either side; `<secret>` shows where it was.
+    let leak = fleet.master_command(&["apply", "db1", "leak", "--json"]).await?;
+    assert!(!leak.stdout.contains(SECRET) && !leak.stderr.contains(SECRET), "apply: {leak:?}");
+    assert!(leak.stdout.contains("login failed for <secret>"), "the stderr shows where: {leak:?}");
+    let jid = leak.json()?["agents"][0]["jid"].as_str().map(str::to_owned).unwrap_or_default();
+    let stored = fleet.master_command(&["jobs", &jid, "--json"]).await?;
+    anyhow::ensure!(stored.code == 0, "jobs {jid}: {stored:?}");
+    assert!(stored.stdout.contains("login failed for <secret>"), "the store: {}", stored.stdout);
+    assert!(!stored.stdout.contains(SECRET), "the store: {}", stored.stdout);
+    let agent_log = fleet.agent("db1").log.clone();
+    halite_e2e::wait_until("the agent's log of the failed state", || {
+        std::fs::read_to_string(&agent_log).is_ok_and(|log| log.contains("login failed for <secret>"))
+    })
+    .await?;
+    let log = std::fs::read_to_string(&agent_log)?;
+    assert!(!log.contains(SECRET), "the agent's log: {log}");
+    for event in &fleet.seen {
+        assert!(!event.json.to_string().contains(SECRET), "event {}: {}", event.tag, event.json);
+    }
+    assert!(!std::fs::read_to_string(&fleet.master().log)?.contains(SECRET), "the master's log");
+    // What the agent writes: only the kept contents of its files (they are
+    // the file) and the kept secret list may hold the value; the outbox
+    // and everything else may not.
+    let data = fleet.agent("db1").dir.join("data");
+    let mut holders = Vec::new();
+    for entry in walk(&data) {
+        if std::fs::read(&entry)?.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()) {
+            holders.push(entry.strip_prefix(&data)?.to_path_buf());
+        }
+    }
+    let allowed = |p: &std::path::Path| p.starts_with("offline/blobs") || p == std::path::Path::new("offline/secrets");
+    assert!(holders.iter().all(|p| allowed(p)), "the agent's data dir: {holders:?}");
+    assert!(holders.iter().any(|p| p == std::path::Path::new("offline/secrets")), "kept for offline: {holders:?}");
     Ok(())
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }

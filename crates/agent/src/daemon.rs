@@ -167,6 +167,17 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
                         break;
                     }
                 }
+                Some(LinkEvent::Message(MasterMessage::Secrets(values))) => {
+                    // Before the job that may hold them (secrets.rs).
+                    if crate::secrets::learn(&values) && let Some(store) = &offline {
+                        let store = store.clone();
+                        match tokio::task::spawn_blocking(move || store.keep_secrets()).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(error)) => tracing::warn!(%error, "Cannot keep the secret values for offline healing."),
+                            Err(error) => tracing::warn!(%error, "Keeping the secret values failed."),
+                        }
+                    }
+                }
                 Some(LinkEvent::Message(MasterMessage::Beacons(specs))) => {
                     tracing::info!(beacons = specs.len(), "The master sent a new beacon set.");
                     let merged = beacons::merge(&specs, &local_beacons);
@@ -352,6 +363,8 @@ async fn heal_offline(
         Ok(Ok(Some(healed))) => healed,
         Ok(Ok(None)) => return None,
         Ok(Err(error)) => {
+            // A failed restore's text may quote the content (secrets.rs).
+            let error = crate::secrets::redact(&error.to_string());
             tracing::warn!(path = %path.display(), %error, "Cannot heal a managed file offline.");
             return None;
         }
@@ -360,14 +373,15 @@ async fn heal_offline(
             return None;
         }
     };
-    tracing::info!(path = %healed.path.display(), state = %healed.state, "Restored a managed file while the master is away.");
-    let changes: Vec<Value> = healed.changes.iter().map(|c| Value::from(c.as_str())).collect();
+    let state = crate::secrets::redact(&healed.state);
+    tracing::info!(path = %healed.path.display(), %state, "Restored a managed file while the master is away.");
+    let changes: Vec<Value> = healed.changes.iter().map(|c| Value::from(crate::secrets::redact(c))).collect();
     Some(Event::new(
         format!("halite/agent/{id}/healed"),
         id,
         Value::map()
             .with("path", authored(&env.root, &healed.path))
-            .with("state", healed.state)
+            .with("state", state)
             .with("sha256", healed.sha256.to_hex())
             .with("changes", Value::List(changes))
             .with("time_us", halite_proto::event::now_us()),

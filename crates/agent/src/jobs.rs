@@ -41,10 +41,13 @@ pub fn spawn(
             halite_fs::hops::mark("agent.apply.done", jid.0);
             let result = outcome.unwrap_or_else(|panic| {
                 let error = panic_text(panic.as_ref());
+                let error = crate::secrets::redact(&error);
                 tracing::error!(job = %jid, %error, "A job panicked; every state in it is reported failed.");
                 let states: Vec<(String, String)> = job.states.iter().map(|c| (c.id.clone(), c.kind.clone())).collect();
                 panicked(jid, &states, &error)
             });
+            // A panic's text may quote a state's arguments.
+            let result = crate::secrets::redact_result(result);
             if results.blocking_send(AgentMessage::JobResult(result)).is_err() {
                 return;
             }
@@ -93,7 +96,9 @@ pub fn run(job: &Job, managed: &ManagedFiles, root: &Path, env: &ApplyEnv) -> Jo
     // A diff of a large file would not fit a message; the master refuses
     // (and cuts) what is over, so it is cut here, with a marker.
     results.iter_mut().for_each(StateResult::cap);
-    JobResult { job: job.id, results }
+    // Secrets are shown as `<secret>` before the result goes anywhere
+    // (secrets.rs): the outbox, the master, `apply --local`'s report.
+    crate::secrets::redact_result(JobResult { job: job.id, results })
 }
 
 /// Records a managed file's desired state before the write (so the write
@@ -117,13 +122,17 @@ impl Observer for Recorder<'_> {
     }
 }
 
+/// Logs a state's result, its id and error with secrets shown as
+/// `<secret>` (secrets.rs): a state's id or a command's stderr may hold one.
 fn log(job: &Job, result: &StateResult) {
+    let state = crate::secrets::redact(&result.id);
     match &result.outcome {
         halite_proto::Outcome::Failed { error } => {
-            tracing::warn!(job = %job.id, state = %result.id, kind = %result.kind, %error, "State failed.");
+            let error = crate::secrets::redact(error);
+            tracing::warn!(job = %job.id, %state, kind = %result.kind, %error, "State failed.");
         }
         outcome => tracing::info!(
-            job = %job.id, state = %result.id, kind = %result.kind, outcome = outcome.label(),
+            job = %job.id, %state, kind = %result.kind, outcome = outcome.label(),
             duration_us = result.duration_us, "State applied."
         ),
     }

@@ -19,6 +19,8 @@
 //!   connector), which the `process` beacon follows instead of scanning.
 //! - [`local`] — `halite-agent apply --local`: a state tree applied without
 //!   a master.
+//! - [`secrets`] — the secret pillar values the master names, shown as
+//!   `<secret>` in what the agent logs, sends and writes.
 //! - [`logging`] — log format and colour, for both binaries.
 //! - [`args`] — the command line's clap definition, also read by the
 //!   packaging tool for the man pages and completions.
@@ -39,6 +41,7 @@ pub mod managed;
 pub mod offline;
 pub mod outbox;
 pub mod proc_events;
+pub mod secrets;
 
 /// Authored paths under the agent's `root` (the rule is the state engine's,
 /// shared with the demo fleet and the swarm).

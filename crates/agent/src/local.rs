@@ -63,6 +63,11 @@ pub fn apply(request: &LocalApply) -> Result<Report, LocalError> {
             agent: request.id.clone(),
             diagnostics: diagnostics.iter().map(ToString::to_string).collect(),
         })?;
+    // The render named this agent's secret pillar values: its report shows
+    // them as `<secret>`, as a daemon's results do (secrets.rs).
+    if let Some(secrets) = halite_state::salt::secret::of(&request.id) {
+        crate::secrets::learn(&secrets);
+    }
     let job = Job { id: Id::new(), cause_event: None, test: request.test, states: calls };
     // No daemon record to keep: a running agent learns the files' desired
     // state from its own jobs.

@@ -14,6 +14,10 @@
 //! the drift event that triggers [`OfflineStore::heal`]. The restore goes
 //! through the state engine's atomic writer, marked in flight in the
 //! managed record like any job's write, so it raises no event itself.
+//!
+//! `secrets` keeps the secret pillar values the master named (secrets.rs),
+//! mode 0600 like the blobs that hold the same values: the `healed`
+//! events and logs of a restore after a restart still show `<secret>`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -45,6 +49,10 @@ pub enum OfflineError {
     #[error("{error}")]
     Restore { path: PathBuf, error: String },
 }
+
+/// The file under the store's directory that keeps the secret values
+/// (secrets.rs).
+const SECRETS_FILE: &str = "secrets";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
@@ -84,7 +92,16 @@ impl OfflineStore {
                 }),
             Err(_) => BTreeMap::new(),
         };
+        // The secret values of the kept contents, so a restart while the
+        // master is away still redacts (secrets.rs).
+        crate::secrets::load(&dir.join(SECRETS_FILE));
         Ok(OfflineStore { dir: dir.to_path_buf(), index: Arc::new(Mutex::new(index)) })
+    }
+
+    /// Keeps the agent's known secret values beside the kept contents
+    /// (secrets.rs). Blocking I/O.
+    pub fn keep_secrets(&self) -> Result<(), crate::secrets::SecretsError> {
+        crate::secrets::save(&self.dir.join(SECRETS_FILE))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<PathBuf, Record>> {

@@ -102,6 +102,12 @@ pub enum MasterMessage {
     /// Send an [`AgentMessage::Inventory`] now; with `content_of` (an
     /// authored path), that watched file's content too.
     Inventory { content_of: Option<String> },
+    /// The secret pillar values in this agent's states (longest first),
+    /// sent before each job that may hold them: the agent shows them as
+    /// `<secret>` in its logs, the results it sends and the events and
+    /// files it writes. They are already in the job's states; an agent
+    /// learns no value it was not sent anyway.
+    Secrets(Vec<String>),
 }
 
 /// The hello fact carrying an agent's enrolment token (`enrol_token_file`

@@ -107,6 +107,12 @@ pub struct StateTree {
     /// Salt state files that are Jinja templates, by name: rendered and
     /// compiled per agent (salt/rendered.rs), not at load.
     pub templates: IndexMap<String, layout::SlsFile>,
+    /// `top.sls` when it has Jinja: rendered per agent with its grains and
+    /// pillar, then read (salt/rendered.rs); `top` is then empty.
+    pub top_template: Option<PathBuf>,
+    /// The tree's text files, read at load when it renders per agent
+    /// (salt/preread.rs): a render reads no file.
+    pub texts: Option<std::sync::Arc<crate::salt::preread::TreeTexts>>,
     /// `pillar/top.sls` and its files, when the tree has them: then it
     /// replaces vars.yaml (salt/pillar.rs).
     pub pillar: Option<crate::salt::pillar::PillarTree>,
@@ -238,12 +244,27 @@ impl StateTree {
                 .help("move its values into pillar files"),
             );
         }
+        // What the templates read is read now, off the master's runtime
+        // (salt/preread.rs).
+        if tree.renders_per_agent() {
+            let texts = std::sync::Arc::new(crate::salt::preread::TreeTexts::read(root));
+            if let Some(pillar) = &mut tree.pillar {
+                pillar.texts = Some(texts.clone());
+            }
+            tree.texts = Some(texts);
+        }
         diag::sort(&mut diagnostics);
         (tree, diagnostics)
     }
 
     /// The state files top.yaml assigns to the agent, in order, each once.
     pub fn states_for(&self, agent: &str, facts: &Value) -> Vec<String> {
+        // A Jinja top file names the agent's states once rendered for it;
+        // one that does not render names none (`check` and the job's
+        // `calls_for` report why, salt/rendered.rs).
+        if self.top_template.is_some() {
+            return self.for_agent(agent, facts).map(|r| r.tree.states_for(agent, facts)).unwrap_or_default();
+        }
         let mut names: Vec<String> = Vec::new();
         for entry in self.top.iter().filter(|e| e.target.matches(agent, facts)) {
             for name in &entry.states {
@@ -762,7 +783,26 @@ impl StateTree {
         if !path.exists() {
             path = self.root.join("top.sls");
         }
+        // A top.sls with Jinja is rendered per agent (salt/rendered.rs).
+        if path.ends_with("top.sls")
+            && let Ok(text) = std::fs::read_to_string(&path)
+            && crate::salt::top::is_template(&path, &text, diagnostics)
+        {
+            self.top_template = Some(path);
+            return;
+        }
         let Some(entries) = load_targeted(&path, diagnostics) else { return };
+        self.set_top(&path, entries, diagnostics);
+    }
+
+    /// The top file's entries (read at load, or rendered for an agent,
+    /// salt/rendered.rs), each state file it names checked.
+    pub(crate) fn set_top(
+        &mut self,
+        path: &Path,
+        entries: crate::salt::top::Targeted,
+        diagnostics: &mut Vec<Diagnostic>,
+    ) {
         // A missing file is suggested in the tree's own dialect.
         let ext = if path.ends_with("top.sls") { "sls" } else { "yaml" };
         for (target, target_text, states) in entries {
@@ -774,7 +814,7 @@ impl StateTree {
                 _ => {
                     diagnostics.push(
                         Diagnostic::error(
-                            &path,
+                            path,
                             yaml::location(&states),
                             format!("target `{}`: expected a list of state file names", target_text.value),
                         )
@@ -787,7 +827,7 @@ impl StateTree {
                 if !self.files.contains_key(name) && !self.failed_file_exists(name) {
                     diagnostics.push(
                         Diagnostic::error(
-                            &path,
+                            path,
                             yaml::location(&states),
                             format!("target `{}` names state file `{name}`, which does not exist", target_text.value),
                         )
@@ -838,7 +878,12 @@ impl StateTree {
 
     /// True when a state file exists but failed to load (already reported).
     pub fn failed_file_exists(&self, name: &str) -> bool {
-        layout::resolve_sls(&self.root, name).is_ok()
+        // A rendered tree asks the texts read at load: a render reads no
+        // file (salt/preread.rs).
+        match &self.texts {
+            Some(texts) => layout::sls_exists_in(texts, &self.root, name),
+            None => layout::resolve_sls(&self.root, name).is_ok(),
+        }
     }
 
     /// True when `name` is a state file of the tree, loaded or not.

@@ -228,7 +228,7 @@ async fn pump(
                     Ok(MasterMessage::NotAccepted { status }) => {
                         let _ = shared.reports.send(Report::NotAccepted { agent: spec.index, status }).await;
                     }
-                    Ok(MasterMessage::Welcome(_) | MasterMessage::Beacons(_) | MasterMessage::Ack { .. } | MasterMessage::Acks(_) | MasterMessage::ResultAck { .. } | MasterMessage::Pong | MasterMessage::Inventory { .. }) => {}
+                    Ok(MasterMessage::Welcome(_) | MasterMessage::Beacons(_) | MasterMessage::Ack { .. } | MasterMessage::Acks(_) | MasterMessage::ResultAck { .. } | MasterMessage::Pong | MasterMessage::Inventory { .. } | MasterMessage::Secrets(_)) => {}
                     Err(error) => tracing::warn!(agent = %spec.id, %error, "Dropping an unreadable message from the master."),
                 }
             }

@@ -336,7 +336,18 @@ impl Jobs {
         announce.cause_job = Some(jid);
         self.bus.publish(announce);
         tracing::info!(agent, job = %jid, cause = %job.cause_event.map_or_else(|| "none".to_owned(), |c| c.to_string()), "Job sent.");
-        let outcome = match self.sessions.send(agent, &MasterMessage::Job(job)).await {
+        // The agent's secret values go just before the job, on the same
+        // session, so it redacts its log and results too (salt/secret.rs).
+        let secrets = halite_state::salt::secret::of(agent).map(|s| MasterMessage::Secrets(s.to_vec()));
+        let sent = match secrets {
+            Some(secrets) => self.sessions.send(agent, &secrets).await,
+            None => Ok(()),
+        };
+        let sent = match sent {
+            Ok(()) => self.sessions.send(agent, &MasterMessage::Job(job)).await,
+            Err(error) => Err(error),
+        };
+        let outcome = match sent {
             Err(source) => Err(JobError::Send { jid, source }),
             Ok(()) => {
                 halite_fs::hops::mark("master.job.sent", jid.0);

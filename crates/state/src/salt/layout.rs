@@ -66,6 +66,12 @@ pub fn resolve_sls(root: &Path, name: &str) -> Result<PathBuf, LayoutError> {
     }
 }
 
+/// [`resolve_sls`] answered from the texts read at load (preread.rs): no
+/// file is read, for a render.
+pub fn sls_exists_in(texts: &crate::salt::preread::TreeTexts, root: &Path, name: &str) -> bool {
+    candidates(name).is_ok_and(|tried| tried.iter().any(|p| texts.get(root, &p.to_string_lossy()).is_ok()))
+}
+
 /// The absolute sls name of `name` as written in the sls `from` (whose
 /// file is an `init.sls` when `from_init`): `.config` in `nginx` (its
 /// init.sls) is `nginx.config`; in `nginx.server` it is `nginx.config`;

@@ -13,10 +13,13 @@
 //! `{% import_yaml "x.yaml" as x %}` (and `import_json`, `import_text`)
 //! becomes a `set` from a function that reads the file from the tree;
 //! `{% load_yaml as x %}…{% endload %}` (and `load_json`, `load_text`) a
-//! `set` block and a filter; `{% do x.update(y) %}` and
-//! `{% do salt['defaults.merge'](x, y) %}`, which change a map in place in
-//! Python, a `set` of the merged map (minijinja's values do not change in
-//! place).
+//! `set` block and a filter; and every `{% set x = EXPR %}` binds
+//! `__halite_dict(EXPR)`, which makes a map one that can change in place
+//! (salt/context.rs, `Dict`), so `{% do x.update(y) %}` and `{% do
+//! salt['defaults.merge'](x, y) %}` change `x` as Python would, in a
+//! `for` loop or a macro too (a `set` there would not reach outside).
+//! `.update` on a map that cannot change (`pillar`, `grains`) is an error
+//! that names the rewrite.
 //!
 //! A value that is undefined is an error when printed or iterated (a typo
 //! fails loudly), and false in an `if` (minijinja's semi-strict mode), as
@@ -33,6 +36,7 @@ use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior};
 use crate::kinds;
 use crate::salt::context::{add_salt, parse_data};
 use crate::salt::functions::Data;
+use crate::salt::preread::TreeTexts;
 use crate::template::TemplateError;
 
 /// Why a state file did not render; names the template that failed (the
@@ -115,15 +119,10 @@ static LOAD: LazyLock<regex::Regex> = LazyLock::new(|| {
     regex::Regex::new(r"(?s)\{%(-?)\s*load_(yaml|json|text)\s+as\s+([A-Za-z_][A-Za-z0-9_]*)\s*(-?)%\}(.*?)\{%(-?)\s*endload\s*(-?)%\}")
         .unwrap_or_else(|e| unreachable!("a constant regex: {e}"))
 });
-static UPDATE: LazyLock<regex::Regex> = LazyLock::new(|| {
-    regex::Regex::new(r"\{%(-?)\s*do\s+([A-Za-z_][A-Za-z0-9_]*)\.update\((.*?)\)\s*(-?)%\}")
+/// `{% set NAME = EXPR %}` (one name; not `ns.attr`, not a block set).
+static SET: LazyLock<regex::Regex> = LazyLock::new(|| {
+    regex::Regex::new(r"(?s)\{%(-?)(\s*)set\s+([A-Za-z_][A-Za-z0-9_]*)\s*=(.*?)(-?)%\}")
         .unwrap_or_else(|e| unreachable!("a constant regex: {e}"))
-});
-static MERGE: LazyLock<regex::Regex> = LazyLock::new(|| {
-    regex::Regex::new(
-        r#"\{%(-?)\s*do\s+salt\[\s*['"]defaults\.merge['"]\s*\]\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,(.*?)\)\s*(-?)%\}"#,
-    )
-    .unwrap_or_else(|e| unreachable!("a constant regex: {e}"))
 });
 
 /// Salt's tags rewritten as minijinja's, line for line (module doc).
@@ -134,8 +133,7 @@ pub fn preprocess(source: &str) -> Cow<'_, str> {
     let text = IMPORT.replace_all(source, r#"{%${1} set ${4} = __halite_import("${2}", ${3}) ${5}%}"#);
     let text =
         LOAD.replace_all(&text, r"{%${1} set ${3} ${4}%}${5}{%${6} endset ${7}%}{% set ${3} = ${3} | load_${2} %}");
-    let text = UPDATE.replace_all(&text, r"{%${1} set ${2} = ${2} | __halite_update(${3}) ${4}%}");
-    let text = MERGE.replace_all(&text, r"{%${1} set ${2} = salt['defaults.merge'](${2},${3}) ${4}%}");
+    let text = SET.replace_all(&text, r"{%${1}${2}set ${3} = __halite_dict(${4}) ${5}%}");
     Cow::Owned(text.into_owned())
 }
 
@@ -168,18 +166,32 @@ fn read_tree_text(root: &Path, name: &str) -> Result<String, Error> {
     String::from_utf8(bytes).map_err(|_| Error::new(ErrorKind::InvalidOperation, format!("`{name}` is not UTF-8")))
 }
 
+/// A tree-relative file for a template: from the texts read at load when
+/// there are some (preread.rs: no file is read), else from the disk
+/// (`apply --local` and tests, which are sync code).
+fn tree_text(root: &Path, name: &str, texts: Option<&TreeTexts>) -> Result<String, Error> {
+    match texts {
+        Some(texts) => {
+            texts.get(root, name).map(str::to_owned).map_err(|e| Error::new(ErrorKind::TemplateNotFound, e.to_string()))
+        }
+        None => read_tree_text(root, name),
+    }
+}
+
 /// One environment per agent: its grains, pillar and `salt` as globals.
-fn environment(root: &Path, data: &Arc<Data>) -> Environment<'static> {
+fn environment(root: &Path, data: &Arc<Data>, texts: Option<Arc<TreeTexts>>) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
     env.set_keep_trailing_newline(true);
-    let loader_root = root.to_path_buf();
-    env.set_loader(move |name| read_tree_text(&loader_root, name).map(|text| Some(preprocess(&text).into_owned())));
+    let (loader_root, loader_texts) = (root.to_path_buf(), texts.clone());
+    env.set_loader(move |name| {
+        tree_text(&loader_root, name, loader_texts.as_deref()).map(|text| Some(preprocess(&text).into_owned()))
+    });
     env.set_path_join_callback(|name, parent| Cow::Owned(join(name, parent)));
     let import_root = root.to_path_buf();
     env.add_function("__halite_import", move |state: &State<'_, '_>, kind: String, name: String| {
         let name = join(&name, state.name());
-        let text = read_tree_text(&import_root, &name)?;
+        let text = tree_text(&import_root, &name, texts.as_deref())?;
         parse_data(&kind, &text, &format!("`{name}`"))
     });
     add_salt(&mut env, data);
@@ -189,7 +201,19 @@ fn environment(root: &Path, data: &Arc<Data>) -> Environment<'static> {
 /// Renders the state file `path` (sls `sls`) of the tree at `root` for the
 /// agent whose grains and pillar are `data`: the YAML text.
 pub fn render_sls(root: &Path, sls: &str, path: &Path, data: &Arc<Data>) -> Result<String, RenderError> {
-    let env = environment(root, data);
+    render_in(root, sls, path, data, None)
+}
+
+/// [`render_sls`] from the texts read when the tree loaded (`texts`,
+/// preread.rs), reading no file; from the disk without them.
+pub fn render_in(
+    root: &Path,
+    sls: &str,
+    path: &Path,
+    data: &Arc<Data>,
+    texts: Option<Arc<TreeTexts>>,
+) -> Result<String, RenderError> {
+    let env = environment(root, data, texts);
     let name = path.strip_prefix(root).unwrap_or(path).to_string_lossy().into_owned();
     let tpldir = crate::salt::layout::tpldir(root, path);
     let error = |outer: &Error| {
@@ -244,15 +268,20 @@ mod tests {
         let cases = [
             (
                 r#"{% import_yaml "x/defaults.yaml" as defaults %}"#,
-                r#"{% set defaults = __halite_import("yaml", "x/defaults.yaml") %}"#,
+                r#"{% set defaults = __halite_dict( __halite_import("yaml", "x/defaults.yaml") ) %}"#,
             ),
             (
                 r#"{%- import_json tpldir ~ '/a.json' as a -%}"#,
-                r#"{%- set a = __halite_import("json", tpldir ~ '/a.json') -%}"#,
+                r#"{%- set a = __halite_dict( __halite_import("json", tpldir ~ '/a.json') ) -%}"#,
             ),
-            ("{% load_yaml as d %}\na: 1\n{% endload %}", "{% set d %}\na: 1\n{% endset %}{% set d = d | load_yaml %}"),
-            ("{% do cfg.update({'a': 1}) %}", "{% set cfg = cfg | __halite_update({'a': 1}) %}"),
-            ("{% do salt['defaults.merge'](d, pillar.x) %}", "{% set d = salt['defaults.merge'](d, pillar.x) %}"),
+            (
+                "{% load_yaml as d %}\na: 1\n{% endload %}",
+                "{% set d %}\na: 1\n{% endset %}{% set d = __halite_dict( d | load_yaml ) %}",
+            ),
+            ("{%- set cfg = {'a': 1} -%}", "{%- set cfg = __halite_dict( {'a': 1} ) -%}"),
+            ("{% set m = {\n  'a': 1} %}", "{% set m = __halite_dict( {\n  'a': 1} ) %}"),
+            ("{% do cfg.update({'a': 1}) %}", "{% do cfg.update({'a': 1}) %}"),
+            ("{% set ns.x = 1 %}{% set b %}x{% endset %}", "{% set ns.x = 1 %}{% set b %}x{% endset %}"),
             ("plain {{ x }}", "plain {{ x }}"),
         ];
         for (source, expected) in cases {
@@ -325,5 +354,43 @@ mod tests {
         let error = render_sls(root, "c", &root.join("c.sls"), &data()).unwrap_err();
         assert_eq!(error.line, Some(2), "{error:?}");
         assert!(error.message.contains("`pillar.nope`"), "{error:?}");
+    }
+
+    /// A pattern of real formulas (users-formula's and openssh-formula's
+    /// map.jinja): a map filled by `do x.update(…)` inside a `for` loop
+    /// and an `if`, then merged with `do salt['defaults.merge'](…)`. The
+    /// changes last after the loop, as in Salt.
+    #[test]
+    fn do_update_in_a_loop_changes_the_map_itself() {
+        let dir = files(&[
+            (
+                "users/map.jinja",
+                "{% set users = {} %}\n{% for name, user in pillar.get('users', {}).items() %}\n{%   if user.get('absent') is not sameas true %}\n{%     do users.update({name: user}) %}\n{%   endif %}\n{% endfor %}\n{% do salt['defaults.merge'](users, {'root': {'uid': 0}}) %}\n{% macro add(map, key) %}{% do map.update({key: {'uid': 9}}) %}{% endmacro %}\n{{ add(users, 'svc') }}\n",
+            ),
+            (
+                "users/init.sls",
+                "{% from 'users/map.jinja' import users with context %}\n{% do users.ann.update(shell='/bin/zsh') %}\n{% for name, user in users | dictsort %}\n{{ name }}:\n  user.present:\n    - uid: {{ user.uid }}\n    - shell: {{ user.get('shell', '/bin/sh') }}\n{% endfor %}\n",
+            ),
+            ("bad.sls", "{% do pillar.update({'x': 1}) %}\n"),
+        ]);
+        let data = Arc::new(Data {
+            grains: json!({"id": "web1"}),
+            pillar: json!({"users": {"ann": {"uid": 1000}, "bob": {"uid": 1001, "absent": true}}}),
+        });
+        let root = dir.path();
+        let text = render_sls(root, "users", &root.join("users/init.sls"), &data).unwrap();
+        let states: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+        assert_eq!(
+            states,
+            json!({
+                "ann": {"user.present": [{"uid": 1000}, {"shell": "/bin/zsh"}]},
+                "root": {"user.present": [{"uid": 0}, {"shell": "/bin/sh"}]},
+                "svc": {"user.present": [{"uid": 9}, {"shell": "/bin/sh"}]},
+            }),
+            "{text}"
+        );
+        let error = render_sls(root, "bad", &root.join("bad.sls"), &data).unwrap_err();
+        assert_eq!(error.line, Some(1), "{error:?}");
+        assert!(error.message.contains("`{% set x = salt['defaults.merge'](x, {…}) %}`"), "{error:?}");
     }
 }

@@ -2,7 +2,9 @@
 //! pillar and compiled, beside the plain files compiled at load, with
 //! requisites resolved across all of them. The master builds every job
 //! from it (`StateTree::calls_for` asks here first), so the agent gets
-//! concrete states, as before.
+//! concrete states, as before. A Jinja `top.sls` is rendered here too,
+//! with the agent's grains and pillar, and names the agent's states
+//! (`StateTree::states_for` asks here).
 //!
 //! Rendered trees are cached per agent with the facts they were rendered
 //! for (the pillar follows from the agent and its facts): the
@@ -29,7 +31,7 @@ pub const CACHE_AGENTS: usize = 4096;
 impl StateTree {
     /// The tree is rendered per agent: it has Jinja state files or a pillar.
     pub fn renders_per_agent(&self) -> bool {
-        !self.templates.is_empty() || self.pillar.is_some()
+        !self.templates.is_empty() || self.pillar.is_some() || self.top_template.is_some()
     }
 
     /// `agent`'s tree, rendered and compiled (module doc), from the cache
@@ -55,6 +57,33 @@ impl StateTree {
         Ok(rendered)
     }
 
+    /// Renders the Jinja top file `path` for `agent` (its grains and
+    /// pillar in `data`) and takes its entries as this tree's top. Errors:
+    /// it does not render, or what it renders is not a top file; an agent
+    /// whose top file fails gets no states, as in Salt.
+    fn render_top(&mut self, path: &std::path::Path, agent: &str, data: &Arc<Data>) -> Result<(), Vec<Diagnostic>> {
+        let text = render::render_in(&self.root, "top", path, data, self.texts.clone()).map_err(|error| {
+            let at = Location::new(error.line.map_or(0, |l| l as u64), 1);
+            let message = format!("the top file does not render for agent `{agent}`: {}", error.message);
+            vec![
+                Diagnostic::error(&error.file, at, message)
+                    .help("check the names it uses: grains, pillar, salt['…'], saltenv"),
+            ]
+        })?;
+        let mut diagnostics = Vec::new();
+        let entries = crate::salt::top::parse_targeted(path, &text, &mut diagnostics).unwrap_or_default();
+        self.set_top(path, entries, &mut diagnostics);
+        let errors: Vec<Diagnostic> = diagnostics
+            .into_iter()
+            .filter(Diagnostic::is_error)
+            .map(|mut d| {
+                d.message = format!("{} (the top file rendered for agent `{agent}`)", d.message);
+                d
+            })
+            .collect();
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+
     fn render_for(&self, agent: &str, facts: &Value) -> Result<Rendered, Vec<Diagnostic>> {
         let grains = grains::for_agent(agent, facts);
         let pillar = match &self.pillar {
@@ -66,6 +95,7 @@ impl StateTree {
         let mut tree = StateTree {
             root: self.root.clone(),
             top: self.top.clone(),
+            texts: self.texts.clone(),
             // The rendered tree's vars are the agent's pillar (or vars).
             vars: match Target::parse("*") {
                 Ok(all) => vec![(all, pillar.values)],
@@ -73,10 +103,13 @@ impl StateTree {
             },
             ..StateTree::default()
         };
+        if let Some(top) = &self.top_template {
+            tree.render_top(top, agent, &data)?;
+        }
         let mut rendered = Vec::new();
         let mut problems: Vec<(String, Diagnostic)> = Vec::new();
         for (name, file) in &self.templates {
-            let text = match render::render_sls(&self.root, name, &file.path, &data) {
+            let text = match render::render_in(&self.root, name, &file.path, &data, self.texts.clone()) {
                 Ok(text) => text,
                 Err(error) => {
                     let at = Location::new(error.line.map_or(0, |l| l as u64), 1);

@@ -5,6 +5,11 @@
 //! every result passes through to the bus, the store, a waiting command
 //! and the logs).
 //!
+//! The agent redacts first (`halite-agent`'s `secrets.rs`, with
+//! [`redact_result_with`]): the master sends it an agent's secrets before
+//! each job (`MasterMessage::Secrets`), so its own log, outbox and events
+//! never hold them either.
+//!
 //! The secrets of each agent are remembered when its tree is rendered
 //! (salt/rendered.rs), in a process-wide book: the master renders before
 //! it sends, so an agent's secrets are known before any result that could
@@ -50,20 +55,31 @@ pub fn redact(text: &str, secrets: &[String]) -> String {
 
 /// A job result of `agent` with its secrets redacted everywhere it could
 /// show them.
-pub fn redact_result(agent: &str, mut result: JobResult) -> JobResult {
+pub fn redact_result(agent: &str, result: JobResult) -> JobResult {
     let Some(secrets) = of(agent) else { return result };
+    redact_result_with(result, &secrets)
+}
+
+/// A job result with `secrets` (longest first) redacted everywhere it
+/// could show them: state ids, changes, errors and diffs. The agent
+/// redacts with this before it logs or sends a result (its
+/// `secrets.rs`), the master again when it takes one.
+pub fn redact_result_with(mut result: JobResult, secrets: &[String]) -> JobResult {
+    if secrets.is_empty() {
+        return result;
+    }
     for state in &mut result.results {
-        state.id = redact(&state.id, &secrets);
+        state.id = redact(&state.id, secrets);
         if let Some(diff) = &mut state.diff {
-            *diff = redact(diff, &secrets);
+            *diff = redact(diff, secrets);
         }
         match &mut state.outcome {
             Outcome::Changed { changes } | Outcome::WouldChange { changes } => {
                 for change in changes.iter_mut() {
-                    *change = redact(change, &secrets);
+                    *change = redact(change, secrets);
                 }
             }
-            Outcome::Failed { error } => *error = redact(error, &secrets),
+            Outcome::Failed { error } => *error = redact(error, secrets),
             _ => {}
         }
     }

@@ -2,6 +2,11 @@
 //! target's `- match: grain|list|pcre|grain_pcre|compound|glob` item,
 //! turned into halite's target expression (`target.rs`).
 //!
+//! A `top.sls` with Jinja is rendered per agent before it is read, as
+//! Salt does: the state tree's with the agent's grains and pillar
+//! (salt/rendered.rs), the pillar's with its grains (salt/pillar.rs);
+//! [`is_template`] tells which.
+//!
 //! Environments: halite reads `base` only. Another environment (`dev:`)
 //! is a named error: one tree is one environment; run a master per
 //! environment, each with its own tree.
@@ -82,6 +87,13 @@ pub fn load_targeted(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Option<T
             return None;
         }
     };
+    parse_targeted(path, &text, diagnostics)
+}
+
+/// [`load_targeted`] of a file's text (a top file rendered for an agent,
+/// salt/rendered.rs); `path` names it in diagnostics.
+pub fn parse_targeted(path: &Path, text: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<Targeted> {
+    let text = text.to_owned();
     let mut entries: IndexMap<Spanned<String>, Spanned<serde_json::Value>> = match yaml::parse(path, &text) {
         Ok(entries) => entries,
         Err(diagnostic) => {
@@ -126,6 +138,23 @@ pub fn load_targeted(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Option<T
         }
     }
     Some(out)
+}
+
+/// The top file `text` has Jinja: it is rendered per agent, then read
+/// with [`parse_targeted`]. A syntax error is reported at load, with its
+/// line, whichever agents there are.
+pub fn is_template(path: &Path, text: &str, diagnostics: &mut Vec<Diagnostic>) -> bool {
+    if !(text.contains("{{") || text.contains("{%") || text.contains("{#")) {
+        return false;
+    }
+    if let Err(error) = crate::salt::render::syntax(text) {
+        let at = Location::new(error.line.map_or(0, |l| l as u64), 1);
+        diagnostics.push(
+            Diagnostic::error(path, at, format!("the top file does not compile: {}", error.message))
+                .help("check the Jinja tags: every {% if %} and {% for %} needs its {% endif %} / {% endfor %}"),
+        );
+    }
+    true
 }
 
 #[cfg(test)]

@@ -149,3 +149,70 @@ fn render_errors_name_the_file_line_agent_and_name() {
     assert!(shown[0].contains("app/init.sls:3:1"), "{shown:#?}");
     assert!(shown[0].contains("agent `web1`") && shown[0].contains("`pillar.app.pkg`"), "{shown:#?}");
 }
+
+/// Jinja in `top.sls` and `pillar/top.sls`, rendered per agent as Salt
+/// does: the pillar's top with the agent's grains, the state top with its
+/// grains and pillar (and `saltenv`).
+#[test]
+fn jinja_top_files_are_rendered_per_agent() {
+    let state = |name: &str| format!("{name}:\n  cmd.run:\n    - name: 'true'\n");
+    let (_dir, loaded, diagnostics) = tree(&[
+        (
+            "top.sls",
+            "{{ saltenv }}:\n  '*':\n    - common\n{% if grains['os_family'] == 'Debian' %}\n    - debian\n{% endif %}\n{% for role in pillar.get('roles', []) %}\n    - {{ role }}\n{% endfor %}\n",
+        ),
+        ("common.sls", &state("common")),
+        ("debian.sls", &state("debian")),
+        ("web.sls", &state("web")),
+        ("db.sls", &state("db")),
+        (
+            "pillar/top.sls",
+            "base:\n  '*':\n    - common\n{% if grains['id'].startswith('web') %}\n  '{{ grains['id'] }}':\n    - web\n{% endif %}\n",
+        ),
+        ("pillar/common.sls", "roles: [db]\n"),
+        ("pillar/web.sls", "roles: [web]\n"),
+    ]);
+    assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+    assert!(loaded.top.is_empty() && loaded.top_template.is_some(), "rendered per agent, not at load");
+    assert_eq!(loaded.states_for("web1", &debian("web1")), ["common", "debian", "web"]);
+    assert_eq!(loaded.states_for("db1", &rocky("db1")), ["common", "db"]);
+    let names = loaded.states_for("web1", &debian("web1"));
+    let calls = loaded.calls_for(&names, &RenderContext::new("web1", &debian("web1"))).unwrap();
+    let ids: Vec<&str> = calls.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["common", "debian", "web"]);
+
+    // A top file that does not render names no states for that agent, and
+    // says why at its own line.
+    let (_dir, broken, diagnostics) =
+        tree(&[("top.sls", "base:\n  '*':\n    - {{ grains.nope.deeper }}\n"), ("common.sls", &state("common"))]);
+    assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+    assert!(broken.states_for("web1", &debian("web1")).is_empty());
+    let errors = broken.for_agent("web1", &debian("web1")).unwrap_err();
+    let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(shown.len(), 1, "{shown:#?}");
+    assert!(shown[0].contains("top.sls:3:1") && shown[0].contains("`grains.nope.deeper`"), "{shown:#?}");
+    assert!(shown[0].contains("does not render for agent `web1`"), "{shown:#?}");
+
+    // A syntax error is found at load, whichever agents there are.
+    let (_dir, _, diagnostics) = tree(&[("top.sls", "base:\n  '*':\n{% if grains.id %}\n    - common\n")]);
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
+    assert!(diagnostics[0].to_string().contains("the top file does not compile"), "{diagnostics:#?}");
+}
+
+/// The first render for an agent reads no file: what the templates read
+/// (state files, `map.jinja`, the pillar and its top) was read when the
+/// tree loaded (salt/preread.rs), so the master may render on its async
+/// runtime. Removed from the disk after the load, they still render.
+#[test]
+fn a_render_reads_the_texts_kept_at_load_not_the_disk() {
+    let (dir, loaded, diagnostics) = formula_tree();
+    assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+    for gone in ["web/map.jinja", "web/init.sls", "pillar/top.sls", "pillar/web.sls", "pillar/redhat.sls", "top.sls"] {
+        std::fs::remove_file(dir.path().join(gone)).unwrap();
+    }
+    let names = loaded.states_for("web1", &debian("web1"));
+    assert_eq!(names, ["motd", "web"]);
+    let calls = loaded.calls_for(&names, &RenderContext::new("web1", &debian("web1"))).unwrap();
+    let ids: Vec<&str> = calls.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["webserver", "motd", "/etc/apache2/ports.conf"]);
+}

@@ -1,0 +1,5 @@
+base:
+  '*':
+    - common
+  '{{ grains.id }}':
+    - {{ grains.id }}

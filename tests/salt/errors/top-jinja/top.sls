@@ -1,0 +1,6 @@
+base:
+  '*':
+    - common
+{% for role in grains['roles'] %}
+    - {{ role }}
+{% endfor %}
