@@ -89,7 +89,7 @@ impl KeyStatus {
         }
     }
 
-    fn parse(text: &str) -> Option<KeyStatus> {
+    pub fn parse(text: &str) -> Option<KeyStatus> {
         [KeyStatus::Pending, KeyStatus::Accepted, KeyStatus::Rejected].into_iter().find(|s| s.as_str() == text)
     }
 }
@@ -351,6 +351,42 @@ pub struct KeyStore {
     auto_accept: Arc<[GlobMatcher]>,
     enrol: Arc<Enrol>,
     sources: Arc<Mutex<Sources>>,
+    /// With several masters on PostgreSQL: where changes go to be shared
+    /// (`server/cluster/keys.rs`); `None` on a lone master.
+    share: Option<tokio::sync::mpsc::Sender<ShareRequest>>,
+}
+
+/// A change of keys to write to the store several masters share.
+#[derive(Debug)]
+pub struct ShareRequest {
+    /// The agent ids whose keys changed.
+    pub ids: Vec<String>,
+    /// An operator's decision: the shared rows of these ids become what
+    /// memory holds (deletions included). Otherwise a key first seen here:
+    /// inserted only where the shared store has no row for it, so a
+    /// decision another master made meanwhile is never overwritten.
+    pub replace: bool,
+    /// Told `true` once written, `false` when the shared store is
+    /// unreachable (the change is kept and written when it answers).
+    pub done: Option<tokio::sync::oneshot::Sender<bool>>,
+}
+
+/// How many key changes wait for the shared store at most; a key first
+/// seen while it is full is not shared (logged), and is shared the next
+/// time an operator decides about its id.
+pub const SHARE_QUEUE: usize = 4096;
+
+/// What [`KeyStore::sync`] changed in memory.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Synced {
+    /// Keys that were accepted here and are not now (deleted, rejected or
+    /// retired elsewhere), with their new status (`None`: deleted): their
+    /// sessions are cut.
+    pub lost: Vec<(KeyEntry, Option<KeyStatus>)>,
+    /// Keys accepted now that were not: a pending session reconnects.
+    pub accepted: Vec<KeyEntry>,
+    /// Rows added, changed or removed.
+    pub changed: usize,
 }
 
 impl KeyStore {
@@ -382,6 +418,7 @@ impl KeyStore {
             auto_accept,
             enrol: Arc::new(Enrol::default()),
             sources: Arc::new(Mutex::new(Sources::default())),
+            share: None,
         })
     }
 
@@ -426,9 +463,115 @@ impl KeyStore {
         Ok(self)
     }
 
+    /// Shares every change through `share` (several masters on
+    /// PostgreSQL). Pending keys then expire on one master only, the
+    /// singletons' leader, which deletes them from the shared store; the
+    /// others follow its notifications.
+    pub fn with_sharing(mut self, share: tokio::sync::mpsc::Sender<ShareRequest>) -> KeyStore {
+        self.share = Some(share);
+        self
+    }
+
+    /// Writes the keys of `ids` as memory holds them to the shared store
+    /// (an operator's decision); `true` once written. `true` at once on a
+    /// lone master.
+    pub async fn share(&self, ids: Vec<String>) -> bool {
+        let Some(share) = &self.share else { return true };
+        if ids.is_empty() {
+            return true;
+        }
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if share.send(ShareRequest { ids, replace: true, done: Some(done) }).await.is_err() {
+            return false;
+        }
+        wait.await.unwrap_or(false)
+    }
+
+    /// A key first seen here goes to the shared store (never waits).
+    fn share_new(&self, id: &str) {
+        if let Some(share) = &self.share
+            && share.try_send(ShareRequest { ids: vec![id.to_owned()], replace: false, done: None }).is_err()
+        {
+            tracing::warn!(
+                agent = id,
+                "Too many key changes wait for the shared store; this new key is not shared (it is when an operator decides about it)."
+            );
+        }
+    }
+
+    /// Every key of the agent ids `ids`, as memory holds them.
+    pub fn entries_of(&self, ids: &[String]) -> Vec<KeyEntry> {
+        let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        self.lock()
+            .entries
+            .iter()
+            .filter(|((id, _), _)| wanted.contains(id.as_str()))
+            .map(|(p, r)| entry(p, *r))
+            .collect()
+    }
+
+    /// Makes memory hold exactly `rows` (the shared store's) for the ids
+    /// `ids` names (`None`: every id, a full re-read); the change reaches
+    /// halite.db, this master's copy, through its writer. Rows that do not
+    /// parse are skipped (logged).
+    pub fn sync(&self, ids: Option<&[String]>, rows: &[KeyEntry]) -> Synced {
+        let mut target: IndexMap<Pair, Record> = IndexMap::new();
+        for row in rows {
+            match row.key.parse::<PublicKey>() {
+                Ok(key) => {
+                    target.insert((row.id.clone(), key), Record { status: row.status, since: row.since });
+                }
+                Err(error) => {
+                    tracing::warn!(agent = %row.id, %error, "A shared key row does not parse; skipped.");
+                }
+            }
+        }
+        let scope: Option<HashSet<&str>> = ids.map(|ids| ids.iter().map(String::as_str).collect());
+        let in_scope = |id: &str| scope.as_ref().is_none_or(|s| s.contains(id));
+        let mut synced = Synced::default();
+        let mut table = self.lock();
+        let wake = table.dirty.is_empty();
+        let removed = table.remove_where(|pair, _| in_scope(&pair.0) && !target.contains_key(pair));
+        for (pair, record) in &removed {
+            if record.status == KeyStatus::Accepted {
+                synced.lost.push((entry(pair, *record), None));
+            }
+        }
+        synced.changed += removed.len();
+        for (pair, record) in target {
+            if !in_scope(&pair.0) {
+                continue;
+            }
+            let before = table.entries.get(&pair).copied();
+            if before == Some(record) {
+                continue;
+            }
+            let was_accepted = before.is_some_and(|b| b.status == KeyStatus::Accepted);
+            if was_accepted && record.status != KeyStatus::Accepted {
+                synced.lost.push((entry(&pair, record), Some(record.status)));
+                table.facts.remove(&pair);
+            }
+            if !was_accepted && record.status == KeyStatus::Accepted {
+                synced.accepted.push(entry(&pair, record));
+            }
+            table.insert(pair, record);
+            synced.changed += 1;
+        }
+        table.recount();
+        drop(table);
+        if wake && synced.changed > 0 {
+            self.store.wake();
+        }
+        synced
+    }
+
     /// Forgets pending keys older than `pending_expire`, at most once a
     /// minute (each new key calls it).
     fn sweep(&self, now: u64) {
+        if self.share.is_some() {
+            // The leader expires them in the shared store.
+            return;
+        }
         let cutoff = now.saturating_sub(self.enrol.pending_expire.as_secs());
         let mut table = self.lock();
         if table.swept != 0 && now.saturating_sub(table.swept) < 60 {
@@ -529,9 +672,11 @@ impl KeyStore {
             tracing::warn!(agent = id, fingerprint = %key, "A known agent id came back with another key; it stays pending until an operator decides.");
         }
         let wake = table.dirty.is_empty();
+        let mut retired_any = false;
         if status == KeyStatus::Accepted && known_id {
             let retired = table.remove_where(|(i, k), _| i == id && k != key);
             for ((_, other), _) in retired {
+                retired_any = true;
                 tracing::warn!(agent = id, fingerprint = %other, "A key that claimed this id without the enrolment token is retired.");
             }
         }
@@ -541,6 +686,14 @@ impl KeyStore {
         drop(table);
         if wake {
             self.store.wake();
+        }
+        if retired_any {
+            // A token's acceptance decides the id: shared as an operator's.
+            if let Some(share) = &self.share {
+                let _ = share.try_send(ShareRequest { ids: vec![id.to_owned()], replace: true, done: None });
+            }
+        } else {
+            self.share_new(id);
         }
         Ok(Arrival { admission: Admission { status, new: true }, facts, held })
     }
@@ -649,6 +802,7 @@ impl KeyStore {
         if wake {
             self.store.wake();
         }
+        self.share_new(id);
         Admission { status, new: true }
     }
 

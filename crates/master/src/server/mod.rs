@@ -46,6 +46,7 @@ pub mod acks;
 pub mod apply;
 pub mod audit;
 pub mod bus;
+pub mod cluster;
 pub mod cmd;
 pub mod compliance;
 pub mod context;
@@ -127,6 +128,13 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     let keys = crate::server::keys::KeyStore::open(&store, &config.data_dir, &config.auto_accept)
         .await?
         .with_enrolment(&config.enrolment)?;
+    // With PostgreSQL, keys, session epochs, the singletons and the
+    // schedule's ticks are shared with the other masters on it.
+    let share = store.postgres().map(|_| tokio::sync::mpsc::channel(crate::server::keys::SHARE_QUEUE));
+    let keys = match &share {
+        Some((tx, _)) => keys.with_sharing(tx.clone()),
+        None => keys,
+    };
     let jobs = Jobs::new(sessions.clone(), bus.clone(), JOB_TIMEOUT).with_store(store.clone());
     expect_unanswered(&jobs, &config).await;
     let retention = crate::server::store::Retention {
@@ -134,6 +142,20 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         max_bytes: config.store.max_bytes,
     };
     spawn_store_upkeep(&store, &bus, retention, cancel.clone());
+    let cluster = match (store.postgres().cloned(), share) {
+        (Some(target), Some(share)) => {
+            let parts =
+                crate::server::cluster::Parts { keys: keys.clone(), sessions: sessions.clone(), bus: bus.clone() };
+            let work = crate::server::cluster::singletons::Work {
+                schedule: config.schedule.clone(),
+                retention,
+                pending_expire: config.enrolment.pending_expire,
+            };
+            let name = listen.to_string();
+            Some(crate::server::cluster::start(target, name, &config.data_dir, parts, share, work, cancel.clone()))
+        }
+        _ => None,
+    };
     let tree = Arc::new(RwLock::new(Arc::new(tree)));
     let engine = Engine::new(tree.clone(), jobs.clone(), bus.clone());
     let fingerprint = keypair.public;
@@ -154,7 +176,16 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     let enforce = crate::server::reload::Enforce::of(&config);
     crate::server::reload::spawn(master.clone(), config.states.clone(), enforce, cancel.clone())
         .with_context(|| format!("cannot watch the state tree {}", config.states.display()))?;
-    crate::server::schedule::spawn(master.clone(), config.schedule.clone(), cancel.clone());
+    match &cluster {
+        // The singletons' leader ticks; every master applies to its agents.
+        Some(cluster) => crate::server::schedule::spawn_on_ticks(
+            master.clone(),
+            config.schedule.clone(),
+            &cluster.ticks,
+            cancel.clone(),
+        ),
+        None => crate::server::schedule::spawn(master.clone(), config.schedule.clone(), cancel.clone()),
+    }
 
     let mut ready = format!("ready listen={listen} publish={publish} key={fingerprint}");
     if let Some((url, _)) = &api {
@@ -302,6 +333,10 @@ fn spawn_store_upkeep(
             bus.publish(halite_proto::Event::new(tag, "", data));
         }
     });
+    if store.postgres().is_some() {
+        // The singletons' leader applies it (`cluster/singletons.rs`).
+        return;
+    }
     let store = store.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(crate::server::store::RETENTION_INTERVAL);
