@@ -6,13 +6,15 @@
 //!
 //! Each test starts its masters itself (two at most) on one database.
 
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::time::Instant;
 
 use halite_e2e::postgres::Postgres;
 use halite_e2e::{Fleet, WAIT};
 use halite_master::client::{BusEvent, Subscriber};
-use halite_master::fleet::{self, AgentProcess, MasterProcess};
+use halite_master::fleet::{self, MasterProcess};
+use halite_master::server::cluster::lease::{LeaseError, SINGLETONS};
 use halite_master::server::cluster::{lease, singletons};
 use halite_master::server::store::postgres::PgTarget;
 
@@ -112,6 +114,186 @@ async fn a_key_deleted_on_one_master_cuts_its_agent_on_another() {
     if let Err(error) = result {
         if let Some(a) = &a {
             eprintln!("===== master A =====\n{}", log_of(&a.log));
+        }
+        eprintln!("===== postgres =====\n{}", cluster.log());
+        fleet.fail(&error);
+    }
+}
+
+const SCHEDULE: &str = "schedule:\n  - name: enforce\n    every: 1s\n";
+
+/// The next job of web02 that `bus` reports returned and PostgreSQL records
+/// as the schedule's (not its start-up apply); its id.
+async fn next_scheduled(fleet: &Fleet, bus: &mut Subscriber, master: &MasterProcess) -> anyhow::Result<String> {
+    let config = master.dir.join("master.yaml");
+    let config = config.to_str().unwrap_or_default();
+    loop {
+        let ret = bus
+            .wait_for(WAIT, "a job of web02 returned", |e: &BusEvent| {
+                e.tag.starts_with("halite/job/") && e.tag.ends_with("/ret/web02")
+            })
+            .await?;
+        let jid = ret.job().unwrap_or_default().to_owned();
+        // The record is committed by the batched writer, just behind.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+        let cause = loop {
+            let mut command = halite_e2e::process(&fleet.binaries.master);
+            command.args(["jobs", &jid, "--json", "--config", config]);
+            let output = halite_e2e::CommandOutput::of(command).await?;
+            if output.code == 0 {
+                break serde_json::from_str::<serde_json::Value>(&output.stdout)?["job"]["cause"].clone();
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "job {jid} never recorded: {}", output.stderr);
+            tick.tick().await;
+        };
+        if cause == "schedule:enforce" {
+            return Ok(jid);
+        }
+    }
+}
+
+/// The singletons' lease as PostgreSQL holds it: (holder, epoch).
+async fn lease_row(target: &PgTarget) -> anyhow::Result<Option<(String, i64)>> {
+    let client = target.connect().await?;
+    let row = client.query_opt("SELECT holder, epoch FROM leases WHERE name = $1", &[&SINGLETONS]).await?;
+    Ok(row.map(|row| (row.get(0), row.get(1))))
+}
+
+/// The schedule runs on every master's agents, ticked by the singletons'
+/// leader; SIGKILL the leader and another master takes the lease (a new
+/// epoch) and the schedule goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_killed_the_schedule_resumes_on_another_master() {
+    let cluster = tokio::task::spawn_blocking(Postgres::start).await.unwrap().unwrap();
+    let database = cluster.database().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!("{}{SCHEDULE}", store_yaml(&cluster, &database, dir.path()));
+    let target = target(&cluster, &database);
+    // A: the fleet's master, started first: it takes the lease.
+    let mut fleet = Fleet::start_with_master_config(&["web01"], &yaml).await.unwrap();
+    let mut b = None;
+    let result = async {
+        let a_name = fleet.master().listen.clone();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+        let first_epoch = loop {
+            match lease_row(&target).await? {
+                Some((holder, epoch)) if holder.starts_with(&format!("{a_name} ")) => break epoch,
+                _ => anyhow::ensure!(tokio::time::Instant::now() < deadline, "A never led"),
+            }
+            tick.tick().await;
+        };
+        let (master_b, mut bus_b) = second_master(&fleet, "master-b", &yaml).await?;
+        let master_b = b.insert(master_b);
+        let web02 = fleet::start_agent_with(
+            &fleet.binaries,
+            &fleet.dir.path().join("web02"),
+            "web02",
+            &master_b.listen,
+            &master_b.key,
+            "",
+        )
+        .await?;
+        fleet.agents.push(web02);
+        // A leads, B applies A's ticks to its own agent.
+        next_scheduled(&fleet, &mut bus_b, master_b).await?;
+        let killed = Instant::now();
+        fleet.kill_master().await;
+        let led = bus_b.wait_for(WAIT, "B leading", |e| e.tag == "halite/master/singletons/leading").await?;
+        let took = killed.elapsed();
+        next_scheduled(&fleet, &mut bus_b, master_b).await?;
+        let resumed = killed.elapsed();
+        eprintln!("leader killed: B led after {took:?}, the schedule ran again after {resumed:?}");
+        let (holder, epoch) = lease_row(&target).await?.unwrap_or_default();
+        assert!(holder.starts_with(&format!("{} ", master_b.listen)), "B holds the lease: {holder}");
+        assert!(epoch > first_epoch, "a takeover is a new epoch: {epoch} after {first_epoch}");
+        assert_eq!(led.data()["epoch"], epoch, "{}", led.data());
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        if let Some(b) = &b {
+            eprintln!("===== master B =====\n{}", log_of(&b.log));
+        }
+        eprintln!("===== postgres =====\n{}", cluster.log());
+        fleet.fail(&error);
+    }
+}
+
+/// A leader that lost its lock and its lease cannot write: its tick and
+/// its pending-key expiry are refused (fenced by the epoch), and it cannot
+/// renew; the new leader's tick commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_leaders_write_is_refused() {
+    let cluster = tokio::task::spawn_blocking(Postgres::start).await.unwrap().unwrap();
+    let database = cluster.database().unwrap();
+    let target = target(&cluster, &database);
+    let mut a = target.connect().await.unwrap();
+    halite_master::server::store::postgres::migrate(&mut a, &target).await.unwrap();
+    let mut b = target.connect().await.unwrap();
+    assert_eq!(lease::take(&a, SINGLETONS, "a").await.unwrap(), Some(1));
+    assert_eq!(lease::take(&b, SINGLETONS, "b").await.unwrap(), None, "the lock is A's");
+    assert_eq!(singletons::tick(&mut a, "a", 1, "enforce").await.unwrap(), 1);
+    // A loses its lock, as when its connection dies, and B still waits for
+    // A's lease to expire.
+    a.execute("SELECT pg_advisory_unlock_all()", &[]).await.unwrap();
+    assert_eq!(lease::take(&b, SINGLETONS, "b").await.unwrap(), None, "A's lease has not expired");
+    // The lease expires (as `LEASE_TTL` without a renewal would).
+    b.execute("UPDATE leases SET expires = now() - interval '1 second'", &[]).await.unwrap();
+    assert_eq!(lease::take(&b, SINGLETONS, "b").await.unwrap(), Some(2));
+    // A's late writes, under epoch 1.
+    let refused = singletons::tick(&mut a, "a", 1, "enforce").await.unwrap_err();
+    eprintln!("{refused}");
+    assert!(matches!(&refused, LeaseError::Fenced { epoch: 1, .. }), "{refused}");
+    let refused = singletons::expire(&mut a, "a", 1, std::time::Duration::ZERO).await.unwrap_err();
+    assert!(matches!(&refused, LeaseError::Fenced { .. }), "{refused}");
+    assert!(!lease::renew(&a, SINGLETONS, "a", 1).await.unwrap(), "A cannot renew");
+    // Nothing of A's got in: B's tick is the second.
+    assert_eq!(singletons::tick(&mut b, "b", 2, "enforce").await.unwrap(), 2);
+    let row = b.query_one("SELECT epoch, tick FROM schedule_ticks WHERE name = 'enforce'", &[]).await.unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (2, 2));
+}
+
+/// The same agent (id and key) reaching master B while its session on A
+/// is open: B bumps the agent's session epoch, and A drops its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_reaching_another_master_ends_its_stale_session() {
+    let cluster = tokio::task::spawn_blocking(Postgres::start).await.unwrap().unwrap();
+    let database = cluster.database().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = store_yaml(&cluster, &database, dir.path());
+    let mut fleet = Fleet::start_with_master_config(&["web01"], &yaml).await.unwrap();
+    let mut b = None;
+    let result = async {
+        let (master_b, _bus_b) = second_master(&fleet, "master-b", &yaml).await?;
+        let master_b = b.insert(master_b);
+        until_listed(&fleet, master_b, "web01 accepted on B", |l| l.contains("web01") && l.contains("accepted"))
+            .await?;
+        // web01 again, with its key, on B.
+        let again = fleet.dir.path().join("web01-on-b");
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(again.join("data"))?;
+        let key = again.join("data").join("agent.key");
+        std::fs::copy(fleet.agent("web01").dir.join("data").join("agent.key"), &key)?;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+        let started = Instant::now();
+        let agent =
+            fleet::start_agent_with(&fleet.binaries, &again, "web01", &master_b.listen, &master_b.key, "").await?;
+        let moved = fleet
+            .wait_for("web01's session on A dropped", |e| {
+                e.tag == "halite/agent/web01/disconnected" && e.data()["reason"] == "moved"
+            })
+            .await;
+        eprintln!("web01 reached B: its session on A was dropped after {:?}", started.elapsed());
+        agent.kill().await;
+        let moved = moved?;
+        assert_eq!(moved.data()["master"], master_b.listen.as_str(), "{}", moved.data());
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        if let Some(b) = &b {
+            eprintln!("===== master B =====\n{}", log_of(&b.log));
         }
         eprintln!("===== postgres =====\n{}", cluster.log());
         fleet.fail(&error);
