@@ -1197,6 +1197,80 @@ mod tests {
 
     const TOKEN: &str = "0123456789abcdef0123";
 
+    /// The shared store's rows applied to memory: a deleted, rejected or
+    /// retired accepted key is lost (its session is cut), a newly accepted
+    /// one reported, rows of ids out of scope untouched, halite.db follows,
+    /// and applying the same rows again changes nothing.
+    #[tokio::test]
+    async fn shared_rows_are_applied_and_report_what_to_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, keys) = open(dir.path(), &["web*", "db*"]).await;
+        let (web01, web02, db01, db01_new) = (key(), key(), key(), key());
+        for (id, key) in [("web01", &web01), ("web02", &web02), ("db01", &db01)] {
+            assert_eq!(keys.admit(id, key).status, KeyStatus::Accepted);
+        }
+        let pending = keys.admit("new01", &key());
+        assert_eq!(pending.status, KeyStatus::Pending);
+        let row =
+            |id: &str, key: &PublicKey, status| KeyEntry { id: id.into(), key: key.to_string(), status, since: 7 };
+        // Another master deleted web01, rejected web02, accepted a new key
+        // for db01 (retiring the old), and new01 is gone.
+        let rows = [row("web02", &web02, KeyStatus::Rejected), row("db01", &db01_new, KeyStatus::Accepted)];
+        let synced = keys.sync(None, &rows);
+        let lost: Vec<(&str, Option<KeyStatus>)> =
+            synced.lost.iter().map(|(e, status)| (e.id.as_str(), *status)).collect();
+        assert_eq!(lost.len(), 3, "{lost:?}");
+        for wanted in [("web01", None), ("web02", Some(KeyStatus::Rejected)), ("db01", None)] {
+            assert!(lost.contains(&wanted), "{wanted:?} in {lost:?}");
+        }
+        assert_eq!(synced.accepted, [row("db01", &db01_new, KeyStatus::Accepted)]);
+        assert_eq!(keys.status("web02", &web02), Some(KeyStatus::Rejected));
+        assert_eq!(keys.status("web01", &web01), None);
+        assert_eq!(keys.list().len(), 2);
+        assert_eq!(keys.sync(None, &rows), Synced::default(), "nothing changes twice");
+        // Scoped to one id: the others stay as they are.
+        let synced = keys.sync(Some(&["web02".to_owned()]), &[]);
+        assert_eq!(synced.changed, 1);
+        assert_eq!(keys.status("db01", &db01_new), Some(KeyStatus::Accepted));
+        keys.commit().await.unwrap();
+        drop(store);
+        let stored = read_stored(&crate::server::store::path(dir.path())).unwrap();
+        assert_eq!(stored.len(), 1, "halite.db follows: {stored:?}");
+    }
+
+    /// With sharing, a key first seen is queued (insert-only), an
+    /// operator's decision is queued as a replacement and waits for the
+    /// writer's answer, and pending keys do not expire here.
+    #[tokio::test]
+    async fn shared_changes_are_queued_for_the_other_masters() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, keys) = open(dir.path(), &[]).await;
+        let (share, mut queued) = tokio::sync::mpsc::channel(SHARE_QUEUE);
+        let keys = keys.with_sharing(share);
+        let web01 = key();
+        assert_eq!(keys.admit("web01", &web01).status, KeyStatus::Pending);
+        let first = queued.recv().await.unwrap();
+        assert_eq!(
+            (first.ids.as_slice(), first.replace, first.done.is_none()),
+            (&["web01".to_owned()][..], false, true)
+        );
+        keys.set_status("web01", KeyStatus::Accepted).unwrap();
+        let writer = tokio::spawn(async move {
+            let request = queued.recv().await.unwrap();
+            assert!(request.replace);
+            let _ = request.done.unwrap().send(true);
+            request.ids
+        });
+        assert!(keys.share(vec!["web01".into()]).await);
+        assert_eq!(writer.await.unwrap(), ["web01"]);
+        assert_eq!(keys.entries_of(&["web01".into()]).len(), 1);
+        // Expiry is the leader's: a sweep here forgets nothing.
+        let old = key();
+        keys.admit("old01", &old);
+        keys.sweep(now() + 365 * 86_400);
+        assert_eq!(keys.status("old01", &old), Some(KeyStatus::Pending));
+    }
+
     /// `auto_accept` with a token: a squatter that claims the id first
     /// without it stays pending, the real agent with it is accepted and the
     /// squatter's key retired; the token never stays in the facts.
