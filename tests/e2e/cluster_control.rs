@@ -299,3 +299,110 @@ async fn an_agent_reaching_another_master_ends_its_stale_session() {
         fleet.fail(&error);
     }
 }
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Each master publishes the tree version it serves: `agents` on either
+/// shows each agent's master and that master's version, and a master whose
+/// copy of the tree differs from its peer's says so (its log, `agents`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_show_each_agents_master_and_a_differing_tree_is_said() {
+    let cluster = tokio::task::spawn_blocking(Postgres::start).await.unwrap().unwrap();
+    let database = cluster.database().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = store_yaml(&cluster, &database, dir.path());
+    let mut fleet = Fleet::start_with_master_config(&["web01"], &yaml).await.unwrap();
+    let mut b = None;
+    let result = async {
+        // B serves its own copy of the tree, one file different.
+        let states_b = fleet.dir.path().join("states-b");
+        copy_tree(&fleet.states, &states_b)?;
+        std::fs::write(
+            states_b.join("extra.yaml"),
+            "extra:\n  file.managed:\n    path: /etc/extra\n    contents: \"b\\n\"\n",
+        )?;
+        let master_b = fleet::start_master_with(
+            &fleet.binaries,
+            &fleet.dir.path().join("master-b"),
+            &states_b,
+            "tcp://127.0.0.1:0",
+            &["*"],
+            &yaml,
+        )
+        .await?;
+        let master_b = b.insert(master_b);
+        let web02 = fleet::start_agent_with(
+            &fleet.binaries,
+            &fleet.dir.path().join("web02"),
+            "web02",
+            &master_b.listen,
+            &master_b.key,
+            "",
+        )
+        .await?;
+        fleet.agents.push(web02);
+        let a_name = fleet.master().listen.clone();
+        let b_name = master_b.listen.clone();
+        // Until A's view has both agents on their masters (one heartbeat).
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        let rows = loop {
+            let rows: serde_json::Value = serde_json::from_str(&fleet.cli(&["agents", "--json"])?)?;
+            let of = |id: &str| rows.as_array().and_then(|r| r.iter().find(|row| row["id"] == id)).cloned();
+            let placed = of("web01").is_some_and(|r| r["master"] == a_name.as_str() && r["tree"].is_string())
+                && of("web02").is_some_and(|r| r["master"] == b_name.as_str() && r["tree"].is_string());
+            if placed {
+                break rows;
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "agents never showed their masters: {rows}");
+            tick.tick().await;
+        };
+        let tree =
+            |id: &str| rows.as_array().and_then(|r| r.iter().find(|row| row["id"] == id)).map(|r| r["tree"].clone());
+        assert_ne!(tree("web01"), tree("web02"), "two versions: {rows}");
+        let text = fleet.cli(&["agents"])?;
+        assert!(text.contains("warning: the masters serve 2 tree versions"), "{text}");
+        assert!(text.contains(&format!("{b_name} (tree ")), "{text}");
+        // B said so in its log (once per reload).
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !log_of(&master_b.log).contains("serves another tree version than its peers") {
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "B never warned");
+            tick.tick().await;
+        }
+        // The same tree again on B: the warning goes from `agents`.
+        std::fs::remove_file(states_b.join("extra.yaml"))?;
+        if fleet.states.join("extra.yaml").exists() {
+            std::fs::copy(fleet.states.join("extra.yaml"), states_b.join("extra.yaml"))?;
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let text = fleet.cli(&["agents"])?;
+            if !text.contains("warning:") && text.contains(&format!("{b_name} (tree ")) {
+                break;
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "the versions never agreed: {text}");
+            tick.tick().await;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        if let Some(b) = &b {
+            eprintln!("===== master B =====\n{}", log_of(&b.log));
+        }
+        eprintln!("===== postgres =====\n{}", cluster.log());
+        fleet.fail(&error);
+    }
+}

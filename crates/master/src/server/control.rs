@@ -669,5 +669,10 @@ pub fn agent_rows(master: &Master) -> Vec<AgentRow> {
             row.queued = depth;
         }
     }
+    if let Some(view) = &master.cluster {
+        for row in rows.values_mut() {
+            (row.master, row.tree) = view.locate(&row.id, row.connected);
+        }
+    }
     rows.into_values().collect()
 }

@@ -142,6 +142,8 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         max_bytes: config.store.max_bytes,
     };
     spawn_store_upkeep(&store, &bus, retention, cancel.clone());
+    let tree = Arc::new(RwLock::new(Arc::new(tree)));
+    let engine = Engine::new(tree.clone(), jobs.clone(), bus.clone());
     let cluster = match (store.postgres().cloned(), share) {
         (Some(target), Some(share)) => {
             let parts =
@@ -152,12 +154,20 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
                 pending_expire: config.enrolment.pending_expire,
             };
             let name = listen.to_string();
-            Some(crate::server::cluster::start(target, name, &config.data_dir, parts, share, work, cancel.clone()))
+            let tree = (config.states.clone(), tree.clone());
+            Some(crate::server::cluster::start(
+                target,
+                name,
+                &config.data_dir,
+                tree,
+                parts,
+                share,
+                work,
+                cancel.clone(),
+            ))
         }
         _ => None,
     };
-    let tree = Arc::new(RwLock::new(Arc::new(tree)));
-    let engine = Engine::new(tree.clone(), jobs.clone(), bus.clone());
     let fingerprint = keypair.public;
     let limits = crate::server::limits::Limits {
         max_event_bytes: config.max_event_bytes,
@@ -167,7 +177,20 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     let access =
         tokio::task::spawn_blocking(move || crate::server::access::Access::open(&access_path, &roles)).await??;
     let inventory = crate::server::inventory::Inventories::default();
-    let master = Arc::new(Master { keypair, keys, tree, sessions, jobs, engine, bus, limits, inventory, access });
+    let cluster_view = cluster.as_ref().map(|c| c.view.clone());
+    let master = Arc::new(Master {
+        keypair,
+        keys,
+        tree,
+        sessions,
+        jobs,
+        engine,
+        bus,
+        limits,
+        inventory,
+        access,
+        cluster: cluster_view,
+    });
     let control = crate::server::control::serve(master.clone(), &config.data_dir, cancel.clone()).await?;
     let api = match &config.api {
         Some(api) => Some(crate::http::start(master.clone(), api, &config.data_dir, cancel.clone()).await?),

@@ -42,7 +42,7 @@ pub mod epochs;
 pub mod keys;
 pub mod lease;
 pub mod listen;
-
+pub mod masters;
 pub mod singletons;
 
 /// The channel a notification arrives on, by what it is about.
@@ -76,6 +76,8 @@ pub struct Cluster {
     /// The schedule's entries the leader ticked, by name: every master
     /// applies them to its own agents.
     pub ticks: tokio::sync::broadcast::Sender<String>,
+    /// The masters alive, their tree versions, each agent's master.
+    pub view: masters::View,
 }
 
 /// Starts the control plane of `name` (the link's address) on `target`:
@@ -83,10 +85,12 @@ pub struct Cluster {
 /// singletons and the heartbeat. `share` is the receiving end of the
 /// channel given to [`KeyStore::with_sharing`]. Returns at once;
 /// PostgreSQL may be unreachable.
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     target: PgTarget,
     name: String,
     data_dir: &Path,
+    tree: (std::path::PathBuf, std::sync::Arc<std::sync::RwLock<std::sync::Arc<crate::tree::Tree>>>),
     parts: Parts,
     share: (tokio::sync::mpsc::Sender<ShareRequest>, tokio::sync::mpsc::Receiver<ShareRequest>),
     singleton: singletons::Work,
@@ -109,7 +113,8 @@ pub fn start(
     };
     tokio::spawn(listener.run(cancel.clone()));
     tokio::spawn(singletons::run(target.clone(), holder, leader.clone(), singleton, cancel.clone()));
-    Cluster { name, leader, ticks }
+    let view = masters::spawn(target, name.clone(), tree.0, tree.1, cancel);
+    Cluster { name, leader, ticks, view }
 }
 
 /// The next backoff after `now`.
