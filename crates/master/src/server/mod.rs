@@ -12,6 +12,9 @@
 //!   through a full disk, checked at start, retained, backed up; or the
 //!   records (and every agent event) in PostgreSQL, spooled locally while
 //!   it is unreachable (`store/postgres.rs`, `store/spool.rs`).
+//! - [`cluster`] — with PostgreSQL, the control plane between masters:
+//!   shared keys (LISTEN/NOTIFY), the singletons' lease, session epochs,
+//!   each master's tree version.
 //! - [`bus`] — the outside publisher and the in-process tail; [`ledger`]:
 //!   what the bus said about each agent.
 //! - [`jobs`] — sending states to agents and waiting for results.

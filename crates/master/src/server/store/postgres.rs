@@ -23,8 +23,9 @@
 //!
 //! The schema is versioned in `halite_schema` and migrated on start in one
 //! transaction under an advisory lock (masters starting together migrate
-//! once). Keys stay in the master's local halite.db this session (the SQLite
-//! writer persists them; see README "PostgreSQL store").
+//! once). Keys are persisted by the SQLite writer in each master's
+//! halite.db, and shared between masters through the `keys` table by
+//! `server/cluster/` (README "Running several masters").
 //!
 //! The password never comes from the URL (master.yaml is shown and logged):
 //! it comes from `password_file` or `HALITE_PG_PASSWORD`; [`PgTarget`]
