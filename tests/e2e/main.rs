@@ -10,6 +10,7 @@ mod apply;
 mod beacons;
 mod bus;
 mod check;
+mod cluster_failover;
 mod dashboard;
 mod drift;
 mod durability;
