@@ -199,3 +199,61 @@ async fn a_killed_master_s_agents_fail_over_and_nothing_is_lost_or_done_twice() 
         cluster.fail(&error);
     }
 }
+
+/// Once-only across a failover, deterministically: an event master 0
+/// recorded in PostgreSQL, sent again by its agent to master 1 (as an
+/// agent whose ack was lost with its master does), is acknowledged by
+/// master 1 and neither published nor reacted to there; a new event after
+/// it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_event_another_master_recorded_is_acknowledged_not_taken_again() {
+    let mut cluster = Cluster::start(2).await.unwrap();
+    let result = async {
+        use halite_e2e::raw::RawAgent;
+        use halite_proto::{AgentMessage, MasterMessage, Value};
+        let facts = Value::map().with("os", "linux");
+        let mut first = RawAgent::connect(&cluster.listens[0], "raw01", facts.clone()).await?;
+        let event = first.raise("x", Value::map().with("n", 1_i64)).await?;
+        let id = event.id.to_string();
+        cluster.wait_for("the event on master 0", |m, e| m == 0 && e.id() == id).await?;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !cluster.recorded_events().await?.iter().any(|row| row.id == id) {
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "the event is not recorded in PostgreSQL");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // The same agent on master 1 resends it at once, then a new one.
+        let mut second = first.reconnect(&cluster.listens[1], facts).await?;
+        second.send(&AgentMessage::Event(event.clone())).await?;
+        let fresh = second.raise("x", Value::map().with("n", 2_i64)).await?;
+        let fresh_id = fresh.id.to_string();
+        let (_, published) = cluster
+            .wait_for("the new event on master 1", |m, e| m == 1 && (e.id() == id || e.id() == fresh_id))
+            .await?;
+        anyhow::ensure!(published.id() == fresh_id, "master 1 published the resent event {id} again");
+        // And the resend is acknowledged, so the agent forgets it (acks
+        // follow the store's commit: round trips until it comes).
+        let mut acked = false;
+        let mut all = Vec::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::time::Instant::now() < deadline {
+            let seen = second.barrier().await?;
+            all.extend(seen.iter().map(|m| format!("{m:?}").chars().take(120).collect::<String>()));
+            acked |= seen.iter().any(|m| match m {
+                MasterMessage::Ack { event: acked } => *acked == event.id,
+                MasterMessage::Acks(ids) => ids.contains(&event.id),
+                _ => false,
+            });
+            if acked {
+                break;
+            }
+        }
+        anyhow::ensure!(acked, "master 1 did not acknowledge the resent event {}: {all:#?}", event.id);
+        let rows = cluster.recorded_events().await?;
+        anyhow::ensure!(rows.iter().filter(|row| row.id == id).count() == 1, "recorded once");
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        cluster.fail(&error);
+    }
+}

@@ -65,12 +65,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const PASSWORD_ENV: &str = "HALITE_PG_PASSWORD";
 
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// `MIGRATIONS[n]` takes the schema from version n to n + 1. Append only.
 /// Tables other modules add to halite.db (`store.rs`'s list) get their
 /// PostgreSQL form appended here.
-const MIGRATIONS: [&str; 1] = [V1];
+const MIGRATIONS: [&str; 2] = [V1, V2_EVENTS_BY_AGENT];
 
 const V1: &str = "
 CREATE TABLE jobs (
@@ -118,6 +118,12 @@ CREATE TABLE events (
     recorded_us BIGINT NOT NULL
 );
 CREATE INDEX events_by_time ON events (time_us);
+";
+
+/// An agent's newest event ids, read when its session starts on a master
+/// (`prime.rs`): one index range, not a scan of every agent's events.
+const V2_EVENTS_BY_AGENT: &str = "
+CREATE INDEX events_by_agent ON events (agent, time_us);
 ";
 
 /// An arbitrary constant: the advisory lock key migrations take.
