@@ -66,12 +66,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const PASSWORD_ENV: &str = "HALITE_PG_PASSWORD";
 
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// `MIGRATIONS[n]` takes the schema from version n to n + 1. Append only.
 /// Tables other modules add to halite.db (`store.rs`'s list) get their
 /// PostgreSQL form appended here.
-const MIGRATIONS: [&str; 2] = [V1, V2];
+const MIGRATIONS: [&str; 3] = [V1, V2_EVENTS_BY_AGENT, V3_CONTROL_PLANE];
 
 const V1: &str = "
 CREATE TABLE jobs (
@@ -121,11 +121,17 @@ CREATE TABLE events (
 CREATE INDEX events_by_time ON events (time_us);
 ";
 
+/// An agent's newest event ids, read when its session starts on a master
+/// (`prime.rs`): one index range, not a scan of every agent's events.
+const V2_EVENTS_BY_AGENT: &str = "
+CREATE INDEX events_by_agent ON events (agent, time_us);
+";
+
 /// The control plane shared by several masters (`server/cluster/`): keys,
 /// the singletons' lease, each agent's session epoch, each master's tree
 /// version. Times that masters compare are PostgreSQL's own clock
 /// (`TIMESTAMPTZ`), so masters' clocks need not agree.
-const V2: &str = "
+const V3_CONTROL_PLANE: &str = "
 CREATE TABLE keys (
     id      TEXT NOT NULL,
     key     TEXT NOT NULL,
