@@ -406,3 +406,52 @@ async fn agents_show_each_agents_master_and_a_differing_tree_is_said() {
         fleet.fail(&error);
     }
 }
+
+/// On the cluster harness (masters on 127.0.0.2 and .3 sharing one key,
+/// the agent listing both): a key deleted on the master the agent is not
+/// on cuts its session where it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_a_key_deleted_on_any_master_cuts_its_agent_where_it_is() {
+    let mut cluster = halite_e2e::cluster::Cluster::start(2).await.unwrap();
+    let result = async {
+        cluster.add_agents(&["web01"]).await?;
+        let home = cluster.home_of("web01").ok_or_else(|| anyhow::anyhow!("web01 has no master"))?;
+        let other = 1 - home;
+        let binaries = halite_e2e::binaries();
+        let data_dir = cluster.master(other).map(|m| m.dir.join("data")).unwrap_or_default();
+        let keys = |args: &'static [&'static str]| {
+            let mut command = halite_e2e::process(&binaries.master);
+            command.args(args).arg("--data-dir").arg(&data_dir);
+            halite_e2e::CommandOutput::of(command)
+        };
+        // The other master learnt web01's key from PostgreSQL.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+        loop {
+            let listed = keys(&["keys", "list"]).await?.stdout;
+            if listed.contains("web01") && listed.contains("accepted") {
+                break;
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "master {other} never listed web01: {listed}");
+            tick.tick().await;
+        }
+        let started = Instant::now();
+        let deleted = keys(&["keys", "delete", "web01"]).await?;
+        anyhow::ensure!(deleted.code == 0, "keys delete: {}", deleted.stderr);
+        let (master, _) = cluster
+            .wait_for("web01's session cut", |_, e| {
+                e.tag == "halite/agent/web01/disconnected" && e.data()["reason"] == "deleted"
+            })
+            .await?;
+        eprintln!(
+            "key deleted on master {other}: web01's session on master {home} was cut after {:?}",
+            started.elapsed()
+        );
+        assert_eq!(master, home, "cut where the session was");
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        cluster.fail(&error);
+    }
+}
