@@ -58,6 +58,35 @@ impl View {
         (master, tree)
     }
 
+    /// Commands reach the agents connected to the master asked; for a
+    /// target that matched none here, what to tell the operator: the
+    /// agents `matches` names (by id: their facts are their master's) whose
+    /// sessions are on other masters, and which master to ask. Empty when
+    /// there are none.
+    pub fn elsewhere(&self, matches: impl Fn(&str) -> bool) -> String {
+        let known = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let mut there: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (agent, master) in &known.homes {
+            if *master != known.me && matches(agent) {
+                there.entry(master).or_default().push(agent);
+            }
+        }
+        if there.is_empty() {
+            return String::new();
+        }
+        let listed: Vec<String> = there
+            .into_iter()
+            .map(|(master, mut agents)| {
+                agents.sort_unstable();
+                format!("{} on {master}", agents.join(", "))
+            })
+            .collect();
+        format!(
+            "; on other masters: {}: run the command on that master (`halite-master agents` shows where each agent is)",
+            listed.join("; ")
+        )
+    }
+
     /// Every master alive and its tree version.
     pub fn masters(&self) -> BTreeMap<String, String> {
         self.0.read().unwrap_or_else(|p| p.into_inner()).masters.clone()
