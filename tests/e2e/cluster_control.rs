@@ -468,3 +468,43 @@ async fn in_a_cluster_a_key_deleted_on_any_master_cuts_its_agent_where_it_is() {
         cluster.fail(&error);
     }
 }
+
+/// With PostgreSQL unreachable no master runs a singleton: the leader
+/// steps down at its first failed renewal, and leads again (a new epoch)
+/// once PostgreSQL answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_down_no_master_runs_a_singleton() {
+    let cluster = tokio::task::spawn_blocking(Postgres::start).await.unwrap().unwrap();
+    let database = cluster.database().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!("{}{SCHEDULE}", store_yaml(&cluster, &database, dir.path()));
+    let target = target(&cluster, &database);
+    let mut fleet = Fleet::start_with_master_config(&["web01"], &yaml).await.unwrap();
+    let result = async {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+        let first = loop {
+            if let Some((_, epoch)) = lease_row(&target).await? {
+                break epoch;
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "nobody led");
+            tick.tick().await;
+        };
+        cluster.stop_immediate()?;
+        let stopped = Instant::now();
+        let down =
+            fleet.wait_for("the leader stepping down", |e| e.tag == "halite/master/singletons/stepped-down").await?;
+        eprintln!("PostgreSQL stopped: the leader stepped down after {:?}", stopped.elapsed());
+        assert_eq!(down.data()["epoch"], first, "{}", down.data());
+        cluster.start_again()?;
+        let led = fleet.wait_for("leading again", |e| e.tag == "halite/master/singletons/leading").await?;
+        let epoch = led.data()["epoch"].as_i64().unwrap_or_default();
+        assert!(epoch > first, "a new epoch: {epoch} after {first}");
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        eprintln!("===== postgres =====\n{}", cluster.log());
+        fleet.fail(&error);
+    }
+}
