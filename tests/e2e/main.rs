@@ -11,6 +11,8 @@ mod apply;
 mod beacons;
 mod bus;
 mod check;
+mod cluster_control;
+mod cluster_failover;
 mod dashboard;
 mod drift;
 mod durability;

@@ -12,6 +12,7 @@ use anyhow::Context;
 use halite_master::client::{BusEvent, Subscriber};
 use halite_master::fleet::{self, AgentProcess, Binaries, MasterProcess};
 
+pub mod cluster;
 pub mod postgres;
 pub mod raw;
 

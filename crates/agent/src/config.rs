@@ -20,6 +20,13 @@ pub struct AgentConfig {
     /// The master's agent link.
     #[serde(default = "default_master")]
     pub master: String,
+    /// Several masters instead of one (`master:` and `masters:` together
+    /// are an error): each an address, or `{address, key}` with the key
+    /// that master is pinned to. The agent ranks them (masters.rs) and
+    /// fails over down its ranking. A master without its own `key` is
+    /// trusted by `master_key` (a cluster key all of them share) or `tofu`.
+    #[serde(default)]
+    pub masters: Option<Vec<MasterEntry>>,
     /// The master's public key, pinned (`halite-master keys fingerprint`
     /// prints it).
     #[serde(default)]
@@ -70,6 +77,53 @@ pub struct AgentConfig {
     pub grains: IndexMap<String, serde_json::Value>,
 }
 
+/// One item of `masters:` in agent.yaml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum MasterEntry {
+    /// `- tcp://10.0.0.2:4510`: trusted by `master_key` or `tofu`.
+    Address(String),
+    /// `- {address: tcp://10.0.0.2:4510, key: …}`: pinned to its own key.
+    Keyed(KeyedMaster),
+}
+
+/// A master listed with its own key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyedMaster {
+    pub address: String,
+    /// The master's public key (`halite-master keys fingerprint`), as
+    /// `master_key` takes it.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+impl MasterEntry {
+    pub fn address(&self) -> &str {
+        match self {
+            MasterEntry::Address(address) => address,
+            MasterEntry::Keyed(keyed) => &keyed.address,
+        }
+    }
+
+    fn key(&self) -> Option<&str> {
+        match self {
+            MasterEntry::Address(_) => None,
+            MasterEntry::Keyed(keyed) => keyed.key.as_deref(),
+        }
+    }
+}
+
+/// Where `master` and `masters` are written, read in a second pass over
+/// the text (the typed parse does not keep positions).
+#[derive(Deserialize)]
+struct MasterFields {
+    #[serde(default)]
+    master: Option<halite_state::yaml::Spanned<serde_json::Value>>,
+    #[serde(default)]
+    masters: Option<halite_state::yaml::Spanned<Vec<halite_state::yaml::Spanned<serde_json::Value>>>>,
+}
+
 fn default_backup_max_bytes() -> u64 {
     halite_state::apply::DEFAULT_BACKUP_MAX_BYTES
 }
@@ -96,6 +150,16 @@ pub enum ConfigError {
     BadId { path: PathBuf, id: String },
     #[error("{path}: `master_key`: {source}")]
     BadMasterKey { path: PathBuf, source: halite_link::keys::KeyError },
+    #[error(
+        "{path}:{master_line}: `master` and {path}:{masters_line}: `masters` are both set; keep one: `masters` (a list of one address works too) or `master`"
+    )]
+    BothMasters { path: PathBuf, master_line: u64, masters_line: u64 },
+    #[error("{path}:{line}: `masters` is empty; list at least one master's address, or use `master`")]
+    NoMasters { path: PathBuf, line: u64 },
+    #[error("{path}:{line}: `masters` lists {address} twice; list each master once")]
+    DuplicateMaster { path: PathBuf, line: u64, address: String },
+    #[error("{path}:{line}: `masters`: the key of {address}: {source}")]
+    BadListedKey { path: PathBuf, line: u64, address: String, source: Box<halite_link::keys::KeyError> },
     #[error("{path}: local beacon `{beacon}`: {message}\n  help: {help}")]
     BadBeacon { path: PathBuf, beacon: String, message: String, help: String },
     #[error(
@@ -112,7 +176,11 @@ impl AgentConfig {
             path: path.to_path_buf(),
             line: d.line,
             column: d.column,
-            message: d.message,
+            // serde's words for an item of `masters` that is neither form.
+            message: match d.message.contains("untagged enum MasterEntry") {
+                true => "an item of `masters` is an address (`tcp://10.0.0.2:4510`) or `{address: …, key: …}`".into(),
+                false => d.message,
+            },
         })?;
         if let Some(id) = &config.id
             && !valid_id(id)
@@ -122,7 +190,9 @@ impl AgentConfig {
         if let Some(key) = &config.master_key {
             key.parse::<halite_link::PublicKey>()
                 .map_err(|source| ConfigError::BadMasterKey { path: path.to_path_buf(), source })?;
-        } else if !config.tofu {
+        }
+        let every_master_keyed = config.check_masters(path, &text)?;
+        if config.master_key.is_none() && !config.tofu && !every_master_keyed {
             return Err(ConfigError::NoTrust { path: path.to_path_buf() });
         }
         config.local_beacons().map_err(|(beacon, message, help)| ConfigError::BadBeacon {
@@ -132,6 +202,80 @@ impl AgentConfig {
             help,
         })?;
         Ok(config)
+    }
+
+    /// Checks `masters` against `master` and itself (positions from a
+    /// second read of `text`); true when `masters` gives every master its
+    /// own key (then `master_key` and `tofu` are not needed).
+    fn check_masters(&self, path: &Path, text: &str) -> Result<bool, ConfigError> {
+        let Some(masters) = &self.masters else { return Ok(false) };
+        let fields: MasterFields = halite_state::yaml::parse(path, text).map_err(|d| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: d.line,
+            column: d.column,
+            message: d.message,
+        })?;
+        let masters_line = fields.masters.as_ref().map_or(0, |list| halite_state::yaml::location(list).line);
+        // Each item's own line, for errors about one master.
+        let item_lines: Vec<u64> = fields
+            .masters
+            .as_ref()
+            .map(|list| list.value.iter().map(|item| halite_state::yaml::location(item).line).collect())
+            .unwrap_or_default();
+        if let Some(master) = &fields.master {
+            return Err(ConfigError::BothMasters {
+                path: path.to_path_buf(),
+                master_line: halite_state::yaml::location(master).line,
+                masters_line,
+            });
+        }
+        if masters.is_empty() {
+            return Err(ConfigError::NoMasters { path: path.to_path_buf(), line: masters_line });
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (n, entry) in masters.iter().enumerate() {
+            let line = item_lines.get(n).copied().unwrap_or(masters_line);
+            if !seen.insert(entry.address()) {
+                return Err(ConfigError::DuplicateMaster {
+                    path: path.to_path_buf(),
+                    line,
+                    address: entry.address().to_owned(),
+                });
+            }
+            if let Some(key) = entry.key() {
+                key.parse::<halite_link::PublicKey>().map_err(|source| ConfigError::BadListedKey {
+                    path: path.to_path_buf(),
+                    line,
+                    address: entry.address().to_owned(),
+                    source: Box::new(source),
+                })?;
+            }
+        }
+        Ok(masters.iter().all(|entry| entry.key().is_some()))
+    }
+
+    /// The masters this agent may talk to, each with how it is trusted:
+    /// `masters`, or `master` alone, in the order written (the link ranks
+    /// them).
+    pub fn master_links(&self) -> Vec<crate::link::MasterLink> {
+        match &self.masters {
+            Some(masters) => masters
+                .iter()
+                .map(|entry| crate::link::MasterLink {
+                    endpoint: entry.address().to_owned(),
+                    trust: match entry.key().and_then(|k| k.parse().ok()) {
+                        Some(key) => crate::link::MasterTrust::Pinned(key),
+                        None => self.trust(),
+                    },
+                })
+                .collect(),
+            None => vec![crate::link::MasterLink { endpoint: self.master.clone(), trust: self.trust() }],
+        }
+    }
+
+    /// The masters' addresses, for the log.
+    pub fn master_addresses(&self) -> String {
+        self.master_links().iter().map(|m| m.endpoint.as_str()).collect::<Vec<_>>().join(", ")
     }
 
     /// The local beacons as specs, each checked by its kind; an error says
@@ -242,6 +386,62 @@ mod tests {
         assert!(error.to_string().contains("`a b`"), "{error}");
         let error = load(&format!("id: web01\n{key}beacons:\n  x:\n    gpu: {{}}\n")).unwrap_err();
         assert!(error.to_string().contains("known kinds"), "{error}");
+    }
+
+    #[test]
+    fn several_masters_with_a_cluster_key_or_their_own() {
+        let key = "ab".repeat(32);
+        let config = load(&format!(
+            "id: web01\nmaster_key: {key}\nmasters:\n  - tcp://127.0.0.2:4510\n  - tcp://127.0.0.3:4510\n"
+        ))
+        .unwrap();
+        let links = config.master_links();
+        assert_eq!(links.len(), 2);
+        assert_eq!(links[1].endpoint, "tcp://127.0.0.3:4510");
+        assert!(matches!(&links[0].trust, crate::link::MasterTrust::Pinned(k) if k.to_string() == key));
+        // Each with its own key: no shared key needed.
+        let other = "cd".repeat(32);
+        let config = load(&format!(
+            "id: web01\nmasters:\n  - address: tcp://127.0.0.2:4510\n    key: {key}\n  - {{address: tcp://127.0.0.3:4510, key: {other}}}\n"
+        ))
+        .unwrap();
+        let links = config.master_links();
+        assert!(matches!(&links[1].trust, crate::link::MasterTrust::Pinned(k) if k.to_string() == other));
+        // `master` alone still works, as a list of one.
+        let config = load(&format!("id: web01\nmaster_key: {key}\nmaster: tcp://10.0.0.1:4510\n")).unwrap();
+        assert_eq!(config.master_links().len(), 1);
+        assert_eq!(config.master_links()[0].endpoint, "tcp://10.0.0.1:4510");
+    }
+
+    #[test]
+    fn masters_errors_name_the_file_the_line_and_the_fields() {
+        let key = format!("master_key: {}\n", "ab".repeat(32));
+        let error =
+            load(&format!("id: web01\n{key}master: tcp://a:1\nmasters: [tcp://b:1]\n")).unwrap_err().to_string();
+        assert!(error.contains("agent.yaml:3: `master`") && error.contains("agent.yaml:4: `masters`"), "{error}");
+        let error = load(&format!("id: web01\n{key}masters: []\n")).unwrap_err().to_string();
+        assert!(error.contains("agent.yaml:3: `masters` is empty"), "{error}");
+        let error = load(&format!("id: web01\n{key}masters: [tcp://b:1, tcp://b:1]\n")).unwrap_err().to_string();
+        assert!(error.contains("lists tcp://b:1 twice"), "{error}");
+        let error = load(&format!("id: web01\n{key}masters:\n  - tcp://a:1\n  - {{address: tcp://b:1, key: abc}}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("agent.yaml:5: `masters`: the key of tcp://b:1") && error.contains("64 hex"), "{error}");
+        let error = load(&format!("id: web01\n{key}masters:\n  - tcp://b:1\n  - tcp://c:1\n  - tcp://b:1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("agent.yaml:6: `masters` lists tcp://b:1 twice"), "{error}");
+        // A master without a key of its own needs the shared key or tofu.
+        let error = load(&format!(
+            "id: web01\nmasters:\n  - {{address: tcp://b:1, key: {}}}\n  - tcp://c:1\n",
+            "ab".repeat(32)
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("master_key") && error.contains("tofu"), "{error}");
+        let error =
+            load(&format!("id: web01\n{key}masters:\n  - {{address: tcp://b:1, port: 2}}\n")).unwrap_err().to_string();
+        assert!(error.contains("agent.yaml:4:5: an item of `masters` is an address"), "{error}");
     }
 
     #[test]

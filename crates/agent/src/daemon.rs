@@ -66,7 +66,7 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
         facts = facts.with(halite_proto::message::ENROL_TOKEN_FACT, text.lines().next().unwrap_or("").trim());
     }
     let hello = Hello { agent: id.clone(), version: env!("CARGO_PKG_VERSION").into(), facts };
-    let settings = LinkSettings::new(config.master.clone(), hello, keypair.clone(), config.trust());
+    let settings = LinkSettings::with_masters(config.master_links(), hello, keypair.clone());
     let stop_link = CancellationToken::new();
     let link = link::spawn(settings, outbox, stop_link.clone());
     let (outbound, mut link_events, mut status) = (link.outbound, link.events, link.status);
@@ -88,7 +88,7 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
         root: config.root.clone(),
         receipts,
     });
-    tracing::info!(agent = %id, master = %config.master, offline_healing = config.enforce_offline, "Agent starting.");
+    tracing::info!(agent = %id, masters = %config.master_addresses(), offline_healing = config.enforce_offline, "Agent starting.");
     if let Some(drift) = start_up_check(&id, &managed, &config.root).await
         && outbound.send(AgentMessage::Event(drift)).await.is_err()
     {

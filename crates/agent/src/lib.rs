@@ -5,6 +5,8 @@
 //! - [`config`] — `agent.yaml`.
 //! - [`link`] — the DEALER side of the agent↔master link: reconnects,
 //!   heartbeats, acknowledgements.
+//! - [`masters`] — with several masters: the rendezvous ranking an agent
+//!   walks, and when it returns to a better-ranked one.
 //! - [`outbox`] — the on-disk queue every event and job result goes
 //!   through until the master acknowledges it.
 //! - [`offline`] — offline healing: desired contents kept, restored while
@@ -38,6 +40,7 @@ pub mod link;
 pub mod local;
 pub mod logging;
 pub mod managed;
+pub mod masters;
 pub mod offline;
 pub mod outbox;
 pub mod proc_events;

@@ -80,12 +80,20 @@ pub enum MasterTrust {
     FirstUse(PathBuf),
 }
 
+/// One master the link may talk to, and how it knows the master is ours.
+#[derive(Debug, Clone)]
+pub struct MasterLink {
+    pub endpoint: String,
+    pub trust: MasterTrust,
+}
+
 #[derive(Debug, Clone)]
 pub struct LinkSettings {
-    pub endpoint: String,
+    /// The masters, as agent.yaml lists them; the link tries them in the
+    /// order of this agent's ranking ([`crate::masters::rank`]).
+    pub masters: Vec<MasterLink>,
     pub hello: Hello,
     pub keypair: Keypair,
-    pub trust: MasterTrust,
     /// How often the agent pings an idle link; three missed answers and the
     /// link is rebuilt.
     pub heartbeat: Duration,
@@ -99,8 +107,14 @@ pub struct LinkSettings {
 pub const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
 
 impl LinkSettings {
+    /// Settings for one master.
     pub fn new(endpoint: String, hello: Hello, keypair: Keypair, trust: MasterTrust) -> Self {
-        LinkSettings { endpoint, hello, keypair, trust, heartbeat: Duration::from_secs(5), backoff: RECONNECT }
+        LinkSettings::with_masters(vec![MasterLink { endpoint, trust }], hello, keypair)
+    }
+
+    /// Settings for several masters (`masters:` in agent.yaml).
+    pub fn with_masters(masters: Vec<MasterLink>, hello: Hello, keypair: Keypair) -> Self {
+        LinkSettings { masters, hello, keypair, heartbeat: Duration::from_secs(5), backoff: RECONNECT }
     }
 }
 
@@ -349,42 +363,78 @@ enum End {
     Lost(String),
     /// The master is not the one this agent trusts.
     Refused(TrustError),
+    /// A better-ranked master answered a return probe: its session (the
+    /// master's index in `LinkSettings::masters`) replaces this one.
+    Returned(usize, DealerSocket, Session),
 }
 
 impl Link {
+    /// Connects, pumps, reconnects, until cancelled. Each round walks this
+    /// agent's ranking of the masters from the top and keeps the first
+    /// session that opens; when every master failed, the round waits its
+    /// backoff. A lost session starts a new round after the backoff's
+    /// first, short wait: from the top, so a master that is back is found
+    /// first.
     async fn run(mut self) {
+        let endpoints: Vec<&str> = self.settings.masters.iter().map(|m| m.endpoint.as_str()).collect();
+        let order = crate::masters::rank(&self.settings.hello.agent, &endpoints);
+        // Rounds in a row in which no master answered.
         let mut failures: u32 = 0;
+        // A session a return probe opened, waiting to be pumped.
+        let mut returned: Option<(usize, DealerSocket, Session)> = None;
         loop {
-            let end = match self.connect().await {
-                Ok((socket, session)) => {
-                    failures = 0;
-                    tracing::info!(master = %self.settings.endpoint, "Session with the master is up.");
-                    if self.inbound.send(LinkEvent::Up).await.is_err() {
-                        return;
+            let mut refused = false;
+            let mut rank = 0;
+            while rank < order.len() {
+                let (index, opened) = match returned.take() {
+                    Some((index, socket, session)) => (index, Ok((socket, session))),
+                    None => (order[rank], self.connect(order[rank]).await),
+                };
+                rank = order.iter().position(|&i| i == index).unwrap_or(rank);
+                let endpoint = self.settings.masters[index].endpoint.clone();
+                match opened {
+                    Ok((socket, session)) => {
+                        failures = 0;
+                        tracing::info!(master = %endpoint, rank, "Session with the master is up.");
+                        if self.inbound.send(LinkEvent::Up).await.is_err() {
+                            return;
+                        }
+                        let better: Vec<usize> = order[..rank].to_vec();
+                        match self.pump(socket, session, better).await {
+                            End::Cancelled => return,
+                            End::Returned(index, socket, session) => {
+                                tracing::info!(from = %endpoint, to = %self.settings.masters[index].endpoint, "A better-ranked master answers again; moving back to it.");
+                                returned = Some((index, socket, session));
+                                continue;
+                            }
+                            End::Lost(why) => {
+                                tracing::warn!(master = %endpoint, reason = %why, "Session with the master lost; reconnecting.");
+                                let _ = self.inbound.send(LinkEvent::Down(why)).await;
+                            }
+                            End::Refused(why) => {
+                                let _ = self.inbound.send(LinkEvent::Down(why.to_string())).await;
+                            }
+                        }
+                        break;
                     }
-                    let end = self.pump(socket, session).await;
-                    if let End::Lost(why) = &end {
-                        tracing::warn!(master = %self.settings.endpoint, reason = %why, "Session with the master lost; reconnecting.");
-                        let _ = self.inbound.send(LinkEvent::Down(why.clone())).await;
+                    Err(End::Cancelled) => return,
+                    Err(End::Refused(why)) => {
+                        refused = true;
+                        tracing::error!(master = %endpoint, reason = %why, "Refusing to talk to this master.");
                     }
-                    end
-                }
-                Err(End::Cancelled) => End::Cancelled,
-                Err(End::Refused(why)) => {
-                    failures = failures.saturating_add(8);
-                    tracing::error!(master = %self.settings.endpoint, reason = %why, "Refusing to talk to this master.");
-                    End::Refused(why)
-                }
-                Err(End::Lost(why)) => {
-                    failures = failures.saturating_add(1);
-                    if failures == 1 || failures.is_power_of_two() {
-                        tracing::warn!(master = %self.settings.endpoint, reason = %why, attempts = failures, "Cannot reach the master; retrying.");
+                    Err(End::Lost(why)) => {
+                        if failures == 0 || failures.is_power_of_two() {
+                            tracing::warn!(master = %endpoint, reason = %why, rounds = failures + 1, "Cannot reach the master; trying the next.");
+                        }
                     }
-                    End::Lost(why)
+                    Err(End::Returned(..)) => {}
                 }
-            };
-            if let End::Cancelled = end {
-                return;
+                rank += 1;
+            }
+            if rank >= order.len() {
+                // No master answered in this round. A refusal (a master
+                // that is not ours) slows the retries down more.
+                failures = failures.saturating_add(if refused { 8 } else { 1 });
             }
             let delay = self.settings.backoff.delay(failures);
             tokio::select! {
@@ -394,48 +444,27 @@ impl Link {
         }
     }
 
-    async fn connect(&mut self) -> Result<(DealerSocket, Session), End> {
-        // The link's transport limits hold before the master is
-        // authenticated: a fake master cannot make the agent allocate.
-        let mut options = halite_link::transport::socket_options(halite_link::transport::HANDSHAKE_TIMEOUT);
-        options.connect_timeout(Duration::from_secs(5));
-        let mut socket = DealerSocket::with_options(options);
-        let lost = |what: &str, e: &dyn std::fmt::Display| End::Lost(format!("{what}: {e}"));
-        tokio::select! {
-            () = self.cancel.cancelled() => return Err(End::Cancelled),
-            result = socket.connect(&self.settings.endpoint) => result.map_err(|e| lost("connect", &e))?,
-        }
-        let (mut initiator, first) = Initiator::start(&self.settings.keypair).map_err(|e| lost("handshake", &e))?;
-        socket
-            .send(frames(Envelope::handshake(envelope::HELLO1, first)).map_err(|e| End::Lost(e.to_string()))?)
-            .await
-            .map_err(|e| lost("handshake", &e))?;
-        let reply = tokio::select! {
-            () = self.cancel.cancelled() => return Err(End::Cancelled),
-            reply = tokio::time::timeout(self.settings.heartbeat * 3, socket.recv()) => reply,
-        };
-        let reply =
-            reply.map_err(|_| End::Lost("no answer to the handshake".into()))?.map_err(|e| lost("handshake", &e))?;
-        let reply_frames: Vec<&[u8]> = reply.iter().map(|f| f.as_ref()).collect();
-        let Ok(Envelope::Hello2(reply)) = Envelope::parse(&reply_frames) else {
-            return Err(End::Lost("the master answered the handshake with something else".into()));
-        };
-        let master_key = initiator.read_reply(reply).map_err(|e| lost("handshake", &e))?;
-        check_master(&self.settings.trust, master_key).map_err(End::Refused)?;
-        let hello = halite_proto::encode(&AgentMessage::Hello(self.settings.hello.clone()));
-        let (last, sealer, opener) = initiator.finish(&hello).map_err(|e| lost("handshake", &e))?;
-        socket
-            .send(frames(Envelope::handshake(envelope::HELLO3, last)).map_err(|e| End::Lost(e.to_string()))?)
-            .await
-            .map_err(|e| lost("handshake", &e))?;
-        Ok((socket, Session { sealer, opener }))
+    async fn connect(&self, master: usize) -> Result<(DealerSocket, Session), End> {
+        open(&self.settings, master, &self.cancel).await
     }
 
-    async fn pump(&mut self, mut socket: DealerSocket, mut session: Session) -> End {
+    /// Pumps one session until it ends; meanwhile, while `better` (the
+    /// masters ranked above this one, best first) is not empty, probes
+    /// them every [`crate::masters::return_delay`] and ends with
+    /// [`End::Returned`] when one answers.
+    async fn pump(&mut self, mut socket: DealerSocket, mut session: Session, better: Vec<usize>) -> End {
         let mut monitor = socket.monitor();
         let (mut send, mut recv) = socket.split();
         self.status.send_modify(|s| s.connected = true);
-        let end = self.pump_session(&mut send, &mut recv, &mut monitor, &mut session).await;
+        let settings = self.settings.clone();
+        let cancel = self.cancel.clone();
+        let end = tokio::select! {
+            end = self.pump_session(&mut send, &mut recv, &mut monitor, &mut session) => end,
+            found = probe_better(&settings, &better, &cancel) => match found {
+                Some((index, socket, session)) => End::Returned(index, socket, session),
+                None => End::Cancelled,
+            },
+        };
         self.status.send_modify(|s| s.connected = false);
         end
     }
@@ -534,6 +563,81 @@ impl Link {
             *sent_upto = Some(seq);
         }
         Ok(())
+    }
+}
+
+/// Opens a session with `settings.masters[master]`: connect, handshake,
+/// check the master's key, say hello. Ends when `cancel` fires.
+async fn open(
+    settings: &LinkSettings,
+    master: usize,
+    cancel: &CancellationToken,
+) -> Result<(DealerSocket, Session), End> {
+    let Some(target) = settings.masters.get(master) else {
+        return Err(End::Lost(format!("no master number {master}")));
+    };
+    // The link's transport limits hold before the master is
+    // authenticated: a fake master cannot make the agent allocate.
+    let mut options = halite_link::transport::socket_options(halite_link::transport::HANDSHAKE_TIMEOUT);
+    options.connect_timeout(Duration::from_secs(5));
+    let mut socket = DealerSocket::with_options(options);
+    let lost = |what: &str, e: &dyn std::fmt::Display| End::Lost(format!("{what}: {e}"));
+    tokio::select! {
+        () = cancel.cancelled() => return Err(End::Cancelled),
+        result = socket.connect(&target.endpoint) => result.map_err(|e| lost("connect", &e))?,
+    }
+    let (mut initiator, first) = Initiator::start(&settings.keypair).map_err(|e| lost("handshake", &e))?;
+    socket
+        .send(frames(Envelope::handshake(envelope::HELLO1, first)).map_err(|e| End::Lost(e.to_string()))?)
+        .await
+        .map_err(|e| lost("handshake", &e))?;
+    let reply = tokio::select! {
+        () = cancel.cancelled() => return Err(End::Cancelled),
+        reply = tokio::time::timeout(settings.heartbeat * 3, socket.recv()) => reply,
+    };
+    let reply =
+        reply.map_err(|_| End::Lost("no answer to the handshake".into()))?.map_err(|e| lost("handshake", &e))?;
+    let reply_frames: Vec<&[u8]> = reply.iter().map(|f| f.as_ref()).collect();
+    let Ok(Envelope::Hello2(reply)) = Envelope::parse(&reply_frames) else {
+        return Err(End::Lost("the master answered the handshake with something else".into()));
+    };
+    let master_key = initiator.read_reply(reply).map_err(|e| lost("handshake", &e))?;
+    check_master(&target.trust, master_key).map_err(End::Refused)?;
+    let hello = halite_proto::encode(&AgentMessage::Hello(settings.hello.clone()));
+    let (last, sealer, opener) = initiator.finish(&hello).map_err(|e| lost("handshake", &e))?;
+    socket
+        .send(frames(Envelope::handshake(envelope::HELLO3, last)).map_err(|e| End::Lost(e.to_string()))?)
+        .await
+        .map_err(|e| lost("handshake", &e))?;
+    Ok((socket, Session { sealer, opener }))
+}
+
+/// Tries the masters `better` (indices, best first) one after the other,
+/// every [`crate::masters::return_delay`], until one opens a session;
+/// `None` when cancelled.
+async fn probe_better(
+    settings: &LinkSettings,
+    better: &[usize],
+    cancel: &CancellationToken,
+) -> Option<(usize, DealerSocket, Session)> {
+    if better.is_empty() {
+        cancel.cancelled().await;
+        return None;
+    }
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return None,
+            () = tokio::time::sleep(crate::masters::return_delay()) => {}
+        }
+        for &index in better {
+            match open(settings, index, cancel).await {
+                Ok((socket, session)) => return Some((index, socket, session)),
+                Err(End::Cancelled) => return None,
+                Err(_) => {
+                    tracing::debug!(master = %settings.masters[index].endpoint, "A better-ranked master does not answer yet.")
+                }
+            }
+        }
     }
 }
 

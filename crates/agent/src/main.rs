@@ -126,7 +126,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 agent.data_dir = data_dir;
             }
             if let Some(master) = master {
+                // One master named on the command line replaces the list.
                 agent.master = master;
+                agent.masters = None;
             }
             cap_malloc_arenas();
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

@@ -148,13 +148,39 @@ pub async fn start_agent_with(
     master_key: &str,
     extra: &str,
 ) -> anyhow::Result<AgentProcess> {
+    start_agent_written(binaries, dir, id, &format!("master: {master}\n"), master_key, extra).await
+}
+
+/// As [`start_agent_with`], listing several masters (`masters:` in its
+/// agent.yaml) that share the key `master_key`: an agent of a cluster.
+pub async fn start_agent_listing(
+    binaries: &Binaries,
+    dir: &Path,
+    id: &str,
+    masters: &[String],
+    master_key: &str,
+    extra: &str,
+) -> anyhow::Result<AgentProcess> {
+    let listed: String = masters.iter().map(|m| format!("  - {m}\n")).collect();
+    start_agent_written(binaries, dir, id, &format!("masters:\n{listed}"), master_key, extra).await
+}
+
+/// Starts an agent whose agent.yaml names its masters with `masters_yaml`.
+async fn start_agent_written(
+    binaries: &Binaries,
+    dir: &Path,
+    id: &str,
+    masters_yaml: &str,
+    master_key: &str,
+    extra: &str,
+) -> anyhow::Result<AgentProcess> {
     let root = dir.join("root");
     tokio::fs::create_dir_all(&root).await?;
     let config = dir.join("agent.yaml");
     tokio::fs::write(
         &config,
         format!(
-            "id: {id}\nmaster: {master}\nmaster_key: {master_key}\ndata_dir: {}\nroot: {}\n{extra}",
+            "id: {id}\n{masters_yaml}master_key: {master_key}\ndata_dir: {}\nroot: {}\n{extra}",
             dir.join("data").display(),
             root.display()
         ),

@@ -230,6 +230,13 @@ pub struct AgentRow {
     /// (`server/receipts.rs`).
     #[serde(default)]
     pub last_receipt: Option<crate::server::receipts::Receipt>,
+    /// With several masters: the master the agent's session is on (its
+    /// link's address), as PostgreSQL last said (`cluster/masters.rs`).
+    #[serde(default)]
+    pub master: Option<String>,
+    /// That master's tree version (a hash of its state tree's files).
+    #[serde(default)]
+    pub tree: Option<String>,
 }
 
 impl AgentRow {
@@ -247,6 +254,8 @@ impl AgentRow {
             compliance: Compliance::Unknown,
             queued: 0,
             last_receipt: None,
+            master: None,
+            tree: None,
         }
     }
 }

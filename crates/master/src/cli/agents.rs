@@ -18,8 +18,38 @@ pub fn run(data_dir: &Path, json: bool) -> anyhow::Result<bool> {
     } else {
         // Versions, addresses and facts come from agents: shown, never obeyed.
         print!("{}", halite_proto::text::escape(&table(&response.agents, halite_proto::event::now_us())));
+        print!("{}", halite_proto::text::escape(&by_master(&response.agents)));
     }
     Ok(true)
+}
+
+/// With several masters: which agents are on which master, with the tree
+/// version each serves, and a warning when they serve more than one.
+/// Empty on a lone master.
+pub fn by_master(rows: &[AgentRow]) -> String {
+    let mut masters: std::collections::BTreeMap<(&str, &str), Vec<&str>> = std::collections::BTreeMap::new();
+    for row in rows {
+        if let Some(master) = &row.master {
+            masters.entry((master, row.tree.as_deref().unwrap_or("?"))).or_default().push(&row.id);
+        }
+    }
+    if masters.is_empty() {
+        return String::new();
+    }
+    let mut text = String::from("\nby master (tree version):\n");
+    for ((master, tree), agents) in &masters {
+        text.push_str(&format!("  {master} (tree {tree}): {}\n", agents.join(", ")));
+    }
+    let trees: std::collections::BTreeSet<&str> = masters.keys().map(|(_, tree)| *tree).collect();
+    if trees.len() > 1 {
+        let trees: Vec<&str> = trees.into_iter().collect();
+        text.push_str(&format!(
+            "warning: the masters serve {} tree versions ({}); bring every master's copy of the tree to the same commit\n",
+            trees.len(),
+            trees.join(", ")
+        ));
+    }
+    text
 }
 
 /// The table `halite-master agents` prints; `now_us` makes ages relative.

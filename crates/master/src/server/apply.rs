@@ -52,8 +52,11 @@ pub fn plan(master: &Master, request: &ApplyRequest) -> Result<Vec<(String, Job)
     if matched.is_empty() {
         let known: Vec<&str> = connected.iter().map(|(a, _)| a.as_str()).collect();
         let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
+        let elsewhere = master.cluster.as_ref().map_or_else(String::new, |view| {
+            view.elsewhere(|agent| target.matches(agent, &halite_proto::Value::map()))
+        });
         return Err(ApplyLine::Error {
-            error: format!("target `{}` matches no connected agent (connected: {known})", request.target),
+            error: format!("target `{}` matches no connected agent (connected: {known}){elsewhere}", request.target),
             no_agent: true,
         });
     }

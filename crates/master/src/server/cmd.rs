@@ -40,7 +40,13 @@ fn agents(master: &Master, request: &CmdRequest) -> Result<Vec<String>, Refusal>
     if matched.is_empty() {
         let known = master.sessions.accepted_agents();
         let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
-        return Err((format!("target `{}` matches no connected agent (connected: {known})", request.target), true));
+        let elsewhere = master.cluster.as_ref().map_or_else(String::new, |view| {
+            view.elsewhere(|agent| target.matches(agent, &halite_proto::Value::map()))
+        });
+        return Err((
+            format!("target `{}` matches no connected agent (connected: {known}){elsewhere}", request.target),
+            true,
+        ));
     }
     Ok(matched)
 }

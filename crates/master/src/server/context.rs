@@ -29,6 +29,9 @@ pub struct Master {
     /// Roles, API tokens and the audit log, for the API and the control
     /// socket alike.
     pub access: crate::server::access::Access,
+    /// With several masters on PostgreSQL: the others, their tree
+    /// versions and each agent's master (`cluster/masters.rs`).
+    pub cluster: Option<crate::server::cluster::masters::View>,
 }
 
 impl Master {

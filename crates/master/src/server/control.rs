@@ -327,6 +327,7 @@ async fn accept(master: &Master, target: &str) -> Result<Vec<KeyEntry>, ControlE
         retire(master, old, changed.iter().find(|new| new.id == old.id).map_or("", |new| new.key.as_str())).await;
     }
     let saved = master.keys.commit().await;
+    share(master, changed.iter().map(|e| e.id.clone()).collect()).await;
     for entry in &changed {
         tracing::info!(agent = %entry.id, fingerprint = %entry.key, "Key accepted.");
         master.bus.publish(Event::new(
@@ -436,7 +437,20 @@ async fn cut_off(
         }
     }
     master.keys.commit().await?;
+    share(master, entries.iter().map(|e| e.id.clone()).collect()).await;
     Ok(entries)
+}
+
+/// With several masters, writes an operator's decision about the keys of
+/// `ids` to PostgreSQL, which tells every other master
+/// (`cluster/keys.rs`). Unreachable, it is in effect here and written
+/// when PostgreSQL answers.
+async fn share(master: &Master, mut ids: Vec<String>) {
+    ids.sort();
+    ids.dedup();
+    if !master.keys.share(ids.clone()).await {
+        tracing::error!(agents = ?ids, "The key decision is in effect on this master only until PostgreSQL answers; it is written then.");
+    }
 }
 
 /// A request refused: the principal's role does not allow it.
@@ -653,6 +667,11 @@ pub fn agent_rows(master: &Master) -> Vec<AgentRow> {
     for (agent, depth) in master.engine.queue_depths() {
         if let Some(row) = rows.get_mut(&agent) {
             row.queued = depth;
+        }
+    }
+    if let Some(view) = &master.cluster {
+        for row in rows.values_mut() {
+            (row.master, row.tree) = view.locate(&row.id, row.connected);
         }
     }
     rows.into_values().collect()

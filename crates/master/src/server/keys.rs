@@ -89,7 +89,7 @@ impl KeyStatus {
         }
     }
 
-    fn parse(text: &str) -> Option<KeyStatus> {
+    pub fn parse(text: &str) -> Option<KeyStatus> {
         [KeyStatus::Pending, KeyStatus::Accepted, KeyStatus::Rejected].into_iter().find(|s| s.as_str() == text)
     }
 }
@@ -351,6 +351,42 @@ pub struct KeyStore {
     auto_accept: Arc<[GlobMatcher]>,
     enrol: Arc<Enrol>,
     sources: Arc<Mutex<Sources>>,
+    /// With several masters on PostgreSQL: where changes go to be shared
+    /// (`server/cluster/keys.rs`); `None` on a lone master.
+    share: Option<tokio::sync::mpsc::Sender<ShareRequest>>,
+}
+
+/// A change of keys to write to the store several masters share.
+#[derive(Debug)]
+pub struct ShareRequest {
+    /// The agent ids whose keys changed.
+    pub ids: Vec<String>,
+    /// An operator's decision: the shared rows of these ids become what
+    /// memory holds (deletions included). Otherwise a key first seen here:
+    /// inserted only where the shared store has no row for it, so a
+    /// decision another master made meanwhile is never overwritten.
+    pub replace: bool,
+    /// Told `true` once written, `false` when the shared store is
+    /// unreachable (the change is kept and written when it answers).
+    pub done: Option<tokio::sync::oneshot::Sender<bool>>,
+}
+
+/// How many key changes wait for the shared store at most; a key first
+/// seen while it is full is not shared (logged), and is shared the next
+/// time an operator decides about its id.
+pub const SHARE_QUEUE: usize = 4096;
+
+/// What [`KeyStore::sync`] changed in memory.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Synced {
+    /// Keys that were accepted here and are not now (deleted, rejected or
+    /// retired elsewhere), with their new status (`None`: deleted): their
+    /// sessions are cut.
+    pub lost: Vec<(KeyEntry, Option<KeyStatus>)>,
+    /// Keys accepted now that were not: a pending session reconnects.
+    pub accepted: Vec<KeyEntry>,
+    /// Rows added, changed or removed.
+    pub changed: usize,
 }
 
 impl KeyStore {
@@ -382,6 +418,7 @@ impl KeyStore {
             auto_accept,
             enrol: Arc::new(Enrol::default()),
             sources: Arc::new(Mutex::new(Sources::default())),
+            share: None,
         })
     }
 
@@ -426,9 +463,115 @@ impl KeyStore {
         Ok(self)
     }
 
+    /// Shares every change through `share` (several masters on
+    /// PostgreSQL). Pending keys then expire on one master only, the
+    /// singletons' leader, which deletes them from the shared store; the
+    /// others follow its notifications.
+    pub fn with_sharing(mut self, share: tokio::sync::mpsc::Sender<ShareRequest>) -> KeyStore {
+        self.share = Some(share);
+        self
+    }
+
+    /// Writes the keys of `ids` as memory holds them to the shared store
+    /// (an operator's decision); `true` once written. `true` at once on a
+    /// lone master.
+    pub async fn share(&self, ids: Vec<String>) -> bool {
+        let Some(share) = &self.share else { return true };
+        if ids.is_empty() {
+            return true;
+        }
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if share.send(ShareRequest { ids, replace: true, done: Some(done) }).await.is_err() {
+            return false;
+        }
+        wait.await.unwrap_or(false)
+    }
+
+    /// A key first seen here goes to the shared store (never waits).
+    fn share_new(&self, id: &str) {
+        if let Some(share) = &self.share
+            && share.try_send(ShareRequest { ids: vec![id.to_owned()], replace: false, done: None }).is_err()
+        {
+            tracing::warn!(
+                agent = id,
+                "Too many key changes wait for the shared store; this new key is not shared (it is when an operator decides about it)."
+            );
+        }
+    }
+
+    /// Every key of the agent ids `ids`, as memory holds them.
+    pub fn entries_of(&self, ids: &[String]) -> Vec<KeyEntry> {
+        let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        self.lock()
+            .entries
+            .iter()
+            .filter(|((id, _), _)| wanted.contains(id.as_str()))
+            .map(|(p, r)| entry(p, *r))
+            .collect()
+    }
+
+    /// Makes memory hold exactly `rows` (the shared store's) for the ids
+    /// `ids` names (`None`: every id, a full re-read); the change reaches
+    /// halite.db, this master's copy, through its writer. Rows that do not
+    /// parse are skipped (logged).
+    pub fn sync(&self, ids: Option<&[String]>, rows: &[KeyEntry]) -> Synced {
+        let mut target: IndexMap<Pair, Record> = IndexMap::new();
+        for row in rows {
+            match row.key.parse::<PublicKey>() {
+                Ok(key) => {
+                    target.insert((row.id.clone(), key), Record { status: row.status, since: row.since });
+                }
+                Err(error) => {
+                    tracing::warn!(agent = %row.id, %error, "A shared key row does not parse; skipped.");
+                }
+            }
+        }
+        let scope: Option<HashSet<&str>> = ids.map(|ids| ids.iter().map(String::as_str).collect());
+        let in_scope = |id: &str| scope.as_ref().is_none_or(|s| s.contains(id));
+        let mut synced = Synced::default();
+        let mut table = self.lock();
+        let wake = table.dirty.is_empty();
+        let removed = table.remove_where(|pair, _| in_scope(&pair.0) && !target.contains_key(pair));
+        for (pair, record) in &removed {
+            if record.status == KeyStatus::Accepted {
+                synced.lost.push((entry(pair, *record), None));
+            }
+        }
+        synced.changed += removed.len();
+        for (pair, record) in target {
+            if !in_scope(&pair.0) {
+                continue;
+            }
+            let before = table.entries.get(&pair).copied();
+            if before == Some(record) {
+                continue;
+            }
+            let was_accepted = before.is_some_and(|b| b.status == KeyStatus::Accepted);
+            if was_accepted && record.status != KeyStatus::Accepted {
+                synced.lost.push((entry(&pair, record), Some(record.status)));
+                table.facts.remove(&pair);
+            }
+            if !was_accepted && record.status == KeyStatus::Accepted {
+                synced.accepted.push(entry(&pair, record));
+            }
+            table.insert(pair, record);
+            synced.changed += 1;
+        }
+        table.recount();
+        drop(table);
+        if wake && synced.changed > 0 {
+            self.store.wake();
+        }
+        synced
+    }
+
     /// Forgets pending keys older than `pending_expire`, at most once a
     /// minute (each new key calls it).
     fn sweep(&self, now: u64) {
+        if self.share.is_some() {
+            // The leader expires them in the shared store.
+            return;
+        }
         let cutoff = now.saturating_sub(self.enrol.pending_expire.as_secs());
         let mut table = self.lock();
         if table.swept != 0 && now.saturating_sub(table.swept) < 60 {
@@ -529,9 +672,11 @@ impl KeyStore {
             tracing::warn!(agent = id, fingerprint = %key, "A known agent id came back with another key; it stays pending until an operator decides.");
         }
         let wake = table.dirty.is_empty();
+        let mut retired_any = false;
         if status == KeyStatus::Accepted && known_id {
             let retired = table.remove_where(|(i, k), _| i == id && k != key);
             for ((_, other), _) in retired {
+                retired_any = true;
                 tracing::warn!(agent = id, fingerprint = %other, "A key that claimed this id without the enrolment token is retired.");
             }
         }
@@ -541,6 +686,14 @@ impl KeyStore {
         drop(table);
         if wake {
             self.store.wake();
+        }
+        if retired_any {
+            // A token's acceptance decides the id: shared as an operator's.
+            if let Some(share) = &self.share {
+                let _ = share.try_send(ShareRequest { ids: vec![id.to_owned()], replace: true, done: None });
+            }
+        } else {
+            self.share_new(id);
         }
         Ok(Arrival { admission: Admission { status, new: true }, facts, held })
     }
@@ -649,6 +802,7 @@ impl KeyStore {
         if wake {
             self.store.wake();
         }
+        self.share_new(id);
         Admission { status, new: true }
     }
 
@@ -1042,6 +1196,80 @@ mod tests {
     }
 
     const TOKEN: &str = "0123456789abcdef0123";
+
+    /// The shared store's rows applied to memory: a deleted, rejected or
+    /// retired accepted key is lost (its session is cut), a newly accepted
+    /// one reported, rows of ids out of scope untouched, halite.db follows,
+    /// and applying the same rows again changes nothing.
+    #[tokio::test]
+    async fn shared_rows_are_applied_and_report_what_to_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, keys) = open(dir.path(), &["web*", "db*"]).await;
+        let (web01, web02, db01, db01_new) = (key(), key(), key(), key());
+        for (id, key) in [("web01", &web01), ("web02", &web02), ("db01", &db01)] {
+            assert_eq!(keys.admit(id, key).status, KeyStatus::Accepted);
+        }
+        let pending = keys.admit("new01", &key());
+        assert_eq!(pending.status, KeyStatus::Pending);
+        let row =
+            |id: &str, key: &PublicKey, status| KeyEntry { id: id.into(), key: key.to_string(), status, since: 7 };
+        // Another master deleted web01, rejected web02, accepted a new key
+        // for db01 (retiring the old), and new01 is gone.
+        let rows = [row("web02", &web02, KeyStatus::Rejected), row("db01", &db01_new, KeyStatus::Accepted)];
+        let synced = keys.sync(None, &rows);
+        let lost: Vec<(&str, Option<KeyStatus>)> =
+            synced.lost.iter().map(|(e, status)| (e.id.as_str(), *status)).collect();
+        assert_eq!(lost.len(), 3, "{lost:?}");
+        for wanted in [("web01", None), ("web02", Some(KeyStatus::Rejected)), ("db01", None)] {
+            assert!(lost.contains(&wanted), "{wanted:?} in {lost:?}");
+        }
+        assert_eq!(synced.accepted, [row("db01", &db01_new, KeyStatus::Accepted)]);
+        assert_eq!(keys.status("web02", &web02), Some(KeyStatus::Rejected));
+        assert_eq!(keys.status("web01", &web01), None);
+        assert_eq!(keys.list().len(), 2);
+        assert_eq!(keys.sync(None, &rows), Synced::default(), "nothing changes twice");
+        // Scoped to one id: the others stay as they are.
+        let synced = keys.sync(Some(&["web02".to_owned()]), &[]);
+        assert_eq!(synced.changed, 1);
+        assert_eq!(keys.status("db01", &db01_new), Some(KeyStatus::Accepted));
+        keys.commit().await.unwrap();
+        drop(store);
+        let stored = read_stored(&crate::server::store::path(dir.path())).unwrap();
+        assert_eq!(stored.len(), 1, "halite.db follows: {stored:?}");
+    }
+
+    /// With sharing, a key first seen is queued (insert-only), an
+    /// operator's decision is queued as a replacement and waits for the
+    /// writer's answer, and pending keys do not expire here.
+    #[tokio::test]
+    async fn shared_changes_are_queued_for_the_other_masters() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, keys) = open(dir.path(), &[]).await;
+        let (share, mut queued) = tokio::sync::mpsc::channel(SHARE_QUEUE);
+        let keys = keys.with_sharing(share);
+        let web01 = key();
+        assert_eq!(keys.admit("web01", &web01).status, KeyStatus::Pending);
+        let first = queued.recv().await.unwrap();
+        assert_eq!(
+            (first.ids.as_slice(), first.replace, first.done.is_none()),
+            (&["web01".to_owned()][..], false, true)
+        );
+        keys.set_status("web01", KeyStatus::Accepted).unwrap();
+        let writer = tokio::spawn(async move {
+            let request = queued.recv().await.unwrap();
+            assert!(request.replace);
+            let _ = request.done.unwrap().send(true);
+            request.ids
+        });
+        assert!(keys.share(vec!["web01".into()]).await);
+        assert_eq!(writer.await.unwrap(), ["web01"]);
+        assert_eq!(keys.entries_of(&["web01".into()]).len(), 1);
+        // Expiry is the leader's: a sweep here forgets nothing.
+        let old = key();
+        keys.admit("old01", &old);
+        keys.sweep(now() + 365 * 86_400);
+        assert_eq!(keys.status("old01", &old), Some(KeyStatus::Pending));
+    }
 
     /// `auto_accept` with a token: a squatter that claims the id first
     /// without it stays pending, the real agent with it is accepted and the

@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use zeromq::{RouterRecvHalf, RouterSocket, Socket, SocketEvent, SocketRecv, ZmqMessage};
 
 use crate::server::keys::KeyStatus;
+use crate::server::store::prime::{PrimeError, Primer};
 
 use crate::server::context::Master;
 use crate::server::decode::{self, Handshake, Outcome, Work, Workers};
@@ -152,6 +153,31 @@ struct Peers {
     budget: crate::server::log_budget::LogBudget,
     /// Where events' acks wait for their hand-off (set by `serve`).
     acks: Option<crate::server::acks::Acker>,
+    /// Accepted sessions waiting for their agent's event ids from
+    /// PostgreSQL ([`Primed`]), with what they sent meanwhile, taken in
+    /// order once the ids are in (at most [`PRIMING_HELD`] each).
+    priming: HashMap<Bytes, Vec<Outcome>>,
+    /// With a PostgreSQL store: what reads the ids, and where its answers
+    /// come back to the loop (set by `serve`).
+    primer: Option<(Primer, mpsc::Sender<Primed>)>,
+}
+
+/// Messages a session may send while its ids are read from PostgreSQL
+/// (`store/prime.rs`); one more closes it (the agent sends them again on
+/// its next session). A reconnecting agent's whole outbox is about 40
+/// batches.
+pub const PRIMING_HELD: usize = 1024;
+/// Answers of the primer waiting for the loop. When full, the primer's
+/// tasks wait.
+const PRIMED_QUEUE: usize = 256;
+
+/// The event ids PostgreSQL holds for a new session's agent: recorded
+/// already (perhaps by another master, before a failover), so a resend of
+/// one is acknowledged without being published or reacted to again.
+struct Primed {
+    peer: Bytes,
+    agent: String,
+    ids: Result<Vec<halite_proto::Id>, PrimeError>,
 }
 
 impl Peers {
@@ -180,6 +206,12 @@ pub async fn serve(
         )),
         ..Peers::default()
     };
+    let (primed_sender, mut primed) = mpsc::channel(PRIMED_QUEUE);
+    peers.primer = master
+        .jobs
+        .store()
+        .and_then(|store| store.postgres().cloned())
+        .map(|target| (Primer::spawn(target), primed_sender));
     let (done, mut results) = mpsc::channel(HANDSHAKE_WORKERS * 2);
     let mut pool = Pool { permits: Arc::new(Semaphore::new(HANDSHAKE_WORKERS)), waiting: VecDeque::new(), done };
     let mut workers = Workers::spawn(decode::worker_count());
@@ -212,6 +244,9 @@ pub async fn serve(
             }
             Some(outcome) = workers.decoded.recv() => {
                 decoded(&master, &mut peers, outcome).await;
+            }
+            Some(answer) = primed.recv() => {
+                take_primed(&master, &mut peers, answer).await;
             }
             message = recv.recv() => match message {
                 Ok(message) => {
@@ -322,6 +357,7 @@ impl Peers {
     fn forget(&mut self, peer: &Bytes) {
         self.started.remove(peer);
         self.in_worker.remove(peer);
+        self.priming.remove(peer);
         self.release(peer);
     }
 
@@ -416,6 +452,18 @@ async fn dispatch(master: &Master, peers: &mut Peers, workers: &mut Workers, wor
 
 /// What a decode worker made of a peer's message, in that peer's order.
 async fn decoded(master: &Master, peers: &mut Peers, outcome: Outcome) {
+    if let Outcome::Message { peer, .. } = &outcome
+        && let Some(held) = peers.priming.get_mut(peer)
+    {
+        if held.len() < PRIMING_HELD {
+            held.push(outcome);
+        } else {
+            let peer = peer.clone();
+            tracing::debug!("A session sent too much while its event ids were read; closing it.");
+            disconnect(master, peers, &peer);
+        }
+        return;
+    }
     match outcome {
         Outcome::Finished { peer, handshake } => {
             // Gone while its Hello3 was on a worker: no session for it.
@@ -625,12 +673,44 @@ async fn open_session(
     let facts = if is_accepted { hello.facts } else { Value::Null };
     master.sessions.open(peer.clone(), &hello.agent, accepted.remote, facts.clone(), accepted.sealer, is_accepted);
     master.sessions.note_version(&peer, &hello.version);
+    if is_accepted && let Some((primer, answers)) = &peers.primer {
+        // What the session sends is held until its agent's recorded ids
+        // are in (`take_primed`): the hot path of later events is not
+        // touched.
+        peers.priming.insert(peer.clone(), Vec::new());
+        let (primer, answers, agent, peer) = (primer.clone(), answers.clone(), hello.agent.clone(), peer.clone());
+        tokio::spawn(async move {
+            let ids = primer.recent_ids(&agent).await;
+            let _ = answers.send(Primed { peer, agent, ids }).await;
+        });
+    }
     if is_accepted {
         welcome(master, peer, &hello.agent, &hello.version, facts).await;
     } else {
         tracing::info!(agent = %hello.agent, fingerprint = %accepted.remote, status = admission.status.as_str(), "An agent whose key is not accepted connected.");
         let status = admission.status.as_str().to_owned();
         let _ = master.sessions.send_to_peer(peer, &MasterMessage::NotAccepted { status }).await;
+    }
+}
+
+/// A session's agent's recorded event ids are in (or could not be read):
+/// remember them as seen, then take what the session sent meanwhile.
+async fn take_primed(master: &Master, peers: &mut Peers, primed: Primed) {
+    // Gone meanwhile: nothing held.
+    let Some(held) = peers.priming.remove(&primed.peer) else { return };
+    match primed.ids {
+        Ok(ids) => {
+            // Oldest first, so that the newest are the last forgotten.
+            let ids: Vec<halite_proto::Id> = ids.into_iter().rev().collect();
+            let known = master.sessions.sights(&primed.agent, &ids).into_iter().filter(|fresh| !fresh).count();
+            tracing::debug!(agent = %primed.agent, ids = ids.len(), known, "Took the agent's recorded event ids.");
+        }
+        Err(error) => {
+            tracing::warn!(agent = %primed.agent, %error, "Taking the session without the event ids PostgreSQL holds: a resent event another master recorded may be reacted to again.");
+        }
+    }
+    for outcome in held {
+        decoded(master, peers, outcome).await;
     }
 }
 

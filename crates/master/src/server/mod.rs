@@ -12,6 +12,9 @@
 //!   through a full disk, checked at start, retained, backed up; or the
 //!   records (and every agent event) in PostgreSQL, spooled locally while
 //!   it is unreachable (`store/postgres.rs`, `store/spool.rs`).
+//! - [`cluster`] — with PostgreSQL, the control plane between masters:
+//!   shared keys (LISTEN/NOTIFY), the singletons' lease, session epochs,
+//!   each master's tree version.
 //! - [`bus`] — the outside publisher and the in-process tail; [`ledger`]:
 //!   what the bus said about each agent.
 //! - [`jobs`] — sending states to agents and waiting for results.
@@ -46,6 +49,7 @@ pub mod acks;
 pub mod apply;
 pub mod audit;
 pub mod bus;
+pub mod cluster;
 pub mod cmd;
 pub mod compliance;
 pub mod context;
@@ -128,6 +132,13 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     let keys = crate::server::keys::KeyStore::open(&store, &config.data_dir, &config.auto_accept)
         .await?
         .with_enrolment(&config.enrolment)?;
+    // With PostgreSQL, keys, session epochs, the singletons and the
+    // schedule's ticks are shared with the other masters on it.
+    let share = store.postgres().map(|_| tokio::sync::mpsc::channel(crate::server::keys::SHARE_QUEUE));
+    let keys = match &share {
+        Some((tx, _)) => keys.with_sharing(tx.clone()),
+        None => keys,
+    };
     let fetcher = crate::server::fetch::Fetcher::new(&config.fetch, &config.data_dir)?;
     let jobs = Jobs::new(sessions.clone(), bus.clone(), JOB_TIMEOUT).with_store(store.clone()).with_fetcher(fetcher);
     expect_unanswered(&jobs, &config).await;
@@ -138,6 +149,30 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     spawn_store_upkeep(&store, &bus, retention, cancel.clone());
     let tree = Arc::new(RwLock::new(Arc::new(tree)));
     let engine = Engine::new(tree.clone(), jobs.clone(), bus.clone());
+    let cluster = match (store.postgres().cloned(), share) {
+        (Some(target), Some(share)) => {
+            let parts =
+                crate::server::cluster::Parts { keys: keys.clone(), sessions: sessions.clone(), bus: bus.clone() };
+            let work = crate::server::cluster::singletons::Work {
+                schedule: config.schedule.clone(),
+                retention,
+                pending_expire: config.enrolment.pending_expire,
+            };
+            let name = listen.to_string();
+            let tree = (config.states.clone(), tree.clone());
+            Some(crate::server::cluster::start(
+                target,
+                name,
+                &config.data_dir,
+                tree,
+                parts,
+                share,
+                work,
+                cancel.clone(),
+            ))
+        }
+        _ => None,
+    };
     let fingerprint = keypair.public;
     let limits = crate::server::limits::Limits {
         max_event_bytes: config.max_event_bytes,
@@ -148,7 +183,20 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         tokio::task::spawn_blocking(move || crate::server::access::Access::open(&access_path, &roles)).await??;
     let access = access.with_certificates(&config.access.certificates);
     let inventory = crate::server::inventory::Inventories::default();
-    let master = Arc::new(Master { keypair, keys, tree, sessions, jobs, engine, bus, limits, inventory, access });
+    let cluster_view = cluster.as_ref().map(|c| c.view.clone());
+    let master = Arc::new(Master {
+        keypair,
+        keys,
+        tree,
+        sessions,
+        jobs,
+        engine,
+        bus,
+        limits,
+        inventory,
+        access,
+        cluster: cluster_view,
+    });
     let control = crate::server::control::serve(master.clone(), &config.data_dir, cancel.clone()).await?;
     let api = match &config.api {
         Some(api) => Some(crate::http::start(master.clone(), api, &config.data_dir, cancel.clone()).await?),
@@ -157,7 +205,16 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     let enforce = crate::server::reload::Enforce::of(&config);
     crate::server::reload::spawn(master.clone(), config.states.clone(), enforce, cancel.clone())
         .with_context(|| format!("cannot watch the state tree {}", config.states.display()))?;
-    crate::server::schedule::spawn(master.clone(), config.schedule.clone(), cancel.clone());
+    match &cluster {
+        // The singletons' leader ticks; every master applies to its agents.
+        Some(cluster) => crate::server::schedule::spawn_on_ticks(
+            master.clone(),
+            config.schedule.clone(),
+            &cluster.ticks,
+            cancel.clone(),
+        ),
+        None => crate::server::schedule::spawn(master.clone(), config.schedule.clone(), cancel.clone()),
+    }
 
     let mut ready = format!("ready listen={listen} publish={publish} key={fingerprint}");
     if let Some((url, _)) = &api {
@@ -305,6 +362,10 @@ fn spawn_store_upkeep(
             bus.publish(halite_proto::Event::new(tag, "", data));
         }
     });
+    if store.postgres().is_some() {
+        // The singletons' leader applies it (`cluster/singletons.rs`).
+        return;
+    }
     let store = store.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(crate::server::store::RETENTION_INTERVAL);

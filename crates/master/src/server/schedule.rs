@@ -37,6 +37,43 @@ pub fn spawn(master: Arc<Master>, entries: Vec<ScheduleEntry>, cancel: Cancellat
     }
 }
 
+/// As [`spawn`], with several masters: the entries run when the
+/// singletons' leader ticks them (`cluster/singletons.rs`, told through
+/// `ticks`), each master for the agents connected to it.
+pub fn spawn_on_ticks(
+    master: Arc<Master>,
+    entries: Vec<ScheduleEntry>,
+    ticks: &tokio::sync::broadcast::Sender<String>,
+    cancel: CancellationToken,
+) {
+    for entry in entries {
+        let Ok(target) = Target::parse(&entry.target) else {
+            tracing::error!(schedule = %entry.name, target = %entry.target, "A schedule's target does not parse; it never runs.");
+            continue;
+        };
+        tracing::info!(schedule = %entry.name, every = ?entry.every, splay = ?entry.splay, test = entry.test, "Scheduled enforcement, ticked by the singletons' leader.");
+        let mut ticked = ticks.subscribe();
+        let (master, entry, cancel) = (master.clone(), Arc::new(entry), cancel.clone());
+        tokio::spawn(async move {
+            let running: Arc<Mutex<HashSet<String>>> = Arc::default();
+            loop {
+                let name = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    name = ticked.recv() => name,
+                };
+                match name {
+                    Ok(name) if name == entry.name => run_once(&master, &entry, &target, &running, &cancel),
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(schedule = %entry.name, missed, "Missed schedule ticks; the next one runs.");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+}
+
 async fn run(master: Arc<Master>, entry: Arc<ScheduleEntry>, target: Target, cancel: CancellationToken) {
     let start = tokio::time::Instant::now() + entry.every;
     let mut ticks = tokio::time::interval_at(start, entry.every);
@@ -48,7 +85,21 @@ async fn run(master: Arc<Master>, entry: Arc<ScheduleEntry>, target: Target, can
             () = cancel.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        for agent in master.jobs.agents_matching(&target) {
+        run_once(&master, &entry, &target, &running, &cancel);
+    }
+}
+
+/// One run of `entry`: each matching agent here, after its splay offset,
+/// unless its last run is still going.
+fn run_once(
+    master: &Arc<Master>,
+    entry: &Arc<ScheduleEntry>,
+    target: &Target,
+    running: &Arc<Mutex<HashSet<String>>>,
+    cancel: &CancellationToken,
+) {
+    {
+        for agent in master.jobs.agents_matching(target) {
             if !running.lock().unwrap_or_else(|p| p.into_inner()).insert(agent.clone()) {
                 tracing::warn!(schedule = %entry.name, agent = %agent, "The last scheduled run has not finished; skipped this time.");
                 continue;

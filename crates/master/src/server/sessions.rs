@@ -141,6 +141,9 @@ pub enum SendError {
 pub struct Sessions {
     table: Arc<Mutex<Table>>,
     sender: RouterSendHalf,
+    /// With several masters: told the agent of every accepted session
+    /// opened, to bump its session epoch (`cluster/epochs.rs`).
+    opened: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<String>>>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -151,7 +154,38 @@ impl std::fmt::Debug for Sessions {
 
 impl Sessions {
     pub fn new(sender: RouterSendHalf) -> Self {
-        Sessions { table: Arc::default(), sender }
+        Sessions { table: Arc::default(), sender, opened: Arc::default() }
+    }
+
+    /// Tells `opened` the agent of every accepted session opened from now
+    /// on (never waits: a full queue is logged by the caller's side, not
+    /// here, and skipped).
+    pub fn tell_opened(&self, opened: tokio::sync::mpsc::Sender<String>) {
+        let _ = self.opened.set(opened);
+    }
+
+    /// Whether `agent` has an accepted session here.
+    pub fn is_served(&self, agent: &str) -> bool {
+        self.lock().by_agent.contains_key(agent)
+    }
+
+    /// Ends every session of `agent` and closes their connections (another
+    /// master serves it now); returns them.
+    pub fn close_agent(&self, agent: &str) -> Vec<Bytes> {
+        let peers: Vec<Bytes> = {
+            let mut table = self.lock();
+            let peers: Vec<Bytes> =
+                table.by_peer.iter().filter(|(_, s)| s.agent == agent).map(|(p, _)| p.clone()).collect();
+            for peer in &peers {
+                table.by_peer.remove(peer);
+            }
+            table.by_agent.remove(agent);
+            peers
+        };
+        for peer in &peers {
+            self.disconnect(peer);
+        }
+        peers
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
@@ -178,6 +212,12 @@ impl Sessions {
         table.by_peer.insert(peer.clone(), session);
         if accepted {
             Self::claim(&mut table, agent, peer);
+            drop(table);
+            if let Some(opened) = self.opened.get()
+                && opened.try_send(agent.to_owned()).is_err()
+            {
+                tracing::warn!(agent, "Too many session epochs wait for PostgreSQL; this session's is not written.");
+            }
         }
     }
 

@@ -61,6 +61,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 pub mod postgres;
+pub mod prime;
 pub mod records;
 pub mod spool;
 

@@ -54,6 +54,11 @@ pub struct AgentView {
     pub last_restore_latency_us: Option<i64>,
     /// The newest job sent to this agent (only in one agent's detail).
     pub last_job: Option<String>,
+    /// With several masters: the master the agent's session is on (its
+    /// link's address).
+    pub master: Option<String>,
+    /// That master's tree version (a hash of its tree's files).
+    pub tree: Option<String>,
 }
 
 impl From<AgentRow> for AgentView {
@@ -83,6 +88,8 @@ impl From<AgentRow> for AgentView {
             last_restore_us: row.last_receipt.as_ref().map(|r| r.at_us),
             last_restore_latency_us: row.last_receipt.as_ref().and_then(|r| r.latency_us),
             last_job: None,
+            master: row.master,
+            tree: row.tree,
         }
     }
 }

@@ -23,8 +23,9 @@
 //!
 //! The schema is versioned in `halite_schema` and migrated on start in one
 //! transaction under an advisory lock (masters starting together migrate
-//! once). Keys stay in the master's local halite.db this session (the SQLite
-//! writer persists them; see README "PostgreSQL store").
+//! once). Keys are persisted by the SQLite writer in each master's
+//! halite.db, and shared between masters through the `keys` table by
+//! `server/cluster/` (README "Running several masters").
 //!
 //! The password never comes from the URL (master.yaml is shown and logged):
 //! it comes from `password_file` or `HALITE_PG_PASSWORD`; [`PgTarget`]
@@ -65,12 +66,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const PASSWORD_ENV: &str = "HALITE_PG_PASSWORD";
 
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// `MIGRATIONS[n]` takes the schema from version n to n + 1. Append only.
 /// Tables other modules add to halite.db (`store.rs`'s list) get their
 /// PostgreSQL form appended here.
-const MIGRATIONS: [&str; 1] = [V1];
+const MIGRATIONS: [&str; 3] = [V1, V2_EVENTS_BY_AGENT, V3_CONTROL_PLANE];
 
 const V1: &str = "
 CREATE TABLE jobs (
@@ -118,6 +119,49 @@ CREATE TABLE events (
     recorded_us BIGINT NOT NULL
 );
 CREATE INDEX events_by_time ON events (time_us);
+";
+
+/// An agent's newest event ids, read when its session starts on a master
+/// (`prime.rs`): one index range, not a scan of every agent's events.
+const V2_EVENTS_BY_AGENT: &str = "
+CREATE INDEX events_by_agent ON events (agent, time_us);
+";
+
+/// The control plane shared by several masters (`server/cluster/`): keys,
+/// the singletons' lease, each agent's session epoch, each master's tree
+/// version. Times that masters compare are PostgreSQL's own clock
+/// (`TIMESTAMPTZ`), so masters' clocks need not agree.
+const V3_CONTROL_PLANE: &str = "
+CREATE TABLE keys (
+    id      TEXT NOT NULL,
+    key     TEXT NOT NULL,
+    status  TEXT NOT NULL,
+    since   BIGINT NOT NULL,
+    PRIMARY KEY (id, key)
+);
+CREATE TABLE leases (
+    name    TEXT PRIMARY KEY,
+    holder  TEXT NOT NULL,
+    epoch   BIGINT NOT NULL,
+    expires TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE schedule_ticks (
+    name    TEXT PRIMARY KEY,
+    epoch   BIGINT NOT NULL,
+    tick    BIGINT NOT NULL,
+    at      TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE agent_sessions (
+    agent   TEXT PRIMARY KEY,
+    epoch   BIGINT NOT NULL,
+    master  TEXT NOT NULL,
+    since   TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE masters (
+    name      TEXT PRIMARY KEY,
+    tree      TEXT NOT NULL,
+    heartbeat TIMESTAMPTZ NOT NULL
+);
 ";
 
 /// An arbitrary constant: the advisory lock key migrations take.
@@ -236,6 +280,37 @@ impl PgTarget {
         Ok(PgTarget { config, shown, tls })
     }
 
+    /// Connects, and drives the connection on the current runtime,
+    /// handing every notification (`LISTEN`) to `notifications`. The
+    /// channel is bounded: while it is full the connection is not read,
+    /// and PostgreSQL queues the notifications for it. The sender is
+    /// dropped when the connection ends, which is how the listener learns
+    /// it must reconnect.
+    pub async fn connect_listening(
+        &self,
+        notifications: mpsc::Sender<tokio_postgres::Notification>,
+    ) -> Result<Client, PgError> {
+        let error = |source| PgError::Postgres { target: self.shown.clone(), source };
+        let attempt = async {
+            match &self.tls {
+                None => {
+                    let (client, connection) = self.config.connect(tokio_postgres::NoTls).await.map_err(error)?;
+                    tokio::spawn(drive_listening(connection, self.shown.clone(), notifications));
+                    Ok(client)
+                }
+                Some(tls) => {
+                    let tls = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
+                    let (client, connection) = self.config.connect(tls).await.map_err(error)?;
+                    tokio::spawn(drive_listening(connection, self.shown.clone(), notifications));
+                    Ok(client)
+                }
+            }
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), attempt)
+            .await
+            .map_err(|_| PgError::Timeout { target: self.shown.clone() })?
+    }
+
     /// Connects, and drives the connection on the current runtime.
     pub async fn connect(&self) -> Result<Client, PgError> {
         let error = |source| PgError::Postgres { target: self.shown.clone(), source };
@@ -270,9 +345,35 @@ where
     }
 }
 
+async fn drive_listening<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    target: String,
+    notifications: mpsc::Sender<tokio_postgres::Notification>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio_postgres::tls::TlsStream + Unpin,
+{
+    use futures_util::StreamExt as _;
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    while let Some(message) = messages.next().await {
+        match message {
+            Ok(tokio_postgres::AsyncMessage::Notification(notification)) => {
+                if notifications.send(notification).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(store = %target, error = %describe(&error), "The PostgreSQL listening connection ended.");
+                return;
+            }
+        }
+    }
+}
+
 /// What PostgreSQL said (its message and SQLSTATE), or why the connection
 /// failed: tokio-postgres's own text is only "db error" for the former.
-fn describe(error: &tokio_postgres::Error) -> String {
+pub fn describe(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
         None => {
@@ -562,13 +663,21 @@ fn unreachable_code(code: Option<&str>) -> bool {
 /// PostgreSQL does not give freed space back without VACUUM FULL, so
 /// `max_bytes` does not apply here (autovacuum reuses the space).
 async fn retain_now(client: &mut Client, limits: Retention) -> Result<u64, tokio_postgres::Error> {
-    let cutoff = now_us().saturating_sub(i64::try_from(limits.max_age.as_micros()).unwrap_or(i64::MAX));
     let tx = client.transaction().await?;
+    let jobs = retain_in(&tx, limits).await?;
+    tx.commit().await?;
+    Ok(jobs)
+}
+
+/// [`retain_now`]'s deletes within `tx`, which the caller commits: the
+/// singleton retention of several masters checks its lease in the same
+/// transaction (`server/cluster/lease.rs`).
+pub async fn retain_in(tx: &tokio_postgres::Transaction<'_>, limits: Retention) -> Result<u64, tokio_postgres::Error> {
+    let cutoff = now_us().saturating_sub(i64::try_from(limits.max_age.as_micros()).unwrap_or(i64::MAX));
     tx.execute("DELETE FROM job_results WHERE jid IN (SELECT jid FROM jobs WHERE created_us < $1)", &[&cutoff]).await?;
     tx.execute("DELETE FROM job_agents WHERE jid IN (SELECT jid FROM jobs WHERE created_us < $1)", &[&cutoff]).await?;
     let jobs = tx.execute("DELETE FROM jobs WHERE created_us < $1", &[&cutoff]).await?;
     tx.execute("DELETE FROM events WHERE time_us < $1", &[&cutoff]).await?;
-    tx.commit().await?;
     Ok(jobs)
 }
 

@@ -1,0 +1,141 @@
+//! A session epoch per agent (`agent_sessions`: agent, epoch, master,
+//! since): the master that starts an agent's session bumps its epoch and
+//! names itself, and `NOTIFY halite_sessions, '<agent>'`s. A master told
+//! of an agent whose row names another master now ([`stale`]) drops its
+//! own session of that agent at once, and so writes nothing more for it:
+//! an agent is served by one master at a time, the last it reached.
+//!
+//! The bumps are batched (one transaction per batch, one notification per
+//! agent in it): a fleet re-homing after a master's death costs a few
+//! commits, not one per agent. Opened sessions wait in a bounded queue
+//! ([`OPENED_QUEUE`]); one that finds it full is not written (logged), and
+//! the agent's row stays with its previous master until its next session.
+
+use std::collections::HashSet;
+
+use halite_proto::event::tag;
+use halite_proto::{Event, Value};
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use super::{BACKOFF, Parts, SESSIONS_CHANNEL};
+use crate::server::store::postgres::{PgTarget, describe};
+
+/// Sessions opened here waiting to be written.
+pub const OPENED_QUEUE: usize = 8192;
+const BATCH: usize = 1024;
+
+/// Starts the writer of this master's (`name`) session starts; returns
+/// where [`crate::server::sessions::Sessions::tell_opened`] sends them.
+pub fn spawn(target: PgTarget, name: String, cancel: CancellationToken) -> mpsc::Sender<String> {
+    let (opened, mut inbox) = mpsc::channel::<String>(OPENED_QUEUE);
+    tokio::spawn(async move {
+        let mut waiting: HashSet<String> = HashSet::new();
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut client: Option<Client> = None;
+        let mut backoff = BACKOFF.0;
+        loop {
+            let got = if waiting.is_empty() {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    n = inbox.recv_many(&mut batch, BATCH) => n,
+                }
+            } else {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    n = inbox.recv_many(&mut batch, BATCH) => n,
+                    () = tokio::time::sleep(backoff) => 1,
+                }
+            };
+            if got == 0 {
+                return;
+            }
+            waiting.extend(batch.drain(..));
+            if client.as_ref().is_none_or(Client::is_closed) {
+                client = target.connect().await.ok();
+            }
+            let Some(connected) = client.as_mut() else {
+                backoff = super::next_backoff(backoff);
+                continue;
+            };
+            let agents: Vec<String> = waiting.iter().cloned().collect();
+            let written =
+                tokio::time::timeout(crate::server::store::postgres::COMMIT_TIMEOUT, bump(connected, &name, &agents))
+                    .await;
+            match written {
+                Ok(Ok(())) => {
+                    waiting.clear();
+                    backoff = BACKOFF.0;
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(store = %target, error = %describe(&error), agents = agents.len(), "Cannot write session epochs; retried.");
+                    client = None;
+                    backoff = super::next_backoff(backoff);
+                }
+                Err(_) => {
+                    tracing::warn!(store = %target, agents = agents.len(), "PostgreSQL did not take the session epochs in time; retried.");
+                    client = None;
+                    backoff = super::next_backoff(backoff);
+                }
+            }
+        }
+    });
+    opened
+}
+
+/// Bumps the epoch of each of `agents` to a session on `master`, notifying.
+pub async fn bump(client: &mut Client, master: &str, agents: &[String]) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute(
+        "INSERT INTO agent_sessions AS s (agent, epoch, master, since)
+         SELECT agent, 1, $2, now() FROM unnest($1::text[]) AS agent
+         ON CONFLICT (agent) DO UPDATE SET epoch = s.epoch + 1, master = $2, since = now()",
+        &[&agents, &master],
+    )
+    .await?;
+    tx.execute(&format!("SELECT pg_notify('{SESSIONS_CHANNEL}', agent) FROM unnest($1::text[]) AS agent"), &[&agents])
+        .await?;
+    tx.commit().await
+}
+
+/// Of `agents`, those whose latest session is on another master than
+/// `master`, with that master and the epoch.
+pub async fn stale(
+    client: &Client,
+    master: &str,
+    agents: &[String],
+) -> Result<Vec<(String, String, i64)>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT agent, master, epoch FROM agent_sessions WHERE agent = ANY($1) AND master <> $2",
+            &[&agents, &master],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))).collect())
+}
+
+/// Drops this master's sessions of the agents another master serves now.
+pub async fn drop_stale(
+    client: &Client,
+    parts: &Parts,
+    master: &str,
+    agents: &[String],
+) -> Result<(), tokio_postgres::Error> {
+    let here: Vec<String> = agents.iter().filter(|a| parts.sessions.is_served(a)).cloned().collect();
+    if here.is_empty() {
+        return Ok(());
+    }
+    for (agent, other, epoch) in stale(client, master, &here).await? {
+        if parts.sessions.close_agent(&agent).is_empty() {
+            continue;
+        }
+        tracing::warn!(agent = %agent, master = %other, epoch, "The agent's session moved to another master; this one is stale and dropped.");
+        parts.bus.publish(Event::new(
+            tag::agent(&agent, "disconnected"),
+            agent.as_str(),
+            Value::map().with("reason", "moved").with("master", other.as_str()).with("epoch", epoch),
+        ));
+    }
+    Ok(())
+}
