@@ -99,6 +99,10 @@ pub struct LinkSettings {
     pub heartbeat: Duration,
     /// The wait between reconnects ([`RECONNECT`] unless a test says otherwise).
     pub backoff: Backoff,
+    /// How often an agent away from its first-ranked master probes the
+    /// better ranked ones, before jitter ([`crate::masters::RETURN_PROBE`]
+    /// unless agent.yaml's `return_probe` says otherwise).
+    pub return_probe: Duration,
 }
 
 /// The agent's reconnect schedule: 100 ms doubling to 10 s, jittered, so
@@ -114,7 +118,14 @@ impl LinkSettings {
 
     /// Settings for several masters (`masters:` in agent.yaml).
     pub fn with_masters(masters: Vec<MasterLink>, hello: Hello, keypair: Keypair) -> Self {
-        LinkSettings { masters, hello, keypair, heartbeat: Duration::from_secs(5), backoff: RECONNECT }
+        LinkSettings {
+            masters,
+            hello,
+            keypair,
+            heartbeat: Duration::from_secs(5),
+            backoff: RECONNECT,
+            return_probe: crate::masters::RETURN_PROBE,
+        }
     }
 }
 
@@ -638,7 +649,7 @@ async fn probe_better(
     loop {
         tokio::select! {
             () = cancel.cancelled() => return None,
-            () = tokio::time::sleep(crate::masters::return_delay()) => {}
+            () = tokio::time::sleep(crate::masters::return_delay(settings.return_probe)) => {}
         }
         for &index in better {
             match open(settings, index, cancel).await {
