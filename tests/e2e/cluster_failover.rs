@@ -29,21 +29,21 @@ const OVER_FAIR_SHARE: usize = 2;
 /// content is each agent's own).
 const CONF: &str = "/etc/motd";
 
-/// Agent ids for which each master ranks first exactly [`PER_MASTER`]
+/// Agent ids for which each master ranks first exactly `per_master`
 /// times. The masters' ports are chosen by the system, so a fixed list of
 /// ids could leave a master without agents in some runs; the evenness of
 /// the ranking over many ids is `masters.rs`'s unit test. This test checks
 /// that real agents follow their ranking, and what a kill does.
-fn ids_spread_over(listens: &[String]) -> Vec<String> {
+fn ids_spread_over(listens: &[String], per_master: usize) -> Vec<String> {
     let mut per = vec![0; listens.len()];
     let mut ids = Vec::new();
     for n in 0.. {
-        if per.iter().all(|&count| count == PER_MASTER) {
+        if per.iter().all(|&count| count == per_master) {
             break;
         }
         let id = format!("node-{n:03}");
         let first = halite_agent::masters::rank(&id, listens)[0];
-        if per[first] < PER_MASTER {
+        if per[first] < per_master {
             per[first] += 1;
             ids.push(id);
         }
@@ -63,7 +63,7 @@ fn ids_spread_over(listens: &[String]) -> Vec<String> {
 async fn a_killed_master_s_agents_fail_over_and_nothing_is_lost_or_done_twice() {
     let mut cluster = Cluster::start(MASTERS).await.unwrap();
     let result = async {
-        let ids = ids_spread_over(&cluster.listens);
+        let ids = ids_spread_over(&cluster.listens, PER_MASTER);
         let names: Vec<&str> = ids.iter().map(String::as_str).collect();
         cluster.add_agents(&names).await?;
         cluster.drain();
@@ -250,6 +250,59 @@ async fn a_resent_event_another_master_recorded_is_acknowledged_not_taken_again(
         anyhow::ensure!(acked, "master 1 did not acknowledge the resent event {}: {all:#?}", event.id);
         let rows = cluster.recorded_events().await?;
         anyhow::ensure!(rows.iter().filter(|row| row.id == id).count() == 1, "recorded once");
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        cluster.fail(&error);
+    }
+}
+
+/// A master that comes back gets back the agents that rank it first (each
+/// as its return probe finds it: `return_probe: 1s` here, 30 s by
+/// default), and no other agent moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_that_comes_back_gets_its_agents_back_and_only_them() {
+    let mut cluster = Cluster::start(MASTERS).await.unwrap();
+    let result = async {
+        let ids = ids_spread_over(&cluster.listens, 2);
+        let names: Vec<&str> = ids.iter().map(String::as_str).collect();
+        cluster.add_agents_with(&names, "return_probe: 1s\n").await?;
+        cluster.drain();
+        let listens = cluster.listens.clone();
+        let rank = |id: &str| halite_agent::masters::rank(id, &listens);
+        let (away, stay): (Vec<String>, Vec<String>) = ids.iter().cloned().partition(|id| rank(id)[0] == KILLED);
+        cluster.kill_master(KILLED).await;
+        for id in &away {
+            let second = rank(id)[1];
+            // Seen already while waiting for another's.
+            if cluster.home_of(id) == Some(second) {
+                continue;
+            }
+            cluster
+                .wait_for(&format!("{id} on master {second}"), |m, e| {
+                    m == second && e.tag == format!("halite/agent/{id}/connected")
+                })
+                .await?;
+        }
+        println!("agents per master with master {KILLED} down: {:?}", cluster.split());
+        cluster.restart_master(KILLED).await?;
+        let mut back = HashSet::new();
+        while back.len() < away.len() {
+            let (_, event) = cluster
+                .wait_for("the agents back on the restarted master", |m, e| {
+                    m == KILLED && e.tag.starts_with("halite/agent/") && e.tag.ends_with("/connected")
+                })
+                .await?;
+            let agent = event.tag.trim_start_matches("halite/agent/").trim_end_matches("/connected").to_owned();
+            anyhow::ensure!(away.contains(&agent), "{agent} moved to the restarted master though it ranks it lower");
+            back.insert(agent);
+        }
+        cluster.drain();
+        for id in &stay {
+            anyhow::ensure!(cluster.home_of(id) == Some(rank(id)[0]), "{id} moved: {:?}", cluster.home_of(id));
+        }
+        println!("agents per master after it came back: {:?}", cluster.split());
         anyhow::Ok(())
     }
     .await;

@@ -50,6 +50,10 @@ pub struct Cluster {
     pub key: String,
     binaries: Binaries,
     states: PathBuf,
+    /// The `store:` lines every master's master.yaml gets.
+    store: String,
+    /// Where the event readers send, for a restarted master's.
+    sender: mpsc::Sender<(usize, BusEvent)>,
     /// `None` once killed.
     masters: Vec<Option<MasterProcess>>,
     agents: Vec<AgentProcess>,
@@ -86,6 +90,8 @@ impl Cluster {
             key: String::new(),
             binaries,
             states,
+            store,
+            sender,
             masters: Vec::new(),
             agents: Vec::new(),
             events,
@@ -105,36 +111,56 @@ impl Cluster {
                 let key = cluster.dir.path().join("master-0/data/master.key");
                 std::fs::copy(&key, data.join("master.key")).context("cannot copy the master key")?;
             }
-            let listen = format!("tcp://127.0.0.{}:0", i + 2);
-            let master =
-                fleet::start_master_with(&cluster.binaries, &master_dir, &cluster.states, &listen, &["*"], &store)
-                    .await
-                    .with_context(|| format!("master {i}"))?;
-            if i == 0 {
-                cluster.key = master.key.clone();
-            }
-            anyhow::ensure!(master.key == cluster.key, "master {i} has key {}, not the cluster's", master.key);
-            let mut bus = Subscriber::connect(&master.publish, "halite/").await?;
-            let sender = sender.clone();
-            cluster.readers.push(tokio::spawn(async move {
-                while let Ok(event) = bus.next().await {
-                    if sender.send((i, event)).await.is_err() {
-                        return;
-                    }
-                }
-            }));
+            let master = cluster.start_master(i, &format!("tcp://127.0.0.{}:0", i + 2)).await?;
             cluster.listens.push(master.listen.clone());
             cluster.masters.push(Some(master));
         }
         Ok(cluster)
     }
 
+    /// Starts master `i` on `listen` and reads its events.
+    async fn start_master(&mut self, i: usize, listen: &str) -> anyhow::Result<MasterProcess> {
+        let dir = self.dir.path().join(format!("master-{i}"));
+        let master = fleet::start_master_with(&self.binaries, &dir, &self.states, listen, &["*"], &self.store)
+            .await
+            .with_context(|| format!("master {i}"))?;
+        if i == 0 && self.key.is_empty() {
+            self.key = master.key.clone();
+        }
+        anyhow::ensure!(master.key == self.key, "master {i} has key {}, not the cluster's", master.key);
+        let mut bus = Subscriber::connect(&master.publish, "halite/").await?;
+        let sender = self.sender.clone();
+        self.readers.push(tokio::spawn(async move {
+            while let Ok(event) = bus.next().await {
+                if sender.send((i, event)).await.is_err() {
+                    return;
+                }
+            }
+        }));
+        Ok(master)
+    }
+
+    /// Starts killed master `i` again on its address (its data dir, key
+    /// and store as before).
+    pub async fn restart_master(&mut self, i: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(self.master(i).is_none(), "master {i} runs");
+        let listen = self.listens[i].clone();
+        let master = self.start_master(i, &listen).await?;
+        self.masters[i] = Some(master);
+        Ok(())
+    }
+
     /// Starts agents listing every master, each awaited until its start-up
     /// apply has returned (from whichever master it chose).
     pub async fn add_agents(&mut self, ids: &[&str]) -> anyhow::Result<()> {
+        self.add_agents_with(ids, "").await
+    }
+
+    /// As [`Cluster::add_agents`], with `extra` (YAML keys) in each agent.yaml.
+    pub async fn add_agents_with(&mut self, ids: &[&str], extra: &str) -> anyhow::Result<()> {
         for id in ids {
             let dir = self.dir.path().join(format!("agent-{id}"));
-            let agent = fleet::start_agent_listing(&self.binaries, &dir, id, &self.listens, &self.key, "").await?;
+            let agent = fleet::start_agent_listing(&self.binaries, &dir, id, &self.listens, &self.key, extra).await?;
             self.agents.push(agent);
             let suffix = format!("/ret/{id}");
             self.wait_for(&format!("{id}'s start-up apply"), |_, e| {

@@ -27,6 +27,11 @@ pub struct AgentConfig {
     /// trusted by `master_key` (a cluster key all of them share) or `tofu`.
     #[serde(default)]
     pub masters: Option<Vec<MasterEntry>>,
+    /// With `masters`: how often an agent away from its first-ranked
+    /// master probes the better ranked ones (`30s` by default, at least
+    /// `1s`; each wait jittered to a half to all of it).
+    #[serde(default)]
+    pub return_probe: Option<String>,
     /// The master's public key, pinned (`halite-master keys fingerprint`
     /// prints it).
     #[serde(default)]
@@ -154,6 +159,8 @@ pub enum ConfigError {
         "{path}:{master_line}: `master` and {path}:{masters_line}: `masters` are both set; keep one: `masters` (a list of one address works too) or `master`"
     )]
     BothMasters { path: PathBuf, master_line: u64, masters_line: u64 },
+    #[error("{path}: `return_probe: {value}`: {reason}; write a duration of at least 1s, e.g. `30s`")]
+    BadReturnProbe { path: PathBuf, value: String, reason: String },
     #[error("{path}:{line}: `masters` is empty; list at least one master's address, or use `master`")]
     NoMasters { path: PathBuf, line: u64 },
     #[error("{path}:{line}: `masters` lists {address} twice; list each master once")]
@@ -192,6 +199,14 @@ impl AgentConfig {
                 .map_err(|source| ConfigError::BadMasterKey { path: path.to_path_buf(), source })?;
         }
         let every_master_keyed = config.check_masters(path, &text)?;
+        if let Some(value) = &config.return_probe {
+            let bad =
+                |reason: String| ConfigError::BadReturnProbe { path: path.to_path_buf(), value: value.clone(), reason };
+            let every = humantime::parse_duration(value).map_err(|e| bad(e.to_string()))?;
+            if every < crate::masters::MIN_RETURN_PROBE {
+                return Err(bad("shorter than 1s".into()));
+            }
+        }
         if config.master_key.is_none() && !config.tofu && !every_master_keyed {
             return Err(ConfigError::NoTrust { path: path.to_path_buf() });
         }
@@ -271,6 +286,15 @@ impl AgentConfig {
                 .collect(),
             None => vec![crate::link::MasterLink { endpoint: self.master.clone(), trust: self.trust() }],
         }
+    }
+
+    /// How often to probe better-ranked masters (`return_probe`, checked
+    /// when the file loaded).
+    pub fn return_probe(&self) -> std::time::Duration {
+        self.return_probe
+            .as_deref()
+            .and_then(|value| humantime::parse_duration(value).ok())
+            .unwrap_or(crate::masters::RETURN_PROBE)
     }
 
     /// The masters' addresses, for the log.
@@ -431,6 +455,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("agent.yaml:6: `masters` lists tcp://b:1 twice"), "{error}");
+        let error = load(&format!("id: web01\n{key}return_probe: 10ms\n")).unwrap_err().to_string();
+        assert!(error.contains("`return_probe: 10ms`: shorter than 1s"), "{error}");
+        let config = load(&format!("id: web01\n{key}return_probe: 2s\n")).unwrap();
+        assert_eq!(config.return_probe(), std::time::Duration::from_secs(2));
         // A master without a key of its own needs the shared key or tofu.
         let error = load(&format!(
             "id: web01\nmasters:\n  - {{address: tcp://b:1, key: {}}}\n  - tcp://c:1\n",

@@ -66,7 +66,10 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
         facts = facts.with(halite_proto::message::ENROL_TOKEN_FACT, text.lines().next().unwrap_or("").trim());
     }
     let hello = Hello { agent: id.clone(), version: env!("CARGO_PKG_VERSION").into(), facts };
-    let settings = LinkSettings::with_masters(config.master_links(), hello, keypair.clone());
+    let settings = LinkSettings {
+        return_probe: config.return_probe(),
+        ..LinkSettings::with_masters(config.master_links(), hello, keypair.clone())
+    };
     let stop_link = CancellationToken::new();
     let link = link::spawn(settings, outbox, stop_link.clone());
     let (outbound, mut link_events, mut status) = (link.outbound, link.events, link.status);

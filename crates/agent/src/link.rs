@@ -99,6 +99,10 @@ pub struct LinkSettings {
     pub heartbeat: Duration,
     /// The wait between reconnects ([`RECONNECT`] unless a test says otherwise).
     pub backoff: Backoff,
+    /// How often an agent away from its first-ranked master probes the
+    /// better ranked ones, before jitter ([`crate::masters::RETURN_PROBE`]
+    /// unless agent.yaml's `return_probe` says otherwise).
+    pub return_probe: Duration,
 }
 
 /// The agent's reconnect schedule: 100 ms doubling to 10 s, jittered, so
@@ -114,7 +118,14 @@ impl LinkSettings {
 
     /// Settings for several masters (`masters:` in agent.yaml).
     pub fn with_masters(masters: Vec<MasterLink>, hello: Hello, keypair: Keypair) -> Self {
-        LinkSettings { masters, hello, keypair, heartbeat: Duration::from_secs(5), backoff: RECONNECT }
+        LinkSettings {
+            masters,
+            hello,
+            keypair,
+            heartbeat: Duration::from_secs(5),
+            backoff: RECONNECT,
+            return_probe: crate::masters::RETURN_PROBE,
+        }
     }
 }
 
@@ -373,8 +384,10 @@ impl Link {
     /// agent's ranking of the masters from the top and keeps the first
     /// session that opens; when every master failed, the round waits its
     /// backoff. A lost session starts a new round after the backoff's
-    /// first, short wait: from the top, so a master that is back is found
-    /// first.
+    /// first, short wait, which skips the master just lost (when there is
+    /// another): a dead master costs its agents no connect timeout, and
+    /// one that only blinked gets its agents back through the return
+    /// probes.
     async fn run(mut self) {
         let endpoints: Vec<&str> = self.settings.masters.iter().map(|m| m.endpoint.as_str()).collect();
         let order = crate::masters::rank(&self.settings.hello.agent, &endpoints);
@@ -382,10 +395,16 @@ impl Link {
         let mut failures: u32 = 0;
         // A session a return probe opened, waiting to be pumped.
         let mut returned: Option<(usize, DealerSocket, Session)> = None;
+        // The master whose session was just lost: skipped in the next round.
+        let mut skip: Option<usize> = None;
         loop {
             let mut refused = false;
             let mut rank = 0;
             while rank < order.len() {
+                if returned.is_none() && order.len() > 1 && skip == Some(order[rank]) {
+                    rank += 1;
+                    continue;
+                }
                 let (index, opened) = match returned.take() {
                     Some((index, socket, session)) => (index, Ok((socket, session))),
                     None => (order[rank], self.connect(order[rank]).await),
@@ -408,10 +427,12 @@ impl Link {
                                 continue;
                             }
                             End::Lost(why) => {
+                                skip = Some(index);
                                 tracing::warn!(master = %endpoint, reason = %why, "Session with the master lost; reconnecting.");
                                 let _ = self.inbound.send(LinkEvent::Down(why)).await;
                             }
                             End::Refused(why) => {
+                                skip = Some(index);
                                 let _ = self.inbound.send(LinkEvent::Down(why.to_string())).await;
                             }
                         }
@@ -432,6 +453,7 @@ impl Link {
                 rank += 1;
             }
             if rank >= order.len() {
+                skip = None;
                 // No master answered in this round. A refusal (a master
                 // that is not ours) slows the retries down more.
                 failures = failures.saturating_add(if refused { 8 } else { 1 });
@@ -627,7 +649,7 @@ async fn probe_better(
     loop {
         tokio::select! {
             () = cancel.cancelled() => return None,
-            () = tokio::time::sleep(crate::masters::return_delay()) => {}
+            () = tokio::time::sleep(crate::masters::return_delay(settings.return_probe)) => {}
         }
         for &index in better {
             match open(settings, index, cancel).await {

@@ -12,8 +12,8 @@
 //! table.
 //!
 //! An agent on a master other than its first choice probes the better
-//! ranked ones every [`RETURN_PROBE`] (jittered to a half to all of it,
-//! [`return_delay`]) and moves back to the first that answers: agents of a
+//! ranked ones every [`RETURN_PROBE`] (agent.yaml's `return_probe`;
+//! jittered to a half to all of it, [`return_delay`]) and moves back to the first that answers: agents of a
 //! master that comes back return over that spread, not all at once.
 
 use std::time::Duration;
@@ -47,11 +47,15 @@ pub fn rank<S: AsRef<str>>(agent: &str, masters: &[S]) -> Vec<usize> {
     order.into_iter().map(|(_, i)| i).collect()
 }
 
+/// The shortest `return_probe` agent.yaml may set.
+pub const MIN_RETURN_PROBE: Duration = Duration::from_secs(1);
+
 /// The wait before the next probe of better-ranked masters: a half to all
-/// of [`RETURN_PROBE`], so the agents of a master that comes back do not
-/// all reconnect to it in the same instant.
-pub fn return_delay() -> Duration {
-    halite_proto::Backoff::new(RETURN_PROBE, RETURN_PROBE).delay(0)
+/// of `every` ([`RETURN_PROBE`] unless agent.yaml's `return_probe` says
+/// otherwise), so the agents of a master that comes back do not all
+/// reconnect to it in the same instant.
+pub fn return_delay(every: Duration) -> Duration {
+    halite_proto::Backoff::new(every, every).delay(0)
 }
 
 #[cfg(test)]
@@ -123,7 +127,7 @@ mod tests {
     #[test]
     fn the_return_probe_is_jittered_within_its_bounds() {
         for _ in 0..100 {
-            let delay = return_delay();
+            let delay = return_delay(RETURN_PROBE);
             assert!(delay >= RETURN_PROBE / 2 && delay <= RETURN_PROBE, "{delay:?}");
         }
     }
