@@ -145,3 +145,23 @@ async fn read(connection: &Mutex<Connection>, agent: &str) -> Result<Vec<Id>, Pr
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// PostgreSQL unreachable: the first session waits for one failed
+    /// connection, the next ones are answered at once until
+    /// [`RETRY_AFTER`] has passed (a fleet re-homing in an outage does not
+    /// each wait a timeout).
+    #[tokio::test]
+    async fn an_unreachable_store_is_not_tried_again_for_each_session() {
+        // Nothing listens on port 1 of loopback: refused at once.
+        let target = PgTarget::new("postgres://halite@127.0.0.1:1/halite?sslmode=disable", None, None).unwrap();
+        let primer = Primer::spawn(target);
+        let first = primer.recent_ids("web01").await.unwrap_err();
+        assert!(matches!(first, PrimeError::Store(_)), "{first}");
+        let second = primer.recent_ids("web02").await.unwrap_err();
+        assert!(matches!(second, PrimeError::CoolingDown), "{second}");
+    }
+}
