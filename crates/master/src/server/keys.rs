@@ -247,6 +247,10 @@ struct Table {
     facts: HashMap<Pair, Facts>,
     /// When pending keys were last swept for expiry (seconds).
     swept: u64,
+    /// With sharing: keys first seen here and not yet written to the
+    /// shared store, which a re-read of their id must not forget (bounded
+    /// by the keys held).
+    unshared: HashSet<Pair>,
 }
 
 /// An accepted key's facts: what the master trusts, and what is held.
@@ -488,15 +492,24 @@ impl KeyStore {
     }
 
     /// A key first seen here goes to the shared store (never waits).
-    fn share_new(&self, id: &str) {
-        if let Some(share) = &self.share
-            && share.try_send(ShareRequest { ids: vec![id.to_owned()], replace: false, done: None }).is_err()
-        {
+    fn share_new(&self, id: &str, key: &PublicKey) {
+        let Some(share) = &self.share else { return };
+        // Kept until written, even when the queue is full: it then stays
+        // this master's alone (see `SHARE_QUEUE`).
+        self.lock().unshared.insert((id.to_owned(), *key));
+        if share.try_send(ShareRequest { ids: vec![id.to_owned()], replace: false, done: None }).is_err() {
             tracing::warn!(
                 agent = id,
                 "Too many key changes wait for the shared store; this new key is not shared (it is when an operator decides about it)."
             );
         }
+    }
+
+    /// The keys of `ids` were written to the shared store: a re-read may
+    /// now forget them if another master deleted them.
+    pub fn shared_done(&self, ids: &[String]) {
+        let written: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        self.lock().unshared.retain(|(id, _)| !written.contains(id.as_str()));
     }
 
     /// Every key of the agent ids `ids`, as memory holds them.
@@ -531,7 +544,12 @@ impl KeyStore {
         let mut synced = Synced::default();
         let mut table = self.lock();
         let wake = table.dirty.is_empty();
-        let removed = table.remove_where(|pair, _| in_scope(&pair.0) && !target.contains_key(pair));
+        // A key first seen here whose row is not written yet is not
+        // missing from the shared store: it is on its way there.
+        let unshared = std::mem::take(&mut table.unshared);
+        let removed =
+            table.remove_where(|pair, _| in_scope(&pair.0) && !target.contains_key(pair) && !unshared.contains(pair));
+        table.unshared = unshared;
         for (pair, record) in &removed {
             if record.status == KeyStatus::Accepted {
                 synced.lost.push((entry(pair, *record), None));
@@ -693,7 +711,7 @@ impl KeyStore {
                 let _ = share.try_send(ShareRequest { ids: vec![id.to_owned()], replace: true, done: None });
             }
         } else {
-            self.share_new(id);
+            self.share_new(id, key);
         }
         Ok(Arrival { admission: Admission { status, new: true }, facts, held })
     }
@@ -802,7 +820,7 @@ impl KeyStore {
         if wake {
             self.store.wake();
         }
-        self.share_new(id);
+        self.share_new(id, key);
         Admission { status, new: true }
     }
 
@@ -1249,6 +1267,9 @@ mod tests {
         let keys = keys.with_sharing(share);
         let web01 = key();
         assert_eq!(keys.admit("web01", &web01).status, KeyStatus::Pending);
+        // Not written yet: a re-read of its id that lacks it keeps it.
+        assert_eq!(keys.sync(Some(&["web01".to_owned()]), &[]).changed, 0);
+        assert_eq!(keys.status("web01", &web01), Some(KeyStatus::Pending));
         let first = queued.recv().await.unwrap();
         assert_eq!(
             (first.ids.as_slice(), first.replace, first.done.is_none()),
@@ -1263,7 +1284,11 @@ mod tests {
         });
         assert!(keys.share(vec!["web01".into()]).await);
         assert_eq!(writer.await.unwrap(), ["web01"]);
-        assert_eq!(keys.entries_of(&["web01".into()]).len(), 1);
+        // Written: another master's deletion is applied.
+        keys.shared_done(&["web01".to_owned()]);
+        assert_eq!(keys.sync(Some(&["web01".to_owned()]), &[]).changed, 1);
+        assert_eq!(keys.status("web01", &web01), None);
+        assert!(keys.entries_of(&["web01".into()]).is_empty());
         // Expiry is the leader's: a sweep here forgets nothing.
         let old = key();
         keys.admit("old01", &old);

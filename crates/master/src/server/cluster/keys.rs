@@ -111,6 +111,7 @@ pub async fn write(
         };
         match result {
             Ok(()) => {
+                keys.shared_done(&waiting.keys().cloned().collect::<Vec<_>>());
                 waiting.clear();
                 backoff = BACKOFF.0;
                 for tell in done.drain(..) {
