@@ -125,6 +125,11 @@ async fn url_sources_are_fetched_by_the_master_checked_and_applied() {
         ("/motd".to_owned(), motd.clone()),
         ("/app.tar.gz".to_owned(), app.clone()),
         ("/repo.gpg".to_owned(), key_packet()),
+        ("/dist/app.conf".to_owned(), b"port = 8080\n".to_vec()),
+        (
+            "/dist/SHA256SUMS".to_owned(),
+            format!("{}  other\n{}  app.conf\n", sha256(b"x"), sha256(b"port = 8080\n")).into_bytes(),
+        ),
     ])));
     let (port, ca) = https_server(bodies.clone()).await.unwrap();
     let ca_file = scratch.path().join("mirror-ca.pem");
@@ -134,6 +139,7 @@ async fn url_sources_are_fetched_by_the_master_checked_and_applied() {
         "mirror-motd:\n  file.managed:\n    path: /etc/motd-url\n    source: {base}/motd\n    source_hash: sha256={}\n\
          mirror-app:\n  archive.extracted:\n    name: /opt/app\n    source: {base}/app.tar.gz\n    source_hash: {}\n\
          mirror-gone:\n  file.managed:\n    path: /etc/gone\n    source: {base}/gone\n    skip_verify: true\n\
+         mirror-conf:\n  file.managed:\n    path: /etc/app.conf\n    source: {base}/dist/app.conf\n    source_hash: {base}/dist/SHA256SUMS\n\
          mirror-repo:\n  pkgrepo.managed:\n    name: deb {base}/debian bookworm main\n    file: /etc/apt/sources.list.d/mirror.list\n    key_url: {base}/repo.gpg\n    keyid: '{}'\n",
         sha256(&motd),
         sha256(&app),
@@ -149,6 +155,9 @@ async fn url_sources_are_fetched_by_the_master_checked_and_applied() {
         anyhow::ensure!(found["mirror-motd"].0 == "changed", "{first:?}");
         anyhow::ensure!(found["mirror-app"].0 == "changed", "{first:?}");
         anyhow::ensure!(std::fs::read(agent.path("/etc/motd-url"))? == motd);
+        // source_hash as a hash file on the server (Salt's form).
+        anyhow::ensure!(found["mirror-conf"].0 == "changed", "{first:?}");
+        anyhow::ensure!(std::fs::read_to_string(agent.path("/etc/app.conf"))? == "port = 8080\n");
         anyhow::ensure!(std::fs::read_to_string(agent.path("/opt/app/app-1.0/README"))? == "app 1.0\n");
         // A 404: the state fails naming the URL and the status.
         let (outcome, error) = &found["mirror-gone"];

@@ -61,6 +61,11 @@ pub enum Verify {
     Fingerprints(Vec<String>),
     /// `skip_verify: True`: taken as served.
     Skip,
+    /// Salt's `source_hash` given as a URL: a hash file (`<hex>  <name>`
+    /// lines, as `sha256sum` writes) that the master fetches first, then
+    /// replaces with the digest it lists for the source's file name (or
+    /// its only line), so the agent checks a digest.
+    HashFile(String),
 }
 
 /// Why a `source_hash` or fingerprint as written cannot be used.
@@ -138,6 +143,8 @@ impl Verify {
                 Ok(())
             }
             Verify::Skip => Ok(()),
+            // Replaced by the master before the bytes reach an agent.
+            Verify::HashFile(list) => Err(FetchError::NotFetched { url: list.clone() }),
         }
     }
 
@@ -147,17 +154,38 @@ impl Verify {
             Verify::Sha512(hex) => format!("sha512={hex}"),
             Verify::Fingerprints(list) => format!("pgp={}", list.join(",")),
             Verify::Skip => "skip".into(),
+            Verify::HashFile(url) => format!("list={url}"),
         }
     }
 
     fn decode(text: &str) -> Option<Verify> {
         match text.split_once('=') {
             Some(("pgp", list)) => Some(Verify::Fingerprints(list.split(',').map(str::to_owned).collect())),
+            Some(("list", url)) => Some(Verify::HashFile(url.to_owned())),
             Some(_) => Verify::parse_hash(text).ok(),
             None if text == "skip" => Some(Verify::Skip),
             None => None,
         }
     }
+}
+
+/// The digest a hash file (`<hex>  <name>` lines; `*name` and paths
+/// allowed, as `sha256sum` writes them) lists for the file called `name`,
+/// or its only line's.
+pub fn listed(listing: &str, name: &str) -> Option<Verify> {
+    let lines: Vec<Vec<&str>> =
+        listing.lines().map(|l| l.split_whitespace().collect()).filter(|w: &Vec<&str>| !w.is_empty()).collect();
+    let found = lines
+        .iter()
+        .find(|w| w.get(1).is_some_and(|n| n.trim_start_matches('*').rsplit('/').next() == Some(name)))
+        .or(if lines.len() == 1 { lines.first() } else { None })?;
+    Verify::parse_hash(found[0]).ok()
+}
+
+/// The file name a URL names (its last path segment), for a hash file.
+pub fn url_file_name(url: &str) -> &str {
+    let path = url.split(['?', '#']).next().unwrap_or_default();
+    path.rsplit('/').next().unwrap_or_default()
 }
 
 fn hex_of(bytes: &[u8]) -> String {
@@ -300,6 +328,18 @@ pub fn pending_sha256(args: &Value, into: &str) -> Option<Option<halite_proto::S
         }
         _ => None,
     })
+}
+
+/// Replaces request `index`'s check with `verify` (the master, once it
+/// has read a hash file: the agent checks the digest it listed).
+pub fn set_verify(args: &mut Value, index: usize, verify: Verify) {
+    let Value::Map(map) = args else { return };
+    let Some(Value::List(items)) = map.get_mut(ARG) else { return };
+    let Some(item) = items.get_mut(index) else { return };
+    if let Some(mut request) = Request::from_value(item) {
+        request.verify = verify;
+        *item = request.to_value();
+    }
 }
 
 /// On the agent, before planning: every request was fetched and its bytes
@@ -458,6 +498,26 @@ mod tests {
             assert_eq!(Verify::parse_hash(&input).map_err(|_| ()), expected, "{input}");
         }
         assert!(Verify::parse_hash("md5=00").unwrap_err().to_string().contains("md5"));
+    }
+
+    #[test]
+    fn hash_files_list_the_digest_by_file_name() {
+        let (a, b) = ("a".repeat(64), "b".repeat(128));
+        let listing = format!("{a}  app-1.0.tar.gz\n{b} *dist/tool\n");
+        assert_eq!(listed(&listing, "app-1.0.tar.gz"), Some(Verify::Sha256(a.clone())));
+        assert_eq!(listed(&listing, "tool"), Some(Verify::Sha512(b)));
+        assert_eq!(listed(&listing, "other"), None);
+        assert_eq!(listed(&format!("{a}\n"), "anything"), Some(Verify::Sha256(a.clone())));
+        assert_eq!(url_file_name("https://x.example/dl/app-1.0.tar.gz?token=1"), "app-1.0.tar.gz");
+        // The wire form keeps it; the master replaces it; unreplaced, the
+        // agent refuses.
+        let request = Request::new("contents", vec!["http://x/app".into()], Verify::HashFile("http://x/SUMS".into()));
+        let mut args = with_requests(Value::map(), std::slice::from_ref(&request));
+        assert_eq!(requests(&args), [request]);
+        fill(&mut args, 0, Ok(("http://x/app".into(), b"hello\n".to_vec())));
+        assert!(matches!(check(&args), Err(FetchError::NotFetched { .. })));
+        set_verify(&mut args, 0, Verify::Sha256(hex_of(&sha2::Sha256::digest(b"hello\n"))));
+        assert_eq!(check(&args), Ok(()));
     }
 
     #[test]

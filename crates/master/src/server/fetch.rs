@@ -27,6 +27,9 @@ use halite_state::fetch::{Request, Verify};
 
 use crate::config::FetchConfig;
 
+/// The largest hash file (`source_hash` given as a URL) read.
+const LISTING_MAX_BYTES: u64 = 1024 * 1024;
+
 /// The cache's directory in the data dir.
 pub const CACHE_DIR: &str = "fetched";
 
@@ -50,6 +53,10 @@ pub enum FetchError {
     TooLarge { state: String, url: String, limit: u64 },
     #[error("state `{state}`: {source}")]
     Verify { state: String, source: halite_state::fetch::FetchError },
+    #[error(
+        "state `{state}`: the hash file {url} lists no sha256 or sha512 for `{name}`; add a `<hex>  {name}` line there, or give the hash in source_hash"
+    )]
+    NotListed { state: String, url: String, name: String },
     #[error("fetch.ca_file {path}: {reason}")]
     CaFile { path: PathBuf, reason: String },
     #[error("cannot build the HTTP client for URL sources: {0}")]
@@ -118,7 +125,12 @@ impl Fetcher {
                     continue;
                 }
                 let outcome = match self.fetch(&call.id, &request).await {
-                    Ok(found) => Ok(found),
+                    Ok((url, bytes, verify)) => {
+                        if verify != request.verify {
+                            halite_state::fetch::set_verify(&mut call.args, index, verify);
+                        }
+                        Ok((url, bytes))
+                    }
                     Err(error) => {
                         tracing::warn!(state = %call.id, url = %request.urls_text(), %error, "Cannot fetch a URL source.");
                         Err(error.to_string())
@@ -129,27 +141,37 @@ impl Fetcher {
         }
     }
 
-    /// The first of the request's URLs that fetches and checks: (URL, body).
-    async fn fetch(&self, state: &str, request: &Request) -> Result<(String, Vec<u8>), FetchError> {
+    /// The first of the request's URLs that fetches and checks: (URL, body,
+    /// the check made: a hash file's listed digest in place of its URL).
+    async fn fetch(&self, state: &str, request: &Request) -> Result<(String, Vec<u8>, Verify), FetchError> {
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
             locks.retain(|_, lock| Arc::strong_count(lock) > 1);
             locks.entry(request.urls.clone()).or_default().clone()
         };
         let _one_at_a_time = lock.lock().await;
-        let cached = cache_name(&request.verify).map(|name| self.cache.join(name));
+        let verify = match &request.verify {
+            Verify::HashFile(list) => {
+                let listing = self.get(state, list, LISTING_MAX_BYTES).await?;
+                let name = halite_state::fetch::url_file_name(&request.urls[0]);
+                halite_state::fetch::listed(&String::from_utf8_lossy(&listing), name).ok_or_else(|| {
+                    FetchError::NotListed { state: state.to_owned(), url: list.clone(), name: name.to_owned() }
+                })?
+            }
+            verify => verify.clone(),
+        };
+        let cached = cache_name(&verify).map(|name| self.cache.join(name));
         if let Some(path) = &cached
             && let Ok(bytes) = tokio::fs::read(path).await
-            && request.verify.check(&request.urls[0], &bytes).is_ok()
+            && verify.check(&request.urls[0], &bytes).is_ok()
         {
-            return Ok((request.urls[0].clone(), bytes));
+            return Ok((request.urls[0].clone(), bytes, verify));
         }
         let limit = request.max_bytes.min(self.max_bytes);
         let mut last = None;
         for url in &request.urls {
             let outcome = self.get(state, url, limit).await.and_then(|bytes| {
-                request
-                    .verify
+                verify
                     .check(url, &bytes)
                     .map(|()| bytes)
                     .map_err(|source| FetchError::Verify { state: state.to_owned(), source })
@@ -159,7 +181,7 @@ impl Fetcher {
                     if let Some(path) = cached {
                         self.keep(path, bytes.clone()).await;
                     }
-                    return Ok((url.clone(), bytes));
+                    return Ok((url.clone(), bytes, verify));
                 }
                 Err(error) => last = Some(error),
             }
@@ -233,7 +255,7 @@ fn cache_name(verify: &Verify) -> Option<String> {
     match verify {
         Verify::Sha256(hex) => Some(format!("sha256-{hex}")),
         Verify::Sha512(hex) => Some(format!("sha512-{hex}")),
-        Verify::Fingerprints(_) | Verify::Skip => None,
+        Verify::Fingerprints(_) | Verify::Skip | Verify::HashFile(_) => None,
     }
 }
 
@@ -361,7 +383,8 @@ mod tests {
         assert!(
             !dir.path().join(CACHE_DIR).exists() || std::fs::read_dir(dir.path().join(CACHE_DIR)).unwrap().count() == 0
         );
-        assert_eq!(fetcher.fetch("motd", &request(&url, &body)).await.unwrap(), (url.clone(), body.clone()));
+        let (got, fetched, _) = fetcher.fetch("motd", &request(&url, &body)).await.unwrap();
+        assert_eq!((got, fetched), (url.clone(), body.clone()));
         let cached = dir.path().join(CACHE_DIR).join(format!("sha256-{}", Sha256::of(&body).to_hex()));
         assert_eq!(std::fs::read(&cached).unwrap(), body);
         // Nothing listens there any more: the cache answers.

@@ -98,6 +98,7 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
                 );
                 None
             }
+            (Some(hash), false) if crate::fetch::is_url(hash) => Some(Verify::HashFile(hash.clone())),
             (Some(hash), false) => match Verify::parse_hash(hash) {
                 Ok(verify) => Some(verify),
                 Err(error) => {

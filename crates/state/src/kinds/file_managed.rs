@@ -350,11 +350,7 @@ fn url_source(
             format!("source `{}` is a URL and has no `source_hash`", urls[0]),
             "add `source_hash: sha256=<hex>` (sha256sum of the file), or `skip_verify: True` to take what the server sends",
         )),
-        (Some(hash), false) if crate::fetch::is_url(hash) => Err(problem(
-            "source_hash",
-            format!("source_hash `{hash}` is a URL; halite does not fetch hash files"),
-            "give the hash itself: source_hash: sha256=<hex>",
-        )),
+        (Some(hash), false) if crate::fetch::is_url(hash) => Ok(Verify::HashFile(hash.clone())),
         (Some(hash), false) if hash.starts_with("salt://") || hash.contains('/') => {
             let name = urls[0].rsplit('/').next().unwrap_or_default();
             listed_hash(state.tree_root, hash, name)
@@ -377,7 +373,10 @@ fn url_source(
             None
         }
     };
-    if let (Some(verify), Some(source)) = (&verify, &fallback) {
+    // A hash file on a server is read by the master, not here.
+    if let (Some(verify), Some(source)) = (&verify, &fallback)
+        && !matches!(verify, Verify::HashFile(_))
+    {
         match read_source(state.tree_root, source) {
             Ok(bytes) => {
                 if let Err(error) = verify.check(source, &bytes) {
