@@ -458,7 +458,8 @@ mod tests {
 }
 
 /// A process named `name` (argv[0]; its comm is `sleep`) that lives until
-/// the test kills it; its one exec is done when this returns. Not through
+/// the test kills it (`spawn` returns during its exec, which may not have
+/// set argv[0] up yet). Not through
 /// the spawner, which runs programs to their end: this is a fixture a
 /// beacon must find while it runs.
 #[cfg(test)]
@@ -478,8 +479,16 @@ mod live_tests {
     fn finds_a_real_process_renamed_by_exec_a() {
         let name = format!("halite-live-{}", std::process::id());
         let mut child = live_process(&name);
-        // Its exec is done once spawned: no waiting for it.
-        let found = count(Path::new(PROC), &name, &mut HashMap::new()).unwrap();
+        // `spawn` may return before the exec has set argv[0] up.
+        let mut found = 0;
+        for _ in 0..200 {
+            found = count(Path::new(PROC), &name, &mut HashMap::new()).unwrap();
+            if found > 0 {
+                break;
+            }
+            let (_tx, rx) = std::sync::mpsc::channel::<()>();
+            let _ = rx.recv_timeout(std::time::Duration::from_millis(10));
+        }
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(found, 1);
@@ -523,9 +532,17 @@ mod live_tests {
                 Source::Undecided => panic!("the first sample decides"),
             };
             let mut child = live_process(&name);
-            // The fork and the exec happened before `spawn` returned: the
-            // next sample finds their events queued.
-            let present = state(sampler.sample(t0).unwrap());
+            // `spawn` may return before the kernel has sent the child's exec
+            // event (the parent resumes once the old memory is released,
+            // just before): sample until it is in, awaiting each next event.
+            let mut present = state(sampler.sample(t0).unwrap());
+            for _ in 0..1000 {
+                let Source::Events { events, .. } = &sampler.source else { break };
+                if present.is_some() || !events.wait_queued(std::time::Duration::from_secs(10)) {
+                    break;
+                }
+                present = state(sampler.sample(t0).unwrap());
+            }
             child.kill().unwrap();
             child.wait().unwrap();
             let absent = state(sampler.sample(t0).unwrap());
