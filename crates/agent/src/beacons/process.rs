@@ -175,10 +175,20 @@ impl Presence {
         let known = &mut self.known;
         let whole = match events.drain(|event| follow(known, dirty, event)) {
             Ok(Drained::Complete) => scanned.is_none_or(|at| now.saturating_duration_since(at) >= RESCAN),
-            Ok(Drained::Lost) => {
-                tracing::debug!(beacon = %self.beacon, "The kernel dropped process events; scanning /proc.");
-                true
-            }
+            // A fresh subscription drops what is still queued, unread, and
+            // comes before the scan, so that nothing falls between them.
+            Ok(Drained::Lost) => match ProcEvents::subscribe() {
+                Ok(fresh) => {
+                    tracing::debug!(beacon = %self.beacon, "The kernel dropped process events; scanning /proc.");
+                    *events = fresh;
+                    true
+                }
+                Err(error) => {
+                    tracing::warn!(beacon = %self.beacon, %error, "The process beacon scans /proc every interval from now on.");
+                    self.source = Source::Scan;
+                    return count(&self.proc, &self.name, &mut self.known);
+                }
+            },
             Err(error) => {
                 tracing::warn!(beacon = %self.beacon, %error, "The process beacon scans /proc every interval from now on.");
                 self.source = Source::Scan;
