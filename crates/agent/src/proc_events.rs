@@ -192,6 +192,13 @@ impl ProcEvents {
         }
     }
 
+    /// The receive buffer's size, as the kernel counts it (tests overflow
+    /// it on purpose).
+    #[cfg(test)]
+    pub(crate) fn receive_buffer(&self) -> usize {
+        self.socket.recv_buffer_size().unwrap_or(usize::MAX)
+    }
+
     /// Waits (up to `within`) until an event is queued, without taking it:
     /// tests await the kernel's next event instead of sleeping.
     #[cfg(test)]
