@@ -54,13 +54,6 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(1);
 /// request within the `send`, so only events queued between joining the
 /// group and sending it (and other subscribers' answers) come first.
 const ANSWER_AMONG: usize = 256;
-/// The socket's receive buffer: the kernel counts each queued event at
-/// about 1 KiB (its buffer's true size), so this holds some 2,000 events
-/// between two samples (the default, about 200, overflowed every 5 s on a
-/// 2-core host running builds, and each overflow costs a scan). Kernel
-/// memory, and only while events are queued; set with `SO_RCVBUFFORCE`,
-/// which the subscription's CAP_NET_ADMIN allows.
-const RECEIVE_BUFFER: usize = 1 << 20;
 /// One datagram holds one event (at most about 100 bytes); room to spare.
 const DATAGRAM: usize = 1024;
 
@@ -116,7 +109,8 @@ pub enum Drained {
     /// Every event since the last drain was handed over.
     Complete,
     /// The kernel dropped events (the receive buffer was full): what the
-    /// caller knows may be wrong until it looks at `/proc` again.
+    /// caller knows may be wrong until it looks at `/proc` again, and the
+    /// events still queued were left unread (subscribe again to drop them).
     Lost,
 }
 
@@ -138,8 +132,6 @@ impl ProcEvents {
         .map_err(|source| ProcEventsError::Socket { source })?;
         nix::sys::socket::bind(socket.as_raw_fd(), &NetlinkAddr::new(0, CN_IDX_PROC))
             .map_err(|source| ProcEventsError::Join { source })?;
-        // Refused: the default size, and more scans after overflows.
-        let _ = nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBufForce, &RECEIVE_BUFFER);
         socket.set_read_timeout(Some(ANSWER_WITHIN)).map_err(|source| ProcEventsError::Subscribe { source })?;
         let tag = tag();
         let events = ProcEvents { socket };
@@ -175,20 +167,36 @@ impl ProcEvents {
         }
     }
 
-    /// Hands every queued event to `each`, without waiting for more.
+    /// Hands every queued event to `each`, without waiting for more; stops
+    /// at the first sign of an overrun (the kernel reports it before the
+    /// events still queued, and reading those would cost as much as the
+    /// scan the caller must make anyway: subscribe again, which starts with
+    /// an empty queue).
+    ///
+    /// The receive buffer keeps its default size (about 270 events here)
+    /// on purpose: one `recv` per event costs about a third of what a scan
+    /// costs per process, so a full buffer costs about one scan of a
+    /// typical host, and a host busier than that overflows it and is
+    /// scanned instead. A larger buffer made a busy host's samples cost
+    /// twice a scan (BENCHMARKS.md, issue #21).
     pub fn drain(&mut self, mut each: impl FnMut(ProcEvent)) -> Result<Drained, ProcEventsError> {
         let mut buffer = [0u8; DATAGRAM];
-        let mut drained = Drained::Complete;
         loop {
             match (&self.socket).read(&mut buffer) {
                 Ok(len) => parse(&buffer[..len], &mut each),
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return Ok(drained),
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return Ok(Drained::Complete),
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-                // Reported once per overrun; the events after it still come.
-                Err(error) if error.raw_os_error() == Some(libc::ENOBUFS) => drained = Drained::Lost,
+                Err(error) if error.raw_os_error() == Some(libc::ENOBUFS) => return Ok(Drained::Lost),
                 Err(source) => return Err(ProcEventsError::Receive { source }),
             }
         }
+    }
+
+    /// The receive buffer's size, as the kernel counts it (tests overflow
+    /// it on purpose).
+    #[cfg(test)]
+    pub(crate) fn receive_buffer(&self) -> usize {
+        self.socket.recv_buffer_size().unwrap_or(usize::MAX)
     }
 
     /// Waits (up to `within`) until an event is queued, without taking it:

@@ -175,10 +175,20 @@ impl Presence {
         let known = &mut self.known;
         let whole = match events.drain(|event| follow(known, dirty, event)) {
             Ok(Drained::Complete) => scanned.is_none_or(|at| now.saturating_duration_since(at) >= RESCAN),
-            Ok(Drained::Lost) => {
-                tracing::debug!(beacon = %self.beacon, "The kernel dropped process events; scanning /proc.");
-                true
-            }
+            // A fresh subscription drops what is still queued, unread, and
+            // comes before the scan, so that nothing falls between them.
+            Ok(Drained::Lost) => match ProcEvents::subscribe() {
+                Ok(fresh) => {
+                    tracing::debug!(beacon = %self.beacon, "The kernel dropped process events; scanning /proc.");
+                    *events = fresh;
+                    true
+                }
+                Err(error) => {
+                    tracing::warn!(beacon = %self.beacon, %error, "The process beacon scans /proc every interval from now on.");
+                    self.source = Source::Scan;
+                    return count(&self.proc, &self.name, &mut self.known);
+                }
+            },
             Err(error) => {
                 tracing::warn!(beacon = %self.beacon, %error, "The process beacon scans /proc every interval from now on.");
                 self.source = Source::Scan;
@@ -556,6 +566,40 @@ mod live_tests {
             return;
         }
         panic!("the kernel dropped events in five rounds");
+    }
+
+    /// More process events than the receive buffer holds: the next sample
+    /// learns of the overflow, subscribes again and scans /proc whole.
+    #[test]
+    fn an_overflow_of_events_is_answered_by_a_fresh_subscription_and_a_scan() {
+        let timing = Timing::parse(None, None, None).unwrap();
+        let mut sampler = Presence {
+            beacon: "w".into(),
+            name: format!("halite-overflow-{}", std::process::id()),
+            proc: PathBuf::from(PROC),
+            machine: Machine::new(&timing, None),
+            known: HashMap::new(),
+            source: Source::Undecided,
+        };
+        let t0 = Instant::now();
+        sampler.sample(t0).unwrap();
+        let Source::Events { events, scanned, .. } = &sampler.source else {
+            assert!(!may_follow_events(), "with CAP_NET_ADMIN the beacon must follow the events");
+            return;
+        };
+        assert_eq!(*scanned, Some(t0));
+        // Each queued event counts at least 256 bytes against the buffer,
+        // and each process below makes three (fork, exec, exit).
+        for _ in 0..events.receive_buffer() / 256 {
+            #[allow(clippy::disallowed_methods)]
+            let status = std::process::Command::new("true").status().unwrap();
+            assert!(status.success());
+        }
+        let t1 = t0 + std::time::Duration::from_secs(1);
+        sampler.sample(t1).unwrap();
+        let Source::Events { scanned, dirty, .. } = &sampler.source else { panic!("still following events") };
+        assert_eq!(*scanned, Some(t1), "scanned whole after the overflow");
+        assert!(dirty.is_empty());
     }
 
     #[test]
