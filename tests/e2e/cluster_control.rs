@@ -75,6 +75,16 @@ fn log_of(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// Fails the test with the second master's log (once started) and
+/// PostgreSQL's beside the fleet's own.
+fn fail(fleet: &Fleet, name: &str, second: Option<&MasterProcess>, cluster: &Postgres, error: &anyhow::Error) -> ! {
+    if let Some(second) = second {
+        eprintln!("===== master {name} =====\n{}", log_of(&second.log));
+    }
+    eprintln!("===== postgres =====\n{}", cluster.log());
+    fleet.fail(error)
+}
+
 /// A key deleted on master A cuts its agent's session on master B at once
 /// (LISTEN/NOTIFY), and B's key list follows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,11 +122,7 @@ async fn a_key_deleted_on_one_master_cuts_its_agent_on_another() {
     }
     .await;
     if let Err(error) = result {
-        if let Some(a) = &a {
-            eprintln!("===== master A =====\n{}", log_of(&a.log));
-        }
-        eprintln!("===== postgres =====\n{}", cluster.log());
-        fleet.fail(&error);
+        fail(&fleet, "A", a.as_ref(), &cluster, &error);
     }
 }
 
@@ -213,11 +219,7 @@ async fn the_leader_killed_the_schedule_resumes_on_another_master() {
     }
     .await;
     if let Err(error) = result {
-        if let Some(b) = &b {
-            eprintln!("===== master B =====\n{}", log_of(&b.log));
-        }
-        eprintln!("===== postgres =====\n{}", cluster.log());
-        fleet.fail(&error);
+        fail(&fleet, "B", b.as_ref(), &cluster, &error);
     }
 }
 
@@ -292,11 +294,7 @@ async fn an_agent_reaching_another_master_ends_its_stale_session() {
     }
     .await;
     if let Err(error) = result {
-        if let Some(b) = &b {
-            eprintln!("===== master B =====\n{}", log_of(&b.log));
-        }
-        eprintln!("===== postgres =====\n{}", cluster.log());
-        fleet.fail(&error);
+        fail(&fleet, "B", b.as_ref(), &cluster, &error);
     }
 }
 
@@ -412,11 +410,7 @@ async fn agents_show_each_agents_master_and_a_differing_tree_is_said() {
     }
     .await;
     if let Err(error) = result {
-        if let Some(b) = &b {
-            eprintln!("===== master B =====\n{}", log_of(&b.log));
-        }
-        eprintln!("===== postgres =====\n{}", cluster.log());
-        fleet.fail(&error);
+        fail(&fleet, "B", b.as_ref(), &cluster, &error);
     }
 }
 

@@ -41,8 +41,11 @@ async fn nothing_from_an_unaccepted_key_reaches_the_bus() {
         intruder.send_frames(replay.clone()).await?;
         let told = intruder.barrier().await?;
         assert!(told.contains(&MasterMessage::NotAccepted { status: "pending".into() }), "{told:?}");
-        // The same sealed message replayed on a fresh connection.
-        raw.send(message(replay)).await?;
+        // The same sealed message replayed on a fresh connection (the
+        // master may already have closed `raw` for its oversized frame).
+        let mut fresh = DealerSocket::new();
+        fresh.connect(&listen).await?;
+        fresh.send(message(replay)).await?;
         // web01's id with another key: an impersonation stays pending.
         let mut impostor = RawAgent::connect(&listen, "web01", Value::map()).await?;
         impostor.send(&forged("halite/beacon/web01/nginx-conf", "web01")).await?;

@@ -198,7 +198,7 @@ impl Fetcher {
         let request_error = |error: reqwest::Error| FetchError::Request {
             state: state.to_owned(),
             url: url.to_owned(),
-            reason: chain(&error),
+            reason: with_causes(&error),
         };
         let too_large = || FetchError::TooLarge { state: state.to_owned(), url: url.to_owned(), limit };
         let attempt = async {
@@ -282,8 +282,8 @@ fn trim(dir: &Path, budget: u64) -> std::io::Result<()> {
 }
 
 /// An error with its causes: reqwest's own text ("error sending request")
-/// says little without them.
-fn chain(error: &dyn std::error::Error) -> String {
+/// says little without them (the webhook action's errors too).
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

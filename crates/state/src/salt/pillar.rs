@@ -417,11 +417,7 @@ mod tests {
             ),
             ("pillar/secrets/db.sls", "db:\n  password: hunter2-long\n  port: 5432\n"),
         ];
-        for (name, text) in files {
-            let path = dir.path().join(name);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, text).unwrap();
-        }
+        write_files(dir.path(), &files);
         let mut diagnostics = Vec::new();
         let pillar = PillarTree::load(dir.path(), &mut diagnostics).unwrap();
         assert!(diagnostics.is_empty(), "{diagnostics:#?}");
@@ -445,6 +441,15 @@ mod tests {
         assert!(is_secret_file("secrets.db") && is_secret_file("secret") && !is_secret_file("secretary"));
     }
 
+    /// Writes each (path under `root`, text) of a fixture tree.
+    fn write_files(root: &std::path::Path, files: &[(&str, &str)]) {
+        for (name, text) in files {
+            let path = root.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+    }
+
     #[test]
     fn pillar_includes_merge_under_the_including_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -457,11 +462,7 @@ mod tests {
             ("pillar/extra/init.sls", "include:\n  - .more\n"),
             ("pillar/extra/more.sls", "more: true\n"),
         ];
-        for (name, text) in files {
-            let path = dir.path().join(name);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, text).unwrap();
-        }
+        write_files(dir.path(), &files);
         let mut diagnostics = Vec::new();
         let pillar = PillarTree::load(dir.path(), &mut diagnostics).unwrap();
         assert!(diagnostics.is_empty(), "{diagnostics:#?}");

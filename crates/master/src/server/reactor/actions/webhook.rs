@@ -286,20 +286,9 @@ impl Webhook {
             // sending request"); the cause says refused, timed out, bad cert.
             // reqwest's text names the whole URL, query (a token) and all:
             // it is taken out first.
-            Err(error) => Err(Attempt::Retry(Failure::new(error_chain(&error.without_url())))),
+            Err(error) => Err(Attempt::Retry(Failure::new(crate::server::fetch::with_causes(&error.without_url())))),
         }
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 impl Action for Webhook {
