@@ -1645,6 +1645,7 @@ mod tests {
         let key = halite_link::Keypair::generate().unwrap().public;
         keys.admit("web01", &key);
         keys.commit().await.unwrap();
+        store.close().await;
         drop((store, keys));
         let reader = Reader::open(&path).unwrap();
         let version: i32 = reader.connection.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
