@@ -152,26 +152,42 @@ impl ClientCertificate {
     /// (the verifier accepted it, so this does not happen) has none, and
     /// maps to no role.
     pub fn of(der: &[u8]) -> ClientCertificate {
-        use x509_parser::extensions::GeneralName;
-        let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        use x509_cert::der::asn1::{ObjectIdentifier, PrintableStringRef, Utf8StringRef};
+        use x509_cert::der::{Decode, Tagged};
+        use x509_cert::ext::pkix::SubjectAltName;
+        use x509_cert::ext::pkix::name::GeneralName;
+        /// id-at-commonName (RFC 4519).
+        const COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
+        let Ok(cert) = x509_cert::Certificate::from_der(der) else {
             return ClientCertificate::default();
         };
-        let common_name = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned);
-        let dns_names = cert
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .map(|san| {
-                san.value
-                    .general_names
-                    .iter()
-                    .filter_map(|name| match name {
-                        GeneralName::DNSName(dns) => Some((*dns).to_owned()),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let common_name = cert
+            .tbs_certificate
+            .subject
+            .0
+            .iter()
+            .flat_map(|rdn| rdn.0.iter())
+            .find(|attribute| attribute.oid == COMMON_NAME)
+            .and_then(|attribute| match attribute.value.tag() {
+                x509_cert::der::Tag::Utf8String => {
+                    Utf8StringRef::try_from(&attribute.value).ok().map(|name| name.as_str().to_owned())
+                }
+                x509_cert::der::Tag::PrintableString => {
+                    PrintableStringRef::try_from(&attribute.value).ok().map(|name| name.as_str().to_owned())
+                }
+                _ => None,
+            });
+        let dns_names = match cert.tbs_certificate.get::<SubjectAltName>() {
+            Ok(Some((_, names))) => names
+                .0
+                .iter()
+                .filter_map(|name| match name {
+                    GeneralName::DnsName(dns) => Some(dns.to_string()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         ClientCertificate { common_name, dns_names }
     }
 
