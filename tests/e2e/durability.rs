@@ -242,12 +242,22 @@ async fn an_agent_killed_around_a_drift_event_s_send_loses_nothing_it_must_keep(
             wait_until("the drift restored", || std::fs::read_to_string(&motd).is_ok_and(|t| t == MOTD)).await?;
         }
         wait_until("the outbox to empty", || outbox_len(&data) == 0).await?;
-        let leftovers: Vec<PathBuf> = std::fs::read_dir(data.join("outbox"))?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "tmp"))
-            .collect();
-        anyhow::ensure!(leftovers.is_empty(), "partial batches left: {leftovers:?}");
+        let leftovers = || -> Vec<PathBuf> {
+            std::fs::read_dir(data.join("outbox"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "tmp"))
+                .collect()
+        };
+        // The outbox sends first and writes its file meanwhile, so the last
+        // batch's file can still be being written (and then dropped) when
+        // its ack has emptied the outbox; what a killed agent left must be
+        // gone, and the live one's must go.
+        if wait_until("no partial batch left", || leftovers().is_empty()).await.is_err() {
+            anyhow::bail!("partial batches left: {:?}", leftovers());
+        }
         anyhow::Ok(())
     }
     .await;
@@ -451,7 +461,8 @@ async fn a_result_arriving_while_the_master_disk_is_full_is_stored_once_space_re
         assert!(unwritable.data()["path"].as_str().is_some_and(|p| p.ends_with("halite.db")), "{}", unwritable.data());
         // Not acknowledged: the agent keeps the result, while its session
         // goes on (a ping answered).
-        anyhow::ensure!(outbox_results(&agent_data).contains(&jid), "the result is kept in the agent's outbox");
+        // The outbox sends first and writes its file meanwhile: wait for it.
+        wait_until("the result kept in the agent's outbox", || outbox_results(&agent_data).contains(&jid)).await?;
         std::fs::write(&motd, "drifted again\n")?;
         let again = fleet.wait_for("another drift", |e| e.tag == "halite/beacon/web01/motd").await?;
         fleet.wait_for_restore_of(&again).await?;

@@ -105,10 +105,13 @@ fn sub_opening(prefix: &[u8]) -> Vec<u8> {
 }
 
 /// How much the master's VmRSS may grow while a subscriber that never
-/// reads is offered 240 MiB of events: its high-water mark (32 MiB,
+/// reads is offered 480 MiB of events: its high-water mark (32 MiB,
 /// `PUBLISHER_SUBSCRIBER_BYTES`), the event being written to it, what the
-/// kernel buffers, and the events in flight through the master.
-const STUCK_RSS_BOUND_KIB: u64 = 192 * 1024;
+/// kernel buffers, and the events in flight through the master (the decode
+/// workers' queues hold several 10 MiB events at once when the machine is
+/// busy: 198 MiB of growth was seen in a loaded full run, against 192 MiB
+/// allowed before). Keeping every event would grow it by at least 480 MiB.
+const STUCK_RSS_BOUND_KIB: u64 = 256 * 1024;
 
 /// An event of `big01` whose data is `size` bytes, encoded: encoded small,
 /// then the bytes spliced in (encoding 10 MiB value by value is slow in a
@@ -132,13 +135,13 @@ fn blob_event(size: usize) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Item 12: a subscriber that subscribes to everything and then never
-/// reads, while an agent sends twenty-four 10 MiB events: the master holds at
+/// reads, while an agent sends forty-eight 10 MiB events: the master holds at
 /// most its high-water mark for it (before, every event: 4 GiB in the
 /// issue's run), stays below [`STUCK_RSS_BOUND_KIB`] of growth, and goes
 /// on publishing to other subscribers and restoring drift.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_never_reads_costs_bounded_memory() {
-    const EVENTS: usize = 24;
+    const EVENTS: usize = 48;
     const SIZE: usize = 10 << 20;
     let mut fleet = Fleet::start_with_master_config(&["web01"], "max_event_bytes: 16777216\n").await.unwrap();
     let result = async {
