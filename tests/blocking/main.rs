@@ -127,6 +127,16 @@ fn blocking(path: &syn::Path, tokio_fs: bool) -> Option<String> {
     }
 }
 
+/// A function, module or impl under `#[cfg(test)]`: not scanned.
+fn is_test_item(item: &syn::Item) -> bool {
+    match item {
+        syn::Item::Fn(f) => is_cfg_test(&f.attrs),
+        syn::Item::Mod(m) => is_cfg_test(&m.attrs),
+        syn::Item::Impl(i) => is_cfg_test(&i.attrs),
+        _ => false,
+    }
+}
+
 struct Finder<'a> {
     file: &'a str,
     tokio_fs: bool,
@@ -145,13 +155,7 @@ impl Finder<'_> {
 
 impl<'ast> Visit<'ast> for Finder<'_> {
     fn visit_item(&mut self, item: &'ast syn::Item) {
-        let attrs = match item {
-            syn::Item::Fn(f) => &f.attrs,
-            syn::Item::Mod(m) => &m.attrs,
-            syn::Item::Impl(i) => &i.attrs,
-            _ => return syn::visit::visit_item(self, item),
-        };
-        if !is_cfg_test(attrs) {
+        if !is_test_item(item) {
             syn::visit::visit_item(self, item);
         }
     }
@@ -300,13 +304,7 @@ impl SaltReads<'_> {
 
 impl<'ast> Visit<'ast> for SaltReads<'_> {
     fn visit_item(&mut self, item: &'ast syn::Item) {
-        let attrs = match item {
-            syn::Item::Fn(f) => &f.attrs,
-            syn::Item::Mod(m) => &m.attrs,
-            syn::Item::Impl(i) => &i.attrs,
-            _ => return syn::visit::visit_item(self, item),
-        };
-        if !is_cfg_test(attrs) {
+        if !is_test_item(item) {
             syn::visit::visit_item(self, item);
         }
     }

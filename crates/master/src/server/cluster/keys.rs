@@ -62,19 +62,8 @@ pub async fn write(
     let mut backoff = BACKOFF.0;
     let mut batch = Vec::with_capacity(BATCH);
     loop {
-        let got = if waiting.is_empty() {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                n = inbox.recv_many(&mut batch, BATCH) => n,
-            }
-        } else {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                n = inbox.recv_many(&mut batch, BATCH) => n,
-                () = tokio::time::sleep(backoff) => 1,
-            }
-        };
-        if got == 0 {
+        let retry_in = (!waiting.is_empty()).then_some(backoff);
+        if !super::next_batch(&mut inbox, &mut batch, BATCH, retry_in, &cancel).await {
             return;
         }
         for request in batch.drain(..) {

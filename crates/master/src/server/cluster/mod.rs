@@ -117,6 +117,30 @@ pub fn start(
     Cluster { name, leader, ticks, view }
 }
 
+/// Takes the next requests from `inbox` into `batch` (at most `limit`) for
+/// a writer that retries: while writes are owed (`retry_in`), it waits at
+/// most that long and comes back with nothing new so the writer tries
+/// again. `false` once cancelled or every sender is gone.
+async fn next_batch<T>(
+    inbox: &mut tokio::sync::mpsc::Receiver<T>,
+    batch: &mut Vec<T>,
+    limit: usize,
+    retry_in: Option<Duration>,
+    cancel: &CancellationToken,
+) -> bool {
+    let retry = async {
+        match retry_in {
+            Some(wait) => tokio::time::sleep(wait).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = cancel.cancelled() => false,
+        n = inbox.recv_many(batch, limit) => n > 0,
+        () = retry => true,
+    }
+}
+
 /// The next backoff after `now`.
 fn next_backoff(now: Duration) -> Duration {
     (now * 2).min(BACKOFF.1)
