@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use notify_types::event::EventKindMask;
+
 /// Indicates whether only the provided directory or its sub-directories as well should be watched
 #[derive(Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Debug, Hash)]
 pub enum RecursiveMode {
@@ -44,6 +46,9 @@ pub struct Config {
     compare_contents: bool,
 
     follow_symlinks: bool,
+
+    /// See [Config::with_event_kinds]
+    event_kinds: EventKindMask,
 }
 
 impl Config {
@@ -112,6 +117,23 @@ impl Config {
     pub fn follow_symlinks(&self) -> bool {
         self.follow_symlinks
     }
+
+    /// For the [INotifyWatcher](crate::INotifyWatcher) (a backport of notify 9's option).
+    ///
+    /// The kinds of events to watch for; the others are not asked of the kernel, so a
+    /// watcher that does not care about opens is not woken by every read of a watched
+    /// file. `ACCESS_CLOSE_NOWRITE` is not watched by this backend either way (as before).
+    ///
+    /// This can't be changed during runtime. All kinds by default.
+    pub fn with_event_kinds(mut self, event_kinds: EventKindMask) -> Self {
+        self.event_kinds = event_kinds;
+        self
+    }
+
+    /// Returns current setting
+    pub fn event_kinds(&self) -> EventKindMask {
+        self.event_kinds
+    }
 }
 
 impl Default for Config {
@@ -120,6 +142,7 @@ impl Default for Config {
             poll_interval: Some(Duration::from_secs(30)),
             compare_contents: false,
             follow_symlinks: true,
+            event_kinds: EventKindMask::ALL,
         }
     }
 }

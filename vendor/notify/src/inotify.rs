@@ -41,6 +41,7 @@ struct EventLoop {
     paths: HashMap<WatchDescriptor, PathBuf>,
     rename_event: Option<Event>,
     follow_links: bool,
+    event_kinds: EventKindMask,
 }
 
 /// Watcher implementation based on inotify
@@ -55,6 +56,26 @@ enum EventLoopMsg {
     RemoveWatch(PathBuf, Sender<Result<()>>),
     Shutdown,
     Configure(Config, BoundSender<Result<bool>>),
+}
+
+/// The inotify flags for the event kinds asked for: only these wake the watcher.
+fn watch_mask(kinds: EventKindMask) -> WatchMask {
+    let wanted = [
+        (EventKindMask::CREATE, WatchMask::CREATE),
+        (EventKindMask::REMOVE, WatchMask::DELETE),
+        (EventKindMask::MODIFY_DATA, WatchMask::MODIFY),
+        (EventKindMask::MODIFY_META, WatchMask::ATTRIB),
+        (
+            EventKindMask::MODIFY_NAME,
+            WatchMask::MOVED_FROM.union(WatchMask::MOVED_TO),
+        ),
+        (EventKindMask::ACCESS_OPEN, WatchMask::OPEN),
+        (EventKindMask::ACCESS_CLOSE, WatchMask::CLOSE_WRITE),
+    ];
+    wanted
+        .into_iter()
+        .filter(|(kind, _)| kinds.intersects(*kind))
+        .fold(WatchMask::empty(), |mask, (_, flags)| mask | flags)
 }
 
 #[inline]
@@ -91,6 +112,7 @@ impl EventLoop {
         inotify: Inotify,
         event_handler: Box<dyn EventHandler>,
         follow_links: bool,
+        event_kinds: EventKindMask,
     ) -> Result<Self> {
         let (event_loop_tx, event_loop_rx) = unbounded::<EventLoopMsg>();
         let poll = mio::Poll::new()?;
@@ -114,6 +136,7 @@ impl EventLoop {
             paths: HashMap::new(),
             rename_event: None,
             follow_links,
+            event_kinds,
         };
         Ok(event_loop)
     }
@@ -424,14 +447,7 @@ impl EventLoop {
         is_recursive: bool,
         watch_self: bool,
     ) -> Result<()> {
-        let mut watchmask = WatchMask::ATTRIB
-            | WatchMask::CREATE
-            | WatchMask::OPEN
-            | WatchMask::DELETE
-            | WatchMask::CLOSE_WRITE
-            | WatchMask::MODIFY
-            | WatchMask::MOVED_FROM
-            | WatchMask::MOVED_TO;
+        let mut watchmask = watch_mask(self.event_kinds);
 
         if watch_self {
             watchmask.insert(WatchMask::DELETE_SELF);
@@ -561,9 +577,10 @@ impl INotifyWatcher {
     fn from_event_handler(
         event_handler: Box<dyn EventHandler>,
         follow_links: bool,
+        event_kinds: EventKindMask,
     ) -> Result<Self> {
         let inotify = Inotify::init()?;
-        let event_loop = EventLoop::new(inotify, event_handler, follow_links)?;
+        let event_loop = EventLoop::new(inotify, event_handler, follow_links, event_kinds)?;
         let channel = event_loop.event_loop_tx.clone();
         let waker = event_loop.event_loop_waker.clone();
         event_loop.run();
@@ -606,7 +623,11 @@ impl INotifyWatcher {
 impl Watcher for INotifyWatcher {
     /// Create a new watcher.
     fn new<F: EventHandler>(event_handler: F, config: Config) -> Result<Self> {
-        Self::from_event_handler(Box::new(event_handler), config.follow_symlinks())
+        Self::from_event_handler(
+            Box::new(event_handler),
+            config.follow_symlinks(),
+            config.event_kinds(),
+        )
     }
 
     fn watch(&mut self, path: &Path, recursive_mode: RecursiveMode) -> Result<()> {
@@ -646,7 +667,9 @@ mod tests {
         time::Duration,
     };
 
-    use super::{Config, Error, ErrorKind, Event, INotifyWatcher, RecursiveMode, Result, Watcher};
+    use super::{watch_mask, Config, Error, ErrorKind, Event, INotifyWatcher, RecursiveMode, Result, Watcher};
+    use crate::event::{AccessKind, AccessMode, EventKind, EventKindMask};
+    use super::inotify_sys::WatchMask;
 
     use crate::test::*;
 
@@ -676,6 +699,75 @@ mod tests {
                 kind: ErrorKind::PathNotFound
             })
         ))
+    }
+
+    /// halite patch 1: a watcher that leaves `ACCESS_OPEN` out of its event kinds
+    /// is not told of reads (the kernel is not asked for `IN_OPEN`), and still is
+    /// of writes. The sentinel file's create ends the wait: inotify keeps order.
+    #[test]
+    fn opens_are_not_watched_when_left_out_of_the_event_kinds() {
+        let dir = tempfile::tempdir().unwrap();
+        let read = dir.path().join("read");
+        std::fs::write(&read, b"x").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let kinds = EventKindMask::CORE | EventKindMask::ACCESS_CLOSE;
+        let mut watcher =
+            INotifyWatcher::new(tx, Config::default().with_event_kinds(kinds)).unwrap();
+        watcher
+            .watch(dir.path(), RecursiveMode::NonRecursive)
+            .unwrap();
+
+        std::fs::read(&read).unwrap();
+        std::fs::write(dir.path().join("written"), b"y").unwrap();
+        std::fs::write(dir.path().join("sentinel"), b"").unwrap();
+
+        let mut seen = Vec::new();
+        loop {
+            let event = rx
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .unwrap()
+                .unwrap();
+            let done = event.kind.is_create()
+                && event.paths.iter().any(|p| p.ends_with("sentinel"));
+            seen.push(event);
+            if done {
+                break;
+            }
+        }
+        assert!(
+            !seen
+                .iter()
+                .any(|e| matches!(e.kind, EventKind::Access(AccessKind::Open(_)))),
+            "{seen:#?}"
+        );
+        assert!(
+            seen.iter().any(|e| e.kind.is_create()
+                && e.paths.iter().any(|p| p.ends_with("written"))),
+            "{seen:#?}"
+        );
+        assert!(
+            seen.iter().any(|e| matches!(
+                e.kind,
+                EventKind::Access(AccessKind::Close(AccessMode::Write))
+            )),
+            "{seen:#?}"
+        );
+    }
+
+    /// The default still watches opens, as notify 8.2.2 did.
+    #[test]
+    fn the_default_watch_mask_is_unchanged() {
+        assert_eq!(
+            watch_mask(EventKindMask::default()),
+            WatchMask::ATTRIB
+                | WatchMask::CREATE
+                | WatchMask::OPEN
+                | WatchMask::DELETE
+                | WatchMask::CLOSE_WRITE
+                | WatchMask::MODIFY
+                | WatchMask::MOVED_FROM
+                | WatchMask::MOVED_TO
+        );
     }
 
     /// Runs manually.

@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use halite_proto::{Event, Sha256, Value};
+use notify::event::EventKindMask;
 use notify::{RecursiveMode, Watcher};
 use serde::Deserialize;
 
@@ -658,14 +659,19 @@ fn start(context: Context, config: &Value) -> Result<Running, BeaconError> {
     let notify_tx = wake_tx.clone();
     let overflowed = Arc::new(AtomicBool::new(false));
     let overflow_flag = overflowed.clone();
-    let watcher = notify::recommended_watcher(move |event| {
+    let on_event = move |event| {
         // Full queue: the notification is dropped and the thread, seeing
         // the flag, looks at every path once.
         if notify_tx.try_send(Wake::Notify(event, halite_fs::hops::now())).is_err() {
             overflow_flag.store(true, Ordering::Relaxed);
         }
-    })
-    .map_err(BeaconError::Inotify)?;
+    };
+    // Opens are not asked of the kernel: every read of a watched file (each
+    // beacon's own scan, the agent's hashing, anyone's `cat`) would wake
+    // the beacon for nothing (`reaction` ignores them).
+    let kinds = EventKindMask::CORE | EventKindMask::ACCESS_CLOSE;
+    let watcher = notify::RecommendedWatcher::new(on_event, notify::Config::default().with_event_kinds(kinds))
+        .map_err(BeaconError::Inotify)?;
     let scope = Scope {
         targets: settings.paths.iter().map(|p| (context.real_path(p), p.clone())).collect(),
         recursive: settings.recursive,

@@ -160,11 +160,15 @@ pub fn spawn(master: Arc<Master>, states: PathBuf, enforce: Enforce, cancel: Can
     let changed = Arc::new(Notify::new());
     let signal = changed.clone();
     let root = states.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+    let on_event = move |event: notify::Result<notify::Event>| match event {
         Ok(event) if !relevant(&root, &event) => {}
         // An error (e.g. a queue overflow) may hide a change: reload.
         _ => signal.notify_one(),
-    })?;
+    };
+    // Only changes: the master reading its own tree to compile it must not
+    // wake the watcher once per file opened.
+    let changes = notify::Config::default().with_event_kinds(notify::event::EventKindMask::CORE);
+    let mut watcher = notify::RecommendedWatcher::new(on_event, changes)?;
     let mut watched = arm(&mut watcher, &states, None);
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     tokio::spawn(async move {
