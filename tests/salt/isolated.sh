@@ -23,11 +23,13 @@ set -eu
 tree=$(cd "$1" && pwd)
 bindir=$(cd "$2" && pwd)
 shift 2
-exec unshare --mount --net --uts --propagation private sh -c '
+base=$(mktemp -d)
+# Empty again when the namespace is gone (its tmpfs goes with it).
+trap 'rmdir "$base"' EXIT
+unshare --mount --net --uts --propagation private sh -c '
   set -eu
-  tree=$1 bindir=$2
-  shift 2
-  base=$(mktemp -d)
+  base=$1 tree=$2 bindir=$3
+  shift 3
   # The upper layer must not be an overlay itself (CI containers run on one).
   mount -t tmpfs -o mode=0755 tmpfs "$base"
   mkdir "$base/upper" "$base/work" "$base/root"
@@ -44,4 +46,4 @@ exec unshare --mount --net --uts --propagation private sh -c '
   chroot "$root" /bin/sh -c "cd /run/ref && exec \"\$@\"" command "$@" || echo "isolated.sh: the command exited $?" >&2
   echo "--- facts"
   chroot "$root" /bin/sh /run/ref/tree/facts.sh
-' isolated "$tree" "$bindir" "$@"
+' isolated "$base" "$tree" "$bindir" "$@"
