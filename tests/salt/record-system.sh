@@ -12,6 +12,10 @@
 # is taken from the package (dpkg -x) inside the copy.
 #   apt-get download cron
 #   SALT_CALL=/tmp/salt-venv/bin/salt-call CRON_DEB=$PWD/cron_*.deb tests/salt/record-system.sh
+# With HALITE_AGENT=target/debug/halite-agent, halite then plans the same
+# tree on what Salt left (`apply --test`, in the same copy) and the
+# recording fails if halite would change anything: a host Salt kept is
+# taken over as it is.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 salt_call=${SALT_CALL:-/tmp/salt-venv/bin/salt-call}
@@ -20,6 +24,7 @@ python=${PYTHON:-python3}
 tree=ref-system
 work=$(mktemp -d)
 cp "$CRON_DEB" "$work/cron.deb"
+[ -z "${HALITE_AGENT:-}" ] || cp "$HALITE_AGENT" "$work/halite-agent"
 cat > "$work/minion" <<CONF
 id: ref
 file_client: local
@@ -39,7 +44,11 @@ dpkg -x /run/ref/bin/cron.deb /tmp/cron-deb
 cp /tmp/cron-deb/usr/bin/crontab /usr/bin/crontab
 chgrp crontab /usr/bin/crontab
 chmod 2755 /usr/bin/crontab
-exec $salt_call --local --config-dir /run/ref/bin --out json state.apply
+$salt_call --local --config-dir /run/ref/bin --out json state.apply > /run/ref/salt.json || true
+if [ -x /run/ref/bin/halite-agent ]; then
+  /run/ref/bin/halite-agent apply --local /run/ref/tree --id ref --config /nonexistent/agent.yaml --root / --json --test > /run/ref/bin/takeover.json || true
+fi
+cat /run/ref/salt.json
 RUN
 "$here/isolated.sh" "$here/corpus/$tree" "$work" sh /run/ref/bin/run > "$work/out"
 # The facts, then one line per state: its kind, id and outcome.
@@ -57,6 +66,16 @@ for key, ret in sorted(result.items(), key=lambda kv: kv[1]["__run_num__"]):
     if not ret["result"]:
         print(f"  {ret['comment']}", file=sys.stderr)
 PY
+if [ -n "${HALITE_AGENT:-}" ]; then
+  "$python" - "$work/takeover.json" <<'PY'
+import json, sys
+states = json.load(open(sys.argv[1]))["agents"][0]["states"]
+changing = [(s["kind"], s["id"], s["outcome"]) for s in states if s["outcome"] != "unchanged"]
+if changing:
+    sys.exit(f"halite would change what Salt left: {changing}")
+print(f"halite takes over what Salt left: {len(states)} states unchanged", file=sys.stderr)
+PY
+fi
 mkdir -p "$here/expected-system"
 mv "$work/facts" "$here/expected-system/$tree.txt"
 echo "recorded $here/expected-system/$tree.txt" >&2
