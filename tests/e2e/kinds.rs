@@ -209,7 +209,7 @@ async fn every_new_kind_applies_once_then_changes_nothing() {
     assert_eq!(read("srv/www/css/site.css"), "body { margin: 0 }\n");
     assert!(!root.join("srv/www/stale.html").exists() && !root.join("srv/www/index.html.bak").exists());
     assert_eq!(read("proc/sys/vm/swappiness"), "10\n");
-    assert_eq!(read("etc/sysctl.d/99-salt.conf"), "vm.swappiness = 10\n");
+    assert_eq!(read("etc/sysctl.d/99-salt.conf"), "#\n# Kernel sysctl configuration\n#\nvm.swappiness = 10\n");
     assert!(
         read("var/spool/cron/crontabs/root").ends_with(
             "# SALT_CRON_IDENTIFIER:/usr/local/bin/backup --quiet\n30 2 * * * /usr/local/bin/backup --quiet\n"

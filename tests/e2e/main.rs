@@ -36,6 +36,7 @@ mod recurse_templates;
 mod reload;
 mod restart;
 mod salt_reference;
+mod salt_system;
 mod salt_tree;
 mod schedule;
 mod states;

@@ -56,6 +56,12 @@ struct Config {
     /// Salt's display name; halite has no use for it.
     #[allow(dead_code)]
     humanname: Option<String>,
+    /// Salt's choice between `apt-key` and a key file: halite always keeps
+    /// the key in `/etc/apt/keyrings` with `signed-by` (what Salt does with
+    /// `aptkey: False`, its documented form, and wherever `apt-key` is
+    /// gone), so either value loads.
+    #[allow(dead_code)]
+    aptkey: Option<bool>,
 }
 
 fn yes() -> bool {

@@ -83,6 +83,11 @@ fn resolve(state: &Authored<'_>) -> Result<Value, Vec<Problem>> {
     Ok(Value::map().with("path", path).with("name", name).with("value", value))
 }
 
+/// What a config file halite creates starts with: Salt's header
+/// (`linux_sysctl.persist`), so a host converted from Salt gets the same
+/// file (tests/e2e/salt_system.rs compares it with Salt's).
+const NEW_CONFIG: &str = "#\n# Kernel sysctl configuration\n#\n";
+
 fn fields(value: &str) -> Vec<&str> {
     value.split_whitespace().collect()
 }
@@ -144,7 +149,7 @@ fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
     let path = PathBuf::from(args::string(args, "path")?);
     let new_file = NewFile { makedirs: true, ..NewFile::default() };
     let file = EditPlan::new(&path, env, true, new_file, |text| {
-        let text = text.unwrap_or_default();
+        let text = text.unwrap_or(NEW_CONFIG);
         Ok((Edited::Text(set_line(text, name, value)), vec![format!("{name} = {value} in {}", path.display())]))
     })?;
     Ok(Box::new(SysctlPlan { file, live_path, live }))
@@ -214,7 +219,11 @@ mod tests {
         assert!(first[0].ends_with("proc/sys/vm/swappiness: 60 -> 10"), "{first:?}");
         assert_eq!(std::fs::read_to_string(root.path().join("proc/sys/vm/swappiness")).unwrap(), "10\n");
         let conf = root.path().join("etc/sysctl.d/99-salt.conf");
-        assert_eq!(std::fs::read_to_string(&conf).unwrap(), "vm.swappiness = 10\n");
+        assert_eq!(
+            std::fs::read_to_string(&conf).unwrap(),
+            "#\n# Kernel sysctl configuration\n#\nvm.swappiness = 10\n",
+            "a new file starts with Salt's header"
+        );
         assert!(changes(apply_call(&call, false, &env).outcome).is_empty());
         // A range compares by fields; an old line is replaced, not added to.
         std::fs::write(&conf, "# tuning\nvm.swappiness=30\nnet.ipv4.ip_local_port_range = 1 2\n").unwrap();
