@@ -34,7 +34,7 @@ const CONF: &str = "/etc/motd";
 /// ids could leave a master without agents in some runs; the evenness of
 /// the ranking over many ids is `masters.rs`'s unit test. This test checks
 /// that real agents follow their ranking, and what a kill does.
-fn ids_spread_over(listens: &[String], per_master: usize) -> Vec<String> {
+pub(crate) fn ids_spread_over(listens: &[String], per_master: usize) -> Vec<String> {
     let mut per = vec![0; listens.len()];
     let mut ids = Vec::new();
     for n in 0.. {

@@ -1,0 +1,306 @@
+//! Several masters on one PostgreSQL when the database goes away (issue
+//! #20, "Degrade, don't die"): PostgreSQL stopped in a drift storm, and a
+//! network partition made of namespaces (`harness/netns.rs`) that cuts one
+//! master from the database, or from its agents.
+//!
+//! What both check after the fault is healed: every drift restored byte
+//! for byte, every event an agent sent recorded in PostgreSQL exactly once
+//! (the bus's event ids against the `events` table, and every agent's
+//! outbox empty: all it sent was acknowledged, so durable), every job's
+//! answer recorded once per (job, agent), and no singleton run where the
+//! lease was not held.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use halite_e2e::WAIT;
+use halite_e2e::cluster::Cluster;
+use halite_master::client::BusEvent;
+
+use crate::cluster_failover::ids_spread_over;
+
+/// The file every agent manages in the example tree (a template: its
+/// content is each agent's own).
+const CONF: &str = "/etc/motd";
+
+/// Messages an agent's outbox holds (sent and not acknowledged, or not
+/// sent yet), from its data dir.
+fn outbox_len(agent_dir: &std::path::Path) -> usize {
+    let Ok(dir) = std::fs::read_dir(agent_dir.join("data/outbox")) else { return 0 };
+    dir.flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "msg"))
+        .map(|e| halite_agent::outbox::read_batch(&std::fs::read(e.path()).unwrap_or_default()).len())
+        .sum()
+}
+
+/// The size of master `i`'s spool (`<data_dir>/pg-spool`), 0 when absent.
+fn spool_len(cluster: &Cluster, i: usize) -> u64 {
+    cluster.master(i).and_then(|m| std::fs::metadata(m.dir.join("data/pg-spool")).ok()).map_or(0, |m| m.len())
+}
+
+/// Waits until each of `masters` has published an event tagged `tag`,
+/// counting those already taken since `cluster.seen[since]`.
+async fn await_from(cluster: &mut Cluster, masters: &[usize], since: usize, tag: &str) -> anyhow::Result<()> {
+    let mut missing: HashSet<usize> = masters.iter().copied().collect();
+    for (master, event) in &cluster.seen[since..] {
+        if event.tag == tag {
+            missing.remove(master);
+        }
+    }
+    while !missing.is_empty() {
+        let (master, _) = cluster
+            .wait_for(&format!("{tag} from masters {missing:?}"), |m, e| e.tag == tag && missing.contains(&m))
+            .await?;
+        missing.remove(&master);
+    }
+    Ok(())
+}
+
+/// The singletons' lease row: its holder and epoch.
+async fn lease(cluster: &Cluster) -> anyhow::Result<Option<(String, i64)>> {
+    let client = cluster.target.connect().await?;
+    let row = client.query_opt("SELECT holder, epoch FROM leases WHERE name = 'singletons'", &[]).await?;
+    Ok(row.map(|row| (row.get(0), row.get(1))))
+}
+
+/// The master (index) whose link a lease holder names.
+fn holder_index(cluster: &Cluster, holder: &str) -> Option<usize> {
+    cluster.listens.iter().position(|listen| holder.starts_with(&format!("{listen} ")))
+}
+
+/// Polls the lease row (every 50 ms, at most [`WAIT`]) until `wanted`.
+async fn lease_when(
+    cluster: &Cluster,
+    what: &str,
+    wanted: impl Fn(usize, i64) -> bool,
+) -> anyhow::Result<(usize, i64)> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+    loop {
+        if let Ok(Some((holder, epoch))) = lease(cluster).await
+            && let Some(master) = holder_index(cluster, &holder)
+            && wanted(master, epoch)
+        {
+            return Ok((master, epoch));
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tick.tick().await;
+    }
+}
+
+/// The masters leading now, by each one's last `singletons/leading` or
+/// `…/stepped-down` among the events taken.
+fn leading(seen: &[(usize, BusEvent)]) -> Vec<usize> {
+    let mut state: HashMap<usize, bool> = HashMap::new();
+    for (master, event) in seen {
+        match event.tag.as_str() {
+            "halite/master/singletons/leading" => state.insert(*master, true),
+            "halite/master/singletons/stepped-down" => state.insert(*master, false),
+            _ => None,
+        };
+    }
+    let mut masters: Vec<usize> = state.into_iter().filter_map(|(m, leads)| leads.then_some(m)).collect();
+    masters.sort_unstable();
+    masters
+}
+
+/// After a fault is healed: every agent's outbox empties (all it sent was
+/// acknowledged), every drift event taken from the bus is in the `events`
+/// table exactly once and no other drift event is, each drift was reacted
+/// to at most once, and every job answer seen on the bus is recorded once
+/// per (job, agent) with no state's result twice. The drift event ids.
+async fn check_recorded_once(cluster: &mut Cluster, ids: &[String]) -> anyhow::Result<HashSet<String>> {
+    let dirs: Vec<PathBuf> = ids.iter().map(|id| cluster.agent(id).dir.clone()).collect();
+    halite_e2e::wait_until("every agent's outbox acknowledged", || dirs.iter().all(|d| outbox_len(d) == 0)).await?;
+    cluster.drain();
+    let is_drift = |tag: &str| tag.starts_with("halite/beacon/") && tag.ends_with("/motd");
+    let drifts: HashSet<String> =
+        cluster.seen.iter().filter(|(_, e)| is_drift(&e.tag)).map(|(_, e)| e.id().to_owned()).collect();
+    let client = cluster.target.connect().await?;
+    // Acknowledged means durable; the spools may still be draining into
+    // PostgreSQL: wait for the rows.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+    let (per_id, tags) = loop {
+        let rows = client.query("SELECT id, tag, count(*) FROM events GROUP BY id, tag", &[]).await?;
+        let per_id: HashMap<String, (String, i64)> =
+            rows.iter().map(|row| (row.get(0), (row.get(1), row.get(2)))).collect();
+        if drifts.iter().all(|id| per_id.contains_key(id)) {
+            // The tags the drift events are recorded under.
+            let tags: HashSet<String> = drifts.iter().map(|id| per_id[id].0.clone()).collect();
+            break (per_id, tags);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "drift events missing from PostgreSQL: {:?}",
+            drifts.iter().filter(|id| !per_id.contains_key(*id)).collect::<Vec<_>>()
+        );
+        tick.tick().await;
+    };
+    let twice: Vec<_> = per_id.iter().filter(|(_, (_, n))| *n != 1).collect();
+    anyhow::ensure!(twice.is_empty(), "events recorded more than once: {twice:?}");
+    let unknown: Vec<_> = per_id.iter().filter(|(id, (tag, _))| tags.contains(tag) && !drifts.contains(*id)).collect();
+    anyhow::ensure!(unknown.is_empty(), "drift events recorded that no master published: {unknown:?}");
+
+    // Reactions: a drift's restore job is made once, the spool's drain
+    // does not react again.
+    let mut reactions: HashMap<&str, usize> = HashMap::new();
+    let mut answers: HashSet<(String, String)> = HashSet::new();
+    for (_, event) in &cluster.seen {
+        let Some(rest) = event.tag.strip_prefix("halite/job/") else { continue };
+        if rest.ends_with("/new")
+            && let Some(id) = event.data()["cause"].as_str()
+            && let Some(id) = drifts.get(id)
+        {
+            *reactions.entry(id.as_str()).or_default() += 1;
+        }
+        if let Some((jid, agent)) = rest.split_once("/ret/") {
+            answers.insert((jid.to_owned(), agent.to_owned()));
+        }
+    }
+    let again: Vec<_> = reactions.iter().filter(|(_, n)| **n > 1).collect();
+    anyhow::ensure!(again.is_empty(), "drift events reacted to more than once: {again:?}");
+
+    // Every answer the bus saw is recorded, for its (job, agent) once.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let rows = client.query("SELECT jid, agent FROM job_agents WHERE status = 'answered'", &[]).await?;
+        let recorded: HashSet<(String, String)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+        let missing: Vec<_> = answers.iter().filter(|a| !recorded.contains(*a)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "answers missing from PostgreSQL: {missing:?}");
+        tick.tick().await;
+    }
+    let twice = client
+        .query(
+            "SELECT jid, agent, state, count(*) FROM job_results GROUP BY jid, agent, state HAVING count(*) > 1",
+            &[],
+        )
+        .await?;
+    anyhow::ensure!(
+        twice.is_empty(),
+        "a state's result recorded twice for a (job, agent): {:?}",
+        twice.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, String>(2))).collect::<Vec<_>>()
+    );
+    println!(
+        "{} drift events, each in `events` once; {} restore jobs, each reacted once; {} answers, each recorded once per (job, agent)",
+        drifts.len(),
+        reactions.len(),
+        answers.len()
+    );
+    Ok(drifts)
+}
+
+/// Masters in the storm test.
+const MASTERS: usize = 3;
+/// Agents whose first choice is each master.
+const PER_MASTER: usize = 3;
+/// Rounds of drift; PostgreSQL is stopped right after the drifts of
+/// [`STOP_ROUND`] are written, and started again after [`START_ROUND`]'s
+/// are restored.
+const ROUNDS: usize = 6;
+const STOP_ROUND: usize = 1;
+const START_ROUND: usize = 3;
+
+/// Three masters, nine agents, a drift storm; PostgreSQL stopped
+/// (`pg_ctl stop -m immediate`) in its second round and started again
+/// two rounds later: every drift is restored byte for byte throughout;
+/// each master says `…/store/postgres/unreachable` and spools; the leader
+/// steps down and nobody leads while PostgreSQL is down; once it is back
+/// every master says `…/reachable`, its spool drains, one master leads
+/// under a new epoch, and PostgreSQL holds every event of the storm once
+/// ([`check_recorded_once`]). The audit log is each master's halite.db
+/// (README "Keys, commands and singletons across masters"), not checked
+/// here: the `events` table is the record shared by the masters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_in_a_storm_enforcement_goes_on_and_the_spools_drain_once() {
+    let mut cluster = Cluster::start(MASTERS).await.unwrap();
+    let result = async {
+        let ids = ids_spread_over(&cluster.listens, PER_MASTER);
+        let names: Vec<&str> = ids.iter().map(String::as_str).collect();
+        cluster.add_agents(&names).await?;
+        cluster.drain();
+        let all: Vec<usize> = (0..MASTERS).collect();
+        println!("agents per master: {:?}", cluster.split());
+        let (leader, first_epoch) = lease_when(&cluster, "a leader", |_, _| true).await?;
+        println!("master {leader} leads under epoch {first_epoch}");
+
+        let mut expected = HashMap::new();
+        for id in &ids {
+            expected.insert(cluster.agent(id).path(CONF), std::fs::read(cluster.agent(id).path(CONF))?);
+        }
+        let files: Vec<PathBuf> = ids.iter().map(|id| cluster.agent(id).path(CONF)).collect();
+        let restored = || files.iter().all(|f| std::fs::read(f).is_ok_and(|bytes| Some(&bytes) == expected.get(f)));
+        let (mut stopped_at, mut down_from, mut up_from) = (None, 0, 0);
+        for round in 0..ROUNDS {
+            for id in &ids {
+                std::fs::write(cluster.agent(id).path(CONF), format!("drift {round} of {id}\n"))?;
+            }
+            if round == STOP_ROUND {
+                cluster.drain();
+                down_from = cluster.seen.len();
+                tokio::task::block_in_place(|| cluster.postgres.stop_immediate())?;
+                stopped_at = Some(std::time::Instant::now());
+                println!("PostgreSQL stopped in round {round}");
+            }
+            let began = std::time::Instant::now();
+            halite_e2e::wait_until(&format!("round {round}'s drifts restored"), restored).await?;
+            println!("round {round}: {} drifts restored in {:?}", ids.len(), began.elapsed());
+            if round > STOP_ROUND && round <= START_ROUND {
+                // Every master has recorded since the stop: each has found
+                // PostgreSQL gone, and spools.
+                await_from(&mut cluster, &all, down_from, "halite/master/store/postgres/unreachable").await?;
+                await_from(&mut cluster, &[leader], down_from, "halite/master/singletons/stepped-down").await?;
+                let spools: Vec<u64> = all.iter().map(|&i| spool_len(&cluster, i)).collect();
+                println!("round {round}: spools {spools:?} bytes");
+                anyhow::ensure!(spools.iter().all(|&n| n > 0), "a master does not spool: {spools:?}");
+            }
+            if round == START_ROUND {
+                cluster.drain();
+                let during = &cluster.seen[down_from..];
+                let led: Vec<_> = during.iter().filter(|(_, e)| e.tag == "halite/master/singletons/leading").collect();
+                anyhow::ensure!(led.is_empty(), "a master led while PostgreSQL was down: {led:?}");
+                let stepped = during
+                    .iter()
+                    .find(|(m, e)| *m == leader && e.tag == "halite/master/singletons/stepped-down")
+                    .map(|(_, e)| e.data()["epoch"].clone());
+                anyhow::ensure!(stepped == Some(first_epoch.into()), "the leader stepped down from {stepped:?}");
+                println!("the leader stepped down; nobody led while PostgreSQL was down");
+                up_from = cluster.seen.len();
+                tokio::task::block_in_place(|| cluster.postgres.start_again())?;
+                let started = std::time::Instant::now();
+                println!("PostgreSQL started again after {:?} down", stopped_at.map(|at| at.elapsed()));
+                await_from(&mut cluster, &all, up_from, "halite/master/store/postgres/reachable").await?;
+                let reach = started.elapsed();
+                halite_e2e::wait_until("every spool drained", || all.iter().all(|&i| spool_len(&cluster, i) == 0))
+                    .await?;
+                println!("every master reachable after {reach:?}, spools drained after {:?}", started.elapsed());
+            }
+        }
+
+        // One leader again, under a new epoch.
+        if leading(&cluster.seen[up_from..]).is_empty() {
+            cluster.wait_for("a master leading again", |_, e| e.tag == "halite/master/singletons/leading").await?;
+        }
+        let (again, epoch) = lease_when(&cluster, "the lease taken again", |_, epoch| epoch > first_epoch).await?;
+        cluster.drain();
+        let now = leading(&cluster.seen);
+        anyhow::ensure!(now == vec![again], "masters leading: {now:?}, the lease names {again}");
+        println!("master {again} leads again under epoch {epoch}");
+
+        let drifts = check_recorded_once(&mut cluster, &ids).await?;
+        anyhow::ensure!(
+            drifts.len() >= ids.len() * ROUNDS,
+            "{} drift events for {} drifts",
+            drifts.len(),
+            ids.len() * ROUNDS
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        cluster.fail(&error);
+    }
+}
