@@ -14,8 +14,11 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use halite_e2e::WAIT;
-use halite_e2e::cluster::Cluster;
+use halite_e2e::cluster::{Cluster, Placement};
+use halite_e2e::netns::{Link, Net};
+use halite_e2e::postgres::Postgres;
 use halite_master::client::BusEvent;
+use halite_master::fleet::Binaries;
 
 use crate::cluster_failover::ids_spread_over;
 
@@ -302,5 +305,177 @@ async fn postgres_stopped_in_a_storm_enforcement_goes_on_and_the_spools_drain_on
     .await;
     if let Err(error) = result {
         cluster.fail(&error);
+    }
+}
+
+/// A cluster of [`MASTERS`] masters partitioned by network namespaces, and
+/// the links a test cuts.
+struct Partitioned {
+    cluster: Cluster,
+    /// Each master's link towards PostgreSQL.
+    db_links: Vec<Link>,
+    /// Each master's link towards the agents.
+    agent_links: Vec<Link>,
+    /// Dropped last: the namespaces outlive the processes in them.
+    net: Net,
+}
+
+/// The topology: a hub namespace with two bridges, `db` (10.20.1.0/24) and
+/// `ag` (10.20.2.0/24); PostgreSQL in a namespace on `db`; each master in
+/// its own with one leg on each bridge, listening for agents on its `ag`
+/// address; every agent in one namespace on `ag`. So a master's database
+/// side and agent side are cut apart.
+async fn partitioned() -> anyhow::Result<Partitioned> {
+    let mut net = Net::new()?;
+    let hub = net.namespace("hub")?;
+    net.bridge(&hub, "db")?;
+    net.bridge(&hub, "ag")?;
+    let db = net.namespace("db")?;
+    net.link(&db, "10.20.1.1/24", &hub, "db")?;
+    let binaries = halite_e2e::binaries();
+    let (mut masters, mut db_links, mut agent_links) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..MASTERS {
+        let ns = net.namespace(&format!("m{i}"))?;
+        db_links.push(net.link(&ns, &format!("10.20.1.{}/24", 10 + i), &hub, "db")?);
+        agent_links.push(net.link(&ns, &format!("10.20.2.{}/24", 10 + i), &hub, "ag")?);
+        let placed = Binaries { master: net.wrapper(&ns, &binaries.master)?, agent: binaries.agent.clone() };
+        masters.push((format!("tcp://10.20.2.{}:0", 10 + i), placed));
+    }
+    let agents_ns = net.namespace("agents")?;
+    net.link(&agents_ns, "10.20.2.100/24", &hub, "ag")?;
+    let agents = Binaries { master: binaries.master.clone(), agent: net.wrapper(&agents_ns, &binaries.agent)? };
+    let postgres = tokio::task::spawn_blocking(move || Postgres::start_in(&db, "10.20.1.1")).await??;
+    let placement = Placement { postgres, postgres_host: "10.20.1.1".into(), masters, agents };
+    let cluster = Cluster::start_placed(placement).await?;
+    println!("namespaces {}-*: PostgreSQL, {MASTERS} masters, the agents", net.prefix());
+    Ok(Partitioned { cluster, db_links, agent_links, net })
+}
+
+/// Whether partition tests can run; if not, says so loudly.
+fn can_partition(test: &str) -> bool {
+    match Net::unavailable() {
+        None => true,
+        Some(why) => {
+            eprintln!("\n!!!!! SKIPPED {test}: {why}. It needs root and `ip netns` (CI has both). !!!!!\n");
+            false
+        }
+    }
+}
+
+/// Agents per master in the partition tests.
+const PARTITION_PER_MASTER: usize = 2;
+
+/// Writes a drift into each of `ids`' managed file and waits until every
+/// one is restored byte for byte to `expected`; how long that took.
+async fn drift_and_restore(
+    cluster: &Cluster,
+    ids: &[String],
+    expected: &HashMap<PathBuf, Vec<u8>>,
+    what: &str,
+) -> anyhow::Result<std::time::Duration> {
+    let began = std::time::Instant::now();
+    let files: Vec<PathBuf> = ids.iter().map(|id| cluster.agent(id).path(CONF)).collect();
+    for (id, file) in ids.iter().zip(&files) {
+        std::fs::write(file, format!("{what} of {id}\n"))?;
+    }
+    let restored = || files.iter().all(|f| std::fs::read(f).is_ok_and(|bytes| Some(&bytes) == expected.get(f)));
+    halite_e2e::wait_until(&format!("{what}: drifts restored"), restored).await?;
+    Ok(began.elapsed())
+}
+
+/// What each agent's managed file holds after its start-up apply.
+fn expected_files(cluster: &Cluster, ids: &[String]) -> anyhow::Result<HashMap<PathBuf, Vec<u8>>> {
+    let mut expected = HashMap::new();
+    for id in ids {
+        let path = cluster.agent(id).path(CONF);
+        expected.insert(path.clone(), std::fs::read(path)?);
+    }
+    Ok(expected)
+}
+
+/// The leader cut from PostgreSQL (its database-side link taken off the
+/// bridge) but not from its agents: it keeps enforcing its agents' drifts
+/// from its cached tree and keys, says `…/unreachable`, spools, steps down
+/// and leads no more while cut; another master takes the lease under a
+/// new epoch. Healed: its spool drains (`…/reachable`), it does not lead
+/// again beside the new leader, and every event, reaction and answer is
+/// recorded once ([`check_recorded_once`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_cut_from_postgres_keeps_enforcing_and_runs_no_singleton() {
+    if !can_partition("a_master_cut_from_postgres_keeps_enforcing_and_runs_no_singleton") {
+        return;
+    }
+    let mut setup = partitioned().await.unwrap();
+    let result = async {
+        let Partitioned { cluster, db_links, net, .. } = &mut setup;
+        let ids = ids_spread_over(&cluster.listens, PARTITION_PER_MASTER);
+        let names: Vec<&str> = ids.iter().map(String::as_str).collect();
+        cluster.add_agents(&names).await?;
+        cluster.drain();
+        println!("agents per master: {:?}", cluster.split());
+        let expected = expected_files(cluster, &ids)?;
+        let (cut, first_epoch) = lease_when(cluster, "a leader", |_, _| true).await?;
+        let listens = cluster.listens.clone();
+        let its: Vec<String> =
+            ids.iter().filter(|id| halite_agent::masters::rank(id, &listens)[0] == cut).cloned().collect();
+        println!("master {cut} leads (epoch {first_epoch}) and holds {its:?}: cutting it from PostgreSQL");
+        drift_and_restore(cluster, &ids, &expected, "before the cut").await?;
+
+        cluster.drain();
+        let cut_from = cluster.seen.len();
+        net.cut(&db_links[cut])?;
+        let cut_at = std::time::Instant::now();
+        // Its agents' drifts, recorded nowhere but its spool.
+        let took = drift_and_restore(cluster, &its, &expected, "cut round 0").await?;
+        println!("cut: master {cut}'s agents' drifts restored in {took:?}");
+        await_from(cluster, &[cut], cut_from, "halite/master/singletons/stepped-down").await?;
+        println!("master {cut} stepped down {:?} after the cut", cut_at.elapsed());
+        await_from(cluster, &[cut], cut_from, "halite/master/store/postgres/unreachable").await?;
+        println!("master {cut} found PostgreSQL unreachable {:?} after the cut", cut_at.elapsed());
+        let (other, epoch) =
+            lease_when(cluster, "another master taking the lease", |m, epoch| m != cut && epoch > first_epoch).await?;
+        println!("master {other} took the lease (epoch {epoch}) {:?} after the cut", cut_at.elapsed());
+        for round in 1..3 {
+            let took = drift_and_restore(cluster, &ids, &expected, &format!("cut round {round}")).await?;
+            println!("cut round {round}: every drift restored in {took:?}");
+        }
+        anyhow::ensure!(spool_len(cluster, cut) > 0, "master {cut} does not spool");
+        cluster.drain();
+        let during = &cluster.seen[cut_from..];
+        // Its agents stayed, and it restored them itself.
+        let moved: Vec<_> = during
+            .iter()
+            .filter(|(m, e)| *m == cut && e.tag.starts_with("halite/agent/") && e.tag.ends_with("/disconnected"))
+            .collect();
+        anyhow::ensure!(moved.is_empty(), "master {cut} lost agents while cut from PostgreSQL only: {moved:?}");
+        let restores = during
+            .iter()
+            .filter(|(m, e)| *m == cut && e.tag.starts_with("halite/job/") && e.tag.ends_with("/new"))
+            .count();
+        anyhow::ensure!(restores >= its.len() * 3, "master {cut} made {restores} restore jobs while cut");
+        let led: Vec<_> =
+            during.iter().filter(|(m, e)| *m == cut && e.tag == "halite/master/singletons/leading").collect();
+        anyhow::ensure!(led.is_empty(), "master {cut} led while cut from PostgreSQL: {led:?}");
+
+        let heal_from = cluster.seen.len();
+        net.heal(&db_links[cut])?;
+        let healed_at = std::time::Instant::now();
+        await_from(cluster, &[cut], heal_from, "halite/master/store/postgres/reachable").await?;
+        halite_e2e::wait_until("the spool drained", || spool_len(cluster, cut) == 0).await?;
+        println!("healed: master {cut} reachable and its spool drained after {:?}", healed_at.elapsed());
+        drift_and_restore(cluster, &ids, &expected, "after the heal").await?;
+        let (leader, now) = lease_when(cluster, "the lease", |_, _| true).await?;
+        cluster.drain();
+        let leaders = leading(&cluster.seen);
+        anyhow::ensure!(
+            leaders == vec![leader] && leader == other && now == epoch,
+            "after the heal the lease is master {leader}'s (epoch {now}), the bus says {leaders:?} lead"
+        );
+        check_recorded_once(cluster, &ids).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        setup.cluster.fail(&error);
     }
 }
