@@ -479,3 +479,87 @@ async fn a_master_cut_from_postgres_keeps_enforcing_and_runs_no_singleton() {
         setup.cluster.fail(&error);
     }
 }
+
+/// A master cut from its agents (its agent-side link taken off the bridge)
+/// but not from PostgreSQL: its agents' heartbeats go unanswered, and after
+/// three missed ones (5 s each) each agent moves to its second-ranked
+/// master and enforces there; the cut master learns through PostgreSQL that
+/// they moved and drops their sessions (`reason: moved`); the other
+/// masters' agents do not move. Drifts written just after the cut (sent
+/// into the partition, never acknowledged) are resent to the new master
+/// and restored; healed, every event is recorded once. The time to re-home
+/// is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_cut_from_its_agents_loses_them_to_the_others() {
+    if !can_partition("a_master_cut_from_its_agents_loses_them_to_the_others") {
+        return;
+    }
+    let mut setup = partitioned().await.unwrap();
+    let result = async {
+        let Partitioned { cluster, agent_links, net, .. } = &mut setup;
+        let ids = ids_spread_over(&cluster.listens, PARTITION_PER_MASTER);
+        let names: Vec<&str> = ids.iter().map(String::as_str).collect();
+        cluster.add_agents(&names).await?;
+        cluster.drain();
+        let expected = expected_files(cluster, &ids)?;
+        let listens = cluster.listens.clone();
+        let rank = |id: &str| halite_agent::masters::rank(id, &listens);
+        const CUT: usize = 1;
+        let (away, stay): (Vec<String>, Vec<String>) = ids.iter().cloned().partition(|id| rank(id)[0] == CUT);
+        println!("agents per master: {:?}; cutting master {CUT} from {away:?}", cluster.split());
+
+        cluster.drain();
+        let cut_from = cluster.seen.len();
+        net.cut(&agent_links[CUT])?;
+        let cut_at = std::time::Instant::now();
+        // Drift into the partition: the events go to the cut master and
+        // are never acknowledged; the restore waits for the new master.
+        for id in &away {
+            std::fs::write(cluster.agent(id).path(CONF), format!("drift into the partition of {id}\n"))?;
+        }
+        let files: Vec<PathBuf> = away.iter().map(|id| cluster.agent(id).path(CONF)).collect();
+        let restored = || files.iter().all(|f| std::fs::read(f).is_ok_and(|bytes| Some(&bytes) == expected.get(f)));
+        for id in &away {
+            let second = rank(id)[1];
+            if cluster.home_of(id) != Some(second) {
+                cluster
+                    .wait_for(&format!("{id} on master {second}"), |m, e| {
+                        m == second && e.tag == format!("halite/agent/{id}/connected")
+                    })
+                    .await?;
+            }
+            println!("{id} re-homed on master {second} {:?} after the cut", cut_at.elapsed());
+        }
+        halite_e2e::wait_until("the drifts sent into the partition restored", restored).await?;
+        println!("the cut master's agents enforce again {:?} after the cut", cut_at.elapsed());
+        for id in &away {
+            let tag = format!("halite/agent/{id}/disconnected");
+            let dropped = cluster.seen[cut_from..].iter().any(|(m, e)| *m == CUT && e.tag == tag);
+            if !dropped {
+                cluster.wait_for(&format!("master {CUT} dropping {id}"), |m, e| m == CUT && e.tag == tag).await?;
+            }
+        }
+        let took = drift_and_restore(cluster, &ids, &expected, "while cut").await?;
+        println!("while cut: every drift restored in {took:?}");
+        cluster.drain();
+        for id in &stay {
+            anyhow::ensure!(cluster.home_of(id) == Some(rank(id)[0]), "{id} moved: {:?}", cluster.home_of(id));
+        }
+        println!("agents per master while cut: {:?}", cluster.split());
+        // The restores of the moved agents were the new masters' work.
+        let restored_by_cut = cluster.seen[cut_from..]
+            .iter()
+            .filter(|(m, e)| *m == CUT && e.tag.starts_with("halite/job/") && e.tag.ends_with("/new"))
+            .count();
+        anyhow::ensure!(restored_by_cut == 0, "the cut master made {restored_by_cut} jobs for agents it cannot reach");
+
+        net.heal(&agent_links[CUT])?;
+        drift_and_restore(cluster, &ids, &expected, "after the heal").await?;
+        check_recorded_once(cluster, &ids).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        setup.cluster.fail(&error);
+    }
+}

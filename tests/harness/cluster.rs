@@ -111,7 +111,6 @@ impl Cluster {
         master_binaries: Vec<Binaries>,
         binaries: Binaries,
     ) -> anyhow::Result<Cluster> {
-        let masters = listens.len();
         let database = postgres.database()?;
         let dir = tempfile::Builder::new().prefix("halite-cluster-").tempdir()?;
         let password = postgres.password_file(dir.path())?;
@@ -143,7 +142,7 @@ impl Cluster {
             old_logs: Vec::new(),
             readers: Vec::new(),
         };
-        for i in 0..masters {
+        for (i, listen) in listens.iter().enumerate() {
             let master_dir = cluster.dir.path().join(format!("master-{i}"));
             if i > 0 {
                 // The cluster key: a copy of the first master's.
@@ -154,7 +153,7 @@ impl Cluster {
                 let key = cluster.dir.path().join("master-0/data/master.key");
                 std::fs::copy(&key, data.join("master.key")).context("cannot copy the master key")?;
             }
-            let master = cluster.start_master(i, &listens[i]).await?;
+            let master = cluster.start_master(i, listen).await?;
             cluster.listens.push(master.listen.clone());
             cluster.masters.push(Some(master));
         }
