@@ -324,8 +324,9 @@ struct Partitioned {
 /// `ag` (10.20.2.0/24); PostgreSQL in a namespace on `db`; each master in
 /// its own with one leg on each bridge, listening for agents on its `ag`
 /// address; every agent in one namespace on `ag`. So a master's database
-/// side and agent side are cut apart.
-async fn partitioned() -> anyhow::Result<Partitioned> {
+/// side and agent side are cut apart. `master_yaml` goes in every
+/// master.yaml.
+async fn partitioned(master_yaml: &str) -> anyhow::Result<Partitioned> {
     let mut net = Net::new()?;
     let hub = net.namespace("hub")?;
     net.bridge(&hub, "db")?;
@@ -345,7 +346,8 @@ async fn partitioned() -> anyhow::Result<Partitioned> {
     net.link(&agents_ns, "10.20.2.100/24", &hub, "ag")?;
     let agents = Binaries { master: binaries.master.clone(), agent: net.wrapper(&agents_ns, &binaries.agent)? };
     let postgres = tokio::task::spawn_blocking(move || Postgres::start_in(&db, "10.20.1.1")).await??;
-    let placement = Placement { postgres, postgres_host: "10.20.1.1".into(), masters, agents };
+    let placement =
+        Placement { postgres, postgres_host: "10.20.1.1".into(), masters, agents, master_yaml: master_yaml.into() };
     let cluster = Cluster::start_placed(placement).await?;
     println!("namespaces {}-*: PostgreSQL, {MASTERS} masters, the agents", net.prefix());
     Ok(Partitioned { cluster, db_links, agent_links, net })
@@ -364,6 +366,17 @@ fn can_partition(test: &str) -> bool {
 
 /// Agents per master in the partition tests.
 const PARTITION_PER_MASTER: usize = 2;
+
+/// A schedule entry every master has: the leader ticks it every second,
+/// which shows who runs the singletons.
+const SCHEDULE: &str = "schedule:\n  - name: enforce\n    every: 1s\n";
+
+/// How many schedule ticks master `i` has written (its log says each), and
+/// how many of its singleton writes were refused as a stale leader's.
+fn ticks_of(cluster: &Cluster, i: usize) -> (usize, usize) {
+    let log = cluster.master(i).map(|m| std::fs::read_to_string(&m.log).unwrap_or_default()).unwrap_or_default();
+    (log.matches("Ticked a scheduled run").count(), log.matches("A stale leader's write was refused").count())
+}
 
 /// Writes a drift into each of `ids`' managed file and waits until every
 /// one is restored byte for byte to `expected`; how long that took.
@@ -405,7 +418,7 @@ async fn a_master_cut_from_postgres_keeps_enforcing_and_runs_no_singleton() {
     if !can_partition("a_master_cut_from_postgres_keeps_enforcing_and_runs_no_singleton") {
         return;
     }
-    let mut setup = partitioned().await.unwrap();
+    let mut setup = partitioned(SCHEDULE).await.unwrap();
     let result = async {
         let Partitioned { cluster, db_links, net, .. } = &mut setup;
         let ids = ids_spread_over(&cluster.listens, PARTITION_PER_MASTER);
@@ -420,6 +433,7 @@ async fn a_master_cut_from_postgres_keeps_enforcing_and_runs_no_singleton() {
             ids.iter().filter(|id| halite_agent::masters::rank(id, &listens)[0] == cut).cloned().collect();
         println!("master {cut} leads (epoch {first_epoch}) and holds {its:?}: cutting it from PostgreSQL");
         drift_and_restore(cluster, &ids, &expected, "before the cut").await?;
+        halite_e2e::wait_until("the leader ticking the schedule", || ticks_of(cluster, cut).0 > 0).await?;
 
         cluster.drain();
         let cut_from = cluster.seen.len();
@@ -430,11 +444,15 @@ async fn a_master_cut_from_postgres_keeps_enforcing_and_runs_no_singleton() {
         println!("cut: master {cut}'s agents' drifts restored in {took:?}");
         await_from(cluster, &[cut], cut_from, "halite/master/singletons/stepped-down").await?;
         println!("master {cut} stepped down {:?} after the cut", cut_at.elapsed());
+        // What it ticked as leader; from here on it must tick no more.
+        let (ticked, _) = ticks_of(cluster, cut);
         await_from(cluster, &[cut], cut_from, "halite/master/store/postgres/unreachable").await?;
         println!("master {cut} found PostgreSQL unreachable {:?} after the cut", cut_at.elapsed());
         let (other, epoch) =
             lease_when(cluster, "another master taking the lease", |m, epoch| m != cut && epoch > first_epoch).await?;
         println!("master {other} took the lease (epoch {epoch}) {:?} after the cut", cut_at.elapsed());
+        let before = ticks_of(cluster, other).0;
+        halite_e2e::wait_until("the schedule resumed on the new leader", || ticks_of(cluster, other).0 > before).await?;
         for round in 1..3 {
             let took = drift_and_restore(cluster, &ids, &expected, &format!("cut round {round}")).await?;
             println!("cut round {round}: every drift restored in {took:?}");
@@ -472,6 +490,19 @@ async fn a_master_cut_from_postgres_keeps_enforcing_and_runs_no_singleton() {
             "after the heal the lease is master {leader}'s (epoch {now}), the bus says {leaders:?} lead"
         );
         check_recorded_once(cluster, &ids).await?;
+        let (after, refused) = ticks_of(cluster, cut);
+        anyhow::ensure!(after == ticked, "master {cut} ticked {} times after it stepped down", after - ticked);
+        let stale: i64 = cluster
+            .target
+            .connect()
+            .await?
+            .query_one("SELECT count(*) FROM schedule_ticks WHERE epoch <> $1", &[&epoch])
+            .await?
+            .get(0);
+        anyhow::ensure!(stale == 0, "a schedule tick under another epoch than the new leader's {epoch}");
+        println!(
+            "master {cut} ticked {ticked} times as leader and none after it stepped down ({refused} late writes refused); the schedule's ticks are epoch {epoch}'s"
+        );
         anyhow::Ok(())
     }
     .await;
@@ -494,7 +525,7 @@ async fn a_master_cut_from_its_agents_loses_them_to_the_others() {
     if !can_partition("a_master_cut_from_its_agents_loses_them_to_the_others") {
         return;
     }
-    let mut setup = partitioned().await.unwrap();
+    let mut setup = partitioned("").await.unwrap();
     let result = async {
         let Partitioned { cluster, agent_links, net, .. } = &mut setup;
         let ids = ids_spread_over(&cluster.listens, PARTITION_PER_MASTER);

@@ -52,6 +52,8 @@ pub struct Placement {
     pub masters: Vec<(String, Binaries)>,
     /// The agents' binaries.
     pub agents: Binaries,
+    /// YAML keys every master.yaml gets besides `store:` (e.g. `schedule:`).
+    pub master_yaml: String,
 }
 
 /// N masters on one PostgreSQL, and their agents.
@@ -94,14 +96,15 @@ impl Cluster {
         anyhow::ensure!((1..=200).contains(&masters), "a cluster of 1 to 200 masters");
         let postgres = tokio::task::spawn_blocking(Postgres::start).await??;
         let listens = (0..masters).map(|i| format!("tcp://127.0.0.{}:0", i + 2)).collect();
-        Cluster::start_at(postgres, None, listens, Vec::new(), crate::binaries()).await
+        Cluster::start_at(postgres, None, listens, Vec::new(), crate::binaries(), "").await
     }
 
     /// A cluster placed as `placement` says.
     pub async fn start_placed(placement: Placement) -> anyhow::Result<Cluster> {
         let (listens, master_binaries) = placement.masters.into_iter().unzip();
         let host = Some(placement.postgres_host);
-        Cluster::start_at(placement.postgres, host, listens, master_binaries, placement.agents).await
+        let yaml = placement.master_yaml;
+        Cluster::start_at(placement.postgres, host, listens, master_binaries, placement.agents, &yaml).await
     }
 
     async fn start_at(
@@ -110,6 +113,7 @@ impl Cluster {
         listens: Vec<String>,
         master_binaries: Vec<Binaries>,
         binaries: Binaries,
+        master_yaml: &str,
     ) -> anyhow::Result<Cluster> {
         let database = postgres.database()?;
         let dir = tempfile::Builder::new().prefix("halite-cluster-").tempdir()?;
@@ -118,7 +122,7 @@ impl Cluster {
             None => (postgres.url(&database), postgres.url(&database)),
             Some(host) => (postgres.url_at(host, &database), postgres.socket_url(&database)),
         };
-        let store = format!("store:\n  url: {url}\n  password_file: {}\n", password.display());
+        let store = format!("store:\n  url: {url}\n  password_file: {}\n{master_yaml}", password.display());
         let target = PgTarget::new(&read_url, Some(crate::postgres::PASSWORD.into()), None)?;
         let states = dir.path().join("states");
         halite_master::example::write(&states)?;
