@@ -1210,6 +1210,17 @@ mod tests {
     }
 
     #[test]
+    fn every_connection_asks_the_server_to_drop_it_when_partitioned_away() {
+        let target = PgTarget::new("postgres://halite@db/fleet?sslmode=disable", None, None).unwrap();
+        assert_eq!(target.config.get_options(), Some(SERVER_KEEPALIVES));
+        // Options the URL gives are kept, ours after them.
+        let target =
+            PgTarget::new("postgres://halite@db/fleet?sslmode=disable&options=-c%20search_path%3Dhalite", None, None)
+                .unwrap();
+        assert_eq!(target.config.get_options(), Some(format!("-c search_path=halite {SERVER_KEEPALIVES}").as_str()));
+    }
+
+    #[test]
     fn connection_failures_are_told_from_refused_records() {
         // (SQLSTATE, spooled and retried?)
         let cases = [
