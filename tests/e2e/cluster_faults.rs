@@ -565,10 +565,15 @@ async fn a_master_cut_from_its_agents_loses_them_to_the_others() {
         println!("the cut master's agents enforce again {:?} after the cut", cut_at.elapsed());
         for id in &away {
             let tag = format!("halite/agent/{id}/disconnected");
-            let dropped = cluster.seen[cut_from..].iter().any(|(m, e)| *m == CUT && e.tag == tag);
-            if !dropped {
-                cluster.wait_for(&format!("master {CUT} dropping {id}"), |m, e| m == CUT && e.tag == tag).await?;
-            }
+            let dropped = cluster.seen[cut_from..].iter().find(|(m, e)| *m == CUT && e.tag == tag).cloned();
+            let (_, dropped) = match dropped {
+                Some(dropped) => dropped,
+                None => {
+                    cluster.wait_for(&format!("master {CUT} dropping {id}"), |m, e| m == CUT && e.tag == tag).await?
+                }
+            };
+            println!("master {CUT} dropped {id}'s session: {}", dropped.data());
+            anyhow::ensure!(dropped.data()["reason"] == "moved", "dropped for another reason: {}", dropped.data());
         }
         let took = drift_and_restore(cluster, &ids, &expected, "while cut").await?;
         println!("while cut: every drift restored in {took:?}");
