@@ -34,7 +34,7 @@ const CONF: &str = "/etc/motd";
 /// ids could leave a master without agents in some runs; the evenness of
 /// the ranking over many ids is `masters.rs`'s unit test. This test checks
 /// that real agents follow their ranking, and what a kill does.
-fn ids_spread_over(listens: &[String], per_master: usize) -> Vec<String> {
+pub(crate) fn ids_spread_over(listens: &[String], per_master: usize) -> Vec<String> {
     let mut per = vec![0; listens.len()];
     let mut ids = Vec::new();
     for n in 0.. {
@@ -158,10 +158,9 @@ async fn a_killed_master_s_agents_fail_over_and_nothing_is_lost_or_done_twice() 
         let mut reactions: HashMap<String, Vec<usize>> = HashMap::new();
         for (master, event) in &cluster.seen {
             if event.tag.starts_with("halite/job/") && event.tag.ends_with("/new") {
-                let cause = event.data()["cause"].as_str().unwrap_or_default();
-                if let Some(id) = cause.strip_prefix("event:")
-                    && drifts.contains(id)
-                {
+                // `cause` is the event's id.
+                let id = event.data()["cause"].as_str().unwrap_or_default();
+                if drifts.contains(id) {
                     reactions.entry(id.to_owned()).or_default().push(*master);
                 }
             }

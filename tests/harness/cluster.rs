@@ -37,6 +37,25 @@ use crate::postgres::Postgres;
 /// which a test would see as a missing event: keep reading).
 const EVENT_QUEUE: usize = 16 * 1024;
 
+/// Where a cluster's processes run, when not all on loopback in the
+/// test's own network namespace ([`Cluster::start_placed`]): a partition
+/// test puts PostgreSQL, each master and the agents in namespaces of their
+/// own (`netns.rs`).
+pub struct Placement {
+    /// PostgreSQL, started, and the address the masters reach it at; the
+    /// harness itself reads it through its Unix socket.
+    pub postgres: Postgres,
+    pub postgres_host: String,
+    /// Each master's link (`tcp://IP:0`) and its binaries (a wrapper
+    /// running it in its namespace); its publisher is a Unix socket in its
+    /// data dir, which the harness reaches from any namespace.
+    pub masters: Vec<(String, Binaries)>,
+    /// The agents' binaries.
+    pub agents: Binaries,
+    /// YAML keys every master.yaml gets besides `store:` (e.g. `schedule:`).
+    pub master_yaml: String,
+}
+
 /// N masters on one PostgreSQL, and their agents.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
@@ -49,6 +68,9 @@ pub struct Cluster {
     /// The shared master key, as agents pin it.
     pub key: String,
     binaries: Binaries,
+    /// Each master's binaries, when placed ([`Placement::masters`]);
+    /// empty: `binaries`.
+    master_binaries: Vec<Binaries>,
     states: PathBuf,
     /// The `store:` lines every master's master.yaml gets.
     store: String,
@@ -73,14 +95,37 @@ impl Cluster {
     pub async fn start(masters: usize) -> anyhow::Result<Cluster> {
         anyhow::ensure!((1..=200).contains(&masters), "a cluster of 1 to 200 masters");
         let postgres = tokio::task::spawn_blocking(Postgres::start).await??;
+        let listens = (0..masters).map(|i| format!("tcp://127.0.0.{}:0", i + 2)).collect();
+        Cluster::start_at(postgres, None, listens, Vec::new(), crate::binaries(), "").await
+    }
+
+    /// A cluster placed as `placement` says.
+    pub async fn start_placed(placement: Placement) -> anyhow::Result<Cluster> {
+        let (listens, master_binaries) = placement.masters.into_iter().unzip();
+        let host = Some(placement.postgres_host);
+        let yaml = placement.master_yaml;
+        Cluster::start_at(placement.postgres, host, listens, master_binaries, placement.agents, &yaml).await
+    }
+
+    async fn start_at(
+        postgres: Postgres,
+        postgres_host: Option<String>,
+        listens: Vec<String>,
+        master_binaries: Vec<Binaries>,
+        binaries: Binaries,
+        master_yaml: &str,
+    ) -> anyhow::Result<Cluster> {
         let database = postgres.database()?;
         let dir = tempfile::Builder::new().prefix("halite-cluster-").tempdir()?;
         let password = postgres.password_file(dir.path())?;
-        let store = format!("store:\n  url: {}\n  password_file: {}\n", postgres.url(&database), password.display());
-        let target = PgTarget::new(&postgres.url(&database), Some(crate::postgres::PASSWORD.into()), None)?;
+        let (url, read_url) = match &postgres_host {
+            None => (postgres.url(&database), postgres.url(&database)),
+            Some(host) => (postgres.url_at(host, &database), postgres.socket_url(&database)),
+        };
+        let store = format!("store:\n  url: {url}\n  password_file: {}\n{master_yaml}", password.display());
+        let target = PgTarget::new(&read_url, Some(crate::postgres::PASSWORD.into()), None)?;
         let states = dir.path().join("states");
         halite_master::example::write(&states)?;
-        let binaries = crate::binaries();
         let (sender, events) = mpsc::channel(EVENT_QUEUE);
         let mut cluster = Cluster {
             dir,
@@ -89,6 +134,7 @@ impl Cluster {
             listens: Vec::new(),
             key: String::new(),
             binaries,
+            master_binaries,
             states,
             store,
             sender,
@@ -100,7 +146,7 @@ impl Cluster {
             old_logs: Vec::new(),
             readers: Vec::new(),
         };
-        for i in 0..masters {
+        for (i, listen) in listens.iter().enumerate() {
             let master_dir = cluster.dir.path().join(format!("master-{i}"));
             if i > 0 {
                 // The cluster key: a copy of the first master's.
@@ -111,7 +157,7 @@ impl Cluster {
                 let key = cluster.dir.path().join("master-0/data/master.key");
                 std::fs::copy(&key, data.join("master.key")).context("cannot copy the master key")?;
             }
-            let master = cluster.start_master(i, &format!("tcp://127.0.0.{}:0", i + 2)).await?;
+            let master = cluster.start_master(i, listen).await?;
             cluster.listens.push(master.listen.clone());
             cluster.masters.push(Some(master));
         }
@@ -121,7 +167,14 @@ impl Cluster {
     /// Starts master `i` on `listen` and reads its events.
     async fn start_master(&mut self, i: usize, listen: &str) -> anyhow::Result<MasterProcess> {
         let dir = self.dir.path().join(format!("master-{i}"));
-        let master = fleet::start_master_with(&self.binaries, &dir, &self.states, listen, &["*"], &self.store)
+        let binaries = self.master_binaries.get(i).unwrap_or(&self.binaries);
+        let mut store = self.store.clone();
+        if !self.master_binaries.is_empty() {
+            // A placed master's publisher: a Unix socket, which the harness
+            // reaches from its own network namespace.
+            store.push_str(&format!("publish: ipc://{}\n", dir.join("events.sock").display()));
+        }
+        let master = fleet::start_master_with(binaries, &dir, &self.states, listen, &["*"], &store)
             .await
             .with_context(|| format!("master {i}"))?;
         if i == 0 && self.key.is_empty() {

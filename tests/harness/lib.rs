@@ -13,6 +13,7 @@ use halite_master::client::{BusEvent, Subscriber};
 use halite_master::fleet::{self, AgentProcess, Binaries, MasterProcess};
 
 pub mod cluster;
+pub mod netns;
 pub mod postgres;
 pub mod raw;
 

@@ -35,12 +35,23 @@ pub struct Postgres {
     databases: std::sync::atomic::AtomicU32,
     /// Whether the server offers TLS ([`Postgres::start_tls`]).
     tls: bool,
+    /// The network namespace it runs in and the address it listens on
+    /// there ([`Postgres::start_in`]); `None`: the test's own, 127.0.0.1.
+    netns: Option<(String, String)>,
 }
 
 impl Postgres {
     /// initdb and start a cluster. Blocking (a few seconds).
     pub fn start() -> anyhow::Result<Postgres> {
         Postgres::start_with(false)
+    }
+
+    /// As [`Postgres::start`], in the network namespace `namespace`,
+    /// listening on `address` there (`harness/netns.rs`). The harness's
+    /// own connections go through the Unix socket, which a namespace does
+    /// not hide: [`Postgres::socket_url`].
+    pub fn start_in(namespace: &str, address: &str) -> anyhow::Result<Postgres> {
+        Postgres::start_placed(false, Some((namespace.to_owned(), address.to_owned())))
     }
 
     /// As [`Postgres::start`], the server offering TLS with a certificate
@@ -56,6 +67,10 @@ impl Postgres {
     }
 
     fn start_with(tls: bool) -> anyhow::Result<Postgres> {
+        Postgres::start_placed(tls, None)
+    }
+
+    fn start_placed(tls: bool, netns: Option<(String, String)>) -> anyhow::Result<Postgres> {
         let bin = bin_dir()?;
         let dir = tempfile::Builder::new().prefix("halite-pg-").tempdir()?;
         let run_as = nix::unistd::Uid::effective().is_root().then_some("nobody");
@@ -96,7 +111,7 @@ impl Postgres {
                 nix::unistd::chown(&key_file, Some(user.uid), Some(user.gid))?;
             }
         }
-        let postgres = Postgres { dir, bin, run_as, port, databases: std::sync::atomic::AtomicU32::new(0), tls };
+        let postgres = Postgres { dir, bin, run_as, port, databases: std::sync::atomic::AtomicU32::new(0), tls, netns };
         let data = postgres.data();
         postgres.run(
             "initdb",
@@ -114,6 +129,14 @@ impl Postgres {
                 "--no-sync",
             ],
         )?;
+        if let Some((_, address)) = &postgres.netns {
+            // initdb lets in loopback only; masters in other namespaces
+            // come from their own addresses, with the password.
+            use std::io::Write;
+            let hba = postgres.dir.path().join("data/pg_hba.conf");
+            let mut file = std::fs::OpenOptions::new().append(true).open(&hba)?;
+            writeln!(file, "host all all {address}/24 scram-sha-256")?;
+        }
         postgres.start_again()?;
         Ok(postgres)
     }
@@ -129,13 +152,23 @@ impl Postgres {
     /// Runs one of PostgreSQL's programs to its end, as the cluster's user.
     fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
         let path = self.bin.join(program);
-        let mut command = match self.run_as {
-            Some(user) => {
+        let mut command = match (self.run_as, &self.netns) {
+            (Some(user), None) => {
                 let mut command = crate::blocking_process("runuser");
                 command.args(["-u", user, "--"]).arg(&path);
                 command
             }
-            None => crate::blocking_process(&path),
+            (None, None) => crate::blocking_process(&path),
+            // `ip netns exec` needs root, so a namespace means root.
+            (run_as, Some((namespace, _))) => {
+                let mut command = crate::blocking_process("ip");
+                command.args(["netns", "exec", namespace]);
+                if let Some(user) = run_as {
+                    command.args(["runuser", "-u", user, "--"]);
+                }
+                command.arg(&path);
+                command
+            }
         };
         command.args(args).current_dir(self.dir.path());
         let output = command.output().with_context(|| format!("cannot run {}", path.display()))?;
@@ -148,8 +181,9 @@ impl Postgres {
     /// returns once it accepts connections (`pg_ctl -w`).
     pub fn start_again(&self) -> anyhow::Result<()> {
         let mut options = format!(
-            "-c port={} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off -c max_connections=50",
+            "-c port={} -c listen_addresses={} -c unix_socket_directories={} -c fsync=off -c max_connections=50",
             self.port,
+            self.netns.as_ref().map_or("127.0.0.1", |(_, address)| address.as_str()),
             self.socket_dir().display()
         );
         if self.tls {
@@ -185,6 +219,18 @@ impl Postgres {
     /// file: [`Postgres::password_file`]).
     pub fn url(&self, database: &str) -> String {
         format!("postgres://{USER}@127.0.0.1:{}/{database}?sslmode=disable", self.port)
+    }
+
+    /// The URL of `database` at `host` (where a master in another network
+    /// namespace reaches it), without the password.
+    pub fn url_at(&self, host: &str, database: &str) -> String {
+        format!("postgres://{USER}@{host}:{}/{database}?sslmode=disable", self.port)
+    }
+
+    /// `database` through the cluster's Unix socket (local users are
+    /// trusted), from whichever network namespace.
+    pub fn socket_url(&self, database: &str) -> String {
+        format!("host={} port={} user={USER} dbname={database} sslmode=disable", self.socket_dir().display(), self.port)
     }
 
     /// A file holding the password, in `dir`.

@@ -98,10 +98,13 @@ pub async fn start_master_with(
     } else {
         ""
     };
+    // The publisher on loopback, unless the caller places it (a master in
+    // another network namespace publishes on a Unix socket).
+    let publish = if extra.contains("publish:") { "" } else { "publish: tcp://127.0.0.1:0\n" };
     tokio::fs::write(
         &config,
         format!(
-            "listen: {listen}\npublish: tcp://127.0.0.1:0\nstates: {}\ndata_dir: {}\nauto_accept: [{}]\n{trust}{extra}",
+            "listen: {listen}\n{publish}states: {}\ndata_dir: {}\nauto_accept: [{}]\n{trust}{extra}",
             states.display(),
             dir.join("data").display(),
             globs.join(", ")
