@@ -341,11 +341,13 @@ fn agent_row(state: &HttpState, principal: &Principal, id: &str) -> Result<crate
 
 /// The receipts section's context: `agent`'s receipts from the store.
 async fn receipts_context(state: &HttpState, agent: &str) -> Result<minijinja::Value, DashboardError> {
-    let Some(path) = state.master.jobs.store().map(|s| s.file().to_path_buf()) else {
+    let Some(store) = state.master.jobs.store() else {
         return Ok(context! {});
     };
+    let (path, postgres) = (store.file().to_path_buf(), store.postgres().cloned());
     let agent = agent.to_owned();
-    let (receipts, drift_counts) = tokio::task::spawn_blocking(move || pages::receipts(&path, &agent)).await??;
+    let (receipts, drift_counts) =
+        tokio::task::spawn_blocking(move || pages::receipts(&path, postgres.as_ref(), &agent)).await??;
     Ok(context! { receipts, drift_counts })
 }
 
