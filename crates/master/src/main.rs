@@ -158,8 +158,9 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             cli::tokens::run(action, &cli::operator_data_dir(&config, data_dir)?, json)
         }
         Command::Audit { verify, json, config, data_dir } => {
+            let store = cli::operator_store(&config)?;
             let data_dir = cli::operator_data_dir(&config, data_dir)?;
-            cli::audit::run(&data_dir, verify, json, &mut std::io::stdout().lock())
+            cli::audit::run(&data_dir, &store, verify, json, &mut std::io::stdout().lock())
         }
         Command::Backup { file, config, data_dir } => {
             cli::backup::run(&cli::operator_data_dir(&config, data_dir)?, &file)

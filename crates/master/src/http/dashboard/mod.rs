@@ -267,7 +267,7 @@ struct LoginForm {
 /// reads. A wrong token is told so, and nothing is set.
 async fn login(State(state): State<HttpState>, Form(form): Form<LoginForm>) -> Page {
     let token = form.token.trim();
-    match state.master.access.authenticate(token) {
+    match state.master.access.authenticate_current(token).await {
         Ok(principal) => {
             tracing::info!(who = %principal.who, "Dashboard login.");
             // Tokens are `hlt_` and URL-safe characters: nothing to quote.
