@@ -38,7 +38,6 @@ use tokio::sync::mpsc;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::{BACKOFF, next_backoff};
 use crate::server::audit::{self, Entry, Row};
 use crate::server::store::postgres::{COMMIT_TIMEOUT, PgTarget, describe, migrate};
 
@@ -51,6 +50,18 @@ pub const AUDIT_LOCK: i64 = 0x0068_616c_6974_650a;
 pub const IMPORTED_MARKER: &str = "access.imported-to-postgres";
 /// Audit entries written while PostgreSQL was unreachable, in the data dir.
 pub const PENDING_FILE: &str = "audit.pending";
+/// Backoff between connection attempts, doubling from the first to the
+/// last; also how often audit entries kept here are tried again. The same
+/// as the other listeners' (`cluster/mod.rs`), not imported from there:
+/// `server/access.rs` reaches this file, and `cluster/mod.rs` reaches the
+/// whole master.
+const BACKOFF: (std::time::Duration, std::time::Duration) =
+    (std::time::Duration::from_millis(250), std::time::Duration::from_secs(5));
+
+fn next_backoff(now: std::time::Duration) -> std::time::Duration {
+    (now * 2).min(BACKOFF.1)
+}
+
 /// Notifications waiting to be handled, at most (then the connection is
 /// not read, and PostgreSQL holds them).
 const NOTIFY_QUEUE: usize = 256;
