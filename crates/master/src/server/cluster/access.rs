@@ -283,13 +283,16 @@ pub struct PendingEntry {
 #[derive(Debug)]
 pub struct Pending {
     path: PathBuf,
-    /// Held while entries are appended or drained: one at a time.
-    lock: tokio::sync::Mutex<()>,
+    /// Held while entries are appended or drained: one at a time. Holds
+    /// when PostgreSQL last failed an append: for [`BACKOFF`]`.1` after it,
+    /// entries go straight to the file, so a partition (where each attempt
+    /// costs a connect timeout) does not slow every audited call.
+    lock: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Pending {
     pub fn new(path: PathBuf) -> Pending {
-        Pending { path, lock: tokio::sync::Mutex::new(()) }
+        Pending { path, lock: tokio::sync::Mutex::new(None) }
     }
 
     pub fn path(&self) -> &std::path::Path {
@@ -300,13 +303,14 @@ impl Pending {
     /// waits before it, else written to the pending file (fsynced). An
     /// error only when neither could be done.
     pub async fn record(&self, shared: &Shared, at_us: i64, entry: Entry) -> Result<(), SharedAccessError> {
-        let _held = self.lock.lock().await;
-        let waiting = self.drain_locked(shared).await;
-        if waiting == 0 {
+        let mut failed = self.lock.lock().await;
+        let cooling = failed.is_some_and(|at| at.elapsed() < BACKOFF.1);
+        if !cooling && self.drain_locked(shared, &mut failed).await == 0 {
             match shared.append(at_us, &entry, None).await {
                 Ok(_) => return Ok(()),
                 Err(error) => {
-                    tracing::warn!(%error, pending = %self.path.display(), "Cannot reach the shared audit log; the entry is kept here and chained in when PostgreSQL answers.")
+                    *failed = Some(tokio::time::Instant::now());
+                    tracing::warn!(%error, pending = %self.path.display(), "Cannot reach the shared audit log; the entry is kept here and chained in when PostgreSQL answers.");
                 }
             }
         }
@@ -316,11 +320,11 @@ impl Pending {
 
     /// Chains in what waits, in order; how many still wait.
     pub async fn drain(&self, shared: &Shared) -> usize {
-        let _held = self.lock.lock().await;
-        self.drain_locked(shared).await
+        let mut failed = self.lock.lock().await;
+        self.drain_locked(shared, &mut failed).await
     }
 
-    async fn drain_locked(&self, shared: &Shared) -> usize {
+    async fn drain_locked(&self, shared: &Shared, failed: &mut Option<tokio::time::Instant>) -> usize {
         let entries = match self.read().await {
             Ok(entries) => entries,
             Err(error) => {
@@ -334,10 +338,12 @@ impl Pending {
         for (done, pending) in entries.iter().enumerate() {
             if let Err(error) = shared.append(pending.at_us, &pending.entry, Some(&pending.id)).await {
                 tracing::debug!(%error, "The shared audit log is still unreachable.");
+                *failed = Some(tokio::time::Instant::now());
                 // What was chained in is skipped next time (by its id).
                 return entries.len() - done;
             }
         }
+        *failed = None;
         if let Err(source) = tokio::fs::write(&self.path, b"").await {
             tracing::error!(error = %source, path = %self.path.display(), "Cannot empty the drained audit entries; they are chained in once all the same (by id).");
         }
