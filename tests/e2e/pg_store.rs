@@ -112,7 +112,9 @@ impl Backend for Pg {
         let data_dir = self.dir.path().join(master);
         std::fs::create_dir_all(&data_dir).unwrap();
         let path = halite_master::server::store::path(&data_dir);
-        drop(Store::open(&path).unwrap());
+        if !path.exists() {
+            drop(Store::open(&path).unwrap());
+        }
         let access = Access::open(&path, &roles()).unwrap();
         runtime.block_on(access.with_postgres(self.target.clone(), &data_dir, self.cancel.clone())).unwrap()
     }
@@ -517,6 +519,56 @@ fn audit_entries_made_while_postgres_is_down_are_chained_in_once() {
     assert_eq!(whos, ["token:t1", "token:t2", "token:t3", "token:t4", "token:t5"], "in order, each once");
     assert_eq!(audit::verify(&rows), Ok(()));
     access.close();
+}
+
+/// The first time a data dir meets PostgreSQL, its halite.db tokens and
+/// audit rows are imported, once: the token then works on every master,
+/// the rows join the shared chain, and a restart imports nothing again.
+#[test]
+fn halite_db_tokens_and_audit_rows_are_imported_once() {
+    let cluster = Postgres::start().unwrap();
+    let backend = Pg::new(&cluster);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let data_dir = backend.dir.path().join("a");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let path = halite_master::server::store::path(&data_dir);
+    drop(Store::open(&path).unwrap());
+    // A lone master on SQLite, before `store:` named PostgreSQL.
+    let lone = Access::open(&path, &roles()).unwrap();
+    let token = runtime.block_on(async {
+        let token = lone.create_token("ci", "web-ops").await.unwrap();
+        lone.record(audit_entry(1)).await;
+        lone.record(audit_entry(2)).await;
+        token
+    });
+    lone.close();
+    let wait_for_import = |access: &Access| {
+        runtime.block_on(async {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while !data_dir.join("access.imported-to-postgres").exists() {
+                assert!(tokio::time::Instant::now() < deadline, "not imported:\n{}", cluster.log());
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            access.audit_all().await.unwrap()
+        })
+    };
+    let a = backend.access(&runtime, "a");
+    let rows = wait_for_import(&a);
+    assert_eq!(rows.iter().map(|r| r.entry.who.as_str()).collect::<Vec<_>>(), ["token:t1", "token:t2"]);
+    assert_eq!(audit::verify(&rows), Ok(()));
+    let b = backend.access(&runtime, "b");
+    assert_eq!(runtime.block_on(b.authenticate_current(&token)).unwrap().who, "token:ci", "on another master");
+    runtime.block_on(b.record(audit_entry(3)));
+    a.close();
+    // Restarted: nothing imported again (the marker), even were it missing
+    // (each imported row's id is its old hash).
+    std::fs::remove_file(data_dir.join("access.imported-to-postgres")).unwrap();
+    let again = backend.access(&runtime, "a");
+    let rows = wait_for_import(&again);
+    assert_eq!(rows.iter().map(|r| r.entry.who.as_str()).collect::<Vec<_>>(), ["token:t1", "token:t2", "token:t3"]);
+    assert_eq!(audit::verify(&rows), Ok(()));
+    again.close();
+    b.close();
 }
 
 #[test]
