@@ -14,6 +14,7 @@ mod check;
 mod cluster_control;
 mod cluster_failover;
 mod cluster_faults;
+mod cluster_shared;
 mod dashboard;
 mod drift;
 mod durability;

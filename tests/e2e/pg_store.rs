@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 
 use halite_e2e::postgres::Postgres;
 use halite_e2e::{Fleet, WAIT, example_file};
+use halite_master::config::{RoleConfig, Verb};
+use halite_master::server::access::{Access, AccessError};
+use halite_master::server::audit::{self, Broken, Entry};
+use halite_master::server::receipts::{DriftCount, Receipt, ReceiptKind};
 use halite_master::server::store::postgres::PgTarget;
 use halite_master::server::store::records::{self, Records};
 use halite_master::server::store::spool::EventRow;
@@ -17,6 +21,22 @@ trait Backend {
     fn name(&self) -> &'static str;
     fn open(&self) -> Store;
     fn records(&self) -> Box<dyn Records>;
+    /// The tokens and audit log of master `master` on this store: with
+    /// SQLite, every master is the one halite.db; with PostgreSQL, each
+    /// has a data dir of its own and they share the database.
+    fn access(&self, runtime: &tokio::runtime::Runtime, master: &str) -> Access;
+    /// Whether several masters share what [`Backend::access`] gives.
+    fn shared(&self) -> bool;
+    /// Runs SQL on the store behind halite's back; what it changed, or why not.
+    fn sql(&self, runtime: &tokio::runtime::Runtime, sql: &str) -> Result<u64, String>;
+    /// The SQL that drops the audit log's append-only trigger (an
+    /// attacker with the database's owner rights).
+    fn drop_audit_trigger(&self) -> &'static str;
+}
+
+/// The roles every case's masters define.
+fn roles() -> std::collections::BTreeMap<String, RoleConfig> {
+    [("web-ops".to_owned(), RoleConfig { verbs: vec![Verb::Read, Verb::Apply], target: "web*".into() })].into()
 }
 
 struct Sqlite {
@@ -35,11 +55,34 @@ impl Backend for Sqlite {
             halite_master::server::store::Reader::open(&halite_master::server::store::path(self.dir.path())).unwrap(),
         )
     }
+    fn access(&self, _runtime: &tokio::runtime::Runtime, _master: &str) -> Access {
+        let path = halite_master::server::store::path(self.dir.path());
+        drop(Store::open(&path).unwrap());
+        Access::open(&path, &roles()).unwrap()
+    }
+    fn shared(&self) -> bool {
+        false
+    }
+    fn sql(&self, _runtime: &tokio::runtime::Runtime, sql: &str) -> Result<u64, String> {
+        let connection = rusqlite::Connection::open(halite_master::server::store::path(self.dir.path())).unwrap();
+        connection.execute(sql, []).map(|n| n as u64).map_err(|e| e.to_string())
+    }
+    fn drop_audit_trigger(&self) -> &'static str {
+        "DROP TRIGGER audit_append_only_update"
+    }
 }
 
 struct Pg {
     dir: tempfile::TempDir,
     target: PgTarget,
+    /// Stops the masters' token listeners.
+    cancel: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
 }
 
 impl Pg {
@@ -47,7 +90,7 @@ impl Pg {
     fn new(cluster: &Postgres) -> Pg {
         let database = cluster.database().unwrap();
         let target = PgTarget::new(&cluster.url(&database), Some(halite_e2e::postgres::PASSWORD.into()), None).unwrap();
-        Pg { dir: tempfile::tempdir().unwrap(), target }
+        Pg { dir: tempfile::tempdir().unwrap(), target, cancel: tokio_util::sync::CancellationToken::new() }
     }
     fn spool(&self) -> PathBuf {
         halite_master::server::store::spool::path(self.dir.path())
@@ -64,6 +107,28 @@ impl Backend for Pg {
     }
     fn records(&self) -> Box<dyn Records> {
         records::open_postgres(&self.target).unwrap()
+    }
+    fn access(&self, runtime: &tokio::runtime::Runtime, master: &str) -> Access {
+        let data_dir = self.dir.path().join(master);
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let path = halite_master::server::store::path(&data_dir);
+        if !path.exists() {
+            drop(Store::open(&path).unwrap());
+        }
+        let access = Access::open(&path, &roles()).unwrap();
+        runtime.block_on(access.with_postgres(self.target.clone(), &data_dir, self.cancel.clone())).unwrap()
+    }
+    fn shared(&self) -> bool {
+        true
+    }
+    fn sql(&self, runtime: &tokio::runtime::Runtime, sql: &str) -> Result<u64, String> {
+        runtime.block_on(async {
+            let client = self.target.connect().await.unwrap();
+            client.execute(sql, &[]).await.map_err(|e| halite_master::server::store::postgres::describe(&e))
+        })
+    }
+    fn drop_audit_trigger(&self) -> &'static str {
+        "ALTER TABLE audit DISABLE TRIGGER audit_append_only"
     }
 }
 
@@ -109,7 +174,7 @@ type Case<B> = fn(&B, &tokio::runtime::Runtime);
 /// The suite: every case on a fresh store of `make`'s backend.
 fn conformance<B: Backend>(make: impl Fn() -> B) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let cases: [(&str, Case<B>); 7] = [
+    let cases: [(&str, Case<B>); 10] = [
         ("jobs and results read back after a reopen", jobs_and_results_read_back),
         ("each agent's last facts are kept", last_facts_are_kept),
         ("unanswered jobs are listed", unanswered_jobs_are_listed),
@@ -117,6 +182,9 @@ fn conformance<B: Backend>(make: impl Fn() -> B) {
         ("retention deletes old jobs with their results", retention_by_age),
         ("events are recorded once, or not at all", events_are_recorded_once),
         ("a backup is a copy, or names the tool that makes one", backup),
+        ("receipts are kept once and read back with their drift counts", receipts_are_kept_once),
+        ("tokens are checked, known to every master, and revoked", tokens_are_shared_and_revoked),
+        ("the audit log is one chain, append-only, and tampering is named", audit_is_one_chain),
     ];
     for (what, case) in cases {
         let backend = make();
@@ -286,6 +354,223 @@ fn backup<B: Backend>(backend: &B, runtime: &tokio::runtime::Runtime) {
     runtime.block_on(store.close());
 }
 
+fn receipt(jid: &str, agent: &str, kind: ReceiptKind, latency_us: Option<i64>, at_us: i64) -> Receipt {
+    Receipt {
+        jid: jid.into(),
+        agent: agent.into(),
+        state: "motd".into(),
+        path: "/etc/motd".into(),
+        kind,
+        cause: "event:01EVENT".into(),
+        cause_event: Some("01EVENT".into()),
+        hash_before: Some("ab".repeat(32)),
+        hash_after: Some("cd".repeat(32)),
+        latency_us,
+        at_us,
+    }
+}
+
+fn receipts_are_kept_once<B: Backend>(backend: &B, runtime: &tokio::runtime::Runtime) {
+    let store = backend.open();
+    let now = now_us();
+    let first = receipt("01R1", "web01", ReceiptKind::Corrective, Some(4_000), now);
+    let second = receipt("01R2", "web01", ReceiptKind::Corrective, Some(2_000), now + 1);
+    let other = receipt("01R3", "web02", ReceiptKind::Intentional, None, now + 2);
+    runtime.block_on(async {
+        store.started(record("01R1", "event:01EVENT", now), "web01").await;
+        store.receipts(vec![first.clone()]);
+        store.answered("01R1", "web01", vec![result("motd", Outcome::Changed { changes: vec!["x".into()] })]).await;
+        // A replay (a spool drained twice, an answer resent) holds it again.
+        store.receipts(vec![first.clone(), second.clone()]);
+        store.receipts(vec![other.clone()]);
+        store.close().await;
+    });
+    let records = backend.records();
+    assert_eq!(records.receipts(None, 10).unwrap(), [other, second.clone(), first], "{}", backend.name());
+    assert_eq!(records.receipts(Some("web01"), 1).unwrap(), [second]);
+    assert_eq!(
+        records.drift_counts(None).unwrap(),
+        [DriftCount { agent: "web01".into(), path: "/etc/motd".into(), drifts: 2, last_us: now + 1 }],
+        "corrective receipts only"
+    );
+    assert_eq!(records.restores_since(now).unwrap(), (2, vec![2_000, 4_000]));
+    assert_eq!(records.restores_since(now + 2).unwrap(), (0, vec![]));
+}
+
+fn tokens_are_shared_and_revoked<B: Backend>(backend: &B, runtime: &tokio::runtime::Runtime) {
+    let a = backend.access(runtime, "a");
+    let token = runtime.block_on(a.create_token("ci", "web-ops")).unwrap();
+    let b = backend.access(runtime, "b");
+    runtime.block_on(async {
+        assert_eq!(a.authenticate_current(&token).await.unwrap().who, "token:ci");
+        assert!(matches!(a.create_token("ci", "admin").await, Err(AccessError::Exists { .. })));
+        assert!(matches!(b.create_token("ci", "admin").await, Err(AccessError::Exists { .. })), "on any master");
+        // Known to the other master (or, on SQLite, a restarted one).
+        assert_eq!(b.authenticate_current(&token).await.unwrap().role.name, "web-ops", "{}", backend.name());
+        assert!(matches!(b.authenticate_current("hlt_nope").await, Err(AccessError::Unknown)));
+        assert!(a.revoke("ci").await.unwrap());
+        assert!(matches!(a.authenticate_current(&token).await, Err(AccessError::Unknown)));
+        assert!(!a.revoke("ci").await.unwrap());
+        if backend.shared() {
+            // The revocation reaches the other master's memory (NOTIFY).
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while b.authenticate_current(&token).await.is_ok() {
+                assert!(tokio::time::Instant::now() < deadline, "the revocation did not reach master b");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    });
+    let c = backend.access(runtime, "c");
+    assert!(matches!(runtime.block_on(c.authenticate_current(&token)), Err(AccessError::Unknown)));
+    for access in [a, b, c] {
+        access.close();
+    }
+}
+
+fn audit_entry(n: usize) -> Entry {
+    Entry {
+        who: format!("token:t{n}"),
+        what: "apply".into(),
+        target: "web*".into(),
+        cause: "POST /api/v1/apply".into(),
+        result: "ok".into(),
+    }
+}
+
+fn audit_is_one_chain<B: Backend>(backend: &B, runtime: &tokio::runtime::Runtime) {
+    let (a, b) = (backend.access(runtime, "a"), backend.access(runtime, "b"));
+    let rows = runtime.block_on(async {
+        // Two masters appending at once: one chain, no seq taken twice.
+        tokio::join!(
+            async {
+                for n in 0..6 {
+                    a.record(audit_entry(n)).await;
+                }
+            },
+            async {
+                for n in 6..12 {
+                    b.record(audit_entry(n)).await;
+                }
+            }
+        );
+        let rows = a.audit_all().await.unwrap();
+        assert_eq!(b.audit_all().await.unwrap(), rows, "{}: both masters read the one log", backend.name());
+        assert_eq!(a.audit(3).await.unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), [12, 11, 10], "newest first");
+        rows
+    });
+    assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..=12).collect::<Vec<_>>());
+    let mut whos: Vec<String> = rows.iter().map(|r| r.entry.who.clone()).collect();
+    whos.sort();
+    let mut wanted: Vec<String> = (0..12).map(|n| audit_entry(n).who).collect();
+    wanted.sort();
+    assert_eq!(whos, wanted, "every entry once");
+    assert_eq!(audit::verify(&rows), Ok(()));
+    for refused in ["UPDATE audit SET result = 'x' WHERE seq = 2", "DELETE FROM audit WHERE seq = 12"] {
+        let error = backend.sql(runtime, refused).unwrap_err();
+        assert!(error.contains("append-only"), "{}: {refused}: {error}", backend.name());
+    }
+    backend.sql(runtime, backend.drop_audit_trigger()).unwrap();
+    assert_eq!(backend.sql(runtime, "UPDATE audit SET result = 'refused: x' WHERE seq = 4"), Ok(1));
+    let rows = runtime.block_on(a.audit_all()).unwrap();
+    assert_eq!(audit::verify(&rows), Err(Broken::Edited { seq: 4 }), "{}", backend.name());
+    a.close();
+    b.close();
+}
+
+/// PostgreSQL stopped: an audit entry is kept in the data dir (fsynced)
+/// and chained in, in order and once, when it answers; tokens cannot be
+/// made meanwhile, and those known keep working.
+#[test]
+fn audit_entries_made_while_postgres_is_down_are_chained_in_once() {
+    let cluster = Postgres::start().unwrap();
+    let backend = Pg::new(&cluster);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let access = backend.access(&runtime, "a");
+    let pending = backend.dir.path().join("a").join("audit.pending");
+    let token = runtime.block_on(access.create_token("ci", "web-ops")).unwrap();
+    runtime.block_on(access.record(audit_entry(1)));
+    cluster.stop_immediate().unwrap();
+    let kept = runtime.block_on(async {
+        access.record(audit_entry(2)).await;
+        access.record(audit_entry(3)).await;
+        let error = access.create_token("other", "web-ops").await.unwrap_err().to_string();
+        assert!(error.contains("PostgreSQL") && error.contains("try again"), "{error}");
+        assert_eq!(access.authenticate_current(&token).await.unwrap().who, "token:ci", "known tokens work");
+        std::fs::read_to_string(&pending).unwrap()
+    });
+    assert_eq!(kept.lines().count(), 2, "kept here: {kept}");
+    cluster.start_again().unwrap();
+    runtime.block_on(async {
+        // The next entry waits behind them; they are chained in, in order,
+        // by the listener once it reconnects, or by a later call.
+        access.record(audit_entry(4)).await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while std::fs::metadata(&pending).unwrap().len() > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the kept entries were not chained in");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // A crash before the file was emptied: the same entries again.
+        std::fs::write(&pending, &kept).unwrap();
+        access.record(audit_entry(5)).await;
+        assert_eq!(std::fs::metadata(&pending).unwrap().len(), 0, "drained before the new entry");
+    });
+    let rows = runtime.block_on(access.audit_all()).unwrap();
+    let whos: Vec<&str> = rows.iter().map(|r| r.entry.who.as_str()).collect();
+    assert_eq!(whos, ["token:t1", "token:t2", "token:t3", "token:t4", "token:t5"], "in order, each once");
+    assert_eq!(audit::verify(&rows), Ok(()));
+    access.close();
+}
+
+/// The first time a data dir meets PostgreSQL, its halite.db tokens and
+/// audit rows are imported, once: the token then works on every master,
+/// the rows join the shared chain, and a restart imports nothing again.
+#[test]
+fn halite_db_tokens_and_audit_rows_are_imported_once() {
+    let cluster = Postgres::start().unwrap();
+    let backend = Pg::new(&cluster);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let data_dir = backend.dir.path().join("a");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let path = halite_master::server::store::path(&data_dir);
+    drop(Store::open(&path).unwrap());
+    // A lone master on SQLite, before `store:` named PostgreSQL.
+    let lone = Access::open(&path, &roles()).unwrap();
+    let token = runtime.block_on(async {
+        let token = lone.create_token("ci", "web-ops").await.unwrap();
+        lone.record(audit_entry(1)).await;
+        lone.record(audit_entry(2)).await;
+        token
+    });
+    lone.close();
+    let wait_for_import = |access: &Access| {
+        runtime.block_on(async {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while !data_dir.join("access.imported-to-postgres").exists() {
+                assert!(tokio::time::Instant::now() < deadline, "not imported:\n{}", cluster.log());
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            access.audit_all().await.unwrap()
+        })
+    };
+    let a = backend.access(&runtime, "a");
+    let rows = wait_for_import(&a);
+    assert_eq!(rows.iter().map(|r| r.entry.who.as_str()).collect::<Vec<_>>(), ["token:t1", "token:t2"]);
+    assert_eq!(audit::verify(&rows), Ok(()));
+    let b = backend.access(&runtime, "b");
+    assert_eq!(runtime.block_on(b.authenticate_current(&token)).unwrap().who, "token:ci", "on another master");
+    runtime.block_on(b.record(audit_entry(3)));
+    a.close();
+    // Restarted: nothing imported again (the marker), even were it missing
+    // (each imported row's id is its old hash).
+    std::fs::remove_file(data_dir.join("access.imported-to-postgres")).unwrap();
+    let again = backend.access(&runtime, "a");
+    let rows = wait_for_import(&again);
+    assert_eq!(rows.iter().map(|r| r.entry.who.as_str()).collect::<Vec<_>>(), ["token:t1", "token:t2", "token:t3"]);
+    assert_eq!(audit::verify(&rows), Ok(()));
+    again.close();
+    b.close();
+}
+
 #[test]
 fn conformance_on_sqlite() {
     conformance(|| Sqlite { dir: tempfile::tempdir().unwrap() });
@@ -314,6 +599,9 @@ fn an_outage_is_spooled_and_drained_once() {
             store.answered_durably("01OUT", "web01", vec![result("motd", Outcome::Unchanged)]).await.unwrap();
         // Sent again, as an agent does whose ack was lost.
         let again = store.events_durably((8..10).map(|n| event(n, "web01")).collect()).await;
+        let kept = receipt("01OUT", "web01", ReceiptKind::Corrective, Some(1_000), now_us());
+        store.receipts(vec![kept.clone()]);
+        store.receipts(vec![kept]);
         store.flush().await;
         durable && answered && again
     });
@@ -336,6 +624,8 @@ fn an_outage_is_spooled_and_drained_once() {
     assert_eq!(records.events("").unwrap(), (0..10).map(|n| event(n, "web01")).collect::<Vec<_>>(), "each once");
     let (_, report) = records.job("01OUT").unwrap().unwrap();
     assert_eq!(report.agents[0].states().len(), 1, "the answer spooled is recorded");
+    let receipts = records.receipts(None, 10).unwrap();
+    assert_eq!(receipts.iter().map(|r| r.jid.as_str()).collect::<Vec<_>>(), ["01OUT"], "the receipt spooled, once");
 }
 
 /// A store opened while PostgreSQL is down starts (spooling) and migrates

@@ -130,7 +130,8 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             exit_with(code)
         }
         Command::Receipts { agent, limit, json, config, data_dir } => {
-            cli::receipts::run(&cli::operator_data_dir(&config, data_dir)?, agent.as_deref(), limit, json)
+            let records = cli::operator_store(&config)?;
+            cli::receipts::run(&cli::operator_data_dir(&config, data_dir)?, &records, agent.as_deref(), limit, json)
         }
         Command::Inventory { target, json, config, data_dir } => {
             exit_with(cli::inventory::run(&cli::operator_data_dir(&config, data_dir)?, &target, json)?)
@@ -157,8 +158,9 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             cli::tokens::run(action, &cli::operator_data_dir(&config, data_dir)?, json)
         }
         Command::Audit { verify, json, config, data_dir } => {
+            let store = cli::operator_store(&config)?;
             let data_dir = cli::operator_data_dir(&config, data_dir)?;
-            cli::audit::run(&data_dir, verify, json, &mut std::io::stdout().lock())
+            cli::audit::run(&data_dir, &store, verify, json, &mut std::io::stdout().lock())
         }
         Command::Backup { file, config, data_dir } => {
             cli::backup::run(&cli::operator_data_dir(&config, data_dir)?, &file)

@@ -1,7 +1,9 @@
 //! `halite-master audit [--verify] [--json]`: the audit log, read from
-//! halite.db directly and read-only (the master may run or not), printed
-//! oldest first as text or JSON lines; `--verify` checks the hash chain
-//! (`server/audit.rs`) and names the first row that does not fit.
+//! halite.db directly and read-only (the master may run or not), or from
+//! PostgreSQL when master.yaml's `store:` names it (then the one chain of
+//! every master), printed oldest first as text or JSON lines; `--verify`
+//! checks the hash chain (`server/audit.rs`) and names the first row that
+//! does not fit.
 
 use std::io::Write;
 use std::path::Path;
@@ -12,10 +14,18 @@ use rusqlite::{Connection, OpenFlags};
 use crate::server::audit::{self, Row};
 
 /// Prints the log; false (exit 1) when `verify` finds the chain broken.
-pub fn run(data_dir: &Path, verify: bool, json: bool, out: &mut impl Write) -> anyhow::Result<bool> {
+pub fn run(
+    data_dir: &Path,
+    store: &crate::config::StoreConfig,
+    verify: bool,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
     super::trusted_data_dir(data_dir)?;
-    let path = crate::server::store::path(data_dir);
-    let rows = read(&path)?;
+    let rows = match &store.url {
+        Some(url) => read_postgres(&crate::server::store::postgres::PgTarget::from_config(store, url)?)?,
+        None => read(&crate::server::store::path(data_dir))?,
+    };
     if verify {
         return Ok(match audit::verify(&rows) {
             Ok(()) => {
@@ -54,6 +64,23 @@ fn read(path: &Path) -> anyhow::Result<Vec<Row>> {
         return Ok(Vec::new());
     }
     Ok(audit::rows(&connection, &path.display().to_string(), 0, None)?)
+}
+
+/// Every row of the shared chain in PostgreSQL, oldest first (none before
+/// schema v4).
+fn read_postgres(target: &crate::server::store::postgres::PgTarget) -> anyhow::Result<Vec<Row>> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let client = target.connect().await?;
+        match crate::server::cluster::access::rows(&client, 0, None).await {
+            Ok(rows) => Ok(rows),
+            Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(Vec::new()),
+            Err(error) => Err(anyhow::anyhow!(
+                "cannot read the audit log from {target}: {}",
+                crate::server::store::postgres::describe(&error)
+            )),
+        }
+    })
 }
 
 /// One row as a line of text, control characters escaped.

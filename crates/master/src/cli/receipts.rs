@@ -1,6 +1,7 @@
 //! `halite-master receipts [AGENT]`: remediation receipts and the drift
-//! count per file, read straight from the store (read-only), so it works
-//! whether the master runs or not.
+//! count per file, read straight from the store (read-only; halite.db, or
+//! PostgreSQL when master.yaml's `store:` names it: then every master's
+//! receipts), so it works whether the master runs or not.
 
 use std::io::Write;
 use std::path::Path;
@@ -8,16 +9,23 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anstream::stdout;
 
+use crate::config::StoreConfig;
 use crate::server::receipts::{DriftCount, Receipt};
-use crate::server::store::{self, Reader};
+use crate::server::store;
 
 /// Prints the newest `limit` receipts (of `agent`, or all) and the drift
 /// counts, as text or one JSON document.
-pub fn run(data_dir: &Path, agent: Option<&str>, limit: u32, json: bool) -> anyhow::Result<bool> {
+pub fn run(
+    data_dir: &Path,
+    records: &StoreConfig,
+    agent: Option<&str>,
+    limit: u32,
+    json: bool,
+) -> anyhow::Result<bool> {
     super::trusted_data_dir(data_dir)?;
-    let reader = Reader::open(&store::path(data_dir))?;
-    let receipts = reader.receipts().list(agent, limit)?;
-    let drifts = reader.receipts().drift_counts(agent)?;
+    let reader = store::records::open(records, data_dir)?;
+    let receipts = reader.receipts(agent, limit)?;
+    let drifts = reader.drift_counts(agent)?;
     let mut out = stdout();
     if json {
         let document = serde_json::json!({ "receipts": receipts, "drift_counts": drifts });

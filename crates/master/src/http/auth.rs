@@ -60,7 +60,12 @@ impl FromRequestParts<HttpState> for Principal {
             }
             return Err(ApiError::Unauthenticated("no token: send `Authorization: Bearer <token>` (make one with `halite-master tokens create NAME --role ROLE`)".into()));
         };
-        state.master.access.authenticate(&token).map_err(|error| ApiError::Unauthenticated(error.to_string()))
+        state
+            .master
+            .access
+            .authenticate_current(&token)
+            .await
+            .map_err(|error| ApiError::Unauthenticated(error.to_string()))
     }
 }
 

@@ -18,6 +18,12 @@
 //! rows) goes through one SQLite connection of our own on halite.db, off
 //! the runtime's threads; it is closed before the store's writer so the
 //! store's clean stop can checkpoint its WAL.
+//!
+//! With `store: postgres://…` ([`Access::with_postgres`]) tokens and the
+//! audit log are PostgreSQL's instead, shared by every master
+//! (`server/cluster/access.rs`): a token made on one master works on all,
+//! and the audit log is one chain. Memory still answers a check; a token
+//! not in memory is read through from PostgreSQL once.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -170,6 +176,8 @@ pub enum AccessError {
         "the client certificate `{name}` verified, but no role is given to it: add it to master.yaml's `access: {{certificates: {{{name}: ROLE}}}}` (roles: {known})"
     )]
     UnmappedCertificate { name: String, known: String },
+    #[error("{0}; API tokens are kept in PostgreSQL, so they cannot be changed until it answers (try again)")]
+    Shared(#[from] crate::server::cluster::access::SharedAccessError),
 }
 
 /// Roles, tokens and the audit log of the running master.
@@ -179,10 +187,20 @@ pub struct Access {
     /// A client certificate's name → its role (`access.certificates`).
     certificates: BTreeMap<String, Arc<Role>>,
     /// Every token by the hex sha256 of its text.
-    tokens: RwLock<HashMap<String, TokenRow>>,
+    tokens: Arc<RwLock<HashMap<String, TokenRow>>>,
     /// Ours alone; `None` once closed.
     db: Arc<Mutex<Option<Connection>>>,
     path: PathBuf,
+    /// With several masters on PostgreSQL: where tokens and the audit log
+    /// are kept instead of halite.db.
+    shared: Option<SharedParts>,
+}
+
+/// The PostgreSQL side of tokens and the audit log.
+#[derive(Debug, Clone)]
+struct SharedParts {
+    shared: Arc<crate::server::cluster::access::Shared>,
+    pending: Arc<crate::server::cluster::access::Pending>,
 }
 
 impl Access {
@@ -209,10 +227,81 @@ impl Access {
         Ok(Access {
             roles: compile(roles),
             certificates: BTreeMap::new(),
-            tokens: RwLock::new(tokens),
+            tokens: Arc::new(RwLock::new(tokens)),
             db: Arc::new(Mutex::new(Some(connection))),
             path: path.to_path_buf(),
+            shared: None,
         })
+    }
+
+    /// Keeps tokens and the audit log in PostgreSQL (`target`) from now
+    /// on, shared with the other masters: listens for token changes,
+    /// chains in audit entries kept in `data_dir` while it was
+    /// unreachable, and the first time this data dir meets PostgreSQL
+    /// imports halite.db's tokens and audit rows. Until `cancel`.
+    pub async fn with_postgres(
+        mut self,
+        target: crate::server::store::postgres::PgTarget,
+        data_dir: &Path,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> Result<Access, AccessError> {
+        use crate::server::cluster::access::{
+            IMPORTED_MARKER, Import, Listener, PENDING_FILE, Pending, Shared, StoredToken,
+        };
+        let marker = data_dir.join(IMPORTED_MARKER);
+        let import = if tokio::fs::try_exists(&marker).await.unwrap_or(false) {
+            None
+        } else {
+            let tokens = self
+                .tokens
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(hash, row)| StoredToken {
+                    name: row.name.clone(),
+                    role: row.role.clone(),
+                    hash: hash.clone(),
+                    created_us: row.created_us,
+                })
+                .collect();
+            Some(Import { tokens, audit: self.audit_all().await? })
+        };
+        let parts = SharedParts {
+            shared: Arc::new(Shared::new(target)),
+            pending: Arc::new(Pending::new(data_dir.join(PENDING_FILE))),
+        };
+        let tokens = self.tokens.clone();
+        let listener = Listener {
+            shared: parts.shared.clone(),
+            pending: parts.pending.clone(),
+            replace: Box::new(move |rows| {
+                let rows = rows
+                    .into_iter()
+                    .map(|t| (t.hash, TokenRow { name: t.name, role: t.role, created_us: t.created_us }))
+                    .collect();
+                *tokens.write().unwrap_or_else(|p| p.into_inner()) = rows;
+            }),
+            import,
+            marker,
+        };
+        tokio::spawn(listener.run(cancel));
+        self.shared = Some(parts);
+        Ok(self)
+    }
+
+    /// As [`Access::authenticate`]; with tokens in PostgreSQL, a token not
+    /// in memory (made on another master a moment ago) is read through.
+    pub async fn authenticate_current(&self, token: &str) -> Result<Principal, AccessError> {
+        match (self.authenticate(token), &self.shared) {
+            (Err(AccessError::Unknown), Some(parts)) => {
+                let hash = Sha256::of(token.trim().as_bytes()).to_hex();
+                let Some(found) = parts.shared.find_token(&hash).await? else { return Err(AccessError::Unknown) };
+                let row = TokenRow { name: found.name, role: found.role, created_us: found.created_us };
+                self.tokens.write().unwrap_or_else(|p| p.into_inner()).insert(hash, row);
+                self.authenticate(token)
+            }
+            (result, _) => result,
+        }
     }
 
     /// The principal a token stands for.
@@ -277,6 +366,19 @@ impl Access {
         let token = format!("{TOKEN_PREFIX}{}", Sha256(secret).to_hex());
         let hash = Sha256::of(token.as_bytes()).to_hex();
         let row = TokenRow { name: name.to_owned(), role: role.to_owned(), created_us: now_us() };
+        if let Some(parts) = &self.shared {
+            let stored = crate::server::cluster::access::StoredToken {
+                name: row.name.clone(),
+                role: row.role.clone(),
+                hash: hash.clone(),
+                created_us: row.created_us,
+            };
+            if !parts.shared.create_token(&stored).await? {
+                return Err(AccessError::Exists { name: name.to_owned() });
+            }
+            self.tokens.write().unwrap_or_else(|p| p.into_inner()).insert(hash, row);
+            return Ok(token);
+        }
         let stored = row.clone();
         let stored_hash = hash.clone();
         self.with_db(move |connection, path| {
@@ -301,6 +403,11 @@ impl Access {
 
     /// Revokes the token named `name`; false when there is none.
     pub async fn revoke(&self, name: &str) -> Result<bool, AccessError> {
+        if let Some(parts) = &self.shared {
+            let deleted = parts.shared.revoke(name).await?;
+            self.tokens.write().unwrap_or_else(|p| p.into_inner()).retain(|_, row| row.name != name);
+            return Ok(deleted);
+        }
         let owned = name.to_owned();
         let deleted = self
             .with_db(move |connection, path| {
@@ -317,6 +424,13 @@ impl Access {
     /// loud (an error logged with the entry) but does not undo what was
     /// done.
     pub async fn record(&self, entry: Entry) {
+        if let Some(parts) = &self.shared {
+            // Chained in PostgreSQL, or kept here until it answers.
+            if let Err(error) = parts.pending.record(&parts.shared, now_us(), entry.clone()).await {
+                tracing::error!(%error, who = %entry.who, what = %entry.what, target = %entry.target, result = %entry.result, "Cannot write the audit log.");
+            }
+            return;
+        }
         let logged = entry.clone();
         let result = self
             .with_db(move |connection, path| {
@@ -330,6 +444,9 @@ impl Access {
 
     /// The newest `limit` audit rows, newest first.
     pub async fn audit(&self, limit: u32) -> Result<Vec<audit::Row>, AccessError> {
+        if let Some(parts) = &self.shared {
+            return Ok(parts.shared.newest(limit).await?);
+        }
         self.with_db(move |connection, path| {
             audit::newest(connection, &path.display().to_string(), limit).map_err(AccessError::from)
         })
@@ -338,6 +455,9 @@ impl Access {
 
     /// Every audit row, oldest first (for verifying the chain).
     pub async fn audit_all(&self) -> Result<Vec<audit::Row>, AccessError> {
+        if let Some(parts) = &self.shared {
+            return Ok(parts.shared.rows(0, None).await?);
+        }
         self.with_db(move |connection, path| {
             audit::rows(connection, &path.display().to_string(), 0, None).map_err(AccessError::from)
         })

@@ -89,7 +89,7 @@ async fn connection(master: Arc<Master>, stream: UnixStream) {
     while let Ok(Some(line)) = lines.next_line().await {
         let request = match serde_json::from_str::<Request>(&line) {
             Ok(Request::Auth { token }) => {
-                let response = match master.access.authenticate(&token) {
+                let response = match master.access.authenticate_current(&token).await {
                     Ok(token_principal) => {
                         principal = token_principal;
                         Response { ok: true, ..Response::default() }

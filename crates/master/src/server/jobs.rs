@@ -519,6 +519,12 @@ impl Jobs {
         let receipts = self.make_receipts(agent, &result);
         self.bus.publish(ret);
         halite_fs::hops::mark("master.result.published", result.job.0);
+        // Queued before the answer, on the same queue: they share its
+        // transaction (or an earlier one), so they are durable (committed,
+        // or in PostgreSQL's spool) before the agent is acknowledged.
+        if let Some(store) = &self.store {
+            store.receipts(receipts);
+        }
         let committed = match &self.store {
             Some(store) => store.answered_durably(&result.job.to_string(), agent, result.results.clone()),
             None => {
@@ -527,11 +533,6 @@ impl Jobs {
                 committed
             }
         };
-        // Queued after the answer: its commit (and so its ack) never waits
-        // for them; they share its transaction when the writer batches both.
-        if let Some(store) = &self.store {
-            store.receipts(receipts);
-        }
         // Expected from this agent, so a waiter for the job is this agent's.
         match self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(result.job) {
             Some((_, tx)) => {

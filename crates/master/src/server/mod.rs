@@ -182,6 +182,11 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     let access =
         tokio::task::spawn_blocking(move || crate::server::access::Access::open(&access_path, &roles)).await??;
     let access = access.with_certificates(&config.access.certificates);
+    // Tokens and the audit log shared by every master on the database.
+    let access = match store.postgres() {
+        Some(target) => access.with_postgres(target.clone(), &config.data_dir, cancel.clone()).await?,
+        None => access,
+    };
     let inventory = crate::server::inventory::Inventories::default();
     let cluster_view = cluster.as_ref().map(|c| c.view.clone());
     let master = Arc::new(Master {

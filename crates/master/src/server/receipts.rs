@@ -21,7 +21,10 @@
 //! before the master restarted makes none either. Receipts are rows of the
 //! store's `receipts` table (migration v5), deleted with their job by the
 //! store's retention; [`Query`] reads them, and the per-file drift count
-//! (what flaps: corrective receipts per agent and path).
+//! (what flaps: corrective receipts per agent and path). With
+//! `store: postgres://…` they are rows of PostgreSQL's `receipts` instead,
+//! written by its batched writer (spooled while it is unreachable) and
+//! read through `store/records.rs`, so every master shows every receipt.
 //!
 //! The hash before is the drift event's `sha256` when the event was about
 //! the file (all 64 digits); otherwise the 12-digit prefix the state's
@@ -58,7 +61,7 @@ impl ReceiptKind {
         }
     }
 
-    fn parse(text: &str) -> ReceiptKind {
+    pub fn parse(text: &str) -> ReceiptKind {
         if text == "corrective" { ReceiptKind::Corrective } else { ReceiptKind::Intentional }
     }
 }

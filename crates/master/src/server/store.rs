@@ -580,13 +580,14 @@ impl Store {
         }
     }
 
-    /// Keeps receipts. From the link loop, which cannot wait: dropped and
+    /// Keeps receipts (in PostgreSQL when the records go there, spooled
+    /// with them). From the link loop, which cannot wait: dropped and
     /// counted when the queue is full (the job's results are stored).
     pub fn receipts(&self, receipts: Vec<crate::server::receipts::Receipt>) {
         if receipts.is_empty() {
             return;
         }
-        if self.queue.try_send(Write::Receipts(receipts)).is_err() {
+        if self.records_queue().try_send(Write::Receipts(receipts)).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::warn!(dropped, "The job store's queue is full; receipts were not kept.");
         }

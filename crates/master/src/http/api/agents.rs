@@ -156,14 +156,21 @@ pub async fn one(
         .collect();
     agent.last_job = jobs.first().map(|job| job.jid.clone());
     let of = agent.id.clone();
-    let (receipts, drift_counts) = super::with_reader(&state, move |reader| {
-        let sqlite = |e: crate::server::receipts::ReceiptsError| crate::server::store::StoreError::Sqlite {
-            path: e.path,
-            source: e.source,
-        };
-        let query = reader.receipts();
-        Ok((query.list(Some(&of), AGENT_HISTORY).map_err(sqlite)?, query.drift_counts(Some(&of)).map_err(sqlite)?))
+    // From PostgreSQL when the records go there: a restore another master
+    // made shows here too.
+    let Some(store) = state.master.jobs.store() else {
+        return Err(ApiError::Internal("this master has no store".into()));
+    };
+    let (file, postgres) = (store.file().to_path_buf(), store.postgres().cloned());
+    let (receipts, drift_counts) = tokio::task::spawn_blocking(move || {
+        let records = crate::server::store::records::open_for(&file, postgres.as_ref())?;
+        Ok::<_, crate::server::store::StoreError>((
+            records.receipts(Some(&of), AGENT_HISTORY)?,
+            records.drift_counts(Some(&of))?,
+        ))
     })
-    .await?;
+    .await
+    .map_err(|error| ApiError::Internal(format!("reading the store stopped: {error}")))?
+    .map_err(|error| ApiError::Internal(error.to_string()))?;
     Ok(Json(AgentDetail { agent, jobs, receipts, drift_counts }))
 }

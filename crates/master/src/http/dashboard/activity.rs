@@ -84,11 +84,15 @@ fn percentile(sorted_us: &[i64], p: usize) -> Option<f64> {
 /// jobs from `postgres` when the records go there). Blocking.
 pub fn read(path: &std::path::Path, postgres: Option<&PgTarget>, now_us: i64) -> Result<Summary, DashboardError> {
     let since = now_us - i64::try_from(WINDOW.as_micros()).unwrap_or(i64::MAX);
-    let reader = Reader::open(path)?;
-    let (restores, latencies) = reader.receipts().restores_since(since)?;
-    let reactions = match postgres {
-        Some(target) => PgReader::open(target)?.reactions_since(since)?,
-        None => reader.reactions_since(since)?,
+    let ((restores, latencies), reactions) = match postgres {
+        Some(target) => {
+            let reader = PgReader::open(target)?;
+            (reader.restores_since(since)?, reader.reactions_since(since)?)
+        }
+        None => {
+            let reader = Reader::open(path)?;
+            (reader.receipts().restores_since(since)?, reader.reactions_since(since)?)
+        }
     };
     Ok(Summary::of(restores, &latencies, reactions))
 }

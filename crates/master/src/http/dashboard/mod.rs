@@ -267,7 +267,7 @@ struct LoginForm {
 /// reads. A wrong token is told so, and nothing is set.
 async fn login(State(state): State<HttpState>, Form(form): Form<LoginForm>) -> Page {
     let token = form.token.trim();
-    match state.master.access.authenticate(token) {
+    match state.master.access.authenticate_current(token).await {
         Ok(principal) => {
             tracing::info!(who = %principal.who, "Dashboard login.");
             // Tokens are `hlt_` and URL-safe characters: nothing to quote.
@@ -341,11 +341,13 @@ fn agent_row(state: &HttpState, principal: &Principal, id: &str) -> Result<crate
 
 /// The receipts section's context: `agent`'s receipts from the store.
 async fn receipts_context(state: &HttpState, agent: &str) -> Result<minijinja::Value, DashboardError> {
-    let Some(path) = state.master.jobs.store().map(|s| s.file().to_path_buf()) else {
+    let Some(store) = state.master.jobs.store() else {
         return Ok(context! {});
     };
+    let (path, postgres) = (store.file().to_path_buf(), store.postgres().cloned());
     let agent = agent.to_owned();
-    let (receipts, drift_counts) = tokio::task::spawn_blocking(move || pages::receipts(&path, &agent)).await??;
+    let (receipts, drift_counts) =
+        tokio::task::spawn_blocking(move || pages::receipts(&path, postgres.as_ref(), &agent)).await??;
     Ok(context! { receipts, drift_counts })
 }
 

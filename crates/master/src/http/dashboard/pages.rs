@@ -186,16 +186,17 @@ pub fn receipt_views(receipts: &[Receipt]) -> Vec<ReceiptView> {
         .collect()
 }
 
-/// `agent`'s newest receipts and how often each of its files drifted.
-/// Blocking (SQLite), as [`jobs`].
+/// `agent`'s newest receipts and how often each of its files drifted,
+/// from PostgreSQL when the records go there (`postgres`). Blocking, as
+/// [`jobs`].
 pub fn receipts(
     store: &std::path::Path,
+    postgres: Option<&crate::server::store::postgres::PgTarget>,
     agent: &str,
 ) -> Result<(Vec<ReceiptView>, Vec<DriftCount>), super::DashboardError> {
-    let reader = Reader::open(store)?;
-    let query = reader.receipts();
-    let listed = query.list(Some(agent), RECEIPTS_LISTED)?;
-    let counts = query.drift_counts(Some(agent))?;
+    let records = crate::server::store::records::open_for(store, postgres)?;
+    let listed = records.receipts(Some(agent), RECEIPTS_LISTED)?;
+    let counts = records.drift_counts(Some(agent))?;
     let counts = counts.into_iter().map(|c| DriftCount { path: c.path, count: c.drifts }).collect();
     Ok((receipt_views(&listed), counts))
 }

@@ -22,6 +22,10 @@
 //!   session bumps it; the one whose session is stale drops it.
 //! - [`masters`] — each master's row: the tree version it serves and a
 //!   heartbeat; a master whose tree differs from its peers' says so.
+//! - [`access`] — API tokens and the audit log in PostgreSQL: tokens
+//!   valid on every master (`NOTIFY halite_tokens`, read through on a
+//!   miss), one audit hash chain for the cluster, and the audit entries
+//!   kept locally while PostgreSQL is unreachable.
 //!
 //! With PostgreSQL unreachable a master keeps its keys in memory and
 //! halite.db (it enforces from them), queues its key changes to write when
@@ -38,6 +42,7 @@ use crate::server::keys::{KeyStore, ShareRequest};
 use crate::server::sessions::Sessions;
 use crate::server::store::postgres::PgTarget;
 
+pub mod access;
 pub mod epochs;
 pub mod keys;
 pub mod lease;

@@ -43,6 +43,7 @@ use tokio_postgres::Client;
 
 use super::spool::{EventRow, Record, Spool, SpoolError};
 use super::{JobRecord, JobSummary, Retention, Write};
+use crate::server::receipts::{DriftCount, Receipt, ReceiptKind};
 
 /// Whether the records reach PostgreSQL, as the writer last found: told to
 /// `server/mod.rs`, which publishes `halite/master/store/postgres/unreachable`
@@ -77,12 +78,12 @@ pub const SERVER_KEEPALIVES: &str =
     "-c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=3 -c tcp_user_timeout=5000";
 
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// `MIGRATIONS[n]` takes the schema from version n to n + 1. Append only.
 /// Tables other modules add to halite.db (`store.rs`'s list) get their
 /// PostgreSQL form appended here.
-const MIGRATIONS: [&str; 3] = [V1, V2_EVENTS_BY_AGENT, V3_CONTROL_PLANE];
+const MIGRATIONS: [&str; 4] = [V1, V2_EVENTS_BY_AGENT, V3_CONTROL_PLANE, V4_RECEIPTS_TOKENS_AUDIT];
 
 const V1: &str = "
 CREATE TABLE jobs (
@@ -173,6 +174,58 @@ CREATE TABLE masters (
     tree      TEXT NOT NULL,
     heartbeat TIMESTAMPTZ NOT NULL
 );
+";
+
+/// What halite.db held per master and PostgreSQL now shares (ha-shared):
+/// remediation receipts (`receipts.rs`, written by the batched writer like
+/// results), API tokens (`server/cluster/tokens.rs`) and the audit log,
+/// one hash chain for the whole cluster (`server/cluster/audit.rs`).
+/// `audit.id` names an entry written while PostgreSQL was unreachable (or
+/// imported from a halite.db) so that chaining it in is once-only; it is
+/// not part of the hash. As in halite.db, a trigger refuses `UPDATE` and
+/// `DELETE` on `audit`.
+const V4_RECEIPTS_TOKENS_AUDIT: &str = "
+CREATE TABLE receipts (
+    jid         TEXT NOT NULL,
+    agent       TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    path        TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    cause       TEXT NOT NULL,
+    cause_event TEXT,
+    hash_before TEXT,
+    hash_after  TEXT,
+    latency_us  BIGINT,
+    at_us       BIGINT NOT NULL,
+    PRIMARY KEY (jid, agent, state)
+);
+CREATE INDEX receipts_by_agent ON receipts (agent, at_us);
+CREATE INDEX receipts_by_time ON receipts (at_us);
+CREATE TABLE api_tokens (
+    name       TEXT PRIMARY KEY,
+    role       TEXT NOT NULL,
+    hash       TEXT NOT NULL UNIQUE,
+    created_us BIGINT NOT NULL
+);
+CREATE TABLE audit (
+    seq     BIGINT PRIMARY KEY,
+    at_us   BIGINT NOT NULL,
+    who     TEXT NOT NULL,
+    what    TEXT NOT NULL,
+    target  TEXT NOT NULL,
+    cause   TEXT NOT NULL,
+    result  TEXT NOT NULL,
+    prev    TEXT NOT NULL,
+    hash    TEXT NOT NULL,
+    id      TEXT UNIQUE
+);
+CREATE FUNCTION halite_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the audit log is append-only';
+END
+$$;
+CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit
+    FOR EACH ROW EXECUTE FUNCTION halite_audit_append_only();
 ";
 
 /// An arbitrary constant: the advisory lock key migrations take.
@@ -464,12 +517,13 @@ struct Statements {
     insert_result: tokio_postgres::Statement,
     no_answer: tokio_postgres::Statement,
     facts: tokio_postgres::Statement,
+    receipt: tokio_postgres::Statement,
 }
 
 impl Statements {
     /// Prepares them all, pipelined: one round trip.
     async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
-        let (events, insert_job, insert_agent, answered, delete_results, insert_result, no_answer, facts) = tokio::try_join!(
+        let (events, insert_job, insert_agent, answered, delete_results, insert_result, no_answer, facts, receipt) = tokio::try_join!(
             client.prepare(
                 "INSERT INTO events (id, agent, tag, time_us, data, recorded_us)
                  SELECT id, agent, tag, time_us, data, $6
@@ -499,8 +553,25 @@ impl Statements {
                 "INSERT INTO agent_facts (agent, facts, seen_us) VALUES ($1, $2, $3)
                  ON CONFLICT (agent) DO UPDATE SET facts = $2, seen_us = $3",
             ),
+            // A replayed spool or a resent answer writes a receipt once.
+            client.prepare(
+                "INSERT INTO receipts
+                   (jid, agent, state, path, kind, cause, cause_event, hash_before, hash_after, latency_us, at_us)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 ON CONFLICT (jid, agent, state) DO NOTHING",
+            ),
         )?;
-        Ok(Statements { events, insert_job, insert_agent, answered, delete_results, insert_result, no_answer, facts })
+        Ok(Statements {
+            events,
+            insert_job,
+            insert_agent,
+            answered,
+            delete_results,
+            insert_result,
+            no_answer,
+            facts,
+            receipt,
+        })
     }
 }
 
@@ -560,6 +631,7 @@ async fn commit(conn: &mut Conn, records: &[Record]) -> Result<(), tokio_postgre
         insert_result,
         no_answer,
         facts,
+        receipt,
     } = &*statements;
     let tx = client.transaction().await?;
     let events: Vec<&EventRow> = records
@@ -638,6 +710,22 @@ async fn commit(conn: &mut Conn, records: &[Record]) -> Result<(), tokio_postgre
                     [Box::new(text(agent)), Box::new(text(&value.to_string())), Box::new(*at_us)];
                 pending.push((facts.clone(), row.into()));
             }
+            Record::Receipt(r) => {
+                let row: [Box<dyn tokio_postgres::types::ToSql + Sync + Send>; 11] = [
+                    Box::new(text(&r.jid)),
+                    Box::new(text(&r.agent)),
+                    Box::new(text(&r.state)),
+                    Box::new(text(&r.path)),
+                    Box::new(r.kind.as_str().to_owned()),
+                    Box::new(text(&r.cause)),
+                    Box::new(r.cause_event.as_deref().map(text)),
+                    Box::new(r.hash_before.as_deref().map(text)),
+                    Box::new(r.hash_after.as_deref().map(text)),
+                    Box::new(r.latency_us),
+                    Box::new(r.at_us),
+                ];
+                pending.push((receipt.clone(), row.into()));
+            }
         }
     }
     let statements = pending.iter().map(|(statement, row): &(tokio_postgres::Statement, Row)| {
@@ -691,6 +779,7 @@ async fn retain_now(client: &mut Client, limits: Retention) -> Result<u64, tokio
 pub async fn retain_in(tx: &tokio_postgres::Transaction<'_>, limits: Retention) -> Result<u64, tokio_postgres::Error> {
     let cutoff = now_us().saturating_sub(i64::try_from(limits.max_age.as_micros()).unwrap_or(i64::MAX));
     tx.execute("DELETE FROM job_results WHERE jid IN (SELECT jid FROM jobs WHERE created_us < $1)", &[&cutoff]).await?;
+    tx.execute("DELETE FROM receipts WHERE jid IN (SELECT jid FROM jobs WHERE created_us < $1)", &[&cutoff]).await?;
     tx.execute("DELETE FROM job_agents WHERE jid IN (SELECT jid FROM jobs WHERE created_us < $1)", &[&cutoff]).await?;
     let jobs = tx.execute("DELETE FROM jobs WHERE created_us < $1", &[&cutoff]).await?;
     tx.execute("DELETE FROM events WHERE time_us < $1", &[&cutoff]).await?;
@@ -811,6 +900,9 @@ impl PgWriter {
                         records.push(Record::NoAnswer { jid, agent, error, at_us: now_us() })
                     }
                     Write::Facts { agent, facts } => records.push(Record::Facts { agent, facts, at_us: now_us() }),
+                    // Queued before their answer: committed (or spooled)
+                    // with it or before it, so durable before its ack.
+                    Write::Receipts(receipts) => records.extend(receipts.into_iter().map(Record::Receipt)),
                     Write::Events { events, durable: done } => {
                         records.extend(events.into_iter().map(Record::Event));
                         durable.push(done);
@@ -818,10 +910,8 @@ impl PgWriter {
                     Write::Flush(done) => flushed.push(done),
                     Write::Retain(limits) => retain = Some(limits),
                     Write::Close(done) => close = Some(done),
-                    // Keys are the SQLite writer's (see the module docs), and
-                    // so, for now, are receipts: each master keeps its own in
-                    // halite.db (`Store::receipts` queues them there).
-                    Write::Attach(_) | Write::Wake | Write::Commit(_) | Write::Receipts(_) => {}
+                    // Keys are the SQLite writer's (see the module docs).
+                    Write::Attach(_) | Write::Wake | Write::Commit(_) => {}
                 }
             }
             if self.client.is_none() || !self.spool.is_empty() {
@@ -1172,6 +1262,61 @@ impl PgReader {
                 data: row.get(4),
             })
             .collect())
+    }
+}
+
+impl PgReader {
+    /// The newest `limit` receipts (of `agent`, or all), newest first: as
+    /// `receipts::Query::list` on halite.db.
+    pub fn receipts(&self, agent: Option<&str>, limit: u32) -> Result<Vec<Receipt>, PgError> {
+        let rows = self.query(
+            "SELECT jid, agent, state, path, kind, cause, cause_event, hash_before, hash_after, latency_us, at_us
+             FROM receipts WHERE $1::text IS NULL OR agent = $1 ORDER BY at_us DESC, jid DESC LIMIT $2",
+            &[&agent, &i64::from(limit)],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|row| Receipt {
+                jid: row.get(0),
+                agent: row.get(1),
+                state: row.get(2),
+                path: row.get(3),
+                kind: ReceiptKind::parse(row.get(4)),
+                cause: row.get(5),
+                cause_event: row.get(6),
+                hash_before: row.get(7),
+                hash_after: row.get(8),
+                latency_us: row.get(9),
+                at_us: row.get(10),
+            })
+            .collect())
+    }
+
+    /// Corrective receipts per agent and path, the most restored first.
+    pub fn drift_counts(&self, agent: Option<&str>) -> Result<Vec<DriftCount>, PgError> {
+        let rows = self.query(
+            "SELECT agent, path, count(*), max(at_us) FROM receipts
+             WHERE kind = 'corrective' AND ($1::text IS NULL OR agent = $1)
+             GROUP BY agent, path ORDER BY count(*) DESC, agent, path",
+            &[&agent],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|row| DriftCount { agent: row.get(0), path: row.get(1), drifts: row.get(2), last_us: row.get(3) })
+            .collect())
+    }
+
+    /// The corrective receipts since `since_us`: how many, and their
+    /// latencies ascending (as `receipts::Query::restores_since`).
+    pub fn restores_since(&self, since_us: i64) -> Result<(u64, Vec<i64>), PgError> {
+        let rows = self.query(
+            "SELECT latency_us FROM receipts WHERE at_us >= $1 AND kind = 'corrective'
+             ORDER BY latency_us IS NULL, latency_us",
+            &[&since_us],
+        )?;
+        let all: Vec<Option<i64>> = rows.iter().map(|row| row.get(0)).collect();
+        let count = u64::try_from(all.len()).unwrap_or(u64::MAX);
+        Ok((count, all.into_iter().flatten().collect()))
     }
 }
 

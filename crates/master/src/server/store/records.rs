@@ -16,6 +16,7 @@ use halite_state::report::Report;
 use super::postgres::{PgError, PgReader, PgTarget};
 use super::spool::EventRow;
 use super::{JobRecord, JobSummary, Reader, StoreError};
+use crate::server::receipts::{DriftCount, Receipt, ReceiptsError};
 
 /// What the store answers, on either backend. Blocking: call it from
 /// `spawn_blocking` or outside a runtime.
@@ -34,6 +35,21 @@ pub trait Records: std::fmt::Debug {
     /// halite.db records none: with SQLite the seen-ids log keeps only
     /// their ids (`sessions.rs`), so this is empty there.
     fn events(&self, agent: &str) -> Result<Vec<EventRow>, StoreError>;
+    /// The newest `limit` remediation receipts (of `agent`, or all),
+    /// newest first.
+    fn receipts(&self, agent: Option<&str>, limit: u32) -> Result<Vec<Receipt>, StoreError>;
+    /// Corrective receipts per agent and path (of `agent`, or all), the
+    /// most restored first: what flaps.
+    fn drift_counts(&self, agent: Option<&str>) -> Result<Vec<DriftCount>, StoreError>;
+    /// How many corrective receipts since `since_us`, and their latencies
+    /// (µs, ascending).
+    fn restores_since(&self, since_us: i64) -> Result<(u64, Vec<i64>), StoreError>;
+}
+
+impl From<ReceiptsError> for StoreError {
+    fn from(error: ReceiptsError) -> StoreError {
+        StoreError::Sqlite { path: error.path, source: error.source }
+    }
 }
 
 impl Records for Reader {
@@ -54,6 +70,15 @@ impl Records for Reader {
     }
     fn events(&self, _agent: &str) -> Result<Vec<EventRow>, StoreError> {
         Ok(Vec::new())
+    }
+    fn receipts(&self, agent: Option<&str>, limit: u32) -> Result<Vec<Receipt>, StoreError> {
+        Ok(Reader::receipts(self).list(agent, limit)?)
+    }
+    fn drift_counts(&self, agent: Option<&str>) -> Result<Vec<DriftCount>, StoreError> {
+        Ok(Reader::receipts(self).drift_counts(agent)?)
+    }
+    fn restores_since(&self, since_us: i64) -> Result<(u64, Vec<i64>), StoreError> {
+        Ok(Reader::receipts(self).restores_since(since_us)?)
     }
 }
 
@@ -76,6 +101,15 @@ impl Records for PgReader {
     fn events(&self, agent: &str) -> Result<Vec<EventRow>, StoreError> {
         Ok(PgReader::events(self, agent)?)
     }
+    fn receipts(&self, agent: Option<&str>, limit: u32) -> Result<Vec<Receipt>, StoreError> {
+        Ok(PgReader::receipts(self, agent, limit)?)
+    }
+    fn drift_counts(&self, agent: Option<&str>) -> Result<Vec<DriftCount>, StoreError> {
+        Ok(PgReader::drift_counts(self, agent)?)
+    }
+    fn restores_since(&self, since_us: i64) -> Result<(u64, Vec<i64>), StoreError> {
+        Ok(PgReader::restores_since(self, since_us)?)
+    }
 }
 
 /// The records master.yaml's `store:` names: PostgreSQL when it has a
@@ -87,6 +121,16 @@ pub fn open(store: &crate::config::StoreConfig, data_dir: &Path) -> Result<Box<d
             Ok(Box::new(PgReader::open(&target)?))
         }
         None => Ok(Box::new(Reader::open(&super::path(data_dir))?)),
+    }
+}
+
+/// The records of a running master's store: PostgreSQL's when its records
+/// go there (`postgres`), else halite.db's at `file` (the API, the
+/// dashboard).
+pub fn open_for(file: &Path, postgres: Option<&PgTarget>) -> Result<Box<dyn Records>, StoreError> {
+    match postgres {
+        Some(target) => Ok(Box::new(PgReader::open(target)?)),
+        None => Ok(Box::new(Reader::open(file)?)),
     }
 }
 

@@ -74,10 +74,28 @@ impl EventRow {
 #[serde(tag = "record", rename_all = "snake_case")]
 pub enum Record {
     Event(EventRow),
-    Started { job: JobRecord, agent: String },
-    Answered { jid: String, agent: String, results: Vec<StateResult> },
-    NoAnswer { jid: String, agent: String, error: String, at_us: i64 },
-    Facts { agent: String, facts: serde_json::Value, at_us: i64 },
+    Started {
+        job: JobRecord,
+        agent: String,
+    },
+    Answered {
+        jid: String,
+        agent: String,
+        results: Vec<StateResult>,
+    },
+    NoAnswer {
+        jid: String,
+        agent: String,
+        error: String,
+        at_us: i64,
+    },
+    Facts {
+        agent: String,
+        facts: serde_json::Value,
+        at_us: i64,
+    },
+    /// A remediation receipt (`receipts.rs`).
+    Receipt(crate::server::receipts::Receipt),
 }
 
 /// The append-only spool file.
