@@ -101,8 +101,9 @@ pub fn start(
     let holder = format!("{name} pid {}", std::process::id());
     let leader = lease::spawn(target.clone(), holder.clone(), parts.bus.clone(), cancel.clone());
     tokio::spawn(keys::write(target.clone(), parts.keys.clone(), share_rx, cancel.clone()));
-    let opened = epochs::spawn(target.clone(), name.clone(), cancel.clone());
+    let opened = epochs::spawn(target.clone(), name.clone(), parts.sessions.clone(), cancel.clone());
     parts.sessions.tell_opened(opened);
+    parts.sessions.name_master(&name);
     let listener = listen::Listener {
         target: target.clone(),
         name: name.clone(),
