@@ -364,6 +364,9 @@ pub struct Store {
     writable: tokio::sync::watch::Receiver<Writable>,
     /// The PostgreSQL fence's notices ([`Store::take_fenced`]), until taken.
     fenced: Arc<std::sync::Mutex<Option<mpsc::Receiver<postgres::Fenced>>>>,
+    /// This master's name among several, which the PostgreSQL writer
+    /// records job answers under ([`Store::name_master`]).
+    master_name: Arc<std::sync::OnceLock<String>>,
 }
 
 impl Store {
@@ -396,6 +399,7 @@ impl Store {
             path: path_for_error,
             writable,
             fenced: Arc::default(),
+            master_name: Arc::default(),
         })
     }
 
@@ -407,7 +411,7 @@ impl Store {
     pub fn open_postgres(path: &Path, target: postgres::PgTarget, spool: &Path) -> Result<Store, StoreError> {
         let mut store = Store::open(path)?;
         let (records, inbox) = mpsc::channel(STORE_QUEUE);
-        let (state, fenced) = postgres::start_writer(target.clone(), spool, inbox)?;
+        let (state, fenced) = postgres::start_writer(target.clone(), spool, inbox, store.master_name.clone())?;
         store.fenced = Arc::new(std::sync::Mutex::new(Some(fenced)));
         store.records = Some(records);
         store.postgres = Some(target);
@@ -455,6 +459,13 @@ impl Store {
             return postgres::Recorded::default();
         }
         wait.await.unwrap_or_default()
+    }
+
+    /// Names this master among several (set once, when the cluster
+    /// starts): the job answers it records in PostgreSQL carry it, for
+    /// the other masters' fleet tails.
+    pub fn name_master(&self, name: &str) {
+        let _ = self.master_name.set(name.to_owned());
     }
 
     /// The notices of sessions the PostgreSQL store's fence refused rows

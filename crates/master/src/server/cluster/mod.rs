@@ -22,6 +22,8 @@
 //!   session bumps it; the one whose session is stale drops it.
 //! - [`masters`] — each master's row: the tree version it serves and a
 //!   heartbeat; a master whose tree differs from its peers' says so.
+//! - [`tail`] — the fleet tail: while an operator follows the events, the
+//!   other masters' events and job returns read from PostgreSQL.
 //!
 //! With PostgreSQL unreachable a master keeps its keys in memory and
 //! halite.db (it enforces from them), queues its key changes to write when
@@ -44,6 +46,7 @@ pub mod lease;
 pub mod listen;
 pub mod masters;
 pub mod singletons;
+pub mod tail;
 
 /// The channel a notification arrives on, by what it is about.
 pub const KEYS_CHANNEL: &str = "halite_keys";
@@ -78,6 +81,8 @@ pub struct Cluster {
     pub ticks: tokio::sync::broadcast::Sender<String>,
     /// The masters alive, their tree versions, each agent's master.
     pub view: masters::View,
+    /// The other masters' events, for this master's followers.
+    pub tail: tail::FleetTail,
 }
 
 /// Starts the control plane of `name` (the link's address) on `target`:
@@ -114,8 +119,9 @@ pub fn start(
     };
     tokio::spawn(listener.run(cancel.clone()));
     tokio::spawn(singletons::run(target.clone(), holder, leader.clone(), singleton, cancel.clone()));
+    let tail = tail::FleetTail::spawn(target.clone(), name.clone(), cancel.clone());
     let view = masters::spawn(target, name.clone(), tree.0, tree.1, cancel);
-    Cluster { name, leader, ticks, view }
+    Cluster { name, leader, ticks, view, tail }
 }
 
 /// Takes the next requests from `inbox` into `batch` (at most `limit`) for

@@ -198,11 +198,17 @@ CREATE TABLE masters (
 /// (`server/cluster/tail.rs`) pages through rows by (xid, id) below the
 /// oldest transaction still running, so a row committed late, out of
 /// order, is never skipped. Rows written before this version have none of
-/// the three (NULL): they are recorded, not tailed.
+/// the three (NULL): they are recorded, not tailed. A job's row per agent
+/// likewise names the master that recorded its answer, with the answering
+/// transaction's id (set again when the answer replaces the waiting row),
+/// so the tail shows other masters' job returns too.
 const V4_EVENTS_FLEET_TAIL_AND_FENCE: &str = "
 ALTER TABLE events ADD COLUMN master TEXT, ADD COLUMN epoch BIGINT, ADD COLUMN xid xid8;
 ALTER TABLE events ALTER COLUMN xid SET DEFAULT pg_current_xact_id();
 CREATE INDEX events_by_xid ON events (xid, id);
+ALTER TABLE job_agents ADD COLUMN master TEXT, ADD COLUMN xid xid8;
+ALTER TABLE job_agents ALTER COLUMN xid SET DEFAULT pg_current_xact_id();
+CREATE INDEX job_agents_by_xid ON job_agents (xid, jid, agent);
 ";
 
 /// An arbitrary constant: the advisory lock key migrations take.
@@ -504,8 +510,9 @@ impl Statements {
                 "INSERT INTO job_agents (jid, agent, status) VALUES ($1, $2, 'waiting') ON CONFLICT DO NOTHING"
             ),
             client.prepare(
-                "INSERT INTO job_agents (jid, agent, status, finished_us) VALUES ($1, $2, 'answered', $3)
-                 ON CONFLICT (jid, agent) DO UPDATE SET status = 'answered', error = NULL, finished_us = $3",
+                "INSERT INTO job_agents (jid, agent, status, finished_us, master) VALUES ($1, $2, 'answered', $3, $4)
+                 ON CONFLICT (jid, agent) DO UPDATE SET status = 'answered', error = NULL, finished_us = $3,
+                    master = $4, xid = pg_current_xact_id()",
             ),
             client.prepare("DELETE FROM job_results WHERE jid = $1 AND agent = $2"),
             client.prepare(
@@ -601,7 +608,13 @@ fn text(value: &str) -> String {
 
 /// Writes `records` in one transaction, but for the events the fence
 /// refuses ([`FENCED_INSERT`]), which it returns.
-async fn commit(conn: &mut Conn, records: &[Record]) -> Result<Vec<Fenced>, tokio_postgres::Error> {
+/// `master` is this master's name among several (`Store::name_master`),
+/// which its job answers carry.
+async fn commit(
+    conn: &mut Conn,
+    records: &[Record],
+    master: Option<&str>,
+) -> Result<Vec<Fenced>, tokio_postgres::Error> {
     let Conn { client, statements } = conn;
     let Statements {
         events: insert_events,
@@ -667,8 +680,8 @@ async fn commit(conn: &mut Conn, records: &[Record]) -> Result<Vec<Fenced>, toki
                     Box::new(false),
                 ];
                 pending.push((insert_job.clone(), row.into()));
-                let row: [Box<dyn tokio_postgres::types::ToSql + Sync + Send>; 3] =
-                    [Box::new(text(jid)), Box::new(text(agent)), Box::new(now_us())];
+                let row: [Box<dyn tokio_postgres::types::ToSql + Sync + Send>; 4] =
+                    [Box::new(text(jid)), Box::new(text(agent)), Box::new(now_us()), Box::new(master.map(text))];
                 pending.push((answered.clone(), row.into()));
                 pending.push((delete_results.clone(), boxed([text(jid), text(agent)])));
                 for (seq, result) in results.iter().enumerate() {
@@ -767,6 +780,7 @@ pub(super) fn start_writer(
     target: PgTarget,
     spool_path: &Path,
     inbox: mpsc::Receiver<Write>,
+    name: Arc<std::sync::OnceLock<String>>,
 ) -> Result<(tokio::sync::watch::Receiver<PgState>, mpsc::Receiver<Fenced>), PgError> {
     // One worker of its own drives the connection and a reconnection in
     // the background, so a partition's connect timeout never stalls the
@@ -798,6 +812,7 @@ pub(super) fn start_writer(
     let (fenced, fenced_inbox) = mpsc::channel(FENCED_QUEUE);
     let mut writer = PgWriter {
         fenced,
+        name,
         target,
         runtime,
         client,
@@ -832,6 +847,8 @@ struct PgWriter {
     /// Where the sessions the fence refused rows of are told, batches and
     /// drained spool alike (`Store::take_fenced`).
     fenced: mpsc::Sender<Fenced>,
+    /// This master's name among several, once known (`Store::name_master`).
+    name: Arc<std::sync::OnceLock<String>>,
 }
 
 /// What a batch's writer tells: durable once in PostgreSQL or the spool,
@@ -925,11 +942,13 @@ impl PgWriter {
         if records.is_empty() {
             return Recorded { durable: true, fenced: Vec::new() };
         }
+        let name = self.name.get().cloned();
         if self.spool.is_empty()
             && let Some(client) = self.client.as_mut()
         {
-            let result =
-                self.runtime.block_on(async { tokio::time::timeout(COMMIT_TIMEOUT, commit(client, records)).await });
+            let result = self.runtime.block_on(async {
+                tokio::time::timeout(COMMIT_TIMEOUT, commit(client, records, name.as_deref())).await
+            });
             match result {
                 Ok(Ok(fenced)) => {
                     self.tell_fenced(&fenced);
@@ -1045,11 +1064,13 @@ impl PgWriter {
                 return;
             }
         };
+        let name = self.name.get().cloned();
         let Some(client) = self.client.as_mut() else { return };
         let mut refused = Vec::new();
         for chunk in records.chunks(PG_BATCH) {
-            let result =
-                self.runtime.block_on(async { tokio::time::timeout(COMMIT_TIMEOUT, commit(client, chunk)).await });
+            let result = self
+                .runtime
+                .block_on(async { tokio::time::timeout(COMMIT_TIMEOUT, commit(client, chunk, name.as_deref())).await });
             match result {
                 // Spooled rows were acknowledged already: the fence's
                 // refusals are logged and their sessions dropped, and
