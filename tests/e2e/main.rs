@@ -12,6 +12,7 @@ mod beacons;
 mod bus;
 mod check;
 mod cluster_control;
+mod cluster_events;
 mod cluster_failover;
 mod dashboard;
 mod drift;

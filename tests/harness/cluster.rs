@@ -71,12 +71,18 @@ pub struct Cluster {
 impl Cluster {
     /// PostgreSQL, a database, and `masters` masters sharing it and one key.
     pub async fn start(masters: usize) -> anyhow::Result<Cluster> {
+        Cluster::start_with(masters, "").await
+    }
+
+    /// As [`Cluster::start`], with `extra` (YAML keys) in every master.yaml.
+    pub async fn start_with(masters: usize, extra: &str) -> anyhow::Result<Cluster> {
         anyhow::ensure!((1..=200).contains(&masters), "a cluster of 1 to 200 masters");
         let postgres = tokio::task::spawn_blocking(Postgres::start).await??;
         let database = postgres.database()?;
         let dir = tempfile::Builder::new().prefix("halite-cluster-").tempdir()?;
         let password = postgres.password_file(dir.path())?;
-        let store = format!("store:\n  url: {}\n  password_file: {}\n", postgres.url(&database), password.display());
+        let store =
+            format!("store:\n  url: {}\n  password_file: {}\n{extra}", postgres.url(&database), password.display());
         let target = PgTarget::new(&postgres.url(&database), Some(crate::postgres::PASSWORD.into()), None)?;
         let states = dir.path().join("states");
         halite_master::example::write(&states)?;

@@ -53,6 +53,9 @@ pub async fn stream_filtered(
     let events = master.bus.subscribe();
     // Held while this tail runs: the fleet tail polls only while followed.
     let (_follow, fleet) = master.fleet.as_ref().map(|tail| tail.follow()).unzip();
+    if let Some(tail) = &master.fleet {
+        tail.ready().await;
+    }
     if send(&mut write, &Response { ok: true, ..Response::default() }).await.is_err() {
         return;
     }

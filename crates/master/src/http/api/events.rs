@@ -106,6 +106,9 @@ pub async fn events(
     first.extend(replay.events.into_iter().map(Item::Event));
     // Held while the stream lasts: the fleet tail reads only while followed.
     let follow = state.master.fleet.as_ref().map(crate::server::cluster::tail::FleetTail::hold);
+    if let Some(tail) = &state.master.fleet {
+        tail.ready().await;
+    }
     let filter = Filter { matcher, principal, master: state.master.clone(), _follow: follow };
     let replayed = futures_util::stream::iter(first);
     let live = futures_util::stream::unfold(feed, |mut feed: broadcast::Receiver<Numbered>| async move {

@@ -29,6 +29,10 @@
 //! Where it starts: at the horizon when the first follower attaches
 //! (what committed just before may show too); when the last one leaves the
 //! cursor is dropped, and the next follower starts at the horizon again.
+//! A follower waits for that position ([`FleetTail::ready`], at most
+//! [`READY_WAIT`]) before it is told it follows, so whatever another
+//! master records after `events` prints its notice (or the SSE stream
+//! answers) is shown.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +52,9 @@ pub const TAIL_BATCH: i64 = 1024;
 /// Events from other masters waiting for the slowest follower; beyond it
 /// a follower loses the oldest and is told how many.
 pub const FLEET_QUEUE: usize = 4096;
+/// How long a new follower waits for the tail's starting position; with
+/// PostgreSQL unreachable it follows this master's events meanwhile.
+pub const READY_WAIT: Duration = Duration::from_secs(2);
 
 /// An event another master took or raised, and that master.
 #[derive(Debug)]
@@ -62,6 +69,8 @@ pub struct Remote {
 pub struct FleetTail {
     followers: Arc<watch::Sender<usize>>,
     events: broadcast::Sender<Arc<Remote>>,
+    /// Whether the tail has its starting position (while followed).
+    positioned: Arc<watch::Sender<bool>>,
 }
 
 /// A follower's hold on the tail: while one exists, the tail polls.
@@ -91,7 +100,8 @@ impl FleetTail {
     fn idle() -> FleetTail {
         let (followers, _) = watch::channel(0);
         let (events, _) = broadcast::channel(FLEET_QUEUE);
-        FleetTail { followers: Arc::new(followers), events }
+        let (positioned, _) = watch::channel(false);
+        FleetTail { followers: Arc::new(followers), events, positioned: Arc::new(positioned) }
     }
 
     /// Starts the tail of the masters other than `name` on `target`.
@@ -99,6 +109,7 @@ impl FleetTail {
         let tail = FleetTail::idle();
         let mut followed = tail.followers.subscribe();
         let events = tail.events.clone();
+        let positioned = tail.positioned.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -111,6 +122,7 @@ impl FleetTail {
                     let full = match poller.poll(&events).await {
                         Ok(full) => {
                             said = false;
+                            positioned.send_replace(true);
                             full
                         }
                         Err(error) => {
@@ -131,6 +143,7 @@ impl FleetTail {
                         _ = followed.wait_for(|n| *n == 0) => {}
                     }
                 }
+                positioned.send_replace(false);
             }
         });
         tail
@@ -148,6 +161,16 @@ impl FleetTail {
     pub fn hold(&self) -> Follow {
         self.followers.send_modify(|n| *n += 1);
         Follow { followers: self.followers.clone() }
+    }
+
+    /// Waits (at most [`READY_WAIT`]) until the tail, held by the caller,
+    /// has its starting position: what other masters record from then on
+    /// reaches the caller's receiver.
+    pub async fn ready(&self) {
+        let mut positioned = self.positioned.subscribe();
+        if tokio::time::timeout(READY_WAIT, positioned.wait_for(|p| *p)).await.is_err() {
+            tracing::debug!("The fleet tail has no position yet; following this master's events meanwhile.");
+        }
     }
 
     /// What is read from now on, without making the tail poll.
