@@ -232,3 +232,87 @@ async fn a_stale_session_is_noticed_at_the_next_write() {
         cluster.fail(&error);
     }
 }
+
+/// An event row as a master stamps it: `master` and its session `epoch`.
+fn row(id: &str, agent: &str, epoch: Option<i64>) -> halite_master::server::store::spool::EventRow {
+    halite_master::server::store::spool::EventRow {
+        id: id.into(),
+        agent: agent.into(),
+        tag: format!("halite/beacon/{agent}/motd"),
+        time_us: 1,
+        data: "{}".into(),
+        master: Some("A".into()),
+        epoch,
+    }
+}
+
+/// The fence on the store itself, table-style: of one batch, only the rows
+/// of an agent another master holds under a newer epoch are refused and
+/// told (a row without an epoch, an agent without a session row, the
+/// current epoch: recorded); and a spool drained later is checked the
+/// same way, its refusals told to the session layer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fence_refuses_stale_rows_in_batches_and_in_a_drained_spool() {
+    use halite_master::server::store::postgres::Fenced;
+    use halite_master::server::store::spool::{Record, Spool};
+    use halite_master::server::store::{Store, path};
+    let postgres = tokio::task::spawn_blocking(halite_e2e::postgres::Postgres::start).await.unwrap().unwrap();
+    let database = postgres.database().unwrap();
+    let target = halite_master::server::store::postgres::PgTarget::new(
+        &postgres.url(&database),
+        Some(halite_e2e::postgres::PASSWORD.into()),
+        None,
+    )
+    .unwrap();
+    let open = |dir: std::path::PathBuf| {
+        let target = target.clone();
+        tokio::task::spawn_blocking(move || {
+            Store::open_postgres(&path(&dir), target, &halite_master::server::store::spool::path(&dir))
+        })
+    };
+    let first = tempfile::tempdir().unwrap();
+    let store = open(first.path().to_path_buf()).await.unwrap().unwrap();
+    let mut told = store.take_fenced().unwrap();
+    let client = target.connect().await.unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO agent_sessions (agent, epoch, master, since) VALUES
+                ('web01', 5, 'B', now()), ('web03', 2, 'A', now())",
+        )
+        .await
+        .unwrap();
+    let recorded_ids = || async {
+        let rows = client.query("SELECT id FROM events ORDER BY id", &[]).await.unwrap();
+        rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>()
+    };
+    // (row, recorded?)
+    let cases = [
+        (row("e1", "web01", Some(4)), false),
+        (row("e2", "web01", None), true),
+        (row("e3", "web02", Some(1)), true),
+        (row("e4", "web03", Some(2)), true),
+    ];
+    let written = store.record_events(cases.iter().map(|(r, _)| r.clone()).collect()).await;
+    let stale = Fenced { agent: "web01".into(), epoch: 4, current: 5, holder: "B".into() };
+    assert!(written.durable);
+    assert_eq!(written.fenced, [stale.clone()]);
+    assert_eq!(tokio::time::timeout(WAIT, told.recv()).await.unwrap(), Some(stale));
+    let expected: Vec<String> = cases.iter().filter(|(_, kept)| *kept).map(|(r, _)| r.id.clone()).collect();
+    assert_eq!(recorded_ids().await, expected);
+    store.close().await;
+
+    // A spool left by a master cut from PostgreSQL meanwhile: drained at
+    // the next start, checked as a batch is.
+    let second = tempfile::tempdir().unwrap();
+    let mut spool = Spool::open(&halite_master::server::store::spool::path(second.path())).unwrap();
+    spool.append(&[Record::Event(row("e5", "web01", Some(3))), Record::Event(row("e6", "web02", Some(1)))]).unwrap();
+    drop(spool);
+    let store = open(second.path().to_path_buf()).await.unwrap().unwrap();
+    let mut told = store.take_fenced().unwrap();
+    let notice = tokio::time::timeout(WAIT, told.recv()).await.unwrap().unwrap();
+    assert_eq!((notice.agent.as_str(), notice.epoch, notice.current), ("web01", 3, 5));
+    let mut ids = recorded_ids().await;
+    ids.retain(|id| id == "e5" || id == "e6");
+    assert_eq!(ids, ["e6"], "the drained spool's stale row is not recorded");
+    store.close().await;
+}
