@@ -295,7 +295,7 @@ async fn the_fence_refuses_stale_rows_in_batches_and_in_a_drained_spool() {
     let written = store.record_events(cases.iter().map(|(r, _)| r.clone()).collect()).await;
     let stale = Fenced { agent: "web01".into(), epoch: 4, current: 5, holder: "B".into() };
     assert!(written.durable);
-    assert_eq!(written.fenced, [stale.clone()]);
+    assert_eq!(written.fenced, std::slice::from_ref(&stale));
     assert_eq!(tokio::time::timeout(WAIT, told.recv()).await.unwrap(), Some(stale));
     let expected: Vec<String> = cases.iter().filter(|(_, kept)| *kept).map(|(r, _)| r.id.clone()).collect();
     assert_eq!(recorded_ids().await, expected);
