@@ -12,6 +12,7 @@ mod beacons;
 mod bus;
 mod check;
 mod cluster_control;
+mod cluster_events;
 mod cluster_failover;
 mod cluster_faults;
 mod cluster_shared;

@@ -161,6 +161,8 @@ fn event(n: usize, agent: &str) -> EventRow {
         tag: format!("halite/beacon/{agent}/motd"),
         time_us: i64::try_from(n).unwrap(),
         data: "{\"managed\":true}".into(),
+        master: None,
+        epoch: None,
     }
 }
 

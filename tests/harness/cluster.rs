@@ -93,10 +93,15 @@ pub struct Cluster {
 impl Cluster {
     /// PostgreSQL, a database, and `masters` masters sharing it and one key.
     pub async fn start(masters: usize) -> anyhow::Result<Cluster> {
+        Cluster::start_with(masters, "").await
+    }
+
+    /// As [`Cluster::start`], with `extra` (YAML keys) in every master.yaml.
+    pub async fn start_with(masters: usize, extra: &str) -> anyhow::Result<Cluster> {
         anyhow::ensure!((1..=200).contains(&masters), "a cluster of 1 to 200 masters");
         let postgres = tokio::task::spawn_blocking(Postgres::start).await??;
         let listens = (0..masters).map(|i| format!("tcp://127.0.0.{}:0", i + 2)).collect();
-        Cluster::start_at(postgres, None, listens, Vec::new(), crate::binaries(), "").await
+        Cluster::start_at(postgres, None, listens, Vec::new(), crate::binaries(), extra).await
     }
 
     /// A cluster placed as `placement` says.

@@ -46,7 +46,8 @@ pub async fn tail(data_dir: &Path, tag: Option<String>, json: bool, out: &mut im
     anyhow::bail!("the master went away")
 }
 
-/// `2026-11-23T12:00:00.123Z  halite/beacon/web01/motd  web01  {"kind":"modify",…}`
+/// `2026-11-23T12:00:00.123Z  halite/beacon/web01/motd  web01  {"kind":"modify",…}`,
+/// and for another master's event `  (master tcp://10.0.0.3:4510)` after it.
 fn human(event: &serde_json::Value) -> String {
     let time = event["time_us"]
         .as_i64()
@@ -54,7 +55,11 @@ fn human(event: &serde_json::Value) -> String {
         .map(|us| humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_micros(us)).to_string())
         .unwrap_or_default();
     let agent = event["agent"].as_str().filter(|a| !a.is_empty()).unwrap_or("-");
-    format!("{time}  {}  {agent}  {}", event["tag"].as_str().unwrap_or_default(), event["data"])
+    let line = format!("{time}  {}  {agent}  {}", event["tag"].as_str().unwrap_or_default(), event["data"]);
+    match event["master"].as_str() {
+        Some(master) => format!("{line}  (master {master})"),
+        None => line,
+    }
 }
 
 #[cfg(test)]
@@ -75,5 +80,8 @@ mod tests {
             human(&event.to_json()),
             "2025-11-23T12:00:00.123Z  halite/beacon/web01/motd  web01  {\"kind\":\"modify\"}"
         );
+        let mut elsewhere = event.to_json();
+        elsewhere["master"] = "tcp://127.0.0.3:4510".into();
+        assert!(human(&elsewhere).ends_with("{\"kind\":\"modify\"}  (master tcp://127.0.0.3:4510)"));
     }
 }

@@ -107,7 +107,7 @@ pub async fn start(
         tracing::info!(api = %local, "The API is reachable beyond this host; every call needs a token.");
     }
     let listener = tls::TlsListener::new(tcp, tls, cancel.clone())?;
-    let ring = ring::Ring::start(&master.bus, cancel.clone());
+    let ring = ring::Ring::start(&master.bus, master.fleet.as_ref(), cancel.clone());
     let app = router(HttpState { master, ring, cancel: cancel.clone() });
     let task = tokio::spawn(async move {
         let app = app.into_make_service_with_connect_info::<tls::Peer>();

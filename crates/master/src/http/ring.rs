@@ -8,6 +8,12 @@
 //! is told how many (`missed`); none of this ever slows the master.
 //! Numbers start at 1 with each master run: an id from an earlier run is
 //! answered with a `missed` of unknown size.
+//!
+//! With several masters the copier also takes the fleet tail's events
+//! (`cluster/tail.rs`: other masters', each naming its master) into the
+//! same numbering. The fleet tail reads only while a stream holds it
+//! (`api/events.rs`), so the ring holds other masters' events only from
+//! the times someone streamed.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -18,6 +24,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::server::bus::Bus;
+use crate::server::cluster::tail::{FleetTail, Remote};
 
 /// Events kept for `Last-Event-ID` resumes.
 pub const RING: usize = 1024;
@@ -30,6 +37,8 @@ pub const FEED: usize = 1024;
 pub struct Numbered {
     pub seq: u64,
     pub event: Arc<Event>,
+    /// The master it came from, when not this one (the fleet tail).
+    pub master: Option<Arc<str>>,
 }
 
 /// What a resume gets from the ring.
@@ -58,17 +67,40 @@ pub struct Ring {
 }
 
 impl Ring {
-    /// Starts copying from `bus` until `cancel`.
-    pub fn start(bus: &Bus, cancel: CancellationToken) -> Arc<Ring> {
+    /// Starts copying from `bus`, and from `fleet` (the other masters'
+    /// events, while a stream holds it), until `cancel`.
+    pub fn start(bus: &Bus, fleet: Option<&FleetTail>, cancel: CancellationToken) -> Arc<Ring> {
         let (feed, _) = broadcast::channel(FEED);
         let ring = Arc::new(Ring { inner: Mutex::default(), feed });
         let mut tail = bus.subscribe();
+        let mut fleet = fleet.map(FleetTail::subscribe);
         let copier = ring.clone();
         tokio::spawn(async move {
             loop {
+                let remote = async {
+                    match fleet.as_mut() {
+                        Some(fleet) => fleet.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 let received = tokio::select! {
                     () = cancel.cancelled() => return,
                     received = tail.recv() => received,
+                    remote = remote => match remote {
+                        Ok(remote) => {
+                            let Remote { master, event } = &*remote;
+                            copier.push_from(event.clone(), Some(master.as_str().into()));
+                            continue;
+                        }
+                        Err(RecvError::Lagged(skipped)) => {
+                            tracing::warn!(skipped, "The API's event ring fell behind the fleet's events.");
+                            continue;
+                        }
+                        Err(RecvError::Closed) => {
+                            fleet = None;
+                            continue;
+                        }
+                    },
                 };
                 match received {
                     Ok(event) => copier.push(event),
@@ -87,10 +119,15 @@ impl Ring {
 
     /// Numbers and keeps `event`, and feeds it to the live streams.
     pub fn push(&self, event: Arc<Event>) {
+        self.push_from(event, None);
+    }
+
+    /// As [`Ring::push`], for an event from another master.
+    pub fn push_from(&self, event: Arc<Event>, master: Option<Arc<str>>) {
         let numbered = {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             inner.last += 1;
-            let numbered = Numbered { seq: inner.last, event };
+            let numbered = Numbered { seq: inner.last, event, master };
             if numbered.event.tag == "halite/master/tree/reloaded" || numbered.event.tag == "halite/master/tree/failed"
             {
                 inner.last_reload = Some(numbered.event.clone());

@@ -14,8 +14,16 @@
 //! VM); a task per ack cost two thirds of the one-by-one rate. A crash anywhere before an ack leaves
 //! the event in the agent's outbox: it is sent again, and published again
 //! unless its id was logged (then it was handed off before).
+//!
+//! With several masters each recorded event carries this master's name and
+//! its session's epoch for the agent, stamped here per batch (one lock per
+//! agent, not per event); the store's fence refuses the rows of a session
+//! another master has taken since, and those are not acknowledged. A task
+//! beside the acks drops such sessions as the store reports them
+//! (`cluster/epochs.rs` `drop_fenced`), for batches and for a drained
+//! spool alike.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 use halite_proto::{Id, MasterMessage};
@@ -24,6 +32,7 @@ use tokio::sync::mpsc;
 use crate::server::bus::Bus;
 use crate::server::sessions::Sessions;
 use crate::server::store::Store;
+use crate::server::store::postgres::Recorded;
 use crate::server::store::spool::EventRow;
 
 /// Acks waiting for their hand-off. When full the link loop waits for room
@@ -65,18 +74,51 @@ impl Acker {
     /// them and sends them again).
     pub fn spawn_recording(bus: Bus, sessions: Sessions, store: Option<Store>) -> Acker {
         let (queue, mut inbox) = mpsc::channel::<PendingAck>(ACK_QUEUE);
+        if let Some(mut fenced) = store.as_ref().and_then(Store::take_fenced) {
+            let (sessions, bus) = (sessions.clone(), bus.clone());
+            tokio::spawn(async move {
+                while let Some(stale) = fenced.recv().await {
+                    crate::server::cluster::epochs::drop_fenced(&sessions, &bus, &stale);
+                }
+            });
+        }
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(ACK_BATCH);
             while inbox.recv_many(&mut batch, ACK_BATCH).await > 0 {
                 if batch.iter().any(|pending| !pending.published.is_empty()) {
                     bus.handed_off().await;
                 }
-                let recorded: Vec<EventRow> = batch.iter_mut().flat_map(|p| std::mem::take(&mut p.recorded)).collect();
-                let durable = match &store {
-                    Some(store) if !recorded.is_empty() => store.events_durably(recorded).await,
-                    _ => true,
+                let mut fences: HashMap<String, (Option<String>, Option<i64>)> = HashMap::new();
+                let recorded: Vec<EventRow> = batch
+                    .iter_mut()
+                    .flat_map(|p| {
+                        let (master, epoch) =
+                            fences.entry(p.agent.clone()).or_insert_with(|| sessions.fence(&p.agent)).clone();
+                        std::mem::take(&mut p.recorded).into_iter().map(move |row| EventRow {
+                            master: master.clone(),
+                            epoch,
+                            ..row
+                        })
+                    })
+                    .collect();
+                let recorded = match &store {
+                    Some(store) if !recorded.is_empty() => store.record_events(recorded).await,
+                    _ => Recorded { durable: true, fenced: Vec::new() },
                 };
-                if !durable {
+                if !recorded.fenced.is_empty() {
+                    // Not recorded: not acknowledged. The session is
+                    // dropped (the task above), and the agent resends them
+                    // to the master it reaches next.
+                    let fenced: HashSet<&str> = recorded.fenced.iter().map(|f| f.agent.as_str()).collect();
+                    batch.retain(|pending| {
+                        let keep = !fenced.contains(pending.agent.as_str());
+                        if !keep {
+                            sessions.forget(&pending.agent, &pending.published);
+                        }
+                        keep
+                    });
+                }
+                if !recorded.durable {
                     tracing::warn!(
                         messages = batch.len(),
                         "The store refused these events; not acknowledged (their agents send them again)."

@@ -32,6 +32,9 @@ pub struct Master {
     /// With several masters on PostgreSQL: the others, their tree
     /// versions and each agent's master (`cluster/masters.rs`).
     pub cluster: Option<crate::server::cluster::masters::View>,
+    /// With several masters on PostgreSQL: the other masters' events,
+    /// read while someone follows (`events`, the API's stream).
+    pub fleet: Option<crate::server::cluster::tail::FleetTail>,
 }
 
 impl Master {

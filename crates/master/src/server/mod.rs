@@ -159,6 +159,7 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
                 pending_expire: config.enrolment.pending_expire,
             };
             let name = listen.to_string();
+            store.name_master(&name);
             let tree = (config.states.clone(), tree.clone());
             Some(crate::server::cluster::start(
                 target,
@@ -189,6 +190,7 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     };
     let inventory = crate::server::inventory::Inventories::default();
     let cluster_view = cluster.as_ref().map(|c| c.view.clone());
+    let fleet = cluster.as_ref().map(|c| c.tail.clone());
     let master = Arc::new(Master {
         keypair,
         keys,
@@ -201,6 +203,7 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         inventory,
         access,
         cluster: cluster_view,
+        fleet,
     });
     let control = crate::server::control::serve(master.clone(), &config.data_dir, cancel.clone()).await?;
     let api = match &config.api {

@@ -39,6 +39,11 @@ pub struct PeerSession {
     pub version: String,
     /// Held across sealing *and* sending, so messages leave in nonce order.
     sealer: Arc<tokio::sync::Mutex<Sealer>>,
+    /// With several masters: this session's epoch in `agent_sessions`,
+    /// once `cluster/epochs.rs` has written it (`None` until then). The
+    /// events recorded for the agent carry it, and the store's fence
+    /// refuses them when another master holds a newer one.
+    pub epoch: Option<i64>,
 }
 
 /// The last [`RECENT_IDS`] ids seen from one agent.
@@ -144,6 +149,9 @@ pub struct Sessions {
     /// With several masters: told the agent of every accepted session
     /// opened, to bump its session epoch (`cluster/epochs.rs`).
     opened: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<String>>>,
+    /// With several masters: this master's name among them (its link's
+    /// address), which the events it records carry.
+    master_name: Arc<std::sync::OnceLock<String>>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -154,7 +162,37 @@ impl std::fmt::Debug for Sessions {
 
 impl Sessions {
     pub fn new(sender: RouterSendHalf) -> Self {
-        Sessions { table: Arc::default(), sender, opened: Arc::default() }
+        Sessions { table: Arc::default(), sender, opened: Arc::default(), master_name: Arc::default() }
+    }
+
+    /// Names this master among several (set once, by `cluster::start`).
+    pub fn name_master(&self, name: &str) {
+        let _ = self.master_name.set(name.to_owned());
+    }
+
+    /// The agent's session here has the epoch `epoch` in `agent_sessions`
+    /// (written by `cluster/epochs.rs`). An older epoch than the one known
+    /// is ignored.
+    pub fn set_epoch(&self, agent: &str, epoch: i64) {
+        let mut table = self.lock();
+        let Some(peer) = table.by_agent.get(agent).cloned() else { return };
+        if let Some(session) = table.by_peer.get_mut(&peer)
+            && session.epoch.is_none_or(|known| known < epoch)
+        {
+            session.epoch = Some(epoch);
+        }
+    }
+
+    /// The session epoch of the agent's session here, once written.
+    pub fn epoch(&self, agent: &str) -> Option<i64> {
+        let table = self.lock();
+        table.by_agent.get(agent).and_then(|peer| table.by_peer.get(peer)).and_then(|session| session.epoch)
+    }
+
+    /// What the agent's recorded events carry for the store's fence: this
+    /// master's name and its session's epoch (`None`s for a lone master).
+    pub fn fence(&self, agent: &str) -> (Option<String>, Option<i64>) {
+        (self.master_name.get().cloned(), self.epoch(agent))
     }
 
     /// Tells `opened` the agent of every accepted session opened from now
@@ -208,6 +246,7 @@ impl Sessions {
             since: SystemTime::now(),
             version: String::new(),
             sealer: Arc::new(tokio::sync::Mutex::new(sealer)),
+            epoch: None,
         };
         table.by_peer.insert(peer.clone(), session);
         if accepted {

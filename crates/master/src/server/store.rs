@@ -268,7 +268,7 @@ enum Write {
     /// durable (in PostgreSQL or its spool), and only then acknowledged.
     Events {
         events: Vec<spool::EventRow>,
-        durable: oneshot::Sender<bool>,
+        durable: oneshot::Sender<postgres::Recorded>,
     },
     /// Answers once everything queued before it is committed, keys too.
     Flush(oneshot::Sender<()>),
@@ -362,6 +362,11 @@ pub struct Store {
     path: PathBuf,
     /// Whether the disk takes writes, as the writer last found.
     writable: tokio::sync::watch::Receiver<Writable>,
+    /// The PostgreSQL fence's notices ([`Store::take_fenced`]), until taken.
+    fenced: Arc<std::sync::Mutex<Option<mpsc::Receiver<postgres::Fenced>>>>,
+    /// This master's name among several, which the PostgreSQL writer
+    /// records job answers under ([`Store::name_master`]).
+    master_name: Arc<std::sync::OnceLock<String>>,
 }
 
 impl Store {
@@ -393,6 +398,8 @@ impl Store {
             dropped,
             path: path_for_error,
             writable,
+            fenced: Arc::default(),
+            master_name: Arc::default(),
         })
     }
 
@@ -404,7 +411,8 @@ impl Store {
     pub fn open_postgres(path: &Path, target: postgres::PgTarget, spool: &Path) -> Result<Store, StoreError> {
         let mut store = Store::open(path)?;
         let (records, inbox) = mpsc::channel(STORE_QUEUE);
-        let state = postgres::start_writer(target.clone(), spool, inbox)?;
+        let (state, fenced) = postgres::start_writer(target.clone(), spool, inbox, store.master_name.clone())?;
+        store.fenced = Arc::new(std::sync::Mutex::new(Some(fenced)));
         store.records = Some(records);
         store.postgres = Some(target);
         store.postgres_state = Some(state);
@@ -438,12 +446,33 @@ impl Store {
     /// Waits for room in the queue. `false` without PostgreSQL, or when
     /// they were refused (the spool's disk refuses).
     pub async fn events_durably(&self, events: Vec<spool::EventRow>) -> bool {
-        let Some(records) = &self.records else { return false };
+        self.record_events(events).await.durable
+    }
+
+    /// As [`Store::events_durably`], also saying which agents' rows the
+    /// fence refused (a stale session epoch: `postgres.rs`); those are not
+    /// recorded.
+    pub async fn record_events(&self, events: Vec<spool::EventRow>) -> postgres::Recorded {
+        let Some(records) = &self.records else { return postgres::Recorded::default() };
         let (durable, wait) = oneshot::channel();
         if records.send(Write::Events { events, durable }).await.is_err() {
-            return false;
+            return postgres::Recorded::default();
         }
-        wait.await.unwrap_or(false)
+        wait.await.unwrap_or_default()
+    }
+
+    /// Names this master among several (set once, when the cluster
+    /// starts): the job answers it records in PostgreSQL carry it, for
+    /// the other masters' fleet tails.
+    pub fn name_master(&self, name: &str) {
+        let _ = self.master_name.set(name.to_owned());
+    }
+
+    /// The notices of sessions the PostgreSQL store's fence refused rows
+    /// of (its batches and its drained spool), for the one task that drops
+    /// those sessions; `None` on SQLite or once taken.
+    pub fn take_fenced(&self) -> Option<mpsc::Receiver<postgres::Fenced>> {
+        self.fenced.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// Whether the disk takes the store's writes; changes as the writer

@@ -11,6 +11,11 @@
 //! broadcasts). A role sees the events of the agents its target reaches
 //! and the master's own events.
 //!
+//! With several masters a stream also gets the other masters' agents'
+//! events and job returns (`cluster/tail.rs`, read from PostgreSQL while
+//! any stream is open, about 250 ms behind), each with a `master` field
+//! naming where it came from, numbered in the same ring.
+//!
 //! [`RING`]: crate::http::ring::RING
 
 use std::convert::Infallible;
@@ -55,6 +60,9 @@ pub struct EventView {
     #[schema(value_type = Object)]
     pub data: serde_json::Value,
     pub job: Option<String>,
+    /// The master that took the event, when it is another one (several
+    /// masters on PostgreSQL); absent for this master's own.
+    pub master: Option<String>,
 }
 
 /// What a `missed` SSE event carries.
@@ -96,7 +104,12 @@ pub async fn events(
         first.push(Item::Missed(missed));
     }
     first.extend(replay.events.into_iter().map(Item::Event));
-    let filter = Filter { matcher, principal, master: state.master.clone() };
+    // Held while the stream lasts: the fleet tail reads only while followed.
+    let follow = state.master.fleet.as_ref().map(crate::server::cluster::tail::FleetTail::hold);
+    if let Some(tail) = &state.master.fleet {
+        tail.ready().await;
+    }
+    let filter = Filter { matcher, principal, master: state.master.clone(), _follow: follow };
     let replayed = futures_util::stream::iter(first);
     let live = futures_util::stream::unfold(feed, |mut feed: broadcast::Receiver<Numbered>| async move {
         let item = match feed.recv().await {
@@ -126,6 +139,8 @@ struct Filter {
     matcher: Option<GlobMatcher>,
     principal: Principal,
     master: std::sync::Arc<crate::server::context::Master>,
+    /// Keeps the fleet tail reading while this stream is open.
+    _follow: Option<crate::server::cluster::tail::Follow>,
 }
 
 impl Filter {
@@ -135,7 +150,7 @@ impl Filter {
                 let data = serde_json::to_string(&MissedView { missed }).unwrap_or_default();
                 Some(SseEvent::default().event("missed").data(data))
             }
-            Item::Event(Numbered { seq, event }) => {
+            Item::Event(Numbered { seq, event, master }) => {
                 if self.matcher.as_ref().is_some_and(|m| !m.is_match(&event.tag)) {
                     return None;
                 }
@@ -145,7 +160,11 @@ impl Filter {
                 if !reaches {
                     return None;
                 }
-                Some(SseEvent::default().id(seq.to_string()).event("event").data(event.to_json().to_string()))
+                let mut json = event.to_json();
+                if let (Some(master), Some(fields)) = (master, json.as_object_mut()) {
+                    fields.insert("master".into(), master.as_ref().into());
+                }
+                Some(SseEvent::default().id(seq.to_string()).event("event").data(json.to_string()))
             }
         }
     }

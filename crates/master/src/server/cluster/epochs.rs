@@ -10,6 +10,14 @@
 //! commits, not one per agent. Opened sessions wait in a bounded queue
 //! ([`OPENED_QUEUE`]); one that finds it full is not written (logged), and
 //! the agent's row stays with its previous master until its next session.
+//!
+//! The bump returns each agent's new epoch, which the session keeps
+//! ([`Sessions::set_epoch`]): the events recorded for it carry that epoch,
+//! and the store refuses them in the batch that writes them when another
+//! master holds a newer one (`store/postgres.rs`, the fence). So a master
+//! that missed the notification (its listening connection was down, a
+//! partition) learns at its next write for the agent, and
+//! [`drop_fenced`] drops the session then.
 
 use std::collections::HashSet;
 
@@ -20,7 +28,9 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::{BACKOFF, Parts, SESSIONS_CHANNEL};
-use crate::server::store::postgres::{PgTarget, describe};
+use crate::server::bus::Bus;
+use crate::server::sessions::Sessions;
+use crate::server::store::postgres::{Fenced, PgTarget, describe};
 
 /// Sessions opened here waiting to be written.
 pub const OPENED_QUEUE: usize = 8192;
@@ -28,7 +38,7 @@ const BATCH: usize = 1024;
 
 /// Starts the writer of this master's (`name`) session starts; returns
 /// where [`crate::server::sessions::Sessions::tell_opened`] sends them.
-pub fn spawn(target: PgTarget, name: String, cancel: CancellationToken) -> mpsc::Sender<String> {
+pub fn spawn(target: PgTarget, name: String, sessions: Sessions, cancel: CancellationToken) -> mpsc::Sender<String> {
     let (opened, mut inbox) = mpsc::channel::<String>(OPENED_QUEUE);
     tokio::spawn(async move {
         let mut waiting: HashSet<String> = HashSet::new();
@@ -53,7 +63,10 @@ pub fn spawn(target: PgTarget, name: String, cancel: CancellationToken) -> mpsc:
                 tokio::time::timeout(crate::server::store::postgres::COMMIT_TIMEOUT, bump(connected, &name, &agents))
                     .await;
             match written {
-                Ok(Ok(())) => {
+                Ok(Ok(epochs)) => {
+                    for (agent, epoch) in epochs {
+                        sessions.set_epoch(&agent, epoch);
+                    }
                     waiting.clear();
                     backoff = BACKOFF.0;
                 }
@@ -73,19 +86,29 @@ pub fn spawn(target: PgTarget, name: String, cancel: CancellationToken) -> mpsc:
     opened
 }
 
-/// Bumps the epoch of each of `agents` to a session on `master`, notifying.
-pub async fn bump(client: &mut Client, master: &str, agents: &[String]) -> Result<(), tokio_postgres::Error> {
+/// Bumps the epoch of each of `agents` to a session on `master`,
+/// notifying; returns each agent's new epoch. Rows are taken in agent
+/// order, the order the store's fence locks them in, so the two never
+/// deadlock.
+pub async fn bump(
+    client: &mut Client,
+    master: &str,
+    agents: &[String],
+) -> Result<Vec<(String, i64)>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    tx.execute(
-        "INSERT INTO agent_sessions AS s (agent, epoch, master, since)
-         SELECT agent, 1, $2, now() FROM unnest($1::text[]) AS agent
-         ON CONFLICT (agent) DO UPDATE SET epoch = s.epoch + 1, master = $2, since = now()",
-        &[&agents, &master],
-    )
-    .await?;
+    let rows = tx
+        .query(
+            "INSERT INTO agent_sessions AS s (agent, epoch, master, since)
+             SELECT agent, 1, $2, now() FROM unnest($1::text[]) AS agent ORDER BY agent
+             ON CONFLICT (agent) DO UPDATE SET epoch = s.epoch + 1, master = $2, since = now()
+             RETURNING agent, epoch",
+            &[&agents, &master],
+        )
+        .await?;
     tx.execute(&format!("SELECT pg_notify('{SESSIONS_CHANNEL}', agent) FROM unnest($1::text[]) AS agent"), &[&agents])
         .await?;
-    tx.commit().await
+    tx.commit().await?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
 /// Of `agents`, those whose latest session is on another master than
@@ -127,4 +150,25 @@ pub async fn drop_stale(
         ));
     }
     Ok(())
+}
+
+/// Drops this master's session of an agent whose rows the store's fence
+/// refused, unless the session here has moved on since (a newer epoch of
+/// its own: the agent came back): the agent reconnects to the master it
+/// ranks first and resends what was not acknowledged.
+pub fn drop_fenced(sessions: &Sessions, bus: &Bus, fenced: &Fenced) -> bool {
+    if sessions.epoch(&fenced.agent) != Some(fenced.epoch) || sessions.close_agent(&fenced.agent).is_empty() {
+        return false;
+    }
+    tracing::warn!(agent = %fenced.agent, master = %fenced.holder, epoch = fenced.current, "A write found the agent's session moved to another master; this one is stale and dropped.");
+    bus.publish(Event::new(
+        tag::agent(&fenced.agent, "disconnected"),
+        fenced.agent.as_str(),
+        Value::map()
+            .with("reason", "moved")
+            .with("master", fenced.holder.as_str())
+            .with("epoch", fenced.current)
+            .with("noticed", "write"),
+    ));
+    true
 }

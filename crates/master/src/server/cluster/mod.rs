@@ -26,6 +26,8 @@
 //!   valid on every master (`NOTIFY halite_tokens`, read through on a
 //!   miss), one audit hash chain for the cluster, and the audit entries
 //!   kept locally while PostgreSQL is unreachable.
+//! - [`tail`] — the fleet tail: while an operator follows the events, the
+//!   other masters' events and job returns read from PostgreSQL.
 //!
 //! With PostgreSQL unreachable a master keeps its keys in memory and
 //! halite.db (it enforces from them), queues its key changes to write when
@@ -49,6 +51,7 @@ pub mod lease;
 pub mod listen;
 pub mod masters;
 pub mod singletons;
+pub mod tail;
 
 /// The channel a notification arrives on, by what it is about.
 pub const KEYS_CHANNEL: &str = "halite_keys";
@@ -83,6 +86,8 @@ pub struct Cluster {
     pub ticks: tokio::sync::broadcast::Sender<String>,
     /// The masters alive, their tree versions, each agent's master.
     pub view: masters::View,
+    /// The other masters' events, for this master's followers.
+    pub tail: tail::FleetTail,
 }
 
 /// Starts the control plane of `name` (the link's address) on `target`:
@@ -106,8 +111,9 @@ pub fn start(
     let holder = format!("{name} pid {}", std::process::id());
     let leader = lease::spawn(target.clone(), holder.clone(), parts.bus.clone(), cancel.clone());
     tokio::spawn(keys::write(target.clone(), parts.keys.clone(), share_rx, cancel.clone()));
-    let opened = epochs::spawn(target.clone(), name.clone(), cancel.clone());
+    let opened = epochs::spawn(target.clone(), name.clone(), parts.sessions.clone(), cancel.clone());
     parts.sessions.tell_opened(opened);
+    parts.sessions.name_master(&name);
     let listener = listen::Listener {
         target: target.clone(),
         name: name.clone(),
@@ -118,8 +124,9 @@ pub fn start(
     };
     tokio::spawn(listener.run(cancel.clone()));
     tokio::spawn(singletons::run(target.clone(), holder, leader.clone(), singleton, cancel.clone()));
+    let tail = tail::FleetTail::spawn(target.clone(), name.clone(), cancel.clone());
     let view = masters::spawn(target, name.clone(), tree.0, tree.1, cancel);
-    Cluster { name, leader, ticks, view }
+    Cluster { name, leader, ticks, view, tail }
 }
 
 /// Takes the next requests from `inbox` into `batch` (at most `limit`) for

@@ -56,6 +56,34 @@ pub enum PgState {
     Unreachable { error: String },
 }
 
+/// Notices of fenced sessions waiting for the session layer
+/// (`server/acks.rs` drops those sessions). When full, a notice is dropped
+/// (logged): the session's next refused row sends another.
+pub const FENCED_QUEUE: usize = 1024;
+
+/// A session of this master that another master has taken since: the
+/// agent's rows written under `epoch` were refused by the fence, because
+/// `holder` now holds `current`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fenced {
+    pub agent: String,
+    /// The epoch the refused rows carried.
+    pub epoch: i64,
+    /// The epoch in `agent_sessions`, newer.
+    pub current: i64,
+    /// The master `agent_sessions` names.
+    pub holder: String,
+}
+
+/// What became of a batch of events: durable (committed, or spooled while
+/// PostgreSQL is unreachable) or not, and which agents' rows the fence
+/// refused (not recorded: those are not acknowledged).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recorded {
+    pub durable: bool,
+    pub fenced: Vec<Fenced>,
+}
+
 /// Records committed in one transaction at most.
 pub const PG_BATCH: usize = 2048;
 /// A commit that takes longer than this counts as PostgreSQL unreachable
@@ -78,12 +106,13 @@ pub const SERVER_KEEPALIVES: &str =
     "-c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=3 -c tcp_user_timeout=5000";
 
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 
 /// `MIGRATIONS[n]` takes the schema from version n to n + 1. Append only.
 /// Tables other modules add to halite.db (`store.rs`'s list) get their
 /// PostgreSQL form appended here.
-const MIGRATIONS: [&str; 4] = [V1, V2_EVENTS_BY_AGENT, V3_CONTROL_PLANE, V4_RECEIPTS_TOKENS_AUDIT];
+const MIGRATIONS: [&str; 5] =
+    [V1, V2_EVENTS_BY_AGENT, V3_CONTROL_PLANE, V4_RECEIPTS_TOKENS_AUDIT, V5_EVENTS_FLEET_TAIL_AND_FENCE];
 
 const V1: &str = "
 CREATE TABLE jobs (
@@ -226,6 +255,25 @@ END
 $$;
 CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit
     FOR EACH ROW EXECUTE FUNCTION halite_audit_append_only();
+";
+
+/// Each event row says which master recorded it under which session
+/// epoch (the fence: a stale master's rows are refused, see [`commit`]),
+/// and carries the id of the transaction that wrote it: the fleet tail
+/// (`server/cluster/tail.rs`) pages through rows by (xid, id) below the
+/// oldest transaction still running, so a row committed late, out of
+/// order, is never skipped. Rows written before this version have none of
+/// the three (NULL): they are recorded, not tailed. A job's row per agent
+/// likewise names the master that recorded its answer, with the answering
+/// transaction's id (set again when the answer replaces the waiting row),
+/// so the tail shows other masters' job returns too.
+const V5_EVENTS_FLEET_TAIL_AND_FENCE: &str = "
+ALTER TABLE events ADD COLUMN master TEXT, ADD COLUMN epoch BIGINT, ADD COLUMN xid xid8;
+ALTER TABLE events ALTER COLUMN xid SET DEFAULT pg_current_xact_id();
+CREATE INDEX events_by_xid ON events (xid, id);
+ALTER TABLE job_agents ADD COLUMN master TEXT, ADD COLUMN xid xid8;
+ALTER TABLE job_agents ALTER COLUMN xid SET DEFAULT pg_current_xact_id();
+CREATE INDEX job_agents_by_xid ON job_agents (xid, jid, agent);
 ";
 
 /// An arbitrary constant: the advisory lock key migrations take.
@@ -524,20 +572,18 @@ impl Statements {
     /// Prepares them all, pipelined: one round trip.
     async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
         let (events, insert_job, insert_agent, answered, delete_results, insert_result, no_answer, facts, receipt) = tokio::try_join!(
-            client.prepare(
-                "INSERT INTO events (id, agent, tag, time_us, data, recorded_us)
-                 SELECT id, agent, tag, time_us, data, $6
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[]) AS e (id, agent, tag, time_us, data)
-                 ON CONFLICT (id) DO NOTHING",
-            ),
+            client.prepare(FENCED_INSERT),
             client.prepare(
                 "INSERT INTO jobs (jid, created_us, cause, reactor, target, states, test)
                  VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (jid) DO NOTHING",
             ),
-            client.prepare("INSERT INTO job_agents (jid, agent, status) VALUES ($1, $2, 'waiting') ON CONFLICT DO NOTHING"),
             client.prepare(
-                "INSERT INTO job_agents (jid, agent, status, finished_us) VALUES ($1, $2, 'answered', $3)
-                 ON CONFLICT (jid, agent) DO UPDATE SET status = 'answered', error = NULL, finished_us = $3",
+                "INSERT INTO job_agents (jid, agent, status) VALUES ($1, $2, 'waiting') ON CONFLICT DO NOTHING"
+            ),
+            client.prepare(
+                "INSERT INTO job_agents (jid, agent, status, finished_us, master) VALUES ($1, $2, 'answered', $3, $4)
+                 ON CONFLICT (jid, agent) DO UPDATE SET status = 'answered', error = NULL, finished_us = $3,
+                    master = $4, xid = pg_current_xact_id()",
             ),
             client.prepare("DELETE FROM job_results WHERE jid = $1 AND agent = $2"),
             client.prepare(
@@ -574,6 +620,35 @@ impl Statements {
         })
     }
 }
+
+/// The batch's events in one statement, fenced: rows that carry a session
+/// epoch are checked against `agent_sessions` (each agent's row locked
+/// `FOR SHARE`, in agent order as `cluster/epochs.rs` bumps them, so a
+/// bump cannot commit between the check and this insert); a row whose
+/// agent another master has taken under a newer epoch is not inserted,
+/// and the statement returns those (agent, epoch) with the holder. Rows
+/// without an epoch (a session whose epoch is not written yet, a lone
+/// master) are inserted unchecked. One statement per batch, whatever its
+/// size: the hot path never waits on it.
+const FENCED_INSERT: &str = "
+WITH e AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $7::text[], $8::bigint[])
+        AS e (id, agent, tag, time_us, data, master, epoch)
+), s AS (
+    SELECT agent, epoch, master FROM agent_sessions
+    WHERE agent IN (SELECT agent FROM e WHERE epoch IS NOT NULL)
+    ORDER BY agent FOR SHARE
+), stale AS (
+    SELECT DISTINCT e.agent, e.epoch, s.epoch AS current, s.master AS holder
+    FROM e JOIN s ON s.agent = e.agent
+    WHERE e.epoch IS NOT NULL AND s.epoch > e.epoch AND s.master IS DISTINCT FROM e.master
+), written AS (
+    INSERT INTO events (id, agent, tag, time_us, data, recorded_us, master, epoch)
+    SELECT e.id, e.agent, e.tag, e.time_us, e.data, $6, e.master, e.epoch FROM e
+    WHERE NOT EXISTS (SELECT 1 FROM stale WHERE stale.agent = e.agent AND stale.epoch = e.epoch)
+    ON CONFLICT (id) DO NOTHING
+)
+SELECT agent, epoch, current, holder FROM stale ORDER BY agent";
 
 /// Whether a connection attempt failed because PostgreSQL does not answer
 /// (worth waiting for), not because it refused the master.
@@ -619,8 +694,15 @@ fn text(value: &str) -> String {
     value.replace('\0', "\u{fffd}")
 }
 
-/// Writes `records` in one transaction.
-async fn commit(conn: &mut Conn, records: &[Record]) -> Result<(), tokio_postgres::Error> {
+/// Writes `records` in one transaction, but for the events the fence
+/// refuses ([`FENCED_INSERT`]), which it returns.
+/// `master` is this master's name among several (`Store::name_master`),
+/// which its job answers carry.
+async fn commit(
+    conn: &mut Conn,
+    records: &[Record],
+    master: Option<&str>,
+) -> Result<Vec<Fenced>, tokio_postgres::Error> {
     let Conn { client, statements } = conn;
     let Statements {
         events: insert_events,
@@ -634,6 +716,7 @@ async fn commit(conn: &mut Conn, records: &[Record]) -> Result<(), tokio_postgre
         receipt,
     } = &*statements;
     let tx = client.transaction().await?;
+    let mut fenced = Vec::new();
     let events: Vec<&EventRow> = records
         .iter()
         .filter_map(|r| match r {
@@ -647,7 +730,14 @@ async fn commit(conn: &mut Conn, records: &[Record]) -> Result<(), tokio_postgre
         let tags: Vec<String> = events.iter().map(|e| text(&e.tag)).collect();
         let times: Vec<i64> = events.iter().map(|e| e.time_us).collect();
         let data: Vec<String> = events.iter().map(|e| text(&e.data)).collect();
-        tx.execute(insert_events, &[&ids, &agents, &tags, &times, &data, &now_us()]).await?;
+        let masters: Vec<Option<String>> = events.iter().map(|e| e.master.as_deref().map(text)).collect();
+        let epochs: Vec<Option<i64>> = events.iter().map(|e| e.epoch).collect();
+        let rows =
+            tx.query(insert_events, &[&ids, &agents, &tags, &times, &data, &now_us(), &masters, &epochs]).await?;
+        fenced = rows
+            .iter()
+            .map(|row| Fenced { agent: row.get(0), epoch: row.get(1), current: row.get(2), holder: row.get(3) })
+            .collect();
     }
     // Sent in order and pipelined: one round trip for the lot.
     let mut pending = Vec::new();
@@ -679,8 +769,8 @@ async fn commit(conn: &mut Conn, records: &[Record]) -> Result<(), tokio_postgre
                     Box::new(false),
                 ];
                 pending.push((insert_job.clone(), row.into()));
-                let row: [Box<dyn tokio_postgres::types::ToSql + Sync + Send>; 3] =
-                    [Box::new(text(jid)), Box::new(text(agent)), Box::new(now_us())];
+                let row: [Box<dyn tokio_postgres::types::ToSql + Sync + Send>; 4] =
+                    [Box::new(text(jid)), Box::new(text(agent)), Box::new(now_us()), Box::new(master.map(text))];
                 pending.push((answered.clone(), row.into()));
                 pending.push((delete_results.clone(), boxed([text(jid), text(agent)])));
                 for (seq, result) in results.iter().enumerate() {
@@ -735,7 +825,8 @@ async fn commit(conn: &mut Conn, records: &[Record]) -> Result<(), tokio_postgre
         async move { tx.execute(statement, &params).await }
     });
     futures_util::future::try_join_all(statements).await?;
-    tx.commit().await
+    tx.commit().await?;
+    Ok(fenced)
 }
 
 type Row = Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>;
@@ -795,7 +886,8 @@ pub(super) fn start_writer(
     target: PgTarget,
     spool_path: &Path,
     inbox: mpsc::Receiver<Write>,
-) -> Result<tokio::sync::watch::Receiver<PgState>, PgError> {
+    name: Arc<std::sync::OnceLock<String>>,
+) -> Result<(tokio::sync::watch::Receiver<PgState>, mpsc::Receiver<Fenced>), PgError> {
     // One worker of its own drives the connection and a reconnection in
     // the background, so a partition's connect timeout never stalls the
     // spooling (and with it the acks).
@@ -823,7 +915,10 @@ pub(super) fn start_writer(
         tracing::info!(store = %target, spool = %spool.path().display(), records = left, "Records spooled by an earlier run are drained into PostgreSQL.");
     }
     let shown = target.shown.clone();
+    let (fenced, fenced_inbox) = mpsc::channel(FENCED_QUEUE);
     let mut writer = PgWriter {
+        fenced,
+        name,
         target,
         runtime,
         client,
@@ -837,7 +932,7 @@ pub(super) fn start_writer(
         .name("halite-store-pg".into())
         .spawn(move || writer.run(inbox))
         .map_err(|source| PgError::Thread { target: shown, source })?;
-    Ok(state)
+    Ok((state, fenced_inbox))
 }
 
 struct PgWriter {
@@ -855,11 +950,16 @@ struct PgWriter {
     retaining: Option<tokio::task::JoinHandle<()>>,
     /// Whether records reach PostgreSQL, told once each way.
     tell: tokio::sync::watch::Sender<PgState>,
+    /// Where the sessions the fence refused rows of are told, batches and
+    /// drained spool alike (`Store::take_fenced`).
+    fenced: mpsc::Sender<Fenced>,
+    /// This master's name among several, once known (`Store::name_master`).
+    name: Arc<std::sync::OnceLock<String>>,
 }
 
-/// What a batch's writer tells: `true` once durable (in PostgreSQL or the
-/// spool), `false` when refused.
-type Durable = oneshot::Sender<bool>;
+/// What a batch's writer tells: durable once in PostgreSQL or the spool,
+/// and the agents whose rows the fence refused.
+type Durable = oneshot::Sender<Recorded>;
 
 impl PgWriter {
     fn run(&mut self, mut inbox: mpsc::Receiver<Write>) {
@@ -886,6 +986,7 @@ impl PgWriter {
             }
             let mut records = Vec::new();
             let mut durable: Vec<Durable> = Vec::new();
+            let mut answered: Vec<oneshot::Sender<bool>> = Vec::new();
             let mut flushed = Vec::new();
             let mut retain = None;
             let mut close = None;
@@ -894,7 +995,7 @@ impl PgWriter {
                     Write::Started { job, agent } => records.push(Record::Started { job, agent }),
                     Write::Answered { jid, agent, results, committed } => {
                         records.push(Record::Answered { jid, agent, results });
-                        durable.extend(committed);
+                        answered.extend(committed);
                     }
                     Write::NoAnswer { jid, agent, error } => {
                         records.push(Record::NoAnswer { jid, agent, error, at_us: now_us() })
@@ -918,8 +1019,11 @@ impl PgWriter {
                 self.drain();
             }
             let stored = self.write(&records);
+            for done in answered {
+                let _ = done.send(stored.durable);
+            }
             for done in durable {
-                let _ = done.send(stored);
+                let _ = done.send(stored.clone());
             }
             if let Some(limits) = retain {
                 self.retain(limits);
@@ -939,22 +1043,28 @@ impl PgWriter {
     }
 
     /// Commits to PostgreSQL, or spools while it is unreachable (or while
-    /// the spool holds older records: order is kept). `true` once durable.
-    fn write(&mut self, records: &[Record]) -> bool {
+    /// the spool holds older records: order is kept). Durable once
+    /// committed or spooled; what the fence refused is told.
+    fn write(&mut self, records: &[Record]) -> Recorded {
         if records.is_empty() {
-            return true;
+            return Recorded { durable: true, fenced: Vec::new() };
         }
+        let name = self.name.get().cloned();
         if self.spool.is_empty()
             && let Some(client) = self.client.as_mut()
         {
-            let result =
-                self.runtime.block_on(async { tokio::time::timeout(COMMIT_TIMEOUT, commit(client, records)).await });
+            let result = self.runtime.block_on(async {
+                tokio::time::timeout(COMMIT_TIMEOUT, commit(client, records, name.as_deref())).await
+            });
             match result {
-                Ok(Ok(())) => return true,
+                Ok(Ok(fenced)) => {
+                    self.tell_fenced(&fenced);
+                    return Recorded { durable: true, fenced };
+                }
                 Ok(Err(error)) if !unreachable(&error) => {
                     // These records themselves fail, and would again.
                     tracing::error!(store = %self.target, error = %describe(&error), records = records.len(), "PostgreSQL refuses these records; they are dropped (their agents are not acknowledged).");
-                    return false;
+                    return Recorded::default();
                 }
                 Ok(Err(error)) => {
                     tracing::error!(store = %self.target, error = %describe(&error), "PostgreSQL is unreachable; spooling records to the local disk until it answers.");
@@ -968,10 +1078,22 @@ impl PgWriter {
             self.tell.send_replace(PgState::Unreachable { error: "connection lost or commit timed out".into() });
         }
         match self.spool.append(records) {
-            Ok(()) => true,
+            Ok(()) => Recorded { durable: true, fenced: Vec::new() },
             Err(error) => {
                 tracing::error!(%error, records = records.len(), "Cannot spool records; their agents are not acknowledged.");
-                false
+                Recorded::default()
+            }
+        }
+    }
+
+    /// Logs the sessions the fence refused rows of and tells the session
+    /// layer, never waiting (a full queue drops the notice: the session's
+    /// next refused row tells again).
+    fn tell_fenced(&self, fenced: &[Fenced]) {
+        for stale in fenced {
+            tracing::warn!(store = %self.target, agent = %stale.agent, epoch = stale.epoch, current = stale.current, master = %stale.holder, "Refused this master's records of an agent another master serves now (a stale session epoch).");
+            if self.fenced.try_send(stale.clone()).is_err() {
+                tracing::warn!(agent = %stale.agent, "Too many fenced sessions wait to be dropped; this notice is not sent.");
             }
         }
     }
@@ -1049,12 +1171,18 @@ impl PgWriter {
                 return;
             }
         };
+        let name = self.name.get().cloned();
         let Some(client) = self.client.as_mut() else { return };
+        let mut refused = Vec::new();
         for chunk in records.chunks(PG_BATCH) {
-            let result =
-                self.runtime.block_on(async { tokio::time::timeout(COMMIT_TIMEOUT, commit(client, chunk)).await });
+            let result = self
+                .runtime
+                .block_on(async { tokio::time::timeout(COMMIT_TIMEOUT, commit(client, chunk, name.as_deref())).await });
             match result {
-                Ok(Ok(())) => {}
+                // Spooled rows were acknowledged already: the fence's
+                // refusals are logged and their sessions dropped, and
+                // those events are not recorded (README "Fencing").
+                Ok(Ok(fenced)) => refused.extend(fenced),
                 Ok(Err(error)) if !unreachable(&error) => {
                     tracing::error!(store = %self.target, error = %describe(&error), records = chunk.len(), "PostgreSQL refuses spooled records; they are dropped.");
                 }
@@ -1062,16 +1190,19 @@ impl PgWriter {
                     tracing::warn!(store = %self.target, error = %describe(&error), "PostgreSQL went away while draining the spool; it is tried again.");
                     self.client = None;
                     self.last_try = std::time::Instant::now();
+                    self.tell_fenced(&refused);
                     return;
                 }
                 Err(_) => {
                     tracing::warn!(store = %self.target, "PostgreSQL did not commit in time while draining the spool; it is tried again.");
                     self.client = None;
                     self.last_try = std::time::Instant::now();
+                    self.tell_fenced(&refused);
                     return;
                 }
             }
         }
+        self.tell_fenced(&refused);
         match self.spool.clear() {
             Ok(()) => {
                 tracing::warn!(store = %self.target, records = records.len(), "Drained the spool into PostgreSQL.");
@@ -1249,7 +1380,7 @@ impl PgReader {
     /// first.
     pub fn events(&self, agent: &str) -> Result<Vec<EventRow>, PgError> {
         let rows = self.query(
-            "SELECT id, agent, tag, time_us, data FROM events WHERE $1 = '' OR agent = $1 ORDER BY time_us, id",
+            "SELECT id, agent, tag, time_us, data, master, epoch FROM events WHERE $1 = '' OR agent = $1 ORDER BY time_us, id",
             &[&agent],
         )?;
         Ok(rows
@@ -1260,6 +1391,8 @@ impl PgReader {
                 tag: row.get(2),
                 time_us: row.get(3),
                 data: row.get(4),
+                master: row.get(5),
+                epoch: row.get(6),
             })
             .collect())
     }

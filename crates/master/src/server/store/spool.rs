@@ -54,6 +54,15 @@ pub struct EventRow {
     pub time_us: i64,
     /// The event's data as JSON text.
     pub data: String,
+    /// With several masters: the master that took the event (its link's
+    /// address), and the session epoch it held for the agent then
+    /// (`None` until that session's epoch is written). The batch that
+    /// records the row refuses it when another master holds a newer epoch
+    /// (`postgres.rs`, the fence). Absent from spools written before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
 }
 
 impl EventRow {
@@ -64,6 +73,8 @@ impl EventRow {
             tag: event.tag.clone(),
             time_us: event.time_us,
             data: event.data.to_json().to_string(),
+            master: None,
+            epoch: None,
         }
     }
 }
@@ -189,6 +200,8 @@ mod tests {
             tag: "halite/beacon/web01/motd".into(),
             time_us: 1,
             data: "{}".into(),
+            master: None,
+            epoch: None,
         })
     }
 
