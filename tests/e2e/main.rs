@@ -13,6 +13,7 @@ mod bus;
 mod check;
 mod cluster_control;
 mod cluster_failover;
+mod cluster_route;
 mod dashboard;
 mod drift;
 mod durability;

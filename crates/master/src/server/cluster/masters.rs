@@ -87,6 +87,27 @@ impl View {
         )
     }
 
+    /// The agents `target` names whose sessions are on other masters
+    /// (`agent_sessions`), with their masters, by id; none of `here` (the
+    /// agents connected to this master). Matched by id only: their facts
+    /// are their masters', so a target that reads facts (`G@`) reaches
+    /// none of them.
+    pub fn homed_elsewhere(&self, target: &halite_state::Target, here: &[String]) -> Vec<(String, String)> {
+        if target.uses_facts() {
+            return Vec::new();
+        }
+        let known = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let mut there: Vec<(String, String)> = known
+            .homes
+            .iter()
+            .filter(|(agent, master)| **master != known.me && !here.contains(agent))
+            .filter(|(agent, _)| target.matches(agent, &halite_proto::Value::Null))
+            .map(|(agent, master)| (agent.clone(), master.clone()))
+            .collect();
+        there.sort_unstable();
+        there
+    }
+
     /// Every master alive and its tree version.
     pub fn masters(&self) -> BTreeMap<String, String> {
         self.0.read().unwrap_or_else(|p| p.into_inner()).masters.clone()

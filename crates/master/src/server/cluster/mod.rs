@@ -22,6 +22,9 @@
 //!   session bumps it; the one whose session is stale drops it.
 //! - [`masters`] — each master's row: the tree version it serves and a
 //!   heartbeat; a master whose tree differs from its peers' says so.
+//! - [`route`] — operators' jobs for agents homed on another master: a
+//!   request row and a notification to the agent's master, an answer row
+//!   and a notification back (`server/routed.rs` runs them there).
 //!
 //! With PostgreSQL unreachable a master keeps its keys in memory and
 //! halite.db (it enforces from them), queues its key changes to write when
@@ -43,6 +46,7 @@ pub mod keys;
 pub mod lease;
 pub mod listen;
 pub mod masters;
+pub mod route;
 pub mod singletons;
 
 /// The channel a notification arrives on, by what it is about.
@@ -78,6 +82,8 @@ pub struct Cluster {
     pub ticks: tokio::sync::broadcast::Sender<String>,
     /// The masters alive, their tree versions, each agent's master.
     pub view: masters::View,
+    /// Jobs for agents on other masters, and theirs for agents here.
+    pub route: route::Router,
 }
 
 /// Starts the control plane of `name` (the link's address) on `target`:
@@ -102,6 +108,7 @@ pub fn start(
     let leader = lease::spawn(target.clone(), holder.clone(), parts.bus.clone(), cancel.clone());
     tokio::spawn(keys::write(target.clone(), parts.keys.clone(), share_rx, cancel.clone()));
     let opened = epochs::spawn(target.clone(), name.clone(), cancel.clone());
+    let route = route::Router::new(target.clone(), name.clone());
     parts.sessions.tell_opened(opened);
     let listener = listen::Listener {
         target: target.clone(),
@@ -110,11 +117,12 @@ pub fn start(
         share: share_tx,
         marker: data_dir.join(keys::IMPORTED_MARKER),
         ticks: ticks.clone(),
+        route: route.clone(),
     };
     tokio::spawn(listener.run(cancel.clone()));
     tokio::spawn(singletons::run(target.clone(), holder, leader.clone(), singleton, cancel.clone()));
     let view = masters::spawn(target, name.clone(), tree.0, tree.1, cancel);
-    Cluster { name, leader, ticks, view }
+    Cluster { name, leader, ticks, view, route }
 }
 
 /// Takes the next requests from `inbox` into `batch` (at most `limit`) for

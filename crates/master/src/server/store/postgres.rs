@@ -66,12 +66,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const PASSWORD_ENV: &str = "HALITE_PG_PASSWORD";
 
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// `MIGRATIONS[n]` takes the schema from version n to n + 1. Append only.
 /// Tables other modules add to halite.db (`store.rs`'s list) get their
 /// PostgreSQL form appended here.
-const MIGRATIONS: [&str; 3] = [V1, V2_EVENTS_BY_AGENT, V3_CONTROL_PLANE];
+const MIGRATIONS: [&str; 4] = [V1, V2_EVENTS_BY_AGENT, V3_CONTROL_PLANE, V4_ROUTED_JOBS];
 
 const V1: &str = "
 CREATE TABLE jobs (
@@ -162,6 +162,30 @@ CREATE TABLE masters (
     tree      TEXT NOT NULL,
     heartbeat TIMESTAMPTZ NOT NULL
 );
+";
+
+/// Operators' jobs for agents homed on another master
+/// (`server/cluster/route.rs`): the asking master inserts a request row,
+/// the agent's home master takes it, runs the job and writes the answer.
+/// Transport only: the job itself is recorded in `jobs` by the home
+/// master. A row goes once its asker read the answer or gave up; the
+/// `deadline` keeps a master that comes back from running a request its
+/// asker no longer waits for.
+const V4_ROUTED_JOBS: &str = "
+CREATE TABLE routed_jobs (
+    id        TEXT PRIMARY KEY,   -- the job id, the same in both masters' answers
+    asker     TEXT NOT NULL,
+    home      TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    agent     TEXT NOT NULL,
+    request   TEXT NOT NULL,      -- JSON: what to run (route.rs, Request)
+    asked     TIMESTAMPTZ NOT NULL,
+    deadline  TIMESTAMPTZ NOT NULL,
+    taken     TIMESTAMPTZ,
+    answer    TEXT,               -- JSON: the agent's result (route.rs, Answer)
+    answered  TIMESTAMPTZ
+);
+CREATE INDEX routed_jobs_waiting ON routed_jobs (home) WHERE taken IS NULL;
 ";
 
 /// An arbitrary constant: the advisory lock key migrations take.
