@@ -24,7 +24,9 @@
 //!   row every [`POLL`] anyway, and a listener that reconnects scans for
 //!   the rows addressed to it ([`Wake::Scan`]);
 //! - the agent left the home master: the home master answers "not
-//!   connected" for it (`routed.rs`).
+//!   connected" for it (`routed.rs`);
+//! - the asker crashed while it waited: its row stays until a listener
+//!   scan finds it [`LEFT_BEHIND`] past its deadline.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -57,6 +59,12 @@ pub const ROUTE_GRACE: Duration = Duration::from_secs(5);
 /// How often an asker reads its row while it waits, in case the answer's
 /// notification was lost (a listener reconnecting).
 pub const POLL: Duration = Duration::from_secs(2);
+
+/// How long past its deadline a row may stay: an asker deletes its row
+/// when it reads the answer or gives up, so only a crashed asker's rows
+/// get this old; each master's listener scan (at every reconnection)
+/// deletes them.
+pub const LEFT_BEHIND: Duration = Duration::from_secs(3600);
 
 /// What the home master is asked to run for one of its agents. The asker
 /// renders nothing: the home master has the agent's facts.
@@ -319,6 +327,16 @@ impl Router {
             Wake::Ids(ids) => (false, ids.clone()),
             Wake::Scan => (true, Vec::new()),
         };
+        if all {
+            // Rows an asker that crashed while it waited left behind.
+            client
+                .execute(
+                    "DELETE FROM routed_jobs WHERE deadline < now() - $1::float8 * interval '1 second'",
+                    &[&LEFT_BEHIND.as_secs_f64()],
+                )
+                .await
+                .map_err(|e| row(describe(&e)))?;
+        }
         let rows = client
             .query(
                 "UPDATE routed_jobs SET taken = now()
