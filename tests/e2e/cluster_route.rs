@@ -254,8 +254,9 @@ async fn cluster_jobs(target: &PgTarget) -> anyhow::Result<i64> {
     Ok(client.query_one("SELECT count(*) FROM jobs", &[]).await?.get(0))
 }
 
-/// A routed job's master gone: with web02's agent stopped, B answers "not
-/// connected" for it; with B killed, A answers "no answer from master B
+/// A routed job's master gone: with app03's agent stopped, B answers "not
+/// connected" for it (and, as the canary, that failure stops the rollout
+/// before web01 on A); with B killed, A answers "no answer from master B
 /// within T" once the job's timeout and the routing grace are over, and the
 /// request row is gone (a B started again would not run it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,17 +265,24 @@ async fn a_routed_job_whose_agent_or_master_is_gone_is_answered_in_bounded_time(
     let target = PgTarget::new(&cluster.url(&database), Some(halite_e2e::postgres::PASSWORD.into()), None).unwrap();
     let mut b_log = None;
     let result = async {
-        let b = master_b(&mut fleet, &yaml, &["web02", "web03"]).await?;
+        let b = master_b(&mut fleet, &yaml, &["web02", "app03"]).await?;
         b_log = Some(b.log.clone());
         let b_name = b.listen.clone();
-        until_placed(&fleet, &b_name, &["web02", "web03"]).await?;
+        until_placed(&fleet, &b_name, &["web02", "app03"]).await?;
 
-        // web03's agent stops; agent_sessions still names B: B answers.
-        let web03 = fleet.agents.iter().position(|a| a.id == "web03").unwrap_or_default();
-        fleet.agents.remove(web03).kill().await;
-        let ran = cmd_on_a(&fleet, None, &["--json", "--timeout", "2s", "web03"], &["true"]).await?;
+        // app03's agent stops; agent_sessions still names B: B answers.
+        let app03 = fleet.agents.iter().position(|a| a.id == "app03").unwrap_or_default();
+        fleet.agents.remove(app03).kill().await;
+        let ran = cmd_on_a(&fleet, None, &["--json", "--timeout", "2s", "app03"], &["true"]).await?;
         assert_eq!(ran.code, 3, "{ran:?}");
         assert!(ran.stdout.contains(&format!("not connected to master {b_name}")), "{ran:?}");
+        // A routed agent's failure counts in the rollout like a local
+        // one's: app03 (on B, first by id) is the canary; web01 (on A) is
+        // never sent its job.
+        let applied = on_a(&fleet, &["apply", "--json", "--canary", "1", "L@app03,web01", "app"]).await?;
+        assert_ne!(applied.code, 0, "{applied:?}");
+        assert!(applied.stderr.contains("stopped: canary app03 failed; not sent to web01"), "{applied:?}");
+        assert!(!fleet.agent("web01").path("/srv/app/app.conf").exists(), "web01 was sent the job");
 
         b.kill().await;
         let started = Instant::now();
