@@ -16,6 +16,7 @@ mod cluster_events;
 mod cluster_failover;
 mod cluster_faults;
 mod cluster_shared;
+mod cluster_route;
 mod dashboard;
 mod drift;
 mod durability;

@@ -111,6 +111,24 @@ impl Target {
     pub fn as_str(&self) -> &str {
         &self.source
     }
+
+    /// Whether the expression reads facts (a `G@` anywhere in it): such a
+    /// target cannot be matched against agents whose facts are not known
+    /// here (a `not G@…` would match them all).
+    pub fn uses_facts(&self) -> bool {
+        self.expr.uses_facts()
+    }
+}
+
+impl Expr {
+    fn uses_facts(&self) -> bool {
+        match self {
+            Expr::Fact(_) => true,
+            Expr::Id(_) | Expr::List(_) | Expr::Pcre(_) => false,
+            Expr::Not(inner) => inner.uses_facts(),
+            Expr::And(a, b) | Expr::Or(a, b) => a.uses_facts() || b.uses_facts(),
+        }
+    }
 }
 
 impl Expr {
@@ -320,6 +338,22 @@ fn atom(token: &str) -> Result<Expr, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_target_says_whether_it_reads_facts() {
+        let cases = [
+            ("web*", false),
+            ("L@web01,db01", false),
+            ("E@web0[12]", false),
+            ("web* and not db*", false),
+            ("G@os:debian", true),
+            ("not G@os:debian", true),
+            ("web* or (db* and G@role:db)", true),
+        ];
+        for (expression, wanted) in cases {
+            assert_eq!(Target::parse(expression).unwrap().uses_facts(), wanted, "{expression}");
+        }
+    }
 
     fn facts() -> Value {
         Value::map()

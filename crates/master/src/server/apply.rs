@@ -15,6 +15,14 @@
 //! (a failed state or no answer). Stopping sends nothing more; the jobs
 //! running finish; the agents never sent a job are listed in a `stopped`
 //! line before `done`. The API's `POST /api/v1/apply` runs the same code.
+//!
+//! With several masters, agents the target names by id that are connected
+//! to another master are in the plan too ([`Dispatch::Routed`]): their
+//! jobs go to their masters through PostgreSQL (`cluster/route.rs`) when
+//! the rollout starts them, and their answers join the same stream (a
+//! routed agent's failure or silence counts toward `max_failures` and the
+//! canary like a local one's). Their masters render their states, with
+//! their facts ([`run_routed`]).
 
 use std::time::Duration;
 
@@ -25,16 +33,38 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::protocol::{ApplyLine, ApplyRequest};
+use crate::server::cluster::route::{self, Answer, Work};
 use crate::server::context::Master;
-use crate::server::jobs::Origin;
+use crate::server::jobs::{Jobs, Origin};
 
 fn error(message: impl Into<String>) -> ApplyLine {
     ApplyLine::Error { error: message.into(), no_agent: false }
 }
 
-/// What to send to whom, or why nothing can be sent: the connected
-/// agents the target matches, by id, each with its rendered job.
-pub fn plan(master: &Master, request: &ApplyRequest) -> Result<Vec<(String, Job)>, ApplyLine> {
+/// How one agent of a plan gets its job.
+#[derive(Debug, Clone)]
+pub enum Dispatch {
+    /// Connected here: the job, rendered here.
+    Local(Job),
+    /// Connected to master `home`: asked to run the request there as job
+    /// `id` (its master renders the states).
+    Routed { home: String, id: Id },
+}
+
+impl Dispatch {
+    /// The job's id, the same on both masters for a routed one.
+    pub fn id(&self) -> Id {
+        match self {
+            Dispatch::Local(job) => job.id,
+            Dispatch::Routed { id, .. } => *id,
+        }
+    }
+}
+
+/// What to send to whom, or why nothing can be sent: the agents the
+/// target matches, by id, each with its rendered job (connected here) or
+/// its master (connected to another master).
+pub fn plan(master: &Master, request: &ApplyRequest) -> Result<Vec<(String, Dispatch)>, ApplyLine> {
     let tree = master.tree();
     let states = &tree.states;
     if let Some(missing) = request.states.iter().find(|s| !states.has_state_file(s)) {
@@ -49,7 +79,9 @@ pub fn plan(master: &Master, request: &ApplyRequest) -> Result<Vec<(String, Job)
     let connected = master.sessions.accepted_with_facts();
     let matched: Vec<(String, halite_proto::Value)> =
         connected.iter().filter(|(agent, facts)| target.matches(agent, facts)).cloned().collect();
-    if matched.is_empty() {
+    let here: Vec<String> = connected.iter().map(|(agent, _)| agent.clone()).collect();
+    let routed = if master.route.is_some() { master.homed_elsewhere(&target, &here) } else { Vec::new() };
+    if matched.is_empty() && routed.is_empty() {
         let known: Vec<&str> = connected.iter().map(|(a, _)| a.as_str()).collect();
         let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
         let elsewhere = master.cluster.as_ref().map_or_else(String::new, |view| {
@@ -60,9 +92,10 @@ pub fn plan(master: &Master, request: &ApplyRequest) -> Result<Vec<(String, Job)
             no_agent: true,
         });
     }
-    // Every agent's states render before anything is sent: a template that
-    // fails for one agent stops the whole apply, with its diagnostics.
-    matched
+    // Every local agent's states render before anything is sent: a
+    // template that fails for one agent stops the whole apply, with its
+    // diagnostics.
+    let mut planned = matched
         .into_iter()
         .map(|(agent, facts)| {
             let names =
@@ -71,16 +104,21 @@ pub fn plan(master: &Master, request: &ApplyRequest) -> Result<Vec<(String, Job)
                 let text: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
                 error(format!("the states do not render for `{agent}`; nothing was sent:\n{}", text.join("\n")))
             })?;
-            Ok((agent, Job { id: Id::new(), cause_event: None, test: request.test, states: calls }))
+            let job = Job { id: Id::new(), cause_event: None, test: request.test, states: calls };
+            Ok((agent, Dispatch::Local(job)))
         })
-        .collect()
+        .collect::<Result<Vec<_>, ApplyLine>>()?;
+    planned.extend(routed.into_iter().map(|(agent, home)| (agent, Dispatch::Routed { home, id: Id::new() })));
+    // Target order, wherever the agents are: the canary is the first K.
+    planned.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(planned)
 }
 
 /// Runs the request and writes the conversation to `out`. Returns when
 /// every agent has answered or timed out, or the operator went away.
-pub async fn serve<W: AsyncWriteExt + Unpin>(master: &Master, request: ApplyRequest, out: &mut W) {
+pub async fn serve<W: AsyncWriteExt + Unpin>(master: &Master, request: ApplyRequest, who: &str, out: &mut W) {
     match plan(master, &request) {
-        Ok(jobs) => serve_planned(master, request, jobs, out).await,
+        Ok(jobs) => serve_planned(master, request, jobs, who, out).await,
         Err(line) => {
             let _ = write_line(out, &line).await;
         }
@@ -89,18 +127,20 @@ pub async fn serve<W: AsyncWriteExt + Unpin>(master: &Master, request: ApplyRequ
 
 /// Sends `jobs` (from [`plan`]) as the rollout allows and writes the
 /// conversation to `out`: what [`serve`] does once the plan is made (the
-/// API authorizes between the two).
+/// API authorizes between the two). `who` asked (the audit log's `who`):
+/// a routed job's master records it.
 pub async fn serve_planned<W: AsyncWriteExt + Unpin>(
     master: &Master,
     request: ApplyRequest,
-    jobs: Vec<(String, Job)>,
+    jobs: Vec<(String, Dispatch)>,
+    who: &str,
     out: &mut W,
 ) {
     tracing::info!(target = %request.target, agents = jobs.len(), test = request.test, "Operator apply.");
-    let started = jobs.iter().map(|(agent, job)| (agent.clone(), job.id.to_string())).collect();
+    let started = jobs.iter().map(|(agent, job)| (agent.clone(), job.id().to_string())).collect();
     let mut connected = write_line(out, &ApplyLine::Started { test: request.test, jobs: started }).await;
     let agents: Vec<String> = jobs.iter().map(|(agent, _)| agent.clone()).collect();
-    let mut unsent: Vec<Option<(String, Job)>> = jobs.into_iter().map(Some).collect();
+    let mut unsent: Vec<Option<(String, Dispatch)>> = jobs.into_iter().map(Some).collect();
     let mut rollout = Rollout::new(agents.len(), request.batch, request.canary, request.max_failures);
     // One slot per agent: a job task never waits to hand in its answer.
     let (answers, mut inbox) = mpsc::channel(agents.len().max(1));
@@ -113,15 +153,42 @@ pub async fn serve_planned<W: AsyncWriteExt + Unpin>(
                 reactor: None,
                 target: request.target.clone(),
             };
-            let (jobs, answers) = (master.jobs.clone(), answers.clone());
-            tokio::spawn(async move {
-                let jid = Some(job.id.to_string());
-                let report = match jobs.run_with(&agent, job, origin, timeout).await {
-                    Ok(result) => AgentReport::answered(&agent, jid, &result.results),
-                    Err(error) => AgentReport::no_answer(&agent, jid, error.to_string()),
-                };
-                let _ = answers.send((index, report)).await;
-            });
+            let answers = answers.clone();
+            match job {
+                Dispatch::Local(job) => {
+                    let jobs = master.jobs.clone();
+                    tokio::spawn(async move {
+                        let report = run_job(&jobs, &agent, job, origin, timeout).await;
+                        let _ = answers.send((index, report)).await;
+                    });
+                }
+                Dispatch::Routed { home, id } => {
+                    let router = master.route.clone();
+                    let routed = route::Request {
+                        work: Work::Apply { states: request.states.clone(), test: request.test },
+                        timeout_ms: request.timeout_ms,
+                        target: request.target.clone(),
+                        command_line: request.command_line.clone(),
+                    };
+                    let who = who.to_owned();
+                    tokio::spawn(async move {
+                        let jid = Some(id.to_string());
+                        let waited = timeout + route::ROUTE_GRACE;
+                        let asked = match &router {
+                            Some(router) => router.ask(&home, &agent, &id.to_string(), &who, &routed, waited).await,
+                            None => Err(route::RouteError::NoAnswer { home: home.clone(), waited: Duration::ZERO }),
+                        };
+                        let report = match asked {
+                            Ok(Answer::Apply { report }) => report,
+                            Ok(Answer::Cmd { .. }) => {
+                                AgentReport::no_answer(&agent, jid, format!("master {home} answered another job"))
+                            }
+                            Err(error) => AgentReport::no_answer(&agent, jid, error.to_string()),
+                        };
+                        let _ = answers.send((index, report)).await;
+                    });
+                }
+            }
         }
         if rollout.running() == 0 {
             break;
@@ -145,6 +212,66 @@ pub async fn serve_planned<W: AsyncWriteExt + Unpin>(
     if connected {
         let _ = write_line(out, &ApplyLine::Done).await;
     }
+}
+
+/// Runs `job` on `agent` (connected here) and reports its answer.
+async fn run_job(jobs: &Jobs, agent: &str, job: Job, origin: Origin, timeout: Duration) -> AgentReport {
+    let jid = Some(job.id.to_string());
+    match jobs.run_with(agent, job, origin, timeout).await {
+        Ok(result) => AgentReport::answered(agent, jid, &result.results),
+        Err(error) => AgentReport::no_answer(agent, jid, error.to_string()),
+    }
+}
+
+/// On an agent's home master: runs an apply another master routed here
+/// (`routed.rs`) as job `id`, exactly as a local one (rendered with the
+/// agent's facts here, recorded by this master's store with `origin`).
+/// An agent no longer connected here, a missing state file or a template
+/// that does not render is answered as the agent's error.
+pub async fn run_routed(
+    master: &Master,
+    agent: &str,
+    id: Id,
+    (states, test): (&[String], bool),
+    origin: Origin,
+    timeout: Duration,
+) -> AgentReport {
+    let jid = Some(id.to_string());
+    let me = master.route.as_ref().map_or("this master", |r| r.name());
+    let Some((_, facts)) = master.sessions.accepted_with_facts().into_iter().find(|(a, _)| a == agent) else {
+        return AgentReport::no_answer(
+            agent,
+            jid,
+            format!(
+                "not connected to master {me} (its session ended or moved; `halite-master agents` shows where it is)"
+            ),
+        );
+    };
+    let tree = master.tree();
+    let tree = &tree.states;
+    if let Some(missing) = states.iter().find(|s| !tree.has_state_file(s)) {
+        return AgentReport::no_answer(
+            agent,
+            jid,
+            format!("state file `{missing}` does not exist in master {me}'s tree"),
+        );
+    }
+    let names = if states.is_empty() { tree.states_for(agent, &facts) } else { states.to_vec() };
+    let calls = match tree.calls_for(&names, &RenderContext::new(agent, &facts)) {
+        Ok(calls) => calls,
+        Err(diagnostics) => {
+            let text: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+            return AgentReport::no_answer(
+                agent,
+                jid,
+                format!("the states do not render on master {me}; nothing was sent:\n{}", text.join("\n")),
+            );
+        }
+    };
+    let job = Job { id, cause_event: None, test, states: calls };
+    let report = run_job(&master.jobs, agent, job, origin, timeout).await;
+    master.jobs.flush_store().await;
+    report
 }
 
 /// When each agent of an apply gets its job: the pure decision behind

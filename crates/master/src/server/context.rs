@@ -35,11 +35,33 @@ pub struct Master {
     /// With several masters on PostgreSQL: the other masters' events,
     /// read while someone follows (`events`, the API's stream).
     pub fleet: Option<crate::server::cluster::tail::FleetTail>,
+    /// With several masters: jobs for agents homed on another master go
+    /// through here (`cluster/route.rs`).
+    pub route: Option<crate::server::cluster::route::Router>,
 }
 
 impl Master {
     pub fn tree(&self) -> Arc<Tree> {
         self.tree.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The agents `target` names (by id) that are connected to other
+    /// masters, each with its master, by id: where an operator's job for
+    /// them is routed (`cluster/route.rs`). Only agents whose key is
+    /// accepted; none of `here`; none without several masters.
+    pub fn homed_elsewhere(&self, target: &halite_state::Target, here: &[String]) -> Vec<(String, String)> {
+        let Some(view) = &self.cluster else { return Vec::new() };
+        let mut there = view.homed_elsewhere(target, here);
+        let ids: Vec<String> = there.iter().map(|(agent, _)| agent.clone()).collect();
+        let accepted: std::collections::BTreeSet<String> = self
+            .keys
+            .entries_of(&ids)
+            .into_iter()
+            .filter(|entry| entry.status == crate::server::keys::KeyStatus::Accepted)
+            .map(|entry| entry.id)
+            .collect();
+        there.retain(|(agent, _)| accepted.contains(agent));
+        there
     }
 
     /// What `inventory.rs` needs of the master, with `tree` the live one.

@@ -135,7 +135,9 @@ async fn connection(master: Arc<Master>, stream: UnixStream) {
                 // Exactly the jobs `guard` checked: an agent connecting
                 // meanwhile is not reached unchecked.
                 match planned.unwrap_or_else(|| crate::server::apply::plan(&master, &apply)) {
-                    Ok(jobs) => crate::server::apply::serve_planned(&master, apply, jobs, &mut write).await,
+                    Ok(jobs) => {
+                        crate::server::apply::serve_planned(&master, apply, jobs, &principal.who, &mut write).await;
+                    }
                     Err(line) => {
                         let _ = send_line(&mut write, &line).await;
                     }
@@ -143,7 +145,7 @@ async fn connection(master: Arc<Master>, stream: UnixStream) {
                 continue;
             }
             Request::Cmd(cmd) => {
-                crate::server::cmd::serve(&master, cmd, &mut write).await;
+                crate::server::cmd::serve(&master, cmd, &principal.who, &mut write).await;
                 continue;
             }
             Request::Facts { target, names } => crate::server::facts::answer(&master, &target, &names),
@@ -463,7 +465,7 @@ struct Refused {
 }
 
 /// An apply's plan, made once by [`guard`] and run as checked.
-type Planned = Option<Result<Vec<(String, halite_proto::Job)>, ApplyLine>>;
+type Planned = Option<Result<Vec<(String, crate::server::apply::Dispatch)>, ApplyLine>>;
 
 /// Decides whether `principal` may make `request`, the one rule of
 /// `access.rs`; a refusal is audited. A `cmd` a scoped role may run comes
@@ -505,7 +507,13 @@ async fn guard(master: &Master, principal: &Principal, request: Request) -> Resu
             planned = Some(plan);
             (Verb::Apply, reached(agents), if apply.test { "apply --test" } else { "apply" }.into())
         }
-        Request::Cmd(cmd) => (Verb::Cmd, matching(&cmd.target), "cmd".into()),
+        // Agents on other masters too: a routed job is authorized here.
+        Request::Cmd(cmd) => {
+            let agents = halite_state::Target::parse(&cmd.target)
+                .map(|target| crate::server::cmd::reached(master, &target).into_iter().map(|(a, _)| a).collect())
+                .unwrap_or_default();
+            (Verb::Cmd, reached(agents), "cmd".into())
+        }
         Request::Backup { .. } | Request::TokensCreate { .. } | Request::TokensList | Request::TokensRevoke { .. } => {
             (Verb::Admin, Vec::new(), String::new())
         }

@@ -26,6 +26,8 @@
 //! - [`control`] — the control socket operator commands talk to;
 //!   [`apply`], [`cmd`] and [`events`] answer its streamed requests;
 //!   [`facts`] answers `facts`, [`coverage`] `inventory` and `adopt`.
+//!   [`routed`] runs the `apply` and `cmd` jobs other masters route here
+//!   for this master's agents (`cluster/route.rs`).
 //! - [`notify`] — telling systemd the master is ready (`Type=notify`).
 //! - [`access`] — roles, API tokens and the principal a request runs as;
 //!   [`audit`]: the hash-chained audit log. The HTTPS API that uses them
@@ -71,6 +73,7 @@ pub mod notify;
 pub mod reactor;
 pub mod receipts;
 pub mod reload;
+pub mod routed;
 pub mod schedule;
 pub mod sessions;
 pub mod store;
@@ -191,6 +194,7 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     let inventory = crate::server::inventory::Inventories::default();
     let cluster_view = cluster.as_ref().map(|c| c.view.clone());
     let fleet = cluster.as_ref().map(|c| c.tail.clone());
+    let route = cluster.as_ref().map(|c| c.route.clone());
     let master = Arc::new(Master {
         keypair,
         keys,
@@ -204,7 +208,13 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         access,
         cluster: cluster_view,
         fleet,
+        route: route.clone(),
     });
+    if let Some(router) = route
+        && let Some(inbox) = router.take_inbox()
+    {
+        tokio::spawn(crate::server::routed::serve(master.clone(), router, inbox, cancel.clone()));
+    }
     let control = crate::server::control::serve(master.clone(), &config.data_dir, cancel.clone()).await?;
     let api = match &config.api {
         Some(api) => Some(crate::http::start(master.clone(), api, &config.data_dir, cancel.clone()).await?),

@@ -168,7 +168,8 @@ pub async fn apply(
 
     let (mut writer, reader) = tokio::io::duplex(PIPE);
     let master = state.master.clone();
-    tokio::spawn(async move { crate::server::apply::serve_planned(&master, request, jobs, &mut writer).await });
+    let who = principal.who.clone();
+    tokio::spawn(async move { crate::server::apply::serve_planned(&master, request, jobs, &who, &mut writer).await });
     let lines = tokio::io::BufReader::new(reader).lines();
     let events = futures_util::stream::unfold(lines, |mut lines| async move {
         loop {

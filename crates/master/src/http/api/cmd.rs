@@ -123,7 +123,9 @@ pub async fn cmd(
     }
     let target = halite_state::Target::parse(&body.target)
         .map_err(|e| ApiError::BadRequest(format!("target `{}`: {e}", body.target)))?;
-    let agents = state.master.jobs.agents_matching(&target);
+    // Agents on other masters too (routed there): authorized here.
+    let agents: Vec<String> =
+        crate::server::cmd::reached(&state.master, &target).into_iter().map(|(agent, _)| agent).collect();
     if agents.is_empty() {
         return Err(ApiError::NoAgent(format!("target `{}` matches no connected agent", body.target)));
     }
@@ -143,7 +145,8 @@ pub async fn cmd(
     };
     let (mut writer, reader) = tokio::io::duplex(PIPE);
     let master = state.master.clone();
-    tokio::spawn(async move { crate::server::cmd::serve(&master, request, &mut writer).await });
+    let who = principal.who.clone();
+    tokio::spawn(async move { crate::server::cmd::serve(&master, request, &who, &mut writer).await });
     let lines = tokio::io::BufReader::new(reader).lines();
     let events = futures_util::stream::unfold(lines, |mut lines| async move {
         loop {

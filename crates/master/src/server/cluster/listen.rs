@@ -1,6 +1,7 @@
 //! One connection per master `LISTEN`ing to the others: key changes
-//! (`halite_keys`), session starts (`halite_sessions`) and the schedule's
-//! ticks (`halite_schedule`).
+//! (`halite_keys`), session starts (`halite_sessions`), the schedule's
+//! ticks (`halite_schedule`), and routed jobs (`halite_routed` for this
+//! master's agents, `halite_routed_done` for its operators: `route.rs`).
 //!
 //! A notification is only delivered to a connection listening when it is
 //! sent, so after every (re)connection the listener re-reads every key
@@ -19,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+use super::route::{ANSWERED_CHANNEL, ROUTED_CHANNEL, Router, parse_payload};
 use super::{BACKOFF, KEYS_CHANNEL, Parts, SCHEDULE_CHANNEL, SESSIONS_CHANNEL, epochs, keys};
 use crate::server::keys::ShareRequest;
 use crate::server::store::postgres::{PgTarget, describe, migrate};
@@ -34,6 +36,8 @@ pub struct Listener {
     pub share: mpsc::Sender<ShareRequest>,
     pub marker: PathBuf,
     pub ticks: tokio::sync::broadcast::Sender<String>,
+    /// Where routed jobs' notifications go.
+    pub route: Router,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +71,8 @@ impl Listener {
                     }
                     warned = false;
                     backoff = BACKOFF.0;
+                    // Routed jobs notified while nobody listened.
+                    self.route.reconnected();
                     tokio::select! {
                         () = cancel.cancelled() => return,
                         () = self.serve(&client, &mut rx) => {}
@@ -98,7 +104,9 @@ impl Listener {
         // was down may get here first.
         migrate(&mut client, &self.target).await?;
         client
-            .batch_execute(&format!("LISTEN {KEYS_CHANNEL}; LISTEN {SESSIONS_CHANNEL}; LISTEN {SCHEDULE_CHANNEL};"))
+            .batch_execute(&format!(
+                "LISTEN {KEYS_CHANNEL}; LISTEN {SESSIONS_CHANNEL}; LISTEN {SCHEDULE_CHANNEL}; LISTEN {ROUTED_CHANNEL}; LISTEN {ANSWERED_CHANNEL};"
+            ))
             .await
             .map_err(failed)?;
         if !tokio::fs::try_exists(&self.marker).await.unwrap_or(false) {
@@ -130,6 +138,7 @@ impl Listener {
                 return;
             }
             let (mut ids, mut agents) = (BTreeSet::new(), BTreeSet::new());
+            let mut routed = Vec::new();
             for notification in batch.drain(..) {
                 match notification.channel() {
                     KEYS_CHANNEL => {
@@ -142,8 +151,19 @@ impl Listener {
                         // No schedule task (none configured): nobody to tell.
                         let _ = self.ticks.send(notification.payload().to_owned());
                     }
+                    ROUTED_CHANNEL => match parse_payload(notification.payload()) {
+                        Some((id, home)) if home == self.name => routed.push(id.to_owned()),
+                        _ => {}
+                    },
+                    ANSWERED_CHANNEL => match parse_payload(notification.payload()) {
+                        Some((id, asker)) if asker == self.name => self.route.answered(id),
+                        _ => {}
+                    },
                     other => tracing::debug!(channel = other, "A notification on a channel nobody listens to."),
                 }
+            }
+            if !routed.is_empty() {
+                self.route.requested(routed);
             }
             if !ids.is_empty() {
                 let ids: Vec<String> = ids.into_iter().collect();

@@ -58,11 +58,11 @@ impl View {
         (master, tree)
     }
 
-    /// Commands reach the agents connected to the master asked; for a
-    /// target that matched none here, what to tell the operator: the
-    /// agents `matches` names (by id: their facts are their master's) whose
-    /// sessions are on other masters, and which master to ask. Empty when
-    /// there are none.
+    /// For a target that reached no agent (here, or routed elsewhere by
+    /// id: [`View::homed_elsewhere`]), what to tell the operator: the
+    /// agents `matches` names (by id: their facts are their master's)
+    /// whose sessions are on other masters, and which master to ask. Empty
+    /// when there are none.
     pub fn elsewhere(&self, matches: impl Fn(&str) -> bool) -> String {
         let known = self.0.read().unwrap_or_else(|p| p.into_inner());
         let mut there: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -85,6 +85,27 @@ impl View {
             "; on other masters: {}: run the command on that master (`halite-master agents` shows where each agent is)",
             listed.join("; ")
         )
+    }
+
+    /// The agents `target` names whose sessions are on other masters
+    /// (`agent_sessions`), with their masters, by id; none of `here` (the
+    /// agents connected to this master). Matched by id only: their facts
+    /// are their masters', so a target that reads facts (`G@`) reaches
+    /// none of them.
+    pub fn homed_elsewhere(&self, target: &halite_state::Target, here: &[String]) -> Vec<(String, String)> {
+        if target.uses_facts() {
+            return Vec::new();
+        }
+        let known = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let mut there: Vec<(String, String)> = known
+            .homes
+            .iter()
+            .filter(|(agent, master)| **master != known.me && !here.contains(agent))
+            .filter(|(agent, _)| target.matches(agent, &halite_proto::Value::Null))
+            .map(|(agent, master)| (agent.clone(), master.clone()))
+            .collect();
+        there.sort_unstable();
+        there
     }
 
     /// Every master alive and its tree version.
@@ -243,4 +264,41 @@ async fn beat(client: &Client, view: &View) -> Result<(), tokio_postgres::Error>
         known.read_to = known.read_to.max(since);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Which agents a target routes elsewhere, table-style: by id only,
+    /// never to this master, never an agent connected here, never for a
+    /// target that reads facts.
+    #[test]
+    fn agents_homed_elsewhere_are_matched_by_id_only() {
+        let view = View::default();
+        {
+            let mut known = view.0.write().unwrap();
+            known.me = "tcp://a".into();
+            for (agent, master) in
+                [("web01", "tcp://a"), ("web02", "tcp://b"), ("db01", "tcp://c"), ("web03", "tcp://b")]
+            {
+                known.homes.insert(agent.into(), master.into());
+            }
+        }
+        let here = vec!["web03".to_owned()];
+        let cases: [(&str, &[(&str, &str)]); 6] = [
+            ("web*", &[("web02", "tcp://b")]),
+            ("*", &[("db01", "tcp://c"), ("web02", "tcp://b")]),
+            ("L@db01,web01", &[("db01", "tcp://c")]),
+            ("not web*", &[("db01", "tcp://c")]),
+            ("G@os:debian", &[]),
+            ("not G@os:debian", &[]),
+        ];
+        for (target, wanted) in cases {
+            let parsed = halite_state::Target::parse(target).unwrap();
+            let found = view.homed_elsewhere(&parsed, &here);
+            let found: Vec<(&str, &str)> = found.iter().map(|(a, m)| (a.as_str(), m.as_str())).collect();
+            assert_eq!(found, wanted, "{target}");
+        }
+    }
 }

@@ -28,6 +28,9 @@
 //!   kept locally while PostgreSQL is unreachable.
 //! - [`tail`] — the fleet tail: while an operator follows the events, the
 //!   other masters' events and job returns read from PostgreSQL.
+//! - [`route`] — operators' jobs for agents homed on another master: a
+//!   request row and a notification to the agent's master, an answer row
+//!   and a notification back (`server/routed.rs` runs them there).
 //!
 //! With PostgreSQL unreachable a master keeps its keys in memory and
 //! halite.db (it enforces from them), queues its key changes to write when
@@ -50,6 +53,7 @@ pub mod keys;
 pub mod lease;
 pub mod listen;
 pub mod masters;
+pub mod route;
 pub mod singletons;
 pub mod tail;
 
@@ -88,6 +92,8 @@ pub struct Cluster {
     pub view: masters::View,
     /// The other masters' events, for this master's followers.
     pub tail: tail::FleetTail,
+    /// Jobs for agents on other masters, and theirs for agents here.
+    pub route: route::Router,
 }
 
 /// Starts the control plane of `name` (the link's address) on `target`:
@@ -112,6 +118,7 @@ pub fn start(
     let leader = lease::spawn(target.clone(), holder.clone(), parts.bus.clone(), cancel.clone());
     tokio::spawn(keys::write(target.clone(), parts.keys.clone(), share_rx, cancel.clone()));
     let opened = epochs::spawn(target.clone(), name.clone(), parts.sessions.clone(), cancel.clone());
+    let route = route::Router::new(target.clone(), name.clone());
     parts.sessions.tell_opened(opened);
     parts.sessions.name_master(&name);
     let listener = listen::Listener {
@@ -121,12 +128,13 @@ pub fn start(
         share: share_tx,
         marker: data_dir.join(keys::IMPORTED_MARKER),
         ticks: ticks.clone(),
+        route: route.clone(),
     };
     tokio::spawn(listener.run(cancel.clone()));
     tokio::spawn(singletons::run(target.clone(), holder, leader.clone(), singleton, cancel.clone()));
     let tail = tail::FleetTail::spawn(target.clone(), name.clone(), cancel.clone());
     let view = masters::spawn(target, name.clone(), tree.0, tree.1, cancel);
-    Cluster { name, leader, ticks, view, tail }
+    Cluster { name, leader, ticks, view, tail, route }
 }
 
 /// Takes the next requests from `inbox` into `batch` (at most `limit`) for

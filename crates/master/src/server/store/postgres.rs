@@ -111,8 +111,14 @@ pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 /// `MIGRATIONS[n]` takes the schema from version n to n + 1. Append only.
 /// Tables other modules add to halite.db (`store.rs`'s list) get their
 /// PostgreSQL form appended here.
-const MIGRATIONS: [&str; 5] =
-    [V1, V2_EVENTS_BY_AGENT, V3_CONTROL_PLANE, V4_RECEIPTS_TOKENS_AUDIT, V5_EVENTS_FLEET_TAIL_AND_FENCE];
+const MIGRATIONS: [&str; 6] = [
+    V1,
+    V2_EVENTS_BY_AGENT,
+    V3_CONTROL_PLANE,
+    V4_RECEIPTS_TOKENS_AUDIT,
+    V5_EVENTS_FLEET_TAIL_AND_FENCE,
+    V6_ROUTED_JOBS,
+];
 
 const V1: &str = "
 CREATE TABLE jobs (
@@ -274,6 +280,30 @@ CREATE INDEX events_by_xid ON events (xid, id);
 ALTER TABLE job_agents ADD COLUMN master TEXT, ADD COLUMN xid xid8;
 ALTER TABLE job_agents ALTER COLUMN xid SET DEFAULT pg_current_xact_id();
 CREATE INDEX job_agents_by_xid ON job_agents (xid, jid, agent);
+";
+
+/// Operators' jobs for agents homed on another master
+/// (`server/cluster/route.rs`): the asking master inserts a request row,
+/// the agent's home master takes it, runs the job and writes the answer.
+/// Transport only: the job itself is recorded in `jobs` by the home
+/// master. A row goes once its asker read the answer or gave up; the
+/// `deadline` keeps a master that comes back from running a request its
+/// asker no longer waits for.
+const V6_ROUTED_JOBS: &str = "
+CREATE TABLE routed_jobs (
+    id        TEXT PRIMARY KEY,   -- the job id, the same in both masters' answers
+    asker     TEXT NOT NULL,
+    home      TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    agent     TEXT NOT NULL,
+    request   TEXT NOT NULL,      -- JSON: what to run (route.rs, Request)
+    asked     TIMESTAMPTZ NOT NULL,
+    deadline  TIMESTAMPTZ NOT NULL,
+    taken     TIMESTAMPTZ,
+    answer    TEXT,               -- JSON: the agent's result (route.rs, Answer)
+    answered  TIMESTAMPTZ
+);
+CREATE INDEX routed_jobs_waiting ON routed_jobs (home) WHERE taken IS NULL;
 ";
 
 /// An arbitrary constant: the advisory lock key migrations take.
