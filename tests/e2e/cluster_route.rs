@@ -229,7 +229,9 @@ async fn apply_and_cmd_on_one_master_reach_agents_homed_on_another() {
         let refused = on_a(&fleet, &["--token", &ops, "apply", "db01", "app"]).await?;
         assert!(refused.code != 0 && refused.stderr.contains("web*"), "apply: {refused:?}");
         assert_eq!(cluster_jobs(&target).await?, jobs_before, "a refused request sent a job");
-        let audit = fleet.cli(&["audit", "--json"])?;
+        // The audit log is PostgreSQL's: read through A's master.yaml.
+        let a_config = fleet.master_data_dir().parent().expect("the master dir").join("master.yaml");
+        let audit = fleet.cli(&["audit", "--json", "--config", &a_config.to_string_lossy()])?;
         let refusals = audit
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

@@ -22,6 +22,7 @@ pub fn run(
     out: &mut impl Write,
 ) -> anyhow::Result<bool> {
     super::trusted_data_dir(data_dir)?;
+    super::records_are_here(data_dir, store)?;
     let rows = match &store.url {
         Some(url) => read_postgres(&crate::server::store::postgres::PgTarget::from_config(store, url)?)?,
         None => read(&crate::server::store::path(data_dir))?,

@@ -45,6 +45,7 @@ fn result(job: &JobSummary) -> String {
 /// The most recent `limit` jobs, newest first, as a table or JSON.
 pub fn list(data_dir: &Path, records: &StoreConfig, limit: u32, json: bool) -> anyhow::Result<u8> {
     super::trusted_data_dir(data_dir)?;
+    super::records_are_here(data_dir, records)?;
     let reader = store::records::open(records, data_dir)?;
     let jobs = reader.list(limit)?;
     let mut out = stdout();
@@ -98,6 +99,7 @@ pub fn list(data_dir: &Path, records: &StoreConfig, limit: u32, json: bool) -> a
 /// printed as `apply` prints them. `jid` may be a unique prefix.
 pub fn show(data_dir: &Path, records: &StoreConfig, jid: &str, json: bool) -> anyhow::Result<u8> {
     super::trusted_data_dir(data_dir)?;
+    super::records_are_here(data_dir, records)?;
     let reader = store::records::open(records, data_dir)?;
     let Some((job, report)) = reader.job(jid)? else {
         match reader.count_prefix(jid)? {

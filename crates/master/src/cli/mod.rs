@@ -58,6 +58,23 @@ pub fn operator_store(config: &Path) -> anyhow::Result<crate::config::StoreConfi
     Ok(if config.exists() { MasterConfig::load(config)?.store } else { crate::config::StoreConfig::default() })
 }
 
+/// Refuses to read halite.db for records the master in `data_dir` keeps in
+/// PostgreSQL: without `--config` naming its master.yaml, `jobs`,
+/// `receipts` and `audit` would show an old or empty halite.db as if it
+/// were the whole story. The keys' import marker says the data dir has met
+/// PostgreSQL.
+pub fn records_are_here(data_dir: &Path, store: &crate::config::StoreConfig) -> anyhow::Result<()> {
+    let marker = data_dir.join(crate::server::cluster::keys::IMPORTED_MARKER);
+    if store.url.is_none() && marker.exists() {
+        anyhow::bail!(
+            "the master in {} records into PostgreSQL ({} says so), not into its halite.db: pass --config naming its master.yaml (with its `store:`)",
+            data_dir.display(),
+            marker.display()
+        );
+    }
+    Ok(())
+}
+
 /// A connection to the control socket of the master whose data dir is
 /// `data_dir`.
 pub async fn connect(data_dir: &Path) -> anyhow::Result<UnixStream> {
@@ -128,4 +145,21 @@ pub async fn request(data_dir: &Path, request: &Request) -> anyhow::Result<Respo
     write.write_all(line.as_bytes()).await?;
     let answer = BufReader::new(read).lines().next_line().await?.context("the master closed the control socket")?;
     Ok(serde_json::from_str(&answer)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_dir_that_met_postgres_is_not_read_as_its_own_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = crate::config::StoreConfig::default();
+        records_are_here(dir.path(), &local).unwrap();
+        std::fs::write(dir.path().join(crate::server::cluster::keys::IMPORTED_MARKER), "").unwrap();
+        let error = records_are_here(dir.path(), &local).unwrap_err().to_string();
+        assert!(error.contains("records into PostgreSQL") && error.contains("--config"), "{error}");
+        let shared = crate::config::StoreConfig { url: Some("postgres://db/halite".into()), ..Default::default() };
+        records_are_here(dir.path(), &shared).unwrap();
+    }
 }

@@ -23,6 +23,7 @@ pub fn run(
     json: bool,
 ) -> anyhow::Result<bool> {
     super::trusted_data_dir(data_dir)?;
+    super::records_are_here(data_dir, records)?;
     let reader = store::records::open(records, data_dir)?;
     let receipts = reader.receipts(agent, limit)?;
     let drifts = reader.drift_counts(agent)?;
