@@ -34,7 +34,12 @@
 //! listeners on, one SSE client following `/api/v1/events` and `/metrics`
 //! scraped every second for the whole measurement
 //! (`halite_swarm::observe`): the "on" side of issue #17's on/off rows,
-//! the run without it the "off" side.
+//! the run without it the "off" side. `--observed=idle|sse|scrape` turns
+//! on the listeners with nobody connected, the SSE client only, or the
+//! scraper only. Every run prints the CPU time per drift of the master's
+//! threads (schedstat), of its HTTP side's thread apart, and of this
+//! process (the benchmark's bus reader and the observers): the cost in
+//! CPU, which a shared machine's noise moves less than the latencies.
 
 // Test code outside `#[test]` functions (helpers, a bench): a panic is a
 // failed test, which is what `unwrap` says here.
@@ -47,7 +52,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use halite_e2e::{Fleet, example_file};
 use halite_master::fleet::DRIFTS;
 use halite_proto::Id;
-use halite_swarm::observe;
+use halite_swarm::{observe, proc};
 
 fn stats(name: &str, samples: &mut [Duration]) {
     samples.sort_unstable();
@@ -92,7 +97,7 @@ fn main() -> anyhow::Result<()> {
         hops,
         args.iter().any(|a| a == "--load"),
         nice,
-        args.iter().any(|a| a == "--observed"),
+        observe::Observe::from_args(&args)?,
     ))
 }
 
@@ -128,14 +133,20 @@ fn spin() -> ! {
     }
 }
 
-async fn run(drifts: usize, hops: bool, load: bool, nice: Option<i32>, observed: bool) -> anyhow::Result<()> {
+async fn run(
+    drifts: usize,
+    hops: bool,
+    load: bool,
+    nice: Option<i32>,
+    observed: Option<observe::Observe>,
+) -> anyhow::Result<()> {
     let mut fleet = match observed {
-        false => Fleet::start(&["web01"]).await?,
-        true => Fleet::start_with_master_config(&["web01"], observe::OBSERVED_MASTER).await?,
+        None => Fleet::start(&["web01"]).await?,
+        Some(_) => Fleet::start_with_master_config(&["web01"], observe::OBSERVED_MASTER).await?,
     };
     let observer = match observed {
-        true => Some(observe::Observer::start(fleet.master(), &fleet.binaries).await?),
-        false => None,
+        Some(what) => Some(observe::Observer::start(fleet.master(), &fleet.binaries, what).await?),
+        None => None,
     };
     if let Some(nice) = nice {
         // The benchmark too: it reads the bus, and a reader that waits
@@ -162,12 +173,14 @@ async fn run(drifts: usize, hops: bool, load: bool, nice: Option<i32>, observed:
         "drift→restore, {drifts} drifts, managed file in {}{}{}{}",
         conf.parent().unwrap().display(),
         if load { ", beside a CPU burner on every core" } else { "" },
-        if observed { ", API, dashboard and metrics on and observed" } else { "" },
+        observed.map(|what| format!(", API, dashboard and metrics on (--observed={what})")).unwrap_or_default(),
         nice.map(|n| format!(", daemons at nice {n}")).unwrap_or_default()
     );
     let mut to_event = Vec::with_capacity(drifts);
     let mut to_restore = Vec::with_capacity(drifts);
     let mut seen: Vec<Drift> = Vec::with_capacity(drifts);
+    let master_pid = fleet.master().pid().unwrap();
+    let cpu_before = (proc::threads(master_pid)?, proc::threads(std::process::id())?);
     let measured = async {
         for n in 0..drifts {
             let drift = DRIFTS[n % DRIFTS.len()];
@@ -194,6 +207,7 @@ async fn run(drifts: usize, hops: bool, load: bool, nice: Option<i32>, observed:
         anyhow::Ok(())
     }
     .await;
+    let cpu_after = (proc::threads(master_pid)?, proc::threads(std::process::id())?);
     if let Err(error) = measured {
         // The logs of both sides, for a failure that is rare.
         fleet.fail(&error);
@@ -203,6 +217,16 @@ async fn run(drifts: usize, hops: bool, load: bool, nice: Option<i32>, observed:
     }
     stats("drift → event on the bus", &mut to_event);
     stats("drift → restored (job ret)", &mut to_restore);
+    let apart = halite_master::http::runtime::THREAD_NAME;
+    let (master, http) = proc::cpu_split(&proc::thread_deltas(&cpu_before.0, &cpu_after.0), apart);
+    let (this, _) = proc::cpu_split(&proc::thread_deltas(&cpu_before.1, &cpu_after.1), apart);
+    let per_drift = |cpu: Duration| cpu.as_secs_f64() * 1e6 / drifts.max(1) as f64;
+    println!(
+        "cpu per drift: master {:.1} µs (HTTP side {:.1} µs), this process {:.1} µs",
+        per_drift(master),
+        per_drift(http),
+        per_drift(this)
+    );
     if hops {
         let dir = std::env::var_os(halite_fs::hops::ENV).map(std::path::PathBuf::from).unwrap();
         let last = seen.last().map(|d| d.job).unwrap_or_default();

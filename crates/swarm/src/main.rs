@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use halite_master::fleet::Binaries;
 use halite_swarm::Summary;
-use halite_swarm::observe::Observer;
+use halite_swarm::observe::{Observe, Observer};
 use halite_swarm::proc::Usage;
 use halite_swarm::scenario::{self, Bench};
 
@@ -33,8 +33,11 @@ struct Cli {
     /// Run the master with the API, dashboard and metrics on, one SSE
     /// client following /api/v1/events and /metrics scraped every second
     /// (storm and ingest): the "on" side of an on/off comparison.
-    #[arg(long, global = true)]
-    observed: bool,
+    /// `--observed=idle|sse|scrape`: the listeners on with nobody
+    /// connected, the SSE client only, the scraper only.
+    #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "all",
+          value_name = "WHAT", value_parser = str::parse::<Observe>)]
+    observed: Option<Observe>,
 }
 
 #[derive(Subcommand)]
@@ -98,10 +101,10 @@ async fn main() -> std::process::ExitCode {
 }
 
 /// The observers of an `--observed` run, started on `bench`'s master.
-async fn observe(bench: &Bench, observed: bool) -> anyhow::Result<Option<Observer>> {
+async fn observe(bench: &Bench, observed: Option<Observe>) -> anyhow::Result<Option<Observer>> {
     match observed {
-        true => Ok(Some(Observer::start(bench.master(), &bench.binaries).await.context("--observed")?)),
-        false => Ok(None),
+        Some(what) => Ok(Some(Observer::start(bench.master(), &bench.binaries, what).await.context("--observed")?)),
+        None => Ok(None),
     }
 }
 
@@ -117,13 +120,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let open_files = scenario::raise_open_files();
     let binaries = Binaries::beside_current_exe()?;
     println!("halite-swarm: files in {}, open-file limit {open_files}", scenario::scratch().display());
-    if cli.observed && matches!(cli.scenario, Scenario::Reconnect { .. } | Scenario::Footprint { .. }) {
+    if cli.observed.is_some() && matches!(cli.scenario, Scenario::Reconnect { .. } | Scenario::Footprint { .. }) {
         anyhow::bail!("--observed is for the storm and ingest scenarios");
     }
     match cli.scenario {
         Scenario::Storm { agents, new_keys } => {
-            anyhow::ensure!(!(cli.observed && new_keys), "--observed is for the storm with keys accepted beforehand");
-            let bench = match (new_keys, cli.observed) {
+            anyhow::ensure!(
+                !(cli.observed.is_some() && new_keys),
+                "--observed is for the storm with keys accepted beforehand"
+            );
+            let bench = match (new_keys, cli.observed.is_some()) {
                 (true, _) => Bench::start(binaries).await?,
                 (false, false) => Bench::start_with_keys(binaries, agents).await?,
                 (false, true) => Bench::start_observed(binaries, agents).await?,
@@ -153,7 +159,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Scenario::Ingest { agents, events } => {
-            let bench = match cli.observed {
+            let bench = match cli.observed.is_some() {
                 false => Bench::start_with_keys(binaries, agents).await?,
                 true => Bench::start_observed(binaries, agents).await?,
             };
@@ -170,6 +176,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 result.master_cores,
                 master_line(&result.master_after),
                 result.sessions_lost
+            );
+            let per_event = |cpu: Duration| cpu.as_secs_f64() * 1e9 / result.events.max(1) as f64;
+            println!(
+                "ingest: master CPU per event {:.0} ns (threads' schedstat), of which the HTTP side (halite-http) {:.0} ns",
+                per_event(result.master_thread_cpu),
+                per_event(result.master_http_cpu)
             );
         }
         Scenario::Reconnect { agents } => {

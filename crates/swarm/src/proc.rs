@@ -100,6 +100,15 @@ pub fn thread_deltas(before: &[ThreadStat], after: &[ThreadStat]) -> Vec<ThreadS
         .collect()
 }
 
+/// CPU time in `deltas` ([`thread_deltas`]): all of it, and that of the
+/// threads named `apart` (the master's HTTP side, `halite-http`).
+pub fn cpu_split(deltas: &[ThreadStat], apart: &str) -> (Duration, Duration) {
+    let sum = |keep: &dyn Fn(&ThreadStat) -> bool| {
+        Duration::from_nanos(deltas.iter().filter(|t| keep(t)).map(|t| t.run_ns).sum())
+    };
+    (sum(&|_| true), sum(&|t| t.name == apart))
+}
+
 /// CPU used between two looks, as a share of one core over `wall`.
 pub fn core_share(before: &Usage, after: &Usage, wall: Duration) -> f64 {
     after.cpu.saturating_sub(before.cpu).as_secs_f64() / wall.as_secs_f64().max(1e-9)
@@ -124,7 +133,9 @@ mod tests {
         let thread = |tid, run_ns, runs| ThreadStat { tid, name: format!("t{tid}"), run_ns, runs };
         let before = [thread(1, 1_000, 10), thread(2, 5_000, 3)];
         let after = [thread(1, 1_500, 12), thread(3, 700, 1)];
-        assert_eq!(thread_deltas(&before, &after), [thread(1, 500, 2), thread(3, 700, 1)]);
+        let deltas = thread_deltas(&before, &after);
+        assert_eq!(deltas, [thread(1, 500, 2), thread(3, 700, 1)]);
+        assert_eq!(cpu_split(&deltas, "t3"), (Duration::from_nanos(1_200), Duration::from_nanos(700)));
     }
 
     #[test]

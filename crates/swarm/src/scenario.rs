@@ -153,6 +153,12 @@ impl Bench {
         proc::usage(pid).with_context(|| format!("cannot read /proc/{pid}"))
     }
 
+    /// The master's threads now (`/proc/PID/task/*/schedstat`).
+    pub fn master_threads(&self) -> anyhow::Result<Vec<proc::ThreadStat>> {
+        let pid = self.master().pid().context("the master has exited")?;
+        proc::threads(pid).with_context(|| format!("cannot read /proc/{pid}/task"))
+    }
+
     /// A swarm of `agents` against this master, in this bench's directory.
     pub fn swarm(&self, agents: usize) -> anyhow::Result<Swarm> {
         let mut settings = SwarmSettings::new(self.listen.clone(), self.key, agents, self.dir.path().join("agents"));
@@ -262,6 +268,11 @@ pub struct IngestResult {
     pub elapsed: Duration,
     pub master_cores: f64,
     pub master_after: Usage,
+    /// The master's threads' CPU time while counting (schedstat: finer
+    /// than `master_cores`' ticks), and that of its HTTP side's threads
+    /// (`halite-http`: the API, the SSE streams, `/metrics`).
+    pub master_thread_cpu: Duration,
+    pub master_http_cpu: Duration,
     /// Sessions that ended while the events were counted (each agent
     /// reconnects; its unsent events are lost: the swarm keeps no outbox).
     pub sessions_lost: usize,
@@ -300,6 +311,7 @@ pub async fn ingest(bench: &Bench, agents: usize, per_agent: usize, timeout: Dur
     drop(probe);
     let total = agents * per_agent;
     let master_before = bench.master_usage()?;
+    let threads_before = bench.master_threads()?;
     let started = Instant::now();
     swarm.command_all(Command::Emit(per_agent)).await?;
     let (mut seen, mut lost) = (0usize, 0usize);
@@ -330,6 +342,8 @@ pub async fn ingest(bench: &Bench, agents: usize, per_agent: usize, timeout: Dur
     .await;
     let elapsed = started.elapsed();
     let master_after = bench.master_usage()?;
+    let threads = proc::thread_deltas(&threads_before, &bench.master_threads()?);
+    let (master_thread_cpu, master_http_cpu) = proc::cpu_split(&threads, halite_master::http::runtime::THREAD_NAME);
     match counted {
         Ok(result) => result?,
         Err(_) => {
@@ -343,6 +357,8 @@ pub async fn ingest(bench: &Bench, agents: usize, per_agent: usize, timeout: Dur
         elapsed,
         master_cores: proc::core_share(&master_before, &master_after, elapsed),
         master_after,
+        master_thread_cpu,
+        master_http_cpu,
         sessions_lost: lost,
     })
 }

@@ -11,6 +11,8 @@
 //!   `/api/v1/openapi.json`.
 //! - [`ring`] — the last [`ring::RING`] events, for `Last-Event-ID`.
 //! - [`dashboard`] — the pages (issue #17 item 4).
+//! - [`runtime`] — the thread all of it (and `/metrics`) runs on, niced,
+//!   apart from the master's runtime.
 //!
 //! Every request body is capped at [`MAX_BODY`] and every response must
 //! start within [`REQUEST_TIMEOUT`] (a stream, once started, runs on).
@@ -38,6 +40,7 @@ pub mod auth;
 pub mod dashboard;
 pub mod openapi;
 pub mod ring;
+pub mod runtime;
 pub mod tls;
 
 /// The largest request body taken (an uploaded event for `check`, an

@@ -16,7 +16,9 @@
 //! the times someone streamed.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
 
 use halite_proto::Event;
 use tokio::sync::broadcast;
@@ -39,6 +41,39 @@ pub struct Numbered {
     pub event: Arc<Event>,
     /// The master it came from, when not this one (the fleet tail).
     pub master: Option<Arc<str>>,
+    /// The event's SSE frame, written by the first stream that sends it
+    /// and shared by every stream after (not per client; never for an
+    /// event no stream sends).
+    frame: Arc<OnceLock<Bytes>>,
+}
+
+impl Numbered {
+    pub fn new(seq: u64, event: Arc<Event>, master: Option<Arc<str>>) -> Numbered {
+        Numbered { seq, event, master, frame: Arc::default() }
+    }
+
+    /// The SSE frame: `id: N`, `event: event`, `data:` the event as the
+    /// publisher sends it (one line: JSON escapes newlines), with a
+    /// `master` field when another master's, a blank line.
+    pub fn frame(&self) -> &Bytes {
+        self.frame.get_or_init(|| {
+            let json = match &self.master {
+                None => self.event.json_bytes(),
+                Some(master) => {
+                    let mut json = self.event.to_json();
+                    if let Some(fields) = json.as_object_mut() {
+                        fields.insert("master".into(), master.as_ref().into());
+                    }
+                    json.to_string().into_bytes()
+                }
+            };
+            let mut frame = Vec::with_capacity(json.len() + 48);
+            frame.extend_from_slice(format!("id: {}\nevent: event\ndata: ", self.seq).as_bytes());
+            frame.extend_from_slice(&json);
+            frame.extend_from_slice(b"\n\n");
+            Bytes::from(frame)
+        })
+    }
 }
 
 /// What a resume gets from the ring.
@@ -127,7 +162,7 @@ impl Ring {
         let numbered = {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             inner.last += 1;
-            let numbered = Numbered { seq: inner.last, event, master };
+            let numbered = Numbered::new(inner.last, event, master);
             if numbered.event.tag == "halite/master/tree/reloaded" || numbered.event.tag == "halite/master/tree/failed"
             {
                 inner.last_reload = Some(numbered.event.clone());
@@ -208,6 +243,21 @@ mod tests {
                 assert_eq!(first.seq, after.unwrap_or(0).max(10) + 1);
             }
         }
+    }
+
+    /// An event's SSE frame is written once, whoever asks, and carries
+    /// its number and the publisher's JSON on one `data:` line.
+    #[test]
+    fn a_frame_is_written_once_and_shared() {
+        let ring = ring();
+        let mut sent = event(1);
+        Arc::get_mut(&mut sent).unwrap().data = Value::map().with("text", "two\nlines");
+        ring.push(sent.clone());
+        let (first, second) = (ring.recent(1).remove(0), ring.recent(1).remove(0));
+        assert!(std::ptr::eq(first.frame().as_ptr(), second.frame().as_ptr()), "written twice");
+        let text = std::str::from_utf8(first.frame()).unwrap();
+        let expected = format!("id: 1\nevent: event\ndata: {}\n\n", sent.to_json());
+        assert_eq!(text, expected);
     }
 
     /// What is pushed after a resume comes on the feed, numbered on.

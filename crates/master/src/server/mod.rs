@@ -216,9 +216,20 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         tokio::spawn(crate::server::routed::serve(master.clone(), router, inbox, cancel.clone()));
     }
     let control = crate::server::control::serve(master.clone(), &config.data_dir, cancel.clone()).await?;
-    let api = match &config.api {
-        Some(api) => Some(crate::http::start(master.clone(), api, &config.data_dir, cancel.clone()).await?),
-        None => None,
+    // The API, the dashboard and /metrics run on a thread of their own at
+    // a lower priority, so their clients never take turns with the link
+    // loop (`http/runtime.rs`).
+    let http_side = match config.api.is_some() || config.metrics.is_some() {
+        true => Some(crate::http::runtime::HttpRuntime::start()?),
+        false => None,
+    };
+    let api = match (&config.api, &http_side) {
+        (Some(api), Some(http_side)) => {
+            let (master, api, data_dir, cancel) =
+                (master.clone(), api.clone(), config.data_dir.clone(), cancel.clone());
+            Some(http_side.run(async move { crate::http::start(master, &api, &data_dir, cancel).await }).await?)
+        }
+        _ => None,
     };
     let enforce = crate::server::reload::Enforce::of(&config);
     crate::server::reload::spawn(master.clone(), config.states.clone(), enforce, cancel.clone())
@@ -239,10 +250,12 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
         ready.push_str(&format!(" api={url}"));
         tracing::info!(api = %url, "API ready.");
     }
-    if let Some(metrics) = &config.metrics {
+    if let (Some(metrics), Some(http_side)) = (&config.metrics, &http_side) {
         let store = Some(crate::server::store::path(&config.data_dir));
-        let bound =
-            crate::server::metrics::listener::serve(master.clone(), metrics.listen, store, cancel.clone()).await?;
+        let (master, listen, cancel) = (master.clone(), metrics.listen, cancel.clone());
+        let bound = http_side
+            .run(async move { crate::server::metrics::listener::serve(master, listen, store, cancel).await })
+            .await?;
         tracing::info!(%bound, "Serving /metrics.");
         ready.push_str(&format!(" metrics={bound}"));
     }
@@ -266,6 +279,8 @@ pub async fn run(config: MasterConfig, cancel: CancellationToken) -> anyhow::Res
     if let Some((_, task)) = api {
         let _ = task.await;
     }
+    // What is left there (a stream's task, the metrics listener) stops.
+    drop(http_side);
     // Our own connection to halite.db goes before the writer's, so the
     // writer's clean stop can checkpoint and remove the WAL.
     master.access.close();

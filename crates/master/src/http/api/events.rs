@@ -15,17 +15,23 @@
 //! events and job returns (`cluster/tail.rs`, read from PostgreSQL while
 //! any stream is open, about 250 ms behind), each with a `master` field
 //! naming where it came from, numbered in the same ring.
+//! An event's SSE frame is written once, by the first stream that sends
+//! it, and shared by every other (`ring::Numbered::frame`): a stream's own
+//! work per event is its filter and a write. All of it runs on the HTTP
+//! side's thread (`http/runtime.rs`), never on the master's.
 //!
 //! [`RING`]: crate::http::ring::RING
 
 use std::convert::Infallible;
+use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bytes::Bytes;
 use futures_util::StreamExt as _;
 use globset::{Glob, GlobMatcher};
 use serde::Deserialize;
@@ -112,26 +118,33 @@ pub async fn events(
     let filter = Filter { matcher, principal, master: state.master.clone(), _follow: follow };
     let replayed = futures_util::stream::iter(first);
     let live = futures_util::stream::unfold(feed, |mut feed: broadcast::Receiver<Numbered>| async move {
-        let item = match feed.recv().await {
-            Ok(numbered) => Item::Event(numbered),
-            Err(RecvError::Lagged(missed)) => Item::Missed(Some(missed)),
-            Err(RecvError::Closed) => return None,
+        let item = match tokio::time::timeout(KEEP_ALIVE, feed.recv()).await {
+            Ok(Ok(numbered)) => Item::Event(numbered),
+            Ok(Err(RecvError::Lagged(missed))) => Item::Missed(Some(missed)),
+            Ok(Err(RecvError::Closed)) => return None,
+            Err(_idle) => Item::KeepAlive,
         };
         Some((item, feed))
     });
     let stream = replayed
         .chain(live)
         .filter_map(move |item| {
-            let sse = filter.sse(item);
-            async move { sse.map(Ok::<_, Infallible>) }
+            let frame = filter.frame(item);
+            async move { frame.map(Ok::<_, Infallible>) }
         })
         .take_until(state.cancel.clone().cancelled_owned());
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+    let headers = [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")];
+    Ok((headers, Body::from_stream(stream)).into_response())
 }
+
+/// A stream idle this long is sent a comment, so that proxies and
+/// clients see it alive (axum's `KeepAlive` default).
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 enum Item {
     Event(Numbered),
     Missed(Option<u64>),
+    KeepAlive,
 }
 
 /// Which events a stream passes: its tag glob and its role's reach.
@@ -144,13 +157,17 @@ struct Filter {
 }
 
 impl Filter {
-    fn sse(&self, item: Item) -> Option<SseEvent> {
+    /// What the stream sends for `item`, if anything: an event's frame is
+    /// the ring's, written once for every stream (`Numbered::frame`).
+    fn frame(&self, item: Item) -> Option<Bytes> {
         match item {
             Item::Missed(missed) => {
                 let data = serde_json::to_string(&MissedView { missed }).unwrap_or_default();
-                Some(SseEvent::default().event("missed").data(data))
+                Some(Bytes::from(format!("event: missed\ndata: {data}\n\n")))
             }
-            Item::Event(Numbered { seq, event, master }) => {
+            Item::KeepAlive => Some(Bytes::from_static(b":\n\n")),
+            Item::Event(numbered) => {
+                let event = &numbered.event;
                 if self.matcher.as_ref().is_some_and(|m| !m.is_match(&event.tag)) {
                     return None;
                 }
@@ -160,11 +177,7 @@ impl Filter {
                 if !reaches {
                     return None;
                 }
-                let mut json = event.to_json();
-                if let (Some(master), Some(fields)) = (master, json.as_object_mut()) {
-                    fields.insert("master".into(), master.as_ref().into());
-                }
-                Some(SseEvent::default().id(seq.to_string()).event("event").data(json.to_string()))
+                Some(numbered.frame().clone())
             }
         }
     }
