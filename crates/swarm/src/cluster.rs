@@ -255,6 +255,11 @@ async fn start(binaries: Binaries, settings: &ClusterSettings) -> anyhow::Result
     let mut entries = Vec::with_capacity(settings.agents);
     for first in (0..settings.agents).step_by(settings.per_process) {
         let count = settings.per_process.min(settings.agents - first);
+        // A worker is driven line by line for the whole run, which the
+        // run-to-completion spawner (`halite_state::command`) does not do;
+        // it dies with this process (`kill_on_drop`), as fleet.rs's
+        // masters do.
+        #[allow(clippy::disallowed_methods)]
         let mut child = tokio::process::Command::new(&exe)
             .args(["--timeout", &humantime::format_duration(settings.timeout).to_string(), "worker"])
             .args(["--first", &first.to_string(), "--count", &count.to_string(), "--dir"])
