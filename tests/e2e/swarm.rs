@@ -121,7 +121,7 @@ async fn the_cluster_swarm_storms_ingests_and_survives_a_killed_master() {
     let output = halite_e2e::process(&swarm)
         .args(["--timeout", &format!("{}s", WAIT.as_secs()), "cluster"])
         .args(["--masters", &MASTERS.to_string(), "--agents", &AGENTS.to_string()])
-        .args(["--per-process", "40", "--events", &EVENTS.to_string()])
+        .args(["--per-process", "40", "--events", &EVENTS.to_string(), "--idle", "1s"])
         .output()
         .await
         .expect("halite-swarm runs");

@@ -54,6 +54,9 @@ pub struct ClusterSettings {
     pub events: usize,
     /// Kill one master after the storm and the ingest (needs two or more).
     pub failover: bool,
+    /// How long to measure the fleet idle (sessions and heartbeats only)
+    /// after it converged; zero skips it.
+    pub idle: Duration,
     /// How long any one phase may take.
     pub timeout: Duration,
 }
@@ -117,8 +120,15 @@ impl Fleet {
         Ok(answers)
     }
 
-    fn usages(&self) -> Vec<Option<Usage>> {
-        self.masters.iter().map(|m| m.as_ref().and_then(MasterProcess::pid).and_then(|p| proc::usage(p).ok())).collect()
+    fn usages(&self) -> Looks {
+        Looks {
+            masters: self
+                .masters
+                .iter()
+                .map(|m| m.as_ref().and_then(MasterProcess::pid).and_then(|p| proc::usage(p).ok()))
+                .collect(),
+            postgres: self.postgres.as_ref().map(Postgres::cpu),
+        }
     }
 
     /// Rows in `events` whose tag is the ingest's.
@@ -150,11 +160,26 @@ impl Fleet {
     }
 }
 
-/// Each master's CPU between two looks, in cores over `wall`, and its RSS.
-fn master_lines(before: &[Option<Usage>], after: &[Option<Usage>], wall: Duration) -> String {
-    before
+/// One look at every master and at the throwaway PostgreSQL.
+struct Looks {
+    masters: Vec<Option<Usage>>,
+    /// The server's and its backends' CPU time; `None` with `--store`.
+    postgres: Option<Duration>,
+}
+
+/// Each master's CPU between two looks, in cores over `wall`, and its RSS;
+/// then PostgreSQL's CPU.
+fn master_lines(before: &Looks, after: &Looks, wall: Duration) -> String {
+    let postgres = match (before.postgres, after.postgres) {
+        (Some(b), Some(a)) => {
+            format!("; PostgreSQL {:.2} cores", a.saturating_sub(b).as_secs_f64() / wall.as_secs_f64())
+        }
+        _ => String::new(),
+    };
+    let masters = before
+        .masters
         .iter()
-        .zip(after)
+        .zip(&after.masters)
         .enumerate()
         .map(|(i, pair)| match pair {
             (Some(b), Some(a)) => {
@@ -163,7 +188,8 @@ fn master_lines(before: &[Option<Usage>], after: &[Option<Usage>], wall: Duratio
             _ => format!("m{i} down"),
         })
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    format!("{masters}{postgres}")
 }
 
 /// How many agents each master holds, from the workers' `homes`.
@@ -330,6 +356,15 @@ async fn scenarios(fleet: &mut Fleet, settings: &ClusterSettings) -> anyhow::Res
         settings.agents,
         started.elapsed().as_secs_f64()
     );
+
+    if !settings.idle.is_zero() {
+        // A measuring window, not a wait for anything: the fleet only
+        // pings meanwhile.
+        let before = fleet.usages();
+        tokio::time::sleep(settings.idle).await;
+        let after = fleet.usages();
+        println!("cluster idle: over {:?}, masters {}", settings.idle, master_lines(&before, &after, settings.idle));
+    }
 
     // Storm.
     let before = fleet.usages();

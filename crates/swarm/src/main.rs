@@ -83,6 +83,10 @@ enum Scenario {
         /// Skip the failover (SIGKILL of master 0 after the storm and the ingest).
         #[arg(long)]
         no_failover: bool,
+        /// How long to measure the connected fleet idle (heartbeats only)
+        /// before the storm; 0s skips it.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        idle: Duration,
         /// The PostgreSQL database the masters share, `postgres://user@host/db`
         /// (password in HALITE_PG_PASSWORD); without it, a throwaway cluster
         /// (the `postgresql` package's initdb, run as `nobody` when root).
@@ -248,7 +252,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             print_threads("master", &result.master_threads, result.window);
         }
-        Scenario::Cluster { masters, agents, per_process, events, no_failover, store } => {
+        Scenario::Cluster { masters, agents, per_process, events, no_failover, idle, store } => {
             let settings = halite_swarm::cluster::ClusterSettings {
                 masters,
                 agents,
@@ -256,6 +260,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 store,
                 events,
                 failover: !no_failover && masters > 1,
+                idle,
                 timeout: cli.timeout,
             };
             halite_swarm::cluster::run(binaries, settings).await.context("cluster")?;

@@ -122,6 +122,28 @@ impl Postgres {
         self.dir.path().join("postgres.log")
     }
 
+    /// CPU time used so far by the server and its live backends (the
+    /// postmaster's children, found through `/proc`), for the benchmark's
+    /// "PostgreSQL cores". Backends that already exited are not counted.
+    pub fn cpu(&self) -> Duration {
+        let pid_file = self.dir.path().join("data").join("postmaster.pid");
+        let Some(postmaster) = std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|text| text.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+        else {
+            return Duration::ZERO;
+        };
+        let mut total = crate::proc::usage(postmaster).map_or(Duration::ZERO, |u| u.cpu);
+        let Ok(entries) = std::fs::read_dir("/proc") else { return total };
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
+            if crate::proc::parent(pid) == Some(postmaster) {
+                total += crate::proc::usage(pid).map_or(Duration::ZERO, |u| u.cpu);
+            }
+        }
+        total
+    }
+
     /// Stops the cluster at once and removes its directory.
     pub async fn stop(self) {
         let data = self.dir.path().join("data").display().to_string();
