@@ -4,9 +4,10 @@
 //! It speaks the real protocol (`halite_link` handshake and sealing,
 //! `halite_proto` messages), answers every job by applying it with the real
 //! state engine under its own root, and reconnects with backoff when the
-//! session ends (as the agent's `link.rs` does). It keeps no outbox: an
-//! event lost with a session is lost, which a benchmark notices as an agent
-//! that never reports back.
+//! session ends (as the agent's `link.rs` does). It keeps no outbox, except
+//! for its one pending drift, sent again on every new session until it is
+//! restored; other events lost with a session are lost, which a benchmark
+//! notices as an agent that never reports back.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -79,9 +80,12 @@ impl AgentSpec {
     }
 }
 
-/// A drift waiting for its restore.
+/// A drift waiting for its restore. Its event is sent again on each new
+/// session until the restore comes (the real agent's outbox keeps an
+/// unacknowledged event the same way; the master records an event id
+/// once), so a session lost in a storm does not lose the drift.
 struct PendingDrift {
-    event: Id,
+    event: Event,
     at: Instant,
 }
 
@@ -216,6 +220,9 @@ async fn pump(
             }
         }};
     }
+    if let Some(pending) = drift.as_ref() {
+        send!(AgentMessage::Event(pending.event.clone()));
+    }
     loop {
         tokio::select! {
             biased;
@@ -234,7 +241,7 @@ async fn pump(
                         let changed = result.results.iter().any(|r| matches!(r.outcome, Outcome::Changed { .. }));
                         send!(AgentMessage::JobResult(result));
                         let report = match (cause, drift.as_ref()) {
-                            (Some(cause), Some(pending)) if cause == pending.event => {
+                            (Some(cause), Some(pending)) if cause == pending.event.id => {
                                 let latency = pending.at.elapsed();
                                 *drift = None;
                                 Report::Restored { agent: spec.index, latency, failed, changed }
@@ -284,7 +291,7 @@ async fn pump(
                             continue;
                         }
                     };
-                    *drift = Some(PendingDrift { event: event.id, at: Instant::now() });
+                    *drift = Some(PendingDrift { event: event.clone(), at: Instant::now() });
                     send!(AgentMessage::Event(event));
                 }
                 Some(Command::Emit(count)) => emitting = Some((count, count, Instant::now())),
