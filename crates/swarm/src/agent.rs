@@ -246,7 +246,18 @@ async fn pump(
                                 *drift = None;
                                 Report::Restored { agent: spec.index, latency, failed, changed }
                             }
-                            (None, _) => Report::Converged { agent: spec.index, failed },
+                            // A session's start-up apply while a drift is
+                            // pending enforces the whole state, the drifted
+                            // file included: that is the drift's restore when
+                            // the session carrying the reaction was lost (the
+                            // event was already reacted to, so no master
+                            // reacts to it again).
+                            (None, Some(pending)) => {
+                                let latency = pending.at.elapsed();
+                                *drift = None;
+                                Report::Restored { agent: spec.index, latency, failed, changed }
+                            }
+                            (None, None) => Report::Converged { agent: spec.index, failed },
                             _ => Report::OtherJob { agent: spec.index, job: jid },
                         };
                         let _ = shared.reports.send(report).await;

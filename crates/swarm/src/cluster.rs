@@ -375,9 +375,12 @@ async fn scenarios(fleet: &mut Fleet, settings: &ClusterSettings) -> anyhow::Res
     let mut latencies = numbers(&answers, "latencies_us");
     let (failed, unchanged) = (sum(&answers, "failed"), sum(&answers, "unchanged"));
     anyhow::ensure!(latencies.len() == settings.agents, "{} restores for {} drifts", latencies.len(), settings.agents);
-    anyhow::ensure!(failed == 0 && unchanged == 0, "{failed} restores failed, {unchanged} changed nothing");
+    // A restore that changed nothing is one whose file an earlier apply
+    // (on a lost session) had already put back: counted, not a failure;
+    // every file is checked byte for byte by the workers.
+    anyhow::ensure!(failed == 0, "{failed} restores failed");
     println!(
-        "cluster storm: all {} restored {:.3} s after the first drift; per agent drift → restored: {}",
+        "cluster storm: all {} restored {:.3} s after the first drift ({unchanged} by an apply that found the file already restored); per agent drift → restored: {}",
         settings.agents,
         wall.as_secs_f64(),
         summary(&mut latencies)
