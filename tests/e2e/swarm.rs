@@ -101,3 +101,69 @@ async fn a_burst_from_many_agents_reaches_the_bus_in_each_agents_order_and_whole
     }
     bench.stop().await;
 }
+
+/// `halite-swarm cluster`, small: three masters on a throwaway PostgreSQL,
+/// 90 simulated agents listing all three, run as three swarm processes of
+/// at most 40 (as 30,000 agents run as three of 10,000). Every drift of
+/// the storm is restored, every ingested event is a row in PostgreSQL, and
+/// when master 0 is SIGKILLed every one of its agents re-homes on a
+/// survivor and has a drift restored there, no other agent loses its
+/// session, and both survivors take some of them. The command fails (exit
+/// 1) when any of that does not happen; the lines are checked too, so the
+/// report cannot silently lose a figure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_swarm_storms_ingests_and_survives_a_killed_master() {
+    const MASTERS: usize = 3;
+    const AGENTS: usize = 90;
+    const EVENTS: usize = 5;
+    let swarm = binaries().master.with_file_name("halite-swarm");
+    assert!(swarm.exists(), "{} is not built: run `cargo build --workspace --bins`", swarm.display());
+    let output = halite_e2e::process(&swarm)
+        .args(["--timeout", &format!("{}s", WAIT.as_secs()), "cluster"])
+        .args(["--masters", &MASTERS.to_string(), "--agents", &AGENTS.to_string()])
+        .args(["--per-process", "40", "--events", &EVENTS.to_string(), "--idle", "1s"])
+        .output()
+        .await
+        .expect("halite-swarm runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "halite-swarm cluster failed:\n{stdout}\n{stderr}");
+    let line = |prefix: &str| -> &str {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{stdout}\n{stderr}"))
+    };
+    assert!(line("cluster: 3 masters").contains("in 3 swarm processes"), "{stdout}");
+    // Every master got some of the fleet at the start.
+    let split = line(&format!("cluster: {AGENTS} agents connected"));
+    let per_master: Vec<usize> = split
+        .rsplit_once('[')
+        .and_then(|(_, rest)| rest.strip_suffix(']'))
+        .map(|list| list.split(", ").map(|n| n.parse().unwrap()).collect())
+        .unwrap_or_default();
+    assert_eq!(per_master.len(), MASTERS, "{split}");
+    assert_eq!(per_master.iter().sum::<usize>(), AGENTS, "{split}");
+    assert!(per_master.iter().all(|&n| n > 0), "{split}");
+    assert!(line("cluster storm: all").contains(&format!("all {AGENTS} restored")), "{stdout}");
+    assert!(line("cluster ingest: ").starts_with(&format!("cluster ingest: {} events", AGENTS * EVENTS)), "{stdout}");
+    let killed = line("cluster failover: master 0");
+    assert!(
+        killed.contains(&format!("with {} agents", per_master[0]))
+            && killed.ends_with("all re-homed and enforcing again"),
+        "{killed}"
+    );
+    assert!(line("cluster failover: kill → re-homed: ").contains(&format!("n={}", per_master[0])), "{stdout}");
+    let shares = line("cluster failover: shares after: ");
+    assert!(shares.ends_with("meanwhile: 0"), "agents of the surviving masters moved: {shares}");
+    // The killed master's agents went to both survivors, and nobody else moved.
+    for (i, before) in per_master.iter().enumerate().skip(1) {
+        let after: usize = shares
+            .split(&format!("m{i} "))
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no share of m{i} in {shares}"));
+        assert!(after > *before, "master {i} took none of master 0's agents: {shares}");
+    }
+}

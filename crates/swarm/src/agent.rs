@@ -4,9 +4,10 @@
 //! It speaks the real protocol (`halite_link` handshake and sealing,
 //! `halite_proto` messages), answers every job by applying it with the real
 //! state engine under its own root, and reconnects with backoff when the
-//! session ends (as the agent's `link.rs` does). It keeps no outbox: an
-//! event lost with a session is lost, which a benchmark notices as an agent
-//! that never reports back.
+//! session ends (as the agent's `link.rs` does). It keeps no outbox, except
+//! for its one pending drift, sent again on every new session until it is
+//! restored; other events lost with a session are lost, which a benchmark
+//! notices as an agent that never reports back.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,7 +47,10 @@ pub const DRIFTED: &[u8] = b"drifted by halite-swarm\n";
 /// What every agent of a swarm shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub endpoint: String,
+    /// The masters' agent links. With several, each agent ranks them as the
+    /// real agent does (`halite_agent::masters::rank`) and walks down its
+    /// ranking until one answers.
+    pub endpoints: Vec<String>,
     pub master_key: PublicKey,
     /// The authored path of the managed file (`/etc/motd`), rooted per agent.
     pub managed_path: String,
@@ -76,40 +80,59 @@ impl AgentSpec {
     }
 }
 
-/// A drift waiting for its restore.
+/// A drift waiting for its restore. Its event is sent again on each new
+/// session until the restore comes (the real agent's outbox keeps an
+/// unacknowledged event the same way; the master records an event id
+/// once), so a session lost in a storm does not lose the drift.
 struct PendingDrift {
-    event: Id,
+    event: Event,
     at: Instant,
 }
 
 /// Runs one agent until the swarm is cancelled.
 pub(crate) async fn run(spec: AgentSpec, shared: Arc<Shared>, mut commands: mpsc::Receiver<Command>) {
+    let order = halite_agent::masters::rank(&spec.id, &shared.endpoints);
     let mut failures: u32 = 0;
     let mut drift: Option<PendingDrift> = None;
+    // The master whose session was just lost: skipped in the next round,
+    // as the real agent's link does, so a dead master costs no timeout.
+    let mut skip: Option<usize> = None;
     loop {
-        let connected = {
-            let _permit = tokio::select! {
-                () = shared.cancel.cancelled() => return,
-                permit = shared.handshakes.acquire() => permit,
-            };
-            tokio::select! {
-                () = shared.cancel.cancelled() => return,
-                connected = connect(&spec, &shared) => connected,
+        let mut answered = false;
+        for &master in &order {
+            if order.len() > 1 && skip == Some(master) {
+                continue;
             }
-        };
-        match connected {
-            Ok((socket, session)) => {
-                failures = 0;
-                let _ = shared.reports.send(Report::Up { agent: spec.index }).await;
-                let Some(reason) = pump(&spec, &shared, socket, session, &mut commands, &mut drift).await else {
-                    return;
+            let connected = {
+                let _permit = tokio::select! {
+                    () = shared.cancel.cancelled() => return,
+                    permit = shared.handshakes.acquire() => permit,
                 };
-                let _ = shared.reports.send(Report::Down { agent: spec.index, reason }).await;
+                tokio::select! {
+                    () = shared.cancel.cancelled() => return,
+                    connected = connect(&spec, &shared, master) => connected,
+                }
+            };
+            match connected {
+                Ok((socket, session)) => {
+                    failures = 0;
+                    answered = true;
+                    let _ = shared.reports.send(Report::Up { agent: spec.index, master }).await;
+                    let Some(reason) = pump(&spec, &shared, socket, session, &mut commands, &mut drift).await else {
+                        return;
+                    };
+                    skip = Some(master);
+                    let _ = shared.reports.send(Report::Down { agent: spec.index, reason }).await;
+                    break;
+                }
+                Err(reason) => {
+                    tracing::debug!(agent = %spec.id, master = %shared.endpoints[master], %reason, "Cannot reach the master; trying the next.");
+                }
             }
-            Err(reason) => {
-                failures = failures.saturating_add(1);
-                tracing::debug!(agent = %spec.id, %reason, "Cannot reach the master; retrying.");
-            }
+        }
+        if !answered {
+            skip = None;
+            failures = failures.saturating_add(1);
         }
         tokio::select! {
             () = shared.cancel.cancelled() => return,
@@ -140,11 +163,11 @@ enum ConnectError {
     WrongMaster { key: PublicKey, expected: PublicKey },
 }
 
-async fn connect(spec: &AgentSpec, shared: &Shared) -> Result<(DealerSocket, Session), ConnectError> {
+async fn connect(spec: &AgentSpec, shared: &Shared, master: usize) -> Result<(DealerSocket, Session), ConnectError> {
     let mut options = halite_link::transport::socket_options(halite_link::transport::HANDSHAKE_TIMEOUT);
     options.connect_timeout(Duration::from_secs(5));
     let mut socket = DealerSocket::with_options(options);
-    socket.connect(&shared.endpoint).await.map_err(ConnectError::Connect)?;
+    socket.connect(&shared.endpoints[master]).await.map_err(ConnectError::Connect)?;
     let (mut initiator, first) = Initiator::start(&spec.keypair)?;
     socket.send(frames(Envelope::handshake(envelope::HELLO1, first))?).await.map_err(ConnectError::Send)?;
     let reply = tokio::time::timeout(shared.heartbeat * 3, socket.recv())
@@ -197,6 +220,9 @@ async fn pump(
             }
         }};
     }
+    if let Some(pending) = drift.as_ref() {
+        send!(AgentMessage::Event(pending.event.clone()));
+    }
     loop {
         tokio::select! {
             biased;
@@ -215,12 +241,23 @@ async fn pump(
                         let changed = result.results.iter().any(|r| matches!(r.outcome, Outcome::Changed { .. }));
                         send!(AgentMessage::JobResult(result));
                         let report = match (cause, drift.as_ref()) {
-                            (Some(cause), Some(pending)) if cause == pending.event => {
+                            (Some(cause), Some(pending)) if cause == pending.event.id => {
                                 let latency = pending.at.elapsed();
                                 *drift = None;
                                 Report::Restored { agent: spec.index, latency, failed, changed }
                             }
-                            (None, _) => Report::Converged { agent: spec.index, failed },
+                            // A session's start-up apply while a drift is
+                            // pending enforces the whole state, the drifted
+                            // file included: that is the drift's restore when
+                            // the session carrying the reaction was lost (the
+                            // event was already reacted to, so no master
+                            // reacts to it again).
+                            (None, Some(pending)) => {
+                                let latency = pending.at.elapsed();
+                                *drift = None;
+                                Report::Restored { agent: spec.index, latency, failed, changed }
+                            }
+                            (None, None) => Report::Converged { agent: spec.index, failed },
                             _ => Report::OtherJob { agent: spec.index, job: jid },
                         };
                         let _ = shared.reports.send(report).await;
@@ -265,7 +302,7 @@ async fn pump(
                             continue;
                         }
                     };
-                    *drift = Some(PendingDrift { event: event.id, at: Instant::now() });
+                    *drift = Some(PendingDrift { event: event.clone(), at: Instant::now() });
                     send!(AgentMessage::Event(event));
                 }
                 Some(Command::Emit(count)) => emitting = Some((count, count, Instant::now())),
@@ -315,8 +352,9 @@ async fn apply(spec: &AgentSpec, _shared: &Shared, job: Job) -> JobResult {
 /// What an agent tells the swarm.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Report {
-    /// A session is up (the handshake finished).
-    Up { agent: usize },
+    /// A session is up (the handshake finished) with `master` (an index
+    /// into the swarm's endpoints).
+    Up { agent: usize, master: usize },
     /// The session ended; the agent is reconnecting.
     Down { agent: usize, reason: String },
     /// The master does not accept the agent's key (yet).

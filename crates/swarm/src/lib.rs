@@ -15,6 +15,10 @@
 //! - [`scenario`]: the benchmarks built on the two: a real `halite-master`
 //!   process, a tree giving every agent one managed file and a reactor, and
 //!   the measurements (latencies, master RSS and CPU from `/proc`).
+//! - [`cluster`]: several masters on one PostgreSQL (a throwaway one from
+//!   [`postgres`] unless given), the fleet spread over several swarm
+//!   processes ([`worker`], one slice each) when one process's open-file
+//!   limit would not hold it; storm, ingest and the failover of a master.
 //!
 //! Nothing here is a second implementation of the agent: the link and
 //! messages come from `halite_link` and `halite_proto`, the apply from
@@ -22,10 +26,13 @@
 //! around them (beacons, the outbox, the config file).
 
 pub mod agent;
+pub mod cluster;
 pub mod observe;
+pub mod postgres;
 pub mod proc;
 pub mod scenario;
 pub mod swarm;
+pub mod worker;
 
 pub use agent::Report;
 pub use swarm::{Swarm, SwarmSettings};

@@ -69,6 +69,43 @@ enum Scenario {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         window: Duration,
     },
+    /// Several masters on one PostgreSQL, agents listing them all: storm, ingest (counted in PostgreSQL), failover of one master.
+    Cluster {
+        #[arg(long, default_value_t = 3)]
+        masters: usize,
+        /// Agents in all (master `i` listens on 127.0.0.{i + 2}).
+        #[arg(long, default_value_t = 3000)]
+        agents: usize,
+        /// Agents per swarm process at most: more run as several processes
+        /// (each needs one open file per agent; keep it under `ulimit -n`).
+        #[arg(long, default_value_t = 10_000)]
+        per_process: usize,
+        /// Events each agent sends in the ingest (0: no ingest).
+        #[arg(long, default_value_t = 10)]
+        events: usize,
+        /// Skip the failover (SIGKILL of master 0 after the storm and the ingest).
+        #[arg(long)]
+        no_failover: bool,
+        /// How long to measure the connected fleet idle (heartbeats only)
+        /// before the storm; 0s skips it.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        idle: Duration,
+        /// The PostgreSQL database the masters share, `postgres://user@host/db`
+        /// (password in HALITE_PG_PASSWORD); without it, a throwaway cluster
+        /// (the `postgresql` package's initdb, run as `nobody` when root).
+        #[arg(long)]
+        store: Option<String>,
+    },
+    /// One swarm process of `cluster` (started by it; speaks lines on stdin and stdout).
+    #[command(hide = true)]
+    Worker {
+        #[arg(long)]
+        first: usize,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
 }
 
 fn mib(kib: u64) -> f64 {
@@ -118,9 +155,13 @@ async fn report(observer: Option<Observer>) -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let open_files = scenario::raise_open_files();
+    if let Scenario::Worker { first, count, dir } = cli.scenario {
+        // Its stdout is the protocol: nothing else is printed there.
+        return halite_swarm::worker::run(first, count, dir, cli.timeout).await;
+    }
     let binaries = Binaries::beside_current_exe()?;
     println!("halite-swarm: files in {}, open-file limit {open_files}", scenario::scratch().display());
-    if cli.observed.is_some() && matches!(cli.scenario, Scenario::Reconnect { .. } | Scenario::Footprint { .. }) {
+    if cli.observed.is_some() && !matches!(cli.scenario, Scenario::Storm { .. } | Scenario::Ingest { .. }) {
         anyhow::bail!("--observed is for the storm and ingest scenarios");
     }
     match cli.scenario {
@@ -223,6 +264,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             print_threads("master", &result.master_threads, result.window);
         }
+        Scenario::Cluster { masters, agents, per_process, events, no_failover, idle, store } => {
+            let settings = halite_swarm::cluster::ClusterSettings {
+                masters,
+                agents,
+                per_process,
+                store,
+                events,
+                failover: !no_failover && masters > 1,
+                idle,
+                timeout: cli.timeout,
+            };
+            halite_swarm::cluster::run(binaries, settings).await.context("cluster")?;
+        }
+        Scenario::Worker { .. } => unreachable!("handled above"),
     }
     Ok(())
 }

@@ -33,6 +33,13 @@ fn kib(status: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// `pid`'s parent (field 4 of `/proc/<pid>/stat`), while it runs.
+pub fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// utime + stime: fields 14 and 15, counted after the `(comm)` field,
 /// which may itself contain spaces.
 fn cpu(stat: &str) -> Duration {
@@ -143,6 +150,7 @@ mod tests {
         let threads = threads(std::process::id()).unwrap();
         assert!(threads.iter().any(|t| t.tid == std::process::id() && t.run_ns > 0), "{threads:?}");
         let usage = usage(std::process::id()).unwrap();
+        assert_eq!(parent(std::process::id()), Some(std::os::unix::process::parent_id()));
         assert!(usage.rss_kib > 0 && usage.peak_kib >= usage.rss_kib, "{usage:?}");
     }
 }

@@ -29,7 +29,7 @@ pub const REPORT_CAPACITY: usize = 4096;
 impl Report {
     pub fn agent(&self) -> usize {
         match self {
-            Report::Up { agent }
+            Report::Up { agent, .. }
             | Report::Down { agent, .. }
             | Report::NotAccepted { agent, .. }
             | Report::Converged { agent, .. }
@@ -42,14 +42,19 @@ impl Report {
 
 #[derive(Debug, Clone)]
 pub struct SwarmSettings {
-    /// The master's agent link (`tcp://127.0.0.1:4506`).
-    pub endpoint: String,
+    /// The masters' agent links (`tcp://127.0.0.1:4506`): one, or several
+    /// that every agent lists and ranks (`masters:` in agent.yaml).
+    pub endpoints: Vec<String>,
     pub master_key: PublicKey,
     pub agents: usize,
     /// Agent `n` gets `<dir>/<id>` as its root.
     pub dir: PathBuf,
     /// Agent ids are `<prefix>NNNNN`.
     pub prefix: String,
+    /// The number in the first agent's id: a swarm process that runs one
+    /// slice of a larger fleet (`cluster.rs`) names its agents as the
+    /// whole fleet numbers them, so ids are unique across processes.
+    pub first: usize,
     /// The managed file's authored path and its file beacon's name.
     pub managed_path: String,
     pub beacon: String,
@@ -65,11 +70,12 @@ pub struct SwarmSettings {
 impl SwarmSettings {
     pub fn new(endpoint: String, master_key: PublicKey, agents: usize, dir: PathBuf) -> Self {
         SwarmSettings {
-            endpoint,
+            endpoints: vec![endpoint],
             master_key,
             agents,
             dir,
             prefix: "swarm".into(),
+            first: 0,
             managed_path: MANAGED_PATH.into(),
             beacon: BEACON.into(),
             heartbeat: Duration::from_secs(5),
@@ -107,7 +113,7 @@ impl Swarm {
     pub fn start(settings: SwarmSettings) -> anyhow::Result<Swarm> {
         let (reports_tx, reports) = mpsc::channel(REPORT_CAPACITY);
         let shared = Arc::new(Shared {
-            endpoint: settings.endpoint.clone(),
+            endpoints: settings.endpoints.clone(),
             master_key: settings.master_key,
             managed_path: settings.managed_path.clone(),
             beacon: settings.beacon.clone(),
@@ -119,8 +125,8 @@ impl Swarm {
         let mut swarm =
             Swarm { shared, commands: Vec::new(), reports, ids: Vec::new(), roots: Vec::new(), tasks: JoinSet::new() };
         for index in 0..settings.agents {
-            let id = format!("{}{index:05}", settings.prefix);
-            debug_assert!(settings.prefix != "swarm" || id == agent_id(index));
+            let id = format!("{}{:05}", settings.prefix, settings.first + index);
+            debug_assert!(settings.prefix != "swarm" || id == agent_id(settings.first + index));
             let root = settings.dir.join(&id);
             std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
             let keypair = match settings.keys.get(index) {
