@@ -1409,6 +1409,46 @@ mod tests {
         assert_eq!(keys.status("old01", &old), Some(KeyStatus::Pending));
     }
 
+    /// With sharing, facts first frozen here are queued insert-only and
+    /// kept from a re-read until written; the shared facts then replace
+    /// memory's (a claim they now equal is no longer held); an operator's
+    /// acceptance is queued as a replacement.
+    #[tokio::test]
+    async fn frozen_facts_are_shared_and_the_shared_ones_decide() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, keys) = open(dir.path(), &["web*"]).await;
+        let (share, mut queued) = tokio::sync::mpsc::channel(SHARE_QUEUE);
+        let keys = keys.with_sharing(share);
+        let web07 = key();
+        let host = |name: &str| Value::map().with("hostname", name);
+        let arrival = keys.arrive("web07", &web07, host("db-x"), None).unwrap();
+        assert_eq!((arrival.facts, arrival.held), (host("db-x"), false), "frozen here first");
+        let _ = queued.recv().await.unwrap();
+        let ids = ["web07".to_owned()];
+        let unshared = keys.facts_to_share(&ids);
+        assert_eq!(unshared.len(), 1);
+        assert_eq!((unshared[0].0.frozen.clone(), unshared[0].1), (host("db-x").to_json(), false));
+        // Another master froze them first as web07: not yet applied over
+        // this master's own, still on their way...
+        let shared =
+            FactsRow { id: "web07".into(), key: web07.to_string(), frozen: host("web07").to_json(), held: None };
+        assert!(keys.sync_facts(std::slice::from_ref(&shared)).is_empty());
+        // ...then the shared row decides, here and for the live session.
+        keys.shared_done(&ids);
+        assert!(keys.facts_to_share(&ids).is_empty());
+        assert_eq!(keys.sync_facts(std::slice::from_ref(&shared)), [("web07".to_owned(), host("web07"))]);
+        assert!(keys.sync_facts(std::slice::from_ref(&shared)).is_empty(), "nothing changes twice");
+        let arrival = keys.arrive("web07", &web07, host("db-x"), None).unwrap();
+        assert_eq!((arrival.facts, arrival.held), (host("web07"), true), "the claim is held against them");
+        // An operator takes the claim: it replaces the shared row.
+        keys.accept_facts("web07").unwrap();
+        assert_eq!(keys.facts_to_share(&ids)[0].1, true);
+        // A key not accepted here gets no shared facts.
+        let other = FactsRow { id: "db01".into(), key: key().to_string(), frozen: host("db01").to_json(), held: None };
+        assert!(keys.sync_facts(&[other]).is_empty());
+        assert!(keys.facts("db01").unwrap().is_empty());
+    }
+
     /// `auto_accept` with a token: a squatter that claims the id first
     /// without it stays pending, the real agent with it is accepted and the
     /// squatter's key retired; the token never stays in the facts.
