@@ -2,7 +2,8 @@
 //! `server/cluster/facts.rs`): an agent accepted and frozen on A as
 //! `hostname: web07` that connects to B claiming `hostname: db-x` is
 //! targeted on B by its frozen facts (no db-tier secret), the claim is held
-//! there as on A, and an operator's acceptance on B is A's too. And the
+//! there as on A, a grain target asked on A reaches it on B by its frozen
+//! facts, and an operator's acceptance on B is A's too. And the
 //! API's job list on A shows the job B ran for it (read from PostgreSQL).
 
 use std::path::Path;
@@ -120,7 +121,7 @@ async fn facts_frozen_on_one_master_decide_targeting_on_another() {
         let job = liar.next_job().await?;
         ensure!(!contents(&job).contains(DB_SECRET), "B believed the lie: {}", contents(&job));
         ensure!(contents(&job).contains("pw=none"), "{}", contents(&job));
-        liar.send(&AgentMessage::JobResult(JobResult { job: job.id.clone(), results: Vec::new() })).await?;
+        liar.send(&AgentMessage::JobResult(JobResult { job: job.id, results: Vec::new() })).await?;
         liar.barrier().await?;
         let jid = job.id.to_string();
         // Reported as on A: the event, and the claim held for an operator.
@@ -129,6 +130,34 @@ async fn facts_frozen_on_one_master_decide_targeting_on_another() {
         ensure!(row["frozen"]["hostname"] == "web07" && row["held"]["hostname"] == "db-x", "{row}");
         let (_, shown) = command(&fleet, &dir_b, &["keys", "facts", "web07"]).await?;
         ensure!(shown.contains("db-x") && shown.contains("--accept"), "{shown}");
+
+        // A grain target asked on A reaches web07 on B by its frozen facts
+        // (read from PostgreSQL), never by its claim.
+        let apply_on_a = async |target: &str| {
+            let mut command = halite_e2e::process(&fleet.binaries.master);
+            command.args(["apply", "--json", target, "secret", "--config"]).arg(dir_a.join("master.yaml"));
+            halite_e2e::CommandOutput::of(command).await
+        };
+        let (routed, job) = tokio::join!(
+            until("A routing G@hostname:web07 to web07 on B", async || {
+                let out = apply_on_a("G@hostname:web07").await?;
+                Ok((out.code == 0 && out.stdout.contains("\"web07\"")).then_some(out))
+            }),
+            async {
+                // Answered here: the command waits for the answer.
+                let job = liar.next_job().await?;
+                liar.send(&AgentMessage::JobResult(JobResult { job: job.id, results: Vec::new() })).await?;
+                anyhow::Ok(job)
+            }
+        );
+        let (routed, job) = (routed?, job?);
+        ensure!(!contents(&job).contains(DB_SECRET), "routed with the claim: {}", contents(&job));
+        ensure!(routed.stdout.contains("\"web07\""), "{routed:?}");
+        let claimed = apply_on_a("G@hostname:db*").await?;
+        ensure!(
+            !claimed.stdout.contains("web07") && !claimed.stderr.contains("web07"),
+            "the claim was matched: {claimed:?}"
+        );
 
         // The API on A lists the job B ran for web07 (PostgreSQL's jobs).
         let (code, token) = command(&fleet, &dir_a, &["tokens", "create", "reader", "--role", "web-read"]).await?;

@@ -511,6 +511,18 @@ impl KeyStore {
             .collect()
     }
 
+    /// Every accepted key's frozen facts, by agent id, for targets that
+    /// read facts on agents connected to other masters.
+    pub fn frozen_facts(&self) -> HashMap<String, Value> {
+        let table = self.lock();
+        table
+            .facts
+            .iter()
+            .filter(|(pair, _)| table.entries.get(*pair).is_some_and(|r| r.status == KeyStatus::Accepted))
+            .map(|((id, _), facts)| (id.clone(), Value::from_json(&facts.frozen)))
+            .collect()
+    }
+
     /// Every accepted key's frozen facts, to insert where the shared store
     /// has none (a data dir meeting PostgreSQL, or facts frozen before it
     /// shared them).
@@ -1442,7 +1454,7 @@ mod tests {
         assert_eq!((arrival.facts, arrival.held), (host("web07"), true), "the claim is held against them");
         // An operator takes the claim: it replaces the shared row.
         keys.accept_facts("web07").unwrap();
-        assert_eq!(keys.facts_to_share(&ids)[0].1, true);
+        assert!(keys.facts_to_share(&ids)[0].1, "an operator's replaces");
         // A key not accepted here gets no shared facts.
         let other = FactsRow { id: "db01".into(), key: key().to_string(), frozen: host("db01").to_json(), held: None };
         assert!(keys.sync_facts(&[other]).is_empty());
