@@ -542,8 +542,11 @@ impl KeyStore {
     }
 
     /// Makes memory's frozen facts those of `rows` (the shared store's)
-    /// for accepted keys, except facts frozen here on their way there.
-    /// A claim held that the shared facts now equal is no longer held.
+    /// for accepted keys, except an operator's here on their way there
+    /// (they replace the row). Facts this master froze first and has not
+    /// written yet give way: they are only ever inserted where no row is,
+    /// so the row there wins, and the insert is dropped. A claim held that
+    /// the shared facts now equal is no longer held.
     /// Returns the agents whose frozen facts changed, with the new ones,
     /// for their live sessions.
     pub fn sync_facts(&self, rows: &[FactsRow]) -> Vec<(String, Value)> {
@@ -557,9 +560,10 @@ impl KeyStore {
             };
             let pair = (row.id.clone(), key);
             let accepted = table.entries.get(&pair).is_some_and(|r| r.status == KeyStatus::Accepted);
-            if !accepted || table.facts_unshared.contains_key(&pair) {
+            if !accepted || table.facts_unshared.get(&pair) == Some(&true) {
                 continue;
             }
+            table.facts_unshared.remove(&pair);
             if table.facts.get(&pair).is_some_and(|f| f.frozen == row.frozen) {
                 continue;
             }
@@ -1440,21 +1444,24 @@ mod tests {
         let unshared = keys.facts_to_share(&ids);
         assert_eq!(unshared.len(), 1);
         assert_eq!((unshared[0].0.frozen.clone(), unshared[0].1), (host("db-x").to_json(), false));
-        // Another master froze them first as web07: not yet applied over
-        // this master's own, still on their way...
+        // Another master froze them first as web07: the row there wins
+        // (this master's would only be inserted where none is), here and
+        // for the live session, and this master's insert is dropped.
         let shared =
             FactsRow { id: "web07".into(), key: web07.to_string(), frozen: host("web07").to_json(), held: None };
-        assert!(keys.sync_facts(std::slice::from_ref(&shared)).is_empty());
-        // ...then the shared row decides, here and for the live session.
-        keys.shared_done(&ids);
-        assert!(keys.facts_to_share(&ids).is_empty());
         assert_eq!(keys.sync_facts(std::slice::from_ref(&shared)), [("web07".to_owned(), host("web07"))]);
+        assert!(keys.facts_to_share(&ids).is_empty());
         assert!(keys.sync_facts(std::slice::from_ref(&shared)).is_empty(), "nothing changes twice");
         let arrival = keys.arrive("web07", &web07, host("db-x"), None).unwrap();
         assert_eq!((arrival.facts, arrival.held), (host("web07"), true), "the claim is held against them");
-        // An operator takes the claim: it replaces the shared row.
+        // An operator takes the claim: it replaces the shared row, and a
+        // re-read before it is written does not undo it.
         keys.accept_facts("web07").unwrap();
         assert!(keys.facts_to_share(&ids)[0].1, "an operator's replaces");
+        assert!(keys.sync_facts(std::slice::from_ref(&shared)).is_empty());
+        assert_eq!(keys.facts("web07").unwrap()[0].frozen, host("db-x").to_json());
+        keys.shared_done(&ids);
+        assert!(keys.facts_to_share(&ids).is_empty());
         // A key not accepted here gets no shared facts.
         let other = FactsRow { id: "db01".into(), key: key().to_string(), frozen: host("db01").to_json(), held: None };
         assert!(keys.sync_facts(&[other]).is_empty());
