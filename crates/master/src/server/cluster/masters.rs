@@ -60,8 +60,9 @@ impl View {
 
     /// For a target that reached no agent (here, or routed elsewhere by
     /// id: [`View::homed_elsewhere`]), what to tell the operator: the
-    /// agents `matches` names (by id: their facts are their master's)
-    /// whose sessions are on other masters, and which master to ask. Empty
+    /// agents `matches` names (by id: a target reading facts was matched
+    /// against their frozen facts already, `homed_elsewhere`) whose
+    /// sessions are on other masters, and which master to ask. Empty
     /// when there are none.
     pub fn elsewhere(&self, matches: impl Fn(&str) -> bool) -> String {
         let known = self.0.read().unwrap_or_else(|p| p.into_inner());
