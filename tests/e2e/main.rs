@@ -13,6 +13,7 @@ mod bus;
 mod check;
 mod cluster_control;
 mod cluster_events;
+mod cluster_facts;
 mod cluster_failover;
 mod cluster_faults;
 mod cluster_route;

@@ -46,12 +46,14 @@ impl Master {
     }
 
     /// The agents `target` names (by id) that are connected to other
-    /// masters, each with its master, by id: where an operator's job for
-    /// them is routed (`cluster/route.rs`). Only agents whose key is
-    /// accepted; none of `here`; none without several masters.
+    /// masters, each with its master, by id or by their frozen facts
+    /// (shared through PostgreSQL, held in memory: no query): where an
+    /// operator's job for them is routed (`cluster/route.rs`). Only agents
+    /// whose key is accepted; none of `here`; none without several masters.
     pub fn homed_elsewhere(&self, target: &halite_state::Target, here: &[String]) -> Vec<(String, String)> {
         let Some(view) = &self.cluster else { return Vec::new() };
-        let mut there = view.homed_elsewhere(target, here);
+        let frozen = if target.uses_facts() { self.keys.frozen_facts() } else { Default::default() };
+        let mut there = view.homed_elsewhere(target, here, &frozen);
         let ids: Vec<String> = there.iter().map(|(agent, _)| agent.clone()).collect();
         let accepted: std::collections::BTreeSet<String> = self
             .keys

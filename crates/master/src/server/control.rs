@@ -408,6 +408,8 @@ async fn key_facts(
         ));
     }
     master.keys.commit().await?;
+    // The accepted facts replace the shared ones (every master's).
+    share(master, changed.iter().map(|row| row.id.clone()).collect()).await;
     Ok(changed)
 }
 

@@ -251,6 +251,14 @@ struct Table {
     /// shared store, which a re-read of their id must not forget (bounded
     /// by the keys held).
     unshared: HashSet<Pair>,
+    /// With sharing: facts frozen here and not yet written to the shared
+    /// store, and whether an operator froze them (they then replace the
+    /// shared row; otherwise they are inserted only where none is). Bounded
+    /// by the facts held.
+    facts_unshared: HashMap<Pair, bool>,
+    /// Whether changes are shared (several masters): only then is
+    /// `facts_unshared` kept.
+    sharing: bool,
 }
 
 /// An accepted key's facts: what the master trusts, and what is held.
@@ -292,6 +300,9 @@ impl Table {
             None => {
                 self.facts.insert(pair.clone(), Facts { frozen: claimed_json, held: None });
                 self.dirty.insert(pair.clone());
+                if self.sharing {
+                    self.facts_unshared.entry(pair.clone()).or_insert(false);
+                }
                 (claimed.clone(), false)
             }
             Some(facts) if facts.frozen == claimed_json => {
@@ -473,7 +484,99 @@ impl KeyStore {
     /// others follow its notifications.
     pub fn with_sharing(mut self, share: tokio::sync::mpsc::Sender<ShareRequest>) -> KeyStore {
         self.share = Some(share);
+        self.lock().sharing = true;
         self
+    }
+
+    /// The facts frozen here for keys of `ids` and not yet shared, each
+    /// with whether an operator froze them (replace the shared row) or
+    /// this master first (insert where none is).
+    pub fn facts_to_share(&self, ids: &[String]) -> Vec<(FactsRow, bool)> {
+        let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let table = self.lock();
+        table
+            .facts_unshared
+            .iter()
+            .filter(|((id, _), _)| wanted.contains(id.as_str()))
+            .filter_map(|(pair, replace)| {
+                let facts = table.facts.get(pair)?;
+                let row = FactsRow {
+                    id: pair.0.clone(),
+                    key: pair.1.to_string(),
+                    frozen: facts.frozen.clone(),
+                    held: facts.held.clone(),
+                };
+                Some((row, *replace))
+            })
+            .collect()
+    }
+
+    /// Every accepted key's frozen facts, by agent id, for targets that
+    /// read facts on agents connected to other masters.
+    pub fn frozen_facts(&self) -> HashMap<String, Value> {
+        let table = self.lock();
+        table
+            .facts
+            .iter()
+            .filter(|(pair, _)| table.entries.get(*pair).is_some_and(|r| r.status == KeyStatus::Accepted))
+            .map(|((id, _), facts)| (id.clone(), Value::from_json(&facts.frozen)))
+            .collect()
+    }
+
+    /// Every accepted key's frozen facts, to insert where the shared store
+    /// has none (a data dir meeting PostgreSQL, or facts frozen before it
+    /// shared them).
+    pub fn all_facts(&self) -> Vec<FactsRow> {
+        let table = self.lock();
+        table
+            .facts
+            .iter()
+            .filter(|(pair, _)| table.entries.get(*pair).is_some_and(|r| r.status == KeyStatus::Accepted))
+            .map(|((id, key), facts)| FactsRow {
+                id: id.clone(),
+                key: key.to_string(),
+                frozen: facts.frozen.clone(),
+                held: facts.held.clone(),
+            })
+            .collect()
+    }
+
+    /// Makes memory's frozen facts those of `rows` (the shared store's)
+    /// for accepted keys, except an operator's here on their way there
+    /// (they replace the row). Facts this master froze first and has not
+    /// written yet give way: they are only ever inserted where no row is,
+    /// so the row there wins, and the insert is dropped. A claim held that
+    /// the shared facts now equal is no longer held.
+    /// Returns the agents whose frozen facts changed, with the new ones,
+    /// for their live sessions.
+    pub fn sync_facts(&self, rows: &[FactsRow]) -> Vec<(String, Value)> {
+        let mut changed = Vec::new();
+        let mut table = self.lock();
+        let wake = table.dirty.is_empty();
+        for row in rows {
+            let Ok(key) = row.key.parse::<PublicKey>() else {
+                tracing::warn!(agent = %row.id, "A shared facts row names a key that does not parse; skipped.");
+                continue;
+            };
+            let pair = (row.id.clone(), key);
+            let accepted = table.entries.get(&pair).is_some_and(|r| r.status == KeyStatus::Accepted);
+            if !accepted || table.facts_unshared.get(&pair) == Some(&true) {
+                continue;
+            }
+            table.facts_unshared.remove(&pair);
+            if table.facts.get(&pair).is_some_and(|f| f.frozen == row.frozen) {
+                continue;
+            }
+            let held = table.facts.get(&pair).and_then(|f| f.held.clone()).filter(|held| *held != row.frozen);
+            table.facts.insert(pair.clone(), Facts { frozen: row.frozen.clone(), held });
+            table.dirty.insert(pair);
+            changed.push((row.id.clone(), Value::from_json(&row.frozen)));
+        }
+        drop(table);
+        if wake && !changed.is_empty() {
+            self.store.wake();
+        }
+        changed
     }
 
     /// Writes the keys of `ids` as memory holds them to the shared store
@@ -509,7 +612,9 @@ impl KeyStore {
     /// now forget them if another master deleted them.
     pub fn shared_done(&self, ids: &[String]) {
         let written: HashSet<&str> = ids.iter().map(String::as_str).collect();
-        self.lock().unshared.retain(|(id, _)| !written.contains(id.as_str()));
+        let mut table = self.lock();
+        table.unshared.retain(|(id, _)| !written.contains(id.as_str()));
+        table.facts_unshared.retain(|(id, _), _| !written.contains(id.as_str()));
     }
 
     /// Every key of the agent ids `ids`, as memory holds them.
@@ -640,9 +745,13 @@ impl KeyStore {
             }
             let wake = table.dirty.is_empty();
             let (facts, held) = table.trusted_facts(&pair, &facts);
+            let unshared = table.facts_unshared.contains_key(&pair);
             drop(table);
             if wake {
                 self.store.wake();
+            }
+            if unshared {
+                self.share_facts(id);
             }
             return Ok(Arrival { admission, facts, held });
         }
@@ -722,7 +831,23 @@ impl KeyStore {
         let pair = (id.to_owned(), *key);
         let mut table = self.lock();
         table.facts.insert(pair.clone(), Facts { frozen: facts.to_json(), held: None });
+        if table.sharing {
+            table.facts_unshared.insert(pair.clone(), true);
+        }
         table.dirty.insert(pair);
+    }
+
+    /// Facts frozen here for `id` go to the shared store (never waits;
+    /// with a full queue they go with the id's next change, or when the
+    /// listener reconnects and inserts every frozen fact).
+    fn share_facts(&self, id: &str) {
+        let Some(share) = &self.share else { return };
+        if share.try_send(ShareRequest { ids: vec![id.to_owned()], replace: false, done: None }).is_err() {
+            tracing::warn!(
+                agent = id,
+                "Too many key changes wait for the shared store; these frozen facts are shared later."
+            );
+        }
     }
 
     /// The facts held for every key `selector` names.
@@ -768,6 +893,10 @@ impl KeyStore {
                     frozen: facts.frozen.clone(),
                     held: None,
                 });
+                if table.sharing {
+                    // An operator's: it replaces the shared row.
+                    table.facts_unshared.insert(pair.clone(), true);
+                }
             }
             table.dirty.insert(pair);
         }
@@ -1294,6 +1423,49 @@ mod tests {
         keys.admit("old01", &old);
         keys.sweep(now() + 365 * 86_400);
         assert_eq!(keys.status("old01", &old), Some(KeyStatus::Pending));
+    }
+
+    /// With sharing, facts first frozen here are queued insert-only and
+    /// kept from a re-read until written; the shared facts then replace
+    /// memory's (a claim they now equal is no longer held); an operator's
+    /// acceptance is queued as a replacement.
+    #[tokio::test]
+    async fn frozen_facts_are_shared_and_the_shared_ones_decide() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, keys) = open(dir.path(), &["web*"]).await;
+        let (share, mut queued) = tokio::sync::mpsc::channel(SHARE_QUEUE);
+        let keys = keys.with_sharing(share);
+        let web07 = key();
+        let host = |name: &str| Value::map().with("hostname", name);
+        let arrival = keys.arrive("web07", &web07, host("db-x"), None).unwrap();
+        assert_eq!((arrival.facts, arrival.held), (host("db-x"), false), "frozen here first");
+        let _ = queued.recv().await.unwrap();
+        let ids = ["web07".to_owned()];
+        let unshared = keys.facts_to_share(&ids);
+        assert_eq!(unshared.len(), 1);
+        assert_eq!((unshared[0].0.frozen.clone(), unshared[0].1), (host("db-x").to_json(), false));
+        // Another master froze them first as web07: the row there wins
+        // (this master's would only be inserted where none is), here and
+        // for the live session, and this master's insert is dropped.
+        let shared =
+            FactsRow { id: "web07".into(), key: web07.to_string(), frozen: host("web07").to_json(), held: None };
+        assert_eq!(keys.sync_facts(std::slice::from_ref(&shared)), [("web07".to_owned(), host("web07"))]);
+        assert!(keys.facts_to_share(&ids).is_empty());
+        assert!(keys.sync_facts(std::slice::from_ref(&shared)).is_empty(), "nothing changes twice");
+        let arrival = keys.arrive("web07", &web07, host("db-x"), None).unwrap();
+        assert_eq!((arrival.facts, arrival.held), (host("web07"), true), "the claim is held against them");
+        // An operator takes the claim: it replaces the shared row, and a
+        // re-read before it is written does not undo it.
+        keys.accept_facts("web07").unwrap();
+        assert!(keys.facts_to_share(&ids)[0].1, "an operator's replaces");
+        assert!(keys.sync_facts(std::slice::from_ref(&shared)).is_empty());
+        assert_eq!(keys.facts("web07").unwrap()[0].frozen, host("db-x").to_json());
+        keys.shared_done(&ids);
+        assert!(keys.facts_to_share(&ids).is_empty());
+        // A key not accepted here gets no shared facts.
+        let other = FactsRow { id: "db01".into(), key: key().to_string(), frozen: host("db01").to_json(), held: None };
+        assert!(keys.sync_facts(&[other]).is_empty());
+        assert!(keys.facts("db01").unwrap().is_empty());
     }
 
     /// `auto_accept` with a token: a squatter that claims the id first

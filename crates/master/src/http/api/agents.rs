@@ -149,7 +149,7 @@ pub async fn one(
         return Err(ApiError::NotFound(format!("no agent `{id}` (GET /api/v1/agents lists them)")));
     };
     let filter = JobFilter { agent: Some(id), limit: AGENT_HISTORY, ..JobFilter::default() };
-    let jobs: Vec<JobView> = super::with_reader(&state, move |reader| reader.list_filtered(&filter))
+    let jobs: Vec<JobView> = super::with_records(&state, move |records| records.list_filtered(&filter))
         .await?
         .into_iter()
         .map(JobView::from)

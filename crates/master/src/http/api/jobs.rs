@@ -209,7 +209,7 @@ pub async fn list(
         until_us: query.until_us,
         limit,
     };
-    let jobs = super::with_reader(&state, move |reader| reader.list_filtered(&filter)).await?;
+    let jobs = super::with_records(&state, move |records| records.list_filtered(&filter)).await?;
     let visible = visible_agents(&state, &principal);
     Ok(Json(jobs.into_iter().filter(|job| job.agents.iter().all(|a| visible(a))).map(JobView::from).collect()))
 }
@@ -230,7 +230,7 @@ pub async fn one(
 ) -> Result<Json<JobDetail>, ApiError> {
     principal.can(Verb::Read).map_err(|refusal| ApiError::Forbidden(refusal.to_string()))?;
     let wanted = jid.clone();
-    let found = super::with_reader(&state, move |reader| reader.job(&wanted)).await?;
+    let found = super::with_records(&state, move |records| records.job(&wanted)).await?;
     let visible = visible_agents(&state, &principal);
     let Some((job, report)) = found.filter(|(_, report)| report.agents.iter().all(|a| visible(&a.agent))) else {
         return Err(ApiError::NotFound(format!(

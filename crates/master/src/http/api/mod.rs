@@ -137,16 +137,23 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromR
     }
 }
 
-/// Reads the store off the runtime's threads (`jobs`, an agent's history).
-pub async fn with_reader<T: Send + 'static>(
+/// Reads the records off the runtime's threads (`jobs`, an agent's
+/// history): PostgreSQL's when this master records there, so every
+/// master's API lists the whole fleet's jobs; else halite.db's.
+pub async fn with_records<T: Send + 'static>(
     state: &HttpState,
-    work: impl FnOnce(&crate::server::store::Reader) -> Result<T, crate::server::store::StoreError> + Send + 'static,
+    work: impl FnOnce(&dyn crate::server::store::records::Records) -> Result<T, crate::server::store::StoreError>
+    + Send
+    + 'static,
 ) -> Result<T, ApiError> {
-    let Some(path) = state.master.jobs.store().map(|store| store.file().to_path_buf()) else {
+    let Some(store) = state.master.jobs.store() else {
         return Err(ApiError::Internal("this master has no store".into()));
     };
-    tokio::task::spawn_blocking(move || crate::server::store::Reader::open(&path).and_then(|reader| work(&reader)))
-        .await
-        .map_err(|error| ApiError::Internal(format!("reading the store stopped: {error}")))?
-        .map_err(|error| ApiError::Internal(error.to_string()))
+    let (file, postgres) = (store.file().to_path_buf(), store.postgres().cloned());
+    tokio::task::spawn_blocking(move || {
+        crate::server::store::records::open_for(&file, postgres.as_ref()).and_then(|records| work(records.as_ref()))
+    })
+    .await
+    .map_err(|error| ApiError::Internal(format!("reading the store stopped: {error}")))?
+    .map_err(|error| ApiError::Internal(error.to_string()))
 }

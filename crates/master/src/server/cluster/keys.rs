@@ -50,6 +50,7 @@ pub enum SharedKeysError {
 /// while it is unreachable and retries with backoff. Until `cancel`.
 pub async fn write(
     target: PgTarget,
+    name: String,
     keys: KeyStore,
     mut inbox: mpsc::Receiver<ShareRequest>,
     cancel: CancellationToken,
@@ -86,7 +87,7 @@ pub async fn write(
             Some(client) => {
                 match tokio::time::timeout(
                     crate::server::store::postgres::COMMIT_TIMEOUT,
-                    store(client, &keys, &waiting),
+                    store(client, &keys, &waiting, &name),
                 )
                 .await
                 {
@@ -127,6 +128,7 @@ async fn store(
     client: &mut Client,
     keys: &KeyStore,
     waiting: &HashMap<String, bool>,
+    name: &str,
 ) -> Result<(), tokio_postgres::Error> {
     let ids: Vec<String> = waiting.keys().cloned().collect();
     let replaced: Vec<String> = waiting.iter().filter(|(_, r)| **r).map(|(id, _)| id.clone()).collect();
@@ -163,6 +165,9 @@ async fn store(
         )
         .await?;
     }
+    // The frozen facts of these ids go with them, told by the same
+    // notification.
+    super::facts::store(&tx, keys, &ids, name).await?;
     tx.execute(&format!("SELECT pg_notify('{KEYS_CHANNEL}', id) FROM unnest($1::text[]) AS id"), &[&ids]).await?;
     tx.commit().await
 }
@@ -216,6 +221,8 @@ pub async fn apply(client: &Client, parts: &Parts, ids: Option<&[String]>) -> Re
     let rows = read(client, ids).await?;
     let synced = parts.keys.sync(ids, &rows);
     react(parts, &synced).await;
+    // After the keys: facts are kept for accepted keys only.
+    super::facts::apply(client, parts, ids).await?;
     Ok(synced)
 }
 

@@ -123,6 +123,12 @@ impl Listener {
         if !flushed {
             return Err(ListenError::Unwritten);
         }
+        // Facts frozen here before they were shared (an upgraded data dir,
+        // a lost write) where PostgreSQL has none; then every key re-read.
+        let added = super::facts::import(&mut client, &self.parts.keys, &self.name).await.map_err(failed)?;
+        if added > 0 {
+            tracing::info!(added, "Frozen facts written to PostgreSQL.");
+        }
         let synced = keys::apply(&client, &self.parts, None).await.map_err(failed)?;
         if synced.changed > 0 {
             tracing::info!(changed = synced.changed, "Keys read from PostgreSQL.");

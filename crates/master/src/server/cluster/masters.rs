@@ -60,8 +60,9 @@ impl View {
 
     /// For a target that reached no agent (here, or routed elsewhere by
     /// id: [`View::homed_elsewhere`]), what to tell the operator: the
-    /// agents `matches` names (by id: their facts are their master's)
-    /// whose sessions are on other masters, and which master to ask. Empty
+    /// agents `matches` names (by id: a target reading facts was matched
+    /// against their frozen facts already, `homed_elsewhere`) whose
+    /// sessions are on other masters, and which master to ask. Empty
     /// when there are none.
     pub fn elsewhere(&self, matches: impl Fn(&str) -> bool) -> String {
         let known = self.0.read().unwrap_or_else(|p| p.into_inner());
@@ -88,20 +89,28 @@ impl View {
     }
 
     /// The agents `target` names whose sessions are on other masters
-    /// (`agent_sessions`), with their masters, by id; none of `here` (the
-    /// agents connected to this master). Matched by id only: their facts
-    /// are their masters', so a target that reads facts (`G@`) reaches
-    /// none of them.
-    pub fn homed_elsewhere(&self, target: &halite_state::Target, here: &[String]) -> Vec<(String, String)> {
-        if target.uses_facts() {
-            return Vec::new();
-        }
+    /// (`agent_sessions`), with their masters; none of `here` (the agents
+    /// connected to this master). A target that reads facts (`G@`, `P@`)
+    /// is matched against `frozen`, the facts frozen for each agent's
+    /// accepted key (shared through PostgreSQL: `facts.rs`), never what
+    /// the agent claims; an agent with none is not reached by it.
+    pub fn homed_elsewhere(
+        &self,
+        target: &halite_state::Target,
+        here: &[String],
+        frozen: &HashMap<String, halite_proto::Value>,
+    ) -> Vec<(String, String)> {
+        let uses_facts = target.uses_facts();
         let known = self.0.read().unwrap_or_else(|p| p.into_inner());
         let mut there: Vec<(String, String)> = known
             .homes
             .iter()
             .filter(|(agent, master)| **master != known.me && !here.contains(agent))
-            .filter(|(agent, _)| target.matches(agent, &halite_proto::Value::Null))
+            .filter(|(agent, _)| match (uses_facts, frozen.get(*agent)) {
+                (false, _) => target.matches(agent, &halite_proto::Value::Null),
+                (true, Some(facts)) => target.matches(agent, facts),
+                (true, None) => false,
+            })
             .map(|(agent, master)| (agent.clone(), master.clone()))
             .collect();
         there.sort_unstable();
@@ -270,11 +279,12 @@ async fn beat(client: &Client, view: &View) -> Result<(), tokio_postgres::Error>
 mod tests {
     use super::*;
 
-    /// Which agents a target routes elsewhere, table-style: by id only,
-    /// never to this master, never an agent connected here, never for a
-    /// target that reads facts.
+    /// Which agents a target routes elsewhere, table-style: by id, or by
+    /// the frozen facts for a target that reads facts (an agent with none
+    /// is not reached); never to this master, never an agent connected
+    /// here.
     #[test]
-    fn agents_homed_elsewhere_are_matched_by_id_only() {
+    fn agents_homed_elsewhere_are_matched_by_id_or_frozen_facts() {
         let view = View::default();
         {
             let mut known = view.0.write().unwrap();
@@ -286,17 +296,24 @@ mod tests {
             }
         }
         let here = vec!["web03".to_owned()];
-        let cases: [(&str, &[(&str, &str)]); 6] = [
+        // db01's key has no frozen facts (yet).
+        let frozen: HashMap<String, halite_proto::Value> = [("web02", "debian"), ("web03", "debian")]
+            .into_iter()
+            .map(|(agent, os)| (agent.to_owned(), halite_proto::Value::map().with("os", os)))
+            .collect();
+        let cases: [(&str, &[(&str, &str)]); 8] = [
             ("web*", &[("web02", "tcp://b")]),
             ("*", &[("db01", "tcp://c"), ("web02", "tcp://b")]),
             ("L@db01,web01", &[("db01", "tcp://c")]),
             ("not web*", &[("db01", "tcp://c")]),
-            ("G@os:debian", &[]),
+            ("G@os:debian", &[("web02", "tcp://b")]),
+            ("P@os:(Debian|debian)", &[("web02", "tcp://b")]),
+            ("G@os:ubuntu", &[]),
             ("not G@os:debian", &[]),
         ];
         for (target, wanted) in cases {
             let parsed = halite_state::Target::parse(target).unwrap();
-            let found = view.homed_elsewhere(&parsed, &here);
+            let found = view.homed_elsewhere(&parsed, &here, &frozen);
             let found: Vec<(&str, &str)> = found.iter().map(|(a, m)| (a.as_str(), m.as_str())).collect();
             assert_eq!(found, wanted, "{target}");
         }

@@ -13,6 +13,8 @@
 //! - [`keys`] — keys in PostgreSQL: writing this master's changes
 //!   (operators' decisions, keys first seen here), and applying the
 //!   others' to memory, cutting the sessions of keys no longer accepted.
+//! - [`facts`] — the facts frozen per accepted key (they decide `G@`
+//!   targets), written and read with the keys.
 //! - [`lease`] — the singletons' leader: a PostgreSQL advisory lock held on
 //!   a connection of its own plus a `leases` row whose epoch grows with
 //!   every takeover; [`lease::fence`] refuses a stale leader's write.
@@ -49,6 +51,7 @@ use crate::server::store::postgres::PgTarget;
 
 pub mod access;
 pub mod epochs;
+pub mod facts;
 pub mod keys;
 pub mod lease;
 pub mod listen;
@@ -116,7 +119,7 @@ pub fn start(
     let (ticks, _) = tokio::sync::broadcast::channel(TICKS_QUEUE);
     let holder = format!("{name} pid {}", std::process::id());
     let leader = lease::spawn(target.clone(), holder.clone(), parts.bus.clone(), cancel.clone());
-    tokio::spawn(keys::write(target.clone(), parts.keys.clone(), share_rx, cancel.clone()));
+    tokio::spawn(keys::write(target.clone(), name.clone(), parts.keys.clone(), share_rx, cancel.clone()));
     let opened = epochs::spawn(target.clone(), name.clone(), parts.sessions.clone(), cancel.clone());
     let route = route::Router::new(target.clone(), name.clone());
     parts.sessions.tell_opened(opened);

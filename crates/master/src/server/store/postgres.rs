@@ -111,13 +111,14 @@ pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 /// `MIGRATIONS[n]` takes the schema from version n to n + 1. Append only.
 /// Tables other modules add to halite.db (`store.rs`'s list) get their
 /// PostgreSQL form appended here.
-const MIGRATIONS: [&str; 6] = [
+const MIGRATIONS: [&str; 7] = [
     V1,
     V2_EVENTS_BY_AGENT,
     V3_CONTROL_PLANE,
     V4_RECEIPTS_TOKENS_AUDIT,
     V5_EVENTS_FLEET_TAIL_AND_FENCE,
     V6_ROUTED_JOBS,
+    V7_KEY_FACTS,
 ];
 
 const V1: &str = "
@@ -304,6 +305,21 @@ CREATE TABLE routed_jobs (
     answered  TIMESTAMPTZ
 );
 CREATE INDEX routed_jobs_waiting ON routed_jobs (home) WHERE taken IS NULL;
+";
+
+/// The facts frozen per accepted key (`server/cluster/facts.rs`): the
+/// first master to freeze them inserts the row, an operator's decision
+/// replaces it. No foreign key: a key decision rewrites the id's `keys`
+/// rows, which must not take the facts with them.
+const V7_KEY_FACTS: &str = "
+CREATE TABLE key_facts (
+    id     TEXT NOT NULL,
+    key    TEXT NOT NULL,
+    frozen TEXT NOT NULL,             -- JSON: what targeting and templates use
+    master TEXT NOT NULL,             -- the master that froze (or an operator re-froze) them
+    at_us  BIGINT NOT NULL,
+    PRIMARY KEY (id, key)
+);
 ";
 
 /// An arbitrary constant: the advisory lock key migrations take.
@@ -1303,6 +1319,57 @@ impl PgReader {
                 (SELECT count(*) FROM job_agents a WHERE a.jid = j.jid AND a.status = 'waiting')
              FROM jobs j ORDER BY j.created_us DESC, j.jid DESC LIMIT $1",
             &[&i64::from(limit)],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let agents: Option<String> = row.get(7);
+                JobSummary {
+                    job: job_record(row),
+                    agents: agents.map(|a| a.split(',').map(str::to_owned).collect()).unwrap_or_default(),
+                    changed: row.get(8),
+                    would_change: row.get(9),
+                    failed: row.get(10),
+                    unchanged: row.get(11),
+                    no_answer: row.get(12),
+                    waiting: row.get(13),
+                }
+            })
+            .collect())
+    }
+
+    /// As `Reader::list_filtered` (halite.db): the jobs `filter` picks,
+    /// newest first, whichever master ran them (the API's job lists).
+    pub fn list_filtered(&self, filter: &super::JobFilter) -> Result<Vec<JobSummary>, PgError> {
+        let rows = self.query(
+            "SELECT j.jid, j.created_us, j.cause, j.reactor, j.target, j.states, j.test,
+                (SELECT string_agg(agent, ',' ORDER BY agent) FROM job_agents a WHERE a.jid = j.jid),
+                (SELECT count(*) FROM job_results r WHERE r.jid = j.jid AND r.outcome = 'changed'),
+                (SELECT count(*) FROM job_results r WHERE r.jid = j.jid AND r.outcome = 'would_change'),
+                (SELECT count(*) FROM job_results r WHERE r.jid = j.jid AND r.outcome = 'failed'),
+                (SELECT count(*) FROM job_results r WHERE r.jid = j.jid AND r.outcome = 'unchanged'),
+                (SELECT count(*) FROM job_agents a WHERE a.jid = j.jid AND a.status = 'no_answer'),
+                (SELECT count(*) FROM job_agents a WHERE a.jid = j.jid AND a.status = 'waiting')
+             FROM jobs j
+             WHERE ($1::text IS NULL OR EXISTS (SELECT 1 FROM job_agents a WHERE a.jid = j.jid AND a.agent = $1))
+               AND ($2::text IS NULL OR left(j.cause, length($2)) = $2)
+               AND ($3::text IS NULL OR EXISTS
+                    (SELECT 1 FROM json_array_elements_text(j.states::json) s WHERE s = $3))
+               AND ($4::text IS NULL
+                    OR EXISTS (SELECT 1 FROM job_results r WHERE r.jid = j.jid AND r.outcome = $4)
+                    OR EXISTS (SELECT 1 FROM job_agents a WHERE a.jid = j.jid AND a.status = $4))
+               AND ($5::bigint IS NULL OR j.created_us >= $5)
+               AND ($6::bigint IS NULL OR j.created_us < $6)
+             ORDER BY j.created_us DESC, j.jid DESC LIMIT $7",
+            &[
+                &filter.agent,
+                &filter.cause,
+                &filter.state,
+                &filter.outcome,
+                &filter.since_us,
+                &filter.until_us,
+                &i64::from(filter.limit),
+            ],
         )?;
         Ok(rows
             .iter()

@@ -15,7 +15,7 @@ use halite_state::report::Report;
 
 use super::postgres::{PgError, PgReader, PgTarget};
 use super::spool::EventRow;
-use super::{JobRecord, JobSummary, Reader, StoreError};
+use super::{JobFilter, JobRecord, JobSummary, Reader, StoreError};
 use crate::server::receipts::{DriftCount, Receipt, ReceiptsError};
 
 /// What the store answers, on either backend. Blocking: call it from
@@ -23,6 +23,8 @@ use crate::server::receipts::{DriftCount, Receipt, ReceiptsError};
 pub trait Records: std::fmt::Debug {
     /// The most recent `limit` jobs, newest first (by the master's clock).
     fn list(&self, limit: u32) -> Result<Vec<JobSummary>, StoreError>;
+    /// The jobs `filter` picks, newest first (the API's job lists).
+    fn list_filtered(&self, filter: &JobFilter) -> Result<Vec<JobSummary>, StoreError>;
     /// One job (`jid` may be a unique prefix) with every agent's results.
     fn job(&self, jid: &str) -> Result<Option<(JobRecord, Report)>, StoreError>;
     /// How many jobs start with `jid`.
@@ -56,6 +58,9 @@ impl Records for Reader {
     fn list(&self, limit: u32) -> Result<Vec<JobSummary>, StoreError> {
         Reader::list(self, limit)
     }
+    fn list_filtered(&self, filter: &JobFilter) -> Result<Vec<JobSummary>, StoreError> {
+        Reader::list_filtered(self, filter)
+    }
     fn job(&self, jid: &str) -> Result<Option<(JobRecord, Report)>, StoreError> {
         Reader::job(self, jid)
     }
@@ -85,6 +90,9 @@ impl Records for Reader {
 impl Records for PgReader {
     fn list(&self, limit: u32) -> Result<Vec<JobSummary>, StoreError> {
         Ok(PgReader::list(self, limit)?)
+    }
+    fn list_filtered(&self, filter: &JobFilter) -> Result<Vec<JobSummary>, StoreError> {
+        Ok(PgReader::list_filtered(self, filter)?)
     }
     fn job(&self, jid: &str) -> Result<Option<(JobRecord, Report)>, StoreError> {
         Ok(PgReader::job(self, jid)?)

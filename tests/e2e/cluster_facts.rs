@@ -1,0 +1,201 @@
+//! Frozen facts across two real masters on one PostgreSQL (issue #20;
+//! `server/cluster/facts.rs`): an agent accepted and frozen on A as
+//! `hostname: web07` that connects to B claiming `hostname: db-x` is
+//! targeted on B by its frozen facts (no db-tier secret), the claim is held
+//! there as on A, a grain target asked on A reaches it on B by its frozen
+//! facts, and an operator's acceptance on B is A's too. And the
+//! API's job list on A shows the job B ran for it (read from PostgreSQL).
+
+use std::path::Path;
+
+use anyhow::{Context as _, ensure};
+use halite_e2e::postgres::Postgres;
+use halite_e2e::raw::RawAgent;
+use halite_e2e::{Fleet, WAIT};
+use halite_link::Keypair;
+use halite_master::fleet::{self, MasterProcess};
+use halite_proto::{AgentMessage, Job, JobResult, Value};
+
+/// A tree whose vars give the db tier a secret, by the `hostname` fact.
+const FACTS_TREE: &[(&str, &str)] = &[
+    ("top.yaml", "'*': [secret]\n"),
+    ("vars.yaml", "'*': {db_password: none}\n'G@hostname:db*': {db_password: hunter2-db-tier}\n"),
+    (
+        "secret.yaml",
+        "app-conf:\n  file.managed:\n    path: /etc/app.conf\n    contents: \"pw={{ vars.db_password }}\\n\"\n    template: jinja\n",
+    ),
+];
+const DB_SECRET: &str = "hunter2-db-tier";
+
+/// An API on each master, and a role that reads web*.
+const API_YAML: &str = "api:\n  listen: 127.0.0.1:0\nroles:\n  web-read:\n    verbs: [read]\n    target: 'web*'\n";
+
+fn facts(hostname: &str) -> Value {
+    Value::map().with("id", hostname).with("hostname", hostname)
+}
+
+/// Everything a job would write, as text.
+fn contents(job: &Job) -> String {
+    job.states.iter().map(|s| s.args.to_json().to_string()).collect()
+}
+
+/// Runs `halite-master ARGS --config` of the master in `dir`: its exit code
+/// and stdout.
+async fn command(fleet: &Fleet, dir: &Path, args: &[&str]) -> anyhow::Result<(i32, String)> {
+    let mut command = halite_e2e::process(&fleet.binaries.master);
+    command.args(args).arg("--config").arg(dir.join("master.yaml"));
+    let output = halite_e2e::CommandOutput::of(command).await?;
+    ensure!(matches!(output.code, 0 | 1), "{args:?}: {}", output.stderr);
+    Ok((output.code, output.stdout))
+}
+
+/// `keys facts ID --json` on the master in `dir`: the first row.
+async fn facts_row(fleet: &Fleet, dir: &Path, id: &str) -> anyhow::Result<serde_json::Value> {
+    let (_, out) = command(fleet, dir, &["keys", "facts", id, "--json"]).await?;
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
+    Ok(rows[0].clone())
+}
+
+/// Until `ask` answers, asking again every 50 ms, for at most [`WAIT`].
+async fn until<T>(what: &str, mut ask: impl AsyncFnMut() -> anyhow::Result<Option<T>>) -> anyhow::Result<T> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+    loop {
+        if let Some(value) = ask().await? {
+            return Ok(value);
+        }
+        ensure!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tick.tick().await;
+    }
+}
+
+/// B is the fleet's master, A one beside it, both on one database and
+/// accepting every id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn facts_frozen_on_one_master_decide_targeting_on_another() {
+    let cluster = tokio::task::spawn_blocking(Postgres::start).await.unwrap().unwrap();
+    let database = cluster.database().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let password = cluster.password_file(dir.path()).unwrap();
+    let yaml =
+        format!("store:\n  url: {}\n  password_file: {}\n{API_YAML}", cluster.url(&database), password.display());
+    let mut fleet = Fleet::start_custom_with_master_config(&[], FACTS_TREE, &yaml).await.unwrap();
+    let mut a: Option<MasterProcess> = None;
+    let result = async {
+        let master_a = fleet::start_master_with(
+            &fleet.binaries,
+            &fleet.dir.path().join("master-a"),
+            &fleet.states,
+            "tcp://127.0.0.1:0",
+            &["*"],
+            &yaml,
+        )
+        .await?;
+        let master_a = a.insert(master_a);
+        let (dir_a, dir_b) = (master_a.dir.clone(), fleet.dir.path().join("master"));
+        let (listen_a, listen_b) = (master_a.listen.clone(), fleet.master().listen.clone());
+
+        // The control: a host of the db tier gets the secret on B.
+        let mut db = RawAgent::connect(&listen_b, "db01", facts("db01")).await?;
+        let job = db.next_job().await?;
+        ensure!(contents(&job).contains(DB_SECRET), "the db host's job lacks the secret: {}", contents(&job));
+        drop(db);
+
+        // web07 is accepted on A and its facts frozen there.
+        let keypair = Keypair::generate()?;
+        let mut web = RawAgent::connect_with_key(&listen_a, "web07", facts("web07"), &keypair).await?;
+        let job = web.next_job().await?;
+        ensure!(contents(&job).contains("pw=none"), "{}", contents(&job));
+        web.send(&AgentMessage::JobResult(JobResult { job: job.id, results: Vec::new() })).await?;
+        web.barrier().await?;
+        drop(web);
+        // B holds them once A's write and its notification reached it.
+        until("web07's facts frozen on A, held by B", async || {
+            let row = facts_row(&fleet, &dir_b, "web07").await?;
+            Ok((row["frozen"]["hostname"] == "web07").then_some(()))
+        })
+        .await?;
+
+        // The same key, on B, lies about its host name.
+        let mut liar = RawAgent::connect_with_key(&listen_b, "web07", facts("db-x"), &keypair).await?;
+        let job = liar.next_job().await?;
+        ensure!(!contents(&job).contains(DB_SECRET), "B believed the lie: {}", contents(&job));
+        ensure!(contents(&job).contains("pw=none"), "{}", contents(&job));
+        liar.send(&AgentMessage::JobResult(JobResult { job: job.id, results: Vec::new() })).await?;
+        liar.barrier().await?;
+        let jid = job.id.to_string();
+        // Reported as on A: the event, and the claim held for an operator.
+        fleet.wait_for("the held facts on B", |e| e.tag == "halite/key/web07/facts-held").await?;
+        let row = facts_row(&fleet, &dir_b, "web07").await?;
+        ensure!(row["frozen"]["hostname"] == "web07" && row["held"]["hostname"] == "db-x", "{row}");
+        let (_, shown) = command(&fleet, &dir_b, &["keys", "facts", "web07"]).await?;
+        ensure!(shown.contains("db-x") && shown.contains("--accept"), "{shown}");
+
+        // A grain target asked on A reaches web07 on B by its frozen facts
+        // (read from PostgreSQL), never by its claim.
+        let apply_on_a = async |target: &str| {
+            let mut command = halite_e2e::process(&fleet.binaries.master);
+            command.args(["apply", "--json", target, "secret", "--config"]).arg(dir_a.join("master.yaml"));
+            halite_e2e::CommandOutput::of(command).await
+        };
+        let (routed, job) = tokio::join!(
+            until("A routing G@hostname:web07 to web07 on B", async || {
+                let out = apply_on_a("G@hostname:web07").await?;
+                Ok((out.code == 0 && out.stdout.contains("\"web07\"")).then_some(out))
+            }),
+            async {
+                // Answered here: the command waits for the answer.
+                let job = liar.next_job().await?;
+                liar.send(&AgentMessage::JobResult(JobResult { job: job.id, results: Vec::new() })).await?;
+                anyhow::Ok(job)
+            }
+        );
+        let (routed, job) = (routed?, job?);
+        ensure!(!contents(&job).contains(DB_SECRET), "routed with the claim: {}", contents(&job));
+        ensure!(routed.stdout.contains("\"web07\""), "{routed:?}");
+        let claimed = apply_on_a("G@hostname:db*").await?;
+        ensure!(
+            !claimed.stdout.contains("web07") && !claimed.stderr.contains("web07"),
+            "the claim was matched: {claimed:?}"
+        );
+
+        // The API on A lists the job B ran for web07 (PostgreSQL's jobs).
+        let (code, token) = command(&fleet, &dir_a, &["tokens", "create", "reader", "--role", "web-read"]).await?;
+        ensure!(code == 0, "tokens create on A: {token}");
+        let token = token.trim().to_owned();
+        let api_a = master_a.api.clone().context("A's api=")?;
+        let pem = std::fs::read(dir_a.join("data").join("api.crt")).context("A's API certificate")?;
+        let client = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
+            .build()?;
+        let url = format!("{api_a}/api/v1/jobs?agent=web07");
+        until("B's job for web07 in A's /api/v1/jobs", async || {
+            let response = client.get(&url).bearer_auth(&token).send().await?;
+            ensure!(response.status() == 200, "{}: {}", response.status(), response.text().await?);
+            let jobs: serde_json::Value = serde_json::from_slice(&response.bytes().await?)?;
+            let listed = jobs.as_array().is_some_and(|jobs| jobs.iter().any(|j| j["jid"] == jid.as_str()));
+            Ok(listed.then_some(()))
+        })
+        .await?;
+
+        // An operator's acceptance on B replaces the shared facts: A has
+        // them too.
+        let (code, out) = command(&fleet, &dir_b, &["keys", "facts", "web07", "--accept"]).await?;
+        ensure!(code == 0, "keys facts --accept on B: {out}");
+        until("the facts accepted on B, on A", async || {
+            let row = facts_row(&fleet, &dir_a, "web07").await?;
+            Ok((row["frozen"]["hostname"] == "db-x").then_some(()))
+        })
+        .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        if let Some(a) = &a {
+            eprintln!("===== master A =====\n{}", std::fs::read_to_string(&a.log).unwrap_or_default());
+        }
+        eprintln!("===== postgres =====\n{}", cluster.log());
+        fleet.fail(&error);
+    }
+}
