@@ -1,7 +1,7 @@
 //! Salt's reference for the kinds that act on the host itself (users and
 //! groups, sysctl, cron, /etc/hosts, the time zone, mounts, git, cmd.script,
-//! packages and APT repositories): tests/salt/corpus/ref-system applied by
-//! `halite-agent apply --local` to an isolated copy of this system
+//! packages, APT repositories and services): tests/salt/corpus/ref-system
+//! applied by `halite-agent apply --local` to an isolated copy of this system
 //! (tests/salt/isolated.sh: an overlay over `/` in private mount, network
 //! and UTS namespaces, chrooted into, seeded by the tree's seed.sh) must
 //! leave the facts Salt 3008.5 left in the same kind of copy
@@ -10,11 +10,13 @@
 //! committed), with every state's outcome the same, and a second apply must
 //! change nothing.
 //!
-//! Not compared, because Salt cannot run them in a copy without systemd as
-//! PID 1: `service.*`. Salt's `service` module is then Debian's sysvinit
-//! one (`update-rc.d`, `/etc/init.d` scripts), while halite drives
-//! systemd units through `systemctl`, so the two would not act on the same
-//! thing. tests/e2e/kinds.rs applies them with a stand-in `systemctl`.
+//! The service kinds run on a stand-in systemd in the copy (no systemd can
+//! be PID 1 in a container): seed.sh creates `/run/systemd/system`, so
+//! Salt picks its `systemd_service` module, and installs
+//! tests/salt/corpus/ref-system/files/systemctl, which keeps enablement as
+//! the `.wants` symlinks real `systemctl` makes and counts every start,
+//! stop, restart and reload, so a reload where Salt restarted (or a
+//! reload Salt skipped) shows in the facts.
 
 use std::path::Path;
 

@@ -2,8 +2,10 @@
 //! enabled or not at boot), through `systemctl`. Planning asks
 //! `systemctl is-active` / `is-enabled` (read-only probes); a watched
 //! state that changed restarts it, or reloads it with `reload: true`
-//! (Salt's `mod_watch`). `init_delay` (seconds) waits after a start or
-//! restart, then checks the unit is still active, as Salt does.
+//! (Salt's `mod_watch`), unless this state itself started, enabled or
+//! disabled it (Salt then skips `mod_watch`). `init_delay` (seconds) waits
+//! after a start or restart, then checks the unit is still active, as Salt
+//! does.
 
 use halite_proto::Value;
 use serde::Deserialize;
@@ -147,6 +149,14 @@ fn plan(args: &Value, env: &ApplyEnv) -> Result<Box<dyn Plan>, KindError> {
 }
 
 impl RunningPlan {
+    /// Whether a watched change reloads or restarts the unit: only when
+    /// this state itself changes nothing else, as Salt calls `mod_watch`
+    /// only for a state whose own run returned no changes (a unit it
+    /// starts, enables or disables is not also reloaded or restarted).
+    fn watch_acts(&self) -> bool {
+        self.restart && self.unit.active && self.boot.is_none()
+    }
+
     fn watch_verb(&self) -> &'static str {
         if self.reload { "reload" } else { "restart" }
     }
@@ -174,7 +184,7 @@ impl Plan for RunningPlan {
         let mut changes = Vec::new();
         if !self.unit.active {
             changes.push(format!("start {}", self.unit.name));
-        } else if self.restart {
+        } else if self.watch_acts() {
             changes.push(format!("{} {} (a watched state changed)", self.watch_verb(), self.unit.name));
         }
         if let Some(verb) = self.boot {
@@ -196,7 +206,7 @@ impl Plan for RunningPlan {
         if !self.unit.active {
             done.push(self.unit.systemctl("start")?);
             self.settle()?;
-        } else if self.restart {
+        } else if self.watch_acts() {
             done.push(self.unit.systemctl(self.watch_verb())?);
             if !self.reload {
                 self.settle()?;
@@ -386,6 +396,24 @@ mod tests {
         std::fs::write(&dies, "#!/bin/sh\n[ \"$1\" = start ] && exit 0\nexit 3\n").unwrap();
         let Outcome::Failed { error } = apply_call(&delayed, false, &fake.env()).outcome else { panic!() };
         assert!(error.contains("not active") && error.contains("init_delay"), "{error}");
+    }
+
+    #[test]
+    fn a_watched_change_does_not_reload_a_service_the_state_enables() {
+        // Salt (tests/salt/corpus/ref-system, halite-cache): the state's
+        // own change, enabling the unit, stands instead of the reload.
+        let fake = StandIns::new();
+        fake.set("active/nginx", "");
+        let conf = crate::kinds::cmd_run::call("conf", "true");
+        let mut service = call(Some(true)).with_arg("reload", true);
+        service.requisites.push(Requisite { on: RequisiteKind::Watch, id: "conf".into(), kind: "cmd.run".into() });
+        let results = run_states(&[conf.clone(), service.clone()], false, &fake.env());
+        assert_eq!(results[1].outcome, Outcome::Changed { changes: vec!["enable nginx".into()] });
+        assert!(!fake.take_calls().iter().any(|c| c.contains("reload")));
+        // Enabled already: the watched change reloads it.
+        let results = run_states(&[conf, service], false, &fake.env());
+        assert_eq!(results[1].outcome, Outcome::Changed { changes: vec!["reload nginx".into()] });
+        assert!(fake.take_calls().contains(&"systemctl reload nginx".to_owned()));
     }
 
     #[test]

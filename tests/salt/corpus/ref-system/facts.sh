@@ -71,3 +71,23 @@ done
 find /etc/apt/keyrings /etc/apt/trusted.gpg.d /usr/share/keyrings -newer /srv/ref-system/app.git/README -type f 2>/dev/null | sort | while read -r k; do
   echo "key $k $(stat -c %a "$k") $(sha256sum "$k" | cut -d' ' -f1)"
 done
+
+# Services on the stand-in systemd (files/systemctl): the enablement
+# symlinks, which units are active, how often each was started, stopped,
+# restarted and reloaded, and the files the watched states manage.
+find /etc/systemd/system -path '*.wants/halite-*' | sort | while read -r l; do
+  echo "unit link $l -> $(readlink "$l")"
+done
+for u in web api worker cache steady timer legacy old; do
+  u=halite-$u.service
+  [ -e "/var/lib/ref-systemd/active/$u" ] && a=active || a=inactive
+  counts=
+  for verb in start stop restart reload; do
+    n=$(cat "/var/lib/ref-systemd/count/$u.$verb" 2>/dev/null || echo 0)
+    counts="$counts $verb=$n"
+  done
+  echo "unit $u $a$counts"
+done
+for f in web api worker cache; do
+  sed -n l "/etc/halite-ref/$f.conf" | sed "s|^|conf /etc/halite-ref/$f.conf |"
+done

@@ -84,3 +84,25 @@ rm /srv/ref-repo/halite-ref-a_1.0_all.deb
   done > Packages )
 echo 'deb [trusted=yes] file:/srv/ref-repo ./' > /etc/apt/sources.list.d/ref.list
 apt-get update -qq
+
+# A stand-in systemd (files/systemctl says what it keeps): /run/systemd/system
+# is how Salt (salt.utils.systemd.booted) and systemd's tools know systemd
+# runs; the units below are what the service states act on, each seeded in
+# the state its state must change (or, for halite-steady, keep).
+mkdir -p /run/systemd/system /var/lib/ref-systemd/active /var/lib/ref-systemd/count
+rm -rf /var/lib/ref-systemd/active/* /var/lib/ref-systemd/count/* /var/lib/ref-systemd/calls
+install -m 0755 /run/ref/tree/files/systemctl /usr/bin/systemctl
+install -m 0755 /run/ref/tree/files/systemd-run /usr/bin/systemd-run
+for u in web api worker cache steady timer legacy old; do
+  printf '[Unit]\nDescription=halite reference service %s\n\n[Service]\nExecStart=/bin/true\n\n[Install]\nWantedBy=multi-user.target\n' "$u" \
+    > "/lib/systemd/system/halite-$u.service"
+done
+rm -rf /etc/systemd/system/multi-user.target.wants/halite-*
+for u in api steady legacy old; do systemctl enable "halite-$u" 2>/dev/null; done
+for u in api worker cache steady old; do touch "/var/lib/ref-systemd/active/halite-$u.service"; done
+rm -f /var/lib/ref-systemd/calls
+mkdir -p /etc/halite-ref
+echo 'port = 80' > /etc/halite-ref/api.conf
+echo 'port = 80' > /etc/halite-ref/worker.conf
+echo 'port = 80' > /etc/halite-ref/cache.conf
+rm -f /etc/halite-ref/web.conf

@@ -1,8 +1,9 @@
 # The kinds of issue #19 that act on the host itself (tests/salt/kinds.sls
 # has them all; ref-kinds records the file-handling ones), in Salt's form,
 # with every name chosen so that tests/salt/isolated.sh can apply them to
-# an isolated copy of the system. seed.sh prepares that copy; facts.sh
-# prints what the run left there.
+# an isolated copy of the system. seed.sh prepares that copy (with a
+# stand-in systemd for the service kinds, files/systemctl); facts.sh prints
+# what the run left there.
 
 devs:
   group.present:
@@ -90,3 +91,63 @@ example-repo:
     - key_url: salt://files/example.asc
     - aptkey: False
     - refresh: False
+
+# Services, on the stand-in systemd seed.sh installs (files/systemctl).
+# A watched file that changes reloads (reload: True) or restarts a running
+# service; Salt skips the reload or restart when the service state itself
+# changed something (started or enabled it), and so must halite.
+/etc/halite-ref/web.conf:
+  file.managed:
+    - contents: port = 8080
+
+halite-web:
+  service.running:
+    - enable: True
+    - reload: True
+    - watch:
+      - file: /etc/halite-ref/web.conf
+
+/etc/halite-ref/api.conf:
+  file.managed:
+    - contents: port = 8081
+
+halite-api:
+  service.running:
+    - enable: True
+    - reload: True
+    - watch:
+      - file: /etc/halite-ref/api.conf
+
+/etc/halite-ref/worker.conf:
+  file.managed:
+    - contents: port = 8082
+
+halite-worker:
+  service.running:
+    - watch:
+      - file: /etc/halite-ref/worker.conf
+
+/etc/halite-ref/cache.conf:
+  file.managed:
+    - contents: port = 8083
+
+halite-cache:
+  service.running:
+    - enable: True
+    - reload: True
+    - watch:
+      - file: /etc/halite-ref/cache.conf
+
+halite-steady:
+  service.running:
+    - enable: True
+
+halite-timer:
+  service.enabled: []
+
+halite-legacy:
+  service.disabled: []
+
+halite-old:
+  service.dead:
+    - enable: False
