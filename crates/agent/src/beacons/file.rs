@@ -948,7 +948,7 @@ impl FileBeacon {
                 Ok(Wake::Applied(path)) => {
                     if self.tracker.tracks(&path) || self.scope.authored(&path).is_some() {
                         self.tracker.track_new(&path);
-                        self.look(&path, false);
+                        self.look_after_job(&path);
                     }
                 }
                 Ok(Wake::Notify(Err(error), _)) => {
@@ -1038,6 +1038,23 @@ impl FileBeacon {
         // Entries of a directory come and go; authored paths stay tracked.
         if !self.scope.is_target(real) {
             self.tracker.forget_if_gone(real);
+        }
+    }
+
+    /// The look a job's end asks for. This wake may be read after someone
+    /// began writing the file (their truncate queued behind it): a file
+    /// the job left right is looked at now, one that already differs is
+    /// waited for as a data notification is (its writer's close, or at most
+    /// [`WRITE_SETTLE`]), so a truncate-then-write of the desired content
+    /// just after a job is not taken for drift.
+    fn look_after_job(&mut self, real: &Path) {
+        let complies = self
+            .observe_steady(real)
+            .is_some_and(|(now, record)| record.desired.is_none_or(|desired| now.complies(&desired)));
+        if complies {
+            self.look(real, false);
+        } else {
+            self.settling.entry(real.to_path_buf()).or_insert_with(|| Instant::now() + WRITE_SETTLE);
         }
     }
 
