@@ -21,8 +21,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use bytes::Bytes;
 
 use halite_proto::Event;
+use tokio::sync::Notify;
 use tokio::sync::broadcast;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_util::sync::CancellationToken;
 
 use crate::server::bus::Bus;
@@ -90,8 +91,6 @@ struct Inner {
     events: VecDeque<Numbered>,
     /// The number of the newest event (0: none yet).
     last: u64,
-    /// The last `halite/master/tree/reloaded` or `tree/failed`.
-    last_reload: Option<Arc<Event>>,
 }
 
 /// The ring and the feed.
@@ -99,6 +98,14 @@ struct Inner {
 pub struct Ring {
     inner: Mutex<Inner>,
     feed: broadcast::Sender<Numbered>,
+    /// The bus's tail. While no stream is live nobody waits on it, so the
+    /// master's publishing wakes no thread: events wait in the tail (its
+    /// `TAIL_QUEUE`, more than [`RING`]) and whoever reads the ring first
+    /// takes them ([`Ring::catch_up`]). While a stream is live the copier
+    /// holds it (`None` here) and keeps the ring current.
+    tail: Mutex<Option<broadcast::Receiver<Arc<Event>>>>,
+    /// Wakes the copier when a stream attaches.
+    wanted: Notify,
 }
 
 impl Ring {
@@ -106,50 +113,93 @@ impl Ring {
     /// events, while a stream holds it), until `cancel`.
     pub fn start(bus: &Bus, fleet: Option<&FleetTail>, cancel: CancellationToken) -> Arc<Ring> {
         let (feed, _) = broadcast::channel(FEED);
-        let ring = Arc::new(Ring { inner: Mutex::default(), feed });
-        let mut tail = bus.subscribe();
+        let ring = Arc::new(Ring {
+            inner: Mutex::default(),
+            feed,
+            tail: Mutex::new(Some(bus.subscribe())),
+            wanted: Notify::new(),
+        });
         let mut fleet = fleet.map(FleetTail::subscribe);
         let copier = ring.clone();
         tokio::spawn(async move {
             loop {
-                let remote = async {
-                    match fleet.as_mut() {
-                        Some(fleet) => fleet.recv().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                let received = tokio::select! {
-                    () = cancel.cancelled() => return,
-                    received = tail.recv() => received,
-                    remote = remote => match remote {
-                        Ok(remote) => {
-                            let Remote { master, event } = &*remote;
-                            copier.push_from(event.clone(), Some(master.as_str().into()));
-                            continue;
-                        }
-                        Err(RecvError::Lagged(skipped)) => {
-                            tracing::warn!(skipped, "The API's event ring fell behind the fleet's events.");
-                            continue;
-                        }
-                        Err(RecvError::Closed) => {
-                            fleet = None;
-                            continue;
-                        }
-                    },
-                };
-                match received {
-                    Ok(event) => copier.push(event),
-                    Err(RecvError::Lagged(skipped)) => {
-                        tracing::warn!(
-                            skipped,
-                            "The API's event ring fell behind the bus; resumes across the gap miss events."
-                        );
-                    }
-                    Err(RecvError::Closed) => return,
+                let mut live = None;
+                if copier.feed.receiver_count() > 0 {
+                    live = copier.tail.lock().unwrap_or_else(|p| p.into_inner()).take();
                 }
+                let Some(mut tail) = live else {
+                    // Nobody streams: sleep until a stream attaches (or
+                    // the fleet tail, which reads only for a stream, sends).
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = copier.wanted.notified() => {}
+                        Some(remote) = next_remote(&mut fleet) => copier.take_remote(remote, &mut fleet),
+                    }
+                    continue;
+                };
+                copier.drain(&mut tail);
+                while copier.feed.receiver_count() > 0 {
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        received = tail.recv() => match received {
+                            Ok(event) => copier.push(event),
+                            Err(RecvError::Lagged(skipped)) => copier.skipped(skipped),
+                            Err(RecvError::Closed) => return,
+                        },
+                        Some(remote) = next_remote(&mut fleet) => copier.take_remote(remote, &mut fleet),
+                    }
+                }
+                // The last stream went: hand the tail back to the readers.
+                copier.drain(&mut tail);
+                *copier.tail.lock().unwrap_or_else(|p| p.into_inner()) = Some(tail);
             }
         });
         ring
+    }
+
+    /// Takes into the ring what waits in the bus's tail, unless the copier
+    /// holds it (a stream is live: the ring is current).
+    fn catch_up(&self) {
+        if let Some(tail) = self.tail.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            self.drain(tail);
+        }
+    }
+
+    fn drain(&self, tail: &mut broadcast::Receiver<Arc<Event>>) {
+        loop {
+            match tail.try_recv() {
+                Ok(event) => self.push(event),
+                Err(TryRecvError::Lagged(skipped)) => self.skipped(skipped),
+                Err(TryRecvError::Empty | TryRecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Events that left the bus's tail before the ring took them: more than
+    /// the tail holds came while nobody streamed or read, so every event
+    /// the ring holds is newer than they are, and they are numbered as gone
+    /// (a resume from before them is told how many it missed).
+    fn skipped(&self, skipped: u64) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.last += skipped;
+        inner.events.clear();
+    }
+
+    fn take_remote(
+        &self,
+        remote: Result<Arc<Remote>, RecvError>,
+        fleet: &mut Option<broadcast::Receiver<Arc<Remote>>>,
+    ) {
+        match remote {
+            Ok(remote) => {
+                let Remote { master, event } = &*remote;
+                self.push_from(event.clone(), Some(master.as_str().into()));
+            }
+            Err(RecvError::Lagged(skipped)) => {
+                tracing::warn!(skipped, "The API's event ring fell behind the fleet's events.");
+            }
+            Err(RecvError::Closed) => *fleet = None,
+        }
     }
 
     /// Numbers and keeps `event`, and feeds it to the live streams.
@@ -163,10 +213,6 @@ impl Ring {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             inner.last += 1;
             let numbered = Numbered::new(inner.last, event, master);
-            if numbered.event.tag == "halite/master/tree/reloaded" || numbered.event.tag == "halite/master/tree/failed"
-            {
-                inner.last_reload = Some(numbered.event.clone());
-            }
             if inner.events.len() == RING {
                 inner.events.pop_front();
             }
@@ -181,8 +227,12 @@ impl Ring {
     /// `Last-Event-ID`) that the ring still holds: taken under one lock,
     /// so nothing falls between the replay and the feed.
     pub fn resume(&self, after: Option<u64>) -> (Replay, broadcast::Receiver<Numbered>) {
+        self.catch_up();
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let feed = self.feed.subscribe();
+        // The copier goes live for this stream (a stored permit if it is
+        // busy): what reaches the tail after the catch-up is fed to it.
+        self.wanted.notify_one();
         let Some(after) = after else { return (Replay::default(), feed) };
         if after > inner.last {
             return (Replay { missed: Some(None), events: Vec::new() }, feed);
@@ -193,16 +243,19 @@ impl Ring {
         (Replay { missed: (missed > 0).then_some(Some(missed)), events }, feed)
     }
 
-    /// The last reload's event (`tree/reloaded` or `tree/failed`), if any
-    /// since the master started.
-    pub fn last_reload(&self) -> Option<Arc<Event>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).last_reload.clone()
-    }
-
     /// The newest `limit` events, oldest first (the dashboard's backlog).
     pub fn recent(&self, limit: usize) -> Vec<Numbered> {
+        self.catch_up();
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.events.iter().skip(inner.events.len().saturating_sub(limit)).cloned().collect()
+    }
+}
+
+/// The fleet tail's next event; never, without several masters.
+async fn next_remote(fleet: &mut Option<broadcast::Receiver<Arc<Remote>>>) -> Option<Result<Arc<Remote>, RecvError>> {
+    match fleet.as_mut() {
+        Some(fleet) => Some(fleet.recv().await),
+        None => std::future::pending().await,
     }
 }
 
@@ -213,11 +266,43 @@ mod tests {
     use super::*;
 
     fn ring() -> Ring {
-        Ring { inner: Mutex::default(), feed: broadcast::channel(FEED).0 }
+        Ring {
+            inner: Mutex::default(),
+            feed: broadcast::channel(FEED).0,
+            tail: Mutex::new(None),
+            wanted: Notify::new(),
+        }
     }
 
     fn event(n: usize) -> Arc<Event> {
         Arc::new(Event::new("halite/beacon/web01/motd", "web01", Value::map().with("n", n as i64)))
+    }
+
+    /// With no stream live, nothing is copied (and no thread woken) until
+    /// someone reads the ring; then it holds what the bus's tail kept, and
+    /// what fell out of the tail meanwhile is numbered as missed.
+    #[test]
+    fn with_no_stream_the_tail_waits_for_the_first_reader() {
+        let (bus, tail) = broadcast::channel(8);
+        let ring = Ring {
+            inner: Mutex::default(),
+            feed: broadcast::channel(FEED).0,
+            tail: Mutex::new(Some(tail)),
+            wanted: Notify::new(),
+        };
+        for n in 1..=3 {
+            bus.send(event(n)).unwrap();
+        }
+        assert_eq!(ring.inner.lock().unwrap().last, 0, "copied before anyone read");
+        assert_eq!(ring.recent(10).iter().map(|n| n.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        // Seventeen more while nobody reads: the tail keeps the newest 8.
+        for n in 4..=20 {
+            bus.send(event(n)).unwrap();
+        }
+        let (replay, _feed) = ring.resume(Some(3));
+        assert_eq!(replay.missed, Some(Some(9)));
+        assert_eq!(replay.events.iter().map(|n| n.seq).collect::<Vec<_>>(), (13..=20).collect::<Vec<_>>());
+        assert_eq!(replay.events[0].event.data.get("n"), Some(&Value::from(13_i64)));
     }
 
     /// A resume gets exactly what came after its id, is told how many

@@ -33,6 +33,9 @@ pub struct Seen {
 #[derive(Debug, Default)]
 pub struct Ledger {
     agents: HashMap<String, Seen>,
+    /// The last `halite/master/tree/reloaded` or `tree/failed` (the API's
+    /// tree view).
+    last_reload: Option<Event>,
 }
 
 impl Ledger {
@@ -41,12 +44,21 @@ impl Ledger {
         self.agents.get(agent)
     }
 
+    /// The last reload's event (`tree/reloaded` or `tree/failed`), if any
+    /// since the master started.
+    pub fn last_reload(&self) -> Option<&Event> {
+        self.last_reload.as_ref()
+    }
+
     /// Takes note of an event going on the bus. Cheap: called for every
     /// event, under the bus's lock.
     pub fn observe(&mut self, event: &Event) {
         let Some(rest) = event.tag.strip_prefix("halite/") else { return };
         let mut parts = rest.split('/');
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some("master"), Some("tree"), Some("reloaded" | "failed"), None) => {
+                self.last_reload = Some(event.clone());
+            }
             (Some("agent"), Some(agent), Some("connected"), None) => {
                 let seen = self.agents.entry(agent.to_owned()).or_default();
                 seen.version = event.data.get("version").and_then(|v| v.as_str()).map(str::to_owned);

@@ -102,7 +102,7 @@ pub async fn summary(State(state): State<HttpState>, principal: Principal) -> Re
             actions: r.actions.iter().map(|a| a.describe()).collect(),
         })
         .collect();
-    let last_reload = state.ring.last_reload().map(|event| ReloadView {
+    let last_reload = state.master.bus.ledger().last_reload().map(|event| ReloadView {
         ok: event.tag.ends_with("/reloaded"),
         at_us: event.time_us,
         data: event.data.to_json(),

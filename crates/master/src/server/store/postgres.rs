@@ -1320,22 +1320,7 @@ impl PgReader {
              FROM jobs j ORDER BY j.created_us DESC, j.jid DESC LIMIT $1",
             &[&i64::from(limit)],
         )?;
-        Ok(rows
-            .iter()
-            .map(|row| {
-                let agents: Option<String> = row.get(7);
-                JobSummary {
-                    job: job_record(row),
-                    agents: agents.map(|a| a.split(',').map(str::to_owned).collect()).unwrap_or_default(),
-                    changed: row.get(8),
-                    would_change: row.get(9),
-                    failed: row.get(10),
-                    unchanged: row.get(11),
-                    no_answer: row.get(12),
-                    waiting: row.get(13),
-                }
-            })
-            .collect())
+        Ok(rows.iter().map(job_summary).collect())
     }
 
     /// As `Reader::list_filtered` (halite.db): the jobs `filter` picks,
@@ -1371,22 +1356,7 @@ impl PgReader {
                 &i64::from(filter.limit),
             ],
         )?;
-        Ok(rows
-            .iter()
-            .map(|row| {
-                let agents: Option<String> = row.get(7);
-                JobSummary {
-                    job: job_record(row),
-                    agents: agents.map(|a| a.split(',').map(str::to_owned).collect()).unwrap_or_default(),
-                    changed: row.get(8),
-                    would_change: row.get(9),
-                    failed: row.get(10),
-                    unchanged: row.get(11),
-                    no_answer: row.get(12),
-                    waiting: row.get(13),
-                }
-            })
-            .collect())
+        Ok(rows.iter().map(job_summary).collect())
     }
 
     /// As `Reader::reactions_since` (halite.db): the jobs reactors started
@@ -1547,6 +1517,22 @@ impl PgReader {
         let all: Vec<Option<i64>> = rows.iter().map(|row| row.get(0)).collect();
         let count = u64::try_from(all.len()).unwrap_or(u64::MAX);
         Ok((count, all.into_iter().flatten().collect()))
+    }
+}
+
+/// A row of the job lists' query (`list`, `list_filtered`): the job's
+/// columns, then its agents and the counts by outcome.
+fn job_summary(row: &tokio_postgres::Row) -> JobSummary {
+    let agents: Option<String> = row.get(7);
+    JobSummary {
+        job: job_record(row),
+        agents: agents.map(|a| a.split(',').map(str::to_owned).collect()).unwrap_or_default(),
+        changed: row.get(8),
+        would_change: row.get(9),
+        failed: row.get(10),
+        unchanged: row.get(11),
+        no_answer: row.get(12),
+        waiting: row.get(13),
     }
 }
 
