@@ -2,9 +2,11 @@
 //! so an SSE client that reconnects with `Last-Event-ID` gets what it
 //! missed; and a live feed of the same numbered events for the streams.
 //!
-//! One task copies from the bus's in-process tail (a lossy broadcast:
-//! the bus never waits for it) into the ring and onward to [`FEED`], a
-//! broadcast of its own. A client slower than the feed loses events and
+//! While a stream is live, one task copies from the bus's in-process tail
+//! (a lossy broadcast: the bus never waits for it) into the ring and
+//! onward to [`FEED`], a broadcast of its own. While none is, nothing waits
+//! on the tail, so publishing wakes no thread: the tail keeps the newest
+//! events and the first reader of the ring takes them. A client slower than the feed loses events and
 //! is told how many (`missed`); none of this ever slows the master.
 //! Numbers start at 1 with each master run: an id from an earlier run is
 //! answered with a `missed` of unknown size.
