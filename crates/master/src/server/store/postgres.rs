@@ -1307,20 +1307,9 @@ impl PgReader {
             .map_err(|source| PgError::Postgres { target: self.target.shown.clone(), source })
     }
 
+    /// The newest `limit` jobs: the unfiltered job list.
     pub fn list(&self, limit: u32) -> Result<Vec<JobSummary>, PgError> {
-        let rows = self.query(
-            "SELECT j.jid, j.created_us, j.cause, j.reactor, j.target, j.states, j.test,
-                (SELECT string_agg(agent, ',' ORDER BY agent) FROM job_agents a WHERE a.jid = j.jid),
-                (SELECT count(*) FROM job_results r WHERE r.jid = j.jid AND r.outcome = 'changed'),
-                (SELECT count(*) FROM job_results r WHERE r.jid = j.jid AND r.outcome = 'would_change'),
-                (SELECT count(*) FROM job_results r WHERE r.jid = j.jid AND r.outcome = 'failed'),
-                (SELECT count(*) FROM job_results r WHERE r.jid = j.jid AND r.outcome = 'unchanged'),
-                (SELECT count(*) FROM job_agents a WHERE a.jid = j.jid AND a.status = 'no_answer'),
-                (SELECT count(*) FROM job_agents a WHERE a.jid = j.jid AND a.status = 'waiting')
-             FROM jobs j ORDER BY j.created_us DESC, j.jid DESC LIMIT $1",
-            &[&i64::from(limit)],
-        )?;
-        Ok(rows.iter().map(job_summary).collect())
+        self.list_filtered(&super::JobFilter { limit, ..Default::default() })
     }
 
     /// As `Reader::list_filtered` (halite.db): the jobs `filter` picks,
