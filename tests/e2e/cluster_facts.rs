@@ -9,64 +9,24 @@
 use std::path::Path;
 
 use anyhow::{Context as _, ensure};
+use halite_e2e::Fleet;
 use halite_e2e::postgres::Postgres;
 use halite_e2e::raw::RawAgent;
-use halite_e2e::{Fleet, WAIT};
 use halite_link::Keypair;
 use halite_master::fleet::{self, MasterProcess};
-use halite_proto::{AgentMessage, Job, JobResult, Value};
+use halite_proto::{AgentMessage, JobResult};
 
-/// A tree whose vars give the db tier a secret, by the `hostname` fact.
-const FACTS_TREE: &[(&str, &str)] = &[
-    ("top.yaml", "'*': [secret]\n"),
-    ("vars.yaml", "'*': {db_password: none}\n'G@hostname:db*': {db_password: hunter2-db-tier}\n"),
-    (
-        "secret.yaml",
-        "app-conf:\n  file.managed:\n    path: /etc/app.conf\n    contents: \"pw={{ vars.db_password }}\\n\"\n    template: jinja\n",
-    ),
-];
-const DB_SECRET: &str = "hunter2-db-tier";
+use crate::cluster_shared::{command, until};
+use crate::trust::{DB_SECRET, FACTS_TREE, contents, facts};
 
 /// An API on each master, and a role that reads web*.
 const API_YAML: &str = "api:\n  listen: 127.0.0.1:0\nroles:\n  web-read:\n    verbs: [read]\n    target: 'web*'\n";
-
-fn facts(hostname: &str) -> Value {
-    Value::map().with("id", hostname).with("hostname", hostname)
-}
-
-/// Everything a job would write, as text.
-fn contents(job: &Job) -> String {
-    job.states.iter().map(|s| s.args.to_json().to_string()).collect()
-}
-
-/// Runs `halite-master ARGS --config` of the master in `dir`: its exit code
-/// and stdout.
-async fn command(fleet: &Fleet, dir: &Path, args: &[&str]) -> anyhow::Result<(i32, String)> {
-    let mut command = halite_e2e::process(&fleet.binaries.master);
-    command.args(args).arg("--config").arg(dir.join("master.yaml"));
-    let output = halite_e2e::CommandOutput::of(command).await?;
-    ensure!(matches!(output.code, 0 | 1), "{args:?}: {}", output.stderr);
-    Ok((output.code, output.stdout))
-}
 
 /// `keys facts ID --json` on the master in `dir`: the first row.
 async fn facts_row(fleet: &Fleet, dir: &Path, id: &str) -> anyhow::Result<serde_json::Value> {
     let (_, out) = command(fleet, dir, &["keys", "facts", id, "--json"]).await?;
     let rows: serde_json::Value = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
     Ok(rows[0].clone())
-}
-
-/// Until `ask` answers, asking again every 50 ms, for at most [`WAIT`].
-async fn until<T>(what: &str, mut ask: impl AsyncFnMut() -> anyhow::Result<Option<T>>) -> anyhow::Result<T> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
-    loop {
-        if let Some(value) = ask().await? {
-            return Ok(value);
-        }
-        ensure!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tick.tick().await;
-    }
 }
 
 /// B is the fleet's master, A one beside it, both on one database and

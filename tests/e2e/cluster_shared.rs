@@ -25,7 +25,7 @@ fn master_yaml(cluster: &Postgres, database: &str, dir: &Path) -> String {
 
 /// Runs `halite-master ARGS --config` of the master in `dir`: its exit code
 /// and stdout.
-async fn command(fleet: &Fleet, dir: &Path, args: &[&str]) -> anyhow::Result<(i32, String)> {
+pub(crate) async fn command(fleet: &Fleet, dir: &Path, args: &[&str]) -> anyhow::Result<(i32, String)> {
     let mut command = halite_e2e::process(&fleet.binaries.master);
     command.args(args).arg("--config").arg(dir.join("master.yaml"));
     let output = halite_e2e::CommandOutput::of(command).await?;
@@ -51,7 +51,7 @@ async fn get(client: &reqwest::Client, url: &str, token: &str) -> anyhow::Result
 }
 
 /// Until `done` holds, asking again every 50 ms, for at most [`WAIT`].
-async fn until<T>(what: &str, mut ask: impl AsyncFnMut() -> anyhow::Result<Option<T>>) -> anyhow::Result<T> {
+pub(crate) async fn until<T>(what: &str, mut ask: impl AsyncFnMut() -> anyhow::Result<Option<T>>) -> anyhow::Result<T> {
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
     loop {

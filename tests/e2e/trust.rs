@@ -13,7 +13,7 @@ use halite_link::Keypair;
 use halite_proto::{AgentMessage, Event, Job, JobResult, MasterMessage, Outcome, StateResult, Value};
 
 /// A tree whose vars give the db tier a secret, by the `hostname` fact.
-const FACTS_TREE: &[(&str, &str)] = &[
+pub(crate) const FACTS_TREE: &[(&str, &str)] = &[
     ("top.yaml", "'*': [secret]\n"),
     ("vars.yaml", "'*': {db_password: none}\n'G@hostname:db*': {db_password: hunter2-db-tier}\n"),
     (
@@ -21,14 +21,14 @@ const FACTS_TREE: &[(&str, &str)] = &[
         "app-conf:\n  file.managed:\n    path: /etc/app.conf\n    contents: \"pw={{ vars.db_password }}\\n\"\n    template: jinja\n",
     ),
 ];
-const DB_SECRET: &str = "hunter2-db-tier";
+pub(crate) const DB_SECRET: &str = "hunter2-db-tier";
 
-fn facts(hostname: &str) -> Value {
+pub(crate) fn facts(hostname: &str) -> Value {
     Value::map().with("id", hostname).with("hostname", hostname)
 }
 
 /// Everything a job would write, as text.
-fn contents(job: &Job) -> String {
+pub(crate) fn contents(job: &Job) -> String {
     job.states.iter().map(|s| s.args.to_json().to_string()).collect()
 }
 
