@@ -4,11 +4,15 @@
 //! It speaks the real protocol (`halite_link` handshake and sealing,
 //! `halite_proto` messages), answers every job by applying it with the real
 //! state engine under its own root, and reconnects with backoff when the
-//! session ends (as the agent's `link.rs` does). It keeps no outbox, except
-//! for its one pending drift, sent again on every new session until it is
-//! restored; other events lost with a session are lost, which a benchmark
-//! notices as an agent that never reports back.
+//! session ends (as the agent's `link.rs` does). Its one pending drift is
+//! sent again on every new session until it is restored. Other events are
+//! kept until the master acknowledges them and sent again on a new session
+//! only when the swarm is told to (`SwarmSettings::resend_unacked`, as the
+//! real agent's outbox does; `cluster` sets it): the single-master ingest
+//! measures the master, not this bookkeeping, and there an event lost with
+//! a session shows as an ingest that never completes.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,6 +65,9 @@ pub(crate) struct Shared {
     pub handshakes: Semaphore,
     pub reports: mpsc::Sender<Report>,
     pub heartbeat: Duration,
+    /// Keep sent events until acknowledged and send them again on the
+    /// next session ([`Unacked`]).
+    pub resend_unacked: bool,
     pub cancel: CancellationToken,
 }
 
@@ -89,11 +96,52 @@ struct PendingDrift {
     at: Instant,
 }
 
+/// Events sent and not acknowledged yet, in the order they were made (ids
+/// made in one process increase), sent again on the next session as the
+/// real agent's outbox sends them; the master records an event id once.
+#[derive(Default)]
+struct Unacked(BTreeMap<Id, Event>);
+
+impl Unacked {
+    fn keep(&mut self, events: &[Event]) {
+        self.0.extend(events.iter().map(|event| (event.id, event.clone())));
+    }
+
+    fn acknowledged(&mut self, ids: &[Id]) {
+        for id in ids {
+            self.0.remove(id);
+        }
+    }
+
+    /// What to send again on a new session, as messages of at most
+    /// [`EVENTS_PER_MESSAGE`] events.
+    fn messages(&self) -> Vec<AgentMessage> {
+        let events: Vec<Event> = self.0.values().cloned().collect();
+        events.chunks(EVENTS_PER_MESSAGE).map(|chunk| AgentMessage::Events(chunk.to_vec())).collect()
+    }
+}
+
+/// An `Emit` command in progress: it goes on across sessions, so a session
+/// lost half-way does not lose the rest.
+struct Emitting {
+    left: usize,
+    total: usize,
+    started: Instant,
+}
+
+/// What one agent carries from one session to the next.
+#[derive(Default)]
+struct Carried {
+    drift: Option<PendingDrift>,
+    unacked: Unacked,
+    emitting: Option<Emitting>,
+}
+
 /// Runs one agent until the swarm is cancelled.
 pub(crate) async fn run(spec: AgentSpec, shared: Arc<Shared>, mut commands: mpsc::Receiver<Command>) {
     let order = halite_agent::masters::rank(&spec.id, &shared.endpoints);
     let mut failures: u32 = 0;
-    let mut drift: Option<PendingDrift> = None;
+    let mut carried = Carried::default();
     // The master whose session was just lost: skipped in the next round,
     // as the real agent's link does, so a dead master costs no timeout.
     let mut skip: Option<usize> = None;
@@ -118,7 +166,7 @@ pub(crate) async fn run(spec: AgentSpec, shared: Arc<Shared>, mut commands: mpsc
                     failures = 0;
                     answered = true;
                     let _ = shared.reports.send(Report::Up { agent: spec.index, master }).await;
-                    let Some(reason) = pump(&spec, &shared, socket, session, &mut commands, &mut drift).await else {
+                    let Some(reason) = pump(&spec, &shared, socket, session, &mut commands, &mut carried).await else {
                         return;
                     };
                     skip = Some(master);
@@ -200,15 +248,14 @@ async fn pump(
     mut socket: DealerSocket,
     mut session: Session,
     commands: &mut mpsc::Receiver<Command>,
-    drift: &mut Option<PendingDrift>,
+    carried: &mut Carried,
 ) -> Option<String> {
+    let Carried { drift, unacked, emitting } = carried;
     let mut monitor = socket.monitor();
     let (mut send, mut recv) = socket.split();
     let mut heartbeat = tokio::time::interval(shared.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
-    // Events still to send for an Emit command, and when it started.
-    let mut emitting: Option<(usize, usize, Instant)> = None;
     macro_rules! send {
         ($message:expr) => {{
             let sealed = match session.seal(&$message) {
@@ -222,6 +269,9 @@ async fn pump(
     }
     if let Some(pending) = drift.as_ref() {
         send!(AgentMessage::Event(pending.event.clone()));
+    }
+    for message in unacked.messages() {
+        send!(message);
     }
     loop {
         tokio::select! {
@@ -265,7 +315,9 @@ async fn pump(
                     Ok(MasterMessage::NotAccepted { status }) => {
                         let _ = shared.reports.send(Report::NotAccepted { agent: spec.index, status }).await;
                     }
-                    Ok(MasterMessage::Welcome(_) | MasterMessage::Beacons(_) | MasterMessage::Ack { .. } | MasterMessage::Acks(_) | MasterMessage::ResultAck { .. } | MasterMessage::Pong | MasterMessage::Inventory { .. } | MasterMessage::Secrets(_)) => {}
+                    Ok(MasterMessage::Ack { event }) => unacked.acknowledged(&[event]),
+                    Ok(MasterMessage::Acks(events)) => unacked.acknowledged(&events),
+                    Ok(MasterMessage::Welcome(_) | MasterMessage::Beacons(_) | MasterMessage::ResultAck { .. } | MasterMessage::Pong | MasterMessage::Inventory { .. } | MasterMessage::Secrets(_)) => {}
                     Err(error) => tracing::warn!(agent = %spec.id, %error, "Dropping an unreadable message from the master."),
                 }
             }
@@ -276,19 +328,23 @@ async fn pump(
             () = std::future::ready(()), if emitting.is_some() => {
                 // One message per turn of the loop, so that what the
                 // master sends (acks, jobs) is read between them.
-                let Some((left, total, started)) = emitting.as_mut() else { continue };
-                let batch = EVENTS_PER_MESSAGE.min(*left);
-                let events: Vec<Event> = (*total - *left..*total - *left + batch)
+                let Some(progress) = emitting.as_mut() else { continue };
+                let batch = EVENTS_PER_MESSAGE.min(progress.left);
+                let first = progress.total - progress.left;
+                let events: Vec<Event> = (first..first + batch)
                     .map(|n| Event::new(tag::beacon(&spec.id, "load"), spec.id.as_str(), Value::map().with("n", n as i64)))
                     .collect();
-                *left -= batch;
+                progress.left -= batch;
+                if shared.resend_unacked {
+                    unacked.keep(&events);
+                }
                 match <[Event; 1]>::try_from(events) {
                     Ok([event]) => send!(AgentMessage::Event(event)),
                     Err(events) => send!(AgentMessage::Events(events)),
                 }
-                if *left == 0 {
-                    let report = Report::Emitted { agent: spec.index, events: *total, elapsed: started.elapsed() };
-                    emitting = None;
+                if progress.left == 0 {
+                    let report = Report::Emitted { agent: spec.index, events: progress.total, elapsed: progress.started.elapsed() };
+                    *emitting = None;
                     let _ = shared.reports.send(report).await;
                 }
             }
@@ -305,7 +361,7 @@ async fn pump(
                     *drift = Some(PendingDrift { event: event.clone(), at: Instant::now() });
                     send!(AgentMessage::Event(event));
                 }
-                Some(Command::Emit(count)) => emitting = Some((count, count, Instant::now())),
+                Some(Command::Emit(count)) => *emitting = Some(Emitting { left: count, total: count, started: Instant::now() }),
             },
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > shared.heartbeat * 3 {
@@ -370,4 +426,35 @@ pub enum Report {
     OtherJob { agent: usize, job: Id },
     /// An `Emit` command's events were all handed to the link.
     Emitted { agent: usize, events: usize, elapsed: Duration },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unacknowledged_events_are_sent_again_in_order_and_acknowledged_ones_are_not() {
+        let events: Vec<Event> = (0..EVENTS_PER_MESSAGE + 2)
+            .map(|n| Event::new(tag::beacon("a", "load"), "a", Value::map().with("n", n as i64)))
+            .collect();
+        let mut unacked = Unacked::default();
+        unacked.keep(&events);
+        unacked.acknowledged(&[events[1].id, Id::new()]);
+        let again: Vec<Id> = unacked
+            .messages()
+            .into_iter()
+            .flat_map(|message| match message {
+                AgentMessage::Events(events) => {
+                    assert!(events.len() <= EVENTS_PER_MESSAGE);
+                    events
+                }
+                other => panic!("not an events message: {other:?}"),
+            })
+            .map(|event| event.id)
+            .collect();
+        let expected: Vec<Id> = events.iter().map(|e| e.id).filter(|id| *id != events[1].id).collect();
+        assert_eq!(again, expected);
+        unacked.acknowledged(&expected);
+        assert!(unacked.messages().is_empty());
+    }
 }

@@ -391,11 +391,11 @@ async fn scenarios(fleet: &mut Fleet, settings: &ClusterSettings) -> anyhow::Res
     if settings.events > 0 {
         let total = (settings.agents * settings.events) as i64;
         let already = fleet.load_events().await?;
+        let lost_before = sum(&fleet.all("sessions").await?, "lost");
         let before = fleet.usages();
         let started = Instant::now();
-        let answers = fleet.all(&format!("emit {}", settings.events)).await.context("ingest")?;
+        fleet.all(&format!("emit {}", settings.events)).await.context("ingest")?;
         let sent = started.elapsed();
-        let lost = sum(&answers, "lost");
         let deadline = started + settings.timeout;
         let mut every = tokio::time::interval(COUNT_EVERY);
         let recorded = loop {
@@ -405,14 +405,20 @@ async fn scenarios(fleet: &mut Fleet, settings: &ClusterSettings) -> anyhow::Res
                 break recorded;
             }
             if Instant::now() > deadline {
-                bail!("only {recorded} of {total} events recorded in PostgreSQL within {:?}", settings.timeout);
+                let lost = sum(&fleet.all("sessions").await?, "lost") - lost_before;
+                bail!(
+                    "only {recorded} of {total} events recorded in PostgreSQL within {:?}; sessions lost meanwhile: {lost}",
+                    settings.timeout
+                );
             }
         };
         let wall = started.elapsed();
         let after = fleet.usages();
+        let lost = sum(&fleet.all("sessions").await?, "lost") - lost_before;
         println!(
             "cluster ingest: {recorded} events from {} agents recorded in PostgreSQL in {:.3} s: {:.0} events/s \
-             (all handed to the links in {:.3} s; counted every {COUNT_EVERY:?}); sessions lost meanwhile: {lost}",
+             (all handed to the links in {:.3} s; counted every {COUNT_EVERY:?}); sessions lost meanwhile: {lost} \
+             (their unacknowledged events sent again on the next session, as the agent's outbox does)",
             settings.agents,
             wall.as_secs_f64(),
             recorded as f64 / wall.as_secs_f64(),

@@ -65,6 +65,10 @@ pub struct SwarmSettings {
     pub concurrent_handshakes: usize,
     /// Key pairs to use (agent `n` takes the `n`th); generated when absent.
     pub keys: Vec<Keypair>,
+    /// Keep each event until the master acknowledges it and send it again
+    /// on the agent's next session, as the real agent's outbox does. Off
+    /// by default: the single-master benchmarks measure the master.
+    pub resend_unacked: bool,
 }
 
 impl SwarmSettings {
@@ -81,6 +85,7 @@ impl SwarmSettings {
             heartbeat: Duration::from_secs(5),
             concurrent_handshakes: 256,
             keys: Vec::new(),
+            resend_unacked: false,
         }
     }
 }
@@ -120,6 +125,7 @@ impl Swarm {
             handshakes: Semaphore::new(settings.concurrent_handshakes.max(1)),
             reports: reports_tx,
             heartbeat: settings.heartbeat,
+            resend_unacked: settings.resend_unacked,
             cancel: CancellationToken::new(),
         });
         let mut swarm =

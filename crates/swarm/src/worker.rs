@@ -14,13 +14,21 @@
 //! | `converge` | `{"homes": [master, …]}` once every agent has applied its start-up job |
 //! | `drift` | `{"latencies_us": […], "failed": n, "unchanged": n}` once every drift is restored |
 //! | `emit N` | `{"emitted": n, "lost": sessions}` once every agent handed N events to its link |
+//! | `sessions` | `{"lost": n}`: sessions lost since the worker started |
 //! | `arm M` | `{"victims": n}`: the agents now on master M |
 //! | `killed T` | after `arm`, master M was SIGKILLed at T (µs since the epoch): `{"rehome_us": […], "enforce_us": […], "failed": n, "others_lost": n, "homes": […]}` once every victim is on another master and has had a drift restored |
 //! | `stop` | none: the worker exits |
 //!
 //! Times that cross processes are wall-clock microseconds (one machine,
 //! one clock); the rest are measured inside the worker.
+//!
+//! Between commands the worker keeps reading its agents' reports: an
+//! agent waits while the report channel is full, so a worker that only
+//! read during a command would stall its agents (no pings, sessions lost)
+//! once a few thousand reconnects had queued up while the parent counted
+//! rows in PostgreSQL.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -77,13 +85,29 @@ pub async fn run(first: usize, count: usize, dir: PathBuf, timeout: Duration) ->
     settings.endpoints = endpoints;
     settings.first = first;
     settings.keys = keys;
-    let mut worker = Worker { homes: vec![None; count], swarm: Swarm::start(settings)?, timeout };
-    while let Some(line) = lines.recv().await {
+    settings.resend_unacked = true;
+    let mut worker =
+        Worker { homes: vec![None; count], swarm: Swarm::start(settings)?, timeout, backlog: VecDeque::new(), lost: 0 };
+    loop {
+        let line = tokio::select! {
+            line = lines.recv() => match line {
+                Some(line) => line,
+                None => break,
+            },
+            report = worker.swarm.next_report() => {
+                let report = report.context("every agent stopped")?;
+                if let Some(report) = worker.note(report) {
+                    worker.backlog.push_back(report);
+                }
+                continue;
+            }
+        };
         let mut words = line.split_whitespace();
         let reply = match (words.next(), words.next()) {
             (Some("converge"), None) => worker.converge().await?,
             (Some("drift"), None) => worker.drift().await?,
             (Some("emit"), Some(n)) => worker.emit(n.parse().context("emit N")?).await?,
+            (Some("sessions"), None) => json!({ "lost": worker.lost }),
             (Some("arm"), Some(m)) => worker.failover(m.parse().context("arm M")?, &mut lines).await?,
             (Some("stop"), None) => break,
             _ => bail!("unknown command `{line}`"),
@@ -112,26 +136,46 @@ struct Worker {
     /// The master each agent's session is on (an index into the endpoints).
     homes: Vec<Option<usize>>,
     timeout: Duration,
+    /// Reports read between commands that a command may be waiting for
+    /// (a start-up apply that finished before `converge` came): the next
+    /// command reads them first. Sessions opening and closing are only
+    /// noted, so this holds at most a few reports per agent.
+    backlog: VecDeque<Report>,
+    /// Sessions lost since the worker started.
+    lost: usize,
 }
 
 impl Worker {
     /// The next report, noting sessions that open and close; fails after
     /// `deadline` with `what`.
     async fn next(&mut self, deadline: tokio::time::Instant, what: &str) -> anyhow::Result<Report> {
+        if let Some(report) = self.backlog.pop_front() {
+            return Ok(report);
+        }
         let report = match tokio::time::timeout_at(deadline, self.swarm.next_report()).await {
             Ok(Some(report)) => report,
             Ok(None) => bail!("every agent stopped"),
             Err(_) => bail!("{what}: not done within {:?}", self.timeout),
         };
-        match &report {
-            Report::Up { agent, master } => self.homes[*agent] = Some(*master),
-            Report::Down { agent, .. } => self.homes[*agent] = None,
-            Report::NotAccepted { agent, status } => {
-                tracing::warn!(agent = %self.swarm.id(*agent), %status, "Key not accepted.");
-            }
-            _ => {}
-        }
+        self.note(report.clone());
         Ok(report)
+    }
+
+    /// Notes where sessions open and close; gives the report back unless
+    /// that is all it says.
+    fn note(&mut self, report: Report) -> Option<Report> {
+        match report {
+            Report::Up { agent, master } => self.homes[agent] = Some(master),
+            Report::Down { agent, .. } => {
+                self.homes[agent] = None;
+                self.lost += 1;
+            }
+            Report::NotAccepted { agent, status } => {
+                tracing::warn!(agent = %self.swarm.id(agent), %status, "Key not accepted.");
+            }
+            report => return Some(report),
+        }
+        None
     }
 
     fn homes(&self) -> serde_json::Value {
