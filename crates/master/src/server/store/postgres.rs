@@ -675,7 +675,9 @@ impl Statements {
 /// and the statement returns those (agent, epoch) with the holder. Rows
 /// without an epoch (a session whose epoch is not written yet, a lone
 /// master) are inserted unchecked. One statement per batch, whatever its
-/// size: the hot path never waits on it.
+/// size: the hot path never waits on it. With `$9` false (a drained spool:
+/// [`Fence::Tell`]) the stale rows are inserted all the same and only
+/// returned.
 const FENCED_INSERT: &str = "
 WITH e AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $7::text[], $8::bigint[])
@@ -691,7 +693,7 @@ WITH e AS (
 ), written AS (
     INSERT INTO events (id, agent, tag, time_us, data, recorded_us, master, epoch)
     SELECT e.id, e.agent, e.tag, e.time_us, e.data, $6, e.master, e.epoch FROM e
-    WHERE NOT EXISTS (SELECT 1 FROM stale WHERE stale.agent = e.agent AND stale.epoch = e.epoch)
+    WHERE NOT $9::boolean OR NOT EXISTS (SELECT 1 FROM stale WHERE stale.agent = e.agent AND stale.epoch = e.epoch)
     ON CONFLICT (id) DO NOTHING
 )
 SELECT agent, epoch, current, holder FROM stale ORDER BY agent";
@@ -740,14 +742,28 @@ fn text(value: &str) -> String {
     value.replace('\0', "\u{fffd}")
 }
 
-/// Writes `records` in one transaction, but for the events the fence
-/// refuses ([`FENCED_INSERT`]), which it returns.
+/// What the fence does with the events of a session another master has
+/// taken since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fence {
+    /// A live batch: they are not recorded and not acknowledged, so the
+    /// agent sends them again to the master it reaches next.
+    Refuse,
+    /// A drained spool: they were acknowledged when spooled and nobody will
+    /// send them again, so they are recorded (once: event ids are unique)
+    /// and only the stale session is told.
+    Tell,
+}
+
+/// Writes `records` in one transaction, but for the events `fence`
+/// refuses ([`FENCED_INSERT`]); returns the stale sessions it found.
 /// `master` is this master's name among several (`Store::name_master`),
 /// which its job answers carry.
 async fn commit(
     conn: &mut Conn,
     records: &[Record],
     master: Option<&str>,
+    fence: Fence,
 ) -> Result<Vec<Fenced>, tokio_postgres::Error> {
     let Conn { client, statements } = conn;
     let Statements {
@@ -778,8 +794,12 @@ async fn commit(
         let data: Vec<String> = events.iter().map(|e| text(&e.data)).collect();
         let masters: Vec<Option<String>> = events.iter().map(|e| e.master.as_deref().map(text)).collect();
         let epochs: Vec<Option<i64>> = events.iter().map(|e| e.epoch).collect();
-        let rows =
-            tx.query(insert_events, &[&ids, &agents, &tags, &times, &data, &now_us(), &masters, &epochs]).await?;
+        let rows = tx
+            .query(
+                insert_events,
+                &[&ids, &agents, &tags, &times, &data, &now_us(), &masters, &epochs, &(fence == Fence::Refuse)],
+            )
+            .await?;
         fenced = rows
             .iter()
             .map(|row| Fenced { agent: row.get(0), epoch: row.get(1), current: row.get(2), holder: row.get(3) })
@@ -1100,11 +1120,11 @@ impl PgWriter {
             && let Some(client) = self.client.as_mut()
         {
             let result = self.runtime.block_on(async {
-                tokio::time::timeout(COMMIT_TIMEOUT, commit(client, records, name.as_deref())).await
+                tokio::time::timeout(COMMIT_TIMEOUT, commit(client, records, name.as_deref(), Fence::Refuse)).await
             });
             match result {
                 Ok(Ok(fenced)) => {
-                    self.tell_fenced(&fenced);
+                    self.tell_fenced(&fenced, Fence::Refuse);
                     return Recorded { durable: true, fenced };
                 }
                 Ok(Err(error)) if !unreachable(&error) => {
@@ -1135,9 +1155,16 @@ impl PgWriter {
     /// Logs the sessions the fence refused rows of and tells the session
     /// layer, never waiting (a full queue drops the notice: the session's
     /// next refused row tells again).
-    fn tell_fenced(&self, fenced: &[Fenced]) {
+    fn tell_fenced(&self, fenced: &[Fenced], fence: Fence) {
         for stale in fenced {
-            tracing::warn!(store = %self.target, agent = %stale.agent, epoch = stale.epoch, current = stale.current, master = %stale.holder, "Refused this master's records of an agent another master serves now (a stale session epoch).");
+            match fence {
+                Fence::Refuse => {
+                    tracing::warn!(store = %self.target, agent = %stale.agent, epoch = stale.epoch, current = stale.current, master = %stale.holder, "Refused this master's records of an agent another master serves now (a stale session epoch).")
+                }
+                Fence::Tell => {
+                    tracing::warn!(store = %self.target, agent = %stale.agent, epoch = stale.epoch, current = stale.current, master = %stale.holder, "Recorded spooled events of an agent another master serves now (acknowledged before it moved); this master's session is stale.")
+                }
+            }
             if self.fenced.try_send(stale.clone()).is_err() {
                 tracing::warn!(agent = %stale.agent, "Too many fenced sessions wait to be dropped; this notice is not sent.");
             }
@@ -1221,13 +1248,13 @@ impl PgWriter {
         let Some(client) = self.client.as_mut() else { return };
         let mut refused = Vec::new();
         for chunk in records.chunks(PG_BATCH) {
-            let result = self
-                .runtime
-                .block_on(async { tokio::time::timeout(COMMIT_TIMEOUT, commit(client, chunk, name.as_deref())).await });
+            let result = self.runtime.block_on(async {
+                tokio::time::timeout(COMMIT_TIMEOUT, commit(client, chunk, name.as_deref(), Fence::Tell)).await
+            });
             match result {
-                // Spooled rows were acknowledged already: the fence's
-                // refusals are logged and their sessions dropped, and
-                // those events are not recorded (README "Fencing").
+                // Spooled rows were acknowledged already: a stale
+                // session's rows are recorded all the same, the session
+                // is logged and dropped (README "Fencing").
                 Ok(Ok(fenced)) => refused.extend(fenced),
                 Ok(Err(error)) if !unreachable(&error) => {
                     tracing::error!(store = %self.target, error = %describe(&error), records = chunk.len(), "PostgreSQL refuses spooled records; they are dropped.");
@@ -1236,19 +1263,19 @@ impl PgWriter {
                     tracing::warn!(store = %self.target, error = %describe(&error), "PostgreSQL went away while draining the spool; it is tried again.");
                     self.client = None;
                     self.last_try = std::time::Instant::now();
-                    self.tell_fenced(&refused);
+                    self.tell_fenced(&refused, Fence::Tell);
                     return;
                 }
                 Err(_) => {
                     tracing::warn!(store = %self.target, "PostgreSQL did not commit in time while draining the spool; it is tried again.");
                     self.client = None;
                     self.last_try = std::time::Instant::now();
-                    self.tell_fenced(&refused);
+                    self.tell_fenced(&refused, Fence::Tell);
                     return;
                 }
             }
         }
-        self.tell_fenced(&refused);
+        self.tell_fenced(&refused, Fence::Tell);
         match self.spool.clear() {
             Ok(()) => {
                 tracing::warn!(store = %self.target, records = records.len(), "Drained the spool into PostgreSQL.");
