@@ -159,3 +159,90 @@ async fn facts_frozen_on_one_master_decide_targeting_on_another() {
         fleet.fail(&error);
     }
 }
+
+/// While PostgreSQL is down each master freezes what it is shown, as a
+/// lone master does; once it answers, those rows are shared, and where two
+/// masters froze different facts for one key meanwhile, the first row
+/// written wins on both (`server/cluster/facts.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn facts_frozen_while_postgresql_is_down_are_shared_once_it_answers() {
+    let cluster = tokio::task::spawn_blocking(Postgres::start).await.unwrap().unwrap();
+    let database = cluster.database().unwrap();
+    let url = cluster.url(&database);
+    let dir = tempfile::tempdir().unwrap();
+    let password = cluster.password_file(dir.path()).unwrap();
+    let yaml = format!("store:\n  url: {url}\n  password_file: {}\n", password.display());
+    let fleet = Fleet::start_custom_with_master_config(&[], FACTS_TREE, &yaml).await.unwrap();
+    let cluster = std::sync::Arc::new(cluster);
+    let mut a: Option<MasterProcess> = None;
+    let result = async {
+        let master_a = fleet::start_master_with(
+            &fleet.binaries,
+            &fleet.dir.path().join("master-a"),
+            &fleet.states,
+            "tcp://127.0.0.1:0",
+            &["*"],
+            &yaml,
+        )
+        .await?;
+        let master_a = a.insert(master_a);
+        let (dir_a, dir_b) = (master_a.dir.clone(), fleet.dir.path().join("master"));
+        let (listen_a, listen_b) = (master_a.listen.clone(), fleet.master().listen.clone());
+        let postgres = cluster.clone();
+        tokio::task::spawn_blocking(move || postgres.stop_immediate()).await??;
+
+        // Each master accepts and freezes on its own: web09 on A; web10's
+        // one key on A as web10, then on B as db-y (B has not heard of A's).
+        let first_job = async |listen: &str, id: &str, hostname: &str, keypair: &Keypair| {
+            let mut agent = RawAgent::connect_with_key(listen, id, facts(hostname), keypair).await?;
+            let job = agent.next_job().await?;
+            agent.send(&AgentMessage::JobResult(JobResult { job: job.id, results: Vec::new() })).await?;
+            agent.barrier().await?;
+            anyhow::Ok(job)
+        };
+        let job = first_job(&listen_a, "web09", "web09", &Keypair::generate()?).await?;
+        ensure!(contents(&job).contains("pw=none"), "{}", contents(&job));
+        let web10 = Keypair::generate()?;
+        first_job(&listen_a, "web10", "web10", &web10).await?;
+        let on_b = first_job(&listen_b, "web10", "db-y", &web10).await?;
+        ensure!(contents(&on_b).contains(DB_SECRET), "B should have frozen db-y alone: {}", contents(&on_b));
+        for (dir, hostname) in [(&dir_a, "web10"), (&dir_b, "db-y")] {
+            let row = facts_row(&fleet, dir, "web10").await?;
+            ensure!(row["frozen"]["hostname"] == hostname, "frozen while PostgreSQL is down: {row}");
+        }
+
+        let postgres = cluster.clone();
+        tokio::task::spawn_blocking(move || postgres.start_again()).await??;
+        until("web09's facts, frozen on A while PostgreSQL was down, on B", async || {
+            let row = facts_row(&fleet, &dir_b, "web09").await?;
+            Ok((row["frozen"]["hostname"] == "web09").then_some(()))
+        })
+        .await?;
+        let agreed = until("one frozen row for web10 on both masters", async || {
+            let (on_a, on_b) = (facts_row(&fleet, &dir_a, "web10").await?, facts_row(&fleet, &dir_b, "web10").await?);
+            let same = on_a["frozen"]["hostname"] == on_b["frozen"]["hostname"];
+            Ok(same.then(|| on_a["frozen"]["hostname"].clone()))
+        })
+        .await?;
+        ensure!(agreed == "web10" || agreed == "db-y", "neither master's facts: {agreed}");
+        // And what is in force is PostgreSQL's one row.
+        let target = halite_master::server::store::postgres::PgTarget::new(
+            &url,
+            Some(halite_e2e::postgres::PASSWORD.into()),
+            None,
+        )?;
+        let rows = target.connect().await?.query("SELECT frozen FROM key_facts WHERE id = 'web10'", &[]).await?;
+        ensure!(rows.len() == 1, "{} rows for web10 in key_facts", rows.len());
+        let stored: serde_json::Value = serde_json::from_str(rows[0].get::<_, &str>(0))?;
+        ensure!(stored["hostname"] == agreed, "PostgreSQL holds {stored}, the masters {agreed}");
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        if let Some(a) = &a {
+            eprintln!("===== master A =====\n{}", std::fs::read_to_string(&a.log).unwrap_or_default());
+        }
+        eprintln!("===== postgres =====\n{}", cluster.log());
+        fleet.fail(&error);
+    }
+}
