@@ -40,16 +40,28 @@ build() { # name rev
     && cargo bench --quiet -p halite-e2e --bench drift_restore --locked --no-run) >&2
 }
 
-# One round of one side: prints "figure value" lines.
-measure() { # name
-  local tree=$scratch/$1 out
-  out=$(cd "$tree" && cargo bench --quiet -p halite-e2e --bench drift_restore --locked 2>/dev/null)
+# One round of one side: prints "figure value" lines. Each run's output is
+# kept in $scratch/logs; a run that fails names its log and stops the
+# comparison (a benchmark that fails is a finding, not noise).
+measure() { # name round
+  local side=$1 round=$2
+  local tree=$scratch/$side log=$scratch/logs/$round-$side
+  run() { # what command…
+    local what=$1 code=0
+    shift
+    "$@" >"$log-$what.out" 2>"$log-$what.err" || code=$?
+    if [ "$code" -ne 0 ]; then
+      echo "round $round side $side: $what failed (exit $code); see $log-$what.err" >&2
+      exit 1
+    fi
+  }
+  run drift bash -c "cd '$tree' && cargo bench --quiet -p halite-e2e --bench drift_restore --locked"
   awk '/drift → restored/ { for (i = 1; i <= NF; i++) if ($i == "p50") print "drift_p50_ms", $(i+1);
-                           for (i = 1; i <= NF; i++) if ($i == "p99") print "drift_p99_ms", $(i+1) }' <<<"$out"
-  out=$("$tree/target/release/halite-swarm" storm --agents "$agents" 2>/dev/null)
-  sed -n 's/^storm: all [0-9]* restored \([0-9.]*\) s after.*/storm_s \1/p' <<<"$out"
-  out=$("$tree/target/release/halite-swarm" ingest --agents "$agents" --events 1000 2>/dev/null)
-  sed -n 's/^ingest: .*: \([0-9]*\) events\/s;.*/ingest_per_s \1/p' <<<"$out"
+                           for (i = 1; i <= NF; i++) if ($i == "p99") print "drift_p99_ms", $(i+1) }' "$log-drift.out"
+  run storm "$tree/target/release/halite-swarm" storm --agents "$agents"
+  sed -n 's/^storm: all [0-9]* restored \([0-9.]*\) s after.*/storm_s \1/p' "$log-storm.out"
+  run ingest "$tree/target/release/halite-swarm" ingest --agents "$agents" --events 1000
+  sed -n 's/^ingest: .*: \([0-9]*\) events\/s;.*/ingest_per_s \1/p' "$log-ingest.out"
 }
 
 unset CARGO_TARGET_DIR
@@ -57,10 +69,11 @@ build A "$base"
 build B "$head"
 results=$scratch/results.txt
 : >"$results"
+mkdir -p "$scratch/logs"
 for round in $(seq 1 "$rounds"); do
   for side in A B; do
     echo "== round $round/$rounds: $side" >&2
-    measure "$side" | sed "s/^/$round $side /" >>"$results"
+    measure "$side" "$round" | sed "s/^/$round $side /" >>"$results"
   done
 done
 
