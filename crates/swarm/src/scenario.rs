@@ -278,6 +278,109 @@ pub struct IngestResult {
     pub sessions_lost: usize,
 }
 
+/// The ingest's counting subscriber, on a thread and runtime of its own.
+/// As one task among the swarm's agents it was polled one turn in a
+/// thousand while they emitted, fell more than the publisher's per-
+/// subscriber queue behind (`PUBLISHER_SUBSCRIBER_QUEUE`), and lost
+/// events the master had published: a failed benchmark, not a slow master.
+/// A raw SUB socket that only looks at topics: parsing every event's JSON
+/// would make the counter the bottleneck.
+struct Counter {
+    /// Events seen since the first (the probe), which is not counted.
+    seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Tells when the counter has seen the probe.
+    ready: Option<tokio::sync::oneshot::Receiver<anyhow::Result<()>>>,
+    /// Wakes [`Counter::wait_for`] on each batch counted.
+    progress: tokio::sync::watch::Receiver<usize>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Counter {
+    fn start(publish: &str) -> anyhow::Result<Counter> {
+        use std::sync::atomic::Ordering;
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        let (progress_tx, progress) = tokio::sync::watch::channel(0);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (publish, counted, stopped) = (publish.to_owned(), seen.clone(), stop.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new().name("ingest-counter".into()).spawn(move || {
+            runtime.block_on(async move {
+                let mut bus = SubSocket::new();
+                let subscribed = async {
+                    bus.connect(&publish).await.context("cannot connect to the event publisher")?;
+                    bus.subscribe("halite/beacon/").await?;
+                    // The first `/load` event is the probe.
+                    loop {
+                        let message = bus.recv().await?;
+                        if message.get(0).is_some_and(|t| t.ends_with(b"/load")) {
+                            return anyhow::Ok(());
+                        }
+                    }
+                };
+                let subscribed = tokio::select! {
+                    () = stopped.cancelled() => return,
+                    subscribed = subscribed => subscribed,
+                };
+                let failed = subscribed.is_err();
+                let _ = ready_tx.send(subscribed);
+                if failed {
+                    return;
+                }
+                loop {
+                    let message = tokio::select! {
+                        () = stopped.cancelled() => return,
+                        message = bus.recv() => match message {
+                            Ok(message) => message,
+                            Err(_) => return,
+                        },
+                    };
+                    if message.get(0).is_some_and(|t| t.ends_with(b"/load")) {
+                        let now = counted.fetch_add(1, Ordering::Relaxed) + 1;
+                        // Waking the waiter on every event would cost more
+                        // than counting it.
+                        if now % 1024 == 0 {
+                            progress_tx.send_replace(now);
+                        }
+                    }
+                }
+            });
+        })?;
+        Ok(Counter { seen, ready: Some(ready), progress, stop })
+    }
+
+    /// Waits until the counter has seen the probe event.
+    async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let ready = self.ready.take().context("the counter's readiness was awaited twice")?;
+        tokio::time::timeout(timeout, ready).await.context("timed out")?.context("the counter's thread ended")?
+    }
+
+    /// Returns once `total` events were counted: woken every 1,024 events,
+    /// and every 20 ms for the last few.
+    async fn wait_for(&self, total: usize) {
+        let mut progress = self.progress.clone();
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        // A counter whose thread ended wakes nobody: the ticks go on.
+        let mut counting = true;
+        while self.seen() < total {
+            tokio::select! {
+                changed = progress.changed(), if counting => counting = changed.is_ok(),
+                _ = tick.tick() => {}
+            }
+        }
+    }
+
+    fn seen(&self) -> usize {
+        self.seen.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Counter {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 impl IngestResult {
     pub fn rate(&self) -> f64 {
         self.events as f64 / self.elapsed.as_secs_f64()
@@ -289,42 +392,25 @@ impl IngestResult {
 pub async fn ingest(bench: &Bench, agents: usize, per_agent: usize, timeout: Duration) -> anyhow::Result<IngestResult> {
     let mut swarm = bench.swarm(agents)?;
     converge(&mut swarm, timeout).await?;
-    // A raw subscriber that only counts topics: parsing every event's JSON
-    // here would make the counter the bottleneck.
-    let mut bus = SubSocket::new();
-    bus.connect(&bench.master().publish).await.context("cannot connect to the event publisher")?;
-    bus.subscribe("halite/beacon/").await?;
+    let mut counter = Counter::start(&bench.master().publish)?;
     // The subscription travels asynchronously: wait until an event is seen.
     let mut probe = Subscriber::connect(&bench.master().publish, "halite/").await?;
     swarm.command(0, Command::Emit(1)).await?;
     probe.wait_for(timeout, "the probe event", |e| e.tag.ends_with("/load")).await?;
-    tokio::time::timeout(timeout, async {
-        loop {
-            let message = bus.recv().await?;
-            if message.get(0).is_some_and(|t| t.ends_with(b"/load")) {
-                return anyhow::Ok(());
-            }
-        }
-    })
-    .await
-    .context("no probe event on the counting subscriber")??;
     drop(probe);
+    counter.wait_ready(timeout).await.context("no probe event on the counting subscriber")?;
     let total = agents * per_agent;
     let master_before = bench.master_usage()?;
     let threads_before = bench.master_threads()?;
     let started = Instant::now();
     swarm.command_all(Command::Emit(per_agent)).await?;
-    let (mut seen, mut lost) = (0usize, 0usize);
+    let mut lost = 0usize;
     let counted = tokio::time::timeout(timeout, async {
-        while seen < total {
+        loop {
             // Agents' reports are read meanwhile: a full report queue would
             // stop the agents (see `REPORT_CAPACITY`).
             tokio::select! {
-                message = bus.recv() => {
-                    if message?.get(0).is_some_and(|t| t.ends_with(b"/load")) {
-                        seen += 1;
-                    }
-                }
+                () = counter.wait_for(total) => return anyhow::Ok(()),
                 report = swarm.next_report() => match report {
                     Some(Report::Down { agent, reason }) => {
                         lost += 1;
@@ -337,9 +423,10 @@ pub async fn ingest(bench: &Bench, agents: usize, per_agent: usize, timeout: Dur
                 },
             }
         }
-        anyhow::Ok(())
     })
     .await;
+    let seen = counter.seen();
+    drop(counter);
     let elapsed = started.elapsed();
     let master_after = bench.master_usage()?;
     let threads = proc::thread_deltas(&threads_before, &bench.master_threads()?);
