@@ -68,6 +68,11 @@ pub(crate) struct Shared {
     /// Keep sent events until acknowledged and send them again on the
     /// next session ([`Unacked`]).
     pub resend_unacked: bool,
+    /// Events the master has acknowledged, swarm-wide: an ack goes once
+    /// the events are handed to the master's publisher (and, on
+    /// PostgreSQL, recorded), so this counts what reached the bus without
+    /// a subscriber that could fall behind.
+    pub acknowledged: std::sync::atomic::AtomicUsize,
     pub cancel: CancellationToken,
 }
 
@@ -315,8 +320,14 @@ async fn pump(
                     Ok(MasterMessage::NotAccepted { status }) => {
                         let _ = shared.reports.send(Report::NotAccepted { agent: spec.index, status }).await;
                     }
-                    Ok(MasterMessage::Ack { event }) => unacked.acknowledged(&[event]),
-                    Ok(MasterMessage::Acks(events)) => unacked.acknowledged(&events),
+                    Ok(MasterMessage::Ack { event }) => {
+                        shared.acknowledged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        unacked.acknowledged(&[event]);
+                    }
+                    Ok(MasterMessage::Acks(events)) => {
+                        shared.acknowledged.fetch_add(events.len(), std::sync::atomic::Ordering::Relaxed);
+                        unacked.acknowledged(&events);
+                    }
                     Ok(MasterMessage::Welcome(_) | MasterMessage::Beacons(_) | MasterMessage::ResultAck { .. } | MasterMessage::Pong | MasterMessage::Inventory { .. } | MasterMessage::Secrets(_)) => {}
                     Err(error) => tracing::warn!(agent = %spec.id, %error, "Dropping an unreadable message from the master."),
                 }

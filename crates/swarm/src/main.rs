@@ -209,14 +209,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             report(observer).await?;
             bench.stop().await;
             println!(
-                "ingest: {} events from {} agents on the bus in {:.3} s: {:.0} events/s; master {:.2} cores; {}; sessions lost meanwhile: {}",
+                "ingest: {} events from {} agents handed to the bus (acknowledged) in {:.3} s: {:.0} events/s; master {:.2} cores; {}; sessions lost meanwhile: {}; a subscriber on the bus saw {}",
                 result.events,
                 result.agents,
                 result.elapsed.as_secs_f64(),
                 result.rate(),
                 result.master_cores,
                 master_line(&result.master_after),
-                result.sessions_lost
+                result.sessions_lost,
+                result.seen_by_a_subscriber
             );
             let per_event = |cpu: Duration| cpu.as_secs_f64() * 1e9 / result.events.max(1) as f64;
             println!(

@@ -264,7 +264,12 @@ pub async fn storm(bench: &Bench, agents: usize, timeout: Duration) -> anyhow::R
 pub struct IngestResult {
     pub agents: usize,
     pub events: usize,
-    /// From the first emit command to the last event seen on the bus.
+    /// Of them, how many a subscriber on the publisher counted: all, unless
+    /// it fell more than its queue behind (the publisher never waits for
+    /// a subscriber, so a slow one loses events).
+    pub seen_by_a_subscriber: usize,
+    /// From the first emit command to the last event acknowledged, i.e.
+    /// handed to the master's publisher (acks go only after that).
     pub elapsed: Duration,
     pub master_cores: f64,
     pub master_after: Usage,
@@ -274,9 +279,14 @@ pub struct IngestResult {
     pub master_thread_cpu: Duration,
     pub master_http_cpu: Duration,
     /// Sessions that ended while the events were counted (each agent
-    /// reconnects; its unsent events are lost: the swarm keeps no outbox).
+    /// reconnects; its unacknowledged events are lost: here the swarm
+    /// keeps no outbox, and the ingest then fails).
     pub sessions_lost: usize,
 }
+
+/// How long the ingest waits for its counting subscriber to see a probe
+/// event before it sends another.
+const PROBE_EVERY: Duration = Duration::from_millis(200);
 
 /// The ingest's counting subscriber, on a thread and runtime of its own.
 /// As one task among the swarm's agents it was polled one turn in a
@@ -289,7 +299,7 @@ struct Counter {
     /// Events seen since the first (the probe), which is not counted.
     seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Tells when the counter has seen the probe.
-    ready: Option<tokio::sync::oneshot::Receiver<anyhow::Result<()>>>,
+    ready: tokio::sync::oneshot::Receiver<anyhow::Result<()>>,
     /// Wakes [`Counter::wait_for`] on each batch counted.
     progress: tokio::sync::watch::Receiver<usize>,
     stop: tokio_util::sync::CancellationToken,
@@ -346,13 +356,17 @@ impl Counter {
                 }
             });
         })?;
-        Ok(Counter { seen, ready: Some(ready), progress, stop })
+        Ok(Counter { seen, ready, progress, stop })
     }
 
-    /// Waits until the counter has seen the probe event.
-    async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        let ready = self.ready.take().context("the counter's readiness was awaited twice")?;
-        tokio::time::timeout(timeout, ready).await.context("timed out")?.context("the counter's thread ended")?
+    /// Whether the counter has seen a probe event within `wait`; fails
+    /// when it cannot subscribe.
+    async fn wait_ready(&mut self, wait: Duration) -> anyhow::Result<bool> {
+        match tokio::time::timeout(wait, &mut self.ready).await {
+            Err(_) => Ok(false),
+            Ok(Ok(subscribed)) => subscribed.map(|()| true),
+            Ok(Err(_)) => bail!("the ingest's counting subscriber stopped"),
+        }
     }
 
     /// Returns once `total` events were counted: woken every 1,024 events,
@@ -388,29 +402,47 @@ impl IngestResult {
 }
 
 /// Event ingest: each of `agents` sends `per_agent` events at once; the
-/// time until all of them have been published on the master's bus.
+/// time until all of them have been handed to the master's bus, which the
+/// master's acks say (a subscriber counting them could lose some: the
+/// publisher drops for one that falls behind).
 pub async fn ingest(bench: &Bench, agents: usize, per_agent: usize, timeout: Duration) -> anyhow::Result<IngestResult> {
     let mut swarm = bench.swarm(agents)?;
     converge(&mut swarm, timeout).await?;
     let mut counter = Counter::start(&bench.master().publish)?;
-    // The subscription travels asynchronously: wait until an event is seen.
-    let mut probe = Subscriber::connect(&bench.master().publish, "halite/").await?;
-    swarm.command(0, Command::Emit(1)).await?;
-    probe.wait_for(timeout, "the probe event", |e| e.tag.ends_with("/load")).await?;
-    drop(probe);
-    counter.wait_ready(timeout).await.context("no probe event on the counting subscriber")?;
+    // The subscription travels asynchronously: probe (one event from the
+    // first agent) until the counter sees one, then wait for every probe's
+    // ack, so that what is acknowledged from here on is the ingest's.
+    let deadline = Instant::now() + timeout;
+    let mut probes = 0;
+    loop {
+        swarm.command(0, Command::Emit(1)).await?;
+        probes += 1;
+        if counter.wait_ready(PROBE_EVERY).await? {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no probe event on the counting subscriber within {timeout:?}");
+    }
+    while swarm.acknowledged() < probes {
+        anyhow::ensure!(Instant::now() < deadline, "the probes were not acknowledged within {timeout:?}");
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(5)) => {}
+            report = swarm.next_report() => anyhow::ensure!(report.is_some(), "every agent stopped"),
+        }
+    }
     let total = agents * per_agent;
     let master_before = bench.master_usage()?;
     let threads_before = bench.master_threads()?;
+    let acknowledged_before = swarm.acknowledged();
     let started = Instant::now();
     swarm.command_all(Command::Emit(per_agent)).await?;
     let mut lost = 0usize;
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
     let counted = tokio::time::timeout(timeout, async {
-        loop {
+        while swarm.acknowledged() - acknowledged_before < total {
             // Agents' reports are read meanwhile: a full report queue would
             // stop the agents (see `REPORT_CAPACITY`).
             tokio::select! {
-                () = counter.wait_for(total) => return anyhow::Ok(()),
+                _ = tick.tick() => {}
                 report = swarm.next_report() => match report {
                     Some(Report::Down { agent, reason }) => {
                         lost += 1;
@@ -423,24 +455,33 @@ pub async fn ingest(bench: &Bench, agents: usize, per_agent: usize, timeout: Dur
                 },
             }
         }
+        anyhow::Ok(())
     })
     .await;
-    let seen = counter.seen();
-    drop(counter);
     let elapsed = started.elapsed();
     let master_after = bench.master_usage()?;
     let threads = proc::thread_deltas(&threads_before, &bench.master_threads()?);
     let (master_thread_cpu, master_http_cpu) = proc::cpu_split(&threads, halite_master::http::runtime::THREAD_NAME);
+    // What was handed to the publisher is in the subscriber's socket or on
+    // its way: a moment for it to arrive, unless the subscriber lost some.
+    let _ = tokio::time::timeout(Duration::from_secs(2), counter.wait_for(total)).await;
+    let seen = counter.seen();
+    drop(counter);
     match counted {
         Ok(result) => result?,
         Err(_) => {
-            bail!("only {seen} of {total} events reached the bus within {timeout:?} ({lost} sessions lost meanwhile)")
+            let acknowledged = swarm.acknowledged() - acknowledged_before;
+            bail!(
+                "only {acknowledged} of {total} events acknowledged (handed to the bus) within {timeout:?}; \
+                 a subscriber saw {seen}; {lost} sessions lost meanwhile"
+            )
         }
     }
     swarm.shutdown().await;
     Ok(IngestResult {
         agents,
         events: total,
+        seen_by_a_subscriber: seen,
         elapsed,
         master_cores: proc::core_share(&master_before, &master_after, elapsed),
         master_after,

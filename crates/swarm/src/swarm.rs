@@ -126,6 +126,7 @@ impl Swarm {
             reports: reports_tx,
             heartbeat: settings.heartbeat,
             resend_unacked: settings.resend_unacked,
+            acknowledged: Default::default(),
             cancel: CancellationToken::new(),
         });
         let mut swarm =
@@ -147,6 +148,11 @@ impl Swarm {
             swarm.roots.push(root);
         }
         Ok(swarm)
+    }
+
+    /// Events the master has acknowledged to this swarm's agents so far.
+    pub fn acknowledged(&self) -> usize {
+        self.shared.acknowledged.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn len(&self) -> usize {
