@@ -1026,6 +1026,11 @@ impl FileBeacon {
             }
             return;
         };
+        self.judge(real, observation, record, window_ended);
+    }
+
+    /// What [`FileBeacon::look`] does with a steady observation.
+    fn judge(&mut self, real: &Path, observation: Observation, record: Snapshot, window_ended: bool) {
         let at = Instant::now();
         let report = if window_ended {
             self.tracker.window_ended(real, observation, record.desired, record.applied, at)
@@ -1047,14 +1052,16 @@ impl FileBeacon {
     /// waited for as a data notification is (its writer's close, or at most
     /// [`WRITE_SETTLE`]), so a truncate-then-write of the desired content
     /// just after a job is not taken for drift.
+    /// The file is read once: the observation that says it complies is the
+    /// one judged (reading it twice cost every restore a second hash).
     fn look_after_job(&mut self, real: &Path) {
-        let complies = self
-            .observe_steady(real)
-            .is_some_and(|(now, record)| record.desired.is_none_or(|desired| now.complies(&desired)));
-        if complies {
-            self.look(real, false);
-        } else {
-            self.settling.entry(real.to_path_buf()).or_insert_with(|| Instant::now() + WRITE_SETTLE);
+        match self.observe_steady(real) {
+            Some((now, record)) if record.desired.as_ref().is_none_or(|desired| now.complies(desired)) => {
+                self.judge(real, now, record, false);
+            }
+            _ => {
+                self.settling.entry(real.to_path_buf()).or_insert_with(|| Instant::now() + WRITE_SETTLE);
+            }
         }
     }
 
