@@ -30,15 +30,7 @@ fn target(cluster: &Postgres, database: &str) -> PgTarget {
 
 /// A second master beside the fleet's, on the same tree and database.
 async fn second_master(fleet: &Fleet, name: &str, yaml: &str) -> anyhow::Result<(MasterProcess, Subscriber)> {
-    let master = fleet::start_master_with(
-        &fleet.binaries,
-        &fleet.dir.path().join(name),
-        &fleet.states,
-        "tcp://127.0.0.1:0",
-        &["*"],
-        yaml,
-    )
-    .await?;
+    let master = fleet.start_peer_master(name, yaml).await?;
     let bus = Subscriber::connect(&master.publish, "halite/").await?;
     Ok((master, bus))
 }

@@ -13,7 +13,7 @@ use halite_e2e::Fleet;
 use halite_e2e::postgres::Postgres;
 use halite_e2e::raw::RawAgent;
 use halite_link::Keypair;
-use halite_master::fleet::{self, MasterProcess};
+use halite_master::fleet::MasterProcess;
 use halite_proto::{AgentMessage, JobResult};
 
 use crate::cluster_shared::{command, until};
@@ -29,28 +29,36 @@ async fn facts_row(fleet: &Fleet, dir: &Path, id: &str) -> anyhow::Result<serde_
     Ok(rows[0].clone())
 }
 
+/// A throwaway PostgreSQL, and B on it: the fleet's master on the facts
+/// tree, accepting every id. `yaml` is B's master.yaml keys, for A too.
+struct FactsCluster {
+    postgres: Postgres,
+    url: String,
+    yaml: String,
+    fleet: Fleet,
+    /// Holds the password file.
+    password_dir: tempfile::TempDir,
+}
+
+async fn facts_cluster(extra: &str) -> FactsCluster {
+    let postgres = tokio::task::spawn_blocking(Postgres::start).await.unwrap().unwrap();
+    let url = postgres.url(&postgres.database().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let password = postgres.password_file(dir.path()).unwrap();
+    let yaml = format!("store:\n  url: {url}\n  password_file: {}\n{extra}", password.display());
+    let fleet = Fleet::start_custom_with_master_config(&[], FACTS_TREE, &yaml).await.unwrap();
+    FactsCluster { postgres, url, yaml, fleet, password_dir: dir }
+}
+
 /// B is the fleet's master, A one beside it, both on one database and
 /// accepting every id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn facts_frozen_on_one_master_decide_targeting_on_another() {
-    let cluster = tokio::task::spawn_blocking(Postgres::start).await.unwrap().unwrap();
-    let database = cluster.database().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let password = cluster.password_file(dir.path()).unwrap();
-    let yaml =
-        format!("store:\n  url: {}\n  password_file: {}\n{API_YAML}", cluster.url(&database), password.display());
-    let mut fleet = Fleet::start_custom_with_master_config(&[], FACTS_TREE, &yaml).await.unwrap();
+    let FactsCluster { postgres: cluster, yaml, mut fleet, password_dir: _password_dir, .. } =
+        facts_cluster(API_YAML).await;
     let mut a: Option<MasterProcess> = None;
     let result = async {
-        let master_a = fleet::start_master_with(
-            &fleet.binaries,
-            &fleet.dir.path().join("master-a"),
-            &fleet.states,
-            "tcp://127.0.0.1:0",
-            &["*"],
-            &yaml,
-        )
-        .await?;
+        let master_a = fleet.start_peer_master("master-a", &yaml).await?;
         let master_a = a.insert(master_a);
         let (dir_a, dir_b) = (master_a.dir.clone(), fleet.dir.path().join("master"));
         let (listen_a, listen_b) = (master_a.listen.clone(), fleet.master().listen.clone());
@@ -166,25 +174,11 @@ async fn facts_frozen_on_one_master_decide_targeting_on_another() {
 /// written wins on both (`server/cluster/facts.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn facts_frozen_while_postgresql_is_down_are_shared_once_it_answers() {
-    let cluster = tokio::task::spawn_blocking(Postgres::start).await.unwrap().unwrap();
-    let database = cluster.database().unwrap();
-    let url = cluster.url(&database);
-    let dir = tempfile::tempdir().unwrap();
-    let password = cluster.password_file(dir.path()).unwrap();
-    let yaml = format!("store:\n  url: {url}\n  password_file: {}\n", password.display());
-    let fleet = Fleet::start_custom_with_master_config(&[], FACTS_TREE, &yaml).await.unwrap();
-    let cluster = std::sync::Arc::new(cluster);
+    let FactsCluster { postgres, url, yaml, fleet, password_dir: _password_dir } = facts_cluster("").await;
+    let cluster = std::sync::Arc::new(postgres);
     let mut a: Option<MasterProcess> = None;
     let result = async {
-        let master_a = fleet::start_master_with(
-            &fleet.binaries,
-            &fleet.dir.path().join("master-a"),
-            &fleet.states,
-            "tcp://127.0.0.1:0",
-            &["*"],
-            &yaml,
-        )
-        .await?;
+        let master_a = fleet.start_peer_master("master-a", &yaml).await?;
         let master_a = a.insert(master_a);
         let (dir_a, dir_b) = (master_a.dir.clone(), fleet.dir.path().join("master"));
         let (listen_a, listen_b) = (master_a.listen.clone(), fleet.master().listen.clone());

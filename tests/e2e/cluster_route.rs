@@ -49,15 +49,7 @@ async fn start() -> (Postgres, String, Fleet, String) {
 /// Master B on the fleet's tree and database, and `agents` connected to it
 /// only.
 async fn master_b(fleet: &mut Fleet, yaml: &str, agents: &[&str]) -> anyhow::Result<MasterProcess> {
-    let b = fleet::start_master_with(
-        &fleet.binaries,
-        &fleet.dir.path().join("master-b"),
-        &fleet.states,
-        "tcp://127.0.0.1:0",
-        &["*"],
-        &format!("{yaml}{ROLES}"),
-    )
-    .await?;
+    let b = fleet.start_peer_master("master-b", &format!("{yaml}{ROLES}")).await?;
     for id in agents {
         let agent =
             fleet::start_agent_with(&fleet.binaries, &fleet.dir.path().join(id), id, &b.listen, &b.key, "").await?;

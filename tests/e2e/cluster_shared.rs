@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use halite_e2e::postgres::Postgres;
 use halite_e2e::{Fleet, WAIT};
-use halite_master::fleet::{self, MasterProcess};
+use halite_master::fleet::MasterProcess;
 use halite_master::server::store::postgres::PgTarget;
 
 /// An API on each master, and a role that reads and applies on web*.
@@ -77,15 +77,7 @@ async fn receipts_tokens_and_the_audit_log_are_shared_by_two_masters() {
     let mut fleet = Fleet::start_with_master_config(&["web01"], &yaml).await.unwrap();
     let mut a: Option<MasterProcess> = None;
     let result = async {
-        let master_a = fleet::start_master_with(
-            &fleet.binaries,
-            &fleet.dir.path().join("master-a"),
-            &fleet.states,
-            "tcp://127.0.0.1:0",
-            &["*"],
-            &yaml,
-        )
-        .await?;
+        let master_a = fleet.start_peer_master("master-a", &yaml).await?;
         let master_a = a.insert(master_a);
         let (dir_a, dir_b) = (master_a.dir.clone(), fleet.dir.path().join("master"));
 

@@ -350,6 +350,21 @@ impl Fleet {
         self.restart_master_with(listen, "").await
     }
 
+    /// Another master beside the fleet's, in `<fleet dir>/<name>`, on the
+    /// fleet's tree, accepting every id, with `yaml` as its master.yaml's
+    /// extra keys (a shared `store:` makes the two a cluster).
+    pub async fn start_peer_master(&self, name: &str, yaml: &str) -> anyhow::Result<MasterProcess> {
+        fleet::start_master_with(
+            &self.binaries,
+            &self.dir.path().join(name),
+            &self.states,
+            "tcp://127.0.0.1:0",
+            &["*"],
+            yaml,
+        )
+        .await
+    }
+
     /// As [`Fleet::restart_master`], with `extra` (YAML keys) in its
     /// master.yaml.
     pub async fn restart_master_with(&mut self, listen: &str, extra: &str) -> anyhow::Result<()> {

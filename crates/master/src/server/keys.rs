@@ -1654,14 +1654,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (web, impostor, late) = (key(), key(), key());
         {
-            let (_store, keys) = open(dir.path(), &["web*"]).await;
+            let (store, keys) = open(dir.path(), &["web*"]).await;
             keys.admit("web01", &web);
             keys.commit().await.unwrap();
             // Not committed when the master "crashes": only memory has them.
-            let mut table = keys.lock();
-            table.insert(("web01".into(), impostor), Record { status: KeyStatus::Pending, since: now() });
-            table.insert(("web02".into(), late), Record { status: KeyStatus::Accepted, since: now() });
-            table.dirty.clear();
+            {
+                let mut table = keys.lock();
+                table.insert(("web01".into(), impostor), Record { status: KeyStatus::Pending, since: now() });
+                table.insert(("web02".into(), late), Record { status: KeyStatus::Accepted, since: now() });
+                table.dirty.clear();
+            }
+            // The process is gone before the next one opens the store: its
+            // writer thread has stopped (dropped, it could still be
+            // checkpointing while the next open reads the file, which then
+            // looks cut short).
+            store.close().await;
         }
         let (_store, keys) = open(dir.path(), &["web*"]).await;
         assert_eq!(keys.status("web01", &impostor), None);

@@ -61,8 +61,9 @@ pub struct ReloadView {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckBody {
-    /// The event's tag: `halite/beacon/web01/nginx-conf` (printable, no
-    /// spaces; the schema says ASCII, the server takes any printable text).
+    /// The event's tag: `halite/beacon/web01/nginx-conf`: printable ASCII
+    /// without spaces, at most 256. (An agent's tag may hold other printable
+    /// characters; `halite-master check --event` takes those.)
     #[schema(pattern = "^[!-~]+$", max_length = 256)]
     pub tag: String,
     /// The agent that raises it (default: the tag's, for a beacon event).
@@ -116,6 +117,14 @@ pub async fn summary(State(state): State<HttpState>, principal: Principal) -> Re
     }))
 }
 
+/// The tags `check` takes: exactly what its schema's pattern and length
+/// say (an agent's tag may be any printable text, [`halite_proto::text::valid_tag`],
+/// which a JSON Schema cannot bound in bytes), so a client that follows
+/// the schema is never refused and one that does not always is.
+fn api_tag(tag: &str) -> bool {
+    (1..=halite_proto::text::MAX_TAG_BYTES).contains(&tag.len()) && tag.bytes().all(|b| (b'!'..=b'~').contains(&b))
+}
+
 /// What an event would fire (the what-if); acts on nothing.
 #[utoipa::path(post, path = "/api/v1/tree/check", tag = "tree", security(("token" = [])), request_body = CheckBody,
     responses(
@@ -130,10 +139,12 @@ pub async fn check(
     super::ApiJson(body): super::ApiJson<CheckBody>,
 ) -> Result<Json<CheckView>, ApiError> {
     principal.can(Verb::Read).map_err(|refusal| ApiError::Forbidden(refusal.to_string()))?;
-    if !halite_proto::text::valid_tag(&body.tag) {
+    if !api_tag(&body.tag) {
         return Err(ApiError::BadRequest(format!(
-            "`{}` is not a tag (write e.g. halite/beacon/web01/motd)",
-            body.tag.escape_debug()
+            "`{}` is not a tag the API takes: printable ASCII without spaces, at most {} \
+             (write e.g. halite/beacon/web01/motd; `halite-master check --event` takes any tag an agent may send)",
+            body.tag.escape_debug(),
+            halite_proto::text::MAX_TAG_BYTES
         )));
     }
     let data = match body.data {
@@ -147,4 +158,21 @@ pub async fn check(
         .map_err(|error| ApiError::Internal(format!("the what-if failed: {error}")))?;
     let lines = String::from_utf8_lossy(&out).lines().map(str::to_owned).collect();
     Ok(Json(CheckView { fired, lines }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::api_tag;
+
+    #[test]
+    fn the_api_takes_exactly_the_tags_its_schema_describes() {
+        let longest = "a".repeat(256);
+        for tag in ["halite/beacon/web01/motd", "!~", longest.as_str()] {
+            assert!(api_tag(tag), "{tag}");
+        }
+        let too_long = "a".repeat(257);
+        for tag in ["", "with space", "tab\there", ")\u{81df4}G)", "ünï", "\u{7f}", too_long.as_str()] {
+            assert!(!api_tag(tag), "{tag:?}");
+        }
+    }
 }
