@@ -16,7 +16,7 @@ use halite_link::Keypair;
 use halite_master::fleet::MasterProcess;
 use halite_proto::{AgentMessage, JobResult};
 
-use crate::cluster_shared::{command, until};
+use crate::cluster_shared::{command, fail_with_logs, until};
 use crate::trust::{DB_SECRET, FACTS_TREE, contents, facts};
 
 /// An API on each master, and a role that reads web*.
@@ -160,11 +160,7 @@ async fn facts_frozen_on_one_master_decide_targeting_on_another() {
     }
     .await;
     if let Err(error) = result {
-        if let Some(a) = &a {
-            eprintln!("===== master A =====\n{}", std::fs::read_to_string(&a.log).unwrap_or_default());
-        }
-        eprintln!("===== postgres =====\n{}", cluster.log());
-        fleet.fail(&error);
+        fail_with_logs(&fleet, a.as_ref(), &cluster, &error);
     }
 }
 
@@ -233,10 +229,6 @@ async fn facts_frozen_while_postgresql_is_down_are_shared_once_it_answers() {
     }
     .await;
     if let Err(error) = result {
-        if let Some(a) = &a {
-            eprintln!("===== master A =====\n{}", std::fs::read_to_string(&a.log).unwrap_or_default());
-        }
-        eprintln!("===== postgres =====\n{}", cluster.log());
-        fleet.fail(&error);
+        fail_with_logs(&fleet, a.as_ref(), &cluster, &error);
     }
 }

@@ -63,6 +63,21 @@ pub(crate) async fn until<T>(what: &str, mut ask: impl AsyncFnMut() -> anyhow::R
     }
 }
 
+/// Fails the test with master A's and PostgreSQL's logs beside the
+/// fleet's.
+pub(crate) fn fail_with_logs(
+    fleet: &Fleet,
+    a: Option<&MasterProcess>,
+    postgres: &Postgres,
+    error: &anyhow::Error,
+) -> ! {
+    if let Some(a) = a {
+        eprintln!("===== master A =====\n{}", std::fs::read_to_string(&a.log).unwrap_or_default());
+    }
+    eprintln!("===== postgres =====\n{}", postgres.log());
+    fleet.fail(error)
+}
+
 /// Master A beside the fleet's master B, both on one database, web01 on
 /// B: A sees B's restore, B takes A's token, and both audit into one
 /// chain.
@@ -170,10 +185,6 @@ async fn receipts_tokens_and_the_audit_log_are_shared_by_two_masters() {
     }
     .await;
     if let Err(error) = result {
-        if let Some(a) = &a {
-            eprintln!("===== master A =====\n{}", std::fs::read_to_string(&a.log).unwrap_or_default());
-        }
-        eprintln!("===== postgres =====\n{}", cluster.log());
-        fleet.fail(&error);
+        fail_with_logs(&fleet, a.as_ref(), &cluster, &error);
     }
 }
