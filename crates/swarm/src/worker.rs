@@ -96,7 +96,7 @@ pub async fn run(first: usize, count: usize, dir: PathBuf, timeout: Duration) ->
             },
             report = worker.swarm.next_report() => {
                 let report = report.context("every agent stopped")?;
-                if let Some(report) = worker.note(report) {
+                if worker.note(&report) {
                     worker.backlog.push_back(report);
                 }
                 continue;
@@ -157,25 +157,25 @@ impl Worker {
             Ok(None) => bail!("every agent stopped"),
             Err(_) => bail!("{what}: not done within {:?}", self.timeout),
         };
-        self.note(report.clone());
+        self.note(&report);
         Ok(report)
     }
 
-    /// Notes where sessions open and close; gives the report back unless
-    /// that is all it says.
-    fn note(&mut self, report: Report) -> Option<Report> {
+    /// Notes where sessions open and close; whether the report says more
+    /// than that (a command may be waiting for it).
+    fn note(&mut self, report: &Report) -> bool {
         match report {
-            Report::Up { agent, master } => self.homes[agent] = Some(master),
+            Report::Up { agent, master } => self.homes[*agent] = Some(*master),
             Report::Down { agent, .. } => {
-                self.homes[agent] = None;
+                self.homes[*agent] = None;
                 self.lost += 1;
             }
             Report::NotAccepted { agent, status } => {
-                tracing::warn!(agent = %self.swarm.id(agent), %status, "Key not accepted.");
+                tracing::warn!(agent = %self.swarm.id(*agent), %status, "Key not accepted.");
             }
-            report => return Some(report),
+            _ => return true,
         }
-        None
+        false
     }
 
     fn homes(&self) -> serde_json::Value {
