@@ -31,6 +31,9 @@ pub fn spawn(
 ) -> mpsc::Sender<Job> {
     let (tx, mut rx) = mpsc::channel::<Job>(QUEUE_CAPACITY);
     let runner = move || {
+        // Closing replaced files, pruning backups and removing stale
+        // temporaries wait until the job's result is sent (halite_fs::tidy).
+        halite_fs::tidy::hold();
         while let Some(job) = rx.blocking_recv() {
             let jid = job.id;
             halite_fs::hops::mark("agent.apply.start", jid.0);
@@ -48,7 +51,9 @@ pub fn spawn(
             });
             // A panic's text may quote a state's arguments.
             let result = crate::secrets::redact_result(result);
-            if results.blocking_send(AgentMessage::JobResult(result)).is_err() {
+            let sent = results.blocking_send(AgentMessage::JobResult(result));
+            halite_fs::tidy::finish();
+            if sent.is_err() {
                 return;
             }
         }
@@ -151,6 +156,36 @@ mod tests {
         assert_eq!(result.results.len(), 2);
         assert!(result.results.iter().all(|r| r.outcome.is_failed()), "{result:?}");
         assert_eq!(result.results[1].id, "nginx");
+    }
+
+    #[test]
+    fn the_runner_prunes_backups_once_each_result_is_sent() {
+        let root = tempfile::tempdir().unwrap();
+        let backups = root.path().join("data/backup");
+        let env = ApplyEnv { backup_dir: Some(backups.clone()), backups_kept: 1, ..ApplyEnv::default() };
+        let (results, mut answers) = mpsc::channel(8);
+        let queue = spawn(ManagedFiles::in_memory(), root.path().to_path_buf(), env, results);
+        let real = root.path().join("etc/motd");
+        let call = StateCall::new(
+            "motd",
+            "file.managed",
+            Value::map().with("path", "/etc/motd").with("contents", b"hi\n".to_vec()),
+        );
+        for drift in ["", "drift 1\n", "drift 2\n"] {
+            if !drift.is_empty() {
+                std::fs::write(&real, drift).unwrap();
+            }
+            let job = Job { id: Id::new(), cause_event: None, test: false, states: vec![call.clone()] };
+            queue.blocking_send(job).unwrap();
+            let Some(AgentMessage::JobResult(result)) = answers.blocking_recv() else { panic!("no result") };
+            assert!(matches!(result.results[0].outcome, Outcome::Changed { .. }), "{result:?}");
+        }
+        // The runner ends after tidying what its last job left.
+        drop(queue);
+        assert!(answers.blocking_recv().is_none());
+        let kept = halite_state::backup::backups_of(&backups, &real);
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(std::fs::read(&kept[0]).unwrap(), b"drift 2\n");
     }
 
     #[test]

@@ -28,7 +28,8 @@
 //! content is either all there or not at all.
 //!
 //! A writer killed half-way leaves its temporary file. The next write of
-//! the same name removes it first ([`Dir::remove_stale_temps`]); the name
+//! the same name removes it ([`Dir::remove_stale_temps`]: first, or, on a
+//! thread that holds its tidying for after its answer, then: [`tidy`]); the name
 //! pattern is precise (this prefix, exactly 16 lowercase hex digits, a dot,
 //! the target's own name), so nothing else in the directory is touched, and
 //! a temporary file another thread of this process is writing right now
@@ -48,6 +49,7 @@ use std::sync::Mutex;
 
 pub mod hops;
 pub mod lock;
+pub mod tidy;
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
@@ -380,7 +382,7 @@ impl Dir {
     /// so there is never a moment without a link, and a file at `name` is
     /// replaced, not written through.
     pub fn symlink_atomic(&self, target: &Path, name: &OsStr) -> Result<(), FsError> {
-        self.remove_stale_temps(name);
+        self.remove_stale_temps_later(name);
         let temp = self.create_temp(name, |temp| nix::unistd::symlinkat(target, &self.fd, temp))?;
         self.commit(temp, name, true)
     }
@@ -475,7 +477,7 @@ impl Dir {
         perms: Perms,
         durable: bool,
     ) -> Result<(), FsError> {
-        self.remove_stale_temps(name);
+        self.remove_stale_temps_later(name);
         let mut fd = None;
         let temp = self.create_temp(name, |temp| {
             let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
@@ -531,6 +533,24 @@ impl Dir {
         nix::unistd::fsync(&self.fd).map_err(|e| FsError::io("flush the directory", &self.path, e))?;
         hops::mark_current("agent.fsync.dir");
         Ok(())
+    }
+
+    /// [`Dir::remove_stale_temps`] now, or after the thread's answer when
+    /// it holds its tidying ([`tidy`]); a new temporary name never collides
+    /// with a stale one (`O_EXCL`, a fresh random part), so nothing in
+    /// between depends on the removal.
+    fn remove_stale_temps_later(&self, name: &OsStr) {
+        match self.fd.try_clone() {
+            Ok(fd) => {
+                let (dir, name) = (Dir { fd, path: self.path.clone() }, name.to_owned());
+                tidy::later(move || {
+                    dir.remove_stale_temps(&name);
+                });
+            }
+            Err(_) => {
+                self.remove_stale_temps(name);
+            }
+        }
     }
 
     /// Removes the temporary files an interrupted write of `name` left

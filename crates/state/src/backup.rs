@@ -33,8 +33,10 @@ pub fn escape(path: &Path) -> String {
 }
 
 /// Writes a backup of `content` (the content of `path` about to be
-/// replaced, read to its end) and removes the oldest beyond `keep`.
-/// Returns the backup.
+/// replaced, read to its end) and removes the oldest beyond `keep`: at
+/// once, or, on the agent's job runner, after the job's result is sent
+/// (`halite_fs::tidy`; removing a file frees its inode, work the result
+/// need not wait for). Returns the backup.
 pub fn save(dir: &Path, path: &Path, content: &mut dyn Read, keep: usize) -> Result<PathBuf, BackupError> {
     let opened = halite_fs::Dir::create_all(dir, 0o700).map_err(BackupError::Dir)?;
     let prefix = format!("{}.", escape(path));
@@ -45,7 +47,14 @@ pub fn save(dir: &Path, path: &Path, content: &mut dyn Read, keep: usize) -> Res
     opened
         .write_atomic_unsynced(name, content, halite_fs::Perms::mode(0o600))
         .map_err(|source| BackupError::Write { backup: backup.clone(), source })?;
-    let mut existing = list(dir, &prefix);
+    let dir = dir.to_path_buf();
+    halite_fs::tidy::later(move || prune(&opened, &dir, &prefix, keep));
+    Ok(backup)
+}
+
+/// Removes the oldest of the backups named `<prefix><stamp>` beyond `keep`.
+fn prune(opened: &halite_fs::Dir, dir: &Path, prefix: &str, keep: usize) {
+    let mut existing = list(dir, prefix);
     existing.sort();
     let excess = existing.len().saturating_sub(keep.max(1));
     for old in &existing[..excess] {
@@ -53,7 +62,6 @@ pub fn save(dir: &Path, path: &Path, content: &mut dyn Read, keep: usize) -> Res
             let _ = opened.remove(name);
         }
     }
-    Ok(backup)
 }
 
 /// The backups of `path`, oldest first.

@@ -800,6 +800,9 @@ impl Plan for FilePlan {
                 changes.push(format!("previous content kept in {}", backup.display()));
             }
             self.write_atomically()?;
+            // The replaced file is held open by the plan: its last close
+            // frees its inode, which need not delay the result (tidy.rs).
+            halite_fs::tidy::later(move || drop(self));
             return Ok(changes);
         }
         self.fix_in_place()?;
@@ -971,6 +974,43 @@ mod tests {
         let env = ApplyEnv { backup_max_bytes: DIFF_LIMIT, ..env };
         assert!(matches!(apply_call(&call(&path, "small\n", None), false, &env).outcome, Outcome::Changed { .. }));
         assert_eq!(crate::backup::backups_of(&backups, &path).len(), 1);
+    }
+
+    /// Names of this process's open files that were deleted or replaced.
+    fn open_replaced(path: &Path) -> usize {
+        let shown = format!("{} (deleted)", path.display());
+        fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|fd| fs::read_link(fd.ok()?.path()).ok())
+            .filter(|target| target.as_os_str() == shown.as_str())
+            .count()
+    }
+
+    #[test]
+    fn a_thread_holding_its_tidying_closes_the_replaced_file_and_prunes_after_it_answers() {
+        std::thread::spawn(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let (path, backups) = (dir.path().join("conf"), dir.path().join("backup"));
+            let env = ApplyEnv { backup_dir: Some(backups.clone()), backups_kept: 1, ..ApplyEnv::default() };
+            halite_fs::tidy::hold();
+            for drift in ["drift 1\n", "drift 2\n"] {
+                fs::write(&path, drift).unwrap();
+                assert!(matches!(
+                    apply_call(&call(&path, "desired\n", None), false, &env).outcome,
+                    Outcome::Changed { .. }
+                ));
+            }
+            assert_eq!(fs::read(&path).unwrap(), b"desired\n", "the restore itself is not held");
+            assert_eq!(open_replaced(&path), 2, "both replaced files are still open");
+            assert_eq!(crate::backup::backups_of(&backups, &path).len(), 2, "nothing pruned yet");
+            assert!(halite_fs::tidy::finish() > 0);
+            assert_eq!(open_replaced(&path), 0);
+            let kept = crate::backup::backups_of(&backups, &path);
+            assert_eq!(kept.len(), 1);
+            assert_eq!(fs::read(&kept[0]).unwrap(), b"drift 2\n");
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
