@@ -96,11 +96,10 @@ mod tests {
     fn another_thread_does_not_hold_this_one_s_work() {
         hold();
         let ran = std::thread::spawn(|| {
-            let ran = Rc::new(RefCell::new(false));
+            let ran = Rc::new(std::cell::Cell::new(false));
             let r = ran.clone();
-            later(move || *r.borrow_mut() = true);
-            let ran = *ran.borrow();
-            ran
+            later(move || r.set(true));
+            ran.get()
         })
         .join()
         .unwrap();
