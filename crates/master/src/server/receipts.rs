@@ -262,24 +262,24 @@ impl Receipts {
 
 /// Writes receipts in the store's writer transaction.
 pub(crate) fn insert(tx: &Connection, receipt: &Receipt) -> rusqlite::Result<()> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT OR REPLACE INTO receipts
            (jid, agent, state, path, kind, cause, cause_event, hash_before, hash_after, latency_us, at_us)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        params![
-            receipt.jid,
-            receipt.agent,
-            receipt.state,
-            receipt.path,
-            receipt.kind.as_str(),
-            receipt.cause,
-            receipt.cause_event,
-            receipt.hash_before,
-            receipt.hash_after,
-            receipt.latency_us,
-            receipt.at_us
-        ],
-    )?;
+    )?
+    .execute(params![
+        receipt.jid,
+        receipt.agent,
+        receipt.state,
+        receipt.path,
+        receipt.kind.as_str(),
+        receipt.cause,
+        receipt.cause_event,
+        receipt.hash_before,
+        receipt.hash_after,
+        receipt.latency_us,
+        receipt.at_us
+    ])?;
     Ok(())
 }
 

@@ -1178,68 +1178,69 @@ fn retain_now(connection: &Connection, limits: Retention) -> rusqlite::Result<us
     }
 }
 
+/// Statements are prepared once per connection (`prepare_cached`): the
+/// writer runs them for every job, and parsing SQL each time showed in the
+/// master's profile of a drift.
 fn apply(tx: &rusqlite::Transaction<'_>, write: &Write) -> rusqlite::Result<()> {
     match write {
         Write::Started { job, agent } => {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT OR IGNORE INTO jobs (jid, created_us, cause, reactor, target, states, test)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    job.jid,
-                    job.created_us,
-                    job.cause,
-                    job.reactor,
-                    job.target,
-                    serde_json::to_string(&job.states).unwrap_or_default(),
-                    job.test
-                ],
-            )?;
-            tx.execute(
-                "INSERT OR IGNORE INTO job_agents (jid, agent, status) VALUES (?1, ?2, 'waiting')",
-                params![job.jid, agent],
-            )?;
+            )?
+            .execute(params![
+                job.jid,
+                job.created_us,
+                job.cause,
+                job.reactor,
+                job.target,
+                serde_json::to_string(&job.states).unwrap_or_default(),
+                job.test
+            ])?;
+            tx.prepare_cached("INSERT OR IGNORE INTO job_agents (jid, agent, status) VALUES (?1, ?2, 'waiting')")?
+                .execute(params![job.jid, agent])?;
         }
         Write::Answered { jid, agent, results, .. } => {
             // A job the store never saw started (a record lost to an error).
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT OR IGNORE INTO jobs (jid, created_us, cause, target, states, test)
                  VALUES (?1, ?2, 'unknown', ?3, '[]', 0)",
-                params![jid, now_us(), agent],
-            )?;
-            tx.execute(
+            )?
+            .execute(params![jid, now_us(), agent])?;
+            tx.prepare_cached(
                 "INSERT INTO job_agents (jid, agent, status, finished_us) VALUES (?1, ?2, 'answered', ?3)
                  ON CONFLICT (jid, agent) DO UPDATE SET status = 'answered', error = NULL, finished_us = ?3",
-                params![jid, agent, now_us()],
-            )?;
-            tx.execute("DELETE FROM job_results WHERE jid = ?1 AND agent = ?2", params![jid, agent])?;
+            )?
+            .execute(params![jid, agent, now_us()])?;
+            tx.prepare_cached("DELETE FROM job_results WHERE jid = ?1 AND agent = ?2")?.execute(params![jid, agent])?;
             for (seq, result) in results.iter().enumerate() {
                 let state = StateReport::from(result);
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO job_results (jid, agent, seq, state, kind, outcome, changes, error, diff, duration_us)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                    params![
-                        jid,
-                        agent,
-                        i64::try_from(seq).unwrap_or(i64::MAX),
-                        state.id,
-                        state.kind,
-                        state.outcome.as_str(),
-                        serde_json::to_string(&state.changes).unwrap_or_default(),
-                        state.error,
-                        state.diff,
-                        i64::try_from(state.duration_us).unwrap_or(i64::MAX)
-                    ],
-                )?;
+                )?
+                .execute(params![
+                    jid,
+                    agent,
+                    i64::try_from(seq).unwrap_or(i64::MAX),
+                    state.id,
+                    state.kind,
+                    state.outcome.as_str(),
+                    serde_json::to_string(&state.changes).unwrap_or_default(),
+                    state.error,
+                    state.diff,
+                    i64::try_from(state.duration_us).unwrap_or(i64::MAX)
+                ])?;
             }
         }
         Write::NoAnswer { jid, agent, error } => {
             // An answer may have come in first (it raced the timeout): keep it.
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO job_agents (jid, agent, status, error, finished_us) VALUES (?1, ?2, 'no_answer', ?3, ?4)
                  ON CONFLICT (jid, agent) DO UPDATE SET status = 'no_answer', error = ?3, finished_us = ?4
                  WHERE status = 'waiting'",
-                params![jid, agent, error, now_us()],
-            )?;
+            )?
+            .execute(params![jid, agent, error, now_us()])?;
         }
         Write::Receipts(receipts) => {
             for receipt in receipts {
@@ -1247,11 +1248,11 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: &Write) -> rusqlite::Result<()> 
             }
         }
         Write::Facts { agent, facts } => {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO agent_facts (agent, facts, seen_us) VALUES (?1, ?2, ?3)
                  ON CONFLICT (agent) DO UPDATE SET facts = ?2, seen_us = ?3",
-                params![agent, facts.to_string(), now_us()],
-            )?;
+            )?
+            .execute(params![agent, facts.to_string(), now_us()])?;
         }
         Write::Flush(_)
         | Write::Attach(_)
