@@ -26,19 +26,8 @@ export HALITE_BENCH_DRIFTS=${HALITE_BENCH_DRIFTS:-300}
 mkdir -p "$scratch"
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-build() { # name rev
-  local tree=$scratch/$1
-  local commit
-  commit=$(git -C "$repo" rev-parse --verify "$2^{commit}")
-  if [ ! -d "$tree" ]; then
-    git -C "$repo" worktree add --detach "$tree" "$commit" >/dev/null
-  else
-    git -C "$tree" checkout --quiet --detach "$commit"
-  fi
-  echo "== building $1 = $2 ($commit)" >&2
-  (cd "$tree" && cargo build --quiet --release --workspace --locked \
-    && cargo bench --quiet -p halite-e2e --bench drift_restore --locked --no-run) >&2
-}
+# shellcheck source=bench/lib.sh
+source "$repo/bench/lib.sh"
 
 # One round of one side: prints "figure value" lines. Each run's output is
 # kept in $scratch/logs; a run that fails names its log and stops the

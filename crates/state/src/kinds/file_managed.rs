@@ -623,7 +623,9 @@ fn inspect(file: OpenFile, desired: &Sha256, path: &Path) -> Result<Current, Kin
         return Ok(Current { file, sha256: None, content: None });
     }
     let fail = |source: std::io::Error| KindError::Read { path: path.to_owned(), source };
-    let mut head = Vec::new();
+    // Sized from the stat, so a small file is read in one call, not in
+    // `read_to_end`'s growing probes.
+    let mut head = Vec::with_capacity(usize::try_from(file.stat().size.min(DIFF_LIMIT) + 1).unwrap_or(0));
     file.file().take(DIFF_LIMIT + 1).read_to_end(&mut head).map_err(fail)?;
     let (sha256, content) = if head.len() as u64 <= DIFF_LIMIT {
         let sha256 = Sha256::of(&head);
