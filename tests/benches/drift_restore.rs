@@ -30,6 +30,11 @@
 //! (which reads the bus), to N once they run (as a unit's `Nice=` would;
 //! below 0 needs root), to see what priority buys under that load.
 //!
+//! `--watch` manages the file with `watch: true` (its beacon and reactor
+//! implied by the tree, `tree/watch.rs`) instead of the example tree's
+//! hand-written `nginx-conf` beacon and `restore-nginx` reactor: issue
+//! #21 asks that both be as fast.
+//!
 //! `--observed` runs the master with the API, dashboard and metrics
 //! listeners on, one SSE client following `/api/v1/events` and `/metrics`
 //! scraped every second for the whole measurement
@@ -98,8 +103,20 @@ fn main() -> anyhow::Result<()> {
         args.iter().any(|a| a == "--load"),
         nice,
         observe::Observe::from_args(&args)?,
+        args.iter().any(|a| a == "--watch"),
     ))
 }
+
+/// The example tree with `nginx.conf` healed by `watch: true`: its
+/// hand-written beacon and reactor taken out.
+const WATCHED_TREE: &[(&str, &str)] = &[
+    (
+        "nginx.yaml",
+        "nginx-conf:\n  file.managed:\n    path: /etc/nginx/nginx.conf\n    source: files/nginx.conf\n    mode: \"0644\"\n    watch: true\n",
+    ),
+    ("beacons.yaml", "'*':\n  motd:\n    file:\n      paths: [/etc/motd]\n"),
+    ("reactors.yaml", "- name: restore-motd\n  on: halite/beacon/*/motd\n  apply: [motd]\n"),
+];
 
 fn drifts() -> usize {
     std::env::var("HALITE_BENCH_DRIFTS").ok().and_then(|n| n.parse().ok()).unwrap_or(1000)
@@ -139,10 +156,17 @@ async fn run(
     load: bool,
     nice: Option<i32>,
     observed: Option<observe::Observe>,
+    watch: bool,
 ) -> anyhow::Result<()> {
-    let mut fleet = match observed {
-        None => Fleet::start(&["web01"]).await?,
-        Some(_) => Fleet::start_with_master_config(&["web01"], observe::OBSERVED_MASTER).await?,
+    let master_yaml = if observed.is_some() { observe::OBSERVED_MASTER } else { "" };
+    let mut fleet = match watch {
+        false => Fleet::start_with_master_config(&["web01"], master_yaml).await?,
+        true => Fleet::start_custom_with_master_config(&["web01"], WATCHED_TREE, master_yaml).await?,
+    };
+    // The implied beacon is named `watch:nginx:nginx-conf` (tree/watch.rs).
+    let tag = match watch {
+        false => "halite/beacon/web01/nginx-conf",
+        true => "halite/beacon/web01/watch:nginx:nginx-conf",
     };
     let observer = match observed {
         Some(what) => Some(observe::Observer::start(fleet.master(), &fleet.binaries, what).await?),
@@ -176,6 +200,9 @@ async fn run(
         observed.map(|what| format!(", API, dashboard and metrics on (--observed={what})")).unwrap_or_default(),
         nice.map(|n| format!(", daemons at nice {n}")).unwrap_or_default()
     );
+    if watch {
+        println!("the file is managed with `watch: true` (implied beacon and reactor)");
+    }
     let mut to_event = Vec::with_capacity(drifts);
     let mut to_restore = Vec::with_capacity(drifts);
     let mut seen: Vec<Drift> = Vec::with_capacity(drifts);
@@ -188,7 +215,7 @@ async fn run(
             let at = realtime();
             (drift.act)(&conf)?;
             let event = fleet
-                .wait_for("drift event", |e| e.tag == "halite/beacon/web01/nginx-conf")
+                .wait_for("drift event", |e| e.tag == tag)
                 .await
                 .map_err(|e| e.context(format!("drift {n} ({})", drift.name)))?;
             to_event.push(started.elapsed());
