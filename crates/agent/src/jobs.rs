@@ -51,12 +51,13 @@ pub fn spawn(
             });
             // A panic's text may quote a state's arguments.
             let result = crate::secrets::redact_result(result);
-            let sent = results.blocking_send(AgentMessage::JobResult(result));
-            halite_fs::tidy::finish();
-            if sent.is_err() {
-                return;
+            if results.blocking_send(AgentMessage::JobResult(result)).is_err() {
+                break;
             }
+            // A waiting job goes first; what is left is done after it.
+            halite_fs::tidy::finish_unless(|| !rx.is_empty());
         }
+        halite_fs::tidy::finish();
     };
     if let Err(error) = std::thread::Builder::new().name("jobs".into()).spawn(runner) {
         // Without a runner the queue's receiver is gone: every job sent is

@@ -13,9 +13,12 @@
 //! the directories for stale temporaries reads every entry. None of it
 //! changes what the result reports or how durable the restored file is.
 //!
-//! The work runs on the same thread, in the order it was handed over, and
-//! before the thread's next job (it calls [`finish`] between jobs), so a
-//! prune never races the next write of the same file.
+//! The work runs on the same thread, in the order it was handed over,
+//! never beside a write of that thread, so a prune or a removal of stale
+//! temporaries never races the next write of the same file. The job
+//! runner tidies between jobs, and stops tidying when a job is waiting
+//! ([`finish_unless`]), so a queued job never waits behind its
+//! predecessor's tidying (unless more than [`HELD_MAX`] pieces are held).
 
 use std::cell::RefCell;
 
@@ -52,16 +55,32 @@ pub fn later(work: impl FnOnce() + 'static) {
 /// Runs the work this thread held, in the order it was handed over.
 /// Returns how many pieces ran.
 pub fn finish() -> usize {
+    finish_unless(|| false)
+}
+
+/// Held work past which [`finish_unless`] no longer stops early: each
+/// piece may hold a file open.
+pub const HELD_MAX: usize = 64;
+
+/// As [`finish`], but stops between two pieces when `more_urgent()` says
+/// so (the job runner: a job is waiting), keeping the rest held for the
+/// next call; unless more than [`HELD_MAX`] pieces are held.
+pub fn finish_unless(more_urgent: impl Fn() -> bool) -> usize {
     let mut ran = 0;
     // Work may hand over more work (a prune that closes a file): loop
     // until none is left, borrowing the list only to take from it.
     loop {
-        let pending = HELD.with(|held| held.borrow_mut().as_mut().map(std::mem::take).unwrap_or_default());
-        if pending.is_empty() {
-            return ran;
-        }
-        ran += pending.len();
-        pending.into_iter().for_each(|work| work());
+        let next = HELD.with(|held| {
+            let mut held = held.borrow_mut();
+            let list = held.as_mut()?;
+            if list.is_empty() || (list.len() <= HELD_MAX && more_urgent()) {
+                return None;
+            }
+            Some(list.remove(0))
+        });
+        let Some(work) = next else { return ran };
+        work();
+        ran += 1;
     }
 }
 
@@ -90,6 +109,34 @@ mod tests {
         assert_eq!(finish(), 3);
         assert_eq!(*log.borrow(), ["now", "first", "second", "handed over by the second"]);
         assert_eq!(finish(), 0, "each piece runs once");
+    }
+
+    #[test]
+    fn held_work_waits_for_what_is_more_urgent_unless_too_much_is_held() {
+        hold();
+        let ran = Rc::new(std::cell::Cell::new(0));
+        let hand_over = |n: usize| {
+            for _ in 0..n {
+                let r = ran.clone();
+                later(move || r.set(r.get() + 1));
+            }
+        };
+        hand_over(3);
+        assert_eq!(finish_unless(|| true), 0, "a job waits: nothing runs");
+        let asked = std::cell::Cell::new(0);
+        // Urgent from the second look on: one piece runs, two stay held.
+        assert_eq!(
+            finish_unless(|| {
+                asked.set(asked.get() + 1);
+                asked.get() > 1
+            }),
+            1
+        );
+        assert_eq!(ran.get(), 1);
+        hand_over(HELD_MAX);
+        assert_eq!(finish_unless(|| true), 2, "over the bound, it runs down to the bound");
+        assert_eq!(finish(), HELD_MAX);
+        assert_eq!(ran.get(), HELD_MAX + 3);
     }
 
     #[test]
