@@ -41,14 +41,22 @@ results=$scratch/targets.txt
 : >"$results"
 
 # run SIDE ROUND WHAT COMMAND…: runs COMMAND in SIDE's tree, its output
-# kept as $logs/ROUND-SIDE-WHAT.{out,err}; a failed run stops everything.
+# kept as $logs/ROUND-SIDE-WHAT.{out,err}. A failed run is run once more
+# (its log kept as …-failed.err and named on stderr: a failure is a
+# finding, e.g. a commit's known bug); a second failure stops everything.
 run() {
   local side=$1 round=$2 what=$3 code=0
   shift 3
   local log=$logs/$round-$side-$what
   (cd "$scratch/$side" && "$@") >"$log.out" 2>"$log.err" || code=$?
   if [ "$code" -ne 0 ]; then
-    echo "round $round side $side: $what failed (exit $code); see $log.err" >&2
+    mv "$log.err" "$log-failed.err"
+    echo "round $round side $side: $what failed (exit $code; see $log-failed.err), running it again" >&2
+    code=0
+    (cd "$scratch/$side" && "$@") >"$log.out" 2>"$log.err" || code=$?
+  fi
+  if [ "$code" -ne 0 ]; then
+    echo "round $round side $side: $what failed again (exit $code); see $log.err" >&2
     exit 1
   fi
   echo "$log.out"
