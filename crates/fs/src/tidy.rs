@@ -21,19 +21,20 @@
 //! predecessor's tidying (unless more than [`HELD_MAX`] pieces are held).
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 
 type Work = Box<dyn FnOnce()>;
 
 thread_local! {
     /// `Some` on a thread that [`hold`]s its work.
-    static HELD: RefCell<Option<Vec<Work>>> = const { RefCell::new(None) };
+    static HELD: RefCell<Option<VecDeque<Work>>> = const { RefCell::new(None) };
 }
 
 /// From now on, this thread keeps the work handed to [`later`] until
 /// [`finish`].
 pub fn hold() {
     HELD.with(|held| {
-        held.borrow_mut().get_or_insert_with(Vec::new);
+        held.borrow_mut().get_or_insert_with(VecDeque::new);
     });
 }
 
@@ -42,7 +43,7 @@ pub fn hold() {
 pub fn later(work: impl FnOnce() + 'static) {
     let work = HELD.with(|held| match held.borrow_mut().as_mut() {
         Some(list) => {
-            list.push(Box::new(work));
+            list.push_back(Box::new(work));
             None
         }
         None => Some(work),
@@ -70,15 +71,15 @@ pub fn finish_unless(more_urgent: impl Fn() -> bool) -> usize {
     // Work may hand over more work (a prune that closes a file): loop
     // until none is left, borrowing the list only to take from it.
     loop {
-        let next = HELD.with(|held| {
-            let mut held = held.borrow_mut();
-            let list = held.as_mut()?;
-            if list.is_empty() || (list.len() <= HELD_MAX && more_urgent()) {
-                return None;
-            }
-            Some(list.remove(0))
-        });
-        let Some(work) = next else { return ran };
+        // `more_urgent` is asked with the list not borrowed, so it may
+        // hand over work itself.
+        let held = HELD.with(|held| held.borrow().as_ref().map_or(0, VecDeque::len));
+        if held == 0 || (held <= HELD_MAX && more_urgent()) {
+            return ran;
+        }
+        let Some(work) = HELD.with(|held| held.borrow_mut().as_mut().and_then(VecDeque::pop_front)) else {
+            return ran;
+        };
         work();
         ran += 1;
     }

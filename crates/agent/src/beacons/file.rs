@@ -382,8 +382,6 @@ struct OpenDrift {
     /// report never left ([`Tracker::unreport`]).
     from: Observation,
     until: Instant,
-    /// The path's applied generation when reported; a job since closes it.
-    applied: u64,
     window_checked: bool,
 }
 
@@ -393,7 +391,7 @@ struct PathState {
     open: Option<OpenDrift>,
     /// The path's applied generation at the last look: when a job has
     /// written it since, what it was before the next look is the job's
-    /// result (the desired state), not `last`.
+    /// result (the desired state), not `last`, and an open drift is closed.
     applied: u64,
 }
 
@@ -488,9 +486,7 @@ impl Tracker {
             Some(desired) if job_wrote => left_by_job(desired, &now),
             _ => before,
         };
-        if let Some(open) = &state.open
-            && open.applied != applied
-        {
+        if job_wrote {
             state.open = None;
         }
         if let Some(desired) = &desired
@@ -517,13 +513,8 @@ impl Tracker {
         if !self.events.contains(&change) {
             return None;
         }
-        state.open = Some(OpenDrift {
-            reported: now.clone(),
-            from: reference,
-            until: at + debounce,
-            applied,
-            window_checked: false,
-        });
+        state.open =
+            Some(OpenDrift { reported: now.clone(), from: reference, until: at + debounce, window_checked: false });
         Some(Report { change, observation: now })
     }
 
